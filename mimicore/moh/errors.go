@@ -1,0 +1,112 @@
+package moh
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// Code is a machine-readable DSError code (docs/protocol.md, "Error codes").
+// The HTTP layer maps each code to exactly one status.
+type Code uint16
+
+// The DSError code registry. Values are part of the wire profile: never
+// renumber, only append.
+const (
+	CodeMalformed          Code = 1  // the body does not decode
+	CodeBadSignature       Code = 2  // a signature does not verify
+	CodeUnknownKey         Code = 3  // the signing key is unknown or does not cover the timestamp
+	CodeStaleTimestamp     Code = 4  // the timestamp is outside the accepted window
+	CodeReplay             Code = 5  // request_id reused with other bytes, or a replayed signature
+	CodeRecipientMismatch  Code = 6  // the payload is addressed to another provider
+	CodeNotFound           Code = 7  // unknown object, or the sender may not see it
+	CodeStaleEpoch         Code = 8  // the handshake is for an old epoch
+	CodeCommitConflict     Code = 9  // another commit for this epoch won
+	CodeQuotaExceeded      Code = 10 // a storage quota would be exceeded
+	CodeTooLarge           Code = 11 // the body or a field is above its size limit
+	CodeRateLimited        Code = 12 // a rate limit refused the request
+	CodeTokenRequired      Code = 13 // a Privacy Pass token is required
+	CodeBackendUnavailable Code = 14 // the store or the legacy backend is unavailable
+	CodeNotImplemented     Code = 15 // the endpoint or request type is not implemented yet
+	CodeUnsupportedMedia   Code = 16 // the Content-Type is not application/octet-stream
+	CodeWrongRequestType   Code = 17 // the request type does not match the endpoint
+	CodeForbidden          Code = 18 // authenticated but not allowed (peer policy, no TLS 1.3)
+	CodeMethodNotAllowed   Code = 19 // the HTTP method is not allowed on the endpoint
+	CodeUnsupportedVersion Code = 20 // the protocol_version is not 1
+	CodeInProgress         Code = 21 // the same request_id is still being processed
+)
+
+var codeNames = [...]string{
+	CodeMalformed:          "malformed",
+	CodeBadSignature:       "bad_signature",
+	CodeUnknownKey:         "unknown_key",
+	CodeStaleTimestamp:     "stale_timestamp",
+	CodeReplay:             "replay",
+	CodeRecipientMismatch:  "recipient_mismatch",
+	CodeNotFound:           "not_found",
+	CodeStaleEpoch:         "stale_epoch",
+	CodeCommitConflict:     "commit_conflict",
+	CodeQuotaExceeded:      "quota_exceeded",
+	CodeTooLarge:           "too_large",
+	CodeRateLimited:        "rate_limited",
+	CodeTokenRequired:      "token_required",
+	CodeBackendUnavailable: "backend_unavailable",
+	CodeNotImplemented:     "not_implemented",
+	CodeUnsupportedMedia:   "unsupported_media_type",
+	CodeWrongRequestType:   "wrong_request_type",
+	CodeForbidden:          "forbidden",
+	CodeMethodNotAllowed:   "method_not_allowed",
+	CodeUnsupportedVersion: "unsupported_version",
+	CodeInProgress:         "in_progress",
+}
+
+// String returns the registry name of c, such as "malformed".
+func (c Code) String() string {
+	if int(c) < len(codeNames) && codeNames[c] != "" {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("code_%d", uint16(c))
+}
+
+// Known reports whether c is in the registry.
+func (c Code) Known() bool {
+	return int(c) < len(codeNames) && codeNames[c] != ""
+}
+
+// Error is an error that carries a DSError code to the HTTP layer. Message is
+// safe to send to the peer: it never holds secrets.
+type Error struct {
+	Code    Code
+	Message string
+	Err     error // the cause, for logs only; never sent
+}
+
+// Errorf returns an *Error with a formatted, peer-visible message. A %w verb
+// wraps the cause as with fmt.Errorf.
+func Errorf(code Code, format string, args ...any) *Error {
+	err := fmt.Errorf(format, args...)
+	return &Error{Code: code, Message: err.Error(), Err: errors.Unwrap(err)}
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	return e.Code.String() + ": " + e.Message
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// DSErrorOf returns the DSError to send for err: the code and message of the
+// first *Error in its chain, CodeMalformed for a wire.ErrMalformed, and
+// otherwise a generic backend_unavailable that does not leak the cause.
+func DSErrorOf(err error) DSError {
+	var e *Error
+	if errors.As(err, &e) {
+		return DSError{Code: e.Code, Message: []byte(e.Message)}
+	}
+	if errors.Is(err, wire.ErrMalformed) {
+		return DSError{Code: CodeMalformed, Message: []byte(err.Error())}
+	}
+	return DSError{Code: CodeBackendUnavailable, Message: []byte("internal error")}
+}

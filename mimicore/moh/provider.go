@@ -1,0 +1,200 @@
+package moh
+
+import (
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// ProviderRequestType selects the payload of a ProviderRequest and must match
+// the endpoint it is posted to.
+type ProviderRequestType uint8
+
+// The provider request types of docs/protocol.md §4.
+const (
+	DeliverMessage        ProviderRequestType = 0
+	ConnectionRequest     ProviderRequestType = 1
+	ConnectionKeyPackages ProviderRequestType = 2
+	GroupKeyPackages      ProviderRequestType = 3
+
+	maxProviderRequestType = GroupKeyPackages
+)
+
+// String returns the endpoint name of t.
+func (t ProviderRequestType) String() string {
+	switch t {
+	case DeliverMessage:
+		return "deliver_message"
+	case ConnectionRequest:
+		return "connection_request"
+	case ConnectionKeyPackages:
+		return "connection_key_packages"
+	case GroupKeyPackages:
+		return "group_key_packages"
+	}
+	return "unknown"
+}
+
+// ProviderRequestLabel is the SignWithLabel label of provider requests.
+const ProviderRequestLabel = "MIMI provider request"
+
+// ProviderRequest is the signed envelope of provider-to-provider requests
+// (docs/protocol.md §4).
+type ProviderRequest struct {
+	RequestType ProviderRequestType
+	Sender      []byte // provider FQDN
+	Recipient   []byte // provider FQDN
+	Timestamp   uint64 // unix seconds
+	RequestID   []byte // 16 random bytes
+	KeyID       []byte
+	Payload     []byte // the request type's struct, encoded
+	Signature   []byte
+
+	// signed holds, after decoding, the exact bytes the signature covers.
+	signed []byte
+}
+
+// MarshalTBS writes the fields the signature covers.
+func (p *ProviderRequest) MarshalTBS(b *cryptobyte.Builder) {
+	b.AddUint16(ProtocolVersion)
+	b.AddUint8(uint8(p.RequestType))
+	wire.AddOpaque(b, p.Sender)
+	wire.AddOpaque(b, p.Recipient)
+	b.AddUint64(p.Timestamp)
+	wire.AddOpaque(b, p.RequestID)
+	wire.AddOpaque(b, p.KeyID)
+	wire.AddOpaque(b, p.Payload)
+}
+
+// MarshalWire implements wire.Marshaler.
+func (p *ProviderRequest) MarshalWire(b *cryptobyte.Builder) {
+	p.MarshalTBS(b)
+	wire.AddOpaque(b, p.Signature)
+}
+
+// UnmarshalWire implements wire.Unmarshaler. Domains are checked to be valid
+// FQDNs and the request id to be non-empty.
+func (p *ProviderRequest) UnmarshalWire(s *cryptobyte.String) bool {
+	start := *s
+	var version uint16
+	var typ uint8
+	if !s.ReadUint16(&version) || version != ProtocolVersion ||
+		!s.ReadUint8(&typ) || ProviderRequestType(typ) > maxProviderRequestType ||
+		!wire.ReadOpaqueMax(s, &p.Sender, MaxFQDNLen) || !ValidFQDN(p.Sender) ||
+		!wire.ReadOpaqueMax(s, &p.Recipient, MaxFQDNLen) || !ValidFQDN(p.Recipient) ||
+		!s.ReadUint64(&p.Timestamp) ||
+		!wire.ReadOpaqueMax(s, &p.RequestID, MaxRequestIDLen) || len(p.RequestID) == 0 ||
+		!wire.ReadOpaqueMax(s, &p.KeyID, MaxKeyIDLen) || len(p.KeyID) == 0 ||
+		!wire.ReadOpaqueMax(s, &p.Payload, MaxPayloadLen) {
+		return false
+	}
+	p.RequestType = ProviderRequestType(typ)
+	p.signed = start[:len(start)-len(*s)]
+	return wire.ReadOpaqueMax(s, &p.Signature, MaxSignatureLen) && len(p.Signature) > 0
+}
+
+// SignedBytes returns the bytes the signature covers: the exact input bytes
+// for a decoded request, a fresh encoding otherwise.
+func (p *ProviderRequest) SignedBytes() ([]byte, error) {
+	if p.signed != nil {
+		return p.signed, nil
+	}
+	return wire.Marshal(tbsMarshaler{p})
+}
+
+type tbsMarshaler struct{ p *ProviderRequest }
+
+func (t tbsMarshaler) MarshalWire(b *cryptobyte.Builder) { t.p.MarshalTBS(b) }
+
+// QueueingServiceRequest is the deliver_message payload. Message holds the
+// encoded MLSMessage, which is the rest of the payload; the DS decodes it
+// strictly.
+type QueueingServiceRequest struct {
+	GroupID   []byte
+	ClientIDs [][]byte // client URIs, all local to the recipient
+	Message   []byte   // encoded MLSMessage
+}
+
+// MarshalWire implements wire.Marshaler.
+func (q *QueueingServiceRequest) MarshalWire(b *cryptobyte.Builder) {
+	wire.AddOpaque(b, q.GroupID)
+	addOpaqueList(b, q.ClientIDs)
+	b.AddBytes(q.Message)
+}
+
+// UnmarshalWire implements wire.Unmarshaler.
+func (q *QueueingServiceRequest) UnmarshalWire(s *cryptobyte.String) bool {
+	if !readGroupID(s, &q.GroupID) || !readOpaqueList(s, &q.ClientIDs, MaxClientIDs, MaxURILen) ||
+		len(q.ClientIDs) == 0 || len(*s) == 0 {
+		return false
+	}
+	q.Message = *s
+	*s = (*s)[len(*s):]
+	return true
+}
+
+// ConnectionRequestPayload is the connection_request payload: a Welcome into
+// a connection group for a local user.
+type ConnectionRequestPayload struct {
+	UserID  []byte // user URI
+	GroupID []byte
+	Welcome []byte // encoded MLSMessage (the rest of the payload)
+}
+
+// MarshalWire implements wire.Marshaler.
+func (c *ConnectionRequestPayload) MarshalWire(b *cryptobyte.Builder) {
+	wire.AddOpaque(b, c.UserID)
+	wire.AddOpaque(b, c.GroupID)
+	b.AddBytes(c.Welcome)
+}
+
+// UnmarshalWire implements wire.Unmarshaler.
+func (c *ConnectionRequestPayload) UnmarshalWire(s *cryptobyte.String) bool {
+	if !wire.ReadOpaqueMax(s, &c.UserID, MaxURILen) || !readGroupID(s, &c.GroupID) || len(*s) == 0 {
+		return false
+	}
+	c.Welcome = *s
+	*s = (*s)[len(*s):]
+	return true
+}
+
+// ConnectionKeyPackagesRequest is the connection_key_packages payload.
+type ConnectionKeyPackagesRequest struct {
+	Requester []byte // user URI of the requesting user
+	UserID    []byte // user URI of the local user whose KeyPackages are wanted
+}
+
+// MarshalWire implements wire.Marshaler.
+func (c *ConnectionKeyPackagesRequest) MarshalWire(b *cryptobyte.Builder) {
+	wire.AddOpaque(b, c.Requester)
+	wire.AddOpaque(b, c.UserID)
+}
+
+// UnmarshalWire implements wire.Unmarshaler.
+func (c *ConnectionKeyPackagesRequest) UnmarshalWire(s *cryptobyte.String) bool {
+	return wire.ReadOpaqueMax(s, &c.Requester, MaxURILen) && len(c.Requester) > 0 &&
+		wire.ReadOpaqueMax(s, &c.UserID, MaxURILen) && len(c.UserID) > 0
+}
+
+// GroupKeyPackagesRequest is the group_key_packages payload.
+type GroupKeyPackagesRequest struct {
+	Requester []byte   // user URI of the requesting user
+	ClientIDs [][]byte // client URIs, at most MaxClientIDs
+}
+
+// MarshalWire implements wire.Marshaler.
+func (g *GroupKeyPackagesRequest) MarshalWire(b *cryptobyte.Builder) {
+	wire.AddOpaque(b, g.Requester)
+	addOpaqueList(b, g.ClientIDs)
+}
+
+// UnmarshalWire implements wire.Unmarshaler.
+func (g *GroupKeyPackagesRequest) UnmarshalWire(s *cryptobyte.String) bool {
+	return wire.ReadOpaqueMax(s, &g.Requester, MaxURILen) && len(g.Requester) > 0 &&
+		readOpaqueList(s, &g.ClientIDs, MaxClientIDs, MaxURILen) && len(g.ClientIDs) > 0
+}
+
+// readGroupID reads a non-empty group_id<V> of at most MaxGroupIDLen bytes.
+func readGroupID(s *cryptobyte.String, out *[]byte) bool {
+	return wire.ReadOpaqueMax(s, out, MaxGroupIDLen) && len(*out) > 0
+}
