@@ -1,0 +1,14 @@
+// Command caddy is Caddy with the standard modules and the caddy-mimi plugin,
+// for builds without xcaddy (see xcaddy.sh).
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-mimi/caddy-mimi/caddymodule"
+)
+
+func main() {
+	caddycmd.Main()
+}

@@ -1,0 +1,353 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// Fetch limits of docs/protocol.md §4.
+const (
+	maxFetchBody       = 64 << 10
+	defaultFetchLimit  = 5 * time.Second
+	defaultMinInterval = time.Minute
+	maxKeyCacheTTL     = 24 * time.Hour
+)
+
+// Errors a key lookup returns; the verifier maps them to DSError codes.
+var (
+	// ErrUnknownKey means the peer does not publish the key_id, or not with
+	// a validity that covers the request.
+	ErrUnknownKey = errors.New("unknown verification key")
+	// ErrFetchFailed means the peer's keys could not be fetched (now or at
+	// the last attempt, which is cached).
+	ErrFetchFailed = errors.New("fetching peer verification keys failed")
+	// ErrAddressRefused means a peer resolved to an address the fetch policy
+	// forbids.
+	ErrAddressRefused = errors.New("peer address refused by fetch policy")
+)
+
+// FetchPolicy bounds how peers' keys are fetched. The zero value is the
+// production policy: public addresses on port 443 only, system roots.
+type FetchPolicy struct {
+	// AllowPrivate permits loopback, private, link-local and ULA addresses
+	// (examples and tests on one machine).
+	AllowPrivate bool
+	// AllowedPorts lists the ports that may be dialed besides 443.
+	AllowedPorts []int
+	// Resolve maps a peer host name to a fixed "ip:port" that is dialed
+	// instead of resolving the name, whatever port the URL names (a static
+	// federation link, or a test).
+	Resolve map[string]string
+	// RootCAs replaces the system roots for peer TLS when set.
+	RootCAs *x509.CertPool
+	// Timeout bounds one discovery + key fetch (default 5 s).
+	Timeout time.Duration
+	// MinInterval is the least time between two fetches for one peer
+	// (default 1 min); failures are cached for as long.
+	MinInterval time.Duration
+}
+
+// KeySource returns the verification key of a peer provider that is valid at
+// a given time.
+type KeySource interface {
+	VerificationKey(ctx context.Context, domain string, keyID []byte, at time.Time) (*moh.VerificationKey, error)
+}
+
+// KeyFetcher is a KeySource that discovers a peer's DS through its
+// well-known URL and fetches its /verification_key, with caching, one fetch
+// in flight per peer, a minimum interval between fetches and cached
+// failures. It is safe for concurrent use.
+type KeyFetcher struct {
+	policy FetchPolicy
+	client *http.Client
+	now    func() time.Time
+
+	group singleflight.Group
+	mu    sync.Mutex
+	peers map[string]*peerKeys
+}
+
+// peerKeys is what is cached about one peer.
+type peerKeys struct {
+	keys        []cachedKey
+	lastAttempt time.Time
+	lastErr     error
+}
+
+type cachedKey struct {
+	key     moh.VerificationKey
+	expires time.Time // min(not_after, fetched + 24 h)
+}
+
+// NewKeyFetcher returns a KeyFetcher that applies policy.
+func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
+	if policy.Timeout <= 0 {
+		policy.Timeout = defaultFetchLimit
+	}
+	if policy.MinInterval <= 0 {
+		policy.MinInterval = defaultMinInterval
+	}
+	dialer := &net.Dialer{Timeout: policy.Timeout, Control: policy.control}
+	transport := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			if fixed, ok := policy.Resolve[host]; ok {
+				addr = fixed
+			}
+			return dialer.DialContext(ctx, network, addr)
+		},
+		TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: policy.RootCAs},
+		ForceAttemptHTTP2:      true,
+		MaxIdleConnsPerHost:    2,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    policy.Timeout,
+		ResponseHeaderTimeout:  policy.Timeout,
+		MaxResponseHeaderBytes: 16 << 10,
+	}
+	return &KeyFetcher{
+		policy: policy,
+		client: &http.Client{
+			Transport:     transport,
+			Timeout:       policy.Timeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		now:   time.Now,
+		peers: make(map[string]*peerKeys),
+	}
+}
+
+// control runs after name resolution, on the address actually dialed, so
+// the check cannot be bypassed by DNS rebinding between check and connect.
+func (p FetchPolicy) control(_, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAddressRefused, err)
+	}
+	port := int(ap.Port())
+	if port != 443 && !containsInt(p.AllowedPorts, port) {
+		return fmt.Errorf("%w: port %d", ErrAddressRefused, port)
+	}
+	if !p.AllowPrivate && !publicAddr(ap.Addr()) {
+		return fmt.Errorf("%w: %s is not a public address", ErrAddressRefused, ap.Addr())
+	}
+	return nil
+}
+
+// cgnat is the shared address space of RFC 6598.
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// publicAddr reports whether a is a globally routable unicast address.
+func publicAddr(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsGlobalUnicast() && !a.IsPrivate() && !a.IsLoopback() &&
+		!a.IsLinkLocalUnicast() && !cgnat.Contains(a) && !(a.Is4() && a.As4()[0] == 0)
+}
+
+func containsInt(list []int, v int) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// VerificationKey implements KeySource. A key_id not in the cache triggers a
+// refetch, at most one per MinInterval per peer.
+func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID []byte, at time.Time) (*moh.VerificationKey, error) {
+	now := f.now()
+	f.mu.Lock()
+	entry := f.peers[domain]
+	if entry != nil {
+		if k, ok := entry.lookup(keyID, now); ok {
+			f.mu.Unlock()
+			return checkCovers(k, at)
+		}
+		if now.Sub(entry.lastAttempt) < f.policy.MinInterval {
+			err := entry.lastErr
+			f.mu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
+		}
+	}
+	f.mu.Unlock()
+
+	_, err, _ := f.group.Do(domain, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.policy.Timeout)
+		defer cancel()
+		keys, err := f.fetch(fctx, domain)
+		f.store(domain, keys, err, f.now())
+		return nil, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	k, ok := f.peers[domain].lookup(keyID, f.now())
+	f.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
+	}
+	return checkCovers(k, at)
+}
+
+func (e *peerKeys) lookup(keyID []byte, now time.Time) (moh.VerificationKey, bool) {
+	if e == nil {
+		return moh.VerificationKey{}, false
+	}
+	for _, c := range e.keys {
+		if bytes.Equal(c.key.KeyID, keyID) && now.Before(c.expires) {
+			return c.key, true
+		}
+	}
+	return moh.VerificationKey{}, false
+}
+
+// checkCovers requires k's validity to include at.
+func checkCovers(k moh.VerificationKey, at time.Time) (*moh.VerificationKey, error) {
+	t := uint64(at.Unix())
+	if t < k.NotBefore || t > k.NotAfter {
+		return nil, fmt.Errorf("key %x does not cover the request time: %w", k.KeyID, ErrUnknownKey)
+	}
+	return &k, nil
+}
+
+// store records the outcome of a fetch.
+func (f *KeyFetcher) store(domain string, keys []moh.VerificationKey, err error, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	entry := f.peers[domain]
+	if entry == nil {
+		entry = &peerKeys{}
+		f.peers[domain] = entry
+	}
+	entry.lastAttempt = now
+	entry.lastErr = err
+	if err != nil {
+		return
+	}
+	entry.keys = entry.keys[:0]
+	for _, k := range keys {
+		exp := now.Add(maxKeyCacheTTL)
+		if na := time.Unix(int64(k.NotAfter), 0); na.Before(exp) {
+			exp = na
+		}
+		entry.keys = append(entry.keys, cachedKey{key: k, expires: exp})
+	}
+}
+
+// fetch discovers domain's DS and fetches its verification keys.
+func (f *KeyFetcher) fetch(ctx context.Context, domain string) ([]moh.VerificationKey, error) {
+	authority, err := f.discover(ctx, domain)
+	if err != nil {
+		return nil, fmt.Errorf("%w: discovering %s: %v", ErrFetchFailed, domain, err)
+	}
+	body, err := wire.Marshal(&moh.VerificationKeyRequest{ProtocolVersion: moh.ProtocolVersion})
+	if err != nil {
+		return nil, err
+	}
+	raw, err := f.do(ctx, http.MethodPost, "https://"+authority+"/verification_key", body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: fetching keys of %s from %s: %v", ErrFetchFailed, domain, authority, err)
+	}
+	var resp moh.DSResponse
+	if err := wire.Unmarshal(raw, &resp, "DSResponse"); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrFetchFailed, err)
+	}
+	if resp.Type != moh.ResponseVerificationKeys {
+		return nil, fmt.Errorf("%w: %s answered response type %d", ErrFetchFailed, authority, resp.Type)
+	}
+	keys := make([]moh.VerificationKey, 0, len(resp.VerificationKeys))
+	for _, k := range resp.VerificationKeys {
+		if !k.Scheme.Known() || k.NotAfter < k.NotBefore ||
+			time.Duration(k.NotAfter-k.NotBefore)*time.Second > MaxKeyLifetime {
+			continue // unusable keys are ignored, not trusted
+		}
+		k.KeyID = bytes.Clone(k.KeyID)
+		k.PublicKey = bytes.Clone(k.PublicKey)
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// discover reads https://<domain>/.well-known/mimi/ds-domain.
+func (f *KeyFetcher) discover(ctx context.Context, domain string) (string, error) {
+	if !moh.ValidFQDN([]byte(domain)) {
+		return "", errors.New("not a valid provider domain")
+	}
+	raw, err := f.do(ctx, http.MethodGet, "https://"+domain+"/.well-known/mimi/ds-domain", nil)
+	if err != nil {
+		return "", err
+	}
+	authority := strings.TrimSpace(string(raw))
+	if err := ValidateAuthority(authority); err != nil {
+		return "", err
+	}
+	return authority, nil
+}
+
+// ValidateAuthority checks a DS authority: an FQDN with an optional port.
+func ValidateAuthority(authority string) error {
+	host, port := authority, ""
+	if i := strings.LastIndexByte(authority, ':'); i >= 0 {
+		host, port = authority[:i], authority[i+1:]
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+			return fmt.Errorf("invalid DS authority port %q", port)
+		}
+	}
+	if !moh.ValidFQDN([]byte(host)) {
+		return fmt.Errorf("invalid DS authority host %q", host)
+	}
+	return nil
+}
+
+// do performs one bounded request and returns the body of a 200 answer.
+func (f *KeyFetcher) do(ctx context.Context, method, url string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxFetchBody+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > maxFetchBody {
+		return nil, errors.New("answer larger than 64 KiB")
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return raw, nil
+}

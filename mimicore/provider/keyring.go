@@ -1,0 +1,227 @@
+package provider
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+)
+
+// Defaults of a KeyRing.
+const (
+	DefaultRotateEvery = 30 * 24 * time.Hour
+	// DefaultOverlap is how long a key stays valid after its successor
+	// took over: longer than any peer caches keys (24 h), so requests in
+	// flight and cached keys never break.
+	DefaultOverlap = 48 * time.Hour
+)
+
+const keyFileSuffix = ".key.pem"
+
+// KeyRing holds the provider's signing keys in a directory: one 0600 PEM
+// file per key, named by key id, written atomically. The newest key signs;
+// older keys are published until they expire, then deleted. A KeyRing is
+// safe for concurrent use.
+type KeyRing struct {
+	dir         string
+	scheme      moh.SignatureScheme
+	rotateEvery time.Duration
+	overlap     time.Duration
+
+	mu   sync.RWMutex
+	keys []*PrivateKey // by NotBefore, oldest first
+}
+
+// KeyRingOptions configures OpenKeyRing. Zero fields take the defaults.
+type KeyRingOptions struct {
+	Scheme      moh.SignatureScheme // default Ed25519
+	RotateEvery time.Duration       // default 30 days
+	Overlap     time.Duration       // default 48 hours
+}
+
+// OpenKeyRing loads the keys in dir (created 0700 if missing) and makes sure
+// a current key exists, creating one at now if needed.
+func OpenKeyRing(dir string, opts KeyRingOptions, now time.Time) (*KeyRing, error) {
+	if opts.Scheme == 0 {
+		opts.Scheme = moh.SchemeEd25519
+	}
+	if opts.RotateEvery <= 0 {
+		opts.RotateEvery = DefaultRotateEvery
+	}
+	if opts.Overlap <= 0 {
+		opts.Overlap = DefaultOverlap
+	}
+	if opts.RotateEvery+opts.Overlap > MaxKeyLifetime {
+		return nil, fmt.Errorf("opening key ring: rotation interval %s plus overlap %s exceeds the %s key lifetime limit",
+			opts.RotateEvery, opts.Overlap, MaxKeyLifetime)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("opening key ring: %w", err)
+	}
+	r := &KeyRing{dir: dir, scheme: opts.Scheme, rotateEvery: opts.RotateEvery, overlap: opts.Overlap}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	if _, err := r.Rotate(now); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// load reads every key file of the directory.
+func (r *KeyRing) load() error {
+	entries, err := os.ReadDir(r.dir)
+	if err != nil {
+		return fmt.Errorf("reading key directory: %w", err)
+	}
+	var keys []*PrivateKey
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), keyFileSuffix) {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(r.dir, e.Name()))
+		if err != nil {
+			return fmt.Errorf("reading key %s: %w", e.Name(), err)
+		}
+		k, err := ParsePEM(data)
+		if err != nil {
+			return fmt.Errorf("loading key %s: %w", e.Name(), err)
+		}
+		if keyFileName(k) != e.Name() {
+			return fmt.Errorf("loading key %s: file name does not match key id %x", e.Name(), k.ID)
+		}
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].NotBefore.Before(keys[j].NotBefore) })
+	r.keys = keys
+	return nil
+}
+
+func keyFileName(k *PrivateKey) string { return hex.EncodeToString(k.ID) + keyFileSuffix }
+
+// Current returns the key that signs now: the newest key whose validity
+// covers now.
+func (r *KeyRing) Current(now time.Time) (*PrivateKey, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for i := len(r.keys) - 1; i >= 0; i-- {
+		if r.keys[i].Covers(now) {
+			return r.keys[i], nil
+		}
+	}
+	return nil, errors.New("no signing key covers the current time")
+}
+
+// Published returns the verification keys to serve on /verification_key at
+// now: every key that has not expired, newest first.
+func (r *KeyRing) Published(now time.Time) []moh.VerificationKey {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]moh.VerificationKey, 0, len(r.keys))
+	for i := len(r.keys) - 1; i >= 0; i-- {
+		if !now.After(r.keys[i].NotAfter) {
+			out = append(out, r.keys[i].Public())
+		}
+	}
+	return out
+}
+
+// Rotate creates a new key when the newest one is older than the rotation
+// interval (or there is none), and deletes the files of expired keys. It
+// reports whether a key was created.
+func (r *KeyRing) Rotate(now time.Time) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	created := false
+	if n := len(r.keys); n == 0 || now.Sub(r.keys[n-1].NotBefore) >= r.rotateEvery || !r.keys[n-1].Covers(now) {
+		k, err := GenerateKey(r.scheme, now, now.Add(r.rotateEvery+r.overlap))
+		if err != nil {
+			return false, err
+		}
+		pemBytes, err := k.MarshalPEM()
+		if err != nil {
+			return false, err
+		}
+		if err := writeFileAtomic(filepath.Join(r.dir, keyFileName(k)), pemBytes, 0o600); err != nil {
+			return false, fmt.Errorf("storing new signing key: %w", err)
+		}
+		r.keys = append(r.keys, k)
+		created = true
+	}
+	kept := r.keys[:0]
+	var errs []error
+	for _, k := range r.keys {
+		if now.After(k.NotAfter) {
+			if err := os.Remove(filepath.Join(r.dir, keyFileName(k))); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+				kept = append(kept, k)
+			}
+			continue
+		}
+		kept = append(kept, k)
+	}
+	r.keys = kept
+	if err := errors.Join(errs...); err != nil {
+		return created, fmt.Errorf("deleting expired keys: %w", err)
+	}
+	return created, nil
+}
+
+// NextRotation returns when Rotate will next have work to do.
+func (r *KeyRing) NextRotation() time.Time {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if len(r.keys) == 0 {
+		return time.Time{}
+	}
+	next := r.keys[len(r.keys)-1].NotBefore.Add(r.rotateEvery)
+	for _, k := range r.keys {
+		if k.NotAfter.Before(next) {
+			next = k.NotAfter.Add(time.Second)
+		}
+	}
+	return next
+}
+
+// writeFileAtomic writes data to path so that a crash leaves either the old
+// file or the complete new one: temp file, fsync, rename, fsync directory.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

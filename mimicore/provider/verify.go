@@ -1,0 +1,112 @@
+package provider
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// TimestampWindow is how far a request's timestamp may be from the
+// receiver's clock (docs/protocol.md §4).
+const TimestampWindow = 300 * time.Second
+
+// PeerPolicy decides whether a sending provider may talk to us at all. It
+// returns nil to allow.
+type PeerPolicy func(sender string) error
+
+// Verifier checks provider-signed requests in the order of
+// docs/protocol.md §4, cheapest checks first: decode, request type,
+// recipient, timestamp, peer policy, key, signature. The replay check is
+// the caller's next step (see Replay), since it needs the signed digest.
+type Verifier struct {
+	// Domains are this gateway's own provider domains.
+	Domains []string
+	// Keys finds senders' verification keys.
+	Keys KeySource
+	// Peers, when set, refuses senders before any key is fetched.
+	Peers PeerPolicy
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Verified is a provider request whose envelope checks all passed.
+type Verified struct {
+	Request *moh.ProviderRequest
+	// Digest is SHA-256 of the whole encoded request; the replay cache keys
+	// byte-identical retries on it.
+	Digest [32]byte
+}
+
+// Verify decodes raw as a ProviderRequest for endpoint want and checks it.
+// Every failure is a *moh.Error with the code the peer should see.
+func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequestType) (*Verified, error) {
+	var req moh.ProviderRequest
+	if err := wire.Unmarshal(raw, &req, "ProviderRequest"); err != nil {
+		return nil, &moh.Error{Code: moh.CodeMalformed, Message: err.Error(), Err: err}
+	}
+	if req.RequestType != want {
+		return nil, moh.Errorf(moh.CodeWrongRequestType, "request type %s posted to /%s", req.RequestType, want)
+	}
+	if !v.ownDomain(req.Recipient) {
+		return nil, moh.Errorf(moh.CodeRecipientMismatch, "recipient %q is not served here", req.Recipient)
+	}
+	now := time.Now
+	if v.Now != nil {
+		now = v.Now
+	}
+	ts := time.Unix(int64(min(req.Timestamp, 1<<62)), 0)
+	if d := now().Sub(ts); d > TimestampWindow || d < -TimestampWindow {
+		return nil, moh.Errorf(moh.CodeStaleTimestamp, "timestamp is %s away from the receiver clock", d.Round(time.Second))
+	}
+	sender := string(req.Sender)
+	if v.Peers != nil {
+		if err := v.Peers(sender); err != nil {
+			return nil, &moh.Error{Code: moh.CodeForbidden, Message: "sender provider is not allowed", Err: err}
+		}
+	}
+	key, err := v.Keys.VerificationKey(ctx, sender, req.KeyID, ts)
+	switch {
+	case errors.Is(err, ErrUnknownKey):
+		return nil, &moh.Error{Code: moh.CodeUnknownKey, Message: "key_id is not a current key of the sender", Err: err}
+	case err != nil:
+		return nil, &moh.Error{Code: moh.CodeUnknownKey, Message: "sender keys could not be fetched", Err: err}
+	}
+	signed, err := req.SignedBytes()
+	if err != nil {
+		return nil, fmt.Errorf("encoding signed fields: %w", err)
+	}
+	if err := VerifyWithLabel(key, moh.ProviderRequestLabel, signed, req.Signature); err != nil {
+		return nil, &moh.Error{Code: moh.CodeBadSignature, Message: "provider signature does not verify", Err: err}
+	}
+	return &Verified{Request: &req, Digest: sha256.Sum256(raw)}, nil
+}
+
+func (v *Verifier) ownDomain(d []byte) bool {
+	for _, own := range v.Domains {
+		if own == string(d) {
+			return true
+		}
+	}
+	return false
+}
+
+// SignRequest fills in req's key id, signs it with key and returns the
+// encoding ready to post.
+func SignRequest(req *moh.ProviderRequest, key *PrivateKey) ([]byte, error) {
+	req.KeyID = key.ID
+	tbs, err := req.SignedBytes()
+	if err != nil {
+		return nil, fmt.Errorf("encoding provider request: %w", err)
+	}
+	sig, err := key.SignWithLabel(moh.ProviderRequestLabel, tbs)
+	if err != nil {
+		return nil, err
+	}
+	req.Signature = sig
+	return wire.Marshal(req)
+}
