@@ -1,0 +1,500 @@
+package privacypass
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ContextMode says how an Origin chooses the redemption_context of its
+// challenges, and so how it knows later which challenge digests to accept.
+// The token carries only SHA-256 of the challenge, so an origin can accept a
+// token only if it can list the digests it would accept: it either remembers
+// them or re-derives them.
+type ContextMode int
+
+const (
+	// ContextRandom gives every minted challenge 32 fresh bytes from
+	// crypto/rand (PROFILE §8) and remembers the digests in memory until the
+	// challenge lifetime ends. The registry is bounded by
+	// OriginConfig.MaxChallenges: past it, the oldest challenges are
+	// forgotten early and tokens for them are refused (the client gets a new
+	// challenge). The state is per process: after a restart, and on another
+	// node of a cluster, earlier challenges are unknown and their tokens are
+	// refused with ReasonChallengeDigest. That is safe (no token can be
+	// replayed across a restart, since its challenge is gone) but a cluster
+	// needs sticky routing between the 401 and the retry; use ContextWindow
+	// otherwise.
+	ContextRandom ContextMode = iota
+	// ContextWindow derives the context statelessly as
+	//
+	//	HMAC-SHA256(Secret, "caddy-mimi privacypass redemption context v1" || 0x00 || uint64be(slot))
+	//
+	// with slot = floor(unix time / Lifetime). A challenge minted in slot s is
+	// accepted during slots s and s+1, so for between one and two lifetimes;
+	// max-age tells the client the exact remainder. Every node that shares
+	// Secret (and issuer name, origin_info and clock within ClockSkew) accepts
+	// every other node's challenges, also across restarts, with no shared
+	// challenge state; the SpentStore must then be shared and durable, since
+	// it alone stops replays. All clients in a slot get the same context,
+	// which is indistinguishable from random to them and links nothing
+	// beyond the time slot (RFC 9577 §2.1.1.2 lists F(time window) as a valid
+	// choice).
+	ContextWindow
+)
+
+// String returns "random" or "window".
+func (m ContextMode) String() string {
+	switch m {
+	case ContextRandom:
+		return "random"
+	case ContextWindow:
+		return "window"
+	}
+	return fmt.Sprintf("ContextMode(%d)", int(m))
+}
+
+// Defaults applied by NewOrigin to zero OriginConfig fields.
+const (
+	DefaultLifetime      = 5 * time.Minute
+	DefaultMaxChallenges = 1 << 18
+	DefaultClockSkew     = time.Minute
+)
+
+// greaseTypes are the reserved token types of RFC 9577 §6.2.1.
+var greaseTypes = []TokenType{0x0000, 0x02AA, 0x1132, 0x2E96, 0x3CD3, 0x4473, 0x5A63, 0x6D32, 0x7F3F,
+	0x8D07, 0x916B, 0xA6A4, 0xBEAB, 0xC3F3, 0xDA42, 0xE944, 0xF057}
+
+// OriginConfig configures an Origin. IssuerName, Keys and Spent are required.
+type OriginConfig struct {
+	// IssuerName is the issuer's host[:port] put in every challenge.
+	IssuerName string
+	// OriginInfo lists the origin names tokens are bound to (PROFILE §8: the
+	// DS authority). Empty allows cross-origin tokens.
+	OriginInfo []string
+	// Keys are the accepted issuer keys, all of IssuerName. Challenges are
+	// offered per token type in the order types first appear here, each
+	// naming the first key of its type as token-key; tokens are accepted
+	// under any listed key of their type (rotation). Type 0x0001 keys must
+	// hold the private key.
+	Keys []*Key
+	// Lifetime is how long a challenge is accepted (ContextRandom), or the
+	// slot length (ContextWindow). Default 5 minutes; 1 second to 24 hours.
+	Lifetime time.Duration
+	// Mode selects how redemption contexts are made; see ContextMode.
+	Mode ContextMode
+	// Secret keys the HMAC of ContextWindow; at least 32 bytes. Nodes of a
+	// cluster must share it, and it must persist for challenges to survive a
+	// restart. When empty, a random secret is made (valid for this process
+	// only). Ignored by ContextRandom.
+	Secret []byte
+	// MaxChallenges bounds the challenges ContextRandom remembers. Default
+	// 262144 (about 25 MiB at most).
+	MaxChallenges int
+	// ClockSkew is added to the expiry of spent-token records so that nodes
+	// whose clocks differ by up to this much cannot accept a replay after
+	// another node's record expired. Default 1 minute.
+	ClockSkew time.Duration
+	// Grease appends one challenge of a reserved token type with random
+	// contents (RFC 9577 §4.1). Off by default: stock privacypass-ts 0.9.0
+	// clients fail on the whole header when it is present.
+	Grease bool
+	// Spent records redeemed tokens (double-spend prevention).
+	Spent SpentStore
+	// Now returns the current time; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+// Origin is the origin role of RFC 9576: it mints PrivateToken challenges
+// and redeems tokens, checking in order: the credential syntax, the token
+// type, the issuer key (by full token_key_id), the challenge digest, the
+// authenticator, and finally that the token was not spent before. Only a
+// token that passed every cryptographic check is written to the SpentStore,
+// so forged tokens cannot fill it. An Origin is safe for concurrent use.
+type Origin struct {
+	issuer     string
+	originInfo []string
+	lifetime   time.Duration
+	mode       ContextMode
+	secret     []byte
+	skew       time.Duration
+	grease     bool
+	spent      SpentStore
+	now        func() time.Time
+
+	verifier  *Verifier
+	types     []TokenType           // offered types, preference order
+	advertise map[TokenType][]byte  // token-key per type
+	typeOK    map[TokenType]bool    // accepted types
+	registry  *challengeRegistry    // ContextRandom
+	window    atomic.Pointer[slots] // ContextWindow cache
+}
+
+// NewOrigin validates cfg and builds an Origin.
+func NewOrigin(cfg OriginConfig) (*Origin, error) {
+	if !validName(cfg.IssuerName) || len(cfg.IssuerName) > 0xffff {
+		return nil, newError(ReasonInvalidConfig, "invalid issuer name %q", cfg.IssuerName)
+	}
+	probe := TokenChallenge{TokenType: TypeBlindRSA, IssuerName: cfg.IssuerName, OriginInfo: cfg.OriginInfo}
+	if _, err := probe.Marshal(); err != nil {
+		return nil, wrapError(ReasonInvalidConfig, "checking origin_info", err)
+	}
+	if len(cfg.Keys) == 0 {
+		return nil, newError(ReasonInvalidConfig, "no issuer keys")
+	}
+	if cfg.Spent == nil {
+		return nil, newError(ReasonInvalidConfig, "no spent-token store")
+	}
+	o := &Origin{
+		issuer:     cfg.IssuerName,
+		originInfo: append([]string(nil), cfg.OriginInfo...),
+		lifetime:   cfg.Lifetime,
+		mode:       cfg.Mode,
+		skew:       cfg.ClockSkew,
+		grease:     cfg.Grease,
+		spent:      cfg.Spent,
+		now:        cfg.Now,
+		advertise:  make(map[TokenType][]byte),
+		typeOK:     make(map[TokenType]bool),
+	}
+	if o.lifetime == 0 {
+		o.lifetime = DefaultLifetime
+	}
+	if o.lifetime < time.Second || o.lifetime > 24*time.Hour {
+		return nil, newError(ReasonInvalidConfig, "challenge lifetime %v out of range [1s, 24h]", o.lifetime)
+	}
+	if o.skew == 0 {
+		o.skew = DefaultClockSkew
+	}
+	if o.skew < 0 {
+		return nil, newError(ReasonInvalidConfig, "negative clock skew %v", o.skew)
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	v, err := NewVerifier(cfg.Keys...)
+	if err != nil {
+		return nil, err
+	}
+	o.verifier = v
+	for _, k := range cfg.Keys {
+		if !o.typeOK[k.typ] {
+			o.typeOK[k.typ] = true
+			o.types = append(o.types, k.typ)
+			o.advertise[k.typ] = k.encoded
+		}
+	}
+	switch o.mode {
+	case ContextRandom:
+		limit := cfg.MaxChallenges
+		if limit == 0 {
+			limit = DefaultMaxChallenges
+		}
+		if limit < 0 {
+			return nil, newError(ReasonInvalidConfig, "negative challenge limit %d", limit)
+		}
+		o.registry = newChallengeRegistry(limit)
+	case ContextWindow:
+		switch {
+		case len(cfg.Secret) == 0:
+			o.secret = make([]byte, 32)
+			if _, err := rand.Read(o.secret); err != nil {
+				return nil, fmt.Errorf("generating context secret: %w", err)
+			}
+		case len(cfg.Secret) < 32:
+			return nil, newError(ReasonInvalidConfig, "context secret is %d bytes, want at least 32", len(cfg.Secret))
+		default:
+			o.secret = append([]byte(nil), cfg.Secret...)
+		}
+	default:
+		return nil, newError(ReasonInvalidConfig, "unknown context mode %d", int(o.mode))
+	}
+	return o, nil
+}
+
+// TokenTypes returns the token types the origin accepts, in preference order.
+func (o *Origin) TokenTypes() []TokenType { return append([]TokenType(nil), o.types...) }
+
+// Challenges mints the challenges for one 401 answer: one per accepted token
+// type, in preference order, each with the token-key of its first key and a
+// max-age, plus a greased one last if configured. Format them with
+// FormatWWWAuthenticate.
+func (o *Origin) Challenges() ([]Challenge, error) {
+	now := o.now()
+	out := make([]Challenge, 0, len(o.types)+1)
+	switch o.mode {
+	case ContextRandom:
+		ctx := make([]byte, RedemptionContextSize)
+		if _, err := rand.Read(ctx); err != nil {
+			return nil, fmt.Errorf("generating redemption context: %w", err)
+		}
+		expires := now.Add(o.lifetime)
+		for _, t := range o.types {
+			raw, err := o.challengeBytes(t, ctx)
+			if err != nil {
+				return nil, err
+			}
+			o.registry.add(ChallengeDigest(raw), expires, now)
+			out = append(out, Challenge{TokenChallenge: raw, TokenKey: o.advertise[t], MaxAge: int(o.lifetime / time.Second)})
+		}
+	case ContextWindow:
+		s, err := o.slotsAt(now)
+		if err != nil {
+			return nil, err
+		}
+		maxAge := int(s.until(s.cur).Sub(now) / time.Second)
+		for i, t := range o.types {
+			out = append(out, Challenge{TokenChallenge: s.challenges[i], TokenKey: o.advertise[t], MaxAge: maxAge})
+		}
+	}
+	if o.grease {
+		g, err := greaseChallenge()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+// WWWAuthenticate mints challenges and formats them as one WWW-Authenticate
+// field value.
+func (o *Origin) WWWAuthenticate() (string, error) {
+	cs, err := o.Challenges()
+	if err != nil {
+		return "", err
+	}
+	return FormatWWWAuthenticate(cs...), nil
+}
+
+func greaseChallenge() (Challenge, error) {
+	var b [2 + 80 + 32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return Challenge{}, fmt.Errorf("generating grease: %w", err)
+	}
+	t := greaseTypes[int(b[0])%len(greaseTypes)]
+	body := b[2 : 2+48+int(b[1])%32]
+	body[0], body[1] = byte(t>>8), byte(t)
+	return Challenge{TokenChallenge: body, TokenKey: b[82:], MaxAge: -1}, nil
+}
+
+func (o *Origin) challengeBytes(t TokenType, ctx []byte) ([]byte, error) {
+	c := TokenChallenge{TokenType: t, IssuerName: o.issuer, RedemptionContext: ctx, OriginInfo: o.originInfo}
+	return c.Marshal()
+}
+
+// Redemption describes a successfully redeemed token.
+type Redemption struct {
+	// Token is the redeemed token.
+	Token *Token
+	// Key is the issuer key it verified under (public part only).
+	Key *Key
+	// SpentUntil is the expiry recorded in the SpentStore.
+	SpentUntil time.Time
+}
+
+// Redeem parses an Authorization field value and redeems the token in it; see
+// RedeemToken. A value without PrivateToken credentials gives ReasonMissing.
+func (o *Origin) Redeem(ctx context.Context, authorization string) (*Redemption, error) {
+	t, err := ParseAuthorization(authorization)
+	if err != nil {
+		return nil, err
+	}
+	return o.RedeemToken(ctx, t)
+}
+
+// RedeemToken checks a parsed token and records it as spent. Errors carry
+// the Reason of the first failed check: ReasonUnsupportedType (type not
+// configured: answer with a fresh challenge), ReasonUnknownKey,
+// ReasonChallengeDigest (not a challenge this origin accepts now),
+// ReasonAuthenticator, ReasonReplay (already spent) or
+// ReasonStoreUnavailable (the store failed; the token is not redeemed and
+// may be presented again).
+func (o *Origin) RedeemToken(ctx context.Context, t *Token) (*Redemption, error) {
+	if !o.typeOK[t.TokenType] {
+		return nil, newError(ReasonUnsupportedType, "token type %s is not accepted here", t.TokenType)
+	}
+	k, err := o.verifier.lookup(t)
+	if err != nil {
+		return nil, err
+	}
+	now := o.now()
+	expires, ok, err := o.acceptDigest(t.TokenType, t.ChallengeDigest, now)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, newError(ReasonChallengeDigest, "token does not answer a challenge this origin accepts now")
+	}
+	if err := o.verifier.verifyWithKey(t, k); err != nil {
+		return nil, err
+	}
+	until := expires.Add(o.skew)
+	sk := SpentKey(t)
+	first, err := o.spent.MarkSpent(ctx, sk[:], until)
+	if err != nil {
+		return nil, wrapError(ReasonStoreUnavailable, "recording spent token", err)
+	}
+	if !first {
+		return nil, newError(ReasonReplay, "token already redeemed")
+	}
+	return &Redemption{Token: t, Key: k.Public(), SpentUntil: until}, nil
+}
+
+// acceptDigest reports whether d is the digest of a challenge of type t that
+// the origin accepts at now, and until when.
+func (o *Origin) acceptDigest(t TokenType, d [DigestSize]byte, now time.Time) (time.Time, bool, error) {
+	switch o.mode {
+	case ContextRandom:
+		exp, ok := o.registry.lookup(d, now)
+		return exp, ok, nil
+	case ContextWindow:
+		s, err := o.slotsAt(now)
+		if err != nil {
+			return time.Time{}, false, err
+		}
+		for i, tt := range o.types {
+			if tt != t {
+				continue
+			}
+			// Compare against both acceptable slots without branching on
+			// which one matched first.
+			cur := subtle.ConstantTimeCompare(d[:], s.curDigests[i][:])
+			prev := subtle.ConstantTimeCompare(d[:], s.prevDigests[i][:])
+			switch {
+			case cur == 1:
+				return s.until(s.cur), true, nil
+			case prev == 1:
+				return s.until(s.cur - 1), true, nil
+			}
+		}
+	}
+	return time.Time{}, false, nil
+}
+
+// slots caches the window challenges of the current and previous slot.
+type slots struct {
+	cur         int64
+	lifetime    time.Duration
+	challenges  [][]byte // current slot, per o.types
+	curDigests  [][DigestSize]byte
+	prevDigests [][DigestSize]byte
+}
+
+// until returns when challenges of slot s stop being accepted: the end of
+// slot s+1.
+func (s *slots) until(slot int64) time.Time {
+	return time.Unix(0, 0).Add(time.Duration(slot+2) * s.lifetime)
+}
+
+const windowContextLabel = "caddy-mimi privacypass redemption context v1\x00"
+
+func (o *Origin) windowContext(slot int64) []byte {
+	m := hmac.New(sha256.New, o.secret)
+	m.Write([]byte(windowContextLabel))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(slot))
+	m.Write(b[:])
+	return m.Sum(nil)
+}
+
+func (o *Origin) slotsAt(now time.Time) (*slots, error) {
+	slot := now.UnixNano() / int64(o.lifetime)
+	if now.UnixNano() < 0 {
+		slot = -1 // clocks before 1970 are not supported; keep the math defined
+	}
+	if s := o.window.Load(); s != nil && s.cur == slot {
+		return s, nil
+	}
+	s := &slots{cur: slot, lifetime: o.lifetime}
+	cur, prev := o.windowContext(slot), o.windowContext(slot-1)
+	for _, t := range o.types {
+		c, err := o.challengeBytes(t, cur)
+		if err != nil {
+			return nil, err
+		}
+		p, err := o.challengeBytes(t, prev)
+		if err != nil {
+			return nil, err
+		}
+		s.challenges = append(s.challenges, c)
+		s.curDigests = append(s.curDigests, ChallengeDigest(c))
+		s.prevDigests = append(s.prevDigests, ChallengeDigest(p))
+	}
+	o.window.Store(s)
+	return s, nil
+}
+
+// challengeRegistry remembers the digests of ContextRandom challenges until
+// they expire, in a map plus a FIFO ring. All challenges share one lifetime,
+// so insertion order is expiry order and pruning only looks at the head. At
+// capacity the oldest entry is dropped early, which bounds memory.
+type challengeRegistry struct {
+	mu    sync.Mutex
+	byD   map[[DigestSize]byte]int64 // digest -> expiry (unix nanoseconds)
+	ring  []registryEntry
+	head  int
+	count int
+}
+
+type registryEntry struct {
+	d   [DigestSize]byte
+	exp int64
+}
+
+func newChallengeRegistry(limit int) *challengeRegistry {
+	return &challengeRegistry{byD: make(map[[DigestSize]byte]int64), ring: make([]registryEntry, limit)}
+}
+
+func (r *challengeRegistry) popHead() {
+	e := r.ring[r.head]
+	if exp, ok := r.byD[e.d]; ok && exp == e.exp {
+		delete(r.byD, e.d)
+	}
+	r.ring[r.head] = registryEntry{}
+	r.head = (r.head + 1) % len(r.ring)
+	r.count--
+}
+
+func (r *challengeRegistry) add(d [DigestSize]byte, expires, now time.Time) {
+	if len(r.ring) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := now.UnixNano()
+	for r.count > 0 && r.ring[r.head].exp <= n {
+		r.popHead()
+	}
+	if r.count == len(r.ring) {
+		r.popHead()
+	}
+	exp := expires.UnixNano()
+	r.ring[(r.head+r.count)%len(r.ring)] = registryEntry{d: d, exp: exp}
+	r.count++
+	r.byD[d] = exp
+}
+
+func (r *challengeRegistry) lookup(d [DigestSize]byte, now time.Time) (time.Time, bool) {
+	r.mu.Lock()
+	exp, ok := r.byD[d]
+	r.mu.Unlock()
+	if !ok || exp <= now.UnixNano() {
+		return time.Time{}, false
+	}
+	return time.Unix(0, exp), true
+}
+
+// size returns the number of remembered challenges (for tests).
+func (r *challengeRegistry) size() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.byD)
+}
