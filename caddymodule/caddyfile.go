@@ -1,0 +1,194 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("mimi", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("mimi", httpcaddyfile.Before, "respond")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	g := new(Gateway)
+	if err := g.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// UnmarshalCaddyfile sets up the gateway from Caddyfile tokens. Syntax:
+//
+//	mimi [<matcher>] {
+//		provider            <domain...>
+//		ds_domain           <host[:port]>
+//		data_dir            <path>
+//		max_body            <size>
+//		key_rotation        <duration>
+//		key_overlap         <duration>
+//		key_scheme          ed25519|ecdsa_secp256r1_sha256
+//		trusted_tls_proxies <cidr...>
+//		federation {
+//			allow_private_addresses
+//			allow_ports <port...>
+//			resolve     <host> <ip:port>
+//			root_ca     <pem_file>
+//			timeout     <duration>
+//		}
+//	}
+//
+// Every option may appear once, except resolve and root_ca.
+func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("duplicate mimi option '%s'", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "provider":
+			g.Providers = d.RemainingArgs()
+			if len(g.Providers) == 0 {
+				return d.ArgErr()
+			}
+		case "ds_domain":
+			if !d.AllArgs(&g.DSDomain) {
+				return d.ArgErr()
+			}
+		case "data_dir":
+			if !d.AllArgs(&g.DataDir) {
+				return d.ArgErr()
+			}
+		case "max_body":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := humanize.ParseBytes(v)
+			if err != nil || n == 0 || n > maxMaxBody {
+				return d.Errf("invalid max_body '%s': want a size from 1B to 64MiB", v)
+			}
+			g.MaxBody = int64(n)
+		case "key_rotation", "key_overlap":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("invalid %s duration '%s': %v", opt, v, err)
+			}
+			if opt == "key_rotation" {
+				g.KeyRotation = caddy.Duration(dur)
+			} else {
+				g.KeyOverlap = caddy.Duration(dur)
+			}
+		case "key_scheme":
+			if !d.AllArgs(&g.KeyScheme) {
+				return d.ArgErr()
+			}
+			if _, err := parseScheme(g.KeyScheme); err != nil {
+				return d.Errf("%v", err)
+			}
+		case "trusted_tls_proxies":
+			g.TrustedTLSProxies = d.RemainingArgs()
+			if len(g.TrustedTLSProxies) == 0 {
+				return d.ArgErr()
+			}
+			for _, c := range g.TrustedTLSProxies {
+				if _, err := parsePrefix(c); err != nil {
+					return d.Errf("invalid trusted_tls_proxies: %v", err)
+				}
+			}
+		case "federation":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			f, err := unmarshalFederation(d)
+			if err != nil {
+				return err
+			}
+			g.Federation = f
+		default:
+			return d.Errf("unrecognized mimi option '%s'", opt)
+		}
+	}
+	return nil
+}
+
+// unmarshalFederation parses the federation block.
+func unmarshalFederation(d *caddyfile.Dispenser) (*Federation, error) {
+	f := new(Federation)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] && opt != "resolve" && opt != "root_ca" {
+			return nil, d.Errf("duplicate federation option '%s'", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "allow_private_addresses":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			f.AllowPrivateAddresses = true
+		case "allow_ports":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			for _, a := range args {
+				p, err := strconv.Atoi(a)
+				if err != nil || p < 1 || p > 65535 {
+					return nil, d.Errf("invalid port '%s'", a)
+				}
+				f.AllowedPorts = append(f.AllowedPorts, p)
+			}
+		case "resolve":
+			var host, addr string
+			if !d.AllArgs(&host, &addr) {
+				return nil, d.ArgErr()
+			}
+			if f.Resolve == nil {
+				f.Resolve = map[string]string{}
+			}
+			if _, dup := f.Resolve[host]; dup {
+				return nil, d.Errf("duplicate resolve entry for '%s'", host)
+			}
+			f.Resolve[host] = addr
+		case "root_ca":
+			var file string
+			if !d.AllArgs(&file) {
+				return nil, d.ArgErr()
+			}
+			f.RootCAFiles = append(f.RootCAFiles, file)
+		case "timeout":
+			var v string
+			if !d.AllArgs(&v) {
+				return nil, d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("invalid federation timeout '%s'", v)
+			}
+			f.Timeout = caddy.Duration(dur)
+		default:
+			return nil, d.Errf("unrecognized federation option '%s'", opt)
+		}
+	}
+	return f, nil
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*Gateway)(nil)
