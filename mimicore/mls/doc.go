@@ -1,0 +1,23 @@
+// Package mls implements the parts of Messaging Layer Security (RFC 9420)
+// that a MIMI Delivery Service and a Go test client need: cipher suites and
+// the labelled primitives of §5, the wire format of every RFC 9420 struct,
+// array-based tree math, the public ratchet tree with cached tree hashes and
+// parent hashes, leaf node and KeyPackage validation, the key schedule with
+// exporter, PSKs, the secret tree, message protection, Welcome processing,
+// TreeKEM path secrets, and a public group state that follows a group by
+// applying PublicMessage commits.
+//
+// Every struct implements wire.Marshaler and wire.Unmarshaler from
+// mimicore/wire, so protocol messages elsewhere in mimicore can embed them.
+// Decoding is strict (minimal varints, no trailing bytes at top level) and
+// re-encoding a decoded value yields the same bytes.
+//
+// Cipher suites 1, 2, 3, 5 and 7 are implemented on the Go standard library
+// and golang.org/x/crypto/chacha20poly1305. Suites 4 and 6 (X448/Ed448)
+// return ErrUnsupportedCipherSuite.
+//
+// Unknown extension types and GREASE values are carried verbatim. RFC 9420
+// gives no body encoding for proposal and credential types it does not
+// define; like other implementations this package reads such bodies as a
+// single opaque<V> field and carries them unchanged.
+package mls
