@@ -1,0 +1,362 @@
+// Package ratelimit is a keyed token-bucket limiter built on
+// golang.org/x/time/rate, for caddy-mimi's named limit zones. It has no
+// Caddy dependency.
+//
+// A Zone holds one rate.Limiter per key (remote IP prefix, sending provider,
+// group id, ...) in a sharded map. Memory stays bounded with millions of
+// distinct keys:
+//
+//   - A bucket that has refilled to its burst is indistinguishable from a
+//     new one, so it is dropped losslessly by a sweep that each shard runs
+//     at most once per SweepInterval, when it inserts a key.
+//   - The number of keys has a hard cap (Config.MaxKeys). When a shard is
+//     full and nothing can be dropped losslessly, inserting evicts the least
+//     recently used of a few sampled buckets (as Redis does); an evicted key
+//     starts over with a full bucket. Stats counts those evictions.
+//   - Keys longer than MaxKeyLen bytes are stored as their SHA-256, so a
+//     bucket costs at most a fixed number of bytes whatever the key.
+//
+// A Zone is meant to outlive configuration reloads: the Caddy layer keeps
+// zones in a caddy.UsagePool keyed by zone name (*Zone implements
+// caddy.Destructor through its Destruct method) and calls UpdateLimits when
+// the new configuration changes rate or burst.
+package ratelimit
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"hash/maphash"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultMaxKeys = 1 << 20
+	DefaultShards  = 64
+	// SweepInterval is how often, at most, a shard looks for buckets that
+	// have refilled and can be dropped.
+	SweepInterval = 10 * time.Second
+	// MaxKeyLen is the longest key stored as is; longer keys are hashed.
+	MaxKeyLen = 64
+	// evictionSample is how many buckets a full shard samples to pick the
+	// least recently used one to evict.
+	evictionSample = 8
+)
+
+// Config configures a Zone.
+type Config struct {
+	// Rate is the sustained rate in events per second; must be > 0
+	// (math.Inf(1) means unlimited).
+	Rate float64
+	// Burst is the bucket size: how many events a key may spend at once.
+	// Must be at least 1.
+	Burst int
+	// MaxKeys is the hard cap on the number of keys held; default 1<<20
+	// (about 200 MiB at most). Must be at least Shards.
+	MaxKeys int
+	// Shards is the number of independently locked shards; rounded up to a
+	// power of two; default 64.
+	Shards int
+}
+
+// Stats are counters of a Zone.
+type Stats struct {
+	// Keys is the number of buckets held now.
+	Keys int
+	// Evictions counts buckets dropped before they had refilled, because a
+	// shard was at its cap. A steady rise means MaxKeys is too small for
+	// the traffic (or an attacker is spraying keys).
+	Evictions uint64
+}
+
+// Zone is a named set of token buckets sharing one rate and burst. It is
+// safe for concurrent use.
+type Zone struct {
+	name     string
+	limits   atomic.Pointer[limits]
+	seed     maphash.Seed
+	shards   []shard
+	mask     uint64
+	perShard int
+	evicted  atomic.Uint64
+}
+
+type limits struct {
+	rate  rate.Limit
+	burst int
+}
+
+type shard struct {
+	mu        sync.Mutex
+	m         map[string]*bucket
+	lastSweep int64 // unix nanoseconds
+	_         [40]byte
+}
+
+type bucket struct {
+	lim rate.Limiter
+	// lastSeen is the latest now any caller passed for this bucket (unix
+	// nanoseconds), set before the limiter is used, so it is never behind
+	// the limiter's own clock.
+	lastSeen atomic.Int64
+}
+
+// touch raises lastSeen to n.
+func (b *bucket) touch(n int64) {
+	for {
+		old := b.lastSeen.Load()
+		if n <= old || b.lastSeen.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+func checkLimits(r float64, burst int) error {
+	if math.IsNaN(r) || r <= 0 {
+		return fmt.Errorf("rate %v must be positive", r)
+	}
+	if burst < 1 {
+		return fmt.Errorf("burst %d must be at least 1", burst)
+	}
+	return nil
+}
+
+// NewZone creates an empty zone.
+func NewZone(name string, cfg Config) (*Zone, error) {
+	if err := checkLimits(cfg.Rate, cfg.Burst); err != nil {
+		return nil, fmt.Errorf("zone %q: %w", name, err)
+	}
+	shards := cfg.Shards
+	if shards == 0 {
+		shards = DefaultShards
+	}
+	if shards < 1 || shards > 1<<16 {
+		return nil, fmt.Errorf("zone %q: %d shards out of range [1, 65536]", name, shards)
+	}
+	n := 1
+	for n < shards {
+		n <<= 1
+	}
+	maxKeys := cfg.MaxKeys
+	if maxKeys == 0 {
+		maxKeys = DefaultMaxKeys
+	}
+	if maxKeys < n {
+		return nil, fmt.Errorf("zone %q: max keys %d is below the shard count %d", name, maxKeys, n)
+	}
+	z := &Zone{name: name, seed: maphash.MakeSeed(), shards: make([]shard, n), mask: uint64(n - 1), perShard: maxKeys / n}
+	for i := range z.shards {
+		z.shards[i].m = make(map[string]*bucket)
+	}
+	z.limits.Store(&limits{rate: rate.Limit(cfg.Rate), burst: cfg.Burst})
+	return z, nil
+}
+
+// Name returns the zone name.
+func (z *Zone) Name() string { return z.name }
+
+// Limits returns the current rate (events per second) and burst.
+func (z *Zone) Limits() (ratePerSecond float64, burst int) {
+	l := z.limits.Load()
+	return float64(l.rate), l.burst
+}
+
+// UpdateLimits applies a new rate and burst to the zone and to every
+// existing bucket, keeping each bucket's token count (capped at the new
+// burst). Each bucket switches to the new rate as of its last use, so the
+// update works with whatever clock callers pass to Allow. Used when a
+// reloaded configuration changes a shared zone.
+func (z *Zone) UpdateLimits(ratePerSecond float64, burst int) error {
+	if err := checkLimits(ratePerSecond, burst); err != nil {
+		return fmt.Errorf("zone %q: %w", z.name, err)
+	}
+	l := &limits{rate: rate.Limit(ratePerSecond), burst: burst}
+	z.limits.Store(l)
+	for i := range z.shards {
+		s := &z.shards[i]
+		s.mu.Lock()
+		for _, b := range s.m {
+			var at time.Time
+			if n := b.lastSeen.Load(); n != 0 {
+				at = time.Unix(0, n)
+			}
+			b.lim.SetLimitAt(at, l.rate)
+			b.lim.SetBurstAt(at, l.burst)
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// Allow spends one token of key's bucket at now. When the bucket is empty it
+// returns false and how long until a token is available, rounded up to
+// whole seconds (at least 1 s) for a Retry-After header. For a key that
+// already has a bucket it does not allocate.
+func (z *Zone) Allow(key string, now time.Time) (ok bool, retryAfter time.Duration) {
+	if len(key) > MaxKeyLen {
+		sum := sha256.Sum256([]byte(key))
+		return z.allow(sum[:], "", now)
+	}
+	return z.allow(nil, key, now)
+}
+
+// AllowBytes is Allow for a key held in a byte slice, such as one built with
+// AppendIPKey into a reused buffer; it does not allocate for an existing
+// key and does not retain key.
+func (z *Zone) AllowBytes(key []byte, now time.Time) (ok bool, retryAfter time.Duration) {
+	if len(key) > MaxKeyLen {
+		sum := sha256.Sum256(key)
+		return z.allow(sum[:], "", now)
+	}
+	return z.allow(key, "", now)
+}
+
+// allow takes the key from kb when non-nil, else from ks.
+func (z *Zone) allow(kb []byte, ks string, now time.Time) (bool, time.Duration) {
+	var h uint64
+	if kb != nil {
+		h = maphash.Bytes(z.seed, kb)
+	} else {
+		h = maphash.String(z.seed, ks)
+	}
+	s := &z.shards[h&z.mask]
+	nowNano := now.UnixNano()
+	s.mu.Lock()
+	var b *bucket
+	if kb != nil {
+		b = s.m[string(kb)] // no allocation for a map index
+	} else {
+		b = s.m[ks]
+	}
+	if b == nil {
+		if kb != nil {
+			ks = string(kb)
+		}
+		b = z.insert(s, ks, now)
+	}
+	s.mu.Unlock()
+	b.touch(nowNano)
+	if b.lim.AllowN(now, 1) {
+		return true, 0
+	}
+	return false, retryAfter(&b.lim, now)
+}
+
+// retryAfter is the time until lim has one token, rounded up to seconds.
+func retryAfter(lim *rate.Limiter, now time.Time) time.Duration {
+	r := float64(lim.Limit())
+	missing := 1 - lim.TokensAt(now)
+	if r <= 0 || missing <= 0 {
+		return time.Second
+	}
+	secs := math.Ceil(missing/r - 1e-9)
+	if secs < 1 {
+		secs = 1
+	}
+	if secs > 1<<31 {
+		secs = 1 << 31
+	}
+	return time.Duration(secs) * time.Second
+}
+
+// insert adds a bucket for key to s, whose lock is held, keeping the shard
+// within its cap.
+func (z *Zone) insert(s *shard, key string, now time.Time) *bucket {
+	nowNano := now.UnixNano()
+	// Sweeping is O(shard size), so it runs at most once per interval even
+	// when the shard is full; between sweeps a full shard evicts by sampling.
+	if nowNano-s.lastSweep >= int64(SweepInterval) {
+		s.lastSweep = nowNano
+		z.sweep(s, now)
+	}
+	for len(s.m) >= z.perShard {
+		z.evictOne(s)
+	}
+	l := z.limits.Load()
+	b := &bucket{}
+	// Setting the limits as of the zero time makes the bucket full at its
+	// first use, like rate.NewLimiter, without a second allocation.
+	b.lim.SetLimitAt(time.Time{}, l.rate)
+	b.lim.SetBurstAt(time.Time{}, l.burst)
+	s.m[key] = b
+	return b
+}
+
+// sweep drops the buckets of s that have refilled to their burst: they are
+// equivalent to absent ones.
+func (z *Zone) sweep(s *shard, now time.Time) {
+	for k, b := range s.m {
+		if b.lim.TokensAt(now) >= float64(b.lim.Burst()) {
+			delete(s.m, k)
+		}
+	}
+}
+
+// evictOne drops the least recently used of a few buckets sampled in map
+// iteration order, which Go randomizes.
+func (z *Zone) evictOne(s *shard) {
+	var (
+		victim string
+		oldest int64 = math.MaxInt64
+		n      int
+	)
+	for k, b := range s.m {
+		if t := b.lastSeen.Load(); t < oldest {
+			victim, oldest = k, t
+		}
+		if n++; n >= evictionSample {
+			break
+		}
+	}
+	if n == 0 {
+		return
+	}
+	delete(s.m, victim)
+	z.evicted.Add(1)
+}
+
+// Len returns the number of buckets held.
+func (z *Zone) Len() int {
+	n := 0
+	for i := range z.shards {
+		s := &z.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// Stats returns the zone's counters.
+func (z *Zone) Stats() Stats { return Stats{Keys: z.Len(), Evictions: z.evicted.Load()} }
+
+// Sweep drops every bucket that has refilled by now. Zones also sweep on
+// their own as keys are inserted; calling Sweep from a timer returns memory
+// sooner on a zone that has gone quiet.
+func (z *Zone) Sweep(now time.Time) {
+	for i := range z.shards {
+		s := &z.shards[i]
+		s.mu.Lock()
+		z.sweep(s, now)
+		s.lastSweep = now.UnixNano()
+		s.mu.Unlock()
+	}
+}
+
+// Destruct releases the zone's buckets. It implements caddy.Destructor so
+// that a *Zone can be held in a caddy.UsagePool directly; the pool calls it
+// when the last configuration using the zone is unloaded.
+func (z *Zone) Destruct() error {
+	for i := range z.shards {
+		s := &z.shards[i]
+		s.mu.Lock()
+		s.m = make(map[string]*bucket)
+		s.mu.Unlock()
+	}
+	return nil
+}
