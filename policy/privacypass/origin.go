@@ -318,6 +318,9 @@ func (o *Origin) Redeem(ctx context.Context, authorization string) (*Redemption,
 // ReasonStoreUnavailable (the store failed; the token is not redeemed and
 // may be presented again).
 func (o *Origin) RedeemToken(ctx context.Context, t *Token) (*Redemption, error) {
+	if t == nil {
+		return nil, newError(ReasonMalformed, "redeeming token: nil token")
+	}
 	if !o.typeOK[t.TokenType] {
 		return nil, newError(ReasonUnsupportedType, "token type %s is not accepted here", t.TokenType)
 	}
@@ -490,11 +493,4 @@ func (r *challengeRegistry) lookup(d [DigestSize]byte, now time.Time) (time.Time
 		return time.Time{}, false
 	}
 	return time.Unix(0, exp), true
-}
-
-// size returns the number of remembered challenges (for tests).
-func (r *challengeRegistry) size() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.byD)
 }

@@ -44,9 +44,6 @@ func TestMain(m *testing.M) {
 // peer returns the directory of an installed pp-peer copy.
 func peer(t *testing.T) string {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("live pp-peer test skipped in -short mode")
-	}
 	src := filepath.Join(sharedDir(t), "peers", "privacypass")
 	peerOnce.Do(func() {
 		for _, bin := range []string{"node", "npm"} {

@@ -63,6 +63,9 @@ func (v *Verifier) verifyWithKey(t *Token, k *Key) error {
 // and the error's Reason names the first that failed: ReasonUnknownKey,
 // ReasonChallengeDigest, ReasonAuthenticator.
 func (v *Verifier) Verify(t *Token, challenge []byte) (*Key, error) {
+	if t == nil {
+		return nil, newError(ReasonMalformed, "verifying token: nil token")
+	}
 	k, err := v.lookup(t)
 	if err != nil {
 		return nil, err
