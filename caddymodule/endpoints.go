@@ -2,9 +2,14 @@ package caddymodule
 
 import (
 	"crypto/rand"
+	"errors"
+	"io"
+	"mime"
 	"net/http"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
@@ -115,9 +120,7 @@ func (g *Gateway) serveVerificationKey(w http.ResponseWriter, r *http.Request) {
 func dsEndpoint(accepted map[moh.RequestType]bool) func(*Gateway, http.ResponseWriter, *http.Request) {
 	return func(g *Gateway, w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/attachment_upload" {
-			// Uploads are streamed (header, then content) and are not held to
-			// max_body; they land with the attachments issue.
-			g.refuse(w, r, moh.Errorf(moh.CodeNotImplemented, "attachment upload is not implemented yet"))
+			g.serveUpload(w, r)
 			return
 		}
 		body, err := g.readBody(r, false)
@@ -152,6 +155,37 @@ func dsEndpoint(accepted map[moh.RequestType]bool) func(*Gateway, http.ResponseW
 			g.refuse(w, r, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", req.Body.Type))
 		}
 	}
+}
+
+// maxUploadHeader bounds the DSRequest that precedes an upload's content.
+const maxUploadHeader = 4 << 10
+
+// serveUpload reads and checks the DSRequest header of an upload. Uploads
+// are streamed (header, then content) and are not held to max_body; storing
+// the content lands with the attachments issue, so a well-formed header is
+// answered not_implemented.
+func (g *Gateway) serveUpload(w http.ResponseWriter, r *http.Request) {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != contentType {
+		g.refuse(w, r, moh.Errorf(moh.CodeUnsupportedMedia, "content type must be %s", contentType))
+		return
+	}
+	head := make([]byte, maxUploadHeader)
+	n, err := io.ReadFull(r.Body, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		g.refuse(w, r, moh.Errorf(moh.CodeMalformed, "reading upload header: %w", err))
+		return
+	}
+	s := cryptobyte.String(head[:n])
+	var req moh.DSRequest
+	if !req.UnmarshalWire(&s) {
+		g.refuse(w, r, moh.Errorf(moh.CodeMalformed, "decoding upload DSRequest: truncated or invalid field"))
+		return
+	}
+	if req.Body.Type != moh.AttachmentUpload {
+		g.refuse(w, r, moh.Errorf(moh.CodeWrongRequestType, "request type %s is not accepted on %s", req.Body.Type, r.URL.Path))
+		return
+	}
+	g.refuse(w, r, moh.Errorf(moh.CodeNotImplemented, "attachment upload is not implemented yet"))
 }
 
 // serveRequestGroupID answers request type 0 with 16 random bytes.

@@ -261,7 +261,7 @@ func (f *KeyFetcher) store(domain string, keys []moh.VerificationKey, err error,
 
 // fetch discovers domain's DS and fetches its verification keys.
 func (f *KeyFetcher) fetch(ctx context.Context, domain string) ([]moh.VerificationKey, error) {
-	authority, err := f.discover(ctx, domain)
+	authority, err := f.Discover(ctx, domain)
 	if err != nil {
 		return nil, fmt.Errorf("%w: discovering %s: %v", ErrFetchFailed, domain, err)
 	}
@@ -293,8 +293,9 @@ func (f *KeyFetcher) fetch(ctx context.Context, domain string) ([]moh.Verificati
 	return keys, nil
 }
 
-// discover reads https://<domain>/.well-known/mimi/ds-domain.
-func (f *KeyFetcher) discover(ctx context.Context, domain string) (string, error) {
+// Discover reads https://<domain>/.well-known/mimi/ds-domain and returns the
+// DS authority it names.
+func (f *KeyFetcher) Discover(ctx context.Context, domain string) (string, error) {
 	if !moh.ValidFQDN([]byte(domain)) {
 		return "", errors.New("not a valid provider domain")
 	}

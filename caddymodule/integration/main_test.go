@@ -1,0 +1,229 @@
+package integration
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	_ "github.com/caddy-mimi/caddy-mimi/caddymodule"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+)
+
+// env is what every test of the package shares: one Caddy serving two
+// providers, a.localhost and b.localhost, on 127.0.0.1:9443.
+var env struct {
+	dir      string
+	rootFile string
+	roots    *x509.CertPool
+	tester   *caddytest.Tester
+	failed   bool
+}
+
+const httpsAddr = "127.0.0.1:9443"
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mimi-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	env.dir = dir
+	os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	if err := writeRootCA(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// writeRootCA creates the root that Caddy's internal CA issues from, so
+// the tests and the gateways' key fetchers can verify the sites' certificates.
+func writeRootCA(dir string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "caddy-mimi integration root"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(30 * 24 * time.Hour), // longer than the CA's 7-day intermediate
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	env.rootFile = filepath.Join(dir, "root-cert.pem")
+	if err := os.WriteFile(env.rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "root-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return err
+	}
+	env.roots = x509.NewCertPool()
+	env.roots.AddCert(cert)
+	return nil
+}
+
+// caddyfile is the configuration under test: two providers in one Caddy,
+// each allowed to fetch the other's keys over loopback.
+const caddyfile = `{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+	persist_config off
+	storage file_system {DIR}/storage
+	pki {
+		ca local {
+			root {
+				format pem_file
+				cert {DIR}/root-cert.pem
+				key {DIR}/root-key.pem
+			}
+		}
+	}
+	servers {
+		0rtt off
+	}
+}
+
+a.localhost:9443 {
+	tls internal {
+		protocols tls1.3
+	}
+	mimi {
+		provider a.localhost
+		ds_domain a.localhost:9443
+		data_dir {DIR}/a
+		federation {
+			allow_private_addresses
+			allow_ports 9443
+			resolve b.localhost 127.0.0.1:9443
+			root_ca {DIR}/root-cert.pem
+		}
+	}
+	respond "not mimi" 404
+}
+
+b.localhost:9443 {
+	tls internal {
+		protocols tls1.3
+	}
+	mimi {
+		provider b.localhost
+		ds_domain b.localhost:9443
+		data_dir {DIR}/b
+		max_body 64KiB
+		federation {
+			allow_private_addresses
+			allow_ports 9443
+			resolve a.localhost 127.0.0.1:9443
+			root_ca {DIR}/root-cert.pem
+		}
+	}
+	respond "not mimi" 404
+}
+`
+
+// startCaddy loads the configuration once per test binary.
+func startCaddy(t *testing.T) {
+	t.Helper()
+	if env.failed {
+		t.Fatal("caddy did not start (see the first failing test)")
+	}
+	if env.tester != nil {
+		return
+	}
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
+		LoadRequestTimeout: 30 * time.Second, TestRequestTimeout: 10 * time.Second,
+	})
+	tester.InitServer(strings.ReplaceAll(caddyfile, "{DIR}", env.dir), "caddyfile")
+	if t.Failed() {
+		env.failed = true
+		t.FailNow()
+	}
+	// Certificates are issued by the internal CA in the background: wait
+	// until both sites complete a handshake.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, host := range []string{"a.localhost", "b.localhost"} {
+		for {
+			resp, err := client(tls.VersionTLS13).Get("https://" + host + ":9443/healthz")
+			if err == nil {
+				resp.Body.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				env.failed = true
+				t.Fatalf("%s never served TLS: %v", host, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	env.tester = tester
+}
+
+// client returns an HTTP/2 client that verifies the sites' certificates
+// against the test root and dials Caddy on loopback for any host name.
+func client(maxTLS uint16) *http.Client {
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return dialer.DialContext(ctx, network, httpsAddr)
+			},
+			TLSClientConfig:   &tls.Config{RootCAs: env.roots, MinVersion: tls.VersionTLS12, MaxVersion: maxTLS},
+			ForceAttemptHTTP2: true,
+		},
+	}
+}
+
+// peerClient returns a provider client for the provider whose data
+// directory is dir, signing with that provider's own keys.
+func peerClient(t *testing.T, sender string) *provider.Client {
+	t.Helper()
+	ring, err := provider.OpenKeyRing(filepath.Join(env.dir, strings.TrimSuffix(sender, ".localhost"), "keys"), provider.KeyRingOptions{}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &provider.Client{
+		Sender: sender,
+		Keys:   ring,
+		Fetcher: provider.NewKeyFetcher(provider.FetchPolicy{
+			AllowPrivate: true, AllowedPorts: []int{9443}, RootCAs: env.roots,
+			Resolve: map[string]string{"a.localhost": httpsAddr, "b.localhost": httpsAddr},
+		}),
+	}
+}

@@ -1,0 +1,119 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// maxAnswerBody caps the answers a Client reads.
+const maxAnswerBody = 16 << 20
+
+// Signer returns the key that signs requests now.
+type Signer interface {
+	Current(now time.Time) (*PrivateKey, error)
+}
+
+// Client sends provider-signed requests to peer providers: it discovers the
+// peer's DS, signs the request with the current key and decodes the answer.
+// It shares the fetch policy (addresses, ports, TLS roots) of a KeyFetcher.
+type Client struct {
+	// Sender is this provider's domain.
+	Sender string
+	// Keys signs the requests.
+	Keys Signer
+	// Fetcher supplies discovery and the HTTP transport.
+	Fetcher *KeyFetcher
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Answer is a peer's answer to a provider request.
+type Answer struct {
+	Status   int
+	Response moh.DSResponse
+	Raw      []byte
+}
+
+// Err returns the DSError of an error answer, or nil.
+func (a *Answer) Err() error {
+	if a.Response.Type == moh.ResponseError {
+		return &a.Response.Error
+	}
+	return nil
+}
+
+// Send signs a request of typ carrying payload for recipient, posts it and
+// returns the decoded answer. The request gets a fresh 16-byte request_id; a
+// retry of the same bytes can be made with Post.
+func (c *Client) Send(ctx context.Context, recipient string, typ moh.ProviderRequestType, payload []byte) (*Answer, error) {
+	raw, err := c.Sign(recipient, typ, payload)
+	if err != nil {
+		return nil, err
+	}
+	return c.Post(ctx, recipient, typ, raw)
+}
+
+// Sign builds and signs a request without sending it.
+func (c *Client) Sign(recipient string, typ moh.ProviderRequestType, payload []byte) ([]byte, error) {
+	now := time.Now
+	if c.Now != nil {
+		now = c.Now
+	}
+	t := now()
+	key, err := c.Keys.Current(t)
+	if err != nil {
+		return nil, fmt.Errorf("signing %s request: %w", typ, err)
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return nil, err
+	}
+	req := &moh.ProviderRequest{
+		RequestType: typ,
+		Sender:      []byte(c.Sender),
+		Recipient:   []byte(recipient),
+		Timestamp:   uint64(t.Unix()),
+		RequestID:   id,
+		Payload:     payload,
+	}
+	return SignRequest(req, key)
+}
+
+// Post sends an already signed request to recipient's DS.
+func (c *Client) Post(ctx context.Context, recipient string, typ moh.ProviderRequestType, raw []byte) (*Answer, error) {
+	authority, err := c.Fetcher.Discover(ctx, recipient)
+	if err != nil {
+		return nil, fmt.Errorf("discovering %s: %w", recipient, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+authority+"/"+typ.String(), bytes.NewReader(raw))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.Fetcher.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("posting %s to %s: %w", typ, authority, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading answer of %s: %w", authority, err)
+	}
+	if len(body) > maxAnswerBody {
+		return nil, errors.New("answer exceeds 16 MiB")
+	}
+	a := &Answer{Status: resp.StatusCode, Raw: body}
+	if err := wire.Unmarshal(body, &a.Response, "DSResponse"); err != nil {
+		return a, fmt.Errorf("answer of %s (status %d): %w", authority, resp.StatusCode, err)
+	}
+	return a, nil
+}
