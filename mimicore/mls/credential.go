@@ -32,7 +32,7 @@ type Credential struct {
 // certificate is one opaque<V> certificate of an X.509 credential.
 type certificate struct{ data []byte }
 
-func (c *certificate) MarshalWire(b *cryptobyte.Builder)        { wire.AddOpaque(b, c.data) }
+func (c *certificate) MarshalWire(b *cryptobyte.Builder)       { wire.AddOpaque(b, c.data) }
 func (c *certificate) UnmarshalWire(s *cryptobyte.String) bool { return wire.ReadOpaque(s, &c.data) }
 
 // MarshalWire implements wire.Marshaler.

@@ -172,7 +172,7 @@ func (l Extensions) RequiredCapabilities() (*RequiredCapabilities, error) {
 // externalPub is the body of the external_pub extension (RFC 9420 §12.4.3.2).
 type externalPub struct{ key []byte }
 
-func (e *externalPub) MarshalWire(b *cryptobyte.Builder)        { wire.AddOpaque(b, e.key) }
+func (e *externalPub) MarshalWire(b *cryptobyte.Builder)       { wire.AddOpaque(b, e.key) }
 func (e *externalPub) UnmarshalWire(s *cryptobyte.String) bool { return wire.ReadOpaque(s, &e.key) }
 
 // ExternalPub decodes the external_pub extension of l, if any.

@@ -59,7 +59,7 @@ func TestMessagesVectors(t *testing.T) {
 		bodies := map[string]ProposalType{
 			"add_proposal": ProposalAdd, "update_proposal": ProposalUpdate, "remove_proposal": ProposalRemove,
 			"pre_shared_key_proposal": ProposalPSK, "re_init_proposal": ProposalReInit,
-			"external_init_proposal": ProposalExternalInit,
+			"external_init_proposal":            ProposalExternalInit,
 			"group_context_extensions_proposal": ProposalGroupContextExtensions,
 		}
 		for field, pt := range bodies {

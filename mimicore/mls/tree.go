@@ -1,0 +1,355 @@
+package mls
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync/atomic"
+)
+
+// ErrInvalidTree is wrapped by every ratchet tree shape or content error.
+var ErrInvalidTree = errors.New("mls: invalid ratchet tree")
+
+// chunkBits sets how many nodes share one copy-on-write chunk.
+const (
+	chunkBits = 6
+	chunkSize = 1 << chunkBits
+)
+
+// slot is one tree node with its cached tree hash (nil when stale).
+type slot struct {
+	node *Node
+	hash []byte
+}
+
+// chunk is a run of chunkSize slots owned by one tree generation.
+type chunk struct {
+	gen   uint64
+	slots [chunkSize]slot
+}
+
+// treeGen hands out the generation tokens that say which tree may write a
+// chunk in place.
+var treeGen atomic.Uint64
+
+// Tree is a public ratchet tree (RFC 9420 §7) with cached tree hashes.
+//
+// A Tree is persistent: once handed out it is never modified. Changes are
+// made on a clone, which shares unchanged nodes and hashes with its source
+// in copy-on-write chunks, so cloning and updating one path cost
+// O(n/64 + log n) rather than O(n). Nodes (*Node and what it points to) are
+// immutable once in a tree.
+type Tree struct {
+	s      *suite
+	leaves uint32 // a power of two
+	chunks []*chunk
+	gen    uint64
+}
+
+// newTree returns an empty tree of n leaves (a power of two).
+func newTree(s *suite, n uint32) *Tree {
+	t := &Tree{s: s, leaves: n, gen: treeGen.Add(1)}
+	t.chunks = make([]*chunk, (nodeWidth(n)+chunkSize-1)/chunkSize)
+	return t
+}
+
+// clone returns a writable copy of t sharing its chunks.
+func (t *Tree) clone() *Tree {
+	return &Tree{s: t.s, leaves: t.leaves, chunks: slices.Clone(t.chunks), gen: treeGen.Add(1)}
+}
+
+// LeafCount returns the number of leaves, blank or not (a power of two).
+func (t *Tree) LeafCount() uint32 { return t.leaves }
+
+func (t *Tree) width() uint32 { return nodeWidth(t.leaves) }
+
+// get returns the slot of node x for reading, or nil when its chunk has
+// never been written (all blank, hashes unknown).
+func (t *Tree) get(x uint32) *slot {
+	c := t.chunks[x>>chunkBits]
+	if c == nil {
+		return nil
+	}
+	return &c.slots[x&(chunkSize-1)]
+}
+
+// mut returns the slot of node x for writing, copying its chunk first if
+// another tree generation owns it.
+func (t *Tree) mut(x uint32) *slot {
+	i := x >> chunkBits
+	c := t.chunks[i]
+	switch {
+	case c == nil:
+		c = &chunk{gen: t.gen}
+		t.chunks[i] = c
+	case c.gen != t.gen:
+		cp := *c
+		cp.gen = t.gen
+		c = &cp
+		t.chunks[i] = c
+	}
+	return &c.slots[x&(chunkSize-1)]
+}
+
+// node returns node x or nil when blank.
+func (t *Tree) node(x uint32) *Node {
+	if s := t.get(x); s != nil {
+		return s.node
+	}
+	return nil
+}
+
+// Leaf returns the leaf node at leaf index i, or nil when it is blank or out
+// of range.
+func (t *Tree) Leaf(i uint32) *LeafNode {
+	if i >= t.leaves {
+		return nil
+	}
+	if n := t.node(leafNode(i)); n != nil {
+		return n.Leaf
+	}
+	return nil
+}
+
+// parentNode returns parent node x or nil when blank.
+func (t *Tree) parentNode(x uint32) *ParentNode {
+	if n := t.node(x); n != nil {
+		return n.Parent
+	}
+	return nil
+}
+
+// set replaces node x and invalidates the cached hashes of x and its
+// ancestors.
+func (t *Tree) set(x uint32, n *Node) {
+	t.mut(x).node = n
+	t.invalidate(x)
+}
+
+// invalidate drops the cached hashes of x and its ancestors.
+func (t *Tree) invalidate(x uint32) {
+	r := root(t.leaves)
+	for {
+		t.mut(x).hash = nil
+		if x == r {
+			return
+		}
+		x = parent(x)
+	}
+}
+
+// setLeaf replaces leaf i.
+func (t *Tree) setLeaf(i uint32, l *LeafNode) {
+	if l == nil {
+		t.set(leafNode(i), nil)
+		return
+	}
+	t.set(leafNode(i), &Node{Type: NodeLeaf, Leaf: l})
+}
+
+// blankPath blanks leaf i's direct path.
+func (t *Tree) blankPath(i uint32) {
+	for _, x := range directPath(leafNode(i), t.leaves) {
+		if t.node(x) != nil {
+			t.set(x, nil)
+		}
+	}
+}
+
+// extend doubles the tree, keeping the old tree as the left subtree.
+func (t *Tree) extend() error {
+	if t.leaves >= MaxLeaves {
+		return fmt.Errorf("%w: more than %d leaves", ErrInvalidTree, MaxLeaves)
+	}
+	oldRoot := root(t.leaves)
+	t.leaves *= 2
+	need := int((t.width() + chunkSize - 1) / chunkSize)
+	for len(t.chunks) < need {
+		t.chunks = append(t.chunks, nil)
+	}
+	// The old root's hash is still valid; the new root has none yet.
+	t.invalidate(parent(oldRoot))
+	return nil
+}
+
+// truncate halves the tree while its right half is entirely blank (RFC 9420
+// §12.1.3), keeping at least one leaf.
+func (t *Tree) truncate() {
+	for t.leaves > 1 {
+		r := root(t.leaves)
+		if !t.subtreeBlank(right(r)) {
+			return
+		}
+		t.leaves /= 2
+		w := t.width()
+		t.chunks = t.chunks[:(w+chunkSize-1)/chunkSize]
+		// Clear the slots past the new width in the last chunk so a later
+		// extension finds them blank.
+		if rem := w % chunkSize; rem != 0 {
+			last := (w - 1) >> chunkBits
+			if c := t.chunks[last]; c != nil {
+				for x := w; x < (last+1)*chunkSize; x++ {
+					if s := t.get(x); s != nil && (s.node != nil || s.hash != nil) {
+						ms := t.mut(x)
+						ms.node, ms.hash = nil, nil
+					}
+				}
+			}
+		}
+	}
+}
+
+// subtreeBlank reports whether every node under x (inclusive) is blank.
+func (t *Tree) subtreeBlank(x uint32) bool {
+	if t.node(x) != nil {
+		return false
+	}
+	if level(x) == 0 {
+		return true
+	}
+	return t.subtreeBlank(left(x)) && t.subtreeBlank(right(x))
+}
+
+// resolution appends the resolution of node x (RFC 9420 §4.1.1) to out.
+func (t *Tree) resolution(x uint32, out []uint32) []uint32 {
+	if n := t.node(x); n != nil {
+		out = append(out, x)
+		if n.Parent != nil {
+			for _, l := range n.Parent.UnmergedLeaves {
+				out = append(out, leafNode(l))
+			}
+		}
+		return out
+	}
+	if level(x) == 0 {
+		return out
+	}
+	return t.resolution(right(x), t.resolution(left(x), out))
+}
+
+// filteredDirectPath returns the nodes of leaf i's direct path whose copath
+// child has a non-empty resolution (RFC 9420 §4.1.2), with those copath
+// children.
+func (t *Tree) filteredDirectPath(i uint32) (path, copath []uint32) {
+	x := leafNode(i)
+	for _, p := range directPath(x, t.leaves) {
+		s := sibling(x)
+		if !t.subtreeBlank(s) {
+			path = append(path, p)
+			copath = append(copath, s)
+		}
+		x = p
+	}
+	return path, copath
+}
+
+// leftmostBlankLeaf returns the first blank leaf index, or t.leaves.
+func (t *Tree) leftmostBlankLeaf() uint32 {
+	for i := range t.leaves {
+		if t.node(leafNode(i)) == nil {
+			return i
+		}
+	}
+	return t.leaves
+}
+
+// addLeaf puts l in the leftmost blank leaf, extending the tree if needed,
+// and records it as unmerged in every non-blank ancestor (RFC 9420
+// §12.1.1). It returns the new leaf index.
+func (t *Tree) addLeaf(l *LeafNode) (uint32, error) {
+	i := t.leftmostBlankLeaf()
+	if i == t.leaves {
+		if err := t.extend(); err != nil {
+			return 0, err
+		}
+	}
+	t.setLeaf(i, l)
+	for _, x := range directPath(leafNode(i), t.leaves) {
+		p := t.parentNode(x)
+		if p == nil {
+			continue
+		}
+		np := *p
+		np.UnmergedLeaves = append(slices.Clip(p.UnmergedLeaves), i)
+		t.set(x, &Node{Type: NodeParent, Parent: &np})
+	}
+	return i, nil
+}
+
+// removeLeaf blanks leaf i and its direct path, then truncates.
+func (t *Tree) removeLeaf(i uint32) {
+	t.setLeaf(i, nil)
+	t.blankPath(i)
+	t.truncate()
+}
+
+// updateLeaf replaces leaf i and blanks its direct path (RFC 9420 §12.1.2).
+func (t *Tree) updateLeaf(i uint32, l *LeafNode) {
+	t.setLeaf(i, l)
+	t.blankPath(i)
+}
+
+// Members returns the indices of the non-blank leaves.
+func (t *Tree) Members() []uint32 {
+	var out []uint32
+	for i := range t.leaves {
+		if t.node(leafNode(i)) != nil {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// TreeFromRatchetTree builds a Tree for suite cs from its wire form,
+// checking its shape: a non-empty node list whose last node is not blank,
+// leaves at even and parents at odd positions, at most MaxLeaves leaves and
+// unmerged leaves that lie below their parent. Leaf signatures and parent
+// hashes are checked by Validate.
+func TreeFromRatchetTree(cs CipherSuite, rt RatchetTree) (*Tree, error) {
+	s, err := cs.params()
+	if err != nil {
+		return nil, err
+	}
+	if len(rt) == 0 || rt[len(rt)-1] == nil {
+		return nil, fmt.Errorf("%w: empty or ends with a blank node", ErrInvalidTree)
+	}
+	if len(rt) > maxTreeNodes {
+		return nil, fmt.Errorf("%w: %d nodes", ErrInvalidTree, len(rt))
+	}
+	n := uint32(1)
+	for nodeWidth(n) < uint32(len(rt)) {
+		n *= 2
+	}
+	t := newTree(s, n)
+	for x, node := range rt {
+		if node == nil {
+			continue
+		}
+		isLeaf := x%2 == 0
+		if isLeaf != (node.Type == NodeLeaf) || (isLeaf && node.Leaf == nil) || (!isLeaf && node.Parent == nil) {
+			return nil, fmt.Errorf("%w: node %d has the wrong type", ErrInvalidTree, x)
+		}
+		if !isLeaf {
+			for _, l := range node.Parent.UnmergedLeaves {
+				if l >= n || !isInSubtree(leafNode(l), uint32(x)) {
+					return nil, fmt.Errorf("%w: node %d lists unmerged leaf %d outside its subtree", ErrInvalidTree, x, l)
+				}
+			}
+		}
+		t.mut(uint32(x)).node = node
+	}
+	return t, nil
+}
+
+// RatchetTree returns the wire form of t with trailing blank nodes removed.
+func (t *Tree) RatchetTree() RatchetTree {
+	w := t.width()
+	for w > 0 && t.node(w-1) == nil {
+		w--
+	}
+	rt := make(RatchetTree, w)
+	for x := range w {
+		rt[x] = t.node(x)
+	}
+	return rt
+}
