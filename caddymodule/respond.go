@@ -80,12 +80,6 @@ func errorAnswer(err error) (int, []byte) {
 	return statusOf(dsErr.Code), body
 }
 
-// writeError writes the DSError answer for err.
-func writeError(w http.ResponseWriter, err error) {
-	status, body := errorAnswer(err)
-	writeRaw(w, status, body)
-}
-
 // isCoded reports whether err carries a DSError code (as opposed to an
 // internal failure that must be logged).
 func isCoded(err error) bool {

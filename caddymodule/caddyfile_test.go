@@ -1,0 +1,112 @@
+package caddymodule
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	g := new(Gateway)
+	err := g.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`mimi {
+		provider example.com example.net
+		ds_domain ds.example.com:8443
+		data_dir /var/lib/mimi
+		max_body 2MiB
+		key_rotation 10d
+		key_overlap 72h
+		key_scheme ecdsa_secp256r1_sha256
+		trusted_tls_proxies 10.0.0.0/8 192.0.2.1
+		federation {
+			allow_private_addresses
+			allow_ports 8443 9443
+			resolve peer.example 127.0.0.1:9443
+			resolve ds.peer.example 127.0.0.1:9444
+			root_ca /etc/mimi/root.pem
+			timeout 3s
+		}
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Gateway{
+		Providers:         []string{"example.com", "example.net"},
+		DSDomain:          "ds.example.com:8443",
+		DataDir:           "/var/lib/mimi",
+		MaxBody:           2 << 20,
+		KeyRotation:       caddy.Duration(10 * 24 * time.Hour),
+		KeyOverlap:        caddy.Duration(72 * time.Hour),
+		KeyScheme:         "ecdsa_secp256r1_sha256",
+		TrustedTLSProxies: []string{"10.0.0.0/8", "192.0.2.1"},
+		Federation: &Federation{
+			AllowPrivateAddresses: true,
+			AllowedPorts:          []int{8443, 9443},
+			Resolve:               map[string]string{"peer.example": "127.0.0.1:9443", "ds.peer.example": "127.0.0.1:9444"},
+			RootCAFiles:           []string{"/etc/mimi/root.pem"},
+			Timeout:               caddy.Duration(3 * time.Second),
+		},
+	}
+	if !reflect.DeepEqual(g, want) {
+		t.Fatalf("parsed %+v\nwant   %+v", g, want)
+	}
+}
+
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct{ input, want string }{
+		{"mimi extra", "wrong argument count"},
+		{"mimi {\n provider\n}", "wrong argument count"},
+		{"mimi {\n provider a.example\n provider b.example\n}", "duplicate mimi option 'provider'"},
+		{"mimi {\n max_body lots\n}", "invalid max_body 'lots'"},
+		{"mimi {\n max_body 1GiB\n}", "invalid max_body '1GiB'"},
+		{"mimi {\n key_rotation soon\n}", "invalid key_rotation duration 'soon'"},
+		{"mimi {\n key_scheme rsa\n}", "key_scheme"},
+		{"mimi {\n trusted_tls_proxies 10.0.0.0/33\n}", "invalid trusted_tls_proxies"},
+		{"mimi {\n federation {\n allow_ports 0\n }\n}", "invalid port '0'"},
+		{"mimi {\n federation {\n resolve a.example\n }\n}", "wrong argument count"},
+		{"mimi {\n federation {\n timeout 1s\n timeout 2s\n }\n}", "duplicate federation option 'timeout'"},
+		{"mimi {\n federation {\n bogus\n }\n}", "unrecognized federation option 'bogus'"},
+		{"mimi {\n bogus\n}", "unrecognized mimi option 'bogus'"},
+	} {
+		err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want it to mention %q", tc.input, err, tc.want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	base := func() *Gateway { return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"} }
+	if err := base().Validate(); err != nil {
+		t.Fatalf("minimal config refused: %v", err)
+	}
+	for _, tc := range []struct {
+		mutate func(*Gateway)
+		want   string
+	}{
+		{func(g *Gateway) { g.Providers = nil }, "provider"},
+		{func(g *Gateway) { g.Providers = []string{"Example.COM"} }, "provider"},
+		{func(g *Gateway) { g.Providers = []string{"example.com:443"} }, "provider"},
+		{func(g *Gateway) { g.DSDomain = "" }, "ds_domain"},
+		{func(g *Gateway) { g.DSDomain = "ds.example.com:99999" }, "ds_domain"},
+		{func(g *Gateway) { g.DSDomain = "https://ds.example.com" }, "ds_domain"},
+		{func(g *Gateway) { g.MaxBody = 1 << 30 }, "max_body"},
+		{func(g *Gateway) { g.KeyRotation = caddy.Duration(time.Minute) }, "key_rotation"},
+		{func(g *Gateway) { g.KeyOverlap = caddy.Duration(time.Hour) }, "key_overlap"},
+		{func(g *Gateway) { g.KeyRotation = caddy.Duration(89 * 24 * time.Hour) }, "key_rotation + key_overlap"},
+		{func(g *Gateway) { g.KeyScheme = "ed448" }, "key_scheme"},
+		{func(g *Gateway) { g.TrustedTLSProxies = []string{"nope"} }, "trusted_tls_proxies"},
+		{func(g *Gateway) { g.Federation = &Federation{AllowedPorts: []int{70000}} }, "allowed_ports"},
+		{func(g *Gateway) { g.Federation = &Federation{Resolve: map[string]string{"a.example": "nope"}} }, "resolve"},
+	} {
+		g := base()
+		tc.mutate(g)
+		err := g.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("err = %v, want it to name %q", err, tc.want)
+		}
+	}
+}
