@@ -51,6 +51,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	if code == 0 && os.Getenv("CI") != "" && env.tester == nil && !testing.Short() {
+		// caddytest skips, rather than fails, when Caddy cannot start; in CI
+		// a skipped integration suite is a failure.
+		fmt.Fprintln(os.Stderr, "integration: Caddy never started; the integration tests did not run")
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
