@@ -120,3 +120,19 @@ func (t *RatchetTree) UnmarshalWire(s *cryptobyte.String) bool {
 	*t = nodes
 	return true
 }
+
+// clone returns a deep copy of n.
+func (n *Node) clone() *Node {
+	c := &Node{Type: n.Type}
+	if n.Leaf != nil {
+		c.Leaf = n.Leaf.clone()
+	}
+	if n.Parent != nil {
+		c.Parent = &ParentNode{
+			EncryptionKey:  cloneBytes(n.Parent.EncryptionKey),
+			ParentHash:     cloneBytes(n.Parent.ParentHash),
+			UnmergedLeaves: append([]uint32(nil), n.Parent.UnmergedLeaves...),
+		}
+	}
+	return c
+}

@@ -304,7 +304,8 @@ func (t *Tree) Members() []uint32 {
 // checking its shape: a non-empty node list whose last node is not blank,
 // leaves at even and parents at odd positions, at most MaxLeaves leaves and
 // unmerged leaves that lie below their parent. Leaf signatures and parent
-// hashes are checked by Validate.
+// hashes are checked by Validate. The nodes are copied, so rt may be
+// reused.
 func TreeFromRatchetTree(cs CipherSuite, rt RatchetTree) (*Tree, error) {
 	s, err := cs.params()
 	if err != nil {
@@ -336,7 +337,7 @@ func TreeFromRatchetTree(cs CipherSuite, rt RatchetTree) (*Tree, error) {
 				}
 			}
 		}
-		t.mut(uint32(x)).node = node
+		t.mut(uint32(x)).node = node.clone()
 	}
 	return t, nil
 }

@@ -1,0 +1,54 @@
+package mls
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+)
+
+// ErrInvalidPath is wrapped by every UpdatePath rejection.
+var ErrInvalidPath = errors.New("mls: invalid update path")
+
+// mergeUpdatePath merges the public part of sender's UpdatePath into t (RFC
+// 9420 §7.5, §7.9): the direct path is blanked, the filtered direct path
+// gets the new keys with freshly computed parent hashes, and the new leaf,
+// whose parent_hash must chain to them, replaces the sender's. The leaf
+// node itself is validated by the caller. t must be writable.
+func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath) error {
+	if sender >= t.leaves || t.Leaf(sender) == nil {
+		return fmt.Errorf("%w: sender leaf %d is blank", ErrInvalidPath, sender)
+	}
+	if path.LeafNode.Source != SourceCommit {
+		return fmt.Errorf("%w: leaf node source %d, want commit", ErrInvalidPath, path.LeafNode.Source)
+	}
+	fdp, copath := t.filteredDirectPath(sender)
+	if len(path.Nodes) != len(fdp) {
+		return fmt.Errorf("%w: %d nodes for a filtered direct path of %d", ErrInvalidPath, len(path.Nodes), len(fdp))
+	}
+	for i := range path.Nodes {
+		if err := t.s.checkHPKEPublicKey(path.Nodes[i].EncryptionKey); err != nil {
+			return fmt.Errorf("%w: node %d: encryption key: %v", ErrInvalidPath, fdp[i], err)
+		}
+	}
+	t.blankPath(sender)
+	// Parent hashes chain from the root down: each node's parent_hash is the
+	// parent hash of the next node up with the copath child as sibling.
+	// copath[i] is the child of fdp[i] off the sender's path: the sibling
+	// that fdp[i]'s parent hash covers.
+	var above []byte
+	for i := len(fdp) - 1; i >= 0; i-- {
+		p := &ParentNode{EncryptionKey: path.Nodes[i].EncryptionKey, ParentHash: above}
+		t.set(fdp[i], &Node{Type: NodeParent, Parent: p})
+		ph, err := t.parentHash(p, copath[i])
+		if err != nil {
+			return err
+		}
+		above = ph
+	}
+	if !bytes.Equal(path.LeafNode.ParentHash, above) {
+		return fmt.Errorf("%w: leaf parent_hash does not match the path", ErrInvalidPath)
+	}
+	t.setLeaf(sender, &path.LeafNode)
+	return nil
+}
+

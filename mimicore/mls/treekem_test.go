@@ -1,0 +1,82 @@
+package mls
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls/internal/vectors"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+type treeKEMCase struct {
+	CipherSuite             CipherSuite `json:"cipher_suite"`
+	GroupID                 hexb        `json:"group_id"`
+	Epoch                   uint64      `json:"epoch"`
+	ConfirmedTranscriptHash hexb        `json:"confirmed_transcript_hash"`
+	RatchetTree             hexb        `json:"ratchet_tree"`
+	LeavesPrivate           []struct {
+		Index          uint32 `json:"index"`
+		EncryptionPriv hexb   `json:"encryption_priv"`
+		SignaturePriv  hexb   `json:"signature_priv"`
+		PathSecrets    []struct {
+			Node       uint32 `json:"node"`
+			PathSecret hexb   `json:"path_secret"`
+		} `json:"path_secrets"`
+	} `json:"leaves_private"`
+	UpdatePaths []struct {
+		Sender        uint32 `json:"sender"`
+		UpdatePath    hexb   `json:"update_path"`
+		PathSecrets   []hexb `json:"path_secrets"`
+		CommitSecret  hexb   `json:"commit_secret"`
+		TreeHashAfter hexb   `json:"tree_hash_after"`
+	} `json:"update_paths"`
+}
+
+// TestTreeKEMVectorsPublic runs the Delivery Service half of treekem.json:
+// UpdatePath parent-hash validity, merging and the tree hash after.
+func TestTreeKEMVectorsPublic(t *testing.T) {
+	var cases []treeKEMCase
+	if err := vectors.Load("treekem.json", &cases); err != nil {
+		t.Fatal(err)
+	}
+	var c vectors.Counter
+	for i, tc := range cases {
+		if !tc.CipherSuite.Supported() {
+			c.Skipped++
+			continue
+		}
+		c.Run++
+		tree := decodeTree(t, tc.CipherSuite, tc.RatchetTree)
+		if err := tree.Validate(tc.GroupID); err != nil {
+			t.Errorf("case %d: tree: %v", i, err)
+		}
+		for j, up := range tc.UpdatePaths {
+			var path UpdatePath
+			if err := wire.Unmarshal(up.UpdatePath, &path, "update path"); err != nil {
+				t.Fatal(err)
+			}
+			if err := path.LeafNode.VerifySignature(tc.CipherSuite, tc.GroupID, up.Sender); err != nil {
+				t.Errorf("case %d path %d: %v", i, j, err)
+			}
+			after := tree.clone()
+			if err := after.mergeUpdatePath(up.Sender, &path); err != nil {
+				t.Errorf("case %d path %d: %v", i, j, err)
+				continue
+			}
+			h, err := after.TreeHash()
+			if err != nil || !bytes.Equal(h, up.TreeHashAfter) {
+				t.Errorf("case %d path %d: tree hash after %x, %v", i, j, h, err)
+			}
+			if err := after.verifyParentHashes(); err != nil {
+				t.Errorf("case %d path %d: merged tree: %v", i, j, err)
+			}
+			// A path whose leaf parent hash is wrong must be refused.
+			bad := path
+			bad.LeafNode.ParentHash = append([]byte{1}, path.LeafNode.ParentHash...)
+			if err := tree.clone().mergeUpdatePath(up.Sender, &bad); err == nil {
+				t.Errorf("case %d path %d: wrong parent hash accepted", i, j)
+			}
+		}
+	}
+	c.Report(t, "treekem.json (public part)")
+}
