@@ -51,4 +51,3 @@ func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath) error {
 	t.setLeaf(sender, &path.LeafNode)
 	return nil
 }
-
