@@ -161,6 +161,12 @@ func (cs CipherSuite) ParseSignaturePrivateKey(raw []byte) (crypto.Signer, error
 		}
 		return ed25519.NewKeyFromSeed(raw), nil
 	default:
+		// Some encoders drop leading zero bytes of the scalar; pad it to
+		// the curve's size.
+		size := (s.ecCurve.Params().BitSize + 7) / 8
+		if len(raw) < size {
+			raw = append(make([]byte, size-len(raw)), raw...)
+		}
 		k, err := ecdsa.ParseRawPrivateKey(s.ecCurve, raw)
 		if err != nil {
 			return nil, fmt.Errorf("parsing ecdsa private key: %w", err)

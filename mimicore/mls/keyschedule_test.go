@@ -68,7 +68,7 @@ func TestKeyScheduleVectors(t *testing.T) {
 				"init": {es.InitSecret, ep.InitSecret}, "sender_data": {es.SenderDataSecret, ep.SenderDataSecret},
 				"encryption": {es.EncryptionSecret, ep.EncryptionSecret}, "exporter": {es.ExporterSecret, ep.ExporterSecret},
 				"epoch_authenticator": {es.EpochAuthenticator, ep.EpochAuthenticator},
-				"external": {es.ExternalSecret, ep.ExternalSecret}, "confirmation_key": {es.ConfirmationKey, ep.ConfirmationKey},
+				"external":            {es.ExternalSecret, ep.ExternalSecret}, "confirmation_key": {es.ConfirmationKey, ep.ConfirmationKey},
 				"membership_key": {es.MembershipKey, ep.MembershipKey}, "resumption_psk": {es.ResumptionPSK, ep.ResumptionPSK},
 			} {
 				if !bytes.Equal(pair[0], pair[1]) {
