@@ -1,0 +1,120 @@
+package mls
+
+import (
+	"bytes"
+	"crypto/hpke"
+	"errors"
+	"fmt"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// ErrNotForUs is returned when a Welcome holds no secrets for the given
+// KeyPackage.
+var ErrNotForUs = errors.New("mls: welcome not addressed to this key package")
+
+// PSKLookup returns the secret of a PSK named in a Welcome or commit, or an
+// error when the PSK is unknown.
+type PSKLookup func(id *PreSharedKeyID) ([]byte, error)
+
+// WelcomeResult is what a new member learns from a Welcome (RFC 9420
+// §12.4.3.1). The GroupInfo's signature is not yet checked: its signer's
+// key is in the ratchet tree, which may come out of band; see
+// NewGroupState.
+type WelcomeResult struct {
+	GroupSecrets GroupSecrets
+	GroupInfo    GroupInfo
+	Secrets      *EpochSecrets
+	PSKSecret    []byte
+}
+
+// ProcessWelcome decrypts the GroupSecrets meant for kp with its init
+// private key, derives the welcome key, decrypts the GroupInfo, runs the
+// key schedule of the new epoch and checks the GroupInfo's confirmation
+// tag. psks resolves the PSKs the GroupSecrets name (it may be nil when
+// there are none).
+func ProcessWelcome(w *Welcome, kp *KeyPackage, initPriv hpke.PrivateKey, psks PSKLookup) (*WelcomeResult, error) {
+	cs := w.CipherSuite
+	s, err := cs.params()
+	if err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	if kp.CipherSuite != cs {
+		return nil, fmt.Errorf("processing welcome: cipher suite %d, key package uses %d", cs, kp.CipherSuite)
+	}
+	ref, err := kp.Ref()
+	if err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	var egs *EncryptedGroupSecrets
+	for i := range w.Secrets {
+		if bytes.Equal(w.Secrets[i].NewMember, ref) {
+			egs = &w.Secrets[i]
+			break
+		}
+	}
+	if egs == nil {
+		return nil, ErrNotForUs
+	}
+	pt, err := s.decryptWithLabel(initPriv, "Welcome", w.EncryptedGroupInfo, egs.EncryptedGroupSecrets)
+	if err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	res := &WelcomeResult{}
+	if err := wire.Unmarshal(pt, &res.GroupSecrets, "group secrets"); err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	gs := &res.GroupSecrets
+	var list []PSKWithSecret
+	for i := range gs.PSKs {
+		if psks == nil {
+			return nil, errors.New("processing welcome: psk required but no lookup given")
+		}
+		secret, err := psks(&gs.PSKs[i])
+		if err != nil {
+			return nil, fmt.Errorf("processing welcome: psk %d: %w", i, err)
+		}
+		list = append(list, PSKWithSecret{ID: gs.PSKs[i], PSK: secret})
+	}
+	if res.PSKSecret, err = cs.PSKSecret(list); err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	member, err := s.extract(gs.JoinerSecret, res.PSKSecret)
+	if err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	welcomeSecret, err := s.deriveSecret(member, "welcome")
+	if err != nil {
+		return nil, err
+	}
+	key, err := s.expandWithLabel(welcomeSecret, "key", nil, s.nk)
+	if err != nil {
+		return nil, err
+	}
+	nonce, err := s.expandWithLabel(welcomeSecret, "nonce", nil, s.nn)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := s.newAEAD(key)
+	if err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	giBytes, err := aead.Open(nil, nonce, w.EncryptedGroupInfo, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: group info does not decrypt", ErrInvalidMessage)
+	}
+	if err := wire.Unmarshal(giBytes, &res.GroupInfo, "group info"); err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	gc := &res.GroupInfo.GroupContext
+	if gc.CipherSuite != cs || gc.Version != MLS10 {
+		return nil, fmt.Errorf("processing welcome: group info has suite %d version %d", gc.CipherSuite, gc.Version)
+	}
+	if res.Secrets, err = cs.EpochSecretsFromJoiner(gs.JoinerSecret, res.PSKSecret, gc); err != nil {
+		return nil, fmt.Errorf("processing welcome: %w", err)
+	}
+	if !s.verifyMAC(res.Secrets.ConfirmationKey, gc.ConfirmedTranscriptHash, res.GroupInfo.ConfirmationTag) {
+		return nil, fmt.Errorf("%w: group info confirmation tag", ErrInvalidMessage)
+	}
+	return res, nil
+}
