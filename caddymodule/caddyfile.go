@@ -36,14 +36,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		trusted_tls_proxies <cidr...>
 //		federation {
 //			allow_private_addresses
-//			allow_ports <port...>
-//			resolve     <host> <ip:port>
-//			root_ca     <pem_file>
-//			timeout     <duration>
+//			allow_ports  <port...>
+//			resolve      <host> <ip:port>
+//			root_ca      <pem_file>
+//			trust_pki_ca <ca_id>
+//			timeout      <duration>
 //		}
 //	}
 //
-// Every option may appear once, except resolve and root_ca.
+// Every option may appear once, except resolve, root_ca and trust_pki_ca.
 func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -133,7 +134,7 @@ func unmarshalFederation(d *caddyfile.Dispenser) (*Federation, error) {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] && opt != "resolve" && opt != "root_ca" {
+		if seen[opt] && opt != "resolve" && opt != "root_ca" && opt != "trust_pki_ca" {
 			return nil, d.Errf("duplicate federation option '%s'", opt)
 		}
 		seen[opt] = true
@@ -173,6 +174,12 @@ func unmarshalFederation(d *caddyfile.Dispenser) (*Federation, error) {
 				return nil, d.ArgErr()
 			}
 			f.RootCAFiles = append(f.RootCAFiles, file)
+		case "trust_pki_ca":
+			var id string
+			if !d.AllArgs(&id) {
+				return nil, d.ArgErr()
+			}
+			f.TrustPKICAs = append(f.TrustPKICAs, id)
 		case "timeout":
 			var v string
 			if !d.AllArgs(&v) {

@@ -27,6 +27,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			resolve peer.example 127.0.0.1:9443
 			resolve ds.peer.example 127.0.0.1:9444
 			root_ca /etc/mimi/root.pem
+			trust_pki_ca local
 			timeout 3s
 		}
 	}`))
@@ -47,6 +48,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			AllowedPorts:          []int{8443, 9443},
 			Resolve:               map[string]string{"peer.example": "127.0.0.1:9443", "ds.peer.example": "127.0.0.1:9444"},
 			RootCAFiles:           []string{"/etc/mimi/root.pem"},
+			TrustPKICAs:           []string{"local"},
 			Timeout:               caddy.Duration(3 * time.Second),
 		},
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddypki"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -106,6 +107,12 @@ type Federation struct {
 	// when verifying peers' TLS certificates.
 	RootCAFiles []string `json:"root_ca_files,omitempty"`
 
+	// TrustPKICAs names certificate authorities of Caddy's pki app (such as
+	// `local`, the CA behind `tls internal`) whose roots replace the system
+	// roots for peer TLS, together with RootCAFiles. For private
+	// federations and examples on one machine.
+	TrustPKICAs []string `json:"trust_pki_cas,omitempty"`
+
 	// Timeout bounds one discovery and key fetch. Default: 5s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
@@ -144,7 +151,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	policy, err := g.Federation.fetchPolicy()
+	policy, err := g.Federation.fetchPolicy(ctx)
 	if err != nil {
 		return err
 	}
@@ -267,7 +274,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 }
 
 // fetchPolicy turns the federation settings into a provider.FetchPolicy.
-func (f *Federation) fetchPolicy() (provider.FetchPolicy, error) {
+func (f *Federation) fetchPolicy(ctx caddy.Context) (provider.FetchPolicy, error) {
 	var p provider.FetchPolicy
 	if f == nil {
 		return p, nil
@@ -276,7 +283,7 @@ func (f *Federation) fetchPolicy() (provider.FetchPolicy, error) {
 	p.AllowedPorts = f.AllowedPorts
 	p.Resolve = f.Resolve
 	p.Timeout = time.Duration(f.Timeout)
-	if len(f.RootCAFiles) > 0 {
+	if len(f.RootCAFiles) > 0 || len(f.TrustPKICAs) > 0 {
 		pool := x509.NewCertPool()
 		for _, file := range f.RootCAFiles {
 			pemBytes, err := os.ReadFile(file)
@@ -285,6 +292,19 @@ func (f *Federation) fetchPolicy() (provider.FetchPolicy, error) {
 			}
 			if !pool.AppendCertsFromPEM(pemBytes) {
 				return p, fmt.Errorf("mimi: federation root_ca: %s holds no PEM certificate", file)
+			}
+		}
+		if len(f.TrustPKICAs) > 0 {
+			app, err := ctx.App("pki")
+			if err != nil {
+				return p, fmt.Errorf("mimi: federation trust_pki_ca: loading pki app: %w", err)
+			}
+			for _, id := range f.TrustPKICAs {
+				ca, err := app.(*caddypki.PKI).GetCA(ctx, id)
+				if err != nil {
+					return p, fmt.Errorf("mimi: federation trust_pki_ca: %w", err)
+				}
+				pool.AddCert(ca.RootCertificate())
 			}
 		}
 		p.RootCAs = pool

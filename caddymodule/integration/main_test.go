@@ -220,7 +220,7 @@ func client(maxTLS uint16) *http.Client {
 // directory is dir, signing with that provider's own keys.
 func peerClient(t *testing.T, sender string) *provider.Client {
 	t.Helper()
-	ring, err := provider.OpenKeyRing(filepath.Join(env.dir, strings.TrimSuffix(sender, ".localhost"), "keys"), provider.KeyRingOptions{}, time.Now())
+	ring, err := provider.LoadKeyRing(filepath.Join(env.dir, strings.TrimSuffix(sender, ".localhost"), "keys"))
 	if err != nil {
 		t.Fatal(err)
 	}

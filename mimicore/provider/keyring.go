@@ -75,6 +75,20 @@ func OpenKeyRing(dir string, opts KeyRingOptions, now time.Time) (*KeyRing, erro
 	return r, nil
 }
 
+// LoadKeyRing reads the keys in dir without creating or deleting any: a
+// read-only view for tools that sign as the provider while its gateway owns
+// the directory.
+func LoadKeyRing(dir string) (*KeyRing, error) {
+	r := &KeyRing{dir: dir}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	if len(r.keys) == 0 {
+		return nil, fmt.Errorf("loading key ring: no keys in %s", dir)
+	}
+	return r, nil
+}
+
 // load reads every key file of the directory.
 func (r *KeyRing) load() error {
 	entries, err := os.ReadDir(r.dir)
