@@ -1,0 +1,123 @@
+package sqlitestore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// The write benchmarks include the fsync of every commit: they measure the
+// latency of a durable write on the disk under t.TempDir().
+
+func BenchmarkReserveComplete(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	id := make([]byte, 16)
+	body := make([]byte, 256)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		binary.BigEndian.PutUint64(id, uint64(i))
+		d := sha256.Sum256(id)
+		r, err := s.Reserve(ctx, "bench.example", id, d, exp)
+		if err != nil || r.Status != store.ReplayNew {
+			b.Fatalf("Reserve: %s %v", r.Status, err)
+		}
+		if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Status: 200, Body: body}); err != nil {
+			b.Fatalf("Complete: %v", err)
+		}
+	}
+}
+
+// BenchmarkReserveDuplicate measures the answer to a retry: a read in a
+// write transaction that commits nothing.
+func BenchmarkReserveDuplicate(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	id := []byte("0123456789abcdef")
+	d := sha256.Sum256(id)
+	if _, err := s.Reserve(ctx, "bench.example", id, d, exp); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Status: 200, Body: make([]byte, 256)}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := s.Reserve(ctx, "bench.example", id, d, exp)
+		if err != nil || r.Status != store.ReplayDuplicate {
+			b.Fatalf("Reserve: %s %v", r.Status, err)
+		}
+	}
+}
+
+func BenchmarkMarkSpent(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	key := make([]byte, 32)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		binary.BigEndian.PutUint64(key, uint64(i))
+		first, err := s.MarkSpent(ctx, key, exp)
+		if err != nil || !first {
+			b.Fatalf("MarkSpent: %t %v", first, err)
+		}
+	}
+}
+
+// BenchmarkMarkSpentParallel shows the throughput of concurrent writers,
+// which the single writer connection serialises.
+func BenchmarkMarkSpentParallel(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	var worker atomic.Uint64
+	b.RunParallel(func(pb *testing.PB) {
+		key := make([]byte, 32)
+		binary.BigEndian.PutUint64(key[8:], worker.Add(1))
+		for i := uint64(0); pb.Next(); i++ {
+			binary.BigEndian.PutUint64(key, i)
+			if _, err := s.MarkSpent(ctx, key, exp); err != nil {
+				b.Errorf("MarkSpent: %v", err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkLookupPeerKey(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	now := time.Now()
+	const peers = 100
+	domains := make([]string, peers)
+	for p := range domains {
+		domain := fmt.Sprintf("peer%d.example", p)
+		domains[p] = domain
+		keys := make([]store.PeerKey, 3)
+		for k := range keys {
+			keys[k] = store.PeerKey{
+				KeyID: []byte{byte(k)}, Scheme: 0x0807, PublicKey: make([]byte, 32),
+				NotBefore: now, NotAfter: now.Add(24 * time.Hour), FetchedAt: now, CacheUntil: now.Add(time.Hour),
+			}
+		}
+		if err := s.ReplacePeerKeys(ctx, domain, keys); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if _, err := s.LookupPeerKey(ctx, domains[i%peers], []byte{byte(i % 3)}); err != nil {
+			b.Fatalf("LookupPeerKey: %v", err)
+		}
+	}
+}

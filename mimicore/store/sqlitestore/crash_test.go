@@ -1,0 +1,228 @@
+package sqlitestore
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// crashChildEnv, when set to a database path, turns the test binary into the
+// writer that TestCrashDurability kills (see TestMain).
+const crashChildEnv = "SQLITESTORE_CRASH_CHILD_DB"
+
+// crashRoundEnv names the round, so keys of different rounds differ.
+const crashRoundEnv = "SQLITESTORE_CRASH_ROUND"
+
+const crashSender = "crash.example"
+
+// crashChild opens the store and writes until it is killed, from several
+// goroutines. Each acknowledged write is printed as one line, in one write
+// call, only after the store method returned: "spent <hex>" for MarkSpent,
+// "reply <hex>" for a Reserve + Complete, "sig <hex>" for SeenSignature.
+func crashChild(path string) int {
+	round := os.Getenv(crashRoundEnv)
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "opening store: %v\n", err)
+		return 2
+	}
+	exp := time.Now().Add(time.Hour)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				key := []byte(fmt.Sprintf("%s/%d/%d", round, w, i))
+				var line string
+				switch i % 3 {
+				case 0:
+					first, err := s.MarkSpent(context.Background(), key, exp)
+					if err != nil || !first {
+						fmt.Fprintf(os.Stderr, "MarkSpent: %t %v\n", first, err)
+						os.Exit(3)
+					}
+					line = "spent " + hex.EncodeToString(key)
+				case 1:
+					d := sha256.Sum256(key)
+					r, err := s.Reserve(context.Background(), crashSender, key, d, exp)
+					if err == nil && r.Status != store.ReplayNew {
+						err = fmt.Errorf("status %s", r.Status)
+					}
+					if err == nil {
+						err = s.Complete(context.Background(), crashSender, key, d, store.Answer{Status: 200, Body: key})
+					}
+					if err != nil {
+						fmt.Fprintf(os.Stderr, "Reserve/Complete: %v\n", err)
+						os.Exit(3)
+					}
+					line = "reply " + hex.EncodeToString(key)
+				case 2:
+					first, err := s.SeenSignature(context.Background(), sha256.Sum256(key), exp)
+					if err != nil || !first {
+						fmt.Fprintf(os.Stderr, "SeenSignature: %t %v\n", first, err)
+						os.Exit(3)
+					}
+					line = "sig " + hex.EncodeToString(key)
+				}
+				if _, err := os.Stdout.WriteString(line + "\n"); err != nil {
+					os.Exit(4)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return 0
+}
+
+// TestCrashDurability runs a child process that writes and acknowledges,
+// kills it with SIGKILL mid-stream, and checks that every acknowledged
+// write is in the reopened database and that the database is intact.
+func TestCrashDurability(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	path := filepath.Join(t.TempDir(), "crash.db")
+	var all []string
+	for round := 0; round < 3; round++ {
+		acks := runAndKill(t, path, round)
+		if len(acks) < 10 {
+			t.Fatalf("round %d: only %d acknowledged writes before the kill", round, len(acks))
+		}
+		all = append(all, acks...)
+		verifyAcks(t, path, all)
+		t.Logf("round %d: %d acknowledged writes, all %d present after kill -9", round, len(acks), len(all))
+	}
+}
+
+// runAndKill starts the child on path, reads its acknowledgements for a
+// while, kills it and returns every complete acknowledgement line.
+func runAndKill(t *testing.T, path string, round int) []string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+path, fmt.Sprintf("%s=%d", crashRoundEnv, round))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatalf("stdout pipe: %v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting child: %v", err)
+	}
+	lines := make(chan string, 1024)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(lines)
+		r := bufio.NewReader(out)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				// A line cut short by the kill was never acknowledged.
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				readErr <- err
+				return
+			}
+			lines <- strings.TrimSuffix(line, "\n")
+		}
+	}()
+
+	var acks []string
+	var killAt <-chan time.Time
+	timeout := time.After(5 * time.Second)
+	for killAt == nil || lines != nil {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				lines = nil
+				if killAt == nil {
+					_ = cmd.Wait()
+					t.Fatalf("child exited before it was killed: %s", stderr.String())
+				}
+				continue
+			}
+			acks = append(acks, line)
+			if killAt == nil {
+				// Kill a random-ish moment after writing started.
+				killAt = time.After(time.Duration(300+100*round) * time.Millisecond)
+			}
+		case <-killAt:
+			if err := cmd.Process.Kill(); err != nil { // SIGKILL
+				t.Fatalf("killing child: %v", err)
+			}
+			killAt = make(chan time.Time) // never fires again
+		case <-timeout:
+			_ = cmd.Process.Kill()
+			t.Fatalf("child wrote nothing in time: %s", stderr.String())
+		}
+	}
+	if err := <-readErr; err != nil {
+		t.Fatalf("reading child output: %v", err)
+	}
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != -1 { // -1: killed by a signal
+		t.Fatalf("child ended with %v, not by the kill: %s", err, stderr.String())
+	}
+	return acks
+}
+
+// verifyAcks reopens the database and checks each acknowledged write.
+func verifyAcks(t *testing.T, path string, acks []string) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatalf("reopening after kill: %v", err)
+	}
+	defer s.Close()
+	var result string
+	if err := s.w.QueryRowContext(ctx, "PRAGMA integrity_check").Scan(&result); err != nil {
+		t.Fatalf("integrity check: %v", err)
+	}
+	if result != "ok" {
+		t.Fatalf("integrity check: %s", result)
+	}
+	exp := time.Now().Add(time.Hour)
+	for _, ack := range acks {
+		kind, hexKey, ok := strings.Cut(ack, " ")
+		key, err := hex.DecodeString(hexKey)
+		if !ok || err != nil {
+			t.Fatalf("malformed acknowledgement %q", ack)
+		}
+		switch kind {
+		case "spent":
+			first, err := s.MarkSpent(ctx, key, exp)
+			if err != nil || first {
+				t.Fatalf("acknowledged spent token %q lost after kill -9 (first use %t, %v)", key, first, err)
+			}
+		case "reply":
+			r, err := s.Reserve(ctx, crashSender, key, sha256.Sum256(key), exp)
+			if err != nil || r.Status != store.ReplayDuplicate || string(r.Answer.Body) != string(key) {
+				t.Fatalf("acknowledged answer for %q lost after kill -9 (%s, %v)", key, r.Status, err)
+			}
+		case "sig":
+			first, err := s.SeenSignature(ctx, sha256.Sum256(key), exp)
+			if err != nil || first {
+				t.Fatalf("acknowledged signature %q lost after kill -9 (first use %t, %v)", key, first, err)
+			}
+		default:
+			t.Fatalf("unknown acknowledgement %q", ack)
+		}
+	}
+}

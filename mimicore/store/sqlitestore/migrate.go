@@ -1,0 +1,139 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// migration is one step of the schema. Migrations only ever append: a
+// released one is never edited, and version n is the same logical schema as
+// the PostgreSQL backend's version n.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrations lists every schema step, in order, starting at version 1.
+//
+// Conventions for every table, kept so the PostgreSQL port is mechanical:
+// times are INTEGER Unix milliseconds named *_ms (BIGINT there), binary
+// values are BLOB (BYTEA), text is TEXT, and expiring tables have an index
+// on their expiry for DeleteExpired.
+var migrations = []migration{
+	{1, "replay cache, seen signatures, spent tokens, signing and peer keys", schemaV1},
+}
+
+const schemaV1 = `
+CREATE TABLE replay_requests (
+	sender     TEXT    NOT NULL,
+	request_id BLOB    NOT NULL,
+	digest     BLOB    NOT NULL CHECK (length(digest) = 32),
+	expires_ms INTEGER NOT NULL,
+	-- status and body are NULL while the request is being processed.
+	status     INTEGER CHECK (status BETWEEN 100 AND 599),
+	body       BLOB,
+	CHECK ((status IS NULL) = (body IS NULL)),
+	PRIMARY KEY (sender, request_id)
+) WITHOUT ROWID;
+CREATE INDEX replay_requests_expires ON replay_requests (expires_ms);
+
+CREATE TABLE seen_signatures (
+	digest     BLOB    NOT NULL PRIMARY KEY CHECK (length(digest) = 32),
+	expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX seen_signatures_expires ON seen_signatures (expires_ms);
+
+CREATE TABLE spent_tokens (
+	key        BLOB    NOT NULL PRIMARY KEY,
+	expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX spent_tokens_expires ON spent_tokens (expires_ms);
+
+CREATE TABLE signing_keys (
+	key_id        BLOB    NOT NULL PRIMARY KEY,
+	scheme        INTEGER NOT NULL CHECK (scheme BETWEEN 0 AND 65535),
+	public_key    BLOB    NOT NULL,
+	not_before_ms INTEGER NOT NULL,
+	not_after_ms  INTEGER NOT NULL,
+	retired_ms    INTEGER,
+	file_name     TEXT    NOT NULL UNIQUE
+) WITHOUT ROWID;
+
+CREATE TABLE peer_keys (
+	domain         TEXT    NOT NULL,
+	key_id         BLOB    NOT NULL,
+	scheme         INTEGER NOT NULL CHECK (scheme BETWEEN 0 AND 65535),
+	public_key     BLOB    NOT NULL,
+	not_before_ms  INTEGER NOT NULL,
+	not_after_ms   INTEGER NOT NULL,
+	fetched_ms     INTEGER NOT NULL,
+	cache_until_ms INTEGER NOT NULL,
+	PRIMARY KEY (domain, key_id)
+) WITHOUT ROWID;
+CREATE INDEX peer_keys_expires ON peer_keys (cache_until_ms);
+
+CREATE TABLE peer_key_failures (
+	domain    TEXT    NOT NULL PRIMARY KEY,
+	failed_ms INTEGER NOT NULL,
+	retry_ms  INTEGER NOT NULL,
+	reason    TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX peer_key_failures_expires ON peer_key_failures (retry_ms);
+`
+
+// latestVersion is the schema version this code writes.
+func latestVersion() int { return migrations[len(migrations)-1].version }
+
+// migrate brings the schema to the latest version in one transaction, so
+// a crash leaves either the old or the new schema.
+func migrate(ctx context.Context, db *sql.DB, now time.Time) error {
+	return migrateTo(ctx, db, migrations, now)
+}
+
+func migrateTo(ctx context.Context, db *sql.DB, steps []migration, now time.Time) error {
+	tx, err := db.BeginTx(ctx, nil) // BEGIN IMMEDIATE: see the writer DSN
+	if err != nil {
+		return fmt.Errorf("migrating schema: %w", err)
+	}
+	defer rollback(tx)
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (
+		version    INTEGER NOT NULL PRIMARY KEY,
+		name       TEXT    NOT NULL,
+		applied_ms INTEGER NOT NULL
+	)`); err != nil {
+		return fmt.Errorf("migrating schema: creating schema_version: %w", err)
+	}
+	var current int
+	if err := tx.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_version").Scan(&current); err != nil {
+		return fmt.Errorf("migrating schema: reading version: %w", err)
+	}
+	latest := steps[len(steps)-1].version
+	if current > latest {
+		return fmt.Errorf("migrating schema: database is at version %d, this program knows up to %d: %w",
+			current, latest, store.ErrSchemaTooNew)
+	}
+	if current == latest {
+		return nil
+	}
+	for _, m := range steps {
+		if m.version <= current {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+			return fmt.Errorf("migrating schema to version %d (%s): %w", m.version, m.name, err)
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO schema_version (version, name, applied_ms) VALUES (?1, ?2, ?3)",
+			m.version, m.name, now.UnixMilli()); err != nil {
+			return fmt.Errorf("migrating schema to version %d: recording version: %w", m.version, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrating schema: committing: %w", err)
+	}
+	return nil
+}

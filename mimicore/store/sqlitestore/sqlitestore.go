@@ -1,0 +1,273 @@
+// Package sqlitestore is the embedded store.Store: one SQLite file under the
+// gateway's data_dir, through the pure-Go modernc.org/sqlite driver.
+//
+// Durability: the database runs in WAL mode with synchronous=FULL, so every
+// write is in the fsynced WAL before the method returns; an acknowledged
+// write survives kill -9 and power loss. Writes go through one connection,
+// which serialises them in the process without lock contention; read-modify-
+// write transactions begin with BEGIN IMMEDIATE, so they also serialise
+// against another process that opened the same file. Lookups use a small
+// pool of read-only connections, which WAL lets run beside the writer.
+//
+// One process should hold one Store per file (share it, e.g. through a
+// caddy.UsagePool, across config reloads); two Stores on one file are
+// correct but contend for the write lock.
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// Defaults of Open.
+const (
+	DefaultReaders     = 4
+	DefaultBusyTimeout = 5 * time.Second
+)
+
+// walSizeLimit is the size the WAL file is truncated to after a checkpoint.
+const walSizeLimit = 64 << 20
+
+// Store is the SQLite store.Store. Open it with Open; it is safe for
+// concurrent use.
+type Store struct {
+	w   *sql.DB // exactly one connection: every write goes through it
+	r   *sql.DB // read-only connections for lookups
+	now func() time.Time
+
+	ws writeStmts
+	rs readStmts
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	readers     int
+	busyTimeout time.Duration
+	now         func() time.Time
+}
+
+// WithReaders sets the number of read-only connections (default
+// DefaultReaders); n < 1 means 1.
+func WithReaders(n int) Option {
+	return func(o *options) { o.readers = max(n, 1) }
+}
+
+// WithBusyTimeout sets how long a statement waits for a lock held by
+// another process before it fails (default DefaultBusyTimeout).
+func WithBusyTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.busyTimeout = d
+		}
+	}
+}
+
+// WithClock replaces time.Now as the clock that decides whether a record
+// has expired; tests that run the gateway on a fake clock pass the same one.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) {
+		if now != nil {
+			o.now = now
+		}
+	}
+}
+
+// Open opens the database at path, creating it (mode 0600, its directory
+// 0700) when missing, and migrates its schema to the latest version in one
+// transaction. It refuses a database whose schema is newer than this code
+// knows (store.ErrSchemaTooNew). path is the operator's configuration,
+// never request data.
+func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
+	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if path == "" {
+		return nil, fmt.Errorf("opening store: empty path: %w", store.ErrInvalid)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+	if err := createFile(abs); err != nil {
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+
+	s := &Store{now: o.now}
+	busy := strconv.FormatInt(o.busyTimeout.Milliseconds(), 10)
+	s.w, err = sql.Open("sqlite", dsn(abs, url.Values{
+		"_pragma": {
+			"busy_timeout(" + busy + ")",
+			"journal_mode(WAL)",
+			"synchronous(FULL)",
+			"foreign_keys(1)",
+			"journal_size_limit(" + strconv.Itoa(walSizeLimit) + ")",
+		},
+		"_txlock": {"immediate"},
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+	// One connection that is never closed: writes are serialised by the
+	// pool, and prepared statements stay prepared.
+	s.w.SetMaxOpenConns(1)
+	s.w.SetMaxIdleConns(1)
+	s.w.SetConnMaxLifetime(0)
+	s.w.SetConnMaxIdleTime(0)
+	if err := s.checkWriter(ctx); err != nil {
+		s.w.Close()
+		return nil, fmt.Errorf("opening store %s: %w", abs, err)
+	}
+	if err := migrate(ctx, s.w, o.now()); err != nil {
+		s.w.Close()
+		return nil, fmt.Errorf("opening store %s: %w", abs, err)
+	}
+
+	s.r, err = sql.Open("sqlite", dsn(abs, url.Values{
+		"_pragma": {
+			"busy_timeout(" + busy + ")",
+			"query_only(1)",
+		},
+	}))
+	if err != nil {
+		s.w.Close()
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+	s.r.SetMaxOpenConns(o.readers)
+	s.r.SetMaxIdleConns(o.readers)
+	s.r.SetConnMaxLifetime(0)
+	s.r.SetConnMaxIdleTime(0)
+
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("opening store %s: %w", abs, err)
+	}
+	return s, nil
+}
+
+// dsn returns the modernc.org/sqlite data source name of the database at
+// the absolute path abs: a file: URI, so that any byte of the path is
+// escaped rather than read as a parameter.
+func dsn(abs string, params url.Values) string {
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: params.Encode()}
+	if u.Path[0] != '/' { // a Windows volume
+		u.Path = "/" + u.Path
+	}
+	return u.String()
+}
+
+// createFile creates the directory (0700) and the database file (0600) if
+// they are missing, so that SQLite, which creates its WAL and shared-memory
+// files with the database file's mode, never makes them more open.
+func createFile(path string) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating data directory: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("creating database file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("creating database file: %w", err)
+	}
+	// Make the new directory entry durable before anything is written
+	// to the file.
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing data directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing data directory: %w", err)
+	}
+	return nil
+}
+
+// checkWriter verifies that the writer connection really runs with the
+// durability settings the package promises: a pragma the driver failed to
+// apply must not silently weaken them.
+func (s *Store) checkWriter(ctx context.Context) error {
+	var mode string
+	if err := s.w.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return fmt.Errorf("reading journal mode: %w", err)
+	}
+	if mode != "wal" {
+		return fmt.Errorf("journal mode is %q, not wal", mode)
+	}
+	var sync int
+	if err := s.w.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sync); err != nil {
+		return fmt.Errorf("reading synchronous setting: %w", err)
+	}
+	if sync != 2 {
+		return fmt.Errorf("synchronous is %d, not 2 (FULL)", sync)
+	}
+	return nil
+}
+
+// Close closes the store. Later calls fail with store.ErrClosed; a second
+// Close returns the first one's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		var errs []error
+		for _, st := range s.allStmts() {
+			if st != nil {
+				errs = append(errs, st.Close())
+			}
+		}
+		if s.r != nil {
+			errs = append(errs, s.r.Close())
+		}
+		errs = append(errs, s.w.Close())
+		if err := errors.Join(errs...); err != nil {
+			s.closeErr = fmt.Errorf("closing store: %w", err)
+		}
+	})
+	return s.closeErr
+}
+
+// fail wraps err with what was being done, reporting store.ErrClosed when
+// the store was closed under the call.
+func (s *Store) fail(doing string, err error) error {
+	if s.closed.Load() && !errors.Is(err, store.ErrInvalid) {
+		return fmt.Errorf("%s: %w", doing, store.ErrClosed)
+	}
+	return fmt.Errorf("%s: %w", doing, err)
+}
+
+// checkOpen fails with store.ErrClosed after Close.
+func (s *Store) checkOpen(doing string) error {
+	if s.closed.Load() {
+		return fmt.Errorf("%s: %w", doing, store.ErrClosed)
+	}
+	return nil
+}
+
+// rollback ends a transaction that wrote nothing or failed; its error adds
+// nothing to the one being returned.
+func rollback(tx *sql.Tx) { _ = tx.Rollback() }

@@ -1,0 +1,126 @@
+// Package store defines the gateway's durable state: small interfaces, one
+// job each, that a storage backend implements, and the errors they return.
+//
+// The embedded backend is package sqlitestore (one SQLite file under the
+// gateway's data_dir); a PostgreSQL backend for clusters implements the same
+// interfaces. Package storetest holds the contract tests every backend runs,
+// so the semantics documented here are checked, not just described.
+//
+// # Semantics shared by every interface
+//
+//   - Every method that returns a nil error has made its write durable: a
+//     write that was acknowledged survives a crash of the process (kill -9)
+//     and, for the SQLite backend, a power loss.
+//   - Methods copy the byte slices they are given and never return a slice
+//     that aliases the store's memory: the caller owns both.
+//   - Times are kept with millisecond precision. An expiry is rounded up to
+//     the next millisecond, so a record lives at least until the time the
+//     caller asked for; a record is alive while now < expiry. "now" is the
+//     backend's clock (time.Now unless the backend lets a test replace it),
+//     except for DeleteExpired, which takes it as an argument.
+//   - Expired records behave as absent at once, whether or not DeleteExpired
+//     has removed them yet. DeleteExpired only reclaims space.
+//   - Argument errors wrap ErrInvalid, a record that does not exist
+//     ErrNotFound, a write that contradicts a stored record ErrConflict, and
+//     use after Close ErrClosed. Any other error means the backend is
+//     unavailable (the HTTP layer answers 503); the operation may or may not
+//     have taken effect, and the caller must treat it as not done.
+//   - Methods honour ctx where they block.
+//
+// # Schema and what follows
+//
+// A backend keeps a schema version and migrates to its latest on open, in
+// one transaction; it refuses a database whose version is newer than the
+// code (ErrSchemaTooNew) rather than guess. Version n means the same logical
+// schema in every backend, so data can move between them. Migrations only
+// ever append: a released migration is never edited.
+//
+// Version 1 holds the replay cache, the client-signature replay set, spent
+// Privacy Pass tokens, the gateway's signing-key metadata and the peer
+// verification-key cache. The DS state that later issues add gets its own
+// interface here and its own appended migration in each backend:
+//
+//   - group state: per group, the hub provider, the epoch, the public tree
+//     and GroupInfo, and old epochs kept for lagging Welcome joiners (at most
+//     14 days or 64 epochs);
+//   - queues: per client, the messages fanned out to it, with per-client
+//     duplicate detection by message hash;
+//   - KeyPackages: per client, single-use packages consumed atomically, and
+//     one last-resort package that is handed out but never consumed;
+//   - attachment metadata: token, group, uploader, size, content hash and
+//     a reference-counted blob, whose bytes live in files (SQLite) or an
+//     object store (PostgreSQL), never in the database.
+//
+// Each of those read-modify-write operations is, like Reserve and MarkSpent
+// here, one conditional statement (INSERT ... ON CONFLICT ... WHERE, UPDATE
+// ... WHERE) in a short transaction, which SQLite serialises with BEGIN
+// IMMEDIATE and PostgreSQL with row locks.
+package store
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// Errors returned, wrapped, by every backend. Test with errors.Is.
+var (
+	// ErrNotFound reports that the record an operation needs does not
+	// exist or has expired.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict reports a write that contradicts a stored record.
+	ErrConflict = errors.New("conflict")
+	// ErrInvalid reports an argument the store refuses: empty or oversized
+	// identifiers, a status or body out of range, a file name that is not a
+	// plain base name.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrClosed reports use of a store after Close.
+	ErrClosed = errors.New("store closed")
+	// ErrSchemaTooNew reports a database written by a newer version of the
+	// code; the store refuses to open it.
+	ErrSchemaTooNew = errors.New("database schema is newer than this program")
+)
+
+// Limits on the values a store accepts; larger values are ErrInvalid.
+const (
+	// MaxAnswerSize bounds the body of a cached answer. It holds the
+	// largest provider answer: 64 KeyPackages of post-quantum suites.
+	MaxAnswerSize = 1 << 20
+	// MaxIDSize bounds request ids, key ids, spent-token keys and other
+	// binary identifiers.
+	MaxIDSize = 255
+	// MaxDomainSize bounds sender and peer domains (an FQDN is at most 253
+	// bytes).
+	MaxDomainSize = 253
+	// MaxPublicKeySize bounds public keys (ML-DSA-87 keys are 2592 bytes).
+	MaxPublicKeySize = 4096
+	// MaxReasonSize bounds the reason recorded for a failed key fetch.
+	MaxReasonSize = 1024
+	// MaxFileNameSize bounds the file name of a signing key.
+	MaxFileNameSize = 255
+)
+
+// Store is everything the gateway keeps. A Store is safe for concurrent
+// use by many goroutines.
+type Store interface {
+	ReplayCache
+	SeenSignatures
+	SpentNonces
+	KeyStore
+	Sweeper
+	// Close releases the store. Calls after Close fail with ErrClosed;
+	// closing twice is harmless.
+	io.Closer
+}
+
+// Sweeper reclaims the space of expired records.
+type Sweeper interface {
+	// DeleteExpired removes every record whose expiry is at or before now
+	// (replay entries, seen signatures, spent tokens, peer keys and peer
+	// fetch failures) and reports how many it removed. It works in small
+	// transactions so writers are not held up; on error, the records
+	// removed so far stay removed. The gateway's own signing keys are not
+	// swept: see SigningKeys.DeleteSigningKey.
+	DeleteExpired(ctx context.Context, now time.Time) (int64, error)
+}
