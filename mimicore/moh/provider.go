@@ -3,6 +3,7 @@ package moh
 import (
 	"golang.org/x/crypto/cryptobyte"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -106,31 +107,33 @@ type tbsMarshaler struct{ p *ProviderRequest }
 
 func (t tbsMarshaler) MarshalWire(b *cryptobyte.Builder) { t.p.MarshalTBS(b) }
 
-// QueueingServiceRequest is the deliver_message payload. Message holds the
-// encoded MLSMessage, which is the rest of the payload; the DS decodes it
-// strictly.
+// QueueingServiceRequest is the deliver_message payload.
 type QueueingServiceRequest struct {
 	GroupID   []byte
 	ClientIDs [][]byte // client URIs, all local to the recipient
-	Message   []byte   // encoded MLSMessage
+	// Message is a PublicMessage, PrivateMessage or Welcome; a KeyPackage
+	// or GroupInfo is refused.
+	Message mls.MLSMessage
 }
 
 // MarshalWire implements wire.Marshaler.
 func (q *QueueingServiceRequest) MarshalWire(b *cryptobyte.Builder) {
 	wire.AddOpaque(b, q.GroupID)
 	addOpaqueList(b, q.ClientIDs)
-	b.AddBytes(q.Message)
+	q.Message.MarshalWire(b)
 }
 
 // UnmarshalWire implements wire.Unmarshaler.
 func (q *QueueingServiceRequest) UnmarshalWire(s *cryptobyte.String) bool {
 	if !readGroupID(s, &q.GroupID) || !readOpaqueList(s, &q.ClientIDs, MaxClientIDs, MaxURILen) ||
-		len(q.ClientIDs) == 0 || len(*s) == 0 {
+		len(q.ClientIDs) == 0 || !q.Message.UnmarshalWire(s) {
 		return false
 	}
-	q.Message = *s
-	*s = (*s)[len(*s):]
-	return true
+	switch q.Message.WireFormat {
+	case mls.WireFormatPublicMessage, mls.WireFormatPrivateMessage, mls.WireFormatWelcome:
+		return true
+	}
+	return false
 }
 
 // ConnectionRequestPayload is the connection_request payload: a Welcome into
@@ -138,24 +141,21 @@ func (q *QueueingServiceRequest) UnmarshalWire(s *cryptobyte.String) bool {
 type ConnectionRequestPayload struct {
 	UserID  []byte // user URI
 	GroupID []byte
-	Welcome []byte // encoded MLSMessage (the rest of the payload)
+	Welcome mls.MLSMessage // wire format welcome
 }
 
 // MarshalWire implements wire.Marshaler.
 func (c *ConnectionRequestPayload) MarshalWire(b *cryptobyte.Builder) {
 	wire.AddOpaque(b, c.UserID)
 	wire.AddOpaque(b, c.GroupID)
-	b.AddBytes(c.Welcome)
+	c.Welcome.MarshalWire(b)
 }
 
 // UnmarshalWire implements wire.Unmarshaler.
 func (c *ConnectionRequestPayload) UnmarshalWire(s *cryptobyte.String) bool {
-	if !wire.ReadOpaqueMax(s, &c.UserID, MaxURILen) || !readGroupID(s, &c.GroupID) || len(*s) == 0 {
-		return false
-	}
-	c.Welcome = *s
-	*s = (*s)[len(*s):]
-	return true
+	return wire.ReadOpaqueMax(s, &c.UserID, MaxURILen) && len(c.UserID) > 0 &&
+		readGroupID(s, &c.GroupID) && c.Welcome.UnmarshalWire(s) &&
+		c.Welcome.WireFormat == mls.WireFormatWelcome
 }
 
 // ConnectionKeyPackagesRequest is the connection_key_packages payload.

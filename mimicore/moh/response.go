@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -242,10 +243,8 @@ func (r *DSResponse) MarshalWire(b *cryptobyte.Builder) {
 	}
 }
 
-// UnmarshalWire implements wire.Unmarshaler. The MLS-carrying variants
-// (welcome_info, external_commit_info, key_packages) need the MLS codec to
-// find their extents and are decoded by DecodeResponse in package dsclient
-// once it lands; here they are refused.
+// UnmarshalWire implements wire.Unmarshaler. MLS values are decoded strictly
+// by package mls and kept as their encodings.
 func (r *DSResponse) UnmarshalWire(s *cryptobyte.String) bool {
 	var version uint16
 	var typ uint8
@@ -260,6 +259,29 @@ func (r *DSResponse) UnmarshalWire(s *cryptobyte.String) bool {
 		return r.Error.UnmarshalWire(s)
 	case ResponseGroupID:
 		return wire.ReadOpaqueMax(s, &r.GroupID, MaxGroupIDLen)
+	case ResponseWelcomeInfo:
+		return readSpan(s, &r.RatchetTree, new(mls.RatchetTree))
+	case ResponseExternalCommitInfo:
+		var gi mls.MLSMessage
+		return readSpan(s, &r.GroupInfo, &gi) && gi.WireFormat == mls.WireFormatGroupInfo &&
+			readSpan(s, &r.RatchetTree, new(mls.RatchetTree))
+	case ResponseKeyPackages:
+		var list cryptobyte.String
+		if !wire.ReadVector(s, &list) {
+			return false
+		}
+		r.KeyPackages = r.KeyPackages[:0]
+		for !list.Empty() {
+			if len(r.KeyPackages) == MaxClientIDs {
+				return false
+			}
+			var kp []byte
+			if !readSpan(&list, &kp, new(mls.KeyPackage)) {
+				return false
+			}
+			r.KeyPackages = append(r.KeyPackages, kp)
+		}
+		return readOpaqueList(s, &r.Missing, MaxClientIDs, MaxURILen)
 	case ResponseVerificationKeys:
 		var list cryptobyte.String
 		if !wire.ReadVector(s, &list) {
@@ -286,6 +308,17 @@ func (r *DSResponse) UnmarshalWire(s *cryptobyte.String) bool {
 	default:
 		return false
 	}
+}
+
+// readSpan decodes one v from s and stores the bytes it took in out
+// (aliasing s).
+func readSpan(s *cryptobyte.String, out *[]byte, v wire.Unmarshaler) bool {
+	start := *s
+	if !v.UnmarshalWire(s) {
+		return false
+	}
+	*out = start[:len(start)-len(*s)]
+	return true
 }
 
 // addOpaqueList writes a vector of opaque<V> values.

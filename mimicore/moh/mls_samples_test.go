@@ -1,0 +1,73 @@
+package moh
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// samplePrivateMessage is a well-formed application PrivateMessage (the DS
+// sees only its outer fields).
+func samplePrivateMessage() mls.MLSMessage {
+	return mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatPrivateMessage, PrivateMessage: &mls.PrivateMessage{
+		GroupID: []byte("g"), Epoch: 3, ContentType: mls.ContentApplication,
+		EncryptedSenderData: make([]byte, 28), Ciphertext: make([]byte, 40),
+	}}
+}
+
+// sampleWelcome is a well-formed Welcome.
+func sampleWelcome() mls.MLSMessage {
+	return mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatWelcome, Welcome: &mls.Welcome{
+		CipherSuite: mls.X25519AES128GCMSHA256Ed25519, EncryptedGroupInfo: make([]byte, 64),
+	}}
+}
+
+func mustMarshal(m mls.MLSMessage) []byte {
+	b, err := wire.Marshal(&m)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+var (
+	mlsVectorsOnce sync.Once
+	mlsVectors     map[string]string
+)
+
+// mlsVector returns a field of the first case of the official MLS
+// messages.json vectors (../shared/testvectors/mls beside the repository).
+func mlsVector(field string) []byte {
+	mlsVectorsOnce.Do(func() {
+		dir, err := os.Getwd()
+		if err != nil {
+			panic(err)
+		}
+		for {
+			path := filepath.Join(dir, "..", "shared", "testvectors", "mls", "messages.json")
+			if data, err := os.ReadFile(path); err == nil {
+				var cases []map[string]string
+				if err := json.Unmarshal(data, &cases); err != nil {
+					panic(err)
+				}
+				mlsVectors = cases[0]
+				return
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				panic("shared/testvectors/mls/messages.json not found beside the repository")
+			}
+			dir = parent
+		}
+	})
+	b, err := hex.DecodeString(mlsVectors[field])
+	if err != nil || len(b) == 0 {
+		panic("messages.json has no field " + field)
+	}
+	return b
+}
