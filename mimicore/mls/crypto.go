@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/hpke"
@@ -12,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 
 	"golang.org/x/crypto/cryptobyte"
 
@@ -258,7 +260,7 @@ func (s *suite) verifyWithLabel(pub []byte, label string, content, sig []byte) e
 			return fmt.Errorf("verifying %s: %w", label, ErrInvalidSignature)
 		}
 	default:
-		k, err := ecdsa.ParseUncompressedPublicKey(s.ecCurve, pub)
+		k, err := s.parseECDSAPublicKey(pub)
 		if err != nil {
 			return fmt.Errorf("verifying %s: %w: %v", label, ErrInvalidSignature, err)
 		}
@@ -278,8 +280,53 @@ func (s *suite) checkSignaturePublicKey(pub []byte) error {
 		}
 		return nil
 	}
-	_, err := ecdsa.ParseUncompressedPublicKey(s.ecCurve, pub)
+	_, err := s.parseECDSAPublicKey(pub)
 	return err
+}
+
+// parseECDSAPublicKey parses a SEC1 point. RFC 9420 and its vectors use the
+// uncompressed form; some implementations (ts-mls) send the compressed
+// form, which is accepted too.
+func (s *suite) parseECDSAPublicKey(pub []byte) (*ecdsa.PublicKey, error) {
+	size := (s.ecCurve.Params().BitSize + 7) / 8
+	if len(pub) == 1+size && (pub[0] == 2 || pub[0] == 3) {
+		un, err := decompressPoint(s.ecCurve, pub, size)
+		if err != nil {
+			return nil, err
+		}
+		pub = un
+	}
+	return ecdsa.ParseUncompressedPublicKey(s.ecCurve, pub)
+}
+
+// decompressPoint turns a compressed SEC1 point on a NIST curve into its
+// uncompressed form. The curve check is left to ParseUncompressedPublicKey.
+func decompressPoint(curve elliptic.Curve, pub []byte, size int) ([]byte, error) {
+	p := curve.Params().P
+	x := new(big.Int).SetBytes(pub[1:])
+	if x.Cmp(p) >= 0 {
+		return nil, errors.New("compressed point: x out of range")
+	}
+	// y² = x³ - 3x + b (mod p)
+	y2 := new(big.Int).Mul(x, x)
+	y2.Mul(y2, x)
+	x3 := new(big.Int).Lsh(x, 1)
+	x3.Add(x3, x)
+	y2.Sub(y2, x3)
+	y2.Add(y2, curve.Params().B)
+	y2.Mod(y2, p)
+	y := new(big.Int).ModSqrt(y2, p)
+	if y == nil {
+		return nil, errors.New("compressed point: not on the curve")
+	}
+	if y.Bit(0) != uint(pub[0]&1) {
+		y.Sub(p, y)
+	}
+	out := make([]byte, 1+2*size)
+	out[0] = 4
+	x.FillBytes(out[1 : 1+size])
+	y.FillBytes(out[1+size:])
+	return out, nil
 }
 
 // checkHPKEPublicKey reports whether pub is a valid HPKE public key for the

@@ -1,0 +1,231 @@
+package mls
+
+import (
+	"fmt"
+)
+
+// AddedMember is a member a commit added.
+type AddedMember struct {
+	Leaf          uint32
+	KeyPackageRef []byte
+}
+
+// CommitInfo describes an applied commit, for the Delivery Service (who
+// joined, who left) and for clients that go on to derive the epoch's
+// secrets.
+type CommitInfo struct {
+	// Committer is the commit's sender; CommitterLeaf its leaf index in
+	// the new tree (for an external commit, the joiner's new leaf).
+	Committer     Sender
+	CommitterLeaf uint32
+	// Proposals lists the covered proposals in commit order.
+	Proposals []ResolvedProposal
+	Added     []AddedMember
+	Removed   []uint32
+	// Path is the commit's UpdatePath, if any.
+	Path *UpdatePath
+	// PSKs, ExternalInit (the KEM output) and ReInit come from the covered
+	// proposals.
+	PSKs         []PreSharedKeyID
+	ExternalInit []byte
+	ReInit       *ReInit
+	// ProvisionalContext is the GroupContext used to encrypt the path
+	// secrets: the new epoch, tree hash and extensions with the previous
+	// confirmed transcript hash (RFC 9420 §12.4.2).
+	ProvisionalContext GroupContext
+	// ConfirmationTag is the commit's confirmation tag. A Delivery Service
+	// cannot check it; members do.
+	ConfirmationTag []byte
+}
+
+// ApplyCommit authenticates a PublicMessage commit for the current epoch
+// and returns the state of the next epoch (RFC 9420 §12.4.2). Proposals
+// sent by reference are fetched through resolve. The receiver is never
+// modified: on error the group stays as it was.
+//
+// Checked: group, epoch and wire format (a PrivateMessage gives
+// ErrPrivateHandshake), the committer's signature, every proposal and the
+// list rules of §12.2, the external commit rules, the new leaf nodes, the
+// UpdatePath (required unless the commit only adds, covers PSKs or
+// replaces extensions) and its parent hashes. The new tree hash, the
+// GroupContext and both transcript hashes are computed. The membership
+// tag and confirmation tag need group secrets and are left to members.
+func (g *GroupState) ApplyCommit(m *MLSMessage, resolve ProposalResolver) (*GroupState, *CommitInfo, error) {
+	pm, err := g.checkFraming(m, ContentCommit)
+	if err != nil {
+		return nil, nil, fmt.Errorf("applying commit: %w", err)
+	}
+	n, info, err := g.applyCommit(pm, resolve)
+	if err != nil {
+		return nil, nil, fmt.Errorf("applying commit: %w", err)
+	}
+	return n, info, nil
+}
+
+func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*GroupState, *CommitInfo, error) {
+	ac := pm.AuthenticatedContent()
+	commit := pm.Content.Commit
+	committer := pm.Content.Sender
+	switch committer.Type {
+	case SenderMember, SenderNewMemberCommit:
+	default:
+		return nil, nil, fmt.Errorf("%w: sender type %d cannot commit", ErrInvalidCommit, committer.Type)
+	}
+	if err := g.verifyContent(ac); err != nil {
+		return nil, nil, err
+	}
+	list, err := g.resolveProposals(commit, committer, resolve)
+	if err != nil {
+		return nil, nil, err
+	}
+	pathRequired, err := g.checkProposalList(list, committer)
+	if err != nil {
+		return nil, nil, err
+	}
+	if pathRequired && commit.Path == nil {
+		return nil, nil, fmt.Errorf("%w: path required", ErrInvalidCommit)
+	}
+
+	n := g.next()
+	info := &CommitInfo{Committer: committer, CommitterLeaf: committer.Index, Proposals: list,
+		Path: commit.Path, ConfirmationTag: cloneBytes(pm.Auth.ConfirmationTag)}
+	if err := n.applyProposals(list, info); err != nil {
+		return nil, nil, err
+	}
+	if committer.Type == SenderNewMemberCommit {
+		// The joiner takes the leftmost blank leaf; its leaf node comes
+		// with the path and is validated with it below.
+		idx := n.tree.leftmostBlankLeaf()
+		if idx == n.tree.leaves {
+			if err := n.tree.extend(); err != nil {
+				return nil, nil, err
+			}
+		}
+		info.CommitterLeaf = idx
+	}
+	if commit.Path != nil {
+		if err := n.applyPath(info.CommitterLeaf, commit.Path, committer.Type == SenderNewMemberCommit); err != nil {
+			return nil, nil, err
+		}
+	}
+
+	th, err := n.tree.TreeHash()
+	if err != nil {
+		return nil, nil, err
+	}
+	n.ctx.Epoch++
+	n.ctx.TreeHash = th
+	info.ProvisionalContext = n.ctx.clone()
+	confirmed, err := g.s.confirmedTranscriptHash(g.interim, ac)
+	if err != nil {
+		return nil, nil, err
+	}
+	n.ctx.ConfirmedTranscriptHash = confirmed
+	n.confTag = info.ConfirmationTag
+	if n.interim, err = g.s.interimTranscriptHash(confirmed, n.confTag); err != nil {
+		return nil, nil, err
+	}
+	return n, info, nil
+}
+
+// applyProposals applies the covered proposals to n in the order of RFC
+// 9420 §12.4.2: group context extensions, updates, removes, adds.
+func (n *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) error {
+	for _, rp := range list {
+		p := rp.Proposal
+		switch p.Type {
+		case ProposalGroupContextExtensions:
+			n.ctx.Extensions = p.Extensions.clone()
+		case ProposalPSK:
+			info.PSKs = append(info.PSKs, *p.PSK)
+		case ProposalExternalInit:
+			info.ExternalInit = p.KEMOutput
+		case ProposalReInit:
+			info.ReInit = p.ReInit
+		}
+	}
+	for _, rp := range list {
+		if rp.Proposal.Type != ProposalUpdate {
+			continue
+		}
+		i := rp.Sender.Index
+		old := n.tree.Leaf(i)
+		leaf := rp.Proposal.LeafNode
+		if err := n.validateLeaf(leaf, i, SourceUpdate, old); err != nil {
+			return fmt.Errorf("%w: update of leaf %d: %v", ErrInvalidProposal, i, err)
+		}
+		n.index(i, old, false)
+		c := leaf.clone()
+		n.tree.updateLeaf(i, c)
+		n.index(i, c, true)
+	}
+	for _, rp := range list {
+		if rp.Proposal.Type != ProposalRemove {
+			continue
+		}
+		i := rp.Proposal.Removed
+		n.index(i, n.tree.Leaf(i), false)
+		n.tree.removeLeaf(i)
+		info.Removed = append(info.Removed, i)
+	}
+	for _, rp := range list {
+		if rp.Proposal.Type != ProposalAdd {
+			continue
+		}
+		kp := rp.Proposal.KeyPackage
+		if err := n.validateLeaf(&kp.LeafNode, 0, SourceKeyPackage, nil); err != nil {
+			return fmt.Errorf("%w: add: %v", ErrInvalidProposal, err)
+		}
+		ref, err := kp.Ref()
+		if err != nil {
+			return err
+		}
+		c := kp.LeafNode.clone()
+		i, err := n.tree.addLeaf(c)
+		if err != nil {
+			return fmt.Errorf("%w: add: %v", ErrInvalidProposal, err)
+		}
+		n.index(i, c, true)
+		info.Added = append(info.Added, AddedMember{Leaf: i, KeyPackageRef: ref})
+	}
+	for _, rp := range list {
+		if rp.Proposal.Type == ProposalGroupContextExtensions {
+			// Every member, including those this commit added or
+			// updated, must support the new extensions.
+			if err := n.checkContextExtensions(n.ctx.Extensions); err != nil {
+				return fmt.Errorf("%w: %v", ErrInvalidCommit, err)
+			}
+		}
+	}
+	return nil
+}
+
+// applyPath validates the committer's new leaf and merges its path.
+func (n *GroupState) applyPath(i uint32, path *UpdatePath, joining bool) error {
+	old := n.tree.Leaf(i)
+	if joining {
+		old = nil
+	} else if old == nil {
+		return fmt.Errorf("%w: committer leaf %d is blank", ErrInvalidCommit, i)
+	}
+	leaf := path.LeafNode.clone()
+	if err := n.validateLeaf(leaf, i, SourceCommit, old); err != nil {
+		return fmt.Errorf("%w: committer leaf: %v", ErrInvalidCommit, err)
+	}
+	if joining {
+		// Occupy the leaf so that the path can be merged from it.
+		n.tree.setLeaf(i, leaf)
+	}
+	cp := &UpdatePath{LeafNode: *leaf, Nodes: make([]UpdatePathNode, len(path.Nodes))}
+	for k := range path.Nodes {
+		cp.Nodes[k].EncryptionKey = cloneBytes(path.Nodes[k].EncryptionKey)
+	}
+	if err := n.tree.mergeUpdatePath(i, cp); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidCommit, err)
+	}
+	if old != nil {
+		n.index(i, old, false)
+	}
+	n.index(i, n.tree.Leaf(i), true)
+	return nil
+}

@@ -1,0 +1,64 @@
+package mls
+
+import (
+	"fmt"
+	"testing"
+)
+
+func TestPMap(t *testing.T) {
+	var m pmap
+	snapshots := []pmap{m}
+	for i := range 5000 {
+		m = m.set(fmt.Sprint("k", i), uint32(i))
+		if i%1000 == 0 {
+			snapshots = append(snapshots, m)
+		}
+	}
+	if m.size != 5000 {
+		t.Fatalf("size %d", m.size)
+	}
+	for i := range 5000 {
+		if v, ok := m.get(fmt.Sprint("k", i)); !ok || v != uint32(i) {
+			t.Fatalf("k%d: %d %v", i, v, ok)
+		}
+	}
+	if _, ok := m.get("absent"); ok {
+		t.Fatal("absent key found")
+	}
+	m2 := m
+	for i := 0; i < 5000; i += 2 {
+		m2 = m2.del(fmt.Sprint("k", i))
+	}
+	if m2.size != 2500 || m.size != 5000 {
+		t.Fatalf("sizes %d %d", m2.size, m.size)
+	}
+	for i := range 5000 {
+		_, ok := m2.get(fmt.Sprint("k", i))
+		if ok != (i%2 == 1) {
+			t.Fatalf("after delete k%d present=%v", i, ok)
+		}
+		if _, ok := m.get(fmt.Sprint("k", i)); !ok {
+			t.Fatalf("original lost k%d", i)
+		}
+	}
+	// Old snapshots are unchanged.
+	for s, snap := range snapshots {
+		want := 0
+		if s > 0 {
+			want = (s-1)*1000 + 1
+		}
+		if snap.size != want {
+			t.Fatalf("snapshot %d size %d", s, snap.size)
+		}
+		if _, ok := snap.get("k4999"); ok {
+			t.Fatalf("snapshot %d sees a later key", s)
+		}
+	}
+	m3 := m.set("k1", 42)
+	if v, _ := m3.get("k1"); v != 42 || m3.size != 5000 {
+		t.Fatal("overwrite failed")
+	}
+	if v, _ := m.get("k1"); v != 1 {
+		t.Fatal("overwrite leaked into the original")
+	}
+}

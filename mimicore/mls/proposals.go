@@ -1,0 +1,322 @@
+package mls
+
+import (
+	"bytes"
+	"fmt"
+)
+
+// ProposalResolver returns the proposal a commit references by ProposalRef:
+// the AuthenticatedContent the Delivery Service kept when VerifyProposal
+// accepted it in the current epoch. It returns an error (ideally wrapping
+// ErrUnknownProposal) when the reference is unknown.
+type ProposalResolver func(ref []byte) (*AuthenticatedContent, error)
+
+// ProposalRef returns RefHash("MLS 1.0 Proposal Reference",
+// AuthenticatedContent) (RFC 9420 §5.2).
+func (cs CipherSuite) ProposalRef(ac *AuthenticatedContent) ([]byte, error) {
+	enc, err := marshal(ac)
+	if err != nil {
+		return nil, err
+	}
+	return cs.RefHash("MLS 1.0 Proposal Reference", enc)
+}
+
+// senderSignatureKey returns the key that must have signed ac.
+func (g *GroupState) senderSignatureKey(ac *AuthenticatedContent) ([]byte, error) {
+	c := &ac.Content
+	switch c.Sender.Type {
+	case SenderMember:
+		l := g.tree.Leaf(c.Sender.Index)
+		if l == nil {
+			return nil, fmt.Errorf("sender leaf %d is not a member", c.Sender.Index)
+		}
+		return l.SignatureKey, nil
+	case SenderExternal:
+		es, err := g.ctx.Extensions.ExternalSenders()
+		if err != nil {
+			return nil, err
+		}
+		if uint64(c.Sender.Index) >= uint64(len(es)) {
+			return nil, fmt.Errorf("external sender %d unknown", c.Sender.Index)
+		}
+		return es[c.Sender.Index].SignatureKey, nil
+	case SenderNewMemberProposal:
+		if c.ContentType != ContentProposal || c.Proposal.Type != ProposalAdd {
+			return nil, fmt.Errorf("new member proposal is not an add")
+		}
+		return c.Proposal.KeyPackage.LeafNode.SignatureKey, nil
+	case SenderNewMemberCommit:
+		if c.ContentType != ContentCommit || c.Commit.Path == nil {
+			return nil, fmt.Errorf("external commit without a path")
+		}
+		return c.Commit.Path.LeafNode.SignatureKey, nil
+	}
+	return nil, fmt.Errorf("sender type %d", c.Sender.Type)
+}
+
+// checkFraming checks the group, epoch and wire format of a public
+// handshake message.
+func (g *GroupState) checkFraming(m *MLSMessage, want ContentType) (*PublicMessage, error) {
+	if m.PrivateMessage != nil {
+		return nil, ErrPrivateHandshake
+	}
+	pm := m.PublicMessage
+	if pm == nil || m.Version != MLS10 {
+		return nil, fmt.Errorf("%w: not a public message", ErrInvalidMessage)
+	}
+	if !bytes.Equal(pm.Content.GroupID, g.ctx.GroupID) {
+		return nil, ErrWrongGroup
+	}
+	if pm.Content.Epoch != g.ctx.Epoch {
+		return nil, fmt.Errorf("%w: epoch %d, group is at %d", ErrStaleEpoch, pm.Content.Epoch, g.ctx.Epoch)
+	}
+	if pm.Content.ContentType != want {
+		return nil, fmt.Errorf("%w: content type %d, want %d", ErrInvalidMessage, pm.Content.ContentType, want)
+	}
+	return pm, nil
+}
+
+// VerifyProposal authenticates a PublicMessage proposal sent to the group
+// in the current epoch and checks it against the current state (RFC 9420
+// §12.1). It returns the AuthenticatedContent (aliasing m) and the
+// ProposalRef under which the Delivery Service should keep it for
+// ApplyCommit. The membership tag, keyed with a group secret, is not
+// checked.
+func (g *GroupState) VerifyProposal(m *MLSMessage) (*AuthenticatedContent, []byte, error) {
+	pm, err := g.checkFraming(m, ContentProposal)
+	if err != nil {
+		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
+	}
+	ac := pm.AuthenticatedContent()
+	if err := g.verifyContent(ac); err != nil {
+		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
+	}
+	if err := g.validateProposal(ac.Content.Proposal, ac.Content.Sender, false, false); err != nil {
+		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
+	}
+	ref, err := g.ctx.CipherSuite.ProposalRef(ac)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ac, ref, nil
+}
+
+// verifyContent checks the signature of ac with its sender's key.
+func (g *GroupState) verifyContent(ac *AuthenticatedContent) error {
+	key, err := g.senderSignatureKey(ac)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidMessage, err)
+	}
+	tbs, err := framedContentTBS(ac.WireFormat, &ac.Content, &g.ctx)
+	if err != nil {
+		return err
+	}
+	if err := g.s.verifyWithLabel(key, "FramedContentTBS", tbs, ac.Auth.Signature); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidMessage, err)
+	}
+	return nil
+}
+
+// validateProposal checks one proposal from sender against the current
+// state (RFC 9420 §12.1). inCommit defers the group checks of new leaf
+// nodes to the moment they enter the tree, since earlier proposals of the
+// same commit may change the outcome (an Add of a client whose old leaf is
+// removed). inExternalCommit allows ExternalInit.
+func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inExternalCommit bool) error {
+	switch sender.Type {
+	case SenderExternal:
+		switch p.Type {
+		case ProposalAdd, ProposalRemove, ProposalPSK, ProposalReInit, ProposalGroupContextExtensions:
+		default:
+			return fmt.Errorf("%w: external sender cannot propose type %d", ErrInvalidProposal, p.Type)
+		}
+	case SenderNewMemberProposal:
+		if p.Type != ProposalAdd {
+			return fmt.Errorf("%w: new member can only propose add", ErrInvalidProposal)
+		}
+	}
+	switch p.Type {
+	case ProposalAdd:
+		kp := p.KeyPackage
+		if kp.CipherSuite != g.ctx.CipherSuite || kp.Version != g.ctx.Version {
+			return fmt.Errorf("%w: key package suite %d version %d", ErrInvalidProposal, kp.CipherSuite, kp.Version)
+		}
+		if err := kp.Verify(); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalidProposal, err)
+		}
+		if !inCommit {
+			if err := g.validateLeaf(&kp.LeafNode, 0, SourceKeyPackage, nil); err != nil {
+				return fmt.Errorf("%w: add: %v", ErrInvalidProposal, err)
+			}
+		}
+	case ProposalUpdate:
+		if sender.Type != SenderMember {
+			return fmt.Errorf("%w: update from a non-member", ErrInvalidProposal)
+		}
+		old := g.tree.Leaf(sender.Index)
+		if old == nil {
+			return fmt.Errorf("%w: update from blank leaf %d", ErrInvalidProposal, sender.Index)
+		}
+		if !inCommit {
+			if err := g.validateLeaf(p.LeafNode, sender.Index, SourceUpdate, old); err != nil {
+				return fmt.Errorf("%w: update: %v", ErrInvalidProposal, err)
+			}
+		}
+	case ProposalRemove:
+		if g.tree.Leaf(p.Removed) == nil {
+			return fmt.Errorf("%w: remove of blank leaf %d", ErrInvalidProposal, p.Removed)
+		}
+	case ProposalPSK:
+		psk := p.PSK
+		if psk.Type == PSKResumption && psk.Usage != ResumptionApplication {
+			return fmt.Errorf("%w: resumption psk usage %d in a commit", ErrInvalidProposal, psk.Usage)
+		}
+		if len(psk.Nonce) != g.s.nh {
+			return fmt.Errorf("%w: psk nonce of %d bytes", ErrInvalidProposal, len(psk.Nonce))
+		}
+	case ProposalReInit:
+		if p.ReInit.Version < g.ctx.Version {
+			return fmt.Errorf("%w: reinit to older version %d", ErrInvalidProposal, p.ReInit.Version)
+		}
+	case ProposalExternalInit:
+		if !inExternalCommit {
+			return fmt.Errorf("%w: external init outside an external commit", ErrInvalidProposal)
+		}
+	case ProposalGroupContextExtensions:
+		if err := g.checkContextExtensions(p.Extensions); err != nil {
+			return fmt.Errorf("%w: group context extensions: %v", ErrInvalidProposal, err)
+		}
+	default:
+		for i := range g.tree.leaves {
+			if l := g.tree.Leaf(i); l != nil && !contains(l.Capabilities.Proposals, p.Type) {
+				return fmt.Errorf("%w: member %d does not support proposal type %d", ErrInvalidProposal, i, p.Type)
+			}
+		}
+	}
+	return nil
+}
+
+// ResolvedProposal is one proposal a commit covers, with who proposed it
+// and, when it came by reference, its ProposalRef.
+type ResolvedProposal struct {
+	Proposal *Proposal
+	Sender   Sender
+	Ref      []byte
+}
+
+// resolveProposals turns a commit's list into proposals with senders.
+func (g *GroupState) resolveProposals(c *Commit, committer Sender, resolve ProposalResolver) ([]ResolvedProposal, error) {
+	out := make([]ResolvedProposal, 0, len(c.Proposals))
+	for i, por := range c.Proposals {
+		if por.Type == ProposalByValue {
+			out = append(out, ResolvedProposal{Proposal: por.Proposal, Sender: committer})
+			continue
+		}
+		if committer.Type == SenderNewMemberCommit {
+			return nil, fmt.Errorf("%w: external commit covers a proposal by reference", ErrInvalidCommit)
+		}
+		if resolve == nil {
+			return nil, fmt.Errorf("%w: proposal %d by reference and no resolver", ErrUnknownProposal, i)
+		}
+		ac, err := resolve(por.Ref)
+		if err != nil {
+			return nil, fmt.Errorf("resolving proposal %d: %w", i, err)
+		}
+		if ac == nil || ac.Content.ContentType != ContentProposal || ac.Content.Proposal == nil {
+			return nil, fmt.Errorf("%w: reference %d does not name a proposal", ErrUnknownProposal, i)
+		}
+		ref, err := g.ctx.CipherSuite.ProposalRef(ac)
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(ref, por.Ref) {
+			return nil, fmt.Errorf("%w: resolver returned a proposal with another reference", ErrUnknownProposal)
+		}
+		if !bytes.Equal(ac.Content.GroupID, g.ctx.GroupID) || ac.Content.Epoch != g.ctx.Epoch {
+			return nil, fmt.Errorf("%w: referenced proposal is from another group or epoch", ErrInvalidProposal)
+		}
+		if err := g.verifyContent(ac); err != nil {
+			return nil, fmt.Errorf("referenced proposal %d: %w", i, err)
+		}
+		out = append(out, ResolvedProposal{Proposal: ac.Content.Proposal, Sender: ac.Content.Sender, Ref: por.Ref})
+	}
+	return out, nil
+}
+
+// checkProposalList applies the list rules of RFC 9420 §12.2 that need no
+// secret, and the external commit rules of §12.4.3.2. It reports whether
+// the commit must carry a path.
+func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender) (pathRequired bool, err error) {
+	external := committer.Type == SenderNewMemberCommit
+	touched := make(map[uint32]bool)
+	var psks [][]byte
+	var gce, reinit, extInit, removes int
+	pathRequired = len(list) == 0
+	for _, rp := range list {
+		p := rp.Proposal
+		if err := g.validateProposal(p, rp.Sender, true, external); err != nil {
+			return false, err
+		}
+		switch p.Type {
+		case ProposalUpdate:
+			pathRequired = true
+			if committer.Type == SenderMember && rp.Sender.Index == committer.Index {
+				return false, fmt.Errorf("%w: commit covers the committer's own update", ErrInvalidCommit)
+			}
+			if touched[rp.Sender.Index] {
+				return false, fmt.Errorf("%w: leaf %d updated or removed twice", ErrInvalidCommit, rp.Sender.Index)
+			}
+			touched[rp.Sender.Index] = true
+		case ProposalRemove:
+			pathRequired = true
+			removes++
+			if committer.Type == SenderMember && p.Removed == committer.Index {
+				return false, fmt.Errorf("%w: commit removes the committer", ErrInvalidCommit)
+			}
+			if touched[p.Removed] {
+				return false, fmt.Errorf("%w: leaf %d updated or removed twice", ErrInvalidCommit, p.Removed)
+			}
+			touched[p.Removed] = true
+		case ProposalPSK:
+			id, err := marshal(p.PSK)
+			if err != nil {
+				return false, err
+			}
+			for _, prev := range psks {
+				if bytes.Equal(prev, id) {
+					return false, fmt.Errorf("%w: psk listed twice", ErrInvalidCommit)
+				}
+			}
+			psks = append(psks, id)
+		case ProposalGroupContextExtensions:
+			// RFC 9420 requires a path here; ts-mls omits it, so a commit
+			// without one is accepted.
+			gce++
+		case ProposalReInit:
+			reinit++
+		case ProposalExternalInit:
+			pathRequired = true
+			extInit++
+		}
+	}
+	switch {
+	case gce > 1:
+		return false, fmt.Errorf("%w: several group context extensions proposals", ErrInvalidCommit)
+	case reinit > 0 && len(list) > 1:
+		return false, fmt.Errorf("%w: reinit with other proposals", ErrInvalidCommit)
+	case external && extInit != 1:
+		return false, fmt.Errorf("%w: external commit needs exactly one external init", ErrInvalidCommit)
+	case external && removes > 1:
+		return false, fmt.Errorf("%w: external commit removes more than one leaf", ErrInvalidCommit)
+	}
+	if external {
+		for _, rp := range list {
+			switch rp.Proposal.Type {
+			case ProposalExternalInit, ProposalRemove, ProposalPSK:
+			default:
+				return false, fmt.Errorf("%w: external commit covers proposal type %d", ErrInvalidCommit, rp.Proposal.Type)
+			}
+		}
+	}
+	return pathRequired, nil
+}

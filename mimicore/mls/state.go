@@ -1,0 +1,390 @@
+package mls
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"maps"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// Errors of the public group state. Each rejection wraps one of them.
+var (
+	// ErrWrongGroup: the message belongs to another group.
+	ErrWrongGroup = errors.New("mls: message for another group")
+	// ErrStaleEpoch: the message's epoch is not the group's current epoch,
+	// for instance a second commit for an epoch that already advanced.
+	ErrStaleEpoch = errors.New("mls: message epoch is not the current epoch")
+	// ErrPrivateHandshake: the handshake is a PrivateMessage, which a
+	// Delivery Service cannot open.
+	ErrPrivateHandshake = errors.New("mls: handshake message is encrypted")
+	// ErrInvalidProposal: a proposal is invalid on its own or in its list.
+	ErrInvalidProposal = errors.New("mls: invalid proposal")
+	// ErrInvalidCommit: a commit is malformed, unauthenticated or breaks a
+	// rule of RFC 9420 §12.4.
+	ErrInvalidCommit = errors.New("mls: invalid commit")
+	// ErrUnknownProposal: a commit references a proposal the resolver does
+	// not know.
+	ErrUnknownProposal = errors.New("mls: unknown proposal reference")
+	// ErrInvalidGroupInfo: a GroupInfo does not match its tree or signer.
+	ErrInvalidGroupInfo = errors.New("mls: invalid group info")
+)
+
+// GroupState is the public state of an MLS group at one epoch: what a
+// Delivery Service can know and check without holding any group secret
+// (RFC 9420 §§4, 7, 8.1-8.2, 10-12). It is built from a verified GroupInfo
+// and advanced by ApplyCommit, which returns a new GroupState and never
+// changes the receiver, so a rejected commit leaves the state untouched.
+//
+// A GroupState is immutable and safe for concurrent use.
+type GroupState struct {
+	s       *suite
+	ctx     GroupContext
+	tree    *Tree
+	interim []byte
+	confTag []byte
+
+	// Indexes kept in step with the tree, so that checking a new leaf does
+	// not scan the group.
+	sigKeys pmap                      // leaf signature key -> leaf index
+	encKeys pmap                      // leaf encryption key -> leaf index
+	credUse map[CredentialType]uint32 // members per credential type
+	credSup map[CredentialType]uint32 // members supporting each credential type
+	members uint32
+}
+
+// NewGroupState builds the public state of a group from a GroupInfo and its
+// ratchet tree (RFC 9420 §12.4.3.1). rt may be nil when the GroupInfo
+// carries a ratchet_tree extension. The tree is fully validated (leaf
+// signatures, parent hashes, key uniqueness), its hash must match the
+// GroupContext, the GroupInfo signature must verify with the signer leaf's
+// key and every member must meet the group's required capabilities.
+func NewGroupState(gi *GroupInfo, rt RatchetTree) (*GroupState, error) {
+	gc := &gi.GroupContext
+	s, err := gc.CipherSuite.params()
+	if err != nil {
+		return nil, fmt.Errorf("building group state: %w", err)
+	}
+	if gc.Version != MLS10 {
+		return nil, fmt.Errorf("%w: version %d", ErrInvalidGroupInfo, gc.Version)
+	}
+	if err := gi.Extensions.checkUnique(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
+	}
+	if rt == nil {
+		data, ok := gi.Extensions.Find(ExtRatchetTree)
+		if !ok {
+			return nil, fmt.Errorf("%w: no ratchet tree given or in its extensions", ErrInvalidGroupInfo)
+		}
+		if err := wire.Unmarshal(data, &rt, "ratchet_tree extension"); err != nil {
+			return nil, fmt.Errorf("building group state: %w", err)
+		}
+	}
+	tree, err := TreeFromRatchetTree(gc.CipherSuite, rt)
+	if err != nil {
+		return nil, fmt.Errorf("building group state: %w", err)
+	}
+	if err := tree.Validate(gc.GroupID); err != nil {
+		return nil, fmt.Errorf("building group state: %w", err)
+	}
+	g, err := newStateFromParts(s, gc.clone(), tree, nil, cloneBytes(gi.ConfirmationTag))
+	if err != nil {
+		return nil, err
+	}
+	if g.interim, err = s.interimTranscriptHash(g.ctx.ConfirmedTranscriptHash, g.confTag); err != nil {
+		return nil, err
+	}
+	if err := g.VerifyGroupInfo(gi); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// newStateFromParts assembles a state from a tree already checked by the
+// caller: it checks the tree hash and the context's extensions and builds
+// the indexes.
+func newStateFromParts(s *suite, ctx GroupContext, tree *Tree, interim, confTag []byte) (*GroupState, error) {
+	th, err := tree.TreeHash()
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(th, ctx.TreeHash) {
+		return nil, fmt.Errorf("%w: tree hash does not match the group context", ErrInvalidGroupInfo)
+	}
+	g := &GroupState{s: s, ctx: ctx, tree: tree, interim: interim, confTag: confTag,
+		credUse: make(map[CredentialType]uint32), credSup: make(map[CredentialType]uint32)}
+	for i := range tree.leaves {
+		if l := tree.Leaf(i); l != nil {
+			g.index(i, l, true)
+		}
+	}
+	if err := g.checkContextExtensions(ctx.Extensions); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
+	}
+	return g, nil
+}
+
+// index adds (or with add false removes) leaf l at index i in the indexes.
+// It must only be called on a state being built.
+func (g *GroupState) index(i uint32, l *LeafNode, add bool) {
+	var seen []CredentialType
+	if add {
+		g.sigKeys = g.sigKeys.set(string(l.SignatureKey), i)
+		g.encKeys = g.encKeys.set(string(l.EncryptionKey), i)
+		g.credUse[l.Credential.Type]++
+		for _, ct := range l.Capabilities.Credentials {
+			if !contains(seen, ct) {
+				seen = append(seen, ct)
+				g.credSup[ct]++
+			}
+		}
+		g.members++
+		return
+	}
+	g.sigKeys = g.sigKeys.del(string(l.SignatureKey))
+	g.encKeys = g.encKeys.del(string(l.EncryptionKey))
+	decr(g.credUse, l.Credential.Type)
+	for _, ct := range l.Capabilities.Credentials {
+		if !contains(seen, ct) {
+			seen = append(seen, ct)
+			decr(g.credSup, ct)
+		}
+	}
+	g.members--
+}
+
+func decr(m map[CredentialType]uint32, k CredentialType) {
+	if m[k] <= 1 {
+		delete(m, k)
+	} else {
+		m[k]--
+	}
+}
+
+// next returns a writable copy of g for building the next state.
+func (g *GroupState) next() *GroupState {
+	n := *g
+	n.ctx = g.ctx.clone()
+	n.tree = g.tree.clone()
+	n.credUse = maps.Clone(g.credUse)
+	n.credSup = maps.Clone(g.credSup)
+	return &n
+}
+
+// CipherSuite returns the group's cipher suite.
+func (g *GroupState) CipherSuite() CipherSuite { return g.ctx.CipherSuite }
+
+// GroupID returns the group ID. The slice must not be modified.
+func (g *GroupState) GroupID() []byte { return g.ctx.GroupID }
+
+// Epoch returns the current epoch.
+func (g *GroupState) Epoch() uint64 { return g.ctx.Epoch }
+
+// GroupContext returns a copy of the current GroupContext.
+func (g *GroupState) GroupContext() GroupContext { return g.ctx.clone() }
+
+// Tree returns the current ratchet tree. It must not be modified.
+func (g *GroupState) Tree() *Tree { return g.tree }
+
+// TreeHash returns the tree hash of the current tree.
+func (g *GroupState) TreeHash() []byte { return g.ctx.TreeHash }
+
+// ConfirmedTranscriptHash returns the current confirmed transcript hash.
+func (g *GroupState) ConfirmedTranscriptHash() []byte { return g.ctx.ConfirmedTranscriptHash }
+
+// InterimTranscriptHash returns the current interim transcript hash.
+func (g *GroupState) InterimTranscriptHash() []byte { return g.interim }
+
+// ConfirmationTag returns the confirmation tag of the commit that started
+// the current epoch (or of the GroupInfo the state was built from).
+func (g *GroupState) ConfirmationTag() []byte { return g.confTag }
+
+// MemberCount returns the number of non-blank leaves.
+func (g *GroupState) MemberCount() uint32 { return g.members }
+
+// Member returns the leaf node of member i, or nil if the leaf is blank.
+func (g *GroupState) Member(i uint32) *LeafNode { return g.tree.Leaf(i) }
+
+// LeafBySignatureKey returns the leaf index of the member with the given
+// signature key.
+func (g *GroupState) LeafBySignatureKey(key []byte) (uint32, bool) {
+	return g.sigKeys.get(string(key))
+}
+
+// ExternalSenders returns the group's external_senders extension entries.
+func (g *GroupState) ExternalSenders() ([]ExternalSender, error) {
+	return g.ctx.Extensions.ExternalSenders()
+}
+
+// VerifyGroupInfo checks that gi describes the current epoch of g: the same
+// GroupContext, a ratchet_tree extension (if any) equal to the tree, a
+// signer that is a member and a valid signature. A Delivery Service checks
+// the GroupInfo a committer publishes this way before serving it.
+func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
+	want, err := marshal(&g.ctx)
+	if err != nil {
+		return err
+	}
+	got, err := marshal(&gi.GroupContext)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
+	}
+	if !bytes.Equal(want, got) {
+		return fmt.Errorf("%w: group context differs from the group state", ErrInvalidGroupInfo)
+	}
+	if err := gi.Extensions.checkUnique(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
+	}
+	if data, ok := gi.Extensions.Find(ExtRatchetTree); ok {
+		rt := g.tree.RatchetTree()
+		enc, err := marshal(&rt)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(enc, data) {
+			return fmt.Errorf("%w: ratchet_tree extension differs from the group's tree", ErrInvalidGroupInfo)
+		}
+	}
+	signer := g.tree.Leaf(gi.Signer)
+	if signer == nil {
+		return fmt.Errorf("%w: signer leaf %d is blank", ErrInvalidGroupInfo, gi.Signer)
+	}
+	if err := gi.VerifySignature(signer.SignatureKey); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
+	}
+	return nil
+}
+
+// CheckMessage runs the checks a Delivery Service applies to any message
+// sent to the group before fanning it out: a PublicMessage or
+// PrivateMessage of this group in the current epoch, and no application
+// data in a PublicMessage (RFC 9420 §6.2). Handshake PublicMessages are
+// authenticated by VerifyProposal and ApplyCommit.
+func (g *GroupState) CheckMessage(m *MLSMessage) error {
+	if m.Version != MLS10 {
+		return fmt.Errorf("checking message: version %d", m.Version)
+	}
+	switch {
+	case m.PublicMessage != nil:
+		if m.PublicMessage.Content.ContentType == ContentApplication {
+			return fmt.Errorf("%w: application data in a public message", ErrInvalidMessage)
+		}
+	case m.PrivateMessage != nil:
+	default:
+		return fmt.Errorf("%w: wire format %d is not a group message", ErrInvalidMessage, m.WireFormat)
+	}
+	if !bytes.Equal(m.GroupID(), g.ctx.GroupID) {
+		return ErrWrongGroup
+	}
+	if e, _ := m.Epoch(); e != g.ctx.Epoch {
+		return fmt.Errorf("%w: epoch %d, group is at %d", ErrStaleEpoch, e, g.ctx.Epoch)
+	}
+	return nil
+}
+
+// checkContextExtensions checks GroupContext extensions: unique types,
+// a decodable required_capabilities met by every member, decodable
+// external_senders, and every non-default type supported by every member.
+func (g *GroupState) checkContextExtensions(exts Extensions) error {
+	if err := exts.checkUnique(); err != nil {
+		return err
+	}
+	rc, err := exts.RequiredCapabilities()
+	if err != nil {
+		return err
+	}
+	if _, err := exts.ExternalSenders(); err != nil {
+		return err
+	}
+	for i := range g.tree.leaves {
+		l := g.tree.Leaf(i)
+		if l == nil {
+			continue
+		}
+		for _, e := range exts {
+			if !isDefaultExtension(e.Type) && !contains(l.Capabilities.Extensions, e.Type) {
+				return fmt.Errorf("member %d does not support group extension %d", i, e.Type)
+			}
+		}
+		if err := meetsRequired(l, rc); err != nil {
+			return fmt.Errorf("member %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// meetsRequired checks a leaf's capabilities against required_capabilities.
+func meetsRequired(l *LeafNode, rc *RequiredCapabilities) error {
+	if rc == nil {
+		return nil
+	}
+	for _, t := range rc.ExtensionTypes {
+		if !isDefaultExtension(t) && !contains(l.Capabilities.Extensions, t) {
+			return fmt.Errorf("lacks required extension %d", t)
+		}
+	}
+	for _, t := range rc.ProposalTypes {
+		if !isDefaultProposal(t) && !contains(l.Capabilities.Proposals, t) {
+			return fmt.Errorf("lacks required proposal type %d", t)
+		}
+	}
+	for _, t := range rc.CredentialTypes {
+		if !contains(l.Capabilities.Credentials, t) {
+			return fmt.Errorf("lacks required credential type %d", t)
+		}
+	}
+	return nil
+}
+
+// validateLeaf checks a leaf node that is about to enter the tree at index
+// i (RFC 9420 §7.3): its source, the standalone checks, the group's
+// required capabilities, credential type compatibility with every member
+// and unique keys. replacing is the leaf it replaces (for updates and
+// commits) or nil.
+func (g *GroupState) validateLeaf(l *LeafNode, i uint32, source LeafNodeSource, replacing *LeafNode) error {
+	if l.Source != source {
+		return fmt.Errorf("leaf node source %d, want %d", l.Source, source)
+	}
+	if err := validateLeafStandalone(g.s, l, g.ctx.GroupID, i); err != nil {
+		return err
+	}
+	rc, err := g.ctx.Extensions.RequiredCapabilities()
+	if err != nil {
+		return err
+	}
+	if err := meetsRequired(l, rc); err != nil {
+		return fmt.Errorf("leaf node %w", err)
+	}
+	for _, e := range g.ctx.Extensions {
+		if !isDefaultExtension(e.Type) && !contains(l.Capabilities.Extensions, e.Type) {
+			return fmt.Errorf("leaf node does not support group extension %d", e.Type)
+		}
+	}
+	others := g.members
+	if replacing != nil {
+		others--
+	}
+	sup := g.credSup[l.Credential.Type]
+	if replacing != nil && contains(replacing.Capabilities.Credentials, l.Credential.Type) {
+		sup--
+	}
+	if sup != others {
+		return fmt.Errorf("credential type %d is not supported by every member", l.Credential.Type)
+	}
+	for ct, n := range g.credUse {
+		if replacing != nil && replacing.Credential.Type == ct && n == 1 {
+			continue
+		}
+		if !contains(l.Capabilities.Credentials, ct) {
+			return fmt.Errorf("leaf node does not support credential type %d in use", ct)
+		}
+	}
+	if j, ok := g.sigKeys.get(string(l.SignatureKey)); ok && (replacing == nil || j != i) {
+		return fmt.Errorf("signature key already used by leaf %d", j)
+	}
+	if j, ok := g.encKeys.get(string(l.EncryptionKey)); ok && (replacing == nil || j != i) {
+		return fmt.Errorf("encryption key already used by leaf %d", j)
+	}
+	return nil
+}
