@@ -271,64 +271,6 @@ func (s *suite) verifyWithLabel(pub []byte, label string, content, sig []byte) e
 	return nil
 }
 
-// checkSignaturePublicKey reports whether pub is a valid signature public
-// key for the suite.
-func (s *suite) checkSignaturePublicKey(pub []byte) error {
-	if s.sig == sigEd25519 {
-		if len(pub) != ed25519.PublicKeySize {
-			return fmt.Errorf("ed25519 public key of %d bytes", len(pub))
-		}
-		return nil
-	}
-	_, err := s.parseECDSAPublicKey(pub)
-	return err
-}
-
-// parseECDSAPublicKey parses a SEC1 point. RFC 9420 and its vectors use the
-// uncompressed form; some implementations (ts-mls) send the compressed
-// form, which is accepted too.
-func (s *suite) parseECDSAPublicKey(pub []byte) (*ecdsa.PublicKey, error) {
-	size := (s.ecCurve.Params().BitSize + 7) / 8
-	if len(pub) == 1+size && (pub[0] == 2 || pub[0] == 3) {
-		un, err := decompressPoint(s.ecCurve, pub, size)
-		if err != nil {
-			return nil, err
-		}
-		pub = un
-	}
-	return ecdsa.ParseUncompressedPublicKey(s.ecCurve, pub)
-}
-
-// decompressPoint turns a compressed SEC1 point on a NIST curve into its
-// uncompressed form. The curve check is left to ParseUncompressedPublicKey.
-func decompressPoint(curve elliptic.Curve, pub []byte, size int) ([]byte, error) {
-	p := curve.Params().P
-	x := new(big.Int).SetBytes(pub[1:])
-	if x.Cmp(p) >= 0 {
-		return nil, errors.New("compressed point: x out of range")
-	}
-	// y² = x³ - 3x + b (mod p)
-	y2 := new(big.Int).Mul(x, x)
-	y2.Mul(y2, x)
-	x3 := new(big.Int).Lsh(x, 1)
-	x3.Add(x3, x)
-	y2.Sub(y2, x3)
-	y2.Add(y2, curve.Params().B)
-	y2.Mod(y2, p)
-	y := new(big.Int).ModSqrt(y2, p)
-	if y == nil {
-		return nil, errors.New("compressed point: not on the curve")
-	}
-	if y.Bit(0) != uint(pub[0]&1) {
-		y.Sub(p, y)
-	}
-	out := make([]byte, 1+2*size)
-	out[0] = 4
-	x.FillBytes(out[1 : 1+size])
-	y.FillBytes(out[1+size:])
-	return out, nil
-}
-
 // checkHPKEPublicKey reports whether pub is a valid HPKE public key for the
 // suite.
 func (s *suite) checkHPKEPublicKey(pub []byte) error {
@@ -439,4 +381,49 @@ func (s *suite) decryptWithLabel(priv hpke.PrivateKey, label string, context []b
 		return nil, fmt.Errorf("decrypting %s: %w", label, err)
 	}
 	return pt, nil
+}
+
+// parseECDSAPublicKey parses a SEC1 point. RFC 9420 and its vectors use the
+// uncompressed form; some implementations (ts-mls) send the compressed
+// form, which is accepted too.
+func (s *suite) parseECDSAPublicKey(pub []byte) (*ecdsa.PublicKey, error) {
+	size := (s.ecCurve.Params().BitSize + 7) / 8
+	if len(pub) == 1+size && (pub[0] == 2 || pub[0] == 3) {
+		un, err := decompressPoint(s.ecCurve, pub, size)
+		if err != nil {
+			return nil, err
+		}
+		pub = un
+	}
+	return ecdsa.ParseUncompressedPublicKey(s.ecCurve, pub)
+}
+
+// decompressPoint turns a compressed SEC1 point on a NIST curve into its
+// uncompressed form. The curve check is left to ParseUncompressedPublicKey.
+func decompressPoint(curve elliptic.Curve, pub []byte, size int) ([]byte, error) {
+	p := curve.Params().P
+	x := new(big.Int).SetBytes(pub[1:])
+	if x.Cmp(p) >= 0 {
+		return nil, errors.New("compressed point: x out of range")
+	}
+	// y² = x³ - 3x + b (mod p)
+	y2 := new(big.Int).Mul(x, x)
+	y2.Mul(y2, x)
+	x3 := new(big.Int).Lsh(x, 1)
+	x3.Add(x3, x)
+	y2.Sub(y2, x3)
+	y2.Add(y2, curve.Params().B)
+	y2.Mod(y2, p)
+	y := new(big.Int).ModSqrt(y2, p)
+	if y == nil {
+		return nil, errors.New("compressed point: not on the curve")
+	}
+	if y.Bit(0) != uint(pub[0]&1) {
+		y.Sub(p, y)
+	}
+	out := make([]byte, 1+2*size)
+	out[0] = 4
+	x.FillBytes(out[1 : 1+size])
+	y.FillBytes(out[1+size:])
+	return out, nil
 }

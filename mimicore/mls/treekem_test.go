@@ -80,3 +80,67 @@ func TestTreeKEMVectorsPublic(t *testing.T) {
 	}
 	c.Report(t, "treekem.json (public part)")
 }
+
+// TestTreeKEMVectorsPrivate runs the client half of treekem.json: each
+// leaf decrypts its path secret and derives the commit secret.
+func TestTreeKEMVectorsPrivate(t *testing.T) {
+	var cases []treeKEMCase
+	if err := vectors.Load("treekem.json", &cases); err != nil {
+		t.Fatal(err)
+	}
+	var c vectors.Counter
+	for i, tc := range cases {
+		cs := tc.CipherSuite
+		if !cs.Supported() {
+			c.Skipped++
+			continue
+		}
+		c.Run++
+		tree := decodeTree(t, cs, tc.RatchetTree)
+		for j, up := range tc.UpdatePaths {
+			var path UpdatePath
+			if err := wire.Unmarshal(up.UpdatePath, &path, "update path"); err != nil {
+				t.Fatal(err)
+			}
+			after := tree.clone()
+			if err := after.mergeUpdatePath(up.Sender, &path); err != nil {
+				t.Fatal(err)
+			}
+			gc := &GroupContext{Version: MLS10, CipherSuite: cs, GroupID: tc.GroupID, Epoch: tc.Epoch,
+				TreeHash: up.TreeHashAfter, ConfirmedTranscriptHash: tc.ConfirmedTranscriptHash}
+			ctx, err := wire.Marshal(gc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, lp := range tc.LeavesPrivate {
+				if lp.Index == up.Sender {
+					continue
+				}
+				keys := PathKeys{}
+				priv, err := cs.ParseHPKEPrivateKey(lp.EncryptionPriv)
+				if err != nil {
+					t.Fatal(err)
+				}
+				keys[string(tree.Leaf(lp.Index).EncryptionKey)] = priv
+				for _, ps := range lp.PathSecrets {
+					if _, err := tree.derivePathKeys(ps.PathSecret, []uint32{ps.Node}, keys); err != nil {
+						t.Fatalf("case %d leaf %d: %v", i, lp.Index, err)
+					}
+				}
+				ps, nodes, err := after.decryptPathSecret(up.Sender, lp.Index, &path, nil, keys, ctx)
+				if err != nil {
+					t.Errorf("case %d path %d leaf %d: %v", i, j, lp.Index, err)
+					continue
+				}
+				if !bytes.Equal(ps, up.PathSecrets[lp.Index]) {
+					t.Errorf("case %d path %d leaf %d: path secret %x", i, j, lp.Index, ps)
+				}
+				commitSecret, err := after.derivePathKeys(ps, nodes, keys)
+				if err != nil || !bytes.Equal(commitSecret, up.CommitSecret) {
+					t.Errorf("case %d path %d leaf %d: commit secret %x, %v", i, j, lp.Index, commitSecret, err)
+				}
+			}
+		}
+	}
+	c.Report(t, "treekem.json (private part)")
+}
