@@ -99,8 +99,10 @@ type PeerKeyCache interface {
 	// ReplacePeerKeys makes keys, the result of one successful fetch, the
 	// cached key set of domain: keys cached before for domain are
 	// forgotten and a recorded failure for domain is cleared, atomically.
-	// Every key's Domain must be domain or empty, and key ids must be
-	// distinct, else ErrInvalid. An empty keys forgets domain's keys.
+	// Every key's Domain must be domain or empty, key ids must be distinct
+	// and no key's NotAfter may precede its NotBefore, else ErrInvalid and
+	// nothing changes; the caller drops malformed keys of a peer's answer
+	// first. An empty keys forgets domain's keys. Lookups fill in Domain.
 	ReplacePeerKeys(ctx context.Context, domain string, keys []PeerKey) error
 
 	// LookupPeerKey returns domain's alive cached key with keyID, or

@@ -1,0 +1,215 @@
+package storetest_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
+)
+
+const brokenEnv = "STORETEST_BROKEN_MODE"
+
+// broken wraps a correct store and breaks one promise of the contract.
+type broken struct {
+	store.Store
+	mode string
+
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+// racyOnce is a check-then-set with a window between check and set.
+func (b *broken) racyOnce(key string) bool {
+	b.mu.Lock()
+	seen := b.seen[key]
+	b.mu.Unlock()
+	time.Sleep(time.Millisecond)
+	b.mu.Lock()
+	b.seen[key] = true
+	b.mu.Unlock()
+	return !seen
+}
+
+func (b *broken) Reserve(ctx context.Context, sender string, id []byte, d [32]byte, exp time.Time) (store.Reservation, error) {
+	switch b.mode {
+	case "reserve-always-new":
+		return store.Reservation{Status: store.ReplayNew}, nil
+	case "reserve-racy":
+		if _, err := b.Store.Reserve(ctx, sender, id, d, exp); err != nil {
+			return store.Reservation{}, err
+		}
+		if b.racyOnce(sender + "\x00" + string(id)) {
+			return store.Reservation{Status: store.ReplayNew}, nil
+		}
+		return store.Reservation{Status: store.ReplayInProgress}, nil
+	case "conflict-as-in-progress":
+		r, err := b.Store.Reserve(ctx, sender, id, d, exp)
+		if r.Status == store.ReplayConflict {
+			r.Status = store.ReplayInProgress
+		}
+		return r, err
+	}
+	return b.Store.Reserve(ctx, sender, id, d, exp)
+}
+
+func (b *broken) Complete(ctx context.Context, sender string, id []byte, d [32]byte, a store.Answer) error {
+	if b.mode == "complete-drops-answer" {
+		return nil
+	}
+	return b.Store.Complete(ctx, sender, id, d, a)
+}
+
+func (b *broken) Release(ctx context.Context, sender string, id []byte, d [32]byte) error {
+	if b.mode == "release-noop" {
+		return nil
+	}
+	return b.Store.Release(ctx, sender, id, d)
+}
+
+func (b *broken) MarkSpent(ctx context.Context, key []byte, exp time.Time) (bool, error) {
+	switch b.mode {
+	case "spent-always-first":
+		return true, nil
+	case "spent-racy":
+		return b.racyOnce(string(key)), nil
+	}
+	return b.Store.MarkSpent(ctx, key, exp)
+}
+
+func (b *broken) SeenSignature(ctx context.Context, d [32]byte, exp time.Time) (bool, error) {
+	if b.mode == "seen-ignores-expiry" {
+		first, err := b.Store.SeenSignature(ctx, d, exp)
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if err == nil && first && b.seen[string(d[:])] {
+			return false, nil
+		}
+		b.seen[string(d[:])] = true
+		return first, err
+	}
+	return b.Store.SeenSignature(ctx, d, exp)
+}
+
+func (b *broken) DeleteExpired(ctx context.Context, now time.Time) (int64, error) {
+	if b.mode == "sweep-noop" {
+		return 0, nil
+	}
+	return b.Store.DeleteExpired(ctx, now)
+}
+
+func (b *broken) ListSigningKeys(ctx context.Context) ([]store.SigningKey, error) {
+	keys, err := b.Store.ListSigningKeys(ctx)
+	if b.mode == "keys-unsorted" {
+		slices.Reverse(keys)
+	}
+	return keys, err
+}
+
+func (b *broken) InsertSigningKey(ctx context.Context, k store.SigningKey) error {
+	if b.mode == "insert-overwrites" {
+		_ = b.Store.DeleteSigningKey(ctx, k.KeyID)
+	}
+	return b.Store.InsertSigningKey(ctx, k)
+}
+
+func (b *broken) ReplacePeerKeys(ctx context.Context, domain string, keys []store.PeerKey) error {
+	if b.mode == "peer-keys-merge" {
+		old, err := b.Store.ListPeerKeys(ctx, domain)
+		if err != nil {
+			return err
+		}
+		for _, o := range old {
+			if !slices.ContainsFunc(keys, func(k store.PeerKey) bool { return string(k.KeyID) == string(o.KeyID) }) {
+				keys = append(keys, o)
+			}
+		}
+	}
+	return b.Store.ReplacePeerKeys(ctx, domain, keys)
+}
+
+func (b *broken) LookupPeerFailure(ctx context.Context, domain string) (store.PeerFailure, error) {
+	f, err := b.Store.LookupPeerFailure(ctx, domain)
+	if b.mode == "failure-reason-lost" {
+		f.Reason = ""
+	}
+	return f, err
+}
+
+func (b *broken) Close() error {
+	if b.mode == "close-noop" {
+		return nil
+	}
+	return b.Store.Close()
+}
+
+// brokenModes maps each broken store to the subtest that must catch it.
+var brokenModes = map[string]string{
+	"reserve-always-new":      "Replay/Lifecycle",
+	"reserve-racy":            "Replay/ConcurrentSameKey",
+	"conflict-as-in-progress": "Replay/Lifecycle",
+	"complete-drops-answer":   "Replay/Lifecycle",
+	"release-noop":            "Replay/Release",
+	"spent-always-first":      "MarkSpent/FirstUseThenReplay",
+	"spent-racy":              "MarkSpent/Concurrent",
+	"seen-ignores-expiry":     "SeenSignature/Expiry",
+	"sweep-noop":              "DeleteExpired",
+	"keys-unsorted":           "SigningKeys/InsertListRetireDelete",
+	"insert-overwrites":       "SigningKeys/InsertConflicts",
+	"peer-keys-merge":         "PeerKeys/ReplaceAndLookup",
+	"failure-reason-lost":     "PeerKeys/Failures",
+	"close-noop":              "Close",
+}
+
+func openSQLite(t *testing.T) store.Store {
+	s, err := sqlitestore.Open(context.Background(), filepath.Join(t.TempDir(), "mimi.db"))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestBrokenStoreHelper runs the contract against a broken store when
+// re-executed by TestContractCatchesBrokenStores.
+func TestBrokenStoreHelper(t *testing.T) {
+	mode := os.Getenv(brokenEnv)
+	if mode == "" {
+		t.Skip("helper for TestContractCatchesBrokenStores")
+	}
+	storetest.RunContractTests(t, func(t *testing.T) store.Store {
+		return &broken{Store: openSQLite(t), mode: mode, seen: map[string]bool{}}
+	})
+}
+
+// TestContractCatchesBrokenStores proves that the contract tests can fail:
+// each broken store must fail the subtest aimed at its defect.
+func TestContractCatchesBrokenStores(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-executes the test binary")
+	}
+	for mode, subtest := range brokenModes {
+		t.Run(mode, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestBrokenStoreHelper$/^"+subtestPattern(subtest)+"$", "-test.count=1")
+			cmd.Env = append(os.Environ(), brokenEnv+"="+mode)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("contract subtest %s passed a %s store:\n%s", subtest, mode, out)
+			}
+			if !strings.Contains(string(out), "--- FAIL: TestBrokenStoreHelper/"+subtest) {
+				t.Fatalf("helper failed without failing %s (%v):\n%s", subtest, err, out)
+			}
+		})
+	}
+}
+
+// subtestPattern anchors every level of a subtest name for -test.run.
+func subtestPattern(name string) string { return strings.ReplaceAll(name, "/", "$/^") }
