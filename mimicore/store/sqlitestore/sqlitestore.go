@@ -4,10 +4,11 @@
 // Durability: the database runs in WAL mode with synchronous=FULL, so every
 // write is in the fsynced WAL before the method returns; an acknowledged
 // write survives kill -9 and power loss. Writes go through one connection,
-// which serialises them in the process without lock contention; read-modify-
-// write transactions begin with BEGIN IMMEDIATE, so they also serialise
-// against another process that opened the same file. Lookups use a small
-// pool of read-only connections, which WAL lets run beside the writer.
+// which serialises them in the process without lock contention;
+// read-modify-write transactions begin with BEGIN IMMEDIATE, so they also
+// serialise against another process that opened the same file. Lookups use
+// a small pool of read-only connections, which WAL lets run beside the
+// writer.
 //
 // One process should hold one Store per file (share it, e.g. through a
 // caddy.UsagePool, across config reloads); two Stores on one file are
@@ -34,7 +35,13 @@ import (
 
 // Defaults of Open.
 const (
-	DefaultReaders     = 4
+	// DefaultFileName is the database's file name in the gateway's
+	// data_dir.
+	DefaultFileName = "mimi.db"
+	// DefaultReaders is the number of read-only connections.
+	DefaultReaders = 4
+	// DefaultBusyTimeout is how long a statement waits for a lock that
+	// another process holds.
 	DefaultBusyTimeout = 5 * time.Second
 )
 
