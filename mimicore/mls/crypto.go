@@ -285,6 +285,12 @@ func (cs CipherSuite) ParseHPKEPrivateKey(raw []byte) (hpke.PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.ecCurve != nil {
+		// As for ECDSA keys, restore leading zero bytes some encoders drop.
+		if size := (s.ecCurve.Params().BitSize + 7) / 8; len(raw) < size {
+			raw = append(make([]byte, size-len(raw)), raw...)
+		}
+	}
 	k, err := s.kem.NewPrivateKey(raw)
 	if err != nil {
 		return nil, fmt.Errorf("parsing hpke private key: %w", err)
