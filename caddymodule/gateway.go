@@ -50,7 +50,8 @@ type Gateway struct {
 	// /.well-known/mimi/ds-domain. Required.
 	DSDomain string `json:"ds_domain,omitempty"`
 
-	// DataDir holds the gateway's signing keys and its SQLite store.
+	// DataDir holds the gateway's signing keys (`keys/`) and its SQLite
+	// store (`mimi.db`).
 	// Default: `<caddy data dir>/mimi/<first provider>`.
 	DataDir string `json:"data_dir,omitempty"`
 
@@ -81,11 +82,12 @@ type Gateway struct {
 	// Federation sets how peers' keys are fetched.
 	Federation *Federation `json:"federation,omitempty"`
 
-	state    *sharedState
-	fetcher  *provider.KeyFetcher
-	verifier *provider.Verifier
-	proxies  []netip.Prefix
-	logger   *zap.Logger
+	state      *sharedState
+	fetcher    *provider.KeyFetcher
+	inbound    *provider.Inbound
+	processors map[moh.ProviderRequestType]provider.Processor
+	proxies    []netip.Prefix
+	logger     *zap.Logger
 }
 
 // Federation configures the fetching of peer providers' verification keys.
@@ -164,7 +166,15 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("opening gateway state in %s: %w", g.DataDir, err)
 	}
 	g.fetcher = provider.NewKeyFetcher(policy)
-	g.verifier = &provider.Verifier{Domains: g.Providers, Keys: g.fetcher}
+	g.inbound = &provider.Inbound{
+		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.fetcher},
+		Replay:   g.state.store,
+	}
+	g.processors = map[moh.ProviderRequestType]provider.Processor{}
+	for _, typ := range []moh.ProviderRequestType{moh.DeliverMessage, moh.ConnectionRequest,
+		moh.ConnectionKeyPackages, moh.GroupKeyPackages} {
+		g.processors[typ] = notImplemented(typ)
+	}
 	return nil
 }
 

@@ -2,7 +2,9 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -10,17 +12,25 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 )
 
 // statePool shares one sharedState per data directory across handler
 // instances and config reloads: Caddy provisions the new config before it
-// cleans up the old one, and the key ring and store must not be opened
+// cleans up the old one, and the store and key ring must not be opened
 // twice.
 var statePool = caddy.NewUsagePool()
 
+// sweepEvery is how often expired replay entries, spent tokens and cached
+// peer keys are deleted.
+const sweepEvery = 5 * time.Minute
+
 // sharedState is what every gateway instance with the same data directory
-// shares: the signing keys and the background rotation.
+// shares: the embedded store, the signing keys, and the background key
+// rotation and expiry sweep.
 type sharedState struct {
+	store  store.Store
 	keys   *provider.KeyRing
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -37,36 +47,43 @@ func loadState(dataDir string, opts provider.KeyRingOptions, logger *zap.Logger)
 	return v.(*sharedState), nil
 }
 
-// openState opens the key ring and starts its rotation loop.
+// openState opens the SQLite store and the key ring in dataDir and starts
+// the background loops.
 func openState(dataDir string, opts provider.KeyRingOptions, logger *zap.Logger) (*sharedState, error) {
-	keys, err := provider.OpenKeyRing(keysDir(dataDir), opts, time.Now())
-	if err != nil {
-		return nil, fmt.Errorf("opening signing keys: %w", err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &sharedState{keys: keys, cancel: cancel}
-	s.done.Add(1)
-	go s.rotate(ctx, logger.With(zap.String("data_dir", dataDir)))
+	db, err := sqlitestore.Open(ctx, filepath.Join(dataDir, "mimi.db"))
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+	opts.Metadata = db
+	keys, err := provider.OpenKeyRing(ctx, filepath.Join(dataDir, "keys"), opts, time.Now())
+	if err != nil {
+		cancel()
+		return nil, errors.Join(fmt.Errorf("opening signing keys: %w", err), db.Close())
+	}
+	s := &sharedState{store: db, keys: keys, cancel: cancel}
+	logger = logger.With(zap.String("data_dir", dataDir))
+	s.done.Add(2)
+	go s.rotate(ctx, logger)
+	go s.sweep(ctx, logger)
 	return s, nil
 }
-
-func keysDir(dataDir string) string { return dataDir + "/keys" }
 
 // rotate runs KeyRing.Rotate whenever it next has work, until ctx ends.
 func (s *sharedState) rotate(ctx context.Context, logger *zap.Logger) {
 	defer s.done.Done()
 	for {
-		wait := time.Until(s.keys.NextRotation())
 		// Wake at least hourly so a suspended machine or a clock jump is
 		// noticed without waiting a whole rotation interval.
-		wait = min(max(wait, time.Second), time.Hour)
+		wait := min(max(time.Until(s.keys.NextRotation()), time.Second), time.Hour)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case now := <-t.C:
-			created, err := s.keys.Rotate(now)
+			created, err := s.keys.Rotate(ctx, now)
 			if err != nil {
 				logger.Error("rotating signing keys", zap.Error(err))
 				continue
@@ -79,9 +96,30 @@ func (s *sharedState) rotate(ctx context.Context, logger *zap.Logger) {
 	}
 }
 
-// Destruct implements caddy.Destructor.
+// sweep deletes expired records every sweepEvery, until ctx ends.
+func (s *sharedState) sweep(ctx context.Context, logger *zap.Logger) {
+	defer s.done.Done()
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			n, err := s.store.DeleteExpired(ctx, now)
+			if err != nil && ctx.Err() == nil {
+				logger.Error("deleting expired records", zap.Error(err))
+			} else if n > 0 {
+				logger.Debug("deleted expired records", zap.Int64("count", n))
+			}
+		}
+	}
+}
+
+// Destruct implements caddy.Destructor: it stops the loops and closes the
+// store.
 func (s *sharedState) Destruct() error {
 	s.cancel()
 	s.done.Wait()
-	return nil
+	return s.store.Close()
 }

@@ -128,9 +128,43 @@ func TestSignedProviderRequest(t *testing.T) {
 		t.Fatalf("authenticated request: %d %v %q", ans.Status, ans.Response.Error.Code, ans.Response.Error.Message)
 	}
 
+	// A byte-identical retry gets the first answer; the same request id
+	// with other bytes is a replay (409).
+	raw, err := a.Sign("b.localhost", moh.ConnectionKeyPackages, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := a.Post(ctx, "b.localhost", moh.ConnectionKeyPackages, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	retry, err := a.Post(ctx, "b.localhost", moh.ConnectionKeyPackages, raw)
+	if err != nil || retry.Status != first.Status || !bytes.Equal(retry.Raw, first.Raw) {
+		t.Fatalf("retry answered %d %x, first %d %x (%v)", retry.Status, retry.Raw, first.Status, first.Raw, err)
+	}
+	var req moh.ProviderRequest
+	if err := wire.Unmarshal(raw, &req, "ProviderRequest"); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := a.Keys.Current(time.Now())
+	reused, err := provider.SignRequest(&moh.ProviderRequest{
+		RequestType: req.RequestType, Sender: req.Sender, Recipient: req.Recipient, Timestamp: req.Timestamp,
+		RequestID: req.RequestID, Payload: append(bytes.Clone(req.Payload), 0),
+	}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err = a.Post(ctx, "b.localhost", moh.ConnectionKeyPackages, reused)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans.Status != http.StatusConflict || ans.Response.Error.Code != moh.CodeReplay {
+		t.Fatalf("reused request id: %d %v", ans.Status, ans.Response.Error.Code)
+	}
+
 	// A request addressed to another provider is refused before any key is
 	// fetched.
-	raw, err := a.Sign("c.localhost", moh.ConnectionKeyPackages, payload)
+	raw, err = a.Sign("c.localhost", moh.ConnectionKeyPackages, payload)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // Defaults of a KeyRing.
@@ -27,13 +29,16 @@ const keyFileSuffix = ".key.pem"
 
 // KeyRing holds the provider's signing keys in a directory: one 0600 PEM
 // file per key, named by key id, written atomically. The newest key signs;
-// older keys are published until they expire, then deleted. A KeyRing is
-// safe for concurrent use.
+// older keys are published until they expire, then deleted. When a metadata
+// store is given, every key's id, scheme, public key, validity, retirement
+// and file name are recorded there too. A KeyRing is safe for concurrent
+// use.
 type KeyRing struct {
 	dir         string
 	scheme      moh.SignatureScheme
 	rotateEvery time.Duration
 	overlap     time.Duration
+	meta        store.SigningKeys
 
 	mu   sync.RWMutex
 	keys []*PrivateKey // by NotBefore, oldest first
@@ -44,11 +49,16 @@ type KeyRingOptions struct {
 	Scheme      moh.SignatureScheme // default Ed25519
 	RotateEvery time.Duration       // default 30 days
 	Overlap     time.Duration       // default 48 hours
+	// Metadata, when set, records the keys' metadata (the private keys stay
+	// in the files).
+	Metadata store.SigningKeys
 }
 
-// OpenKeyRing loads the keys in dir (created 0700 if missing) and makes sure
-// a current key exists, creating one at now if needed.
-func OpenKeyRing(dir string, opts KeyRingOptions, now time.Time) (*KeyRing, error) {
+// OpenKeyRing loads the keys in dir (created 0700 if missing), reconciles
+// the metadata store with the files (a crash between writing a file and
+// recording it, or between deleting a file and forgetting it, is repaired)
+// and makes sure a current key exists, creating one at now if needed.
+func OpenKeyRing(ctx context.Context, dir string, opts KeyRingOptions, now time.Time) (*KeyRing, error) {
 	if opts.Scheme == 0 {
 		opts.Scheme = moh.SchemeEd25519
 	}
@@ -65,14 +75,68 @@ func OpenKeyRing(dir string, opts KeyRingOptions, now time.Time) (*KeyRing, erro
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("opening key ring: %w", err)
 	}
-	r := &KeyRing{dir: dir, scheme: opts.Scheme, rotateEvery: opts.RotateEvery, overlap: opts.Overlap}
+	r := &KeyRing{dir: dir, scheme: opts.Scheme, rotateEvery: opts.RotateEvery, overlap: opts.Overlap, meta: opts.Metadata}
 	if err := r.load(); err != nil {
 		return nil, err
 	}
-	if _, err := r.Rotate(now); err != nil {
+	if err := r.reconcile(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := r.Rotate(ctx, now); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// reconcile makes the metadata store list exactly the key files.
+func (r *KeyRing) reconcile(ctx context.Context) error {
+	if r.meta == nil {
+		return nil
+	}
+	stored, err := r.meta.ListSigningKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("listing signing key metadata: %w", err)
+	}
+	onDisk := make(map[string]bool, len(r.keys))
+	for i, k := range r.keys {
+		onDisk[string(k.ID)] = true
+		var retired time.Time
+		if i+1 < len(r.keys) {
+			retired = r.keys[i+1].NotBefore
+		}
+		if err := r.record(ctx, k, retired); err != nil {
+			return err
+		}
+	}
+	for _, m := range stored {
+		if !onDisk[string(m.KeyID)] {
+			if err := r.meta.DeleteSigningKey(ctx, m.KeyID); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("forgetting signing key %x: %w", m.KeyID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// record inserts k's metadata (a no-op when it is already there) and marks
+// it retired at retired, if set.
+func (r *KeyRing) record(ctx context.Context, k *PrivateKey, retired time.Time) error {
+	if r.meta == nil {
+		return nil
+	}
+	err := r.meta.InsertSigningKey(ctx, store.SigningKey{
+		KeyID: k.ID, Scheme: uint16(k.Scheme), PublicKey: k.public,
+		NotBefore: k.NotBefore, NotAfter: k.NotAfter, File: keyFileName(k),
+	})
+	if err != nil {
+		return fmt.Errorf("recording signing key %x: %w", k.ID, err)
+	}
+	if !retired.IsZero() {
+		if err := r.meta.RetireSigningKey(ctx, k.ID, retired); err != nil {
+			return fmt.Errorf("retiring signing key %x: %w", k.ID, err)
+		}
+	}
+	return nil
 }
 
 // LoadKeyRing reads the keys in dir without creating or deleting any: a
@@ -150,7 +214,7 @@ func (r *KeyRing) Published(now time.Time) []moh.VerificationKey {
 // Rotate creates a new key when the newest one is older than the rotation
 // interval (or there is none), and deletes the files of expired keys. It
 // reports whether a key was created.
-func (r *KeyRing) Rotate(now time.Time) (bool, error) {
+func (r *KeyRing) Rotate(ctx context.Context, now time.Time) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	created := false
@@ -166,6 +230,14 @@ func (r *KeyRing) Rotate(now time.Time) (bool, error) {
 		if err := writeFileAtomic(filepath.Join(r.dir, keyFileName(k)), pemBytes, 0o600); err != nil {
 			return false, fmt.Errorf("storing new signing key: %w", err)
 		}
+		if err := r.record(ctx, k, time.Time{}); err != nil {
+			return false, err
+		}
+		if n := len(r.keys); n > 0 {
+			if err := r.record(ctx, r.keys[n-1], now); err != nil {
+				return false, err
+			}
+		}
 		r.keys = append(r.keys, k)
 		created = true
 	}
@@ -176,6 +248,12 @@ func (r *KeyRing) Rotate(now time.Time) (bool, error) {
 			if err := os.Remove(filepath.Join(r.dir, keyFileName(k))); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 				kept = append(kept, k)
+				continue
+			}
+			if r.meta != nil {
+				if err := r.meta.DeleteSigningKey(ctx, k.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+					errs = append(errs, err)
+				}
 			}
 			continue
 		}

@@ -68,7 +68,7 @@ func TestSignContentEncoding(t *testing.T) {
 func TestKeyRingRotation(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keys")
 	opts := KeyRingOptions{RotateEvery: 10 * 24 * time.Hour, Overlap: 48 * time.Hour}
-	r, err := OpenKeyRing(dir, opts, t0)
+	r, err := OpenKeyRing(t.Context(), dir, opts, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestKeyRingRotation(t *testing.T) {
 		t.Fatalf("key file mode: %v %v", fi, err)
 	}
 	// Reopening finds the same key instead of creating one.
-	r2, err := OpenKeyRing(dir, opts, t0.Add(time.Hour))
+	r2, err := OpenKeyRing(t.Context(), dir, opts, t0.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestKeyRingRotation(t *testing.T) {
 	}
 	// After the interval a new key signs; the old one is still published.
 	later := t0.Add(10*24*time.Hour + time.Minute)
-	if created, err := r.Rotate(later); err != nil || !created {
+	if created, err := r.Rotate(t.Context(), later); err != nil || !created {
 		t.Fatalf("Rotate = %v, %v", created, err)
 	}
 	cur, _ := r.Current(later)
@@ -102,7 +102,7 @@ func TestKeyRingRotation(t *testing.T) {
 	}
 	// Once the old key expires it is no longer published and its file goes.
 	gone := first.NotAfter.Add(time.Second)
-	if _, err := r.Rotate(gone); err != nil {
+	if _, err := r.Rotate(t.Context(), gone); err != nil {
 		t.Fatal(err)
 	}
 	if pub := r.Published(gone); len(pub) != 1 {
@@ -111,14 +111,14 @@ func TestKeyRingRotation(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, keyFileName(first))); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("expired key file still present: %v", err)
 	}
-	if _, err := OpenKeyRing(dir, KeyRingOptions{RotateEvery: 89 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}, t0); err == nil {
+	if _, err := OpenKeyRing(t.Context(), dir, KeyRingOptions{RotateEvery: 89 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}, t0); err == nil {
 		t.Fatal("accepted a key lifetime above 90 days")
 	}
 }
 
 func TestKeyRingRefusesTamperedFileName(t *testing.T) {
 	dir := t.TempDir()
-	r, err := OpenKeyRing(dir, KeyRingOptions{}, t0)
+	r, err := OpenKeyRing(t.Context(), dir, KeyRingOptions{}, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestKeyRingRefusesTamperedFileName(t *testing.T) {
 	if err := os.Rename(filepath.Join(dir, keyFileName(k)), filepath.Join(dir, "00"+keyFileSuffix)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenKeyRing(dir, KeyRingOptions{}, t0); err == nil {
+	if _, err := OpenKeyRing(t.Context(), dir, KeyRingOptions{}, t0); err == nil {
 		t.Fatal("loaded a key whose file name does not match its id")
 	}
 }

@@ -37,8 +37,8 @@ type Verifier struct {
 // Verified is a provider request whose envelope checks all passed.
 type Verified struct {
 	Request *moh.ProviderRequest
-	// Digest is SHA-256 of the whole encoded request; the replay cache keys
-	// byte-identical retries on it.
+	// Digest is SHA-256 of the signed bytes (every field but the
+	// signature); the replay cache recognises retries by it.
 	Digest [32]byte
 }
 
@@ -55,12 +55,8 @@ func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequ
 	if !v.ownDomain(req.Recipient) {
 		return nil, moh.Errorf(moh.CodeRecipientMismatch, "recipient %q is not served here", req.Recipient)
 	}
-	now := time.Now
-	if v.Now != nil {
-		now = v.Now
-	}
 	ts := time.Unix(int64(min(req.Timestamp, 1<<62)), 0)
-	if d := now().Sub(ts); d > TimestampWindow || d < -TimestampWindow {
+	if d := v.now().Sub(ts); d > TimestampWindow || d < -TimestampWindow {
 		return nil, moh.Errorf(moh.CodeStaleTimestamp, "timestamp is %s away from the receiver clock", d.Round(time.Second))
 	}
 	sender := string(req.Sender)
@@ -83,7 +79,14 @@ func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequ
 	if err := VerifyWithLabel(key, moh.ProviderRequestLabel, signed, req.Signature); err != nil {
 		return nil, &moh.Error{Code: moh.CodeBadSignature, Message: "provider signature does not verify", Err: err}
 	}
-	return &Verified{Request: &req, Digest: sha256.Sum256(raw)}, nil
+	return &Verified{Request: &req, Digest: sha256.Sum256(signed)}, nil
+}
+
+func (v *Verifier) now() time.Time {
+	if v.Now != nil {
+		return v.Now()
+	}
+	return time.Now()
 }
 
 func (v *Verifier) ownDomain(d []byte) bool {
