@@ -11,7 +11,8 @@ import (
 // request_id with other bytes is refused.
 //
 // An entry is keyed on (sender, requestID), where sender is the sender's
-// provider FQDN, and holds the SHA-256 digest of the request's signed bytes.
+// provider FQDN (compared byte for byte, so the caller passes it in the
+// canonical lowercase form of docs/protocol.md §1), and holds the SHA-256 digest of the request's signed bytes.
 // It is pending from Reserve until Complete stores the answer, or until
 // Release drops it. The caller writes an entry only after the request's
 // signature verified, and passes an expiry at least 11 minutes ahead.

@@ -121,3 +121,31 @@ func BenchmarkLookupPeerKey(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkLookupPeerKeyParallel shows lookups from the read-only pool
+// running beside each other and beside a writer.
+func BenchmarkLookupPeerKeyParallel(b *testing.B) {
+	for _, readers := range []int{1, DefaultReaders} {
+		b.Run(fmt.Sprintf("readers=%d", readers), func(b *testing.B) {
+			s := openTemp(b, WithReaders(readers))
+			ctx := context.Background()
+			now := time.Now()
+			keys := []store.PeerKey{{
+				KeyID: []byte{1}, Scheme: 0x0807, PublicKey: make([]byte, 32),
+				NotBefore: now, NotAfter: now.Add(24 * time.Hour), FetchedAt: now, CacheUntil: now.Add(time.Hour),
+			}}
+			if err := s.ReplacePeerKeys(ctx, "peer.example", keys); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := s.LookupPeerKey(ctx, "peer.example", []byte{1}); err != nil {
+						b.Errorf("LookupPeerKey: %v", err)
+						return
+					}
+				}
+			})
+		})
+	}
+}

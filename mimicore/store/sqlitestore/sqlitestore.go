@@ -13,6 +13,19 @@
 // One process should hold one Store per file (share it, e.g. through a
 // caddy.UsagePool, across config reloads); two Stores on one file are
 // correct but contend for the write lock.
+//
+// # Porting to PostgreSQL
+//
+// The SQL is written to carry over: numbered parameters (?N becomes $N),
+// INSERT ... ON CONFLICT ... DO UPDATE ... WHERE for every check-and-set
+// (zero affected rows means "already there"), deletes keyed on the primary
+// key, times as integer milliseconds (BIGINT), BLOB as BYTEA, and the same
+// schema_version table and migration numbering. What is SQLite's own: WITHOUT
+// ROWID, the single writer connection and BEGIN IMMEDIATE. Under
+// PostgreSQL's READ COMMITTED, the SELECT that Reserve, Complete and Release
+// run after a no-op write may find the row gone (a concurrent Release or
+// sweep); lock it with SELECT ... FOR UPDATE in the same transaction, or
+// retry the operation.
 package sqlitestore
 
 import (
