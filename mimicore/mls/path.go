@@ -30,24 +30,38 @@ func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath) error {
 			return fmt.Errorf("%w: node %d: encryption key: %v", ErrInvalidPath, fdp[i], err)
 		}
 	}
-	t.blankPath(sender)
-	// Parent hashes chain from the root down: each node's parent_hash is the
-	// parent hash of the next node up with the copath child as sibling.
-	// copath[i] is the child of fdp[i] off the sender's path: the sibling
-	// that fdp[i]'s parent hash covers.
-	var above []byte
-	for i := len(fdp) - 1; i >= 0; i-- {
-		p := &ParentNode{EncryptionKey: path.Nodes[i].EncryptionKey, ParentHash: above}
-		t.set(fdp[i], &Node{Type: NodeParent, Parent: p})
-		ph, err := t.parentHash(p, copath[i])
-		if err != nil {
-			return err
-		}
-		above = ph
+	keys := make([][]byte, len(path.Nodes))
+	for i := range path.Nodes {
+		keys[i] = path.Nodes[i].EncryptionKey
+	}
+	above, err := t.setPathNodes(sender, fdp, copath, keys)
+	if err != nil {
+		return err
 	}
 	if !bytes.Equal(path.LeafNode.ParentHash, above) {
 		return fmt.Errorf("%w: leaf parent_hash does not match the path", ErrInvalidPath)
 	}
 	t.setLeaf(sender, &path.LeafNode)
 	return nil
+}
+
+// setPathNodes blanks leaf sender's direct path and puts new parent nodes
+// with the given keys on its filtered direct path fdp (copath holds their
+// copath children), computing their parent hashes from the root down. It
+// returns the parent hash the sender's leaf must carry.
+func (t *Tree) setPathNodes(sender uint32, fdp, copath []uint32, keys [][]byte) ([]byte, error) {
+	t.blankPath(sender)
+	// Each node's parent_hash is the parent hash of the next node up, whose
+	// copath child is the sibling that hash covers.
+	var above []byte
+	for i := len(fdp) - 1; i >= 0; i-- {
+		p := &ParentNode{EncryptionKey: keys[i], ParentHash: above}
+		t.set(fdp[i], &Node{Type: NodeParent, Parent: p})
+		ph, err := t.parentHash(p, copath[i])
+		if err != nil {
+			return nil, err
+		}
+		above = ph
+	}
+	return above, nil
 }
