@@ -165,6 +165,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("opening gateway state in %s: %w", g.DataDir, err)
 	}
+	policy.Cache = g.state.store
 	g.fetcher = provider.NewKeyFetcher(policy)
 	g.inbound = &provider.Inbound{
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.fetcher},

@@ -18,8 +18,10 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -63,6 +65,16 @@ type FetchPolicy struct {
 	// MinInterval is the least time between two fetches for one peer
 	// (default 1 min); failures are cached for as long.
 	MinInterval time.Duration
+	// FetchRate bounds fetches per second across all peers, so requests
+	// naming many unknown senders cannot turn the gateway into a scanner
+	// (default 5 per second, burst 20).
+	FetchRate float64
+	// MaxPeers bounds the peers kept in memory (default 10,000); the
+	// least recently used one is forgotten first.
+	MaxPeers int
+	// Cache, when set, persists fetched keys and failures so a restart
+	// neither refetches every peer nor forgets which peers are failing.
+	Cache store.PeerKeyCache
 }
 
 // KeySource returns the verification key of a peer provider that is valid at
@@ -80,16 +92,22 @@ type KeyFetcher struct {
 	client *http.Client
 	now    func() time.Time
 
-	group singleflight.Group
-	mu    sync.Mutex
-	peers map[string]*peerKeys
+	group   singleflight.Group
+	limiter *rate.Limiter
+	mu      sync.Mutex
+	peers   map[string]*peerKeys
 }
+
+// ErrFetchBudget means the global fetch budget is spent; the request should
+// be retried later.
+var ErrFetchBudget = errors.New("too many key fetches; retry later")
 
 // peerKeys is what is cached about one peer.
 type peerKeys struct {
 	keys        []cachedKey
 	lastAttempt time.Time
 	lastErr     error
+	lastUsed    time.Time
 }
 
 type cachedKey struct {
@@ -104,6 +122,12 @@ func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 	}
 	if policy.MinInterval <= 0 {
 		policy.MinInterval = defaultMinInterval
+	}
+	if policy.FetchRate <= 0 {
+		policy.FetchRate = 5
+	}
+	if policy.MaxPeers <= 0 {
+		policy.MaxPeers = 10_000
 	}
 	dialer := &net.Dialer{Timeout: policy.Timeout, Control: policy.control}
 	transport := &http.Transport{
@@ -132,8 +156,9 @@ func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 			Timeout:       policy.Timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		now:   time.Now,
-		peers: make(map[string]*peerKeys),
+		now:     time.Now,
+		limiter: rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		peers:   make(map[string]*peerKeys),
 	}
 }
 
@@ -179,27 +204,34 @@ func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID [
 	now := f.now()
 	f.mu.Lock()
 	entry := f.peers[domain]
-	if entry != nil {
-		if k, ok := entry.lookup(keyID, now); ok {
-			f.mu.Unlock()
-			return checkCovers(k, at)
+	f.mu.Unlock()
+	if entry == nil {
+		entry = f.hydrate(ctx, domain, now)
+	}
+	f.mu.Lock()
+	entry.lastUsed = now
+	if k, ok := entry.lookup(keyID, now); ok {
+		f.mu.Unlock()
+		return checkCovers(k, at)
+	}
+	if !entry.lastAttempt.IsZero() && now.Sub(entry.lastAttempt) < f.policy.MinInterval {
+		err := entry.lastErr
+		f.mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
-		if now.Sub(entry.lastAttempt) < f.policy.MinInterval {
-			err := entry.lastErr
-			f.mu.Unlock()
-			if err != nil {
-				return nil, err
-			}
-			return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
-		}
+		return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
 	}
 	f.mu.Unlock()
 
 	_, err, _ := f.group.Do(domain, func() (any, error) {
+		if !f.limiter.Allow() {
+			return nil, ErrFetchBudget
+		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.policy.Timeout)
 		defer cancel()
 		keys, err := f.fetch(fctx, domain)
-		f.store(domain, keys, err, f.now())
+		f.record(fctx, domain, keys, err, f.now())
 		return nil, err
 	})
 	if err != nil {
@@ -212,6 +244,50 @@ func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID [
 		return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
 	}
 	return checkCovers(k, at)
+}
+
+// hydrate returns domain's memory entry, loading what the persistent cache
+// knows about it the first time the peer is seen in this process.
+func (f *KeyFetcher) hydrate(ctx context.Context, domain string, now time.Time) *peerKeys {
+	e := &peerKeys{lastUsed: now}
+	if f.policy.Cache != nil {
+		if keys, err := f.policy.Cache.ListPeerKeys(ctx, domain); err == nil {
+			for _, k := range keys {
+				e.keys = append(e.keys, cachedKey{key: moh.VerificationKey{
+					KeyID: k.KeyID, Scheme: moh.SignatureScheme(k.Scheme), PublicKey: k.PublicKey,
+					NotBefore: uint64(k.NotBefore.Unix()), NotAfter: uint64(k.NotAfter.Unix()),
+				}, expires: k.CacheUntil})
+			}
+		}
+		if fail, err := f.policy.Cache.LookupPeerFailure(ctx, domain); err == nil {
+			e.lastAttempt = fail.FailedAt
+			e.lastErr = fmt.Errorf("%w: %s (cached)", ErrFetchFailed, fail.Reason)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if existing := f.peers[domain]; existing != nil {
+		return existing
+	}
+	f.evictLocked()
+	f.peers[domain] = e
+	return e
+}
+
+// evictLocked makes room for one more peer by forgetting the least
+// recently used one when the map is full.
+func (f *KeyFetcher) evictLocked() {
+	if len(f.peers) < f.policy.MaxPeers {
+		return
+	}
+	var oldest string
+	var oldestUse time.Time
+	for d, e := range f.peers {
+		if oldest == "" || e.lastUsed.Before(oldestUse) {
+			oldest, oldestUse = d, e.lastUsed
+		}
+	}
+	delete(f.peers, oldest)
 }
 
 func (e *peerKeys) lookup(keyID []byte, now time.Time) (moh.VerificationKey, bool) {
@@ -235,28 +311,54 @@ func checkCovers(k moh.VerificationKey, at time.Time) (*moh.VerificationKey, err
 	return &k, nil
 }
 
-// store records the outcome of a fetch.
-func (f *KeyFetcher) store(domain string, keys []moh.VerificationKey, err error, now time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	entry := f.peers[domain]
-	if entry == nil {
-		entry = &peerKeys{}
-		f.peers[domain] = entry
-	}
-	entry.lastAttempt = now
-	entry.lastErr = err
-	if err != nil {
-		return
-	}
-	entry.keys = entry.keys[:0]
+// record stores the outcome of a fetch in memory and, when configured, in
+// the persistent cache. A failure to persist only costs a refetch after a
+// restart, so it does not fail the lookup.
+func (f *KeyFetcher) record(ctx context.Context, domain string, keys []moh.VerificationKey, err error, now time.Time) {
+	cached := make([]cachedKey, 0, len(keys))
 	for _, k := range keys {
 		exp := now.Add(maxKeyCacheTTL)
 		if na := time.Unix(int64(k.NotAfter), 0); na.Before(exp) {
 			exp = na
 		}
-		entry.keys = append(entry.keys, cachedKey{key: k, expires: exp})
+		cached = append(cached, cachedKey{key: k, expires: exp})
 	}
+	f.mu.Lock()
+	entry := f.peers[domain]
+	if entry == nil {
+		f.evictLocked()
+		entry = &peerKeys{lastUsed: now}
+		f.peers[domain] = entry
+	}
+	entry.lastAttempt = now
+	entry.lastErr = err
+	if err == nil {
+		entry.keys = cached
+	}
+	f.mu.Unlock()
+
+	c := f.policy.Cache
+	if c == nil {
+		return
+	}
+	if err != nil {
+		reason := err.Error()
+		if len(reason) > store.MaxReasonSize {
+			reason = reason[:store.MaxReasonSize]
+		}
+		c.RecordPeerFailure(ctx, store.PeerFailure{Domain: domain, FailedAt: now, //nolint:errcheck // best effort
+			RetryAt: now.Add(f.policy.MinInterval), Reason: reason})
+		return
+	}
+	rows := make([]store.PeerKey, 0, len(cached))
+	for _, ck := range cached {
+		rows = append(rows, store.PeerKey{
+			Domain: domain, KeyID: ck.key.KeyID, Scheme: uint16(ck.key.Scheme), PublicKey: ck.key.PublicKey,
+			NotBefore: time.Unix(int64(ck.key.NotBefore), 0), NotAfter: time.Unix(int64(ck.key.NotAfter), 0),
+			FetchedAt: now, CacheUntil: ck.expires,
+		})
+	}
+	c.ReplacePeerKeys(ctx, domain, rows) //nolint:errcheck // best effort
 }
 
 // fetch discovers domain's DS and fetches its verification keys.

@@ -3,8 +3,11 @@ package provider
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,5 +124,59 @@ func TestKeyRingMetadata(t *testing.T) {
 	}
 	if meta, _ := db.ListSigningKeys(ctx); len(meta) != 1 {
 		t.Fatalf("reconcile: %d keys recorded, want 1", len(meta))
+	}
+}
+
+// TestKeyFetcherPersistentCache checks that fetched keys and failures
+// survive a restart through the store, and that the global fetch budget and
+// the peer bound hold.
+func TestKeyFetcherPersistentCache(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	var fetches atomic.Int32
+	srv := peerServer(t, []moh.VerificationKey{k.Public()}, &fetches)
+	addr := srv.Listener.Addr().String()
+	pool := srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	db := openStore(t)
+	policy := FetchPolicy{AllowPrivate: true, AllowedPorts: []int{port}, RootCAs: pool, Cache: db,
+		Resolve: map[string]string{"peer.example.com": addr, "ds.example.com": addr, "down.example.com": "127.0.0.1:1"}}
+	newFetcher := func() *KeyFetcher {
+		f := NewKeyFetcher(policy)
+		f.now = func() time.Time { return t0 }
+		return f
+	}
+	ctx := t.Context()
+	if _, err := newFetcher().VerificationKey(ctx, "peer.example.com", k.ID, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newFetcher().VerificationKey(ctx, "down.example.com", k.ID, t0); !errors.Is(err, ErrFetchFailed) {
+		t.Fatalf("unreachable peer: %v", err)
+	}
+	// A restarted fetcher answers from the store: no new fetch, and the
+	// failing peer is not retried before its retry time.
+	restarted := newFetcher()
+	if _, err := restarted.VerificationKey(ctx, "peer.example.com", k.ID, t0); err != nil || fetches.Load() != 1 {
+		t.Fatalf("after restart: %v (%d fetches)", err, fetches.Load())
+	}
+	if _, err := restarted.VerificationKey(ctx, "down.example.com", k.ID, t0); !errors.Is(err, ErrFetchFailed) || !strings.Contains(err.Error(), "cached") {
+		t.Fatalf("failure not remembered across a restart: %v", err)
+	}
+
+	// The global budget stops a flood of unknown senders from becoming a
+	// flood of outbound fetches.
+	flood := NewKeyFetcher(FetchPolicy{AllowPrivate: true, FetchRate: 0.001, MaxPeers: 8,
+		Resolve: map[string]string{}})
+	budgetHit := false
+	for i := 0; i < 40; i++ {
+		_, err := flood.VerificationKey(ctx, fmt.Sprintf("p%d.invalid", i), k.ID, t0)
+		if errors.Is(err, ErrFetchBudget) {
+			budgetHit = true
+		}
+	}
+	if !budgetHit {
+		t.Fatal("40 unknown senders never hit the fetch budget")
+	}
+	if n := len(flood.peers); n > 8 {
+		t.Fatalf("%d peers in memory, bound is 8", n)
 	}
 }
