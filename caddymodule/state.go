@@ -51,7 +51,7 @@ func loadState(dataDir string, opts provider.KeyRingOptions, logger *zap.Logger)
 // the background loops.
 func openState(dataDir string, opts provider.KeyRingOptions, logger *zap.Logger) (*sharedState, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	db, err := sqlitestore.Open(ctx, filepath.Join(dataDir, "mimi.db"))
+	db, err := sqlitestore.Open(ctx, filepath.Join(dataDir, sqlitestore.DefaultFileName))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("opening store: %w", err)
