@@ -2,6 +2,7 @@ package mls
 
 import (
 	"crypto"
+	"crypto/ecdh"
 	"crypto/rand"
 	"fmt"
 	"testing"
@@ -87,10 +88,7 @@ func buildTestGroup(tb testing.TB, cs CipherSuite, n uint32, exts Extensions) *t
 		fdp, copath := tree.filteredDirectPath(i)
 		keys := make([][]byte, len(fdp))
 		for k := range keys {
-			_, keys[k], err = cs.DeriveKeyPair(randomBytes(tb, 32))
-			if err != nil {
-				tb.Fatal(err)
-			}
+			keys[k] = randomHPKEPublicKey(tb, cs)
 		}
 		ph, err := tree.setPathNodes(i, fdp, copath, keys)
 		if err != nil {
@@ -209,4 +207,21 @@ func reencode(tb testing.TB, m *MLSMessage) *MLSMessage {
 		tb.Fatal(err)
 	}
 	return out
+}
+
+// randomHPKEPublicKey returns a valid HPKE public key nobody needs the
+// private key of: 32 random bytes for X25519, a derived point otherwise.
+func randomHPKEPublicKey(tb testing.TB, cs CipherSuite) []byte {
+	s, err := cs.params()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if s.curve == ecdh.X25519() {
+		return randomBytes(tb, 32)
+	}
+	_, pub, err := cs.DeriveKeyPair(randomBytes(tb, 32))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pub
 }
