@@ -395,12 +395,14 @@ func (g *Gateway) readBody(r *http.Request, emptyOK bool) ([]byte, error) {
 }
 
 // refuse writes the error answer for err and logs it: at debug level for
-// coded refusals, at error level for internal failures.
+// refusals of the request, at error level for failures of the gateway.
 func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	status, body := errorAnswer(err)
 	writeRaw(w, status, body)
+	// Refusals of bad or unwelcome requests are routine (debug); a failure
+	// of the gateway itself is an error an operator must see.
 	level := zapcore.DebugLevel
-	if !isCoded(err) {
+	if !isCoded(err) || (status >= 500 && status != http.StatusNotImplemented) {
 		level = zapcore.ErrorLevel
 	}
 	if c := g.logger.Check(level, "refused mimi request"); c != nil {
