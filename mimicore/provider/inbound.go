@@ -24,10 +24,19 @@ type Processor func(ctx context.Context, v *Verified) store.Answer
 type Inbound struct {
 	Verifier *Verifier
 	Replay   store.ReplayCache
+	// Admit, when set, is the admission policy (rate limits keyed on the
+	// verified sender, token checks, ...). It runs after Verify succeeded,
+	// so it may trust every field of v, and before the request id is
+	// reserved, so a refused request leaves no trace in the replay cache
+	// and a retry of the same bytes is judged afresh. A non-nil error
+	// refuses the request: Handle returns it unchanged, and it should
+	// carry the DSError to send (a *moh.Error); any other error is
+	// answered as backend_unavailable.
+	Admit func(ctx context.Context, v *Verified) error
 }
 
-// Handle verifies raw as a request of type typ and, if it is new, runs
-// process. It returns the answer to send, or an error carrying the DSError
+// Handle verifies raw as a request of type typ, admits it (see Admit)
+// and, if it is new, runs process. It returns the answer to send, or an error carrying the DSError
 // to send instead. When Handle returns both an answer and an error, the
 // answer must be sent and the error only logged: the request was processed
 // but its answer could not be recorded for retries.
@@ -35,6 +44,11 @@ func (in *Inbound) Handle(ctx context.Context, raw []byte, typ moh.ProviderReque
 	v, err := in.Verifier.Verify(ctx, raw, typ)
 	if err != nil {
 		return store.Answer{}, err
+	}
+	if in.Admit != nil {
+		if err := in.Admit(ctx, v); err != nil {
+			return store.Answer{}, err
+		}
 	}
 	req := v.Request
 	sender := string(req.Sender)

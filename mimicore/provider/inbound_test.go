@@ -180,3 +180,53 @@ func TestKeyFetcherPersistentCache(t *testing.T) {
 		t.Fatalf("%d peers in memory, bound is 8", n)
 	}
 }
+
+func TestInboundAdmit(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	refuse := true
+	var admitted []string
+	in := &Inbound{
+		Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
+			Now: func() time.Time { return t0 }},
+		Replay: openStore(t),
+		Admit: func(_ context.Context, v *Verified) error {
+			admitted = append(admitted, string(v.Request.Sender))
+			if refuse {
+				return moh.Errorf(moh.CodeRateLimited, "slow down")
+			}
+			return nil
+		},
+	}
+	var runs atomic.Int32
+	process := func(context.Context, *Verified) store.Answer {
+		runs.Add(1)
+		return store.Answer{Status: http.StatusOK, Body: []byte{1}}
+	}
+	ctx := context.Background()
+
+	// A forged request never reaches the admission policy.
+	forged := signedRequest(t, k, nil)
+	forged[len(forged)-1] ^= 1
+	if _, err := in.Handle(ctx, forged, moh.ConnectionKeyPackages, process); moh.DSErrorOf(err).Code != moh.CodeBadSignature {
+		t.Fatalf("forged: %v", err)
+	}
+	if len(admitted) != 0 {
+		t.Fatalf("admission ran for a forged request: %v", admitted)
+	}
+
+	raw := signedRequest(t, k, nil)
+	_, err := in.Handle(ctx, raw, moh.ConnectionKeyPackages, process)
+	if moh.DSErrorOf(err).Code != moh.CodeRateLimited || runs.Load() != 0 {
+		t.Fatalf("refused: err %v, runs %d", err, runs.Load())
+	}
+	if len(admitted) != 1 || admitted[0] != "a.example" {
+		t.Fatalf("admission saw %v", admitted)
+	}
+	// The refusal left no reservation: the same bytes are processed once
+	// admission passes.
+	refuse = false
+	answer, err := in.Handle(ctx, raw, moh.ConnectionKeyPackages, process)
+	if err != nil || answer.Status != http.StatusOK || runs.Load() != 1 {
+		t.Fatalf("after admission: %v %v (runs %d)", answer, err, runs.Load())
+	}
+}
