@@ -46,10 +46,18 @@ type CommitInfo struct {
 // Checked: group, epoch and wire format (a PrivateMessage gives
 // ErrPrivateHandshake), the committer's signature, every proposal and the
 // list rules of §12.2, the external commit rules, the new leaf nodes, the
-// UpdatePath (required unless the commit only adds, covers PSKs or
-// replaces extensions) and its parent hashes. The new tree hash, the
-// GroupContext and both transcript hashes are computed. The membership
-// tag and confirmation tag need group secrets and are left to members.
+// UpdatePath and its parent hashes. The new tree hash, the GroupContext
+// and both transcript hashes are computed. The membership tag and the
+// confirmation tag need group secrets and are left to members.
+//
+// A path is required when the commit is empty or covers an Update, Remove
+// or ExternalInit. RFC 9420 also requires one with GroupContextExtensions,
+// but ts-mls omits it there, so such commits are accepted without a path;
+// proposal types this package does not know never require one.
+//
+// Not checked: leaf lifetimes (a Delivery Service checks KeyPackages with
+// KeyPackage.VerifyAt when they are uploaded) and credential identities,
+// which are the application's business.
 func (g *GroupState) ApplyCommit(m *MLSMessage, resolve ProposalResolver) (*GroupState, *CommitInfo, error) {
 	pm, err := g.checkFraming(m, ContentCommit)
 	if err != nil {

@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/hpke"
 	"errors"
 	"fmt"
@@ -22,17 +23,20 @@ const maxResumptionEpochs = 16
 type Member struct {
 	state      *GroupState
 	leaf       uint32
+	signer     crypto.Signer
 	keys       PathKeys
 	secrets    *EpochSecrets
+	secretTree *SecretTree
 	psks       PSKLookup
 	resumption map[uint64][]byte
 }
 
 // JoinFromWelcome joins a group as the holder of kp (RFC 9420 §12.4.3.1).
 // initPriv and leafPriv are the private keys of kp's init key and leaf
-// encryption key. rt is the ratchet tree when sent out of band, else nil.
-// psks resolves external PSKs.
-func JoinFromWelcome(w *Welcome, kp *KeyPackage, initPriv, leafPriv hpke.PrivateKey, rt RatchetTree, psks PSKLookup) (*Member, error) {
+// encryption key, signer its leaf's signature key (nil for a member that
+// only follows the group). rt is the ratchet tree when sent out of band,
+// else nil. psks resolves external PSKs.
+func JoinFromWelcome(w *Welcome, kp *KeyPackage, initPriv, leafPriv hpke.PrivateKey, signer crypto.Signer, rt RatchetTree, psks PSKLookup) (*Member, error) {
 	res, err := ProcessWelcome(w, kp, initPriv, psks)
 	if err != nil {
 		return nil, err
@@ -41,7 +45,7 @@ func JoinFromWelcome(w *Welcome, kp *KeyPackage, initPriv, leafPriv hpke.Private
 	if err != nil {
 		return nil, fmt.Errorf("joining: %w", err)
 	}
-	m := &Member{state: g, keys: PathKeys{}, secrets: res.Secrets, psks: psks, resumption: map[uint64][]byte{}}
+	m := &Member{state: g, signer: signer, keys: PathKeys{}, secrets: res.Secrets, psks: psks, resumption: map[uint64][]byte{}}
 	m.keys[string(kp.LeafNode.EncryptionKey)] = leafPriv
 	self, ok := g.LeafBySignatureKey(kp.LeafNode.SignatureKey)
 	if !ok || !bytes.Equal(g.Member(self).EncryptionKey, kp.LeafNode.EncryptionKey) {
@@ -142,28 +146,9 @@ func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) error {
 			return fmt.Errorf("applying commit: %w", err)
 		}
 	}
-	var list []PSKWithSecret
-	for i := range info.PSKs {
-		id := &info.PSKs[i]
-		var secret []byte
-		switch {
-		case id.Type == PSKResumption && bytes.Equal(id.PSKGroupID, m.state.GroupID()):
-			var ok bool
-			if secret, ok = m.resumption[id.PSKEpoch]; !ok {
-				return fmt.Errorf("applying commit: resumption psk of epoch %d unknown", id.PSKEpoch)
-			}
-		case m.psks != nil:
-			if secret, err = m.psks(id); err != nil {
-				return fmt.Errorf("applying commit: psk %d: %w", i, err)
-			}
-		default:
-			return fmt.Errorf("applying commit: psk %d unknown", i)
-		}
-		list = append(list, PSKWithSecret{ID: *id, PSK: secret})
-	}
-	pskSecret, err := cs.PSKSecret(list)
+	pskSecret, err := m.pskSecret(info.PSKs)
 	if err != nil {
-		return err
+		return fmt.Errorf("applying commit: %w", err)
 	}
 	initSecret := m.secrets.InitSecret
 	if info.ExternalInit != nil {
@@ -178,10 +163,40 @@ func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) error {
 	if !n.s.verifyMAC(secrets.ConfirmationKey, n.ctx.ConfirmedTranscriptHash, info.ConfirmationTag) {
 		return fmt.Errorf("applying commit: %w: bad confirmation tag", ErrInvalidMessage)
 	}
-	m.state, m.keys, m.secrets = n, keys, secrets
+	m.advance(n, keys, secrets)
+	return nil
+}
+
+// advance moves the member to the next epoch.
+func (m *Member) advance(n *GroupState, keys PathKeys, secrets *EpochSecrets) {
+	m.state, m.keys, m.secrets, m.secretTree = n, keys, secrets, nil
 	m.resumption[n.Epoch()] = secrets.ResumptionPSK
 	delete(m.resumption, n.Epoch()-maxResumptionEpochs)
-	return nil
+}
+
+// pskSecret resolves the PSKs a commit covers and chains them.
+func (m *Member) pskSecret(ids []PreSharedKeyID) ([]byte, error) {
+	var list []PSKWithSecret
+	for i := range ids {
+		id := &ids[i]
+		var secret []byte
+		switch {
+		case id.Type == PSKResumption && bytes.Equal(id.PSKGroupID, m.state.GroupID()):
+			var ok bool
+			if secret, ok = m.resumption[id.PSKEpoch]; !ok {
+				return nil, fmt.Errorf("resumption psk of epoch %d unknown", id.PSKEpoch)
+			}
+		case m.psks != nil:
+			var err error
+			if secret, err = m.psks(id); err != nil {
+				return nil, fmt.Errorf("psk %d: %w", i, err)
+			}
+		default:
+			return nil, fmt.Errorf("psk %d unknown", i)
+		}
+		list = append(list, PSKWithSecret{ID: *id, PSK: secret})
+	}
+	return m.state.CipherSuite().PSKSecret(list)
 }
 
 // externalInitSecret recovers the init secret an external joiner sent

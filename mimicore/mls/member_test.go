@@ -61,7 +61,7 @@ func runPassiveClient(t *testing.T, i int, tc *passiveCase) {
 		}
 		return nil, errors.New("unknown psk")
 	}
-	m, err := JoinFromWelcome(wMsg.Welcome, kpMsg.KeyPackage, initPriv, leafPriv, rt, psks)
+	m, err := JoinFromWelcome(wMsg.Welcome, kpMsg.KeyPackage, initPriv, leafPriv, nil, rt, psks)
 	if err != nil {
 		t.Fatalf("case %d: %v", i, err)
 	}

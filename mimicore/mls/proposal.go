@@ -128,6 +128,22 @@ func (p *Proposal) unmarshalBody(s *cryptobyte.String) bool {
 	}
 }
 
+// wellFormed reports whether the body field matching p.Type is set, as it
+// always is after decoding; hand-built values may lack it.
+func (p *Proposal) wellFormed() bool {
+	switch p.Type {
+	case ProposalAdd:
+		return p.KeyPackage != nil
+	case ProposalUpdate:
+		return p.LeafNode != nil
+	case ProposalPSK:
+		return p.PSK != nil
+	case ProposalReInit:
+		return p.ReInit != nil
+	}
+	return true
+}
+
 // ProposalBody encodes or decodes a proposal body alone, without its type,
 // as the messages test vectors hold them. Type must be set before decoding.
 type ProposalBody struct{ *Proposal }

@@ -73,6 +73,23 @@ func (g *GroupState) checkFraming(m *MLSMessage, want ContentType) (*PublicMessa
 	if pm.Content.ContentType != want {
 		return nil, fmt.Errorf("%w: content type %d, want %d", ErrInvalidMessage, pm.Content.ContentType, want)
 	}
+	// Decoded messages always have the body their type names; hand-built
+	// ones are checked so that they cannot cause a nil dereference.
+	switch want {
+	case ContentProposal:
+		if pm.Content.Proposal == nil || !pm.Content.Proposal.wellFormed() {
+			return nil, fmt.Errorf("%w: proposal body missing", ErrInvalidMessage)
+		}
+	case ContentCommit:
+		if pm.Content.Commit == nil {
+			return nil, fmt.Errorf("%w: commit body missing", ErrInvalidMessage)
+		}
+		for _, por := range pm.Content.Commit.Proposals {
+			if por.Type == ProposalByValue && (por.Proposal == nil || !por.Proposal.wellFormed()) {
+				return nil, fmt.Errorf("%w: proposal body missing", ErrInvalidMessage)
+			}
+		}
+	}
 	return pm, nil
 }
 
@@ -222,7 +239,7 @@ func (g *GroupState) resolveProposals(c *Commit, committer Sender, resolve Propo
 		if err != nil {
 			return nil, fmt.Errorf("resolving proposal %d: %w", i, err)
 		}
-		if ac == nil || ac.Content.ContentType != ContentProposal || ac.Content.Proposal == nil {
+		if ac == nil || ac.Content.ContentType != ContentProposal || ac.Content.Proposal == nil || !ac.Content.Proposal.wellFormed() {
 			return nil, fmt.Errorf("%w: reference %d does not name a proposal", ErrUnknownProposal, i)
 		}
 		ref, err := g.ctx.CipherSuite.ProposalRef(ac)

@@ -1,0 +1,337 @@
+package mls
+
+import (
+	"crypto"
+	"crypto/hpke"
+	"crypto/rand"
+	"errors"
+	"fmt"
+)
+
+// NewGroup creates a group whose only member holds leaf (RFC 9420 §11):
+// epoch 0, a random init secret, the given GroupContext extensions. leaf
+// must be signed by signer; leafPriv is its encryption private key.
+func NewGroup(cs CipherSuite, groupID []byte, leaf *LeafNode, leafPriv hpke.PrivateKey, signer crypto.Signer, exts Extensions, psks PSKLookup) (*Member, error) {
+	s, err := cs.params()
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	if err := validateLeafStandalone(s, leaf, groupID, 0); err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	tree := newTree(s, 1)
+	tree.setLeaf(0, leaf.clone())
+	th, err := tree.TreeHash()
+	if err != nil {
+		return nil, err
+	}
+	ctx := GroupContext{Version: MLS10, CipherSuite: cs, GroupID: cloneBytes(groupID), TreeHash: th,
+		ConfirmedTranscriptHash: []byte{}, Extensions: exts.clone()}
+	initSecret := make([]byte, s.nh)
+	if _, err := rand.Read(initSecret); err != nil {
+		return nil, err
+	}
+	secrets, err := cs.DeriveEpochSecrets(initSecret, nil, nil, &ctx)
+	if err != nil {
+		return nil, err
+	}
+	confTag := s.mac(secrets.ConfirmationKey, ctx.ConfirmedTranscriptHash)
+	interim, err := s.interimTranscriptHash(ctx.ConfirmedTranscriptHash, confTag)
+	if err != nil {
+		return nil, err
+	}
+	g, err := newStateFromParts(s, ctx, tree, interim, confTag)
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	m := &Member{state: g, signer: signer, keys: PathKeys{string(leaf.EncryptionKey): leafPriv},
+		psks: psks, resumption: map[uint64][]byte{}}
+	m.advance(g, m.keys, secrets)
+	return m, nil
+}
+
+// GroupInfo returns a GroupInfo for the current epoch signed by the member,
+// with the external_pub and ratchet_tree extensions (RFC 9420 §12.4.3).
+func (m *Member) GroupInfo() (*GroupInfo, error) {
+	if m.signer == nil {
+		return nil, errors.New("group info: member has no signer")
+	}
+	g := m.state
+	extPub, err := g.CipherSuite().ExternalPub(m.secrets.ExternalSecret)
+	if err != nil {
+		return nil, err
+	}
+	epData, err := marshal(&externalPub{key: extPub})
+	if err != nil {
+		return nil, err
+	}
+	rt := g.tree.RatchetTree()
+	rtData, err := marshal(&rt)
+	if err != nil {
+		return nil, err
+	}
+	gi := &GroupInfo{
+		GroupContext:    g.GroupContext(),
+		Extensions:      Extensions{{Type: ExtExternalPub, Data: epData}, {Type: ExtRatchetTree, Data: rtData}},
+		ConfirmationTag: cloneBytes(g.confTag),
+		Signer:          m.leaf,
+	}
+	if err := gi.Sign(m.signer); err != nil {
+		return nil, err
+	}
+	return gi, nil
+}
+
+// publicMessage frames, signs and tags content from the member.
+func (m *Member) publicMessage(c *FramedContent, confirmationTag func(*FramedContentAuthData) error) (*MLSMessage, error) {
+	g := m.state
+	sig, err := g.CipherSuite().SignFramedContent(m.signer, WireFormatPublicMessage, c, &g.ctx)
+	if err != nil {
+		return nil, err
+	}
+	pm := &PublicMessage{Content: *c, Auth: FramedContentAuthData{Signature: sig}}
+	if confirmationTag != nil {
+		if err := confirmationTag(&pm.Auth); err != nil {
+			return nil, err
+		}
+	}
+	if err := pm.SetMembershipTag(g.CipherSuite(), m.secrets.MembershipKey, &g.ctx); err != nil {
+		return nil, err
+	}
+	return &MLSMessage{Version: MLS10, WireFormat: WireFormatPublicMessage, PublicMessage: pm}, nil
+}
+
+// Propose returns p as a signed PublicMessage proposal from the member.
+func (m *Member) Propose(p *Proposal) (*MLSMessage, error) {
+	if m.signer == nil {
+		return nil, errors.New("proposing: member has no signer")
+	}
+	g := m.state
+	c := &FramedContent{GroupID: g.ctx.GroupID, Epoch: g.ctx.Epoch, Sender: Sender{Type: SenderMember, Index: m.leaf},
+		ContentType: ContentProposal, Proposal: p}
+	return m.publicMessage(c, nil)
+}
+
+// CommitResult is what Member.Commit produces: the commit to send to the
+// group, a Welcome when the commit adds members, the GroupInfo of the new
+// epoch, and the member as it will be once the commit is accepted.
+type CommitResult struct {
+	Commit    *MLSMessage
+	Welcome   *MLSMessage
+	GroupInfo *MLSMessage
+	Next      *Member
+}
+
+// Commit creates a full commit (with an UpdatePath) covering proposals by
+// value and, through resolve, by reference (RFC 9420 §12.4). The member
+// itself is unchanged: it moves on only when the caller adopts
+// CommitResult.Next after the Delivery Service accepted the commit.
+func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalResolver) (*CommitResult, error) {
+	if m.signer == nil {
+		return nil, errors.New("committing: member has no signer")
+	}
+	g := m.state
+	s := g.s
+	self := Sender{Type: SenderMember, Index: m.leaf}
+	commit := &Commit{}
+	for _, p := range byValue {
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalByValue, Proposal: p})
+	}
+	for _, r := range byRef {
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalByReference, Ref: r})
+	}
+	list, err := g.resolveProposals(commit, self, resolve)
+	if err != nil {
+		return nil, fmt.Errorf("committing: %w", err)
+	}
+	if _, err := g.checkProposalList(list, self); err != nil {
+		return nil, fmt.Errorf("committing: %w", err)
+	}
+	n := g.next()
+	info := &CommitInfo{Committer: self, CommitterLeaf: m.leaf, Proposals: list}
+	if err := n.applyProposals(list, info); err != nil {
+		return nil, fmt.Errorf("committing: %w", err)
+	}
+	var excluded []uint32
+	for _, a := range info.Added {
+		excluded = append(excluded, a.Leaf)
+	}
+	old := n.tree.Leaf(m.leaf)
+	np, err := n.tree.generateUpdatePath(m.leaf, *old, m.signer, g.ctx.GroupID, excluded, func(th []byte) ([]byte, error) {
+		pc := n.ctx.clone()
+		pc.Epoch++
+		pc.TreeHash = th
+		return marshal(&pc)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("committing: %w", err)
+	}
+	n.index(m.leaf, old, false)
+	n.index(m.leaf, n.tree.Leaf(m.leaf), true)
+	commit.Path = np.path
+
+	content := &FramedContent{GroupID: g.ctx.GroupID, Epoch: g.ctx.Epoch, Sender: self, ContentType: ContentCommit, Commit: commit}
+	var secrets *EpochSecrets
+	var pskSecret []byte
+	msg, err := m.publicMessage(content, func(auth *FramedContentAuthData) error {
+		ac := &AuthenticatedContent{WireFormat: WireFormatPublicMessage, Content: *content, Auth: *auth}
+		confirmed, err := s.confirmedTranscriptHash(g.interim, ac)
+		if err != nil {
+			return err
+		}
+		if n.ctx.TreeHash, err = n.tree.TreeHash(); err != nil {
+			return err
+		}
+		n.ctx.Epoch++
+		n.ctx.ConfirmedTranscriptHash = confirmed
+		if pskSecret, err = m.pskSecret(info.PSKs); err != nil {
+			return err
+		}
+		if secrets, err = g.CipherSuite().DeriveEpochSecrets(m.secrets.InitSecret, np.commitSecret, pskSecret, &n.ctx); err != nil {
+			return err
+		}
+		auth.ConfirmationTag = s.mac(secrets.ConfirmationKey, confirmed)
+		n.confTag = auth.ConfirmationTag
+		n.interim, err = s.interimTranscriptHash(confirmed, n.confTag)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("committing: %w", err)
+	}
+	next := &Member{leaf: m.leaf, signer: m.signer, psks: m.psks, resumption: make(map[uint64][]byte, len(m.resumption))}
+	for k, v := range m.resumption {
+		next.resumption[k] = v
+	}
+	next.advance(n, np.keys, secrets)
+	gi, err := next.GroupInfo()
+	if err != nil {
+		return nil, fmt.Errorf("committing: %w", err)
+	}
+	res := &CommitResult{Commit: msg, Next: next,
+		GroupInfo: &MLSMessage{Version: MLS10, WireFormat: WireFormatGroupInfo, GroupInfo: gi}}
+	if len(info.Added) > 0 {
+		w, err := next.welcome(gi, info, np, pskSecret, list)
+		if err != nil {
+			return nil, fmt.Errorf("committing: %w", err)
+		}
+		res.Welcome = &MLSMessage{Version: MLS10, WireFormat: WireFormatWelcome, Welcome: w}
+	}
+	return res, nil
+}
+
+// welcome builds the Welcome for the members a commit added (RFC 9420
+// §12.4.3.1). m is the committer in the new epoch.
+func (m *Member) welcome(gi *GroupInfo, info *CommitInfo, np *newPath, pskSecret []byte, list []ResolvedProposal) (*Welcome, error) {
+	s := m.state.s
+	member, err := s.extract(m.secrets.JoinerSecret, pskSecret)
+	if err != nil {
+		return nil, err
+	}
+	welcomeSecret, err := s.deriveSecret(member, "welcome")
+	if err != nil {
+		return nil, err
+	}
+	key, err := s.expandWithLabel(welcomeSecret, "key", nil, s.nk)
+	if err != nil {
+		return nil, err
+	}
+	nonce, err := s.expandWithLabel(welcomeSecret, "nonce", nil, s.nn)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := s.newAEAD(key)
+	if err != nil {
+		return nil, err
+	}
+	giBytes, err := marshal(gi)
+	if err != nil {
+		return nil, err
+	}
+	w := &Welcome{CipherSuite: s.id, EncryptedGroupInfo: aead.Seal(nil, nonce, giBytes, nil)}
+	fdp, _ := m.state.tree.filteredDirectPath(m.leaf)
+	added := 0
+	for _, rp := range list {
+		if rp.Proposal.Type != ProposalAdd {
+			continue
+		}
+		a := info.Added[added]
+		added++
+		gs := GroupSecrets{JoinerSecret: m.secrets.JoinerSecret, PSKs: info.PSKs}
+		for _, x := range fdp {
+			if isInSubtree(leafNode(a.Leaf), x) {
+				gs.PathSecret = np.pathSecrets[x]
+				break
+			}
+		}
+		pt, err := marshal(&gs)
+		if err != nil {
+			return nil, err
+		}
+		ct, err := s.encryptWithLabel(rp.Proposal.KeyPackage.InitKey, "Welcome", w.EncryptedGroupInfo, pt)
+		if err != nil {
+			return nil, err
+		}
+		w.Secrets = append(w.Secrets, EncryptedGroupSecrets{NewMember: a.KeyPackageRef, EncryptedGroupSecrets: ct})
+	}
+	return w, nil
+}
+
+// secretTreeForEpoch returns the current epoch's secret tree.
+func (m *Member) secretTreeForEpoch() (*SecretTree, error) {
+	if m.secretTree == nil {
+		st, err := m.state.CipherSuite().NewSecretTree(m.secrets.EncryptionSecret, m.state.tree.leaves)
+		if err != nil {
+			return nil, err
+		}
+		m.secretTree = st
+	}
+	return m.secretTree, nil
+}
+
+// Protect encrypts application data as a PrivateMessage of the current
+// epoch (RFC 9420 §6.3).
+func (m *Member) Protect(data, authenticatedData []byte) (*MLSMessage, error) {
+	if m.signer == nil {
+		return nil, errors.New("protecting: member has no signer")
+	}
+	g := m.state
+	st, err := m.secretTreeForEpoch()
+	if err != nil {
+		return nil, err
+	}
+	c := &FramedContent{GroupID: g.ctx.GroupID, Epoch: g.ctx.Epoch, Sender: Sender{Type: SenderMember, Index: m.leaf},
+		AuthenticatedData: authenticatedData, ContentType: ContentApplication, ApplicationData: data}
+	sig, err := g.CipherSuite().SignFramedContent(m.signer, WireFormatPrivateMessage, c, &g.ctx)
+	if err != nil {
+		return nil, err
+	}
+	pm, err := g.CipherSuite().EncryptPrivateMessage(st, m.secrets.SenderDataSecret, c, &FramedContentAuthData{Signature: sig}, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &MLSMessage{Version: MLS10, WireFormat: WireFormatPrivateMessage, PrivateMessage: pm}, nil
+}
+
+// Unprotect decrypts and authenticates an application PrivateMessage of the
+// current epoch and returns its sender's leaf index and data.
+func (m *Member) Unprotect(msg *MLSMessage) (uint32, []byte, error) {
+	g := m.state
+	if err := g.CheckMessage(msg); err != nil {
+		return 0, nil, err
+	}
+	if msg.PrivateMessage == nil || msg.PrivateMessage.ContentType != ContentApplication {
+		return 0, nil, fmt.Errorf("%w: not an application private message", ErrInvalidMessage)
+	}
+	st, err := m.secretTreeForEpoch()
+	if err != nil {
+		return 0, nil, err
+	}
+	ac, err := g.CipherSuite().DecryptPrivateMessage(st, m.secrets.SenderDataSecret, msg.PrivateMessage)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := g.verifyContent(ac); err != nil {
+		return 0, nil, err
+	}
+	return ac.Content.Sender.Index, ac.Content.ApplicationData, nil
+}

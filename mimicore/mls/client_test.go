@@ -1,0 +1,200 @@
+package mls
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/hpke"
+	"errors"
+	"fmt"
+	"testing"
+)
+
+type testClient struct {
+	kp       *KeyPackage
+	signer   crypto.Signer
+	initPriv hpke.PrivateKey
+	leafPriv hpke.PrivateKey
+}
+
+func newTestClient(tb testing.TB, cs CipherSuite, name string) *testClient {
+	signer, pub, err := cs.GenerateSignatureKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	leafPriv, leafPub, err := cs.DeriveKeyPair(randomBytes(tb, 32))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	initPriv, initPub, err := cs.DeriveKeyPair(randomBytes(tb, 32))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: initPub, LeafNode: LeafNode{
+		EncryptionKey: leafPub, SignatureKey: pub,
+		Credential: Credential{Type: CredentialBasic, Identity: []byte(name)},
+		Capabilities: Capabilities{Versions: []ProtocolVersion{MLS10}, CipherSuites: []CipherSuite{cs},
+			Credentials: []CredentialType{CredentialBasic}},
+		Source: SourceKeyPackage, Lifetime: Lifetime{NotAfter: 1 << 62},
+	}}
+	if err := kp.LeafNode.Sign(cs, signer, nil, 0); err != nil {
+		tb.Fatal(err)
+	}
+	if err := kp.Sign(signer); err != nil {
+		tb.Fatal(err)
+	}
+	return &testClient{kp: kp, signer: signer, initPriv: initPriv, leafPriv: leafPriv}
+}
+
+func (c *testClient) join(tb testing.TB, w *MLSMessage) *Member {
+	m, err := JoinFromWelcome(reencode(tb, w).Welcome, c.kp, c.initPriv, c.leafPriv, c.signer, nil, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m
+}
+
+// sameEpoch checks that members and the Delivery Service agree.
+func sameEpoch(tb testing.TB, ds *GroupState, members ...*Member) {
+	tb.Helper()
+	want, err := ds.MarshalBinary()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i, m := range members {
+		got, err := m.State().MarshalBinary()
+		if err != nil || !bytes.Equal(got, want) {
+			tb.Fatalf("member %d: public state differs from the delivery service's", i)
+		}
+		if !bytes.Equal(m.EpochAuthenticator(), members[0].EpochAuthenticator()) {
+			tb.Fatalf("member %d: epoch authenticator differs", i)
+		}
+	}
+}
+
+// TestClientsEndToEnd drives the Go client through a group's life with a
+// Delivery Service following it, in every supported suite.
+func TestClientsEndToEnd(t *testing.T) {
+	for _, cs := range []CipherSuite{1, 2, 3, 5, 7} {
+		t.Run(fmt.Sprint("suite=", uint16(cs)), func(t *testing.T) { runEndToEnd(t, cs) })
+	}
+}
+
+func runEndToEnd(t *testing.T, cs CipherSuite) {
+	a, b, c := newTestClient(t, cs, "A"), newTestClient(t, cs, "B"), newTestClient(t, cs, "C")
+	alice, err := NewGroup(cs, []byte("e2e group"), &a.kp.LeafNode, a.leafPriv, a.signer, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := alice.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := NewGroupState(gi, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Epoch 1: A adds B and C.
+	res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}, {Type: ProposalAdd, KeyPackage: c.kp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, info, err := ds.ApplyCommit(reencode(t, res.Commit), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Added) != 2 {
+		t.Fatalf("%d added", len(info.Added))
+	}
+	if err := ds.VerifyGroupInfo(reencode(t, res.GroupInfo).GroupInfo); err != nil {
+		t.Fatal(err)
+	}
+	refs := res.Welcome.Welcome.NewMembers()
+	if len(refs) != 2 || !bytes.Equal(refs[0], info.Added[0].KeyPackageRef) {
+		t.Fatal("welcome not addressed to the added key packages")
+	}
+	alice = res.Next
+	bob, carol := b.join(t, res.Welcome), c.join(t, res.Welcome)
+	sameEpoch(t, ds, alice, bob, carol)
+
+	// B talks; A and C read; the DS only checks framing.
+	msg, err := bob.Protect([]byte("hello"), []byte("ad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ds.CheckMessage(reencode(t, msg)); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*Member{alice, carol} {
+		from, data, err := r.Unprotect(reencode(t, msg))
+		if err != nil || from != bob.LeafIndex() || string(data) != "hello" {
+			t.Fatalf("unprotect: %d %q %v", from, data, err)
+		}
+	}
+	if _, _, err := alice.Unprotect(reencode(t, msg)); err == nil {
+		t.Fatal("a message decrypted twice")
+	}
+
+	// Epoch 2: C proposes to remove B; A commits it by reference.
+	prop, err := carol.Propose(&Proposal{Type: ProposalRemove, Removed: bob.LeafIndex()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := map[string]*AuthenticatedContent{}
+	for _, view := range []interface {
+		VerifyProposal(*MLSMessage) (*AuthenticatedContent, []byte, error)
+	}{ds, alice} {
+		ac, ref, err := view.VerifyProposal(reencode(t, prop))
+		if err != nil {
+			t.Fatal(err)
+		}
+		store[string(ref)] = ac
+	}
+	var ref []byte
+	for k := range store {
+		ref = []byte(k)
+	}
+	res, err = alice.Commit(nil, [][]byte{ref}, refsResolver(store))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds, _, err = ds.ApplyCommit(reencode(t, res.Commit), refsResolver(store)); err != nil {
+		t.Fatal(err)
+	}
+	if err := carol.ApplyCommit(reencode(t, res.Commit), refsResolver(store)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.ApplyCommit(reencode(t, res.Commit), refsResolver(store)); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("removed member: %v", err)
+	}
+	alice = res.Next
+	sameEpoch(t, ds, alice, carol)
+
+	// Epoch 3: C commits with only a path; A follows.
+	res, err = carol.Commit(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds, _, err = ds.ApplyCommit(reencode(t, res.Commit), nil); err != nil {
+		t.Fatal(err)
+	}
+	// A tampered membership tag is refused by members (not by the DS).
+	bad := reencode(t, res.Commit)
+	bad.PublicMessage.MembershipTag[0] ^= 1
+	if err := alice.ApplyCommit(bad, nil); !errors.Is(err, ErrInvalidMessage) {
+		t.Fatalf("bad membership tag: %v", err)
+	}
+	if err := alice.ApplyCommit(reencode(t, res.Commit), nil); err != nil {
+		t.Fatal(err)
+	}
+	carol = res.Next
+	sameEpoch(t, ds, alice, carol)
+	ea, err := alice.Export("MIMI attachment", []byte("ctx"), 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec, err := carol.Export("MIMI attachment", []byte("ctx"), 32)
+	if err != nil || !bytes.Equal(ea, ec) {
+		t.Fatal("exporters differ")
+	}
+}
