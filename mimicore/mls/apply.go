@@ -12,7 +12,7 @@ type AddedMember struct {
 
 // CommitInfo describes an applied commit, for the Delivery Service (who
 // joined, who left) and for clients that go on to derive the epoch's
-// secrets.
+// secrets. Its byte slices and proposals alias the commit message.
 type CommitInfo struct {
 	// Committer is the commit's sender; CommitterLeaf its leaf index in
 	// the new tree (for an external commit, the joiner's new leaf).

@@ -16,6 +16,30 @@
 // and golang.org/x/crypto/chacha20poly1305. Suites 4 and 6 (X448/Ed448)
 // return ErrUnsupportedCipherSuite.
 //
+// # Delivery Service use
+//
+// A Delivery Service holds one GroupState per group and never a secret:
+//
+//	m, err := mls.DecodeMLSMessage(body)          // strict, wraps wire.ErrMalformed
+//	kp := m.KeyPackage                             // uploads: kp.VerifyAt(now), kp.Ref()
+//	g, err := mls.NewGroupState(gi, nil)           // from the creator's GroupInfo
+//	ac, ref, err := g.VerifyProposal(m)            // keep ac under ref for this epoch
+//	next, info, err := g.ApplyCommit(m, resolve)   // g is unchanged on error
+//	err = next.VerifyGroupInfo(gi)                 // the committer's new GroupInfo
+//	err = g.CheckMessage(m)                        // application PrivateMessages
+//	blob, err := g.MarshalBinary()                 // storage; mls.DecodeGroupState(blob)
+//
+// GroupState values are immutable and share their tree copy-on-write, so
+// applying a commit costs O(log n) in the group size, and keeping the
+// previous state costs little.
+//
+// # Clients
+//
+// Member joins from a Welcome (JoinFromWelcome) or creates a group
+// (NewGroup), processes commits, creates commits with an UpdatePath and a
+// Welcome, and protects application messages; it is the basis of the
+// project's Go test client.
+//
 // Unknown extension types and GREASE values are carried verbatim. RFC 9420
 // gives no body encoding for proposal and credential types it does not
 // define; like other implementations this package reads such bodies as a

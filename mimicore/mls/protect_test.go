@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls/internal/vectors"
@@ -152,4 +153,48 @@ func TestMessageProtectionVectors(t *testing.T) {
 		}
 	}
 	c.Report(t, "message-protection.json")
+}
+
+// TestPrivateMessageTampering flips bytes of the vectors' PrivateMessages:
+// decryption must fail cleanly.
+func TestPrivateMessageTampering(t *testing.T) {
+	var cases []messageProtectionCase
+	if err := vectors.Load("message-protection.json", &cases); err != nil {
+		t.Fatal(err)
+	}
+	tc := cases[0]
+	cs := tc.CipherSuite
+	m, err := DecodeMLSMessage(tc.ApplicationPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string]*[]byte{
+		"ciphertext":  &m.PrivateMessage.Ciphertext,
+		"sender data": &m.PrivateMessage.EncryptedSenderData,
+		"aad":         &m.PrivateMessage.AuthenticatedData,
+		"group id":    &m.PrivateMessage.GroupID,
+	}
+	for name, f := range fields {
+		orig := *f
+		*f = append([]byte{0x55}, orig...)
+		st, err := cs.NewSecretTree(tc.EncryptionSecret, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.DecryptPrivateMessage(st, tc.SenderDataSecret, m.PrivateMessage); err == nil {
+			t.Errorf("%s tampered: decrypted", name)
+		}
+		*f = orig
+	}
+	// A generation far ahead is refused before any work is done.
+	st, err := cs.NewSecretTree(tc.EncryptionSecret, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(1, ApplicationRatchet, maxForwardRatchet+1); !errors.Is(err, ErrSecretTree) {
+		t.Errorf("far generation: %v", err)
+	}
+	if _, err := st.Get(2, ApplicationRatchet, 0); !errors.Is(err, ErrSecretTree) {
+		t.Errorf("leaf out of range: %v", err)
+	}
 }

@@ -1,0 +1,77 @@
+package mls
+
+import (
+	"errors"
+	"testing"
+)
+
+// TestTreeValidationRejects corrupts a valid tree in the ways RFC 9420
+// §7.9.2 and §12.4.3.1 forbid and checks that Validate notices each.
+func TestTreeValidationRejects(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 6, nil)
+	groupID := tg.g.GroupID()
+	if err := tg.g.tree.Validate(groupID); err != nil {
+		t.Fatal(err)
+	}
+	mutate := func(f func(tr *Tree)) *Tree {
+		tr := tg.g.tree.clone()
+		f(tr)
+		return tr
+	}
+	leafCopy := func(tr *Tree, i uint32) *LeafNode {
+		l := *tr.Leaf(i)
+		return &l
+	}
+	parentCopy := func(tr *Tree, x uint32) *ParentNode {
+		p := *tr.parentNode(x)
+		return &p
+	}
+	cases := map[string]*Tree{
+		"leaf signature": mutate(func(tr *Tree) {
+			l := leafCopy(tr, 2)
+			l.Signature = append([]byte{}, l.Signature...)
+			l.Signature[0] ^= 1
+			tr.setLeaf(2, l)
+		}),
+		"leaf signed for another group": mutate(func(tr *Tree) {
+			l := leafCopy(tr, 2)
+			if err := l.Sign(tg.cs, tg.signers[2], []byte("other"), 2); err != nil {
+				t.Fatal(err)
+			}
+			tr.setLeaf(2, l)
+		}),
+		"parent hash": mutate(func(tr *Tree) {
+			p := parentCopy(tr, 3)
+			p.EncryptionKey = randomHPKEPublicKey(t, tg.cs)
+			tr.set(3, &Node{Type: NodeParent, Parent: p})
+		}),
+		"duplicate signature key": mutate(func(tr *Tree) {
+			l := leafCopy(tr, 4)
+			l.SignatureKey = tr.Leaf(0).SignatureKey
+			tr.setLeaf(4, l)
+		}),
+		"duplicate encryption key": mutate(func(tr *Tree) {
+			p := parentCopy(tr, 1)
+			p.EncryptionKey = tr.Leaf(5).EncryptionKey
+			tr.set(1, &Node{Type: NodeParent, Parent: p})
+		}),
+		"unmerged leaf not below": mutate(func(tr *Tree) {
+			p := parentCopy(tr, 1)
+			p.UnmergedLeaves = []uint32{3}
+			tr.set(1, &Node{Type: NodeParent, Parent: p})
+		}),
+		"blank unmerged leaf": mutate(func(tr *Tree) {
+			p := parentCopy(tr, 7)
+			p.UnmergedLeaves = []uint32{7}
+			tr.set(7, &Node{Type: NodeParent, Parent: p})
+		}),
+	}
+	for name, tr := range cases {
+		if err := tr.Validate(groupID); !errors.Is(err, ErrInvalidTree) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := tg.g.tree.Validate(groupID); err != nil {
+		t.Fatalf("corrupting clones changed the original: %v", err)
+	}
+}
