@@ -67,7 +67,7 @@ func BenchmarkTreeHash(b *testing.B) {
 			t := newTree(base.s, base.leaves)
 			for x := range base.width() {
 				if n := base.node(x); n != nil {
-					t.mut(x).node = n
+					t.set(x, n)
 				}
 			}
 			b.StartTimer()

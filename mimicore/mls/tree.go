@@ -16,10 +16,14 @@ const (
 	chunkSize = 1 << chunkBits
 )
 
-// slot is one tree node with its cached tree hash (nil when stale).
+// slot is one tree node with its cached tree hash (nil when stale) and the
+// number of non-blank nodes and of non-blank leaves in its subtree, which
+// make blank-subtree tests and the search for a free leaf O(log n).
 type slot struct {
-	node *Node
-	hash []byte
+	node       *Node
+	hash       []byte
+	nonBlank   uint32
+	leafMember uint32
 }
 
 // chunk is a run of chunkSize slots owned by one tree generation.
@@ -119,23 +123,39 @@ func (t *Tree) parentNode(x uint32) *ParentNode {
 	return nil
 }
 
-// set replaces node x and invalidates the cached hashes of x and its
-// ancestors.
+// set replaces node x, updates the subtree counts and invalidates the
+// cached hashes of x and its ancestors.
 func (t *Tree) set(x uint32, n *Node) {
-	t.mut(x).node = n
-	t.invalidate(x)
-}
-
-// invalidate drops the cached hashes of x and its ancestors.
-func (t *Tree) invalidate(x uint32) {
+	sl := t.mut(x)
+	var dNode, dLeaf int32
+	if sl.node != nil {
+		dNode--
+	}
+	if n != nil {
+		dNode++
+	}
+	if level(x) == 0 {
+		dLeaf = dNode
+	}
+	sl.node = n
 	r := root(t.leaves)
-	for {
-		t.mut(x).hash = nil
-		if x == r {
+	for y := x; ; y = parent(y) {
+		s := t.mut(y)
+		s.hash = nil
+		s.nonBlank = uint32(int32(s.nonBlank) + dNode)
+		s.leafMember = uint32(int32(s.leafMember) + dLeaf)
+		if y == r {
 			return
 		}
-		x = parent(x)
 	}
+}
+
+// counts returns the non-blank node and leaf counts of x's subtree.
+func (t *Tree) counts(x uint32) (nodes, leaves uint32) {
+	if s := t.get(x); s != nil {
+		return s.nonBlank, s.leafMember
+	}
+	return 0, 0
 }
 
 // setLeaf replaces leaf i.
@@ -167,8 +187,11 @@ func (t *Tree) extend() error {
 	for len(t.chunks) < need {
 		t.chunks = append(t.chunks, nil)
 	}
-	// The old root's hash is still valid; the new root has none yet.
-	t.invalidate(parent(oldRoot))
+	// The old root's hash is still valid; the new, blank root has none yet
+	// and counts what the old root does.
+	nb, nl := t.counts(oldRoot)
+	s := t.mut(parent(oldRoot))
+	*s = slot{nonBlank: nb, leafMember: nl}
 	return nil
 }
 
@@ -189,9 +212,8 @@ func (t *Tree) truncate() {
 			last := (w - 1) >> chunkBits
 			if c := t.chunks[last]; c != nil {
 				for x := w; x < (last+1)*chunkSize; x++ {
-					if s := t.get(x); s != nil && (s.node != nil || s.hash != nil) {
-						ms := t.mut(x)
-						ms.node, ms.hash = nil, nil
+					if s := t.get(x); s != nil && (s.node != nil || s.hash != nil || s.nonBlank != 0 || s.leafMember != 0) {
+						*t.mut(x) = slot{}
 					}
 				}
 			}
@@ -201,13 +223,8 @@ func (t *Tree) truncate() {
 
 // subtreeBlank reports whether every node under x (inclusive) is blank.
 func (t *Tree) subtreeBlank(x uint32) bool {
-	if t.node(x) != nil {
-		return false
-	}
-	if level(x) == 0 {
-		return true
-	}
-	return t.subtreeBlank(left(x)) && t.subtreeBlank(right(x))
+	nb, _ := t.counts(x)
+	return nb == 0
 }
 
 // resolution appends the resolution of node x (RFC 9420 §4.1.1) to out.
@@ -245,12 +262,19 @@ func (t *Tree) filteredDirectPath(i uint32) (path, copath []uint32) {
 
 // leftmostBlankLeaf returns the first blank leaf index, or t.leaves.
 func (t *Tree) leftmostBlankLeaf() uint32 {
-	for i := range t.leaves {
-		if t.node(leafNode(i)) == nil {
-			return i
+	x := root(t.leaves)
+	if _, nl := t.counts(x); nl == t.leaves {
+		return t.leaves
+	}
+	for level(x) > 0 {
+		l := left(x)
+		if _, nl := t.counts(l); nl < 1<<level(l) {
+			x = l
+		} else {
+			x = right(x)
 		}
 	}
-	return t.leaves
+	return x / 2
 }
 
 // addLeaf puts l in the leftmost blank leaf, extending the tree if needed,
@@ -337,7 +361,7 @@ func TreeFromRatchetTree(cs CipherSuite, rt RatchetTree) (*Tree, error) {
 				}
 			}
 		}
-		t.mut(uint32(x)).node = node.clone()
+		t.set(uint32(x), node.clone())
 	}
 	return t, nil
 }

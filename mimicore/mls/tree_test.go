@@ -144,3 +144,48 @@ func TestTreeOperationsVectors(t *testing.T) {
 	}
 	c.Report(t, "tree-operations.json")
 }
+
+// TestTreeCountsInvariant runs random adds and removes on a tree and checks
+// the O(log n) blank-subtree and free-leaf lookups against a full scan.
+func TestTreeCountsInvariant(t *testing.T) {
+	s, _ := X25519AES128GCMSHA256Ed25519.params()
+	tree := newTree(s, 1)
+	leaf, _ := newTestLeaf(t, X25519AES128GCMSHA256Ed25519, "x")
+	tree.setLeaf(0, leaf)
+	naiveBlank := func(tr *Tree, x uint32) bool {
+		for y := range tr.width() {
+			if isInSubtree(y, x) && tr.node(y) != nil {
+				return false
+			}
+		}
+		return true
+	}
+	state := uint32(7)
+	next := func() uint32 { state = state*1103515245 + 12345; return state >> 8 }
+	for step := range 400 {
+		tr := tree.clone()
+		if members := tr.Members(); next()%3 != 0 || len(members) < 2 {
+			if _, err := tr.addLeaf(leaf); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			tr.removeLeaf(members[next()%uint32(len(members))])
+		}
+		for x := range tr.width() {
+			if tr.subtreeBlank(x) != naiveBlank(tr, x) {
+				t.Fatalf("step %d node %d: subtreeBlank wrong", step, x)
+			}
+		}
+		want := tr.leaves
+		for i := range tr.leaves {
+			if tr.Leaf(i) == nil {
+				want = i
+				break
+			}
+		}
+		if got := tr.leftmostBlankLeaf(); got != want {
+			t.Fatalf("step %d: leftmost blank leaf %d, want %d", step, got, want)
+		}
+		tree = tr
+	}
+}
