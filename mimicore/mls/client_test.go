@@ -198,3 +198,55 @@ func runEndToEnd(t *testing.T, cs CipherSuite) {
 		t.Fatal("exporters differ")
 	}
 }
+
+// TestExternalJoin has a client join through an external commit built from
+// a member's GroupInfo; the members and the DS follow.
+func TestExternalJoin(t *testing.T) {
+	for _, cs := range []CipherSuite{1, 2} {
+		a, b, d := newTestClient(t, cs, "A"), newTestClient(t, cs, "B"), newTestClient(t, cs, "D")
+		alice, err := NewGroup(cs, []byte("external"), &a.kp.LeafNode, a.leafPriv, a.signer, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds, err := NewGroupState(reencode(t, res.GroupInfo).GroupInfo, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alice, bob := res.Next, b.join(t, res.Welcome)
+
+		gi, err := bob.GroupInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := d.kp.LeafNode
+		tmpl.Lifetime = Lifetime{}
+		commit, dave, err := JoinExternal(reencode(t, &MLSMessage{Version: MLS10, WireFormat: WireFormatGroupInfo, GroupInfo: gi}).GroupInfo, nil, tmpl, d.signer, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds, info, err := ds.ApplyCommit(reencode(t, commit), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Committer.Type != SenderNewMemberCommit || info.CommitterLeaf != dave.LeafIndex() {
+			t.Fatalf("committer %+v leaf %d", info.Committer, info.CommitterLeaf)
+		}
+		for _, m := range []*Member{alice, bob} {
+			if err := m.ApplyCommit(reencode(t, commit), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sameEpoch(t, ds, dave, alice, bob)
+		msg, err := dave.Protect([]byte("hi from D"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, data, err := alice.Unprotect(reencode(t, msg)); err != nil || string(data) != "hi from D" {
+			t.Fatalf("%q %v", data, err)
+		}
+	}
+}
