@@ -136,14 +136,15 @@ func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*
 	return n, info, nil
 }
 
-// applyProposals applies the covered proposals to n in the order of RFC
-// 9420 §12.4.2: group context extensions, updates, removes, adds.
-func (n *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) error {
+// applyProposals applies the covered proposals to g, a writable state from
+// next(), in the order of RFC 9420 §12.4.2: group context extensions,
+// updates, removes, adds.
+func (g *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) error {
 	for _, rp := range list {
 		p := rp.Proposal
 		switch p.Type {
 		case ProposalGroupContextExtensions:
-			n.ctx.Extensions = p.Extensions.clone()
+			g.ctx.Extensions = p.Extensions.clone()
 		case ProposalPSK:
 			info.PSKs = append(info.PSKs, *p.PSK)
 		case ProposalExternalInit:
@@ -157,23 +158,23 @@ func (n *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 			continue
 		}
 		i := rp.Sender.Index
-		old := n.tree.Leaf(i)
+		old := g.tree.Leaf(i)
 		leaf := rp.Proposal.LeafNode
-		if err := n.validateLeaf(leaf, i, SourceUpdate, old); err != nil {
+		if err := g.validateLeaf(leaf, i, SourceUpdate, old); err != nil {
 			return fmt.Errorf("%w: update of leaf %d: %v", ErrInvalidProposal, i, err)
 		}
-		n.index(i, old, false)
+		g.index(i, old, false)
 		c := leaf.clone()
-		n.tree.updateLeaf(i, c)
-		n.index(i, c, true)
+		g.tree.updateLeaf(i, c)
+		g.index(i, c, true)
 	}
 	for _, rp := range list {
 		if rp.Proposal.Type != ProposalRemove {
 			continue
 		}
 		i := rp.Proposal.Removed
-		n.index(i, n.tree.Leaf(i), false)
-		n.tree.removeLeaf(i)
+		g.index(i, g.tree.Leaf(i), false)
+		g.tree.removeLeaf(i)
 		info.Removed = append(info.Removed, i)
 	}
 	for _, rp := range list {
@@ -181,7 +182,7 @@ func (n *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 			continue
 		}
 		kp := rp.Proposal.KeyPackage
-		if err := n.validateLeaf(&kp.LeafNode, 0, SourceKeyPackage, nil); err != nil {
+		if err := g.validateLeaf(&kp.LeafNode, 0, SourceKeyPackage, nil); err != nil {
 			return fmt.Errorf("%w: add: %v", ErrInvalidProposal, err)
 		}
 		ref, err := kp.Ref()
@@ -189,18 +190,18 @@ func (n *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 			return err
 		}
 		c := kp.LeafNode.clone()
-		i, err := n.tree.addLeaf(c)
+		i, err := g.tree.addLeaf(c)
 		if err != nil {
 			return fmt.Errorf("%w: add: %v", ErrInvalidProposal, err)
 		}
-		n.index(i, c, true)
+		g.index(i, c, true)
 		info.Added = append(info.Added, AddedMember{Leaf: i, KeyPackageRef: ref})
 	}
 	for _, rp := range list {
 		if rp.Proposal.Type == ProposalGroupContextExtensions {
 			// Every member, including those this commit added or
 			// updated, must support the new extensions.
-			if err := n.checkContextExtensions(n.ctx.Extensions); err != nil {
+			if err := g.checkContextExtensions(g.ctx.Extensions); err != nil {
 				return fmt.Errorf("%w: %v", ErrInvalidCommit, err)
 			}
 		}
@@ -208,32 +209,33 @@ func (n *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 	return nil
 }
 
-// applyPath validates the committer's new leaf and merges its path.
-func (n *GroupState) applyPath(i uint32, path *UpdatePath, joining bool) error {
-	old := n.tree.Leaf(i)
+// applyPath validates the committer's new leaf and merges its path into g,
+// a writable state from next().
+func (g *GroupState) applyPath(i uint32, path *UpdatePath, joining bool) error {
+	old := g.tree.Leaf(i)
 	if joining {
 		old = nil
 	} else if old == nil {
 		return fmt.Errorf("%w: committer leaf %d is blank", ErrInvalidCommit, i)
 	}
 	leaf := path.LeafNode.clone()
-	if err := n.validateLeaf(leaf, i, SourceCommit, old); err != nil {
+	if err := g.validateLeaf(leaf, i, SourceCommit, old); err != nil {
 		return fmt.Errorf("%w: committer leaf: %v", ErrInvalidCommit, err)
 	}
 	if joining {
 		// Occupy the leaf so that the path can be merged from it.
-		n.tree.setLeaf(i, leaf)
+		g.tree.setLeaf(i, leaf)
 	}
 	cp := &UpdatePath{LeafNode: *leaf, Nodes: make([]UpdatePathNode, len(path.Nodes))}
 	for k := range path.Nodes {
 		cp.Nodes[k].EncryptionKey = cloneBytes(path.Nodes[k].EncryptionKey)
 	}
-	if err := n.tree.mergeUpdatePath(i, cp); err != nil {
+	if err := g.tree.mergeUpdatePath(i, cp); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidCommit, err)
 	}
 	if old != nil {
-		n.index(i, old, false)
+		g.index(i, old, false)
 	}
-	n.index(i, n.tree.Leaf(i), true)
+	g.index(i, g.tree.Leaf(i), true)
 	return nil
 }

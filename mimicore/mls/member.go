@@ -90,8 +90,11 @@ func (m *Member) Export(label string, context []byte, length uint16) ([]byte, er
 // GroupState.VerifyProposal and also checks its membership tag for member
 // senders.
 func (m *Member) VerifyProposal(msg *MLSMessage) (*AuthenticatedContent, []byte, error) {
+	if _, err := m.state.checkFraming(msg, ContentProposal); err != nil {
+		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
+	}
 	if err := m.checkMembershipTag(msg); err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
 	}
 	return m.state.VerifyProposal(msg)
 }
@@ -108,6 +111,9 @@ func (m *Member) checkMembershipTag(msg *MLSMessage) error {
 // secret decryption, the key schedule and the confirmation tag. On error
 // the member is unchanged; ErrRemoved means the commit removed us.
 func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) error {
+	if _, err := m.state.checkFraming(msg, ContentCommit); err != nil {
+		return fmt.Errorf("applying commit: %w", err)
+	}
 	if err := m.checkMembershipTag(msg); err != nil {
 		return fmt.Errorf("applying commit: %w", err)
 	}
