@@ -42,9 +42,58 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			trust_pki_ca <ca_id>
 //			timeout      <duration>
 //		}
+//		rate_limit <zone> {
+//			key        remote_ip|ip_prefix <v4_bits> <v6_bits>|sender_provider|group|member|<placeholder>
+//			rate       <events>/<duration>
+//			burst      <events>
+//			endpoints  <endpoint...>
+//			over_limit refuse|token
+//			max_keys   <n>
+//		}
+//		privacy_pass {
+//			issuer_name      <host[:port]>
+//			origin_info      <name...>
+//			token_key        1|2 <key_file>
+//			issuer_directory <https_url>
+//			require          <endpoint...>
+//			lifetime         <duration>
+//			context          random|window
+//			secret           <value>
+//			grease
+//		}
+//		issuer {
+//			key          <key_file>
+//			request_path <path>
+//		}
+//		peers {
+//			allow <domain...>
+//			deny  <domain...>
+//		}
 //	}
 //
-// Every option may appear once, except resolve, root_ca and trust_pki_ca.
+// Every option may appear once, except resolve, root_ca and trust_pki_ca in
+// federation, rate_limit (once per zone name), token_key in privacy_pass,
+// key in issuer, and allow and deny in peers.
+//
+// An endpoint is named by its path (/connection_request) or by the path
+// without the slash (connection_request); the issuer's request path is also
+// token_request. A rate_limit zone needs key and rate; burst defaults to the
+// events of rate, endpoints to every endpoint the key applies to (except
+// /healthz and the issuer directory). over_limit token admits a request over
+// the limit when it carries a valid Privacy Pass token, which is how
+// "connection_request needs a token or is under the per-provider limit" is
+// written:
+//
+//	rate_limit per_provider {
+//		key        sender_provider
+//		rate       60/1m
+//		endpoints  connection_request
+//		over_limit token
+//	}
+//
+// privacy_pass needs issuer_name and a key source: token_key files,
+// issuer_directory, or the keys of the issuer block. secret applies to
+// context window and should be a placeholder ({env.NAME}, {file./path}).
 func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -53,7 +102,7 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] {
+		if seen[opt] && opt != "rate_limit" {
 			return d.Errf("duplicate mimi option '%s'", opt)
 		}
 		seen[opt] = true
@@ -121,6 +170,35 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			g.Federation = f
+		case "rate_limit":
+			z, err := unmarshalRateLimit(d)
+			if err != nil {
+				return err
+			}
+			for _, have := range g.RateLimits {
+				if have.Name == z.Name {
+					return d.Errf("duplicate rate_limit zone '%s'", z.Name)
+				}
+			}
+			g.RateLimits = append(g.RateLimits, z)
+		case "privacy_pass":
+			pp, err := unmarshalPrivacyPass(d)
+			if err != nil {
+				return err
+			}
+			g.PrivacyPass = pp
+		case "issuer":
+			is, err := unmarshalIssuer(d)
+			if err != nil {
+				return err
+			}
+			g.Issuer = is
+		case "peers":
+			pl, err := unmarshalPeers(d)
+			if err != nil {
+				return err
+			}
+			g.Peers = pl
 		default:
 			return d.Errf("unrecognized mimi option '%s'", opt)
 		}

@@ -214,7 +214,7 @@ func providerEndpoint(typ moh.ProviderRequestType) func(*Gateway, http.ResponseW
 			g.refuse(w, r, err)
 			return
 		}
-		answer, err := g.inbound.Handle(r.Context(), body, typ, g.processors[typ])
+		answer, err := g.inbound.Handle(g.admitContext(r), body, typ, g.processors[typ])
 		if answer.Status == 0 {
 			g.refuse(w, r, err)
 			return

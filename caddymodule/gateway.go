@@ -82,6 +82,21 @@ type Gateway struct {
 	// Federation sets how peers' keys are fetched.
 	Federation *Federation `json:"federation,omitempty"`
 
+	// RateLimits are the named rate-limit zones (policy.go). Default: none.
+	RateLimits []*RateLimitZone `json:"rate_limits,omitempty"`
+
+	// PrivacyPass configures Privacy Pass redemption: which endpoints
+	// need a token, and whose. Default: no token is ever asked for.
+	PrivacyPass *PrivacyPass `json:"privacy_pass,omitempty"`
+
+	// Issuer runs a Privacy Pass issuer on this gateway. Default: off.
+	Issuer *TokenIssuer `json:"issuer,omitempty"`
+
+	// Peers restricts the provider domains that may send provider
+	// requests. Default: every provider whose signature verifies.
+	Peers *PeerList `json:"peers,omitempty"`
+
+	policy     *policy
 	state      *sharedState
 	fetcher    *provider.KeyFetcher
 	inbound    *provider.Inbound
@@ -176,7 +191,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		moh.ConnectionKeyPackages, moh.GroupKeyPackages} {
 		g.processors[typ] = notImplemented(typ)
 	}
-	return nil
+	return g.provisionPolicy(ctx)
 }
 
 // Validate checks the configuration; every error names the bad option.
@@ -225,6 +240,9 @@ func (g *Gateway) Validate() error {
 			return fmt.Errorf("mimi: trusted_tls_proxies: %w", err)
 		}
 	}
+	if err := g.validatePolicy(); err != nil {
+		return err
+	}
 	if f := g.Federation; f != nil {
 		for _, p := range f.AllowedPorts {
 			if p < 1 || p > 65535 {
@@ -245,8 +263,9 @@ func (g *Gateway) Validate() error {
 
 // Cleanup releases the shared state.
 func (g *Gateway) Cleanup() error {
+	policyErr := g.cleanupPolicy()
 	if g.state == nil {
-		return nil
+		return policyErr
 	}
 	deleted, err := statePool.Delete(g.DataDir)
 	if deleted {
@@ -254,7 +273,7 @@ func (g *Gateway) Cleanup() error {
 			c.Write(zap.String("data_dir", g.DataDir))
 		}
 	}
-	return err
+	return errors.Join(policyErr, err)
 }
 
 // parseScheme reads a key_scheme value.
@@ -325,7 +344,7 @@ func (f *Federation) fetchPolicy(ctx caddy.Context) (provider.FetchPolicy, error
 
 // ServeHTTP routes the MoH paths and passes everything else to next.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	ep, ok := endpoints[r.URL.Path]
+	ep, ok := g.lookupEndpoint(r.URL.Path)
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
@@ -336,6 +355,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ep.allows(r.Method) {
 		w.Header().Set("Allow", ep.allow())
 		g.refuse(w, r, moh.Errorf(moh.CodeMethodNotAllowed, "method %s is not allowed here", r.Method))
+		return nil
+	}
+	if !g.admitRequest(w, r) {
 		return nil
 	}
 	ep.serve(g, w, r)
@@ -398,6 +420,7 @@ func (g *Gateway) readBody(r *http.Request, emptyOK bool) ([]byte, error) {
 // refusals of the request, at error level for failures of the gateway.
 func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	status, body := errorAnswer(err)
+	setPolicyHeaders(w.Header(), err)
 	writeRaw(w, status, body)
 	// Refusals of bad or unwelcome requests are routine (debug); a failure
 	// of the gateway itself is an error an operator must see.

@@ -1,0 +1,63 @@
+package caddymodule
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// decisions counts the admission policy's decisions. It is a package-level
+// collector registered into each config's registry, so its values survive
+// reloads. The labels are bounded by the configuration: zone (a zone name,
+// or privacy_pass, peers, issuer), endpoint (an endpoint name) and outcome;
+// never a client, provider, group or token.
+//
+// Outcomes: allowed and limited (rate-limit zones); token_accepted,
+// token_missing, token_refused and token_unavailable (Privacy Pass
+// redemption; the last when the double-spend store failed); refused (peers,
+// for which endpoint is "provider"); issued and issue_refused (issuer).
+var decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "caddy",
+	Subsystem: "mimi",
+	Name:      "policy_decisions_total",
+	Help:      "Admission policy decisions of the MIMI gateway, by zone, endpoint and outcome.",
+}, []string{"zone", "endpoint", "outcome"})
+
+// registerMetrics registers the policy collectors on reg, tolerating a
+// registration by another handler of the same config.
+func registerMetrics(reg *prometheus.Registry, logger *zap.Logger) {
+	if reg == nil {
+		return
+	}
+	if err := reg.Register(decisions); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			logger.Warn("registering policy metrics", zap.Error(err))
+		}
+	}
+}
+
+// tokenCounters are the Privacy Pass outcomes on one endpoint.
+type tokenCounters struct {
+	accepted, missing, refused, unavailable prometheus.Counter
+}
+
+func newTokenCounters(endpoint string) tokenCounters {
+	return tokenCounters{
+		accepted:    decisions.WithLabelValues("privacy_pass", endpoint, "token_accepted"),
+		missing:     decisions.WithLabelValues("privacy_pass", endpoint, "token_missing"),
+		refused:     decisions.WithLabelValues("privacy_pass", endpoint, "token_refused"),
+		unavailable: decisions.WithLabelValues("privacy_pass", endpoint, "token_unavailable"),
+	}
+}
+
+// peerCounter counts a peers-list outcome.
+func peerCounter(outcome string) prometheus.Counter {
+	return decisions.WithLabelValues("peers", "provider", outcome)
+}
+
+// issuerCounter counts an issuer outcome.
+func issuerCounter(outcome string) prometheus.Counter {
+	return decisions.WithLabelValues("issuer", "token_request", outcome)
+}

@@ -1,0 +1,739 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/pem"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+)
+
+func TestUnmarshalPolicy(t *testing.T) {
+	g := new(Gateway)
+	err := g.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`mimi {
+		provider example.com
+		ds_domain ds.example.com
+		rate_limit per_ip {
+			key ip_prefix 24 48
+			rate 10/1s
+			burst 20
+			endpoints /group_operation welcome_information
+			max_keys 1000
+		}
+		rate_limit per_provider {
+			key sender_provider
+			rate 60/1m
+			endpoints connection_request
+			over_limit token
+		}
+		rate_limit per_user {
+			key {http.request.header.X-User}
+			rate 1/1h
+		}
+		privacy_pass {
+			issuer_name issuer.example.com
+			origin_info ds.example.com
+			token_key 2 /etc/mimi/k2.json
+			token_key 1 /etc/mimi/k1.json
+			issuer_directory https://issuer.example.com/.well-known/private-token-issuer-directory
+			require connection_key_packages group_operation
+			lifetime 10m
+			context window
+			secret {env.PP_SECRET}
+			grease
+		}
+		issuer {
+			key /etc/mimi/k2.json
+			key /etc/mimi/k1.json
+			request_path /pp/token-request
+		}
+		peers {
+			allow a.example b.example
+			deny c.example
+		}
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Gateway{
+		Providers: []string{"example.com"},
+		DSDomain:  "ds.example.com",
+		RateLimits: []*RateLimitZone{
+			{Name: "per_ip", Key: "ip_prefix", IPv4Prefix: 24, IPv6Prefix: 48, Events: 10, Window: caddy.Duration(time.Second),
+				Burst: 20, Endpoints: []string{"/group_operation", "welcome_information"}, MaxKeys: 1000},
+			{Name: "per_provider", Key: "sender_provider", Events: 60, Window: caddy.Duration(time.Minute),
+				Endpoints: []string{"connection_request"}, OverLimit: "token"},
+			{Name: "per_user", Key: "{http.request.header.X-User}", Events: 1, Window: caddy.Duration(time.Hour)},
+		},
+		PrivacyPass: &PrivacyPass{
+			IssuerName: "issuer.example.com", OriginInfo: []string{"ds.example.com"},
+			TokenKeys:       []TokenKeyFile{{2, "/etc/mimi/k2.json"}, {1, "/etc/mimi/k1.json"}},
+			IssuerDirectory: "https://issuer.example.com/.well-known/private-token-issuer-directory",
+			Require:         []string{"connection_key_packages", "group_operation"},
+			Lifetime:        caddy.Duration(10 * time.Minute), Context: "window", Secret: "{env.PP_SECRET}", Grease: true,
+		},
+		Issuer: &TokenIssuer{KeyFiles: []string{"/etc/mimi/k2.json", "/etc/mimi/k1.json"}, RequestPath: "/pp/token-request"},
+		Peers:  &PeerList{Allow: []string{"a.example", "b.example"}, Deny: []string{"c.example"}},
+	}
+	if !reflect.DeepEqual(g, want) {
+		t.Fatalf("got  %+v\nwant %+v", g, want)
+	}
+	if err := g.Validate(); err != nil {
+		t.Fatalf("the parsed config does not validate: %v", err)
+	}
+}
+
+func TestUnmarshalPolicyErrors(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`rate_limit z { key remote_ip; rate 1/1s }` + "\n" + `rate_limit z { key remote_ip; rate 1/1s }`, "duplicate rate_limit zone 'z'"},
+		{"rate_limit z {\nkey remote_ip\nkey remote_ip\nrate 1/1s\n}", "duplicate rate_limit z option 'key'"},
+		{"rate_limit Z {\nkey remote_ip\nrate 1/1s\n}", "invalid rate_limit zone name 'Z'"},
+		{"rate_limit peers {\nkey remote_ip\nrate 1/1s\n}", "invalid rate_limit zone name 'peers'"},
+		{"rate_limit z {\nkey remote_ip\n}", "rate_limit z needs both key and rate"},
+		{"rate_limit z {\nkey hostname\nrate 1/1s\n}", "invalid key 'hostname'"},
+		{"rate_limit z {\nkey remote_ip 24\nrate 1/1s\n}", "key 'remote_ip' takes no further value, got '24'"},
+		{"rate_limit z {\nkey ip_prefix 33 64\nrate 1/1s\n}", "invalid ip_prefix IPv4 bits '33'"},
+		{"rate_limit z {\nkey ip_prefix 24\nrate 1/1s\n}", "key ip_prefix takes <ipv4_bits> <ipv6_bits>"},
+		{"rate_limit z {\nkey remote_ip\nrate 10\n}", "invalid rate '10'"},
+		{"rate_limit z {\nkey remote_ip\nrate 10/soon\n}", "invalid rate '10/soon': bad duration 'soon'"},
+		{"rate_limit z {\nkey remote_ip\nrate 0/1s\n}", "invalid rate '0/1s'"},
+		{"rate_limit z {\nkey remote_ip\nrate 1/1s\nburst -2\n}", "invalid burst '-2'"},
+		{"rate_limit z {\nkey remote_ip\nrate 1/1s\nover_limit wait\n}", "invalid over_limit 'wait'"},
+		{"rate_limit z {\nkey remote_ip\nrate 1/1s\nwindow 1s\n}", "unrecognized rate_limit option 'window'"},
+		{"privacy_pass {\ntoken_key 2 /k\n}", "privacy_pass needs issuer_name"},
+		{"privacy_pass {\nissuer_name i\ntoken_key 3 /k\n}", "invalid token_key type '3'"},
+		{"privacy_pass {\nissuer_name i\ncontext sometimes\n}", "invalid context 'sometimes'"},
+		{"privacy_pass {\nissuer_name i\nlifetime 1s\nlifetime 2s\n}", "duplicate privacy_pass option 'lifetime'"},
+		{"issuer {\nrequest_path /x\n}", "issuer: at least one key file is required"},
+		{"issuer {\nkey /k\nrequest_path relative\n}", `request_path "relative" is not an absolute path`},
+		{"peers {\nallow a.example\ndeny a.example\n}", "duplicate peers entry 'a.example'"},
+		{"peers {\npermit a.example\n}", "unrecognized peers option 'permit'"},
+		{"peers {\n}", "peers needs allow or deny"},
+	} {
+		in := "mimi {\n" + strings.ReplaceAll(tc.in, "; ", "\n") + "\n}"
+		in = strings.ReplaceAll(in, "{ ", "{\n")
+		in = strings.ReplaceAll(in, " }", "\n}")
+		err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want %q", tc.in, err, tc.want)
+		}
+	}
+}
+
+func TestValidatePolicy(t *testing.T) {
+	base := func() *Gateway { return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"} }
+	zone := func(key string, endpoints ...string) *RateLimitZone {
+		return &RateLimitZone{Name: "z", Key: key, Events: 1, Window: caddy.Duration(time.Second), Endpoints: endpoints}
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(g *Gateway)
+		want string
+	}{
+		{"sender key on a DS endpoint", func(g *Gateway) { g.RateLimits = []*RateLimitZone{zone("sender_provider", "group_operation")} },
+			`key sender_provider needs a provider endpoint, not "group_operation"`},
+		{"group key on a provider endpoint", func(g *Gateway) { g.RateLimits = []*RateLimitZone{zone("member", "/deliver_message")} },
+			`key member needs a client-signed DS endpoint, not "deliver_message"`},
+		{"unknown endpoint", func(g *Gateway) { g.RateLimits = []*RateLimitZone{zone("remote_ip", "/nowhere")} },
+			`"/nowhere" is not an endpoint of this gateway`},
+		{"token_request without issuer", func(g *Gateway) { g.RateLimits = []*RateLimitZone{zone("remote_ip", "token_request")} },
+			`"token_request" is not an endpoint`},
+		{"over_limit token without privacy_pass", func(g *Gateway) {
+			z := zone("remote_ip")
+			z.OverLimit = "token"
+			g.RateLimits = []*RateLimitZone{z}
+		}, "over_limit token needs a privacy_pass block"},
+		{"prefix bits on remote_ip", func(g *Gateway) {
+			z := zone("remote_ip")
+			z.IPv6Prefix = 56
+			g.RateLimits = []*RateLimitZone{z}
+		}, "apply only to key ip_prefix"},
+		{"no key source", func(g *Gateway) { g.PrivacyPass = &PrivacyPass{IssuerName: "issuer.example"} },
+			"token_key or issuer_directory is required"},
+		{"http directory", func(g *Gateway) {
+			g.PrivacyPass = &PrivacyPass{IssuerName: "issuer.example", IssuerDirectory: "http://issuer.example/d"}
+		}, `issuer_directory "http://issuer.example/d" is not an https URL`},
+		{"secret with random contexts", func(g *Gateway) {
+			g.PrivacyPass = &PrivacyPass{IssuerName: "issuer.example", TokenKeys: []TokenKeyFile{{2, "k"}}, Secret: "x"}
+		}, "secret applies only to context window"},
+		{"require on discovery", func(g *Gateway) {
+			g.PrivacyPass = &PrivacyPass{IssuerName: "issuer.example", TokenKeys: []TokenKeyFile{{2, "k"}}, Require: []string{"ds_domain"}}
+		}, `"ds_domain" is not a MoH endpoint`},
+		{"issuer on a MoH path", func(g *Gateway) { g.Issuer = &TokenIssuer{KeyFiles: []string{"k"}, RequestPath: "/deliver_message"} },
+			`issuer request_path: "/deliver_message" is a MoH endpoint`},
+		{"peer with a port", func(g *Gateway) { g.Peers = &PeerList{Deny: []string{"a.example:443"}} },
+			`"a.example:443" is not a lowercase provider domain`},
+	} {
+		g := base()
+		tc.edit(g)
+		err := g.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// tls13 marks r as received over TLS 1.3.
+func tls13(r *http.Request) *http.Request {
+	r.TLS = &tls.ConnectionState{Version: tls.VersionTLS13, HandshakeComplete: true}
+	return r
+}
+
+// dsErrorCode decodes the DSError of an answer.
+func dsErrorCode(t *testing.T, body []byte) moh.Code {
+	t.Helper()
+	var resp moh.DSResponse
+	if err := wire.Unmarshal(body, &resp, "DSResponse"); err != nil || resp.Type != moh.ResponseError {
+		t.Fatalf("answer %x is not a DSError: %v", body, err)
+	}
+	return resp.Error.Code
+}
+
+func TestRateLimitHandler(t *testing.T) {
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
+		RateLimits: []*RateLimitZone{{Name: "per_ip", Key: "remote_ip", Events: 2, Window: caddy.Duration(time.Minute),
+			Endpoints: []string{"ds_domain"}}}})
+	get := func(remote, clientIP string) *httptest.ResponseRecorder {
+		r := tls13(httptest.NewRequest(http.MethodGet, "/.well-known/mimi/ds-domain", nil))
+		r.RemoteAddr = remote
+		w := httptest.NewRecorder()
+		caddyhttp.NewTestReplacer(r)
+		if clientIP != "" {
+			ctx := context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: clientIP})
+			r = r.WithContext(ctx)
+		}
+		if err := g.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	before := counterValue(decisions.WithLabelValues("per_ip", "ds_domain", "limited"))
+	for i := 0; i < 2; i++ {
+		if w := get("192.0.2.1:1000", ""); w.Code != http.StatusOK {
+			t.Fatalf("request %d: status %d", i, w.Code)
+		}
+	}
+	w := get("192.0.2.1:1001", "")
+	if w.Code != http.StatusTooManyRequests || dsErrorCode(t, w.Body.Bytes()) != moh.CodeRateLimited {
+		t.Fatalf("over the limit: status %d", w.Code)
+	}
+	// 2 events per minute: the next one is 30 s away.
+	if ra := w.Header().Get("Retry-After"); ra != "30" {
+		t.Fatalf("Retry-After %q, want 30", ra)
+	}
+	if got := counterValue(decisions.WithLabelValues("per_ip", "ds_domain", "limited")) - before; got != 1 {
+		t.Fatalf("limited counter rose by %v", got)
+	}
+	// Another address has its own bucket; the client_ip variable (set by
+	// Caddy from trusted_proxies) wins over the socket address.
+	if w := get("192.0.2.2:1000", ""); w.Code != http.StatusOK {
+		t.Fatalf("other client: status %d", w.Code)
+	}
+	if w := get("192.0.2.2:1000", "192.0.2.1"); w.Code != http.StatusTooManyRequests {
+		t.Fatalf("client_ip of a limited client behind a proxy: status %d", w.Code)
+	}
+	// IPv6 clients share a /64.
+	get("[2001:db8:1:2::1]:1000", "")
+	get("[2001:db8:1:2::2]:1000", "")
+	if w := get("[2001:db8:1:2:ffff::3]:1000", ""); w.Code != http.StatusTooManyRequests {
+		t.Fatalf("third address of one /64: status %d", w.Code)
+	}
+	if w := get("[2001:db8:1:3::1]:1000", ""); w.Code != http.StatusOK {
+		t.Fatalf("another /64: status %d", w.Code)
+	}
+	// Endpoints outside the zone are not limited.
+	r := tls13(httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	r.RemoteAddr = "192.0.2.1:1000"
+	if w, _ := serve(g, r); w.Code != http.StatusOK {
+		t.Fatalf("healthz: status %d", w.Code)
+	}
+}
+
+func TestRateLimitSurvivesReload(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	cfg := func(window time.Duration) *Gateway {
+		return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir,
+			RateLimits: []*RateLimitZone{{Name: "z", Key: "remote_ip", Events: 1, Window: caddy.Duration(window),
+				Endpoints: []string{"/verification_key"}}}}
+	}
+	status := func(g *Gateway) int {
+		r := tls13(httptest.NewRequest(http.MethodGet, "/verification_key", nil))
+		r.RemoteAddr = "198.51.100.7:1"
+		w, _ := serve(g, r)
+		return w.Code
+	}
+	a := cfg(time.Hour)
+	if err := a.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := status(a); s != http.StatusOK {
+		t.Fatalf("first request: %d", s)
+	}
+	// The reloaded config, provisioned before the old one is cleaned up,
+	// finds the same bucket: still empty.
+	b := cfg(time.Hour)
+	if err := b.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if s := status(b); s != http.StatusTooManyRequests {
+		t.Fatalf("after reload: %d, want 429 (bucket state lost)", s)
+	}
+	// A reload with a faster rate applies it to the existing bucket, which
+	// refills at the new rate: 1 event per millisecond.
+	c := cfg(time.Millisecond)
+	if err := c.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	if s := status(c); s != http.StatusOK {
+		t.Fatalf("after raising the rate: %d", s)
+	}
+	if err := c.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := zonePool.References(dir + "\x00z"); ok {
+		t.Fatal("the zone outlived every config using it")
+	}
+}
+
+// ppFixture is a gateway that is its own issuer, with one key per type.
+type ppFixture struct {
+	keys map[privacypass.TokenType]*privacypass.Key
+	dir  string
+}
+
+func newPPFixture(t testing.TB) *ppFixture {
+	t.Helper()
+	f := &ppFixture{keys: map[privacypass.TokenType]*privacypass.Key{}, dir: t.TempDir()}
+	for _, typ := range []privacypass.TokenType{privacypass.TypeBlindRSA, privacypass.TypeVOPRF} {
+		k, err := privacypass.GenerateKey(typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := privacypass.WriteKeyFile(f.file(typ), k); err != nil {
+			t.Fatal(err)
+		}
+		f.keys[typ] = k
+	}
+	return f
+}
+
+func (f *ppFixture) file(typ privacypass.TokenType) string {
+	return filepath.Join(f.dir, "k"+typ.String()+".json")
+}
+
+// gateway returns the configuration of a gateway requiring tokens on
+// /welcome_information.
+func (f *ppFixture) gateway(dataDir string) *Gateway {
+	return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dataDir,
+		Issuer: &TokenIssuer{KeyFiles: []string{f.file(privacypass.TypeBlindRSA), f.file(privacypass.TypeVOPRF)}},
+		PrivacyPass: &PrivacyPass{IssuerName: "issuer.example.com", Require: []string{"welcome_information"},
+			Context: "window", Secret: strings.Repeat("s", 32)},
+	}
+}
+
+// challenge asks g for a challenge of the given type.
+func challengeOf(t testing.TB, g *Gateway, typ privacypass.TokenType) []byte {
+	t.Helper()
+	w, _ := serve(g, tls13(httptest.NewRequest(http.MethodPost, "/welcome_information", nil)))
+	if w.Code != http.StatusUnauthorized {
+		t.Fatalf("without a token: status %d", w.Code)
+	}
+	cs, err := privacypass.ParseWWWAuthenticate(w.Header().Get("WWW-Authenticate"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.TokenType() == typ {
+			return c.TokenChallenge
+		}
+	}
+	t.Fatalf("no challenge of type %s in %q", typ, w.Header().Get("WWW-Authenticate"))
+	return nil
+}
+
+// mint gets a token for challenge from g's issuer endpoint.
+func (f *ppFixture) mint(t testing.TB, g *Gateway, challenge []byte, typ privacypass.TokenType) string {
+	t.Helper()
+	p, err := privacypass.NewTokenRequest(challenge, f.keys[typ].Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := tls13(httptest.NewRequest(http.MethodPost, "/token-request", bytes.NewReader(p.Request)))
+	r.Header.Set("Content-Type", privacypass.MediaTypeTokenRequest)
+	w, _ := serve(g, r)
+	if w.Code != http.StatusOK || w.Header().Get("Content-Type") != privacypass.MediaTypeTokenResponse {
+		t.Fatalf("token request: status %d %q", w.Code, w.Body.String())
+	}
+	tok, err := p.Finalize(w.Body.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return privacypass.FormatAuthorization(tok)
+}
+
+// endpointAnswer is what /welcome_information answers a request with no
+// body once the policy admitted it.
+const endpointAnswer = http.StatusUnsupportedMediaType
+
+// redeemAt sends a request with the Authorization value to the protected
+// endpoint and returns the answer.
+func redeemAt(g *Gateway, auth string) *httptest.ResponseRecorder {
+	r := tls13(httptest.NewRequest(http.MethodPost, "/welcome_information", nil))
+	r.Header.Set("Authorization", auth)
+	w, _ := serve(g, r)
+	return w
+}
+
+func TestPrivacyPassRedemption(t *testing.T) {
+	f := newPPFixture(t)
+	g := provisioned(t, f.gateway(""))
+
+	// Without a token: 401 token_required with challenges for both types.
+	w, _ := serve(g, tls13(httptest.NewRequest(http.MethodPost, "/welcome_information", nil)))
+	if w.Code != http.StatusUnauthorized || dsErrorCode(t, w.Body.Bytes()) != moh.CodeTokenRequired {
+		t.Fatalf("no token: status %d", w.Code)
+	}
+	cs, err := privacypass.ParseWWWAuthenticate(w.Header().Get("WWW-Authenticate"))
+	if err != nil || len(cs) != 2 || cs[0].MaxAge <= 0 || cs[0].TokenKey == nil {
+		t.Fatalf("challenges %+v: %v", cs, err)
+	}
+	tc, err := privacypass.ParseTokenChallenge(cs[0].TokenChallenge)
+	if err != nil || tc.IssuerName != "issuer.example.com" || !reflect.DeepEqual(tc.OriginInfo, []string{"ds.example.com"}) {
+		t.Fatalf("challenge %+v: %v", tc, err)
+	}
+
+	for _, typ := range []privacypass.TokenType{privacypass.TypeBlindRSA, privacypass.TypeVOPRF} {
+		auth := f.mint(t, g, challengeOf(t, g, typ), typ)
+		// The token admits the request to the endpoint, which then
+		// refuses the body without content type: 415, not 401.
+		if w := redeemAt(g, auth); w.Code != endpointAnswer {
+			t.Fatalf("%s: valid token: status %d", typ, w.Code)
+		}
+		w := redeemAt(g, auth)
+		if w.Code != http.StatusUnauthorized || w.Header().Get("WWW-Authenticate") == "" {
+			t.Fatalf("%s: replayed token: status %d", typ, w.Code)
+		}
+		// A modified token is refused.
+		other := f.mint(t, g, challengeOf(t, g, typ), typ)
+		raw, _ := base64.URLEncoding.DecodeString(strings.TrimSuffix(strings.TrimPrefix(other, `PrivateToken token="`), `"`))
+		raw[len(raw)-1] ^= 1
+		if w := redeemAt(g, "PrivateToken token="+base64.URLEncoding.EncodeToString(raw)); w.Code != http.StatusUnauthorized {
+			t.Fatalf("%s: modified token: status %d", typ, w.Code)
+		}
+	}
+	// A token for another origin is refused.
+	foreign, err := (&privacypass.TokenChallenge{TokenType: privacypass.TypeBlindRSA, IssuerName: "issuer.example.com",
+		OriginInfo: []string{"other.example"}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := redeemAt(g, f.mint(t, g, foreign, privacypass.TypeBlindRSA)); w.Code != http.StatusUnauthorized {
+		t.Fatalf("token for another origin: status %d", w.Code)
+	}
+	if w := redeemAt(g, "Bearer abc"); w.Code != http.StatusUnauthorized {
+		t.Fatalf("other scheme: status %d", w.Code)
+	}
+}
+
+// A token spent before a restart stays spent after it: the record is in
+// the SQLite store, and window contexts keep the challenge valid.
+func TestPrivacyPassSpentAcrossRestart(t *testing.T) {
+	f := newPPFixture(t)
+	dataDir := t.TempDir()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	first := f.gateway(dataDir)
+	if err := first.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	challenge := challengeOf(t, first, privacypass.TypeBlindRSA)
+	spent := f.mint(t, first, challenge, privacypass.TypeBlindRSA)
+	unspent := f.mint(t, first, challenge, privacypass.TypeBlindRSA)
+	if w := redeemAt(first, spent); w.Code != endpointAnswer {
+		t.Fatalf("first redemption: %d", w.Code)
+	}
+	if err := first.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := statePool.References(dataDir); ok {
+		t.Fatal("the store is still open: this is not a restart")
+	}
+	second := f.gateway(dataDir)
+	if err := second.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer second.Cleanup()
+	if w := redeemAt(second, spent); w.Code != http.StatusUnauthorized {
+		t.Fatalf("token spent before the restart: status %d", w.Code)
+	}
+	// The challenge itself is still accepted: a token for it that was not
+	// spent goes through, so the refusal above is the double-spend record.
+	if w := redeemAt(second, unspent); w.Code != endpointAnswer {
+		t.Fatalf("unspent token after the restart: status %d", w.Code)
+	}
+}
+
+func TestIssuerEndpoints(t *testing.T) {
+	f := newPPFixture(t)
+	g := provisioned(t, f.gateway(""))
+	w, _ := serve(g, tls13(httptest.NewRequest(http.MethodGet, privacypass.DirectoryPath, nil)))
+	if w.Code != http.StatusOK || w.Header().Get("Content-Type") != privacypass.MediaTypeIssuerDirectory {
+		t.Fatalf("directory: %d %q", w.Code, w.Header().Get("Content-Type"))
+	}
+	dir, err := privacypass.ParseDirectory(w.Body.Bytes())
+	if err != nil || dir.IssuerRequestURI != "/token-request" || len(dir.TokenKeys) != 2 {
+		t.Fatalf("directory %+v: %v", dir, err)
+	}
+	post := func(ct string, body []byte) *httptest.ResponseRecorder {
+		r := tls13(httptest.NewRequest(http.MethodPost, "/token-request", bytes.NewReader(body)))
+		r.Header.Set("Content-Type", ct)
+		w, _ := serve(g, r)
+		return w
+	}
+	if w := post("application/octet-stream", []byte{0, 2}); w.Code != http.StatusUnsupportedMediaType {
+		t.Fatalf("wrong content type: %d", w.Code)
+	}
+	if w := post(privacypass.MediaTypeTokenRequest, []byte{0, 2, 1}); w.Code != http.StatusUnprocessableEntity {
+		t.Fatalf("truncated request: %d", w.Code)
+	}
+	if w := post(privacypass.MediaTypeTokenRequest, make([]byte, 2000)); w.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized request: %d", w.Code)
+	}
+	w, _ = serve(g, tls13(httptest.NewRequest(http.MethodGet, "/token-request", nil)))
+	if w.Code != http.StatusMethodNotAllowed {
+		t.Fatalf("GET on the request path: %d", w.Code)
+	}
+	// Without an issuer block the paths are not the gateway's.
+	plain := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"})
+	if _, next := serve(plain, tls13(httptest.NewRequest(http.MethodGet, privacypass.DirectoryPath, nil))); !next {
+		t.Fatal("a gateway without issuer answered the issuer directory")
+	}
+}
+
+// TestOverLimitToken checks "connection_request needs a token or is under
+// the per-provider limit" through the Admit hook, with the sender taken
+// from a verified request.
+func TestOverLimitToken(t *testing.T) {
+	f := newPPFixture(t)
+	cfg := f.gateway("")
+	cfg.PrivacyPass.Require = nil
+	cfg.RateLimits = []*RateLimitZone{{Name: "per_provider", Key: "sender_provider", Events: 1,
+		Window: caddy.Duration(time.Hour), Endpoints: []string{"connection_request"}, OverLimit: "token"}}
+	g := provisioned(t, cfg)
+	if g.inbound.Admit == nil {
+		t.Fatal("the Admit hook is not installed")
+	}
+	admit := func(sender, auth string) error {
+		r := tls13(httptest.NewRequest(http.MethodPost, "/connection_request", nil))
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		v := &provider.Verified{Request: &moh.ProviderRequest{Sender: []byte(sender)}}
+		return g.inbound.Admit(g.admitContext(r), v)
+	}
+	if err := admit("a.example", ""); err != nil {
+		t.Fatalf("under the limit: %v", err)
+	}
+	err := admit("a.example", "")
+	if moh.DSErrorOf(err).Code != moh.CodeTokenRequired {
+		t.Fatalf("over the limit without a token: %v", err)
+	}
+	h := http.Header{}
+	setPolicyHeaders(h, err)
+	cs, perr := privacypass.ParseWWWAuthenticate(h.Get("WWW-Authenticate"))
+	if perr != nil || len(cs) == 0 {
+		t.Fatalf("no challenge with the refusal: %q", h.Get("WWW-Authenticate"))
+	}
+	if err := admit("b.example", ""); err != nil {
+		t.Fatalf("another provider has its own budget: %v", err)
+	}
+	auth := f.mint(t, g, cs[0].TokenChallenge, cs[0].TokenType())
+	if err := admit("a.example", auth); err != nil {
+		t.Fatalf("over the limit with a token: %v", err)
+	}
+	if err := admit("a.example", auth); moh.DSErrorOf(err).Code != moh.CodeTokenRequired {
+		t.Fatalf("over the limit with a spent token: %v", err)
+	}
+	// Zones refuse with 429 when over_limit is refuse.
+	g.policy.plans["/connection_request"].provider[0].zone.overLimitToken = false
+	err = admit("a.example", "")
+	h = http.Header{}
+	setPolicyHeaders(h, err)
+	if moh.DSErrorOf(err).Code != moh.CodeRateLimited || h.Get("Retry-After") != "3600" {
+		t.Fatalf("refuse: %v, Retry-After %q", err, h.Get("Retry-After"))
+	}
+}
+
+func TestAdmitDS(t *testing.T) {
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
+		RateLimits: []*RateLimitZone{
+			{Name: "per_member", Key: "member", Events: 1, Window: caddy.Duration(time.Hour), Endpoints: []string{"group_operation"}},
+			{Name: "per_group", Key: "group", Events: 2, Window: caddy.Duration(time.Hour), Endpoints: []string{"group_operation"}},
+		}})
+	r := tls13(httptest.NewRequest(http.MethodPost, "/group_operation", nil))
+	code := func(group, member string) moh.Code {
+		err := g.admitDS(r, []byte(group), []byte(member))
+		if err == nil {
+			return 0
+		}
+		return moh.DSErrorOf(err).Code
+	}
+	if c := code("g1", "alice"); c != 0 {
+		t.Fatalf("first: %v", c)
+	}
+	if c := code("g1", "alice"); c != moh.CodeRateLimited {
+		t.Fatalf("member over its limit: %v", c)
+	}
+	if c := code("g1", "bob"); c != 0 {
+		t.Fatalf("another member: %v", c)
+	}
+	if c := code("g1", "carol"); c != moh.CodeRateLimited {
+		t.Fatalf("group over its limit: %v", c)
+	}
+	if c := code("g2", "carol"); c != 0 {
+		t.Fatalf("another group: %v", c)
+	}
+	// Other endpoints have no DS zones.
+	if err := g.admitDS(tls13(httptest.NewRequest(http.MethodPost, "/welcome_information", nil)), []byte("g1"), []byte("alice")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPeerList(t *testing.T) {
+	check := (&PeerList{Allow: []string{"a.example", "b.example"}, Deny: []string{"b.example"}}).check(zap.NewNop())
+	for sender, ok := range map[string]bool{"a.example": true, "b.example": false, "c.example": false} {
+		if err := check(sender); (err == nil) != ok {
+			t.Errorf("%s: %v", sender, err)
+		}
+	}
+	deny := (&PeerList{Deny: []string{"evil.example"}}).check(zap.NewNop())
+	if deny("evil.example") == nil || deny("good.example") != nil {
+		t.Error("deny-only list")
+	}
+	// The list is installed before key fetching.
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
+		Peers: &PeerList{Deny: []string{"evil.example"}}})
+	if g.inbound.Verifier.Peers == nil || g.inbound.Verifier.Peers("evil.example") == nil {
+		t.Fatal("peers list not installed in the verifier")
+	}
+}
+
+func TestIssuerDirectoryFetch(t *testing.T) {
+	f := newPPFixture(t)
+	iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: f.keys[privacypass.TypeBlindRSA]},
+		privacypass.IssuerKey{Key: f.keys[privacypass.TypeVOPRF]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := iss.Directory("/token-request").Marshal()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case privacypass.DirectoryPath:
+			w.Header().Set("Content-Type", privacypass.MediaTypeIssuerDirectory)
+			w.Write(dir)
+		case "/redirect":
+			http.Redirect(w, r, privacypass.DirectoryPath, http.StatusFound)
+		case "/huge":
+			w.Write(bytes.Repeat([]byte(" "), maxDirectoryBody+10))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	rootFile := filepath.Join(t.TempDir(), "root.pem")
+	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	fed := &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{port}, RootCAFiles: []string{rootFile},
+		Resolve: map[string]string{"example.com": srv.Listener.Addr().String()}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	base := "https://example.com:" + strconv.Itoa(port)
+
+	keys, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, fed, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || keys[0].ID() != f.keys[privacypass.TypeBlindRSA].ID() {
+		t.Fatalf("keys %v: want the type 2 key only", keys)
+	}
+	for path, want := range map[string]string{"/redirect": "status 302", "/huge": "larger than", "/missing": "status 404"} {
+		if _, err := fetchDirectoryKeys(ctx, base+path, fed, zap.NewNop()); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", path, err, want)
+		}
+	}
+	// The production policy refuses loopback, and ports other than 443.
+	strict := &Federation{RootCAFiles: []string{rootFile}, AllowedPorts: []int{port},
+		Resolve: fed.Resolve}
+	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, strict, zap.NewNop()); err == nil ||
+		!strings.Contains(err.Error(), "not a public address") {
+		t.Fatalf("loopback issuer under the production policy: %v", err)
+	}
+	noPort := &Federation{AllowPrivateAddresses: true, RootCAFiles: []string{rootFile}, Resolve: fed.Resolve}
+	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, noPort, zap.NewNop()); err == nil ||
+		!strings.Contains(err.Error(), "is not allowed") {
+		t.Fatalf("port not allowed: %v", err)
+	}
+
+	// A gateway configured with the directory accepts tokens under its key.
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", Federation: fed,
+		PrivacyPass: &PrivacyPass{IssuerName: "example.com", IssuerDirectory: base + privacypass.DirectoryPath,
+			Require: []string{"welcome_information"}}})
+	challenge := challengeOf(t, g, privacypass.TypeBlindRSA)
+	p, err := privacypass.NewTokenRequest(challenge, f.keys[privacypass.TypeBlindRSA].Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := iss.Issue(p.Request)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := p.Finalize(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := redeemAt(g, privacypass.FormatAuthorization(tok)); w.Code != endpointAnswer {
+		t.Fatalf("token under a directory key: status %d", w.Code)
+	}
+}
+
+// counterValue reads a counter.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}
