@@ -50,6 +50,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	if err := writePolicyKeys(dir); err != nil { // policy_test.go
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	if code == 0 && os.Getenv("CI") != "" && env.tester == nil && !testing.Short() {
 		// caddytest skips, rather than fails, when Caddy cannot start; in CI
@@ -161,6 +165,41 @@ b.localhost:9443 {
 	}
 	respond "not mimi" 404
 }
+
+# c.localhost runs the admission policy (policy_test.go): it is its own
+# Privacy Pass issuer, requires tokens on /welcome_information and limits
+# discovery per client IP.
+c.localhost:9443 {
+	tls internal {
+		protocols tls1.3
+	}
+	mimi {
+		provider c.localhost
+		ds_domain c.localhost:9443
+		data_dir {DIR}/c
+		issuer {
+			key {DIR}/pp/k2.json
+			key {DIR}/pp/k1.json
+		}
+		privacy_pass {
+			issuer_name c.localhost:9443
+			require welcome_information
+			context window
+			secret {file.{DIR}/pp/secret}
+		}
+		rate_limit issuance {
+			key remote_ip
+			rate 50/1s
+			endpoints token_request
+		}
+		rate_limit discovery {
+			key remote_ip
+			rate 3/1m
+			endpoints ds_domain
+		}
+	}
+	respond "not mimi" 404
+}
 `
 
 // startCaddy loads the configuration once per test binary.
@@ -183,7 +222,7 @@ func startCaddy(t *testing.T) {
 	// Certificates are issued by the internal CA in the background: wait
 	// until both sites complete a handshake.
 	deadline := time.Now().Add(30 * time.Second)
-	for _, host := range []string{"a.localhost", "b.localhost"} {
+	for _, host := range []string{"a.localhost", "b.localhost", "c.localhost"} {
 		for {
 			resp, err := client(tls.VersionTLS13).Get("https://" + host + ":9443/healthz")
 			if err == nil {

@@ -1,0 +1,372 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+)
+
+// writePolicyKeys writes the issuer keys and the context secret of
+// c.localhost before Caddy loads the configuration.
+func writePolicyKeys(dir string) error {
+	ppDir := filepath.Join(dir, "pp")
+	if err := os.MkdirAll(ppDir, 0o700); err != nil {
+		return err
+	}
+	for _, typ := range []privacypass.TokenType{privacypass.TypeBlindRSA, privacypass.TypeVOPRF} {
+		k, err := privacypass.GenerateKey(typ)
+		if err != nil {
+			return err
+		}
+		if err := privacypass.WriteKeyFile(ppKeyFile(dir, typ), k); err != nil {
+			return err
+		}
+	}
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	return os.WriteFile(filepath.Join(ppDir, "secret"), []byte(hex.EncodeToString(secret)), 0o600)
+}
+
+func ppKeyFile(dir string, typ privacypass.TokenType) string {
+	return filepath.Join(dir, "pp", fmt.Sprintf("k%d.json", typ))
+}
+
+const policySite = "https://c.localhost:9443"
+
+// protected posts to c.localhost's token-protected endpoint with the
+// Authorization value auth (none when empty).
+func protected(t *testing.T, auth string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, policySite+"/welcome_information", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := client(tls.VersionTLS13).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+// admittedStatus is what /welcome_information answers a bodiless request
+// once the token check passed: the endpoint itself refuses the missing
+// content type.
+const admittedStatus = http.StatusUnsupportedMediaType
+
+func TestPrivacyPassInterop(t *testing.T) {
+	startCaddy(t)
+	dir := ppPeer(t)
+
+	resp := protected(t, "")
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no token: status %d", resp.StatusCode)
+	}
+	wwwAuth := resp.Header.Get("WWW-Authenticate")
+	challenges, err := privacypass.ParseWWWAuthenticate(wwwAuth)
+	if err != nil || len(challenges) != 2 || challenges[0].MaxAge <= 0 {
+		t.Fatalf("challenges in %q: %v", wwwAuth, err)
+	}
+
+	for _, typ := range []privacypass.TokenType{privacypass.TypeBlindRSA, privacypass.TypeVOPRF} {
+		t.Run(typ.String(), func(t *testing.T) {
+			// privacypass-ts plays client and issuer (with the issuer key
+			// the gateway also uses), answering the gateway's own header.
+			tokens := strings.Fields(runPeer(t, dir, "token", "--key", ppKeyFile(env.dir, typ),
+				"--www-authenticate", wwwAuth, "--count", "2"))
+			if len(tokens) != 4 { // "PrivateToken token=..." twice
+				t.Fatalf("pp-peer printed %q", tokens)
+			}
+			first, second := tokens[0]+" "+tokens[1], tokens[2]+" "+tokens[3]
+
+			// A modified token (one bit of the authenticator) is refused.
+			if r := protected(t, flipLastBit(t, second)); r.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("modified token: status %d", r.StatusCode)
+			}
+			if r := protected(t, first); r.StatusCode != admittedStatus {
+				t.Fatalf("valid token: status %d", r.StatusCode)
+			}
+			r := protected(t, first)
+			if r.StatusCode != http.StatusUnauthorized || r.Header.Get("WWW-Authenticate") == "" {
+				t.Fatalf("replayed token: status %d", r.StatusCode)
+			}
+			// The unmodified second token is still good: the modified copy
+			// did not spend it.
+			if r := protected(t, second); r.StatusCode != admittedStatus {
+				t.Fatalf("second token: status %d", r.StatusCode)
+			}
+		})
+	}
+
+	// Tokens for a challenge this origin did not make: another origin, and
+	// the right origin with a context the gateway never issued.
+	for name, origin := range map[string]string{"another origin": "other.example", "another challenge": "c.localhost:9443"} {
+		out := runPeer(t, dir, "challenge", "--key", ppKeyFile(env.dir, privacypass.TypeBlindRSA),
+			"--issuer", "c.localhost:9443", "--origin", origin, "--context", "random")
+		wa := jsonField(t, out, "www_authenticate")
+		tok := strings.TrimSpace(runPeer(t, dir, "token", "--key", ppKeyFile(env.dir, privacypass.TypeBlindRSA),
+			"--www-authenticate", wa))
+		if r := protected(t, tok); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("%s: status %d", name, r.StatusCode)
+		}
+	}
+}
+
+// TestIssuerOverHTTPS runs the whole flow on c.localhost: directory,
+// issuance, redemption, with a Go client.
+func TestIssuerOverHTTPS(t *testing.T) {
+	startCaddy(t)
+	c := client(tls.VersionTLS13)
+	resp, err := c.Get(policySite + privacypass.DirectoryPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	dir, err := privacypass.ParseDirectory(body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("directory: %d %v", resp.StatusCode, err)
+	}
+	keys, err := dir.Keys()
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("directory keys: %v %v", keys, err)
+	}
+	r := protected(t, "")
+	cs, err := privacypass.ParseWWWAuthenticate(r.Header.Get("WWW-Authenticate"))
+	if err != nil || len(cs) == 0 {
+		t.Fatal("no challenge")
+	}
+	for _, k := range keys {
+		var challenge []byte
+		for _, ch := range cs {
+			if ch.TokenType() == k.Type() {
+				challenge = ch.TokenChallenge
+			}
+		}
+		p, err := privacypass.NewTokenRequest(challenge, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Post(policySite+dir.IssuerRequestURI, privacypass.MediaTypeTokenRequest, bytes.NewReader(p.Request))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: issuance status %d: %s", k.Type(), resp.StatusCode, tr)
+		}
+		tok, err := p.Finalize(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := protected(t, privacypass.FormatAuthorization(tok)); r.StatusCode != admittedStatus {
+			t.Fatalf("%s: token from the gateway's issuer: status %d", k.Type(), r.StatusCode)
+		}
+	}
+}
+
+// TestRateLimitOverHTTPS checks the 429 answer as a client sees it: status,
+// Retry-After and DSError, for the zone of 3 per minute on discovery.
+func TestRateLimitOverHTTPS(t *testing.T) {
+	startCaddy(t)
+	c := client(tls.VersionTLS13)
+	var last *http.Response
+	var body []byte
+	for i := 0; i < 4; i++ {
+		resp, err := c.Get(policySite + "/.well-known/mimi/ds-domain")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = resp
+		if i < 3 && resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: status %d", i, resp.StatusCode)
+		}
+	}
+	if last.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("fourth request: status %d", last.StatusCode)
+	}
+	// 3 per minute: the next event is at most 20 s away, and at least 19
+	// s, as these requests took well under a second.
+	ra, err := strconv.Atoi(last.Header.Get("Retry-After"))
+	if err != nil || ra < 19 || ra > 20 {
+		t.Fatalf("Retry-After %q", last.Header.Get("Retry-After"))
+	}
+	var resp moh.DSResponse
+	if err := wire.Unmarshal(body, &resp, "DSResponse"); err != nil || resp.Error.Code != moh.CodeRateLimited {
+		t.Fatalf("body %x: %v", body, err)
+	}
+	// Other sites are not limited by c.localhost's zone.
+	for i := 0; i < 5; i++ {
+		r, err := c.Get("https://a.localhost:9443/.well-known/mimi/ds-domain")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("a.localhost: status %d", r.StatusCode)
+		}
+	}
+}
+
+// flipLastBit changes one bit of the token's authenticator.
+func flipLastBit(t *testing.T, auth string) string {
+	t.Helper()
+	enc, ok := strings.CutPrefix(auth, "PrivateToken token=")
+	if !ok {
+		t.Fatalf("unexpected Authorization %q", auth)
+	}
+	raw, err := base64.URLEncoding.DecodeString(strings.Trim(enc, `"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)-1] ^= 1
+	return "PrivateToken token=" + base64.URLEncoding.EncodeToString(raw)
+}
+
+// jsonField extracts a string member from pp-peer's JSON output.
+func jsonField(t *testing.T, out, name string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(out, `"`+name+`":`)
+	if !ok {
+		t.Fatalf("no %s in %q", name, out)
+	}
+	rest = strings.TrimSpace(rest)
+	v, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		t.Fatalf("%s in %q: %v", name, out, err)
+	}
+	s, _ := strconv.Unquote(v)
+	return s
+}
+
+// pp-peer is copied to a temporary directory and installed there once per
+// test binary, so shared/ stays untouched.
+var (
+	peerOnce sync.Once
+	peerDir  string
+	peerErr  error
+)
+
+func ppPeer(t *testing.T) string {
+	t.Helper()
+	for _, bin := range []string{"node", "npm"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is not installed", bin)
+			}
+			t.Skipf("%s is not installed; the privacypass-ts interop test needs Node >= 20", bin)
+		}
+	}
+	peerOnce.Do(func() {
+		src, err := findShared()
+		if err != nil {
+			peerErr = err
+			return
+		}
+		peerDir = filepath.Join(env.dir, "pp-peer")
+		if peerErr = copyTree(filepath.Join(src, "peers", "privacypass"), peerDir); peerErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--loglevel=error")
+		cmd.Dir = peerDir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			peerErr = fmt.Errorf("npm install: %v\n%s", err, out)
+		}
+	})
+	if peerErr != nil {
+		t.Fatal(peerErr)
+	}
+	return peerDir
+}
+
+// findShared locates the project's shared/ directory (MIMI_SHARED_DIR, or
+// a parent directory's shared/).
+func findShared() (string, error) {
+	if d := os.Getenv("MIMI_SHARED_DIR"); d != "" {
+		return d, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		cand := filepath.Join(dir, "shared")
+		if st, err := os.Stat(filepath.Join(cand, "peers", "privacypass")); err == nil && st.IsDir() {
+			return cand, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("shared/peers/privacypass not found; set MIMI_SHARED_DIR")
+		}
+		dir = parent
+	}
+}
+
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Name() == "node_modules" || d.Name() == "out" {
+			return filepath.SkipDir
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, b, 0o644)
+	})
+}
+
+// runPeer runs pp-peer and returns its standard output.
+func runPeer(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", append([]string{"pp-peer.mjs"}, args...)...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("pp-peer %s: %v\n%s", args[0], err, stderr.String())
+	}
+	return string(out)
+}
