@@ -237,12 +237,25 @@ func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
 		return fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
 	}
 	if data, ok := gi.Extensions.Find(ExtRatchetTree); ok {
-		rt := g.tree.RatchetTree()
-		enc, err := marshal(&rt)
+		// Compare without trailing blank nodes, which senders should strip
+		// but some may not.
+		var theirs RatchetTree
+		if err := wire.Unmarshal(data, &theirs, "ratchet_tree extension"); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
+		}
+		for len(theirs) > 0 && theirs[len(theirs)-1] == nil {
+			theirs = theirs[:len(theirs)-1]
+		}
+		ours := g.tree.RatchetTree()
+		a, err := marshal(&ours)
 		if err != nil {
 			return err
 		}
-		if !bytes.Equal(enc, data) {
+		b, err := marshal(&theirs)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(a, b) {
 			return fmt.Errorf("%w: ratchet_tree extension differs from the group's tree", ErrInvalidGroupInfo)
 		}
 	}
