@@ -3,6 +3,8 @@ package mls
 import (
 	"bytes"
 	"fmt"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // ProposalResolver returns the proposal a commit references by ProposalRef:
@@ -95,9 +97,9 @@ func (g *GroupState) checkFraming(m *MLSMessage, want ContentType) (*PublicMessa
 
 // VerifyProposal authenticates a PublicMessage proposal sent to the group
 // in the current epoch and checks it against the current state (RFC 9420
-// §12.1). It returns the AuthenticatedContent (aliasing m) and the
-// ProposalRef under which the Delivery Service should keep it for
-// ApplyCommit. The membership tag, keyed with a group secret, is not
+// §12.1). It returns the AuthenticatedContent (a copy that does not alias
+// m) and the ProposalRef under which the Delivery Service should keep it
+// for ApplyCommit. The membership tag, keyed with a group secret, is not
 // checked.
 func (g *GroupState) VerifyProposal(m *MLSMessage) (*AuthenticatedContent, []byte, error) {
 	pm, err := g.checkFraming(m, ContentProposal)
@@ -111,11 +113,21 @@ func (g *GroupState) VerifyProposal(m *MLSMessage) (*AuthenticatedContent, []byt
 	if err := g.validateProposal(ac.Content.Proposal, ac.Content.Sender, false, false); err != nil {
 		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
 	}
-	ref, err := g.ctx.CipherSuite.ProposalRef(ac)
+	enc, err := marshal(ac)
 	if err != nil {
 		return nil, nil, err
 	}
-	return ac, ref, nil
+	ref, err := g.ctx.CipherSuite.RefHash("MLS 1.0 Proposal Reference", enc)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Decode the encoding again: the copy the caller keeps must not share
+	// memory with the message buffer.
+	own := new(AuthenticatedContent)
+	if err := wire.Unmarshal(enc, own, "authenticated content"); err != nil {
+		return nil, nil, err
+	}
+	return own, ref, nil
 }
 
 // verifyContent checks the signature of ac with its sender's key.

@@ -409,3 +409,27 @@ func TestGroupStateConcurrentUse(t *testing.T) {
 		t.Fatal("shared state changed")
 	}
 }
+
+// TestVerifyProposalDoesNotAlias reuses the message buffer after
+// VerifyProposal: the stored proposal must survive.
+func TestVerifyProposalDoesNotAlias(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 4, nil)
+	buf, err := marshal(tg.proposal(t, Sender{Type: SenderMember, Index: 1}, tg.signers[1], &Proposal{Type: ProposalRemove, Removed: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := DecodeMLSMessage(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, ref, err := tg.g.VerifyProposal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear(buf)
+	store := map[string]*AuthenticatedContent{string(ref): ac}
+	c := tg.commit(t, 0, []ProposalOrRef{{Type: ProposalByReference, Ref: ref}}, true, refsResolver(store))
+	if _, _, err := tg.g.ApplyCommit(reencode(t, c), refsResolver(store)); err != nil {
+		t.Fatal(err)
+	}
+}
