@@ -110,3 +110,109 @@ func (t *Tree) checkUnmerged(x uint32, p *ParentNode) error {
 	}
 	return nil
 }
+
+// checkContextExtensions checks GroupContext extensions: unique types,
+// a decodable required_capabilities met by every member, decodable
+// external_senders, and every non-default type supported by every member.
+func (g *GroupState) checkContextExtensions(exts Extensions) error {
+	if err := exts.checkUnique(); err != nil {
+		return err
+	}
+	rc, err := exts.RequiredCapabilities()
+	if err != nil {
+		return err
+	}
+	if _, err := exts.ExternalSenders(); err != nil {
+		return err
+	}
+	for i := range g.tree.leaves {
+		l := g.tree.Leaf(i)
+		if l == nil {
+			continue
+		}
+		for _, e := range exts {
+			if !isDefaultExtension(e.Type) && !contains(l.Capabilities.Extensions, e.Type) {
+				return fmt.Errorf("member %d does not support group extension %d", i, e.Type)
+			}
+		}
+		if err := meetsRequired(l, rc); err != nil {
+			return fmt.Errorf("member %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// meetsRequired checks a leaf's capabilities against required_capabilities.
+func meetsRequired(l *LeafNode, rc *RequiredCapabilities) error {
+	if rc == nil {
+		return nil
+	}
+	for _, t := range rc.ExtensionTypes {
+		if !isDefaultExtension(t) && !contains(l.Capabilities.Extensions, t) {
+			return fmt.Errorf("lacks required extension %d", t)
+		}
+	}
+	for _, t := range rc.ProposalTypes {
+		if !isDefaultProposal(t) && !contains(l.Capabilities.Proposals, t) {
+			return fmt.Errorf("lacks required proposal type %d", t)
+		}
+	}
+	for _, t := range rc.CredentialTypes {
+		if !contains(l.Capabilities.Credentials, t) {
+			return fmt.Errorf("lacks required credential type %d", t)
+		}
+	}
+	return nil
+}
+
+// validateLeaf checks a leaf node that is about to enter the tree at index
+// i (RFC 9420 §7.3): its source, the standalone checks, the group's
+// required capabilities, credential type compatibility with every member
+// and unique keys. replacing is the leaf it replaces (for updates and
+// commits) or nil.
+func (g *GroupState) validateLeaf(l *LeafNode, i uint32, source LeafNodeSource, replacing *LeafNode) error {
+	if l.Source != source {
+		return fmt.Errorf("leaf node source %d, want %d", l.Source, source)
+	}
+	if err := validateLeafStandalone(g.s, l, g.ctx.GroupID, i); err != nil {
+		return err
+	}
+	rc, err := g.ctx.Extensions.RequiredCapabilities()
+	if err != nil {
+		return err
+	}
+	if err := meetsRequired(l, rc); err != nil {
+		return fmt.Errorf("leaf node %w", err)
+	}
+	for _, e := range g.ctx.Extensions {
+		if !isDefaultExtension(e.Type) && !contains(l.Capabilities.Extensions, e.Type) {
+			return fmt.Errorf("leaf node does not support group extension %d", e.Type)
+		}
+	}
+	others := g.members
+	if replacing != nil {
+		others--
+	}
+	sup := g.credSup[l.Credential.Type]
+	if replacing != nil && contains(replacing.Capabilities.Credentials, l.Credential.Type) {
+		sup--
+	}
+	if sup != others {
+		return fmt.Errorf("credential type %d is not supported by every member", l.Credential.Type)
+	}
+	for ct, n := range g.credUse {
+		if replacing != nil && replacing.Credential.Type == ct && n == 1 {
+			continue
+		}
+		if !contains(l.Capabilities.Credentials, ct) {
+			return fmt.Errorf("leaf node does not support credential type %d in use", ct)
+		}
+	}
+	if j, ok := g.sigKeys.get(string(l.SignatureKey)); ok && (replacing == nil || j != i) {
+		return fmt.Errorf("signature key already used by leaf %d", j)
+	}
+	if j, ok := g.encKeys.get(string(l.EncryptionKey)); ok && (replacing == nil || j != i) {
+		return fmt.Errorf("encryption key already used by leaf %d", j)
+	}
+	return nil
+}
