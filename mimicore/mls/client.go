@@ -112,6 +112,35 @@ func (m *Member) Propose(p *Proposal) (*MLSMessage, error) {
 	return m.publicMessage(c, nil)
 }
 
+// ProposeUpdate returns an Update proposal that gives the member's leaf a
+// fresh encryption key (RFC 9420 §12.1.2). The new private key is kept, so
+// the member can follow once another member commits the proposal.
+func (m *Member) ProposeUpdate() (*MLSMessage, error) {
+	if m.signer == nil {
+		return nil, errors.New("proposing update: member has no signer")
+	}
+	g := m.state
+	ikm := make([]byte, g.s.nh)
+	if _, err := rand.Read(ikm); err != nil {
+		return nil, err
+	}
+	priv, pub, err := g.s.deriveKeyPair(ikm)
+	if err != nil {
+		return nil, err
+	}
+	leaf := g.tree.Leaf(m.leaf).clone()
+	leaf.EncryptionKey, leaf.Source, leaf.ParentHash, leaf.Lifetime = pub, SourceUpdate, nil, Lifetime{}
+	if err := leaf.Sign(g.CipherSuite(), m.signer, g.ctx.GroupID, m.leaf); err != nil {
+		return nil, err
+	}
+	msg, err := m.Propose(&Proposal{Type: ProposalUpdate, LeafNode: leaf})
+	if err != nil {
+		return nil, err
+	}
+	m.keys[string(pub)] = priv
+	return msg, nil
+}
+
 // CommitResult is what Member.Commit produces: the commit to send to the
 // group, a Welcome when the commit adds members, the GroupInfo of the new
 // epoch, and the member as it will be once the commit is accepted.

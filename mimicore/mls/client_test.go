@@ -135,7 +135,38 @@ func runEndToEnd(t *testing.T, cs CipherSuite) {
 		t.Fatal("a message decrypted twice")
 	}
 
-	// Epoch 2: C proposes to remove B; A commits it by reference.
+	// Epoch 2: B updates its leaf; C commits it by reference.
+	upd, err := bob.ProposeUpdate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ustore := map[string]*AuthenticatedContent{}
+	var uref []byte
+	for _, view := range []interface {
+		VerifyProposal(*MLSMessage) (*AuthenticatedContent, []byte, error)
+	}{ds, carol, alice} {
+		ac, ref, err := view.VerifyProposal(reencode(t, upd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ustore[string(ref)], uref = ac, ref
+	}
+	res, err = carol.Commit(nil, [][]byte{uref}, refsResolver(ustore))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds, _, err = ds.ApplyCommit(reencode(t, res.Commit), refsResolver(ustore)); err != nil {
+		t.Fatal(err)
+	}
+	for _, mb := range []*Member{alice, bob} {
+		if err := mb.ApplyCommit(reencode(t, res.Commit), refsResolver(ustore)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	carol = res.Next
+	sameEpoch(t, ds, alice, bob, carol)
+
+	// Epoch 3: C proposes to remove B; A commits it by reference.
 	prop, err := carol.Propose(&Proposal{Type: ProposalRemove, Removed: bob.LeafIndex()})
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +201,7 @@ func runEndToEnd(t *testing.T, cs CipherSuite) {
 	alice = res.Next
 	sameEpoch(t, ds, alice, carol)
 
-	// Epoch 3: C commits with only a path; A follows.
+	// Epoch 4: C commits with only a path; A follows.
 	res, err = carol.Commit(nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
