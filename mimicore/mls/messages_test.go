@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls/internal/vectors"
@@ -76,4 +77,27 @@ func TestMessagesVectors(t *testing.T) {
 		}
 	}
 	c.Report(t, "messages.json")
+}
+
+// TestDecodeMLSMessageRejects covers the framing errors the vectors lack.
+func TestDecodeMLSMessageRejects(t *testing.T) {
+	var cases []map[string]hexb
+	if err := vectors.Load("messages.json", &cases); err != nil {
+		t.Fatal(err)
+	}
+	good := []byte(cases[0]["mls_key_package"])
+	for name, data := range map[string][]byte{
+		"empty":           nil,
+		"version 2":       append([]byte{0, 2}, good[2:]...),
+		"wire format 6":   append([]byte{0, 1, 0, 6}, good[4:]...),
+		"wire format 0":   append([]byte{0, 1, 0, 0}, good[4:]...),
+		"trailing byte":   append(append([]byte{}, good...), 0),
+		"truncated":       good[:len(good)-1],
+		"header only":     good[:4],
+		"cut in a varint": append(append([]byte{}, good[:8]...), 0x40),
+	} {
+		if _, err := DecodeMLSMessage(data); !errors.Is(err, wire.ErrMalformed) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }
