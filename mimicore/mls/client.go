@@ -44,7 +44,7 @@ func NewGroup(cs CipherSuite, groupID []byte, leaf *LeafNode, leafPriv hpke.Priv
 	if err != nil {
 		return nil, fmt.Errorf("creating group: %w", err)
 	}
-	m := &Member{state: g, signer: signer, keys: PathKeys{string(leaf.EncryptionKey): leafPriv},
+	m := &Member{state: g, signer: signer, keys: pathKeys{string(leaf.EncryptionKey): leafPriv},
 		psks: psks, resumption: map[uint64][]byte{}}
 	m.advance(g, m.keys, secrets)
 	return m, nil

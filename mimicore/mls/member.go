@@ -24,7 +24,7 @@ type Member struct {
 	state      *GroupState
 	leaf       uint32
 	signer     crypto.Signer
-	keys       PathKeys
+	keys       pathKeys
 	secrets    *EpochSecrets
 	secretTree *SecretTree
 	psks       PSKLookup
@@ -45,7 +45,7 @@ func JoinFromWelcome(w *Welcome, kp *KeyPackage, initPriv, leafPriv hpke.Private
 	if err != nil {
 		return nil, fmt.Errorf("joining: %w", err)
 	}
-	m := &Member{state: g, signer: signer, keys: PathKeys{}, secrets: res.Secrets, psks: psks, resumption: map[uint64][]byte{}}
+	m := &Member{state: g, signer: signer, keys: pathKeys{}, secrets: res.Secrets, psks: psks, resumption: map[uint64][]byte{}}
 	m.keys[string(kp.LeafNode.EncryptionKey)] = leafPriv
 	self, ok := g.LeafBySignatureKey(kp.LeafNode.SignatureKey)
 	if !ok || !bytes.Equal(g.Member(self).EncryptionKey, kp.LeafNode.EncryptionKey) {
@@ -130,7 +130,7 @@ func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) error {
 		return errors.New("applying commit: cannot process our own commit without its pending state")
 	}
 	cs := m.state.CipherSuite()
-	keys := make(PathKeys, len(m.keys))
+	keys := make(pathKeys, len(m.keys))
 	for k, v := range m.keys {
 		keys[k] = v
 	}
@@ -174,7 +174,7 @@ func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) error {
 }
 
 // advance moves the member to the next epoch.
-func (m *Member) advance(n *GroupState, keys PathKeys, secrets *EpochSecrets) {
+func (m *Member) advance(n *GroupState, keys pathKeys, secrets *EpochSecrets) {
 	m.state, m.keys, m.secrets, m.secretTree = n, keys, secrets, nil
 	m.resumption[n.Epoch()] = secrets.ResumptionPSK
 	delete(m.resumption, n.Epoch()-maxResumptionEpochs)

@@ -11,7 +11,7 @@ import (
 type newPath struct {
 	path         *UpdatePath
 	commitSecret []byte
-	keys         PathKeys
+	keys         pathKeys
 	// pathSecrets maps each filtered direct path node to its path secret,
 	// for the GroupSecrets of new members.
 	pathSecrets map[uint32][]byte
@@ -33,7 +33,7 @@ func (t *Tree) generateUpdatePath(sender uint32, leaf LeafNode, signer crypto.Si
 	if _, err := rand.Read(leafSecret); err != nil {
 		return nil, err
 	}
-	np := &newPath{keys: PathKeys{}, pathSecrets: map[uint32][]byte{}}
+	np := &newPath{keys: pathKeys{}, pathSecrets: map[uint32][]byte{}}
 	nodeSecret, err := s.deriveSecret(leafSecret, "node")
 	if err != nil {
 		return nil, err

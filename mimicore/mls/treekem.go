@@ -6,15 +6,15 @@ import (
 	"fmt"
 )
 
-// PathKeys holds the HPKE private keys a client knows for tree nodes,
+// pathKeys holds the HPKE private keys a client knows for tree nodes,
 // keyed by the encoded public key so that a key only matches the node it
 // belongs to.
-type PathKeys map[string]hpke.PrivateKey
+type pathKeys map[string]hpke.PrivateKey
 
 // derivePathKeys derives the node key pairs of nodes from pathSecret (RFC
 // 9420 §7.4), checking each public key against the tree, and returns the
 // commit secret that follows the last node.
-func (t *Tree) derivePathKeys(pathSecret []byte, nodes []uint32, keys PathKeys) ([]byte, error) {
+func (t *Tree) derivePathKeys(pathSecret []byte, nodes []uint32, keys pathKeys) ([]byte, error) {
 	ps := pathSecret
 	for _, x := range nodes {
 		nodeSecret, err := t.s.deriveSecret(ps, "node")
@@ -42,7 +42,7 @@ func (t *Tree) derivePathKeys(pathSecret []byte, nodes []uint32, keys PathKeys) 
 // excluded lists leaves added by the commit, which get no ciphertext;
 // context is the encoded provisional GroupContext. It returns the secret
 // and its position in the committer's filtered direct path.
-func (t *Tree) decryptPathSecret(committer, self uint32, path *UpdatePath, excluded []uint32, keys PathKeys, context []byte) ([]byte, []uint32, error) {
+func (t *Tree) decryptPathSecret(committer, self uint32, path *UpdatePath, excluded []uint32, keys pathKeys, context []byte) ([]byte, []uint32, error) {
 	fdp, copath := t.filteredDirectPath(committer)
 	if len(fdp) != len(path.Nodes) {
 		return nil, nil, fmt.Errorf("%w: path length", ErrInvalidPath)

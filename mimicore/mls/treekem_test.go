@@ -116,7 +116,7 @@ func TestTreeKEMVectorsPrivate(t *testing.T) {
 				if lp.Index == up.Sender {
 					continue
 				}
-				keys := PathKeys{}
+				keys := pathKeys{}
 				priv, err := cs.ParseHPKEPrivateKey(lp.EncryptionPriv)
 				if err != nil {
 					t.Fatal(err)
