@@ -31,7 +31,9 @@
 //
 // GroupState values are immutable and share their tree copy-on-write, so
 // applying a commit costs O(log n) in the group size, and keeping the
-// previous state costs little.
+// previous state costs little. The Delivery Service serialises commits per
+// group: the first valid commit for an epoch wins, and any other handshake
+// for that epoch then fails with ErrStaleEpoch against the new state.
 //
 // # Clients
 //
