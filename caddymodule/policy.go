@@ -195,6 +195,9 @@ const (
 type policy struct {
 	zones  []*limitZone
 	plans  map[string]*endpointPlan
+	// byType are the plans of the provider endpoints with sender zones,
+	// by the request type the endpoint accepts.
+	byType map[moh.ProviderRequestType]*endpointPlan
 	origin *privacypass.Origin
 	issuer *tokenIssuer
 	logger *zap.Logger
@@ -407,7 +410,16 @@ func (g *Gateway) provisionPolicy(ctx caddy.Context) error {
 			plan(path).requireToken = true
 		}
 	}
-	g.inbound.Admit = g.admitProvider
+	p.byType = map[moh.ProviderRequestType]*endpointPlan{}
+	for _, typ := range []moh.ProviderRequestType{moh.DeliverMessage, moh.ConnectionRequest,
+		moh.ConnectionKeyPackages, moh.GroupKeyPackages} {
+		if ep := p.plans["/"+typ.String()]; ep != nil && len(ep.provider) > 0 {
+			p.byType[typ] = ep
+		}
+	}
+	if len(p.byType) > 0 {
+		g.inbound.Admit = g.admitProvider
+	}
 	return nil
 }
 
@@ -527,9 +539,13 @@ func (p *policy) decide(r *http.Request, ep *endpointPlan, u *zoneUse, ok bool, 
 type requestKey struct{}
 
 // admitContext returns the context for Inbound.Handle: with the request
-// attached when a policy needs it after verification.
+// attached when the endpoint has zones keyed on the verified sender, whose
+// Admit hook needs it (for a token when over the limit, and for logs).
 func (g *Gateway) admitContext(r *http.Request) context.Context {
 	if g.policy == nil {
+		return r.Context()
+	}
+	if ep := g.policy.plans[r.URL.Path]; ep == nil || len(ep.provider) == 0 {
 		return r.Context()
 	}
 	return context.WithValue(r.Context(), requestKey{}, r)
@@ -538,14 +554,14 @@ func (g *Gateway) admitContext(r *http.Request) context.Context {
 // admitProvider is the Inbound.Admit hook: step 2 of the policy, on a
 // provider request whose signature verified.
 func (g *Gateway) admitProvider(ctx context.Context, v *provider.Verified) error {
+	p := g.policy
+	ep := p.byType[v.Request.RequestType]
+	if ep == nil {
+		return nil
+	}
 	r, _ := ctx.Value(requestKey{}).(*http.Request)
 	if r == nil {
 		return errors.New("admitting provider request: no HTTP request in the context")
-	}
-	p := g.policy
-	ep := p.plans[r.URL.Path]
-	if ep == nil || len(ep.provider) == 0 {
-		return nil
 	}
 	redeemed := ep.requireToken
 	now := p.now()

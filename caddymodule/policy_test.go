@@ -559,7 +559,7 @@ func TestOverLimitToken(t *testing.T) {
 		if auth != "" {
 			r.Header.Set("Authorization", auth)
 		}
-		v := &provider.Verified{Request: &moh.ProviderRequest{Sender: []byte(sender)}}
+		v := &provider.Verified{Request: &moh.ProviderRequest{RequestType: moh.ConnectionRequest, Sender: []byte(sender)}}
 		return g.inbound.Admit(g.admitContext(r), v)
 	}
 	if err := admit("a.example", ""); err != nil {

@@ -167,8 +167,9 @@ b.localhost:9443 {
 }
 
 # c.localhost runs the admission policy (policy_test.go): it is its own
-# Privacy Pass issuer, requires tokens on /welcome_information and limits
-# discovery per client IP.
+# Privacy Pass issuer, requires tokens on /welcome_information, limits
+# /healthz per X-Test-Client header and connection_key_packages per
+# sending provider.
 c.localhost:9443 {
 	tls internal {
 		protocols tls1.3
@@ -177,6 +178,12 @@ c.localhost:9443 {
 		provider c.localhost
 		ds_domain c.localhost:9443
 		data_dir {DIR}/c
+		federation {
+			allow_private_addresses
+			allow_ports 9443
+			resolve a.localhost 127.0.0.1:9443
+			root_ca {DIR}/root-cert.pem
+		}
 		issuer {
 			key {DIR}/pp/k2.json
 			key {DIR}/pp/k1.json
@@ -192,10 +199,15 @@ c.localhost:9443 {
 			rate 50/1s
 			endpoints token_request
 		}
-		rate_limit discovery {
-			key remote_ip
+		rate_limit probe {
+			key {http.request.header.X-Test-Client}
 			rate 3/1m
-			endpoints ds_domain
+			endpoints /healthz
+		}
+		rate_limit per_provider {
+			key sender_provider
+			rate 1/1h
+			endpoints connection_key_packages
 		}
 	}
 	respond "not mimi" 404

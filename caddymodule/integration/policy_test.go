@@ -191,14 +191,23 @@ func TestIssuerOverHTTPS(t *testing.T) {
 }
 
 // TestRateLimitOverHTTPS checks the 429 answer as a client sees it: status,
-// Retry-After and DSError, for the zone of 3 per minute on discovery.
+// Retry-After and DSError, for the zone of 3 per minute on /healthz keyed
+// by a request header (a placeholder key).
 func TestRateLimitOverHTTPS(t *testing.T) {
 	startCaddy(t)
 	c := client(tls.VersionTLS13)
+	get := func(clientID string) (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodGet, policySite+"/healthz", nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("X-Test-Client", clientID)
+		return c.Do(req)
+	}
 	var last *http.Response
 	var body []byte
 	for i := 0; i < 4; i++ {
-		resp, err := c.Get(policySite + "/.well-known/mimi/ds-domain")
+		resp, err := get("client-1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -222,9 +231,15 @@ func TestRateLimitOverHTTPS(t *testing.T) {
 	if err := wire.Unmarshal(body, &resp, "DSResponse"); err != nil || resp.Error.Code != moh.CodeRateLimited {
 		t.Fatalf("body %x: %v", body, err)
 	}
+	// Another key has its own bucket.
+	if r, err := get("client-2"); err != nil || r.StatusCode != http.StatusOK {
+		t.Fatalf("another client: %v %v", r, err)
+	} else {
+		r.Body.Close()
+	}
 	// Other sites are not limited by c.localhost's zone.
 	for i := 0; i < 5; i++ {
-		r, err := c.Get("https://a.localhost:9443/.well-known/mimi/ds-domain")
+		r, err := c.Get("https://a.localhost:9443/healthz")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -369,4 +384,54 @@ func runPeer(t *testing.T, dir string, args ...string) string {
 		t.Fatalf("pp-peer %s: %v\n%s", args[0], err, stderr.String())
 	}
 	return string(out)
+}
+
+// TestSenderRateLimit checks the zone keyed on the verified sending
+// provider (1 per hour on connection_key_packages): a forged request
+// claiming a.localhost does not spend a.localhost's budget, a signed one
+// does, and the next is answered 429.
+func TestSenderRateLimit(t *testing.T) {
+	startCaddy(t)
+	a := peerClient(t, "a.localhost")
+	payload, _ := wire.Marshal(&moh.ConnectionKeyPackagesRequest{
+		Requester: []byte("mimi://a.localhost/u/alice"), UserID: []byte("mimi://c.localhost/u/carol"),
+	})
+	post := func(raw []byte) (*http.Response, []byte) {
+		t.Helper()
+		resp, err := client(tls.VersionTLS13).Post(policySite+"/connection_key_packages", "application/octet-stream", bytes.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, body
+	}
+	sign := func() []byte {
+		raw, err := a.Sign("c.localhost", moh.ConnectionKeyPackages, payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	forged := sign()
+	forged[len(forged)-1] ^= 1
+	for i := 0; i < 3; i++ {
+		if resp, _ := post(forged); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("forged request: status %d", resp.StatusCode)
+		}
+	}
+	if resp, _ := post(sign()); resp.StatusCode != http.StatusNotImplemented {
+		t.Fatalf("first signed request: status %d (the forged ones spent the budget?)", resp.StatusCode)
+	}
+	resp, body := post(sign())
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("second signed request: status %d", resp.StatusCode)
+	}
+	if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 3590 || ra > 3600 {
+		t.Fatalf("Retry-After %q", resp.Header.Get("Retry-After"))
+	}
+	var dsr moh.DSResponse
+	if err := wire.Unmarshal(body, &dsr, "DSResponse"); err != nil || dsr.Error.Code != moh.CodeRateLimited {
+		t.Fatalf("body %x: %v", body, err)
+	}
 }
