@@ -193,8 +193,8 @@ const (
 
 // policy is the provisioned admission policy of one Gateway.
 type policy struct {
-	zones  []*limitZone
-	plans  map[string]*endpointPlan
+	zones []*limitZone
+	plans map[string]*endpointPlan
 	// byType are the plans of the provider endpoints with sender zones,
 	// by the request type the endpoint accepts.
 	byType map[moh.ProviderRequestType]*endpointPlan
