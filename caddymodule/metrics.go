@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
 // decisions counts the admission policy's decisions. It is a package-level
@@ -30,10 +32,54 @@ func registerMetrics(reg *prometheus.Registry, logger *zap.Logger) {
 	if reg == nil {
 		return
 	}
-	if err := reg.Register(decisions); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			logger.Warn("registering policy metrics", zap.Error(err))
+	for _, c := range []prometheus.Collector{decisions, zoneStats{}} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				logger.Warn("registering policy metrics", zap.Error(err))
+			}
+		}
+	}
+}
+
+// Descriptions of the zone gauges.
+var (
+	zoneKeysDesc = prometheus.NewDesc("caddy_mimi_rate_limit_keys",
+		"Buckets held by a rate-limit zone.", []string{"zone"}, nil)
+	zoneEvictionsDesc = prometheus.NewDesc("caddy_mimi_rate_limit_evictions_total",
+		"Buckets a rate-limit zone dropped before they had refilled because it was at max_keys; "+
+			"a steady rise means max_keys is too small or keys are being sprayed.", []string{"zone"}, nil)
+)
+
+// zoneStats collects the size and evictions of every live zone at scrape
+// time. Zones of the same name in different data directories are summed,
+// so the zone label stays the configured name.
+type zoneStats struct{}
+
+// Describe implements prometheus.Collector.
+func (zoneStats) Describe(ch chan<- *prometheus.Desc) {
+	ch <- zoneKeysDesc
+	ch <- zoneEvictionsDesc
+}
+
+// Collect implements prometheus.Collector.
+func (zoneStats) Collect(ch chan<- prometheus.Metric) {
+	keys := map[string]int{}
+	evictions := map[string]uint64{}
+	zonePool.Range(func(_, v any) bool {
+		if z, ok := v.(*ratelimit.Zone); ok {
+			st := z.Stats()
+			keys[z.Name()] += st.Keys
+			evictions[z.Name()] += st.Evictions
+		}
+		return true
+	})
+	for name, n := range keys {
+		if m, err := prometheus.NewConstMetric(zoneKeysDesc, prometheus.GaugeValue, float64(n), name); err == nil {
+			ch <- m
+		}
+		if m, err := prometheus.NewConstMetric(zoneEvictionsDesc, prometheus.CounterValue, float64(evictions[name]), name); err == nil {
+			ch <- m
 		}
 	}
 }

@@ -737,3 +737,60 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+func TestPolicyMetrics(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	g := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: t.TempDir(),
+		RateLimits: []*RateLimitZone{{Name: "metrics_zone", Key: "remote_ip", Events: 1, Window: caddy.Duration(time.Hour),
+			Endpoints: []string{"ds_domain"}}}}
+	if err := g.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer g.Cleanup()
+	// A second handler of the same config registers again without error.
+	registerMetrics(ctx.GetMetricsRegistry(), zap.NewNop())
+	gather := func() map[string]float64 {
+		families, err := ctx.GetMetricsRegistry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				labels := ""
+				for _, l := range m.GetLabel() {
+					labels += l.GetName() + "=" + l.GetValue() + ","
+				}
+				got[f.GetName()+"{"+labels+"}"] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+		return got
+	}
+	// The decision counters live across configs (and test runs): compare
+	// deltas.
+	before := gather()
+	for _, remote := range []string{"192.0.2.1:1", "192.0.2.2:1", "192.0.2.2:1"} {
+		r := tls13(httptest.NewRequest(http.MethodGet, "/.well-known/mimi/ds-domain", nil))
+		r.RemoteAddr = remote
+		serve(g, r)
+	}
+	after := gather()
+	got := map[string]float64{}
+	for k, v := range after {
+		if strings.HasPrefix(k, "caddy_mimi_policy_decisions_total") {
+			v -= before[k]
+		}
+		got[k] = v
+	}
+	for name, want := range map[string]float64{
+		"caddy_mimi_rate_limit_keys{zone=metrics_zone,}":                                           2,
+		"caddy_mimi_rate_limit_evictions_total{zone=metrics_zone,}":                                0,
+		"caddy_mimi_policy_decisions_total{endpoint=ds_domain,outcome=allowed,zone=metrics_zone,}": 2,
+		"caddy_mimi_policy_decisions_total{endpoint=ds_domain,outcome=limited,zone=metrics_zone,}": 1,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+}
