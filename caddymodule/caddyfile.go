@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			origin_info      <name...>
 //			token_key        1|2 <key_file>
 //			issuer_directory <https_url>
+//			directory_refresh <duration>
 //			require          <endpoint...>
 //			lifetime         <duration>
 //			context          random|window

@@ -122,6 +122,12 @@ type PrivacyPass struct {
 	// and are skipped.
 	IssuerDirectory string `json:"issuer_directory,omitempty"`
 
+	// DirectoryRefresh is how often IssuerDirectory is fetched again; when
+	// its keys change, tokens are accepted under the new keys from then on
+	// (with context random, outstanding challenges are forgotten). A failed
+	// fetch keeps the current keys. Default: 1h; at least 1m.
+	DirectoryRefresh caddy.Duration `json:"directory_refresh,omitempty"`
+
 	// Require lists the endpoints, by path or name, that need a valid token
 	// on every request.
 	Require []string `json:"require,omitempty"`
@@ -198,7 +204,7 @@ type policy struct {
 	// byType are the plans of the provider endpoints with sender zones,
 	// by the request type the endpoint accepts.
 	byType map[moh.ProviderRequestType]*endpointPlan
-	origin *privacypass.Origin
+	origin *originState
 	issuer *tokenIssuer
 	logger *zap.Logger
 	now    func() time.Time
@@ -428,6 +434,7 @@ func (g *Gateway) cleanupPolicy() error {
 	if g.policy == nil {
 		return nil
 	}
+	g.policy.origin.stop()
 	var errs []error
 	for _, z := range g.policy.zones {
 		if _, err := zonePool.Delete(z.poolKey); err != nil {

@@ -151,16 +151,20 @@ func unmarshalPrivacyPass(d *caddyfile.Dispenser) (*PrivacyPass, error) {
 			if len(pp.Require) == 0 {
 				return nil, d.ArgErr()
 			}
-		case "lifetime":
+		case "lifetime", "directory_refresh":
 			var v string
 			if !d.AllArgs(&v) {
 				return nil, d.ArgErr()
 			}
 			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return nil, d.Errf("invalid lifetime '%s': %v", v, err)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("invalid %s '%s': want a positive duration", opt, v)
 			}
-			pp.Lifetime = caddy.Duration(dur)
+			if opt == "lifetime" {
+				pp.Lifetime = caddy.Duration(dur)
+			} else {
+				pp.DirectoryRefresh = caddy.Duration(dur)
+			}
 		case "context":
 			if !d.AllArgs(&pp.Context) {
 				return nil, d.ArgErr()

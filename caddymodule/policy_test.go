@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,6 +59,7 @@ func TestUnmarshalPolicy(t *testing.T) {
 			token_key 2 /etc/mimi/k2.json
 			token_key 1 /etc/mimi/k1.json
 			issuer_directory https://issuer.example.com/.well-known/private-token-issuer-directory
+			directory_refresh 30m
 			require connection_key_packages group_operation
 			lifetime 10m
 			context window
@@ -89,10 +91,11 @@ func TestUnmarshalPolicy(t *testing.T) {
 		},
 		PrivacyPass: &PrivacyPass{
 			IssuerName: "issuer.example.com", OriginInfo: []string{"ds.example.com"},
-			TokenKeys:       []TokenKeyFile{{2, "/etc/mimi/k2.json"}, {1, "/etc/mimi/k1.json"}},
-			IssuerDirectory: "https://issuer.example.com/.well-known/private-token-issuer-directory",
-			Require:         []string{"connection_key_packages", "group_operation"},
-			Lifetime:        caddy.Duration(10 * time.Minute), Context: "window", Secret: "{env.PP_SECRET}", Grease: true,
+			TokenKeys:        []TokenKeyFile{{2, "/etc/mimi/k2.json"}, {1, "/etc/mimi/k1.json"}},
+			IssuerDirectory:  "https://issuer.example.com/.well-known/private-token-issuer-directory",
+			DirectoryRefresh: caddy.Duration(30 * time.Minute),
+			Require:          []string{"connection_key_packages", "group_operation"},
+			Lifetime:         caddy.Duration(10 * time.Minute), Context: "window", Secret: "{env.PP_SECRET}", Grease: true,
 		},
 		Issuer: &TokenIssuer{KeyFiles: []string{"/etc/mimi/k2.json", "/etc/mimi/k1.json"}, RequestPath: "/pp/token-request"},
 		Peers:  &PeerList{Allow: []string{"a.example", "b.example"}, Deny: []string{"c.example"}},
@@ -178,6 +181,10 @@ func TestValidatePolicy(t *testing.T) {
 		{"secret with random contexts", func(g *Gateway) {
 			g.PrivacyPass = &PrivacyPass{IssuerName: "issuer.example", TokenKeys: []TokenKeyFile{{2, "k"}}, Secret: "x"}
 		}, "secret applies only to context window"},
+		{"directory refresh too often", func(g *Gateway) {
+			g.PrivacyPass = &PrivacyPass{IssuerName: "issuer.example", IssuerDirectory: "https://issuer.example/d",
+				DirectoryRefresh: caddy.Duration(10 * time.Second)}
+		}, "directory_refresh 10s: needs issuer_directory and at least 1m0s"},
 		{"require on discovery", func(g *Gateway) {
 			g.PrivacyPass = &PrivacyPass{IssuerName: "issuer.example", TokenKeys: []TokenKeyFile{{2, "k"}}, Require: []string{"ds_domain"}}
 		}, `"ds_domain" is not a MoH endpoint`},
@@ -657,11 +664,18 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir, _ := iss.Directory("/token-request").Marshal()
+	var served atomic.Pointer[[]byte]
+	served.Store(&dir)
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case privacypass.DirectoryPath:
 			w.Header().Set("Content-Type", privacypass.MediaTypeIssuerDirectory)
-			w.Write(dir)
+			d := *served.Load()
+			if d == nil {
+				http.Error(w, "down", http.StatusServiceUnavailable)
+				return
+			}
+			w.Write(d)
 		case "/redirect":
 			http.Redirect(w, r, privacypass.DirectoryPath, http.StatusFound)
 		case "/huge":
@@ -680,9 +694,16 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 		Resolve: map[string]string{"example.com": srv.Listener.Addr().String()}}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
+	policyOf := func(f *Federation) provider.FetchPolicy {
+		p, err := f.fetchPolicy(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	base := "https://example.com:" + strconv.Itoa(port)
 
-	keys, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, fed, zap.NewNop())
+	keys, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(fed), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -690,19 +711,19 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 		t.Fatalf("keys %v: want the type 2 key only", keys)
 	}
 	for path, want := range map[string]string{"/redirect": "status 302", "/huge": "larger than", "/missing": "status 404"} {
-		if _, err := fetchDirectoryKeys(ctx, base+path, fed, zap.NewNop()); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := fetchDirectoryKeys(ctx, base+path, policyOf(fed), zap.NewNop()); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", path, err, want)
 		}
 	}
 	// The production policy refuses loopback, and ports other than 443.
 	strict := &Federation{RootCAFiles: []string{rootFile}, AllowedPorts: []int{port},
 		Resolve: fed.Resolve}
-	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, strict, zap.NewNop()); err == nil ||
+	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(strict), zap.NewNop()); err == nil ||
 		!strings.Contains(err.Error(), "not a public address") {
 		t.Fatalf("loopback issuer under the production policy: %v", err)
 	}
 	noPort := &Federation{AllowPrivateAddresses: true, RootCAFiles: []string{rootFile}, Resolve: fed.Resolve}
-	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, noPort, zap.NewNop()); err == nil ||
+	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(noPort), zap.NewNop()); err == nil ||
 		!strings.Contains(err.Error(), "is not allowed") {
 		t.Fatalf("port not allowed: %v", err)
 	}
@@ -711,21 +732,64 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", Federation: fed,
 		PrivacyPass: &PrivacyPass{IssuerName: "example.com", IssuerDirectory: base + privacypass.DirectoryPath,
 			Require: []string{"welcome_information"}}})
-	challenge := challengeOf(t, g, privacypass.TypeBlindRSA)
-	p, err := privacypass.NewTokenRequest(challenge, f.keys[privacypass.TypeBlindRSA].Public())
-	if err != nil {
-		t.Fatal(err)
+	mintUnder := func(iss *privacypass.Issuer, k *privacypass.Key) string {
+		t.Helper()
+		p, err := privacypass.NewTokenRequest(challengeOf(t, g, privacypass.TypeBlindRSA), k.Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := iss.Issue(p.Request)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := p.Finalize(resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return privacypass.FormatAuthorization(tok)
 	}
-	resp, err := iss.Issue(p.Request)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := p.Finalize(resp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if w := redeemAt(g, privacypass.FormatAuthorization(tok)); w.Code != endpointAnswer {
+	oldKey := f.keys[privacypass.TypeBlindRSA]
+	if w := redeemAt(g, mintUnder(iss, oldKey)); w.Code != endpointAnswer {
 		t.Fatalf("token under a directory key: status %d", w.Code)
+	}
+
+	// The issuer rotates: the refresh picks the new key up and drops the
+	// old one. A failed refresh keeps the current keys.
+	newKey, err := privacypass.GenerateKey(privacypass.TypeBlindRSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newIss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: newKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var down []byte
+	served.Store(&down)
+	if err := g.policy.origin.refresh(ctx); err == nil || !strings.Contains(err.Error(), "status 503") {
+		t.Fatalf("refresh from a failing issuer: %v", err)
+	}
+	if w := redeemAt(g, mintUnder(iss, oldKey)); w.Code != endpointAnswer {
+		t.Fatalf("old key after a failed refresh: status %d", w.Code)
+	}
+	newDir, _ := newIss.Directory("/token-request").Marshal()
+	served.Store(&newDir)
+	before := g.policy.origin.current.Load()
+	if err := g.policy.origin.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g.policy.origin.current.Load() == before {
+		t.Fatal("the origin was not rebuilt after a key change")
+	}
+	if w := redeemAt(g, mintUnder(newIss, newKey)); w.Code != endpointAnswer {
+		t.Fatalf("new key after the refresh: status %d", w.Code)
+	}
+	if w := redeemAt(g, mintUnder(iss, oldKey)); w.Code != http.StatusUnauthorized {
+		t.Fatalf("old key after the refresh: status %d", w.Code)
+	}
+	// An unchanged directory does not rebuild the origin.
+	same := g.policy.origin.current.Load()
+	if err := g.policy.origin.refresh(ctx); err != nil || g.policy.origin.current.Load() != same {
+		t.Fatalf("refresh of an unchanged directory: %v", err)
 	}
 }
 

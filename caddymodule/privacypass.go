@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -11,6 +12,9 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +31,8 @@ import (
 const (
 	maxDirectoryBody        = 64 << 10
 	defaultDirectoryTimeout = 5 * time.Second
+	defaultDirectoryRefresh = time.Hour
+	minDirectoryRefresh     = time.Minute
 )
 
 // sharedAddressSpace is the carrier-grade NAT range of RFC 6598, never a
@@ -74,6 +80,9 @@ func (pp *PrivacyPass) validate(haveIssuer bool) error {
 	if len(pp.TokenKeys) == 0 && pp.IssuerDirectory == "" && !haveIssuer {
 		return errors.New("token_key or issuer_directory is required (or an issuer block to use its keys)")
 	}
+	if r := time.Duration(pp.DirectoryRefresh); r != 0 && (r < minDirectoryRefresh || pp.IssuerDirectory == "") {
+		return fmt.Errorf("directory_refresh %s: needs issuer_directory and at least %s", r, minDirectoryRefresh)
+	}
 	if lt := time.Duration(pp.Lifetime); lt != 0 && (lt < time.Second || lt > 24*time.Hour) {
 		return fmt.Errorf("lifetime %s is outside 1s..24h", lt)
 	}
@@ -89,9 +98,28 @@ func (pp *PrivacyPass) validate(haveIssuer bool) error {
 	return nil
 }
 
+// originState is the Privacy Pass origin of a gateway, and what is needed
+// to rebuild it when the issuer directory publishes other keys.
+type originState struct {
+	current atomic.Pointer[privacypass.Origin]
+	cfg     privacypass.OriginConfig // Keys holds the key-file keys only
+	dirURL  string
+	dirPol  provider.FetchPolicy
+	dirIDs  string // fingerprint of the directory keys in use
+	every   time.Duration
+	logger  *zap.Logger
+	cancel  context.CancelFunc
+	done    sync.WaitGroup
+}
+
 // provision builds the Origin: keys from files, from the issuer directory,
 // or from the gateway's own issuer, and the store as spent-token record.
-func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*privacypass.Origin, error) {
+// With an issuer directory it starts the refresh loop; stop it with stop.
+func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*originState, error) {
+	s := &originState{dirURL: pp.IssuerDirectory, every: time.Duration(pp.DirectoryRefresh), logger: g.logger}
+	if s.every == 0 {
+		s.every = defaultDirectoryRefresh
+	}
 	var keys []*privacypass.Key
 	for _, kf := range pp.TokenKeys {
 		k, err := privacypass.ReadKeyFile(kf.File)
@@ -103,20 +131,10 @@ func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*privacypass.Or
 		}
 		keys = append(keys, k)
 	}
-	if pp.IssuerDirectory != "" {
-		dk, err := fetchDirectoryKeys(ctx, pp.IssuerDirectory, g.Federation, g.logger)
-		if err != nil {
-			return nil, err
-		}
-		keys = append(keys, dk...)
-	}
-	if len(keys) == 0 && g.policy != nil && g.policy.issuer != nil {
+	if len(keys) == 0 && pp.IssuerDirectory == "" && g.policy != nil && g.policy.issuer != nil {
 		keys = g.policy.issuer.keys
 	}
-	if len(keys) == 0 {
-		return nil, errors.New("no usable token key")
-	}
-	cfg := privacypass.OriginConfig{
+	s.cfg = privacypass.OriginConfig{
 		IssuerName: pp.IssuerName,
 		OriginInfo: pp.OriginInfo,
 		Keys:       keys,
@@ -124,36 +142,123 @@ func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*privacypass.Or
 		Grease:     pp.Grease,
 		Spent:      g.state.store,
 	}
-	if len(cfg.OriginInfo) == 0 {
-		cfg.OriginInfo = []string{g.DSDomain}
+	if len(s.cfg.OriginInfo) == 0 {
+		s.cfg.OriginInfo = []string{g.DSDomain}
 	}
 	if pp.Context == contextWindow {
-		cfg.Mode = privacypass.ContextWindow
+		s.cfg.Mode = privacypass.ContextWindow
+		secret := make([]byte, 32)
+		rand.Read(secret)
 		if pp.Secret != "" {
-			secret, err := caddy.NewReplacer().ReplaceOrErr(pp.Secret, true, true)
+			v, err := caddy.NewReplacer().ReplaceOrErr(pp.Secret, true, true)
 			if err != nil {
 				// The error names the placeholder, never its value.
 				return nil, fmt.Errorf("secret: %w", err)
 			}
-			if len(secret) < 32 {
-				return nil, fmt.Errorf("secret is %d bytes; at least 32 are required", len(secret))
+			if len(v) < 32 {
+				return nil, fmt.Errorf("secret is %d bytes; at least 32 are required", len(v))
 			}
-			cfg.Secret = []byte(secret)
+			secret = []byte(v)
 		}
+		// A secret made here (none configured) is kept for the life of
+		// this config, so rebuilding the origin after a directory change
+		// keeps its outstanding challenges valid.
+		s.cfg.Secret = secret
+	}
+	var dirKeys []*privacypass.Key
+	if s.dirURL != "" {
+		var err error
+		if s.dirPol, err = g.Federation.fetchPolicy(ctx); err != nil {
+			return nil, err
+		}
+		if dirKeys, err = fetchDirectoryKeys(ctx, s.dirURL, s.dirPol, g.logger); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.install(dirKeys); err != nil {
+		return nil, err
+	}
+	if s.dirURL != "" {
+		loopCtx, cancel := context.WithCancel(context.Background())
+		s.cancel = cancel
+		s.done.Add(1)
+		go s.refreshLoop(loopCtx)
+	}
+	return s, nil
+}
+
+// install builds an Origin with the key-file keys and dirKeys and makes it
+// current.
+func (s *originState) install(dirKeys []*privacypass.Key) error {
+	cfg := s.cfg
+	cfg.Keys = append(slices.Clone(s.cfg.Keys), dirKeys...)
+	if len(cfg.Keys) == 0 {
+		return errors.New("no usable token key")
 	}
 	o, err := privacypass.NewOrigin(cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	ids := make([]string, len(keys))
-	for i, k := range keys {
+	s.current.Store(o)
+	s.dirIDs = keyIDs(dirKeys)
+	ids := make([]string, len(cfg.Keys))
+	for i, k := range cfg.Keys {
 		id := k.ID()
 		ids[i] = fmt.Sprintf("%s:%x", k.Type(), id[:8])
 	}
-	g.logger.Info("privacy pass origin ready", zap.String("issuer_name", pp.IssuerName),
+	s.logger.Info("privacy pass origin ready", zap.String("issuer_name", cfg.IssuerName),
 		zap.Strings("origin_info", cfg.OriginInfo), zap.Strings("token_key_ids", ids),
 		zap.String("context", cfg.Mode.String()))
-	return o, nil
+	return nil
+}
+
+// keyIDs is a fingerprint of a key list.
+func keyIDs(keys []*privacypass.Key) string {
+	var b strings.Builder
+	for _, k := range keys {
+		id := k.ID()
+		b.Write(id[:])
+	}
+	return b.String()
+}
+
+// refreshLoop fetches the issuer directory every s.every until ctx ends.
+func (s *originState) refreshLoop(ctx context.Context) {
+	defer s.done.Done()
+	t := time.NewTicker(s.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.refresh(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Warn("refreshing the issuer directory; keeping the current keys",
+					zap.String("issuer_directory", s.dirURL), zap.Error(err))
+			}
+		}
+	}
+}
+
+// refresh fetches the issuer directory once and installs a new Origin if
+// its keys changed. On failure the current keys stay.
+func (s *originState) refresh(ctx context.Context) error {
+	keys, err := fetchDirectoryKeys(ctx, s.dirURL, s.dirPol, s.logger)
+	if err != nil {
+		return err
+	}
+	if keyIDs(keys) == s.dirIDs {
+		return nil
+	}
+	return s.install(keys)
+}
+
+// stop ends the refresh loop.
+func (s *originState) stop() {
+	if s != nil && s.cancel != nil {
+		s.cancel()
+		s.done.Wait()
+	}
 }
 
 // redeem checks the PrivateToken credential of r and spends the token, or
@@ -163,12 +268,13 @@ func (p *policy) redeem(r *http.Request, ep *endpointPlan) error {
 	if p.origin == nil {
 		return errors.New("privacy pass: no origin configured")
 	}
+	origin := p.origin.current.Load()
 	auth := r.Header.Get("Authorization")
 	var err error
 	if auth == "" {
 		err = privacypass.ErrMissing
 	} else {
-		_, err = p.origin.Redeem(r.Context(), auth)
+		_, err = origin.Redeem(r.Context(), auth)
 	}
 	if err == nil {
 		ep.tokens.accepted.Inc()
@@ -192,7 +298,7 @@ func (p *policy) redeem(r *http.Request, ep *endpointPlan) error {
 		c.Write(zap.String("endpoint", ep.name), zap.String("reason", string(reason)),
 			zap.String("remote_ip", remoteIP(r)))
 	}
-	challenge, cerr := p.origin.WWWAuthenticate()
+	challenge, cerr := origin.WWWAuthenticate()
 	if cerr != nil {
 		return fmt.Errorf("minting privacy pass challenge: %w", cerr)
 	}
@@ -211,11 +317,7 @@ func (p *policy) redeem(r *http.Request, ep *endpointPlan) error {
 // the federation policy: public addresses on port 443 unless it allows
 // private addresses or other ports, its resolve map and roots, no
 // redirects, a bounded body and a timeout.
-func fetchDirectoryKeys(ctx caddy.Context, dirURL string, fed *Federation, logger *zap.Logger) ([]*privacypass.Key, error) {
-	pol, err := fed.fetchPolicy(ctx)
-	if err != nil {
-		return nil, err
-	}
+func fetchDirectoryKeys(ctx context.Context, dirURL string, pol provider.FetchPolicy, logger *zap.Logger) ([]*privacypass.Key, error) {
 	client, timeout := directoryClient(pol)
 	reqCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
