@@ -50,6 +50,9 @@ type RateLimitZone struct {
 	// digits and underscores. Zones keep their buckets across config
 	// reloads, keyed by data directory and name: a reload that keeps the
 	// name keeps the buckets and applies the new rate and burst to them.
+	// Handlers that share a data directory (sites of one provider) share
+	// zones of the same name: give such zones the same limits, or
+	// different names. Required.
 	Name string `json:"name"`
 
 	// Key says what a bucket belongs to:
@@ -234,13 +237,17 @@ func (g *Gateway) policyEndpoints() []string {
 	return paths
 }
 
-// endpointName is the label of an endpoint path in metrics and logs.
-func endpointName(path string) string {
-	switch path {
-	case privacypass.DirectoryPath:
+// endpointName is the name of an endpoint path in the configuration,
+// metrics and logs: the path without its slash, except for discovery
+// (ds_domain) and the issuer's paths (issuer_directory, token_request).
+func (g *Gateway) endpointName(path string) string {
+	switch {
+	case path == privacypass.DirectoryPath:
 		return "issuer_directory"
-	case "/.well-known/mimi/ds-domain":
+	case path == "/.well-known/mimi/ds-domain":
 		return "ds_domain"
+	case g.Issuer != nil && path == g.Issuer.requestPath():
+		return "token_request"
 	}
 	return strings.TrimPrefix(path, "/")
 }
@@ -248,12 +255,9 @@ func endpointName(path string) string {
 // resolveEndpoint turns a configured endpoint (a path or a name) into a path.
 func (g *Gateway) resolveEndpoint(s string) (string, error) {
 	for _, p := range g.policyEndpoints() {
-		if s == p || s == endpointName(p) {
+		if s == p || s == g.endpointName(p) {
 			return p, nil
 		}
-	}
-	if s == "token_request" && g.Issuer != nil {
-		return g.Issuer.requestPath(), nil
 	}
 	return "", fmt.Errorf("%q is not an endpoint of this gateway", s)
 }
@@ -290,13 +294,18 @@ func (g *Gateway) validatePolicy() error {
 			return fmt.Errorf("mimi: rate_limit: duplicate zone name %q", z.Name)
 		}
 		names[z.Name] = true
+		covered := map[string]bool{}
 		for _, e := range z.Endpoints {
 			p, err := g.resolveEndpoint(e)
 			if err != nil {
 				return fmt.Errorf("mimi: rate_limit %s endpoints: %w", z.Name, err)
 			}
+			if covered[p] {
+				return fmt.Errorf("mimi: rate_limit %s endpoints: %q is listed twice", z.Name, e)
+			}
+			covered[p] = true
 			if err := z.appliesTo(p); err != nil {
-				return fmt.Errorf("mimi: rate_limit %s endpoints: %w", z.Name, err)
+				return fmt.Errorf("mimi: rate_limit %s endpoints: %w, not %q", z.Name, err, g.endpointName(p))
 			}
 		}
 		if z.OverLimit == overLimitToken && g.PrivacyPass == nil {
@@ -367,7 +376,7 @@ func (g *Gateway) provisionPolicy(ctx caddy.Context) error {
 	plan := func(path string) *endpointPlan {
 		ep := p.plans[path]
 		if ep == nil {
-			name := endpointName(path)
+			name := g.endpointName(path)
 			ep = &endpointPlan{name: name, tokens: newTokenCounters(name)}
 			p.plans[path] = ep
 		}

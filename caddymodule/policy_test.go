@@ -159,6 +159,9 @@ func TestValidatePolicy(t *testing.T) {
 			`key sender_provider needs a provider endpoint, not "group_operation"`},
 		{"group key on a provider endpoint", func(g *Gateway) { g.RateLimits = []*RateLimitZone{zone("member", "/deliver_message")} },
 			`key member needs a client-signed DS endpoint, not "deliver_message"`},
+		{"endpoint listed twice", func(g *Gateway) {
+			g.RateLimits = []*RateLimitZone{zone("remote_ip", "connection_request", "/connection_request")}
+		}, `"/connection_request" is listed twice`},
 		{"unknown endpoint", func(g *Gateway) { g.RateLimits = []*RateLimitZone{zone("remote_ip", "/nowhere")} },
 			`"/nowhere" is not an endpoint of this gateway`},
 		{"token_request without issuer", func(g *Gateway) { g.RateLimits = []*RateLimitZone{zone("remote_ip", "token_request")} },
