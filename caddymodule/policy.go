@@ -66,8 +66,9 @@ type RateLimitZone struct {
 	//     of a client-signed DS request, taken only after its signature
 	//     verified (DS endpoints only);
 	//   - anything containing `{`: a Caddy placeholder template expanded per
-	//     request, such as `{http.request.header.X-User}` or `static`-like
-	//     fixed text for one bucket per zone.
+	//     request, such as `{http.request.header.X-User}`; requests for which
+	//     it expands to the same text, the empty text included, share a
+	//     bucket.
 	// Required.
 	Key string `json:"key"`
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"net"
 	"net/http"
@@ -105,6 +106,22 @@ func TestUnmarshalPolicy(t *testing.T) {
 	}
 	if err := g.Validate(); err != nil {
 		t.Fatalf("the parsed config does not validate: %v", err)
+	}
+	// The JSON field names are the documented ones (README "JSON").
+	js, err := json.Marshal(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, field := range []string{
+		`"rate_limits":[{"name":"per_ip","key":"ip_prefix","ipv4_prefix":24,"ipv6_prefix":48,"events":10,"window":1000000000,"burst":20,"endpoints":["/group_operation","welcome_information"],"max_keys":1000}`,
+		`{"name":"per_provider","key":"sender_provider","events":60,"window":60000000000,"endpoints":["connection_request"],"over_limit":"token"}`,
+		`"privacy_pass":{"issuer_name":"issuer.example.com","origin_info":["ds.example.com"],"token_keys":[{"type":2,"file":"/etc/mimi/k2.json"},{"type":1,"file":"/etc/mimi/k1.json"}],"issuer_directory":"https://issuer.example.com/.well-known/private-token-issuer-directory","directory_refresh":1800000000000,"require":["connection_key_packages","group_operation"],"lifetime":600000000000,"context":"window","secret":"{env.PP_SECRET}","grease":true}`,
+		`"issuer":{"key_files":["/etc/mimi/k2.json","/etc/mimi/k1.json"],"request_path":"/pp/token-request"}`,
+		`"peers":{"allow":["a.example","b.example"],"deny":["c.example"]}`,
+	} {
+		if !strings.Contains(string(js), field) {
+			t.Errorf("JSON %s\nlacks %s", js, field)
+		}
 	}
 }
 
