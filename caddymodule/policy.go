@@ -426,6 +426,12 @@ func (g *Gateway) provisionPolicy(ctx caddy.Context) error {
 			plan(path).requireToken = true
 		}
 	}
+	if p.issuer != nil {
+		if ep := p.plans[p.issuer.requestPath]; ep == nil || len(ep.pre) == 0 {
+			g.logger.Warn("no rate_limit zone covers the issuer's token_request: clients can mint tokens as fast as the CPU signs them",
+				zap.String("request_path", p.issuer.requestPath))
+		}
+	}
 	p.byType = map[moh.ProviderRequestType]*endpointPlan{}
 	for _, typ := range []moh.ProviderRequestType{moh.DeliverMessage, moh.ConnectionRequest,
 		moh.ConnectionKeyPackages, moh.GroupKeyPackages} {

@@ -878,3 +878,29 @@ func TestPolicyMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestOverLimitTokenByIP checks over_limit token on a zone keyed on the
+// request, through ServeHTTP: over the limit a token admits the request.
+func TestOverLimitTokenByIP(t *testing.T) {
+	f := newPPFixture(t)
+	cfg := f.gateway("")
+	cfg.PrivacyPass.Require = nil
+	cfg.RateLimits = []*RateLimitZone{{Name: "per_ip", Key: "remote_ip", Events: 1, Window: caddy.Duration(time.Hour),
+		Endpoints: []string{"welcome_information"}, OverLimit: "token"}}
+	g := provisioned(t, cfg)
+	// Under the limit no token is needed (and none is spent).
+	if w := redeemAt(g, ""); w.Code != endpointAnswer {
+		t.Fatalf("under the limit: status %d", w.Code)
+	}
+	w := redeemAt(g, "")
+	if w.Code != http.StatusUnauthorized || dsErrorCode(t, w.Body.Bytes()) != moh.CodeTokenRequired {
+		t.Fatalf("over the limit without a token: status %d", w.Code)
+	}
+	auth := f.mint(t, g, challengeOf(t, g, privacypass.TypeBlindRSA), privacypass.TypeBlindRSA)
+	if w := redeemAt(g, auth); w.Code != endpointAnswer {
+		t.Fatalf("over the limit with a token: status %d", w.Code)
+	}
+	if w := redeemAt(g, auth); w.Code != http.StatusUnauthorized {
+		t.Fatalf("over the limit with the same token again: status %d", w.Code)
+	}
+}
