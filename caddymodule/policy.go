@@ -142,8 +142,8 @@ type PrivacyPass struct {
 
 	// Context is how redemption contexts are made: `random` (32 random
 	// bytes per challenge, remembered in memory: outstanding challenges are
-	// forgotten on restart and on a config reload, and the client gets a
-	// new one) or `window` (derived from Secret and the time slot, so
+	// forgotten on restart and on a reload that changes the privacy_pass
+	// settings or keys, and the client gets a new one) or `window` (derived from Secret and the time slot, so
 	// challenges survive restarts and are shared by every node with the
 	// same secret). Default: random.
 	Context string `json:"context,omitempty"`
@@ -209,9 +209,11 @@ type policy struct {
 	// by the request type the endpoint accepts.
 	byType map[moh.ProviderRequestType]*endpointPlan
 	origin *originState
-	issuer *tokenIssuer
-	logger *zap.Logger
-	now    func() time.Time
+	// originKey is the origin's key in originPool, "" when none is held.
+	originKey string
+	issuer    *tokenIssuer
+	logger    *zap.Logger
+	now       func() time.Time
 }
 
 // endpointPlan is what the policy does on one endpoint.
@@ -368,11 +370,11 @@ func (g *Gateway) provisionPolicy(ctx caddy.Context) error {
 		p.issuer = is
 	}
 	if g.PrivacyPass != nil {
-		o, err := g.PrivacyPass.provision(ctx, g)
+		o, key, err := g.PrivacyPass.provision(ctx, g)
 		if err != nil {
 			return fmt.Errorf("mimi: privacy_pass: %w", err)
 		}
-		p.origin = o
+		p.origin, p.originKey = o, key
 	}
 	plan := func(path string) *endpointPlan {
 		ep := p.plans[path]
@@ -450,8 +452,13 @@ func (g *Gateway) cleanupPolicy() error {
 	if g.policy == nil {
 		return nil
 	}
-	g.policy.origin.stop()
 	var errs []error
+	if g.policy.originKey != "" {
+		if _, err := originPool.Delete(g.policy.originKey); err != nil {
+			errs = append(errs, err)
+		}
+		g.policy.originKey = ""
+	}
 	for _, z := range g.policy.zones {
 		if _, err := zonePool.Delete(z.poolKey); err != nil {
 			errs = append(errs, err)

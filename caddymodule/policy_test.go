@@ -904,3 +904,56 @@ func TestOverLimitTokenByIP(t *testing.T) {
 		t.Fatalf("over the limit with the same token again: status %d", w.Code)
 	}
 }
+
+// TestOriginSurvivesReload checks that a reload with the same privacy_pass
+// settings keeps the running origin, so a random-context challenge minted
+// before the reload is still accepted after it, while changed settings
+// make a new origin.
+func TestOriginSurvivesReload(t *testing.T) {
+	f := newPPFixture(t)
+	dataDir := t.TempDir()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	cfg := func(lifetime time.Duration) *Gateway {
+		g := f.gateway(dataDir)
+		g.PrivacyPass.Context, g.PrivacyPass.Secret = "random", ""
+		g.PrivacyPass.Lifetime = caddy.Duration(lifetime)
+		return g
+	}
+	old := cfg(time.Minute)
+	if err := old.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	challenge := challengeOf(t, old, privacypass.TypeBlindRSA)
+	first := f.mint(t, old, challenge, privacypass.TypeBlindRSA)
+	second := f.mint(t, old, challenge, privacypass.TypeBlindRSA)
+
+	same := cfg(time.Minute)
+	if err := same.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if same.policy.origin != old.policy.origin {
+		t.Fatal("a reload with the same settings built a new origin")
+	}
+	if w := redeemAt(same, first); w.Code != endpointAnswer {
+		t.Fatalf("challenge from before the reload: status %d", w.Code)
+	}
+
+	changed := cfg(2 * time.Minute)
+	if err := changed.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := same.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	defer changed.Cleanup()
+	if changed.policy.origin == same.policy.origin {
+		t.Fatal("changed settings reused the origin")
+	}
+	if w := redeemAt(changed, second); w.Code != http.StatusUnauthorized {
+		t.Fatalf("random-context challenge of a replaced origin: status %d", w.Code)
+	}
+}

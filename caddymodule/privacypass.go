@@ -3,7 +3,10 @@ package caddymodule
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -112,10 +115,12 @@ type originState struct {
 	done    sync.WaitGroup
 }
 
-// provision builds the Origin: keys from files, from the issuer directory,
-// or from the gateway's own issuer, and the store as spent-token record.
-// With an issuer directory it starts the refresh loop; stop it with stop.
-func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*originState, error) {
+// provision returns the Origin state of the configuration: keys from files,
+// from the issuer directory, or from the gateway's own issuer, and the
+// store as spent-token record. With an issuer directory it refreshes the
+// keys in the background. The state is shared through originPool; release
+// it with originPool.Delete of the returned key.
+func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*originState, string, error) {
 	s := &originState{dirURL: pp.IssuerDirectory, every: time.Duration(pp.DirectoryRefresh), logger: g.logger}
 	if s.every == 0 {
 		s.every = defaultDirectoryRefresh
@@ -124,10 +129,10 @@ func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*originState, e
 	for _, kf := range pp.TokenKeys {
 		k, err := privacypass.ReadKeyFile(kf.File)
 		if err != nil {
-			return nil, fmt.Errorf("token_key %s: %w", kf.File, err)
+			return nil, "", fmt.Errorf("token_key %s: %w", kf.File, err)
 		}
 		if int(k.Type()) != kf.Type {
-			return nil, fmt.Errorf("token_key %s: the file holds a type %s key, not type %d", kf.File, k.Type(), kf.Type)
+			return nil, "", fmt.Errorf("token_key %s: the file holds a type %s key, not type %d", kf.File, k.Type(), kf.Type)
 		}
 		keys = append(keys, k)
 	}
@@ -153,10 +158,10 @@ func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*originState, e
 			v, err := caddy.NewReplacer().ReplaceOrErr(pp.Secret, true, true)
 			if err != nil {
 				// The error names the placeholder, never its value.
-				return nil, fmt.Errorf("secret: %w", err)
+				return nil, "", fmt.Errorf("secret: %w", err)
 			}
 			if len(v) < 32 {
-				return nil, fmt.Errorf("secret is %d bytes; at least 32 are required", len(v))
+				return nil, "", fmt.Errorf("secret is %d bytes; at least 32 are required", len(v))
 			}
 			secret = []byte(v)
 		}
@@ -165,26 +170,66 @@ func (pp *PrivacyPass) provision(ctx caddy.Context, g *Gateway) (*originState, e
 		// keeps its outstanding challenges valid.
 		s.cfg.Secret = secret
 	}
-	var dirKeys []*privacypass.Key
-	if s.dirURL != "" {
-		var err error
-		if s.dirPol, err = g.Federation.fetchPolicy(ctx); err != nil {
+	// A reload with the same settings finds the running origin, so
+	// challenges minted before the reload (context random) stay valid.
+	poolKey, err := pp.poolKey(g, s.cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	v, _, err := originPool.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		var dirKeys []*privacypass.Key
+		if s.dirURL != "" {
+			var err error
+			if s.dirPol, err = g.Federation.fetchPolicy(ctx); err != nil {
+				return nil, err
+			}
+			if dirKeys, err = fetchDirectoryKeys(ctx, s.dirURL, s.dirPol, g.logger); err != nil {
+				return nil, err
+			}
+		}
+		if err := s.install(dirKeys); err != nil {
 			return nil, err
 		}
-		if dirKeys, err = fetchDirectoryKeys(ctx, s.dirURL, s.dirPol, g.logger); err != nil {
-			return nil, err
+		if s.dirURL != "" {
+			loopCtx, cancel := context.WithCancel(context.Background())
+			s.cancel = cancel
+			s.done.Add(1)
+			go s.refreshLoop(loopCtx)
 		}
+		return s, nil
+	})
+	if err != nil {
+		return nil, "", err
 	}
-	if err := s.install(dirKeys); err != nil {
-		return nil, err
+	return v.(*originState), poolKey, nil
+}
+
+// originPool shares origins across config reloads, keyed by data
+// directory and every setting that shapes the origin (see poolKey).
+var originPool = caddy.NewUsagePool()
+
+// poolKey identifies an origin: the data directory (whose store records
+// spent tokens), the privacy_pass settings, the keys read from files and a
+// digest of the configured secret (never the secret itself).
+func (pp *PrivacyPass) poolKey(g *Gateway, cfg privacypass.OriginConfig) (string, error) {
+	settings, err := json.Marshal(pp)
+	if err != nil {
+		return "", fmt.Errorf("encoding settings: %w", err)
 	}
-	if s.dirURL != "" {
-		loopCtx, cancel := context.WithCancel(context.Background())
-		s.cancel = cancel
-		s.done.Add(1)
-		go s.refreshLoop(loopCtx)
+	secret := "generated"
+	if pp.Secret != "" {
+		d := sha256.Sum256(cfg.Secret)
+		secret = hex.EncodeToString(d[:])
 	}
-	return s, nil
+	return strings.Join([]string{g.DataDir, string(settings), strings.Join(cfg.OriginInfo, ","), secret,
+		hex.EncodeToString([]byte(keyIDs(cfg.Keys)))}, "\x00"), nil
+}
+
+// Destruct implements caddy.Destructor: it stops the refresh loop when the
+// last config using the origin is unloaded.
+func (s *originState) Destruct() error {
+	s.stop()
+	return nil
 }
 
 // install builds an Origin with the key-file keys and dirKeys and makes it
