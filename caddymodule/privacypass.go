@@ -331,6 +331,8 @@ func (p *policy) redeem(r *http.Request, ep *endpointPlan) error {
 		ep.tokens.missing.Inc()
 	case privacypass.ReasonStoreUnavailable:
 		ep.tokens.unavailable.Inc()
+		p.logger.Error("recording a spent privacy pass token failed; the token was not redeemed",
+			zap.String("endpoint", ep.name), zap.Error(err))
 		return &moh.Error{Code: moh.CodeBackendUnavailable, Message: "token store unavailable; retry later", Err: err}
 	case "":
 		// Not from the privacy pass package: an internal failure.
