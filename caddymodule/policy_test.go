@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -955,5 +956,65 @@ func TestOriginSurvivesReload(t *testing.T) {
 	}
 	if w := redeemAt(changed, second); w.Code != http.StatusUnauthorized {
 		t.Fatalf("random-context challenge of a replaced origin: status %d", w.Code)
+	}
+}
+
+// failingStore is a SpentStore whose backend is down.
+type failingStore struct{}
+
+func (failingStore) MarkSpent(context.Context, []byte, time.Time) (bool, error) {
+	return false, errors.New("disk on fire")
+}
+
+// TestRedeemStoreFailure checks that a double-spend store failure is a 503
+// backend_unavailable, not a 401: the token is fine and may be retried.
+func TestRedeemStoreFailure(t *testing.T) {
+	k, err := privacypass.GenerateKey(privacypass.TypeBlindRSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := privacypass.NewOrigin(privacypass.OriginConfig{IssuerName: "issuer.example", Keys: []*privacypass.Key{k},
+		Spent: failingStore{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := o.Challenges()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, err := privacypass.NewTokenRequest(cs[0].TokenChallenge, k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := iss.Issue(pending.Request)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := pending.Finalize(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := &originState{}
+	state.current.Store(o)
+	p := &policy{origin: state, logger: zap.NewNop()}
+	ep := &endpointPlan{name: "welcome_information", tokens: newTokenCounters("welcome_information")}
+	r := httptest.NewRequest(http.MethodPost, "/welcome_information", nil)
+	r.Header.Set("Authorization", privacypass.FormatAuthorization(tok))
+	before := counterValue(ep.tokens.unavailable)
+	err = p.redeem(r, ep)
+	if status, _ := errorAnswer(err); status != http.StatusServiceUnavailable || moh.DSErrorOf(err).Code != moh.CodeBackendUnavailable {
+		t.Fatalf("store failure: status %d, %v", status, err)
+	}
+	h := http.Header{}
+	setPolicyHeaders(h, err)
+	if h.Get("WWW-Authenticate") != "" {
+		t.Fatal("a store failure asked for another token")
+	}
+	if counterValue(ep.tokens.unavailable)-before != 1 {
+		t.Fatal("token_unavailable not counted")
 	}
 }
