@@ -15,7 +15,9 @@ import (
 // or privacy_pass, peers, issuer), endpoint (an endpoint name) and outcome;
 // never a client, provider, group or token.
 //
-// Outcomes: allowed and limited (rate-limit zones); token_accepted,
+// Outcomes: allowed, limited (answered 429) and over_limit_token (over the
+// limit of an over_limit token zone, so the token check decides) for
+// rate-limit zones; token_accepted,
 // token_missing, token_refused and token_unavailable (Privacy Pass
 // redemption; the last when the double-spend store failed); refused (peers,
 // for which endpoint is "provider"); issued and issue_refused (issuer).

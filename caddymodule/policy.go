@@ -26,13 +26,15 @@ import (
 // A request to an endpoint passes these steps, in order, and the first
 // refusal answers it:
 //
-//  1. Before the body is read: if the endpoint is in privacy_pass require,
-//     the request must carry a valid, unspent token (401 token_required with
-//     a fresh challenge otherwise). Then every zone keyed on the request
-//     itself (remote_ip, ip_prefix, placeholder) and covering the endpoint
-//     spends one event; a zone over its limit answers 429 rate_limited with
-//     Retry-After, unless the zone says over_limit token and the request
-//     carries a valid token (redeemed once, and only when needed).
+//  1. Before the body is read: every zone keyed on the request itself
+//     (remote_ip, ip_prefix, placeholder) and covering the endpoint spends
+//     one event; a zone over its limit answers 429 rate_limited with
+//     Retry-After, unless the zone says over_limit token. Then, if the
+//     endpoint is in privacy_pass require or an over_limit token zone was
+//     over its limit, the request must carry a valid, unspent token (401
+//     token_required with a fresh challenge otherwise); one token answers
+//     all of them. Zones run first so that a flooding client costs no
+//     token verification.
 //  2. Provider endpoints, after the envelope signature verified (the
 //     Inbound.Admit hook) and before the request id is reserved: the peers
 //     list (checked earlier still, before any key is fetched), then the
@@ -510,17 +512,10 @@ func (g *Gateway) admitRequest(w http.ResponseWriter, r *http.Request) bool {
 	if ep == nil {
 		return true
 	}
-	redeemed := false
-	if ep.requireToken {
-		if err := p.redeem(r, ep); err != nil {
-			g.refuse(w, r, err)
-			return false
-		}
-		redeemed = true
-	}
-	if len(ep.pre) == 0 {
-		return true
-	}
+	// The zones run first, so that a client over a refusing limit costs no
+	// token verification; one token then answers both require and every
+	// over_limit token zone.
+	needToken := ep.requireToken
 	var buf [64]byte
 	now := p.now()
 	for _, u := range ep.pre {
@@ -529,7 +524,13 @@ func (g *Gateway) admitRequest(w http.ResponseWriter, r *http.Request) bool {
 			g.refuse(w, r, err)
 			return false
 		}
-		if err := p.decide(r, ep, u, ok, retry, &redeemed); err != nil {
+		if err := p.decide(r, ep, u, ok, retry, &needToken); err != nil {
+			g.refuse(w, r, err)
+			return false
+		}
+	}
+	if needToken {
+		if err := p.redeem(r, ep); err != nil {
 			g.refuse(w, r, err)
 			return false
 		}
@@ -537,24 +538,17 @@ func (g *Gateway) admitRequest(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-// decide applies a zone's answer: it counts and logs it and, over the limit,
-// either refuses or asks for a token, redeeming at most one per request.
-func (p *policy) decide(r *http.Request, ep *endpointPlan, u *zoneUse, ok bool, retry time.Duration, redeemed *bool) error {
+// decide applies a zone's answer and counts it. Over the limit, a refuse
+// zone returns the 429 refusal, and a token zone sets *needToken: the
+// caller then redeems one token for the request.
+func (p *policy) decide(r *http.Request, ep *endpointPlan, u *zoneUse, ok bool, retry time.Duration, needToken *bool) error {
 	if ok {
 		u.allowed.Inc()
 		return nil
 	}
 	if u.zone.overLimitToken {
-		if *redeemed {
-			u.allowed.Inc()
-			return nil
-		}
-		if err := p.redeem(r, ep); err != nil {
-			u.limited.Inc()
-			return err
-		}
-		*redeemed = true
-		u.allowed.Inc()
+		u.overToken.Inc()
+		*needToken = true
 		return nil
 	}
 	u.limited.Inc()
@@ -593,13 +587,17 @@ func (g *Gateway) admitProvider(ctx context.Context, v *provider.Verified) error
 	if r == nil {
 		return errors.New("admitting provider request: no HTTP request in the context")
 	}
-	redeemed := ep.requireToken
+	needToken := false
 	now := p.now()
 	for _, u := range ep.provider {
 		ok, retry := u.zone.zone.AllowBytes(v.Request.Sender, now)
-		if err := p.decide(r, ep, u, ok, retry, &redeemed); err != nil {
+		if err := p.decide(r, ep, u, ok, retry, &needToken); err != nil {
 			return err
 		}
+	}
+	// With require, the token was redeemed before the body was read.
+	if needToken && !ep.requireToken {
+		return p.redeem(r, ep)
 	}
 	return nil
 }
@@ -620,7 +618,7 @@ func (g *Gateway) admitDS(r *http.Request, groupID, member []byte) error {
 	if ep == nil || len(ep.ds) == 0 {
 		return nil
 	}
-	redeemed := ep.requireToken
+	needToken := false
 	now := p.now()
 	var buf [128]byte
 	for _, u := range ep.ds {
@@ -629,9 +627,12 @@ func (g *Gateway) admitDS(r *http.Request, groupID, member []byte) error {
 			key = append(append(key, 0), member...)
 		}
 		ok, retry := u.zone.zone.AllowBytes(key, now)
-		if err := p.decide(r, ep, u, ok, retry, &redeemed); err != nil {
+		if err := p.decide(r, ep, u, ok, retry, &needToken); err != nil {
 			return err
 		}
+	}
+	if needToken && !ep.requireToken {
+		return p.redeem(r, ep)
 	}
 	return nil
 }

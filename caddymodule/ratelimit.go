@@ -54,15 +54,16 @@ type limitZone struct {
 
 // zoneUse is a zone on one endpoint, with that endpoint's counters.
 type zoneUse struct {
-	zone             *limitZone
-	allowed, limited prometheus.Counter
+	zone                        *limitZone
+	allowed, limited, overToken prometheus.Counter
 }
 
 func newZoneUse(z *limitZone, endpoint string) *zoneUse {
 	return &zoneUse{
-		zone:    z,
-		allowed: decisions.WithLabelValues(z.name, endpoint, "allowed"),
-		limited: decisions.WithLabelValues(z.name, endpoint, "limited"),
+		zone:      z,
+		allowed:   decisions.WithLabelValues(z.name, endpoint, "allowed"),
+		limited:   decisions.WithLabelValues(z.name, endpoint, "limited"),
+		overToken: decisions.WithLabelValues(z.name, endpoint, "over_limit_token"),
 	}
 }
 
