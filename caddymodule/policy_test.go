@@ -1018,3 +1018,25 @@ func TestRedeemStoreFailure(t *testing.T) {
 		t.Fatal("token_unavailable not counted")
 	}
 }
+
+// TestZonesBeforeTokens checks that a client over a refusing zone is
+// answered 429 before any token is looked at, even on an endpoint that
+// requires one.
+func TestZonesBeforeTokens(t *testing.T) {
+	f := newPPFixture(t)
+	cfg := f.gateway("")
+	cfg.RateLimits = []*RateLimitZone{{Name: "per_ip", Key: "remote_ip", Events: 1, Window: caddy.Duration(time.Hour),
+		Endpoints: []string{"welcome_information"}}}
+	g := provisioned(t, cfg)
+	challenge := challengeOf(t, g, privacypass.TypeBlindRSA) // spends the only event
+	auth := f.mint(t, g, challenge, privacypass.TypeBlindRSA)
+	tokens := g.policy.plans["/welcome_information"].tokens
+	before := counterValue(tokens.accepted) + counterValue(tokens.refused) + counterValue(tokens.missing)
+	w := redeemAt(g, auth)
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("WWW-Authenticate") != "" {
+		t.Fatalf("over the limit with a token: status %d", w.Code)
+	}
+	if after := counterValue(tokens.accepted) + counterValue(tokens.refused) + counterValue(tokens.missing); after != before {
+		t.Fatal("the token was checked although the zone refused the request")
+	}
+}
