@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -21,8 +22,8 @@ type tokenIssuer struct {
 	keys        []*privacypass.Key
 	requestPath string
 	directory   []byte
-	issued      interface{ Inc() }
-	refused     interface{ Inc() }
+	issued      prometheus.Counter
+	refused     prometheus.Counter
 }
 
 // requestPath returns the configured request path or its default.

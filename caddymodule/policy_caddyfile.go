@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -247,10 +248,8 @@ func unmarshalPeers(d *caddyfile.Dispenser) (*PeerList, error) {
 		}
 		for _, a := range args {
 			a = strings.ToLower(strings.TrimSuffix(a, "."))
-			for _, have := range append(pl.Allow, pl.Deny...) {
-				if have == a {
-					return nil, d.Errf("duplicate peers entry '%s'", a)
-				}
+			if slices.Contains(pl.Allow, a) || slices.Contains(pl.Deny, a) {
+				return nil, d.Errf("duplicate peers entry '%s'", a)
 			}
 			*list = append(*list, a)
 		}
