@@ -549,6 +549,7 @@ func TestIssuerEndpoints(t *testing.T) {
 		w, _ := serve(g, r)
 		return w
 	}
+	refusedBefore := counterValue(issuerCounter("issue_refused"))
 	if w := post("application/octet-stream", []byte{0, 2}); w.Code != http.StatusUnsupportedMediaType {
 		t.Fatalf("wrong content type: %d", w.Code)
 	}
@@ -557,6 +558,9 @@ func TestIssuerEndpoints(t *testing.T) {
 	}
 	if w := post(privacypass.MediaTypeTokenRequest, make([]byte, 2000)); w.Code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("oversized request: %d", w.Code)
+	}
+	if n := counterValue(issuerCounter("issue_refused")) - refusedBefore; n != 3 {
+		t.Fatalf("issue_refused rose by %v, want 3", n)
 	}
 	w, _ = serve(g, tls13(httptest.NewRequest(http.MethodGet, "/token-request", nil)))
 	if w.Code != http.StatusMethodNotAllowed {
