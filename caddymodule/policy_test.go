@@ -749,7 +749,7 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 	}
 	noPort := &Federation{AllowPrivateAddresses: true, RootCAFiles: []string{rootFile}, Resolve: fed.Resolve}
 	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(noPort), zap.NewNop()); err == nil ||
-		!strings.Contains(err.Error(), "is not allowed") {
+		!strings.Contains(err.Error(), "refused by fetch policy: port") {
 		t.Fatalf("port not allowed: %v", err)
 	}
 

@@ -10,15 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -37,10 +34,6 @@ const (
 	defaultDirectoryRefresh = time.Hour
 	minDirectoryRefresh     = time.Minute
 )
-
-// sharedAddressSpace is the carrier-grade NAT range of RFC 6598, never a
-// public issuer.
-var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
 
 // Context modes of the privacy_pass block.
 const (
@@ -365,8 +358,12 @@ func (p *policy) redeem(r *http.Request, ep *endpointPlan) error {
 // private addresses or other ports, its resolve map and roots, no
 // redirects, a bounded body and a timeout.
 func fetchDirectoryKeys(ctx context.Context, dirURL string, pol provider.FetchPolicy, logger *zap.Logger) ([]*privacypass.Key, error) {
-	client, timeout := directoryClient(pol)
-	reqCtx, cancel := context.WithTimeout(ctx, timeout)
+	// Issuers are not MIMI peers: TLS 1.2 is accepted, as RFC 9578 allows.
+	if pol.Timeout <= 0 {
+		pol.Timeout = defaultDirectoryTimeout
+	}
+	client := pol.HTTPClient(tls.VersionTLS12)
+	reqCtx, cancel := context.WithTimeout(ctx, pol.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(reqCtx, http.MethodGet, dirURL, nil)
 	if err != nil {
@@ -404,52 +401,4 @@ func fetchDirectoryKeys(ctx context.Context, dirURL string, pol provider.FetchPo
 		logger.Info("skipped privately verifiable keys of the issuer directory", zap.Int("count", skipped))
 	}
 	return keys, nil
-}
-
-// directoryClient is an HTTP client bound like provider.KeyFetcher's: the
-// address check runs on the dialed address (no DNS rebinding), redirects
-// are not followed, and every phase has a timeout.
-func directoryClient(pol provider.FetchPolicy) (*http.Client, time.Duration) {
-	timeout := defaultDirectoryTimeout
-	if pol.Timeout > 0 {
-		timeout = pol.Timeout
-	}
-	control := func(_, address string, _ syscall.RawConn) error {
-		ap, err := netip.ParseAddrPort(address)
-		if err != nil {
-			return fmt.Errorf("address refused: %v", err)
-		}
-		if port := int(ap.Port()); port != 443 && !slices.Contains(pol.AllowedPorts, port) {
-			return fmt.Errorf("address refused: port %d is not allowed", port)
-		}
-		if a := ap.Addr().Unmap(); !pol.AllowPrivate && (!a.IsGlobalUnicast() || a.IsPrivate() || a.IsLoopback() ||
-			a.IsLinkLocalUnicast() || sharedAddressSpace.Contains(a) || a.Is4() && a.As4()[0] == 0) {
-			return fmt.Errorf("address refused: %s is not a public address", a)
-		}
-		return nil
-	}
-	dialer := &net.Dialer{Timeout: timeout, Control: control}
-	transport := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			host, _, err := net.SplitHostPort(addr)
-			if err != nil {
-				return nil, err
-			}
-			if fixed, ok := pol.Resolve[host]; ok {
-				addr = fixed
-			}
-			return dialer.DialContext(ctx, network, addr)
-		},
-		TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pol.RootCAs},
-		ForceAttemptHTTP2:      true,
-		TLSHandshakeTimeout:    timeout,
-		ResponseHeaderTimeout:  timeout,
-		MaxResponseHeaderBytes: 16 << 10,
-		DisableKeepAlives:      true,
-	}
-	return &http.Client{
-		Transport:     transport,
-		Timeout:       timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}, timeout
 }

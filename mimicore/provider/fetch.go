@@ -115,47 +115,64 @@ type cachedKey struct {
 	expires time.Time // min(not_after, fetched + 24 h)
 }
 
-// NewKeyFetcher returns a KeyFetcher that applies policy.
-func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
-	if policy.Timeout <= 0 {
-		policy.Timeout = defaultFetchLimit
+// withDefaults fills in the zero fields of p.
+func (p FetchPolicy) withDefaults() FetchPolicy {
+	if p.Timeout <= 0 {
+		p.Timeout = defaultFetchLimit
 	}
-	if policy.MinInterval <= 0 {
-		policy.MinInterval = defaultMinInterval
+	if p.MinInterval <= 0 {
+		p.MinInterval = defaultMinInterval
 	}
-	if policy.FetchRate <= 0 {
-		policy.FetchRate = 5
+	if p.FetchRate <= 0 {
+		p.FetchRate = 5
 	}
-	if policy.MaxPeers <= 0 {
-		policy.MaxPeers = 10_000
+	if p.MaxPeers <= 0 {
+		p.MaxPeers = 10_000
 	}
-	dialer := &net.Dialer{Timeout: policy.Timeout, Control: policy.control}
+	return p
+}
+
+// HTTPClient returns an HTTP client that applies p to every request: the
+// address check runs on the address actually dialed (after resolution, so
+// DNS rebinding cannot slip past it), Resolve overrides are honoured,
+// redirects are not followed, every phase is bounded by p.Timeout, and TLS
+// below minVersion is refused. Callers still cap the bodies they read.
+func (p FetchPolicy) HTTPClient(minVersion uint16) *http.Client {
+	p = p.withDefaults()
+	dialer := &net.Dialer{Timeout: p.Timeout, Control: p.control}
 	transport := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
 				return nil, err
 			}
-			if fixed, ok := policy.Resolve[host]; ok {
+			if fixed, ok := p.Resolve[host]; ok {
 				addr = fixed
 			}
 			return dialer.DialContext(ctx, network, addr)
 		},
-		TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: policy.RootCAs},
+		TLSClientConfig:        &tls.Config{MinVersion: minVersion, RootCAs: p.RootCAs},
 		ForceAttemptHTTP2:      true,
 		MaxIdleConnsPerHost:    2,
 		IdleConnTimeout:        90 * time.Second,
-		TLSHandshakeTimeout:    policy.Timeout,
-		ResponseHeaderTimeout:  policy.Timeout,
+		TLSHandshakeTimeout:    p.Timeout,
+		ResponseHeaderTimeout:  p.Timeout,
 		MaxResponseHeaderBytes: 16 << 10,
 	}
+	return &http.Client{
+		Transport:     transport,
+		Timeout:       p.Timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// NewKeyFetcher returns a KeyFetcher that applies policy. Peers are reached
+// over TLS 1.3 only.
+func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
+	policy = policy.withDefaults()
 	return &KeyFetcher{
-		policy: policy,
-		client: &http.Client{
-			Transport:     transport,
-			Timeout:       policy.Timeout,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		policy:  policy,
+		client:  policy.HTTPClient(tls.VersionTLS13),
 		now:     time.Now,
 		limiter: rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
 		peers:   make(map[string]*peerKeys),
