@@ -2,6 +2,7 @@ package mls
 
 import (
 	"crypto"
+	"crypto/cipher"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -155,29 +156,13 @@ func (cs CipherSuite) EncryptPrivateMessage(st *SecretTree, senderDataSecret []b
 	if _, err := rand.Read(sd.reuseGuard[:]); err != nil {
 		return nil, fmt.Errorf("encrypting private message: %w", err)
 	}
-	aad, err := privateAAD(c.GroupID, c.Epoch, c.ContentType, c.AuthenticatedData, true)
+	aead, nonce, aad, err := s.contentAEAD(kn, sd.reuseGuard, c.GroupID, c.Epoch, c.ContentType, c.AuthenticatedData)
 	if err != nil {
 		return nil, fmt.Errorf("encrypting private message: %w", err)
-	}
-	aead, err := s.newAEAD(kn.Key)
-	if err != nil {
-		return nil, fmt.Errorf("encrypting private message: %w", err)
-	}
-	nonce := cloneBytes(kn.Nonce)
-	for i := range sd.reuseGuard {
-		nonce[i] ^= sd.reuseGuard[i]
 	}
 	ct := aead.Seal(nil, nonce, pt, aad)
 
-	sdKey, sdNonce, err := s.senderDataKeys(senderDataSecret, ct)
-	if err != nil {
-		return nil, fmt.Errorf("encrypting private message: %w", err)
-	}
-	sdAAD, err := privateAAD(c.GroupID, c.Epoch, c.ContentType, nil, false)
-	if err != nil {
-		return nil, fmt.Errorf("encrypting private message: %w", err)
-	}
-	sdAEAD, err := s.newAEAD(sdKey)
+	sdAEAD, sdNonce, sdAAD, err := s.senderDataAEAD(senderDataSecret, ct, c.GroupID, c.Epoch, c.ContentType)
 	if err != nil {
 		return nil, fmt.Errorf("encrypting private message: %w", err)
 	}
@@ -193,6 +178,46 @@ func (cs CipherSuite) EncryptPrivateMessage(st *SecretTree, senderDataSecret []b
 	}, nil
 }
 
+// contentAEAD returns the AEAD, nonce and additional data that protect a
+// PrivateMessage's content (RFC 9420 §6.3.1): the ratchet's key, its nonce
+// with the reuse guard XORed into the first bytes, and
+// PrivateContentAAD.
+func (s *suite) contentAEAD(kn KeyAndNonce, guard [4]byte, groupID []byte, epoch uint64, ct ContentType, authData []byte) (cipher.AEAD, []byte, []byte, error) {
+	aad, err := privateAAD(groupID, epoch, ct, authData, true)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	aead, err := s.newAEAD(kn.Key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	nonce := cloneBytes(kn.Nonce)
+	for i := range guard {
+		nonce[i] ^= guard[i]
+	}
+	return aead, nonce, aad, nil
+}
+
+// senderDataAEAD returns the AEAD, nonce and additional data that protect a
+// PrivateMessage's sender data (RFC 9420 §6.3.2): keys derived from the
+// sender data secret and a sample of the content ciphertext, and
+// SenderDataAAD.
+func (s *suite) senderDataAEAD(secret, ciphertext, groupID []byte, epoch uint64, ct ContentType) (cipher.AEAD, []byte, []byte, error) {
+	key, nonce, err := s.senderDataKeys(secret, ciphertext)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	aad, err := privateAAD(groupID, epoch, ct, nil, false)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	aead, err := s.newAEAD(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return aead, nonce, aad, nil
+}
+
 // DecryptPrivateMessage removes the protection of m (RFC 9420 §6.3) and
 // returns its content with the PrivateMessage wire format. The caller must
 // still check that the sender leaf is a member and verify the signature
@@ -202,15 +227,7 @@ func (cs CipherSuite) DecryptPrivateMessage(st *SecretTree, senderDataSecret []b
 	if err != nil {
 		return nil, err
 	}
-	sdKey, sdNonce, err := s.senderDataKeys(senderDataSecret, m.Ciphertext)
-	if err != nil {
-		return nil, fmt.Errorf("decrypting private message: %w", err)
-	}
-	sdAAD, err := privateAAD(m.GroupID, m.Epoch, m.ContentType, nil, false)
-	if err != nil {
-		return nil, fmt.Errorf("decrypting private message: %w", err)
-	}
-	sdAEAD, err := s.newAEAD(sdKey)
+	sdAEAD, sdNonce, sdAAD, err := s.senderDataAEAD(senderDataSecret, m.Ciphertext, m.GroupID, m.Epoch, m.ContentType)
 	if err != nil {
 		return nil, fmt.Errorf("decrypting private message: %w", err)
 	}
@@ -228,17 +245,9 @@ func (cs CipherSuite) DecryptPrivateMessage(st *SecretTree, senderDataSecret []b
 	if err != nil {
 		return nil, fmt.Errorf("decrypting private message: %w", err)
 	}
-	aad, err := privateAAD(m.GroupID, m.Epoch, m.ContentType, m.AuthenticatedData, true)
+	aead, nonce, aad, err := s.contentAEAD(kn, sd.reuseGuard, m.GroupID, m.Epoch, m.ContentType, m.AuthenticatedData)
 	if err != nil {
 		return nil, fmt.Errorf("decrypting private message: %w", err)
-	}
-	aead, err := s.newAEAD(kn.Key)
-	if err != nil {
-		return nil, fmt.Errorf("decrypting private message: %w", err)
-	}
-	nonce := cloneBytes(kn.Nonce)
-	for i := range sd.reuseGuard {
-		nonce[i] ^= sd.reuseGuard[i]
 	}
 	pt, err := aead.Open(nil, nonce, m.Ciphertext, aad)
 	if err != nil {
