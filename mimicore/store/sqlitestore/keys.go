@@ -15,6 +15,23 @@ import (
 // scanner is a *sql.Row or *sql.Rows.
 type scanner interface{ Scan(dest ...any) error }
 
+// collectRows reads every row with scan, then closes rows; an error from
+// scanning, iterating or closing is returned.
+func collectRows[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, errors.Join(err, rows.Close())
+		}
+		out = append(out, v)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func scanSigningKey(sc scanner) (store.SigningKey, error) {
 	var (
 		k                   store.SigningKey
@@ -52,16 +69,8 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 	if err != nil {
 		return s.fail(doing, err)
 	}
-	var existing []store.SigningKey
-	for rows.Next() {
-		e, err := scanSigningKey(rows)
-		if err != nil {
-			rows.Close()
-			return s.fail(doing, err)
-		}
-		existing = append(existing, e)
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+	existing, err := collectRows(rows, scanSigningKey)
+	if err != nil {
 		return s.fail(doing, err)
 	}
 	switch {
@@ -104,16 +113,8 @@ func (s *Store) ListSigningKeys(ctx context.Context) ([]store.SigningKey, error)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
-	defer rows.Close()
-	var keys []store.SigningKey
-	for rows.Next() {
-		k, err := scanSigningKey(rows)
-		if err != nil {
-			return nil, s.fail(doing, err)
-		}
-		keys = append(keys, k)
-	}
-	if err := rows.Err(); err != nil {
+	keys, err := collectRows(rows, scanSigningKey)
+	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	return keys, nil
@@ -257,16 +258,8 @@ func (s *Store) ListPeerKeys(ctx context.Context, domain string) ([]store.PeerKe
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
-	defer rows.Close()
-	var keys []store.PeerKey
-	for rows.Next() {
-		k, err := scanPeerKey(rows)
-		if err != nil {
-			return nil, s.fail(doing, err)
-		}
-		keys = append(keys, k)
-	}
-	if err := rows.Err(); err != nil {
+	keys, err := collectRows(rows, scanPeerKey)
+	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	return keys, nil
