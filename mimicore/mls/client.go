@@ -252,23 +252,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 // §12.4.3.1). m is the committer in the new epoch.
 func (m *Member) welcome(gi *GroupInfo, info *CommitInfo, np *newPath, pskSecret []byte, list []ResolvedProposal) (*Welcome, error) {
 	s := m.state.s
-	member, err := s.extract(m.secrets.JoinerSecret, pskSecret)
-	if err != nil {
-		return nil, err
-	}
-	welcomeSecret, err := s.deriveSecret(member, "welcome")
-	if err != nil {
-		return nil, err
-	}
-	key, err := s.expandWithLabel(welcomeSecret, "key", nil, s.nk)
-	if err != nil {
-		return nil, err
-	}
-	nonce, err := s.expandWithLabel(welcomeSecret, "nonce", nil, s.nn)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := s.newAEAD(key)
+	aead, nonce, err := s.welcomeAEAD(m.secrets.JoinerSecret, pskSecret)
 	if err != nil {
 		return nil, err
 	}

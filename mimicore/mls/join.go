@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"crypto/cipher"
 	"crypto/hpke"
 	"errors"
 	"fmt"
@@ -79,23 +80,7 @@ func ProcessWelcome(w *Welcome, kp *KeyPackage, initPriv hpke.PrivateKey, psks P
 	if res.PSKSecret, err = cs.PSKSecret(list); err != nil {
 		return nil, fmt.Errorf("processing welcome: %w", err)
 	}
-	member, err := s.extract(gs.JoinerSecret, res.PSKSecret)
-	if err != nil {
-		return nil, fmt.Errorf("processing welcome: %w", err)
-	}
-	welcomeSecret, err := s.deriveSecret(member, "welcome")
-	if err != nil {
-		return nil, err
-	}
-	key, err := s.expandWithLabel(welcomeSecret, "key", nil, s.nk)
-	if err != nil {
-		return nil, err
-	}
-	nonce, err := s.expandWithLabel(welcomeSecret, "nonce", nil, s.nn)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := s.newAEAD(key)
+	aead, nonce, err := s.welcomeAEAD(gs.JoinerSecret, res.PSKSecret)
 	if err != nil {
 		return nil, fmt.Errorf("processing welcome: %w", err)
 	}
@@ -117,4 +102,31 @@ func ProcessWelcome(w *Welcome, kp *KeyPackage, initPriv hpke.PrivateKey, psks P
 		return nil, fmt.Errorf("%w: group info confirmation tag", ErrInvalidMessage)
 	}
 	return res, nil
+}
+
+// welcomeAEAD returns the AEAD and nonce that protect a Welcome's GroupInfo
+// (RFC 9420 §12.4.3.1): welcome_secret = DeriveSecret(Extract(joiner_secret,
+// psk_secret), "welcome"), then its "key" and "nonce".
+func (s *suite) welcomeAEAD(joinerSecret, pskSecret []byte) (cipher.AEAD, []byte, error) {
+	member, err := s.extract(joinerSecret, pskSecret)
+	if err != nil {
+		return nil, nil, err
+	}
+	welcomeSecret, err := s.deriveSecret(member, "welcome")
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := s.expandWithLabel(welcomeSecret, "key", nil, s.nk)
+	if err != nil {
+		return nil, nil, err
+	}
+	nonce, err := s.expandWithLabel(welcomeSecret, "nonce", nil, s.nn)
+	if err != nil {
+		return nil, nil, err
+	}
+	aead, err := s.newAEAD(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return aead, nonce, nil
 }
