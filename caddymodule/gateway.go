@@ -422,6 +422,10 @@ func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	status, body := errorAnswer(err)
 	setPolicyHeaders(w.Header(), err)
 	writeRaw(w, status, body)
+	var decided *policyError
+	if errors.As(err, &decided) {
+		return // the policy logged its decision with the zone and endpoint
+	}
 	// Refusals of bad or unwelcome requests are routine (debug); a failure
 	// of the gateway itself is an error an operator must see.
 	level := zapcore.DebugLevel
