@@ -149,8 +149,10 @@ func lines(s string) []string {
 func TestPeerTokensAcceptedByOrigin(t *testing.T) {
 	dir := peer(t)
 	goK2, goK1, _ := testKeys(t)
-	outDir := filepath.Join(dir, "out")
-	if err := os.MkdirAll(outDir, 0o700); err != nil {
+	// A fresh directory per run: the peer's install is shared across the
+	// test binary (and -count runs), the key files are not.
+	outDir, err := os.MkdirTemp(dir, "out-")
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, typ := range []privacypass.TokenType{privacypass.TypeBlindRSA, privacypass.TypeVOPRF} {
