@@ -35,22 +35,17 @@ func TestKeyScheduleVectors(t *testing.T) {
 		} `json:"exporter"`
 	}
 	var cases []struct {
-		CipherSuite       CipherSuite `json:"cipher_suite"`
-		GroupID           hexb        `json:"group_id"`
-		InitialInitSecret hexb        `json:"initial_init_secret"`
-		Epochs            []epoch     `json:"epochs"`
+		suiteField
+		GroupID           hexb    `json:"group_id"`
+		InitialInitSecret hexb    `json:"initial_init_secret"`
+		Epochs            []epoch `json:"epochs"`
 	}
 	if err := vectors.Load("key-schedule.json", &cases); err != nil {
 		t.Fatal(err)
 	}
 	var c vectors.Counter
-	for i, tc := range cases {
+	for i, tc := range supportedCases(&c, cases) {
 		cs := tc.CipherSuite
-		if !cs.Supported() {
-			c.Skipped++
-			continue
-		}
-		c.Run++
 		initSecret := []byte(tc.InitialInitSecret)
 		for e, ep := range tc.Epochs {
 			gc := &GroupContext{Version: MLS10, CipherSuite: cs, GroupID: tc.GroupID, Epoch: uint64(e),
@@ -92,8 +87,8 @@ func TestKeyScheduleVectors(t *testing.T) {
 
 func TestPSKSecretVectors(t *testing.T) {
 	var cases []struct {
-		CipherSuite CipherSuite `json:"cipher_suite"`
-		PSKs        []struct {
+		suiteField
+		PSKs []struct {
 			PSKID    hexb `json:"psk_id"`
 			PSK      hexb `json:"psk"`
 			PSKNonce hexb `json:"psk_nonce"`
@@ -104,13 +99,8 @@ func TestPSKSecretVectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	var c vectors.Counter
-	for i, tc := range cases {
+	for i, tc := range supportedCases(&c, cases) {
 		cs := tc.CipherSuite
-		if !cs.Supported() {
-			c.Skipped++
-			continue
-		}
-		c.Run++
 		var psks []PSKWithSecret
 		for _, p := range tc.PSKs {
 			psks = append(psks, PSKWithSecret{ID: PreSharedKeyID{Type: PSKExternal, PSKID: p.PSKID, Nonce: p.PSKNonce}, PSK: p.PSK})

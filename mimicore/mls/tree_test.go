@@ -33,22 +33,17 @@ func encodeTree(t *testing.T, tree *Tree) []byte {
 
 func TestTreeValidationVectors(t *testing.T) {
 	var cases []struct {
-		CipherSuite CipherSuite `json:"cipher_suite"`
-		Tree        hexb        `json:"tree"`
-		GroupID     hexb        `json:"group_id"`
-		TreeHashes  []hexb      `json:"tree_hashes"`
-		Resolutions [][]uint32  `json:"resolutions"`
+		suiteField
+		Tree        hexb       `json:"tree"`
+		GroupID     hexb       `json:"group_id"`
+		TreeHashes  []hexb     `json:"tree_hashes"`
+		Resolutions [][]uint32 `json:"resolutions"`
 	}
 	if err := vectors.Load("tree-validation.json", &cases); err != nil {
 		t.Fatal(err)
 	}
 	var c vectors.Counter
-	for i, tc := range cases {
-		if !tc.CipherSuite.Supported() {
-			c.Skipped++
-			continue
-		}
-		c.Run++
+	for i, tc := range supportedCases(&c, cases) {
 		tree := decodeTree(t, tc.CipherSuite, tc.Tree)
 		if int(tree.width()) != len(tc.TreeHashes) {
 			t.Fatalf("case %d: width %d, want %d", i, tree.width(), len(tc.TreeHashes))
@@ -87,24 +82,19 @@ func equalU32(a, b []uint32) bool {
 
 func TestTreeOperationsVectors(t *testing.T) {
 	var cases []struct {
-		CipherSuite    CipherSuite `json:"cipher_suite"`
-		Proposal       hexb        `json:"proposal"`
-		ProposalSender uint32      `json:"proposal_sender"`
-		TreeBefore     hexb        `json:"tree_before"`
-		TreeAfter      hexb        `json:"tree_after"`
-		TreeHashBefore hexb        `json:"tree_hash_before"`
-		TreeHashAfter  hexb        `json:"tree_hash_after"`
+		suiteField
+		Proposal       hexb   `json:"proposal"`
+		ProposalSender uint32 `json:"proposal_sender"`
+		TreeBefore     hexb   `json:"tree_before"`
+		TreeAfter      hexb   `json:"tree_after"`
+		TreeHashBefore hexb   `json:"tree_hash_before"`
+		TreeHashAfter  hexb   `json:"tree_hash_after"`
 	}
 	if err := vectors.Load("tree-operations.json", &cases); err != nil {
 		t.Fatal(err)
 	}
 	var c vectors.Counter
-	for i, tc := range cases {
-		if !tc.CipherSuite.Supported() {
-			c.Skipped++
-			continue
-		}
-		c.Run++
+	for i, tc := range supportedCases(&c, cases) {
 		before := decodeTree(t, tc.CipherSuite, tc.TreeBefore)
 		h, err := before.TreeHash()
 		if err != nil || !bytes.Equal(h, tc.TreeHashBefore) {
