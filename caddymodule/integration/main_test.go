@@ -23,6 +23,7 @@ import (
 
 	_ "github.com/caddy-mimi/caddy-mimi/caddymodule"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass/pptest"
 )
 
 // env is what every test of the package shares: one Caddy serving two
@@ -62,6 +63,7 @@ func TestMain(m *testing.M) {
 		code = 1
 	}
 	os.RemoveAll(dir)
+	pptest.Remove()
 	os.Exit(code)
 }
 

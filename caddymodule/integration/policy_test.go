@@ -2,28 +2,24 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass/pptest"
 )
 
 // writePolicyKeys writes the issuer keys and the context secret of
@@ -80,7 +76,7 @@ const admittedStatus = http.StatusUnsupportedMediaType
 
 func TestPrivacyPassInterop(t *testing.T) {
 	startCaddy(t)
-	dir := ppPeer(t)
+	dir := pptest.Dir(t)
 
 	resp := protected(t, "")
 	if resp.StatusCode != http.StatusUnauthorized {
@@ -96,7 +92,7 @@ func TestPrivacyPassInterop(t *testing.T) {
 		t.Run(typ.String(), func(t *testing.T) {
 			// privacypass-ts plays client and issuer (with the issuer key
 			// the gateway also uses), answering the gateway's own header.
-			tokens := strings.Fields(runPeer(t, dir, "token", "--key", ppKeyFile(env.dir, typ),
+			tokens := strings.Fields(pptest.Run(t, dir, 0, "token", "--key", ppKeyFile(env.dir, typ),
 				"--www-authenticate", wwwAuth, "--count", "2"))
 			if len(tokens) != 4 { // "PrivateToken token=..." twice
 				t.Fatalf("pp-peer printed %q", tokens)
@@ -125,10 +121,10 @@ func TestPrivacyPassInterop(t *testing.T) {
 	// Tokens for a challenge this origin did not make: another origin, and
 	// the right origin with a context the gateway never issued.
 	for name, origin := range map[string]string{"another origin": "other.example", "another challenge": "c.localhost:9443"} {
-		out := runPeer(t, dir, "challenge", "--key", ppKeyFile(env.dir, privacypass.TypeBlindRSA),
+		out := pptest.Run(t, dir, 0, "challenge", "--key", ppKeyFile(env.dir, privacypass.TypeBlindRSA),
 			"--issuer", "c.localhost:9443", "--origin", origin, "--context", "random")
 		wa := jsonField(t, out, "www_authenticate")
-		tok := strings.TrimSpace(runPeer(t, dir, "token", "--key", ppKeyFile(env.dir, privacypass.TypeBlindRSA),
+		tok := strings.TrimSpace(pptest.Run(t, dir, 0, "token", "--key", ppKeyFile(env.dir, privacypass.TypeBlindRSA),
 			"--www-authenticate", wa))
 		if r := protected(t, tok); r.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("%s: status %d", name, r.StatusCode)
@@ -284,119 +280,14 @@ func jsonField(t *testing.T, out, name string) string {
 	return s
 }
 
-// pp-peer is copied to a temporary directory and installed there once per
-// test binary, so shared/ stays untouched.
-var (
-	peerOnce sync.Once
-	peerDir  string
-	peerErr  error
-)
-
-func ppPeer(t *testing.T) string {
-	t.Helper()
-	for _, bin := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is not installed", bin)
-			}
-			t.Skipf("%s is not installed; the privacypass-ts interop test needs Node >= 20", bin)
-		}
-	}
-	peerOnce.Do(func() {
-		src, err := findShared()
-		if err != nil {
-			peerErr = err
-			return
-		}
-		peerDir = filepath.Join(env.dir, "pp-peer")
-		if peerErr = copyTree(filepath.Join(src, "peers", "privacypass"), peerDir); peerErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--loglevel=error")
-		cmd.Dir = peerDir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			peerErr = fmt.Errorf("npm install: %v\n%s", err, out)
-		}
-	})
-	if peerErr != nil {
-		t.Fatal(peerErr)
-	}
-	return peerDir
-}
-
-// findShared locates the project's shared/ directory (MIMI_SHARED_DIR, or
-// a parent directory's shared/).
-func findShared() (string, error) {
-	if d := os.Getenv("MIMI_SHARED_DIR"); d != "" {
-		return d, nil
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		cand := filepath.Join(dir, "shared")
-		if st, err := os.Stat(filepath.Join(cand, "peers", "privacypass")); err == nil && st.IsDir() {
-			return cand, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("shared/peers/privacypass not found; set MIMI_SHARED_DIR")
-		}
-		dir = parent
-	}
-}
-
-func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Name() == "node_modules" || d.Name() == "out" {
-			return filepath.SkipDir
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		target := filepath.Join(dst, rel)
-		if d.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, b, 0o644)
-	})
-}
-
-// runPeer runs pp-peer and returns its standard output.
-func runPeer(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", append([]string{"pp-peer.mjs"}, args...)...)
-	cmd.Dir = dir
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("pp-peer %s: %v\n%s", args[0], err, stderr.String())
-	}
-	return string(out)
-}
+// senderZoneSpent records that TestSenderRateLimit used a.localhost's one
+// event an hour in the per_provider zone of this process's Caddy.
+var senderZoneSpent bool
 
 // TestSenderRateLimit checks the zone keyed on the verified sending
 // provider (1 per hour on connection_key_packages): a forged request
 // claiming a.localhost does not spend a.localhost's budget, a signed one
 // does, and the next is answered 429.
-// senderZoneSpent records that TestSenderRateLimit used a.localhost's one
-// event an hour in the per_provider zone of this process's Caddy.
-var senderZoneSpent bool
-
 func TestSenderRateLimit(t *testing.T) {
 	startCaddy(t)
 	if senderZoneSpent {

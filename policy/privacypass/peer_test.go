@@ -1,135 +1,30 @@
 package privacypass_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass/pptest"
 )
 
-// The live peer test runs @cloudflare/privacypass-ts through pp-peer
-// (shared/peers/privacypass). The peer is copied once per test binary run to
-// a temporary directory, where npm install runs, so shared/ stays untouched;
-// TestMain removes the copy.
-
-var (
-	peerOnce sync.Once
-	peerDir  string
-	peerErr  error
-	peerSkip string
-)
+// The live peer test runs @cloudflare/privacypass-ts through pp-peer (see
+// package pptest), installed once per test binary and removed by TestMain.
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if peerDir != "" {
-		_ = os.RemoveAll(peerDir)
-	}
+	pptest.Remove()
 	os.Exit(code)
-}
-
-// peer returns the directory of an installed pp-peer copy.
-func peer(t *testing.T) string {
-	t.Helper()
-	src := filepath.Join(sharedDir(t), "peers", "privacypass")
-	peerOnce.Do(func() {
-		for _, bin := range []string{"node", "npm"} {
-			if _, err := exec.LookPath(bin); err != nil {
-				peerSkip = bin + " is not installed; the live privacypass-ts interop test needs Node >= 20 and npm"
-				return
-			}
-		}
-		peerDir, peerErr = os.MkdirTemp("", "pp-peer-")
-		if peerErr != nil {
-			return
-		}
-		if peerErr = copyTree(src, peerDir); peerErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--loglevel=error")
-		cmd.Dir = peerDir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			peerErr = &peerInstallError{err: err, out: string(out)}
-		}
-	})
-	if peerSkip != "" {
-		t.Skip(peerSkip)
-	}
-	if peerErr != nil {
-		t.Fatalf("setting up pp-peer: %v", peerErr)
-	}
-	return peerDir
-}
-
-type peerInstallError struct {
-	err error
-	out string
-}
-
-func (e *peerInstallError) Error() string { return "npm install: " + e.err.Error() + "\n" + e.out }
-
-func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		if d.Name() == "node_modules" || d.Name() == "out" {
-			return filepath.SkipDir
-		}
-		target := filepath.Join(dst, rel)
-		if d.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, b, 0o644) // the source is read-only
-	})
-}
-
-// node runs pp-peer and returns stdout; it fails the test unless the exit
-// status is wantExit.
-func node(t *testing.T, dir string, wantExit int, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", append([]string{"pp-peer.mjs"}, args...)...)
-	cmd.Dir = dir
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			t.Fatalf("pp-peer %s: %v", args[0], err)
-		}
-		code = ee.ExitCode()
-	}
-	if code != wantExit {
-		t.Fatalf("pp-peer %s exited %d, want %d\nstdout: %s\nstderr: %s", args[0], code, wantExit, stdout.String(), stderr.String())
-	}
-	return stdout.String()
 }
 
 func lines(s string) []string {
@@ -147,7 +42,7 @@ func lines(s string) []string {
 // them once and refuses a modified token, a token for another origin's
 // challenge and a replay.
 func TestPeerTokensAcceptedByOrigin(t *testing.T) {
-	dir := peer(t)
+	dir := pptest.Dir(t)
 	goK2, goK1, _ := testKeys(t)
 	// A fresh directory per run: the peer's install is shared across the
 	// test binary (and -count runs), the key files are not.
@@ -168,7 +63,7 @@ func TestPeerTokensAcceptedByOrigin(t *testing.T) {
 					}
 					key = goKey
 				} else {
-					node(t, dir, 0, "keygen", "--type", typ.String()[5:], "--out", path)
+					pptest.Run(t, dir, 0, "keygen", "--type", typ.String()[5:], "--out", path)
 					var err error
 					if key, err = privacypass.ReadKeyFile(path); err != nil {
 						t.Fatalf("reading pp-peer key file: %v", err)
@@ -184,7 +79,7 @@ func TestPeerTokensAcceptedByOrigin(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				auths := lines(node(t, dir, 0, "token", "--key", path, "--www-authenticate", hdr, "--count", "2"))
+				auths := lines(pptest.Run(t, dir, 0, "token", "--key", path, "--www-authenticate", hdr, "--count", "2"))
 				if len(auths) != 2 {
 					t.Fatalf("pp-peer printed %d tokens, want 2", len(auths))
 				}
@@ -192,7 +87,7 @@ func TestPeerTokensAcceptedByOrigin(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				foreign := lines(node(t, dir, 0, "token", "--key", path, "--www-authenticate", otherHdr, "--quoted"))
+				foreign := lines(pptest.Run(t, dir, 0, "token", "--key", path, "--www-authenticate", otherHdr, "--quoted"))
 
 				// Modified: flip one bit of the authenticator, re-encode.
 				tok, err := privacypass.ParseAuthorization(auths[1])
@@ -231,7 +126,7 @@ func TestPeerTokensAcceptedByOrigin(t *testing.T) {
 // TokenRequests to the Go Issuer over HTTP on 127.0.0.1 and finalizes the
 // responses; the Go Origin accepts the tokens.
 func TestGoIssuerWithPeerClient(t *testing.T) {
-	dir := peer(t)
+	dir := pptest.Dir(t)
 	k2, k1, _ := testKeys(t)
 	is, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: k2}, privacypass.IssuerKey{Key: k1})
 	if err != nil {
@@ -282,7 +177,7 @@ func TestGoIssuerWithPeerClient(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		auth := lines(node(t, dir, 0, "token", "--key", path, "--www-authenticate", hdr, "--issuer-url", srv.URL+"/token-request"))
+		auth := lines(pptest.Run(t, dir, 0, "token", "--key", path, "--www-authenticate", hdr, "--issuer-url", srv.URL+"/token-request"))
 		if len(auth) != 1 {
 			t.Fatalf("pp-peer printed %d tokens", len(auth))
 		}
@@ -299,7 +194,7 @@ func TestGoIssuerWithPeerClient(t *testing.T) {
 // accepted by privacypass-ts's origin verification, and a modified one is
 // refused.
 func TestPeerVerifiesGoTokens(t *testing.T) {
-	dir := peer(t)
+	dir := pptest.Dir(t)
 	k2, k1, _ := testKeys(t)
 	for _, k := range []*privacypass.Key{k2, k1} {
 		t.Run(k.Type().String(), func(t *testing.T) {
@@ -311,11 +206,11 @@ func TestPeerVerifiesGoTokens(t *testing.T) {
 			c := challengeFor(t, o, k.Type())
 			tok := mint(t, k, c.TokenChallenge)
 			chal := base64.URLEncoding.EncodeToString(c.TokenChallenge)
-			if out := node(t, dir, 0, "verify", "--key", path, "--challenge", chal, "--authorization", privacypass.FormatAuthorization(tok)); strings.TrimSpace(out) != "ACCEPT" {
+			if out := pptest.Run(t, dir, 0, "verify", "--key", path, "--challenge", chal, "--authorization", privacypass.FormatAuthorization(tok)); strings.TrimSpace(out) != "ACCEPT" {
 				t.Fatalf("pp-peer verify: %q", out)
 			}
 			tok.Authenticator[0] ^= 1
-			out := node(t, dir, 1, "verify", "--key", path, "--challenge", chal, "--authorization", privacypass.FormatAuthorization(tok))
+			out := pptest.Run(t, dir, 1, "verify", "--key", path, "--challenge", chal, "--authorization", privacypass.FormatAuthorization(tok))
 			if !strings.Contains(out, "REJECT") || !strings.Contains(out, "authenticator") {
 				t.Fatalf("pp-peer verify of a modified token: %q", out)
 			}

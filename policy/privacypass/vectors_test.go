@@ -22,6 +22,7 @@ import (
 	"github.com/cloudflare/circl/zk/dleq"
 
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass/pptest"
 )
 
 // sharedDir finds the project's shared/ folder: the environment variable
@@ -30,24 +31,11 @@ import (
 // both the work tree and CI, where shared/ is cloned beside the repository).
 func sharedDir(t testing.TB) string {
 	t.Helper()
-	if d := os.Getenv("MIMI_SHARED_DIR"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
+	d, err := pptest.SharedDir()
 	if err != nil {
-		t.Fatalf("getwd: %v", err)
+		t.Fatal(err)
 	}
-	for {
-		cand := filepath.Join(dir, "shared")
-		if st, err := os.Stat(filepath.Join(cand, "testvectors", "privacypass")); err == nil && st.IsDir() {
-			return cand
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("shared/testvectors/privacypass not found above the package directory; set MIMI_SHARED_DIR")
-		}
-		dir = parent
-	}
+	return d
 }
 
 func loadJSON(t testing.TB, name string, v any) {
