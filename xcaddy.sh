@@ -9,5 +9,8 @@ if command -v xcaddy >/dev/null 2>&1; then
 else
 	CGO_ENABLED=0 go build -trimpath -ldflags "-w -s" -tags nobadger,nomysql,nopgx -o "$out" ./cmd/caddy
 fi
-"$out" list-modules | grep -q '^http.handlers.mimi$' || { echo "xcaddy.sh: module missing from $out" >&2; exit 1; }
+# Capture first: grep -q would close the pipe early and pipefail would
+# report list-modules' SIGPIPE as a failure.
+modules=$("$out" list-modules)
+grep -qx 'http.handlers.mimi' <<<"$modules" || { echo "xcaddy.sh: module missing from $out" >&2; exit 1; }
 echo "built $out with http.handlers.mimi"
