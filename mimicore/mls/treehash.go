@@ -3,6 +3,7 @@ package mls
 import (
 	"bytes"
 	"fmt"
+	"sync"
 
 	"golang.org/x/crypto/cryptobyte"
 
@@ -36,7 +37,9 @@ func (t *Tree) treeHash(x uint32) ([]byte, error) {
 // "original sibling tree hash" of RFC 9420 §7.9.1); cached hashes are used
 // only for subtrees holding none of them.
 func (t *Tree) computeHash(x uint32, exclude []uint32) ([]byte, error) {
-	b := cryptobyte.NewBuilder(make([]byte, 0, 512))
+	bufp := hashInputs.Get().(*[]byte)
+	defer hashInputs.Put(bufp)
+	b := cryptobyte.NewBuilder((*bufp)[:0])
 	n := t.node(x)
 	if level(x) == 0 {
 		leaf := x / 2
@@ -81,8 +84,19 @@ func (t *Tree) computeHash(x uint32, exclude []uint32) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding tree hash input of node %d: %w", x, err)
 	}
+	if cap(enc) <= maxPooledHashInput {
+		*bufp = enc[:0]
+	}
 	return t.s.hash(enc), nil
 }
+
+// hashInputs recycles the buffers tree hash inputs are encoded in: a cold
+// hash of a large tree encodes every node once, and the buffers would
+// otherwise dominate its allocations.
+var hashInputs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// maxPooledHashInput bounds the buffers kept for reuse.
+const maxPooledHashInput = 16 << 10
 
 // hashExcluding returns the tree hash of x with the leaves in exclude
 // blanked, using the cache when none of them lies under x.

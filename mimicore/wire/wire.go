@@ -13,6 +13,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"golang.org/x/crypto/cryptobyte"
 )
@@ -135,16 +136,30 @@ func AddOpaque(b *cryptobyte.Builder, v []byte) {
 	b.AddBytes(v)
 }
 
-// AddVector appends a <V> vector whose body f writes.
+// vectorBuffers recycles the scratch buffers AddVector builds vector bodies
+// in, so encoding allocates only the final output in steady state.
+var vectorBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+// maxPooledVector bounds the buffers kept for reuse, so one huge vector does
+// not pin its memory in the pool.
+const maxPooledVector = 64 << 10
+
+// AddVector appends a <V> vector whose body f writes. The body is built in
+// a pooled scratch buffer and copied behind its length prefix.
 func AddVector(b *cryptobyte.Builder, f cryptobyte.BuilderContinuation) {
-	child := cryptobyte.NewBuilder(make([]byte, 0, 64))
+	bufp := vectorBuffers.Get().(*[]byte)
+	child := cryptobyte.NewBuilder((*bufp)[:0])
 	f(child)
 	body, err := child.Bytes()
 	if err != nil {
 		b.SetError(err)
-		return
+	} else {
+		AddOpaque(b, body)
 	}
-	AddOpaque(b, body)
+	if cap(body) <= maxPooledVector {
+		*bufp = body[:0]
+		vectorBuffers.Put(bufp)
+	}
 }
 
 // ReadOptional reads the presence flag of an optional<T>; any value other
