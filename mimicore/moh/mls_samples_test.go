@@ -4,9 +4,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"sync"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/shared"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -44,26 +44,19 @@ var (
 // messages.json vectors (../shared/testvectors/mls beside the repository).
 func mlsVector(field string) []byte {
 	mlsVectorsOnce.Do(func() {
-		dir, err := os.Getwd()
+		path, err := shared.Path("testvectors", "mls", "messages.json")
 		if err != nil {
 			panic(err)
 		}
-		for {
-			path := filepath.Join(dir, "..", "shared", "testvectors", "mls", "messages.json")
-			if data, err := os.ReadFile(path); err == nil {
-				var cases []map[string]string
-				if err := json.Unmarshal(data, &cases); err != nil {
-					panic(err)
-				}
-				mlsVectors = cases[0]
-				return
-			}
-			parent := filepath.Dir(dir)
-			if parent == dir {
-				panic("shared/testvectors/mls/messages.json not found beside the repository")
-			}
-			dir = parent
+		data, err := os.ReadFile(path)
+		if err != nil {
+			panic(err)
 		}
+		var cases []map[string]string
+		if err := json.Unmarshal(data, &cases); err != nil {
+			panic(err)
+		}
+		mlsVectors = cases[0]
 	})
 	b, err := hex.DecodeString(mlsVectors[field])
 	if err != nil || len(b) == 0 {

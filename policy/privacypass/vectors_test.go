@@ -12,7 +12,6 @@ import (
 	"errors"
 	"math/big"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -21,26 +20,17 @@ import (
 	"github.com/cloudflare/circl/oprf"
 	"github.com/cloudflare/circl/zk/dleq"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/shared"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
-	"github.com/caddy-mimi/caddy-mimi/policy/privacypass/pptest"
 )
-
-// sharedDir finds the project's shared/ folder: the environment variable
-// MIMI_SHARED_DIR, else the first ancestor of the package directory that
-// has a shared/testvectors/privacypass child (the repository's parent in
-// both the work tree and CI, where shared/ is cloned beside the repository).
-func sharedDir(t testing.TB) string {
-	t.Helper()
-	d, err := pptest.SharedDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
 
 func loadJSON(t testing.TB, name string, v any) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(sharedDir(t), "testvectors", "privacypass", name))
+	path, err := shared.Path("testvectors", "privacypass", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("reading vectors: %v", err)
 	}

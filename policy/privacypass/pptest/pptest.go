@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/shared"
 )
 
 var (
@@ -23,30 +25,6 @@ var (
 	dir    string
 	setErr error
 )
-
-// SharedDir locates the project's shared/ directory: $MIMI_SHARED_DIR, or
-// the first shared/ holding testvectors/ found walking up from the working
-// directory (CI clones the repository with shared/ beside it).
-func SharedDir() (string, error) {
-	if d := os.Getenv("MIMI_SHARED_DIR"); d != "" {
-		return d, nil
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("locating shared/: %w", err)
-	}
-	for d := wd; ; {
-		cand := filepath.Join(d, "shared")
-		if st, err := os.Stat(filepath.Join(cand, "testvectors")); err == nil && st.IsDir() {
-			return cand, nil
-		}
-		parent := filepath.Dir(d)
-		if parent == d {
-			return "", errors.New("locating shared/: not found above the working directory; set MIMI_SHARED_DIR")
-		}
-		d = parent
-	}
-}
 
 // Dir returns the directory of an installed pp-peer copy, installing it on
 // first use. Without node or npm the test is skipped, or fails when $CI is
@@ -70,7 +48,7 @@ func Dir(t testing.TB) string {
 
 // install copies the peer and runs npm install in the copy.
 func install() {
-	shared, err := SharedDir()
+	src, err := shared.Path("peers", "privacypass")
 	if err != nil {
 		setErr = err
 		return
@@ -78,7 +56,7 @@ func install() {
 	if dir, setErr = os.MkdirTemp("", "pp-peer-"); setErr != nil {
 		return
 	}
-	if setErr = copyTree(filepath.Join(shared, "peers", "privacypass"), dir); setErr != nil {
+	if setErr = copyTree(src, dir); setErr != nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

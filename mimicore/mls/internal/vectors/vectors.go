@@ -7,35 +7,18 @@ package vectors
 import (
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/shared"
 )
 
-// Dir returns the directory holding the MLS test vectors. It walks up from
-// the working directory to the module root and looks for the sibling
-// shared/testvectors/mls.
+// Dir returns the directory holding the MLS test vectors,
+// shared/testvectors/mls (see package internal/shared).
 func Dir() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("locating test vectors: %w", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			vec := filepath.Join(filepath.Dir(dir), "shared", "testvectors", "mls")
-			if st, err := os.Stat(vec); err == nil && st.IsDir() {
-				return vec, nil
-			}
-			return "", fmt.Errorf("locating test vectors: %s not found beside module root %s", vec, dir)
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("locating test vectors: no go.mod above the working directory")
-		}
-		dir = parent
-	}
+	return shared.Path("testvectors", "mls")
 }
 
 // Load decodes the JSON file name (relative to Dir) into v.
