@@ -254,31 +254,18 @@ func testReplay(t *testing.T, open func(t *testing.T) store.Store) {
 			counts[i] = map[store.ReplayStatus]int{}
 		}
 		var mu sync.Mutex
-		var wg sync.WaitGroup
-		errs := make(chan error, workers)
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range ids {
-					// Odd workers send other bytes under the same id.
-					d := digestOf([]byte{byte(w % 2)})
-					r, err := s.Reserve(ctx(), sender, bytes.Clone(ids[i]), d, exp)
-					if err != nil {
-						errs <- err
-						return
-					}
-					mu.Lock()
-					counts[i][r.Status]++
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatalf("Reserve: %v", err)
-		}
+		raceWorkers(t, workers, keys, func(w, i int) error {
+			// Odd workers send other bytes under the same id.
+			d := digestOf([]byte{byte(w % 2)})
+			r, err := s.Reserve(ctx(), sender, bytes.Clone(ids[i]), d, exp)
+			if err != nil {
+				return fmt.Errorf("reserving: %w", err)
+			}
+			mu.Lock()
+			counts[i][r.Status]++
+			mu.Unlock()
+			return nil
+		})
 		for i, c := range counts {
 			if c[store.ReplayNew] != 1 {
 				t.Errorf("key %d: %d callers got ReplayNew, want exactly 1 (%v)", i, c[store.ReplayNew], c)
@@ -467,31 +454,18 @@ func testOnce(t *testing.T, open func(t *testing.T) store.Store, f onceFunc) {
 		exp := time.Now().Add(future)
 		var firsts [keys]int
 		var mu sync.Mutex
-		var wg sync.WaitGroup
-		errs := make(chan error, workers)
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range ks {
-					first, err := f(s, ctx(), bytes.Clone(ks[i]), exp)
-					if err != nil {
-						errs <- err
-						return
-					}
-					if first {
-						mu.Lock()
-						firsts[i]++
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatalf("recording key: %v", err)
-		}
+		raceWorkers(t, workers, keys, func(_, i int) error {
+			first, err := f(s, ctx(), bytes.Clone(ks[i]), exp)
+			if err != nil {
+				return fmt.Errorf("recording key: %w", err)
+			}
+			if first {
+				mu.Lock()
+				firsts[i]++
+				mu.Unlock()
+			}
+			return nil
+		})
 		for i, n := range firsts {
 			if n != 1 {
 				t.Errorf("key %d: %d concurrent callers got first use, want exactly 1", i, n)
@@ -953,5 +927,31 @@ func testReopen(t *testing.T, open func() (store.Store, error)) {
 			t.Fatalf("round %d: failure after reopen = %+v, want %+v", round, got, fail)
 		}
 		noErr(t, "Close", s.Close())
+	}
+}
+
+// raceWorkers runs workers goroutines at once, each calling call(w, i) for
+// every key index i in turn, and fails the test with the first error once
+// all have stopped. A worker stops at its first error.
+func raceWorkers(t *testing.T, workers, keys int, call func(w, i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < keys; i++ {
+				if err := call(w, i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
