@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -169,8 +168,8 @@ const maxUploadHeader = 4 << 10
 // the content lands with the attachments issue, so a well-formed header is
 // answered not_implemented.
 func (g *Gateway) serveUpload(w http.ResponseWriter, r *http.Request) {
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != contentType {
-		g.refuse(w, r, moh.Errorf(moh.CodeUnsupportedMedia, "content type must be %s", contentType))
+	if err := checkContentType(r); err != nil {
+		g.refuse(w, r, err)
 		return
 	}
 	head := make([]byte, maxUploadHeader)

@@ -406,14 +406,21 @@ func (g *Gateway) readBody(r *http.Request, emptyOK bool) ([]byte, error) {
 	if len(body) == 0 && emptyOK {
 		return body, nil
 	}
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != contentType {
-		return nil, moh.Errorf(moh.CodeUnsupportedMedia, "content type must be %s", contentType)
+	if err := checkContentType(r); err != nil {
+		return nil, err
 	}
 	if len(body) == 0 {
 		return nil, moh.Errorf(moh.CodeMalformed, "empty body")
 	}
 	return body, nil
+}
+
+// checkContentType requires the MoH media type on r.
+func checkContentType(r *http.Request) error {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != contentType {
+		return moh.Errorf(moh.CodeUnsupportedMedia, "content type must be %s", contentType)
+	}
+	return nil
 }
 
 // refuse writes the error answer for err and logs it: at debug level for

@@ -14,13 +14,16 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// provisioned returns a Gateway provisioned under a bare Caddy context with
-// its data in a temporary directory.
-func provisioned(t *testing.T, g *Gateway) *Gateway {
+// provisioned returns a Gateway provisioned under a bare Caddy context, with
+// its data in a temporary directory unless g names one. Benchmarks use it
+// too.
+func provisioned(t testing.TB, g *Gateway) *Gateway {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
-	g.DataDir = t.TempDir()
+	if g.DataDir == "" {
+		g.DataDir = t.TempDir()
+	}
 	if err := g.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}

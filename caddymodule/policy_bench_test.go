@@ -14,26 +14,11 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
 )
 
-// benchGateway provisions a gateway for a benchmark.
-func benchGateway(b *testing.B, g *Gateway) *Gateway {
-	b.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	b.Cleanup(cancel)
-	if g.DataDir == "" {
-		g.DataDir = b.TempDir()
-	}
-	if err := g.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { g.Cleanup() })
-	return g
-}
-
 // BenchmarkRateLimitAdmit is the limiter check as the handler runs it
 // (admitRequest: plan lookup, client IP, key, bucket), for an admitted
 // request. It must not allocate.
 func BenchmarkRateLimitAdmit(b *testing.B) {
-	g := benchGateway(b, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
+	g := provisioned(b, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
 		RateLimits: []*RateLimitZone{{Name: "per_ip", Key: "remote_ip", Events: 1e9, Window: caddy.Duration(time.Second),
 			Endpoints: []string{"ds_domain"}}}})
 	r := tls13(httptest.NewRequest(http.MethodGet, "/.well-known/mimi/ds-domain", nil))
@@ -51,7 +36,7 @@ func BenchmarkRateLimitAdmit(b *testing.B) {
 // BenchmarkRateLimitRefuse is a refused request through ServeHTTP: the
 // check, the 429 DSError and Retry-After.
 func BenchmarkRateLimitRefuse(b *testing.B) {
-	g := benchGateway(b, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
+	g := provisioned(b, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
 		RateLimits: []*RateLimitZone{{Name: "per_ip", Key: "remote_ip", Events: 1, Window: caddy.Duration(time.Hour),
 			Endpoints: []string{"ds_domain"}}}})
 	r := tls13(httptest.NewRequest(http.MethodGet, "/.well-known/mimi/ds-domain", nil))
@@ -77,7 +62,7 @@ func BenchmarkRedeem(b *testing.B) {
 	for _, typ := range []privacypass.TokenType{privacypass.TypeBlindRSA, privacypass.TypeVOPRF} {
 		b.Run(typ.String(), func(b *testing.B) {
 			f := newPPFixture(b)
-			g := benchGateway(b, f.gateway(""))
+			g := provisioned(b, f.gateway(""))
 			iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: f.keys[typ]})
 			if err != nil {
 				b.Fatal(err)
