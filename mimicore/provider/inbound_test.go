@@ -30,6 +30,22 @@ func openStore(t *testing.T) *sqlitestore.Store {
 	return s
 }
 
+// handle runs both steps of Inbound for raw, as the HTTP layer does (with
+// no admission policy in between).
+func handle(ctx context.Context, in *Inbound, raw []byte, process Processor) ([]byte, error) {
+	v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages)
+	if err != nil {
+		return nil, err
+	}
+	return in.Handle(ctx, v, process)
+}
+
+// groupIDAnswer is a success answer carrying n, so tests can tell which run
+// produced a recorded answer.
+func groupIDAnswer(n int32) *moh.DSResponse {
+	return &moh.DSResponse{Type: moh.ResponseGroupID, GroupID: []byte{byte(n)}}
+}
+
 func TestInboundReplay(t *testing.T) {
 	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
 	in := &Inbound{
@@ -38,49 +54,140 @@ func TestInboundReplay(t *testing.T) {
 		Replay: openStore(t),
 	}
 	var runs atomic.Int32
-	status := http.StatusOK
-	process := func(context.Context, *Verified) store.Answer {
-		runs.Add(1)
-		return store.Answer{Status: status, Body: []byte{byte(runs.Load())}}
+	var failWith error
+	process := func(context.Context, *Verified) (*moh.DSResponse, error) {
+		n := runs.Add(1)
+		if failWith != nil {
+			return nil, failWith
+		}
+		return groupIDAnswer(n), nil
 	}
 	ctx := context.Background()
 	raw := signedRequest(t, k, nil)
-	first, err := in.Handle(ctx, raw, moh.ConnectionKeyPackages, process)
-	if err != nil || first.Status != 200 || runs.Load() != 1 {
-		t.Fatalf("first: %v %v (runs %d)", first, err, runs.Load())
+	first, err := handle(ctx, in, raw, process)
+	if err != nil || moh.AnswerCode(first) != 0 || runs.Load() != 1 {
+		t.Fatalf("first: %x %v (runs %d)", first, err, runs.Load())
 	}
 	// A byte-identical retry gets the first answer without running again.
-	again, err := in.Handle(ctx, raw, moh.ConnectionKeyPackages, process)
-	if err != nil || again.Status != 200 || again.Body[0] != 1 || runs.Load() != 1 {
-		t.Fatalf("retry: %v %v (runs %d)", again, err, runs.Load())
+	again, err := handle(ctx, in, raw, process)
+	if err != nil || string(again) != string(first) || runs.Load() != 1 {
+		t.Fatalf("retry: %x %v (runs %d)", again, err, runs.Load())
 	}
 	// The same request id with other bytes is a replay.
 	other := signedRequest(t, k, func(r *moh.ProviderRequest) { r.Payload = []byte{1, 'z', 1, 'z'} })
-	_, err = in.Handle(ctx, other, moh.ConnectionKeyPackages, process)
+	_, err = handle(ctx, in, other, process)
 	var e *moh.Error
 	if !errors.As(err, &e) || e.Code != moh.CodeReplay || runs.Load() != 1 {
 		t.Fatalf("reused id: %v (runs %d)", err, runs.Load())
 	}
-	// A 5xx answer is not recorded: a retry runs again.
-	status = http.StatusServiceUnavailable
+	// A transient failure (backend_unavailable) is not recorded: a retry
+	// runs again.
+	failWith = &moh.Error{Code: moh.CodeBackendUnavailable, Message: "backend down"}
 	fresh := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("another-id-0001") })
 	for i := 0; i < 2; i++ {
-		if a, err := in.Handle(ctx, fresh, moh.ConnectionKeyPackages, process); err != nil || a.Status != 503 {
-			t.Fatalf("5xx attempt %d: %v %v", i, a, err)
+		if a, err := handle(ctx, in, fresh, process); a != nil || moh.DSErrorOf(err).Code != moh.CodeBackendUnavailable {
+			t.Fatalf("transient attempt %d: %x %v", i, a, err)
 		}
 	}
 	if runs.Load() != 3 {
-		t.Fatalf("a request answered 503 was not retried: runs %d", runs.Load())
+		t.Fatalf("a request that failed transiently was not retried: runs %d", runs.Load())
 	}
+	// A refusal is the request's outcome: recorded, and a retry gets it.
+	failWith = moh.Errorf(moh.CodeNotFound, "no such user")
+	refused := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("refused-id-0001") })
+	for i := 0; i < 2; i++ {
+		a, err := handle(ctx, in, refused, process)
+		if moh.AnswerCode(a) != moh.CodeNotFound || (i == 0) != (err != nil) {
+			t.Fatalf("refused attempt %d: %x %v", i, a, err)
+		}
+	}
+	if runs.Load() != 4 {
+		t.Fatalf("a refused request ran again on retry: runs %d", runs.Load())
+	}
+	failWith = nil
 	// Nothing is written for a request that fails verification.
 	forged := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("forged-id-000001") })
 	forged[len(forged)-1] ^= 1
-	if _, err := in.Handle(ctx, forged, moh.ConnectionKeyPackages, process); !errors.As(err, &e) || e.Code != moh.CodeBadSignature {
+	if _, err := handle(ctx, in, forged, process); !errors.As(err, &e) || e.Code != moh.CodeBadSignature {
 		t.Fatalf("forged: %v", err)
 	}
 	forged[len(forged)-1] ^= 1
-	if _, err := in.Handle(ctx, forged, moh.ConnectionKeyPackages, process); err != nil {
+	if _, err := handle(ctx, in, forged, process); err != nil {
 		t.Fatalf("the genuine request was blocked by its forged copy: %v", err)
+	}
+}
+
+// TestInboundClientGone checks that a client which disconnects while its
+// request runs does not leave the request id pending: the answer is
+// recorded on a context the client cannot cancel, so its retry gets the
+// answer rather than in_progress for the rest of the replay window.
+func TestInboundClientGone(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	in := &Inbound{
+		Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
+			Now: func() time.Time { return t0 }},
+		Replay: openStore(t),
+	}
+	for _, tc := range []struct {
+		name string
+		fail error
+		want store.ReplayStatus
+	}{
+		{"answered", nil, store.ReplayDuplicate},
+		{"transient failure", &moh.Error{Code: moh.CodeBackendUnavailable, Message: "down"}, store.ReplayNew},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("gone-" + tc.name) })
+			ctx, cancel := context.WithCancel(context.Background())
+			v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in.Handle(ctx, v, func(context.Context, *Verified) (*moh.DSResponse, error) {
+				cancel() // the client goes away while the request runs
+				return groupIDAnswer(1), tc.fail
+			})
+			r, err := in.Replay.Reserve(context.Background(), "a.example", v.Request.RequestID, v.Digest, t0.Add(ReplayWindow))
+			if err != nil || r.Status != tc.want {
+				t.Fatalf("entry after the client left: %s %v, want %s", r.Status, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestInboundAdmitBetweenSteps checks the order the HTTP layer relies on: a
+// forged request fails Verify before any admission decision, and a request
+// the caller refuses after Verify leaves no reservation behind, so the same
+// bytes are processed once admission passes.
+func TestInboundAdmitBetweenSteps(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	in := &Inbound{
+		Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
+			Now: func() time.Time { return t0 }},
+		Replay: openStore(t),
+	}
+	var runs atomic.Int32
+	process := func(context.Context, *Verified) (*moh.DSResponse, error) {
+		return groupIDAnswer(runs.Add(1)), nil
+	}
+	ctx := context.Background()
+
+	forged := signedRequest(t, k, nil)
+	forged[len(forged)-1] ^= 1
+	if _, err := in.Verify(ctx, forged, moh.ConnectionKeyPackages); moh.DSErrorOf(err).Code != moh.CodeBadSignature {
+		t.Fatalf("forged: %v", err)
+	}
+
+	raw := signedRequest(t, k, nil)
+	v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages)
+	if err != nil || string(v.Request.Sender) != "a.example" {
+		t.Fatalf("Verify: %v", err)
+	}
+	// The caller's policy refuses here, so Handle is not called. The same
+	// bytes are then processed once.
+	answer, err := handle(ctx, in, raw, process)
+	if err != nil || moh.AnswerCode(answer) != 0 || runs.Load() != 1 {
+		t.Fatalf("after admission: %x %v (runs %d)", answer, err, runs.Load())
 	}
 }
 
@@ -178,55 +285,5 @@ func TestKeyFetcherPersistentCache(t *testing.T) {
 	}
 	if n := len(flood.peers); n > 8 {
 		t.Fatalf("%d peers in memory, bound is 8", n)
-	}
-}
-
-func TestInboundAdmit(t *testing.T) {
-	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
-	refuse := true
-	var admitted []string
-	in := &Inbound{
-		Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
-			Now: func() time.Time { return t0 }},
-		Replay: openStore(t),
-		Admit: func(_ context.Context, v *Verified) error {
-			admitted = append(admitted, string(v.Request.Sender))
-			if refuse {
-				return moh.Errorf(moh.CodeRateLimited, "slow down")
-			}
-			return nil
-		},
-	}
-	var runs atomic.Int32
-	process := func(context.Context, *Verified) store.Answer {
-		runs.Add(1)
-		return store.Answer{Status: http.StatusOK, Body: []byte{1}}
-	}
-	ctx := context.Background()
-
-	// A forged request never reaches the admission policy.
-	forged := signedRequest(t, k, nil)
-	forged[len(forged)-1] ^= 1
-	if _, err := in.Handle(ctx, forged, moh.ConnectionKeyPackages, process); moh.DSErrorOf(err).Code != moh.CodeBadSignature {
-		t.Fatalf("forged: %v", err)
-	}
-	if len(admitted) != 0 {
-		t.Fatalf("admission ran for a forged request: %v", admitted)
-	}
-
-	raw := signedRequest(t, k, nil)
-	_, err := in.Handle(ctx, raw, moh.ConnectionKeyPackages, process)
-	if moh.DSErrorOf(err).Code != moh.CodeRateLimited || runs.Load() != 0 {
-		t.Fatalf("refused: err %v, runs %d", err, runs.Load())
-	}
-	if len(admitted) != 1 || admitted[0] != "a.example" {
-		t.Fatalf("admission saw %v", admitted)
-	}
-	// The refusal left no reservation: the same bytes are processed once
-	// admission passes.
-	refuse = false
-	answer, err := in.Handle(ctx, raw, moh.ConnectionKeyPackages, process)
-	if err != nil || answer.Status != http.StatusOK || runs.Load() != 1 {
-		t.Fatalf("after admission: %v %v (runs %d)", answer, err, runs.Load())
 	}
 }

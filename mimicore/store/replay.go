@@ -51,19 +51,18 @@ type ReplayCache interface {
 	// the same digest answer ReplayDuplicate with it. It fails with
 	// ErrNotFound when no alive entry with that digest exists, with
 	// ErrConflict when that entry is already complete, and with ErrInvalid
-	// when answer.Status is not 100..599 or the body exceeds
-	// MaxAnswerSize; on error the entry is left as it was.
+	// when the body exceeds MaxAnswerSize; on error the entry is left as it
+	// was.
 	//
 	// Complete every request whose answer must be repeated on a retry:
-	// success, and failures that a retry would meet again (4xx). Release
-	// the others.
+	// success, and refusals that a retry would meet again. Release the
+	// others.
 	Complete(ctx context.Context, sender string, requestID []byte, digest [32]byte, answer Answer) error
 
 	// Release drops the pending entry (sender, requestID, digest), so that
 	// a retry of the same bytes is processed afresh. Use it when processing
 	// failed before it changed any state and the failure is transient
-	// (store or backend unavailable, 503), so the answer must not be
-	// cached. It fails with ErrNotFound when no alive entry with that
+	// (store or backend unavailable), so the answer must not be cached. It fails with ErrNotFound when no alive entry with that
 	// digest exists and with ErrConflict when the entry is complete (a
 	// completed answer is never dropped).
 	Release(ctx context.Context, sender string, requestID []byte, digest [32]byte) error
@@ -109,12 +108,11 @@ type Reservation struct {
 	Answer Answer
 }
 
-// Answer is the HTTP answer cached for a completed provider request: every
-// MoH answer is an application/octet-stream DSResponse, so the status and
-// the body are all there is to repeat.
+// Answer is the answer cached for a completed provider request: the encoded
+// DSResponse, which names its own outcome (a success type, or an error with
+// its DSError code), so the bytes are all there is to repeat. How an answer
+// becomes an HTTP response is the HTTP layer's business, not the store's.
 type Answer struct {
-	// Status is the HTTP status code, 100..599.
-	Status int
 	// Body is the encoded DSResponse, at most MaxAnswerSize bytes. A nil
 	// and an empty body are stored alike and read back as empty.
 	Body []byte

@@ -23,7 +23,7 @@
 //   - Argument errors wrap ErrInvalid, a record that does not exist
 //     ErrNotFound, a write that contradicts a stored record ErrConflict, and
 //     use after Close ErrClosed. Any other error means the backend is
-//     unavailable (the HTTP layer answers 503); the operation may or may not
+//     unavailable (answered as backend_unavailable); the operation may or may not
 //     have taken effect, and the caller must treat it as not done.
 //   - Methods honour ctx where they block.
 //

@@ -29,7 +29,7 @@ func BenchmarkReserveComplete(b *testing.B) {
 		if err != nil || r.Status != store.ReplayNew {
 			b.Fatalf("Reserve: %s %v", r.Status, err)
 		}
-		if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Status: 200, Body: body}); err != nil {
+		if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Body: body}); err != nil {
 			b.Fatalf("Complete: %v", err)
 		}
 	}
@@ -46,7 +46,7 @@ func BenchmarkReserveDuplicate(b *testing.B) {
 	if _, err := s.Reserve(ctx, "bench.example", id, d, exp); err != nil {
 		b.Fatal(err)
 	}
-	if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Status: 200, Body: make([]byte, 256)}); err != nil {
+	if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Body: make([]byte, 256)}); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()

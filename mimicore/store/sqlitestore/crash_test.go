@@ -63,7 +63,7 @@ func crashChild(path string) int {
 						err = fmt.Errorf("status %s", r.Status)
 					}
 					if err == nil {
-						err = s.Complete(context.Background(), crashSender, key, d, store.Answer{Status: 200, Body: key})
+						err = s.Complete(context.Background(), crashSender, key, d, store.Answer{Body: key})
 					}
 					if err != nil {
 						fmt.Fprintf(os.Stderr, "Reserve/Complete: %v\n", err)

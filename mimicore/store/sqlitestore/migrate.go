@@ -26,6 +26,7 @@ type migration struct {
 // on their expiry for DeleteExpired.
 var migrations = []migration{
 	{1, "replay cache, seen signatures, spent tokens, signing and peer keys", schemaV1},
+	{2, "replay answers are DSResponses without an HTTP status", schemaV2},
 }
 
 const schemaV1 = `
@@ -137,3 +138,25 @@ func migrateTo(ctx context.Context, db *sql.DB, steps []migration, now time.Time
 	}
 	return nil
 }
+
+// schemaV2 drops the HTTP status of cached replay answers: an answer is the
+// encoded DSResponse, which names its own outcome (an error's DSError code),
+// and statuses are the HTTP layer's business. SQLite cannot drop a column
+// that a CHECK constraint names, so the table is rebuilt; completed entries
+// keep their bodies, pending ones stay pending (NULL body).
+const schemaV2 = `
+CREATE TABLE replay_requests_v2 (
+	sender     TEXT    NOT NULL,
+	request_id BLOB    NOT NULL,
+	digest     BLOB    NOT NULL CHECK (length(digest) = 32),
+	expires_ms INTEGER NOT NULL,
+	-- body is NULL while the request is being processed, then the answer.
+	body       BLOB,
+	PRIMARY KEY (sender, request_id)
+) WITHOUT ROWID;
+INSERT INTO replay_requests_v2 (sender, request_id, digest, expires_ms, body)
+	SELECT sender, request_id, digest, expires_ms, body FROM replay_requests;
+DROP TABLE replay_requests;
+ALTER TABLE replay_requests_v2 RENAME TO replay_requests;
+CREATE INDEX replay_requests_expires ON replay_requests (expires_ms);
+`

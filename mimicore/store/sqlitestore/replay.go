@@ -16,7 +16,8 @@ import (
 type replayEntry struct {
 	digest  []byte
 	expires int64
-	status  sql.NullInt64
+	// pending: the body is NULL, the request is still being processed.
+	pending bool
 	body    []byte
 }
 
@@ -64,12 +65,12 @@ func (s *Store) Reserve(ctx context.Context, sender string, requestID []byte, di
 	switch {
 	case !bytes.Equal(e.digest, digest[:]):
 		return store.Reservation{Status: store.ReplayConflict}, nil
-	case !e.status.Valid:
+	case e.pending:
 		return store.Reservation{Status: store.ReplayInProgress}, nil
 	default:
 		return store.Reservation{
 			Status: store.ReplayDuplicate,
-			Answer: store.Answer{Status: int(e.status.Int64), Body: nonNil(e.body)},
+			Answer: store.Answer{Body: nonNil(e.body)},
 		}, nil
 	}
 }
@@ -87,7 +88,7 @@ func (s *Store) Complete(ctx context.Context, sender string, requestID []byte, d
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	return s.finishReplay(ctx, doing, s.ws.replayComplete, sender, requestID, digest,
-		answer.Status, nonNil(answer.Body))
+		nonNil(answer.Body))
 }
 
 // Release implements store.ReplayCache.
@@ -143,7 +144,7 @@ func (s *Store) finishReplay(ctx context.Context, doing string, stmt *sql.Stmt, 
 func getReplay(ctx context.Context, tx *sql.Tx, stmt *sql.Stmt, sender string, requestID []byte) (replayEntry, error) {
 	var e replayEntry
 	err := tx.StmtContext(ctx, stmt).QueryRowContext(ctx, sender, requestID).
-		Scan(&e.digest, &e.expires, &e.status, &e.body)
+		Scan(&e.digest, &e.expires, &e.pending, &e.body)
 	if errors.Is(err, sql.ErrNoRows) {
 		return e, fmt.Errorf("no entry for this request id: %w", store.ErrNotFound)
 	}

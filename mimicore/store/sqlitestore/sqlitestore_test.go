@@ -2,6 +2,9 @@ package sqlitestore
 
 import (
 	"context"
+	"crypto/sha256"
+	"database/sql"
+	"net/url"
 	"errors"
 	"os"
 	"path/filepath"
@@ -287,3 +290,65 @@ func TestOpenErrors(t *testing.T) {
 		t.Error("Open of a file that is not a database succeeded")
 	}
 }
+
+// TestMigrationV2KeepsReplayEntries checks that the rebuild of
+// replay_requests in schema version 2 keeps every entry: a completed one
+// still answers its retry with the recorded bytes and a pending one is still
+// in progress, so no request runs twice across the upgrade.
+func TestMigrationV2KeepsReplayEntries(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	ctx := context.Background()
+	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, raw, migrations[:1], time.Now()); err != nil {
+		t.Fatalf("migrating to version 1: %v", err)
+	}
+	exp := time.Now().Add(time.Hour).UnixMilli()
+	done, pending := digestOf("done"), digestOf("pending")
+	for _, row := range []struct {
+		id     string
+		digest [32]byte
+		status any
+		body   any
+	}{
+		{"done", done, 200, []byte("answer")},
+		{"pending", pending, nil, nil},
+	} {
+		if _, err := raw.Exec("INSERT INTO replay_requests (sender, request_id, digest, expires_ms, status, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+			"a.example", []byte(row.id), row.digest[:], exp, row.status, row.body); err != nil {
+			t.Fatalf("writing a version 1 entry: %v", err)
+		}
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatalf("Open (migrating to the latest version): %v", err)
+	}
+	defer s.Close()
+	for _, tc := range []struct {
+		id     string
+		digest [32]byte
+		want   store.ReplayStatus
+		body   string
+	}{
+		{"done", done, store.ReplayDuplicate, "answer"},
+		{"pending", pending, store.ReplayInProgress, ""},
+	} {
+		t.Run(tc.id, func(t *testing.T) {
+			r, err := s.Reserve(ctx, "a.example", []byte(tc.id), tc.digest, time.Now().Add(time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Status != tc.want || string(r.Answer.Body) != tc.body {
+				t.Fatalf("Reserve after migration = %s %q, want %s %q", r.Status, r.Answer.Body, tc.want, tc.body)
+			}
+		})
+	}
+}
+
+func digestOf(s string) [32]byte { return sha256.Sum256([]byte(s)) }

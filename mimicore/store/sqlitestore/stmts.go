@@ -28,17 +28,17 @@ type readStmts struct {
 const (
 	// replayInsertSQL claims a key, replacing an expired entry; zero rows
 	// changed means an alive entry exists. ?5 is now.
-	replayInsertSQL = `INSERT INTO replay_requests (sender, request_id, digest, expires_ms, status, body)
-		VALUES (?1, ?2, ?3, ?4, NULL, NULL)
+	replayInsertSQL = `INSERT INTO replay_requests (sender, request_id, digest, expires_ms, body)
+		VALUES (?1, ?2, ?3, ?4, NULL)
 		ON CONFLICT (sender, request_id) DO UPDATE
-		SET digest = excluded.digest, expires_ms = excluded.expires_ms, status = NULL, body = NULL
+		SET digest = excluded.digest, expires_ms = excluded.expires_ms, body = NULL
 		WHERE replay_requests.expires_ms <= ?5`
-	replayGetSQL = `SELECT digest, expires_ms, status, body FROM replay_requests
+	replayGetSQL = `SELECT digest, expires_ms, body IS NULL, body FROM replay_requests
 		WHERE sender = ?1 AND request_id = ?2`
-	replayCompleteSQL = `UPDATE replay_requests SET status = ?4, body = ?5
-		WHERE sender = ?1 AND request_id = ?2 AND digest = ?3 AND status IS NULL AND expires_ms > ?6`
+	replayCompleteSQL = `UPDATE replay_requests SET body = ?4
+		WHERE sender = ?1 AND request_id = ?2 AND digest = ?3 AND body IS NULL AND expires_ms > ?5`
 	replayReleaseSQL = `DELETE FROM replay_requests
-		WHERE sender = ?1 AND request_id = ?2 AND digest = ?3 AND status IS NULL AND expires_ms > ?4`
+		WHERE sender = ?1 AND request_id = ?2 AND digest = ?3 AND body IS NULL AND expires_ms > ?4`
 	// seenInsertSQL and spentInsertSQL record a key, replacing an expired
 	// record; zero rows changed means an alive record exists. ?3 is now.
 	seenInsertSQL = `INSERT INTO seen_signatures (digest, expires_ms) VALUES (?1, ?2)
