@@ -1,30 +1,125 @@
 package caddymodule
 
 import (
-	"context"
-	"crypto/rand"
-	"errors"
-	"io"
 	"net/http"
 	"strings"
-	"time"
-
-	"go.uber.org/zap"
-	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
 )
 
-// endpoint is one path the gateway owns.
-type endpoint struct {
-	methods []string
-	serve   func(g *Gateway, w http.ResponseWriter, r *http.Request)
+// bodyKind is what an endpoint's request body holds.
+type bodyKind uint8
+
+const (
+	bodyNone            bodyKind = iota // no body is read
+	bodyVerificationKey                 // empty, or a VerificationKeyRequest
+	bodyDSRequest                       // a DSRequest, at most max_body bytes
+	bodyUpload                          // a DSRequest header, then streamed content
+	bodyProviderRequest                 // a ProviderRequest, at most max_body bytes
+	bodyTokenRequest                    // a Privacy Pass TokenRequest (issuer role)
+)
+
+// String returns the body kind as docs/protocol.md's endpoint table names it.
+func (b bodyKind) String() string {
+	return [...]string{"none", "VerificationKeyRequest or empty", "DSRequest",
+		"DSRequest then content (streamed)", "ProviderRequest", "TokenRequest"}[b]
 }
 
-func (e endpoint) allows(method string) bool {
+// authKind is how a request to an endpoint is authenticated.
+type authKind uint8
+
+const (
+	authNone     authKind = iota // nothing to authenticate
+	authClient                   // a client signature in the DSRequest, checked by the DS
+	authProvider                 // the provider signature of the envelope, docs/protocol.md §4
+)
+
+// String returns the authentication as docs/protocol.md's endpoint table
+// names it.
+func (a authKind) String() string {
+	return [...]string{"none", "client signature", "provider signature"}[a]
+}
+
+// Methods lists.
+var (
+	getOnly  = []string{http.MethodGet, http.MethodHead}
+	postOnly = []string{http.MethodPost}
+	getPost  = []string{http.MethodGet, http.MethodPost}
+)
+
+// endpoint is one path the gateway owns. Everything about an endpoint is
+// derived from its entry: routing, 405 with Allow, the body limit and
+// content type checks, the accepted request types, the authentication, the
+// admission policy's plan and the metric and log label (name).
+type endpoint struct {
+	path    string
+	name    string // the policy, metric and log name
+	methods []string
+	body    bodyKind
+	// dsTypes are the DS request types a client endpoint accepts.
+	dsTypes []moh.RequestType
+	// providerType is the request type a provider endpoint accepts.
+	providerType moh.ProviderRequestType
+	auth         authKind
+	// notDefault: a rate-limit zone that lists no endpoints does not
+	// cover it (probes and directories that clients and balancers poll).
+	notDefault bool
+	serve      func(g *Gateway, x *exchange)
+}
+
+// endpointTable is every MoH endpoint (docs/protocol.md §2). The issuer
+// role adds issuerEndpoints when configured.
+var endpointTable = []endpoint{
+	{path: "/.well-known/mimi/ds-domain", name: "ds_domain", methods: getOnly, serve: (*Gateway).serveDiscovery},
+	{path: "/healthz", name: "healthz", methods: getOnly, notDefault: true, serve: (*Gateway).serveHealth},
+	{path: "/verification_key", name: "verification_key", methods: getPost, body: bodyVerificationKey,
+		serve: (*Gateway).serveVerificationKey},
+	{path: "/group_operation", name: "group_operation", methods: postOnly, body: bodyDSRequest, auth: authClient,
+		dsTypes: []moh.RequestType{moh.RequestGroupID, moh.CreateGroup, moh.DeleteGroup, moh.AddUsers,
+			moh.RemoveUsers, moh.AddClients, moh.RemoveClients, moh.SelfRemoveClient, moh.UpdateClient,
+			moh.ExternalJoin, moh.SendMessage, moh.ReInitializeGroup},
+		serve: (*Gateway).serveClient},
+	clientEndpoint("/welcome_information", getPost, moh.WelcomeInfo),
+	clientEndpoint("/external_commit_information", getPost, moh.ExternalCommitInfo),
+	{path: "/attachment_upload", name: "attachment_upload", methods: postOnly, body: bodyUpload, auth: authClient,
+		dsTypes: []moh.RequestType{moh.AttachmentUpload}, serve: (*Gateway).serveUpload},
+	clientEndpoint("/attachment_download", postOnly, moh.AttachmentDownload),
+	clientEndpoint("/attachment_delete", postOnly, moh.AttachmentDelete),
+	clientEndpoint("/attachment_copy", postOnly, moh.AttachmentCopy),
+	providerEndpoint(moh.DeliverMessage),
+	providerEndpoint(moh.ConnectionRequest),
+	providerEndpoint(moh.ConnectionKeyPackages),
+	providerEndpoint(moh.GroupKeyPackages),
+}
+
+// clientEndpoint is the entry of a client-signed DS endpoint accepting one
+// request type.
+func clientEndpoint(path string, methods []string, typ moh.RequestType) endpoint {
+	return endpoint{path: path, name: strings.TrimPrefix(path, "/"), methods: methods, body: bodyDSRequest,
+		auth: authClient, dsTypes: []moh.RequestType{typ}, serve: (*Gateway).serveClient}
+}
+
+// providerEndpoint is the entry of the provider-signed endpoint of typ.
+func providerEndpoint(typ moh.ProviderRequestType) endpoint {
+	return endpoint{path: "/" + typ.String(), name: typ.String(), methods: postOnly, body: bodyProviderRequest,
+		auth: authProvider, providerType: typ, serve: (*Gateway).serveProvider}
+}
+
+// issuerEndpoints are the entries of the Privacy Pass issuer role, whose
+// token request path is configurable.
+func issuerEndpoints(requestPath string) []endpoint {
+	return []endpoint{
+		{path: privacypass.DirectoryPath, name: "issuer_directory", methods: getOnly, notDefault: true,
+			serve: (*Gateway).serveIssuerDirectory},
+		{path: requestPath, name: "token_request", methods: postOnly, body: bodyTokenRequest,
+			serve: (*Gateway).serveTokenRequest},
+	}
+}
+
+// allows reports whether the endpoint accepts method.
+func (e *endpoint) allows(method string) bool {
 	for _, m := range e.methods {
 		if m == method {
 			return true
@@ -33,204 +128,54 @@ func (e endpoint) allows(method string) bool {
 	return false
 }
 
-func (e endpoint) allow() string { return strings.Join(e.methods, ", ") }
+// allow is the endpoint's Allow header value.
+func (e *endpoint) allow() string { return strings.Join(e.methods, ", ") }
 
-var (
-	getOnly  = []string{http.MethodGet, http.MethodHead}
-	postOnly = []string{http.MethodPost}
-	getPost  = []string{http.MethodGet, http.MethodPost}
-)
-
-// endpoints is the routing table (docs/protocol.md §2).
-var endpoints = map[string]endpoint{
-	"/.well-known/mimi/ds-domain":  {getOnly, (*Gateway).serveDiscovery},
-	"/healthz":                     {getOnly, (*Gateway).serveHealth},
-	"/verification_key":            {getPost, (*Gateway).serveVerificationKey},
-	"/group_operation":             {postOnly, dsEndpoint(groupOperationTypes)},
-	"/welcome_information":         {getPost, dsEndpoint(typeSet(moh.WelcomeInfo))},
-	"/external_commit_information": {getPost, dsEndpoint(typeSet(moh.ExternalCommitInfo))},
-	"/attachment_upload":           {postOnly, dsEndpoint(typeSet(moh.AttachmentUpload))},
-	"/attachment_download":         {postOnly, dsEndpoint(typeSet(moh.AttachmentDownload))},
-	"/attachment_delete":           {postOnly, dsEndpoint(typeSet(moh.AttachmentDelete))},
-	"/attachment_copy":             {postOnly, dsEndpoint(typeSet(moh.AttachmentCopy))},
-	"/deliver_message":             {postOnly, providerEndpoint(moh.DeliverMessage)},
-	"/connection_request":          {postOnly, providerEndpoint(moh.ConnectionRequest)},
-	"/connection_key_packages":     {postOnly, providerEndpoint(moh.ConnectionKeyPackages)},
-	"/group_key_packages":          {postOnly, providerEndpoint(moh.GroupKeyPackages)},
+// accepts reports whether a client endpoint accepts DS request type t.
+func (e *endpoint) accepts(t moh.RequestType) bool {
+	for _, a := range e.dsTypes {
+		if a == t {
+			return true
+		}
+	}
+	return false
 }
 
-// groupOperationTypes are the DS request types /group_operation accepts.
-var groupOperationTypes = typeSet(moh.RequestGroupID, moh.CreateGroup, moh.DeleteGroup, moh.AddUsers,
-	moh.RemoveUsers, moh.AddClients, moh.RemoveClients, moh.SelfRemoveClient, moh.UpdateClient,
-	moh.ExternalJoin, moh.SendMessage, moh.ReInitializeGroup)
-
-func typeSet(types ...moh.RequestType) map[moh.RequestType]bool {
-	m := make(map[moh.RequestType]bool, len(types))
-	for _, t := range types {
-		m[t] = true
+// admissionKind is how the admission policy sees the endpoint: which zone
+// keys can apply to it.
+func (e *endpoint) admissionKind() admission.Kind {
+	switch {
+	case e.auth == authProvider:
+		return admission.KindProvider
+	case e.auth == authClient:
+		return admission.KindClient
+	case e.body == bodyTokenRequest || e.path == privacypass.DirectoryPath:
+		return admission.KindIssuer
 	}
-	return m
+	return admission.KindOther
 }
 
-// serveDiscovery answers /.well-known/mimi/ds-domain with the DS authority.
-func (g *Gateway) serveDiscovery(w http.ResponseWriter, r *http.Request) {
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Cache-Control", "max-age=3600")
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		w.Write([]byte(g.DSDomain)) //nolint:errcheck
-	}
+// route is a provisioned endpoint: its entry and its admission plan.
+type route struct {
+	*endpoint
+	plan *admission.Plan
 }
 
-// serveHealth answers liveness probes.
-func (g *Gateway) serveHealth(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		w.Write([]byte("ok\n")) //nolint:errcheck
+// routeTable returns the endpoints of a gateway: the table, plus the
+// issuer's when requestPath is not empty.
+func routeTable(requestPath string) []endpoint {
+	eps := endpointTable
+	if requestPath != "" {
+		eps = append(append([]endpoint(nil), endpointTable...), issuerEndpoints(requestPath)...)
 	}
+	return eps
 }
 
-// serveVerificationKey answers with the current and recently retired keys.
-// The body is empty or a VerificationKeyRequest.
-func (g *Gateway) serveVerificationKey(w http.ResponseWriter, r *http.Request) {
-	body, err := g.readBody(r, true)
-	if err != nil {
-		g.refuse(w, r, err)
-		return
+// admissionEndpoints describes eps to the admission policy.
+func admissionEndpoints(eps []endpoint) []admission.Endpoint {
+	out := make([]admission.Endpoint, len(eps))
+	for i := range eps {
+		out[i] = admission.Endpoint{Name: eps[i].name, Kind: eps[i].admissionKind(), NotDefault: eps[i].notDefault}
 	}
-	if len(body) > 0 {
-		var req moh.VerificationKeyRequest
-		if err := wire.Unmarshal(body, &req, "VerificationKeyRequest"); err != nil {
-			g.refuse(w, r, err)
-			return
-		}
-		if req.ProtocolVersion != moh.ProtocolVersion {
-			g.refuse(w, r, moh.Errorf(moh.CodeUnsupportedVersion, "protocol version %d is not supported", req.ProtocolVersion))
-			return
-		}
-	}
-	keys := g.state.keys.Published(time.Now())
-	if err := writeResponse(w, http.StatusOK, &moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: keys}); err != nil {
-		g.refuse(w, r, err)
-	}
-}
-
-// dsEndpoint returns the handler of a client-signed DS endpoint accepting
-// the given request types.
-func dsEndpoint(accepted map[moh.RequestType]bool) func(*Gateway, http.ResponseWriter, *http.Request) {
-	return func(g *Gateway, w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/attachment_upload" {
-			g.serveUpload(w, r)
-			return
-		}
-		body, err := g.readBody(r, false)
-		if err != nil {
-			g.refuse(w, r, err)
-			return
-		}
-		typ, ok := moh.PeekRequestType(body)
-		switch {
-		case !ok:
-			g.refuse(w, r, moh.Errorf(moh.CodeMalformed, "decoding DSRequest: no protocol version and request type"))
-			return
-		case !typ.Known():
-			g.refuse(w, r, moh.Errorf(moh.CodeMalformed, "unknown request type %d", typ))
-			return
-		case !accepted[typ]:
-			g.refuse(w, r, moh.Errorf(moh.CodeWrongRequestType, "request type %s is not accepted on %s", typ, r.URL.Path))
-			return
-		case typ.CarriesMLS():
-			g.refuse(w, r, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", typ))
-			return
-		}
-		var req moh.DSRequest
-		if err := wire.Unmarshal(body, &req, "DSRequest"); err != nil {
-			g.refuse(w, r, err)
-			return
-		}
-		switch req.Body.Type {
-		case moh.RequestGroupID:
-			g.serveRequestGroupID(w, r, &req)
-		default:
-			g.refuse(w, r, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", req.Body.Type))
-		}
-	}
-}
-
-// maxUploadHeader bounds the DSRequest that precedes an upload's content.
-const maxUploadHeader = 4 << 10
-
-// serveUpload reads and checks the DSRequest header of an upload. Uploads
-// are streamed (header, then content) and are not held to max_body; storing
-// the content lands with the attachments issue, so a well-formed header is
-// answered not_implemented.
-func (g *Gateway) serveUpload(w http.ResponseWriter, r *http.Request) {
-	if err := checkContentType(r); err != nil {
-		g.refuse(w, r, err)
-		return
-	}
-	head := make([]byte, maxUploadHeader)
-	n, err := io.ReadFull(r.Body, head)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		g.refuse(w, r, moh.Errorf(moh.CodeMalformed, "reading upload header: %w", err))
-		return
-	}
-	s := cryptobyte.String(head[:n])
-	var req moh.DSRequest
-	if !req.UnmarshalWire(&s) {
-		g.refuse(w, r, moh.Errorf(moh.CodeMalformed, "decoding upload DSRequest: truncated or invalid field"))
-		return
-	}
-	if req.Body.Type != moh.AttachmentUpload {
-		g.refuse(w, r, moh.Errorf(moh.CodeWrongRequestType, "request type %s is not accepted on %s", req.Body.Type, r.URL.Path))
-		return
-	}
-	g.refuse(w, r, moh.Errorf(moh.CodeNotImplemented, "attachment upload is not implemented yet"))
-}
-
-// serveRequestGroupID answers request type 0 with 16 random bytes.
-func (g *Gateway) serveRequestGroupID(w http.ResponseWriter, r *http.Request, req *moh.DSRequest) {
-	if req.Auth.Type != moh.AuthAnonymous {
-		g.refuse(w, r, moh.Errorf(moh.CodeMalformed, "request_group_id must be anonymous"))
-		return
-	}
-	id := make([]byte, 16)
-	rand.Read(id)
-	if err := writeResponse(w, http.StatusOK, &moh.DSResponse{Type: moh.ResponseGroupID, GroupID: id}); err != nil {
-		g.refuse(w, r, err)
-	}
-}
-
-// providerEndpoint returns the handler of a provider-signed endpoint: the
-// request is verified (replay included) by mimicore, then processed.
-func providerEndpoint(typ moh.ProviderRequestType) func(*Gateway, http.ResponseWriter, *http.Request) {
-	return func(g *Gateway, w http.ResponseWriter, r *http.Request) {
-		body, err := g.readBody(r, false)
-		if err != nil {
-			g.refuse(w, r, err)
-			return
-		}
-		answer, err := g.inbound.Handle(g.admitContext(r), body, typ, g.processors[typ])
-		if answer.Status == 0 {
-			g.refuse(w, r, err)
-			return
-		}
-		if err != nil {
-			g.logger.Error("provider request answered but not recorded", zap.String("path", r.URL.Path), zap.Error(err))
-		}
-		writeRaw(w, answer.Status, answer.Body)
-	}
-}
-
-// notImplemented is the processor of provider endpoints whose payload
-// handling lands in a later issue. The request was authenticated; the
-// answer is recorded like any other, so a retry gets the same one.
-func notImplemented(typ moh.ProviderRequestType) provider.Processor {
-	return func(context.Context, *provider.Verified) store.Answer {
-		status, body := errorAnswer(moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ))
-		return store.Answer{Status: status, Body: body}
-	}
+	return out
 }

@@ -1,14 +1,9 @@
 package caddymodule
 
 import (
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
-	"mime"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,8 +16,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
 func init() {
@@ -31,7 +29,7 @@ func init() {
 
 // Default limits.
 const (
-	defaultMaxBody = 1 << 20
+	defaultMaxBody = 1<<20 + 64<<10
 	// maxMaxBody caps max_body: MoH messages other than attachments are
 	// small, and attachments are streamed outside this limit.
 	maxMaxBody = 64 << 20
@@ -56,8 +54,9 @@ type Gateway struct {
 	DataDir string `json:"data_dir,omitempty"`
 
 	// MaxBody is the largest request body accepted on the MoH endpoints, in
-	// bytes; larger bodies are answered 413 too_large. Default: 1 MiB; at
-	// most 64 MiB (attachments are streamed and limited separately).
+	// bytes; larger bodies are answered 413 too_large. Default: 1 MiB +
+	// 64 KiB, so that a payload of 1 MiB fits with its envelope; at most
+	// 64 MiB (attachments are streamed and limited separately).
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	// KeyRotation is how long a signing key signs before a new one takes
@@ -96,13 +95,19 @@ type Gateway struct {
 	// requests. Default: every provider whose signature verifies.
 	Peers *PeerList `json:"peers,omitempty"`
 
-	policy     *policy
-	state      *sharedState
-	fetcher    *provider.KeyFetcher
-	inbound    *provider.Inbound
-	processors map[moh.ProviderRequestType]provider.Processor
-	proxies    []netip.Prefix
-	logger     *zap.Logger
+	svc     *service.Service
+	policy  *admission.Policy
+	origin  *admission.Origin // pooled in originPool under originKey
+	issuer  *admission.Issuer
+	routes  map[string]*route
+	inbound *provider.Inbound
+	ds      *ds.Service
+	proxies []netip.Prefix
+	logger  *zap.Logger
+	// sampled logs failures that a flood of requests could repeat.
+	sampled *zap.Logger
+	// originKey is the origin's key in originPool, "" when none is held.
+	originKey string
 }
 
 // Federation configures the fetching of peer providers' verification keys.
@@ -142,9 +147,15 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults and opens the shared state (keys, store).
+// Provision sets defaults, brings the options to the provider's service
+// (opened on first use, reconfigured on a reload) and builds the routes and
+// the admission policy.
 func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
+	// At most 10 lines a second of each message, then one in 100.
+	g.sampled = g.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
+	}))
 	for i, p := range g.Providers {
 		g.Providers[i] = strings.ToLower(strings.TrimSuffix(p, "."))
 	}
@@ -168,30 +179,29 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	policy, err := g.Federation.fetchPolicy(ctx)
+	fetch, err := g.Federation.fetchPolicy(ctx)
 	if err != nil {
 		return err
 	}
-	g.state, err = loadState(g.DataDir, provider.KeyRingOptions{
-		Scheme:      scheme,
-		RotateEvery: time.Duration(g.KeyRotation),
-		Overlap:     time.Duration(g.KeyOverlap),
-	}, g.logger)
+	g.svc, err = loadService(service.Options{
+		DataDir: g.DataDir,
+		Keys: provider.KeyRingOptions{
+			Scheme:      scheme,
+			RotateEvery: time.Duration(g.KeyRotation),
+			Overlap:     time.Duration(g.KeyOverlap),
+		},
+		Fetch:  fetch,
+		Logger: g.logger.With(zap.String("data_dir", g.DataDir)),
+	})
 	if err != nil {
-		return fmt.Errorf("opening gateway state in %s: %w", g.DataDir, err)
+		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
-	policy.Cache = g.state.store
-	g.fetcher = provider.NewKeyFetcher(policy)
+	g.ds = &ds.Service{}
 	g.inbound = &provider.Inbound{
-		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.fetcher},
-		Replay:   g.state.store,
+		Verifier: &provider.Verifier{Domains: g.Providers, Keys: serviceKeys{g.svc}},
+		Replay:   g.svc.Store(),
 	}
-	g.processors = map[moh.ProviderRequestType]provider.Processor{}
-	for _, typ := range []moh.ProviderRequestType{moh.DeliverMessage, moh.ConnectionRequest,
-		moh.ConnectionKeyPackages, moh.GroupKeyPackages} {
-		g.processors[typ] = notImplemented(typ)
-	}
-	return g.provisionPolicy(ctx)
+	return g.provisionPolicy(ctx, fetch)
 }
 
 // Validate checks the configuration; every error names the bad option.
@@ -261,15 +271,17 @@ func (g *Gateway) Validate() error {
 	return nil
 }
 
-// Cleanup releases the shared state.
+// Cleanup releases the policy and this config's hold on the provider's
+// service, which closes when no config uses it any more.
 func (g *Gateway) Cleanup() error {
 	policyErr := g.cleanupPolicy()
-	if g.state == nil {
+	if g.svc == nil {
 		return policyErr
 	}
-	deleted, err := statePool.Delete(g.DataDir)
+	g.svc = nil
+	deleted, err := servicePool.Delete(g.DataDir)
 	if deleted {
-		if c := g.logger.Check(zapcore.DebugLevel, "closed gateway state"); c != nil {
+		if c := g.logger.Check(zapcore.DebugLevel, "closed provider service"); c != nil {
 			c.Write(zap.String("data_dir", g.DataDir))
 		}
 	}
@@ -340,117 +352,6 @@ func (f *Federation) fetchPolicy(ctx caddy.Context) (provider.FetchPolicy, error
 		p.RootCAs = pool
 	}
 	return p, nil
-}
-
-// ServeHTTP routes the MoH paths and passes everything else to next.
-func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	ep, ok := g.lookupEndpoint(r.URL.Path)
-	if !ok {
-		return next.ServeHTTP(w, r)
-	}
-	if !g.overTLS13(r) {
-		g.refuse(w, r, moh.Errorf(moh.CodeForbidden, "TLS 1.3 is required"))
-		return nil
-	}
-	if !ep.allows(r.Method) {
-		w.Header().Set("Allow", ep.allow())
-		g.refuse(w, r, moh.Errorf(moh.CodeMethodNotAllowed, "method %s is not allowed here", r.Method))
-		return nil
-	}
-	if !g.admitRequest(w, r) {
-		return nil
-	}
-	ep.serve(g, w, r)
-	return nil
-}
-
-// overTLS13 reports whether r arrived over a completed TLS 1.3 handshake, or
-// from a declared TLS-terminating proxy.
-func (g *Gateway) overTLS13(r *http.Request) bool {
-	if r.TLS != nil && r.TLS.Version == tls.VersionTLS13 && r.TLS.HandshakeComplete {
-		return true
-	}
-	if len(g.proxies) == 0 {
-		return false
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return false
-	}
-	a, err := netip.ParseAddr(host)
-	if err != nil {
-		return false
-	}
-	a = a.Unmap()
-	for _, p := range g.proxies {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// readBody reads a request body of at most max_body bytes after checking its
-// content type. An empty body is allowed only where emptyOK.
-func (g *Gateway) readBody(r *http.Request, emptyOK bool) ([]byte, error) {
-	if r.ContentLength > g.MaxBody {
-		return nil, moh.Errorf(moh.CodeTooLarge, "body of %d bytes exceeds the %d byte limit", r.ContentLength, g.MaxBody)
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, g.MaxBody+1))
-	if err != nil {
-		return nil, moh.Errorf(moh.CodeMalformed, "reading body: %w", err)
-	}
-	if int64(len(body)) > g.MaxBody {
-		return nil, moh.Errorf(moh.CodeTooLarge, "body exceeds the %d byte limit", g.MaxBody)
-	}
-	if len(body) == 0 && emptyOK {
-		return body, nil
-	}
-	if err := checkContentType(r); err != nil {
-		return nil, err
-	}
-	if len(body) == 0 {
-		return nil, moh.Errorf(moh.CodeMalformed, "empty body")
-	}
-	return body, nil
-}
-
-// checkContentType requires the MoH media type on r.
-func checkContentType(r *http.Request) error {
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != contentType {
-		return moh.Errorf(moh.CodeUnsupportedMedia, "content type must be %s", contentType)
-	}
-	return nil
-}
-
-// refuse writes the error answer for err and logs it: at debug level for
-// refusals of the request, at error level for failures of the gateway.
-func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, err error) {
-	status, body := errorAnswer(err)
-	setPolicyHeaders(w.Header(), err)
-	writeRaw(w, status, body)
-	var decided *policyError
-	if errors.As(err, &decided) {
-		return // the policy logged its decision with the zone and endpoint
-	}
-	// Refusals of bad or unwelcome requests are routine (debug); a failure
-	// of the gateway itself is an error an operator must see.
-	level := zapcore.DebugLevel
-	if !isCoded(err) || (status >= 500 && status != http.StatusNotImplemented) {
-		level = zapcore.ErrorLevel
-	}
-	if c := g.logger.Check(level, "refused mimi request"); c != nil {
-		c.Write(zap.String("path", r.URL.Path), zap.Int("status", status),
-			zap.String("remote_ip", remoteIP(r)), zap.Error(err))
-	}
-}
-
-func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 // Interface guards.

@@ -6,35 +6,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
-// decisions counts the admission policy's decisions. It is a package-level
-// collector registered into each config's registry, so its values survive
-// reloads. The labels are bounded by the configuration: zone (a zone name,
-// or privacy_pass, peers, issuer), endpoint (an endpoint name) and outcome;
-// never a client, provider, group or token.
-//
-// Outcomes: allowed, limited (answered 429) and over_limit_token (over the
-// limit of an over_limit token zone, so the token check decides) for
-// rate-limit zones; token_accepted,
-// token_missing, token_refused and token_unavailable (Privacy Pass
-// redemption; the last when the double-spend store failed); refused (peers,
-// for which endpoint is "provider"); issued and issue_refused (issuer).
-var decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
-	Namespace: "caddy",
-	Subsystem: "mimi",
-	Name:      "policy_decisions_total",
-	Help:      "Admission policy decisions of the MIMI gateway, by zone, endpoint and outcome.",
-}, []string{"zone", "endpoint", "outcome"})
-
-// registerMetrics registers the policy collectors on reg, tolerating a
-// registration by another handler of the same config.
+// registerMetrics registers the admission policy's collectors on reg. The
+// collectors are package-level in admission, so their values survive
+// reloads; a registration by another handler of the same config is fine.
 func registerMetrics(reg *prometheus.Registry, logger *zap.Logger) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{decisions, zoneStats{}} {
+	for _, c := range admission.Collectors() {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -42,70 +24,4 @@ func registerMetrics(reg *prometheus.Registry, logger *zap.Logger) {
 			}
 		}
 	}
-}
-
-// Descriptions of the zone gauges.
-var (
-	zoneKeysDesc = prometheus.NewDesc("caddy_mimi_rate_limit_keys",
-		"Buckets held by a rate-limit zone.", []string{"zone"}, nil)
-	zoneEvictionsDesc = prometheus.NewDesc("caddy_mimi_rate_limit_evictions_total",
-		"Buckets a rate-limit zone dropped before they had refilled because it was at max_keys; "+
-			"a steady rise means max_keys is too small or keys are being sprayed.", []string{"zone"}, nil)
-)
-
-// zoneStats collects the size and evictions of every live zone at scrape
-// time. Zones of the same name in different data directories are summed,
-// so the zone label stays the configured name.
-type zoneStats struct{}
-
-// Describe implements prometheus.Collector.
-func (zoneStats) Describe(ch chan<- *prometheus.Desc) {
-	ch <- zoneKeysDesc
-	ch <- zoneEvictionsDesc
-}
-
-// Collect implements prometheus.Collector.
-func (zoneStats) Collect(ch chan<- prometheus.Metric) {
-	keys := map[string]int{}
-	evictions := map[string]uint64{}
-	zonePool.Range(func(_, v any) bool {
-		if z, ok := v.(*ratelimit.Zone); ok {
-			st := z.Stats()
-			keys[z.Name()] += st.Keys
-			evictions[z.Name()] += st.Evictions
-		}
-		return true
-	})
-	for name, n := range keys {
-		if m, err := prometheus.NewConstMetric(zoneKeysDesc, prometheus.GaugeValue, float64(n), name); err == nil {
-			ch <- m
-		}
-		if m, err := prometheus.NewConstMetric(zoneEvictionsDesc, prometheus.CounterValue, float64(evictions[name]), name); err == nil {
-			ch <- m
-		}
-	}
-}
-
-// tokenCounters are the Privacy Pass outcomes on one endpoint.
-type tokenCounters struct {
-	accepted, missing, refused, unavailable prometheus.Counter
-}
-
-func newTokenCounters(endpoint string) tokenCounters {
-	return tokenCounters{
-		accepted:    decisions.WithLabelValues("privacy_pass", endpoint, "token_accepted"),
-		missing:     decisions.WithLabelValues("privacy_pass", endpoint, "token_missing"),
-		refused:     decisions.WithLabelValues("privacy_pass", endpoint, "token_refused"),
-		unavailable: decisions.WithLabelValues("privacy_pass", endpoint, "token_unavailable"),
-	}
-}
-
-// peerCounter counts a peers-list outcome.
-func peerCounter(outcome string) prometheus.Counter {
-	return decisions.WithLabelValues("peers", "provider", outcome)
-}
-
-// issuerCounter counts an issuer outcome.
-func issuerCounter(outcome string) prometheus.Counter {
-	return decisions.WithLabelValues("issuer", "token_request", outcome)
 }

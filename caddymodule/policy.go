@@ -2,48 +2,33 @@ package caddymodule
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
+	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
 )
 
-// This file is the admission policy of the gateway: rate-limit zones
-// (ratelimit.go), Privacy Pass redemption (privacypass.go), the token issuer
-// (issuer.go) and the peer allow/deny lists, composed per endpoint.
-//
-// A request to an endpoint passes these steps, in order, and the first
-// refusal answers it:
-//
-//  1. Before the body is read: every zone keyed on the request itself
-//     (remote_ip, ip_prefix, placeholder) and covering the endpoint spends
-//     one event; a zone over its limit answers 429 rate_limited with
-//     Retry-After, unless the zone says over_limit token. Then, if the
-//     endpoint is in privacy_pass require or an over_limit token zone was
-//     over its limit, the request must carry a valid, unspent token (401
-//     token_required with a fresh challenge otherwise); one token answers
-//     all of them. Zones run first so that a flooding client costs no
-//     token verification.
-//  2. Provider endpoints, after the envelope signature verified (the
-//     Inbound.Admit hook) and before the request id is reserved: the peers
-//     list (checked earlier still, before any key is fetched), then the
-//     sender_provider zones, with the same over_limit rule.
-//  3. Client-signed DS requests, after their signature verified: the group
-//     and member zones (admitDS).
-//
-// A zone spends an event when it admits a request even if a later zone
-// refuses it, as in caddy-ratelimit: list the tightest zone first.
+// This file adapts the admission policy's configuration (rate_limit,
+// privacy_pass, issuer and peers) to package admission, which holds the
+// policy itself: the zones, the token redemption, the issuer and the peer
+// lists, and the order in which they run (see its package comment). The
+// glue parses and validates options, resolves endpoint names against the
+// endpoint table, shares origins across reloads, and turns a refusal into
+// its HTTP headers (serve.go).
 
 // RateLimitZone is one named rate-limit zone: a token bucket per key, refilled
 // at Events per Window, holding at most Burst events.
@@ -195,473 +180,404 @@ type PeerList struct {
 	Deny []string `json:"deny,omitempty"`
 }
 
-// Defaults of the policy configuration.
+// Defaults and values of the policy configuration.
 const (
 	defaultRequestPath = "/token-request"
-	// maxTokenRequest bounds a TokenRequest body: 3 bytes of header and a
-	// blinded message of at most 256 bytes.
-	maxTokenRequest = 1 << 10
+	overLimitRefuse    = "refuse"
+	overLimitToken     = "token"
+	contextRandom      = "random"
+	contextWindow      = "window"
+	// maxZoneRate bounds events per second, a sanity limit on typos.
+	maxZoneRate = 1e9
 )
 
-// policy is the provisioned admission policy of one Gateway.
-type policy struct {
-	zones []*limitZone
-	plans map[string]*endpointPlan
-	// byType are the plans of the provider endpoints with sender zones,
-	// by the request type the endpoint accepts.
-	byType map[moh.ProviderRequestType]*endpointPlan
-	origin *originState
-	// originKey is the origin's key in originPool, "" when none is held.
-	originKey string
-	issuer    *tokenIssuer
-	logger    *zap.Logger
-	now       func() time.Time
-}
-
-// endpointPlan is what the policy does on one endpoint.
-type endpointPlan struct {
-	name         string
-	requireToken bool
-	pre          []*zoneUse // keyed on the request: checked before the body is read
-	provider     []*zoneUse // keyed on the verified sender
-	ds           []*zoneUse // keyed on the verified group or member
-	tokens       tokenCounters
-}
-
-// policyEndpoints returns the paths the policy can apply to: the MoH
-// endpoints and, when configured, the issuer's.
-func (g *Gateway) policyEndpoints() []string {
-	paths := make([]string, 0, len(endpoints)+2)
-	for p := range endpoints {
-		paths = append(paths, p)
+// requestPath returns the issuer's configured request path or its default.
+func (is *TokenIssuer) requestPath() string {
+	if is.RequestPath == "" {
+		return defaultRequestPath
 	}
-	if g.Issuer != nil {
-		paths = append(paths, privacypass.DirectoryPath, g.Issuer.requestPath())
-	}
-	slices.Sort(paths)
-	return paths
+	return is.RequestPath
 }
 
-// endpointName is the name of an endpoint path in the configuration,
-// metrics and logs: the path without its slash, except for discovery
-// (ds_domain) and the issuer's paths (issuer_directory, token_request).
-func (g *Gateway) endpointName(path string) string {
-	switch {
-	case path == privacypass.DirectoryPath:
-		return "issuer_directory"
-	case path == "/.well-known/mimi/ds-domain":
-		return "ds_domain"
-	case g.Issuer != nil && path == g.Issuer.requestPath():
-		return "token_request"
+// issuerPath is the issuer's request path, "" without the issuer role.
+func (g *Gateway) issuerPath() string {
+	if g.Issuer == nil {
+		return ""
 	}
-	return strings.TrimPrefix(path, "/")
+	return g.Issuer.requestPath()
 }
 
-// resolveEndpoint turns a configured endpoint (a path or a name) into a path.
-func (g *Gateway) resolveEndpoint(s string) (string, error) {
-	for _, p := range g.policyEndpoints() {
-		if s == p || s == g.endpointName(p) {
-			return p, nil
+// endpointName resolves a configured endpoint, a path or a name, to the
+// name of an endpoint of this gateway.
+func (g *Gateway) endpointName(s string) (string, error) {
+	for _, ep := range routeTable(g.issuerPath()) {
+		if s == ep.path || s == ep.name {
+			return ep.name, nil
 		}
 	}
 	return "", fmt.Errorf("%q is not an endpoint of this gateway", s)
 }
 
-func isProviderPath(p string) bool {
-	switch p {
-	case "/deliver_message", "/connection_request", "/connection_key_packages", "/group_key_packages":
-		return true
+// endpointNames resolves a list of configured endpoints; an endpoint listed
+// twice is an error.
+func (g *Gateway) endpointNames(list []string) ([]string, error) {
+	names := make([]string, 0, len(list))
+	for _, e := range list {
+		n, err := g.endpointName(e)
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(names, n) {
+			return nil, fmt.Errorf("%q is listed twice", e)
+		}
+		names = append(names, n)
 	}
-	return false
+	return names, nil
 }
 
-func isDSPath(p string) bool {
-	switch p {
-	case "/group_operation", "/welcome_information", "/external_commit_information", "/attachment_upload",
-		"/attachment_download", "/attachment_delete", "/attachment_copy":
-		return true
+// zoneConfig converts a rate_limit block; every error names the bad value.
+func (g *Gateway) zoneConfig(z *RateLimitZone) (admission.ZoneConfig, error) {
+	zc := admission.ZoneConfig{Name: z.Name, IPv4Prefix: z.IPv4Prefix, IPv6Prefix: z.IPv6Prefix,
+		Burst: z.Burst, MaxKeys: z.MaxKeys, OverLimitToken: z.OverLimit == overLimitToken}
+	switch z.Key {
+	case "":
+		return zc, errors.New("key is required")
+	case "remote_ip":
+		zc.Key = admission.KeyRemoteIP
+	case "ip_prefix":
+		zc.Key = admission.KeyIPPrefix
+	case "sender_provider":
+		zc.Key = admission.KeySender
+	case "group":
+		zc.Key = admission.KeyGroup
+	case "member":
+		zc.Key = admission.KeyMember
+	default:
+		if !strings.Contains(z.Key, "{") {
+			return zc, fmt.Errorf("key %q is not remote_ip, ip_prefix, sender_provider, group, member or a placeholder", z.Key)
+		}
+		zc.Key, zc.Template = admission.KeyPlaceholder, z.Key
 	}
-	return false
+	if z.Key != "ip_prefix" && (z.IPv4Prefix != 0 || z.IPv6Prefix != 0) {
+		return zc, fmt.Errorf("ipv4_prefix and ipv6_prefix apply only to key ip_prefix, not %q", z.Key)
+	}
+	if z.Events < 1 {
+		return zc, fmt.Errorf("events %d must be at least 1", z.Events)
+	}
+	if z.Window <= 0 {
+		return zc, fmt.Errorf("window %s must be positive", time.Duration(z.Window))
+	}
+	zc.Rate = float64(z.Events) / time.Duration(z.Window).Seconds()
+	if zc.Rate > maxZoneRate {
+		return zc, fmt.Errorf("rate %d/%s is above %g per second", z.Events, time.Duration(z.Window), float64(maxZoneRate))
+	}
+	if zc.Burst == 0 {
+		zc.Burst = z.Events
+	}
+	switch z.OverLimit {
+	case "", overLimitRefuse, overLimitToken:
+	default:
+		return zc, fmt.Errorf("over_limit %q is not refuse or token", z.OverLimit)
+	}
+	if zc.OverLimitToken && g.PrivacyPass == nil {
+		return zc, errors.New("over_limit token needs a privacy_pass block")
+	}
+	names, err := g.endpointNames(z.Endpoints)
+	if err != nil {
+		return zc, fmt.Errorf("endpoints: %w", err)
+	}
+	zc.Endpoints = names
+	return zc, nil
+}
+
+// admissionConfig converts the policy options to the admission policy's
+// configuration, without the origin and issuer, which need files and the
+// network (provisionPolicy adds them).
+func (g *Gateway) admissionConfig() (admission.Config, error) {
+	cfg := admission.Config{
+		Scope:     g.DataDir,
+		Endpoints: admissionEndpoints(routeTable(g.issuerPath())),
+		Logger:    g.logger,
+	}
+	for _, z := range g.RateLimits {
+		if z == nil {
+			return cfg, errors.New("mimi: rate_limit: empty zone")
+		}
+		zc, err := g.zoneConfig(z)
+		if err != nil {
+			return cfg, fmt.Errorf("mimi: rate_limit %s: %w", z.Name, err)
+		}
+		cfg.Zones = append(cfg.Zones, zc)
+	}
+	if pp := g.PrivacyPass; pp != nil {
+		if err := pp.validate(g.Issuer != nil); err != nil {
+			return cfg, fmt.Errorf("mimi: privacy_pass: %w", err)
+		}
+		names, err := g.endpointNames(pp.Require)
+		if err != nil {
+			return cfg, fmt.Errorf("mimi: privacy_pass require: %w", err)
+		}
+		cfg.RequireToken = names
+	}
+	if is := g.Issuer; is != nil {
+		if err := is.validate(); err != nil {
+			return cfg, fmt.Errorf("mimi: issuer: %w", err)
+		}
+		for _, ep := range endpointTable {
+			if ep.path == is.requestPath() {
+				return cfg, fmt.Errorf("mimi: issuer request_path: %q is a MoH endpoint", is.requestPath())
+			}
+		}
+	}
+	if pl := g.Peers; pl != nil {
+		if len(pl.Allow) == 0 && len(pl.Deny) == 0 {
+			return cfg, errors.New("mimi: peers: allow or deny is required")
+		}
+		for _, d := range append(slices.Clone(pl.Allow), pl.Deny...) {
+			if !moh.ValidFQDN([]byte(d)) {
+				return cfg, fmt.Errorf("mimi: peers: %q is not a lowercase provider domain", d)
+			}
+		}
+		cfg.Peers = &admission.Peers{Allow: pl.Allow, Deny: pl.Deny}
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("mimi: %w", err)
+	}
+	return cfg, nil
 }
 
 // validatePolicy checks the policy options without touching any file or
 // network; every error names the option and the bad value.
 func (g *Gateway) validatePolicy() error {
-	names := map[string]bool{}
-	for _, z := range g.RateLimits {
-		if z == nil {
-			return errors.New("mimi: rate_limit: empty zone")
-		}
-		if err := z.validate(); err != nil {
-			return fmt.Errorf("mimi: rate_limit %s: %w", z.Name, err)
-		}
-		if names[z.Name] {
-			return fmt.Errorf("mimi: rate_limit: duplicate zone name %q", z.Name)
-		}
-		names[z.Name] = true
-		covered := map[string]bool{}
-		for _, e := range z.Endpoints {
-			p, err := g.resolveEndpoint(e)
-			if err != nil {
-				return fmt.Errorf("mimi: rate_limit %s endpoints: %w", z.Name, err)
-			}
-			if covered[p] {
-				return fmt.Errorf("mimi: rate_limit %s endpoints: %q is listed twice", z.Name, e)
-			}
-			covered[p] = true
-			if err := z.appliesTo(p); err != nil {
-				return fmt.Errorf("mimi: rate_limit %s endpoints: %w, not %q", z.Name, err, g.endpointName(p))
-			}
-		}
-		if z.OverLimit == overLimitToken && g.PrivacyPass == nil {
-			return fmt.Errorf("mimi: rate_limit %s: over_limit token needs a privacy_pass block", z.Name)
-		}
-	}
-	if pp := g.PrivacyPass; pp != nil {
-		if err := pp.validate(g.Issuer != nil); err != nil {
-			return fmt.Errorf("mimi: privacy_pass: %w", err)
-		}
-		for _, e := range pp.Require {
-			p, err := g.resolveEndpoint(e)
-			if err != nil {
-				return fmt.Errorf("mimi: privacy_pass require: %w", err)
-			}
-			if !isProviderPath(p) && !isDSPath(p) && p != "/verification_key" {
-				return fmt.Errorf("mimi: privacy_pass require: %q is not a MoH endpoint", e)
-			}
-		}
-	}
-	if is := g.Issuer; is != nil {
-		if err := is.validate(); err != nil {
-			return fmt.Errorf("mimi: issuer: %w", err)
-		}
-		if _, taken := endpoints[is.requestPath()]; taken {
-			return fmt.Errorf("mimi: issuer request_path: %q is a MoH endpoint", is.requestPath())
-		}
-	}
-	if pl := g.Peers; pl != nil {
-		if len(pl.Allow) == 0 && len(pl.Deny) == 0 {
-			return errors.New("mimi: peers: allow or deny is required")
-		}
-		for _, d := range append(slices.Clone(pl.Allow), pl.Deny...) {
-			if !moh.ValidFQDN([]byte(d)) {
-				return fmt.Errorf("mimi: peers: %q is not a lowercase provider domain", d)
-			}
-		}
-	}
-	return nil
+	_, err := g.admissionConfig()
+	return err
 }
 
-// provisionPolicy builds the policy after the shared state is open. On
-// error, cleanupPolicy releases what was acquired.
-func (g *Gateway) provisionPolicy(ctx caddy.Context) error {
-	if len(g.RateLimits) == 0 && g.PrivacyPass == nil && g.Issuer == nil && g.Peers == nil {
-		return nil
-	}
-	registerMetrics(ctx.GetMetricsRegistry(), g.logger)
-	p := &policy{plans: map[string]*endpointPlan{}, logger: g.logger, now: time.Now}
-	g.policy = p
-	if pl := g.Peers; pl != nil {
-		g.inbound.Verifier.Peers = pl.check(g.logger)
+// provisionPolicy builds the admission policy, the issuer and the origin,
+// and the routes with their plans. On error, cleanupPolicy releases what
+// was acquired.
+func (g *Gateway) provisionPolicy(ctx caddy.Context, fetch provider.FetchPolicy) error {
+	cfg, err := g.admissionConfig()
+	if err != nil {
+		return err
 	}
 	if g.Issuer != nil {
-		is, err := g.Issuer.provision()
-		if err != nil {
+		if g.issuer, err = admission.NewIssuer(g.Issuer.KeyFiles, g.Issuer.requestPath()); err != nil {
 			return fmt.Errorf("mimi: issuer: %w", err)
 		}
-		p.issuer = is
+		cfg.Issuer = g.issuer
 	}
 	if g.PrivacyPass != nil {
-		o, key, err := g.PrivacyPass.provision(ctx, g)
-		if err != nil {
+		if err := g.provisionOrigin(ctx, fetch); err != nil {
 			return fmt.Errorf("mimi: privacy_pass: %w", err)
 		}
-		p.origin, p.originKey = o, key
+		cfg.Origin = g.origin
 	}
-	plan := func(path string) *endpointPlan {
-		ep := p.plans[path]
-		if ep == nil {
-			name := g.endpointName(path)
-			ep = &endpointPlan{name: name, tokens: newTokenCounters(name)}
-			p.plans[path] = ep
-		}
-		return ep
+	if len(cfg.Zones) > 0 || cfg.Origin != nil || cfg.Issuer != nil || cfg.Peers != nil {
+		registerMetrics(ctx.GetMetricsRegistry(), g.logger)
 	}
-	for _, z := range g.RateLimits {
-		lz, err := loadZone(g.DataDir, z)
-		if err != nil {
-			return fmt.Errorf("mimi: rate_limit %s: %w", z.Name, err)
-		}
-		p.zones = append(p.zones, lz)
-		paths := z.Endpoints
-		if len(paths) == 0 {
-			// Every endpoint but the liveness probe and the issuer
-			// directory, which load balancers and clients poll.
-			paths = slices.DeleteFunc(g.policyEndpoints(), func(p string) bool {
-				return p == "/healthz" || p == privacypass.DirectoryPath
-			})
-		}
-		for _, e := range paths {
-			path, err := g.resolveEndpoint(e)
-			if err != nil {
-				return fmt.Errorf("mimi: rate_limit %s endpoints: %w", z.Name, err)
-			}
-			if z.appliesTo(path) != nil {
-				continue // a default endpoint this key cannot apply to
-			}
-			ep := plan(path)
-			use := newZoneUse(lz, ep.name)
-			switch lz.kind {
-			case keySender:
-				ep.provider = append(ep.provider, use)
-			case keyGroup, keyMember:
-				ep.ds = append(ep.ds, use)
-			default:
-				ep.pre = append(ep.pre, use)
-			}
-		}
+	if g.policy, err = admission.New(cfg); err != nil {
+		return fmt.Errorf("mimi: %w", err)
 	}
-	if g.PrivacyPass != nil {
-		for _, e := range g.PrivacyPass.Require {
-			path, err := g.resolveEndpoint(e)
-			if err != nil {
-				return fmt.Errorf("mimi: privacy_pass require: %w", err)
-			}
-			plan(path).requireToken = true
-		}
-	}
-	if p.issuer != nil {
-		if ep := p.plans[p.issuer.requestPath]; ep == nil || len(ep.pre) == 0 {
-			g.logger.Warn("no rate_limit zone covers the issuer's token_request: clients can mint tokens as fast as the CPU signs them",
-				zap.String("request_path", p.issuer.requestPath))
-		}
-	}
-	p.byType = map[moh.ProviderRequestType]*endpointPlan{}
-	for _, typ := range []moh.ProviderRequestType{moh.DeliverMessage, moh.ConnectionRequest,
-		moh.ConnectionKeyPackages, moh.GroupKeyPackages} {
-		if ep := p.plans["/"+typ.String()]; ep != nil && len(ep.provider) > 0 {
-			p.byType[typ] = ep
-		}
-	}
-	if len(p.byType) > 0 {
-		g.inbound.Admit = g.admitProvider
+	g.inbound.Verifier.Peers = g.policy.PeerPolicy()
+	eps := routeTable(g.issuerPath())
+	g.routes = make(map[string]*route, len(eps))
+	for i := range eps {
+		g.routes[eps[i].path] = &route{endpoint: &eps[i], plan: g.policy.Plan(eps[i].name)}
 	}
 	return nil
 }
 
-// cleanupPolicy releases the rate-limit zones this gateway holds.
+// cleanupPolicy releases the zones and the origin this gateway holds.
 func (g *Gateway) cleanupPolicy() error {
-	if g.policy == nil {
-		return nil
-	}
 	var errs []error
-	if g.policy.originKey != "" {
-		if _, err := originPool.Delete(g.policy.originKey); err != nil {
+	if g.policy != nil {
+		errs = append(errs, g.policy.Close())
+		g.policy = nil
+	}
+	if g.originKey != "" {
+		if _, err := originPool.Delete(g.originKey); err != nil {
 			errs = append(errs, err)
 		}
-		g.policy.originKey = ""
+		g.originKey = ""
 	}
-	for _, z := range g.policy.zones {
-		if _, err := zonePool.Delete(z.poolKey); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	g.policy.zones = nil
 	return errors.Join(errs...)
 }
 
-// policyError is a refusal that carries a header the answer must have
-// (Retry-After or WWW-Authenticate) besides its DSError.
-type policyError struct {
-	err    *moh.Error
-	header string
-	value  string
-}
+// originPool shares Privacy Pass origins across config reloads, keyed by
+// data directory and every setting that shapes the origin (see poolKey), so
+// that challenges minted before a reload (context random) stay valid.
+var originPool = caddy.NewUsagePool()
 
-func (e *policyError) Error() string { return e.err.Error() }
-func (e *policyError) Unwrap() error { return e.err }
+// pooledOrigin adapts an Origin to the pool.
+type pooledOrigin struct{ *admission.Origin }
 
-// setPolicyHeaders adds the header of a policy refusal to an error answer.
-func setPolicyHeaders(h http.Header, err error) {
-	var pe *policyError
-	if errors.As(err, &pe) && pe.header != "" {
-		h.Set(pe.header, pe.value)
-	}
-}
+// Destruct implements caddy.Destructor: it stops the directory refresh when
+// the last config using the origin is unloaded.
+func (p pooledOrigin) Destruct() error { return p.Close() }
 
-// rateLimited is the refusal of a zone over its limit.
-func rateLimited(zone string, retryAfter time.Duration) error {
-	secs := int((retryAfter + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	return &policyError{
-		err:    moh.Errorf(moh.CodeRateLimited, "rate limit %s exceeded; retry after %d s", zone, secs),
-		header: "Retry-After", value: strconv.Itoa(secs),
-	}
-}
-
-// admitRequest runs step 1 of the policy for r's endpoint. It answers and
-// returns false when the request is refused.
-func (g *Gateway) admitRequest(w http.ResponseWriter, r *http.Request) bool {
-	p := g.policy
-	if p == nil {
-		return true
-	}
-	ep := p.plans[r.URL.Path]
-	if ep == nil {
-		return true
-	}
-	// The zones run first, so that a client over a refusing limit costs no
-	// token verification; one token then answers both require and every
-	// over_limit token zone.
-	needToken := ep.requireToken
-	var buf [64]byte
-	now := p.now()
-	for _, u := range ep.pre {
-		ok, retry, err := u.zone.allowRequest(buf[:0], r, now)
+// provisionOrigin loads the origin of the privacy_pass block from
+// originPool, building it on first use: keys from files, from the issuer
+// directory, or from the gateway's own issuer, and the store as spent-token
+// record.
+func (g *Gateway) provisionOrigin(ctx context.Context, fetch provider.FetchPolicy) error {
+	pp := g.PrivacyPass
+	var keys []*privacypass.Key
+	for _, kf := range pp.TokenKeys {
+		k, err := privacypass.ReadKeyFile(kf.File)
 		if err != nil {
-			g.refuse(w, r, err)
-			return false
+			return fmt.Errorf("token_key %s: %w", kf.File, err)
 		}
-		if err := p.decide(r, ep, u, ok, retry, &needToken); err != nil {
-			g.refuse(w, r, err)
-			return false
+		if int(k.Type()) != kf.Type {
+			return fmt.Errorf("token_key %s: the file holds a type %s key, not type %d", kf.File, k.Type(), kf.Type)
 		}
+		keys = append(keys, k)
 	}
-	if needToken {
-		if err := p.redeem(r, ep); err != nil {
-			g.refuse(w, r, err)
-			return false
-		}
+	if len(keys) == 0 && pp.IssuerDirectory == "" && g.issuer != nil {
+		keys = g.issuer.Keys()
 	}
-	return true
+	cfg := admission.OriginConfig{
+		OriginConfig: privacypass.OriginConfig{
+			IssuerName: pp.IssuerName,
+			OriginInfo: pp.OriginInfo,
+			Keys:       keys,
+			Lifetime:   time.Duration(pp.Lifetime),
+			Grease:     pp.Grease,
+			Spent:      g.svc.Store(),
+		},
+		DirectoryURL:     pp.IssuerDirectory,
+		DirectoryRefresh: time.Duration(pp.DirectoryRefresh),
+		Fetch:            fetch,
+		Logger:           g.logger,
+	}
+	if len(cfg.OriginInfo) == 0 {
+		cfg.OriginInfo = []string{g.DSDomain}
+	}
+	if pp.Context == contextWindow {
+		cfg.Mode = privacypass.ContextWindow
+		secret := make([]byte, 32)
+		rand.Read(secret)
+		if pp.Secret != "" {
+			v, err := caddy.NewReplacer().ReplaceOrErr(pp.Secret, true, true)
+			if err != nil {
+				// The error names the placeholder, never its value.
+				return fmt.Errorf("secret: %w", err)
+			}
+			if len(v) < 32 {
+				return fmt.Errorf("secret is %d bytes; at least 32 are required", len(v))
+			}
+			secret = []byte(v)
+		}
+		// A secret made here (none configured) is kept for the life of
+		// the pooled origin, so rebuilding it after a directory change
+		// keeps its outstanding challenges valid.
+		cfg.Secret = secret
+	}
+	key, err := g.originPoolKey(cfg.OriginConfig)
+	if err != nil {
+		return err
+	}
+	v, _, err := originPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		o, err := admission.NewOrigin(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return pooledOrigin{o}, nil
+	})
+	if err != nil {
+		return err
+	}
+	g.origin, g.originKey = v.(pooledOrigin).Origin, key
+	g.logger.Debug("privacy pass origin in use", zap.String("issuer_name", pp.IssuerName))
+	return nil
 }
 
-// decide applies a zone's answer and counts it. Over the limit, a refuse
-// zone returns the 429 refusal, and a token zone sets *needToken: the
-// caller then redeems one token for the request.
-func (p *policy) decide(r *http.Request, ep *endpointPlan, u *zoneUse, ok bool, retry time.Duration, needToken *bool) error {
-	if ok {
-		u.allowed.Inc()
-		return nil
+// originPoolKey identifies an origin: the data directory (whose store
+// records spent tokens), the privacy_pass settings, the keys read from
+// files and a digest of the configured secret (never the secret itself).
+func (g *Gateway) originPoolKey(cfg privacypass.OriginConfig) (string, error) {
+	settings, err := json.Marshal(g.PrivacyPass)
+	if err != nil {
+		return "", fmt.Errorf("encoding settings: %w", err)
 	}
-	if u.zone.overLimitToken {
-		u.overToken.Inc()
-		*needToken = true
-		return nil
+	secret := "generated"
+	if g.PrivacyPass.Secret != "" {
+		d := sha256.Sum256(cfg.Secret)
+		secret = hex.EncodeToString(d[:])
 	}
-	u.limited.Inc()
-	if c := p.logger.Check(zapcore.DebugLevel, "rate limited request"); c != nil {
-		c.Write(zap.String("zone", u.zone.name), zap.String("endpoint", ep.name),
-			zap.Duration("retry_after", retry), zap.String("remote_ip", remoteIP(r)))
+	var ids strings.Builder
+	for _, k := range cfg.Keys {
+		id := k.ID()
+		ids.WriteString(hex.EncodeToString(id[:]))
 	}
-	return rateLimited(u.zone.name, retry)
+	return strings.Join([]string{g.DataDir, string(settings), strings.Join(cfg.OriginInfo, ","), secret,
+		ids.String()}, "\x00"), nil
 }
 
-// requestKey carries the HTTP request to the Admit hook.
-type requestKey struct{}
-
-// admitContext returns the context for Inbound.Handle: with the request
-// attached when the endpoint has zones keyed on the verified sender, whose
-// Admit hook needs it (for a token when over the limit, and for logs).
-func (g *Gateway) admitContext(r *http.Request) context.Context {
-	if g.policy == nil {
-		return r.Context()
+// validate checks the issuer options that need no file.
+func (is *TokenIssuer) validate() error {
+	if len(is.KeyFiles) == 0 {
+		return errors.New("at least one key file is required")
 	}
-	if ep := g.policy.plans[r.URL.Path]; ep == nil || len(ep.provider) == 0 {
-		return r.Context()
-	}
-	return context.WithValue(r.Context(), requestKey{}, r)
-}
-
-// admitProvider is the Inbound.Admit hook: step 2 of the policy, on a
-// provider request whose signature verified.
-func (g *Gateway) admitProvider(ctx context.Context, v *provider.Verified) error {
-	p := g.policy
-	ep := p.byType[v.Request.RequestType]
-	if ep == nil {
-		return nil
-	}
-	r, _ := ctx.Value(requestKey{}).(*http.Request)
-	if r == nil {
-		return errors.New("admitting provider request: no HTTP request in the context")
-	}
-	needToken := false
-	now := p.now()
-	for _, u := range ep.provider {
-		ok, retry := u.zone.zone.AllowBytes(v.Request.Sender, now)
-		if err := p.decide(r, ep, u, ok, retry, &needToken); err != nil {
-			return err
-		}
-	}
-	// With require, the token was redeemed before the body was read.
-	if needToken && !ep.requireToken {
-		return p.redeem(r, ep)
+	p := is.requestPath()
+	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?#% \t") || p == privacypass.DirectoryPath {
+		return fmt.Errorf("request_path %q is not an absolute path without query", p)
 	}
 	return nil
 }
 
-// admitDS is step 3 of the policy, for the client-signed DS endpoints: it
-// applies the group and member zones of r's endpoint to a request whose
-// signature has verified. The Delivery Service calls it with the verified
-// group id and the sender's member identity (its leaf index or client URI,
-// as encoded bytes), never with fields of an unverified body, so that a
-// forger cannot spend another group's or member's budget. Keys are
-// group_id for group zones and group_id || 0x00 || member for member zones.
-func (g *Gateway) admitDS(r *http.Request, groupID, member []byte) error {
-	p := g.policy
-	if p == nil {
-		return nil
+// validate checks the privacy_pass options that need no file or network.
+func (pp *PrivacyPass) validate(haveIssuer bool) error {
+	if pp.IssuerName == "" {
+		return errors.New("issuer_name is required")
 	}
-	ep := p.plans[r.URL.Path]
-	if ep == nil || len(ep.ds) == 0 {
-		return nil
+	if err := provider.ValidateAuthority(pp.IssuerName); err != nil {
+		return fmt.Errorf("issuer_name %q: %w", pp.IssuerName, err)
 	}
-	needToken := false
-	now := p.now()
-	var buf [128]byte
-	for _, u := range ep.ds {
-		key := append(buf[:0], groupID...)
-		if u.zone.kind == keyMember {
-			key = append(append(key, 0), member...)
+	for _, o := range pp.OriginInfo {
+		if o == "" || len(o) > 255 {
+			return fmt.Errorf("origin_info %q is not an origin name", o)
 		}
-		ok, retry := u.zone.zone.AllowBytes(key, now)
-		if err := p.decide(r, ep, u, ok, retry, &needToken); err != nil {
-			return err
+		for _, c := range []byte(o) {
+			if c <= ' ' || c > '~' || c == ',' {
+				return fmt.Errorf("origin_info %q is not an origin name", o)
+			}
 		}
 	}
-	if needToken && !ep.requireToken {
-		return p.redeem(r, ep)
+	for _, k := range pp.TokenKeys {
+		if k.Type != 1 && k.Type != 2 {
+			return fmt.Errorf("token_key type %d is not 1 or 2", k.Type)
+		}
+		if k.File == "" {
+			return errors.New("token_key: the key file is required")
+		}
+	}
+	if pp.IssuerDirectory != "" {
+		u, err := url.Parse(pp.IssuerDirectory)
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.Fragment != "" {
+			return fmt.Errorf("issuer_directory %q is not an https URL", pp.IssuerDirectory)
+		}
+	}
+	if len(pp.TokenKeys) == 0 && pp.IssuerDirectory == "" && !haveIssuer {
+		return errors.New("token_key or issuer_directory is required (or an issuer block to use its keys)")
+	}
+	if r := time.Duration(pp.DirectoryRefresh); r != 0 && (r < minDirectoryRefresh || pp.IssuerDirectory == "") {
+		return fmt.Errorf("directory_refresh %s: needs issuer_directory and at least %s", r, minDirectoryRefresh)
+	}
+	if lt := time.Duration(pp.Lifetime); lt != 0 && (lt < time.Second || lt > 24*time.Hour) {
+		return fmt.Errorf("lifetime %s is outside 1s..24h", lt)
+	}
+	switch pp.Context {
+	case "", contextRandom:
+		if pp.Secret != "" {
+			return errors.New("secret applies only to context window")
+		}
+	case contextWindow:
+	default:
+		return fmt.Errorf("context %q is not random or window", pp.Context)
 	}
 	return nil
 }
 
-// check returns the provider.PeerPolicy of the list.
-func (pl *PeerList) check(logger *zap.Logger) provider.PeerPolicy {
-	allow := make(map[string]bool, len(pl.Allow))
-	for _, d := range pl.Allow {
-		allow[d] = true
-	}
-	deny := make(map[string]bool, len(pl.Deny))
-	for _, d := range pl.Deny {
-		deny[d] = true
-	}
-	refused := peerCounter("refused")
-	return func(sender string) error {
-		reason := ""
-		switch {
-		case deny[sender]:
-			reason = "denied"
-		case len(allow) > 0 && !allow[sender]:
-			reason = "not_allowed"
-		default:
-			return nil
-		}
-		refused.Inc()
-		if c := logger.Check(zapcore.DebugLevel, "refused peer provider"); c != nil {
-			c.Write(zap.String("sender_provider", sender), zap.String("reason", reason))
-		}
-		return fmt.Errorf("sender provider %s is %s by the peers list", sender, strings.ReplaceAll(reason, "_", " "))
-	}
-}
+// Limits of the privacy_pass options.
+const minDirectoryRefresh = time.Minute

@@ -1,21 +1,22 @@
 package caddymodule
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // contentType is the media type of every MoH request and answer.
 const contentType = "application/octet-stream"
 
-// statusOf maps a DSError code to its HTTP status (docs/protocol.md §3).
-// This table is the only place where codes become statuses.
+// statusOf maps a DSError code to its HTTP status (docs/protocol.md §3),
+// and 0, the code of a success, to 200. This table is the only place where
+// codes become statuses.
 func statusOf(c moh.Code) int {
 	switch c {
+	case 0:
+		return http.StatusOK
 	case moh.CodeMalformed, moh.CodeWrongRequestType, moh.CodeUnsupportedVersion:
 		return http.StatusBadRequest
 	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired:
@@ -26,6 +27,8 @@ func statusOf(c moh.Code) int {
 		return http.StatusNotFound
 	case moh.CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
+	case moh.CodeBodyTimeout:
+		return http.StatusRequestTimeout
 	case moh.CodeStaleEpoch, moh.CodeCommitConflict, moh.CodeReplay, moh.CodeInProgress:
 		return http.StatusConflict
 	case moh.CodeQuotaExceeded, moh.CodeTooLarge:
@@ -34,6 +37,8 @@ func statusOf(c moh.Code) int {
 		return http.StatusUnsupportedMediaType
 	case moh.CodeRecipientMismatch:
 		return http.StatusMisdirectedRequest
+	case moh.CodeTooEarly:
+		return http.StatusTooEarly
 	case moh.CodeRateLimited:
 		return http.StatusTooManyRequests
 	case moh.CodeNotImplemented:
@@ -43,46 +48,13 @@ func statusOf(c moh.Code) int {
 	}
 }
 
-// setAnswerHeaders sets the headers every MoH answer carries.
-func setAnswerHeaders(h http.Header, n int) {
+// writeAnswer writes an encoded DSResponse with status and the headers
+// every MoH answer carries.
+func writeAnswer(w http.ResponseWriter, status int, body []byte) {
+	h := w.Header()
 	h.Set("Content-Type", contentType)
 	h.Set("Cache-Control", "no-store")
-	h.Set("Content-Length", strconv.Itoa(n))
-}
-
-// writeResponse encodes resp and writes it with status.
-func writeResponse(w http.ResponseWriter, status int, resp *moh.DSResponse) error {
-	body, err := wire.Marshal(resp)
-	if err != nil {
-		return err
-	}
-	writeRaw(w, status, body)
-	return nil
-}
-
-// writeRaw writes an already encoded answer.
-func writeRaw(w http.ResponseWriter, status int, body []byte) {
-	setAnswerHeaders(w.Header(), len(body))
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	w.Write(body) //nolint:errcheck // the client went away; nothing to do
-}
-
-// errorAnswer encodes the DSError answer for err and returns its status and
-// body. Errors without a code become backend_unavailable without leaking
-// their text.
-func errorAnswer(err error) (int, []byte) {
-	dsErr := moh.DSErrorOf(err)
-	body, encErr := wire.Marshal(&moh.DSResponse{Type: moh.ResponseError, Error: dsErr})
-	if encErr != nil {
-		// A DSError always encodes; this is unreachable short of a bug.
-		return http.StatusServiceUnavailable, nil
-	}
-	return statusOf(dsErr.Code), body
-}
-
-// isCoded reports whether err carries a DSError code (as opposed to an
-// internal failure that must be logged).
-func isCoded(err error) bool {
-	var e *moh.Error
-	return errors.As(err, &e) || errors.Is(err, wire.ErrMalformed)
 }

@@ -20,6 +20,7 @@ import (
 	"fmt"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -93,4 +94,15 @@ func authName(t moh.AuthType) string {
 		return "key_package_signature"
 	}
 	return fmt.Sprintf("auth type %d", uint8(t))
+}
+
+// ProviderProcessor returns the processor of provider requests of typ
+// (docs/protocol.md §4): the queueing service and the KeyPackage directory
+// for peers, which land with the federation work. Until then each request
+// is authenticated, replay-checked and answered not_implemented, and the
+// answer is recorded like any other.
+func (s *Service) ProviderProcessor(typ moh.ProviderRequestType) provider.Processor {
+	return func(context.Context, *provider.Verified) (*moh.DSResponse, error) {
+		return nil, moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ)
+	}
 }

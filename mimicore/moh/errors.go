@@ -35,6 +35,8 @@ const (
 	CodeMethodNotAllowed   Code = 19 // the HTTP method is not allowed on the endpoint
 	CodeUnsupportedVersion Code = 20 // the protocol_version is not 1
 	CodeInProgress         Code = 21 // the same request_id is still being processed
+	CodeTooEarly           Code = 22 // the request came as TLS early data; retry after the handshake
+	CodeBodyTimeout        Code = 23 // the request body did not arrive in time
 )
 
 var codeNames = [...]string{
@@ -59,6 +61,8 @@ var codeNames = [...]string{
 	CodeMethodNotAllowed:   "method_not_allowed",
 	CodeUnsupportedVersion: "unsupported_version",
 	CodeInProgress:         "in_progress",
+	CodeTooEarly:           "too_early",
+	CodeBodyTimeout:        "body_timeout",
 }
 
 // String returns the registry name of c, such as "malformed".

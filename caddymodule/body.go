@@ -1,0 +1,150 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+)
+
+// Limits on request bodies in flight. A client that sends a body slowly, or
+// stops one byte short, holds a connection but neither memory beyond the
+// budget nor time beyond the deadline: 300 connections each stalling one
+// byte short of 1 MiB once held 400 MB for as long as they stayed open.
+const (
+	// bodyTimeout bounds the time to read one request body, from the
+	// first byte the handler asks for.
+	bodyTimeout = 30 * time.Second
+	// bodyBudget bounds the bytes of request bodies held in memory at once
+	// by every gateway of the process; a request that cannot get its share
+	// before its body deadline is answered backend_unavailable.
+	bodyBudget = 64 << 20
+	// bodyChunk is how much of a body of unknown length is read, and taken
+	// from the budget, at a time.
+	bodyChunk = 64 << 10
+)
+
+// bodies is the process's body budget, shared by every gateway.
+var bodies = semaphore.NewWeighted(bodyBudget)
+
+// readBody reads the request body of x, at most limit bytes, within
+// bodyTimeout and the body budget. An empty body is allowed only where
+// emptyOK (and then needs no content type); any other body must be
+// application/octet-stream, which is checked before a byte is read.
+func (g *Gateway) readBody(x *exchange, limit int64, emptyOK bool) ([]byte, error) {
+	r := x.r
+	if r.ContentLength > limit {
+		return nil, moh.Errorf(moh.CodeTooLarge, "body of %d bytes exceeds the %d byte limit", r.ContentLength, limit)
+	}
+	if x.rt.body != bodyTokenRequest && !(emptyOK && r.ContentLength <= 0) {
+		if err := checkContentType(r, contentType); err != nil {
+			return nil, err
+		}
+	}
+	body, err := x.read(limit, true)
+	if err != nil {
+		return nil, err
+	}
+	if len(body) == 0 {
+		if emptyOK {
+			return body, nil
+		}
+		return nil, moh.Errorf(moh.CodeMalformed, "empty body")
+	}
+	if emptyOK && r.ContentLength < 0 {
+		// A chunked body of unknown length: its type is known only now.
+		if err := checkContentType(r, contentType); err != nil {
+			return nil, err
+		}
+	}
+	return body, nil
+}
+
+// readPrefix reads at most n bytes of the body of x, with the same deadline
+// and budget as readBody; a shorter body is returned whole.
+func (g *Gateway) readPrefix(x *exchange, n int64) ([]byte, error) {
+	return x.read(n, false)
+}
+
+// read reads up to limit bytes of the body; with whole, a body longer than
+// limit is too_large, else the rest is left unread.
+func (x *exchange) read(limit int64, whole bool) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(x.r.Context(), bodyTimeout)
+	defer cancel()
+	rc := http.NewResponseController(x.w)
+	if err := rc.SetReadDeadline(time.Now().Add(bodyTimeout)); err == nil {
+		defer rc.SetReadDeadline(time.Time{}) //nolint:errcheck // best effort: the server's own timeouts still apply
+	}
+	size := int64(bodyChunk)
+	if n := x.r.ContentLength; n >= 0 {
+		size = n
+		if !whole {
+			size = min(n, limit)
+		}
+	}
+	size = min(size, limit)
+	var buf []byte
+	for {
+		if x.r.ContentLength >= 0 && int64(len(buf)) == x.r.ContentLength {
+			return buf, nil // the server ends a body at its Content-Length
+		}
+		if int64(cap(buf)) < size {
+			if err := x.hold(ctx, size-int64(cap(buf))); err != nil {
+				return nil, err
+			}
+			grown := make([]byte, len(buf), size)
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := x.r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case errors.Is(err, io.EOF):
+			return buf, nil
+		case errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil && err != nil:
+			return nil, moh.Errorf(moh.CodeBodyTimeout, "the body did not arrive within %s", bodyTimeout)
+		case err != nil:
+			return nil, moh.Errorf(moh.CodeMalformed, "reading body: %w", err)
+		}
+		if int64(len(buf)) < int64(cap(buf)) {
+			continue
+		}
+		if int64(len(buf)) >= limit {
+			if !whole {
+				return buf, nil
+			}
+			// Full: one more byte tells a body of exactly limit bytes
+			// from a longer one.
+			var one [1]byte
+			m, err := io.ReadFull(x.r.Body, one[:])
+			if m == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				return buf, nil
+			}
+			return nil, moh.Errorf(moh.CodeTooLarge, "body exceeds the %d byte limit", limit)
+		}
+		size = min(int64(cap(buf))+bodyChunk, limit)
+	}
+}
+
+// hold takes n bytes from the body budget for x, waiting until ctx ends.
+func (x *exchange) hold(ctx context.Context, n int64) error {
+	if err := bodies.Acquire(ctx, n); err != nil {
+		return &moh.Error{Code: moh.CodeBackendUnavailable, Message: "too many request bodies in flight; retry later", Err: err}
+	}
+	x.held += n
+	return nil
+}
+
+// release returns the body memory of x to the budget.
+func (x *exchange) release() {
+	if x.held > 0 {
+		bodies.Release(x.held)
+		x.held = 0
+	}
+}

@@ -1,0 +1,396 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+)
+
+// exchange is one request on its way through the pipeline.
+type exchange struct {
+	w   http.ResponseWriter
+	r   *http.Request
+	rt  *route
+	adm admission.Request
+	// held is the body memory taken from the in-flight budget, returned
+	// when the request ends.
+	held int64
+}
+
+// ServeHTTP answers the paths of the endpoint table and passes every other
+// request to next. A request flows down once: route, transport and method
+// checks, admission on the request, body, authentication, admission on
+// what was authenticated, processing in mimicore, answer.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	rt, ok := g.routes[r.URL.Path]
+	if !ok {
+		return next.ServeHTTP(w, r)
+	}
+	x := &exchange{w: w, r: r, rt: rt}
+	defer x.release()
+	if err := g.checkTransport(r); err != nil {
+		g.refuse(x, err)
+		return nil
+	}
+	if !rt.allows(r.Method) {
+		w.Header().Set("Allow", rt.allow())
+		g.refuse(x, moh.Errorf(moh.CodeMethodNotAllowed, "method %s is not allowed here", r.Method))
+		return nil
+	}
+	x.adm = admission.Request{ClientIP: clientAddr(r), Authorization: r.Header.Get("Authorization")}
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		x.adm.Placeholders = repl
+	}
+	if err := rt.plan.Before(r.Context(), &x.adm); err != nil {
+		g.refuse(x, err)
+		return nil
+	}
+	rt.serve(g, x)
+	return nil
+}
+
+// checkTransport requires a completed TLS 1.3 handshake, or a request from a
+// declared TLS-terminating proxy when TLS did not terminate here. Early data
+// (0-RTT) is answered too_early, so the client retries after the handshake
+// (RFC 8470).
+func (g *Gateway) checkTransport(r *http.Request) error {
+	if r.TLS != nil {
+		switch {
+		case r.TLS.Version != tls.VersionTLS13:
+			return moh.Errorf(moh.CodeForbidden, "TLS 1.3 is required")
+		case !r.TLS.HandshakeComplete:
+			return moh.Errorf(moh.CodeTooEarly, "request sent as TLS early data; retry after the handshake")
+		}
+		return nil
+	}
+	if a, ok := remoteAddr(r); ok {
+		for _, p := range g.proxies {
+			if p.Contains(a) {
+				return nil
+			}
+		}
+	}
+	return moh.Errorf(moh.CodeForbidden, "TLS 1.3 is required")
+}
+
+// serveDiscovery answers /.well-known/mimi/ds-domain with the DS authority.
+func (g *Gateway) serveDiscovery(x *exchange) {
+	writeText(x, "max-age=3600", g.DSDomain)
+}
+
+// serveHealth answers liveness probes.
+func (g *Gateway) serveHealth(x *exchange) {
+	writeText(x, "no-store", "ok\n")
+}
+
+// writeText writes a text/plain answer, with no body for HEAD.
+func writeText(x *exchange, cacheControl, text string) {
+	h := x.w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", cacheControl)
+	x.w.WriteHeader(http.StatusOK)
+	if x.r.Method != http.MethodHead {
+		io.WriteString(x.w, text) //nolint:errcheck // the client went away
+	}
+}
+
+// serveVerificationKey answers with the current and recently retired keys.
+// The body is empty or a VerificationKeyRequest.
+func (g *Gateway) serveVerificationKey(x *exchange) {
+	body, err := g.readBody(x, g.MaxBody, true)
+	if err != nil {
+		g.refuse(x, err)
+		return
+	}
+	if len(body) > 0 {
+		var req moh.VerificationKeyRequest
+		if err := wire.Unmarshal(body, &req, "VerificationKeyRequest"); err != nil {
+			g.refuse(x, err)
+			return
+		}
+		if req.ProtocolVersion != moh.ProtocolVersion {
+			g.refuse(x, moh.Errorf(moh.CodeUnsupportedVersion, "protocol version %d is not supported", req.ProtocolVersion))
+			return
+		}
+	}
+	keys := g.svc.Keys().Published(time.Now())
+	g.respond(x, &moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: keys})
+}
+
+// serveClient runs a client-signed DS request through the Delivery Service.
+func (g *Gateway) serveClient(x *exchange) {
+	body, err := g.readBody(x, g.MaxBody, false)
+	if err != nil {
+		g.refuse(x, err)
+		return
+	}
+	if err := x.rt.checkDSHeader(body); err != nil {
+		g.refuse(x, err)
+		return
+	}
+	resp, err := g.ds.Handle(x.r.Context(), ds.Request{Body: body, Admit: memberAdmitter{x}})
+	if err != nil {
+		g.refuse(x, err)
+		return
+	}
+	g.respond(x, resp)
+}
+
+// checkDSHeader checks the protocol version and request type at the start
+// of a DSRequest against the endpoint.
+func (rt *route) checkDSHeader(body []byte) error {
+	version, typ, ok := moh.PeekDSHeader(body)
+	switch {
+	case !ok:
+		return moh.Errorf(moh.CodeMalformed, "decoding DSRequest: no protocol version and request type")
+	case version != moh.ProtocolVersion:
+		return moh.Errorf(moh.CodeUnsupportedVersion, "protocol version %d is not supported", version)
+	case !typ.Known():
+		return moh.Errorf(moh.CodeMalformed, "unknown request type %d", typ)
+	case !rt.accepts(typ):
+		return moh.Errorf(moh.CodeWrongRequestType, "request type %s is not accepted on %s", typ, rt.path)
+	}
+	return nil
+}
+
+// memberAdmitter hands the DS's verified group and member to the
+// endpoint's admission plan.
+type memberAdmitter struct{ x *exchange }
+
+// AdmitMember implements ds.Admitter.
+func (m memberAdmitter) AdmitMember(ctx context.Context, groupID, member []byte) error {
+	m.x.adm.Group, m.x.adm.Member = groupID, member
+	return m.x.rt.plan.Member(ctx, &m.x.adm)
+}
+
+// maxUploadHeader bounds the DSRequest that precedes an upload's content.
+const maxUploadHeader = 4 << 10
+
+// serveUpload reads and checks the DSRequest header of an upload. Uploads
+// are streamed (header, then content) and are not held to max_body; storing
+// the content lands with the attachments work, so a well-formed header is
+// answered not_implemented.
+func (g *Gateway) serveUpload(x *exchange) {
+	if err := checkContentType(x.r, contentType); err != nil {
+		g.refuse(x, err)
+		return
+	}
+	head, err := g.readPrefix(x, maxUploadHeader)
+	if err != nil {
+		g.refuse(x, err)
+		return
+	}
+	if err := x.rt.checkDSHeader(head); err != nil {
+		g.refuse(x, err)
+		return
+	}
+	s := cryptobyte.String(head)
+	var req moh.DSRequest
+	if !req.UnmarshalWire(&s) {
+		g.refuse(x, moh.Errorf(moh.CodeMalformed, "decoding upload DSRequest: truncated or invalid field"))
+		return
+	}
+	g.refuse(x, moh.Errorf(moh.CodeNotImplemented, "attachment upload is not implemented yet"))
+}
+
+// serveProvider runs a provider-signed request: verification (docs/protocol.md
+// §4 checks 1-7), the admission plan on the verified sender, then the
+// replay-guarded processing in mimicore.
+func (g *Gateway) serveProvider(x *exchange) {
+	body, err := g.readBody(x, g.MaxBody, false)
+	if err != nil {
+		g.refuse(x, err)
+		return
+	}
+	ctx := x.r.Context()
+	typ := x.rt.providerType
+	v, err := g.inbound.Verify(ctx, body, typ)
+	if err != nil {
+		g.refuse(x, err)
+		return
+	}
+	x.adm.Sender = v.Request.Sender
+	if err := x.rt.plan.Sender(ctx, &x.adm); err != nil {
+		g.refuse(x, err)
+		return
+	}
+	answer, err := g.inbound.Handle(ctx, v, g.ds.ProviderProcessor(typ))
+	if answer == nil {
+		g.refuse(x, err)
+		return
+	}
+	if err != nil {
+		g.logRefusal(x, moh.AnswerCode(answer), err, errors.Is(err, provider.ErrNotRecorded))
+	}
+	writeAnswer(x.w, statusOf(moh.AnswerCode(answer)), answer)
+}
+
+// maxTokenRequest bounds a TokenRequest body: 3 bytes of header and a
+// blinded message of at most 256 bytes.
+const maxTokenRequest = 1 << 10
+
+// serveIssuerDirectory answers the issuer directory (RFC 9578 §4).
+func (g *Gateway) serveIssuerDirectory(x *exchange) {
+	dir := g.issuer.Directory()
+	h := x.w.Header()
+	h.Set("Content-Type", privacypass.MediaTypeIssuerDirectory)
+	h.Set("Cache-Control", "public, max-age=3600")
+	h.Set("Content-Length", strconv.Itoa(len(dir)))
+	x.w.WriteHeader(http.StatusOK)
+	if x.r.Method != http.MethodHead {
+		x.w.Write(dir) //nolint:errcheck // the client went away
+	}
+}
+
+// serveTokenRequest answers one TokenRequest with a TokenResponse (RFC 9578
+// §5.2, §6.2). Errors are plain-text issuance errors, not DSErrors: the
+// client is a Privacy Pass client, not a MoH peer.
+func (g *Gateway) serveTokenRequest(x *exchange) {
+	if err := checkContentType(x.r, privacypass.MediaTypeTokenRequest); err != nil {
+		g.refuseIssuance(x, http.StatusUnsupportedMediaType, "content type must be "+privacypass.MediaTypeTokenRequest)
+		return
+	}
+	body, err := g.readBody(x, maxTokenRequest, false)
+	if err != nil {
+		if moh.DSErrorOf(err).Code == moh.CodeTooLarge {
+			g.refuseIssuance(x, http.StatusRequestEntityTooLarge, "token request too large")
+		} else {
+			g.refuseIssuance(x, http.StatusBadRequest, "reading the token request failed")
+		}
+		return
+	}
+	resp, err := g.issuer.Issue(body)
+	if err != nil {
+		g.refuseIssuance(x, http.StatusUnprocessableEntity, "token request refused: "+string(privacypass.ReasonOf(err)))
+		return
+	}
+	h := x.w.Header()
+	h.Set("Content-Type", privacypass.MediaTypeTokenResponse)
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Length", strconv.Itoa(len(resp)))
+	x.w.WriteHeader(http.StatusOK)
+	x.w.Write(resp) //nolint:errcheck // the client went away
+}
+
+// refuseIssuance answers an issuance error and logs it at debug level.
+func (g *Gateway) refuseIssuance(x *exchange, status int, msg string) {
+	h := x.w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	x.w.WriteHeader(status)
+	io.WriteString(x.w, msg+"\n") //nolint:errcheck // the client went away
+	if c := g.logger.Check(zapcore.DebugLevel, "refused token request"); c != nil {
+		c.Write(zap.Int("status", status), zap.String("reason", msg), zap.String("remote_ip", remoteIP(x.r)))
+	}
+}
+
+// checkContentType requires media type want on r; the comparison is
+// case-insensitive and ignores parameters.
+func checkContentType(r *http.Request, want string) error {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != want {
+		return moh.Errorf(moh.CodeUnsupportedMedia, "content type must be %s", want)
+	}
+	return nil
+}
+
+// respond encodes resp and writes it with the status of its type.
+func (g *Gateway) respond(x *exchange, resp *moh.DSResponse) {
+	body, err := wire.Marshal(resp)
+	if err != nil {
+		g.refuse(x, err)
+		return
+	}
+	writeAnswer(x.w, http.StatusOK, body)
+}
+
+// refuse writes the error answer for err and logs it. A refusal of the
+// admission policy carries its header (Retry-After or WWW-Authenticate)
+// and was logged by the policy with its zone and endpoint.
+func (g *Gateway) refuse(x *exchange, err error) {
+	code := moh.DSErrorOf(err).Code
+	var refusal *admission.Refusal
+	if errors.As(err, &refusal) {
+		if refusal.RetryAfter > 0 {
+			x.w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(refusal.RetryAfter)))
+		}
+		if refusal.Challenge != "" {
+			x.w.Header().Set("WWW-Authenticate", refusal.Challenge)
+		}
+	} else {
+		g.logRefusal(x, code, err, false)
+	}
+	writeAnswer(x.w, statusOf(code), moh.ErrorAnswer(err))
+}
+
+// retryAfterSeconds rounds d up to whole seconds, at least one.
+func retryAfterSeconds(d time.Duration) int {
+	return max(int((d+time.Second-1)/time.Second), 1)
+}
+
+// logRefusal logs a refused request. Refusals of bad or unwelcome requests
+// are routine (debug); a failure of the gateway itself, or an answer that
+// could not be recorded, is an error an operator must see, logged through
+// a sampler so that a flood of requests cannot flood the log.
+func (g *Gateway) logRefusal(x *exchange, code moh.Code, err error, failure bool) {
+	logger, level := g.logger, zapcore.DebugLevel
+	var coded *moh.Error
+	if failure || !errors.As(err, &coded) && !errors.Is(err, wire.ErrMalformed) || code == moh.CodeBackendUnavailable {
+		logger, level = g.sampled, zapcore.ErrorLevel
+	}
+	if c := logger.Check(level, "refused mimi request"); c != nil {
+		c.Write(zap.String("endpoint", x.rt.name), zap.String("code", code.String()),
+			zap.String("remote_ip", remoteIP(x.r)), zap.Error(err))
+	}
+}
+
+// remoteAddr is the socket peer of r.
+func remoteAddr(r *http.Request) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap(), true
+}
+
+// remoteIP is the socket peer of r for logs.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// clientAddr returns the client IP Caddy determined for r: the client_ip
+// variable, which honours the server's trusted_proxies, or the socket peer
+// when the variable is absent (outside a Caddy server). The zero Addr
+// means the client has no IP address (a unix socket).
+func clientAddr(r *http.Request) netip.Addr {
+	if s, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && s != "" {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return a
+		}
+	}
+	a, _ := remoteAddr(r)
+	return a
+}
