@@ -78,7 +78,9 @@ func (t RequestType) ProviderOnly() bool {
 var ErrMLSBody = errors.New("request type carries MLS messages")
 
 // PeekRequestType reads the protocol version and request type at the start of
-// an encoded DSRequest without decoding the rest.
+// an encoded DSRequest without decoding the rest. It reports false for a
+// version other than 1 as for truncated input; PeekHeader tells the two
+// apart (unsupported_version versus malformed).
 func PeekRequestType(data []byte) (RequestType, bool) {
 	s := cryptobyte.String(data)
 	var version uint16
