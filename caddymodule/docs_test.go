@@ -4,6 +4,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -34,5 +35,63 @@ func TestErrorCodeTableMatchesDocs(t *testing.T) {
 		if !documented[c] {
 			t.Errorf("code %d (%s) is not in docs/protocol.md", c, c)
 		}
+	}
+}
+
+// TestEndpointTableMatchesDocs requires docs/protocol.md's endpoint table
+// to list exactly the endpoint table, row for row: path, methods, body,
+// request types, authentication and policy name.
+func TestEndpointTableMatchesDocs(t *testing.T) {
+	doc, err := os.ReadFile("../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const header = "| path | methods | body | request types | authentication | policy name |"
+	start := strings.Index(string(doc), header)
+	if start < 0 {
+		t.Fatalf("docs/protocol.md has no endpoint table headed %q", header)
+	}
+	documented := map[string][]string{}
+	for _, line := range strings.Split(string(doc[start:]), "\n")[2:] {
+		if !strings.HasPrefix(line, "|") {
+			break
+		}
+		var cells []string
+		for _, c := range strings.Split(strings.Trim(line, "|"), "|") {
+			cells = append(cells, strings.TrimSpace(c))
+		}
+		if len(cells) != 6 {
+			t.Fatalf("endpoint table row %q has %d cells, want 6", line, len(cells))
+		}
+		documented[strings.Trim(cells[0], "`")] = cells[1:]
+	}
+	for _, ep := range endpointTable {
+		t.Run(ep.name, func(t *testing.T) {
+			row, ok := documented[ep.path]
+			if !ok {
+				t.Fatalf("%s is not in docs/protocol.md's endpoint table", ep.path)
+			}
+			delete(documented, ep.path)
+			types := "-"
+			switch ep.auth {
+			case authClient:
+				names := make([]string, len(ep.dsTypes))
+				for i, typ := range ep.dsTypes {
+					names[i] = typ.String()
+				}
+				types = strings.Join(names, ", ")
+			case authProvider:
+				types = ep.providerType.String()
+			}
+			want := []string{ep.allow(), ep.body.String(), types, ep.auth.String(), ep.name}
+			for i, col := range []string{"methods", "body", "request types", "authentication", "policy name"} {
+				if got := strings.Trim(row[i], "`"); got != want[i] {
+					t.Errorf("%s: docs say %q, the code %q", col, got, want[i])
+				}
+			}
+		})
+	}
+	for path := range documented {
+		t.Errorf("docs/protocol.md lists %s, which the endpoint table does not have", path)
 	}
 }

@@ -30,6 +30,10 @@ func init() {
 // Default limits.
 const (
 	defaultMaxBody = 1<<20 + 64<<10
+	// maxPublishedKeys bounds key_overlap / key_rotation, so that the
+	// keys published at once (2 + overlap/rotation) fit the 16 a peer
+	// accepts (moh.MaxVerifyKeys).
+	maxPublishedKeys = moh.MaxVerifyKeys - 1
 	// maxMaxBody caps max_body: MoH messages other than attachments are
 	// small, and attachments are streamed outside this limit.
 	maxMaxBody = 64 << 20
@@ -238,6 +242,11 @@ func (g *Gateway) Validate() error {
 	}
 	if ovl <= 24*time.Hour {
 		return fmt.Errorf("mimi: key_overlap: %s must exceed the 24h peers may cache keys", ovl)
+	}
+	if ovl >= maxPublishedKeys*rot {
+		// 2 + overlap/rotation keys are published at once, and peers
+		// refuse a key list longer than moh.MaxVerifyKeys.
+		return fmt.Errorf("mimi: key_overlap: %s must be shorter than %d times key_rotation (%s), or peers refuse the key list", ovl, maxPublishedKeys, rot)
 	}
 	if rot+ovl > provider.MaxKeyLifetime {
 		return fmt.Errorf("mimi: key_rotation + key_overlap: %s exceeds the 90 day key lifetime", rot+ovl)

@@ -52,7 +52,9 @@ func TestRefusesWithoutTLS13(t *testing.T) {
 	}{
 		{"plain http", nil, "192.0.2.1:1234", http.StatusForbidden},
 		{"tls 1.2", &tls.ConnectionState{Version: tls.VersionTLS12, HandshakeComplete: true}, "192.0.2.1:1234", http.StatusForbidden},
-		{"0-rtt early data", &tls.ConnectionState{Version: tls.VersionTLS13}, "192.0.2.1:1234", http.StatusForbidden},
+		{"0-rtt early data", &tls.ConnectionState{Version: tls.VersionTLS13}, "192.0.2.1:1234", http.StatusTooEarly},
+		{"0-rtt early data from a trusted proxy address", &tls.ConnectionState{Version: tls.VersionTLS13}, "10.1.2.3:555", http.StatusTooEarly},
+		{"tls 1.2 from a trusted proxy address", &tls.ConnectionState{Version: tls.VersionTLS12, HandshakeComplete: true}, "10.1.2.3:555", http.StatusForbidden},
 		{"tls 1.3", &tls.ConnectionState{Version: tls.VersionTLS13, HandshakeComplete: true}, "192.0.2.1:1234", http.StatusOK},
 		{"trusted proxy", nil, "10.1.2.3:555", http.StatusOK},
 		{"trusted proxy v4-mapped", nil, "[::ffff:10.1.2.3]:555", http.StatusOK},
@@ -64,10 +66,10 @@ func TestRefusesWithoutTLS13(t *testing.T) {
 		if w.Code != tc.want {
 			t.Errorf("%s: status %d, want %d", tc.name, w.Code, tc.want)
 		}
-		if tc.want == http.StatusForbidden {
+		if want := map[int]moh.Code{http.StatusForbidden: moh.CodeForbidden, http.StatusTooEarly: moh.CodeTooEarly}[tc.want]; want != 0 {
 			var resp moh.DSResponse
-			if err := wire.Unmarshal(w.Body.Bytes(), &resp, "DSResponse"); err != nil || resp.Error.Code != moh.CodeForbidden {
-				t.Errorf("%s: body %x is not a forbidden DSError", tc.name, w.Body.Bytes())
+			if err := wire.Unmarshal(w.Body.Bytes(), &resp, "DSResponse"); err != nil || resp.Error.Code != want {
+				t.Errorf("%s: body %x is not a %s DSError", tc.name, w.Body.Bytes(), want)
 			}
 		}
 	}
@@ -96,7 +98,7 @@ func TestReloadSharesState(t *testing.T) {
 	if err := b.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if a.state != b.state {
+	if a.svc != b.svc {
 		t.Fatal("two instances on one data_dir opened separate state")
 	}
 	if err := a.Cleanup(); err != nil {

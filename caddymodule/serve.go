@@ -16,7 +16,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -123,6 +122,10 @@ func (g *Gateway) serveVerificationKey(x *exchange) {
 		return
 	}
 	if len(body) > 0 {
+		if err := moh.CheckVersion(body); err != nil {
+			g.refuse(x, err)
+			return
+		}
 		var req moh.VerificationKeyRequest
 		if err := wire.Unmarshal(body, &req, "VerificationKeyRequest"); err != nil {
 			g.refuse(x, err)
@@ -159,12 +162,11 @@ func (g *Gateway) serveClient(x *exchange) {
 // checkDSHeader checks the protocol version and request type at the start
 // of a DSRequest against the endpoint.
 func (rt *route) checkDSHeader(body []byte) error {
-	version, typ, ok := moh.PeekDSHeader(body)
-	switch {
-	case !ok:
-		return moh.Errorf(moh.CodeMalformed, "decoding DSRequest: no protocol version and request type")
-	case version != moh.ProtocolVersion:
-		return moh.Errorf(moh.CodeUnsupportedVersion, "protocol version %d is not supported", version)
+	h, err := moh.PeekHeader(body)
+	if err != nil {
+		return err
+	}
+	switch typ := moh.RequestType(h.Type); {
 	case !typ.Known():
 		return moh.Errorf(moh.CodeMalformed, "unknown request type %d", typ)
 	case !rt.accepts(typ):
@@ -204,10 +206,8 @@ func (g *Gateway) serveUpload(x *exchange) {
 		g.refuse(x, err)
 		return
 	}
-	s := cryptobyte.String(head)
-	var req moh.DSRequest
-	if !req.UnmarshalWire(&s) {
-		g.refuse(x, moh.Errorf(moh.CodeMalformed, "decoding upload DSRequest: truncated or invalid field"))
+	if _, _, err := moh.DecodeDSRequestPrefix(head); err != nil {
+		g.refuse(x, err)
 		return
 	}
 	g.refuse(x, moh.Errorf(moh.CodeNotImplemented, "attachment upload is not implemented yet"))

@@ -21,7 +21,6 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // GroupIDSize is the length of the group ids request_group_id hands out:
@@ -61,13 +60,13 @@ func (s *Service) Handle(ctx context.Context, r Request) (*moh.DSResponse, error
 		// spending anything on decoding them.
 		return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", typ)
 	}
-	var req moh.DSRequest
-	if err := wire.Unmarshal(r.Body, &req, "DSRequest"); err != nil {
+	req, err := moh.DecodeDSRequest(r.Body)
+	if err != nil {
 		return nil, err
 	}
 	switch req.Body.Type {
 	case moh.RequestGroupID:
-		return s.requestGroupID(&req)
+		return s.requestGroupID(req)
 	}
 	return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", req.Body.Type)
 }

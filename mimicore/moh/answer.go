@@ -34,14 +34,3 @@ func AnswerCode(answer []byte) Code {
 	return Code(uint16(answer[3])<<8 | uint16(answer[4]))
 }
 
-// PeekDSHeader reads the protocol version and request type at the start of
-// an encoded DSRequest without decoding the rest, so a request of another
-// version can be answered unsupported_version and one of the wrong type
-// wrong_request_type before anything else is decoded. ok is false when the
-// data is too short to hold them.
-func PeekDSHeader(data []byte) (version uint16, typ RequestType, ok bool) {
-	if len(data) < 3 {
-		return 0, 0, false
-	}
-	return uint16(data[0])<<8 | uint16(data[1]), RequestType(data[2]), true
-}

@@ -1,0 +1,130 @@
+package integration
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// TestReloadAppliesOptions reloads the configuration 20 times through the
+// admin API's /load, each time with other key and federation options for
+// a.localhost. After each reload the new key scheme signs (the newest
+// published key is of that scheme); after all of them the process holds no
+// more goroutines or open files than after the first, and a.localhost's
+// database is open exactly once: one service per provider.
+func TestReloadAppliesOptions(t *testing.T) {
+	startCaddy(t)
+	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
+	const aBlock = "\t\tds_domain a.localhost:9443\n\t\tdata_dir " // the line the options go after
+	if !strings.Contains(base, aBlock) {
+		t.Fatal("the test configuration changed: a.localhost's block not found")
+	}
+	reload := func(i int) string {
+		scheme := []string{"ed25519", "ecdsa_secp256r1_sha256"}[i%2]
+		opts := fmt.Sprintf("\t\tkey_scheme %s\n\t\tkey_rotation %dh\n\t\tkey_overlap %dh\n", scheme, 48+i, 49+i)
+		cfg := strings.Replace(base, aBlock, opts+aBlock, 1)
+		env.tester.InitServer(cfg, "caddyfile") // POST /load
+		return scheme
+	}
+	// Restore the shared configuration for the tests that follow.
+	defer env.tester.InitServer(base, "caddyfile")
+
+	var goroutines, files int
+	for i := 0; i < 20; i++ {
+		scheme := reload(i)
+		if t.Failed() {
+			t.FailNow()
+		}
+		want := map[string]moh.SignatureScheme{"ed25519": moh.SchemeEd25519, "ecdsa_secp256r1_sha256": moh.SchemeECDSAP256SHA256}[scheme]
+		if got := newestKeyScheme(t); got != want {
+			t.Fatalf("reload %d: newest published key has scheme %#04x, want %s (%#04x)", i, uint16(got), scheme, uint16(want))
+		}
+		if i == 1 {
+			time.Sleep(500 * time.Millisecond) // let the old config's goroutines end
+			goroutines, files = runtime.NumGoroutine(), len(openFiles(t))
+		}
+	}
+	if g := settledGoroutines(goroutines + 10); g > goroutines+10 {
+		t.Errorf("goroutines grew from %d to %d over 18 reloads", goroutines, g)
+	}
+	if f := len(openFiles(t)); f > files+5 {
+		t.Errorf("open files grew from %d to %d over 18 reloads", files, f)
+	}
+	db := filepath.Join(env.dir, "a", "mimi.db")
+	if n := countPrefix(openFiles(t), db); n == 0 || n > 8 {
+		t.Errorf("a.localhost's database is open %d times; one service holds a writer and a small reader pool", n)
+	}
+	t.Logf("after 20 reloads: %d goroutines (%d after the second), %d open files (%d)",
+		runtime.NumGoroutine(), goroutines, len(openFiles(t)), files)
+}
+
+// newestKeyScheme is the signature scheme of the most recent key
+// a.localhost publishes.
+func newestKeyScheme(t *testing.T) moh.SignatureScheme {
+	t.Helper()
+	resp, body := get(t, client(0), http.MethodGet, "https://a.localhost:9443/verification_key", "", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("verification_key: status %d", resp.StatusCode)
+	}
+	var r moh.DSResponse
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil {
+		t.Fatal(err)
+	}
+	var newest *moh.VerificationKey
+	for i := range r.VerificationKeys {
+		if k := &r.VerificationKeys[i]; newest == nil || k.NotBefore >= newest.NotBefore {
+			newest = k
+		}
+	}
+	if newest == nil {
+		t.Fatal("no key published")
+	}
+	return newest.SignatureScheme
+}
+
+// settledGoroutines waits up to 5 s for the goroutine count to fall to at
+// most target, and returns the count then.
+func settledGoroutines(target int) int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= target || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// openFiles lists the targets of the process's open file descriptors.
+func openFiles(t *testing.T) []string {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	var out []string
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil {
+			out = append(out, target)
+		}
+	}
+	return out
+}
+
+func countPrefix(list []string, prefix string) int {
+	n := 0
+	for _, s := range list {
+		if strings.HasPrefix(s, prefix) {
+			n++
+		}
+	}
+	return n
+}
