@@ -87,7 +87,7 @@ func newestKeyScheme(t *testing.T) moh.SignatureScheme {
 	if newest == nil {
 		t.Fatal("no key published")
 	}
-	return newest.SignatureScheme
+	return newest.Scheme
 }
 
 // settledGoroutines waits up to 5 s for the goroutine count to fall to at
