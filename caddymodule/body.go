@@ -18,9 +18,6 @@ import (
 // budget nor time beyond the deadline: 300 connections each stalling one
 // byte short of 1 MiB once held 400 MB for as long as they stayed open.
 const (
-	// bodyTimeout bounds the time to read one request body, from the
-	// first byte the handler asks for.
-	bodyTimeout = 30 * time.Second
 	// bodyBudget bounds the bytes of request bodies held in memory at once
 	// by every gateway of the process; a request that cannot get its share
 	// before its body deadline is answered backend_unavailable.
@@ -30,8 +27,13 @@ const (
 	bodyChunk = 64 << 10
 )
 
-// bodies is the process's body budget, shared by every gateway.
-var bodies = semaphore.NewWeighted(bodyBudget)
+var (
+	// bodies is the process's body budget, shared by every gateway.
+	bodies = semaphore.NewWeighted(bodyBudget)
+	// bodyTimeout bounds the time to read one request body, from the
+	// first byte the handler asks for. A variable for tests.
+	bodyTimeout = 30 * time.Second
+)
 
 // readBody reads the request body of x, at most limit bytes, within
 // bodyTimeout and the body budget. An empty body is allowed only where

@@ -1,0 +1,109 @@
+package caddymodule
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// tlsServer serves g over TLS 1.3 on loopback, as Caddy would: a real
+// connection, so read deadlines apply.
+func tlsServer(t *testing.T, g *Gateway) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		caddyhttp.NewTestReplacer(r)
+		g.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })) //nolint:errcheck
+	}))
+	srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// stall sends the head of a POST announcing size bytes and only part of
+// the body, then waits for the answer, which it returns with its DSError
+// code.
+func stall(t *testing.T, srv *httptest.Server, path string, size, send int) (int, moh.Code, time.Duration) {
+	t.Helper()
+	conn, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%s",
+		path, size, strings.Repeat("\x00", send))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var r moh.DSResponse
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil {
+		t.Fatalf("answer %d is not a DSResponse: %v", resp.StatusCode, err)
+	}
+	return resp.StatusCode, r.Error.Code, time.Since(start)
+}
+
+// TestStalledBodies checks the two bounds on bodies in flight: a body that
+// stops arriving is answered body_timeout when its deadline passes, and
+// bodies held at once never exceed the budget: a request that cannot get
+// its share before its deadline is answered backend_unavailable.
+func TestStalledBodies(t *testing.T) {
+	oldTimeout, oldBudget := bodyTimeout, bodies
+	t.Cleanup(func() { bodyTimeout, bodies = oldTimeout, oldBudget })
+	bodyTimeout = 300 * time.Millisecond
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"})
+	srv := tlsServer(t, g)
+
+	t.Run("deadline", func(t *testing.T) {
+		status, code, took := stall(t, srv, "/group_operation", 1000, 10)
+		if status != http.StatusRequestTimeout || code != moh.CodeBodyTimeout {
+			t.Fatalf("stalled body answered %d %s, want 408 body_timeout", status, code)
+		}
+		if took > 10*bodyTimeout {
+			t.Fatalf("stalled body held for %s, deadline %s", took, bodyTimeout)
+		}
+	})
+
+	t.Run("budget", func(t *testing.T) {
+		// Room for two 1000-byte bodies: of five stalled at once, three
+		// wait for memory and are refused when their deadline passes.
+		bodies = semaphore.NewWeighted(2000)
+		var wg sync.WaitGroup
+		codes := make([]moh.Code, 5)
+		for i := range codes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, codes[i], _ = stall(t, srv, "/deliver_message", 1000, 10)
+			}()
+		}
+		wg.Wait()
+		got := map[moh.Code]int{}
+		for _, c := range codes {
+			got[c]++
+		}
+		if got[moh.CodeBodyTimeout] != 2 || got[moh.CodeBackendUnavailable] != 3 {
+			t.Fatalf("answers %v, want 2 body_timeout (held) and 3 backend_unavailable (no memory)", got)
+		}
+		if err := bodies.Acquire(context.Background(), 2000); err != nil {
+			t.Fatal("the budget was not returned after the requests ended")
+		}
+	})
+}
