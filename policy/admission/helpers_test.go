@@ -3,6 +3,7 @@ package admission
 import (
 	"context"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -230,3 +231,6 @@ func (m mapReplacer) ReplaceAll(input, empty string) string {
 	}
 	return v
 }
+
+// writeFile writes a test file readable by its owner only.
+func writeFile(path string, data []byte) error { return os.WriteFile(path, data, 0o600) }
