@@ -1,0 +1,297 @@
+package admission
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+)
+
+// Limits of the issuer directory fetch.
+const (
+	// MaxDirectoryBody bounds the issuer directory document.
+	MaxDirectoryBody = 64 << 10
+	// DefaultDirectoryTimeout bounds one directory fetch when the fetch
+	// policy sets no timeout.
+	DefaultDirectoryTimeout = 5 * time.Second
+	// DefaultDirectoryRefresh is how often the directory is fetched again
+	// by default.
+	DefaultDirectoryRefresh = time.Hour
+	// MinDirectoryRefresh is the shortest refresh interval accepted.
+	MinDirectoryRefresh = time.Minute
+)
+
+// OriginConfig configures an Origin: the privacypass origin and, optionally,
+// an issuer directory whose type 2 keys it accepts besides Keys.
+type OriginConfig struct {
+	// OriginConfig is the origin itself. Keys are the keys read from
+	// files (or the gateway's own issuer's); Spent is the double-spend
+	// record, required.
+	privacypass.OriginConfig
+	// DirectoryURL is the https URL of the issuer's
+	// /.well-known/private-token-issuer-directory; "" for none. It is
+	// fetched by NewOrigin (a failure fails it) and again every
+	// DirectoryRefresh (a failure keeps the current keys).
+	DirectoryURL string
+	// DirectoryRefresh is how often DirectoryURL is fetched again.
+	// Default: DefaultDirectoryRefresh; at least MinDirectoryRefresh.
+	DirectoryRefresh time.Duration
+	// Fetch bounds the directory fetch: addresses, ports, resolve map,
+	// roots and timeout (default DefaultDirectoryTimeout). Redirects are
+	// not followed and TLS 1.2 is accepted, as RFC 9578 allows.
+	Fetch provider.FetchPolicy
+	// Logger receives the origin's logs; nil: none.
+	Logger *zap.Logger
+}
+
+// Validate checks the settings that need no key, file or network: issuer
+// name, origin names, directory URL and refresh, lifetime. Errors name the
+// option as the Caddyfile does. NewOrigin also needs a key: Keys or a
+// DirectoryURL.
+func (c *OriginConfig) Validate() error {
+	if c.IssuerName == "" {
+		return errors.New("issuer_name is required")
+	}
+	if err := provider.ValidateAuthority(c.IssuerName); err != nil {
+		return fmt.Errorf("issuer_name %q: %w", c.IssuerName, err)
+	}
+	for _, o := range c.OriginInfo {
+		if err := ValidOriginInfo(o); err != nil {
+			return err
+		}
+	}
+	if c.DirectoryURL != "" {
+		if err := ValidDirectoryURL(c.DirectoryURL); err != nil {
+			return err
+		}
+	}
+	if r := c.DirectoryRefresh; r != 0 && (r < MinDirectoryRefresh || c.DirectoryURL == "") {
+		return fmt.Errorf("directory_refresh %s: needs issuer_directory and at least %s", r, MinDirectoryRefresh)
+	}
+	if lt := c.Lifetime; lt != 0 && (lt < time.Second || lt > 24*time.Hour) {
+		return fmt.Errorf("lifetime %s is outside 1s..24h", lt)
+	}
+	return nil
+}
+
+// Origin is the Privacy Pass origin of a gateway: the current
+// privacypass.Origin, rebuilt when the issuer directory publishes other
+// keys. It is safe for concurrent use.
+type Origin struct {
+	current atomic.Pointer[privacypass.Origin]
+	cfg     privacypass.OriginConfig // Keys holds the configured keys only
+	dirURL  string
+	fetch   provider.FetchPolicy
+	every   time.Duration
+	logger  *zap.Logger
+
+	mu     sync.Mutex // serialises refreshes
+	dirIDs string     // fingerprint of the directory keys in use
+
+	cancel    context.CancelFunc
+	done      sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// NewOrigin builds the origin of cfg. With a DirectoryURL it fetches the
+// directory once (ctx bounds that fetch) and then refreshes it every
+// DirectoryRefresh in the background until Close.
+func NewOrigin(ctx context.Context, cfg OriginConfig) (*Origin, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(cfg.Keys) == 0 && cfg.DirectoryURL == "" {
+		return nil, errors.New("token_key or issuer_directory is required (or an issuer block to use its keys)")
+	}
+	o := &Origin{cfg: cfg.OriginConfig, dirURL: cfg.DirectoryURL, fetch: cfg.Fetch,
+		every: cfg.DirectoryRefresh, logger: cfg.Logger}
+	o.cfg.Keys = slices.Clone(cfg.Keys)
+	if o.every == 0 {
+		o.every = DefaultDirectoryRefresh
+	}
+	if o.logger == nil {
+		o.logger = zap.NewNop()
+	}
+	var dirKeys []*privacypass.Key
+	if o.dirURL != "" {
+		var err error
+		if dirKeys, err = FetchDirectoryKeys(ctx, o.dirURL, o.fetch, o.logger); err != nil {
+			return nil, err
+		}
+	}
+	if err := o.install(dirKeys); err != nil {
+		return nil, err
+	}
+	if o.dirURL != "" {
+		loopCtx, cancel := context.WithCancel(context.Background())
+		o.cancel = cancel
+		o.done.Add(1)
+		go o.refreshLoop(loopCtx)
+	}
+	return o, nil
+}
+
+// Current returns the origin in use now. Take it once per request: a
+// refresh may replace it.
+func (o *Origin) Current() *privacypass.Origin { return o.current.Load() }
+
+// Close stops the refresh loop and waits for it. It is idempotent.
+func (o *Origin) Close() error {
+	o.closeOnce.Do(func() {
+		if o.cancel != nil {
+			o.cancel()
+			o.done.Wait()
+		}
+	})
+	return nil
+}
+
+// Destruct is Close, so that an *Origin can be held in a caddy.UsagePool
+// directly.
+func (o *Origin) Destruct() error { return o.Close() }
+
+// Refresh fetches the issuer directory once and installs a new origin if
+// its keys changed. On failure the current keys stay. Without a
+// DirectoryURL it does nothing.
+func (o *Origin) Refresh(ctx context.Context) error {
+	if o.dirURL == "" {
+		return nil
+	}
+	keys, err := FetchDirectoryKeys(ctx, o.dirURL, o.fetch, o.logger)
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if keyIDs(keys) == o.dirIDs {
+		return nil
+	}
+	return o.installLocked(keys)
+}
+
+// install builds an origin with the configured keys and dirKeys and makes
+// it current.
+func (o *Origin) install(dirKeys []*privacypass.Key) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.installLocked(dirKeys)
+}
+
+func (o *Origin) installLocked(dirKeys []*privacypass.Key) error {
+	cfg := o.cfg
+	cfg.Keys = append(slices.Clone(o.cfg.Keys), dirKeys...)
+	if len(cfg.Keys) == 0 {
+		return errors.New("no usable token key")
+	}
+	po, err := privacypass.NewOrigin(cfg)
+	if err != nil {
+		return err
+	}
+	o.current.Store(po)
+	o.dirIDs = keyIDs(dirKeys)
+	ids := make([]string, len(cfg.Keys))
+	for i, k := range cfg.Keys {
+		id := k.ID()
+		ids[i] = fmt.Sprintf("%s:%x", k.Type(), id[:8])
+	}
+	o.logger.Info("privacy pass origin ready", zap.String("issuer_name", cfg.IssuerName),
+		zap.Strings("origin_info", cfg.OriginInfo), zap.Strings("token_key_ids", ids),
+		zap.String("context", cfg.Mode.String()))
+	return nil
+}
+
+// keyIDs is a fingerprint of a key list.
+func keyIDs(keys []*privacypass.Key) string {
+	var b strings.Builder
+	for _, k := range keys {
+		id := k.ID()
+		b.Write(id[:])
+	}
+	return b.String()
+}
+
+// refreshLoop fetches the issuer directory every o.every until ctx ends.
+func (o *Origin) refreshLoop(ctx context.Context) {
+	defer o.done.Done()
+	t := time.NewTicker(o.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := o.Refresh(ctx); err != nil && ctx.Err() == nil {
+				o.logger.Warn("refreshing the issuer directory; keeping the current keys",
+					zap.String("issuer_directory", o.dirURL), zap.Error(err))
+			}
+		}
+	}
+}
+
+// FetchDirectoryKeys fetches an issuer directory and returns the keys an
+// origin can verify with: type 2 (public verification); type 1 keys are
+// private to the issuer and skipped. The fetch follows pol: public
+// addresses on port 443 unless it allows private addresses or other ports,
+// its resolve map and roots, no redirects, a body of at most
+// MaxDirectoryBody and a timeout (DefaultDirectoryTimeout when pol sets
+// none). Issuers are not MIMI peers: TLS 1.2 is accepted.
+func FetchDirectoryKeys(ctx context.Context, dirURL string, pol provider.FetchPolicy, logger *zap.Logger) ([]*privacypass.Key, error) {
+	if pol.Timeout <= 0 {
+		pol.Timeout = DefaultDirectoryTimeout
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	client := pol.HTTPClient(tls.VersionTLS12)
+	defer client.CloseIdleConnections()
+	reqCtx, cancel := context.WithTimeout(ctx, pol.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(reqCtx, http.MethodGet, dirURL, nil)
+	if err != nil {
+		return nil, fmt.Errorf("issuer_directory: %w", err)
+	}
+	req.Header.Set("Accept", privacypass.MediaTypeIssuerDirectory+", application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("issuer_directory: fetching %s: %w", dirURL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxDirectoryBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("issuer_directory: reading %s: %w", dirURL, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("issuer_directory: %s answered status %d", dirURL, resp.StatusCode)
+	}
+	if len(body) > MaxDirectoryBody {
+		return nil, fmt.Errorf("issuer_directory: %s is larger than %d bytes", dirURL, MaxDirectoryBody)
+	}
+	dir, err := privacypass.ParseDirectory(body)
+	if err != nil {
+		return nil, fmt.Errorf("issuer_directory: %s: %w", dirURL, err)
+	}
+	all, err := dir.Keys()
+	if err != nil {
+		return nil, fmt.Errorf("issuer_directory: %s: %w", dirURL, err)
+	}
+	keys := slices.DeleteFunc(slices.Clone(all), func(k *privacypass.Key) bool { return k.Type() != privacypass.TypeBlindRSA })
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("issuer_directory: %s lists no type 2 key", dirURL)
+	}
+	if skipped := len(all) - len(keys); skipped > 0 {
+		logger.Info("skipped privately verifiable keys of the issuer directory", zap.Int("count", skipped))
+	}
+	return keys, nil
+}

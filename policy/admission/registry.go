@@ -1,0 +1,84 @@
+package admission
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
+)
+
+// zones keeps rate-limit zones across Policies, keyed by scope and zone
+// name: Caddy provisions a new configuration before it cleans up the old
+// one, so the new Policy finds the old zone and its buckets.
+var zones = &registry{m: map[string]*zoneEntry{}}
+
+// registry is a reference-counted map of shared zones.
+type registry struct {
+	mu sync.Mutex
+	m  map[string]*zoneEntry
+}
+
+type zoneEntry struct {
+	zone *ratelimit.Zone
+	refs int
+}
+
+// registryKey is the key of a zone in the registry.
+func registryKey(scope, name string) string { return scope + "\x00" + name }
+
+// acquire returns the zone of cfg in scope, creating it on first use and
+// applying cfg's rate and burst to an existing one. Every successful
+// acquire is paired with a release of the returned key.
+func (r *registry) acquire(scope string, cfg *ZoneConfig) (*ratelimit.Zone, string, error) {
+	key := registryKey(scope, cfg.Name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.m[key]; e != nil {
+		if err := e.zone.UpdateLimits(cfg.Rate, cfg.Burst); err != nil {
+			return nil, "", fmt.Errorf("updating limits: %w", err)
+		}
+		e.refs++
+		return e.zone, key, nil
+	}
+	z, err := ratelimit.NewZone(cfg.Name, ratelimit.Config{Rate: cfg.Rate, Burst: cfg.Burst, MaxKeys: cfg.MaxKeys})
+	if err != nil {
+		return nil, "", err
+	}
+	r.m[key] = &zoneEntry{zone: z, refs: 1}
+	return z, key, nil
+}
+
+// release drops one reference to the zone at key, and the zone with the
+// last one.
+func (r *registry) release(key string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.m[key]
+	if e == nil {
+		return fmt.Errorf("releasing rate-limit zone %q: not held", key)
+	}
+	if e.refs--; e.refs > 0 {
+		return nil
+	}
+	delete(r.m, key)
+	return e.zone.Destruct()
+}
+
+// refs returns the references held on the zone at key (0 when absent).
+func (r *registry) refs(key string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.m[key]; e != nil {
+		return e.refs
+	}
+	return 0
+}
+
+// each calls f for every live zone, under the registry lock.
+func (r *registry) each(f func(*ratelimit.Zone)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.m {
+		f(e.zone)
+	}
+}
