@@ -117,7 +117,7 @@ func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*
 		}
 	}
 
-	th, err := n.tree.TreeHash()
+	th, err := n.tree.rootHash()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -129,7 +129,7 @@ func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*
 		return nil, nil, err
 	}
 	n.ctx.ConfirmedTranscriptHash = confirmed
-	n.confTag = info.ConfirmationTag
+	n.confTag = cloneBytes(info.ConfirmationTag)
 	if n.interim, err = g.s.interimTranscriptHash(confirmed, n.confTag); err != nil {
 		return nil, nil, err
 	}

@@ -21,7 +21,7 @@ func NewGroup(cs CipherSuite, groupID []byte, leaf *LeafNode, leafPriv hpke.Priv
 	}
 	tree := newTree(s, 1)
 	tree.setLeaf(0, leaf.clone())
-	th, err := tree.TreeHash()
+	th, err := tree.rootHash()
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func (m *Member) GroupInfo() (*GroupInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := g.tree.RatchetTree()
+	rt := g.tree.ratchetTree()
 	rtData, err := marshal(&rt)
 	if err != nil {
 		return nil, err
@@ -208,7 +208,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 		if err != nil {
 			return err
 		}
-		if n.ctx.TreeHash, err = n.tree.TreeHash(); err != nil {
+		if n.ctx.TreeHash, err = n.tree.rootHash(); err != nil {
 			return err
 		}
 		n.ctx.Epoch++
@@ -220,7 +220,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 			return err
 		}
 		auth.ConfirmationTag = s.mac(secrets.ConfirmationKey, confirmed)
-		n.confTag = auth.ConfirmationTag
+		n.confTag = cloneBytes(auth.ConfirmationTag)
 		n.interim, err = s.interimTranscriptHash(confirmed, n.confTag)
 		return err
 	})

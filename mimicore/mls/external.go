@@ -89,7 +89,7 @@ func JoinExternal(gi *GroupInfo, rt RatchetTree, leaf LeafNode, signer crypto.Si
 	if err != nil {
 		return nil, nil, err
 	}
-	if n.ctx.TreeHash, err = n.tree.TreeHash(); err != nil {
+	if n.ctx.TreeHash, err = n.tree.rootHash(); err != nil {
 		return nil, nil, err
 	}
 	n.ctx.Epoch++
@@ -100,7 +100,7 @@ func JoinExternal(gi *GroupInfo, rt RatchetTree, leaf LeafNode, signer crypto.Si
 		return nil, nil, err
 	}
 	pm.Auth.ConfirmationTag = s.mac(secrets.ConfirmationKey, confirmed)
-	n.confTag = pm.Auth.ConfirmationTag
+	n.confTag = cloneBytes(pm.Auth.ConfirmationTag)
 	if n.interim, err = s.interimTranscriptHash(confirmed, n.confTag); err != nil {
 		return nil, nil, err
 	}

@@ -187,7 +187,7 @@ func (m *Member) pskSecret(ids []PreSharedKeyID) ([]byte, error) {
 		id := &ids[i]
 		var secret []byte
 		switch {
-		case id.Type == PSKResumption && bytes.Equal(id.PSKGroupID, m.state.GroupID()):
+		case id.Type == PSKResumption && bytes.Equal(id.PSKGroupID, m.state.ctx.GroupID):
 			var ok bool
 			if secret, ok = m.resumption[id.PSKEpoch]; !ok {
 				return nil, fmt.Errorf("resumption psk of epoch %d unknown", id.PSKEpoch)

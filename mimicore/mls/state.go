@@ -105,7 +105,7 @@ func NewGroupState(gi *GroupInfo, rt RatchetTree) (*GroupState, error) {
 // caller: it checks the tree hash and the context's extensions and builds
 // the indexes.
 func newStateFromParts(s *suite, ctx GroupContext, tree *Tree, interim, confTag []byte) (*GroupState, error) {
-	th, err := tree.TreeHash()
+	th, err := tree.rootHash()
 	if err != nil {
 		return nil, err
 	}
@@ -175,8 +175,8 @@ func (g *GroupState) next() *GroupState {
 // CipherSuite returns the group's cipher suite.
 func (g *GroupState) CipherSuite() CipherSuite { return g.ctx.CipherSuite }
 
-// GroupID returns the group ID. The slice must not be modified.
-func (g *GroupState) GroupID() []byte { return g.ctx.GroupID }
+// GroupID returns a copy of the group ID.
+func (g *GroupState) GroupID() []byte { return cloneBytes(g.ctx.GroupID) }
 
 // Epoch returns the current epoch.
 func (g *GroupState) Epoch() uint64 { return g.ctx.Epoch }
@@ -187,18 +187,22 @@ func (g *GroupState) GroupContext() GroupContext { return g.ctx.clone() }
 // Tree returns the current ratchet tree. It must not be modified.
 func (g *GroupState) Tree() *Tree { return g.tree }
 
-// TreeHash returns the tree hash of the current tree.
-func (g *GroupState) TreeHash() []byte { return g.ctx.TreeHash }
+// TreeHash returns a copy of the tree hash of the current tree.
+func (g *GroupState) TreeHash() []byte { return cloneBytes(g.ctx.TreeHash) }
 
-// ConfirmedTranscriptHash returns the current confirmed transcript hash.
-func (g *GroupState) ConfirmedTranscriptHash() []byte { return g.ctx.ConfirmedTranscriptHash }
+// ConfirmedTranscriptHash returns a copy of the current confirmed
+// transcript hash.
+func (g *GroupState) ConfirmedTranscriptHash() []byte {
+	return cloneBytes(g.ctx.ConfirmedTranscriptHash)
+}
 
-// InterimTranscriptHash returns the current interim transcript hash.
-func (g *GroupState) InterimTranscriptHash() []byte { return g.interim }
+// InterimTranscriptHash returns a copy of the current interim transcript
+// hash.
+func (g *GroupState) InterimTranscriptHash() []byte { return cloneBytes(g.interim) }
 
-// ConfirmationTag returns the confirmation tag of the commit that started
-// the current epoch (or of the GroupInfo the state was built from).
-func (g *GroupState) ConfirmationTag() []byte { return g.confTag }
+// ConfirmationTag returns a copy of the confirmation tag of the commit that
+// started the current epoch (or of the GroupInfo the state was built from).
+func (g *GroupState) ConfirmationTag() []byte { return cloneBytes(g.confTag) }
 
 // MemberCount returns the number of non-blank leaves.
 func (g *GroupState) MemberCount() uint32 { return g.members }
@@ -246,7 +250,7 @@ func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
 		for len(theirs) > 0 && theirs[len(theirs)-1] == nil {
 			theirs = theirs[:len(theirs)-1]
 		}
-		ours := g.tree.RatchetTree()
+		ours := g.tree.ratchetTree()
 		a, err := marshal(&ours)
 		if err != nil {
 			return err

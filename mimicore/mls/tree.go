@@ -367,7 +367,20 @@ func TreeFromRatchetTree(cs CipherSuite, rt RatchetTree) (*Tree, error) {
 }
 
 // RatchetTree returns the wire form of t with trailing blank nodes removed.
+// The nodes are deep copies, which the caller may keep and modify.
 func (t *Tree) RatchetTree() RatchetTree {
+	rt := t.ratchetTree()
+	for x, n := range rt {
+		if n != nil {
+			rt[x] = n.clone()
+		}
+	}
+	return rt
+}
+
+// ratchetTree is RatchetTree without copying the nodes, for encoding: the
+// nodes are the tree's own and must not be modified.
+func (t *Tree) ratchetTree() RatchetTree {
 	w := t.width()
 	for w > 0 && t.node(w-1) == nil {
 		w--
