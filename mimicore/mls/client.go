@@ -128,7 +128,7 @@ func (m *Member) ProposeUpdate() (*MLSMessage, error) {
 	if err != nil {
 		return nil, err
 	}
-	leaf := g.tree.Leaf(m.leaf).clone()
+	leaf := g.tree.leaf(m.leaf).clone()
 	leaf.EncryptionKey, leaf.Source, leaf.ParentHash, leaf.Lifetime = pub, SourceUpdate, nil, Lifetime{}
 	if err := leaf.Sign(g.CipherSuite(), m.signer, g.ctx.GroupID, m.leaf); err != nil {
 		return nil, err
@@ -185,7 +185,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 	for _, a := range info.Added {
 		excluded = append(excluded, a.Leaf)
 	}
-	old := n.tree.Leaf(m.leaf)
+	old := n.tree.leaf(m.leaf)
 	np, err := n.tree.generateUpdatePath(m.leaf, *old, m.signer, g.ctx.GroupID, excluded, func(th []byte) ([]byte, error) {
 		pc := n.ctx.clone()
 		pc.Epoch++
@@ -196,7 +196,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 		return nil, fmt.Errorf("committing: %w", err)
 	}
 	n.index(m.leaf, old, false)
-	n.index(m.leaf, n.tree.Leaf(m.leaf), true)
+	n.index(m.leaf, n.tree.leaf(m.leaf), true)
 	commit.Path = np.path
 
 	content := &FramedContent{GroupID: g.ctx.GroupID, Epoch: g.ctx.Epoch, Sender: self, ContentType: ContentCommit, Commit: commit}

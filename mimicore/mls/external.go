@@ -72,7 +72,7 @@ func JoinExternal(gi *GroupInfo, rt RatchetTree, leaf LeafNode, signer crypto.Si
 	if err != nil {
 		return nil, nil, fmt.Errorf("joining externally: %w", err)
 	}
-	newLeaf := n.tree.Leaf(idx)
+	newLeaf := n.tree.leaf(idx)
 	if err := n.validateLeaf(newLeaf, idx, SourceCommit, nil); err != nil {
 		return nil, nil, fmt.Errorf("joining externally: our leaf: %w", err)
 	}

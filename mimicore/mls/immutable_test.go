@@ -151,3 +151,55 @@ func TestCommitResultDoesNotAlias(t *testing.T) {
 	scribble(res.GroupInfo.GroupInfo.GroupContext.TreeHash)
 	checkUnchanged(t, "commit result", res.Next.State(), f)
 }
+
+// TestMemberViewIsReadOnly changes everything a LeafView hands out and
+// checks that the state is unchanged.
+func TestMemberViewIsReadOnly(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 5, nil)
+	g := tg.g
+	f := fingerprint(t, g)
+	for i := range g.tree.leaves {
+		for _, get := range []func(uint32) (LeafView, bool){g.Member, g.Tree().Leaf} {
+			v, ok := get(i)
+			if !ok {
+				continue
+			}
+			scribble(v.EncryptionKey())
+			scribble(v.SignatureKey())
+			c := v.Credential()
+			scribble(c.Identity)
+			caps := v.Capabilities()
+			caps.CipherSuites[0] = 0
+			if exts := v.Extensions(); len(exts) > 0 {
+				scribble(exts[0].Data)
+			}
+			l := v.LeafNode()
+			scribble(l.EncryptionKey)
+			scribble(l.Signature)
+			scribble(l.Credential.Identity)
+			l.Capabilities.Versions[0] = 0
+			checkUnchanged(t, "LeafView", g, f)
+		}
+	}
+	if v, ok := g.Member(g.tree.leaves); ok || !v.IsBlank() || v.EncryptionKey() != nil {
+		t.Fatal("out of range member is not blank")
+	}
+}
+
+// TestMemberViewAllocations keeps the per-request path of a Delivery
+// Service (look up a member, check its key and credential) free of
+// allocations.
+func TestMemberViewAllocations(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 5, nil)
+	v, _ := tg.g.Member(3)
+	key, id := v.SignatureKey(), v.Credential().Identity
+	allocs := testing.AllocsPerRun(100, func() {
+		v, ok := tg.g.Member(3)
+		if !ok || !v.HasSignatureKey(key) || !v.HasIdentity(id) || v.CredentialType() != CredentialBasic {
+			t.Fatal("member 3 does not match")
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per member lookup", allocs)
+	}
+}

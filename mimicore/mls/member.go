@@ -48,7 +48,7 @@ func JoinFromWelcome(w *Welcome, kp *KeyPackage, initPriv, leafPriv hpke.Private
 	m := &Member{state: g, signer: signer, keys: pathKeys{}, secrets: res.Secrets, psks: psks, resumption: map[uint64][]byte{}}
 	m.keys[string(kp.LeafNode.EncryptionKey)] = leafPriv
 	self, ok := g.LeafBySignatureKey(kp.LeafNode.SignatureKey)
-	if !ok || !bytes.Equal(g.Member(self).EncryptionKey, kp.LeafNode.EncryptionKey) {
+	if !ok || !bytes.Equal(g.tree.leaf(self).EncryptionKey, kp.LeafNode.EncryptionKey) {
 		return nil, errors.New("joining: our leaf is not in the tree")
 	}
 	m.leaf = self

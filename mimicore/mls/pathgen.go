@@ -26,7 +26,7 @@ type newPath struct {
 // merge.
 func (t *Tree) generateUpdatePath(sender uint32, leaf LeafNode, signer crypto.Signer, groupID []byte, excluded []uint32, context func(treeHash []byte) ([]byte, error)) (*newPath, error) {
 	s := t.s
-	if sender >= t.leaves || t.Leaf(sender) == nil {
+	if sender >= t.leaves || t.leaf(sender) == nil {
 		return nil, fmt.Errorf("%w: sender leaf %d is blank", ErrInvalidPath, sender)
 	}
 	leafSecret := make([]byte, s.nh)

@@ -115,7 +115,7 @@ func newStateFromParts(s *suite, ctx GroupContext, tree *Tree, interim, confTag 
 	g := &GroupState{s: s, ctx: ctx, tree: tree, interim: interim, confTag: confTag,
 		credUse: make(map[CredentialType]uint32), credSup: make(map[CredentialType]uint32)}
 	for i := range tree.leaves {
-		if l := tree.Leaf(i); l != nil {
+		if l := tree.leaf(i); l != nil {
 			g.index(i, l, true)
 		}
 	}
@@ -207,8 +207,9 @@ func (g *GroupState) ConfirmationTag() []byte { return cloneBytes(g.confTag) }
 // MemberCount returns the number of non-blank leaves.
 func (g *GroupState) MemberCount() uint32 { return g.members }
 
-// Member returns the leaf node of member i, or nil if the leaf is blank.
-func (g *GroupState) Member(i uint32) *LeafNode { return g.tree.Leaf(i) }
+// Member returns a read-only view of member i's leaf node, and false when
+// the leaf is blank or out of range. The view costs no allocation.
+func (g *GroupState) Member(i uint32) (LeafView, bool) { return g.tree.Leaf(i) }
 
 // LeafBySignatureKey returns the leaf index of the member with the given
 // signature key.
@@ -263,7 +264,7 @@ func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
 			return fmt.Errorf("%w: ratchet_tree extension differs from the group's tree", ErrInvalidGroupInfo)
 		}
 	}
-	signer := g.tree.Leaf(gi.Signer)
+	signer := g.tree.leaf(gi.Signer)
 	if signer == nil {
 		return fmt.Errorf("%w: signer leaf %d is blank", ErrInvalidGroupInfo, gi.Signer)
 	}
