@@ -130,7 +130,7 @@ func TestApplyCommitResultsDoNotAlias(t *testing.T) {
 func TestCommitResultDoesNotAlias(t *testing.T) {
 	cs := X25519AES128GCMSHA256Ed25519
 	a, b := newTestClient(t, cs, "A"), newTestClient(t, cs, "B")
-	alice, err := NewGroup(cs, []byte("alias"), &a.kp.LeafNode, a.leafPriv, a.signer, nil, nil)
+	alice, err := NewGroup(a.groupOptions(cs, "alias"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,5 +201,132 @@ func TestMemberViewAllocations(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per member lookup", allocs)
+	}
+}
+
+// TestMemberMethodsReturnNewValues checks the package's convention for
+// Member: ApplyCommit, Commit and ProposeUpdate return the next Member and
+// leave the receiver as it was, and what accessors return is a copy.
+func TestMemberMethodsReturnNewValues(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	a, b, c := newTestClient(t, cs, "A"), newTestClient(t, cs, "B"), newTestClient(t, cs, "C")
+	alice, err := NewGroup(a.groupOptions(cs, "convention"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}, {Type: ProposalAdd, KeyPackage: c.kp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alice.State().Epoch() != 0 {
+		t.Fatal("Commit changed the committer")
+	}
+	alice, bob, carol := res.Next, b.join(t, res.Welcome), c.join(t, res.Welcome)
+
+	scribble(bob.EpochAuthenticator())
+	if !bytes.Equal(bob.EpochAuthenticator(), alice.EpochAuthenticator()) {
+		t.Fatal("EpochAuthenticator returned the member's own secret")
+	}
+
+	// Bob proposes an update: the receiver keeps its keys, the result has
+	// the new one.
+	upd, bobUpdated, err := bob.ProposeUpdate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bob.keys) == len(bobUpdated.keys) {
+		t.Fatal("ProposeUpdate changed the receiver's keys or did not add one")
+	}
+	ac, ref, err := alice.VerifyProposal(reencode(t, upd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = alice.Commit(nil, [][]byte{ref}, refsResolver(map[string]*AuthenticatedContent{string(ref): ac}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolve := refsResolver(map[string]*AuthenticatedContent{string(ref): ac})
+
+	before := fingerprint(t, carol.State())
+	auth, exp := carol.EpochAuthenticator(), mustExport(t, carol)
+	carolNext, err := carol.ApplyCommit(reencode(t, res.Commit), resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkUnchanged(t, "Member.ApplyCommit receiver", carol.State(), before)
+	if carol.State().Epoch() != 1 || carolNext.State().Epoch() != 2 ||
+		!bytes.Equal(carol.EpochAuthenticator(), auth) || !bytes.Equal(mustExport(t, carol), exp) {
+		t.Fatal("Member.ApplyCommit changed the receiver")
+	}
+	// The receiver can apply the same commit again, with the same result.
+	again, err := carol.ApplyCommit(reencode(t, res.Commit), resolve)
+	if err != nil || !bytes.Equal(again.EpochAuthenticator(), carolNext.EpochAuthenticator()) {
+		t.Fatalf("applying the commit again from the old member: %v", err)
+	}
+	// Only the Member that holds the new key follows Bob's update.
+	if _, err := bob.ApplyCommit(reencode(t, res.Commit), resolve); err == nil {
+		t.Fatal("the member before ProposeUpdate followed a commit of its update")
+	}
+	bobNext, err := bobUpdated.ApplyCommit(reencode(t, res.Commit), resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameEpoch(t, carolNext.State(), res.Next, bobNext, carolNext)
+}
+
+func mustExport(tb testing.TB, m *Member) []byte {
+	tb.Helper()
+	e, err := m.Export("test", nil, 32)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return e
+}
+
+// TestMembersOfOneEpochShareRatchets protects messages from two Member
+// values of the same epoch, concurrently: no key may be used twice, so
+// every message opens exactly once.
+func TestMembersOfOneEpochShareRatchets(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	a, b := newTestClient(t, cs, "A"), newTestClient(t, cs, "B")
+	alice, err := NewGroup(a.groupOptions(cs, "ratchets"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := res.Next, b.join(t, res.Welcome)
+	_, bob2, err := bob.ProposeUpdate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const each = 8
+	msgs := make(chan *MLSMessage, 2*each)
+	errs := make(chan error, 2)
+	for _, m := range []*Member{bob, bob2} {
+		go func() {
+			for range each {
+				msg, err := m.Protect([]byte("x"), nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				msgs <- msg
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(msgs)
+	for msg := range msgs {
+		if _, _, err := alice.Unprotect(reencode(t, msg)); err != nil {
+			t.Fatalf("message from a Member of the same epoch: %v", err)
+		}
 	}
 }
