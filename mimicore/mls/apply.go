@@ -117,7 +117,7 @@ func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*
 		}
 	}
 
-	th, err := n.tree.TreeHash()
+	th, err := n.tree.rootHash()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -129,7 +129,7 @@ func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*
 		return nil, nil, err
 	}
 	n.ctx.ConfirmedTranscriptHash = confirmed
-	n.confTag = info.ConfirmationTag
+	n.confTag = cloneBytes(info.ConfirmationTag)
 	if n.interim, err = g.s.interimTranscriptHash(confirmed, n.confTag); err != nil {
 		return nil, nil, err
 	}
@@ -158,7 +158,7 @@ func (g *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 			continue
 		}
 		i := rp.Sender.Index
-		old := g.tree.Leaf(i)
+		old := g.tree.leaf(i)
 		leaf := rp.Proposal.LeafNode
 		if err := g.validateLeaf(leaf, i, SourceUpdate, old); err != nil {
 			return fmt.Errorf("%w: update of leaf %d: %v", ErrInvalidProposal, i, err)
@@ -173,7 +173,7 @@ func (g *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 			continue
 		}
 		i := rp.Proposal.Removed
-		g.index(i, g.tree.Leaf(i), false)
+		g.index(i, g.tree.leaf(i), false)
 		g.tree.removeLeaf(i)
 		info.Removed = append(info.Removed, i)
 	}
@@ -212,7 +212,7 @@ func (g *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 // applyPath validates the committer's new leaf and merges its path into g,
 // a writable state from next().
 func (g *GroupState) applyPath(i uint32, path *UpdatePath, joining bool) error {
-	old := g.tree.Leaf(i)
+	old := g.tree.leaf(i)
 	if joining {
 		old = nil
 	} else if old == nil {
@@ -236,6 +236,6 @@ func (g *GroupState) applyPath(i uint32, path *UpdatePath, joining bool) error {
 	if old != nil {
 		g.index(i, old, false)
 	}
-	g.index(i, g.tree.Leaf(i), true)
+	g.index(i, g.tree.leaf(i), true)
 	return nil
 }

@@ -77,7 +77,7 @@ func BenchmarkTreeHash(b *testing.B) {
 		}
 	})
 	b.Run("after-one-commit", func(b *testing.B) {
-		changed := *base.Leaf(1234)
+		changed := *base.leaf(1234)
 		changed.EncryptionKey = randomHPKEPublicKey(b, tg.cs)
 		for b.Loop() {
 			t := base.clone()

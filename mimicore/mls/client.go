@@ -6,12 +6,39 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 )
 
-// NewGroup creates a group whose only member holds leaf (RFC 9420 §11):
-// epoch 0, a random init secret, the given GroupContext extensions. leaf
-// must be signed by signer; leafPriv is its encryption private key.
-func NewGroup(cs CipherSuite, groupID []byte, leaf *LeafNode, leafPriv hpke.PrivateKey, signer crypto.Signer, exts Extensions, psks PSKLookup) (*Member, error) {
+// GroupOptions describes the group NewGroup creates and its creator.
+type GroupOptions struct {
+	// CipherSuite is the group's cipher suite. Required.
+	CipherSuite CipherSuite
+	// GroupID is the group's ID. Required; MIMI derives it from the room.
+	GroupID []byte
+	// Leaf is the creator's leaf node, from its KeyPackage, signed with
+	// Signer. Required. It is copied.
+	Leaf *LeafNode
+	// LeafKey is the private key of Leaf.EncryptionKey. Required.
+	LeafKey hpke.PrivateKey
+	// Signer holds the private key of Leaf.SignatureKey. Required.
+	Signer crypto.Signer
+	// Extensions are the GroupContext extensions of epoch 0 (for MIMI,
+	// required_capabilities and external_senders). Nil for none. They are
+	// copied.
+	Extensions Extensions
+	// PSKs resolves the external PSKs later commits name; nil when the
+	// group uses none.
+	PSKs PSKLookup
+}
+
+// NewGroup creates a group whose only member holds opts.Leaf (RFC 9420
+// §11): epoch 0, a random init secret and the given GroupContext
+// extensions.
+func NewGroup(opts GroupOptions) (*Member, error) {
+	cs, groupID, leaf := opts.CipherSuite, opts.GroupID, opts.Leaf
+	if leaf == nil || opts.LeafKey == nil || opts.Signer == nil {
+		return nil, errors.New("creating group: leaf, leaf key and signer are required")
+	}
 	s, err := cs.params()
 	if err != nil {
 		return nil, fmt.Errorf("creating group: %w", err)
@@ -21,12 +48,12 @@ func NewGroup(cs CipherSuite, groupID []byte, leaf *LeafNode, leafPriv hpke.Priv
 	}
 	tree := newTree(s, 1)
 	tree.setLeaf(0, leaf.clone())
-	th, err := tree.TreeHash()
+	th, err := tree.rootHash()
 	if err != nil {
 		return nil, err
 	}
 	ctx := GroupContext{Version: MLS10, CipherSuite: cs, GroupID: cloneBytes(groupID), TreeHash: th,
-		ConfirmedTranscriptHash: []byte{}, Extensions: exts.clone()}
+		ConfirmedTranscriptHash: []byte{}, Extensions: opts.Extensions.clone()}
 	initSecret := make([]byte, s.nh)
 	if _, err := rand.Read(initSecret); err != nil {
 		return nil, err
@@ -44,10 +71,8 @@ func NewGroup(cs CipherSuite, groupID []byte, leaf *LeafNode, leafPriv hpke.Priv
 	if err != nil {
 		return nil, fmt.Errorf("creating group: %w", err)
 	}
-	m := &Member{state: g, signer: signer, keys: pathKeys{string(leaf.EncryptionKey): leafPriv},
-		psks: psks, resumption: map[uint64][]byte{}}
-	m.advance(g, m.keys, secrets)
-	return m, nil
+	creator := &Member{signer: opts.Signer, psks: opts.PSKs}
+	return creator.successor(g, pathKeys{string(leaf.EncryptionKey): opts.LeafKey}, secrets), nil
 }
 
 // GroupInfo returns a GroupInfo for the current epoch signed by the member,
@@ -65,7 +90,7 @@ func (m *Member) GroupInfo() (*GroupInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := g.tree.RatchetTree()
+	rt := g.tree.ratchetTree()
 	rtData, err := marshal(&rt)
 	if err != nil {
 		return nil, err
@@ -113,37 +138,41 @@ func (m *Member) Propose(p *Proposal) (*MLSMessage, error) {
 }
 
 // ProposeUpdate returns an Update proposal that gives the member's leaf a
-// fresh encryption key (RFC 9420 §12.1.2). The new private key is kept, so
-// the member can follow once another member commits the proposal.
-func (m *Member) ProposeUpdate() (*MLSMessage, error) {
+// fresh encryption key (RFC 9420 §12.1.2), and the member holding the new
+// private key, which can follow once another member commits the proposal.
+// The receiver is unchanged and cannot follow such a commit.
+func (m *Member) ProposeUpdate() (*MLSMessage, *Member, error) {
 	if m.signer == nil {
-		return nil, errors.New("proposing update: member has no signer")
+		return nil, nil, errors.New("proposing update: member has no signer")
 	}
 	g := m.state
 	ikm := make([]byte, g.s.nh)
 	if _, err := rand.Read(ikm); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	priv, pub, err := g.s.deriveKeyPair(ikm)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	leaf := g.tree.Leaf(m.leaf).clone()
+	leaf := g.tree.leaf(m.leaf).clone()
 	leaf.EncryptionKey, leaf.Source, leaf.ParentHash, leaf.Lifetime = pub, SourceUpdate, nil, Lifetime{}
 	if err := leaf.Sign(g.CipherSuite(), m.signer, g.ctx.GroupID, m.leaf); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	msg, err := m.Propose(&Proposal{Type: ProposalUpdate, LeafNode: leaf})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	m.keys[string(pub)] = priv
-	return msg, nil
+	next := *m
+	next.keys = maps.Clone(m.keys)
+	next.keys[string(pub)] = priv
+	return msg, &next, nil
 }
 
 // CommitResult is what Member.Commit produces: the commit to send to the
 // group, a Welcome when the commit adds members, the GroupInfo of the new
-// epoch, and the member as it will be once the commit is accepted.
+// epoch, and the member as it will be once the commit is accepted. None of
+// the messages shares memory with Next.
 type CommitResult struct {
 	Commit    *MLSMessage
 	Welcome   *MLSMessage
@@ -152,9 +181,9 @@ type CommitResult struct {
 }
 
 // Commit creates a full commit (with an UpdatePath) covering proposals by
-// value and, through resolve, by reference (RFC 9420 §12.4). The member
-// itself is unchanged: it moves on only when the caller adopts
-// CommitResult.Next after the Delivery Service accepted the commit.
+// value and, through resolve, by reference (RFC 9420 §12.4). The receiver
+// is unchanged: the caller adopts CommitResult.Next once the Delivery
+// Service accepted the commit, and keeps the receiver if it did not.
 func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalResolver) (*CommitResult, error) {
 	if m.signer == nil {
 		return nil, errors.New("committing: member has no signer")
@@ -185,7 +214,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 	for _, a := range info.Added {
 		excluded = append(excluded, a.Leaf)
 	}
-	old := n.tree.Leaf(m.leaf)
+	old := n.tree.leaf(m.leaf)
 	np, err := n.tree.generateUpdatePath(m.leaf, *old, m.signer, g.ctx.GroupID, excluded, func(th []byte) ([]byte, error) {
 		pc := n.ctx.clone()
 		pc.Epoch++
@@ -196,7 +225,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 		return nil, fmt.Errorf("committing: %w", err)
 	}
 	n.index(m.leaf, old, false)
-	n.index(m.leaf, n.tree.Leaf(m.leaf), true)
+	n.index(m.leaf, n.tree.leaf(m.leaf), true)
 	commit.Path = np.path
 
 	content := &FramedContent{GroupID: g.ctx.GroupID, Epoch: g.ctx.Epoch, Sender: self, ContentType: ContentCommit, Commit: commit}
@@ -208,7 +237,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 		if err != nil {
 			return err
 		}
-		if n.ctx.TreeHash, err = n.tree.TreeHash(); err != nil {
+		if n.ctx.TreeHash, err = n.tree.rootHash(); err != nil {
 			return err
 		}
 		n.ctx.Epoch++
@@ -220,18 +249,14 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 			return err
 		}
 		auth.ConfirmationTag = s.mac(secrets.ConfirmationKey, confirmed)
-		n.confTag = auth.ConfirmationTag
+		n.confTag = cloneBytes(auth.ConfirmationTag)
 		n.interim, err = s.interimTranscriptHash(confirmed, n.confTag)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("committing: %w", err)
 	}
-	next := &Member{leaf: m.leaf, signer: m.signer, psks: m.psks, resumption: make(map[uint64][]byte, len(m.resumption))}
-	for k, v := range m.resumption {
-		next.resumption[k] = v
-	}
-	next.advance(n, np.keys, secrets)
+	next := m.successor(n, np.keys, secrets)
 	gi, err := next.GroupInfo()
 	if err != nil {
 		return nil, fmt.Errorf("committing: %w", err)
@@ -289,36 +314,42 @@ func (m *Member) welcome(gi *GroupInfo, info *CommitInfo, np *newPath, pskSecret
 	return w, nil
 }
 
-// secretTreeForEpoch returns the current epoch's secret tree.
-func (m *Member) secretTreeForEpoch() (*SecretTree, error) {
-	if m.secretTree == nil {
+// withSecretTree calls f with the epoch's secret tree, building it on
+// first use, while holding the epoch's lock.
+func (m *Member) withSecretTree(f func(*SecretTree) error) error {
+	e := m.epoch
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.tree == nil {
 		st, err := m.state.CipherSuite().NewSecretTree(m.secrets.EncryptionSecret, m.state.tree.leaves)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		m.secretTree = st
+		e.tree = st
 	}
-	return m.secretTree, nil
+	return f(e.tree)
 }
 
 // Protect encrypts application data as a PrivateMessage of the current
-// epoch (RFC 9420 §6.3).
+// epoch (RFC 9420 §6.3). It consumes the next key of the member's
+// application ratchet in the epoch's shared secret tree.
 func (m *Member) Protect(data, authenticatedData []byte) (*MLSMessage, error) {
 	if m.signer == nil {
 		return nil, errors.New("protecting: member has no signer")
 	}
 	g := m.state
-	st, err := m.secretTreeForEpoch()
-	if err != nil {
-		return nil, err
-	}
 	c := &FramedContent{GroupID: g.ctx.GroupID, Epoch: g.ctx.Epoch, Sender: Sender{Type: SenderMember, Index: m.leaf},
 		AuthenticatedData: authenticatedData, ContentType: ContentApplication, ApplicationData: data}
 	sig, err := g.CipherSuite().SignFramedContent(m.signer, WireFormatPrivateMessage, c, &g.ctx)
 	if err != nil {
 		return nil, err
 	}
-	pm, err := g.CipherSuite().EncryptPrivateMessage(st, m.secrets.SenderDataSecret, c, &FramedContentAuthData{Signature: sig}, 0)
+	var pm *PrivateMessage
+	err = m.withSecretTree(func(st *SecretTree) error {
+		ac := &AuthenticatedContent{WireFormat: WireFormatPrivateMessage, Content: *c, Auth: FramedContentAuthData{Signature: sig}}
+		pm, err = g.CipherSuite().EncryptPrivateMessage(st, m.secrets.SenderDataSecret, ac, 0)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +357,9 @@ func (m *Member) Protect(data, authenticatedData []byte) (*MLSMessage, error) {
 }
 
 // Unprotect decrypts and authenticates an application PrivateMessage of the
-// current epoch and returns its sender's leaf index and data.
+// current epoch and returns its sender's leaf index and data. The key it
+// used is erased from the epoch's shared secret tree, so a message opens
+// once per epoch, whichever Member value of the epoch opens it.
 func (m *Member) Unprotect(msg *MLSMessage) (uint32, []byte, error) {
 	g := m.state
 	if err := g.CheckMessage(msg); err != nil {
@@ -335,11 +368,12 @@ func (m *Member) Unprotect(msg *MLSMessage) (uint32, []byte, error) {
 	if msg.PrivateMessage == nil || msg.PrivateMessage.ContentType != ContentApplication {
 		return 0, nil, fmt.Errorf("%w: not an application private message", ErrInvalidMessage)
 	}
-	st, err := m.secretTreeForEpoch()
-	if err != nil {
-		return 0, nil, err
-	}
-	ac, err := g.CipherSuite().DecryptPrivateMessage(st, m.secrets.SenderDataSecret, msg.PrivateMessage)
+	var ac *AuthenticatedContent
+	err := m.withSecretTree(func(st *SecretTree) error {
+		var err error
+		ac, err = g.CipherSuite().DecryptPrivateMessage(st, m.secrets.SenderDataSecret, msg.PrivateMessage)
+		return err
+	})
 	if err != nil {
 		return 0, nil, err
 	}

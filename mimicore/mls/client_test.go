@@ -46,11 +46,26 @@ func newTestClient(tb testing.TB, cs CipherSuite, name string) *testClient {
 }
 
 func (c *testClient) join(tb testing.TB, w *MLSMessage) *Member {
-	m, err := JoinFromWelcome(reencode(tb, w).Welcome, c.kp, c.initPriv, c.leafPriv, c.signer, nil, nil)
+	m, err := JoinFromWelcome(reencode(tb, w).Welcome, WelcomeOptions{KeyPackage: c.kp, InitKey: c.initPriv, LeafKey: c.leafPriv, Signer: c.signer})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return m
+}
+
+// follow has m apply a commit and returns m in the next epoch.
+func follow(tb testing.TB, m *Member, commit *MLSMessage, resolve ProposalResolver) *Member {
+	tb.Helper()
+	next, err := m.ApplyCommit(reencode(tb, commit), resolve)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return next
+}
+
+// groupOptions returns the options for c to create a group.
+func (c *testClient) groupOptions(cs CipherSuite, groupID string) GroupOptions {
+	return GroupOptions{CipherSuite: cs, GroupID: []byte(groupID), Leaf: &c.kp.LeafNode, LeafKey: c.leafPriv, Signer: c.signer}
 }
 
 // sameEpoch checks that members and the Delivery Service agree.
@@ -81,7 +96,7 @@ func TestClientsEndToEnd(t *testing.T) {
 
 func runEndToEnd(t *testing.T, cs CipherSuite) {
 	a, b, c := newTestClient(t, cs, "A"), newTestClient(t, cs, "B"), newTestClient(t, cs, "C")
-	alice, err := NewGroup(cs, []byte("e2e group"), &a.kp.LeafNode, a.leafPriv, a.signer, nil, nil)
+	alice, err := NewGroup(a.groupOptions(cs, "e2e group"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +151,7 @@ func runEndToEnd(t *testing.T, cs CipherSuite) {
 	}
 
 	// Epoch 2: B updates its leaf; C commits it by reference.
-	upd, err := bob.ProposeUpdate()
+	upd, bob, err := bob.ProposeUpdate()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,11 +173,8 @@ func runEndToEnd(t *testing.T, cs CipherSuite) {
 	if ds, _, err = ds.ApplyCommit(reencode(t, res.Commit), refsResolver(ustore)); err != nil {
 		t.Fatal(err)
 	}
-	for _, mb := range []*Member{alice, bob} {
-		if err := mb.ApplyCommit(reencode(t, res.Commit), refsResolver(ustore)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	alice = follow(t, alice, res.Commit, refsResolver(ustore))
+	bob = follow(t, bob, res.Commit, refsResolver(ustore))
 	carol = res.Next
 	sameEpoch(t, ds, alice, bob, carol)
 
@@ -192,10 +204,8 @@ func runEndToEnd(t *testing.T, cs CipherSuite) {
 	if ds, _, err = ds.ApplyCommit(reencode(t, res.Commit), refsResolver(store)); err != nil {
 		t.Fatal(err)
 	}
-	if err := carol.ApplyCommit(reencode(t, res.Commit), refsResolver(store)); err != nil {
-		t.Fatal(err)
-	}
-	if err := bob.ApplyCommit(reencode(t, res.Commit), refsResolver(store)); !errors.Is(err, ErrRemoved) {
+	carol = follow(t, carol, res.Commit, refsResolver(store))
+	if _, err := bob.ApplyCommit(reencode(t, res.Commit), refsResolver(store)); !errors.Is(err, ErrRemoved) {
 		t.Fatalf("removed member: %v", err)
 	}
 	alice = res.Next
@@ -212,12 +222,10 @@ func runEndToEnd(t *testing.T, cs CipherSuite) {
 	// A tampered membership tag is refused by members (not by the DS).
 	bad := reencode(t, res.Commit)
 	bad.PublicMessage.MembershipTag[0] ^= 1
-	if err := alice.ApplyCommit(bad, nil); !errors.Is(err, ErrInvalidMessage) {
+	if _, err := alice.ApplyCommit(bad, nil); !errors.Is(err, ErrInvalidMessage) {
 		t.Fatalf("bad membership tag: %v", err)
 	}
-	if err := alice.ApplyCommit(reencode(t, res.Commit), nil); err != nil {
-		t.Fatal(err)
-	}
+	alice = follow(t, alice, res.Commit, nil)
 	carol = res.Next
 	sameEpoch(t, ds, alice, carol)
 	ea, err := alice.Export("MIMI attachment", []byte("ctx"), 32)
@@ -235,7 +243,7 @@ func runEndToEnd(t *testing.T, cs CipherSuite) {
 func TestExternalJoin(t *testing.T) {
 	for _, cs := range []CipherSuite{1, 2} {
 		a, b, d := newTestClient(t, cs, "A"), newTestClient(t, cs, "B"), newTestClient(t, cs, "D")
-		alice, err := NewGroup(cs, []byte("external"), &a.kp.LeafNode, a.leafPriv, a.signer, nil, nil)
+		alice, err := NewGroup(a.groupOptions(cs, "external"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -255,7 +263,7 @@ func TestExternalJoin(t *testing.T) {
 		}
 		tmpl := d.kp.LeafNode
 		tmpl.Lifetime = Lifetime{}
-		commit, dave, err := JoinExternal(reencode(t, &MLSMessage{Version: MLS10, WireFormat: WireFormatGroupInfo, GroupInfo: gi}).GroupInfo, nil, tmpl, d.signer, nil)
+		commit, dave, err := JoinExternal(reencode(t, &MLSMessage{Version: MLS10, WireFormat: WireFormatGroupInfo, GroupInfo: gi}).GroupInfo, ExternalJoinOptions{Leaf: tmpl, Signer: d.signer})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -266,11 +274,7 @@ func TestExternalJoin(t *testing.T) {
 		if info.Committer.Type != SenderNewMemberCommit || info.CommitterLeaf != dave.LeafIndex() {
 			t.Fatalf("committer %+v leaf %d", info.Committer, info.CommitterLeaf)
 		}
-		for _, m := range []*Member{alice, bob} {
-			if err := m.ApplyCommit(reencode(t, commit), nil); err != nil {
-				t.Fatal(err)
-			}
-		}
+		alice, bob = follow(t, alice, commit, nil), follow(t, bob, commit, nil)
 		sameEpoch(t, ds, dave, alice, bob)
 		msg, err := dave.Protect([]byte("hi from D"), nil)
 		if err != nil {

@@ -89,3 +89,15 @@ func (c *Credential) Equal(o *Credential) bool {
 	}
 	return true
 }
+
+// clone returns a deep copy of c.
+func (c *Credential) clone() Credential {
+	out := Credential{Type: c.Type, Identity: cloneBytes(c.Identity), Data: cloneBytes(c.Data)}
+	if c.Certificates != nil {
+		out.Certificates = make([][]byte, len(c.Certificates))
+		for i, d := range c.Certificates {
+			out.Certificates[i] = cloneBytes(d)
+		}
+	}
+	return out
+}

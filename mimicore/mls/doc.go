@@ -29,18 +29,50 @@
 //	err = g.CheckMessage(m)                        // application PrivateMessages
 //	blob, err := g.MarshalBinary()                 // storage; mls.DecodeGroupState(blob)
 //
-// GroupState values are immutable and share their tree copy-on-write, so
-// applying a commit costs O(log n) in the group size, and keeping the
-// previous state costs little. The Delivery Service serialises commits per
-// group: the first valid commit for an epoch wins, and any other handshake
-// for that epoch then fails with ErrStaleEpoch against the new state.
+// # Values, not mutation
 //
-// # Clients
+// The package has one convention: its stateful types are immutable values,
+// and every operation that moves a group on returns a new value and leaves
+// its receiver as it was. GroupState.ApplyCommit returns the next
+// GroupState; Member.ApplyCommit, Member.Commit (CommitResult.Next) and
+// Member.ProposeUpdate return the next Member; on error nothing changed.
+// Accessors hand out copies (GroupID, TreeHash, the transcript hashes,
+// ConfirmationTag, GroupContext, Tree.RatchetTree, Member.EpochAuthenticator)
+// or read-only views: GroupState.Member and Tree.Leaf return a LeafView, a
+// single pointer whose lookups and comparisons allocate nothing. Messages
+// and CommitInfo values a method returns share no memory with any state.
 //
-// Member joins from a Welcome (JoinFromWelcome) or creates a group
-// (NewGroup), processes commits, creates commits with an UpdatePath and a
-// Welcome, and protects application messages; it is the basis of the
-// project's Go test client.
+// For GroupState this is what the Delivery Service needs: one state per
+// group shared by concurrent readers, the tree shared copy-on-write between
+// epochs, so applying a commit costs O(log n) in the group size and keeping
+// the previous state costs little. The Delivery Service serialises commits
+// per group: the first valid commit for an epoch wins, and any other
+// handshake for that epoch then fails with ErrStaleEpoch against the new
+// state.
+//
+// Member follows the same convention, although one caller owns it, because
+// a client must keep its current epoch until the Delivery Service accepted
+// its own commit (Commit always worked this way) and must be able to drop
+// a commit that fails half way; one rule for both types also means no call
+// site has to know which kind of ApplyCommit it holds. The exception is the
+// epoch's secret tree: message keys may be used once (RFC 9420 §9.2), so
+// Protect and Unprotect consume keys of a secret tree that all Member
+// values of one epoch share under a lock. Copying it per value would let
+// two values encrypt under the same key and nonce.
+//
+// # One package
+//
+// The client half (Member, Welcome processing, TreeKEM private keys, the
+// secret tree) stays in this package rather than in a mls/client package:
+// a Member is a GroupState plus secrets, and creating or following a commit
+// works on the unexported parts of the state (the writable next state,
+// proposal application, leaf indexes, UpdatePath generation and path
+// secret decryption, the suite's HPKE and MAC primitives). A separate
+// package would have to export those internals, which would widen the
+// surface the Delivery Service stands on instead of narrowing it. The
+// split is by file instead: state.go, apply.go, proposals.go, tree*.go for
+// the public state; member.go, client.go, external.go, join.go,
+// treekem.go, pathgen.go and secrettree.go for the client.
 //
 // Unknown extension types and GREASE values are carried verbatim. RFC 9420
 // gives no body encoding for proposal and credential types it does not

@@ -7,18 +7,36 @@ import (
 	"fmt"
 )
 
+// ExternalJoinOptions says who joins with JoinExternal and how.
+type ExternalJoinOptions struct {
+	// Leaf is the joiner's leaf node template: credential, capabilities
+	// and extensions. Its encryption key, source, lifetime, parent hash
+	// and signature are filled in. It is copied.
+	Leaf LeafNode
+	// Signer holds the private key of Leaf.SignatureKey. Required.
+	Signer crypto.Signer
+	// RatchetTree is the group's ratchet tree when the GroupInfo does not
+	// carry it in its ratchet_tree extension; nil otherwise.
+	RatchetTree RatchetTree
+	// PSKs resolves the external PSKs later commits name; nil when the
+	// group uses none.
+	PSKs PSKLookup
+}
+
 // JoinExternal joins a group with an external commit (RFC 9420
-// §12.4.3.2) from a GroupInfo carrying the external_pub extension. rt is
-// the ratchet tree when it is not in the GroupInfo. leaf is the joiner's
-// leaf node template (credential, capabilities, extensions); its keys,
-// source, parent hash and signature are filled in. It returns the commit
-// to send and the joiner as it will be once the commit is accepted.
-func JoinExternal(gi *GroupInfo, rt RatchetTree, leaf LeafNode, signer crypto.Signer, psks PSKLookup) (*MLSMessage, *Member, error) {
-	g, err := NewGroupState(gi, rt)
+// §12.4.3.2) from a GroupInfo carrying the external_pub extension. It
+// returns the commit to send and the joiner as it will be once the
+// Delivery Service accepted the commit.
+func JoinExternal(gi *GroupInfo, opts ExternalJoinOptions) (*MLSMessage, *Member, error) {
+	signer := opts.Signer
+	if signer == nil {
+		return nil, nil, errors.New("joining externally: signer is required")
+	}
+	g, err := NewGroupState(gi, opts.RatchetTree)
 	if err != nil {
 		return nil, nil, fmt.Errorf("joining externally: %w", err)
 	}
-	leaf = *leaf.clone()
+	leaf := *opts.Leaf.clone()
 	s := g.s
 	extPub, err := gi.Extensions.ExternalPub()
 	if err != nil {
@@ -72,7 +90,7 @@ func JoinExternal(gi *GroupInfo, rt RatchetTree, leaf LeafNode, signer crypto.Si
 	if err != nil {
 		return nil, nil, fmt.Errorf("joining externally: %w", err)
 	}
-	newLeaf := n.tree.Leaf(idx)
+	newLeaf := n.tree.leaf(idx)
 	if err := n.validateLeaf(newLeaf, idx, SourceCommit, nil); err != nil {
 		return nil, nil, fmt.Errorf("joining externally: our leaf: %w", err)
 	}
@@ -89,21 +107,20 @@ func JoinExternal(gi *GroupInfo, rt RatchetTree, leaf LeafNode, signer crypto.Si
 	if err != nil {
 		return nil, nil, err
 	}
-	if n.ctx.TreeHash, err = n.tree.TreeHash(); err != nil {
+	if n.ctx.TreeHash, err = n.tree.rootHash(); err != nil {
 		return nil, nil, err
 	}
 	n.ctx.Epoch++
 	n.ctx.ConfirmedTranscriptHash = confirmed
-	m := &Member{leaf: idx, signer: signer, psks: psks, resumption: map[uint64][]byte{}}
+	joiner := &Member{leaf: idx, signer: signer, psks: opts.PSKs}
 	secrets, err := g.CipherSuite().DeriveEpochSecrets(initSecret, np.commitSecret, nil, &n.ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	pm.Auth.ConfirmationTag = s.mac(secrets.ConfirmationKey, confirmed)
-	n.confTag = pm.Auth.ConfirmationTag
+	n.confTag = cloneBytes(pm.Auth.ConfirmationTag)
 	if n.interim, err = s.interimTranscriptHash(confirmed, n.confTag); err != nil {
 		return nil, nil, err
 	}
-	m.advance(n, np.keys, secrets)
-	return &MLSMessage{Version: MLS10, WireFormat: WireFormatPublicMessage, PublicMessage: pm}, m, nil
+	return &MLSMessage{Version: MLS10, WireFormat: WireFormatPublicMessage, PublicMessage: pm}, joiner.successor(n, np.keys, secrets), nil
 }

@@ -94,7 +94,7 @@ func buildTestGroup(tb testing.TB, cs CipherSuite, n uint32, exts Extensions) *t
 		if err != nil {
 			tb.Fatal(err)
 		}
-		l := *tree.Leaf(i)
+		l := *tree.leaf(i)
 		l.Source, l.ParentHash = SourceCommit, ph
 		if err := l.Sign(cs, tg.signers[i], groupID, i); err != nil {
 			tb.Fatal(err)
@@ -148,7 +148,7 @@ func (tg *testGroup) commit(tb testing.TB, committer uint32, proposals []Proposa
 		for _, a := range info.Added {
 			excluded = append(excluded, a.Leaf)
 		}
-		leaf := *n.tree.Leaf(committer)
+		leaf := *n.tree.leaf(committer)
 		np, err := n.tree.generateUpdatePath(committer, leaf, tg.signers[committer], g.ctx.GroupID, excluded,
 			func(th []byte) ([]byte, error) {
 				pc := n.ctx.clone()

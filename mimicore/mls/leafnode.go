@@ -177,20 +177,18 @@ func (l *LeafNode) clone() *LeafNode {
 	c.ParentHash = cloneBytes(l.ParentHash)
 	c.Signature = cloneBytes(l.Signature)
 	c.Extensions = l.Extensions.clone()
-	c.Credential.Identity = cloneBytes(l.Credential.Identity)
-	c.Credential.Data = cloneBytes(l.Credential.Data)
-	if l.Credential.Certificates != nil {
-		c.Credential.Certificates = make([][]byte, len(l.Credential.Certificates))
-		for i, d := range l.Credential.Certificates {
-			c.Credential.Certificates[i] = cloneBytes(d)
-		}
-	}
-	c.Capabilities = Capabilities{
-		Versions:     append([]ProtocolVersion(nil), l.Capabilities.Versions...),
-		CipherSuites: append([]CipherSuite(nil), l.Capabilities.CipherSuites...),
-		Extensions:   append([]ExtensionType(nil), l.Capabilities.Extensions...),
-		Proposals:    append([]ProposalType(nil), l.Capabilities.Proposals...),
-		Credentials:  append([]CredentialType(nil), l.Capabilities.Credentials...),
-	}
+	c.Credential = l.Credential.clone()
+	c.Capabilities = l.Capabilities.clone()
 	return &c
+}
+
+// clone returns a deep copy of c.
+func (c *Capabilities) clone() Capabilities {
+	return Capabilities{
+		Versions:     append([]ProtocolVersion(nil), c.Versions...),
+		CipherSuites: append([]CipherSuite(nil), c.CipherSuites...),
+		Extensions:   append([]ExtensionType(nil), c.Extensions...),
+		Proposals:    append([]ProposalType(nil), c.Proposals...),
+		Credentials:  append([]CredentialType(nil), c.Credentials...),
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"crypto/hpke"
 	"errors"
 	"fmt"
+	"maps"
+	"sync"
 )
 
 // ErrRemoved is returned by Member.ApplyCommit when the commit removes the
@@ -15,40 +17,83 @@ var ErrRemoved = errors.New("mls: removed from the group")
 // maxResumptionEpochs bounds how many past resumption PSKs a Member keeps.
 const maxResumptionEpochs = 16
 
-// Member is a client's view of a group: the public GroupState plus the
-// member's leaf, its tree private keys and the epoch secrets. It follows
-// the group passively (it joins from a Welcome and processes commits) and
-// can export secrets; it is what the project's Go test client builds on.
-// A Member is not safe for concurrent use.
+// Member is a client's view of a group at one epoch: the public
+// GroupState plus the member's leaf, its tree private keys and the epoch
+// secrets. It joins from a Welcome (JoinFromWelcome), creates a group
+// (NewGroup) or joins externally (JoinExternal), follows and makes commits,
+// and protects application messages; it is what the project's Go test
+// client builds on.
+//
+// Like GroupState, a Member is an immutable value: ApplyCommit, Commit and
+// ProposeUpdate return the next Member and leave the receiver as it was,
+// so a caller can keep the current Member until the Delivery Service
+// accepted a commit, and a failed step changes nothing. The one thing a
+// Member does not own alone is its epoch's secret tree: every message key
+// may be used once (RFC 9420 §9.2), so Protect and Unprotect consume keys
+// of a secret tree shared, under a lock, by every Member value of the same
+// epoch. A Member is safe for concurrent use.
 type Member struct {
 	state      *GroupState
 	leaf       uint32
 	signer     crypto.Signer
-	keys       pathKeys
-	secrets    *EpochSecrets
-	secretTree *SecretTree
+	keys       pathKeys      // never modified once the Member is returned
+	secrets    *EpochSecrets // never modified
+	epoch      *epochKeys    // shared by the Member values of this epoch
 	psks       PSKLookup
-	resumption map[uint64][]byte
+	resumption map[uint64][]byte // never modified once the Member is returned
 }
 
-// JoinFromWelcome joins a group as the holder of kp (RFC 9420 §12.4.3.1).
-// initPriv and leafPriv are the private keys of kp's init key and leaf
-// encryption key, signer its leaf's signature key (nil for a member that
-// only follows the group). rt is the ratchet tree when sent out of band,
-// else nil. psks resolves external PSKs.
-func JoinFromWelcome(w *Welcome, kp *KeyPackage, initPriv, leafPriv hpke.PrivateKey, signer crypto.Signer, rt RatchetTree, psks PSKLookup) (*Member, error) {
-	res, err := ProcessWelcome(w, kp, initPriv, psks)
+// epochKeys holds the secret tree of one epoch, built on first use. Its
+// ratchets move forward with every message protected or opened, whichever
+// Member value of the epoch does it, so that no key is used twice.
+type epochKeys struct {
+	mu   sync.Mutex
+	tree *SecretTree
+}
+
+// WelcomeOptions says who joins with JoinFromWelcome and how.
+type WelcomeOptions struct {
+	// KeyPackage is the joiner's KeyPackage, the one the Welcome was made
+	// for. Required.
+	KeyPackage *KeyPackage
+	// InitKey is the private key of KeyPackage.InitKey. Required.
+	InitKey hpke.PrivateKey
+	// LeafKey is the private key of KeyPackage.LeafNode.EncryptionKey.
+	// Required.
+	LeafKey hpke.PrivateKey
+	// Signer holds the private key of KeyPackage.LeafNode.SignatureKey. It
+	// may be nil for a member that only follows the group: such a member
+	// cannot propose, commit, protect messages or sign a GroupInfo.
+	Signer crypto.Signer
+	// RatchetTree is the group's ratchet tree when it was sent out of band;
+	// nil when the GroupInfo carries it in its ratchet_tree extension.
+	RatchetTree RatchetTree
+	// PSKs resolves the external PSKs the Welcome and later commits name.
+	// It may be nil when the group uses none; resumption PSKs of this
+	// group are known to the Member.
+	PSKs PSKLookup
+}
+
+// JoinFromWelcome joins a group as the holder of opts.KeyPackage (RFC 9420
+// §12.4.3.1).
+func JoinFromWelcome(w *Welcome, opts WelcomeOptions) (*Member, error) {
+	kp := opts.KeyPackage
+	if kp == nil || opts.InitKey == nil || opts.LeafKey == nil {
+		return nil, errors.New("joining: key package, init key and leaf key are required")
+	}
+	res, err := ProcessWelcome(w, kp, opts.InitKey, opts.PSKs)
 	if err != nil {
 		return nil, err
 	}
-	g, err := NewGroupState(&res.GroupInfo, rt)
+	g, err := NewGroupState(&res.GroupInfo, opts.RatchetTree)
 	if err != nil {
 		return nil, fmt.Errorf("joining: %w", err)
 	}
-	m := &Member{state: g, signer: signer, keys: pathKeys{}, secrets: res.Secrets, psks: psks, resumption: map[uint64][]byte{}}
-	m.keys[string(kp.LeafNode.EncryptionKey)] = leafPriv
+	m := &Member{state: g, signer: opts.Signer, keys: pathKeys{}, secrets: res.Secrets, epoch: &epochKeys{},
+		psks: opts.PSKs, resumption: map[uint64][]byte{}}
+	m.keys[string(kp.LeafNode.EncryptionKey)] = opts.LeafKey
 	self, ok := g.LeafBySignatureKey(kp.LeafNode.SignatureKey)
-	if !ok || !bytes.Equal(g.Member(self).EncryptionKey, kp.LeafNode.EncryptionKey) {
+	if !ok || !bytes.Equal(g.tree.leaf(self).EncryptionKey, kp.LeafNode.EncryptionKey) {
 		return nil, errors.New("joining: our leaf is not in the tree")
 	}
 	m.leaf = self
@@ -78,8 +123,8 @@ func (m *Member) State() *GroupState { return m.state }
 // LeafIndex returns the member's leaf index.
 func (m *Member) LeafIndex() uint32 { return m.leaf }
 
-// EpochAuthenticator returns the current epoch_authenticator.
-func (m *Member) EpochAuthenticator() []byte { return m.secrets.EpochAuthenticator }
+// EpochAuthenticator returns a copy of the current epoch_authenticator.
+func (m *Member) EpochAuthenticator() []byte { return cloneBytes(m.secrets.EpochAuthenticator) }
 
 // Export is the MLS-Exporter of the current epoch (RFC 9420 §8.5).
 func (m *Member) Export(label string, context []byte, length uint16) ([]byte, error) {
@@ -106,39 +151,37 @@ func (m *Member) checkMembershipTag(msg *MLSMessage) error {
 	return nil
 }
 
-// ApplyCommit processes a PublicMessage commit from another member: the
-// public checks of GroupState.ApplyCommit, the membership tag, the path
-// secret decryption, the key schedule and the confirmation tag. On error
-// the member is unchanged; ErrRemoved means the commit removed us.
-func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) error {
+// ApplyCommit processes a PublicMessage commit from another member and
+// returns the member in the next epoch: the public checks of
+// GroupState.ApplyCommit, the membership tag, the path secret decryption,
+// the key schedule and the confirmation tag. The receiver is never
+// modified; ErrRemoved means the commit removed us.
+func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) (*Member, error) {
 	if _, err := m.state.checkFraming(msg, ContentCommit); err != nil {
-		return fmt.Errorf("applying commit: %w", err)
+		return nil, fmt.Errorf("applying commit: %w", err)
 	}
 	if err := m.checkMembershipTag(msg); err != nil {
-		return fmt.Errorf("applying commit: %w", err)
+		return nil, fmt.Errorf("applying commit: %w", err)
 	}
 	n, info, err := m.state.ApplyCommit(msg, resolve)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, r := range info.Removed {
 		if r == m.leaf {
-			return ErrRemoved
+			return nil, ErrRemoved
 		}
 	}
 	if info.CommitterLeaf == m.leaf {
-		return errors.New("applying commit: cannot process our own commit without its pending state")
+		return nil, errors.New("applying commit: cannot process our own commit without its pending state")
 	}
 	cs := m.state.CipherSuite()
-	keys := make(pathKeys, len(m.keys))
-	for k, v := range m.keys {
-		keys[k] = v
-	}
+	keys := maps.Clone(m.keys)
 	var commitSecret []byte
 	if info.Path != nil {
 		ctx, err := marshal(&info.ProvisionalContext)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		var excluded []uint32
 		for _, a := range info.Added {
@@ -146,38 +189,45 @@ func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) error {
 		}
 		ps, nodes, err := n.tree.decryptPathSecret(info.CommitterLeaf, m.leaf, info.Path, excluded, keys, ctx)
 		if err != nil {
-			return fmt.Errorf("applying commit: %w", err)
+			return nil, fmt.Errorf("applying commit: %w", err)
 		}
 		if commitSecret, err = n.tree.derivePathKeys(ps, nodes, keys); err != nil {
-			return fmt.Errorf("applying commit: %w", err)
+			return nil, fmt.Errorf("applying commit: %w", err)
 		}
 	}
 	pskSecret, err := m.pskSecret(info.PSKs)
 	if err != nil {
-		return fmt.Errorf("applying commit: %w", err)
+		return nil, fmt.Errorf("applying commit: %w", err)
 	}
 	initSecret := m.secrets.InitSecret
 	if info.ExternalInit != nil {
 		if initSecret, err = m.externalInitSecret(info.ExternalInit); err != nil {
-			return fmt.Errorf("applying commit: %w", err)
+			return nil, fmt.Errorf("applying commit: %w", err)
 		}
 	}
 	secrets, err := cs.DeriveEpochSecrets(initSecret, commitSecret, pskSecret, &n.ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !n.s.verifyMAC(secrets.ConfirmationKey, n.ctx.ConfirmedTranscriptHash, info.ConfirmationTag) {
-		return fmt.Errorf("applying commit: %w: bad confirmation tag", ErrInvalidMessage)
+		return nil, fmt.Errorf("applying commit: %w: bad confirmation tag", ErrInvalidMessage)
 	}
-	m.advance(n, keys, secrets)
-	return nil
+	return m.successor(n, keys, secrets), nil
 }
 
-// advance moves the member to the next epoch.
-func (m *Member) advance(n *GroupState, keys pathKeys, secrets *EpochSecrets) {
-	m.state, m.keys, m.secrets, m.secretTree = n, keys, secrets, nil
-	m.resumption[n.Epoch()] = secrets.ResumptionPSK
-	delete(m.resumption, n.Epoch()-maxResumptionEpochs)
+// successor returns m moved to the epoch of state n, with the tree
+// private keys and epoch secrets of that epoch and a fresh secret tree.
+// keys and secrets must not be shared with anything the caller changes.
+func (m *Member) successor(n *GroupState, keys pathKeys, secrets *EpochSecrets) *Member {
+	next := &Member{state: n, leaf: m.leaf, signer: m.signer, keys: keys, secrets: secrets, epoch: &epochKeys{},
+		psks: m.psks, resumption: make(map[uint64][]byte, len(m.resumption)+1)}
+	for e, psk := range m.resumption {
+		if e+maxResumptionEpochs > n.Epoch() {
+			next.resumption[e] = psk
+		}
+	}
+	next.resumption[n.Epoch()] = secrets.ResumptionPSK
+	return next
 }
 
 // pskSecret resolves the PSKs a commit covers and chains them.
@@ -187,7 +237,7 @@ func (m *Member) pskSecret(ids []PreSharedKeyID) ([]byte, error) {
 		id := &ids[i]
 		var secret []byte
 		switch {
-		case id.Type == PSKResumption && bytes.Equal(id.PSKGroupID, m.state.GroupID()):
+		case id.Type == PSKResumption && bytes.Equal(id.PSKGroupID, m.state.ctx.GroupID):
 			var ok bool
 			if secret, ok = m.resumption[id.PSKEpoch]; !ok {
 				return nil, fmt.Errorf("resumption psk of epoch %d unknown", id.PSKEpoch)

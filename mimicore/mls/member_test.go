@@ -61,7 +61,7 @@ func runPassiveClient(t *testing.T, i int, tc *passiveCase) {
 		}
 		return nil, errors.New("unknown psk")
 	}
-	m, err := JoinFromWelcome(wMsg.Welcome, kpMsg.KeyPackage, initPriv, leafPriv, nil, rt, psks)
+	m, err := JoinFromWelcome(wMsg.Welcome, WelcomeOptions{KeyPackage: kpMsg.KeyPackage, InitKey: initPriv, LeafKey: leafPriv, RatchetTree: rt, PSKs: psks})
 	if err != nil {
 		t.Fatalf("case %d: %v", i, err)
 	}
@@ -86,7 +86,7 @@ func runPassiveClient(t *testing.T, i int, tc *passiveCase) {
 			t.Fatalf("case %d epoch %d: %v", i, e, err)
 		}
 		before := m.State()
-		err = m.ApplyCommit(cm, func(ref []byte) (*AuthenticatedContent, error) {
+		m, err = m.ApplyCommit(cm, func(ref []byte) (*AuthenticatedContent, error) {
 			if ac, ok := stored[string(ref)]; ok {
 				return ac, nil
 			}

@@ -15,7 +15,7 @@ var ErrInvalidPath = errors.New("mls: invalid update path")
 // whose parent_hash must chain to them, replaces the sender's. The leaf
 // node itself is validated by the caller. t must be writable.
 func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath) error {
-	if sender >= t.leaves || t.Leaf(sender) == nil {
+	if sender >= t.leaves || t.leaf(sender) == nil {
 		return fmt.Errorf("%w: sender leaf %d is blank", ErrInvalidPath, sender)
 	}
 	if path.LeafNode.Source != SourceCommit {

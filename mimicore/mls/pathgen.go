@@ -26,7 +26,7 @@ type newPath struct {
 // merge.
 func (t *Tree) generateUpdatePath(sender uint32, leaf LeafNode, signer crypto.Signer, groupID []byte, excluded []uint32, context func(treeHash []byte) ([]byte, error)) (*newPath, error) {
 	s := t.s
-	if sender >= t.leaves || t.Leaf(sender) == nil {
+	if sender >= t.leaves || t.leaf(sender) == nil {
 		return nil, fmt.Errorf("%w: sender leaf %d is blank", ErrInvalidPath, sender)
 	}
 	leafSecret := make([]byte, s.nh)
@@ -79,7 +79,7 @@ func (t *Tree) generateUpdatePath(sender uint32, leaf LeafNode, signer crypto.Si
 		return nil, err
 	}
 	t.setLeaf(sender, &leaf)
-	th, err := t.TreeHash()
+	th, err := t.rootHash()
 	if err != nil {
 		return nil, err
 	}
@@ -87,9 +87,11 @@ func (t *Tree) generateUpdatePath(sender uint32, leaf LeafNode, signer crypto.Si
 	if err != nil {
 		return nil, err
 	}
-	path := &UpdatePath{LeafNode: leaf, Nodes: make([]UpdatePathNode, len(fdp))}
+	// The path goes out in a message the caller owns: it shares nothing
+	// with the tree.
+	path := &UpdatePath{LeafNode: *leaf.clone(), Nodes: make([]UpdatePathNode, len(fdp))}
 	for i := range fdp {
-		path.Nodes[i].EncryptionKey = pubs[i]
+		path.Nodes[i].EncryptionKey = cloneBytes(pubs[i])
 		for _, r := range t.resolution(copath[i], nil) {
 			if level(r) == 0 && contains(excluded, r/2) {
 				continue

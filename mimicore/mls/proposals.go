@@ -28,7 +28,7 @@ func (g *GroupState) senderSignatureKey(ac *AuthenticatedContent) ([]byte, error
 	c := &ac.Content
 	switch c.Sender.Type {
 	case SenderMember:
-		l := g.tree.Leaf(c.Sender.Index)
+		l := g.tree.leaf(c.Sender.Index)
 		if l == nil {
 			return nil, fmt.Errorf("sender leaf %d is not a member", c.Sender.Index)
 		}
@@ -182,7 +182,7 @@ func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inEx
 		if sender.Type != SenderMember {
 			return fmt.Errorf("%w: update from a non-member", ErrInvalidProposal)
 		}
-		old := g.tree.Leaf(sender.Index)
+		old := g.tree.leaf(sender.Index)
 		if old == nil {
 			return fmt.Errorf("%w: update from blank leaf %d", ErrInvalidProposal, sender.Index)
 		}
@@ -192,7 +192,7 @@ func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inEx
 			}
 		}
 	case ProposalRemove:
-		if g.tree.Leaf(p.Removed) == nil {
+		if g.tree.leaf(p.Removed) == nil {
 			return fmt.Errorf("%w: remove of blank leaf %d", ErrInvalidProposal, p.Removed)
 		}
 	case ProposalPSK:
@@ -217,7 +217,7 @@ func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inEx
 		}
 	default:
 		for i := range g.tree.leaves {
-			if l := g.tree.Leaf(i); l != nil && !contains(l.Capabilities.Proposals, p.Type) {
+			if l := g.tree.leaf(i); l != nil && !contains(l.Capabilities.Proposals, p.Type) {
 				return fmt.Errorf("%w: member %d does not support proposal type %d", ErrInvalidProposal, i, p.Type)
 			}
 		}

@@ -125,14 +125,20 @@ func ratchetFor(ct ContentType) RatchetType {
 }
 
 // EncryptPrivateMessage protects member content as a PrivateMessage (RFC
-// 9420 §6.3). The content's sender must be a member; its signature (over
+// 9420 §6.3), the inverse of DecryptPrivateMessage. ac's wire format must
+// be PrivateMessage and its sender a member; its signature (over
 // FramedContentTBS with the PrivateMessage wire format) and, for commits,
-// confirmation tag must already be in auth. padding zero bytes are added.
-func (cs CipherSuite) EncryptPrivateMessage(st *SecretTree, senderDataSecret []byte, c *FramedContent, auth *FramedContentAuthData, padding int) (*PrivateMessage, error) {
+// confirmation tag must already be in ac.Auth. padding zero bytes are
+// added.
+func (cs CipherSuite) EncryptPrivateMessage(st *SecretTree, senderDataSecret []byte, ac *AuthenticatedContent, padding int) (*PrivateMessage, error) {
 	s, err := cs.params()
 	if err != nil {
 		return nil, err
 	}
+	if ac.WireFormat != WireFormatPrivateMessage {
+		return nil, fmt.Errorf("encrypting private message: wire format %d", ac.WireFormat)
+	}
+	c, auth := &ac.Content, &ac.Auth
 	if c.Sender.Type != SenderMember {
 		return nil, errors.New("encrypting private message: sender is not a member")
 	}

@@ -133,7 +133,7 @@ func TestMessageProtectionVectors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pm, err := cs.EncryptPrivateMessage(newTree(), tc.SenderDataSecret, &ac.Content, &ac.Auth, 7)
+			pm, err := cs.EncryptPrivateMessage(newTree(), tc.SenderDataSecret, ac, 7)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -105,7 +105,7 @@ func NewGroupState(gi *GroupInfo, rt RatchetTree) (*GroupState, error) {
 // caller: it checks the tree hash and the context's extensions and builds
 // the indexes.
 func newStateFromParts(s *suite, ctx GroupContext, tree *Tree, interim, confTag []byte) (*GroupState, error) {
-	th, err := tree.TreeHash()
+	th, err := tree.rootHash()
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func newStateFromParts(s *suite, ctx GroupContext, tree *Tree, interim, confTag 
 	g := &GroupState{s: s, ctx: ctx, tree: tree, interim: interim, confTag: confTag,
 		credUse: make(map[CredentialType]uint32), credSup: make(map[CredentialType]uint32)}
 	for i := range tree.leaves {
-		if l := tree.Leaf(i); l != nil {
+		if l := tree.leaf(i); l != nil {
 			g.index(i, l, true)
 		}
 	}
@@ -175,8 +175,8 @@ func (g *GroupState) next() *GroupState {
 // CipherSuite returns the group's cipher suite.
 func (g *GroupState) CipherSuite() CipherSuite { return g.ctx.CipherSuite }
 
-// GroupID returns the group ID. The slice must not be modified.
-func (g *GroupState) GroupID() []byte { return g.ctx.GroupID }
+// GroupID returns a copy of the group ID.
+func (g *GroupState) GroupID() []byte { return cloneBytes(g.ctx.GroupID) }
 
 // Epoch returns the current epoch.
 func (g *GroupState) Epoch() uint64 { return g.ctx.Epoch }
@@ -187,24 +187,29 @@ func (g *GroupState) GroupContext() GroupContext { return g.ctx.clone() }
 // Tree returns the current ratchet tree. It must not be modified.
 func (g *GroupState) Tree() *Tree { return g.tree }
 
-// TreeHash returns the tree hash of the current tree.
-func (g *GroupState) TreeHash() []byte { return g.ctx.TreeHash }
+// TreeHash returns a copy of the tree hash of the current tree.
+func (g *GroupState) TreeHash() []byte { return cloneBytes(g.ctx.TreeHash) }
 
-// ConfirmedTranscriptHash returns the current confirmed transcript hash.
-func (g *GroupState) ConfirmedTranscriptHash() []byte { return g.ctx.ConfirmedTranscriptHash }
+// ConfirmedTranscriptHash returns a copy of the current confirmed
+// transcript hash.
+func (g *GroupState) ConfirmedTranscriptHash() []byte {
+	return cloneBytes(g.ctx.ConfirmedTranscriptHash)
+}
 
-// InterimTranscriptHash returns the current interim transcript hash.
-func (g *GroupState) InterimTranscriptHash() []byte { return g.interim }
+// InterimTranscriptHash returns a copy of the current interim transcript
+// hash.
+func (g *GroupState) InterimTranscriptHash() []byte { return cloneBytes(g.interim) }
 
-// ConfirmationTag returns the confirmation tag of the commit that started
-// the current epoch (or of the GroupInfo the state was built from).
-func (g *GroupState) ConfirmationTag() []byte { return g.confTag }
+// ConfirmationTag returns a copy of the confirmation tag of the commit that
+// started the current epoch (or of the GroupInfo the state was built from).
+func (g *GroupState) ConfirmationTag() []byte { return cloneBytes(g.confTag) }
 
 // MemberCount returns the number of non-blank leaves.
 func (g *GroupState) MemberCount() uint32 { return g.members }
 
-// Member returns the leaf node of member i, or nil if the leaf is blank.
-func (g *GroupState) Member(i uint32) *LeafNode { return g.tree.Leaf(i) }
+// Member returns a read-only view of member i's leaf node, and false when
+// the leaf is blank or out of range. The view costs no allocation.
+func (g *GroupState) Member(i uint32) (LeafView, bool) { return g.tree.Leaf(i) }
 
 // LeafBySignatureKey returns the leaf index of the member with the given
 // signature key.
@@ -246,7 +251,7 @@ func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
 		for len(theirs) > 0 && theirs[len(theirs)-1] == nil {
 			theirs = theirs[:len(theirs)-1]
 		}
-		ours := g.tree.RatchetTree()
+		ours := g.tree.ratchetTree()
 		a, err := marshal(&ours)
 		if err != nil {
 			return err
@@ -259,7 +264,7 @@ func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
 			return fmt.Errorf("%w: ratchet_tree extension differs from the group's tree", ErrInvalidGroupInfo)
 		}
 	}
-	signer := g.tree.Leaf(gi.Signer)
+	signer := g.tree.leaf(gi.Signer)
 	if signer == nil {
 		return fmt.Errorf("%w: signer leaf %d is blank", ErrInvalidGroupInfo, gi.Signer)
 	}

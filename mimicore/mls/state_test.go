@@ -234,7 +234,8 @@ func TestProposalsByReference(t *testing.T) {
 	// An external sender removes leaf 3, member 2 updates its leaf, a new
 	// member proposes its own Add.
 	add(tg.proposal(t, Sender{Type: SenderExternal, Index: 0}, extSigner, &Proposal{Type: ProposalRemove, Removed: 3}))
-	upd := *tg.g.Member(2)
+	mv, _ := tg.g.Member(2)
+	upd := *mv.LeafNode()
 	_, upd.EncryptionKey, _ = cs.DeriveKeyPair(randomBytes(t, 32))
 	upd.Source, upd.ParentHash = SourceUpdate, nil
 	if err := upd.Sign(cs, tg.signers[2], tg.g.GroupID(), 2); err != nil {
@@ -261,14 +262,15 @@ func TestProposalsByReference(t *testing.T) {
 	if len(info.Proposals) != 3 || len(info.Added) != 1 || info.Added[0].Leaf != 3 || n.MemberCount() != 4 {
 		t.Fatalf("proposals %d added %+v members %d", len(info.Proposals), info.Added, n.MemberCount())
 	}
-	if !bytes.Equal(n.Member(2).EncryptionKey, upd.EncryptionKey) {
+	if nv, _ := n.Member(2); !nv.HasEncryptionKey(upd.EncryptionKey) {
 		t.Fatal("update not applied")
 	}
 	if err := n.tree.Validate(n.GroupID()); err != nil {
 		t.Fatal(err)
 	}
 	// The committer cannot cover its own update.
-	own := *tg.g.Member(0)
+	ov, _ := tg.g.Member(0)
+	own := *ov.LeafNode()
 	own.Source, own.ParentHash = SourceUpdate, nil
 	_, own.EncryptionKey, _ = cs.DeriveKeyPair(randomBytes(t, 32))
 	if err := own.Sign(cs, tg.signers[0], tg.g.GroupID(), 0); err != nil {

@@ -31,7 +31,7 @@ func (g *GroupState) MarshalBinary() ([]byte, error) {
 	g.ctx.MarshalWire(b)
 	wire.AddOpaque(b, g.interim)
 	wire.AddOpaque(b, g.confTag)
-	rt := g.tree.RatchetTree()
+	rt := g.tree.ratchetTree()
 	rt.MarshalWire(b)
 	out, err := b.Bytes()
 	if err != nil {

@@ -103,9 +103,16 @@ func (t *Tree) node(x uint32) *Node {
 	return nil
 }
 
-// Leaf returns the leaf node at leaf index i, or nil when it is blank or out
-// of range.
-func (t *Tree) Leaf(i uint32) *LeafNode {
+// Leaf returns a read-only view of the leaf at index i, and false when it
+// is blank or out of range.
+func (t *Tree) Leaf(i uint32) (LeafView, bool) {
+	l := t.leaf(i)
+	return LeafView{l}, l != nil
+}
+
+// leaf returns the leaf node at leaf index i, or nil when it is blank or out
+// of range. The node is the tree's own and must not be modified.
+func (t *Tree) leaf(i uint32) *LeafNode {
 	if i >= t.leaves {
 		return nil
 	}
@@ -367,7 +374,20 @@ func TreeFromRatchetTree(cs CipherSuite, rt RatchetTree) (*Tree, error) {
 }
 
 // RatchetTree returns the wire form of t with trailing blank nodes removed.
+// The nodes are deep copies, which the caller may keep and modify.
 func (t *Tree) RatchetTree() RatchetTree {
+	rt := t.ratchetTree()
+	for x, n := range rt {
+		if n != nil {
+			rt[x] = n.clone()
+		}
+	}
+	return rt
+}
+
+// ratchetTree is RatchetTree without copying the nodes, for encoding: the
+// nodes are the tree's own and must not be modified.
+func (t *Tree) ratchetTree() RatchetTree {
 	w := t.width()
 	for w > 0 && t.node(w-1) == nil {
 		w--

@@ -168,7 +168,7 @@ func TestTreeCountsInvariant(t *testing.T) {
 		}
 		want := tr.leaves
 		for i := range tr.leaves {
-			if tr.Leaf(i) == nil {
+			if tr.leaf(i) == nil {
 				want = i
 				break
 			}

@@ -10,12 +10,20 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// TreeHash returns the tree hash of the root (RFC 9420 §7.8). Hashes are
-// cached per node, so after a change only the changed path is rehashed. On
-// a tree that has been handed out the cache is filled lazily by the first
-// reader: callers sharing a Tree between goroutines call TreeHash once
-// before sharing it.
+// TreeHash returns a copy of the tree hash of the root (RFC 9420 §7.8).
+// Hashes are cached per node, so after a change only the changed path is
+// rehashed. The cache of a tree built by TreeFromRatchetTree is filled
+// lazily by its first hash, so callers sharing such a Tree between
+// goroutines call TreeHash once before sharing it; the tree of a
+// GroupState is always fully hashed.
 func (t *Tree) TreeHash() ([]byte, error) {
+	h, err := t.rootHash()
+	return cloneBytes(h), err
+}
+
+// rootHash returns the tree hash of the root, from the cache when it can.
+// The result is shared with the cache and must not be modified.
+func (t *Tree) rootHash() ([]byte, error) {
 	return t.treeHash(root(t.leaves))
 }
 

@@ -111,7 +111,7 @@ func TestTreeKEMVectorsPrivate(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				keys[string(tree.Leaf(lp.Index).EncryptionKey)] = priv
+				keys[string(tree.leaf(lp.Index).EncryptionKey)] = priv
 				for _, ps := range lp.PathSecrets {
 					if _, err := tree.derivePathKeys(ps.PathSecret, []uint32{ps.Node}, keys); err != nil {
 						t.Fatalf("case %d leaf %d: %v", i, lp.Index, err)

@@ -42,7 +42,7 @@ func (t *Tree) Validate(groupID []byte) error {
 	sigKeys := make(map[string]uint32)
 	encKeys := make(map[string]uint32)
 	for i := range t.leaves {
-		l := t.Leaf(i)
+		l := t.leaf(i)
 		if l == nil {
 			continue
 		}
@@ -58,7 +58,7 @@ func (t *Tree) Validate(groupID []byte) error {
 		}
 	}
 	for i := range t.leaves {
-		if l := t.Leaf(i); l != nil {
+		if l := t.leaf(i); l != nil {
 			for _, ct := range credTypes {
 				if !contains(l.Capabilities.Credentials, ct) {
 					return fmt.Errorf("%w: leaf %d does not support credential type %d in use", ErrInvalidTree, i, ct)
@@ -96,7 +96,7 @@ func (p *ParentNode) encryptionKeyOr(l *LeafNode) []byte {
 // checkUnmerged checks the unmerged leaves of parent node x.
 func (t *Tree) checkUnmerged(x uint32, p *ParentNode) error {
 	for k, l := range p.UnmergedLeaves {
-		if l >= t.leaves || !isInSubtree(leafNode(l), x) || t.Leaf(l) == nil {
+		if l >= t.leaves || !isInSubtree(leafNode(l), x) || t.leaf(l) == nil {
 			return fmt.Errorf("%w: node %d: unmerged leaf %d is blank or not below it", ErrInvalidTree, x, l)
 		}
 		if contains(p.UnmergedLeaves[:k], l) {
@@ -126,7 +126,7 @@ func (g *GroupState) checkContextExtensions(exts Extensions) error {
 		return err
 	}
 	for i := range g.tree.leaves {
-		l := g.tree.Leaf(i)
+		l := g.tree.leaf(i)
 		if l == nil {
 			continue
 		}

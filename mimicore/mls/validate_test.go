@@ -19,7 +19,7 @@ func TestTreeValidationRejects(t *testing.T) {
 		return tr
 	}
 	leafCopy := func(tr *Tree, i uint32) *LeafNode {
-		l := *tr.Leaf(i)
+		l := *tr.leaf(i)
 		return &l
 	}
 	parentCopy := func(tr *Tree, x uint32) *ParentNode {
@@ -47,12 +47,12 @@ func TestTreeValidationRejects(t *testing.T) {
 		}),
 		"duplicate signature key": mutate(func(tr *Tree) {
 			l := leafCopy(tr, 4)
-			l.SignatureKey = tr.Leaf(0).SignatureKey
+			l.SignatureKey = tr.leaf(0).SignatureKey
 			tr.setLeaf(4, l)
 		}),
 		"duplicate encryption key": mutate(func(tr *Tree) {
 			p := parentCopy(tr, 1)
-			p.EncryptionKey = tr.Leaf(5).EncryptionKey
+			p.EncryptionKey = tr.leaf(5).EncryptionKey
 			tr.set(1, &Node{Type: NodeParent, Parent: p})
 		}),
 		"unmerged leaf not below": mutate(func(tr *Tree) {
