@@ -27,6 +27,12 @@ func (b bodyKind) String() string {
 		"DSRequest then content (streamed)", "ProviderRequest", "TokenRequest"}[b]
 }
 
+// isMoH reports whether the body is a MoH request, the only kind a Privacy
+// Pass token can be required for.
+func (b bodyKind) isMoH() bool {
+	return b == bodyVerificationKey || b == bodyDSRequest || b == bodyUpload || b == bodyProviderRequest
+}
+
 // authKind is how a request to an endpoint is authenticated.
 type authKind uint8
 
@@ -175,7 +181,9 @@ func routeTable(requestPath string) []endpoint {
 func admissionEndpoints(eps []endpoint) []admission.Endpoint {
 	out := make([]admission.Endpoint, len(eps))
 	for i := range eps {
-		out[i] = admission.Endpoint{Name: eps[i].name, Kind: eps[i].admissionKind(), NotDefault: eps[i].notDefault}
+		ep := &eps[i]
+		out[i] = admission.Endpoint{Name: ep.name, Path: ep.path, Kind: ep.admissionKind(),
+			NotDefault: ep.notDefault, NoToken: !ep.body.isMoH()}
 	}
 	return out
 }

@@ -202,7 +202,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	}
 	g.ds = &ds.Service{}
 	g.inbound = &provider.Inbound{
-		Verifier: &provider.Verifier{Domains: g.Providers, Keys: serviceKeys{g.svc}},
+		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},
 		Replay:   g.svc.Store(),
 	}
 	return g.provisionPolicy(ctx, fetch)

@@ -180,21 +180,18 @@ type PeerList struct {
 	Deny []string `json:"deny,omitempty"`
 }
 
-// Defaults and values of the policy configuration.
+// Values of the policy configuration.
 const (
-	defaultRequestPath = "/token-request"
-	overLimitRefuse    = "refuse"
-	overLimitToken     = "token"
-	contextRandom      = "random"
-	contextWindow      = "window"
-	// maxZoneRate bounds events per second, a sanity limit on typos.
-	maxZoneRate = 1e9
+	overLimitRefuse = "refuse"
+	overLimitToken  = "token"
+	contextRandom   = "random"
+	contextWindow   = "window"
 )
 
 // requestPath returns the issuer's configured request path or its default.
 func (is *TokenIssuer) requestPath() string {
 	if is.RequestPath == "" {
-		return defaultRequestPath
+		return admission.DefaultRequestPath
 	}
 	return is.RequestPath
 }
@@ -207,56 +204,14 @@ func (g *Gateway) issuerPath() string {
 	return g.Issuer.requestPath()
 }
 
-// endpointName resolves a configured endpoint, a path or a name, to the
-// name of an endpoint of this gateway.
-func (g *Gateway) endpointName(s string) (string, error) {
-	for _, ep := range routeTable(g.issuerPath()) {
-		if s == ep.path || s == ep.name {
-			return ep.name, nil
-		}
-	}
-	return "", fmt.Errorf("%q is not an endpoint of this gateway", s)
-}
-
-// endpointNames resolves a list of configured endpoints; an endpoint listed
-// twice is an error.
-func (g *Gateway) endpointNames(list []string) ([]string, error) {
-	names := make([]string, 0, len(list))
-	for _, e := range list {
-		n, err := g.endpointName(e)
-		if err != nil {
-			return nil, err
-		}
-		if slices.Contains(names, n) {
-			return nil, fmt.Errorf("%q is listed twice", e)
-		}
-		names = append(names, n)
-	}
-	return names, nil
-}
-
 // zoneConfig converts a rate_limit block; every error names the bad value.
+// Endpoints stay as configured (paths or names): the policy resolves them.
 func (g *Gateway) zoneConfig(z *RateLimitZone) (admission.ZoneConfig, error) {
 	zc := admission.ZoneConfig{Name: z.Name, IPv4Prefix: z.IPv4Prefix, IPv6Prefix: z.IPv6Prefix,
-		Burst: z.Burst, MaxKeys: z.MaxKeys, OverLimitToken: z.OverLimit == overLimitToken}
-	switch z.Key {
-	case "":
-		return zc, errors.New("key is required")
-	case "remote_ip":
-		zc.Key = admission.KeyRemoteIP
-	case "ip_prefix":
-		zc.Key = admission.KeyIPPrefix
-	case "sender_provider":
-		zc.Key = admission.KeySender
-	case "group":
-		zc.Key = admission.KeyGroup
-	case "member":
-		zc.Key = admission.KeyMember
-	default:
-		if !strings.Contains(z.Key, "{") {
-			return zc, fmt.Errorf("key %q is not remote_ip, ip_prefix, sender_provider, group, member or a placeholder", z.Key)
-		}
-		zc.Key, zc.Template = admission.KeyPlaceholder, z.Key
+		Burst: z.Burst, MaxKeys: z.MaxKeys, Endpoints: z.Endpoints, OverLimitToken: z.OverLimit == overLimitToken}
+	var err error
+	if zc.Key, zc.Template, err = admission.ParseKey(z.Key); err != nil {
+		return zc, err
 	}
 	if z.Key != "ip_prefix" && (z.IPv4Prefix != 0 || z.IPv6Prefix != 0) {
 		return zc, fmt.Errorf("ipv4_prefix and ipv6_prefix apply only to key ip_prefix, not %q", z.Key)
@@ -268,9 +223,6 @@ func (g *Gateway) zoneConfig(z *RateLimitZone) (admission.ZoneConfig, error) {
 		return zc, fmt.Errorf("window %s must be positive", time.Duration(z.Window))
 	}
 	zc.Rate = float64(z.Events) / time.Duration(z.Window).Seconds()
-	if zc.Rate > maxZoneRate {
-		return zc, fmt.Errorf("rate %d/%s is above %g per second", z.Events, time.Duration(z.Window), float64(maxZoneRate))
-	}
 	if zc.Burst == 0 {
 		zc.Burst = z.Events
 	}
@@ -279,25 +231,18 @@ func (g *Gateway) zoneConfig(z *RateLimitZone) (admission.ZoneConfig, error) {
 	default:
 		return zc, fmt.Errorf("over_limit %q is not refuse or token", z.OverLimit)
 	}
-	if zc.OverLimitToken && g.PrivacyPass == nil {
-		return zc, errors.New("over_limit token needs a privacy_pass block")
-	}
-	names, err := g.endpointNames(z.Endpoints)
-	if err != nil {
-		return zc, fmt.Errorf("endpoints: %w", err)
-	}
-	zc.Endpoints = names
 	return zc, nil
 }
 
 // admissionConfig converts the policy options to the admission policy's
-// configuration, without the origin and issuer, which need files and the
-// network (provisionPolicy adds them).
+// configuration and validates it, without the origin and issuer, which
+// need files and the network (provisionPolicy adds them).
 func (g *Gateway) admissionConfig() (admission.Config, error) {
 	cfg := admission.Config{
-		Scope:     g.DataDir,
-		Endpoints: admissionEndpoints(routeTable(g.issuerPath())),
-		Logger:    g.logger,
+		Scope:       g.DataDir,
+		Endpoints:   admissionEndpoints(routeTable(g.issuerPath())),
+		PrivacyPass: g.PrivacyPass != nil,
+		Logger:      g.logger,
 	}
 	for _, z := range g.RateLimits {
 		if z == nil {
@@ -313,14 +258,13 @@ func (g *Gateway) admissionConfig() (admission.Config, error) {
 		if err := pp.validate(g.Issuer != nil); err != nil {
 			return cfg, fmt.Errorf("mimi: privacy_pass: %w", err)
 		}
-		names, err := g.endpointNames(pp.Require)
-		if err != nil {
-			return cfg, fmt.Errorf("mimi: privacy_pass require: %w", err)
-		}
-		cfg.RequireToken = names
+		cfg.RequireToken = pp.Require
 	}
 	if is := g.Issuer; is != nil {
-		if err := is.validate(); err != nil {
+		if len(is.KeyFiles) == 0 {
+			return cfg, errors.New("mimi: issuer: at least one key file is required")
+		}
+		if err := admission.ValidRequestPath(is.requestPath()); err != nil {
 			return cfg, fmt.Errorf("mimi: issuer: %w", err)
 		}
 		for _, ep := range endpointTable {
@@ -330,14 +274,6 @@ func (g *Gateway) admissionConfig() (admission.Config, error) {
 		}
 	}
 	if pl := g.Peers; pl != nil {
-		if len(pl.Allow) == 0 && len(pl.Deny) == 0 {
-			return cfg, errors.New("mimi: peers: allow or deny is required")
-		}
-		for _, d := range append(slices.Clone(pl.Allow), pl.Deny...) {
-			if !moh.ValidFQDN([]byte(d)) {
-				return cfg, fmt.Errorf("mimi: peers: %q is not a lowercase provider domain", d)
-			}
-		}
 		cfg.Peers = &admission.Peers{Allow: pl.Allow, Deny: pl.Deny}
 	}
 	if err := cfg.Validate(); err != nil {
@@ -409,13 +345,6 @@ func (g *Gateway) cleanupPolicy() error {
 // that challenges minted before a reload (context random) stay valid.
 var originPool = caddy.NewUsagePool()
 
-// pooledOrigin adapts an Origin to the pool.
-type pooledOrigin struct{ *admission.Origin }
-
-// Destruct implements caddy.Destructor: it stops the directory refresh when
-// the last config using the origin is unloaded.
-func (p pooledOrigin) Destruct() error { return p.Close() }
-
 // provisionOrigin loads the origin of the privacy_pass block from
 // originPool, building it on first use: keys from files, from the issuer
 // directory, or from the gateway's own issuer, and the store as spent-token
@@ -436,20 +365,8 @@ func (g *Gateway) provisionOrigin(ctx context.Context, fetch provider.FetchPolic
 	if len(keys) == 0 && pp.IssuerDirectory == "" && g.issuer != nil {
 		keys = g.issuer.Keys()
 	}
-	cfg := admission.OriginConfig{
-		OriginConfig: privacypass.OriginConfig{
-			IssuerName: pp.IssuerName,
-			OriginInfo: pp.OriginInfo,
-			Keys:       keys,
-			Lifetime:   time.Duration(pp.Lifetime),
-			Grease:     pp.Grease,
-			Spent:      g.svc.Store(),
-		},
-		DirectoryURL:     pp.IssuerDirectory,
-		DirectoryRefresh: time.Duration(pp.DirectoryRefresh),
-		Fetch:            fetch,
-		Logger:           g.logger,
-	}
+	cfg := pp.originConfig()
+	cfg.Keys, cfg.Spent, cfg.Fetch, cfg.Logger = keys, g.svc.Store(), fetch, g.logger
 	if len(cfg.OriginInfo) == 0 {
 		cfg.OriginInfo = []string{g.DSDomain}
 	}
@@ -478,16 +395,12 @@ func (g *Gateway) provisionOrigin(ctx context.Context, fetch provider.FetchPolic
 		return err
 	}
 	v, _, err := originPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		o, err := admission.NewOrigin(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-		return pooledOrigin{o}, nil
+		return admission.NewOrigin(ctx, cfg)
 	})
 	if err != nil {
 		return err
 	}
-	g.origin, g.originKey = v.(pooledOrigin).Origin, key
+	g.origin, g.originKey = v.(*admission.Origin), key
 	g.logger.Debug("privacy pass origin in use", zap.String("issuer_name", pp.IssuerName))
 	return nil
 }
@@ -514,36 +427,8 @@ func (g *Gateway) originPoolKey(cfg privacypass.OriginConfig) (string, error) {
 		ids.String()}, "\x00"), nil
 }
 
-// validate checks the issuer options that need no file.
-func (is *TokenIssuer) validate() error {
-	if len(is.KeyFiles) == 0 {
-		return errors.New("at least one key file is required")
-	}
-	p := is.requestPath()
-	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?#% \t") || p == privacypass.DirectoryPath {
-		return fmt.Errorf("request_path %q is not an absolute path without query", p)
-	}
-	return nil
-}
-
 // validate checks the privacy_pass options that need no file or network.
 func (pp *PrivacyPass) validate(haveIssuer bool) error {
-	if pp.IssuerName == "" {
-		return errors.New("issuer_name is required")
-	}
-	if err := provider.ValidateAuthority(pp.IssuerName); err != nil {
-		return fmt.Errorf("issuer_name %q: %w", pp.IssuerName, err)
-	}
-	for _, o := range pp.OriginInfo {
-		if o == "" || len(o) > 255 {
-			return fmt.Errorf("origin_info %q is not an origin name", o)
-		}
-		for _, c := range []byte(o) {
-			if c <= ' ' || c > '~' || c == ',' {
-				return fmt.Errorf("origin_info %q is not an origin name", o)
-			}
-		}
-	}
 	for _, k := range pp.TokenKeys {
 		if k.Type != 1 && k.Type != 2 {
 			return fmt.Errorf("token_key type %d is not 1 or 2", k.Type)
@@ -552,20 +437,12 @@ func (pp *PrivacyPass) validate(haveIssuer bool) error {
 			return errors.New("token_key: the key file is required")
 		}
 	}
-	if pp.IssuerDirectory != "" {
-		u, err := url.Parse(pp.IssuerDirectory)
-		if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.Fragment != "" {
-			return fmt.Errorf("issuer_directory %q is not an https URL", pp.IssuerDirectory)
-		}
+	oc := pp.originConfig()
+	if err := oc.Validate(); err != nil {
+		return err
 	}
 	if len(pp.TokenKeys) == 0 && pp.IssuerDirectory == "" && !haveIssuer {
 		return errors.New("token_key or issuer_directory is required (or an issuer block to use its keys)")
-	}
-	if r := time.Duration(pp.DirectoryRefresh); r != 0 && (r < minDirectoryRefresh || pp.IssuerDirectory == "") {
-		return fmt.Errorf("directory_refresh %s: needs issuer_directory and at least %s", r, minDirectoryRefresh)
-	}
-	if lt := time.Duration(pp.Lifetime); lt != 0 && (lt < time.Second || lt > 24*time.Hour) {
-		return fmt.Errorf("lifetime %s is outside 1s..24h", lt)
 	}
 	switch pp.Context {
 	case "", contextRandom:
@@ -579,5 +456,17 @@ func (pp *PrivacyPass) validate(haveIssuer bool) error {
 	return nil
 }
 
-// Limits of the privacy_pass options.
-const minDirectoryRefresh = time.Minute
+// originConfig is the origin configuration of the block, without keys,
+// secret, store and fetch policy.
+func (pp *PrivacyPass) originConfig() admission.OriginConfig {
+	return admission.OriginConfig{
+		OriginConfig: privacypass.OriginConfig{
+			IssuerName: pp.IssuerName,
+			OriginInfo: pp.OriginInfo,
+			Lifetime:   time.Duration(pp.Lifetime),
+			Grease:     pp.Grease,
+		},
+		DirectoryURL:     pp.IssuerDirectory,
+		DirectoryRefresh: time.Duration(pp.DirectoryRefresh),
+	}
+}

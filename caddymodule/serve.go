@@ -245,10 +245,6 @@ func (g *Gateway) serveProvider(x *exchange) {
 	writeAnswer(x.w, statusOf(moh.AnswerCode(answer)), answer)
 }
 
-// maxTokenRequest bounds a TokenRequest body: 3 bytes of header and a
-// blinded message of at most 256 bytes.
-const maxTokenRequest = 1 << 10
-
 // serveIssuerDirectory answers the issuer directory (RFC 9578 §4).
 func (g *Gateway) serveIssuerDirectory(x *exchange) {
 	dir := g.issuer.Directory()
@@ -270,7 +266,7 @@ func (g *Gateway) serveTokenRequest(x *exchange) {
 		g.refuseIssuance(x, http.StatusUnsupportedMediaType, "content type must be "+privacypass.MediaTypeTokenRequest)
 		return
 	}
-	body, err := g.readBody(x, maxTokenRequest, false)
+	body, err := g.readBody(x, admission.MaxTokenRequest, false)
 	if err != nil {
 		if moh.DSErrorOf(err).Code == moh.CodeTooLarge {
 			g.refuseIssuance(x, http.StatusRequestEntityTooLarge, "token request too large")
@@ -294,6 +290,9 @@ func (g *Gateway) serveTokenRequest(x *exchange) {
 
 // refuseIssuance answers an issuance error and logs it at debug level.
 func (g *Gateway) refuseIssuance(x *exchange, status int, msg string) {
+	if status != http.StatusUnprocessableEntity { // Issue counted its own refusals
+		g.issuer.CountRefusal()
+	}
 	h := x.w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
@@ -331,7 +330,7 @@ func (g *Gateway) refuse(x *exchange, err error) {
 	var refusal *admission.Refusal
 	if errors.As(err, &refusal) {
 		if refusal.RetryAfter > 0 {
-			x.w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(refusal.RetryAfter)))
+			x.w.Header().Set("Retry-After", strconv.Itoa(refusal.RetryAfterSeconds()))
 		}
 		if refusal.Challenge != "" {
 			x.w.Header().Set("WWW-Authenticate", refusal.Challenge)
@@ -340,11 +339,6 @@ func (g *Gateway) refuse(x *exchange, err error) {
 		g.logRefusal(x, code, err, false)
 	}
 	writeAnswer(x.w, statusOf(code), moh.ErrorAnswer(err))
-}
-
-// retryAfterSeconds rounds d up to whole seconds, at least one.
-func retryAfterSeconds(d time.Duration) int {
-	return max(int((d+time.Second-1)/time.Second), 1)
 }
 
 // logRefusal logs a refused request. Refusals of bad or unwelcome requests

@@ -2,11 +2,9 @@ package caddymodule
 
 import (
 	"context"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 )
 
@@ -24,26 +22,16 @@ import (
 // directive, not in global options.
 var servicePool = caddy.NewUsagePool()
 
-// pooledService adapts a Service to the pool.
-type pooledService struct{ *service.Service }
-
-// Destruct implements caddy.Destructor.
-func (p pooledService) Destruct() error { return p.Close() }
-
 // loadService returns the service of opts.DataDir, opening it on first use
 // and applying opts to a running one.
 func loadService(opts service.Options) (*service.Service, error) {
 	v, loaded, err := servicePool.LoadOrNew(opts.DataDir, func() (caddy.Destructor, error) {
-		s, err := service.Open(context.Background(), opts)
-		if err != nil {
-			return nil, err
-		}
-		return pooledService{s}, nil
+		return service.Open(context.Background(), opts)
 	})
 	if err != nil {
 		return nil, err
 	}
-	s := v.(pooledService).Service
+	s := v.(*service.Service)
 	if loaded {
 		if err := s.Apply(opts); err != nil {
 			servicePool.Delete(opts.DataDir) //nolint:errcheck // not ours to keep
@@ -51,13 +39,4 @@ func loadService(opts service.Options) (*service.Service, error) {
 		}
 	}
 	return s, nil
-}
-
-// serviceKeys is the provider.KeySource of a service: its current key
-// fetcher, which a reload with other federation options replaces.
-type serviceKeys struct{ svc *service.Service }
-
-// VerificationKey implements provider.KeySource.
-func (k serviceKeys) VerificationKey(ctx context.Context, domain string, keyID []byte, at time.Time) (*moh.VerificationKey, error) {
-	return k.svc.Fetcher().VerificationKey(ctx, domain, keyID, at)
 }
