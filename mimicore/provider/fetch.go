@@ -49,8 +49,9 @@ var (
 // FetchPolicy bounds how peers' keys are fetched. The zero value is the
 // production policy: public addresses on port 443 only, system roots.
 type FetchPolicy struct {
-	// AllowPrivate permits loopback, private, link-local and ULA addresses
-	// (examples and tests on one machine).
+	// AllowPrivate permits every address that is not globally reachable
+	// (loopback, private, link-local, ULA, CGNAT, documentation, NAT64 and
+	// the other ranges of nonPublic), for examples and tests on one machine.
 	AllowPrivate bool
 	// AllowedPorts lists the ports that may be dialed besides 443.
 	AllowedPorts []int
@@ -196,14 +197,65 @@ func (p FetchPolicy) control(_, address string, _ syscall.RawConn) error {
 	return nil
 }
 
-// cgnat is the shared address space of RFC 6598.
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+// nonPublic lists the ranges of the IANA IPv4 and IPv6 Special-Purpose
+// Address Registries that are not globally reachable, and the IPv6 forms
+// that embed an IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible, SIIT).
+// The embedding forms are refused outright rather than judged by their IPv4
+// part: a peer provider has no reason to be reached through a translator,
+// and the translator would take the fetch to whatever IPv4 address it names,
+// private ones included. publicAddr also refuses everything outside global
+// unicast (loopback, link-local, multicast, unspecified).
+var nonPublic = func() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range []string{
+		"0.0.0.0/8",       // "this network"
+		"10.0.0.0/8",      // private
+		"100.64.0.0/10",   // shared address space (CGNAT)
+		"127.0.0.0/8",     // loopback
+		"169.254.0.0/16",  // link-local
+		"172.16.0.0/12",   // private
+		"192.0.0.0/24",    // IETF protocol assignments
+		"192.0.2.0/24",    // documentation (TEST-NET-1)
+		"192.88.99.0/24",  // deprecated 6to4 relay anycast
+		"192.168.0.0/16",  // private
+		"198.18.0.0/15",   // benchmarking
+		"198.51.100.0/24", // documentation (TEST-NET-2)
+		"203.0.113.0/24",  // documentation (TEST-NET-3)
+		"224.0.0.0/4",     // multicast
+		"240.0.0.0/4",     // reserved, and the limited broadcast address
+		"::/96",           // unspecified, loopback, deprecated IPv4-compatible
+		"::ffff:0:0:0/96", // SIIT IPv4-translated
+		"64:ff9b::/96",    // NAT64 well-known prefix
+		"64:ff9b:1::/48",  // local-use IPv4/IPv6 translation
+		"100::/64",        // discard-only
+		"2001::/23",       // IETF protocol assignments: Teredo, benchmarking, ORCHID, ...
+		"2001:db8::/32",   // documentation
+		"2002::/16",       // 6to4
+		"3fff::/20",       // documentation
+		"5f00::/16",       // segment routing SIDs
+		"fc00::/7",        // unique local
+		"fe80::/10",       // link-local
+		"fec0::/10",       // deprecated site-local
+		"ff00::/8",        // multicast
+	} {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}()
 
-// publicAddr reports whether a is a globally routable unicast address.
+// publicAddr reports whether a is a globally reachable unicast address. An
+// IPv4-mapped address (::ffff:a.b.c.d) is dialed as IPv4 and judged as such.
 func publicAddr(a netip.Addr) bool {
 	a = a.Unmap()
-	return a.IsGlobalUnicast() && !a.IsPrivate() && !a.IsLoopback() &&
-		!a.IsLinkLocalUnicast() && !cgnat.Contains(a) && !(a.Is4() && a.As4()[0] == 0)
+	if !a.IsGlobalUnicast() {
+		return false
+	}
+	for _, p := range nonPublic {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return true
 }
 
 func containsInt(list []int, v int) bool {
