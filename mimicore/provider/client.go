@@ -81,7 +81,7 @@ func (c *Client) Sign(recipient string, typ moh.ProviderRequestType, payload []b
 		RequestType: typ,
 		Sender:      []byte(c.Sender),
 		Recipient:   []byte(recipient),
-		Timestamp:   uint64(t.Unix()),
+		Timestamp:   unixSeconds(t),
 		RequestID:   id,
 		Payload:     payload,
 	}

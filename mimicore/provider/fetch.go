@@ -324,7 +324,7 @@ func (f *KeyFetcher) hydrate(ctx context.Context, domain string, now time.Time) 
 			for _, k := range keys {
 				e.keys = append(e.keys, cachedKey{key: moh.VerificationKey{
 					KeyID: k.KeyID, Scheme: moh.SignatureScheme(k.Scheme), PublicKey: k.PublicKey,
-					NotBefore: uint64(k.NotBefore.Unix()), NotAfter: uint64(k.NotAfter.Unix()),
+					NotBefore: unixSeconds(k.NotBefore), NotAfter: unixSeconds(k.NotAfter),
 				}, expires: k.CacheUntil})
 			}
 		}
@@ -373,7 +373,7 @@ func (e *peerKeys) lookup(keyID []byte, now time.Time) (moh.VerificationKey, boo
 
 // checkCovers requires k's validity to include at.
 func checkCovers(k moh.VerificationKey, at time.Time) (*moh.VerificationKey, error) {
-	t := uint64(at.Unix())
+	t := unixSeconds(at)
 	if t < k.NotBefore || t > k.NotAfter {
 		return nil, fmt.Errorf("key %x does not cover the request time: %w", k.KeyID, ErrUnknownKey)
 	}
@@ -387,7 +387,7 @@ func (f *KeyFetcher) record(ctx context.Context, domain string, keys []moh.Verif
 	cached := make([]cachedKey, 0, len(keys))
 	for _, k := range keys {
 		exp := now.Add(maxKeyCacheTTL)
-		if na := time.Unix(int64(k.NotAfter), 0); na.Before(exp) {
+		if na := unixTime(k.NotAfter); na.Before(exp) {
 			exp = na
 		}
 		cached = append(cached, cachedKey{key: k, expires: exp})
@@ -423,7 +423,7 @@ func (f *KeyFetcher) record(ctx context.Context, domain string, keys []moh.Verif
 	for _, ck := range cached {
 		rows = append(rows, store.PeerKey{
 			Domain: domain, KeyID: ck.key.KeyID, Scheme: uint16(ck.key.Scheme), PublicKey: ck.key.PublicKey,
-			NotBefore: time.Unix(int64(ck.key.NotBefore), 0), NotAfter: time.Unix(int64(ck.key.NotAfter), 0),
+			NotBefore: unixTime(ck.key.NotBefore), NotAfter: unixTime(ck.key.NotAfter),
 			FetchedAt: now, CacheUntil: ck.expires,
 		})
 	}
@@ -453,8 +453,7 @@ func (f *KeyFetcher) fetch(ctx context.Context, domain string) ([]moh.Verificati
 	}
 	keys := make([]moh.VerificationKey, 0, len(resp.VerificationKeys))
 	for _, k := range resp.VerificationKeys {
-		if !k.Scheme.Known() || k.NotAfter < k.NotBefore ||
-			time.Duration(k.NotAfter-k.NotBefore)*time.Second > MaxKeyLifetime {
+		if !k.Scheme.Known() || !validLifetime(k.NotBefore, k.NotAfter) {
 			continue // unusable keys are ignored, not trusted
 		}
 		k.KeyID = bytes.Clone(k.KeyID)

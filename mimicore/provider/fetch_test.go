@@ -1,8 +1,15 @@
 package provider
 
 import (
+	"math"
+	"net"
+	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 )
 
 // TestPublicAddr checks the fetch policy's address filter against the IANA
@@ -42,4 +49,85 @@ func TestPublicAddr(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loopbackPeer serves a peer provider's discovery and keys over real TLS on
+// loopback (peerServer) and returns a fetcher whose policy reaches it for
+// every name in hosts, with a clock the test controls.
+func loopbackPeer(t *testing.T, keys []moh.VerificationKey, fetches *atomic.Int32, hosts ...string) (*KeyFetcher, *time.Time) {
+	t.Helper()
+	srv := peerServer(t, keys, fetches)
+	addr := srv.Listener.Addr().String()
+	resolve := map[string]string{"ds.example.com": addr}
+	for _, h := range hosts {
+		resolve[h] = addr
+	}
+	f := NewKeyFetcher(FetchPolicy{
+		AllowPrivate: true, AllowedPorts: []int{srv.Listener.Addr().(*net.TCPAddr).Port},
+		RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs, Resolve: resolve,
+	})
+	clock := t0
+	f.now = func() time.Time { return clock }
+	return f, &clock
+}
+
+// TestKeyLifetimeOverflow checks that validity bounds near 2^64 seconds
+// neither pass the 90-day rule through an overflow nor wrap when they become
+// times: a key is used only if not_after - not_before, in whole seconds, is
+// at most 90 days.
+func TestKeyLifetimeOverflow(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	maxLife := uint64(MaxKeyLifetime / time.Second)
+	now := uint64(t0.Unix())
+	rows := []struct {
+		name     string
+		nb, na   uint64
+		accepted bool
+	}{
+		{"ordinary", now - 3600, now + 3600, true},
+		{"exactly 90 days", now - 3600, now - 3600 + maxLife, true},
+		{"90 days and a second", now - 3600, now - 3600 + maxLife + 1, false},
+		{"ns overflow to 0.29 s", 0, 18446744074, false},
+		{"ns overflow near 2^64", now - 3600, math.MaxUint64, false},
+		{"int64 overflow of not_before", 1 << 63, 1<<63 + 60, false},
+		{"past int64", math.MaxUint64 - 60, math.MaxUint64, false},
+		{"not_after before not_before", now + 3600, now - 3600, false},
+	}
+	var keys []moh.VerificationKey
+	for i, r := range rows {
+		pub := k.Public()
+		pub.KeyID = []byte{byte(i)}
+		pub.NotBefore, pub.NotAfter = r.nb, r.na
+		keys = append(keys, pub)
+	}
+	var fetches atomic.Int32
+	f, _ := loopbackPeer(t, keys, &fetches, "peer.example.com")
+	for i, r := range rows {
+		t.Run(r.name, func(t *testing.T) {
+			got, err := f.VerificationKey(t.Context(), "peer.example.com", []byte{byte(i)}, t0)
+			if r.accepted != (err == nil) {
+				t.Fatalf("accepted = %v (%v), want %v", err == nil, err, r.accepted)
+			}
+			if err == nil && (got.NotBefore != r.nb || got.NotAfter != r.na) {
+				t.Fatalf("validity changed to %d..%d", got.NotBefore, got.NotAfter)
+			}
+		})
+	}
+	for _, ck := range f.peers["peer.example.com"].keys {
+		if exp := ck.expires; exp.Before(t0) || exp.After(t0.Add(maxKeyCacheTTL)) {
+			t.Errorf("key %x cached until %v, outside [now, now+24h]", ck.key.KeyID, exp)
+		}
+	}
+	t.Run("conversions", func(t *testing.T) {
+		if got := unixTime(math.MaxUint64); got.Before(t0) || got.Unix() != maxUnixSeconds {
+			t.Errorf("unixTime(2^64-1) = %v", got)
+		}
+		if got := unixSeconds(time.Unix(-5, 0)); got != 0 {
+			t.Errorf("unixSeconds(before 1970) = %d", got)
+		}
+		old, _ := GenerateKey(moh.SchemeEd25519, time.Unix(-3600, 0), time.Unix(3600, 0))
+		if pub := old.Public(); pub.NotBefore != 0 || pub.NotAfter != 3600 {
+			t.Errorf("Public of a pre-1970 key = %d..%d", pub.NotBefore, pub.NotAfter)
+		}
+	})
 }

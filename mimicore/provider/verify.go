@@ -55,7 +55,7 @@ func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequ
 	if !v.ownDomain(req.Recipient) {
 		return nil, moh.Errorf(moh.CodeRecipientMismatch, "recipient %q is not served here", req.Recipient)
 	}
-	ts := time.Unix(int64(min(req.Timestamp, 1<<62)), 0)
+	ts := unixTime(req.Timestamp)
 	if d := v.now().Sub(ts); d > TimestampWindow || d < -TimestampWindow {
 		return nil, moh.Errorf(moh.CodeStaleTimestamp, "timestamp is %s away from the receiver clock", d.Round(time.Second))
 	}
