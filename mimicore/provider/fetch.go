@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/netip"
@@ -440,7 +441,14 @@ func (f *KeyFetcher) fetch(ctx context.Context, domain string) ([]moh.Verificati
 	if err != nil {
 		return nil, err
 	}
-	raw, err := f.do(ctx, http.MethodPost, "https://"+authority+"/verification_key", body)
+	url := "https://" + authority + "/verification_key"
+	raw, err := f.do(ctx, http.MethodPost, url, body, keysMediaType)
+	var status statusError
+	if errors.As(err, &status) && int(status) == http.StatusMethodNotAllowed {
+		// A peer that serves /verification_key by GET only: retry once,
+		// without a body (docs/protocol.md §2 allows both).
+		raw, err = f.do(ctx, http.MethodGet, url, nil, keysMediaType)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: fetching keys of %s from %s: %v", ErrFetchFailed, domain, authority, err)
 	}
@@ -469,7 +477,7 @@ func (f *KeyFetcher) Discover(ctx context.Context, domain string) (string, error
 	if !moh.ValidFQDN([]byte(domain)) {
 		return "", errors.New("not a valid provider domain")
 	}
-	raw, err := f.do(ctx, http.MethodGet, "https://"+domain+"/.well-known/mimi/ds-domain", nil)
+	raw, err := f.do(ctx, http.MethodGet, "https://"+domain+"/.well-known/mimi/ds-domain", nil, "")
 	if err != nil {
 		return "", err
 	}
@@ -496,14 +504,32 @@ func ValidateAuthority(authority string) error {
 	return nil
 }
 
-// do performs one bounded request and returns the body of a 200 answer.
-func (f *KeyFetcher) do(ctx context.Context, method, url string, body []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+// keysMediaType is the only media type a /verification_key answer may have.
+const keysMediaType = "application/octet-stream"
+
+// statusError is a non-200 answer.
+type statusError int
+
+func (e statusError) Error() string { return "status " + strconv.Itoa(int(e)) }
+
+// do performs one bounded request and returns the body of a 200 answer. A
+// non-nil body is sent as application/octet-stream. When accept is set, it
+// is sent as Accept and the answer's media type must equal it
+// (case-insensitively, parameters ignored).
+func (f *KeyFetcher) do(ctx context.Context, method, url string, body []byte, accept string) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
 	}
 	resp, err := f.client.Do(req)
 	if err != nil {
@@ -518,7 +544,12 @@ func (f *KeyFetcher) do(ctx context.Context, method, url string, body []byte) ([
 		return nil, errors.New("answer larger than 64 KiB")
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status %d", resp.StatusCode)
+		return nil, statusError(resp.StatusCode)
+	}
+	if accept != "" {
+		if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err != nil || mt != accept {
+			return nil, fmt.Errorf("answer content type %q is not %s", resp.Header.Get("Content-Type"), accept)
+		}
 	}
 	return raw, nil
 }

@@ -1,15 +1,21 @@
 package provider
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // TestPublicAddr checks the fetch policy's address filter against the IANA
@@ -29,7 +35,7 @@ func TestPublicAddr(t *testing.T) {
 		"192.0.0.8": false, "192.0.0.170": false, "192.0.2.1": false, "192.88.99.1": false,
 		"192.168.1.1": false, "198.18.0.1": false, "198.19.255.255": false, "198.51.100.7": false,
 		"203.0.113.9": false, "224.0.0.1": false, "239.255.255.250": false, "240.0.0.1": false,
-		"255.255.255.255": false,
+		"255.255.255.255":  false,
 		"::ffff:127.0.0.1": false, "::ffff:10.0.0.1": false, "::ffff:198.18.0.1": false,
 		// IPv6 special-purpose.
 		"::": false, "::1": false, "fe80::1": false, "fec0::1": false, "fc00::1": false, "fd12:3456::1": false,
@@ -56,7 +62,13 @@ func TestPublicAddr(t *testing.T) {
 // every name in hosts, with a clock the test controls.
 func loopbackPeer(t *testing.T, keys []moh.VerificationKey, fetches *atomic.Int32, hosts ...string) (*KeyFetcher, *time.Time) {
 	t.Helper()
-	srv := peerServer(t, keys, fetches)
+	return fetcherFor(t, peerServer(t, keys, fetches), hosts...)
+}
+
+// fetcherFor returns a fetcher that reaches srv for ds.example.com and every
+// name in hosts, with a clock the test controls.
+func fetcherFor(t *testing.T, srv *httptest.Server, hosts ...string) (*KeyFetcher, *time.Time) {
+	t.Helper()
 	addr := srv.Listener.Addr().String()
 	resolve := map[string]string{"ds.example.com": addr}
 	for _, h := range hosts {
@@ -69,6 +81,21 @@ func loopbackPeer(t *testing.T, keys []moh.VerificationKey, fetches *atomic.Int3
 	clock := t0
 	f.now = func() time.Time { return clock }
 	return f, &clock
+}
+
+// keysPeer is a TLS peer whose discovery points at itself and whose
+// /verification_key is served by keys.
+func keysPeer(t *testing.T, keys http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	mux := http.NewServeMux()
+	var srv *httptest.Server
+	mux.HandleFunc("/.well-known/mimi/ds-domain", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ds.example.com:"+srv.URL[strings.LastIndexByte(srv.URL, ':')+1:]+"\n")
+	})
+	mux.HandleFunc("/verification_key", keys)
+	srv = httptest.NewTLSServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // TestKeyLifetimeOverflow checks that validity bounds near 2^64 seconds
@@ -130,4 +157,67 @@ func TestKeyLifetimeOverflow(t *testing.T) {
 			t.Errorf("Public of a pre-1970 key = %d..%d", pub.NotBefore, pub.NotAfter)
 		}
 	})
+}
+
+// TestKeyFetchMethodAndContentType pins how keys are fetched: a POST with
+// the body 0001 (VerificationKeyRequest, version 1), Content-Type and Accept
+// application/octet-stream; one retry with a body-less GET when the peer
+// answers 405; and only an application/octet-stream answer is accepted,
+// parameters ignored, case-insensitively.
+func TestKeyFetchMethodAndContentType(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	answer, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: []moh.VerificationKey{k.Public()}})
+	for _, tc := range []struct {
+		name        string
+		getOnly     bool
+		contentType string
+		wantMethods string
+		ok          bool
+	}{
+		{"post", false, "application/octet-stream", "POST", true},
+		{"get only peer", true, "application/octet-stream", "POST GET", true},
+		{"parameters and case", false, "Application/Octet-Stream; charset=binary", "POST", true},
+		{"get only peer, parameters", true, "APPLICATION/OCTET-STREAM ; x=y", "POST GET", true},
+		{"text", false, "text/plain; charset=utf-8", "POST", false},
+		{"no type", false, "", "POST", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var methods []string
+			srv := keysPeer(t, func(w http.ResponseWriter, r *http.Request) {
+				methods = append(methods, r.Method)
+				body, _ := io.ReadAll(r.Body)
+				if accept := r.Header.Get("Accept"); accept != "application/octet-stream" {
+					t.Errorf("%s: Accept = %q", r.Method, accept)
+				}
+				switch r.Method {
+				case http.MethodPost:
+					if !bytes.Equal(body, []byte{0, 1}) || r.Header.Get("Content-Type") != "application/octet-stream" {
+						t.Errorf("POST body %x, Content-Type %q", body, r.Header.Get("Content-Type"))
+					}
+					if tc.getOnly {
+						w.Header().Set("Allow", "GET")
+						w.WriteHeader(http.StatusMethodNotAllowed)
+						return
+					}
+				case http.MethodGet:
+					if len(body) != 0 || r.Header.Get("Content-Type") != "" {
+						t.Errorf("GET body %x, Content-Type %q", body, r.Header.Get("Content-Type"))
+					}
+				}
+				w.Header()["Content-Type"] = []string{tc.contentType}
+				w.Write(answer)
+			})
+			f, _ := fetcherFor(t, srv, "peer.example.com")
+			_, err := f.VerificationKey(t.Context(), "peer.example.com", k.ID, t0)
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v, want success %v", err, tc.ok)
+			}
+			if !tc.ok && !errors.Is(err, ErrFetchFailed) {
+				t.Fatalf("refusal %v does not wrap ErrFetchFailed", err)
+			}
+			if got := strings.Join(methods, " "); got != tc.wantMethods {
+				t.Fatalf("methods %q, want %q", got, tc.wantMethods)
+			}
+		})
+	}
 }
