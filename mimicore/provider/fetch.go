@@ -45,6 +45,9 @@ var (
 	// ErrAddressRefused means a peer resolved to an address the fetch policy
 	// forbids.
 	ErrAddressRefused = errors.New("peer address refused by fetch policy")
+	// ErrFetcherClosed means the KeyFetcher was closed: nothing is fetched
+	// or posted any more (cached keys still answer).
+	ErrFetcherClosed = errors.New("key fetcher closed")
 )
 
 // FetchPolicy bounds how peers' keys are fetched. The zero value is the
@@ -93,6 +96,10 @@ type KeyFetcher struct {
 	policy FetchPolicy
 	client *http.Client
 	now    func() time.Time
+
+	// closing is cancelled by Close; fetches in flight stop with it.
+	closing context.Context
+	close   context.CancelFunc
 
 	group   singleflight.Group
 	limiter *rate.Limiter
@@ -172,14 +179,32 @@ func (p FetchPolicy) HTTPClient(minVersion uint16) *http.Client {
 // over TLS 1.3 only.
 func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 	policy = policy.withDefaults()
+	closing, closeFn := context.WithCancel(context.Background())
 	return &KeyFetcher{
 		policy:  policy,
 		client:  policy.HTTPClient(tls.VersionTLS13),
 		now:     time.Now,
+		closing: closing,
+		close:   closeFn,
 		limiter: rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
 		peers:   make(map[string]*peerKeys),
 	}
 }
+
+// Close releases the fetcher's HTTP transport: it cancels the fetches in
+// flight, closes the idle connections to peers, and makes every later
+// fetch, discovery and Client post fail at once with ErrFetcherClosed,
+// without caching a failure for the peer. Keys already cached still
+// answer VerificationKey. The owner of the fetcher calls Close when it is
+// replaced (configuration reload) or shut down. Close is idempotent and
+// safe for concurrent use.
+func (f *KeyFetcher) Close() {
+	f.close()
+	f.client.CloseIdleConnections()
+}
+
+// closed reports whether Close was called.
+func (f *KeyFetcher) closed() bool { return f.closing.Err() != nil }
 
 // control runs after name resolution, on the address actually dialed, so
 // the check cannot be bypassed by DNS rebinding between check and connect.
@@ -295,12 +320,22 @@ func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID [
 	f.mu.Unlock()
 
 	_, err, _ := f.group.Do(domain, func() (any, error) {
+		if f.closed() {
+			return nil, ErrFetcherClosed
+		}
 		if !f.limiter.Allow() {
 			return nil, ErrFetchBudget
 		}
+		// The fetch outlives the request that triggered it (other
+		// requests share it) but not the fetcher.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.policy.Timeout)
 		defer cancel()
+		stop := context.AfterFunc(f.closing, cancel)
+		defer stop()
 		keys, err := f.fetch(fctx, domain)
+		if f.closed() {
+			return nil, fmt.Errorf("fetching keys of %s: %w", domain, ErrFetcherClosed)
+		}
 		f.record(fctx, domain, keys, err, f.now())
 		return nil, err
 	})
@@ -517,6 +552,9 @@ func (e statusError) Error() string { return "status " + strconv.Itoa(int(e)) }
 // is sent as Accept and the answer's media type must equal it
 // (case-insensitively, parameters ignored).
 func (f *KeyFetcher) do(ctx context.Context, method, url string, body []byte, accept string) ([]byte, error) {
+	if f.closed() {
+		return nil, ErrFetcherClosed
+	}
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)

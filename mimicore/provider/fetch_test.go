@@ -78,6 +78,7 @@ func fetcherFor(t *testing.T, srv *httptest.Server, hosts ...string) (*KeyFetche
 		AllowPrivate: true, AllowedPorts: []int{srv.Listener.Addr().(*net.TCPAddr).Port},
 		RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs, Resolve: resolve,
 	})
+	t.Cleanup(f.Close)
 	clock := t0
 	f.now = func() time.Time { return clock }
 	return f, &clock
@@ -220,4 +221,63 @@ func TestKeyFetchMethodAndContentType(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKeyFetcherClose checks that Close drops the fetcher's idle
+// connections and that later fetches fail fast with ErrFetcherClosed,
+// reaching no peer and caching nothing, while cached keys still answer.
+func TestKeyFetcherClose(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	answer, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: []moh.VerificationKey{k.Public()}})
+	var requests atomic.Int32
+	closed := make(chan struct{}, 16)
+	mux := http.NewServeMux()
+	srv := httptest.NewUnstartedServer(mux)
+	mux.HandleFunc("/.well-known/mimi/ds-domain", func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		io.WriteString(w, "ds.example.com:"+srv.URL[strings.LastIndexByte(srv.URL, ':')+1:])
+	})
+	mux.HandleFunc("/verification_key", func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(answer)
+	})
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	f, _ := fetcherFor(t, srv, "peer.example.com", "other.example.com")
+	if _, err := f.VerificationKey(t.Context(), "peer.example.com", k.ID, t0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close left the idle connection open")
+	}
+	before := requests.Load()
+	if _, err := f.VerificationKey(t.Context(), "peer.example.com", k.ID, t0); err != nil {
+		t.Fatalf("cached key after Close: %v", err)
+	}
+	start := time.Now()
+	for _, domain := range []string{"other.example.com", "other.example.com"} {
+		if _, err := f.VerificationKey(t.Context(), domain, k.ID, t0); !errors.Is(err, ErrFetcherClosed) {
+			t.Fatalf("fetch after Close: %v, want ErrFetcherClosed", err)
+		}
+	}
+	c := &Client{Sender: "a.example", Fetcher: f}
+	if _, err := c.Post(t.Context(), "other.example.com", moh.ConnectionKeyPackages, []byte{0}); !errors.Is(err, ErrFetcherClosed) {
+		t.Fatalf("Client.Post after Close: %v, want ErrFetcherClosed", err)
+	}
+	if d := time.Since(start); d > time.Second || requests.Load() != before {
+		t.Fatalf("after Close: %v spent, %d requests reached the peer", d, requests.Load()-before)
+	}
+	if e := f.peers["other.example.com"]; e != nil && e.lastErr != nil {
+		t.Fatalf("a closed fetcher cached a peer failure: %v", e.lastErr)
+	}
+	f.Close() // idempotent
 }

@@ -69,6 +69,8 @@ func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequ
 	switch {
 	case errors.Is(err, ErrUnknownKey):
 		return nil, &moh.Error{Code: moh.CodeUnknownKey, Message: "key_id is not a current key of the sender", Err: err}
+	case errors.Is(err, ErrFetcherClosed):
+		return nil, &moh.Error{Code: moh.CodeBackendUnavailable, Message: "sender keys cannot be fetched now; retry later", Err: err}
 	case errors.Is(err, ErrFetchBudget):
 		return nil, &moh.Error{Code: moh.CodeBackendUnavailable, Message: "sender keys cannot be fetched now; retry later", Err: err}
 	case err != nil:
