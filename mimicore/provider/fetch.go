@@ -32,6 +32,12 @@ const (
 	defaultFetchLimit  = 5 * time.Second
 	defaultMinInterval = time.Minute
 	maxKeyCacheTTL     = 24 * time.Hour
+	// minRefetchGap is the least time between two successful fetches for
+	// one peer when a key_id not seen before asks for a refetch (capped at
+	// MinInterval).
+	minRefetchGap = 5 * time.Second
+	// maxMissing bounds the key_ids remembered as missing per peer.
+	maxMissing = 16
 )
 
 // Errors a key lookup returns; the verifier maps them to DSError codes.
@@ -67,8 +73,12 @@ type FetchPolicy struct {
 	RootCAs *x509.CertPool
 	// Timeout bounds one discovery + key fetch (default 5 s).
 	Timeout time.Duration
-	// MinInterval is the least time between two fetches for one peer
-	// (default 1 min); failures are cached for as long.
+	// MinInterval is how long a failed fetch is cached, and how long a
+	// key_id found missing from a successful fetch is answered unknown
+	// without refetching (default 1 min). Another key_id not in the cache
+	// refetches once minRefetchGap (5 s, at most MinInterval) has passed
+	// since the last fetch, so a forged request naming a bogus key_id
+	// cannot keep a peer's next genuine key out for the whole interval.
 	MinInterval time.Duration
 	// FetchRate bounds fetches per second across all peers, so requests
 	// naming many unknown senders cannot turn the gateway into a scanner
@@ -117,6 +127,48 @@ type peerKeys struct {
 	lastAttempt time.Time
 	lastErr     error
 	lastUsed    time.Time
+	// missing lists key_ids that were looked up and absent from the
+	// fetch that followed (oldest first, at most maxMissing).
+	missing [][]byte
+}
+
+// refetchRefused returns why a lookup of keyID, absent from the cache,
+// must not fetch now, or nil when it may. Called with f.mu held.
+func (f *KeyFetcher) refetchRefused(e *peerKeys, domain string, keyID []byte, now time.Time) error {
+	if e.lastAttempt.IsZero() {
+		return nil
+	}
+	since := now.Sub(e.lastAttempt)
+	if since >= f.policy.MinInterval {
+		return nil
+	}
+	if e.lastErr != nil {
+		return e.lastErr
+	}
+	if since < min(minRefetchGap, f.policy.MinInterval) || e.isMissing(keyID) {
+		return fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
+	}
+	return nil
+}
+
+func (e *peerKeys) isMissing(keyID []byte) bool {
+	for _, id := range e.missing {
+		if bytes.Equal(id, keyID) {
+			return true
+		}
+	}
+	return false
+}
+
+// noteMissing remembers that keyID was absent from the last fetch.
+func (e *peerKeys) noteMissing(keyID []byte) {
+	if e.isMissing(keyID) {
+		return
+	}
+	if len(e.missing) == maxMissing {
+		e.missing = e.missing[1:]
+	}
+	e.missing = append(e.missing, bytes.Clone(keyID))
 }
 
 type cachedKey struct {
@@ -309,13 +361,9 @@ func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID [
 		f.mu.Unlock()
 		return checkCovers(k, at)
 	}
-	if !entry.lastAttempt.IsZero() && now.Sub(entry.lastAttempt) < f.policy.MinInterval {
-		err := entry.lastErr
+	if err := f.refetchRefused(entry, domain, keyID, now); err != nil {
 		f.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
+		return nil, err
 	}
 	f.mu.Unlock()
 
@@ -343,7 +391,11 @@ func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID [
 		return nil, err
 	}
 	f.mu.Lock()
-	k, ok := f.peers[domain].lookup(keyID, f.now())
+	entry = f.peers[domain]
+	k, ok := entry.lookup(keyID, f.now())
+	if !ok && entry != nil {
+		entry.noteMissing(keyID)
+	}
 	f.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
@@ -439,6 +491,14 @@ func (f *KeyFetcher) record(ctx context.Context, domain string, keys []moh.Verif
 	entry.lastErr = err
 	if err == nil {
 		entry.keys = cached
+		// A key_id missing before may be published now.
+		kept := entry.missing[:0]
+		for _, id := range entry.missing {
+			if _, ok := entry.lookup(id, now); !ok {
+				kept = append(kept, id)
+			}
+		}
+		entry.missing = kept
 	}
 	f.mu.Unlock()
 

@@ -281,3 +281,65 @@ func TestKeyFetcherClose(t *testing.T) {
 	}
 	f.Close() // idempotent
 }
+
+// TestForgedKeyIDDoesNotBlockRotation checks that a forged request naming an
+// unknown key_id of a known peer does not keep the peer's next genuine key
+// out for the minimum interval: only failures and key_ids already missing
+// from a fetch wait MinInterval; a new key_id waits at most minRefetchGap.
+func TestForgedKeyIDDoesNotBlockRotation(t *testing.T) {
+	k1, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	k2, _ := GenerateKey(moh.SchemeEd25519, t0, t0.Add(2*time.Hour))
+	var published atomic.Pointer[[]byte]
+	publish := func(keys ...*PrivateKey) {
+		var vk []moh.VerificationKey
+		for _, k := range keys {
+			vk = append(vk, k.Public())
+		}
+		raw, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: vk})
+		published.Store(&raw)
+	}
+	publish(k1)
+	var fetches atomic.Int32
+	srv := keysPeer(t, func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(*published.Load())
+	})
+	f, clock := fetcherFor(t, srv, "peer.example.com")
+	ctx := t.Context()
+	lookup := func(at time.Duration, id []byte) error {
+		*clock = t0.Add(at)
+		_, err := f.VerificationKey(ctx, "peer.example.com", id, *clock)
+		return err
+	}
+	steps := []struct {
+		name    string
+		at      time.Duration
+		id      []byte
+		ok      bool
+		fetches int32
+	}{
+		{"genuine key fetched", 0, k1.ID, true, 1},
+		{"forged key_id refetches once the interval passed", 61 * time.Second, []byte("forged-1"), false, 2},
+		{"rotated key right after the forged refetch", 71 * time.Second, k2.ID, true, 3},
+		{"a new forged key_id within the gap does not refetch", 72 * time.Second, []byte("forged-2"), false, 3},
+		{"the forged key_id again does not refetch", 80 * time.Second, []byte("forged-1"), false, 3},
+		{"a new forged key_id after the gap refetches", 90 * time.Second, []byte("forged-2"), false, 4},
+		{"then it is remembered as missing", 100 * time.Second, []byte("forged-2"), false, 4},
+		{"the old key still answers from the cache", 101 * time.Second, k1.ID, true, 4},
+	}
+	for i, s := range steps {
+		if i == 2 {
+			publish(k2, k1)
+		}
+		t.Run(s.name, func(t *testing.T) {
+			err := lookup(s.at, s.id)
+			if (err == nil) != s.ok || (!s.ok && !errors.Is(err, ErrUnknownKey)) {
+				t.Errorf("err = %v, want success %v", err, s.ok)
+			}
+			if n := fetches.Load(); n != s.fetches {
+				t.Errorf("%d fetches, want %d", n, s.fetches)
+			}
+		})
+	}
+}
