@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/publicsuffix"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 
@@ -80,12 +81,19 @@ type FetchPolicy struct {
 	// since the last fetch, so a forged request naming a bogus key_id
 	// cannot keep a peer's next genuine key out for the whole interval.
 	MinInterval time.Duration
-	// FetchRate bounds fetches per second across all peers, so requests
-	// naming many unknown senders cannot turn the gateway into a scanner
-	// (default 5 per second, burst 20).
+	// FetchRate bounds fetches per second, so requests naming many unknown
+	// senders cannot turn the gateway into a scanner (default 5 per
+	// second). It is two budgets of this rate (burst 20 each): one for
+	// senders never fetched successfully, one for refetches of known
+	// peers, so a flood of forged senders cannot starve known peers. Each
+	// request source (LookupOptions.Source; IPv4 address, IPv6 /64) may
+	// trigger a fifth of the rate (burst 5), and so may each registrable
+	// domain (public suffix + 1 label) of new senders, so one attacker
+	// cannot spend a whole budget.
 	FetchRate float64
 	// MaxPeers bounds the peers kept in memory (default 10,000); the
-	// least recently used one is forgotten first.
+	// least recently used peer never fetched successfully is forgotten
+	// first, so forged senders cannot push known peers out.
 	MaxPeers int
 	// Cache, when set, persists fetched keys and failures so a restart
 	// neither refetches every peer nor forgets which peers are failing.
@@ -96,6 +104,13 @@ type FetchPolicy struct {
 // a given time.
 type KeySource interface {
 	VerificationKey(ctx context.Context, domain string, keyID []byte, at time.Time) (*moh.VerificationKey, error)
+}
+
+// SourcedKeySource is a KeySource that can take the looked-up request's
+// options into account (KeyFetcher budgets fetches by request source).
+type SourcedKeySource interface {
+	KeySource
+	VerificationKeyFrom(ctx context.Context, domain string, keyID []byte, at time.Time, opts LookupOptions) (*moh.VerificationKey, error)
 }
 
 // KeyFetcher is a KeySource that discovers a peer's DS through its
@@ -111,15 +126,114 @@ type KeyFetcher struct {
 	closing context.Context
 	close   context.CancelFunc
 
-	group   singleflight.Group
-	limiter *rate.Limiter
-	mu      sync.Mutex
-	peers   map[string]*peerKeys
+	group singleflight.Group
+	mu    sync.Mutex
+	peers map[string]*peerKeys
+	// Fetch budgets (see FetchPolicy.FetchRate), all on f.now's clock.
+	known, fresh       *rate.Limiter
+	bySource, bySuffix keyedLimiter
 }
 
-// ErrFetchBudget means the global fetch budget is spent; the request should
-// be retried later.
+// ErrFetchBudget means a fetch budget (see FetchPolicy.FetchRate) refused
+// the fetch; nothing is cached and the request may be retried later. The
+// Verifier wraps it in a backend_unavailable *moh.Error, so the HTTP layer
+// can find it with errors.Is (to sample its logs, say).
 var ErrFetchBudget = errors.New("too many key fetches; retry later")
+
+// LookupOptions describes the request on whose behalf a key is looked up.
+type LookupOptions struct {
+	// Source is the address the request came from, as the HTTP layer
+	// determines the client IP (trusted proxies resolved). The fetches a
+	// source triggers are budgeted per source (IPv4 address, IPv6 /64).
+	// The zero value means unknown: such fetches are only budgeted per
+	// sender domain and globally.
+	Source netip.Addr
+}
+
+// keyedLimiter is a bounded set of token buckets keyed by a string.
+type keyedLimiter struct {
+	rate  rate.Limit
+	burst int
+	m     map[string]*rate.Limiter
+}
+
+// maxLimiterKeys bounds each keyedLimiter's map.
+const maxLimiterKeys = 4096
+
+// get returns key's bucket, creating it (and making room) if needed.
+// Called with f.mu held.
+func (k *keyedLimiter) get(key string, now time.Time) *rate.Limiter {
+	if l, ok := k.m[key]; ok {
+		return l
+	}
+	if len(k.m) >= maxLimiterKeys {
+		// Full buckets are idle: forgetting them changes nothing. If a
+		// flood keeps every bucket busy, forget arbitrary ones; each key
+		// is still bounded by the global budget.
+		for key, l := range k.m {
+			if l.TokensAt(now) >= float64(k.burst) || len(k.m) >= maxLimiterKeys {
+				delete(k.m, key)
+			}
+		}
+	}
+	l := rate.NewLimiter(k.rate, k.burst)
+	k.m[key] = l
+	return l
+}
+
+// sourceKey groups a client address: IPv4 by address, IPv6 by /64.
+func sourceKey(a netip.Addr) string {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
+
+// suffixKey is the registrable domain of a sender (public suffix plus one
+// label), so fresh names under one domain share a budget.
+func suffixKey(domain string) string {
+	if d, err := publicsuffix.EffectiveTLDPlusOne(domain); err == nil {
+		return d
+	}
+	return domain
+}
+
+// spendBudget charges one fetch for domain to the budgets, or returns an
+// error wrapping ErrFetchBudget. Every fetch needs a token of its source's
+// bucket (when the source is known); a known peer's refetch then spends the
+// known-peer budget, and a new sender needs a token of its registrable
+// domain's bucket and of the new-sender budget. Buckets are checked before
+// any is spent, so a refusal costs no other bucket a token.
+func (f *KeyFetcher) spendBudget(domain string, known bool, opts LookupOptions, now time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var src *rate.Limiter
+	if opts.Source.IsValid() {
+		if src = f.bySource.get(sourceKey(opts.Source), now); src.TokensAt(now) < 1 {
+			return fmt.Errorf("fetching keys of %s: %w (source %s)", domain, ErrFetchBudget, sourceKey(opts.Source))
+		}
+	}
+	if known {
+		if !f.known.AllowN(now, 1) {
+			return fmt.Errorf("refetching keys of %s: %w", domain, ErrFetchBudget)
+		}
+	} else {
+		sfx := f.bySuffix.get(suffixKey(domain), now)
+		if sfx.TokensAt(now) < 1 {
+			return fmt.Errorf("fetching keys of new sender %s: %w (domain %s)", domain, ErrFetchBudget, suffixKey(domain))
+		}
+		if !f.fresh.AllowN(now, 1) {
+			return fmt.Errorf("fetching keys of new sender %s: %w", domain, ErrFetchBudget)
+		}
+		sfx.AllowN(now, 1)
+	}
+	if src != nil {
+		src.AllowN(now, 1)
+	}
+	return nil
+}
 
 // peerKeys is what is cached about one peer.
 type peerKeys struct {
@@ -238,8 +352,13 @@ func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 		now:     time.Now,
 		closing: closing,
 		close:   closeFn,
-		limiter: rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
 		peers:   make(map[string]*peerKeys),
+		known:   rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		fresh:   rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		bySource: keyedLimiter{rate: rate.Limit(policy.FetchRate / 5), burst: 5,
+			m: make(map[string]*rate.Limiter)},
+		bySuffix: keyedLimiter{rate: rate.Limit(policy.FetchRate / 5), burst: 5,
+			m: make(map[string]*rate.Limiter)},
 	}
 }
 
@@ -345,9 +464,17 @@ func containsInt(list []int, v int) bool {
 	return false
 }
 
-// VerificationKey implements KeySource. A key_id not in the cache triggers a
-// refetch, at most one per MinInterval per peer.
+// VerificationKey implements KeySource: VerificationKeyFrom with no
+// options.
 func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID []byte, at time.Time) (*moh.VerificationKey, error) {
+	return f.VerificationKeyFrom(ctx, domain, keyID, at, LookupOptions{})
+}
+
+// VerificationKeyFrom implements SourcedKeySource. A key_id not in the
+// cache triggers a refetch (see FetchPolicy.MinInterval), charged to the
+// fetch budgets (see FetchPolicy.FetchRate); a refused fetch wraps
+// ErrFetchBudget.
+func (f *KeyFetcher) VerificationKeyFrom(ctx context.Context, domain string, keyID []byte, at time.Time, opts LookupOptions) (*moh.VerificationKey, error) {
 	now := f.now()
 	f.mu.Lock()
 	entry := f.peers[domain]
@@ -365,14 +492,15 @@ func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID [
 		f.mu.Unlock()
 		return nil, err
 	}
+	known := entry.known()
 	f.mu.Unlock()
 
 	_, err, _ := f.group.Do(domain, func() (any, error) {
 		if f.closed() {
 			return nil, ErrFetcherClosed
 		}
-		if !f.limiter.Allow() {
-			return nil, ErrFetchBudget
+		if err := f.spendBudget(domain, known, opts, now); err != nil {
+			return nil, err
 		}
 		// The fetch outlives the request that triggered it (other
 		// requests share it) but not the fetcher.
@@ -431,20 +559,30 @@ func (f *KeyFetcher) hydrate(ctx context.Context, domain string, now time.Time) 
 	return e
 }
 
-// evictLocked makes room for one more peer by forgetting the least
-// recently used one when the map is full.
+// evictLocked makes room for one more peer when the map is full by
+// forgetting the least recently used peer that was never fetched
+// successfully, or, if every peer is known, the least recently used one:
+// a flood of forged senders cannot push known peers out.
 func (f *KeyFetcher) evictLocked() {
 	if len(f.peers) < f.policy.MaxPeers {
 		return
 	}
 	var oldest string
 	var oldestUse time.Time
+	oldestKnown := true
 	for d, e := range f.peers {
-		if oldest == "" || e.lastUsed.Before(oldestUse) {
-			oldest, oldestUse = d, e.lastUsed
+		k := e.known()
+		if oldest == "" || (!k && oldestKnown) || (k == oldestKnown && e.lastUsed.Before(oldestUse)) {
+			oldest, oldestUse, oldestKnown = d, e.lastUsed, k
 		}
 	}
 	delete(f.peers, oldest)
+}
+
+// known reports whether the peer's keys were ever fetched successfully
+// (in this process or, through the persistent cache, before).
+func (e *peerKeys) known() bool {
+	return len(e.keys) > 0 || (!e.lastAttempt.IsZero() && e.lastErr == nil)
 }
 
 func (e *peerKeys) lookup(keyID []byte, now time.Time) (moh.VerificationKey, bool) {

@@ -2,7 +2,9 @@ package provider
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -341,5 +343,151 @@ func TestForgedKeyIDDoesNotBlockRotation(t *testing.T) {
 				t.Errorf("%d fetches, want %d", n, s.fetches)
 			}
 		})
+	}
+}
+
+// TestFetchBudgetUnderForgedFlood floods the fetcher with forged requests
+// naming a fresh sender each time (100 per second for 20 s, no
+// credentials), from one source, under one attacker domain and under fresh
+// registrable domains. A known peer must keep getting its keys (also a
+// rotated one, which needs a refetch) and a new genuine peer, from another
+// source, must get its keys at its first try; refusals wrap ErrFetchBudget.
+// The peers that succeed are real TLS servers on loopback; the forged
+// senders resolve to a closed loopback port.
+func TestFetchBudgetUnderForgedFlood(t *testing.T) {
+	k1, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	k2, _ := GenerateKey(moh.SchemeEd25519, t0, t0.Add(2*time.Hour))
+	var published atomic.Pointer[[]byte]
+	publish := func(keys ...*PrivateKey) {
+		var vk []moh.VerificationKey
+		for _, k := range keys {
+			vk = append(vk, k.Public())
+		}
+		raw, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: vk})
+		published.Store(&raw)
+	}
+	publish(k1)
+	srv := keysPeer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(*published.Load())
+	})
+	addr := srv.Listener.Addr().String()
+	const perSecond, seconds = 100, 20
+	forged := func(i int) string {
+		if i%2 == 0 {
+			return fmt.Sprintf("f%d.attacker.example", i)
+		}
+		return fmt.Sprintf("spam%d.com", i)
+	}
+	resolve := map[string]string{"ds.example.com": addr, "known.example.com": addr, "newpeer.example.com": addr}
+	for i := 0; i < perSecond*seconds; i++ {
+		resolve[forged(i)] = "127.0.0.1:1" // refused at once
+		resolve[fmt.Sprintf("dist%d.example", i)] = "127.0.0.1:1"
+	}
+	f := NewKeyFetcher(FetchPolicy{
+		AllowPrivate: true, AllowedPorts: []int{1, srv.Listener.Addr().(*net.TCPAddr).Port},
+		RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs, Resolve: resolve,
+	})
+	t.Cleanup(f.Close)
+	clock := t0
+	f.now = func() time.Time { return clock }
+	ctx := t.Context()
+	attacker := LookupOptions{Source: netip.MustParseAddr("203.0.113.7")}
+	genuine := LookupOptions{Source: netip.MustParseAddr("198.51.100.20")}
+
+	if _, err := f.VerificationKeyFrom(ctx, "known.example.com", k1.ID, clock, genuine); err != nil {
+		t.Fatalf("known peer before the flood: %v", err)
+	}
+	var refused, knownFailures int
+	newPeerTries := 0
+	newPeerOK := false
+	for i := 0; i < perSecond*seconds; i++ {
+		clock = t0.Add(time.Minute + time.Duration(i)*time.Second/perSecond)
+		if _, err := f.VerificationKeyFrom(ctx, forged(i), k1.ID, clock, attacker); errors.Is(err, ErrFetchBudget) {
+			refused++
+		} else if !errors.Is(err, ErrFetchFailed) {
+			t.Fatalf("forged sender %s: %v", forged(i), err)
+		}
+		switch i {
+		case perSecond * seconds / 2:
+			publish(k2, k1) // the known peer rotates mid-flood
+		case perSecond*seconds/2 + 1:
+			// The peer's first request under its new key needs a refetch.
+			if _, err := f.VerificationKeyFrom(ctx, "known.example.com", k2.ID, clock, genuine); err != nil {
+				t.Errorf("known peer's rotated key during the flood: %v", err)
+			}
+		}
+		if i%perSecond == perSecond/2 {
+			if _, err := f.VerificationKeyFrom(ctx, "known.example.com", k1.ID, clock, genuine); err != nil {
+				knownFailures++
+			}
+			if !newPeerOK {
+				newPeerTries++
+				_, err := f.VerificationKeyFrom(ctx, "newpeer.example.com", k1.ID, clock, genuine)
+				newPeerOK = err == nil
+				if err != nil && !errors.Is(err, ErrFetchBudget) {
+					t.Fatalf("new peer: %v", err)
+				}
+			}
+		}
+	}
+	if knownFailures > 0 {
+		t.Errorf("known peer failed %d times during the flood", knownFailures)
+	}
+	if !newPeerOK || newPeerTries != 1 {
+		t.Errorf("new genuine peer: got its keys %v after %d tries, want at the first", newPeerOK, newPeerTries)
+	}
+	if refused < perSecond*seconds*9/10 {
+		t.Errorf("only %d of %d forged senders were refused by the budget", refused, perSecond*seconds)
+	}
+
+	// A flood from many sources under fresh registrable domains can spend
+	// the budget for new senders, but not the known peers' refetches.
+	publish(k1, k2)
+	other, _ := GenerateKey(moh.SchemeEd25519, t0, t0.Add(2*time.Hour))
+	for i := 0; i < perSecond*seconds; i++ {
+		clock = t0.Add(2*time.Minute + time.Duration(i)*time.Second/perSecond)
+		src := LookupOptions{Source: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})}
+		f.VerificationKeyFrom(ctx, fmt.Sprintf("dist%d.example", i), k1.ID, clock, src) //nolint:errcheck // only the budget matters
+		if i == perSecond*seconds/2 {
+			publish(other, k2, k1)
+			if _, err := f.VerificationKeyFrom(ctx, "known.example.com", other.ID, clock, genuine); err != nil {
+				t.Errorf("known peer's rotated key during a distributed flood: %v", err)
+			}
+		}
+	}
+}
+
+// sourcedKeys records the options a Verifier passes on and refuses every
+// lookup as a spent budget.
+type sourcedKeys struct{ got LookupOptions }
+
+func (s *sourcedKeys) VerificationKey(context.Context, string, []byte, time.Time) (*moh.VerificationKey, error) {
+	return nil, errors.New("called without options")
+}
+
+func (s *sourcedKeys) VerificationKeyFrom(_ context.Context, domain string, _ []byte, _ time.Time, opts LookupOptions) (*moh.VerificationKey, error) {
+	s.got = opts
+	return nil, fmt.Errorf("fetching keys of new sender %s: %w", domain, ErrFetchBudget)
+}
+
+// TestVerifyWithPassesSource checks that VerifyWith hands the request
+// source to the key source and that a budget refusal is a
+// backend_unavailable *moh.Error in which errors.Is finds ErrFetchBudget.
+func TestVerifyWithPassesSource(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	keys := &sourcedKeys{}
+	v := &Verifier{Domains: []string{"b.example"}, Keys: keys, Now: func() time.Time { return t0 }}
+	src := netip.MustParseAddr("2001:4860::1")
+	_, err := v.VerifyWith(t.Context(), signedRequest(t, k, nil), moh.ConnectionKeyPackages, VerifyOptions{Source: src})
+	var e *moh.Error
+	if !errors.As(err, &e) || e.Code != moh.CodeBackendUnavailable || !errors.Is(err, ErrFetchBudget) {
+		t.Fatalf("err = %v, want backend_unavailable wrapping ErrFetchBudget", err)
+	}
+	if strings.Contains(e.Message, "sender") && strings.Contains(e.Message, "a.example") {
+		t.Errorf("peer-visible message %q names internal detail", e.Message)
+	}
+	if keys.got.Source != src {
+		t.Fatalf("key source saw source %v, want %v", keys.got.Source, src)
 	}
 }
