@@ -22,7 +22,8 @@ type ContextMode int
 
 const (
 	// ContextRandom gives every minted challenge 32 fresh bytes from
-	// crypto/rand (PROFILE §8) and remembers the digests in memory until the
+	// crypto/rand (PROFILE §8) and remembers the digests (with their token
+	// type, which a token must match) in memory until the
 	// challenge lifetime ends. The registry is bounded by
 	// OriginConfig.MaxChallenges: past it, the oldest challenges are
 	// forgotten early and tokens for them are refused (the client gets a new
@@ -241,7 +242,7 @@ func (o *Origin) Challenges() ([]Challenge, error) {
 			if err != nil {
 				return nil, err
 			}
-			o.registry.add(ChallengeDigest(raw), expires, now)
+			o.registry.add(ChallengeDigest(raw), t, expires, now)
 			out = append(out, Challenge{TokenChallenge: raw, TokenKey: o.advertise[t], MaxAge: int(o.lifetime / time.Second)})
 		}
 	case ContextWindow:
@@ -356,8 +357,8 @@ func (o *Origin) RedeemToken(ctx context.Context, t *Token) (*Redemption, error)
 func (o *Origin) acceptDigest(t TokenType, d [DigestSize]byte, now time.Time) (time.Time, bool, error) {
 	switch o.mode {
 	case ContextRandom:
-		exp, ok := o.registry.lookup(d, now)
-		return exp, ok, nil
+		exp, typ, ok := o.registry.lookup(d, now)
+		return exp, ok && typ == t, nil
 	case ContextWindow:
 		s, err := o.slotsAt(now)
 		if err != nil {
@@ -441,10 +442,15 @@ func (o *Origin) slotsAt(now time.Time) (*slots, error) {
 // capacity the oldest entry is dropped early, which bounds memory.
 type challengeRegistry struct {
 	mu    sync.Mutex
-	byD   map[[DigestSize]byte]int64 // digest -> expiry (unix nanoseconds)
+	byD   map[[DigestSize]byte]registryValue
 	ring  []registryEntry
 	head  int
 	count int
+}
+
+type registryValue struct {
+	exp int64 // unix nanoseconds
+	typ TokenType
 }
 
 type registryEntry struct {
@@ -453,12 +459,12 @@ type registryEntry struct {
 }
 
 func newChallengeRegistry(limit int) *challengeRegistry {
-	return &challengeRegistry{byD: make(map[[DigestSize]byte]int64), ring: make([]registryEntry, limit)}
+	return &challengeRegistry{byD: make(map[[DigestSize]byte]registryValue), ring: make([]registryEntry, limit)}
 }
 
 func (r *challengeRegistry) popHead() {
 	e := r.ring[r.head]
-	if exp, ok := r.byD[e.d]; ok && exp == e.exp {
+	if v, ok := r.byD[e.d]; ok && v.exp == e.exp {
 		delete(r.byD, e.d)
 	}
 	r.ring[r.head] = registryEntry{}
@@ -466,7 +472,7 @@ func (r *challengeRegistry) popHead() {
 	r.count--
 }
 
-func (r *challengeRegistry) add(d [DigestSize]byte, expires, now time.Time) {
+func (r *challengeRegistry) add(d [DigestSize]byte, typ TokenType, expires, now time.Time) {
 	if len(r.ring) == 0 {
 		return
 	}
@@ -482,15 +488,15 @@ func (r *challengeRegistry) add(d [DigestSize]byte, expires, now time.Time) {
 	exp := expires.UnixNano()
 	r.ring[(r.head+r.count)%len(r.ring)] = registryEntry{d: d, exp: exp}
 	r.count++
-	r.byD[d] = exp
+	r.byD[d] = registryValue{exp: exp, typ: typ}
 }
 
-func (r *challengeRegistry) lookup(d [DigestSize]byte, now time.Time) (time.Time, bool) {
+func (r *challengeRegistry) lookup(d [DigestSize]byte, now time.Time) (time.Time, TokenType, bool) {
 	r.mu.Lock()
-	exp, ok := r.byD[d]
+	v, ok := r.byD[d]
 	r.mu.Unlock()
-	if !ok || exp <= now.UnixNano() {
-		return time.Time{}, false
+	if !ok || v.exp <= now.UnixNano() {
+		return time.Time{}, 0, false
 	}
-	return time.Unix(0, exp), true
+	return time.Unix(0, v.exp), v.typ, true
 }
