@@ -3,6 +3,9 @@ package moh
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -83,14 +86,99 @@ func (c Code) Known() bool {
 type Error struct {
 	Code    Code
 	Message string
-	Err     error // the cause, for logs only; never sent
+	Err     error // the cause (from Errorf: the full text, wrapping the %w operands), for logs only; never sent
 }
 
-// Errorf returns an *Error with a formatted, peer-visible message. A %w verb
-// wraps the cause as with fmt.Errorf.
+// causePlaceholder is what a %w operand of Errorf renders as in the
+// peer-visible message.
+const causePlaceholder = "internal error"
+
+// placeholder stands in for a %w operand when Errorf renders the message.
+type placeholder struct{}
+
+func (placeholder) Error() string { return causePlaceholder }
+
+// Errorf returns an *Error whose peer-visible Message is format rendered
+// with args, except that every %w operand renders as "internal error": a
+// wrapped cause is internal (paths, addresses, store errors) and never
+// reaches the peer. Err then holds the fully formatted error, which wraps
+// the causes as fmt.Errorf does, for logs and errors.Is; without %w, Err is
+// nil. Operands of other verbs are rendered as given, so callers must not
+// pass secrets to them.
 func Errorf(code Code, format string, args ...any) *Error {
-	err := fmt.Errorf(format, args...)
-	return &Error{Code: code, Message: err.Error(), Err: errors.Unwrap(err)}
+	wrapped := wrapOperands(format)
+	if len(wrapped) == 0 {
+		return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+	}
+	shown := append([]any(nil), args...)
+	for _, i := range wrapped {
+		if i < len(shown) {
+			shown[i] = placeholder{}
+		}
+	}
+	return &Error{Code: code, Message: fmt.Errorf(format, shown...).Error(), Err: fmt.Errorf(format, args...)}
+}
+
+// wrapOperands returns the indexes of the operands that format's %w verbs
+// consume, following fmt's rules for flags, explicit argument indexes
+// ([n]), and * widths and precisions (which consume an operand).
+func wrapOperands(format string) []int {
+	var out []int
+	arg := 0
+	end := len(format)
+	// index parses an optional [n] at format[i:] and moves arg to n-1.
+	index := func(i int) int {
+		if i >= end || format[i] != '[' {
+			return i
+		}
+		j := strings.IndexByte(format[i:], ']')
+		if j < 0 {
+			return i
+		}
+		if n, err := strconv.Atoi(format[i+1 : i+j]); err == nil && n > 0 {
+			arg = n - 1
+		}
+		return i + j + 1
+	}
+	// number skips a * (consuming an operand) or a run of digits.
+	number := func(i int) int {
+		if i < end && format[i] == '*' {
+			arg++
+			return i + 1
+		}
+		for i < end && format[i] >= '0' && format[i] <= '9' {
+			i++
+		}
+		return i
+	}
+	for i := 0; i < end; i++ {
+		if format[i] != '%' {
+			continue
+		}
+		i++
+		for i < end && strings.IndexByte("+-# 0", format[i]) >= 0 {
+			i++
+		}
+		i = number(index(i))
+		if i < end && format[i] == '.' {
+			i = number(index(i + 1))
+		}
+		i = index(i)
+		if i >= end {
+			break
+		}
+		verb, size := utf8.DecodeRuneInString(format[i:])
+		switch verb {
+		case '%':
+		case 'w':
+			out = append(out, arg)
+			arg++
+		default:
+			arg++
+		}
+		i += size - 1
+	}
+	return out
 }
 
 // Error implements error.

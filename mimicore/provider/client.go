@@ -81,7 +81,7 @@ func (c *Client) Sign(recipient string, typ moh.ProviderRequestType, payload []b
 		RequestType: typ,
 		Sender:      []byte(c.Sender),
 		Recipient:   []byte(recipient),
-		Timestamp:   uint64(t.Unix()),
+		Timestamp:   unixSeconds(t),
 		RequestID:   id,
 		Payload:     payload,
 	}
@@ -90,6 +90,9 @@ func (c *Client) Sign(recipient string, typ moh.ProviderRequestType, payload []b
 
 // Post sends an already signed request to recipient's DS.
 func (c *Client) Post(ctx context.Context, recipient string, typ moh.ProviderRequestType, raw []byte) (*Answer, error) {
+	if c.Fetcher.closed() {
+		return nil, fmt.Errorf("posting %s to %s: %w", typ, recipient, ErrFetcherClosed)
+	}
 	authority, err := c.Fetcher.Discover(ctx, recipient)
 	if err != nil {
 		return nil, fmt.Errorf("discovering %s: %w", recipient, err)

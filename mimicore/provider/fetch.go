@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/publicsuffix"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 
@@ -31,6 +33,12 @@ const (
 	defaultFetchLimit  = 5 * time.Second
 	defaultMinInterval = time.Minute
 	maxKeyCacheTTL     = 24 * time.Hour
+	// minRefetchGap is the least time between two successful fetches for
+	// one peer when a key_id not seen before asks for a refetch (capped at
+	// MinInterval).
+	minRefetchGap = 5 * time.Second
+	// maxMissing bounds the key_ids remembered as missing per peer.
+	maxMissing = 16
 )
 
 // Errors a key lookup returns; the verifier maps them to DSError codes.
@@ -44,13 +52,17 @@ var (
 	// ErrAddressRefused means a peer resolved to an address the fetch policy
 	// forbids.
 	ErrAddressRefused = errors.New("peer address refused by fetch policy")
+	// ErrFetcherClosed means the KeyFetcher was closed: nothing is fetched
+	// or posted any more (cached keys still answer).
+	ErrFetcherClosed = errors.New("key fetcher closed")
 )
 
 // FetchPolicy bounds how peers' keys are fetched. The zero value is the
 // production policy: public addresses on port 443 only, system roots.
 type FetchPolicy struct {
-	// AllowPrivate permits loopback, private, link-local and ULA addresses
-	// (examples and tests on one machine).
+	// AllowPrivate permits every address that is not globally reachable
+	// (loopback, private, link-local, ULA, CGNAT, documentation, NAT64 and
+	// the other ranges of nonPublic), for examples and tests on one machine.
 	AllowPrivate bool
 	// AllowedPorts lists the ports that may be dialed besides 443.
 	AllowedPorts []int
@@ -62,15 +74,26 @@ type FetchPolicy struct {
 	RootCAs *x509.CertPool
 	// Timeout bounds one discovery + key fetch (default 5 s).
 	Timeout time.Duration
-	// MinInterval is the least time between two fetches for one peer
-	// (default 1 min); failures are cached for as long.
+	// MinInterval is how long a failed fetch is cached, and how long a
+	// key_id found missing from a successful fetch is answered unknown
+	// without refetching (default 1 min). Another key_id not in the cache
+	// refetches once minRefetchGap (5 s, at most MinInterval) has passed
+	// since the last fetch, so a forged request naming a bogus key_id
+	// cannot keep a peer's next genuine key out for the whole interval.
 	MinInterval time.Duration
-	// FetchRate bounds fetches per second across all peers, so requests
-	// naming many unknown senders cannot turn the gateway into a scanner
-	// (default 5 per second, burst 20).
+	// FetchRate bounds fetches per second, so requests naming many unknown
+	// senders cannot turn the gateway into a scanner (default 5 per
+	// second). It is two budgets of this rate (burst 20 each): one for
+	// senders never fetched successfully, one for refetches of known
+	// peers, so a flood of forged senders cannot starve known peers. Each
+	// request source (LookupOptions.Source; IPv4 address, IPv6 /64) may
+	// trigger a fifth of the rate (burst 5), and so may each registrable
+	// domain (public suffix + 1 label) of new senders, so one attacker
+	// cannot spend a whole budget.
 	FetchRate float64
 	// MaxPeers bounds the peers kept in memory (default 10,000); the
-	// least recently used one is forgotten first.
+	// least recently used peer never fetched successfully is forgotten
+	// first, so forged senders cannot push known peers out.
 	MaxPeers int
 	// Cache, when set, persists fetched keys and failures so a restart
 	// neither refetches every peer nor forgets which peers are failing.
@@ -83,6 +106,13 @@ type KeySource interface {
 	VerificationKey(ctx context.Context, domain string, keyID []byte, at time.Time) (*moh.VerificationKey, error)
 }
 
+// SourcedKeySource is a KeySource that can take the looked-up request's
+// options into account (KeyFetcher budgets fetches by request source).
+type SourcedKeySource interface {
+	KeySource
+	VerificationKeyFrom(ctx context.Context, domain string, keyID []byte, at time.Time, opts LookupOptions) (*moh.VerificationKey, error)
+}
+
 // KeyFetcher is a KeySource that discovers a peer's DS through its
 // well-known URL and fetches its /verification_key, with caching, one fetch
 // in flight per peer, a minimum interval between fetches and cached
@@ -92,15 +122,118 @@ type KeyFetcher struct {
 	client *http.Client
 	now    func() time.Time
 
-	group   singleflight.Group
-	limiter *rate.Limiter
-	mu      sync.Mutex
-	peers   map[string]*peerKeys
+	// closing is cancelled by Close; fetches in flight stop with it.
+	closing context.Context
+	close   context.CancelFunc
+
+	group singleflight.Group
+	mu    sync.Mutex
+	peers map[string]*peerKeys
+	// Fetch budgets (see FetchPolicy.FetchRate), all on f.now's clock.
+	known, fresh       *rate.Limiter
+	bySource, bySuffix keyedLimiter
 }
 
-// ErrFetchBudget means the global fetch budget is spent; the request should
-// be retried later.
+// ErrFetchBudget means a fetch budget (see FetchPolicy.FetchRate) refused
+// the fetch; nothing is cached and the request may be retried later. The
+// Verifier wraps it in a backend_unavailable *moh.Error, so the HTTP layer
+// can find it with errors.Is (to sample its logs, say).
 var ErrFetchBudget = errors.New("too many key fetches; retry later")
+
+// LookupOptions describes the request on whose behalf a key is looked up.
+type LookupOptions struct {
+	// Source is the address the request came from, as the HTTP layer
+	// determines the client IP (trusted proxies resolved). The fetches a
+	// source triggers are budgeted per source (IPv4 address, IPv6 /64).
+	// The zero value means unknown: such fetches are only budgeted per
+	// sender domain and globally.
+	Source netip.Addr
+}
+
+// keyedLimiter is a bounded set of token buckets keyed by a string.
+type keyedLimiter struct {
+	rate  rate.Limit
+	burst int
+	m     map[string]*rate.Limiter
+}
+
+// maxLimiterKeys bounds each keyedLimiter's map.
+const maxLimiterKeys = 4096
+
+// get returns key's bucket, creating it (and making room) if needed.
+// Called with f.mu held.
+func (k *keyedLimiter) get(key string, now time.Time) *rate.Limiter {
+	if l, ok := k.m[key]; ok {
+		return l
+	}
+	if len(k.m) >= maxLimiterKeys {
+		// Full buckets are idle: forgetting them changes nothing. If a
+		// flood keeps every bucket busy, forget arbitrary ones; each key
+		// is still bounded by the global budget.
+		for key, l := range k.m {
+			if l.TokensAt(now) >= float64(k.burst) || len(k.m) >= maxLimiterKeys {
+				delete(k.m, key)
+			}
+		}
+	}
+	l := rate.NewLimiter(k.rate, k.burst)
+	k.m[key] = l
+	return l
+}
+
+// sourceKey groups a client address: IPv4 by address, IPv6 by /64.
+func sourceKey(a netip.Addr) string {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
+
+// suffixKey is the registrable domain of a sender (public suffix plus one
+// label), so fresh names under one domain share a budget.
+func suffixKey(domain string) string {
+	if d, err := publicsuffix.EffectiveTLDPlusOne(domain); err == nil {
+		return d
+	}
+	return domain
+}
+
+// spendBudget charges one fetch for domain to the budgets, or returns an
+// error wrapping ErrFetchBudget. Every fetch needs a token of its source's
+// bucket (when the source is known); a known peer's refetch then spends the
+// known-peer budget, and a new sender needs a token of its registrable
+// domain's bucket and of the new-sender budget. Buckets are checked before
+// any is spent, so a refusal costs no other bucket a token.
+func (f *KeyFetcher) spendBudget(domain string, known bool, opts LookupOptions, now time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var src *rate.Limiter
+	if opts.Source.IsValid() {
+		if src = f.bySource.get(sourceKey(opts.Source), now); src.TokensAt(now) < 1 {
+			return fmt.Errorf("fetching keys of %s: %w (source %s)", domain, ErrFetchBudget, sourceKey(opts.Source))
+		}
+	}
+	if known {
+		if !f.known.AllowN(now, 1) {
+			return fmt.Errorf("refetching keys of %s: %w", domain, ErrFetchBudget)
+		}
+	} else {
+		sfx := f.bySuffix.get(suffixKey(domain), now)
+		if sfx.TokensAt(now) < 1 {
+			return fmt.Errorf("fetching keys of new sender %s: %w (domain %s)", domain, ErrFetchBudget, suffixKey(domain))
+		}
+		if !f.fresh.AllowN(now, 1) {
+			return fmt.Errorf("fetching keys of new sender %s: %w", domain, ErrFetchBudget)
+		}
+		sfx.AllowN(now, 1)
+	}
+	if src != nil {
+		src.AllowN(now, 1)
+	}
+	return nil
+}
 
 // peerKeys is what is cached about one peer.
 type peerKeys struct {
@@ -108,6 +241,48 @@ type peerKeys struct {
 	lastAttempt time.Time
 	lastErr     error
 	lastUsed    time.Time
+	// missing lists key_ids that were looked up and absent from the
+	// fetch that followed (oldest first, at most maxMissing).
+	missing [][]byte
+}
+
+// refetchRefused returns why a lookup of keyID, absent from the cache,
+// must not fetch now, or nil when it may. Called with f.mu held.
+func (f *KeyFetcher) refetchRefused(e *peerKeys, domain string, keyID []byte, now time.Time) error {
+	if e.lastAttempt.IsZero() {
+		return nil
+	}
+	since := now.Sub(e.lastAttempt)
+	if since >= f.policy.MinInterval {
+		return nil
+	}
+	if e.lastErr != nil {
+		return e.lastErr
+	}
+	if since < min(minRefetchGap, f.policy.MinInterval) || e.isMissing(keyID) {
+		return fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
+	}
+	return nil
+}
+
+func (e *peerKeys) isMissing(keyID []byte) bool {
+	for _, id := range e.missing {
+		if bytes.Equal(id, keyID) {
+			return true
+		}
+	}
+	return false
+}
+
+// noteMissing remembers that keyID was absent from the last fetch.
+func (e *peerKeys) noteMissing(keyID []byte) {
+	if e.isMissing(keyID) {
+		return
+	}
+	if len(e.missing) == maxMissing {
+		e.missing = e.missing[1:]
+	}
+	e.missing = append(e.missing, bytes.Clone(keyID))
 }
 
 type cachedKey struct {
@@ -170,14 +345,37 @@ func (p FetchPolicy) HTTPClient(minVersion uint16) *http.Client {
 // over TLS 1.3 only.
 func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 	policy = policy.withDefaults()
+	closing, closeFn := context.WithCancel(context.Background())
 	return &KeyFetcher{
 		policy:  policy,
 		client:  policy.HTTPClient(tls.VersionTLS13),
 		now:     time.Now,
-		limiter: rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		closing: closing,
+		close:   closeFn,
 		peers:   make(map[string]*peerKeys),
+		known:   rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		fresh:   rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		bySource: keyedLimiter{rate: rate.Limit(policy.FetchRate / 5), burst: 5,
+			m: make(map[string]*rate.Limiter)},
+		bySuffix: keyedLimiter{rate: rate.Limit(policy.FetchRate / 5), burst: 5,
+			m: make(map[string]*rate.Limiter)},
 	}
 }
+
+// Close releases the fetcher's HTTP transport: it cancels the fetches in
+// flight, closes the idle connections to peers, and makes every later
+// fetch, discovery and Client post fail at once with ErrFetcherClosed,
+// without caching a failure for the peer. Keys already cached still
+// answer VerificationKey. The owner of the fetcher calls Close when it is
+// replaced (configuration reload) or shut down. Close is idempotent and
+// safe for concurrent use.
+func (f *KeyFetcher) Close() {
+	f.close()
+	f.client.CloseIdleConnections()
+}
+
+// closed reports whether Close was called.
+func (f *KeyFetcher) closed() bool { return f.closing.Err() != nil }
 
 // control runs after name resolution, on the address actually dialed, so
 // the check cannot be bypassed by DNS rebinding between check and connect.
@@ -196,14 +394,65 @@ func (p FetchPolicy) control(_, address string, _ syscall.RawConn) error {
 	return nil
 }
 
-// cgnat is the shared address space of RFC 6598.
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+// nonPublic lists the ranges of the IANA IPv4 and IPv6 Special-Purpose
+// Address Registries that are not globally reachable, and the IPv6 forms
+// that embed an IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible, SIIT).
+// The embedding forms are refused outright rather than judged by their IPv4
+// part: a peer provider has no reason to be reached through a translator,
+// and the translator would take the fetch to whatever IPv4 address it names,
+// private ones included. publicAddr also refuses everything outside global
+// unicast (loopback, link-local, multicast, unspecified).
+var nonPublic = func() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range []string{
+		"0.0.0.0/8",       // "this network"
+		"10.0.0.0/8",      // private
+		"100.64.0.0/10",   // shared address space (CGNAT)
+		"127.0.0.0/8",     // loopback
+		"169.254.0.0/16",  // link-local
+		"172.16.0.0/12",   // private
+		"192.0.0.0/24",    // IETF protocol assignments
+		"192.0.2.0/24",    // documentation (TEST-NET-1)
+		"192.88.99.0/24",  // deprecated 6to4 relay anycast
+		"192.168.0.0/16",  // private
+		"198.18.0.0/15",   // benchmarking
+		"198.51.100.0/24", // documentation (TEST-NET-2)
+		"203.0.113.0/24",  // documentation (TEST-NET-3)
+		"224.0.0.0/4",     // multicast
+		"240.0.0.0/4",     // reserved, and the limited broadcast address
+		"::/96",           // unspecified, loopback, deprecated IPv4-compatible
+		"::ffff:0:0:0/96", // SIIT IPv4-translated
+		"64:ff9b::/96",    // NAT64 well-known prefix
+		"64:ff9b:1::/48",  // local-use IPv4/IPv6 translation
+		"100::/64",        // discard-only
+		"2001::/23",       // IETF protocol assignments: Teredo, benchmarking, ORCHID, ...
+		"2001:db8::/32",   // documentation
+		"2002::/16",       // 6to4
+		"3fff::/20",       // documentation
+		"5f00::/16",       // segment routing SIDs
+		"fc00::/7",        // unique local
+		"fe80::/10",       // link-local
+		"fec0::/10",       // deprecated site-local
+		"ff00::/8",        // multicast
+	} {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}()
 
-// publicAddr reports whether a is a globally routable unicast address.
+// publicAddr reports whether a is a globally reachable unicast address. An
+// IPv4-mapped address (::ffff:a.b.c.d) is dialed as IPv4 and judged as such.
 func publicAddr(a netip.Addr) bool {
 	a = a.Unmap()
-	return a.IsGlobalUnicast() && !a.IsPrivate() && !a.IsLoopback() &&
-		!a.IsLinkLocalUnicast() && !cgnat.Contains(a) && !(a.Is4() && a.As4()[0] == 0)
+	if !a.IsGlobalUnicast() {
+		return false
+	}
+	for _, p := range nonPublic {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return true
 }
 
 func containsInt(list []int, v int) bool {
@@ -215,9 +464,17 @@ func containsInt(list []int, v int) bool {
 	return false
 }
 
-// VerificationKey implements KeySource. A key_id not in the cache triggers a
-// refetch, at most one per MinInterval per peer.
+// VerificationKey implements KeySource: VerificationKeyFrom with no
+// options.
 func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID []byte, at time.Time) (*moh.VerificationKey, error) {
+	return f.VerificationKeyFrom(ctx, domain, keyID, at, LookupOptions{})
+}
+
+// VerificationKeyFrom implements SourcedKeySource. A key_id not in the
+// cache triggers a refetch (see FetchPolicy.MinInterval), charged to the
+// fetch budgets (see FetchPolicy.FetchRate); a refused fetch wraps
+// ErrFetchBudget.
+func (f *KeyFetcher) VerificationKeyFrom(ctx context.Context, domain string, keyID []byte, at time.Time, opts LookupOptions) (*moh.VerificationKey, error) {
 	now := f.now()
 	f.mu.Lock()
 	entry := f.peers[domain]
@@ -231,23 +488,30 @@ func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID [
 		f.mu.Unlock()
 		return checkCovers(k, at)
 	}
-	if !entry.lastAttempt.IsZero() && now.Sub(entry.lastAttempt) < f.policy.MinInterval {
-		err := entry.lastErr
+	if err := f.refetchRefused(entry, domain, keyID, now); err != nil {
 		f.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
+		return nil, err
 	}
+	known := entry.known()
 	f.mu.Unlock()
 
 	_, err, _ := f.group.Do(domain, func() (any, error) {
-		if !f.limiter.Allow() {
-			return nil, ErrFetchBudget
+		if f.closed() {
+			return nil, ErrFetcherClosed
 		}
+		if err := f.spendBudget(domain, known, opts, now); err != nil {
+			return nil, err
+		}
+		// The fetch outlives the request that triggered it (other
+		// requests share it) but not the fetcher.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.policy.Timeout)
 		defer cancel()
+		stop := context.AfterFunc(f.closing, cancel)
+		defer stop()
 		keys, err := f.fetch(fctx, domain)
+		if f.closed() {
+			return nil, fmt.Errorf("fetching keys of %s: %w", domain, ErrFetcherClosed)
+		}
 		f.record(fctx, domain, keys, err, f.now())
 		return nil, err
 	})
@@ -255,7 +519,11 @@ func (f *KeyFetcher) VerificationKey(ctx context.Context, domain string, keyID [
 		return nil, err
 	}
 	f.mu.Lock()
-	k, ok := f.peers[domain].lookup(keyID, f.now())
+	entry = f.peers[domain]
+	k, ok := entry.lookup(keyID, f.now())
+	if !ok && entry != nil {
+		entry.noteMissing(keyID)
+	}
 	f.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
@@ -272,7 +540,7 @@ func (f *KeyFetcher) hydrate(ctx context.Context, domain string, now time.Time) 
 			for _, k := range keys {
 				e.keys = append(e.keys, cachedKey{key: moh.VerificationKey{
 					KeyID: k.KeyID, Scheme: moh.SignatureScheme(k.Scheme), PublicKey: k.PublicKey,
-					NotBefore: uint64(k.NotBefore.Unix()), NotAfter: uint64(k.NotAfter.Unix()),
+					NotBefore: unixSeconds(k.NotBefore), NotAfter: unixSeconds(k.NotAfter),
 				}, expires: k.CacheUntil})
 			}
 		}
@@ -291,20 +559,30 @@ func (f *KeyFetcher) hydrate(ctx context.Context, domain string, now time.Time) 
 	return e
 }
 
-// evictLocked makes room for one more peer by forgetting the least
-// recently used one when the map is full.
+// evictLocked makes room for one more peer when the map is full by
+// forgetting the least recently used peer that was never fetched
+// successfully, or, if every peer is known, the least recently used one:
+// a flood of forged senders cannot push known peers out.
 func (f *KeyFetcher) evictLocked() {
 	if len(f.peers) < f.policy.MaxPeers {
 		return
 	}
 	var oldest string
 	var oldestUse time.Time
+	oldestKnown := true
 	for d, e := range f.peers {
-		if oldest == "" || e.lastUsed.Before(oldestUse) {
-			oldest, oldestUse = d, e.lastUsed
+		k := e.known()
+		if oldest == "" || (!k && oldestKnown) || (k == oldestKnown && e.lastUsed.Before(oldestUse)) {
+			oldest, oldestUse, oldestKnown = d, e.lastUsed, k
 		}
 	}
 	delete(f.peers, oldest)
+}
+
+// known reports whether the peer's keys were ever fetched successfully
+// (in this process or, through the persistent cache, before).
+func (e *peerKeys) known() bool {
+	return len(e.keys) > 0 || (!e.lastAttempt.IsZero() && e.lastErr == nil)
 }
 
 func (e *peerKeys) lookup(keyID []byte, now time.Time) (moh.VerificationKey, bool) {
@@ -321,7 +599,7 @@ func (e *peerKeys) lookup(keyID []byte, now time.Time) (moh.VerificationKey, boo
 
 // checkCovers requires k's validity to include at.
 func checkCovers(k moh.VerificationKey, at time.Time) (*moh.VerificationKey, error) {
-	t := uint64(at.Unix())
+	t := unixSeconds(at)
 	if t < k.NotBefore || t > k.NotAfter {
 		return nil, fmt.Errorf("key %x does not cover the request time: %w", k.KeyID, ErrUnknownKey)
 	}
@@ -335,7 +613,7 @@ func (f *KeyFetcher) record(ctx context.Context, domain string, keys []moh.Verif
 	cached := make([]cachedKey, 0, len(keys))
 	for _, k := range keys {
 		exp := now.Add(maxKeyCacheTTL)
-		if na := time.Unix(int64(k.NotAfter), 0); na.Before(exp) {
+		if na := unixTime(k.NotAfter); na.Before(exp) {
 			exp = na
 		}
 		cached = append(cached, cachedKey{key: k, expires: exp})
@@ -351,6 +629,14 @@ func (f *KeyFetcher) record(ctx context.Context, domain string, keys []moh.Verif
 	entry.lastErr = err
 	if err == nil {
 		entry.keys = cached
+		// A key_id missing before may be published now.
+		kept := entry.missing[:0]
+		for _, id := range entry.missing {
+			if _, ok := entry.lookup(id, now); !ok {
+				kept = append(kept, id)
+			}
+		}
+		entry.missing = kept
 	}
 	f.mu.Unlock()
 
@@ -371,7 +657,7 @@ func (f *KeyFetcher) record(ctx context.Context, domain string, keys []moh.Verif
 	for _, ck := range cached {
 		rows = append(rows, store.PeerKey{
 			Domain: domain, KeyID: ck.key.KeyID, Scheme: uint16(ck.key.Scheme), PublicKey: ck.key.PublicKey,
-			NotBefore: time.Unix(int64(ck.key.NotBefore), 0), NotAfter: time.Unix(int64(ck.key.NotAfter), 0),
+			NotBefore: unixTime(ck.key.NotBefore), NotAfter: unixTime(ck.key.NotAfter),
 			FetchedAt: now, CacheUntil: ck.expires,
 		})
 	}
@@ -388,7 +674,14 @@ func (f *KeyFetcher) fetch(ctx context.Context, domain string) ([]moh.Verificati
 	if err != nil {
 		return nil, err
 	}
-	raw, err := f.do(ctx, http.MethodPost, "https://"+authority+"/verification_key", body)
+	url := "https://" + authority + "/verification_key"
+	raw, err := f.do(ctx, http.MethodPost, url, body, keysMediaType)
+	var status statusError
+	if errors.As(err, &status) && int(status) == http.StatusMethodNotAllowed {
+		// A peer that serves /verification_key by GET only: retry once,
+		// without a body (docs/protocol.md §2 allows both).
+		raw, err = f.do(ctx, http.MethodGet, url, nil, keysMediaType)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: fetching keys of %s from %s: %v", ErrFetchFailed, domain, authority, err)
 	}
@@ -401,8 +694,7 @@ func (f *KeyFetcher) fetch(ctx context.Context, domain string) ([]moh.Verificati
 	}
 	keys := make([]moh.VerificationKey, 0, len(resp.VerificationKeys))
 	for _, k := range resp.VerificationKeys {
-		if !k.Scheme.Known() || k.NotAfter < k.NotBefore ||
-			time.Duration(k.NotAfter-k.NotBefore)*time.Second > MaxKeyLifetime {
+		if !k.Scheme.Known() || !validLifetime(k.NotBefore, k.NotAfter) {
 			continue // unusable keys are ignored, not trusted
 		}
 		k.KeyID = bytes.Clone(k.KeyID)
@@ -418,7 +710,7 @@ func (f *KeyFetcher) Discover(ctx context.Context, domain string) (string, error
 	if !moh.ValidFQDN([]byte(domain)) {
 		return "", errors.New("not a valid provider domain")
 	}
-	raw, err := f.do(ctx, http.MethodGet, "https://"+domain+"/.well-known/mimi/ds-domain", nil)
+	raw, err := f.do(ctx, http.MethodGet, "https://"+domain+"/.well-known/mimi/ds-domain", nil, "")
 	if err != nil {
 		return "", err
 	}
@@ -445,14 +737,35 @@ func ValidateAuthority(authority string) error {
 	return nil
 }
 
-// do performs one bounded request and returns the body of a 200 answer.
-func (f *KeyFetcher) do(ctx context.Context, method, url string, body []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+// keysMediaType is the only media type a /verification_key answer may have.
+const keysMediaType = "application/octet-stream"
+
+// statusError is a non-200 answer.
+type statusError int
+
+func (e statusError) Error() string { return "status " + strconv.Itoa(int(e)) }
+
+// do performs one bounded request and returns the body of a 200 answer. A
+// non-nil body is sent as application/octet-stream. When accept is set, it
+// is sent as Accept and the answer's media type must equal it
+// (case-insensitively, parameters ignored).
+func (f *KeyFetcher) do(ctx context.Context, method, url string, body []byte, accept string) ([]byte, error) {
+	if f.closed() {
+		return nil, ErrFetcherClosed
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
 	}
 	resp, err := f.client.Do(req)
 	if err != nil {
@@ -467,7 +780,12 @@ func (f *KeyFetcher) do(ctx context.Context, method, url string, body []byte) ([
 		return nil, errors.New("answer larger than 64 KiB")
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status %d", resp.StatusCode)
+		return nil, statusError(resp.StatusCode)
+	}
+	if accept != "" {
+		if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err != nil || mt != accept {
+			return nil, fmt.Errorf("answer content type %q is not %s", resp.Header.Get("Content-Type"), accept)
+		}
 	}
 	return raw, nil
 }

@@ -27,6 +27,31 @@ import (
 // (docs/protocol.md §4).
 const MaxKeyLifetime = 90 * 24 * time.Hour
 
+// maxUnixSeconds is the latest instant a key's validity may name: the last
+// second of year 9999. Later bounds (up to 2^64-1 on the wire) are not
+// meaningful times; they would overflow int64 seconds and time.Duration.
+const maxUnixSeconds = 253402300799
+
+// unixTime converts wire seconds to a time, clamping at maxUnixSeconds so
+// that no uint64 wraps to a negative int64.
+func unixTime(sec uint64) time.Time {
+	return time.Unix(int64(min(sec, maxUnixSeconds)), 0)
+}
+
+// unixSeconds converts a time to wire seconds; times before 1970 become 0.
+func unixSeconds(t time.Time) uint64 {
+	return uint64(max(t.Unix(), 0))
+}
+
+// validLifetime reports whether a validity of notBefore..notAfter (wire
+// seconds) is well formed and at most MaxKeyLifetime. It compares whole
+// seconds, never nanoseconds, so no bound can overflow into a short
+// lifetime.
+func validLifetime(notBefore, notAfter uint64) bool {
+	return notBefore <= notAfter && notAfter <= maxUnixSeconds &&
+		notAfter-notBefore <= uint64(MaxKeyLifetime/time.Second)
+}
+
 // ErrBadSignature is wrapped by every signature verification failure.
 var ErrBadSignature = errors.New("signature does not verify")
 
@@ -118,8 +143,8 @@ func (k *PrivateKey) Public() moh.VerificationKey {
 		KeyID:     k.ID,
 		Scheme:    k.Scheme,
 		PublicKey: k.public,
-		NotBefore: uint64(k.NotBefore.Unix()),
-		NotAfter:  uint64(k.NotAfter.Unix()),
+		NotBefore: unixSeconds(k.NotBefore),
+		NotAfter:  unixSeconds(k.NotAfter),
 	}
 }
 

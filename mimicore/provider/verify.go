@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -42,9 +43,23 @@ type Verified struct {
 	Digest [32]byte
 }
 
-// Verify decodes raw as a ProviderRequest for endpoint want and checks it.
-// Every failure is a *moh.Error with the code the peer should see.
+// VerifyOptions describes the HTTP request that carried a provider request.
+type VerifyOptions struct {
+	// Source is the client IP of the HTTP request (trusted proxies
+	// resolved); the zero value means unknown. A KeyFetcher budgets key
+	// fetches per source (see FetchPolicy.FetchRate).
+	Source netip.Addr
+}
+
+// Verify is VerifyWith with no options.
 func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequestType) (*Verified, error) {
+	return v.VerifyWith(ctx, raw, want, VerifyOptions{})
+}
+
+// VerifyWith decodes raw as a ProviderRequest for endpoint want and checks
+// it. Every failure is a *moh.Error with the code the peer should see; a
+// refused key fetch is backend_unavailable wrapping ErrFetchBudget.
+func (v *Verifier) VerifyWith(ctx context.Context, raw []byte, want moh.ProviderRequestType, opts VerifyOptions) (*Verified, error) {
 	var req moh.ProviderRequest
 	if err := wire.Unmarshal(raw, &req, "ProviderRequest"); err != nil {
 		return nil, &moh.Error{Code: moh.CodeMalformed, Message: err.Error(), Err: err}
@@ -55,7 +70,7 @@ func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequ
 	if !v.ownDomain(req.Recipient) {
 		return nil, moh.Errorf(moh.CodeRecipientMismatch, "recipient %q is not served here", req.Recipient)
 	}
-	ts := time.Unix(int64(min(req.Timestamp, 1<<62)), 0)
+	ts := unixTime(req.Timestamp)
 	if d := v.now().Sub(ts); d > TimestampWindow || d < -TimestampWindow {
 		return nil, moh.Errorf(moh.CodeStaleTimestamp, "timestamp is %s away from the receiver clock", d.Round(time.Second))
 	}
@@ -65,10 +80,18 @@ func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequ
 			return nil, &moh.Error{Code: moh.CodeForbidden, Message: "sender provider is not allowed", Err: err}
 		}
 	}
-	key, err := v.Keys.VerificationKey(ctx, sender, req.KeyID, ts)
+	var key *moh.VerificationKey
+	var err error
+	if sk, ok := v.Keys.(SourcedKeySource); ok {
+		key, err = sk.VerificationKeyFrom(ctx, sender, req.KeyID, ts, LookupOptions(opts))
+	} else {
+		key, err = v.Keys.VerificationKey(ctx, sender, req.KeyID, ts)
+	}
 	switch {
 	case errors.Is(err, ErrUnknownKey):
 		return nil, &moh.Error{Code: moh.CodeUnknownKey, Message: "key_id is not a current key of the sender", Err: err}
+	case errors.Is(err, ErrFetcherClosed):
+		return nil, &moh.Error{Code: moh.CodeBackendUnavailable, Message: "sender keys cannot be fetched now; retry later", Err: err}
 	case errors.Is(err, ErrFetchBudget):
 		return nil, &moh.Error{Code: moh.CodeBackendUnavailable, Message: "sender keys cannot be fetched now; retry later", Err: err}
 	case err != nil:

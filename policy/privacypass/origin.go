@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,11 +23,21 @@ type ContextMode int
 
 const (
 	// ContextRandom gives every minted challenge 32 fresh bytes from
-	// crypto/rand (PROFILE §8) and remembers the digests in memory until the
-	// challenge lifetime ends. The registry is bounded by
-	// OriginConfig.MaxChallenges: past it, the oldest challenges are
-	// forgotten early and tokens for them are refused (the client gets a new
-	// challenge). The state is per process: after a restart, and on another
+	// crypto/rand (PROFILE §8) and remembers the digests (with their token
+	// type) in memory until the challenge lifetime ends. The memory cannot
+	// be avoided: a token carries only SHA-256 of its challenge, so an
+	// origin cannot check a self-authenticating context (an HMAC over a
+	// nonce) without a list of digests to compare with; ContextWindow is
+	// the stateless mode. The registry is bounded by
+	// OriginConfig.MaxChallenges, and so that a flood of 401s from one
+	// place cannot push out other clients' challenges, it is kept per
+	// client source (ChallengesFor; IPv4 address, IPv6 /64): a source
+	// holds at most MaxChallengesPerSource and past it loses its own
+	// oldest, and when the whole registry is full the oldest challenge of
+	// the source holding the most is forgotten. A client whose challenge
+	// was forgotten gets ReasonChallengeDigest and a new challenge. Honest
+	// clients lose challenges to a flood only when more distinct sources
+	// than MaxChallenges hold challenges at once. The state is per process: after a restart, and on another
 	// node of a cluster, earlier challenges are unknown and their tokens are
 	// refused with ReasonChallengeDigest. That is safe (no token can be
 	// replayed across a restart, since its challenge is gone) but a cluster
@@ -63,9 +74,10 @@ func (m ContextMode) String() string {
 
 // Defaults applied by NewOrigin to zero OriginConfig fields.
 const (
-	DefaultLifetime      = 5 * time.Minute
-	DefaultMaxChallenges = 1 << 18
-	DefaultClockSkew     = time.Minute
+	DefaultLifetime               = 5 * time.Minute
+	DefaultMaxChallenges          = 1 << 18
+	DefaultMaxChallengesPerSource = 1 << 10
+	DefaultClockSkew              = time.Minute
 )
 
 // greaseTypes are the reserved token types of RFC 9577 §6.2.1.
@@ -96,8 +108,14 @@ type OriginConfig struct {
 	// only). Ignored by ContextRandom.
 	Secret []byte
 	// MaxChallenges bounds the challenges ContextRandom remembers. Default
-	// 262144 (about 25 MiB at most).
+	// 262144 (about 40 MiB at most).
 	MaxChallenges int
+	// MaxChallengesPerSource bounds the challenges ContextRandom remembers
+	// for one client source (see ChallengesFor); past it the source's own
+	// oldest are forgotten. Default 1024, at most MaxChallenges.
+	// Challenges minted without a source (Challenges) share one bucket
+	// bounded by MaxChallenges only.
+	MaxChallengesPerSource int
 	// ClockSkew is added to the expiry of spent-token records so that nodes
 	// whose clocks differ by up to this much cannot accept a replay after
 	// another node's record expired. Default 1 minute.
@@ -200,7 +218,14 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 		if limit < 0 {
 			return nil, newError(ReasonInvalidConfig, "negative challenge limit %d", limit)
 		}
-		o.registry = newChallengeRegistry(limit)
+		perSource := cfg.MaxChallengesPerSource
+		if perSource == 0 {
+			perSource = DefaultMaxChallengesPerSource
+		}
+		if perSource < 0 {
+			return nil, newError(ReasonInvalidConfig, "negative per-source challenge limit %d", perSource)
+		}
+		o.registry = newChallengeRegistry(limit, min(perSource, limit))
 	case ContextWindow:
 		switch {
 		case len(cfg.Secret) == 0:
@@ -222,11 +247,21 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 // TokenTypes returns the token types the origin accepts, in preference order.
 func (o *Origin) TokenTypes() []TokenType { return append([]TokenType(nil), o.types...) }
 
-// Challenges mints the challenges for one 401 answer: one per accepted token
-// type, in preference order, each with the token-key of its first key and a
-// max-age, plus a greased one last if configured. Format them with
-// FormatWWWAuthenticate.
+// Challenges is ChallengesFor with an unknown source: in ContextRandom mode
+// all such challenges share one bucket of the registry.
 func (o *Origin) Challenges() ([]Challenge, error) {
+	return o.ChallengesFor(netip.Addr{})
+}
+
+// ChallengesFor mints the challenges for one 401 answer to a client at
+// source (its IP address as the HTTP layer determines it, trusted proxies
+// resolved; the zero Addr means unknown): one per accepted token type, in
+// preference order, each with the token-key of its first key and a
+// max-age, plus a greased one last if configured. Format them with
+// FormatWWWAuthenticate. In ContextRandom mode the source decides whose
+// challenges make room when the registry is full (see ContextRandom); in
+// ContextWindow mode it is ignored.
+func (o *Origin) ChallengesFor(source netip.Addr) ([]Challenge, error) {
 	now := o.now()
 	out := make([]Challenge, 0, len(o.types)+1)
 	switch o.mode {
@@ -236,12 +271,13 @@ func (o *Origin) Challenges() ([]Challenge, error) {
 			return nil, fmt.Errorf("generating redemption context: %w", err)
 		}
 		expires := now.Add(o.lifetime)
+		src := sourceKey(source)
 		for _, t := range o.types {
 			raw, err := o.challengeBytes(t, ctx)
 			if err != nil {
 				return nil, err
 			}
-			o.registry.add(ChallengeDigest(raw), expires, now)
+			o.registry.add(ChallengeDigest(raw), t, src, expires, now)
 			out = append(out, Challenge{TokenChallenge: raw, TokenKey: o.advertise[t], MaxAge: int(o.lifetime / time.Second)})
 		}
 	case ContextWindow:
@@ -264,10 +300,15 @@ func (o *Origin) Challenges() ([]Challenge, error) {
 	return out, nil
 }
 
-// WWWAuthenticate mints challenges and formats them as one WWW-Authenticate
-// field value.
+// WWWAuthenticate is WWWAuthenticateFor with an unknown source.
 func (o *Origin) WWWAuthenticate() (string, error) {
-	cs, err := o.Challenges()
+	return o.WWWAuthenticateFor(netip.Addr{})
+}
+
+// WWWAuthenticateFor mints challenges for a client at source (see
+// ChallengesFor) and formats them as one WWW-Authenticate field value.
+func (o *Origin) WWWAuthenticateFor(source netip.Addr) (string, error) {
+	cs, err := o.ChallengesFor(source)
 	if err != nil {
 		return "", err
 	}
@@ -356,8 +397,8 @@ func (o *Origin) RedeemToken(ctx context.Context, t *Token) (*Redemption, error)
 func (o *Origin) acceptDigest(t TokenType, d [DigestSize]byte, now time.Time) (time.Time, bool, error) {
 	switch o.mode {
 	case ContextRandom:
-		exp, ok := o.registry.lookup(d, now)
-		return exp, ok, nil
+		exp, typ, ok := o.registry.lookup(d, now)
+		return exp, ok && typ == t, nil
 	case ContextWindow:
 		s, err := o.slotsAt(now)
 		if err != nil {
@@ -435,62 +476,172 @@ func (o *Origin) slotsAt(now time.Time) (*slots, error) {
 	return s, nil
 }
 
+// sourceKey groups client addresses the way rate limits do: IPv4 by
+// address, IPv6 by /64. The zero Addr is the unknown source "".
+func sourceKey(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
+
 // challengeRegistry remembers the digests of ContextRandom challenges until
-// they expire, in a map plus a FIFO ring. All challenges share one lifetime,
-// so insertion order is expiry order and pruning only looks at the head. At
-// capacity the oldest entry is dropped early, which bounds memory.
+// they expire, in a map plus one FIFO queue per client source. All
+// challenges share one lifetime, so a queue's order is its expiry order and
+// pruning only looks at its head. A source past its quota loses its own
+// oldest entry; at the global limit the source holding the most entries
+// (found through bySize, in O(1)) loses its oldest. Every sweepEvery adds,
+// expired heads of all queues are dropped, so idle sources do not hold
+// memory.
 type challengeRegistry struct {
-	mu    sync.Mutex
-	byD   map[[DigestSize]byte]int64 // digest -> expiry (unix nanoseconds)
-	ring  []registryEntry
-	head  int
-	count int
+	mu        sync.Mutex
+	limit     int
+	perSource int
+	byD       map[[DigestSize]byte]registryEntry
+	sources   map[string]*sourceQueue
+	bySize    map[int]map[*sourceQueue]struct{} // live count -> queues
+	maxSize   int                               // upper bound of the largest count
+	untilScan int                               // adds until the next sweep
 }
 
 type registryEntry struct {
+	exp int64 // unix nanoseconds
+	typ TokenType
+}
+
+// sourceQueue is one source's challenges, oldest first.
+type sourceQueue struct {
+	key   string
+	items []queuedDigest
+	head  int
+}
+
+type queuedDigest struct {
 	d   [DigestSize]byte
 	exp int64
 }
 
-func newChallengeRegistry(limit int) *challengeRegistry {
-	return &challengeRegistry{byD: make(map[[DigestSize]byte]int64), ring: make([]registryEntry, limit)}
-}
+func (q *sourceQueue) len() int { return len(q.items) - q.head }
 
-func (r *challengeRegistry) popHead() {
-	e := r.ring[r.head]
-	if exp, ok := r.byD[e.d]; ok && exp == e.exp {
-		delete(r.byD, e.d)
+func newChallengeRegistry(limit, perSource int) *challengeRegistry {
+	return &challengeRegistry{
+		limit: limit, perSource: perSource, untilScan: limit,
+		byD:     make(map[[DigestSize]byte]registryEntry),
+		sources: make(map[string]*sourceQueue),
+		bySize:  make(map[int]map[*sourceQueue]struct{}),
 	}
-	r.ring[r.head] = registryEntry{}
-	r.head = (r.head + 1) % len(r.ring)
-	r.count--
 }
 
-func (r *challengeRegistry) add(d [DigestSize]byte, expires, now time.Time) {
-	if len(r.ring) == 0 {
+// resize moves q from the size class before to its current one.
+func (r *challengeRegistry) resize(q *sourceQueue, before int) {
+	if set := r.bySize[before]; set != nil {
+		delete(set, q)
+		if len(set) == 0 {
+			delete(r.bySize, before)
+		}
+	}
+	n := q.len()
+	if n == 0 {
+		delete(r.sources, q.key)
+		return
+	}
+	set := r.bySize[n]
+	if set == nil {
+		set = make(map[*sourceQueue]struct{})
+		r.bySize[n] = set
+	}
+	set[q] = struct{}{}
+	r.maxSize = max(r.maxSize, n)
+}
+
+// pop forgets q's oldest entry.
+func (r *challengeRegistry) pop(q *sourceQueue) {
+	before := q.len()
+	it := q.items[q.head]
+	delete(r.byD, it.d)
+	q.items[q.head] = queuedDigest{}
+	q.head++
+	if q.head > len(q.items)/2 {
+		q.items = append(q.items[:0], q.items[q.head:]...)
+		q.head = 0
+	}
+	r.resize(q, before)
+}
+
+// prune forgets q's expired entries.
+func (r *challengeRegistry) prune(q *sourceQueue, now int64) {
+	for q.len() > 0 && q.items[q.head].exp <= now {
+		r.pop(q)
+	}
+}
+
+// largest returns a queue holding the most entries, preferring prefer.
+func (r *challengeRegistry) largest(prefer *sourceQueue) *sourceQueue {
+	for r.maxSize > 0 && len(r.bySize[r.maxSize]) == 0 {
+		r.maxSize--
+	}
+	set := r.bySize[r.maxSize]
+	if _, ok := set[prefer]; ok {
+		return prefer
+	}
+	for q := range set {
+		return q
+	}
+	return nil
+}
+
+func (r *challengeRegistry) add(d [DigestSize]byte, typ TokenType, src string, expires, now time.Time) {
+	if r.limit == 0 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := now.UnixNano()
-	for r.count > 0 && r.ring[r.head].exp <= n {
-		r.popHead()
+	if r.untilScan--; r.untilScan <= 0 {
+		r.untilScan = r.limit
+		for _, q := range r.sources {
+			r.prune(q, n)
+		}
 	}
-	if r.count == len(r.ring) {
-		r.popHead()
+	q := r.sources[src]
+	if q == nil {
+		q = &sourceQueue{key: src}
+		r.sources[src] = q
+	}
+	r.prune(q, n)
+	quota := r.perSource
+	if src == "" {
+		quota = r.limit
+	}
+	if q.len() >= quota {
+		r.pop(q)
+	}
+	if len(r.byD) >= r.limit {
+		if victim := r.largest(q); victim != nil {
+			r.pop(victim)
+		}
+	}
+	if r.sources[src] == nil { // emptied by the pops above
+		r.sources[src] = q
 	}
 	exp := expires.UnixNano()
-	r.ring[(r.head+r.count)%len(r.ring)] = registryEntry{d: d, exp: exp}
-	r.count++
-	r.byD[d] = exp
+	before := q.len()
+	q.items = append(q.items, queuedDigest{d: d, exp: exp})
+	r.byD[d] = registryEntry{exp: exp, typ: typ}
+	r.resize(q, before)
 }
 
-func (r *challengeRegistry) lookup(d [DigestSize]byte, now time.Time) (time.Time, bool) {
+func (r *challengeRegistry) lookup(d [DigestSize]byte, now time.Time) (time.Time, TokenType, bool) {
 	r.mu.Lock()
-	exp, ok := r.byD[d]
+	e, ok := r.byD[d]
 	r.mu.Unlock()
-	if !ok || exp <= now.UnixNano() {
-		return time.Time{}, false
+	if !ok || e.exp <= now.UnixNano() {
+		return time.Time{}, 0, false
 	}
-	return time.Unix(0, exp), true
+	return time.Unix(0, e.exp), e.typ, true
 }

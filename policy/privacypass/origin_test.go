@@ -406,21 +406,22 @@ func TestNewOriginValidation(t *testing.T) {
 		return privacypass.OriginConfig{IssuerName: "issuer.example", Keys: []*privacypass.Key{k2}, Spent: st}
 	}
 	cases := map[string]func(*privacypass.OriginConfig){
-		"no issuer":      func(c *privacypass.OriginConfig) { c.IssuerName = "" },
-		"issuer space":   func(c *privacypass.OriginConfig) { c.IssuerName = "a b" },
-		"origin comma":   func(c *privacypass.OriginConfig) { c.OriginInfo = []string{"a,b"} },
-		"empty origin":   func(c *privacypass.OriginConfig) { c.OriginInfo = []string{""} },
-		"no keys":        func(c *privacypass.OriginConfig) { c.Keys = nil },
-		"nil key":        func(c *privacypass.OriginConfig) { c.Keys = []*privacypass.Key{nil} },
-		"duplicate key":  func(c *privacypass.OriginConfig) { c.Keys = []*privacypass.Key{k2, k2.Public()} },
-		"public type 1":  func(c *privacypass.OriginConfig) { c.Keys = []*privacypass.Key{k1.Public()} },
-		"no store":       func(c *privacypass.OriginConfig) { c.Spent = nil },
-		"short lifetime": func(c *privacypass.OriginConfig) { c.Lifetime = time.Millisecond },
-		"long lifetime":  func(c *privacypass.OriginConfig) { c.Lifetime = 48 * time.Hour },
-		"short secret":   func(c *privacypass.OriginConfig) { c.Mode = privacypass.ContextWindow; c.Secret = []byte("short") },
-		"bad mode":       func(c *privacypass.OriginConfig) { c.Mode = 9 },
-		"negative max":   func(c *privacypass.OriginConfig) { c.MaxChallenges = -1 },
-		"negative skew":  func(c *privacypass.OriginConfig) { c.ClockSkew = -time.Second },
+		"no issuer":               func(c *privacypass.OriginConfig) { c.IssuerName = "" },
+		"issuer space":            func(c *privacypass.OriginConfig) { c.IssuerName = "a b" },
+		"origin comma":            func(c *privacypass.OriginConfig) { c.OriginInfo = []string{"a,b"} },
+		"empty origin":            func(c *privacypass.OriginConfig) { c.OriginInfo = []string{""} },
+		"no keys":                 func(c *privacypass.OriginConfig) { c.Keys = nil },
+		"nil key":                 func(c *privacypass.OriginConfig) { c.Keys = []*privacypass.Key{nil} },
+		"duplicate key":           func(c *privacypass.OriginConfig) { c.Keys = []*privacypass.Key{k2, k2.Public()} },
+		"public type 1":           func(c *privacypass.OriginConfig) { c.Keys = []*privacypass.Key{k1.Public()} },
+		"no store":                func(c *privacypass.OriginConfig) { c.Spent = nil },
+		"short lifetime":          func(c *privacypass.OriginConfig) { c.Lifetime = time.Millisecond },
+		"long lifetime":           func(c *privacypass.OriginConfig) { c.Lifetime = 48 * time.Hour },
+		"short secret":            func(c *privacypass.OriginConfig) { c.Mode = privacypass.ContextWindow; c.Secret = []byte("short") },
+		"bad mode":                func(c *privacypass.OriginConfig) { c.Mode = 9 },
+		"negative max":            func(c *privacypass.OriginConfig) { c.MaxChallenges = -1 },
+		"negative per-source max": func(c *privacypass.OriginConfig) { c.MaxChallengesPerSource = -1 },
+		"negative skew":           func(c *privacypass.OriginConfig) { c.ClockSkew = -time.Second },
 	}
 	for name, mut := range cases {
 		t.Run(name, func(t *testing.T) {
