@@ -112,7 +112,7 @@ func (x *exchange) read(limit int64, whole bool) ([]byte, error) {
 		case errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil && err != nil:
 			return nil, moh.Errorf(moh.CodeBodyTimeout, "the body did not arrive within %s", bodyTimeout)
 		case err != nil:
-			return nil, moh.Errorf(moh.CodeMalformed, "reading body: %w", err)
+			return nil, &moh.Error{Code: moh.CodeMalformed, Message: "the body could not be read", Err: err}
 		}
 		if int64(len(buf)) < int64(cap(buf)) {
 			continue

@@ -224,7 +224,7 @@ func (g *Gateway) serveProvider(x *exchange) {
 	}
 	ctx := x.r.Context()
 	typ := x.rt.providerType
-	v, err := g.inbound.Verify(ctx, body, typ)
+	v, err := g.inbound.Verify(ctx, body, typ, provider.VerifyOptions{Source: x.adm.ClientIP})
 	if err != nil {
 		g.refuse(x, err)
 		return

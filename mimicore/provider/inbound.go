@@ -34,7 +34,7 @@ var ErrNotRecorded = errors.New("answer not recorded for retries")
 // Inbound receives provider-signed requests in two steps, so that the
 // caller's admission policy runs between them without any callback:
 //
-//	v, err := in.Verify(ctx, raw, typ)  // checks 1-7 of docs/protocol.md §4
+//	v, err := in.Verify(ctx, raw, typ, opts) // checks 1-7 of docs/protocol.md §4
 //	// admit v (rate limits keyed on the verified sender, ...)
 //	answer, err := in.Handle(ctx, v, process) // check 8 (replay), then process
 //
@@ -46,9 +46,10 @@ type Inbound struct {
 }
 
 // Verify decodes raw as a request of type typ and runs every check but the
-// replay check. Every failure is a *moh.Error with the code to answer.
-func (in *Inbound) Verify(ctx context.Context, raw []byte, typ moh.ProviderRequestType) (*Verified, error) {
-	return in.Verifier.Verify(ctx, raw, typ)
+// replay check (Verifier.VerifyWith; opts.Source charges a key fetch to the
+// request's source). Every failure is a *moh.Error with the code to answer.
+func (in *Inbound) Verify(ctx context.Context, raw []byte, typ moh.ProviderRequestType, opts VerifyOptions) (*Verified, error) {
+	return in.Verifier.VerifyWith(ctx, raw, typ, opts)
 }
 
 // Handle reserves v's request id and, if the request is new, runs process

@@ -33,7 +33,7 @@ func openStore(t *testing.T) *sqlitestore.Store {
 // handle runs both steps of Inbound for raw, as the HTTP layer does (with
 // no admission policy in between).
 func handle(ctx context.Context, in *Inbound, raw []byte, process Processor) ([]byte, error) {
-	v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages)
+	v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages, VerifyOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +139,7 @@ func TestInboundClientGone(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("gone-" + tc.name) })
 			ctx, cancel := context.WithCancel(context.Background())
-			v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages)
+			v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages, VerifyOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -174,12 +174,12 @@ func TestInboundAdmitBetweenSteps(t *testing.T) {
 
 	forged := signedRequest(t, k, nil)
 	forged[len(forged)-1] ^= 1
-	if _, err := in.Verify(ctx, forged, moh.ConnectionKeyPackages); moh.DSErrorOf(err).Code != moh.CodeBadSignature {
+	if _, err := in.Verify(ctx, forged, moh.ConnectionKeyPackages, VerifyOptions{}); moh.DSErrorOf(err).Code != moh.CodeBadSignature {
 		t.Fatalf("forged: %v", err)
 	}
 
 	raw := signedRequest(t, k, nil)
-	v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages)
+	v, err := in.Verify(ctx, raw, moh.ConnectionKeyPackages, VerifyOptions{})
 	if err != nil || string(v.Request.Sender) != "a.example" {
 		t.Fatalf("Verify: %v", err)
 	}

@@ -60,9 +60,9 @@ func (v *Verifier) Verify(ctx context.Context, raw []byte, want moh.ProviderRequ
 // it. Every failure is a *moh.Error with the code the peer should see; a
 // refused key fetch is backend_unavailable wrapping ErrFetchBudget.
 func (v *Verifier) VerifyWith(ctx context.Context, raw []byte, want moh.ProviderRequestType, opts VerifyOptions) (*Verified, error) {
-	var req moh.ProviderRequest
-	if err := wire.Unmarshal(raw, &req, "ProviderRequest"); err != nil {
-		return nil, &moh.Error{Code: moh.CodeMalformed, Message: err.Error(), Err: err}
+	req, err := moh.DecodeProviderRequest(raw) // malformed, or unsupported_version
+	if err != nil {
+		return nil, err
 	}
 	if req.RequestType != want {
 		return nil, moh.Errorf(moh.CodeWrongRequestType, "request type %s posted to /%s", req.RequestType, want)
@@ -81,7 +81,6 @@ func (v *Verifier) VerifyWith(ctx context.Context, raw []byte, want moh.Provider
 		}
 	}
 	var key *moh.VerificationKey
-	var err error
 	if sk, ok := v.Keys.(SourcedKeySource); ok {
 		key, err = sk.VerificationKeyFrom(ctx, sender, req.KeyID, ts, LookupOptions(opts))
 	} else {
@@ -104,7 +103,7 @@ func (v *Verifier) VerifyWith(ctx context.Context, raw []byte, want moh.Provider
 	if err := VerifyWithLabel(key, moh.ProviderRequestLabel, signed, req.Signature); err != nil {
 		return nil, &moh.Error{Code: moh.CodeBadSignature, Message: "provider signature does not verify", Err: err}
 	}
-	return &Verified{Request: &req, Digest: sha256.Sum256(signed)}, nil
+	return &Verified{Request: req, Digest: sha256.Sum256(signed)}, nil
 }
 
 func (v *Verifier) now() time.Time {
