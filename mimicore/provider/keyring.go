@@ -222,11 +222,12 @@ func (r *KeyRing) load() error {
 		return fmt.Errorf("reading key directory: %w", err)
 	}
 	var keys []*PrivateKey
+	written := make(map[*PrivateKey]time.Time)
 	for _, e := range entries {
 		if e.IsDir() || !strings.HasSuffix(e.Name(), keyFileSuffix) {
 			continue
 		}
-		data, err := readKeyFile(filepath.Join(r.dir, e.Name()))
+		data, mtime, err := readKeyFile(filepath.Join(r.dir, e.Name()))
 		if err != nil {
 			return fmt.Errorf("reading key %s: %w", e.Name(), err)
 		}
@@ -238,8 +239,23 @@ func (r *KeyRing) load() error {
 			return fmt.Errorf("loading key %s: file name does not match key id %x", e.Name(), k.ID)
 		}
 		keys = append(keys, k)
+		written[k] = mtime
 	}
-	sort.SliceStable(keys, func(i, j int) bool { return keys[i].NotBefore.Before(keys[j].NotBefore) })
+	// The files keep NotBefore to the second, so keys created within one
+	// second (a scheme change right after a rotation) are ordered by when
+	// their files were written and, if the clock could not tell them
+	// apart, with a key of the configured scheme last (it was the newest
+	// unless the scheme changed again since).
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if !a.NotBefore.Equal(b.NotBefore) {
+			return a.NotBefore.Before(b.NotBefore)
+		}
+		if !written[a].Equal(written[b]) {
+			return written[a].Before(written[b])
+		}
+		return a.Scheme != r.scheme && b.Scheme == r.scheme
+	})
 	r.keys = keys
 	return nil
 }
@@ -248,39 +264,40 @@ func (r *KeyRing) load() error {
 // supported scheme is far smaller.
 const maxKeyFileSize = 64 << 10
 
-// readKeyFile reads the private key file at path after checking, on the
-// open file, that it is a regular file that only its owner may access.
-func readKeyFile(path string) ([]byte, error) {
+// readKeyFile reads the private key file at path, after checking on the
+// open file that it is a regular file only its owner may access, and
+// returns its modification time too.
+func readKeyFile(path string) ([]byte, time.Time, error) {
 	fi, err := os.Lstat(path)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (mode %s); replace it with the key file itself", path, fi.Mode())
+		return nil, time.Time{}, fmt.Errorf("%s is not a regular file (mode %s); replace it with the key file itself", path, fi.Mode())
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if !os.SameFile(fi, st) || !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s was replaced while being opened", path)
+		return nil, time.Time{}, fmt.Errorf("%s was replaced while being opened", path)
 	}
 	if perm := st.Mode().Perm(); runtime.GOOS != "windows" && perm&0o077 != 0 {
-		return nil, fmt.Errorf("%s has mode %04o, which lets group or others access a private key; run chmod 600 %s", path, perm, path)
+		return nil, time.Time{}, fmt.Errorf("%s has mode %04o, which lets group or others access a private key; run chmod 600 %s", path, perm, path)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if len(data) > maxKeyFileSize {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxKeyFileSize)
+		return nil, time.Time{}, fmt.Errorf("%s is larger than %d bytes", path, maxKeyFileSize)
 	}
-	return data, nil
+	return data, st.ModTime(), nil
 }
 
 func keyFileName(k *PrivateKey) string { return hex.EncodeToString(k.ID) + keyFileSuffix }

@@ -227,3 +227,62 @@ func chmod(mode os.FileMode) func(t *testing.T, dir, file string) {
 		}
 	}
 }
+
+// TestKeyRingReopenAfterQuickSchemeChange checks that keys created within
+// one second, which the files cannot order by NotBefore, reopen in the
+// order they were created, so the newest still signs.
+func TestKeyRingReopenAfterQuickSchemeChange(t *testing.T) {
+	tests := []struct {
+		name      string
+		sameMtime bool // the file system's clock could not tell the writes apart
+	}{
+		{"distinct modification times", false},
+		{"equal modification times", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p256 := KeyRingOptions{Scheme: moh.SchemeECDSAP256SHA256}
+			r, err := OpenKeyRing(t.Context(), dir, KeyRingOptions{}, t0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, _ := r.Current(t0)
+			if err := r.SetOptions(p256); err != nil {
+				t.Fatal(err)
+			}
+			if created, err := r.Rotate(t.Context(), t0.Add(100*time.Millisecond)); err != nil || !created {
+				t.Fatalf("Rotate = %v, %v", created, err)
+			}
+			second, _ := r.Current(t0.Add(100 * time.Millisecond))
+			mtime := time.Now().Add(-time.Hour)
+			if !tt.sameMtime {
+				// The second key's file was written later.
+				must(t, os.Chtimes(filepath.Join(dir, keyFileName(first)), mtime, mtime))
+				mtime = mtime.Add(time.Millisecond)
+			}
+			must(t, os.Chtimes(filepath.Join(dir, keyFileName(second)), mtime, mtime))
+			if tt.sameMtime {
+				must(t, os.Chtimes(filepath.Join(dir, keyFileName(first)), mtime, mtime))
+			}
+			now := t0.Add(200 * time.Millisecond)
+			r2, err := OpenKeyRing(t.Context(), dir, p256, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cur, _ := r2.Current(now); !bytes.Equal(cur.ID, second.ID) {
+				t.Fatalf("after reopening, key %x (scheme %v) signs, want %x", cur.ID, cur.Scheme, second.ID)
+			}
+			if n := len(r2.Published(now)); n != 2 {
+				t.Fatalf("published %d keys, want 2", n)
+			}
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
