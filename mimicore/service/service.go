@@ -228,7 +228,7 @@ func (s *Service) Apply(opts Options) error {
 		prev.retire()
 		logger.Info("replaced peer key fetcher", zap.Duration("fetch_timeout", opts.Fetch.Timeout))
 	}
-	if o := s.keys.Options(); o != keysBefore {
+	if o := s.keys.Options(); o.Scheme != keysBefore.Scheme || o.RotateEvery != keysBefore.RotateEvery || o.Overlap != keysBefore.Overlap {
 		now := time.Now()
 		created, err := s.keys.Rotate(s.ctx, now)
 		wake(s.rotateWake)

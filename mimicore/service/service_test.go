@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -497,4 +498,60 @@ func hexID(id []byte) string {
 		out = append(out, digits[b>>4], digits[b&15])
 	}
 	return string(out)
+}
+
+// TestConcurrentUse runs Apply against key lookups, signing and Go, then
+// Close, for the race detector.
+func TestConcurrentUse(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(t.Context(), Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Peers resolve to a closed local port: fetches fail at once.
+	policy := func(i int) provider.FetchPolicy {
+		return provider.FetchPolicy{AllowPrivate: true, AllowedPorts: []int{1},
+			Resolve: map[string]string{"b.example": "127.0.0.1:1"}, Timeout: time.Duration(1+i%2) * time.Second}
+	}
+	if err := s.Apply(Options{DataDir: dir, Fetch: policy(0)}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var users sync.WaitGroup
+	for range 4 {
+		users.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, err := s.VerificationKey(t.Context(), "b.example", []byte{1}, time.Now())
+				if err == nil {
+					t.Error("fetched a key from a closed port")
+				}
+				if k, err := s.Keys().Current(time.Now()); err != nil {
+					t.Error(err)
+				} else if _, err := k.SignWithLabel("test", []byte("x")); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	schemes := []moh.SignatureScheme{moh.SchemeEd25519, moh.SchemeECDSAP256SHA256}
+	for i := range 20 {
+		s.Go("worker", func(ctx context.Context) { <-ctx.Done() })
+		err := s.Apply(Options{DataDir: dir, Fetch: policy(i), Keys: provider.KeyRingOptions{Scheme: schemes[i%2]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	users.Wait()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.fetcher.Load(); !r.closed || r.users != 0 {
+		t.Fatalf("after Close the fetcher is closed %v with %d users", r.closed, r.users)
+	}
 }
