@@ -24,12 +24,16 @@
 //   - Apply brings every later config's options to the open service: a new
 //     key scheme signs at once, new rotation and overlap values move the
 //     next rotation, a new fetch policy replaces the fetcher, a new sweep
-//     interval or logger is used from then on. Caddy calls it on each
-//     reload, while the old config may still be serving requests.
+//     interval or logger is used from then on. The handler's Provision
+//     calls it on each reload, while the old config may still be serving
+//     requests. The service is shared, so the options applied last win: a
+//     reload that fails after Apply leaves its options in effect (a new key
+//     already signs), and two handlers naming one data directory must agree.
 //   - Go starts a worker the service owns: it runs until Close.
 //   - Close stops every loop and worker, waits for them, and closes the
 //     fetcher and the store. The UsagePool calls it (Destruct) when the
-//     last config using the data directory is cleaned up.
+//     last config using the data directory is cleaned up; Destruct is
+//     Close, so a Service goes into a caddy.UsagePool as is.
 package service
 
 import (
@@ -299,6 +303,10 @@ func (s *Service) Close() error {
 	})
 	return s.closeErr
 }
+
+// Destruct is Close, under the name caddy.UsagePool calls (the
+// caddy.Destructor interface; the package does not import Caddy).
+func (s *Service) Destruct() error { return s.Close() }
 
 // log returns the logger of the newest options.
 func (s *Service) log() *zap.Logger { return s.logger.Load() }
