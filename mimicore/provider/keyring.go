@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -44,33 +46,60 @@ type KeyRing struct {
 	keys []*PrivateKey // by NotBefore, oldest first
 }
 
-// KeyRingOptions configures OpenKeyRing. Zero fields take the defaults.
+// KeyRingOptions configures OpenKeyRing and KeyRing.SetOptions. Zero
+// fields take the defaults.
 type KeyRingOptions struct {
-	Scheme      moh.SignatureScheme // default Ed25519
-	RotateEvery time.Duration       // default 30 days
-	Overlap     time.Duration       // default 48 hours
+	// Scheme is the signature scheme of the keys the ring creates. Default
+	// Ed25519. When the signing key's scheme differs, the next Rotate
+	// creates a key of this scheme at once.
+	Scheme moh.SignatureScheme
+	// RotateEvery is how long a key signs before a successor is created.
+	// Default 30 days.
+	RotateEvery time.Duration
+	// Overlap is how long a key stays valid after its successor took over.
+	// Default 48 hours. RotateEvery + Overlap is a new key's lifetime and
+	// may not exceed MaxKeyLifetime.
+	Overlap time.Duration
 	// Metadata, when set, records the keys' metadata (the private keys stay
-	// in the files).
+	// in the files). Only OpenKeyRing reads it: SetOptions keeps the store
+	// the ring was opened with.
 	Metadata store.SigningKeys
+}
+
+// withDefaults fills in the zero fields of o and checks the result.
+func (o KeyRingOptions) withDefaults() (KeyRingOptions, error) {
+	if o.Scheme == 0 {
+		o.Scheme = moh.SchemeEd25519
+	}
+	if o.Scheme != moh.SchemeEd25519 && o.Scheme != moh.SchemeECDSAP256SHA256 {
+		return o, fmt.Errorf("unsupported signature scheme 0x%04x", uint16(o.Scheme))
+	}
+	if o.RotateEvery < 0 || o.Overlap < 0 {
+		return o, fmt.Errorf("negative rotation interval %s or overlap %s", o.RotateEvery, o.Overlap)
+	}
+	if o.RotateEvery == 0 {
+		o.RotateEvery = DefaultRotateEvery
+	}
+	if o.Overlap == 0 {
+		o.Overlap = DefaultOverlap
+	}
+	if o.RotateEvery+o.Overlap > MaxKeyLifetime {
+		return o, fmt.Errorf("rotation interval %s plus overlap %s exceeds the %s key lifetime limit",
+			o.RotateEvery, o.Overlap, MaxKeyLifetime)
+	}
+	return o, nil
 }
 
 // OpenKeyRing loads the keys in dir (created 0700 if missing), reconciles
 // the metadata store with the files (a crash between writing a file and
 // recording it, or between deleting a file and forgetting it, is repaired)
-// and makes sure a current key exists, creating one at now if needed.
+// and makes sure a current key of opts.Scheme exists, creating one at now
+// if needed. It refuses key files that are not regular files or that group
+// or others may access (see load).
 func OpenKeyRing(ctx context.Context, dir string, opts KeyRingOptions, now time.Time) (*KeyRing, error) {
-	if opts.Scheme == 0 {
-		opts.Scheme = moh.SchemeEd25519
-	}
-	if opts.RotateEvery <= 0 {
-		opts.RotateEvery = DefaultRotateEvery
-	}
-	if opts.Overlap <= 0 {
-		opts.Overlap = DefaultOverlap
-	}
-	if opts.RotateEvery+opts.Overlap > MaxKeyLifetime {
-		return nil, fmt.Errorf("opening key ring: rotation interval %s plus overlap %s exceeds the %s key lifetime limit",
-			opts.RotateEvery, opts.Overlap, MaxKeyLifetime)
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("opening key ring: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("opening key ring: %w", err)
@@ -86,6 +115,34 @@ func OpenKeyRing(ctx context.Context, dir string, opts KeyRingOptions, now time.
 		return nil, err
 	}
 	return r, nil
+}
+
+// SetOptions replaces the ring's scheme, rotation interval and overlap
+// while it is in use; opts.Metadata is ignored. The new values take effect
+// at the next Rotate: a different scheme makes it create a key of the new
+// scheme at once (the previous key stays published until its not_after,
+// as after any rotation), and a different interval or overlap moves the
+// next rotation (NextRotation) so that the signing key is succeeded after
+// at most RotateEvery and at least Overlap before it expires. Keys already
+// created keep their validity. Invalid options are refused and change
+// nothing. SetOptions is safe for concurrent use with every other method.
+func (r *KeyRing) SetOptions(opts KeyRingOptions) error {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return fmt.Errorf("setting key ring options: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.scheme, r.rotateEvery, r.overlap = opts.Scheme, opts.RotateEvery, opts.Overlap
+	return nil
+}
+
+// Options returns the options in effect, defaults filled in, with the
+// metadata store the ring was opened with.
+func (r *KeyRing) Options() KeyRingOptions {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return KeyRingOptions{Scheme: r.scheme, RotateEvery: r.rotateEvery, Overlap: r.overlap, Metadata: r.meta}
 }
 
 // reconcile makes the metadata store list exactly the key files.
@@ -153,18 +210,24 @@ func LoadKeyRing(dir string) (*KeyRing, error) {
 	return r, nil
 }
 
-// load reads every key file of the directory.
+// load reads every key file of the directory. It refuses, naming the file,
+// a key file that is not a regular file (a symbolic link, a device) and,
+// except on Windows, one whose permissions let group or others access it:
+// the ring writes its keys 0600, so a wider mode means someone changed it
+// or the files were copied in carelessly, and the private key must be
+// assumed exposed to other local users.
 func (r *KeyRing) load() error {
 	entries, err := os.ReadDir(r.dir)
 	if err != nil {
 		return fmt.Errorf("reading key directory: %w", err)
 	}
 	var keys []*PrivateKey
+	written := make(map[*PrivateKey]time.Time)
 	for _, e := range entries {
 		if e.IsDir() || !strings.HasSuffix(e.Name(), keyFileSuffix) {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(r.dir, e.Name()))
+		data, mtime, err := readKeyFile(filepath.Join(r.dir, e.Name()))
 		if err != nil {
 			return fmt.Errorf("reading key %s: %w", e.Name(), err)
 		}
@@ -176,10 +239,65 @@ func (r *KeyRing) load() error {
 			return fmt.Errorf("loading key %s: file name does not match key id %x", e.Name(), k.ID)
 		}
 		keys = append(keys, k)
+		written[k] = mtime
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].NotBefore.Before(keys[j].NotBefore) })
+	// The files keep NotBefore to the second, so keys created within one
+	// second (a scheme change right after a rotation) are ordered by when
+	// their files were written and, if the clock could not tell them
+	// apart, with a key of the configured scheme last (it was the newest
+	// unless the scheme changed again since).
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if !a.NotBefore.Equal(b.NotBefore) {
+			return a.NotBefore.Before(b.NotBefore)
+		}
+		if !written[a].Equal(written[b]) {
+			return written[a].Before(written[b])
+		}
+		return a.Scheme != r.scheme && b.Scheme == r.scheme
+	})
 	r.keys = keys
 	return nil
+}
+
+// maxKeyFileSize bounds a key file read: a PEM private key of any
+// supported scheme is far smaller.
+const maxKeyFileSize = 64 << 10
+
+// readKeyFile reads the private key file at path, after checking on the
+// open file that it is a regular file only its owner may access, and
+// returns its modification time too.
+func readKeyFile(path string) ([]byte, time.Time, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, time.Time{}, fmt.Errorf("%s is not a regular file (mode %s); replace it with the key file itself", path, fi.Mode())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if !os.SameFile(fi, st) || !st.Mode().IsRegular() {
+		return nil, time.Time{}, fmt.Errorf("%s was replaced while being opened", path)
+	}
+	if perm := st.Mode().Perm(); runtime.GOOS != "windows" && perm&0o077 != 0 {
+		return nil, time.Time{}, fmt.Errorf("%s has mode %04o, which lets group or others access a private key; run chmod 600 %s", path, perm, path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if len(data) > maxKeyFileSize {
+		return nil, time.Time{}, fmt.Errorf("%s is larger than %d bytes", path, maxKeyFileSize)
+	}
+	return data, st.ModTime(), nil
 }
 
 func keyFileName(k *PrivateKey) string { return hex.EncodeToString(k.ID) + keyFileSuffix }
@@ -211,14 +329,14 @@ func (r *KeyRing) Published(now time.Time) []moh.VerificationKey {
 	return out
 }
 
-// Rotate creates a new key when the newest one is older than the rotation
-// interval (or there is none), and deletes the files of expired keys. It
-// reports whether a key was created.
+// Rotate creates a new key when the newest one is due for a successor (see
+// succeedAt) or does not cover now (or there is none), and deletes the
+// files of expired keys. It reports whether a key was created.
 func (r *KeyRing) Rotate(ctx context.Context, now time.Time) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	created := false
-	if n := len(r.keys); n == 0 || now.Sub(r.keys[n-1].NotBefore) >= r.rotateEvery || !r.keys[n-1].Covers(now) {
+	if n := len(r.keys); n == 0 || r.due(r.keys[n-1], now) {
 		k, err := GenerateKey(r.scheme, now, now.Add(r.rotateEvery+r.overlap))
 		if err != nil {
 			return false, err
@@ -273,13 +391,38 @@ func (r *KeyRing) NextRotation() time.Time {
 	if len(r.keys) == 0 {
 		return time.Time{}
 	}
-	next := r.keys[len(r.keys)-1].NotBefore.Add(r.rotateEvery)
+	newest := r.keys[len(r.keys)-1]
+	if r.scheme != 0 && newest.Scheme != r.scheme {
+		return newest.NotBefore
+	}
+	next := r.succeedAt(newest)
 	for _, k := range r.keys {
 		if k.NotAfter.Before(next) {
 			next = k.NotAfter.Add(time.Second)
 		}
 	}
 	return next
+}
+
+// succeedAt returns when the newest key k must be succeeded: RotateEvery
+// after it took over, or earlier if that would leave less than Overlap of
+// its validity once its successor signs (after the options were changed
+// to a longer interval or overlap than k was created with). The caller
+// holds r.mu.
+func (r *KeyRing) succeedAt(k *PrivateKey) time.Time {
+	at := k.NotBefore.Add(r.rotateEvery)
+	if last := k.NotAfter.Add(-r.overlap); last.Before(at) {
+		at = last
+	}
+	return at
+}
+
+// due reports whether the newest key k needs a successor at now: its
+// scheme is no longer the configured one (a read-only ring, scheme 0,
+// has none), it is past succeedAt, or it does not cover now. The caller
+// holds r.mu.
+func (r *KeyRing) due(k *PrivateKey, now time.Time) bool {
+	return (r.scheme != 0 && k.Scheme != r.scheme) || !now.Before(r.succeedAt(k)) || !k.Covers(now)
 }
 
 // writeFileAtomic writes data to path so that a crash leaves either the old
