@@ -8,15 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
@@ -204,9 +201,9 @@ func (g *Gateway) issuerPath() string {
 	return g.Issuer.requestPath()
 }
 
-// zoneConfig converts a rate_limit block; every error names the bad value.
+// config converts a rate_limit block; every error names the bad value.
 // Endpoints stay as configured (paths or names): the policy resolves them.
-func (g *Gateway) zoneConfig(z *RateLimitZone) (admission.ZoneConfig, error) {
+func (z *RateLimitZone) config() (admission.ZoneConfig, error) {
 	zc := admission.ZoneConfig{Name: z.Name, IPv4Prefix: z.IPv4Prefix, IPv6Prefix: z.IPv6Prefix,
 		Burst: z.Burst, MaxKeys: z.MaxKeys, Endpoints: z.Endpoints, OverLimitToken: z.OverLimit == overLimitToken}
 	var err error
@@ -248,7 +245,7 @@ func (g *Gateway) admissionConfig() (admission.Config, error) {
 		if z == nil {
 			return cfg, errors.New("mimi: rate_limit: empty zone")
 		}
-		zc, err := g.zoneConfig(z)
+		zc, err := z.config()
 		if err != nil {
 			return cfg, fmt.Errorf("mimi: rate_limit %s: %w", z.Name, err)
 		}
@@ -261,10 +258,7 @@ func (g *Gateway) admissionConfig() (admission.Config, error) {
 		cfg.RequireToken = pp.Require
 	}
 	if is := g.Issuer; is != nil {
-		if len(is.KeyFiles) == 0 {
-			return cfg, errors.New("mimi: issuer: at least one key file is required")
-		}
-		if err := admission.ValidRequestPath(is.requestPath()); err != nil {
+		if err := is.validate(); err != nil {
 			return cfg, fmt.Errorf("mimi: issuer: %w", err)
 		}
 		for _, ep := range endpointTable {
@@ -469,4 +463,12 @@ func (pp *PrivacyPass) originConfig() admission.OriginConfig {
 		DirectoryURL:     pp.IssuerDirectory,
 		DirectoryRefresh: time.Duration(pp.DirectoryRefresh),
 	}
+}
+
+// validate checks the issuer options that need no file.
+func (is *TokenIssuer) validate() error {
+	if len(is.KeyFiles) == 0 {
+		return errors.New("at least one key file is required")
+	}
+	return admission.ValidRequestPath(is.requestPath())
 }

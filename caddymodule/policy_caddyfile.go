@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
 // The policy blocks of the mimi directive; the syntax is documented on
@@ -18,7 +20,7 @@ func unmarshalRateLimit(d *caddyfile.Dispenser) (*RateLimitZone, error) {
 	if !d.AllArgs(&z.Name) {
 		return nil, d.ArgErr()
 	}
-	if !validZoneName(z.Name) {
+	if !admission.ValidZoneName(z.Name) {
 		return nil, d.Errf("invalid rate_limit zone name '%s': want lowercase letters, digits and underscores, not privacy_pass, peers or issuer", z.Name)
 	}
 	seen := map[string]bool{}
@@ -104,7 +106,7 @@ func unmarshalRateLimit(d *caddyfile.Dispenser) (*RateLimitZone, error) {
 	if z.Key == "" || z.Events == 0 {
 		return nil, d.Errf("rate_limit %s needs both key and rate", z.Name)
 	}
-	if err := z.validate(); err != nil {
+	if _, err := z.config(); err != nil {
 		return nil, d.Errf("rate_limit %s: %v", z.Name, err)
 	}
 	return z, nil

@@ -187,7 +187,10 @@ func TestVerifier(t *testing.T) {
 		typ  moh.ProviderRequestType
 		want moh.Code
 	}{
-		{"garbage", []byte("hello"), moh.ConnectionKeyPackages, moh.CodeMalformed},
+		{"garbage", []byte("\x00\x01hello"), moh.ConnectionKeyPackages, moh.CodeMalformed},
+		{"truncated", good[:len(good)/2], moh.ConnectionKeyPackages, moh.CodeMalformed},
+		{"garbage of another version", []byte("hello"), moh.ConnectionKeyPackages, moh.CodeUnsupportedVersion},
+		{"version 2", append([]byte{0, 2}, good[2:]...), moh.ConnectionKeyPackages, moh.CodeUnsupportedVersion},
 		{"wrong endpoint", good, moh.GroupKeyPackages, moh.CodeWrongRequestType},
 		{"forwarded", signedRequest(t, k, func(r *moh.ProviderRequest) { r.Recipient = []byte("c.example") }), moh.ConnectionKeyPackages, moh.CodeRecipientMismatch},
 		{"old", signedRequest(t, k, func(r *moh.ProviderRequest) { r.Timestamp -= 400 }), moh.ConnectionKeyPackages, moh.CodeStaleTimestamp},

@@ -88,20 +88,9 @@ func (r *fetcherRef) retire() {
 	}
 }
 
-// close closes the fetcher (its idle connections, and whatever else
-// KeyFetcher.Close releases). It is written against either signature of
-// Close, and against a KeyFetcher without one, so the package builds
-// before and after that method lands.
-func (r *fetcherRef) close() {
-	switch c := any(r.f).(type) {
-	case interface{ Close() error }:
-		if err := c.Close(); err != nil {
-			r.log().Warn("closing replaced peer key fetcher", zap.Error(err))
-		}
-	case interface{ Close() }:
-		c.Close()
-	}
-}
+// close closes the fetcher: its transport's idle connections, and later
+// fetches through it fail fast (KeyFetcher.Close).
+func (r *fetcherRef) close() { r.f.Close() }
 
 // samePolicy reports whether a and b fetch alike, so Apply keeps the
 // fetcher (and its in-memory state) across a reload that changed nothing.

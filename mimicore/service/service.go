@@ -329,3 +329,14 @@ func schemeName(s moh.SignatureScheme) string {
 	}
 	return fmt.Sprintf("0x%04x", uint16(s))
 }
+
+// VerificationKeyFrom implements provider.SourcedKeySource: like
+// VerificationKey, with a fetch charged to the request's source.
+func (s *Service) VerificationKeyFrom(ctx context.Context, domain string, keyID []byte, at time.Time, opts provider.LookupOptions) (*moh.VerificationKey, error) {
+	r, err := s.acquireFetcher()
+	if err != nil {
+		return nil, err
+	}
+	defer r.release()
+	return r.f.VerificationKeyFrom(ctx, domain, keyID, at, opts)
+}

@@ -480,7 +480,7 @@ func (pl *Plan) redeem(ctx context.Context, r *Request) error {
 		c.Write(zap.String("endpoint", pl.name), zap.String("reason", string(reason)),
 			zap.String("remote_ip", clientIP(r)))
 	}
-	challenge, cerr := origin.WWWAuthenticate()
+	challenge, cerr := origin.WWWAuthenticateFor(r.ClientIP)
 	if cerr != nil {
 		return fmt.Errorf("minting privacy pass challenge: %w", cerr)
 	}
