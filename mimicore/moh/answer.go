@@ -33,4 +33,3 @@ func AnswerCode(answer []byte) Code {
 	}
 	return Code(uint16(answer[3])<<8 | uint16(answer[4]))
 }
-
