@@ -23,8 +23,8 @@ import (
 //	switch r.Status {
 //	case ReplayNew:        // process, then Complete (or Release)
 //	case ReplayDuplicate:  // send r.Answer again
-//	case ReplayInProgress: // 409 in_progress: the first copy is still running
-//	case ReplayConflict:   // 409 replay: same id, other bytes
+//	case ReplayInProgress: // in_progress: the first copy is still running
+//	case ReplayConflict:   // replay: same id, other bytes
 //	}
 //
 // A process that dies while a request is pending leaves the entry pending

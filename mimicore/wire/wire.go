@@ -23,7 +23,7 @@ import (
 const MaxVarint = 1<<30 - 1
 
 // ErrMalformed is the sentinel wrapped by every decoding failure. The HTTP
-// layer maps it to 400 with the DSError code malformed.
+// layer answers it with the DSError code malformed.
 var ErrMalformed = errors.New("malformed")
 
 // errVarintRange is set on a Builder asked to encode a value above MaxVarint.

@@ -7,7 +7,7 @@
 //
 // # Roles
 //
-// Origin mints challenges (Origin.WWWAuthenticate for the 401 answer) and
+// Origin mints challenges (Origin.WWWAuthenticate for the token_required answer) and
 // redeems tokens (Origin.Redeem with the Authorization field value). Verifier
 // is the stateless core it uses: key lookup by full token_key_id, challenge
 // digest and authenticator. Issuer answers TokenRequests and publishes the
@@ -19,10 +19,10 @@
 // Every error from this package that a request can cause is an *Error whose
 // Reason names the failed check (ReasonMalformed, ReasonUnknownKey,
 // ReasonChallengeDigest, ReasonAuthenticator, ReasonReplay, ...). Use
-// ReasonOf or errors.Is with the Err* sentinels; the HTTP layer maps reasons
-// to statuses (401 with a fresh challenge for token_required,
-// unsupported_type and the token checks, 503 for backend_unavailable, 422 for
-// issuance errors).
+// ReasonOf or errors.Is with the Err* sentinels; the caller maps reasons to
+// its answers (token_required with a fresh challenge for a missing token,
+// unsupported_type and the token checks, backend_unavailable when the store
+// failed, an issuance error otherwise).
 //
 // # Challenge state and double spending
 //

@@ -13,13 +13,14 @@ type Reason string
 // Reasons returned by this package. Each names exactly one failed check.
 const (
 	// ReasonMissing: the request carried no PrivateToken credential. The
-	// origin answers with a fresh challenge (401).
+	// origin answers with a fresh challenge.
 	ReasonMissing Reason = "token_required"
 	// ReasonMalformed: a header, token, challenge, key or message could not
 	// be decoded, or had the wrong length.
 	ReasonMalformed Reason = "malformed"
 	// ReasonUnsupportedType: the token type is unknown or not configured. The
-	// origin answers with a fresh challenge (401), the issuer with 422.
+	// origin answers with a fresh challenge, the issuer with an issuance
+	// error.
 	ReasonUnsupportedType Reason = "unsupported_type"
 	// ReasonUnknownKey: no configured key has the token's token_key_id (or,
 	// for issuance, the request's truncated key id).
@@ -34,7 +35,7 @@ const (
 	// ReasonReplay: the token was already redeemed (double spend).
 	ReasonReplay Reason = "replay"
 	// ReasonStoreUnavailable: the double-spend store failed, so the token
-	// could not be redeemed safely. The HTTP layer answers 503.
+	// could not be redeemed safely; the request may be retried.
 	ReasonStoreUnavailable Reason = "backend_unavailable"
 	// ReasonInvalidConfig: a configuration or key was refused when building
 	// an Origin, Verifier or Issuer.

@@ -41,7 +41,7 @@ const (
 	// node of a cluster, earlier challenges are unknown and their tokens are
 	// refused with ReasonChallengeDigest. That is safe (no token can be
 	// replayed across a restart, since its challenge is gone) but a cluster
-	// needs sticky routing between the 401 and the retry; use ContextWindow
+	// needs sticky routing between the challenge and the retry; use ContextWindow
 	// otherwise.
 	ContextRandom ContextMode = iota
 	// ContextWindow derives the context statelessly as
@@ -253,7 +253,7 @@ func (o *Origin) Challenges() ([]Challenge, error) {
 	return o.ChallengesFor(netip.Addr{})
 }
 
-// ChallengesFor mints the challenges for one 401 answer to a client at
+// ChallengesFor mints the challenges for one token_required answer to a client at
 // source (its IP address as the HTTP layer determines it, trusted proxies
 // resolved; the zero Addr means unknown): one per accepted token type, in
 // preference order, each with the token-key of its first key and a
