@@ -66,7 +66,7 @@ func NewIssuer(keys ...IssuerKey) (*Issuer, error) {
 }
 
 // Issue answers an encoded TokenRequest with an encoded TokenResponse
-// (RFC 9578 §5.2, §6.2). Every error means HTTP 422: ReasonUnsupportedType
+// (RFC 9578 §5.2, §6.2). Every error is an unprocessable request: ReasonUnsupportedType
 // (token type not served), ReasonUnknownKey (no key with that truncated id)
 // or ReasonMalformed (wrong size, or a blinded message that is not a valid
 // group element or not below the RSA modulus).

@@ -239,8 +239,8 @@ func blindedMsgSize(t TokenType) int {
 }
 
 // ParseTokenRequest decodes a TokenRequest strictly. An unknown type gives
-// ReasonUnsupportedType, a wrong length ReasonMalformed; the issuer answers
-// both with 422.
+// ReasonUnsupportedType, a wrong length ReasonMalformed; the issuer refuses
+// both as unprocessable.
 func ParseTokenRequest(data []byte) (*TokenRequest, error) {
 	if len(data) < 3 {
 		return nil, newError(ReasonMalformed, "parsing token request: %d bytes", len(data))
