@@ -348,12 +348,19 @@ func (g *Gateway) refuse(x *exchange, err error) {
 func (g *Gateway) logRefusal(x *exchange, code moh.Code, err error, failure bool) {
 	logger, level := g.logger, zapcore.DebugLevel
 	var coded *moh.Error
-	if failure || !errors.As(err, &coded) && !errors.Is(err, wire.ErrMalformed) || code == moh.CodeBackendUnavailable {
+	isCoded := errors.As(err, &coded) || errors.Is(err, wire.ErrMalformed)
+	if failure || !isCoded || code == moh.CodeBackendUnavailable {
 		logger, level = g.sampled, zapcore.ErrorLevel
 	}
 	if c := logger.Check(level, "refused mimi request"); c != nil {
-		c.Write(zap.String("endpoint", x.rt.name), zap.String("code", code.String()),
-			zap.String("remote_ip", remoteIP(x.r)), zap.Error(err))
+		fields := []zap.Field{zap.String("endpoint", x.rt.name), zap.String("code", code.String()),
+			zap.String("remote_ip", remoteIP(x.r)), zap.Error(err)}
+		if coded != nil && coded.Err != nil {
+			// A coded error's text is what the peer reads; its cause is
+			// for the operator only.
+			fields = append(fields, zap.NamedError("cause", coded.Err))
+		}
+		c.Write(fields...)
 	}
 }
 

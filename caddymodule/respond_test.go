@@ -1,0 +1,63 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// TestRefusalsHideInternalErrors checks that what a peer reads never holds
+// an internal cause, while the log an operator reads does.
+func TestRefusalsHideInternalErrors(t *testing.T) {
+	const secret = "open /var/lib/mimi/keys/k1.pem: permission denied"
+	cause := errors.New(secret)
+	for _, tc := range []struct {
+		name   string
+		err    error
+		code   moh.Code
+		status int
+	}{
+		{"uncoded", fmt.Errorf("reading store: %w", cause), moh.CodeBackendUnavailable, http.StatusServiceUnavailable},
+		{"coded with a cause", moh.Errorf(moh.CodeMalformed, "decoding: %w", cause), moh.CodeMalformed, http.StatusBadRequest},
+		{"coded, cause beside", &moh.Error{Code: moh.CodeBackendUnavailable, Message: "store unavailable", Err: cause},
+			moh.CodeBackendUnavailable, http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			core, logs := observer.New(zap.DebugLevel)
+			g := &Gateway{logger: zap.New(core)}
+			g.sampled = g.logger
+			w := httptest.NewRecorder()
+			x := &exchange{w: w, r: httptest.NewRequest(http.MethodPost, "/group_operation", nil), rt: &route{endpoint: &endpointTable[3]}}
+			g.refuse(x, tc.err)
+			var r moh.DSResponse
+			if err := wire.Unmarshal(w.Body.Bytes(), &r, "DSResponse"); err != nil {
+				t.Fatal(err)
+			}
+			if w.Code != tc.status || r.Error.Code != tc.code {
+				t.Fatalf("answer %d %s, want %d %s", w.Code, r.Error.Code, tc.status, tc.code)
+			}
+			if strings.Contains(string(r.Error.Message), "permission denied") || strings.Contains(string(r.Error.Message), "/var/lib") {
+				t.Fatalf("the peer reads the internal cause: %q", r.Error.Message)
+			}
+			logged := false
+			for _, e := range logs.All() {
+				m := e.ContextMap()
+				if strings.Contains(fmt.Sprint(m["error"])+fmt.Sprint(m["cause"]), secret) {
+					logged = true
+				}
+			}
+			if !logged {
+				t.Fatal("the internal cause was not logged")
+			}
+		})
+	}
+}
