@@ -1,7 +1,8 @@
 // Package pptest runs pp-peer, the independent Privacy Pass client and issuer
-// built on @cloudflare/privacypass-ts (shared/peers/privacypass), for
+// built on @cloudflare/privacypass-ts (testdata/peers/privacypass), for
 // interoperability tests. The peer is copied once per test binary to a
-// temporary directory, where npm install runs, so shared/ stays untouched.
+// temporary directory, where npm install runs, so the work tree stays
+// untouched.
 package pptest
 
 import (
@@ -17,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/shared"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
 )
 
 var (
@@ -48,7 +49,7 @@ func Dir(t testing.TB) string {
 
 // install copies the peer and runs npm install in the copy.
 func install() {
-	src, err := shared.Path("peers", "privacypass")
+	src, err := testdata.Path("peers", "privacypass")
 	if err != nil {
 		setErr = err
 		return
