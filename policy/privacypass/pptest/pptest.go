@@ -47,7 +47,9 @@ func Dir(t testing.TB) string {
 	return dir
 }
 
-// install copies the peer and runs npm install in the copy.
+// install copies the peer and runs npm install in the copy. npm's cache
+// goes inside the copy too, so nothing is written under $HOME, unless
+// npm_config_cache is set, which lets CI share a cache on purpose.
 func install() {
 	src, err := testdata.Path("peers", "privacypass")
 	if err != nil {
@@ -62,8 +64,11 @@ func install() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--loglevel=error")
+	cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=error")
 	cmd.Dir = dir
+	if os.Getenv("npm_config_cache") == "" && os.Getenv("NPM_CONFIG_CACHE") == "" {
+		cmd.Env = append(os.Environ(), "npm_config_cache="+filepath.Join(dir, ".npm-cache"))
+	}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		setErr = fmt.Errorf("npm install: %w\n%s", err, out)
 	}
