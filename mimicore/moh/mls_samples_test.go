@@ -6,7 +6,7 @@ import (
 	"os"
 	"sync"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/shared"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -41,10 +41,10 @@ var (
 )
 
 // mlsVector returns a field of the first case of the official MLS
-// messages.json vectors (../shared/testvectors/mls beside the repository).
+// messages.json vectors (testdata/mls at the repository root).
 func mlsVector(field string) []byte {
 	mlsVectorsOnce.Do(func() {
-		path, err := shared.Path("testvectors", "mls", "messages.json")
+		path, err := testdata.Path("mls", "messages.json")
 		if err != nil {
 			panic(err)
 		}

@@ -20,13 +20,13 @@ import (
 	"github.com/cloudflare/circl/oprf"
 	"github.com/cloudflare/circl/zk/dleq"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/shared"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
 )
 
 func loadJSON(t testing.TB, name string, v any) {
 	t.Helper()
-	path, err := shared.Path("testvectors", "privacypass", name)
+	path, err := testdata.Path("privacypass", name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,8 @@
 // Package pptest runs pp-peer, the independent Privacy Pass client and issuer
-// built on @cloudflare/privacypass-ts (shared/peers/privacypass), for
+// built on @cloudflare/privacypass-ts (testdata/peers/privacypass), for
 // interoperability tests. The peer is copied once per test binary to a
-// temporary directory, where npm install runs, so shared/ stays untouched.
+// temporary directory, where npm install runs, so the work tree stays
+// untouched.
 package pptest
 
 import (
@@ -17,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/shared"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
 )
 
 var (
@@ -46,9 +47,11 @@ func Dir(t testing.TB) string {
 	return dir
 }
 
-// install copies the peer and runs npm install in the copy.
+// install copies the peer and runs npm install in the copy. npm's cache
+// goes inside the copy too, so nothing is written under $HOME, unless
+// npm_config_cache is set, which lets CI share a cache on purpose.
 func install() {
-	src, err := shared.Path("peers", "privacypass")
+	src, err := testdata.Path("peers", "privacypass")
 	if err != nil {
 		setErr = err
 		return
@@ -61,8 +64,11 @@ func install() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--loglevel=error")
+	cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=error")
 	cmd.Dir = dir
+	if os.Getenv("npm_config_cache") == "" && os.Getenv("NPM_CONFIG_CACHE") == "" {
+		cmd.Env = append(os.Environ(), "npm_config_cache="+filepath.Join(dir, ".npm-cache"))
+	}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		setErr = fmt.Errorf("npm install: %w\n%s", err, out)
 	}

@@ -1,7 +1,7 @@
 // Package vectors locates the MLS interoperability test vectors for tests.
 //
-// The vectors live in shared/testvectors/mls beside the repository root (the
-// directory holding go.mod), both in the development work tree and in CI.
+// The vectors live in testdata/mls at the repository root (see package
+// internal/testdata and testdata/README.md).
 package vectors
 
 import (
@@ -12,13 +12,12 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/shared"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
 )
 
-// Dir returns the directory holding the MLS test vectors,
-// shared/testvectors/mls (see package internal/shared).
+// Dir returns the directory holding the MLS test vectors, testdata/mls.
 func Dir() (string, error) {
-	return shared.Path("testvectors", "mls")
+	return testdata.Path("mls")
 }
 
 // Load decodes the JSON file name (relative to Dir) into v.
