@@ -6,7 +6,7 @@ import (
 	"os"
 	"sync"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdir"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -44,7 +44,7 @@ var (
 // messages.json vectors (testdata/mls at the repository root).
 func mlsVector(field string) []byte {
 	mlsVectorsOnce.Do(func() {
-		path, err := testdata.Path("mls", "messages.json")
+		path, err := testdir.Path("mls", "messages.json")
 		if err != nil {
 			panic(err)
 		}

@@ -13,7 +13,7 @@ import (
 )
 
 // KeyFile is the issuer key file shared with the pp-peer test peer
-// (shared/peers/privacypass/README.md):
+// (testdata/peers/privacypass/README.md):
 //
 //	{ "token_type": 2,
 //	  "private_key": "-----BEGIN PRIVATE KEY-----\n...",  // type 2: PKCS#8 PEM; type 1: hex 48-byte scalar

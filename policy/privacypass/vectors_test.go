@@ -20,13 +20,13 @@ import (
 	"github.com/cloudflare/circl/oprf"
 	"github.com/cloudflare/circl/zk/dleq"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdir"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
 )
 
 func loadJSON(t testing.TB, name string, v any) {
 	t.Helper()
-	path, err := testdata.Path("privacypass", name)
+	path, err := testdir.Path("privacypass", name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdir"
 )
 
 var (
@@ -51,7 +51,7 @@ func Dir(t testing.TB) string {
 // goes inside the copy too, so nothing is written under $HOME, unless
 // npm_config_cache is set, which lets CI share a cache on purpose.
 func install() {
-	src, err := testdata.Path("peers", "privacypass")
+	src, err := testdir.Path("peers", "privacypass")
 	if err != nil {
 		setErr = err
 		return

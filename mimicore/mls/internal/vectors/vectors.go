@@ -12,12 +12,12 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/testdata"
+	"github.com/caddy-mimi/caddy-mimi/internal/testdir"
 )
 
 // Dir returns the directory holding the MLS test vectors, testdata/mls.
 func Dir() (string, error) {
-	return testdata.Path("mls")
+	return testdir.Path("mls")
 }
 
 // Load decodes the JSON file name (relative to Dir) into v.

@@ -1,14 +1,13 @@
-// Package testdata locates the repository's testdata/ directory for tests:
+// Package testdir locates the repository's testdata/ directory for tests:
 // the MLS and Privacy Pass vectors and the pp-peer (see testdata/README.md).
 //
 // The directory is found from the module root, the directory whose go.mod
 // declares this module. Tests run in their package directory, so walking up
 // from the working directory finds it; when the working directory lies
 // outside the module (a test binary run from elsewhere), the location of
-// this source file is used instead. The go tool skips directories named
-// testdata in patterns such as ./..., so name this package explicitly to
-// vet or test it.
-package testdata
+// this source file is used instead. (The package is not named testdata: the
+// go tool leaves directories of that name out of ./... patterns.)
+package testdir
 
 import (
 	"bytes"
