@@ -42,6 +42,7 @@ var (
 func (g *Gateway) readBody(x *exchange, limit int64, emptyOK bool) ([]byte, error) {
 	r := x.r
 	if r.ContentLength > limit {
+		x.closeAfter()
 		return nil, moh.Errorf(moh.CodeTooLarge, "body of %d bytes exceeds the %d byte limit", r.ContentLength, limit)
 	}
 	if x.rt.body != bodyTokenRequest && !(emptyOK && r.ContentLength <= 0) {
@@ -75,14 +76,36 @@ func (g *Gateway) readPrefix(x *exchange, n int64) ([]byte, error) {
 }
 
 // read reads up to limit bytes of the body; with whole, a body longer than
-// limit is too_large, else the rest is left unread.
+// limit is too_large, else the rest is left unread. On success the read
+// deadline is cleared; on failure it stays, and an HTTP/1 connection is
+// closed after the answer, so the server does not wait on the unread rest
+// of a stalled body before it answers.
 func (x *exchange) read(limit int64, whole bool) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(x.r.Context(), bodyTimeout)
 	defer cancel()
 	rc := http.NewResponseController(x.w)
-	if err := rc.SetReadDeadline(time.Now().Add(bodyTimeout)); err == nil {
-		defer rc.SetReadDeadline(time.Time{}) //nolint:errcheck // best effort: the server's own timeouts still apply
+	deadline := rc.SetReadDeadline(time.Now().Add(bodyTimeout)) == nil
+	body, err := x.readWithin(ctx, limit, whole)
+	if err != nil {
+		x.closeAfter()
+		return nil, err
 	}
+	if deadline {
+		rc.SetReadDeadline(time.Time{}) //nolint:errcheck // best effort: the server's own timeouts still apply
+	}
+	return body, nil
+}
+
+// closeAfter asks for the connection to be closed after the answer when
+// the body may be left unread (HTTP/1 only: an HTTP/2 stream ends alone).
+func (x *exchange) closeAfter() {
+	if x.r.ProtoMajor == 1 {
+		x.w.Header().Set("Connection", "close")
+	}
+}
+
+// readWithin is read's loop, bounded by ctx and the body budget.
+func (x *exchange) readWithin(ctx context.Context, limit int64, whole bool) ([]byte, error) {
 	size := int64(bodyChunk)
 	if n := x.r.ContentLength; n >= 0 {
 		size = n

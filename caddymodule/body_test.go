@@ -94,8 +94,8 @@ func TestStalledBodies(t *testing.T) {
 			t.Fatalf("with no memory free: %d %s after %s, want 503 backend_unavailable after the deadline", status, code, took)
 		}
 		bodies.Release(2000)
-		if _, code, _ := stall(t, srv, "/deliver_message", 10, 10); code != moh.CodeMalformed {
-			t.Fatalf("with memory free: %s, want the body read and refused as malformed", code)
+		if _, code, _ := stall(t, srv, "/deliver_message", 10, 10); code != moh.CodeUnsupportedVersion {
+			t.Fatalf("with memory free: %s, want the body read and refused (ten zero bytes: unsupported_version)", code)
 		}
 		// Stalled bodies return their share when they end.
 		var wg sync.WaitGroup

@@ -195,7 +195,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 			Overlap:     time.Duration(g.KeyOverlap),
 		},
 		Fetch:  fetch,
-		Logger: g.logger.With(zap.String("data_dir", g.DataDir)),
+		Logger: g.logger,
 	})
 	if err != nil {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)

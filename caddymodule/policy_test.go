@@ -30,6 +30,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
 )
 
@@ -257,7 +258,7 @@ func TestRateLimitHandler(t *testing.T) {
 		}
 		return w
 	}
-	before := counterValue(decisions.WithLabelValues("per_ip", "ds_domain", "limited"))
+	before := decision(t, "per_ip", "ds_domain", "limited")
 	for i := 0; i < 2; i++ {
 		if w := get("192.0.2.1:1000", ""); w.Code != http.StatusOK {
 			t.Fatalf("request %d: status %d", i, w.Code)
@@ -271,7 +272,7 @@ func TestRateLimitHandler(t *testing.T) {
 	if ra := w.Header().Get("Retry-After"); ra != "30" {
 		t.Fatalf("Retry-After %q, want 30", ra)
 	}
-	if got := counterValue(decisions.WithLabelValues("per_ip", "ds_domain", "limited")) - before; got != 1 {
+	if got := decision(t, "per_ip", "ds_domain", "limited") - before; got != 1 {
 		t.Fatalf("limited counter rose by %v", got)
 	}
 	// Another address has its own bucket; the client_ip variable (set by
@@ -305,7 +306,7 @@ func TestRateLimitSurvivesReload(t *testing.T) {
 	defer cancel()
 	cfg := func(window time.Duration) *Gateway {
 		return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir,
-			RateLimits: []*RateLimitZone{{Name: "z", Key: "remote_ip", Events: 1, Window: caddy.Duration(window),
+			RateLimits: []*RateLimitZone{{Name: "survives_reload", Key: "remote_ip", Events: 1, Window: caddy.Duration(window),
 				Endpoints: []string{"/verification_key"}}}}
 	}
 	status := func(g *Gateway) int {
@@ -346,10 +347,13 @@ func TestRateLimitSurvivesReload(t *testing.T) {
 	if s := status(c); s != http.StatusOK {
 		t.Fatalf("after raising the rate: %d", s)
 	}
+	if !zoneLive(t, "survives_reload") {
+		t.Fatal("the zone is not live while a config uses it")
+	}
 	if err := c.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := zonePool.References(dir + "\x00z"); ok {
+	if zoneLive(t, "survives_reload") {
 		t.Fatal("the zone outlived every config using it")
 	}
 }
@@ -514,7 +518,7 @@ func TestPrivacyPassSpentAcrossRestart(t *testing.T) {
 	if err := first.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := statePool.References(dataDir); ok {
+	if _, ok := servicePool.References(dataDir); ok {
 		t.Fatal("the store is still open: this is not a restart")
 	}
 	second := f.gateway(dataDir)
@@ -549,7 +553,7 @@ func TestIssuerEndpoints(t *testing.T) {
 		w, _ := serve(g, r)
 		return w
 	}
-	refusedBefore := counterValue(issuerCounter("issue_refused"))
+	refusedBefore := decision(t, "issuer", "token_request", "issue_refused")
 	if w := post("application/octet-stream", []byte{0, 2}); w.Code != http.StatusUnsupportedMediaType {
 		t.Fatalf("wrong content type: %d", w.Code)
 	}
@@ -559,7 +563,7 @@ func TestIssuerEndpoints(t *testing.T) {
 	if w := post(privacypass.MediaTypeTokenRequest, make([]byte, 2000)); w.Code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("oversized request: %d", w.Code)
 	}
-	if n := counterValue(issuerCounter("issue_refused")) - refusedBefore; n != 3 {
+	if n := decision(t, "issuer", "token_request", "issue_refused") - refusedBefore; n != 3 {
 		t.Fatalf("issue_refused rose by %v, want 3", n)
 	}
 	w, _ = serve(g, tls13(httptest.NewRequest(http.MethodGet, "/token-request", nil)))
@@ -573,111 +577,142 @@ func TestIssuerEndpoints(t *testing.T) {
 	}
 }
 
+// senderAdmit runs the sender stage of the provider endpoint at path as
+// serveProvider runs it once the envelope signature verified: the admission
+// request of the HTTP request with the verified sender, the endpoint's
+// plan, and the refusal answer. A signed provider request needs a peer
+// serving its keys over HTTPS; caddymodule/integration's
+// TestSenderRateLimit sends real ones.
+func senderAdmit(g *Gateway, path, sender, auth string) (*httptest.ResponseRecorder, error) {
+	r := tls13(httptest.NewRequest(http.MethodPost, path, nil))
+	if auth != "" {
+		r.Header.Set("Authorization", auth)
+	}
+	w := httptest.NewRecorder()
+	x := &exchange{w: w, r: r, rt: g.routes[path]}
+	defer x.release()
+	x.adm = admission.Request{ClientIP: clientAddr(r), Authorization: r.Header.Get("Authorization"), Sender: []byte(sender)}
+	err := x.rt.plan.Sender(r.Context(), &x.adm)
+	if err != nil {
+		g.refuse(x, err)
+	}
+	return w, err
+}
+
 // TestOverLimitToken checks "connection_request needs a token or is under
-// the per-provider limit" through the Admit hook, with the sender taken
-// from a verified request.
+// the per-provider limit" on the plan the gateway built for the endpoint,
+// with the sender taken from a verified request, and the answers the
+// handler writes for its refusals.
 func TestOverLimitToken(t *testing.T) {
 	f := newPPFixture(t)
-	cfg := f.gateway("")
-	cfg.PrivacyPass.Require = nil
-	cfg.RateLimits = []*RateLimitZone{{Name: "per_provider", Key: "sender_provider", Events: 1,
-		Window: caddy.Duration(time.Hour), Endpoints: []string{"connection_request"}, OverLimit: "token"}}
-	g := provisioned(t, cfg)
-	if g.inbound.Admit == nil {
-		t.Fatal("the Admit hook is not installed")
+	cfg := func(overLimit string) *Gateway {
+		c := f.gateway("")
+		c.PrivacyPass.Require = nil
+		c.RateLimits = []*RateLimitZone{{Name: "per_provider", Key: "sender_provider", Events: 1,
+			Window: caddy.Duration(time.Hour), Endpoints: []string{"connection_request"}, OverLimit: overLimit}}
+		return c
 	}
-	admit := func(sender, auth string) error {
-		r := tls13(httptest.NewRequest(http.MethodPost, "/connection_request", nil))
-		if auth != "" {
-			r.Header.Set("Authorization", auth)
-		}
-		v := &provider.Verified{Request: &moh.ProviderRequest{RequestType: moh.ConnectionRequest, Sender: []byte(sender)}}
-		return g.inbound.Admit(g.admitContext(r), v)
+	g := provisioned(t, cfg(overLimitToken))
+	if !g.routes["/connection_request"].plan.HasSenderZones() {
+		t.Fatal("the sender zone is not in the plan of /connection_request")
 	}
-	if err := admit("a.example", ""); err != nil {
+	admit := func(sender, auth string) (*httptest.ResponseRecorder, error) {
+		return senderAdmit(g, "/connection_request", sender, auth)
+	}
+	if _, err := admit("a.example", ""); err != nil {
 		t.Fatalf("under the limit: %v", err)
 	}
-	err := admit("a.example", "")
-	if moh.DSErrorOf(err).Code != moh.CodeTokenRequired {
-		t.Fatalf("over the limit without a token: %v", err)
+	w, err := admit("a.example", "")
+	if moh.DSErrorOf(err).Code != moh.CodeTokenRequired || w.Code != http.StatusUnauthorized ||
+		dsErrorCode(t, w.Body.Bytes()) != moh.CodeTokenRequired {
+		t.Fatalf("over the limit without a token: %v, status %d", err, w.Code)
 	}
-	h := http.Header{}
-	setPolicyHeaders(h, err)
-	cs, perr := privacypass.ParseWWWAuthenticate(h.Get("WWW-Authenticate"))
+	cs, perr := privacypass.ParseWWWAuthenticate(w.Header().Get("WWW-Authenticate"))
 	if perr != nil || len(cs) == 0 {
-		t.Fatalf("no challenge with the refusal: %q", h.Get("WWW-Authenticate"))
+		t.Fatalf("no challenge with the refusal: %q", w.Header().Get("WWW-Authenticate"))
 	}
-	if err := admit("b.example", ""); err != nil {
+	if _, err := admit("b.example", ""); err != nil {
 		t.Fatalf("another provider has its own budget: %v", err)
 	}
 	auth := f.mint(t, g, cs[0].TokenChallenge, cs[0].TokenType())
-	if err := admit("a.example", auth); err != nil {
+	if _, err := admit("a.example", auth); err != nil {
 		t.Fatalf("over the limit with a token: %v", err)
 	}
-	if err := admit("a.example", auth); moh.DSErrorOf(err).Code != moh.CodeTokenRequired {
-		t.Fatalf("over the limit with a spent token: %v", err)
+	if w, err := admit("a.example", auth); moh.DSErrorOf(err).Code != moh.CodeTokenRequired || w.Code != http.StatusUnauthorized {
+		t.Fatalf("over the limit with a spent token: %v, status %d", err, w.Code)
 	}
-	// Zones refuse with 429 when over_limit is refuse.
-	g.policy.plans["/connection_request"].provider[0].zone.overLimitToken = false
-	err = admit("a.example", "")
-	h = http.Header{}
-	setPolicyHeaders(h, err)
-	if moh.DSErrorOf(err).Code != moh.CodeRateLimited || h.Get("Retry-After") != "3600" {
-		t.Fatalf("refuse: %v, Retry-After %q", err, h.Get("Retry-After"))
+	// Zones refuse with 429 when over_limit is refuse (a gateway of its
+	// own data directory, so with buckets of its own).
+	refusing := provisioned(t, cfg(""))
+	if _, err := senderAdmit(refusing, "/connection_request", "a.example", ""); err != nil {
+		t.Fatalf("refuse, under the limit: %v", err)
+	}
+	w, err = senderAdmit(refusing, "/connection_request", "a.example", "")
+	if moh.DSErrorOf(err).Code != moh.CodeRateLimited || w.Code != http.StatusTooManyRequests ||
+		w.Header().Get("Retry-After") != "3600" || w.Header().Get("WWW-Authenticate") != "" {
+		t.Fatalf("refuse: %v, status %d, Retry-After %q", err, w.Code, w.Header().Get("Retry-After"))
 	}
 }
 
+// TestAdmitDS checks the group and member zones as the DS reaches them:
+// through the handler's ds.Admitter, with the verified group and member,
+// on the plan the gateway built for the endpoint.
 func TestAdmitDS(t *testing.T) {
 	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
 		RateLimits: []*RateLimitZone{
 			{Name: "per_member", Key: "member", Events: 1, Window: caddy.Duration(time.Hour), Endpoints: []string{"group_operation"}},
 			{Name: "per_group", Key: "group", Events: 2, Window: caddy.Duration(time.Hour), Endpoints: []string{"group_operation"}},
 		}})
-	r := tls13(httptest.NewRequest(http.MethodPost, "/group_operation", nil))
-	code := func(group, member string) moh.Code {
-		err := g.admitDS(r, []byte(group), []byte(member))
+	code := func(path, group, member string) moh.Code {
+		r := tls13(httptest.NewRequest(http.MethodPost, path, nil))
+		x := &exchange{w: httptest.NewRecorder(), r: r, rt: g.routes[path]}
+		err := memberAdmitter{x}.AdmitMember(r.Context(), []byte(group), []byte(member))
 		if err == nil {
 			return 0
 		}
 		return moh.DSErrorOf(err).Code
 	}
-	if c := code("g1", "alice"); c != 0 {
+	if c := code("/group_operation", "g1", "alice"); c != 0 {
 		t.Fatalf("first: %v", c)
 	}
-	if c := code("g1", "alice"); c != moh.CodeRateLimited {
+	if c := code("/group_operation", "g1", "alice"); c != moh.CodeRateLimited {
 		t.Fatalf("member over its limit: %v", c)
 	}
-	if c := code("g1", "bob"); c != 0 {
+	if c := code("/group_operation", "g1", "bob"); c != 0 {
 		t.Fatalf("another member: %v", c)
 	}
-	if c := code("g1", "carol"); c != moh.CodeRateLimited {
+	if c := code("/group_operation", "g1", "carol"); c != moh.CodeRateLimited {
 		t.Fatalf("group over its limit: %v", c)
 	}
-	if c := code("g2", "carol"); c != 0 {
+	if c := code("/group_operation", "g2", "carol"); c != 0 {
 		t.Fatalf("another group: %v", c)
 	}
 	// Other endpoints have no DS zones.
-	if err := g.admitDS(tls13(httptest.NewRequest(http.MethodPost, "/welcome_information", nil)), []byte("g1"), []byte("alice")); err != nil {
-		t.Fatal(err)
+	if c := code("/welcome_information", "g1", "alice"); c != 0 {
+		t.Fatalf("welcome_information: %v", c)
 	}
 }
 
+// TestPeerList checks the peers lists the gateway installs in the verifier,
+// which runs them before any key is fetched.
 func TestPeerList(t *testing.T) {
-	check := (&PeerList{Allow: []string{"a.example", "b.example"}, Deny: []string{"b.example"}}).check(zap.NewNop())
+	peers := func(pl *PeerList) func(string) error {
+		t.Helper()
+		g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", Peers: pl})
+		if g.inbound.Verifier.Peers == nil {
+			t.Fatal("peers list not installed in the verifier")
+		}
+		return g.inbound.Verifier.Peers
+	}
+	check := peers(&PeerList{Allow: []string{"a.example", "b.example"}, Deny: []string{"b.example"}})
 	for sender, ok := range map[string]bool{"a.example": true, "b.example": false, "c.example": false} {
 		if err := check(sender); (err == nil) != ok {
 			t.Errorf("%s: %v", sender, err)
 		}
 	}
-	deny := (&PeerList{Deny: []string{"evil.example"}}).check(zap.NewNop())
+	deny := peers(&PeerList{Deny: []string{"evil.example"}})
 	if deny("evil.example") == nil || deny("good.example") != nil {
 		t.Error("deny-only list")
-	}
-	// The list is installed before key fetching.
-	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
-		Peers: &PeerList{Deny: []string{"evil.example"}}})
-	if g.inbound.Verifier.Peers == nil || g.inbound.Verifier.Peers("evil.example") == nil {
-		t.Fatal("peers list not installed in the verifier")
 	}
 }
 
@@ -704,7 +739,7 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 		case "/redirect":
 			http.Redirect(w, r, privacypass.DirectoryPath, http.StatusFound)
 		case "/huge":
-			w.Write(bytes.Repeat([]byte(" "), maxDirectoryBody+10))
+			w.Write(bytes.Repeat([]byte(" "), admission.MaxDirectoryBody+10))
 		default:
 			http.NotFound(w, r)
 		}
@@ -728,7 +763,7 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 	}
 	base := "https://example.com:" + strconv.Itoa(port)
 
-	keys, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(fed), zap.NewNop())
+	keys, err := admission.FetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(fed), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -736,19 +771,19 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 		t.Fatalf("keys %v: want the type 2 key only", keys)
 	}
 	for path, want := range map[string]string{"/redirect": "status 302", "/huge": "larger than", "/missing": "status 404"} {
-		if _, err := fetchDirectoryKeys(ctx, base+path, policyOf(fed), zap.NewNop()); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := admission.FetchDirectoryKeys(ctx, base+path, policyOf(fed), zap.NewNop()); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", path, err, want)
 		}
 	}
 	// The production policy refuses loopback, and ports other than 443.
 	strict := &Federation{RootCAFiles: []string{rootFile}, AllowedPorts: []int{port},
 		Resolve: fed.Resolve}
-	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(strict), zap.NewNop()); err == nil ||
+	if _, err := admission.FetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(strict), zap.NewNop()); err == nil ||
 		!strings.Contains(err.Error(), "not a public address") {
 		t.Fatalf("loopback issuer under the production policy: %v", err)
 	}
 	noPort := &Federation{AllowPrivateAddresses: true, RootCAFiles: []string{rootFile}, Resolve: fed.Resolve}
-	if _, err := fetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(noPort), zap.NewNop()); err == nil ||
+	if _, err := admission.FetchDirectoryKeys(ctx, base+privacypass.DirectoryPath, policyOf(noPort), zap.NewNop()); err == nil ||
 		!strings.Contains(err.Error(), "refused by fetch policy: port") {
 		t.Fatalf("port not allowed: %v", err)
 	}
@@ -790,7 +825,7 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 	}
 	var down []byte
 	served.Store(&down)
-	if err := g.policy.origin.refresh(ctx); err == nil || !strings.Contains(err.Error(), "status 503") {
+	if err := g.origin.Refresh(ctx); err == nil || !strings.Contains(err.Error(), "status 503") {
 		t.Fatalf("refresh from a failing issuer: %v", err)
 	}
 	if w := redeemAt(g, mintUnder(iss, oldKey)); w.Code != endpointAnswer {
@@ -798,11 +833,11 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 	}
 	newDir, _ := newIss.Directory("/token-request").Marshal()
 	served.Store(&newDir)
-	before := g.policy.origin.current.Load()
-	if err := g.policy.origin.refresh(ctx); err != nil {
+	before := g.origin.Current()
+	if err := g.origin.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if g.policy.origin.current.Load() == before {
+	if g.origin.Current() == before {
 		t.Fatal("the origin was not rebuilt after a key change")
 	}
 	if w := redeemAt(g, mintUnder(newIss, newKey)); w.Code != endpointAnswer {
@@ -812,19 +847,72 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 		t.Fatalf("old key after the refresh: status %d", w.Code)
 	}
 	// An unchanged directory does not rebuild the origin.
-	same := g.policy.origin.current.Load()
-	if err := g.policy.origin.refresh(ctx); err != nil || g.policy.origin.current.Load() != same {
+	same := g.origin.Current()
+	if err := g.origin.Refresh(ctx); err != nil || g.origin.Current() != same {
 		t.Fatalf("refresh of an unchanged directory: %v", err)
 	}
 }
 
-// counterValue reads a counter.
-func counterValue(c prometheus.Counter) float64 {
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		return -1
+// gatherPolicy gathers the admission policy's collectors, as a Caddy
+// metrics registry does.
+func gatherPolicy(t testing.TB) []*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	for _, c := range admission.Collectors() {
+		if err := reg.Register(c); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return m.GetCounter().GetValue()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return families
+}
+
+// labelsOf returns the labels of a metric.
+func labelsOf(m *dto.Metric) map[string]string {
+	labels := map[string]string{}
+	for _, l := range m.GetLabel() {
+		labels[l.GetName()] = l.GetValue()
+	}
+	return labels
+}
+
+// decision reads caddy_mimi_policy_decisions_total{zone,endpoint,outcome}
+// from the admission policy's collectors: 0 for a series not created yet.
+// The counters are package-level: callers compare deltas.
+func decision(t testing.TB, zone, endpoint, outcome string) float64 {
+	t.Helper()
+	for _, f := range gatherPolicy(t) {
+		if f.GetName() != "caddy_mimi_policy_decisions_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if l := labelsOf(m); l["zone"] == zone && l["endpoint"] == endpoint && l["outcome"] == outcome {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// zoneLive reports whether a rate-limit zone of that name is held by some
+// configuration: the admission policy reports caddy_mimi_rate_limit_keys
+// for every live zone, and for live zones only.
+func zoneLive(t testing.TB, zone string) bool {
+	t.Helper()
+	for _, f := range gatherPolicy(t) {
+		if f.GetName() != "caddy_mimi_rate_limit_keys" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if labelsOf(m)["zone"] == zone {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func TestPolicyMetrics(t *testing.T) {
@@ -940,7 +1028,7 @@ func TestOriginSurvivesReload(t *testing.T) {
 	if err := old.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if same.policy.origin != old.policy.origin {
+	if same.origin != old.origin {
 		t.Fatal("a reload with the same settings built a new origin")
 	}
 	if w := redeemAt(same, first); w.Code != endpointAnswer {
@@ -955,7 +1043,7 @@ func TestOriginSurvivesReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer changed.Cleanup()
-	if changed.policy.origin == same.policy.origin {
+	if changed.origin == same.origin {
 		t.Fatal("changed settings reused the origin")
 	}
 	if w := redeemAt(changed, second); w.Code != http.StatusUnauthorized {
@@ -970,57 +1058,63 @@ func (failingStore) MarkSpent(context.Context, []byte, time.Time) (bool, error) 
 	return false, errors.New("disk on fire")
 }
 
+// withOrigin rebuilds g's admission policy around origin o, from g's
+// configuration as provisionPolicy builds it, and installs its plans in
+// g's routes. The policy is closed when the test ends.
+func withOrigin(t testing.TB, g *Gateway, o *admission.Origin) {
+	t.Helper()
+	cfg, err := g.admissionConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Origin, cfg.Issuer = o, g.issuer
+	p, err := admission.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	for _, rt := range g.routes {
+		rt.plan = p.Plan(rt.name)
+	}
+}
+
 // TestRedeemStoreFailure checks that a double-spend store failure is a 503
 // backend_unavailable, not a 401: the token is fine and may be retried.
 func TestRedeemStoreFailure(t *testing.T) {
-	k, err := privacypass.GenerateKey(privacypass.TypeBlindRSA)
+	f := newPPFixture(t)
+	g := provisioned(t, f.gateway(""))
+	// The same origin as g's, but its double-spend record is down.
+	o, err := admission.NewOrigin(context.Background(), admission.OriginConfig{OriginConfig: privacypass.OriginConfig{
+		IssuerName: "issuer.example.com", OriginInfo: []string{"ds.example.com"},
+		Keys:  []*privacypass.Key{f.keys[privacypass.TypeBlindRSA], f.keys[privacypass.TypeVOPRF]},
+		Spent: failingStore{}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := privacypass.NewOrigin(privacypass.OriginConfig{IssuerName: "issuer.example", Keys: []*privacypass.Key{k},
-		Spent: failingStore{}})
-	if err != nil {
-		t.Fatal(err)
+	defer o.Close()
+	withOrigin(t, g, o)
+	auth := f.mint(t, g, challengeOf(t, g, privacypass.TypeBlindRSA), privacypass.TypeBlindRSA)
+	before := decision(t, "privacy_pass", "welcome_information", "token_unavailable")
+	w := redeemAt(g, auth)
+	if w.Code != http.StatusServiceUnavailable || dsErrorCode(t, w.Body.Bytes()) != moh.CodeBackendUnavailable {
+		t.Fatalf("store failure: status %d", w.Code)
 	}
-	iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: k})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs, err := o.Challenges()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pending, err := privacypass.NewTokenRequest(cs[0].TokenChallenge, k.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := iss.Issue(pending.Request)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := pending.Finalize(resp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	state := &originState{}
-	state.current.Store(o)
-	p := &policy{origin: state, logger: zap.NewNop()}
-	ep := &endpointPlan{name: "welcome_information", tokens: newTokenCounters("welcome_information")}
-	r := httptest.NewRequest(http.MethodPost, "/welcome_information", nil)
-	r.Header.Set("Authorization", privacypass.FormatAuthorization(tok))
-	before := counterValue(ep.tokens.unavailable)
-	err = p.redeem(r, ep)
-	if status, _ := errorAnswer(err); status != http.StatusServiceUnavailable || moh.DSErrorOf(err).Code != moh.CodeBackendUnavailable {
-		t.Fatalf("store failure: status %d, %v", status, err)
-	}
-	h := http.Header{}
-	setPolicyHeaders(h, err)
-	if h.Get("WWW-Authenticate") != "" {
+	if w.Header().Get("WWW-Authenticate") != "" {
 		t.Fatal("a store failure asked for another token")
 	}
-	if counterValue(ep.tokens.unavailable)-before != 1 {
+	if decision(t, "privacy_pass", "welcome_information", "token_unavailable")-before != 1 {
 		t.Fatal("token_unavailable not counted")
 	}
+}
+
+// tokenDecisions sums the Privacy Pass outcomes counted on an endpoint.
+func tokenDecisions(t testing.TB, endpoint string) float64 {
+	t.Helper()
+	var n float64
+	for _, o := range []string{"token_accepted", "token_refused", "token_missing", "token_unavailable"} {
+		n += decision(t, "privacy_pass", endpoint, o)
+	}
+	return n
 }
 
 // TestZonesBeforeTokens checks that a client over a refusing zone is
@@ -1034,13 +1128,12 @@ func TestZonesBeforeTokens(t *testing.T) {
 	g := provisioned(t, cfg)
 	challenge := challengeOf(t, g, privacypass.TypeBlindRSA) // spends the only event
 	auth := f.mint(t, g, challenge, privacypass.TypeBlindRSA)
-	tokens := g.policy.plans["/welcome_information"].tokens
-	before := counterValue(tokens.accepted) + counterValue(tokens.refused) + counterValue(tokens.missing)
+	before := tokenDecisions(t, "welcome_information")
 	w := redeemAt(g, auth)
 	if w.Code != http.StatusTooManyRequests || w.Header().Get("WWW-Authenticate") != "" {
 		t.Fatalf("over the limit with a token: status %d", w.Code)
 	}
-	if after := counterValue(tokens.accepted) + counterValue(tokens.refused) + counterValue(tokens.missing); after != before {
+	if tokenDecisions(t, "welcome_information") != before {
 		t.Fatal("the token was checked although the zone refused the request")
 	}
 }
