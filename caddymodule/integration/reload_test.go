@@ -15,11 +15,12 @@ import (
 )
 
 // TestReloadAppliesOptions reloads the configuration 20 times through the
-// admin API's /load, each time with other key and federation options for
-// a.localhost. After each reload the new key scheme signs (the newest
-// published key is of that scheme); after all of them the process holds no
-// more goroutines or open files than after the first, and a.localhost's
-// database is open exactly once: one service per provider.
+// admin API's /load, each time with another key scheme, rotation and
+// overlap for a.localhost. After each reload a key of the new scheme and
+// the new lifetime (rotation + overlap) is published at once, without a
+// restart; after all of them the process holds no more goroutines or open
+// files than after the second, and a.localhost's database is open by one
+// service only.
 func TestReloadAppliesOptions(t *testing.T) {
 	startCaddy(t)
 	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
@@ -28,7 +29,9 @@ func TestReloadAppliesOptions(t *testing.T) {
 		t.Fatal("the test configuration changed: a.localhost's block not found")
 	}
 	reload := func(i int) string {
-		scheme := []string{"ed25519", "ecdsa_secp256r1_sha256"}[i%2]
+		// The shared configuration signs with ed25519: every reload
+		// changes the scheme.
+		scheme := []string{"ecdsa_secp256r1_sha256", "ed25519"}[i%2]
 		opts := fmt.Sprintf("\t\tkey_scheme %s\n\t\tkey_rotation %dh\n\t\tkey_overlap %dh\n", scheme, 48+i, 49+i)
 		cfg := strings.Replace(base, aBlock, opts+aBlock, 1)
 		env.tester.InitServer(cfg, "caddyfile") // POST /load
@@ -43,9 +46,12 @@ func TestReloadAppliesOptions(t *testing.T) {
 		if t.Failed() {
 			t.FailNow()
 		}
+		// The reload's options made a key: of its scheme, living its
+		// key_rotation + key_overlap.
 		want := map[string]moh.SignatureScheme{"ed25519": moh.SchemeEd25519, "ecdsa_secp256r1_sha256": moh.SchemeECDSAP256SHA256}[scheme]
-		if got := newestKeyScheme(t); got != want {
-			t.Fatalf("reload %d: newest published key has scheme %#04x, want %s (%#04x)", i, uint16(got), scheme, uint16(want))
+		k := keyMadeWith(t, time.Duration(48+i+49+i)*time.Hour)
+		if k == nil || k.Scheme != want {
+			t.Fatalf("reload %d: no published key of scheme %s living %dh: %+v", i, scheme, 48+i+49+i, k)
 		}
 		if i == 1 {
 			time.Sleep(500 * time.Millisecond) // let the old config's goroutines end
@@ -66,9 +72,9 @@ func TestReloadAppliesOptions(t *testing.T) {
 		runtime.NumGoroutine(), goroutines, len(openFiles(t)), files)
 }
 
-// newestKeyScheme is the signature scheme of the most recent key
-// a.localhost publishes.
-func newestKeyScheme(t *testing.T) moh.SignatureScheme {
+// keyMadeWith returns the key a.localhost publishes whose lifetime is
+// lifetime (key_rotation + key_overlap of one reload), nil when none is.
+func keyMadeWith(t *testing.T, lifetime time.Duration) *moh.VerificationKey {
 	t.Helper()
 	resp, body := get(t, client(0), http.MethodGet, "https://a.localhost:9443/verification_key", "", nil)
 	if resp.StatusCode != http.StatusOK {
@@ -78,16 +84,12 @@ func newestKeyScheme(t *testing.T) moh.SignatureScheme {
 	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil {
 		t.Fatal(err)
 	}
-	var newest *moh.VerificationKey
 	for i := range r.VerificationKeys {
-		if k := &r.VerificationKeys[i]; newest == nil || k.NotBefore >= newest.NotBefore {
-			newest = k
+		if k := &r.VerificationKeys[i]; time.Duration(k.NotAfter-k.NotBefore)*time.Second == lifetime {
+			return k
 		}
 	}
-	if newest == nil {
-		t.Fatal("no key published")
-	}
-	return newest.Scheme
+	return nil
 }
 
 // settledGoroutines waits up to 5 s for the goroutine count to fall to at

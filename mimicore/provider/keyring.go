@@ -316,12 +316,17 @@ func (r *KeyRing) Current(now time.Time) (*PrivateKey, error) {
 }
 
 // Published returns the verification keys to serve on /verification_key at
-// now: every key that has not expired, newest first.
+// now: every key that has not expired, newest first, at most
+// moh.MaxVerifyKeys of them, since peers refuse a longer list. Settings keep
+// a ring under that bound (key_overlap < 15 key_rotation); only scheme
+// changes in quick succession, each of which retires a key early, can
+// exceed it, and then the oldest retired keys are left out: they no longer
+// sign.
 func (r *KeyRing) Published(now time.Time) []moh.VerificationKey {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	out := make([]moh.VerificationKey, 0, len(r.keys))
-	for i := len(r.keys) - 1; i >= 0; i-- {
+	out := make([]moh.VerificationKey, 0, min(len(r.keys), moh.MaxVerifyKeys))
+	for i := len(r.keys) - 1; i >= 0 && len(out) < moh.MaxVerifyKeys; i-- {
 		if !now.After(r.keys[i].NotAfter) {
 			out = append(out, r.keys[i].Public())
 		}

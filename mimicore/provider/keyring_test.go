@@ -286,3 +286,36 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestKeyRingPublishedBound checks that the published list never exceeds
+// the 16 keys a peer accepts, even when scheme changes in quick succession
+// leave more unexpired keys, and that the signing key is always first.
+func TestKeyRingPublishedBound(t *testing.T) {
+	schemes := []moh.SignatureScheme{moh.SchemeECDSAP256SHA256, moh.SchemeEd25519}
+	opts := KeyRingOptions{Scheme: moh.SchemeEd25519, RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
+	r, err := OpenKeyRing(t.Context(), t.TempDir(), opts, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		opts.Scheme = schemes[i%2]
+		if err := r.SetOptions(opts); err != nil {
+			t.Fatal(err)
+		}
+		now := t0.Add(time.Duration(i+1) * time.Minute)
+		if _, err := r.Rotate(t.Context(), now); err != nil {
+			t.Fatal(err)
+		}
+		cur, err := r.Current(now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub := r.Published(now)
+		if want := min(i+2, moh.MaxVerifyKeys); len(pub) != want {
+			t.Fatalf("after %d scheme changes: %d keys published, want %d", i+1, len(pub), want)
+		}
+		if !bytes.Equal(pub[0].KeyID, cur.ID) || pub[0].Scheme != opts.Scheme {
+			t.Fatalf("after %d scheme changes: the first published key is not the signing key", i+1)
+		}
+	}
+}
