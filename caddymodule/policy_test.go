@@ -655,7 +655,7 @@ func TestOverLimitToken(t *testing.T) {
 }
 
 // TestAdmitDS checks the group and member zones as the DS reaches them:
-// through the handler's ds.Admitter, with the verified group and member,
+// through the handler's admitMember, with the verified group and member,
 // on the plan the gateway built for the endpoint.
 func TestAdmitDS(t *testing.T) {
 	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
@@ -666,7 +666,7 @@ func TestAdmitDS(t *testing.T) {
 	code := func(path, group, member string) moh.Code {
 		r := tls13(httptest.NewRequest(http.MethodPost, path, nil))
 		x := &exchange{w: httptest.NewRecorder(), r: r, rt: g.routes[path]}
-		err := memberAdmitter{x}.AdmitMember(r.Context(), []byte(group), []byte(member))
+		err := x.admitMember(r.Context(), []byte(group), []byte(member))
 		if err == nil {
 			return 0
 		}

@@ -17,7 +17,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
@@ -151,7 +150,19 @@ func (g *Gateway) serveClient(x *exchange) {
 		g.refuse(x, err)
 		return
 	}
-	resp, err := g.ds.Handle(x.r.Context(), ds.Request{Body: body, Admit: memberAdmitter{x}})
+	ctx := x.r.Context()
+	req, err := g.ds.Authenticate(ctx, body)
+	if err != nil {
+		g.refuse(x, err)
+		return
+	}
+	if len(req.GroupID) > 0 {
+		if err := x.admitMember(ctx, req.GroupID, req.Member); err != nil {
+			g.refuse(x, err)
+			return
+		}
+	}
+	resp, err := g.ds.Handle(ctx, req)
 	if err != nil {
 		g.refuse(x, err)
 		return
@@ -175,14 +186,11 @@ func (rt *route) checkDSHeader(body []byte) error {
 	return nil
 }
 
-// memberAdmitter hands the DS's verified group and member to the
-// endpoint's admission plan.
-type memberAdmitter struct{ x *exchange }
-
-// AdmitMember implements ds.Admitter.
-func (m memberAdmitter) AdmitMember(ctx context.Context, groupID, member []byte) error {
-	m.x.adm.Group, m.x.adm.Member = groupID, member
-	return m.x.rt.plan.Member(ctx, &m.x.adm)
+// admitMember runs the endpoint's group and member zones on the group and
+// member the DS verified.
+func (x *exchange) admitMember(ctx context.Context, groupID, member []byte) error {
+	x.adm.Group, x.adm.Member = groupID, member
+	return x.rt.plan.Member(ctx, &x.adm)
 }
 
 // maxUploadHeader bounds the DSRequest that precedes an upload's content.

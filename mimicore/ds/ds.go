@@ -3,11 +3,15 @@
 // /external_commit_information and the attachment endpoints, each arriving
 // as an encoded DSRequest, with a DSResponse.
 //
-// It knows nothing of HTTP. The HTTP layer routes a body here after its
-// endpoint, method, size, content type and request type checks; Handle
-// decodes it, authenticates it, asks the admission policy (through
-// Admitter, once the group and member are known and verified) and answers
-// with a *moh.DSResponse, or an error carrying the DSError to answer with.
+// It knows nothing of HTTP, and calls nothing above it. The HTTP layer
+// routes a body here after its endpoint, method, size, content type and
+// request type checks, in two steps with its admission policy between them:
+//
+//	req, err := s.Authenticate(ctx, body) // decode, check the client signature
+//	// admit req.GroupID and req.Member (group and member rate limits)
+//	resp, err := s.Handle(ctx, req)        // process: a DSResponse or a DSError
+//
+// Errors carry the DSError to answer with (a *moh.Error).
 //
 // Today it serves request_group_id; the group operations, their durable
 // state and the client signature checks land with the Delivery Service
@@ -27,31 +31,26 @@ import (
 // 128 random bits.
 const GroupIDSize = 16
 
-// Admitter applies the admission policy to a client request whose
-// signature verified, keyed on its group and member. It returns nil to
-// admit, or the refusal to answer with. The DS calls it only with verified
-// values, never with fields of an unverified body, so that a forger cannot
-// spend another group's or member's budget.
-type Admitter interface {
-	AdmitMember(ctx context.Context, groupID, member []byte) error
-}
-
 // Service is the Delivery Service of one provider. It is safe for
 // concurrent use.
 type Service struct{}
 
-// Request is one client request to the DS.
+// Request is an authenticated client request.
 type Request struct {
-	// Body is the encoded DSRequest. The caller has checked that its
-	// request type is one the endpoint accepts (moh.PeekRequestType).
-	Body []byte
-	// Admit applies the group and member rate limits; nil admits all.
-	Admit Admitter
+	// Body is the decoded DSRequest.
+	Body *moh.DSRequest
+	// GroupID and Member name the group and the member (its leaf) that
+	// the client signature was verified for: the keys of the admission
+	// policy's group and member zones. Both are empty for an anonymous
+	// request, which no such zone can key.
+	GroupID, Member []byte
 }
 
-// Handle answers one client request.
-func (s *Service) Handle(ctx context.Context, r Request) (*moh.DSResponse, error) {
-	typ, ok := moh.PeekRequestType(r.Body)
+// Authenticate decodes an encoded DSRequest and checks its authentication.
+// The caller has checked that its request type is one the endpoint accepts
+// (moh.PeekHeader).
+func (s *Service) Authenticate(ctx context.Context, body []byte) (*Request, error) {
+	typ, ok := moh.PeekRequestType(body)
 	if !ok {
 		return nil, moh.Errorf(moh.CodeMalformed, "decoding DSRequest: no protocol version and request type")
 	}
@@ -60,23 +59,33 @@ func (s *Service) Handle(ctx context.Context, r Request) (*moh.DSResponse, error
 		// spending anything on decoding them.
 		return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", typ)
 	}
-	req, err := moh.DecodeDSRequest(r.Body)
+	req, err := moh.DecodeDSRequest(body)
 	if err != nil {
 		return nil, err
 	}
 	switch req.Body.Type {
 	case moh.RequestGroupID:
-		return s.requestGroupID(req)
+		// A group id is not yet bound to anyone: the request must be
+		// anonymous.
+		if req.Auth.Type != moh.AuthAnonymous {
+			return nil, moh.Errorf(moh.CodeMalformed, "request_group_id must be anonymous, not %s", authName(req.Auth.Type))
+		}
+		return &Request{Body: req}, nil
 	}
 	return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", req.Body.Type)
 }
 
-// requestGroupID answers request type 0 with GroupIDSize random bytes. It
-// must be anonymous: a group id is not yet bound to anyone.
-func (s *Service) requestGroupID(req *moh.DSRequest) (*moh.DSResponse, error) {
-	if req.Auth.Type != moh.AuthAnonymous {
-		return nil, moh.Errorf(moh.CodeMalformed, "request_group_id must be anonymous, not %s", authName(req.Auth.Type))
+// Handle processes an authenticated request.
+func (s *Service) Handle(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	switch r.Body.Body.Type {
+	case moh.RequestGroupID:
+		return s.requestGroupID()
 	}
+	return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", r.Body.Body.Type)
+}
+
+// requestGroupID answers request type 0 with GroupIDSize random bytes.
+func (s *Service) requestGroupID() (*moh.DSResponse, error) {
 	id := make([]byte, GroupIDSize)
 	rand.Read(id)
 	return &moh.DSResponse{Type: moh.ResponseGroupID, GroupID: id}, nil

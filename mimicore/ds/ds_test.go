@@ -23,7 +23,14 @@ func TestRequestGroupID(t *testing.T) {
 	body := encode(t, &moh.DSRequest{Body: moh.RequestBody{Type: moh.RequestGroupID}})
 	seen := map[string]bool{}
 	for i := 0; i < 100; i++ {
-		resp, err := s.Handle(context.Background(), Request{Body: body})
+		req, err := s.Authenticate(context.Background(), body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(req.GroupID) != 0 || len(req.Member) != 0 {
+			t.Fatalf("an anonymous request names group %x member %x", req.GroupID, req.Member)
+		}
+		resp, err := s.Handle(context.Background(), req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,9 +58,9 @@ func TestHandleRefusals(t *testing.T) {
 		{"MLS-carrying type", []byte{0, 1, byte(moh.CreateGroup)}, moh.CodeNotImplemented},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp, err := s.Handle(context.Background(), Request{Body: tc.body})
-			if resp != nil || moh.DSErrorOf(err).Code != tc.want {
-				t.Fatalf("Handle = %+v, %v; want %s", resp, err, tc.want)
+			req, err := s.Authenticate(context.Background(), tc.body)
+			if req != nil || moh.DSErrorOf(err).Code != tc.want {
+				t.Fatalf("Authenticate = %+v, %v; want %s", req, err, tc.want)
 			}
 		})
 	}
