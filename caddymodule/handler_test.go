@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -23,6 +24,7 @@ func provisioned(t testing.TB, g *Gateway) *Gateway {
 	t.Cleanup(cancel)
 	if g.DataDir == "" {
 		g.DataDir = t.TempDir()
+		os.Chmod(g.DataDir, 0o700) //nolint:errcheck // else the service tightens it and says so
 	}
 	if err := g.Provision(ctx); err != nil {
 		t.Fatal(err)

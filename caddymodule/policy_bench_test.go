@@ -9,6 +9,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
 // BenchmarkRateLimitAdmit is an admitted request through ServeHTTP: route,
@@ -23,6 +26,7 @@ func BenchmarkRateLimitAdmit(b *testing.B) {
 	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "2001:db8:1:2::7"}))
 	caddyhttp.NewTestReplacer(r)
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	quiet(b, g)
 	b.ReportAllocs()
 	for b.Loop() {
 		w := httptest.NewRecorder()
@@ -42,6 +46,7 @@ func BenchmarkRateLimitRefuse(b *testing.B) {
 	r := tls13(httptest.NewRequest(http.MethodGet, "/.well-known/mimi/ds-domain", nil))
 	caddyhttp.NewTestReplacer(r)
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	quiet(b, g)
 	g.ServeHTTP(httptest.NewRecorder(), r, next) //nolint:errcheck // spends the only event
 	b.ReportAllocs()
 	for b.Loop() {
@@ -50,5 +55,26 @@ func BenchmarkRateLimitRefuse(b *testing.B) {
 		if w.Code != http.StatusTooManyRequests {
 			b.Fatal(w.Code)
 		}
+	}
+}
+
+// quiet gives g and its admission policy a logger that drops everything:
+// refusals log at debug level, and the benchmarks measure the answer, not
+// the test logger.
+func quiet(tb testing.TB, g *Gateway) {
+	tb.Helper()
+	g.logger, g.sampled = zap.NewNop(), zap.NewNop()
+	cfg, err := g.admissionConfig()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Origin, cfg.Issuer = g.origin, g.issuer
+	p, err := admission.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	for _, rt := range g.routes {
+		rt.plan = p.Plan(rt.name)
 	}
 }

@@ -48,12 +48,19 @@ func statusOf(c moh.Code) int {
 	}
 }
 
+// Header values every MoH answer carries, shared read-only by all answers
+// so that setting them allocates nothing.
+var (
+	contentTypeValue  = []string{contentType}
+	cacheControlValue = []string{"no-store"}
+)
+
 // writeAnswer writes an encoded DSResponse with status and the headers
 // every MoH answer carries.
 func writeAnswer(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
-	h.Set("Content-Type", contentType)
-	h.Set("Cache-Control", "no-store")
+	h["Content-Type"] = contentTypeValue
+	h["Cache-Control"] = cacheControlValue
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	w.Write(body) //nolint:errcheck // the client went away; nothing to do

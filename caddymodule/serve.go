@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -35,6 +36,9 @@ type exchange struct {
 	held int64
 }
 
+// exchanges recycles exchange values: one is needed per request.
+var exchanges = sync.Pool{New: func() any { return new(exchange) }}
+
 // ServeHTTP answers the paths of the endpoint table and passes every other
 // request to next. A request flows down once: route, transport and method
 // checks, admission on the request, body, authentication, admission on
@@ -44,8 +48,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
-	x := &exchange{w: w, r: r, rt: rt}
-	defer x.release()
+	x := exchanges.Get().(*exchange)
+	*x = exchange{w: w, r: r, rt: rt}
+	defer func() {
+		x.release()
+		*x = exchange{} // drop the request's references before reuse
+		exchanges.Put(x)
+	}()
 	if err := g.checkTransport(r); err != nil {
 		g.refuse(x, err)
 		return nil
@@ -334,7 +343,8 @@ func (g *Gateway) respond(x *exchange, resp *moh.DSResponse) {
 // admission policy carries its header (Retry-After or WWW-Authenticate)
 // and was logged by the policy with its zone and endpoint.
 func (g *Gateway) refuse(x *exchange, err error) {
-	code := moh.DSErrorOf(err).Code
+	dsErr := moh.DSErrorOf(err)
+	code := dsErr.Code
 	var refusal *admission.Refusal
 	if errors.As(err, &refusal) {
 		if refusal.RetryAfter > 0 {
@@ -346,7 +356,7 @@ func (g *Gateway) refuse(x *exchange, err error) {
 	} else {
 		g.logRefusal(x, code, err, false)
 	}
-	writeAnswer(x.w, statusOf(code), moh.ErrorAnswer(err))
+	writeAnswer(x.w, statusOf(code), moh.EncodeError(dsErr))
 }
 
 // logRefusal logs a refused request. Refusals of bad or unwelcome requests

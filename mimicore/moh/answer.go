@@ -6,7 +6,12 @@ import "github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 // with err: the DSError of DSErrorOf(err), so an error that carries no code
 // becomes a backend_unavailable answer that does not reveal its cause.
 func ErrorAnswer(err error) []byte {
-	body, encErr := wire.Marshal(&DSResponse{Type: ResponseError, Error: DSErrorOf(err)})
+	return EncodeError(DSErrorOf(err))
+}
+
+// EncodeError returns the encoded DSResponse carrying e.
+func EncodeError(e DSError) []byte {
+	body, encErr := wire.Marshal(&DSResponse{Type: ResponseError, Error: e})
 	if encErr != nil {
 		// A DSError always encodes (its message is truncated to fit);
 		// this is unreachable short of a bug.
