@@ -156,10 +156,7 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 // the admission policy.
 func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
-	// At most 10 lines a second of each message, then one in 100.
-	g.sampled = g.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
-	}))
+	g.sampled = sampled(g.logger)
 	for i, p := range g.Providers {
 		g.Providers[i] = strings.ToLower(strings.TrimSuffix(p, "."))
 	}
@@ -206,6 +203,14 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		Replay:   g.svc.Store(),
 	}
 	return g.provisionPolicy(ctx, fetch)
+}
+
+// sampled returns logger with a sampler: of each message, the first 10
+// lines of every second, then one in 100.
+func sampled(logger *zap.Logger) *zap.Logger {
+	return logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
+	}))
 }
 
 // Validate checks the configuration; every error names the bad option.

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -59,5 +60,26 @@ func TestRefusalsHideInternalErrors(t *testing.T) {
 				t.Fatal("the internal cause was not logged")
 			}
 		})
+	}
+}
+
+// TestFailureLogsAreSampled checks that a flood of requests that each end
+// in a failure (such as forged senders spending the key-fetch budget)
+// cannot flood the log: error-level refusal lines go through a sampler.
+func TestFailureLogsAreSampled(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"})
+	g.logger = zap.New(core)
+	g.sampled = sampled(g.logger)
+	start := time.Now()
+	for i := 0; i < 1000; i++ {
+		x := &exchange{w: httptest.NewRecorder(), r: httptest.NewRequest(http.MethodPost, "/deliver_message", nil),
+			rt: g.routes["/deliver_message"]}
+		g.refuse(x, &moh.Error{Code: moh.CodeBackendUnavailable, Message: "sender keys cannot be fetched now; retry later"})
+	}
+	// 10 a second, then one in 100: at most 10 + 10 per second elapsed.
+	limit := 10 + 10*(int(time.Since(start)/time.Second)+1)
+	if n := logs.Len(); n == 0 || n > limit {
+		t.Fatalf("%d log lines for 1000 failures, want at most %d", n, limit)
 	}
 }
