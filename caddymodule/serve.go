@@ -256,10 +256,11 @@ func (g *Gateway) serveProvider(x *exchange) {
 		g.refuse(x, err)
 		return
 	}
+	code := moh.AnswerCode(answer)
 	if err != nil {
-		g.logRefusal(x, moh.AnswerCode(answer), err, errors.Is(err, provider.ErrNotRecorded))
+		g.logRefusal(x, code, err) // a recorded refusal of the request
 	}
-	writeAnswer(x.w, statusOf(moh.AnswerCode(answer)), answer)
+	writeAnswer(x.w, statusOf(code), answer)
 }
 
 // serveIssuerDirectory answers the issuer directory (RFC 9578 §4).
@@ -354,20 +355,20 @@ func (g *Gateway) refuse(x *exchange, err error) {
 			x.w.Header().Set("WWW-Authenticate", refusal.Challenge)
 		}
 	} else {
-		g.logRefusal(x, code, err, false)
+		g.logRefusal(x, code, err)
 	}
 	writeAnswer(x.w, statusOf(code), moh.EncodeError(dsErr))
 }
 
 // logRefusal logs a refused request. Refusals of bad or unwelcome requests
-// are routine (debug); a failure of the gateway itself, or an answer that
-// could not be recorded, is an error an operator must see, logged through
-// a sampler so that a flood of requests cannot flood the log.
-func (g *Gateway) logRefusal(x *exchange, code moh.Code, err error, failure bool) {
+// are routine (debug); a failure of the gateway itself (backend_unavailable,
+// or an error without a code) is an error an operator must see, logged
+// through a sampler so that a flood of requests cannot flood the log.
+func (g *Gateway) logRefusal(x *exchange, code moh.Code, err error) {
 	logger, level := g.logger, zapcore.DebugLevel
 	var coded *moh.Error
 	isCoded := errors.As(err, &coded) || errors.Is(err, wire.ErrMalformed)
-	if failure || !isCoded || code == moh.CodeBackendUnavailable {
+	if !isCoded || code == moh.CodeBackendUnavailable {
 		logger, level = g.sampled, zapcore.ErrorLevel
 	}
 	if c := logger.Check(level, "refused mimi request"); c != nil {

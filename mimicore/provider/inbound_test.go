@@ -118,9 +118,9 @@ func TestInboundReplay(t *testing.T) {
 }
 
 // TestInboundClientGone checks that a client which disconnects while its
-// request runs does not leave the request id pending: the answer is
-// recorded on a context the client cannot cancel, so its retry gets the
-// answer rather than in_progress for the rest of the replay window.
+// request runs still gets its answer recorded, on a context it cannot
+// cancel, so its retry gets the answer; a transient failure records
+// nothing.
 func TestInboundClientGone(t *testing.T) {
 	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
 	in := &Inbound{
@@ -131,10 +131,10 @@ func TestInboundClientGone(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		fail error
-		want store.ReplayStatus
+		recorded bool
 	}{
-		{"answered", nil, store.ReplayDuplicate},
-		{"transient failure", &moh.Error{Code: moh.CodeBackendUnavailable, Message: "down"}, store.ReplayNew},
+		{"answered", nil, true},
+		{"transient failure", &moh.Error{Code: moh.CodeBackendUnavailable, Message: "down"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("gone-" + tc.name) })
@@ -147,9 +147,9 @@ func TestInboundClientGone(t *testing.T) {
 				cancel() // the client goes away while the request runs
 				return groupIDAnswer(1), tc.fail
 			})
-			r, err := in.Replay.Reserve(context.Background(), "a.example", v.Request.RequestID, v.Digest, t0.Add(ReplayWindow))
-			if err != nil || r.Status != tc.want {
-				t.Fatalf("entry after the client left: %s %v, want %s", r.Status, err, tc.want)
+			e, err := in.Replay.FindReplay(context.Background(), "a.example", v.Request.RequestID)
+			if recorded := err == nil && !e.Pending && e.Digest == v.Digest; recorded != tc.recorded {
+				t.Fatalf("entry after the client left: %+v %v, want recorded %t", e, err, tc.recorded)
 			}
 		})
 	}
@@ -286,4 +286,85 @@ func TestKeyFetcherPersistentCache(t *testing.T) {
 	if n := len(flood.peers); n > 8 {
 		t.Fatalf("%d peers in memory, bound is 8", n)
 	}
+}
+
+// TestInboundOneWrite checks the one-write record: concurrent copies of a
+// request run once, an answer that cannot be recorded is not sent, and an
+// answer another process recorded first stands.
+func TestInboundOneWrite(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	newInbound := func() *Inbound {
+		return &Inbound{
+			Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
+				Now: func() time.Time { return t0 }},
+			Replay: openStore(t),
+		}
+	}
+	ctx := context.Background()
+
+	t.Run("concurrent copies", func(t *testing.T) {
+		in := newInbound()
+		raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("concurrent-0001") })
+		var runs atomic.Int32
+		release := make(chan struct{})
+		process := func(context.Context, *Verified) (*moh.DSResponse, error) {
+			<-release
+			return groupIDAnswer(runs.Add(1)), nil
+		}
+		const copies = 16
+		results := make(chan error, copies)
+		for i := 0; i < copies; i++ {
+			go func() {
+				_, err := handle(ctx, in, raw, process)
+				results <- err
+			}()
+		}
+		inProgress := 0
+		for i := 0; i < copies-1; i++ { // every copy but the running one
+			if err := <-results; moh.DSErrorOf(err).Code == moh.CodeInProgress {
+				inProgress++
+			} else {
+				t.Fatalf("a concurrent copy got %v, want in_progress", err)
+			}
+		}
+		close(release)
+		if err := <-results; err != nil {
+			t.Fatal(err)
+		}
+		if runs.Load() != 1 || inProgress != copies-1 {
+			t.Fatalf("%d runs, %d in_progress", runs.Load(), inProgress)
+		}
+		if a, err := handle(ctx, in, raw, process); err != nil || moh.AnswerCode(a) != 0 || runs.Load() != 1 {
+			t.Fatalf("retry after the copies: %x %v (runs %d)", a, err, runs.Load())
+		}
+	})
+
+	t.Run("record fails", func(t *testing.T) {
+		in := newInbound()
+		raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("unrecorded-0001") })
+		a, err := handle(ctx, in, raw, func(context.Context, *Verified) (*moh.DSResponse, error) {
+			in.Replay.(interface{ Close() error }).Close() // the store goes away mid-request
+			return groupIDAnswer(1), nil
+		})
+		if a != nil || moh.DSErrorOf(err).Code != moh.CodeBackendUnavailable {
+			t.Fatalf("an answer that could not be recorded: %x %v, want no answer and backend_unavailable", a, err)
+		}
+	})
+
+	t.Run("recorded elsewhere first", func(t *testing.T) {
+		in := newInbound()
+		raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("raced-00000001") })
+		theirs := moh.ErrorAnswer(moh.Errorf(moh.CodeNotFound, "no such user"))
+		a, err := handle(ctx, in, raw, func(_ context.Context, v *Verified) (*moh.DSResponse, error) {
+			// Another gateway on the same store records the request first.
+			if _, err := in.Replay.RecordReplay(ctx, "a.example", v.Request.RequestID, v.Digest,
+				store.Answer{Body: theirs}, t0.Add(ReplayWindow)); err != nil {
+				t.Fatal(err)
+			}
+			return groupIDAnswer(1), nil
+		})
+		if err != nil || string(a) != string(theirs) {
+			t.Fatalf("answer %x %v, want the one recorded first", a, err)
+		}
+	})
 }

@@ -105,6 +105,7 @@ const (
 // use by many goroutines.
 type Store interface {
 	ReplayCache
+	ReplayLog
 	SeenSignatures
 	SpentNonces
 	KeyStore

@@ -32,6 +32,7 @@ const (
 // (closing a store the test already closed must be harmless).
 func RunContractTests(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("Replay", func(t *testing.T) { testReplay(t, open) })
+	t.Run("ReplayLog", func(t *testing.T) { testReplayLog(t, open) })
 	t.Run("SeenSignature", func(t *testing.T) { testSeenSignature(t, open) })
 	t.Run("MarkSpent", func(t *testing.T) { testMarkSpent(t, open) })
 	t.Run("SigningKeys", func(t *testing.T) { testSigningKeys(t, open) })
@@ -878,6 +879,10 @@ func testReopen(t *testing.T, open func() (store.Store, error)) {
 	reserve(t, s, sender, done, d, exp)
 	noErr(t, "Complete", s.Complete(ctx(), sender, done, d, store.Answer{Body: []byte("answer")}))
 	reserve(t, s, sender, pending, d, exp)
+	logged := randBytes(t, 16)
+	if _, err := s.RecordReplay(ctx(), sender, logged, d, store.Answer{Body: []byte("logged")}, exp); err != nil {
+		t.Fatalf("RecordReplay: %v", err)
+	}
 	spent, sig := randBytes(t, 32), randBytes(t, 32)
 	if _, err := s.MarkSpent(ctx(), spent, exp); err != nil {
 		t.Fatalf("MarkSpent: %v", err)
@@ -904,6 +909,9 @@ func testReopen(t *testing.T, open func() (store.Store, error)) {
 		// A request pending when the store closed stays in progress: it
 		// may have had effects, so it must not run again.
 		wantStatus(t, "pending entry after reopen", reserve(t, s, sender, pending, d, exp), store.ReplayInProgress)
+		if e, err := s.FindReplay(ctx(), sender, logged); err != nil || string(e.Answer.Body) != "logged" {
+			t.Fatalf("round %d: recorded answer after reopen: %+v, %v", round, e, err)
+		}
 		if first, err := s.MarkSpent(ctx(), spent, exp); err != nil || first {
 			t.Fatalf("round %d: spent token after reopen: first use %t, error %v", round, first, err)
 		}
