@@ -129,8 +129,8 @@ func TestInboundClientGone(t *testing.T) {
 		Replay: openStore(t),
 	}
 	for _, tc := range []struct {
-		name string
-		fail error
+		name     string
+		fail     error
 		recorded bool
 	}{
 		{"answered", nil, true},
