@@ -149,3 +149,69 @@ func BenchmarkLookupPeerKeyParallel(b *testing.B) {
 		})
 	}
 }
+
+// benchWriters is the number of concurrent writers of the Parallel64
+// benchmarks: as many callers as a loaded gateway has requests in flight.
+const benchWriters = 64
+
+// BenchmarkMarkSpentParallel64 measures spent-token throughput with 64
+// concurrent callers per core, the case group commit is for.
+func BenchmarkMarkSpentParallel64(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	b.SetParallelism(benchWriters)
+	var worker atomic.Uint64
+	b.RunParallel(func(pb *testing.PB) {
+		key := make([]byte, 32)
+		binary.BigEndian.PutUint64(key[8:], worker.Add(1))
+		for i := uint64(0); pb.Next(); i++ {
+			binary.BigEndian.PutUint64(key, i)
+			if first, err := s.MarkSpent(ctx, key, exp); err != nil || !first {
+				b.Errorf("MarkSpent: %t %v", first, err)
+				return
+			}
+		}
+	})
+	reportThroughput(b)
+}
+
+// BenchmarkReserveCompleteParallel64 measures the two durable writes of a
+// provider request (Reserve, then Complete) with 64 concurrent callers per
+// core; one op is one request.
+func BenchmarkReserveCompleteParallel64(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	body := make([]byte, 256)
+	b.ReportAllocs()
+	b.SetParallelism(benchWriters)
+	var worker atomic.Uint64
+	b.RunParallel(func(pb *testing.PB) {
+		id := make([]byte, 16)
+		binary.BigEndian.PutUint64(id[8:], worker.Add(1))
+		for i := uint64(0); pb.Next(); i++ {
+			binary.BigEndian.PutUint64(id, i)
+			d := sha256.Sum256(id)
+			r, err := s.Reserve(ctx, "bench.example", id, d, exp)
+			if err != nil || r.Status != store.ReplayNew {
+				b.Errorf("Reserve: %s %v", r.Status, err)
+				return
+			}
+			if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Body: body}); err != nil {
+				b.Errorf("Complete: %v", err)
+				return
+			}
+		}
+	})
+	reportThroughput(b)
+}
+
+// reportThroughput adds operations per second of wall time, which for a
+// parallel benchmark is what a load generator would see.
+func reportThroughput(b *testing.B) {
+	if s := b.Elapsed().Seconds(); s > 0 {
+		b.ReportMetric(float64(b.N)/s, "ops/s")
+	}
+}
