@@ -162,6 +162,7 @@ func BenchmarkMarkSpentParallel64(b *testing.B) {
 	exp := time.Now().Add(time.Hour)
 	b.ReportAllocs()
 	b.SetParallelism(benchWriters)
+	st0 := s.Stats()
 	var worker atomic.Uint64
 	b.RunParallel(func(pb *testing.PB) {
 		key := make([]byte, 32)
@@ -174,7 +175,7 @@ func BenchmarkMarkSpentParallel64(b *testing.B) {
 			}
 		}
 	})
-	reportThroughput(b)
+	reportThroughput(b, s, st0)
 }
 
 // BenchmarkReserveCompleteParallel64 measures the two durable writes of a
@@ -187,6 +188,7 @@ func BenchmarkReserveCompleteParallel64(b *testing.B) {
 	body := make([]byte, 256)
 	b.ReportAllocs()
 	b.SetParallelism(benchWriters)
+	st0 := s.Stats()
 	var worker atomic.Uint64
 	b.RunParallel(func(pb *testing.PB) {
 		id := make([]byte, 16)
@@ -205,13 +207,16 @@ func BenchmarkReserveCompleteParallel64(b *testing.B) {
 			}
 		}
 	})
-	reportThroughput(b)
+	reportThroughput(b, s, st0)
 }
 
 // reportThroughput adds operations per second of wall time, which for a
-// parallel benchmark is what a load generator would see.
-func reportThroughput(b *testing.B) {
-	if s := b.Elapsed().Seconds(); s > 0 {
-		b.ReportMetric(float64(b.N)/s, "ops/s")
+// parallel benchmark is what a load generator would see, and the commits
+// (fsyncs) of the write path per operation since st0.
+func reportThroughput(b *testing.B, s *Store, st0 Stats) {
+	if sec := b.Elapsed().Seconds(); sec > 0 {
+		b.ReportMetric(float64(b.N)/sec, "ops/s")
 	}
+	st := s.Stats()
+	b.ReportMetric(float64(st.Commits-st0.Commits)/float64(b.N), "fsyncs/op")
 }
