@@ -25,7 +25,51 @@
 //     use after Close ErrClosed. Any other error means the backend is
 //     unavailable (answered as backend_unavailable); the operation may or may not
 //     have taken effect, and the caller must treat it as not done.
-//   - Methods honour ctx where they block.
+//   - Methods honour ctx where they block waiting (for a lock, a connection
+//     or a place in a write queue): a call whose ctx ends there returns an
+//     error that wraps ctx.Err(). A write that has started runs to the end
+//     of its transaction, whose length the backend bounds, and the call
+//     returns its outcome. So a caller that gives up learns nothing new: an
+//     error wrapping ctx.Err() is like any other non-nil error, the write
+//     may or may not have taken effect. Backends may promise more (see
+//     package sqlitestore).
+//
+// # How backends execute writes
+//
+// Every durable write is one operation: a function over a transaction that
+// reads what it must check (Reserve's existing entry, an existing signing
+// key) and writes, and whose outcome (a Reservation, a first use, an
+// ErrNotFound or ErrConflict) is decided inside that transaction. A backend
+// need not give each operation a transaction and a disk flush of its own:
+// it may run a group of concurrent operations in one transaction, provided
+//
+//   - each caller is answered only after the commit that holds its write
+//     (a nil error is still a durable write), and every caller of a group
+//     whose commit fails gets an error;
+//   - an operation that fails inside a group fails alone: its own writes
+//     are undone (a savepoint) and the others commit, and its error,
+//     ErrNotFound and ErrConflict included, reaches its caller unchanged;
+//   - an operation sees the writes of those before it in its group, so
+//     check-and-set stays atomic (of N concurrent MarkSpent calls for one
+//     key exactly one reports first use, whether or not they share a
+//     group);
+//   - groups are bounded in size and taken in arrival order, so no caller
+//     waits behind more than a bounded amount of work, and a maintenance
+//     operation (DeleteExpired) is split into operations of bounded work
+//     that queue like the others.
+//
+// The SQLite backend has one writer goroutine that takes every operation
+// queued while it was busy (up to a bound) and runs them between BEGIN
+// IMMEDIATE and COMMIT, each inside a SAVEPOINT: one fsync for the group
+// (see package sqlitestore). A PostgreSQL backend has no single writer to
+// protect, but the same shape pays there too: it may run a group of
+// operations in one transaction with a savepoint each, sent as one pgx
+// Batch (one round trip, one WAL flush at COMMIT); or run each operation in
+// its own short transaction over a pool and pipeline them, relying on
+// PostgreSQL's own group commit (commit_delay). Row locks (SELECT ... FOR
+// UPDATE, INSERT ... ON CONFLICT) take the place of BEGIN IMMEDIATE. Reads
+// that are not part of a check-and-set (lookups, listings) never go
+// through the write path.
 //
 // # Schema and what follows
 //
@@ -53,8 +97,8 @@
 //
 // Each of those read-modify-write operations is, like Reserve and MarkSpent
 // here, one conditional statement (INSERT ... ON CONFLICT ... WHERE, UPDATE
-// ... WHERE) in a short transaction, which SQLite serialises with BEGIN
-// IMMEDIATE and PostgreSQL with row locks.
+// ... WHERE) run as one operation of the write path above, which SQLite
+// serialises with BEGIN IMMEDIATE and PostgreSQL with row locks.
 package store
 
 import (

@@ -149,3 +149,74 @@ func BenchmarkLookupPeerKeyParallel(b *testing.B) {
 		})
 	}
 }
+
+// benchWriters is the number of concurrent writers of the Parallel64
+// benchmarks: as many callers as a loaded gateway has requests in flight.
+const benchWriters = 64
+
+// BenchmarkMarkSpentParallel64 measures spent-token throughput with 64
+// concurrent callers per core, the case group commit is for.
+func BenchmarkMarkSpentParallel64(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	b.SetParallelism(benchWriters)
+	st0 := s.Stats()
+	var worker atomic.Uint64
+	b.RunParallel(func(pb *testing.PB) {
+		key := make([]byte, 32)
+		binary.BigEndian.PutUint64(key[8:], worker.Add(1))
+		for i := uint64(0); pb.Next(); i++ {
+			binary.BigEndian.PutUint64(key, i)
+			if first, err := s.MarkSpent(ctx, key, exp); err != nil || !first {
+				b.Errorf("MarkSpent: %t %v", first, err)
+				return
+			}
+		}
+	})
+	reportThroughput(b, s, st0)
+}
+
+// BenchmarkReserveCompleteParallel64 measures the two durable writes of a
+// provider request (Reserve, then Complete) with 64 concurrent callers per
+// core; one op is one request.
+func BenchmarkReserveCompleteParallel64(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	body := make([]byte, 256)
+	b.ReportAllocs()
+	b.SetParallelism(benchWriters)
+	st0 := s.Stats()
+	var worker atomic.Uint64
+	b.RunParallel(func(pb *testing.PB) {
+		id := make([]byte, 16)
+		binary.BigEndian.PutUint64(id[8:], worker.Add(1))
+		for i := uint64(0); pb.Next(); i++ {
+			binary.BigEndian.PutUint64(id, i)
+			d := sha256.Sum256(id)
+			r, err := s.Reserve(ctx, "bench.example", id, d, exp)
+			if err != nil || r.Status != store.ReplayNew {
+				b.Errorf("Reserve: %s %v", r.Status, err)
+				return
+			}
+			if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Body: body}); err != nil {
+				b.Errorf("Complete: %v", err)
+				return
+			}
+		}
+	})
+	reportThroughput(b, s, st0)
+}
+
+// reportThroughput adds operations per second of wall time, which for a
+// parallel benchmark is what a load generator would see, and the commits
+// (fsyncs) of the write path per operation since st0.
+func reportThroughput(b *testing.B, s *Store, st0 Stats) {
+	if sec := b.Elapsed().Seconds(); sec > 0 {
+		b.ReportMetric(float64(b.N)/sec, "ops/s")
+	}
+	st := s.Stats()
+	b.ReportMetric(float64(st.Commits-st0.Commits)/float64(b.N), "fsyncs/op")
+}

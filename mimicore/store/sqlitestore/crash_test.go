@@ -28,10 +28,16 @@ const crashRoundEnv = "SQLITESTORE_CRASH_ROUND"
 
 const crashSender = "crash.example"
 
-// crashChild opens the store and writes until it is killed, from several
-// goroutines. Each acknowledged write is printed as one line, in one write
-// call, only after the store method returned: "spent <hex>" for MarkSpent,
-// "reply <hex>" for a Reserve + Complete, "sig <hex>" for SeenSignature.
+// crashWriters is the number of concurrent writers of the child: enough
+// that the writer's batches really hold many writes when it is killed.
+const crashWriters = 64
+
+// crashChild opens the store and writes until it is killed, from
+// crashWriters goroutines. Each acknowledged write is printed as one line,
+// in one write call, only after the store method returned: "spent <hex>"
+// for MarkSpent, "reply <hex>" for a Reserve + Complete, "sig <hex>" for
+// SeenSignature. Every 50 ms it prints the writer's Stats to stderr as
+// "stats <commits> <ops> <max batch>".
 func crashChild(path string) int {
 	round := os.Getenv(crashRoundEnv)
 	s, err := Open(context.Background(), path)
@@ -40,8 +46,14 @@ func crashChild(path string) int {
 		return 2
 	}
 	exp := time.Now().Add(time.Hour)
+	go func() {
+		for range time.Tick(50 * time.Millisecond) {
+			st := s.Stats()
+			fmt.Fprintf(os.Stderr, "stats %d %d %d\n", st.Commits, st.Ops, st.MaxBatch)
+		}
+	}()
 	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
+	for w := 0; w < crashWriters; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -88,9 +100,10 @@ func crashChild(path string) int {
 	return 0
 }
 
-// TestCrashDurability runs a child process that writes and acknowledges,
-// kills it with SIGKILL mid-stream, and checks that every acknowledged
-// write is in the reopened database and that the database is intact.
+// TestCrashDurability runs a child process whose 64 concurrent writers
+// write and acknowledge through group commit, kills it with SIGKILL
+// mid-stream, and checks that every acknowledged write is in the reopened
+// database and that the database is intact, three times over.
 func TestCrashDurability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes")
@@ -98,23 +111,48 @@ func TestCrashDurability(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "crash.db")
 	var all []string
 	for round := 0; round < 3; round++ {
-		acks := runAndKill(t, path, round)
+		acks, stats := runAndKill(t, path, round)
 		if len(acks) < 10 {
 			t.Fatalf("round %d: only %d acknowledged writes before the kill", round, len(acks))
 		}
 		all = append(all, acks...)
 		verifyAcks(t, path, all)
-		t.Logf("round %d: %d acknowledged writes, all %d present after kill -9", round, len(acks), len(all))
+		t.Logf("round %d: %d acknowledged writes (%s), all %d present after kill -9; child's last stats: %s",
+			round, len(acks), countKinds(acks), len(all), stats)
 	}
 }
 
+// countKinds summarises acknowledgements by kind.
+func countKinds(acks []string) string {
+	n := map[string]int{}
+	for _, a := range acks {
+		kind, _, _ := strings.Cut(a, " ")
+		n[kind]++
+	}
+	return fmt.Sprintf("%d spent, %d reply, %d sig", n["spent"], n["reply"], n["sig"])
+}
+
+// lastStats turns the child's last "stats" line into words.
+func lastStats(stderr string) string {
+	lines := strings.Split(stderr, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		var commits, ops, maxBatch uint64
+		if _, err := fmt.Sscanf(lines[i], "stats %d %d %d", &commits, &ops, &maxBatch); err == nil && commits > 0 {
+			return fmt.Sprintf("%d ops in %d commits, mean batch %.1f, max %d",
+				ops, commits, float64(ops)/float64(commits), maxBatch)
+		}
+	}
+	return "none"
+}
+
 // runAndKill starts the child on path, reads its acknowledgements for a
-// while, kills it and returns every complete acknowledgement line.
-func runAndKill(t *testing.T, path string, round int) []string {
+// while, kills it and returns every complete acknowledgement line and the
+// child's last reported stats.
+func runAndKill(t *testing.T, path string, round int) ([]string, string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+path, fmt.Sprintf("%s=%d", crashRoundEnv, round))
-	var stderr strings.Builder
+	var stderr lockedBuilder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -179,7 +217,26 @@ func runAndKill(t *testing.T, path string, round int) []string {
 	if !errors.As(err, &exit) || exit.ExitCode() != -1 { // -1: killed by a signal
 		t.Fatalf("child ended with %v, not by the kill: %s", err, stderr.String())
 	}
-	return acks
+	return acks, lastStats(stderr.String())
+}
+
+// lockedBuilder is a strings.Builder that the child's stderr copier and the
+// test may use at once.
+type lockedBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuilder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuilder) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // verifyAcks reopens the database and checks each acknowledged write.
@@ -199,30 +256,55 @@ func verifyAcks(t *testing.T, path string, acks []string) {
 		t.Fatalf("integrity check: %s", result)
 	}
 	exp := time.Now().Add(time.Hour)
-	for _, ack := range acks {
-		kind, hexKey, ok := strings.Cut(ack, " ")
-		key, err := hex.DecodeString(hexKey)
-		if !ok || err != nil {
-			t.Fatalf("malformed acknowledgement %q", ack)
-		}
-		switch kind {
-		case "spent":
-			first, err := s.MarkSpent(ctx, key, exp)
-			if err != nil || first {
-				t.Fatalf("acknowledged spent token %q lost after kill -9 (first use %t, %v)", key, first, err)
+	// Checked by concurrent workers: the checks are writes (a replay
+	// records nothing, but each is an op of the writer), so they batch.
+	const workers = 32
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(acks); i += workers {
+				if err := verifyAck(ctx, s, acks[i], exp); err != nil {
+					errs <- err
+					return
+				}
 			}
-		case "reply":
-			r, err := s.Reserve(ctx, crashSender, key, sha256.Sum256(key), exp)
-			if err != nil || r.Status != store.ReplayDuplicate || string(r.Answer.Body) != string(key) {
-				t.Fatalf("acknowledged answer for %q lost after kill -9 (%s, %v)", key, r.Status, err)
-			}
-		case "sig":
-			first, err := s.SeenSignature(ctx, sha256.Sum256(key), exp)
-			if err != nil || first {
-				t.Fatalf("acknowledged signature %q lost after kill -9 (first use %t, %v)", key, first, err)
-			}
-		default:
-			t.Fatalf("unknown acknowledgement %q", ack)
-		}
+		}()
 	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// verifyAck checks that the write of one acknowledgement line is in s.
+func verifyAck(ctx context.Context, s *Store, ack string, exp time.Time) error {
+	kind, hexKey, ok := strings.Cut(ack, " ")
+	key, err := hex.DecodeString(hexKey)
+	if !ok || err != nil {
+		return fmt.Errorf("malformed acknowledgement %q", ack)
+	}
+	switch kind {
+	case "spent":
+		first, err := s.MarkSpent(ctx, key, exp)
+		if err != nil || first {
+			return fmt.Errorf("acknowledged spent token %q lost after kill -9 (first use %t, %v)", key, first, err)
+		}
+	case "reply":
+		r, err := s.Reserve(ctx, crashSender, key, sha256.Sum256(key), exp)
+		if err != nil || r.Status != store.ReplayDuplicate || string(r.Answer.Body) != string(key) {
+			return fmt.Errorf("acknowledged answer for %q lost after kill -9 (%s, %v)", key, r.Status, err)
+		}
+	case "sig":
+		first, err := s.SeenSignature(ctx, sha256.Sum256(key), exp)
+		if err != nil || first {
+			return fmt.Errorf("acknowledged signature %q lost after kill -9 (first use %t, %v)", key, first, err)
+		}
+	default:
+		return fmt.Errorf("unknown acknowledgement %q", ack)
+	}
+	return nil
 }

@@ -59,36 +59,33 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 	if err := check.SigningKey(k); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return s.fail(doing, err)
-	}
-	defer rollback(tx)
-	rows, err := tx.QueryContext(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys
-		WHERE key_id = ?1 OR file_name = ?2`, k.KeyID, k.File)
-	if err != nil {
-		return s.fail(doing, err)
-	}
-	existing, err := collectRows(rows, scanSigningKey)
-	if err != nil {
-		return s.fail(doing, err)
-	}
-	switch {
-	case len(existing) == 1 && sameSigningKey(existing[0], k):
-		return nil
-	case len(existing) > 0:
-		return fmt.Errorf("%s: another key has key id %x or file %q: %w", doing, k.KeyID, k.File, store.ErrConflict)
-	}
 	var retired sql.NullInt64
 	if !k.RetiredAt.IsZero() {
 		retired = sql.NullInt64{Int64: check.Millis(k.RetiredAt), Valid: true}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO signing_keys (`+signingKeyColumns+`)
-		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)`,
-		k.KeyID, int64(k.Scheme), k.PublicKey, check.Millis(k.NotBefore), check.Millis(k.NotAfter), retired, k.File); err != nil {
-		return s.fail(doing, err)
-	}
-	if err := tx.Commit(); err != nil {
+	// The check for an existing key and the insert run in one op.
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys
+			WHERE key_id = ?1 OR file_name = ?2`, k.KeyID, k.File)
+		if err != nil {
+			return err
+		}
+		existing, err := collectRows(rows, scanSigningKey)
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(existing) == 1 && sameSigningKey(existing[0], k):
+			return nil
+		case len(existing) > 0:
+			return fmt.Errorf("another key has key id %x or file %q: %w", k.KeyID, k.File, store.ErrConflict)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO signing_keys (`+signingKeyColumns+`)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)`,
+			k.KeyID, int64(k.Scheme), k.PublicKey, check.Millis(k.NotBefore), check.Millis(k.NotAfter), retired, k.File)
+		return err
+	})
+	if err != nil {
 		return s.fail(doing, err)
 	}
 	return nil
@@ -131,12 +128,11 @@ func (s *Store) RetireSigningKey(ctx context.Context, keyID []byte, at time.Time
 	}
 	// COALESCE keeps the first retirement time; the row counts as changed
 	// either way, so zero rows means no such key.
-	res, err := s.w.ExecContext(ctx, `UPDATE signing_keys SET retired_ms = COALESCE(retired_ms, ?2) WHERE key_id = ?1`,
-		keyID, check.Millis(at))
-	if err != nil {
-		return s.fail(doing, err)
-	}
-	return s.oneRow(doing, res, keyID)
+	atMs := check.Millis(at)
+	return s.oneRow(ctx, doing, keyID, func(ctx context.Context, tx *sql.Tx) (sql.Result, error) {
+		return tx.ExecContext(ctx, `UPDATE signing_keys SET retired_ms = COALESCE(retired_ms, ?2) WHERE key_id = ?1`,
+			keyID, atMs)
+	})
 }
 
 // DeleteSigningKey implements store.SigningKeys.
@@ -148,21 +144,30 @@ func (s *Store) DeleteSigningKey(ctx context.Context, keyID []byte) error {
 	if err := check.ID("key id", keyID); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	res, err := s.w.ExecContext(ctx, `DELETE FROM signing_keys WHERE key_id = ?1`, keyID)
-	if err != nil {
-		return s.fail(doing, err)
-	}
-	return s.oneRow(doing, res, keyID)
+	return s.oneRow(ctx, doing, keyID, func(ctx context.Context, tx *sql.Tx) (sql.Result, error) {
+		return tx.ExecContext(ctx, `DELETE FROM signing_keys WHERE key_id = ?1`, keyID)
+	})
 }
 
-// oneRow turns zero changed rows into store.ErrNotFound.
-func (s *Store) oneRow(doing string, res sql.Result, keyID []byte) error {
-	n, err := res.RowsAffected()
+// oneRow runs exec, a statement on the signing key keyID, as one op of the
+// writer, and turns zero changed rows into store.ErrNotFound.
+func (s *Store) oneRow(ctx context.Context, doing string, keyID []byte, exec func(context.Context, *sql.Tx) (sql.Result, error)) error {
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := exec(ctx, tx)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("no key with id %x: %w", keyID, store.ErrNotFound)
+		}
+		return nil
+	})
 	if err != nil {
 		return s.fail(doing, err)
-	}
-	if n == 0 {
-		return fmt.Errorf("%s: no key with id %x: %w", doing, keyID, store.ErrNotFound)
 	}
 	return nil
 }
@@ -191,33 +196,34 @@ func (s *Store) ReplacePeerKeys(ctx context.Context, domain string, keys []store
 	if err := check.PeerKeys(domain, keys); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return s.fail(doing, err)
-	}
-	defer rollback(tx)
-	if _, err := tx.ExecContext(ctx, `DELETE FROM peer_keys WHERE domain = ?1`, domain); err != nil {
-		return s.fail(doing, err)
-	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM peer_key_failures WHERE domain = ?1`, domain); err != nil {
-		return s.fail(doing, err)
-	}
-	if len(keys) > 0 {
+	// The deletes and inserts run in one op: its savepoint makes them
+	// atomic even inside a batch.
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM peer_keys WHERE domain = ?1`, domain); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM peer_key_failures WHERE domain = ?1`, domain); err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			return nil
+		}
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO peer_keys (`+peerKeyColumns+`)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`)
 		if err != nil {
-			return s.fail(doing, err)
+			return err
 		}
 		defer ins.Close()
 		for _, k := range keys {
 			if _, err := ins.ExecContext(ctx, domain, k.KeyID, int64(k.Scheme), k.PublicKey,
 				check.Millis(k.NotBefore), check.Millis(k.NotAfter), check.Millis(k.FetchedAt),
 				check.ExpiryMillis(k.CacheUntil)); err != nil {
-				return s.fail(doing, err)
+				return err
 			}
 		}
-	}
-	if err := tx.Commit(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return s.fail(doing, err)
 	}
 	return nil
@@ -274,11 +280,15 @@ func (s *Store) RecordPeerFailure(ctx context.Context, f store.PeerFailure) erro
 	if err := check.PeerFailure(f); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	if _, err := s.w.ExecContext(ctx, `INSERT INTO peer_key_failures (domain, failed_ms, retry_ms, reason)
-		VALUES (?1, ?2, ?3, ?4)
-		ON CONFLICT (domain) DO UPDATE
-		SET failed_ms = excluded.failed_ms, retry_ms = excluded.retry_ms, reason = excluded.reason`,
-		f.Domain, check.Millis(f.FailedAt), check.ExpiryMillis(f.RetryAt), f.Reason); err != nil {
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO peer_key_failures (domain, failed_ms, retry_ms, reason)
+			VALUES (?1, ?2, ?3, ?4)
+			ON CONFLICT (domain) DO UPDATE
+			SET failed_ms = excluded.failed_ms, retry_ms = excluded.retry_ms, reason = excluded.reason`,
+			f.Domain, check.Millis(f.FailedAt), check.ExpiryMillis(f.RetryAt), f.Reason)
+		return err
+	})
+	if err != nil {
 		return s.fail(doing, err)
 	}
 	return nil

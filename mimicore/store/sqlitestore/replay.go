@@ -28,7 +28,9 @@ func checkReplayKey(sender string, requestID []byte) error {
 	return check.ID("request id", requestID)
 }
 
-// Reserve implements store.ReplayCache.
+// Reserve implements store.ReplayCache. The insert and, when it changed
+// nothing, the read of the entry that holds the key run in one op of the
+// writer's transaction, so nothing can change the entry in between.
 func (s *Store) Reserve(ctx context.Context, sender string, requestID []byte, digest [32]byte, expires time.Time) (store.Reservation, error) {
 	const doing = "reserving request id"
 	if err := s.checkOpen(doing); err != nil {
@@ -37,42 +39,40 @@ func (s *Store) Reserve(ctx context.Context, sender string, requestID []byte, di
 	if err := checkReplayKey(sender, requestID); err != nil {
 		return store.Reservation{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return store.Reservation{}, s.fail(doing, err)
-	}
-	defer rollback(tx)
-	now := check.Millis(s.now())
-	res, err := tx.StmtContext(ctx, s.ws.replayInsert).ExecContext(ctx,
-		sender, requestID, digest[:], check.ExpiryMillis(expires), now)
-	if err != nil {
-		return store.Reservation{}, s.fail(doing, err)
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return store.Reservation{}, s.fail(doing, err)
-	} else if n == 1 {
-		if err := tx.Commit(); err != nil {
-			return store.Reservation{}, s.fail(doing, err)
+	exp := check.ExpiryMillis(expires)
+	var r store.Reservation
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		r = store.Reservation{}
+		res, err := tx.StmtContext(ctx, s.ws.replayInsert).ExecContext(ctx,
+			sender, requestID, digest[:], exp, check.Millis(s.now()))
+		if err != nil {
+			return err
 		}
-		return store.Reservation{Status: store.ReplayNew}, nil
-	}
-	// An alive entry holds the key; the transaction keeps it from
-	// changing before it is read.
-	e, err := getReplay(ctx, tx, s.ws.replayGet, sender, requestID)
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 1 {
+			r.Status = store.ReplayNew
+			return nil
+		}
+		// An alive entry holds the key.
+		e, err := getReplay(ctx, tx, s.ws.replayGet, sender, requestID)
+		if err != nil {
+			return err
+		}
+		switch {
+		case !bytes.Equal(e.digest, digest[:]):
+			r.Status = store.ReplayConflict
+		case e.pending:
+			r.Status = store.ReplayInProgress
+		default:
+			r = store.Reservation{Status: store.ReplayDuplicate, Answer: store.Answer{Body: nonNil(e.body)}}
+		}
+		return nil
+	})
 	if err != nil {
 		return store.Reservation{}, s.fail(doing, err)
 	}
-	switch {
-	case !bytes.Equal(e.digest, digest[:]):
-		return store.Reservation{Status: store.ReplayConflict}, nil
-	case e.pending:
-		return store.Reservation{Status: store.ReplayInProgress}, nil
-	default:
-		return store.Reservation{
-			Status: store.ReplayDuplicate,
-			Answer: store.Answer{Body: nonNil(e.body)},
-		}, nil
-	}
+	return r, nil
 }
 
 // Complete implements store.ReplayCache.
@@ -105,39 +105,35 @@ func (s *Store) Release(ctx context.Context, sender string, requestID []byte, di
 
 // finishReplay runs stmt, the UPDATE of Complete or the DELETE of Release,
 // which changes the entry only while it is alive and pending with digest;
-// when it changes nothing, it reads the entry to tell why.
+// when it changes nothing, it reads the entry, in the same op, to tell why.
 func (s *Store) finishReplay(ctx context.Context, doing string, stmt *sql.Stmt, sender string, requestID []byte, digest [32]byte, extra ...any) error {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return s.fail(doing, err)
-	}
-	defer rollback(tx)
-	now := check.Millis(s.now())
-	args := append([]any{sender, requestID, digest[:]}, extra...)
-	args = append(args, now)
-	res, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
-	if err != nil {
-		return s.fail(doing, err)
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return s.fail(doing, err)
-	} else if n == 1 {
-		if err := tx.Commit(); err != nil {
-			return s.fail(doing, err)
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		now := check.Millis(s.now())
+		args := append([]any{sender, requestID, digest[:]}, extra...)
+		args = append(args, now)
+		res, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
+		if err != nil {
+			return err
 		}
-		return nil
-	}
-	e, err := getReplay(ctx, tx, s.ws.replayGet, sender, requestID)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return fmt.Errorf("%s: %w", doing, err)
-	case err != nil:
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 1 {
+			return nil
+		}
+		e, err := getReplay(ctx, tx, s.ws.replayGet, sender, requestID)
+		switch {
+		case err != nil:
+			return err
+		case e.expires <= now || !bytes.Equal(e.digest, digest[:]):
+			return fmt.Errorf("no pending entry with this digest: %w", store.ErrNotFound)
+		default: // alive, same digest, so complete
+			return fmt.Errorf("the request already has an answer: %w", store.ErrConflict)
+		}
+	})
+	if err != nil {
 		return s.fail(doing, err)
-	case e.expires <= now || !bytes.Equal(e.digest, digest[:]):
-		return fmt.Errorf("%s: no pending entry with this digest: %w", doing, store.ErrNotFound)
-	default: // alive, same digest, so complete
-		return fmt.Errorf("%s: the request already has an answer: %w", doing, store.ErrConflict)
 	}
+	return nil
 }
 
 // getReplay reads the entry of (sender, requestID) in tx.
@@ -156,9 +152,13 @@ func getReplay(ctx context.Context, tx *sql.Tx, stmt *sql.Stmt, sender string, r
 
 // SeenSignature implements store.SeenSignatures.
 func (s *Store) SeenSignature(ctx context.Context, digest [32]byte, expires time.Time) (bool, error) {
+	const doing = "recording client signature"
+	if err := s.checkOpen(doing); err != nil {
+		return false, err
+	}
 	first, err := s.insertOnce(ctx, s.ws.seenInsert, digest[:], expires)
 	if err != nil {
-		return false, s.fail("recording client signature", err)
+		return false, s.fail(doing, err)
 	}
 	return first, nil
 }
@@ -166,6 +166,9 @@ func (s *Store) SeenSignature(ctx context.Context, digest [32]byte, expires time
 // MarkSpent implements store.SpentNonces and privacypass.SpentStore.
 func (s *Store) MarkSpent(ctx context.Context, key []byte, expires time.Time) (bool, error) {
 	const doing = "recording spent token"
+	if err := s.checkOpen(doing); err != nil {
+		return false, err
+	}
 	if err := check.ID("spent token key", key); err != nil {
 		return false, fmt.Errorf("%s: %w", doing, err)
 	}
@@ -176,23 +179,25 @@ func (s *Store) MarkSpent(ctx context.Context, key []byte, expires time.Time) (b
 	return first, nil
 }
 
-// insertOnce runs an insert-if-absent-or-expired statement. A single
-// statement is atomic on its own: it takes the write lock before it reads,
-// so no explicit transaction is needed, and it is committed (fsynced) when
-// ExecContext returns.
+// insertOnce runs an insert-if-absent-or-expired statement as one op of
+// the writer: the statement checks and writes under the write lock, and
+// the caller learns whether it was first only after the commit.
 func (s *Store) insertOnce(ctx context.Context, stmt *sql.Stmt, key []byte, expires time.Time) (bool, error) {
-	if s.closed.Load() {
-		return false, store.ErrClosed
-	}
-	res, err := stmt.ExecContext(ctx, key, check.ExpiryMillis(expires), check.Millis(s.now()))
-	if err != nil {
-		return false, err
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, err
-	}
-	return n == 1, nil
+	exp := check.ExpiryMillis(expires)
+	var first bool
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, key, exp, check.Millis(s.now()))
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		first = n == 1
+		return nil
+	})
+	return first, err
 }
 
 // nonNil returns b, or an empty slice for nil, so that a NULL is never

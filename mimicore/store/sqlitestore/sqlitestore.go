@@ -3,12 +3,46 @@
 //
 // Durability: the database runs in WAL mode with synchronous=FULL, so every
 // write is in the fsynced WAL before the method returns; an acknowledged
-// write survives kill -9 and power loss. Writes go through one connection,
-// which serialises them in the process without lock contention;
-// read-modify-write transactions begin with BEGIN IMMEDIATE, so they also
-// serialise against another process that opened the same file. Lookups use
-// a small pool of read-only connections, which WAL lets run beside the
-// writer.
+// write survives kill -9 and power loss. Lookups use a small pool of
+// read-only connections, which WAL lets run beside the writer.
+//
+// # Group commit
+//
+// Every write method (Reserve, Complete, Release, SeenSignature, MarkSpent,
+// the signing-key and peer-key writes, and each bounded DELETE of
+// DeleteExpired) is an operation queued to one writer goroutine, the only
+// user of the one writer connection. When the writer becomes free it takes
+// every operation queued meanwhile, oldest first and at most the batch
+// size (DefaultMaxBatch, see WithMaxBatch), and runs them in one
+// transaction: BEGIN IMMEDIATE (which also serialises against another
+// process on the same file), each operation inside its own SAVEPOINT, then
+// one COMMIT and so one fsync for the whole batch. It waits for nothing
+// else: under light load a batch holds one write, under heavy load writes
+// queue while the previous batch is being fsynced and share the next one.
+//
+//   - A caller is answered only after the COMMIT that holds its write.
+//   - An operation that fails (Complete of an unknown entry, a constraint)
+//     is rolled back to its savepoint and fails alone with its own error
+//     (store.ErrNotFound and store.ErrConflict unchanged); the others
+//     commit. If the transaction itself breaks under an operation (SQLite
+//     rolls back a whole transaction on some errors), that operation gets
+//     the error and the others run again in a new transaction.
+//   - A failed BEGIN or COMMIT fails every operation of the batch with a
+//     wrapped error; the writer then goes on with the next batch.
+//   - A caller whose ctx ends while its operation is queued gets ctx.Err()
+//     at once and the operation never runs: for this backend, an error
+//     that wraps context.Canceled or context.DeadlineExceeded means the
+//     write did not happen. Once the operation has started, the call waits
+//     for the outcome of its transaction (at most one batch) and returns
+//     it, nil included. Statements never see the caller's ctx, because
+//     interrupting a statement inside a transaction can roll back the
+//     whole batch.
+//   - Close answers every operation still queued with store.ErrClosed
+//     (none of them ran) and waits for the batch in progress, whose
+//     callers get their outcome.
+//
+// Stats reports commits and operations, so Ops/Commits is the mean batch
+// size and Commits the number of fsyncs of the write path.
 //
 // One process should hold one Store per file (share it, e.g. through a
 // caddy.UsagePool, across config reloads); two Stores on one file are
@@ -21,7 +55,9 @@
 // (zero affected rows means "already there"), deletes keyed on the primary
 // key, times as integer milliseconds (BIGINT), BLOB as BYTEA, and the same
 // schema_version table and migration numbering. What is SQLite's own: WITHOUT
-// ROWID, the single writer connection and BEGIN IMMEDIATE. Under
+// ROWID, the single writer goroutine and connection, and BEGIN IMMEDIATE; a
+// PostgreSQL backend keeps the operations (functions over a transaction)
+// and groups them as package store describes. Under
 // PostgreSQL's READ COMMITTED, the SELECT that Reserve, Complete and Release
 // run after a no-op write may find the row gone (a concurrent Release or
 // sweep); lock it with SELECT ... FOR UPDATE in the same transaction, or
@@ -66,6 +102,7 @@ const walSizeLimit = 64 << 20
 type Store struct {
 	w   *sql.DB // exactly one connection: every write goes through it
 	r   *sql.DB // read-only connections for lookups
+	wr  *writer // the group commit: the only user of w after Open
 	now func() time.Time
 
 	ws writeStmts
@@ -84,6 +121,7 @@ type Option func(*options)
 type options struct {
 	readers     int
 	busyTimeout time.Duration
+	maxBatch    int
 	now         func() time.Time
 }
 
@@ -103,6 +141,13 @@ func WithBusyTimeout(d time.Duration) Option {
 	}
 }
 
+// WithMaxBatch sets the most write operations one transaction carries
+// (default DefaultMaxBatch); n < 1 means 1, which turns group commit off:
+// every write then has a transaction and an fsync of its own.
+func WithMaxBatch(n int) Option {
+	return func(o *options) { o.maxBatch = max(n, 1) }
+}
+
 // WithClock replaces time.Now as the clock that decides whether a record
 // has expired; tests that run the gateway on a fake clock pass the same one.
 func WithClock(now func() time.Time) Option {
@@ -119,7 +164,7 @@ func WithClock(now func() time.Time) Option {
 // knows (store.ErrSchemaTooNew). path is the operator's configuration,
 // never request data.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
-	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, now: time.Now}
+	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, maxBatch: DefaultMaxBatch, now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -179,6 +224,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	s.r.SetConnMaxLifetime(0)
 	s.r.SetConnMaxIdleTime(0)
 
+	s.wr = newWriter(s.w, o.maxBatch)
 	if err := s.prepare(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)
@@ -249,11 +295,16 @@ func (s *Store) checkWriter(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the store. Later calls fail with store.ErrClosed; a second
-// Close returns the first one's result.
+// Close closes the store. Writes still queued fail with store.ErrClosed
+// without having run; a batch already running is committed (or fails) and
+// answered first. Later calls fail with store.ErrClosed; a second Close
+// returns the first one's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		if s.wr != nil {
+			s.wr.close()
+		}
 		var errs []error
 		for _, st := range s.allStmts() {
 			if st != nil {
@@ -272,9 +323,11 @@ func (s *Store) Close() error {
 }
 
 // fail wraps err with what was being done, reporting store.ErrClosed when
-// the store was closed under the call.
+// the store was closed under the call. An answer of the store's semantics
+// (ErrInvalid, ErrNotFound, ErrConflict) is kept as it is: the write that
+// produced it was settled before Close returned.
 func (s *Store) fail(doing string, err error) error {
-	if s.closed.Load() && !errors.Is(err, store.ErrInvalid) {
+	if s.closed.Load() && !errors.Is(err, store.ErrInvalid) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("%s: %w", doing, store.ErrClosed)
 	}
 	return fmt.Errorf("%s: %w", doing, err)

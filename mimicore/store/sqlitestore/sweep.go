@@ -2,15 +2,18 @@ package sqlitestore
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
 )
 
-// sweepBatch is how many rows one DELETE of DeleteExpired removes: small
-// enough that the write lock is released every few milliseconds.
-const sweepBatch = 1000
+// sweepBatch is how many rows one DELETE of DeleteExpired removes. Each
+// DELETE is one op of the writer, queued behind the writes already waiting,
+// so a sweep adds at most one DELETE of this size to a batch and hot writes
+// wait for at most one of them.
+const sweepBatch = 500
 
 // sweeps are the DELETE statements of DeleteExpired, one batch each, keyed
 // on the primary key so that they work on WITHOUT ROWID tables (and, as
@@ -41,11 +44,15 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 			if err := ctx.Err(); err != nil {
 				return total, s.fail(doing, err)
 			}
-			res, err := s.w.ExecContext(ctx, sw.sql, ms, sweepBatch)
-			if err != nil {
-				return total, s.fail(fmt.Sprintf("%s from %s", doing, sw.table), err)
-			}
-			n, err := res.RowsAffected()
+			var n int64
+			err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+				res, err := tx.ExecContext(ctx, sw.sql, ms, sweepBatch)
+				if err != nil {
+					return err
+				}
+				n, err = res.RowsAffected()
+				return err
+			})
 			if err != nil {
 				return total, s.fail(fmt.Sprintf("%s from %s", doing, sw.table), err)
 			}

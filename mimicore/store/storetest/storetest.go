@@ -39,6 +39,7 @@ func RunContractTests(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("PeerKeys", func(t *testing.T) { testPeerKeys(t, open) })
 	t.Run("DeleteExpired", func(t *testing.T) { testDeleteExpired(t, open) })
 	t.Run("Close", func(t *testing.T) { testClose(t, open) })
+	t.Run("ConcurrentWriters", func(t *testing.T) { testConcurrentWriters(t, open) })
 }
 
 // RunReopenTests checks that every kind of record survives closing and

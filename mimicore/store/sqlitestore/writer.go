@@ -1,0 +1,317 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// DefaultMaxBatch is the most write operations one transaction of the
+// writer carries (see WithMaxBatch).
+const DefaultMaxBatch = 256
+
+// opFunc is one durable write: it runs inside the writer's transaction and
+// reads and writes through tx only. ctx is the writer's, not the caller's:
+// cancelling a statement inside an explicit SQLite transaction can roll
+// back the whole transaction, so a caller's context must never reach one.
+// An opFunc may run more than once (when a transaction it ran in was
+// aborted by another op and the batch is retried), so it must set its
+// results afresh on each run.
+type opFunc func(ctx context.Context, tx *sql.Tx) error
+
+// States of an op. Each transition is one compare-and-swap, so exactly one
+// party answers an op: the writer (it claimed the op) or nobody (the caller
+// gave up while the op was queued).
+const (
+	opQueued    uint32 = iota // waiting in the queue
+	opClaimed                 // taken by the writer or by Close: it will be answered
+	opAbandoned               // the caller gave up first: it will never run
+)
+
+// op is a queued write and the channel its caller waits on.
+type op struct {
+	ctx   context.Context
+	fn    opFunc
+	state atomic.Uint32
+	err   error      // the op's own outcome in the current transaction
+	done  chan error // buffered: the answer is sent once and never blocks
+}
+
+// claim takes the op for running or answering; false means its caller
+// gave up and it must be skipped.
+func (o *op) claim() bool { return o.state.CompareAndSwap(opQueued, opClaimed) }
+
+// writer is the group commit of the store: callers queue ops, and one
+// goroutine runs the ops queued when it becomes free, up to maxBatch of
+// them, in one transaction with one fsync, then answers each caller.
+type writer struct {
+	db       *sql.DB
+	maxBatch int
+	ctx      context.Context // of every statement: never cancelled
+
+	mu     sync.Mutex
+	cond   *sync.Cond // signalled when queue grows or closed is set
+	queue  []*op      // FIFO
+	closed bool
+	exited chan struct{} // closed when loop returns
+
+	commits, ops, maxSeen, failed atomic.Uint64
+}
+
+func newWriter(db *sql.DB, maxBatch int) *writer {
+	w := &writer{db: db, maxBatch: maxBatch, ctx: context.Background(), exited: make(chan struct{})}
+	w.cond = sync.NewCond(&w.mu)
+	go w.loop()
+	return w
+}
+
+// do queues fn and waits for its outcome: nil once the transaction that ran
+// it committed, fn's own error (unchanged) when fn failed, or an error of
+// the batch. A ctx that ends while the op is queued skips the op and
+// returns ctx.Err() at once; once the op has started, do waits for the
+// outcome of its transaction, which is bounded by the batch size.
+func (w *writer) do(ctx context.Context, fn opFunc) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	o := &op{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return store.ErrClosed
+	}
+	w.queue = append(w.queue, o)
+	w.cond.Signal()
+	w.mu.Unlock()
+
+	select {
+	case err := <-o.done:
+		return err
+	case <-ctx.Done():
+		if o.state.CompareAndSwap(opQueued, opAbandoned) {
+			return ctx.Err()
+		}
+		// The writer took it first: the op ran or is running.
+		return <-o.done
+	}
+}
+
+// close stops taking ops, answers every op still queued with
+// store.ErrClosed, and waits for the batch in progress to be answered and
+// the writer goroutine to exit.
+func (w *writer) close() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		<-w.exited
+		return
+	}
+	w.closed = true
+	pending := w.queue
+	w.queue = nil
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	for _, o := range pending {
+		if o.claim() {
+			o.done <- fmt.Errorf("write queued when the store closed: %w", store.ErrClosed)
+		}
+	}
+	<-w.exited
+}
+
+// queued reports how many ops wait in the queue (for tests).
+func (w *writer) queued() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.queue)
+}
+
+// loop runs batches until close.
+func (w *writer) loop() {
+	defer close(w.exited)
+	batch := make([]*op, 0, w.maxBatch)
+	for {
+		batch = w.next(batch[:0])
+		if len(batch) == 0 {
+			return
+		}
+		w.run(batch)
+		clear(batch) // drop references to answered ops
+	}
+}
+
+// next waits for queued ops and moves up to maxBatch of them, oldest
+// first, into batch. It returns an empty batch once the writer is closed.
+// There is no linger: the writer takes what queued while it was busy.
+func (w *writer) next(batch []*op) []*op {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(w.queue) == 0 && !w.closed {
+		w.cond.Wait()
+	}
+	if w.closed {
+		return batch // close answers whatever is still queued
+	}
+	n := min(len(w.queue), w.maxBatch)
+	batch = append(batch, w.queue[:n]...)
+	rest := copy(w.queue, w.queue[n:])
+	clear(w.queue[rest:])
+	w.queue = w.queue[:rest]
+	return batch
+}
+
+// run executes a batch. Each op is claimed just before it runs, so an op
+// whose caller gave up or whose ctx ended while it was queued is skipped.
+// When a transaction breaks mid-batch, the op that broke it gets its own
+// error and the ops that ran before it, whose work was rolled back
+// unanswered, run again in a new transaction with the rest.
+func (w *writer) run(batch []*op) {
+	for len(batch) > 0 {
+		batch = w.runTx(batch)
+	}
+}
+
+// runTx runs ops in one transaction and answers them, or, when the
+// transaction broke, answers the op that broke it and returns the ops that
+// must run again (those that ran before it, then those not yet run).
+func (w *writer) runTx(ops []*op) (retry []*op) {
+	tx, err := w.db.BeginTx(w.ctx, nil) // BEGIN IMMEDIATE: see the writer DSN
+	if err != nil {
+		w.failed.Add(1)
+		err = fmt.Errorf("beginning write transaction: %w", err)
+		for _, o := range ops {
+			if o.state.Load() == opClaimed || o.claim() {
+				o.done <- err
+			}
+		}
+		return nil
+	}
+	// A single op needs no savepoint: its failure rolls back the
+	// transaction, which holds nothing else.
+	solo := len(ops) == 1
+	ran := ops[:0:0]
+	for i, o := range ops {
+		if o.state.Load() != opClaimed { // claimed already on a retry
+			if err := o.ctx.Err(); err != nil {
+				if o.claim() {
+					o.done <- err
+				}
+				continue
+			}
+			if !o.claim() {
+				continue
+			}
+		}
+		if solo {
+			o.err = runOp(w.ctx, tx, o.fn)
+			ran = append(ran, o)
+			break
+		}
+		if err := w.runSavepoint(tx, o); err != nil {
+			// The transaction is gone: o failed and takes the blame
+			// alone; the others, whose work went with it unanswered,
+			// run again without it.
+			_ = tx.Rollback()
+			w.failed.Add(1)
+			o.done <- err
+			return append(ran, ops[i+1:]...)
+		}
+		ran = append(ran, o)
+	}
+	if len(ran) == 0 {
+		_ = tx.Rollback()
+		return nil
+	}
+	if solo && ran[0].err != nil {
+		_ = tx.Rollback()
+		ran[0].done <- ran[0].err
+		return nil
+	}
+	if err := tx.Commit(); err != nil {
+		// A failed COMMIT can leave SQLite's transaction open on the
+		// connection, which database/sql has taken back: end it, so
+		// that the next batch can begin.
+		_, _ = w.db.ExecContext(w.ctx, "ROLLBACK")
+		w.failed.Add(1)
+		err = fmt.Errorf("committing a batch of %d writes: %w", len(ran), err)
+		for _, o := range ran {
+			o.done <- err
+		}
+		return nil
+	}
+	n := uint64(len(ran))
+	w.commits.Add(1)
+	w.ops.Add(n)
+	for m := w.maxSeen.Load(); n > m && !w.maxSeen.CompareAndSwap(m, n); m = w.maxSeen.Load() {
+	}
+	for _, o := range ran {
+		o.done <- o.err
+	}
+	return nil
+}
+
+// runSavepoint runs o inside a savepoint, so that its failure undoes only
+// its own writes: o.err is its outcome. A non-nil error means the
+// transaction can no longer be used (SQLite rolls a whole transaction back
+// by itself on some errors, such as a full disk, and the savepoint is then
+// gone); it includes o's own error.
+func (w *writer) runSavepoint(tx *sql.Tx, o *op) error {
+	if _, err := tx.ExecContext(w.ctx, "SAVEPOINT op"); err != nil {
+		return fmt.Errorf("starting savepoint: %w", err)
+	}
+	o.err = runOp(w.ctx, tx, o.fn)
+	if o.err != nil {
+		if _, err := tx.ExecContext(w.ctx, "ROLLBACK TO op"); err != nil {
+			return errors.Join(o.err, fmt.Errorf("rolling back to savepoint: %w", err))
+		}
+	}
+	if _, err := tx.ExecContext(w.ctx, "RELEASE op"); err != nil {
+		return errors.Join(o.err, fmt.Errorf("releasing savepoint: %w", err))
+	}
+	return nil
+}
+
+// runOp runs fn, turning a panic into an error so that one faulty op
+// cannot stop the writer and strand every caller.
+func runOp(ctx context.Context, tx *sql.Tx, fn opFunc) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("write operation panicked: %v", r)
+		}
+	}()
+	return fn(ctx, tx)
+}
+
+// Stats counts the work of a Store's writer since Open.
+type Stats struct {
+	// Commits is the number of write transactions committed: each costs
+	// at most one fsync of the WAL (one that changed nothing writes
+	// nothing).
+	Commits uint64
+	// Ops is the number of write operations those transactions carried,
+	// counting ops that failed alone inside them. Ops / Commits is the
+	// mean batch size.
+	Ops uint64
+	// MaxBatch is the most operations one committed transaction carried.
+	MaxBatch uint64
+	// Failed is the number of transactions that failed to begin or
+	// commit, or broke mid-batch; their ops were answered with an error
+	// or run again.
+	Failed uint64
+}
+
+// Stats reports the writer's counters. It is cheap and safe to call
+// concurrently, also after Close.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Commits:  s.wr.commits.Load(),
+		Ops:      s.wr.ops.Load(),
+		MaxBatch: s.wr.maxSeen.Load(),
+		Failed:   s.wr.failed.Load(),
+	}
+}
