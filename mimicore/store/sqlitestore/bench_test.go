@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -203,6 +204,36 @@ func BenchmarkReserveCompleteParallel64(b *testing.B) {
 			}
 			if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Body: body}); err != nil {
 				b.Errorf("Complete: %v", err)
+				return
+			}
+		}
+	})
+	reportThroughput(b, s, st0)
+}
+
+// BenchmarkFindRecordParallel64 is the one-write path of a provider
+// request (store.ReplayLog) under the same load: a lookup on the reader
+// pool, then the answer recorded in one write.
+func BenchmarkFindRecordParallel64(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	body := make([]byte, 256)
+	b.ReportAllocs()
+	b.SetParallelism(benchWriters)
+	st0 := s.Stats()
+	var worker atomic.Uint64
+	b.RunParallel(func(pb *testing.PB) {
+		id := make([]byte, 16)
+		binary.BigEndian.PutUint64(id[8:], worker.Add(1))
+		for i := uint64(0); pb.Next(); i++ {
+			binary.BigEndian.PutUint64(id, i)
+			if _, err := s.FindReplay(ctx, "bench.example", id); !errors.Is(err, store.ErrNotFound) {
+				b.Errorf("FindReplay: %v", err)
+				return
+			}
+			if _, err := s.RecordReplay(ctx, "bench.example", id, sha256.Sum256(id), store.Answer{Body: body}, exp); err != nil {
+				b.Errorf("RecordReplay: %v", err)
 				return
 			}
 		}

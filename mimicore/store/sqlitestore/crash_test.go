@@ -36,7 +36,7 @@ const crashWriters = 64
 // crashWriters goroutines. Each acknowledged write is printed as one line,
 // in one write call, only after the store method returned: "spent <hex>"
 // for MarkSpent, "reply <hex>" for a Reserve + Complete, "sig <hex>" for
-// SeenSignature. Every 50 ms it prints the writer's Stats to stderr as
+// SeenSignature, "logged <hex>" for a RecordReplay. Every 50 ms it prints the writer's Stats to stderr as
 // "stats <commits> <ops> <max batch>".
 func crashChild(path string) int {
 	round := os.Getenv(crashRoundEnv)
@@ -60,7 +60,7 @@ func crashChild(path string) int {
 			for i := 0; ; i++ {
 				key := []byte(fmt.Sprintf("%s/%d/%d", round, w, i))
 				var line string
-				switch i % 3 {
+				switch i % 4 {
 				case 0:
 					first, err := s.MarkSpent(context.Background(), key, exp)
 					if err != nil || !first {
@@ -89,6 +89,14 @@ func crashChild(path string) int {
 						os.Exit(3)
 					}
 					line = "sig " + hex.EncodeToString(key)
+				case 3:
+					// The one-write path: the answer alone.
+					if _, err := s.RecordReplay(context.Background(), crashSender, key, sha256.Sum256(key),
+						store.Answer{Body: key}, exp); err != nil {
+						fmt.Fprintf(os.Stderr, "RecordReplay: %v\n", err)
+						os.Exit(3)
+					}
+					line = "logged " + hex.EncodeToString(key)
 				}
 				if _, err := os.Stdout.WriteString(line + "\n"); err != nil {
 					os.Exit(4)
@@ -129,7 +137,7 @@ func countKinds(acks []string) string {
 		kind, _, _ := strings.Cut(a, " ")
 		n[kind]++
 	}
-	return fmt.Sprintf("%d spent, %d reply, %d sig", n["spent"], n["reply"], n["sig"])
+	return fmt.Sprintf("%d spent, %d reply, %d sig, %d logged", n["spent"], n["reply"], n["sig"], n["logged"])
 }
 
 // lastStats turns the child's last "stats" line into words.
@@ -302,6 +310,11 @@ func verifyAck(ctx context.Context, s *Store, ack string, exp time.Time) error {
 		first, err := s.SeenSignature(ctx, sha256.Sum256(key), exp)
 		if err != nil || first {
 			return fmt.Errorf("acknowledged signature %q lost after kill -9 (first use %t, %v)", key, first, err)
+		}
+	case "logged":
+		e, err := s.FindReplay(ctx, crashSender, key)
+		if err != nil || e.Pending || e.Digest != sha256.Sum256(key) || string(e.Answer.Body) != string(key) {
+			return fmt.Errorf("acknowledged recorded answer for %q lost after kill -9 (%+v, %v)", key, e, err)
 		}
 	default:
 		return fmt.Errorf("unknown acknowledgement %q", ack)

@@ -33,7 +33,7 @@ func (s *Store) FindReplay(ctx context.Context, sender string, requestID []byte)
 	if err := checkReplayKey(sender, requestID); err != nil {
 		return store.ReplayEntry{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	e, err := scanReplayEntry(s.r.QueryRowContext(ctx, replayFindSQL, sender, requestID, check.Millis(s.now())))
+	e, err := scanReplayEntry(s.rs.replayFind.QueryRowContext(ctx, sender, requestID, check.Millis(s.now())))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.ReplayEntry{}, fmt.Errorf("%s: %w", doing, store.ErrNotFound)
 	}
@@ -55,30 +55,37 @@ func (s *Store) RecordReplay(ctx context.Context, sender string, requestID []byt
 	if err := check.Answer(answer); err != nil {
 		return store.ReplayEntry{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return store.ReplayEntry{}, s.fail(doing, err)
-	}
-	defer rollback(tx)
-	now := check.Millis(s.now())
-	res, err := tx.ExecContext(ctx, replayRecordSQL, sender, requestID, digest[:], check.ExpiryMillis(expires),
-		nonNil(answer.Body), now)
-	if err != nil {
-		return store.ReplayEntry{}, s.fail(doing, err)
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return store.ReplayEntry{}, s.fail(doing, err)
-	} else if n == 1 {
-		if err := tx.Commit(); err != nil {
-			return store.ReplayEntry{}, s.fail(doing, err)
+	exp := check.ExpiryMillis(expires)
+	body := nonNil(answer.Body)
+	var (
+		e        store.ReplayEntry
+		conflict bool
+	)
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		e, conflict = store.ReplayEntry{}, false
+		now := check.Millis(s.now())
+		res, err := tx.StmtContext(ctx, s.ws.replayRecord).ExecContext(ctx, sender, requestID, digest[:], exp, body, now)
+		if err != nil {
+			return err
 		}
-		return store.ReplayEntry{Digest: digest, Answer: store.Answer{Body: nonNil(answer.Body)}}, nil
-	}
-	e, err := scanReplayEntry(tx.QueryRowContext(ctx, replayFindSQL, sender, requestID, now))
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 1 {
+			e = store.ReplayEntry{Digest: digest, Answer: store.Answer{Body: body}}
+			return nil
+		}
+		// An alive entry holds the key: report it.
+		e, err = scanReplayEntry(tx.StmtContext(ctx, s.ws.replayFind).QueryRowContext(ctx, sender, requestID, now))
+		conflict = err == nil
+		return err
+	})
 	if err != nil {
 		return store.ReplayEntry{}, s.fail(doing, err)
 	}
-	return e, fmt.Errorf("%s: an alive entry holds this request id: %w", doing, store.ErrConflict)
+	if conflict {
+		return e, fmt.Errorf("%s: an alive entry holds this request id: %w", doing, store.ErrConflict)
+	}
+	return e, nil
 }
 
 // scanReplayEntry reads a replayFindSQL row.

@@ -13,12 +13,15 @@ type writeStmts struct {
 	replayGet      *sql.Stmt
 	replayComplete *sql.Stmt
 	replayRelease  *sql.Stmt
+	replayRecord   *sql.Stmt
+	replayFind     *sql.Stmt
 	seenInsert     *sql.Stmt
 	spentInsert    *sql.Stmt
 }
 
 // readStmts are prepared on the read-only pool.
 type readStmts struct {
+	replayFind  *sql.Stmt
 	peerKey     *sql.Stmt
 	peerKeys    *sql.Stmt
 	peerFailure *sql.Stmt
@@ -70,6 +73,9 @@ func (s *Store) prepare(ctx context.Context) error {
 		{s.w, &s.ws.replayGet, replayGetSQL},
 		{s.w, &s.ws.replayComplete, replayCompleteSQL},
 		{s.w, &s.ws.replayRelease, replayReleaseSQL},
+		{s.w, &s.ws.replayRecord, replayRecordSQL},
+		{s.w, &s.ws.replayFind, replayFindSQL},
+		{s.r, &s.rs.replayFind, replayFindSQL},
 		{s.w, &s.ws.seenInsert, seenInsertSQL},
 		{s.w, &s.ws.spentInsert, spentInsertSQL},
 		{s.r, &s.rs.peerKey, peerKeySQL},
@@ -90,6 +96,7 @@ func (s *Store) prepare(ctx context.Context) error {
 func (s *Store) allStmts() []*sql.Stmt {
 	return []*sql.Stmt{
 		s.ws.replayInsert, s.ws.replayGet, s.ws.replayComplete, s.ws.replayRelease,
+		s.ws.replayRecord, s.ws.replayFind, s.rs.replayFind,
 		s.ws.seenInsert, s.ws.spentInsert,
 		s.rs.peerKey, s.rs.peerKeys, s.rs.peerFailure, s.rs.signingKeys,
 	}
