@@ -201,4 +201,3 @@ func testFailuresAlone(t *testing.T, s store.Store) {
 		t.Fatalf("contested entry reads back as %s %v", r.Status, r.Answer.Body)
 	}
 }
-
