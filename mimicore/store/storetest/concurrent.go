@@ -68,10 +68,10 @@ func testMixedWriters(t *testing.T, s store.Store) {
 			d := digestOf(id)
 			r, err := s.Reserve(ctx(), sender, id, d, exp)
 			if err != nil || r.Status != store.ReplayNew {
-				return fmt.Errorf("Reserve of a fresh id: %s, %v", r.Status, err)
+				return fmt.Errorf("reserving a fresh id: %s, %v", r.Status, err)
 			}
 			if err := s.Complete(ctx(), sender, id, d, store.Answer{Body: id}); err != nil {
-				return fmt.Errorf("Complete: %w", err)
+				return fmt.Errorf("completing: %w", err)
 			}
 			log.add(func(l *ackLog) { l.replies = append(l.replies, id) })
 		case 2: // a fresh client signature
@@ -94,14 +94,14 @@ func testMixedWriters(t *testing.T, s store.Store) {
 			id := shared("req", (i/5)%sharedKeys)
 			r, err := s.Reserve(ctx(), sender, id, sharedDigest, exp)
 			if err != nil {
-				return fmt.Errorf("Reserve of a shared id: %w", err)
+				return fmt.Errorf("reserving a shared id: %w", err)
 			}
 			switch r.Status {
 			case store.ReplayNew:
 				log.add(func(l *ackLog) { l.newOf[string(id)]++ })
 			case store.ReplayInProgress:
 			default:
-				return fmt.Errorf("Reserve of a shared pending id answered %s", r.Status)
+				return fmt.Errorf("reserving a shared pending id answered %s", r.Status)
 			}
 		}
 		return nil
@@ -159,12 +159,12 @@ func testFailuresAlone(t *testing.T, s store.Store) {
 		case 0:
 			err := s.Complete(ctx(), sender, fmt.Appendf(nil, "missing/%d/%d", w, i), digestOf(nil), store.Answer{Body: []byte("x")})
 			if !errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("Complete of a missing entry among other writes: got %v, want ErrNotFound", err)
+				return fmt.Errorf("completing a missing entry among other writes: got %v, want ErrNotFound", err)
 			}
 		case 1:
 			err := s.Release(ctx(), sender, fmt.Appendf(nil, "missing/%d/%d", w, i), digestOf(nil))
 			if !errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("Release of a missing entry among other writes: got %v, want ErrNotFound", err)
+				return fmt.Errorf("releasing a missing entry among other writes: got %v, want ErrNotFound", err)
 			}
 		case 2:
 			k := fmt.Appendf(nil, "spent/%d/%d", w, i)
@@ -183,7 +183,7 @@ func testFailuresAlone(t *testing.T, s store.Store) {
 				won[string(contested)]++
 				mu.Unlock()
 			case !errors.Is(err, store.ErrConflict):
-				return fmt.Errorf("Complete of an entry completed by another caller: got %v, want ErrConflict", err)
+				return fmt.Errorf("completing an entry completed by another caller: got %v, want ErrConflict", err)
 			}
 		}
 		return nil
