@@ -102,14 +102,25 @@ b.localhost:$PORT {
 CADDY
 }
 
-# caddy_env runs its arguments with Caddy's data and config inside $tmp.
-caddy_env() {
-	env HOME="$tmp/home" XDG_DATA_HOME="$tmp/xdg" XDG_CONFIG_HOME="$tmp/xdg" "$@"
+# caddy_env: Caddy's data and config inside $tmp. Used as a command
+# prefix; env execs its command, so $! of a background run is that
+# command's pid (a shell function would put a subshell in between, and
+# killing it would leave Caddy running).
+caddy_env=(env HOME="$tmp/home" XDG_DATA_HOME="$tmp/xdg" XDG_CONFIG_HOME="$tmp/xdg")
+
+# port_free fails if something already listens on $PORT: Caddy listens
+# with SO_REUSEPORT, so a leftover Caddy on the same port would silently
+# take half of the connections.
+port_free() {
+	if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+		echo "something already listens on 127.0.0.1:$PORT; stop it or set PORT" >&2
+		exit 1
+	fi
 }
 
 # start_caddy starts Caddy in the background (log: $tmp/caddy.log).
 start_caddy() {
-	caddy_env ./caddy run --config "$tmp/Caddyfile" --adapter caddyfile >>"$tmp/caddy.log" 2>&1 &
+	"${caddy_env[@]}" ./caddy run --config "$tmp/Caddyfile" --adapter caddyfile >>"$tmp/caddy.log" 2>&1 &
 	caddy_pid=$!
 }
 

@@ -19,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . examples/loadtest/lib.sh
 
+port_free
 build
 configure
 start_caddy
