@@ -5,6 +5,7 @@
 //
 //	mimiload setup -dir D                  write D/root-cert.pem, D/root-key.pem, D/pp/k2.json, D/pp/secret
 //	mimiload bench -dir D -addr A ...      measure modes against b.localhost, each next to bare
+//	mimiload crash -dir D -addr A ...      kill -9 Caddy under load, restart it, check the records
 //
 // Modes (bench -modes):
 //
@@ -42,6 +43,8 @@ func main() {
 		err = setupCmd(os.Args[2:])
 	case "bench":
 		err = benchCmd(os.Args[2:])
+	case "crash":
+		err = crashCmd(os.Args[2:])
 	default:
 		usage()
 	}
@@ -52,6 +55,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mimiload setup|bench [flags] (mimiload <cmd> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: mimiload setup|bench|crash [flags] (mimiload <cmd> -h for flags)")
 	os.Exit(2)
 }
