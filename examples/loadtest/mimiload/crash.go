@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -271,6 +272,10 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 	sigRec := make([]record, len(pool))
 	tokRec := make([]record, len(toks))
 	var mu sync.Mutex // guards the records
+	// Set just before the kill: no request starts after it, so "sent"
+	// counts requests that were on their way or answered, not the ones
+	// refused by a dead listener.
+	var killing atomic.Bool
 	loadCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	half := max(f.conc/2, 1)
@@ -278,7 +283,7 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 	wg.Go(func() {
 		t.run(loadCtx, "signed", http.StatusNotImplemented, runConfig{conc: half, duration: time.Minute,
 			next: func(i int) (request, bool) {
-				if i >= len(pool) {
+				if i >= len(pool) || killing.Load() {
 					return request{}, false
 				}
 				mu.Lock()
@@ -298,7 +303,7 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 	wg.Go(func() {
 		t.run(loadCtx, "token", http.StatusOK, runConfig{conc: half, duration: time.Minute,
 			next: func(i int) (request, bool) {
-				if i >= len(toks) {
+				if i >= len(toks) || killing.Load() {
 					return request{}, false
 				}
 				mu.Lock()
@@ -318,6 +323,7 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 	start := time.Now()
 	wait := f.killMin + rand.N(f.killMax-f.killMin+1)
 	time.Sleep(wait)
+	killing.Store(true)
 	if err := c.kill(); err != nil {
 		return nil, err
 	}
