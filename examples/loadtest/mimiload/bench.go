@@ -33,7 +33,7 @@ func benchCmd(args []string) error {
 	fs.IntVar(&f.conc, "c", 64, "concurrent requests")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each run")
 	fs.IntVar(&f.pool, "pool", 40000, "signed requests signed before the signed run (its upper bound)")
-	fs.IntVar(&f.tokens, "tokens", 30000, "tokens minted before the token run (its upper bound)")
+	fs.IntVar(&f.tokens, "tokens", 40000, "tokens minted before the token run (its upper bound)")
 	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
 	fs.Parse(args)
 	if f.dir == "" {
