@@ -1,0 +1,130 @@
+# Shared by writepath.sh and crash.sh (sourced, not run): builds Caddy and
+# mimiload, writes the root CA, the Privacy Pass issuer key and the
+# Caddyfile of the two providers into $tmp, and starts/stops Caddy.
+#
+# Everything listens on 127.0.0.1 only (default_bind), on $PORT for HTTPS
+# and $HTTP_PORT for the (unused) HTTP listener.
+
+PORT=${PORT:-19443}
+HTTP_PORT=${HTTP_PORT:-19080}
+
+tmp=$(mktemp -d)
+caddy_pid=
+cleanup() {
+	if [ -n "$caddy_pid" ]; then
+		kill "$caddy_pid" 2>/dev/null || true
+		wait "$caddy_pid" 2>/dev/null || true
+	fi
+	if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+
+# build builds Caddy (./caddy, through ./xcaddy.sh) and mimiload into $tmp.
+build() {
+	./xcaddy.sh ./caddy >&2
+	go build -o "$tmp/mimiload" ./examples/loadtest/mimiload
+}
+
+# configure writes the keys and the Caddyfile. a.localhost is the sender;
+# b.localhost receives, fetches a's keys over loopback, runs a Privacy Pass
+# issuer and requires a token on /verification_key, and answers /bare with
+# a plain respond (no mimi handler) for the baseline.
+configure() {
+	"$tmp/mimiload" setup -dir "$tmp"
+	cat >"$tmp/Caddyfile" <<CADDY
+{
+	admin off
+	skip_install_trust
+	persist_config off
+	default_bind 127.0.0.1
+	http_port $HTTP_PORT
+	https_port $PORT
+	grace_period 1s
+	storage file_system $tmp/storage
+	log {
+		level WARN
+	}
+	pki {
+		ca local {
+			root {
+				format pem_file
+				cert $tmp/root-cert.pem
+				key $tmp/root-key.pem
+			}
+		}
+	}
+	servers {
+		0rtt off
+	}
+}
+
+a.localhost:$PORT {
+	tls internal {
+		protocols tls1.3
+	}
+	mimi {
+		provider a.localhost
+		ds_domain a.localhost:$PORT
+		data_dir $tmp/a
+	}
+	respond "not mimi" 404
+}
+
+b.localhost:$PORT {
+	tls internal {
+		protocols tls1.3
+	}
+	handle /bare {
+		respond 200
+	}
+	mimi {
+		provider b.localhost
+		ds_domain b.localhost:$PORT
+		data_dir $tmp/b
+		federation {
+			allow_private_addresses
+			allow_ports $PORT
+			resolve a.localhost 127.0.0.1:$PORT
+			root_ca $tmp/root-cert.pem
+		}
+		issuer {
+			key $tmp/pp/k2.json
+		}
+		privacy_pass {
+			issuer_name b.localhost:$PORT
+			require verification_key
+			context window
+			secret {file.$tmp/pp/secret}
+		}
+	}
+	respond "not mimi" 404
+}
+CADDY
+}
+
+# caddy_env: Caddy's data and config inside $tmp. Used as a command
+# prefix; env execs its command, so $! of a background run is that
+# command's pid (a shell function would put a subshell in between, and
+# killing it would leave Caddy running).
+caddy_env=(env HOME="$tmp/home" XDG_DATA_HOME="$tmp/xdg" XDG_CONFIG_HOME="$tmp/xdg")
+
+# port_free fails if something already listens on $PORT: Caddy listens
+# with SO_REUSEPORT, so a leftover Caddy on the same port would silently
+# take half of the connections.
+port_free() {
+	if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+		echo "something already listens on 127.0.0.1:$PORT; stop it or set PORT" >&2
+		exit 1
+	fi
+}
+
+# start_caddy starts Caddy in the background (log: $tmp/caddy.log).
+start_caddy() {
+	"${caddy_env[@]}" ./caddy run --config "$tmp/Caddyfile" --adapter caddyfile >>"$tmp/caddy.log" 2>&1 &
+	caddy_pid=$!
+}
+
+# conditions prints what else the machine is doing, for the results table.
+conditions() {
+	echo "# $(date -u +%FT%TZ) $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), $(./caddy version | cut -d' ' -f1), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+}

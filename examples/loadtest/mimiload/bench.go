@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+type benchFlags struct {
+	dir      string
+	addr     string
+	modes    string
+	conc     int
+	duration time.Duration
+	pool     int
+	tokens   int
+	mint     string
+}
+
+func benchCmd(args []string) error {
+	var f benchFlags
+	fs := flag.NewFlagSet("bench", flag.ExitOnError)
+	fs.StringVar(&f.dir, "dir", "", "directory of setup and of the providers' data dirs a/ and b/ (required)")
+	fs.StringVar(&f.addr, "addr", "127.0.0.1:19443", "loopback address Caddy serves both providers on")
+	fs.StringVar(&f.modes, "modes", "signed,retry,token", "modes to run, comma-separated; each runs next to bare")
+	fs.IntVar(&f.conc, "c", 64, "concurrent requests")
+	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each run")
+	fs.IntVar(&f.pool, "pool", 40000, "signed requests signed before the signed run (its upper bound)")
+	fs.IntVar(&f.tokens, "tokens", 40000, "tokens minted before the token run (its upper bound)")
+	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
+	fs.Parse(args)
+	if f.dir == "" {
+		return errors.New("bench: -dir is required")
+	}
+	t, err := newTarget(f.dir, f.addr, f.conc)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := t.waitHealthy(ctx, 30*time.Second); err != nil {
+		return err
+	}
+	fmt.Printf("# mimiload bench: %d concurrent requests over one HTTP/2 client, %s per run, GOMAXPROCS %d, %s\n",
+		f.conc, f.duration, runtime.GOMAXPROCS(0), time.Now().UTC().Format(time.RFC3339))
+	failed := false
+	for _, mode := range strings.Split(f.modes, ",") {
+		prep, err := prepare(ctx, t, &f, strings.TrimSpace(mode))
+		if err != nil {
+			return fmt.Errorf("preparing %s: %w", mode, err)
+		}
+		bare := t.run(ctx, "bare", http.StatusOK, t.bareConfig(&f))
+		bare.print()
+		r := t.run(ctx, prep.mode, prep.expected, prep.cfg)
+		if bare.RPS > 0 {
+			r.BareRPS, r.Ratio = bare.RPS, round(r.RPS/bare.RPS, 3)
+		}
+		r.print()
+		if prep.check != nil {
+			if err := prep.check(); err != nil {
+				fmt.Printf("       %s: %v\n", mode, err)
+				failed = true
+			}
+		}
+		for _, x := range []*result{bare, r} {
+			if x.Errors > 0 || x.Unexpected > 0 || x.Requests == 0 {
+				failed = true
+			}
+		}
+	}
+	if failed {
+		return errors.New("bench: some requests failed or got an unexpected status (see above)")
+	}
+	return nil
+}
+
+func (t *target) bareConfig(f *benchFlags) runConfig {
+	req := request{method: http.MethodGet, url: t.url("b.localhost", "/bare")}
+	return runConfig{conc: f.conc, duration: f.duration, next: func(int) (request, bool) { return req, true }}
+}
+
+// prepared is a mode ready to run: pools built, warm-up sent.
+type prepared struct {
+	mode     string
+	expected int
+	cfg      runConfig
+	check    func() error // after the run
+}
+
+func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepared, error) {
+	url := t.url("b.localhost", "/group_key_packages")
+	// Warm up the connection (not measured).
+	for range 2 * f.conc {
+		if a := t.do(ctx, http.MethodGet, t.url("b.localhost", "/bare"), nil, nil); a.err != nil || a.status != http.StatusOK {
+			return nil, fmt.Errorf("warm-up GET /bare: status %d, %v", a.status, a.err)
+		}
+	}
+	switch mode {
+	case "signed":
+		s, err := newSigner(f.dir)
+		if err != nil {
+			return nil, err
+		}
+		// The first request makes b fetch a's keys: not measured.
+		first, err := s.fresh()
+		if err != nil {
+			return nil, err
+		}
+		if a := t.do(ctx, http.MethodPost, url, first.raw, nil); a.err != nil || a.status != http.StatusNotImplemented {
+			return nil, fmt.Errorf("first signed request: status %d, %v", a.status, a.err)
+		}
+		t0 := time.Now()
+		pool, err := s.pool(f.pool)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Printf("# signed: %d distinct requests signed ahead of the run in %s (signing is not in the measured loop)\n",
+			len(pool), time.Since(t0).Round(time.Millisecond))
+		return &prepared{mode: mode, expected: http.StatusNotImplemented, cfg: runConfig{
+			conc: f.conc, duration: f.duration,
+			next: func(i int) (request, bool) {
+				if i >= len(pool) {
+					return request{}, false
+				}
+				return request{method: http.MethodPost, url: url, body: pool[i].raw}, true
+			},
+		}}, nil
+	case "retry":
+		s, err := newSigner(f.dir)
+		if err != nil {
+			return nil, err
+		}
+		one, err := s.fresh()
+		if err != nil {
+			return nil, err
+		}
+		first := t.do(ctx, http.MethodPost, url, one.raw, nil)
+		if first.err != nil || first.status != http.StatusNotImplemented {
+			return nil, fmt.Errorf("request to retry: status %d, %v", first.status, first.err)
+		}
+		var differ atomic.Int64
+		req := request{method: http.MethodPost, url: url, body: one.raw}
+		return &prepared{mode: mode, expected: http.StatusNotImplemented, cfg: runConfig{
+			conc: f.conc, duration: f.duration,
+			next: func(int) (request, bool) { return req, true },
+			done: func(_ int, a answer) {
+				if a.err == nil && !bytes.Equal(a.body, first.body) {
+					differ.Add(1)
+				}
+			},
+		}, check: func() error {
+			if n := differ.Load(); n > 0 {
+				return fmt.Errorf("%d retries got other bytes than the recorded answer", n)
+			}
+			return nil
+		}}, nil
+	case "token":
+		m, err := newMinter(f.dir, f.mint)
+		if err != nil {
+			return nil, err
+		}
+		ch, err := m.challenge(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		toks, err := m.tokens(ch, f.tokens)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Printf("# token: %d fresh type 2 tokens minted (%s) ahead of the run in %s (minting is not in the measured loop)\n",
+			len(toks), f.mint, time.Since(t0).Round(time.Millisecond))
+		tu := t.url("b.localhost", tokenPath)
+		return &prepared{mode: mode, expected: http.StatusOK, cfg: runConfig{
+			conc: f.conc, duration: f.duration,
+			next: func(i int) (request, bool) {
+				if i >= len(toks) {
+					return request{}, false
+				}
+				return request{method: http.MethodGet, url: tu, header: map[string]string{"Authorization": toks[i]}}, true
+			},
+		}}, nil
+	case "bare":
+		return &prepared{mode: "bare", expected: http.StatusOK, cfg: t.bareConfig(f)}, nil
+	}
+	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, bare)", mode)
+}

@@ -1,0 +1,60 @@
+// Command mimiload is a loopback load generator for the gateway's write
+// path (docs/protocol.md §4 step 8 and §7): it drives the two providers
+// a.localhost and b.localhost that examples/loadtest/writepath.sh and
+// crash.sh start in one Caddy, over one TLS 1.3 HTTP/2 client.
+//
+//	mimiload setup -dir D                  write D/root-cert.pem, D/root-key.pem, D/pp/k2.json, D/pp/secret
+//	mimiload bench -dir D -addr A ...      measure modes against b.localhost, each next to bare
+//	mimiload crash -dir D -addr A ...      kill -9 Caddy under load, restart it, check the records
+//
+// Modes (bench -modes):
+//
+//   - signed: distinct group_key_packages requests signed by a.localhost
+//     with a's key ring (read from D/a/keys), each with a fresh request_id;
+//     b verifies, reserves the replay entry, answers 501 not_implemented
+//     and records the answer: two SQLite writes per request. The requests
+//     are signed ahead of the measured phase (a pool of -pool requests).
+//   - retry: byte-identical copies of one signed request, sent once before
+//     the measured phase: signature check and replay lookup, no write.
+//   - token: GET /verification_key on b, which requires a Privacy Pass
+//     type 2 token; each request carries its own fresh token, minted
+//     before the measured phase with the issuer key D/pp/k2.json from the
+//     challenge of b's 401. The durable double-spend record is the write.
+//   - bare: GET /bare, answered by Caddy's respond on the same site,
+//     without the mimi handler. bench runs it next to every other mode.
+//
+// A run ends after -duration or when its pool is used up, whichever comes
+// first. Nothing here asserts timing; a run fails (exit status 1) only on
+// transport errors or statuses other than the mode's expected one.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "setup":
+		err = setupCmd(os.Args[2:])
+	case "bench":
+		err = benchCmd(os.Args[2:])
+	case "crash":
+		err = crashCmd(os.Args[2:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mimiload:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: mimiload setup|bench|crash [flags] (mimiload <cmd> -h for flags)")
+	os.Exit(2)
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"crypto/rand"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// signed is one prepared group_key_packages request from a.localhost to
+// b.localhost.
+type signed struct {
+	id        []byte
+	timestamp uint64
+	raw       []byte
+}
+
+// signer signs as a.localhost with the key ring Caddy created in a's data
+// directory.
+type signer struct {
+	ring *provider.KeyRing
+}
+
+func newSigner(dir string) (*signer, error) {
+	ring, err := provider.LoadKeyRing(filepath.Join(dir, "a", "keys"))
+	if err != nil {
+		return nil, fmt.Errorf("loading a.localhost's keys: %w", err)
+	}
+	return &signer{ring: ring}, nil
+}
+
+// payload returns a valid GroupKeyPackagesRequest; variant changes the
+// requester so that two variants of one request differ in their bytes.
+func payload(variant int) ([]byte, error) {
+	user := "load"
+	if variant != 0 {
+		user = fmt.Sprintf("load-variant-%d", variant)
+	}
+	return wire.Marshal(&moh.GroupKeyPackagesRequest{
+		Requester: []byte(moh.UserURI("a.localhost", user)),
+		ClientIDs: [][]byte{[]byte(moh.ClientURI("b.localhost", "bob", "phone"))},
+	})
+}
+
+// sign builds and signs a request with the given id and timestamp.
+func (s *signer) sign(id []byte, ts uint64, variant int) ([]byte, error) {
+	key, err := s.ring.Current(time.Unix(int64(ts), 0))
+	if err != nil {
+		return nil, err
+	}
+	p, err := payload(variant)
+	if err != nil {
+		return nil, err
+	}
+	return provider.SignRequest(&moh.ProviderRequest{
+		RequestType: moh.GroupKeyPackages,
+		Sender:      []byte("a.localhost"),
+		Recipient:   []byte("b.localhost"),
+		Timestamp:   ts,
+		RequestID:   id,
+		Payload:     p,
+	}, key)
+}
+
+// fresh signs one request with a new random request_id, stamped now.
+func (s *signer) fresh() (signed, error) {
+	id := make([]byte, 16)
+	rand.Read(id)
+	ts := uint64(time.Now().Unix())
+	raw, err := s.sign(id, ts, 0)
+	return signed{id: id, timestamp: ts, raw: raw}, err
+}
+
+// pool signs n distinct requests on every CPU, before any is sent.
+func (s *signer) pool(n int) ([]signed, error) {
+	out := make([]signed, n)
+	errs := make([]error, n)
+	parallel(n, runtime.GOMAXPROCS(0), func(i int) { out[i], errs[i] = s.fresh() })
+	for _, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("signing: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// decodeAnswer decodes a DSResponse; ok is false for anything else.
+func decodeAnswer(body []byte) (moh.DSResponse, bool) {
+	var r moh.DSResponse
+	err := wire.Unmarshal(body, &r, "DSResponse")
+	return r, err == nil
+}
