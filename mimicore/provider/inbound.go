@@ -39,7 +39,8 @@ type Processor func(ctx context.Context, v *Verified) (*moh.DSResponse, error)
 // (store.ReplayLog) and sent only once that write committed; see
 // store.ReplayLog for why a crash at any point neither loses an
 // acknowledged answer nor processes a request twice. Concurrent copies of
-// one request in this process are told apart by an in-memory claim.
+// one request id in this process are joined in memory: the first handles
+// it, copies of the same bytes share its outcome.
 type Inbound struct {
 	Verifier *Verifier
 	Replay   store.ReplayLog
@@ -66,18 +67,32 @@ func (in *Inbound) Verify(ctx context.Context, raw []byte, typ moh.ProviderReque
 //     or backend_unavailable when the replay log failed or process failed
 //     transiently; nothing is recorded then, and a retry of the same bytes
 //     is processed afresh.
-func (in *Inbound) Handle(ctx context.Context, v *Verified, process Processor) ([]byte, error) {
+func (in *Inbound) Handle(ctx context.Context, v *Verified, process Processor) (answer []byte, err error) {
 	req := v.Request
 	sender := string(req.Sender)
 	key := claimKey(sender, req.RequestID)
-	if held, ok := in.claims.claim(key, v.Digest); !ok {
-		if held == v.Digest {
+	f, first := in.claims.join(key, v.Digest)
+	if !first {
+		// Another copy of this request id is being handled here: the same
+		// bytes share its outcome, other bytes are a replay.
+		if f.digest != v.Digest {
+			return nil, moh.Errorf(moh.CodeReplay, "request_id was used for another request")
+		}
+		select {
+		case <-f.done:
+			return f.answer, f.err
+		case <-ctx.Done():
 			return nil, moh.Errorf(moh.CodeInProgress, "request_id is still being processed")
 		}
-		return nil, moh.Errorf(moh.CodeReplay, "request_id was used for another request")
 	}
-	defer in.claims.release(key)
+	defer func() { in.claims.finish(key, f, answer, err) }()
+	return in.handle(ctx, v, process)
+}
 
+// handle is Handle for the first copy of a request id in this process.
+func (in *Inbound) handle(ctx context.Context, v *Verified, process Processor) ([]byte, error) {
+	req := v.Request
+	sender := string(req.Sender)
 	if answer, err := in.recorded(ctx, sender, v); answer != nil || err != nil {
 		return answer, err
 	}
@@ -142,11 +157,23 @@ func alive(e store.ReplayEntry, digest [32]byte) ([]byte, error) {
 	return e.Answer.Body, nil
 }
 
-// claims are the request ids being processed in this process, with the
-// digest of the bytes that claimed each.
+// claims are the request ids being handled in this process. The first
+// copy of an id handles it; copies of the same bytes that arrive meanwhile
+// wait for its outcome and share it, so that concurrent retries cost one
+// lookup and get the answer, not in_progress.
 type claims struct {
 	mu   sync.Mutex
-	held map[string][32]byte
+	held map[string]*flight
+}
+
+// flight is one request id being handled, and its outcome once done is
+// closed.
+type flight struct {
+	digest  [32]byte
+	done    chan struct{}
+	answer  []byte
+	err     error
+	waiters int // copies that joined it (tests)
 }
 
 // claimKey is the claims key of (sender, requestID).
@@ -154,23 +181,39 @@ func claimKey(sender string, requestID []byte) string {
 	return sender + "\x00" + string(requestID)
 }
 
-// claim takes key for digest, or reports the digest that holds it.
-func (c *claims) claim(key string, digest [32]byte) ([32]byte, bool) {
+// join returns the flight of key, and whether this caller started it (and
+// must finish it).
+func (c *claims) join(key string, digest [32]byte) (*flight, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if held, ok := c.held[key]; ok {
-		return held, false
+	if f, ok := c.held[key]; ok {
+		f.waiters++
+		return f, false
 	}
 	if c.held == nil {
-		c.held = make(map[string][32]byte)
+		c.held = make(map[string]*flight)
 	}
-	c.held[key] = digest
-	return digest, true
+	f := &flight{digest: digest, done: make(chan struct{})}
+	c.held[key] = f
+	return f, true
 }
 
-// release drops key.
-func (c *claims) release(key string) {
+// finish records the outcome of f, wakes its waiters and drops key.
+func (c *claims) finish(key string, f *flight, answer []byte, err error) {
 	c.mu.Lock()
 	delete(c.held, key)
 	c.mu.Unlock()
+	f.answer, f.err = answer, err
+	close(f.done)
+}
+
+// waiting reports how many copies wait on the flight of (sender,
+// requestID): for tests.
+func (c *claims) waiting(sender string, requestID []byte) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.held[claimKey(sender, requestID)]; ok {
+		return f.waiters
+	}
+	return 0
 }

@@ -306,36 +306,53 @@ func TestInboundOneWrite(t *testing.T) {
 		in := newInbound()
 		raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("concurrent-0001") })
 		var runs atomic.Int32
+		started := make(chan struct{})
 		release := make(chan struct{})
 		process := func(context.Context, *Verified) (*moh.DSResponse, error) {
+			close(started)
 			<-release
 			return groupIDAnswer(runs.Add(1)), nil
 		}
 		const copies = 16
-		results := make(chan error, copies)
-		for i := 0; i < copies; i++ {
+		answers := make(chan []byte, copies)
+		go func() {
+			a, err := handle(ctx, in, raw, process)
+			if err != nil {
+				t.Error(err)
+			}
+			answers <- a
+		}()
+		<-started // the first copy is being processed; the others join it
+		for i := 1; i < copies; i++ {
 			go func() {
-				_, err := handle(ctx, in, raw, process)
-				results <- err
+				a, err := handle(ctx, in, raw, process)
+				if err != nil {
+					t.Error(err)
+				}
+				answers <- a
 			}()
 		}
-		inProgress := 0
-		for i := 0; i < copies-1; i++ { // every copy but the running one
-			if err := <-results; moh.DSErrorOf(err).Code == moh.CodeInProgress {
-				inProgress++
-			} else {
-				t.Fatalf("a concurrent copy got %v, want in_progress", err)
-			}
+		// Another request with the same id and other bytes is a replay
+		// even while the first runs.
+		other := signedRequest(t, k, func(r *moh.ProviderRequest) {
+			r.RequestID = []byte("concurrent-0001")
+			r.Payload = []byte{1, 'z', 1, 'z'}
+		})
+		if _, err := handle(ctx, in, other, process); moh.DSErrorOf(err).Code != moh.CodeReplay {
+			t.Fatalf("other bytes under a running id: %v, want replay", err)
+		}
+		for in.claims.waiting("a.example", []byte("concurrent-0001")) < copies-1 {
+			time.Sleep(time.Millisecond)
 		}
 		close(release)
-		if err := <-results; err != nil {
-			t.Fatal(err)
+		first := <-answers
+		for i := 1; i < copies; i++ {
+			if a := <-answers; string(a) != string(first) {
+				t.Fatalf("copy %d got %x, the first %x", i, a, first)
+			}
 		}
-		if runs.Load() != 1 || inProgress != copies-1 {
-			t.Fatalf("%d runs, %d in_progress", runs.Load(), inProgress)
-		}
-		if a, err := handle(ctx, in, raw, process); err != nil || moh.AnswerCode(a) != 0 || runs.Load() != 1 {
-			t.Fatalf("retry after the copies: %x %v (runs %d)", a, err, runs.Load())
+		if runs.Load() != 1 || moh.AnswerCode(first) != 0 {
+			t.Fatalf("%d runs for %d concurrent copies (answer %x)", runs.Load(), copies, first)
 		}
 	})
 
