@@ -81,16 +81,15 @@ func (g *Gateway) readPrefix(x *exchange, n int64) ([]byte, error) {
 // closed after the answer, so the server does not wait on the unread rest
 // of a stalled body before it answers.
 func (x *exchange) read(limit int64, whole bool) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(x.r.Context(), bodyTimeout)
-	defer cancel()
+	deadline := time.Now().Add(bodyTimeout)
 	rc := http.NewResponseController(x.w)
-	deadline := rc.SetReadDeadline(time.Now().Add(bodyTimeout)) == nil
-	body, err := x.readWithin(ctx, limit, whole)
+	deadlineSet := rc.SetReadDeadline(deadline) == nil
+	body, err := x.readWithin(deadline, limit, whole)
 	if err != nil {
 		x.closeAfter()
 		return nil, err
 	}
-	if deadline {
+	if deadlineSet {
 		rc.SetReadDeadline(time.Time{}) //nolint:errcheck // best effort: the server's own timeouts still apply
 	}
 	return body, nil
@@ -104,8 +103,8 @@ func (x *exchange) closeAfter() {
 	}
 }
 
-// readWithin is read's loop, bounded by ctx and the body budget.
-func (x *exchange) readWithin(ctx context.Context, limit int64, whole bool) ([]byte, error) {
+// readWithin is read's loop, bounded by deadline and the body budget.
+func (x *exchange) readWithin(deadline time.Time, limit int64, whole bool) ([]byte, error) {
 	size := int64(bodyChunk)
 	if n := x.r.ContentLength; n >= 0 {
 		size = n
@@ -120,7 +119,7 @@ func (x *exchange) readWithin(ctx context.Context, limit int64, whole bool) ([]b
 			return buf, nil // the server ends a body at its Content-Length
 		}
 		if int64(cap(buf)) < size {
-			if err := x.hold(ctx, size-int64(cap(buf))); err != nil {
+			if err := x.hold(deadline, size-int64(cap(buf))); err != nil {
 				return nil, err
 			}
 			grown := make([]byte, len(buf), size)
@@ -132,7 +131,7 @@ func (x *exchange) readWithin(ctx context.Context, limit int64, whole bool) ([]b
 		switch {
 		case errors.Is(err, io.EOF):
 			return buf, nil
-		case errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil && err != nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
 			return nil, moh.Errorf(moh.CodeBodyTimeout, "the body did not arrive within %s", bodyTimeout)
 		case err != nil:
 			return nil, &moh.Error{Code: moh.CodeMalformed, Message: "the body could not be read", Err: err}
@@ -157,10 +156,16 @@ func (x *exchange) readWithin(ctx context.Context, limit int64, whole bool) ([]b
 	}
 }
 
-// hold takes n bytes from the body budget for x, waiting until ctx ends.
-func (x *exchange) hold(ctx context.Context, n int64) error {
-	if err := bodies.Acquire(ctx, n); err != nil {
-		return &moh.Error{Code: moh.CodeBackendUnavailable, Message: "too many request bodies in flight; retry later", Err: err}
+// hold takes n bytes from the body budget for x, waiting until deadline
+// when none are free. The common case, memory free, sets no timer.
+func (x *exchange) hold(deadline time.Time, n int64) error {
+	if !bodies.TryAcquire(n) {
+		ctx, cancel := context.WithDeadline(x.r.Context(), deadline)
+		err := bodies.Acquire(ctx, n)
+		cancel()
+		if err != nil {
+			return &moh.Error{Code: moh.CodeBackendUnavailable, Message: "too many request bodies in flight; retry later", Err: err}
+		}
 	}
 	x.held += n
 	return nil

@@ -33,7 +33,7 @@ configure() {
 	"$tmp/mimiload" setup -dir "$tmp"
 	cat >"$tmp/Caddyfile" <<CADDY
 {
-	admin off
+	admin ${ADMIN:-off}
 	skip_install_trust
 	persist_config off
 	default_bind 127.0.0.1
