@@ -197,6 +197,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
+	register(ctx.GetMetricsRegistry(), g.logger, storeStats{})
 	g.ds = &ds.Service{}
 	g.inbound = &provider.Inbound{
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},

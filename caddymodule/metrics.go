@@ -6,22 +6,60 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/caddy-mimi/caddy-mimi/policy/admission"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 )
 
-// registerMetrics registers the admission policy's collectors on reg. The
-// collectors are package-level in admission, so their values survive
-// reloads; a registration by another handler of the same config is fine.
-func registerMetrics(reg *prometheus.Registry, logger *zap.Logger) {
+// register registers collectors on reg. The collectors are package-level
+// (here or in admission), so their values survive reloads; a registration
+// by another handler of the same config is fine.
+func register(reg *prometheus.Registry, logger *zap.Logger, collectors ...prometheus.Collector) {
 	if reg == nil {
 		return
 	}
-	for _, c := range admission.Collectors() {
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
-				logger.Warn("registering policy metrics", zap.Error(err))
+				logger.Warn("registering metrics", zap.Error(err))
 			}
 		}
 	}
+}
+
+// Descriptions of the store metrics, labelled by data directory (one per
+// provider, a configuration value).
+var (
+	storeCommitsDesc = prometheus.NewDesc("caddy_mimi_store_commits_total",
+		"Write transactions the embedded store committed; each costs at most one fsync.", []string{"data_dir"}, nil)
+	storeWritesDesc = prometheus.NewDesc("caddy_mimi_store_writes_total",
+		"Durable writes those transactions carried; writes / commits is the mean batch size of the group commit.",
+		[]string{"data_dir"}, nil)
+)
+
+// storeStats collects the group-commit counters of every open service's
+// store at scrape time.
+type storeStats struct{}
+
+// Describe implements prometheus.Collector.
+func (storeStats) Describe(ch chan<- *prometheus.Desc) {
+	ch <- storeCommitsDesc
+	ch <- storeWritesDesc
+}
+
+// Collect implements prometheus.Collector.
+func (storeStats) Collect(ch chan<- prometheus.Metric) {
+	servicePool.Range(func(key, value any) bool {
+		svc, ok := value.(*service.Service)
+		if !ok {
+			return true
+		}
+		if s, ok := svc.Store().(interface{ Stats() sqlitestore.Stats }); ok {
+			st := s.Stats()
+			dir, _ := key.(string)
+			ch <- prometheus.MustNewConstMetric(storeCommitsDesc, prometheus.CounterValue, float64(st.Commits), dir)
+			ch <- prometheus.MustNewConstMetric(storeWritesDesc, prometheus.CounterValue, float64(st.Ops), dir)
+		}
+		return true
+	})
 }

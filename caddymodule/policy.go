@@ -304,7 +304,7 @@ func (g *Gateway) provisionPolicy(ctx caddy.Context, fetch provider.FetchPolicy)
 		cfg.Origin = g.origin
 	}
 	if len(cfg.Zones) > 0 || cfg.Origin != nil || cfg.Issuer != nil || cfg.Peers != nil {
-		registerMetrics(ctx.GetMetricsRegistry(), g.logger)
+		register(ctx.GetMetricsRegistry(), g.logger, admission.Collectors()...)
 	}
 	if g.policy, err = admission.New(cfg); err != nil {
 		return fmt.Errorf("mimi: %w", err)

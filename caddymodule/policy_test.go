@@ -926,7 +926,7 @@ func TestPolicyMetrics(t *testing.T) {
 	}
 	defer g.Cleanup()
 	// A second handler of the same config registers again without error.
-	registerMetrics(ctx.GetMetricsRegistry(), zap.NewNop())
+	register(ctx.GetMetricsRegistry(), zap.NewNop(), admission.Collectors()...)
 	gather := func() map[string]float64 {
 		families, err := ctx.GetMetricsRegistry().Gather()
 		if err != nil {

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -81,5 +83,33 @@ func TestFailureLogsAreSampled(t *testing.T) {
 	limit := 10 + 10*(int(time.Since(start)/time.Second)+1)
 	if n := logs.Len(); n == 0 || n > limit {
 		t.Fatalf("%d log lines for 1000 failures, want at most %d", n, limit)
+	}
+}
+
+// TestStoreMetrics checks that the group-commit counters of a gateway's
+// store are exported, so operators see fsyncs and the mean batch size.
+func TestStoreMetrics(t *testing.T) {
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"})
+	if _, err := g.svc.Store().MarkSpent(context.Background(), []byte("token"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	register(reg, zap.NewNop(), storeStats{})
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "data_dir" && l.GetValue() == g.DataDir {
+					got[f.GetName()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if got["caddy_mimi_store_commits_total"] < 1 || got["caddy_mimi_store_writes_total"] < 1 {
+		t.Fatalf("store metrics for %s: %v", g.DataDir, got)
 	}
 }
