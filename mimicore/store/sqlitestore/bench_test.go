@@ -158,82 +158,66 @@ const benchWriters = 64
 // BenchmarkMarkSpentParallel64 measures spent-token throughput with 64
 // concurrent callers per core, the case group commit is for.
 func BenchmarkMarkSpentParallel64(b *testing.B) {
-	s := openTemp(b)
-	ctx := context.Background()
-	exp := time.Now().Add(time.Hour)
-	b.ReportAllocs()
-	b.SetParallelism(benchWriters)
-	st0 := s.Stats()
-	var worker atomic.Uint64
-	b.RunParallel(func(pb *testing.PB) {
-		key := make([]byte, 32)
-		binary.BigEndian.PutUint64(key[8:], worker.Add(1))
-		for i := uint64(0); pb.Next(); i++ {
-			binary.BigEndian.PutUint64(key, i)
-			if first, err := s.MarkSpent(ctx, key, exp); err != nil || !first {
-				b.Errorf("MarkSpent: %t %v", first, err)
-				return
-			}
+	benchParallel(b, 32, func(s *Store, key []byte, exp time.Time) error {
+		if first, err := s.MarkSpent(context.Background(), key, exp); err != nil || !first {
+			return fmt.Errorf("MarkSpent: %t %v", first, err)
 		}
+		return nil
 	})
-	reportThroughput(b, s, st0)
 }
 
 // BenchmarkReserveCompleteParallel64 measures the two durable writes of a
 // provider request (Reserve, then Complete) with 64 concurrent callers per
 // core; one op is one request.
 func BenchmarkReserveCompleteParallel64(b *testing.B) {
-	s := openTemp(b)
-	ctx := context.Background()
-	exp := time.Now().Add(time.Hour)
 	body := make([]byte, 256)
-	b.ReportAllocs()
-	b.SetParallelism(benchWriters)
-	st0 := s.Stats()
-	var worker atomic.Uint64
-	b.RunParallel(func(pb *testing.PB) {
-		id := make([]byte, 16)
-		binary.BigEndian.PutUint64(id[8:], worker.Add(1))
-		for i := uint64(0); pb.Next(); i++ {
-			binary.BigEndian.PutUint64(id, i)
-			d := sha256.Sum256(id)
-			r, err := s.Reserve(ctx, "bench.example", id, d, exp)
-			if err != nil || r.Status != store.ReplayNew {
-				b.Errorf("Reserve: %s %v", r.Status, err)
-				return
-			}
-			if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Body: body}); err != nil {
-				b.Errorf("Complete: %v", err)
-				return
-			}
+	benchParallel(b, 16, func(s *Store, id []byte, exp time.Time) error {
+		ctx := context.Background()
+		d := sha256.Sum256(id)
+		r, err := s.Reserve(ctx, "bench.example", id, d, exp)
+		if err != nil || r.Status != store.ReplayNew {
+			return fmt.Errorf("Reserve: %s %v", r.Status, err)
 		}
+		if err := s.Complete(ctx, "bench.example", id, d, store.Answer{Body: body}); err != nil {
+			return fmt.Errorf("Complete: %w", err)
+		}
+		return nil
 	})
-	reportThroughput(b, s, st0)
 }
 
 // BenchmarkFindRecordParallel64 is the one-write path of a provider
 // request (store.ReplayLog) under the same load: a lookup on the reader
 // pool, then the answer recorded in one write.
 func BenchmarkFindRecordParallel64(b *testing.B) {
-	s := openTemp(b)
-	ctx := context.Background()
-	exp := time.Now().Add(time.Hour)
 	body := make([]byte, 256)
+	benchParallel(b, 16, func(s *Store, id []byte, exp time.Time) error {
+		ctx := context.Background()
+		if _, err := s.FindReplay(ctx, "bench.example", id); !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("FindReplay: %w", err)
+		}
+		if _, err := s.RecordReplay(ctx, "bench.example", id, sha256.Sum256(id), store.Answer{Body: body}, exp); err != nil {
+			return fmt.Errorf("RecordReplay: %w", err)
+		}
+		return nil
+	})
+}
+
+// benchParallel runs step with benchWriters callers per core, each on
+// distinct keys of keySize bytes, and reports the throughput.
+func benchParallel(b *testing.B, keySize int, step func(s *Store, key []byte, exp time.Time) error) {
+	s := openTemp(b)
+	exp := time.Now().Add(time.Hour)
 	b.ReportAllocs()
 	b.SetParallelism(benchWriters)
 	st0 := s.Stats()
 	var worker atomic.Uint64
 	b.RunParallel(func(pb *testing.PB) {
-		id := make([]byte, 16)
-		binary.BigEndian.PutUint64(id[8:], worker.Add(1))
+		key := make([]byte, keySize)
+		binary.BigEndian.PutUint64(key[8:], worker.Add(1))
 		for i := uint64(0); pb.Next(); i++ {
-			binary.BigEndian.PutUint64(id, i)
-			if _, err := s.FindReplay(ctx, "bench.example", id); !errors.Is(err, store.ErrNotFound) {
-				b.Errorf("FindReplay: %v", err)
-				return
-			}
-			if _, err := s.RecordReplay(ctx, "bench.example", id, sha256.Sum256(id), store.Answer{Body: body}, exp); err != nil {
-				b.Errorf("RecordReplay: %v", err)
+			binary.BigEndian.PutUint64(key, i)
+			if err := step(s, key, exp); err != nil {
+				b.Error(err)
 				return
 			}
 		}
