@@ -76,10 +76,10 @@ func (g *Gateway) readPrefix(x *exchange, n int64) ([]byte, error) {
 }
 
 // read reads up to limit bytes of the body; with whole, a body longer than
-// limit is too_large, else the rest is left unread. On success the read
-// deadline is cleared; on failure it stays, and an HTTP/1 connection is
-// closed after the answer, so the server does not wait on the unread rest
-// of a stalled body before it answers.
+// limit is too_large, else the rest is left unread. On failure the read
+// deadline stays, and an HTTP/1 connection is closed after the answer, so
+// the server does not wait on the unread rest of a stalled body before it
+// answers.
 func (x *exchange) read(limit int64, whole bool) ([]byte, error) {
 	deadline := time.Now().Add(bodyTimeout)
 	rc := http.NewResponseController(x.w)
@@ -89,7 +89,12 @@ func (x *exchange) read(limit int64, whole bool) ([]byte, error) {
 		x.closeAfter()
 		return nil, err
 	}
-	if deadlineSet {
+	if deadlineSet && !whole {
+		// The rest of the body is read later, by its own rules. A body
+		// read whole needs no reset: an HTTP/2 stream ends with its
+		// handler, and an HTTP/1 server sets the connection's deadline
+		// anew for the next request; the reset would cost a round trip
+		// to the HTTP/2 connection's goroutine on every request.
 		rc.SetReadDeadline(time.Time{}) //nolint:errcheck // best effort: the server's own timeouts still apply
 	}
 	return body, nil

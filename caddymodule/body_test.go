@@ -112,3 +112,35 @@ func TestStalledBodies(t *testing.T) {
 		}
 	})
 }
+
+// TestBodyDeadlineDoesNotOutliveRequest checks that the read deadline of a
+// body read whole is not left on an HTTP/1 keep-alive connection: the next
+// request on it, later than the deadline, is served.
+func TestBodyDeadlineDoesNotOutliveRequest(t *testing.T) {
+	oldTimeout := bodyTimeout
+	t.Cleanup(func() { bodyTimeout = oldTimeout })
+	bodyTimeout = 200 * time.Millisecond
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"})
+	srv := tlsServer(t, g)
+	conn, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	for i := 0; i < 2; i++ {
+		if i == 1 {
+			time.Sleep(3 * bodyTimeout)
+		}
+		fmt.Fprintf(conn, "POST /deliver_message HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\n\x00\x01\x00\x00")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d on one connection: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("request %d: status %d, want 400 (a malformed ProviderRequest)", i, resp.StatusCode)
+		}
+	}
+}
