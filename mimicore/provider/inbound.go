@@ -17,11 +17,6 @@ import (
 // while its timestamp is still accepted (docs/protocol.md §4, step 8).
 const ReplayWindow = 11 * time.Minute
 
-// recordTimeout bounds the replay-cache writes that follow processing. They
-// run on a context the client cannot cancel: a client that disconnects
-// after its request was reserved must not leave the entry pending.
-const recordTimeout = 10 * time.Second
-
 // Processor runs a verified provider request and returns its answer, or an
 // error carrying the DSError to answer with (a *moh.Error; any other error
 // is answered as backend_unavailable without its text).
@@ -114,10 +109,9 @@ func (in *Inbound) handle(ctx context.Context, v *Verified, process Processor) (
 		answer = enc
 	}
 	// The record is written on a context the client cannot cancel: a
-	// client that goes away must not leave its request unrecorded.
-	recCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
-	defer cancel()
-	e, err := in.Replay.RecordReplay(recCtx, sender, req.RequestID, v.Digest, store.Answer{Body: answer},
+	// client that goes away must not leave its request unrecorded. No
+	// timer is needed: the store answers every write it has queued.
+	e, err := in.Replay.RecordReplay(context.WithoutCancel(ctx), sender, req.RequestID, v.Digest, store.Answer{Body: answer},
 		in.Verifier.now().Add(ReplayWindow))
 	switch {
 	case err == nil:
