@@ -292,14 +292,7 @@ func TestForgedKeyIDDoesNotBlockRotation(t *testing.T) {
 	k1, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
 	k2, _ := GenerateKey(moh.SchemeEd25519, t0, t0.Add(2*time.Hour))
 	var published atomic.Pointer[[]byte]
-	publish := func(keys ...*PrivateKey) {
-		var vk []moh.VerificationKey
-		for _, k := range keys {
-			vk = append(vk, k.Public())
-		}
-		raw, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: vk})
-		published.Store(&raw)
-	}
+	publish := publisher(&published)
 	publish(k1)
 	var fetches atomic.Int32
 	srv := keysPeer(t, func(w http.ResponseWriter, r *http.Request) {
@@ -358,14 +351,7 @@ func TestFetchBudgetUnderForgedFlood(t *testing.T) {
 	k1, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
 	k2, _ := GenerateKey(moh.SchemeEd25519, t0, t0.Add(2*time.Hour))
 	var published atomic.Pointer[[]byte]
-	publish := func(keys ...*PrivateKey) {
-		var vk []moh.VerificationKey
-		for _, k := range keys {
-			vk = append(vk, k.Public())
-		}
-		raw, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: vk})
-		published.Store(&raw)
-	}
+	publish := publisher(&published)
 	publish(k1)
 	srv := keysPeer(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
@@ -489,5 +475,18 @@ func TestVerifyWithPassesSource(t *testing.T) {
 	}
 	if keys.got.Source != src {
 		t.Fatalf("key source saw source %v, want %v", keys.got.Source, src)
+	}
+}
+
+// publisher returns a function that makes keys the verification key
+// answer stored in published, which a test peer serves.
+func publisher(published *atomic.Pointer[[]byte]) func(keys ...*PrivateKey) {
+	return func(keys ...*PrivateKey) {
+		var vk []moh.VerificationKey
+		for _, k := range keys {
+			vk = append(vk, k.Public())
+		}
+		raw, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: vk})
+		published.Store(&raw)
 	}
 }

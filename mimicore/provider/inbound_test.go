@@ -40,6 +40,17 @@ func handle(ctx context.Context, in *Inbound, raw []byte, process Processor) ([]
 	return in.Handle(ctx, v, process)
 }
 
+// newTestInbound is an Inbound for b.example that knows a.example's key k,
+// on a fresh store, at the tests' fixed clock.
+func newTestInbound(t *testing.T, k *PrivateKey) *Inbound {
+	t.Helper()
+	return &Inbound{
+		Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
+			Now: func() time.Time { return t0 }},
+		Replay: openStore(t),
+	}
+}
+
 // groupIDAnswer is a success answer carrying n, so tests can tell which run
 // produced a recorded answer.
 func groupIDAnswer(n int32) *moh.DSResponse {
@@ -48,11 +59,7 @@ func groupIDAnswer(n int32) *moh.DSResponse {
 
 func TestInboundReplay(t *testing.T) {
 	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
-	in := &Inbound{
-		Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
-			Now: func() time.Time { return t0 }},
-		Replay: openStore(t),
-	}
+	in := newTestInbound(t, k)
 	var runs atomic.Int32
 	var failWith error
 	process := func(context.Context, *Verified) (*moh.DSResponse, error) {
@@ -123,11 +130,7 @@ func TestInboundReplay(t *testing.T) {
 // nothing.
 func TestInboundClientGone(t *testing.T) {
 	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
-	in := &Inbound{
-		Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
-			Now: func() time.Time { return t0 }},
-		Replay: openStore(t),
-	}
+	in := newTestInbound(t, k)
 	for _, tc := range []struct {
 		name     string
 		fail     error
@@ -161,11 +164,7 @@ func TestInboundClientGone(t *testing.T) {
 // bytes are processed once admission passes.
 func TestInboundAdmitBetweenSteps(t *testing.T) {
 	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
-	in := &Inbound{
-		Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
-			Now: func() time.Time { return t0 }},
-		Replay: openStore(t),
-	}
+	in := newTestInbound(t, k)
 	var runs atomic.Int32
 	process := func(context.Context, *Verified) (*moh.DSResponse, error) {
 		return groupIDAnswer(runs.Add(1)), nil
@@ -293,13 +292,7 @@ func TestKeyFetcherPersistentCache(t *testing.T) {
 // answer another process recorded first stands.
 func TestInboundOneWrite(t *testing.T) {
 	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
-	newInbound := func() *Inbound {
-		return &Inbound{
-			Verifier: &Verifier{Domains: []string{"b.example"}, Keys: staticKeys{"a.example": {k.Public()}},
-				Now: func() time.Time { return t0 }},
-			Replay: openStore(t),
-		}
-	}
+	newInbound := func() *Inbound { return newTestInbound(t, k) }
 	ctx := context.Background()
 
 	t.Run("concurrent copies", func(t *testing.T) {
