@@ -27,6 +27,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/metricstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
@@ -927,23 +928,7 @@ func TestPolicyMetrics(t *testing.T) {
 	defer g.Cleanup()
 	// A second handler of the same config registers again without error.
 	register(ctx.GetMetricsRegistry(), zap.NewNop(), admission.Collectors()...)
-	gather := func() map[string]float64 {
-		families, err := ctx.GetMetricsRegistry().Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[string]float64{}
-		for _, f := range families {
-			for _, m := range f.GetMetric() {
-				labels := ""
-				for _, l := range m.GetLabel() {
-					labels += l.GetName() + "=" + l.GetValue() + ","
-				}
-				got[f.GetName()+"{"+labels+"}"] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-		return got
-	}
+	gather := func() map[string]float64 { return metricstest.Values(t, ctx.GetMetricsRegistry()) }
 	// The decision counters live across configs (and test runs): compare
 	// deltas.
 	before := gather()

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/metricstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -93,23 +93,9 @@ func TestStoreMetrics(t *testing.T) {
 	if _, err := g.svc.Store().MarkSpent(context.Background(), []byte("token"), time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	register(reg, zap.NewNop(), storeStats{})
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "data_dir" && l.GetValue() == g.DataDir {
-					got[f.GetName()] = m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	if got["caddy_mimi_store_commits_total"] < 1 || got["caddy_mimi_store_writes_total"] < 1 {
+	got := metricstest.Of(t, storeStats{})
+	labels := "{data_dir=" + g.DataDir + ",}"
+	if got["caddy_mimi_store_commits_total"+labels] < 1 || got["caddy_mimi_store_writes_total"+labels] < 1 {
 		t.Fatalf("store metrics for %s: %v", g.DataDir, got)
 	}
 }

@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/metricstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
 )
@@ -744,29 +744,7 @@ func TestNilSafety(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	p := newPolicy(t, Config{Zones: []ZoneConfig{zoneCfg("metrics_zone", KeyRemoteIP, 1, time.Hour, "ds_domain")}})
-	reg := prometheus.NewRegistry()
-	for _, c := range Collectors() {
-		if err := reg.Register(c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	gather := func() map[string]float64 {
-		families, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[string]float64{}
-		for _, f := range families {
-			for _, m := range f.GetMetric() {
-				labels := ""
-				for _, l := range m.GetLabel() {
-					labels += l.GetName() + "=" + l.GetValue() + ","
-				}
-				got[f.GetName()+"{"+labels+"}"] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-		return got
-	}
+	gather := func() map[string]float64 { return metricstest.Of(t, Collectors()...) }
 	// The decision counters are package-level: compare deltas.
 	before := gather()
 	for _, a := range []string{"192.0.2.1", "192.0.2.2", "192.0.2.2"} {
