@@ -64,17 +64,5 @@ func BenchmarkRateLimitRefuse(b *testing.B) {
 func quiet(tb testing.TB, g *Gateway) {
 	tb.Helper()
 	g.logger, g.sampled = zap.NewNop(), zap.NewNop()
-	cfg, err := g.admissionConfig()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cfg.Origin, cfg.Issuer = g.origin, g.issuer
-	p, err := admission.New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { p.Close() })
-	for _, rt := range g.routes {
-		rt.plan = p.Plan(rt.name)
-	}
+	rebuildPolicy(tb, g, func(cfg *admission.Config) { cfg.Logger = g.logger })
 }

@@ -1048,16 +1048,25 @@ func (failingStore) MarkSpent(context.Context, []byte, time.Time) (bool, error) 
 // g's routes. The policy is closed when the test ends.
 func withOrigin(t testing.TB, g *Gateway, o *admission.Origin) {
 	t.Helper()
+	rebuildPolicy(t, g, func(cfg *admission.Config) { cfg.Origin = o })
+}
+
+// rebuildPolicy rebuilds g's admission policy from g's own configuration,
+// its issuer and origin, as edit changes it, and gives every route its new
+// plan.
+func rebuildPolicy(tb testing.TB, g *Gateway, edit func(*admission.Config)) {
+	tb.Helper()
 	cfg, err := g.admissionConfig()
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	cfg.Origin, cfg.Issuer = o, g.issuer
+	cfg.Origin, cfg.Issuer = g.origin, g.issuer
+	edit(&cfg)
 	p, err := admission.New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { p.Close() })
+	tb.Cleanup(func() { p.Close() })
 	for _, rt := range g.routes {
 		rt.plan = p.Plan(rt.name)
 	}

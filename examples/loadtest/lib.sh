@@ -1,6 +1,7 @@
 # Shared by writepath.sh and crash.sh (sourced, not run): builds Caddy and
 # mimiload, writes the root CA, the Privacy Pass issuer key and the
 # Caddyfile of the two providers into $tmp, and starts/stops Caddy.
+# ratelimit.sh uses its temporary directory and cleanup only.
 #
 # Everything listens on 127.0.0.1 only (default_bind), on $PORT for HTTPS
 # and $HTTP_PORT for the (unused) HTTP listener.

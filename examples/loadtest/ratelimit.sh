@@ -36,16 +36,8 @@ if ! command -v h2load >/dev/null 2>&1; then
 		{ apt-get update >/dev/null && apt-get install -y nghttp2-client >/dev/null; }
 fi
 
-tmp=$(mktemp -d)
-caddy_pid=
-cleanup() {
-	if [ -n "$caddy_pid" ]; then
-		kill "$caddy_pid" 2>/dev/null || true
-		wait "$caddy_pid" 2>/dev/null || true
-	fi
-	if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
+# The temporary directory and its cleanup (which stops Caddy) are lib.sh's.
+. examples/loadtest/lib.sh
 
 ./xcaddy.sh "$tmp/caddy" >&2
 
