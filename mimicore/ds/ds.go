@@ -50,11 +50,11 @@ type Request struct {
 // The caller has checked that its request type is one the endpoint accepts
 // (moh.PeekHeader).
 func (s *Service) Authenticate(ctx context.Context, body []byte) (*Request, error) {
-	typ, ok := moh.PeekRequestType(body)
-	if !ok {
-		return nil, moh.Errorf(moh.CodeMalformed, "decoding DSRequest: no protocol version and request type")
+	h, err := moh.PeekHeader(body) // malformed, or unsupported_version
+	if err != nil {
+		return nil, err
 	}
-	if typ.CarriesMLS() {
+	if typ := moh.RequestType(h.Type); typ.CarriesMLS() {
 		// The MLS-carrying operations are not served yet; say so before
 		// spending anything on decoding them.
 		return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", typ)

@@ -73,23 +73,9 @@ func (t RequestType) ProviderOnly() bool {
 	return t >= firstProviderOnlyRequest && t <= lastProviderOnlyRequest
 }
 
-// ErrMLSBody is returned by PeekRequestType callers' decoders for request
+// ErrMLSBody is returned by the decoders (see PeekHeader) for request
 // types whose MLS-carrying body this build cannot decode yet.
 var ErrMLSBody = errors.New("request type carries MLS messages")
-
-// PeekRequestType reads the protocol version and request type at the start of
-// an encoded DSRequest without decoding the rest. It reports false for a
-// version other than 1 as for truncated input; PeekHeader tells the two
-// apart (unsupported_version versus malformed).
-func PeekRequestType(data []byte) (RequestType, bool) {
-	s := cryptobyte.String(data)
-	var version uint16
-	var typ uint8
-	if !s.ReadUint16(&version) || version != ProtocolVersion || !s.ReadUint8(&typ) {
-		return 0, false
-	}
-	return RequestType(typ), true
-}
 
 // AuthType is a DSAuthType.
 type AuthType uint8
@@ -240,7 +226,7 @@ func (r *RequestBody) MarshalWire(b *cryptobyte.Builder) {
 }
 
 // UnmarshalWire implements wire.Unmarshaler. It refuses MLS-carrying and
-// unknown types; check Type with PeekRequestType first to tell them apart.
+// unknown types; check the type with PeekHeader first to tell them apart.
 func (r *RequestBody) UnmarshalWire(s *cryptobyte.String) bool {
 	var typ uint8
 	if !s.ReadUint8(&typ) {

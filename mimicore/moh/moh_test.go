@@ -195,12 +195,13 @@ func TestSignedBytesMatchEncoding(t *testing.T) {
 	}
 }
 
-func TestPeekRequestType(t *testing.T) {
-	typ, ok := PeekRequestType([]byte{0, 1, 5, 0xff})
-	if !ok || typ != AddClients || !typ.CarriesMLS() || typ.ProviderOnly() {
-		t.Fatalf("PeekRequestType = %v, %v", typ, ok)
+func TestPeekHeaderType(t *testing.T) {
+	h, err := PeekHeader([]byte{0, 1, 5, 0xff})
+	typ := RequestType(h.Type)
+	if err != nil || typ != AddClients || !typ.CarriesMLS() || typ.ProviderOnly() {
+		t.Fatalf("PeekHeader = %v, %v", h, err)
 	}
-	if _, ok := PeekRequestType([]byte{0, 1}); ok {
+	if _, err := PeekHeader([]byte{0, 1}); err == nil {
 		t.Fatal("peeked a type from a truncated request")
 	}
 	if !SignaturePublicKey.ProviderOnly() || WelcomeInfo.CarriesMLS() || RequestType(21).Known() {
