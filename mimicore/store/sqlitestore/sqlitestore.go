@@ -15,8 +15,12 @@
 // every operation queued meanwhile, oldest first and at most the batch
 // size (DefaultMaxBatch, see WithMaxBatch), and runs them in one
 // transaction: BEGIN IMMEDIATE (which also serialises against another
-// process on the same file), each operation inside its own SAVEPOINT, then
-// one COMMIT and so one fsync for the whole batch. It waits for nothing
+// process on the same file), the operations one after the other, then one
+// COMMIT and so one fsync for the whole batch. Operations rarely fail, so
+// the batch first runs without savepoints; if one fails, that transaction
+// is rolled back unanswered and the batch runs again with each operation
+// inside its own SAVEPOINT (an operation is a function of its transaction:
+// only the committed run counts). It waits for nothing
 // else: under light load a batch holds one write, under heavy load writes
 // queue while the previous batch is being fsynced and share the next one.
 //

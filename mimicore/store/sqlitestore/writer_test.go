@@ -99,7 +99,7 @@ func spent(t *testing.T, s *Store, key string) bool {
 }
 
 func statsDelta(a, b Stats) Stats {
-	return Stats{Commits: b.Commits - a.Commits, Ops: b.Ops - a.Ops, MaxBatch: b.MaxBatch, Failed: b.Failed - a.Failed}
+	return Stats{Commits: b.Commits - a.Commits, Ops: b.Ops - a.Ops, MaxBatch: b.MaxBatch, Failed: b.Failed - a.Failed, Retried: b.Retried - a.Retried}
 }
 
 // TestBatchOpFailsAlone puts failing ops in one batch with succeeding
@@ -162,6 +162,12 @@ func TestBatchOpFailsAlone(t *testing.T) {
 	d := statsDelta(before, s.Stats())
 	if d.Commits != 2 || d.Ops != uint64(len(calls))+1 || d.MaxBatch < uint64(len(calls)) {
 		t.Fatalf("stats %+v: want the blocking op's commit and one commit of all %d ops", d, len(calls))
+	}
+	// The optimistic run met the first failing op and was rolled back
+	// unanswered; the careful run committed. MarkSpent's first-use answers
+	// (checked above) show that no op's rolled-back run left anything.
+	if d.Retried != 1 {
+		t.Errorf("stats %+v: want one optimistic run retried carefully", d)
 	}
 	for i := range 10 {
 		if !spent(t, s, fmt.Sprintf("ok/%d", i)) {
@@ -429,6 +435,9 @@ func TestStatsGrouping(t *testing.T) {
 	st := s.Stats()
 	if st.Ops != workers*each || st.Commits >= st.Ops || st.MaxBatch < 2 {
 		t.Fatalf("stats %+v after %d concurrent writes: want them grouped", st, workers*each)
+	}
+	if st.Retried != 0 {
+		t.Errorf("stats %+v: batches of succeeding writes were retried", st)
 	}
 	t.Logf("%d writes in %d commits (mean batch %.1f, max %d)", st.Ops, st.Commits, float64(st.Ops)/float64(st.Commits), st.MaxBatch)
 }
