@@ -124,6 +124,11 @@ var (
 	// ErrSchemaTooNew reports a database written by a newer version of the
 	// code; the store refuses to open it.
 	ErrSchemaTooNew = errors.New("database schema is newer than this program")
+	// ErrInUse reports a database that another open store (in this
+	// process or another) holds for itself; a backend that keeps state
+	// derived from its database in memory opens it for one store at a
+	// time.
+	ErrInUse = errors.New("database in use by another store")
 )
 
 // Limits on the values a store accepts; larger values are ErrInvalid.

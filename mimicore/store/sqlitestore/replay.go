@@ -43,8 +43,10 @@ func (s *Store) Reserve(ctx context.Context, sender string, requestID []byte, di
 	var r store.Reservation
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		r = store.Reservation{}
+		now := check.Millis(s.now())
+		s.remember(sender, requestID, exp, now)
 		res, err := tx.StmtContext(ctx, s.ws.replayInsert).ExecContext(ctx,
-			sender, requestID, digest[:], exp, check.Millis(s.now()))
+			sender, requestID, digest[:], exp, now)
 		if err != nil {
 			return err
 		}

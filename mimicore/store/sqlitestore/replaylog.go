@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/keyfilter"
 )
 
 const (
@@ -33,7 +34,13 @@ func (s *Store) FindReplay(ctx context.Context, sender string, requestID []byte)
 	if err := checkReplayKey(sender, requestID); err != nil {
 		return store.ReplayEntry{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	e, err := scanReplayEntry(s.rs.replayFind.QueryRowContext(ctx, sender, requestID, check.Millis(s.now())))
+	now := check.Millis(s.now())
+	if s.known != nil && !s.known.MayContain(s.known.Key(sender, requestID), now) {
+		// Never inserted by this Store, the file's only writer, nor
+		// found alive when it opened.
+		return store.ReplayEntry{}, fmt.Errorf("%s: %w", doing, store.ErrNotFound)
+	}
+	e, err := scanReplayEntry(s.rs.replayFind.QueryRowContext(ctx, sender, requestID, now))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.ReplayEntry{}, fmt.Errorf("%s: %w", doing, store.ErrNotFound)
 	}
@@ -64,6 +71,7 @@ func (s *Store) RecordReplay(ctx context.Context, sender string, requestID []byt
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		e, conflict = store.ReplayEntry{}, false
 		now := check.Millis(s.now())
+		s.remember(sender, requestID, exp, now)
 		res, err := tx.StmtContext(ctx, s.ws.replayRecord).ExecContext(ctx, sender, requestID, digest[:], exp, body, now)
 		if err != nil {
 			return err
@@ -106,4 +114,58 @@ func scanReplayEntry(row *sql.Row) (store.ReplayEntry, error) {
 		e.Answer = store.Answer{Body: nonNil(body)} // Scan copied it
 	}
 	return e, nil
+}
+
+// replayFilterSpan is the expiry span of one generation of the replay
+// filter: a quarter or so of the usual lifetime of an entry (the provider
+// layer's 11-minute replay window), so that a lookup checks about five
+// generations and expired keys leave memory within three minutes.
+const replayFilterSpan = 3 * time.Minute
+
+// replayFilterGrace keeps a generation this long after its last key
+// expired: the database says "alive" by comparing with the clock at the
+// lookup, so a wall clock stepped back (NTP) by up to this much must still
+// find keys the filter had seen expire.
+const replayFilterGrace = 5 * time.Minute
+
+// replayFilterBudget bounds the replay filter's memory: 64 MiB holds about
+// 30 million keys, an 11-minute window at 45,000 requests a second. Beyond
+// it the filter stops answering "absent" and lookups read the database.
+const replayFilterBudget = 64 << 20
+
+// loadReplayFilter builds the replay filter from the entries alive at now.
+// It runs in Open, before the Store is returned, so nothing writes.
+func loadReplayFilter(ctx context.Context, db *sql.DB, now time.Time) (*keyfilter.Filter, error) {
+	f := keyfilter.New(replayFilterSpan.Milliseconds(), replayFilterGrace.Milliseconds(), replayFilterBudget)
+	nowMS := check.Millis(now)
+	rows, err := db.QueryContext(ctx, `SELECT sender, request_id, expires_ms FROM replay_requests WHERE expires_ms > ?1`, nowMS)
+	if err != nil {
+		return nil, fmt.Errorf("loading replay filter: %w", err)
+	}
+	defer rows.Close()
+	var (
+		sender    string
+		requestID []byte
+		expires   int64
+	)
+	for rows.Next() {
+		if err := rows.Scan(&sender, &requestID, &expires); err != nil {
+			return nil, fmt.Errorf("loading replay filter: %w", err)
+		}
+		f.Add(f.Key(sender, requestID), expires, nowMS)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("loading replay filter: %w", err)
+	}
+	return f, nil
+}
+
+// remember adds a replay key to the filter. The insert paths call it inside
+// their op, before the statement: a key is in the filter no later than its
+// entry is committed, and a rolled-back insert leaves only a key the
+// filter answers "maybe" for, which costs one query.
+func (s *Store) remember(sender string, requestID []byte, expiresMS, nowMS int64) {
+	if s.known != nil {
+		s.known.Add(s.known.Key(sender, requestID), expiresMS, nowMS)
+	}
 }

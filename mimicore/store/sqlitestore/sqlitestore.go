@@ -48,9 +48,17 @@
 // Stats reports commits and operations, so Ops/Commits is the mean batch
 // size and Commits the number of fsyncs of the write path.
 //
-// One process should hold one Store per file (share it, e.g. through a
-// caddy.UsagePool, across config reloads); two Stores on one file are
-// correct but contend for the write lock.
+// One Store per file: Open takes an exclusive flock(2) on the file beside
+// the database (path + ".lock"), released by Close or by the kernel when
+// the process dies, and fails with store.ErrInUse while another Store, in
+// this process or another, holds it. Share one Store, e.g. through a
+// caddy.UsagePool, across config reloads. Being the only writer lets the
+// Store keep a filter of the alive replay keys in memory (package
+// internal/keyfilter, loaded at Open and fed by every replay insert inside
+// its write transaction): FindReplay of a request id the filter has never
+// seen answers store.ErrNotFound without a query, and every other lookup
+// reads the database. Where flock does not exist, no lock is taken and
+// every lookup reads the database.
 //
 // # Porting to PostgreSQL
 //
@@ -82,6 +90,7 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/keyfilter"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -98,6 +107,9 @@ const (
 	DefaultBusyTimeout = 5 * time.Second
 )
 
+// lockSuffix names the lock file beside the database: path + lockSuffix.
+const lockSuffix = ".lock"
+
 // walSizeLimit is the size the WAL file is truncated to after a checkpoint.
 const walSizeLimit = 64 << 20
 
@@ -111,6 +123,12 @@ type Store struct {
 
 	ws writeStmts
 	rs readStmts
+
+	// known holds every alive replay key (and, rarely, others), so that
+	// FindReplay answers most new request ids without a query; nil when
+	// the Store cannot be sure it is the file's only writer.
+	known  *keyfilter.Filter
+	unlock func() error // releases the file lock
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -165,9 +183,10 @@ func WithClock(now func() time.Time) Option {
 // Open opens the database at path, creating it (mode 0600, its directory
 // 0700) when missing, and migrates its schema to the latest version in one
 // transaction. It refuses a database whose schema is newer than this code
-// knows (store.ErrSchemaTooNew). path is the operator's configuration,
-// never request data.
-func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
+// knows (store.ErrSchemaTooNew), and one that another Store holds
+// (store.ErrInUse: see the package doc). path is the operator's
+// configuration, never request data.
+func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error) {
 	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, maxBatch: DefaultMaxBatch, now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
@@ -182,8 +201,17 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	if err := createFile(abs); err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
+	unlock, exclusive, err := lockFile(abs + lockSuffix)
+	if err != nil {
+		return nil, fmt.Errorf("opening store %s: %w", abs, err)
+	}
+	defer func() {
+		if err != nil {
+			unlock()
+		}
+	}()
 
-	s := &Store{now: o.now}
+	s = &Store{now: o.now, unlock: unlock}
 	busy := strconv.FormatInt(o.busyTimeout.Milliseconds(), 10)
 	s.w, err = sql.Open("sqlite", dsn(abs, url.Values{
 		"_pragma": {
@@ -228,6 +256,13 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	s.r.SetConnMaxLifetime(0)
 	s.r.SetConnMaxIdleTime(0)
 
+	if exclusive {
+		if s.known, err = loadReplayFilter(ctx, s.r, o.now()); err != nil {
+			s.r.Close()
+			s.w.Close()
+			return nil, fmt.Errorf("opening store %s: %w", abs, err)
+		}
+	}
 	s.wr = newWriter(s.w, o.maxBatch)
 	if err := s.prepare(ctx); err != nil {
 		s.Close()
@@ -319,6 +354,8 @@ func (s *Store) Close() error {
 			errs = append(errs, s.r.Close())
 		}
 		errs = append(errs, s.w.Close())
+		// The lock goes last, once nothing of this Store can write.
+		errs = append(errs, s.unlock())
 		if err := errors.Join(errs...); err != nil {
 			s.closeErr = fmt.Errorf("closing store: %w", err)
 		}

@@ -1,0 +1,131 @@
+//go:build unix
+
+package sqlitestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// TestOpenInUse: a database is open in one Store at a time; Close hands
+// it on.
+func TestOpenInUse(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.known == nil {
+		t.Fatal("no replay filter on a platform with flock")
+	}
+	if _, err := Open(ctx, path); !errors.Is(err, store.ErrInUse) {
+		t.Fatalf("second Open: got %v, want ErrInUse", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(ctx, path)
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fakeClock is a settable clock.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Set(t time.Time)     { c.mu.Lock(); defer c.mu.Unlock(); c.now = t }
+func (c *fakeClock) Add(d time.Duration) { c.Set(c.Now().Add(d)) }
+
+// TestReplayFilter checks FindReplay through the in-memory filter against
+// the database: entries recorded before a reopen (loaded at Open) and after
+// it are found, unknown ids are not, expired entries are not, and a clock
+// stepped back within the grace period finds again what the database calls
+// alive.
+func TestReplayFilter(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	clock := &fakeClock{now: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
+	open := func() *Store {
+		t.Helper()
+		s, err := Open(ctx, path, WithClock(clock.Now))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	id := func(i int) []byte { return fmt.Appendf(nil, "request-%04d", i) }
+	record := func(s *Store, i int, ttl time.Duration) {
+		t.Helper()
+		if _, err := s.RecordReplay(ctx, "a.example", id(i), digestOf(fmt.Sprint(i)), store.Answer{Body: []byte{byte(i)}}, clock.Now().Add(ttl)); err != nil {
+			t.Fatalf("RecordReplay %d: %v", i, err)
+		}
+	}
+	found := func(s *Store, i int) bool {
+		t.Helper()
+		e, err := s.FindReplay(ctx, "a.example", id(i))
+		if errors.Is(err, store.ErrNotFound) {
+			return false
+		}
+		if err != nil || e.Digest != digestOf(fmt.Sprint(i)) {
+			t.Fatalf("FindReplay %d: %+v, %v", i, e, err)
+		}
+		return true
+	}
+
+	s := open()
+	for i := range 500 {
+		record(s, i, 11*time.Minute)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open()
+	defer func() { s.Close() }()
+	for i := 500; i < 1000; i++ {
+		record(s, i, 11*time.Minute)
+	}
+	for _, tc := range []struct {
+		name      string
+		from, to  int
+		wantFound bool
+	}{
+		{name: "recorded before reopen", from: 0, to: 500, wantFound: true},
+		{name: "recorded after reopen", from: 500, to: 1000, wantFound: true},
+		{name: "never recorded", from: 1000, to: 2000, wantFound: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := tc.from; i < tc.to; i++ {
+				if got := found(s, i); got != tc.wantFound {
+					t.Fatalf("id %d: found %t, want %t", i, got, tc.wantFound)
+				}
+			}
+		})
+	}
+
+	t.Run("expired, then clock stepped back", func(t *testing.T) {
+		clock.Add(12 * time.Minute)
+		record(s, 5000, time.Minute) // lets the filter drop what it may
+		if found(s, 1) {
+			t.Fatal("expired entry found")
+		}
+		clock.Add(-2 * time.Minute) // 10 minutes after recording
+		if !found(s, 1) {
+			t.Fatal("entry alive for the database not found after the clock stepped back")
+		}
+	})
+}
