@@ -81,6 +81,42 @@ func TestStalledBodies(t *testing.T) {
 		}
 	})
 
+	t.Run("deadline over HTTP/2", func(t *testing.T) {
+		// The stream's deadline, not the connection's: set only when the
+		// body is late, it wakes the handler's blocked Read.
+		h2 := httptest.NewUnstartedServer(srv.Config.Handler)
+		h2.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+		h2.EnableHTTP2 = true
+		h2.StartTLS()
+		t.Cleanup(h2.Close)
+		pr, pw := io.Pipe()
+		t.Cleanup(func() { pw.Close() })
+		go pw.Write(make([]byte, 10)) //nolint:errcheck // the rest never comes
+		req, err := http.NewRequest(http.MethodPost, h2.URL+"/group_operation", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ContentLength = 1000
+		req.Header.Set("Content-Type", "application/octet-stream")
+		start := time.Now()
+		resp, err := h2.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		var r moh.DSResponse
+		if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil {
+			t.Fatalf("answer %d is not a DSResponse: %v", resp.StatusCode, err)
+		}
+		if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusRequestTimeout || r.Error.Code != moh.CodeBodyTimeout {
+			t.Fatalf("stalled HTTP/%d body answered %d %s, want HTTP/2 408 body_timeout", resp.ProtoMajor, resp.StatusCode, r.Error.Code)
+		}
+		if took := time.Since(start); took > 10*bodyTimeout {
+			t.Fatalf("stalled body held for %s, deadline %s", took, bodyTimeout)
+		}
+	})
+
 	t.Run("budget", func(t *testing.T) {
 		// Other requests hold the whole budget: a request must wait for
 		// its share and is refused when its deadline passes, then served
