@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -88,10 +89,21 @@ func (g *Gateway) readPrefix(x *exchange, n int64) ([]byte, error) {
 // HTTP/2 every SetReadDeadline is a round trip to the connection's
 // goroutine (about 13 us, 4% of a signed request's cost when set and reset
 // on each request); a timer that is stopped costs a small fraction of that.
+//
+// The body is read past Caddy's idle-timeout wrapper (caddyhttp's
+// IdleTimeoutReader, on by default), which sets the deadline before and
+// clears it after every Read, two more such round trips per request: this
+// deadline is stricter (a whole body within bodyTimeout, or the server's
+// read_timeout if shorter, however steadily it trickles), and the
+// wrapper's own drain bound for HTTP/1 still applies after the handler.
 func (x *exchange) read(limit int64, whole bool) ([]byte, error) {
-	deadline := time.Now().Add(bodyTimeout)
-	guard := armReadGuard(x.w, bodyTimeout)
-	body, err := x.readWithin(deadline, limit, whole)
+	timeout := bodyTimeout
+	if srv, ok := x.r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.ReadTimeout > 0 {
+		timeout = min(timeout, time.Duration(srv.ReadTimeout))
+	}
+	deadline := time.Now().Add(timeout)
+	guard := armReadGuard(x.w, timeout)
+	body, err := x.readWithin(deadline, timeout, limit, whole)
 	fired := guard.disarm()
 	if err != nil {
 		x.closeAfter()
@@ -105,6 +117,15 @@ func (x *exchange) read(limit int64, whole bool) ([]byte, error) {
 		http.NewResponseController(x.w).SetReadDeadline(time.Time{}) //nolint:errcheck // best effort: the server's own timeouts still apply
 	}
 	return body, nil
+}
+
+// body returns the request body, unwrapped from Caddy's idle-timeout
+// reader (see read).
+func (x *exchange) body() io.Reader {
+	if ir, ok := x.r.Body.(*caddyhttp.IdleTimeoutReader); ok {
+		return ir.ReadCloser
+	}
+	return x.r.Body
 }
 
 // readGuard interrupts a body read that outlasts its time: when its timer
@@ -159,7 +180,7 @@ func (x *exchange) closeAfter() {
 }
 
 // readWithin is read's loop, bounded by deadline and the body budget.
-func (x *exchange) readWithin(deadline time.Time, limit int64, whole bool) ([]byte, error) {
+func (x *exchange) readWithin(deadline time.Time, timeout time.Duration, limit int64, whole bool) ([]byte, error) {
 	size := int64(bodyChunk)
 	if n := x.r.ContentLength; n >= 0 {
 		size = n
@@ -181,13 +202,13 @@ func (x *exchange) readWithin(deadline time.Time, limit int64, whole bool) ([]by
 			copy(grown, buf)
 			buf = grown
 		}
-		n, err := x.r.Body.Read(buf[len(buf):cap(buf)])
+		n, err := x.body().Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		switch {
 		case errors.Is(err, io.EOF):
 			return buf, nil
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			return nil, moh.Errorf(moh.CodeBodyTimeout, "the body did not arrive within %s", bodyTimeout)
+			return nil, moh.Errorf(moh.CodeBodyTimeout, "the body did not arrive within %s", timeout)
 		case err != nil:
 			return nil, &moh.Error{Code: moh.CodeMalformed, Message: "the body could not be read", Err: err}
 		}
@@ -201,7 +222,7 @@ func (x *exchange) readWithin(deadline time.Time, limit int64, whole bool) ([]by
 			// Full: one more byte tells a body of exactly limit bytes
 			// from a longer one.
 			var one [1]byte
-			m, err := io.ReadFull(x.r.Body, one[:])
+			m, err := io.ReadFull(x.body(), one[:])
 			if m == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
 				return buf, nil
 			}
