@@ -1,9 +1,12 @@
 package binding
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -249,7 +252,7 @@ func TestCheckCommit(t *testing.T) {
 			if !errors.As(err, &e) || e.Kind != tc.want || e.ClientURI == "" {
 				t.Fatalf("CheckCommit = %v, want kind %v", err, tc.want)
 			}
-			if want := "leaf 2: "; len(err.Error()) < len(want) || err.Error()[:len(want)] != want {
+			if want := fmt.Sprintf("leaf %d: ", tc.leaf); !strings.HasPrefix(err.Error(), want) {
 				t.Fatalf("CheckCommit = %q, does not name leaf %d", err, tc.leaf)
 			}
 		})
@@ -260,5 +263,155 @@ func TestCheckCommit(t *testing.T) {
 	blank := mls.LeafView{}
 	if _, err := s.checker.CheckLeaf(t.Context(), blank, s.now, provider.LookupOptions{}); !errors.Is(err, ErrMissing) {
 		t.Fatalf("blank leaf: %v", err)
+	}
+}
+
+// TestCheckExternalJoin checks the joiner's leaf of an external commit
+// (external_join), built by mls.JoinExternal from a leaf template that
+// carries the binding: the DS state applies the commit, and CheckCommit
+// passes a bound joiner and refuses an unbound one.
+func TestCheckExternalJoin(t *testing.T) {
+	s := newRemoteSetup(t)
+	notAfter := s.now.Add(time.Hour)
+	alice := newClient(t, aliceRemote, bind(t, s.issA, notAfter))
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: []byte("external join group"),
+		Leaf: alice.leaf, LeafKey: alice.encPriv, Signer: alice.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := mls.NewGroupState(gi, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		bind func(*mls.LeafNode) *ClientBinding
+		want error
+	}{
+		{name: "bound joiner", bind: bind(t, s.issB, notAfter)},
+		{name: "unbound joiner", want: ErrMissing},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bob := newClient(t, bobRemote, tc.bind)
+			commit, _, err := mls.JoinExternal(gi, mls.ExternalJoinOptions{Leaf: *bob.leaf, Signer: bob.signer})
+			if err != nil {
+				t.Fatal(err)
+			}
+			next, info, err := ds.ApplyCommit(commit, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Committer.Type != mls.SenderNewMemberCommit {
+				t.Fatalf("committer %+v is not a new member", info.Committer)
+			}
+			err = s.checker.CheckCommit(t.Context(), next, info, s.now, provider.LookupOptions{})
+			if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+				t.Fatalf("CheckCommit = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestCheckCommitUpdate checks the leaf of an Update proposal that a
+// commit covers by reference: bob (joined externally) proposes an update,
+// alice commits it, and the DS state applies the commit. An update made by
+// mls (Member.ProposeUpdate, which keeps the leaf's extensions) passes; an
+// update leaf without the binding is refused, naming bob's leaf.
+func TestCheckCommitUpdate(t *testing.T) {
+	s := newRemoteSetup(t)
+	notAfter := s.now.Add(time.Hour)
+	alice := newClient(t, aliceRemote, bind(t, s.issA, notAfter))
+	bob := newClient(t, bobRemote, bind(t, s.issB, notAfter))
+	groupID := []byte("update group")
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: groupID,
+		Leaf: alice.leaf, LeafKey: alice.encPriv, Signer: alice.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := mls.NewGroupState(gi, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	join, bobMember, err := mls.JoinExternal(gi, mls.ExternalJoinOptions{Leaf: *bob.leaf, Signer: bob.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds, _, err = ds.ApplyCommit(join, nil); err != nil {
+		t.Fatal(err)
+	}
+	if m, err = m.ApplyCommit(join, nil); err != nil {
+		t.Fatal(err)
+	}
+	bobIndex := bobMember.LeafIndex()
+
+	for _, tc := range []struct {
+		name    string
+		propose func(t *testing.T) *mls.MLSMessage
+		want    error
+	}{
+		{name: "update keeping the binding", propose: func(t *testing.T) *mls.MLSMessage {
+			msg, _, err := bobMember.ProposeUpdate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return msg
+		}},
+		{name: "update dropping the binding", want: ErrMissing, propose: func(t *testing.T) *mls.MLSMessage {
+			v, _ := ds.Member(bobIndex)
+			l := v.LeafNode()
+			l.Extensions = nil
+			_, encPub, err := suite.DeriveKeyPair(random(t, 32))
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.EncryptionKey, l.Source, l.Lifetime, l.ParentHash = encPub, mls.SourceUpdate, mls.Lifetime{}, nil
+			if err := l.Sign(suite, bob.signer, groupID, bobIndex); err != nil {
+				t.Fatal(err)
+			}
+			msg, err := bobMember.Propose(&mls.Proposal{Type: mls.ProposalUpdate, LeafNode: l})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return msg
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ac, ref, err := ds.VerifyProposal(tc.propose(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resolve := func(r []byte) (*mls.AuthenticatedContent, error) {
+				if !bytes.Equal(r, ref) {
+					return nil, errors.New("unknown proposal")
+				}
+				return ac, nil
+			}
+			res, err := m.Commit(nil, [][]byte{ref}, resolve)
+			if err != nil {
+				t.Fatal(err)
+			}
+			next, info, err := ds.ApplyCommit(res.Commit, resolve)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.checker.CheckCommit(t.Context(), next, info, s.now, provider.LookupOptions{})
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if want := fmt.Sprintf("leaf %d: ", bobIndex); !errors.Is(err, tc.want) || !strings.HasPrefix(err.Error(), want) {
+				t.Fatalf("CheckCommit = %v, want %v at leaf %d", err, tc.want, bobIndex)
+			}
+		})
 	}
 }
