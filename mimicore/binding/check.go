@@ -108,6 +108,12 @@ type LocalKeys interface {
 	Published(now time.Time) []moh.VerificationKey
 }
 
+// Interface guards: the gateway's key ring and fetcher plug in directly.
+var (
+	_ LocalKeys                 = (*provider.KeyRing)(nil)
+	_ provider.SourcedKeySource = (*provider.KeyFetcher)(nil)
+)
+
 // Checker checks the client bindings of leaves (PROFILE §6). A binding of a
 // client of one of Domains is checked with Local's keys, without any fetch;
 // any other provider's keys come from Remote, which fetches them through the

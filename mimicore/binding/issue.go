@@ -21,6 +21,8 @@ type SigningKeys interface {
 	Current(now time.Time) (*provider.PrivateKey, error)
 }
 
+var _ SigningKeys = (*provider.KeyRing)(nil) // interface guard
+
 // Issuer issues client bindings to the clients of its provider's own
 // domains (PROFILE §6: through the gateway's local client API).
 type Issuer struct {
