@@ -226,3 +226,36 @@ func TestIssueCapsNotAfter(t *testing.T) {
 		t.Fatalf("not_after = %d, %v; want it rounded down to %d", b.NotAfter, err, now.Add(time.Minute).Unix())
 	}
 }
+
+// TestVerify checks a binding that arrives without its leaf.
+func TestVerify(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	ring := openRing(t, moh.SchemeEd25519, now.Add(-time.Hour))
+	iss := &Issuer{Domains: []string{"a.example"}, Keys: ring, Now: func() time.Time { return now }}
+	key := bytes.Repeat([]byte{9}, 32)
+	b, err := iss.Issue([]byte(alicePhone), key, now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chk := &Checker{Domains: []string{"a.example"}, Local: ring}
+	for _, tc := range []struct {
+		name string
+		uri  string
+		key  []byte
+		want error
+		code moh.Code
+	}{
+		{name: "as issued", uri: alicePhone, key: key},
+		{name: "another client", uri: aliceLaptop, key: key, want: ErrBadSignature, code: moh.CodeBadSignature},
+		{name: "another key", uri: alicePhone, key: key[1:], want: ErrBadSignature, code: moh.CodeBadSignature},
+		{name: "not a client URI", uri: "mimi://a.example/u/alice", key: key, want: ErrBadClientURI, code: moh.CodeMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := chk.Verify(t.Context(), []byte(tc.uri), tc.key, b, now, provider.LookupOptions{})
+			wantRefusal(t, err, tc.want, tc.code)
+			if tc.want == nil && (got.ClientURI != alicePhone || got.Provider != "a.example") {
+				t.Fatalf("Bound = %+v", got)
+			}
+		})
+	}
+}
