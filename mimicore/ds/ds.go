@@ -13,75 +13,165 @@
 //
 // Errors carry the DSError to answer with (a *moh.Error).
 //
-// Today it serves request_group_id; the group operations, their durable
-// state and the client signature checks land with the Delivery Service
-// work, behind the same Handle.
+// Authenticate decodes every client request type, the MLS-carrying bodies
+// included, and checks its DSAuthData (docs/protocol.md §5.1 and §5.4):
+// the auth_type the request type accepts, the timestamp window, the client
+// signature with the key of the sender's leaf in the group's current state
+// (Groups) or of the joiner's KeyPackage (Joiners), and with it the
+// sender's membership. Handle then records the signatures of attachment
+// uploads, deletes and copies in the replay set (Seen) and serves
+// request_group_id; the group operations and the other requests land with
+// the rest of the Delivery Service work, behind the same Handle, and are
+// answered not_implemented until then.
 package ds
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // GroupIDSize is the length of the group ids request_group_id hands out:
 // 128 random bits.
 const GroupIDSize = 16
 
+// MaxClockSkew is how far a client signature's timestamp may be from the
+// Delivery Service's clock, either way (docs/protocol.md §5.1).
+const MaxClockSkew = 300 * time.Second
+
+// ReplayWindow is how long the signatures of attachment uploads, deletes
+// and copies are remembered: longer than the timestamp window on either
+// side, so a captured request cannot be replayed while its timestamp is
+// still accepted.
+const ReplayWindow = 11 * time.Minute
+
 // Service is the Delivery Service of one provider. It is safe for
-// concurrent use.
-type Service struct{}
+// concurrent use. Its fields are set before first use and not changed
+// afterwards; the zero value hosts no group, so it serves request_group_id
+// and answers every signed request not_found.
+type Service struct {
+	// Groups looks up the groups hosted here, for client_signature. Nil
+	// means none is hosted.
+	Groups Groups
+	// Joiners looks up the KeyPackages Welcomes added, for
+	// key_package_signature. Nil means none is known.
+	Joiners Joiners
+	// Seen is the replay set of the signed attachment uploads, deletes and
+	// copies. Nil makes Handle answer those backend_unavailable.
+	Seen store.SeenSignatures
+	// Now is the clock of the timestamp window; nil means time.Now.
+	Now func() time.Time
+}
 
 // Request is an authenticated client request.
 type Request struct {
 	// Body is the decoded DSRequest.
 	Body *moh.DSRequest
-	// GroupID and Member name the group and the member (its leaf) that
-	// the client signature was verified for: the keys of the admission
-	// policy's group and member zones. Both are empty for an anonymous
-	// request, which no such zone can key.
+	// GroupID and Member name the group and the member that the client
+	// signature was verified for: the keys of the admission policy's
+	// group and member zones. Member is the signature key the request was
+	// verified with: the sender's leaf key (for create_group the creator's
+	// LeafNode key), or the joiner's KeyPackage leaf key for
+	// key_package_signature. Both are empty for an anonymous request,
+	// which no such zone can key.
 	GroupID, Member []byte
 }
 
-// Authenticate decodes an encoded DSRequest and checks its authentication.
-// The caller has checked that its request type is one the endpoint accepts
-// (moh.PeekHeader).
+// Authenticate decodes an encoded DSRequest and checks its authentication
+// (docs/protocol.md §5.4, steps 4 to 6): the whole request must decode, its
+// auth_type must be one its type accepts (malformed), a signed request's
+// timestamp must be within MaxClockSkew of Now (stale_timestamp), and its
+// signature must verify with the key of leaf sender_index in the group's
+// current state, or of the KeyPackage key_package_ref (bad_signature). An
+// unknown group, a sender_index without a member and an unknown
+// KeyPackage all answer not_found, alike. For attachment_copy the
+// signature key must also sit at target_sender_index in the target group
+// (not_found otherwise).
+//
+// Anonymous requests are accepted for the types that allow them:
+// request_group_id, and external_join, whose MLS commit authenticates
+// itself when it is processed. An anonymous external_commit_info is
+// not_found: no group enables open external joins in this build.
+//
+// The caller has checked that the request type is one the endpoint
+// accepts (moh.PeekHeader).
 func (s *Service) Authenticate(ctx context.Context, body []byte) (*Request, error) {
-	h, err := moh.PeekHeader(body) // malformed, or unsupported_version
+	req, err := moh.DecodeDSRequest(body) // malformed, or unsupported_version
 	if err != nil {
 		return nil, err
 	}
-	if typ := moh.RequestType(h.Type); typ.CarriesMLS() {
-		// The MLS-carrying operations are not served yet; say so before
-		// spending anything on decoding them.
-		return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", typ)
-	}
-	req, err := moh.DecodeDSRequest(body)
-	if err != nil {
-		return nil, err
-	}
-	switch req.Body.Type {
-	case moh.RequestGroupID:
-		// A group id is not yet bound to anyone: the request must be
-		// anonymous.
-		if req.Auth.Type != moh.AuthAnonymous {
-			return nil, moh.Errorf(moh.CodeMalformed, "request_group_id must be anonymous, not %s", authName(req.Auth.Type))
-		}
-		return &Request{Body: req}, nil
-	}
-	return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", req.Body.Type)
+	return s.authenticate(ctx, req)
 }
 
-// Handle processes an authenticated request.
+// AuthenticatePrefix is Authenticate for the DSRequest at the start of
+// data, which an attachment upload's content follows; it also returns the
+// number of bytes the request took.
+func (s *Service) AuthenticatePrefix(ctx context.Context, data []byte) (*Request, int, error) {
+	req, n, err := moh.DecodeDSRequestPrefix(data)
+	if err != nil {
+		return nil, 0, err
+	}
+	r, err := s.authenticate(ctx, req)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, n, nil
+}
+
+// Handle processes an authenticated request. The signatures of attachment
+// uploads, deletes and copies are first recorded in the replay set: a
+// second request with the same signed bytes within ReplayWindow is
+// answered replay.
 func (s *Service) Handle(ctx context.Context, r *Request) (*moh.DSResponse, error) {
-	switch r.Body.Body.Type {
+	switch typ := r.Body.Body.Type; typ {
 	case moh.RequestGroupID:
 		return s.requestGroupID()
+	case moh.AttachmentUpload, moh.AttachmentDelete, moh.AttachmentCopy:
+		if err := s.checkReplay(ctx, r.Body); err != nil {
+			return nil, err
+		}
 	}
 	return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", r.Body.Body.Type)
+}
+
+// checkReplay records the signed bytes of req in the replay set, and
+// refuses them when they are already there.
+//
+// The set is keyed on SHA-256 of DSRequestTBS rather than of the signature
+// itself: an ECDSA signature can be altered into another valid one
+// without the key (s into n-s), so a replay keyed on signatures could be
+// sent again with the altered signature. Two requests with the same signed
+// bytes are the same request, whatever their signatures.
+func (s *Service) checkReplay(ctx context.Context, req *moh.DSRequest) error {
+	if s.Seen == nil {
+		return moh.Errorf(moh.CodeBackendUnavailable, "no replay set is configured")
+	}
+	tbs, err := req.SignedBytes()
+	if err != nil {
+		return fmt.Errorf("recording the request signature: %w", err)
+	}
+	first, err := s.Seen.SeenSignature(ctx, sha256.Sum256(tbs), s.now().Add(ReplayWindow))
+	if err != nil {
+		return moh.Errorf(moh.CodeBackendUnavailable, "recording the request signature: %w", err)
+	}
+	if !first {
+		return moh.Errorf(moh.CodeReplay, "this %s request was already received", req.Body.Type)
+	}
+	return nil
+}
+
+// now reads the service's clock.
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
 }
 
 // requestGroupID answers request type 0 with GroupIDSize random bytes.

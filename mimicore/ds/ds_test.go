@@ -55,7 +55,9 @@ func TestHandleRefusals(t *testing.T) {
 		{"header only", []byte{0, 1}, moh.CodeMalformed},
 		{"truncated", []byte{0, 1, byte(moh.RequestGroupID)}, moh.CodeMalformed},
 		{"signed request_group_id", signed, moh.CodeMalformed},
-		{"MLS-carrying type", []byte{0, 1, byte(moh.CreateGroup)}, moh.CodeNotImplemented},
+		{"truncated MLS-carrying type", []byte{0, 1, byte(moh.CreateGroup)}, moh.CodeMalformed},
+		{"provider-only type", []byte{0, 1, byte(moh.AddPackages), 0}, moh.CodeMalformed},
+		{"other version", []byte{0, 2, byte(moh.CreateGroup)}, moh.CodeUnsupportedVersion},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, err := s.Authenticate(context.Background(), tc.body)

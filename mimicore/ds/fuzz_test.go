@@ -8,16 +8,34 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// FuzzAuthenticate feeds arbitrary bodies to the DS: it must never panic,
-// every refusal must carry a DSError code, and an accepted request must
-// have decoded to a request that re-encodes to the same bytes.
+// FuzzAuthenticate feeds arbitrary bodies to a DS hosting the fixture's
+// real groups: it must never panic, every refusal must carry a DSError
+// code, and an accepted request must have decoded to a request that
+// re-encodes to the same bytes. The seeds are valid signed requests of
+// several types, so mutations reach the signature and membership checks.
 func FuzzAuthenticate(f *testing.F) {
+	fx := newFixture(f)
 	anon, _ := wire.Marshal(&moh.DSRequest{Body: moh.RequestBody{Type: moh.RequestGroupID}})
 	f.Add(anon)
 	f.Add([]byte{0, 1, byte(moh.CreateGroup)})
 	f.Add([]byte{0, 2, 0, 0})
 	f.Add([]byte{})
-	var s Service
+	app, err := fx.aliceG1.Protect([]byte("hello"), nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(fx.sign(f, fx.alice, 0, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0))
+	f.Add(fx.sign(f, fx.alice, 0, moh.RequestBody{Type: moh.UpdateClient, GroupUpdate: update(fx.updateAlice)}, 0))
+	f.Add(fx.sign(f, fx.bob, 1, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *fx.bobLeaves}, 0))
+	f.Add(fx.sign(f, fx.alice, 0, moh.RequestBody{Type: moh.AttachmentCopy, Copy: moh.AttachmentCopyRequest{
+		GroupID: fx.g1, Token: []byte{7}, TargetGroupID: fx.g2}}, 0))
+	wi, err := SignRequest(fx.cs, fx.bob.signer, moh.RequestBody{Type: moh.WelcomeInfo,
+		WelcomeInfo: moh.WelcomeInfoRequest{GroupID: fx.g1, Epoch: fx.bobRefEpoch}}, KeyPackageSignature(fx.bobRef, fx.now))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(wi)
+	s := fx.svc
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, err := s.Authenticate(context.Background(), body)
 		if err != nil {

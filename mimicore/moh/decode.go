@@ -102,9 +102,8 @@ func DecodeProviderRequest(data []byte) (*ProviderRequest, error) {
 }
 
 // DecodeDSRequest decodes data as one complete DSRequest, with the errors of
-// DecodeProviderRequest. Like DSRequest.UnmarshalWire it refuses the request
-// types that carry MLS messages (1..14) as malformed: check the type with
-// PeekHeader first.
+// DecodeProviderRequest. The provider-only types 11..13 and unknown types
+// are malformed: check the type with PeekHeader first to tell them apart.
 func DecodeDSRequest(data []byte) (*DSRequest, error) {
 	if err := CheckVersion(data); err != nil {
 		return nil, err

@@ -7,8 +7,6 @@ import (
 	"os"
 	"testing"
 
-	"golang.org/x/crypto/cryptobyte"
-
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -70,8 +68,7 @@ func dsVectors(t *testing.T) map[string][]byte {
 	out["attachment_download DSRequestTBS"] = tbs
 	out["attachment_download DSRequest"] = full
 
-	msg := samplePrivateMessage()
-	msg.PrivateMessage.GroupID = bytes.Repeat([]byte{0xaa}, 16)
+	msg := sampleSendMessage()
 	mlsMsg, err := wire.Marshal(&msg)
 	if err != nil {
 		t.Fatal(err)
@@ -79,30 +76,61 @@ func dsVectors(t *testing.T) map[string][]byte {
 	if _, err := mls.DecodeMLSMessage(mlsMsg); err != nil {
 		t.Fatal(err)
 	}
-	auth := AuthData{Type: AuthClientSignature, SenderIndex: 1, Timestamp: 1_790_000_060}
-	authTBS, err := wire.Marshal(authTBSOnly{&auth})
+	sendReq := &DSRequest{Body: RequestBody{Type: SendMessage, Message: msg},
+		Auth: AuthData{Type: AuthClientSignature, SenderIndex: 1, Timestamp: 1_790_000_060}}
+	sendTBS, err := sendReq.SignedBytes()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sendTBS := append(append([]byte{0, 1, byte(SendMessage)}, mlsMsg...), authTBS...)
-	auth.Signature = sign(sendTBS)
-	authFull, err := wire.Marshal(&auth)
+	sendReq.Auth.Signature = sign(sendTBS)
+	send, err := wire.Marshal(sendReq)
 	if err != nil {
 		t.Fatal(err)
 	}
-	send := append(append([]byte{0, 1, byte(SendMessage)}, mlsMsg...), authFull...)
 	if h, err := PeekHeader(send); err != nil || RequestType(h.Type) != SendMessage || !SendMessage.CarriesMLS() {
 		t.Fatalf("PeekHeader(send_message) = %+v, %v", h, err)
+	}
+	if decoded, err := DecodeDSRequest(send); err != nil {
+		t.Fatal(err)
+	} else if signed, _ := decoded.SignedBytes(); !bytes.Equal(signed, sendTBS) {
+		t.Fatal("send_message DSRequestTBS is not the request's bytes up to the signature vector")
 	}
 	out["send_message MLSMessage"] = mlsMsg
 	out["send_message DSRequestTBS"] = sendTBS
 	out["send_message DSRequest"] = send
+
+	// §5.2: the pieces of the MLS-carrying bodies, then one body of each
+	// type (the DSRequestBody: type byte and fields).
+	enc := func(name string, v wire.Marshaler) []byte {
+		b, err := wire.Marshal(v)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return b
+	}
+	cg := sampleCreateGroup()
+	commit := sampleCommit(mls.Sender{Type: mls.SenderMember, Index: 1})
+	external := sampleCommit(mls.Sender{Type: mls.SenderNewMemberCommit})
+	partial := samplePartialGroupInfo()
+	welcome := sampleWelcomePackage()
+	remove := sampleSelfRemove()
+	out["LeafNode"] = enc("LeafNode", &cg.LeafNode)
+	out["GroupInfo MLSMessage"] = enc("GroupInfo", &cg.GroupInfo)
+	out["commit MLSMessage"] = enc("commit", &commit)
+	out["external commit MLSMessage"] = enc("external commit", &external)
+	out["PartialGroupInfo"] = enc("PartialGroupInfo", &partial)
+	out["WelcomePackage"] = enc("WelcomePackage", &welcome)
+	out["self-remove proposal MLSMessage"] = enc("proposal", &remove)
+	for typ, body := range sampleMLSBodies() {
+		b := enc(typ.String(), &body)
+		var back RequestBody
+		if err := wire.Unmarshal(b, &back, typ.String()); err != nil {
+			t.Fatalf("%s body does not decode: %v", typ, err)
+		}
+		out[typ.String()+" body"] = b
+	}
 	return out
 }
-
-type authTBSOnly struct{ a *AuthData }
-
-func (x authTBSOnly) MarshalWire(b *cryptobyte.Builder) { x.a.marshalTBS(b) }
 
 // TestDSRequestDocVectors requires docs/protocol.md §5.5 to show every
 // example exactly as the code computes it.
@@ -115,5 +143,16 @@ func TestDSRequestDocVectors(t *testing.T) {
 		if h := hex.EncodeToString(b); !bytes.Contains(doc, []byte("| "+name+" | `"+h+"` |")) {
 			t.Errorf("docs/protocol.md §5.5 does not show %s as `%s`", name, h)
 		}
+	}
+}
+
+// TestPrintDSVectors prints the rows of §5.5 (go test -run
+// TestPrintDSVectors -v) for editing the document.
+func TestPrintDSVectors(t *testing.T) {
+	if !testing.Verbose() {
+		t.Skip("prints only with -v")
+	}
+	for name, b := range dsVectors(t) {
+		t.Logf("| %s | `%x` |", name, b)
 	}
 }

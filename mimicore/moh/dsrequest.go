@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -61,10 +62,10 @@ func (t RequestType) String() string {
 // Known reports whether t is a defined request type.
 func (t RequestType) Known() bool { return t <= maxRequestType }
 
-// CarriesMLS reports whether the body of t holds MLS messages (types 1..14),
-// which the MLS codec decodes.
+// CarriesMLS reports whether the body of t holds MLS messages (types 1..10
+// and 14, docs/protocol.md §5.2), which the MLS codec decodes.
 func (t RequestType) CarriesMLS() bool {
-	return t >= firstMLSRequestType && t <= lastMLSRequestType
+	return t >= firstMLSRequestType && t <= lastMLSRequestType && !t.ProviderOnly()
 }
 
 // ProviderOnly reports whether t is never accepted from clients (11..13:
@@ -73,9 +74,9 @@ func (t RequestType) ProviderOnly() bool {
 	return t >= firstProviderOnlyRequest && t <= lastProviderOnlyRequest
 }
 
-// ErrMLSBody is returned by the decoders (see PeekHeader) for request
-// types whose MLS-carrying body this build cannot decode yet.
-var ErrMLSBody = errors.New("request type carries MLS messages")
+// errNoClientBody is set on a Builder asked to encode a request type that
+// has no client body (11..13, or an unknown type).
+var errNoClientBody = errors.New("moh: request type has no client body")
 
 // AuthType is a DSAuthType.
 type AuthType uint8
@@ -187,10 +188,25 @@ type AttachmentCopyRequest struct {
 	TargetSenderIndex uint32
 }
 
-// RequestBody is DSRequestBody: Type selects which one field is used. MLS
-// carrying bodies (types 1..14) are decoded by the DS with the MLS codec.
+// RequestBody is DSRequestBody: Type selects which one field is used. The
+// MLS values of types 1..10 and 14 are decoded by the MLS codec, with the
+// checks of docs/protocol.md §5.2 (see CreateGroupRequest).
 type RequestBody struct {
-	Type               RequestType
+	Type RequestType
+	// CreateGroup is the body of CreateGroup.
+	CreateGroup CreateGroupRequest
+	// GroupUpdate is the body of DeleteGroup, RemoveUsers, RemoveClients,
+	// UpdateClient, ExternalJoin and ReInitializeGroup, and the first field
+	// of AddUsers and AddClients.
+	GroupUpdate MLSGroupUpdate
+	// WelcomePackages is the second field of AddUsers and AddClients:
+	// 1..MaxWelcomePackages Welcomes.
+	WelcomePackages []WelcomePackage
+	// Message is the proposal of SelfRemoveClient (a member's Remove
+	// PublicMessage) or the application message of SendMessage (a
+	// PrivateMessage).
+	Message mls.MLSMessage
+
 	WelcomeInfo        WelcomeInfoRequest        // WelcomeInfo
 	ExternalCommitInfo ExternalCommitInfoRequest // ExternalCommitInfo
 	Upload             UploadAttachmentHeader    // AttachmentUpload
@@ -221,12 +237,14 @@ func (r *RequestBody) MarshalWire(b *cryptobyte.Builder) {
 		wire.AddOpaque(b, r.Copy.TargetGroupID)
 		b.AddUint32(r.Copy.TargetSenderIndex)
 	default:
-		b.SetError(ErrMLSBody)
+		if !r.marshalMLSBody(b) {
+			b.SetError(errNoClientBody)
+		}
 	}
 }
 
-// UnmarshalWire implements wire.Unmarshaler. It refuses MLS-carrying and
-// unknown types; check the type with PeekHeader first to tell them apart.
+// UnmarshalWire implements wire.Unmarshaler. It refuses unknown types and
+// the provider-only types 11..13, which have no client body.
 func (r *RequestBody) UnmarshalWire(s *cryptobyte.String) bool {
 	var typ uint8
 	if !s.ReadUint8(&typ) {
@@ -250,7 +268,7 @@ func (r *RequestBody) UnmarshalWire(s *cryptobyte.String) bool {
 		return readGroupID(s, &r.Copy.GroupID) && readToken(s, &r.Copy.Token) &&
 			readGroupID(s, &r.Copy.TargetGroupID) && s.ReadUint32(&r.Copy.TargetSenderIndex)
 	}
-	return false
+	return r.unmarshalMLSBody(s)
 }
 
 // readToken reads a non-empty attachment token.

@@ -72,3 +72,19 @@ func FuzzGroupKeyPackagesRequest(f *testing.F) {
 func FuzzVerificationKeyRequest(f *testing.F) {
 	fuzzCanonical(f, "VerificationKeyRequest", func() codec { return new(VerificationKeyRequest) })
 }
+
+func FuzzCreateGroupRequest(f *testing.F) {
+	fuzzCanonical(f, "CreateGroupRequest", func() codec { return new(CreateGroupRequest) })
+}
+
+func FuzzMLSGroupUpdate(f *testing.F) {
+	fuzzCanonical(f, "MLSGroupUpdate", func() codec { return new(MLSGroupUpdate) })
+}
+
+func FuzzPartialGroupInfo(f *testing.F) {
+	fuzzCanonical(f, "PartialGroupInfo", func() codec { return new(PartialGroupInfo) })
+}
+
+func FuzzWelcomePackage(f *testing.F) {
+	fuzzCanonical(f, "WelcomePackage", func() codec { return new(WelcomePackage) })
+}

@@ -17,15 +17,9 @@ type codec interface {
 
 // sampleMessages returns one valid value of every top-level message, with a
 // constructor for an empty value of the same type.
-func sampleMessages() map[string]struct {
-	msg   codec
-	empty func() codec
-} {
-	type entry = struct {
-		msg   codec
-		empty func() codec
-	}
-	return map[string]entry{
+func sampleMessages() map[string]sample {
+	type entry = sample
+	out := map[string]entry{
 		"DSError": {&DSError{Code: CodeReplay, Message: []byte("request_id reused")}, func() codec { return new(DSError) }},
 		"ProviderRequest": {&ProviderRequest{
 			RequestType: GroupKeyPackages, Sender: []byte("a.example"), Recipient: []byte("b.example"),
@@ -87,6 +81,17 @@ func sampleMessages() map[string]struct {
 			Auth: AuthData{Type: AuthClientSignature, SenderIndex: 1, Timestamp: 5, Signature: []byte{1}},
 		}, func() codec { return new(DSRequest) }},
 	}
+	for name, s := range mlsBodySamples() {
+		out[name] = s
+	}
+	return out
+}
+
+// sample is a valid value of a message type and a constructor for an
+// empty value of the same type.
+type sample struct {
+	msg   codec
+	empty func() codec
 }
 
 // TestRoundTrip encodes every sample, decodes it, re-encodes it and requires
