@@ -198,7 +198,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{})
-	g.ds = &ds.Service{}
+	g.ds = &ds.Service{Seen: g.svc.Store()}
 	g.inbound = &provider.Inbound{
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},
 		Replay:   g.svc.Store(),
