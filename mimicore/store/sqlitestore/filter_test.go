@@ -29,7 +29,16 @@ func TestOpenInUse(t *testing.T) {
 	if _, err := Open(ctx, path); !errors.Is(err, store.ErrInUse) {
 		t.Fatalf("second Open: got %v, want ErrInUse", err)
 	}
-	if err := s.Close(); err != nil {
+	// Tests of a backend shared by several gateways open without the
+	// lock, and without the filter.
+	shared, err := Open(ctx, path, withSharedFile())
+	if err != nil {
+		t.Fatalf("Open withSharedFile: %v", err)
+	}
+	if shared.known != nil {
+		t.Error("a Store without the lock trusts an in-memory filter")
+	}
+	if err := errors.Join(shared.Close(), s.Close()); err != nil {
 		t.Fatal(err)
 	}
 	s2, err := Open(ctx, path)

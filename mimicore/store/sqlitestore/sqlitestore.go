@@ -145,7 +145,15 @@ type options struct {
 	busyTimeout time.Duration
 	maxBatch    int
 	now         func() time.Time
+	// shared skips the file lock, as where flock does not exist: the
+	// Store then trusts nothing it keeps in memory over the database. Only
+	// tests set it (withSharedFile), to run two Stores on one file as a
+	// backend shared by several gateways would.
+	shared bool
 }
+
+// withSharedFile opens without the file lock (see options.shared).
+func withSharedFile() Option { return func(o *options) { o.shared = true } }
 
 // WithReaders sets the number of read-only connections (default
 // DefaultReaders); n < 1 means 1.
@@ -201,9 +209,11 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 	if err := createFile(abs); err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
-	unlock, exclusive, err := lockFile(abs + lockSuffix)
-	if err != nil {
-		return nil, fmt.Errorf("opening store %s: %w", abs, err)
+	unlock, exclusive := func() error { return nil }, false
+	if !o.shared {
+		if unlock, exclusive, err = lockFile(abs + lockSuffix); err != nil {
+			return nil, fmt.Errorf("opening store %s: %w", abs, err)
+		}
 	}
 	defer func() {
 		if err != nil {
