@@ -22,6 +22,7 @@ type benchFlags struct {
 	pool     int
 	tokens   int
 	mint     string
+	slices   int
 }
 
 func benchCmd(args []string) error {
@@ -34,6 +35,7 @@ func benchCmd(args []string) error {
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each run")
 	fs.IntVar(&f.pool, "pool", 40000, "signed requests signed before the signed run (its upper bound)")
 	fs.IntVar(&f.tokens, "tokens", 40000, "tokens minted before the token run (its upper bound)")
+	fs.IntVar(&f.slices, "slices", 1, "split each run into this many slices, alternating bare and the mode (bare, mode, bare, mode, ...), so that load from elsewhere on the machine weighs on both alike")
 	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
 	fs.Parse(args)
 	if f.dir == "" {
@@ -55,9 +57,8 @@ func benchCmd(args []string) error {
 		if err != nil {
 			return fmt.Errorf("preparing %s: %w", mode, err)
 		}
-		bare := t.run(ctx, "bare", http.StatusOK, t.bareConfig(&f, prep.shape))
+		bare, r := t.interleave(ctx, &f, prep)
 		bare.print()
-		r := t.run(ctx, prep.mode, prep.expected, prep.cfg)
 		if bare.RPS > 0 {
 			r.BareRPS, r.Ratio = bare.RPS, round(r.RPS/bare.RPS, 3)
 		}
@@ -78,6 +79,36 @@ func benchCmd(args []string) error {
 		return errors.New("bench: some requests failed or got an unexpected status (see above)")
 	}
 	return nil
+}
+
+// interleave runs bare and the mode in f.slices alternating slices of
+// f.duration/f.slices each (one slice each when f.slices is 1) and returns
+// the merged results. The mode's slices take consecutive requests of its
+// pool, so a signed request is still sent once.
+func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) (bare, mode *result) {
+	n := max(f.slices, 1)
+	slice := *f
+	slice.duration = f.duration / time.Duration(n)
+	bareCfg := t.bareConfig(&slice, prep.shape)
+	modeCfg := prep.cfg
+	modeCfg.duration = slice.duration
+	off := 0
+	for i := range n {
+		b := t.run(ctx, "bare", http.StatusOK, bareCfg)
+		m := t.run(ctx, prep.mode, prep.expected, modeCfg.offset(off))
+		off += m.consumed
+		if i == 0 {
+			bare, mode = b, m
+			bare.Slices, mode.Slices = 1, 1
+		} else {
+			bare.add(b)
+			mode.add(m)
+		}
+		if m.Exhausted {
+			break
+		}
+	}
+	return bare, mode
 }
 
 // bareConfig is the baseline run: requests of the mode's shape (method,

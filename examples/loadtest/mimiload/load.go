@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -163,6 +164,11 @@ type result struct {
 	Exhausted   bool           `json:"pool_exhausted"`
 	BareRPS     float64        `json:"bare_rps,omitempty"`
 	Ratio       float64        `json:"ratio_to_bare,omitempty"`
+	Slices      int            `json:"slices,omitempty"`
+
+	lat      []time.Duration // sorted latencies of the answered requests
+	elapsed  time.Duration
+	consumed int // requests taken from cfg.next
 }
 
 // run sends requests from cfg.next on cfg.conc workers until cfg.duration
@@ -224,19 +230,58 @@ func (t *target) run(ctx context.Context, mode string, expected int, cfg runConf
 	elapsed := time.Since(start)
 	slices.Sort(lat)
 	r := &result{
-		Mode: mode, Requests: len(lat) + nerr, Seconds: round(elapsed.Seconds(), 3),
-		Status: map[string]int{}, Expected: expected, Errors: nerr, FirstError: firstErr,
-		Concurrency: cfg.conc, Exhausted: exhausted.Load(),
+		Mode: mode, Requests: len(lat) + nerr, Status: map[string]int{}, Expected: expected,
+		Errors: nerr, FirstError: firstErr, Concurrency: cfg.conc, Exhausted: exhausted.Load(),
+		lat: lat, elapsed: elapsed, consumed: int(min(idx.Load(), int64(math.MaxInt))),
 	}
-	r.RPS = round(float64(len(lat))/elapsed.Seconds(), 1)
-	r.P50ms, r.P90ms, r.P99ms = pct(lat, 50), pct(lat, 90), pct(lat, 99)
 	for k, v := range status {
 		r.Status[strconv.Itoa(k)] = v
-		if k != expected {
+	}
+	r.summarise()
+	return r
+}
+
+// summarise computes the derived fields from the raw ones.
+func (r *result) summarise() {
+	r.Seconds = round(r.elapsed.Seconds(), 3)
+	r.RPS = round(float64(len(r.lat))/r.elapsed.Seconds(), 1)
+	r.P50ms, r.P90ms, r.P99ms = pct(r.lat, 50), pct(r.lat, 90), pct(r.lat, 99)
+	r.Unexpected = 0
+	for k, v := range r.Status {
+		if k != strconv.Itoa(r.Expected) {
 			r.Unexpected += v
 		}
 	}
-	return r
+}
+
+// add merges o, a later slice of the same mode, into r.
+func (r *result) add(o *result) {
+	r.Requests += o.Requests
+	r.Errors += o.Errors
+	if r.FirstError == "" {
+		r.FirstError = o.FirstError
+	}
+	r.Exhausted = r.Exhausted || o.Exhausted
+	r.lat = append(r.lat, o.lat...)
+	slices.Sort(r.lat)
+	r.elapsed += o.elapsed
+	r.consumed += o.consumed
+	for k, v := range o.Status {
+		r.Status[k] += v
+	}
+	r.Slices++
+	r.summarise()
+}
+
+// offset returns cfg with its request indexes shifted by off, so that a
+// later slice of an interleaved run takes the next requests of the pool.
+func (cfg runConfig) offset(off int) runConfig {
+	next, done := cfg.next, cfg.done
+	cfg.next = func(i int) (request, bool) { return next(off + i) }
+	if done != nil {
+		cfg.done = func(i int, a answer) { done(off+i, a) }
+	}
+	return cfg
 }
 
 // pct returns the p-th percentile of sorted latencies in milliseconds
