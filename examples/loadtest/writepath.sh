@@ -14,7 +14,9 @@
 # Usage: examples/loadtest/writepath.sh [mimiload bench flags...]
 #   e.g. examples/loadtest/writepath.sh -modes signed -duration 20s -c 32
 # Environment: PORT (default 19443), HTTP_PORT (19080), KEEP=1 keeps the
-# temporary directory (Caddyfile, caddy.log, data dirs).
+# temporary directory (Caddyfile, caddy.log, data dirs), ADMIN=127.0.0.1:PORT
+# enables Caddy's admin endpoint there (pprof) and the report of the store's
+# commits per second and mean batch size from its metrics.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . examples/loadtest/lib.sh
@@ -24,4 +26,8 @@ build
 configure
 start_caddy
 conditions
-"$tmp/mimiload" bench -dir "$tmp" -addr "127.0.0.1:$PORT" "$@" || { status=$?; tail -20 "$tmp/caddy.log" >&2; exit $status; }
+metrics=()
+if [ -n "${ADMIN:-}" ]; then
+	metrics=(-metrics "http://$ADMIN/metrics") # the store's commits and mean batch
+fi
+"$tmp/mimiload" bench -dir "$tmp" -addr "127.0.0.1:$PORT" "${metrics[@]}" "$@" || { status=$?; tail -20 "$tmp/caddy.log" >&2; exit $status; }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,6 +25,7 @@ type benchFlags struct {
 	tokens   int
 	mint     string
 	slices   int
+	metrics  string
 }
 
 func benchCmd(args []string) error {
@@ -36,6 +39,7 @@ func benchCmd(args []string) error {
 	fs.IntVar(&f.pool, "pool", 40000, "signed requests signed before the signed run (its upper bound)")
 	fs.IntVar(&f.tokens, "tokens", 40000, "tokens minted before the token run (its upper bound)")
 	fs.IntVar(&f.slices, "slices", 1, "split each run into this many slices, alternating bare and the mode (bare, mode, bare, mode, ...), so that load from elsewhere on the machine weighs on both alike")
+	fs.StringVar(&f.metrics, "metrics", "", "URL of Caddy's Prometheus metrics (admin /metrics): report the store's commits (fsyncs) per second and mean batch size of each mode's slices")
 	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
 	fs.Parse(args)
 	if f.dir == "" {
@@ -93,9 +97,18 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 	modeCfg := prep.cfg
 	modeCfg.duration = slice.duration
 	off := 0
+	var commits, writes float64
 	for i := range n {
 		b := t.run(ctx, "bare", http.StatusOK, bareCfg)
+		c0, w0, err0 := storeCounters(ctx, f.metrics)
 		m := t.run(ctx, prep.mode, prep.expected, modeCfg.offset(off))
+		c1, w1, err1 := storeCounters(ctx, f.metrics)
+		if f.metrics != "" && err0 == nil && err1 == nil {
+			commits += c1 - c0
+			writes += w1 - w0
+		} else if f.metrics != "" {
+			fmt.Printf("# metrics: %v\n", errors.Join(err0, err1))
+		}
 		off += m.consumed
 		if i == 0 {
 			bare, mode = b, m
@@ -108,7 +121,53 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 			break
 		}
 	}
+	if commits > 0 {
+		mode.CommitsPerSec = round(commits/mode.elapsed.Seconds(), 1)
+		mode.MeanBatch = round(writes/commits, 2)
+	}
 	return bare, mode
+}
+
+// storeCounters reads the sums over data directories of the store's
+// commits and writes from Caddy's metrics at url; nothing when url is
+// empty.
+func storeCounters(ctx context.Context, url string) (commits, writes float64, err error) {
+	if url == "" {
+		return 0, 0, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		name, rest, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		metric, _, _ := strings.Cut(name, "{")
+		if i := strings.LastIndexByte(line, ' '); i >= 0 && strings.Contains(name, "{") {
+			rest = line[i+1:]
+		}
+		v, perr := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		if perr != nil {
+			continue
+		}
+		switch metric {
+		case "caddy_mimi_store_commits_total":
+			commits += v
+		case "caddy_mimi_store_writes_total":
+			writes += v
+		}
+	}
+	return commits, writes, sc.Err()
 }
 
 // bareConfig is the baseline run: requests of the mode's shape (method,

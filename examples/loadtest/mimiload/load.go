@@ -165,6 +165,11 @@ type result struct {
 	BareRPS     float64        `json:"bare_rps,omitempty"`
 	Ratio       float64        `json:"ratio_to_bare,omitempty"`
 	Slices      int            `json:"slices,omitempty"`
+	// CommitsPerSec and MeanBatch are the store's commits (each one
+	// fsync of the WAL) per second of the mode's runs and its writes per
+	// commit, from Caddy's metrics (-metrics).
+	CommitsPerSec float64 `json:"store_commits_per_s,omitempty"`
+	MeanBatch     float64 `json:"store_mean_batch,omitempty"`
 
 	lat      []time.Duration // sorted latencies of the answered requests
 	elapsed  time.Duration
@@ -315,6 +320,9 @@ func (r *result) print() {
 	}
 	if r.Exhausted {
 		fmt.Print("  [pool used up before the duration]")
+	}
+	if r.CommitsPerSec > 0 {
+		fmt.Printf("  store: %.0f commits/s, %.2f writes per commit", r.CommitsPerSec, r.MeanBatch)
 	}
 	fmt.Println()
 	if r.FirstError != "" {
