@@ -90,6 +90,7 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/groupcache"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/keyfilter"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -123,6 +124,10 @@ type Store struct {
 
 	ws writeStmts
 	rs readStmts
+	gs groupStmts
+
+	cache      *groupcache.Cache // loaded group states, see WithGroupCache
+	groupBytes atomic.Uint64     // bytes of group rows written, see Stats
 
 	// known holds every alive replay key (and, rarely, others), so that
 	// FindReplay answers most new request ids without a query; nil when
@@ -144,6 +149,7 @@ type options struct {
 	readers     int
 	busyTimeout time.Duration
 	maxBatch    int
+	cacheNodes  int
 	now         func() time.Time
 	// shared skips the file lock, as where flock does not exist: the
 	// Store then trusts nothing it keeps in memory over the database. Only
@@ -178,6 +184,15 @@ func WithMaxBatch(n int) Option {
 	return func(o *options) { o.maxBatch = max(n, 1) }
 }
 
+// WithGroupCache bounds the in-memory cache of group states by the sum of
+// their tree widths (default DefaultGroupCacheNodes); n < 1 turns the cache
+// off, so that every LoadGroup reads the tree from the database. The cache
+// is checked against the group's stored head on every load, so another
+// process writing the same file never makes it serve a stale state.
+func WithGroupCache(n int) Option {
+	return func(o *options) { o.cacheNodes = n }
+}
+
 // WithClock replaces time.Now as the clock that decides whether a record
 // has expired; tests that run the gateway on a fake clock pass the same one.
 func WithClock(now func() time.Time) Option {
@@ -195,7 +210,8 @@ func WithClock(now func() time.Time) Option {
 // (store.ErrInUse: see the package doc). path is the operator's
 // configuration, never request data.
 func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error) {
-	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, maxBatch: DefaultMaxBatch, now: time.Now}
+	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, maxBatch: DefaultMaxBatch,
+		cacheNodes: DefaultGroupCacheNodes, now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -221,7 +237,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		}
 	}()
 
-	s = &Store{now: o.now, unlock: unlock}
+	s = &Store{now: o.now, unlock: unlock, cache: groupcache.New(o.cacheNodes)}
 	busy := strconv.FormatInt(o.busyTimeout.Milliseconds(), 10)
 	s.w, err = sql.Open("sqlite", dsn(abs, url.Values{
 		"_pragma": {
@@ -274,7 +290,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		}
 	}
 	s.wr = newWriter(s.w, o.maxBatch)
-	if err := s.prepare(ctx); err != nil {
+	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)
 	}
@@ -355,7 +371,7 @@ func (s *Store) Close() error {
 			s.wr.close()
 		}
 		var errs []error
-		for _, st := range s.allStmts() {
+		for _, st := range append(s.allStmts(), s.groupStmts()...) {
 			if st != nil {
 				errs = append(errs, st.Close())
 			}
