@@ -36,23 +36,22 @@ type client struct {
 	leafPriv hpke.PrivateKey
 }
 
-func newClient(tb testing.TB, name string) *client {
-	tb.Helper()
+func newClient(name string) (*client, error) {
 	signer, pub, err := Suite.GenerateSignatureKey()
 	if err != nil {
-		tb.Fatalf("generating signature key: %v", err)
+		return nil, fmt.Errorf("generating signature key: %w", err)
 	}
 	ikm := make([]byte, 64)
 	if _, err := rand.Read(ikm); err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	leafPriv, leafPub, err := Suite.DeriveKeyPair(ikm[:32])
 	if err != nil {
-		tb.Fatalf("deriving leaf key: %v", err)
+		return nil, fmt.Errorf("deriving leaf key: %w", err)
 	}
 	_, initPub, err := Suite.DeriveKeyPair(ikm[32:])
 	if err != nil {
-		tb.Fatalf("deriving init key: %v", err)
+		return nil, fmt.Errorf("deriving init key: %w", err)
 	}
 	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: Suite, InitKey: initPub, LeafNode: mls.LeafNode{
 		EncryptionKey: leafPub, SignatureKey: pub,
@@ -62,39 +61,71 @@ func newClient(tb testing.TB, name string) *client {
 		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 62},
 	}}
 	if err := kp.LeafNode.Sign(Suite, signer, nil, 0); err != nil {
-		tb.Fatalf("signing leaf: %v", err)
+		return nil, fmt.Errorf("signing leaf: %w", err)
 	}
 	if err := kp.Sign(signer); err != nil {
-		tb.Fatalf("signing key package: %v", err)
+		return nil, fmt.Errorf("signing key package: %w", err)
 	}
-	return &client{kp: kp, signer: signer, leafPriv: leafPriv}
+	return &client{kp: kp, signer: signer, leafPriv: leafPriv}, nil
 }
 
 // NewGroup creates group id with mls.NewGroup at epoch 0, then, when
 // members > 1, adds the other members-1 in one commit (epoch 1).
 func NewGroup(tb testing.TB, id []byte, members int) *Group {
 	tb.Helper()
-	c := newClient(tb, "creator")
+	g, err := MakeGroup(id, members)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return g
+}
+
+// MakeGroup is NewGroup for callers without a testing.TB (a crash test's
+// child process).
+func MakeGroup(id []byte, members int) (*Group, error) {
+	c, err := newClient("creator")
+	if err != nil {
+		return nil, err
+	}
 	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: Suite, GroupID: id, Leaf: &c.kp.LeafNode,
 		LeafKey: c.leafPriv, Signer: c.signer})
 	if err != nil {
-		tb.Fatalf("creating group: %v", err)
+		return nil, fmt.Errorf("creating group: %w", err)
 	}
 	g := &Group{Creator: m, State: m.State()}
 	if members > 1 {
-		g, _ = g.Commit(tb, Adds(tb, members-1)...)
+		adds, err := MakeAdds(members - 1)
+		if err != nil {
+			return nil, err
+		}
+		if g, _, err = g.MakeCommit(adds...); err != nil {
+			return nil, err
+		}
 	}
-	return g
+	return g, nil
 }
 
 // Adds returns n Add proposals of fresh clients.
 func Adds(tb testing.TB, n int) []*mls.Proposal {
 	tb.Helper()
-	ps := make([]*mls.Proposal, n)
-	for i := range ps {
-		ps[i] = &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: newClient(tb, fmt.Sprint("member ", i)).kp}
+	ps, err := MakeAdds(n)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return ps
+}
+
+// MakeAdds is Adds without a testing.TB.
+func MakeAdds(n int) ([]*mls.Proposal, error) {
+	ps := make([]*mls.Proposal, n)
+	for i := range ps {
+		c, err := newClient(fmt.Sprint("member ", i))
+		if err != nil {
+			return nil, err
+		}
+		ps[i] = &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: c.kp}
+	}
+	return ps, nil
 }
 
 // Remove returns a Remove proposal of leaf i.
@@ -105,22 +136,31 @@ func Remove(i uint32) *mls.Proposal { return &mls.Proposal{Type: mls.ProposalRem
 // commit as CommitEpoch takes it, with Welcome set when it adds members.
 func (g *Group) Commit(tb testing.TB, proposals ...*mls.Proposal) (*Group, store.EpochCommit) {
 	tb.Helper()
+	next, c, err := g.MakeCommit(proposals...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return next, c
+}
+
+// MakeCommit is Commit without a testing.TB.
+func (g *Group) MakeCommit(proposals ...*mls.Proposal) (*Group, store.EpochCommit, error) {
 	res, err := g.Creator.Commit(proposals, nil, nil)
 	if err != nil {
-		tb.Fatalf("committing: %v", err)
+		return nil, store.EpochCommit{}, fmt.Errorf("committing: %w", err)
 	}
 	enc, err := wire.Marshal(res.Commit)
 	if err != nil {
-		tb.Fatalf("encoding commit: %v", err)
+		return nil, store.EpochCommit{}, fmt.Errorf("encoding commit: %w", err)
 	}
 	msg, err := mls.DecodeMLSMessage(enc)
 	if err != nil {
-		tb.Fatalf("decoding commit: %v", err)
+		return nil, store.EpochCommit{}, fmt.Errorf("decoding commit: %w", err)
 	}
 	next, info, err := g.State.ApplyCommit(msg, nil)
 	if err != nil {
-		tb.Fatalf("applying commit: %v", err)
+		return nil, store.EpochCommit{}, fmt.Errorf("applying commit: %w", err)
 	}
 	return &Group{Creator: res.Next, State: next, LastCommit: msg},
-		store.EpochCommit{Base: g.State, Next: next, Welcome: len(info.Added) > 0}
+		store.EpochCommit{Base: g.State, Next: next, Welcome: len(info.Added) > 0}, nil
 }
