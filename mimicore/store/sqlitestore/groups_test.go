@@ -101,7 +101,7 @@ func TestGroupCommitsInOneBatch(t *testing.T) {
 }
 
 // dbPath returns the file of s.
-func dbPath(t *testing.T, s *Store) string {
+func dbPath(t testing.TB, s *Store) string {
 	t.Helper()
 	var seq int
 	var name, file string
