@@ -70,7 +70,7 @@ type GroupStore interface {
 
 	// CommitEpoch replaces the state of the group c.Base.GroupID() by
 	// c.Next, atomically and on condition: only while the stored state is
-	// still c.Base (the same epoch and transcript). Otherwise it fails with
+	// still c.Base (the same epoch, GroupContext and transcript). Otherwise it fails with
 	// ErrEpochConflict and writes nothing, so of two commits built on the
 	// same epoch exactly one is stored, also when both are written at the
 	// same instant or in the same batch. An unknown group is ErrNotFound;

@@ -32,11 +32,13 @@ const nodeInsertRows = 200
 const (
 	groupHeadSQL = `SELECT id, epoch, context, interim, conf_tag, width FROM mls_groups WHERE group_id = ?1`
 	// groupAdvanceSQL moves a group to the next epoch only while it is
-	// at the base state: ?7 group id, ?8 base epoch, ?9 base interim
-	// transcript hash.
+	// at the base state: ?7 group id, ?8 base epoch, ?9 base GroupContext
+	// (which holds the tree hash), ?10 base interim transcript hash. So
+	// the stored tree positions are the base's, and writing the positions
+	// that changed from the base gives the next state's tree.
 	groupAdvanceSQL = `UPDATE mls_groups
 		SET epoch = ?1, context = ?2, interim = ?3, conf_tag = ?4, width = ?5, updated_ms = ?6
-		WHERE group_id = ?7 AND epoch = ?8 AND interim = ?9
+		WHERE group_id = ?7 AND epoch = ?8 AND context = ?9 AND interim = ?10
 		RETURNING id`
 	nodeUpsertSQL = `INSERT INTO mls_group_nodes (gid, node_index, from_epoch, node, hash)
 		VALUES (?1, ?2, ?3, ?4, ?5)
@@ -276,6 +278,11 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
+	baseCtx := c.Base.GroupContext()
+	baseContext, err := wire.Marshal(&baseCtx)
+	if err != nil {
+		return fmt.Errorf("%s: encoding base context: %w", doing, err)
+	}
 	baseInterim := nonNil(c.Base.InterimTranscriptHash())
 	baseWidth := 2*c.Base.Tree().LeafCount() - 1
 	next := int64(c.Next.Epoch())
@@ -286,7 +293,7 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
 		written = headSize(ch) + nodesSize(ch.Nodes)
 		err := tx.StmtContext(ctx, s.gs.advance).QueryRowContext(ctx,
 			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), ch.Width, now,
-			id, next-1, baseInterim).Scan(&rowID)
+			id, next-1, baseContext, baseInterim).Scan(&rowID)
 		if errors.Is(err, sql.ErrNoRows) {
 			var one int
 			err := tx.QueryRowContext(ctx, `SELECT 1 FROM mls_groups WHERE group_id = ?1`, id).Scan(&one)
@@ -461,7 +468,8 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 		var n, seq int64
 		var have bool
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(MAX(seq), 0),
-			COALESCE(MAX(ref = ?2), 0) FROM mls_group_proposals WHERE gid = ?1`, rowID, p.Ref).
+			COALESCE(SUM(CASE WHEN ref = ?2 THEN 1 ELSE 0 END), 0) > 0
+			FROM mls_group_proposals WHERE gid = ?1`, rowID, p.Ref).
 			Scan(&n, &seq, &have); err != nil {
 			return err
 		}

@@ -189,3 +189,47 @@ func TestGroupCommitWritesWhatChanged(t *testing.T) {
 		t.Fatalf("%d old tree versions kept without a Welcome tree that needs them", rows)
 	}
 }
+
+// TestGroupDeleteLeavesNothing checks that DeleteGroup's cascade removes
+// every row of the group, history and Welcome trees included: the contract
+// cannot see orphan rows, which a new group never reads (its row id is
+// new), but they would fill the file.
+func TestGroupDeleteLeavesNothing(t *testing.T) {
+	s := openTemp(t)
+	ctx := context.Background()
+	g := storetest.NewGroup(t, []byte("deleted group"), 1)
+	if err := s.CreateGroup(ctx, "hub.example", g.State); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		var c store.EpochCommit
+		g, c = g.Commit(t, storetest.Adds(t, i)...) // Welcome epochs, then history
+		if err := s.CommitEpoch(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddProposal(ctx, g.State.GroupID(), g.State.Epoch(), store.PendingProposal{Ref: []byte("r"), Message: []byte("m")}); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"group_hubs", "mls_groups", "mls_group_nodes", "mls_group_node_history", "mls_group_welcomes", "mls_group_proposals"}
+	count := func(table string) int {
+		var n int
+		if err := s.w.QueryRow("SELECT count(*) FROM " + table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, table := range tables {
+		if count(table) == 0 {
+			t.Fatalf("%s is empty before the delete: the test does not cover it", table)
+		}
+	}
+	if err := s.DeleteGroup(ctx, g.State.GroupID()); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range tables {
+		if n := count(table); n != 0 {
+			t.Errorf("%s keeps %d rows of the deleted group", table, n)
+		}
+	}
+}

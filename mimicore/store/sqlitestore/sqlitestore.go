@@ -9,8 +9,8 @@
 // # Group commit
 //
 // Every write method (Reserve, Complete, Release, SeenSignature, MarkSpent,
-// the signing-key and peer-key writes, and each bounded DELETE of
-// DeleteExpired) is an operation queued to one writer goroutine, the only
+// the signing-key and peer-key writes, the group writes, and each bounded
+// DELETE of DeleteExpired) is an operation queued to one writer goroutine, the only
 // user of the one writer connection. When the writer becomes free it takes
 // every operation queued meanwhile, oldest first and at most the batch
 // size (DefaultMaxBatch, see WithMaxBatch), and runs them in one
@@ -74,6 +74,16 @@
 // run after a no-op write may find the row gone (a concurrent Release or
 // sweep); lock it with SELECT ... FOR UPDATE in the same transaction, or
 // retry the operation.
+//
+// The group state ports the same way. A commit is one conditional UPDATE of
+// the group's head (WHERE group_id, epoch, context and interim hash match
+// the base, RETURNING id: no row means another commit won), then an upsert
+// per changed tree position (O(log n), sent in the same pgx Batch), and a
+// few deletes keyed on the group; the group row's lock serialises rival
+// commits as BEGIN IMMEDIATE does here. mls_groups.id is AUTOINCREMENT here
+// and an identity column there: neither reuses an id, which the state
+// cache relies on. Loads read the head and, on a cache miss, the positions
+// in one snapshot (REPEATABLE READ, or one statement joining both).
 package sqlitestore
 
 import (
