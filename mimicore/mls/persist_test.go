@@ -289,3 +289,33 @@ func BenchmarkRestore(b *testing.B) {
 		})
 	}
 }
+
+// TestStoredPartsDoNotAlias changes everything Stored and StoredChanges
+// hand out and checks that the states they came from are unchanged.
+func TestStoredPartsDoNotAlias(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 9, nil)
+	next, _, err := tg.g.ApplyCommit(reencode(t, tg.commit(t, 3, nil, true, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fg, fn := fingerprint(t, tg.g), fingerprint(t, next)
+	all, err := tg.g.Stored()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := next.StoredChanges(tg.g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*StoredState{all, ch} {
+		scribble(st.Context)
+		scribble(st.InterimTranscriptHash)
+		scribble(st.ConfirmationTag)
+		for _, sn := range st.Nodes {
+			scribble(sn.Node)
+			scribble(sn.Hash)
+		}
+	}
+	checkUnchanged(t, "Stored", tg.g, fg)
+	checkUnchanged(t, "StoredChanges", next, fn)
+}
