@@ -183,11 +183,26 @@ func RestoreGroupState(st *StoredState) (*GroupState, error) {
 	g := &GroupState{s: s, ctx: ctx, tree: t, interim: cloneBytes(st.InterimTranscriptHash),
 		confTag: cloneBytes(st.ConfirmationTag),
 		credUse: make(map[CredentialType]uint32), credSup: make(map[CredentialType]uint32)}
+	// The indexes as GroupState.index builds them, but built in place.
+	var sig, enc pmapBuilder
 	for i := range leaves {
-		if l := t.leaf(i); l != nil {
-			g.index(i, l, true)
+		l := t.leaf(i)
+		if l == nil {
+			continue
 		}
+		sig.set(string(l.SignatureKey), i)
+		enc.set(string(l.EncryptionKey), i)
+		g.credUse[l.Credential.Type]++
+		var seen []CredentialType
+		for _, ct := range l.Capabilities.Credentials {
+			if !contains(seen, ct) {
+				seen = append(seen, ct)
+				g.credSup[ct]++
+			}
+		}
+		g.members++
 	}
+	g.sigKeys, g.encKeys = sig.build(), enc.build()
 	return g, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"math/bits"
 	"slices"
 	"testing"
@@ -52,10 +53,16 @@ func sameState(tb testing.TB, a, b *GroupState) {
 		tb.Fatalf("indexes differ: %d/%d/%d members, %d/%d/%d", a.MemberCount(), a.sigKeys.size, a.encKeys.size,
 			b.MemberCount(), b.sigKeys.size, b.encKeys.size)
 	}
+	if !maps.Equal(a.credUse, b.credUse) || !maps.Equal(a.credSup, b.credSup) {
+		tb.Fatalf("credential counts differ: %v %v, want %v %v", b.credUse, b.credSup, a.credUse, a.credSup)
+	}
 	for _, i := range a.tree.Members() {
 		l, _ := a.Member(i)
 		if j, ok := b.LeafBySignatureKey(l.SignatureKey()); !ok || j != i {
 			tb.Fatalf("leaf %d not indexed by its signature key", i)
+		}
+		if j, ok := b.encKeys.get(string(l.EncryptionKey())); !ok || j != i {
+			tb.Fatalf("leaf %d not indexed by its encryption key", i)
 		}
 	}
 	for x := range b.tree.width() {
