@@ -70,10 +70,10 @@ type GroupStore interface {
 
 	// CommitEpoch replaces the state of the group c.Base.GroupID() by
 	// c.Next, atomically and on condition: only while the stored state is
-	// still c.Base (the same epoch, GroupContext and transcript). Otherwise it fails with
-	// ErrEpochConflict and writes nothing, so of two commits built on the
-	// same epoch exactly one is stored, also when both are written at the
-	// same instant or in the same batch. An unknown group is ErrNotFound;
+	// still c.Base (the same epoch, GroupContext and transcript).
+	// Otherwise it fails with ErrEpochConflict and writes nothing, so of
+	// two commits built on the same epoch exactly one is stored, also when
+	// both are written at the same instant or in the same batch. An unknown group is ErrNotFound;
 	// a Next that is not Base's group at the epoch after Base's is
 	// ErrInvalid. On success the proposals pending in Base's epoch are
 	// dropped, and with c.Welcome set Next's ratchet tree is kept for the
