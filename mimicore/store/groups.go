@@ -26,6 +26,8 @@ const (
 	// MaxProposalSize bounds the encoded message of a pending proposal.
 	// It holds an Add carrying a post-quantum KeyPackage.
 	MaxProposalSize = 64 << 10
+	// MaxGroupInfoSize bounds a stored GroupInfo.
+	MaxGroupInfoSize = 1 << 20
 	// MaxPendingProposals bounds the proposals pending in one epoch.
 	MaxPendingProposals = 256
 	// WelcomeTreeEpochs and WelcomeTreeLifetime bound how long the ratchet
@@ -56,11 +58,20 @@ const (
 // (ErrInvalid otherwise).
 type GroupStore interface {
 	// CreateGroup records a new group hosted here with hub as its hub
-	// provider and state as its current state; the group id is
-	// state.GroupID(). It fails with ErrGroupExists when the id is already
-	// in use, hosted here or recorded with RecordGroupHub, and leaves the
-	// stored group as it was.
-	CreateGroup(ctx context.Context, hub string, state *mls.GroupState) error
+	// provider, state as its current state and groupInfo (nil for none)
+	// as the GroupInfo of that epoch; the group id is state.GroupID(). It
+	// fails with ErrGroupExists when the id is already in use, hosted here
+	// or recorded with RecordGroupHub, and leaves the stored group as it
+	// was.
+	CreateGroup(ctx context.Context, hub string, state *mls.GroupState, groupInfo []byte) error
+
+	// GroupInfo returns the current epoch of a group hosted here and the
+	// GroupInfo stored for that epoch (by CreateGroup or the CommitEpoch
+	// that started it), for external joins (PROFILE §5:
+	// external_commit_info). It is ErrNotFound when the group is unknown
+	// or no GroupInfo was stored for its current epoch: a GroupInfo never
+	// outlives its epoch.
+	GroupInfo(ctx context.Context, groupID []byte) (epoch uint64, groupInfo []byte, err error)
 
 	// LoadGroup returns the current state of a group hosted here, or
 	// ErrNotFound (also for a group only recorded with RecordGroupHub).
@@ -129,6 +140,11 @@ type EpochCommit struct {
 	// Welcome is set when the commit added members who join with a
 	// Welcome: Next's ratchet tree is then kept for them.
 	Welcome bool
+	// GroupInfo is the encoded GroupInfo of Next's epoch that the
+	// committer published (nil for none), at most MaxGroupInfoSize
+	// bytes. The DS serves the tree from the state, so a GroupInfo
+	// without the ratchet_tree extension keeps a commit's writes small.
+	GroupInfo []byte
 }
 
 // PendingProposal is a by-reference proposal kept until a commit covers it

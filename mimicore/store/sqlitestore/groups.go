@@ -37,7 +37,7 @@ const (
 	// the stored tree positions are the base's, and writing the positions
 	// that changed from the base gives the next state's tree.
 	groupAdvanceSQL = `UPDATE mls_groups
-		SET epoch = ?1, context = ?2, interim = ?3, conf_tag = ?4, width = ?5, updated_ms = ?6
+		SET epoch = ?1, context = ?2, interim = ?3, conf_tag = ?4, width = ?5, updated_ms = ?6, group_info = ?11
 		WHERE group_id = ?7 AND epoch = ?8 AND context = ?9 AND interim = ?10
 		RETURNING id`
 	nodeUpsertSQL = `INSERT INTO mls_group_nodes (gid, node_index, from_epoch, node, hash)
@@ -111,7 +111,7 @@ func scanHead(row *sql.Row) (groupHead, error) {
 
 // CreateGroup implements store.GroupStore. The hub record, the head and
 // every tree position are written in one op.
-func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupState) error {
+func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupState, groupInfo []byte) error {
 	const doing = "creating group"
 	if err := s.checkOpen(doing); err != nil {
 		return err
@@ -128,6 +128,9 @@ func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupSta
 	}
 	if state.Epoch() > maxEpoch {
 		return fmt.Errorf("%s: epoch %d: %w", doing, state.Epoch(), store.ErrInvalid)
+	}
+	if err := checkGroupInfo(groupInfo); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
 	}
 	st, err := state.Stored()
 	if err != nil {
@@ -148,10 +151,10 @@ func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupSta
 			return store.ErrGroupExists
 		}
 		if err := tx.QueryRowContext(ctx, `INSERT INTO mls_groups
-			(group_id, epoch, context, interim, conf_tag, width, updated_ms)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id`,
-			id, epoch, st.Context, nonNil(st.InterimTranscriptHash), nonNil(st.ConfirmationTag), st.Width, now).
-			Scan(&rowID); err != nil {
+			(group_id, epoch, context, interim, conf_tag, width, updated_ms, group_info)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id`,
+			id, epoch, st.Context, nonNil(st.InterimTranscriptHash), nonNil(st.ConfirmationTag), st.Width, now,
+			nullBlob(groupInfo)).Scan(&rowID); err != nil {
 			return err
 		}
 		return insertNodes(ctx, tx, rowID, epoch, st.Nodes)
@@ -159,7 +162,7 @@ func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupSta
 	if err != nil {
 		return s.fail(doing, err)
 	}
-	s.groupBytes.Add(uint64(headSize(st) + nodesSize(st.Nodes)))
+	s.groupBytes.Add(uint64(headSize(st) + len(groupInfo) + nodesSize(st.Nodes)))
 	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: state.Epoch(), Context: st.Context,
 		Interim: nonNil(st.InterimTranscriptHash), ConfTag: nonNil(st.ConfirmationTag)}, state)
 	return nil
@@ -274,6 +277,9 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
 	if string(c.Next.GroupID()) != string(id) || c.Next.Epoch() != c.Base.Epoch()+1 || c.Next.Epoch() > maxEpoch {
 		return fmt.Errorf("%s: next state is not the base's group at the next epoch: %w", doing, store.ErrInvalid)
 	}
+	if err := checkGroupInfo(c.GroupInfo); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
 	ch, err := c.Next.StoredChanges(c.Base)
 	if err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
@@ -290,10 +296,10 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
 	var written int
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
-		written = headSize(ch) + nodesSize(ch.Nodes)
+		written = headSize(ch) + len(c.GroupInfo) + nodesSize(ch.Nodes)
 		err := tx.StmtContext(ctx, s.gs.advance).QueryRowContext(ctx,
 			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), ch.Width, now,
-			id, next-1, baseContext, baseInterim).Scan(&rowID)
+			id, next-1, baseContext, baseInterim, nullBlob(c.GroupInfo)).Scan(&rowID)
 		if errors.Is(err, sql.ErrNoRows) {
 			var one int
 			err := tx.QueryRowContext(ctx, `SELECT 1 FROM mls_groups WHERE group_id = ?1`, id).Scan(&one)
@@ -375,6 +381,39 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
 	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: c.Next.Epoch(), Context: ch.Context,
 		Interim: nonNil(ch.InterimTranscriptHash), ConfTag: nonNil(ch.ConfirmationTag)}, c.Next)
 	return nil
+}
+
+// checkGroupInfo checks the size of a GroupInfo to store.
+func checkGroupInfo(gi []byte) error {
+	if len(gi) > store.MaxGroupInfoSize {
+		return fmt.Errorf("group info is %d bytes, over the %d byte limit: %w", len(gi), store.MaxGroupInfoSize, store.ErrInvalid)
+	}
+	return nil
+}
+
+// GroupInfo implements store.GroupStore.
+func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, error) {
+	const doing = "reading group info"
+	if err := s.checkOpen(doing); err != nil {
+		return 0, nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return 0, nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var epoch int64
+	var gi []byte
+	err := s.r.QueryRowContext(ctx, `SELECT epoch, group_info FROM mls_groups WHERE group_id = ?1`, groupID).
+		Scan(&epoch, &gi)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil, fmt.Errorf("%s: no group hosted here with this id: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return 0, nil, s.fail(doing, err)
+	}
+	if gi == nil {
+		return uint64(epoch), nil, fmt.Errorf("%s: none stored for epoch %d: %w", doing, epoch, store.ErrNotFound)
+	}
+	return uint64(epoch), gi, nil
 }
 
 // WelcomeTree implements store.GroupStore.

@@ -166,8 +166,8 @@ CREATE INDEX replay_requests_expires ON replay_requests (expires_ms);
 //
 // group_hubs names the hub of every group this provider knows, hosted here
 // or not. A hosted group has a row in mls_groups (the epoch's head: the
-// encoded GroupContext, interim transcript hash, confirmation tag and tree
-// width) and one row per tree position in mls_group_nodes (the encoded node,
+// encoded GroupContext, interim transcript hash, confirmation tag, tree
+// width and the epoch's GroupInfo) and one row per tree position in mls_group_nodes (the encoded node,
 // NULL when blank, with its tree hash, and the epoch it was written in), so
 // a commit rewrites the positions it changed and nothing else. When a
 // retained Welcome epoch (mls_group_welcomes) still needs a position's
@@ -194,6 +194,8 @@ CREATE TABLE mls_groups (
 	interim    BLOB    NOT NULL,
 	conf_tag   BLOB    NOT NULL,
 	width      INTEGER NOT NULL CHECK (width > 0),
+	-- the GroupInfo of the current epoch, NULL when none was stored
+	group_info BLOB,
 	updated_ms INTEGER NOT NULL
 );
 

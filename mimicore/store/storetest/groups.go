@@ -43,6 +43,7 @@ func RunGroupTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("FailuresAlone", func(t *testing.T) { testGroupFailuresAlone(t, plain) })
 	t.Run("WelcomeTrees", func(t *testing.T) { testGroupWelcomeTrees(t, open) })
 	t.Run("Proposals", func(t *testing.T) { testGroupProposals(t, plain) })
+	t.Run("GroupInfo", func(t *testing.T) { testGroupInfo(t, plain) })
 	t.Run("Delete", func(t *testing.T) { testGroupDelete(t, plain) })
 	t.Run("Hubs", func(t *testing.T) { testGroupHubs(t, plain) })
 }
@@ -97,7 +98,7 @@ func testGroupCreateLoad(t *testing.T, open func(t *testing.T) store.Store) {
 	for _, n := range []int{1, 2, 7} {
 		id := randBytes(t, 16)
 		g := NewGroup(t, id, n)
-		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 		wantLoad(t, s, fmt.Sprintf("%d members", n), g.State)
 		h, err := s.GroupHub(ctx(), id)
 		noErr(t, "GroupHub", err)
@@ -105,7 +106,7 @@ func testGroupCreateLoad(t *testing.T, open func(t *testing.T) store.Store) {
 			t.Fatalf("hub = %q, want %q", h, hub)
 		}
 		other := NewGroup(t, id, 1)
-		wantErr(t, "CreateGroup of an id in use", s.CreateGroup(ctx(), "other.example", other.State), store.ErrGroupExists)
+		wantErr(t, "CreateGroup of an id in use", s.CreateGroup(ctx(), "other.example", other.State, nil), store.ErrGroupExists)
 		wantLoad(t, s, "after a refused create", g.State)
 	}
 	_, err := s.LoadGroup(ctx(), randBytes(t, 16))
@@ -118,9 +119,9 @@ func testGroupCreateLoad(t *testing.T, open func(t *testing.T) store.Store) {
 		name string
 		err  error
 	}{
-		{"nil state", s.CreateGroup(ctx(), hub, nil)},
-		{"empty hub", s.CreateGroup(ctx(), "", g.State)},
-		{"long group id", s.CreateGroup(ctx(), hub, NewGroup(t, bytes.Repeat([]byte{1}, store.MaxIDSize+1), 1).State)},
+		{"nil state", s.CreateGroup(ctx(), hub, nil, nil)},
+		{"empty hub", s.CreateGroup(ctx(), "", g.State, nil)},
+		{"long group id", s.CreateGroup(ctx(), hub, NewGroup(t, bytes.Repeat([]byte{1}, store.MaxIDSize+1), 1).State, nil)},
 	} {
 		t.Run(tc.name, func(t *testing.T) { wantErr(t, "CreateGroup", tc.err, store.ErrInvalid) })
 	}
@@ -134,7 +135,7 @@ func testGroupCreateLoad(t *testing.T, open func(t *testing.T) store.Store) {
 func testGroupCommitChain(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 1)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 	steps := []struct {
 		name      string
 		proposals func() []*mls.Proposal
@@ -162,7 +163,7 @@ func testGroupCommitChain(t *testing.T, open func(t *testing.T) store.Store) {
 func testGroupCommitConflict(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 3)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 	win, c1 := g.Commit(t)
 	_, c2 := g.Commit(t, Remove(1))
 	commitEpoch(t, s, c1)
@@ -212,7 +213,7 @@ func testGroupRacingCommits(t *testing.T, open func(t *testing.T) store.Store) {
 	const rivals, rounds = 8, 6
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 4)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 	for round := range rounds {
 		nexts := make([]*Group, rivals)
 		commits := make([]store.EpochCommit, rivals)
@@ -262,7 +263,7 @@ func testGroupFailuresAlone(t *testing.T, open func(t *testing.T) store.Store) {
 	stale := make([]store.EpochCommit, groups)
 	for i := range gs {
 		gs[i] = NewGroup(t, randBytes(t, 16), 2)
-		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, gs[i].State))
+		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, gs[i].State, nil))
 		before := gs[i]
 		var c store.EpochCommit
 		gs[i], c = before.Commit(t)
@@ -298,7 +299,7 @@ func testGroupFailuresAlone(t *testing.T, open func(t *testing.T) store.Store) {
 		run(fmt.Sprint("commit ", i), nil, func() error { return s.CommitEpoch(ctx(), c) })
 		run(fmt.Sprint("stale commit ", i), store.ErrEpochConflict, func() error { return s.CommitEpoch(ctx(), stale[i]) })
 		run(fmt.Sprint("create in use ", i), store.ErrGroupExists, func() error {
-			return s.CreateGroup(ctx(), hub, NewGroup(t, id, 1).State)
+			return s.CreateGroup(ctx(), hub, NewGroup(t, id, 1).State, nil)
 		})
 		run(fmt.Sprint("old proposal ", i), store.ErrEpochConflict, func() error {
 			return s.AddProposal(ctx(), id, old, store.PendingProposal{Ref: []byte("ref"), Message: []byte("m")})
@@ -353,7 +354,7 @@ func testGroupWelcomeTrees(t *testing.T, open func(t *testing.T, clock *Clock) s
 		s := open(t, NewClock())
 		g := NewGroup(t, randBytes(t, 16), 1)
 		id := g.State.GroupID()
-		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 		noWelcomeTree(t, s, "epoch 0 had no Welcome", id, 0)
 		var c store.EpochCommit
 		g, c = g.Commit(t, Adds(t, 6)...)
@@ -396,7 +397,7 @@ func testGroupWelcomeTrees(t *testing.T, open func(t *testing.T, clock *Clock) s
 		clock := NewClock()
 		s := open(t, clock)
 		g := NewGroup(t, randBytes(t, 16), 1)
-		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 		var c store.EpochCommit
 		g, c = g.Commit(t, Adds(t, 3)...)
 		commitEpoch(t, s, c)
@@ -430,7 +431,7 @@ func testGroupProposals(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 3)
 	id, epoch := g.State.GroupID(), g.State.Epoch()
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 	var want []store.PendingProposal
 	for i := range 3 {
 		p := store.PendingProposal{Ref: randBytes(t, 32), Message: randBytes(t, 100+i)}
@@ -494,11 +495,62 @@ func testGroupProposals(t *testing.T, open func(t *testing.T) store.Store) {
 	noErr(t, "AddProposal in the new epoch", s.AddProposal(ctx(), id, g.State.Epoch(), want[0]))
 }
 
+func wantGroupInfo(t *testing.T, s store.Store, what string, id []byte, epoch uint64, want []byte) {
+	t.Helper()
+	e, gi, err := s.GroupInfo(ctx(), id)
+	noErr(t, what+": GroupInfo", err)
+	if e != epoch || !bytes.Equal(gi, want) {
+		t.Fatalf("%s: GroupInfo of epoch %d (%d bytes), want epoch %d (%d bytes)", what, e, len(gi), epoch, len(want))
+	}
+	gi[0]++ // the store must not hand out its own memory
+}
+
+// testGroupInfo checks that the GroupInfo stored with an epoch is served
+// for that epoch only, and that a refused commit leaves it as it was.
+func testGroupInfo(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	g := NewGroup(t, randBytes(t, 16), 2)
+	id := g.State.GroupID()
+	gi0 := randBytes(t, 300)
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, gi0))
+	gi0copy := bytes.Clone(gi0)
+	gi0[0]++ // the store must have copied it
+	wantGroupInfo(t, s, "created", id, g.State.Epoch(), gi0copy)
+
+	next, c := g.Commit(t)
+	c.GroupInfo = randBytes(t, 400)
+	_, rival := g.Commit(t)
+	rival.GroupInfo = randBytes(t, 400)
+	commitEpoch(t, s, c)
+	wantErr(t, "rival commit", s.CommitEpoch(ctx(), rival), store.ErrEpochConflict)
+	wantGroupInfo(t, s, "after a commit with one, and a refused rival", id, next.State.Epoch(), c.GroupInfo)
+
+	next2, c2 := next.Commit(t)
+	commitEpoch(t, s, c2)
+	_, _, err := s.GroupInfo(ctx(), id)
+	wantErr(t, "GroupInfo after a commit without one", err, store.ErrNotFound)
+
+	big := make([]byte, store.MaxGroupInfoSize+1)
+	_, c3 := next2.Commit(t)
+	c3.GroupInfo = big
+	wantErr(t, "CommitEpoch with a GroupInfo too large", s.CommitEpoch(ctx(), c3), store.ErrInvalid)
+	wantErr(t, "CreateGroup with a GroupInfo too large",
+		s.CreateGroup(ctx(), hub, NewGroup(t, randBytes(t, 16), 1).State, big), store.ErrInvalid)
+	wantLoad(t, s, "after the refused commit", next2.State)
+
+	plain := NewGroup(t, randBytes(t, 16), 1)
+	noErr(t, "CreateGroup without a GroupInfo", s.CreateGroup(ctx(), hub, plain.State, nil))
+	_, _, err = s.GroupInfo(ctx(), plain.State.GroupID())
+	wantErr(t, "GroupInfo of a group created without one", err, store.ErrNotFound)
+	_, _, err = s.GroupInfo(ctx(), randBytes(t, 16))
+	wantErr(t, "GroupInfo of an unknown group", err, store.ErrNotFound)
+}
+
 func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	id := randBytes(t, 16)
 	g := NewGroup(t, id, 1)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 	g, c := g.Commit(t, Adds(t, 2)...)
 	commitEpoch(t, s, c)
 	noErr(t, "AddProposal", s.AddProposal(ctx(), id, g.State.Epoch(), store.PendingProposal{Ref: []byte("r"), Message: []byte("m")}))
@@ -518,7 +570,7 @@ func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	// The id is free again, and the new group is not the old one, even
 	// at the same epoch.
 	again := NewGroup(t, id, 3)
-	noErr(t, "CreateGroup again", s.CreateGroup(ctx(), "other.example", again.State))
+	noErr(t, "CreateGroup again", s.CreateGroup(ctx(), "other.example", again.State, nil))
 	wantLoad(t, s, "the new group", again.State)
 	noWelcomeTree(t, s, "the old group's Welcome tree", id, g.State.Epoch())
 	ps, err := s.PendingProposals(ctx(), id, again.State.Epoch())
@@ -541,10 +593,10 @@ func testGroupHubs(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	_, err = s.LoadGroup(ctx(), id)
 	wantErr(t, "LoadGroup of a group hosted elsewhere", err, store.ErrNotFound)
-	wantErr(t, "CreateGroup of a group hosted elsewhere", s.CreateGroup(ctx(), hub, NewGroup(t, id, 1).State), store.ErrGroupExists)
+	wantErr(t, "CreateGroup of a group hosted elsewhere", s.CreateGroup(ctx(), hub, NewGroup(t, id, 1).State, nil), store.ErrGroupExists)
 
 	hosted := NewGroup(t, randBytes(t, 16), 1)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, hosted.State))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, hosted.State, nil))
 	wantErr(t, "RecordGroupHub of a hosted group", s.RecordGroupHub(ctx(), hosted.State.GroupID(), hub), store.ErrGroupExists)
 	wantErr(t, "RecordGroupHub with an empty hub", s.RecordGroupHub(ctx(), randBytes(t, 16), ""), store.ErrInvalid)
 
@@ -561,12 +613,13 @@ func testReopenGroups(t *testing.T, open func() (store.Store, error)) {
 	noErr(t, "opening store", err)
 	g := NewGroup(t, randBytes(t, 16), 1)
 	id := g.State.GroupID()
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 	g, c := g.Commit(t, Adds(t, 9)...)
 	commitEpoch(t, s, c)
 	w := g.State
 	for range 3 {
 		g, c = g.Commit(t)
+		c.GroupInfo = []byte(fmt.Sprint("group info of epoch ", c.Next.Epoch()))
 		commitEpoch(t, s, c)
 	}
 	p := store.PendingProposal{Ref: []byte("ref"), Message: []byte("message")}
@@ -580,6 +633,8 @@ func testReopenGroups(t *testing.T, open func() (store.Store, error)) {
 		noErr(t, "reopening store", err)
 		wantLoad(t, s, fmt.Sprintf("round %d", round), g.State)
 		wantWelcomeTree(t, s, fmt.Sprintf("round %d", round), w)
+		wantGroupInfo(t, s, fmt.Sprintf("round %d", round), id, g.State.Epoch(),
+			[]byte(fmt.Sprint("group info of epoch ", g.State.Epoch())))
 		ps, err := s.PendingProposals(ctx(), id, g.State.Epoch())
 		noErr(t, "PendingProposals", err)
 		// Round 0 finds the proposal; round 1 finds it dropped by round
@@ -599,6 +654,7 @@ func testReopenGroups(t *testing.T, open func() (store.Store, error)) {
 		noErr(t, "ApplyCommit on the loaded state", err)
 		SameState(t, "commit applied to the loaded state", next, c.Next)
 		c.Base = loaded
+		c.GroupInfo = []byte(fmt.Sprint("group info of epoch ", c.Next.Epoch()))
 		commitEpoch(t, s, c)
 		noErr(t, "Close", s.Close())
 	}

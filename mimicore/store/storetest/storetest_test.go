@@ -28,6 +28,7 @@ type broken struct {
 	mu     sync.Mutex
 	seen   map[string]bool
 	loaded map[string]*mls.GroupState
+	infos  map[string][]byte
 }
 
 // racyOnce is a check-then-set with a window between check and set.
@@ -147,11 +148,11 @@ func (b *broken) LookupPeerFailure(ctx context.Context, domain string) (store.Pe
 	return f, err
 }
 
-func (b *broken) CreateGroup(ctx context.Context, hub string, g *mls.GroupState) error {
-	err := b.Store.CreateGroup(ctx, hub, g)
+func (b *broken) CreateGroup(ctx context.Context, hub string, g *mls.GroupState, gi []byte) error {
+	err := b.Store.CreateGroup(ctx, hub, g, gi)
 	if b.mode == "create-overwrites" && errors.Is(err, store.ErrGroupExists) {
 		_ = b.Store.DeleteGroup(ctx, g.GroupID())
-		return b.Store.CreateGroup(ctx, hub, g)
+		return b.Store.CreateGroup(ctx, hub, g, gi)
 	}
 	return err
 }
@@ -189,6 +190,23 @@ func (b *broken) WelcomeTree(ctx context.Context, id []byte, epoch uint64) (mls.
 	return rt, err
 }
 
+func (b *broken) GroupInfo(ctx context.Context, id []byte) (uint64, []byte, error) {
+	epoch, gi, err := b.Store.GroupInfo(ctx, id)
+	if b.mode == "group-info-outlives-epoch" && errors.Is(err, store.ErrNotFound) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if old, ok := b.infos[string(id)]; ok {
+			return epoch, old, nil
+		}
+	}
+	if err == nil {
+		b.mu.Lock()
+		b.infos[string(id)] = gi
+		b.mu.Unlock()
+	}
+	return epoch, gi, err
+}
+
 func (b *broken) PendingProposals(ctx context.Context, id []byte, epoch uint64) ([]store.PendingProposal, error) {
 	ps, err := b.Store.PendingProposals(ctx, id, epoch)
 	if b.mode == "proposals-any-epoch" && errors.Is(err, store.ErrEpochConflict) {
@@ -206,25 +224,26 @@ func (b *broken) Close() error {
 
 // brokenModes maps each broken store to the subtest that must catch it.
 var brokenModes = map[string]string{
-	"reserve-always-new":      "Replay/Lifecycle",
-	"reserve-racy":            "Replay/ConcurrentSameKey",
-	"conflict-as-in-progress": "Replay/Lifecycle",
-	"complete-drops-answer":   "Replay/Lifecycle",
-	"release-noop":            "Replay/Release",
-	"spent-always-first":      "MarkSpent/FirstUseThenReplay",
-	"spent-racy":              "MarkSpent/Concurrent",
-	"seen-ignores-expiry":     "SeenSignature/Expiry",
-	"sweep-noop":              "DeleteExpired",
-	"keys-unsorted":           "SigningKeys/InsertListRetireDelete",
-	"insert-overwrites":       "SigningKeys/InsertConflicts",
-	"peer-keys-merge":         "PeerKeys/ReplaceAndLookup",
-	"failure-reason-lost":     "PeerKeys/Failures",
-	"close-noop":              "Close",
-	"create-overwrites":       "Groups/CreateLoad",
-	"commit-ignores-conflict": "Groups/CommitConflict",
-	"load-stale":              "Groups/CommitChain",
-	"welcome-tree-current":    "Groups/WelcomeTrees/Epochs",
-	"proposals-any-epoch":     "Groups/Proposals",
+	"reserve-always-new":        "Replay/Lifecycle",
+	"reserve-racy":              "Replay/ConcurrentSameKey",
+	"conflict-as-in-progress":   "Replay/Lifecycle",
+	"complete-drops-answer":     "Replay/Lifecycle",
+	"release-noop":              "Replay/Release",
+	"spent-always-first":        "MarkSpent/FirstUseThenReplay",
+	"spent-racy":                "MarkSpent/Concurrent",
+	"seen-ignores-expiry":       "SeenSignature/Expiry",
+	"sweep-noop":                "DeleteExpired",
+	"keys-unsorted":             "SigningKeys/InsertListRetireDelete",
+	"insert-overwrites":         "SigningKeys/InsertConflicts",
+	"peer-keys-merge":           "PeerKeys/ReplaceAndLookup",
+	"failure-reason-lost":       "PeerKeys/Failures",
+	"close-noop":                "Close",
+	"create-overwrites":         "Groups/CreateLoad",
+	"commit-ignores-conflict":   "Groups/CommitConflict",
+	"load-stale":                "Groups/CommitChain",
+	"welcome-tree-current":      "Groups/WelcomeTrees/Epochs",
+	"proposals-any-epoch":       "Groups/Proposals",
+	"group-info-outlives-epoch": "Groups/GroupInfo",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {
@@ -249,7 +268,7 @@ func TestBrokenStoreHelper(t *testing.T) {
 	t.Run("Groups", func(t *testing.T) {
 		storetest.RunGroupTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
 			return &broken{Store: openSQLite(t, sqlitestore.WithClock(clock.Now)), mode: mode,
-				seen: map[string]bool{}, loaded: map[string]*mls.GroupState{}}
+				seen: map[string]bool{}, loaded: map[string]*mls.GroupState{}, infos: map[string][]byte{}}
 		})
 	})
 }
