@@ -62,3 +62,43 @@ func TestPMap(t *testing.T) {
 		t.Fatal("overwrite leaked into the original")
 	}
 }
+
+// TestPMapBuilder checks that a built map holds what pmap.set would, and
+// stays persistent: later sets and deletes leave it as it was.
+func TestPMapBuilder(t *testing.T) {
+	var b pmapBuilder
+	for i := range 5000 {
+		b.set(fmt.Sprint("k", i), uint32(i))
+	}
+	b.set("k7", 77) // overwrite
+	m := b.build()
+	if m.size != 5000 {
+		t.Fatalf("size %d", m.size)
+	}
+	check := func(what string, m pmap) {
+		t.Helper()
+		for i := range 5000 {
+			want := uint32(i)
+			if i == 7 {
+				want = 77
+			}
+			if v, ok := m.get(fmt.Sprint("k", i)); !ok || v != want {
+				t.Fatalf("%s: k%d = %d %v", what, i, v, ok)
+			}
+		}
+	}
+	check("built", m)
+	m2 := m
+	for i := range 5000 {
+		if i%2 == 0 {
+			m2 = m2.del(fmt.Sprint("k", i))
+		} else {
+			m2 = m2.set(fmt.Sprint("k", i), 0)
+		}
+		m2 = m2.set(fmt.Sprint("new", i), 1)
+	}
+	check("after changes to a copy", m)
+	if m2.size != 7500 {
+		t.Fatalf("copy size %d", m2.size)
+	}
+}

@@ -81,12 +81,14 @@
 //
 // Version 1 holds the replay cache, the client-signature replay set, spent
 // Privacy Pass tokens, the gateway's signing-key metadata and the peer
-// verification-key cache. The DS state that later issues add gets its own
-// interface here and its own appended migration in each backend:
+// verification-key cache; version 3 the group state of GroupStore: per
+// group the hub provider, the epoch's public state in parts (a row per tree
+// position, so a commit writes only the positions it changed), the trees of
+// old epochs kept for lagging Welcome joiners (at most 14 days or 64
+// epochs) and the pending proposals. The DS state that later issues add
+// gets its own interface here and its own appended migration in each
+// backend:
 //
-//   - group state: per group, the hub provider, the epoch, the public tree
-//     and GroupInfo, and old epochs kept for lagging Welcome joiners (at most
-//     14 days or 64 epochs);
 //   - queues: per client, the messages fanned out to it, with per-client
 //     duplicate detection by message hash;
 //   - KeyPackages: per client, single-use packages consumed atomically, and
@@ -158,6 +160,7 @@ type Store interface {
 	SeenSignatures
 	SpentNonces
 	KeyStore
+	GroupStore
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.
@@ -167,10 +170,11 @@ type Store interface {
 // Sweeper reclaims the space of expired records.
 type Sweeper interface {
 	// DeleteExpired removes every record whose expiry is at or before now
-	// (replay entries, seen signatures, spent tokens, peer keys and peer
-	// fetch failures) and reports how many it removed. It works in small
-	// transactions so writers are not held up; on error, the records
-	// removed so far stay removed. The gateway's own signing keys are not
+	// (replay entries, seen signatures, spent tokens, peer keys, peer
+	// fetch failures, and Welcome trees past WelcomeTreeLifetime with the
+	// old tree nodes only they kept) and reports how many it removed. It
+	// works in small transactions so writers are not held up; on error,
+	// the records removed so far stay removed. The gateway's own signing keys are not
 	// swept: see SigningKeys.DeleteSigningKey.
 	DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 }

@@ -2,6 +2,7 @@ package sqlitestore
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,7 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
 )
 
 // crashChildEnv, when set to a database path, turns the test binary into the
@@ -53,6 +56,16 @@ func crashChild(path string) int {
 		}
 	}()
 	var wg sync.WaitGroup
+	for w := 0; w < crashGroupWriters; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := crashCommits(s, fmt.Sprintf("%s/group/%d", round, w)); err != nil {
+				fmt.Fprintf(os.Stderr, "group writer: %v\n", err)
+				os.Exit(3)
+			}
+		}()
+	}
 	for w := 0; w < crashWriters; w++ {
 		wg.Add(1)
 		go func() {
@@ -108,10 +121,75 @@ func crashChild(path string) int {
 	return 0
 }
 
+// crashGroupWriters is the number of goroutines of the child that each
+// create a group and commit to it until the kill.
+const crashGroupWriters = 4
+
+// crashCommits creates group id and commits to it, epoch after epoch, until
+// the process is killed. Before each write it prints "try <id> <epoch>
+// <digest>" (the state it is about to store), after the write returned
+// "group <id> <epoch> <digest>" (an acknowledgement), where digest is the
+// SHA-256 of the state's MarshalBinary: the verifier then knows every state
+// the group may be in. Every fifth commit adds a member and every seventh
+// removes one, so commits grow and shrink the tree and keep Welcome trees.
+func crashCommits(s *Store, id string) error {
+	g, err := storetest.MakeGroup([]byte(id), 3)
+	if err != nil {
+		return err
+	}
+	line := func(kind string, st *mls.GroupState) error {
+		enc, err := st.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		d := sha256.Sum256(enc)
+		_, err = fmt.Fprintf(os.Stdout, "%s %s %d %s\n", kind, hex.EncodeToString([]byte(id)), st.Epoch(), hex.EncodeToString(d[:]))
+		return err
+	}
+	if err := line("try", g.State); err != nil {
+		return err
+	}
+	if err := s.CreateGroup(context.Background(), "crash.example", g.State, nil); err != nil {
+		return fmt.Errorf("CreateGroup: %w", err)
+	}
+	if err := line("group", g.State); err != nil {
+		return err
+	}
+	for i := 1; ; i++ {
+		var props []*mls.Proposal
+		switch {
+		case i%5 == 0:
+			if props, err = storetest.MakeAdds(1); err != nil {
+				return err
+			}
+		case i%7 == 0 && g.State.MemberCount() > 2:
+			members := g.State.Tree().Members()
+			props = []*mls.Proposal{storetest.Remove(members[len(members)-1])}
+		}
+		next, c, err := g.MakeCommit(props...)
+		if err != nil {
+			return err
+		}
+		if err := line("try", next.State); err != nil {
+			return err
+		}
+		if err := s.CommitEpoch(context.Background(), c); err != nil {
+			return fmt.Errorf("CommitEpoch to epoch %d: %w", next.State.Epoch(), err)
+		}
+		if err := line("group", next.State); err != nil {
+			return err
+		}
+		g = next
+	}
+}
+
 // TestCrashDurability runs a child process whose 64 concurrent writers
-// write and acknowledge through group commit, kills it with SIGKILL
-// mid-stream, and checks that every acknowledged write is in the reopened
-// database and that the database is intact, three times over.
+// write and acknowledge through group commit, beside 4 that each commit
+// epoch after epoch to an MLS group, kills it with SIGKILL mid-stream, and
+// checks that every acknowledged write is in the reopened database, that
+// every group holds its last acknowledged commit or the one in flight and
+// no half-applied state, and that the database is intact, three times
+// over.
 func TestCrashDurability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes")
@@ -124,9 +202,11 @@ func TestCrashDurability(t *testing.T) {
 			t.Fatalf("round %d: only %d acknowledged writes before the kill", round, len(acks))
 		}
 		all = append(all, acks...)
-		verifyAcks(t, path, all)
-		t.Logf("round %d: %d acknowledged writes (%s), all %d present after kill -9; child's last stats: %s",
-			round, len(acks), countKinds(acks), len(all), stats)
+		ahead := verifyAcks(t, path, all)
+		_, tries := splitGroupLines(acks)
+		t.Logf("round %d: %d acknowledged writes (%s), all %d present after kill -9 "+
+			"(%d groups so far hold the commit in flight at their kill, none half applied); child's last stats: %s",
+			round, len(acks)-countTries(tries), countKinds(acks), len(all)-countTries(all), ahead, stats)
 	}
 }
 
@@ -137,7 +217,7 @@ func countKinds(acks []string) string {
 		kind, _, _ := strings.Cut(a, " ")
 		n[kind]++
 	}
-	return fmt.Sprintf("%d spent, %d reply, %d sig, %d logged", n["spent"], n["reply"], n["sig"], n["logged"])
+	return fmt.Sprintf("%d spent, %d reply, %d sig, %d logged, %d group commits", n["spent"], n["reply"], n["sig"], n["logged"], n["group"])
 }
 
 // lastStats turns the child's last "stats" line into words.
@@ -247,8 +327,22 @@ func (l *lockedBuilder) String() string {
 	return l.b.String()
 }
 
-// verifyAcks reopens the database and checks each acknowledged write.
-func verifyAcks(t *testing.T, path string, acks []string) {
+// countTries counts the "try" lines of the group writers, which are not
+// acknowledgements.
+func countTries(lines []string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, "try ") {
+			n++
+		}
+	}
+	return n
+}
+
+// verifyAcks reopens the database and checks each acknowledged write. It
+// returns how many groups hold a commit that was written but not
+// acknowledged when the child died.
+func verifyAcks(t *testing.T, path string, acks []string) int {
 	t.Helper()
 	ctx := context.Background()
 	s, err := Open(ctx, path)
@@ -262,6 +356,11 @@ func verifyAcks(t *testing.T, path string, acks []string) {
 	}
 	if result != "ok" {
 		t.Fatalf("integrity check: %s", result)
+	}
+	acks, groupLines := splitGroupLines(acks)
+	ahead, err := verifyGroups(ctx, s, groupLines)
+	if err != nil {
+		t.Fatal(err)
 	}
 	exp := time.Now().Add(time.Hour)
 	// Checked by concurrent workers: the checks are writes (a replay
@@ -286,6 +385,7 @@ func verifyAcks(t *testing.T, path string, acks []string) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	return ahead
 }
 
 // verifyAck checks that the write of one acknowledgement line is in s.
@@ -320,4 +420,96 @@ func verifyAck(ctx context.Context, s *Store, ack string, exp time.Time) error {
 		return fmt.Errorf("unknown acknowledgement %q", ack)
 	}
 	return nil
+}
+
+// splitGroupLines separates the group writers' lines ("try" and "group")
+// from the other acknowledgements.
+func splitGroupLines(lines []string) (acks, groups []string) {
+	for _, l := range lines {
+		if strings.HasPrefix(l, "try ") || strings.HasPrefix(l, "group ") {
+			groups = append(groups, l)
+		} else {
+			acks = append(acks, l)
+		}
+	}
+	return acks, groups
+}
+
+// verifyGroups checks each group the child wrote after the kill: its last
+// acknowledged commit is there, or the one commit it had started after it
+// (written but not acknowledged when the process died), and nothing in
+// between: the stored state is exactly one of the states the child tried
+// to store, and its tree, rebuilt from its nodes and fully verified
+// (leaf signatures, parent hashes), hashes to its context's tree hash, so
+// no commit is half applied.
+func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err error) {
+	type history struct {
+		acked int64             // last acknowledged epoch, -1 for none
+		tries map[uint64]string // epoch -> digest of the state tried
+	}
+	groups := map[string]*history{}
+	for _, l := range lines {
+		var kind, id, digest string
+		var epoch uint64
+		if _, err := fmt.Sscanf(l, "%s %s %d %s", &kind, &id, &epoch, &digest); err != nil {
+			return 0, fmt.Errorf("malformed group line %q", l)
+		}
+		h := groups[id]
+		if h == nil {
+			h = &history{acked: -1, tries: map[uint64]string{}}
+			groups[id] = h
+		}
+		switch kind {
+		case "try":
+			h.tries[epoch] = digest
+		case "group":
+			if h.tries[epoch] != digest {
+				return 0, fmt.Errorf("group %s: epoch %d acknowledged without its try line", id, epoch)
+			}
+			h.acked = int64(epoch)
+		}
+	}
+	for id, h := range groups {
+		raw, _ := hex.DecodeString(id)
+		g, err := s.LoadGroup(ctx, raw)
+		if errors.Is(err, store.ErrNotFound) && h.acked < 0 {
+			continue // created, never acknowledged, lost: allowed
+		}
+		if err != nil {
+			return 0, fmt.Errorf("group %s (acknowledged up to epoch %d) after kill -9: %w", raw, h.acked, err)
+		}
+		// The write in flight is the first one tried after the last
+		// acknowledged (for a group whose creation was not acknowledged,
+		// the creation, at its first epoch).
+		inFlight := int64(-1)
+		for e := range h.tries {
+			if int64(e) > h.acked && (inFlight < 0 || int64(e) < inFlight) {
+				inFlight = int64(e)
+			}
+		}
+		if e := int64(g.Epoch()); e == inFlight {
+			ahead++
+		} else if e != h.acked {
+			return 0, fmt.Errorf("group %s at epoch %d after kill -9, acknowledged up to %d", raw, e, h.acked)
+		}
+		enc, err := g.MarshalBinary()
+		if err != nil {
+			return 0, err
+		}
+		d := sha256.Sum256(enc)
+		if want, ok := h.tries[g.Epoch()]; !ok || want != hex.EncodeToString(d[:]) {
+			return 0, fmt.Errorf("group %s at epoch %d holds a state the child never wrote (half applied?)", raw, g.Epoch())
+		}
+		tree, err := mls.TreeFromRatchetTree(g.CipherSuite(), g.Tree().RatchetTree())
+		if err != nil {
+			return 0, fmt.Errorf("group %s: stored tree: %w", raw, err)
+		}
+		if err := tree.Validate(raw); err != nil {
+			return 0, fmt.Errorf("group %s: stored tree does not verify: %w", raw, err)
+		}
+		if th, err := tree.TreeHash(); err != nil || !bytes.Equal(th, g.TreeHash()) {
+			return 0, fmt.Errorf("group %s: stored nodes do not hash to the stored context's tree hash (%v)", raw, err)
+		}
+	}
+	return ahead, nil
 }

@@ -27,6 +27,7 @@ type migration struct {
 var migrations = []migration{
 	{1, "replay cache, seen signatures, spent tokens, signing and peer keys", schemaV1},
 	{2, "replay answers are DSResponses without an HTTP status", schemaV2},
+	{3, "group state: hubs, groups in parts, Welcome trees, pending proposals", schemaV3},
 }
 
 const schemaV1 = `
@@ -159,4 +160,78 @@ INSERT INTO replay_requests_v2 (sender, request_id, digest, expires_ms, body)
 DROP TABLE replay_requests;
 ALTER TABLE replay_requests_v2 RENAME TO replay_requests;
 CREATE INDEX replay_requests_expires ON replay_requests (expires_ms);
+`
+
+// schemaV3 holds the group state of store.GroupStore.
+//
+// group_hubs names the hub of every group this provider knows, hosted here
+// or not. A hosted group has a row in mls_groups (the epoch's head: the
+// encoded GroupContext, interim transcript hash, confirmation tag, tree
+// width and the epoch's GroupInfo) and one row per tree position in mls_group_nodes (the encoded node,
+// NULL when blank, with its tree hash, and the epoch it was written in), so
+// a commit rewrites the positions it changed and nothing else. When a
+// retained Welcome epoch (mls_group_welcomes) still needs a position's
+// version that a commit replaces, the old version moves to
+// mls_group_node_history with the epoch range it was current in; the tree
+// of epoch e is then the current positions written at or before e plus the
+// history rows whose range holds e. mls_groups.id is AUTOINCREMENT so that
+// a group deleted and created again never reuses a row id (the in-memory
+// state cache relies on it); PostgreSQL's identity columns never reuse
+// either. Deleting a group_hubs row cascades to everything of the group.
+const schemaV3 = `
+CREATE TABLE group_hubs (
+	group_id   BLOB    NOT NULL PRIMARY KEY,
+	hub        TEXT    NOT NULL,
+	hosted     INTEGER NOT NULL CHECK (hosted IN (0, 1)),
+	created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE mls_groups (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT,
+	group_id   BLOB    NOT NULL UNIQUE REFERENCES group_hubs (group_id) ON DELETE CASCADE,
+	epoch      INTEGER NOT NULL CHECK (epoch >= 0),
+	context    BLOB    NOT NULL,
+	interim    BLOB    NOT NULL,
+	conf_tag   BLOB    NOT NULL,
+	width      INTEGER NOT NULL CHECK (width > 0),
+	-- the GroupInfo of the current epoch, NULL when none was stored
+	group_info BLOB,
+	updated_ms INTEGER NOT NULL
+);
+
+CREATE TABLE mls_group_nodes (
+	gid        INTEGER NOT NULL REFERENCES mls_groups (id) ON DELETE CASCADE,
+	node_index INTEGER NOT NULL,
+	from_epoch INTEGER NOT NULL,
+	node       BLOB,
+	hash       BLOB    NOT NULL,
+	PRIMARY KEY (gid, node_index)
+) WITHOUT ROWID;
+
+CREATE TABLE mls_group_node_history (
+	gid        INTEGER NOT NULL REFERENCES mls_groups (id) ON DELETE CASCADE,
+	node_index INTEGER NOT NULL,
+	from_epoch INTEGER NOT NULL,
+	to_epoch   INTEGER NOT NULL,
+	node       BLOB,
+	PRIMARY KEY (gid, node_index, from_epoch)
+) WITHOUT ROWID;
+CREATE INDEX mls_group_node_history_to ON mls_group_node_history (gid, to_epoch);
+
+CREATE TABLE mls_group_welcomes (
+	gid        INTEGER NOT NULL REFERENCES mls_groups (id) ON DELETE CASCADE,
+	epoch      INTEGER NOT NULL,
+	expires_ms INTEGER NOT NULL,
+	PRIMARY KEY (gid, epoch)
+) WITHOUT ROWID;
+CREATE INDEX mls_group_welcomes_expires ON mls_group_welcomes (expires_ms);
+
+CREATE TABLE mls_group_proposals (
+	gid     INTEGER NOT NULL REFERENCES mls_groups (id) ON DELETE CASCADE,
+	ref     BLOB    NOT NULL,
+	epoch   INTEGER NOT NULL,
+	seq     INTEGER NOT NULL,
+	message BLOB    NOT NULL,
+	PRIMARY KEY (gid, ref)
+) WITHOUT ROWID;
 `

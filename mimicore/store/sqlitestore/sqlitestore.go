@@ -9,8 +9,8 @@
 // # Group commit
 //
 // Every write method (Reserve, Complete, Release, SeenSignature, MarkSpent,
-// the signing-key and peer-key writes, and each bounded DELETE of
-// DeleteExpired) is an operation queued to one writer goroutine, the only
+// the signing-key and peer-key writes, the group writes, and each bounded
+// DELETE of DeleteExpired) is an operation queued to one writer goroutine, the only
 // user of the one writer connection. When the writer becomes free it takes
 // every operation queued meanwhile, oldest first and at most the batch
 // size (DefaultMaxBatch, see WithMaxBatch), and runs them in one
@@ -74,6 +74,16 @@
 // run after a no-op write may find the row gone (a concurrent Release or
 // sweep); lock it with SELECT ... FOR UPDATE in the same transaction, or
 // retry the operation.
+//
+// The group state ports the same way. A commit is one conditional UPDATE of
+// the group's head (WHERE group_id, epoch, context and interim hash match
+// the base, RETURNING id: no row means another commit won), then an upsert
+// per changed tree position (O(log n), sent in the same pgx Batch), and a
+// few deletes keyed on the group; the group row's lock serialises rival
+// commits as BEGIN IMMEDIATE does here. mls_groups.id is AUTOINCREMENT here
+// and an identity column there: neither reuses an id, which the state
+// cache relies on. Loads read the head and, on a cache miss, the positions
+// in one snapshot (REPEATABLE READ, or one statement joining both).
 package sqlitestore
 
 import (
@@ -90,6 +100,7 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/groupcache"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/keyfilter"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -123,6 +134,10 @@ type Store struct {
 
 	ws writeStmts
 	rs readStmts
+	gs groupStmts
+
+	cache      *groupcache.Cache // loaded group states, see WithGroupCache
+	groupBytes atomic.Uint64     // bytes of group rows written, see Stats
 
 	// known holds every alive replay key (and, rarely, others), so that
 	// FindReplay answers most new request ids without a query; nil when
@@ -144,6 +159,7 @@ type options struct {
 	readers     int
 	busyTimeout time.Duration
 	maxBatch    int
+	cacheNodes  int
 	now         func() time.Time
 	// shared skips the file lock, as where flock does not exist: the
 	// Store then trusts nothing it keeps in memory over the database. Only
@@ -178,6 +194,15 @@ func WithMaxBatch(n int) Option {
 	return func(o *options) { o.maxBatch = max(n, 1) }
 }
 
+// WithGroupCache bounds the in-memory cache of group states by the sum of
+// their tree widths (default DefaultGroupCacheNodes); n < 1 turns the cache
+// off, so that every LoadGroup reads the tree from the database. The cache
+// is checked against the group's stored head on every load, so another
+// process writing the same file never makes it serve a stale state.
+func WithGroupCache(n int) Option {
+	return func(o *options) { o.cacheNodes = n }
+}
+
 // WithClock replaces time.Now as the clock that decides whether a record
 // has expired; tests that run the gateway on a fake clock pass the same one.
 func WithClock(now func() time.Time) Option {
@@ -195,7 +220,8 @@ func WithClock(now func() time.Time) Option {
 // (store.ErrInUse: see the package doc). path is the operator's
 // configuration, never request data.
 func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error) {
-	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, maxBatch: DefaultMaxBatch, now: time.Now}
+	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, maxBatch: DefaultMaxBatch,
+		cacheNodes: DefaultGroupCacheNodes, now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -221,7 +247,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		}
 	}()
 
-	s = &Store{now: o.now, unlock: unlock}
+	s = &Store{now: o.now, unlock: unlock, cache: groupcache.New(o.cacheNodes)}
 	busy := strconv.FormatInt(o.busyTimeout.Milliseconds(), 10)
 	s.w, err = sql.Open("sqlite", dsn(abs, url.Values{
 		"_pragma": {
@@ -274,7 +300,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		}
 	}
 	s.wr = newWriter(s.w, o.maxBatch)
-	if err := s.prepare(ctx); err != nil {
+	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)
 	}
@@ -355,7 +381,7 @@ func (s *Store) Close() error {
 			s.wr.close()
 		}
 		var errs []error
-		for _, st := range s.allStmts() {
+		for _, st := range append(s.allStmts(), s.groupStmts()...) {
 			if st != nil {
 				errs = append(errs, st.Close())
 			}

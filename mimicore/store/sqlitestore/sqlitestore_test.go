@@ -352,3 +352,18 @@ func TestMigrationV2KeepsReplayEntries(t *testing.T) {
 }
 
 func digestOf(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+
+// TestGroupContract runs the group contract twice: with the state cache,
+// and without it, so that every load reads the tree from the file.
+func TestGroupContract(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cache int
+	}{{"cache", DefaultGroupCacheNodes}, {"no-cache", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			storetest.RunGroupTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
+				return openTemp(t, WithClock(clock.Now), WithGroupCache(tc.cache))
+			})
+		})
+	}
+}

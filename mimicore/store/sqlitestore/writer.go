@@ -331,16 +331,22 @@ type Stats struct {
 	// Retried is the number of optimistic batches (no savepoints) that
 	// met a failing op and ran again with a savepoint per op.
 	Retried uint64
+	// GroupBytes is the size of the group-state rows that acknowledged
+	// writes sent (CreateGroup, CommitEpoch): blobs and text at their
+	// length, integers at 8 bytes. Its growth per CommitEpoch is what a
+	// commit costs in writes.
+	GroupBytes uint64
 }
 
 // Stats reports the writer's counters. It is cheap and safe to call
 // concurrently, also after Close.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Commits:  s.wr.commits.Load(),
-		Ops:      s.wr.ops.Load(),
-		MaxBatch: s.wr.maxSeen.Load(),
-		Failed:   s.wr.failed.Load(),
-		Retried:  s.wr.retried.Load(),
+		Commits:    s.wr.commits.Load(),
+		Ops:        s.wr.ops.Load(),
+		MaxBatch:   s.wr.maxSeen.Load(),
+		Failed:     s.wr.failed.Load(),
+		Retried:    s.wr.retried.Load(),
+		GroupBytes: s.groupBytes.Load(),
 	}
 }

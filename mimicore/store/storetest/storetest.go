@@ -48,6 +48,7 @@ func RunContractTests(t *testing.T, open func(t *testing.T) store.Store) {
 // again after closing the previous store, and close every store they open.
 func RunReopenTests(t *testing.T, newDB func(t *testing.T) (open func() (store.Store, error))) {
 	t.Run("Reopen", func(t *testing.T) { testReopen(t, newDB(t)) })
+	t.Run("ReopenGroups", func(t *testing.T) { testReopenGroups(t, newDB(t)) })
 }
 
 func ctx() context.Context { return context.Background() }

@@ -2,6 +2,7 @@ package storetest_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
@@ -23,8 +25,10 @@ type broken struct {
 	store.Store
 	mode string
 
-	mu   sync.Mutex
-	seen map[string]bool
+	mu     sync.Mutex
+	seen   map[string]bool
+	loaded map[string]*mls.GroupState
+	infos  map[string][]byte
 }
 
 // racyOnce is a check-then-set with a window between check and set.
@@ -144,6 +148,73 @@ func (b *broken) LookupPeerFailure(ctx context.Context, domain string) (store.Pe
 	return f, err
 }
 
+func (b *broken) CreateGroup(ctx context.Context, hub string, g *mls.GroupState, gi []byte) error {
+	err := b.Store.CreateGroup(ctx, hub, g, gi)
+	if b.mode == "create-overwrites" && errors.Is(err, store.ErrGroupExists) {
+		_ = b.Store.DeleteGroup(ctx, g.GroupID())
+		return b.Store.CreateGroup(ctx, hub, g, gi)
+	}
+	return err
+}
+
+func (b *broken) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
+	err := b.Store.CommitEpoch(ctx, c)
+	if b.mode == "commit-ignores-conflict" && errors.Is(err, store.ErrEpochConflict) {
+		return nil
+	}
+	return err
+}
+
+func (b *broken) LoadGroup(ctx context.Context, id []byte) (*mls.GroupState, error) {
+	g, err := b.Store.LoadGroup(ctx, id)
+	if b.mode == "load-stale" && err == nil {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if old, ok := b.loaded[string(id)]; ok {
+			return old, nil
+		}
+		b.loaded[string(id)] = g
+	}
+	return g, err
+}
+
+func (b *broken) WelcomeTree(ctx context.Context, id []byte, epoch uint64) (mls.RatchetTree, error) {
+	rt, err := b.Store.WelcomeTree(ctx, id, epoch)
+	if b.mode == "welcome-tree-current" && err == nil {
+		g, err := b.Store.LoadGroup(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return g.Tree().RatchetTree(), nil
+	}
+	return rt, err
+}
+
+func (b *broken) GroupInfo(ctx context.Context, id []byte) (uint64, []byte, error) {
+	epoch, gi, err := b.Store.GroupInfo(ctx, id)
+	if b.mode == "group-info-outlives-epoch" && errors.Is(err, store.ErrNotFound) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if old, ok := b.infos[string(id)]; ok {
+			return epoch, old, nil
+		}
+	}
+	if err == nil {
+		b.mu.Lock()
+		b.infos[string(id)] = gi
+		b.mu.Unlock()
+	}
+	return epoch, gi, err
+}
+
+func (b *broken) PendingProposals(ctx context.Context, id []byte, epoch uint64) ([]store.PendingProposal, error) {
+	ps, err := b.Store.PendingProposals(ctx, id, epoch)
+	if b.mode == "proposals-any-epoch" && errors.Is(err, store.ErrEpochConflict) {
+		return nil, nil
+	}
+	return ps, err
+}
+
 func (b *broken) Close() error {
 	if b.mode == "close-noop" {
 		return nil
@@ -153,24 +224,30 @@ func (b *broken) Close() error {
 
 // brokenModes maps each broken store to the subtest that must catch it.
 var brokenModes = map[string]string{
-	"reserve-always-new":      "Replay/Lifecycle",
-	"reserve-racy":            "Replay/ConcurrentSameKey",
-	"conflict-as-in-progress": "Replay/Lifecycle",
-	"complete-drops-answer":   "Replay/Lifecycle",
-	"release-noop":            "Replay/Release",
-	"spent-always-first":      "MarkSpent/FirstUseThenReplay",
-	"spent-racy":              "MarkSpent/Concurrent",
-	"seen-ignores-expiry":     "SeenSignature/Expiry",
-	"sweep-noop":              "DeleteExpired",
-	"keys-unsorted":           "SigningKeys/InsertListRetireDelete",
-	"insert-overwrites":       "SigningKeys/InsertConflicts",
-	"peer-keys-merge":         "PeerKeys/ReplaceAndLookup",
-	"failure-reason-lost":     "PeerKeys/Failures",
-	"close-noop":              "Close",
+	"reserve-always-new":        "Replay/Lifecycle",
+	"reserve-racy":              "Replay/ConcurrentSameKey",
+	"conflict-as-in-progress":   "Replay/Lifecycle",
+	"complete-drops-answer":     "Replay/Lifecycle",
+	"release-noop":              "Replay/Release",
+	"spent-always-first":        "MarkSpent/FirstUseThenReplay",
+	"spent-racy":                "MarkSpent/Concurrent",
+	"seen-ignores-expiry":       "SeenSignature/Expiry",
+	"sweep-noop":                "DeleteExpired",
+	"keys-unsorted":             "SigningKeys/InsertListRetireDelete",
+	"insert-overwrites":         "SigningKeys/InsertConflicts",
+	"peer-keys-merge":           "PeerKeys/ReplaceAndLookup",
+	"failure-reason-lost":       "PeerKeys/Failures",
+	"close-noop":                "Close",
+	"create-overwrites":         "Groups/CreateLoad",
+	"commit-ignores-conflict":   "Groups/CommitConflict",
+	"load-stale":                "Groups/CommitChain",
+	"welcome-tree-current":      "Groups/WelcomeTrees/Epochs",
+	"proposals-any-epoch":       "Groups/Proposals",
+	"group-info-outlives-epoch": "Groups/GroupInfo",
 }
 
-func openSQLite(t *testing.T) store.Store {
-	s, err := sqlitestore.Open(context.Background(), filepath.Join(t.TempDir(), "mimi.db"))
+func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {
+	s, err := sqlitestore.Open(context.Background(), filepath.Join(t.TempDir(), "mimi.db"), opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -187,6 +264,12 @@ func TestBrokenStoreHelper(t *testing.T) {
 	}
 	storetest.RunContractTests(t, func(t *testing.T) store.Store {
 		return &broken{Store: openSQLite(t), mode: mode, seen: map[string]bool{}}
+	})
+	t.Run("Groups", func(t *testing.T) {
+		storetest.RunGroupTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
+			return &broken{Store: openSQLite(t, sqlitestore.WithClock(clock.Now)), mode: mode,
+				seen: map[string]bool{}, loaded: map[string]*mls.GroupState{}, infos: map[string][]byte{}}
+		})
 	})
 }
 

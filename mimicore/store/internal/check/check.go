@@ -119,3 +119,17 @@ func Millis(t time.Time) int64 { return t.UnixMilli() }
 
 // Time converts Unix milliseconds back to a UTC time.
 func Time(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+// GroupID checks an MLS group id.
+func GroupID(id []byte) error { return ID("group id", id) }
+
+// Proposal checks a pending proposal.
+func Proposal(p store.PendingProposal) error {
+	if err := ID("proposal ref", p.Ref); err != nil {
+		return err
+	}
+	if len(p.Message) == 0 || len(p.Message) > store.MaxProposalSize {
+		return fmt.Errorf("proposal message is %d bytes, want 1..%d: %w", len(p.Message), store.MaxProposalSize, store.ErrInvalid)
+	}
+	return nil
+}

@@ -1,0 +1,158 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+)
+
+// Errors of GroupStore. Each wraps ErrConflict, so a caller that only
+// tells refusals from failures may test for that; errors.Is tells them
+// apart.
+var (
+	// ErrGroupExists reports a group id already in use: a group hosted
+	// here, or one recorded as hosted by another provider.
+	ErrGroupExists = fmt.Errorf("group id already in use: %w", ErrConflict)
+	// ErrEpochConflict reports that the group is no longer at the epoch
+	// (and state) the write was built on: another commit won the epoch.
+	ErrEpochConflict = fmt.Errorf("group is no longer at that epoch: %w", ErrConflict)
+)
+
+// Limits of GroupStore; larger values are ErrInvalid (except
+// MaxPendingProposals, see AddProposal).
+const (
+	// MaxProposalSize bounds the encoded message of a pending proposal.
+	// It holds an Add carrying a post-quantum KeyPackage.
+	MaxProposalSize = 64 << 10
+	// MaxGroupInfoSize bounds a stored GroupInfo.
+	MaxGroupInfoSize = 1 << 20
+	// MaxPendingProposals bounds the proposals pending in one epoch.
+	MaxPendingProposals = 256
+	// WelcomeTreeEpochs and WelcomeTreeLifetime bound how long the ratchet
+	// tree of a Welcome's epoch is kept (PROFILE §5): while the group's
+	// current epoch is less than the Welcome's epoch plus
+	// WelcomeTreeEpochs, and for WelcomeTreeLifetime after the commit
+	// that started it, whichever ends first.
+	WelcomeTreeEpochs   = 64
+	WelcomeTreeLifetime = 14 * 24 * time.Hour
+)
+
+// GroupStore keeps the public state of the MLS groups this provider hosts
+// (it is their hub, PROFILE §9) and which provider hosts each group it
+// knows of. The Delivery Service validates every handshake against the
+// state it loads and writes the outcome here; the store checks nothing of
+// MLS beyond the epoch a write is conditional on.
+//
+// The state of a group is an immutable *mls.GroupState. A backend keeps it
+// in parts (see mls.StoredState) so that a commit writes what changed,
+// O(log n) tree positions for a commit with a path, not the whole tree,
+// and a load does not rehash or re-verify the tree: a state read back from
+// the store is trusted as the DS's own. A backend may also keep loaded
+// states in memory (keyed by group and epoch, replaced on commit); the
+// semantics below do not depend on it, and the state returned is the one
+// last committed by any process on the same database.
+//
+// Group ids are 1..MaxIDSize bytes and hub domains 1..MaxDomainSize bytes
+// (ErrInvalid otherwise).
+type GroupStore interface {
+	// CreateGroup records a new group hosted here with hub as its hub
+	// provider, state as its current state and groupInfo (nil for none)
+	// as the GroupInfo of that epoch; the group id is state.GroupID(). It
+	// fails with ErrGroupExists when the id is already in use, hosted here
+	// or recorded with RecordGroupHub, and leaves the stored group as it
+	// was.
+	CreateGroup(ctx context.Context, hub string, state *mls.GroupState, groupInfo []byte) error
+
+	// GroupInfo returns the current epoch of a group hosted here and the
+	// GroupInfo stored for that epoch (by CreateGroup or the CommitEpoch
+	// that started it), for external joins (PROFILE §5:
+	// external_commit_info). It is ErrNotFound when the group is unknown
+	// or no GroupInfo was stored for its current epoch: a GroupInfo never
+	// outlives its epoch.
+	GroupInfo(ctx context.Context, groupID []byte) (epoch uint64, groupInfo []byte, err error)
+
+	// LoadGroup returns the current state of a group hosted here, or
+	// ErrNotFound (also for a group only recorded with RecordGroupHub).
+	// The state may be shared with other callers: GroupState is
+	// immutable.
+	LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState, error)
+
+	// CommitEpoch replaces the state of the group c.Base.GroupID() by
+	// c.Next, atomically and on condition: only while the stored state is
+	// still c.Base (the same epoch, GroupContext and transcript).
+	// Otherwise it fails with ErrEpochConflict and writes nothing, so of
+	// two commits built on the same epoch exactly one is stored, also when
+	// both are written at the same instant or in the same batch. An unknown group is ErrNotFound;
+	// a Next that is not Base's group at the epoch after Base's is
+	// ErrInvalid. On success the proposals pending in Base's epoch are
+	// dropped, and with c.Welcome set Next's ratchet tree is kept for the
+	// members the commit's Welcome added (WelcomeTree).
+	CommitEpoch(ctx context.Context, c EpochCommit) error
+
+	// WelcomeTree returns the ratchet tree of epoch, as it was when the
+	// epoch began, of a group hosted here, for a member that a Welcome of
+	// that epoch added (PROFILE §5: welcome_info). It is ErrNotFound when
+	// the group is unknown, when no commit with Welcome set started that
+	// epoch, and once the tree's retention ended (WelcomeTreeEpochs,
+	// WelcomeTreeLifetime). Trailing blank nodes are removed.
+	WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (mls.RatchetTree, error)
+
+	// AddProposal keeps p, a by-reference proposal the DS verified, as
+	// pending in the group's current epoch, which must be epoch, else
+	// ErrEpochConflict; an unknown group is ErrNotFound. A proposal whose
+	// Ref is already pending is left as it was and AddProposal returns
+	// nil. When MaxPendingProposals are pending it fails with an error
+	// wrapping ErrConflict. Pending proposals are dropped when the epoch
+	// advances.
+	AddProposal(ctx context.Context, groupID []byte, epoch uint64, p PendingProposal) error
+
+	// PendingProposals returns the proposals pending in epoch, in the
+	// order they were added. It is ErrNotFound for an unknown group and
+	// ErrEpochConflict when the group is at another epoch.
+	PendingProposals(ctx context.Context, groupID []byte, epoch uint64) ([]PendingProposal, error)
+
+	// DeleteGroup forgets a group: its state, proposals and Welcome trees
+	// when it is hosted here, and its hub record. An unknown group is
+	// ErrNotFound.
+	DeleteGroup(ctx context.Context, groupID []byte) error
+
+	// RecordGroupHub records that hub hosts a group this provider learnt of
+	// (the first Welcome for it in a deliver_message, PROFILE §9). It is
+	// nil when the same hub is already recorded, and ErrGroupExists when
+	// the id is hosted here or recorded with another hub.
+	RecordGroupHub(ctx context.Context, groupID []byte, hub string) error
+
+	// GroupHub returns the hub of a group, hosted here (the hub given to
+	// CreateGroup) or elsewhere (RecordGroupHub), or ErrNotFound.
+	GroupHub(ctx context.Context, groupID []byte) (string, error)
+}
+
+// EpochCommit is a commit the DS accepted, as CommitEpoch stores it.
+type EpochCommit struct {
+	// Base is the state the commit was applied to, as loaded from the
+	// store.
+	Base *mls.GroupState
+	// Next is the state the commit produced (mls.GroupState.ApplyCommit
+	// on Base).
+	Next *mls.GroupState
+	// Welcome is set when the commit added members who join with a
+	// Welcome: Next's ratchet tree is then kept for them.
+	Welcome bool
+	// GroupInfo is the encoded GroupInfo of Next's epoch that the
+	// committer published (nil for none), at most MaxGroupInfoSize
+	// bytes. The DS serves the tree from the state, so a GroupInfo
+	// without the ratchet_tree extension keeps a commit's writes small.
+	GroupInfo []byte
+}
+
+// PendingProposal is a by-reference proposal kept until a commit covers it
+// or its epoch ends.
+type PendingProposal struct {
+	// Ref is its ProposalRef (RFC 9420 §5.2), 1..MaxIDSize bytes.
+	Ref []byte
+	// Message is the encoded MLSMessage as the DS received it,
+	// 1..MaxProposalSize bytes.
+	Message []byte
+}

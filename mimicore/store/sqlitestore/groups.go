@@ -1,0 +1,666 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/groupcache"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// DefaultGroupCacheNodes bounds the in-memory cache of group states (see
+// WithGroupCache): the sum of the tree widths of the states it holds, about
+// 32 groups of 10,000 members or thousands of small ones.
+const DefaultGroupCacheNodes = 1 << 20
+
+// maxEpoch is the largest epoch the store accepts: epochs are kept as
+// signed 64-bit integers (BIGINT in PostgreSQL).
+const maxEpoch = math.MaxInt64 - 1
+
+// nodeInsertRows is how many tree positions one INSERT of CreateGroup
+// carries (5 parameters each, far below SQLite's limit).
+const nodeInsertRows = 200
+
+// Statements of the group store. ?N parameters as everywhere; the
+// conditional UPDATE of groupAdvanceSQL is the commit's check-and-set.
+const (
+	groupHeadSQL = `SELECT id, epoch, context, interim, conf_tag, width FROM mls_groups WHERE group_id = ?1`
+	// groupAdvanceSQL moves a group to the next epoch only while it is
+	// at the base state: ?7 group id, ?8 base epoch, ?9 base GroupContext
+	// (which holds the tree hash), ?10 base interim transcript hash. So
+	// the stored tree positions are the base's, and writing the positions
+	// that changed from the base gives the next state's tree.
+	groupAdvanceSQL = `UPDATE mls_groups
+		SET epoch = ?1, context = ?2, interim = ?3, conf_tag = ?4, width = ?5, updated_ms = ?6, group_info = ?11
+		WHERE group_id = ?7 AND epoch = ?8 AND context = ?9 AND interim = ?10
+		RETURNING id`
+	nodeUpsertSQL = `INSERT INTO mls_group_nodes (gid, node_index, from_epoch, node, hash)
+		VALUES (?1, ?2, ?3, ?4, ?5)
+		ON CONFLICT (gid, node_index) DO UPDATE
+		SET from_epoch = excluded.from_epoch, node = excluded.node, hash = excluded.hash`
+	// nodeKeepSQL moves the current version of position ?2 to the history
+	// when the retained Welcome epoch ?4 needs it (it was written at or
+	// before ?4); ?3 is the epoch that replaces it.
+	nodeKeepSQL = `INSERT INTO mls_group_node_history (gid, node_index, from_epoch, to_epoch, node)
+		SELECT gid, node_index, from_epoch, ?3, node FROM mls_group_nodes
+		WHERE gid = ?1 AND node_index = ?2 AND from_epoch <= ?4`
+	groupNodesSQL = `SELECT node_index, node, hash FROM mls_group_nodes WHERE gid = ?1 ORDER BY node_index`
+	// welcomeNodesSQL is the tree of epoch ?2.
+	welcomeNodesSQL = `SELECT node_index, node FROM mls_group_nodes WHERE gid = ?1 AND from_epoch <= ?2
+		UNION ALL
+		SELECT node_index, node FROM mls_group_node_history WHERE gid = ?1 AND from_epoch <= ?2 AND to_epoch > ?2
+		ORDER BY node_index`
+)
+
+// groupStmts are the prepared statements of the group store's hot paths.
+type groupStmts struct {
+	advance, nodeUpsert, nodeKeep *sql.Stmt // writer
+	head, nodes                   *sql.Stmt // readers
+}
+
+func (s *Store) prepareGroups(ctx context.Context) error {
+	for _, p := range []struct {
+		db  *sql.DB
+		dst **sql.Stmt
+		sql string
+	}{
+		{s.w, &s.gs.advance, groupAdvanceSQL},
+		{s.w, &s.gs.nodeUpsert, nodeUpsertSQL},
+		{s.w, &s.gs.nodeKeep, nodeKeepSQL},
+		{s.r, &s.gs.head, groupHeadSQL},
+		{s.r, &s.gs.nodes, groupNodesSQL},
+	} {
+		st, err := p.db.PrepareContext(ctx, p.sql)
+		if err != nil {
+			return fmt.Errorf("preparing group statement: %w", err)
+		}
+		*p.dst = st
+	}
+	return nil
+}
+
+func (s *Store) groupStmts() []*sql.Stmt {
+	return []*sql.Stmt{s.gs.advance, s.gs.nodeUpsert, s.gs.nodeKeep, s.gs.head, s.gs.nodes}
+}
+
+// groupHead is a mls_groups row.
+type groupHead struct {
+	groupcache.Head
+	width uint32
+}
+
+func scanHead(row *sql.Row) (groupHead, error) {
+	var h groupHead
+	var epoch int64
+	err := row.Scan(&h.RowID, &epoch, &h.Context, &h.Interim, &h.ConfTag, &h.width)
+	if errors.Is(err, sql.ErrNoRows) {
+		return h, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return h, fmt.Errorf("reading group: %w", err)
+	}
+	h.Epoch = uint64(epoch)
+	return h, nil
+}
+
+// CreateGroup implements store.GroupStore. The hub record, the head and
+// every tree position are written in one op.
+func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupState, groupInfo []byte) error {
+	const doing = "creating group"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if state == nil {
+		return fmt.Errorf("%s: no state: %w", doing, store.ErrInvalid)
+	}
+	id := state.GroupID()
+	if err := check.GroupID(id); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Domain("hub", hub); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if state.Epoch() > maxEpoch {
+		return fmt.Errorf("%s: epoch %d: %w", doing, state.Epoch(), store.ErrInvalid)
+	}
+	if err := checkGroupInfo(groupInfo); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	st, err := state.Stored()
+	if err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	epoch := int64(state.Epoch())
+	var rowID int64
+	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		now := check.Millis(s.now())
+		res, err := tx.ExecContext(ctx, `INSERT INTO group_hubs (group_id, hub, hosted, created_ms)
+			VALUES (?1, ?2, 1, ?3) ON CONFLICT (group_id) DO NOTHING`, id, hub, now)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return store.ErrGroupExists
+		}
+		if err := tx.QueryRowContext(ctx, `INSERT INTO mls_groups
+			(group_id, epoch, context, interim, conf_tag, width, updated_ms, group_info)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id`,
+			id, epoch, st.Context, nonNil(st.InterimTranscriptHash), nonNil(st.ConfirmationTag), st.Width, now,
+			nullBlob(groupInfo)).Scan(&rowID); err != nil {
+			return err
+		}
+		return insertNodes(ctx, tx, rowID, epoch, st.Nodes)
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	s.groupBytes.Add(uint64(headSize(st) + len(groupInfo) + nodesSize(st.Nodes)))
+	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: state.Epoch(), Context: st.Context,
+		Interim: nonNil(st.InterimTranscriptHash), ConfTag: nonNil(st.ConfirmationTag)}, state)
+	return nil
+}
+
+// insertNodes writes new tree positions, nodeInsertRows per statement.
+func insertNodes(ctx context.Context, tx *sql.Tx, rowID, epoch int64, nodes []mls.StoredNode) error {
+	for len(nodes) > 0 {
+		n := min(len(nodes), nodeInsertRows)
+		q := make([]byte, 0, 80+n*28)
+		q = append(q, "INSERT INTO mls_group_nodes (gid, node_index, from_epoch, node, hash) VALUES "...)
+		args := make([]any, 0, 5*n)
+		for i, sn := range nodes[:n] {
+			if i > 0 {
+				q = append(q, ',')
+			}
+			k := 5 * i
+			q = fmt.Appendf(q, "(?%d, ?%d, ?%d, ?%d, ?%d)", k+1, k+2, k+3, k+4, k+5)
+			args = append(args, rowID, int64(sn.Index), epoch, nullBlob(sn.Node), sn.Hash)
+		}
+		if _, err := tx.ExecContext(ctx, string(q), args...); err != nil {
+			return fmt.Errorf("writing tree positions: %w", err)
+		}
+		nodes = nodes[n:]
+	}
+	return nil
+}
+
+// headSize and nodesSize count the bytes of the rows a write sends: blobs
+// and text at their length, integers at 8 bytes.
+func headSize(st *mls.StoredState) int {
+	return len(st.Context) + len(st.InterimTranscriptHash) + len(st.ConfirmationTag) + 4*8
+}
+
+func nodesSize(nodes []mls.StoredNode) int {
+	n := 0
+	for _, sn := range nodes {
+		n += len(sn.Node) + len(sn.Hash) + 3*8
+	}
+	return n
+}
+
+// LoadGroup implements store.GroupStore. It reads the group's head and,
+// unless the cache holds the state with that head, its tree positions, in
+// one read transaction.
+func (s *Store) LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState, error) {
+	const doing = "loading group"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rollback(tx)
+	h, err := scanHead(tx.StmtContext(ctx, s.gs.head).QueryRowContext(ctx, groupID))
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	if g := s.cache.Get(groupID, &h.Head); g != nil {
+		return g, nil
+	}
+	st := &mls.StoredState{Context: h.Context, InterimTranscriptHash: h.Interim, ConfirmationTag: h.ConfTag,
+		Width: h.width, Nodes: make([]mls.StoredNode, 0, h.width)}
+	rows, err := tx.StmtContext(ctx, s.gs.nodes).QueryContext(ctx, h.RowID)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sn mls.StoredNode
+		var idx int64
+		if err := rows.Scan(&idx, &sn.Node, &sn.Hash); err != nil {
+			return nil, s.fail(doing, err)
+		}
+		sn.Index = uint32(idx)
+		st.Nodes = append(st.Nodes, sn)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(doing, err)
+	}
+	g, err := mls.RestoreGroupState(st)
+	if err != nil {
+		return nil, fmt.Errorf("%s: stored state is damaged: %w", doing, err)
+	}
+	s.cache.Put(groupID, h.Head, g)
+	return g, nil
+}
+
+// CommitEpoch implements store.GroupStore. The changed tree positions are
+// found before the op is queued (mls.GroupState.StoredChanges); the op
+// runs the conditional UPDATE of the head, whose RETURNING row is the
+// check-and-set, then writes those positions, moving the versions a
+// retained Welcome epoch still needs to the history, and drops what the new
+// epoch ends: out-of-date Welcome trees and their history, and the
+// pending proposals.
+func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
+	const doing = "committing epoch"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if c.Base == nil || c.Next == nil {
+		return fmt.Errorf("%s: base and next state are required: %w", doing, store.ErrInvalid)
+	}
+	id := c.Base.GroupID()
+	if err := check.GroupID(id); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if string(c.Next.GroupID()) != string(id) || c.Next.Epoch() != c.Base.Epoch()+1 || c.Next.Epoch() > maxEpoch {
+		return fmt.Errorf("%s: next state is not the base's group at the next epoch: %w", doing, store.ErrInvalid)
+	}
+	if err := checkGroupInfo(c.GroupInfo); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	ch, err := c.Next.StoredChanges(c.Base)
+	if err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	baseCtx := c.Base.GroupContext()
+	baseContext, err := wire.Marshal(&baseCtx)
+	if err != nil {
+		return fmt.Errorf("%s: encoding base context: %w", doing, err)
+	}
+	baseInterim := nonNil(c.Base.InterimTranscriptHash())
+	baseWidth := 2*c.Base.Tree().LeafCount() - 1
+	next := int64(c.Next.Epoch())
+	var rowID int64
+	var written int
+	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		now := check.Millis(s.now())
+		written = headSize(ch) + len(c.GroupInfo) + nodesSize(ch.Nodes)
+		err := tx.StmtContext(ctx, s.gs.advance).QueryRowContext(ctx,
+			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), ch.Width, now,
+			id, next-1, baseContext, baseInterim, nullBlob(c.GroupInfo)).Scan(&rowID)
+		if errors.Is(err, sql.ErrNoRows) {
+			var one int
+			err := tx.QueryRowContext(ctx, `SELECT 1 FROM mls_groups WHERE group_id = ?1`, id).Scan(&one)
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+			}
+			if err != nil {
+				return err
+			}
+			return store.ErrEpochConflict
+		}
+		if err != nil {
+			return err
+		}
+		// Welcome trees the new epoch no longer keeps, then which of
+		// the others need the versions this commit replaces.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM mls_group_welcomes
+			WHERE gid = ?1 AND (epoch <= ?2 OR expires_ms <= ?3)`, rowID, next-store.WelcomeTreeEpochs, now); err != nil {
+			return err
+		}
+		var minW, maxW sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT MIN(epoch), MAX(epoch) FROM mls_group_welcomes WHERE gid = ?1`,
+			rowID).Scan(&minW, &maxW); err != nil {
+			return err
+		}
+		keep, upsert := tx.StmtContext(ctx, s.gs.nodeKeep), tx.StmtContext(ctx, s.gs.nodeUpsert)
+		for _, sn := range ch.Nodes {
+			if maxW.Valid {
+				if _, err := keep.ExecContext(ctx, rowID, int64(sn.Index), next, maxW.Int64); err != nil {
+					return err
+				}
+			}
+			if _, err := upsert.ExecContext(ctx, rowID, int64(sn.Index), next, nullBlob(sn.Node), sn.Hash); err != nil {
+				return err
+			}
+		}
+		if ch.Width < baseWidth { // the tree was truncated
+			if maxW.Valid {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO mls_group_node_history
+					(gid, node_index, from_epoch, to_epoch, node)
+					SELECT gid, node_index, from_epoch, ?3, node FROM mls_group_nodes
+					WHERE gid = ?1 AND node_index >= ?2 AND from_epoch <= ?4`,
+					rowID, ch.Width, next, maxW.Int64); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM mls_group_nodes WHERE gid = ?1 AND node_index >= ?2`,
+				rowID, ch.Width); err != nil {
+				return err
+			}
+		}
+		// History no retained Welcome epoch needs: all of it without
+		// one, else the versions replaced at or before the oldest.
+		gcBefore := int64(math.MaxInt64)
+		if minW.Valid {
+			gcBefore = minW.Int64
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM mls_group_node_history WHERE gid = ?1 AND to_epoch <= ?2`,
+			rowID, gcBefore); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM mls_group_proposals WHERE gid = ?1`, rowID); err != nil {
+			return err
+		}
+		if c.Welcome {
+			exp := check.ExpiryMillis(s.now().Add(store.WelcomeTreeLifetime))
+			if _, err := tx.ExecContext(ctx, `INSERT INTO mls_group_welcomes (gid, epoch, expires_ms)
+				VALUES (?1, ?2, ?3)`, rowID, next, exp); err != nil {
+				return err
+			}
+			written += 3 * 8
+		}
+		return nil
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	s.groupBytes.Add(uint64(written))
+	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: c.Next.Epoch(), Context: ch.Context,
+		Interim: nonNil(ch.InterimTranscriptHash), ConfTag: nonNil(ch.ConfirmationTag)}, c.Next)
+	return nil
+}
+
+// checkGroupInfo checks the size of a GroupInfo to store.
+func checkGroupInfo(gi []byte) error {
+	if len(gi) > store.MaxGroupInfoSize {
+		return fmt.Errorf("group info is %d bytes, over the %d byte limit: %w", len(gi), store.MaxGroupInfoSize, store.ErrInvalid)
+	}
+	return nil
+}
+
+// GroupInfo implements store.GroupStore.
+func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, error) {
+	const doing = "reading group info"
+	if err := s.checkOpen(doing); err != nil {
+		return 0, nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return 0, nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var epoch int64
+	var gi []byte
+	err := s.r.QueryRowContext(ctx, `SELECT epoch, group_info FROM mls_groups WHERE group_id = ?1`, groupID).
+		Scan(&epoch, &gi)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil, fmt.Errorf("%s: no group hosted here with this id: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return 0, nil, s.fail(doing, err)
+	}
+	if gi == nil {
+		return uint64(epoch), nil, fmt.Errorf("%s: none stored for epoch %d: %w", doing, epoch, store.ErrNotFound)
+	}
+	return uint64(epoch), gi, nil
+}
+
+// WelcomeTree implements store.GroupStore.
+func (s *Store) WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (mls.RatchetTree, error) {
+	const doing = "reading welcome tree"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	if epoch > maxEpoch {
+		return nil, fmt.Errorf("%s: no tree kept for epoch %d: %w", doing, epoch, store.ErrNotFound)
+	}
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rollback(tx)
+	h, err := scanHead(tx.StmtContext(ctx, s.gs.head).QueryRowContext(ctx, groupID))
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	var expires int64
+	err = tx.QueryRowContext(ctx, `SELECT expires_ms FROM mls_group_welcomes WHERE gid = ?1 AND epoch = ?2`,
+		h.RowID, int64(epoch)).Scan(&expires)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && (expires <= check.Millis(s.now()) ||
+		h.Epoch >= epoch+store.WelcomeTreeEpochs)) {
+		return nil, fmt.Errorf("%s: no tree kept for epoch %d: %w", doing, epoch, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	rows, err := tx.QueryContext(ctx, welcomeNodesSQL, h.RowID, int64(epoch))
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rows.Close()
+	var rt mls.RatchetTree
+	for rows.Next() {
+		var idx int64
+		var enc []byte
+		if err := rows.Scan(&idx, &enc); err != nil {
+			return nil, s.fail(doing, err)
+		}
+		if idx != int64(len(rt)) {
+			return nil, fmt.Errorf("%s: tree position %d missing or stored twice", doing, len(rt))
+		}
+		var n *mls.Node
+		if enc != nil {
+			n = new(mls.Node)
+			if err := wire.Unmarshal(enc, n, "tree node"); err != nil {
+				return nil, fmt.Errorf("%s: stored tree position %d: %w", doing, idx, err)
+			}
+		}
+		rt = append(rt, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(doing, err)
+	}
+	for len(rt) > 0 && rt[len(rt)-1] == nil {
+		rt = rt[:len(rt)-1]
+	}
+	return rt, nil
+}
+
+// AddProposal implements store.GroupStore.
+func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p store.PendingProposal) error {
+	const doing = "adding pending proposal"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Proposal(p); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var rowID, cur int64
+		err := tx.QueryRowContext(ctx, `SELECT id, epoch FROM mls_groups WHERE group_id = ?1`, groupID).Scan(&rowID, &cur)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if uint64(cur) != epoch {
+			return store.ErrEpochConflict
+		}
+		var n, seq int64
+		var have bool
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(MAX(seq), 0),
+			COALESCE(SUM(CASE WHEN ref = ?2 THEN 1 ELSE 0 END), 0) > 0
+			FROM mls_group_proposals WHERE gid = ?1`, rowID, p.Ref).
+			Scan(&n, &seq, &have); err != nil {
+			return err
+		}
+		if have {
+			return nil
+		}
+		if n >= store.MaxPendingProposals {
+			return fmt.Errorf("%d proposals pending already: %w", n, store.ErrConflict)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO mls_group_proposals (gid, ref, epoch, seq, message)
+			VALUES (?1, ?2, ?3, ?4, ?5)`, rowID, p.Ref, cur, seq+1, p.Message)
+		return err
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// PendingProposals implements store.GroupStore.
+func (s *Store) PendingProposals(ctx context.Context, groupID []byte, epoch uint64) ([]store.PendingProposal, error) {
+	const doing = "listing pending proposals"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rollback(tx)
+	h, err := scanHead(tx.StmtContext(ctx, s.gs.head).QueryRowContext(ctx, groupID))
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	if h.Epoch != epoch {
+		return nil, s.fail(doing, store.ErrEpochConflict)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT ref, message FROM mls_group_proposals
+		WHERE gid = ?1 AND epoch = ?2 ORDER BY seq`, h.RowID, int64(epoch))
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rows.Close()
+	var out []store.PendingProposal
+	for rows.Next() {
+		var p store.PendingProposal
+		if err := rows.Scan(&p.Ref, &p.Message); err != nil {
+			return nil, s.fail(doing, err)
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return out, nil
+}
+
+// DeleteGroup implements store.GroupStore. Deleting the hub record
+// cascades to the group's state, history, Welcome trees and proposals.
+func (s *Store) DeleteGroup(ctx context.Context, groupID []byte) error {
+	const doing = "deleting group"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM group_hubs WHERE group_id = ?1`, groupID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+		}
+		return nil
+	})
+	s.cache.Delete(groupID)
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// RecordGroupHub implements store.GroupStore.
+func (s *Store) RecordGroupHub(ctx context.Context, groupID []byte, hub string) error {
+	const doing = "recording group hub"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Domain("hub", hub); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO group_hubs (group_id, hub, hosted, created_ms)
+			VALUES (?1, ?2, 0, ?3) ON CONFLICT (group_id) DO NOTHING`, groupID, hub, check.Millis(s.now()))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 1 {
+			return err
+		}
+		var have string
+		var hosted bool
+		if err := tx.QueryRowContext(ctx, `SELECT hub, hosted FROM group_hubs WHERE group_id = ?1`, groupID).
+			Scan(&have, &hosted); err != nil {
+			return err
+		}
+		if hosted || have != hub {
+			return store.ErrGroupExists
+		}
+		return nil
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// GroupHub implements store.GroupStore.
+func (s *Store) GroupHub(ctx context.Context, groupID []byte) (string, error) {
+	const doing = "looking up group hub"
+	if err := s.checkOpen(doing); err != nil {
+		return "", err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return "", fmt.Errorf("%s: %w", doing, err)
+	}
+	var hub string
+	err := s.r.QueryRowContext(ctx, `SELECT hub FROM group_hubs WHERE group_id = ?1`, groupID).Scan(&hub)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("%s: no group with this id: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return "", s.fail(doing, err)
+	}
+	return hub, nil
+}
+
+// nullBlob binds a nil slice as SQL NULL (a blank tree position) rather
+// than as an empty blob.
+func nullBlob(b []byte) any {
+	if b == nil {
+		return nil
+	}
+	return b
+}

@@ -1,0 +1,235 @@
+package sqlitestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
+)
+
+// TestGroupCommitsInOneBatch queues rival commits of one epoch, and
+// failing group writes beside succeeding ones, behind a blocked writer, so
+// that they all run in one transaction: exactly one rival wins, every
+// failure is its own, and the successes commit.
+func TestGroupCommitsInOneBatch(t *testing.T) {
+	s := openTemp(t)
+	ctx := context.Background()
+	const rivals, others = 6, 4
+	g := storetest.NewGroup(t, []byte("raced group"), 3)
+	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+		t.Fatal(err)
+	}
+	var calls []*call
+	nexts := make([]*storetest.Group, rivals)
+	for i := range rivals {
+		var c store.EpochCommit
+		nexts[i], c = g.Commit(t)
+		calls = append(calls, &call{name: fmt.Sprint("rival ", i), run: func(ctx context.Context) error {
+			return s.CommitEpoch(ctx, c)
+		}})
+	}
+	otherNext := make([]*storetest.Group, others)
+	for i := range others {
+		o := storetest.NewGroup(t, fmt.Appendf(nil, "other %d", i), 2)
+		if err := s.CreateGroup(ctx, "hub.example", o.State, nil); err != nil {
+			t.Fatal(err)
+		}
+		var c store.EpochCommit
+		otherNext[i], c = o.Commit(t)
+		calls = append(calls,
+			&call{name: fmt.Sprint("other commit ", i), run: func(ctx context.Context) error { return s.CommitEpoch(ctx, c) }},
+			&call{name: fmt.Sprint("create in use ", i), run: func(ctx context.Context) error {
+				return s.CreateGroup(ctx, "hub.example", o.State, nil)
+			}})
+	}
+	release := blockWriter(t, s)
+	before := s.Stats()
+	wait := queueCalls(t, s, ctx, calls)
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	wait()
+	if d := statsDelta(before, s.Stats()); d.Commits != 2 {
+		t.Fatalf("stats %+v: want the blocking op's commit and one commit of all %d calls", d, len(calls))
+	}
+	winner := -1
+	for i, c := range calls {
+		switch {
+		case i < rivals && c.err == nil:
+			if winner >= 0 {
+				t.Fatalf("rivals %d and %d both won", winner, i)
+			}
+			winner = i
+		case i < rivals:
+			if !errors.Is(c.err, store.ErrEpochConflict) {
+				t.Errorf("%s: got %v, want ErrEpochConflict", c.name, c.err)
+			}
+		case (i-rivals)%2 == 0:
+			if c.err != nil {
+				t.Errorf("%s: %v", c.name, c.err)
+			}
+		default:
+			if !errors.Is(c.err, store.ErrGroupExists) {
+				t.Errorf("%s: got %v, want ErrGroupExists", c.name, c.err)
+			}
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no rival won")
+	}
+	// Read the file, not the cache (and beside s, which holds the lock).
+	fresh, err := Open(ctx, dbPath(t, s), WithGroupCache(0), withSharedFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	got, err := fresh.LoadGroup(ctx, g.State.GroupID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.SameState(t, "the raced group", got, nexts[winner].State)
+	for i, o := range otherNext {
+		got, err := fresh.LoadGroup(ctx, o.State.GroupID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		storetest.SameState(t, fmt.Sprint("other group ", i), got, o.State)
+	}
+}
+
+// dbPath returns the file of s.
+func dbPath(t testing.TB, s *Store) string {
+	t.Helper()
+	var seq int
+	var name, file string
+	if err := s.w.QueryRow("PRAGMA database_list").Scan(&seq, &name, &file); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// TestGroupCacheTwoStores checks that a cached state is never served once
+// another Store on the same file committed, as two gateways sharing a
+// backend would: the cache is checked against the stored head on every
+// load.
+func TestGroupCacheTwoStores(t *testing.T) {
+	ctx := context.Background()
+	a := openTemp(t, withSharedFile())
+	b, err := Open(ctx, dbPath(t, a), withSharedFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	g := storetest.NewGroup(t, []byte("shared group"), 2)
+	if err := a.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		for _, s := range []*Store{a, b} {
+			got, err := s.LoadGroup(ctx, g.State.GroupID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			storetest.SameState(t, fmt.Sprint("load ", i), got, g.State)
+		}
+		var c store.EpochCommit
+		g, c = g.Commit(t)
+		if err := []*Store{a, b}[i%2].CommitEpoch(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Deleted and created again by the other store, at the same epoch.
+	if err := b.DeleteGroup(ctx, g.State.GroupID()); err != nil {
+		t.Fatal(err)
+	}
+	again := storetest.NewGroup(t, g.State.GroupID(), 2)
+	if err := b.CreateGroup(ctx, "hub.example", again.State, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.LoadGroup(ctx, g.State.GroupID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.SameState(t, "group created again", got, again.State)
+}
+
+// TestGroupCommitWritesWhatChanged checks the cost promise: a path commit
+// in a 1,000-member group writes a few kilobytes (the committer's leaf and
+// direct path, the head), not the group's hundreds.
+func TestGroupCommitWritesWhatChanged(t *testing.T) {
+	s := openTemp(t)
+	ctx := context.Background()
+	g := storetest.NewGroup(t, []byte("big group"), 1000)
+	before := s.Stats().GroupBytes
+	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+		t.Fatal(err)
+	}
+	created := s.Stats().GroupBytes - before
+	for i := range 3 {
+		var c store.EpochCommit
+		g, c = g.Commit(t)
+		before := s.Stats().GroupBytes
+		if err := s.CommitEpoch(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		wrote := s.Stats().GroupBytes - before
+		t.Logf("commit %d: %d bytes written; the group is %d bytes", i, wrote, created)
+		if wrote > 8<<10 || wrote*50 > created {
+			t.Fatalf("commit %d wrote %d bytes in a group of %d", i, wrote, created)
+		}
+	}
+	var rows int
+	if err := s.w.QueryRow("SELECT count(*) FROM mls_group_node_history").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 {
+		t.Fatalf("%d old tree versions kept without a Welcome tree that needs them", rows)
+	}
+}
+
+// TestGroupDeleteLeavesNothing checks that DeleteGroup's cascade removes
+// every row of the group, history and Welcome trees included: the contract
+// cannot see orphan rows, which a new group never reads (its row id is
+// new), but they would fill the file.
+func TestGroupDeleteLeavesNothing(t *testing.T) {
+	s := openTemp(t)
+	ctx := context.Background()
+	g := storetest.NewGroup(t, []byte("deleted group"), 1)
+	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		var c store.EpochCommit
+		g, c = g.Commit(t, storetest.Adds(t, i)...) // Welcome epochs, then history
+		if err := s.CommitEpoch(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddProposal(ctx, g.State.GroupID(), g.State.Epoch(), store.PendingProposal{Ref: []byte("r"), Message: []byte("m")}); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"group_hubs", "mls_groups", "mls_group_nodes", "mls_group_node_history", "mls_group_welcomes", "mls_group_proposals"}
+	count := func(table string) int {
+		var n int
+		if err := s.w.QueryRow("SELECT count(*) FROM " + table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, table := range tables {
+		if count(table) == 0 {
+			t.Fatalf("%s is empty before the delete: the test does not cover it", table)
+		}
+	}
+	if err := s.DeleteGroup(ctx, g.State.GroupID()); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range tables {
+		if n := count(table); n != 0 {
+			t.Errorf("%s keeps %d rows of the deleted group", table, n)
+		}
+	}
+}
