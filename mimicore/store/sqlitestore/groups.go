@@ -205,6 +205,22 @@ func nodesSize(nodes []mls.StoredNode) int {
 	return n
 }
 
+// readHead begins a read transaction and reads the head of groupID in it.
+// On success the caller rolls tx back when done; on failure nothing is
+// left open.
+func (s *Store) readHead(ctx context.Context, groupID []byte) (*sql.Tx, groupHead, error) {
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, groupHead{}, err
+	}
+	h, err := scanHead(tx.StmtContext(ctx, s.gs.head).QueryRowContext(ctx, groupID))
+	if err != nil {
+		rollback(tx)
+		return nil, groupHead{}, err
+	}
+	return tx, h, nil
+}
+
 // LoadGroup implements store.GroupStore. It reads the group's head and,
 // unless the cache holds the state with that head, its tree positions, in
 // one read transaction.
@@ -216,15 +232,11 @@ func (s *Store) LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState,
 	if err := check.GroupID(groupID); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	tx, err := s.r.BeginTx(ctx, nil)
+	tx, h, err := s.readHead(ctx, groupID)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	defer rollback(tx)
-	h, err := scanHead(tx.StmtContext(ctx, s.gs.head).QueryRowContext(ctx, groupID))
-	if err != nil {
-		return nil, s.fail(doing, err)
-	}
 	if g := s.cache.Get(groupID, &h.Head); g != nil {
 		return g, nil
 	}
@@ -428,15 +440,11 @@ func (s *Store) WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (
 	if epoch > maxEpoch {
 		return nil, fmt.Errorf("%s: no tree kept for epoch %d: %w", doing, epoch, store.ErrNotFound)
 	}
-	tx, err := s.r.BeginTx(ctx, nil)
+	tx, h, err := s.readHead(ctx, groupID)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	defer rollback(tx)
-	h, err := scanHead(tx.StmtContext(ctx, s.gs.head).QueryRowContext(ctx, groupID))
-	if err != nil {
-		return nil, s.fail(doing, err)
-	}
 	var expires int64
 	err = tx.QueryRowContext(ctx, `SELECT expires_ms FROM mls_group_welcomes WHERE gid = ?1 AND epoch = ?2`,
 		h.RowID, int64(epoch)).Scan(&expires)
@@ -537,15 +545,11 @@ func (s *Store) PendingProposals(ctx context.Context, groupID []byte, epoch uint
 	if err := check.GroupID(groupID); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	tx, err := s.r.BeginTx(ctx, nil)
+	tx, h, err := s.readHead(ctx, groupID)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	defer rollback(tx)
-	h, err := scanHead(tx.StmtContext(ctx, s.gs.head).QueryRowContext(ctx, groupID))
-	if err != nil {
-		return nil, s.fail(doing, err)
-	}
 	if h.Epoch != epoch {
 		return nil, s.fail(doing, store.ErrEpochConflict)
 	}
