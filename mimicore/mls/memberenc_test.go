@@ -529,3 +529,58 @@ func FuzzDecodeMember(f *testing.F) {
 		}
 	})
 }
+
+// TestMemberDropsReplacedKeys checks that a member moving to a new epoch
+// deletes the private keys of the nodes the commit replaced, so that a
+// stored member holds only those of its leaf and direct path.
+func TestMemberDropsReplacedKeys(t *testing.T) {
+	for _, cs := range []CipherSuite{1, 2} {
+		t.Run(fmt.Sprint("suite=", uint16(cs)), func(t *testing.T) {
+			alice, bob := pair(t, cs)
+			var old [][]byte
+			for range 4 {
+				// bob's update is committed by alice, then alice commits a path.
+				upd, next, err := bob.ProposeUpdate()
+				if err != nil {
+					t.Fatal(err)
+				}
+				ac, ref, err := alice.VerifyProposal(reencode(t, upd))
+				if err != nil {
+					t.Fatal(err)
+				}
+				store := map[string]*AuthenticatedContent{string(ref): ac}
+				res, err := alice.Commit(nil, [][]byte{ref}, refsResolver(store))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, k := range bob.keys {
+					raw, err := k.Bytes()
+					if err != nil {
+						t.Fatal(err)
+					}
+					old = append(old, raw)
+				}
+				alice, bob = res.Next, follow(t, next, res.Commit, refsResolver(store))
+				res, err = alice.Commit(nil, nil, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				alice, bob = res.Next, follow(t, bob, res.Commit, nil)
+			}
+			// Two leaves: bob's leaf and the root.
+			if len(bob.keys) != 2 || len(alice.keys) != 2 {
+				t.Fatalf("members hold %d and %d path keys, want 2", len(alice.keys), len(bob.keys))
+			}
+			enc, err := bob.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, raw := range old {
+				if bytes.Contains(enc, raw) {
+					t.Fatalf("old private key %d is stored", i)
+				}
+			}
+			exchange(t, reload(t, bob), alice, "still works")
+		})
+	}
+}
