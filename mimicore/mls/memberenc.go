@@ -153,9 +153,12 @@ func exportSigner(s *suite, signer crypto.Signer) ([]byte, error) {
 		}
 		return cloneBytes(k.Seed()), nil
 	case *ed25519.PrivateKey:
+		if k == nil {
+			return nil, fmt.Errorf("%w: nil ed25519 key", ErrSignerNotExportable)
+		}
 		return exportSigner(s, *k)
 	case *ecdsa.PrivateKey:
-		if s.sig != sigECDSA || k.Curve != s.ecCurve {
+		if k == nil || s.sig != sigECDSA || k.Curve != s.ecCurve {
 			return nil, fmt.Errorf("%w: ecdsa key on another curve than suite %d's", ErrSignerNotExportable, uint16(s.id))
 		}
 		raw, err := k.Bytes()

@@ -3,6 +3,8 @@ package mls
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"sync"
@@ -425,17 +427,37 @@ func TestMemberEncodingSignerNotExportable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.MarshalBinary(); !errors.Is(err, ErrSignerNotExportable) {
-		t.Fatalf("got %v, want ErrSignerNotExportable", err)
-	}
-	// A key of another suite's scheme is refused as well.
+	// Hidden keys, keys of another suite's scheme and nil keys are
+	// refused.
 	p256, _, err := P256AES128GCMSHA256P256.GenerateSignatureKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.signer = p256
-	if _, err := m.MarshalBinary(); !errors.Is(err, ErrSignerNotExportable) {
-		t.Fatalf("got %v, want ErrSignerNotExportable", err)
+	ed, _, err := X25519AES128GCMSHA256Ed25519.GenerateSignatureKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		signer crypto.Signer
+	}{
+		{"opaque", opaqueSigner{c.signer}},
+		{"p256 key in an ed25519 suite", p256},
+		{"nil ecdsa key", (*ecdsa.PrivateKey)(nil)},
+		{"nil ed25519 key", (*ed25519.PrivateKey)(nil)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m.signer = tc.signer
+			if _, err := m.MarshalBinary(); !errors.Is(err, ErrSignerNotExportable) {
+				t.Fatalf("got %v, want ErrSignerNotExportable", err)
+			}
+		})
+	}
+	// A pointer to an Ed25519 key is exported like the key.
+	pk := ed.(ed25519.PrivateKey)
+	m.signer = &pk
+	if _, err := m.MarshalBinary(); err != nil {
+		t.Fatal(err)
 	}
 }
 
