@@ -54,6 +54,25 @@ type MemberOptions struct {
 //	    StoredSecretTree secret_tree;
 //	    StoredResumptionPSK resumption_psks<V>; // ascending epoch
 //	}
+//	struct { uint64 epoch; opaque psk<V>; } StoredResumptionPSK;
+//
+//	struct {
+//	    uint32 leaves;
+//	    StoredNodeSecret nodes<V>;      // ascending node index
+//	    StoredLeafRatchets ratchets<V>; // ascending leaf index
+//	} StoredSecretTree;
+//	struct { uint32 node; opaque secret<V>; } StoredNodeSecret;
+//	struct {
+//	    uint32 leaf;
+//	    StoredRatchet handshake;
+//	    StoredRatchet application;
+//	} StoredLeafRatchets;
+//	struct {
+//	    uint32 generation;              // the next one to use
+//	    opaque secret<V>;               // the ratchet secret of that generation
+//	    StoredKey skipped<V>;           // ascending generation, below generation
+//	} StoredRatchet;
+//	struct { uint32 generation; opaque key<V>; opaque nonce<V>; } StoredKey;
 //
 // The signature private key is the Ed25519 seed or the big-endian ECDSA
 // scalar; a signer that cannot give it out fails with
@@ -317,17 +336,8 @@ func decodeMember(data []byte, opts MemberOptions) (*Member, error) {
 	return m, nil
 }
 
-// marshalStored encodes the secret tree's current state:
-//
-//	struct {
-//	    uint32 leaves;
-//	    StoredNodeSecret nodes<V>;      // ascending node index
-//	    StoredLeafRatchets ratchets<V>; // ascending leaf index
-//	}
-//	struct { uint32 node; opaque secret<V>; } StoredNodeSecret;
-//	struct { uint32 leaf; StoredRatchet handshake; StoredRatchet application; } StoredLeafRatchets;
-//	struct { uint32 generation; opaque secret<V>; StoredKey skipped<V>; } StoredRatchet; // ascending generation
-//	struct { uint32 generation; opaque key<V>; opaque nonce<V>; } StoredKey;
+// marshalStored encodes the secret tree's current state as a
+// StoredSecretTree (see Member.MarshalBinary).
 func (t *SecretTree) marshalStored(b *cryptobyte.Builder) {
 	b.AddUint32(t.leaves)
 	wire.AddVector(b, func(b *cryptobyte.Builder) {
