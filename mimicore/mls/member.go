@@ -218,7 +218,19 @@ func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) (*Member
 // successor returns m moved to the epoch of state n, with the tree
 // private keys and epoch secrets of that epoch and a fresh secret tree.
 // keys and secrets must not be shared with anything the caller changes.
+// Private keys of nodes the epoch replaced are deleted from keys (RFC 9420
+// §9.2): only those of our leaf and of our direct path in n are kept.
 func (m *Member) successor(n *GroupState, keys pathKeys, secrets *EpochSecrets) *Member {
+	keep := map[string]bool{}
+	if l := n.tree.leaf(m.leaf); l != nil {
+		keep[string(l.EncryptionKey)] = true
+		for _, x := range directPath(leafNode(m.leaf), n.tree.leaves) {
+			if p := n.tree.parentNode(x); p != nil {
+				keep[string(p.EncryptionKey)] = true
+			}
+		}
+	}
+	maps.DeleteFunc(keys, func(pub string, _ hpke.PrivateKey) bool { return !keep[pub] })
 	next := &Member{state: n, leaf: m.leaf, signer: m.signer, keys: keys, secrets: secrets, epoch: &epochKeys{},
 		psks: m.psks, resumption: make(map[uint64][]byte, len(m.resumption)+1)}
 	for e, psk := range m.resumption {
