@@ -1,0 +1,117 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Limits of KeyPackages and Queues on client URIs.
+const (
+	// MaxClientURISize bounds a client URI (PROFILE §3: a mimi: URI
+	// naming the provider, the user and the device).
+	MaxClientURISize = 512
+)
+
+// Limits of KeyPackages; a larger value is ErrInvalid, except
+// MaxKeyPackagesPerClient (ErrTooManyKeyPackages).
+const (
+	// MaxKeyPackageSize bounds one encoded KeyPackage. It holds a
+	// post-quantum KeyPackage: 64 of them fit in MaxAnswerSize, the
+	// largest key_packages answer.
+	MaxKeyPackageSize = 16 << 10
+	// MaxKeyPackagesPerClient bounds the packages a client has available
+	// at once, over all its suites, last-resort packages included. It is
+	// also the most one PublishKeyPackages call may carry.
+	MaxKeyPackagesPerClient = 256
+	// ClaimedKeyPackageRetention is how long a package stays readable by
+	// KeyPackageByRef after it left the client's available packages
+	// (claimed, or a last-resort package replaced by a newer one), unless
+	// its NotAfter comes first: as long as a Welcome's joiner may fetch
+	// welcome_info, which the DS authenticates with the key of the
+	// KeyPackage the Welcome added (PROFILE §5: key_package_signature).
+	ClaimedKeyPackageRetention = WelcomeTreeLifetime
+)
+
+// ErrTooManyKeyPackages reports a PublishKeyPackages that would leave a
+// client more than MaxKeyPackagesPerClient available packages. It wraps
+// ErrConflict.
+var ErrTooManyKeyPackages = fmt.Errorf("client would have more than %d KeyPackages: %w", MaxKeyPackagesPerClient, ErrConflict)
+
+// KeyPackage is one KeyPackage a local client published.
+type KeyPackage struct {
+	// Client is the URI of the client that published it,
+	// 1..MaxClientURISize bytes.
+	Client string
+	// Suite is its MLS cipher suite, 1..65535.
+	Suite uint16
+	// Ref is its KeyPackageRef (RFC 9420 §5.2), computed by the caller
+	// from KeyPackage; 1..MaxIDSize bytes. Refs are unique in the store.
+	Ref []byte
+	// KeyPackage is the encoded KeyPackage, 1..MaxKeyPackageSize bytes.
+	// The store does not parse it: the caller validated it.
+	KeyPackage []byte
+	// NotAfter is the end of its lifetime (the KeyPackage's own
+	// not_after, or earlier): from then on it behaves as absent.
+	NotAfter time.Time
+	// LastResort marks the client's package of last resort for Suite: a
+	// claim returns it when no single-use package is left, and never
+	// consumes it.
+	LastResort bool
+	// Claimed is set on packages read back that have left the client's
+	// available packages (KeyPackageByRef only). PublishKeyPackages
+	// ignores it.
+	Claimed bool
+}
+
+// KeyPackages is the KeyPackage directory of the provider's own clients
+// (PROFILE §9, local client API; issue 10 serves it to peers). Each client
+// has, per cipher suite, single-use packages and at most one last-resort
+// package.
+//
+// A package is available from its PublishKeyPackages until it is claimed
+// (single-use), replaced (last resort) or expired (NotAfter). A claimed or
+// replaced package is never available again, not even when the same bytes
+// are published again: it stays readable by KeyPackageByRef for
+// ClaimedKeyPackageRetention (or until NotAfter), then DeleteExpired
+// removes it.
+//
+// Each write (PublishKeyPackages, ClaimKeyPackage) is one operation of the
+// backend's write path as package store describes: a claim is one
+// conditional UPDATE ... WHERE ref = (SELECT ... LIMIT 1) RETURNING, which
+// SQLite serialises with its single writer and PostgreSQL with row locks
+// (FOR UPDATE SKIP LOCKED in the subquery lets concurrent claims for one
+// client take different packages rather than queue), so a group of claims
+// can share one transaction (a pgx Batch) or be pipelined. Lookups do not
+// go through the write path.
+type KeyPackages interface {
+	// PublishKeyPackages makes kps available for client, all or none of
+	// them: every package must name client (or leave Client empty),
+	// its Ref must be unique in the call, and at most one per suite may be
+	// LastResort (ErrInvalid otherwise). A new last-resort package for a
+	// suite replaces the client's previous one. A Ref already stored is
+	// ErrConflict, except a package identical to one still available
+	// (same client, suite, bytes, NotAfter and LastResort), which is left
+	// as it is, so a client may retry a publish. When the client would
+	// then have more than MaxKeyPackagesPerClient packages available the
+	// call fails with ErrTooManyKeyPackages and stores nothing.
+	PublishKeyPackages(ctx context.Context, client string, kps []KeyPackage) error
+
+	// ClaimKeyPackage hands out one available package of client for
+	// suite: a single-use package, which it removes from the available
+	// packages in the same write, the one with the earliest NotAfter
+	// first; or, when none is left, the client's last-resort package,
+	// which stays available. Two claims never get the same single-use
+	// package, whether or not they run at once. No package is
+	// ErrNotFound.
+	ClaimKeyPackage(ctx context.Context, client string, suite uint16) (KeyPackage, error)
+
+	// ListKeyPackages returns client's available packages, ordered by
+	// suite, then NotAfter, then Ref; none is an empty list, not an error.
+	ListKeyPackages(ctx context.Context, client string) ([]KeyPackage, error)
+
+	// KeyPackageByRef returns the package with ref, available or (with
+	// Claimed set) claimed or replaced within ClaimedKeyPackageRetention;
+	// otherwise ErrNotFound.
+	KeyPackageByRef(ctx context.Context, ref []byte) (KeyPackage, error)
+}

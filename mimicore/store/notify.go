@@ -1,0 +1,112 @@
+package store
+
+import "sync"
+
+// Notifier wakes the waiters of queues: a backend's Append calls Notify
+// after the commit that stored a message, and WatchQueue is Watch. It is
+// process-local, in memory: it knows only the appends made through the
+// store that owns it (see Queues). It starts no goroutine; a waiter costs
+// one entry until it is woken or stopped. The zero Notifier is not usable:
+// call NewNotifier. A Notifier is safe for concurrent use.
+type Notifier struct {
+	mu      sync.Mutex
+	waiters map[string][]*waiter // by queue; none is closed
+	closed  bool
+}
+
+// waiter is one Watch: ch is closed when its queue passes after.
+type waiter struct {
+	after uint64
+	ch    chan struct{}
+}
+
+// NewNotifier returns a Notifier without waiters.
+func NewNotifier() *Notifier {
+	return &Notifier{waiters: map[string][]*waiter{}}
+}
+
+// Watch returns a channel that is closed by the first Notify of queue with
+// a sequence number above after, or by Close, and a function that releases
+// the watch; it is idempotent and must be called once the caller stops
+// waiting, woken or not. After Close the channel is closed at once.
+func (n *Notifier) Watch(queue string, after uint64) (<-chan struct{}, func()) {
+	w := &waiter{after: after, ch: make(chan struct{})}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		close(w.ch)
+		return w.ch, func() {}
+	}
+	n.waiters[queue] = append(n.waiters[queue], w)
+	return w.ch, func() { n.stop(queue, w) }
+}
+
+// stop removes w from queue's waiters, if it is still there.
+func (n *Notifier) stop(queue string, w *waiter) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ws := n.waiters[queue]
+	for i, x := range ws {
+		if x == w {
+			ws[i] = ws[len(ws)-1]
+			ws[len(ws)-1] = nil
+			ws = ws[:len(ws)-1]
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(n.waiters, queue)
+	} else {
+		n.waiters[queue] = ws
+	}
+}
+
+// Notify reports that queue holds a message with sequence number seq,
+// committed: every waiter of queue whose after is below seq is woken and
+// released.
+func (n *Notifier) Notify(queue string, seq uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ws := n.waiters[queue]
+	keep := ws[:0]
+	for _, w := range ws {
+		if w.after < seq {
+			close(w.ch)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	clear(ws[len(keep):])
+	if len(keep) == 0 {
+		delete(n.waiters, queue)
+	} else {
+		n.waiters[queue] = keep
+	}
+}
+
+// Waiters reports how many watches are registered and neither woken nor
+// stopped.
+func (n *Notifier) Waiters() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := 0
+	for _, ws := range n.waiters {
+		c += len(ws)
+	}
+	return c
+}
+
+// Close wakes and releases every waiter; later watches are woken at once.
+// A store closes its Notifier when it closes, so that no waiter outlives
+// it.
+func (n *Notifier) Close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.closed = true
+	for q, ws := range n.waiters {
+		for _, w := range ws {
+			close(w.ch)
+		}
+		delete(n.waiters, q)
+	}
+}

@@ -1,0 +1,144 @@
+package store
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func TestNotifier(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		after  uint64
+		notify []uint64 // Notify of the watched queue, in order
+		other  bool     // a Notify of another queue first
+		woken  bool
+	}{
+		{name: "above cursor", after: 3, notify: []uint64{4}, woken: true},
+		{name: "far above cursor", after: 3, notify: []uint64{90}, woken: true},
+		{name: "at cursor", after: 3, notify: []uint64{3}},
+		{name: "below cursor", after: 3, notify: []uint64{1, 2}},
+		{name: "below then above", after: 3, notify: []uint64{2, 4}, woken: true},
+		{name: "from zero", after: 0, notify: []uint64{1}, woken: true},
+		{name: "other queue", after: 0, other: true},
+		{name: "nothing", after: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := NewNotifier()
+			ch, stop := n.Watch("q", tc.after)
+			if tc.other {
+				n.Notify("q2", 100)
+			}
+			for _, s := range tc.notify {
+				n.Notify("q", s)
+			}
+			if got := isClosed(ch); got != tc.woken {
+				t.Fatalf("woken = %t, want %t", got, tc.woken)
+			}
+			wantWaiters := 1
+			if tc.woken {
+				wantWaiters = 0 // a woken waiter is released by Notify
+			}
+			if got := n.Waiters(); got != wantWaiters {
+				t.Fatalf("%d waiters registered, want %d", got, wantWaiters)
+			}
+			stop()
+			stop() // idempotent
+			if got := n.Waiters(); got != 0 {
+				t.Fatalf("%d waiters after stop, want 0", got)
+			}
+			n.Notify("q", 1000) // no waiter left: must not panic on a closed channel
+		})
+	}
+}
+
+// TestNotifierManyWaiters wakes exactly the waiters whose cursor is below
+// the notified sequence number, and stopping some leaves the others.
+func TestNotifierManyWaiters(t *testing.T) {
+	n := NewNotifier()
+	chans := make([]<-chan struct{}, 10)
+	stops := make([]func(), 10)
+	for i := range chans {
+		chans[i], stops[i] = n.Watch("q", uint64(i))
+	}
+	stops[0]()
+	stops[1]()
+	n.Notify("q", 5)
+	for i, ch := range chans {
+		if want := i >= 2 && i < 5; isClosed(ch) != want {
+			t.Errorf("waiter after %d: woken %t, want %t", i, !want, want)
+		}
+	}
+	if got := n.Waiters(); got != 5 {
+		t.Fatalf("%d waiters left, want 5", got)
+	}
+	for _, stop := range stops {
+		stop()
+	}
+	if got := n.Waiters(); got != 0 {
+		t.Fatalf("%d waiters after stopping all, want 0", got)
+	}
+}
+
+func TestNotifierClose(t *testing.T) {
+	n := NewNotifier()
+	ch, stop := n.Watch("q", 0)
+	n.Close()
+	if !isClosed(ch) {
+		t.Fatal("Close did not wake a waiter")
+	}
+	stop()
+	ch2, stop2 := n.Watch("q", 0)
+	defer stop2()
+	if !isClosed(ch2) {
+		t.Fatal("a watch after Close is not woken at once")
+	}
+	if got := n.Waiters(); got != 0 {
+		t.Fatalf("%d waiters after Close, want 0", got)
+	}
+}
+
+// TestNotifierConcurrent runs waiters that give up and notifiers at once
+// (run with -race): every waiter is woken or stopped, none is left.
+func TestNotifierConcurrent(t *testing.T) {
+	n := NewNotifier()
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q := fmt.Sprint("q", i%5)
+			for j := range 100 {
+				ch, stop := n.Watch(q, uint64(j))
+				select {
+				case <-ch:
+				case <-time.After(time.Duration(j%3) * time.Microsecond):
+				}
+				stop()
+			}
+		}()
+	}
+	for i := range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s := range uint64(200) {
+				n.Notify(fmt.Sprint("q", i), s)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := n.Waiters(); got != 0 {
+		t.Fatalf("%d waiters left", got)
+	}
+}

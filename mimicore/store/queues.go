@@ -1,0 +1,170 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Limits and defaults of Queues. A value over a Max* bound is ErrInvalid.
+const (
+	// MaxQueuedMessageSize bounds one queued message: the largest
+	// MLSMessage a deliver_message or a local send can carry.
+	MaxQueuedMessageSize = 1 << 20
+	// MaxAppendRecipients bounds the recipients of one Append; a larger
+	// fan-out is split by the caller, each part one durable write.
+	MaxAppendRecipients = 4096
+	// DefaultQueueTTL is how long a queued message is kept, unacknowledged,
+	// when an Append gives no expiry.
+	DefaultQueueTTL = 30 * 24 * time.Hour
+	// DefaultQueueMaxMessages and DefaultQueueMaxBytes are the limits of
+	// one queue when an Append gives none (QueueLimits).
+	DefaultQueueMaxMessages = 10000
+	DefaultQueueMaxBytes    = 256 << 20
+	// DefaultFetchMessages and DefaultFetchBytes bound a Fetch that gives
+	// no bound; MaxFetchMessages is the most one Fetch returns.
+	DefaultFetchMessages = 100
+	DefaultFetchBytes    = 4 << 20
+	MaxFetchMessages     = 1000
+)
+
+// ErrQueueFull reports a queue that would hold more than its limits
+// (QueueLimits) with one more message. It wraps ErrConflict.
+var ErrQueueFull = fmt.Errorf("queue is full: %w", ErrConflict)
+
+// QueuedMessage is a message in a local client's queue.
+type QueuedMessage struct {
+	// Seq is its sequence number in the queue: assigned by Append, from 1,
+	// each one more than the queue's previous message, never reused.
+	Seq uint64
+	// GroupID is the MLS group it belongs to, 0..MaxIDSize bytes (empty
+	// for a message of no group).
+	GroupID []byte
+	// Sender names who sent it (a provider domain or a client URI),
+	// 0..MaxClientURISize bytes.
+	Sender string
+	// Arrived is when Append stored it (the backend's clock).
+	Arrived time.Time
+	// Expires is when it stops being delivered, acknowledged or not.
+	Expires time.Time
+	// Message is the message itself, opaque to the store,
+	// 1..MaxQueuedMessageSize bytes.
+	Message []byte
+}
+
+// QueueLimits bound one queue: an Append that would leave it holding more
+// than MaxMessages messages or MaxBytes bytes of messages is refused for
+// that queue (ErrQueueFull). A zero field means its default
+// (DefaultQueueMaxMessages, DefaultQueueMaxBytes). Expired messages do
+// not count, swept or not.
+type QueueLimits struct {
+	MaxMessages int
+	MaxBytes    int64
+}
+
+// Delivery is one message for the queues of many local clients.
+type Delivery struct {
+	// Recipients are the client URIs whose queues get the message,
+	// 1..MaxAppendRecipients distinct URIs of 1..MaxClientURISize bytes.
+	Recipients []string
+	// GroupID, Sender and Message are as in QueuedMessage.
+	GroupID []byte
+	Sender  string
+	Message []byte
+	// Expires ends the message's life in every queue; zero means the
+	// arrival time plus DefaultQueueTTL.
+	Expires time.Time
+	// Limits bound each recipient's queue.
+	Limits QueueLimits
+}
+
+// Appended is the outcome of a Delivery for one recipient.
+type Appended struct {
+	// Seq is the message's sequence number in the recipient's queue, 0
+	// when Err is set.
+	Seq uint64
+	// Err is nil, or wraps ErrQueueFull: this recipient's queue refused
+	// the message and the others still got it.
+	Err error
+}
+
+// FetchLimit bounds a Fetch. A zero field means its default
+// (DefaultFetchMessages, DefaultFetchBytes); Messages over
+// MaxFetchMessages is ErrInvalid.
+type FetchLimit struct {
+	Messages int
+	Bytes    int
+}
+
+// Queues holds, per local client, the ordered queue of messages waiting
+// for it (PROFILE §9, local client API): what the DS accepted for the
+// client's groups here and what peers delivered (issue 10's fan-out and
+// deliver_message). A queue is named by its client URI and exists from its
+// first Append.
+//
+// Sequence numbers of one queue are assigned at Append, inside the write
+// that stores the message: strictly increasing, with no gaps (a refused
+// append takes none), also under concurrent appends. A client reads with
+// Fetch after its cursor (the last sequence number it processed) and
+// acknowledges with Ack, which deletes what it covers. Messages that
+// expire (Delivery.Expires) are skipped by Fetch at once and removed by
+// DeleteExpired; so a cursor may jump over sequence numbers that expired
+// unread.
+//
+// Append is one operation of the backend's write path as package store
+// describes, whatever its number of recipients: a fan-out to N local
+// clients is one transaction (one fsync under SQLite's group commit), and
+// its message bytes are stored once, shared by the N queue entries. Per
+// recipient it is one conditional upsert of the queue's head (INSERT ...
+// ON CONFLICT DO UPDATE SET last_seq = last_seq + 1 ... WHERE within limits
+// RETURNING last_seq) and one INSERT of the entry; PostgreSQL's row lock
+// on the head serialises appends to one queue, so a group of Appends can
+// share one transaction (a pgx Batch) or be pipelined, like every write.
+// Ack is one DELETE ... RETURNING and the head's counters, as one
+// operation. Fetch does not go through the write path.
+//
+// Waiting: WatchQueue tells a waiter that its queue got a message, without
+// polling the database (a long poll or a stream of the local API). The
+// notification is process-local (see Notifier): an Append through another
+// process's store on the same database does not wake this process's
+// waiters. The SQLite backend holds its file for one Store (ErrInUse), so
+// every Append to it passes through its Store; a PostgreSQL backend shared
+// by several gateways must carry it across processes, with LISTEN/NOTIFY on
+// a channel per queue (or one channel naming the queue), NOTIFY sent in the
+// Append's transaction so it is delivered after commit.
+type Queues interface {
+	// Append adds d's message to the queue of each of d.Recipients in one
+	// durable write and answers, in the order of d.Recipients, the
+	// sequence number each queue gave it, or ErrQueueFull for a queue
+	// that refused it (the others still got it). The error is for the
+	// whole call: an argument (ErrInvalid) or the backend.
+	Append(ctx context.Context, d Delivery) ([]Appended, error)
+
+	// Fetch returns, in order, the alive messages of client's queue whose
+	// sequence number is above after, at most limit.Messages of them and
+	// no more than limit.Bytes bytes of messages, except that a first
+	// message larger than limit.Bytes is returned alone, so a client
+	// always makes progress. An empty queue, or one never appended to
+	// (with after 0), is an empty list. An after beyond the queue's last
+	// sequence number is ErrInvalid: the client's cursor does not belong
+	// to this queue, and waiting on it would skip messages.
+	Fetch(ctx context.Context, client string, after uint64, limit FetchLimit) ([]QueuedMessage, error)
+
+	// Ack deletes the messages of client's queue up to and including
+	// upTo and reports how many it deleted. Acknowledging again, or
+	// below what was acknowledged, deletes nothing and succeeds. An upTo
+	// beyond the queue's last sequence number is ErrInvalid, not clamped:
+	// the client would take its cursor past messages not yet appended and
+	// skip them.
+	Ack(ctx context.Context, client string, upTo uint64) (int, error)
+
+	// WatchQueue returns a channel that is closed once an Append through
+	// this store commits a message with a sequence number above after to
+	// client's queue (or the store closes), and a stop function that
+	// releases the watch; call it when done, woken or not (it is
+	// idempotent). Watch first, then Fetch, then wait: a message
+	// appended between the two is then either fetched or wakes the
+	// channel. WatchQueue does not touch the database, starts no
+	// goroutine and never blocks.
+	WatchQueue(client string, after uint64) (ready <-chan struct{}, stop func())
+}
