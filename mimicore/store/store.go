@@ -85,14 +85,16 @@
 // group the hub provider, the epoch's public state in parts (a row per tree
 // position, so a commit writes only the positions it changed), the trees of
 // old epochs kept for lagging Welcome joiners (at most 14 days or 64
-// epochs) and the pending proposals. The DS state that later issues add
-// gets its own interface here and its own appended migration in each
+// epochs) and the pending proposals; version 4 the KeyPackages of local
+// clients (KeyPackages: single-use packages consumed atomically, one
+// last-resort package per suite handed out but never consumed) and their
+// queues (Queues: per client an ordered queue with gapless sequence
+// numbers, a fan-out's bytes stored once). The DS state that later issues
+// add gets its own interface here and its own appended migration in each
 // backend:
 //
-//   - queues: per client, the messages fanned out to it, with per-client
-//     duplicate detection by message hash;
-//   - KeyPackages: per client, single-use packages consumed atomically, and
-//     one last-resort package that is handed out but never consumed;
+//   - duplicate detection of delivered messages, per client, by message
+//     hash (issue 10: a retried deliver_message under a fresh request id);
 //   - attachment metadata: token, group, uploader, size, content hash and
 //     a reference-counted blob, whose bytes live in files (SQLite) or an
 //     object store (PostgreSQL), never in the database.
@@ -161,6 +163,8 @@ type Store interface {
 	SpentNonces
 	KeyStore
 	GroupStore
+	KeyPackages
+	Queues
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.
@@ -171,8 +175,10 @@ type Store interface {
 type Sweeper interface {
 	// DeleteExpired removes every record whose expiry is at or before now
 	// (replay entries, seen signatures, spent tokens, peer keys, peer
-	// fetch failures, and Welcome trees past WelcomeTreeLifetime with the
-	// old tree nodes only they kept) and reports how many it removed. It
+	// fetch failures, Welcome trees past WelcomeTreeLifetime with the
+	// old tree nodes only they kept, KeyPackages past their NotAfter or
+	// ClaimedKeyPackageRetention, and queued messages past their expiry)
+	// and reports how many it removed. It
 	// works in small transactions so writers are not held up; on error,
 	// the records removed so far stay removed. The gateway's own signing keys are not
 	// swept: see SigningKeys.DeleteSigningKey.

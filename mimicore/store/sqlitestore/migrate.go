@@ -28,6 +28,7 @@ var migrations = []migration{
 	{1, "replay cache, seen signatures, spent tokens, signing and peer keys", schemaV1},
 	{2, "replay answers are DSResponses without an HTTP status", schemaV2},
 	{3, "group state: hubs, groups in parts, Welcome trees, pending proposals", schemaV3},
+	{4, "KeyPackages of local clients, local client queues", schemaV4},
 }
 
 const schemaV1 = `
@@ -234,4 +235,67 @@ CREATE TABLE mls_group_proposals (
 	message BLOB    NOT NULL,
 	PRIMARY KEY (gid, ref)
 ) WITHOUT ROWID;
+`
+
+// schemaV4 holds store.KeyPackages and store.Queues.
+//
+// key_packages has a row per published KeyPackage, keyed by its ref.
+// claimed_ms is NULL while the package is available and set when it left
+// the client's available packages (claimed, or a last-resort package
+// replaced); expires_ms is its not_after while available and at most the
+// claim plus store.ClaimedKeyPackageRetention after, and DeleteExpired
+// removes it from then on. The partial unique index allows one available
+// last-resort package per client and suite (PostgreSQL has partial indexes
+// too).
+//
+// A queue is a queue_heads row (the last sequence number given, never
+// lowered, and the number and bytes of the messages it holds, so that
+// Append checks its limits without counting) and a queue_messages row per
+// message, whose bytes are a queue_bodies row shared by every recipient of
+// one Append; refs counts the entries that point at a body, which is
+// deleted with its last entry. Heads stay when their queue empties, so a
+// queue never reuses a sequence number.
+const schemaV4 = `
+CREATE TABLE key_packages (
+	ref          BLOB    NOT NULL PRIMARY KEY,
+	client       TEXT    NOT NULL,
+	suite        INTEGER NOT NULL CHECK (suite BETWEEN 1 AND 65535),
+	key_package  BLOB    NOT NULL,
+	not_after_ms INTEGER NOT NULL,
+	last_resort  INTEGER NOT NULL CHECK (last_resort IN (0, 1)),
+	published_ms INTEGER NOT NULL,
+	claimed_ms   INTEGER,
+	expires_ms   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX key_packages_available ON key_packages (client, suite, last_resort, not_after_ms)
+	WHERE claimed_ms IS NULL;
+CREATE UNIQUE INDEX key_packages_last_resort ON key_packages (client, suite)
+	WHERE last_resort = 1 AND claimed_ms IS NULL;
+CREATE INDEX key_packages_expires ON key_packages (expires_ms);
+
+CREATE TABLE queue_heads (
+	client   TEXT    NOT NULL PRIMARY KEY,
+	last_seq INTEGER NOT NULL CHECK (last_seq >= 0),
+	messages INTEGER NOT NULL CHECK (messages >= 0),
+	bytes    INTEGER NOT NULL CHECK (bytes >= 0)
+) WITHOUT ROWID;
+
+CREATE TABLE queue_bodies (
+	id      INTEGER PRIMARY KEY,
+	message BLOB    NOT NULL,
+	refs    INTEGER NOT NULL CHECK (refs >= 0)
+);
+
+CREATE TABLE queue_messages (
+	client     TEXT    NOT NULL,
+	seq        INTEGER NOT NULL CHECK (seq > 0),
+	body_id    INTEGER NOT NULL REFERENCES queue_bodies (id),
+	size       INTEGER NOT NULL,
+	group_id   BLOB    NOT NULL,
+	sender     TEXT    NOT NULL,
+	arrived_ms INTEGER NOT NULL,
+	expires_ms INTEGER NOT NULL,
+	PRIMARY KEY (client, seq)
+) WITHOUT ROWID;
+CREATE INDEX queue_messages_expires ON queue_messages (expires_ms);
 `

@@ -9,8 +9,10 @@
 // # Group commit
 //
 // Every write method (Reserve, Complete, Release, SeenSignature, MarkSpent,
-// the signing-key and peer-key writes, the group writes, and each bounded
-// DELETE of DeleteExpired) is an operation queued to one writer goroutine, the only
+// the signing-key and peer-key writes, the group writes,
+// PublishKeyPackages, ClaimKeyPackage, Append (whatever its number of
+// recipients), Ack, and each bounded DELETE of DeleteExpired) is an
+// operation queued to one writer goroutine, the only
 // user of the one writer connection. When the writer becomes free it takes
 // every operation queued meanwhile, oldest first and at most the batch
 // size (DefaultMaxBatch, see WithMaxBatch), and runs them in one
@@ -94,6 +96,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -135,6 +138,10 @@ type Store struct {
 	ws writeStmts
 	rs readStmts
 	gs groupStmts
+	qs queueStmts
+	ks kpStmts
+
+	notifier *store.Notifier // wakes queue waiters after Append commits
 
 	cache      *groupcache.Cache // loaded group states, see WithGroupCache
 	groupBytes atomic.Uint64     // bytes of group rows written, see Stats
@@ -247,7 +254,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		}
 	}()
 
-	s = &Store{now: o.now, unlock: unlock, cache: groupcache.New(o.cacheNodes)}
+	s = &Store{now: o.now, unlock: unlock, cache: groupcache.New(o.cacheNodes), notifier: store.NewNotifier()}
 	busy := strconv.FormatInt(o.busyTimeout.Milliseconds(), 10)
 	s.w, err = sql.Open("sqlite", dsn(abs, url.Values{
 		"_pragma": {
@@ -300,7 +307,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		}
 	}
 	s.wr = newWriter(s.w, o.maxBatch)
-	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx)); err != nil {
+	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx), s.prepareQueues(ctx)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)
 	}
@@ -380,8 +387,10 @@ func (s *Store) Close() error {
 		if s.wr != nil {
 			s.wr.close()
 		}
+		// After the writer: no Append can notify any more.
+		s.notifier.Close()
 		var errs []error
-		for _, st := range append(s.allStmts(), s.groupStmts()...) {
+		for _, st := range slices.Concat(s.allStmts(), s.groupStmts(), s.queueStmts()) {
 			if st != nil {
 				errs = append(errs, st.Close())
 			}

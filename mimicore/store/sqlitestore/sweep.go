@@ -39,6 +39,8 @@ var sweeps = []struct{ table, sql string }{
 		(SELECT h.gid, h.node_index, h.from_epoch FROM mls_group_node_history h
 		WHERE h.to_epoch <= COALESCE((SELECT MIN(w.epoch) FROM mls_group_welcomes w WHERE w.gid = h.gid), h.to_epoch)
 		AND ?1 IS NOT NULL LIMIT ?2)`},
+	{"key_packages", `DELETE FROM key_packages WHERE ref IN
+		(SELECT ref FROM key_packages WHERE expires_ms <= ?1 LIMIT ?2)`},
 }
 
 // DeleteExpired implements store.Sweeper.
@@ -71,6 +73,11 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 				break
 			}
 		}
+	}
+	n, err := s.sweepQueues(ctx, ms)
+	total += n
+	if err != nil {
+		return total, s.fail(doing+" from queue_messages", err)
 	}
 	return total, nil
 }

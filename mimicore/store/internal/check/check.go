@@ -133,3 +133,101 @@ func Proposal(p store.PendingProposal) error {
 	}
 	return nil
 }
+
+// ClientURI checks a local client's URI.
+func ClientURI(what, uri string) error {
+	if uri == "" || len(uri) > store.MaxClientURISize {
+		return fmt.Errorf("%s is %d bytes, want 1..%d: %w", what, len(uri), store.MaxClientURISize, store.ErrInvalid)
+	}
+	return nil
+}
+
+// Suite checks an MLS cipher suite (0 is reserved).
+func Suite(s uint16) error {
+	if s == 0 {
+		return fmt.Errorf("cipher suite 0 is reserved: %w", store.ErrInvalid)
+	}
+	return nil
+}
+
+// KeyPackages checks one publish of client's KeyPackages.
+func KeyPackages(client string, kps []store.KeyPackage) error {
+	if err := ClientURI("client", client); err != nil {
+		return err
+	}
+	if len(kps) == 0 || len(kps) > store.MaxKeyPackagesPerClient {
+		return fmt.Errorf("publishing %d KeyPackages, want 1..%d: %w", len(kps), store.MaxKeyPackagesPerClient, store.ErrInvalid)
+	}
+	refs := make(map[string]bool, len(kps))
+	lastResort := map[uint16]bool{}
+	for i, kp := range kps {
+		if kp.Client != "" && kp.Client != client {
+			return fmt.Errorf("KeyPackage %d names client %q, not %q: %w", i, kp.Client, client, store.ErrInvalid)
+		}
+		if err := Suite(kp.Suite); err != nil {
+			return fmt.Errorf("KeyPackage %d: %w", i, err)
+		}
+		if err := ID("KeyPackageRef", kp.Ref); err != nil {
+			return fmt.Errorf("KeyPackage %d: %w", i, err)
+		}
+		if refs[string(kp.Ref)] {
+			return fmt.Errorf("KeyPackageRef %x appears twice: %w", kp.Ref, store.ErrInvalid)
+		}
+		refs[string(kp.Ref)] = true
+		if len(kp.KeyPackage) == 0 || len(kp.KeyPackage) > store.MaxKeyPackageSize {
+			return fmt.Errorf("KeyPackage %d is %d bytes, want 1..%d: %w", i, len(kp.KeyPackage), store.MaxKeyPackageSize, store.ErrInvalid)
+		}
+		if kp.LastResort {
+			if lastResort[kp.Suite] {
+				return fmt.Errorf("two last-resort KeyPackages for suite %d: %w", kp.Suite, store.ErrInvalid)
+			}
+			lastResort[kp.Suite] = true
+		}
+	}
+	return nil
+}
+
+// Delivery checks a message for local queues.
+func Delivery(d store.Delivery) error {
+	if len(d.Recipients) == 0 || len(d.Recipients) > store.MaxAppendRecipients {
+		return fmt.Errorf("%d recipients, want 1..%d: %w", len(d.Recipients), store.MaxAppendRecipients, store.ErrInvalid)
+	}
+	seen := make(map[string]bool, len(d.Recipients))
+	for _, r := range d.Recipients {
+		if err := ClientURI("recipient", r); err != nil {
+			return err
+		}
+		if seen[r] {
+			return fmt.Errorf("recipient %q appears twice: %w", r, store.ErrInvalid)
+		}
+		seen[r] = true
+	}
+	if len(d.GroupID) > store.MaxIDSize {
+		return fmt.Errorf("group id is %d bytes, over the %d byte limit: %w", len(d.GroupID), store.MaxIDSize, store.ErrInvalid)
+	}
+	if len(d.Sender) > store.MaxClientURISize {
+		return fmt.Errorf("sender is %d bytes, over the %d byte limit: %w", len(d.Sender), store.MaxClientURISize, store.ErrInvalid)
+	}
+	if len(d.Message) == 0 || len(d.Message) > store.MaxQueuedMessageSize {
+		return fmt.Errorf("message is %d bytes, want 1..%d: %w", len(d.Message), store.MaxQueuedMessageSize, store.ErrInvalid)
+	}
+	if d.Limits.MaxMessages < 0 || d.Limits.MaxBytes < 0 {
+		return fmt.Errorf("negative queue limits: %w", store.ErrInvalid)
+	}
+	return nil
+}
+
+// FetchLimit checks a Fetch bound and fills in its defaults.
+func FetchLimit(l store.FetchLimit) (store.FetchLimit, error) {
+	if l.Messages < 0 || l.Messages > store.MaxFetchMessages || l.Bytes < 0 {
+		return l, fmt.Errorf("fetch limit of %d messages, %d bytes: want 0..%d messages and bytes >= 0: %w",
+			l.Messages, l.Bytes, store.MaxFetchMessages, store.ErrInvalid)
+	}
+	if l.Messages == 0 {
+		l.Messages = store.DefaultFetchMessages
+	}
+	if l.Bytes == 0 {
+		l.Bytes = store.DefaultFetchBytes
+	}
+	return l, nil
+}

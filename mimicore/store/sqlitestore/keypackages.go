@@ -1,0 +1,217 @@
+package sqlitestore
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+)
+
+// Statements of the KeyPackage directory. MIN(a, b) of two values is
+// LEAST(a, b) in PostgreSQL; the subquery of kpClaimSQL takes FOR UPDATE
+// SKIP LOCKED there.
+const (
+	// kpRetireSQL retires client ?1's available last-resort package for
+	// suite ?2 unless it is ?3: ?4 is now, ?5 now plus the retention.
+	kpRetireSQL = `UPDATE key_packages SET claimed_ms = ?4, expires_ms = MIN(not_after_ms, ?5)
+		WHERE client = ?1 AND suite = ?2 AND last_resort = 1 AND claimed_ms IS NULL AND ref <> ?3`
+	// kpInsertSQL stores a package, replacing an expired row with its
+	// ref; zero rows changed means an alive row holds the ref. ?7 is now.
+	kpInsertSQL = `INSERT INTO key_packages
+		(ref, client, suite, key_package, not_after_ms, last_resort, published_ms, claimed_ms, expires_ms)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?5)
+		ON CONFLICT (ref) DO UPDATE SET client = excluded.client, suite = excluded.suite,
+			key_package = excluded.key_package, not_after_ms = excluded.not_after_ms,
+			last_resort = excluded.last_resort, published_ms = excluded.published_ms,
+			claimed_ms = NULL, expires_ms = excluded.expires_ms
+		WHERE key_packages.expires_ms <= ?7`
+	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
+		FROM key_packages WHERE ref = ?1 AND expires_ms > ?2`
+	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = ?1 AND claimed_ms IS NULL AND not_after_ms > ?2`
+	// kpClaimSQL takes client ?1's single-use package for suite ?2 that
+	// expires first: ?3 is now, ?4 now plus the retention.
+	kpClaimSQL = `UPDATE key_packages SET claimed_ms = ?3, expires_ms = MIN(not_after_ms, ?4)
+		WHERE ref = (SELECT ref FROM key_packages
+			WHERE client = ?1 AND suite = ?2 AND last_resort = 0 AND claimed_ms IS NULL AND not_after_ms > ?3
+			ORDER BY not_after_ms, ref LIMIT 1)
+		RETURNING ref, key_package, not_after_ms`
+	kpLastResortSQL = `SELECT ref, key_package, not_after_ms FROM key_packages
+		WHERE client = ?1 AND suite = ?2 AND last_resort = 1 AND claimed_ms IS NULL AND not_after_ms > ?3`
+	kpListSQL = `SELECT ref, suite, key_package, not_after_ms, last_resort FROM key_packages
+		WHERE client = ?1 AND claimed_ms IS NULL AND not_after_ms > ?2
+		ORDER BY suite, not_after_ms, ref`
+)
+
+// PublishKeyPackages implements store.KeyPackages: every package, the
+// retirement of replaced last-resort packages and the count check are one
+// op, so a refused publish leaves nothing behind.
+func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage) error {
+	const doing = "publishing KeyPackages"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := check.KeyPackages(client, kps); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	// Copied now: the op may run after the caller changed its slices.
+	type row struct {
+		suite      int64
+		ref, kp    []byte
+		notAfter   int64
+		lastResort bool
+	}
+	rows := make([]row, len(kps))
+	for i, kp := range kps {
+		rows[i] = row{int64(kp.Suite), bytes.Clone(kp.Ref), bytes.Clone(kp.KeyPackage),
+			check.ExpiryMillis(kp.NotAfter), kp.LastResort}
+	}
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		now := check.Millis(s.now())
+		retired := now + store.ClaimedKeyPackageRetention.Milliseconds()
+		for _, r := range rows {
+			if r.lastResort {
+				if _, err := tx.ExecContext(ctx, kpRetireSQL, client, r.suite, r.ref, now, retired); err != nil {
+					return err
+				}
+			}
+			res, err := tx.StmtContext(ctx, s.ks.insert).ExecContext(ctx,
+				r.ref, client, r.suite, r.kp, r.notAfter, r.lastResort, now)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 1 {
+				continue
+			}
+			old, err := getKeyPackage(ctx, tx.StmtContext(ctx, s.ks.get), r.ref, now)
+			if err != nil {
+				return err
+			}
+			if old.Claimed || old.Client != client || int64(old.Suite) != r.suite || old.LastResort != r.lastResort ||
+				check.ExpiryMillis(old.NotAfter) != r.notAfter || !bytes.Equal(old.KeyPackage, r.kp) {
+				return fmt.Errorf("KeyPackageRef %x is already stored: %w", r.ref, store.ErrConflict)
+			}
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, kpCountSQL, client, now).Scan(&n); err != nil {
+			return err
+		}
+		if n > store.MaxKeyPackagesPerClient {
+			return fmt.Errorf("%d available: %w", n, store.ErrTooManyKeyPackages)
+		}
+		return nil
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// getKeyPackage reads the alive package with ref through stmt (kpGetSQL).
+func getKeyPackage(ctx context.Context, stmt *sql.Stmt, ref []byte, now int64) (store.KeyPackage, error) {
+	kp := store.KeyPackage{Ref: bytes.Clone(ref)}
+	var suite, notAfter int64
+	err := stmt.QueryRowContext(ctx, ref, now).Scan(&kp.Client, &suite, &kp.KeyPackage, &notAfter, &kp.LastResort, &kp.Claimed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.KeyPackage{}, fmt.Errorf("no KeyPackage with this ref: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return store.KeyPackage{}, fmt.Errorf("reading KeyPackage: %w", err)
+	}
+	kp.Suite = uint16(suite)
+	kp.NotAfter = check.Time(notAfter)
+	return kp, nil
+}
+
+// ClaimKeyPackage implements store.KeyPackages: the claim and, when no
+// single-use package is left, the read of the last-resort package are one
+// op.
+func (s *Store) ClaimKeyPackage(ctx context.Context, client string, suite uint16) (store.KeyPackage, error) {
+	const doing = "claiming KeyPackage"
+	if err := s.checkOpen(doing); err != nil {
+		return store.KeyPackage{}, err
+	}
+	if err := check.ClientURI("client", client); err != nil {
+		return store.KeyPackage{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Suite(suite); err != nil {
+		return store.KeyPackage{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	var kp store.KeyPackage
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		kp = store.KeyPackage{Client: client, Suite: suite}
+		now := check.Millis(s.now())
+		var notAfter int64
+		err := tx.StmtContext(ctx, s.ks.claim).QueryRowContext(ctx, client, int64(suite), now,
+			now+store.ClaimedKeyPackageRetention.Milliseconds()).Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
+		if errors.Is(err, sql.ErrNoRows) {
+			kp.LastResort = true
+			err = tx.StmtContext(ctx, s.ks.lastResort).QueryRowContext(ctx, client, int64(suite), now).
+				Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("client has no KeyPackage for suite %d: %w", suite, store.ErrNotFound)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		kp.NotAfter = check.Time(notAfter)
+		return nil
+	})
+	if err != nil {
+		return store.KeyPackage{}, s.fail(doing, err)
+	}
+	return kp, nil
+}
+
+// ListKeyPackages implements store.KeyPackages.
+func (s *Store) ListKeyPackages(ctx context.Context, client string) ([]store.KeyPackage, error) {
+	const doing = "listing KeyPackages"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.ClientURI("client", client); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	rows, err := s.ks.list.QueryContext(ctx, client, check.Millis(s.now()))
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rows.Close()
+	kps := []store.KeyPackage{}
+	for rows.Next() {
+		kp := store.KeyPackage{Client: client}
+		var suite, notAfter int64
+		if err := rows.Scan(&kp.Ref, &suite, &kp.KeyPackage, &notAfter, &kp.LastResort); err != nil {
+			return nil, s.fail(doing, err)
+		}
+		kp.Suite = uint16(suite)
+		kp.NotAfter = check.Time(notAfter)
+		kps = append(kps, kp)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return kps, nil
+}
+
+// KeyPackageByRef implements store.KeyPackages.
+func (s *Store) KeyPackageByRef(ctx context.Context, ref []byte) (store.KeyPackage, error) {
+	const doing = "looking up KeyPackage"
+	if err := s.checkOpen(doing); err != nil {
+		return store.KeyPackage{}, err
+	}
+	if err := check.ID("KeyPackageRef", ref); err != nil {
+		return store.KeyPackage{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	kp, err := getKeyPackage(ctx, s.ks.getR, ref, check.Millis(s.now()))
+	if err != nil {
+		return store.KeyPackage{}, s.fail(doing, err)
+	}
+	return kp, nil
+}

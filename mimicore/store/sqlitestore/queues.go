@@ -1,0 +1,370 @@
+package sqlitestore
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+)
+
+// Statements of the local client queues.
+const (
+	queueBodySQL = `INSERT INTO queue_bodies (message, refs) VALUES (?1, 0) RETURNING id`
+	// queueBumpSQL gives queue ?1 its next sequence number for a message
+	// of ?2 bytes while it stays within ?3 messages and ?4 bytes; no row
+	// means full. A new head is within the limits: Append checks a single
+	// message against them first.
+	queueBumpSQL = `INSERT INTO queue_heads (client, last_seq, messages, bytes) VALUES (?1, 1, 1, ?2)
+		ON CONFLICT (client) DO UPDATE SET last_seq = queue_heads.last_seq + 1,
+			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + ?2
+		WHERE queue_heads.messages + 1 <= ?3 AND queue_heads.bytes + ?2 <= ?4
+		RETURNING last_seq`
+	queueEntrySQL = `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`
+	queueLastSQL  = `SELECT last_seq FROM queue_heads WHERE client = ?1`
+	queueFetchSQL = `SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, b.message
+		FROM queue_messages m JOIN queue_bodies b ON b.id = m.body_id
+		WHERE m.client = ?1 AND m.seq > ?2 AND m.expires_ms > ?3
+		ORDER BY m.seq LIMIT ?4`
+	// queueAckSQL deletes queue ?1's entries up to ?2.
+	queueAckSQL = `DELETE FROM queue_messages WHERE client = ?1 AND seq <= ?2
+		RETURNING client, body_id, size, expires_ms`
+	// queueReclaimSQL deletes queue ?1's expired entries (?2 is now), when
+	// an Append finds the queue full.
+	queueReclaimSQL = `DELETE FROM queue_messages WHERE client = ?1 AND expires_ms <= ?2
+		RETURNING client, body_id, size, expires_ms`
+	// queueSweepSQL deletes ?2 expired entries of any queue (?1 is now).
+	queueSweepSQL = `DELETE FROM queue_messages WHERE (client, seq) IN
+		(SELECT client, seq FROM queue_messages WHERE expires_ms <= ?1 LIMIT ?2)
+		RETURNING client, body_id, size, expires_ms`
+	queueHeadReleaseSQL = `UPDATE queue_heads SET messages = messages - ?2, bytes = bytes - ?3 WHERE client = ?1`
+	queueBodyReleaseSQL = `UPDATE queue_bodies SET refs = refs - ?2 WHERE id = ?1 RETURNING refs`
+	queueBodyRefsSQL    = `UPDATE queue_bodies SET refs = ?2 WHERE id = ?1`
+	queueBodyDeleteSQL  = `DELETE FROM queue_bodies WHERE id = ?1`
+)
+
+// Append implements store.Queues: the message body, and per recipient the
+// head's new sequence number and the entry, are one op.
+func (s *Store) Append(ctx context.Context, d store.Delivery) ([]store.Appended, error) {
+	const doing = "appending to queues"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.Delivery(d); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	maxMessages, maxBytes := int64(d.Limits.MaxMessages), d.Limits.MaxBytes
+	if maxMessages == 0 {
+		maxMessages = store.DefaultQueueMaxMessages
+	}
+	if maxBytes == 0 {
+		maxBytes = store.DefaultQueueMaxBytes
+	}
+	// Copied now: the op may run after the caller changed its slices.
+	recipients := slices.Clone(d.Recipients)
+	msg, groupID := bytes.Clone(d.Message), nonNil(bytes.Clone(d.GroupID))
+	size := int64(len(msg))
+	var out []store.Appended
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		out = make([]store.Appended, len(recipients))
+		now := check.Millis(s.now())
+		exp := now + store.DefaultQueueTTL.Milliseconds()
+		if !d.Expires.IsZero() {
+			exp = check.ExpiryMillis(d.Expires)
+		}
+		var bodyID int64
+		if err := tx.StmtContext(ctx, s.qs.body).QueryRowContext(ctx, msg).Scan(&bodyID); err != nil {
+			return err
+		}
+		bump, entry := tx.StmtContext(ctx, s.qs.bump), tx.StmtContext(ctx, s.qs.entry)
+		refs := 0
+		for i, r := range recipients {
+			seq, err := s.bumpQueue(ctx, tx, bump, r, size, maxMessages, maxBytes, now)
+			if err != nil {
+				return err
+			}
+			if seq == 0 {
+				out[i].Err = fmt.Errorf("queue of %s holds up to %d messages and %d bytes: %w", r, maxMessages, maxBytes, store.ErrQueueFull)
+				continue
+			}
+			if _, err := entry.ExecContext(ctx, r, seq, bodyID, size, groupID, d.Sender, now, exp); err != nil {
+				return err
+			}
+			out[i].Seq = uint64(seq)
+			refs++
+		}
+		if refs == 0 {
+			_, err := tx.ExecContext(ctx, queueBodyDeleteSQL, bodyID)
+			return err
+		}
+		_, err := tx.ExecContext(ctx, queueBodyRefsSQL, bodyID, refs)
+		return err
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	// Committed: wake the waiters.
+	for i, r := range recipients {
+		if out[i].Seq != 0 {
+			s.notifier.Notify(r, out[i].Seq)
+		}
+	}
+	return out, nil
+}
+
+// bumpQueue takes the next sequence number of queue client for a message
+// of size bytes, or 0 when the queue is full even without its expired
+// messages (which it deletes when they are in the way).
+func (s *Store) bumpQueue(ctx context.Context, tx *sql.Tx, bump *sql.Stmt, client string, size, maxMessages, maxBytes, now int64) (int64, error) {
+	if size > maxBytes {
+		return 0, nil
+	}
+	for reclaimed := false; ; reclaimed = true {
+		var seq int64
+		err := bump.QueryRowContext(ctx, client, size, maxMessages, maxBytes).Scan(&seq)
+		if err == nil {
+			return seq, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return 0, err
+		}
+		if reclaimed {
+			return 0, nil
+		}
+		n, _, err := deleteEntries(ctx, tx, queueReclaimSQL, now, client, now)
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 {
+			return 0, nil
+		}
+	}
+}
+
+// deleteEntries runs query, a DELETE of queue entries RETURNING client,
+// body_id, size and expires_ms, and releases what they held: their queues'
+// counters and their bodies' references, deleting bodies no entry uses
+// any more. It reports how many entries it deleted and how many of them
+// were alive (expiring after now).
+func deleteEntries(ctx context.Context, tx *sql.Tx, query string, now int64, args ...any) (deleted, alive int, err error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return 0, 0, err
+	}
+	type usage struct{ n, size int64 }
+	queues, bodies := map[string]usage{}, map[int64]int64{}
+	for rows.Next() {
+		var client string
+		var bodyID, size, exp int64
+		if err := rows.Scan(&client, &bodyID, &size, &exp); err != nil {
+			rows.Close()
+			return 0, 0, err
+		}
+		u := queues[client]
+		queues[client] = usage{u.n + 1, u.size + size}
+		bodies[bodyID]++
+		deleted++
+		if exp > now {
+			alive++
+		}
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return 0, 0, err
+	}
+	// In key order, so that the writes of one op do not depend on map
+	// order (and would lock rows in one order under PostgreSQL).
+	for _, client := range slices.Sorted(maps.Keys(queues)) {
+		u := queues[client]
+		if _, err := tx.ExecContext(ctx, queueHeadReleaseSQL, client, u.n, u.size); err != nil {
+			return 0, 0, err
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(bodies)) {
+		var left int64
+		if err := tx.QueryRowContext(ctx, queueBodyReleaseSQL, id, bodies[id]).Scan(&left); err != nil {
+			return 0, 0, err
+		}
+		if left == 0 {
+			if _, err := tx.ExecContext(ctx, queueBodyDeleteSQL, id); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	return deleted, alive, nil
+}
+
+// lastSeq reads the last sequence number of queue client, 0 for a queue
+// never appended to.
+func lastSeq(ctx context.Context, stmt *sql.Stmt, client string) (uint64, error) {
+	var last int64
+	err := stmt.QueryRowContext(ctx, client).Scan(&last)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading queue head: %w", err)
+	}
+	return uint64(last), nil
+}
+
+// Fetch implements store.Queues. It reads the head before the messages:
+// the last sequence number only grows, so a cursor it accepts was valid.
+func (s *Store) Fetch(ctx context.Context, client string, after uint64, limit store.FetchLimit) ([]store.QueuedMessage, error) {
+	const doing = "fetching queued messages"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.ClientURI("client", client); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	limit, err := check.FetchLimit(limit)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	last, err := lastSeq(ctx, s.qs.lastR, client)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	if after > last {
+		return nil, fmt.Errorf("%s: cursor %d is beyond the queue's last sequence number %d: %w", doing, after, last, store.ErrInvalid)
+	}
+	rows, err := s.qs.fetch.QueryContext(ctx, client, int64(after), check.Millis(s.now()), limit.Messages)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rows.Close()
+	msgs := []store.QueuedMessage{}
+	total := 0
+	for rows.Next() {
+		var m store.QueuedMessage
+		var seq, size, arrived, exp int64
+		if err := rows.Scan(&seq, &size, &m.GroupID, &m.Sender, &arrived, &exp, &m.Message); err != nil {
+			return nil, s.fail(doing, err)
+		}
+		if len(msgs) > 0 && total+int(size) > limit.Bytes {
+			break
+		}
+		total += int(size)
+		m.Seq, m.Arrived, m.Expires = uint64(seq), check.Time(arrived), check.Time(exp)
+		m.GroupID = nonNil(m.GroupID)
+		msgs = append(msgs, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return msgs, nil
+}
+
+// Ack implements store.Queues: the check of upTo against the head and the
+// deletion are one op.
+func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error) {
+	const doing = "acknowledging queued messages"
+	if err := s.checkOpen(doing); err != nil {
+		return 0, err
+	}
+	if err := check.ClientURI("client", client); err != nil {
+		return 0, fmt.Errorf("%s: %w", doing, err)
+	}
+	if upTo == 0 {
+		return 0, nil
+	}
+	var acked int
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		acked = 0
+		last, err := lastSeq(ctx, tx.StmtContext(ctx, s.qs.last), client)
+		if err != nil {
+			return err
+		}
+		if upTo > last {
+			return fmt.Errorf("acknowledging up to %d, beyond the queue's last sequence number %d: %w", upTo, last, store.ErrInvalid)
+		}
+		_, acked, err = deleteEntries(ctx, tx, queueAckSQL, check.Millis(s.now()), client, int64(upTo))
+		return err
+	})
+	if err != nil {
+		return 0, s.fail(doing, err)
+	}
+	return acked, nil
+}
+
+// WatchQueue implements store.Queues through the Store's store.Notifier,
+// which Append signals after each commit and Close closes.
+func (s *Store) WatchQueue(client string, after uint64) (<-chan struct{}, func()) {
+	return s.notifier.Watch(client, after)
+}
+
+// sweepQueues is DeleteExpired's part for queues: bounded DELETEs of
+// expired entries, each one op with the release of what they held.
+func (s *Store) sweepQueues(ctx context.Context, now int64) (int64, error) {
+	var total int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var n int
+		err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+			var err error
+			n, _, err = deleteEntries(ctx, tx, queueSweepSQL, now, now, sweepBatch)
+			return err
+		})
+		if err != nil {
+			return total, err
+		}
+		total += int64(n)
+		if n < sweepBatch {
+			return total, nil
+		}
+	}
+}
+
+// queueStmts are the prepared statements of the queues' and the KeyPackage
+// directory's hot paths.
+type queueStmts struct {
+	body, bump, entry, last *sql.Stmt // writer
+	lastR, fetch            *sql.Stmt // readers
+}
+
+// kpStmts are the prepared statements of the KeyPackage directory.
+type kpStmts struct {
+	insert, get, claim, lastResort *sql.Stmt // writer
+	getR, list                     *sql.Stmt // readers
+}
+
+func (s *Store) prepareQueues(ctx context.Context) error {
+	for _, p := range []struct {
+		db  *sql.DB
+		dst **sql.Stmt
+		sql string
+	}{
+		{s.w, &s.qs.body, queueBodySQL},
+		{s.w, &s.qs.bump, queueBumpSQL},
+		{s.w, &s.qs.entry, queueEntrySQL},
+		{s.w, &s.qs.last, queueLastSQL},
+		{s.r, &s.qs.lastR, queueLastSQL},
+		{s.r, &s.qs.fetch, queueFetchSQL},
+		{s.w, &s.ks.insert, kpInsertSQL},
+		{s.w, &s.ks.get, kpGetSQL},
+		{s.w, &s.ks.claim, kpClaimSQL},
+		{s.w, &s.ks.lastResort, kpLastResortSQL},
+		{s.r, &s.ks.getR, kpGetSQL},
+		{s.r, &s.ks.list, kpListSQL},
+	} {
+		st, err := p.db.PrepareContext(ctx, p.sql)
+		if err != nil {
+			return fmt.Errorf("preparing queue statement: %w", err)
+		}
+		*p.dst = st
+	}
+	return nil
+}
+
+func (s *Store) queueStmts() []*sql.Stmt {
+	return []*sql.Stmt{s.qs.body, s.qs.bump, s.qs.entry, s.qs.last, s.qs.lastR, s.qs.fetch,
+		s.ks.insert, s.ks.get, s.ks.claim, s.ks.lastResort, s.ks.getR, s.ks.list}
+}
