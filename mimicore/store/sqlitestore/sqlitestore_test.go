@@ -367,3 +367,9 @@ func TestGroupContract(t *testing.T) {
 		})
 	}
 }
+
+func TestKeyPackageContract(t *testing.T) {
+	storetest.RunKeyPackageTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
+		return openTemp(t, WithClock(clock.Now))
+	})
+}

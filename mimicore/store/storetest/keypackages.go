@@ -1,0 +1,398 @@
+package storetest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// RunKeyPackageTests runs the contract tests of store.KeyPackages as
+// subtests of t. open must return a fresh, empty store whose clock is
+// clock.Now and close it with t.Cleanup.
+func RunKeyPackageTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	plain := func(t *testing.T) store.Store { return open(t, NewClock()) }
+	t.Run("PublishListClaim", func(t *testing.T) { testKPPublishListClaim(t, open) })
+	t.Run("SingleUse", func(t *testing.T) { testKPSingleUse(t, plain) })
+	t.Run("LastResort", func(t *testing.T) { testKPLastResort(t, plain) })
+	t.Run("ByRef", func(t *testing.T) { testKPByRef(t, open) })
+	t.Run("Invalid", func(t *testing.T) { testKPInvalid(t, plain) })
+	t.Run("Limit", func(t *testing.T) { testKPLimit(t, plain) })
+	t.Run("Expiry", func(t *testing.T) { testKPExpiry(t, open) })
+	t.Run("ConcurrentClaims", func(t *testing.T) { testKPConcurrentClaims(t, plain) })
+}
+
+const (
+	alice = "mimi://a.example/d/alice/phone"
+	bob   = "mimi://a.example/d/bob/laptop"
+)
+
+// KP returns a KeyPackage of client for suite whose bytes and ref derive
+// from name, alive until notAfter.
+func KP(client string, suite uint16, name string, notAfter time.Time, lastResort bool) store.KeyPackage {
+	return store.KeyPackage{Client: client, Suite: suite, Ref: []byte("ref:" + name),
+		KeyPackage: []byte("keypackage:" + name), NotAfter: notAfter, LastResort: lastResort}
+}
+
+// sameKP fails unless got is want as read back: the same fields, NotAfter
+// to the millisecond.
+func sameKP(t *testing.T, what string, got, want store.KeyPackage) {
+	t.Helper()
+	if got.Client != want.Client || got.Suite != want.Suite || !bytes.Equal(got.Ref, want.Ref) ||
+		!bytes.Equal(got.KeyPackage, want.KeyPackage) || got.LastResort != want.LastResort ||
+		got.Claimed != want.Claimed || !got.NotAfter.Equal(ceilMillis(want.NotAfter)) {
+		t.Fatalf("%s: got %s, want %s", what, fmtKP(got), fmtKP(want))
+	}
+}
+
+// ceilMillis rounds t up to the millisecond, as the store keeps expiries.
+func ceilMillis(t time.Time) time.Time {
+	if r := t.Truncate(time.Millisecond); !r.Equal(t) {
+		return r.Add(time.Millisecond)
+	}
+	return t
+}
+
+func fmtKP(kp store.KeyPackage) string {
+	return fmt.Sprintf("{%s suite %d ref %q kp %q not_after %s last_resort %t claimed %t}",
+		kp.Client, kp.Suite, kp.Ref, kp.KeyPackage, kp.NotAfter.UTC().Format(time.RFC3339Nano), kp.LastResort, kp.Claimed)
+}
+
+func refsOf(kps []store.KeyPackage) []string {
+	refs := make([]string, len(kps))
+	for i, kp := range kps {
+		refs[i] = string(kp.Ref)
+	}
+	return refs
+}
+
+func wantRefs(t *testing.T, what string, kps []store.KeyPackage, want ...string) {
+	t.Helper()
+	got := refsOf(kps)
+	for i := range want {
+		want[i] = "ref:" + want[i]
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s: refs %q, want %q", what, got, want)
+	}
+}
+
+func claim(t *testing.T, s store.Store, client string, suite uint16) store.KeyPackage {
+	t.Helper()
+	kp, err := s.ClaimKeyPackage(ctx(), client, suite)
+	noErr(t, "ClaimKeyPackage", err)
+	return kp
+}
+
+func list(t *testing.T, s store.Store, client string) []store.KeyPackage {
+	t.Helper()
+	kps, err := s.ListKeyPackages(ctx(), client)
+	noErr(t, "ListKeyPackages", err)
+	if kps == nil {
+		t.Fatal("ListKeyPackages returned nil, want an empty list")
+	}
+	return kps
+}
+
+func testKPPublishListClaim(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	now := clock.Now()
+	kps := []store.KeyPackage{
+		KP(alice, 1, "late", now.Add(3*time.Hour), false),
+		KP(alice, 1, "early", now.Add(time.Hour+time.Millisecond/2), false), // rounded up
+		KP(alice, 1, "mid", now.Add(2*time.Hour), false),
+		KP(alice, 1, "lr1", now.Add(9*time.Hour), true),
+		KP(alice, 2, "two", now.Add(time.Hour), false),
+	}
+	kps[4].Client = "" // empty means the publishing client
+	noErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), alice, kps))
+	kps[0].KeyPackage[0] ^= 0xff // the store must have copied it
+	kps[0].KeyPackage[0] ^= 0xff
+	kps[4].Client = alice
+	wantRefs(t, "list", list(t, s, alice), "early", "mid", "late", "lr1", "two")
+	wantRefs(t, "list of another client", list(t, s, bob))
+
+	got := list(t, s, alice)
+	sameKP(t, "listed", got[0], store.KeyPackage{Client: alice, Suite: 1, Ref: []byte("ref:early"),
+		KeyPackage: []byte("keypackage:early"), NotAfter: now.Add(time.Hour + time.Millisecond)})
+	got[0].KeyPackage[0] = 'X' // nor may it hand out its own memory
+
+	// Claims: single-use packages, earliest NotAfter first, each once;
+	// then the last-resort one, again and again.
+	for _, want := range []int{1, 2, 0, 3, 3, 3} {
+		kp := claim(t, s, alice, 1)
+		w := kps[want]
+		if want == 1 {
+			w.NotAfter = now.Add(time.Hour + time.Millisecond)
+		}
+		sameKP(t, "claimed", kp, w)
+	}
+	wantRefs(t, "list after the claims", list(t, s, alice), "lr1", "two")
+	sameKP(t, "suite 2", claim(t, s, alice, 2), kps[4])
+	_, err := s.ClaimKeyPackage(ctx(), alice, 2)
+	wantErr(t, "claim from an exhausted suite without a last resort", err, store.ErrNotFound)
+	_, err = s.ClaimKeyPackage(ctx(), alice, 3)
+	wantErr(t, "claim for a suite never published", err, store.ErrNotFound)
+	_, err = s.ClaimKeyPackage(ctx(), bob, 1)
+	wantErr(t, "claim for an unknown client", err, store.ErrNotFound)
+}
+
+func testKPSingleUse(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	a, b := KP(alice, 1, "a", exp, false), KP(alice, 1, "b", exp, false)
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{a, b}))
+	noErr(t, "publishing the same packages again", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{a, b}))
+	wantRefs(t, "after a repeated publish", list(t, s, alice), "a", "b")
+	sameKP(t, "claim", claim(t, s, alice, 1), a)
+
+	for _, tc := range []struct {
+		name string
+		kp   store.KeyPackage
+	}{
+		{"claimed package again", a},
+		{"other bytes under an available ref", func() store.KeyPackage { k := b; k.KeyPackage = []byte("other"); return k }()},
+		{"other NotAfter under an available ref", KP(alice, 1, "b", exp.Add(time.Second), false)},
+		{"other suite under an available ref", KP(alice, 2, "b", exp, false)},
+		{"as last resort under an available ref", KP(alice, 1, "b", exp, true)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{tc.kp})
+			wantErr(t, "publish", err, store.ErrConflict)
+		})
+	}
+	t.Run("another client's ref", func(t *testing.T) {
+		err := s.PublishKeyPackages(ctx(), bob, []store.KeyPackage{KP(bob, 1, "b", exp, false)})
+		wantErr(t, "publish", err, store.ErrConflict)
+		wantRefs(t, "bob's packages", list(t, s, bob))
+	})
+	t.Run("all or nothing", func(t *testing.T) {
+		err := s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "new", exp, false), a})
+		wantErr(t, "publish with one claimed ref", err, store.ErrConflict)
+		wantRefs(t, "after the refused publish", list(t, s, alice), "b")
+	})
+	sameKP(t, "claim", claim(t, s, alice, 1), b)
+	_, err := s.ClaimKeyPackage(ctx(), alice, 1)
+	wantErr(t, "claim when every package was claimed", err, store.ErrNotFound)
+}
+
+func testKPLastResort(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	lr1, lr2 := KP(alice, 1, "lr1", exp, true), KP(alice, 1, "lr2", exp, true)
+	other := KP(alice, 2, "lr-suite2", exp, true)
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr1, other}))
+	noErr(t, "publishing it again", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr1}))
+	wantRefs(t, "list", list(t, s, alice), "lr1", "lr-suite2")
+	for range 3 {
+		sameKP(t, "claim", claim(t, s, alice, 1), lr1)
+	}
+	noErr(t, "publish a new last resort", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr2}))
+	wantRefs(t, "list after the replacement", list(t, s, alice), "lr2", "lr-suite2")
+	sameKP(t, "claim after the replacement", claim(t, s, alice, 1), lr2)
+	old, err := s.KeyPackageByRef(ctx(), lr1.Ref)
+	noErr(t, "KeyPackageByRef of the replaced one", err)
+	lr1.Claimed = true
+	sameKP(t, "replaced", old, lr1)
+	err = s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr1", exp, true)})
+	wantErr(t, "publishing the replaced one again", err, store.ErrConflict)
+	// A single-use package goes first, the last resort after.
+	noErr(t, "publish single-use", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "one", exp, false)}))
+	wantRefs(t, "claims", []store.KeyPackage{claim(t, s, alice, 1), claim(t, s, alice, 1)}, "one", "lr2")
+}
+
+func testKPByRef(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	kp := KP(alice, 1, "a", clock.Now().Add(store.ClaimedKeyPackageRetention+time.Hour), false)
+	short := KP(alice, 1, "short", clock.Now().Add(2*time.Hour), false)
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{short, kp}))
+	got, err := s.KeyPackageByRef(ctx(), kp.Ref)
+	noErr(t, "KeyPackageByRef", err)
+	sameKP(t, "available", got, kp)
+	claim(t, s, alice, 1) // short
+	claim(t, s, alice, 1) // kp
+	kp.Claimed, short.Claimed = true, true
+	got, err = s.KeyPackageByRef(ctx(), kp.Ref)
+	noErr(t, "KeyPackageByRef after the claim", err)
+	sameKP(t, "claimed", got, kp)
+	_, err = s.KeyPackageByRef(ctx(), []byte("ref:unknown"))
+	wantErr(t, "unknown ref", err, store.ErrNotFound)
+
+	clock.Advance(2 * time.Hour) // short's NotAfter comes before the retention
+	_, err = s.KeyPackageByRef(ctx(), short.Ref)
+	wantErr(t, "claimed package past its NotAfter", err, store.ErrNotFound)
+	got, err = s.KeyPackageByRef(ctx(), kp.Ref)
+	noErr(t, "KeyPackageByRef within the retention", err)
+	sameKP(t, "claimed", got, kp)
+	clock.Advance(store.ClaimedKeyPackageRetention - 2*time.Hour)
+	_, err = s.KeyPackageByRef(ctx(), kp.Ref)
+	wantErr(t, "claimed package past the retention", err, store.ErrNotFound)
+	n, err := s.DeleteExpired(ctx(), clock.Now())
+	noErr(t, "DeleteExpired", err)
+	if n != 2 {
+		t.Fatalf("DeleteExpired removed %d records, want 2", n)
+	}
+}
+
+func testKPInvalid(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	ok := KP(alice, 1, "ok", exp, false)
+	with := func(f func(*store.KeyPackage)) []store.KeyPackage {
+		k := ok
+		f(&k)
+		return []store.KeyPackage{k}
+	}
+	many := make([]store.KeyPackage, store.MaxKeyPackagesPerClient+1)
+	for i := range many {
+		many[i] = KP(alice, 1, fmt.Sprint(i), exp, false)
+	}
+	for _, tc := range []struct {
+		name   string
+		client string
+		kps    []store.KeyPackage
+	}{
+		{"empty client", "", []store.KeyPackage{KP("", 1, "x", exp, false)}},
+		{"oversized client", strings.Repeat("c", store.MaxClientURISize+1), []store.KeyPackage{KP("", 1, "x", exp, false)}},
+		{"no packages", alice, nil},
+		{"too many packages", alice, many},
+		{"another client's package", alice, with(func(k *store.KeyPackage) { k.Client = bob })},
+		{"suite 0", alice, with(func(k *store.KeyPackage) { k.Suite = 0 })},
+		{"empty ref", alice, with(func(k *store.KeyPackage) { k.Ref = nil })},
+		{"oversized ref", alice, with(func(k *store.KeyPackage) { k.Ref = make([]byte, store.MaxIDSize+1) })},
+		{"empty package", alice, with(func(k *store.KeyPackage) { k.KeyPackage = nil })},
+		{"oversized package", alice, with(func(k *store.KeyPackage) { k.KeyPackage = make([]byte, store.MaxKeyPackageSize+1) })},
+		{"repeated ref", alice, []store.KeyPackage{ok, ok}},
+		{"two last resorts of one suite", alice, []store.KeyPackage{KP(alice, 1, "l1", exp, true), KP(alice, 1, "l2", exp, true)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), tc.client, tc.kps), store.ErrInvalid)
+		})
+	}
+	big := with(func(k *store.KeyPackage) { k.KeyPackage = randBytes(t, store.MaxKeyPackageSize) })
+	noErr(t, "publishing the largest package", s.PublishKeyPackages(ctx(), alice, big))
+	if got := claim(t, s, alice, 1); !bytes.Equal(got.KeyPackage, big[0].KeyPackage) {
+		t.Fatal("largest package did not read back intact")
+	}
+	_, err := s.ClaimKeyPackage(ctx(), alice, 0)
+	wantErr(t, "claim for suite 0", err, store.ErrInvalid)
+	_, err = s.ClaimKeyPackage(ctx(), "", 1)
+	wantErr(t, "claim for no client", err, store.ErrInvalid)
+	_, err = s.ListKeyPackages(ctx(), "")
+	wantErr(t, "list for no client", err, store.ErrInvalid)
+	_, err = s.KeyPackageByRef(ctx(), nil)
+	wantErr(t, "lookup of no ref", err, store.ErrInvalid)
+}
+
+func testKPLimit(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	batch := func(prefix string, n int) []store.KeyPackage {
+		kps := make([]store.KeyPackage, n)
+		for i := range kps {
+			kps[i] = KP(alice, uint16(1+i%3), fmt.Sprint(prefix, i), exp, false)
+		}
+		return kps
+	}
+	noErr(t, "publish up to the limit", s.PublishKeyPackages(ctx(), alice, batch("a", store.MaxKeyPackagesPerClient-1)))
+	noErr(t, "publish the last one", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr", exp, true)}))
+	err := s.PublishKeyPackages(ctx(), alice, batch("b", 1))
+	wantErr(t, "publish past the limit", err, store.ErrTooManyKeyPackages)
+	wantErr(t, "publish past the limit", err, store.ErrConflict)
+	if n := len(list(t, s, alice)); n != store.MaxKeyPackagesPerClient {
+		t.Fatalf("%d packages after a refused publish, want %d", n, store.MaxKeyPackagesPerClient)
+	}
+	noErr(t, "replacing the last resort at the limit", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr2", exp, true)}))
+	noErr(t, "another client's publish", s.PublishKeyPackages(ctx(), bob, []store.KeyPackage{KP(bob, 1, "bob", exp, false)}))
+	claim(t, s, alice, 2)
+	noErr(t, "publish after a claim freed a place", s.PublishKeyPackages(ctx(), alice, batch("c", 1)))
+}
+
+func testKPExpiry(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	now := clock.Now()
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{
+		KP(alice, 1, "soon", now.Add(time.Minute), false),
+		KP(alice, 1, "lr", now.Add(time.Minute), true),
+		KP(alice, 1, "later", now.Add(time.Hour), false),
+	}))
+	clock.Advance(time.Minute)
+	wantRefs(t, "list once two expired", list(t, s, alice), "later")
+	_, err := s.KeyPackageByRef(ctx(), []byte("ref:soon"))
+	wantErr(t, "lookup of an expired package", err, store.ErrNotFound)
+	wantRefs(t, "claims", []store.KeyPackage{claim(t, s, alice, 1)}, "later")
+	_, err = s.ClaimKeyPackage(ctx(), alice, 1)
+	wantErr(t, "claim with only an expired last resort", err, store.ErrNotFound)
+	// An expired ref, swept or not, may be published again.
+	noErr(t, "publishing an expired ref again", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{
+		KP(alice, 1, "soon", clock.Now().Add(time.Hour), false)}))
+	n, err := s.DeleteExpired(ctx(), clock.Now())
+	noErr(t, "DeleteExpired", err)
+	if n != 1 { // lr; "later" was claimed and is kept for lookups
+		t.Fatalf("DeleteExpired removed %d records, want 1", n)
+	}
+	wantRefs(t, "list after the sweep", list(t, s, alice), "soon")
+}
+
+// testKPConcurrentClaims runs many claimers for one client at once: every
+// single-use package is handed out exactly once, then only the last-resort
+// one.
+func testKPConcurrentClaims(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	const packages, claimers = 200, 32
+	kps := make([]store.KeyPackage, 0, packages)
+	for i := range packages {
+		kps = append(kps, KP(alice, 1, fmt.Sprint(i), exp, false))
+	}
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, kps[:packages/2]))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, append(kps[packages/2:], KP(alice, 1, "lr", exp, true))))
+	var mu sync.Mutex
+	got := map[string]int{}
+	var wg sync.WaitGroup
+	errs := make(chan error, claimers)
+	for range claimers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				kp, err := s.ClaimKeyPackage(ctx(), alice, 1)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if kp.LastResort {
+					return
+				}
+				mu.Lock()
+				got[string(kp.Ref)]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("ClaimKeyPackage: %v", err)
+	}
+	for _, kp := range kps {
+		if n := got[string(kp.Ref)]; n != 1 {
+			t.Errorf("package %q handed out %d times, want once", kp.Ref, n)
+		}
+	}
+	if len(got) != packages {
+		t.Errorf("%d distinct packages handed out, want %d", len(got), packages)
+	}
+	if _, err := s.ClaimKeyPackage(ctx(), alice, 1); err != nil && !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+}
