@@ -39,7 +39,10 @@ const crashWriters = 64
 // crashWriters goroutines. Each acknowledged write is printed as one line,
 // in one write call, only after the store method returned: "spent <hex>"
 // for MarkSpent, "reply <hex>" for a Reserve + Complete, "sig <hex>" for
-// SeenSignature, "logged <hex>" for a RecordReplay. Every 50 ms it prints the writer's Stats to stderr as
+// SeenSignature, "logged <hex>" for a RecordReplay; beside them the group
+// writers (crashCommits), the queue writers (crashAppends), a KeyPackage
+// publisher (crashPublish) and claimers (crashClaims) print their own
+// lines. Every 50 ms it prints the writer's Stats to stderr as
 // "stats <commits> <ops> <max batch>".
 func crashChild(path string) int {
 	round := os.Getenv(crashRoundEnv)
@@ -56,6 +59,34 @@ func crashChild(path string) int {
 		}
 	}()
 	var wg sync.WaitGroup
+	for w := 0; w < crashQueueWriters; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := crashAppends(s, round, w); err != nil {
+				fmt.Fprintf(os.Stderr, "queue writer: %v\n", err)
+				os.Exit(3)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := crashPublish(s, round); err != nil {
+			fmt.Fprintf(os.Stderr, "KeyPackage publisher: %v\n", err)
+			os.Exit(3)
+		}
+	}()
+	for w := 0; w < crashClaimers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := crashClaims(s, round); err != nil {
+				fmt.Fprintf(os.Stderr, "KeyPackage claimer: %v\n", err)
+				os.Exit(3)
+			}
+		}()
+	}
 	for w := 0; w < crashGroupWriters; w++ {
 		wg.Add(1)
 		go func() {
@@ -119,6 +150,104 @@ func crashChild(path string) int {
 	}
 	wg.Wait()
 	return 0
+}
+
+// crashQueueWriters is the number of goroutines of the child that append
+// to queues; crashClaimers the number that claim KeyPackages, which one
+// more goroutine publishes.
+const (
+	crashQueueWriters = 4
+	crashClaimers     = 4
+)
+
+// crashAppends appends, until the process is killed, message after message
+// to three queues at once: two of its own and one that every queue writer
+// of the round shares. After each Append returned it prints one line per
+// recipient, "queue <client> <seq> <message>" (client and message in hex),
+// all in one write.
+func crashAppends(s *Store, round string, w int) error {
+	recipients := []string{
+		fmt.Sprintf("mimi://crash/%s/%d/a", round, w),
+		fmt.Sprintf("mimi://crash/%s/%d/b", round, w),
+		fmt.Sprintf("mimi://crash/%s/shared", round),
+	}
+	for i := 0; ; i++ {
+		msg := fmt.Sprintf("%s/%d/%d", round, w, i)
+		out, err := s.Append(context.Background(), store.Delivery{Recipients: recipients, GroupID: []byte("g"),
+			Sender: crashSender, Message: []byte(msg), Limits: store.QueueLimits{MaxMessages: 1 << 30}})
+		if err != nil {
+			return fmt.Errorf("Append: %w", err)
+		}
+		var b strings.Builder
+		for j, r := range recipients {
+			if out[j].Err != nil {
+				return fmt.Errorf("Append to %s: %w", r, out[j].Err)
+			}
+			fmt.Fprintf(&b, "queue %s %d %s\n", hex.EncodeToString([]byte(r)), out[j].Seq, hex.EncodeToString([]byte(msg)))
+		}
+		if _, err := os.Stdout.WriteString(b.String()); err != nil {
+			return err
+		}
+	}
+}
+
+// crashKPClient is the client whose KeyPackages a round publishes and
+// claims.
+func crashKPClient(round string) string { return "mimi://crash/" + round + "/kp" }
+
+// crashPublish publishes a last-resort package, then single-use packages
+// 16 at a time, as fast as the claimers make room, printing "published
+// <ref>" for each once its publish returned.
+func crashPublish(s *Store, round string) error {
+	client := crashKPClient(round)
+	exp := time.Now().Add(time.Hour)
+	if err := s.PublishKeyPackages(context.Background(), client, []store.KeyPackage{{Suite: 1,
+		Ref: []byte(round + "/lr"), KeyPackage: []byte("lr"), NotAfter: exp, LastResort: true}}); err != nil {
+		return fmt.Errorf("publishing the last resort: %w", err)
+	}
+	for i := 0; ; {
+		kps := make([]store.KeyPackage, 16)
+		for j := range kps {
+			ref := fmt.Sprintf("%s/kp/%d", round, i+j)
+			kps[j] = store.KeyPackage{Suite: 1, Ref: []byte(ref), KeyPackage: []byte("kp " + ref), NotAfter: exp}
+		}
+		err := s.PublishKeyPackages(context.Background(), client, kps)
+		if errors.Is(err, store.ErrTooManyKeyPackages) {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("PublishKeyPackages: %w", err)
+		}
+		var b strings.Builder
+		for _, kp := range kps {
+			fmt.Fprintf(&b, "published %s\n", hex.EncodeToString(kp.Ref))
+		}
+		if _, err := os.Stdout.WriteString(b.String()); err != nil {
+			return err
+		}
+		i += len(kps)
+	}
+}
+
+// crashClaims claims single-use packages until the process is killed,
+// printing "claimed <ref>" after each claim returned; when only the last
+// resort is left it waits a little for the publisher.
+func crashClaims(s *Store, round string) error {
+	client := crashKPClient(round)
+	for {
+		kp, err := s.ClaimKeyPackage(context.Background(), client, 1)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && kp.LastResort) {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("ClaimKeyPackage: %w", err)
+		}
+		if _, err := os.Stdout.WriteString("claimed " + hex.EncodeToString(kp.Ref) + "\n"); err != nil {
+			return err
+		}
+	}
 }
 
 // crashGroupWriters is the number of goroutines of the child that each
@@ -185,11 +314,14 @@ func crashCommits(s *Store, id string) error {
 
 // TestCrashDurability runs a child process whose 64 concurrent writers
 // write and acknowledge through group commit, beside 4 that each commit
-// epoch after epoch to an MLS group, kills it with SIGKILL mid-stream, and
-// checks that every acknowledged write is in the reopened database, that
-// every group holds its last acknowledged commit or the one in flight and
-// no half-applied state, and that the database is intact, three times
-// over.
+// epoch after epoch to an MLS group, 4 that append to queues (fan-outs of
+// three, one queue shared by all four), one that publishes KeyPackages and
+// 4 that claim them, kills it with SIGKILL mid-stream, and checks that
+// every acknowledged write is in the reopened database, that every group
+// holds its last acknowledged commit or the one in flight and no
+// half-applied state, that every queue holds each acknowledged append under
+// its sequence number with no gap, that no claimed KeyPackage is available
+// or handed out again, and that the database is intact, three times over.
 func TestCrashDurability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes")
@@ -217,7 +349,8 @@ func countKinds(acks []string) string {
 		kind, _, _ := strings.Cut(a, " ")
 		n[kind]++
 	}
-	return fmt.Sprintf("%d spent, %d reply, %d sig, %d logged, %d group commits", n["spent"], n["reply"], n["sig"], n["logged"], n["group"])
+	return fmt.Sprintf("%d spent, %d reply, %d sig, %d logged, %d group commits, %d queue appends, %d KeyPackages published, %d claimed",
+		n["spent"], n["reply"], n["sig"], n["logged"], n["group"], n["queue"], n["published"], n["claimed"])
 }
 
 // lastStats turns the child's last "stats" line into words.
@@ -360,6 +493,10 @@ func verifyAcks(t *testing.T, path string, acks []string) int {
 	acks, groupLines := splitGroupLines(acks)
 	ahead, err := verifyGroups(ctx, s, groupLines)
 	if err != nil {
+		t.Fatal(err)
+	}
+	acks, dsLines := splitQueueLines(acks)
+	if err := verifyQueues(ctx, s, dsLines); err != nil {
 		t.Fatal(err)
 	}
 	exp := time.Now().Add(time.Hour)
@@ -512,4 +649,122 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 		}
 	}
 	return ahead, nil
+}
+
+// splitQueueLines separates the queue writers' and KeyPackage lines from
+// the other acknowledgements.
+func splitQueueLines(lines []string) (acks, ds []string) {
+	for _, l := range lines {
+		if strings.HasPrefix(l, "queue ") || strings.HasPrefix(l, "published ") || strings.HasPrefix(l, "claimed ") {
+			ds = append(ds, l)
+		} else {
+			acks = append(acks, l)
+		}
+	}
+	return acks, ds
+}
+
+// verifyQueues checks the queues and KeyPackages after the kill: every
+// acknowledged append is in its queue under the sequence number Append
+// answered, and each queue holds 1..n without a gap (nothing was
+// acknowledged or expired); every acknowledged publish is there; a
+// package acknowledged as claimed is claimed, listed nowhere, and handed
+// out by no claim after the restart, and no package was handed out twice.
+func verifyQueues(ctx context.Context, s *Store, lines []string) error {
+	queues := map[string]map[uint64]string{}
+	published, claimed := map[string]bool{}, map[string]bool{}
+	for _, l := range lines {
+		f := strings.Fields(l)
+		switch {
+		case f[0] == "queue" && len(f) == 4:
+			client, err1 := hex.DecodeString(f[1])
+			msg, err2 := hex.DecodeString(f[3])
+			var seq uint64
+			_, err3 := fmt.Sscan(f[2], &seq)
+			if err := errors.Join(err1, err2, err3); err != nil {
+				return fmt.Errorf("malformed queue line %q: %w", l, err)
+			}
+			q := queues[string(client)]
+			if q == nil {
+				q = map[uint64]string{}
+				queues[string(client)] = q
+			}
+			if prev, dup := q[seq]; dup {
+				return fmt.Errorf("queue %s: seq %d answered for %q and %q", client, seq, prev, msg)
+			}
+			q[seq] = string(msg)
+		case f[0] == "published" && len(f) == 2:
+			published[f[1]] = true
+		case f[0] == "claimed" && len(f) == 2:
+			if claimed[f[1]] {
+				return fmt.Errorf("KeyPackage %s handed out twice before the kill", f[1])
+			}
+			claimed[f[1]] = true
+		default:
+			return fmt.Errorf("malformed line %q", l)
+		}
+	}
+	for client, acked := range queues {
+		var stored []store.QueuedMessage
+		for after := uint64(0); ; {
+			page, err := s.Fetch(ctx, client, after, store.FetchLimit{Messages: store.MaxFetchMessages})
+			if err != nil {
+				return fmt.Errorf("queue %s after kill -9: %w", client, err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			stored = append(stored, page...)
+			after = page[len(page)-1].Seq
+		}
+		for i, m := range stored {
+			if m.Seq != uint64(i+1) {
+				return fmt.Errorf("queue %s after kill -9: message %d has seq %d (a gap)", client, i, m.Seq)
+			}
+		}
+		for seq, msg := range acked {
+			if seq == 0 || seq > uint64(len(stored)) || string(stored[seq-1].Message) != msg {
+				return fmt.Errorf("queue %s: acknowledged append %q (seq %d) lost after kill -9", client, msg, seq)
+			}
+		}
+	}
+	for ref := range published {
+		raw, _ := hex.DecodeString(ref)
+		if _, err := s.KeyPackageByRef(ctx, raw); err != nil {
+			return fmt.Errorf("acknowledged KeyPackage %s lost after kill -9: %w", raw, err)
+		}
+	}
+	clients := map[string]bool{}
+	for ref := range claimed {
+		raw, _ := hex.DecodeString(ref)
+		kp, err := s.KeyPackageByRef(ctx, raw)
+		if err != nil || !kp.Claimed {
+			return fmt.Errorf("claimed KeyPackage %s after kill -9: claimed %t, %v", raw, kp.Claimed, err)
+		}
+		clients[kp.Client] = true
+	}
+	for client := range clients {
+		kps, err := s.ListKeyPackages(ctx, client)
+		if err != nil {
+			return err
+		}
+		for _, kp := range kps {
+			if claimed[hex.EncodeToString(kp.Ref)] {
+				return fmt.Errorf("claimed KeyPackage %s available again after kill -9", kp.Ref)
+			}
+		}
+		for {
+			kp, err := s.ClaimKeyPackage(ctx, client, 1)
+			if err != nil {
+				return fmt.Errorf("claiming after kill -9: %w", err)
+			}
+			if kp.LastResort {
+				break
+			}
+			if claimed[hex.EncodeToString(kp.Ref)] {
+				return fmt.Errorf("claimed KeyPackage %s handed out again after kill -9", kp.Ref)
+			}
+		}
+	}
+	return nil
 }

@@ -373,3 +373,9 @@ func TestKeyPackageContract(t *testing.T) {
 		return openTemp(t, WithClock(clock.Now))
 	})
 }
+
+func TestQueueContract(t *testing.T) {
+	storetest.RunQueueTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
+		return openTemp(t, WithClock(clock.Now))
+	})
+}

@@ -49,6 +49,7 @@ func RunContractTests(t *testing.T, open func(t *testing.T) store.Store) {
 func RunReopenTests(t *testing.T, newDB func(t *testing.T) (open func() (store.Store, error))) {
 	t.Run("Reopen", func(t *testing.T) { testReopen(t, newDB(t)) })
 	t.Run("ReopenGroups", func(t *testing.T) { testReopenGroups(t, newDB(t)) })
+	t.Run("ReopenQueues", func(t *testing.T) { testReopenQueues(t, newDB(t)) })
 }
 
 func ctx() context.Context { return context.Background() }

@@ -215,6 +215,55 @@ func (b *broken) PendingProposals(ctx context.Context, id []byte, epoch uint64) 
 	return ps, err
 }
 
+func (b *broken) ClaimKeyPackage(ctx context.Context, client string, suite uint16) (store.KeyPackage, error) {
+	if b.mode == "claim-keeps" {
+		kps, err := b.Store.ListKeyPackages(ctx, client)
+		if err != nil {
+			return store.KeyPackage{}, err
+		}
+		for _, kp := range kps {
+			if kp.Suite == suite {
+				return kp, nil
+			}
+		}
+		return store.KeyPackage{}, store.ErrNotFound
+	}
+	return b.Store.ClaimKeyPackage(ctx, client, suite)
+}
+
+func (b *broken) Append(ctx context.Context, d store.Delivery) ([]store.Appended, error) {
+	if b.mode == "append-first-only" && len(d.Recipients) > 1 {
+		first := d
+		first.Recipients = d.Recipients[:1]
+		out, err := b.Store.Append(ctx, first)
+		if err != nil {
+			return nil, err
+		}
+		for range d.Recipients[1:] {
+			out = append(out, out[0])
+		}
+		return out, nil
+	}
+	return b.Store.Append(ctx, d)
+}
+
+func (b *broken) Ack(ctx context.Context, client string, upTo uint64) (int, error) {
+	n, err := b.Store.Ack(ctx, client, upTo)
+	if b.mode == "ack-clamps" && errors.Is(err, store.ErrInvalid) {
+		return 0, nil
+	}
+	return n, err
+}
+
+func (b *broken) WatchQueue(client string, after uint64) (<-chan struct{}, func()) {
+	if b.mode == "watch-early" {
+		ch := make(chan struct{})
+		close(ch)
+		return ch, func() {}
+	}
+	return b.Store.WatchQueue(client, after)
+}
+
 func (b *broken) Close() error {
 	if b.mode == "close-noop" {
 		return nil
@@ -244,6 +293,10 @@ var brokenModes = map[string]string{
 	"welcome-tree-current":      "Groups/WelcomeTrees/Epochs",
 	"proposals-any-epoch":       "Groups/Proposals",
 	"group-info-outlives-epoch": "Groups/GroupInfo",
+	"claim-keeps":               "KeyPackages/PublishListClaim",
+	"append-first-only":         "Queues/FanOut",
+	"ack-clamps":                "Queues/Cursors",
+	"watch-early":               "Queues/Watch",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {
@@ -271,6 +324,11 @@ func TestBrokenStoreHelper(t *testing.T) {
 				seen: map[string]bool{}, loaded: map[string]*mls.GroupState{}, infos: map[string][]byte{}}
 		})
 	})
+	withClock := func(t *testing.T, clock *storetest.Clock) store.Store {
+		return &broken{Store: openSQLite(t, sqlitestore.WithClock(clock.Now)), mode: mode, seen: map[string]bool{}}
+	}
+	t.Run("KeyPackages", func(t *testing.T) { storetest.RunKeyPackageTests(t, withClock) })
+	t.Run("Queues", func(t *testing.T) { storetest.RunQueueTests(t, withClock) })
 }
 
 // TestContractCatchesBrokenStores proves that the contract tests can fail:
