@@ -1,0 +1,161 @@
+package sqlitestore
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// benchLimits lifts the queue limits, so a long benchmark never fills a
+// queue.
+var benchLimits = store.QueueLimits{MaxMessages: math.MaxInt32, MaxBytes: math.MaxInt64}
+
+func benchRecipients(prefix string, n int) []string {
+	r := make([]string, n)
+	for i := range r {
+		r[i] = fmt.Sprintf("mimi://a.example/d/%s/u%d/dev", prefix, i)
+	}
+	return r
+}
+
+// BenchmarkAppend measures one durable Append of a 1 KiB message, one
+// caller at a time (every op waits for its own fsync), to 1 and to 100
+// recipients; ops/s counts Appends, msgs/s queue entries.
+func BenchmarkAppend(b *testing.B) {
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprint("recipients=", n), func(b *testing.B) {
+			s := openTemp(b)
+			d := store.Delivery{Recipients: benchRecipients("serial", n), GroupID: []byte("group"),
+				Sender: "b.example", Message: make([]byte, 1024), Limits: benchLimits}
+			st0 := s.Stats()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.Append(context.Background(), d); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportThroughput(b, s, st0)
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkAppendParallel64 is BenchmarkAppend with 64 callers per core,
+// each fanning out to its own recipients: the load group commit is for.
+func BenchmarkAppendParallel64(b *testing.B) {
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprint("recipients=", n), func(b *testing.B) {
+			s := openTemp(b)
+			var worker atomic.Uint64
+			st0 := s.Stats()
+			b.ReportAllocs()
+			b.SetParallelism(benchWriters)
+			b.RunParallel(func(pb *testing.PB) {
+				d := store.Delivery{Recipients: benchRecipients(fmt.Sprint("w", worker.Add(1)), n), GroupID: []byte("group"),
+					Sender: "b.example", Message: make([]byte, 1024), Limits: benchLimits}
+				for pb.Next() {
+					if _, err := s.Append(context.Background(), d); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			reportThroughput(b, s, st0)
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkFetch measures a Fetch of up to 100 messages of 1 KiB from a
+// queue of 10,000, at a cursor that moves through it (a read on the
+// reader pool, no write).
+func BenchmarkFetch(b *testing.B) {
+	s := openTemp(b)
+	const queued = 10000
+	client := "mimi://a.example/d/reader/dev"
+	ctx := context.Background()
+	// Filled in batches of concurrent Appends, so that setup is quick.
+	done := make(chan error, 100)
+	for range 100 {
+		go func() {
+			var err error
+			for range queued / 100 {
+				if _, err = s.Append(ctx, store.Delivery{Recipients: []string{client}, Message: make([]byte, 1024),
+					Limits: benchLimits}); err != nil {
+					break
+				}
+			}
+			done <- err
+		}()
+	}
+	for range 100 {
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	var cursor uint64
+	for b.Loop() {
+		msgs, err := s.Fetch(ctx, client, cursor, store.FetchLimit{Messages: 100})
+		if err != nil || len(msgs) == 0 {
+			b.Fatalf("Fetch after %d: %d messages, %v", cursor, len(msgs), err)
+		}
+		cursor = (cursor + 100) % (queued - 100)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkClaimKeyPackageParallel64 measures claims with 64 callers per
+// core, spread over 128 clients whose packages were published before the
+// timer started (a client that runs out gets 256 more, inside the timing).
+func BenchmarkClaimKeyPackageParallel64(b *testing.B) {
+	s := openTemp(b)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	const clients = 128
+	var serial atomic.Uint64
+	publish := func(client string) error {
+		kps := make([]store.KeyPackage, store.MaxKeyPackagesPerClient)
+		for j := range kps {
+			ref := make([]byte, 16)
+			binary.BigEndian.PutUint64(ref, serial.Add(1))
+			kps[j] = store.KeyPackage{Suite: 1, Ref: ref, KeyPackage: make([]byte, 512), NotAfter: exp}
+		}
+		return s.PublishKeyPackages(ctx, client, kps)
+	}
+	name := func(i uint64) string { return fmt.Sprint("mimi://a.example/d/c", i%clients, "/dev") }
+	for i := range uint64(clients) {
+		if err := publish(name(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Uint64
+	st0 := s.Stats()
+	b.SetParallelism(benchWriters)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		client := name(next.Add(1))
+		for pb.Next() {
+			kp, err := s.ClaimKeyPackage(ctx, client, 1)
+			if err == nil && kp.LastResort {
+				err = fmt.Errorf("got a last-resort package")
+			}
+			if errors.Is(err, store.ErrNotFound) {
+				err = publish(client)
+			}
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	reportThroughput(b, s, st0)
+}
