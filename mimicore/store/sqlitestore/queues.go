@@ -15,7 +15,7 @@ import (
 
 // Statements of the local client queues.
 const (
-	queueBodySQL = `INSERT INTO queue_bodies (message, refs) VALUES (?1, 0) RETURNING id`
+	queueBodySQL = `INSERT INTO queue_bodies (message, refs) VALUES (?1, ?2) RETURNING id`
 	// queueBumpSQL gives queue ?1 its next sequence number for a message
 	// of ?2 bytes while it stays within ?3 messages and ?4 bytes; no row
 	// means full. A new head is within the limits: Append checks a single
@@ -78,32 +78,37 @@ func (s *Store) Append(ctx context.Context, d store.Delivery) ([]store.Appended,
 		if !d.Expires.IsZero() {
 			exp = check.ExpiryMillis(d.Expires)
 		}
+		// The body is stored with a reference per recipient, corrected
+		// below in the rare case that a queue is full.
 		var bodyID int64
-		if err := tx.StmtContext(ctx, s.qs.body).QueryRowContext(ctx, msg).Scan(&bodyID); err != nil {
+		if err := tx.StmtContext(ctx, s.qs.body).QueryRowContext(ctx, msg, len(recipients)).Scan(&bodyID); err != nil {
 			return err
 		}
-		bump, entry := tx.StmtContext(ctx, s.qs.bump), tx.StmtContext(ctx, s.qs.entry)
-		refs := 0
-		for i, r := range recipients {
-			seq, err := s.bumpQueue(ctx, tx, bump, r, size, maxMessages, maxBytes, now)
-			if err != nil {
-				return err
-			}
-			if seq == 0 {
-				out[i].Err = fmt.Errorf("queue of %s holds up to %d messages and %d bytes: %w", r, maxMessages, maxBytes, store.ErrQueueFull)
-				continue
-			}
-			if _, err := entry.ExecContext(ctx, r, seq, bodyID, size, groupID, d.Sender, now, exp); err != nil {
-				return err
-			}
-			out[i].Seq = uint64(seq)
-			refs++
+		e := entry{bodyID: bodyID, size: size, groupID: groupID, sender: d.Sender, arrived: now, expires: exp}
+		var refs int
+		var err error
+		if len(recipients) == 1 {
+			refs, err = s.appendOne(ctx, tx, recipients[0], e, maxMessages, maxBytes, out)
+		} else {
+			refs, err = s.appendMany(ctx, tx, recipients, e, maxMessages, maxBytes, out)
 		}
-		if refs == 0 {
-			_, err := tx.ExecContext(ctx, queueBodyDeleteSQL, bodyID)
+		if err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, queueBodyRefsSQL, bodyID, refs)
+		for i, a := range out {
+			if a.Seq == 0 {
+				out[i].Err = fmt.Errorf("queue of %s holds up to %d messages and %d bytes: %w",
+					recipients[i], maxMessages, maxBytes, store.ErrQueueFull)
+			}
+		}
+		switch refs {
+		case len(recipients):
+			return nil
+		case 0:
+			_, err = tx.ExecContext(ctx, queueBodyDeleteSQL, bodyID)
+		default:
+			_, err = tx.ExecContext(ctx, queueBodyRefsSQL, bodyID, refs)
+		}
 		return err
 	})
 	if err != nil {
@@ -116,6 +121,125 @@ func (s *Store) Append(ctx context.Context, d store.Delivery) ([]store.Appended,
 		}
 	}
 	return out, nil
+}
+
+// entry is what the queue entries of one Append share.
+type entry struct {
+	bodyID, size     int64
+	groupID          []byte
+	sender           string
+	arrived, expires int64
+}
+
+// appendRows is how many recipients one multi-row statement of Append
+// carries: 8 parameters each, far below SQLite's limit of 32766.
+const appendRows = 500
+
+// appendOne appends e to one queue through the prepared statements and
+// sets out[0].Seq, unless the queue is full; it reports how many entries it
+// wrote.
+func (s *Store) appendOne(ctx context.Context, tx *sql.Tx, client string, e entry, maxMessages, maxBytes int64, out []store.Appended) (int, error) {
+	seq, err := s.bumpQueue(ctx, tx, tx.StmtContext(ctx, s.qs.bump), client, e.size, maxMessages, maxBytes, e.arrived)
+	if err != nil || seq == 0 {
+		return 0, err
+	}
+	if _, err := tx.StmtContext(ctx, s.qs.entry).ExecContext(ctx, client, seq, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires); err != nil {
+		return 0, err
+	}
+	out[0].Seq = uint64(seq)
+	return 1, nil
+}
+
+// appendMany appends e to many queues with multi-row statements,
+// appendRows recipients each: one upsert of their heads, whose RETURNING
+// rows are the queues that took the message (a full queue returns none
+// and is retried alone, after its expired messages are reclaimed), then
+// one INSERT of their entries. It sets out[i].Seq for each queue that took
+// the message and reports how many did.
+func (s *Store) appendMany(ctx context.Context, tx *sql.Tx, recipients []string, e entry, maxMessages, maxBytes int64, out []store.Appended) (int, error) {
+	if e.size > maxBytes {
+		return 0, nil
+	}
+	index := make(map[string]int, len(recipients))
+	for i, r := range recipients {
+		index[r] = i
+	}
+	var bump *sql.Stmt
+	written := 0
+	for start := 0; start < len(recipients); start += appendRows {
+		chunk := recipients[start:min(start+appendRows, len(recipients))]
+		q := make([]byte, 0, 300+len(chunk)*24)
+		q = append(q, "INSERT INTO queue_heads (client, last_seq, messages, bytes) VALUES "...)
+		args := make([]any, 0, 3+len(chunk))
+		args = append(args, e.size, maxMessages, maxBytes)
+		for i, r := range chunk {
+			if i > 0 {
+				q = append(q, ',')
+			}
+			q = fmt.Appendf(q, "(?%d, 1, 1, ?1)", 4+i)
+			args = append(args, r)
+		}
+		q = append(q, ` ON CONFLICT (client) DO UPDATE SET last_seq = queue_heads.last_seq + 1,
+			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + ?1
+			WHERE queue_heads.messages + 1 <= ?2 AND queue_heads.bytes + ?1 <= ?3
+			RETURNING client, last_seq`...)
+		rows, err := tx.QueryContext(ctx, string(q), args...)
+		if err != nil {
+			return 0, err
+		}
+		for rows.Next() {
+			var client string
+			var seq int64
+			if err := rows.Scan(&client, &seq); err != nil {
+				rows.Close()
+				return 0, err
+			}
+			out[index[client]].Seq = uint64(seq)
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return 0, err
+		}
+		// Queues that were full: reclaim their expired messages, try
+		// again.
+		for i := start; i < start+len(chunk); i++ {
+			if out[i].Seq != 0 {
+				continue
+			}
+			if bump == nil {
+				bump = tx.StmtContext(ctx, s.qs.bump)
+			}
+			seq, err := s.bumpQueue(ctx, tx, bump, recipients[i], e.size, maxMessages, maxBytes, e.arrived)
+			if err != nil {
+				return 0, err
+			}
+			out[i].Seq = uint64(seq)
+		}
+
+		q = q[:0]
+		q = append(q, "INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms) VALUES "...)
+		args = args[:0]
+		args = append(args, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires)
+		n := 0
+		for i := start; i < start+len(chunk); i++ {
+			if out[i].Seq == 0 {
+				continue
+			}
+			if n > 0 {
+				q = append(q, ',')
+			}
+			q = fmt.Appendf(q, "(?%d, ?%d, ?1, ?2, ?3, ?4, ?5, ?6)", 7+2*n, 8+2*n)
+			args = append(args, recipients[i], int64(out[i].Seq))
+			n++
+		}
+		if n == 0 {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, string(q), args...); err != nil {
+			return 0, err
+		}
+		written += n
+	}
+	return written, nil
 }
 
 // bumpQueue takes the next sequence number of queue client for a message
