@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -27,6 +28,19 @@ const (
 		RETURNING last_seq`
 	queueEntrySQL = `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
 		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`
+	// queueBumpManySQL is queueBumpSQL for the queues named in the JSON
+	// array ?4 (WHERE true: SQLite's parser needs it before ON CONFLICT).
+	queueBumpManySQL = `INSERT INTO queue_heads (client, last_seq, messages, bytes)
+		SELECT value, 1, 1, ?1 FROM json_each(?4) WHERE true
+		ON CONFLICT (client) DO UPDATE SET last_seq = queue_heads.last_seq + 1,
+			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + ?1
+		WHERE queue_heads.messages + 1 <= ?2 AND queue_heads.bytes + ?1 <= ?3
+		RETURNING client, last_seq`
+	// queueEntryManySQL writes the entries of the queues named in the JSON
+	// array ?7 under the sequence numbers their heads just took.
+	queueEntryManySQL = `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
+		SELECT h.client, h.last_seq, ?1, ?2, ?3, ?4, ?5, ?6 FROM queue_heads h
+		WHERE h.client IN (SELECT value FROM json_each(?7))`
 	queueLastSQL  = `SELECT last_seq FROM queue_heads WHERE client = ?1`
 	queueFetchSQL = `SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, b.message
 		FROM queue_messages m JOIN queue_bodies b ON b.id = m.body_id
@@ -131,10 +145,6 @@ type entry struct {
 	arrived, expires int64
 }
 
-// appendRows is how many recipients one multi-row statement of Append
-// carries: 8 parameters each, far below SQLite's limit of 32766.
-const appendRows = 500
-
 // appendOne appends e to one queue through the prepared statements and
 // sets out[0].Seq, unless the queue is full; it reports how many entries it
 // wrote.
@@ -150,96 +160,88 @@ func (s *Store) appendOne(ctx context.Context, tx *sql.Tx, client string, e entr
 	return 1, nil
 }
 
-// appendMany appends e to many queues with multi-row statements,
-// appendRows recipients each: one upsert of their heads, whose RETURNING
-// rows are the queues that took the message (a full queue returns none
-// and is retried alone, after its expired messages are reclaimed), then
-// one INSERT of their entries. It sets out[i].Seq for each queue that took
-// the message and reports how many did.
+// appendMany appends e to many queues with two prepared statements that
+// take the recipients as one JSON array (json_each; unnest of a text[]
+// parameter in PostgreSQL): an upsert of their heads, whose RETURNING rows
+// are the queues that took the message (a full queue returns none and is
+// retried alone, after its expired messages are reclaimed), then the
+// INSERT of their entries, numbered from their heads. It sets out[i].Seq
+// for each queue that took the message and reports how many did.
 func (s *Store) appendMany(ctx context.Context, tx *sql.Tx, recipients []string, e entry, maxMessages, maxBytes int64, out []store.Appended) (int, error) {
 	if e.size > maxBytes {
 		return 0, nil
+	}
+	list, err := json.Marshal(recipients)
+	if err != nil {
+		return 0, err
 	}
 	index := make(map[string]int, len(recipients))
 	for i, r := range recipients {
 		index[r] = i
 	}
-	var bump *sql.Stmt
-	written := 0
-	for start := 0; start < len(recipients); start += appendRows {
-		chunk := recipients[start:min(start+appendRows, len(recipients))]
-		q := make([]byte, 0, 300+len(chunk)*24)
-		q = append(q, "INSERT INTO queue_heads (client, last_seq, messages, bytes) VALUES "...)
-		args := make([]any, 0, 3+len(chunk))
-		args = append(args, e.size, maxMessages, maxBytes)
-		for i, r := range chunk {
-			if i > 0 {
-				q = append(q, ',')
-			}
-			q = fmt.Appendf(q, "(?%d, 1, 1, ?1)", 4+i)
-			args = append(args, r)
-		}
-		q = append(q, ` ON CONFLICT (client) DO UPDATE SET last_seq = queue_heads.last_seq + 1,
-			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + ?1
-			WHERE queue_heads.messages + 1 <= ?2 AND queue_heads.bytes + ?1 <= ?3
-			RETURNING client, last_seq`...)
-		rows, err := tx.QueryContext(ctx, string(q), args...)
-		if err != nil {
+	rows, err := tx.StmtContext(ctx, s.qs.bumpMany).QueryContext(ctx, e.size, maxMessages, maxBytes, list)
+	if err != nil {
+		return 0, err
+	}
+	taken := 0
+	for rows.Next() {
+		var client string
+		var seq int64
+		if err := rows.Scan(&client, &seq); err != nil {
+			rows.Close()
 			return 0, err
 		}
-		for rows.Next() {
-			var client string
-			var seq int64
-			if err := rows.Scan(&client, &seq); err != nil {
-				rows.Close()
-				return 0, err
-			}
-			out[index[client]].Seq = uint64(seq)
+		i, ok := index[client]
+		if !ok {
+			rows.Close()
+			return 0, fmt.Errorf("queue head of %q returned for no recipient", client)
 		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return 0, err
-		}
-		// Queues that were full: reclaim their expired messages, try
-		// again.
-		for i := start; i < start+len(chunk); i++ {
+		out[i].Seq = uint64(seq)
+		taken++
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return 0, err
+	}
+	if taken < len(recipients) {
+		// Full queues: reclaim their expired messages, try again.
+		bump := tx.StmtContext(ctx, s.qs.bump)
+		for i, r := range recipients {
 			if out[i].Seq != 0 {
 				continue
 			}
-			if bump == nil {
-				bump = tx.StmtContext(ctx, s.qs.bump)
-			}
-			seq, err := s.bumpQueue(ctx, tx, bump, recipients[i], e.size, maxMessages, maxBytes, e.arrived)
+			seq, err := s.bumpQueue(ctx, tx, bump, r, e.size, maxMessages, maxBytes, e.arrived)
 			if err != nil {
 				return 0, err
 			}
-			out[i].Seq = uint64(seq)
-		}
-
-		q = q[:0]
-		q = append(q, "INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms) VALUES "...)
-		args = args[:0]
-		args = append(args, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires)
-		n := 0
-		for i := start; i < start+len(chunk); i++ {
-			if out[i].Seq == 0 {
-				continue
+			if seq != 0 {
+				out[i].Seq = uint64(seq)
+				taken++
 			}
-			if n > 0 {
-				q = append(q, ',')
+		}
+		// Only the queues that took it get an entry.
+		took := make([]string, 0, taken)
+		for i, r := range recipients {
+			if out[i].Seq != 0 {
+				took = append(took, r)
 			}
-			q = fmt.Appendf(q, "(?%d, ?%d, ?1, ?2, ?3, ?4, ?5, ?6)", 7+2*n, 8+2*n)
-			args = append(args, recipients[i], int64(out[i].Seq))
-			n++
 		}
-		if n == 0 {
-			continue
-		}
-		if _, err := tx.ExecContext(ctx, string(q), args...); err != nil {
+		if list, err = json.Marshal(took); err != nil {
 			return 0, err
 		}
-		written += n
 	}
-	return written, nil
+	if taken == 0 {
+		return 0, nil
+	}
+	res, err := tx.StmtContext(ctx, s.qs.entryMany).ExecContext(ctx, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires, list)
+	if err != nil {
+		return 0, err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return 0, err
+	} else if n != int64(taken) {
+		return 0, fmt.Errorf("wrote %d queue entries for %d queues", n, taken)
+	}
+	return taken, nil
 }
 
 // bumpQueue takes the next sequence number of queue client for a message
@@ -451,6 +453,7 @@ func (s *Store) sweepQueues(ctx context.Context, now int64) (int64, error) {
 // directory's hot paths.
 type queueStmts struct {
 	body, bump, entry, last *sql.Stmt // writer
+	bumpMany, entryMany     *sql.Stmt // writer
 	lastR, fetch            *sql.Stmt // readers
 }
 
@@ -470,6 +473,8 @@ func (s *Store) prepareQueues(ctx context.Context) error {
 		{s.w, &s.qs.bump, queueBumpSQL},
 		{s.w, &s.qs.entry, queueEntrySQL},
 		{s.w, &s.qs.last, queueLastSQL},
+		{s.w, &s.qs.bumpMany, queueBumpManySQL},
+		{s.w, &s.qs.entryMany, queueEntryManySQL},
 		{s.r, &s.qs.lastR, queueLastSQL},
 		{s.r, &s.qs.fetch, queueFetchSQL},
 		{s.w, &s.ks.insert, kpInsertSQL},
@@ -489,6 +494,6 @@ func (s *Store) prepareQueues(ctx context.Context) error {
 }
 
 func (s *Store) queueStmts() []*sql.Stmt {
-	return []*sql.Stmt{s.qs.body, s.qs.bump, s.qs.entry, s.qs.last, s.qs.lastR, s.qs.fetch,
+	return []*sql.Stmt{s.qs.body, s.qs.bump, s.qs.entry, s.qs.last, s.qs.bumpMany, s.qs.entryMany, s.qs.lastR, s.qs.fetch,
 		s.ks.insert, s.ks.get, s.ks.claim, s.ks.lastResort, s.ks.getR, s.ks.list}
 }

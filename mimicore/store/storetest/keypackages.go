@@ -262,6 +262,7 @@ func testKPInvalid(t *testing.T, open func(t *testing.T) store.Store) {
 	}{
 		{"empty client", "", []store.KeyPackage{KP("", 1, "x", exp, false)}},
 		{"oversized client", strings.Repeat("c", store.MaxClientURISize+1), []store.KeyPackage{KP("", 1, "x", exp, false)}},
+		{"client not UTF-8", "mimi://a.example/\xff", []store.KeyPackage{KP("", 1, "x", exp, false)}},
 		{"no packages", alice, nil},
 		{"too many packages", alice, many},
 		{"another client's package", alice, with(func(k *store.KeyPackage) { k.Client = bob })},

@@ -354,6 +354,7 @@ func testQueueInvalid(t *testing.T, open func(t *testing.T) store.Store) {
 		{"repeated recipient", with(func(d *store.Delivery) { d.Recipients = []string{alice, bob, alice} })},
 		{"empty recipient", with(func(d *store.Delivery) { d.Recipients = []string{alice, ""} })},
 		{"oversized recipient", with(func(d *store.Delivery) { d.Recipients = []string{strings.Repeat("c", store.MaxClientURISize+1)} })},
+		{"recipient not UTF-8", with(func(d *store.Delivery) { d.Recipients = []string{"mimi://a.example/\xff"} })},
 		{"empty message", with(func(d *store.Delivery) { d.Message = nil })},
 		{"oversized message", with(func(d *store.Delivery) { d.Message = make([]byte, store.MaxQueuedMessageSize+1) })},
 		{"oversized group id", with(func(d *store.Delivery) { d.GroupID = make([]byte, store.MaxIDSize+1) })},

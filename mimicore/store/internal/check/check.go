@@ -5,6 +5,7 @@ package check
 import (
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
@@ -134,10 +135,15 @@ func Proposal(p store.PendingProposal) error {
 	return nil
 }
 
-// ClientURI checks a local client's URI.
+// ClientURI checks a local client's URI: 1..MaxClientURISize bytes of
+// UTF-8 (a URI is ASCII, and a backend may pass URIs as text, such as
+// a JSON array).
 func ClientURI(what, uri string) error {
 	if uri == "" || len(uri) > store.MaxClientURISize {
 		return fmt.Errorf("%s is %d bytes, want 1..%d: %w", what, len(uri), store.MaxClientURISize, store.ErrInvalid)
+	}
+	if !utf8.ValidString(uri) {
+		return fmt.Errorf("%s is not UTF-8: %w", what, store.ErrInvalid)
 	}
 	return nil
 }
