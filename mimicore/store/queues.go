@@ -117,7 +117,9 @@ type FetchLimit struct {
 // its message bytes are stored once, shared by the N queue entries. Per
 // recipient it is one conditional upsert of the queue's head (INSERT ...
 // ON CONFLICT DO UPDATE SET last_seq = last_seq + 1 ... WHERE within limits
-// RETURNING last_seq) and one INSERT of the entry; PostgreSQL's row lock
+// RETURNING last_seq) and one INSERT of the entry, and a backend runs
+// them for all recipients at once (the recipients as one array parameter:
+// json_each in SQLite, unnest in PostgreSQL); PostgreSQL's row lock
 // on the head serialises appends to one queue, so a group of Appends can
 // share one transaction (a pgx Batch) or be pipelined, like every write.
 // Ack is one DELETE ... RETURNING and the head's counters, as one

@@ -71,7 +71,11 @@
 // schema_version table and migration numbering. What is SQLite's own: WITHOUT
 // ROWID, the single writer goroutine and connection, and BEGIN IMMEDIATE; a
 // PostgreSQL backend keeps the operations (functions over a transaction)
-// and groups them as package store describes. Under
+// and groups them as package store describes. The KeyPackage and queue
+// statements use three SQLite spellings: MIN(a, b) of two values is
+// LEAST(a, b), json_each(?N) over a JSON array of recipients is
+// unnest($N::text[]), and a claim's subquery takes FOR UPDATE SKIP LOCKED
+// there. Under
 // PostgreSQL's READ COMMITTED, the SELECT that Reserve, Complete and Release
 // run after a no-op write may find the row gone (a concurrent Release or
 // sweep); lock it with SELECT ... FOR UPDATE in the same transaction, or
