@@ -17,7 +17,7 @@ func statusOf(c moh.Code) int {
 	switch c {
 	case 0:
 		return http.StatusOK
-	case moh.CodeMalformed, moh.CodeWrongRequestType, moh.CodeUnsupportedVersion:
+	case moh.CodeMalformed, moh.CodeWrongRequestType, moh.CodeUnsupportedVersion, moh.CodeInvalidMLS:
 		return http.StatusBadRequest
 	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired:
 		return http.StatusUnauthorized
@@ -29,7 +29,7 @@ func statusOf(c moh.Code) int {
 		return http.StatusMethodNotAllowed
 	case moh.CodeBodyTimeout:
 		return http.StatusRequestTimeout
-	case moh.CodeStaleEpoch, moh.CodeCommitConflict, moh.CodeReplay, moh.CodeInProgress:
+	case moh.CodeStaleEpoch, moh.CodeCommitConflict, moh.CodeReplay, moh.CodeInProgress, moh.CodeGroupExists:
 		return http.StatusConflict
 	case moh.CodeQuotaExceeded, moh.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge

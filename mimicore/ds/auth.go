@@ -126,7 +126,7 @@ func (s *Service) authClient(ctx context.Context, req *moh.DSRequest) (*Request,
 			return nil, errNotFound()
 		}
 	}
-	return &Request{Body: req, GroupID: groupID, Member: key}, nil
+	return &Request{Body: req, GroupID: groupID, Member: key, state: g}, nil
 }
 
 // authJoiner checks a key_package_signature of welcome_info with the leaf

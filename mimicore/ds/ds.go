@@ -19,10 +19,15 @@
 // signature with the key of the sender's leaf in the group's current state
 // (Groups) or of the joiner's KeyPackage (Joiners), and with it the
 // sender's membership. Handle then records the signatures of attachment
-// uploads, deletes and copies in the replay set (Seen) and serves
-// request_group_id; the group operations and the other requests land with
-// the rest of the Delivery Service work, behind the same Handle, and are
-// answered not_implemented until then.
+// uploads, deletes and copies in the replay set (Seen), serves
+// request_group_id, and runs the group operations on the durable group
+// state (Store): create_group, the commit-carrying types (each checked
+// with RFC 9420 public-state validation, DS -03's rules of its type and
+// the client bindings of new leaves, then stored on condition that its
+// epoch is still current, so one commit wins each epoch),
+// self_remove_client, send_message (handed to the Deliverer),
+// welcome_info and external_commit_info. Attachments are answered
+// not_implemented.
 package ds
 
 import (
@@ -30,8 +35,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"net/netip"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -65,8 +74,28 @@ type Service struct {
 	// Seen is the replay set of the signed attachment uploads, deletes and
 	// copies. Nil makes Handle answer those backend_unavailable.
 	Seen store.SeenSignatures
-	// Now is the clock of the timestamp window; nil means time.Now.
+	// Now is the clock of the timestamp window and of the client binding
+	// checks; nil means time.Now.
 	Now func() time.Time
+
+	// Store is the durable state of the groups hosted here, which the
+	// group operations load, check against and write. Nil makes every
+	// group operation, welcome_info and external_commit_info answer
+	// not_implemented. Groups is usually StoreGroups over the same store.
+	Store store.GroupStore
+	// Hub is the provider domain recorded as the hub of the groups created
+	// here (docs/protocol.md §9): the provider domain the gateway serves.
+	Hub string
+	// Bindings checks the client bindings of the leaves that enter or
+	// change a group. Nil refuses every such leaf (unknown_key): a
+	// Delivery Service never accepts unchecked leaves by omission; the
+	// checker's own switch (binding.Checker.Unchecked) turns the check off.
+	Bindings BindingChecker
+	// Deliverer hands accepted application messages on. Nil makes
+	// send_message answer not_implemented after its checks.
+	Deliverer Deliverer
+	// Logger logs failures that do not change an answer; nil logs nothing.
+	Logger *zap.Logger
 }
 
 // Request is an authenticated client request.
@@ -81,6 +110,16 @@ type Request struct {
 	// key_package_signature. Both are empty for an anonymous request,
 	// which no such zone can key.
 	GroupID, Member []byte
+	// Source is the address the request came from, as the HTTP layer
+	// determines the client IP; fetches of other providers' keys for
+	// client bindings are charged to it. The caller sets it between
+	// Authenticate and Handle; the zero value means unknown.
+	Source netip.Addr
+
+	// state is the group state the client signature was verified
+	// against: the base of the operation, so that a commit is stored only
+	// if the group is still in that state.
+	state *mls.GroupState
 }
 
 // Authenticate decodes an encoded DSRequest and checks its authentication
@@ -136,6 +175,9 @@ func (s *Service) Handle(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		if err := s.checkReplay(ctx, r.Body); err != nil {
 			return nil, err
 		}
+	case moh.AttachmentDownload:
+	default:
+		return s.handleGroupOp(ctx, r)
 	}
 	return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", r.Body.Body.Type)
 }

@@ -40,6 +40,8 @@ const (
 	CodeInProgress         Code = 21 // the same request_id is still being processed
 	CodeTooEarly           Code = 22 // the request came as TLS early data; retry after the handshake
 	CodeBodyTimeout        Code = 23 // the request body did not arrive in time
+	CodeInvalidMLS         Code = 24 // the MLS content is not valid for the group's state (RFC 9420)
+	CodeGroupExists        Code = 25 // create_group names a group id already in use
 )
 
 var codeNames = [...]string{
@@ -66,6 +68,8 @@ var codeNames = [...]string{
 	CodeInProgress:         "in_progress",
 	CodeTooEarly:           "too_early",
 	CodeBodyTimeout:        "body_timeout",
+	CodeInvalidMLS:         "invalid_mls",
+	CodeGroupExists:        "group_exists",
 }
 
 // String returns the registry name of c, such as "malformed".

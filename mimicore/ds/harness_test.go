@@ -1,0 +1,253 @@
+package ds
+
+import (
+	"bytes"
+	"context"
+	"crypto/hpke"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
+)
+
+// The harness of the group operation tests: a Service over a real
+// sqlitestore on a temporary file, whose client bindings are checked with
+// a real key ring of provider a.example, and clients driven by package
+// mls's client side, with bindings issued by that ring.
+
+const testProvider = "a.example"
+
+type harness struct {
+	st     *sqlitestore.Store
+	svc    *Service
+	ring   *provider.KeyRing
+	issuer *binding.Issuer
+	del    *recordingDeliverer
+}
+
+// recordingDeliverer records the deliveries it is handed.
+type recordingDeliverer struct {
+	mu  sync.Mutex
+	got []*Delivery
+}
+
+func (d *recordingDeliverer) Deliver(_ context.Context, x *Delivery) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.got = append(d.got, x)
+	return nil
+}
+
+func newHarness(t testing.TB) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := sqlitestore.Open(t.Context(), filepath.Join(dir, "mimi.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ring, err := provider.OpenKeyRing(t.Context(), filepath.Join(dir, "keys"), provider.KeyRingOptions{}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{st: st, ring: ring, del: &recordingDeliverer{},
+		issuer: &binding.Issuer{Domains: []string{testProvider}, Keys: ring}}
+	h.svc = &Service{Groups: StoreGroups{st}, Seen: st, Store: st, Hub: testProvider,
+		Bindings:  &binding.Checker{Domains: []string{testProvider}, Local: ring},
+		Deliverer: h.del}
+	return h
+}
+
+// tclient is a client of the harness: its URI, signature key, KeyPackage
+// (whose leaf carries a binding unless made unbound) and private keys.
+type tclient struct {
+	uri     string
+	c       *client
+	m       *mls.Member // the client's member state once in a group
+	kpRef   []byte
+	initKey hpke.PrivateKey
+}
+
+// newTClient makes a client of URI mimi://a.example/d/<user>/<device>,
+// bound by the harness's provider unless unbound.
+func (h *harness) newTClient(t testing.TB, user, device string, unbound bool) *tclient {
+	t.Helper()
+	cs := mls.X25519AES128GCMSHA256Ed25519
+	uri := moh.ClientURI(testProvider, user, device)
+	signer, pub, err := cs.GenerateSignatureKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, encPub, err := cs.DeriveKeyPair(randomBytes(t, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	initKey, initPub, err := cs.DeriveKeyPair(randomBytes(t, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := mls.LeafNode{
+		EncryptionKey: encPub,
+		SignatureKey:  pub,
+		Credential:    mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
+		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{cs},
+			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
+		Source:   mls.SourceKeyPackage,
+		Lifetime: mls.Lifetime{NotBefore: 0, NotAfter: 1 << 62},
+	}
+	if !unbound {
+		// The local client API will issue bindings; until it exists the
+		// tests issue them with the provider's key ring directly.
+		b, err := h.issuer.Issue([]byte(uri), pub, time.Now().Add(24*time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := binding.Attach(&leaf, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := leaf.Sign(cs, signer, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: cs, InitKey: initPub, LeafNode: leaf}
+	if err := kp.Sign(signer); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := kp.Ref()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tclient{uri: uri, c: &client{name: user, signer: signer, pub: pub, kp: kp, initKey: initKey, leafKey: leafKey},
+		kpRef: ref, initKey: initKey}
+}
+
+// do authenticates and handles an encoded request.
+func (h *harness) do(t testing.TB, body []byte) (*moh.DSResponse, error) {
+	t.Helper()
+	req, err := h.svc.Authenticate(t.Context(), body)
+	if err != nil {
+		return nil, err
+	}
+	return h.svc.Handle(t.Context(), req)
+}
+
+// mustDo is do for a request that must succeed.
+func (h *harness) mustDo(t testing.TB, what string, body []byte) *moh.DSResponse {
+	t.Helper()
+	resp, err := h.do(t, body)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return resp
+}
+
+// signed encodes body signed by c as member index.
+func signed(t testing.TB, c *tclient, index uint32, body moh.RequestBody) []byte {
+	t.Helper()
+	b, err := SignRequest(c.c.kp.CipherSuite, c.c.signer, body, ClientSignature(index, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// createBody is the create_group request of c for a new group gid; it
+// sets c.m to the creator's member state.
+func createBody(t testing.TB, c *tclient, gid []byte) []byte {
+	t.Helper()
+	c.m = c.c.create(t, gid)
+	gi, err := c.m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signed(t, c, 0, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{
+		GroupID: gid, LeafNode: c.c.kp.LeafNode,
+		GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
+}
+
+// commitBody is the request of type typ carrying res, committed by the
+// member m of client c.
+func commitBody(t testing.TB, typ moh.RequestType, c *tclient, m *mls.Member, res *mls.CommitResult) []byte {
+	t.Helper()
+	body := moh.RequestBody{Type: typ, GroupUpdate: update(res)}
+	if res.Welcome != nil {
+		body.WelcomePackages = []moh.WelcomePackage{{Welcome: *res.Welcome}}
+	}
+	return signed(t, c, m.LeafIndex(), body)
+}
+
+// commit has member m of c commit proposals (and refs through resolve).
+func commit(t testing.TB, m *mls.Member, props []*mls.Proposal, refs [][]byte, resolve mls.ProposalResolver) *mls.CommitResult {
+	t.Helper()
+	res, err := m.Commit(props, refs, resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// addProps returns Add proposals of the clients' KeyPackages.
+func addProps(cs ...*tclient) []*mls.Proposal {
+	var out []*mls.Proposal
+	for _, c := range cs {
+		out = append(out, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: c.c.kp})
+	}
+	return out
+}
+
+// join has each added client join from res's Welcome.
+func join(t testing.TB, res *mls.CommitResult, cs ...*tclient) {
+	t.Helper()
+	for _, c := range cs {
+		m, err := mls.JoinFromWelcome(res.Welcome.Welcome, mls.WelcomeOptions{KeyPackage: c.c.kp,
+			InitKey: c.initKey, LeafKey: c.c.leafKey, Signer: c.c.signer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.m = m
+	}
+}
+
+// snapshot is what the store holds of a group: its state's encoding,
+// its pending proposals, and whether it exists.
+type snapshot struct {
+	state   []byte
+	pending []store.PendingProposal
+	exists  bool
+}
+
+func (h *harness) snapshot(t testing.TB, gid []byte) snapshot {
+	t.Helper()
+	st, err := h.st.LoadGroup(context.Background(), gid)
+	if err != nil {
+		return snapshot{}
+	}
+	enc, err := st.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, err := h.st.PendingProposals(context.Background(), gid, st.Epoch())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snapshot{state: enc, pending: pending, exists: true}
+}
+
+func (a snapshot) equal(b snapshot) bool {
+	if a.exists != b.exists || !bytes.Equal(a.state, b.state) || len(a.pending) != len(b.pending) {
+		return false
+	}
+	for i := range a.pending {
+		if !bytes.Equal(a.pending[i].Ref, b.pending[i].Ref) || !bytes.Equal(a.pending[i].Message, b.pending[i].Message) {
+			return false
+		}
+	}
+	return true
+}

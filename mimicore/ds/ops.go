@@ -1,0 +1,478 @@
+package ds
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// BindingChecker checks the client bindings of the leaves that enter or
+// change a group (docs/protocol.md §5.6); *binding.Checker implements it.
+// A refusal is a *binding.Error, answered with its DSError.
+type BindingChecker interface {
+	// CheckLeafNode checks the creator's leaf of create_group.
+	CheckLeafNode(ctx context.Context, leaf *mls.LeafNode, at time.Time, opts provider.LookupOptions) (*binding.Bound, error)
+	// CheckCommit checks every leaf a commit added or changed.
+	CheckCommit(ctx context.Context, next *mls.GroupState, info *mls.CommitInfo, at time.Time, opts provider.LookupOptions) error
+}
+
+var _ BindingChecker = (*binding.Checker)(nil) // interface guard
+
+// Delivery is a message the Delivery Service accepted for the members of a
+// group: what the hub hands on to each recipient's queue or provider
+// (docs/protocol.md §9, fan-out).
+type Delivery struct {
+	// GroupID and Epoch name the group and the epoch the message is for.
+	GroupID []byte
+	Epoch   uint64
+	// Sender is the leaf index of the member who sent it.
+	Sender uint32
+	// Message is the encoded MLSMessage, exactly as the sender sent it.
+	Message []byte
+	// Recipients are the client URIs (BasicCredential identities) of the
+	// group's members other than the sender, in leaf order.
+	Recipients [][]byte
+}
+
+// Deliverer hands accepted messages on to their recipients: the local
+// queues and the fan-out to other providers. It is the one hook between
+// the Delivery Service, which validates, and delivery, which lands with the
+// queue store and federation. Deliver is called after the message was
+// accepted; its error is the request's answer (a *moh.Error carries its
+// code, any other error is backend_unavailable), so the sender retries a
+// message that was not handed on.
+type Deliverer interface {
+	Deliver(ctx context.Context, d *Delivery) error
+}
+
+// handleGroupOp processes the group operations of /group_operation and the
+// two information requests, on an authenticated request.
+func (s *Service) handleGroupOp(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	if s.Store == nil {
+		return nil, moh.Errorf(moh.CodeNotImplemented, "this Delivery Service hosts no groups")
+	}
+	switch typ := r.Body.Body.Type; typ {
+	case moh.CreateGroup:
+		return s.createGroup(ctx, r)
+	case moh.SelfRemoveClient:
+		return s.selfRemove(ctx, r)
+	case moh.SendMessage:
+		return s.sendMessage(ctx, r)
+	case moh.ExternalCommitInfo:
+		return s.externalCommitInfo(ctx, r)
+	case moh.WelcomeInfo:
+		return s.welcomeInfo(ctx, r)
+	default:
+		return s.commit(ctx, r)
+	}
+}
+
+// ok is the answer of an accepted operation.
+var ok = &moh.DSResponse{Type: moh.ResponseOK}
+
+// createGroup serves create_group (docs/protocol.md §5.4): the GroupInfo
+// must describe an epoch 0 group whose only member is the body's LeafNode
+// (whose key signed the request), signed by that member; the leaf's
+// client binding must verify; the group id must not be in use
+// (group_exists). Freshness is the store's: CreateGroup refuses an id
+// hosted here or recorded as another provider's. The Delivery Service
+// does not remember the ids request_group_id handed out (they are 128
+// random bits, and a client may also pick its own).
+func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	cg := &r.Body.Body.CreateGroup
+	gi := cg.GroupInfo.GroupInfo
+	if gi.GroupContext.Epoch != 0 {
+		return nil, moh.Errorf(moh.CodeInvalidMLS, "create_group: the GroupInfo is for epoch %d, not 0", gi.GroupContext.Epoch)
+	}
+	if gi.Signer != 0 {
+		return nil, moh.Errorf(moh.CodeInvalidMLS, "create_group: the GroupInfo is signed by leaf %d, not the creator's leaf 0", gi.Signer)
+	}
+	// The tree is the creator's leaf alone: a ratchet_tree extension in the
+	// GroupInfo must equal it (VerifyGroupInfo).
+	st, err := mls.NewGroupState(gi, mls.RatchetTree{{Type: mls.NodeLeaf, Leaf: &cg.LeafNode}})
+	if err != nil {
+		return nil, mlsError("create_group", err)
+	}
+	if err := s.checkLeafNode(ctx, r, &cg.LeafNode); err != nil {
+		return nil, err
+	}
+	if err := s.Store.CreateGroup(ctx, s.Hub, st); err != nil {
+		if errors.Is(err, store.ErrGroupExists) {
+			return nil, moh.Errorf(moh.CodeGroupExists, "create_group: the group id is already in use")
+		}
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "create_group: storing the group: %w", err)
+	}
+	s.keepGroupInfo(ctx, st.GroupID(), 0, &cg.GroupInfo)
+	return ok, nil
+}
+
+// commit serves the commit-carrying types: delete_group, add_users,
+// remove_users, add_clients, remove_clients, update_client,
+// external_join and re_initialize_group (docs/protocol.md §5.4). In order:
+// the commit's sender is the request's signer; the pending proposals of
+// the epoch are loaded for the references; RFC 9420 validation on the
+// group's public state (ApplyCommit); the proposals the request type
+// allows (DS -03); the GroupInfo of the new epoch, assembled from the
+// state and the PartialGroupInfo, verifies; the client bindings of every
+// new or changed leaf; then the conditional write of the new epoch. Any
+// refusal writes nothing.
+func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	body := &r.Body.Body
+	typ := body.Type
+	u := &body.GroupUpdate
+	msg := &u.Commit
+	gid := msg.GroupID()
+	base := r.state
+	if base == nil { // external_join is anonymous: nothing was looked up yet
+		var err error
+		if base, err = s.group(ctx, gid); err != nil {
+			return nil, err
+		}
+	}
+	sender := msg.PublicMessage.Content.Sender
+	if typ != moh.ExternalJoin && sender.Index != r.Body.Auth.SenderIndex {
+		return nil, moh.Errorf(moh.CodeForbidden, "%s: the commit's sender is leaf %d, but the request is signed by leaf %d",
+			typ, sender.Index, r.Body.Auth.SenderIndex)
+	}
+	var pending []store.PendingProposal
+	if typ != moh.ExternalJoin {
+		var err error
+		if pending, err = s.pendingProposals(ctx, gid, base.Epoch()); err != nil {
+			return nil, err
+		}
+	}
+	next, info, err := base.ApplyCommit(msg, resolver(base.CipherSuite(), pending))
+	if err != nil {
+		return nil, mlsError(typ.String(), err)
+	}
+	if err := checkRules(typ, base, next, info); err != nil {
+		return nil, err
+	}
+	if typ != moh.ExternalJoin {
+		if err := checkCoversPending(typ, msg, pending); err != nil {
+			return nil, err
+		}
+	}
+	if typ == moh.AddUsers || typ == moh.AddClients {
+		if err := checkWelcomes(typ, info, body.WelcomePackages); err != nil {
+			return nil, err
+		}
+	}
+	gi, err := assembleGroupInfo(next, info, &u.PartialGroupInfo)
+	if err != nil {
+		return nil, mlsError(typ.String(), err)
+	}
+	if err := s.bindings(typ).CheckCommit(ctx, next, info, s.now(), provider.LookupOptions{Source: r.Source}); err != nil {
+		return nil, bindingError(typ.String(), err)
+	}
+	err = s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0})
+	switch {
+	case errors.Is(err, store.ErrEpochConflict):
+		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: another commit for epoch %d was accepted first", typ, base.Epoch())
+	case errors.Is(err, store.ErrNotFound):
+		return nil, errNotFound()
+	case err != nil:
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: storing the commit: %w", typ, err)
+	}
+	if typ == moh.DeleteGroup {
+		// The commit that removed everyone else is stored first, so that of
+		// two racing requests exactly one wins; then the group goes.
+		if err := s.Store.DeleteGroup(ctx, gid); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, moh.Errorf(moh.CodeBackendUnavailable, "delete_group: deleting the group: %w", err)
+		}
+		return ok, nil
+	}
+	s.keepGroupInfo(ctx, gid, next.Epoch(), &mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+	return ok, nil
+}
+
+// selfRemove serves self_remove_client: a Remove proposal of the sender's
+// own leaf, verified against the current state and kept as pending in its
+// epoch, for the next commit of another member to cover by reference.
+func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	msg := &r.Body.Body.Message
+	base := r.state
+	c := &msg.PublicMessage.Content
+	self := r.Body.Auth.SenderIndex
+	if c.Sender.Index != self || c.Proposal.Removed != self {
+		return nil, moh.Errorf(moh.CodeForbidden, "self_remove_client: the proposal of leaf %d removes leaf %d, not its signer, leaf %d",
+			c.Sender.Index, c.Proposal.Removed, self)
+	}
+	_, ref, err := base.VerifyProposal(msg)
+	if err != nil {
+		return nil, mlsError("self_remove_client", err)
+	}
+	enc, err := wire.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("self_remove_client: encoding the proposal: %w", err)
+	}
+	err = s.Store.AddProposal(ctx, base.GroupID(), base.Epoch(), store.PendingProposal{Ref: ref, Message: enc})
+	switch {
+	case errors.Is(err, store.ErrEpochConflict):
+		return nil, moh.Errorf(moh.CodeStaleEpoch, "self_remove_client: the group has left epoch %d", base.Epoch())
+	case errors.Is(err, store.ErrNotFound):
+		return nil, errNotFound()
+	case errors.Is(err, store.ErrConflict):
+		return nil, moh.Errorf(moh.CodeQuotaExceeded, "self_remove_client: %d proposals are already pending in this epoch", store.MaxPendingProposals)
+	case err != nil:
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: keeping the proposal: %w", err)
+	}
+	return ok, nil
+}
+
+// sendMessage serves send_message: an application PrivateMessage of the
+// group's current epoch from a member, handed to the Deliverer for the
+// other members. The Delivery Service cannot read it. Without a Deliverer
+// the message is checked and then refused not_implemented, never dropped.
+func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	msg := &r.Body.Body.Message
+	base := r.state
+	if err := base.CheckMessage(msg); err != nil {
+		return nil, mlsError("send_message", err)
+	}
+	if s.Deliverer == nil {
+		return nil, moh.Errorf(moh.CodeNotImplemented, "send_message: message delivery is not implemented yet")
+	}
+	enc, err := wire.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("send_message: encoding the message: %w", err)
+	}
+	sender := r.Body.Auth.SenderIndex
+	d := &Delivery{GroupID: base.GroupID(), Epoch: base.Epoch(), Sender: sender, Message: enc}
+	for _, i := range base.Tree().Members() {
+		if i == sender {
+			continue
+		}
+		leaf, _ := base.Member(i)
+		d.Recipients = append(d.Recipients, leaf.Credential().Identity)
+	}
+	if err := s.Deliverer.Deliver(ctx, d); err != nil {
+		var me *moh.Error
+		if errors.As(err, &me) {
+			return nil, err
+		}
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: delivering: %w", err)
+	}
+	return ok, nil
+}
+
+// externalCommitInfo serves external_commit_info for a member: the
+// GroupInfo of the current epoch, as the Delivery Service assembled and
+// verified it from the commit that started the epoch (or the create_group
+// GroupInfo at epoch 0), and the current ratchet tree.
+func (s *Service) externalCommitInfo(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	base := r.state
+	pending, err := s.pendingProposals(ctx, base.GroupID(), base.Epoch())
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pending {
+		if isGroupInfoSlot(p) {
+			rt := base.Tree().RatchetTree()
+			tree, err := wire.Marshal(&rt)
+			if err != nil {
+				return nil, fmt.Errorf("external_commit_info: encoding the tree: %w", err)
+			}
+			return &moh.DSResponse{Type: moh.ResponseExternalCommitInfo, GroupInfo: p.Message, RatchetTree: tree}, nil
+		}
+	}
+	return nil, moh.Errorf(moh.CodeNotFound, "external_commit_info: no GroupInfo is kept for epoch %d", base.Epoch())
+}
+
+// welcomeInfo serves welcome_info: the ratchet tree of the epoch a
+// Welcome added the joiner in, which Authenticate found through Joiners.
+func (s *Service) welcomeInfo(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	wi := &r.Body.Body.WelcomeInfo
+	rt, err := s.Store.WelcomeTree(ctx, wi.GroupID, wi.Epoch)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errNotFound()
+	}
+	if err != nil {
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "welcome_info: loading the tree: %w", err)
+	}
+	tree, err := wire.Marshal(&rt)
+	if err != nil {
+		return nil, fmt.Errorf("welcome_info: encoding the tree: %w", err)
+	}
+	return &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: tree}, nil
+}
+
+// pendingProposals loads the proposals pending in epoch (the kept
+// GroupInfo among them).
+func (s *Service) pendingProposals(ctx context.Context, gid []byte, epoch uint64) ([]store.PendingProposal, error) {
+	pending, err := s.Store.PendingProposals(ctx, gid, epoch)
+	switch {
+	case errors.Is(err, store.ErrEpochConflict):
+		return nil, moh.Errorf(moh.CodeCommitConflict, "the group has left epoch %d", epoch)
+	case errors.Is(err, store.ErrNotFound):
+		return nil, errNotFound()
+	case err != nil:
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "loading the pending proposals: %w", err)
+	}
+	return pending, nil
+}
+
+// keepGroupInfo keeps the GroupInfo of epoch for external_commit_info. The
+// epoch is already stored, so a failure does not refuse the request: it is
+// logged, and external_commit_info answers not_found until the next
+// commit. The group having moved on (ErrEpochConflict) is no failure.
+func (s *Service) keepGroupInfo(ctx context.Context, gid []byte, epoch uint64, gi *mls.MLSMessage) {
+	enc, err := wire.Marshal(gi)
+	if err == nil {
+		if len(enc) > store.MaxProposalSize {
+			err = fmt.Errorf("the GroupInfo's %d bytes exceed the %d a pending slot holds", len(enc), store.MaxProposalSize)
+		} else {
+			err = s.Store.AddProposal(ctx, gid, epoch, store.PendingProposal{Ref: groupInfoRef, Message: enc})
+		}
+	}
+	if err != nil && !errors.Is(err, store.ErrEpochConflict) && !errors.Is(err, store.ErrNotFound) {
+		s.logger().Error("could not keep the group info of a new epoch", zap.Binary("group_id", gid),
+			zap.Uint64("epoch", epoch), zap.Error(err))
+	}
+}
+
+// logger returns the service's logger.
+func (s *Service) logger() *zap.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return zap.NewNop()
+}
+
+// bindings returns the binding checker, or one that refuses every leaf
+// when none is configured.
+func (s *Service) bindings(moh.RequestType) BindingChecker {
+	if s.Bindings != nil {
+		return s.Bindings
+	}
+	return refuseAll{}
+}
+
+// checkLeafNode checks the binding of a leaf not yet in a tree.
+func (s *Service) checkLeafNode(ctx context.Context, r *Request, leaf *mls.LeafNode) error {
+	if _, err := s.bindings(r.Body.Body.Type).CheckLeafNode(ctx, leaf, s.now(), provider.LookupOptions{Source: r.Source}); err != nil {
+		return bindingError(r.Body.Body.Type.String(), err)
+	}
+	return nil
+}
+
+// refuseAll is the BindingChecker of a Service without one: no leaf has a
+// binding it could check.
+type refuseAll struct{}
+
+var errNoChecker = &binding.Error{Kind: binding.ErrUnknownKey, Err: errors.New("no binding checker is configured")}
+
+func (refuseAll) CheckLeafNode(context.Context, *mls.LeafNode, time.Time, provider.LookupOptions) (*binding.Bound, error) {
+	return nil, errNoChecker
+}
+
+func (refuseAll) CheckCommit(context.Context, *mls.GroupState, *mls.CommitInfo, time.Time, provider.LookupOptions) error {
+	return errNoChecker
+}
+
+// bindingError turns a refusal of the binding checker into its DSError.
+func bindingError(what string, err error) error {
+	var be *binding.Error
+	if errors.As(err, &be) {
+		e := be.DSError()
+		e.Message = what + ": " + e.Message
+		e.Err = err
+		return e
+	}
+	return moh.Errorf(moh.CodeBackendUnavailable, "%s: checking client bindings: %w", what, err)
+}
+
+// mlsError maps a refusal of the public group state to its DSError: a
+// message for another epoch is stale_epoch, anything else about the MLS
+// content invalid_mls (the state itself is trusted, so every error of
+// ApplyCommit, VerifyProposal, VerifyGroupInfo and NewGroupState is about
+// the request).
+func mlsError(what string, err error) error {
+	if errors.Is(err, mls.ErrStaleEpoch) {
+		return moh.Errorf(moh.CodeStaleEpoch, "%s: the message is not for the group's current epoch", what)
+	}
+	return &moh.Error{Code: moh.CodeInvalidMLS, Message: what + ": " + err.Error(), Err: err}
+}
+
+// resolver resolves a commit's references among the pending proposals.
+func resolver(cs mls.CipherSuite, pending []store.PendingProposal) mls.ProposalResolver {
+	return func(ref []byte) (*mls.AuthenticatedContent, error) {
+		for _, p := range pending {
+			if isGroupInfoSlot(p) || !bytes.Equal(p.Ref, ref) {
+				continue
+			}
+			m, err := mls.DecodeMLSMessage(p.Message)
+			if err != nil || m.PublicMessage == nil {
+				return nil, fmt.Errorf("%w: the kept proposal does not decode", mls.ErrUnknownProposal)
+			}
+			return m.PublicMessage.AuthenticatedContent(), nil
+		}
+		return nil, fmt.Errorf("%w: no pending proposal has that reference", mls.ErrUnknownProposal)
+	}
+}
+
+// checkCoversPending applies DS -03's rule that a member's commit covers,
+// by reference, every proposal pending in its epoch.
+func checkCoversPending(typ moh.RequestType, msg *mls.MLSMessage, pending []store.PendingProposal) error {
+	refs := msg.PublicMessage.Content.Commit.Proposals
+	for _, p := range pending {
+		if isGroupInfoSlot(p) {
+			continue
+		}
+		if !slices.ContainsFunc(refs, func(por mls.ProposalOrRef) bool {
+			return por.Type == mls.ProposalByReference && bytes.Equal(por.Ref, p.Ref)
+		}) {
+			return moh.Errorf(moh.CodeForbidden, "%s: the commit does not cover the proposals pending in its epoch", typ)
+		}
+	}
+	return nil
+}
+
+// assembleGroupInfo builds the GroupInfo of the epoch a commit started
+// (DS -03's PartialGroupInfo): the new GroupContext and confirmation tag
+// from the state, the committer's leaf as signer, and the extensions and
+// signature the committer sent. It must verify with the committer's key.
+func assembleGroupInfo(next *mls.GroupState, info *mls.CommitInfo, p *moh.PartialGroupInfo) (*mls.GroupInfo, error) {
+	gi := &mls.GroupInfo{GroupContext: next.GroupContext(), Extensions: p.Extensions,
+		ConfirmationTag: next.ConfirmationTag(), Signer: info.CommitterLeaf, Signature: p.Signature}
+	if err := next.VerifyGroupInfo(gi); err != nil {
+		return nil, fmt.Errorf("checking the partial GroupInfo: %w", err)
+	}
+	return gi, nil
+}
+
+// checkWelcomes checks the Welcomes of an add: every KeyPackage the commit
+// added is named by exactly one Welcome, and no Welcome names another.
+func checkWelcomes(typ moh.RequestType, info *mls.CommitInfo, packages []moh.WelcomePackage) error {
+	want := make(map[string]bool, len(info.Added))
+	for _, a := range info.Added {
+		want[string(a.KeyPackageRef)] = false
+	}
+	for _, wp := range packages {
+		for _, sec := range wp.Welcome.Welcome.Secrets {
+			done, added := want[string(sec.NewMember)]
+			if !added || done {
+				return moh.Errorf(moh.CodeInvalidMLS, "%s: a Welcome names a KeyPackage the commit does not add, or one named already", typ)
+			}
+			want[string(sec.NewMember)] = true
+		}
+	}
+	for _, done := range want {
+		if !done {
+			return moh.Errorf(moh.CodeInvalidMLS, "%s: a member the commit adds has no Welcome", typ)
+		}
+	}
+	return nil
+}

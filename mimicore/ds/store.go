@@ -1,0 +1,48 @@
+package ds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// StoreGroups serves Groups from a durable group store: the current state
+// of every group hosted here, as store.GroupStore.LoadGroup returns it
+// (from its cache of group states, so a lookup does not re-derive a
+// state).
+type StoreGroups struct {
+	// Store is the provider's group store.
+	Store store.GroupStore
+}
+
+// Group implements Groups.
+func (g StoreGroups) Group(ctx context.Context, groupID []byte) (*mls.GroupState, error) {
+	st, err := g.Store.LoadGroup(ctx, groupID)
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalid) {
+		// An id the store refuses (too long) names no group either.
+		return nil, fmt.Errorf("loading group: %w", ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading group: %w", err)
+	}
+	return st, nil
+}
+
+var _ Groups = StoreGroups{} // interface guard
+
+// groupInfoRef is the reference under which the Delivery Service keeps the
+// GroupInfo of a group's current epoch among the epoch's pending proposals
+// (store.GroupStore.AddProposal): the store then drops it, like the
+// proposals, when the epoch ends. No ProposalRef collides with it: a
+// ProposalRef is a hash of 32, 48 or 64 bytes, and this is 19 bytes long.
+// The proposal resolver and the rule that a commit covers every pending
+// proposal skip it.
+var groupInfoRef = []byte("mimi ds: group_info")
+
+// isGroupInfoSlot reports whether a pending proposal is the kept GroupInfo.
+func isGroupInfoSlot(p store.PendingProposal) bool {
+	return string(p.Ref) == string(groupInfoRef)
+}
