@@ -70,6 +70,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			allow <domain...>
 //			deny  <domain...>
 //		}
+//		unchecked_client_bindings
 //	}
 //
 // Every option may appear once, except resolve, root_ca and trust_pki_ca in
@@ -91,6 +92,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		endpoints  connection_request
 //		over_limit token
 //	}
+//
+// unchecked_client_bindings switches the Delivery Service's client binding
+// check off; it is only for replaying recorded third-party MLS transcripts,
+// never for a gateway that serves clients.
 //
 // privacy_pass needs issuer_name and a key source: token_key files,
 // issuer_directory, or the keys of the issuer block. secret applies to
@@ -194,6 +199,11 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			g.Issuer = is
+		case "unchecked_client_bindings":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			g.UncheckedClientBindings = true
 		case "peers":
 			pl, err := unmarshalPeers(d)
 			if err != nil {

@@ -30,6 +30,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			trust_pki_ca local
 			timeout 3s
 		}
+		unchecked_client_bindings
 	}`))
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +52,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			TrustPKICAs:           []string{"local"},
 			Timeout:               caddy.Duration(3 * time.Second),
 		},
+		UncheckedClientBindings: true,
 	}
 	if !reflect.DeepEqual(g, want) {
 		t.Fatalf("parsed %+v\nwant   %+v", g, want)
@@ -72,6 +74,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"mimi {\n federation {\n timeout 1s\n timeout 2s\n }\n}", "duplicate federation option 'timeout'"},
 		{"mimi {\n federation {\n bogus\n }\n}", "unrecognized federation option 'bogus'"},
 		{"mimi {\n bogus\n}", "unrecognized mimi option 'bogus'"},
+		{"mimi {\n unchecked_client_bindings yes\n}", "wrong argument count"},
+		{"mimi {\n unchecked_client_bindings\n unchecked_client_bindings\n}", "duplicate mimi option 'unchecked_client_bindings'"},
 	} {
 		err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

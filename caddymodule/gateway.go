@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -98,6 +99,16 @@ type Gateway struct {
 	// Peers restricts the provider domains that may send provider
 	// requests. Default: every provider whose signature verifies.
 	Peers *PeerList `json:"peers,omitempty"`
+
+	// UncheckedClientBindings switches off the Delivery Service's check of
+	// client bindings (docs/protocol.md §5.6): leaves without a valid
+	// binding of the provider named in their client URI are then accepted
+	// into groups. It exists only to replay recorded third-party MLS
+	// transcripts, whose leaves carry no bindings; never set it on a
+	// gateway that serves clients, since any client could then claim any
+	// client URI. Default: false, every leaf that enters or changes a group
+	// is checked.
+	UncheckedClientBindings bool `json:"unchecked_client_bindings,omitempty"`
 
 	svc     *service.Service
 	policy  *admission.Policy
@@ -198,7 +209,24 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{})
-	g.ds = &ds.Service{Seen: g.svc.Store()}
+	g.ds = &ds.Service{
+		Groups:    ds.StoreGroups{Store: g.svc.Store()},
+		Seen:      g.svc.Store(),
+		Store:     g.svc.Store(),
+		Providers: g.Providers,
+		// Bindings of the provider's own clients are checked with its own
+		// key ring; other providers' keys are fetched by the service (its
+		// current fetcher, charged to the request's client address).
+		Bindings: &binding.Checker{Domains: g.Providers, Local: g.svc.Keys(), Remote: g.svc,
+			Unchecked: g.UncheckedClientBindings},
+		// Delivery to queues and peers lands with the queue store and
+		// federation; until then send_message answers not_implemented.
+		Deliverer: nil,
+		Logger:    g.logger,
+	}
+	if g.UncheckedClientBindings {
+		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
+	}
 	g.inbound = &provider.Inbound{
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},
 		Replay:   g.svc.Store(),

@@ -171,6 +171,7 @@ func (g *Gateway) serveClient(x *exchange) {
 			return
 		}
 	}
+	req.Source = x.adm.ClientIP
 	resp, err := g.ds.Handle(ctx, req)
 	if err != nil {
 		g.refuse(x, err)

@@ -83,9 +83,13 @@ type Service struct {
 	// group operation, welcome_info and external_commit_info answer
 	// not_implemented. Groups is usually StoreGroups over the same store.
 	Store store.GroupStore
-	// Hub is the provider domain recorded as the hub of the groups created
-	// here (docs/protocol.md §9): the provider domain the gateway serves.
-	Hub string
+	// Providers are the provider domains this Delivery Service serves. A
+	// group created here is hosted by the provider its creator's client
+	// URI names (docs/protocol.md §9: clients create groups at their own
+	// provider), which must be one of them; an identity that is not a
+	// client URI (possible only with the binding check off) makes the
+	// first one the hub.
+	Providers []string
 	// Bindings checks the client bindings of the leaves that enter or
 	// change a group. Nil refuses every such leaf (unknown_key): a
 	// Delivery Service never accepts unchecked leaves by omission; the

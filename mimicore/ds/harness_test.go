@@ -59,7 +59,7 @@ func newHarness(t testing.TB) *harness {
 	}
 	h := &harness{st: st, ring: ring, del: &recordingDeliverer{},
 		issuer: &binding.Issuer{Domains: []string{testProvider}, Keys: ring}}
-	h.svc = &Service{Groups: StoreGroups{st}, Seen: st, Store: st, Hub: testProvider,
+	h.svc = &Service{Groups: StoreGroups{st}, Seen: st, Store: st, Providers: []string{"b.example", testProvider},
 		Bindings:  &binding.Checker{Domains: []string{testProvider}, Local: ring},
 		Deliverer: h.del}
 	return h

@@ -105,10 +105,14 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err != nil {
 		return nil, mlsError("create_group", err)
 	}
+	hub, err := s.hubFor(cg.LeafNode.Credential.Identity)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.checkLeafNode(ctx, r, &cg.LeafNode); err != nil {
 		return nil, err
 	}
-	if err := s.Store.CreateGroup(ctx, s.Hub, st); err != nil {
+	if err := s.Store.CreateGroup(ctx, hub, st); err != nil {
 		if errors.Is(err, store.ErrGroupExists) {
 			return nil, moh.Errorf(moh.CodeGroupExists, "create_group: the group id is already in use")
 		}
@@ -116,6 +120,23 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	}
 	s.keepGroupInfo(ctx, st.GroupID(), 0, &cg.GroupInfo)
 	return ok, nil
+}
+
+// hubFor returns the provider that hosts a group created by the client
+// with the given identity: the provider of its client URI, which must be
+// one of s.Providers (forbidden otherwise).
+func (s *Service) hubFor(identity []byte) (string, error) {
+	if len(s.Providers) == 0 {
+		return "", moh.Errorf(moh.CodeNotImplemented, "create_group: this Delivery Service serves no provider domain")
+	}
+	prov, _, _, err := moh.ParseClientURI(identity)
+	if err != nil {
+		return s.Providers[0], nil
+	}
+	if !slices.Contains(s.Providers, string(prov)) {
+		return "", moh.Errorf(moh.CodeForbidden, "create_group: the creator is a client of %s, not of this provider", prov)
+	}
+	return string(prov), nil
 }
 
 // commit serves the commit-carrying types: delete_group, add_users,

@@ -391,6 +391,21 @@ func TestRefusals(t *testing.T) {
 			t.Fatal("the refusal changed the stored group")
 		}
 	})
+	t.Run("create_group by another provider's client", func(t *testing.T) {
+		svc := *h.svc
+		svc.Providers = []string{"b.example"}
+		g := []byte("foreign group")
+		req, err := svc.Authenticate(t.Context(), createBody(t, h.newTClient(t, "alice", "foreign", false), g))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.Handle(t.Context(), req); codeOf(err) != moh.CodeForbidden {
+			t.Fatalf("answer %v, want forbidden", err)
+		}
+		if h.snapshot(t, g).exists {
+			t.Fatal("the refused group was stored")
+		}
+	})
 	t.Run("create_group with an unbound leaf", func(t *testing.T) {
 		g := []byte("unbound group")
 		if _, err := h.do(t, createBody(t, unbound, g)); codeOf(err) != moh.CodeForbidden {
