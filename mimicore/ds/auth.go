@@ -134,7 +134,7 @@ func (s *Service) authClient(ctx context.Context, req *moh.DSRequest) (*Request,
 func (s *Service) authJoiner(ctx context.Context, req *moh.DSRequest) (*Request, error) {
 	wi := &req.Body.WelcomeInfo
 	if s.Joiners == nil {
-		return nil, errNotFound()
+		return nil, moh.Errorf(moh.CodeNotImplemented, "welcome_info: this Delivery Service does not keep the KeyPackages its Welcomes added")
 	}
 	cs, key, err := s.Joiners.JoinerKey(ctx, wi.GroupID, wi.Epoch, req.Auth.KeyPackageRef)
 	if errors.Is(err, ErrNotFound) {

@@ -178,7 +178,7 @@ func TestNotFoundAlike(t *testing.T) {
 
 // TestAuthenticateBackend maps failures of the group and joiner lookups to
 // backend_unavailable without leaking them, and a Service without groups
-// to not_found.
+// to not_found (welcome_info, without Joiners, to not_implemented).
 func TestAuthenticateBackend(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -202,7 +202,7 @@ func TestAuthenticateBackend(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Authenticate(ctx, kp); codeOf(err) != moh.CodeNotFound {
+		if _, err := s.Authenticate(ctx, kp); codeOf(err) != moh.CodeNotImplemented {
 			t.Fatalf("Authenticate(welcome_info) = %v", err)
 		}
 	})

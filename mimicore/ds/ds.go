@@ -69,7 +69,8 @@ type Service struct {
 	// means none is hosted.
 	Groups Groups
 	// Joiners looks up the KeyPackages Welcomes added, for
-	// key_package_signature. Nil means none is known.
+	// key_package_signature. Nil makes welcome_info answer
+	// not_implemented.
 	Joiners Joiners
 	// Seen is the replay set of the signed attachment uploads, deletes and
 	// copies. Nil makes Handle answer those backend_unavailable.

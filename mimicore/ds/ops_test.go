@@ -66,8 +66,18 @@ func TestGroupLifecycle(t *testing.T) {
 	adopt(t, res, alice)
 	join(t, res, bob, carol)
 	h.wantEpoch(t, gid, 1, 3)
-	if rt, err := h.st.WelcomeTree(t.Context(), gid, 1); err != nil || len(rt) == 0 {
-		t.Fatalf("no Welcome tree kept for epoch 1: %v", err)
+	// welcome_info: bob, signing with his KeyPackage's key, gets the tree
+	// of the epoch his Welcome added him in.
+	h.addJoiners(gid, 1, bob, carol)
+	wi, err := SignRequest(bob.c.kp.CipherSuite, bob.c.signer, moh.RequestBody{Type: moh.WelcomeInfo,
+		WelcomeInfo: moh.WelcomeInfoRequest{GroupID: gid, Epoch: 1}}, KeyPackageSignature(bob.kpRef, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := h.mustDo(t, "welcome_info", wi)
+	want := bob.m.State().Tree().RatchetTree()
+	if enc, _ := wire.Marshal(&want); resp.Type != moh.ResponseWelcomeInfo || !bytes.Equal(resp.RatchetTree, enc) {
+		t.Fatalf("welcome_info answered %+v, not bob's tree", resp)
 	}
 
 	// update_client by bob.
@@ -97,7 +107,7 @@ func TestGroupLifecycle(t *testing.T) {
 	}
 
 	// external_commit_info for alice, then her tablet joins externally.
-	resp := h.mustDo(t, "external_commit_info", signed(t, alice, alice.m.LeafIndex(),
+	resp = h.mustDo(t, "external_commit_info", signed(t, alice, alice.m.LeafIndex(),
 		moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}))
 	gim := mustDecode(t, resp.GroupInfo)
 	var rt mls.RatchetTree
