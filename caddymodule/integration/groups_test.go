@@ -1,0 +1,316 @@
+package integration
+
+import (
+	"crypto"
+	"crypto/hpke"
+	"crypto/rand"
+	"crypto/tls"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// The Delivery Service of a.localhost over real TLS 1.3 through Caddy,
+// with clients driven by package mls's client side.
+
+const suite = mls.X25519AES128GCMSHA256Ed25519
+
+// mimiClient is one MLS client of a.localhost.
+type mimiClient struct {
+	uri     string
+	signer  crypto.Signer
+	kp      *mls.KeyPackage
+	initKey hpke.PrivateKey
+	leafKey hpke.PrivateKey
+	m       *mls.Member
+}
+
+func random32(t *testing.T) []byte {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// newMIMIClient makes client mimi://a.localhost/d/<user>/<device>. Its
+// leaf carries a client binding issued with a.localhost's key ring, read
+// from the gateway's data directory, unless unbound. The local client API
+// that will issue bindings to a provider's clients is not built yet, so
+// the test signs them with the provider's keys directly.
+func newMIMIClient(t *testing.T, issuer *binding.Issuer, user, device string, unbound bool) *mimiClient {
+	t.Helper()
+	uri := moh.ClientURI("a.localhost", user, device)
+	signer, pub, err := suite.GenerateSignatureKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, encPub, err := suite.DeriveKeyPair(random32(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	initKey, initPub, err := suite.DeriveKeyPair(random32(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := mls.LeafNode{
+		EncryptionKey: encPub, SignatureKey: pub,
+		Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
+		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{suite},
+			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
+		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 62},
+	}
+	if !unbound {
+		b, err := issuer.Issue([]byte(uri), pub, time.Now().Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := binding.Attach(&leaf, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := leaf.Sign(suite, signer, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: suite, InitKey: initPub, LeafNode: leaf}
+	if err := kp.Sign(signer); err != nil {
+		t.Fatal(err)
+	}
+	return &mimiClient{uri: uri, signer: signer, kp: kp, initKey: initKey, leafKey: leafKey}
+}
+
+// sign encodes body signed by c as its member's leaf (0 before it has
+// one), timestamped at now plus skew.
+func (c *mimiClient) sign(t *testing.T, body moh.RequestBody, skew time.Duration) []byte {
+	t.Helper()
+	var index uint32
+	if c.m != nil {
+		index = c.m.LeafIndex()
+	}
+	b, err := ds.SignRequest(suite, c.signer, body, ds.ClientSignature(index, time.Now().Add(skew)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// commit has c commit proposals; the receiver's member is unchanged.
+func (c *mimiClient) commit(t *testing.T, props ...*mls.Proposal) *mls.CommitResult {
+	t.Helper()
+	res, err := c.m.Commit(props, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// groupUpdate is the request body of type typ carrying res.
+func groupUpdate(typ moh.RequestType, res *mls.CommitResult) moh.RequestBody {
+	gi := res.GroupInfo.GroupInfo
+	body := moh.RequestBody{Type: typ, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
+		PartialGroupInfo: moh.PartialGroupInfo{Extensions: gi.Extensions, Signature: gi.Signature}}}
+	if res.Welcome != nil {
+		body.WelcomePackages = []moh.WelcomePackage{{Welcome: *res.Welcome}}
+	}
+	return body
+}
+
+// follow has every client in cs apply an accepted commit.
+func follow(t *testing.T, commit *mls.MLSMessage, cs ...*mimiClient) {
+	t.Helper()
+	for _, c := range cs {
+		m, err := c.m.ApplyCommit(commit, nil)
+		if err != nil {
+			t.Fatalf("%s follows the commit: %v", c.uri, err)
+		}
+		c.m = m
+	}
+}
+
+// postDS sends a DSRequest to a.localhost's path and decodes the answer.
+func postDS(t *testing.T, path string, req []byte) (int, *moh.DSResponse) {
+	t.Helper()
+	resp, body := get(t, client(tls.VersionTLS13), http.MethodPost, "https://a.localhost:9443"+path, "application/octet-stream", req)
+	var r moh.DSResponse
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil {
+		t.Fatalf("%s: status %d, body is not a DSResponse: %v", path, resp.StatusCode, err)
+	}
+	return resp.StatusCode, &r
+}
+
+// mustOK sends a group operation that must be accepted.
+func mustOK(t *testing.T, what string, req []byte) *moh.DSResponse {
+	t.Helper()
+	status, r := postDS(t, "/group_operation", req)
+	if status != http.StatusOK || r.Type == moh.ResponseError {
+		t.Fatalf("%s: %d %s %q", what, status, r.Error.Code, r.Error.Message)
+	}
+	return r
+}
+
+// mustRefuse sends a group operation that must be refused with status and
+// code.
+func mustRefuse(t *testing.T, what string, req []byte, status int, code moh.Code) {
+	t.Helper()
+	got, r := postDS(t, "/group_operation", req)
+	if got != status || r.Type != moh.ResponseError || r.Error.Code != code {
+		t.Fatalf("%s: %d %s %q, want %d %s", what, got, r.Error.Code, r.Error.Message, status, code)
+	}
+}
+
+// TestGroupOperations runs a group on a.localhost's Delivery Service
+// through Caddy: alice creates it and adds bob and carol, bob updates, two
+// commits race for one epoch (exactly one wins), carol's laptop joins
+// externally with the GroupInfo the DS serves, a leaf without a binding,
+// a tampered signature and a stale timestamp are refused, alice removes
+// bob, and bob's next request is 404.
+func TestGroupOperations(t *testing.T) {
+	startCaddy(t)
+	ring, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := &binding.Issuer{Domains: []string{"a.localhost"}, Keys: ring}
+	alice := newMIMIClient(t, issuer, "alice", "phone", false)
+	bob := newMIMIClient(t, issuer, "bob", "phone", false)
+	carol := newMIMIClient(t, issuer, "carol", "phone", false)
+	carolLaptop := newMIMIClient(t, issuer, "carol", "laptop", false)
+	dave := newMIMIClient(t, issuer, "dave", "phone", true)
+
+	anon, _ := wire.Marshal(&moh.DSRequest{Body: moh.RequestBody{Type: moh.RequestGroupID}})
+	gid := mustOK(t, "request_group_id", anon).GroupID
+
+	// alice creates the group.
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: gid, Leaf: &alice.kp.LeafNode,
+		LeafKey: alice.leafKey, Signer: alice.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0)
+	alice.m = m
+	mustOK(t, "create_group", create)
+	mustRefuse(t, "create_group again", create, http.StatusConflict, moh.CodeGroupExists)
+
+	// alice adds bob and carol.
+	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp}, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: carol.kp})
+	mustOK(t, "add_users", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
+	alice.m = res.Next
+	for _, c := range []*mimiClient{bob, carol} {
+		if c.m, err = mls.JoinFromWelcome(res.Welcome.Welcome, mls.WelcomeOptions{KeyPackage: c.kp, InitKey: c.initKey,
+			LeafKey: c.leafKey, Signer: c.signer}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// bob updates his leaf.
+	res = bob.commit(t)
+	mustOK(t, "update_client", bob.sign(t, groupUpdate(moh.UpdateClient, res), 0))
+	bob.m = res.Next
+	follow(t, res.Commit, alice, carol)
+
+	// alice and carol race for the next epoch: exactly one wins.
+	ra, rc := alice.commit(t), carol.commit(t)
+	bodies := [][]byte{alice.sign(t, groupUpdate(moh.UpdateClient, ra), 0), carol.sign(t, groupUpdate(moh.UpdateClient, rc), 0)}
+	statuses := make([]int, 2)
+	codes := make([]moh.Code, 2)
+	var wg sync.WaitGroup
+	for i := range bodies {
+		wg.Go(func() {
+			var r *moh.DSResponse
+			statuses[i], r = postDS(t, "/group_operation", bodies[i])
+			codes[i] = r.Error.Code
+		})
+	}
+	wg.Wait()
+	switch {
+	case statuses[0] == http.StatusOK && statuses[1] == http.StatusConflict:
+		alice.m = ra.Next
+		follow(t, ra.Commit, bob, carol)
+	case statuses[1] == http.StatusOK && statuses[0] == http.StatusConflict:
+		carol.m = rc.Next
+		follow(t, rc.Commit, alice, bob)
+	default:
+		t.Fatalf("racing commits answered %v %v, want one 200 and one 409", statuses, codes)
+	}
+
+	// carol's laptop joins externally with the GroupInfo and tree that
+	// alice fetches from the DS.
+	status, info := postDS(t, "/external_commit_information", alice.sign(t, moh.RequestBody{Type: moh.ExternalCommitInfo,
+		ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}, 0))
+	if status != http.StatusOK || info.Type != moh.ResponseExternalCommitInfo {
+		t.Fatalf("external_commit_info: %d %s %q", status, info.Error.Code, info.Error.Message)
+	}
+	gim, err := mls.DecodeMLSMessage(info.GroupInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rt mls.RatchetTree
+	if err := wire.Unmarshal(info.RatchetTree, &rt, "ratchet tree"); err != nil {
+		t.Fatal(err)
+	}
+	ext, laptop, err := mls.JoinExternal(gim.GroupInfo, mls.ExternalJoinOptions{Leaf: carolLaptop.kp.LeafNode,
+		Signer: carolLaptop.signer, RatchetTree: rt})
+	if err != nil {
+		t.Fatalf("joining from the served GroupInfo: %v", err)
+	}
+	lgi, err := laptop.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	join, _ := wire.Marshal(&moh.DSRequest{Body: moh.RequestBody{Type: moh.ExternalJoin, GroupUpdate: moh.MLSGroupUpdate{
+		Commit: *ext, PartialGroupInfo: moh.PartialGroupInfo{Extensions: lgi.Extensions, Signature: lgi.Signature}}}})
+	mustOK(t, "external_join", join)
+	carolLaptop.m = laptop
+	follow(t, ext, alice, bob, carol)
+
+	// Refusals, each over HTTP with its status.
+	mustRefuse(t, "a leaf without a binding", alice.sign(t,
+		groupUpdate(moh.AddUsers, alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: dave.kp})), 0),
+		http.StatusForbidden, moh.CodeForbidden)
+	tampered := alice.sign(t, groupUpdate(moh.UpdateClient, alice.commit(t)), 0)
+	tampered[len(tampered)-1] ^= 1
+	mustRefuse(t, "a tampered client signature", tampered, http.StatusUnauthorized, moh.CodeBadSignature)
+	mustRefuse(t, "a stale timestamp", alice.sign(t, groupUpdate(moh.UpdateClient, alice.commit(t)), -10*time.Minute),
+		http.StatusUnauthorized, moh.CodeStaleTimestamp)
+	app, err := alice.m.Protect([]byte("hello"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, "send_message before delivery exists", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0),
+		http.StatusNotImplemented, moh.CodeNotImplemented)
+
+	// alice removes bob.
+	oldBob := bob.m
+	res = alice.commit(t, &mls.Proposal{Type: mls.ProposalRemove, Removed: bob.m.LeafIndex()})
+	mustOK(t, "remove_users", alice.sign(t, groupUpdate(moh.RemoveUsers, res), 0))
+	alice.m = res.Next
+	follow(t, res.Commit, carol, carolLaptop)
+
+	// bob's next request is refused as a non-member's: 404.
+	bob.m = oldBob
+	mustRefuse(t, "the removed member's commit", bob.sign(t, groupUpdate(moh.UpdateClient, bob.commit(t)), 0),
+		http.StatusNotFound, moh.CodeNotFound)
+	status, r := postDS(t, "/external_commit_information", bob.sign(t, moh.RequestBody{Type: moh.ExternalCommitInfo,
+		ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}, 0))
+	if status != http.StatusNotFound || r.Error.Code != moh.CodeNotFound {
+		t.Fatalf("the removed member's external_commit_info: %d %s", status, r.Error.Code)
+	}
+
+	// The group goes on without him.
+	res = carol.commit(t)
+	mustOK(t, "update_client after the removal", carol.sign(t, groupUpdate(moh.UpdateClient, res), 0))
+}
