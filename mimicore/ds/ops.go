@@ -167,12 +167,16 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		return nil, moh.Errorf(moh.CodeForbidden, "%s: the commit's sender is leaf %d, but the request is signed by leaf %d",
 			typ, sender.Index, r.Body.Auth.SenderIndex)
 	}
-	var pending []store.PendingProposal
-	if typ != moh.ExternalJoin {
-		var err error
-		if pending, err = s.pendingProposals(ctx, gid, base.Epoch()); err != nil {
-			return nil, err
-		}
+	pending, err := s.pendingProposals(ctx, gid, base.Epoch())
+	if err != nil {
+		return nil, err
+	}
+	if typ == moh.ExternalJoin && slices.ContainsFunc(pending, func(p store.PendingProposal) bool { return !isGroupInfoSlot(p) }) {
+		// An external commit cannot cover proposals by reference (RFC 9420
+		// §12.4.3.2), and accepting it would drop them with the epoch: a
+		// member's self-remove would be lost. DS -03 leaves this open; the
+		// joiner retries once a member's commit has covered them.
+		return nil, moh.Errorf(moh.CodeCommitConflict, "external_join: proposals are pending in epoch %d, which an external commit cannot cover; retry after the next commit", base.Epoch())
 	}
 	next, info, err := base.ApplyCommit(msg, resolver(base.CipherSuite(), pending))
 	if err != nil {
@@ -187,7 +191,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		}
 	}
 	if typ == moh.AddUsers || typ == moh.AddClients {
-		if err := checkWelcomes(typ, info, body.WelcomePackages); err != nil {
+		if err := checkWelcomes(typ, base.CipherSuite(), info, body.WelcomePackages); err != nil {
 			return nil, err
 		}
 	}
@@ -475,13 +479,17 @@ func assembleGroupInfo(next *mls.GroupState, info *mls.CommitInfo, p *moh.Partia
 }
 
 // checkWelcomes checks the Welcomes of an add: every KeyPackage the commit
-// added is named by exactly one Welcome, and no Welcome names another.
-func checkWelcomes(typ moh.RequestType, info *mls.CommitInfo, packages []moh.WelcomePackage) error {
+// added is named by exactly one Welcome of the group's cipher suite cs, and
+// no Welcome names another.
+func checkWelcomes(typ moh.RequestType, cs mls.CipherSuite, info *mls.CommitInfo, packages []moh.WelcomePackage) error {
 	want := make(map[string]bool, len(info.Added))
 	for _, a := range info.Added {
 		want[string(a.KeyPackageRef)] = false
 	}
 	for _, wp := range packages {
+		if wp.Welcome.Welcome.CipherSuite != cs {
+			return moh.Errorf(moh.CodeInvalidMLS, "%s: a Welcome is of cipher suite %d, not the group's", typ, uint16(wp.Welcome.Welcome.CipherSuite))
+		}
 		for _, sec := range wp.Welcome.Welcome.Secrets {
 			done, added := want[string(sec.NewMember)]
 			if !added || done {

@@ -314,6 +314,8 @@ func TestRefusals(t *testing.T) {
 	badGI.GroupInfo.GroupInfo.Signature[0] ^= 1
 	noWelcome := commit(t, alice.m, addProps(dave), nil, nil)
 	noWelcome.Welcome.Welcome.Secrets = nil
+	otherSuite := commit(t, alice.m, addProps(dave), nil, nil)
+	otherSuite.Welcome.Welcome.CipherSuite = mls.P256AES128GCMSHA256P256
 	wrongSender := commit(t, bob.m, nil, nil, nil)
 	otherGroup := h.newTClient(t, "alice", "desk", false)
 	_ = l
@@ -359,6 +361,7 @@ func TestRefusals(t *testing.T) {
 		{"add_clients of a new user", commitBody(t, moh.AddClients, alice, alice.m, commit(t, alice.m, addProps(dave), nil, nil)), moh.CodeForbidden},
 		{"add_users with a remove", commitBody(t, moh.AddUsers, alice, alice.m, commit(t, alice.m, append(addProps(dave), remove(b)), nil, nil)), moh.CodeForbidden},
 		{"add without a Welcome for the new member", commitBody(t, moh.AddUsers, alice, alice.m, noWelcome), moh.CodeInvalidMLS},
+		{"add with a Welcome of another cipher suite", commitBody(t, moh.AddUsers, alice, alice.m, otherSuite), moh.CodeInvalidMLS},
 		{"remove_users leaving a client of the user", commitBody(t, moh.RemoveUsers, bob, bob.m, commit(t, bob.m, []*mls.Proposal{remove(l)}, nil, nil)), moh.CodeForbidden},
 		{"remove_clients of another user", commitBody(t, moh.RemoveClients, alice, alice.m, commit(t, alice.m, []*mls.Proposal{remove(b)}, nil, nil)), moh.CodeForbidden},
 		{"update_client with a proposal", commitBody(t, moh.UpdateClient, alice, alice.m, commit(t, alice.m, []*mls.Proposal{remove(b)}, nil, nil)), moh.CodeForbidden},
@@ -434,6 +437,40 @@ func TestRefusals(t *testing.T) {
 		}
 		if _, err := svc.Handle(t.Context(), req); codeOf(err) != moh.CodeNotImplemented {
 			t.Fatalf("answer %v, want not_implemented", err)
+		}
+	})
+	// Last, as it leaves a proposal pending: an external join while a
+	// self-remove is pending is refused, so that the self-remove is not
+	// dropped with the epoch.
+	t.Run("external join while a self-remove is pending", func(t *testing.T) {
+		prop, err := bob.m.Propose(remove(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.mustDo(t, "self_remove_client", signed(t, bob, b, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *prop}))
+		gi, err := alice.m.GroupInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ext, m, err := mls.JoinExternal(gi, mls.ExternalJoinOptions{Leaf: aliceWatch.c.kp.LeafNode, Signer: aliceWatch.c.signer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mgi, err := m.GroupInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := h.snapshot(t, gid)
+		if len(before.pending) != 2 {
+			t.Fatalf("%d pending, want the GroupInfo and the self-remove", len(before.pending))
+		}
+		_, err = h.do(t, encode(t, &moh.DSRequest{Body: moh.RequestBody{Type: moh.ExternalJoin, GroupUpdate: moh.MLSGroupUpdate{
+			Commit: *ext, PartialGroupInfo: moh.PartialGroupInfo{Extensions: mgi.Extensions, Signature: mgi.Signature}}}}))
+		if codeOf(err) != moh.CodeCommitConflict {
+			t.Fatalf("answer %v, want commit_conflict", err)
+		}
+		if !h.snapshot(t, gid).equal(before) {
+			t.Fatal("the refusal changed the stored group")
 		}
 	})
 	t.Run("no binding checker", func(t *testing.T) {

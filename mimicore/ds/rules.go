@@ -74,6 +74,11 @@ func checkRules(typ moh.RequestType, base, next *mls.GroupState, info *mls.Commi
 		return nil
 	}
 	committer := identity(base, info.Committer.Index)
+	if info.Committer.Type == mls.SenderMember && info.Path != nil &&
+		string(identity(next, info.CommitterLeaf)) != string(committer) {
+		// A leaf's client URI never changes: a new device is a new leaf.
+		return forbid("the committer's UpdatePath changes its leaf's client URI")
+	}
 	switch typ {
 	case moh.AddUsers, moh.AddClients:
 		if err := only(mls.ProposalAdd); err != nil {
