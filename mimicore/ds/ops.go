@@ -63,7 +63,17 @@ func (s *Service) handleGroupOp(ctx context.Context, r *Request) (*moh.DSRespons
 	if s.Store == nil {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "this Delivery Service hosts no groups")
 	}
-	switch typ := r.Body.Body.Type; typ {
+	typ := r.Body.Body.Type
+	if r.state == nil && typ != moh.CreateGroup && typ != moh.WelcomeInfo {
+		// A Request not made by Authenticate (or an anonymous
+		// external_join): the group's current state is the base.
+		st, err := s.group(ctx, r.Body.Body.GroupID())
+		if err != nil {
+			return nil, err
+		}
+		r.state = st
+	}
+	switch typ {
 	case moh.CreateGroup:
 		return s.createGroup(ctx, r)
 	case moh.SelfRemoveClient:
@@ -156,12 +166,6 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	msg := &u.Commit
 	gid := msg.GroupID()
 	base := r.state
-	if base == nil { // external_join is anonymous: nothing was looked up yet
-		var err error
-		if base, err = s.group(ctx, gid); err != nil {
-			return nil, err
-		}
-	}
 	sender := msg.PublicMessage.Content.Sender
 	if typ != moh.ExternalJoin && sender.Index != r.Body.Auth.SenderIndex {
 		return nil, moh.Errorf(moh.CodeForbidden, "%s: the commit's sender is leaf %d, but the request is signed by leaf %d",
