@@ -175,24 +175,15 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err != nil {
 		return nil, err
 	}
-	if typ == moh.ExternalJoin && slices.ContainsFunc(pending, func(p store.PendingProposal) bool { return !isGroupInfoSlot(p) }) {
-		// An external commit cannot cover proposals by reference (RFC 9420
-		// §12.4.3.2), and accepting it would drop them with the epoch: a
-		// member's self-remove would be lost. DS -03 leaves this open; the
-		// joiner retries once a member's commit has covered them.
-		return nil, moh.Errorf(moh.CodeCommitConflict, "external_join: proposals are pending in epoch %d, which an external commit cannot cover; retry after the next commit", base.Epoch())
-	}
-	next, info, err := base.ApplyCommit(msg, resolver(base.CipherSuite(), pending))
+	next, info, err := base.ApplyCommit(msg, resolver(pending))
 	if err != nil {
 		return nil, mlsError(typ.String(), err)
 	}
 	if err := checkRules(typ, base, next, info); err != nil {
 		return nil, err
 	}
-	if typ != moh.ExternalJoin {
-		if err := checkCoversPending(typ, msg, pending); err != nil {
-			return nil, err
-		}
+	if err := checkCoversPending(typ, msg, pending, base.Epoch()); err != nil {
+		return nil, err
 	}
 	if typ == moh.AddUsers || typ == moh.AddClients {
 		if err := checkWelcomes(typ, base.CipherSuite(), info, body.WelcomePackages); err != nil {
@@ -436,7 +427,7 @@ func mlsError(what string, err error) error {
 }
 
 // resolver resolves a commit's references among the pending proposals.
-func resolver(cs mls.CipherSuite, pending []store.PendingProposal) mls.ProposalResolver {
+func resolver(pending []store.PendingProposal) mls.ProposalResolver {
 	return func(ref []byte) (*mls.AuthenticatedContent, error) {
 		for _, p := range pending {
 			if isGroupInfoSlot(p) || !bytes.Equal(p.Ref, ref) {
@@ -454,11 +445,20 @@ func resolver(cs mls.CipherSuite, pending []store.PendingProposal) mls.ProposalR
 
 // checkCoversPending applies DS -03's rule that a member's commit covers,
 // by reference, every proposal pending in its epoch.
-func checkCoversPending(typ moh.RequestType, msg *mls.MLSMessage, pending []store.PendingProposal) error {
+//
+// An external commit cannot cover proposals by reference (RFC 9420
+// §12.4.3.2), and accepting one would drop them with the epoch: a
+// member's self-remove would be lost. DS -03 leaves this open; here the
+// external join is refused commit_conflict while a proposal is pending,
+// and the joiner retries once a member's commit has covered it.
+func checkCoversPending(typ moh.RequestType, msg *mls.MLSMessage, pending []store.PendingProposal, epoch uint64) error {
 	refs := msg.PublicMessage.Content.Commit.Proposals
 	for _, p := range pending {
 		if isGroupInfoSlot(p) {
 			continue
+		}
+		if typ == moh.ExternalJoin {
+			return moh.Errorf(moh.CodeCommitConflict, "external_join: proposals are pending in epoch %d, which an external commit cannot cover; retry after the next commit", epoch)
 		}
 		if !slices.ContainsFunc(refs, func(por mls.ProposalOrRef) bool {
 			return por.Type == mls.ProposalByReference && bytes.Equal(por.Ref, p.Ref)
