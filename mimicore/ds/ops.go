@@ -54,6 +54,9 @@ type Delivery struct {
 // code, any other error is backend_unavailable), so the sender retries a
 // message that was not handed on.
 type Deliverer interface {
+	// Deliver hands d on to each of its recipients' queues or providers,
+	// durably: it returns once the delivery cannot be lost (or failed).
+	// It must not keep or modify d after it returns.
 	Deliver(ctx context.Context, d *Delivery) error
 }
 
