@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hpke"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -261,4 +262,24 @@ func (a snapshot) equal(b snapshot) bool {
 		}
 	}
 	return true
+}
+
+// resignGroupInfo changes the GroupInfo of res with edit and signs it
+// again as c, the committer: a PartialGroupInfo other than the one
+// mls.Member.Commit makes.
+func resignGroupInfo(t testing.TB, res *mls.CommitResult, c *tclient, edit func(*mls.GroupInfo)) {
+	t.Helper()
+	gi := *res.GroupInfo.GroupInfo
+	gi.Extensions = slices.Clone(gi.Extensions)
+	edit(&gi)
+	if err := gi.Sign(c.c.signer); err != nil {
+		t.Fatal(err)
+	}
+	res.GroupInfo = &mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: &gi}
+}
+
+// withoutTree removes the ratchet_tree extension, as MIMI clients do in
+// the GroupInfo they sign for the DS.
+func withoutTree(gi *mls.GroupInfo) {
+	gi.Extensions = slices.DeleteFunc(gi.Extensions, func(e mls.Extension) bool { return e.Type == mls.ExtRatchetTree })
 }

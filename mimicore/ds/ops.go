@@ -118,6 +118,10 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err != nil {
 		return nil, mlsError("create_group", err)
 	}
+	giEnc, err := encodeGroupInfo("create_group", &cg.GroupInfo)
+	if err != nil {
+		return nil, err
+	}
 	hub, err := s.hubFor(cg.LeafNode.Credential.Identity)
 	if err != nil {
 		return nil, err
@@ -131,7 +135,7 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 		}
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "create_group: storing the group: %w", err)
 	}
-	s.keepGroupInfo(ctx, st.GroupID(), 0, &cg.GroupInfo)
+	s.keepGroupInfo(ctx, st.GroupID(), 0, giEnc)
 	return ok, nil
 }
 
@@ -197,6 +201,10 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err != nil {
 		return nil, mlsError(typ.String(), err)
 	}
+	giEnc, err := encodeGroupInfo(typ.String(), &mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+	if err != nil {
+		return nil, err
+	}
 	if err := s.bindings(typ).CheckCommit(ctx, next, info, s.now(), provider.LookupOptions{Source: r.Source}); err != nil {
 		return nil, bindingError(typ.String(), err)
 	}
@@ -217,7 +225,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		}
 		return ok, nil
 	}
-	s.keepGroupInfo(ctx, gid, next.Epoch(), &mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+	s.keepGroupInfo(ctx, gid, next.Epoch(), giEnc)
 	return ok, nil
 }
 
@@ -347,19 +355,35 @@ func (s *Service) pendingProposals(ctx context.Context, gid []byte, epoch uint64
 	return pending, nil
 }
 
-// keepGroupInfo keeps the GroupInfo of epoch for external_commit_info. The
-// epoch is already stored, so a failure does not refuse the request: it is
-// logged, and external_commit_info answers not_found until the next
-// commit. The group having moved on (ErrEpochConflict) is no failure.
-func (s *Service) keepGroupInfo(ctx context.Context, gid []byte, epoch uint64, gi *mls.MLSMessage) {
+// MaxGroupInfoSize bounds the encoded GroupInfo of an epoch, which the
+// Delivery Service keeps for external_commit_info: a create_group or
+// commit whose GroupInfo is larger is refused too_large. It leaves room
+// for GroupInfo extensions, not for the ratchet tree: clients omit the
+// ratchet_tree extension from the GroupInfo they sign for the DS, which
+// serves the tree itself (docs/protocol.md §5.2).
+const MaxGroupInfoSize = store.MaxProposalSize
+
+// encodeGroupInfo encodes a GroupInfo message to keep, refusing one over
+// MaxGroupInfoSize.
+func encodeGroupInfo(what string, gi *mls.MLSMessage) ([]byte, error) {
 	enc, err := wire.Marshal(gi)
-	if err == nil {
-		if len(enc) > store.MaxProposalSize {
-			err = fmt.Errorf("the GroupInfo's %d bytes exceed the %d a pending slot holds", len(enc), store.MaxProposalSize)
-		} else {
-			err = s.Store.AddProposal(ctx, gid, epoch, store.PendingProposal{Ref: groupInfoRef, Message: enc})
-		}
+	if err != nil {
+		return nil, fmt.Errorf("%s: encoding the GroupInfo: %w", what, err)
 	}
+	if len(enc) > MaxGroupInfoSize {
+		return nil, moh.Errorf(moh.CodeTooLarge, "%s: the GroupInfo takes %d bytes, more than %d: omit its ratchet_tree extension, the Delivery Service serves the tree",
+			what, len(enc), MaxGroupInfoSize)
+	}
+	return enc, nil
+}
+
+// keepGroupInfo keeps the encoded GroupInfo of epoch for
+// external_commit_info. The epoch is already stored, so a failure does not
+// refuse the request: it is logged, and external_commit_info answers
+// not_found until the next commit. The group having moved on
+// (ErrEpochConflict) or gone is no failure.
+func (s *Service) keepGroupInfo(ctx context.Context, gid []byte, epoch uint64, enc []byte) {
+	err := s.Store.AddProposal(ctx, gid, epoch, store.PendingProposal{Ref: groupInfoRef, Message: enc})
 	if err != nil && !errors.Is(err, store.ErrEpochConflict) && !errors.Is(err, store.ErrNotFound) {
 		s.logger().Error("could not keep the group info of a new epoch", zap.Binary("group_id", gid),
 			zap.Uint64("epoch", epoch), zap.Error(err))

@@ -317,6 +317,10 @@ func TestRefusals(t *testing.T) {
 	otherSuite := commit(t, alice.m, addProps(dave), nil, nil)
 	otherSuite.Welcome.Welcome.CipherSuite = mls.P256AES128GCMSHA256P256
 	wrongSender := commit(t, bob.m, nil, nil, nil)
+	hugeGI := commit(t, alice.m, nil, nil, nil)
+	resignGroupInfo(t, hugeGI, alice, func(gi *mls.GroupInfo) {
+		gi.Extensions = append(gi.Extensions, mls.Extension{Type: 0xff00, Data: make([]byte, MaxGroupInfoSize)})
+	})
 	otherGroup := h.newTClient(t, "alice", "desk", false)
 	_ = l
 	msg, err := alice.m.Protect([]byte("hi"), nil)
@@ -368,6 +372,7 @@ func TestRefusals(t *testing.T) {
 		{"delete_group leaving members", commitBody(t, moh.DeleteGroup, alice, alice.m, commit(t, alice.m, []*mls.Proposal{remove(b)}, nil, nil)), moh.CodeForbidden},
 		{"re_initialize_group without ReInit", commitBody(t, moh.ReInitializeGroup, alice, alice.m, commit(t, alice.m, nil, nil, nil)), moh.CodeForbidden},
 		{"bad partial GroupInfo signature", commitBody(t, moh.UpdateClient, alice, alice.m, badGI), moh.CodeInvalidMLS},
+		{"GroupInfo over MaxGroupInfoSize", commitBody(t, moh.UpdateClient, alice, alice.m, hugeGI), moh.CodeTooLarge},
 		{"external join of a new user", extStranger(), moh.CodeForbidden},
 		{"self-remove of another member", signed(t, bob, b, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *selfRemoveOther}), moh.CodeForbidden},
 		{"create_group of a group id in use", createBody(t, otherGroup, gid), moh.CodeGroupExists},

@@ -168,14 +168,15 @@ func checkRules(typ moh.RequestType, base, next *mls.GroupState, info *mls.Commi
 
 // checkUniqueClients refuses a commit that leaves two leaves with one
 // client URI (docs/protocol.md §1.1): it checks the leaves the commit
-// added, and the committer's leaf when its UpdatePath replaced it (an
-// external commit's joiner among them).
+// added and an external commit's joiner. A member's UpdatePath keeps its
+// leaf's client URI (checkRules), so it cannot make a duplicate, and an
+// update_client costs no pass over the members.
 func checkUniqueClients(typ moh.RequestType, next *mls.GroupState, info *mls.CommitInfo) error {
 	changed := make(map[string]uint32)
 	for _, a := range info.Added {
 		changed[string(identity(next, a.Leaf))] = a.Leaf
 	}
-	if info.Path != nil {
+	if info.Committer.Type == mls.SenderNewMemberCommit {
 		changed[string(identity(next, info.CommitterLeaf))] = info.CommitterLeaf
 	}
 	if len(changed) == 0 {
