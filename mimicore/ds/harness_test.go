@@ -230,9 +230,10 @@ func join(t testing.TB, res *mls.CommitResult, cs ...*tclient) {
 // snapshot is what the store holds of a group: its state's encoding,
 // its pending proposals, and whether it exists.
 type snapshot struct {
-	state   []byte
-	pending []store.PendingProposal
-	exists  bool
+	state     []byte
+	pending   []store.PendingProposal
+	groupInfo []byte
+	exists    bool
 }
 
 func (h *harness) snapshot(t testing.TB, gid []byte) snapshot {
@@ -249,11 +250,15 @@ func (h *harness) snapshot(t testing.TB, gid []byte) snapshot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return snapshot{state: enc, pending: pending, exists: true}
+	_, gi, err := h.st.GroupInfo(context.Background(), gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snapshot{state: enc, pending: pending, groupInfo: gi, exists: true}
 }
 
 func (a snapshot) equal(b snapshot) bool {
-	if a.exists != b.exists || !bytes.Equal(a.state, b.state) || len(a.pending) != len(b.pending) {
+	if a.exists != b.exists || !bytes.Equal(a.state, b.state) || !bytes.Equal(a.groupInfo, b.groupInfo) || len(a.pending) != len(b.pending) {
 		return false
 	}
 	for i := range a.pending {

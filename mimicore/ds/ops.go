@@ -129,13 +129,12 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err := s.checkLeafNode(ctx, r, &cg.LeafNode); err != nil {
 		return nil, err
 	}
-	if err := s.Store.CreateGroup(ctx, hub, st); err != nil {
+	if err := s.Store.CreateGroup(ctx, hub, st, giEnc); err != nil {
 		if errors.Is(err, store.ErrGroupExists) {
 			return nil, moh.Errorf(moh.CodeGroupExists, "create_group: the group id is already in use")
 		}
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "create_group: storing the group: %w", err)
 	}
-	s.keepGroupInfo(ctx, st.GroupID(), 0, giEnc)
 	return ok, nil
 }
 
@@ -208,7 +207,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err := s.bindings(typ).CheckCommit(ctx, next, info, s.now(), provider.LookupOptions{Source: r.Source}); err != nil {
 		return nil, bindingError(typ.String(), err)
 	}
-	err = s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0})
+	err = s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0, GroupInfo: giEnc})
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: another commit for epoch %d was accepted first", typ, base.Epoch())
@@ -225,7 +224,6 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		}
 		return ok, nil
 	}
-	s.keepGroupInfo(ctx, gid, next.Epoch(), giEnc)
 	return ok, nil
 }
 
@@ -305,21 +303,23 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 // GroupInfo at epoch 0), and the current ratchet tree.
 func (s *Service) externalCommitInfo(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	base := r.state
-	pending, err := s.pendingProposals(ctx, base.GroupID(), base.Epoch())
+	epoch, gi, err := s.Store.GroupInfo(ctx, base.GroupID())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, errNotFound()
+	case err != nil:
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "external_commit_info: loading the GroupInfo: %w", err)
+	case epoch != base.Epoch():
+		// A commit landed since the request was authenticated: the
+		// joiner asks again and gets the new epoch's.
+		return nil, moh.Errorf(moh.CodeStaleEpoch, "external_commit_info: the group moved to epoch %d meanwhile; ask again", epoch)
+	}
+	rt := base.Tree().RatchetTree()
+	tree, err := wire.Marshal(&rt)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("external_commit_info: encoding the tree: %w", err)
 	}
-	for _, p := range pending {
-		if isGroupInfoSlot(p) {
-			rt := base.Tree().RatchetTree()
-			tree, err := wire.Marshal(&rt)
-			if err != nil {
-				return nil, fmt.Errorf("external_commit_info: encoding the tree: %w", err)
-			}
-			return &moh.DSResponse{Type: moh.ResponseExternalCommitInfo, GroupInfo: p.Message, RatchetTree: tree}, nil
-		}
-	}
-	return nil, moh.Errorf(moh.CodeNotFound, "external_commit_info: no GroupInfo is kept for epoch %d", base.Epoch())
+	return &moh.DSResponse{Type: moh.ResponseExternalCommitInfo, GroupInfo: gi, RatchetTree: tree}, nil
 }
 
 // welcomeInfo serves welcome_info: the ratchet tree of the epoch a
@@ -340,8 +340,7 @@ func (s *Service) welcomeInfo(ctx context.Context, r *Request) (*moh.DSResponse,
 	return &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: tree}, nil
 }
 
-// pendingProposals loads the proposals pending in epoch (the kept
-// GroupInfo among them).
+// pendingProposals loads the proposals pending in epoch.
 func (s *Service) pendingProposals(ctx context.Context, gid []byte, epoch uint64) ([]store.PendingProposal, error) {
 	pending, err := s.Store.PendingProposals(ctx, gid, epoch)
 	switch {
@@ -375,19 +374,6 @@ func encodeGroupInfo(what string, gi *mls.MLSMessage) ([]byte, error) {
 			what, len(enc), MaxGroupInfoSize)
 	}
 	return enc, nil
-}
-
-// keepGroupInfo keeps the encoded GroupInfo of epoch for
-// external_commit_info. The epoch is already stored, so a failure does not
-// refuse the request: it is logged, and external_commit_info answers
-// not_found until the next commit. The group having moved on
-// (ErrEpochConflict) or gone is no failure.
-func (s *Service) keepGroupInfo(ctx context.Context, gid []byte, epoch uint64, enc []byte) {
-	err := s.Store.AddProposal(ctx, gid, epoch, store.PendingProposal{Ref: groupInfoRef, Message: enc})
-	if err != nil && !errors.Is(err, store.ErrEpochConflict) && !errors.Is(err, store.ErrNotFound) {
-		s.logger().Error("could not keep the group info of a new epoch", zap.Binary("group_id", gid),
-			zap.Uint64("epoch", epoch), zap.Error(err))
-	}
 }
 
 // logger returns the service's logger.
@@ -457,7 +443,7 @@ func mlsError(what string, err error) error {
 func resolver(pending []store.PendingProposal) mls.ProposalResolver {
 	return func(ref []byte) (*mls.AuthenticatedContent, error) {
 		for _, p := range pending {
-			if isGroupInfoSlot(p) || !bytes.Equal(p.Ref, ref) {
+			if !bytes.Equal(p.Ref, ref) {
 				continue
 			}
 			m, err := mls.DecodeMLSMessage(p.Message)
@@ -481,9 +467,6 @@ func resolver(pending []store.PendingProposal) mls.ProposalResolver {
 func checkCoversPending(typ moh.RequestType, msg *mls.MLSMessage, pending []store.PendingProposal, epoch uint64) error {
 	refs := msg.PublicMessage.Content.Commit.Proposals
 	for _, p := range pending {
-		if isGroupInfoSlot(p) {
-			continue
-		}
 		if typ == moh.ExternalJoin {
 			return moh.Errorf(moh.CodeCommitConflict, "external_join: proposals are pending in epoch %d, which an external commit cannot cover; retry after the next commit", epoch)
 		}

@@ -32,17 +32,3 @@ func (g StoreGroups) Group(ctx context.Context, groupID []byte) (*mls.GroupState
 }
 
 var _ Groups = StoreGroups{} // interface guard
-
-// groupInfoRef is the reference under which the Delivery Service keeps the
-// GroupInfo of a group's current epoch among the epoch's pending proposals
-// (store.GroupStore.AddProposal): the store then drops it, like the
-// proposals, when the epoch ends. No ProposalRef collides with it: a
-// ProposalRef is a hash of 32, 48 or 64 bytes, and this is 19 bytes long.
-// The proposal resolver and the rule that a commit covers every pending
-// proposal skip it.
-var groupInfoRef = []byte("mimi ds: group_info")
-
-// isGroupInfoSlot reports whether a pending proposal is the kept GroupInfo.
-func isGroupInfoSlot(p store.PendingProposal) bool {
-	return string(p.Ref) == string(groupInfoRef)
-}
