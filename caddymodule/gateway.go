@@ -222,7 +222,6 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		// Delivery to queues and peers lands with the queue store and
 		// federation; until then send_message answers not_implemented.
 		Deliverer: nil,
-		Logger:    g.logger,
 	}
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")

@@ -38,8 +38,6 @@ import (
 	"net/netip"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -99,8 +97,6 @@ type Service struct {
 	// Deliverer hands accepted application messages on. Nil makes
 	// send_message answer not_implemented after its checks.
 	Deliverer Deliverer
-	// Logger logs failures that do not change an answer; nil logs nothing.
-	Logger *zap.Logger
 }
 
 // Request is an authenticated client request.

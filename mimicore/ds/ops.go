@@ -8,8 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -374,14 +372,6 @@ func encodeGroupInfo(what string, gi *mls.MLSMessage) ([]byte, error) {
 			what, len(enc), MaxGroupInfoSize)
 	}
 	return enc, nil
-}
-
-// logger returns the service's logger.
-func (s *Service) logger() *zap.Logger {
-	if s.Logger != nil {
-		return s.Logger
-	}
-	return zap.NewNop()
 }
 
 // bindings returns the binding checker, or one that refuses every leaf
