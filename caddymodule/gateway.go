@@ -211,6 +211,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{})
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},
+		Joiners:   ds.StoreJoiners{Store: g.svc.Store()},
 		Seen:      g.svc.Store(),
 		Store:     g.svc.Store(),
 		Providers: g.Providers,

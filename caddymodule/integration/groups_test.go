@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/hpke"
 	"crypto/rand"
@@ -136,6 +137,16 @@ func follow(t *testing.T, commit *mls.MLSMessage, cs ...*mimiClient) {
 	}
 }
 
+// mustEncode encodes v.
+func mustEncode(t *testing.T, v wire.Marshaler) []byte {
+	t.Helper()
+	b, err := wire.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // postDS sends a DSRequest to a.localhost's path and decodes the answer.
 func postDS(t *testing.T, path string, req []byte) (int, *moh.DSResponse) {
 	t.Helper()
@@ -168,7 +179,8 @@ func mustRefuse(t *testing.T, what string, req []byte, status int, code moh.Code
 }
 
 // TestGroupOperations runs a group on a.localhost's Delivery Service
-// through Caddy: alice creates it and adds bob and carol, bob updates, two
+// through Caddy: alice creates it and adds bob and carol, bob fetches
+// welcome_info with his KeyPackage's key, bob updates, two
 // commits race for one epoch (exactly one wins), carol's laptop joins
 // externally with the GroupInfo the DS serves, a leaf without a binding,
 // a tampered signature and a stale timestamp are refused, alice removes
@@ -214,6 +226,27 @@ func TestGroupOperations(t *testing.T) {
 			LeafKey: c.leafKey, Signer: c.signer}); err != nil {
 			t.Fatal(err)
 		}
+	}
+
+	// bob, holding only his Welcome, asks for the tree of epoch 1 with
+	// his KeyPackage's key; a tampered signature is refused.
+	ref, err := bob.kp.Ref()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wi, err := ds.SignRequest(suite, bob.signer, moh.RequestBody{Type: moh.WelcomeInfo,
+		WelcomeInfo: moh.WelcomeInfoRequest{GroupID: gid, Epoch: 1}}, ds.KeyPackageSignature(ref, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantTree := bob.m.State().Tree().RatchetTree()
+	if status, r := postDS(t, "/welcome_information", wi); status != http.StatusOK || r.Type != moh.ResponseWelcomeInfo ||
+		!bytes.Equal(r.RatchetTree, mustEncode(t, &wantTree)) {
+		t.Fatalf("welcome_info: %d %s %q, or not bob's tree", status, r.Error.Code, r.Error.Message)
+	}
+	wi[len(wi)-1] ^= 1
+	if status, r := postDS(t, "/welcome_information", wi); status != http.StatusUnauthorized || r.Error.Code != moh.CodeBadSignature {
+		t.Fatalf("welcome_info with a tampered signature: %d %s", status, r.Error.Code)
 	}
 
 	// bob updates his leaf.

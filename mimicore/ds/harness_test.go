@@ -31,17 +31,6 @@ type harness struct {
 	ring   *provider.KeyRing
 	issuer *binding.Issuer
 	del    *recordingDeliverer
-	// joiners stands in for the store's record of the KeyPackages each
-	// Welcome added, which the group store does not keep yet: the tests
-	// record them with addJoiners.
-	joiners *testJoiners
-}
-
-// addJoiners records that the Welcome starting epoch of gid added cs.
-func (h *harness) addJoiners(gid []byte, epoch uint64, cs ...*tclient) {
-	for _, c := range cs {
-		h.joiners.keys[joinerIndex(gid, epoch, c.kpRef)] = joinerKey{c.c.kp.CipherSuite, c.c.pub}
-	}
 }
 
 // recordingDeliverer records the deliveries it is handed.
@@ -69,9 +58,9 @@ func newHarness(t testing.TB) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{st: st, ring: ring, del: &recordingDeliverer{}, joiners: &testJoiners{keys: map[string]joinerKey{}},
+	h := &harness{st: st, ring: ring, del: &recordingDeliverer{},
 		issuer: &binding.Issuer{Domains: []string{testProvider}, Keys: ring}}
-	h.svc = &Service{Groups: StoreGroups{st}, Joiners: h.joiners, Seen: st, Store: st, Providers: []string{"b.example", testProvider},
+	h.svc = &Service{Groups: StoreGroups{st}, Joiners: StoreJoiners{st}, Seen: st, Store: st, Providers: []string{"b.example", testProvider},
 		Bindings:  &binding.Checker{Domains: []string{testProvider}, Local: ring},
 		Deliverer: h.del}
 	return h

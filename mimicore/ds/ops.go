@@ -205,7 +205,8 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err := s.bindings(typ).CheckCommit(ctx, next, info, s.now(), provider.LookupOptions{Source: r.Source}); err != nil {
 		return nil, bindingError(typ.String(), err)
 	}
-	err = s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0, GroupInfo: giEnc})
+	err = s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
+		Joiners: joiners(next, info), GroupInfo: giEnc})
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: another commit for epoch %d was accepted first", typ, base.Epoch())
@@ -480,6 +481,23 @@ func assembleGroupInfo(next *mls.GroupState, info *mls.CommitInfo, p *moh.Partia
 		return nil, fmt.Errorf("checking the partial GroupInfo: %w", err)
 	}
 	return gi, nil
+}
+
+// joiners returns the KeyPackages the commit described by info added, for
+// the key_package_signature of their welcome_info: each one's
+// KeyPackageRef (computed by ApplyCommit with mls.KeyPackage.Ref) and the
+// signature key of its leaf node, which sits unchanged at its leaf in
+// next, the state the commit produced.
+func joiners(next *mls.GroupState, info *mls.CommitInfo) []store.Joiner {
+	if len(info.Added) == 0 {
+		return nil
+	}
+	js := make([]store.Joiner, 0, len(info.Added))
+	for _, a := range info.Added {
+		leaf, _ := next.Member(a.Leaf)
+		js = append(js, store.Joiner{Ref: a.KeyPackageRef, SignatureKey: leaf.SignatureKey()})
+	}
+	return js
 }
 
 // checkWelcomes checks the Welcomes of an add: every KeyPackage the commit

@@ -45,6 +45,32 @@ func adopt(t *testing.T, res *mls.CommitResult, committer *tclient, members ...*
 // external_commit_info and an external join of a user's new device,
 // self_remove committed by reference, remove_clients, remove_users (the
 // removed member's next request is not_found), then delete_group.
+// welcomeInfoBody returns a welcome_info request for epoch of gid, with
+// the key_package_signature of ref signed by c's key, and with the
+// signature's last byte flipped when tamper is set.
+func welcomeInfoBody(t *testing.T, c *tclient, ref, gid []byte, epoch uint64, tamper bool) []byte {
+	t.Helper()
+	b, err := SignRequest(c.c.kp.CipherSuite, c.c.signer, moh.RequestBody{Type: moh.WelcomeInfo,
+		WelcomeInfo: moh.WelcomeInfoRequest{GroupID: gid, Epoch: epoch}}, KeyPackageSignature(ref, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tamper { // the signature is the request's last field
+		b[len(b)-1] ^= 1
+	}
+	return b
+}
+
+// mustMarshal encodes v.
+func mustMarshal(t *testing.T, v wire.Marshaler) []byte {
+	t.Helper()
+	b, err := wire.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestGroupLifecycle(t *testing.T) {
 	h := newHarness(t)
 	alice := h.newTClient(t, "alice", "phone", false)
@@ -66,18 +92,47 @@ func TestGroupLifecycle(t *testing.T) {
 	adopt(t, res, alice)
 	join(t, res, bob, carol)
 	h.wantEpoch(t, gid, 1, 3)
-	// welcome_info: bob, signing with his KeyPackage's key, gets the tree
-	// of the epoch his Welcome added him in.
-	h.addJoiners(gid, 1, bob, carol)
-	wi, err := SignRequest(bob.c.kp.CipherSuite, bob.c.signer, moh.RequestBody{Type: moh.WelcomeInfo,
-		WelcomeInfo: moh.WelcomeInfoRequest{GroupID: gid, Epoch: 1}}, KeyPackageSignature(bob.kpRef, time.Now()))
+	// welcome_info: bob and carol, each signing with their KeyPackage's
+	// key, get the tree of the epoch their Welcome added them in, as the
+	// store kept it; the joiners were recorded by the add_users commit.
+	welcomeTree, err := h.st.WelcomeTree(t.Context(), gid, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp := h.mustDo(t, "welcome_info", wi)
-	want := bob.m.State().Tree().RatchetTree()
-	if enc, _ := wire.Marshal(&want); resp.Type != moh.ResponseWelcomeInfo || !bytes.Equal(resp.RatchetTree, enc) {
-		t.Fatalf("welcome_info answered %+v, not bob's tree", resp)
+	wantTree, err := wire.Marshal(&welcomeTree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt := bob.m.State().Tree().RatchetTree(); !bytes.Equal(mustMarshal(t, &rt), wantTree) {
+		t.Fatal("the kept Welcome tree is not the tree bob joined with")
+	}
+	wantWelcomeInfo := func(t *testing.T, joiners ...*tclient) {
+		t.Helper()
+		for _, c := range joiners {
+			resp := h.mustDo(t, "welcome_info", welcomeInfoBody(t, c, c.kpRef, gid, 1, false))
+			if resp.Type != moh.ResponseWelcomeInfo || !bytes.Equal(resp.RatchetTree, wantTree) {
+				t.Fatalf("welcome_info of %s answered %+v, not the Welcome tree", c.uri, resp)
+			}
+		}
+	}
+	wantWelcomeInfo(t, bob, carol)
+	for _, tc := range []struct {
+		name string
+		body []byte
+		want moh.Code
+	}{
+		{"a ref no Welcome added", welcomeInfoBody(t, bob, randomBytes(t, 32), gid, 1, false), moh.CodeNotFound},
+		{"the epoch before", welcomeInfoBody(t, bob, bob.kpRef, gid, 0, false), moh.CodeNotFound},
+		{"an epoch not reached", welcomeInfoBody(t, bob, bob.kpRef, gid, 2, false), moh.CodeNotFound},
+		{"another group", welcomeInfoBody(t, bob, bob.kpRef, []byte("no such group"), 1, false), moh.CodeNotFound},
+		{"a tampered signature", welcomeInfoBody(t, bob, bob.kpRef, gid, 1, true), moh.CodeBadSignature},
+		{"carol's key on bob's ref", welcomeInfoBody(t, carol, bob.kpRef, gid, 1, false), moh.CodeBadSignature},
+	} {
+		t.Run("welcome_info "+tc.name, func(t *testing.T) {
+			if _, err := h.do(t, tc.body); codeOf(err) != tc.want {
+				t.Fatalf("answer %v, want %s", err, tc.want)
+			}
+		})
 	}
 
 	// update_client by bob.
@@ -92,6 +147,13 @@ func TestGroupLifecycle(t *testing.T) {
 	adopt(t, res, bob, alice, carol)
 	join(t, res, bobLaptop)
 	h.wantEpoch(t, gid, 3, 4)
+	// Two commits later bob still gets epoch 1's tree as it was, and the
+	// laptop gets the tree of epoch 3, which its own Welcome started.
+	wantWelcomeInfo(t, bob)
+	laptopTree := bobLaptop.m.State().Tree().RatchetTree()
+	if resp := h.mustDo(t, "welcome_info", welcomeInfoBody(t, bobLaptop, bobLaptop.kpRef, gid, 3, false)); !bytes.Equal(resp.RatchetTree, mustMarshal(t, &laptopTree)) {
+		t.Fatal("welcome_info of epoch 3 is not the tree the laptop joined with")
+	}
 
 	// send_message: alice's message reaches the other three.
 	msg, err := alice.m.Protect([]byte("hello"), nil)
@@ -107,7 +169,7 @@ func TestGroupLifecycle(t *testing.T) {
 	}
 
 	// external_commit_info for alice, then her tablet joins externally.
-	resp = h.mustDo(t, "external_commit_info", signed(t, alice, alice.m.LeafIndex(),
+	resp := h.mustDo(t, "external_commit_info", signed(t, alice, alice.m.LeafIndex(),
 		moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}))
 	gim := mustDecode(t, resp.GroupInfo)
 	var rt mls.RatchetTree

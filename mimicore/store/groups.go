@@ -37,6 +37,9 @@ const (
 	// that started it, whichever ends first.
 	WelcomeTreeEpochs   = 64
 	WelcomeTreeLifetime = 14 * 24 * time.Hour
+	// MaxJoiners bounds the joiners of one commit (EpochCommit.Joiners):
+	// a commit cannot add more members than a tree has leaves.
+	MaxJoiners = mls.MaxLeaves
 )
 
 // GroupStore keeps the public state of the MLS groups this provider hosts
@@ -86,9 +89,11 @@ type GroupStore interface {
 	// two commits built on the same epoch exactly one is stored, also when
 	// both are written at the same instant or in the same batch. An unknown group is ErrNotFound;
 	// a Next that is not Base's group at the epoch after Base's is
-	// ErrInvalid. On success the proposals pending in Base's epoch are
-	// dropped, and with c.Welcome set Next's ratchet tree is kept for the
-	// members the commit's Welcome added (WelcomeTree).
+	// ErrInvalid, and so are joiners that EpochCommit does not allow. On
+	// success the proposals pending in Base's epoch are dropped, and with
+	// c.Welcome set Next's ratchet tree is kept for the members the
+	// commit's Welcome added (WelcomeTree), with their keys (JoinerKey),
+	// in the same atomic write.
 	CommitEpoch(ctx context.Context, c EpochCommit) error
 
 	// WelcomeTree returns the ratchet tree of epoch, as it was when the
@@ -98,6 +103,14 @@ type GroupStore interface {
 	// epoch, and once the tree's retention ended (WelcomeTreeEpochs,
 	// WelcomeTreeLifetime). Trailing blank nodes are removed.
 	WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (mls.RatchetTree, error)
+
+	// JoinerKey returns the leaf signature key of the KeyPackage with
+	// reference ref that the commit starting epoch added (an
+	// EpochCommit.Joiners entry), the key of a joiner's
+	// key_package_signature (PROFILE §5: welcome_info). It is kept exactly
+	// as long as that epoch's WelcomeTree, and is ErrNotFound whenever
+	// WelcomeTree is, and for a ref that commit did not add.
+	JoinerKey(ctx context.Context, groupID []byte, epoch uint64, ref []byte) (signatureKey []byte, err error)
 
 	// AddProposal keeps p, a by-reference proposal the DS verified, as
 	// pending in the group's current epoch, which must be epoch, else
@@ -113,8 +126,8 @@ type GroupStore interface {
 	// ErrEpochConflict when the group is at another epoch.
 	PendingProposals(ctx context.Context, groupID []byte, epoch uint64) ([]PendingProposal, error)
 
-	// DeleteGroup forgets a group: its state, proposals and Welcome trees
-	// when it is hosted here, and its hub record. An unknown group is
+	// DeleteGroup forgets a group: its state, proposals, Welcome trees and
+	// joiners when it is hosted here, and its hub record. An unknown group is
 	// ErrNotFound.
 	DeleteGroup(ctx context.Context, groupID []byte) error
 
@@ -140,11 +153,26 @@ type EpochCommit struct {
 	// Welcome is set when the commit added members who join with a
 	// Welcome: Next's ratchet tree is then kept for them.
 	Welcome bool
+	// Joiners are the KeyPackages the commit's Welcome added, kept with
+	// the Welcome tree for their key_package_signature (JoinerKey). At
+	// most MaxJoiners, each Ref distinct, and none unless Welcome is set
+	// (ErrInvalid otherwise).
+	Joiners []Joiner
 	// GroupInfo is the encoded GroupInfo of Next's epoch that the
 	// committer published (nil for none), at most MaxGroupInfoSize
 	// bytes. The DS serves the tree from the state, so a GroupInfo
 	// without the ratchet_tree extension keeps a commit's writes small.
 	GroupInfo []byte
+}
+
+// Joiner is a KeyPackage that a commit added by value and its Welcome
+// brought in.
+type Joiner struct {
+	// Ref is its KeyPackageRef (RFC 9420 §5.2), 1..MaxIDSize bytes.
+	Ref []byte
+	// SignatureKey is the signature_key of its leaf node,
+	// 1..MaxPublicKeySize bytes.
+	SignatureKey []byte
 }
 
 // PendingProposal is a by-reference proposal kept until a commit covers it

@@ -24,8 +24,13 @@ const DefaultGroupCacheNodes = 1 << 20
 const maxEpoch = math.MaxInt64 - 1
 
 // nodeInsertRows is how many tree positions one INSERT of CreateGroup
-// carries (5 parameters each, far below SQLite's limit).
-const nodeInsertRows = 200
+// carries (5 parameters each, far below SQLite's limit), and
+// joinerInsertRows how many joiners one INSERT of CommitEpoch carries (4
+// each).
+const (
+	nodeInsertRows   = 200
+	joinerInsertRows = 250
+)
 
 // Statements of the group store. ?N parameters as everywhere; the
 // conditional UPDATE of groupAdvanceSQL is the commit's check-and-set.
@@ -191,6 +196,39 @@ func insertNodes(ctx context.Context, tx *sql.Tx, rowID, epoch int64, nodes []ml
 	return nil
 }
 
+// insertJoiners writes the joiners of Welcome epoch epoch,
+// joinerInsertRows per statement.
+func insertJoiners(ctx context.Context, tx *sql.Tx, rowID, epoch int64, js []store.Joiner) error {
+	for len(js) > 0 {
+		n := min(len(js), joinerInsertRows)
+		q := make([]byte, 0, 80+n*24)
+		q = append(q, "INSERT INTO mls_group_joiners (gid, epoch, ref, signature_key) VALUES "...)
+		args := make([]any, 0, 4*n)
+		for i, j := range js[:n] {
+			if i > 0 {
+				q = append(q, ',')
+			}
+			k := 4 * i
+			q = fmt.Appendf(q, "(?%d, ?%d, ?%d, ?%d)", k+1, k+2, k+3, k+4)
+			args = append(args, rowID, epoch, j.Ref, j.SignatureKey)
+		}
+		if _, err := tx.ExecContext(ctx, string(q), args...); err != nil {
+			return fmt.Errorf("writing joiners: %w", err)
+		}
+		js = js[n:]
+	}
+	return nil
+}
+
+// joinersSize counts the bytes of the joiner rows a write sends.
+func joinersSize(js []store.Joiner) int {
+	n := 0
+	for _, j := range js {
+		n += len(j.Ref) + len(j.SignatureKey) + 2*8
+	}
+	return n
+}
+
 // headSize and nodesSize count the bytes of the rows a write sends: blobs
 // and text at their length, integers at 8 bytes.
 func headSize(st *mls.StoredState) int {
@@ -292,6 +330,9 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
 	if err := checkGroupInfo(c.GroupInfo); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
+	if err := check.Joiners(c.Welcome, c.Joiners); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
 	ch, err := c.Next.StoredChanges(c.Base)
 	if err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
@@ -383,6 +424,10 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
 				return err
 			}
 			written += 3 * 8
+			if err := insertJoiners(ctx, tx, rowID, next, c.Joiners); err != nil {
+				return err
+			}
+			written += joinersSize(c.Joiners)
 		}
 		return nil
 	})
@@ -437,24 +482,11 @@ func (s *Store) WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (
 	if err := check.GroupID(groupID); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	if epoch > maxEpoch {
-		return nil, fmt.Errorf("%s: no tree kept for epoch %d: %w", doing, epoch, store.ErrNotFound)
-	}
-	tx, h, err := s.readHead(ctx, groupID)
+	tx, h, err := s.readWelcome(ctx, groupID, epoch)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	defer rollback(tx)
-	var expires int64
-	err = tx.QueryRowContext(ctx, `SELECT expires_ms FROM mls_group_welcomes WHERE gid = ?1 AND epoch = ?2`,
-		h.RowID, int64(epoch)).Scan(&expires)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && (expires <= check.Millis(s.now()) ||
-		h.Epoch >= epoch+store.WelcomeTreeEpochs)) {
-		return nil, fmt.Errorf("%s: no tree kept for epoch %d: %w", doing, epoch, store.ErrNotFound)
-	}
-	if err != nil {
-		return nil, s.fail(doing, err)
-	}
 	rows, err := tx.QueryContext(ctx, welcomeNodesSQL, h.RowID, int64(epoch))
 	if err != nil {
 		return nil, s.fail(doing, err)
@@ -486,6 +518,64 @@ func (s *Store) WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (
 		rt = rt[:len(rt)-1]
 	}
 	return rt, nil
+}
+
+// readWelcome begins a read transaction and reads in it the head of
+// groupID and checks that the Welcome tree of epoch is still kept: its
+// row is there, its lifetime has not ended and the group is less than
+// store.WelcomeTreeEpochs past it (a commit or DeleteExpired may not have
+// removed it yet). On success the caller rolls tx back when done; on
+// failure nothing is left open.
+func (s *Store) readWelcome(ctx context.Context, groupID []byte, epoch uint64) (*sql.Tx, groupHead, error) {
+	if epoch > maxEpoch {
+		return nil, groupHead{}, fmt.Errorf("no tree kept for epoch %d: %w", epoch, store.ErrNotFound)
+	}
+	tx, h, err := s.readHead(ctx, groupID)
+	if err != nil {
+		return nil, groupHead{}, err
+	}
+	var expires int64
+	err = tx.QueryRowContext(ctx, `SELECT expires_ms FROM mls_group_welcomes WHERE gid = ?1 AND epoch = ?2`,
+		h.RowID, int64(epoch)).Scan(&expires)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && (expires <= check.Millis(s.now()) ||
+		h.Epoch >= epoch+store.WelcomeTreeEpochs)) {
+		err = fmt.Errorf("no tree kept for epoch %d: %w", epoch, store.ErrNotFound)
+	}
+	if err != nil {
+		rollback(tx)
+		return nil, groupHead{}, err
+	}
+	return tx, h, nil
+}
+
+// JoinerKey implements store.GroupStore: the joiner's row, read in the
+// same transaction that checked its Welcome tree is still kept.
+func (s *Store) JoinerKey(ctx context.Context, groupID []byte, epoch uint64, ref []byte) ([]byte, error) {
+	const doing = "reading joiner key"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.ID("KeyPackage ref", ref); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	tx, h, err := s.readWelcome(ctx, groupID, epoch)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rollback(tx)
+	var key []byte
+	err = tx.QueryRowContext(ctx, `SELECT signature_key FROM mls_group_joiners WHERE gid = ?1 AND epoch = ?2 AND ref = ?3`,
+		h.RowID, int64(epoch), ref).Scan(&key)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%s: the commit starting epoch %d added no such KeyPackage: %w", doing, epoch, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return key, nil
 }
 
 // AddProposal implements store.GroupStore.

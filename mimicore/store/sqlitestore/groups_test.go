@@ -211,7 +211,8 @@ func TestGroupDeleteLeavesNothing(t *testing.T) {
 	if err := s.AddProposal(ctx, g.State.GroupID(), g.State.Epoch(), store.PendingProposal{Ref: []byte("r"), Message: []byte("m")}); err != nil {
 		t.Fatal(err)
 	}
-	tables := []string{"group_hubs", "mls_groups", "mls_group_nodes", "mls_group_node_history", "mls_group_welcomes", "mls_group_proposals"}
+	tables := []string{"group_hubs", "mls_groups", "mls_group_nodes", "mls_group_node_history", "mls_group_welcomes",
+		"mls_group_joiners", "mls_group_proposals"}
 	count := func(table string) int {
 		var n int
 		if err := s.w.QueryRow("SELECT count(*) FROM " + table).Scan(&n); err != nil {
@@ -231,5 +232,61 @@ func TestGroupDeleteLeavesNothing(t *testing.T) {
 		if n := count(table); n != 0 {
 			t.Errorf("%s keeps %d rows of the deleted group", table, n)
 		}
+	}
+}
+
+// TestJoinersLeaveWithTheirTree checks that the joiner rows of a Welcome
+// epoch are deleted with its mls_group_welcomes row, by the commit that
+// ends its epochs and by DeleteExpired: the contract cannot see them once
+// the tree is gone, but they would fill the file.
+func TestJoinersLeaveWithTheirTree(t *testing.T) {
+	ctx := context.Background()
+	count := func(t *testing.T, s *Store) (joiners, welcomes int) {
+		t.Helper()
+		if err := s.w.QueryRow("SELECT (SELECT count(*) FROM mls_group_joiners), (SELECT count(*) FROM mls_group_welcomes)").
+			Scan(&joiners, &welcomes); err != nil {
+			t.Fatal(err)
+		}
+		return joiners, welcomes
+	}
+	for _, tc := range []struct {
+		name string
+		end  func(t *testing.T, s *Store, clock *storetest.Clock, g *storetest.Group)
+	}{
+		{"by epochs", func(t *testing.T, s *Store, _ *storetest.Clock, g *storetest.Group) {
+			for range store.WelcomeTreeEpochs {
+				var c store.EpochCommit
+				g, c = g.Commit(t)
+				if err := s.CommitEpoch(ctx, c); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{"by the sweep", func(t *testing.T, s *Store, clock *storetest.Clock, _ *storetest.Group) {
+			clock.Advance(store.WelcomeTreeLifetime)
+			if _, err := s.DeleteExpired(ctx, clock.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := storetest.NewClock()
+			s := openTemp(t, WithClock(clock.Now))
+			g := storetest.NewGroup(t, []byte("joined group"), 1)
+			if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+				t.Fatal(err)
+			}
+			g, c := g.Commit(t, storetest.Adds(t, 3)...)
+			if err := s.CommitEpoch(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			if j, w := count(t, s); j != 3 || w != 1 {
+				t.Fatalf("after the add: %d joiner rows and %d Welcome trees, want 3 and 1", j, w)
+			}
+			tc.end(t, s, clock, g)
+			if j, w := count(t, s); j != 0 || w != 0 {
+				t.Fatalf("after the tree's end: %d joiner rows and %d Welcome trees are left", j, w)
+			}
+		})
 	}
 }

@@ -29,6 +29,7 @@ var migrations = []migration{
 	{2, "replay answers are DSResponses without an HTTP status", schemaV2},
 	{3, "group state: hubs, groups in parts, Welcome trees, pending proposals", schemaV3},
 	{4, "KeyPackages of local clients, local client queues", schemaV4},
+	{5, "joiners of Welcome epochs", schemaV5},
 }
 
 const schemaV1 = `
@@ -298,4 +299,21 @@ CREATE TABLE queue_messages (
 	PRIMARY KEY (client, seq)
 ) WITHOUT ROWID;
 CREATE INDEX queue_messages_expires ON queue_messages (expires_ms);
+`
+
+// schemaV5 holds the joiners of store.EpochCommit: a row per KeyPackage
+// that the commit starting a retained Welcome epoch added, with the
+// signature key of its leaf (store.GroupStore.JoinerKey). Its foreign key
+// on the mls_group_welcomes row cascades, so a joiner goes exactly when
+// its Welcome tree goes: when a commit ends the tree's epochs, when
+// DeleteExpired sweeps it, and with the group.
+const schemaV5 = `
+CREATE TABLE mls_group_joiners (
+	gid           INTEGER NOT NULL,
+	epoch         INTEGER NOT NULL,
+	ref           BLOB    NOT NULL,
+	signature_key BLOB    NOT NULL,
+	PRIMARY KEY (gid, epoch, ref),
+	FOREIGN KEY (gid, epoch) REFERENCES mls_group_welcomes (gid, epoch) ON DELETE CASCADE
+) WITHOUT ROWID;
 `

@@ -42,6 +42,7 @@ func RunGroupTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("RacingCommits", func(t *testing.T) { testGroupRacingCommits(t, plain) })
 	t.Run("FailuresAlone", func(t *testing.T) { testGroupFailuresAlone(t, plain) })
 	t.Run("WelcomeTrees", func(t *testing.T) { testGroupWelcomeTrees(t, open) })
+	t.Run("Joiners", func(t *testing.T) { testGroupJoiners(t, plain) })
 	t.Run("Proposals", func(t *testing.T) { testGroupProposals(t, plain) })
 	t.Run("GroupInfo", func(t *testing.T) { testGroupInfo(t, plain) })
 	t.Run("Delete", func(t *testing.T) { testGroupDelete(t, plain) })
@@ -345,10 +346,34 @@ func noWelcomeTree(t *testing.T, s store.Store, what string, id []byte, epoch ui
 	wantErr(t, what, err, store.ErrNotFound)
 }
 
+// wantJoiners fails unless every joiner of c is found with its key.
+func wantJoiners(t *testing.T, s store.Store, what string, c store.EpochCommit) {
+	t.Helper()
+	if len(c.Joiners) == 0 {
+		t.Fatalf("%s: the commit has no joiners to look up", what)
+	}
+	for i, j := range c.Joiners {
+		key, err := s.JoinerKey(ctx(), c.Next.GroupID(), c.Next.Epoch(), j.Ref)
+		noErr(t, fmt.Sprintf("%s: JoinerKey of joiner %d", what, i), err)
+		if !bytes.Equal(key, j.SignatureKey) {
+			t.Fatalf("%s: joiner %d's key is %x, want %x", what, i, key, j.SignatureKey)
+		}
+	}
+}
+
+// noJoiners fails unless no joiner of c is found any more.
+func noJoiners(t *testing.T, s store.Store, what string, c store.EpochCommit) {
+	t.Helper()
+	for i, j := range c.Joiners {
+		_, err := s.JoinerKey(ctx(), c.Next.GroupID(), c.Next.Epoch(), j.Ref)
+		wantErr(t, fmt.Sprintf("%s: joiner %d", what, i), err, store.ErrNotFound)
+	}
+}
+
 // testGroupWelcomeTrees checks that the tree of a Welcome's epoch is kept
 // as it was while later commits change, grow and shrink the tree, for
 // store.WelcomeTreeEpochs epochs or store.WelcomeTreeLifetime, whichever
-// ends first.
+// ends first, and the keys of its joiners exactly as long.
 func testGroupWelcomeTrees(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
 	t.Run("Epochs", func(t *testing.T) {
 		s := open(t, NewClock())
@@ -359,13 +384,14 @@ func testGroupWelcomeTrees(t *testing.T, open func(t *testing.T, clock *Clock) s
 		var c store.EpochCommit
 		g, c = g.Commit(t, Adds(t, 6)...)
 		commitEpoch(t, s, c)
-		w1 := g.State
+		w1, c1 := g.State, c
 		wantWelcomeTree(t, s, "the current epoch", w1)
+		wantJoiners(t, s, "the current epoch", c1)
 		g, c = g.Commit(t, Remove(5), Remove(6)) // truncates the tree
 		commitEpoch(t, s, c)
 		g, c = g.Commit(t, Adds(t, 5)...) // grows it again
 		commitEpoch(t, s, c)
-		w3 := g.State
+		w3, c3 := g.State, c
 		noWelcomeTree(t, s, "epoch 2 had no Welcome", id, 2)
 		wantWelcomeTree(t, s, "epoch 1 after two commits", w1)
 		wantWelcomeTree(t, s, "epoch 3", w3)
@@ -376,20 +402,25 @@ func testGroupWelcomeTrees(t *testing.T, open func(t *testing.T, clock *Clock) s
 				props = append(props, Adds(t, 1)...)
 			}
 			g, c = g.Commit(t, props...)
-			c.Welcome = false // keep the count of Welcome epochs small
+			c.Welcome, c.Joiners = false, nil // keep the count of Welcome epochs small
 			commitEpoch(t, s, c)
 		}
 		wantWelcomeTree(t, s, fmt.Sprintf("epoch 1 at epoch %d", g.State.Epoch()), w1)
 		wantWelcomeTree(t, s, fmt.Sprintf("epoch 3 at epoch %d", g.State.Epoch()), w3)
+		wantJoiners(t, s, fmt.Sprintf("epoch 1 at epoch %d", g.State.Epoch()), c1)
 		g, c = g.Commit(t)
 		commitEpoch(t, s, c)
 		noWelcomeTree(t, s, fmt.Sprintf("epoch 1 at epoch %d", g.State.Epoch()), id, 1)
+		noJoiners(t, s, fmt.Sprintf("epoch 1 at epoch %d", g.State.Epoch()), c1)
 		wantWelcomeTree(t, s, fmt.Sprintf("epoch 3 at epoch %d", g.State.Epoch()), w3)
+		wantJoiners(t, s, fmt.Sprintf("epoch 3 at epoch %d", g.State.Epoch()), c3)
 		g, c = g.Commit(t)
 		commitEpoch(t, s, c)
+		wantJoiners(t, s, fmt.Sprintf("epoch 3 at epoch %d", g.State.Epoch()), c3)
 		g, c = g.Commit(t)
 		commitEpoch(t, s, c)
 		noWelcomeTree(t, s, fmt.Sprintf("epoch 3 at epoch %d", g.State.Epoch()), id, 3)
+		noJoiners(t, s, fmt.Sprintf("epoch 3 at epoch %d", g.State.Epoch()), c3)
 		noWelcomeTree(t, s, "an epoch not reached", id, g.State.Epoch()+1)
 		wantLoad(t, s, "the current state", g.State)
 	})
@@ -401,30 +432,101 @@ func testGroupWelcomeTrees(t *testing.T, open func(t *testing.T, clock *Clock) s
 		var c store.EpochCommit
 		g, c = g.Commit(t, Adds(t, 3)...)
 		commitEpoch(t, s, c)
-		w1 := g.State
+		w1, c1 := g.State, c
 		clock.Advance(store.WelcomeTreeLifetime / 2)
 		g, c = g.Commit(t, Adds(t, 2)...)
 		commitEpoch(t, s, c)
-		w2 := g.State
+		w2, c2 := g.State, c
 		g, c = g.Commit(t)
 		commitEpoch(t, s, c)
 		clock.Advance(store.WelcomeTreeLifetime/2 - time.Second)
 		wantWelcomeTree(t, s, "epoch 1 a second before its end", w1)
+		wantJoiners(t, s, "epoch 1 a second before its end", c1)
 		clock.Advance(time.Second)
 		noWelcomeTree(t, s, "epoch 1 at its end", w1.GroupID(), w1.Epoch())
+		noJoiners(t, s, "epoch 1 at its end", c1)
 		wantWelcomeTree(t, s, "epoch 2 half way", w2)
+		wantJoiners(t, s, "epoch 2 half way", c2)
 		n, err := s.DeleteExpired(ctx(), clock.Now())
 		noErr(t, "DeleteExpired", err)
 		if n == 0 {
 			t.Fatal("DeleteExpired removed nothing of an expired Welcome tree")
 		}
 		wantWelcomeTree(t, s, "epoch 2 after the sweep", w2)
+		wantJoiners(t, s, "epoch 2 after the sweep", c2)
+		noJoiners(t, s, "epoch 1 after the sweep", c1)
 		clock.Advance(store.WelcomeTreeLifetime / 2)
 		noWelcomeTree(t, s, "epoch 2 at its end", w2.GroupID(), w2.Epoch())
+		noJoiners(t, s, "epoch 2 at its end", c2)
 		g, c = g.Commit(t)
 		commitEpoch(t, s, c)
 		wantLoad(t, s, "the current state", g.State)
 	})
+}
+
+// testGroupJoiners checks the lookups of JoinerKey that find nothing and
+// the joiners CommitEpoch refuses, which write nothing.
+func testGroupJoiners(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	g := NewGroup(t, randBytes(t, 16), 1)
+	id := g.State.GroupID()
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	first := g.State
+
+	// Refused commits: nothing is written, and the epoch is still free.
+	next, c := g.Commit(t, Adds(t, 2)...)
+	other := store.Joiner{Ref: []byte("another ref"), SignatureKey: []byte("another key")}
+	for _, tc := range []struct {
+		name string
+		edit func(c *store.EpochCommit)
+	}{
+		{"without a Welcome", func(c *store.EpochCommit) { c.Welcome = false }},
+		{"a ref twice", func(c *store.EpochCommit) { c.Joiners = append(c.Joiners, c.Joiners[0]) }},
+		{"an empty ref", func(c *store.EpochCommit) { c.Joiners = append(c.Joiners, store.Joiner{SignatureKey: []byte("k")}) }},
+		{"an empty key", func(c *store.EpochCommit) { c.Joiners = append(c.Joiners, store.Joiner{Ref: []byte("r")}) }},
+		{"a ref too long", func(c *store.EpochCommit) {
+			c.Joiners = append(c.Joiners, store.Joiner{Ref: make([]byte, store.MaxIDSize+1), SignatureKey: []byte("k")})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := c
+			bad.Joiners = append([]store.Joiner(nil), c.Joiners...)
+			tc.edit(&bad)
+			wantErr(t, "CommitEpoch", s.CommitEpoch(ctx(), bad), store.ErrInvalid)
+			wantLoad(t, s, "after the refused commit", first)
+		})
+	}
+
+	commitEpoch(t, s, c)
+	wantJoiners(t, s, "the commit's joiners", c)
+	for _, tc := range []struct {
+		name  string
+		id    []byte
+		epoch uint64
+		ref   []byte
+	}{
+		{"epoch 0 (created, no Welcome)", id, 0, c.Joiners[0].Ref},
+		{"an epoch not reached", id, 2, c.Joiners[0].Ref},
+		{"an epoch beyond any", id, 1 << 63, c.Joiners[0].Ref},
+		{"a ref not added", id, 1, other.Ref},
+		{"an unknown group", randBytes(t, 16), 1, c.Joiners[0].Ref},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.JoinerKey(ctx(), tc.id, tc.epoch, tc.ref)
+			wantErr(t, "JoinerKey", err, store.ErrNotFound)
+		})
+	}
+
+	// An epoch with a Welcome but no joiners recorded keeps its tree and
+	// finds no joiner.
+	g = next
+	next, c = g.Commit(t, Adds(t, 1)...)
+	ref := c.Joiners[0].Ref
+	c.Joiners = nil
+	commitEpoch(t, s, c)
+	wantWelcomeTree(t, s, "a Welcome without joiners", next.State)
+	_, err := s.JoinerKey(ctx(), id, next.State.Epoch(), ref)
+	wantErr(t, "JoinerKey of a Welcome without joiners", err, store.ErrNotFound)
 }
 
 func testGroupProposals(t *testing.T, open func(t *testing.T) store.Store) {
@@ -553,6 +655,8 @@ func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 	g, c := g.Commit(t, Adds(t, 2)...)
 	commitEpoch(t, s, c)
+	added := c
+	wantJoiners(t, s, "before the delete", added)
 	noErr(t, "AddProposal", s.AddProposal(ctx(), id, g.State.Epoch(), store.PendingProposal{Ref: []byte("r"), Message: []byte("m")}))
 	wantLoad(t, s, "before the delete", g.State) // and cached, if the store caches
 	noErr(t, "DeleteGroup", s.DeleteGroup(ctx(), id))
@@ -561,6 +665,7 @@ func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	_, err = s.GroupHub(ctx(), id)
 	wantErr(t, "GroupHub after delete", err, store.ErrNotFound)
 	noWelcomeTree(t, s, "WelcomeTree after delete", id, g.State.Epoch())
+	noJoiners(t, s, "JoinerKey after delete", added)
 	_, err = s.PendingProposals(ctx(), id, g.State.Epoch())
 	wantErr(t, "PendingProposals after delete", err, store.ErrNotFound)
 	_, next := g.Commit(t)
@@ -573,6 +678,7 @@ func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	noErr(t, "CreateGroup again", s.CreateGroup(ctx(), "other.example", again.State, nil))
 	wantLoad(t, s, "the new group", again.State)
 	noWelcomeTree(t, s, "the old group's Welcome tree", id, g.State.Epoch())
+	noJoiners(t, s, "the old group's joiners", added)
 	ps, err := s.PendingProposals(ctx(), id, again.State.Epoch())
 	noErr(t, "PendingProposals of the new group", err)
 	if len(ps) != 0 {
@@ -616,7 +722,7 @@ func testReopenGroups(t *testing.T, open func() (store.Store, error)) {
 	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
 	g, c := g.Commit(t, Adds(t, 9)...)
 	commitEpoch(t, s, c)
-	w := g.State
+	w, wc := g.State, c
 	for range 3 {
 		g, c = g.Commit(t)
 		c.GroupInfo = []byte(fmt.Sprint("group info of epoch ", c.Next.Epoch()))
@@ -633,6 +739,7 @@ func testReopenGroups(t *testing.T, open func() (store.Store, error)) {
 		noErr(t, "reopening store", err)
 		wantLoad(t, s, fmt.Sprintf("round %d", round), g.State)
 		wantWelcomeTree(t, s, fmt.Sprintf("round %d", round), w)
+		wantJoiners(t, s, fmt.Sprintf("round %d", round), wc)
 		wantGroupInfo(t, s, fmt.Sprintf("round %d", round), id, g.State.Epoch(),
 			[]byte(fmt.Sprint("group info of epoch ", g.State.Epoch())))
 		ps, err := s.PendingProposals(ctx(), id, g.State.Epoch())

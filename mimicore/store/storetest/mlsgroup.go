@@ -133,7 +133,8 @@ func Remove(i uint32) *mls.Proposal { return &mls.Proposal{Type: mls.ProposalRem
 
 // Commit has the creator commit proposals (none: a path-only update) and
 // the DS apply the commit. It returns the group in the next epoch and the
-// commit as CommitEpoch takes it, with Welcome set when it adds members.
+// commit as CommitEpoch takes it, with Welcome set and Joiners filled when
+// it adds members.
 func (g *Group) Commit(tb testing.TB, proposals ...*mls.Proposal) (*Group, store.EpochCommit) {
 	tb.Helper()
 	next, c, err := g.MakeCommit(proposals...)
@@ -162,5 +163,16 @@ func (g *Group) MakeCommit(proposals ...*mls.Proposal) (*Group, store.EpochCommi
 		return nil, store.EpochCommit{}, fmt.Errorf("applying commit: %w", err)
 	}
 	return &Group{Creator: res.Next, State: next, LastCommit: msg},
-		store.EpochCommit{Base: g.State, Next: next, Welcome: len(info.Added) > 0}, nil
+		store.EpochCommit{Base: g.State, Next: next, Welcome: len(info.Added) > 0, Joiners: joiners(next, info)}, nil
+}
+
+// joiners returns the KeyPackages a commit added, with their leaf
+// signature keys as they sit in the new tree.
+func joiners(next *mls.GroupState, info *mls.CommitInfo) []store.Joiner {
+	var js []store.Joiner
+	for _, a := range info.Added {
+		leaf, _ := next.Member(a.Leaf)
+		js = append(js, store.Joiner{Ref: a.KeyPackageRef, SignatureKey: leaf.SignatureKey()})
+	}
+	return js
 }

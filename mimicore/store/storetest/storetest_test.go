@@ -3,6 +3,7 @@ package storetest_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,7 @@ type broken struct {
 	seen   map[string]bool
 	loaded map[string]*mls.GroupState
 	infos  map[string][]byte
+	keys   map[string][]byte
 }
 
 // racyOnce is a check-then-set with a window between check and set.
@@ -190,6 +192,22 @@ func (b *broken) WelcomeTree(ctx context.Context, id []byte, epoch uint64) (mls.
 	return rt, err
 }
 
+func (b *broken) JoinerKey(ctx context.Context, id []byte, epoch uint64, ref []byte) ([]byte, error) {
+	key, err := b.Store.JoinerKey(ctx, id, epoch, ref)
+	k := fmt.Sprintf("%x/%d/%x", id, epoch, ref)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mode == "joiner-outlives-tree" && errors.Is(err, store.ErrNotFound) {
+		if old, ok := b.keys[k]; ok {
+			return old, nil
+		}
+	}
+	if err == nil {
+		b.keys[k] = key
+	}
+	return key, err
+}
+
 func (b *broken) GroupInfo(ctx context.Context, id []byte) (uint64, []byte, error) {
 	epoch, gi, err := b.Store.GroupInfo(ctx, id)
 	if b.mode == "group-info-outlives-epoch" && errors.Is(err, store.ErrNotFound) {
@@ -291,6 +309,7 @@ var brokenModes = map[string]string{
 	"commit-ignores-conflict":   "Groups/CommitConflict",
 	"load-stale":                "Groups/CommitChain",
 	"welcome-tree-current":      "Groups/WelcomeTrees/Epochs",
+	"joiner-outlives-tree":      "Groups/WelcomeTrees/Epochs",
 	"proposals-any-epoch":       "Groups/Proposals",
 	"group-info-outlives-epoch": "Groups/GroupInfo",
 	"claim-keeps":               "KeyPackages/PublishListClaim",
@@ -321,7 +340,8 @@ func TestBrokenStoreHelper(t *testing.T) {
 	t.Run("Groups", func(t *testing.T) {
 		storetest.RunGroupTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
 			return &broken{Store: openSQLite(t, sqlitestore.WithClock(clock.Now)), mode: mode,
-				seen: map[string]bool{}, loaded: map[string]*mls.GroupState{}, infos: map[string][]byte{}}
+				seen: map[string]bool{}, loaded: map[string]*mls.GroupState{}, infos: map[string][]byte{},
+				keys: map[string][]byte{}}
 		})
 	})
 	withClock := func(t *testing.T, clock *storetest.Clock) store.Store {

@@ -135,6 +135,35 @@ func Proposal(p store.PendingProposal) error {
 	return nil
 }
 
+// Joiners checks the joiners of an epoch commit: none without a Welcome,
+// at most store.MaxJoiners, each ref a valid and distinct id and each key
+// a valid public key.
+func Joiners(welcome bool, js []store.Joiner) error {
+	if len(js) == 0 {
+		return nil
+	}
+	if !welcome {
+		return fmt.Errorf("%d joiners without a Welcome: %w", len(js), store.ErrInvalid)
+	}
+	if len(js) > store.MaxJoiners {
+		return fmt.Errorf("%d joiners, over the %d limit: %w", len(js), store.MaxJoiners, store.ErrInvalid)
+	}
+	seen := make(map[string]bool, len(js))
+	for i, j := range js {
+		if err := ID("joiner's KeyPackage ref", j.Ref); err != nil {
+			return fmt.Errorf("joiner %d: %w", i, err)
+		}
+		if err := PublicKey(j.SignatureKey); err != nil {
+			return fmt.Errorf("joiner %d: %w", i, err)
+		}
+		if seen[string(j.Ref)] {
+			return fmt.Errorf("joiner %d: KeyPackage ref given twice: %w", i, store.ErrInvalid)
+		}
+		seen[string(j.Ref)] = true
+	}
+	return nil
+}
+
 // ClientURI checks a local client's URI: 1..MaxClientURISize bytes of
 // UTF-8 (a URI is ASCII, and a backend may pass URIs as text, such as
 // a JSON array).
