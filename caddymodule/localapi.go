@@ -209,21 +209,32 @@ const (
 	localPathAck         = "/messages/ack"
 )
 
+// localRoute is a row of the local API's endpoint table
+// (docs/protocol.md §10.3, checked by a test).
+type localRoute struct {
+	path    string
+	methods string // the Allow header
+	request string // what a request carries
+	answer  string // the answer struct
+}
+
+// localRoutes is the local API's endpoint table.
+var localRoutes = []localRoute{
+	{localPathBinding, "POST", "BindingRequest", "BindingAnswer"},
+	{localPathKeyPackages, "GET, POST", "GET: query `client`; POST: PublishRequest", "KeyPackageList"},
+	{localPathMessages, "GET", "query `client`, `after`, `limit`, `wait`", "MessageList"},
+	{localPathAck, "POST", "AckRequest", "AckAnswer"},
+}
+
 // ServeHTTP answers the local API's paths and passes any other request to
 // next. Order: path, early data, authenticated user, method, body, then
 // the operation, which checks the client URI against the user.
 func (h *LocalAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	var allow string
-	switch r.URL.Path {
-	case localPathBinding, localPathAck:
-		allow = http.MethodPost
-	case localPathKeyPackages:
-		allow = "GET, POST"
-	case localPathMessages:
-		allow = http.MethodGet
-	default:
+	i := slices.IndexFunc(localRoutes, func(rt localRoute) bool { return rt.path == r.URL.Path })
+	if i < 0 {
 		return next.ServeHTTP(w, r)
 	}
+	allow := localRoutes[i].methods
 	var user string
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		user = repl.ReplaceAll(h.User, "")

@@ -635,3 +635,35 @@ func TestLocalAPIJSONRoundTrip(t *testing.T) {
 		t.Fatalf("duration string: %v, %s", err, time.Duration(dur.MaxWait))
 	}
 }
+
+// TestLocalEndpointTableMatchesDocs requires docs/protocol.md §10.3 to
+// list exactly the local API's endpoint table, row for row.
+func TestLocalEndpointTableMatchesDocs(t *testing.T) {
+	doc, err := os.ReadFile("../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const header = "| path | methods | request | answer |"
+	section := strings.Index(string(doc), "### 10.3 Endpoints")
+	start := strings.Index(string(doc[max(section, 0):]), header) + max(section, 0)
+	if section < 0 || start < section {
+		t.Fatalf("docs/protocol.md has no local endpoint table headed %q", header)
+	}
+	var documented []localRoute
+	for _, line := range strings.Split(string(doc[start:]), "\n")[2:] {
+		if !strings.HasPrefix(line, "|") {
+			break
+		}
+		var cells []string
+		for _, c := range strings.Split(strings.Trim(line, "|"), "|") {
+			cells = append(cells, strings.TrimSpace(c))
+		}
+		if len(cells) != 4 {
+			t.Fatalf("row %q has %d cells, want 4", line, len(cells))
+		}
+		documented = append(documented, localRoute{strings.Trim(cells[0], "`"), cells[1], cells[2], cells[3]})
+	}
+	if fmt.Sprint(documented) != fmt.Sprint(localRoutes) {
+		t.Fatalf("docs list\n%v\nthe code has\n%v", documented, localRoutes)
+	}
+}
