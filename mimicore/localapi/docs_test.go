@@ -22,7 +22,9 @@ import (
 type seedKeys struct{ k *provider.PrivateKey }
 
 func (s seedKeys) Current(time.Time) (*provider.PrivateKey, error) { return s.k, nil }
-func (s seedKeys) Published(time.Time) []moh.VerificationKey  { return []moh.VerificationKey{s.k.Public()} }
+func (s seedKeys) Published(time.Time) []moh.VerificationKey {
+	return []moh.VerificationKey{s.k.Public()}
+}
 
 func newSeedKeys(t *testing.T, seed []byte, nb, na time.Time) seedKeys {
 	t.Helper()
