@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -665,5 +666,41 @@ func TestLocalEndpointTableMatchesDocs(t *testing.T) {
 	}
 	if fmt.Sprint(documented) != fmt.Sprint(localRoutes) {
 		t.Fatalf("docs list\n%v\nthe code has\n%v", documented, localRoutes)
+	}
+}
+
+// TestLocalAPIReadmeExample adapts the README's mimi_local example and
+// requires the authentication handler to run before mimi_local, with the
+// options the README shows.
+func TestLocalAPIReadmeExample(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "### Local client API")
+	if !ok {
+		t.Fatal("README has no Local client API section")
+	}
+	_, rest, ok = strings.Cut(rest, "```caddyfile\n")
+	block, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("the section has no caddyfile block")
+	}
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(block), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range warnings {
+		t.Errorf("adapt warning: %s", w.Message)
+	}
+	js := string(out)
+	auth, local := strings.Index(js, `"handler":"authentication"`), strings.Index(js, `"handler":"mimi_local"`)
+	if auth < 0 || local < 0 || auth > local {
+		t.Fatalf("want authentication before mimi_local in %s", js)
+	}
+	for _, want := range []string{`"providers":["localhost"]`, `"user":"{http.auth.user.id}"`, `"max_wait":60000000000`} {
+		if !strings.Contains(js[local:], want) {
+			t.Errorf("mimi_local lacks %s in %s", want, js[local:])
+		}
 	}
 }
