@@ -58,10 +58,10 @@ type LocalAPI struct {
 	// User is the placeholder that holds the authenticated user id, which
 	// must equal the `<user>` part of every client URI the request acts
 	// for, byte for byte. A request where it is empty is refused 403
-	// forbidden. Default: `{http.auth.user.id}` (set by basic_auth and
-	// by forward_auth's copy_headers only if configured so; with
-	// forward_auth name the header placeholder, e.g.
-	// `{http.request.header.X-User}` after copy_headers X-User).
+	// forbidden. Default: `{http.auth.user.id}`, which basic_auth sets.
+	// With forward_auth, copy the backend's user header into the request
+	// (`copy_headers Remote-User`) and name it here
+	// (`{http.request.header.Remote-User}`).
 	User string `json:"user,omitempty"`
 
 	// Providers are the provider domains whose clients this API serves:

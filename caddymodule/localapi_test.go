@@ -292,6 +292,22 @@ func TestLocalAPIRequestChecks(t *testing.T) {
 			expectRefusal(t, resp.StatusCode, body, tc.code)
 		})
 	}
+	t.Run("chunked body over max_body", func(t *testing.T) {
+		// No Content-Length: the limit is found while reading.
+		req, _ := http.NewRequest(http.MethodPost, s.srv.URL+"/key_packages", io.MultiReader(bytes.NewReader(make([]byte, 2048))))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("X-Test-User", "alice")
+		if req.ContentLength != 0 {
+			t.Fatal("the request has a length")
+		}
+		resp, err := s.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		expectRefusal(t, resp.StatusCode, body, moh.CodeTooLarge)
+	})
 	t.Run("other paths go to next", func(t *testing.T) {
 		if st, _ := s.do(t, "alice", http.MethodGet, "/elsewhere", nil); st != http.StatusTeapot {
 			t.Fatalf("status %d, want the next handler's 418", st)
