@@ -95,6 +95,12 @@ type LocalAPI struct {
 	svc    *service.Service
 	api    *localapi.API
 	logger *zap.Logger
+	// stopping ends the long polls in flight when the server begins to
+	// shut down (a reload or stop) or the handler is cleaned up, so they
+	// do not hold the old config for up to MaxWait: the client gets an
+	// empty list and polls the new config.
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
 // CaddyModule returns the Caddy module information.
@@ -126,6 +132,10 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	}
 	if h.DataDir == "" {
 		h.DataDir = filepath.Join(caddy.AppDataDir(), "mimi", h.Providers[0])
+	}
+	h.stopping, h.stop = context.WithCancel(context.Background())
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		srv.RegisterOnShutdown(h.stop)
 	}
 	svc, err := joinService(h.DataDir, h.logger)
 	if err != nil {
@@ -193,6 +203,9 @@ func (h *LocalAPI) Validate() error {
 
 // Cleanup releases this config's hold on the provider's service.
 func (h *LocalAPI) Cleanup() error {
+	if h.stop != nil {
+		h.stop()
+	}
 	if h.svc == nil {
 		return nil
 	}
@@ -283,10 +296,21 @@ func (h *LocalAPI) serveGet(x *exchange, user string) {
 		}
 		d := min(time.Duration(wait)*time.Second, time.Duration(h.MaxWait))
 		var msgs []localapi.Message
-		msgs, err = h.api.Fetch(ctx, user, client, after, int(limit), d)
+		msgs, err = h.fetch(ctx, user, client, after, int(limit), d)
 		answer = &localapi.MessageList{Messages: msgs}
 	}
 	h.answer(x, user, answer, err)
+}
+
+// fetch is API.Fetch, with a wait that also ends when the handler stops.
+func (h *LocalAPI) fetch(ctx context.Context, user string, client []byte, after uint64, limit int, wait time.Duration) ([]localapi.Message, error) {
+	if wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(h.stopping, cancel)()
+	}
+	return h.api.Fetch(ctx, user, client, after, limit, wait)
 }
 
 // servePost answers POST /binding, /key_packages and /messages/ack.

@@ -484,6 +484,26 @@ func TestLocalAPIMessages(t *testing.T) {
 		}
 	})
 
+	t.Run("a stopping handler ends the wait", func(t *testing.T) {
+		// A second handler on the same service, stopped while alice waits.
+		other := newLocalServer(t, &LocalAPI{DataDir: s.h.DataDir})
+		done := make(chan int, 1)
+		go func() {
+			st, _ := other.do(t, "alice", http.MethodGet, q+"&after=1&wait=30", nil)
+			done <- st
+		}()
+		time.Sleep(200 * time.Millisecond)
+		other.h.stop()
+		select {
+		case st := <-done:
+			if st != http.StatusOK {
+				t.Fatalf("status %d, want 200 with an empty list", st)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the long poll outlived its handler")
+		}
+	})
+
 	t.Run("wait ends empty", func(t *testing.T) {
 		var l localapi.MessageList
 		st, body := s.do(t, "alice", http.MethodGet, q+"&after=1&wait=1", nil)
