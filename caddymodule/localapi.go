@@ -184,6 +184,10 @@ func (h *LocalAPI) Validate() error {
 			return fmt.Errorf("mimi_local: provider: %q is not a lowercase DNS name without a port", p)
 		}
 	}
+	if h.User != "" && !strings.Contains(h.User, "{") {
+		// A constant would make every request act as that user.
+		return fmt.Errorf("mimi_local: user: %q is not a placeholder such as {http.auth.user.id}", h.User)
+	}
 	if h.MaxBody < 0 || h.MaxBody > maxLocalMaxBody {
 		return fmt.Errorf("mimi_local: max_body: %d is outside 1..%d bytes", h.MaxBody, maxLocalMaxBody)
 	}

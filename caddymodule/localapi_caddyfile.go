@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -69,6 +70,9 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "user":
 			if !d.AllArgs(&h.User) {
 				return d.ArgErr()
+			}
+			if !strings.Contains(h.User, "{") {
+				return d.Errf("invalid user '%s': want a placeholder such as {http.auth.user.id}", h.User)
 			}
 		case "data_dir":
 			if !d.AllArgs(&h.DataDir) {

@@ -620,6 +620,10 @@ func TestLocalAPICaddyfile(t *testing.T) {
 	provider a.example
 	max_body 9MiB
 }`, nil, "invalid max_body '9MiB'"},
+		{"user constant", `mimi_local {
+	provider a.example
+	user alice
+}`, nil, "invalid user 'alice'"},
 		{"user without value", `mimi_local {
 	provider a.example
 	user
