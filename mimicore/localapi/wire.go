@@ -61,6 +61,7 @@ func (r *BindingRequest) UnmarshalWire(s *cryptobyte.String) bool {
 //
 //	struct { uint16 protocol_version = 1; ClientBinding binding; } BindingAnswer;
 type BindingAnswer struct {
+	// Binding is the issued binding, with the not_after it got.
 	Binding binding.ClientBinding
 }
 
@@ -83,7 +84,9 @@ func (a *BindingAnswer) UnmarshalWire(s *cryptobyte.String) bool {
 // wrapped in a vector so that a caller without an MLS decoder can split a
 // list.
 type KeyPackageEntry struct {
+	// LastResort marks the client's last-resort KeyPackage of its suite.
 	LastResort bool
+	// KeyPackage is the encoded KeyPackage, 1..MaxKeyPackageLen bytes.
 	KeyPackage []byte
 }
 
@@ -107,7 +110,9 @@ func (e *KeyPackageEntry) UnmarshalWire(s *cryptobyte.String) bool {
 //	  KeyPackageEntry key_packages<V>;   /* 1..256 entries */
 //	} PublishRequest;
 type PublishRequest struct {
-	ClientURI   []byte
+	// ClientURI is the client whose KeyPackages these are.
+	ClientURI []byte
+	// KeyPackages are the packages to publish, 1..MaxPublish of them.
 	KeyPackages []KeyPackageEntry
 }
 
@@ -130,6 +135,7 @@ func (r *PublishRequest) UnmarshalWire(s *cryptobyte.String) bool {
 //
 //	struct { uint16 protocol_version = 1; KeyPackageEntry key_packages<V>; } KeyPackageList;
 type KeyPackageList struct {
+	// KeyPackages are the client's available packages.
 	KeyPackages []KeyPackageEntry
 }
 
@@ -155,11 +161,17 @@ func (l *KeyPackageList) UnmarshalWire(s *cryptobyte.String) bool {
 //	  opaque message<V>;
 //	} QueuedMessage;
 type Message struct {
-	Seq     uint64
-	Arrived uint64 // Unix seconds
-	Expires uint64 // Unix seconds
+	// Seq is the message's sequence number in the client's queue.
+	Seq uint64
+	// Arrived is when it was queued, in Unix seconds.
+	Arrived uint64
+	// Expires is when it stops being delivered, in Unix seconds.
+	Expires uint64
+	// GroupID is its MLS group, empty for a message of no group.
 	GroupID []byte
-	Sender  []byte
+	// Sender is a provider domain or a client URI.
+	Sender []byte
+	// Message is the message as delivered.
 	Message []byte
 }
 
@@ -185,6 +197,7 @@ func (m *Message) UnmarshalWire(s *cryptobyte.String) bool {
 //
 //	struct { uint16 protocol_version = 1; QueuedMessage messages<V>; } MessageList;
 type MessageList struct {
+	// Messages are the fetched messages, oldest first.
 	Messages []Message
 }
 
@@ -220,8 +233,10 @@ func (l *MessageList) UnmarshalWire(s *cryptobyte.String) bool {
 //
 //	struct { uint16 protocol_version = 1; ClientURI client_uri; uint64 up_to; } AckRequest;
 type AckRequest struct {
+	// ClientURI is the client whose queue is acknowledged.
 	ClientURI []byte
-	UpTo      uint64
+	// UpTo is the last sequence number acknowledged, inclusive.
+	UpTo uint64
 }
 
 // MarshalWire implements wire.Marshaler.
@@ -240,6 +255,7 @@ func (r *AckRequest) UnmarshalWire(s *cryptobyte.String) bool {
 //
 //	struct { uint16 protocol_version = 1; uint64 deleted; } AckAnswer;
 type AckAnswer struct {
+	// Deleted is how many messages the acknowledgement deleted.
 	Deleted uint64
 }
 
