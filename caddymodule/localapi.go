@@ -1,0 +1,433 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+func init() {
+	caddy.RegisterModule(LocalAPI{})
+}
+
+// Defaults and bounds of LocalAPI.
+const (
+	defaultLocalUser    = "{http.auth.user.id}"
+	defaultLocalMaxBody = 1 << 20
+	// maxLocalMaxBody holds the largest PublishRequest: 256 KeyPackages
+	// of 16 KiB with their framing.
+	maxLocalMaxBody = 8 << 20
+	// maxLocalWait caps max_wait: a long poll holds a connection and a
+	// goroutine, and proxies in front tend to cut idle requests at a few
+	// minutes.
+	maxLocalWait = 10 * time.Minute
+)
+
+// LocalAPI is the local client API (PROFILE §9, docs/protocol.md §10): the
+// provider's own clients, or its legacy backend acting for them, get client
+// bindings, publish KeyPackages, and fetch and acknowledge their queued
+// messages. It never authenticates by itself: the admin puts an
+// authentication handler in front of it (basic_auth, forward_auth to the
+// legacy backend, a JWT module), and the authenticated user id arrives in
+// the placeholder User. A request may act only for client URIs that name
+// one of Providers and that user.
+//
+// It shares the provider's service (store, keys) with the `mimi` gateway
+// handler of the same data directory, through the same pool, so both may
+// run in one Caddy. Its paths are relative to where it is mounted (use
+// `handle_path`); a path it does not own goes to the next handler.
+type LocalAPI struct {
+	// User is the placeholder that holds the authenticated user id, which
+	// must equal the `<user>` part of every client URI the request acts
+	// for, byte for byte. A request where it is empty is refused 403
+	// forbidden. Default: `{http.auth.user.id}`, which basic_auth sets.
+	// With forward_auth, copy the backend's user header into the request
+	// (`copy_headers Remote-User`) and name it here
+	// (`{http.request.header.Remote-User}`).
+	User string `json:"user,omitempty"`
+
+	// Providers are the provider domains whose clients this API serves:
+	// the same list as the gateway's `provider`. Required.
+	Providers []string `json:"providers,omitempty"`
+
+	// DataDir is the provider's data directory, spelled as the gateway's
+	// data_dir, so that both share one service and store.
+	// Default: `<caddy data dir>/mimi/<first provider>`, the gateway's
+	// default.
+	DataDir string `json:"data_dir,omitempty"`
+
+	// MaxBody is the largest request body, in bytes; larger bodies are
+	// answered 413 too_large. Default 1 MiB; at most 8 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// MaxBindingLifetime caps the validity of an issued client binding.
+	// Default 30d; at most 90d (a binding never outlives the key that
+	// signs it either).
+	MaxBindingLifetime caddy.Duration `json:"max_binding_lifetime,omitempty"`
+
+	// MaxWait caps the `wait` of a long poll on GET /messages. Default
+	// 60s; at most 10m. The site's write_timeout, if set, must be longer.
+	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+
+	// CipherSuites are the MLS cipher suites (RFC 9420 numbers) a
+	// published KeyPackage may use. Default: every suite implemented
+	// (1, 2, 3, 5, 7).
+	CipherSuites []uint16 `json:"cipher_suites,omitempty"`
+
+	svc    *service.Service
+	api    *localapi.API
+	logger *zap.Logger
+	// stopping ends the long polls in flight when the server begins to
+	// shut down (a reload or stop) or the handler is cleaned up, so they
+	// do not hold the old config for up to MaxWait: the client gets an
+	// empty list and polls the new config.
+	stopping context.Context
+	stop     context.CancelFunc
+}
+
+// CaddyModule returns the Caddy module information.
+func (LocalAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mimi_local",
+		New: func() caddy.Module { return new(LocalAPI) },
+	}
+}
+
+// Provision sets defaults and joins the provider's service of DataDir,
+// opening it when no gateway has yet.
+func (h *LocalAPI) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	for i, p := range h.Providers {
+		h.Providers[i] = strings.ToLower(strings.TrimSuffix(p, "."))
+	}
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	if h.User == "" {
+		h.User = defaultLocalUser
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = defaultLocalMaxBody
+	}
+	if h.MaxWait == 0 {
+		h.MaxWait = caddy.Duration(localapi.DefaultMaxWait)
+	}
+	if h.DataDir == "" {
+		h.DataDir = filepath.Join(caddy.AppDataDir(), "mimi", h.Providers[0])
+	}
+	h.stopping, h.stop = context.WithCancel(context.Background())
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		srv.RegisterOnShutdown(h.stop)
+	}
+	svc, err := joinService(h.DataDir, h.logger)
+	if err != nil {
+		return fmt.Errorf("mimi_local: opening the provider service in %s: %w", h.DataDir, err)
+	}
+	h.svc = svc
+	suites := make([]mls.CipherSuite, len(h.CipherSuites))
+	for i, s := range h.CipherSuites {
+		suites[i] = mls.CipherSuite(s)
+	}
+	h.api, err = localapi.New(localapi.Config{
+		Domains:            h.Providers,
+		Store:              svc.Store(),
+		Keys:               svc.Keys(),
+		MaxBindingLifetime: time.Duration(h.MaxBindingLifetime),
+		Suites:             suites,
+	})
+	if err != nil {
+		return fmt.Errorf("mimi_local: %w", err)
+	}
+	return nil
+}
+
+// joinService returns the service of dataDir from the pool without
+// applying options to it: the gateway's directive owns the service's
+// options (keys, fetching), and applying this handler's defaults would
+// undo them. When no gateway opened it yet, it is opened with the
+// defaults, and a gateway provisioned later applies its own.
+func joinService(dataDir string, logger *zap.Logger) (*service.Service, error) {
+	v, _, err := servicePool.LoadOrNew(dataDir, func() (caddy.Destructor, error) {
+		return service.Open(context.Background(), service.Options{DataDir: dataDir, Logger: logger})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*service.Service), nil
+}
+
+// Validate checks the configuration; every error names the bad option.
+func (h *LocalAPI) Validate() error {
+	if len(h.Providers) == 0 {
+		return errors.New("mimi_local: provider: at least one provider domain is required")
+	}
+	for _, p := range h.Providers {
+		if !moh.ValidFQDN([]byte(p)) {
+			return fmt.Errorf("mimi_local: provider: %q is not a lowercase DNS name without a port", p)
+		}
+	}
+	if h.User != "" && !strings.Contains(h.User, "{") {
+		// A constant would make every request act as that user.
+		return fmt.Errorf("mimi_local: user: %q is not a placeholder such as {http.auth.user.id}", h.User)
+	}
+	if h.MaxBody < 0 || h.MaxBody > maxLocalMaxBody {
+		return fmt.Errorf("mimi_local: max_body: %d is outside 1..%d bytes", h.MaxBody, maxLocalMaxBody)
+	}
+	if h.MaxBindingLifetime < 0 || time.Duration(h.MaxBindingLifetime) > 90*24*time.Hour {
+		return fmt.Errorf("mimi_local: max_binding_lifetime: %s is outside 1s..90d", time.Duration(h.MaxBindingLifetime))
+	}
+	if h.MaxWait < 0 || time.Duration(h.MaxWait) > maxLocalWait {
+		return fmt.Errorf("mimi_local: max_wait: %s is outside 0..%s", time.Duration(h.MaxWait), maxLocalWait)
+	}
+	for _, s := range h.CipherSuites {
+		if !mls.CipherSuite(s).Supported() {
+			return fmt.Errorf("mimi_local: cipher_suites: %d is not an implemented MLS cipher suite", s)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the provider's service.
+func (h *LocalAPI) Cleanup() error {
+	if h.stop != nil {
+		h.stop()
+	}
+	if h.svc == nil {
+		return nil
+	}
+	h.svc = nil
+	_, err := servicePool.Delete(h.DataDir)
+	return err
+}
+
+// The local API's paths, relative to where it is mounted.
+const (
+	localPathBinding     = "/binding"
+	localPathKeyPackages = "/key_packages"
+	localPathMessages    = "/messages"
+	localPathAck         = "/messages/ack"
+)
+
+// localRoute is a row of the local API's endpoint table
+// (docs/protocol.md §10.3, checked by a test).
+type localRoute struct {
+	path    string
+	methods string // the Allow header
+	request string // what a request carries
+	answer  string // the answer struct
+}
+
+// localRoutes is the local API's endpoint table.
+var localRoutes = []localRoute{
+	{localPathBinding, "POST", "BindingRequest", "BindingAnswer"},
+	{localPathKeyPackages, "GET, POST", "GET: query `client`; POST: PublishRequest", "KeyPackageList"},
+	{localPathMessages, "GET", "query `client`, `after`, `limit`, `wait`", "MessageList"},
+	{localPathAck, "POST", "AckRequest", "AckAnswer"},
+}
+
+// ServeHTTP answers the local API's paths and passes any other request to
+// next. Order: path, early data, authenticated user, method, body, then
+// the operation, which checks the client URI against the user.
+func (h *LocalAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	i := slices.IndexFunc(localRoutes, func(rt localRoute) bool { return rt.path == r.URL.Path })
+	if i < 0 {
+		return next.ServeHTTP(w, r)
+	}
+	allow := localRoutes[i].methods
+	var user string
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		user = repl.ReplaceAll(h.User, "")
+	}
+	x := &exchange{w: w, r: r}
+	defer x.release()
+	switch {
+	case r.TLS != nil && !r.TLS.HandshakeComplete:
+		h.refuse(x, user, moh.Errorf(moh.CodeTooEarly, "request sent as TLS early data; retry after the handshake"))
+	case user == "":
+		h.refuse(x, user, moh.Errorf(moh.CodeForbidden, "no authenticated user"))
+	case !slices.Contains(strings.Split(allow, ", "), r.Method):
+		w.Header().Set("Allow", allow)
+		h.refuse(x, user, moh.Errorf(moh.CodeMethodNotAllowed, "method %s is not allowed here", r.Method))
+	case r.Method == http.MethodGet:
+		h.serveGet(x, user)
+	default:
+		h.servePost(x, user)
+	}
+	return nil
+}
+
+// serveGet answers GET /key_packages and GET /messages; their parameters
+// are in the query.
+func (h *LocalAPI) serveGet(x *exchange, user string) {
+	q := x.r.URL.Query()
+	client := []byte(q.Get("client"))
+	ctx := x.r.Context()
+	var answer wire.Marshaler
+	var err error
+	switch x.r.URL.Path {
+	case localPathKeyPackages:
+		var list []localapi.KeyPackageEntry
+		list, err = h.api.ListKeyPackages(ctx, user, client)
+		answer = &localapi.KeyPackageList{KeyPackages: list}
+	case localPathMessages:
+		var after, limit, wait uint64
+		if after, err = queryUint(q.Get("after"), "after", 0, 1<<63-1); err != nil {
+			break
+		}
+		if limit, err = queryUint(q.Get("limit"), "limit", 1, store.MaxFetchMessages); err != nil {
+			break
+		}
+		if wait, err = queryUint(q.Get("wait"), "wait", 0, 1<<31); err != nil {
+			break
+		}
+		d := min(time.Duration(wait)*time.Second, time.Duration(h.MaxWait))
+		var msgs []localapi.Message
+		msgs, err = h.fetch(ctx, user, client, after, int(limit), d)
+		answer = &localapi.MessageList{Messages: msgs}
+	}
+	h.answer(x, user, answer, err)
+}
+
+// fetch is API.Fetch, with a wait that also ends when the handler stops.
+func (h *LocalAPI) fetch(ctx context.Context, user string, client []byte, after uint64, limit int, wait time.Duration) ([]localapi.Message, error) {
+	if wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(h.stopping, cancel)()
+	}
+	return h.api.Fetch(ctx, user, client, after, limit, wait)
+}
+
+// servePost answers POST /binding, /key_packages and /messages/ack.
+func (h *LocalAPI) servePost(x *exchange, user string) {
+	body, err := h.readBody(x)
+	if err != nil {
+		h.refuse(x, user, err)
+		return
+	}
+	ctx := x.r.Context()
+	var answer wire.Marshaler
+	switch x.r.URL.Path {
+	case localPathBinding:
+		var req localapi.BindingRequest
+		if err = wire.Unmarshal(body, &req, "BindingRequest"); err == nil {
+			b, ierr := h.api.IssueBinding(user, &req)
+			err = ierr
+			if b != nil {
+				answer = &localapi.BindingAnswer{Binding: *b}
+			}
+		}
+	case localPathKeyPackages:
+		var req localapi.PublishRequest
+		if err = wire.Unmarshal(body, &req, "PublishRequest"); err == nil {
+			var list []localapi.KeyPackageEntry
+			list, err = h.api.PublishKeyPackages(ctx, user, &req)
+			answer = &localapi.KeyPackageList{KeyPackages: list}
+		}
+	case localPathAck:
+		var req localapi.AckRequest
+		if err = wire.Unmarshal(body, &req, "AckRequest"); err == nil {
+			var n uint64
+			n, err = h.api.Ack(ctx, user, &req)
+			answer = &localapi.AckAnswer{Deleted: n}
+		}
+	}
+	h.answer(x, user, answer, err)
+}
+
+// readBody reads a POST body: application/octet-stream, at most MaxBody
+// bytes, within the gateway's body deadline and memory budget, starting
+// with protocol_version 1.
+func (h *LocalAPI) readBody(x *exchange) ([]byte, error) {
+	if x.r.ContentLength > h.MaxBody {
+		x.closeAfter()
+		return nil, moh.Errorf(moh.CodeTooLarge, "body of %d bytes exceeds the %d byte limit", x.r.ContentLength, h.MaxBody)
+	}
+	if err := checkContentType(x.r, contentType); err != nil {
+		return nil, err
+	}
+	body, err := x.read(h.MaxBody, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := moh.CheckVersion(body); err != nil {
+		return nil, err
+	}
+	return body, nil
+}
+
+// answer writes the encoded answer, or the refusal of err.
+func (h *LocalAPI) answer(x *exchange, user string, answer wire.Marshaler, err error) {
+	if err != nil {
+		h.refuse(x, user, err)
+		return
+	}
+	body, err := wire.Marshal(answer)
+	if err != nil {
+		h.refuse(x, user, fmt.Errorf("encoding the answer: %w", err))
+		return
+	}
+	writeAnswer(x.w, http.StatusOK, body)
+}
+
+// refuse writes the DSResponse error answer of err with its status and
+// logs it: at debug level for a refused request, at error level for a
+// failure of the gateway (backend_unavailable, or an error without a
+// code), whose cause is logged and never sent.
+func (h *LocalAPI) refuse(x *exchange, user string, err error) {
+	dsErr := moh.DSErrorOf(err)
+	level := zapcore.DebugLevel
+	var coded *moh.Error
+	if isCoded := errors.As(err, &coded) || errors.Is(err, wire.ErrMalformed); !isCoded || dsErr.Code == moh.CodeBackendUnavailable {
+		level = zapcore.ErrorLevel
+	}
+	if c := h.logger.Check(level, "refused local api request"); c != nil {
+		fields := []zap.Field{zap.String("path", x.r.URL.Path), zap.String("code", dsErr.Code.String()),
+			zap.String("user", user), zap.String("remote_ip", remoteIP(x.r)), zap.Error(err)}
+		if coded != nil && coded.Err != nil {
+			fields = append(fields, zap.NamedError("cause", coded.Err))
+		}
+		c.Write(fields...)
+	}
+	writeAnswer(x.w, statusOf(dsErr.Code), moh.EncodeError(dsErr))
+}
+
+// queryUint parses an optional decimal query parameter in lo..hi; absent
+// means 0 (for limit: the default).
+func queryUint(s, name string, lo, hi uint64) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || v < lo || v > hi {
+		return 0, moh.Errorf(moh.CodeMalformed, "query parameter %s must be a decimal number in %d..%d", name, lo, hi)
+	}
+	return v, nil
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*LocalAPI)(nil)
+	_ caddy.Validator             = (*LocalAPI)(nil)
+	_ caddy.CleanerUpper          = (*LocalAPI)(nil)
+	_ caddyhttp.MiddlewareHandler = (*LocalAPI)(nil)
+)

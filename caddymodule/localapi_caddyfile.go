@@ -1,0 +1,134 @@
+package caddymodule
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("mimi_local", parseLocalCaddyfile)
+	// Before respond is after basic_auth and forward_auth, so the
+	// authentication handler in front has run.
+	httpcaddyfile.RegisterDirectiveOrder("mimi_local", httpcaddyfile.Before, "respond")
+}
+
+func parseLocalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	l := new(LocalAPI)
+	if err := l.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// UnmarshalCaddyfile sets up the local client API from Caddyfile tokens.
+// Syntax:
+//
+//	mimi_local [<matcher>] {
+//		provider             <domain...>
+//		user                 <placeholder>
+//		data_dir             <path>
+//		max_body             <size>
+//		max_binding_lifetime <duration>
+//		max_wait             <duration>
+//		cipher_suites        <suite...>
+//	}
+//
+// provider is required and every option may appear once. Mount it with
+// handle_path behind an authentication handler:
+//
+//	handle_path /local/* {
+//		basic_auth { alice <hash> }
+//		mimi_local { provider example.com }
+//	}
+func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("duplicate mimi_local option '%s'", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "provider":
+			h.Providers = d.RemainingArgs()
+			if len(h.Providers) == 0 {
+				return d.ArgErr()
+			}
+		case "user":
+			if !d.AllArgs(&h.User) {
+				return d.ArgErr()
+			}
+			if !strings.Contains(h.User, "{") {
+				return d.Errf("invalid user '%s': want a placeholder such as {http.auth.user.id}", h.User)
+			}
+		case "data_dir":
+			if !d.AllArgs(&h.DataDir) {
+				return d.ArgErr()
+			}
+		case "max_body":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := humanize.ParseBytes(v)
+			if err != nil || n == 0 || n > maxLocalMaxBody {
+				return d.Errf("invalid max_body '%s': want a size from 1B to 8MiB", v)
+			}
+			h.MaxBody = int64(n)
+		case "max_binding_lifetime", "max_wait":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("invalid %s duration '%s': %v", opt, v, err)
+			}
+			if opt == "max_binding_lifetime" {
+				if dur <= 0 || dur > 90*24*time.Hour {
+					return d.Errf("invalid max_binding_lifetime '%s': want 1s to 90d", v)
+				}
+				h.MaxBindingLifetime = caddy.Duration(dur)
+			} else {
+				if dur <= 0 || dur > maxLocalWait {
+					return d.Errf("invalid max_wait '%s': want 1s to %s", v, maxLocalWait)
+				}
+				h.MaxWait = caddy.Duration(dur)
+			}
+		case "cipher_suites":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, a := range args {
+				n, err := strconv.ParseUint(a, 10, 16)
+				if err != nil || !mls.CipherSuite(n).Supported() {
+					return d.Errf("invalid cipher suite '%s': want an implemented RFC 9420 suite number (1, 2, 3, 5, 7)", a)
+				}
+				h.CipherSuites = append(h.CipherSuites, uint16(n))
+			}
+		default:
+			return d.Errf("unrecognized mimi_local option '%s'", opt)
+		}
+	}
+	if len(h.Providers) == 0 {
+		return d.Err("mimi_local: provider is required")
+	}
+	return nil
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*LocalAPI)(nil)

@@ -1,0 +1,746 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+const (
+	localProvider = "example.com"
+	aliceURI      = "mimi://example.com/d/alice/phone"
+	bobURI        = "mimi://example.com/d/bob/laptop"
+	testSuite     = mls.X25519AES128GCMSHA256Ed25519
+)
+
+// localServer is a mimi_local handler over a real SQLite store in a
+// temporary data directory, served over TLS by httptest. The header
+// X-Test-User stands in for an authentication handler: it sets
+// {http.auth.user.id} as basic_auth does.
+type localServer struct {
+	h   *LocalAPI
+	srv *httptest.Server
+}
+
+func newLocalServer(t *testing.T, h *LocalAPI) *localServer {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if len(h.Providers) == 0 {
+		h.Providers = []string{localProvider}
+	}
+	if h.DataDir == "" {
+		h.DataDir = t.TempDir()
+		os.Chmod(h.DataDir, 0o700) //nolint:errcheck // else the service tightens it and says so
+	}
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Cleanup() })
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		w.WriteHeader(http.StatusTeapot)
+		return nil
+	})
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		repl := caddyhttp.NewTestReplacer(r)
+		if u := r.Header.Get("X-Test-User"); u != "" {
+			repl.Set("http.auth.user.id", u)
+		}
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			t.Errorf("ServeHTTP: %v", err)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return &localServer{h: h, srv: srv}
+}
+
+// do sends a request as user (none when empty) and returns the status and
+// body.
+func (s *localServer) do(t *testing.T, user, method, path string, body []byte) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.srv.URL+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if user != "" {
+		req.Header.Set("X-Test-User", user)
+	}
+	resp, err := s.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, out
+}
+
+// post encodes v and POSTs it.
+func (s *localServer) post(t *testing.T, user, path string, v wire.Marshaler) (int, []byte) {
+	t.Helper()
+	body, err := wire.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.do(t, user, http.MethodPost, path, body)
+}
+
+// expectOK decodes a 200 answer into v.
+func expectOK(t *testing.T, status int, body []byte, v wire.Unmarshaler) {
+	t.Helper()
+	if status != http.StatusOK {
+		t.Fatalf("status %d, answer %s", status, describeAnswer(body))
+	}
+	if err := wire.Unmarshal(body, v, "answer"); err != nil {
+		t.Fatalf("answer does not decode: %v (%x)", err, body)
+	}
+}
+
+// expectRefusal checks a DSResponse error answer with code and its status.
+func expectRefusal(t *testing.T, status int, body []byte, code moh.Code) {
+	t.Helper()
+	var resp moh.DSResponse
+	if err := wire.Unmarshal(body, &resp, "DSResponse"); err != nil || resp.Type != moh.ResponseError {
+		t.Fatalf("status %d with %x, want a DSResponse error", status, body)
+	}
+	if resp.Error.Code != code || status != statusOf(code) {
+		t.Fatalf("got %d %s (%q), want %d %s", status, resp.Error.Code, resp.Error.Message, statusOf(code), code)
+	}
+}
+
+func describeAnswer(body []byte) string {
+	var resp moh.DSResponse
+	if wire.Unmarshal(body, &resp, "DSResponse") == nil && resp.Type == moh.ResponseError {
+		return fmt.Sprintf("%s: %s", resp.Error.Code, resp.Error.Message)
+	}
+	return fmt.Sprintf("%x", body)
+}
+
+// testClient is an MLS client's signature key.
+type testClient struct {
+	uri    string
+	signer crypto.Signer
+	pub    []byte
+}
+
+func newTestClient(t *testing.T, uri string) *testClient {
+	t.Helper()
+	signer, pub, err := testSuite.GenerateSignatureKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testClient{uri: uri, signer: signer, pub: pub}
+}
+
+// keyPackage returns an encoded KeyPackage of c whose leaf carries b (none
+// when nil) and has identity identity.
+func (c *testClient) keyPackage(t *testing.T, identity string, b *binding.ClientBinding) []byte {
+	t.Helper()
+	random := func() []byte {
+		r := make([]byte, 32)
+		rand.Read(r)
+		return r
+	}
+	_, encPub, err := testSuite.DeriveKeyPair(random())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, initPub, err := testSuite.DeriveKeyPair(random())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := &mls.LeafNode{
+		EncryptionKey: encPub,
+		SignatureKey:  c.pub,
+		Credential:    mls.Credential{Type: mls.CredentialBasic, Identity: []byte(identity)},
+		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10},
+			CipherSuites: []mls.CipherSuite{testSuite}, Credentials: []mls.CredentialType{mls.CredentialBasic}},
+		Source:   mls.SourceKeyPackage,
+		Lifetime: mls.Lifetime{NotBefore: 0, NotAfter: uint64(time.Now().Add(90 * 24 * time.Hour).Unix())},
+	}
+	if b != nil {
+		if err := binding.Attach(leaf, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := leaf.Sign(testSuite, c.signer, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: testSuite, InitKey: initPub, LeafNode: *leaf}
+	if err := kp.Sign(c.signer); err != nil {
+		t.Fatal(err)
+	}
+	enc, err := wire.Marshal(kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return enc
+}
+
+// bind gets a binding for c through the API as user.
+func (s *localServer) bind(t *testing.T, user string, c *testClient) *binding.ClientBinding {
+	t.Helper()
+	var a localapi.BindingAnswer
+	st, body := s.post(t, user, "/binding", &localapi.BindingRequest{ClientURI: []byte(c.uri), SignatureKey: c.pub})
+	expectOK(t, st, body, &a)
+	return &a.Binding
+}
+
+func TestLocalAPIBinding(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{MaxBindingLifetime: caddy.Duration(24 * time.Hour)})
+	alice := newTestClient(t, aliceURI)
+	now := time.Now()
+
+	b := s.bind(t, "alice", alice)
+	checker := binding.Checker{Domains: []string{localProvider}, Local: s.h.svc.Keys()}
+	if _, err := checker.Verify(t.Context(), []byte(aliceURI), alice.pub, b, now, provider.LookupOptions{}); err != nil {
+		t.Fatalf("issued binding does not verify: %v", err)
+	}
+	if got, limit := int64(b.NotAfter), now.Add(24*time.Hour).Unix(); got > limit+1 || got < limit-5 {
+		t.Errorf("not_after %d, want the 24h cap %d", got, limit)
+	}
+
+	t.Run("shorter not_after kept", func(t *testing.T) {
+		want := uint64(now.Add(time.Hour).Unix())
+		var a localapi.BindingAnswer
+		st, body := s.post(t, "alice", "/binding", &localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: alice.pub, NotAfter: want})
+		expectOK(t, st, body, &a)
+		if a.Binding.NotAfter != want {
+			t.Errorf("not_after %d, want %d", a.Binding.NotAfter, want)
+		}
+	})
+
+	for _, tc := range []struct {
+		name, user, uri string
+		notAfter        uint64
+		code            moh.Code
+	}{
+		{"another user's client", "alice", bobURI, 0, moh.CodeForbidden},
+		{"another provider's client", "alice", "mimi://other.example/d/alice/phone", 0, moh.CodeForbidden},
+		{"no authenticated user", "", aliceURI, 0, moh.CodeForbidden},
+		{"not a client URI", "alice", "mimi://example.com/u/alice", 0, moh.CodeMalformed},
+		{"not_after in the past", "alice", aliceURI, 1000, moh.CodeMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body := s.post(t, tc.user, "/binding", &localapi.BindingRequest{ClientURI: []byte(tc.uri), SignatureKey: alice.pub, NotAfter: tc.notAfter})
+			expectRefusal(t, st, body, tc.code)
+		})
+	}
+}
+
+func TestLocalAPIRequestChecks(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{MaxBody: 1024})
+	good, _ := wire.Marshal(&localapi.AckRequest{ClientURI: []byte(aliceURI)})
+	for _, tc := range []struct {
+		name, method, path, ctype string
+		body                      []byte
+		status                    int
+		code                      moh.Code
+	}{
+		{"wrong method", http.MethodGet, "/binding", "", nil, 405, moh.CodeMethodNotAllowed},
+		{"wrong content type", http.MethodPost, "/messages/ack", "text/plain", good, 415, moh.CodeUnsupportedMedia},
+		{"body over max_body", http.MethodPost, "/key_packages", "application/octet-stream", make([]byte, 1025), 413, moh.CodeTooLarge},
+		{"other version", http.MethodPost, "/messages/ack", "application/octet-stream", append([]byte{0, 2}, good[2:]...), 400, moh.CodeUnsupportedVersion},
+		{"trailing byte", http.MethodPost, "/messages/ack", "application/octet-stream", append(good[:len(good):len(good)], 0), 400, moh.CodeMalformed},
+		{"bad query", http.MethodGet, "/messages?client=" + url.QueryEscape(aliceURI) + "&after=x", "", nil, 400, moh.CodeMalformed},
+		{"limit over 1000", http.MethodGet, "/messages?client=" + url.QueryEscape(aliceURI) + "&limit=1001", "", nil, 400, moh.CodeMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, s.srv.URL+tc.path, bytes.NewReader(tc.body))
+			if tc.ctype != "" {
+				req.Header.Set("Content-Type", tc.ctype)
+			}
+			req.Header.Set("X-Test-User", "alice")
+			resp, err := s.srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d (%s)", resp.StatusCode, tc.status, describeAnswer(body))
+			}
+			expectRefusal(t, resp.StatusCode, body, tc.code)
+		})
+	}
+	t.Run("chunked body over max_body", func(t *testing.T) {
+		// No Content-Length: the limit is found while reading.
+		req, _ := http.NewRequest(http.MethodPost, s.srv.URL+"/key_packages", io.MultiReader(bytes.NewReader(make([]byte, 2048))))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("X-Test-User", "alice")
+		if req.ContentLength != 0 {
+			t.Fatal("the request has a length")
+		}
+		resp, err := s.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		expectRefusal(t, resp.StatusCode, body, moh.CodeTooLarge)
+	})
+	t.Run("other paths go to next", func(t *testing.T) {
+		if st, _ := s.do(t, "alice", http.MethodGet, "/elsewhere", nil); st != http.StatusTeapot {
+			t.Fatalf("status %d, want the next handler's 418", st)
+		}
+	})
+}
+
+func TestLocalAPIKeyPackages(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{})
+	alice := newTestClient(t, aliceURI)
+	b := s.bind(t, "alice", alice)
+	kp1 := alice.keyPackage(t, aliceURI, b)
+	kp2 := alice.keyPackage(t, aliceURI, b)
+	last := alice.keyPackage(t, aliceURI, b)
+
+	var list localapi.KeyPackageList
+	st, body := s.post(t, "alice", "/key_packages", &localapi.PublishRequest{ClientURI: []byte(aliceURI),
+		KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: kp1}, {KeyPackage: kp2}, {LastResort: true, KeyPackage: last}}})
+	expectOK(t, st, body, &list)
+	if len(list.KeyPackages) != 3 {
+		t.Fatalf("publish answered %d KeyPackages, want 3", len(list.KeyPackages))
+	}
+
+	t.Run("list", func(t *testing.T) {
+		var got localapi.KeyPackageList
+		st, body := s.do(t, "alice", http.MethodGet, "/key_packages?client="+url.QueryEscape(aliceURI), nil)
+		expectOK(t, st, body, &got)
+		lastResort := 0
+		for _, e := range got.KeyPackages {
+			if e.LastResort {
+				lastResort++
+				if !bytes.Equal(e.KeyPackage, last) {
+					t.Error("the last-resort entry is not the last-resort KeyPackage")
+				}
+			}
+		}
+		if len(got.KeyPackages) != 3 || lastResort != 1 {
+			t.Fatalf("listed %d KeyPackages with %d last-resort, want 3 with 1", len(got.KeyPackages), lastResort)
+		}
+	})
+
+	t.Run("claims are single-use, then last resort", func(t *testing.T) {
+		st := s.h.svc.Store()
+		seen := map[string]bool{}
+		for i := range 2 {
+			kp, err := st.ClaimKeyPackage(t.Context(), aliceURI, uint16(testSuite))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kp.LastResort || seen[string(kp.KeyPackage)] {
+				t.Fatalf("claim %d: last resort %v, seen before %v", i, kp.LastResort, seen[string(kp.KeyPackage)])
+			}
+			seen[string(kp.KeyPackage)] = true
+		}
+		for range 2 {
+			kp, err := st.ClaimKeyPackage(t.Context(), aliceURI, uint16(testSuite))
+			if err != nil || !kp.LastResort || !bytes.Equal(kp.KeyPackage, last) {
+				t.Fatalf("claim after the single-use ones: %v, last resort %v", err, kp.LastResort)
+			}
+		}
+		var got localapi.KeyPackageList
+		status, body := s.do(t, "alice", http.MethodGet, "/key_packages?client="+url.QueryEscape(aliceURI), nil)
+		expectOK(t, status, body, &got)
+		if len(got.KeyPackages) != 1 || !got.KeyPackages[0].LastResort {
+			t.Fatalf("after the claims %d KeyPackages listed, want the last-resort one", len(got.KeyPackages))
+		}
+	})
+
+	t.Run("a claimed KeyPackage is not published again", func(t *testing.T) {
+		st, body := s.post(t, "alice", "/key_packages", &localapi.PublishRequest{ClientURI: []byte(aliceURI),
+			KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: kp1}}})
+		expectRefusal(t, st, body, moh.CodeReplay)
+	})
+
+	bob := newTestClient(t, bobURI)
+	bobBinding := s.bind(t, "bob", bob)
+	otherKey := newTestClient(t, aliceURI)
+	for _, tc := range []struct {
+		name, user, uri string
+		entries         []localapi.KeyPackageEntry
+		code            moh.Code
+	}{
+		{"alice for bob's client", "alice", bobURI,
+			[]localapi.KeyPackageEntry{{KeyPackage: bob.keyPackage(t, bobURI, bobBinding)}}, moh.CodeForbidden},
+		{"garbage", "alice", aliceURI, []localapi.KeyPackageEntry{{KeyPackage: []byte("garbage")}}, moh.CodeMalformed},
+		{"bad signature", "alice", aliceURI, []localapi.KeyPackageEntry{{KeyPackage: flipLast(alice.keyPackage(t, aliceURI, b))}}, moh.CodeMalformed},
+		{"identity of another client", "bob", bobURI, []localapi.KeyPackageEntry{{KeyPackage: bob.keyPackage(t, "mimi://example.com/d/bob/tablet", bobBinding)}}, moh.CodeForbidden},
+		{"no binding", "alice", aliceURI, []localapi.KeyPackageEntry{{KeyPackage: alice.keyPackage(t, aliceURI, nil)}}, moh.CodeForbidden},
+		{"binding of another key", "alice", aliceURI, []localapi.KeyPackageEntry{{KeyPackage: otherKey.keyPackage(t, aliceURI, b)}}, moh.CodeBadSignature},
+		{"two last-resort", "alice", aliceURI, []localapi.KeyPackageEntry{
+			{LastResort: true, KeyPackage: alice.keyPackage(t, aliceURI, b)},
+			{LastResort: true, KeyPackage: alice.keyPackage(t, aliceURI, b)}}, moh.CodeMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body := s.post(t, tc.user, "/key_packages", &localapi.PublishRequest{ClientURI: []byte(tc.uri), KeyPackages: tc.entries})
+			expectRefusal(t, st, body, tc.code)
+		})
+	}
+
+	t.Run("suite not allowed", func(t *testing.T) {
+		s2 := newLocalServer(t, &LocalAPI{CipherSuites: []uint16{2}})
+		b := s2.bind(t, "alice", alice)
+		st, body := s2.post(t, "alice", "/key_packages", &localapi.PublishRequest{ClientURI: []byte(aliceURI),
+			KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: alice.keyPackage(t, aliceURI, b)}}})
+		expectRefusal(t, st, body, moh.CodeForbidden)
+	})
+
+	t.Run("bob cannot list alice's", func(t *testing.T) {
+		st, body := s.do(t, "bob", http.MethodGet, "/key_packages?client="+url.QueryEscape(aliceURI), nil)
+		expectRefusal(t, st, body, moh.CodeForbidden)
+	})
+}
+
+// flipLast returns b with its last byte changed (inside the KeyPackage's
+// signature).
+func flipLast(b []byte) []byte {
+	b = bytes.Clone(b)
+	b[len(b)-1] ^= 1
+	return b
+}
+
+// appendFor queues a message for client, as a delivery would.
+func appendFor(t *testing.T, s *localServer, client, msg string) uint64 {
+	t.Helper()
+	got, err := s.h.svc.Store().Append(context.Background(), store.Delivery{
+		Recipients: []string{client}, GroupID: []byte("g1"), Sender: "example.com", Message: []byte(msg)})
+	if err != nil || got[0].Err != nil {
+		t.Fatalf("append: %v %v", err, got)
+	}
+	return got[0].Seq
+}
+
+func TestLocalAPIMessages(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{})
+	q := "/messages?client=" + url.QueryEscape(aliceURI)
+
+	t.Run("empty without wait", func(t *testing.T) {
+		var l localapi.MessageList
+		st, body := s.do(t, "alice", http.MethodGet, q, nil)
+		expectOK(t, st, body, &l)
+		if len(l.Messages) != 0 {
+			t.Fatalf("%d messages, want none", len(l.Messages))
+		}
+	})
+
+	t.Run("long poll wakes on append", func(t *testing.T) {
+		const wait = 30 * time.Second
+		type result struct {
+			status int
+			body   []byte
+		}
+		done := make(chan result, 1)
+		start := time.Now()
+		go func() {
+			st, body := s.do(t, "alice", http.MethodGet, q+"&wait=30", nil)
+			done <- result{st, body}
+		}()
+		time.Sleep(200 * time.Millisecond) // let the poll start waiting; it is also correct if it has not
+		appendFor(t, s, aliceURI, "hello")
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(wait):
+			t.Fatal("the long poll did not answer before its wait")
+		}
+		if elapsed := time.Since(start); elapsed >= wait {
+			t.Fatalf("answered after %s, not before the %s wait", elapsed, wait)
+		}
+		var l localapi.MessageList
+		expectOK(t, r.status, r.body, &l)
+		if len(l.Messages) != 1 || string(l.Messages[0].Message) != "hello" || l.Messages[0].Seq != 1 ||
+			string(l.Messages[0].GroupID) != "g1" || string(l.Messages[0].Sender) != "example.com" {
+			t.Fatalf("got %+v", l.Messages)
+		}
+	})
+
+	t.Run("a stopping handler ends the wait", func(t *testing.T) {
+		// A second handler on the same service, stopped while alice waits.
+		other := newLocalServer(t, &LocalAPI{DataDir: s.h.DataDir})
+		done := make(chan int, 1)
+		go func() {
+			st, _ := other.do(t, "alice", http.MethodGet, q+"&after=1&wait=30", nil)
+			done <- st
+		}()
+		time.Sleep(200 * time.Millisecond)
+		other.h.stop()
+		select {
+		case st := <-done:
+			if st != http.StatusOK {
+				t.Fatalf("status %d, want 200 with an empty list", st)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the long poll outlived its handler")
+		}
+	})
+
+	t.Run("wait ends empty", func(t *testing.T) {
+		var l localapi.MessageList
+		st, body := s.do(t, "alice", http.MethodGet, q+"&after=1&wait=1", nil)
+		expectOK(t, st, body, &l)
+		if len(l.Messages) != 0 {
+			t.Fatalf("%d messages after the cursor, want none", len(l.Messages))
+		}
+	})
+
+	appendFor(t, s, aliceURI, "second")
+	appendFor(t, s, aliceURI, "third")
+
+	t.Run("fetch after cursor with limit", func(t *testing.T) {
+		var l localapi.MessageList
+		st, body := s.do(t, "alice", http.MethodGet, q+"&after=1&limit=1", nil)
+		expectOK(t, st, body, &l)
+		if len(l.Messages) != 1 || l.Messages[0].Seq != 2 {
+			t.Fatalf("got %+v, want seq 2 alone", l.Messages)
+		}
+	})
+
+	t.Run("ack", func(t *testing.T) {
+		var a localapi.AckAnswer
+		st, body := s.post(t, "alice", "/messages/ack", &localapi.AckRequest{ClientURI: []byte(aliceURI), UpTo: 2})
+		expectOK(t, st, body, &a)
+		if a.Deleted != 2 {
+			t.Fatalf("deleted %d, want 2", a.Deleted)
+		}
+		st, body = s.post(t, "alice", "/messages/ack", &localapi.AckRequest{ClientURI: []byte(aliceURI), UpTo: 2})
+		expectOK(t, st, body, &a)
+		if a.Deleted != 0 {
+			t.Fatalf("acknowledging again deleted %d, want 0", a.Deleted)
+		}
+		var l localapi.MessageList
+		st, body = s.do(t, "alice", http.MethodGet, q, nil)
+		expectOK(t, st, body, &l)
+		if len(l.Messages) != 1 || l.Messages[0].Seq != 3 {
+			t.Fatalf("after ack up to 2 the queue holds %+v, want seq 3", l.Messages)
+		}
+		st, body = s.post(t, "alice", "/messages/ack", &localapi.AckRequest{ClientURI: []byte(aliceURI), UpTo: 4})
+		expectRefusal(t, st, body, moh.CodeMalformed)
+	})
+
+	t.Run("cursor beyond the queue", func(t *testing.T) {
+		st, body := s.do(t, "alice", http.MethodGet, q+"&after=99", nil)
+		expectRefusal(t, st, body, moh.CodeMalformed)
+	})
+
+	t.Run("bob cannot read or ack alice's queue", func(t *testing.T) {
+		st, body := s.do(t, "bob", http.MethodGet, q, nil)
+		expectRefusal(t, st, body, moh.CodeForbidden)
+		st, body = s.post(t, "bob", "/messages/ack", &localapi.AckRequest{ClientURI: []byte(aliceURI), UpTo: 3})
+		expectRefusal(t, st, body, moh.CodeForbidden)
+	})
+}
+
+// TestLocalAPISharesGatewayService requires mimi_local and mimi of one
+// data directory to use one service (one store, one key ring).
+func TestLocalAPISharesGatewayService(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700) //nolint:errcheck
+	g := provisioned(t, &Gateway{Providers: []string{localProvider}, DSDomain: "ds.example.com", DataDir: dir})
+	s := newLocalServer(t, &LocalAPI{DataDir: dir})
+	if s.h.svc != g.svc {
+		t.Fatal("mimi_local opened a second service for the gateway's data directory")
+	}
+}
+
+func TestLocalAPICaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name, input string
+		want        *LocalAPI
+		wantErr     string
+	}{
+		{"minimal", `mimi_local {
+	provider example.com
+}`, &LocalAPI{Providers: []string{"example.com"}}, ""},
+		{"all", `mimi_local {
+	provider example.com example.org
+	user {http.request.header.X-User}
+	data_dir /var/lib/mimi
+	max_body 2MiB
+	max_binding_lifetime 7d
+	max_wait 30s
+	cipher_suites 1 2
+}`, &LocalAPI{Providers: []string{"example.com", "example.org"}, User: "{http.request.header.X-User}",
+			DataDir: "/var/lib/mimi", MaxBody: 2 << 20, MaxBindingLifetime: caddy.Duration(7 * 24 * time.Hour),
+			MaxWait: caddy.Duration(30 * time.Second), CipherSuites: []uint16{1, 2}}, ""},
+		{"no provider", `mimi_local {
+	max_wait 10s
+}`, nil, "provider is required"},
+		{"argument", `mimi_local example.com`, nil, "wrong argument count"},
+		{"duplicate", `mimi_local {
+	provider a.example
+	provider b.example
+}`, nil, "duplicate mimi_local option 'provider'"},
+		{"unknown", `mimi_local {
+	provider a.example
+	bogus 1
+}`, nil, "unrecognized mimi_local option 'bogus'"},
+		{"suite 4", `mimi_local {
+	provider a.example
+	cipher_suites 4
+}`, nil, "invalid cipher suite '4'"},
+		{"max_wait too long", `mimi_local {
+	provider a.example
+	max_wait 1h
+}`, nil, "invalid max_wait '1h'"},
+		{"binding lifetime too long", `mimi_local {
+	provider a.example
+	max_binding_lifetime 91d
+}`, nil, "invalid max_binding_lifetime '91d'"},
+		{"max_body too large", `mimi_local {
+	provider a.example
+	max_body 9MiB
+}`, nil, "invalid max_body '9MiB'"},
+		{"user constant", `mimi_local {
+	provider a.example
+	user alice
+}`, nil, "invalid user 'alice'"},
+		{"user without value", `mimi_local {
+	provider a.example
+	user
+}`, nil, "wrong argument count"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := new(LocalAPI)
+			err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			gotJSON, _ := json.Marshal(got)
+			wantJSON, _ := json.Marshal(tc.want)
+			if !bytes.Equal(gotJSON, wantJSON) {
+				t.Fatalf("got %s, want %s", gotJSON, wantJSON)
+			}
+		})
+	}
+}
+
+// TestLocalAPIJSONRoundTrip requires the JSON config to decode strictly
+// into the same handler and encode back byte for byte.
+func TestLocalAPIJSONRoundTrip(t *testing.T) {
+	const in = `{"user":"{http.request.header.X-User}","providers":["example.com"],"data_dir":"/var/lib/mimi",` +
+		`"max_body":2097152,"max_binding_lifetime":604800000000000,"max_wait":30000000000,"cipher_suites":[1,2]}`
+	var h LocalAPI
+	dec := json.NewDecoder(strings.NewReader(in))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.Marshal(&h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != in {
+		t.Fatalf("round trip:\n got %s\nwant %s", out, in)
+	}
+	var dur LocalAPI
+	if err := json.Unmarshal([]byte(`{"providers":["example.com"],"max_wait":"90s"}`), &dur); err != nil || time.Duration(dur.MaxWait) != 90*time.Second {
+		t.Fatalf("duration string: %v, %s", err, time.Duration(dur.MaxWait))
+	}
+}
+
+// TestLocalEndpointTableMatchesDocs requires docs/protocol.md §10.3 to
+// list exactly the local API's endpoint table, row for row.
+func TestLocalEndpointTableMatchesDocs(t *testing.T) {
+	doc, err := os.ReadFile("../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const header = "| path | methods | request | answer |"
+	section := strings.Index(string(doc), "### 10.3 Endpoints")
+	start := strings.Index(string(doc[max(section, 0):]), header) + max(section, 0)
+	if section < 0 || start < section {
+		t.Fatalf("docs/protocol.md has no local endpoint table headed %q", header)
+	}
+	var documented []localRoute
+	for _, line := range strings.Split(string(doc[start:]), "\n")[2:] {
+		if !strings.HasPrefix(line, "|") {
+			break
+		}
+		var cells []string
+		for _, c := range strings.Split(strings.Trim(line, "|"), "|") {
+			cells = append(cells, strings.TrimSpace(c))
+		}
+		if len(cells) != 4 {
+			t.Fatalf("row %q has %d cells, want 4", line, len(cells))
+		}
+		documented = append(documented, localRoute{strings.Trim(cells[0], "`"), cells[1], cells[2], cells[3]})
+	}
+	if fmt.Sprint(documented) != fmt.Sprint(localRoutes) {
+		t.Fatalf("docs list\n%v\nthe code has\n%v", documented, localRoutes)
+	}
+}
+
+// TestLocalAPIReadmeExample adapts the README's mimi_local example and
+// requires the authentication handler to run before mimi_local, with the
+// options the README shows.
+func TestLocalAPIReadmeExample(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "### Local client API")
+	if !ok {
+		t.Fatal("README has no Local client API section")
+	}
+	_, rest, ok = strings.Cut(rest, "```caddyfile\n")
+	block, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("the section has no caddyfile block")
+	}
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(block), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range warnings {
+		t.Errorf("adapt warning: %s", w.Message)
+	}
+	js := string(out)
+	auth, local := strings.Index(js, `"handler":"authentication"`), strings.Index(js, `"handler":"mimi_local"`)
+	if auth < 0 || local < 0 || auth > local {
+		t.Fatalf("want authentication before mimi_local in %s", js)
+	}
+	for _, want := range []string{`"providers":["localhost"]`, `"user":"{http.auth.user.id}"`, `"max_wait":60000000000`} {
+		if !strings.Contains(js[local:], want) {
+			t.Errorf("mimi_local lacks %s in %s", want, js[local:])
+		}
+	}
+}

@@ -1,0 +1,361 @@
+// Package localapi implements the gateway's local client API (PROFILE §9,
+// docs/protocol.md §10): how the provider's own clients, or its legacy
+// backend acting for them, get client bindings, publish KeyPackages, and
+// fetch and acknowledge their queued messages.
+//
+// The API does not authenticate anyone: the HTTP layer names the
+// authenticated user (from whatever authentication runs in front of it),
+// and every operation checks that the client URI it acts for names one of
+// the provider's domains and that user. Errors are *moh.Error values with
+// the DSError code to answer; an error of the store is wrapped in a
+// backend_unavailable error whose cause is for logs only.
+//
+// The package does not depend on Caddy.
+package localapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// Defaults and bounds of Config.
+const (
+	// DefaultBindingLifetime is the longest validity of an issued binding
+	// when Config.MaxBindingLifetime is zero.
+	DefaultBindingLifetime = 30 * 24 * time.Hour
+	// DefaultMaxWait caps a long poll when Config.MaxWait is zero.
+	DefaultMaxWait = 60 * time.Second
+)
+
+// Store is what the API keeps its state in: the KeyPackage directory and
+// the message queues.
+type Store interface {
+	store.KeyPackages
+	store.Queues
+}
+
+// Keys are the provider's own signing and verification keys;
+// *provider.KeyRing implements it.
+type Keys interface {
+	binding.SigningKeys
+	binding.LocalKeys
+}
+
+var _ Keys = (*provider.KeyRing)(nil) // interface guard
+
+// Config configures an API.
+type Config struct {
+	// Domains are the provider's own domains; a client URI must name one
+	// of them. Required.
+	Domains []string
+	// Store holds KeyPackages and queues. Required.
+	Store Store
+	// Keys signs bindings and verifies the bindings of published
+	// KeyPackages. Required.
+	Keys Keys
+	// MaxBindingLifetime caps the validity of an issued binding, from
+	// now. Default DefaultBindingLifetime.
+	MaxBindingLifetime time.Duration
+	// Suites are the cipher suites a published KeyPackage may use.
+	// Default: every suite package mls implements.
+	Suites []mls.CipherSuite
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// API is the local client API over one provider's store and keys. It is
+// safe for concurrent use.
+type API struct {
+	cfg     Config
+	issuer  binding.Issuer
+	checker binding.Checker
+}
+
+// New returns the API of cfg.
+func New(cfg Config) (*API, error) {
+	if len(cfg.Domains) == 0 || cfg.Store == nil || cfg.Keys == nil {
+		return nil, errors.New("local api: domains, store and keys are required")
+	}
+	if cfg.MaxBindingLifetime < 0 {
+		return nil, fmt.Errorf("local api: negative binding lifetime %s", cfg.MaxBindingLifetime)
+	}
+	if cfg.MaxBindingLifetime == 0 {
+		cfg.MaxBindingLifetime = DefaultBindingLifetime
+	}
+	for _, s := range cfg.Suites {
+		if !s.Supported() {
+			return nil, fmt.Errorf("local api: cipher suite %d is not implemented", uint16(s))
+		}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	cfg.Domains = slices.Clone(cfg.Domains)
+	return &API{
+		cfg:     cfg,
+		issuer:  binding.Issuer{Domains: cfg.Domains, Keys: cfg.Keys, Now: cfg.Now},
+		checker: binding.Checker{Domains: cfg.Domains, Local: cfg.Keys},
+	}, nil
+}
+
+// Authorize checks that user may act for clientURI: the URI is a client
+// URI (malformed otherwise) that names one of the provider's domains and
+// whose user part is user, byte for byte (forbidden otherwise). An empty
+// user is forbidden.
+func (a *API) Authorize(user string, clientURI []byte) error {
+	if user == "" {
+		return moh.Errorf(moh.CodeForbidden, "no authenticated user")
+	}
+	prov, u, _, err := moh.ParseClientURI(clientURI)
+	if err != nil {
+		return moh.Errorf(moh.CodeMalformed, "client_uri is not a client URI")
+	}
+	if !slices.Contains(a.cfg.Domains, string(prov)) {
+		return moh.Errorf(moh.CodeForbidden, "client_uri names another provider")
+	}
+	if string(u) != user {
+		return moh.Errorf(moh.CodeForbidden, "client_uri names another user")
+	}
+	return nil
+}
+
+// IssueBinding issues a client binding of req.ClientURI to
+// req.SignatureKey for user. Its not_after is req.NotAfter capped at now +
+// MaxBindingLifetime (0 asks for the cap) and at the signing key's end; a
+// not_after in the past is malformed.
+func (a *API) IssueBinding(user string, req *BindingRequest) (*binding.ClientBinding, error) {
+	if err := a.Authorize(user, req.ClientURI); err != nil {
+		return nil, err
+	}
+	now := a.cfg.Now()
+	limit := now.Add(a.cfg.MaxBindingLifetime)
+	notAfter := limit
+	if req.NotAfter != 0 {
+		if req.NotAfter < uint64(now.Unix()) {
+			return nil, moh.Errorf(moh.CodeMalformed, "not_after %d is in the past", req.NotAfter)
+		}
+		if req.NotAfter < uint64(limit.Unix()) {
+			notAfter = time.Unix(int64(req.NotAfter), 0)
+		}
+	}
+	b, err := a.issuer.Issue(req.ClientURI, req.SignatureKey, notAfter)
+	if err != nil {
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "issuing the binding: %w", err)
+	}
+	return b, nil
+}
+
+// PublishKeyPackages validates req's KeyPackages and makes them available
+// for req.ClientURI, all or none, then answers the client's available
+// packages. Each KeyPackage must decode exactly, verify as RFC 9420 §10.1
+// requires at the current time, use an allowed cipher suite, carry a
+// BasicCredential whose identity is req.ClientURI and a valid client
+// binding; at most one per suite may be last-resort. The first refusal
+// names the entry's index.
+func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishRequest) ([]KeyPackageEntry, error) {
+	if err := a.Authorize(user, req.ClientURI); err != nil {
+		return nil, err
+	}
+	now := a.cfg.Now()
+	kps := make([]store.KeyPackage, len(req.KeyPackages))
+	lastResort := map[mls.CipherSuite]bool{}
+	for i, e := range req.KeyPackages {
+		kp, notAfter, err := a.checkKeyPackage(ctx, req.ClientURI, e.KeyPackage, now)
+		if err != nil {
+			return nil, fmt.Errorf("key package %d: %w", i, err)
+		}
+		if e.LastResort {
+			if lastResort[kp.CipherSuite] {
+				return nil, moh.Errorf(moh.CodeMalformed, "key package %d: a second last-resort KeyPackage for suite %d", i, uint16(kp.CipherSuite))
+			}
+			lastResort[kp.CipherSuite] = true
+		}
+		ref, err := kp.Ref()
+		if err != nil {
+			return nil, moh.Errorf(moh.CodeMalformed, "key package %d: computing its reference: %w", i, err)
+		}
+		for _, prev := range kps[:i] {
+			if bytes.Equal(prev.Ref, ref) {
+				return nil, moh.Errorf(moh.CodeMalformed, "key package %d: published twice in one request", i)
+			}
+		}
+		kps[i] = store.KeyPackage{
+			Client:     string(req.ClientURI),
+			Suite:      uint16(kp.CipherSuite),
+			Ref:        ref,
+			KeyPackage: e.KeyPackage,
+			NotAfter:   notAfter,
+			LastResort: e.LastResort,
+		}
+	}
+	if err := a.cfg.Store.PublishKeyPackages(ctx, string(req.ClientURI), kps); err != nil {
+		switch {
+		case errors.Is(err, store.ErrTooManyKeyPackages):
+			return nil, moh.Errorf(moh.CodeQuotaExceeded, "the client would have more than %d KeyPackages", store.MaxKeyPackagesPerClient)
+		case errors.Is(err, store.ErrConflict):
+			return nil, moh.Errorf(moh.CodeReplay, "a KeyPackage was published before and claimed or replaced")
+		}
+		return nil, storeError("publishing key packages", err)
+	}
+	return a.list(ctx, string(req.ClientURI))
+}
+
+// checkKeyPackage decodes and checks one KeyPackage of client, and
+// answers when it stops being handed out: the end of its lifetime, or of
+// its binding when that comes first.
+func (a *API) checkKeyPackage(ctx context.Context, client, enc []byte, now time.Time) (*mls.KeyPackage, time.Time, error) {
+	var kp mls.KeyPackage
+	if err := wire.Unmarshal(enc, &kp, "KeyPackage"); err != nil {
+		return nil, time.Time{}, moh.Errorf(moh.CodeMalformed, "does not decode as a KeyPackage")
+	}
+	if !a.suiteAllowed(kp.CipherSuite) {
+		return nil, time.Time{}, moh.Errorf(moh.CodeForbidden, "cipher suite %d is not accepted here", uint16(kp.CipherSuite))
+	}
+	if err := kp.VerifyAt(uint64(now.Unix())); err != nil {
+		// Verify's text names the failed RFC 9420 check; it holds no
+		// secret.
+		return nil, time.Time{}, moh.Errorf(moh.CodeMalformed, "%s", err.Error())
+	}
+	cred := kp.LeafNode.Credential
+	if cred.Type != mls.CredentialBasic || !bytes.Equal(cred.Identity, client) {
+		return nil, time.Time{}, moh.Errorf(moh.CodeForbidden, "the leaf's credential is not a BasicCredential of client_uri")
+	}
+	bound, err := a.checker.CheckLeafNode(ctx, &kp.LeafNode, now, provider.LookupOptions{})
+	if err != nil {
+		var be *binding.Error
+		if errors.As(err, &be) {
+			return nil, time.Time{}, be.DSError()
+		}
+		return nil, time.Time{}, moh.Errorf(moh.CodeBackendUnavailable, "checking the client binding: %w", err)
+	}
+	notAfter := time.Unix(int64(min(kp.LeafNode.Lifetime.NotAfter, maxUnix)), 0)
+	if bound != nil && bound.NotAfter.Before(notAfter) {
+		notAfter = bound.NotAfter
+	}
+	return &kp, notAfter, nil
+}
+
+// maxUnix bounds the lifetimes taken from KeyPackages (RFC 9420 allows
+// any uint64) to a time Go and the store represent.
+const maxUnix = 1 << 40
+
+func (a *API) suiteAllowed(cs mls.CipherSuite) bool {
+	if len(a.cfg.Suites) == 0 {
+		return cs.Supported()
+	}
+	return slices.Contains(a.cfg.Suites, cs)
+}
+
+// ListKeyPackages answers the available KeyPackages of clientURI.
+func (a *API) ListKeyPackages(ctx context.Context, user string, clientURI []byte) ([]KeyPackageEntry, error) {
+	if err := a.Authorize(user, clientURI); err != nil {
+		return nil, err
+	}
+	return a.list(ctx, string(clientURI))
+}
+
+func (a *API) list(ctx context.Context, client string) ([]KeyPackageEntry, error) {
+	kps, err := a.cfg.Store.ListKeyPackages(ctx, client)
+	if err != nil {
+		return nil, storeError("listing key packages", err)
+	}
+	out := make([]KeyPackageEntry, len(kps))
+	for i, kp := range kps {
+		out[i] = KeyPackageEntry{LastResort: kp.LastResort, KeyPackage: kp.KeyPackage}
+	}
+	return out, nil
+}
+
+// Fetch answers the messages of clientURI's queue after the cursor after,
+// at most limit of them (0: store.DefaultFetchMessages). When there are
+// none it waits up to wait for one to arrive, and answers what arrived, or
+// an empty list when wait passes or ctx ends first (the caller's request
+// ended: the answer goes nowhere). An after beyond the queue's last message
+// is malformed.
+func (a *API) Fetch(ctx context.Context, user string, clientURI []byte, after uint64, limit int, wait time.Duration) ([]Message, error) {
+	if err := a.Authorize(user, clientURI); err != nil {
+		return nil, err
+	}
+	client := string(clientURI)
+	fl := store.FetchLimit{Messages: limit}
+	if wait <= 0 {
+		return a.fetch(ctx, client, after, fl)
+	}
+	// Watch first, then fetch, then wait: a message appended in between
+	// is either fetched or wakes the watch.
+	ready, stop := a.cfg.Store.WatchQueue(client, after)
+	defer stop()
+	msgs, err := a.fetch(ctx, client, after, fl)
+	if err != nil || len(msgs) > 0 {
+		return msgs, err
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-ready:
+		return a.fetch(ctx, client, after, fl)
+	case <-timer.C:
+		return []Message{}, nil
+	case <-ctx.Done():
+		return []Message{}, nil
+	}
+}
+
+func (a *API) fetch(ctx context.Context, client string, after uint64, fl store.FetchLimit) ([]Message, error) {
+	qm, err := a.cfg.Store.Fetch(ctx, client, after, fl)
+	if err != nil {
+		if errors.Is(err, store.ErrInvalid) {
+			return nil, moh.Errorf(moh.CodeMalformed, "after %d is beyond the queue's last message", after)
+		}
+		return nil, storeError("fetching messages", err)
+	}
+	out := make([]Message, len(qm))
+	for i, m := range qm {
+		out[i] = Message{
+			Seq: m.Seq, Arrived: unixSeconds(m.Arrived), Expires: unixSeconds(m.Expires),
+			GroupID: m.GroupID, Sender: []byte(m.Sender), Message: m.Message,
+		}
+	}
+	return out, nil
+}
+
+// Ack deletes the messages of req.ClientURI's queue up to and including
+// req.UpTo and answers how many it deleted; acknowledging again deletes
+// nothing. An up_to beyond the queue's last message is malformed.
+func (a *API) Ack(ctx context.Context, user string, req *AckRequest) (uint64, error) {
+	if err := a.Authorize(user, req.ClientURI); err != nil {
+		return 0, err
+	}
+	n, err := a.cfg.Store.Ack(ctx, string(req.ClientURI), req.UpTo)
+	if err != nil {
+		if errors.Is(err, store.ErrInvalid) {
+			return 0, moh.Errorf(moh.CodeMalformed, "up_to %d is beyond the queue's last message", req.UpTo)
+		}
+		return 0, storeError("acknowledging messages", err)
+	}
+	return uint64(n), nil
+}
+
+// storeError wraps a failure of the store as backend_unavailable; the
+// answer says "internal error", the cause is for the log.
+func storeError(doing string, err error) error {
+	return moh.Errorf(moh.CodeBackendUnavailable, doing+": %w", err)
+}
+
+func unixSeconds(t time.Time) uint64 {
+	if t.IsZero() || t.Unix() < 0 {
+		return 0
+	}
+	return uint64(t.Unix())
+}
