@@ -22,9 +22,12 @@
 // the batch first runs without savepoints; if one fails, that transaction
 // is rolled back unanswered and the batch runs again with each operation
 // inside its own SAVEPOINT (an operation is a function of its transaction:
-// only the committed run counts). It waits for nothing
-// else: under light load a batch holds one write, under heavy load writes
-// queue while the previous batch is being fsynced and share the next one.
+// only the committed run counts). A lone write does not wait: under light
+// load a batch holds one write. Under concurrent writes (the previous
+// batch held more than one) the writer lingers up to 500 us for more, or
+// until 16 are queued (WithLinger), so that a commit and its fsync carry
+// more writes; writes also queue while a batch is being fsynced and share
+// the next one.
 //
 //   - A caller is answered only after the COMMIT that holds its write.
 //   - An operation that fails (Complete of an unknown entry, a constraint)
@@ -170,6 +173,7 @@ type options struct {
 	readers     int
 	busyTimeout time.Duration
 	maxBatch    int
+	linger      lingering
 	cacheNodes  int
 	now         func() time.Time
 	// shared skips the file lock, as where flock does not exist: the
@@ -214,6 +218,14 @@ func WithGroupCache(n int) Option {
 	return func(o *options) { o.cacheNodes = n }
 }
 
+// WithLinger sets how long the writer waits for more writes before it
+// starts a batch of fewer than enough, while writes arrive concurrently
+// (the previous batch held more than one); a lone write never waits.
+// Defaults: DefaultLinger and DefaultLingerEnough; wait 0 turns it off.
+func WithLinger(wait time.Duration, enough int) Option {
+	return func(o *options) { o.linger = lingering{wait: max(wait, 0), enough: max(enough, 1)} }
+}
+
 // WithClock replaces time.Now as the clock that decides whether a record
 // has expired; tests that run the gateway on a fake clock pass the same one.
 func WithClock(now func() time.Time) Option {
@@ -232,6 +244,7 @@ func WithClock(now func() time.Time) Option {
 // configuration, never request data.
 func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error) {
 	o := options{readers: DefaultReaders, busyTimeout: DefaultBusyTimeout, maxBatch: DefaultMaxBatch,
+		linger:     lingering{wait: DefaultLinger, enough: DefaultLingerEnough},
 		cacheNodes: DefaultGroupCacheNodes, now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
@@ -310,7 +323,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 			return nil, fmt.Errorf("opening store %s: %w", abs, err)
 		}
 	}
-	s.wr = newWriter(s.w, o.maxBatch)
+	s.wr = newWriter(s.w, o.maxBatch, o.linger)
 	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx), s.prepareQueues(ctx)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
@@ -52,6 +53,7 @@ func (o *op) claim() bool { return o.state.CompareAndSwap(opQueued, opClaimed) }
 type writer struct {
 	db       *sql.DB
 	maxBatch int
+	linger   lingering
 	ctx      context.Context // of every statement: never cancelled
 
 	mu     sync.Mutex
@@ -59,12 +61,38 @@ type writer struct {
 	queue  []*op      // FIFO
 	closed bool
 	exited chan struct{} // closed when loop returns
+	// filled is signalled when the queue reaches linger.enough ops, to end
+	// a linger early.
+	filled chan struct{}
+	// lastBatch is the size of the batch the writer ran last (writer
+	// goroutine only).
+	lastBatch int
 
 	commits, ops, maxSeen, failed, retried atomic.Uint64
 }
 
-func newWriter(db *sql.DB, maxBatch int) *writer {
-	w := &writer{db: db, maxBatch: maxBatch, ctx: context.Background(), exited: make(chan struct{})}
+// lingering is how the writer waits for company: when a batch is about to
+// start with fewer than enough ops and the previous batch held more than
+// one (writes are arriving concurrently), it waits up to wait for more,
+// or until enough are queued. Under load the batches grow, and with them
+// the writes each commit (and fsync) carries, which is what decides the
+// write path's CPU cost per write: measured through Caddy, a 500 us wait
+// raised distinct signed requests from 0.33 to 0.39 of a bare route, with
+// a lower p99. A lone write (the previous batch held one) never waits.
+type lingering struct {
+	wait   time.Duration // 0: never wait
+	enough int
+}
+
+// Defaults of the writer's linger (see WithLinger).
+const (
+	DefaultLinger       = 500 * time.Microsecond
+	DefaultLingerEnough = 16
+)
+
+func newWriter(db *sql.DB, maxBatch int, linger lingering) *writer {
+	w := &writer{db: db, maxBatch: maxBatch, linger: linger, ctx: context.Background(),
+		exited: make(chan struct{}), filled: make(chan struct{}, 1)}
 	w.cond = sync.NewCond(&w.mu)
 	go w.loop()
 	return w
@@ -87,6 +115,12 @@ func (w *writer) do(ctx context.Context, fn opFunc) error {
 	}
 	w.queue = append(w.queue, o)
 	w.cond.Signal()
+	if len(w.queue) == w.linger.enough {
+		select {
+		case w.filled <- struct{}{}:
+		default:
+		}
+	}
 	w.mu.Unlock()
 
 	select {
@@ -115,6 +149,10 @@ func (w *writer) close() {
 	pending := w.queue
 	w.queue = nil
 	w.cond.Broadcast()
+	select { // end a linger
+	case w.filled <- struct{}{}:
+	default:
+	}
 	w.mu.Unlock()
 	for _, o := range pending {
 		if o.claim() {
@@ -140,6 +178,7 @@ func (w *writer) loop() {
 		if len(batch) == 0 {
 			return
 		}
+		w.lastBatch = len(batch)
 		w.run(batch)
 		clear(batch) // drop references to answered ops
 	}
@@ -147,7 +186,7 @@ func (w *writer) loop() {
 
 // next waits for queued ops and moves up to maxBatch of them, oldest
 // first, into batch. It returns an empty batch once the writer is closed.
-// There is no linger: the writer takes what queued while it was busy.
+// Under concurrent writes it lingers first (see lingering).
 func (w *writer) next(batch []*op) []*op {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -156,6 +195,23 @@ func (w *writer) next(batch []*op) []*op {
 	}
 	if w.closed {
 		return batch // close answers whatever is still queued
+	}
+	if w.linger.wait > 0 && w.lastBatch > 1 && len(w.queue) < w.linger.enough {
+		select {
+		case <-w.filled: // a stale signal of a queue already taken
+		default:
+		}
+		w.mu.Unlock()
+		t := time.NewTimer(w.linger.wait)
+		select {
+		case <-t.C:
+		case <-w.filled:
+			t.Stop()
+		}
+		w.mu.Lock()
+		if w.closed {
+			return batch
+		}
 	}
 	n := min(len(w.queue), w.maxBatch)
 	batch = append(batch, w.queue[:n]...)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -440,4 +441,87 @@ func TestStatsGrouping(t *testing.T) {
 		t.Errorf("stats %+v: batches of succeeding writes were retried", st)
 	}
 	t.Logf("%d writes in %d commits (mean batch %.1f, max %d)", st.Ops, st.Commits, float64(st.Ops)/float64(st.Commits), st.MaxBatch)
+}
+
+// lingerStore opens a store whose writer would linger an hour: a test
+// that finishes shows the linger was skipped or ended early, never by
+// timing.
+func lingerStore(t *testing.T, enough int) *Store {
+	return openTemp(t, WithLinger(time.Hour, enough))
+}
+
+// TestLingerSkippedForLoneWrites: one write after another, each alone in
+// its batch, never waits.
+func TestLingerSkippedForLoneWrites(t *testing.T) {
+	s := lingerStore(t, 16)
+	for i := range 20 {
+		if _, err := s.MarkSpent(context.Background(), fmt.Appendf(nil, "lone/%d", i), time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.Stats(); st.Commits != st.Ops {
+		t.Fatalf("stats %+v: sequential writes should each have had a commit", st)
+	}
+}
+
+// TestLingerEndsWhenEnoughQueue: after a batch of more than one, the
+// writer lingers for company, and starts as soon as enough ops are queued.
+func TestLingerEndsWhenEnoughQueue(t *testing.T) {
+	const enough = 4
+	s := lingerStore(t, enough)
+	ctx := context.Background()
+	// A batch of two: the blocking op's, then two queued behind it.
+	release := blockWriter(t, s)
+	wait := queueCalls(t, s, ctx, []*call{markSpentCall(s, "pair/0"), markSpentCall(s, "pair/1")})
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	wait()
+	before := s.Stats()
+	// The writer now lingers over the next lone op until enough are
+	// queued: all four share one commit.
+	var calls []*call
+	for i := range enough {
+		calls = append(calls, markSpentCall(s, fmt.Sprintf("company/%d", i)))
+	}
+	var wg sync.WaitGroup
+	for _, c := range calls {
+		wg.Go(func() { c.err = c.run(ctx) })
+	}
+	wg.Wait()
+	for _, c := range calls {
+		if c.err != nil {
+			t.Errorf("%s: %v", c.name, c.err)
+		}
+	}
+	if d := statsDelta(before, s.Stats()); d.Commits != 1 || d.Ops != enough {
+		t.Fatalf("stats %+v: want the %d ops in one commit", d, enough)
+	}
+}
+
+// TestCloseEndsLinger: Close does not wait out a linger; the op it
+// interrupted is answered ErrClosed, unrun.
+func TestCloseEndsLinger(t *testing.T) {
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "mimi.db"), WithLinger(time.Hour, 16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := blockWriter(t, s)
+	wait := queueCalls(t, s, context.Background(), []*call{markSpentCall(s, "a"), markSpentCall(s, "b")})
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	wait()
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.MarkSpent(context.Background(), []byte("lingered"), time.Now().Add(time.Hour))
+		done <- err
+	}()
+	waitQueued(t, s, 1) // the writer lingers over it
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("op queued during the linger: %v, want ErrClosed", err)
+	}
 }
