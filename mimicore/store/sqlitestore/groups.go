@@ -175,23 +175,10 @@ func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupSta
 
 // insertNodes writes new tree positions, nodeInsertRows per statement.
 func insertNodes(ctx context.Context, tx *sql.Tx, rowID, epoch int64, nodes []mls.StoredNode) error {
-	for len(nodes) > 0 {
-		n := min(len(nodes), nodeInsertRows)
-		q := make([]byte, 0, 80+n*28)
-		q = append(q, "INSERT INTO mls_group_nodes (gid, node_index, from_epoch, node, hash) VALUES "...)
-		args := make([]any, 0, 5*n)
-		for i, sn := range nodes[:n] {
-			if i > 0 {
-				q = append(q, ',')
-			}
-			k := 5 * i
-			q = fmt.Appendf(q, "(?%d, ?%d, ?%d, ?%d, ?%d)", k+1, k+2, k+3, k+4, k+5)
-			args = append(args, rowID, int64(sn.Index), epoch, nullBlob(sn.Node), sn.Hash)
-		}
-		if _, err := tx.ExecContext(ctx, string(q), args...); err != nil {
-			return fmt.Errorf("writing tree positions: %w", err)
-		}
-		nodes = nodes[n:]
+	err := insertRows(ctx, tx, "mls_group_nodes (gid, node_index, from_epoch, node, hash)", 5, nodeInsertRows, nodes,
+		func(sn mls.StoredNode) []any { return []any{rowID, int64(sn.Index), epoch, nullBlob(sn.Node), sn.Hash} })
+	if err != nil {
+		return fmt.Errorf("writing tree positions: %w", err)
 	}
 	return nil
 }
@@ -199,23 +186,43 @@ func insertNodes(ctx context.Context, tx *sql.Tx, rowID, epoch int64, nodes []ml
 // insertJoiners writes the joiners of Welcome epoch epoch,
 // joinerInsertRows per statement.
 func insertJoiners(ctx context.Context, tx *sql.Tx, rowID, epoch int64, js []store.Joiner) error {
-	for len(js) > 0 {
-		n := min(len(js), joinerInsertRows)
-		q := make([]byte, 0, 80+n*24)
-		q = append(q, "INSERT INTO mls_group_joiners (gid, epoch, ref, signature_key) VALUES "...)
-		args := make([]any, 0, 4*n)
-		for i, j := range js[:n] {
+	err := insertRows(ctx, tx, "mls_group_joiners (gid, epoch, ref, signature_key)", 4, joinerInsertRows, js,
+		func(j store.Joiner) []any { return []any{rowID, epoch, j.Ref, j.SignatureKey} })
+	if err != nil {
+		return fmt.Errorf("writing joiners: %w", err)
+	}
+	return nil
+}
+
+// insertRows inserts one row per item into into ("table (columns)", cols
+// columns), perStmt rows per multi-row INSERT; row gives an item's values
+// in column order.
+func insertRows[T any](ctx context.Context, tx *sql.Tx, into string, cols, perStmt int, items []T, row func(T) []any) error {
+	for len(items) > 0 {
+		n := min(len(items), perStmt)
+		q := make([]byte, 0, 32+len(into)+n*(6*cols+2))
+		q = append(q, "INSERT INTO "...)
+		q = append(q, into...)
+		q = append(q, " VALUES "...)
+		args := make([]any, 0, cols*n)
+		for i, it := range items[:n] {
 			if i > 0 {
 				q = append(q, ',')
 			}
-			k := 4 * i
-			q = fmt.Appendf(q, "(?%d, ?%d, ?%d, ?%d)", k+1, k+2, k+3, k+4)
-			args = append(args, rowID, epoch, j.Ref, j.SignatureKey)
+			q = append(q, '(')
+			for c := range cols {
+				if c > 0 {
+					q = append(q, ", "...)
+				}
+				q = fmt.Appendf(q, "?%d", cols*i+c+1)
+			}
+			q = append(q, ')')
+			args = append(args, row(it)...)
 		}
 		if _, err := tx.ExecContext(ctx, string(q), args...); err != nil {
-			return fmt.Errorf("writing joiners: %w", err)
+			return err
 		}
-		js = js[n:]
+		items = items[n:]
 	}
 	return nil
 }
