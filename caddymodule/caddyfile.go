@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -127,23 +128,15 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "max_body":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			n, err := humanize.ParseBytes(v)
-			if err != nil || n == 0 || n > maxMaxBody {
-				return d.Errf("invalid max_body '%s': want a size from 1B to 64MiB", v)
-			}
-			g.MaxBody = int64(n)
-		case "key_rotation", "key_overlap":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
+			n, err := sizeArg(d, opt, maxMaxBody, "64MiB")
 			if err != nil {
-				return d.Errf("invalid %s duration '%s': %v", opt, v, err)
+				return err
+			}
+			g.MaxBody = n
+		case "key_rotation", "key_overlap":
+			dur, err := durationArg(d, opt)
+			if err != nil {
+				return err
 			}
 			if opt == "key_rotation" {
 				g.KeyRotation = caddy.Duration(dur)
@@ -284,6 +277,33 @@ func unmarshalFederation(d *caddyfile.Dispenser) (*Federation, error) {
 		}
 	}
 	return f, nil
+}
+
+// sizeArg reads option opt's one argument, a size from 1 byte to limit
+// (written limitText in the error).
+func sizeArg(d *caddyfile.Dispenser, opt string, limit uint64, limitText string) (int64, error) {
+	var v string
+	if !d.AllArgs(&v) {
+		return 0, d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(v)
+	if err != nil || n == 0 || n > limit {
+		return 0, d.Errf("invalid %s '%s': want a size from 1B to %s", opt, v, limitText)
+	}
+	return int64(n), nil
+}
+
+// durationArg reads option opt's one argument, a Caddy duration.
+func durationArg(d *caddyfile.Dispenser, opt string) (time.Duration, error) {
+	var v string
+	if !d.AllArgs(&v) {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return 0, d.Errf("invalid %s duration '%s': %v", opt, v, err)
+	}
+	return dur, nil
 }
 
 // Interface guard.

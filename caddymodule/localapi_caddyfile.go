@@ -9,7 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 )
@@ -79,24 +78,17 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "max_body":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			n, err := humanize.ParseBytes(v)
-			if err != nil || n == 0 || n > maxLocalMaxBody {
-				return d.Errf("invalid max_body '%s': want a size from 1B to 8MiB", v)
-			}
-			h.MaxBody = int64(n)
-		case "max_binding_lifetime", "max_wait":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
+			n, err := sizeArg(d, opt, maxLocalMaxBody, "8MiB")
 			if err != nil {
-				return d.Errf("invalid %s duration '%s': %v", opt, v, err)
+				return err
 			}
+			h.MaxBody = n
+		case "max_binding_lifetime", "max_wait":
+			dur, err := durationArg(d, opt)
+			if err != nil {
+				return err
+			}
+			v := d.Val()
 			if opt == "max_binding_lifetime" {
 				if dur <= 0 || dur > 90*24*time.Hour {
 					return d.Errf("invalid max_binding_lifetime '%s': want 1s to 90d", v)
