@@ -185,10 +185,10 @@ func TestAuthenticateBackend(t *testing.T) {
 	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentDownload,
 		Attachment: moh.AttachmentRef{GroupID: f.g1, Token: []byte{1}}}, 0)
 	t.Run("groups fail", func(t *testing.T) {
-		f.groups.err = errBackend
-		defer func() { f.groups.err = nil }()
-		_, err := f.svc.Authenticate(ctx, body)
-		if e := moh.DSErrorOf(err); e.Code != moh.CodeBackendUnavailable || bytes.Contains(e.Message, []byte("locked")) {
+		s := *f.svc
+		s.Groups = StoreGroups{closedStore(t)}
+		_, err := s.Authenticate(ctx, body)
+		if e := moh.DSErrorOf(err); e.Code != moh.CodeBackendUnavailable || bytes.Contains(e.Message, []byte("closed")) {
 			t.Fatalf("Authenticate = %v (%+v)", err, e)
 		}
 	})
@@ -298,8 +298,9 @@ func TestReplay(t *testing.T) {
 	})
 
 	t.Run("store fails", func(t *testing.T) {
-		f.seen.err = errBackend
-		defer func() { f.seen.err = nil }()
+		seen := f.svc.Seen
+		f.svc.Seen = closedStore(t)
+		defer func() { f.svc.Seen = seen }()
 		if got := handle(f.sign(t, f.alice, 0, del, 2*time.Second)); got != moh.CodeBackendUnavailable {
 			t.Fatalf("got %v", got)
 		}

@@ -2,92 +2,22 @@ package ds
 
 import (
 	"bytes"
-	"context"
 	"crypto"
 	"crypto/hpke"
 	"crypto/rand"
-	"errors"
-	"fmt"
-	"sync"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 )
 
 // The test fixture: real MLS groups made with package mls's client, whose
-// public states are served to the Service through testGroups, a map
-// standing in for the durable group store.
-
-// testGroups implements Groups over a map of real group states.
-type testGroups struct {
-	mu     sync.Mutex
-	states map[string]*mls.GroupState
-	err    error // when set, every lookup fails with it
-}
-
-func (g *testGroups) Group(_ context.Context, id []byte) (*mls.GroupState, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.err != nil {
-		return nil, g.err
-	}
-	st, ok := g.states[string(id)]
-	if !ok {
-		return nil, fmt.Errorf("group %x: %w", id, ErrNotFound)
-	}
-	return st, nil
-}
-
-func (g *testGroups) put(st *mls.GroupState) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.states[string(st.GroupID())] = st
-}
-
-// testJoiners implements Joiners over the KeyPackages the fixture's add
-// commits carried.
-type testJoiners struct {
-	keys map[string]joinerKey // group id, epoch, ref
-}
-
-type joinerKey struct {
-	cs  mls.CipherSuite
-	key []byte
-}
-
-func joinerIndex(groupID []byte, epoch uint64, ref []byte) string {
-	return fmt.Sprintf("%x/%d/%x", groupID, epoch, ref)
-}
-
-func (j *testJoiners) JoinerKey(_ context.Context, groupID []byte, epoch uint64, ref []byte) (mls.CipherSuite, []byte, error) {
-	k, ok := j.keys[joinerIndex(groupID, epoch, ref)]
-	if !ok {
-		return 0, nil, fmt.Errorf("joiner %x: %w", ref, ErrNotFound)
-	}
-	return k.cs, k.key, nil
-}
-
-// memSeen implements store.SeenSignatures in memory, ignoring expiry.
-type memSeen struct {
-	mu   sync.Mutex
-	seen map[[32]byte]time.Time
-	err  error
-}
-
-func (m *memSeen) SeenSignature(_ context.Context, d [32]byte, expires time.Time) (bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.err != nil {
-		return false, m.err
-	}
-	if _, ok := m.seen[d]; ok {
-		return false, nil
-	}
-	m.seen[d] = expires
-	return true, nil
-}
+// public states are stored in a real sqlitestore on a temporary file and
+// served to the Service through StoreGroups and StoreJoiners.
 
 // client is one MLS client of the fixture: its signature key and
 // KeyPackage with their private keys.
@@ -109,8 +39,16 @@ func randomBytes(t testing.TB, n int) []byte {
 }
 
 // newClient makes a client with a fresh signature key and KeyPackage of
-// suite cs.
+// suite cs, without a client binding.
 func newClient(t testing.TB, cs mls.CipherSuite, name string) *client {
+	t.Helper()
+	return newKeyPackageClient(t, cs, name, "mimi://a.example/d/"+name+"/1", nil)
+}
+
+// newKeyPackageClient makes a client of URI uri with a fresh signature
+// key, leaf and init keys, and a signed KeyPackage of suite cs; edit, when
+// set, changes the leaf (extensions, a binding) before it is signed.
+func newKeyPackageClient(t testing.TB, cs mls.CipherSuite, name, uri string, edit func(leaf *mls.LeafNode, pub []byte)) *client {
 	t.Helper()
 	signer, pub, err := cs.GenerateSignatureKey()
 	if err != nil {
@@ -127,11 +65,14 @@ func newClient(t testing.TB, cs mls.CipherSuite, name string) *client {
 	leaf := mls.LeafNode{
 		EncryptionKey: encPub,
 		SignatureKey:  pub,
-		Credential:    mls.Credential{Type: mls.CredentialBasic, Identity: []byte("mimi://a.example/d/" + name + "/1")},
+		Credential:    mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
 		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{cs},
 			Credentials: []mls.CredentialType{mls.CredentialBasic}},
 		Source:   mls.SourceKeyPackage,
 		Lifetime: mls.Lifetime{NotBefore: 0, NotAfter: 1 << 62},
+	}
+	if edit != nil {
+		edit(&leaf, pub)
 	}
 	if err := leaf.Sign(cs, signer, nil, 0); err != nil {
 		t.Fatal(err)
@@ -190,9 +131,7 @@ type fixture struct {
 	aliceG1, bobG1      *mls.Member
 	erinP256            *mls.Member
 	g1, g2, g3, p256    []byte
-	groups              *testGroups
-	joiners             *testJoiners
-	seen                *memSeen
+	st                  *sqlitestore.Store
 	now                 time.Time
 	svc                 *Service
 	bobRef              []byte // bob's KeyPackageRef, added in g1 epoch 1
@@ -211,35 +150,42 @@ func newFixture(t testing.TB) *fixture {
 		dave: newClient(t, cs, "dave"), eve: newClient(t, cs, "eve"),
 		erin: newClient(t, mls.P256AES128GCMSHA256P256, "erin"),
 		g1:   []byte("group one"), g2: []byte("group two"), g3: []byte("group three"), p256: []byte("group p256"),
-		groups:  &testGroups{states: map[string]*mls.GroupState{}},
-		joiners: &testJoiners{keys: map[string]joinerKey{}},
-		seen:    &memSeen{seen: map[[32]byte]time.Time{}},
-		now:     time.Unix(1_790_000_000, 0),
+		now: time.Unix(1_790_000_000, 0),
 	}
-	f.svc = &Service{Groups: f.groups, Joiners: f.joiners, Seen: f.seen, Now: func() time.Time { return f.now }}
+	st, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "mimi.db"),
+		sqlitestore.WithClock(func() time.Time { return f.now }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f.st = st
+	f.svc = &Service{Groups: StoreGroups{st}, Joiners: StoreJoiners{st}, Seen: st, Now: func() time.Time { return f.now }}
 
-	res, members := add(t, f.alice.create(t, f.g1), f.bob)
+	g1 := f.alice.create(t, f.g1)
+	res, members := add(t, g1, f.bob)
 	f.aliceG1, f.bobG1 = res.Next, members[0]
-	f.groups.put(f.aliceG1.State())
 	ref, err := f.bob.kp.Ref()
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.bobRef, f.bobRefEpoch = ref, f.aliceG1.State().Epoch()
-	f.joiners.keys[joinerIndex(f.g1, f.bobRefEpoch, ref)] = joinerKey{cs, f.bob.pub}
+	f.store(t, g1.State(), store.EpochCommit{Base: g1.State(), Next: f.aliceG1.State(), Welcome: true,
+		Joiners: []store.Joiner{{Ref: ref, SignatureKey: f.bob.pub}}})
 	f.g1Info = res.GroupInfo.GroupInfo
 
-	f.groups.put(f.alice.create(t, f.g2).State())
+	f.store(t, f.alice.create(t, f.g2).State())
 
-	res3, _ := add(t, f.alice.create(t, f.g3), f.bob)
+	g3 := f.alice.create(t, f.g3)
+	res3, _ := add(t, g3, f.bob)
 	removed, err := res3.Next.Commit([]*mls.Proposal{{Type: mls.ProposalRemove, Removed: 1}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.groups.put(removed.Next.State())
+	f.store(t, g3.State(), store.EpochCommit{Base: g3.State(), Next: res3.Next.State(), Welcome: true},
+		store.EpochCommit{Base: res3.Next.State(), Next: removed.Next.State()})
 
 	f.erinP256 = f.erin.create(t, f.p256)
-	f.groups.put(f.erinP256.State())
+	f.store(t, f.erinP256.State())
 
 	// Messages of g1's epoch 1 for the request bodies.
 	if f.addCarol, err = f.aliceG1.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: f.carol.kp}}, nil, nil); err != nil {
@@ -255,6 +201,34 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// store creates the group of created in the fixture's store and applies
+// commits to it.
+func (f *fixture) store(t testing.TB, created *mls.GroupState, commits ...store.EpochCommit) {
+	t.Helper()
+	if err := f.st.CreateGroup(t.Context(), "a.example", created, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range commits {
+		if err := f.st.CommitEpoch(t.Context(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// closedStore returns a store that is closed: every call fails with a
+// backend error, as a broken database would.
+func closedStore(t testing.TB) *sqlitestore.Store {
+	t.Helper()
+	st, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "mimi.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // update is the MLSGroupUpdate of a commit result: the commit and the
@@ -283,8 +257,6 @@ func codeOf(err error) moh.Code {
 	}
 	return moh.DSErrorOf(err).Code
 }
-
-var errBackend = errors.New("database is locked")
 
 // flipLast returns b with its last byte changed.
 func flipLast(b []byte) []byte {

@@ -80,53 +80,27 @@ type tclient struct {
 // bound by the harness's provider unless unbound.
 func (h *harness) newTClient(t testing.TB, user, device string, unbound bool) *tclient {
 	t.Helper()
-	cs := mls.X25519AES128GCMSHA256Ed25519
 	uri := moh.ClientURI(testProvider, user, device)
-	signer, pub, err := cs.GenerateSignatureKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafKey, encPub, err := cs.DeriveKeyPair(randomBytes(t, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	initKey, initPub, err := cs.DeriveKeyPair(randomBytes(t, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := mls.LeafNode{
-		EncryptionKey: encPub,
-		SignatureKey:  pub,
-		Credential:    mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
-		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{cs},
-			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
-		Source:   mls.SourceKeyPackage,
-		Lifetime: mls.Lifetime{NotBefore: 0, NotAfter: 1 << 62},
-	}
-	if !unbound {
-		// The local client API will issue bindings; until it exists the
-		// tests issue them with the provider's key ring directly.
+	c := newKeyPackageClient(t, mls.X25519AES128GCMSHA256Ed25519, user, uri, func(leaf *mls.LeafNode, pub []byte) {
+		leaf.Capabilities.Extensions = []mls.ExtensionType{binding.ExtensionType}
+		if unbound {
+			return
+		}
+		// The tests issue bindings with the provider's key ring, as the
+		// local client API's POST /binding does.
 		b, err := h.issuer.Issue([]byte(uri), pub, time.Now().Add(24*time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := binding.Attach(&leaf, b); err != nil {
+		if err := binding.Attach(leaf, b); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := leaf.Sign(cs, signer, nil, 0); err != nil {
-		t.Fatal(err)
-	}
-	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: cs, InitKey: initPub, LeafNode: leaf}
-	if err := kp.Sign(signer); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := kp.Ref()
+	})
+	ref, err := c.kp.Ref()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &tclient{uri: uri, c: &client{name: user, signer: signer, pub: pub, kp: kp, initKey: initKey, leafKey: leafKey},
-		kpRef: ref, initKey: initKey}
+	return &tclient{uri: uri, c: c, kpRef: ref, initKey: c.initKey}
 }
 
 // do authenticates and handles an encoded request.
