@@ -192,19 +192,7 @@ func TestCheckCommit(t *testing.T) {
 	bob := newClient(t, bobRemote, bind(t, s.issB, notAfter))
 	carol := newClient(t, "mimi://b.example.com/d/carol/phone", nil)
 
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: []byte("binding test group"),
-		Leaf: alice.leaf, LeafKey: alice.encPriv, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ds, err := mls.NewGroupState(gi, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, _, ds := newGroup(t, alice, []byte("binding test group"))
 	creator, _ := ds.Member(0)
 	if _, err := s.checker.CheckLeaf(t.Context(), creator, s.now, provider.LookupOptions{}); err != nil {
 		t.Fatalf("creator's leaf: %v", err)
@@ -274,19 +262,7 @@ func TestCheckExternalJoin(t *testing.T) {
 	s := newRemoteSetup(t)
 	notAfter := s.now.Add(time.Hour)
 	alice := newClient(t, aliceRemote, bind(t, s.issA, notAfter))
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: []byte("external join group"),
-		Leaf: alice.leaf, LeafKey: alice.encPriv, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ds, err := mls.NewGroupState(gi, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, gi, ds := newGroup(t, alice, []byte("external join group"))
 	for _, tc := range []struct {
 		name string
 		bind func(*mls.LeafNode) *ClientBinding
@@ -327,19 +303,7 @@ func TestCheckCommitUpdate(t *testing.T) {
 	alice := newClient(t, aliceRemote, bind(t, s.issA, notAfter))
 	bob := newClient(t, bobRemote, bind(t, s.issB, notAfter))
 	groupID := []byte("update group")
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: groupID,
-		Leaf: alice.leaf, LeafKey: alice.encPriv, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ds, err := mls.NewGroupState(gi, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, gi, ds := newGroup(t, alice, groupID)
 	join, bobMember, err := mls.JoinExternal(gi, mls.ExternalJoinOptions{Leaf: *bob.leaf, Signer: bob.signer})
 	if err != nil {
 		t.Fatal(err)
@@ -414,4 +378,24 @@ func TestCheckCommitUpdate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newGroup makes a group of which c is the only member, and the Delivery
+// Service's public state of it, built from its GroupInfo.
+func newGroup(t *testing.T, c *client, groupID []byte) (*mls.Member, *mls.GroupInfo, *mls.GroupState) {
+	t.Helper()
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: groupID,
+		Leaf: c.leaf, LeafKey: c.encPriv, Signer: c.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := mls.NewGroupState(gi, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, gi, ds
 }
