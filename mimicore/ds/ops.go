@@ -359,7 +359,10 @@ func (s *Service) pendingProposals(ctx context.Context, gid []byte, epoch uint64
 // for GroupInfo extensions, not for the ratchet tree: clients omit the
 // ratchet_tree extension from the GroupInfo they sign for the DS, which
 // serves the tree itself (docs/protocol.md §5.2).
-const MaxGroupInfoSize = store.MaxProposalSize
+//
+// It is the Delivery Service's own bound, well under what the store
+// accepts (store.MaxGroupInfoSize).
+const MaxGroupInfoSize = 64 << 10
 
 // encodeGroupInfo encodes a GroupInfo message to keep, refusing one over
 // MaxGroupInfoSize.
