@@ -220,9 +220,12 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		// current fetcher, charged to the request's client address).
 		Bindings: &binding.Checker{Domains: g.Providers, Local: g.svc.Keys(), Remote: g.svc,
 			Unchecked: g.UncheckedClientBindings},
-		// Delivery to queues and peers lands with the queue store and
-		// federation; until then send_message answers not_implemented.
-		Deliverer: nil,
+		// Accepted commits and messages go to the local clients' queues
+		// (with the store's default limits) and to the outbox for other
+		// providers, in the write that accepts them. A full queue is
+		// logged, sampled: a client that stopped fetching could
+		// otherwise flood the log.
+		Logger: sampled(g.logger),
 	}
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")

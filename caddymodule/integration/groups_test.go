@@ -323,8 +323,10 @@ func TestGroupOperations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustRefuse(t, "send_message before delivery exists", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0),
-		http.StatusNotImplemented, moh.CodeNotImplemented)
+	// A message of the current epoch is accepted and queued for the
+	// others (their queues are read through mimi_local in the client
+	// tests); one protected in a past epoch is stale.
+	mustOK(t, "send_message", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0))
 
 	// alice removes bob.
 	oldBob := bob.m
@@ -342,6 +344,10 @@ func TestGroupOperations(t *testing.T) {
 	if status != http.StatusNotFound || r.Error.Code != moh.CodeNotFound {
 		t.Fatalf("the removed member's external_commit_info: %d %s", status, r.Error.Code)
 	}
+
+	// alice's message of the epoch before the removal is stale now.
+	mustRefuse(t, "a message of a past epoch", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0),
+		http.StatusConflict, moh.CodeStaleEpoch)
 
 	// The group goes on without him.
 	res = carol.commit(t)

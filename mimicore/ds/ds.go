@@ -25,7 +25,7 @@
 // with RFC 9420 public-state validation, DS -03's rules of its type and
 // the client bindings of new leaves, then stored on condition that its
 // epoch is still current, so one commit wins each epoch),
-// self_remove_client, send_message (handed to the Deliverer),
+// self_remove_client, send_message (delivered to the members),
 // welcome_info and external_commit_info. Attachments are answered
 // not_implemented.
 package ds
@@ -37,6 +37,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -94,9 +96,21 @@ type Service struct {
 	// Delivery Service never accepts unchecked leaves by omission; the
 	// checker's own switch (binding.Checker.Unchecked) turns the check off.
 	Bindings BindingChecker
-	// Deliverer hands accepted application messages on. Nil makes
-	// send_message answer not_implemented after its checks.
-	Deliverer Deliverer
+	// QueueLimits bound each local client's queue that the fan-out of
+	// accepted messages appends to; zero fields mean the store's
+	// defaults.
+	QueueLimits store.QueueLimits
+	// Logger receives what the operator must know of and no peer may
+	// see: deliveries a full queue refused. Nil discards it.
+	Logger *zap.Logger
+}
+
+// logger is s.Logger, or a logger that discards.
+func (s *Service) logger() *zap.Logger {
+	if s.Logger == nil {
+		return zap.NewNop()
+	}
+	return s.Logger
 }
 
 // Request is an authenticated client request.

@@ -6,7 +6,6 @@ import (
 	"crypto/hpke"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,20 +29,6 @@ type harness struct {
 	svc    *Service
 	ring   *provider.KeyRing
 	issuer *binding.Issuer
-	del    *recordingDeliverer
-}
-
-// recordingDeliverer records the deliveries it is handed.
-type recordingDeliverer struct {
-	mu  sync.Mutex
-	got []*Delivery
-}
-
-func (d *recordingDeliverer) Deliver(_ context.Context, x *Delivery) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.got = append(d.got, x)
-	return nil
 }
 
 func newHarness(t testing.TB) *harness {
@@ -58,12 +43,27 @@ func newHarness(t testing.TB) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{st: st, ring: ring, del: &recordingDeliverer{},
-		issuer: &binding.Issuer{Domains: []string{testProvider}, Keys: ring}}
+	h := &harness{st: st, ring: ring, issuer: &binding.Issuer{Domains: []string{testProvider}, Keys: ring}}
 	h.svc = &Service{Groups: StoreGroups{st}, Joiners: StoreJoiners{st}, Seen: st, Store: st, Providers: []string{"b.example", testProvider},
-		Bindings:  &binding.Checker{Domains: []string{testProvider}, Local: ring},
-		Deliverer: h.del}
+		Bindings: &binding.Checker{Domains: []string{testProvider}, Local: ring}}
 	return h
+}
+
+// queued returns the messages queued for c since the last call, and
+// acknowledges them.
+func (h *harness) queued(t testing.TB, c *tclient) []store.QueuedMessage {
+	t.Helper()
+	msgs, err := h.st.Fetch(t.Context(), c.uri, c.cursor, store.FetchLimit{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) > 0 {
+		c.cursor = msgs[len(msgs)-1].Seq
+		if _, err := h.st.Ack(t.Context(), c.uri, c.cursor); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return msgs
 }
 
 // tclient is a client of the harness: its URI, signature key, KeyPackage
@@ -74,6 +74,7 @@ type tclient struct {
 	m       *mls.Member // the client's member state once in a group
 	kpRef   []byte
 	initKey hpke.PrivateKey
+	cursor  uint64 // the last queued message taken (harness.queued)
 }
 
 // newTClient makes a client of URI mimi://a.example/d/<user>/<device>,

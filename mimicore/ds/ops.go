@@ -28,36 +28,6 @@ type BindingChecker interface {
 
 var _ BindingChecker = (*binding.Checker)(nil) // interface guard
 
-// Delivery is a message the Delivery Service accepted for the members of a
-// group: what the hub hands on to each recipient's queue or provider
-// (docs/protocol.md §9, fan-out).
-type Delivery struct {
-	// GroupID and Epoch name the group and the epoch the message is for.
-	GroupID []byte
-	Epoch   uint64
-	// Sender is the leaf index of the member who sent it.
-	Sender uint32
-	// Message is the encoded MLSMessage, exactly as the sender sent it.
-	Message []byte
-	// Recipients are the client URIs (BasicCredential identities) of the
-	// group's members other than the sender, in leaf order.
-	Recipients [][]byte
-}
-
-// Deliverer hands accepted messages on to their recipients: the local
-// queues and the fan-out to other providers. It is the one hook between
-// the Delivery Service, which validates, and delivery, which lands with the
-// queue store and federation. Deliver is called after the message was
-// accepted; its error is the request's answer (a *moh.Error carries its
-// code, any other error is backend_unavailable), so the sender retries a
-// message that was not handed on.
-type Deliverer interface {
-	// Deliver hands d on to each of its recipients' queues or providers,
-	// durably: it returns once the delivery cannot be lost (or failed).
-	// It must not keep or modify d after it returns.
-	Deliver(ctx context.Context, d *Delivery) error
-}
-
 // handleGroupOp processes the group operations of /group_operation and the
 // two information requests, on an authenticated request.
 func (s *Service) handleGroupOp(ctx context.Context, r *Request) (*moh.DSResponse, error) {
@@ -205,8 +175,12 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err := s.bindings(typ).CheckCommit(ctx, next, info, s.now(), provider.LookupOptions{Source: r.Source}); err != nil {
 		return nil, bindingError(typ.String(), err)
 	}
-	err = s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
-		Joiners: joiners(next, info), GroupInfo: giEnc})
+	fan, err := s.encodeCommitFanout(typ.String(), base, next, info, msg, body.WelcomePackages)
+	if err != nil {
+		return nil, err
+	}
+	delivered, err := s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
+		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out})
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: another commit for epoch %d was accepted first", typ, base.Epoch())
@@ -215,6 +189,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: storing the commit: %w", typ, err)
 	}
+	fan.report(typ.String(), delivered)
 	if typ == moh.DeleteGroup {
 		// The commit that removed everyone else is stored first, so that of
 		// two racing requests exactly one wins; then the group goes.
@@ -261,38 +236,44 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 }
 
 // sendMessage serves send_message: an application PrivateMessage of the
-// group's current epoch from a member, handed to the Deliverer for the
-// other members. The Delivery Service cannot read it. Without a Deliverer
-// the message is checked and then refused not_implemented, never dropped.
+// group's current epoch from a member, delivered to the other members
+// (docs/protocol.md §9, fan-out) on condition that the group is still in
+// that epoch (stale_epoch otherwise: the sender re-encrypts it in the new
+// one), so that every member gets a group's messages in epoch order. The
+// Delivery Service cannot read it.
 func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	msg := &r.Body.Body.Message
 	base := r.state
 	if err := base.CheckMessage(msg); err != nil {
 		return nil, mlsError("send_message", err)
 	}
-	if s.Deliverer == nil {
-		return nil, moh.Errorf(moh.CodeNotImplemented, "send_message: message delivery is not implemented yet")
-	}
 	enc, err := wire.Marshal(msg)
 	if err != nil {
 		return nil, fmt.Errorf("send_message: encoding the message: %w", err)
 	}
 	sender := r.Body.Auth.SenderIndex
-	d := &Delivery{GroupID: base.GroupID(), Epoch: base.Epoch(), Sender: sender, Message: enc}
+	var from []byte
+	var to [][]byte
 	for _, i := range base.Tree().Members() {
+		leaf, _ := base.Member(i)
 		if i == sender {
+			from = leaf.Credential().Identity
 			continue
 		}
-		leaf, _ := base.Member(i)
-		d.Recipients = append(d.Recipients, leaf.Credential().Identity)
+		to = append(to, leaf.Credential().Identity)
 	}
-	if err := s.Deliverer.Deliver(ctx, d); err != nil {
-		var me *moh.Error
-		if errors.As(err, &me) {
-			return nil, err
-		}
+	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
+	fan.add(enc, from, to)
+	delivered, err := s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
+	switch {
+	case errors.Is(err, store.ErrEpochConflict):
+		return nil, moh.Errorf(moh.CodeStaleEpoch, "send_message: the group has left epoch %d", base.Epoch())
+	case errors.Is(err, store.ErrNotFound):
+		return nil, errNotFound()
+	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: delivering: %w", err)
 	}
+	fan.report("send_message", delivered)
 	return ok, nil
 }
 

@@ -161,11 +161,21 @@ func TestGroupLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.mustDo(t, "send_message", signed(t, alice, alice.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
-	if n := len(h.del.got); n != 1 || len(h.del.got[0].Recipients) != 3 || h.del.got[0].Sender != alice.m.LeafIndex() {
-		t.Fatalf("deliveries: %+v", h.del.got)
+	// Each of the others finds it last in their queue, after the
+	// commits they were sent; alice finds nothing of her own.
+	for _, c := range []*tclient{bob, carol, bobLaptop} {
+		q := h.queued(t, c)
+		if len(q) == 0 || q[len(q)-1].Sender != alice.uri {
+			t.Fatalf("%s's queue: %+v", c.uri, q)
+		}
+		if _, plain, err := c.m.Unprotect(mustDecode(t, q[len(q)-1].Message)); err != nil || string(plain) != "hello" {
+			t.Fatalf("%s reads %q, %v", c.uri, plain, err)
+		}
 	}
-	if _, plain, err := bob.m.Unprotect(mustDecode(t, h.del.got[0].Message)); err != nil || string(plain) != "hello" {
-		t.Fatalf("bob reads %q, %v", plain, err)
+	for _, m := range h.queued(t, alice) {
+		if m.Sender == alice.uri {
+			t.Fatal("alice was sent her own message")
+		}
 	}
 
 	// external_commit_info for alice, then her tablet joins externally.
@@ -333,8 +343,9 @@ func TestRacingCommits(t *testing.T) {
 }
 
 // TestRefusals sends requests that must be refused to a group of alice
-// (phone and laptop) and bob at epoch 3, and checks each answer's code and
-// that the stored group, its pending proposals included, is unchanged.
+// (phone and laptop) and bob at epoch 3, and checks each answer's code,
+// that the stored group, its pending proposals included, is unchanged, and
+// that no member was delivered anything.
 func TestRefusals(t *testing.T) {
 	h := newHarness(t)
 	alice := h.newTClient(t, "alice", "phone", false)
@@ -385,10 +396,6 @@ func TestRefusals(t *testing.T) {
 	})
 	otherGroup := h.newTClient(t, "alice", "desk", false)
 	_ = l
-	msg, err := alice.m.Protect([]byte("hi"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	oldMsg, err := oldAlice.Protect([]byte("late"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -414,6 +421,11 @@ func TestRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// What the set-up delivered is taken: a refusal delivers nothing.
+	members := []*tclient{alice, laptop, bob}
+	for _, c := range members {
+		h.queued(t, c)
+	}
 	for _, tc := range []struct {
 		name string
 		body []byte
@@ -458,6 +470,11 @@ func TestRefusals(t *testing.T) {
 			if !h.snapshot(t, gid).equal(before) {
 				t.Fatal("the refusal changed the stored group")
 			}
+			for _, c := range members {
+				if q := h.queued(t, c); len(q) > 0 {
+					t.Fatalf("the refusal delivered %d messages to %s", len(q), c.uri)
+				}
+			}
 		})
 	}
 
@@ -493,17 +510,6 @@ func TestRefusals(t *testing.T) {
 		}
 		if h.snapshot(t, g).exists {
 			t.Fatal("the refused group was stored")
-		}
-	})
-	t.Run("send_message without a Deliverer", func(t *testing.T) {
-		svc := *h.svc
-		svc.Deliverer = nil
-		req, err := svc.Authenticate(t.Context(), signed(t, alice, a, moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := svc.Handle(t.Context(), req); codeOf(err) != moh.CodeNotImplemented {
-			t.Fatalf("answer %v, want not_implemented", err)
 		}
 	})
 	// Last, as it leaves a proposal pending: an external join while a

@@ -57,6 +57,10 @@ const (
 // semantics below do not depend on it, and the state returned is the one
 // last committed by any process on the same database.
 //
+// The commits and messages the DS accepts are delivered by the same
+// writes (Fanout): a GroupStore's backend also holds the local clients'
+// Queues and the Outbox those writes fill.
+//
 // Group ids are 1..MaxIDSize bytes and hub domains 1..MaxDomainSize bytes
 // (ErrInvalid otherwise).
 type GroupStore interface {
@@ -93,8 +97,17 @@ type GroupStore interface {
 	// success the proposals pending in Base's epoch are dropped, and with
 	// c.Welcome set Next's ratchet tree is kept for the members the
 	// commit's Welcome added (WelcomeTree), with their keys (JoinerKey),
-	// in the same atomic write.
-	CommitEpoch(ctx context.Context, c EpochCommit) error
+	// in the same atomic write, and so is c.Fanout: the commit's delivery
+	// to the members (see Fanout), whose outcome it reports.
+	CommitEpoch(ctx context.Context, c EpochCommit) (Delivered, error)
+
+	// Deliver writes f, the delivery of a message the DS accepted for a
+	// group hosted here in epoch (an application message), in one atomic
+	// write, on condition that the group is still at epoch: otherwise it
+	// fails with ErrEpochConflict and writes nothing, so every member
+	// gets a group's messages in epoch order, a commit after the messages
+	// of its epoch. An unknown group is ErrNotFound.
+	Deliver(ctx context.Context, groupID []byte, epoch uint64, f Fanout) (Delivered, error)
 
 	// WelcomeTree returns the ratchet tree of epoch, as it was when the
 	// epoch began, of a group hosted here, for a member that a Welcome of
@@ -163,6 +176,9 @@ type EpochCommit struct {
 	// bytes. The DS serves the tree from the state, so a GroupInfo
 	// without the ratchet_tree extension keeps a commit's writes small.
 	GroupInfo []byte
+	// Fanout delivers the commit (and its Welcomes) to the members, in
+	// the same atomic write as the new epoch.
+	Fanout Fanout
 }
 
 // Joiner is a KeyPackage that a commit added by value and its Welcome

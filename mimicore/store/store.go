@@ -165,6 +165,7 @@ type Store interface {
 	GroupStore
 	KeyPackages
 	Queues
+	Outbox
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -261,6 +262,8 @@ const crashGroupWriters = 4
 // SHA-256 of the state's MarshalBinary: the verifier then knows every state
 // the group may be in. Every fifth commit adds a member and every seventh
 // removes one, so commits grow and shrink the tree and keep Welcome trees.
+// Each commit fans out "epoch <n>" to a local queue (crashMember) and to
+// the outbox of crashPeer, in its own write (crashFanout).
 func crashCommits(s *Store, id string) error {
 	g, err := storetest.MakeGroup([]byte(id), 3)
 	if err != nil {
@@ -302,13 +305,31 @@ func crashCommits(s *Store, id string) error {
 		if err := line("try", next.State); err != nil {
 			return err
 		}
-		if err := s.CommitEpoch(context.Background(), c); err != nil {
+		c.Fanout = crashFanout(id, next.State.Epoch())
+		if err := commitErr(s.CommitEpoch(context.Background(), c)); err != nil {
 			return fmt.Errorf("CommitEpoch to epoch %d: %w", next.State.Epoch(), err)
 		}
 		if err := line("group", next.State); err != nil {
 			return err
 		}
 		g = next
+	}
+}
+
+// crashPeer is the destination of the crash test's outbox messages.
+const crashPeer = "crash-peer.example"
+
+// crashMember is the local client that group id's commits are delivered
+// to.
+func crashMember(id string) string { return "mimi://crash/" + id + "/member" }
+
+// crashFanout is the delivery of group id's commit to epoch.
+func crashFanout(id string, epoch uint64) store.Fanout {
+	msg := []byte(fmt.Sprintf("epoch %d", epoch))
+	return store.Fanout{
+		Local: []store.Delivery{{Recipients: []string{crashMember(id)}, GroupID: []byte(id), Message: msg}},
+		Remote: []store.OutboxMessage{{Destination: crashPeer, GroupID: []byte(id),
+			Recipients: []string{"mimi://" + crashPeer + "/d/member/phone"}, Message: msg}},
 	}
 }
 
@@ -319,7 +340,7 @@ func crashCommits(s *Store, id string) error {
 // 4 that claim them, kills it with SIGKILL mid-stream, and checks that
 // every acknowledged write is in the reopened database, that every group
 // holds its last acknowledged commit or the one in flight and no
-// half-applied state, that every queue holds each acknowledged append under
+// half-applied state, with the fan-out of exactly the commits it holds, that every queue holds each acknowledged append under
 // its sequence number with no gap, that no claimed KeyPackage is available
 // or handed out again, and that the database is intact, three times over.
 func TestCrashDurability(t *testing.T) {
@@ -585,6 +606,7 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 		tries map[uint64]string // epoch -> digest of the state tried
 	}
 	groups := map[string]*history{}
+	created := map[string]uint64{} // the epoch each group was created at
 	for _, l := range lines {
 		var kind, id, digest string
 		var epoch uint64
@@ -598,6 +620,9 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 		}
 		switch kind {
 		case "try":
+			if len(h.tries) == 0 {
+				created[id] = epoch
+			}
 			h.tries[epoch] = digest
 		case "group":
 			if h.tries[epoch] != digest {
@@ -605,6 +630,10 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 			}
 			h.acked = int64(epoch)
 		}
+	}
+	outbox, err := crashOutbox(ctx, s)
+	if err != nil {
+		return 0, err
 	}
 	for id, h := range groups {
 		raw, _ := hex.DecodeString(id)
@@ -647,8 +676,69 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 		if th, err := tree.TreeHash(); err != nil || !bytes.Equal(th, g.TreeHash()) {
 			return 0, fmt.Errorf("group %s: stored nodes do not hash to the stored context's tree hash (%v)", raw, err)
 		}
+		// The fan-out of every stored commit, and of no other.
+		var want []string
+		for e := created[id] + 1; e <= g.Epoch(); e++ {
+			want = append(want, fmt.Sprintf("epoch %d", e))
+		}
+		queued, err := crashQueue(ctx, s, crashMember(string(raw)))
+		if err != nil {
+			return 0, err
+		}
+		if !slices.Equal(queued, want) {
+			return 0, fmt.Errorf("group %s at epoch %d: its member's queue holds %d messages %v..., want the %d commits stored",
+				raw, g.Epoch(), len(queued), head(queued), len(want))
+		}
+		if got := outbox[string(raw)]; !slices.Equal(got, want) {
+			return 0, fmt.Errorf("group %s at epoch %d: the outbox holds %d messages %v..., want the %d commits stored",
+				raw, g.Epoch(), len(got), head(got), len(want))
+		}
 	}
 	return ahead, nil
+}
+
+// head is the start of a list, for messages.
+func head(l []string) []string { return l[:min(len(l), 3)] }
+
+// crashQueue reads every message of client's queue.
+func crashQueue(ctx context.Context, s *Store, client string) ([]string, error) {
+	var out []string
+	var after uint64
+	for {
+		msgs, err := s.Fetch(ctx, client, after, store.FetchLimit{Messages: store.MaxFetchMessages})
+		if err != nil {
+			return nil, fmt.Errorf("queue of %s after kill -9: %w", client, err)
+		}
+		if len(msgs) == 0 {
+			return out, nil
+		}
+		for _, m := range msgs {
+			if m.Seq != after+1 {
+				return nil, fmt.Errorf("queue of %s: seq %d after %d", client, m.Seq, after)
+			}
+			after = m.Seq
+			out = append(out, string(m.Message))
+		}
+	}
+}
+
+// crashOutbox reads crashPeer's whole outbox, by group.
+func crashOutbox(ctx context.Context, s *Store) (map[string][]string, error) {
+	out := map[string][]string{}
+	var after uint64
+	for {
+		page, err := s.OutboxPending(ctx, crashPeer, after, store.MaxOutboxList)
+		if err != nil {
+			return nil, fmt.Errorf("outbox after kill -9: %w", err)
+		}
+		if len(page) == 0 {
+			return out, nil
+		}
+		for _, e := range page {
+			out[string(e.GroupID)] = append(out[string(e.GroupID)], string(e.Message))
+			after = e.ID
+		}
+	}
 }
 
 // splitQueueLines separates the queue writers' and KeyPackage lines from

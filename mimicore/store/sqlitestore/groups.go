@@ -319,41 +319,46 @@ func (s *Store) LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState,
 // retained Welcome epoch still needs to the history, and drops what the new
 // epoch ends: out-of-date Welcome trees and their history, and the
 // pending proposals.
-func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
+func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Delivered, error) {
 	const doing = "committing epoch"
 	if err := s.checkOpen(doing); err != nil {
-		return err
+		return store.Delivered{}, err
 	}
 	if c.Base == nil || c.Next == nil {
-		return fmt.Errorf("%s: base and next state are required: %w", doing, store.ErrInvalid)
+		return store.Delivered{}, fmt.Errorf("%s: base and next state are required: %w", doing, store.ErrInvalid)
 	}
 	id := c.Base.GroupID()
 	if err := check.GroupID(id); err != nil {
-		return fmt.Errorf("%s: %w", doing, err)
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	if string(c.Next.GroupID()) != string(id) || c.Next.Epoch() != c.Base.Epoch()+1 || c.Next.Epoch() > maxEpoch {
-		return fmt.Errorf("%s: next state is not the base's group at the next epoch: %w", doing, store.ErrInvalid)
+		return store.Delivered{}, fmt.Errorf("%s: next state is not the base's group at the next epoch: %w", doing, store.ErrInvalid)
 	}
 	if err := checkGroupInfo(c.GroupInfo); err != nil {
-		return fmt.Errorf("%s: %w", doing, err)
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	if err := check.Joiners(c.Welcome, c.Joiners); err != nil {
-		return fmt.Errorf("%s: %w", doing, err)
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	fo, err := newFanout(c.Fanout)
+	if err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	ch, err := c.Next.StoredChanges(c.Base)
 	if err != nil {
-		return fmt.Errorf("%s: %w", doing, err)
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	baseCtx := c.Base.GroupContext()
 	baseContext, err := wire.Marshal(&baseCtx)
 	if err != nil {
-		return fmt.Errorf("%s: encoding base context: %w", doing, err)
+		return store.Delivered{}, fmt.Errorf("%s: encoding base context: %w", doing, err)
 	}
 	baseInterim := nonNil(c.Base.InterimTranscriptHash())
 	baseWidth := 2*c.Base.Tree().LeafCount() - 1
 	next := int64(c.Next.Epoch())
 	var rowID int64
 	var written int
+	var delivered store.Delivered
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
 		written = headSize(ch) + len(c.GroupInfo) + nodesSize(ch.Nodes)
@@ -436,15 +441,21 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
 			}
 			written += joinersSize(c.Joiners)
 		}
-		return nil
+		if fo.empty() {
+			return nil
+		}
+		written += fo.size()
+		delivered, err = s.fanoutTx(ctx, tx, &fo, now)
+		return err
 	})
 	if err != nil {
-		return s.fail(doing, err)
+		return store.Delivered{}, s.fail(doing, err)
 	}
 	s.groupBytes.Add(uint64(written))
 	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: c.Next.Epoch(), Context: ch.Context,
 		Interim: nonNil(ch.InterimTranscriptHash), ConfTag: nonNil(ch.ConfirmationTag)}, c.Next)
-	return nil
+	s.notifyDelivered(&fo, delivered)
+	return delivered, nil
 }
 
 // checkGroupInfo checks the size of a GroupInfo to store.

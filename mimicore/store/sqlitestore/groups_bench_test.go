@@ -80,7 +80,7 @@ func BenchmarkGroupCommit(b *testing.B) {
 					b.StartTimer()
 				}
 				before, walBefore := s.Stats().GroupBytes, walSize(b, wal)
-				if err := s.CommitEpoch(ctx, c.commits[k]); err != nil {
+				if err := commitErr(s.CommitEpoch(ctx, c.commits[k])); err != nil {
 					b.Fatal(err)
 				}
 				bytes += s.Stats().GroupBytes - before
@@ -111,7 +111,7 @@ func BenchmarkGroupLoad(b *testing.B) {
 					b.Fatal(err)
 				}
 				for _, ec := range c.commits {
-					if err := s.CommitEpoch(ctx, ec); err != nil {
+					if err := commitErr(s.CommitEpoch(ctx, ec)); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -30,6 +30,7 @@ var migrations = []migration{
 	{3, "group state: hubs, groups in parts, Welcome trees, pending proposals", schemaV3},
 	{4, "KeyPackages of local clients, local client queues", schemaV4},
 	{5, "joiners of Welcome epochs", schemaV5},
+	{6, "outbox of messages for other providers", schemaV6},
 }
 
 const schemaV1 = `
@@ -316,4 +317,21 @@ CREATE TABLE mls_group_joiners (
 	PRIMARY KEY (gid, epoch, ref),
 	FOREIGN KEY (gid, epoch) REFERENCES mls_group_welcomes (gid, epoch) ON DELETE CASCADE
 ) WITHOUT ROWID;
+`
+
+// schemaV6 is the outbox (store.Outbox): the messages accepted here for
+// other providers' clients, written in the transaction that accepted them.
+// AUTOINCREMENT keeps ids from ever being reused, so an id names one
+// message for good and orders a destination's messages.
+const schemaV6 = `
+CREATE TABLE outbox (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	destination TEXT    NOT NULL,
+	group_id    BLOB    NOT NULL,
+	-- a JSON array of client URIs (text[] in PostgreSQL)
+	recipients  TEXT    NOT NULL,
+	message     BLOB    NOT NULL,
+	enqueued_ms INTEGER NOT NULL
+);
+CREATE INDEX outbox_destination ON outbox (destination, id);
 `

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
@@ -73,68 +74,102 @@ func (s *Store) Append(ctx context.Context, d store.Delivery) ([]store.Appended,
 	if err := check.Delivery(d); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	maxMessages, maxBytes := int64(d.Limits.MaxMessages), d.Limits.MaxBytes
-	if maxMessages == 0 {
-		maxMessages = store.DefaultQueueMaxMessages
-	}
-	if maxBytes == 0 {
-		maxBytes = store.DefaultQueueMaxBytes
-	}
 	// Copied now: the op may run after the caller changed its slices.
-	recipients := slices.Clone(d.Recipients)
-	msg, groupID := bytes.Clone(d.Message), nonNil(bytes.Clone(d.GroupID))
-	size := int64(len(msg))
+	qa := newQueuedAppend(d)
 	var out []store.Appended
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		out = make([]store.Appended, len(recipients))
-		now := check.Millis(s.now())
-		exp := now + store.DefaultQueueTTL.Milliseconds()
-		if !d.Expires.IsZero() {
-			exp = check.ExpiryMillis(d.Expires)
-		}
-		// The body is stored with a reference per recipient, corrected
-		// below in the rare case that a queue is full.
-		var bodyID int64
-		if err := tx.StmtContext(ctx, s.qs.body).QueryRowContext(ctx, msg, len(recipients)).Scan(&bodyID); err != nil {
-			return err
-		}
-		e := entry{bodyID: bodyID, size: size, groupID: groupID, sender: d.Sender, arrived: now, expires: exp}
-		var refs int
 		var err error
-		if len(recipients) == 1 {
-			refs, err = s.appendOne(ctx, tx, recipients[0], e, maxMessages, maxBytes, out)
-		} else {
-			refs, err = s.appendMany(ctx, tx, recipients, e, maxMessages, maxBytes, out)
-		}
-		if err != nil {
-			return err
-		}
-		for i, a := range out {
-			if a.Seq == 0 {
-				out[i].Err = fmt.Errorf("queue of %s holds up to %d messages and %d bytes: %w",
-					recipients[i], maxMessages, maxBytes, store.ErrQueueFull)
-			}
-		}
-		switch refs {
-		case len(recipients):
-			return nil
-		case 0:
-			_, err = tx.ExecContext(ctx, queueBodyDeleteSQL, bodyID)
-		default:
-			_, err = tx.ExecContext(ctx, queueBodyRefsSQL, bodyID, refs)
-		}
+		out, err = s.appendTx(ctx, tx, qa, check.Millis(s.now()))
 		return err
 	})
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	// Committed: wake the waiters.
+	s.notifyAppended(qa.recipients, out)
+	return out, nil
+}
+
+// queuedAppend is a checked store.Delivery, copied and with its limits'
+// defaults filled in, ready for appendTx.
+type queuedAppend struct {
+	recipients            []string
+	msg, groupID          []byte
+	sender                string
+	expires               time.Time
+	maxMessages, maxBytes int64
+}
+
+// newQueuedAppend copies d, which check.Delivery accepted.
+func newQueuedAppend(d store.Delivery) queuedAppend {
+	qa := queuedAppend{
+		recipients:  slices.Clone(d.Recipients),
+		msg:         bytes.Clone(d.Message),
+		groupID:     nonNil(bytes.Clone(d.GroupID)),
+		sender:      d.Sender,
+		expires:     d.Expires,
+		maxMessages: int64(d.Limits.MaxMessages),
+		maxBytes:    d.Limits.MaxBytes,
+	}
+	if qa.maxMessages == 0 {
+		qa.maxMessages = store.DefaultQueueMaxMessages
+	}
+	if qa.maxBytes == 0 {
+		qa.maxBytes = store.DefaultQueueMaxBytes
+	}
+	return qa
+}
+
+// appendTx appends qa inside tx at time now (Unix ms) and answers each
+// recipient's outcome.
+func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, qa queuedAppend, now int64) ([]store.Appended, error) {
+	out := make([]store.Appended, len(qa.recipients))
+	exp := now + store.DefaultQueueTTL.Milliseconds()
+	if !qa.expires.IsZero() {
+		exp = check.ExpiryMillis(qa.expires)
+	}
+	// The body is stored with a reference per recipient, corrected
+	// below in the rare case that a queue is full.
+	var bodyID int64
+	if err := tx.StmtContext(ctx, s.qs.body).QueryRowContext(ctx, qa.msg, len(qa.recipients)).Scan(&bodyID); err != nil {
+		return nil, err
+	}
+	e := entry{bodyID: bodyID, size: int64(len(qa.msg)), groupID: qa.groupID, sender: qa.sender, arrived: now, expires: exp}
+	var refs int
+	var err error
+	if len(qa.recipients) == 1 {
+		refs, err = s.appendOne(ctx, tx, qa.recipients[0], e, qa.maxMessages, qa.maxBytes, out)
+	} else {
+		refs, err = s.appendMany(ctx, tx, qa.recipients, e, qa.maxMessages, qa.maxBytes, out)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, a := range out {
+		if a.Seq == 0 {
+			out[i].Err = fmt.Errorf("queue of %s holds up to %d messages and %d bytes: %w",
+				qa.recipients[i], qa.maxMessages, qa.maxBytes, store.ErrQueueFull)
+		}
+	}
+	switch refs {
+	case len(qa.recipients):
+		return out, nil
+	case 0:
+		_, err = tx.ExecContext(ctx, queueBodyDeleteSQL, bodyID)
+	default:
+		_, err = tx.ExecContext(ctx, queueBodyRefsSQL, bodyID, refs)
+	}
+	return out, err
+}
+
+// notifyAppended wakes the waiters of the queues that took a message, once
+// its write committed.
+func (s *Store) notifyAppended(recipients []string, out []store.Appended) {
 	for i, r := range recipients {
 		if out[i].Seq != 0 {
 			s.notifier.Notify(r, out[i].Seq)
 		}
 	}
-	return out, nil
 }
 
 // entry is what the queue entries of one Append share.

@@ -159,12 +159,12 @@ func (b *broken) CreateGroup(ctx context.Context, hub string, g *mls.GroupState,
 	return err
 }
 
-func (b *broken) CommitEpoch(ctx context.Context, c store.EpochCommit) error {
-	err := b.Store.CommitEpoch(ctx, c)
+func (b *broken) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Delivered, error) {
+	d, err := b.Store.CommitEpoch(ctx, c)
 	if b.mode == "commit-ignores-conflict" && errors.Is(err, store.ErrEpochConflict) {
-		return nil
+		return store.Delivered{}, nil
 	}
-	return err
+	return d, err
 }
 
 func (b *broken) LoadGroup(ctx context.Context, id []byte) (*mls.GroupState, error) {

@@ -4,6 +4,7 @@ package check
 
 import (
 	"fmt"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -265,4 +266,48 @@ func FetchLimit(l store.FetchLimit) (store.FetchLimit, error) {
 		l.Bytes = store.DefaultFetchBytes
 	}
 	return l, nil
+}
+
+// Fanout checks a Fanout: each Local entry as Delivery does, each Remote
+// message within the outbox's limits, and MaxFanoutMessages in all.
+func Fanout(f store.Fanout) error {
+	if n := len(f.Local) + len(f.Remote); n > store.MaxFanoutMessages {
+		return fmt.Errorf("fan-out of %d messages, over the %d limit: %w", n, store.MaxFanoutMessages, store.ErrInvalid)
+	}
+	for i, d := range f.Local {
+		if err := Delivery(d); err != nil {
+			return fmt.Errorf("local delivery %d: %w", i, err)
+		}
+	}
+	for i, m := range f.Remote {
+		if err := OutboxMessage(m); err != nil {
+			return fmt.Errorf("remote delivery %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// OutboxMessage checks a message for the outbox.
+func OutboxMessage(m store.OutboxMessage) error {
+	if err := Domain("destination", m.Destination); err != nil {
+		return err
+	}
+	if err := GroupID(m.GroupID); err != nil {
+		return err
+	}
+	if len(m.Recipients) == 0 || len(m.Recipients) > store.MaxOutboxRecipients {
+		return fmt.Errorf("%d recipients, want 1..%d: %w", len(m.Recipients), store.MaxOutboxRecipients, store.ErrInvalid)
+	}
+	for i, r := range m.Recipients {
+		if err := ClientURI("recipient", r); err != nil {
+			return err
+		}
+		if slices.Contains(m.Recipients[:i], r) {
+			return fmt.Errorf("recipient %q appears twice: %w", r, store.ErrInvalid)
+		}
+	}
+	if len(m.Message) == 0 || len(m.Message) > store.MaxQueuedMessageSize {
+		return fmt.Errorf("message is %d bytes, want 1..%d: %w", len(m.Message), store.MaxQueuedMessageSize, store.ErrInvalid)
+	}
+	return nil
 }

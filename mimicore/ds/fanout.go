@@ -1,0 +1,144 @@
+package ds
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// fanoutBuilder collects the delivery of the messages one accepted request
+// produces (docs/protocol.md §9, fan-out): each to its recipients' queues
+// when they are clients of a provider this Delivery Service serves, else
+// to the outbox of the provider their client URI names, one message per
+// destination and at most store.MaxOutboxRecipients client ids each. The
+// store writes it together with the state change (store.Fanout).
+type fanoutBuilder struct {
+	s       *Service
+	groupID []byte
+	out     store.Fanout
+	// skipped counts recipients whose identity is not a client URI: a
+	// leaf only the binding check's off switch lets in, which no queue or
+	// provider can be named for.
+	skipped int
+}
+
+// add delivers msg, sent by the client sender, to recipients (the
+// BasicCredential identities of members, in leaf order).
+func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
+	var local []string
+	var remote []store.OutboxMessage // one per destination, in first-seen order
+	for _, r := range recipients {
+		prov, _, _, err := moh.ParseClientURI(r)
+		if err != nil || len(r) > store.MaxClientURISize {
+			b.skipped++
+			continue
+		}
+		if slices.Contains(b.s.Providers, string(prov)) {
+			local = append(local, string(r))
+			continue
+		}
+		i := slices.IndexFunc(remote, func(m store.OutboxMessage) bool { return m.Destination == string(prov) })
+		if i < 0 {
+			remote = append(remote, store.OutboxMessage{Destination: string(prov), GroupID: b.groupID, Message: msg})
+			i = len(remote) - 1
+		}
+		remote[i].Recipients = append(remote[i].Recipients, string(r))
+	}
+	from := ""
+	if len(sender) <= store.MaxClientURISize {
+		from = string(sender)
+	}
+	for part := range slices.Chunk(local, store.MaxAppendRecipients) {
+		b.out.Local = append(b.out.Local, store.Delivery{Recipients: part, GroupID: b.groupID, Sender: from,
+			Message: msg, Limits: b.s.QueueLimits})
+	}
+	for _, m := range remote {
+		for part := range slices.Chunk(m.Recipients, store.MaxOutboxRecipients) {
+			m.Recipients = part
+			b.out.Remote = append(b.out.Remote, m)
+		}
+	}
+}
+
+// report logs what the delivery could not do: recipients skipped for want
+// of a client URI, and local queues that were full. Neither undoes the
+// accepted request; a member whose queue was full has missed a message
+// and must resynchronise (external join), as after any state loss.
+func (b *fanoutBuilder) report(what string, d store.Delivered) {
+	log := b.s.logger()
+	if b.skipped > 0 {
+		log.Warn("recipients without a client URI were not delivered to",
+			zap.String("request", what), zap.String("group_id", hex.EncodeToString(b.groupID)),
+			zap.Int("recipients", b.skipped))
+	}
+	for i, outs := range d.Local {
+		for j, a := range outs {
+			if errors.Is(a.Err, store.ErrQueueFull) {
+				log.Warn("a local queue is full: its client missed a message",
+					zap.String("request", what), zap.String("group_id", hex.EncodeToString(b.groupID)),
+					zap.String("client", b.out.Local[i].Recipients[j]), zap.Error(a.Err))
+			}
+		}
+	}
+}
+
+// encodeCommitFanout encodes an accepted commit and its Welcomes and
+// builds their delivery (commitFanout).
+func (s *Service) encodeCommitFanout(what string, base, next *mls.GroupState, info *mls.CommitInfo, commit *mls.MLSMessage, welcomes []moh.WelcomePackage) (*fanoutBuilder, error) {
+	enc, err := wire.Marshal(commit)
+	if err != nil {
+		return nil, fmt.Errorf("%s: encoding the commit: %w", what, err)
+	}
+	welcomeEnc := make([][]byte, len(welcomes))
+	for i := range welcomes {
+		if welcomeEnc[i], err = wire.Marshal(&welcomes[i].Welcome); err != nil {
+			return nil, fmt.Errorf("%s: encoding Welcome %d: %w", what, i, err)
+		}
+	}
+	return s.commitFanout(base, next, info, enc, welcomes, welcomeEnc), nil
+}
+
+// commitFanout is the delivery of an accepted commit: the commit to every
+// member of the base epoch but its sender (removed members included, so
+// they learn of it), then each Welcome to the clients whose KeyPackages it
+// names.
+func (s *Service) commitFanout(base, next *mls.GroupState, info *mls.CommitInfo, commit []byte, welcomes []moh.WelcomePackage, welcomeEnc [][]byte) *fanoutBuilder {
+	b := &fanoutBuilder{s: s, groupID: base.GroupID()}
+	var sender []byte
+	if leaf, ok := next.Member(info.CommitterLeaf); ok {
+		sender = leaf.Credential().Identity
+	}
+	var members [][]byte
+	for _, i := range base.Tree().Members() {
+		if info.Committer.Type == mls.SenderMember && i == info.Committer.Index {
+			continue
+		}
+		leaf, _ := base.Member(i)
+		members = append(members, leaf.Credential().Identity)
+	}
+	b.add(commit, sender, members)
+	joiner := make(map[string][]byte, len(info.Added))
+	for _, a := range info.Added {
+		if leaf, ok := next.Member(a.Leaf); ok {
+			joiner[string(a.KeyPackageRef)] = leaf.Credential().Identity
+		}
+	}
+	for k, wp := range welcomes {
+		var to [][]byte
+		for _, sec := range wp.Welcome.Welcome.Secrets {
+			if id, ok := joiner[string(sec.NewMember)]; ok && !slices.ContainsFunc(to, func(x []byte) bool { return string(x) == string(id) }) {
+				to = append(to, id)
+			}
+		}
+		b.add(welcomeEnc[k], sender, to)
+	}
+	return b
+}

@@ -1,0 +1,185 @@
+package ds
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// remoteClient makes a client of another provider, whose leaf carries no
+// binding (the delivery tests run with the binding check off, so that no
+// peer's keys need fetching).
+func remoteClient(t *testing.T, provider, user string) *tclient {
+	t.Helper()
+	uri := moh.ClientURI(provider, user, "phone")
+	c := newKeyPackageClient(t, mls.X25519AES128GCMSHA256Ed25519, user, uri, nil)
+	ref, err := c.kp.Ref()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tclient{uri: uri, c: c, kpRef: ref, initKey: c.initKey}
+}
+
+// outbox returns destination's pending messages after the cursor *after,
+// and moves the cursor past them.
+func (h *harness) outbox(t *testing.T, destination string, after *uint64) []store.OutboxEntry {
+	t.Helper()
+	got, err := h.st.OutboxPending(t.Context(), destination, *after, store.MaxOutboxList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) > 0 {
+		*after = got[len(got)-1].ID
+	}
+	return got
+}
+
+// wantOne checks that msgs is exactly one message, sent by sender, and
+// returns it decoded.
+func wantOne(t *testing.T, what string, msgs []store.QueuedMessage, sender string) *mls.MLSMessage {
+	t.Helper()
+	if len(msgs) != 1 || msgs[0].Sender != sender {
+		t.Fatalf("%s: got %d messages %+v, want one from %s", what, len(msgs), msgs, sender)
+	}
+	return mustDecode(t, msgs[0].Message)
+}
+
+// wantOutboxOne checks that entries is exactly one message for the given
+// recipients, and returns it decoded.
+func wantOutboxOne(t *testing.T, what string, entries []store.OutboxEntry, recipients ...*tclient) *mls.MLSMessage {
+	t.Helper()
+	var want []string
+	for _, c := range recipients {
+		want = append(want, c.uri)
+	}
+	if len(entries) != 1 || !slices.Equal(entries[0].Recipients, want) {
+		t.Fatalf("%s: outbox %+v, want one message for %s", what, entries, strings.Join(want, ", "))
+	}
+	return mustDecode(t, entries[0].Message)
+}
+
+// joinFrom has c join from a delivered Welcome.
+func joinFrom(t *testing.T, c *tclient, welcome *mls.MLSMessage) {
+	t.Helper()
+	m, err := mls.JoinFromWelcome(welcome.Welcome, mls.WelcomeOptions{KeyPackage: c.c.kp,
+		InitKey: c.initKey, LeafKey: c.c.leafKey, Signer: c.c.signer})
+	if err != nil {
+		t.Fatalf("%s joins from the delivered Welcome: %v", c.uri, err)
+	}
+	c.m = m
+}
+
+// follow has c process a delivered commit.
+func follow(t *testing.T, c *tclient, commit *mls.MLSMessage) {
+	t.Helper()
+	m, err := c.m.ApplyCommit(commit, nil)
+	if err != nil {
+		t.Fatalf("%s follows the delivered commit: %v", c.uri, err)
+	}
+	c.m = m
+}
+
+// read has c decrypt a delivered application message.
+func read(t *testing.T, c *tclient, msg *mls.MLSMessage, want string) {
+	t.Helper()
+	if _, plain, err := c.m.Unprotect(msg); err != nil || string(plain) != want {
+		t.Fatalf("%s reads %q, %v; want %q", c.uri, plain, err, want)
+	}
+}
+
+// TestDelivery runs a group of two local clients (alice, bob) and two
+// clients of c.example (carol, dave) in which every client learns of every
+// step only from what the Delivery Service delivered: local clients from
+// their queues, remote ones from c.example's outbox. Each commit reaches
+// every member of its base epoch but the committer (a removed member
+// included), each Welcome exactly its joiners, each message every member
+// but its sender, one outbox message per destination and in the order of
+// acceptance.
+func TestDelivery(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	core, logs := observer.New(zapcore.WarnLevel)
+	h.svc.Logger = zap.New(core)
+	alice := h.newTClient(t, "alice", "phone", false)
+	bob := h.newTClient(t, "bob", "phone", false)
+	carol := remoteClient(t, "c.example", "carol")
+	dave := remoteClient(t, "c.example", "dave")
+	gid := []byte("delivery group")
+	var cursor uint64 // of c.example's outbox
+
+	h.mustDo(t, "create_group", createBody(t, alice, gid))
+	res := commit(t, alice.m, addProps(bob, carol, dave), nil, nil)
+	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
+	alice.m = res.Next
+	if q := h.queued(t, alice); len(q) != 0 {
+		t.Fatalf("the committer was delivered %+v", q)
+	}
+	joinFrom(t, bob, wantOne(t, "bob's Welcome", h.queued(t, bob), alice.uri))
+	w := wantOutboxOne(t, "the Welcome for c.example", h.outbox(t, "c.example", &cursor), carol, dave)
+	joinFrom(t, carol, w)
+	joinFrom(t, dave, w)
+
+	// bob updates: alice hears of it from her queue, carol and dave from
+	// one outbox message.
+	res = commit(t, bob.m, nil, nil, nil)
+	h.mustDo(t, "update_client", commitBody(t, moh.UpdateClient, bob, bob.m, res))
+	bob.m = res.Next
+	follow(t, alice, wantOne(t, "alice's commit", h.queued(t, alice), bob.uri))
+	c := wantOutboxOne(t, "the commit for c.example", h.outbox(t, "c.example", &cursor), carol, dave)
+	follow(t, carol, c)
+	follow(t, dave, c)
+	if q := h.queued(t, bob); len(q) != 0 {
+		t.Fatalf("the committer was delivered %+v", q)
+	}
+
+	// carol sends: alice and bob read it from their queues, dave from the
+	// outbox message that names him alone.
+	msg, err := carol.m.Protect([]byte("hello from carol"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mustDo(t, "send_message", signed(t, carol, carol.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
+	read(t, alice, wantOne(t, "alice's message", h.queued(t, alice), carol.uri), "hello from carol")
+	read(t, bob, wantOne(t, "bob's message", h.queued(t, bob), carol.uri), "hello from carol")
+	read(t, dave, wantOutboxOne(t, "the message for c.example", h.outbox(t, "c.example", &cursor), dave), "hello from carol")
+
+	// alice removes carol: carol hears of her removal with the others.
+	res = commit(t, alice.m, []*mls.Proposal{{Type: mls.ProposalRemove, Removed: carol.m.LeafIndex()}}, nil, nil)
+	h.mustDo(t, "remove_users", commitBody(t, moh.RemoveUsers, alice, alice.m, res))
+	alice.m = res.Next
+	follow(t, bob, wantOne(t, "bob's commit", h.queued(t, bob), alice.uri))
+	c = wantOutboxOne(t, "the remove for c.example", h.outbox(t, "c.example", &cursor), carol, dave)
+	follow(t, dave, c)
+	if _, err := carol.m.ApplyCommit(c, nil); err == nil {
+		// A removed member cannot enter the new epoch; it learns that
+		// it was removed by processing the commit.
+		t.Fatal("carol entered the epoch that removed her")
+	}
+
+	// A full queue refuses its copy alone; the sender's request succeeds
+	// and the operator is told.
+	h.svc.QueueLimits = store.QueueLimits{MaxMessages: 1}
+	for i, text := range []string{"one", "two"} {
+		msg, err := alice.m.Protect([]byte(text), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.mustDo(t, "send_message", signed(t, alice, alice.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
+		if n := logs.FilterMessageSnippet("queue is full").Len(); n != i {
+			t.Fatalf("after message %d, %d full-queue warnings, want %d", i+1, n, i)
+		}
+	}
+	read(t, bob, wantOne(t, "bob's queue of one", h.queued(t, bob), alice.uri), "one")
+	if got := h.outbox(t, "c.example", &cursor); len(got) != 2 {
+		t.Fatalf("c.example's outbox got %d of the two messages", len(got))
+	}
+}

@@ -1,0 +1,88 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// Limits of a Fanout and of the outbox.
+const (
+	// MaxFanoutMessages bounds the messages of one Fanout: a commit's
+	// handshake, its Welcomes (moh.MaxWelcomePackages) and their remote
+	// copies, each split by MaxAppendRecipients or MaxOutboxRecipients.
+	MaxFanoutMessages = 1024
+	// MaxOutboxRecipients bounds the client ids of one outbox message:
+	// the client_ids<V> of a deliver_message (QueueingServiceRequest)
+	// carry 1..64 (docs/protocol.md §4).
+	MaxOutboxRecipients = 64
+	// MaxOutboxList is the most one OutboxPending returns.
+	MaxOutboxList = 1000
+)
+
+// Fanout is the delivery of a message the Delivery Service accepted, to
+// every recipient, written in the same atomic write as the state change
+// that accepted it (EpochCommit.Fanout, GroupStore.Deliver): the
+// transactional outbox of PROFILE §9. A crash either keeps the accepted
+// commit (or message) and its whole delivery, or neither, so no member
+// misses an accepted epoch and none gets a message the DS did not accept.
+type Fanout struct {
+	// Local are appended to the queues of this provider's clients, as
+	// Queues.Append does, in this order: a recipient of several gets them
+	// with increasing sequence numbers.
+	Local []Delivery
+	// Remote are queued for other providers' deliver_message, in this
+	// order (Outbox).
+	Remote []OutboxMessage
+}
+
+// Delivered reports the outcome of a Fanout that was written.
+type Delivered struct {
+	// Local has, per Fanout.Local entry, the outcome of each recipient,
+	// as Queues.Append answers it: a full queue refused the message (the
+	// others, and the state change, were still written).
+	Local [][]Appended
+	// Outbox has the id each Fanout.Remote message got in the outbox.
+	Outbox []uint64
+}
+
+// OutboxMessage is a message waiting to be delivered to clients of another
+// provider: one deliver_message (QueueingServiceRequest) to Destination.
+type OutboxMessage struct {
+	// Destination is the provider domain it goes to, 1..MaxDomainSize
+	// bytes.
+	Destination string
+	// GroupID is the MLS group it belongs to, 1..MaxIDSize bytes.
+	GroupID []byte
+	// Recipients are the client URIs at Destination, 1..MaxOutboxRecipients
+	// distinct URIs of 1..MaxClientURISize bytes.
+	Recipients []string
+	// Message is the MLSMessage, 1..MaxQueuedMessageSize bytes.
+	Message []byte
+}
+
+// OutboxEntry is an OutboxMessage as the outbox keeps it.
+type OutboxEntry struct {
+	// ID numbers the outbox's messages in the order they were written,
+	// from 1, never reused: the order of delivery per (Destination,
+	// GroupID).
+	ID uint64
+	// Enqueued is when it was written (the backend's clock).
+	Enqueued time.Time
+	OutboxMessage
+}
+
+// Outbox holds the messages accepted here for other providers' clients
+// until they are delivered (PROFILE §9, fan-out): written only through a
+// Fanout, in the transaction of the state change that accepted them, and
+// read and cleared by the federation sender.
+type Outbox interface {
+	// OutboxPending returns, oldest first, at most limit
+	// (1..MaxOutboxList) messages for destination whose ID is above
+	// after.
+	OutboxPending(ctx context.Context, destination string, after uint64, limit int) ([]OutboxEntry, error)
+
+	// OutboxDelivered removes the messages with the given ids from
+	// destination's outbox and reports how many it removed; ids that are
+	// not (or no longer) there are skipped. It is one durable write.
+	OutboxDelivered(ctx context.Context, destination string, ids []uint64) (int, error)
+}
