@@ -224,6 +224,7 @@ const (
 	localPathKeyPackages = "/key_packages"
 	localPathMessages    = "/messages"
 	localPathAck         = "/messages/ack"
+	localPathClaim       = "/claim_key_packages"
 )
 
 // localRoute is a row of the local API's endpoint table
@@ -241,6 +242,7 @@ var localRoutes = []localRoute{
 	{localPathKeyPackages, "GET, POST", "GET: query `client`; POST: PublishRequest", "KeyPackageList"},
 	{localPathMessages, "GET", "query `client`, `after`, `limit`, `wait`", "MessageList"},
 	{localPathAck, "POST", "AckRequest", "AckAnswer"},
+	{localPathClaim, "POST", "ClaimRequest", "KeyPackageList"},
 }
 
 // ServeHTTP answers the local API's paths and passes any other request to
@@ -317,7 +319,8 @@ func (h *LocalAPI) fetch(ctx context.Context, user string, client []byte, after 
 	return h.api.Fetch(ctx, user, client, after, limit, wait)
 }
 
-// servePost answers POST /binding, /key_packages and /messages/ack.
+// servePost answers POST /binding, /key_packages, /claim_key_packages and
+// /messages/ack.
 func (h *LocalAPI) servePost(x *exchange, user string) {
 	body, err := h.readBody(x)
 	if err != nil {
@@ -341,6 +344,13 @@ func (h *LocalAPI) servePost(x *exchange, user string) {
 		if err = wire.Unmarshal(body, &req, "PublishRequest"); err == nil {
 			var list []localapi.KeyPackageEntry
 			list, err = h.api.PublishKeyPackages(ctx, user, &req)
+			answer = &localapi.KeyPackageList{KeyPackages: list}
+		}
+	case localPathClaim:
+		var req localapi.ClaimRequest
+		if err = wire.Unmarshal(body, &req, "ClaimRequest"); err == nil {
+			var list []localapi.KeyPackageEntry
+			list, err = h.api.ClaimKeyPackages(ctx, user, &req)
 			answer = &localapi.KeyPackageList{KeyPackages: list}
 		}
 	case localPathAck:

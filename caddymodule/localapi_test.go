@@ -744,3 +744,60 @@ func TestLocalAPIReadmeExample(t *testing.T) {
 		}
 	}
 }
+
+// TestLocalAPIClaimKeyPackages claims KeyPackages over HTTP: of every
+// client of a user (a single-use one each, then the last-resort one that
+// stays), of one client, and the refusals.
+func TestLocalAPIClaimKeyPackages(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{})
+	const bobPhoneURI = "mimi://example.com/d/bob/phone"
+	laptop, phone := newTestClient(t, bobURI), newTestClient(t, bobPhoneURI)
+	lb, pb := s.bind(t, "bob", laptop), s.bind(t, "bob", phone)
+	laptopKP, laptopLast := laptop.keyPackage(t, bobURI, lb), laptop.keyPackage(t, bobURI, lb)
+	phoneKP := phone.keyPackage(t, bobPhoneURI, pb)
+	for _, req := range []*localapi.PublishRequest{
+		{ClientURI: []byte(bobURI), KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: laptopKP}, {LastResort: true, KeyPackage: laptopLast}}},
+		{ClientURI: []byte(bobPhoneURI), KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: phoneKP}}},
+	} {
+		st, body := s.post(t, "bob", "/key_packages", req)
+		expectOK(t, st, body, &localapi.KeyPackageList{})
+	}
+	claim := func(t *testing.T, target string, want ...[]byte) {
+		t.Helper()
+		var got localapi.KeyPackageList
+		st, body := s.post(t, "alice", "/claim_key_packages", &localapi.ClaimRequest{CipherSuite: uint16(testSuite), Target: []byte(target)})
+		expectOK(t, st, body, &got)
+		if len(got.KeyPackages) != len(want) {
+			t.Fatalf("claim of %s answered %d KeyPackages, want %d", target, len(got.KeyPackages), len(want))
+		}
+		for i, e := range got.KeyPackages {
+			if !bytes.Equal(e.KeyPackage, want[i]) || e.LastResort != bytes.Equal(want[i], laptopLast) {
+				t.Fatalf("claim of %s: entry %d is not the KeyPackage expected", target, i)
+			}
+		}
+	}
+	// Ordered by client URI: bob/laptop before bob/phone.
+	claim(t, "mimi://example.com/u/bob", laptopKP, phoneKP)
+	claim(t, "mimi://example.com/u/bob", laptopLast)
+	claim(t, bobURI, laptopLast)
+	claim(t, bobPhoneURI)
+	claim(t, "mimi://example.com/u/nobody")
+
+	for _, tc := range []struct {
+		name   string
+		user   string
+		suite  uint16
+		target string
+		code   moh.Code
+	}{
+		{"a suite not accepted", "alice", 0x7777, "mimi://example.com/u/bob", moh.CodeForbidden},
+		{"a target that is no URI", "alice", uint16(testSuite), "bob", moh.CodeMalformed},
+		{"another provider's user", "alice", uint16(testSuite), "mimi://example.org/u/bob", moh.CodeNotImplemented},
+		{"another provider's client", "alice", uint16(testSuite), "mimi://example.org/d/bob/phone", moh.CodeNotImplemented},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body := s.post(t, tc.user, "/claim_key_packages", &localapi.ClaimRequest{CipherSuite: tc.suite, Target: []byte(tc.target)})
+			expectRefusal(t, st, body, tc.code)
+		})
+	}
+}

@@ -19,6 +19,7 @@ func FuzzBodies(f *testing.F) {
 		"00010000000000000001",
 		"0001" + "0161" + "03" + "000161",
 		"00012a0000000000000001000000006ab13b9e000000006ad8c89e02673109622e6578616d706c6504deadbeef",
+		"00010001" + "166d696d693a2f2f612e6578616d706c652f752f626f62",
 	} {
 		b, _ := hex.DecodeString(seed)
 		f.Add(b)
@@ -28,7 +29,7 @@ func FuzzBodies(f *testing.F) {
 			wire.Marshaler
 			wire.Unmarshaler
 		}{new(BindingRequest), new(BindingAnswer), new(PublishRequest), new(KeyPackageList),
-			new(MessageList), new(AckRequest), new(AckAnswer)} {
+			new(MessageList), new(AckRequest), new(AckAnswer), new(ClaimRequest)} {
 			if wire.Unmarshal(data, v, "body") != nil {
 				continue
 			}

@@ -277,6 +277,58 @@ func (a *API) list(ctx context.Context, client string) ([]KeyPackageEntry, error
 	return out, nil
 }
 
+// ClaimKeyPackages claims, for an authenticated user, one KeyPackage of
+// req.CipherSuite of the target client, or of every client of the target
+// user that has one (at most store.MaxClaimClients), as a group operation
+// that adds them needs: a single-use package is handed out once, a
+// last-resort one stays. Any authenticated user may claim the packages of
+// any user of the provider, as a peer provider may through
+// group_key_packages; the admin bounds how fast with a rate limit in front
+// of the API. A target of another provider is not_implemented (peers'
+// KeyPackages are fetched through federation); a client or user without a
+// package is an empty list.
+func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimRequest) ([]KeyPackageEntry, error) {
+	if user == "" {
+		return nil, moh.Errorf(moh.CodeForbidden, "no authenticated user")
+	}
+	cs := mls.CipherSuite(req.CipherSuite)
+	if !a.suiteAllowed(cs) {
+		return nil, moh.Errorf(moh.CodeForbidden, "cipher suite %d is not accepted here", req.CipherSuite)
+	}
+	var kps []store.KeyPackage
+	if prov, u, err := moh.ParseUserURI(req.Target); err == nil {
+		if !slices.Contains(a.cfg.Domains, string(prov)) {
+			return nil, errOtherProvider
+		}
+		prefix := moh.ClientURI(string(prov), string(u), "")
+		if kps, err = a.cfg.Store.ClaimKeyPackagesByPrefix(ctx, prefix, req.CipherSuite); err != nil {
+			return nil, storeError("claiming key packages", err)
+		}
+	} else if prov, _, _, err := moh.ParseClientURI(req.Target); err == nil {
+		if !slices.Contains(a.cfg.Domains, string(prov)) {
+			return nil, errOtherProvider
+		}
+		kp, err := a.cfg.Store.ClaimKeyPackage(ctx, string(req.Target), req.CipherSuite)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return nil, storeError("claiming key package", err)
+		default:
+			kps = append(kps, kp)
+		}
+	} else {
+		return nil, moh.Errorf(moh.CodeMalformed, "target is neither a user URI nor a client URI")
+	}
+	out := make([]KeyPackageEntry, len(kps))
+	for i, kp := range kps {
+		out[i] = KeyPackageEntry{LastResort: kp.LastResort, KeyPackage: kp.KeyPackage}
+	}
+	return out, nil
+}
+
+// errOtherProvider refuses a claim of another provider's KeyPackages.
+var errOtherProvider = moh.Errorf(moh.CodeNotImplemented, "KeyPackages of another provider's users are claimed through federation, which this gateway does not do yet")
+
 // Fetch answers the messages of clientURI's queue after the cursor after,
 // at most limit of them (0: store.DefaultFetchMessages). When there are
 // none it waits up to wait for one to arrive, and answers what arrived, or

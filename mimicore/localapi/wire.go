@@ -270,6 +270,36 @@ func (a *AckAnswer) UnmarshalWire(s *cryptobyte.String) bool {
 	return readVersion(s) && s.ReadUint64(&a.Deleted)
 }
 
+// ClaimRequest claims KeyPackages of another client or of every client of a
+// user of this provider, to add them to a group (POST /claim_key_packages):
+//
+//	struct {
+//	  uint16 protocol_version = 1;
+//	  uint16 cipher_suite;
+//	  opaque target<V>;   /* a user URI (every client of the user) or a client URI */
+//	} ClaimRequest;
+//
+// The answer is a KeyPackageList of the claimed packages, one per client,
+// ordered by client URI.
+type ClaimRequest struct {
+	// CipherSuite is the suite of the group the packages are for.
+	CipherSuite uint16
+	// Target is a user URI or a client URI, 1..moh.MaxURILen bytes.
+	Target []byte
+}
+
+// MarshalWire implements wire.Marshaler.
+func (r *ClaimRequest) MarshalWire(b *cryptobyte.Builder) {
+	b.AddUint16(moh.ProtocolVersion)
+	b.AddUint16(r.CipherSuite)
+	wire.AddOpaque(b, r.Target)
+}
+
+// UnmarshalWire implements wire.Unmarshaler.
+func (r *ClaimRequest) UnmarshalWire(s *cryptobyte.String) bool {
+	return readVersion(s) && s.ReadUint16(&r.CipherSuite) && readURI(s, &r.Target)
+}
+
 // readVersion reads protocol_version, which must be moh.ProtocolVersion
 // (the HTTP layer checks it first with moh.CheckVersion, so that another
 // version is unsupported_version rather than malformed).

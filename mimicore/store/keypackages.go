@@ -31,6 +31,9 @@ const (
 	// welcome_info, which the DS authenticates with the key of the
 	// KeyPackage the Welcome added (PROFILE §5: key_package_signature).
 	ClaimedKeyPackageRetention = WelcomeTreeLifetime
+	// MaxClaimClients bounds the clients of one ClaimKeyPackagesByPrefix:
+	// the client_ids of one group_key_packages request.
+	MaxClaimClients = 64
 )
 
 // ErrTooManyKeyPackages reports a PublishKeyPackages that would leave a
@@ -105,6 +108,16 @@ type KeyPackages interface {
 	// package, whether or not they run at once. No package is
 	// ErrNotFound.
 	ClaimKeyPackage(ctx context.Context, client string, suite uint16) (KeyPackage, error)
+
+	// ClaimKeyPackagesByPrefix claims, as ClaimKeyPackage does, one
+	// package of suite for each client whose URI starts with
+	// clientPrefix and that has one available, at most MaxClaimClients
+	// clients in URI byte order, all in one write: the KeyPackages of
+	// every client of a user (a prefix such as mimi://a.example/d/bob/),
+	// for adding the user to a group. It returns them ordered by client;
+	// no client with a package is an empty list. The prefix is
+	// 1..MaxClientURISize bytes.
+	ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix string, suite uint16) ([]KeyPackage, error)
 
 	// ListKeyPackages returns client's available packages, ordered by
 	// suite, then NotAfter, then Ref; none is an empty list, not an error.

@@ -144,29 +144,93 @@ func (s *Store) ClaimKeyPackage(ctx context.Context, client string, suite uint16
 	}
 	var kp store.KeyPackage
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		kp = store.KeyPackage{Client: client, Suite: suite}
-		now := check.Millis(s.now())
-		var notAfter int64
-		err := tx.StmtContext(ctx, s.ks.claim).QueryRowContext(ctx, client, int64(suite), now,
-			now+store.ClaimedKeyPackageRetention.Milliseconds()).Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
-		if errors.Is(err, sql.ErrNoRows) {
-			kp.LastResort = true
-			err = tx.StmtContext(ctx, s.ks.lastResort).QueryRowContext(ctx, client, int64(suite), now).
-				Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("client has no KeyPackage for suite %d: %w", suite, store.ErrNotFound)
-			}
-		}
-		if err != nil {
-			return err
-		}
-		kp.NotAfter = check.Time(notAfter)
-		return nil
+		var err error
+		kp, err = s.claimTx(ctx, tx, client, suite, check.Millis(s.now()))
+		return err
 	})
 	if err != nil {
 		return store.KeyPackage{}, s.fail(doing, err)
 	}
 	return kp, nil
+}
+
+// claimTx claims a package of client for suite inside tx at time now
+// (Unix ms).
+func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, client string, suite uint16, now int64) (store.KeyPackage, error) {
+	kp := store.KeyPackage{Client: client, Suite: suite}
+	var notAfter int64
+	err := tx.StmtContext(ctx, s.ks.claim).QueryRowContext(ctx, client, int64(suite), now,
+		now+store.ClaimedKeyPackageRetention.Milliseconds()).Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
+	if errors.Is(err, sql.ErrNoRows) {
+		kp.LastResort = true
+		err = tx.StmtContext(ctx, s.ks.lastResort).QueryRowContext(ctx, client, int64(suite), now).
+			Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
+		if errors.Is(err, sql.ErrNoRows) {
+			return store.KeyPackage{}, fmt.Errorf("client has no KeyPackage for suite %d: %w", suite, store.ErrNotFound)
+		}
+	}
+	if err != nil {
+		return store.KeyPackage{}, err
+	}
+	kp.NotAfter = check.Time(notAfter)
+	return kp, nil
+}
+
+// ClaimKeyPackagesByPrefix implements store.KeyPackages: the clients with
+// an available package are found and each claims one, in one op.
+func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix string, suite uint16) ([]store.KeyPackage, error) {
+	const doing = "claiming KeyPackages by prefix"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.ClientURI("client prefix", clientPrefix); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Suite(suite); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	// The range [prefix, prefix with its last byte plus one) holds exactly
+	// the strings that start with prefix (SQLite compares TEXT by bytes);
+	// a prefix of 0xff bytes has no end, and bytes above 0xf4 are not
+	// UTF-8, which check.ClientURI refused.
+	end := []byte(clientPrefix)
+	end[len(end)-1]++
+	var kps []store.KeyPackage
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		now := check.Millis(s.now())
+		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT client FROM key_packages
+			WHERE client >= ?1 AND client < ?2 AND suite = ?3 AND claimed_ms IS NULL AND not_after_ms > ?4
+			ORDER BY client LIMIT ?5`, clientPrefix, string(end), int64(suite), now, store.MaxClaimClients)
+		if err != nil {
+			return err
+		}
+		var clients []string
+		for rows.Next() {
+			var c string
+			if err := rows.Scan(&c); err != nil {
+				rows.Close()
+				return err
+			}
+			clients = append(clients, c)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		kps = make([]store.KeyPackage, 0, len(clients))
+		for _, c := range clients {
+			kp, err := s.claimTx(ctx, tx, c, suite, now)
+			if err != nil {
+				return err
+			}
+			kps = append(kps, kp)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return kps, nil
 }
 
 // ListKeyPackages implements store.KeyPackages.

@@ -26,6 +26,7 @@ func RunKeyPackageTests(t *testing.T, open func(t *testing.T, clock *Clock) stor
 	t.Run("Limit", func(t *testing.T) { testKPLimit(t, plain) })
 	t.Run("Expiry", func(t *testing.T) { testKPExpiry(t, open) })
 	t.Run("ConcurrentClaims", func(t *testing.T) { testKPConcurrentClaims(t, plain) })
+	t.Run("ClaimByPrefix", func(t *testing.T) { testKPClaimByPrefix(t, open) })
 }
 
 const (
@@ -395,5 +396,78 @@ func testKPConcurrentClaims(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	if _, err := s.ClaimKeyPackage(ctx(), alice, 1); err != nil && !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
+	}
+}
+
+// testKPClaimByPrefix claims the packages of every client of a user: one
+// per client with a package of the suite, single-use ones first and used
+// up, last-resort ones kept; clients of other users (even one whose name
+// extends the user's), other suites and expired packages are left alone.
+func testKPClaimByPrefix(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	now := clock.Now()
+	const (
+		prefix = "mimi://a.example/d/bob/"
+		phone  = prefix + "phone"
+		laptop = prefix + "laptop"
+		tablet = prefix + "tablet"
+		watch  = prefix + "watch"
+		bobby  = "mimi://a.example/d/bobby/phone"
+	)
+	publish := func(client string, kps ...store.KeyPackage) {
+		t.Helper()
+		noErr(t, "PublishKeyPackages "+client, s.PublishKeyPackages(ctx(), client, kps))
+	}
+	publish(phone, KP(phone, 1, "phone 1", now.Add(time.Hour), false), KP(phone, 1, "phone 2", now.Add(2*time.Hour), false))
+	publish(laptop, KP(laptop, 1, "laptop lr", now.Add(time.Hour), true))
+	publish(tablet, KP(tablet, 2, "tablet suite 2", now.Add(time.Hour), false))
+	publish(watch, KP(watch, 1, "watch expiring", now.Add(time.Minute), false))
+	publish(bobby, KP(bobby, 1, "bobby", now.Add(time.Hour), false))
+
+	claimAll := func(what string, want ...string) []store.KeyPackage {
+		t.Helper()
+		kps, err := s.ClaimKeyPackagesByPrefix(ctx(), prefix, 1)
+		noErr(t, what, err)
+		if kps == nil {
+			t.Fatalf("%s: nil, want a list", what)
+		}
+		wantRefs(t, what, kps, want...)
+		return kps
+	}
+	kps := claimAll("first claim", "laptop lr", "phone 1", "watch expiring")
+	sameKP(t, "the laptop's", kps[0], KP(laptop, 1, "laptop lr", now.Add(time.Hour), true))
+	sameKP(t, "the phone's", kps[1], KP(phone, 1, "phone 1", now.Add(time.Hour), false))
+	clock.Advance(2 * time.Minute) // the watch's package expires
+	claimAll("second claim", "laptop lr", "phone 2")
+	claimAll("third claim", "laptop lr")
+	wantRefs(t, "bobby's packages", list(t, s, bobby), "bobby")
+	wantRefs(t, "the tablet's packages", list(t, s, tablet), "tablet suite 2")
+	kps, err := s.ClaimKeyPackagesByPrefix(ctx(), "mimi://a.example/d/nobody/", 1)
+	noErr(t, "claim of a user without clients", err)
+	if kps == nil || len(kps) != 0 {
+		t.Fatalf("claim of a user without clients: %v, want an empty list", kps)
+	}
+
+	// At most MaxClaimClients clients in one claim, the first by URI.
+	var many []string
+	for i := range store.MaxClaimClients + 1 {
+		c := fmt.Sprintf("mimi://a.example/d/many/%03d", i)
+		many = append(many, c)
+		publish(c, KP(c, 1, c, now.Add(time.Hour), false))
+	}
+	kps, err = s.ClaimKeyPackagesByPrefix(ctx(), "mimi://a.example/d/many/", 1)
+	noErr(t, "claim of many clients", err)
+	if len(kps) != store.MaxClaimClients || kps[0].Client != many[0] || kps[len(kps)-1].Client != many[store.MaxClaimClients-1] {
+		t.Fatalf("claim of %d clients answered %d, want the first %d", len(many), len(kps), store.MaxClaimClients)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		prefix string
+		suite  uint16
+	}{{"empty prefix", "", 1}, {"suite 0", prefix, 0}, {"prefix too long", strings.Repeat("x", store.MaxClientURISize+1), 1}} {
+		_, err := s.ClaimKeyPackagesByPrefix(ctx(), tc.prefix, tc.suite)
+		wantErr(t, "ClaimKeyPackagesByPrefix with "+tc.name, err, store.ErrInvalid)
 	}
 }
