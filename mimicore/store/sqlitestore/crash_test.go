@@ -263,7 +263,9 @@ const crashGroupWriters = 4
 // the group may be in. Every fifth commit adds a member and every seventh
 // removes one, so commits grow and shrink the tree and keep Welcome trees.
 // Each commit fans out "epoch <n>" to a local queue (crashMember) and to
-// the outbox of crashPeer, in its own write (crashFanout).
+// the outbox of crashPeer, in its own write (crashFanout); after it, an
+// application message "msg <n>" goes to both with Deliver, conditional on
+// the epoch, between "send <id> <epoch>" and "sent <id> <epoch>".
 func crashCommits(s *Store, id string) error {
 	g, err := storetest.MakeGroup([]byte(id), 3)
 	if err != nil {
@@ -313,6 +315,19 @@ func crashCommits(s *Store, id string) error {
 			return err
 		}
 		g = next
+		e := g.State.Epoch()
+		if _, err := fmt.Fprintf(os.Stdout, "send %s %d\n", hex.EncodeToString([]byte(id)), e); err != nil {
+			return err
+		}
+		f := crashFanout(id, e)
+		msg := []byte(fmt.Sprintf("msg %d", e))
+		f.Local[0].Message, f.Remote[0].Message = msg, msg
+		if _, err := s.Deliver(context.Background(), []byte(id), e, f); err != nil {
+			return fmt.Errorf("Deliver in epoch %d: %w", e, err)
+		}
+		if _, err := fmt.Fprintf(os.Stdout, "sent %s %d\n", hex.EncodeToString([]byte(id)), e); err != nil {
+			return err
+		}
 	}
 }
 
@@ -340,8 +355,9 @@ func crashFanout(id string, epoch uint64) store.Fanout {
 // 4 that claim them, kills it with SIGKILL mid-stream, and checks that
 // every acknowledged write is in the reopened database, that every group
 // holds its last acknowledged commit or the one in flight and no
-// half-applied state, with the fan-out of exactly the commits it holds, that every queue holds each acknowledged append under
-// its sequence number with no gap, that no claimed KeyPackage is available
+// half-applied state, with the fan-out of exactly the commits it holds and
+// of every acknowledged message sent between them, that every queue holds
+// each acknowledged append under its sequence number with no gap, that no claimed KeyPackage is available
 // or handed out again, and that the database is intact, three times over.
 func TestCrashDurability(t *testing.T) {
 	if testing.Short() {
@@ -370,8 +386,8 @@ func countKinds(acks []string) string {
 		kind, _, _ := strings.Cut(a, " ")
 		n[kind]++
 	}
-	return fmt.Sprintf("%d spent, %d reply, %d sig, %d logged, %d group commits, %d queue appends, %d KeyPackages published, %d claimed",
-		n["spent"], n["reply"], n["sig"], n["logged"], n["group"], n["queue"], n["published"], n["claimed"])
+	return fmt.Sprintf("%d spent, %d reply, %d sig, %d logged, %d group commits, %d group messages, %d queue appends, %d KeyPackages published, %d claimed",
+		n["spent"], n["reply"], n["sig"], n["logged"], n["group"], n["sent"], n["queue"], n["published"], n["claimed"])
 }
 
 // lastStats turns the child's last "stats" line into words.
@@ -486,7 +502,7 @@ func (l *lockedBuilder) String() string {
 func countTries(lines []string) int {
 	n := 0
 	for _, l := range lines {
-		if strings.HasPrefix(l, "try ") {
+		if strings.HasPrefix(l, "try ") || strings.HasPrefix(l, "send ") {
 			n++
 		}
 	}
@@ -584,7 +600,8 @@ func verifyAck(ctx context.Context, s *Store, ack string, exp time.Time) error {
 // from the other acknowledgements.
 func splitGroupLines(lines []string) (acks, groups []string) {
 	for _, l := range lines {
-		if strings.HasPrefix(l, "try ") || strings.HasPrefix(l, "group ") {
+		if strings.HasPrefix(l, "try ") || strings.HasPrefix(l, "group ") ||
+			strings.HasPrefix(l, "send ") || strings.HasPrefix(l, "sent ") {
 			groups = append(groups, l)
 		} else {
 			acks = append(acks, l)
@@ -607,9 +624,20 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 	}
 	groups := map[string]*history{}
 	created := map[string]uint64{} // the epoch each group was created at
+	// The messages sent in each group's last epoch(s): tried, acknowledged.
+	sendTried, sendAcked := map[string]uint64{}, map[string]uint64{}
 	for _, l := range lines {
-		var kind, id, digest string
+		var id string
 		var epoch uint64
+		if _, err := fmt.Sscanf(l, "send %s %d", &id, &epoch); err == nil {
+			sendTried[id] = epoch
+			continue
+		}
+		if _, err := fmt.Sscanf(l, "sent %s %d", &id, &epoch); err == nil {
+			sendAcked[id] = epoch
+			continue
+		}
+		var kind, digest string
 		if _, err := fmt.Sscanf(l, "%s %s %d %s", &kind, &id, &epoch, &digest); err != nil {
 			return 0, fmt.Errorf("malformed group line %q", l)
 		}
@@ -676,21 +704,40 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 		if th, err := tree.TreeHash(); err != nil || !bytes.Equal(th, g.TreeHash()) {
 			return 0, fmt.Errorf("group %s: stored nodes do not hash to the stored context's tree hash (%v)", raw, err)
 		}
-		// The fan-out of every stored commit, and of no other.
+		// The fan-out of every stored commit and of no other, each
+		// followed by the message sent in its epoch: acknowledged ones
+		// all there, the one in flight at the kill there or not.
 		var want []string
-		for e := created[id] + 1; e <= g.Epoch(); e++ {
+		last := g.Epoch()
+		for e := created[id] + 1; e <= last; e++ {
 			want = append(want, fmt.Sprintf("epoch %d", e))
+			if e < last {
+				want = append(want, fmt.Sprintf("msg %d", e))
+			}
+		}
+		withLast := append(slices.Clone(want), fmt.Sprintf("msg %d", last))
+		tried, isTried := sendTried[id]
+		acked, isAcked := sendAcked[id]
+		ok := func(got []string) bool {
+			switch {
+			case isAcked && acked == last:
+				return slices.Equal(got, withLast)
+			case isTried && tried == last:
+				return slices.Equal(got, want) || slices.Equal(got, withLast)
+			default:
+				return slices.Equal(got, want)
+			}
 		}
 		queued, err := crashQueue(ctx, s, crashMember(string(raw)))
 		if err != nil {
 			return 0, err
 		}
-		if !slices.Equal(queued, want) {
-			return 0, fmt.Errorf("group %s at epoch %d: its member's queue holds %d messages %v..., want the %d commits stored",
+		if !ok(queued) {
+			return 0, fmt.Errorf("group %s at epoch %d: its member's queue holds %d messages %v..., want the %d commits stored and their messages",
 				raw, g.Epoch(), len(queued), head(queued), len(want))
 		}
-		if got := outbox[string(raw)]; !slices.Equal(got, want) {
-			return 0, fmt.Errorf("group %s at epoch %d: the outbox holds %d messages %v..., want the %d commits stored",
+		if got := outbox[string(raw)]; !ok(got) {
+			return 0, fmt.Errorf("group %s at epoch %d: the outbox holds %d messages %v..., want the %d commits stored and their messages",
 				raw, g.Epoch(), len(got), head(got), len(want))
 		}
 	}
