@@ -11,8 +11,8 @@ import (
 
 // FuzzGroupOps applies random DSRequests to a live group (alice and bob,
 // epoch 1) in a real store, and requires that every refusal carries a
-// known DSError code and leaves the stored group, its pending proposals
-// included, exactly as it was.
+// known DSError code, leaves the stored group, its pending proposals
+// included, exactly as it was, and delivers nothing to any queue.
 //
 // The input is a signer selector and a DSRequestBody. A body that decodes
 // is signed afresh by the selected member (alice at leaf 0, bob at leaf
@@ -86,6 +86,7 @@ func FuzzGroupOps(f *testing.F) {
 		PartialGroupInfo: moh.PartialGroupInfo{Extensions: tgi.Extensions, Signature: tgi.Signature}}})
 
 	signers := []*tclient{alice, bob}
+	clients := []*tclient{alice, bob, dave, tablet}
 	f.Fuzz(func(t *testing.T, signer byte, data []byte) {
 		var bodies [][]byte
 		var body moh.RequestBody
@@ -101,6 +102,9 @@ func FuzzGroupOps(f *testing.F) {
 		}
 		bodies = append(bodies, data)
 		for _, b := range bodies {
+			for _, c := range clients {
+				h.queued(t, c)
+			}
 			before := h.snapshot(t, gid)
 			_, err := h.do(t, b)
 			if err == nil {
@@ -111,6 +115,11 @@ func FuzzGroupOps(f *testing.F) {
 			}
 			if !h.snapshot(t, gid).equal(before) {
 				t.Fatalf("refusal %v changed the stored group", err)
+			}
+			for _, c := range clients {
+				if q := h.queued(t, c); len(q) > 0 {
+					t.Fatalf("refusal %v delivered %d messages to %s", err, len(q), c.uri)
+				}
 			}
 		}
 	})
