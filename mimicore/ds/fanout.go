@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -66,6 +67,23 @@ func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
 			b.out.Remote = append(b.out.Remote, m)
 		}
 	}
+}
+
+// resolveSender names the group's hub as the sender of the messages for
+// other providers: the provider domain that signs their deliver_message.
+// Only a fan-out with such messages looks it up.
+func (b *fanoutBuilder) resolveSender(ctx context.Context) error {
+	if len(b.out.Remote) == 0 {
+		return nil
+	}
+	hub, err := b.s.Store.GroupHub(ctx, b.groupID)
+	if err != nil {
+		return fmt.Errorf("looking up the group's hub: %w", err)
+	}
+	for i := range b.out.Remote {
+		b.out.Remote[i].Sender = hub
+	}
+	return nil
 }
 
 // report logs what the delivery could not do: recipients skipped for want

@@ -54,14 +54,14 @@ func wantOne(t *testing.T, what string, msgs []store.QueuedMessage, sender strin
 }
 
 // wantOutboxOne checks that entries is exactly one message for the given
-// recipients, and returns it decoded.
+// recipients, sent by the group's hub, and returns it decoded.
 func wantOutboxOne(t *testing.T, what string, entries []store.OutboxEntry, recipients ...*tclient) *mls.MLSMessage {
 	t.Helper()
 	var want []string
 	for _, c := range recipients {
 		want = append(want, c.uri)
 	}
-	if len(entries) != 1 || !slices.Equal(entries[0].Recipients, want) {
+	if len(entries) != 1 || !slices.Equal(entries[0].Recipients, want) || entries[0].Sender != testProvider {
 		t.Fatalf("%s: outbox %+v, want one message for %s", what, entries, strings.Join(want, ", "))
 	}
 	return mustDecode(t, entries[0].Message)

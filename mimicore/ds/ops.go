@@ -179,6 +179,9 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err != nil {
 		return nil, err
 	}
+	if err := fan.resolveSender(ctx); err != nil {
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: %w", typ, err)
+	}
 	delivered, err := s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
 		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out})
 	switch {
@@ -264,6 +267,9 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	}
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
 	fan.add(enc, from, to)
+	if err := fan.resolveSender(ctx); err != nil {
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)
+	}
 	delivered, err := s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
