@@ -86,6 +86,21 @@ func (b *fanoutBuilder) resolveSender(ctx context.Context) error {
 	return nil
 }
 
+// notify tells s.Outbound of the destinations the written fan-out left
+// messages for.
+func (b *fanoutBuilder) notify() {
+	if b.s.Outbound == nil {
+		return
+	}
+	var seen []string
+	for _, m := range b.out.Remote {
+		if !slices.Contains(seen, m.Destination) {
+			seen = append(seen, m.Destination)
+			b.s.Outbound(m.Destination)
+		}
+	}
+}
+
 // report logs what the delivery could not do: recipients skipped for want
 // of a client URI, and local queues that were full. Neither undoes the
 // accepted request; a member whose queue was full has missed a message

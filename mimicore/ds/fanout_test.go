@@ -115,6 +115,8 @@ func TestDelivery(t *testing.T) {
 	dave := remoteClient(t, "c.example", "dave")
 	gid := []byte("delivery group")
 	var cursor uint64 // of c.example's outbox
+	var woken []string
+	h.svc.Outbound = func(d string) { woken = append(woken, d) }
 
 	h.mustDo(t, "create_group", createBody(t, alice, gid))
 	res := commit(t, alice.m, addProps(bob, carol, dave), nil, nil)
@@ -127,6 +129,9 @@ func TestDelivery(t *testing.T) {
 	w := wantOutboxOne(t, "the Welcome for c.example", h.outbox(t, "c.example", &cursor), carol, dave)
 	joinFrom(t, carol, w)
 	joinFrom(t, dave, w)
+	if !slices.Equal(woken, []string{"c.example"}) {
+		t.Fatalf("the sender was woken for %q, want c.example once", woken)
+	}
 
 	// bob updates: alice hears of it from her queue, carol and dave from
 	// one outbox message.

@@ -192,6 +192,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: storing the commit: %w", typ, err)
 	}
+	fan.notify()
 	fan.report(typ.String(), delivered)
 	if typ == moh.DeleteGroup {
 		// The commit that removed everyone else is stored first, so that of
@@ -279,6 +280,7 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: delivering: %w", err)
 	}
+	fan.notify()
 	fan.report("send_message", delivered)
 	return ok, nil
 }
