@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 )
 
@@ -354,5 +355,21 @@ func TestMembersOfOneEpochShareRatchets(t *testing.T) {
 		if _, _, err := alice.Unprotect(reencode(t, msg)); err != nil {
 			t.Fatalf("message from a Member of the same epoch: %v", err)
 		}
+	}
+}
+
+// TestMembersAllocations checks that Tree.Members allocates its result
+// once, in groups with and without blank leaves.
+func TestMembersAllocations(t *testing.T) {
+	for _, n := range []uint32{1, 5, 64, 1000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			tree := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, n, nil).g.tree
+			if got := tree.Members(); len(got) != int(n) || got[n-1] != n-1 {
+				t.Fatalf("members %v", got)
+			}
+			if allocs := testing.AllocsPerRun(10, func() { tree.Members() }); allocs != 1 {
+				t.Fatalf("%v allocations", allocs)
+			}
+		})
 	}
 }
