@@ -286,19 +286,16 @@ func newLeaf(issuer *binding.Issuer, user string, bound bool) (*mls.LeafNode, cr
 }
 
 // next has the member whose turn it is build an update_client commit and
-// returns the signed request and the commit's result.
+// returns the signed request and the commit's result. Its GroupInfo leaves
+// the ratchet tree out, as MIMI clients make it (the DS serves the tree).
 func (g *group) next() ([]byte, *mls.CommitResult, error) {
 	c := g.turn % len(g.members)
 	m := g.members[c]
-	res, err := m.Commit(nil, nil, nil)
+	res, err := m.CommitWith(mls.CommitOptions{OmitRatchetTree: true})
 	if err != nil {
 		return nil, nil, err
 	}
-	gi := *res.GroupInfo.GroupInfo
-	gi.Extensions = slices.DeleteFunc(slices.Clone(gi.Extensions), func(e mls.Extension) bool { return e.Type == mls.ExtRatchetTree })
-	if err := gi.Sign(g.signers[c]); err != nil {
-		return nil, nil, err
-	}
+	gi := res.GroupInfo.GroupInfo
 	body := moh.RequestBody{Type: moh.UpdateClient, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
 		PartialGroupInfo: moh.PartialGroupInfo{Extensions: gi.Extensions, Signature: gi.Signature}}}
 	req, err := ds.SignRequest(suite, g.signers[c], body, ds.ClientSignature(m.LeafIndex(), time.Now()))
