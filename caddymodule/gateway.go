@@ -23,6 +23,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/policy/admission"
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
 func init() {
@@ -39,6 +40,13 @@ const (
 	// maxMaxBody caps max_body: MoH messages other than attachments are
 	// small, and attachments are streamed outside this limit.
 	maxMaxBody = 64 << 20
+	// keyPackageRate and keyPackageBurst bound how fast one peer claims
+	// one local user's KeyPackages (group_key_packages,
+	// connection_key_packages): 30 a minute after a burst of 60, more
+	// than a user added to groups by hand needs, too few to drain a
+	// client's 256 KeyPackages in a moment.
+	keyPackageRate  = 0.5
+	keyPackageBurst = 60
 	// maxQueueMessages and maxQueueBytes cap queue_max_messages and
 	// queue_max_bytes.
 	maxQueueMessages = 10_000_000
@@ -253,6 +261,11 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err := g.provisionPolicy(ctx, fetch); err != nil {
 		return err
 	}
+	zone, err := ratelimit.NewZone("key_packages", ratelimit.Config{Rate: keyPackageRate, Burst: keyPackageBurst})
+	if err != nil {
+		return fmt.Errorf("mimi: KeyPackage claim limits: %w", err)
+	}
+	g.ds.KeyPackageLimits = zone
 	// Last, so that a failed provision leaves no sender running.
 	sender, err := g.startSender(g.svc)
 	if err != nil {

@@ -118,14 +118,14 @@ func TestSignedProviderRequest(t *testing.T) {
 	})
 
 	// b verifies a's signature with the key it fetches from a through
-	// discovery; the request passes authentication and reaches the
-	// endpoint, which is not implemented in this build.
+	// discovery; the request passes authentication and is answered: bob
+	// has published no KeyPackage, so the list is empty.
 	ans, err := a.Send(ctx, "b.localhost", moh.ConnectionKeyPackages, payload)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ans.Status != http.StatusNotImplemented || ans.Response.Error.Code != moh.CodeNotImplemented {
-		t.Fatalf("authenticated request: %d %v %q", ans.Status, ans.Response.Error.Code, ans.Response.Error.Message)
+	if ans.Status != http.StatusOK || ans.Response.Type != moh.ResponseKeyPackages || len(ans.Response.KeyPackages) != 0 {
+		t.Fatalf("authenticated request: %d %+v", ans.Status, ans.Response)
 	}
 
 	// A byte-identical retry gets the first answer; the same request id

@@ -109,6 +109,10 @@ type Service struct {
 	// (it is reachable): the federation sender's wake-up. It must not
 	// block.
 	Outbound func(destination string)
+	// KeyPackageLimits bounds how fast a peer claims one local user's
+	// KeyPackages (group_key_packages, connection_key_packages). Nil
+	// means no bound.
+	KeyPackageLimits KeyPackageLimiter
 }
 
 // logger is s.Logger, or a logger that discards.
@@ -120,12 +124,14 @@ func (s *Service) logger() *zap.Logger {
 }
 
 // Store is the durable state the Delivery Service works on: the groups it
-// hosts, and the local clients' queues that the messages peers deliver go
-// to. The fan-out of what the DS accepts is written by the group store
-// itself, in the write that accepts it (store.Fanout).
+// hosts, the local clients' queues that the messages peers deliver go to,
+// and the KeyPackage directory that peers claim from. The fan-out of what
+// the DS accepts is written by the group store itself, in the write that
+// accepts it (store.Fanout).
 type Store interface {
 	store.GroupStore
 	store.Queues
+	store.KeyPackages
 }
 
 // Request is an authenticated client request.
@@ -268,16 +274,22 @@ func authName(t moh.AuthType) string {
 
 // ProviderProcessor returns the processor of provider requests of typ
 // (docs/protocol.md §4): deliver_message hands the message to local
-// queues (deliverMessage); connection_request and the KeyPackage
-// directory for peers land with the rest of the federation work, and until
-// then each such request is authenticated, replay-checked and answered
-// not_implemented, and the answer is recorded like any other.
+// queues (deliverMessage), group_key_packages and connection_key_packages
+// claim from the KeyPackage directory; connection_request lands with the
+// rest of the federation work, and until then it is authenticated,
+// replay-checked and answered not_implemented, and the answer is recorded
+// like any other.
 func (s *Service) ProviderProcessor(typ moh.ProviderRequestType) provider.Processor {
 	process := func(context.Context, *provider.Verified) (*moh.DSResponse, error) {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ)
 	}
-	if typ == moh.DeliverMessage {
+	switch typ {
+	case moh.DeliverMessage:
 		process = s.deliverMessage
+	case moh.GroupKeyPackages:
+		process = s.groupKeyPackages
+	case moh.ConnectionKeyPackages:
+		process = s.connectionKeyPackages
 	}
 	return func(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
 		if s.Outbound != nil {

@@ -106,7 +106,9 @@ type KeyPackages interface {
 	// first; or, when none is left, the client's last-resort package,
 	// which stays available. Two claims never get the same single-use
 	// package, whether or not they run at once. No package is
-	// ErrNotFound.
+	// ErrNotFound. Suite 0 means any suite: the lowest suite with a
+	// single-use package, else the lowest with a last-resort one (a
+	// peer's request names no suite, PROFILE §4).
 	ClaimKeyPackage(ctx context.Context, client string, suite uint16) (KeyPackage, error)
 
 	// ClaimKeyPackagesByPrefix claims, as ClaimKeyPackage does, one
@@ -116,7 +118,8 @@ type KeyPackages interface {
 	// every client of a user (a prefix such as mimi://a.example/d/bob/),
 	// for adding the user to a group. It returns them ordered by client;
 	// no client with a package is an empty list. The prefix is
-	// 1..MaxClientURISize bytes.
+	// 1..MaxClientURISize bytes; suite 0 means any suite, per client as
+	// ClaimKeyPackage chooses.
 	ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix string, suite uint16) ([]KeyPackage, error)
 
 	// ListKeyPackages returns client's available packages, ordered by

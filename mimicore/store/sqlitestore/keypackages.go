@@ -139,9 +139,8 @@ func (s *Store) ClaimKeyPackage(ctx context.Context, client string, suite uint16
 	if err := check.ClientURI("client", client); err != nil {
 		return store.KeyPackage{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	if err := check.Suite(suite); err != nil {
-		return store.KeyPackage{}, fmt.Errorf("%s: %w", doing, err)
-	}
+	// Suite 0 is any suite (store.KeyPackages); every other value names
+	// one.
 	var kp store.KeyPackage
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
@@ -157,6 +156,20 @@ func (s *Store) ClaimKeyPackage(ctx context.Context, client string, suite uint16
 // claimTx claims a package of client for suite inside tx at time now
 // (Unix ms).
 func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, client string, suite uint16, now int64) (store.KeyPackage, error) {
+	if suite == 0 {
+		// Any suite: single-use packages first, then the lowest suite.
+		var any int64
+		err := tx.QueryRowContext(ctx, `SELECT suite FROM key_packages
+			WHERE client = ?1 AND claimed_ms IS NULL AND not_after_ms > ?2
+			ORDER BY last_resort, suite LIMIT 1`, client, now).Scan(&any)
+		if errors.Is(err, sql.ErrNoRows) {
+			return store.KeyPackage{}, fmt.Errorf("client has no KeyPackage: %w", store.ErrNotFound)
+		}
+		if err != nil {
+			return store.KeyPackage{}, err
+		}
+		suite = uint16(any)
+	}
 	kp := store.KeyPackage{Client: client, Suite: suite}
 	var notAfter int64
 	err := tx.StmtContext(ctx, s.ks.claim).QueryRowContext(ctx, client, int64(suite), now,
@@ -186,9 +199,6 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 	if err := check.ClientURI("client prefix", clientPrefix); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	if err := check.Suite(suite); err != nil {
-		return nil, fmt.Errorf("%s: %w", doing, err)
-	}
 	// The range [prefix, prefix with its last byte plus one) holds exactly
 	// the strings that start with prefix (SQLite compares TEXT by bytes);
 	// a prefix of 0xff bytes has no end, and bytes above 0xf4 are not
@@ -199,7 +209,7 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
 		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT client FROM key_packages
-			WHERE client >= ?1 AND client < ?2 AND suite = ?3 AND claimed_ms IS NULL AND not_after_ms > ?4
+			WHERE client >= ?1 AND client < ?2 AND (?3 = 0 OR suite = ?3) AND claimed_ms IS NULL AND not_after_ms > ?4
 			ORDER BY client LIMIT ?5`, clientPrefix, string(end), int64(suite), now, store.MaxClaimClients)
 		if err != nil {
 			return err

@@ -27,6 +27,7 @@ func RunKeyPackageTests(t *testing.T, open func(t *testing.T, clock *Clock) stor
 	t.Run("Expiry", func(t *testing.T) { testKPExpiry(t, open) })
 	t.Run("ConcurrentClaims", func(t *testing.T) { testKPConcurrentClaims(t, plain) })
 	t.Run("ClaimByPrefix", func(t *testing.T) { testKPClaimByPrefix(t, open) })
+	t.Run("ClaimAnySuite", func(t *testing.T) { testKPClaimAnySuite(t, open) })
 }
 
 const (
@@ -284,9 +285,7 @@ func testKPInvalid(t *testing.T, open func(t *testing.T) store.Store) {
 	if got := claim(t, s, alice, 1); !bytes.Equal(got.KeyPackage, big[0].KeyPackage) {
 		t.Fatal("largest package did not read back intact")
 	}
-	_, err := s.ClaimKeyPackage(ctx(), alice, 0)
-	wantErr(t, "claim for suite 0", err, store.ErrInvalid)
-	_, err = s.ClaimKeyPackage(ctx(), "", 1)
+	_, err := s.ClaimKeyPackage(ctx(), "", 1)
 	wantErr(t, "claim for no client", err, store.ErrInvalid)
 	_, err = s.ListKeyPackages(ctx(), "")
 	wantErr(t, "list for no client", err, store.ErrInvalid)
@@ -466,8 +465,35 @@ func testKPClaimByPrefix(t *testing.T, open func(t *testing.T, clock *Clock) sto
 		name   string
 		prefix string
 		suite  uint16
-	}{{"empty prefix", "", 1}, {"suite 0", prefix, 0}, {"prefix too long", strings.Repeat("x", store.MaxClientURISize+1), 1}} {
+	}{{"empty prefix", "", 1}, {"prefix too long", strings.Repeat("x", store.MaxClientURISize+1), 1}} {
 		_, err := s.ClaimKeyPackagesByPrefix(ctx(), tc.prefix, tc.suite)
 		wantErr(t, "ClaimKeyPackagesByPrefix with "+tc.name, err, store.ErrInvalid)
 	}
+}
+
+// testKPClaimAnySuite claims with suite 0, as for a peer's request that
+// names no suite: single-use packages first, of the lowest suite, then the
+// lowest suite's last-resort package, which stays; by prefix too.
+func testKPClaimAnySuite(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	now := clock.Now()
+	const phone, laptop = "mimi://a.example/d/carol/phone", "mimi://a.example/d/carol/laptop"
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), phone, []store.KeyPackage{
+		KP(phone, 3, "suite 3", now.Add(time.Hour), false),
+		KP(phone, 2, "suite 2", now.Add(2*time.Hour), false),
+		KP(phone, 1, "suite 1 lr", now.Add(time.Hour), true),
+		KP(phone, 5, "suite 5 lr", now.Add(time.Hour), true),
+	}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), laptop, []store.KeyPackage{KP(laptop, 7, "laptop suite 7", now.Add(time.Hour), false)}))
+	for _, want := range []string{"suite 2", "suite 3", "suite 1 lr", "suite 1 lr"} {
+		if got := claim(t, s, phone, 0); string(got.Ref) != "ref:"+want {
+			t.Fatalf("claim of any suite got %s, want %s", got.Ref, want)
+		}
+	}
+	kps, err := s.ClaimKeyPackagesByPrefix(ctx(), "mimi://a.example/d/carol/", 0)
+	noErr(t, "claim of any suite by prefix", err)
+	wantRefs(t, "claim of any suite by prefix", kps, "laptop suite 7", "suite 1 lr")
+	_, err = s.ClaimKeyPackage(ctx(), "mimi://a.example/d/nobody/phone", 0)
+	wantErr(t, "claim of any suite for a client without packages", err, store.ErrNotFound)
 }

@@ -1,0 +1,112 @@
+package ds
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// peerAsk hands the processor of typ a verified request from sender.
+func (h *harness) peerAsk(t *testing.T, typ moh.ProviderRequestType, sender string, payload []byte) (*moh.DSResponse, error) {
+	t.Helper()
+	v := &provider.Verified{Request: &moh.ProviderRequest{RequestType: typ, Sender: []byte(sender),
+		Recipient: []byte(testProvider), Timestamp: 1, RequestID: randomBytes(t, 16), Payload: payload}}
+	return h.svc.ProviderProcessor(typ)(t.Context(), v)
+}
+
+// publish makes c's KeyPackage available in the directory.
+func (h *harness) publish(t *testing.T, c *tclient, lastResort bool) []byte {
+	t.Helper()
+	enc := mustMarshal(t, c.c.kp)
+	if err := h.st.PublishKeyPackages(t.Context(), c.uri, []store.KeyPackage{{Client: c.uri, Suite: uint16(c.c.kp.CipherSuite),
+		Ref: c.kpRef, KeyPackage: enc, NotAfter: time.Now().Add(time.Hour), LastResort: lastResort}}); err != nil {
+		t.Fatal(err)
+	}
+	return enc
+}
+
+// TestKeyPackagesForPeers claims local clients' KeyPackages for a peer:
+// by client (group_key_packages) and by user (connection_key_packages),
+// each single-use package once, the last-resort one again and again,
+// other providers' clients and clients without packages missing, and an
+// unknown user answered like one without packages.
+func TestKeyPackagesForPeers(t *testing.T) {
+	h := newHarness(t)
+	phone := h.newTClient(t, "bob", "phone", false)
+	laptop := h.newTClient(t, "bob", "laptop", false)
+	tablet := h.newTClient(t, "bob", "tablet", false) // publishes nothing
+	phoneKP := h.publish(t, phone, false)
+	laptopKP := h.publish(t, laptop, true)
+	foreign := []byte(moh.ClientURI("c.example", "carol", "phone"))
+	requester := []byte(moh.UserURI("c.example", "carol"))
+
+	groupAsk := func(ids ...[]byte) *moh.DSResponse {
+		t.Helper()
+		resp, err := h.peerAsk(t, moh.GroupKeyPackages, "c.example", mustMarshal(t, &moh.GroupKeyPackagesRequest{Requester: requester, ClientIDs: ids}))
+		if err != nil || resp.Type != moh.ResponseKeyPackages {
+			t.Fatalf("group_key_packages: %+v, %v", resp, err)
+		}
+		return resp
+	}
+	want := func(what string, resp *moh.DSResponse, kps [][]byte, missing ...[]byte) {
+		t.Helper()
+		if len(resp.KeyPackages) != len(kps) || len(resp.Missing) != len(missing) {
+			t.Fatalf("%s: %d KeyPackages, %d missing; want %d and %d", what, len(resp.KeyPackages), len(resp.Missing), len(kps), len(missing))
+		}
+		for i := range kps {
+			if !bytes.Equal(resp.KeyPackages[i], kps[i]) {
+				t.Fatalf("%s: KeyPackage %d is not the one expected", what, i)
+			}
+		}
+		for i := range missing {
+			if !bytes.Equal(resp.Missing[i], missing[i]) {
+				t.Fatalf("%s: missing %d is %s, want %s", what, i, resp.Missing[i], missing[i])
+			}
+		}
+	}
+	want("first", groupAsk([]byte(phone.uri), foreign, []byte(laptop.uri), []byte(tablet.uri)),
+		[][]byte{phoneKP, laptopKP}, foreign, []byte(tablet.uri))
+	// The phone's single-use package is gone; the laptop's last resort
+	// stays.
+	want("second", groupAsk([]byte(phone.uri), []byte(laptop.uri)), [][]byte{laptopKP}, []byte(phone.uri))
+
+	connAsk := func(user string) *moh.DSResponse {
+		t.Helper()
+		resp, err := h.peerAsk(t, moh.ConnectionKeyPackages, "c.example", mustMarshal(t, &moh.ConnectionKeyPackagesRequest{
+			Requester: requester, UserID: []byte(user)}))
+		if err != nil || resp.Type != moh.ResponseKeyPackages {
+			t.Fatalf("connection_key_packages: %+v, %v", resp, err)
+		}
+		return resp
+	}
+	phoneKP2 := h.publish(t, h.newTClient(t, "bob", "phone", false), false)
+	want("by user", connAsk(moh.UserURI(testProvider, "bob")), [][]byte{laptopKP, phoneKP2})
+	want("an unknown user", connAsk(moh.UserURI(testProvider, "nobody")), nil)
+	want("a user of another provider", connAsk(moh.UserURI("c.example", "carol")), nil)
+
+	for _, tc := range []struct {
+		name    string
+		typ     moh.ProviderRequestType
+		sender  string
+		payload []byte
+		code    moh.Code
+	}{
+		{"a requester of another provider", moh.GroupKeyPackages, "d.example",
+			mustMarshal(t, &moh.GroupKeyPackagesRequest{Requester: requester, ClientIDs: [][]byte{[]byte(laptop.uri)}}), moh.CodeForbidden},
+		{"a requester of another provider, by user", moh.ConnectionKeyPackages, "d.example",
+			mustMarshal(t, &moh.ConnectionKeyPackagesRequest{Requester: requester, UserID: []byte(moh.UserURI(testProvider, "bob"))}), moh.CodeForbidden},
+		{"a payload that does not decode", moh.GroupKeyPackages, "c.example", []byte{0, 1}, moh.CodeMalformed},
+		{"a user_id that is a client URI", moh.ConnectionKeyPackages, "c.example",
+			mustMarshal(t, &moh.ConnectionKeyPackagesRequest{Requester: requester, UserID: []byte(laptop.uri)}), moh.CodeMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := h.peerAsk(t, tc.typ, tc.sender, tc.payload); codeOf(err) != tc.code {
+				t.Fatalf("answer %v, want %s", err, tc.code)
+			}
+		})
+	}
+}
