@@ -187,6 +187,9 @@ func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Clien
 
 // Open opens the client state Init created in dir.
 func Open(dir string, cfg Config) (*Client, error) {
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err != nil {
+		return nil, fmt.Errorf("opening client: no client state in %s (Init creates it): %w", dir, err)
+	}
 	c, err := newClient(dir, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("opening client: %w", err)
