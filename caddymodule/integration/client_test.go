@@ -8,13 +8,16 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/caddy-mimi/caddy-mimi/cmd/mimictl/cli"
 	mimiclient "github.com/caddy-mimi/caddy-mimi/mimicore/client"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 )
@@ -24,11 +27,12 @@ import (
 // shared configuration for the length of a test.
 
 // clientUsers are the basic_auth users of m.localhost and their passwords.
-var clientUsers = map[string]string{"alice": "alice's secret", "bob": "bob's secret", "carol": "carol's secret"}
+// alice's and bob's are the README's.
+var clientUsers = map[string]string{"alice": "correct horse", "bob": "battery staple", "carol": "carol's secret"}
 
 // clientSite is m.localhost's site block: the gateway and, under /local/,
 // the local client API behind basic_auth. {USERS} becomes the basic_auth
-// accounts.
+// accounts, {DATA} the provider's data directory.
 const clientSite = `
 m.localhost:9443 {
 	tls internal {
@@ -37,7 +41,7 @@ m.localhost:9443 {
 	mimi {
 		provider m.localhost
 		ds_domain m.localhost:9443
-		data_dir {DIR}/m
+		data_dir {DATA}
 	}
 	handle_path /local/* {
 		basic_auth {
@@ -45,7 +49,7 @@ m.localhost:9443 {
 		}
 		mimi_local {
 			provider m.localhost
-			data_dir {DIR}/m
+			data_dir {DATA}
 			user {http.auth.user.id}
 			max_wait 10s
 		}
@@ -54,9 +58,10 @@ m.localhost:9443 {
 }
 `
 
-// startClientSite loads the shared configuration plus m.localhost, waits
-// until m.localhost serves TLS, and restores the shared configuration when
-// the test ends.
+// startClientSite loads the shared configuration plus m.localhost, with
+// a data directory of the test's own (so that the tests' clients do not
+// meet), waits until m.localhost serves TLS, and restores the shared
+// configuration when the test ends.
 func startClientSite(t *testing.T) {
 	t.Helper()
 	startCaddy(t)
@@ -69,7 +74,7 @@ func startClientSite(t *testing.T) {
 		fmt.Fprintf(&users, "\t\t\t%s %s\n", name, hash)
 	}
 	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
-	site := strings.ReplaceAll(strings.ReplaceAll(clientSite, "{DIR}", env.dir), "{USERS}", strings.TrimRight(users.String(), "\n"))
+	site := strings.NewReplacer("{DATA}", filepath.Join(env.dir, "m-"+t.Name()), "{USERS}", strings.TrimRight(users.String(), "\n")).Replace(clientSite)
 	env.tester.InitServer(base+site, "caddyfile")
 	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
 	if t.Failed() {
@@ -298,5 +303,97 @@ func TestGoClientSession(t *testing.T) {
 	}
 	if want := []string{alice.URI(), carol.URI(), laptop.URI()}; strings.Join(members, " ") != strings.Join(want, " ") {
 		t.Fatalf("alice sees members %v, want %v", members, want)
+	}
+}
+
+// TestReadmeMimictlSession runs the README's mimictl session against
+// m.localhost, command by command through mimictl's code in-process, and
+// compares what each prints with the README (group ids, which are random,
+// compared as such; the README's provider localhost is m.localhost here).
+func TestReadmeMimictlSession(t *testing.T) {
+	startClientSite(t)
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "## Two users with `mimictl`")
+	if !ok {
+		t.Fatal("README has no mimictl section")
+	}
+	_, rest, ok = strings.Cut(rest, "```console\n")
+	session, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("the mimictl section has no console block")
+	}
+	type alias struct{ user, password, state string }
+	aliases := map[string]alias{}
+	aliasRE := regexp.MustCompile(`^alias (\w+)='MIMI_USER=(\w+) MIMI_PASSWORD="([^"]*)" \./mimictl -state (\w+)'$`)
+	gidRE := regexp.MustCompile(`\b[0-9a-f]{32}\b`)
+	normalise := func(out string) string {
+		out = strings.ReplaceAll(out, "mimi://m.localhost/", "mimi://localhost/")
+		return strings.Join(strings.Fields(gidRE.ReplaceAllString(out, "<group>")), " ")
+	}
+	dir := t.TempDir()
+	vars := map[string]string{}
+	lines := strings.Split(strings.TrimSuffix(session, "\n"), "\n")
+	commands := 0
+	for i := 0; i < len(lines); i++ {
+		cmd, ok := strings.CutPrefix(lines[i], "$ ")
+		if !ok {
+			t.Fatalf("README line %q is not a command or its output", lines[i])
+		}
+		var want []string
+		for i+1 < len(lines) && !strings.HasPrefix(lines[i+1], "$ ") {
+			i++
+			want = append(want, lines[i])
+		}
+		if m := aliasRE.FindStringSubmatch(cmd); m != nil {
+			if clientUsers[m[2]] != m[3] {
+				t.Fatalf("the README's password of %s is not the test site's", m[2])
+			}
+			aliases[m[1]] = alias{user: m[2], password: m[3], state: filepath.Join(dir, m[4])}
+			continue
+		}
+		if strings.HasPrefix(cmd, "go build ") || strings.HasPrefix(cmd, "export MIMI_GATEWAY=") {
+			continue // the test runs mimictl's code with its own gateway and roots
+		}
+		assign := ""
+		if v, inner, ok := strings.Cut(cmd, "=$("); ok {
+			assign, cmd = v, strings.TrimSuffix(inner, ")")
+		}
+		words := strings.Fields(cmd)
+		a, ok := aliases[words[0]]
+		if !ok {
+			t.Fatalf("README command %q runs no alias defined before it", cmd)
+		}
+		args := []string{"-state", a.state}
+		for _, w := range words[1:] {
+			if strings.HasPrefix(w, "$") {
+				w = vars[w[1:]]
+			}
+			args = append(args, strings.ReplaceAll(w, "mimi://localhost/", "mimi://m.localhost/"))
+		}
+		environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": a.user, "MIMI_PASSWORD": a.password}
+		var stdout, stderr bytes.Buffer
+		status := cli.Run(t.Context(), args, cli.Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
+			Getenv: func(k string) string { return environ[k] }, HTTPClient: clientHTTP()})
+		commands++
+		if assign != "" {
+			vars[assign] = strings.TrimSpace(stdout.String())
+		}
+		printed := stdout.String() + stderr.String()
+		if assign != "" {
+			printed = stderr.String() // stdout went into the variable
+		}
+		got := normalise(printed)
+		if exp := normalise(strings.Join(want, "\n")); got != exp {
+			t.Fatalf("README command %q (exit %d) printed\n%s\nwant\n%s", cmd, status, got, exp)
+		}
+		if wantStatus := map[bool]int{true: 1, false: 0}[stderr.Len() > 0]; status != wantStatus {
+			t.Fatalf("README command %q exited %d with stderr %q", cmd, status, stderr.String())
+		}
+	}
+	if commands < 10 {
+		t.Fatalf("the README session ran only %d mimictl commands", commands)
 	}
 }
