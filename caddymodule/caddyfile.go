@@ -133,6 +133,22 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			g.MaxBody = n
+		case "queue_max_messages":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxQueueMessages {
+				return d.Errf("invalid queue_max_messages '%s': want 1 to %d", v, maxQueueMessages)
+			}
+			g.QueueMaxMessages = n
+		case "queue_max_bytes":
+			n, err := sizeArg(d, opt, maxQueueBytes, "64GiB")
+			if err != nil {
+				return err
+			}
+			g.QueueMaxBytes = n
 		case "key_rotation", "key_overlap":
 			dur, err := durationArg(d, opt)
 			if err != nil {

@@ -17,6 +17,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		ds_domain ds.example.com:8443
 		data_dir /var/lib/mimi
 		max_body 2MiB
+		queue_max_messages 50000
+		queue_max_bytes 1GiB
 		key_rotation 10d
 		key_overlap 72h
 		key_scheme ecdsa_secp256r1_sha256
@@ -40,6 +42,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		DSDomain:          "ds.example.com:8443",
 		DataDir:           "/var/lib/mimi",
 		MaxBody:           2 << 20,
+		QueueMaxMessages:  50000,
+		QueueMaxBytes:     1 << 30,
 		KeyRotation:       caddy.Duration(10 * 24 * time.Hour),
 		KeyOverlap:        caddy.Duration(72 * time.Hour),
 		KeyScheme:         "ecdsa_secp256r1_sha256",
@@ -66,6 +70,9 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"mimi {\n provider a.example\n provider b.example\n}", "duplicate mimi option 'provider'"},
 		{"mimi {\n max_body lots\n}", "invalid max_body 'lots'"},
 		{"mimi {\n max_body 1GiB\n}", "invalid max_body '1GiB'"},
+		{"mimi {\n queue_max_messages 0\n}", "invalid queue_max_messages '0'"},
+		{"mimi {\n queue_max_messages many\n}", "invalid queue_max_messages 'many'"},
+		{"mimi {\n queue_max_bytes 65GiB\n}", "invalid queue_max_bytes '65GiB'"},
 		{"mimi {\n key_rotation soon\n}", "invalid key_rotation duration 'soon'"},
 		{"mimi {\n key_scheme rsa\n}", "key_scheme"},
 		{"mimi {\n trusted_tls_proxies 10.0.0.0/33\n}", "invalid trusted_tls_proxies"},
@@ -100,6 +107,8 @@ func TestValidate(t *testing.T) {
 		{func(g *Gateway) { g.DSDomain = "ds.example.com:99999" }, "ds_domain"},
 		{func(g *Gateway) { g.DSDomain = "https://ds.example.com" }, "ds_domain"},
 		{func(g *Gateway) { g.MaxBody = 1 << 30 }, "max_body"},
+		{func(g *Gateway) { g.QueueMaxMessages = -1 }, "queue_max_messages"},
+		{func(g *Gateway) { g.QueueMaxBytes = 1 << 40 }, "queue_max_bytes"},
 		{func(g *Gateway) { g.KeyRotation = caddy.Duration(time.Minute) }, "key_rotation"},
 		{func(g *Gateway) { g.KeyOverlap = caddy.Duration(time.Hour) }, "key_overlap"},
 		{func(g *Gateway) { g.KeyRotation = caddy.Duration(89 * 24 * time.Hour) }, "key_rotation + key_overlap"},

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // TestDSWiring checks that a provisioned gateway's Delivery Service runs on
@@ -19,7 +20,7 @@ func TestDSWiring(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			g := provisioned(t, &Gateway{Providers: []string{"example.com", "example.net"}, DSDomain: "ds.example.com",
-				UncheckedClientBindings: unchecked})
+				UncheckedClientBindings: unchecked, QueueMaxMessages: 77, QueueMaxBytes: 1 << 20})
 			d := g.ds
 			if d.Store == nil || d.Groups == nil || d.Seen == nil {
 				t.Fatalf("DS without its store: %+v", d)
@@ -33,6 +34,9 @@ func TestDSWiring(t *testing.T) {
 			}
 			if chk.Unchecked != unchecked || chk.Local == nil || chk.Remote == nil || !slices.Equal(chk.Domains, g.Providers) {
 				t.Fatalf("binding checker %+v, want unchecked=%t with local and remote keys", chk, unchecked)
+			}
+			if d.QueueLimits != (store.QueueLimits{MaxMessages: 77, MaxBytes: 1 << 20}) {
+				t.Fatalf("DS queue limits %+v, want the gateway's", d.QueueLimits)
 			}
 			if d.Logger == nil {
 				t.Fatal("the DS has no logger for what its deliveries could not do")

@@ -21,6 +21,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
@@ -38,6 +39,10 @@ const (
 	// maxMaxBody caps max_body: MoH messages other than attachments are
 	// small, and attachments are streamed outside this limit.
 	maxMaxBody = 64 << 20
+	// maxQueueMessages and maxQueueBytes cap queue_max_messages and
+	// queue_max_bytes.
+	maxQueueMessages = 10_000_000
+	maxQueueBytes    = 64 << 30
 )
 
 // Gateway is the MIMI over HTTPS gateway of one provider: discovery, the
@@ -63,6 +68,14 @@ type Gateway struct {
 	// 64 KiB, so that a payload of 1 MiB fits with its envelope; at most
 	// 64 MiB (attachments are streamed and limited separately).
 	MaxBody int64 `json:"max_body,omitempty"`
+
+	// QueueMaxMessages and QueueMaxBytes bound each local client's queue
+	// that the Delivery Service delivers to (docs/protocol.md §5.4.2): a
+	// message that would leave a queue over either bound is refused for
+	// that client alone, and logged. Default: 10,000 messages and 256 MiB;
+	// at most 10,000,000 messages and 64 GiB.
+	QueueMaxMessages int   `json:"queue_max_messages,omitempty"`
+	QueueMaxBytes    int64 `json:"queue_max_bytes,omitempty"`
 
 	// KeyRotation is how long a signing key signs before a new one takes
 	// over; the retired key is still published for KeyOverlap. Default: 30d.
@@ -221,11 +234,11 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		Bindings: &binding.Checker{Domains: g.Providers, Local: g.svc.Keys(), Remote: g.svc,
 			Unchecked: g.UncheckedClientBindings},
 		// Accepted commits and messages go to the local clients' queues
-		// (with the store's default limits) and to the outbox for other
-		// providers, in the write that accepts them. A full queue is
-		// logged, sampled: a client that stopped fetching could
-		// otherwise flood the log.
-		Logger: sampled(g.logger),
+		// and to the outbox for other providers, in the write that
+		// accepts them. A full queue is logged, sampled: a client that
+		// stopped fetching could otherwise flood the log.
+		QueueLimits: store.QueueLimits{MaxMessages: g.QueueMaxMessages, MaxBytes: g.QueueMaxBytes},
+		Logger:      sampled(g.logger),
 	}
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
@@ -260,6 +273,12 @@ func (g *Gateway) Validate() error {
 	}
 	if err := provider.ValidateAuthority(g.DSDomain); err != nil {
 		return fmt.Errorf("mimi: ds_domain: %w", err)
+	}
+	if g.QueueMaxMessages < 0 || g.QueueMaxMessages > maxQueueMessages {
+		return fmt.Errorf("mimi: queue_max_messages: %d is outside 1..%d", g.QueueMaxMessages, maxQueueMessages)
+	}
+	if g.QueueMaxBytes < 0 || g.QueueMaxBytes > maxQueueBytes {
+		return fmt.Errorf("mimi: queue_max_bytes: %d is outside 1..%d bytes", g.QueueMaxBytes, int64(maxQueueBytes))
 	}
 	if g.MaxBody < 0 || g.MaxBody > maxMaxBody {
 		return fmt.Errorf("mimi: max_body: %d is outside 1..%d bytes", g.MaxBody, maxMaxBody)

@@ -82,6 +82,9 @@ b.localhost:$PORT {
 		provider b.localhost
 		ds_domain b.localhost:$PORT
 		data_dir $tmp/b
+		# the send mode's recipients never fetch: room for every message
+		queue_max_messages 10000000
+		queue_max_bytes 64GiB
 		federation {
 			allow_private_addresses
 			allow_ports $PORT

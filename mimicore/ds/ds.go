@@ -83,7 +83,7 @@ type Service struct {
 	// group operations load, check against and write. Nil makes every
 	// group operation, welcome_info and external_commit_info answer
 	// not_implemented. Groups is usually StoreGroups over the same store.
-	Store store.GroupStore
+	Store Store
 	// Providers are the provider domains this Delivery Service serves. A
 	// group created here is hosted by the provider its creator's client
 	// URI names (docs/protocol.md §9: clients create groups at their own
@@ -111,6 +111,15 @@ func (s *Service) logger() *zap.Logger {
 		return zap.NewNop()
 	}
 	return s.Logger
+}
+
+// Store is the durable state the Delivery Service works on: the groups it
+// hosts, and the local clients' queues that the messages peers deliver go
+// to. The fan-out of what the DS accepts is written by the group store
+// itself, in the write that accepts it (store.Fanout).
+type Store interface {
+	store.GroupStore
+	store.Queues
 }
 
 // Request is an authenticated client request.
@@ -252,11 +261,15 @@ func authName(t moh.AuthType) string {
 }
 
 // ProviderProcessor returns the processor of provider requests of typ
-// (docs/protocol.md §4): the queueing service and the KeyPackage directory
-// for peers, which land with the federation work. Until then each request
-// is authenticated, replay-checked and answered not_implemented, and the
-// answer is recorded like any other.
+// (docs/protocol.md §4): deliver_message hands the message to local
+// queues (deliverMessage); connection_request and the KeyPackage
+// directory for peers land with the rest of the federation work, and until
+// then each such request is authenticated, replay-checked and answered
+// not_implemented, and the answer is recorded like any other.
 func (s *Service) ProviderProcessor(typ moh.ProviderRequestType) provider.Processor {
+	if typ == moh.DeliverMessage {
+		return s.deliverMessage
+	}
 	return func(context.Context, *provider.Verified) (*moh.DSResponse, error) {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ)
 	}

@@ -32,6 +32,11 @@ const (
 // (QueueLimits) with one more message. It wraps ErrConflict.
 var ErrQueueFull = fmt.Errorf("queue is full: %w", ErrConflict)
 
+// ErrDuplicate reports an Append of a message whose Delivery.Dedup an
+// earlier Append recorded: the message was delivered already. It wraps
+// ErrConflict.
+var ErrDuplicate = fmt.Errorf("message delivered already: %w", ErrConflict)
+
 // QueuedMessage is a message in a local client's queue.
 type QueuedMessage struct {
 	// Seq is its sequence number in the queue: assigned by Append, from 1,
@@ -76,6 +81,16 @@ type Delivery struct {
 	Expires time.Time
 	// Limits bound each recipient's queue.
 	Limits QueueLimits
+	// Dedup, when not empty, names the message for duplicate suppression:
+	// a 32-byte digest (SHA-256 of a domain-separated encoding, so that it
+	// cannot equal a SeenSignatures digest, with which it shares its
+	// records). An Append whose Dedup is recorded and alive writes nothing
+	// and fails with ErrDuplicate; otherwise the Append records it, in
+	// the same write, until DedupExpires (required with Dedup). This is
+	// how a message that a peer delivers again under a new request id
+	// after the replay window reaches each queue once.
+	Dedup        []byte
+	DedupExpires time.Time
 }
 
 // Appended is the outcome of a Delivery for one recipient.
@@ -139,7 +154,8 @@ type Queues interface {
 	// durable write and answers, in the order of d.Recipients, the
 	// sequence number each queue gave it, or ErrQueueFull for a queue
 	// that refused it (the others still got it). The error is for the
-	// whole call: an argument (ErrInvalid) or the backend.
+	// whole call: an argument (ErrInvalid), a message delivered already
+	// (ErrDuplicate, see Delivery.Dedup) or the backend.
 	Append(ctx context.Context, d Delivery) ([]Appended, error)
 
 	// Fetch returns, in order, the alive messages of client's queue whose

@@ -26,6 +26,9 @@ type benchFlags struct {
 	mint     string
 	slices   int
 	metrics  string
+	// recipients is the number of members besides the sender in the
+	// send mode's group.
+	recipients int
 }
 
 func benchCmd(args []string) error {
@@ -40,6 +43,7 @@ func benchCmd(args []string) error {
 	fs.IntVar(&f.tokens, "tokens", 40000, "tokens minted before the token run (its upper bound)")
 	fs.IntVar(&f.slices, "slices", 1, "split each run into this many slices, alternating bare and the mode (bare, mode, bare, mode, ...), so that load from elsewhere on the machine weighs on both alike")
 	fs.StringVar(&f.metrics, "metrics", "", "URL of Caddy's Prometheus metrics (admin /metrics): report the store's commits (fsyncs) per second and mean batch size of each mode's slices")
+	fs.IntVar(&f.recipients, "recipients", 4, "send mode: members of the group besides the sender, each getting every message in its queue")
 	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
 	fs.Parse(args)
 	if f.dir == "" {
@@ -291,8 +295,10 @@ func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepa
 				return request{method: http.MethodGet, url: tu, header: map[string]string{"Authorization": toks[i]}}, true
 			},
 		}, shape: request{method: http.MethodGet, header: map[string]string{"Authorization": toks[0]}}}, nil
+	case "send":
+		return prepareSend(ctx, t, f)
 	case "bare":
 		return &prepared{mode: "bare", expected: http.StatusOK, cfg: t.bareConfig(f, request{})}, nil
 	}
-	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, bare)", mode)
+	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, send, bare)", mode)
 }

@@ -20,6 +20,12 @@
 //     type 2 token; each request carries its own fresh token, minted
 //     before the measured phase with the issuer key D/pp/k2.json from the
 //     challenge of b's 401. The durable double-spend record is the write.
+//   - send: send_message requests (docs/protocol.md §5.4.1) of one member
+//     of a group on b.localhost with -recipients other members, each a
+//     fresh PrivateMessage protected and signed before the measured phase;
+//     b checks the client signature and the epoch and delivers each
+//     message to the recipients' queues in one durable write. The group's
+//     clients carry bindings issued with b's key ring (D/b/keys).
 //   - bare: GET /bare, answered by Caddy's respond on the same site,
 //     without the mimi handler. bench runs it next to every other mode.
 //

@@ -403,6 +403,10 @@ func lastStats(stderr string) string {
 	return "none"
 }
 
+// crashMinAcks is how many acknowledgements the child prints before its
+// kill is scheduled.
+const crashMinAcks = 200
+
 // runAndKill starts the child on path, reads its acknowledgements for a
 // while, kills it and returns every complete acknowledgement line and the
 // child's last reported stats.
@@ -440,7 +444,7 @@ func runAndKill(t *testing.T, path string, round int) ([]string, string) {
 
 	var acks []string
 	var killAt <-chan time.Time
-	timeout := time.After(5 * time.Second)
+	timeout := time.After(60 * time.Second)
 	for killAt == nil || lines != nil {
 		select {
 		case line, ok := <-lines:
@@ -453,8 +457,9 @@ func runAndKill(t *testing.T, path string, round int) ([]string, string) {
 				continue
 			}
 			acks = append(acks, line)
-			if killAt == nil {
-				// Kill a random-ish moment after writing started.
+			if killAt == nil && len(acks) >= crashMinAcks {
+				// Kill a random-ish moment after writing got going (a
+				// count, not a time: a slow machine, -race, is slower).
 				killAt = time.After(time.Duration(300+100*round) * time.Millisecond)
 			}
 		case <-killAt:
@@ -464,7 +469,7 @@ func runAndKill(t *testing.T, path string, round int) ([]string, string) {
 			killAt = make(chan time.Time) // never fires again
 		case <-timeout:
 			_ = cmd.Process.Kill()
-			t.Fatalf("child wrote nothing in time: %s", stderr.String())
+			t.Fatalf("child wrote %d acknowledgements in 60 s, fewer than %d or never died: %s", len(acks), crashMinAcks, stderr.String())
 		}
 	}
 	if err := <-readErr; err != nil {

@@ -98,6 +98,8 @@ type queuedAppend struct {
 	sender                string
 	expires               time.Time
 	maxMessages, maxBytes int64
+	dedup                 []byte // empty for none
+	dedupExpires          int64  // Unix ms
 }
 
 // newQueuedAppend copies d, which check.Delivery accepted.
@@ -110,6 +112,10 @@ func newQueuedAppend(d store.Delivery) queuedAppend {
 		expires:     d.Expires,
 		maxMessages: int64(d.Limits.MaxMessages),
 		maxBytes:    d.Limits.MaxBytes,
+		dedup:       bytes.Clone(d.Dedup),
+	}
+	if len(qa.dedup) > 0 {
+		qa.dedupExpires = check.ExpiryMillis(d.DedupExpires)
 	}
 	if qa.maxMessages == 0 {
 		qa.maxMessages = store.DefaultQueueMaxMessages
@@ -123,6 +129,19 @@ func newQueuedAppend(d store.Delivery) queuedAppend {
 // appendTx appends qa inside tx at time now (Unix ms) and answers each
 // recipient's outcome.
 func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, qa queuedAppend, now int64) ([]store.Appended, error) {
+	if len(qa.dedup) > 0 {
+		// The record of a delivered message lives with the seen
+		// signatures (store.Delivery.Dedup).
+		res, err := tx.StmtContext(ctx, s.ws.seenInsert).ExecContext(ctx, qa.dedup, qa.dedupExpires, now)
+		if err != nil {
+			return nil, err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, err
+		} else if n == 0 {
+			return nil, store.ErrDuplicate
+		}
+	}
 	out := make([]store.Appended, len(qa.recipients))
 	exp := now + store.DefaultQueueTTL.Milliseconds()
 	if !qa.expires.IsZero() {

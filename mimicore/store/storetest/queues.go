@@ -26,6 +26,7 @@ func RunQueueTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("Expiry", func(t *testing.T) { testQueueExpiry(t, open) })
 	t.Run("ConcurrentAppenders", func(t *testing.T) { testQueueConcurrentAppenders(t, plain) })
 	t.Run("Watch", func(t *testing.T) { testQueueWatch(t, plain) })
+	t.Run("Dedup", func(t *testing.T) { testQueueDedup(t, open) })
 }
 
 // deliver appends one message and fails unless every recipient took it.
@@ -629,5 +630,48 @@ func testReopenQueues(t *testing.T, open func() (store.Store, error)) {
 			ack(t, s, bob, 3, 3)
 		}
 		noErr(t, "Close", s.Close())
+	}
+}
+
+// testQueueDedup checks duplicate suppression: a message appended again
+// with the same Dedup key writes nothing and is ErrDuplicate, to every
+// recipient alike, until the key expires; other keys and Appends without
+// one are not affected; a bad key is ErrInvalid.
+func testQueueDedup(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	const a, b = "mimi://a.example/d/alice/phone", "mimi://a.example/d/bob/phone"
+	key := digestOf([]byte("message one"))
+	d := msgTo("one", a, b)
+	d.Dedup, d.DedupExpires = key[:], clock.Now().Add(time.Hour)
+	deliver(t, s, d)
+	_, err := s.Append(ctx(), d)
+	wantErr(t, "the same message again", err, store.ErrDuplicate)
+	again := msgTo("one, resent to bob alone", b)
+	again.Dedup, again.DedupExpires = key[:], clock.Now().Add(time.Hour)
+	_, err = s.Append(ctx(), again)
+	wantErr(t, "the same key to another recipient", err, store.ErrDuplicate)
+	other := digestOf([]byte("message two"))
+	d2 := msgTo("two", a)
+	d2.Dedup, d2.DedupExpires = other[:], clock.Now().Add(time.Hour)
+	deliver(t, s, d2)
+	deliver(t, s, msgTo("no key", a))
+	deliver(t, s, msgTo("no key", a))
+	wantMsgs(t, "alice's queue", fetch(t, s, a, 0, store.FetchLimit{}), 1, "one", 2, "two", 3, "no key", 4, "no key")
+	wantMsgs(t, "bob's queue", fetch(t, s, b, 0, store.FetchLimit{}), 1, "one")
+
+	clock.Advance(time.Hour)
+	deliver(t, s, d) // the record expired
+	wantMsgs(t, "bob's queue after expiry", fetch(t, s, b, 0, store.FetchLimit{}), 1, "one", 2, "one")
+
+	for _, tc := range []struct {
+		name string
+		key  []byte
+		exp  time.Time
+	}{{"a short key", key[:31], clock.Now().Add(time.Hour)}, {"no expiry", key[:], time.Time{}}} {
+		bad := msgTo("bad", a)
+		bad.Dedup, bad.DedupExpires = tc.key, tc.exp
+		_, err := s.Append(ctx(), bad)
+		wantErr(t, "Append with "+tc.name, err, store.ErrInvalid)
 	}
 }

@@ -250,6 +250,9 @@ func Delivery(d store.Delivery) error {
 	if d.Limits.MaxMessages < 0 || d.Limits.MaxBytes < 0 {
 		return fmt.Errorf("negative queue limits: %w", store.ErrInvalid)
 	}
+	if len(d.Dedup) != 0 && (len(d.Dedup) != 32 || d.DedupExpires.IsZero()) {
+		return fmt.Errorf("dedup key of %d bytes (want 32) or without expiry: %w", len(d.Dedup), store.ErrInvalid)
+	}
 	return nil
 }
 

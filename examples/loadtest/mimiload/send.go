@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/hpke"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+)
+
+// The send mode: send_message requests (docs/protocol.md §5.4.1) of one
+// member of a group hosted on b.localhost, each a fresh application
+// PrivateMessage, which the DS checks (client signature, timestamp,
+// membership, epoch) and delivers to the other members' queues in one
+// durable write each.
+
+// sendSuite is the cipher suite of the send mode's group.
+const sendSuite = mls.X25519AES128GCMSHA256Ed25519
+
+// sendClient is a client of b.localhost with a binding issued by b's key
+// ring, as the local client API's POST /binding would issue it.
+type sendClient struct {
+	uri     string
+	signer  crypto.Signer
+	kp      *mls.KeyPackage
+	leafKey hpke.PrivateKey
+}
+
+func newSendClient(issuer *binding.Issuer, user string) (*sendClient, error) {
+	uri := moh.ClientURI("b.localhost", user, "load")
+	signer, pub, err := sendSuite.GenerateSignatureKey()
+	if err != nil {
+		return nil, err
+	}
+	seed := make([]byte, 64)
+	rand.Read(seed)
+	leafKey, encPub, err := sendSuite.DeriveKeyPair(seed[:32])
+	if err != nil {
+		return nil, err
+	}
+	_, initPub, err := sendSuite.DeriveKeyPair(seed[32:])
+	if err != nil {
+		return nil, err
+	}
+	leaf := mls.LeafNode{
+		EncryptionKey: encPub, SignatureKey: pub,
+		Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
+		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{sendSuite},
+			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
+		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
+	}
+	b, err := issuer.Issue([]byte(uri), pub, time.Now().Add(24*time.Hour))
+	if err != nil {
+		return nil, fmt.Errorf("issuing a binding: %w", err)
+	}
+	if err := binding.Attach(&leaf, b); err != nil {
+		return nil, err
+	}
+	if err := leaf.Sign(sendSuite, signer, nil, 0); err != nil {
+		return nil, err
+	}
+	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: sendSuite, InitKey: initPub, LeafNode: leaf}
+	if err := kp.Sign(signer); err != nil {
+		return nil, err
+	}
+	return &sendClient{uri: uri, signer: signer, kp: kp, leafKey: leafKey}, nil
+}
+
+// postDS sends a DSRequest to b's /group_operation and decodes the answer.
+func postDS(ctx context.Context, t *target, body []byte) error {
+	a := t.do(ctx, http.MethodPost, t.url("b.localhost", "/group_operation"), body, nil)
+	if a.err != nil {
+		return a.err
+	}
+	r, ok := decodeAnswer(a.body)
+	if a.status != http.StatusOK || !ok || r.Type == moh.ResponseError {
+		return fmt.Errorf("status %d: %s %q", a.status, r.Error.Code, r.Error.Message)
+	}
+	return nil
+}
+
+// prepareSend creates a group on b.localhost of a sender and f.recipients
+// other members, and signs f.pool send_message requests of the sender.
+func prepareSend(ctx context.Context, t *target, f *benchFlags) (*prepared, error) {
+	ring, err := provider.LoadKeyRing(filepath.Join(f.dir, "b", "keys"))
+	if err != nil {
+		return nil, fmt.Errorf("loading b.localhost's keys: %w", err)
+	}
+	issuer := &binding.Issuer{Domains: []string{"b.localhost"}, Keys: ring}
+	sender, err := newSendClient(issuer, "sender")
+	if err != nil {
+		return nil, err
+	}
+	gid := make([]byte, 16)
+	rand.Read(gid)
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: sendSuite, GroupID: gid, Leaf: &sender.kp.LeafNode,
+		LeafKey: sender.leafKey, Signer: sender.signer})
+	if err != nil {
+		return nil, err
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		return nil, err
+	}
+	create, err := ds.SignRequest(sendSuite, sender.signer, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{
+		GroupID: gid, LeafNode: sender.kp.LeafNode,
+		GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}},
+		ds.ClientSignature(0, time.Now()))
+	if err != nil {
+		return nil, err
+	}
+	if err := postDS(ctx, t, create); err != nil {
+		return nil, fmt.Errorf("create_group: %w", err)
+	}
+	var adds []*mls.Proposal
+	for i := range f.recipients {
+		c, err := newSendClient(issuer, fmt.Sprintf("recipient%d", i))
+		if err != nil {
+			return nil, err
+		}
+		adds = append(adds, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: c.kp})
+	}
+	if len(adds) > 0 {
+		res, err := m.Commit(adds, nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		pgi := res.GroupInfo.GroupInfo
+		add, err := ds.SignRequest(sendSuite, sender.signer, moh.RequestBody{Type: moh.AddUsers,
+			GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
+				PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
+			WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}},
+			ds.ClientSignature(m.LeafIndex(), time.Now()))
+		if err != nil {
+			return nil, err
+		}
+		if err := postDS(ctx, t, add); err != nil {
+			return nil, fmt.Errorf("add_users: %w", err)
+		}
+		m = res.Next
+	}
+
+	// The messages are protected one after the other (each takes the
+	// sender's next ratchet generation), then signed on every CPU.
+	t0 := time.Now()
+	payload := make([]byte, 100)
+	msgs := make([]*mls.MLSMessage, f.pool)
+	for i := range msgs {
+		if msgs[i], err = m.Protect(payload, nil); err != nil {
+			return nil, fmt.Errorf("protecting message %d: %w", i, err)
+		}
+	}
+	pool := make([][]byte, f.pool)
+	errs := make([]error, f.pool)
+	leaf := m.LeafIndex()
+	parallel(f.pool, runtime.GOMAXPROCS(0), func(i int) {
+		pool[i], errs[i] = ds.SignRequest(sendSuite, sender.signer, moh.RequestBody{Type: moh.SendMessage, Message: *msgs[i]},
+			ds.ClientSignature(leaf, time.Now()))
+	})
+	for _, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("signing: %w", err)
+		}
+	}
+	// The first one is sent before the run (not measured): it warms the
+	// group's state cache.
+	if err := postDS(ctx, t, pool[0]); err != nil {
+		return nil, fmt.Errorf("first send_message: %w", err)
+	}
+	fmt.Printf("# send: a group of 1 sender and %d recipients on b.localhost; %d send_message requests (%d-byte payloads, %d bytes each) protected and signed ahead of the run in %s\n",
+		f.recipients, len(pool), len(payload), len(pool[1]), time.Since(t0).Round(time.Millisecond))
+	url := t.url("b.localhost", "/group_operation")
+	return &prepared{mode: "send", expected: http.StatusOK, cfg: runConfig{
+		conc: f.conc, duration: f.duration,
+		next: func(i int) (request, bool) {
+			if i+1 >= len(pool) {
+				return request{}, false
+			}
+			return request{method: http.MethodPost, url: url, body: pool[i+1]}, true
+		},
+	}, shape: request{method: http.MethodPost, body: pool[0], header: octetStream}}, nil
+}

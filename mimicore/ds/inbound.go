@@ -1,0 +1,134 @@
+package ds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// DeliverDedupWindow is how long a message that a peer delivered is
+// remembered, so that the same message delivered again (a retry re-signed
+// under a new request_id after the replay window) reaches each queue once
+// (docs/protocol.md §9). A sending provider gives up on a message before
+// this age.
+const DeliverDedupWindow = 7 * 24 * time.Hour
+
+// deliverDedupLabel separates the digests of delivered messages from the
+// client-signature digests they share their records with.
+const deliverDedupLabel = "MIMI deliver_message dedup"
+
+// deliverMessage serves deliver_message (docs/protocol.md §9, receiving
+// side) on a verified provider request: the payload decodes strictly; the
+// group's hub is the sender (a Welcome for a group this provider does not
+// know records the sender as its hub; any other message for an unknown
+// group is not_found, one for a group of another hub or hosted here
+// forbidden); the client ids that are client URIs of the providers served
+// here get the message in their queues, once (DeliverDedupWindow), and
+// the others are answered as unknown.
+func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
+	if s.Store == nil {
+		return nil, moh.Errorf(moh.CodeNotImplemented, "deliver_message: this gateway keeps no queues")
+	}
+	var q moh.QueueingServiceRequest
+	if err := wire.Unmarshal(v.Request.Payload, &q, "QueueingServiceRequest"); err != nil {
+		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: %v", err)
+	}
+	sender := string(v.Request.Sender)
+	if err := s.checkHub(ctx, sender, q.GroupID, q.Message.WireFormat == mls.WireFormatWelcome); err != nil {
+		return nil, err
+	}
+	var local []string
+	var unknown [][]byte
+	for _, id := range q.ClientIDs {
+		prov, _, _, err := moh.ParseClientURI(id)
+		if err != nil || !slices.Contains(s.Providers, string(prov)) || len(id) > store.MaxClientURISize ||
+			slices.Contains(local, string(id)) {
+			unknown = append(unknown, id)
+			continue
+		}
+		local = append(local, string(id))
+	}
+	answer := &moh.DSResponse{Type: moh.ResponseQueueing, Queueing: moh.QueueingServiceResponse{Status: moh.QueueingOK}}
+	if len(unknown) > 0 {
+		answer.Queueing = moh.QueueingServiceResponse{Status: moh.QueueingInvalidClientQueueInfo, Unknown: unknown}
+	}
+	if len(local) == 0 {
+		return answer, nil
+	}
+	msg, err := wire.Marshal(&q.Message)
+	if err != nil {
+		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: encoding the message: %v", err)
+	}
+	outs, err := s.Store.Append(ctx, store.Delivery{Recipients: local, GroupID: q.GroupID, Sender: sender, Message: msg,
+		Limits: s.QueueLimits, Dedup: deliverDigest(sender, q.GroupID, msg), DedupExpires: s.now().Add(DeliverDedupWindow)})
+	switch {
+	case errors.Is(err, store.ErrDuplicate):
+		// Delivered before: the retry is answered like the first.
+		return answer, nil
+	case err != nil:
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: queueing: %w", err)
+	}
+	for i, a := range outs {
+		if errors.Is(a.Err, store.ErrQueueFull) {
+			s.logger().Warn("a local queue is full: its client missed a message from a peer",
+				zap.String("sender", sender), zap.String("group_id", hex.EncodeToString(q.GroupID)),
+				zap.String("client", local[i]), zap.Error(a.Err))
+		}
+	}
+	return answer, nil
+}
+
+// checkHub checks that sender is the hub of group gid: the hub recorded
+// for it, or, for a Welcome of a group not known here, the sender, which
+// is then recorded (docs/protocol.md §9: the first Welcome names the hub).
+func (s *Service) checkHub(ctx context.Context, sender string, gid []byte, welcome bool) error {
+	hub, err := s.Store.GroupHub(ctx, gid)
+	switch {
+	case errors.Is(err, store.ErrInvalid):
+		return moh.Errorf(moh.CodeMalformed, "deliver_message: the group id is too long")
+	case errors.Is(err, store.ErrNotFound) && welcome:
+		err := s.Store.RecordGroupHub(ctx, gid, sender)
+		switch {
+		case errors.Is(err, store.ErrGroupExists):
+			// Recorded meanwhile with another hub, or created here.
+			return moh.Errorf(moh.CodeForbidden, "deliver_message: the sender is not the group's hub")
+		case err != nil:
+			return moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: recording the group's hub: %w", err)
+		}
+		return nil
+	case errors.Is(err, store.ErrNotFound):
+		return moh.Errorf(moh.CodeNotFound, "deliver_message: no group known with this id (a Welcome introduces one)")
+	case err != nil:
+		return moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: looking up the group's hub: %w", err)
+	case hub != sender:
+		return moh.Errorf(moh.CodeForbidden, "deliver_message: the sender is not the group's hub")
+	}
+	return nil
+}
+
+// deliverDigest names a delivered message for duplicate suppression:
+// SHA-256 of the label, then the sender, the group id and the message,
+// each with a 4-byte length.
+func deliverDigest(sender string, gid, msg []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(deliverDedupLabel))
+	for _, part := range [][]byte{[]byte(sender), gid, msg} {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(part)))
+		h.Write(n[:])
+		h.Write(part)
+	}
+	return h.Sum(nil)
+}

@@ -1,0 +1,134 @@
+package ds
+
+import (
+	"testing"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+)
+
+// deliver hands the processor of deliver_message a verified request from
+// sender carrying payload.
+func (h *harness) deliver(t *testing.T, sender string, payload []byte) (*moh.DSResponse, error) {
+	t.Helper()
+	v := &provider.Verified{Request: &moh.ProviderRequest{RequestType: moh.DeliverMessage,
+		Sender: []byte(sender), Recipient: []byte(testProvider), Timestamp: 1, RequestID: randomBytes(t, 16), Payload: payload}}
+	return h.svc.ProviderProcessor(moh.DeliverMessage)(t.Context(), v)
+}
+
+// queueingPayload encodes a QueueingServiceRequest.
+func queueingPayload(t *testing.T, gid []byte, msg *mls.MLSMessage, to ...string) []byte {
+	t.Helper()
+	q := &moh.QueueingServiceRequest{GroupID: gid, Message: *msg}
+	for _, c := range to {
+		q.ClientIDs = append(q.ClientIDs, []byte(c))
+	}
+	return mustMarshal(t, q)
+}
+
+// TestDeliverMessage runs the receiving side of deliver_message on a real
+// store: a remote group (hub c.example) whose first Welcome introduces it,
+// the messages that follow, a retry, and every refusal; each local
+// recipient's queue holds what was delivered exactly once.
+func TestDeliverMessage(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	// carol of c.example runs a group on her provider and adds bob and
+	// dave of a.example and erin of e.example.
+	carol := remoteClient(t, "c.example", "carol")
+	bob := h.newTClient(t, "bob", "phone", false)
+	dave := h.newTClient(t, "dave", "phone", false)
+	erin := remoteClient(t, "e.example", "erin")
+	gid := []byte("a group of c.example")
+	carol.m = carol.c.create(t, gid)
+	res := commit(t, carol.m, addProps(bob, dave, erin), nil, nil)
+	carol.m = res.Next
+	app, err := carol.m.Protect([]byte("hello a.example"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The Welcome introduces the group: c.example is its hub. erin is
+	// not a client here, and neither is a client id that is no URI.
+	welcome := queueingPayload(t, gid, res.Welcome, bob.uri, dave.uri, erin.uri, "not a uri")
+	resp, err := h.deliver(t, "c.example", welcome)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Type != moh.ResponseQueueing || resp.Queueing.Status != moh.QueueingInvalidClientQueueInfo ||
+		len(resp.Queueing.Unknown) != 2 || string(resp.Queueing.Unknown[0]) != erin.uri {
+		t.Fatalf("answer %+v, want queueing with erin and the non-URI unknown", resp)
+	}
+	if hub, err := h.st.GroupHub(t.Context(), gid); err != nil || hub != "c.example" {
+		t.Fatalf("hub %q, %v; want c.example recorded by the Welcome", hub, err)
+	}
+	for _, c := range []*tclient{bob, dave} {
+		joinFrom(t, c, wantOne(t, c.uri+"'s Welcome", h.queued(t, c), "c.example"))
+	}
+
+	// The same Welcome again (a retry under a new request id) is
+	// answered alike and queued nowhere.
+	if _, err := h.deliver(t, "c.example", welcome); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*tclient{bob, dave} {
+		if q := h.queued(t, c); len(q) != 0 {
+			t.Fatalf("the retried Welcome reached %s again", c.uri)
+		}
+	}
+
+	// A message of the group from its hub, to bob alone.
+	resp, err = h.deliver(t, "c.example", queueingPayload(t, gid, app, bob.uri))
+	if err != nil || resp.Queueing.Status != moh.QueueingOK || len(resp.Queueing.Unknown) != 0 {
+		t.Fatalf("answer %+v, %v; want queueing ok", resp, err)
+	}
+	read(t, bob, wantOne(t, "bob's message", h.queued(t, bob), "c.example"), "hello a.example")
+	if q := h.queued(t, dave); len(q) != 0 {
+		t.Fatal("dave got a message sent to bob alone")
+	}
+
+	// A group hosted here.
+	alice := h.newTClient(t, "alice", "phone", false)
+	local := []byte("a group of a.example")
+	h.mustDo(t, "create_group", createBody(t, alice, local))
+	localApp, err := alice.m.Protect([]byte("forged"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp := &mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatKeyPackage, KeyPackage: bob.c.kp}
+	for _, tc := range []struct {
+		name    string
+		sender  string
+		payload []byte
+		want    moh.Code
+	}{
+		{"a message of the group from another provider", "d.example", queueingPayload(t, gid, app, bob.uri), moh.CodeForbidden},
+		{"a Welcome of the group from another provider", "d.example", welcome, moh.CodeForbidden},
+		{"a message for a group hosted here", "c.example", queueingPayload(t, local, localApp, bob.uri), moh.CodeForbidden},
+		{"a Welcome for a group hosted here", "c.example", queueingPayload(t, local, res.Welcome, bob.uri), moh.CodeForbidden},
+		{"a message for an unknown group", "c.example", queueingPayload(t, []byte("unknown"), app, bob.uri), moh.CodeNotFound},
+		{"a payload that does not decode", "c.example", []byte{0x01, 0x02}, moh.CodeMalformed},
+		{"a KeyPackage instead of a message", "c.example", mustMarshal(t, &moh.QueueingServiceRequest{GroupID: gid,
+			ClientIDs: [][]byte{[]byte(bob.uri)}, Message: *kp}), moh.CodeMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := h.deliver(t, tc.sender, tc.payload); codeOf(err) != tc.want {
+				t.Fatalf("answer %v, want %s", err, tc.want)
+			}
+			if q := h.queued(t, bob); len(q) != 0 {
+				t.Fatalf("the refused request reached bob's queue")
+			}
+		})
+	}
+	if hub, _ := h.st.GroupHub(t.Context(), []byte("unknown")); hub != "" {
+		t.Fatal("a message that is not a Welcome recorded a hub")
+	}
+
+	// Only unknown recipients: answered, nothing queued.
+	resp, err = h.deliver(t, "c.example", queueingPayload(t, gid, app, erin.uri))
+	if err != nil || resp.Queueing.Status != moh.QueueingInvalidClientQueueInfo || len(resp.Queueing.Unknown) != 1 {
+		t.Fatalf("answer %+v, %v", resp, err)
+	}
+}
