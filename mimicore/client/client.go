@@ -97,7 +97,7 @@ type Client struct {
 	signer  crypto.Signer
 	sigPub  []byte
 	binding *binding.ClientBinding
-	members map[string]*mls.Member // by group id, loaded on first use
+	members map[string]*group // by group id, loaded on first use
 	closed  bool
 }
 
@@ -115,11 +115,10 @@ type InitOptions struct {
 	KeyPackages int
 }
 
-// Init creates the client state in dir, which must not exist or be
-// empty: a signature key, a client binding for it from the local API,
-// and the published KeyPackages. The state is written before the
-// KeyPackages are published, so a failed publish can be retried with
-// Publish.
+// Init creates the client state in dir, which must not hold a client
+// yet: a signature key, a client binding for it from the local API, and
+// the published KeyPackages. The state is written before the KeyPackages
+// are published, so a failed publish can be retried with Publish.
 func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Client, error) {
 	if _, _, _, err := moh.ParseClientURI([]byte(opts.ClientURI)); err != nil {
 		return nil, fmt.Errorf("initialising client: %w", err)
@@ -142,12 +141,12 @@ func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Clien
 		c.Close()
 		return nil, fmt.Errorf("initialising client: %w", err)
 	}
-	if entries, err := os.ReadDir(dir); err != nil {
-		return fail(err)
-	} else if len(entries) > 1 { // the lock file
-		return fail(fmt.Errorf("%s is not empty", dir))
+	// A directory an Init failed in before writing the state (a refused
+	// binding, say) may be used again.
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
+		return fail(fmt.Errorf("%s already holds a client", dir))
 	}
-	if err := os.Mkdir(filepath.Join(dir, groupsDir), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, groupsDir), 0o700); err != nil {
 		return fail(err)
 	}
 	signer, pub, err := cs.GenerateSignatureKey()
@@ -225,7 +224,7 @@ func newClient(dir string, cfg Config) (*Client, error) {
 	if hc == nil {
 		hc = NewHTTPClient(nil)
 	}
-	return &Client{cfg: cfg, dir: dir, http: hc, unlock: unlock, members: make(map[string]*mls.Member)}, nil
+	return &Client{cfg: cfg, dir: dir, http: hc, unlock: unlock, members: make(map[string]*group)}, nil
 }
 
 // adopt makes rec the client's record and parses its keys.

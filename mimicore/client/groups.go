@@ -20,14 +20,25 @@ import (
 // longer is).
 var ErrUnknownGroup = errors.New("client: not a member of the group")
 
-// member returns the client's Member of group groupID, from memory or
+// group is what the client keeps of a group it is in: its Member of the
+// current epoch and, after its own commit moved the group on, its Member
+// of the epoch before, which opens the application messages other members
+// sent in that epoch before the commit was accepted (they are queued ahead
+// of anything of the new epoch). The previous epoch's Member is dropped as
+// soon as the queue shows a message of the new epoch, or the group moves
+// on again, so its keys live no longer than needed.
+type group struct {
+	cur, prev *mls.Member
+}
+
+// loadGroup returns what the client keeps of group groupID, from memory or
 // from its file. c.mu is held.
-func (c *Client) member(groupID []byte) (*mls.Member, error) {
+func (c *Client) loadGroup(groupID []byte) (*group, error) {
 	if c.closed {
 		return nil, errors.New("client: closed")
 	}
-	if m, ok := c.members[string(groupID)]; ok {
-		return m, nil
+	if g, ok := c.members[string(groupID)]; ok {
+		return g, nil
 	}
 	i := c.rec.group(groupID)
 	if i < 0 {
@@ -37,23 +48,44 @@ func (c *Client) member(groupID []byte) (*mls.Member, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading group %x: %w", groupID, err)
 	}
-	m, err := mls.DecodeMember(data, mls.MemberOptions{})
+	g, err := decodeGroup(data)
 	if err != nil {
 		return nil, fmt.Errorf("loading group %x: %w", groupID, err)
 	}
-	if !bytes.Equal(m.State().GroupID(), groupID) {
+	if !bytes.Equal(g.cur.State().GroupID(), groupID) {
 		return nil, fmt.Errorf("loading group %x: %w: the file holds another group", groupID, ErrStateEncoding)
 	}
-	c.members[string(groupID)] = m
-	return m, nil
+	c.members[string(groupID)] = g
+	return g, nil
 }
 
-// storeMember writes m as the client's Member of its group: a known
-// group's file is replaced, a new group gets a new file and then a record
-// that names it. c.mu is held.
+// member returns the client's current Member of group groupID. c.mu is
+// held.
+func (c *Client) member(groupID []byte) (*mls.Member, error) {
+	g, err := c.loadGroup(groupID)
+	if err != nil {
+		return nil, err
+	}
+	return g.cur, nil
+}
+
+// storeMember stores m as the client's current Member of its group,
+// keeping the previous epoch's Member only while m is of the same epoch
+// as the one it replaces (a message protected or opened). c.mu is held.
 func (c *Client) storeMember(m *mls.Member) error {
-	groupID := m.State().GroupID()
-	data, err := m.MarshalBinary()
+	g := &group{cur: m}
+	if old, ok := c.members[string(m.State().GroupID())]; ok && old.cur.State().Epoch() == m.State().Epoch() {
+		g.prev = old.prev
+	}
+	return c.storeGroup(g)
+}
+
+// storeGroup writes g to its group's file: a known group's file is
+// replaced, a new group gets a new file and then a record that names it.
+// c.mu is held.
+func (c *Client) storeGroup(g *group) error {
+	groupID := g.cur.State().GroupID()
+	data, err := encodeGroup(g)
 	if err != nil {
 		return fmt.Errorf("storing group %x: %w", groupID, err)
 	}
@@ -63,17 +95,17 @@ func (c *Client) storeMember(m *mls.Member) error {
 		}
 	} else {
 		rec := c.rec.clone()
-		g := storedGroup{groupID: groupID, file: rec.nextFile}
+		sg := storedGroup{groupID: groupID, file: rec.nextFile}
 		rec.nextFile++
-		rec.groups = append(rec.groups, g)
-		if err := writeFileAtomic(groupPath(c.dir, g.file), data); err != nil {
+		rec.groups = append(rec.groups, sg)
+		if err := writeFileAtomic(groupPath(c.dir, sg.file), data); err != nil {
 			return fmt.Errorf("storing group %x: %w", groupID, err)
 		}
 		if err := c.saveRecord(rec); err != nil {
 			return fmt.Errorf("storing group %x: %w", groupID, err)
 		}
 	}
-	c.members[string(groupID)] = m
+	c.members[string(groupID)] = g
 	return nil
 }
 
@@ -204,7 +236,7 @@ func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType
 	if _, err := c.postDS(ctx, "/group_operation", typ.String(), req); err != nil {
 		return err
 	}
-	return c.storeMember(res.Next)
+	return c.storeGroup(&group{cur: res.Next, prev: m})
 }
 
 // Add adds users or clients of the client's provider to the group: each
@@ -249,8 +281,14 @@ func (c *Client) add(ctx context.Context, groupID []byte, targets []string) erro
 			return err
 		}
 		for _, kp := range kps {
+			if isMember(m.State(), kp.LeafNode.Credential.Identity) {
+				continue // a user's client already in the group: its KeyPackage is not needed
+			}
 			props = append(props, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: kp})
 		}
+	}
+	if len(props) == 0 {
+		return errors.New("every client claimed is already in the group")
 	}
 	typ := moh.AddUsers
 	switch {
@@ -260,6 +298,16 @@ func (c *Client) add(ctx context.Context, groupID []byte, targets []string) erro
 		typ = moh.AddClients
 	}
 	return c.commit(ctx, groupID, typ, props)
+}
+
+// isMember reports whether a leaf of g holds identity.
+func isMember(g *mls.GroupState, identity []byte) bool {
+	for _, i := range g.Tree().Members() {
+		if l, ok := g.Member(i); ok && l.HasIdentity(identity) {
+			return true
+		}
+	}
+	return false
 }
 
 // usersOf returns the user URIs of g's members.

@@ -184,12 +184,26 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 	if !bytes.Equal(gid, qm.GroupID) {
 		return skip(errors.New("the message's group is not the one it was queued for"))
 	}
-	m, err := c.member(gid)
+	g, err := c.loadGroup(gid)
 	if err != nil {
 		return skip(err)
 	}
+	m := g.cur
 	ev.Epoch = m.State().Epoch()
 	epoch, _ := msg.Epoch()
+	if msg.PrivateMessage != nil && g.prev != nil && epoch+1 == m.State().Epoch() {
+		// Sent in the epoch the client's own commit ended, before the
+		// commit was accepted.
+		sender, data, err := g.prev.Unprotect(msg)
+		if err != nil {
+			return skip(err)
+		}
+		if err := c.storeGroup(g); err != nil { // the message key is used up
+			return ev, err
+		}
+		ev.Kind, ev.Data, ev.Sender = EventMessage, data, identityOf(g.prev.State(), sender)
+		return ev, nil
+	}
 	switch {
 	case epoch < m.State().Epoch():
 		return skip(fmt.Errorf("a message of epoch %d, the group is in epoch %d", epoch, m.State().Epoch()))
@@ -201,8 +215,10 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 		if err != nil {
 			return skip(err)
 		}
-		// The message key is used up: keep the state that knows it.
-		if err := c.storeMember(m); err != nil {
+		// The message key is used up: keep the state that knows it. A
+		// message of the current epoch comes after every message of the
+		// previous one: that epoch's Member is no longer needed.
+		if err := c.storeGroup(&group{cur: m}); err != nil {
 			return ev, err
 		}
 		ev.Kind, ev.Data, ev.Sender = EventMessage, data, identityOf(m.State(), sender)

@@ -230,3 +230,60 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// groupFormat is the version byte of a group file.
+const groupFormat = 1
+
+// encodeGroup encodes a group file:
+//
+//	struct {
+//	    uint8 format = 1;
+//	    opaque member<V>;                 // mls.Member.MarshalBinary
+//	    optional<opaque previous<V>>;     // the previous epoch's Member
+//	} GroupFile;
+func encodeGroup(g *group) ([]byte, error) {
+	cur, err := g.cur.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	var prev []byte
+	if g.prev != nil {
+		if prev, err = g.prev.MarshalBinary(); err != nil {
+			return nil, err
+		}
+	}
+	var b cryptobyte.Builder
+	b.AddUint8(groupFormat)
+	wire.AddOpaque(&b, cur)
+	wire.AddOptional(&b, g.prev != nil)
+	if g.prev != nil {
+		wire.AddOpaque(&b, prev)
+	}
+	return b.Bytes()
+}
+
+// decodeGroup decodes a group file.
+func decodeGroup(data []byte) (*group, error) {
+	s := cryptobyte.String(data)
+	var format uint8
+	var cur, prev []byte
+	var hasPrev bool
+	if !s.ReadUint8(&format) || format != groupFormat || !wire.ReadOpaque(&s, &cur) || !wire.ReadOptional(&s, &hasPrev) ||
+		(hasPrev && !wire.ReadOpaque(&s, &prev)) || !s.Empty() {
+		return nil, fmt.Errorf("%w: group file: %w", ErrStateEncoding, wire.ErrMalformed)
+	}
+	g := new(group)
+	var err error
+	if g.cur, err = mls.DecodeMember(cur, mls.MemberOptions{}); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)
+	}
+	if hasPrev {
+		if g.prev, err = mls.DecodeMember(prev, mls.MemberOptions{}); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)
+		}
+		if !bytes.Equal(g.prev.State().GroupID(), g.cur.State().GroupID()) || g.prev.State().Epoch()+1 != g.cur.State().Epoch() {
+			return nil, fmt.Errorf("%w: the previous epoch's member is not of the epoch before", ErrStateEncoding)
+		}
+	}
+	return g, nil
+}

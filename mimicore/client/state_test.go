@@ -413,3 +413,93 @@ func TestOpenRemovesOrphans(t *testing.T) {
 		t.Fatalf("the named group after removing orphans: %v", err)
 	}
 }
+
+// TestMessageOfTheEpochBeforeOwnCommit: bob sends in epoch 1 while alice
+// commits epoch 2. alice, reopened from disk, still opens bob's message
+// with the Member of epoch 1 she kept; once a message of epoch 2 arrives
+// she drops it, so epoch 1's keys are gone, also after a reopen.
+func TestMessageOfTheEpochBeforeOwnCommit(t *testing.T) {
+	alice, bob, gid, _ := pair(t)
+	early := protect(t, bob, gid, "sent in epoch 1")
+	tooLate := protect(t, bob, gid, "also sent in epoch 1")
+	m, err := alice.member(gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.Commit(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As Client.commit stores an accepted commit.
+	if err := alice.storeGroup(&group{cur: res.Next, prev: m}); err != nil {
+		t.Fatal(err)
+	}
+	alice = reopen(t, alice)
+	if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), early)); err != nil || ev.Kind != EventMessage ||
+		string(ev.Data) != "sent in epoch 1" || ev.Sender != bob.URI() {
+		t.Fatalf("alice opening bob's message of the epoch before her commit: %+v, %v", ev, err)
+	}
+	commit, err := wire.Marshal(res.Commit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := bob.process(t.Context(), queued(1, gid, alice.URI(), commit)); err != nil || ev.Kind != EventCommit {
+		t.Fatalf("bob following alice's commit: %+v, %v", ev, err)
+	}
+	later := protect(t, bob, gid, "sent in epoch 2")
+	if ev, err := alice.process(t.Context(), queued(2, gid, bob.URI(), later)); err != nil || string(ev.Data) != "sent in epoch 2" {
+		t.Fatalf("alice opening bob's message of epoch 2: %+v, %v", ev, err)
+	}
+	alice = reopen(t, alice)
+	g, err := alice.loadGroup(gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.prev != nil {
+		t.Fatal("alice still keeps epoch 1's Member after a message of epoch 2")
+	}
+	// The gateway never queues it so late; had it, epoch 1 is gone.
+	if ev, err := alice.process(t.Context(), queued(3, gid, bob.URI(), tooLate)); err != nil || ev.Kind != EventSkipped {
+		t.Fatalf("alice given a message of epoch 1 after one of epoch 2: %+v, %v; want skipped", ev, err)
+	}
+}
+
+func TestGroupFileDecodeRejects(t *testing.T) {
+	alice, _, gid, _ := pair(t)
+	m, err := alice.member(gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.Commit(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := func(g *group) []byte {
+		b, err := encodeGroup(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	valid := enc(&group{cur: res.Next, prev: m})
+	if g, err := decodeGroup(valid); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 {
+		t.Fatalf("decoding a valid group file: %+v, %v", g, err)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{
+		{"empty", nil},
+		{"truncated", valid[:len(valid)-1]},
+		{"trailing byte", append(slices.Clone(valid), 0)},
+		{"other format", append([]byte{2}, valid[1:]...)},
+		{"previous member of the same epoch", enc(&group{cur: m, prev: m})},
+		{"previous member of a later epoch", enc(&group{cur: m, prev: res.Next})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := decodeGroup(tc.data); !errors.Is(err, ErrStateEncoding) {
+				t.Fatalf("decodeGroup = %v, want ErrStateEncoding", err)
+			}
+		})
+	}
+}
