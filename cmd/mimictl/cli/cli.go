@@ -187,14 +187,12 @@ func (e *env) run(ctx context.Context, timeout time.Duration, args []string) err
 	var (
 		keyPackages = new(int)
 		wait        = new(time.Duration)
-		limit       = new(int)
 	)
 	switch cmd {
 	case "client init", "client publish":
 		keyPackages = fs.Int("key-packages", 10, "single-use KeyPackages to publish, besides a last-resort one (client init: 0 publishes none)")
 	case "recv":
 		wait = fs.Duration("wait", 0, "how long to wait for a first message when none is queued")
-		limit = fs.Int("rounds", 1, "fetch rounds: each fetches up to 100 messages")
 	}
 	if err := fs.Parse(args); err != nil {
 		return usagef("%s: %v", cmd, err)
@@ -283,7 +281,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, args []string) err
 		fmt.Fprintln(e.stdout, hex.EncodeToString(gid))
 		return nil
 	case "recv":
-		return e.recv(ctx, c, *wait, *limit)
+		return e.recv(ctx, c, *wait)
 	}
 	gid, err := groupArg()
 	if err != nil {
@@ -346,7 +344,8 @@ func (e *env) readFile(name string) ([]byte, error) {
 	return os.ReadFile(name)
 }
 
-// recv receives up to rounds batches and prints one line per event:
+// recv receives until the queue is empty, waiting up to wait for a first
+// message, and prints one line per event:
 //
 //	message <group> <sender> <text>
 //	joined  <group> <sender>
@@ -355,8 +354,8 @@ func (e *env) readFile(name string) ([]byte, error) {
 //
 // separated by tabs. A text with control characters or invalid UTF-8 is
 // printed as a Go-quoted string. Skipped messages are reported on stderr.
-func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration, rounds int) error {
-	for range max(rounds, 1) {
+func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration) error {
+	for {
 		events, err := c.Receive(ctx, wait)
 		for _, ev := range events {
 			gid := hex.EncodeToString(ev.GroupID)
@@ -371,14 +370,11 @@ func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration, ro
 				fmt.Fprintf(e.stderr, "mimictl: skipped queued message %d of group %s: %v\n", ev.Seq, gid, ev.Err)
 			}
 		}
-		if err != nil {
+		if err != nil || len(events) == 0 {
 			return err
 		}
-		if len(events) == 0 {
-			return nil
-		}
+		wait = 0 // drain what is queued, then stop
 	}
-	return nil
 }
 
 // printable returns text as it is when it is valid UTF-8 without control
