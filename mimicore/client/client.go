@@ -476,7 +476,7 @@ func (c *Client) localRequest(ctx context.Context, method, path string, query ur
 		return refusal(op, status, answer)
 	}
 	if err := wire.Unmarshal(answer, out, op+" answer"); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
+		return fmt.Errorf("%s: a 200 answer of %d bytes: %w", op, len(answer), err)
 	}
 	return nil
 }
