@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"crypto/hpke"
 	"crypto/rand"
 	"fmt"
@@ -99,14 +100,24 @@ func (c *Client) newKeyPackage(lastResort bool) (*mls.KeyPackage, storedKeyPacka
 // Publish makes n single-use KeyPackages, and a last-resort one when
 // lastResort is set (replacing the client's previous one), keeps their
 // private keys and publishes them through the local API. The private keys
-// are on disk before the KeyPackages leave.
+// are on disk before the KeyPackages leave; when the gateway refuses the
+// publish they are forgotten again. The keys of KeyPackages whose lifetime
+// is over are deleted.
 func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if n < 0 || n+1 > localapi.MaxPublish {
 		return fmt.Errorf("publishing KeyPackages: %d is out of range", n)
 	}
+	prev := c.rec
 	rec := c.rec.clone()
+	// KeyPackages whose lifetime is over can no longer be claimed: their
+	// private keys go.
+	now := uint64(max(c.now().Unix(), 0))
+	rec.keyPackages = slices.DeleteFunc(rec.keyPackages, func(k storedKeyPackage) bool {
+		var kp mls.KeyPackage
+		return wire.Unmarshal(k.keyPackage, &kp, "KeyPackage") == nil && kp.LeafNode.Lifetime.NotAfter < now
+	})
 	req := &localapi.PublishRequest{ClientURI: rec.clientURI}
 	for i := 0; i < n+1; i++ {
 		last := i == n
@@ -132,6 +143,13 @@ func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 	}
 	var list localapi.KeyPackageList
 	if err := c.postLocal(ctx, "/key_packages", req, &list); err != nil {
+		var refused *Error
+		if errors.As(err, &refused) {
+			// The gateway published none of them: forget their keys.
+			if serr := c.saveRecord(prev); serr != nil {
+				return fmt.Errorf("publishing KeyPackages: %w (and forgetting them: %v)", err, serr)
+			}
+		}
 		return fmt.Errorf("publishing KeyPackages: %w", err)
 	}
 	return nil
