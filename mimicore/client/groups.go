@@ -389,7 +389,9 @@ func (c *Client) Update(ctx context.Context, groupID []byte) error {
 // optional<Node> vector), as external_commit_info answers them. A member
 // gets it with ExternalCommitInfo and hands it to the joiner out of band.
 type JoinInfo struct {
-	GroupInfo   []byte
+	// GroupInfo is the encoded MLSMessage of wire format mls_group_info.
+	GroupInfo []byte
+	// RatchetTree is the encoded ratchet tree (optional<Node> vector).
 	RatchetTree []byte
 }
 
