@@ -2,9 +2,9 @@ package client
 
 import (
 	"context"
-	"errors"
 	"crypto/hpke"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
