@@ -136,6 +136,9 @@ type Gateway struct {
 	sampled *zap.Logger
 	// originKey is the origin's key in originPool, "" when none is held.
 	originKey string
+	// senderStarted is set while this config holds the data directory's
+	// federation sender in senderPool.
+	senderStarted bool
 }
 
 // Federation configures the fetching of peer providers' verification keys.
@@ -247,7 +250,17 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},
 		Replay:   g.svc.Store(),
 	}
-	return g.provisionPolicy(ctx, fetch)
+	if err := g.provisionPolicy(ctx, fetch); err != nil {
+		return err
+	}
+	// Last, so that a failed provision leaves no sender running.
+	sender, err := g.startSender(g.svc)
+	if err != nil {
+		return fmt.Errorf("mimi: starting the federation sender: %w", err)
+	}
+	g.senderStarted = true
+	g.ds.Outbound = sender.Wake
+	return nil
 }
 
 // sampled returns logger with a sampler: of each message, the first 10
@@ -340,6 +353,13 @@ func (g *Gateway) Validate() error {
 // service, which closes when no config uses it any more.
 func (g *Gateway) Cleanup() error {
 	policyErr := g.cleanupPolicy()
+	if g.senderStarted {
+		// Before the service: the sender uses its store.
+		g.senderStarted = false
+		if _, err := senderPool.Delete(g.DataDir); err != nil {
+			policyErr = errors.Join(policyErr, err)
+		}
+	}
 	if g.svc == nil {
 		return policyErr
 	}

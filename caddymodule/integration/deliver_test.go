@@ -2,11 +2,17 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
+	"io"
 	"net/http"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -77,5 +83,112 @@ func TestDeliverMessage(t *testing.T) {
 	}
 	if ans := send(t, app, random32(t)[:16], bob); ans.Status != http.StatusNotFound || ans.Response.Error.Code != moh.CodeNotFound {
 		t.Fatalf("a message for an unknown group: %d %+v", ans.Status, ans.Response)
+	}
+}
+
+// fetchQueue long-polls b.localhost's local client API for c's messages
+// after the cursor, acting as c's user, for up to wait seconds.
+func fetchQueue(t *testing.T, c *mimiClient, user string, after uint64, wait int) []localapi.Message {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "https://b.localhost:9443/local/messages?wait="+strconv.Itoa(wait)+"&after="+
+		strconv.FormatUint(after, 10)+"&client="+url.QueryEscape(c.uri), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Test-User", user)
+	cl := client(tls.VersionTLS13)
+	cl.Timeout = 20 * time.Second
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("fetching %s's queue: %d %x %v", c.uri, resp.StatusCode, body, err)
+	}
+	var list localapi.MessageList
+	if err := wire.Unmarshal(body, &list, "MessageList"); err != nil {
+		t.Fatal(err)
+	}
+	return list.Messages
+}
+
+// TestFanOutToPeer runs a group hosted on a.localhost with a member on
+// b.localhost: a's DS accepts the add and the messages, its federation
+// sender delivers them from the outbox to b over TLS 1.3, and bob, a
+// client of b, finds the Welcome and then the message in his queue at b,
+// in order, each once, and reads them.
+func TestFanOutToPeer(t *testing.T) {
+	startCaddy(t)
+	ringA, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ringB, err := provider.LoadKeyRing(filepath.Join(env.dir, "b", "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := newMIMIClient(t, &binding.Issuer{Domains: []string{"a.localhost"}, Keys: ringA}, "alice", "fanout", false)
+	bob := newMIMIClientAt(t, &binding.Issuer{Domains: []string{"b.localhost"}, Keys: ringB}, "b.localhost", "bob", "fanout", false)
+
+	gid := random32(t)[:16]
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: gid, Leaf: &alice.kp.LeafNode,
+		LeafKey: alice.leafKey, Signer: alice.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
+	alice.m = m
+	// a's DS checks bob's binding with b's keys, fetched over loopback.
+	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
+	mustOK(t, "add_users of a client of b", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
+	alice.m = res.Next
+	app, err := alice.m.Protect([]byte("hello from a"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "send_message", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0))
+
+	var got []localapi.Message
+	deadline := time.Now().Add(30 * time.Second)
+	for len(got) < 2 && time.Now().Before(deadline) {
+		var after uint64
+		if len(got) > 0 {
+			after = got[len(got)-1].Seq
+		}
+		got = append(got, fetchQueue(t, bob, "bob", after, 10)...)
+	}
+	if len(got) != 2 {
+		t.Fatalf("bob's queue at b holds %d messages, want the Welcome and the message", len(got))
+	}
+	for _, m := range got {
+		if string(m.Sender) != "a.localhost" || string(m.GroupID) != string(gid) {
+			t.Fatalf("queued message from %q for group %x, want a.localhost and the group", m.Sender, m.GroupID)
+		}
+	}
+	welcome, err := mls.DecodeMLSMessage(got[0].Message)
+	if err != nil || welcome.WireFormat != mls.WireFormatWelcome {
+		t.Fatalf("first message is not the Welcome: %v", err)
+	}
+	if bob.m, err = mls.JoinFromWelcome(welcome.Welcome, mls.WelcomeOptions{KeyPackage: bob.kp, InitKey: bob.initKey,
+		LeafKey: bob.leafKey, Signer: bob.signer}); err != nil {
+		t.Fatalf("bob joins from the Welcome a delivered: %v", err)
+	}
+	msg, err := mls.DecodeMLSMessage(got[1].Message)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, plain, err := bob.m.Unprotect(msg); err != nil || string(plain) != "hello from a" {
+		t.Fatalf("bob reads %q, %v", plain, err)
+	}
+	// Nothing more comes: each was delivered once.
+	if more := fetchQueue(t, bob, "bob", got[1].Seq, 1); len(more) != 0 {
+		t.Fatalf("bob's queue got %d more messages", len(more))
 	}
 }

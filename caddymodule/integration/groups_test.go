@@ -50,7 +50,14 @@ func random32(t *testing.T) []byte {
 // the test signs them with the provider's keys directly.
 func newMIMIClient(t *testing.T, issuer *binding.Issuer, user, device string, unbound bool) *mimiClient {
 	t.Helper()
-	uri := moh.ClientURI("a.localhost", user, device)
+	return newMIMIClientAt(t, issuer, "a.localhost", user, device, unbound)
+}
+
+// newMIMIClientAt makes client mimi://<provider>/d/<user>/<device>, whose
+// binding issuer signs unless unbound.
+func newMIMIClientAt(t *testing.T, issuer *binding.Issuer, provider, user, device string, unbound bool) *mimiClient {
+	t.Helper()
+	uri := moh.ClientURI(provider, user, device)
 	signer, pub, err := suite.GenerateSignatureKey()
 	if err != nil {
 		t.Fatal(err)

@@ -133,6 +133,15 @@ b.localhost:9443 {
 			root_ca {DIR}/root-cert.pem
 		}
 	}
+	# b's local client API, for the federation tests to read b's queues;
+	# the test header stands in for an authentication handler.
+	handle_path /local/* {
+		mimi_local {
+			provider b.localhost
+			data_dir {DIR}/b
+			user {http.request.header.X-Test-User}
+		}
+	}
 	respond "not mimi" 404
 }
 

@@ -322,8 +322,8 @@ func TestSenderRateLimit(t *testing.T) {
 			t.Fatalf("forged request: status %d", resp.StatusCode)
 		}
 	}
-	if resp, _ := post(sign()); resp.StatusCode != http.StatusNotImplemented {
-		t.Fatalf("first signed request: status %d (the forged ones spent the budget?)", resp.StatusCode)
+	if resp, body := post(sign()); resp.StatusCode != http.StatusNotImplemented {
+		t.Fatalf("first signed request: status %d %q (the forged ones spent the budget?)", resp.StatusCode, body)
 	}
 	resp, body := post(sign())
 	if resp.StatusCode != http.StatusTooManyRequests {

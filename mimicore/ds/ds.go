@@ -103,6 +103,12 @@ type Service struct {
 	// Logger receives what the operator must know of and no peer may
 	// see: deliveries a full queue refused. Nil discards it.
 	Logger *zap.Logger
+	// Outbound, when set, is told of each destination provider that an
+	// accepted request left messages for in the outbox, after the write,
+	// and of each provider that a verified provider request came from
+	// (it is reachable): the federation sender's wake-up. It must not
+	// block.
+	Outbound func(destination string)
 }
 
 // logger is s.Logger, or a logger that discards.
@@ -267,10 +273,16 @@ func authName(t moh.AuthType) string {
 // then each such request is authenticated, replay-checked and answered
 // not_implemented, and the answer is recorded like any other.
 func (s *Service) ProviderProcessor(typ moh.ProviderRequestType) provider.Processor {
-	if typ == moh.DeliverMessage {
-		return s.deliverMessage
-	}
-	return func(context.Context, *provider.Verified) (*moh.DSResponse, error) {
+	process := func(context.Context, *provider.Verified) (*moh.DSResponse, error) {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ)
+	}
+	if typ == moh.DeliverMessage {
+		process = s.deliverMessage
+	}
+	return func(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
+		if s.Outbound != nil {
+			s.Outbound(string(v.Request.Sender)) // the peer is up
+		}
+		return process(ctx, v)
 	}
 }

@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -64,6 +65,38 @@ func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
 		for part := range slices.Chunk(m.Recipients, store.MaxOutboxRecipients) {
 			m.Recipients = part
 			b.out.Remote = append(b.out.Remote, m)
+		}
+	}
+}
+
+// resolveSender names the group's hub as the sender of the messages for
+// other providers: the provider domain that signs their deliver_message.
+// Only a fan-out with such messages looks it up.
+func (b *fanoutBuilder) resolveSender(ctx context.Context) error {
+	if len(b.out.Remote) == 0 {
+		return nil
+	}
+	hub, err := b.s.Store.GroupHub(ctx, b.groupID)
+	if err != nil {
+		return fmt.Errorf("looking up the group's hub: %w", err)
+	}
+	for i := range b.out.Remote {
+		b.out.Remote[i].Sender = hub
+	}
+	return nil
+}
+
+// notify tells s.Outbound of the destinations the written fan-out left
+// messages for.
+func (b *fanoutBuilder) notify() {
+	if b.s.Outbound == nil {
+		return
+	}
+	var seen []string
+	for _, m := range b.out.Remote {
+		if !slices.Contains(seen, m.Destination) {
+			seen = append(seen, m.Destination)
+			b.s.Outbound(m.Destination)
 		}
 	}
 }

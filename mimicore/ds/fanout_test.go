@@ -54,14 +54,14 @@ func wantOne(t *testing.T, what string, msgs []store.QueuedMessage, sender strin
 }
 
 // wantOutboxOne checks that entries is exactly one message for the given
-// recipients, and returns it decoded.
+// recipients, sent by the group's hub, and returns it decoded.
 func wantOutboxOne(t *testing.T, what string, entries []store.OutboxEntry, recipients ...*tclient) *mls.MLSMessage {
 	t.Helper()
 	var want []string
 	for _, c := range recipients {
 		want = append(want, c.uri)
 	}
-	if len(entries) != 1 || !slices.Equal(entries[0].Recipients, want) {
+	if len(entries) != 1 || !slices.Equal(entries[0].Recipients, want) || entries[0].Sender != testProvider {
 		t.Fatalf("%s: outbox %+v, want one message for %s", what, entries, strings.Join(want, ", "))
 	}
 	return mustDecode(t, entries[0].Message)
@@ -115,6 +115,8 @@ func TestDelivery(t *testing.T) {
 	dave := remoteClient(t, "c.example", "dave")
 	gid := []byte("delivery group")
 	var cursor uint64 // of c.example's outbox
+	var woken []string
+	h.svc.Outbound = func(d string) { woken = append(woken, d) }
 
 	h.mustDo(t, "create_group", createBody(t, alice, gid))
 	res := commit(t, alice.m, addProps(bob, carol, dave), nil, nil)
@@ -127,6 +129,9 @@ func TestDelivery(t *testing.T) {
 	w := wantOutboxOne(t, "the Welcome for c.example", h.outbox(t, "c.example", &cursor), carol, dave)
 	joinFrom(t, carol, w)
 	joinFrom(t, dave, w)
+	if !slices.Equal(woken, []string{"c.example"}) {
+		t.Fatalf("the sender was woken for %q, want c.example once", woken)
+	}
 
 	// bob updates: alice hears of it from her queue, carol and dave from
 	// one outbox message.

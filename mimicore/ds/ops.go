@@ -179,6 +179,9 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err != nil {
 		return nil, err
 	}
+	if err := fan.resolveSender(ctx); err != nil {
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: %w", typ, err)
+	}
 	delivered, err := s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
 		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out})
 	switch {
@@ -189,6 +192,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: storing the commit: %w", typ, err)
 	}
+	fan.notify()
 	fan.report(typ.String(), delivered)
 	if typ == moh.DeleteGroup {
 		// The commit that removed everyone else is stored first, so that of
@@ -264,6 +268,9 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	}
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
 	fan.add(enc, from, to)
+	if err := fan.resolveSender(ctx); err != nil {
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)
+	}
 	delivered, err := s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
@@ -273,6 +280,7 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: delivering: %w", err)
 	}
+	fan.notify()
 	fan.report("send_message", delivered)
 	return ok, nil
 }

@@ -48,6 +48,9 @@ type Delivered struct {
 // OutboxMessage is a message waiting to be delivered to clients of another
 // provider: one deliver_message (QueueingServiceRequest) to Destination.
 type OutboxMessage struct {
+	// Sender is the provider domain that sends it, the group's hub,
+	// 1..MaxDomainSize bytes.
+	Sender string
 	// Destination is the provider domain it goes to, 1..MaxDomainSize
 	// bytes.
 	Destination string
@@ -80,6 +83,10 @@ type Outbox interface {
 	// (1..MaxOutboxList) messages for destination whose ID is above
 	// after.
 	OutboxPending(ctx context.Context, destination string, after uint64, limit int) ([]OutboxEntry, error)
+
+	// OutboxDestinations lists the destinations that have messages in
+	// the outbox, in byte order.
+	OutboxDestinations(ctx context.Context) ([]string, error)
 
 	// OutboxDelivered removes the messages with the given ids from
 	// destination's outbox and reports how many it removed; ids that are

@@ -343,7 +343,7 @@ func crashFanout(id string, epoch uint64) store.Fanout {
 	msg := []byte(fmt.Sprintf("epoch %d", epoch))
 	return store.Fanout{
 		Local: []store.Delivery{{Recipients: []string{crashMember(id)}, GroupID: []byte(id), Message: msg}},
-		Remote: []store.OutboxMessage{{Destination: crashPeer, GroupID: []byte(id),
+		Remote: []store.OutboxMessage{{Sender: "crash.example", Destination: crashPeer, GroupID: []byte(id),
 			Recipients: []string{"mimi://" + crashPeer + "/d/member/phone"}, Message: msg}},
 	}
 }

@@ -23,6 +23,7 @@ type fanout struct {
 
 // outboxRow is a store.OutboxMessage ready for its INSERT.
 type outboxRow struct {
+	sender      string
 	destination string
 	groupID     []byte
 	recipients  string // JSON array
@@ -43,7 +44,7 @@ func newFanout(f store.Fanout) (fanout, error) {
 		if err != nil {
 			return fanout{}, fmt.Errorf("encoding recipients: %w", err)
 		}
-		out.remote = append(out.remote, outboxRow{destination: m.Destination, groupID: bytes.Clone(m.GroupID),
+		out.remote = append(out.remote, outboxRow{sender: m.Sender, destination: m.Destination, groupID: bytes.Clone(m.GroupID),
 			recipients: string(rcpt), message: bytes.Clone(m.Message)})
 	}
 	return out, nil
@@ -60,7 +61,7 @@ func (f *fanout) size() int {
 		n += len(qa.msg) + len(qa.groupID) + 32*len(qa.recipients)
 	}
 	for _, r := range f.remote {
-		n += len(r.message) + len(r.groupID) + len(r.recipients) + len(r.destination)
+		n += len(r.message) + len(r.groupID) + len(r.recipients) + len(r.sender) + len(r.destination)
 	}
 	return n
 }
@@ -77,8 +78,8 @@ func (s *Store) fanoutTx(ctx context.Context, tx *sql.Tx, f *fanout, now int64) 
 	}
 	for _, r := range f.remote {
 		var id int64
-		if err := tx.QueryRowContext(ctx, `INSERT INTO outbox (destination, group_id, recipients, message, enqueued_ms)
-			VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id`, r.destination, r.groupID, r.recipients, r.message, now).Scan(&id); err != nil {
+		if err := tx.QueryRowContext(ctx, `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id`, r.sender, r.destination, r.groupID, r.recipients, r.message, now).Scan(&id); err != nil {
 			return store.Delivered{}, err
 		}
 		d.Outbox = append(d.Outbox, uint64(id))
@@ -144,7 +145,7 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 	if limit < 1 || limit > store.MaxOutboxList || after > maxRowID {
 		return nil, fmt.Errorf("%s: limit %d, want 1..%d, after %d: %w", doing, limit, store.MaxOutboxList, after, store.ErrInvalid)
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT id, group_id, recipients, message, enqueued_ms FROM outbox
+	rows, err := s.r.QueryContext(ctx, `SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
 		WHERE destination = ?1 AND id > ?2 ORDER BY id LIMIT ?3`, destination, int64(after), limit)
 	if err != nil {
 		return nil, s.fail(doing, err)
@@ -155,7 +156,7 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 		var e store.OutboxEntry
 		var id, enq int64
 		var rcpt string
-		if err := rows.Scan(&id, &e.GroupID, &rcpt, &e.Message, &enq); err != nil {
+		if err := rows.Scan(&id, &e.Sender, &e.GroupID, &rcpt, &e.Message, &enq); err != nil {
 			return nil, s.fail(doing, err)
 		}
 		if err := json.Unmarshal([]byte(rcpt), &e.Recipients); err != nil {
@@ -163,6 +164,31 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 		}
 		e.ID, e.Destination, e.Enqueued = uint64(id), destination, time.UnixMilli(enq)
 		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return out, nil
+}
+
+// OutboxDestinations implements store.Outbox.
+func (s *Store) OutboxDestinations(ctx context.Context) ([]string, error) {
+	const doing = "listing outbox destinations"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT DISTINCT destination FROM outbox ORDER BY destination`)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rows.Close()
+	out := []string{}
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, s.fail(doing, err)
+		}
+		out = append(out, d)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, s.fail(doing, err)

@@ -326,6 +326,7 @@ CREATE TABLE mls_group_joiners (
 const schemaV6 = `
 CREATE TABLE outbox (
 	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	sender      TEXT    NOT NULL,
 	destination TEXT    NOT NULL,
 	group_id    BLOB    NOT NULL,
 	-- a JSON array of client URIs (text[] in PostgreSQL)

@@ -27,7 +27,7 @@ func fanoutOf(gid []byte, msg string, local []string, remote map[string][]string
 		f.Local = []store.Delivery{{Recipients: local, GroupID: gid, Sender: fanAlice, Message: []byte(msg)}}
 	}
 	for _, d := range order {
-		f.Remote = append(f.Remote, store.OutboxMessage{Destination: d, GroupID: gid, Recipients: remote[d], Message: []byte(msg)})
+		f.Remote = append(f.Remote, store.OutboxMessage{Sender: "a.example", Destination: d, GroupID: gid, Recipients: remote[d], Message: []byte(msg)})
 	}
 	return f
 }
@@ -40,7 +40,7 @@ func wantOutbox(t *testing.T, s store.Store, destination string, want ...string)
 	noErr(t, "OutboxPending", err)
 	var list []string
 	for i, e := range got {
-		if e.Destination != destination || e.Enqueued.IsZero() || (i > 0 && e.ID <= got[i-1].ID) {
+		if e.Destination != destination || e.Sender != "a.example" || e.Enqueued.IsZero() || (i > 0 && e.ID <= got[i-1].ID) {
 			t.Fatalf("outbox entry %+v of %s out of order or incomplete", e, destination)
 		}
 		list = append(list, string(e.Message)+">"+strings.Join(e.Recipients, ","))
@@ -99,6 +99,9 @@ func testGroupFanout(t *testing.T, open func(t *testing.T) store.Store) {
 	ce := wantOutbox(t, s, "c.example", "commit 1>"+fanCarol+","+fanDave, "hello>"+fanCarol+","+fanDave)
 	wantOutbox(t, s, "e.example", "commit 1>"+fanErin)
 	wantOutbox(t, s, "x.example")
+	if dests, err := s.OutboxDestinations(ctx()); err != nil || !slices.Equal(dests, []string{"c.example", "e.example"}) {
+		t.Fatalf("OutboxDestinations = %q, %v", dests, err)
+	}
 	if string(ce[0].GroupID) != string(gid) {
 		t.Fatal("outbox entry lost its group")
 	}
@@ -133,6 +136,14 @@ func testGroupFanout(t *testing.T, open func(t *testing.T) store.Store) {
 	// The outbox lives with the store, not with the group.
 	noErr(t, "DeleteGroup", s.DeleteGroup(ctx(), gid))
 	wantOutbox(t, s, "c.example", "hello>"+fanCarol+","+fanDave, "commit 2>"+fanCarol+","+fanDave)
+	// A destination with nothing left is no longer listed.
+	all, err := s.OutboxPending(ctx(), "e.example", 0, store.MaxOutboxList)
+	noErr(t, "OutboxPending", err)
+	n, err = s.OutboxDelivered(ctx(), "e.example", []uint64{all[0].ID})
+	noErr(t, "OutboxDelivered", err)
+	if dests, err := s.OutboxDestinations(ctx()); n != 1 || err != nil || !slices.Equal(dests, []string{"c.example"}) {
+		t.Fatalf("OutboxDestinations after clearing e.example = %q, %v", dests, err)
+	}
 }
 
 // testGroupFanoutLimits checks the arguments of a fan-out: each refusal is
@@ -147,7 +158,7 @@ func testGroupFanoutLimits(t *testing.T, open func(t *testing.T) store.Store) {
 	for i := range many {
 		many[i] = fmt.Sprintf("mimi://c.example/d/u%d/d", i)
 	}
-	ok := store.OutboxMessage{Destination: "c.example", GroupID: gid, Recipients: []string{fanCarol}, Message: []byte("m")}
+	ok := store.OutboxMessage{Sender: "a.example", Destination: "c.example", GroupID: gid, Recipients: []string{fanCarol}, Message: []byte("m")}
 	with := func(edit func(*store.OutboxMessage)) store.Fanout {
 		m := ok
 		edit(&m)
@@ -162,6 +173,7 @@ func testGroupFanoutLimits(t *testing.T, open func(t *testing.T) store.Store) {
 		name string
 		f    store.Fanout
 	}{
+		{"no sender", with(func(m *store.OutboxMessage) { m.Sender = "" })},
 		{"no destination", with(func(m *store.OutboxMessage) { m.Destination = "" })},
 		{"no group", with(func(m *store.OutboxMessage) { m.GroupID = nil })},
 		{"no recipients", with(func(m *store.OutboxMessage) { m.Recipients = nil })},

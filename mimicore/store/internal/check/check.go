@@ -292,6 +292,9 @@ func Fanout(f store.Fanout) error {
 
 // OutboxMessage checks a message for the outbox.
 func OutboxMessage(m store.OutboxMessage) error {
+	if err := Domain("sender", m.Sender); err != nil {
+		return err
+	}
 	if err := Domain("destination", m.Destination); err != nil {
 		return err
 	}

@@ -1,0 +1,371 @@
+// Package federation sends what the Delivery Service accepted for other
+// providers' clients: it drains the durable outbox (store.Outbox) into
+// signed deliver_message requests, one destination provider at a time,
+// in order per (destination, group), with retries (docs/protocol.md §9).
+//
+// Delivery is at least once on the wire and exactly once in the
+// receiver's queues: a message is removed from the outbox only after the
+// destination answered it, and every attempt is signed afresh (a new
+// request_id), which the receiver's duplicate suppression of delivered
+// messages (docs/protocol.md §4.2) turns into one delivery however often
+// an answer was lost. A crash between the answer and the removal sends the
+// message once more, to the same effect.
+package federation
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// Defaults of a Sender.
+const (
+	// DefaultMinBackoff and DefaultMaxBackoff bound the wait before a
+	// destination that failed is tried again: it doubles from the first
+	// to the second, with jitter, and never grows past it, so a
+	// destination down for a day is still tried every few minutes.
+	DefaultMinBackoff = time.Second
+	DefaultMaxBackoff = 5 * time.Minute
+	// DefaultGiveUpAfter is the age at which a message that could not be
+	// delivered is dropped (counted and logged). It is below the
+	// receivers' duplicate window (ds.DeliverDedupWindow, 7 days), so a
+	// message is never delivered twice.
+	DefaultGiveUpAfter = 3 * 24 * time.Hour
+	// DefaultBatch is how many messages of a destination are read from
+	// the outbox at once.
+	DefaultBatch = 256
+	// DefaultParallel is how many of a destination's groups are sent to
+	// at once: at most that many requests are in flight per destination.
+	DefaultParallel = 4
+)
+
+// Transport sends one provider-signed request and returns the peer's
+// answer; Clients implements it over provider.Client.
+type Transport interface {
+	Send(ctx context.Context, sender, recipient string, typ moh.ProviderRequestType, payload []byte) (*provider.Answer, error)
+}
+
+// Clients is the Transport of a gateway: requests signed with its key
+// ring as the sender domain, to peers discovered through its current key
+// fetcher (which a configuration reload may replace).
+type Clients struct {
+	Keys    provider.Signer
+	Fetcher func() *provider.KeyFetcher
+}
+
+// Send implements Transport.
+func (c Clients) Send(ctx context.Context, sender, recipient string, typ moh.ProviderRequestType, payload []byte) (*provider.Answer, error) {
+	pc := &provider.Client{Sender: sender, Keys: c.Keys, Fetcher: c.Fetcher()}
+	return pc.Send(ctx, recipient, typ, payload)
+}
+
+// Stats counts a Sender's work since it started.
+type Stats struct {
+	// Attempts is the number of deliver_message requests sent.
+	Attempts uint64
+	// Delivered is the number of outbox messages a destination accepted.
+	Delivered uint64
+	// Retried is the number of attempts that failed and will be retried.
+	Retried uint64
+	// Rejected is the number of messages a destination refused for good
+	// (a 4xx other than a rate limit or an authentication failure), which
+	// were dropped.
+	Rejected uint64
+	// GivenUp is the number of messages dropped at GiveUpAfter.
+	GivenUp uint64
+}
+
+// Sender drains an outbox. Its fields are set before Run and not changed
+// afterwards.
+type Sender struct {
+	// Outbox is the store's outbox. Required.
+	Outbox store.Outbox
+	// Transport sends the requests. Required.
+	Transport Transport
+	// Logger gets what the operator should see; nil discards.
+	Logger *zap.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// MinBackoff, MaxBackoff, GiveUpAfter, Batch and Parallel default to
+	// the Default* constants.
+	MinBackoff, MaxBackoff time.Duration
+	GiveUpAfter            time.Duration
+	Batch, Parallel        int
+
+	mu      sync.Mutex
+	wakes   map[string]chan struct{} // one per destination with a worker
+	spawn   func(destination string) // set by Run
+	running bool
+	stats   struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
+}
+
+// Stats returns the counters.
+func (s *Sender) Stats() Stats {
+	return Stats{Attempts: s.stats.attempts.Load(), Delivered: s.stats.delivered.Load(), Retried: s.stats.retried.Load(),
+		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load()}
+}
+
+// Wake tells the sender that destination has new messages, or that it is
+// reachable again (a request from it just arrived): its worker reads the
+// outbox at once, ending any backoff. It never blocks.
+func (s *Sender) Wake(destination string) {
+	s.mu.Lock()
+	ch, ok := s.wakes[destination]
+	spawn := s.spawn
+	s.mu.Unlock()
+	if ok {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if spawn != nil {
+		spawn(destination)
+	}
+}
+
+// Run starts a worker for each destination with a backlog, and one for
+// each destination woken later, and returns when ctx ends and every
+// worker has stopped. It may be called once.
+func (s *Sender) Run(ctx context.Context) error {
+	if s.Outbox == nil || s.Transport == nil {
+		return errors.New("federation: a sender needs an outbox and a transport")
+	}
+	var wg sync.WaitGroup
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("federation: sender already running")
+	}
+	s.running = true
+	s.wakes = map[string]chan struct{}{}
+	s.spawn = func(dest string) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if _, ok := s.wakes[dest]; ok || ctx.Err() != nil {
+			return
+		}
+		ch := make(chan struct{}, 1)
+		s.wakes[dest] = ch
+		wg.Go(func() { s.worker(ctx, dest, ch) })
+	}
+	spawn := s.spawn
+	s.mu.Unlock()
+	dests, err := s.Outbox.OutboxDestinations(ctx)
+	if err != nil {
+		s.logger().Error("listing outbox destinations; each is tried when woken", zap.Error(err))
+	}
+	for _, d := range dests {
+		spawn(d)
+	}
+	<-ctx.Done()
+	wg.Wait()
+	return nil
+}
+
+func (s *Sender) logger() *zap.Logger {
+	if s.Logger == nil {
+		return zap.NewNop()
+	}
+	return s.Logger
+}
+
+func (s *Sender) now() time.Time {
+	if s.Now == nil {
+		return time.Now()
+	}
+	return s.Now()
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// worker delivers destination's messages until ctx ends: a pass reads a
+// batch, sends each group's messages in order, removes what was answered,
+// and backs off while anything failed.
+func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) {
+	log := s.logger().With(zap.String("destination", dest))
+	minB, maxB := orDefault(s.MinBackoff, DefaultMinBackoff), orDefault(s.MaxBackoff, DefaultMaxBackoff)
+	backoff := time.Duration(0)
+	for ctx.Err() == nil {
+		failed, more, err := s.pass(ctx, dest, log)
+		var wait time.Duration
+		switch {
+		case err != nil:
+			log.Error("reading or clearing the outbox", zap.Error(err))
+			failed = true
+		case !failed && more:
+			backoff = 0
+			continue
+		}
+		if failed {
+			backoff = min(max(2*backoff, minB), maxB)
+			// Full jitter on the upper half: spread retries of many
+			// gateways without ever retrying at once.
+			wait = backoff/2 + rand.N(backoff/2+1)
+		}
+		var timer *time.Timer
+		var fire <-chan time.Time
+		if wait > 0 {
+			timer = time.NewTimer(wait)
+			fire = timer.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-wake:
+			backoff = 0 // new messages, or the peer is back
+		case <-fire:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}
+
+// pass sends one batch of dest's outbox. It reports whether any message
+// failed and will be retried, and whether the batch was full (more may
+// wait).
+func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed, more bool, err error) {
+	batch := orDefault(s.Batch, DefaultBatch)
+	entries, err := s.Outbox.OutboxPending(ctx, dest, 0, min(batch, store.MaxOutboxList))
+	if err != nil || len(entries) == 0 {
+		return false, false, err
+	}
+	// Per group, in outbox order; groups in parallel.
+	var groups [][]store.OutboxEntry
+	for _, e := range entries {
+		i := slices.IndexFunc(groups, func(g []store.OutboxEntry) bool { return string(g[0].GroupID) == string(e.GroupID) })
+		if i < 0 {
+			groups = append(groups, nil)
+			i = len(groups) - 1
+		}
+		groups[i] = append(groups[i], e)
+	}
+	var mu sync.Mutex
+	var done []uint64
+	var anyFailed atomic.Bool
+	sem := make(chan struct{}, orDefault(s.Parallel, DefaultParallel))
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			for _, e := range g {
+				if ctx.Err() != nil {
+					anyFailed.Store(true)
+					return
+				}
+				if !s.deliver(ctx, e, log) {
+					// The group's later messages wait for this one.
+					anyFailed.Store(true)
+					return
+				}
+				mu.Lock()
+				done = append(done, e.ID)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(done) > 0 {
+		// A new context: what was answered is removed even while the
+		// gateway stops, else it would be sent once more after restart
+		// (harmless, see the package doc, but avoidable).
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := s.Outbox.OutboxDelivered(cctx, dest, done); err != nil {
+			return true, false, err
+		}
+	}
+	return anyFailed.Load(), len(entries) == batch, nil
+}
+
+// deliver sends one outbox message and reports whether it is done with:
+// answered, refused for good, or given up. A false answer leaves it in
+// the outbox to retry.
+func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logger) bool {
+	log = log.With(zap.Uint64("outbox_id", e.ID), zap.String("sender", e.Sender))
+	if age := s.now().Sub(e.Enqueued); age > orDefault(s.GiveUpAfter, DefaultGiveUpAfter) {
+		s.stats.givenUp.Add(1)
+		log.Error("gave up delivering a message", zap.Duration("age", age))
+		return true
+	}
+	payload, err := queueingPayload(e)
+	if err != nil {
+		s.stats.rejected.Add(1)
+		log.Error("encoding an outbox message; dropped", zap.Error(err))
+		return true
+	}
+	s.stats.attempts.Add(1)
+	a, err := s.Transport.Send(ctx, e.Sender, e.Destination, moh.DeliverMessage, payload)
+	switch {
+	case err != nil && (a == nil || a.Status == 0):
+		s.stats.retried.Add(1)
+		log.Warn("delivering a message failed; will retry", zap.Error(err))
+		return false
+	case a.Status == http.StatusOK && a.Response.Type == moh.ResponseQueueing:
+		s.stats.delivered.Add(1)
+		if n := len(a.Response.Queueing.Unknown); n > 0 {
+			log.Warn("the destination does not know some recipients", zap.Int("unknown", n))
+		}
+		return true
+	case retryable(a.Status):
+		s.stats.retried.Add(1)
+		log.Warn("the destination refused a message for now; will retry", zap.Int("status", a.Status),
+			zap.String("code", a.Response.Error.Code.String()))
+		return false
+	default:
+		s.stats.rejected.Add(1)
+		log.Error("the destination refused a message; dropped", zap.Int("status", a.Status),
+			zap.String("code", a.Response.Error.Code.String()), zap.ByteString("message", a.Response.Error.Message))
+		return true
+	}
+}
+
+// retryable tells the statuses worth another attempt: the peer's own
+// trouble (5xx), its rate limits (429), time (408, 425), and
+// authentication it may pass later (401: it could not fetch our key yet),
+// and a 200 that is not a queueing answer (treated as the peer's fault).
+func retryable(status int) bool {
+	switch {
+	case status >= 500 && status != http.StatusNotImplemented:
+		return true
+	case status == http.StatusTooManyRequests, status == http.StatusRequestTimeout, status == http.StatusTooEarly,
+		status == http.StatusUnauthorized, status == http.StatusOK:
+		return true
+	}
+	return false
+}
+
+// queueingPayload encodes the QueueingServiceRequest of an outbox message
+// (docs/protocol.md §4.2): the group id, the client ids, then the
+// MLSMessage as the outbox keeps it, already encoded.
+func queueingPayload(e store.OutboxEntry) ([]byte, error) {
+	var b cryptobyte.Builder
+	wire.AddOpaque(&b, e.GroupID)
+	wire.AddVector(&b, func(b *cryptobyte.Builder) {
+		for _, r := range e.Recipients {
+			wire.AddOpaque(b, []byte(r))
+		}
+	})
+	b.AddBytes(e.Message)
+	return b.Bytes()
+}
