@@ -397,3 +397,43 @@ func TestReadmeMimictlSession(t *testing.T) {
 		t.Fatalf("the README session ran only %d mimictl commands", commands)
 	}
 }
+
+// TestMimictlExternalJoin has carol's phone, a member, write the join
+// information with `group export` to stdout and her laptop join with
+// `group join -` from stdin, all through mimictl's code.
+func TestMimictlExternalJoin(t *testing.T) {
+	startClientSite(t)
+	dir := t.TempDir()
+	run := func(state string, stdin []byte, args ...string) (string, string) {
+		t.Helper()
+		environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": "carol",
+			"MIMI_PASSWORD": clientUsers["carol"], "MIMI_STATE": filepath.Join(dir, state)}
+		var stdout, stderr bytes.Buffer
+		status := cli.Run(t.Context(), args, cli.Env{Stdin: bytes.NewReader(stdin), Stdout: &stdout, Stderr: &stderr,
+			Getenv: func(k string) string { return environ[k] }, HTTPClient: clientHTTP()})
+		if status != 0 {
+			t.Fatalf("mimictl %v (%s): exit %d: %s", args, state, status, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	run("phone", nil, "client", "init", "-key-packages", "1", "mimi://m.localhost/d/carol/phone")
+	run("laptop", nil, "client", "init", "mimi://m.localhost/d/carol/laptop")
+	out, _ := run("phone", nil, "group", "create")
+	gid := strings.TrimSpace(out)
+	info, _ := run("phone", nil, "group", "export", gid, "-")
+	if joined, _ := run("laptop", []byte(info), "group", "join", "-"); strings.TrimSpace(joined) != gid {
+		t.Fatalf("group join printed %q, want %s", joined, gid)
+	}
+	if out, _ := run("phone", nil, "recv", "-wait", "5s"); out != "commit\t"+gid+"\tmimi://m.localhost/d/carol/laptop\t1\n" {
+		t.Fatalf("the phone received %q", out)
+	}
+	run("laptop", nil, "send", gid, "from", "the", "laptop")
+	if out, _ := run("phone", nil, "recv", "-wait", "5s"); out != "message\t"+gid+"\tmimi://m.localhost/d/carol/laptop\tfrom the laptop\n" {
+		t.Fatalf("the phone received %q", out)
+	}
+	out, _ = run("laptop", nil, "group", "info", gid)
+	want := "group " + gid + "\nepoch 1\nsuite 1\nmember 0 mimi://m.localhost/d/carol/phone\nmember 1 mimi://m.localhost/d/carol/laptop (self)\n"
+	if out != want {
+		t.Fatalf("group info printed\n%s\nwant\n%s", out, want)
+	}
+}
