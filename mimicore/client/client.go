@@ -375,21 +375,26 @@ type Error struct {
 	Op string
 	// Status is the HTTP status.
 	Status int
-	// Code and Message are the DSError's.
+	// Code and Message are the DSError's. Code is 0 when the answer was not
+	// a DSError (something in front of the gateway answered, such as the
+	// authentication handler of the local API); Message then says so.
 	Code    moh.Code
 	Message string
 }
 
 // Error implements error.
 func (e *Error) Error() string {
+	if e.Code == 0 {
+		return fmt.Sprintf("%s: %d %s: %s", e.Op, e.Status, http.StatusText(e.Status), e.Message)
+	}
 	return fmt.Sprintf("%s: %d %s: %s", e.Op, e.Status, e.Code, e.Message)
 }
 
 // CodeOf returns the DSError code of a gateway refusal in err's chain, and
-// false when err is not one.
+// false when err holds none.
 func CodeOf(err error) (moh.Code, bool) {
 	var e *Error
-	if errors.As(err, &e) {
+	if errors.As(err, &e) && e.Code != 0 {
 		return e.Code, true
 	}
 	return 0, false
@@ -416,7 +421,7 @@ func (c *Client) do(req *http.Request) (int, []byte, error) {
 func refusal(op string, status int, body []byte) error {
 	var r moh.DSResponse
 	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || r.Type != moh.ResponseError {
-		return &Error{Op: op, Status: status, Message: fmt.Sprintf("an answer that is not a DSError (%d bytes)", len(body))}
+		return &Error{Op: op, Status: status, Message: fmt.Sprintf("the answer (%d bytes) is not a DSError", len(body))}
 	}
 	return &Error{Op: op, Status: status, Code: r.Error.Code, Message: string(r.Error.Message)}
 }
