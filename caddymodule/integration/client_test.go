@@ -184,6 +184,14 @@ func TestGoClientSession(t *testing.T) {
 	if code, ok := mimiclient.CodeOf(err); !ok || code != moh.CodeForbidden {
 		t.Fatalf("bob initialising alice's client: %v, want forbidden", err)
 	}
+	// Credentials the basic_auth in front refuses: 401, no DSError.
+	wrong := clientConfig("bob")
+	wrong.Authorize = mimiclient.BasicAuth("bob", "not bob's password")
+	_, err = mimiclient.Init(ctx, t.TempDir(), wrong, mimiclient.InitOptions{ClientURI: moh.ClientURI("m.localhost", "bob", "tablet")})
+	var refused *mimiclient.Error
+	if _, coded := mimiclient.CodeOf(err); !errors.As(err, &refused) || refused.Status != http.StatusUnauthorized || coded {
+		t.Fatalf("initialising with a wrong password: %v, want a 401 that is not a DSError", err)
+	}
 	if n, err := bob.PublishedKeyPackages(ctx); err != nil || n != 4 {
 		t.Fatalf("bob's published KeyPackages: %d, %v; want 3 and a last-resort one", n, err)
 	}
@@ -423,6 +431,16 @@ func TestMimictlExternalJoin(t *testing.T) {
 	info, _ := run("phone", nil, "group", "export", gid, "-")
 	if joined, _ := run("laptop", []byte(info), "group", "join", "-"); strings.TrimSpace(joined) != gid {
 		t.Fatalf("group join printed %q, want %s", joined, gid)
+	}
+	// The phone has not seen the join: its commit is of a past epoch.
+	var stdout, stderr bytes.Buffer
+	environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": "carol",
+		"MIMI_PASSWORD": clientUsers["carol"], "MIMI_STATE": filepath.Join(dir, "phone")}
+	status := cli.Run(t.Context(), []string{"group", "update", gid}, cli.Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
+		Getenv: func(k string) string { return environ[k] }, HTTPClient: clientHTTP()})
+	if status != 1 || stdout.Len() != 0 || !strings.Contains(stderr.String(), "409 stale_epoch") ||
+		!strings.Contains(stderr.String(), "run recv, then try again") {
+		t.Fatalf("a commit of a past epoch: exit %d, stdout %q, stderr %q", status, stdout.String(), stderr.String())
 	}
 	if out, _ := run("phone", nil, "recv", "-wait", "5s"); out != "commit\t"+gid+"\tmimi://m.localhost/d/carol/laptop\t1\n" {
 		t.Fatalf("the phone received %q", out)

@@ -29,6 +29,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/client"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 )
 
 // Exit statuses.
@@ -169,6 +170,9 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "mimictl: %v\n", err)
+		if code, _ := client.CodeOf(err); code == moh.CodeStaleEpoch || code == moh.CodeCommitConflict {
+			fmt.Fprintln(stderr, "mimictl: the group moved on: run recv, then try again")
+		}
 		return exitFailure
 	}
 }
