@@ -117,7 +117,11 @@ const maxReceiveWait = 10 * time.Minute
 // application messages are decrypted. The client's state, cursor
 // included, is on disk before the messages are acknowledged. A message
 // the client cannot use is an EventSkipped, not an error: the queue moves
-// on.
+// on. The Client's other methods wait while Receive long-polls.
+//
+// What a crash can lose: a message opened, and its key erased on disk,
+// before Receive returned it is not opened again (RFC 9420 §9.2 forbids
+// keeping the key); the caller keeps what it needs of the events it got.
 func (c *Client) Receive(ctx context.Context, wait time.Duration) ([]Event, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
