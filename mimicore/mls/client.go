@@ -78,6 +78,12 @@ func NewGroup(opts GroupOptions) (*Member, error) {
 // GroupInfo returns a GroupInfo for the current epoch signed by the member,
 // with the external_pub and ratchet_tree extensions (RFC 9420 §12.4.3).
 func (m *Member) GroupInfo() (*GroupInfo, error) {
+	return m.groupInfo(true)
+}
+
+// groupInfo is GroupInfo, with the ratchet_tree extension only when
+// withTree is set.
+func (m *Member) groupInfo(withTree bool) (*GroupInfo, error) {
 	if m.signer == nil {
 		return nil, errors.New("group info: member has no signer")
 	}
@@ -90,14 +96,18 @@ func (m *Member) GroupInfo() (*GroupInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := g.tree.ratchetTree()
-	rtData, err := marshal(&rt)
-	if err != nil {
-		return nil, err
+	exts := Extensions{{Type: ExtExternalPub, Data: epData}}
+	if withTree {
+		rt := g.tree.ratchetTree()
+		rtData, err := marshal(&rt)
+		if err != nil {
+			return nil, err
+		}
+		exts = append(exts, Extension{Type: ExtRatchetTree, Data: rtData})
 	}
 	gi := &GroupInfo{
 		GroupContext:    g.GroupContext(),
-		Extensions:      Extensions{{Type: ExtExternalPub, Data: epData}, {Type: ExtRatchetTree, Data: rtData}},
+		Extensions:      exts,
 		ConfirmationTag: cloneBytes(g.confTag),
 		Signer:          m.leaf,
 	}
@@ -183,8 +193,34 @@ type CommitResult struct {
 // Commit creates a full commit (with an UpdatePath) covering proposals by
 // value and, through resolve, by reference (RFC 9420 §12.4). The receiver
 // is unchanged: the caller adopts CommitResult.Next once the Delivery
-// Service accepted the commit, and keeps the receiver if it did not.
+// Service accepted the commit, and keeps the receiver if it did not. The
+// GroupInfo of the new epoch, in CommitResult.GroupInfo and in the
+// Welcome, carries the ratchet tree (see CommitWith for one that does
+// not).
 func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalResolver) (*CommitResult, error) {
+	return m.CommitWith(CommitOptions{ByValue: byValue, ByRef: byRef, Resolve: resolve})
+}
+
+// CommitOptions describe the commit Member.CommitWith creates.
+type CommitOptions struct {
+	// ByValue are the proposals the commit carries by value.
+	ByValue []*Proposal
+	// ByRef are the references of the proposals it covers by reference,
+	// which Resolve returns.
+	ByRef   [][]byte
+	Resolve ProposalResolver
+	// OmitRatchetTree leaves the ratchet_tree extension out of the
+	// GroupInfo of the new epoch (CommitResult.GroupInfo, and the one the
+	// Welcome encrypts), so the commit's messages stay O(log n) in size
+	// rather than carrying the whole tree. The joiners then get the tree
+	// out of band (in MIMI from the Delivery Service's welcome_info) and
+	// pass it as WelcomeOptions.RatchetTree.
+	OmitRatchetTree bool
+}
+
+// CommitWith is Commit with options.
+func (m *Member) CommitWith(opts CommitOptions) (*CommitResult, error) {
+	byValue, byRef, resolve := opts.ByValue, opts.ByRef, opts.Resolve
 	if m.signer == nil {
 		return nil, errors.New("committing: member has no signer")
 	}
@@ -257,7 +293,7 @@ func (m *Member) Commit(byValue []*Proposal, byRef [][]byte, resolve ProposalRes
 		return nil, fmt.Errorf("committing: %w", err)
 	}
 	next := m.successor(n, np.keys, secrets)
-	gi, err := next.GroupInfo()
+	gi, err := next.groupInfo(!opts.OmitRatchetTree)
 	if err != nil {
 		return nil, fmt.Errorf("committing: %w", err)
 	}

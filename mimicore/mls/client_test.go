@@ -285,3 +285,50 @@ func TestExternalJoin(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitOmitRatchetTree checks CommitWith's OmitRatchetTree: the
+// GroupInfo and the Welcome leave the tree out, so a joiner needs it out
+// of band, and with it joins the same epoch as the committer.
+func TestCommitOmitRatchetTree(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	a, b := newTestClient(t, cs, "A"), newTestClient(t, cs, "B")
+	alice, err := NewGroup(a.groupOptions(cs, "no tree"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		omit      bool
+		outOfBand bool // the joiner is given the tree
+		wantJoin  bool
+	}{
+		{"tree in the Welcome", false, false, true},
+		{"tree omitted, given out of band", true, true, true},
+		{"tree omitted, not given", true, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := alice.CommitWith(CommitOptions{ByValue: []*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}},
+				OmitRatchetTree: tc.omit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, has := res.GroupInfo.GroupInfo.Extensions.Find(ExtRatchetTree); has == tc.omit {
+				t.Fatalf("GroupInfo has a ratchet tree: %v", has)
+			}
+			if err := res.Next.State().VerifyGroupInfo(res.GroupInfo.GroupInfo); err != nil {
+				t.Fatal(err)
+			}
+			opts := WelcomeOptions{KeyPackage: b.kp, InitKey: b.initPriv, LeafKey: b.leafPriv, Signer: b.signer}
+			if tc.outOfBand {
+				opts.RatchetTree = res.Next.State().Tree().RatchetTree()
+			}
+			bob, err := JoinFromWelcome(reencode(t, res.Welcome).Welcome, opts)
+			if (err == nil) != tc.wantJoin {
+				t.Fatalf("join: %v", err)
+			}
+			if err == nil {
+				sameEpoch(t, res.Next.State(), res.Next, bob)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 )
 
@@ -195,12 +196,38 @@ func TestMemberViewAllocations(t *testing.T) {
 	key, id := v.SignatureKey(), v.Credential().Identity
 	allocs := testing.AllocsPerRun(100, func() {
 		v, ok := tg.g.Member(3)
-		if !ok || !v.HasSignatureKey(key) || !v.HasIdentity(id) || v.CredentialType() != CredentialBasic {
+		if !ok || !v.HasSignatureKey(key) || !v.HasIdentity(id) || !v.IdentityHasPrefix(id[:3]) || v.CredentialType() != CredentialBasic {
 			t.Fatal("member 3 does not match")
 		}
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per member lookup", allocs)
+	}
+}
+
+// TestIdentityHasPrefix checks LeafView.IdentityHasPrefix on a member and
+// on a blank leaf.
+func TestIdentityHasPrefix(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 2, nil)
+	v, _ := tg.g.Member(1) // identity "member 1"
+	for _, tc := range []struct {
+		name   string
+		view   LeafView
+		prefix string
+		want   bool
+	}{
+		{"empty prefix", v, "", true},
+		{"proper prefix", v, "member ", true},
+		{"whole identity", v, "member 1", true},
+		{"longer than the identity", v, "member 10", false},
+		{"other prefix", v, "member 2", false},
+		{"blank leaf", LeafView{}, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.view.IdentityHasPrefix([]byte(tc.prefix)); got != tc.want {
+				t.Fatalf("IdentityHasPrefix(%q) = %v", tc.prefix, got)
+			}
+		})
 	}
 }
 
@@ -328,5 +355,21 @@ func TestMembersOfOneEpochShareRatchets(t *testing.T) {
 		if _, _, err := alice.Unprotect(reencode(t, msg)); err != nil {
 			t.Fatalf("message from a Member of the same epoch: %v", err)
 		}
+	}
+}
+
+// TestMembersAllocations checks that Tree.Members allocates its result
+// once, in groups with and without blank leaves.
+func TestMembersAllocations(t *testing.T) {
+	for _, n := range []uint32{1, 5, 64, 1000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			tree := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, n, nil).g.tree
+			if got := tree.Members(); len(got) != int(n) || got[n-1] != n-1 {
+				t.Fatalf("members %v", got)
+			}
+			if allocs := testing.AllocsPerRun(10, func() { tree.Members() }); allocs != 1 {
+				t.Fatalf("%v allocations", allocs)
+			}
+		})
 	}
 }

@@ -76,6 +76,13 @@ func (v LeafView) HasIdentity(identity []byte) bool {
 	return v.l != nil && v.l.Credential.Type == CredentialBasic && bytes.Equal(v.l.Credential.Identity, identity)
 }
 
+// IdentityHasPrefix reports whether the leaf holds a basic credential whose
+// identity begins with prefix, without copying it: how a caller finds the
+// leaves of one user among client identities that share a user part.
+func (v LeafView) IdentityHasPrefix(prefix []byte) bool {
+	return v.l != nil && v.l.Credential.Type == CredentialBasic && bytes.HasPrefix(v.l.Credential.Identity, prefix)
+}
+
 // Capabilities returns a copy of the leaf's capabilities.
 func (v LeafView) Capabilities() Capabilities {
 	if v.l == nil {

@@ -320,9 +320,11 @@ func (t *Tree) updateLeaf(i uint32, l *LeafNode) {
 	t.blankPath(i)
 }
 
-// Members returns the indices of the non-blank leaves.
+// Members returns the indices of the non-blank leaves, in one allocation
+// (the root's count of member leaves sizes it).
 func (t *Tree) Members() []uint32 {
-	var out []uint32
+	_, n := t.counts(root(t.leaves))
+	out := make([]uint32, 0, n)
 	for i := range t.leaves {
 		if t.node(leafNode(i)) != nil {
 			out = append(out, i)

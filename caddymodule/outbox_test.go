@@ -1,0 +1,334 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/hpke"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// peerSite is a provisioned gateway served over TLS 1.3 on a loopback
+// address that survives a restart of its server.
+type peerSite struct {
+	g    *Gateway
+	addr string
+	cert tls.Certificate
+	srv  *httptest.Server
+}
+
+// start serves the gateway on s.addr (again).
+func (s *peerSite) start(t *testing.T) {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	for range 50 { // the port of a server just closed may take a moment
+		if ln, err = net.Listen("tcp", s.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	notMIMI := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		w.WriteHeader(http.StatusNotFound)
+		return nil
+	})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		caddyhttp.NewTestReplacer(r)
+		if err := s.g.ServeHTTP(w, r, notMIMI); err != nil {
+			t.Errorf("ServeHTTP: %v", err)
+		}
+	}))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.EnableHTTP2 = true
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS13}
+	srv.StartTLS()
+	s.srv = srv
+}
+
+// stop closes the server and every connection to it.
+func (s *peerSite) stop() {
+	s.srv.CloseClientConnections()
+	s.srv.Close()
+}
+
+// twoProviders provisions gateways for a.localhost and b.localhost, each
+// on its own loopback port with a certificate for both names, each
+// resolving the other to its port and trusting the certificate.
+func twoProviders(t *testing.T) (a, b *peerSite) {
+	t.Helper()
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mimi test peers"},
+		DNSNames: []string{"a.localhost", "b.localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootFile := filepath.Join(dir, "root.pem")
+	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	ports := make([]string, 2)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+		ln.Close()
+	}
+	site := func(name, port, peer, peerPort string) *peerSite {
+		p, _ := strconv.Atoi(peerPort)
+		g := provisioned(t, &Gateway{Providers: []string{name}, DSDomain: name + ":" + port,
+			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p},
+				Resolve: map[string]string{peer: "127.0.0.1:" + peerPort}, RootCAFiles: []string{rootFile}}})
+		s := &peerSite{g: g, addr: "127.0.0.1:" + port, cert: cert}
+		s.start(t)
+		t.Cleanup(s.stop)
+		return s
+	}
+	return site("a.localhost", ports[0], "b.localhost", ports[1]), site("b.localhost", ports[1], "a.localhost", ports[0])
+}
+
+// peerMember is an MLS client of one of the test providers, bound by its
+// provider's key ring.
+type peerMember struct {
+	uri              string
+	kp               *mls.KeyPackage
+	signer           crypto.Signer
+	leafKey, initKey hpke.PrivateKey
+	m                *mls.Member
+}
+
+const peerSuite = mls.X25519AES128GCMSHA256Ed25519
+
+func newPeerMember(t *testing.T, s *peerSite, user string) *peerMember {
+	t.Helper()
+	uri := moh.ClientURI(s.g.Providers[0], user, "phone")
+	signer, pub, err := peerSuite.GenerateSignatureKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := make([]byte, 64)
+	rand.Read(seed)
+	leafKey, encPub, err := peerSuite.DeriveKeyPair(seed[:32])
+	if err != nil {
+		t.Fatal(err)
+	}
+	initKey, initPub, err := peerSuite.DeriveKeyPair(seed[32:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := mls.LeafNode{EncryptionKey: encPub, SignatureKey: pub,
+		Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
+		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{peerSuite},
+			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
+		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 62}}
+	bd, err := (&binding.Issuer{Domains: s.g.Providers, Keys: s.g.svc.Keys()}).Issue([]byte(uri), pub, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := binding.Attach(&leaf, bd); err != nil {
+		t.Fatal(err)
+	}
+	if err := leaf.Sign(peerSuite, signer, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: peerSuite, InitKey: initPub, LeafNode: leaf}
+	if err := kp.Sign(signer); err != nil {
+		t.Fatal(err)
+	}
+	return &peerMember{uri: uri, kp: kp, signer: signer, leafKey: leafKey, initKey: initKey}
+}
+
+// groupOp posts a DSRequest signed by c (as its leaf) to site's
+// /group_operation over TLS 1.3 and fails unless it is accepted.
+func groupOp(t *testing.T, site *peerSite, c *peerMember, body moh.RequestBody) {
+	t.Helper()
+	var leaf uint32
+	if c.m != nil {
+		leaf = c.m.LeafIndex()
+	}
+	req, err := ds.SignRequest(peerSuite, c.signer, body, ds.ClientSignature(leaf, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	leafCert, _ := x509.ParseCertificate(site.cert.Certificate[0])
+	pool.AddCert(leafCert)
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	cl := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, site.addr)
+		},
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}}
+	_, port, _ := net.SplitHostPort(site.addr)
+	resp, err := cl.Post("https://"+site.g.Providers[0]+":"+port+"/group_operation", "application/octet-stream", bytes.NewReader(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var r moh.DSResponse
+	if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil || resp.StatusCode != http.StatusOK || r.Type == moh.ResponseError {
+		t.Fatalf("%s: %d %s %q (%v)", body.Type, resp.StatusCode, r.Error.Code, r.Error.Message, err)
+	}
+}
+
+// waitQueue polls site's store until client's queue holds n messages and
+// returns them.
+func waitQueue(t *testing.T, site *peerSite, client string, n int) []store.QueuedMessage {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		msgs, err := site.g.svc.Store().Fetch(t.Context(), client, 0, store.FetchLimit{Messages: store.MaxFetchMessages})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) >= n || time.Now().After(deadline) {
+			return msgs
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestOutboxSurvivesPeerOutage runs a group hosted on a.localhost with a
+// member on b.localhost, takes b down, has a accept a burst of messages
+// while b is unreachable, brings b back, and checks that b's member gets
+// every message in its queue exactly once and in order. b's first request
+// to a tells a's sender that b is back.
+func TestOutboxSurvivesPeerOutage(t *testing.T) {
+	a, b := twoProviders(t)
+	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
+	gid := []byte("a group across an outage")
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
+		LeafKey: alice.leafKey, Signer: alice.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
+	alice.m = m
+	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: bob.kp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgi := res.GroupInfo.GroupInfo
+	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
+		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
+		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
+	alice.m = res.Next
+	if got := waitQueue(t, b, bob.uri, 1); len(got) != 1 {
+		t.Fatalf("bob's queue at b holds %d messages before the outage, want the Welcome", len(got))
+	}
+
+	// b goes down; a accepts a burst, which waits in its outbox.
+	b.stop()
+	const burst = 20
+	for i := range burst {
+		app, err := alice.m.Protect([]byte(fmt.Sprintf("message %d", i)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		groupOp(t, a, alice, moh.RequestBody{Type: moh.SendMessage, Message: *app})
+	}
+	pending, err := a.g.svc.Store().OutboxPending(t.Context(), "b.localhost", 0, store.MaxOutboxList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pending) != burst {
+		t.Fatalf("a's outbox holds %d messages for b while b is down, want %d", len(pending), burst)
+	}
+
+	// b comes back and talks to a: a's sender resumes at once.
+	b.start(t)
+	pc := &provider.Client{Sender: "b.localhost", Keys: b.g.svc.Keys(), Fetcher: b.g.svc.Fetcher()}
+	payload, err := wire.Marshal(&moh.QueueingServiceRequest{GroupID: []byte("no such group"),
+		ClientIDs: [][]byte{[]byte(alice.uri)}, Message: *res.Commit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans, err := pc.Send(t.Context(), "a.localhost", moh.DeliverMessage, payload); err != nil || ans.Status != http.StatusNotFound {
+		t.Fatalf("b's request to a: %v, %v", ans, err)
+	}
+	got := waitQueue(t, b, bob.uri, 1+burst)
+	if len(got) != 1+burst {
+		t.Fatalf("bob's queue at b holds %d messages after the outage, want %d", len(got), 1+burst)
+	}
+	welcome, err := mls.DecodeMLSMessage(got[0].Message)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bob.m, err = mls.JoinFromWelcome(welcome.Welcome, mls.WelcomeOptions{KeyPackage: bob.kp, InitKey: bob.initKey,
+		LeafKey: bob.leafKey, Signer: bob.signer}); err != nil {
+		t.Fatal(err)
+	}
+	for i, q := range got[1:] {
+		msg, err := mls.DecodeMLSMessage(q.Message)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, plain, err := bob.m.Unprotect(msg); err != nil || string(plain) != fmt.Sprintf("message %d", i) {
+			t.Fatalf("queued message %d reads %q, %v: out of order or damaged", i, plain, err)
+		}
+	}
+	// The outbox is empty once the answers came, and nothing arrives twice.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pending, err = a.g.svc.Store().OutboxPending(t.Context(), "b.localhost", 0, store.MaxOutboxList)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pending) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(pending) != 0 {
+		t.Fatalf("a's outbox still holds %d delivered messages", len(pending))
+	}
+	if again := waitQueue(t, b, bob.uri, 0); len(again) != 1+burst {
+		t.Fatalf("bob's queue holds %d messages, want each of the %d once", len(again), 1+burst)
+	}
+}
