@@ -141,8 +141,11 @@ func (c *Client) sign(body moh.RequestBody, index uint32) ([]byte, error) {
 
 // partialGroupInfo returns the PartialGroupInfo of gi for the Delivery
 // Service: its extensions without ratchet_tree (the DS serves the tree),
-// signed again by the client, the GroupInfo's signer.
+// signed again by the client, the GroupInfo's signer, when gi carried one.
 func (c *Client) partialGroupInfo(gi *mls.GroupInfo) (moh.PartialGroupInfo, error) {
+	if _, ok := gi.Extensions.Find(mls.ExtRatchetTree); !ok {
+		return moh.PartialGroupInfo{Extensions: gi.Extensions, Signature: gi.Signature}, nil
+	}
 	out := *gi
 	out.Extensions = slices.DeleteFunc(slices.Clone(gi.Extensions), func(e mls.Extension) bool { return e.Type == mls.ExtRatchetTree })
 	if err := out.Sign(c.signer); err != nil {
@@ -217,7 +220,9 @@ func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType
 	if err != nil {
 		return err
 	}
-	res, err := m.Commit(props, nil, nil)
+	// The tree stays out of the GroupInfo and the Welcome: the DS serves
+	// it (welcome_info), so a commit's messages do not grow with the group.
+	res, err := m.CommitWith(mls.CommitOptions{ByValue: props, OmitRatchetTree: true})
 	if err != nil {
 		return err
 	}
