@@ -1,0 +1,391 @@
+// Package cli is mimictl: a command-line MIMI client for operators and
+// scripts, on package mimicore/client. cmd/mimictl runs it; the
+// integration tests run it in-process.
+//
+// Usage:
+//
+//	mimictl [global flags] <command> [flags] [arguments]
+//
+// Every command prints its results on stdout, one item a line, and its
+// errors on stderr; the exit status is 0 on success, 1 on failure and 2
+// for a usage error.
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/client"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+)
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+const usage = `usage: mimictl [global flags] <command> [flags] [arguments]
+
+commands:
+  client init <client-uri>         create the client: keys, binding, KeyPackages
+  client publish                   publish more KeyPackages
+  client show                      print the client's URI, suite and binding expiry
+  group create                     create a group; prints its id
+  group list                       print the ids of the client's groups
+  group info <group>               print a group's epoch and members
+  group add <group> <uri>...       add users (mimi://p/u/name) or clients (mimi://p/d/name/device)
+  group remove <group> <uri>...    remove users or clients
+  group update <group>             give the client's leaf fresh keys
+  group export <group> <file>      write what an external joiner needs ("-": stdout)
+  group join <file>                join externally with what group export wrote ("-": stdin)
+  send <group> [text...]           send a message (the arguments, or stdin)
+  recv                             receive, process and print queued messages
+
+global flags:
+`
+
+// Env is the environment mimictl runs in.
+type Env struct {
+	// Stdin, Stdout and Stderr are the standard streams.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// Getenv reads environment variables; nil means os.Getenv.
+	Getenv func(string) string
+	// HTTPClient sends the requests; nil means a client that speaks only
+	// TLS 1.3 and verifies with the -ca roots (or the system roots).
+	HTTPClient *http.Client
+}
+
+// env is what a command runs with.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	state          string
+	cfg            client.Config
+}
+
+// Main runs mimictl with args (without the program name) in e until it
+// ends or an interrupt arrives, and returns the exit status.
+func Main(args []string, e Env) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	return Run(ctx, args, e)
+}
+
+// usageError is a mistake in the command line.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// Run is Main with a context.
+func Run(ctx context.Context, args []string, ev Env) int {
+	getenv := ev.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	stdout, stderr := ev.Stdout, ev.Stderr
+	fs := flag.NewFlagSet("mimictl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	gateway := fs.String("gateway", getenv("MIMI_GATEWAY"), "base URL of the gateway's MIMI endpoints (env MIMI_GATEWAY)")
+	local := fs.String("local", getenv("MIMI_LOCAL"), "base URL of the local client API (env MIMI_LOCAL; default <gateway>/local)")
+	user := fs.String("user", getenv("MIMI_USER"), "user name for the local API's basic auth (env MIMI_USER)")
+	passwordFile := fs.String("password-file", "", "file holding the basic auth password (else env MIMI_PASSWORD)")
+	state := fs.String("state", getenv("MIMI_STATE"), "the client's state directory (env MIMI_STATE)")
+	caFile := fs.String("ca", getenv("MIMI_CA"), "PEM file of the roots that verify the gateway's certificate (env MIMI_CA; default the system roots)")
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on each command's requests (recv adds its -wait)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	e := &env{stdin: ev.Stdin, stdout: stdout, stderr: stderr, state: *state}
+	err := func() error {
+		if fs.NArg() == 0 {
+			return usagef("no command")
+		}
+		if *gateway == "" || *state == "" {
+			return usagef("-gateway and -state are required")
+		}
+		if *local == "" {
+			*local = strings.TrimSuffix(*gateway, "/") + "/local"
+		}
+		e.cfg = client.Config{Gateway: *gateway, Local: *local}
+		var roots *x509.CertPool
+		if *caFile != "" {
+			pem, err := os.ReadFile(*caFile)
+			if err != nil {
+				return fmt.Errorf("reading the CA file: %w", err)
+			}
+			roots = x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("the CA file %s holds no PEM certificate", *caFile)
+			}
+		}
+		e.cfg.HTTPClient = ev.HTTPClient
+		if e.cfg.HTTPClient == nil {
+			e.cfg.HTTPClient = client.NewHTTPClient(roots)
+		}
+		if *user != "" {
+			pw := getenv("MIMI_PASSWORD")
+			if *passwordFile != "" {
+				b, err := os.ReadFile(*passwordFile)
+				if err != nil {
+					return fmt.Errorf("reading the password file: %w", err)
+				}
+				pw = strings.TrimRight(string(b), "\r\n")
+			}
+			e.cfg.Authorize = client.BasicAuth(*user, pw)
+		}
+		return e.run(ctx, *timeout, fs.Args())
+	}()
+	var ue *usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "mimictl: %s\n", ue.msg)
+		fmt.Fprintln(stderr, "run mimictl -h for usage")
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "mimictl: %v\n", err)
+		if code, _ := client.CodeOf(err); code == moh.CodeStaleEpoch || code == moh.CodeCommitConflict {
+			fmt.Fprintln(stderr, "mimictl: the group moved on: run recv, then try again")
+		}
+		return exitFailure
+	}
+}
+
+// run dispatches a command.
+func (e *env) run(ctx context.Context, timeout time.Duration, args []string) error {
+	cmd, args := args[0], args[1:]
+	if cmd == "client" || cmd == "group" {
+		if len(args) == 0 {
+			return usagef("%s needs a subcommand", cmd)
+		}
+		cmd, args = cmd+" "+args[0], args[1:]
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var (
+		keyPackages = new(int)
+		wait        = new(time.Duration)
+	)
+	switch cmd {
+	case "client init", "client publish":
+		keyPackages = fs.Int("key-packages", 10, "single-use KeyPackages to publish, besides a last-resort one (client init: 0 publishes none)")
+	case "recv":
+		wait = fs.Duration("wait", 0, "how long to wait for a first message when none is queued")
+	}
+	if err := fs.Parse(args); err != nil {
+		return usagef("%s: %v", cmd, err)
+	}
+	args = fs.Args()
+	ctx, cancel := context.WithTimeout(ctx, timeout+*wait)
+	defer cancel()
+
+	if cmd == "client init" {
+		if len(args) != 1 {
+			return usagef("client init needs one client URI")
+		}
+		n := *keyPackages
+		if n <= 0 {
+			n = -1 // none now: client publish later
+		}
+		c, err := client.Init(ctx, e.state, e.cfg, client.InitOptions{ClientURI: args[0], KeyPackages: n})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		fmt.Fprintln(e.stdout, c.URI())
+		return nil
+	}
+	want := map[string]int{"client publish": 0, "client show": 0, "group create": 0, "group list": 0, "group info": 1,
+		"group update": 1, "group export": 2, "group join": 1, "recv": 0}
+	n, fixed := want[cmd]
+	switch {
+	case fixed && len(args) != n:
+		return usagef("%s takes %d argument(s)", cmd, n)
+	case cmd == "group add" || cmd == "group remove":
+		if len(args) < 2 {
+			return usagef("%s needs a group and at least one URI", cmd)
+		}
+	case cmd == "send":
+		if len(args) < 1 {
+			return usagef("send needs a group")
+		}
+	case !fixed:
+		return usagef("unknown command %q", cmd)
+	}
+	c, err := client.Open(e.state, e.cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	groupArg := func() ([]byte, error) {
+		gid, err := hex.DecodeString(args[0])
+		if err != nil || len(gid) == 0 {
+			return nil, usagef("%q is not a group id (hex)", args[0])
+		}
+		return gid, nil
+	}
+	switch cmd {
+	case "client publish":
+		return c.Publish(ctx, *keyPackages, true)
+	case "client show":
+		fmt.Fprintf(e.stdout, "%s\nsuite %d\nbinding valid until %s\ngroups %d\n", c.URI(), uint16(c.CipherSuite()),
+			c.BindingNotAfter().Format(time.RFC3339), len(c.Groups()))
+		return nil
+	case "group create":
+		gid, err := c.CreateGroup(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, hex.EncodeToString(gid))
+		return nil
+	case "group list":
+		for _, gid := range c.Groups() {
+			fmt.Fprintln(e.stdout, hex.EncodeToString(gid))
+		}
+		return nil
+	case "group join":
+		data, err := e.readFile(args[0])
+		if err != nil {
+			return err
+		}
+		var info client.JoinInfo
+		if err := info.UnmarshalBinary(data); err != nil {
+			return err
+		}
+		gid, err := c.JoinExternal(ctx, &info)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, hex.EncodeToString(gid))
+		return nil
+	case "recv":
+		return e.recv(ctx, c, *wait)
+	}
+	gid, err := groupArg()
+	if err != nil {
+		return err
+	}
+	switch cmd {
+	case "group info":
+		g, err := c.Group(gid)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "group %x\nepoch %d\nsuite %d\n", g.GroupID, g.Epoch, uint16(g.CipherSuite))
+		for _, m := range g.Members {
+			self := ""
+			if m.Leaf == g.Self {
+				self = " (self)"
+			}
+			fmt.Fprintf(e.stdout, "member %d %s%s\n", m.Leaf, m.ClientURI, self)
+		}
+		return nil
+	case "group add":
+		return c.Add(ctx, gid, args[1:]...)
+	case "group remove":
+		return c.Remove(ctx, gid, args[1:]...)
+	case "group update":
+		return c.Update(ctx, gid)
+	case "group export":
+		info, err := c.ExternalCommitInfo(ctx, gid)
+		if err != nil {
+			return err
+		}
+		data, err := info.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if args[1] == "-" {
+			_, err = e.stdout.Write(data)
+			return err
+		}
+		return os.WriteFile(args[1], data, 0o600)
+	default: // send
+		text := []byte(strings.Join(args[1:], " "))
+		if len(args) == 1 {
+			if text, err = io.ReadAll(io.LimitReader(e.stdin, 1<<20+1)); err != nil {
+				return fmt.Errorf("reading the message: %w", err)
+			}
+			if len(text) > 1<<20 {
+				return errors.New("the message is larger than 1 MiB")
+			}
+		}
+		return c.Send(ctx, gid, text)
+	}
+}
+
+// readFile reads a file, or stdin for "-".
+func (e *env) readFile(name string) ([]byte, error) {
+	if name == "-" {
+		return io.ReadAll(e.stdin)
+	}
+	return os.ReadFile(name)
+}
+
+// recv receives until the queue is empty, waiting up to wait for a first
+// message, and prints one line per event:
+//
+//	message <group> <sender> <text>
+//	joined  <group> <sender>
+//	commit  <group> <sender> <epoch>
+//	removed <group> <sender>
+//
+// separated by tabs. A text with control characters or invalid UTF-8 is
+// printed as a Go-quoted string. Skipped messages are reported on stderr.
+func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration) error {
+	for {
+		events, err := c.Receive(ctx, wait)
+		for _, ev := range events {
+			gid := hex.EncodeToString(ev.GroupID)
+			switch ev.Kind {
+			case client.EventMessage:
+				fmt.Fprintf(e.stdout, "message\t%s\t%s\t%s\n", gid, ev.Sender, printable(ev.Data))
+			case client.EventCommit:
+				fmt.Fprintf(e.stdout, "commit\t%s\t%s\t%d\n", gid, ev.Sender, ev.Epoch)
+			case client.EventJoined, client.EventRemoved:
+				fmt.Fprintf(e.stdout, "%s\t%s\t%s\n", ev.Kind, gid, ev.Sender)
+			default:
+				fmt.Fprintf(e.stderr, "mimictl: skipped queued message %d of group %s: %v\n", ev.Seq, gid, ev.Err)
+			}
+		}
+		if err != nil || len(events) == 0 {
+			return err
+		}
+		wait = 0 // drain what is queued, then stop
+	}
+}
+
+// printable returns text as it is when it is valid UTF-8 without control
+// characters, else Go-quoted.
+func printable(text []byte) string {
+	if utf8.Valid(text) && strings.IndexFunc(string(text), unicode.IsControl) < 0 {
+		return string(text)
+	}
+	return strconv.Quote(string(text))
+}

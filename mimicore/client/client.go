@@ -1,0 +1,497 @@
+// Package client is a MIMI client: one MLS client of one user, talking to
+// its own provider's gateway. It keeps the client's MLS state on disk,
+// gets a client binding and publishes KeyPackages through the gateway's
+// local client API (docs/protocol.md §10), and runs groups through the
+// Delivery Service's endpoints (§5): it creates groups, adds and removes
+// users and clients, updates its leaf, joins externally, sends
+// application messages, and fetches, processes and acknowledges what the
+// gateway queued for it. The tests, the examples and cmd/mimictl build on
+// it.
+//
+// A Client owns its state directory while it is open: Open and Init take a
+// lock on it, and every change is written to disk (a temporary file,
+// fsync, rename) before the call that made it returns, and, for an
+// application message, before the message leaves.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// maxAnswer caps the answers a Client reads: a MessageList is at most 4
+// MiB of messages, a ratchet tree of a large group a few MiB.
+const maxAnswer = 32 << 20
+
+// DefaultCipherSuite is the MLS cipher suite of a client whose InitOptions
+// name none.
+const DefaultCipherSuite = mls.X25519AES128GCMSHA256Ed25519
+
+// Config says where a client's gateway is and how to reach it.
+type Config struct {
+	// Gateway is the base URL of the gateway's MoH endpoints, e.g.
+	// "https://a.example:8443". Required.
+	Gateway string
+	// Local is the base URL of the gateway's local client API, e.g.
+	// "https://a.example:8443/local". Required.
+	Local string
+	// Authorize adds the local API's credentials to a request (see
+	// BasicAuth); nil sends none. It is not called for the MoH endpoints,
+	// whose requests the client signs.
+	Authorize func(*http.Request)
+	// HTTPClient sends the requests; nil means a client that refuses TLS
+	// below 1.3 and verifies certificates with the system roots. Long
+	// polls last up to the wait given to Receive: a Timeout must be
+	// longer.
+	HTTPClient *http.Client
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// BasicAuth returns a Config.Authorize that sends HTTP basic credentials.
+func BasicAuth(user, password string) func(*http.Request) {
+	return func(r *http.Request) { r.SetBasicAuth(user, password) }
+}
+
+// NewHTTPClient returns an HTTP client that speaks only TLS 1.3 and
+// verifies the gateway's certificate against roots (nil: the system
+// roots).
+func NewHTTPClient(roots *x509.CertPool) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots}
+	tr.ForceAttemptHTTP2 = true
+	return &http.Client{Transport: tr}
+}
+
+// Client is one MLS client with its state directory open. Its methods are
+// safe for concurrent use; they run one at a time.
+type Client struct {
+	cfg    Config
+	dir    string
+	http   *http.Client
+	unlock func() error
+
+	mu      sync.Mutex
+	rec     *record
+	signer  crypto.Signer
+	sigPub  []byte
+	binding *binding.ClientBinding
+	members map[string]*group // by group id, loaded on first use
+	closed  bool
+}
+
+// InitOptions describe the client Init creates.
+type InitOptions struct {
+	// ClientURI is the client's URI, mimi://<provider>/d/<user>/<device>;
+	// the local API issues bindings only for the authenticated user's
+	// clients. Required.
+	ClientURI string
+	// CipherSuite is the suite of the client's KeyPackages and of the
+	// groups it creates; zero means DefaultCipherSuite.
+	CipherSuite mls.CipherSuite
+	// KeyPackages is how many single-use KeyPackages to publish, besides
+	// one last-resort KeyPackage; zero means 10, negative none.
+	KeyPackages int
+}
+
+// Init creates the client state in dir, which must not hold a client
+// yet: a signature key, a client binding for it from the local API, and
+// the published KeyPackages. The state is written before the KeyPackages
+// are published, so a failed publish can be retried with Publish.
+func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Client, error) {
+	if _, _, _, err := moh.ParseClientURI([]byte(opts.ClientURI)); err != nil {
+		return nil, fmt.Errorf("initialising client: %w", err)
+	}
+	cs := opts.CipherSuite
+	if cs == 0 {
+		cs = DefaultCipherSuite
+	}
+	if !cs.Supported() {
+		return nil, fmt.Errorf("initialising client: cipher suite %d is not supported", uint16(cs))
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("initialising client: %w", err)
+	}
+	c, err := newClient(dir, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("initialising client: %w", err)
+	}
+	fail := func(err error) (*Client, error) {
+		c.Close()
+		return nil, fmt.Errorf("initialising client: %w", err)
+	}
+	// A directory an Init failed in before writing the state (a refused
+	// binding, say) may be used again.
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
+		return fail(fmt.Errorf("%s already holds a client", dir))
+	}
+	if err := os.MkdirAll(filepath.Join(dir, groupsDir), 0o700); err != nil {
+		return fail(err)
+	}
+	signer, pub, err := cs.GenerateSignatureKey()
+	if err != nil {
+		return fail(err)
+	}
+	raw, err := exportSigner(signer)
+	if err != nil {
+		return fail(err)
+	}
+	var answer localapi.BindingAnswer
+	if err := c.postLocal(ctx, "/binding", &localapi.BindingRequest{ClientURI: []byte(opts.ClientURI), SignatureKey: pub}, &answer); err != nil {
+		return fail(fmt.Errorf("getting a client binding: %w", err))
+	}
+	bind, err := wire.Marshal(&answer.Binding)
+	if err != nil {
+		return fail(err)
+	}
+	rec := &record{clientURI: []byte(opts.ClientURI), suite: cs, sigKey: raw, binding: bind}
+	if err := c.adopt(rec); err != nil {
+		return fail(err)
+	}
+	if err := c.saveRecord(rec); err != nil {
+		return fail(err)
+	}
+	n := opts.KeyPackages
+	if n == 0 {
+		n = 10
+	}
+	if n > 0 {
+		if err := c.Publish(ctx, n, true); err != nil {
+			return fail(err)
+		}
+	}
+	return c, nil
+}
+
+// Open opens the client state Init created in dir.
+func Open(dir string, cfg Config) (*Client, error) {
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err != nil {
+		return nil, fmt.Errorf("opening client: no client state in %s (Init creates it): %w", dir, err)
+	}
+	c, err := newClient(dir, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening client: %w", err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err == nil {
+		var rec *record
+		if rec, err = decodeRecord(data); err == nil {
+			err = c.adopt(rec)
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("opening client: %w", err)
+	}
+	c.removeOrphans()
+	return c, nil
+}
+
+// newClient checks cfg and locks dir.
+func newClient(dir string, cfg Config) (*Client, error) {
+	for name, u := range map[string]string{"gateway": cfg.Gateway, "local API": cfg.Local} {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
+			return nil, fmt.Errorf("the %s URL %q is not an http(s) URL", name, u)
+		}
+	}
+	unlock, err := lockDir(filepath.Join(dir, lockName))
+	if err != nil {
+		return nil, err
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = NewHTTPClient(nil)
+	}
+	return &Client{cfg: cfg, dir: dir, http: hc, unlock: unlock, members: make(map[string]*group)}, nil
+}
+
+// adopt makes rec the client's record and parses its keys.
+func (c *Client) adopt(rec *record) error {
+	signer, err := rec.suite.ParseSignaturePrivateKey(rec.sigKey)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStateEncoding, err)
+	}
+	b, err := binding.Decode(rec.binding)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStateEncoding, err)
+	}
+	pub, err := signaturePublicKey(signer)
+	if err != nil {
+		return err
+	}
+	c.rec, c.signer, c.sigPub, c.binding = rec, signer, pub, b
+	return nil
+}
+
+// removeOrphans deletes group files no group names any more: left behind
+// by a crash between writing a group's file and the record that names it,
+// or between dropping a group from the record and deleting its file.
+func (c *Client) removeOrphans() {
+	entries, err := os.ReadDir(filepath.Join(c.dir, groupsDir))
+	if err != nil {
+		return
+	}
+	used := make(map[string]bool)
+	for _, g := range c.rec.groups {
+		used[filepath.Base(groupPath(c.dir, g.file))] = true
+	}
+	for _, e := range entries {
+		if !used[e.Name()] {
+			os.Remove(filepath.Join(c.dir, groupsDir, e.Name()))
+		}
+	}
+}
+
+// Close releases the state directory. The state is already on disk.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	return c.unlock()
+}
+
+// URI returns the client's URI.
+func (c *Client) URI() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return string(c.rec.clientURI)
+}
+
+// Dir returns the client's state directory.
+func (c *Client) Dir() string { return c.dir }
+
+// CipherSuite returns the client's MLS cipher suite.
+func (c *Client) CipherSuite() mls.CipherSuite {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rec.suite
+}
+
+// BindingNotAfter returns the end of the client binding's validity.
+func (c *Client) BindingNotAfter() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Unix(int64(c.binding.NotAfter), 0).UTC()
+}
+
+// userURI returns the user URI of the client.
+func (c *Client) userURI() string {
+	return userOf(c.rec.clientURI)
+}
+
+// userOf returns the user URI of a client URI, "" when it is not one.
+func userOf(clientURI []byte) string {
+	prov, user, _, err := moh.ParseClientURI(clientURI)
+	if err != nil {
+		return ""
+	}
+	return moh.UserURI(string(prov), string(user))
+}
+
+// now returns the client's clock.
+func (c *Client) now() time.Time {
+	if c.cfg.Now != nil {
+		return c.cfg.Now()
+	}
+	return time.Now()
+}
+
+// saveRecord writes rec to disk and makes it the client's record.
+func (c *Client) saveRecord(rec *record) error {
+	data, err := wire.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encoding client record: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(c.dir, stateFile), data); err != nil {
+		return err
+	}
+	c.rec = rec
+	return nil
+}
+
+// exportSigner returns the private key of a signer GenerateSignatureKey
+// made, in the encoding ParseSignaturePrivateKey reads.
+func exportSigner(signer crypto.Signer) ([]byte, error) {
+	switch k := signer.(type) {
+	case ed25519.PrivateKey:
+		return k.Seed(), nil
+	case *ecdsa.PrivateKey:
+		raw, err := k.Bytes()
+		if err != nil {
+			return nil, fmt.Errorf("exporting signature key: %w", err)
+		}
+		return raw, nil
+	default:
+		return nil, fmt.Errorf("exporting signature key: signer of type %T", signer)
+	}
+}
+
+// signaturePublicKey returns the MLS encoding of signer's public key.
+func signaturePublicKey(signer crypto.Signer) ([]byte, error) {
+	switch k := signer.Public().(type) {
+	case ed25519.PublicKey:
+		return bytes.Clone(k), nil
+	case *ecdsa.PublicKey:
+		pub, err := k.Bytes()
+		if err != nil {
+			return nil, fmt.Errorf("encoding signature key: %w", err)
+		}
+		return pub, nil
+	default:
+		return nil, fmt.Errorf("encoding signature key: public key of type %T", k)
+	}
+}
+
+// Error is a refusal by the gateway: the HTTP status and the DSError it
+// answered.
+type Error struct {
+	// Op is what the client asked, e.g. "group_operation add_users" or
+	// "local /binding".
+	Op string
+	// Status is the HTTP status.
+	Status int
+	// Code and Message are the DSError's. Code is 0 when the answer was not
+	// a DSError (something in front of the gateway answered, such as the
+	// authentication handler of the local API); Message then says so.
+	Code    moh.Code
+	Message string
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	if e.Code == 0 {
+		return fmt.Sprintf("%s: %d %s: %s", e.Op, e.Status, http.StatusText(e.Status), e.Message)
+	}
+	return fmt.Sprintf("%s: %d %s: %s", e.Op, e.Status, e.Code, e.Message)
+}
+
+// CodeOf returns the DSError code of a gateway refusal in err's chain, and
+// false when err holds none.
+func CodeOf(err error) (moh.Code, bool) {
+	var e *Error
+	if errors.As(err, &e) && e.Code != 0 {
+		return e.Code, true
+	}
+	return 0, false
+}
+
+// do sends req and returns the answer's status and body.
+func (c *Client) do(req *http.Request) (int, []byte, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading the answer: %w", err)
+	}
+	if len(body) > maxAnswer {
+		return 0, nil, fmt.Errorf("the answer exceeds %d bytes", maxAnswer)
+	}
+	return resp.StatusCode, body, nil
+}
+
+// refusal decodes a non-200 answer as the gateway's DSResponse error.
+func refusal(op string, status int, body []byte) error {
+	var r moh.DSResponse
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || r.Type != moh.ResponseError {
+		return &Error{Op: op, Status: status, Message: fmt.Sprintf("the answer (%d bytes) is not a DSError", len(body))}
+	}
+	return &Error{Op: op, Status: status, Code: r.Error.Code, Message: string(r.Error.Message)}
+}
+
+// postDS posts a DSRequest to the gateway's path and returns its
+// DSResponse; a refusal is an *Error.
+func (c *Client) postDS(ctx context.Context, path, op string, body []byte) (*moh.DSResponse, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.cfg.Gateway, "/")+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	status, answer, err := c.do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if status != http.StatusOK {
+		return nil, refusal(op, status, answer)
+	}
+	var r moh.DSResponse
+	if err := wire.Unmarshal(answer, &r, "DSResponse"); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if r.Type == moh.ResponseError {
+		return nil, &Error{Op: op, Status: status, Code: r.Error.Code, Message: string(r.Error.Message)}
+	}
+	return &r, nil
+}
+
+// localRequest sends a request to the local API's path (with query for a
+// GET, body for a POST) and decodes a 200 answer into out.
+func (c *Client) localRequest(ctx context.Context, method, path string, query url.Values, body []byte, out wire.Unmarshaler) error {
+	op := "local " + path
+	u := strings.TrimSuffix(c.cfg.Local, "/") + path
+	if query != nil {
+		u += "?" + query.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if c.cfg.Authorize != nil {
+		c.cfg.Authorize(req)
+	}
+	status, answer, err := c.do(req)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if status != http.StatusOK {
+		return refusal(op, status, answer)
+	}
+	if err := wire.Unmarshal(answer, out, op+" answer"); err != nil {
+		return fmt.Errorf("%s: a 200 answer of %d bytes: %w", op, len(answer), err)
+	}
+	return nil
+}
+
+// postLocal posts v to the local API's path and decodes the answer into
+// out.
+func (c *Client) postLocal(ctx context.Context, path string, v wire.Marshaler, out wire.Unmarshaler) error {
+	body, err := wire.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("local %s: %w", path, err)
+	}
+	return c.localRequest(ctx, http.MethodPost, path, nil, body, out)
+}

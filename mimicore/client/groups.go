@@ -1,0 +1,557 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// ErrUnknownGroup is returned for a group the client is not in (or no
+// longer is).
+var ErrUnknownGroup = errors.New("client: not a member of the group")
+
+// group is what the client keeps of a group it is in: its Member of the
+// current epoch and, after its own commit moved the group on, its Member
+// of the epoch before, which opens the application messages other members
+// sent in that epoch before the commit was accepted (they are queued ahead
+// of anything of the new epoch). The previous epoch's Member is dropped as
+// soon as the queue shows a message of the new epoch, or the group moves
+// on again, so its keys live no longer than needed.
+type group struct {
+	cur, prev *mls.Member
+}
+
+// loadGroup returns what the client keeps of group groupID, from memory or
+// from its file. c.mu is held.
+func (c *Client) loadGroup(groupID []byte) (*group, error) {
+	if c.closed {
+		return nil, errors.New("client: closed")
+	}
+	if g, ok := c.members[string(groupID)]; ok {
+		return g, nil
+	}
+	i := c.rec.group(groupID)
+	if i < 0 {
+		return nil, fmt.Errorf("%w %x", ErrUnknownGroup, groupID)
+	}
+	data, err := os.ReadFile(groupPath(c.dir, c.rec.groups[i].file))
+	if err != nil {
+		return nil, fmt.Errorf("loading group %x: %w", groupID, err)
+	}
+	g, err := decodeGroup(data)
+	if err != nil {
+		return nil, fmt.Errorf("loading group %x: %w", groupID, err)
+	}
+	if !bytes.Equal(g.cur.State().GroupID(), groupID) {
+		return nil, fmt.Errorf("loading group %x: %w: the file holds another group", groupID, ErrStateEncoding)
+	}
+	c.members[string(groupID)] = g
+	return g, nil
+}
+
+// member returns the client's current Member of group groupID. c.mu is
+// held.
+func (c *Client) member(groupID []byte) (*mls.Member, error) {
+	g, err := c.loadGroup(groupID)
+	if err != nil {
+		return nil, err
+	}
+	return g.cur, nil
+}
+
+// storeMember stores m as the client's current Member of its group,
+// keeping the previous epoch's Member only while m is of the same epoch
+// as the one it replaces (a message protected or opened). c.mu is held.
+func (c *Client) storeMember(m *mls.Member) error {
+	g := &group{cur: m}
+	if old, ok := c.members[string(m.State().GroupID())]; ok && old.cur.State().Epoch() == m.State().Epoch() {
+		g.prev = old.prev
+	}
+	return c.storeGroup(g)
+}
+
+// storeGroup writes g to its group's file: a known group's file is
+// replaced, a new group gets a new file and then a record that names it.
+// c.mu is held.
+func (c *Client) storeGroup(g *group) error {
+	groupID := g.cur.State().GroupID()
+	data, err := encodeGroup(g)
+	if err != nil {
+		return fmt.Errorf("storing group %x: %w", groupID, err)
+	}
+	if i := c.rec.group(groupID); i >= 0 {
+		if err := writeFileAtomic(groupPath(c.dir, c.rec.groups[i].file), data); err != nil {
+			return fmt.Errorf("storing group %x: %w", groupID, err)
+		}
+	} else {
+		rec := c.rec.clone()
+		sg := storedGroup{groupID: groupID, file: rec.nextFile}
+		rec.nextFile++
+		rec.groups = append(rec.groups, sg)
+		if err := writeFileAtomic(groupPath(c.dir, sg.file), data); err != nil {
+			return fmt.Errorf("storing group %x: %w", groupID, err)
+		}
+		if err := c.saveRecord(rec); err != nil {
+			return fmt.Errorf("storing group %x: %w", groupID, err)
+		}
+	}
+	c.members[string(groupID)] = g
+	return nil
+}
+
+// forget drops group groupID from the client's state: the record first,
+// then the file (a crash between leaves an orphan file that Open removes).
+// c.mu is held.
+func (c *Client) forget(groupID []byte) error {
+	i := c.rec.group(groupID)
+	if i < 0 {
+		return nil
+	}
+	file := c.rec.groups[i].file
+	rec := c.rec.clone()
+	rec.groups = slices.Delete(rec.groups, i, i+1)
+	if err := c.saveRecord(rec); err != nil {
+		return fmt.Errorf("forgetting group %x: %w", groupID, err)
+	}
+	delete(c.members, string(groupID))
+	if err := os.Remove(groupPath(c.dir, file)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("forgetting group %x: %w", groupID, err)
+	}
+	return nil
+}
+
+// sign encodes body as a DSRequest signed by the client as leaf index.
+func (c *Client) sign(body moh.RequestBody, index uint32) ([]byte, error) {
+	req, err := ds.SignRequest(c.rec.suite, c.signer, body, ds.ClientSignature(index, c.now()))
+	if err != nil {
+		return nil, err
+	}
+	return req, nil
+}
+
+// partialGroupInfo returns the PartialGroupInfo of gi for the Delivery
+// Service: its extensions without ratchet_tree (the DS serves the tree),
+// signed again by the client, the GroupInfo's signer, when gi carried one.
+func (c *Client) partialGroupInfo(gi *mls.GroupInfo) (moh.PartialGroupInfo, error) {
+	if _, ok := gi.Extensions.Find(mls.ExtRatchetTree); !ok {
+		return moh.PartialGroupInfo{Extensions: gi.Extensions, Signature: gi.Signature}, nil
+	}
+	out := *gi
+	out.Extensions = slices.DeleteFunc(slices.Clone(gi.Extensions), func(e mls.Extension) bool { return e.Type == mls.ExtRatchetTree })
+	if err := out.Sign(c.signer); err != nil {
+		return moh.PartialGroupInfo{}, fmt.Errorf("signing the GroupInfo: %w", err)
+	}
+	return moh.PartialGroupInfo{Extensions: out.Extensions, Signature: out.Signature}, nil
+}
+
+// CreateGroup creates a group of which the client is the only member,
+// hosted by its gateway, and returns its id (16 random bytes).
+func (c *Client) CreateGroup(ctx context.Context) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, errors.New("creating group: client closed")
+	}
+	gid, err := newSeed()
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	gid = gid[:16]
+	leafSeed, err := newSeed()
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	leafKey, encPub, err := c.deriveKey(leafSeed)
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	leaf, err := c.leafTemplate()
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	leaf.EncryptionKey, leaf.Source = encPub, mls.SourceKeyPackage
+	leaf.Lifetime = mls.Lifetime{NotBefore: uint64(max(c.now().Unix()-3600, 0)), NotAfter: c.binding.NotAfter}
+	if err := leaf.Sign(c.rec.suite, c.signer, nil, 0); err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: c.rec.suite, GroupID: gid, Leaf: &leaf, LeafKey: leafKey, Signer: c.signer})
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	pgi, err := c.partialGroupInfo(gi)
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	gi.Extensions, gi.Signature = pgi.Extensions, pgi.Signature
+	req, err := c.sign(moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid, LeafNode: leaf,
+		GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0)
+	if err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	if _, err := c.postDS(ctx, "/group_operation", "create_group", req); err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	if err := c.storeMember(m); err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
+	return gid, nil
+}
+
+// commit has the client commit proposals as a request of type typ; once
+// the Delivery Service accepted it, the client moves to the new epoch.
+// A refusal (409 stale_epoch or commit_conflict when another commit came
+// first: Receive, then try again) changes nothing. c.mu is held.
+func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType, props []*mls.Proposal) error {
+	m, err := c.member(groupID)
+	if err != nil {
+		return err
+	}
+	// The tree stays out of the GroupInfo and the Welcome: the DS serves
+	// it (welcome_info), so a commit's messages do not grow with the group.
+	res, err := m.CommitWith(mls.CommitOptions{ByValue: props, OmitRatchetTree: true})
+	if err != nil {
+		return err
+	}
+	pgi, err := c.partialGroupInfo(res.GroupInfo.GroupInfo)
+	if err != nil {
+		return err
+	}
+	body := moh.RequestBody{Type: typ, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit, PartialGroupInfo: pgi}}
+	if res.Welcome != nil {
+		body.WelcomePackages = []moh.WelcomePackage{{Welcome: *res.Welcome}}
+	}
+	req, err := c.sign(body, m.LeafIndex())
+	if err != nil {
+		return err
+	}
+	if _, err := c.postDS(ctx, "/group_operation", typ.String(), req); err != nil {
+		return err
+	}
+	return c.storeGroup(&group{cur: res.Next, prev: m})
+}
+
+// Add adds users or clients of the client's provider to the group: each
+// target is a user URI (mimi://<provider>/u/<user>: every client of the
+// user that has a KeyPackage) or a client URI. The KeyPackages are claimed
+// through the local API. New users go in one add_users commit; clients of
+// users already in the group in one add_clients commit; a mix is refused.
+func (c *Client) Add(ctx context.Context, groupID []byte, targets ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.add(ctx, groupID, targets); err != nil {
+		return fmt.Errorf("adding to group %x: %w", groupID, err)
+	}
+	return nil
+}
+
+func (c *Client) add(ctx context.Context, groupID []byte, targets []string) error {
+	if len(targets) == 0 {
+		return errors.New("nothing to add")
+	}
+	m, err := c.member(groupID)
+	if err != nil {
+		return err
+	}
+	present := usersOf(m.State())
+	var props []*mls.Proposal
+	newUsers, oldUsers := 0, 0
+	for _, t := range targets {
+		user := t
+		if _, _, err := moh.ParseUserURI([]byte(t)); err != nil {
+			if user = userOf([]byte(t)); user == "" {
+				return fmt.Errorf("%q is neither a user nor a client URI", t)
+			}
+		}
+		if present[user] {
+			oldUsers++
+		} else {
+			newUsers++
+		}
+		kps, err := c.claim(ctx, t)
+		if err != nil {
+			return err
+		}
+		for _, kp := range kps {
+			if isMember(m.State(), kp.LeafNode.Credential.Identity) {
+				continue // a user's client already in the group: its KeyPackage is not needed
+			}
+			props = append(props, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: kp})
+		}
+	}
+	if len(props) == 0 {
+		return errors.New("every client claimed is already in the group")
+	}
+	typ := moh.AddUsers
+	switch {
+	case newUsers > 0 && oldUsers > 0:
+		return errors.New("new users and clients of present users are added by separate commits")
+	case oldUsers > 0:
+		typ = moh.AddClients
+	}
+	return c.commit(ctx, groupID, typ, props)
+}
+
+// isMember reports whether a leaf of g holds identity.
+func isMember(g *mls.GroupState, identity []byte) bool {
+	for _, i := range g.Tree().Members() {
+		if l, ok := g.Member(i); ok && l.HasIdentity(identity) {
+			return true
+		}
+	}
+	return false
+}
+
+// usersOf returns the user URIs of g's members.
+func usersOf(g *mls.GroupState) map[string]bool {
+	out := make(map[string]bool)
+	for _, i := range g.Tree().Members() {
+		if l, ok := g.Member(i); ok && !l.IsBlank() {
+			out[userOf(l.Credential().Identity)] = true
+		}
+	}
+	return out
+}
+
+// Remove removes users or clients from the group: a user URI removes
+// every client of the user, a client URI that one client. Removing only
+// clients of the client's own user is a remove_clients commit; anything
+// else a remove_users commit, which the Delivery Service accepts only when
+// it removes every client of each user it touches.
+func (c *Client) Remove(ctx context.Context, groupID []byte, targets ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.remove(ctx, groupID, targets); err != nil {
+		return fmt.Errorf("removing from group %x: %w", groupID, err)
+	}
+	return nil
+}
+
+func (c *Client) remove(ctx context.Context, groupID []byte, targets []string) error {
+	if len(targets) == 0 {
+		return errors.New("nothing to remove")
+	}
+	m, err := c.member(groupID)
+	if err != nil {
+		return err
+	}
+	g := m.State()
+	own := c.userURI()
+	var props []*mls.Proposal
+	allOwn := true
+	for _, t := range targets {
+		found := false
+		for _, i := range g.Tree().Members() {
+			l, _ := g.Member(i)
+			id := l.Credential().Identity
+			if string(id) != t && userOf(id) != t {
+				continue
+			}
+			if i == m.LeafIndex() {
+				return errors.New("a client cannot remove itself with a commit")
+			}
+			found = true
+			allOwn = allOwn && userOf(id) == own
+			props = append(props, &mls.Proposal{Type: mls.ProposalRemove, Removed: i})
+		}
+		if !found {
+			return fmt.Errorf("%s is not in the group", t)
+		}
+	}
+	typ := moh.RemoveUsers
+	if allOwn {
+		typ = moh.RemoveClients
+	}
+	return c.commit(ctx, groupID, typ, props)
+}
+
+// Update gives the client's leaf in the group fresh keys with an
+// update_client commit (an UpdatePath and no proposal).
+func (c *Client) Update(ctx context.Context, groupID []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.commit(ctx, groupID, moh.UpdateClient, nil); err != nil {
+		return fmt.Errorf("updating in group %x: %w", groupID, err)
+	}
+	return nil
+}
+
+// JoinInfo is what an external joiner needs: the group's GroupInfo (an
+// encoded MLSMessage, with external_pub) and ratchet tree (the encoded
+// optional<Node> vector), as external_commit_info answers them. A member
+// gets it with ExternalCommitInfo and hands it to the joiner out of band.
+type JoinInfo struct {
+	// GroupInfo is the encoded MLSMessage of wire format mls_group_info.
+	GroupInfo []byte
+	// RatchetTree is the encoded ratchet tree (optional<Node> vector).
+	RatchetTree []byte
+}
+
+// MarshalBinary encodes j as struct { opaque group_info<V>; opaque
+// ratchet_tree<V>; }.
+func (j *JoinInfo) MarshalBinary() ([]byte, error) {
+	var b cryptobyte.Builder
+	wire.AddOpaque(&b, j.GroupInfo)
+	wire.AddOpaque(&b, j.RatchetTree)
+	return b.Bytes()
+}
+
+// UnmarshalBinary decodes what MarshalBinary encoded.
+func (j *JoinInfo) UnmarshalBinary(data []byte) error {
+	s := cryptobyte.String(data)
+	var gi, rt []byte
+	if !wire.ReadOpaque(&s, &gi) || !wire.ReadOpaque(&s, &rt) || !s.Empty() {
+		return fmt.Errorf("decoding join info: %w", wire.ErrMalformed)
+	}
+	j.GroupInfo, j.RatchetTree = bytes.Clone(gi), bytes.Clone(rt)
+	return nil
+}
+
+// ExternalCommitInfo asks the Delivery Service, as a member, for the
+// group's current GroupInfo and ratchet tree.
+func (c *Client) ExternalCommitInfo(ctx context.Context, groupID []byte) (*JoinInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, err := c.member(groupID)
+	if err != nil {
+		return nil, fmt.Errorf("external_commit_info: %w", err)
+	}
+	req, err := c.sign(moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: groupID}}, m.LeafIndex())
+	if err != nil {
+		return nil, fmt.Errorf("external_commit_info: %w", err)
+	}
+	r, err := c.postDS(ctx, "/external_commit_information", "external_commit_info", req)
+	if err != nil {
+		return nil, err
+	}
+	if r.Type != moh.ResponseExternalCommitInfo {
+		return nil, fmt.Errorf("external_commit_info: answer of type %d", r.Type)
+	}
+	return &JoinInfo{GroupInfo: r.GroupInfo, RatchetTree: r.RatchetTree}, nil
+}
+
+// JoinExternal joins the group info describes with an external commit
+// (external_join), as a new client of a user already in the group; it
+// returns the group id.
+func (c *Client) JoinExternal(ctx context.Context, info *JoinInfo) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	gid, err := c.joinExternal(ctx, info)
+	if err != nil {
+		return nil, fmt.Errorf("joining externally: %w", err)
+	}
+	return gid, nil
+}
+
+func (c *Client) joinExternal(ctx context.Context, info *JoinInfo) ([]byte, error) {
+	if c.closed {
+		return nil, errors.New("client closed")
+	}
+	msg, err := mls.DecodeMLSMessage(info.GroupInfo)
+	if err != nil || msg.GroupInfo == nil {
+		return nil, fmt.Errorf("the group info is not a GroupInfo message: %w", err)
+	}
+	var rt mls.RatchetTree
+	if err := wire.Unmarshal(info.RatchetTree, &rt, "ratchet tree"); err != nil {
+		return nil, err
+	}
+	gid := msg.GroupInfo.GroupContext.GroupID
+	if c.rec.group(gid) >= 0 {
+		return nil, fmt.Errorf("already in group %x", gid)
+	}
+	if msg.GroupInfo.GroupContext.CipherSuite != c.rec.suite {
+		return nil, fmt.Errorf("the group's cipher suite %d is not the client's", uint16(msg.GroupInfo.GroupContext.CipherSuite))
+	}
+	leaf, err := c.leafTemplate()
+	if err != nil {
+		return nil, err
+	}
+	commit, m, err := mls.JoinExternal(msg.GroupInfo, mls.ExternalJoinOptions{Leaf: leaf, Signer: c.signer, RatchetTree: rt})
+	if err != nil {
+		return nil, err
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		return nil, err
+	}
+	pgi, err := c.partialGroupInfo(gi)
+	if err != nil {
+		return nil, err
+	}
+	req, err := wire.Marshal(&moh.DSRequest{Body: moh.RequestBody{Type: moh.ExternalJoin,
+		GroupUpdate: moh.MLSGroupUpdate{Commit: *commit, PartialGroupInfo: pgi}}})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.postDS(ctx, "/group_operation", "external_join", req); err != nil {
+		return nil, err
+	}
+	if err := c.storeMember(m); err != nil {
+		return nil, err
+	}
+	return bytes.Clone(gid), nil
+}
+
+// GroupMember is one member of a group as the client's state sees it.
+type GroupMember struct {
+	// Leaf is the member's leaf index.
+	Leaf uint32
+	// ClientURI is the member's credential identity.
+	ClientURI string
+}
+
+// GroupSummary describes a group the client is in, from its own state.
+type GroupSummary struct {
+	// GroupID is the group's id.
+	GroupID []byte
+	// Epoch is the client's current epoch of the group.
+	Epoch uint64
+	// CipherSuite is the group's suite.
+	CipherSuite mls.CipherSuite
+	// Self is the client's leaf index.
+	Self uint32
+	// Members are the group's members in leaf order.
+	Members []GroupMember
+}
+
+// Group describes group groupID from the client's state, without asking
+// the gateway.
+func (c *Client) Group(groupID []byte) (*GroupSummary, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, err := c.member(groupID)
+	if err != nil {
+		return nil, fmt.Errorf("describing group: %w", err)
+	}
+	g := m.State()
+	s := &GroupSummary{GroupID: g.GroupID(), Epoch: g.Epoch(), CipherSuite: g.CipherSuite(), Self: m.LeafIndex()}
+	for _, i := range g.Tree().Members() {
+		l, _ := g.Member(i)
+		s.Members = append(s.Members, GroupMember{Leaf: i, ClientURI: string(l.Credential().Identity)})
+	}
+	return s, nil
+}
+
+// Groups returns the ids of the groups the client is in.
+func (c *Client) Groups() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([][]byte, 0, len(c.rec.groups))
+	for _, g := range c.rec.groups {
+		out = append(out, bytes.Clone(g.groupID))
+	}
+	return out
+}

@@ -1,0 +1,202 @@
+package client
+
+import (
+	"context"
+	"crypto/hpke"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// seedSize is the size of the seeds the client's HPKE key pairs are
+// derived from.
+const seedSize = 32
+
+// leafTemplate returns the client's LeafNode fields that every leaf it
+// signs carries: its credential, capabilities and client binding. The
+// caller fills in keys, source and lifetime, and signs it.
+func (c *Client) leafTemplate() (mls.LeafNode, error) {
+	leaf := mls.LeafNode{
+		SignatureKey: c.sigPub,
+		Credential:   mls.Credential{Type: mls.CredentialBasic, Identity: slices.Clone(c.rec.clientURI)},
+		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{c.rec.suite},
+			Credentials: []mls.CredentialType{mls.CredentialBasic}},
+	}
+	if err := binding.Attach(&leaf, c.binding); err != nil {
+		return mls.LeafNode{}, fmt.Errorf("attaching the client binding: %w", err)
+	}
+	return leaf, nil
+}
+
+// deriveKey returns the HPKE key pair of the client's suite derived from
+// seed.
+func (c *Client) deriveKey(seed []byte) (hpke.PrivateKey, []byte, error) {
+	priv, pub, err := c.rec.suite.DeriveKeyPair(seed)
+	if err != nil {
+		return nil, nil, fmt.Errorf("deriving an hpke key: %w", err)
+	}
+	return priv, pub, nil
+}
+
+// newSeed returns a fresh random seed.
+func newSeed() ([]byte, error) {
+	s := make([]byte, seedSize)
+	if _, err := rand.Read(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// newKeyPackage makes a KeyPackage of the client, valid from an hour ago
+// until the binding expires, with the seeds of its keys.
+func (c *Client) newKeyPackage(lastResort bool) (*mls.KeyPackage, storedKeyPackage, error) {
+	initSeed, err := newSeed()
+	if err != nil {
+		return nil, storedKeyPackage{}, err
+	}
+	leafSeed, err := newSeed()
+	if err != nil {
+		return nil, storedKeyPackage{}, err
+	}
+	_, initPub, err := c.deriveKey(initSeed)
+	if err != nil {
+		return nil, storedKeyPackage{}, err
+	}
+	_, encPub, err := c.deriveKey(leafSeed)
+	if err != nil {
+		return nil, storedKeyPackage{}, err
+	}
+	leaf, err := c.leafTemplate()
+	if err != nil {
+		return nil, storedKeyPackage{}, err
+	}
+	leaf.EncryptionKey, leaf.Source = encPub, mls.SourceKeyPackage
+	leaf.Lifetime = mls.Lifetime{NotBefore: uint64(max(c.now().Unix()-3600, 0)), NotAfter: c.binding.NotAfter}
+	if err := leaf.Sign(c.rec.suite, c.signer, nil, 0); err != nil {
+		return nil, storedKeyPackage{}, fmt.Errorf("signing a leaf: %w", err)
+	}
+	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: c.rec.suite, InitKey: initPub, LeafNode: leaf}
+	if err := kp.Sign(c.signer); err != nil {
+		return nil, storedKeyPackage{}, fmt.Errorf("signing a KeyPackage: %w", err)
+	}
+	enc, err := wire.Marshal(kp)
+	if err != nil {
+		return nil, storedKeyPackage{}, fmt.Errorf("encoding a KeyPackage: %w", err)
+	}
+	ref, err := kp.Ref()
+	if err != nil {
+		return nil, storedKeyPackage{}, fmt.Errorf("computing a KeyPackageRef: %w", err)
+	}
+	return kp, storedKeyPackage{ref: ref, keyPackage: enc, initSeed: initSeed, leafSeed: leafSeed, lastResort: lastResort}, nil
+}
+
+// Publish makes n single-use KeyPackages, and a last-resort one when
+// lastResort is set (replacing the client's previous one), keeps their
+// private keys and publishes them through the local API. The private keys
+// are on disk before the KeyPackages leave; when the gateway refuses the
+// publish they are forgotten again. The keys of KeyPackages whose lifetime
+// is over are deleted.
+func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n < 0 || n+1 > localapi.MaxPublish {
+		return fmt.Errorf("publishing KeyPackages: %d is out of range", n)
+	}
+	prev := c.rec
+	rec := c.rec.clone()
+	// KeyPackages whose lifetime is over can no longer be claimed: their
+	// private keys go.
+	now := uint64(max(c.now().Unix(), 0))
+	rec.keyPackages = slices.DeleteFunc(rec.keyPackages, func(k storedKeyPackage) bool {
+		var kp mls.KeyPackage
+		return wire.Unmarshal(k.keyPackage, &kp, "KeyPackage") == nil && kp.LeafNode.Lifetime.NotAfter < now
+	})
+	req := &localapi.PublishRequest{ClientURI: rec.clientURI}
+	for i := 0; i < n+1; i++ {
+		last := i == n
+		if last && !lastResort {
+			break
+		}
+		_, st, err := c.newKeyPackage(last)
+		if err != nil {
+			return fmt.Errorf("publishing KeyPackages: %w", err)
+		}
+		if last {
+			// The gateway replaces the previous last-resort KeyPackage.
+			rec.keyPackages = slices.DeleteFunc(rec.keyPackages, func(k storedKeyPackage) bool { return k.lastResort })
+		}
+		rec.keyPackages = append(rec.keyPackages, st)
+		req.KeyPackages = append(req.KeyPackages, localapi.KeyPackageEntry{LastResort: last, KeyPackage: st.keyPackage})
+	}
+	if len(req.KeyPackages) == 0 {
+		return nil
+	}
+	if err := c.saveRecord(rec); err != nil {
+		return fmt.Errorf("publishing KeyPackages: %w", err)
+	}
+	var list localapi.KeyPackageList
+	if err := c.postLocal(ctx, "/key_packages", req, &list); err != nil {
+		var refused *Error
+		if errors.As(err, &refused) {
+			// The gateway published none of them: forget their keys.
+			if serr := c.saveRecord(prev); serr != nil {
+				return fmt.Errorf("publishing KeyPackages: %w (and forgetting them: %v)", err, serr)
+			}
+		}
+		return fmt.Errorf("publishing KeyPackages: %w", err)
+	}
+	return nil
+}
+
+// PublishedKeyPackages returns how many of the client's KeyPackages the
+// gateway still has available, the last-resort one included.
+func (c *Client) PublishedKeyPackages(ctx context.Context) (int, error) {
+	c.mu.Lock()
+	uri := string(c.rec.clientURI)
+	c.mu.Unlock()
+	var list localapi.KeyPackageList
+	if err := c.localRequest(ctx, "GET", "/key_packages", url.Values{"client": {uri}}, nil, &list); err != nil {
+		return 0, fmt.Errorf("listing KeyPackages: %w", err)
+	}
+	return len(list.KeyPackages), nil
+}
+
+// claim claims KeyPackages of target (a user or client URI of this
+// provider) of the client's suite through the local API, and checks each:
+// it decodes and verifies, and its leaf names a client of target.
+func (c *Client) claim(ctx context.Context, target string) ([]*mls.KeyPackage, error) {
+	var list localapi.KeyPackageList
+	if err := c.postLocal(ctx, "/claim_key_packages", &localapi.ClaimRequest{CipherSuite: uint16(c.rec.suite), Target: []byte(target)}, &list); err != nil {
+		return nil, fmt.Errorf("claiming KeyPackages of %s: %w", target, err)
+	}
+	if len(list.KeyPackages) == 0 {
+		return nil, fmt.Errorf("claiming KeyPackages of %s: none available", target)
+	}
+	now := uint64(max(c.now().Unix(), 0))
+	var out []*mls.KeyPackage
+	for i, e := range list.KeyPackages {
+		kp := new(mls.KeyPackage)
+		if err := wire.Unmarshal(e.KeyPackage, kp, "KeyPackage"); err != nil {
+			return nil, fmt.Errorf("claimed KeyPackage %d of %s: %w", i, target, err)
+		}
+		if err := kp.VerifyAt(now); err != nil {
+			return nil, fmt.Errorf("claimed KeyPackage %d of %s: %w", i, target, err)
+		}
+		id := kp.LeafNode.Credential.Identity
+		if string(id) != target && userOf(id) != target {
+			return nil, fmt.Errorf("claimed KeyPackage %d of %s is of %q", i, target, id)
+		}
+		if kp.CipherSuite != c.rec.suite {
+			return nil, fmt.Errorf("claimed KeyPackage %d of %s is of suite %d", i, target, uint16(kp.CipherSuite))
+		}
+		out = append(out, kp)
+	}
+	return out, nil
+}

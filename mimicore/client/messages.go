@@ -1,0 +1,349 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// Send encrypts data as an application message of the group's current
+// epoch and sends it (send_message). The client's state, whose message key
+// the encryption used up, is on disk before the message leaves. A 409
+// stale_epoch means a commit moved the group on: Receive, then send again.
+func (c *Client) Send(ctx context.Context, groupID []byte, data []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.send(ctx, groupID, data); err != nil {
+		return fmt.Errorf("sending to group %x: %w", groupID, err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
+	m, err := c.member(groupID)
+	if err != nil {
+		return err
+	}
+	msg, err := m.Protect(data, nil)
+	if err != nil {
+		return err
+	}
+	if err := c.storeMember(m); err != nil {
+		return err
+	}
+	req, err := c.sign(moh.RequestBody{Type: moh.SendMessage, Message: *msg}, m.LeafIndex())
+	if err != nil {
+		return err
+	}
+	_, err = c.postDS(ctx, "/group_operation", "send_message", req)
+	return err
+}
+
+// EventKind says what a queued message did.
+type EventKind uint8
+
+// The kinds of Event.
+const (
+	// EventMessage is an application message, decrypted.
+	EventMessage EventKind = iota + 1
+	// EventCommit is another member's commit, applied: the group is in a
+	// new epoch.
+	EventCommit
+	// EventJoined is a Welcome: the client joined the group.
+	EventJoined
+	// EventRemoved is a commit that removed the client: the group is
+	// forgotten.
+	EventRemoved
+	// EventSkipped is a message the client could not use; Err says why.
+	EventSkipped
+)
+
+// String returns the kind's name.
+func (k EventKind) String() string {
+	switch k {
+	case EventMessage:
+		return "message"
+	case EventCommit:
+		return "commit"
+	case EventJoined:
+		return "joined"
+	case EventRemoved:
+		return "removed"
+	case EventSkipped:
+		return "skipped"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Event is what processing one queued message did.
+type Event struct {
+	// Seq is the message's sequence number in the client's queue.
+	Seq uint64
+	// Kind says what it was.
+	Kind EventKind
+	// GroupID is the group it belongs to.
+	GroupID []byte
+	// Sender is the client URI of the member who sent it: for an
+	// application message or a member's commit the identity of its
+	// MLS-authenticated sender leaf, otherwise as the gateway queued it.
+	Sender string
+	// Epoch is the client's epoch of the group after the message.
+	Epoch uint64
+	// Data is an application message's plaintext.
+	Data []byte
+	// Err is why a message was skipped.
+	Err error
+}
+
+// maxReceiveWait caps Receive's wait, as the gateway caps it at its
+// max_wait (at most 10 minutes).
+const maxReceiveWait = 10 * time.Minute
+
+// Receive fetches the messages the gateway queued for the client, waiting
+// up to wait for one to arrive when there is none (a long poll), processes
+// them in order and acknowledges them: commits move groups to their next
+// epoch, Welcomes join groups (with the tree that welcome_info serves),
+// application messages are decrypted. The client's state, cursor
+// included, is on disk before the messages are acknowledged. A message
+// the client cannot use is an EventSkipped, not an error: the queue moves
+// on. The Client's other methods wait while Receive long-polls.
+//
+// What a crash can lose: a message opened, and its key erased on disk,
+// before Receive returned it is not opened again (RFC 9420 §9.2 forbids
+// keeping the key); the caller keeps what it needs of the events it got.
+func (c *Client) Receive(ctx context.Context, wait time.Duration) ([]Event, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, errors.New("receiving: client closed")
+	}
+	q := url.Values{"client": {string(c.rec.clientURI)}, "after": {strconv.FormatUint(c.rec.cursor, 10)}}
+	if wait > 0 {
+		q.Set("wait", strconv.FormatInt(int64(min(wait, maxReceiveWait)/time.Second), 10))
+	}
+	var list localapi.MessageList
+	if err := c.localRequest(ctx, "GET", "/messages", q, nil, &list); err != nil {
+		return nil, fmt.Errorf("receiving: %w", err)
+	}
+	if len(list.Messages) == 0 {
+		return nil, nil
+	}
+	var events []Event
+	for i := range list.Messages {
+		qm := &list.Messages[i]
+		if qm.Seq <= c.rec.cursor {
+			continue
+		}
+		ev, err := c.process(ctx, qm)
+		if err != nil {
+			// The state could not be written: stop before the cursor
+			// moves past a message whose effect is not on disk.
+			return events, fmt.Errorf("receiving: %w", err)
+		}
+		events = append(events, ev)
+		rec := c.rec.clone()
+		rec.cursor = qm.Seq
+		if err := c.saveRecord(rec); err != nil {
+			return events, fmt.Errorf("receiving: %w", err)
+		}
+	}
+	var ack localapi.AckAnswer
+	if err := c.postLocal(ctx, "/messages/ack", &localapi.AckRequest{ClientURI: c.rec.clientURI, UpTo: c.rec.cursor}, &ack); err != nil {
+		return events, fmt.Errorf("receiving: acknowledging: %w", err)
+	}
+	return events, nil
+}
+
+// process applies one queued message. Only a failure to write the state
+// is an error; anything wrong with the message makes it skipped.
+func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, error) {
+	ev := Event{Seq: qm.Seq, GroupID: bytes.Clone(qm.GroupID), Sender: string(qm.Sender)}
+	skip := func(err error) (Event, error) {
+		ev.Kind, ev.Err = EventSkipped, err
+		return ev, nil
+	}
+	msg, err := mls.DecodeMLSMessage(qm.Message)
+	if err != nil {
+		return skip(err)
+	}
+	switch msg.WireFormat {
+	case mls.WireFormatWelcome:
+		return c.processWelcome(ctx, ev, msg.Welcome)
+	case mls.WireFormatPublicMessage, mls.WireFormatPrivateMessage:
+	default:
+		return skip(fmt.Errorf("a message of wire format %d", msg.WireFormat))
+	}
+	gid := msg.GroupID()
+	if !bytes.Equal(gid, qm.GroupID) {
+		return skip(errors.New("the message's group is not the one it was queued for"))
+	}
+	g, err := c.loadGroup(gid)
+	if err != nil {
+		return skip(err)
+	}
+	m := g.cur
+	ev.Epoch = m.State().Epoch()
+	epoch, _ := msg.Epoch()
+	if msg.PrivateMessage != nil && g.prev != nil && epoch+1 == m.State().Epoch() {
+		// Sent in the epoch the client's own commit ended, before the
+		// commit was accepted.
+		sender, data, err := g.prev.Unprotect(msg)
+		if err != nil {
+			return skip(err)
+		}
+		if err := c.storeGroup(g); err != nil { // the message key is used up
+			return ev, err
+		}
+		ev.Kind, ev.Data, ev.Sender = EventMessage, data, identityOf(g.prev.State(), sender)
+		return ev, nil
+	}
+	switch {
+	case epoch < m.State().Epoch():
+		return skip(fmt.Errorf("a message of epoch %d, the group is in epoch %d", epoch, m.State().Epoch()))
+	case epoch > m.State().Epoch():
+		return skip(fmt.Errorf("a message of epoch %d, the group is in epoch %d: a commit was missed", epoch, m.State().Epoch()))
+	}
+	if msg.PrivateMessage != nil {
+		sender, data, err := m.Unprotect(msg)
+		if err != nil {
+			return skip(err)
+		}
+		// The message key is used up: keep the state that knows it. A
+		// message of the current epoch comes after every message of the
+		// previous one: that epoch's Member is no longer needed.
+		if err := c.storeGroup(&group{cur: m}); err != nil {
+			return ev, err
+		}
+		ev.Kind, ev.Data, ev.Sender = EventMessage, data, identityOf(m.State(), sender)
+		return ev, nil
+	}
+	pm := msg.PublicMessage
+	if pm.Content.ContentType != mls.ContentCommit {
+		return skip(fmt.Errorf("a public message of content type %d", pm.Content.ContentType))
+	}
+	if pm.Content.Sender.Type == mls.SenderMember {
+		ev.Sender = identityOf(m.State(), pm.Content.Sender.Index)
+	}
+	next, err := m.ApplyCommit(msg, nil)
+	if errors.Is(err, mls.ErrRemoved) {
+		if err := c.forget(gid); err != nil {
+			return ev, err
+		}
+		ev.Kind = EventRemoved
+		return ev, nil
+	}
+	if err != nil {
+		return skip(err)
+	}
+	if err := c.storeMember(next); err != nil {
+		return ev, err
+	}
+	ev.Kind, ev.Epoch = EventCommit, next.State().Epoch()
+	return ev, nil
+}
+
+// identityOf returns the identity of leaf i of g, "" when blank.
+func identityOf(g *mls.GroupState, i uint32) string {
+	l, ok := g.Member(i)
+	if !ok || l.IsBlank() {
+		return ""
+	}
+	return string(l.Credential().Identity)
+}
+
+// processWelcome joins a group with a Welcome for one of the client's
+// KeyPackages: it decrypts the GroupInfo, asks the Delivery Service for
+// the ratchet tree of that epoch (welcome_info, signed with the
+// KeyPackage's key) and joins. A single-use KeyPackage's private keys are
+// then deleted.
+func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (Event, error) {
+	skip := func(err error) (Event, error) {
+		ev.Kind, ev.Err = EventSkipped, err
+		return ev, nil
+	}
+	var kpi = -1
+	for _, ref := range w.NewMembers() {
+		if i := slices.IndexFunc(c.rec.keyPackages, func(k storedKeyPackage) bool { return bytes.Equal(k.ref, ref) }); i >= 0 {
+			kpi = i
+			break
+		}
+	}
+	if kpi < 0 {
+		return skip(errors.New("a Welcome for none of the client's KeyPackages"))
+	}
+	skp := c.rec.keyPackages[kpi]
+	kp := new(mls.KeyPackage)
+	if err := wire.Unmarshal(skp.keyPackage, kp, "stored KeyPackage"); err != nil {
+		return ev, fmt.Errorf("%w: %w", ErrStateEncoding, err)
+	}
+	initKey, _, err := c.deriveKey(skp.initSeed)
+	if err != nil {
+		return ev, err
+	}
+	leafKey, _, err := c.deriveKey(skp.leafSeed)
+	if err != nil {
+		return ev, err
+	}
+	res, err := mls.ProcessWelcome(w, kp, initKey, nil)
+	if err != nil {
+		return skip(err)
+	}
+	gid, epoch := res.GroupInfo.GroupContext.GroupID, res.GroupInfo.GroupContext.Epoch
+	ev.GroupID, ev.Epoch = bytes.Clone(gid), epoch
+	if c.rec.group(gid) >= 0 {
+		return skip(fmt.Errorf("a Welcome to group %x, which the client is in", gid))
+	}
+	tree, err := c.welcomeInfo(ctx, gid, epoch, skp.ref)
+	if err != nil {
+		return skip(err)
+	}
+	m, err := mls.JoinFromWelcome(w, mls.WelcomeOptions{KeyPackage: kp, InitKey: initKey, LeafKey: leafKey, Signer: c.signer, RatchetTree: tree})
+	if err != nil {
+		return skip(err)
+	}
+	if err := c.storeMember(m); err != nil {
+		return ev, err
+	}
+	if !skp.lastResort {
+		rec := c.rec.clone()
+		rec.keyPackages = slices.Delete(rec.keyPackages, kpi, kpi+1)
+		if err := c.saveRecord(rec); err != nil {
+			return ev, err
+		}
+	}
+	ev.Kind = EventJoined
+	return ev, nil
+}
+
+// welcomeInfo asks the Delivery Service for the ratchet tree of group gid
+// at epoch, with a key_package_signature of KeyPackage ref.
+func (c *Client) welcomeInfo(ctx context.Context, gid []byte, epoch uint64, ref []byte) (mls.RatchetTree, error) {
+	req, err := ds.SignRequest(c.rec.suite, c.signer, moh.RequestBody{Type: moh.WelcomeInfo,
+		WelcomeInfo: moh.WelcomeInfoRequest{GroupID: gid, Epoch: epoch}}, ds.KeyPackageSignature(ref, c.now()))
+	if err != nil {
+		return nil, fmt.Errorf("welcome_info: %w", err)
+	}
+	r, err := c.postDS(ctx, "/welcome_information", "welcome_info", req)
+	if err != nil {
+		return nil, err
+	}
+	if r.Type != moh.ResponseWelcomeInfo {
+		return nil, fmt.Errorf("welcome_info: answer of type %d", r.Type)
+	}
+	var rt mls.RatchetTree
+	if err := wire.Unmarshal(r.RatchetTree, &rt, "ratchet tree"); err != nil {
+		return nil, fmt.Errorf("welcome_info: %w", err)
+	}
+	return rt, nil
+}

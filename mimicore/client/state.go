@@ -1,0 +1,289 @@
+package client
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// The on-disk layout of a client's state directory. Every name is chosen
+// here, never taken from what the gateway or another member sent.
+const (
+	stateFile = "client" // the client record (identity, KeyPackages, groups, cursor)
+	lockName  = "lock"   // flock(2)ed while a Client is open
+	groupsDir = "groups" // one file per group: the Member, named by a local number
+)
+
+// stateFormat is the version byte of the client record encoding.
+const stateFormat = 1
+
+// ErrStateEncoding is wrapped by every failure to decode a stored client
+// record.
+var ErrStateEncoding = errors.New("client: invalid stored state")
+
+// ErrInUse is returned by Open and Init when another Client, in this
+// process or another, holds the state directory.
+var ErrInUse = errors.New("client: state directory in use")
+
+// storedKeyPackage is a published KeyPackage with what the client needs to
+// join with it: the HPKE key pairs are derived from the stored seeds.
+type storedKeyPackage struct {
+	ref        []byte
+	keyPackage []byte // the encoded KeyPackage
+	initSeed   []byte // DeriveKeyPair seed of the init key
+	leafSeed   []byte // DeriveKeyPair seed of the leaf encryption key
+	lastResort bool
+}
+
+// storedGroup names the file holding a group's Member.
+type storedGroup struct {
+	groupID []byte
+	file    uint64 // groups/<file>
+}
+
+// record is the client record, stored in the file "client":
+//
+//	struct {
+//	    uint8 format = 1;
+//	    opaque client_uri<V>;
+//	    uint16 cipher_suite;
+//	    opaque signature_private_key<V>; // Ed25519 seed or ECDSA scalar
+//	    opaque binding<V>;               // the ClientBinding (extension data)
+//	    uint64 cursor;                   // seq of the last queued message processed
+//	    StoredKeyPackage key_packages<V>;
+//	    StoredGroup groups<V>;
+//	    uint64 next_file;
+//	} ClientRecord;
+//	struct {
+//	    opaque ref<V>; opaque key_package<V>;
+//	    opaque init_seed<V>; opaque leaf_seed<V>; uint8 last_resort;
+//	} StoredKeyPackage;
+//	struct { opaque group_id<V>; uint64 file; } StoredGroup;
+type record struct {
+	clientURI   []byte
+	suite       mls.CipherSuite
+	sigKey      []byte
+	binding     []byte
+	cursor      uint64
+	keyPackages []storedKeyPackage
+	groups      []storedGroup
+	nextFile    uint64
+}
+
+// MarshalWire implements wire.Marshaler.
+func (r *record) MarshalWire(b *cryptobyte.Builder) {
+	b.AddUint8(stateFormat)
+	wire.AddOpaque(b, r.clientURI)
+	b.AddUint16(uint16(r.suite))
+	wire.AddOpaque(b, r.sigKey)
+	wire.AddOpaque(b, r.binding)
+	b.AddUint64(r.cursor)
+	wire.AddVector(b, func(b *cryptobyte.Builder) {
+		for _, k := range r.keyPackages {
+			wire.AddOpaque(b, k.ref)
+			wire.AddOpaque(b, k.keyPackage)
+			wire.AddOpaque(b, k.initSeed)
+			wire.AddOpaque(b, k.leafSeed)
+			wire.AddOptional(b, k.lastResort)
+		}
+	})
+	wire.AddVector(b, func(b *cryptobyte.Builder) {
+		for _, g := range r.groups {
+			wire.AddOpaque(b, g.groupID)
+			b.AddUint64(g.file)
+		}
+	})
+	b.AddUint64(r.nextFile)
+}
+
+// UnmarshalWire implements wire.Unmarshaler.
+func (r *record) UnmarshalWire(s *cryptobyte.String) bool {
+	var format uint8
+	var suite uint16
+	var kps, groups cryptobyte.String
+	if !s.ReadUint8(&format) || format != stateFormat ||
+		!wire.ReadOpaque(s, &r.clientURI) || !s.ReadUint16(&suite) ||
+		!wire.ReadOpaque(s, &r.sigKey) || !wire.ReadOpaque(s, &r.binding) ||
+		!s.ReadUint64(&r.cursor) || !wire.ReadVector(s, &kps) || !wire.ReadVector(s, &groups) ||
+		!s.ReadUint64(&r.nextFile) {
+		return false
+	}
+	r.suite = mls.CipherSuite(suite)
+	for !kps.Empty() {
+		var k storedKeyPackage
+		if !wire.ReadOpaque(&kps, &k.ref) || !wire.ReadOpaque(&kps, &k.keyPackage) ||
+			!wire.ReadOpaque(&kps, &k.initSeed) || !wire.ReadOpaque(&kps, &k.leafSeed) ||
+			!wire.ReadBool(&kps, &k.lastResort) {
+			return false
+		}
+		r.keyPackages = append(r.keyPackages, k)
+	}
+	for !groups.Empty() {
+		var g storedGroup
+		if !wire.ReadOpaque(&groups, &g.groupID) || !groups.ReadUint64(&g.file) {
+			return false
+		}
+		r.groups = append(r.groups, g)
+	}
+	return true
+}
+
+// check refuses a decoded record that is well formed but inconsistent: a
+// group stored twice, two groups in one file, or a file number not below
+// next_file.
+func (r *record) check() error {
+	files := make(map[uint64]bool, len(r.groups))
+	ids := make(map[string]bool, len(r.groups))
+	for _, g := range r.groups {
+		if len(g.groupID) == 0 || ids[string(g.groupID)] || files[g.file] || g.file >= r.nextFile {
+			return fmt.Errorf("%w: group files are inconsistent", ErrStateEncoding)
+		}
+		ids[string(g.groupID)], files[g.file] = true, true
+	}
+	if !r.suite.Supported() {
+		return fmt.Errorf("%w: cipher suite %d is not supported", ErrStateEncoding, uint16(r.suite))
+	}
+	return nil
+}
+
+// group returns the index of groupID in r.groups, -1 when absent.
+func (r *record) group(groupID []byte) int {
+	return slices.IndexFunc(r.groups, func(g storedGroup) bool { return bytes.Equal(g.groupID, groupID) })
+}
+
+// clone returns a deep enough copy of r for a change that may be
+// abandoned: the slices are new, their byte contents shared (never
+// modified in place).
+func (r *record) clone() *record {
+	c := *r
+	c.keyPackages = slices.Clone(r.keyPackages)
+	c.groups = slices.Clone(r.groups)
+	return &c
+}
+
+// decodeRecord decodes the client record.
+func decodeRecord(data []byte) (*record, error) {
+	r := new(record)
+	if err := wire.Unmarshal(data, r, "client record"); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)
+	}
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// groupPath is the file of group file number n in dir.
+func groupPath(dir string, n uint64) string {
+	return filepath.Join(dir, groupsDir, strconv.FormatUint(n, 10))
+}
+
+// writeFileAtomic replaces path with data: it writes a temporary file in
+// the same directory, syncs it, renames it over path and syncs the
+// directory, so that after a crash path holds either the old or the new
+// contents, never a mix.
+func writeFileAtomic(path string, data []byte) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", filepath.Base(path), err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", filepath.Base(path), err)
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing %s: %w", filepath.Base(path), err)
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes a rename or removal in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// groupFormat is the version byte of a group file.
+const groupFormat = 1
+
+// encodeGroup encodes a group file:
+//
+//	struct {
+//	    uint8 format = 1;
+//	    opaque member<V>;                 // mls.Member.MarshalBinary
+//	    optional<opaque previous<V>>;     // the previous epoch's Member
+//	} GroupFile;
+func encodeGroup(g *group) ([]byte, error) {
+	cur, err := g.cur.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	var prev []byte
+	if g.prev != nil {
+		if prev, err = g.prev.MarshalBinary(); err != nil {
+			return nil, err
+		}
+	}
+	var b cryptobyte.Builder
+	b.AddUint8(groupFormat)
+	wire.AddOpaque(&b, cur)
+	wire.AddOptional(&b, g.prev != nil)
+	if g.prev != nil {
+		wire.AddOpaque(&b, prev)
+	}
+	return b.Bytes()
+}
+
+// decodeGroup decodes a group file.
+func decodeGroup(data []byte) (*group, error) {
+	s := cryptobyte.String(data)
+	var format uint8
+	var cur, prev []byte
+	var hasPrev bool
+	if !s.ReadUint8(&format) || format != groupFormat || !wire.ReadOpaque(&s, &cur) || !wire.ReadOptional(&s, &hasPrev) ||
+		(hasPrev && !wire.ReadOpaque(&s, &prev)) || !s.Empty() {
+		return nil, fmt.Errorf("%w: group file: %w", ErrStateEncoding, wire.ErrMalformed)
+	}
+	g := new(group)
+	var err error
+	if g.cur, err = mls.DecodeMember(cur, mls.MemberOptions{}); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)
+	}
+	if hasPrev {
+		if g.prev, err = mls.DecodeMember(prev, mls.MemberOptions{}); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)
+		}
+		if !bytes.Equal(g.prev.State().GroupID(), g.cur.State().GroupID()) || g.prev.State().Epoch()+1 != g.cur.State().Epoch() {
+			return nil, fmt.Errorf("%w: the previous epoch's member is not of the epoch before", ErrStateEncoding)
+		}
+	}
+	return g, nil
+}
