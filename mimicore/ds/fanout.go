@@ -69,6 +69,20 @@ func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
 	}
 }
 
+// othersOf returns the identity of the member at leaf self, the sender,
+// and those of the other members in leaf order, the recipients.
+func othersOf(g *mls.GroupState, self uint32) (sender []byte, others [][]byte) {
+	for _, i := range g.Tree().Members() {
+		leaf, _ := g.Member(i)
+		if i == self {
+			sender = leaf.Credential().Identity
+			continue
+		}
+		others = append(others, leaf.Credential().Identity)
+	}
+	return sender, others
+}
+
 // resolveSender names the group's hub as the sender of the messages for
 // other providers: the provider domain that signs their deliver_message.
 // Only a fan-out with such messages looks it up.

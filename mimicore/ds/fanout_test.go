@@ -101,9 +101,9 @@ func read(t *testing.T, c *tclient, msg *mls.MLSMessage, want string) {
 // step only from what the Delivery Service delivered: local clients from
 // their queues, remote ones from c.example's outbox. Each commit reaches
 // every member of its base epoch but the committer (a removed member
-// included), each Welcome exactly its joiners, each message every member
-// but its sender, one outbox message per destination and in the order of
-// acceptance.
+// included), each Welcome exactly its joiners, each message and each
+// self-remove proposal every member but its sender, one outbox message
+// per destination and in the order of acceptance.
 func TestDelivery(t *testing.T) {
 	h := newHarness(t)
 	h.svc.Bindings = &binding.Checker{Unchecked: true}
@@ -170,6 +170,34 @@ func TestDelivery(t *testing.T) {
 		t.Fatal("carol entered the epoch that removed her")
 	}
 
+	// dave leaves: his self-remove proposal reaches alice and bob, and
+	// alice covers it, by reference, from what she was delivered.
+	prop, err := dave.m.Propose(&mls.Proposal{Type: mls.ProposalRemove, Removed: dave.m.LeafIndex()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mustDo(t, "self_remove_client", signed(t, dave, dave.m.LeafIndex(), moh.RequestBody{Type: moh.SelfRemoveClient, Message: *prop}))
+	ac, ref, err := alice.m.VerifyProposal(wantOne(t, "alice's proposal", h.queued(t, alice), dave.uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := bob.m.VerifyProposal(wantOne(t, "bob's proposal", h.queued(t, bob), dave.uri)); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.outbox(t, "c.example", &cursor); len(got) != 0 {
+		t.Fatalf("the proposal went to c.example, whose only member sent it: %+v", got)
+	}
+	byRef := func([]byte) (*mls.AuthenticatedContent, error) { return ac, nil }
+	res = commit(t, alice.m, nil, [][]byte{ref}, byRef)
+	h.mustDo(t, "update_client covering the self-remove", commitBody(t, moh.UpdateClient, alice, alice.m, res))
+	alice.m = res.Next
+	m, err := bob.m.ApplyCommit(wantOne(t, "bob's commit", h.queued(t, bob), alice.uri), byRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob.m = m
+	wantOutboxOne(t, "the commit removing dave", h.outbox(t, "c.example", &cursor), dave)
+
 	// A full queue refuses its copy alone; the sender's request succeeds
 	// and the operator is told.
 	h.svc.QueueLimits = store.QueueLimits{MaxMessages: 1}
@@ -184,7 +212,7 @@ func TestDelivery(t *testing.T) {
 		}
 	}
 	read(t, bob, wantOne(t, "bob's queue of one", h.queued(t, bob), alice.uri), "one")
-	if got := h.outbox(t, "c.example", &cursor); len(got) != 2 {
-		t.Fatalf("c.example's outbox got %d of the two messages", len(got))
+	if got := h.outbox(t, "c.example", &cursor); len(got) != 0 {
+		t.Fatalf("c.example, with no member left, got %d messages", len(got))
 	}
 }

@@ -225,7 +225,15 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	if err != nil {
 		return nil, fmt.Errorf("self_remove_client: encoding the proposal: %w", err)
 	}
-	err = s.Store.AddProposal(ctx, base.GroupID(), base.Epoch(), store.PendingProposal{Ref: ref, Message: enc})
+	// The proposal goes to the other members, who must cover it in the
+	// next commit, in the write that keeps it.
+	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
+	from, to := othersOf(base, self)
+	fan.add(enc, from, to)
+	if err := fan.resolveSender(ctx); err != nil {
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: %w", err)
+	}
+	err = s.Store.AddProposal(ctx, base.GroupID(), base.Epoch(), store.PendingProposal{Ref: ref, Message: enc, Fanout: fan.out})
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeStaleEpoch, "self_remove_client: the group has left epoch %d", base.Epoch())
@@ -236,6 +244,7 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: keeping the proposal: %w", err)
 	}
+	fan.notify()
 	return ok, nil
 }
 
@@ -255,18 +264,8 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err != nil {
 		return nil, fmt.Errorf("send_message: encoding the message: %w", err)
 	}
-	sender := r.Body.Auth.SenderIndex
-	var from []byte
-	var to [][]byte
-	for _, i := range base.Tree().Members() {
-		leaf, _ := base.Member(i)
-		if i == sender {
-			from = leaf.Credential().Identity
-			continue
-		}
-		to = append(to, leaf.Credential().Identity)
-	}
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
+	from, to := othersOf(base, r.Body.Auth.SenderIndex)
 	fan.add(enc, from, to)
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)

@@ -199,4 +199,9 @@ type PendingProposal struct {
 	// Message is the encoded MLSMessage as the DS received it,
 	// 1..MaxProposalSize bytes.
 	Message []byte
+	// Fanout, given to AddProposal, delivers the proposal to the members
+	// who must cover it, in the same atomic write as the proposal; an
+	// AddProposal of a proposal already pending delivers nothing. It is
+	// not kept: PendingProposals leaves it empty.
+	Fanout Fanout
 }

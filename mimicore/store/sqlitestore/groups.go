@@ -608,7 +608,12 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 	if err := check.Proposal(p); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	fo, err := newFanout(p.Fanout)
+	if err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	var delivered store.Delivered
+	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var rowID, cur int64
 		err := tx.QueryRowContext(ctx, `SELECT id, epoch FROM mls_groups WHERE group_id = ?1`, groupID).Scan(&rowID, &cur)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -634,12 +639,21 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 		if n >= store.MaxPendingProposals {
 			return fmt.Errorf("%d proposals pending already: %w", n, store.ErrConflict)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO mls_group_proposals (gid, ref, epoch, seq, message)
-			VALUES (?1, ?2, ?3, ?4, ?5)`, rowID, p.Ref, cur, seq+1, p.Message)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO mls_group_proposals (gid, ref, epoch, seq, message)
+			VALUES (?1, ?2, ?3, ?4, ?5)`, rowID, p.Ref, cur, seq+1, p.Message); err != nil {
+			return err
+		}
+		if fo.empty() {
+			return nil
+		}
+		delivered, err = s.fanoutTx(ctx, tx, &fo, check.Millis(s.now()))
 		return err
 	})
 	if err != nil {
 		return s.fail(doing, err)
+	}
+	if len(delivered.Local) > 0 {
+		s.notifyDelivered(&fo, delivered)
 	}
 	return nil
 }

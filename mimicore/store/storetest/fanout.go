@@ -219,3 +219,31 @@ func testGroupFanoutLimits(t *testing.T, open func(t *testing.T) store.Store) {
 	wantLoad(t, s, "after a commit with a full queue", g1.State)
 	wantMsgs(t, "bob's full queue", fetch(t, s, fanBob, 0, store.FetchLimit{}), 1, "filler")
 }
+
+// testGroupProposalFanout checks that a pending proposal's fan-out is
+// written with it, and only by the AddProposal that added it: a repeat of
+// a pending proposal and a proposal for another epoch deliver nothing.
+func testGroupProposalFanout(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	g := NewGroup(t, randBytes(t, 16), 2)
+	gid, epoch := g.State.GroupID(), g.State.Epoch()
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	remote := map[string][]string{"c.example": {fanCarol}}
+	p := store.PendingProposal{Ref: []byte("ref 1"), Message: []byte("proposal"),
+		Fanout: fanoutOf(gid, "proposal", []string{fanBob}, remote, "c.example")}
+	noErr(t, "AddProposal", s.AddProposal(ctx(), gid, epoch, p))
+	noErr(t, "AddProposal of the pending proposal again", s.AddProposal(ctx(), gid, epoch, p))
+	other := p
+	other.Ref = []byte("ref 2")
+	wantErr(t, "AddProposal for another epoch", s.AddProposal(ctx(), gid, epoch+1, other), store.ErrEpochConflict)
+	wantMsgs(t, "bob's queue", fetch(t, s, fanBob, 0, store.FetchLimit{}), 1, "proposal")
+	wantOutbox(t, s, "c.example", "proposal>"+fanCarol)
+	got, err := s.PendingProposals(ctx(), gid, epoch)
+	noErr(t, "PendingProposals", err)
+	if len(got) != 1 || len(got[0].Fanout.Local) != 0 || len(got[0].Fanout.Remote) != 0 {
+		t.Fatalf("PendingProposals = %+v, want the proposal without its fan-out", got)
+	}
+	bad := other
+	bad.Fanout = store.Fanout{Remote: []store.OutboxMessage{{Destination: "c.example"}}}
+	wantErr(t, "AddProposal with a bad fan-out", s.AddProposal(ctx(), gid, epoch, bad), store.ErrInvalid)
+}

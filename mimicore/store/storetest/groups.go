@@ -49,6 +49,7 @@ func RunGroupTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("Hubs", func(t *testing.T) { testGroupHubs(t, plain) })
 	t.Run("Fanout", func(t *testing.T) { testGroupFanout(t, plain) })
 	t.Run("FanoutLimits", func(t *testing.T) { testGroupFanoutLimits(t, plain) })
+	t.Run("ProposalFanout", func(t *testing.T) { testGroupProposalFanout(t, plain) })
 }
 
 const hub = "hub.example"
