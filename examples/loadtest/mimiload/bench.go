@@ -203,7 +203,7 @@ type prepared struct {
 }
 
 func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepared, error) {
-	url := t.url("b.localhost", "/group_key_packages")
+	url := t.url("b.localhost", "/connection_request")
 	// Warm up the connection (not measured).
 	for range 2 * f.conc {
 		if a := t.do(ctx, http.MethodGet, t.url("b.localhost", "/bare"), nil, nil); a.err != nil || a.status != http.StatusOK {

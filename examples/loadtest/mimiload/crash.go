@@ -241,7 +241,7 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 	if err != nil {
 		return nil, err
 	}
-	gkp := t.url("b.localhost", "/group_key_packages")
+	gkp := t.url("b.localhost", "/connection_request")
 	// Make b fetch a's keys before the load (the cache survives restarts).
 	warm, err := s.fresh()
 	if err != nil {

@@ -9,7 +9,7 @@
 //
 // Modes (bench -modes):
 //
-//   - signed: distinct group_key_packages requests signed by a.localhost
+//   - signed: distinct connection_request requests signed by a.localhost
 //     with a's key ring (read from D/a/keys), each with a fresh request_id;
 //     b verifies, reserves the replay entry, answers 501 not_implemented
 //     and records the answer: two SQLite writes per request. The requests

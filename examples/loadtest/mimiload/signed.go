@@ -7,12 +7,13 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// signed is one prepared group_key_packages request from a.localhost to
+// signed is one prepared connection_request from a.localhost to
 // b.localhost.
 type signed struct {
 	id        []byte
@@ -34,16 +35,22 @@ func newSigner(dir string) (*signer, error) {
 	return &signer{ring: ring}, nil
 }
 
-// payload returns a valid GroupKeyPackagesRequest; variant changes the
-// requester so that two variants of one request differ in their bytes.
+// payload returns a valid ConnectionRequest payload (a Welcome for a
+// user of b); variant changes the group id so that two variants of one
+// request differ in their bytes. connection_request is the provider
+// endpoint whose processing is not built yet: b answers it 501 after
+// every check and records that answer, so the mode measures exactly the
+// envelope checks and the replay write.
 func payload(variant int) ([]byte, error) {
-	user := "load"
-	if variant != 0 {
-		user = fmt.Sprintf("load-variant-%d", variant)
-	}
-	return wire.Marshal(&moh.GroupKeyPackagesRequest{
-		Requester: []byte(moh.UserURI("a.localhost", user)),
-		ClientIDs: [][]byte{[]byte(moh.ClientURI("b.localhost", "bob", "phone"))},
+	welcome := mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatWelcome, Welcome: &mls.Welcome{
+		CipherSuite: mls.X25519AES128GCMSHA256Ed25519,
+		Secrets: []mls.EncryptedGroupSecrets{{NewMember: make([]byte, 32),
+			EncryptedGroupSecrets: mls.HPKECiphertext{KEMOutput: make([]byte, 32), Ciphertext: make([]byte, 64)}}},
+		EncryptedGroupInfo: make([]byte, 128)}}
+	return wire.Marshal(&moh.ConnectionRequestPayload{
+		UserID:  []byte(moh.UserURI("b.localhost", "bob")),
+		GroupID: []byte(fmt.Sprintf("load group %d", variant)),
+		Welcome: welcome,
 	})
 }
 
@@ -58,7 +65,7 @@ func (s *signer) sign(id []byte, ts uint64, variant int) ([]byte, error) {
 		return nil, err
 	}
 	return provider.SignRequest(&moh.ProviderRequest{
-		RequestType: moh.GroupKeyPackages,
+		RequestType: moh.ConnectionRequest,
 		Sender:      []byte("a.localhost"),
 		Recipient:   []byte("b.localhost"),
 		Timestamp:   ts,
