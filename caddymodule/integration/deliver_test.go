@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
@@ -190,5 +191,77 @@ func TestFanOutToPeer(t *testing.T) {
 	// Nothing more comes: each was delivered once.
 	if more := fetchQueue(t, bob, "bob", got[1].Seq, 1); len(more) != 0 {
 		t.Fatalf("bob's queue got %d more messages", len(more))
+	}
+}
+
+// postLocal posts v to path of host's local client API as user.
+func postLocal(t *testing.T, host, user, path string, v wire.Marshaler) (int, []byte) {
+	t.Helper()
+	body, err := wire.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPost, "https://"+host+":9443/local"+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("X-Test-User", user)
+	resp, err := client(tls.VersionTLS13).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, raw
+}
+
+// TestClaimRemoteKeyPackages has bob, a client of b.localhost, claim
+// alice's KeyPackage through his own provider's local API: b asks a with
+// connection_key_packages (by user) or group_key_packages (by client),
+// and a hands out its single-use KeyPackage once.
+func TestClaimRemoteKeyPackages(t *testing.T) {
+	startCaddy(t)
+	ringA, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := &binding.Issuer{Domains: []string{"a.localhost"}, Keys: ringA}
+	phone := newMIMIClient(t, issuer, "alice", "claimed-phone", false)
+	laptop := newMIMIClient(t, issuer, "alice", "claimed-laptop", false)
+	for _, c := range []*mimiClient{phone, laptop} {
+		status, body := postLocal(t, "a.localhost", "alice", "/key_packages", &localapi.PublishRequest{ClientURI: []byte(c.uri),
+			KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: mustEncode(t, c.kp)}}})
+		if status != http.StatusOK {
+			t.Fatalf("publishing %s's KeyPackage at a: %d %x", c.uri, status, body)
+		}
+	}
+	claim := func(target string) [][]byte {
+		t.Helper()
+		status, body := postLocal(t, "b.localhost", "bob", "/claim_key_packages",
+			&localapi.ClaimRequest{CipherSuite: uint16(suite), Target: []byte(target)})
+		var list localapi.KeyPackageList
+		if status != http.StatusOK || wire.Unmarshal(body, &list, "KeyPackageList") != nil {
+			t.Fatalf("claim of %s through b: %d %x", target, status, body)
+		}
+		var out [][]byte
+		for _, e := range list.KeyPackages {
+			out = append(out, e.KeyPackage)
+		}
+		return out
+	}
+	// By client: the phone's.
+	if got := claim(phone.uri); len(got) != 1 || !bytes.Equal(got[0], mustEncode(t, phone.kp)) {
+		t.Fatalf("claim of the phone got %d KeyPackages, want the phone's", len(got))
+	}
+	// By user: the laptop's only, the phone's is used up.
+	if got := claim(moh.UserURI("a.localhost", "alice")); len(got) != 1 || !bytes.Equal(got[0], mustEncode(t, laptop.kp)) {
+		t.Fatalf("claim of alice got %d KeyPackages, want the laptop's", len(got))
+	}
+	if got := claim(moh.UserURI("a.localhost", "alice")); len(got) != 0 {
+		t.Fatalf("a second claim of alice got %d KeyPackages, want none left", len(got))
 	}
 }
