@@ -162,7 +162,9 @@ func (g *Gateway) serveClient(x *exchange) {
 	ctx := x.r.Context()
 	req, err := g.ds.Authenticate(ctx, body)
 	if err != nil {
-		g.refuse(x, err)
+		if moh.DSErrorOf(err).Code != moh.CodeNotFound || !g.relayToHub(x, body) {
+			g.refuse(x, err)
+		}
 		return
 	}
 	if len(req.GroupID) > 0 {
@@ -174,7 +176,10 @@ func (g *Gateway) serveClient(x *exchange) {
 	req.Source = x.adm.ClientIP
 	resp, err := g.ds.Handle(ctx, req)
 	if err != nil {
-		g.refuse(x, err)
+		// A group hosted elsewhere: not_found here, relayed to its hub.
+		if moh.DSErrorOf(err).Code != moh.CodeNotFound || !g.relayToHub(x, body) {
+			g.refuse(x, err)
+		}
 		return
 	}
 	g.respond(x, resp)

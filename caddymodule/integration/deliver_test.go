@@ -87,11 +87,15 @@ func TestDeliverMessage(t *testing.T) {
 	}
 }
 
-// fetchQueue long-polls b.localhost's local client API for c's messages
-// after the cursor, acting as c's user, for up to wait seconds.
+// fetchQueue long-polls the local client API of c's provider for c's
+// messages after the cursor, acting as c's user, for up to wait seconds.
 func fetchQueue(t *testing.T, c *mimiClient, user string, after uint64, wait int) []localapi.Message {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "https://b.localhost:9443/local/messages?wait="+strconv.Itoa(wait)+"&after="+
+	prov, _, _, err := moh.ParseClientURI([]byte(c.uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodGet, "https://"+string(prov)+":9443/local/messages?wait="+strconv.Itoa(wait)+"&after="+
 		strconv.FormatUint(after, 10)+"&client="+url.QueryEscape(c.uri), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +123,8 @@ func fetchQueue(t *testing.T, c *mimiClient, user string, after uint64, wait int
 // b.localhost: a's DS accepts the add and the messages, its federation
 // sender delivers them from the outbox to b over TLS 1.3, and bob, a
 // client of b, finds the Welcome and then the message in his queue at b,
-// in order, each once, and reads them.
+// in order, each once, and reads them; bob's reply goes to his own
+// provider, which relays it to the hub, and reaches alice.
 func TestFanOutToPeer(t *testing.T) {
 	startCaddy(t)
 	ringA, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
@@ -191,6 +196,41 @@ func TestFanOutToPeer(t *testing.T) {
 	// Nothing more comes: each was delivered once.
 	if more := fetchQueue(t, bob, "bob", got[1].Seq, 1); len(more) != 0 {
 		t.Fatalf("bob's queue got %d more messages", len(more))
+	}
+
+	// bob answers through his own provider: b does not host the group
+	// and relays his request, unchanged, to the hub it recorded, a; a
+	// accepts it and alice finds it in her queue at a.
+	reply, err := bob.m.Protect([]byte("hello from b"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, raw := get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443/group_operation", "application/octet-stream",
+		bob.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *reply}, 0))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("bob's send_message relayed by b: %d %x", resp.StatusCode, raw)
+	}
+	mine := fetchQueue(t, alice, "alice", 0, 10)
+	if len(mine) != 1 || string(mine[0].Sender) != bob.uri {
+		t.Fatalf("alice's queue at a holds %d messages, want bob's", len(mine))
+	}
+	in, err := mls.DecodeMLSMessage(mine[0].Message)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, plain, err := alice.m.Unprotect(in); err != nil || string(plain) != "hello from b" {
+		t.Fatalf("alice reads %q, %v", plain, err)
+	}
+	// A group b knows no hub for stays not_found there.
+	stranger, err := alice.m.Protect([]byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger.PrivateMessage.GroupID = []byte("a group b never heard of")
+	resp, _ = get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443/group_operation", "application/octet-stream",
+		alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *stranger}, 0))
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("a request for a group b does not know: %d, want 404", resp.StatusCode)
 	}
 }
 
