@@ -232,7 +232,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
-	register(ctx.GetMetricsRegistry(), g.logger, storeStats{})
+	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{})
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},
 		Joiners:   ds.StoreJoiners{Store: g.svc.Store()},
