@@ -18,7 +18,8 @@
 # and restarted; every message whose send was acknowledged must reach bob
 # exactly once and in order, through a's outbox after the restart.
 #
-# Everything listens on 127.0.0.1; nothing leaves the machine.
+# Everything listens on 127.0.0.1; nothing leaves the machine, and nothing
+# is written outside a temporary directory (and the Go build cache).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -38,7 +39,7 @@ trap cleanup EXIT
 say() { printf '\n== %s\n' "$*"; }
 
 say "building caddy, mimictl and the CA helper"
-./xcaddy.sh ./caddy >/dev/null
+./xcaddy.sh "$tmp/caddy" >/dev/null
 go build -o "$tmp/mimictl" ./cmd/mimictl
 go build -o "$tmp/mimiload" ./examples/loadtest/mimiload
 "$tmp/mimiload" setup -dir "$tmp" >/dev/null # the shared root CA: root-cert.pem, root-key.pem
@@ -98,7 +99,7 @@ $p.localhost:$port {
 CADDY
 }
 
-hash() { ./caddy hash-password --plaintext "$1"; }
+hash() { "$tmp/caddy" hash-password --plaintext "$1"; }
 mkdir -p "$tmp/a" "$tmp/b"
 caddyfile a "$PORT_A" $((PORT_A + 2)) b "$PORT_B" alice "$(hash alice-secret)" >"$tmp/a/Caddyfile"
 caddyfile b "$PORT_B" $((PORT_B + 2)) a "$PORT_A" bob "$(hash bob-secret)" >"$tmp/b/Caddyfile"
@@ -109,7 +110,7 @@ start() {
 	# env execs caddy, so $! is caddy's pid (a shell function in between
 	# would make it a subshell's, and a kill would leave caddy running).
 	env HOME="$tmp/$p/home" XDG_DATA_HOME="$tmp/$p/xdg" XDG_CONFIG_HOME="$tmp/$p/xdg" \
-		./caddy run --config "$tmp/$p/Caddyfile" --adapter caddyfile >>"$tmp/$p/caddy.log" 2>&1 &
+		"$tmp/caddy" run --config "$tmp/$p/Caddyfile" --adapter caddyfile >>"$tmp/$p/caddy.log" 2>&1 &
 	pid[$p]=$!
 	pids+=("$!")
 	for _ in $(seq 1 100); do
@@ -162,7 +163,7 @@ bob client publish >/dev/null # bob was removed: fresh KeyPackages for a new gro
 G2=$(alice group create)
 alice group add "$G2" mimi://b.localhost/u/bob
 bob recv -wait 20s >/dev/null
-n=${BURST:-60}
+n=${BURST:-150}
 : >"$tmp/acked"
 # The burst runs in the background, one send after the other; a is
 # killed at a moment of the burst, whatever is in flight, and restarted.
@@ -174,8 +175,8 @@ n=${BURST:-60}
 	done
 ) &
 burst=$!
-while [ "$(wc -l <"$tmp/acked")" -lt $((n / 3)) ]; do sleep 0.05; done
-sleep "0.$((RANDOM % 10))"
+kill_at=$((n / 3 + RANDOM % 10))
+while [ "$(wc -l <"$tmp/acked")" -lt "$kill_at" ]; do sleep 0.01; done
 kill -9 "${pid[a]}"
 echo "killed a.localhost (SIGKILL) after $(wc -l <"$tmp/acked") acknowledged sends"
 wait "${pid[a]}" 2>/dev/null || true
