@@ -297,8 +297,10 @@ func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepa
 		}, shape: request{method: http.MethodGet, header: map[string]string{"Authorization": toks[0]}}}, nil
 	case "send":
 		return prepareSend(ctx, t, f)
+	case "deliver":
+		return prepareDeliver(ctx, t, f)
 	case "bare":
 		return &prepared{mode: "bare", expected: http.StatusOK, cfg: t.bareConfig(f, request{})}, nil
 	}
-	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, send, bare)", mode)
+	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, send, deliver, bare)", mode)
 }
