@@ -272,7 +272,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
-	g.ds.Outbound = sender.Wake
+	g.ds.Outbound, g.ds.PeerUp = sender.Wake, sender.PeerUp
 	return nil
 }
 

@@ -166,6 +166,25 @@ func (s *Sender) note(dest string, update func(*DestinationStatus)) {
 	update(st)
 }
 
+// PeerUp tells the sender that a request from destination just arrived,
+// so it is reachable again: a worker backing off after failures tries it
+// at once. It costs a map lookup when the destination is not backing off
+// (the common case: it is called for every provider request), and never
+// blocks.
+func (s *Sender) PeerUp(destination string) {
+	s.mu.Lock()
+	st := s.status[destination]
+	backingOff := st != nil && !st.NextAttempt.IsZero()
+	ch := s.wakes[destination]
+	s.mu.Unlock()
+	if backingOff && ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // Wake tells the sender that destination has new messages, or that it is
 // reachable again (a request from it just arrived): its worker reads the
 // outbox at once, ending any backoff. It never blocks.
