@@ -34,6 +34,11 @@ type exchange struct {
 	// held is the body memory taken from the in-flight budget, returned
 	// when the request ends.
 	held int64
+
+	// g and done carry the exchange to a worker and its outcome back
+	// (see workerPool); done is kept when the exchange is recycled.
+	g    *Gateway
+	done chan any
 }
 
 // exchanges recycles exchange values: one is needed per request.
@@ -49,10 +54,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	x := exchanges.Get().(*exchange)
-	*x = exchange{w: w, r: r, rt: rt}
+	*x = exchange{w: w, r: r, rt: rt, done: x.done}
 	defer func() {
 		x.release()
-		*x = exchange{} // drop the request's references before reuse
+		*x = exchange{done: x.done} // drop the request's references before reuse
 		exchanges.Put(x)
 	}()
 	if err := g.checkTransport(r); err != nil {
@@ -72,7 +77,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		g.refuse(x, err)
 		return nil
 	}
-	rt.serve(g, x)
+	workers.serve(g, x)
 	return nil
 }
 
