@@ -371,11 +371,18 @@ func (g *Gateway) refuse(x *exchange, err error) {
 	writeAnswer(x.w, statusOf(code), moh.EncodeError(dsErr))
 }
 
-// logRefusal logs a refused request. Refusals of bad or unwelcome requests
-// are routine (debug); a failure of the gateway itself (backend_unavailable,
+// logRefusal logs a refused request; code is the code err is answered
+// with (moh.DSErrorOf(err).Code). Refusals of bad or unwelcome requests are
+// routine (debug); a failure of the gateway itself (backend_unavailable,
 // or an error without a code) is an error an operator must see, logged
 // through a sampler so that a flood of requests cannot flood the log.
 func (g *Gateway) logRefusal(x *exchange, code moh.Code, err error) {
+	if code != moh.CodeBackendUnavailable && !g.logger.Core().Enabled(zapcore.DebugLevel) {
+		// A routine refusal with debug off: nothing to log. (An error
+		// without a code is answered backend_unavailable.) Checked first,
+		// since finding the coded error costs an allocation per request.
+		return
+	}
 	logger, level := g.logger, zapcore.DebugLevel
 	var coded *moh.Error
 	isCoded := errors.As(err, &coded) || errors.Is(err, wire.ErrMalformed)
