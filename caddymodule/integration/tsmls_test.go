@@ -7,8 +7,10 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/internal/testdir"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
@@ -29,10 +32,12 @@ import (
 // scenario is client-signed here with the member's own key and submitted
 // to /group_operation, epoch by epoch; after each, what the gateway
 // serves on /external_commit_information and /welcome_information is
-// compared with the peer's bytes. The transcripts are checked in
-// (testdata/mls/ts-mls-peer/ds-scenario-cs*.json), so Node is not needed
-// for them; where Node and npm are installed (CI), the peer is also run
-// afresh and its new transcript submitted the same way.
+// compared with the peer's bytes; at the end each application message
+// must be in the queue of each member the peer had it decrypted by, as
+// sent, once (read through the local client API). The transcripts are
+// checked in (testdata/mls/ts-mls-peer/ds-scenario-cs*.json), so Node is
+// not needed for them; where Node and npm are installed (CI), the peer is
+// also run afresh and its new transcripts submitted the same way.
 
 // tsSite is ts.localhost's site block. Its Delivery Service checks no
 // client binding: the peer's leaves carry none (unchecked_client_bindings
@@ -47,6 +52,15 @@ ts.localhost:9443 {
 		ds_domain ts.localhost:9443
 		data_dir {DATA}
 		unchecked_client_bindings
+	}
+	# The local client API, to read the clients' queues (the test header
+	# stands in for an authentication handler).
+	handle_path /local/* {
+		mimi_local {
+			provider ts.localhost
+			data_dir {DATA}
+			user {http.request.header.X-Test-User}
+		}
 	}
 	respond "not mimi" 404
 }
@@ -108,6 +122,7 @@ type tsTranscript struct {
 type tsClient struct {
 	Name          string  `json:"name"`
 	Identity      tsBytes `json:"identity"`
+	IdentityText  string  `json:"identity_text"`
 	SignatureKey  tsBytes `json:"signature_public_key"`
 	SignaturePriv tsBytes `json:"signature_private_key"`
 	KeyPackageRef tsBytes `json:"key_package_ref"`
@@ -128,6 +143,7 @@ type tsRequest struct {
 	Joiners           []string `json:"joiners"`
 	Proposal          tsBytes  `json:"proposal"`
 	Message           tsBytes  `json:"message"`
+	DecryptedBy       []string `json:"decrypted_by"`
 }
 
 // tsEpoch is the peer's group in one epoch.
@@ -306,6 +322,88 @@ func replayTS(t *testing.T, tr *tsTranscript) {
 	if reached != len(tr.Epochs)-1 {
 		t.Fatalf("the requests reached epoch %d of the transcript's %d", reached, len(tr.Epochs))
 	}
+	r.checkQueues()
+}
+
+// checkQueues checks that each application message of the peer was
+// delivered, as sent, once to the queue of each member the peer had it
+// decrypted by, and not to its sender.
+func (r *tsReplay) checkQueues() {
+	r.t.Helper()
+	queues := make(map[string][]localapi.Message) // by client name, this group's only
+	for _, c := range r.tr.Clients {
+		for _, m := range r.queue(c) {
+			if bytes.Equal(m.GroupID, r.tr.GroupID) {
+				queues[c.Name] = append(queues[c.Name], m)
+			}
+		}
+	}
+	for _, q := range r.tr.Requests {
+		if q.Type != "send_message" {
+			continue
+		}
+		sender := r.client(q.From)
+		for _, c := range r.tr.Clients {
+			n := 0
+			for _, m := range queues[c.Name] {
+				if bytes.Equal(m.Message, q.Message) {
+					n++
+					if string(m.Sender) != sender.IdentityText {
+						r.t.Errorf("seq %d: %s's copy is from %q, not %s", q.Seq, c.Name, m.Sender, sender.IdentityText)
+					}
+				}
+			}
+			if want := btoi(slices.Contains(q.DecryptedBy, c.Name)); n != want {
+				r.t.Errorf("seq %d: %s's message is %d times in %s's queue, want %d", q.Seq, q.From, n, c.Name, want)
+			}
+		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// queue returns the messages in c's queue, read as c's user through the
+// local client API.
+func (r *tsReplay) queue(c tsClient) []localapi.Message {
+	r.t.Helper()
+	_, user, _, err := moh.ParseClientURI([]byte(c.IdentityText))
+	if err != nil {
+		r.t.Fatalf("client %s: %v", c.Name, err)
+	}
+	req, err := http.NewRequest(http.MethodGet, "https://ts.localhost:9443/local/messages?limit=1000&client="+url.QueryEscape(c.IdentityText), nil)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	req.Header.Set("X-Test-User", string(user))
+	resp, err := client(tls.VersionTLS13).Do(req)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		r.t.Fatalf("fetching %s's queue: %d %q %v", c.Name, resp.StatusCode, body, err)
+	}
+	var list localapi.MessageList
+	if err := wire.Unmarshal(body, &list, "MessageList"); err != nil {
+		r.t.Fatal(err)
+	}
+	return list.Messages
+}
+
+// client returns the transcript's client name.
+func (r *tsReplay) client(name string) tsClient {
+	r.t.Helper()
+	i := slices.IndexFunc(r.tr.Clients, func(c tsClient) bool { return c.Name == name })
+	if i < 0 {
+		r.t.Fatalf("no client %s", name)
+	}
+	return r.tr.Clients[i]
 }
 
 // epochIndex returns the index in Epochs of epoch e.
@@ -406,16 +504,10 @@ func (r *tsReplay) checkServed(k int) {
 // of epoch k, the one its Welcome is for, and compares it with the peer's.
 func (r *tsReplay) checkWelcomeInfo(k int, joiner string) {
 	r.t.Helper()
-	i := slices.IndexFunc(r.tr.Clients, func(c tsClient) bool {
-		return c.Name == joiner
-	})
-	if i < 0 {
-		r.t.Fatalf("no joiner %s", joiner)
-	}
 	want := r.tr.Epochs[k]
 	req := r.sign(joiner, moh.RequestBody{Type: moh.WelcomeInfo,
 		WelcomeInfo: moh.WelcomeInfoRequest{GroupID: r.tr.GroupID, Epoch: want.Epoch}},
-		ds.KeyPackageSignature(r.tr.Clients[i].KeyPackageRef, time.Now()))
+		ds.KeyPackageSignature(r.client(joiner).KeyPackageRef, time.Now()))
 	got := r.mustOK(0, "welcome_info of "+joiner, "/welcome_information", req, moh.ResponseWelcomeInfo)
 	if !bytes.Equal(got.RatchetTree, want.RatchetTree) {
 		r.t.Errorf("epoch %d: the tree served to joiner %s is not the peer's", want.Epoch, joiner)
