@@ -202,7 +202,7 @@ func TestTSMLSPeerThroughCaddy(t *testing.T) {
 		for _, cs := range []string{"1", "2"} {
 			t.Run("cs"+cs, func(t *testing.T) {
 				out := filepath.Join(t.TempDir(), "transcript.json")
-				runNode(t, dir, "ds-scenario.mjs", "--suite", cs, "--out", out)
+				runTSPeer(t, dir, "ds-scenario.mjs", "--suite", cs, "--out", out)
 				replayTS(t, readTSTranscript(t, out))
 			})
 		}
@@ -256,7 +256,7 @@ func replayTS(t *testing.T, tr *tsTranscript) {
 				GroupID: tr.GroupID, LeafNode: *rt[0].Leaf, GroupInfo: r.message(q.GroupInfo)}}
 		case "add_users", "update_client", "remove_users", "external_join":
 			gi := r.message(q.GroupInfo).GroupInfo
-			body = moh.RequestBody{Type: requestTypes[q.Type], GroupUpdate: moh.MLSGroupUpdate{Commit: r.message(q.Commit),
+			body = moh.RequestBody{Type: tsRequestTypes[q.Type], GroupUpdate: moh.MLSGroupUpdate{Commit: r.message(q.Commit),
 				PartialGroupInfo: moh.PartialGroupInfo{Extensions: gi.Extensions, Signature: gi.Signature}}}
 			for _, w := range q.Welcomes {
 				b, err := hex.DecodeString(w)
@@ -353,18 +353,15 @@ func (r *tsReplay) checkQueues() {
 					}
 				}
 			}
-			if want := btoi(slices.Contains(q.DecryptedBy, c.Name)); n != want {
+			want := 0
+			if slices.Contains(q.DecryptedBy, c.Name) {
+				want = 1
+			}
+			if n != want {
 				r.t.Errorf("seq %d: %s's message is %d times in %s's queue, want %d", q.Seq, q.From, n, c.Name, want)
 			}
 		}
 	}
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // queue returns the messages in c's queue, read as c's user through the
@@ -416,8 +413,8 @@ func (r *tsReplay) epochIndex(e uint64) int {
 	return k
 }
 
-// requestTypes are the commit-carrying request types of the transcripts.
-var requestTypes = map[string]moh.RequestType{
+// tsRequestTypes are the commit-carrying request types of the transcripts.
+var tsRequestTypes = map[string]moh.RequestType{
 	"add_users": moh.AddUsers, "update_client": moh.UpdateClient, "remove_users": moh.RemoveUsers,
 	"external_join": moh.ExternalJoin,
 }
@@ -569,9 +566,9 @@ func installTSPeer(t *testing.T) string {
 	return dir
 }
 
-// runNode runs `node args...` in dir; it fails the test unless node exits
-// 0.
-func runNode(t *testing.T, dir string, args ...string) {
+// runTSPeer runs `node args...` in dir, the peer's installed copy; it
+// fails the test unless node exits 0.
+func runTSPeer(t *testing.T, dir string, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
