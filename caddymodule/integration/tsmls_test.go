@@ -520,9 +520,9 @@ func installTSPeer(t *testing.T) string {
 	for _, bin := range []string{"node", "npm"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is not installed; running the ts-mls peer needs Node >= 20 and npm", bin)
+				t.Fatalf("%s is not installed; running the ts-mls peer needs Node >= 20.19 and npm", bin)
 			}
-			t.Skipf("%s is not installed; running the ts-mls peer needs Node >= 20 and npm", bin)
+			t.Skipf("%s is not installed; running the ts-mls peer needs Node >= 20.19 and npm", bin)
 		}
 	}
 	src, err := testdir.Path("peers", "ts-mls")
