@@ -88,7 +88,7 @@ let caPem, me, gwKeys = [], dsAuthority;
 function setupIdentity() {
   const k = opt['key-seed'] ? M.ed25519FromSeed(Buffer.from(opt['key-seed'], 'hex')) : M.ed25519Generate();
   const t = now();
-  me = { priv: k.priv, pub: k.pub, key_id: M.keyIdOf(M.SCHEME_ED25519, k.pub), not_before: t - 3600n, not_after: t - 3600n + 30n * 86400n };
+  me = { priv: k.priv, public_key: k.pub, signature_scheme: M.SCHEME_ED25519, key_id: M.keyIdOf(M.SCHEME_ED25519, k.pub), not_before: t - 3600n, not_after: t - 3600n + 30n * 86400n };
 }
 function serve() {
   const l = parseHostPort(opt.listen, 443);
