@@ -75,15 +75,24 @@ func TestIndependentPeer(t *testing.T) {
 	}
 	waitTLS(t, "b.localhost")
 
-	// Two clients of one user of b, each with a KeyPackage published through
-	// b's local client API: group_key_packages claims the phone's,
-	// connection_key_packages then finds only the laptop's.
 	ringB, err := provider.LoadKeyRing(filepath.Join(env.dir, "b", "keys"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	issuer := &binding.Issuer{Domains: []string{"b.localhost"}, Keys: ringB}
-	user := "peerbob" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10) // fresh per run (-count > 1)
+	for _, scheme := range []string{"ed25519", "p256"} { // the peer's provider key; b refetches it on the new key_id
+		t.Run(scheme, func(t *testing.T) { runPeer(t, issuer, scheme, peerDir, peerAddr, certFile, keyFile) })
+	}
+}
+
+// runPeer publishes KeyPackages of two clients of a new user of b, runs the
+// peer against b with a provider key of scheme, and checks what it
+// delivered reached b's queue.
+func runPeer(t *testing.T, issuer *binding.Issuer, scheme, peerDir, peerAddr, certFile, keyFile string) {
+	// Two clients of one user of b, each with a KeyPackage published through
+	// b's local client API: group_key_packages claims the phone's,
+	// connection_key_packages then finds only the laptop's.
+	user := "peer" + scheme + strconv.FormatInt(time.Now().UnixNano()%1e6, 10) // fresh per run (-count > 1)
 	phone := newMIMIClientAt(t, issuer, "b.localhost", user, "phone", false)
 	laptop := newMIMIClientAt(t, issuer, "b.localhost", user, "laptop", false)
 	for _, c := range []*mimiClient{phone, laptop} {
@@ -96,30 +105,35 @@ func TestIndependentPeer(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "mimi-peer.mjs", "run",
+	cmd := exec.CommandContext(ctx, "node", "mimi-peer.mjs", "run", "--scheme", scheme,
 		"--domain", "peer.localhost", "--listen", peerAddr, "--cert", certFile, "--key", keyFile,
 		"--gateway", "b.localhost:9443", "--connect", httpsAddr, "--ca", env.rootFile,
 		"--client", phone.uri, "--user", moh.UserURI("b.localhost", user), "--expect-key-packages", "1")
 	cmd.Dir = peerDir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	t.Logf("mimi-peer:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	err := cmd.Run()
+	t.Logf("mimi-peer:\n%s", stdout.String())
 	if err != nil {
 		t.Fatalf("mimi-peer: %v\nstderr:\n%s", err, stderr.String())
 	}
 
-	// What the peer delivered is in the phone's queue at b: the Welcome, then
-	// the message, each once, from peer.localhost.
+	// What the peer delivered is in the phone's queue at b, each once, from
+	// peer.localhost: the Welcome, the message of the group whose Welcome
+	// named no client of b, then the message of the first group.
 	got := fetchQueue(t, phone, user, 0, 5)
-	if len(got) != 2 {
-		t.Fatalf("the phone's queue at b holds %d messages, want the peer's Welcome and message", len(got))
+	want := []mls.WireFormat{mls.WireFormatWelcome, mls.WireFormatPrivateMessage, mls.WireFormatPrivateMessage}
+	if len(got) != len(want) {
+		t.Fatalf("the phone's queue at b holds %d messages, want the peer's Welcome and two messages", len(got))
 	}
-	for i, wf := range []mls.WireFormat{mls.WireFormatWelcome, mls.WireFormatPrivateMessage} {
+	for i, wf := range want {
 		m, err := mls.DecodeMLSMessage(got[i].Message)
 		if err != nil || m.WireFormat != wf || string(got[i].Sender) != "peer.localhost" {
-			t.Fatalf("queued message %d: wire format %v from %q (%v), want %v from peer.localhost", i, m.WireFormat, got[i].Sender, err, wf)
+			t.Fatalf("queued message %d: from %q (%v), want wire format %v from peer.localhost", i, got[i].Sender, err, wf)
 		}
+	}
+	if !bytes.Equal(got[0].GroupID, got[2].GroupID) || bytes.Equal(got[0].GroupID, got[1].GroupID) {
+		t.Fatalf("queued group ids %x %x %x: want the Welcome's group for the first and last", got[0].GroupID, got[1].GroupID, got[2].GroupID)
 	}
 }
 

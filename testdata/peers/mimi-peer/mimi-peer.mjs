@@ -15,7 +15,7 @@ const { values: opt, positionals } = parseArgs({
     connect: { type: 'string' }, ca: { type: 'string' },
     user: { type: 'string', multiple: true, default: [] }, client: { type: 'string', multiple: true, default: [] },
     requester: { type: 'string' }, 'serve-after': { type: 'string', default: '0' }, 'key-seed': { type: 'string' },
-    'expect-key-packages': { type: 'string' },
+    'expect-key-packages': { type: 'string' }, scheme: { type: 'string', default: 'ed25519' },
   },
 });
 const cmd = positionals[0] ?? 'run';
@@ -86,9 +86,12 @@ function expectDSResponseHeaders(res) {
 // ------------------------------------------------------------------ our provider identity and server
 let caPem, me, gwKeys = [], dsAuthority;
 function setupIdentity() {
-  const k = opt['key-seed'] ? M.ed25519FromSeed(Buffer.from(opt['key-seed'], 'hex')) : M.ed25519Generate();
+  let k, scheme = M.SCHEME_ED25519;
+  if (opt.scheme === 'p256') { k = M.p256Generate(); scheme = M.SCHEME_P256; }
+  else if (opt.scheme !== 'ed25519') { console.error('--scheme is ed25519 or p256'); process.exit(2); }
+  else k = opt['key-seed'] ? M.ed25519FromSeed(Buffer.from(opt['key-seed'], 'hex')) : M.ed25519Generate();
   const t = now();
-  me = { priv: k.priv, public_key: k.pub, signature_scheme: M.SCHEME_ED25519, key_id: M.keyIdOf(M.SCHEME_ED25519, k.pub), not_before: t - 3600n, not_after: t - 3600n + 30n * 86400n };
+  me = { priv: k.priv, public_key: k.pub, signature_scheme: scheme, key_id: M.keyIdOf(scheme, k.pub), not_before: t - 3600n, not_after: t - 3600n + 30n * 86400n };
 }
 function serve() {
   const l = parseHostPort(opt.listen, 443);
@@ -125,6 +128,19 @@ function signed(type, payload, over = {}) {
   return M.buildProviderRequest({ type, sender: opt.domain, recipient: gatewayDomain, timestamp: now(), requestId: crypto.randomBytes(16), keyId: me.key_id, payload, priv: me.priv, ...over });
 }
 async function send(type, payload, over = {}, mutate = null) {
+  const r = await send1(type, payload, over, mutate);
+  // §4.1: a receiver that fetched our keys less than 5 s ago answers an unknown key_id 401 unknown_key
+  // without refetching (e.g. after we rotated, or restarted with a new key). Retry once, re-signed, after 5 s.
+  if (!over.keyId && r.resp.type === M.RESP.error && r.resp.code === 3 && !retriedUnknownKey) {
+    retriedUnknownKey = true;
+    console.error(`peer: ${r.resp.message}; retrying once after 5 s (§4.1 refetch rule)`);
+    await new Promise((res) => setTimeout(res, 5500));
+    return send1(type, payload, over, mutate);
+  }
+  return r;
+}
+let retriedUnknownKey = false;
+async function send1(type, payload, over = {}, mutate = null) {
   const pr = signed(type, payload, over);
   let body = pr.body; if (mutate) body = mutate(Buffer.from(body));
   const res = await request({ authority: dsAuthorityOfGateway, path: PATHS[type], body });
@@ -297,6 +313,16 @@ async function run() {
       void rid;
       const r = await send(M.PREQ.deliver_message, M.payloads.deliverMessage(groupId, recipients, welcome), { requestId, timestamp: now() - 1n });
       return expectError(r, 5);
+    });
+    await check('deliver_message Welcome naming no client of the gateway, then a message of that group', async () => {
+      const g2 = crypto.randomBytes(16);
+      const r = await send(M.PREQ.deliver_message, M.payloads.deliverMessage(g2, [foreign], welcome));
+      expectType(r, M.RESP.queueing);
+      assert(r.resp.status === 1 && r.resp.unknown.length === 1, `status ${r.resp.status} unknown ${JSON.stringify(r.resp.unknown)}`);
+      const r2 = await send(M.PREQ.deliver_message, M.payloads.deliverMessage(g2, recipients, M.privateMessage(g2, 0n, crypto.randomBytes(28), crypto.randomBytes(40))));
+      if (r2.resp.type === M.RESP.error) return `the Welcome did not record the hub: then ${r2.res.status} ${r2.resp.name}`;
+      expectType(r2, M.RESP.queueing);
+      return 'the Welcome recorded the hub although it was queued nowhere; the message was then queued';
     });
     const app = M.privateMessage(groupId, 0n, crypto.randomBytes(28), crypto.randomBytes(40));
     await check('deliver_message application message', async () => {

@@ -19,6 +19,12 @@ export function ed25519FromSeed(seed) {
   return { priv, pub: rawPublic(crypto.createPublicKey(priv)) };
 }
 export function ed25519Generate() { return ed25519FromSeed(crypto.randomBytes(32)); }
+// P-256 provider key: public_key is the uncompressed SEC1 point (65 bytes), §4.1
+export function p256Generate() {
+  const { privateKey, publicKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const j = publicKey.export({ format: 'jwk' });
+  return { priv: privateKey, pub: Buffer.concat([Buffer.from([4]), Buffer.from(j.x, 'base64url'), Buffer.from(j.y, 'base64url')]), scheme: SCHEME_P256 };
+}
 function rawPublic(pubKey) { return Buffer.from(pubKey.export({ format: 'jwk' }).x, 'base64url'); }
 export function publicKeyObject(scheme, raw) {
   if (scheme === SCHEME_ED25519) {
@@ -34,6 +40,8 @@ export function publicKeyObject(scheme, raw) {
   throw new Error('unsupported signature scheme 0x' + scheme.toString(16));
 }
 export function signWithLabel(priv, label, content) {
+  // Ed25519 signs SignContent itself; ECDSA P-256 signs SHA-256(SignContent) once (ECDSA-with-SHA256), DER.
+  if (priv.asymmetricKeyType === 'ec') return crypto.sign('sha256', signContent(label, content), { key: priv, dsaEncoding: 'der' });
   return crypto.sign(null, signContent(label, content), priv);
 }
 export function verifyWithLabel(scheme, pubRaw, label, content, sig) {
