@@ -354,6 +354,20 @@ async function run() {
     const res = await request({ authority: dsAuthorityOfGateway, path: '/connection_key_packages', body: pr.body });
     return expectError({ res, resp: M.decodeDSResponse(res.body) }, 17);
   });
+  await check('connection_request -> 501 not_implemented (§8)', async () => {
+    const welcome = M.welcomeMessage(1, [{ newMember: crypto.randomBytes(32), kemOutput: crypto.randomBytes(32), ciphertext: crypto.randomBytes(48) }], crypto.randomBytes(64));
+    const payload = new Writer().opaque(Buffer.from(`mimi://${gatewayDomain}/u/x`)).opaque(crypto.randomBytes(16)).raw(welcome).bytes();
+    return expectError(await send(M.PREQ.connection_request, payload), 15);
+  });
+  await check('deliver_message whose MLSMessage is a KeyPackage -> 400 malformed', async () => {
+    if (!claimed.length) return false; // needs a well-formed KeyPackage to wrap
+    const bogus = new Writer().u16(1).u16(5).raw(claimed[0].encoded).bytes(); // a valid mls_key_package MLSMessage
+    return expectError(await send(M.PREQ.deliver_message, M.payloads.deliverMessage(crypto.randomBytes(16), [`mimi://${gatewayDomain}/d/x/y`], bogus)), 1);
+  });
+  await check('ProviderRequest with protocol_version 2 -> 400 unsupported_version', async () => {
+    const r = await send1(M.PREQ.connection_key_packages, probe(), {}, (b) => { b[1] = 2; return b; });
+    return expectError(r, 20);
+  });
   await check('gateway fetched our verification key', () => assert(served.keys > 0, 'no /verification_key request reached the peer'));
 
   const linger = Number(opt['serve-after']);
