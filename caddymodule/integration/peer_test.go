@@ -80,19 +80,33 @@ func TestIndependentPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	issuer := &binding.Issuer{Domains: []string{"b.localhost"}, Keys: ringB}
-	for _, scheme := range []string{"ed25519", "p256"} { // the peer's provider key; b refetches it on the new key_id
-		t.Run(scheme, func(t *testing.T) { runPeer(t, issuer, scheme, peerDir, peerAddr, certFile, keyFile) })
+	// Each run has a new provider key, which b fetches on its new key_id;
+	// the last answers POST /verification_key with 405, so b's fetcher falls
+	// back to GET (§4.1).
+	for _, run := range []struct {
+		name, scheme string
+		post405      bool
+	}{
+		{"ed25519", "ed25519", false}, {"p256", "p256", false}, {"get-only", "ed25519", true},
+	} {
+		t.Run(run.name, func(t *testing.T) {
+			args := []string{"--scheme", run.scheme, "--listen", peerAddr, "--cert", certFile, "--key", keyFile}
+			if run.post405 {
+				args = append(args, "--vk-post-405")
+			}
+			runPeer(t, issuer, peerDir, args...)
+		})
 	}
 }
 
 // runPeer publishes KeyPackages of two clients of a new user of b, runs the
-// peer against b with a provider key of scheme, and checks what it
+// peer against b with peerArgs, and checks what it
 // delivered reached b's queue.
-func runPeer(t *testing.T, issuer *binding.Issuer, scheme, peerDir, peerAddr, certFile, keyFile string) {
+func runPeer(t *testing.T, issuer *binding.Issuer, peerDir string, peerArgs ...string) {
 	// Two clients of one user of b, each with a KeyPackage published through
 	// b's local client API: group_key_packages claims the phone's,
 	// connection_key_packages then finds only the laptop's.
-	user := "peer" + scheme + strconv.FormatInt(time.Now().UnixNano()%1e6, 10) // fresh per run (-count > 1)
+	user := "peer" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10) // fresh per run (-count > 1)
 	phone := newMIMIClientAt(t, issuer, "b.localhost", user, "phone", false)
 	laptop := newMIMIClientAt(t, issuer, "b.localhost", user, "laptop", false)
 	for _, c := range []*mimiClient{phone, laptop} {
@@ -105,10 +119,10 @@ func runPeer(t *testing.T, issuer *binding.Issuer, scheme, peerDir, peerAddr, ce
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "mimi-peer.mjs", "run", "--scheme", scheme,
-		"--domain", "peer.localhost", "--listen", peerAddr, "--cert", certFile, "--key", keyFile,
+	cmd := exec.CommandContext(ctx, "node", append(append([]string{"mimi-peer.mjs", "run"}, peerArgs...),
+		"--domain", "peer.localhost",
 		"--gateway", "b.localhost:9443", "--connect", httpsAddr, "--ca", env.rootFile,
-		"--client", phone.uri, "--user", moh.UserURI("b.localhost", user), "--expect-key-packages", "1")
+		"--client", phone.uri, "--user", moh.UserURI("b.localhost", user), "--expect-key-packages", "1")...)
 	cmd.Dir = peerDir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

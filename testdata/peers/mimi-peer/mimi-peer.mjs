@@ -15,7 +15,7 @@ const { values: opt, positionals } = parseArgs({
     connect: { type: 'string' }, ca: { type: 'string' },
     user: { type: 'string', multiple: true, default: [] }, client: { type: 'string', multiple: true, default: [] },
     requester: { type: 'string' }, 'serve-after': { type: 'string', default: '0' }, 'key-seed': { type: 'string' },
-    'expect-key-packages': { type: 'string' }, scheme: { type: 'string', default: 'ed25519' },
+    'expect-key-packages': { type: 'string' }, scheme: { type: 'string', default: 'ed25519' }, 'vk-post-405': { type: 'boolean', default: false },
   },
 });
 const cmd = positionals[0] ?? 'run';
@@ -107,11 +107,12 @@ function serve() {
       }
       if (path === '/verification_key') {
         let out, status = 200;
-        if (req.method !== 'GET' && req.method !== 'POST') { status = 405; out = M.encodeError(19, 'method not allowed'); res.setHeader('Allow', 'GET, POST'); }
+        if (req.method === 'POST' && opt['vk-post-405']) { served.post405++; status = 405; out = M.encodeError(19, 'method not allowed'); res.setHeader('Allow', 'GET'); }
+        else if (req.method !== 'GET' && req.method !== 'POST') { status = 405; out = M.encodeError(19, 'method not allowed'); res.setHeader('Allow', 'GET, POST'); }
         else if (body.length === 0 || body.equals(Buffer.from('0001', 'hex'))) out = M.encodeVerificationKeys([me]);
         else if (body.length >= 2 && body.readUInt16BE(0) !== 1) { status = 400; out = M.encodeError(20, 'unsupported version'); }
         else { status = 400; out = M.encodeError(1, 'malformed'); }
-        served.keys++;
+        if (status === 200) { served.keys++; if (req.method === 'GET') served.get++; }
         res.writeHead(status, { 'Content-Type': 'application/octet-stream', 'Cache-Control': 'no-store', 'Content-Length': out.length });
         return res.end(out);
       }
@@ -120,7 +121,7 @@ function serve() {
   });
   return new Promise((resolve) => server.listen(l.port, l.host, () => resolve(server)));
 }
-const served = { keys: 0 };
+const served = { keys: 0, get: 0, post405: 0 };
 
 // ------------------------------------------------------------------ provider-signed requests
 const PATHS = { 0: '/deliver_message', 1: '/connection_request', 2: '/connection_key_packages', 3: '/group_key_packages' };
@@ -369,6 +370,7 @@ async function run() {
     return expectError(r, 20);
   });
   await check('gateway fetched our verification key', () => assert(served.keys > 0, 'no /verification_key request reached the peer'));
+  if (opt['vk-post-405']) await check('gateway fell back to GET after our 405 (§4.1)', () => assert(served.post405 > 0 && served.get > 0, `POST 405 ${served.post405}, GET ${served.get}`));
 
   const linger = Number(opt['serve-after']);
   if (linger > 0) await new Promise((r) => setTimeout(r, linger * 1000));
