@@ -288,6 +288,16 @@ func unmarshalFederation(d *caddyfile.Dispenser) (*Federation, error) {
 				return nil, d.Errf("invalid federation timeout '%s'", v)
 			}
 			f.Timeout = caddy.Duration(dur)
+		case "max_backoff", "give_up_after":
+			dur, err := durationArg(d, opt)
+			if err != nil {
+				return nil, err
+			}
+			if opt == "max_backoff" {
+				f.MaxBackoff = caddy.Duration(dur)
+			} else {
+				f.GiveUpAfter = caddy.Duration(dur)
+			}
 		default:
 			return nil, d.Errf("unrecognized federation option '%s'", opt)
 		}

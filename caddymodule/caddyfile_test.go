@@ -31,6 +31,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			root_ca /etc/mimi/root.pem
 			trust_pki_ca local
 			timeout 3s
+			max_backoff 10m
+			give_up_after 48h
 		}
 		unchecked_client_bindings
 	}`))
@@ -55,6 +57,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			RootCAFiles:           []string{"/etc/mimi/root.pem"},
 			TrustPKICAs:           []string{"local"},
 			Timeout:               caddy.Duration(3 * time.Second),
+			MaxBackoff:            caddy.Duration(10 * time.Minute),
+			GiveUpAfter:           caddy.Duration(48 * time.Hour),
 		},
 		UncheckedClientBindings: true,
 	}
@@ -116,6 +120,8 @@ func TestValidate(t *testing.T) {
 		{func(g *Gateway) { g.TrustedTLSProxies = []string{"nope"} }, "trusted_tls_proxies"},
 		{func(g *Gateway) { g.Federation = &Federation{AllowedPorts: []int{70000}} }, "allowed_ports"},
 		{func(g *Gateway) { g.Federation = &Federation{Resolve: map[string]string{"a.example": "nope"}} }, "resolve"},
+		{func(g *Gateway) { g.Federation = &Federation{MaxBackoff: caddy.Duration(2 * time.Hour)} }, "max_backoff"},
+		{func(g *Gateway) { g.Federation = &Federation{GiveUpAfter: caddy.Duration(7 * 24 * time.Hour)} }, "give_up_after"},
 	} {
 		g := base()
 		tc.mutate(g)

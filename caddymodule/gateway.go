@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/federation"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
@@ -176,6 +177,16 @@ type Federation struct {
 
 	// Timeout bounds one discovery and key fetch. Default: 5s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// MaxBackoff caps the wait before a destination that failed is tried
+	// again by the outbox's sender. Default: 5m; 1s to 1h.
+	MaxBackoff caddy.Duration `json:"max_backoff,omitempty"`
+
+	// GiveUpAfter is the age at which an outbox message that could not be
+	// delivered is dropped, counted and logged. Default: 72h; at most
+	// 6 days, below the 7 days receivers remember delivered messages, so
+	// that a message is never delivered twice.
+	GiveUpAfter caddy.Duration `json:"give_up_after,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -272,6 +283,11 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
+	if f := g.Federation; f != nil {
+		sender.SetPolicy(federation.Policy{MaxBackoff: time.Duration(f.MaxBackoff), GiveUpAfter: time.Duration(f.GiveUpAfter)})
+	} else {
+		sender.SetPolicy(federation.Policy{})
+	}
 	g.ds.Outbound, g.ds.PeerUp = sender.Wake, sender.PeerUp
 	return nil
 }
@@ -345,6 +361,12 @@ func (g *Gateway) Validate() error {
 		return err
 	}
 	if f := g.Federation; f != nil {
+		if f.MaxBackoff != 0 && (time.Duration(f.MaxBackoff) < time.Second || time.Duration(f.MaxBackoff) > time.Hour) {
+			return fmt.Errorf("mimi: federation max_backoff: %s is outside 1s..1h", time.Duration(f.MaxBackoff))
+		}
+		if f.GiveUpAfter != 0 && (time.Duration(f.GiveUpAfter) < time.Minute || time.Duration(f.GiveUpAfter) > 6*24*time.Hour) {
+			return fmt.Errorf("mimi: federation give_up_after: %s is outside 1m..144h (receivers remember delivered messages for 7 days)", time.Duration(f.GiveUpAfter))
+		}
 		for _, p := range f.AllowedPorts {
 			if p < 1 || p > 65535 {
 				return fmt.Errorf("mimi: federation allowed_ports: %d is not a port", p)

@@ -119,17 +119,40 @@ type Sender struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// MinBackoff, MaxBackoff, GiveUpAfter, Batch and Parallel default to
-	// the Default* constants.
+	// the Default* constants. MaxBackoff and GiveUpAfter are the initial
+	// values of the policy SetPolicy changes while the sender runs.
 	MinBackoff, MaxBackoff time.Duration
 	GiveUpAfter            time.Duration
 	Batch, Parallel        int
 
+	policy  atomic.Pointer[Policy] // set by SetPolicy; nil means the fields above
 	mu      sync.Mutex
 	wakes   map[string]chan struct{} // one per destination with a worker
 	status  map[string]*DestinationStatus
 	spawn   func(destination string) // set by Run
 	running bool
 	stats   struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
+}
+
+// Policy is what an operator may change while a sender runs (a
+// configuration reload): the backoff cap and the give-up age. Zero fields
+// mean the defaults.
+type Policy struct {
+	MaxBackoff  time.Duration
+	GiveUpAfter time.Duration
+}
+
+// SetPolicy changes the backoff cap and the give-up age; workers use them
+// from their next decision on.
+func (s *Sender) SetPolicy(p Policy) { s.policy.Store(&p) }
+
+// currentPolicy is the policy in force, defaults filled in.
+func (s *Sender) currentPolicy() Policy {
+	p := Policy{MaxBackoff: s.MaxBackoff, GiveUpAfter: s.GiveUpAfter}
+	if q := s.policy.Load(); q != nil {
+		p = *q
+	}
+	return Policy{MaxBackoff: orDefault(p.MaxBackoff, DefaultMaxBackoff), GiveUpAfter: orDefault(p.GiveUpAfter, DefaultGiveUpAfter)}
 }
 
 // Stats returns the counters.
@@ -270,7 +293,7 @@ func orDefault[T int | time.Duration](v, def T) T {
 // and backs off while anything failed.
 func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) {
 	log := s.logger().With(zap.String("destination", dest))
-	minB, maxB := orDefault(s.MinBackoff, DefaultMinBackoff), orDefault(s.MaxBackoff, DefaultMaxBackoff)
+	minB := orDefault(s.MinBackoff, DefaultMinBackoff)
 	backoff := time.Duration(0)
 	for ctx.Err() == nil {
 		failed, more, err := s.pass(ctx, dest, log)
@@ -284,6 +307,7 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 			continue
 		}
 		if failed {
+			maxB := max(s.currentPolicy().MaxBackoff, minB)
 			backoff = min(max(2*backoff, minB), maxB)
 			// Full jitter on the upper half: spread retries of many
 			// gateways without ever retrying at once.
@@ -373,7 +397,7 @@ func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed
 // the outbox to retry.
 func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logger) bool {
 	log = log.With(zap.Uint64("outbox_id", e.ID), zap.String("sender", e.Sender))
-	if age := s.now().Sub(e.Enqueued); age > orDefault(s.GiveUpAfter, DefaultGiveUpAfter) {
+	if age := s.now().Sub(e.Enqueued); age > s.currentPolicy().GiveUpAfter {
 		s.stats.givenUp.Add(1)
 		log.Error("gave up delivering a message", zap.Duration("age", age))
 		return true

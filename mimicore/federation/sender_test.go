@@ -71,3 +71,20 @@ func TestRetryable(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicy checks the defaults, the initial fields and a policy set
+// while running.
+func TestPolicy(t *testing.T) {
+	var s Sender
+	if p := s.currentPolicy(); p.MaxBackoff != DefaultMaxBackoff || p.GiveUpAfter != DefaultGiveUpAfter {
+		t.Fatalf("defaults: %+v", p)
+	}
+	s.MaxBackoff = time.Minute
+	if p := s.currentPolicy(); p.MaxBackoff != time.Minute || p.GiveUpAfter != DefaultGiveUpAfter {
+		t.Fatalf("fields: %+v", p)
+	}
+	s.SetPolicy(Policy{GiveUpAfter: time.Hour})
+	if p := s.currentPolicy(); p.MaxBackoff != DefaultMaxBackoff || p.GiveUpAfter != time.Hour {
+		t.Fatalf("set: %+v", p)
+	}
+}
