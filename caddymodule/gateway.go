@@ -260,6 +260,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		// accepts them. A full queue is logged, sampled: a client that
 		// stopped fetching could otherwise flood the log.
 		QueueLimits: store.QueueLimits{MaxMessages: g.QueueMaxMessages, MaxBytes: g.QueueMaxBytes},
+		Hubs:        new(ds.HubCache),
 		Logger:      sampled(g.logger),
 	}
 	if g.UncheckedClientBindings {

@@ -115,6 +115,9 @@ type Service struct {
 	// KeyPackages (group_key_packages, connection_key_packages). Nil
 	// means no bound.
 	KeyPackageLimits KeyPackageLimiter
+	// Hubs remembers the hubs of other providers' groups for
+	// deliver_message; nil reads the store for every message.
+	Hubs *HubCache
 }
 
 // logger is s.Logger, or a logger that discards.

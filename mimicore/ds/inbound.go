@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"slices"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -90,10 +91,49 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 	return answer, nil
 }
 
+// HubCache remembers the hubs of groups hosted by other providers, which
+// never change once recorded (RecordGroupHub refuses another hub, and no
+// request deletes them), so that a peer's stream of messages does not read
+// the store for each. It holds at most MaxHubCache groups and forgets all
+// of them when full: a miss costs one read. The zero value is ready; it is
+// safe for concurrent use.
+type HubCache struct {
+	mu  sync.Mutex
+	hub map[string]string
+}
+
+// MaxHubCache bounds a HubCache.
+const MaxHubCache = 1 << 16
+
+func (r *HubCache) get(gid []byte) (string, bool) {
+	if r == nil {
+		return "", false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h, ok := r.hub[string(gid)]
+	return h, ok
+}
+
+func (r *HubCache) put(gid []byte, hub string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hub == nil || len(r.hub) >= MaxHubCache {
+		r.hub = make(map[string]string)
+	}
+	r.hub[string(gid)] = hub
+}
+
 // checkHub checks that sender is the hub of group gid: the hub recorded
 // for it, or, for a Welcome of a group not known here, the sender, which
 // is then recorded (docs/protocol.md §9: the first Welcome names the hub).
 func (s *Service) checkHub(ctx context.Context, sender string, gid []byte, welcome bool) error {
+	if hub, ok := s.Hubs.get(gid); ok && hub == sender {
+		return nil
+	}
 	hub, err := s.Store.GroupHub(ctx, gid)
 	switch {
 	case errors.Is(err, store.ErrInvalid):
@@ -107,6 +147,7 @@ func (s *Service) checkHub(ctx context.Context, sender string, gid []byte, welco
 		case err != nil:
 			return moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: recording the group's hub: %w", err)
 		}
+		s.Hubs.put(gid, sender)
 		return nil
 	case errors.Is(err, store.ErrNotFound):
 		return moh.Errorf(moh.CodeNotFound, "deliver_message: no group known with this id (a Welcome introduces one)")
@@ -114,6 +155,9 @@ func (s *Service) checkHub(ctx context.Context, sender string, gid []byte, welco
 		return moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: looking up the group's hub: %w", err)
 	case hub != sender:
 		return moh.Errorf(moh.CodeForbidden, "deliver_message: the sender is not the group's hub")
+	}
+	if !slices.Contains(s.Providers, hub) {
+		s.Hubs.put(gid, hub)
 	}
 	return nil
 }

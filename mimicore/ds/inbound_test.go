@@ -35,6 +35,7 @@ func queueingPayload(t *testing.T, gid []byte, msg *mls.MLSMessage, to ...string
 func TestDeliverMessage(t *testing.T) {
 	h := newHarness(t)
 	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	h.svc.Hubs = new(HubCache) // as the gateway runs it
 	// carol of c.example runs a group on her provider and adds bob and
 	// dave of a.example and erin of e.example.
 	carol := remoteClient(t, "c.example", "carol")
