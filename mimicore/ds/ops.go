@@ -97,7 +97,7 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err := s.checkLeafNode(ctx, r, &cg.LeafNode); err != nil {
 		return nil, err
 	}
-	if err := s.Store.CreateGroup(ctx, hub, st, giEnc); err != nil {
+	if err := s.Store.CreateGroup(ctx, store.GroupCreation{Hub: hub, State: st, GroupInfo: giEnc}); err != nil {
 		if errors.Is(err, store.ErrGroupExists) {
 			return nil, moh.Errorf(moh.CodeGroupExists, "create_group: the group id is already in use")
 		}

@@ -19,7 +19,7 @@ func TestGroupCommitsInOneBatch(t *testing.T) {
 	ctx := context.Background()
 	const rivals, others = 6, 4
 	g := storetest.NewGroup(t, []byte("raced group"), 3)
-	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	var calls []*call
@@ -34,7 +34,7 @@ func TestGroupCommitsInOneBatch(t *testing.T) {
 	otherNext := make([]*storetest.Group, others)
 	for i := range others {
 		o := storetest.NewGroup(t, fmt.Appendf(nil, "other %d", i), 2)
-		if err := s.CreateGroup(ctx, "hub.example", o.State, nil); err != nil {
+		if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: o.State}); err != nil {
 			t.Fatal(err)
 		}
 		var c store.EpochCommit
@@ -42,7 +42,7 @@ func TestGroupCommitsInOneBatch(t *testing.T) {
 		calls = append(calls,
 			&call{name: fmt.Sprint("other commit ", i), run: func(ctx context.Context) error { return commitErr(s.CommitEpoch(ctx, c)) }},
 			&call{name: fmt.Sprint("create in use ", i), run: func(ctx context.Context) error {
-				return s.CreateGroup(ctx, "hub.example", o.State, nil)
+				return s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: o.State})
 			}})
 	}
 	release := blockWriter(t, s)
@@ -124,7 +124,7 @@ func TestGroupCacheTwoStores(t *testing.T) {
 	}
 	defer b.Close()
 	g := storetest.NewGroup(t, []byte("shared group"), 2)
-	if err := a.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+	if err := a.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {
@@ -146,7 +146,7 @@ func TestGroupCacheTwoStores(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := storetest.NewGroup(t, g.State.GroupID(), 2)
-	if err := b.CreateGroup(ctx, "hub.example", again.State, nil); err != nil {
+	if err := b.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: again.State}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := a.LoadGroup(ctx, g.State.GroupID())
@@ -164,7 +164,7 @@ func TestGroupCommitWritesWhatChanged(t *testing.T) {
 	ctx := context.Background()
 	g := storetest.NewGroup(t, []byte("big group"), 1000)
 	before := s.Stats().GroupBytes
-	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	created := s.Stats().GroupBytes - before
@@ -198,7 +198,7 @@ func TestGroupDeleteLeavesNothing(t *testing.T) {
 	s := openTemp(t)
 	ctx := context.Background()
 	g := storetest.NewGroup(t, []byte("deleted group"), 1)
-	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 4 {
@@ -273,7 +273,7 @@ func TestJoinersLeaveWithTheirTree(t *testing.T) {
 			clock := storetest.NewClock()
 			s := openTemp(t, WithClock(clock.Now))
 			g := storetest.NewGroup(t, []byte("joined group"), 1)
-			if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+			if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 				t.Fatal(err)
 			}
 			g, c := g.Commit(t, storetest.Adds(t, 3)...)
