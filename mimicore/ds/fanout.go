@@ -16,11 +16,13 @@ import (
 )
 
 // fanoutBuilder collects the delivery of the messages one accepted request
-// produces (docs/protocol.md §9, fan-out): each to its recipients' queues
-// when they are clients of a provider this Delivery Service serves, else
-// to the outbox of the provider their client URI names, one message per
-// destination and at most store.MaxOutboxRecipients client ids each. The
-// store writes it together with the state change (store.Fanout).
+// produces (docs/protocol.md §9, fan-out): a message to a group's members
+// goes to the group's log once for all its local members (a
+// store.GroupPost), a personal message (a Welcome) to its local
+// recipients' queues, and either to the outbox of the provider each
+// remote recipient's client URI names, one message per destination and at
+// most store.MaxOutboxRecipients client ids each. The store writes it
+// together with the state change (store.Fanout).
 type fanoutBuilder struct {
 	s       *Service
 	groupID []byte
@@ -31,10 +33,86 @@ type fanoutBuilder struct {
 	skipped int
 }
 
-// add delivers msg, sent by the client sender, to recipients (the
-// BasicCredential identities of members, in leaf order).
+// add delivers msg, sent by the client sender, to the personal queues of
+// recipients (the BasicCredential identities of members, in leaf order).
 func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
-	var local []string
+	local := b.addRemote(msg, recipients)
+	for part := range slices.Chunk(local, store.MaxAppendRecipients) {
+		b.out.Local = append(b.out.Local, store.Delivery{Recipients: part, GroupID: b.groupID, Sender: clientSender(sender),
+			Message: msg, Limits: b.s.QueueLimits})
+	}
+}
+
+// post delivers msg, sent by the client sender, to the group's members:
+// once to the group's log for the local ones, who are the store's
+// (store.GroupPost: except does not get it, join become members after it,
+// leave after it), and through the outbox to the remote ones among
+// recipients. A post no local client sees or joins after is not written.
+func (b *fanoutBuilder) post(msg []byte, sender []byte, recipients [][]byte, m membership) {
+	local := b.addRemote(msg, recipients)
+	if len(local) == 0 && len(m.join) == 0 {
+		return
+	}
+	b.out.Group = &store.GroupPost{GroupID: b.groupID, Sender: clientSender(sender), Message: msg,
+		Except: m.except, Join: m.join, Leave: m.leave}
+}
+
+// membership is what a group post changes of the local members.
+type membership struct {
+	except      string
+	join, leave []string
+}
+
+// clientSender is sender as a queued message names it: empty when it is
+// too long to store.
+func clientSender(sender []byte) string {
+	if len(sender) <= store.MaxClientURISize {
+		return string(sender)
+	}
+	return ""
+}
+
+// localClient reports whether identity is a client URI of a provider this
+// Delivery Service serves: a member whose messages it queues here.
+func (s *Service) localClient(identity []byte) bool {
+	prov, _, _, err := moh.ParseClientURI(identity)
+	return err == nil && len(identity) <= store.MaxClientURISize && slices.Contains(s.Providers, string(prov))
+}
+
+// localMembers lists the distinct local clients among g's members, in leaf
+// order: the group's local members as the store records them.
+func (s *Service) localMembers(g *mls.GroupState) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, i := range g.Tree().Members() {
+		leaf, _ := g.Member(i)
+		id := leaf.Credential().Identity
+		if !seen[string(id)] && s.localClient(id) {
+			seen[string(id)] = true
+			out = append(out, string(id))
+		}
+	}
+	return out
+}
+
+// missing returns, in order, the clients of a that b lacks.
+func missing(a, b []string) []string {
+	in := make(map[string]bool, len(b))
+	for _, c := range b {
+		in[c] = true
+	}
+	var out []string
+	for _, c := range a {
+		if !in[c] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// addRemote queues msg in the outbox for the remote ones among
+// recipients, and returns the local ones.
+func (b *fanoutBuilder) addRemote(msg []byte, recipients [][]byte) (local []string) {
 	var remote []store.OutboxMessage // one per destination, in first-seen order
 	for _, r := range recipients {
 		prov, _, _, err := moh.ParseClientURI(r)
@@ -53,25 +131,21 @@ func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
 		}
 		remote[i].Recipients = append(remote[i].Recipients, string(r))
 	}
-	from := ""
-	if len(sender) <= store.MaxClientURISize {
-		from = string(sender)
-	}
-	for part := range slices.Chunk(local, store.MaxAppendRecipients) {
-		b.out.Local = append(b.out.Local, store.Delivery{Recipients: part, GroupID: b.groupID, Sender: from,
-			Message: msg, Limits: b.s.QueueLimits})
-	}
 	for _, m := range remote {
 		for part := range slices.Chunk(m.Recipients, store.MaxOutboxRecipients) {
 			m.Recipients = part
 			b.out.Remote = append(b.out.Remote, m)
 		}
 	}
+	return local
 }
 
 // othersOf returns the identity of the member at leaf self, the sender,
-// and those of the other members in leaf order, the recipients.
-func othersOf(g *mls.GroupState, self uint32) (sender []byte, others [][]byte) {
+// and those of the other members in leaf order, the recipients; except
+// is the sender's identity when no other leaf has it, the member a group
+// post to the others leaves out ("" when another leaf of the same client
+// gets it).
+func othersOf(g *mls.GroupState, self uint32) (sender []byte, others [][]byte, except string) {
 	for _, i := range g.Tree().Members() {
 		leaf, _ := g.Member(i)
 		if i == self {
@@ -80,7 +154,10 @@ func othersOf(g *mls.GroupState, self uint32) (sender []byte, others [][]byte) {
 		}
 		others = append(others, leaf.Credential().Identity)
 	}
-	return sender, others
+	if sender != nil && !slices.ContainsFunc(others, func(o []byte) bool { return string(o) == string(sender) }) {
+		except = string(sender)
+	}
+	return sender, others, except
 }
 
 // resolveSender names the group's hub as the sender of the messages for
@@ -156,7 +233,8 @@ func (s *Service) encodeCommitFanout(what string, base, next *mls.GroupState, in
 // commitFanout is the delivery of an accepted commit: the commit to every
 // member of the base epoch but its sender (removed members included, so
 // they learn of it), then each Welcome to the clients whose KeyPackages it
-// names.
+// names. For the local members the commit is a group post whose Join and
+// Leave are the local clients the commit made members and non-members.
 func (s *Service) commitFanout(base, next *mls.GroupState, info *mls.CommitInfo, commit []byte, welcomes []moh.WelcomePackage, welcomeEnc [][]byte) *fanoutBuilder {
 	b := &fanoutBuilder{s: s, groupID: base.GroupID()}
 	var sender []byte
@@ -164,14 +242,21 @@ func (s *Service) commitFanout(base, next *mls.GroupState, info *mls.CommitInfo,
 		sender = leaf.Credential().Identity
 	}
 	var members [][]byte
-	for _, i := range base.Tree().Members() {
-		if info.Committer.Type == mls.SenderMember && i == info.Committer.Index {
-			continue
+	var m membership
+	if info.Committer.Type == mls.SenderMember {
+		_, members, m.except = othersOf(base, info.Committer.Index)
+		if !s.localClient([]byte(m.except)) {
+			m.except = ""
 		}
-		leaf, _ := base.Member(i)
-		members = append(members, leaf.Credential().Identity)
+	} else {
+		for _, i := range base.Tree().Members() {
+			leaf, _ := base.Member(i)
+			members = append(members, leaf.Credential().Identity)
+		}
 	}
-	b.add(commit, sender, members)
+	before, after := s.localMembers(base), s.localMembers(next)
+	m.join, m.leave = missing(after, before), missing(before, after)
+	b.post(commit, sender, members, m)
 	joiner := make(map[string][]byte, len(info.Added))
 	for _, a := range info.Added {
 		if leaf, ok := next.Member(a.Leaf); ok {

@@ -198,21 +198,87 @@ func TestDelivery(t *testing.T) {
 	bob.m = m
 	wantOutboxOne(t, "the commit removing dave", h.outbox(t, "c.example", &cursor), dave)
 
-	// A full queue refuses its copy alone; the sender's request succeeds
-	// and the operator is told.
+	// A group's messages go to its log, which queue limits do not bound
+	// (it is bounded by expiry): a member whose personal queue holds at
+	// most one message still gets both, and no queue is full.
 	h.svc.QueueLimits = store.QueueLimits{MaxMessages: 1}
-	for i, text := range []string{"one", "two"} {
+	for _, text := range []string{"one", "two"} {
 		msg, err := alice.m.Protect([]byte(text), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		h.mustDo(t, "send_message", signed(t, alice, alice.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
-		if n := logs.FilterMessageSnippet("queue is full").Len(); n != i {
-			t.Fatalf("after message %d, %d full-queue warnings, want %d", i+1, n, i)
-		}
 	}
-	read(t, bob, wantOne(t, "bob's queue of one", h.queued(t, bob), alice.uri), "one")
+	if n := logs.FilterMessageSnippet("queue is full").Len(); n != 0 {
+		t.Fatalf("%d full-queue warnings for group messages", n)
+	}
+	got := h.queued(t, bob)
+	if len(got) != 2 {
+		t.Fatalf("bob got %d messages, want both", len(got))
+	}
+	for i, text := range []string{"one", "two"} {
+		if got[i].Sender != alice.uri {
+			t.Fatalf("bob's message %d is from %s, want %s", i, got[i].Sender, alice.uri)
+		}
+		read(t, bob, mustDecode(t, got[i].Message), text)
+	}
 	if got := h.outbox(t, "c.example", &cursor); len(got) != 0 {
 		t.Fatalf("c.example, with no member left, got %d messages", len(got))
+	}
+}
+
+// TestGroupLogMembership checks the local members' side of the group log:
+// a local client added by a commit gets its Welcome and the group's
+// messages after the commit, not the commit; a local client removed gets
+// the commit that removes it and nothing after; the committer and a
+// message's sender get neither their commit nor their message.
+func TestGroupLogMembership(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	alice := h.newTClient(t, "alice", "phone", false)
+	bob := h.newTClient(t, "bob", "phone", false)
+	carl := h.newTClient(t, "carl", "phone", false)
+	dan := h.newTClient(t, "dan", "phone", false)
+	gid := []byte("membership group")
+	send := func(from *tclient, text string) {
+		t.Helper()
+		msg, err := from.m.Protect([]byte(text), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.mustDo(t, "send_message", signed(t, from, from.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
+	}
+
+	h.mustDo(t, "create_group", createBody(t, alice, gid))
+	res := commit(t, alice.m, addProps(bob, carl), nil, nil)
+	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
+	alice.m = res.Next
+	joinFrom(t, bob, wantOne(t, "bob's Welcome", h.queued(t, bob), alice.uri))
+	joinFrom(t, carl, wantOne(t, "carl's Welcome", h.queued(t, carl), alice.uri))
+	send(alice, "before")
+	read(t, bob, wantOne(t, "bob's first message", h.queued(t, bob), alice.uri), "before")
+	read(t, carl, wantOne(t, "carl's first message", h.queued(t, carl), alice.uri), "before")
+
+	// alice removes bob, then adds dan.
+	res = commit(t, alice.m, []*mls.Proposal{{Type: mls.ProposalRemove, Removed: bob.m.LeafIndex()}}, nil, nil)
+	h.mustDo(t, "remove_users", commitBody(t, moh.RemoveUsers, alice, alice.m, res))
+	alice.m = res.Next
+	if _, err := bob.m.ApplyCommit(wantOne(t, "bob's removal", h.queued(t, bob), alice.uri), nil); err == nil {
+		t.Fatal("bob entered the epoch that removed him")
+	}
+	follow(t, carl, wantOne(t, "carl's removal commit", h.queued(t, carl), alice.uri))
+	res = commit(t, alice.m, addProps(dan), nil, nil)
+	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
+	alice.m = res.Next
+	follow(t, carl, wantOne(t, "carl's add commit", h.queued(t, carl), alice.uri))
+	joinFrom(t, dan, wantOne(t, "dan's Welcome alone", h.queued(t, dan), alice.uri))
+
+	send(carl, "after")
+	read(t, alice, wantOne(t, "alice's message", h.queued(t, alice), carl.uri), "after")
+	read(t, dan, wantOne(t, "dan's message", h.queued(t, dan), carl.uri), "after")
+	for _, c := range []*tclient{bob, carl} {
+		if q := h.queued(t, c); len(q) != 0 {
+			t.Fatalf("%s got %d messages after its removal or its own message", c.uri, len(q))
+		}
 	}
 }

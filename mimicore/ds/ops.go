@@ -97,7 +97,8 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err := s.checkLeafNode(ctx, r, &cg.LeafNode); err != nil {
 		return nil, err
 	}
-	if err := s.Store.CreateGroup(ctx, store.GroupCreation{Hub: hub, State: st, GroupInfo: giEnc}); err != nil {
+	if err := s.Store.CreateGroup(ctx, store.GroupCreation{Hub: hub, State: st, GroupInfo: giEnc,
+		Members: s.localMembers(st)}); err != nil {
 		if errors.Is(err, store.ErrGroupExists) {
 			return nil, moh.Errorf(moh.CodeGroupExists, "create_group: the group id is already in use")
 		}
@@ -228,8 +229,8 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	// The proposal goes to the other members, who must cover it in the
 	// next commit, in the write that keeps it.
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
-	from, to := othersOf(base, self)
-	fan.add(enc, from, to)
+	from, to, except := othersOf(base, self)
+	fan.post(enc, from, to, membership{except: except})
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: %w", err)
 	}
@@ -265,8 +266,8 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 		return nil, fmt.Errorf("send_message: encoding the message: %w", err)
 	}
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
-	from, to := othersOf(base, r.Body.Auth.SenderIndex)
-	fan.add(enc, from, to)
+	from, to, except := othersOf(base, r.Body.Auth.SenderIndex)
+	fan.post(enc, from, to, membership{except: except})
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)
 	}
