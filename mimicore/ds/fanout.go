@@ -43,24 +43,102 @@ func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
 	}
 }
 
-// post delivers msg, sent by the client sender, to the group's members:
-// once to the group's log for the local ones, who are the store's
-// (store.GroupPost: except does not get it, join become members after it,
-// leave after it), and through the outbox to the remote ones among
-// recipients. A post no local client sees or joins after is not written.
-func (b *fanoutBuilder) post(msg []byte, sender []byte, recipients [][]byte, m membership) {
-	local := b.addRemote(msg, recipients)
-	if len(local) == 0 && len(m.join) == 0 {
+// post delivers msg, sent by the client sender, to the members of g but
+// the one at leaf skip (none when skip is negative): once to the group's
+// log for the local ones, whom the store knows (store.GroupPost: except
+// does not get it, join become members after it, leave after it), and
+// through the outbox to the remote ones. A local member is told by its
+// identity's prefix, without a copy, so a post costs O(1) rows and no
+// allocation per local member; a remote member's identity is copied and
+// parsed for its destination. A post that no local client sees or joins
+// after is not written.
+func (b *fanoutBuilder) post(msg, sender []byte, g *mls.GroupState, skip int64, m membership) {
+	prefixes := b.s.localPrefixes()
+	local := false
+	var remote [][]byte
+	for _, i := range g.Tree().Members() {
+		if int64(i) == skip {
+			continue
+		}
+		leaf, _ := g.Member(i)
+		if slices.ContainsFunc(prefixes, leaf.IdentityHasPrefix) {
+			local = true
+			continue
+		}
+		remote = append(remote, leaf.Credential().Identity)
+	}
+	// A member the prefix missed whose URI still names a provider served
+	// here is one of the store's members all the same.
+	if len(b.addRemote(msg, remote)) > 0 {
+		local = true
+	}
+	if !local && len(m.join) == 0 {
 		return
 	}
 	b.out.Group = &store.GroupPost{GroupID: b.groupID, Sender: clientSender(sender), Message: msg,
 		Except: m.except, Join: m.join, Leave: m.leave}
 }
 
+// postFrom delivers msg, sent by the member at leaf self of g, to the
+// other members (post), the sender excepted.
+func (b *fanoutBuilder) postFrom(msg []byte, g *mls.GroupState, self uint32) {
+	var sender []byte
+	var m membership
+	if leaf, ok := g.Member(self); ok {
+		sender = leaf.Credential().Identity
+		if b.s.localClient(sender) {
+			m.except = string(sender)
+		}
+	}
+	b.post(msg, sender, g, int64(self), m)
+}
+
 // membership is what a group post changes of the local members.
 type membership struct {
 	except      string
 	join, leave []string
+}
+
+// commitMembership is what an accepted commit changes of the group's
+// local members: the local clients it added (and an external commit's
+// joiner) join, the local members it removed leave, and a member
+// committer is excepted. Client URIs are unique among a group's members
+// (checkUniqueClients), so a client in both, the joiner of an external
+// commit that removes its own old leaf, stays a member. It costs
+// O(added + removed), not a pass over the members.
+func (s *Service) commitMembership(base, next *mls.GroupState, info *mls.CommitInfo) membership {
+	var m membership
+	var added, removed []string
+	localOf := func(g *mls.GroupState, i uint32) (string, bool) {
+		leaf, ok := g.Member(i)
+		if !ok {
+			return "", false
+		}
+		id := leaf.Credential().Identity
+		return string(id), s.localClient(id)
+	}
+	for _, a := range info.Added {
+		if id, ok := localOf(next, a.Leaf); ok {
+			added = append(added, id)
+		}
+	}
+	switch info.Committer.Type {
+	case mls.SenderNewMemberCommit:
+		if id, ok := localOf(next, info.CommitterLeaf); ok {
+			added = append(added, id)
+		}
+	case mls.SenderMember:
+		if id, ok := localOf(base, info.Committer.Index); ok {
+			m.except = id
+		}
+	}
+	for _, i := range info.Removed {
+		if id, ok := localOf(base, i); ok {
+			removed = append(removed, id)
+		}
+	}
+	m.join, m.leave = missing(added, removed), missing(removed, added)
+	return m
 }
 
 // clientSender is sender as a queued message names it: empty when it is
@@ -79,16 +157,23 @@ func (s *Service) localClient(identity []byte) bool {
 	return err == nil && len(identity) <= store.MaxClientURISize && slices.Contains(s.Providers, string(prov))
 }
 
+// localPrefixes are the prefixes of the client URIs of the providers this
+// Delivery Service serves, "mimi://<provider>/d/".
+func (s *Service) localPrefixes() [][]byte {
+	out := make([][]byte, len(s.Providers))
+	for i, p := range s.Providers {
+		out[i] = []byte("mimi://" + p + "/d/")
+	}
+	return out
+}
+
 // localMembers lists the distinct local clients among g's members, in leaf
-// order: the group's local members as the store records them.
+// order: the group's local members when it is created.
 func (s *Service) localMembers(g *mls.GroupState) []string {
 	var out []string
-	seen := map[string]bool{}
 	for _, i := range g.Tree().Members() {
 		leaf, _ := g.Member(i)
-		id := leaf.Credential().Identity
-		if !seen[string(id)] && s.localClient(id) {
-			seen[string(id)] = true
+		if id := leaf.Credential().Identity; s.localClient(id) && !slices.Contains(out, string(id)) {
 			out = append(out, string(id))
 		}
 	}
@@ -138,26 +223,6 @@ func (b *fanoutBuilder) addRemote(msg []byte, recipients [][]byte) (local []stri
 		}
 	}
 	return local
-}
-
-// othersOf returns the identity of the member at leaf self, the sender,
-// and those of the other members in leaf order, the recipients; except
-// is the sender's identity when no other leaf has it, the member a group
-// post to the others leaves out ("" when another leaf of the same client
-// gets it).
-func othersOf(g *mls.GroupState, self uint32) (sender []byte, others [][]byte, except string) {
-	for _, i := range g.Tree().Members() {
-		leaf, _ := g.Member(i)
-		if i == self {
-			sender = leaf.Credential().Identity
-			continue
-		}
-		others = append(others, leaf.Credential().Identity)
-	}
-	if sender != nil && !slices.ContainsFunc(others, func(o []byte) bool { return string(o) == string(sender) }) {
-		except = string(sender)
-	}
-	return sender, others, except
 }
 
 // resolveSender names the group's hub as the sender of the messages for
@@ -234,29 +299,18 @@ func (s *Service) encodeCommitFanout(what string, base, next *mls.GroupState, in
 // member of the base epoch but its sender (removed members included, so
 // they learn of it), then each Welcome to the clients whose KeyPackages it
 // names. For the local members the commit is a group post whose Join and
-// Leave are the local clients the commit made members and non-members.
+// Leave are the local clients the commit added and removed.
 func (s *Service) commitFanout(base, next *mls.GroupState, info *mls.CommitInfo, commit []byte, welcomes []moh.WelcomePackage, welcomeEnc [][]byte) *fanoutBuilder {
 	b := &fanoutBuilder{s: s, groupID: base.GroupID()}
 	var sender []byte
 	if leaf, ok := next.Member(info.CommitterLeaf); ok {
 		sender = leaf.Credential().Identity
 	}
-	var members [][]byte
-	var m membership
+	skip := int64(-1)
 	if info.Committer.Type == mls.SenderMember {
-		_, members, m.except = othersOf(base, info.Committer.Index)
-		if !s.localClient([]byte(m.except)) {
-			m.except = ""
-		}
-	} else {
-		for _, i := range base.Tree().Members() {
-			leaf, _ := base.Member(i)
-			members = append(members, leaf.Credential().Identity)
-		}
+		skip = int64(info.Committer.Index)
 	}
-	before, after := s.localMembers(base), s.localMembers(next)
-	m.join, m.leave = missing(after, before), missing(before, after)
-	b.post(commit, sender, members, m)
+	b.post(commit, sender, base, skip, s.commitMembership(base, next, info))
 	joiner := make(map[string][]byte, len(info.Added))
 	for _, a := range info.Added {
 		if leaf, ok := next.Member(a.Leaf); ok {

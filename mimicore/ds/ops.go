@@ -229,8 +229,7 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	// The proposal goes to the other members, who must cover it in the
 	// next commit, in the write that keeps it.
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
-	from, to, except := othersOf(base, self)
-	fan.post(enc, from, to, membership{except: except})
+	fan.postFrom(enc, base, self)
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: %w", err)
 	}
@@ -266,8 +265,7 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 		return nil, fmt.Errorf("send_message: encoding the message: %w", err)
 	}
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
-	from, to, except := othersOf(base, r.Body.Auth.SenderIndex)
-	fan.post(enc, from, to, membership{except: except})
+	fan.postFrom(enc, base, r.Body.Auth.SenderIndex)
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)
 	}
