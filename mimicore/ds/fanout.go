@@ -79,6 +79,20 @@ func (b *fanoutBuilder) post(msg, sender []byte, g *mls.GroupState, skip int64, 
 		Except: m.except, Join: m.join, Leave: m.leave}
 }
 
+// seedMembers sets the group post's Members to the local members of base,
+// the epoch the post is delivered in, for a group whose local members the
+// store does not know (store.ErrGroupMembersUnknown: a group created
+// before the store recorded them). It reports whether there was a post to
+// complete, which the caller then writes again: once per such group, the
+// only pass over its members that copies each one.
+func (b *fanoutBuilder) seedMembers(base *mls.GroupState) bool {
+	if b.out.Group == nil || b.out.Group.Members != nil {
+		return false
+	}
+	b.out.Group.Members = append([]string{}, b.s.localMembers(base)...)
+	return true
+}
+
 // postFrom delivers msg, sent by the member at leaf self of g, to the
 // other members (post), the sender excepted.
 func (b *fanoutBuilder) postFrom(msg []byte, g *mls.GroupState, self uint32) {

@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -280,5 +281,88 @@ func TestGroupLogMembership(t *testing.T) {
 		if q := h.queued(t, c); len(q) != 0 {
 			t.Fatalf("%s got %d messages after its removal or its own message", c.uri, len(q))
 		}
+	}
+}
+
+// unknownMembers is a store whose groups' local members are unknown, as
+// for a group created before the store recorded them: a post without
+// GroupPost.Members is refused once per group with
+// store.ErrGroupMembersUnknown, and the members it was given are kept.
+type unknownMembers struct {
+	store.Store
+	seeded map[string][]string
+}
+
+func (u *unknownMembers) refuse(f store.Fanout) error {
+	p := f.Group
+	if p == nil {
+		return nil
+	}
+	if _, ok := u.seeded[string(p.GroupID)]; ok {
+		return nil
+	}
+	if p.Members == nil {
+		return store.ErrGroupMembersUnknown
+	}
+	u.seeded[string(p.GroupID)] = p.Members
+	return nil
+}
+
+func (u *unknownMembers) Deliver(ctx context.Context, gid []byte, epoch uint64, f store.Fanout) (store.Delivered, error) {
+	if err := u.refuse(f); err != nil {
+		return store.Delivered{}, err
+	}
+	return u.Store.Deliver(ctx, gid, epoch, f)
+}
+
+func (u *unknownMembers) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Delivered, error) {
+	if err := u.refuse(c.Fanout); err != nil {
+		return store.Delivered{}, err
+	}
+	return u.Store.CommitEpoch(ctx, c)
+}
+
+// TestGroupMembersSeeded checks that the DS completes a post the store
+// refuses for want of the group's local members (a group created before
+// the store recorded them) with the local members of the epoch it is
+// delivered in, and writes it again.
+func TestGroupMembersSeeded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		op   func(t *testing.T, h *harness, alice, bob *tclient)
+	}{
+		{"send_message", func(t *testing.T, h *harness, alice, bob *tclient) {
+			msg, err := alice.m.Protect([]byte("hello"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.mustDo(t, "send_message", signed(t, alice, alice.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
+			read(t, bob, wantOne(t, "bob's message", h.queued(t, bob), alice.uri), "hello")
+		}},
+		{"update_client", func(t *testing.T, h *harness, alice, bob *tclient) {
+			res := commit(t, alice.m, nil, nil, nil)
+			h.mustDo(t, "update_client", commitBody(t, moh.UpdateClient, alice, alice.m, res))
+			alice.m = res.Next
+			follow(t, bob, wantOne(t, "bob's commit", h.queued(t, bob), alice.uri))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.svc.Bindings = &binding.Checker{Unchecked: true}
+			alice := h.newTClient(t, "alice", "phone", false)
+			bob := h.newTClient(t, "bob", "phone", false)
+			gid := []byte("old group")
+			h.mustDo(t, "create_group", createBody(t, alice, gid))
+			res := commit(t, alice.m, addProps(bob), nil, nil)
+			h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
+			alice.m = res.Next
+			joinFrom(t, bob, wantOne(t, "bob's Welcome", h.queued(t, bob), alice.uri))
+			u := &unknownMembers{Store: h.st, seeded: map[string][]string{}}
+			h.svc.Store = u
+			tc.op(t, h, alice, bob)
+			if got := u.seeded[string(gid)]; !slices.Equal(got, []string{alice.uri, bob.uri}) {
+				t.Fatalf("members given to the store %q, want alice and bob", got)
+			}
+		})
 	}
 }

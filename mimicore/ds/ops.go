@@ -183,8 +183,13 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: %w", typ, err)
 	}
-	delivered, err := s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
-		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out})
+	ec := store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
+		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out}
+	delivered, err := s.Store.CommitEpoch(ctx, ec)
+	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
+		ec.Fanout = fan.out
+		delivered, err = s.Store.CommitEpoch(ctx, ec)
+	}
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: another commit for epoch %d was accepted first", typ, base.Epoch())
@@ -234,6 +239,9 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: %w", err)
 	}
 	err = s.Store.AddProposal(ctx, base.GroupID(), base.Epoch(), store.PendingProposal{Ref: ref, Message: enc, Fanout: fan.out})
+	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
+		err = s.Store.AddProposal(ctx, base.GroupID(), base.Epoch(), store.PendingProposal{Ref: ref, Message: enc, Fanout: fan.out})
+	}
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeStaleEpoch, "self_remove_client: the group has left epoch %d", base.Epoch())
@@ -270,6 +278,9 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)
 	}
 	delivered, err := s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
+	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
+		delivered, err = s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
+	}
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeStaleEpoch, "send_message: the group has left epoch %d", base.Epoch())

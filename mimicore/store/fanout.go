@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -72,12 +73,27 @@ type GroupPost struct {
 	// MaxGroupMembershipChanges distinct client URIs, and no client is in
 	// both.
 	Join, Leave []string
+	// Members, when not nil, are all the group's local members before
+	// this post, for a group whose local members the store does not
+	// know: one created before the store recorded them (schema version 7
+	// of the SQLite backend). A post to such a group without Members
+	// fails with ErrGroupMembersUnknown and writes nothing; with them,
+	// they are recorded, see this post (but for Except) and become
+	// members like those of CreateGroup. For a group whose members are
+	// known, Members is ignored. At most MaxGroupMembershipChanges
+	// distinct client URIs.
+	Members []string
 	// Expires ends the post's life in the log; zero means the arrival
 	// time plus DefaultQueueTTL. The log of a group is bounded by expiry
 	// alone: an expired post is skipped by Fetch at once and removed by
 	// DeleteExpired.
 	Expires time.Time
 }
+
+// ErrGroupMembersUnknown reports a GroupPost without Members to a group
+// whose local members the store does not know (GroupPost.Members): the
+// caller posts again with them.
+var ErrGroupMembersUnknown = errors.New("the group's local members are not recorded")
 
 // Delivered reports the outcome of a Fanout that was written.
 type Delivered struct {

@@ -25,11 +25,11 @@ type fanout struct {
 // groupPost is a checked store.GroupPost, copied, its members as JSON
 // arrays (json_each; unnest of a text[] in PostgreSQL).
 type groupPost struct {
-	groupID, msg []byte
-	sender       string
-	except       string
-	join, leave  string // JSON arrays, "" for none
-	expires      time.Time
+	groupID, msg         []byte
+	sender               string
+	except               string
+	join, leave, members string // JSON arrays, "" for none
+	expires              time.Time
 }
 
 // Statements of the group logs.
@@ -44,6 +44,13 @@ const (
 	// the clients in the JSON array ?2 that are not members already.
 	groupJoinSQL = `INSERT INTO group_members (client, group_id, from_seq)
 		SELECT value, ?1, ?3 FROM json_each(?2) WHERE true ON CONFLICT DO NOTHING`
+	// groupKnownSQL reports whether group ?1's local members are recorded.
+	groupKnownSQL = `SELECT members_known FROM mls_groups WHERE group_id = ?1`
+	// groupSeedSQL records the clients of the JSON array ?2 as members of
+	// group ?1 from before post ?3, and the group's members as known.
+	groupSeedSQL = `INSERT INTO group_members (client, group_id, from_seq)
+		SELECT value, ?1, ?3 - 1 FROM json_each(?2) WHERE true ON CONFLICT DO NOTHING`
+	groupKnownSetSQL = `UPDATE mls_groups SET members_known = 1 WHERE group_id = ?1`
 	// groupWaitingSQL lists the clients of the JSON array ?2 that see
 	// post ?3 of group ?1.
 	groupWaitingSQL = `SELECT client FROM group_members
@@ -72,8 +79,12 @@ func newFanout(f store.Fanout) (fanout, error) {
 		for _, l := range []struct {
 			dst     *string
 			clients []string
-		}{{&g.join, p.Join}, {&g.leave, p.Leave}} {
-			if len(l.clients) == 0 {
+			// none is whether an empty list is "": Members are only
+			// when nil, since an empty list records that the group
+			// has no local members.
+			none bool
+		}{{&g.join, p.Join, true}, {&g.leave, p.Leave, true}, {&g.members, p.Members, p.Members == nil}} {
+			if len(l.clients) == 0 && l.none {
 				continue
 			}
 			b, err := json.Marshal(l.clients)
@@ -115,7 +126,7 @@ func (f *fanout) checkGroup(groupID []byte) error {
 func (f *fanout) size() int {
 	n := 0
 	if g := f.group; g != nil {
-		n += len(g.msg) + len(g.groupID) + len(g.sender) + len(g.except) + len(g.join) + len(g.leave)
+		n += len(g.msg) + len(g.groupID) + len(g.sender) + len(g.except) + len(g.join) + len(g.leave) + len(g.members)
 	}
 	for _, qa := range f.local {
 		n += len(qa.msg) + len(qa.groupID) + 32*len(qa.recipients)
@@ -161,6 +172,21 @@ func (s *Store) postTx(ctx context.Context, tx *sql.Tx, g *groupPost, now int64)
 	var seq int64
 	if err := tx.StmtContext(ctx, s.qs.seq).QueryRowContext(ctx).Scan(&seq); err != nil {
 		return 0, fmt.Errorf("taking a sequence number: %w", err)
+	}
+	var known bool
+	if err := tx.QueryRowContext(ctx, groupKnownSQL, g.groupID).Scan(&known); err != nil {
+		return 0, fmt.Errorf("reading the group: %w", err)
+	}
+	if !known {
+		if g.members == "" {
+			return 0, store.ErrGroupMembersUnknown
+		}
+		if _, err := tx.ExecContext(ctx, groupSeedSQL, g.groupID, g.members, seq); err != nil {
+			return 0, fmt.Errorf("recording group members: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, groupKnownSetSQL, g.groupID); err != nil {
+			return 0, fmt.Errorf("recording group members: %w", err)
+		}
 	}
 	exp := now + store.DefaultQueueTTL.Milliseconds()
 	if !g.expires.IsZero() {

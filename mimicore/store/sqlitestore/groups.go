@@ -169,8 +169,8 @@ func (s *Store) CreateGroup(ctx context.Context, c store.GroupCreation) error {
 			return store.ErrGroupExists
 		}
 		if err := tx.QueryRowContext(ctx, `INSERT INTO mls_groups
-			(group_id, epoch, context, interim, conf_tag, width, updated_ms, group_info)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id`,
+			(group_id, epoch, context, interim, conf_tag, width, updated_ms, group_info, members_known)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1) RETURNING id`,
 			id, epoch, st.Context, nonNil(st.InterimTranscriptHash), nonNil(st.ConfirmationTag), st.Width, now,
 			nullBlob(groupInfo)).Scan(&rowID); err != nil {
 			return err

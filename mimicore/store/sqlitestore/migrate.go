@@ -356,6 +356,11 @@ CREATE INDEX outbox_destination ON outbox (destination, id);
 // (group, client). The group id is the MLS group id, not mls_groups.id: a
 // member still reads the posts of a deleted group until they expire.
 //
+// mls_groups.members_known is 1 for a group whose local members
+// group_members records (every group CreateGroup stores from version 7
+// on) and 0 for one created before: a post to it must bring them
+// (store.GroupPost.Members).
+//
 // queue_cursors holds each client's acknowledged cursor: Fetch skips the
 // group log posts at or below it, which Ack cannot delete (other members
 // read them); DeleteExpired removes them.
@@ -365,6 +370,8 @@ CREATE TABLE queue_sequence (
 	last INTEGER NOT NULL CHECK (last >= 0)
 );
 INSERT INTO queue_sequence (id, last) SELECT 1, COALESCE(MAX(last_seq), 0) FROM queue_heads;
+
+ALTER TABLE mls_groups ADD COLUMN members_known INTEGER NOT NULL DEFAULT 0 CHECK (members_known IN (0, 1));
 
 CREATE TABLE queue_cursors (
 	client TEXT    NOT NULL PRIMARY KEY,

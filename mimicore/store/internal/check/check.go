@@ -318,6 +318,9 @@ func GroupPost(p store.GroupPost) error {
 	if _, err := Members("leave", p.Leave); err != nil {
 		return err
 	}
+	if _, err := Members("member", p.Members); err != nil {
+		return err
+	}
 	for _, c := range p.Leave {
 		if join[c] {
 			return fmt.Errorf("client %q both joins and leaves: %w", c, store.ErrInvalid)
