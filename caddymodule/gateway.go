@@ -232,7 +232,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
-	register(ctx.GetMetricsRegistry(), g.logger, storeStats{})
+	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{})
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},
 		Joiners:   ds.StoreJoiners{Store: g.svc.Store()},
@@ -272,7 +272,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
-	g.ds.Outbound = sender.Wake
+	g.ds.Outbound, g.ds.PeerUp = sender.Wake, sender.PeerUp
 	return nil
 }
 

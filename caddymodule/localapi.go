@@ -152,6 +152,7 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 		Keys:               svc.Keys(),
 		MaxBindingLifetime: time.Duration(h.MaxBindingLifetime),
 		Suites:             suites,
+		Peers:              peerKeyPackages{svc: svc},
 	})
 	if err != nil {
 		return fmt.Errorf("mimi_local: %w", err)

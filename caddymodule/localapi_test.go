@@ -792,8 +792,9 @@ func TestLocalAPIClaimKeyPackages(t *testing.T) {
 	}{
 		{"a suite not accepted", "alice", 0x7777, "mimi://example.com/u/bob", moh.CodeForbidden},
 		{"a target that is no URI", "alice", uint16(testSuite), "bob", moh.CodeMalformed},
-		{"another provider's user", "alice", uint16(testSuite), "mimi://example.org/u/bob", moh.CodeNotImplemented},
-		{"another provider's client", "alice", uint16(testSuite), "mimi://example.org/d/bob/phone", moh.CodeNotImplemented},
+		// Claimed through the peer, whose name does not resolve (RFC 6761).
+		{"another provider's user", "alice", uint16(testSuite), "mimi://peer.invalid/u/bob", moh.CodeBackendUnavailable},
+		{"another provider's client", "alice", uint16(testSuite), "mimi://peer.invalid/d/bob/phone", moh.CodeBackendUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st, body := s.post(t, tc.user, "/claim_key_packages", &localapi.ClaimRequest{CipherSuite: tc.suite, Target: []byte(tc.target)})

@@ -2,12 +2,21 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/federation"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // senderPool holds one federation sender per data directory, beside the
@@ -58,3 +67,173 @@ func (g *Gateway) startSender(svc *service.Service) (*federation.Sender, error) 
 	}
 	return v.(*runningSender).sender, nil
 }
+
+// Metrics of the outbox, labelled by data directory (one per provider).
+var (
+	outboxCounterDescs = map[string]*prometheus.Desc{}
+	outboxMessagesDesc = prometheus.NewDesc("caddy_mimi_outbox_messages",
+		"Messages waiting in the outbox for a destination provider.", []string{"data_dir", "destination"}, nil)
+	outboxOldestDesc = prometheus.NewDesc("caddy_mimi_outbox_oldest_age_seconds",
+		"Age of the oldest message waiting in the outbox for a destination provider.", []string{"data_dir", "destination"}, nil)
+	outboxFailuresDesc = prometheus.NewDesc("caddy_mimi_outbox_destination_failures",
+		"Delivery attempts to a destination that failed since its last success.", []string{"data_dir", "destination"}, nil)
+)
+
+func init() {
+	for name, help := range map[string]string{
+		"attempts":  "deliver_message requests the federation sender sent.",
+		"delivered": "Outbox messages a destination accepted.",
+		"retried":   "Delivery attempts that failed and will be retried.",
+		"rejected":  "Outbox messages a destination refused for good, dropped.",
+		"given_up":  "Outbox messages dropped when they reached the give-up age.",
+	} {
+		outboxCounterDescs[name] = prometheus.NewDesc("caddy_mimi_outbox_"+name+"_total", help, []string{"data_dir"}, nil)
+	}
+}
+
+// outboxStats collects the outbox's backlog and the senders' counters at
+// scrape time.
+type outboxStats struct{}
+
+// Describe implements prometheus.Collector.
+func (outboxStats) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range outboxCounterDescs {
+		ch <- d
+	}
+	ch <- outboxMessagesDesc
+	ch <- outboxOldestDesc
+	ch <- outboxFailuresDesc
+}
+
+// Collect implements prometheus.Collector.
+func (outboxStats) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	senderPool.Range(func(key, value any) bool {
+		r, ok := value.(*runningSender)
+		if !ok {
+			return true
+		}
+		dir, _ := key.(string)
+		st := r.sender.Stats()
+		for name, v := range map[string]uint64{"attempts": st.Attempts, "delivered": st.Delivered, "retried": st.Retried,
+			"rejected": st.Rejected, "given_up": st.GivenUp} {
+			ch <- prometheus.MustNewConstMetric(outboxCounterDescs[name], prometheus.CounterValue, float64(v), dir)
+		}
+		for _, d := range r.sender.Status() {
+			ch <- prometheus.MustNewConstMetric(outboxFailuresDesc, prometheus.GaugeValue, float64(d.Failures), dir, d.Destination)
+		}
+		if b, ok := r.sender.Outbox.(store.OutboxBacklog); ok {
+			if list, err := b.OutboxBacklog(ctx); err == nil {
+				for _, x := range list {
+					ch <- prometheus.MustNewConstMetric(outboxMessagesDesc, prometheus.GaugeValue, float64(x.Messages), dir, x.Destination)
+					ch <- prometheus.MustNewConstMetric(outboxOldestDesc, prometheus.GaugeValue, time.Since(x.Oldest).Seconds(), dir, x.Destination)
+				}
+			}
+		}
+		return true
+	})
+}
+
+// adminOutbox is the admin API's view of the outboxes (module
+// admin.api.mimi): GET /mimi/outbox lists, per data directory, each
+// destination's backlog and delivery status; POST
+// /mimi/outbox/retry?destination=<domain> ends that destination's backoff
+// in every sender, so it is tried at once.
+type adminOutbox struct{}
+
+func init() { caddy.RegisterModule(adminOutbox{}) }
+
+// CaddyModule returns the Caddy module information.
+func (adminOutbox) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "admin.api.mimi", New: func() caddy.Module { return new(adminOutbox) }}
+}
+
+// Routes implements caddy.AdminRouter.
+func (a adminOutbox) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/mimi/outbox", Handler: caddy.AdminHandlerFunc(a.list)},
+		{Pattern: "/mimi/outbox/retry", Handler: caddy.AdminHandlerFunc(a.retry)},
+	}
+}
+
+// outboxView is one destination in GET /mimi/outbox.
+type outboxView struct {
+	Destination string    `json:"destination"`
+	Messages    int       `json:"messages"`
+	Oldest      time.Time `json:"oldest,omitzero"`
+	Failures    int       `json:"failures"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+}
+
+func (adminOutbox) list(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
+	}
+	out := map[string][]outboxView{}
+	var failed error
+	senderPool.Range(func(key, value any) bool {
+		rs, ok := value.(*runningSender)
+		if !ok {
+			return true
+		}
+		dir, _ := key.(string)
+		views := map[string]*outboxView{}
+		view := func(d string) *outboxView {
+			if views[d] == nil {
+				views[d] = &outboxView{Destination: d}
+			}
+			return views[d]
+		}
+		if b, ok := rs.sender.Outbox.(store.OutboxBacklog); ok {
+			list, err := b.OutboxBacklog(r.Context())
+			if err != nil {
+				failed = err
+				return false
+			}
+			for _, x := range list {
+				v := view(x.Destination)
+				v.Messages, v.Oldest = x.Messages, x.Oldest
+			}
+		}
+		for _, st := range rs.sender.Status() {
+			v := view(st.Destination)
+			v.Failures, v.LastError, v.LastAttempt, v.LastSuccess, v.NextAttempt = st.Failures, st.LastError, st.LastAttempt, st.LastSuccess, st.NextAttempt
+		}
+		list := make([]outboxView, 0, len(views))
+		for _, v := range views {
+			list = append(list, *v)
+		}
+		slices.SortFunc(list, func(a, b outboxView) int { return strings.Compare(a.Destination, b.Destination) })
+		out[dir] = list
+		return true
+	})
+	if failed != nil {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("reading the outbox: %w", failed)}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(out)
+}
+
+func (adminOutbox) retry(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
+	}
+	dest := r.URL.Query().Get("destination")
+	if !moh.ValidFQDN([]byte(dest)) {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("destination %q is not a provider domain", dest)}
+	}
+	senderPool.Range(func(_, value any) bool {
+		if rs, ok := value.(*runningSender); ok {
+			rs.sender.Wake(dest)
+		}
+		return true
+	})
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+var _ caddy.AdminRouter = adminOutbox{} // interface guard

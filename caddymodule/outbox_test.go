@@ -11,20 +11,25 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
@@ -280,6 +285,36 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 	if len(pending) != burst {
 		t.Fatalf("a's outbox holds %d messages for b while b is down, want %d", len(pending), burst)
 	}
+	// The operator sees the backlog, in the admin API and the metrics.
+	rec := httptest.NewRecorder()
+	if err := (adminOutbox{}).list(rec, httptest.NewRequest(http.MethodGet, "/mimi/outbox", nil)); err != nil {
+		t.Fatal(err)
+	}
+	var view map[string][]outboxView
+	if err := json.Unmarshal(rec.Body.Bytes(), &view); err != nil {
+		t.Fatal(err)
+	}
+	if v := view[a.g.DataDir]; len(v) != 1 || v[0].Destination != "b.localhost" || v[0].Messages != burst || v[0].Oldest.IsZero() {
+		t.Fatalf("admin view of a's outbox: %+v", view[a.g.DataDir])
+	}
+	for dest, want := range map[string]int{"b.localhost": http.StatusNoContent, "not a domain": http.StatusBadRequest} {
+		rec := httptest.NewRecorder()
+		err := (adminOutbox{}).retry(rec, httptest.NewRequest(http.MethodPost, "/mimi/outbox/retry?destination="+url.QueryEscape(dest), nil))
+		var apiErr caddy.APIError
+		if got := rec.Code; err != nil && errors.As(err, &apiErr) {
+			got = apiErr.HTTPStatus
+			if got != want {
+				t.Fatalf("retry of %q: %d, want %d", dest, got, want)
+			}
+		} else if err != nil || got != want {
+			t.Fatalf("retry of %q: %d %v, want %d", dest, got, err, want)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(outboxStats{})
+	if n := gaugeOf(t, reg, "caddy_mimi_outbox_messages", a.g.DataDir, "b.localhost"); n != burst {
+		t.Fatalf("caddy_mimi_outbox_messages for b = %v, want %d", n, burst)
+	}
 
 	// b comes back and talks to a: a's sender resumes at once.
 	b.start(t)
@@ -331,4 +366,29 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 	if again := waitQueue(t, b, bob.uri, 0); len(again) != 1+burst {
 		t.Fatalf("bob's queue holds %d messages, want each of the %d once", len(again), 1+burst)
 	}
+}
+
+// gaugeOf reads the value of metric name labelled with dataDir and
+// destination from reg, or -1.
+func gaugeOf(t *testing.T, reg *prometheus.Registry, name, dataDir, destination string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["data_dir"] == dataDir && labels["destination"] == destination {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	return -1
 }

@@ -34,6 +34,11 @@ type exchange struct {
 	// held is the body memory taken from the in-flight budget, returned
 	// when the request ends.
 	held int64
+
+	// g and done carry the exchange to a worker and its outcome back
+	// (see workerPool); done is kept when the exchange is recycled.
+	g    *Gateway
+	done chan any
 }
 
 // exchanges recycles exchange values: one is needed per request.
@@ -49,10 +54,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	x := exchanges.Get().(*exchange)
-	*x = exchange{w: w, r: r, rt: rt}
+	*x = exchange{w: w, r: r, rt: rt, done: x.done}
 	defer func() {
 		x.release()
-		*x = exchange{} // drop the request's references before reuse
+		*x = exchange{done: x.done} // drop the request's references before reuse
 		exchanges.Put(x)
 	}()
 	if err := g.checkTransport(r); err != nil {
@@ -72,7 +77,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		g.refuse(x, err)
 		return nil
 	}
-	rt.serve(g, x)
+	workers.serve(g, x)
 	return nil
 }
 
@@ -162,7 +167,9 @@ func (g *Gateway) serveClient(x *exchange) {
 	ctx := x.r.Context()
 	req, err := g.ds.Authenticate(ctx, body)
 	if err != nil {
-		g.refuse(x, err)
+		if moh.DSErrorOf(err).Code != moh.CodeNotFound || !g.relayToHub(x, body) {
+			g.refuse(x, err)
+		}
 		return
 	}
 	if len(req.GroupID) > 0 {
@@ -174,7 +181,10 @@ func (g *Gateway) serveClient(x *exchange) {
 	req.Source = x.adm.ClientIP
 	resp, err := g.ds.Handle(ctx, req)
 	if err != nil {
-		g.refuse(x, err)
+		// A group hosted elsewhere: not_found here, relayed to its hub.
+		if moh.DSErrorOf(err).Code != moh.CodeNotFound || !g.relayToHub(x, body) {
+			g.refuse(x, err)
+		}
 		return
 	}
 	g.respond(x, resp)
@@ -361,11 +371,18 @@ func (g *Gateway) refuse(x *exchange, err error) {
 	writeAnswer(x.w, statusOf(code), moh.EncodeError(dsErr))
 }
 
-// logRefusal logs a refused request. Refusals of bad or unwelcome requests
-// are routine (debug); a failure of the gateway itself (backend_unavailable,
+// logRefusal logs a refused request; code is the code err is answered
+// with (moh.DSErrorOf(err).Code). Refusals of bad or unwelcome requests are
+// routine (debug); a failure of the gateway itself (backend_unavailable,
 // or an error without a code) is an error an operator must see, logged
 // through a sampler so that a flood of requests cannot flood the log.
 func (g *Gateway) logRefusal(x *exchange, code moh.Code, err error) {
+	if code != moh.CodeBackendUnavailable && !g.logger.Core().Enabled(zapcore.DebugLevel) {
+		// A routine refusal with debug off: nothing to log. (An error
+		// without a code is answered backend_unavailable.) Checked first,
+		// since finding the coded error costs an allocation per request.
+		return
+	}
 	logger, level := g.logger, zapcore.DebugLevel
 	var coded *moh.Error
 	isCoded := errors.As(err, &coded) || errors.Is(err, wire.ErrMalformed)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
@@ -86,11 +87,15 @@ func TestDeliverMessage(t *testing.T) {
 	}
 }
 
-// fetchQueue long-polls b.localhost's local client API for c's messages
-// after the cursor, acting as c's user, for up to wait seconds.
+// fetchQueue long-polls the local client API of c's provider for c's
+// messages after the cursor, acting as c's user, for up to wait seconds.
 func fetchQueue(t *testing.T, c *mimiClient, user string, after uint64, wait int) []localapi.Message {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "https://b.localhost:9443/local/messages?wait="+strconv.Itoa(wait)+"&after="+
+	prov, _, _, err := moh.ParseClientURI([]byte(c.uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodGet, "https://"+string(prov)+":9443/local/messages?wait="+strconv.Itoa(wait)+"&after="+
 		strconv.FormatUint(after, 10)+"&client="+url.QueryEscape(c.uri), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +123,8 @@ func fetchQueue(t *testing.T, c *mimiClient, user string, after uint64, wait int
 // b.localhost: a's DS accepts the add and the messages, its federation
 // sender delivers them from the outbox to b over TLS 1.3, and bob, a
 // client of b, finds the Welcome and then the message in his queue at b,
-// in order, each once, and reads them.
+// in order, each once, and reads them; bob's reply goes to his own
+// provider, which relays it to the hub, and reaches alice.
 func TestFanOutToPeer(t *testing.T) {
 	startCaddy(t)
 	ringA, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
@@ -190,5 +196,112 @@ func TestFanOutToPeer(t *testing.T) {
 	// Nothing more comes: each was delivered once.
 	if more := fetchQueue(t, bob, "bob", got[1].Seq, 1); len(more) != 0 {
 		t.Fatalf("bob's queue got %d more messages", len(more))
+	}
+
+	// bob answers through his own provider: b does not host the group
+	// and relays his request, unchanged, to the hub it recorded, a; a
+	// accepts it and alice finds it in her queue at a.
+	reply, err := bob.m.Protect([]byte("hello from b"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, raw := get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443/group_operation", "application/octet-stream",
+		bob.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *reply}, 0))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("bob's send_message relayed by b: %d %x", resp.StatusCode, raw)
+	}
+	mine := fetchQueue(t, alice, "alice", 0, 10)
+	if len(mine) != 1 || string(mine[0].Sender) != bob.uri {
+		t.Fatalf("alice's queue at a holds %d messages, want bob's", len(mine))
+	}
+	in, err := mls.DecodeMLSMessage(mine[0].Message)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, plain, err := alice.m.Unprotect(in); err != nil || string(plain) != "hello from b" {
+		t.Fatalf("alice reads %q, %v", plain, err)
+	}
+	// A group b knows no hub for stays not_found there.
+	stranger, err := alice.m.Protect([]byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger.PrivateMessage.GroupID = []byte("a group b never heard of")
+	resp, _ = get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443/group_operation", "application/octet-stream",
+		alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *stranger}, 0))
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("a request for a group b does not know: %d, want 404", resp.StatusCode)
+	}
+}
+
+// postLocal posts v to path of host's local client API as user.
+func postLocal(t *testing.T, host, user, path string, v wire.Marshaler) (int, []byte) {
+	t.Helper()
+	body, err := wire.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPost, "https://"+host+":9443/local"+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("X-Test-User", user)
+	resp, err := client(tls.VersionTLS13).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, raw
+}
+
+// TestClaimRemoteKeyPackages has bob, a client of b.localhost, claim
+// alice's KeyPackage through his own provider's local API: b asks a with
+// connection_key_packages (by user) or group_key_packages (by client),
+// and a hands out its single-use KeyPackage once.
+func TestClaimRemoteKeyPackages(t *testing.T) {
+	startCaddy(t)
+	ringA, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := &binding.Issuer{Domains: []string{"a.localhost"}, Keys: ringA}
+	phone := newMIMIClient(t, issuer, "alice", "claimed-phone", false)
+	laptop := newMIMIClient(t, issuer, "alice", "claimed-laptop", false)
+	for _, c := range []*mimiClient{phone, laptop} {
+		status, body := postLocal(t, "a.localhost", "alice", "/key_packages", &localapi.PublishRequest{ClientURI: []byte(c.uri),
+			KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: mustEncode(t, c.kp)}}})
+		if status != http.StatusOK {
+			t.Fatalf("publishing %s's KeyPackage at a: %d %x", c.uri, status, body)
+		}
+	}
+	claim := func(target string) [][]byte {
+		t.Helper()
+		status, body := postLocal(t, "b.localhost", "bob", "/claim_key_packages",
+			&localapi.ClaimRequest{CipherSuite: uint16(suite), Target: []byte(target)})
+		var list localapi.KeyPackageList
+		if status != http.StatusOK || wire.Unmarshal(body, &list, "KeyPackageList") != nil {
+			t.Fatalf("claim of %s through b: %d %x", target, status, body)
+		}
+		var out [][]byte
+		for _, e := range list.KeyPackages {
+			out = append(out, e.KeyPackage)
+		}
+		return out
+	}
+	// By client: the phone's.
+	if got := claim(phone.uri); len(got) != 1 || !bytes.Equal(got[0], mustEncode(t, phone.kp)) {
+		t.Fatalf("claim of the phone got %d KeyPackages, want the phone's", len(got))
+	}
+	// By user: the laptop's only, the phone's is used up.
+	if got := claim(moh.UserURI("a.localhost", "alice")); len(got) != 1 || !bytes.Equal(got[0], mustEncode(t, laptop.kp)) {
+		t.Fatalf("claim of alice got %d KeyPackages, want the laptop's", len(got))
+	}
+	if got := claim(moh.UserURI("a.localhost", "alice")); len(got) != 0 {
+		t.Fatalf("a second claim of alice got %d KeyPackages, want none left", len(got))
 	}
 }

@@ -114,6 +114,15 @@ a.localhost:9443 {
 			root_ca {DIR}/root-cert.pem
 		}
 	}
+	# a's local client API, for the federation tests (the test header
+	# stands in for an authentication handler).
+	handle_path /local/* {
+		mimi_local {
+			provider a.localhost
+			data_dir {DIR}/a
+			user {http.request.header.X-Test-User}
+		}
+	}
 	respond "not mimi" 404
 }
 

@@ -104,11 +104,13 @@ type Service struct {
 	// see: deliveries a full queue refused. Nil discards it.
 	Logger *zap.Logger
 	// Outbound, when set, is told of each destination provider that an
-	// accepted request left messages for in the outbox, after the write,
-	// and of each provider that a verified provider request came from
-	// (it is reachable): the federation sender's wake-up. It must not
-	// block.
+	// accepted request left messages for in the outbox, after the write:
+	// the federation sender's wake-up. It must not block.
 	Outbound func(destination string)
+	// PeerUp, when set, is told of each provider that a verified provider
+	// request came from (it is reachable again), on every such request:
+	// it must be cheap and must not block.
+	PeerUp func(peer string)
 	// KeyPackageLimits bounds how fast a peer claims one local user's
 	// KeyPackages (group_key_packages, connection_key_packages). Nil
 	// means no bound.
@@ -292,8 +294,8 @@ func (s *Service) ProviderProcessor(typ moh.ProviderRequestType) provider.Proces
 		process = s.connectionKeyPackages
 	}
 	return func(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
-		if s.Outbound != nil {
-			s.Outbound(string(v.Request.Sender)) // the peer is up
+		if s.PeerUp != nil {
+			s.PeerUp(string(v.Request.Sender))
 		}
 		return process(ctx, v)
 	}

@@ -53,7 +53,7 @@ func TestDeliverMessage(t *testing.T) {
 	// The Welcome introduces the group: c.example is its hub. erin is
 	// not a client here, and neither is a client id that is no URI.
 	var woken []string
-	h.svc.Outbound = func(d string) { woken = append(woken, d) }
+	h.svc.PeerUp = func(d string) { woken = append(woken, d) }
 	welcome := queueingPayload(t, gid, res.Welcome, bob.uri, dave.uri, erin.uri, "not a uri")
 	resp, err := h.deliver(t, "c.example", welcome)
 	if err != nil {
@@ -64,7 +64,7 @@ func TestDeliverMessage(t *testing.T) {
 		t.Fatalf("answer %+v, want queueing with erin and the non-URI unknown", resp)
 	}
 	if len(woken) != 1 || woken[0] != "c.example" {
-		t.Fatalf("woken %q, want c.example: a peer that delivers is up", woken)
+		t.Fatalf("PeerUp of %q, want c.example: a peer that delivers is up", woken)
 	}
 	if hub, err := h.st.GroupHub(t.Context(), gid); err != nil || hub != "c.example" {
 		t.Fatalf("hub %q, %v; want c.example recorded by the Welcome", hub, err)

@@ -2,6 +2,7 @@ package ds
 
 import (
 	"bytes"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,5 +109,46 @@ func TestKeyPackagesForPeers(t *testing.T) {
 				t.Fatalf("answer %v, want %s", err, tc.code)
 			}
 		})
+	}
+}
+
+// TestKeyPackagesRacingClaims has 50 peers' requests claim one client's
+// KeyPackages at once: each single-use KeyPackage goes to exactly one of
+// them, and the rest get the last-resort one.
+func TestKeyPackagesRacingClaims(t *testing.T) {
+	h := newHarness(t)
+	const singles, claims = 30, 50
+	var want [][]byte
+	for range singles {
+		want = append(want, h.publish(t, h.newTClient(t, "bob", "phone", false), false))
+	}
+	last := h.publish(t, h.newTClient(t, "bob", "phone", false), true)
+	uri := moh.ClientURI(testProvider, "bob", "phone")
+	payload := mustMarshal(t, &moh.GroupKeyPackagesRequest{Requester: []byte(moh.UserURI("c.example", "carol")),
+		ClientIDs: [][]byte{[]byte(uri)}})
+	got := make([][]byte, claims)
+	var wg sync.WaitGroup
+	for i := range claims {
+		wg.Go(func() {
+			resp, err := h.peerAsk(t, moh.GroupKeyPackages, "c.example", payload)
+			if err != nil || len(resp.KeyPackages) != 1 {
+				t.Errorf("claim %d: %+v, %v", i, resp, err)
+				return
+			}
+			got[i] = resp.KeyPackages[0]
+		})
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	for _, kp := range got {
+		seen[string(kp)]++
+	}
+	for i, kp := range want {
+		if seen[string(kp)] != 1 {
+			t.Fatalf("single-use KeyPackage %d was handed out %d times", i, seen[string(kp)])
+		}
+	}
+	if seen[string(last)] != claims-singles {
+		t.Fatalf("the last-resort KeyPackage was handed out %d times, want %d", seen[string(last)], claims-singles)
 	}
 }

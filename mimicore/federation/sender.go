@@ -15,9 +15,11 @@ package federation
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,6 +90,23 @@ type Stats struct {
 	GivenUp uint64
 }
 
+// DestinationStatus is what a Sender knows of one destination, for the
+// operator.
+type DestinationStatus struct {
+	// Destination is the provider domain.
+	Destination string
+	// LastAttempt and LastSuccess are the times of the last request sent
+	// and of the last message it accepted (zero for never).
+	LastAttempt, LastSuccess time.Time
+	// Failures counts the attempts that failed since the last success.
+	Failures int
+	// LastError describes the last failure ("" after a success).
+	LastError string
+	// NextAttempt is when the worker tries again after a failure (zero
+	// when it is not backing off).
+	NextAttempt time.Time
+}
+
 // Sender drains an outbox. Its fields are set before Run and not changed
 // afterwards.
 type Sender struct {
@@ -107,6 +126,7 @@ type Sender struct {
 
 	mu      sync.Mutex
 	wakes   map[string]chan struct{} // one per destination with a worker
+	status  map[string]*DestinationStatus
 	spawn   func(destination string) // set by Run
 	running bool
 	stats   struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
@@ -116,6 +136,53 @@ type Sender struct {
 func (s *Sender) Stats() Stats {
 	return Stats{Attempts: s.stats.attempts.Load(), Delivered: s.stats.delivered.Load(), Retried: s.stats.retried.Load(),
 		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load()}
+}
+
+// Status lists what the sender knows of each destination it has worked
+// for, in byte order of the domain.
+func (s *Sender) Status() []DestinationStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]DestinationStatus, 0, len(s.status))
+	for _, st := range s.status {
+		out = append(out, *st)
+	}
+	slices.SortFunc(out, func(a, b DestinationStatus) int { return strings.Compare(a.Destination, b.Destination) })
+	return out
+}
+
+// note updates destination's status under the lock.
+func (s *Sender) note(dest string, update func(*DestinationStatus)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status == nil {
+		s.status = map[string]*DestinationStatus{}
+	}
+	st := s.status[dest]
+	if st == nil {
+		st = &DestinationStatus{Destination: dest}
+		s.status[dest] = st
+	}
+	update(st)
+}
+
+// PeerUp tells the sender that a request from destination just arrived,
+// so it is reachable again: a worker backing off after failures tries it
+// at once. It costs a map lookup when the destination is not backing off
+// (the common case: it is called for every provider request), and never
+// blocks.
+func (s *Sender) PeerUp(destination string) {
+	s.mu.Lock()
+	st := s.status[destination]
+	backingOff := st != nil && !st.NextAttempt.IsZero()
+	ch := s.wakes[destination]
+	s.mu.Unlock()
+	if backingOff && ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Wake tells the sender that destination has new messages, or that it is
@@ -221,6 +288,8 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 			// Full jitter on the upper half: spread retries of many
 			// gateways without ever retrying at once.
 			wait = backoff/2 + rand.N(backoff/2+1)
+			next := s.now().Add(wait)
+			s.note(dest, func(st *DestinationStatus) { st.NextAttempt = next })
 		}
 		var timer *time.Timer
 		var fire <-chan time.Time
@@ -232,6 +301,7 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 		case <-ctx.Done():
 		case <-wake:
 			backoff = 0 // new messages, or the peer is back
+			s.note(dest, func(st *DestinationStatus) { st.NextAttempt = time.Time{} })
 		case <-fire:
 		}
 		if timer != nil {
@@ -315,25 +385,38 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		return true
 	}
 	s.stats.attempts.Add(1)
+	at := s.now()
 	a, err := s.Transport.Send(ctx, e.Sender, e.Destination, moh.DeliverMessage, payload)
+	failed := func(why string) {
+		s.note(e.Destination, func(st *DestinationStatus) {
+			st.LastAttempt, st.LastError = at, why
+			st.Failures++
+		})
+	}
 	switch {
 	case err != nil && (a == nil || a.Status == 0):
 		s.stats.retried.Add(1)
+		failed(err.Error())
 		log.Warn("delivering a message failed; will retry", zap.Error(err))
 		return false
 	case a.Status == http.StatusOK && a.Response.Type == moh.ResponseQueueing:
 		s.stats.delivered.Add(1)
+		s.note(e.Destination, func(st *DestinationStatus) {
+			st.LastAttempt, st.LastSuccess, st.LastError, st.Failures = at, at, "", 0
+		})
 		if n := len(a.Response.Queueing.Unknown); n > 0 {
 			log.Warn("the destination does not know some recipients", zap.Int("unknown", n))
 		}
 		return true
 	case retryable(a.Status):
 		s.stats.retried.Add(1)
+		failed(fmt.Sprintf("status %d %s", a.Status, a.Response.Error.Code))
 		log.Warn("the destination refused a message for now; will retry", zap.Int("status", a.Status),
 			zap.String("code", a.Response.Error.Code.String()))
 		return false
 	default:
 		s.stats.rejected.Add(1)
+		failed(fmt.Sprintf("status %d %s: message dropped", a.Status, a.Response.Error.Code))
 		log.Error("the destination refused a message; dropped", zap.Int("status", a.Status),
 			zap.String("code", a.Response.Error.Code.String()), zap.ByteString("message", a.Response.Error.Message))
 		return true

@@ -72,6 +72,21 @@ type Config struct {
 	Suites []mls.CipherSuite
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Peers claims KeyPackages of other providers' users and clients
+	// (their connection_key_packages and group_key_packages). Nil answers
+	// such claims not_implemented.
+	Peers PeerKeyPackages
+}
+
+// PeerKeyPackages claims KeyPackages from another provider for one of this
+// provider's users (docs/protocol.md §4.2).
+type PeerKeyPackages interface {
+	// ClaimUser claims one KeyPackage of each client of the user userURI
+	// of provider peer, for requester (a user URI of this provider).
+	ClaimUser(ctx context.Context, requester, peer string, userURI []byte) ([][]byte, error)
+	// ClaimClient claims one KeyPackage of the client clientURI of
+	// provider peer; none is an empty list.
+	ClaimClient(ctx context.Context, requester, peer string, clientURI []byte) ([][]byte, error)
 }
 
 // API is the local client API over one provider's store and keys. It is
@@ -298,7 +313,7 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 	var kps []store.KeyPackage
 	if prov, u, err := moh.ParseUserURI(req.Target); err == nil {
 		if !slices.Contains(a.cfg.Domains, string(prov)) {
-			return nil, errOtherProvider
+			return a.claimRemote(ctx, user, string(prov), req, true)
 		}
 		prefix := moh.ClientURI(string(prov), string(u), "")
 		if kps, err = a.cfg.Store.ClaimKeyPackagesByPrefix(ctx, prefix, req.CipherSuite); err != nil {
@@ -306,7 +321,7 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 		}
 	} else if prov, _, _, err := moh.ParseClientURI(req.Target); err == nil {
 		if !slices.Contains(a.cfg.Domains, string(prov)) {
-			return nil, errOtherProvider
+			return a.claimRemote(ctx, user, string(prov), req, false)
 		}
 		kp, err := a.cfg.Store.ClaimKeyPackage(ctx, string(req.Target), req.CipherSuite)
 		switch {
@@ -326,8 +341,36 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 	return out, nil
 }
 
-// errOtherProvider refuses a claim of another provider's KeyPackages.
-var errOtherProvider = moh.Errorf(moh.CodeNotImplemented, "KeyPackages of another provider's users are claimed through federation, which this gateway does not do yet")
+// claimRemote claims the KeyPackages of another provider's user or client
+// through that provider, for user as a user of this provider's first
+// domain. Only KeyPackages of the requested suite are answered: a peer's
+// request names no suite, so it may hand out others, which are dropped
+// (and consumed; a client that wants them back publishes more).
+func (a *API) claimRemote(ctx context.Context, user, peer string, req *ClaimRequest, byUser bool) ([]KeyPackageEntry, error) {
+	if a.cfg.Peers == nil {
+		return nil, moh.Errorf(moh.CodeNotImplemented, "KeyPackages of another provider's users are claimed through federation, which this gateway does not do")
+	}
+	requester := moh.UserURI(a.cfg.Domains[0], user)
+	var raw [][]byte
+	var err error
+	if byUser {
+		raw, err = a.cfg.Peers.ClaimUser(ctx, requester, peer, req.Target)
+	} else {
+		raw, err = a.cfg.Peers.ClaimClient(ctx, requester, peer, req.Target)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := []KeyPackageEntry{}
+	for _, enc := range raw {
+		var kp mls.KeyPackage
+		if wire.Unmarshal(enc, &kp, "KeyPackage") != nil || uint16(kp.CipherSuite) != req.CipherSuite {
+			continue
+		}
+		out = append(out, KeyPackageEntry{KeyPackage: enc})
+	}
+	return out, nil
+}
 
 // Fetch answers the messages of clientURI's queue (its personal messages
 // and its groups' logs, store.Queues) after the cursor after, at most

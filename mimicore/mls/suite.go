@@ -129,6 +129,16 @@ func (cs CipherSuite) AEADNonceSize() int {
 	return 0
 }
 
+// NewAEAD returns the suite's AEAD keyed with key (AEADKeySize bytes), for
+// constructions on top of MLS such as attachment encryption.
+func (cs CipherSuite) NewAEAD(key []byte) (cipher.AEAD, error) {
+	s, err := cs.params()
+	if err != nil {
+		return nil, err
+	}
+	return s.newAEAD(key)
+}
+
 func (s *suite) hash(data ...[]byte) []byte {
 	h := s.newHash()
 	for _, d := range data {

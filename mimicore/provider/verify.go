@@ -2,6 +2,7 @@ package provider
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -33,6 +34,8 @@ type Verifier struct {
 	Peers PeerPolicy
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	ed edKeys // senders' Ed25519 keys, decoded and precomputed
 }
 
 // Verified is a provider request whose envelope checks all passed.
@@ -100,10 +103,26 @@ func (v *Verifier) VerifyWith(ctx context.Context, raw []byte, want moh.Provider
 	if err != nil {
 		return nil, fmt.Errorf("encoding signed fields: %w", err)
 	}
-	if err := VerifyWithLabel(key, moh.ProviderRequestLabel, signed, req.Signature); err != nil {
+	if err := v.verifySignature(key, signed, req.Signature); err != nil {
 		return nil, &moh.Error{Code: moh.CodeBadSignature, Message: "provider signature does not verify", Err: err}
 	}
 	return &Verified{Request: req, Digest: sha256.Sum256(signed)}, nil
+}
+
+// verifySignature is VerifyWithLabel under moh.ProviderRequestLabel, with
+// the same verdicts, through the Verifier's cache of decoded Ed25519 keys.
+func (v *Verifier) verifySignature(key *moh.VerificationKey, signed, sig []byte) error {
+	if key.Scheme != moh.SchemeEd25519 || len(key.PublicKey) != ed25519.PublicKeySize {
+		return VerifyWithLabel(key, moh.ProviderRequestLabel, signed, sig)
+	}
+	msg, err := signContent(moh.ProviderRequestLabel, signed)
+	if err != nil {
+		return err
+	}
+	if !v.ed.verify(key.PublicKey, msg, sig) {
+		return fmt.Errorf("verifying signature: %w", ErrBadSignature)
+	}
+	return nil
 }
 
 func (v *Verifier) now() time.Time {

@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -114,6 +115,7 @@ func Run(ctx context.Context, args []string, ev Env) int {
 	state := fs.String("state", getenv("MIMI_STATE"), "the client's state directory (env MIMI_STATE)")
 	caFile := fs.String("ca", getenv("MIMI_CA"), "PEM file of the roots that verify the gateway's certificate (env MIMI_CA; default the system roots)")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on each command's requests (recv adds its -wait)")
+	connect := fs.String("connect", getenv("MIMI_CONNECT"), "host:port to connect to instead of the gateway's resolved address, TLS still checked against its name (env MIMI_CONNECT; for gateways on one machine under names that do not resolve)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -146,6 +148,18 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		e.cfg.HTTPClient = ev.HTTPClient
 		if e.cfg.HTTPClient == nil {
 			e.cfg.HTTPClient = client.NewHTTPClient(roots)
+			if *connect != "" {
+				if _, _, err := net.SplitHostPort(*connect); err != nil {
+					return usagef("-connect %q is not host:port", *connect)
+				}
+				tr := e.cfg.HTTPClient.Transport.(*http.Transport).Clone()
+				dialer := &net.Dialer{Timeout: 10 * time.Second}
+				addr := *connect
+				tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+					return dialer.DialContext(ctx, network, addr)
+				}
+				e.cfg.HTTPClient = &http.Client{Transport: tr}
+			}
 		}
 		if *user != "" {
 			pw := getenv("MIMI_PASSWORD")

@@ -42,7 +42,7 @@ func benchCmd(args []string) error {
 	fs.IntVar(&f.pool, "pool", 40000, "signed requests signed before the signed run (its upper bound)")
 	fs.IntVar(&f.tokens, "tokens", 40000, "tokens minted before the token run (its upper bound)")
 	fs.IntVar(&f.slices, "slices", 1, "split each run into this many slices, alternating bare and the mode (bare, mode, bare, mode, ...), so that load from elsewhere on the machine weighs on both alike")
-	fs.StringVar(&f.metrics, "metrics", "", "URL of Caddy's Prometheus metrics (admin /metrics): report the store's commits (fsyncs) per second and mean batch size of each mode's slices")
+	fs.StringVar(&f.metrics, "metrics", "", "URL of Caddy's Prometheus metrics (admin /metrics): report the store's commits (fsyncs) per second and mean batch size of each mode's slices, and Caddy's CPU time per request of each mode and of bare")
 	fs.IntVar(&f.recipients, "recipients", 4, "send mode: members of the group besides the sender, each getting every message in its queue")
 	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
 	fs.Parse(args)
@@ -101,17 +101,20 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 	modeCfg := prep.cfg
 	modeCfg.duration = slice.duration
 	off := 0
-	var commits, writes float64
+	var store, bareCPU, modeCPU counters // sums over the slices
 	for i := range n {
+		c0, err0 := readCounters(ctx, f.metrics)
 		b := t.run(ctx, "bare", http.StatusOK, bareCfg)
-		c0, w0, err0 := storeCounters(ctx, f.metrics)
+		c1, err1 := readCounters(ctx, f.metrics)
 		m := t.run(ctx, prep.mode, prep.expected, modeCfg.offset(off))
-		c1, w1, err1 := storeCounters(ctx, f.metrics)
-		if f.metrics != "" && err0 == nil && err1 == nil {
-			commits += c1 - c0
-			writes += w1 - w0
+		c2, err2 := readCounters(ctx, f.metrics)
+		if f.metrics != "" && err0 == nil && err1 == nil && err2 == nil {
+			bareCPU.cpu += c1.cpu - c0.cpu
+			modeCPU.cpu += c2.cpu - c1.cpu
+			store.commits += c2.commits - c1.commits
+			store.writes += c2.writes - c1.writes
 		} else if f.metrics != "" {
-			fmt.Printf("# metrics: %v\n", errors.Join(err0, err1))
+			fmt.Printf("# metrics: %v\n", errors.Join(err0, err1, err2))
 		}
 		off += m.consumed
 		if i == 0 {
@@ -125,27 +128,40 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 			break
 		}
 	}
-	if commits > 0 {
-		mode.CommitsPerSec = round(commits/mode.elapsed.Seconds(), 1)
-		mode.MeanBatch = round(writes/commits, 2)
+	if store.commits > 0 {
+		mode.CommitsPerSec = round(store.commits/mode.elapsed.Seconds(), 1)
+		mode.MeanBatch = round(store.writes/store.commits, 2)
+	}
+	if bare.Requests > 0 && bareCPU.cpu > 0 {
+		bare.ServerCPU = round(bareCPU.cpu/float64(bare.Requests)*1e6, 1)
+	}
+	if mode.Requests > 0 && modeCPU.cpu > 0 {
+		mode.ServerCPU = round(modeCPU.cpu/float64(mode.Requests)*1e6, 1)
 	}
 	return bare, mode
 }
 
-// storeCounters reads the sums over data directories of the store's
-// commits and writes from Caddy's metrics at url; nothing when url is
-// empty.
-func storeCounters(ctx context.Context, url string) (commits, writes float64, err error) {
+// counters are the values mimiload reads from Caddy's metrics: the
+// store's commits and writes (summed over data directories) and the CPU
+// time of the Caddy process in seconds (process_cpu_seconds_total, in
+// clock ticks of 10 ms on Linux).
+type counters struct {
+	commits, writes, cpu float64
+}
+
+// readCounters reads the counters from Caddy's metrics at url; nothing
+// when url is empty.
+func readCounters(ctx context.Context, url string) (c counters, err error) {
 	if url == "" {
-		return 0, 0, nil
+		return c, nil
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, 0, err
+		return c, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0, fmt.Errorf("reading metrics: %w", err)
+		return c, fmt.Errorf("reading metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
@@ -166,12 +182,14 @@ func storeCounters(ctx context.Context, url string) (commits, writes float64, er
 		}
 		switch metric {
 		case "caddy_mimi_store_commits_total":
-			commits += v
+			c.commits += v
 		case "caddy_mimi_store_writes_total":
-			writes += v
+			c.writes += v
+		case "process_cpu_seconds_total":
+			c.cpu = v
 		}
 	}
-	return commits, writes, sc.Err()
+	return c, sc.Err()
 }
 
 // bareConfig is the baseline run: requests of the mode's shape (method,
@@ -297,8 +315,10 @@ func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepa
 		}, shape: request{method: http.MethodGet, header: map[string]string{"Authorization": toks[0]}}}, nil
 	case "send":
 		return prepareSend(ctx, t, f)
+	case "deliver":
+		return prepareDeliver(ctx, t, f)
 	case "bare":
 		return &prepared{mode: "bare", expected: http.StatusOK, cfg: t.bareConfig(f, request{})}, nil
 	}
-	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, send, bare)", mode)
+	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, send, deliver, bare)", mode)
 }

@@ -170,6 +170,10 @@ type result struct {
 	// commit, from Caddy's metrics (-metrics).
 	CommitsPerSec float64 `json:"store_commits_per_s,omitempty"`
 	MeanBatch     float64 `json:"store_mean_batch,omitempty"`
+	// ServerCPU is the CPU time of the Caddy process per request of the
+	// run, in microseconds, from Caddy's metrics (-metrics); Caddy runs
+	// nothing else meanwhile, so it is the server's cost of a request.
+	ServerCPU float64 `json:"server_cpu_us_per_req,omitempty"`
 
 	lat      []time.Duration // sorted latencies of the answered requests
 	elapsed  time.Duration
@@ -320,6 +324,9 @@ func (r *result) print() {
 	}
 	if r.Exhausted {
 		fmt.Print("  [pool used up before the duration]")
+	}
+	if r.ServerCPU > 0 {
+		fmt.Printf("  server CPU %.0f us/req", r.ServerCPU)
 	}
 	if r.CommitsPerSec > 0 {
 		fmt.Printf("  store: %.0f commits/s, %.2f writes per commit", r.CommitsPerSec, r.MeanBatch)

@@ -26,6 +26,11 @@
 //     b checks the client signature and the epoch and delivers each
 //     message to the recipients' queues in one durable write. The group's
 //     clients carry bindings issued with b's key ring (D/b/keys).
+//   - deliver: distinct deliver_message requests signed by a.localhost,
+//     the hub of a group (introduced to b by a Welcome first) with
+//     -recipients clients on b, each a distinct message; b verifies, checks
+//     the hub and appends to the queues with the duplicate and replay
+//     records in one durable write.
 //   - bare: GET /bare, answered by Caddy's respond on the same site,
 //     without the mimi handler. bench runs it next to every other mode.
 //

@@ -25,6 +25,11 @@ const (
 		WHERE replay_requests.expires_ms <= ?6`
 )
 
+// errReplayNotFound is FindReplay's answer for a request id without an
+// alive entry, the answer to almost every request: built once, since
+// wrapping it afresh allocated on every request.
+var errReplayNotFound = fmt.Errorf("finding replay entry: %w", store.ErrNotFound)
+
 // FindReplay implements store.ReplayLog.
 func (s *Store) FindReplay(ctx context.Context, sender string, requestID []byte) (store.ReplayEntry, error) {
 	const doing = "finding replay entry"
@@ -38,11 +43,11 @@ func (s *Store) FindReplay(ctx context.Context, sender string, requestID []byte)
 	if s.known != nil && !s.known.MayContain(s.known.Key(sender, requestID), now) {
 		// Never inserted by this Store, the file's only writer, nor
 		// found alive when it opened.
-		return store.ReplayEntry{}, fmt.Errorf("%s: %w", doing, store.ErrNotFound)
+		return store.ReplayEntry{}, errReplayNotFound
 	}
 	e, err := scanReplayEntry(s.rs.replayFind.QueryRowContext(ctx, sender, requestID, now))
 	if errors.Is(err, sql.ErrNoRows) {
-		return store.ReplayEntry{}, fmt.Errorf("%s: %w", doing, store.ErrNotFound)
+		return store.ReplayEntry{}, errReplayNotFound
 	}
 	if err != nil {
 		return store.ReplayEntry{}, s.fail(doing, err)

@@ -1,0 +1,44 @@
+package caddymodule
+
+import (
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// relayToHub relays a client's DSRequest that this gateway's DS answered
+// not_found to the group's hub, when the group is hosted by another
+// provider that this one knows as its hub (docs/protocol.md §9,
+// followers): body goes unchanged to the same path of the hub's DS, over
+// TLS 1.3 with the federation policy, and the hub's answer comes back
+// unchanged. It reports whether it answered; when it did not, the caller
+// sends its own not_found. A hub that cannot be reached is 503
+// backend_unavailable, logged with its cause.
+func (g *Gateway) relayToHub(x *exchange, body []byte) bool {
+	ctx := x.r.Context()
+	hub, err := g.ds.HubElsewhere(ctx, body)
+	if err != nil {
+		g.refuse(x, err)
+		return true
+	}
+	if hub == "" {
+		return false
+	}
+	ans, err := g.svc.Fetcher().Relay(ctx, hub, x.rt.path, body)
+	if err != nil {
+		g.sampled.Warn("relaying a client request to the group's hub failed", zap.String("hub", hub),
+			zap.String("endpoint", x.rt.path), zap.Error(err))
+		g.refuse(x, moh.Errorf(moh.CodeBackendUnavailable, "the group's hub %s could not be reached", hub))
+		return true
+	}
+	var r moh.DSResponse
+	if wire.Unmarshal(ans.Body, &r, "DSResponse") != nil {
+		g.sampled.Warn("the group's hub answered a relayed request with something other than a DSResponse",
+			zap.String("hub", hub), zap.Int("status", ans.Status))
+		g.refuse(x, moh.Errorf(moh.CodeBackendUnavailable, "the group's hub %s answered nonsense", hub))
+		return true
+	}
+	writeAnswer(x.w, ans.Status, ans.Body)
+	return true
+}

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Two providers on one machine, each its own Caddy with the mimi plugin:
+# a.localhost on 127.0.0.1:$PORT_A and b.localhost on 127.0.0.1:$PORT_B,
+# with certificates of one shared local CA, federated over loopback.
+#
+#   examples/federation/run.sh           the scenario below, then stop
+#   examples/federation/run.sh crash     the scenario, then kill -9 of a
+#                                        during a burst of messages to b
+#   KEEP=1 ...                           keep the temporary directory
+#
+# Scenario (with mimictl, each user through their own provider's local
+# client API): alice of a creates a group and adds bob of b (a claims bob's
+# KeyPackage from b); a's outbox delivers the Welcome to b; bob joins (b
+# relays his welcome_info to a, the group's hub); they exchange messages
+# (bob's go through b, relayed to a); alice removes bob.
+#
+# crash: alice sends a burst of messages while a is killed with SIGKILL
+# and restarted; every message whose send was acknowledged must reach bob
+# exactly once and in order, through a's outbox after the restart.
+#
+# Everything listens on 127.0.0.1; nothing leaves the machine, and nothing
+# is written outside a temporary directory (and the Go build cache).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PORT_A=${PORT_A:-18443}
+PORT_B=${PORT_B:-28443}
+mode=${1:-scenario}
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "building caddy, mimictl and the CA helper"
+./xcaddy.sh "$tmp/caddy" >/dev/null
+go build -o "$tmp/mimictl" ./cmd/mimictl
+go build -o "$tmp/mimiload" ./examples/loadtest/mimiload
+"$tmp/mimiload" setup -dir "$tmp" >/dev/null # the shared root CA: root-cert.pem, root-key.pem
+
+# caddyfile <provider> <port> <admin port> <other provider> <other port> <user> <password hash>
+caddyfile() {
+	local p=$1 port=$2 admin=$3 other=$4 oport=$5 user=$6 hash=$7
+	cat <<CADDY
+{
+	admin 127.0.0.1:$admin
+	skip_install_trust
+	persist_config off
+	default_bind 127.0.0.1
+	https_port $port
+	http_port $((port + 1))
+	storage file_system $tmp/$p/storage
+	pki {
+		ca local {
+			root {
+				format pem_file
+				cert $tmp/root-cert.pem
+				key $tmp/root-key.pem
+			}
+		}
+	}
+	servers {
+		0rtt off
+	}
+}
+
+$p.localhost:$port {
+	tls internal {
+		protocols tls1.3
+	}
+	mimi {
+		provider $p.localhost
+		ds_domain $p.localhost:$port
+		data_dir $tmp/$p/data
+		federation {
+			allow_private_addresses
+			allow_ports $oport
+			resolve $other.localhost 127.0.0.1:$oport
+			root_ca $tmp/root-cert.pem
+		}
+	}
+	handle_path /local/* {
+		basic_auth {
+			$user $hash
+		}
+		mimi_local {
+			provider $p.localhost
+			data_dir $tmp/$p/data
+		}
+	}
+	respond "not a MIMI endpoint" 404
+}
+CADDY
+}
+
+hash() { "$tmp/caddy" hash-password --plaintext "$1"; }
+mkdir -p "$tmp/a" "$tmp/b"
+caddyfile a "$PORT_A" $((PORT_A + 2)) b "$PORT_B" alice "$(hash alice-secret)" >"$tmp/a/Caddyfile"
+caddyfile b "$PORT_B" $((PORT_B + 2)) a "$PORT_A" bob "$(hash bob-secret)" >"$tmp/b/Caddyfile"
+
+declare -A pid
+start() {
+	local p=$1 port=$2
+	# env execs caddy, so $! is caddy's pid (a shell function in between
+	# would make it a subshell's, and a kill would leave caddy running).
+	env HOME="$tmp/$p/home" XDG_DATA_HOME="$tmp/$p/xdg" XDG_CONFIG_HOME="$tmp/$p/xdg" \
+		"$tmp/caddy" run --config "$tmp/$p/Caddyfile" --adapter caddyfile >>"$tmp/$p/caddy.log" 2>&1 &
+	pid[$p]=$!
+	pids+=("$!")
+	for _ in $(seq 1 100); do
+		if curl -fsS --cacert "$tmp/root-cert.pem" --resolve "$p.localhost:$port:127.0.0.1" \
+			"https://$p.localhost:$port/.well-known/mimi/ds-domain" >/dev/null 2>&1; then
+			return 0
+		fi
+		sleep 0.2
+	done
+	echo "$p.localhost did not come up; its log:" >&2
+	tail -20 "$tmp/$p/caddy.log" >&2
+	exit 1
+}
+say "starting a.localhost on 127.0.0.1:$PORT_A and b.localhost on 127.0.0.1:$PORT_B"
+start a "$PORT_A"
+start b "$PORT_B"
+
+alice() {
+	MIMI_USER=alice MIMI_PASSWORD=alice-secret "$tmp/mimictl" -gateway "https://a.localhost:$PORT_A" \
+		-connect "127.0.0.1:$PORT_A" -ca "$tmp/root-cert.pem" -state "$tmp/alice" "$@"
+}
+bob() {
+	MIMI_USER=bob MIMI_PASSWORD=bob-secret "$tmp/mimictl" -gateway "https://b.localhost:$PORT_B" \
+		-connect "127.0.0.1:$PORT_B" -ca "$tmp/root-cert.pem" -state "$tmp/bob" "$@"
+}
+show() { printf '$ %s\n' "$*"; "$@"; }
+
+say "scenario"
+show alice client init mimi://a.localhost/d/alice/laptop
+show bob client init mimi://b.localhost/d/bob/phone
+printf '$ G=$(alice group create)\n'
+G=$(alice group create)
+echo "$G"
+show alice group add "$G" mimi://b.localhost/u/bob
+show bob recv -wait 20s
+show alice send "$G" hello bob
+show bob recv -wait 20s
+show bob send "$G" hi alice
+show alice recv -wait 20s
+show alice group remove "$G" mimi://b.localhost/u/bob
+show bob recv -wait 20s
+
+if [ "$mode" != crash ]; then
+	say "done"
+	exit 0
+fi
+
+say "crash: a burst from alice to bob, a killed with SIGKILL in the middle and restarted"
+bob client publish >/dev/null # bob was removed: fresh KeyPackages for a new group
+G2=$(alice group create)
+alice group add "$G2" mimi://b.localhost/u/bob
+bob recv -wait 20s >/dev/null
+n=${BURST:-150}
+: >"$tmp/acked"
+# The burst runs in the background, one send after the other; a is
+# killed at a moment of the burst, whatever is in flight, and restarted.
+(
+	for i in $(seq 1 "$n"); do
+		if alice send "$G2" "burst $i" 2>/dev/null; then
+			echo "burst $i" >>"$tmp/acked"
+		fi
+	done
+) &
+burst=$!
+kill_at=$((n / 3 + RANDOM % 10))
+while [ "$(wc -l <"$tmp/acked")" -lt "$kill_at" ]; do sleep 0.01; done
+kill -9 "${pid[a]}"
+echo "killed a.localhost (SIGKILL) after $(wc -l <"$tmp/acked") acknowledged sends"
+wait "${pid[a]}" 2>/dev/null || true
+start a "$PORT_A"
+echo "restarted a.localhost; its outbox right after the restart:"
+curl -fsS "http://127.0.0.1:$((PORT_A + 2))/mimi/outbox" || true
+echo
+wait "$burst"
+acked=$(wc -l <"$tmp/acked")
+# bob drains his queue until nothing more comes for 5 s.
+: >"$tmp/got"
+while out=$(bob recv -wait 5s) && [ -n "$out" ]; do
+	printf '%s\n' "$out" | awk -F'\t' '$1 == "message" { print $4 }' >>"$tmp/got"
+done
+got=$(wc -l <"$tmp/got")
+dups=$(sort "$tmp/got" | uniq -d | wc -l)
+echo "sends acknowledged: $acked of $n; messages bob received: $got; duplicates: $dups"
+if ! diff <(grep -Fxf "$tmp/acked" "$tmp/got") "$tmp/acked" >/dev/null; then
+	echo "FAIL: bob did not get every acknowledged message, in order" >&2
+	diff <(grep -Fxf "$tmp/acked" "$tmp/got") "$tmp/acked" >&2 || true
+	exit 1
+fi
+if [ "$dups" -ne 0 ]; then
+	echo "FAIL: bob got duplicates" >&2
+	exit 1
+fi
+echo "OK: every acknowledged message reached bob exactly once, in order (an unacknowledged one may also have)"

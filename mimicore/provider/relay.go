@@ -1,0 +1,61 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// maxRelayAnswer caps the answer of a relayed request: the largest
+// DSResponse a hub sends (a GroupInfo and ratchet tree of a large group).
+const maxRelayAnswer = maxAnswerBody
+
+// Relayed is a peer DS's answer to a relayed client request.
+type Relayed struct {
+	// Status is the HTTP status of the answer.
+	Status int
+	// ContentType is the answer's Content-Type.
+	ContentType string
+	// Body is the answer's body, at most 16 MiB.
+	Body []byte
+}
+
+// Relay posts body, a client's DSRequest, unchanged to path (such as
+// "/group_operation") of the DS of provider domain, discovered as for
+// keys, through the fetcher's transport and its address and TLS policy,
+// and returns the answer unchanged (docs/protocol.md §9: followers relay
+// their clients' requests to the group's hub).
+func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte) (*Relayed, error) {
+	if f.closed() {
+		return nil, fmt.Errorf("relaying to %s: %w", domain, ErrFetcherClosed)
+	}
+	if !strings.HasPrefix(path, "/") {
+		return nil, errors.New("relaying: path must start with /")
+	}
+	authority, err := f.Discover(ctx, domain)
+	if err != nil {
+		return nil, fmt.Errorf("discovering %s: %w", domain, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+authority+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("relaying to %s: %w", authority, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxRelayAnswer+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the answer of %s: %w", authority, err)
+	}
+	if len(raw) > maxRelayAnswer {
+		return nil, fmt.Errorf("the answer of %s exceeds %d bytes", authority, maxRelayAnswer)
+	}
+	return &Relayed{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: raw}, nil
+}
