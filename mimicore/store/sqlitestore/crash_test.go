@@ -290,6 +290,7 @@ func crashCommits(s *Store, id string) error {
 	if err := line("group", g.State); err != nil {
 		return err
 	}
+	first := g.State.Epoch() // commit i starts epoch first + i
 	for i := 1; ; i++ {
 		var props []*mls.Proposal
 		switch {
@@ -309,6 +310,14 @@ func crashCommits(s *Store, id string) error {
 			return err
 		}
 		c.Fanout = crashFanout(id, next.State.Epoch())
+		// Local clients join and leave the group's log with the
+		// commits (crashJoinEpoch, crashLeaveEpoch).
+		if i%crashJoinEvery == 0 {
+			c.Fanout.Group.Join = []string{crashJoiner(id, next.State.Epoch())}
+		}
+		if i%crashLeaveEvery == 0 && i > crashJoinEvery {
+			c.Fanout.Group.Leave = []string{crashJoiner(id, first+uint64((i-1)/crashJoinEvery*crashJoinEvery))}
+		}
 		if err := commitErr(s.CommitEpoch(context.Background(), c)); err != nil {
 			return fmt.Errorf("CommitEpoch to epoch %d: %w", next.State.Epoch(), err)
 		}
@@ -339,6 +348,17 @@ const crashPeer = "crash-peer.example"
 // and messages in the group's log.
 func crashMember(id string) string { return "mimi://crash/" + id + "/member" }
 
+// Every crashJoinEvery-th commit of a group has a local client join its
+// log (crashJoiner), and every crashLeaveEvery-th has the last one that
+// joined before it leave.
+const crashJoinEvery, crashLeaveEvery = 5, 7
+
+// crashJoiner is the local client that joins group id's log with the
+// commit to epoch.
+func crashJoiner(id string, epoch uint64) string {
+	return fmt.Sprintf("mimi://crash/%s/joiner/%d", id, epoch)
+}
+
 // crashFanout is the delivery of group id's commit to epoch.
 func crashFanout(id string, epoch uint64) store.Fanout {
 	msg := []byte(fmt.Sprintf("epoch %d", epoch))
@@ -357,7 +377,9 @@ func crashFanout(id string, epoch uint64) store.Fanout {
 // every acknowledged write is in the reopened database, that every group
 // holds its last acknowledged commit or the one in flight and no
 // half-applied state, with the fan-out of exactly the commits it holds and
-// of every acknowledged message sent between them, that every queue holds
+// of every acknowledged message sent between them (in the group's log, as
+// its creator reads it, and as each client that joined or left the log
+// with a stored commit reads it over its membership), that every queue holds
 // each acknowledged append under its sequence number, that no claimed KeyPackage is available
 // or handed out again, and that the database is intact, three times over.
 func TestCrashDurability(t *testing.T) {
@@ -724,19 +746,55 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 		withLast := append(slices.Clone(want), fmt.Sprintf("msg %d", last))
 		tried, isTried := sendTried[id]
 		acked, isAcked := sendAcked[id]
-		ok := func(got []string) bool {
+		// okIn reports whether got is part(want), with the message of
+		// the last epoch as it may be.
+		okIn := func(got []string, part func([]string) []string) bool {
 			switch {
 			case isAcked && acked == last:
-				return slices.Equal(got, withLast)
+				return slices.Equal(got, part(withLast))
 			case isTried && tried == last:
-				return slices.Equal(got, want) || slices.Equal(got, withLast)
+				return slices.Equal(got, part(want)) || slices.Equal(got, part(withLast))
 			default:
-				return slices.Equal(got, want)
+				return slices.Equal(got, part(want))
 			}
 		}
+		ok := func(got []string) bool { return okIn(got, func(l []string) []string { return l }) }
 		queued, err := crashQueue(ctx, s, crashMember(string(raw)))
 		if err != nil {
 			return 0, err
+		}
+		// Each joiner of a stored commit reads from the post after its
+		// join up to the commit that made it leave, if stored; the
+		// joiner of the commit in flight, if it was not stored, nothing.
+		for e := created[id] + crashJoinEvery; e <= last+1; e += crashJoinEvery {
+			joiner := crashJoiner(string(raw), e)
+			got, err := crashQueue(ctx, s, joiner)
+			if err != nil {
+				return 0, err
+			}
+			if e > last {
+				if len(got) != 0 {
+					return 0, fmt.Errorf("group %s at epoch %d: %s, who joins with the commit to %d, reads %v", raw, last, joiner, e, head(got))
+				}
+				continue
+			}
+			leave := uint64(0)
+			for i := e - created[id] + 1; i <= e-created[id]+crashJoinEvery; i++ {
+				if i%crashLeaveEvery == 0 {
+					leave = created[id] + i
+				}
+			}
+			span := func(l []string) []string {
+				from := slices.Index(l, fmt.Sprintf("epoch %d", e)) + 1
+				if leave != 0 && leave <= last {
+					return l[from : slices.Index(l, fmt.Sprintf("epoch %d", leave))+1]
+				}
+				return l[from:]
+			}
+			if !okIn(got, span) {
+				return 0, fmt.Errorf("group %s at epoch %d: %s (joined at %d, leaves at %d) reads %d messages %v..., want %v",
+					raw, last, joiner, e, leave, len(got), head(got), head(span(want)))
+			}
 		}
 		if !ok(queued) {
 			return 0, fmt.Errorf("group %s at epoch %d: its member's queue holds %d messages %v..., want the %d commits stored and their messages",
