@@ -17,6 +17,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -99,7 +100,8 @@ func newPopulated(b *testing.B, n int) *populated {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := st.CreateGroup(b.Context(), testProvider, g, giEnc); err != nil {
+	if err := st.CreateGroup(b.Context(), store.GroupCreation{Hub: testProvider, State: g, GroupInfo: giEnc,
+		Members: memberURIs(g)}); err != nil {
 		b.Fatal(err)
 	}
 	if err := st.Close(); err != nil {

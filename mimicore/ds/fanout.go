@@ -16,11 +16,13 @@ import (
 )
 
 // fanoutBuilder collects the delivery of the messages one accepted request
-// produces (docs/protocol.md §9, fan-out): each to its recipients' queues
-// when they are clients of a provider this Delivery Service serves, else
-// to the outbox of the provider their client URI names, one message per
-// destination and at most store.MaxOutboxRecipients client ids each. The
-// store writes it together with the state change (store.Fanout).
+// produces (docs/protocol.md §9, fan-out): a message to a group's members
+// goes to the group's log once for all its local members (a
+// store.GroupPost), a personal message (a Welcome) to its local
+// recipients' queues, and either to the outbox of the provider each
+// remote recipient's client URI names, one message per destination and at
+// most store.MaxOutboxRecipients client ids each. The store writes it
+// together with the state change (store.Fanout).
 type fanoutBuilder struct {
 	s       *Service
 	groupID []byte
@@ -31,10 +33,185 @@ type fanoutBuilder struct {
 	skipped int
 }
 
-// add delivers msg, sent by the client sender, to recipients (the
-// BasicCredential identities of members, in leaf order).
+// add delivers msg, sent by the client sender, to the personal queues of
+// recipients (the BasicCredential identities of members, in leaf order).
 func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
-	var local []string
+	local := b.addRemote(msg, recipients)
+	for part := range slices.Chunk(local, store.MaxAppendRecipients) {
+		b.out.Local = append(b.out.Local, store.Delivery{Recipients: part, GroupID: b.groupID, Sender: clientSender(sender),
+			Message: msg, Limits: b.s.QueueLimits})
+	}
+}
+
+// post delivers msg, sent by the client sender, to the members of g but
+// the one at leaf skip (none when skip is negative): once to the group's
+// log for the local ones, whom the store knows (store.GroupPost: except
+// does not get it, join become members after it, leave after it), and
+// through the outbox to the remote ones. A local member is told by its
+// identity's prefix, without a copy, so a post costs O(1) rows and no
+// allocation per local member; a remote member's identity is copied and
+// parsed for its destination. A post that no local client sees or joins
+// after is not written.
+func (b *fanoutBuilder) post(msg, sender []byte, g *mls.GroupState, skip int64, m membership) {
+	prefixes := b.s.localPrefixes()
+	local := false
+	var remote [][]byte
+	for _, i := range g.Tree().Members() {
+		if int64(i) == skip {
+			continue
+		}
+		leaf, _ := g.Member(i)
+		if slices.ContainsFunc(prefixes, leaf.IdentityHasPrefix) {
+			local = true
+			continue
+		}
+		remote = append(remote, leaf.Credential().Identity)
+	}
+	// A member the prefix missed whose URI still names a provider served
+	// here is one of the store's members all the same.
+	if len(b.addRemote(msg, remote)) > 0 {
+		local = true
+	}
+	if !local && len(m.join) == 0 {
+		return
+	}
+	b.out.Group = &store.GroupPost{GroupID: b.groupID, Sender: clientSender(sender), Message: msg,
+		Except: m.except, Join: m.join, Leave: m.leave}
+}
+
+// seedMembers sets the group post's Members to the local members of base,
+// the epoch the post is delivered in, for a group whose local members the
+// store does not know (store.ErrGroupMembersUnknown: a group created
+// before the store recorded them). It reports whether there was a post to
+// complete, which the caller then writes again: once per such group, the
+// only pass over its members that copies each one.
+func (b *fanoutBuilder) seedMembers(base *mls.GroupState) bool {
+	if b.out.Group == nil || b.out.Group.Members != nil {
+		return false
+	}
+	b.out.Group.Members = append([]string{}, b.s.localMembers(base)...)
+	return true
+}
+
+// postFrom delivers msg, sent by the member at leaf self of g, to the
+// other members (post), the sender excepted.
+func (b *fanoutBuilder) postFrom(msg []byte, g *mls.GroupState, self uint32) {
+	var sender []byte
+	var m membership
+	if leaf, ok := g.Member(self); ok {
+		sender = leaf.Credential().Identity
+		if b.s.localClient(sender) {
+			m.except = string(sender)
+		}
+	}
+	b.post(msg, sender, g, int64(self), m)
+}
+
+// membership is what a group post changes of the local members.
+type membership struct {
+	except      string
+	join, leave []string
+}
+
+// commitMembership is what an accepted commit changes of the group's
+// local members: the local clients it added (and an external commit's
+// joiner) join, the local members it removed leave, and a member
+// committer is excepted. Client URIs are unique among a group's members
+// (checkUniqueClients), so a client in both, the joiner of an external
+// commit that removes its own old leaf, stays a member. It costs
+// O(added + removed), not a pass over the members.
+func (s *Service) commitMembership(base, next *mls.GroupState, info *mls.CommitInfo) membership {
+	var m membership
+	var added, removed []string
+	localOf := func(g *mls.GroupState, i uint32) (string, bool) {
+		leaf, ok := g.Member(i)
+		if !ok {
+			return "", false
+		}
+		id := leaf.Credential().Identity
+		return string(id), s.localClient(id)
+	}
+	for _, a := range info.Added {
+		if id, ok := localOf(next, a.Leaf); ok {
+			added = append(added, id)
+		}
+	}
+	switch info.Committer.Type {
+	case mls.SenderNewMemberCommit:
+		if id, ok := localOf(next, info.CommitterLeaf); ok {
+			added = append(added, id)
+		}
+	case mls.SenderMember:
+		if id, ok := localOf(base, info.Committer.Index); ok {
+			m.except = id
+		}
+	}
+	for _, i := range info.Removed {
+		if id, ok := localOf(base, i); ok {
+			removed = append(removed, id)
+		}
+	}
+	m.join, m.leave = missing(added, removed), missing(removed, added)
+	return m
+}
+
+// clientSender is sender as a queued message names it: empty when it is
+// too long to store.
+func clientSender(sender []byte) string {
+	if len(sender) <= store.MaxClientURISize {
+		return string(sender)
+	}
+	return ""
+}
+
+// localClient reports whether identity is a client URI of a provider this
+// Delivery Service serves: a member whose messages it queues here.
+func (s *Service) localClient(identity []byte) bool {
+	prov, _, _, err := moh.ParseClientURI(identity)
+	return err == nil && len(identity) <= store.MaxClientURISize && slices.Contains(s.Providers, string(prov))
+}
+
+// localPrefixes are the prefixes of the client URIs of the providers this
+// Delivery Service serves, "mimi://<provider>/d/".
+func (s *Service) localPrefixes() [][]byte {
+	out := make([][]byte, len(s.Providers))
+	for i, p := range s.Providers {
+		out[i] = []byte("mimi://" + p + "/d/")
+	}
+	return out
+}
+
+// localMembers lists the distinct local clients among g's members, in leaf
+// order: the group's local members when it is created.
+func (s *Service) localMembers(g *mls.GroupState) []string {
+	var out []string
+	for _, i := range g.Tree().Members() {
+		leaf, _ := g.Member(i)
+		if id := leaf.Credential().Identity; s.localClient(id) && !slices.Contains(out, string(id)) {
+			out = append(out, string(id))
+		}
+	}
+	return out
+}
+
+// missing returns, in order, the clients of a that b lacks.
+func missing(a, b []string) []string {
+	in := make(map[string]bool, len(b))
+	for _, c := range b {
+		in[c] = true
+	}
+	var out []string
+	for _, c := range a {
+		if !in[c] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// addRemote queues msg in the outbox for the remote ones among
+// recipients, and returns the local ones.
+func (b *fanoutBuilder) addRemote(msg []byte, recipients [][]byte) (local []string) {
 	var remote []store.OutboxMessage // one per destination, in first-seen order
 	for _, r := range recipients {
 		prov, _, _, err := moh.ParseClientURI(r)
@@ -53,34 +230,13 @@ func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
 		}
 		remote[i].Recipients = append(remote[i].Recipients, string(r))
 	}
-	from := ""
-	if len(sender) <= store.MaxClientURISize {
-		from = string(sender)
-	}
-	for part := range slices.Chunk(local, store.MaxAppendRecipients) {
-		b.out.Local = append(b.out.Local, store.Delivery{Recipients: part, GroupID: b.groupID, Sender: from,
-			Message: msg, Limits: b.s.QueueLimits})
-	}
 	for _, m := range remote {
 		for part := range slices.Chunk(m.Recipients, store.MaxOutboxRecipients) {
 			m.Recipients = part
 			b.out.Remote = append(b.out.Remote, m)
 		}
 	}
-}
-
-// othersOf returns the identity of the member at leaf self, the sender,
-// and those of the other members in leaf order, the recipients.
-func othersOf(g *mls.GroupState, self uint32) (sender []byte, others [][]byte) {
-	for _, i := range g.Tree().Members() {
-		leaf, _ := g.Member(i)
-		if i == self {
-			sender = leaf.Credential().Identity
-			continue
-		}
-		others = append(others, leaf.Credential().Identity)
-	}
-	return sender, others
+	return local
 }
 
 // resolveSender names the group's hub as the sender of the messages for
@@ -156,22 +312,19 @@ func (s *Service) encodeCommitFanout(what string, base, next *mls.GroupState, in
 // commitFanout is the delivery of an accepted commit: the commit to every
 // member of the base epoch but its sender (removed members included, so
 // they learn of it), then each Welcome to the clients whose KeyPackages it
-// names.
+// names. For the local members the commit is a group post whose Join and
+// Leave are the local clients the commit added and removed.
 func (s *Service) commitFanout(base, next *mls.GroupState, info *mls.CommitInfo, commit []byte, welcomes []moh.WelcomePackage, welcomeEnc [][]byte) *fanoutBuilder {
 	b := &fanoutBuilder{s: s, groupID: base.GroupID()}
 	var sender []byte
 	if leaf, ok := next.Member(info.CommitterLeaf); ok {
 		sender = leaf.Credential().Identity
 	}
-	var members [][]byte
-	for _, i := range base.Tree().Members() {
-		if info.Committer.Type == mls.SenderMember && i == info.Committer.Index {
-			continue
-		}
-		leaf, _ := base.Member(i)
-		members = append(members, leaf.Credential().Identity)
+	skip := int64(-1)
+	if info.Committer.Type == mls.SenderMember {
+		skip = int64(info.Committer.Index)
 	}
-	b.add(commit, sender, members)
+	b.post(commit, sender, base, skip, s.commitMembership(base, next, info))
 	joiner := make(map[string][]byte, len(info.Added))
 	for _, a := range info.Added {
 		if leaf, ok := next.Member(a.Leaf); ok {

@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -198,21 +199,170 @@ func TestDelivery(t *testing.T) {
 	bob.m = m
 	wantOutboxOne(t, "the commit removing dave", h.outbox(t, "c.example", &cursor), dave)
 
-	// A full queue refuses its copy alone; the sender's request succeeds
-	// and the operator is told.
+	// A group's messages go to its log, which queue limits do not bound
+	// (it is bounded by expiry): a member whose personal queue holds at
+	// most one message still gets both, and no queue is full.
 	h.svc.QueueLimits = store.QueueLimits{MaxMessages: 1}
-	for i, text := range []string{"one", "two"} {
+	for _, text := range []string{"one", "two"} {
 		msg, err := alice.m.Protect([]byte(text), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		h.mustDo(t, "send_message", signed(t, alice, alice.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
-		if n := logs.FilterMessageSnippet("queue is full").Len(); n != i {
-			t.Fatalf("after message %d, %d full-queue warnings, want %d", i+1, n, i)
-		}
 	}
-	read(t, bob, wantOne(t, "bob's queue of one", h.queued(t, bob), alice.uri), "one")
+	if n := logs.FilterMessageSnippet("queue is full").Len(); n != 0 {
+		t.Fatalf("%d full-queue warnings for group messages", n)
+	}
+	got := h.queued(t, bob)
+	if len(got) != 2 {
+		t.Fatalf("bob got %d messages, want both", len(got))
+	}
+	for i, text := range []string{"one", "two"} {
+		if got[i].Sender != alice.uri {
+			t.Fatalf("bob's message %d is from %s, want %s", i, got[i].Sender, alice.uri)
+		}
+		read(t, bob, mustDecode(t, got[i].Message), text)
+	}
 	if got := h.outbox(t, "c.example", &cursor); len(got) != 0 {
 		t.Fatalf("c.example, with no member left, got %d messages", len(got))
+	}
+}
+
+// TestGroupLogMembership checks the local members' side of the group log:
+// a local client added by a commit gets its Welcome and the group's
+// messages after the commit, not the commit; a local client removed gets
+// the commit that removes it and nothing after; the committer and a
+// message's sender get neither their commit nor their message.
+func TestGroupLogMembership(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	alice := h.newTClient(t, "alice", "phone", false)
+	bob := h.newTClient(t, "bob", "phone", false)
+	carl := h.newTClient(t, "carl", "phone", false)
+	dan := h.newTClient(t, "dan", "phone", false)
+	gid := []byte("membership group")
+	send := func(from *tclient, text string) {
+		t.Helper()
+		msg, err := from.m.Protect([]byte(text), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.mustDo(t, "send_message", signed(t, from, from.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
+	}
+
+	h.mustDo(t, "create_group", createBody(t, alice, gid))
+	res := commit(t, alice.m, addProps(bob, carl), nil, nil)
+	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
+	alice.m = res.Next
+	joinFrom(t, bob, wantOne(t, "bob's Welcome", h.queued(t, bob), alice.uri))
+	joinFrom(t, carl, wantOne(t, "carl's Welcome", h.queued(t, carl), alice.uri))
+	send(alice, "before")
+	read(t, bob, wantOne(t, "bob's first message", h.queued(t, bob), alice.uri), "before")
+	read(t, carl, wantOne(t, "carl's first message", h.queued(t, carl), alice.uri), "before")
+
+	// alice removes bob, then adds dan.
+	res = commit(t, alice.m, []*mls.Proposal{{Type: mls.ProposalRemove, Removed: bob.m.LeafIndex()}}, nil, nil)
+	h.mustDo(t, "remove_users", commitBody(t, moh.RemoveUsers, alice, alice.m, res))
+	alice.m = res.Next
+	if _, err := bob.m.ApplyCommit(wantOne(t, "bob's removal", h.queued(t, bob), alice.uri), nil); err == nil {
+		t.Fatal("bob entered the epoch that removed him")
+	}
+	follow(t, carl, wantOne(t, "carl's removal commit", h.queued(t, carl), alice.uri))
+	res = commit(t, alice.m, addProps(dan), nil, nil)
+	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
+	alice.m = res.Next
+	follow(t, carl, wantOne(t, "carl's add commit", h.queued(t, carl), alice.uri))
+	joinFrom(t, dan, wantOne(t, "dan's Welcome alone", h.queued(t, dan), alice.uri))
+
+	send(carl, "after")
+	read(t, alice, wantOne(t, "alice's message", h.queued(t, alice), carl.uri), "after")
+	read(t, dan, wantOne(t, "dan's message", h.queued(t, dan), carl.uri), "after")
+	for _, c := range []*tclient{bob, carl} {
+		if q := h.queued(t, c); len(q) != 0 {
+			t.Fatalf("%s got %d messages after its removal or its own message", c.uri, len(q))
+		}
+	}
+}
+
+// unknownMembers is a store whose groups' local members are unknown, as
+// for a group created before the store recorded them: a post without
+// GroupPost.Members is refused once per group with
+// store.ErrGroupMembersUnknown, and the members it was given are kept.
+type unknownMembers struct {
+	store.Store
+	seeded map[string][]string
+}
+
+func (u *unknownMembers) refuse(f store.Fanout) error {
+	p := f.Group
+	if p == nil {
+		return nil
+	}
+	if _, ok := u.seeded[string(p.GroupID)]; ok {
+		return nil
+	}
+	if p.Members == nil {
+		return store.ErrGroupMembersUnknown
+	}
+	u.seeded[string(p.GroupID)] = p.Members
+	return nil
+}
+
+func (u *unknownMembers) Deliver(ctx context.Context, gid []byte, epoch uint64, f store.Fanout) (store.Delivered, error) {
+	if err := u.refuse(f); err != nil {
+		return store.Delivered{}, err
+	}
+	return u.Store.Deliver(ctx, gid, epoch, f)
+}
+
+func (u *unknownMembers) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Delivered, error) {
+	if err := u.refuse(c.Fanout); err != nil {
+		return store.Delivered{}, err
+	}
+	return u.Store.CommitEpoch(ctx, c)
+}
+
+// TestGroupMembersSeeded checks that the DS completes a post the store
+// refuses for want of the group's local members (a group created before
+// the store recorded them) with the local members of the epoch it is
+// delivered in, and writes it again.
+func TestGroupMembersSeeded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		op   func(t *testing.T, h *harness, alice, bob *tclient)
+	}{
+		{"send_message", func(t *testing.T, h *harness, alice, bob *tclient) {
+			msg, err := alice.m.Protect([]byte("hello"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.mustDo(t, "send_message", signed(t, alice, alice.m.LeafIndex(), moh.RequestBody{Type: moh.SendMessage, Message: *msg}))
+			read(t, bob, wantOne(t, "bob's message", h.queued(t, bob), alice.uri), "hello")
+		}},
+		{"update_client", func(t *testing.T, h *harness, alice, bob *tclient) {
+			res := commit(t, alice.m, nil, nil, nil)
+			h.mustDo(t, "update_client", commitBody(t, moh.UpdateClient, alice, alice.m, res))
+			alice.m = res.Next
+			follow(t, bob, wantOne(t, "bob's commit", h.queued(t, bob), alice.uri))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.svc.Bindings = &binding.Checker{Unchecked: true}
+			alice := h.newTClient(t, "alice", "phone", false)
+			bob := h.newTClient(t, "bob", "phone", false)
+			gid := []byte("old group")
+			h.mustDo(t, "create_group", createBody(t, alice, gid))
+			res := commit(t, alice.m, addProps(bob), nil, nil)
+			h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
+			alice.m = res.Next
+			joinFrom(t, bob, wantOne(t, "bob's Welcome", h.queued(t, bob), alice.uri))
+			u := &unknownMembers{Store: h.st, seeded: map[string][]string{}}
+			h.svc.Store = u
+			tc.op(t, h, alice, bob)
+			if got := u.seeded[string(gid)]; !slices.Equal(got, []string{alice.uri, bob.uri}) {
+				t.Fatalf("members given to the store %q, want alice and bob", got)
+			}
+		})
 	}
 }

@@ -207,7 +207,7 @@ func newFixture(t testing.TB) *fixture {
 // commits to it.
 func (f *fixture) store(t testing.TB, created *mls.GroupState, commits ...store.EpochCommit) {
 	t.Helper()
-	if err := f.st.CreateGroup(t.Context(), "a.example", created, nil); err != nil {
+	if err := f.st.CreateGroup(t.Context(), store.GroupCreation{Hub: "a.example", State: created}); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range commits {

@@ -252,3 +252,16 @@ func resignGroupInfo(t testing.TB, res *mls.CommitResult, c *tclient, edit func(
 func withoutTree(gi *mls.GroupInfo) {
 	gi.Extensions = slices.DeleteFunc(gi.Extensions, func(e mls.Extension) bool { return e.Type == mls.ExtRatchetTree })
 }
+
+// memberURIs lists the identities of g's members, distinct, in leaf
+// order: the local members of a group whose clients all live here.
+func memberURIs(g *mls.GroupState) []string {
+	var out []string
+	for _, i := range g.Tree().Members() {
+		leaf, _ := g.Member(i)
+		if id := string(leaf.Credential().Identity); !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}

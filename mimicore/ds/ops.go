@@ -97,7 +97,8 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err := s.checkLeafNode(ctx, r, &cg.LeafNode); err != nil {
 		return nil, err
 	}
-	if err := s.Store.CreateGroup(ctx, hub, st, giEnc); err != nil {
+	if err := s.Store.CreateGroup(ctx, store.GroupCreation{Hub: hub, State: st, GroupInfo: giEnc,
+		Members: s.localMembers(st)}); err != nil {
 		if errors.Is(err, store.ErrGroupExists) {
 			return nil, moh.Errorf(moh.CodeGroupExists, "create_group: the group id is already in use")
 		}
@@ -182,8 +183,13 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: %w", typ, err)
 	}
-	delivered, err := s.Store.CommitEpoch(ctx, store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
-		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out})
+	ec := store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
+		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out}
+	delivered, err := s.Store.CommitEpoch(ctx, ec)
+	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
+		ec.Fanout = fan.out
+		delivered, err = s.Store.CommitEpoch(ctx, ec)
+	}
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: another commit for epoch %d was accepted first", typ, base.Epoch())
@@ -228,12 +234,14 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	// The proposal goes to the other members, who must cover it in the
 	// next commit, in the write that keeps it.
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
-	from, to := othersOf(base, self)
-	fan.add(enc, from, to)
+	fan.postFrom(enc, base, self)
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: %w", err)
 	}
 	err = s.Store.AddProposal(ctx, base.GroupID(), base.Epoch(), store.PendingProposal{Ref: ref, Message: enc, Fanout: fan.out})
+	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
+		err = s.Store.AddProposal(ctx, base.GroupID(), base.Epoch(), store.PendingProposal{Ref: ref, Message: enc, Fanout: fan.out})
+	}
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeStaleEpoch, "self_remove_client: the group has left epoch %d", base.Epoch())
@@ -265,12 +273,14 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 		return nil, fmt.Errorf("send_message: encoding the message: %w", err)
 	}
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
-	from, to := othersOf(base, r.Body.Auth.SenderIndex)
-	fan.add(enc, from, to)
+	fan.postFrom(enc, base, r.Body.Auth.SenderIndex)
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)
 	}
 	delivered, err := s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
+	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
+		delivered, err = s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
+	}
 	switch {
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeStaleEpoch, "send_message: the group has left epoch %d", base.Epoch())

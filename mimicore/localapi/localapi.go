@@ -372,12 +372,13 @@ func (a *API) claimRemote(ctx context.Context, user, peer string, req *ClaimRequ
 	return out, nil
 }
 
-// Fetch answers the messages of clientURI's queue after the cursor after,
-// at most limit of them (0: store.DefaultFetchMessages). When there are
-// none it waits up to wait for one to arrive, and answers what arrived, or
-// an empty list when wait passes or ctx ends first (the caller's request
-// ended: the answer goes nowhere). An after beyond the queue's last message
-// is malformed.
+// Fetch answers the messages of clientURI's queue (its personal messages
+// and its groups' logs, store.Queues) after the cursor after, at most
+// limit of them (0: store.DefaultFetchMessages). When there are none it
+// waits up to wait for one to arrive, and answers what arrived, or an
+// empty list when wait passes or ctx ends first (the caller's request
+// ended: the answer goes nowhere). An after beyond the last sequence
+// number the store gave is malformed.
 func (a *API) Fetch(ctx context.Context, user string, clientURI []byte, after uint64, limit int, wait time.Duration) ([]Message, error) {
 	if err := a.Authorize(user, clientURI); err != nil {
 		return nil, err
@@ -425,9 +426,11 @@ func (a *API) fetch(ctx context.Context, client string, after uint64, fl store.F
 	return out, nil
 }
 
-// Ack deletes the messages of req.ClientURI's queue up to and including
-// req.UpTo and answers how many it deleted; acknowledging again deletes
-// nothing. An up_to beyond the queue's last message is malformed.
+// Ack acknowledges the messages of req.ClientURI's queue up to and
+// including req.UpTo (its personal messages are deleted, its groups' log
+// messages no longer answered to it) and answers how many it
+// acknowledged; acknowledging again acknowledges nothing. An up_to beyond
+// the last sequence number the store gave is malformed.
 func (a *API) Ack(ctx context.Context, user string, req *AckRequest) (uint64, error) {
 	if err := a.Authorize(user, req.ClientURI); err != nil {
 		return 0, err

@@ -161,7 +161,9 @@ func (l *KeyPackageList) UnmarshalWire(s *cryptobyte.String) bool {
 //	  opaque message<V>;
 //	} QueuedMessage;
 type Message struct {
-	// Seq is the message's sequence number in the client's queue.
+	// Seq is the message's sequence number: strictly increasing in the
+	// client's queue, with gaps (one sequence is shared by every client,
+	// docs/protocol.md §10.4).
 	Seq uint64
 	// Arrived is when it was queued, in Unix seconds.
 	Arrived uint64
@@ -251,11 +253,13 @@ func (r *AckRequest) UnmarshalWire(s *cryptobyte.String) bool {
 	return readVersion(s) && readURI(s, &r.ClientURI) && s.ReadUint64(&r.UpTo)
 }
 
-// AckAnswer is the answer to an AckRequest: how many messages it deleted.
+// AckAnswer is the answer to an AckRequest: how many messages it
+// acknowledged.
 //
 //	struct { uint16 protocol_version = 1; uint64 deleted; } AckAnswer;
 type AckAnswer struct {
-	// Deleted is how many messages the acknowledgement deleted.
+	// Deleted is how many messages the acknowledgement acknowledged (the
+	// personal ones are deleted; a group log's stay for its other members).
 	Deleted uint64
 }
 

@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 )
 
 // Limits of a Fanout and of the outbox.
@@ -17,6 +20,10 @@ const (
 	MaxOutboxRecipients = 64
 	// MaxOutboxList is the most one OutboxPending returns.
 	MaxOutboxList = 1000
+	// MaxGroupMembershipChanges bounds GroupPost.Join, GroupPost.Leave
+	// and GroupCreation.Members: a group has at most mls.MaxLeaves
+	// members.
+	MaxGroupMembershipChanges = mls.MaxLeaves
 )
 
 // Fanout is the delivery of a message the Delivery Service accepted, to
@@ -26,17 +33,73 @@ const (
 // commit (or message) and its whole delivery, or neither, so no member
 // misses an accepted epoch and none gets a message the DS did not accept.
 type Fanout struct {
+	// Group, when set, is the message for the local members of a group
+	// hosted here: written once to the group's log, whatever the number
+	// of members, before Local.
+	Group *GroupPost
 	// Local are appended to the queues of this provider's clients, as
 	// Queues.Append does, in this order: a recipient of several gets them
-	// with increasing sequence numbers.
+	// with increasing sequence numbers. They are personal messages (a
+	// Welcome, a message to one client); a message for a group's local
+	// members is the Group post.
 	Local []Delivery
 	// Remote are queued for other providers' deliver_message, in this
 	// order (Outbox).
 	Remote []OutboxMessage
 }
 
+// GroupPost is a message for the local members of a group hosted here
+// (Fanout.Group): it is written once, to the group's log, and each local
+// member reads it there (Queues.Fetch) while the log holds it. The store
+// keeps which local clients are members of which group, as ranges of the
+// global sequence: CreateGroup starts them (GroupCreation.Members), and a
+// post's Join and Leave change them. A post is O(1) rows plus a row per
+// Join or Leave, however many members the group has.
+type GroupPost struct {
+	// GroupID is the group, hosted here, 1..MaxIDSize bytes; it must be
+	// the group the Fanout's write is for.
+	GroupID []byte
+	// Sender and Message are as in QueuedMessage.
+	Sender  string
+	Message []byte
+	// Except, when not empty, is the member who does not receive the
+	// post: its sender.
+	Except string
+	// Join are local clients who become members with this post: they see
+	// the group's log from the post after this one. Leave are local
+	// members who stop being members with it: they see this post and
+	// nothing after. A client in Join that is a member already, or in
+	// Leave that is not one, is left as it is. Each is at most
+	// MaxGroupMembershipChanges distinct client URIs, and no client is in
+	// both.
+	Join, Leave []string
+	// Members, when not nil, are all the group's local members before
+	// this post, for a group whose local members the store does not
+	// know: one created before the store recorded them (schema version 7
+	// of the SQLite backend). A post to such a group without Members
+	// fails with ErrGroupMembersUnknown and writes nothing; with them,
+	// they are recorded, see this post (but for Except) and become
+	// members like those of CreateGroup. For a group whose members are
+	// known, Members is ignored. At most MaxGroupMembershipChanges
+	// distinct client URIs.
+	Members []string
+	// Expires ends the post's life in the log; zero means the arrival
+	// time plus DefaultQueueTTL. The log of a group is bounded by expiry
+	// alone: an expired post is skipped by Fetch at once and removed by
+	// DeleteExpired.
+	Expires time.Time
+}
+
+// ErrGroupMembersUnknown reports a GroupPost without Members to a group
+// whose local members the store does not know (GroupPost.Members): the
+// caller posts again with them.
+var ErrGroupMembersUnknown = errors.New("the group's local members are not recorded")
+
 // Delivered reports the outcome of a Fanout that was written.
 type Delivered struct {
+	// Group is the sequence number the Fanout's Group post got, 0 for
+	// none.
+	Group uint64
 	// Local has, per Fanout.Local entry, the outcome of each recipient,
 	// as Queues.Append answers it: a full queue refused the message (the
 	// others, and the state change, were still written).

@@ -64,13 +64,14 @@ const (
 // Group ids are 1..MaxIDSize bytes and hub domains 1..MaxDomainSize bytes
 // (ErrInvalid otherwise).
 type GroupStore interface {
-	// CreateGroup records a new group hosted here with hub as its hub
-	// provider, state as its current state and groupInfo (nil for none)
-	// as the GroupInfo of that epoch; the group id is state.GroupID(). It
-	// fails with ErrGroupExists when the id is already in use, hosted here
-	// or recorded with RecordGroupHub, and leaves the stored group as it
-	// was.
-	CreateGroup(ctx context.Context, hub string, state *mls.GroupState, groupInfo []byte) error
+	// CreateGroup records a new group hosted here: c.Hub as its hub
+	// provider, c.State as its current state, c.GroupInfo (nil for none)
+	// as the GroupInfo of that epoch and c.Members as its local members,
+	// who read the group's log (GroupPost) from the next message on; the
+	// group id is c.State.GroupID(). It fails with ErrGroupExists when the
+	// id is already in use, hosted here or recorded with RecordGroupHub,
+	// and leaves the stored group as it was.
+	CreateGroup(ctx context.Context, c GroupCreation) error
 
 	// GroupInfo returns the current epoch of a group hosted here and the
 	// GroupInfo stored for that epoch (by CreateGroup or the CommitEpoch
@@ -140,7 +141,9 @@ type GroupStore interface {
 	PendingProposals(ctx context.Context, groupID []byte, epoch uint64) ([]PendingProposal, error)
 
 	// DeleteGroup forgets a group: its state, proposals, Welcome trees and
-	// joiners when it is hosted here, and its hub record. An unknown group is
+	// joiners when it is hosted here, and its hub record; its local
+	// members stop being members (they keep reading the posts the group's
+	// log holds up to then, until these expire). An unknown group is
 	// ErrNotFound.
 	DeleteGroup(ctx context.Context, groupID []byte) error
 
@@ -153,6 +156,22 @@ type GroupStore interface {
 	// GroupHub returns the hub of a group, hosted here (the hub given to
 	// CreateGroup) or elsewhere (RecordGroupHub), or ErrNotFound.
 	GroupHub(ctx context.Context, groupID []byte) (string, error)
+}
+
+// GroupCreation is a new group, as CreateGroup stores it.
+type GroupCreation struct {
+	// Hub is the provider that hosts the group, 1..MaxDomainSize bytes.
+	Hub string
+	// State is the group's state at its first epoch.
+	State *mls.GroupState
+	// GroupInfo is the encoded GroupInfo of that epoch (nil for none), at
+	// most MaxGroupInfoSize bytes.
+	GroupInfo []byte
+	// Members are the clients of this provider among the group's members
+	// (its creator, when local): at most MaxGroupMembershipChanges
+	// distinct client URIs. They are written with the group, in the same
+	// atomic write, so no post to the group can miss them.
+	Members []string
 }
 
 // EpochCommit is a commit the DS accepted, as CommitEpoch stores it.

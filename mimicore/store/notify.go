@@ -96,6 +96,19 @@ func (n *Notifier) Waiters() int {
 	return c
 }
 
+// Waiting lists the queues that have watches neither woken nor stopped,
+// in no particular order: the clients a backend looks up among a group's
+// members after a post to the group.
+func (n *Notifier) Waiting() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]string, 0, len(n.waiters))
+	for q := range n.waiters {
+		out = append(out, q)
+	}
+	return out
+}
+
 // Close wakes and releases every waiter; later watches are woken at once.
 // A store closes its Notifier when it closes, so that no waiter outlives
 // it.

@@ -39,8 +39,11 @@ var ErrDuplicate = fmt.Errorf("message delivered already: %w", ErrConflict)
 
 // QueuedMessage is a message in a local client's queue.
 type QueuedMessage struct {
-	// Seq is its sequence number in the queue: assigned by Append, from 1,
-	// each one more than the queue's previous message, never reused.
+	// Seq is its sequence number, from the store's one global sequence:
+	// assigned by the write that stored it (an Append, or a Fanout's
+	// GroupPost), from 1, never reused. A client's messages have
+	// strictly increasing numbers, with gaps: the numbers between went to
+	// other clients' messages.
 	Seq uint64
 	// GroupID is the MLS group it belongs to, 0..MaxIDSize bytes (empty
 	// for a message of no group).
@@ -95,8 +98,8 @@ type Delivery struct {
 
 // Appended is the outcome of a Delivery for one recipient.
 type Appended struct {
-	// Seq is the message's sequence number in the recipient's queue, 0
-	// when Err is set.
+	// Seq is the message's sequence number (the same for every
+	// recipient of one Append), 0 when Err is set.
 	Seq uint64
 	// Err is nil, or wraps ErrQueueFull: this recipient's queue refused
 	// the message and the others still got it.
@@ -111,74 +114,96 @@ type FetchLimit struct {
 	Bytes    int
 }
 
-// Queues holds, per local client, the ordered queue of messages waiting
+// Queues holds, per local client, the ordered stream of messages waiting
 // for it (PROFILE §9, local client API): what the DS accepted for the
 // client's groups here and what peers delivered (issue 10's fan-out and
-// deliver_message). A queue is named by its client URI and exists from its
-// first Append.
+// deliver_message). A client's stream merges two sources:
 //
-// Sequence numbers of one queue are assigned at Append, inside the write
-// that stores the message: strictly increasing, with no gaps (a refused
-// append takes none), also under concurrent appends. A client reads with
-// Fetch after its cursor (the last sequence number it processed) and
-// acknowledges with Ack, which deletes what it covers. Messages that
-// expire (Delivery.Expires) are skipped by Fetch at once and removed by
-// DeleteExpired; so a cursor may jump over sequence numbers that expired
-// unread.
+//   - its personal queue: what an Append (or a Fanout's Local) names it a
+//     recipient of, such as a Welcome or a deliver_message from a peer,
+//     written per recipient and bounded by QueueLimits;
+//   - the logs of the groups hosted here that it is a local member of
+//     (GroupPost): a message to a group's N local members is written once,
+//     and the client sees the posts of the range of the global sequence in
+//     which it was a member, but not those whose GroupPost.Except it is.
+//     A group's log is bounded by expiry alone (GroupPost.Expires), not by
+//     QueueLimits.
+//
+// Both take their sequence numbers from one global sequence, assigned
+// inside the write that stores the message (one number per Append, shared
+// by its recipients, and one per GroupPost), strictly increasing, also
+// under concurrent writes; a client's stream is ordered by them. They have
+// gaps: a client sees only some of the numbers. A client reads with Fetch
+// after its cursor (the last sequence number it processed) and
+// acknowledges with Ack, which deletes the personal messages it covers and
+// raises the client's acknowledged cursor, below which Fetch returns
+// nothing of the group logs either. Messages that expire are skipped by
+// Fetch at once and removed by DeleteExpired (in bounded batches).
 //
 // Append is one operation of the backend's write path as package store
 // describes, whatever its number of recipients: a fan-out to N local
 // clients is one transaction (one fsync under SQLite's group commit), and
-// its message bytes are stored once, shared by the N queue entries. Per
-// recipient it is one conditional upsert of the queue's head (INSERT ...
-// ON CONFLICT DO UPDATE SET last_seq = last_seq + 1 ... WHERE within limits
-// RETURNING last_seq) and one INSERT of the entry, and a backend runs
+// its message bytes are stored once, shared by the N queue entries. It
+// takes one number from the global sequence (one row updated); per
+// recipient it is one conditional upsert of the queue's head (its
+// counters, within limits) and one INSERT of the entry, and a backend runs
 // them for all recipients at once (the recipients as one array parameter:
 // json_each in SQLite, unnest in PostgreSQL); PostgreSQL's row lock
-// on the head serialises appends to one queue, so a group of Appends can
-// share one transaction (a pgx Batch) or be pipelined, like every write.
-// Ack is one DELETE ... RETURNING and the head's counters, as one
-// operation. Fetch does not go through the write path.
+// on the sequence row serialises the writes that take numbers, so that
+// numbers commit in order. A GroupPost is the sequence row, one log row
+// and a membership row per Join or Leave. Ack is one DELETE ... RETURNING,
+// the head's counters and the cursor, as one operation. Fetch does not go
+// through the write path.
 //
-// Waiting: WatchQueue tells a waiter that its queue got a message, without
+// Waiting: WatchQueue tells a waiter that its stream got a message, without
 // polling the database (a long poll or a stream of the local API). The
-// notification is process-local (see Notifier): an Append through another
+// notification is process-local (see Notifier): a write through another
 // process's store on the same database does not wake this process's
-// waiters. The SQLite backend holds its file for one Store (ErrInUse), so
-// every Append to it passes through its Store; a PostgreSQL backend shared
-// by several gateways must carry it across processes, with LISTEN/NOTIFY on
-// a channel per queue (or one channel naming the queue), NOTIFY sent in the
-// Append's transaction so it is delivered after commit.
+// waiters. After a GroupPost commits, the backend wakes the waiting
+// clients that are members of the group: it looks up the clients that
+// have waiters (in memory) among the group's members, a read of at most
+// one membership row per waiting client, never one per member, and none
+// when nobody waits. The SQLite backend holds its file for one Store
+// (ErrInUse), so every write to it passes through its Store; a PostgreSQL
+// backend shared by several gateways must carry it across processes, with
+// LISTEN/NOTIFY on a channel per queue and per group, NOTIFY sent in the
+// write's transaction so it is delivered after commit.
 type Queues interface {
 	// Append adds d's message to the queue of each of d.Recipients in one
-	// durable write and answers, in the order of d.Recipients, the
-	// sequence number each queue gave it, or ErrQueueFull for a queue
-	// that refused it (the others still got it). The error is for the
-	// whole call: an argument (ErrInvalid), a message delivered already
-	// (ErrDuplicate, see Delivery.Dedup) or the backend.
+	// durable write, under one new sequence number, and answers, in the
+	// order of d.Recipients, that number for each queue that took it, or
+	// ErrQueueFull for a queue that refused it (the others still got it).
+	// The error is for the whole call: an argument (ErrInvalid), a
+	// message delivered already (ErrDuplicate, see Delivery.Dedup) or the
+	// backend.
 	Append(ctx context.Context, d Delivery) ([]Appended, error)
 
-	// Fetch returns, in order, the alive messages of client's queue whose
-	// sequence number is above after, at most limit.Messages of them and
-	// no more than limit.Bytes bytes of messages, except that a first
-	// message larger than limit.Bytes is returned alone, so a client
-	// always makes progress. An empty queue, or one never appended to
-	// (with after 0), is an empty list. An after beyond the queue's last
-	// sequence number is ErrInvalid: the client's cursor does not belong
-	// to this queue, and waiting on it would skip messages.
+	// Fetch returns, in sequence order, the alive messages of client's
+	// stream (its personal queue and the group log posts it sees) whose
+	// sequence number is above after and above client's acknowledged
+	// cursor (Ack), at most limit.Messages of them and no more than
+	// limit.Bytes bytes of messages, except that a first message larger
+	// than limit.Bytes is returned alone, so a client always makes
+	// progress. An empty stream, or a client never written to (with after
+	// 0), is an empty list. An after beyond the global sequence (the last
+	// number any write took) is ErrInvalid: the client's cursor does not
+	// belong to this store, and waiting on it would skip messages.
 	Fetch(ctx context.Context, client string, after uint64, limit FetchLimit) ([]QueuedMessage, error)
 
-	// Ack deletes the messages of client's queue up to and including
-	// upTo and reports how many it deleted. Acknowledging again, or
-	// below what was acknowledged, deletes nothing and succeeds. An upTo
-	// beyond the queue's last sequence number is ErrInvalid, not clamped:
-	// the client would take its cursor past messages not yet appended and
-	// skip them.
+	// Ack deletes the personal messages of client's queue up to and
+	// including upTo, raises client's acknowledged cursor to upTo (Fetch
+	// returns nothing at or below it, group log posts included), and
+	// reports how many alive messages of client's stream it
+	// acknowledged. Acknowledging again, or below what was acknowledged,
+	// acknowledges nothing and succeeds. An upTo beyond the global
+	// sequence is ErrInvalid, not clamped: the client would take its
+	// cursor past messages not yet written and skip them.
 	Ack(ctx context.Context, client string, upTo uint64) (int, error)
 
-	// WatchQueue returns a channel that is closed once an Append through
+	// WatchQueue returns a channel that is closed once a write through
 	// this store commits a message with a sequence number above after to
-	// client's queue (or the store closes), and a stop function that
+	// client's stream, an Append or a post to a group client is a member
+	// of (or the store closes), and a stop function that
 	// releases the watch; call it when done, woken or not (it is
 	// idempotent). Watch first, then Fetch, then wait: a message
 	// appended between the two is then either fetched or wakes the

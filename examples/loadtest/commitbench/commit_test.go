@@ -32,6 +32,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -161,7 +162,8 @@ func start(b *testing.B) error {
 			svc.Close()
 			return fmt.Errorf("building the group of %d: %w", n, err)
 		}
-		if err := svc.Store().CreateGroup(context.Background(), provider, state, gi); err != nil {
+		if err := svc.Store().CreateGroup(context.Background(), store.GroupCreation{Hub: provider, State: state, GroupInfo: gi,
+			Members: memberURIs(state)}); err != nil {
 			svc.Close()
 			return fmt.Errorf("storing the group of %d: %w", n, err)
 		}
@@ -449,4 +451,19 @@ func writeBytes() (uint64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// memberURIs lists the identities of g's members, distinct, in leaf
+// order: every member is a client of provider, so all are local members.
+func memberURIs(g *mls.GroupState) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, i := range g.Tree().Members() {
+		leaf, _ := g.Member(i)
+		if id := string(leaf.Credential().Identity); !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
 }

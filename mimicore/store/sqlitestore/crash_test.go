@@ -262,8 +262,8 @@ const crashGroupWriters = 4
 // SHA-256 of the state's MarshalBinary: the verifier then knows every state
 // the group may be in. Every fifth commit adds a member and every seventh
 // removes one, so commits grow and shrink the tree and keep Welcome trees.
-// Each commit fans out "epoch <n>" to a local queue (crashMember) and to
-// the outbox of crashPeer, in its own write (crashFanout); after it, an
+// Each commit fans out "epoch <n>" to the group's log, which its local
+// member (crashMember) reads, and to the outbox of crashPeer, in its own write (crashFanout); after it, an
 // application message "msg <n>" goes to both with Deliver, conditional on
 // the epoch, between "send <id> <epoch>" and "sent <id> <epoch>".
 func crashCommits(s *Store, id string) error {
@@ -283,12 +283,14 @@ func crashCommits(s *Store, id string) error {
 	if err := line("try", g.State); err != nil {
 		return err
 	}
-	if err := s.CreateGroup(context.Background(), "crash.example", g.State, nil); err != nil {
+	if err := s.CreateGroup(context.Background(), store.GroupCreation{Hub: "crash.example", State: g.State,
+		Members: []string{crashMember(id)}}); err != nil {
 		return fmt.Errorf("CreateGroup: %w", err)
 	}
 	if err := line("group", g.State); err != nil {
 		return err
 	}
+	first := g.State.Epoch() // commit i starts epoch first + i
 	for i := 1; ; i++ {
 		var props []*mls.Proposal
 		switch {
@@ -308,6 +310,14 @@ func crashCommits(s *Store, id string) error {
 			return err
 		}
 		c.Fanout = crashFanout(id, next.State.Epoch())
+		// Local clients join and leave the group's log with the
+		// commits (crashJoinEpoch, crashLeaveEpoch).
+		if i%crashJoinEvery == 0 {
+			c.Fanout.Group.Join = []string{crashJoiner(id, next.State.Epoch())}
+		}
+		if i%crashLeaveEvery == 0 && i > crashJoinEvery {
+			c.Fanout.Group.Leave = []string{crashJoiner(id, first+uint64((i-1)/crashJoinEvery*crashJoinEvery))}
+		}
 		if err := commitErr(s.CommitEpoch(context.Background(), c)); err != nil {
 			return fmt.Errorf("CommitEpoch to epoch %d: %w", next.State.Epoch(), err)
 		}
@@ -321,7 +331,7 @@ func crashCommits(s *Store, id string) error {
 		}
 		f := crashFanout(id, e)
 		msg := []byte(fmt.Sprintf("msg %d", e))
-		f.Local[0].Message, f.Remote[0].Message = msg, msg
+		f.Group.Message, f.Remote[0].Message = msg, msg
 		if _, err := s.Deliver(context.Background(), []byte(id), e, f); err != nil {
 			return fmt.Errorf("Deliver in epoch %d: %w", e, err)
 		}
@@ -334,15 +344,26 @@ func crashCommits(s *Store, id string) error {
 // crashPeer is the destination of the crash test's outbox messages.
 const crashPeer = "crash-peer.example"
 
-// crashMember is the local client that group id's commits are delivered
-// to.
+// crashMember is the local member of group id, which reads its commits
+// and messages in the group's log.
 func crashMember(id string) string { return "mimi://crash/" + id + "/member" }
+
+// Every crashJoinEvery-th commit of a group has a local client join its
+// log (crashJoiner), and every crashLeaveEvery-th has the last one that
+// joined before it leave.
+const crashJoinEvery, crashLeaveEvery = 5, 7
+
+// crashJoiner is the local client that joins group id's log with the
+// commit to epoch.
+func crashJoiner(id string, epoch uint64) string {
+	return fmt.Sprintf("mimi://crash/%s/joiner/%d", id, epoch)
+}
 
 // crashFanout is the delivery of group id's commit to epoch.
 func crashFanout(id string, epoch uint64) store.Fanout {
 	msg := []byte(fmt.Sprintf("epoch %d", epoch))
 	return store.Fanout{
-		Local: []store.Delivery{{Recipients: []string{crashMember(id)}, GroupID: []byte(id), Message: msg}},
+		Group: &store.GroupPost{GroupID: []byte(id), Message: msg},
 		Remote: []store.OutboxMessage{{Sender: "crash.example", Destination: crashPeer, GroupID: []byte(id),
 			Recipients: []string{"mimi://" + crashPeer + "/d/member/phone"}, Message: msg}},
 	}
@@ -356,8 +377,10 @@ func crashFanout(id string, epoch uint64) store.Fanout {
 // every acknowledged write is in the reopened database, that every group
 // holds its last acknowledged commit or the one in flight and no
 // half-applied state, with the fan-out of exactly the commits it holds and
-// of every acknowledged message sent between them, that every queue holds
-// each acknowledged append under its sequence number with no gap, that no claimed KeyPackage is available
+// of every acknowledged message sent between them (in the group's log, as
+// its creator reads it, and as each client that joined or left the log
+// with a stored commit reads it over its membership), that every queue holds
+// each acknowledged append under its sequence number, that no claimed KeyPackage is available
 // or handed out again, and that the database is intact, three times over.
 func TestCrashDurability(t *testing.T) {
 	if testing.Short() {
@@ -723,19 +746,55 @@ func verifyGroups(ctx context.Context, s *Store, lines []string) (ahead int, err
 		withLast := append(slices.Clone(want), fmt.Sprintf("msg %d", last))
 		tried, isTried := sendTried[id]
 		acked, isAcked := sendAcked[id]
-		ok := func(got []string) bool {
+		// okIn reports whether got is part(want), with the message of
+		// the last epoch as it may be.
+		okIn := func(got []string, part func([]string) []string) bool {
 			switch {
 			case isAcked && acked == last:
-				return slices.Equal(got, withLast)
+				return slices.Equal(got, part(withLast))
 			case isTried && tried == last:
-				return slices.Equal(got, want) || slices.Equal(got, withLast)
+				return slices.Equal(got, part(want)) || slices.Equal(got, part(withLast))
 			default:
-				return slices.Equal(got, want)
+				return slices.Equal(got, part(want))
 			}
 		}
+		ok := func(got []string) bool { return okIn(got, func(l []string) []string { return l }) }
 		queued, err := crashQueue(ctx, s, crashMember(string(raw)))
 		if err != nil {
 			return 0, err
+		}
+		// Each joiner of a stored commit reads from the post after its
+		// join up to the commit that made it leave, if stored; the
+		// joiner of the commit in flight, if it was not stored, nothing.
+		for e := created[id] + crashJoinEvery; e <= last+1; e += crashJoinEvery {
+			joiner := crashJoiner(string(raw), e)
+			got, err := crashQueue(ctx, s, joiner)
+			if err != nil {
+				return 0, err
+			}
+			if e > last {
+				if len(got) != 0 {
+					return 0, fmt.Errorf("group %s at epoch %d: %s, who joins with the commit to %d, reads %v", raw, last, joiner, e, head(got))
+				}
+				continue
+			}
+			leave := uint64(0)
+			for i := e - created[id] + 1; i <= e-created[id]+crashJoinEvery; i++ {
+				if i%crashLeaveEvery == 0 {
+					leave = created[id] + i
+				}
+			}
+			span := func(l []string) []string {
+				from := slices.Index(l, fmt.Sprintf("epoch %d", e)) + 1
+				if leave != 0 && leave <= last {
+					return l[from : slices.Index(l, fmt.Sprintf("epoch %d", leave))+1]
+				}
+				return l[from:]
+			}
+			if !okIn(got, span) {
+				return 0, fmt.Errorf("group %s at epoch %d: %s (joined at %d, leaves at %d) reads %d messages %v..., want %v",
+					raw, last, joiner, e, leave, len(got), head(got), head(span(want)))
+			}
 		}
 		if !ok(queued) {
 			return 0, fmt.Errorf("group %s at epoch %d: its member's queue holds %d messages %v..., want the %d commits stored and their messages",
@@ -765,7 +824,7 @@ func crashQueue(ctx context.Context, s *Store, client string) ([]string, error) 
 			return out, nil
 		}
 		for _, m := range msgs {
-			if m.Seq != after+1 {
+			if m.Seq <= after {
 				return nil, fmt.Errorf("queue of %s: seq %d after %d", client, m.Seq, after)
 			}
 			after = m.Seq
@@ -808,8 +867,8 @@ func splitQueueLines(lines []string) (acks, ds []string) {
 
 // verifyQueues checks the queues and KeyPackages after the kill: every
 // acknowledged append is in its queue under the sequence number Append
-// answered, and each queue holds 1..n without a gap (nothing was
-// acknowledged or expired); every acknowledged publish is there; a
+// answered, in strictly increasing order (numbers have gaps: they are
+// global); every acknowledged publish is there; a
 // package acknowledged as claimed is claimed, listed nowhere, and handed
 // out by no claim after the restart, and no package was handed out twice.
 func verifyQueues(ctx context.Context, s *Store, lines []string) error {
@@ -859,13 +918,15 @@ func verifyQueues(ctx context.Context, s *Store, lines []string) error {
 			stored = append(stored, page...)
 			after = page[len(page)-1].Seq
 		}
+		bySeq := make(map[uint64]string, len(stored))
 		for i, m := range stored {
-			if m.Seq != uint64(i+1) {
-				return fmt.Errorf("queue %s after kill -9: message %d has seq %d (a gap)", client, i, m.Seq)
+			if i > 0 && m.Seq <= stored[i-1].Seq {
+				return fmt.Errorf("queue %s after kill -9: message %d has seq %d after %d", client, i, m.Seq, stored[i-1].Seq)
 			}
+			bySeq[m.Seq] = string(m.Message)
 		}
 		for seq, msg := range acked {
-			if seq == 0 || seq > uint64(len(stored)) || string(stored[seq-1].Message) != msg {
+			if got, ok := bySeq[seq]; !ok || got != msg {
 				return fmt.Errorf("queue %s: acknowledged append %q (seq %d) lost after kill -9", client, msg, seq)
 			}
 		}

@@ -17,9 +17,46 @@ import (
 // fanout is a checked store.Fanout, copied (an op may run after its
 // caller changed its slices) and ready for fanoutTx.
 type fanout struct {
+	group  *groupPost // nil for none
 	local  []queuedAppend
 	remote []outboxRow
 }
+
+// groupPost is a checked store.GroupPost, copied, its members as JSON
+// arrays (json_each; unnest of a text[] in PostgreSQL).
+type groupPost struct {
+	groupID, msg         []byte
+	sender               string
+	except               string
+	join, leave, members string // JSON arrays, "" for none
+	expires              time.Time
+}
+
+// Statements of the group logs.
+const (
+	groupLogInsertSQL = `INSERT INTO group_log (seq, group_id, sender, except_client, message, size, arrived_ms, expires_ms)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`
+	// groupLeaveSQL ends, at post ?3, the membership in group ?1 of the
+	// clients in the JSON array ?2.
+	groupLeaveSQL = `UPDATE group_members SET to_seq = ?3
+		WHERE group_id = ?1 AND to_seq IS NULL AND client IN (SELECT value FROM json_each(?2))`
+	// groupJoinSQL starts, after post ?3, the membership in group ?1 of
+	// the clients in the JSON array ?2 that are not members already.
+	groupJoinSQL = `INSERT INTO group_members (client, group_id, from_seq)
+		SELECT value, ?1, ?3 FROM json_each(?2) WHERE true ON CONFLICT DO NOTHING`
+	// groupKnownSQL reports whether group ?1's local members are recorded.
+	groupKnownSQL = `SELECT members_known FROM mls_groups WHERE group_id = ?1`
+	// groupSeedSQL records the clients of the JSON array ?2 as members of
+	// group ?1 from before post ?3, and the group's members as known.
+	groupSeedSQL = `INSERT INTO group_members (client, group_id, from_seq)
+		SELECT value, ?1, ?3 - 1 FROM json_each(?2) WHERE true ON CONFLICT DO NOTHING`
+	groupKnownSetSQL = `UPDATE mls_groups SET members_known = 1 WHERE group_id = ?1`
+	// groupWaitingSQL lists the clients of the JSON array ?2 that see
+	// post ?3 of group ?1.
+	groupWaitingSQL = `SELECT client FROM group_members
+		WHERE client IN (SELECT value FROM json_each(?2)) AND group_id = ?1
+			AND from_seq < ?3 AND (to_seq IS NULL OR to_seq >= ?3)`
+)
 
 // outboxRow is a store.OutboxMessage ready for its INSERT.
 type outboxRow struct {
@@ -36,6 +73,28 @@ func newFanout(f store.Fanout) (fanout, error) {
 		return fanout{}, err
 	}
 	var out fanout
+	if p := f.Group; p != nil {
+		g := &groupPost{groupID: bytes.Clone(p.GroupID), msg: bytes.Clone(p.Message), sender: p.Sender,
+			except: p.Except, expires: p.Expires}
+		for _, l := range []struct {
+			dst     *string
+			clients []string
+			// none is whether an empty list is "": Members are only
+			// when nil, since an empty list records that the group
+			// has no local members.
+			none bool
+		}{{&g.join, p.Join, true}, {&g.leave, p.Leave, true}, {&g.members, p.Members, p.Members == nil}} {
+			if len(l.clients) == 0 && l.none {
+				continue
+			}
+			b, err := json.Marshal(l.clients)
+			if err != nil {
+				return fanout{}, fmt.Errorf("encoding group members: %w", err)
+			}
+			*l.dst = string(b)
+		}
+		out.group = g
+	}
 	for _, d := range f.Local {
 		out.local = append(out.local, newQueuedAppend(d))
 	}
@@ -51,12 +110,24 @@ func newFanout(f store.Fanout) (fanout, error) {
 }
 
 // empty reports whether there is nothing to deliver.
-func (f *fanout) empty() bool { return len(f.local) == 0 && len(f.remote) == 0 }
+func (f *fanout) empty() bool { return f.group == nil && len(f.local) == 0 && len(f.remote) == 0 }
+
+// checkGroup reports an ErrInvalid when f posts to another group than
+// groupID, the group of the write that carries it.
+func (f *fanout) checkGroup(groupID []byte) error {
+	if f.group != nil && !bytes.Equal(f.group.groupID, groupID) {
+		return fmt.Errorf("group post for another group: %w", store.ErrInvalid)
+	}
+	return nil
+}
 
 // size is the number of bytes the fan-out writes, for the group write
 // statistics: each message body once per queue write or outbox row.
 func (f *fanout) size() int {
 	n := 0
+	if g := f.group; g != nil {
+		n += len(g.msg) + len(g.groupID) + len(g.sender) + len(g.except) + len(g.join) + len(g.leave) + len(g.members)
+	}
 	for _, qa := range f.local {
 		n += len(qa.msg) + len(qa.groupID) + 32*len(qa.recipients)
 	}
@@ -69,6 +140,13 @@ func (f *fanout) size() int {
 // fanoutTx writes f inside tx at time now (Unix ms).
 func (s *Store) fanoutTx(ctx context.Context, tx *sql.Tx, f *fanout, now int64) (store.Delivered, error) {
 	var d store.Delivered
+	if g := f.group; g != nil {
+		seq, err := s.postTx(ctx, tx, g, now)
+		if err != nil {
+			return store.Delivered{}, err
+		}
+		d.Group = seq
+	}
 	for _, qa := range f.local {
 		out, err := s.appendTx(ctx, tx, qa, now)
 		if err != nil {
@@ -87,9 +165,99 @@ func (s *Store) fanoutTx(ctx context.Context, tx *sql.Tx, f *fanout, now int64) 
 	return d, nil
 }
 
-// notifyDelivered wakes the waiters of the local queues d wrote to, once
-// its write committed.
+// postTx writes g to its group's log under a new number of the global
+// sequence, and the membership changes it carries: O(1) rows and one per
+// Join or Leave, whatever the number of members.
+func (s *Store) postTx(ctx context.Context, tx *sql.Tx, g *groupPost, now int64) (uint64, error) {
+	var seq int64
+	if err := tx.StmtContext(ctx, s.qs.seq).QueryRowContext(ctx).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("taking a sequence number: %w", err)
+	}
+	var known bool
+	if err := tx.QueryRowContext(ctx, groupKnownSQL, g.groupID).Scan(&known); err != nil {
+		return 0, fmt.Errorf("reading the group: %w", err)
+	}
+	if !known {
+		if g.members == "" {
+			return 0, store.ErrGroupMembersUnknown
+		}
+		if _, err := tx.ExecContext(ctx, groupSeedSQL, g.groupID, g.members, seq); err != nil {
+			return 0, fmt.Errorf("recording group members: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, groupKnownSetSQL, g.groupID); err != nil {
+			return 0, fmt.Errorf("recording group members: %w", err)
+		}
+	}
+	exp := now + store.DefaultQueueTTL.Milliseconds()
+	if !g.expires.IsZero() {
+		exp = check.ExpiryMillis(g.expires)
+	}
+	if _, err := tx.ExecContext(ctx, groupLogInsertSQL, seq, g.groupID, g.sender, g.except, g.msg, len(g.msg), now, exp); err != nil {
+		return 0, fmt.Errorf("writing to the group log: %w", err)
+	}
+	if g.leave != "" {
+		if _, err := tx.ExecContext(ctx, groupLeaveSQL, g.groupID, g.leave, seq); err != nil {
+			return 0, fmt.Errorf("ending group memberships: %w", err)
+		}
+	}
+	if g.join != "" {
+		if _, err := tx.ExecContext(ctx, groupJoinSQL, g.groupID, g.join, seq); err != nil {
+			return 0, fmt.Errorf("starting group memberships: %w", err)
+		}
+	}
+	return uint64(seq), nil
+}
+
+// notifyPost wakes, once post seq of groupID committed, the waiting
+// clients that see it: the clients with waiters (in memory) looked up
+// among the group's members, one index probe each, so a post costs no
+// read when nobody waits and never one per member. Should the read fail,
+// every waiting client is woken: a waiter woken for nothing fetches
+// nothing and waits again.
+func (s *Store) notifyPost(groupID []byte, except string, seq uint64) {
+	waiting := s.notifier.Waiting()
+	if len(waiting) == 0 {
+		return
+	}
+	wake, err := s.postWaiters(groupID, waiting, seq)
+	if err != nil {
+		wake = waiting
+	}
+	for _, c := range wake {
+		if c != except {
+			s.notifier.Notify(c, seq)
+		}
+	}
+}
+
+// postWaiters returns the clients of waiting that see post seq of groupID.
+func (s *Store) postWaiters(groupID []byte, waiting []string, seq uint64) ([]string, error) {
+	list, err := json.Marshal(waiting)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.r.QueryContext(context.Background(), groupWaitingSQL, groupID, string(list), int64(seq))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// notifyDelivered wakes the waiters of the local queues and group log d
+// wrote to, once its write committed.
 func (s *Store) notifyDelivered(f *fanout, d store.Delivered) {
+	if f.group != nil && d.Group != 0 {
+		s.notifyPost(f.group.groupID, f.group.except, d.Group)
+	}
 	for i, qa := range f.local {
 		s.notifyAppended(qa.recipients, d.Local[i])
 	}
@@ -106,6 +274,9 @@ func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f sto
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	fo, err := newFanout(f)
+	if err == nil {
+		err = fo.checkGroup(groupID)
+	}
 	if err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}

@@ -3,6 +3,7 @@ package sqlitestore
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -114,13 +115,14 @@ func scanHead(row *sql.Row) (groupHead, error) {
 	return h, nil
 }
 
-// CreateGroup implements store.GroupStore. The hub record, the head and
-// every tree position are written in one op.
-func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupState, groupInfo []byte) error {
+// CreateGroup implements store.GroupStore. The hub record, the head,
+// every tree position and the local members are written in one op.
+func (s *Store) CreateGroup(ctx context.Context, c store.GroupCreation) error {
 	const doing = "creating group"
 	if err := s.checkOpen(doing); err != nil {
 		return err
 	}
+	hub, state, groupInfo := c.Hub, c.State, c.GroupInfo
 	if state == nil {
 		return fmt.Errorf("%s: no state: %w", doing, store.ErrInvalid)
 	}
@@ -136,6 +138,17 @@ func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupSta
 	}
 	if err := checkGroupInfo(groupInfo); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if _, err := check.Members("member", c.Members); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	var members string
+	if len(c.Members) > 0 {
+		b, err := json.Marshal(c.Members)
+		if err != nil {
+			return fmt.Errorf("%s: encoding members: %w", doing, err)
+		}
+		members = string(b)
 	}
 	st, err := state.Stored()
 	if err != nil {
@@ -156,11 +169,19 @@ func (s *Store) CreateGroup(ctx context.Context, hub string, state *mls.GroupSta
 			return store.ErrGroupExists
 		}
 		if err := tx.QueryRowContext(ctx, `INSERT INTO mls_groups
-			(group_id, epoch, context, interim, conf_tag, width, updated_ms, group_info)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id`,
+			(group_id, epoch, context, interim, conf_tag, width, updated_ms, group_info, members_known)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1) RETURNING id`,
 			id, epoch, st.Context, nonNil(st.InterimTranscriptHash), nonNil(st.ConfirmationTag), st.Width, now,
 			nullBlob(groupInfo)).Scan(&rowID); err != nil {
 			return err
+		}
+		if members != "" {
+			// Members from the next number of the global sequence on.
+			if _, err := tx.ExecContext(ctx, `INSERT INTO group_members (client, group_id, from_seq)
+				SELECT value, ?1, (SELECT last FROM queue_sequence WHERE id = 1) FROM json_each(?2)`,
+				id, members); err != nil {
+				return fmt.Errorf("recording members: %w", err)
+			}
 		}
 		return insertNodes(ctx, tx, rowID, epoch, st.Nodes)
 	})
@@ -341,6 +362,9 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	fo, err := newFanout(c.Fanout)
+	if err == nil {
+		err = fo.checkGroup(id)
+	}
 	if err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
@@ -609,6 +633,9 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	fo, err := newFanout(p.Fanout)
+	if err == nil {
+		err = fo.checkGroup(groupID)
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
@@ -652,7 +679,7 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 	if err != nil {
 		return s.fail(doing, err)
 	}
-	if len(delivered.Local) > 0 {
+	if len(delivered.Local) > 0 || delivered.Group != 0 {
 		s.notifyDelivered(&fo, delivered)
 	}
 	return nil
@@ -714,6 +741,16 @@ func (s *Store) DeleteGroup(ctx context.Context, groupID []byte) error {
 			return err
 		} else if n == 0 {
 			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+		}
+		// Its local members stop being members: ranges with nothing in
+		// them go, the others end at the last number given.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM group_members WHERE group_id = ?1 AND to_seq IS NULL
+			AND from_seq >= (SELECT last FROM queue_sequence WHERE id = 1)`, groupID); err != nil {
+			return fmt.Errorf("forgetting members: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE group_members SET to_seq = (SELECT last FROM queue_sequence WHERE id = 1)
+			WHERE group_id = ?1 AND to_seq IS NULL`, groupID); err != nil {
+			return fmt.Errorf("ending memberships: %w", err)
 		}
 		return nil
 	})

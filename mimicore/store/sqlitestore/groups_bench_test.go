@@ -68,7 +68,7 @@ func BenchmarkGroupCommit(b *testing.B) {
 							b.Fatal(err)
 						}
 					}
-					if err := s.CreateGroup(ctx, "hub.example", c.base.State, nil); err != nil {
+					if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: c.base.State}); err != nil {
 						b.Fatal(err)
 					}
 					// Move the bulk write of the set-up out of the WAL,
@@ -107,7 +107,7 @@ func BenchmarkGroupLoad(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/members=%d", mode.name, n), func(b *testing.B) {
 				s := openTemp(b, WithGroupCache(mode.cache))
 				ctx := context.Background()
-				if err := s.CreateGroup(ctx, "hub.example", c.base.State, nil); err != nil {
+				if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: c.base.State}); err != nil {
 					b.Fatal(err)
 				}
 				for _, ec := range c.commits {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -19,7 +20,7 @@ func TestGroupCommitsInOneBatch(t *testing.T) {
 	ctx := context.Background()
 	const rivals, others = 6, 4
 	g := storetest.NewGroup(t, []byte("raced group"), 3)
-	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	var calls []*call
@@ -34,7 +35,7 @@ func TestGroupCommitsInOneBatch(t *testing.T) {
 	otherNext := make([]*storetest.Group, others)
 	for i := range others {
 		o := storetest.NewGroup(t, fmt.Appendf(nil, "other %d", i), 2)
-		if err := s.CreateGroup(ctx, "hub.example", o.State, nil); err != nil {
+		if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: o.State}); err != nil {
 			t.Fatal(err)
 		}
 		var c store.EpochCommit
@@ -42,7 +43,7 @@ func TestGroupCommitsInOneBatch(t *testing.T) {
 		calls = append(calls,
 			&call{name: fmt.Sprint("other commit ", i), run: func(ctx context.Context) error { return commitErr(s.CommitEpoch(ctx, c)) }},
 			&call{name: fmt.Sprint("create in use ", i), run: func(ctx context.Context) error {
-				return s.CreateGroup(ctx, "hub.example", o.State, nil)
+				return s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: o.State})
 			}})
 	}
 	release := blockWriter(t, s)
@@ -124,7 +125,7 @@ func TestGroupCacheTwoStores(t *testing.T) {
 	}
 	defer b.Close()
 	g := storetest.NewGroup(t, []byte("shared group"), 2)
-	if err := a.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+	if err := a.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {
@@ -146,7 +147,7 @@ func TestGroupCacheTwoStores(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := storetest.NewGroup(t, g.State.GroupID(), 2)
-	if err := b.CreateGroup(ctx, "hub.example", again.State, nil); err != nil {
+	if err := b.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: again.State}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := a.LoadGroup(ctx, g.State.GroupID())
@@ -164,7 +165,7 @@ func TestGroupCommitWritesWhatChanged(t *testing.T) {
 	ctx := context.Background()
 	g := storetest.NewGroup(t, []byte("big group"), 1000)
 	before := s.Stats().GroupBytes
-	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	created := s.Stats().GroupBytes - before
@@ -198,7 +199,7 @@ func TestGroupDeleteLeavesNothing(t *testing.T) {
 	s := openTemp(t)
 	ctx := context.Background()
 	g := storetest.NewGroup(t, []byte("deleted group"), 1)
-	if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 4 {
@@ -273,7 +274,7 @@ func TestJoinersLeaveWithTheirTree(t *testing.T) {
 			clock := storetest.NewClock()
 			s := openTemp(t, WithClock(clock.Now))
 			g := storetest.NewGroup(t, []byte("joined group"), 1)
-			if err := s.CreateGroup(ctx, "hub.example", g.State, nil); err != nil {
+			if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: g.State}); err != nil {
 				t.Fatal(err)
 			}
 			g, c := g.Commit(t, storetest.Adds(t, 3)...)
@@ -294,3 +295,73 @@ func TestJoinersLeaveWithTheirTree(t *testing.T) {
 // commitErr is the error of a CommitEpoch, for the tests that check only
 // that.
 func commitErr(_ store.Delivered, err error) error { return err }
+
+// tableRows counts the rows of the tables a delivery writes to.
+func tableRows(t *testing.T, s *Store) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, table := range []string{"group_log", "group_members", "queue_messages", "queue_heads", "queue_bodies"} {
+		var n int
+		if err := s.r.QueryRow("SELECT count(*) FROM " + table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		out[table] = n
+	}
+	return out
+}
+
+// TestGroupPostRows checks what a post to a group of 2,000 local members
+// writes: one log row and a membership row per joiner, whatever the number
+// of members (issue 9: a commit in a large group writes O(log n) rows), no
+// queue row; and that every member but the excepted one reads it.
+func TestGroupPostRows(t *testing.T) {
+	s := openTemp(t)
+	ctx := context.Background()
+	const n = 2000
+	members := make([]string, n)
+	for i := range members {
+		members[i] = fmt.Sprintf("mimi://a.example/d/user%d/phone", i)
+	}
+	g := storetest.NewGroup(t, []byte("large group"), 2)
+	gid := g.State.GroupID()
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State, Members: members}); err != nil {
+		t.Fatal(err)
+	}
+	joiner := func(i int) string { return fmt.Sprintf("mimi://a.example/d/new%d/phone", i) }
+	for _, tc := range []struct {
+		name        string
+		join, leave []string
+		wantMembers int // group_members rows added
+	}{
+		{"a message", nil, nil, 0},
+		{"a commit adding three", []string{joiner(0), joiner(1), joiner(2)}, nil, 3},
+		{"a commit removing two", nil, members[n-2:], 0},
+		{"a commit adding one and removing one", []string{joiner(3)}, members[n-3 : n-2], 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := tableRows(t, s)
+			d, err := s.Deliver(ctx, gid, g.State.Epoch(), store.Fanout{Group: &store.GroupPost{GroupID: gid,
+				Sender: members[0], Message: []byte(tc.name), Except: members[0], Join: tc.join, Leave: tc.leave}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			after := tableRows(t, s)
+			want := maps.Clone(before)
+			want["group_log"]++
+			want["group_members"] += tc.wantMembers
+			if !maps.Equal(after, want) {
+				t.Fatalf("rows after the post %v, want %v", after, want)
+			}
+			for _, c := range []string{members[0], members[1], members[n-1]} {
+				msgs, err := s.Fetch(ctx, c, d.Group-1, store.FetchLimit{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				sees := c != members[0] && (c != members[n-1] || d.Group <= 3)
+				if got := len(msgs) == 1 && string(msgs[0].Message) == tc.name; got != sees {
+					t.Fatalf("%s reads the post: %t, want %t (%+v)", c, got, sees, msgs)
+				}
+			}
+		})
+	}
+}

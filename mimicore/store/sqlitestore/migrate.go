@@ -31,6 +31,7 @@ var migrations = []migration{
 	{4, "KeyPackages of local clients, local client queues", schemaV4},
 	{5, "joiners of Welcome epochs", schemaV5},
 	{6, "outbox of messages for other providers", schemaV6},
+	{7, "one global queue sequence, group logs, group members, ack cursors", schemaV7},
 }
 
 const schemaV1 = `
@@ -335,4 +336,67 @@ CREATE TABLE outbox (
 	enqueued_ms INTEGER NOT NULL
 );
 CREATE INDEX outbox_destination ON outbox (destination, id);
+`
+
+// schemaV7 writes a message to a hosted group's local members once, to the
+// group's log, instead of once per member (store.GroupPost).
+//
+// queue_sequence is the one global sequence, a single row bumped once per
+// Append and per group post: personal entries (queue_messages) and group
+// log posts take their numbers from it, so a client's stream is ordered
+// across both. It starts above every number a queue gave under version 6,
+// so that existing cursors stay below new messages. queue_heads.last_seq
+// now holds the global number of the queue's last Append.
+//
+// group_log holds a post per row, its bytes inline (written once). Its
+// except_client is ” for none. group_members holds, per local client and
+// group, the ranges of the global sequence in which the client is a
+// member: it sees the posts with from_seq < seq <= to_seq, to_seq NULL
+// while it is a member; the partial unique index allows one open range per
+// (group, client). The group id is the MLS group id, not mls_groups.id: a
+// member still reads the posts of a deleted group until they expire.
+//
+// mls_groups.members_known is 1 for a group whose local members
+// group_members records (every group CreateGroup stores from version 7
+// on) and 0 for one created before: a post to it must bring them
+// (store.GroupPost.Members).
+//
+// queue_cursors holds each client's acknowledged cursor: Fetch skips the
+// group log posts at or below it, which Ack cannot delete (other members
+// read them); DeleteExpired removes them.
+const schemaV7 = `
+CREATE TABLE queue_sequence (
+	id   INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+	last INTEGER NOT NULL CHECK (last >= 0)
+);
+INSERT INTO queue_sequence (id, last) SELECT 1, COALESCE(MAX(last_seq), 0) FROM queue_heads;
+
+ALTER TABLE mls_groups ADD COLUMN members_known INTEGER NOT NULL DEFAULT 0 CHECK (members_known IN (0, 1));
+
+CREATE TABLE queue_cursors (
+	client TEXT    NOT NULL PRIMARY KEY,
+	acked  INTEGER NOT NULL CHECK (acked >= 0)
+) WITHOUT ROWID;
+
+CREATE TABLE group_log (
+	seq           INTEGER NOT NULL PRIMARY KEY CHECK (seq > 0),
+	group_id      BLOB    NOT NULL,
+	sender        TEXT    NOT NULL,
+	except_client TEXT    NOT NULL,
+	message       BLOB    NOT NULL,
+	size          INTEGER NOT NULL,
+	arrived_ms    INTEGER NOT NULL,
+	expires_ms    INTEGER NOT NULL
+);
+CREATE INDEX group_log_group ON group_log (group_id, seq);
+CREATE INDEX group_log_expires ON group_log (expires_ms);
+
+CREATE TABLE group_members (
+	client   TEXT    NOT NULL,
+	group_id BLOB    NOT NULL,
+	from_seq INTEGER NOT NULL CHECK (from_seq >= 0),
+	to_seq   INTEGER CHECK (to_seq > from_seq),
+	PRIMARY KEY (client, group_id, from_seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX group_members_current ON group_members (group_id, client) WHERE to_seq IS NULL;
 `

@@ -16,7 +16,7 @@ func TestOutboxBacklog(t *testing.T) {
 	s := openTemp(t)
 	ctx := context.Background()
 	g := storetest.NewGroup(t, []byte("backlog group"), 1)
-	if err := s.CreateGroup(ctx, "a.example", g.State, nil); err != nil {
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State}); err != nil {
 		t.Fatal(err)
 	}
 	before := time.Now().Add(-time.Second)

@@ -18,12 +18,14 @@ import (
 // Statements of the local client queues.
 const (
 	queueBodySQL = `INSERT INTO queue_bodies (message, refs) VALUES (?1, ?2) RETURNING id`
-	// queueBumpSQL gives queue ?1 its next sequence number for a message
-	// of ?2 bytes while it stays within ?3 messages and ?4 bytes; no row
-	// means full. A new head is within the limits: Append checks a single
-	// message against them first.
-	queueBumpSQL = `INSERT INTO queue_heads (client, last_seq, messages, bytes) VALUES (?1, 1, 1, ?2)
-		ON CONFLICT (client) DO UPDATE SET last_seq = queue_heads.last_seq + 1,
+	// queueSeqSQL takes the next number of the global sequence.
+	queueSeqSQL = `UPDATE queue_sequence SET last = last + 1 WHERE id = 1 RETURNING last`
+	// queueBumpSQL counts a message of ?2 bytes, numbered ?5, in queue ?1
+	// while it stays within ?3 messages and ?4 bytes; no row means full.
+	// A new head is within the limits: Append checks a single message
+	// against them first.
+	queueBumpSQL = `INSERT INTO queue_heads (client, last_seq, messages, bytes) VALUES (?1, ?5, 1, ?2)
+		ON CONFLICT (client) DO UPDATE SET last_seq = ?5,
 			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + ?2
 		WHERE queue_heads.messages + 1 <= ?3 AND queue_heads.bytes + ?2 <= ?4
 		RETURNING last_seq`
@@ -32,21 +34,47 @@ const (
 	// queueBumpManySQL is queueBumpSQL for the queues named in the JSON
 	// array ?4 (WHERE true: SQLite's parser needs it before ON CONFLICT).
 	queueBumpManySQL = `INSERT INTO queue_heads (client, last_seq, messages, bytes)
-		SELECT value, 1, 1, ?1 FROM json_each(?4) WHERE true
-		ON CONFLICT (client) DO UPDATE SET last_seq = queue_heads.last_seq + 1,
+		SELECT value, ?5, 1, ?1 FROM json_each(?4) WHERE true
+		ON CONFLICT (client) DO UPDATE SET last_seq = ?5,
 			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + ?1
 		WHERE queue_heads.messages + 1 <= ?2 AND queue_heads.bytes + ?1 <= ?3
 		RETURNING client, last_seq`
 	// queueEntryManySQL writes the entries of the queues named in the JSON
-	// array ?7 under the sequence numbers their heads just took.
+	// array ?7 that took number ?8.
 	queueEntryManySQL = `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
 		SELECT h.client, h.last_seq, ?1, ?2, ?3, ?4, ?5, ?6 FROM queue_heads h
-		WHERE h.client IN (SELECT value FROM json_each(?7))`
-	queueLastSQL  = `SELECT last_seq FROM queue_heads WHERE client = ?1`
-	queueFetchSQL = `SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, b.message
-		FROM queue_messages m JOIN queue_bodies b ON b.id = m.body_id
-		WHERE m.client = ?1 AND m.seq > ?2 AND m.expires_ms > ?3
-		ORDER BY m.seq LIMIT ?4`
+		WHERE h.client IN (SELECT value FROM json_each(?7)) AND h.last_seq = ?8`
+	// queueCursorSQL reads the global sequence and client ?1's
+	// acknowledged cursor.
+	queueCursorSQL = `SELECT s.last, COALESCE((SELECT acked FROM queue_cursors WHERE client = ?1), 0)
+		FROM queue_sequence s WHERE s.id = 1`
+	// queueFetchSQL merges client ?1's personal entries and the group log
+	// posts it sees, above ?2 and alive at ?3, by sequence number.
+	queueFetchSQL = `SELECT seq, size, group_id, sender, arrived_ms, expires_ms, message FROM (
+		SELECT * FROM (SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, b.message
+			FROM queue_messages m JOIN queue_bodies b ON b.id = m.body_id
+			WHERE m.client = ?1 AND m.seq > ?2 AND m.expires_ms > ?3
+			ORDER BY m.seq LIMIT ?4)
+		UNION ALL
+		SELECT * FROM (SELECT l.seq, l.size, l.group_id, l.sender, l.arrived_ms, l.expires_ms, l.message
+			FROM group_members g JOIN group_log l ON l.group_id = g.group_id
+			WHERE g.client = ?1 AND (g.to_seq IS NULL OR g.to_seq > ?2)
+				AND l.seq > ?2 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
+				AND l.expires_ms > ?3 AND l.except_client <> ?1
+			ORDER BY l.seq LIMIT ?4))
+		ORDER BY seq LIMIT ?4`
+	// queueAckGroupSQL counts the alive group log posts that client ?1
+	// sees in (?2, ?3], at ?4.
+	queueAckGroupSQL = `SELECT COUNT(*) FROM group_members g JOIN group_log l ON l.group_id = g.group_id
+		WHERE g.client = ?1 AND (g.to_seq IS NULL OR g.to_seq > ?2)
+			AND l.seq > ?2 AND l.seq <= ?3 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
+			AND l.expires_ms > ?4 AND l.except_client <> ?1`
+	// queueAckCursorSQL raises client ?1's cursor to ?2.
+	queueAckCursorSQL = `INSERT INTO queue_cursors (client, acked) VALUES (?1, ?2)
+		ON CONFLICT (client) DO UPDATE SET acked = max(queue_cursors.acked, ?2)`
+	// queueAckRangesSQL forgets client ?1's membership ranges that ended
+	// at or below its cursor ?2: nothing of them is left to fetch.
+	queueAckRangesSQL = `DELETE FROM group_members WHERE client = ?1 AND to_seq IS NOT NULL AND to_seq <= ?2`
 	// queueAckSQL deletes queue ?1's entries up to ?2.
 	queueAckSQL = `DELETE FROM queue_messages WHERE client = ?1 AND seq <= ?2
 		RETURNING client, body_id, size, expires_ms`
@@ -54,6 +82,9 @@ const (
 	// an Append finds the queue full.
 	queueReclaimSQL = `DELETE FROM queue_messages WHERE client = ?1 AND expires_ms <= ?2
 		RETURNING client, body_id, size, expires_ms`
+	// groupLogSweepSQL deletes ?2 expired group log posts (?1 is now).
+	groupLogSweepSQL = `DELETE FROM group_log WHERE seq IN
+		(SELECT seq FROM group_log WHERE expires_ms <= ?1 LIMIT ?2)`
 	// queueSweepSQL deletes ?2 expired entries of any queue (?1 is now).
 	queueSweepSQL = `DELETE FROM queue_messages WHERE (client, seq) IN
 		(SELECT client, seq FROM queue_messages WHERE expires_ms <= ?1 LIMIT ?2)
@@ -147,13 +178,18 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, qa queuedAppend, now i
 	if !qa.expires.IsZero() {
 		exp = check.ExpiryMillis(qa.expires)
 	}
+	// One number of the global sequence for every recipient.
+	var seq int64
+	if err := tx.StmtContext(ctx, s.qs.seq).QueryRowContext(ctx).Scan(&seq); err != nil {
+		return nil, fmt.Errorf("taking a sequence number: %w", err)
+	}
 	// The body is stored with a reference per recipient, corrected
 	// below in the rare case that a queue is full.
 	var bodyID int64
 	if err := tx.StmtContext(ctx, s.qs.body).QueryRowContext(ctx, qa.msg, len(qa.recipients)).Scan(&bodyID); err != nil {
 		return nil, err
 	}
-	e := entry{bodyID: bodyID, size: int64(len(qa.msg)), groupID: qa.groupID, sender: qa.sender, arrived: now, expires: exp}
+	e := entry{seq: seq, bodyID: bodyID, size: int64(len(qa.msg)), groupID: qa.groupID, sender: qa.sender, arrived: now, expires: exp}
 	var refs int
 	var err error
 	if len(qa.recipients) == 1 {
@@ -193,6 +229,7 @@ func (s *Store) notifyAppended(recipients []string, out []store.Appended) {
 
 // entry is what the queue entries of one Append share.
 type entry struct {
+	seq              int64 // the Append's number of the global sequence
 	bodyID, size     int64
 	groupID          []byte
 	sender           string
@@ -203,7 +240,7 @@ type entry struct {
 // sets out[0].Seq, unless the queue is full; it reports how many entries it
 // wrote.
 func (s *Store) appendOne(ctx context.Context, tx *sql.Tx, client string, e entry, maxMessages, maxBytes int64, out []store.Appended) (int, error) {
-	seq, err := s.bumpQueue(ctx, tx, tx.StmtContext(ctx, s.qs.bump), client, e.size, maxMessages, maxBytes, e.arrived)
+	seq, err := s.bumpQueue(ctx, tx, tx.StmtContext(ctx, s.qs.bump), client, e.seq, e.size, maxMessages, maxBytes, e.arrived)
 	if err != nil || seq == 0 {
 		return 0, err
 	}
@@ -233,7 +270,7 @@ func (s *Store) appendMany(ctx context.Context, tx *sql.Tx, recipients []string,
 	for i, r := range recipients {
 		index[r] = i
 	}
-	rows, err := tx.StmtContext(ctx, s.qs.bumpMany).QueryContext(ctx, e.size, maxMessages, maxBytes, list)
+	rows, err := tx.StmtContext(ctx, s.qs.bumpMany).QueryContext(ctx, e.size, maxMessages, maxBytes, list, e.seq)
 	if err != nil {
 		return 0, err
 	}
@@ -263,7 +300,7 @@ func (s *Store) appendMany(ctx context.Context, tx *sql.Tx, recipients []string,
 			if out[i].Seq != 0 {
 				continue
 			}
-			seq, err := s.bumpQueue(ctx, tx, bump, r, e.size, maxMessages, maxBytes, e.arrived)
+			seq, err := s.bumpQueue(ctx, tx, bump, r, e.seq, e.size, maxMessages, maxBytes, e.arrived)
 			if err != nil {
 				return 0, err
 			}
@@ -286,7 +323,7 @@ func (s *Store) appendMany(ctx context.Context, tx *sql.Tx, recipients []string,
 	if taken == 0 {
 		return 0, nil
 	}
-	res, err := tx.StmtContext(ctx, s.qs.entryMany).ExecContext(ctx, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires, list)
+	res, err := tx.StmtContext(ctx, s.qs.entryMany).ExecContext(ctx, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires, list, e.seq)
 	if err != nil {
 		return 0, err
 	}
@@ -298,16 +335,16 @@ func (s *Store) appendMany(ctx context.Context, tx *sql.Tx, recipients []string,
 	return taken, nil
 }
 
-// bumpQueue takes the next sequence number of queue client for a message
-// of size bytes, or 0 when the queue is full even without its expired
+// bumpQueue counts a message of size bytes, numbered num, in queue client
+// and returns num, or 0 when the queue is full even without its expired
 // messages (which it deletes when they are in the way).
-func (s *Store) bumpQueue(ctx context.Context, tx *sql.Tx, bump *sql.Stmt, client string, size, maxMessages, maxBytes, now int64) (int64, error) {
+func (s *Store) bumpQueue(ctx context.Context, tx *sql.Tx, bump *sql.Stmt, client string, num, size, maxMessages, maxBytes, now int64) (int64, error) {
 	if size > maxBytes {
 		return 0, nil
 	}
 	for reclaimed := false; ; reclaimed = true {
 		var seq int64
-		err := bump.QueryRowContext(ctx, client, size, maxMessages, maxBytes).Scan(&seq)
+		err := bump.QueryRowContext(ctx, client, size, maxMessages, maxBytes, num).Scan(&seq)
 		if err == nil {
 			return seq, nil
 		}
@@ -379,22 +416,18 @@ func deleteEntries(ctx context.Context, tx *sql.Tx, query string, now int64, arg
 	return deleted, alive, nil
 }
 
-// lastSeq reads the last sequence number of queue client, 0 for a queue
-// never appended to.
-func lastSeq(ctx context.Context, stmt *sql.Stmt, client string) (uint64, error) {
-	var last int64
-	err := stmt.QueryRowContext(ctx, client).Scan(&last)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, nil
+// cursor reads the last number of the global sequence and client's
+// acknowledged cursor through stmt (queueCursorSQL).
+func cursor(ctx context.Context, stmt *sql.Stmt, client string) (last, acked uint64, err error) {
+	var l, a int64
+	if err := stmt.QueryRowContext(ctx, client).Scan(&l, &a); err != nil {
+		return 0, 0, fmt.Errorf("reading the queue sequence: %w", err)
 	}
-	if err != nil {
-		return 0, fmt.Errorf("reading queue head: %w", err)
-	}
-	return uint64(last), nil
+	return uint64(l), uint64(a), nil
 }
 
-// Fetch implements store.Queues. It reads the head before the messages:
-// the last sequence number only grows, so a cursor it accepts was valid.
+// Fetch implements store.Queues. It reads the global sequence before the
+// messages: it only grows, so a cursor it accepts was valid.
 func (s *Store) Fetch(ctx context.Context, client string, after uint64, limit store.FetchLimit) ([]store.QueuedMessage, error) {
 	const doing = "fetching queued messages"
 	if err := s.checkOpen(doing); err != nil {
@@ -407,14 +440,14 @@ func (s *Store) Fetch(ctx context.Context, client string, after uint64, limit st
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	last, err := lastSeq(ctx, s.qs.lastR, client)
+	last, acked, err := cursor(ctx, s.qs.cursorR, client)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	if after > last {
-		return nil, fmt.Errorf("%s: cursor %d is beyond the queue's last sequence number %d: %w", doing, after, last, store.ErrInvalid)
+		return nil, fmt.Errorf("%s: cursor %d is beyond the last sequence number %d: %w", doing, after, last, store.ErrInvalid)
 	}
-	rows, err := s.qs.fetch.QueryContext(ctx, client, int64(after), check.Millis(s.now()), limit.Messages)
+	rows, err := s.qs.fetch.QueryContext(ctx, client, int64(max(after, acked)), check.Millis(s.now()), limit.Messages)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
@@ -441,8 +474,9 @@ func (s *Store) Fetch(ctx context.Context, client string, after uint64, limit st
 	return msgs, nil
 }
 
-// Ack implements store.Queues: the check of upTo against the head and the
-// deletion are one op.
+// Ack implements store.Queues: the check of upTo against the global
+// sequence, the count of the group log posts it covers, the deletion of
+// the personal entries and the cursor are one op.
 func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error) {
 	const doing = "acknowledging queued messages"
 	if err := s.checkOpen(doing); err != nil {
@@ -457,15 +491,32 @@ func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error
 	var acked int
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		acked = 0
-		last, err := lastSeq(ctx, tx.StmtContext(ctx, s.qs.last), client)
+		last, prev, err := cursor(ctx, tx.StmtContext(ctx, s.qs.cursor), client)
 		if err != nil {
 			return err
 		}
 		if upTo > last {
-			return fmt.Errorf("acknowledging up to %d, beyond the queue's last sequence number %d: %w", upTo, last, store.ErrInvalid)
+			return fmt.Errorf("acknowledging up to %d, beyond the last sequence number %d: %w", upTo, last, store.ErrInvalid)
 		}
-		_, acked, err = deleteEntries(ctx, tx, queueAckSQL, check.Millis(s.now()), client, int64(upTo))
-		return err
+		if upTo <= prev {
+			return nil
+		}
+		now := check.Millis(s.now())
+		if err := tx.QueryRowContext(ctx, queueAckGroupSQL, client, int64(prev), int64(upTo), now).Scan(&acked); err != nil {
+			return fmt.Errorf("counting group log posts: %w", err)
+		}
+		_, personal, err := deleteEntries(ctx, tx, queueAckSQL, now, client, int64(upTo))
+		if err != nil {
+			return err
+		}
+		acked += personal
+		if _, err := tx.ExecContext(ctx, queueAckCursorSQL, client, int64(upTo)); err != nil {
+			return fmt.Errorf("raising the cursor: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, queueAckRangesSQL, client, int64(upTo)); err != nil {
+			return fmt.Errorf("forgetting ended memberships: %w", err)
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, s.fail(doing, err)
@@ -480,8 +531,38 @@ func (s *Store) WatchQueue(client string, after uint64) (<-chan struct{}, func()
 }
 
 // sweepQueues is DeleteExpired's part for queues: bounded DELETEs of
-// expired entries, each one op with the release of what they held.
+// expired entries, each one op with the release of what they held, then
+// of expired group log posts.
 func (s *Store) sweepQueues(ctx context.Context, now int64) (int64, error) {
+	total, err := s.sweepQueueEntries(ctx, now)
+	if err != nil {
+		return total, err
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var n int64
+		err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+			res, err := tx.ExecContext(ctx, groupLogSweepSQL, now, sweepBatch)
+			if err != nil {
+				return err
+			}
+			n, err = res.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		if n < sweepBatch {
+			return total, nil
+		}
+	}
+}
+
+// sweepQueueEntries deletes the expired personal queue entries.
+func (s *Store) sweepQueueEntries(ctx context.Context, now int64) (int64, error) {
 	var total int64
 	for {
 		if err := ctx.Err(); err != nil {
@@ -506,9 +587,9 @@ func (s *Store) sweepQueues(ctx context.Context, now int64) (int64, error) {
 // queueStmts are the prepared statements of the queues' and the KeyPackage
 // directory's hot paths.
 type queueStmts struct {
-	body, bump, entry, last *sql.Stmt // writer
-	bumpMany, entryMany     *sql.Stmt // writer
-	lastR, fetch            *sql.Stmt // readers
+	body, seq, bump, entry, cursor *sql.Stmt // writer
+	bumpMany, entryMany            *sql.Stmt // writer
+	cursorR, fetch                 *sql.Stmt // readers
 }
 
 // kpStmts are the prepared statements of the KeyPackage directory.
@@ -525,11 +606,12 @@ func (s *Store) prepareQueues(ctx context.Context) error {
 	}{
 		{s.w, &s.qs.body, queueBodySQL},
 		{s.w, &s.qs.bump, queueBumpSQL},
+		{s.w, &s.qs.seq, queueSeqSQL},
 		{s.w, &s.qs.entry, queueEntrySQL},
-		{s.w, &s.qs.last, queueLastSQL},
+		{s.w, &s.qs.cursor, queueCursorSQL},
 		{s.w, &s.qs.bumpMany, queueBumpManySQL},
 		{s.w, &s.qs.entryMany, queueEntryManySQL},
-		{s.r, &s.qs.lastR, queueLastSQL},
+		{s.r, &s.qs.cursorR, queueCursorSQL},
 		{s.r, &s.qs.fetch, queueFetchSQL},
 		{s.w, &s.ks.insert, kpInsertSQL},
 		{s.w, &s.ks.get, kpGetSQL},
@@ -548,6 +630,6 @@ func (s *Store) prepareQueues(ctx context.Context) error {
 }
 
 func (s *Store) queueStmts() []*sql.Stmt {
-	return []*sql.Stmt{s.qs.body, s.qs.bump, s.qs.entry, s.qs.last, s.qs.bumpMany, s.qs.entryMany, s.qs.lastR, s.qs.fetch,
+	return []*sql.Stmt{s.qs.body, s.qs.seq, s.qs.bump, s.qs.entry, s.qs.cursor, s.qs.bumpMany, s.qs.entryMany, s.qs.cursorR, s.qs.fetch,
 		s.ks.insert, s.ks.get, s.ks.claim, s.ks.lastResort, s.ks.getR, s.ks.list}
 }

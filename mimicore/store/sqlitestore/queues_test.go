@@ -2,7 +2,12 @@ package sqlitestore
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
+	"net/url"
+	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -74,7 +79,7 @@ func TestAppendFanOut(t *testing.T) {
 	clock.Advance(time.Hour)
 	out, err := s.Append(ctx, store.Delivery{Recipients: recipients[99:], Message: []byte("third"),
 		Limits: store.QueueLimits{MaxMessages: 1}})
-	if err != nil || out[0].Err != nil || out[0].Seq != 2 {
+	if err != nil || out[0].Err != nil || out[0].Seq != 3 {
 		t.Fatalf("append to a queue full of expired messages: %+v, %v", out, err)
 	}
 	check("after the reclaim", 3, 90)
@@ -84,7 +89,10 @@ func TestAppendFanOut(t *testing.T) {
 	check("after the sweep", 2, 51)
 	for i, r := range recipients {
 		last := uint64(1) // each queue's last sequence number
-		if i < 50 || i == 99 {
+		switch {
+		case i == 99:
+			last = 3
+		case i < 50:
 			last = 2
 		}
 		if _, err := s.Ack(ctx, r, last); err != nil {
@@ -119,5 +127,101 @@ func TestWatchCleanup(t *testing.T) {
 	wg.Wait()
 	if n := s.notifier.Waiters(); n != 0 {
 		t.Fatalf("%d waiters left in the notifier", n)
+	}
+}
+
+// TestMigrationV7 checks the upgrade to one global sequence and group
+// logs: the sequence starts above every number a version 6 queue gave, so
+// existing cursors stay valid and below new messages; a group created
+// before version 7 has no recorded local members, and a post to it fails
+// with store.ErrGroupMembersUnknown, writing nothing, until one brings
+// them (store.GroupPost.Members).
+func TestMigrationV7(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	ctx := context.Background()
+	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, raw, migrations[:6], time.Now()); err != nil {
+		t.Fatalf("migrating to version 6: %v", err)
+	}
+	const alice, bob = "mimi://a.example/d/alice/phone", "mimi://a.example/d/bob/phone"
+	exp := time.Now().Add(time.Hour).UnixMilli()
+	for _, q := range []string{
+		`INSERT INTO queue_bodies (id, message, refs) VALUES (1, x'6f6c64', 1)`,
+		`INSERT INTO queue_heads (client, last_seq, messages, bytes) VALUES ('` + alice + `', 5, 1, 3), ('` + bob + `', 2, 0, 0)`,
+		fmt.Sprintf(`INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
+			VALUES ('%s', 5, 1, 3, x'', 'b.example', 0, %d)`, alice, exp),
+	} {
+		if _, err := raw.Exec(q); err != nil {
+			t.Fatalf("writing version 6 rows: %v", err)
+		}
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatalf("Open (migrating to the latest version): %v", err)
+	}
+	defer s.Close()
+	msgs, err := s.Fetch(ctx, alice, 4, store.FetchLimit{})
+	if err != nil || len(msgs) != 1 || msgs[0].Seq != 5 || string(msgs[0].Message) != "old" {
+		t.Fatalf("alice's version 6 message: %+v, %v", msgs, err)
+	}
+	out, err := s.Append(ctx, store.Delivery{Recipients: []string{bob, alice}, Message: []byte("new")})
+	if err != nil || out[0].Seq != 6 || out[1].Seq != 6 {
+		t.Fatalf("first Append after the upgrade: %+v, %v; want seq 6 for both", out, err)
+	}
+
+	// A group as version 6 left it: no recorded members.
+	g := storetest.NewGroup(t, []byte("old group"), 2)
+	gid := g.State.GroupID()
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State, Members: []string{alice}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.w.Exec(`DELETE FROM group_members`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.w.Exec(`UPDATE mls_groups SET members_known = 0`); err != nil {
+		t.Fatal(err)
+	}
+	p := &store.GroupPost{GroupID: gid, Sender: alice, Message: []byte("post"), Except: alice}
+	if _, err := s.Deliver(ctx, gid, g.State.Epoch(), store.Fanout{Group: p}); !errors.Is(err, store.ErrGroupMembersUnknown) {
+		t.Fatalf("post without members: %v, want ErrGroupMembersUnknown", err)
+	}
+	if n := tableRows(t, s)["group_log"]; n != 0 {
+		t.Fatalf("the refused post left %d log rows", n)
+	}
+	p.Members = []string{alice, bob}
+	d, err := s.Deliver(ctx, gid, g.State.Epoch(), store.Fanout{Group: p})
+	if err != nil || d.Group != 7 {
+		t.Fatalf("post with members: %+v, %v; want seq 7", d, err)
+	}
+	// Known from now on: Members are ignored, and nobody else is one.
+	p.Members, p.Message = []string{"mimi://a.example/d/eve/phone"}, []byte("second")
+	if _, err := s.Deliver(ctx, gid, g.State.Epoch(), store.Fanout{Group: p}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		client string
+		want   []string
+	}{
+		{bob, []string{"new", "post", "second"}},
+		{alice, []string{"old", "new"}},
+		{"mimi://a.example/d/eve/phone", nil},
+	} {
+		msgs, err := s.Fetch(ctx, tc.client, 0, store.FetchLimit{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, m := range msgs {
+			got = append(got, string(m.Message))
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Fatalf("%s reads %q, want %q", tc.client, got, tc.want)
+		}
 	}
 }

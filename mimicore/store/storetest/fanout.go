@@ -59,7 +59,7 @@ func testGroupFanout(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 2)
 	gid, e0 := g.State.GroupID(), g.State.Epoch()
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	remote := map[string][]string{"c.example": {fanCarol, fanDave}, "e.example": {fanErin}}
 
 	g1, c1 := g.Commit(t)
@@ -80,7 +80,7 @@ func testGroupFanout(t *testing.T, open func(t *testing.T) store.Store) {
 	// epoch before and one for the epoch after.
 	d, err = s.Deliver(ctx(), gid, e0+1, fanoutOf(gid, "hello", []string{fanBob, fanAlice}, remote, "c.example"))
 	noErr(t, "Deliver", err)
-	if len(d.Local) != 1 || fmt.Sprint(d.Local[0][0].Seq, d.Local[0][1].Seq) != "2 1" || len(d.Outbox) != 1 {
+	if len(d.Local) != 1 || fmt.Sprint(d.Local[0][0].Seq, d.Local[0][1].Seq) != "2 2" || len(d.Outbox) != 1 {
 		t.Fatalf("Delivered = %+v", d)
 	}
 	_, err = s.Deliver(ctx(), gid, e0, fanoutOf(gid, "stale", []string{fanBob}, remote, "c.example"))
@@ -91,7 +91,7 @@ func testGroupFanout(t *testing.T, open func(t *testing.T) store.Store) {
 	wantErr(t, "Deliver to an unknown group", err, store.ErrNotFound)
 
 	wantMsgs(t, "bob's queue", fetch(t, s, fanBob, 0, store.FetchLimit{}), 1, "commit 1", 2, "hello")
-	wantMsgs(t, "alice's queue", fetch(t, s, fanAlice, 0, store.FetchLimit{}), 1, "hello")
+	wantMsgs(t, "alice's queue", fetch(t, s, fanAlice, 0, store.FetchLimit{}), 2, "hello")
 	msgs := fetch(t, s, fanBob, 0, store.FetchLimit{})
 	if string(msgs[0].GroupID) != string(gid) || msgs[0].Sender != fanAlice {
 		t.Fatalf("queued message %+v lost its group or sender", msgs[0])
@@ -153,7 +153,7 @@ func testGroupFanoutLimits(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 2)
 	gid := g.State.GroupID()
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	many := make([]string, store.MaxOutboxRecipients+1)
 	for i := range many {
 		many[i] = fmt.Sprintf("mimi://c.example/d/u%d/d", i)
@@ -213,8 +213,8 @@ func testGroupFanoutLimits(t *testing.T, open func(t *testing.T) store.Store) {
 		Message: []byte("commit"), Limits: store.QueueLimits{MaxMessages: 1}}}}
 	d, err := s.CommitEpoch(ctx(), c)
 	noErr(t, "CommitEpoch with a full queue", err)
-	if d.Local[0][0].Seq != 1 || !errors.Is(d.Local[0][1].Err, store.ErrQueueFull) {
-		t.Fatalf("Delivered = %+v, want alice's seq 1 and bob's queue full", d.Local)
+	if d.Local[0][0].Seq != 2 || !errors.Is(d.Local[0][1].Err, store.ErrQueueFull) {
+		t.Fatalf("Delivered = %+v, want alice's seq 2 and bob's queue full", d.Local)
 	}
 	wantLoad(t, s, "after a commit with a full queue", g1.State)
 	wantMsgs(t, "bob's full queue", fetch(t, s, fanBob, 0, store.FetchLimit{}), 1, "filler")
@@ -227,7 +227,7 @@ func testGroupProposalFanout(t *testing.T, open func(t *testing.T) store.Store) 
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 2)
 	gid, epoch := g.State.GroupID(), g.State.Epoch()
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	remote := map[string][]string{"c.example": {fanCarol}}
 	p := store.PendingProposal{Ref: []byte("ref 1"), Message: []byte("proposal"),
 		Fanout: fanoutOf(gid, "proposal", []string{fanBob}, remote, "c.example")}

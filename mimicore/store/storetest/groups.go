@@ -50,6 +50,9 @@ func RunGroupTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("Fanout", func(t *testing.T) { testGroupFanout(t, plain) })
 	t.Run("FanoutLimits", func(t *testing.T) { testGroupFanoutLimits(t, plain) })
 	t.Run("ProposalFanout", func(t *testing.T) { testGroupProposalFanout(t, plain) })
+	t.Run("GroupLog", func(t *testing.T) { testGroupLog(t, open) })
+	t.Run("GroupLogInvalid", func(t *testing.T) { testGroupLogInvalid(t, plain) })
+	t.Run("GroupLogWatch", func(t *testing.T) { testGroupLogWatch(t, plain) })
 }
 
 const hub = "hub.example"
@@ -102,7 +105,7 @@ func testGroupCreateLoad(t *testing.T, open func(t *testing.T) store.Store) {
 	for _, n := range []int{1, 2, 7} {
 		id := randBytes(t, 16)
 		g := NewGroup(t, id, n)
-		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+		noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 		wantLoad(t, s, fmt.Sprintf("%d members", n), g.State)
 		h, err := s.GroupHub(ctx(), id)
 		noErr(t, "GroupHub", err)
@@ -110,7 +113,7 @@ func testGroupCreateLoad(t *testing.T, open func(t *testing.T) store.Store) {
 			t.Fatalf("hub = %q, want %q", h, hub)
 		}
 		other := NewGroup(t, id, 1)
-		wantErr(t, "CreateGroup of an id in use", s.CreateGroup(ctx(), "other.example", other.State, nil), store.ErrGroupExists)
+		wantErr(t, "CreateGroup of an id in use", s.CreateGroup(ctx(), store.GroupCreation{Hub: "other.example", State: other.State}), store.ErrGroupExists)
 		wantLoad(t, s, "after a refused create", g.State)
 	}
 	_, err := s.LoadGroup(ctx(), randBytes(t, 16))
@@ -123,9 +126,9 @@ func testGroupCreateLoad(t *testing.T, open func(t *testing.T) store.Store) {
 		name string
 		err  error
 	}{
-		{"nil state", s.CreateGroup(ctx(), hub, nil, nil)},
-		{"empty hub", s.CreateGroup(ctx(), "", g.State, nil)},
-		{"long group id", s.CreateGroup(ctx(), hub, NewGroup(t, bytes.Repeat([]byte{1}, store.MaxIDSize+1), 1).State, nil)},
+		{"nil state", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: nil})},
+		{"empty hub", s.CreateGroup(ctx(), store.GroupCreation{Hub: "", State: g.State})},
+		{"long group id", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: NewGroup(t, bytes.Repeat([]byte{1}, store.MaxIDSize+1), 1).State})},
 	} {
 		t.Run(tc.name, func(t *testing.T) { wantErr(t, "CreateGroup", tc.err, store.ErrInvalid) })
 	}
@@ -139,7 +142,7 @@ func testGroupCreateLoad(t *testing.T, open func(t *testing.T) store.Store) {
 func testGroupCommitChain(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 1)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	steps := []struct {
 		name      string
 		proposals func() []*mls.Proposal
@@ -167,7 +170,7 @@ func testGroupCommitChain(t *testing.T, open func(t *testing.T) store.Store) {
 func testGroupCommitConflict(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 3)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	win, c1 := g.Commit(t)
 	_, c2 := g.Commit(t, Remove(1))
 	commitEpoch(t, s, c1)
@@ -217,7 +220,7 @@ func testGroupRacingCommits(t *testing.T, open func(t *testing.T) store.Store) {
 	const rivals, rounds = 8, 6
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 4)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	for round := range rounds {
 		nexts := make([]*Group, rivals)
 		commits := make([]store.EpochCommit, rivals)
@@ -267,7 +270,7 @@ func testGroupFailuresAlone(t *testing.T, open func(t *testing.T) store.Store) {
 	stale := make([]store.EpochCommit, groups)
 	for i := range gs {
 		gs[i] = NewGroup(t, randBytes(t, 16), 2)
-		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, gs[i].State, nil))
+		noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: gs[i].State}))
 		before := gs[i]
 		var c store.EpochCommit
 		gs[i], c = before.Commit(t)
@@ -303,7 +306,7 @@ func testGroupFailuresAlone(t *testing.T, open func(t *testing.T) store.Store) {
 		run(fmt.Sprint("commit ", i), nil, func() error { return commitErr(s.CommitEpoch(ctx(), c)) })
 		run(fmt.Sprint("stale commit ", i), store.ErrEpochConflict, func() error { return commitErr(s.CommitEpoch(ctx(), stale[i])) })
 		run(fmt.Sprint("create in use ", i), store.ErrGroupExists, func() error {
-			return s.CreateGroup(ctx(), hub, NewGroup(t, id, 1).State, nil)
+			return s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: NewGroup(t, id, 1).State})
 		})
 		run(fmt.Sprint("old proposal ", i), store.ErrEpochConflict, func() error {
 			return s.AddProposal(ctx(), id, old, store.PendingProposal{Ref: []byte("ref"), Message: []byte("m")})
@@ -382,7 +385,7 @@ func testGroupWelcomeTrees(t *testing.T, open func(t *testing.T, clock *Clock) s
 		s := open(t, NewClock())
 		g := NewGroup(t, randBytes(t, 16), 1)
 		id := g.State.GroupID()
-		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+		noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 		noWelcomeTree(t, s, "epoch 0 had no Welcome", id, 0)
 		var c store.EpochCommit
 		g, c = g.Commit(t, Adds(t, 6)...)
@@ -431,7 +434,7 @@ func testGroupWelcomeTrees(t *testing.T, open func(t *testing.T, clock *Clock) s
 		clock := NewClock()
 		s := open(t, clock)
 		g := NewGroup(t, randBytes(t, 16), 1)
-		noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+		noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 		var c store.EpochCommit
 		g, c = g.Commit(t, Adds(t, 3)...)
 		commitEpoch(t, s, c)
@@ -473,7 +476,7 @@ func testGroupJoiners(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 1)
 	id := g.State.GroupID()
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	first := g.State
 
 	// Refused commits: nothing is written, and the epoch is still free.
@@ -536,7 +539,7 @@ func testGroupProposals(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 3)
 	id, epoch := g.State.GroupID(), g.State.Epoch()
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	var want []store.PendingProposal
 	for i := range 3 {
 		p := store.PendingProposal{Ref: randBytes(t, 32), Message: randBytes(t, 100+i)}
@@ -617,7 +620,7 @@ func testGroupInfo(t *testing.T, open func(t *testing.T) store.Store) {
 	g := NewGroup(t, randBytes(t, 16), 2)
 	id := g.State.GroupID()
 	gi0 := randBytes(t, 300)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, gi0))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State, GroupInfo: gi0}))
 	gi0copy := bytes.Clone(gi0)
 	gi0[0]++ // the store must have copied it
 	wantGroupInfo(t, s, "created", id, g.State.Epoch(), gi0copy)
@@ -640,11 +643,11 @@ func testGroupInfo(t *testing.T, open func(t *testing.T) store.Store) {
 	c3.GroupInfo = big
 	wantErr(t, "CommitEpoch with a GroupInfo too large", commitErr(s.CommitEpoch(ctx(), c3)), store.ErrInvalid)
 	wantErr(t, "CreateGroup with a GroupInfo too large",
-		s.CreateGroup(ctx(), hub, NewGroup(t, randBytes(t, 16), 1).State, big), store.ErrInvalid)
+		s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: NewGroup(t, randBytes(t, 16), 1).State, GroupInfo: big}), store.ErrInvalid)
 	wantLoad(t, s, "after the refused commit", next2.State)
 
 	plain := NewGroup(t, randBytes(t, 16), 1)
-	noErr(t, "CreateGroup without a GroupInfo", s.CreateGroup(ctx(), hub, plain.State, nil))
+	noErr(t, "CreateGroup without a GroupInfo", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: plain.State}))
 	_, _, err = s.GroupInfo(ctx(), plain.State.GroupID())
 	wantErr(t, "GroupInfo of a group created without one", err, store.ErrNotFound)
 	_, _, err = s.GroupInfo(ctx(), randBytes(t, 16))
@@ -655,7 +658,7 @@ func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	id := randBytes(t, 16)
 	g := NewGroup(t, id, 1)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	g, c := g.Commit(t, Adds(t, 2)...)
 	commitEpoch(t, s, c)
 	added := c
@@ -678,7 +681,7 @@ func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	// The id is free again, and the new group is not the old one, even
 	// at the same epoch.
 	again := NewGroup(t, id, 3)
-	noErr(t, "CreateGroup again", s.CreateGroup(ctx(), "other.example", again.State, nil))
+	noErr(t, "CreateGroup again", s.CreateGroup(ctx(), store.GroupCreation{Hub: "other.example", State: again.State}))
 	wantLoad(t, s, "the new group", again.State)
 	noWelcomeTree(t, s, "the old group's Welcome tree", id, g.State.Epoch())
 	noJoiners(t, s, "the old group's joiners", added)
@@ -702,10 +705,10 @@ func testGroupHubs(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	_, err = s.LoadGroup(ctx(), id)
 	wantErr(t, "LoadGroup of a group hosted elsewhere", err, store.ErrNotFound)
-	wantErr(t, "CreateGroup of a group hosted elsewhere", s.CreateGroup(ctx(), hub, NewGroup(t, id, 1).State, nil), store.ErrGroupExists)
+	wantErr(t, "CreateGroup of a group hosted elsewhere", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: NewGroup(t, id, 1).State}), store.ErrGroupExists)
 
 	hosted := NewGroup(t, randBytes(t, 16), 1)
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, hosted.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: hosted.State}))
 	wantErr(t, "RecordGroupHub of a hosted group", s.RecordGroupHub(ctx(), hosted.State.GroupID(), hub), store.ErrGroupExists)
 	wantErr(t, "RecordGroupHub with an empty hub", s.RecordGroupHub(ctx(), randBytes(t, 16), ""), store.ErrInvalid)
 
@@ -722,7 +725,7 @@ func testReopenGroups(t *testing.T, open func() (store.Store, error)) {
 	noErr(t, "opening store", err)
 	g := NewGroup(t, randBytes(t, 16), 1)
 	id := g.State.GroupID()
-	noErr(t, "CreateGroup", s.CreateGroup(ctx(), hub, g.State, nil))
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
 	g, c := g.Commit(t, Adds(t, 9)...)
 	commitEpoch(t, s, c)
 	w, wc := g.State, c

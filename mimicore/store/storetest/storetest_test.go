@@ -150,21 +150,38 @@ func (b *broken) LookupPeerFailure(ctx context.Context, domain string) (store.Pe
 	return f, err
 }
 
-func (b *broken) CreateGroup(ctx context.Context, hub string, g *mls.GroupState, gi []byte) error {
-	err := b.Store.CreateGroup(ctx, hub, g, gi)
+func (b *broken) CreateGroup(ctx context.Context, c store.GroupCreation) error {
+	if b.mode == "create-drops-members" {
+		c.Members = nil
+	}
+	err := b.Store.CreateGroup(ctx, c)
 	if b.mode == "create-overwrites" && errors.Is(err, store.ErrGroupExists) {
-		_ = b.Store.DeleteGroup(ctx, g.GroupID())
-		return b.Store.CreateGroup(ctx, hub, g, gi)
+		_ = b.Store.DeleteGroup(ctx, c.State.GroupID())
+		return b.Store.CreateGroup(ctx, c)
 	}
 	return err
 }
 
 func (b *broken) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Delivered, error) {
+	if b.mode == "post-ignores-leave" && c.Fanout.Group != nil {
+		p := *c.Fanout.Group
+		p.Leave = nil
+		c.Fanout.Group = &p
+	}
 	d, err := b.Store.CommitEpoch(ctx, c)
 	if b.mode == "commit-ignores-conflict" && errors.Is(err, store.ErrEpochConflict) {
 		return store.Delivered{}, nil
 	}
 	return d, err
+}
+
+func (b *broken) Deliver(ctx context.Context, id []byte, epoch uint64, f store.Fanout) (store.Delivered, error) {
+	if b.mode == "post-ignores-except" && f.Group != nil {
+		p := *f.Group
+		p.Except = ""
+		f.Group = &p
+	}
+	return b.Store.Deliver(ctx, id, epoch, f)
 }
 
 func (b *broken) LoadGroup(ctx context.Context, id []byte) (*mls.GroupState, error) {
@@ -312,6 +329,9 @@ var brokenModes = map[string]string{
 	"joiner-outlives-tree":      "Groups/WelcomeTrees/Epochs",
 	"proposals-any-epoch":       "Groups/Proposals",
 	"group-info-outlives-epoch": "Groups/GroupInfo",
+	"create-drops-members":      "Groups/GroupLog",
+	"post-ignores-leave":        "Groups/GroupLog",
+	"post-ignores-except":       "Groups/GroupLogWatch",
 	"claim-keeps":               "KeyPackages/PublishListClaim",
 	"append-first-only":         "Queues/FanOut",
 	"ack-clamps":                "Queues/Cursors",

@@ -277,6 +277,11 @@ func Fanout(f store.Fanout) error {
 	if n := len(f.Local) + len(f.Remote); n > store.MaxFanoutMessages {
 		return fmt.Errorf("fan-out of %d messages, over the %d limit: %w", n, store.MaxFanoutMessages, store.ErrInvalid)
 	}
+	if f.Group != nil {
+		if err := GroupPost(*f.Group); err != nil {
+			return fmt.Errorf("group post: %w", err)
+		}
+	}
 	for i, d := range f.Local {
 		if err := Delivery(d); err != nil {
 			return fmt.Errorf("local delivery %d: %w", i, err)
@@ -288,6 +293,60 @@ func Fanout(f store.Fanout) error {
 		}
 	}
 	return nil
+}
+
+// GroupPost checks a message for a group's log.
+func GroupPost(p store.GroupPost) error {
+	if err := GroupID(p.GroupID); err != nil {
+		return err
+	}
+	if len(p.Sender) > store.MaxClientURISize {
+		return fmt.Errorf("sender is %d bytes, over the %d byte limit: %w", len(p.Sender), store.MaxClientURISize, store.ErrInvalid)
+	}
+	if len(p.Message) == 0 || len(p.Message) > store.MaxQueuedMessageSize {
+		return fmt.Errorf("message is %d bytes, want 1..%d: %w", len(p.Message), store.MaxQueuedMessageSize, store.ErrInvalid)
+	}
+	if p.Except != "" {
+		if err := ClientURI("except", p.Except); err != nil {
+			return err
+		}
+	}
+	join, err := Members("join", p.Join)
+	if err != nil {
+		return err
+	}
+	if _, err := Members("leave", p.Leave); err != nil {
+		return err
+	}
+	if _, err := Members("member", p.Members); err != nil {
+		return err
+	}
+	for _, c := range p.Leave {
+		if join[c] {
+			return fmt.Errorf("client %q both joins and leaves: %w", c, store.ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// Members checks a list of local group members (GroupPost.Join and
+// Leave, GroupCreation.Members), named what in errors, and returns it as a
+// set.
+func Members(what string, clients []string) (map[string]bool, error) {
+	if len(clients) > store.MaxGroupMembershipChanges {
+		return nil, fmt.Errorf("%d %s clients, over the %d limit: %w", len(clients), what, store.MaxGroupMembershipChanges, store.ErrInvalid)
+	}
+	seen := make(map[string]bool, len(clients))
+	for _, c := range clients {
+		if err := ClientURI(what, c); err != nil {
+			return nil, err
+		}
+		if seen[c] {
+			return nil, fmt.Errorf("%s client %q appears twice: %w", what, c, store.ErrInvalid)
+		}
+		seen[c] = true
+	}
+	return seen, nil
 }
 
 // OutboxMessage checks a message for the outbox.
