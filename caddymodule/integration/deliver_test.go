@@ -7,12 +7,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -27,11 +25,7 @@ import (
 // group b does not know is 404.
 func TestDeliverMessage(t *testing.T) {
 	startCaddy(t)
-	ring, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuer := &binding.Issuer{Domains: []string{"a.localhost"}, Keys: ring}
+	issuer := issuerOf(t, "a.localhost")
 	alice := newMIMIClient(t, issuer, "alice", "phone", false)
 	// The Welcome is for a KeyPackage of another client of a; b does not
 	// read Welcomes, it routes them by the client ids of the request, and
@@ -39,11 +33,7 @@ func TestDeliverMessage(t *testing.T) {
 	joiner := newMIMIClient(t, issuer, "bob", "phone", false)
 	bob := moh.ClientURI("b.localhost", "bob", "phone")
 	gid := random32(t)[:16]
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := alice.newGroup(t, gid)
 	res, err := m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: joiner.kp}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -127,23 +117,11 @@ func fetchQueue(t *testing.T, c *mimiClient, user string, after uint64, wait int
 // provider, which relays it to the hub, and reaches alice.
 func TestFanOutToPeer(t *testing.T) {
 	startCaddy(t)
-	ringA, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ringB, err := provider.LoadKeyRing(filepath.Join(env.dir, "b", "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	alice := newMIMIClient(t, &binding.Issuer{Domains: []string{"a.localhost"}, Keys: ringA}, "alice", "fanout", false)
-	bob := newMIMIClientAt(t, &binding.Issuer{Domains: []string{"b.localhost"}, Keys: ringB}, "b.localhost", "bob", "fanout", false)
+	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "fanout", false)
+	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "fanout", false)
 
 	gid := random32(t)[:16]
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := alice.newGroup(t, gid)
 	gi, err := m.GroupInfo()
 	if err != nil {
 		t.Fatal(err)
@@ -265,11 +243,7 @@ func postLocal(t *testing.T, host, user, path string, v wire.Marshaler) (int, []
 // and a hands out its single-use KeyPackage once.
 func TestClaimRemoteKeyPackages(t *testing.T) {
 	startCaddy(t)
-	ringA, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuer := &binding.Issuer{Domains: []string{"a.localhost"}, Keys: ringA}
+	issuer := issuerOf(t, "a.localhost")
 	phone := newMIMIClient(t, issuer, "alice", "claimed-phone", false)
 	laptop := newMIMIClient(t, issuer, "alice", "claimed-laptop", false)
 	for _, c := range []*mimiClient{phone, laptop} {

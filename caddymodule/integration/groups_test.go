@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,6 +52,30 @@ func random32(t *testing.T) []byte {
 func newMIMIClient(t *testing.T, issuer *binding.Issuer, user, device string, unbound bool) *mimiClient {
 	t.Helper()
 	return newMIMIClientAt(t, issuer, "a.localhost", user, device, unbound)
+}
+
+// issuerOf returns a binding issuer with the key ring of provider p
+// (a.localhost or b.localhost), read from its data directory, as the local
+// client API's POST /binding would sign.
+func issuerOf(t *testing.T, p string) *binding.Issuer {
+	t.Helper()
+	ring, err := provider.LoadKeyRing(filepath.Join(env.dir, strings.TrimSuffix(p, ".localhost"), "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &binding.Issuer{Domains: []string{p}, Keys: ring}
+}
+
+// newGroup returns c's member of a new group gid of which it is the only
+// member (MLS only: the DS learns of it with create_group).
+func (c *mimiClient) newGroup(t *testing.T, gid []byte) *mls.Member {
+	t.Helper()
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: gid, Leaf: &c.kp.LeafNode,
+		LeafKey: c.leafKey, Signer: c.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // newMIMIClientAt makes client mimi://<provider>/d/<user>/<device>, whose
@@ -194,11 +219,7 @@ func mustRefuse(t *testing.T, what string, req []byte, status int, code moh.Code
 // bob, and bob's next request is 404.
 func TestGroupOperations(t *testing.T) {
 	startCaddy(t)
-	ring, err := provider.LoadKeyRing(filepath.Join(env.dir, "a", "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuer := &binding.Issuer{Domains: []string{"a.localhost"}, Keys: ring}
+	issuer := issuerOf(t, "a.localhost")
 	alice := newMIMIClient(t, issuer, "alice", "phone", false)
 	bob := newMIMIClient(t, issuer, "bob", "phone", false)
 	carol := newMIMIClient(t, issuer, "carol", "phone", false)
@@ -209,11 +230,7 @@ func TestGroupOperations(t *testing.T) {
 	gid := mustOK(t, "request_group_id", anon).GroupID
 
 	// alice creates the group.
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: suite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := alice.newGroup(t, gid)
 	gi, err := m.GroupInfo()
 	if err != nil {
 		t.Fatal(err)
