@@ -26,6 +26,23 @@ func identity(g *mls.GroupState, i uint32) []byte {
 	return l.Credential().Identity
 }
 
+// userPrefix returns what the identities of a user's clients begin with:
+// "mimi://<provider>/d/<user>/" for a client URI; an identity that is not
+// one (possible only with the binding check off) is a user of its own,
+// matched whole.
+func userPrefix(identity []byte) (prefix []byte, whole bool) {
+	prov, user, _, err := moh.ParseClientURI(identity)
+	if err != nil {
+		return identity, true
+	}
+	return []byte(moh.ClientURI(string(prov), string(user), "")), false
+}
+
+// fewChanges is how many added or removed leaves a commit may have for the
+// rules to check each with its own pass over the members (comparing in
+// place, no allocation) rather than with one pass building a set.
+const fewChanges = 4
+
 // users returns the users of g's members.
 func users(g *mls.GroupState) map[string]bool {
 	out := make(map[string]bool)
@@ -33,6 +50,28 @@ func users(g *mls.GroupState) map[string]bool {
 		out[userOf(identity(g, i))] = true
 	}
 	return out
+}
+
+// hasUser reports whether a member of g is a client of the user of
+// identity. It is one pass over the members without copying their
+// credentials; a prefix match is confirmed by parsing, since an identity
+// that is not a client URI may share the prefix.
+func hasUser(g *mls.GroupState, identity []byte) bool {
+	prefix, whole := userPrefix(identity)
+	u := userOf(identity)
+	for _, i := range g.Tree().Members() {
+		v, _ := g.Member(i)
+		if whole {
+			if v.HasIdentity(prefix) {
+				return true
+			}
+			continue
+		}
+		if v.IdentityHasPrefix(prefix) && userOf(v.Credential().Identity) == u {
+			return true
+		}
+	}
+	return false
 }
 
 // checkRules applies DS -03's rules of each commit-carrying request type
@@ -87,14 +126,23 @@ func checkRules(typ moh.RequestType, base, next *mls.GroupState, info *mls.Commi
 		if byValue[mls.ProposalAdd] == 0 {
 			return forbid("the commit adds no one")
 		}
-		present := users(base)
+		// A pass over the members per added client, comparing in place;
+		// for many at once, one pass building the set of users.
+		var all map[string]bool
+		if len(info.Added) > fewChanges {
+			all = users(base)
+		}
 		for _, a := range info.Added {
-			u := userOf(identity(next, a.Leaf))
-			if typ == moh.AddUsers && present[u] {
-				return forbid("%s is already in the group: add clients of a present user with add_clients", u)
+			id := identity(next, a.Leaf)
+			present := all[userOf(id)]
+			if all == nil {
+				present = hasUser(base, id)
 			}
-			if typ == moh.AddClients && !present[u] {
-				return forbid("%s is not in the group: add new users with add_users", u)
+			if typ == moh.AddUsers && present {
+				return forbid("%s is already in the group: add clients of a present user with add_clients", userOf(id))
+			}
+			if typ == moh.AddClients && !present {
+				return forbid("%s is not in the group: add new users with add_users", userOf(id))
 			}
 		}
 	case moh.RemoveUsers:
@@ -104,13 +152,14 @@ func checkRules(typ moh.RequestType, base, next *mls.GroupState, info *mls.Commi
 		if len(removed) == 0 {
 			return forbid("the commit removes no one")
 		}
-		gone := make(map[string]bool)
-		for _, i := range removed {
-			gone[userOf(identity(base, i))] = true
+		var left map[string]bool
+		if len(removed) > fewChanges {
+			left = users(next)
 		}
-		for _, i := range next.Tree().Members() {
-			if u := userOf(identity(next, i)); gone[u] {
-				return forbid("the commit leaves leaf %d of %s, a user it removes: remove_users removes all of a user's clients", i, u)
+		for _, i := range removed {
+			id := identity(base, i)
+			if left != nil && left[userOf(id)] || left == nil && hasUser(next, id) {
+				return forbid("the commit leaves a client of %s, a user it removes: remove_users removes all of a user's clients", userOf(id))
 			}
 		}
 	case moh.RemoveClients:
@@ -152,7 +201,7 @@ func checkRules(typ moh.RequestType, base, next *mls.GroupState, info *mls.Commi
 			return err
 		}
 		joiner := identity(next, info.CommitterLeaf)
-		if !users(base)[userOf(joiner)] {
+		if !hasUser(base, joiner) {
 			return forbid("the joiner's user is not in the group: new users are added with add_users")
 		}
 		for _, i := range removed {
@@ -172,19 +221,40 @@ func checkRules(typ moh.RequestType, base, next *mls.GroupState, info *mls.Commi
 // leaf's client URI (checkRules), so it cannot make a duplicate, and an
 // update_client costs no pass over the members.
 func checkUniqueClients(typ moh.RequestType, next *mls.GroupState, info *mls.CommitInfo) error {
-	changed := make(map[string]uint32)
+	type leafID struct {
+		leaf uint32
+		id   []byte
+	}
+	var changed []leafID
 	for _, a := range info.Added {
-		changed[string(identity(next, a.Leaf))] = a.Leaf
+		changed = append(changed, leafID{a.Leaf, identity(next, a.Leaf)})
 	}
 	if info.Committer.Type == mls.SenderNewMemberCommit {
-		changed[string(identity(next, info.CommitterLeaf))] = info.CommitterLeaf
+		changed = append(changed, leafID{info.CommitterLeaf, identity(next, info.CommitterLeaf)})
 	}
 	if len(changed) == 0 {
 		return nil
 	}
+	if len(changed) > fewChanges {
+		ids := make(map[string]uint32, len(changed))
+		for _, c := range changed {
+			ids[string(c.id)] = c.leaf
+		}
+		for _, i := range next.Tree().Members() {
+			if j, ok := ids[string(identity(next, i))]; ok && j != i {
+				return moh.Errorf(moh.CodeForbidden, "%s: leaf %d and leaf %d would hold the same client", typ, i, j)
+			}
+		}
+		return nil
+	}
+	// One pass over the members, comparing in place: no credential is
+	// copied.
 	for _, i := range next.Tree().Members() {
-		if j, ok := changed[string(identity(next, i))]; ok && j != i {
-			return moh.Errorf(moh.CodeForbidden, "%s: leaf %d and leaf %d would hold the same client", typ, i, j)
+		v, _ := next.Member(i)
+		for _, c := range changed {
+			if c.leaf != i && v.HasIdentity(c.id) {
+				return moh.Errorf(moh.CodeForbidden, "%s: leaf %d and leaf %d would hold the same client", typ, i, c.leaf)
+			}
 		}
 	}
 	return nil
