@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -73,25 +72,8 @@ func startClientSite(t *testing.T) {
 		}
 		fmt.Fprintf(&users, "\t\t\t%s %s\n", name, hash)
 	}
-	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
 	site := strings.NewReplacer("{DATA}", filepath.Join(env.dir, "m-"+t.Name()), "{USERS}", strings.TrimRight(users.String(), "\n")).Replace(clientSite)
-	env.tester.InitServer(base+site, "caddyfile")
-	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
-	if t.Failed() {
-		t.FailNow()
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := client(tls.VersionTLS13).Get("https://m.localhost:9443/healthz")
-		if err == nil {
-			resp.Body.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("m.localhost never served TLS: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	loadWithSite(t, "m.localhost", site)
 }
 
 // clientHTTP is an HTTP client for mimicore/client: TLS 1.3 only, the

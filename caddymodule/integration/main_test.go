@@ -272,3 +272,34 @@ func peerClient(t *testing.T, sender string) *provider.Client {
 		}),
 	}
 }
+
+// waitTLS waits until host completes a handshake after a reload.
+func waitTLS(t *testing.T, host string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client(0).Get("https://" + host + ":9443/healthz")
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never served TLS after the reload: %v", host, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// loadWithSite loads the shared configuration plus site, a site block for
+// host on :9443, waits until host serves TLS, and restores the shared
+// configuration when the test ends.
+func loadWithSite(t *testing.T, host, site string) {
+	t.Helper()
+	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
+	env.tester.InitServer(base+site, "caddyfile")
+	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
+	if t.Failed() {
+		t.FailNow()
+	}
+	waitTLS(t, host)
+}

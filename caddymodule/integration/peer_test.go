@@ -151,23 +151,6 @@ func runPeer(t *testing.T, issuer *binding.Issuer, peerDir string, peerArgs ...s
 	}
 }
 
-// waitTLS waits until host completes a handshake after a reload.
-func waitTLS(t *testing.T, host string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := client(0).Get("https://" + host + ":9443/healthz")
-		if err == nil {
-			resp.Body.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never served TLS after the reload: %v", host, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // writePeerCert issues a certificate for host from the test root and
 // writes it and its key to the test directory.
 func writePeerCert(t *testing.T, host string) (string, string) {

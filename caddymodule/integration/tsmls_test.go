@@ -72,25 +72,7 @@ ts.localhost:9443 {
 func startTSSite(t *testing.T) {
 	t.Helper()
 	startCaddy(t)
-	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
-	site := strings.ReplaceAll(tsSite, "{DATA}", filepath.Join(env.dir, "ts-"+t.Name()))
-	env.tester.InitServer(base+site, "caddyfile")
-	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
-	if t.Failed() {
-		t.FailNow()
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := client(tls.VersionTLS13).Get("https://ts.localhost:9443/healthz")
-		if err == nil {
-			resp.Body.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ts.localhost never served TLS: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	loadWithSite(t, "ts.localhost", strings.ReplaceAll(tsSite, "{DATA}", filepath.Join(env.dir, "ts-"+t.Name())))
 }
 
 // tsBytes is a hex string of a transcript.
