@@ -261,6 +261,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		// stopped fetching could otherwise flood the log.
 		QueueLimits: store.QueueLimits{MaxMessages: g.QueueMaxMessages, MaxBytes: g.QueueMaxBytes},
 		Hubs:        new(ds.HubCache),
+		Members:     new(ds.MemberViews),
 		Logger:      sampled(g.logger),
 	}
 	if g.UncheckedClientBindings {

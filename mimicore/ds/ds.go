@@ -118,6 +118,9 @@ type Service struct {
 	// Hubs remembers the hubs of other providers' groups for
 	// deliver_message; nil reads the store for every message.
 	Hubs *HubCache
+	// Members remembers how each hosted group's members split into local
+	// and remote clients; nil passes over every member for each post.
+	Members *MemberViews
 }
 
 // logger is s.Logger, or a logger that discards.

@@ -53,20 +53,23 @@ func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
 // parsed for its destination. A post that no local client sees or joins
 // after is not written.
 func (b *fanoutBuilder) post(msg, sender []byte, g *mls.GroupState, skip int64, m membership) {
-	prefixes := b.s.localPrefixes()
-	local := false
-	var remote [][]byte
-	for _, i := range g.Tree().Members() {
-		if int64(i) == skip {
+	v := b.s.memberView(g)
+	locals := v.local
+	remote := make([][]byte, 0, len(v.remote))
+	skipRemote := false
+	for _, r := range v.remote {
+		if int64(r.leaf) == skip {
+			skipRemote = true
 			continue
 		}
-		leaf, _ := g.Member(i)
-		if slices.ContainsFunc(prefixes, leaf.IdentityHasPrefix) {
-			local = true
-			continue
-		}
-		remote = append(remote, leaf.Credential().Identity)
+		remote = append(remote, r.id)
 	}
+	if skip >= 0 && !skipRemote {
+		if _, ok := g.Member(uint32(skip)); ok {
+			locals-- // the sender is a local client
+		}
+	}
+	local := locals > 0
 	// A member the prefix missed whose URI still names a provider served
 	// here is one of the store's members all the same.
 	if len(b.addRemote(msg, remote)) > 0 {

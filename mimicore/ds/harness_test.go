@@ -45,7 +45,7 @@ func newHarness(t testing.TB) *harness {
 	}
 	h := &harness{st: st, ring: ring, issuer: &binding.Issuer{Domains: []string{testProvider}, Keys: ring}}
 	h.svc = &Service{Groups: StoreGroups{st}, Joiners: StoreJoiners{st}, Seen: st, Store: st, Providers: []string{"b.example", testProvider},
-		Bindings: &binding.Checker{Domains: []string{testProvider}, Local: ring}}
+		Bindings: &binding.Checker{Domains: []string{testProvider}, Local: ring}, Members: new(MemberViews)}
 	return h
 }
 

@@ -200,6 +200,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	}
 	fan.notify()
 	fan.report(typ.String(), delivered)
+	s.advanceView(base, next, info)
 	if typ == moh.DeleteGroup {
 		// The commit that removed everyone else is stored first, so that of
 		// two racing requests exactly one wins; then the group goes.
