@@ -31,6 +31,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -146,41 +147,12 @@ const peerSuite = mls.X25519AES128GCMSHA256Ed25519
 
 func newPeerMember(t *testing.T, s *peerSite, user string) *peerMember {
 	t.Helper()
-	uri := moh.ClientURI(s.g.Providers[0], user, "phone")
-	signer, pub, err := peerSuite.GenerateSignatureKey()
+	c, err := mlstest.NewClient(peerSuite, moh.ClientURI(s.g.Providers[0], user, "phone"),
+		mlstest.Options{Issuer: &binding.Issuer{Domains: s.g.Providers, Keys: s.g.svc.Keys()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	seed := make([]byte, 64)
-	rand.Read(seed)
-	leafKey, encPub, err := peerSuite.DeriveKeyPair(seed[:32])
-	if err != nil {
-		t.Fatal(err)
-	}
-	initKey, initPub, err := peerSuite.DeriveKeyPair(seed[32:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := mls.LeafNode{EncryptionKey: encPub, SignatureKey: pub,
-		Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
-		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{peerSuite},
-			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
-		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 62}}
-	bd, err := (&binding.Issuer{Domains: s.g.Providers, Keys: s.g.svc.Keys()}).Issue([]byte(uri), pub, time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := binding.Attach(&leaf, bd); err != nil {
-		t.Fatal(err)
-	}
-	if err := leaf.Sign(peerSuite, signer, nil, 0); err != nil {
-		t.Fatal(err)
-	}
-	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: peerSuite, InitKey: initPub, LeafNode: leaf}
-	if err := kp.Sign(signer); err != nil {
-		t.Fatal(err)
-	}
-	return &peerMember{uri: uri, kp: kp, signer: signer, leafKey: leafKey, initKey: initKey}
+	return &peerMember{uri: c.Identity, kp: c.KeyPackage, signer: c.Signer, leafKey: c.LeafKey, initKey: c.InitKey}
 }
 
 // groupOp posts a DSRequest signed by c (as its leaf) to site's

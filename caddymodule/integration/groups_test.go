@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -82,43 +83,15 @@ func (c *mimiClient) newGroup(t *testing.T, gid []byte) *mls.Member {
 // binding issuer signs unless unbound.
 func newMIMIClientAt(t *testing.T, issuer *binding.Issuer, provider, user, device string, unbound bool) *mimiClient {
 	t.Helper()
-	uri := moh.ClientURI(provider, user, device)
-	signer, pub, err := suite.GenerateSignatureKey()
+	o := mlstest.Options{Issuer: issuer, BindingCapability: true}
+	if unbound {
+		o.Issuer = nil
+	}
+	c, err := mlstest.NewClient(suite, moh.ClientURI(provider, user, device), o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leafKey, encPub, err := suite.DeriveKeyPair(random32(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	initKey, initPub, err := suite.DeriveKeyPair(random32(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := mls.LeafNode{
-		EncryptionKey: encPub, SignatureKey: pub,
-		Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
-		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{suite},
-			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
-		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 62},
-	}
-	if !unbound {
-		b, err := issuer.Issue([]byte(uri), pub, time.Now().Add(time.Hour))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := binding.Attach(&leaf, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := leaf.Sign(suite, signer, nil, 0); err != nil {
-		t.Fatal(err)
-	}
-	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: suite, InitKey: initPub, LeafNode: leaf}
-	if err := kp.Sign(signer); err != nil {
-		t.Fatal(err)
-	}
-	return &mimiClient{uri: uri, signer: signer, kp: kp, initKey: initKey, leafKey: leafKey}
+	return &mimiClient{uri: c.Identity, signer: c.Signer, kp: c.KeyPackage, initKey: c.InitKey, leafKey: c.LeafKey}
 }
 
 // sign encodes body signed by c as its member's leaf (0 before it has

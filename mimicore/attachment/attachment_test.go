@@ -8,6 +8,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 )
 
@@ -21,33 +22,11 @@ type member struct {
 
 func newMember(t *testing.T, cs mls.CipherSuite, name string) *member {
 	t.Helper()
-	signer, pub, err := cs.GenerateSignatureKey()
+	c, err := mlstest.NewClient(cs, name, mlstest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	seed := make([]byte, 64)
-	rand.Read(seed)
-	leafKey, encPub, err := cs.DeriveKeyPair(seed[:32])
-	if err != nil {
-		t.Fatal(err)
-	}
-	initKey, initPub, err := cs.DeriveKeyPair(seed[32:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := mls.LeafNode{EncryptionKey: encPub, SignatureKey: pub,
-		Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(name)},
-		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{cs},
-			Credentials: []mls.CredentialType{mls.CredentialBasic}},
-		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 62}}
-	if err := leaf.Sign(cs, signer, nil, 0); err != nil {
-		t.Fatal(err)
-	}
-	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: cs, InitKey: initPub, LeafNode: leaf}
-	if err := kp.Sign(signer); err != nil {
-		t.Fatal(err)
-	}
-	return &member{kp: kp, signer: signer, leafKey: leafKey, initKey: initKey}
+	return &member{kp: c.KeyPackage, signer: c.Signer, leafKey: c.LeafKey, initKey: c.InitKey}
 }
 
 // pair returns alice and bob as members of one group in one epoch, and

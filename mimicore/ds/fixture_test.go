@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -50,38 +51,11 @@ func newClient(t testing.TB, cs mls.CipherSuite, name string) *client {
 // set, changes the leaf (extensions, a binding) before it is signed.
 func newKeyPackageClient(t testing.TB, cs mls.CipherSuite, name, uri string, edit func(leaf *mls.LeafNode, pub []byte)) *client {
 	t.Helper()
-	signer, pub, err := cs.GenerateSignatureKey()
+	c, err := mlstest.NewClient(cs, uri, mlstest.Options{Edit: edit})
 	if err != nil {
 		t.Fatal(err)
 	}
-	leafKey, encPub, err := cs.DeriveKeyPair(randomBytes(t, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	initKey, initPub, err := cs.DeriveKeyPair(randomBytes(t, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := mls.LeafNode{
-		EncryptionKey: encPub,
-		SignatureKey:  pub,
-		Credential:    mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
-		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{cs},
-			Credentials: []mls.CredentialType{mls.CredentialBasic}},
-		Source:   mls.SourceKeyPackage,
-		Lifetime: mls.Lifetime{NotBefore: 0, NotAfter: 1 << 62},
-	}
-	if edit != nil {
-		edit(&leaf, pub)
-	}
-	if err := leaf.Sign(cs, signer, nil, 0); err != nil {
-		t.Fatal(err)
-	}
-	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: cs, InitKey: initPub, LeafNode: leaf}
-	if err := kp.Sign(signer); err != nil {
-		t.Fatal(err)
-	}
-	return &client{name: name, signer: signer, pub: pub, kp: kp, initKey: initKey, leafKey: leafKey}
+	return &client{name: name, signer: c.Signer, pub: c.SignatureKey, kp: c.KeyPackage, initKey: c.InitKey, leafKey: c.LeafKey}
 }
 
 // create makes a group of which c is the only member.

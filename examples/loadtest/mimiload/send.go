@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -37,43 +38,13 @@ type sendClient struct {
 }
 
 func newSendClient(issuer *binding.Issuer, user string) (*sendClient, error) {
-	uri := moh.ClientURI("b.localhost", user, "load")
-	signer, pub, err := sendSuite.GenerateSignatureKey()
+	c, err := mlstest.NewClient(sendSuite, moh.ClientURI("b.localhost", user, "load"), mlstest.Options{
+		Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
+		Issuer:   issuer, BindingNotAfter: time.Now().Add(24 * time.Hour)})
 	if err != nil {
 		return nil, err
 	}
-	seed := make([]byte, 64)
-	rand.Read(seed)
-	leafKey, encPub, err := sendSuite.DeriveKeyPair(seed[:32])
-	if err != nil {
-		return nil, err
-	}
-	_, initPub, err := sendSuite.DeriveKeyPair(seed[32:])
-	if err != nil {
-		return nil, err
-	}
-	leaf := mls.LeafNode{
-		EncryptionKey: encPub, SignatureKey: pub,
-		Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
-		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{sendSuite},
-			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
-		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
-	}
-	b, err := issuer.Issue([]byte(uri), pub, time.Now().Add(24*time.Hour))
-	if err != nil {
-		return nil, fmt.Errorf("issuing a binding: %w", err)
-	}
-	if err := binding.Attach(&leaf, b); err != nil {
-		return nil, err
-	}
-	if err := leaf.Sign(sendSuite, signer, nil, 0); err != nil {
-		return nil, err
-	}
-	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: sendSuite, InitKey: initPub, LeafNode: leaf}
-	if err := kp.Sign(signer); err != nil {
-		return nil, err
-	}
-	return &sendClient{uri: uri, signer: signer, kp: kp, leafKey: leafKey}, nil
+	return &sendClient{uri: c.Identity, signer: c.Signer, kp: c.KeyPackage, leafKey: c.LeafKey}, nil
 }
 
 // postDS sends a DSRequest to b's /group_operation and decodes the answer.
