@@ -139,8 +139,11 @@ type Gateway struct {
 	routes  map[string]*route
 	inbound *provider.Inbound
 	ds      *ds.Service
-	proxies []netip.Prefix
-	logger  *zap.Logger
+	// processProvider is ds.ProcessProvider, kept once: a method value
+	// made per request would allocate on the provider hot path.
+	processProvider provider.Processor
+	proxies         []netip.Prefix
+	logger          *zap.Logger
 	// sampled logs failures that a flood of requests could repeat.
 	sampled *zap.Logger
 	// originKey is the origin's key in originPool, "" when none is held.
@@ -267,6 +270,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
 	}
+	g.processProvider = g.ds.ProcessProvider
 	g.inbound = &provider.Inbound{
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},
 		Replay:   g.svc.Store(),

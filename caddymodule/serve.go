@@ -262,7 +262,7 @@ func (g *Gateway) serveProvider(x *exchange) {
 		g.refuse(x, err)
 		return
 	}
-	answer, err := g.inbound.Handle(ctx, v, g.ds.ProviderProcessor(typ))
+	answer, err := g.inbound.Handle(ctx, v, g.processProvider)
 	if answer == nil {
 		g.refuse(x, err)
 		return

@@ -280,29 +280,27 @@ func authName(t moh.AuthType) string {
 	return fmt.Sprintf("auth type %d", uint8(t))
 }
 
-// ProviderProcessor returns the processor of provider requests of typ
-// (docs/protocol.md §4): deliver_message hands the message to local
-// queues (deliverMessage), group_key_packages and connection_key_packages
-// claim from the KeyPackage directory; connection_request lands with the
-// rest of the federation work, and until then it is authenticated,
-// replay-checked and answered not_implemented, and the answer is recorded
-// like any other.
-func (s *Service) ProviderProcessor(typ moh.ProviderRequestType) provider.Processor {
-	process := func(context.Context, *provider.Verified) (*moh.DSResponse, error) {
-		return nil, moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ)
+// ProcessProvider is the provider.Processor of every provider request
+// type (docs/protocol.md §4), chosen by the verified request's type:
+// deliver_message hands the message to local queues (deliverMessage),
+// group_key_packages and connection_key_packages claim from the KeyPackage
+// directory; connection_request lands with the rest of the federation
+// work, and until then it is authenticated, replay-checked and answered
+// not_implemented, and the answer is recorded like any other. Every
+// request tells PeerUp that its sender is reachable. A caller keeps the
+// method value once (it is on the hot path of every provider request).
+func (s *Service) ProcessProvider(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
+	if s.PeerUp != nil {
+		s.PeerUp(string(v.Request.Sender))
 	}
-	switch typ {
+	switch typ := v.Request.RequestType; typ {
 	case moh.DeliverMessage:
-		process = s.deliverMessage
+		return s.deliverMessage(ctx, v)
 	case moh.GroupKeyPackages:
-		process = s.groupKeyPackages
+		return s.groupKeyPackages(ctx, v)
 	case moh.ConnectionKeyPackages:
-		process = s.connectionKeyPackages
-	}
-	return func(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
-		if s.PeerUp != nil {
-			s.PeerUp(string(v.Request.Sender))
-		}
-		return process(ctx, v)
+		return s.connectionKeyPackages(ctx, v)
+	default:
+		return nil, moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ)
 	}
 }

@@ -15,7 +15,7 @@ func (h *harness) deliver(t *testing.T, sender string, payload []byte) (*moh.DSR
 	t.Helper()
 	v := &provider.Verified{Request: &moh.ProviderRequest{RequestType: moh.DeliverMessage,
 		Sender: []byte(sender), Recipient: []byte(testProvider), Timestamp: 1, RequestID: randomBytes(t, 16), Payload: payload}}
-	return h.svc.ProviderProcessor(moh.DeliverMessage)(t.Context(), v)
+	return h.svc.ProcessProvider(t.Context(), v)
 }
 
 // queueingPayload encodes a QueueingServiceRequest.

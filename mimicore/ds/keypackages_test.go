@@ -16,7 +16,7 @@ func (h *harness) peerAsk(t *testing.T, typ moh.ProviderRequestType, sender stri
 	t.Helper()
 	v := &provider.Verified{Request: &moh.ProviderRequest{RequestType: typ, Sender: []byte(sender),
 		Recipient: []byte(testProvider), Timestamp: 1, RequestID: randomBytes(t, 16), Payload: payload}}
-	return h.svc.ProviderProcessor(typ)(t.Context(), v)
+	return h.svc.ProcessProvider(t.Context(), v)
 }
 
 // publish makes c's KeyPackage available in the directory.
