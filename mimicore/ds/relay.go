@@ -13,9 +13,10 @@ import (
 // not_found, whether the group it names is hosted by another provider that
 // this one knows as the group's hub (recorded by the group's first Welcome,
 // docs/protocol.md §9): then the request is relayed, unchanged, to that
-// hub. It answers "" for a request that names no group, a group hosted
-// here, and a group whose hub is not known, which stay not_found: a
-// follower never relays for an unknown group.
+// hub, remembered in Hubs as deliver_message does. It answers "" for a
+// request that names no group, a group hosted here, and a group whose hub
+// is not known, which stay not_found: a follower never relays for an
+// unknown group.
 func (s *Service) HubElsewhere(ctx context.Context, body []byte) (string, error) {
 	if s.Store == nil {
 		return "", nil
@@ -28,6 +29,9 @@ func (s *Service) HubElsewhere(ctx context.Context, body []byte) (string, error)
 	if len(gid) == 0 || req.Body.Type == moh.CreateGroup {
 		return "", nil
 	}
+	if hub, ok := s.Hubs.get(gid); ok {
+		return hub, nil
+	}
 	hub, err := s.Store.GroupHub(ctx, gid)
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrInvalid):
@@ -37,5 +41,6 @@ func (s *Service) HubElsewhere(ctx context.Context, body []byte) (string, error)
 	case slices.Contains(s.Providers, hub):
 		return "", nil
 	}
+	s.Hubs.put(gid, hub)
 	return hub, nil
 }
