@@ -206,6 +206,26 @@ func waitQueue(t *testing.T, site *peerSite, client string, n int) []store.Queue
 	}
 }
 
+// waitOutboxEmpty polls site's outbox until nothing is pending for
+// destination.
+func waitOutboxEmpty(t *testing.T, site *peerSite, destination string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		pending, err := site.g.svc.Store().OutboxPending(t.Context(), destination, 0, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pending) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages still pending for %s", len(pending), destination)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestOutboxSurvivesPeerOutage runs a group hosted on a.localhost with a
 // member on b.localhost, takes b down, has a accept a burst of messages
 // while b is unreachable, brings b back, and checks that b's member gets
@@ -239,6 +259,9 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 	if got := waitQueue(t, b, bob.uri, 1); len(got) != 1 {
 		t.Fatalf("bob's queue at b holds %d messages before the outage, want the Welcome", len(got))
 	}
+	// b has the Welcome; wait until a has also recorded its delivery, so
+	// that stopping b cannot cut off the answer and leave it pending.
+	waitOutboxEmpty(t, a, "b.localhost")
 
 	// b goes down; a accepts a burst, which waits in its outbox.
 	b.stop()
