@@ -1,0 +1,102 @@
+// Package storage is the interface between the Delivery Service's
+// attachment service and the place that keeps attachment ciphertexts: a
+// directory under the data dir, an S3-compatible object store, or the
+// provider's legacy backend. One package per backend implements it.
+//
+// Objects are named by the gateway, never by request data: a name is the
+// hex encoding of random bytes the attachment service draws (ValidName).
+// The store knows nothing of groups, tokens, quotas or membership; the
+// attachment service keeps that metadata in the store package and calls a
+// Backend only for bytes.
+//
+// The life of an upload:
+//
+//	w, err := b.Create(ctx, name, size) // nothing visible yet
+//	_, err = io.Copy(w, body)           // streamed, hashed by the caller
+//	err = w.Commit(ctx)                 // durable and visible, or an error
+//	// on any failure before Commit: w.Abort() removes every byte written
+//
+// A name is created at most once. A Writer neither committed nor aborted
+// (the process died) leaves temporary data that the backend's Sweep
+// removes.
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// Errors of a Backend.
+var (
+	// ErrNotFound reports a name with no committed object.
+	ErrNotFound = errors.New("storage: no such object")
+	// ErrExists reports Create of a name that is committed already.
+	ErrExists = errors.New("storage: object exists")
+	// ErrSize reports a Writer given more or fewer bytes than the size
+	// passed to Create.
+	ErrSize = errors.New("storage: object size mismatch")
+	// ErrInvalidName reports a name that ValidName refuses.
+	ErrInvalidName = errors.New("storage: invalid object name")
+)
+
+// MaxNameSize bounds an object name.
+const MaxNameSize = 128
+
+// ValidName reports whether name is an object name: 32..MaxNameSize
+// lowercase hex digits. Backends refuse any other name, so no request data
+// can become a path or a key.
+func ValidName(name string) bool {
+	if len(name) < 32 || len(name) > MaxNameSize {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Backend keeps attachment ciphertexts. Implementations are safe for
+// concurrent use.
+type Backend interface {
+	// Create starts the object name of exactly size bytes. Nothing is
+	// visible under name until the Writer's Commit succeeds.
+	Create(ctx context.Context, name string, size int64) (Writer, error)
+	// Open returns the committed object name for reading, or ErrNotFound.
+	Open(ctx context.Context, name string) (Object, error)
+	// Delete removes the committed object name. Deleting a name that does
+	// not exist is not an error, so a sweeper can repeat it.
+	Delete(ctx context.Context, name string) error
+	// Sweep removes temporary data of uploads that were neither committed
+	// nor aborted and started before olderThan (a process that died
+	// mid-upload), and returns how many it removed.
+	Sweep(ctx context.Context, olderThan time.Time) (int, error)
+}
+
+// Writer receives an object's bytes in order. Write calls and Commit or
+// Abort come from one goroutine.
+type Writer interface {
+	io.Writer
+	// Commit makes the object durable and visible under its name. It
+	// fails with ErrSize when the bytes written are not the size given
+	// to Create, and then leaves nothing behind.
+	Commit(ctx context.Context) error
+	// Abort discards everything written. It may be called after a failed
+	// Commit and more than once.
+	Abort() error
+}
+
+// Object is a committed object opened for reading. A download reads the
+// whole or a range of it (HTTP range requests) without holding it in
+// memory.
+type Object interface {
+	io.ReaderAt
+	io.ReadSeeker
+	io.Closer
+	// Size is the object's length in bytes.
+	Size() int64
+}
