@@ -72,14 +72,23 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 	if err != nil {
 		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: encoding the message: %v", err)
 	}
-	outs, err := s.Store.Append(ctx, store.Delivery{Recipients: local, GroupID: q.GroupID, Sender: sender, Message: msg,
-		Limits: s.QueueLimits, Dedup: deliverDigest(sender, q.GroupID, msg), DedupExpires: s.now().Add(DeliverDedupWindow)})
+	d := store.Delivery{Recipients: local, GroupID: q.GroupID, Sender: sender, Message: msg,
+		Limits: s.QueueLimits, Dedup: deliverDigest(sender, q.GroupID, msg), DedupExpires: s.now().Add(DeliverDedupWindow)}
+	// The answer is recorded in the same write as the queue entries.
+	if enc, err := wire.Marshal(answer); err == nil {
+		d.Replay = v.InlineReplay(enc)
+	}
+	outs, err := s.Store.Append(ctx, d)
 	switch {
 	case errors.Is(err, store.ErrDuplicate):
-		// Delivered before: the retry is answered like the first.
+		// Delivered before: the retry is answered like the first (and
+		// its answer recorded on its own: the Append wrote nothing).
 		return answer, nil
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: queueing: %w", err)
+	}
+	if d.Replay != nil {
+		v.ReplayRecorded()
 	}
 	for i, a := range outs {
 		if errors.Is(a.Err, store.ErrQueueFull) {

@@ -131,6 +131,15 @@ type queuedAppend struct {
 	maxMessages, maxBytes int64
 	dedup                 []byte // empty for none
 	dedupExpires          int64  // Unix ms
+	replay                *replayRow
+}
+
+// replayRow is a store.ReplayRecord copied for an op.
+type replayRow struct {
+	sender         string
+	requestID      []byte
+	digest, answer []byte
+	expires        int64 // Unix ms
 }
 
 // newQueuedAppend copies d, which check.Delivery accepted.
@@ -147,6 +156,10 @@ func newQueuedAppend(d store.Delivery) queuedAppend {
 	}
 	if len(qa.dedup) > 0 {
 		qa.dedupExpires = check.ExpiryMillis(d.DedupExpires)
+	}
+	if r := d.Replay; r != nil {
+		qa.replay = &replayRow{sender: r.Sender, requestID: bytes.Clone(r.RequestID), digest: bytes.Clone(r.Digest[:]),
+			answer: nonNil(bytes.Clone(r.Answer.Body)), expires: check.ExpiryMillis(r.Expires)}
 	}
 	if qa.maxMessages == 0 {
 		qa.maxMessages = store.DefaultQueueMaxMessages
@@ -171,6 +184,20 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, qa queuedAppend, now i
 			return nil, err
 		} else if n == 0 {
 			return nil, store.ErrDuplicate
+		}
+	}
+	if r := qa.replay; r != nil {
+		// The answer of the request that carries the delivery, in the
+		// same write (store.Delivery.Replay), as RecordReplay writes it.
+		s.remember(r.sender, r.requestID, r.expires, now)
+		res, err := tx.StmtContext(ctx, s.ws.replayRecord).ExecContext(ctx, r.sender, r.requestID, r.digest, r.expires, r.answer, now)
+		if err != nil {
+			return nil, err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, err
+		} else if n == 0 {
+			return nil, fmt.Errorf("an alive replay entry holds this request id: %w", store.ErrConflict)
 		}
 	}
 	out := make([]store.Appended, len(qa.recipients))

@@ -253,6 +253,17 @@ func Delivery(d store.Delivery) error {
 	if len(d.Dedup) != 0 && (len(d.Dedup) != 32 || d.DedupExpires.IsZero()) {
 		return fmt.Errorf("dedup key of %d bytes (want 32) or without expiry: %w", len(d.Dedup), store.ErrInvalid)
 	}
+	if r := d.Replay; r != nil {
+		if err := Domain("replay sender", r.Sender); err != nil {
+			return err
+		}
+		if err := ID("replay request id", r.RequestID); err != nil {
+			return err
+		}
+		if err := Answer(r.Answer); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
