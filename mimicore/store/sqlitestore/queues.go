@@ -39,11 +39,10 @@ const (
 			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + ?1
 		WHERE queue_heads.messages + 1 <= ?2 AND queue_heads.bytes + ?1 <= ?3
 		RETURNING client, last_seq`
-	// queueEntryManySQL writes the entries of the queues named in the JSON
-	// array ?7 that took number ?8.
+	// queueEntryManySQL writes the entries, numbered ?8, of the queues
+	// named in the JSON array ?7, each of which took that number.
 	queueEntryManySQL = `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
-		SELECT h.client, h.last_seq, ?1, ?2, ?3, ?4, ?5, ?6 FROM queue_heads h
-		WHERE h.client IN (SELECT value FROM json_each(?7)) AND h.last_seq = ?8`
+		SELECT value, ?8, ?1, ?2, ?3, ?4, ?5, ?6 FROM json_each(?7)`
 	// queueCursorSQL reads the global sequence and client ?1's
 	// acknowledged cursor.
 	queueCursorSQL = `SELECT s.last, COALESCE((SELECT acked FROM queue_cursors WHERE client = ?1), 0)
