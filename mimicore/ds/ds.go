@@ -283,10 +283,9 @@ func authName(t moh.AuthType) string {
 // ProcessProvider is the provider.Processor of every provider request
 // type (docs/protocol.md §4), chosen by the verified request's type:
 // deliver_message hands the message to local queues (deliverMessage),
-// group_key_packages and connection_key_packages claim from the KeyPackage
-// directory; connection_request lands with the rest of the federation
-// work, and until then it is authenticated, replay-checked and answered
-// not_implemented, and the answer is recorded like any other. Every
+// connection_request hands a connection Welcome to a local user's clients
+// (connectionRequest), group_key_packages and connection_key_packages
+// claim from the KeyPackage directory. Every
 // request tells PeerUp that its sender is reachable. A caller keeps the
 // method value once (it is on the hot path of every provider request).
 func (s *Service) ProcessProvider(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
@@ -300,6 +299,8 @@ func (s *Service) ProcessProvider(ctx context.Context, v *provider.Verified) (*m
 		return s.groupKeyPackages(ctx, v)
 	case moh.ConnectionKeyPackages:
 		return s.connectionKeyPackages(ctx, v)
+	case moh.ConnectionRequest:
+		return s.connectionRequest(ctx, v)
 	default:
 		return nil, moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ)
 	}
