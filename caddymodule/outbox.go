@@ -77,6 +77,9 @@ var (
 		"Age of the oldest message waiting in the outbox for a destination provider.", []string{"data_dir", "destination"}, nil)
 	outboxFailuresDesc = prometheus.NewDesc("caddy_mimi_outbox_destination_failures",
 		"Delivery attempts to a destination that failed since its last success.", []string{"data_dir", "destination"}, nil)
+	fanoutLatencyDesc = prometheus.NewDesc("caddy_mimi_fanout_latency_seconds",
+		"End-to-end fan-out latency: from the Delivery Service's acceptance of a message to the destination provider's answer, retries included.",
+		[]string{"data_dir"}, nil)
 )
 
 func init() {
@@ -103,6 +106,7 @@ func (outboxStats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- outboxMessagesDesc
 	ch <- outboxOldestDesc
 	ch <- outboxFailuresDesc
+	ch <- fanoutLatencyDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -120,6 +124,11 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 			"rejected": st.Rejected, "given_up": st.GivenUp} {
 			ch <- prometheus.MustNewConstMetric(outboxCounterDescs[name], prometheus.CounterValue, float64(v), dir)
 		}
+		buckets := make(map[float64]uint64, len(federation.LatencyBounds))
+		for i, b := range federation.LatencyBounds {
+			buckets[b] = st.Latency.Cumulative[i]
+		}
+		ch <- prometheus.MustNewConstHistogram(fanoutLatencyDesc, st.Latency.Count, st.Latency.Sum.Seconds(), buckets, dir)
 		for _, d := range r.sender.Status() {
 			ch <- prometheus.MustNewConstMetric(outboxFailuresDesc, prometheus.GaugeValue, float64(d.Failures), dir, d.Destination)
 		}

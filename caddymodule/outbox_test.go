@@ -30,6 +30,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
@@ -360,6 +361,23 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 	}
 	if again := waitQueue(t, b, bob.uri, 0); len(again) != 1+burst {
 		t.Fatalf("bob's queue holds %d messages, want each of the %d once", len(again), 1+burst)
+	}
+	// Every delivered message's end-to-end latency is in the histogram;
+	// those of the burst include the outage.
+	var latency *dto.Histogram
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			if f.GetName() == "caddy_mimi_fanout_latency_seconds" && len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == a.g.DataDir {
+				latency = m.GetHistogram()
+			}
+		}
+	}
+	if latency == nil || latency.GetSampleCount() < 1+burst || latency.GetSampleSum() <= 0 {
+		t.Fatalf("fan-out latency histogram of a: %v, want at least %d samples", latency, 1+burst)
 	}
 }
 

@@ -88,6 +88,8 @@ type Stats struct {
 	Rejected uint64
 	// GivenUp is the number of messages dropped at GiveUpAfter.
 	GivenUp uint64
+	// Latency is the end-to-end latency of the messages delivered.
+	Latency Latency
 }
 
 // DestinationStatus is what a Sender knows of one destination, for the
@@ -132,6 +134,7 @@ type Sender struct {
 	spawn   func(destination string) // set by Run
 	running bool
 	stats   struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
+	latency latencyHistogram
 }
 
 // Policy is what an operator may change while a sender runs (a
@@ -158,7 +161,7 @@ func (s *Sender) currentPolicy() Policy {
 // Stats returns the counters.
 func (s *Sender) Stats() Stats {
 	return Stats{Attempts: s.stats.attempts.Load(), Delivered: s.stats.delivered.Load(), Retried: s.stats.retried.Load(),
-		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load()}
+		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load(), Latency: s.latency.snapshot()}
 }
 
 // Status lists what the sender knows of each destination it has worked
@@ -425,6 +428,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		return false
 	case a.Status == http.StatusOK && a.Response.Type == moh.ResponseQueueing:
 		s.stats.delivered.Add(1)
+		s.latency.observe(s.now().Sub(e.Enqueued))
 		s.note(e.Destination, func(st *DestinationStatus) {
 			st.LastAttempt, st.LastSuccess, st.LastError, st.Failures = at, at, "", 0
 		})
