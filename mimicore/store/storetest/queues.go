@@ -27,6 +27,7 @@ func RunQueueTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("ConcurrentAppenders", func(t *testing.T) { testQueueConcurrentAppenders(t, plain) })
 	t.Run("Watch", func(t *testing.T) { testQueueWatch(t, plain) })
 	t.Run("Dedup", func(t *testing.T) { testQueueDedup(t, open) })
+	t.Run("OutboxAdd", func(t *testing.T) { testOutboxAdd(t, open) })
 }
 
 // deliver appends one message and fails unless every recipient took it.

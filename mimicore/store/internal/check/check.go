@@ -376,3 +376,21 @@ func OutboxMessage(m store.OutboxMessage) error {
 	}
 	return nil
 }
+
+// OutboxWrite checks a receipt for the outbox: each message as
+// OutboxMessage does, at most MaxFanoutMessages, and the dedup key as
+// Delivery does.
+func OutboxWrite(w store.OutboxWrite) error {
+	if len(w.Messages) == 0 || len(w.Messages) > store.MaxFanoutMessages {
+		return fmt.Errorf("%d messages, want 1..%d: %w", len(w.Messages), store.MaxFanoutMessages, store.ErrInvalid)
+	}
+	for i, m := range w.Messages {
+		if err := OutboxMessage(m); err != nil {
+			return fmt.Errorf("message %d: %w", i, err)
+		}
+	}
+	if len(w.Dedup) != 0 && (len(w.Dedup) != 32 || w.DedupExpires.IsZero()) {
+		return fmt.Errorf("dedup key of %d bytes (want 32) or without expiry: %w", len(w.Dedup), store.ErrInvalid)
+	}
+	return nil
+}
