@@ -72,6 +72,9 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 	if err != nil {
 		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: encoding the message: %v", err)
 	}
+	if s.DeliverToBackend {
+		return s.forwardToBackend(ctx, sender, q.GroupID, local, msg, answer)
+	}
 	outs, err := s.Store.Append(ctx, store.Delivery{Recipients: local, GroupID: q.GroupID, Sender: sender, Message: msg,
 		Limits: s.QueueLimits, Dedup: deliverDigest(sender, q.GroupID, msg), DedupExpires: s.now().Add(DeliverDedupWindow)})
 	switch {
