@@ -19,7 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
@@ -318,10 +321,11 @@ func TestBackendDownThenUp(t *testing.T) {
 
 // TestBackendRejects checks that a 4xx answer (but 408 and 429) drops the
 // message and counts it rejected, that 429 keeps it, and that the
-// messages after it still go.
+// messages after it still go; and that no log line shows the key.
 func TestBackendRejects(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	st := backendSetup(t, "one", "two", "three")
+	core, logs := observer.New(zapcore.DebugLevel)
 	tb := newTestBackend(t, key, func(n int) int {
 		switch n {
 		case 1:
@@ -331,7 +335,7 @@ func TestBackendRejects(t *testing.T) {
 		}
 		return 0
 	})
-	s := &Sender{Outbox: st, Transport: noTransport{}, Logger: zaptest.NewLogger(t),
+	s := &Sender{Outbox: st, Transport: noTransport{}, Logger: zap.New(core),
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
 	s.SetBackend(&Backend{URL: tb.srv.URL, Key: key})
 	runSender(t, s)
@@ -344,6 +348,15 @@ func TestBackendRejects(t *testing.T) {
 	}
 	if stats := s.Stats(); stats.Rejected != 1 || stats.Delivered != 2 || stats.Retried != 1 || stats.Attempts != 4 {
 		t.Fatalf("stats %+v, want 4 attempts, 1 retried, 1 rejected, 2 delivered", stats)
+	}
+	if logs.FilterMessageSnippet("refused a message; dropped").Len() != 1 {
+		t.Fatalf("logs %v, want the dropped message logged once", logs.All())
+	}
+	for _, e := range logs.All() {
+		line := fmt.Sprint(e.Message, e.ContextMap())
+		if strings.Contains(line, string(key)) || strings.Contains(line, string(key[:16])) {
+			t.Fatalf("a log line shows the key: %s", line)
+		}
 	}
 }
 
