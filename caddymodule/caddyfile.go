@@ -42,6 +42,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			root_ca      <pem_file>
 //			trust_pki_ca <ca_id>
 //			timeout      <duration>
+//			max_backoff   <duration>
+//			give_up_after <duration>
+//		}
+//		delivery local_queues
+//		delivery backend <url> {
+//			key      <value>
+//			key_file <path>
+//			timeout  <duration>
 //		}
 //		rate_limit <zone> {
 //			key        remote_ip|ip_prefix <v4_bits> <v6_bits>|sender_provider|group|member|<placeholder>
@@ -93,6 +101,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		endpoints  connection_request
 //		over_limit token
 //	}
+//
+// delivery chooses where messages for this provider's own clients go: the
+// local queues (the default), or the legacy backend at url, signed with
+// the key (a placeholder such as {env.MIMI_BACKEND_KEY}, or key_file), as
+// docs/protocol.md §11 describes.
 //
 // unchecked_client_bindings switches the Delivery Service's client binding
 // check off; it is only for replaying recorded third-party MLS transcripts,
@@ -185,6 +198,12 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			g.Federation = f
+		case "delivery":
+			dl, err := unmarshalDelivery(d)
+			if err != nil {
+				return err
+			}
+			g.Delivery = dl
 		case "rate_limit":
 			z, err := unmarshalRateLimit(d)
 			if err != nil {

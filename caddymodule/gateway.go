@@ -108,6 +108,11 @@ type Gateway struct {
 	// Federation sets how peers' keys are fetched.
 	Federation *Federation `json:"federation,omitempty"`
 
+	// Delivery chooses where messages for this provider's own clients
+	// go: the local queues, or the legacy backend (docs/protocol.md §11).
+	// Default: the local queues.
+	Delivery *Delivery `json:"delivery,omitempty"`
+
 	// RateLimits are the named rate-limit zones (policy.go). Default: none.
 	RateLimits []*RateLimitZone `json:"rate_limits,omitempty"`
 
@@ -270,6 +275,11 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
 	}
+	backend, err := g.Delivery.backend()
+	if err != nil {
+		return err
+	}
+	g.ds.DeliverToBackend = backend != nil
 	g.processProvider = g.ds.ProcessProvider
 	g.inbound = &provider.Inbound{
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},
@@ -294,6 +304,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	} else {
 		sender.SetPolicy(federation.Policy{})
 	}
+	sender.SetBackend(backend)
 	g.ds.Outbound, g.ds.PeerUp = sender.Wake, sender.PeerUp
 	return nil
 }
@@ -362,6 +373,9 @@ func (g *Gateway) Validate() error {
 		if _, err := parsePrefix(c); err != nil {
 			return fmt.Errorf("mimi: trusted_tls_proxies: %w", err)
 		}
+	}
+	if err := g.Delivery.validate(); err != nil {
+		return err
 	}
 	if err := g.validatePolicy(); err != nil {
 		return err

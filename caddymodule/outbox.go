@@ -84,7 +84,7 @@ var (
 
 func init() {
 	for name, help := range map[string]string{
-		"attempts":  "deliver_message requests the federation sender sent.",
+		"attempts":  "Delivery attempts of the federation sender: deliver_message requests and legacy backend POSTs.",
 		"delivered": "Outbox messages a destination accepted.",
 		"retried":   "Delivery attempts that failed and will be retried.",
 		"rejected":  "Outbox messages a destination refused for good, dropped.",
@@ -147,7 +147,8 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 // adminOutbox is the admin API's view of the outboxes (module
 // admin.api.mimi): GET /mimi/outbox lists, per data directory, each
 // destination's backlog and delivery status; POST
-// /mimi/outbox/retry?destination=<domain> ends that destination's backoff
+// /mimi/outbox/retry?destination=<domain> (or @backend, the legacy
+// backend) ends that destination's backoff
 // in every sender, so it is tried at once.
 type adminOutbox struct{}
 
@@ -232,8 +233,8 @@ func (adminOutbox) retry(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
 	}
 	dest := r.URL.Query().Get("destination")
-	if !moh.ValidFQDN([]byte(dest)) {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("destination %q is not a provider domain", dest)}
+	if !moh.ValidFQDN([]byte(dest)) && dest != store.BackendDestination {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("destination %q is not a provider domain or %s", dest, store.BackendDestination)}
 	}
 	senderPool.Range(func(_, value any) bool {
 		if rs, ok := value.(*runningSender); ok {

@@ -100,6 +100,13 @@ type Service struct {
 	// accepted messages appends to; zero fields mean the store's
 	// defaults.
 	QueueLimits store.QueueLimits
+	// DeliverToBackend makes the legacy backend the delivery target of
+	// this provider's own clients (docs/protocol.md §11): what peers
+	// deliver for them and the local members' copies of what this DS
+	// accepts go to the outbox under store.BackendDestination, in the
+	// same write, instead of to their queues and the group logs. False
+	// (the default) delivers to the local queues.
+	DeliverToBackend bool
 	// Logger receives what the operator must know of and no peer may
 	// see: deliveries a full queue refused. Nil discards it.
 	Logger *zap.Logger
@@ -140,6 +147,7 @@ type Store interface {
 	store.GroupStore
 	store.Queues
 	store.KeyPackages
+	store.OutboxAdder
 }
 
 // Request is an authenticated client request.

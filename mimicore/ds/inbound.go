@@ -82,6 +82,9 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 // returns answer.
 func (s *Service) queueFromPeer(ctx context.Context, v *provider.Verified, what string, gid []byte, local []string, msg []byte, answer *moh.DSResponse) (*moh.DSResponse, error) {
 	sender := string(v.Request.Sender)
+	if s.DeliverToBackend {
+		return s.forwardToBackend(ctx, v, gid, local, msg, answer)
+	}
 	d := store.Delivery{Recipients: local, GroupID: gid, Sender: sender, Message: msg,
 		Limits: s.QueueLimits, Dedup: deliverDigest(sender, gid, msg), DedupExpires: s.now().Add(DeliverDedupWindow)}
 	// The answer is recorded in the same write as the queue entries.

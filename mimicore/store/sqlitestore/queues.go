@@ -141,6 +141,36 @@ type replayRow struct {
 	expires        int64 // Unix ms
 }
 
+// newReplayRow copies r, which check.ReplayRecord accepted; nil is nil.
+func newReplayRow(r *store.ReplayRecord) *replayRow {
+	if r == nil {
+		return nil
+	}
+	return &replayRow{sender: r.Sender, requestID: bytes.Clone(r.RequestID), digest: bytes.Clone(r.Digest[:]),
+		answer: nonNil(bytes.Clone(r.Answer.Body)), expires: check.ExpiryMillis(r.Expires)}
+}
+
+// recordReplayTx writes r, the answer of the request that carries the
+// op's write (store.Delivery.Replay, store.OutboxWrite.Replay), inside
+// tx as RecordReplay writes it, at now (Unix ms); an alive entry of its
+// key fails the op with ErrConflict. A nil r writes nothing.
+func (s *Store) recordReplayTx(ctx context.Context, tx *sql.Tx, r *replayRow, now int64) error {
+	if r == nil {
+		return nil
+	}
+	s.remember(r.sender, r.requestID, r.expires, now)
+	res, err := tx.StmtContext(ctx, s.ws.replayRecord).ExecContext(ctx, r.sender, r.requestID, r.digest, r.expires, r.answer, now)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return fmt.Errorf("an alive replay entry holds this request id: %w", store.ErrConflict)
+	}
+	return nil
+}
+
 // newQueuedAppend copies d, which check.Delivery accepted.
 func newQueuedAppend(d store.Delivery) queuedAppend {
 	qa := queuedAppend{
@@ -156,10 +186,7 @@ func newQueuedAppend(d store.Delivery) queuedAppend {
 	if len(qa.dedup) > 0 {
 		qa.dedupExpires = check.ExpiryMillis(d.DedupExpires)
 	}
-	if r := d.Replay; r != nil {
-		qa.replay = &replayRow{sender: r.Sender, requestID: bytes.Clone(r.RequestID), digest: bytes.Clone(r.Digest[:]),
-			answer: nonNil(bytes.Clone(r.Answer.Body)), expires: check.ExpiryMillis(r.Expires)}
-	}
+	qa.replay = newReplayRow(d.Replay)
 	if qa.maxMessages == 0 {
 		qa.maxMessages = store.DefaultQueueMaxMessages
 	}
@@ -185,19 +212,8 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, qa queuedAppend, now i
 			return nil, store.ErrDuplicate
 		}
 	}
-	if r := qa.replay; r != nil {
-		// The answer of the request that carries the delivery, in the
-		// same write (store.Delivery.Replay), as RecordReplay writes it.
-		s.remember(r.sender, r.requestID, r.expires, now)
-		res, err := tx.StmtContext(ctx, s.ws.replayRecord).ExecContext(ctx, r.sender, r.requestID, r.digest, r.expires, r.answer, now)
-		if err != nil {
-			return nil, err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return nil, err
-		} else if n == 0 {
-			return nil, fmt.Errorf("an alive replay entry holds this request id: %w", store.ErrConflict)
-		}
+	if err := s.recordReplayTx(ctx, tx, qa.replay, now); err != nil {
+		return nil, err
 	}
 	out := make([]store.Appended, len(qa.recipients))
 	exp := now + store.DefaultQueueTTL.Milliseconds()

@@ -28,6 +28,7 @@ func RunQueueTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("Watch", func(t *testing.T) { testQueueWatch(t, plain) })
 	t.Run("Dedup", func(t *testing.T) { testQueueDedup(t, open) })
 	t.Run("Replay", func(t *testing.T) { testQueueReplay(t, open) })
+	t.Run("OutboxAdd", func(t *testing.T) { testOutboxAdd(t, open) })
 }
 
 // deliver appends one message and fails unless every recipient took it.
