@@ -24,7 +24,7 @@ func (s *Service) forwardToBackend(ctx context.Context, v *provider.Verified, gi
 		w.Messages = append(w.Messages, store.OutboxMessage{Sender: sender, Destination: store.BackendDestination,
 			GroupID: gid, Recipients: part, Message: msg})
 	}
-	w.Dedup, w.DedupExpires = deliverDigest(sender, gid, msg), s.now().Add(DeliverDedupWindow)
+	w.Dedup, w.DedupExpires = deliverDigest(sender, gid, msg, local), s.now().Add(DeliverDedupWindow)
 	// The answer is recorded in the same write as the outbox rows.
 	if enc, err := wire.Marshal(answer); err == nil {
 		w.Replay = v.InlineReplay(enc)

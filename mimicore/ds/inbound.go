@@ -86,7 +86,7 @@ func (s *Service) queueFromPeer(ctx context.Context, v *provider.Verified, what 
 		return s.forwardToBackend(ctx, v, gid, local, msg, answer)
 	}
 	d := store.Delivery{Recipients: local, GroupID: gid, Sender: sender, Message: msg,
-		Limits: s.QueueLimits, Dedup: deliverDigest(sender, gid, msg), DedupExpires: s.now().Add(DeliverDedupWindow)}
+		Limits: s.QueueLimits, Dedup: deliverDigest(sender, gid, msg, local), DedupExpires: s.now().Add(DeliverDedupWindow)}
 	// The answer is recorded in the same write as the queue entries.
 	if enc, err := wire.Marshal(answer); err == nil {
 		d.Replay = v.InlineReplay(enc)
@@ -247,16 +247,26 @@ func (s *Service) checkHub(ctx context.Context, sender string, gid []byte, welco
 }
 
 // deliverDigest names a delivered message for duplicate suppression:
-// SHA-256 of the label, then the sender, the group id and the message,
-// each with a 4-byte length.
-func deliverDigest(sender string, gid, msg []byte) []byte {
+// SHA-256 of the label, then the sender, the group id, the message and
+// each local recipient in request order, each with a 4-byte length. The
+// recipients are part of the name because a hub sends one message to many
+// clients of one provider in several requests of at most 64 recipients:
+// each is a delivery of its own, and a retry of one repeats its
+// recipients.
+func deliverDigest(sender string, gid, msg []byte, recipients []string) []byte {
 	h := sha256.New()
 	h.Write([]byte(deliverDedupLabel))
-	for _, part := range [][]byte{[]byte(sender), gid, msg} {
-		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(part)))
+	var n [4]byte
+	part := func(b []byte) {
+		binary.BigEndian.PutUint32(n[:], uint32(len(b)))
 		h.Write(n[:])
-		h.Write(part)
+		h.Write(b)
+	}
+	part([]byte(sender))
+	part(gid)
+	part(msg)
+	for _, r := range recipients {
+		part([]byte(r))
 	}
 	return h.Sum(nil)
 }

@@ -94,6 +94,21 @@ func TestDeliverMessage(t *testing.T) {
 	if q := h.queued(t, dave); len(q) != 0 {
 		t.Fatal("dave got a message sent to bob alone")
 	}
+	// The same message to dave alone: the next request of a fan-out too
+	// large for one (docs/protocol.md §4.2 step 4) is a delivery of its
+	// own; its retry is not.
+	toDave := queueingPayload(t, gid, app, dave.uri)
+	for i := range 2 {
+		if resp, err := h.deliver(t, "c.example", toDave); err != nil || resp.Queueing.Status != moh.QueueingOK {
+			t.Fatalf("the message to dave, attempt %d: %+v, %v", i, resp, err)
+		}
+	}
+	if q := h.queued(t, dave); len(q) != 1 {
+		t.Fatalf("dave has %d copies of the message sent to him in its own request, want 1", len(q))
+	}
+	if q := h.queued(t, bob); len(q) != 0 {
+		t.Fatal("bob got the message again with dave's request")
+	}
 
 	// A group hosted here.
 	alice := h.newTClient(t, "alice", "phone", false)
