@@ -19,9 +19,9 @@ func statusOf(c moh.Code) int {
 		return http.StatusOK
 	case moh.CodeMalformed, moh.CodeWrongRequestType, moh.CodeUnsupportedVersion, moh.CodeInvalidMLS:
 		return http.StatusBadRequest
-	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired:
+	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired, moh.CodeCertRequired:
 		return http.StatusUnauthorized
-	case moh.CodeForbidden:
+	case moh.CodeForbidden, moh.CodeBadCertificate:
 		return http.StatusForbidden
 	case moh.CodeNotFound:
 		return http.StatusNotFound
