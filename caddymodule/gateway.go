@@ -122,6 +122,11 @@ type Gateway struct {
 	// requests. Default: every provider whose signature verifies.
 	Peers *PeerList `json:"peers,omitempty"`
 
+	// MutualTLS requires peers' provider requests to come with a TLS
+	// client certificate that names their DS authority, and presents this
+	// gateway's certificate to peers (mtls.go). Default: off.
+	MutualTLS *MutualTLS `json:"mutual_tls,omitempty"`
+
 	// UncheckedClientBindings switches off the Delivery Service's check of
 	// client bindings (docs/protocol.md §5.6): leaves without a valid
 	// binding of the provider named in their client URI are then accepted
@@ -151,6 +156,9 @@ type Gateway struct {
 	// senderStarted is set while this config holds the data directory's
 	// federation sender in senderPool.
 	senderStarted bool
+	// peerCerts checks peers' client certificates; nil unless mutual TLS
+	// is required (mtls.go).
+	peerCerts *provider.CertVerifier
 }
 
 // Federation configures the fetching of peer providers' verification keys.
@@ -231,6 +239,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	}
 	fetch, err := g.Federation.fetchPolicy(ctx)
 	if err != nil {
+		return err
+	}
+	if err := g.provisionMutualTLS(ctx, &fetch); err != nil {
 		return err
 	}
 	g.svc, err = loadService(service.Options{
@@ -364,6 +375,9 @@ func (g *Gateway) Validate() error {
 		}
 	}
 	if err := g.validatePolicy(); err != nil {
+		return err
+	}
+	if err := g.MutualTLS.validate(); err != nil {
 		return err
 	}
 	if f := g.Federation; f != nil {
