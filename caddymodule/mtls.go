@@ -88,6 +88,14 @@ func (g *Gateway) provisionMutualTLS(ctx caddy.Context, fetch *provider.FetchPol
 	if m == nil {
 		return nil
 	}
+	if m.CertificateFile == "" {
+		// Caddy's certificates are looked up in the tls app's cache, which
+		// exists once the app is loaded (the http app loads it, unless the
+		// gateway runs outside a Caddy server).
+		if _, err := ctx.App("tls"); err != nil {
+			return fmt.Errorf("mimi: mutual_tls: loading the tls app for Caddy's certificate of %s: %w", dsHost(g.DSDomain), err)
+		}
+	}
 	get, err := g.clientCertificate(m)
 	if err != nil {
 		return err
@@ -221,7 +229,7 @@ func (g *Gateway) checkPeerCertificate(ctx context.Context, x *exchange, v *prov
 				fields = append(fields, zap.String("ds_authority", authority))
 			}
 			if len(certs) == 0 {
-				fields = append(fields, zap.String("hint", "the site must ask for client certificates: tls { client_auth { mode request } }, and TLS must terminate at Caddy"))
+				fields = append(fields, zap.String("hint", "the peer sent no certificate; if none ever does, check that the site asks for one (tls { client_auth { mode request } }) and that TLS terminates at Caddy"))
 			} else {
 				fields = append(fields, zap.Strings("certificate_dns_names", certs[0].DNSNames))
 			}

@@ -312,13 +312,27 @@ func TestMutualTLSProvisionErrors(t *testing.T) {
 	if err := g.Validate(); err == nil || !strings.Contains(err.Error(), "mutual_tls certificate") {
 		t.Fatalf("a certificate without a key: %v", err)
 	}
+	ca, err := certtest.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Issue(certtest.Leaf{DNSNames: []string{"ds.example.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err := certtest.WriteKeyPair(cert, t.TempDir(), "ds")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		m    *MutualTLS
 		want string
 	}{
 		{"missing certificate files", &MutualTLS{CertificateFile: "/nonexistent.crt", KeyFile: "/nonexistent.key"}, "mutual_tls certificate"},
-		{"missing root file", &MutualTLS{RootCAFiles: []string{"/nonexistent.pem"}}, "mutual_tls root_ca"},
+		{"certificate and key swapped", &MutualTLS{CertificateFile: keyFile, KeyFile: certFile}, "mutual_tls certificate"},
+		{"missing root file", &MutualTLS{RootCAFiles: []string{"/nonexistent.pem"}, CertificateFile: certFile, KeyFile: keyFile}, "mutual_tls root_ca"},
+		{"root file without certificates", &MutualTLS{RootCAFiles: []string{keyFile}, CertificateFile: certFile, KeyFile: keyFile}, "holds no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := base()
