@@ -303,6 +303,55 @@ func TestUnmarshalMutualTLS(t *testing.T) {
 	}
 }
 
+// TestMutualTLSPresentOnly checks that present_only sets the certificate
+// the gateway presents to peers and checks none of theirs, and that
+// without mutual_tls neither happens.
+func TestMutualTLSPresentOnly(t *testing.T) {
+	ca, err := certtest.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Issue(certtest.Leaf{DNSNames: []string{"ds.example.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err := certtest.WriteKeyPair(cert, t.TempDir(), "ds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name             string
+		m                *MutualTLS
+		presents, checks bool
+	}{
+		{"off", nil, false, false},
+		{"present only", &MutualTLS{PresentOnly: true, CertificateFile: certFile, KeyFile: keyFile}, true, false},
+		{"required", &MutualTLS{CertificateFile: certFile, KeyFile: keyFile}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", MutualTLS: tc.m})
+			get := g.svc.Options().Fetch.GetClientCertificate
+			if (get != nil) != tc.presents || (g.peerCerts != nil) != tc.checks {
+				t.Fatalf("presents %v, checks %v; want %v, %v", get != nil, g.peerCerts != nil, tc.presents, tc.checks)
+			}
+			if get == nil {
+				return
+			}
+			c, err := get(&tls.CertificateRequestInfo{Version: tls.VersionTLS13,
+				SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256}})
+			if err != nil || len(c.Certificate) != 1 || !bytes.Equal(c.Certificate[0], cert.Certificate[0]) {
+				t.Fatalf("presented %v, %v; want the configured certificate", c, err)
+			}
+			// A peer that accepts none of the certificate's signature
+			// schemes gets no certificate, and the handshake goes on.
+			if c, err := get(&tls.CertificateRequestInfo{Version: tls.VersionTLS13,
+				SignatureSchemes: []tls.SignatureScheme{tls.Ed25519}}); err != nil || len(c.Certificate) != 0 {
+				t.Fatalf("presented %v, %v to a peer that cannot take it; want none", c, err)
+			}
+		})
+	}
+}
+
 // TestMutualTLSProvisionErrors checks that a half-named or unreadable
 // certificate and unreadable roots fail the configuration.
 func TestMutualTLSProvisionErrors(t *testing.T) {
