@@ -223,8 +223,13 @@ func (g *Gateway) checkPeerCertificate(ctx context.Context, x *exchange, v *prov
 	}
 	if err != nil {
 		if c := g.sampled.Check(zapcore.WarnLevel, "refused provider request: client certificate"); c != nil {
+			dsErr := moh.DSErrorOf(err)
 			fields := []zap.Field{zap.String("endpoint", x.rt.name), zap.String("sender_provider", sender),
-				zap.String("remote_ip", remoteIP(x.r)), zap.ByteString("reason", moh.DSErrorOf(err).Message), zap.Error(err)}
+				zap.String("remote_ip", remoteIP(x.r)), zap.String("code", dsErr.Code.String()),
+				zap.ByteString("reason", dsErr.Message)}
+			if cause := errors.Unwrap(err); cause != nil {
+				fields = append(fields, zap.NamedError("cause", cause))
+			}
 			if authority != "" {
 				fields = append(fields, zap.String("ds_authority", authority))
 			}

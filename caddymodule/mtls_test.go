@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"net/http"
 	"reflect"
@@ -107,7 +108,9 @@ func (m *mtlsPeers) sendToA(t *testing.T, cert *tls.Certificate, typ moh.Provide
 // TestMutualTLSRefusals posts group_key_packages from b.localhost to a
 // gateway that requires mutual TLS with b's CA as root: accepted with b's
 // certificate, refused without one, with one of an untrusted CA, with one
-// for another name than b's DS authority, and with an expired one.
+// for another name than b's DS authority, with an expired one, and with
+// one whose usage does not allow TLS authentication; each refusal tells
+// the peer which check failed, and nothing internal.
 func TestMutualTLSRefusals(t *testing.T) {
 	m := newMTLSPeers(t)
 	otherCA, err := certtest.NewCA("a CA nobody trusts")
@@ -132,15 +135,18 @@ func TestMutualTLSRefusals(t *testing.T) {
 		cert   *tls.Certificate
 		status int
 		code   moh.Code
+		reason string // in the peer-visible message
 	}{
-		{"b's server certificate", &m.b.cert, http.StatusOK, 0},
-		{"another certificate of b's CA for b", issue(m.caB, certtest.Leaf{DNSNames: bName}), http.StatusOK, 0},
-		{"no certificate", nil, http.StatusUnauthorized, moh.CodeCertRequired},
-		{"untrusted CA", issue(otherCA, certtest.Leaf{DNSNames: bName}), http.StatusForbidden, moh.CodeBadCertificate},
-		{"a's CA, trusted by b but not by a", issue(m.caA, certtest.Leaf{DNSNames: bName}), http.StatusForbidden, moh.CodeBadCertificate},
-		{"another name", issue(m.caB, certtest.Leaf{DNSNames: []string{"c.localhost"}}), http.StatusForbidden, moh.CodeBadCertificate},
+		{"b's server certificate", &m.b.cert, http.StatusOK, 0, ""},
+		{"another certificate of b's CA for b", issue(m.caB, certtest.Leaf{DNSNames: bName}), http.StatusOK, 0, ""},
+		{"no certificate", nil, http.StatusUnauthorized, moh.CodeCertRequired, "required"},
+		{"untrusted CA", issue(otherCA, certtest.Leaf{DNSNames: bName}), http.StatusForbidden, moh.CodeBadCertificate, "trusted root"},
+		{"a's CA, trusted by b but not by a", issue(m.caA, certtest.Leaf{DNSNames: bName}), http.StatusForbidden, moh.CodeBadCertificate, "trusted root"},
+		{"another name", issue(m.caB, certtest.Leaf{DNSNames: []string{"c.localhost"}}), http.StatusForbidden, moh.CodeBadCertificate, "does not name"},
 		{"expired", issue(m.caB, certtest.Leaf{DNSNames: bName, NotBefore: time.Now().Add(-2 * time.Hour),
-			NotAfter: time.Now().Add(-time.Minute)}), http.StatusForbidden, moh.CodeBadCertificate},
+			NotAfter: time.Now().Add(-time.Minute)}), http.StatusForbidden, moh.CodeBadCertificate, "expired"},
+		{"e-mail protection only", issue(m.caB, certtest.Leaf{DNSNames: bName,
+			ExtKeyUse: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}), http.StatusForbidden, moh.CodeBadCertificate, "authentication"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ans := m.sendToA(t, tc.cert, moh.GroupKeyPackages, payload)
@@ -156,8 +162,9 @@ func TestMutualTLSRefusals(t *testing.T) {
 			if ans.Response.Type != moh.ResponseError || ans.Response.Error.Code != tc.code {
 				t.Fatalf("answer %+v, want error %s", ans.Response, tc.code)
 			}
-			if msg := string(ans.Response.Error.Message); strings.Contains(msg, "x509") || strings.Contains(msg, "internal") {
-				t.Fatalf("the refusal tells the peer %q: internal detail", msg)
+			if msg := string(ans.Response.Error.Message); !strings.Contains(msg, tc.reason) ||
+				strings.Contains(msg, "x509") || strings.Contains(msg, "internal") {
+				t.Fatalf("the refusal tells the peer %q, want the reason (%q) without internal detail", msg, tc.reason)
 			}
 		})
 	}
