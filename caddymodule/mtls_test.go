@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -356,6 +358,43 @@ func TestMutualTLSPresentOnly(t *testing.T) {
 				t.Fatalf("presented %v, %v to a peer that cannot take it; want none", c, err)
 			}
 		})
+	}
+}
+
+// TestMutualTLSReadmeJSON decodes the README's JSON example strictly, as
+// Caddy does, and requires its mutual_tls object to mean what the
+// Caddyfile's mutual_tls block means.
+func TestMutualTLSReadmeJSON(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "\n## JSON\n")
+	if !ok {
+		t.Fatal("README has no JSON section")
+	}
+	_, rest, _ = strings.Cut(rest, "```json\n")
+	block, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("README's JSON section has no json block")
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(block), &fields); err != nil {
+		t.Fatal(err)
+	}
+	delete(fields, "handler") // Caddy's module key, not a field
+	js, err := json.Marshal(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g Gateway
+	if err := caddy.StrictUnmarshalJSON(js, &g); err != nil {
+		t.Fatalf("the README's JSON does not decode: %v", err)
+	}
+	want := &MutualTLS{RootCAFiles: []string{"/etc/caddy-mimi/peers.pem"}, TrustPKICAs: []string{},
+		CertificateFile: "/etc/caddy-mimi/ds.crt", KeyFile: "/etc/caddy-mimi/ds.key"}
+	if !reflect.DeepEqual(g.MutualTLS, want) {
+		t.Fatalf("README mutual_tls decodes to %+v, want %+v", g.MutualTLS, want)
 	}
 }
 
