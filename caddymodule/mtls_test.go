@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"reflect"
 	"strconv"
@@ -142,13 +143,13 @@ func TestMutualTLSRefusals(t *testing.T) {
 		{"b's server certificate", &m.b.cert, http.StatusOK, 0, ""},
 		{"another certificate of b's CA for b", issue(m.caB, certtest.Leaf{DNSNames: bName}), http.StatusOK, 0, ""},
 		{"no certificate", nil, http.StatusUnauthorized, moh.CodeCertRequired, "required"},
-		{"untrusted CA", issue(otherCA, certtest.Leaf{DNSNames: bName}), http.StatusForbidden, moh.CodeBadCertificate, "trusted root"},
-		{"a's CA, trusted by b but not by a", issue(m.caA, certtest.Leaf{DNSNames: bName}), http.StatusForbidden, moh.CodeBadCertificate, "trusted root"},
-		{"another name", issue(m.caB, certtest.Leaf{DNSNames: []string{"c.localhost"}}), http.StatusForbidden, moh.CodeBadCertificate, "does not name"},
+		{"untrusted CA", issue(otherCA, certtest.Leaf{DNSNames: bName}), http.StatusUnauthorized, moh.CodeBadCertificate, "trusted root"},
+		{"a's CA, trusted by b but not by a", issue(m.caA, certtest.Leaf{DNSNames: bName}), http.StatusUnauthorized, moh.CodeBadCertificate, "trusted root"},
+		{"another name", issue(m.caB, certtest.Leaf{DNSNames: []string{"c.localhost"}}), http.StatusUnauthorized, moh.CodeBadCertificate, "does not name"},
 		{"expired", issue(m.caB, certtest.Leaf{DNSNames: bName, NotBefore: time.Now().Add(-2 * time.Hour),
-			NotAfter: time.Now().Add(-time.Minute)}), http.StatusForbidden, moh.CodeBadCertificate, "expired"},
+			NotAfter: time.Now().Add(-time.Minute)}), http.StatusUnauthorized, moh.CodeBadCertificate, "expired"},
 		{"e-mail protection only", issue(m.caB, certtest.Leaf{DNSNames: bName,
-			ExtKeyUse: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}), http.StatusForbidden, moh.CodeBadCertificate, "authentication"},
+			ExtKeyUse: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}), http.StatusUnauthorized, moh.CodeBadCertificate, "authentication"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ans := m.sendToA(t, tc.cert, moh.GroupKeyPackages, payload)
@@ -264,6 +265,115 @@ func TestMutualTLSBetweenGateways(t *testing.T) {
 		t.Fatalf("bob reads %q, %v", plain, err)
 	}
 	waitOutboxEmpty(t, a, "b.localhost")
+}
+
+// reconfigure replaces s's gateway by one provisioned with s's options
+// changed by mutate, as a configuration reload does (the old one is
+// cleaned up with the test), and serves it on s's address.
+func (s *peerSite) reconfigure(t *testing.T, mutate func(*Gateway)) {
+	t.Helper()
+	old := s.g
+	g := &Gateway{Providers: old.Providers, DSDomain: old.DSDomain, DataDir: old.DataDir, Federation: old.Federation}
+	if old.MutualTLS != nil {
+		m := *old.MutualTLS
+		g.MutualTLS = &m
+	}
+	mutate(g)
+	g = provisioned(t, g)
+	s.stop()
+	s.g = g
+	s.start(t)
+}
+
+// outboxOf returns the admin view of site's outbox for destination.
+func outboxOf(t *testing.T, site *peerSite, destination string) outboxView {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	if err := (adminOutbox{}).list(rec, httptest.NewRequest(http.MethodGet, "/mimi/outbox", nil)); err != nil {
+		t.Fatal(err)
+	}
+	var view map[string][]outboxView
+	if err := json.Unmarshal(rec.Body.Bytes(), &view); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range view[site.g.DataDir] {
+		if v.Destination == destination {
+			return v
+		}
+	}
+	return outboxView{}
+}
+
+// TestMutualTLSRefusalIsRetried checks that a deliver_message refused for
+// its client certificate stays in the sender's outbox, and arrives once
+// the receiver trusts the certificate: b first trusts another CA than a's,
+// refuses the Welcome a's outbox sends (401 bad_certificate), then is
+// reconfigured to trust a's CA, and bob gets the Welcome once.
+func TestMutualTLSRefusalIsRetried(t *testing.T) {
+	m := newMTLSPeers(t)
+	a, b := m.a, m.b
+	otherCA, err := certtest.NewCA("a CA b trusts at first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherRoot, err := otherCA.WritePEM(t.TempDir(), "other.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rightRoots := b.g.MutualTLS.RootCAFiles
+	b.reconfigure(t, func(g *Gateway) { g.MutualTLS.RootCAFiles = []string{otherRoot} })
+
+	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
+	gid := []byte("a group whose Welcome waits for trust")
+	g, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
+		LeafKey: alice.leafKey, Signer: alice.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := g.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
+	alice.m = g
+	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: bob.kp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgi := res.GroupInfo.GroupInfo
+	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
+		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
+		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
+
+	deadline := time.Now().Add(30 * time.Second)
+	for v := outboxOf(t, a, "b.localhost"); !strings.Contains(v.LastError, "bad_certificate"); v = outboxOf(t, a, "b.localhost") {
+		if time.Now().After(deadline) {
+			t.Fatalf("a's outbox for b: %+v, want a bad_certificate refusal", v)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v := outboxOf(t, a, "b.localhost"); v.Messages != 1 {
+		t.Fatalf("a's outbox for b holds %d messages after the refusal, want the Welcome kept", v.Messages)
+	}
+	if got := waitQueue(t, b, bob.uri, 0); len(got) != 0 {
+		t.Fatalf("bob's queue holds %d messages while b refuses a's certificate", len(got))
+	}
+
+	// b trusts a's CA now; the operator ends a's backoff.
+	b.reconfigure(t, func(g *Gateway) { g.MutualTLS.RootCAFiles = rightRoots })
+	rec := httptest.NewRecorder()
+	if err := (adminOutbox{}).retry(rec, httptest.NewRequest(http.MethodPost, "/mimi/outbox/retry?destination=b.localhost", nil)); err != nil {
+		t.Fatal(err)
+	}
+	waitOutboxEmpty(t, a, "b.localhost")
+	got := waitQueue(t, b, bob.uri, 1)
+	if len(got) != 1 {
+		t.Fatalf("bob's queue holds %d messages, want the Welcome once", len(got))
+	}
+	if msg, err := mls.DecodeMLSMessage(got[0].Message); err != nil || msg.WireFormat != mls.WireFormatWelcome {
+		t.Fatalf("bob's message is %v (%v), want the Welcome", msg, err)
+	}
 }
 
 // TestUnmarshalMutualTLS parses the mutual_tls block.
