@@ -2,8 +2,10 @@ package provider
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 )
 
@@ -70,6 +72,9 @@ func (f *KeyFetcher) noteAuthority(domain, authority string, err error, now time
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.authorities == nil {
+		f.authorities = make(map[string]discovered)
+	}
 	if len(f.authorities) >= f.policy.MaxPeers {
 		for d, e := range f.authorities {
 			if !now.Before(e.until) {
@@ -81,4 +86,14 @@ func (f *KeyFetcher) noteAuthority(domain, authority string, err error, now time
 		}
 	}
 	f.authorities[domain] = discovered{authority: authority, err: err, until: until}
+}
+
+// peerClient is the KeyFetcher's HTTP client: HTTPClient over TLS 1.3,
+// presenting p.GetClientCertificate's certificate to peers that ask.
+func (p FetchPolicy) peerClient() *http.Client {
+	c := p.HTTPClient(tls.VersionTLS13)
+	if p.GetClientCertificate != nil {
+		c.Transport.(*http.Transport).TLSClientConfig.GetClientCertificate = p.GetClientCertificate
+	}
+	return c
 }

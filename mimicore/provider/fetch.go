@@ -356,20 +356,15 @@ func (p FetchPolicy) HTTPClient(minVersion uint16) *http.Client {
 func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 	policy = policy.withDefaults()
 	closing, closeFn := context.WithCancel(context.Background())
-	client := policy.HTTPClient(tls.VersionTLS13)
-	if policy.GetClientCertificate != nil {
-		client.Transport.(*http.Transport).TLSClientConfig.GetClientCertificate = policy.GetClientCertificate
-	}
 	return &KeyFetcher{
-		policy:      policy,
-		client:      client,
-		now:         time.Now,
-		closing:     closing,
-		close:       closeFn,
-		peers:       make(map[string]*peerKeys),
-		authorities: make(map[string]discovered),
-		known:       rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
-		fresh:       rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		policy:  policy,
+		client:  policy.peerClient(),
+		now:     time.Now,
+		closing: closing,
+		close:   closeFn,
+		peers:   make(map[string]*peerKeys),
+		known:   rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		fresh:   rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
 		bySource: keyedLimiter{rate: rate.Limit(policy.FetchRate / 5), burst: 5,
 			m: make(map[string]*rate.Limiter)},
 		bySuffix: keyedLimiter{rate: rate.Limit(policy.FetchRate / 5), burst: 5,
