@@ -153,12 +153,12 @@ type Gateway struct {
 	sampled *zap.Logger
 	// originKey is the origin's key in originPool, "" when none is held.
 	originKey string
-	// senderStarted is set while this config holds the data directory's
-	// federation sender in senderPool.
-	senderStarted bool
 	// peerCerts checks peers' client certificates; nil unless mutual TLS
 	// is required (mtls.go).
 	peerCerts *provider.CertVerifier
+	// senderStarted is set while this config holds the data directory's
+	// federation sender in senderPool.
+	senderStarted bool
 }
 
 // Federation configures the fetching of peer providers' verification keys.
@@ -374,10 +374,10 @@ func (g *Gateway) Validate() error {
 			return fmt.Errorf("mimi: trusted_tls_proxies: %w", err)
 		}
 	}
-	if err := g.validatePolicy(); err != nil {
+	if err := g.MutualTLS.validate(); err != nil {
 		return err
 	}
-	if err := g.MutualTLS.validate(); err != nil {
+	if err := g.validatePolicy(); err != nil {
 		return err
 	}
 	if f := g.Federation; f != nil {

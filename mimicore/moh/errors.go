@@ -42,8 +42,8 @@ const (
 	CodeBodyTimeout        Code = 23 // the request body did not arrive in time
 	CodeInvalidMLS         Code = 24 // the MLS content is not valid for the group's state (RFC 9420)
 	CodeGroupExists        Code = 25 // create_group names a group id already in use
-	CodeCertRequired       Code = 26 // mutual TLS is required and the connection carries no client certificate
-	CodeBadCertificate     Code = 27 // the client certificate is not valid, not trusted, or does not name the sender's DS authority
+	CodeCertRequired       Code = 27 // mutual TLS is required and the connection carries no client certificate
+	CodeBadCertificate     Code = 28 // the client certificate is not valid, not trusted, or does not name the sender's DS authority
 )
 
 var codeNames = [...]string{
