@@ -192,6 +192,15 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					return d.Errf("invalid trusted_tls_proxies: %v", err)
 				}
 			}
+		case "mutual_tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			m, err := unmarshalMutualTLS(d)
+			if err != nil {
+				return err
+			}
+			g.MutualTLS = m
 		case "federation":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -229,15 +238,6 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			g.UncheckedClientBindings = true
-		case "mutual_tls":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			m, err := unmarshalMutualTLS(d)
-			if err != nil {
-				return err
-			}
-			g.MutualTLS = m
 		case "peers":
 			pl, err := unmarshalPeers(d)
 			if err != nil {

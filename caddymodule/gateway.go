@@ -369,13 +369,13 @@ func (g *Gateway) Validate() error {
 	if _, err := parseScheme(g.KeyScheme); err != nil {
 		return err
 	}
+	if err := g.MutualTLS.validate(); err != nil {
+		return err
+	}
 	for _, c := range g.TrustedTLSProxies {
 		if _, err := parsePrefix(c); err != nil {
 			return fmt.Errorf("mimi: trusted_tls_proxies: %w", err)
 		}
-	}
-	if err := g.MutualTLS.validate(); err != nil {
-		return err
 	}
 	if err := g.validatePolicy(); err != nil {
 		return err
