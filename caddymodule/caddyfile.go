@@ -79,12 +79,28 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			allow <domain...>
 //			deny  <domain...>
 //		}
+//		mutual_tls {
+//			present_only
+//			root_ca      <pem_file>
+//			trust_pki_ca <ca_id>
+//			system_roots
+//			certificate  <cert_file> <key_file>
+//		}
 //		unchecked_client_bindings
 //	}
 //
 // Every option may appear once, except resolve, root_ca and trust_pki_ca in
 // federation, rate_limit (once per zone name), token_key in privacy_pass,
-// key in issuer, and allow and deny in peers.
+// key in issuer, allow and deny in peers, and root_ca and trust_pki_ca in
+// mutual_tls.
+//
+// mutual_tls (docs/protocol.md §4.4) presents this gateway's certificate
+// (Caddy's for the ds_domain host, or the certificate files) when it sends
+// to peers, and requires every provider-signed request to come with a
+// client certificate that names the sender's DS authority and chains to the
+// system roots, or to root_ca and trust_pki_ca (plus the system roots with
+// system_roots); present_only only presents. The site must ask for client
+// certificates with tls { client_auth { mode request } }.
 //
 // An endpoint is named by its path (/connection_request) or by the path
 // without the slash (connection_request); the issuer's request path is also
@@ -189,6 +205,15 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					return d.Errf("invalid trusted_tls_proxies: %v", err)
 				}
 			}
+		case "mutual_tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			m, err := unmarshalMutualTLS(d)
+			if err != nil {
+				return err
+			}
+			g.MutualTLS = m
 		case "federation":
 			if d.NextArg() {
 				return d.ArgErr()

@@ -127,6 +127,11 @@ type Gateway struct {
 	// requests. Default: every provider whose signature verifies.
 	Peers *PeerList `json:"peers,omitempty"`
 
+	// MutualTLS requires peers' provider requests to come with a TLS
+	// client certificate that names their DS authority, and presents this
+	// gateway's certificate to peers (mtls.go). Default: off.
+	MutualTLS *MutualTLS `json:"mutual_tls,omitempty"`
+
 	// UncheckedClientBindings switches off the Delivery Service's check of
 	// client bindings (docs/protocol.md §5.6): leaves without a valid
 	// binding of the provider named in their client URI are then accepted
@@ -153,6 +158,9 @@ type Gateway struct {
 	sampled *zap.Logger
 	// originKey is the origin's key in originPool, "" when none is held.
 	originKey string
+	// peerCerts checks peers' client certificates; nil unless mutual TLS
+	// is required (mtls.go).
+	peerCerts *provider.CertVerifier
 	// senderStarted is set while this config holds the data directory's
 	// federation sender in senderPool.
 	senderStarted bool
@@ -236,6 +244,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	}
 	fetch, err := g.Federation.fetchPolicy(ctx)
 	if err != nil {
+		return err
+	}
+	if err := g.provisionMutualTLS(ctx, &fetch); err != nil {
 		return err
 	}
 	g.svc, err = loadService(service.Options{
@@ -367,6 +378,9 @@ func (g *Gateway) Validate() error {
 		return fmt.Errorf("mimi: key_rotation + key_overlap: %s exceeds the 90 day key lifetime", rot+ovl)
 	}
 	if _, err := parseScheme(g.KeyScheme); err != nil {
+		return err
+	}
+	if err := g.MutualTLS.validate(); err != nil {
 		return err
 	}
 	for _, c := range g.TrustedTLSProxies {

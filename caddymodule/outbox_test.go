@@ -50,6 +50,9 @@ type peerSite struct {
 	addr string
 	cert tls.Certificate
 	srv  *httptest.Server
+	// clientAuth is the server's ClientAuth: tls.RequestClientCert for
+	// mutual TLS between providers.
+	clientAuth tls.ClientAuthType
 
 	clientOnce sync.Once
 	cl         *http.Client
@@ -100,7 +103,7 @@ func (s *peerSite) start(t testing.TB) {
 	srv.Listener.Close()
 	srv.Listener = ln
 	srv.EnableHTTP2 = true
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS13}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS13, ClientAuth: s.clientAuth}
 	srv.StartTLS()
 	s.srv = srv
 }

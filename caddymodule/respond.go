@@ -19,7 +19,8 @@ func statusOf(c moh.Code) int {
 		return http.StatusOK
 	case moh.CodeMalformed, moh.CodeWrongRequestType, moh.CodeUnsupportedVersion, moh.CodeInvalidMLS:
 		return http.StatusBadRequest
-	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired:
+	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired,
+		moh.CodeCertRequired, moh.CodeBadCertificate:
 		return http.StatusUnauthorized
 	case moh.CodeForbidden:
 		return http.StatusForbidden
