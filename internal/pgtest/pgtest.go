@@ -1,0 +1,319 @@
+// Package pgtest runs a throwaway PostgreSQL server for the tests of one
+// test binary and hands each test a fresh, empty database on it.
+//
+// The server is started on first use (NewDB) from the binaries of the
+// machine: initdb and postgres found on PATH, else in the newest
+// /usr/lib/postgresql/<version>/bin (where Debian's postgresql package puts
+// them). Its cluster lives in a temporary directory, it listens on a free
+// port of 127.0.0.1 only and puts its Unix socket in that directory, and it
+// runs with fsync on (the stores under test promise durability), small
+// shared buffers and trust authentication for the postgres superuser. A
+// test binary that uses it stops it and removes the directory in its
+// TestMain:
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+//
+// When the binaries are missing, NewDB skips the test, or fails it when $CI
+// is set: CI installs PostgreSQL (.ci/run), so a missing server there is a
+// broken setup, not a reason to pass.
+//
+// PostgreSQL refuses to run as root. When the tests run as root (CI's fresh
+// container), initdb and postgres run as the "postgres" user if it exists
+// (Debian's package creates it), else as "nobody", and the cluster's
+// directory is given to that user. The temporary directory ($TMPDIR) must
+// then be reachable by that user, as /tmp is.
+//
+// On Linux the server gets SIGQUIT when the test binary dies, so a test
+// binary killed by a timeout does not leave it running.
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// superuser is the role initdb creates and the tests connect as.
+const superuser = "postgres"
+
+// startTimeout bounds how long the server may take to accept connections.
+const startTimeout = 60 * time.Second
+
+var (
+	mu      sync.Mutex
+	current *server // the running server, nil before the first NewDB
+	failure error   // why the server could not start, once it failed
+	missing string  // why the binaries were not found, once looked for
+	dbSeq   atomic.Int64
+)
+
+// server is a running PostgreSQL cluster.
+type server struct {
+	dir  string // the temporary directory: data/, the socket, the log
+	port int
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the postgres process exited
+}
+
+// Main runs the tests of m, then stops the server if a test started it and
+// removes its directory. It returns m.Run's exit code, for os.Exit.
+func Main(m *testing.M) int {
+	code := m.Run()
+	if err := Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// NewDB creates a new, empty database on the test server (starting the
+// server on first use), returns a DSN for it, and drops it when t ends:
+// each test gets a database of its own. It skips t when PostgreSQL is not
+// installed, or fails it when $CI is set.
+func NewDB(t testing.TB) string {
+	t.Helper()
+	s := require(t)
+	name := fmt.Sprintf("pgtest_%d_%d", os.Getpid(), dbSeq.Add(1))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"); err != nil {
+		t.Fatalf("pgtest: creating database %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		// FORCE ends the sessions a failed test left open.
+		if err := s.exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("pgtest: dropping database %s: %v", name, err)
+		}
+	})
+	return s.dsn(name)
+}
+
+// require returns the running server, starting it on first use, or ends
+// t: skipped when the binaries are missing (failed under $CI), failed when
+// the server does not start.
+func require(t testing.TB) *server {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	if current == nil && failure == nil && missing == "" {
+		initdb, postgres, why := findBinaries()
+		if why != "" {
+			missing = why
+		} else {
+			current, failure = start(initdb, postgres)
+		}
+	}
+	switch {
+	case missing != "":
+		if os.Getenv("CI") != "" {
+			t.Fatalf("pgtest: %s; CI must install PostgreSQL (.ci/run installs Debian's postgresql)", missing)
+		}
+		t.Skipf("pgtest: %s; install PostgreSQL (Debian: apt-get install postgresql) to run this test", missing)
+	case failure != nil:
+		t.Fatalf("pgtest: %v", failure)
+	}
+	return current
+}
+
+// Stop stops the server, if one was started, and removes its directory.
+// NewDB starts a new one afterwards.
+func Stop() error {
+	mu.Lock()
+	defer mu.Unlock()
+	s := current
+	current, failure = nil, nil
+	if s == nil {
+		return nil
+	}
+	return s.stop()
+}
+
+// findBinaries returns the paths of initdb and postgres, or why they were
+// not found.
+func findBinaries() (initdb, postgres, missing string) {
+	var dirs []string
+	if p, err := exec.LookPath("initdb"); err == nil {
+		dirs = append(dirs, filepath.Dir(p))
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			dirs = append(dirs, filepath.Dir(real))
+		}
+	}
+	debian, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	// The newest version first: 16 before 15 (not byte order: 9.6 is old).
+	sort.Slice(debian, func(i, j int) bool { return version(debian[i]) > version(debian[j]) })
+	dirs = append(dirs, debian...)
+	for _, d := range dirs {
+		i, p := filepath.Join(d, "initdb"), filepath.Join(d, "postgres")
+		if executable(i) && executable(p) {
+			return i, p, ""
+		}
+	}
+	return "", "", "PostgreSQL's initdb and postgres are not on PATH nor in /usr/lib/postgresql/*/bin"
+}
+
+// version is the major version in a /usr/lib/postgresql/<v>/bin path.
+func version(binDir string) float64 {
+	v, _ := strconv.ParseFloat(filepath.Base(filepath.Dir(binDir)), 64)
+	return v
+}
+
+func executable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// start creates a cluster in a new temporary directory and starts it.
+func start(initdb, postgres string) (*server, error) {
+	dir, err := os.MkdirTemp("", "pgtest-")
+	if err != nil {
+		return nil, fmt.Errorf("creating the cluster directory: %w", err)
+	}
+	s, err := startIn(dir, initdb, postgres)
+	if err != nil {
+		return nil, errors.Join(err, os.RemoveAll(dir))
+	}
+	return s, nil
+}
+
+func startIn(dir, initdb, postgres string) (*server, error) {
+	owner, err := unprivileged(dir)
+	if err != nil {
+		return nil, err
+	}
+	data := filepath.Join(dir, "data")
+	// --no-sync: the cluster is thrown away after a crash anyway; the
+	// server itself runs with fsync on.
+	cmd := exec.Command(initdb, "-D", data, "-U", superuser, "--auth=trust",
+		"--encoding=UTF8", "--no-locale", "--no-sync")
+	owner(cmd)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("running %s: %w\n%s", initdb, err, out)
+	}
+	// A port taken between choosing it and the server binding it makes the
+	// server exit; try another.
+	var errs []error
+	for attempt := 0; attempt < 3; attempt++ {
+		s, err := run(dir, data, postgres, owner)
+		if err == nil {
+			return s, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// run starts postgres on a free loopback port and waits until it accepts
+// connections.
+func run(dir, data, postgres string, owner func(*exec.Cmd)) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "postgres.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, fmt.Errorf("creating the server log: %w", err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(postgres, "-D", data,
+		"-c", "listen_addresses=127.0.0.1",
+		"-c", "port="+strconv.Itoa(port),
+		"-c", "unix_socket_directories="+dir,
+		"-c", "fsync=on",
+		"-c", "synchronous_commit=on",
+		"-c", "shared_buffers=16MB",
+		"-c", "max_connections=300",
+		"-c", "log_min_messages=warning",
+		"-c", "logging_collector=off")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	owner(cmd)
+	dieWithParent(cmd)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", postgres, err)
+	}
+	s := &server{dir: dir, port: port, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(s.done)
+	}()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := s.exec(ctx, "SELECT 1")
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		select {
+		case <-s.done:
+			log, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("postgres exited on port %d: %s", port, strings.TrimSpace(string(log)))
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			_ = s.stop()
+			return nil, fmt.Errorf("postgres did not accept connections within %s: %w", startTimeout, err)
+		}
+	}
+}
+
+// freePort returns a TCP port of 127.0.0.1 that nothing listens on now.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// dsn is the URL of database name on s.
+func (s *server) dsn(name string) string {
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", superuser, s.port, name)
+}
+
+// exec runs sql on the postgres database over a connection of its own.
+func (s *server) exec(ctx context.Context, sql string) error {
+	conn, err := pgx.Connect(ctx, s.dsn("postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// stop shuts the server down (a fast shutdown: SIGINT) and removes its
+// directory.
+func (s *server) stop() error {
+	if s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-s.done:
+		case <-time.After(30 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-s.done
+		}
+	}
+	if err := os.RemoveAll(s.dir); err != nil {
+		return fmt.Errorf("removing the cluster directory: %w", err)
+	}
+	return nil
+}
