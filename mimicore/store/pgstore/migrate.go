@@ -1,0 +1,340 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// migration is one step of the schema. Migrations only ever append: a
+// released one is never edited, and version n is the same logical schema as
+// package sqlitestore's version n.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrations lists every schema step, in order, starting at version 1.
+//
+// Conventions, those of sqlitestore: times are BIGINT Unix milliseconds
+// named *_ms, binary values BYTEA, and expiring tables have an index on
+// their expiry for DeleteExpired. Text that is listed in byte order or
+// matched by prefix (client URIs, domains) is COLLATE "C", so that order
+// and index ranges are bytewise whatever the database's default collation.
+var migrations = []migration{
+	{1, "replay cache, seen signatures, spent tokens, signing and peer keys", schemaV1},
+	{2, "replay answers are DSResponses without an HTTP status", schemaV2},
+	{3, "group state: hubs, groups in parts, Welcome trees, pending proposals", schemaV3},
+	{4, "KeyPackages of local clients, local client queues", schemaV4},
+	{5, "joiners of Welcome epochs", schemaV5},
+	{6, "outbox of messages for other providers", schemaV6},
+	{7, "one global queue sequence, group logs, group members, ack cursors", schemaV7},
+}
+
+// migrationLock is the key of the advisory lock that serialises the
+// migrations of gateways starting at once on one database: the bytes
+// "mimi-mig" as a big-endian int64.
+const migrationLock int64 = 0x6d696d692d6d6967
+
+// latestVersion is the schema version this code writes.
+func latestVersion() int { return migrations[len(migrations)-1].version }
+
+// migrate brings the schema to the latest version in one transaction that
+// holds the migration lock, so a crash leaves the old or the new schema,
+// and of gateways opening one database at once the first applies the
+// migrations and the others, once they get the lock, find nothing to do.
+func migrate(ctx context.Context, pool *pgxpool.Pool, now time.Time) error {
+	return migrateTo(ctx, pool, migrations, now)
+}
+
+func migrateTo(ctx context.Context, pool *pgxpool.Pool, steps []migration, now time.Time) error {
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
+			return fmt.Errorf("taking the migration lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_version (
+			version    INTEGER NOT NULL PRIMARY KEY,
+			name       TEXT    NOT NULL,
+			applied_ms BIGINT  NOT NULL
+		)`); err != nil {
+			return fmt.Errorf("creating schema_version: %w", err)
+		}
+		var current int
+		if err := tx.QueryRow(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_version").Scan(&current); err != nil {
+			return fmt.Errorf("reading the version: %w", err)
+		}
+		latest := steps[len(steps)-1].version
+		if current > latest {
+			return fmt.Errorf("database is at version %d, this program knows up to %d: %w",
+				current, latest, store.ErrSchemaTooNew)
+		}
+		for _, m := range steps {
+			if m.version <= current {
+				continue
+			}
+			if _, err := tx.Exec(ctx, m.sql); err != nil {
+				return fmt.Errorf("migrating to version %d (%s): %w", m.version, m.name, err)
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO schema_version (version, name, applied_ms) VALUES ($1, $2, $3)",
+				m.version, m.name, now.UnixMilli()); err != nil {
+				return fmt.Errorf("migrating to version %d: recording the version: %w", m.version, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("migrating schema: %w", err)
+	}
+	return nil
+}
+
+const schemaV1 = `
+CREATE TABLE replay_requests (
+	sender     TEXT    COLLATE "C" NOT NULL,
+	request_id BYTEA   NOT NULL,
+	digest     BYTEA   NOT NULL CHECK (length(digest) = 32),
+	expires_ms BIGINT  NOT NULL,
+	-- status and body are NULL while the request is being processed.
+	status     INTEGER CHECK (status BETWEEN 100 AND 599),
+	body       BYTEA,
+	CHECK ((status IS NULL) = (body IS NULL)),
+	PRIMARY KEY (sender, request_id)
+);
+CREATE INDEX replay_requests_expires ON replay_requests (expires_ms);
+
+CREATE TABLE seen_signatures (
+	digest     BYTEA  NOT NULL PRIMARY KEY CHECK (length(digest) = 32),
+	expires_ms BIGINT NOT NULL
+);
+CREATE INDEX seen_signatures_expires ON seen_signatures (expires_ms);
+
+CREATE TABLE spent_tokens (
+	key        BYTEA  NOT NULL PRIMARY KEY,
+	expires_ms BIGINT NOT NULL
+);
+CREATE INDEX spent_tokens_expires ON spent_tokens (expires_ms);
+
+CREATE TABLE signing_keys (
+	key_id        BYTEA   NOT NULL PRIMARY KEY,
+	scheme        INTEGER NOT NULL CHECK (scheme BETWEEN 0 AND 65535),
+	public_key    BYTEA   NOT NULL,
+	not_before_ms BIGINT  NOT NULL,
+	not_after_ms  BIGINT  NOT NULL,
+	retired_ms    BIGINT,
+	file_name     TEXT    NOT NULL UNIQUE
+);
+
+CREATE TABLE peer_keys (
+	domain         TEXT    COLLATE "C" NOT NULL,
+	key_id         BYTEA   NOT NULL,
+	scheme         INTEGER NOT NULL CHECK (scheme BETWEEN 0 AND 65535),
+	public_key     BYTEA   NOT NULL,
+	not_before_ms  BIGINT  NOT NULL,
+	not_after_ms   BIGINT  NOT NULL,
+	fetched_ms     BIGINT  NOT NULL,
+	cache_until_ms BIGINT  NOT NULL,
+	PRIMARY KEY (domain, key_id)
+);
+CREATE INDEX peer_keys_expires ON peer_keys (cache_until_ms);
+
+CREATE TABLE peer_key_failures (
+	domain    TEXT   COLLATE "C" NOT NULL PRIMARY KEY,
+	failed_ms BIGINT NOT NULL,
+	retry_ms  BIGINT NOT NULL,
+	reason    TEXT   NOT NULL
+);
+CREATE INDEX peer_key_failures_expires ON peer_key_failures (retry_ms);
+`
+
+// schemaV2 drops the HTTP status of cached replay answers (the CHECK that
+// names it goes with it): an answer is the encoded DSResponse. A NULL body
+// still means pending.
+const schemaV2 = `
+ALTER TABLE replay_requests DROP COLUMN status;
+`
+
+// schemaV3 holds the group state of store.GroupStore, as sqlitestore's
+// version 3 describes it. mls_groups.id is an identity column, which never
+// reuses an id.
+const schemaV3 = `
+CREATE TABLE group_hubs (
+	group_id   BYTEA   NOT NULL PRIMARY KEY,
+	hub        TEXT    COLLATE "C" NOT NULL,
+	hosted     BOOLEAN NOT NULL,
+	created_ms BIGINT  NOT NULL
+);
+
+CREATE TABLE mls_groups (
+	id         BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	group_id   BYTEA   NOT NULL UNIQUE REFERENCES group_hubs (group_id) ON DELETE CASCADE,
+	epoch      BIGINT  NOT NULL CHECK (epoch >= 0),
+	context    BYTEA   NOT NULL,
+	interim    BYTEA   NOT NULL,
+	conf_tag   BYTEA   NOT NULL,
+	width      INTEGER NOT NULL CHECK (width > 0),
+	-- the GroupInfo of the current epoch, NULL when none was stored
+	group_info BYTEA,
+	updated_ms BIGINT  NOT NULL
+);
+
+CREATE TABLE mls_group_nodes (
+	gid        BIGINT  NOT NULL REFERENCES mls_groups (id) ON DELETE CASCADE,
+	node_index INTEGER NOT NULL,
+	from_epoch BIGINT  NOT NULL,
+	node       BYTEA,
+	hash       BYTEA   NOT NULL,
+	PRIMARY KEY (gid, node_index)
+);
+
+CREATE TABLE mls_group_node_history (
+	gid        BIGINT  NOT NULL REFERENCES mls_groups (id) ON DELETE CASCADE,
+	node_index INTEGER NOT NULL,
+	from_epoch BIGINT  NOT NULL,
+	to_epoch   BIGINT  NOT NULL,
+	node       BYTEA,
+	PRIMARY KEY (gid, node_index, from_epoch)
+);
+CREATE INDEX mls_group_node_history_to ON mls_group_node_history (gid, to_epoch);
+
+CREATE TABLE mls_group_welcomes (
+	gid        BIGINT NOT NULL REFERENCES mls_groups (id) ON DELETE CASCADE,
+	epoch      BIGINT NOT NULL,
+	expires_ms BIGINT NOT NULL,
+	PRIMARY KEY (gid, epoch)
+);
+CREATE INDEX mls_group_welcomes_expires ON mls_group_welcomes (expires_ms);
+
+CREATE TABLE mls_group_proposals (
+	gid     BIGINT NOT NULL REFERENCES mls_groups (id) ON DELETE CASCADE,
+	ref     BYTEA  NOT NULL,
+	epoch   BIGINT NOT NULL,
+	seq     BIGINT NOT NULL,
+	message BYTEA  NOT NULL,
+	PRIMARY KEY (gid, ref)
+);
+`
+
+// schemaV4 holds store.KeyPackages and store.Queues, as sqlitestore's
+// version 4 describes them.
+const schemaV4 = `
+CREATE TABLE key_packages (
+	ref          BYTEA   NOT NULL PRIMARY KEY,
+	client       TEXT    COLLATE "C" NOT NULL,
+	suite        INTEGER NOT NULL CHECK (suite BETWEEN 1 AND 65535),
+	key_package  BYTEA   NOT NULL,
+	not_after_ms BIGINT  NOT NULL,
+	last_resort  BOOLEAN NOT NULL,
+	published_ms BIGINT  NOT NULL,
+	claimed_ms   BIGINT,
+	expires_ms   BIGINT  NOT NULL
+);
+CREATE INDEX key_packages_available ON key_packages (client, suite, last_resort, not_after_ms)
+	WHERE claimed_ms IS NULL;
+CREATE UNIQUE INDEX key_packages_last_resort ON key_packages (client, suite)
+	WHERE last_resort AND claimed_ms IS NULL;
+CREATE INDEX key_packages_expires ON key_packages (expires_ms);
+
+CREATE TABLE queue_heads (
+	client   TEXT   COLLATE "C" NOT NULL PRIMARY KEY,
+	last_seq BIGINT NOT NULL CHECK (last_seq >= 0),
+	messages BIGINT NOT NULL CHECK (messages >= 0),
+	bytes    BIGINT NOT NULL CHECK (bytes >= 0)
+);
+
+CREATE TABLE queue_bodies (
+	id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	message BYTEA  NOT NULL,
+	refs    BIGINT NOT NULL CHECK (refs >= 0)
+);
+
+CREATE TABLE queue_messages (
+	client     TEXT    COLLATE "C" NOT NULL,
+	seq        BIGINT  NOT NULL CHECK (seq > 0),
+	body_id    BIGINT  NOT NULL REFERENCES queue_bodies (id),
+	size       INTEGER NOT NULL,
+	group_id   BYTEA   NOT NULL,
+	sender     TEXT    NOT NULL,
+	arrived_ms BIGINT  NOT NULL,
+	expires_ms BIGINT  NOT NULL,
+	PRIMARY KEY (client, seq)
+);
+CREATE INDEX queue_messages_expires ON queue_messages (expires_ms);
+`
+
+// schemaV5 holds the joiners of store.EpochCommit, as sqlitestore's
+// version 5 describes them.
+const schemaV5 = `
+CREATE TABLE mls_group_joiners (
+	gid           BIGINT NOT NULL,
+	epoch         BIGINT NOT NULL,
+	ref           BYTEA  NOT NULL,
+	signature_key BYTEA  NOT NULL,
+	PRIMARY KEY (gid, epoch, ref),
+	FOREIGN KEY (gid, epoch) REFERENCES mls_group_welcomes (gid, epoch) ON DELETE CASCADE
+);
+`
+
+// schemaV6 is the outbox (store.Outbox). Its ids come from an identity
+// column, which PostgreSQL hands out when a row is inserted, not when it
+// commits; the writes that add to the outbox take an advisory lock first
+// (see outboxLock), so ids also commit in order and a reader that saw id n
+// never later finds a smaller one.
+const schemaV6 = `
+CREATE TABLE outbox (
+	id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	sender      TEXT   COLLATE "C" NOT NULL,
+	destination TEXT   COLLATE "C" NOT NULL,
+	group_id    BYTEA  NOT NULL,
+	recipients  TEXT[] NOT NULL,
+	message     BYTEA  NOT NULL,
+	enqueued_ms BIGINT NOT NULL
+);
+CREATE INDEX outbox_destination ON outbox (destination, id);
+`
+
+// schemaV7 writes a message to a hosted group's local members once, to the
+// group's log, as sqlitestore's version 7 describes it. queue_sequence's
+// one row is the global sequence: the writes that take a number lock it
+// (UPDATE ... RETURNING), so numbers commit in order.
+const schemaV7 = `
+CREATE TABLE queue_sequence (
+	id   INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+	last BIGINT  NOT NULL CHECK (last >= 0)
+);
+INSERT INTO queue_sequence (id, last) SELECT 1, COALESCE(MAX(last_seq), 0) FROM queue_heads;
+
+ALTER TABLE mls_groups ADD COLUMN members_known BOOLEAN NOT NULL DEFAULT false;
+
+CREATE TABLE queue_cursors (
+	client TEXT   COLLATE "C" NOT NULL PRIMARY KEY,
+	acked  BIGINT NOT NULL CHECK (acked >= 0)
+);
+
+CREATE TABLE group_log (
+	seq           BIGINT  NOT NULL PRIMARY KEY CHECK (seq > 0),
+	group_id      BYTEA   NOT NULL,
+	sender        TEXT    NOT NULL,
+	except_client TEXT    COLLATE "C" NOT NULL,
+	message       BYTEA   NOT NULL,
+	size          INTEGER NOT NULL,
+	arrived_ms    BIGINT  NOT NULL,
+	expires_ms    BIGINT  NOT NULL
+);
+CREATE INDEX group_log_group ON group_log (group_id, seq);
+CREATE INDEX group_log_expires ON group_log (expires_ms);
+
+CREATE TABLE group_members (
+	client   TEXT   COLLATE "C" NOT NULL,
+	group_id BYTEA  NOT NULL,
+	from_seq BIGINT NOT NULL CHECK (from_seq >= 0),
+	to_seq   BIGINT CHECK (to_seq > from_seq),
+	PRIMARY KEY (client, group_id, from_seq)
+);
+CREATE UNIQUE INDEX group_members_current ON group_members (group_id, client) WHERE to_seq IS NULL;
+`

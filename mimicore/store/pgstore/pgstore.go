@@ -1,0 +1,207 @@
+// Package pgstore is the store.Store of a cluster: the gateway's state in a
+// PostgreSQL database that several gateways share, through
+// github.com/jackc/pgx/v5 and a connection pool (pgxpool).
+//
+// # Durability and isolation
+//
+// Every write commits before its method returns, and PostgreSQL flushes
+// the commit's WAL before it answers (synchronous_commit on, the default;
+// concurrent commits share a flush, PostgreSQL's own group commit). So an
+// acknowledged write survives a crash of the gateway and of the database
+// server. Every method with a check-and-set decides its outcome in the
+// database, not in this process, so exactly-once holds across gateways:
+//
+//   - Reserve, RecordReplay, SeenSignature and MarkSpent are one INSERT ...
+//     ON CONFLICT DO UPDATE ... WHERE (the row is replaced only when
+//     expired) RETURNING: a returned row means first use. When no row
+//     comes back, the entry that holds the key is read by a second
+//     statement; if that entry is gone or expired by then (a concurrent
+//     Release or sweep), the operation starts again.
+//   - Complete and Release are one conditional UPDATE or DELETE; when it
+//     changes nothing, a read tells ErrNotFound from ErrConflict.
+//   - Operations of several statements run in one READ COMMITTED
+//     transaction and take row locks (SELECT ... FOR UPDATE, or the lock
+//     an UPDATE or ON CONFLICT takes) before they decide; a transaction
+//     that fails with a serialization failure or a deadlock is run again.
+//
+// Reads (lookups, listings) run outside the write path, on the pool.
+//
+// # Schema
+//
+// Open applies the versioned migrations of this package (the same logical
+// schema, version for version, as package sqlitestore's), each in the one
+// transaction that holds a transaction-scoped advisory lock
+// (pg_advisory_xact_lock), so gateways that start at once on an empty
+// database apply them once: the others wait for the lock, then find the
+// schema current. A database whose version is newer than this code is
+// refused (store.ErrSchemaTooNew). Several Stores, in one process or many,
+// may share a database: unlike sqlitestore, nothing derived from the
+// database is kept in memory, and there is no store.ErrInUse.
+//
+// # What is process-local
+//
+// WatchQueue's wake-ups are in memory (store.Notifier): a waiter is woken
+// by the writes through its own Store only. Carrying them across gateways
+// (LISTEN/NOTIFY) is a later step.
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// DefaultMaxConns is the pool size when Options.MaxConns is zero.
+const DefaultMaxConns = 16
+
+// maxRetries bounds how often an operation that lost a race (a
+// serialization failure, a deadlock, an entry gone between two statements)
+// runs again before its error is returned.
+const maxRetries = 10
+
+// Options configure Open. The zero value is usable.
+type Options struct {
+	// MaxConns is the most connections the pool opens to the database,
+	// and so the most operations of this Store that run at once; zero
+	// means DefaultMaxConns. A MaxConns in the DSN (pool_max_conns) is
+	// overridden.
+	MaxConns int32
+	// Now is the store's clock; nil means time.Now. Tests replace it.
+	Now func() time.Time
+}
+
+// Store is a store.Store on a PostgreSQL database. It is safe for
+// concurrent use.
+type Store struct {
+	pool   *pgxpool.Pool
+	now    func() time.Time
+	notify *store.Notifier
+	closed atomic.Bool
+}
+
+// Open connects to the database dsn names (a libpq key=value string or a
+// postgres:// URL), migrates its schema to the latest version and returns
+// a Store on it.
+func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// The DSN may hold a password: pgx's error does not repeat it.
+		return nil, fmt.Errorf("opening postgres store: parsing the DSN: %w", err)
+	}
+	if opts.MaxConns < 0 {
+		return nil, fmt.Errorf("opening postgres store: pool size %d: %w", opts.MaxConns, store.ErrInvalid)
+	}
+	cfg.MaxConns = opts.MaxConns
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MinConns > cfg.MaxConns {
+		cfg.MinConns = cfg.MaxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening postgres store: %w", err)
+	}
+	s := &Store{pool: pool, now: opts.Now, notify: store.NewNotifier()}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if err := migrate(ctx, pool, s.now()); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("opening postgres store: %w", err)
+	}
+	return s, nil
+}
+
+// Close closes the pool, waiting for the operations in progress, and
+// wakes every WatchQueue waiter. Later calls fail with store.ErrClosed;
+// closing twice is harmless.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.notify.Close()
+	s.pool.Close()
+	return nil
+}
+
+// checkOpen fails with store.ErrClosed after Close.
+func (s *Store) checkOpen(doing string) error {
+	if s.closed.Load() {
+		return fmt.Errorf("%s: %w", doing, store.ErrClosed)
+	}
+	return nil
+}
+
+// fail wraps err with what was being done; a backend error of a store
+// closed meanwhile becomes store.ErrClosed.
+func (s *Store) fail(doing string, err error) error {
+	if s.closed.Load() && !errors.Is(err, store.ErrInvalid) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("%s: %w", doing, store.ErrClosed)
+	}
+	return fmt.Errorf("%s: %w", doing, err)
+}
+
+// nowMs is the store's clock in Unix milliseconds.
+func (s *Store) nowMs() int64 { return s.now().UnixMilli() }
+
+// inTx runs fn in a READ COMMITTED transaction and commits it, running it
+// again (up to maxRetries times) when PostgreSQL aborts it for a
+// serialization failure or a deadlock, or when fn returns errRetry. fn
+// must be a function of its transaction: only the committed run counts.
+func (s *Store) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	var err error
+	for range maxRetries {
+		err = pgx.BeginFunc(ctx, s.pool, fn)
+		if !retryable(err) {
+			return err
+		}
+	}
+	return err
+}
+
+// errRetry asks inTx or a retry loop to run an operation again: it lost a
+// race between two of its statements.
+var errRetry = errors.New("lost a race with a concurrent write")
+
+// retryable reports whether err is a transient failure of a transaction
+// that running it again may fix.
+func retryable(err error) bool {
+	if errors.Is(err, errRetry) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "40001", "40P01": // serialization_failure, deadlock_detected
+			return true
+		}
+	}
+	return false
+}
+
+// uniqueViolation reports whether err is a unique constraint's refusal.
+func uniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// nonNil returns b, or an empty slice for nil: a completed answer's body
+// is stored as an empty bytea, never NULL (which means pending).
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+// Interface guard.
+var _ store.Store = (*Store)(nil)

@@ -1,0 +1,186 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+	"github.com/caddy-mimi/caddy-mimi/policy/privacypass/spenttest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// openTemp opens a store on a new database and closes it when t ends.
+func openTemp(t testing.TB, opts Options) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), pgtest.NewDB(t), opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+func TestContract(t *testing.T) {
+	storetest.RunContractTests(t, func(t *testing.T) store.Store { return openTemp(t, Options{}) })
+}
+
+// TestSpentStoreContract runs the privacypass package's own contract tests
+// against MarkSpent.
+func TestSpentStoreContract(t *testing.T) {
+	spenttest.RunSpentStoreTests(t, func(t *testing.T) privacypass.SpentStore { return openTemp(t, Options{}) })
+}
+
+func TestMigrationsContiguous(t *testing.T) {
+	for i, m := range migrations {
+		if m.version != i+1 {
+			t.Fatalf("migration %d has version %d, want %d", i, m.version, i+1)
+		}
+	}
+}
+
+// schemaVersions returns the versions recorded in dsn's schema_version.
+func schemaVersions(t *testing.T, dsn string) []int {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connecting: %v", err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, "SELECT version FROM schema_version ORDER BY version")
+	vs, err := pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil {
+		t.Fatalf("reading schema_version: %v", err)
+	}
+	return vs
+}
+
+// TestConcurrentOpen has gateways start at once on one empty database:
+// every Open succeeds, and each migration is applied once.
+func TestConcurrentOpen(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	const gateways = 8
+	var wg sync.WaitGroup
+	stores := make([]*Store, gateways)
+	errs := make([]error, gateways)
+	start := make(chan struct{})
+	for i := range gateways {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			stores[i], errs[i] = Open(context.Background(), dsn, Options{MaxConns: 2})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Open %d: %v", i, err)
+			continue
+		}
+		defer stores[i].Close()
+	}
+	if t.Failed() {
+		return
+	}
+	vs := schemaVersions(t, dsn)
+	if len(vs) != latestVersion() {
+		t.Fatalf("schema_version holds %v, want each of 1..%d once", vs, latestVersion())
+	}
+	for i, v := range vs {
+		if v != i+1 {
+			t.Fatalf("schema_version holds %v, want each of 1..%d once", vs, latestVersion())
+		}
+	}
+	// Each store works on the one schema: a token spent through one is
+	// spent for all.
+	exp := time.Now().Add(time.Hour)
+	for i, s := range stores {
+		first, err := s.MarkSpent(context.Background(), []byte("token"), exp)
+		if err != nil || first != (i == 0) {
+			t.Fatalf("MarkSpent through store %d: first use %t, %v", i, first, err)
+		}
+	}
+}
+
+// TestSchemaTooNew checks that a database of a newer version is refused,
+// and that a reopen of a current one applies nothing.
+func TestSchemaTooNew(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	ctx := context.Background()
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	s.Close()
+	s, err = Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatalf("reopening: %v", err)
+	}
+	s.Close()
+	if vs := schemaVersions(t, dsn); len(vs) != latestVersion() {
+		t.Fatalf("after a reopen schema_version holds %v", vs)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connecting: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "INSERT INTO schema_version (version, name, applied_ms) VALUES ($1, 'future', 0)", latestVersion()+1); err != nil {
+		t.Fatalf("recording a future version: %v", err)
+	}
+	if _, err := Open(ctx, dsn, Options{}); !errors.Is(err, store.ErrSchemaTooNew) {
+		t.Fatalf("Open of a newer schema: got %v, want ErrSchemaTooNew", err)
+	}
+}
+
+func TestOpenInvalid(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		dsn  string
+		opts Options
+		want error
+	}{
+		{"negative pool", "postgres://u@127.0.0.1:1/db", Options{MaxConns: -1}, store.ErrInvalid},
+		{"bad dsn", "postgres://u@127.0.0.1:notaport/db", Options{}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Open(context.Background(), c.dsn, c.opts)
+			if err == nil || (c.want != nil && !errors.Is(err, c.want)) {
+				t.Fatalf("Open: %v, want an error (%v)", err, c.want)
+			}
+		})
+	}
+}
+
+// TestPoolSize checks that Options.MaxConns sizes the pool.
+func TestPoolSize(t *testing.T) {
+	for _, n := range []int32{0, 1, 5} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			s := openTemp(t, Options{MaxConns: n})
+			want := n
+			if want == 0 {
+				want = DefaultMaxConns
+			}
+			if got := s.pool.Config().MaxConns; got != want {
+				t.Fatalf("pool of %d connections, want %d", got, want)
+			}
+		})
+	}
+}
