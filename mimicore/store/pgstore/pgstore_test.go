@@ -35,6 +35,9 @@ func openTemp(t testing.TB, opts Options) *Store {
 	return s
 }
 
+// withClock is the options of a store on clock.
+func withClock(clock *storetest.Clock) Options { return Options{Now: clock.Now} }
+
 func TestContract(t *testing.T) {
 	storetest.RunContractTests(t, func(t *testing.T) store.Store { return openTemp(t, Options{}) })
 }
@@ -182,5 +185,91 @@ func TestPoolSize(t *testing.T) {
 				t.Fatalf("pool of %d connections, want %d", got, want)
 			}
 		})
+	}
+}
+
+func TestKeyPackages(t *testing.T) {
+	storetest.RunKeyPackageTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
+		return openTemp(t, withClock(clock))
+	})
+}
+
+// TestClaimsAcrossStores has 50 claims race for 50 single-use packages
+// through two stores on one database, as two gateways would: each package
+// is handed out exactly once, and a claim that finds none left gets the
+// last-resort package.
+func TestClaimsAcrossStores(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	ctx := context.Background()
+	var stores [2]*Store
+	for i := range stores {
+		s, err := Open(ctx, dsn, Options{MaxConns: 8})
+		if err != nil {
+			t.Fatalf("Open %d: %v", i, err)
+		}
+		defer s.Close()
+		stores[i] = s
+	}
+	const client, claims = "mimi://a.example/d/alice/phone", 50
+	exp := time.Now().Add(time.Hour)
+	kps := []store.KeyPackage{storetest.KP(client, 1, "last resort", exp, true)}
+	for i := range claims {
+		kps = append(kps, storetest.KP(client, 1, fmt.Sprint(i), exp, false))
+	}
+	if err := stores[0].PublishKeyPackages(ctx, client, kps); err != nil {
+		t.Fatalf("PublishKeyPackages: %v", err)
+	}
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		got = map[string]int{}
+	)
+	start := make(chan struct{})
+	errs := make(chan error, claims)
+	for i := range claims {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			kp, err := stores[i%2].ClaimKeyPackage(ctx, client, 1)
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			got[string(kp.Ref)]++
+			mu.Unlock()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("ClaimKeyPackage: %v", err)
+	}
+	lastResort := string(kps[0].Ref)
+	for ref, n := range got {
+		if ref != lastResort && n != 1 {
+			t.Errorf("package %q handed out %d times, want once", ref, n)
+		}
+	}
+	// A claim may find every remaining package locked by rival claims
+	// (SKIP LOCKED) and get the last-resort one; the others stay for
+	// the next claims.
+	for {
+		kp, err := stores[0].ClaimKeyPackage(ctx, client, 1)
+		if err != nil {
+			t.Fatalf("ClaimKeyPackage: %v", err)
+		}
+		if kp.LastResort {
+			break
+		}
+		if got[string(kp.Ref)]++; got[string(kp.Ref)] != 1 {
+			t.Fatalf("package %q handed out twice", kp.Ref)
+		}
+	}
+	delete(got, lastResort)
+	if len(got) != claims {
+		t.Fatalf("%d single-use packages handed out, want %d", len(got), claims)
 	}
 }

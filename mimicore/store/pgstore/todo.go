@@ -65,31 +65,6 @@ func (s *Store) RecordGroupHub(context.Context, []byte, string) error { return e
 // GroupHub is not implemented yet.
 func (s *Store) GroupHub(context.Context, []byte) (string, error) { return "", errNotImplemented }
 
-// PublishKeyPackages is not implemented yet.
-func (s *Store) PublishKeyPackages(context.Context, string, []store.KeyPackage) error {
-	return errNotImplemented
-}
-
-// ClaimKeyPackage is not implemented yet.
-func (s *Store) ClaimKeyPackage(context.Context, string, uint16) (store.KeyPackage, error) {
-	return store.KeyPackage{}, errNotImplemented
-}
-
-// ClaimKeyPackagesByPrefix is not implemented yet.
-func (s *Store) ClaimKeyPackagesByPrefix(context.Context, string, uint16) ([]store.KeyPackage, error) {
-	return nil, errNotImplemented
-}
-
-// ListKeyPackages is not implemented yet.
-func (s *Store) ListKeyPackages(context.Context, string) ([]store.KeyPackage, error) {
-	return nil, errNotImplemented
-}
-
-// KeyPackageByRef is not implemented yet.
-func (s *Store) KeyPackageByRef(context.Context, []byte) (store.KeyPackage, error) {
-	return store.KeyPackage{}, errNotImplemented
-}
-
 // Append is not implemented yet.
 func (s *Store) Append(context.Context, store.Delivery) ([]store.Appended, error) {
 	return nil, errNotImplemented

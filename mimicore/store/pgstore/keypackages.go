@@ -1,0 +1,276 @@
+package pgstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+)
+
+// Statements of the KeyPackage directory.
+const (
+	// kpLockSQL serialises the publishes of one client (in every gateway),
+	// so that the count check of one sees the packages of the other: a
+	// transaction-scoped advisory lock on a hash of the client URI (a
+	// collision only serialises two clients' publishes).
+	kpLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 7))`
+	// kpRetireSQL retires client $1's available last-resort package for
+	// suite $2 unless it is $3: $4 is now, $5 now plus the retention.
+	kpRetireSQL = `UPDATE key_packages SET claimed_ms = $4, expires_ms = LEAST(not_after_ms, $5)
+		WHERE client = $1 AND suite = $2 AND last_resort AND claimed_ms IS NULL AND ref <> $3`
+	// kpInsertSQL stores a package, replacing an expired row with its
+	// ref; no row returned means an alive row holds the ref (and ON
+	// CONFLICT locked it). $7 is now.
+	kpInsertSQL = `INSERT INTO key_packages AS k
+		(ref, client, suite, key_package, not_after_ms, last_resort, published_ms, claimed_ms, expires_ms)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $5)
+		ON CONFLICT (ref) DO UPDATE SET client = excluded.client, suite = excluded.suite,
+			key_package = excluded.key_package, not_after_ms = excluded.not_after_ms,
+			last_resort = excluded.last_resort, published_ms = excluded.published_ms,
+			claimed_ms = NULL, expires_ms = excluded.expires_ms
+		WHERE k.expires_ms <= $7
+		RETURNING true`
+	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
+		FROM key_packages WHERE ref = $1 AND expires_ms > $2`
+	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2`
+	// kpClaimSQL takes client $1's single-use package for suite $2 that
+	// expires first: $3 is now, $4 now plus the retention. SKIP LOCKED
+	// lets concurrent claims take different packages instead of queueing
+	// behind one another; FOR UPDATE rechecks the row, so a package
+	// claimed by a transaction that committed meanwhile is not taken.
+	kpClaimSQL = `UPDATE key_packages SET claimed_ms = $3, expires_ms = LEAST(not_after_ms, $4)
+		WHERE ref = (SELECT ref FROM key_packages
+			WHERE client = $1 AND suite = $2 AND NOT last_resort AND claimed_ms IS NULL AND not_after_ms > $3
+			ORDER BY not_after_ms, ref LIMIT 1 FOR UPDATE SKIP LOCKED)
+		RETURNING ref, key_package, not_after_ms`
+	kpLastResortSQL = `SELECT ref, key_package, not_after_ms FROM key_packages
+		WHERE client = $1 AND suite = $2 AND last_resort AND claimed_ms IS NULL AND not_after_ms > $3`
+	kpListSQL = `SELECT ref, suite, key_package, not_after_ms, last_resort FROM key_packages
+		WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2
+		ORDER BY suite, not_after_ms, ref`
+)
+
+// PublishKeyPackages implements store.KeyPackages: every package, the
+// retirement of replaced last-resort packages and the count check are one
+// transaction, under the client's publish lock, so a refused publish
+// leaves nothing behind.
+func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage) error {
+	const doing = "publishing KeyPackages"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := check.KeyPackages(client, kps); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, kpLockSQL, client); err != nil {
+			return err
+		}
+		now := s.nowMs()
+		retired := now + store.ClaimedKeyPackageRetention.Milliseconds()
+		for _, kp := range kps {
+			notAfter := check.ExpiryMillis(kp.NotAfter)
+			if kp.LastResort {
+				if _, err := tx.Exec(ctx, kpRetireSQL, client, int32(kp.Suite), kp.Ref, now, retired); err != nil {
+					return err
+				}
+			}
+			wrote, err := firstUse(ctx, tx, kpInsertSQL,
+				kp.Ref, client, int32(kp.Suite), kp.KeyPackage, notAfter, kp.LastResort, now)
+			if err != nil {
+				return err
+			}
+			if wrote {
+				continue
+			}
+			old, err := getKeyPackage(ctx, tx, kp.Ref, now)
+			if err != nil {
+				return err
+			}
+			if old.Claimed || old.Client != client || old.Suite != kp.Suite || old.LastResort != kp.LastResort ||
+				check.ExpiryMillis(old.NotAfter) != notAfter || !bytes.Equal(old.KeyPackage, kp.KeyPackage) {
+				return fmt.Errorf("KeyPackageRef %x is already stored: %w", kp.Ref, store.ErrConflict)
+			}
+		}
+		var n int
+		if err := tx.QueryRow(ctx, kpCountSQL, client, now).Scan(&n); err != nil {
+			return err
+		}
+		if n > store.MaxKeyPackagesPerClient {
+			return fmt.Errorf("%d available: %w", n, store.ErrTooManyKeyPackages)
+		}
+		return nil
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// getKeyPackage reads the alive package with ref.
+func getKeyPackage(ctx context.Context, q querier, ref []byte, now int64) (store.KeyPackage, error) {
+	kp := store.KeyPackage{Ref: bytes.Clone(ref)}
+	var suite int32
+	var notAfter int64
+	err := q.QueryRow(ctx, kpGetSQL, ref, now).Scan(&kp.Client, &suite, &kp.KeyPackage, &notAfter, &kp.LastResort, &kp.Claimed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.KeyPackage{}, fmt.Errorf("no KeyPackage with this ref: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return store.KeyPackage{}, fmt.Errorf("reading KeyPackage: %w", err)
+	}
+	kp.Suite = uint16(suite)
+	kp.NotAfter = check.Time(notAfter)
+	return kp, nil
+}
+
+// ClaimKeyPackage implements store.KeyPackages: the claim and, when no
+// single-use package is left, the read of the last-resort package are one
+// transaction.
+func (s *Store) ClaimKeyPackage(ctx context.Context, client string, suite uint16) (store.KeyPackage, error) {
+	const doing = "claiming KeyPackage"
+	if err := s.checkOpen(doing); err != nil {
+		return store.KeyPackage{}, err
+	}
+	if err := check.ClientURI("client", client); err != nil {
+		return store.KeyPackage{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	var kp store.KeyPackage
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		kp, err = claimTx(ctx, tx, client, suite, s.nowMs())
+		return err
+	})
+	if err != nil {
+		return store.KeyPackage{}, s.fail(doing, err)
+	}
+	return kp, nil
+}
+
+// claimTx claims a package of client for suite (0: any) inside tx at time
+// now (Unix ms).
+func claimTx(ctx context.Context, tx pgx.Tx, client string, suite uint16, now int64) (store.KeyPackage, error) {
+	if suite == 0 {
+		// Any suite: single-use packages first, then the lowest suite.
+		var any int32
+		err := tx.QueryRow(ctx, `SELECT suite FROM key_packages
+			WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2
+			ORDER BY last_resort, suite LIMIT 1`, client, now).Scan(&any)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return store.KeyPackage{}, fmt.Errorf("client has no KeyPackage: %w", store.ErrNotFound)
+		}
+		if err != nil {
+			return store.KeyPackage{}, err
+		}
+		suite = uint16(any)
+	}
+	kp := store.KeyPackage{Client: client, Suite: suite}
+	var notAfter int64
+	err := tx.QueryRow(ctx, kpClaimSQL, client, int32(suite), now,
+		now+store.ClaimedKeyPackageRetention.Milliseconds()).Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
+	if errors.Is(err, pgx.ErrNoRows) {
+		kp.LastResort = true
+		err = tx.QueryRow(ctx, kpLastResortSQL, client, int32(suite), now).Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return store.KeyPackage{}, fmt.Errorf("client has no KeyPackage for suite %d: %w", suite, store.ErrNotFound)
+		}
+	}
+	if err != nil {
+		return store.KeyPackage{}, err
+	}
+	kp.NotAfter = check.Time(notAfter)
+	return kp, nil
+}
+
+// ClaimKeyPackagesByPrefix implements store.KeyPackages: the clients with
+// an available package are found and each claims one, in one transaction.
+func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix string, suite uint16) ([]store.KeyPackage, error) {
+	const doing = "claiming KeyPackages by prefix"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.ClientURI("client prefix", clientPrefix); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var kps []store.KeyPackage
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		now := s.nowMs()
+		// client >= prefix bounds the index range; starts_with decides.
+		// The column is COLLATE "C", so the order is bytewise.
+		rows, _ := tx.Query(ctx, `SELECT DISTINCT client FROM key_packages
+			WHERE client >= $1 AND starts_with(client, $1) AND ($2 = 0 OR suite = $2)
+				AND claimed_ms IS NULL AND not_after_ms > $3
+			ORDER BY client LIMIT $4`, clientPrefix, int32(suite), now, store.MaxClaimClients)
+		clients, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		kps = make([]store.KeyPackage, 0, len(clients))
+		for _, c := range clients {
+			kp, err := claimTx(ctx, tx, c, suite, now)
+			if errors.Is(err, store.ErrNotFound) {
+				continue // its last package was claimed since the listing
+			}
+			if err != nil {
+				return err
+			}
+			kps = append(kps, kp)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return kps, nil
+}
+
+// ListKeyPackages implements store.KeyPackages.
+func (s *Store) ListKeyPackages(ctx context.Context, client string) ([]store.KeyPackage, error) {
+	const doing = "listing KeyPackages"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.ClientURI("client", client); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	rows, _ := s.pool.Query(ctx, kpListSQL, client, s.nowMs())
+	kps, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.KeyPackage, error) {
+		kp := store.KeyPackage{Client: client}
+		var suite int32
+		var notAfter int64
+		if err := row.Scan(&kp.Ref, &suite, &kp.KeyPackage, &notAfter, &kp.LastResort); err != nil {
+			return kp, err
+		}
+		kp.Suite = uint16(suite)
+		kp.NotAfter = check.Time(notAfter)
+		return kp, nil
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	if kps == nil {
+		kps = []store.KeyPackage{}
+	}
+	return kps, nil
+}
+
+// KeyPackageByRef implements store.KeyPackages.
+func (s *Store) KeyPackageByRef(ctx context.Context, ref []byte) (store.KeyPackage, error) {
+	const doing = "looking up KeyPackage"
+	if err := s.checkOpen(doing); err != nil {
+		return store.KeyPackage{}, err
+	}
+	if err := check.ID("KeyPackageRef", ref); err != nil {
+		return store.KeyPackage{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	kp, err := getKeyPackage(ctx, s.pool, ref, s.nowMs())
+	if err != nil {
+		return store.KeyPackage{}, s.fail(doing, err)
+	}
+	return kp, nil
+}
