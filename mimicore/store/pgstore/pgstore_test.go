@@ -273,3 +273,90 @@ func TestClaimsAcrossStores(t *testing.T) {
 		t.Fatalf("%d single-use packages handed out, want %d", len(got), claims)
 	}
 }
+
+func TestQueues(t *testing.T) {
+	storetest.RunQueueTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
+		return openTemp(t, withClock(clock))
+	})
+}
+
+// TestOutboxOrderAcrossStores has writers on two stores add to one
+// destination's outbox while a reader follows it with a cursor, as the
+// federation sender does: the reader sees every message, none skipped
+// because a smaller id committed after a larger one.
+func TestOutboxOrderAcrossStores(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	ctx := context.Background()
+	var stores [2]*Store
+	for i := range stores {
+		s, err := Open(ctx, dsn, Options{MaxConns: 8})
+		if err != nil {
+			t.Fatalf("Open %d: %v", i, err)
+		}
+		defer s.Close()
+		stores[i] = s
+	}
+	const writers, adds, dest = 8, 15, "b.example"
+	msg := store.OutboxMessage{Sender: "a.example", Destination: dest, GroupID: []byte("g"),
+		Recipients: []string{"mimi://b.example/d/bob/x"}, Message: []byte("m")}
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		written = map[uint64]bool{}
+	)
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range adds {
+				ids, err := stores[w%2].OutboxAdd(ctx, store.OutboxWrite{Messages: []store.OutboxMessage{msg, msg}})
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				for _, id := range ids {
+					written[id] = true
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	seen := map[uint64]bool{}
+	var after uint64
+	for finished := false; ; {
+		select {
+		case <-done:
+			finished = true
+		default:
+		}
+		es, err := stores[1].OutboxPending(ctx, dest, after, store.MaxOutboxList)
+		if err != nil {
+			t.Fatalf("OutboxPending: %v", err)
+		}
+		for _, e := range es {
+			if e.ID <= after {
+				t.Fatalf("OutboxPending after %d returned %d", after, e.ID)
+			}
+			seen[e.ID], after = true, e.ID
+		}
+		if finished && len(es) == 0 {
+			break
+		}
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatalf("OutboxAdd: %v", err)
+	}
+	if len(written) != writers*adds*2 {
+		t.Fatalf("%d distinct ids written, want %d", len(written), writers*adds*2)
+	}
+	for id := range written {
+		if !seen[id] {
+			t.Errorf("message %d was written but the reader's cursor passed it", id)
+		}
+	}
+}

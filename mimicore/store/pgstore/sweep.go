@@ -50,5 +50,10 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 			}
 		}
 	}
+	n, err := s.sweepQueues(ctx, ms)
+	total += n
+	if err != nil {
+		return total, s.fail(doing+" from the queues", err)
+	}
 	return total, nil
 }

@@ -64,39 +64,3 @@ func (s *Store) RecordGroupHub(context.Context, []byte, string) error { return e
 
 // GroupHub is not implemented yet.
 func (s *Store) GroupHub(context.Context, []byte) (string, error) { return "", errNotImplemented }
-
-// Append is not implemented yet.
-func (s *Store) Append(context.Context, store.Delivery) ([]store.Appended, error) {
-	return nil, errNotImplemented
-}
-
-// Fetch is not implemented yet.
-func (s *Store) Fetch(context.Context, string, uint64, store.FetchLimit) ([]store.QueuedMessage, error) {
-	return nil, errNotImplemented
-}
-
-// Ack is not implemented yet.
-func (s *Store) Ack(context.Context, string, uint64) (int, error) { return 0, errNotImplemented }
-
-// WatchQueue watches client's queue in this process (store.Notifier).
-func (s *Store) WatchQueue(client string, after uint64) (<-chan struct{}, func()) {
-	return s.notify.Watch(client, after)
-}
-
-// OutboxPending is not implemented yet.
-func (s *Store) OutboxPending(context.Context, string, uint64, int) ([]store.OutboxEntry, error) {
-	return nil, errNotImplemented
-}
-
-// OutboxDestinations is not implemented yet.
-func (s *Store) OutboxDestinations(context.Context) ([]string, error) { return nil, errNotImplemented }
-
-// OutboxDelivered is not implemented yet.
-func (s *Store) OutboxDelivered(context.Context, string, []uint64) (int, error) {
-	return 0, errNotImplemented
-}
-
-// OutboxAdd is not implemented yet.
-func (s *Store) OutboxAdd(context.Context, store.OutboxWrite) ([]uint64, error) {
-	return nil, errNotImplemented
-}

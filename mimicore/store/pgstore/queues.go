@@ -1,0 +1,486 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+)
+
+// Statements of the local client queues: sqlitestore's, with json_each of
+// a JSON array spelt unnest of a text[] parameter.
+const (
+	queueBodySQL = `INSERT INTO queue_bodies (message, refs) VALUES ($1, $2) RETURNING id`
+	// queueSeqSQL takes the next number of the global sequence. The row
+	// stays locked until the transaction ends, so the writes that take
+	// numbers run one at a time from here to their commit, and numbers
+	// become visible in order: a reader that saw n committed never later
+	// finds a smaller number appear.
+	queueSeqSQL = `UPDATE queue_sequence SET last = last + 1 WHERE id = 1 RETURNING last`
+	// queueBumpManySQL counts a message of $1 bytes, numbered $5, in each
+	// queue of $4 that stays within $2 messages and $3 bytes; the rows
+	// returned are the queues that took it. A new head is within the
+	// limits: Append checks a single message against them first.
+	queueBumpManySQL = `INSERT INTO queue_heads AS h (client, last_seq, messages, bytes)
+		SELECT c, $5, 1, $1 FROM unnest($4::text[]) AS c
+		ON CONFLICT (client) DO UPDATE SET last_seq = $5,
+			messages = h.messages + 1, bytes = h.bytes + $1
+		WHERE h.messages + 1 <= $2 AND h.bytes + $1 <= $3
+		RETURNING client`
+	// queueEntryManySQL writes the entries, numbered $8, of the queues
+	// named in $7, each of which took that number.
+	queueEntryManySQL = `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
+		SELECT c, $8, $1, $2, $3, $4, $5, $6 FROM unnest($7::text[]) AS c`
+	// queueCursorSQL reads the global sequence and client $1's
+	// acknowledged cursor.
+	queueCursorSQL = `SELECT s.last, COALESCE((SELECT acked FROM queue_cursors WHERE client = $1), 0)
+		FROM queue_sequence s WHERE s.id = 1`
+	// queueFetchSQL merges client $1's personal entries and the group log
+	// posts it sees, above $2 and alive at $3, by sequence number.
+	queueFetchSQL = `(SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, b.message
+			FROM queue_messages m JOIN queue_bodies b ON b.id = m.body_id
+			WHERE m.client = $1 AND m.seq > $2 AND m.expires_ms > $3
+			ORDER BY m.seq LIMIT $4)
+		UNION ALL
+		(SELECT l.seq, l.size, l.group_id, l.sender, l.arrived_ms, l.expires_ms, l.message
+			FROM group_members g JOIN group_log l ON l.group_id = g.group_id
+			WHERE g.client = $1 AND (g.to_seq IS NULL OR g.to_seq > $2)
+				AND l.seq > $2 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
+				AND l.expires_ms > $3 AND l.except_client <> $1
+			ORDER BY l.seq LIMIT $4)
+		ORDER BY seq LIMIT $4`
+	// queueAckGroupSQL counts the alive group log posts that client $1
+	// sees in ($2, $3], at $4.
+	queueAckGroupSQL = `SELECT COUNT(*) FROM group_members g JOIN group_log l ON l.group_id = g.group_id
+		WHERE g.client = $1 AND (g.to_seq IS NULL OR g.to_seq > $2)
+			AND l.seq > $2 AND l.seq <= $3 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
+			AND l.expires_ms > $4 AND l.except_client <> $1`
+	// queueAckLockSQL locks client $1's cursor row (creating it), so the
+	// Acks of one client run one at a time, and returns the cursor.
+	queueAckLockSQL = `INSERT INTO queue_cursors AS c (client, acked) VALUES ($1, 0)
+		ON CONFLICT (client) DO UPDATE SET acked = c.acked
+		RETURNING acked`
+	queueAckCursorSQL = `UPDATE queue_cursors SET acked = GREATEST(acked, $2) WHERE client = $1`
+	// queueAckRangesSQL forgets client $1's membership ranges that ended
+	// at or below its cursor $2: nothing of them is left to fetch.
+	queueAckRangesSQL = `DELETE FROM group_members WHERE client = $1 AND to_seq IS NOT NULL AND to_seq <= $2`
+	// queueAckSQL deletes queue $1's entries up to $2.
+	queueAckSQL = `DELETE FROM queue_messages WHERE client = $1 AND seq <= $2
+		RETURNING client, body_id, size, expires_ms`
+	// queueReclaimSQL deletes queue $1's expired entries ($2 is now), when
+	// an Append finds the queue full.
+	queueReclaimSQL = `DELETE FROM queue_messages WHERE client = $1 AND expires_ms <= $2
+		RETURNING client, body_id, size, expires_ms`
+	// groupLogSweepSQL deletes $2 expired group log posts ($1 is now).
+	groupLogSweepSQL = `DELETE FROM group_log WHERE seq IN
+		(SELECT seq FROM group_log WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`
+	// queueSweepSQL deletes $2 expired entries of any queue ($1 is now).
+	queueSweepSQL = `DELETE FROM queue_messages WHERE (client, seq) IN
+		(SELECT client, seq FROM queue_messages WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+		RETURNING client, body_id, size, expires_ms`
+	queueHeadReleaseSQL = `UPDATE queue_heads SET messages = messages - $2, bytes = bytes - $3 WHERE client = $1`
+	queueBodyReleaseSQL = `UPDATE queue_bodies SET refs = refs - $2 WHERE id = $1 RETURNING refs`
+	queueBodyRefsSQL    = `UPDATE queue_bodies SET refs = $2 WHERE id = $1`
+	queueBodyDeleteSQL  = `DELETE FROM queue_bodies WHERE id = $1`
+)
+
+// Append implements store.Queues: the dedup record, the replay answer, the
+// message body, the sequence number, and per recipient the head's
+// counters and the entry are one transaction of a few statements whatever
+// the number of recipients.
+func (s *Store) Append(ctx context.Context, d store.Delivery) ([]store.Appended, error) {
+	const doing = "appending to queues"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.Delivery(d); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var out []store.Appended
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		out, err = s.appendTx(ctx, tx, d, s.nowMs())
+		return err
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	// Committed: wake the waiters.
+	s.notifyAppended(d.Recipients, out)
+	return out, nil
+}
+
+// dedupTx records a delivery's dedup key (it shares the seen signatures'
+// table) inside tx, or fails with store.ErrDuplicate; no key is no-op.
+func dedupTx(ctx context.Context, tx pgx.Tx, dedup []byte, expires time.Time, now int64) error {
+	if len(dedup) == 0 {
+		return nil
+	}
+	first, err := firstUse(ctx, tx, seenInsertSQL, dedup, check.ExpiryMillis(expires), now)
+	if err != nil {
+		return err
+	}
+	if !first {
+		return store.ErrDuplicate
+	}
+	return nil
+}
+
+// recordReplayTx writes r, the answer of the request that carries a
+// write, inside tx; an alive entry of its key fails the write with
+// store.ErrConflict. A nil r writes nothing.
+func (s *Store) recordReplayTx(ctx context.Context, tx pgx.Tx, r *store.ReplayRecord) error {
+	if r == nil {
+		return nil
+	}
+	_, err := s.recordReplay(ctx, tx, r)
+	return err
+}
+
+// appendTx appends d inside tx at time now (Unix ms) and answers each
+// recipient's outcome.
+func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, d store.Delivery, now int64) ([]store.Appended, error) {
+	if err := dedupTx(ctx, tx, d.Dedup, d.DedupExpires, now); err != nil {
+		return nil, err
+	}
+	if err := s.recordReplayTx(ctx, tx, d.Replay); err != nil {
+		return nil, err
+	}
+	maxMessages, maxBytes := int64(d.Limits.MaxMessages), d.Limits.MaxBytes
+	if maxMessages == 0 {
+		maxMessages = store.DefaultQueueMaxMessages
+	}
+	if maxBytes == 0 {
+		maxBytes = store.DefaultQueueMaxBytes
+	}
+	exp := now + store.DefaultQueueTTL.Milliseconds()
+	if !d.Expires.IsZero() {
+		exp = check.ExpiryMillis(d.Expires)
+	}
+	out := make([]store.Appended, len(d.Recipients))
+	// The body is stored with a reference per recipient, corrected below
+	// in the rare case that a queue is full. It is written before the
+	// sequence row is locked, which is held until the commit.
+	var bodyID int64
+	if err := tx.QueryRow(ctx, queueBodySQL, d.Message, len(d.Recipients)).Scan(&bodyID); err != nil {
+		return nil, fmt.Errorf("storing the message: %w", err)
+	}
+	// One number of the global sequence for every recipient.
+	var seq int64
+	if err := tx.QueryRow(ctx, queueSeqSQL).Scan(&seq); err != nil {
+		return nil, fmt.Errorf("taking a sequence number: %w", err)
+	}
+	e := entry{seq: seq, bodyID: bodyID, size: int64(len(d.Message)), groupID: nonNil(d.GroupID), sender: d.Sender, arrived: now, expires: exp}
+	refs, err := appendMany(ctx, tx, d.Recipients, e, maxMessages, maxBytes, out)
+	if err != nil {
+		return nil, err
+	}
+	for i, a := range out {
+		if a.Seq == 0 {
+			out[i].Err = fmt.Errorf("queue of %s holds up to %d messages and %d bytes: %w",
+				d.Recipients[i], maxMessages, maxBytes, store.ErrQueueFull)
+		}
+	}
+	switch refs {
+	case len(d.Recipients):
+		return out, nil
+	case 0:
+		_, err = tx.Exec(ctx, queueBodyDeleteSQL, bodyID)
+	default:
+		_, err = tx.Exec(ctx, queueBodyRefsSQL, bodyID, refs)
+	}
+	return out, err
+}
+
+// notifyAppended wakes the waiters of the queues that took a message, once
+// its write committed.
+func (s *Store) notifyAppended(recipients []string, out []store.Appended) {
+	for i, r := range recipients {
+		if out[i].Seq != 0 {
+			s.notify.Notify(r, out[i].Seq)
+		}
+	}
+}
+
+// entry is what the queue entries of one Append share.
+type entry struct {
+	seq              int64 // the Append's number of the global sequence
+	bodyID, size     int64
+	groupID          []byte
+	sender           string
+	arrived, expires int64
+}
+
+// appendMany appends e to the queues of recipients with two statements
+// that take them as one text[] parameter: an upsert of their heads, whose
+// RETURNING rows are the queues that took the message (a full queue
+// returns none and is tried again alone, after its expired messages are
+// reclaimed), then the INSERT of their entries. It sets out[i].Seq for
+// each queue that took the message and reports how many did.
+func appendMany(ctx context.Context, tx pgx.Tx, recipients []string, e entry, maxMessages, maxBytes int64, out []store.Appended) (int, error) {
+	if e.size > maxBytes {
+		return 0, nil
+	}
+	index := make(map[string]int, len(recipients))
+	for i, r := range recipients {
+		index[r] = i
+	}
+	rows, _ := tx.Query(ctx, queueBumpManySQL, e.size, maxMessages, maxBytes, recipients, e.seq)
+	took, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("counting the message in its queues: %w", err)
+	}
+	for _, c := range took {
+		i, ok := index[c]
+		if !ok {
+			return 0, fmt.Errorf("queue head of %q returned for no recipient", c)
+		}
+		out[i].Seq = uint64(e.seq)
+	}
+	if len(took) < len(recipients) {
+		// Full queues: reclaim their expired messages, try again.
+		for i, r := range recipients {
+			if out[i].Seq != 0 {
+				continue
+			}
+			n, _, err := deleteEntries(ctx, tx, queueReclaimSQL, e.arrived, r, e.arrived)
+			if err != nil {
+				return 0, err
+			}
+			if n == 0 {
+				continue
+			}
+			rows, _ := tx.Query(ctx, queueBumpManySQL, e.size, maxMessages, maxBytes, []string{r}, e.seq)
+			again, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return 0, fmt.Errorf("counting the message in its queue: %w", err)
+			}
+			if len(again) == 1 {
+				out[i].Seq = uint64(e.seq)
+			}
+		}
+		// Only the queues that took it get an entry.
+		took = took[:0]
+		for i, r := range recipients {
+			if out[i].Seq != 0 {
+				took = append(took, r)
+			}
+		}
+	}
+	if len(took) == 0 {
+		return 0, nil
+	}
+	tag, err := tx.Exec(ctx, queueEntryManySQL, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires, took, e.seq)
+	if err != nil {
+		return 0, fmt.Errorf("writing queue entries: %w", err)
+	}
+	if n := tag.RowsAffected(); n != int64(len(took)) {
+		return 0, fmt.Errorf("wrote %d queue entries for %d queues", n, len(took))
+	}
+	return len(took), nil
+}
+
+// deleteEntries runs sql, a DELETE of queue entries RETURNING client,
+// body_id, size and expires_ms, and releases what they held: their queues'
+// counters and their bodies' references, deleting bodies no entry uses
+// any more. It reports how many entries it deleted and how many of them
+// were alive (expiring after now).
+func deleteEntries(ctx context.Context, tx pgx.Tx, sql string, now int64, args ...any) (deleted, alive int, err error) {
+	type usage struct{ n, size int64 }
+	queues, bodies := map[string]usage{}, map[int64]int64{}
+	rows, _ := tx.Query(ctx, sql, args...)
+	var (
+		client            string
+		bodyID, size, exp int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&client, &bodyID, &size, &exp}, func() error {
+		u := queues[client]
+		queues[client] = usage{u.n + 1, u.size + size}
+		bodies[bodyID]++
+		deleted++
+		if exp > now {
+			alive++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("deleting queue entries: %w", err)
+	}
+	// In key order, so that concurrent releases lock rows in one order.
+	for _, client := range slices.Sorted(maps.Keys(queues)) {
+		u := queues[client]
+		if _, err := tx.Exec(ctx, queueHeadReleaseSQL, client, u.n, u.size); err != nil {
+			return 0, 0, fmt.Errorf("releasing queue counters: %w", err)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(bodies)) {
+		var left int64
+		if err := tx.QueryRow(ctx, queueBodyReleaseSQL, id, bodies[id]).Scan(&left); err != nil {
+			return 0, 0, fmt.Errorf("releasing message bodies: %w", err)
+		}
+		if left == 0 {
+			if _, err := tx.Exec(ctx, queueBodyDeleteSQL, id); err != nil {
+				return 0, 0, fmt.Errorf("deleting message bodies: %w", err)
+			}
+		}
+	}
+	return deleted, alive, nil
+}
+
+// cursor reads the last number of the global sequence and client's
+// acknowledged cursor.
+func cursor(ctx context.Context, q querier, client string) (last, acked uint64, err error) {
+	var l, a int64
+	if err := q.QueryRow(ctx, queueCursorSQL, client).Scan(&l, &a); err != nil {
+		return 0, 0, fmt.Errorf("reading the queue sequence: %w", err)
+	}
+	return uint64(l), uint64(a), nil
+}
+
+// Fetch implements store.Queues. It reads the global sequence before the
+// messages: it only grows, so a cursor it accepts was valid.
+func (s *Store) Fetch(ctx context.Context, client string, after uint64, limit store.FetchLimit) ([]store.QueuedMessage, error) {
+	const doing = "fetching queued messages"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.ClientURI("client", client); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	limit, err := check.FetchLimit(limit)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	last, acked, err := cursor(ctx, s.pool, client)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	if after > last {
+		return nil, fmt.Errorf("%s: cursor %d is beyond the last sequence number %d: %w", doing, after, last, store.ErrInvalid)
+	}
+	rows, _ := s.pool.Query(ctx, queueFetchSQL, client, int64(max(after, acked)), s.nowMs(), limit.Messages)
+	msgs := []store.QueuedMessage{}
+	total := 0
+	var (
+		m                 store.QueuedMessage
+		seq, arrived, exp int64
+		size              int32
+		full              bool
+	)
+	_, err = pgx.ForEachRow(rows, []any{&seq, &size, &m.GroupID, &m.Sender, &arrived, &exp, &m.Message}, func() error {
+		if full || (len(msgs) > 0 && total+int(size) > limit.Bytes) {
+			full = true
+			return nil
+		}
+		total += int(size)
+		m.Seq, m.Arrived, m.Expires = uint64(seq), check.Time(arrived), check.Time(exp)
+		m.GroupID = nonNil(m.GroupID)
+		msgs = append(msgs, m)
+		m = store.QueuedMessage{}
+		return nil
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return msgs, nil
+}
+
+// Ack implements store.Queues: under the lock of the client's cursor row,
+// the check of upTo against the global sequence, the count of the group
+// log posts it covers, the deletion of the personal entries and the
+// cursor are one transaction.
+func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error) {
+	const doing = "acknowledging queued messages"
+	if err := s.checkOpen(doing); err != nil {
+		return 0, err
+	}
+	if err := check.ClientURI("client", client); err != nil {
+		return 0, fmt.Errorf("%s: %w", doing, err)
+	}
+	if upTo == 0 {
+		return 0, nil
+	}
+	var acked int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		acked = 0
+		var prev int64
+		if err := tx.QueryRow(ctx, queueAckLockSQL, client).Scan(&prev); err != nil {
+			return fmt.Errorf("locking the cursor: %w", err)
+		}
+		last, _, err := cursor(ctx, tx, client)
+		if err != nil {
+			return err
+		}
+		if upTo > last {
+			return fmt.Errorf("acknowledging up to %d, beyond the last sequence number %d: %w", upTo, last, store.ErrInvalid)
+		}
+		if upTo <= uint64(prev) {
+			return nil
+		}
+		now := s.nowMs()
+		if err := tx.QueryRow(ctx, queueAckGroupSQL, client, prev, int64(upTo), now).Scan(&acked); err != nil {
+			return fmt.Errorf("counting group log posts: %w", err)
+		}
+		_, personal, err := deleteEntries(ctx, tx, queueAckSQL, now, client, int64(upTo))
+		if err != nil {
+			return err
+		}
+		acked += personal
+		if _, err := tx.Exec(ctx, queueAckCursorSQL, client, int64(upTo)); err != nil {
+			return fmt.Errorf("raising the cursor: %w", err)
+		}
+		if _, err := tx.Exec(ctx, queueAckRangesSQL, client, int64(upTo)); err != nil {
+			return fmt.Errorf("forgetting ended memberships: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, s.fail(doing, err)
+	}
+	return acked, nil
+}
+
+// WatchQueue implements store.Queues through the Store's store.Notifier,
+// which Append signals after each commit and Close closes. It is
+// process-local: see the package documentation.
+func (s *Store) WatchQueue(client string, after uint64) (<-chan struct{}, func()) {
+	return s.notify.Watch(client, after)
+}
+
+// sweepQueues is DeleteExpired's part for queues: bounded DELETEs of
+// expired entries, each one transaction with the release of what they
+// held, then of expired group log posts.
+func (s *Store) sweepQueues(ctx context.Context, now int64) (int64, error) {
+	var total int64
+	for {
+		var n int
+		err := s.inTx(ctx, func(tx pgx.Tx) error {
+			var err error
+			n, _, err = deleteEntries(ctx, tx, queueSweepSQL, now, now, sweepBatch)
+			return err
+		})
+		if err != nil {
+			return total, err
+		}
+		total += int64(n)
+		if n < sweepBatch {
+			break
+		}
+	}
+	for {
+		tag, err := s.pool.Exec(ctx, groupLogSweepSQL, now, sweepBatch)
+		if err != nil {
+			return total, err
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < sweepBatch {
+			return total, nil
+		}
+	}
+}
