@@ -57,6 +57,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/groupcache"
 )
 
 // DefaultMaxConns is the pool size when Options.MaxConns is zero.
@@ -76,6 +77,10 @@ type Options struct {
 	MaxConns int32
 	// Now is the store's clock; nil means time.Now. Tests replace it.
 	Now func() time.Time
+	// GroupCacheNodes bounds the in-memory cache of group states, in tree
+	// positions (see DefaultGroupCacheNodes, its default when zero); a
+	// negative value disables it.
+	GroupCacheNodes int
 }
 
 // Store is a store.Store on a PostgreSQL database. It is safe for
@@ -84,6 +89,7 @@ type Store struct {
 	pool   *pgxpool.Pool
 	now    func() time.Time
 	notify *store.Notifier
+	cache  *groupcache.Cache
 	closed atomic.Bool
 }
 
@@ -110,7 +116,11 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening postgres store: %w", err)
 	}
-	s := &Store{pool: pool, now: opts.Now, notify: store.NewNotifier()}
+	cacheNodes := opts.GroupCacheNodes
+	if cacheNodes == 0 {
+		cacheNodes = DefaultGroupCacheNodes
+	}
+	s := &Store{pool: pool, now: opts.Now, notify: store.NewNotifier(), cache: groupcache.New(cacheNodes)}
 	if s.now == nil {
 		s.now = time.Now
 	}

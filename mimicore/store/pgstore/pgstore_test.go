@@ -360,3 +360,16 @@ func TestOutboxOrderAcrossStores(t *testing.T) {
 		}
 	}
 }
+
+func TestGroups(t *testing.T) {
+	storetest.RunGroupTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
+		return openTemp(t, withClock(clock))
+	})
+}
+
+func TestReopen(t *testing.T) {
+	storetest.RunReopenTests(t, func(t *testing.T) func() (store.Store, error) {
+		dsn := pgtest.NewDB(t)
+		return func() (store.Store, error) { return Open(context.Background(), dsn, Options{}) }
+	})
+}

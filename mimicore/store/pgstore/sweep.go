@@ -26,6 +26,16 @@ var sweeps = []struct{ table, sql string }{
 		(SELECT domain, key_id FROM peer_keys WHERE cache_until_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`},
 	{"peer_key_failures", `DELETE FROM peer_key_failures WHERE domain IN
 		(SELECT domain FROM peer_key_failures WHERE retry_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`},
+	{"mls_group_welcomes", `DELETE FROM mls_group_welcomes WHERE (gid, epoch) IN
+		(SELECT gid, epoch FROM mls_group_welcomes WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`},
+	// Old tree versions that no Welcome tree left needs: those replaced
+	// at or before the group's oldest Welcome epoch, all without one
+	// (see CommitEpoch). $1 is unused: every version kept was needed by
+	// a Welcome tree, whose expiry the previous sweep applied.
+	{"mls_group_node_history", `DELETE FROM mls_group_node_history WHERE (gid, node_index, from_epoch) IN
+		(SELECT h.gid, h.node_index, h.from_epoch FROM mls_group_node_history h
+		WHERE h.to_epoch <= COALESCE((SELECT MIN(w.epoch) FROM mls_group_welcomes w WHERE w.gid = h.gid), h.to_epoch)
+		AND $1::bigint IS NOT NULL LIMIT $2 FOR UPDATE SKIP LOCKED)`},
 	{"key_packages", `DELETE FROM key_packages WHERE ref IN
 		(SELECT ref FROM key_packages WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`},
 }

@@ -1,0 +1,184 @@
+package pgstore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+)
+
+// Statements of the group logs: sqlitestore's, with unnest of a text[]
+// parameter for json_each of a JSON array.
+const (
+	groupLogInsertSQL = `INSERT INTO group_log (seq, group_id, sender, except_client, message, size, arrived_ms, expires_ms)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+	// groupLeaveSQL ends, at post $3, the membership in group $1 of the
+	// clients $2.
+	groupLeaveSQL = `UPDATE group_members SET to_seq = $3
+		WHERE group_id = $1 AND to_seq IS NULL AND client = ANY($2::text[])`
+	// groupJoinSQL starts, after post $3, the membership in group $1 of
+	// the clients $2 that are not members already.
+	groupJoinSQL = `INSERT INTO group_members (client, group_id, from_seq)
+		SELECT c, $1, $3 FROM unnest($2::text[]) AS c ON CONFLICT DO NOTHING`
+	// groupKnownSQL reports whether group $1's local members are recorded.
+	groupKnownSQL = `SELECT members_known FROM mls_groups WHERE group_id = $1`
+	// groupSeedSQL records the clients $2 as members of group $1 from
+	// before post $3.
+	groupSeedSQL = `INSERT INTO group_members (client, group_id, from_seq)
+		SELECT c, $1, $3 - 1 FROM unnest($2::text[]) AS c ON CONFLICT DO NOTHING`
+	groupKnownSetSQL = `UPDATE mls_groups SET members_known = true WHERE group_id = $1`
+	// groupWaitingSQL lists the clients $2 that see post $3 of group $1.
+	groupWaitingSQL = `SELECT client FROM group_members
+		WHERE client = ANY($2::text[]) AND group_id = $1
+			AND from_seq < $3 AND (to_seq IS NULL OR to_seq >= $3)`
+)
+
+// checkFanout checks f, the fan-out of a write to group groupID.
+func checkFanout(f store.Fanout, groupID []byte) error {
+	if err := check.Fanout(f); err != nil {
+		return err
+	}
+	if f.Group != nil && !bytes.Equal(f.Group.GroupID, groupID) {
+		return fmt.Errorf("group post for another group: %w", store.ErrInvalid)
+	}
+	return nil
+}
+
+// fanoutTx writes f inside tx at time now (Unix ms): the group post, the
+// personal deliveries, the outbox messages.
+func (s *Store) fanoutTx(ctx context.Context, tx pgx.Tx, f store.Fanout, now int64) (store.Delivered, error) {
+	var d store.Delivered
+	if g := f.Group; g != nil {
+		seq, err := postTx(ctx, tx, g, now)
+		if err != nil {
+			return store.Delivered{}, err
+		}
+		d.Group = seq
+	}
+	for _, l := range f.Local {
+		out, err := s.appendTx(ctx, tx, l, now)
+		if err != nil {
+			return store.Delivered{}, err
+		}
+		d.Local = append(d.Local, out)
+	}
+	ids, err := outboxTx(ctx, tx, f.Remote, now)
+	if err != nil {
+		return store.Delivered{}, err
+	}
+	d.Outbox = ids
+	return d, nil
+}
+
+// postTx writes g to its group's log under a new number of the global
+// sequence, and the membership changes it carries: O(1) statements,
+// whatever the number of members.
+func postTx(ctx context.Context, tx pgx.Tx, g *store.GroupPost, now int64) (uint64, error) {
+	var seq int64
+	if err := tx.QueryRow(ctx, queueSeqSQL).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("taking a sequence number: %w", err)
+	}
+	var known bool
+	if err := tx.QueryRow(ctx, groupKnownSQL, g.GroupID).Scan(&known); err != nil {
+		return 0, fmt.Errorf("reading the group: %w", err)
+	}
+	if !known {
+		if g.Members == nil {
+			return 0, store.ErrGroupMembersUnknown
+		}
+		if _, err := tx.Exec(ctx, groupSeedSQL, g.GroupID, g.Members, seq); err != nil {
+			return 0, fmt.Errorf("recording group members: %w", err)
+		}
+		if _, err := tx.Exec(ctx, groupKnownSetSQL, g.GroupID); err != nil {
+			return 0, fmt.Errorf("recording group members: %w", err)
+		}
+	}
+	exp := now + store.DefaultQueueTTL.Milliseconds()
+	if !g.Expires.IsZero() {
+		exp = check.ExpiryMillis(g.Expires)
+	}
+	if _, err := tx.Exec(ctx, groupLogInsertSQL, seq, g.GroupID, g.Sender, g.Except, g.Message, len(g.Message), now, exp); err != nil {
+		return 0, fmt.Errorf("writing to the group log: %w", err)
+	}
+	if len(g.Leave) > 0 {
+		if _, err := tx.Exec(ctx, groupLeaveSQL, g.GroupID, g.Leave, seq); err != nil {
+			return 0, fmt.Errorf("ending group memberships: %w", err)
+		}
+	}
+	if len(g.Join) > 0 {
+		if _, err := tx.Exec(ctx, groupJoinSQL, g.GroupID, g.Join, seq); err != nil {
+			return 0, fmt.Errorf("starting group memberships: %w", err)
+		}
+	}
+	return uint64(seq), nil
+}
+
+// notifyPost wakes, once post seq of groupID committed, the waiting
+// clients that see it: the clients with waiters (in memory) looked up
+// among the group's members in one query, so a post costs no read when
+// nobody waits and never one per member. Should the read fail, every
+// waiting client is woken: a waiter woken for nothing fetches nothing and
+// waits again.
+func (s *Store) notifyPost(groupID []byte, except string, seq uint64) {
+	waiting := s.notify.Waiting()
+	if len(waiting) == 0 {
+		return
+	}
+	rows, _ := s.pool.Query(context.Background(), groupWaitingSQL, groupID, waiting, int64(seq))
+	wake, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		wake = waiting
+	}
+	for _, c := range wake {
+		if c != except {
+			s.notify.Notify(c, seq)
+		}
+	}
+}
+
+// notifyDelivered wakes the waiters of the local queues and group log d
+// wrote to, once its write committed.
+func (s *Store) notifyDelivered(f store.Fanout, d store.Delivered) {
+	if f.Group != nil && d.Group != 0 {
+		s.notifyPost(f.Group.GroupID, f.Group.Except, d.Group)
+	}
+	for i, l := range f.Local {
+		if i < len(d.Local) {
+			s.notifyAppended(l.Recipients, d.Local[i])
+		}
+	}
+}
+
+// Deliver implements store.GroupStore: under a share lock of the group's
+// row, the check of its epoch and the fan-out are one transaction; a
+// commit of the next epoch waits for it.
+func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f store.Fanout) (store.Delivered, error) {
+	const doing = "delivering message"
+	if err := s.checkOpen(doing); err != nil {
+		return store.Delivered{}, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := checkFanout(f, groupID); err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	var d store.Delivered
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if _, err := lockGroup(ctx, tx, groupID, epoch, true); err != nil {
+			return err
+		}
+		var err error
+		d, err = s.fanoutTx(ctx, tx, f, s.nowMs())
+		return err
+	})
+	if err != nil {
+		return store.Delivered{}, s.fail(doing, err)
+	}
+	s.notifyDelivered(f, d)
+	return d, nil
+}

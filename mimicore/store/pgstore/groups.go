@@ -1,0 +1,670 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/groupcache"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// DefaultGroupCacheNodes bounds the in-memory cache of group states, as in
+// sqlitestore: the sum of the tree widths of the states it holds. The
+// cache is keyed by the group's stored head, so a state another gateway
+// committed misses it (see package groupcache).
+const DefaultGroupCacheNodes = 1 << 20
+
+// maxEpoch is the largest epoch the store accepts: epochs are BIGINT.
+const maxEpoch = math.MaxInt64 - 1
+
+// Statements of the group store: sqlitestore's, with the tree positions of
+// a write sent as arrays (unnest) instead of one row each.
+const (
+	groupHeadSQL = `SELECT id, epoch, context, interim, conf_tag, width FROM mls_groups WHERE group_id = $1`
+	// groupAdvanceSQL moves a group to the next epoch only while it is
+	// at the base state: $7 group id, $8 base epoch, $9 base GroupContext
+	// (which holds the tree hash), $10 base interim transcript hash. The
+	// UPDATE locks the row, so of rival commits on one base the second
+	// waits for the first, then finds the row changed and returns none.
+	groupAdvanceSQL = `UPDATE mls_groups
+		SET epoch = $1, context = $2, interim = $3, conf_tag = $4, width = $5, updated_ms = $6, group_info = $11
+		WHERE group_id = $7 AND epoch = $8 AND context = $9 AND interim = $10
+		RETURNING id`
+	// nodesInsertSQL writes the positions $2 (with nodes $4 and hashes
+	// $5) of group row $1 as of epoch $3, replacing those stored.
+	nodesInsertSQL = `INSERT INTO mls_group_nodes (gid, node_index, from_epoch, node, hash)
+		SELECT $1, i, $3, n, h FROM unnest($2::integer[], $4::bytea[], $5::bytea[]) AS u(i, n, h)
+		ON CONFLICT (gid, node_index) DO UPDATE
+		SET from_epoch = excluded.from_epoch, node = excluded.node, hash = excluded.hash`
+	// nodesKeepSQL moves the current versions of positions $2 to the
+	// history when the retained Welcome epoch $4 needs them (they were
+	// written at or before $4); $3 is the epoch that replaces them.
+	nodesKeepSQL = `INSERT INTO mls_group_node_history (gid, node_index, from_epoch, to_epoch, node)
+		SELECT gid, node_index, from_epoch, $3, node FROM mls_group_nodes
+		WHERE gid = $1 AND node_index = ANY($2::integer[]) AND from_epoch <= $4`
+	groupNodesSQL = `SELECT node_index, node, hash FROM mls_group_nodes WHERE gid = $1 ORDER BY node_index`
+	// welcomeNodesSQL is the tree of epoch $2.
+	welcomeNodesSQL = `SELECT node_index, node FROM mls_group_nodes WHERE gid = $1 AND from_epoch <= $2
+		UNION ALL
+		SELECT node_index, node FROM mls_group_node_history WHERE gid = $1 AND from_epoch <= $2 AND to_epoch > $2
+		ORDER BY node_index`
+)
+
+// readOnly is the transaction of a read that must see one snapshot: a
+// group's head and its tree positions.
+var readOnly = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
+
+// groupHead is a mls_groups row.
+type groupHead struct {
+	groupcache.Head
+	width uint32
+}
+
+func scanHead(row pgx.Row) (groupHead, error) {
+	var h groupHead
+	var epoch int64
+	var width int32
+	err := row.Scan(&h.RowID, &epoch, &h.Context, &h.Interim, &h.ConfTag, &width)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return h, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return h, fmt.Errorf("reading group: %w", err)
+	}
+	h.Epoch, h.width = uint64(epoch), uint32(width)
+	return h, nil
+}
+
+// nodeArrays splits tree positions into the arrays of nodesInsertSQL.
+func nodeArrays(nodes []mls.StoredNode) (idx []int32, enc, hash [][]byte) {
+	idx, enc, hash = make([]int32, len(nodes)), make([][]byte, len(nodes)), make([][]byte, len(nodes))
+	for i, sn := range nodes {
+		idx[i], enc[i], hash[i] = int32(sn.Index), sn.Node, sn.Hash
+	}
+	return idx, enc, hash
+}
+
+// CreateGroup implements store.GroupStore. The hub record, the head,
+// every tree position and the local members are written in one
+// transaction; of two creations of one id, the second waits on the hub
+// record's key and finds it taken.
+func (s *Store) CreateGroup(ctx context.Context, c store.GroupCreation) error {
+	const doing = "creating group"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	hub, state, groupInfo := c.Hub, c.State, c.GroupInfo
+	if state == nil {
+		return fmt.Errorf("%s: no state: %w", doing, store.ErrInvalid)
+	}
+	id := state.GroupID()
+	if err := check.GroupID(id); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Domain("hub", hub); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if state.Epoch() > maxEpoch {
+		return fmt.Errorf("%s: epoch %d: %w", doing, state.Epoch(), store.ErrInvalid)
+	}
+	if err := checkGroupInfo(groupInfo); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if _, err := check.Members("member", c.Members); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	st, err := state.Stored()
+	if err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	epoch := int64(state.Epoch())
+	var rowID int64
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		now := s.nowMs()
+		tag, err := tx.Exec(ctx, `INSERT INTO group_hubs (group_id, hub, hosted, created_ms)
+			VALUES ($1, $2, true, $3) ON CONFLICT (group_id) DO NOTHING`, id, hub, now)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return store.ErrGroupExists
+		}
+		if err := tx.QueryRow(ctx, `INSERT INTO mls_groups
+			(group_id, epoch, context, interim, conf_tag, width, updated_ms, group_info, members_known)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true) RETURNING id`,
+			id, epoch, st.Context, nonNil(st.InterimTranscriptHash), nonNil(st.ConfirmationTag), int32(st.Width), now,
+			groupInfo).Scan(&rowID); err != nil {
+			return err
+		}
+		if len(c.Members) > 0 {
+			// Members from the next number of the global sequence on.
+			if _, err := tx.Exec(ctx, `INSERT INTO group_members (client, group_id, from_seq)
+				SELECT c, $1, (SELECT last FROM queue_sequence WHERE id = 1) FROM unnest($2::text[]) AS c`,
+				id, c.Members); err != nil {
+				return fmt.Errorf("recording members: %w", err)
+			}
+		}
+		idx, enc, hash := nodeArrays(st.Nodes)
+		if _, err := tx.Exec(ctx, nodesInsertSQL, rowID, idx, epoch, enc, hash); err != nil {
+			return fmt.Errorf("writing tree positions: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: state.Epoch(), Context: st.Context,
+		Interim: nonNil(st.InterimTranscriptHash), ConfTag: nonNil(st.ConfirmationTag)}, state)
+	return nil
+}
+
+// readTx runs fn in a read-only REPEATABLE READ transaction, so that what
+// it reads is one snapshot.
+func (s *Store) readTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, s.pool, readOnly, fn)
+}
+
+// LoadGroup implements store.GroupStore. It reads the group's head and,
+// unless the cache holds the state with that head, its tree positions, in
+// one snapshot.
+func (s *Store) LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState, error) {
+	const doing = "loading group"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var (
+		g *mls.GroupState
+		h groupHead
+	)
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if h, err = scanHead(tx.QueryRow(ctx, groupHeadSQL, groupID)); err != nil {
+			return err
+		}
+		if g = s.cache.Get(groupID, &h.Head); g != nil {
+			return nil
+		}
+		st := &mls.StoredState{Context: h.Context, InterimTranscriptHash: h.Interim, ConfirmationTag: h.ConfTag,
+			Width: h.width, Nodes: make([]mls.StoredNode, 0, h.width)}
+		rows, _ := tx.Query(ctx, groupNodesSQL, h.RowID)
+		var sn mls.StoredNode
+		var idx int32
+		_, err = pgx.ForEachRow(rows, []any{&idx, &sn.Node, &sn.Hash}, func() error {
+			sn.Index = uint32(idx)
+			st.Nodes = append(st.Nodes, sn)
+			sn = mls.StoredNode{}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("reading tree positions: %w", err)
+		}
+		if g, err = mls.RestoreGroupState(st); err != nil {
+			return fmt.Errorf("stored state is damaged: %w", err)
+		}
+		s.cache.Put(groupID, h.Head, g)
+		return nil
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return g, nil
+}
+
+// CommitEpoch implements store.GroupStore. The changed tree positions are
+// found before the transaction (mls.GroupState.StoredChanges); it runs the
+// conditional UPDATE of the head, whose RETURNING row is the
+// check-and-set, then writes those positions, moving the versions a
+// retained Welcome epoch still needs to the history, and drops what the
+// new epoch ends: out-of-date Welcome trees and their history, and the
+// pending proposals; then the fan-out.
+func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Delivered, error) {
+	const doing = "committing epoch"
+	if err := s.checkOpen(doing); err != nil {
+		return store.Delivered{}, err
+	}
+	if c.Base == nil || c.Next == nil {
+		return store.Delivered{}, fmt.Errorf("%s: base and next state are required: %w", doing, store.ErrInvalid)
+	}
+	id := c.Base.GroupID()
+	if err := check.GroupID(id); err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if string(c.Next.GroupID()) != string(id) || c.Next.Epoch() != c.Base.Epoch()+1 || c.Next.Epoch() > maxEpoch {
+		return store.Delivered{}, fmt.Errorf("%s: next state is not the base's group at the next epoch: %w", doing, store.ErrInvalid)
+	}
+	if err := checkGroupInfo(c.GroupInfo); err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Joiners(c.Welcome, c.Joiners); err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := checkFanout(c.Fanout, id); err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	ch, err := c.Next.StoredChanges(c.Base)
+	if err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	baseCtx := c.Base.GroupContext()
+	baseContext, err := wire.Marshal(&baseCtx)
+	if err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: encoding base context: %w", doing, err)
+	}
+	baseInterim := nonNil(c.Base.InterimTranscriptHash())
+	baseWidth := 2*c.Base.Tree().LeafCount() - 1
+	next := int64(c.Next.Epoch())
+	idx, enc, hash := nodeArrays(ch.Nodes)
+	var rowID int64
+	var delivered store.Delivered
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		now := s.nowMs()
+		err := tx.QueryRow(ctx, groupAdvanceSQL,
+			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), int32(ch.Width), now,
+			id, next-1, baseContext, baseInterim, c.GroupInfo).Scan(&rowID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			var one int
+			err := tx.QueryRow(ctx, `SELECT 1 FROM mls_groups WHERE group_id = $1`, id).Scan(&one)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+			}
+			if err != nil {
+				return err
+			}
+			return store.ErrEpochConflict
+		}
+		if err != nil {
+			return err
+		}
+		// Welcome trees the new epoch no longer keeps, then which of
+		// the others need the versions this commit replaces.
+		var minW, maxW *int64
+		if err := tx.QueryRow(ctx, `WITH gone AS (DELETE FROM mls_group_welcomes
+				WHERE gid = $1 AND (epoch <= $2 OR expires_ms <= $3) RETURNING epoch)
+			SELECT MIN(epoch), MAX(epoch) FROM mls_group_welcomes
+			WHERE gid = $1 AND epoch > $2 AND expires_ms > $3`,
+			rowID, next-store.WelcomeTreeEpochs, now).Scan(&minW, &maxW); err != nil {
+			return fmt.Errorf("ending Welcome trees: %w", err)
+		}
+		b := &pgx.Batch{}
+		if maxW != nil {
+			b.Queue(nodesKeepSQL, rowID, idx, next, *maxW)
+		}
+		b.Queue(nodesInsertSQL, rowID, idx, next, enc, hash)
+		if ch.Width < baseWidth { // the tree was truncated
+			if maxW != nil {
+				b.Queue(`INSERT INTO mls_group_node_history (gid, node_index, from_epoch, to_epoch, node)
+					SELECT gid, node_index, from_epoch, $3, node FROM mls_group_nodes
+					WHERE gid = $1 AND node_index >= $2 AND from_epoch <= $4`,
+					rowID, int32(ch.Width), next, *maxW)
+			}
+			b.Queue(`DELETE FROM mls_group_nodes WHERE gid = $1 AND node_index >= $2`, rowID, int32(ch.Width))
+		}
+		// History no retained Welcome epoch needs: all of it without
+		// one, else the versions replaced at or before the oldest.
+		gcBefore := int64(math.MaxInt64)
+		if minW != nil {
+			gcBefore = *minW
+		}
+		b.Queue(`DELETE FROM mls_group_node_history WHERE gid = $1 AND to_epoch <= $2`, rowID, gcBefore)
+		b.Queue(`DELETE FROM mls_group_proposals WHERE gid = $1`, rowID)
+		if c.Welcome {
+			exp := check.ExpiryMillis(s.now().Add(store.WelcomeTreeLifetime))
+			b.Queue(`INSERT INTO mls_group_welcomes (gid, epoch, expires_ms) VALUES ($1, $2, $3)`, rowID, next, exp)
+			if len(c.Joiners) > 0 {
+				refs, keys := make([][]byte, len(c.Joiners)), make([][]byte, len(c.Joiners))
+				for i, j := range c.Joiners {
+					refs[i], keys[i] = j.Ref, j.SignatureKey
+				}
+				b.Queue(`INSERT INTO mls_group_joiners (gid, epoch, ref, signature_key)
+					SELECT $1, $2, r, k FROM unnest($3::bytea[], $4::bytea[]) AS u(r, k)`, rowID, next, refs, keys)
+			}
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("writing the tree: %w", err)
+		}
+		delivered, err = s.fanoutTx(ctx, tx, c.Fanout, now)
+		return err
+	})
+	if err != nil {
+		return store.Delivered{}, s.fail(doing, err)
+	}
+	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: c.Next.Epoch(), Context: ch.Context,
+		Interim: nonNil(ch.InterimTranscriptHash), ConfTag: nonNil(ch.ConfirmationTag)}, c.Next)
+	s.notifyDelivered(c.Fanout, delivered)
+	return delivered, nil
+}
+
+// checkGroupInfo checks the size of a GroupInfo to store.
+func checkGroupInfo(gi []byte) error {
+	if len(gi) > store.MaxGroupInfoSize {
+		return fmt.Errorf("group info is %d bytes, over the %d byte limit: %w", len(gi), store.MaxGroupInfoSize, store.ErrInvalid)
+	}
+	return nil
+}
+
+// GroupInfo implements store.GroupStore.
+func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, error) {
+	const doing = "reading group info"
+	if err := s.checkOpen(doing); err != nil {
+		return 0, nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return 0, nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var epoch int64
+	var gi []byte
+	err := s.pool.QueryRow(ctx, `SELECT epoch, group_info FROM mls_groups WHERE group_id = $1`, groupID).
+		Scan(&epoch, &gi)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil, fmt.Errorf("%s: no group hosted here with this id: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return 0, nil, s.fail(doing, err)
+	}
+	if gi == nil {
+		return uint64(epoch), nil, fmt.Errorf("%s: none stored for epoch %d: %w", doing, epoch, store.ErrNotFound)
+	}
+	return uint64(epoch), gi, nil
+}
+
+// WelcomeTree implements store.GroupStore.
+func (s *Store) WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (mls.RatchetTree, error) {
+	const doing = "reading welcome tree"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var rt mls.RatchetTree
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		h, err := s.readWelcome(ctx, tx, groupID, epoch)
+		if err != nil {
+			return err
+		}
+		rows, _ := tx.Query(ctx, welcomeNodesSQL, h.RowID, int64(epoch))
+		var idx int32
+		var enc []byte
+		_, err = pgx.ForEachRow(rows, []any{&idx, &enc}, func() error {
+			if int(idx) != len(rt) {
+				return fmt.Errorf("tree position %d missing or stored twice", len(rt))
+			}
+			var n *mls.Node
+			if enc != nil {
+				n = new(mls.Node)
+				if err := wire.Unmarshal(enc, n, "tree node"); err != nil {
+					return fmt.Errorf("stored tree position %d: %w", idx, err)
+				}
+			}
+			rt = append(rt, n)
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	for len(rt) > 0 && rt[len(rt)-1] == nil {
+		rt = rt[:len(rt)-1]
+	}
+	return rt, nil
+}
+
+// readWelcome reads in tx the head of groupID and checks that the Welcome
+// tree of epoch is still kept: its row is there, its lifetime has not
+// ended and the group is less than store.WelcomeTreeEpochs past it (a
+// commit or DeleteExpired may not have removed it yet).
+func (s *Store) readWelcome(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64) (groupHead, error) {
+	if epoch > maxEpoch {
+		return groupHead{}, fmt.Errorf("no tree kept for epoch %d: %w", epoch, store.ErrNotFound)
+	}
+	h, err := scanHead(tx.QueryRow(ctx, groupHeadSQL, groupID))
+	if err != nil {
+		return groupHead{}, err
+	}
+	var expires int64
+	err = tx.QueryRow(ctx, `SELECT expires_ms FROM mls_group_welcomes WHERE gid = $1 AND epoch = $2`,
+		h.RowID, int64(epoch)).Scan(&expires)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && (expires <= s.nowMs() ||
+		h.Epoch >= epoch+store.WelcomeTreeEpochs)) {
+		err = fmt.Errorf("no tree kept for epoch %d: %w", epoch, store.ErrNotFound)
+	}
+	return h, err
+}
+
+// JoinerKey implements store.GroupStore: the joiner's row, read in the
+// snapshot that checked its Welcome tree is still kept.
+func (s *Store) JoinerKey(ctx context.Context, groupID []byte, epoch uint64, ref []byte) ([]byte, error) {
+	const doing = "reading joiner key"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.ID("KeyPackage ref", ref); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var key []byte
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		h, err := s.readWelcome(ctx, tx, groupID, epoch)
+		if err != nil {
+			return err
+		}
+		err = tx.QueryRow(ctx, `SELECT signature_key FROM mls_group_joiners WHERE gid = $1 AND epoch = $2 AND ref = $3`,
+			h.RowID, int64(epoch), ref).Scan(&key)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("the commit starting epoch %d added no such KeyPackage: %w", epoch, store.ErrNotFound)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return key, nil
+}
+
+// lockGroup locks the row of groupID in tx (FOR UPDATE, or FOR SHARE when
+// shared) and checks it is at epoch: a commit, which updates the row,
+// waits for tx, so what tx writes for epoch precedes the next epoch.
+func lockGroup(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64, shared bool) (rowID int64, err error) {
+	lock := "FOR UPDATE"
+	if shared {
+		lock = "FOR SHARE"
+	}
+	var cur int64
+	err = tx.QueryRow(ctx, `SELECT id, epoch FROM mls_groups WHERE group_id = $1 `+lock, groupID).Scan(&rowID, &cur)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if uint64(cur) != epoch {
+		return 0, store.ErrEpochConflict
+	}
+	return rowID, nil
+}
+
+// AddProposal implements store.GroupStore: under the group row's lock,
+// the epoch check, the count and the insert, then the fan-out.
+func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p store.PendingProposal) error {
+	const doing = "adding pending proposal"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Proposal(p); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := checkFanout(p.Fanout, groupID); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	var delivered store.Delivered
+	added := false
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		added = false
+		rowID, err := lockGroup(ctx, tx, groupID, epoch, false)
+		if err != nil {
+			return err
+		}
+		var n, seq int64
+		var have bool
+		if err := tx.QueryRow(ctx, `SELECT COUNT(*), COALESCE(MAX(seq), 0), COALESCE(bool_or(ref = $2), false)
+			FROM mls_group_proposals WHERE gid = $1`, rowID, p.Ref).Scan(&n, &seq, &have); err != nil {
+			return err
+		}
+		if have {
+			return nil
+		}
+		if n >= store.MaxPendingProposals {
+			return fmt.Errorf("%d proposals pending already: %w", n, store.ErrConflict)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO mls_group_proposals (gid, ref, epoch, seq, message)
+			VALUES ($1, $2, $3, $4, $5)`, rowID, p.Ref, int64(epoch), seq+1, p.Message); err != nil {
+			return err
+		}
+		added = true
+		delivered, err = s.fanoutTx(ctx, tx, p.Fanout, s.nowMs())
+		return err
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	if added {
+		s.notifyDelivered(p.Fanout, delivered)
+	}
+	return nil
+}
+
+// PendingProposals implements store.GroupStore.
+func (s *Store) PendingProposals(ctx context.Context, groupID []byte, epoch uint64) ([]store.PendingProposal, error) {
+	const doing = "listing pending proposals"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var out []store.PendingProposal
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		h, err := scanHead(tx.QueryRow(ctx, groupHeadSQL, groupID))
+		if err != nil {
+			return err
+		}
+		if h.Epoch != epoch {
+			return store.ErrEpochConflict
+		}
+		rows, _ := tx.Query(ctx, `SELECT ref, message FROM mls_group_proposals
+			WHERE gid = $1 AND epoch = $2 ORDER BY seq`, h.RowID, int64(epoch))
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.PendingProposal, error) {
+			var p store.PendingProposal
+			err := row.Scan(&p.Ref, &p.Message)
+			return p, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return out, nil
+}
+
+// DeleteGroup implements store.GroupStore. Deleting the hub record
+// cascades to the group's state, history, Welcome trees and proposals; it
+// waits for the writes that hold the group's row (a Deliver), so the
+// memberships it ends cover their posts.
+func (s *Store) DeleteGroup(ctx context.Context, groupID []byte) error {
+	const doing = "deleting group"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM group_hubs WHERE group_id = $1`, groupID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+		}
+		// Its local members stop being members: ranges with nothing in
+		// them go, the others end at the last number given.
+		if _, err := tx.Exec(ctx, `DELETE FROM group_members WHERE group_id = $1 AND to_seq IS NULL
+			AND from_seq >= (SELECT last FROM queue_sequence WHERE id = 1)`, groupID); err != nil {
+			return fmt.Errorf("forgetting members: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE group_members SET to_seq = (SELECT last FROM queue_sequence WHERE id = 1)
+			WHERE group_id = $1 AND to_seq IS NULL`, groupID); err != nil {
+			return fmt.Errorf("ending memberships: %w", err)
+		}
+		return nil
+	})
+	s.cache.Delete(groupID)
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// RecordGroupHub implements store.GroupStore.
+func (s *Store) RecordGroupHub(ctx context.Context, groupID []byte, hub string) error {
+	const doing = "recording group hub"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.Domain("hub", hub); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	// ON CONFLICT DO UPDATE (a no-op) rather than DO NOTHING, so that the
+	// existing row comes back, locked, in the same statement.
+	var have string
+	var hosted, inserted bool
+	err := s.pool.QueryRow(ctx, `INSERT INTO group_hubs AS g (group_id, hub, hosted, created_ms)
+		VALUES ($1, $2, false, $3) ON CONFLICT (group_id) DO UPDATE SET hub = g.hub
+		RETURNING hub, hosted, xmax = 0`, groupID, hub, s.nowMs()).Scan(&have, &hosted, &inserted)
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	if !inserted && (hosted || have != hub) {
+		return fmt.Errorf("%s: %w", doing, store.ErrGroupExists)
+	}
+	return nil
+}
+
+// GroupHub implements store.GroupStore.
+func (s *Store) GroupHub(ctx context.Context, groupID []byte) (string, error) {
+	const doing = "looking up group hub"
+	if err := s.checkOpen(doing); err != nil {
+		return "", err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return "", fmt.Errorf("%s: %w", doing, err)
+	}
+	var hub string
+	err := s.pool.QueryRow(ctx, `SELECT hub FROM group_hubs WHERE group_id = $1`, groupID).Scan(&hub)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", fmt.Errorf("%s: no group with this id: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return "", s.fail(doing, err)
+	}
+	return hub, nil
+}
