@@ -373,3 +373,73 @@ func TestReopen(t *testing.T) {
 		return func() (store.Store, error) { return Open(context.Background(), dsn, Options{}) }
 	})
 }
+
+// TestRacingCommitsAcrossStores has 100 commits built on one epoch race
+// through two stores on one database, as two gateways would, each
+// delivering a post to the group's log: exactly one wins, and only its
+// post is in the log.
+func TestRacingCommitsAcrossStores(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	ctx := context.Background()
+	var stores [2]*Store
+	for i := range stores {
+		s, err := Open(ctx, dsn, Options{MaxConns: 8})
+		if err != nil {
+			t.Fatalf("Open %d: %v", i, err)
+		}
+		defer s.Close()
+		stores[i] = s
+	}
+	const rivals, member = 100, "mimi://a.example/d/alice/phone"
+	g := storetest.NewGroup(t, []byte("raced group"), 3)
+	if err := stores[0].CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State, Members: []string{member}}); err != nil {
+		t.Fatalf("CreateGroup: %v", err)
+	}
+	nexts := make([]*storetest.Group, rivals)
+	commits := make([]store.EpochCommit, rivals)
+	for i := range rivals {
+		nexts[i], commits[i] = g.Commit(t)
+		commits[i].Fanout = store.Fanout{Group: &store.GroupPost{GroupID: g.State.GroupID(), Message: fmt.Appendf(nil, "commit %d", i)}}
+	}
+	errs := make([]error, rivals)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range rivals {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, errs[i] = stores[i%2].CommitEpoch(ctx, commits[i])
+		}()
+	}
+	close(start)
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Fatalf("commits %d and %d both won epoch %d", winner, i, g.State.Epoch())
+		case err == nil:
+			winner = i
+		case !errors.Is(err, store.ErrEpochConflict):
+			t.Fatalf("commit %d: got %v, want ErrEpochConflict", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no commit won")
+	}
+	for i, s := range stores {
+		got, err := s.LoadGroup(ctx, g.State.GroupID())
+		if err != nil {
+			t.Fatalf("LoadGroup through store %d: %v", i, err)
+		}
+		storetest.SameState(t, fmt.Sprint("the state through store ", i), got, nexts[winner].State)
+	}
+	msgs, err := stores[1].Fetch(ctx, member, 0, store.FetchLimit{})
+	if err != nil {
+		t.Fatalf("Fetch: %v", err)
+	}
+	if len(msgs) != 1 || string(msgs[0].Message) != fmt.Sprint("commit ", winner) {
+		t.Fatalf("the member's stream holds %d messages, want the winner's post only: %+v", len(msgs), msgs)
+	}
+}
