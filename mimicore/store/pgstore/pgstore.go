@@ -8,7 +8,9 @@
 // the commit's WAL before it answers (synchronous_commit on, the default;
 // concurrent commits share a flush, PostgreSQL's own group commit). So an
 // acknowledged write survives a crash of the gateway and of the database
-// server. Every method with a check-and-set decides its outcome in the
+// server. Each session sets synchronous_commit on, whatever the server's
+// configuration says, unless the DSN asks for another durable level; a DSN
+// with synchronous_commit=off is refused. Every method with a check-and-set decides its outcome in the
 // database, not in this process, so exactly-once holds across gateways:
 //
 //   - Reserve, RecordReplay, SeenSignature and MarkSpent are one INSERT ...
@@ -101,6 +103,16 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		// The DSN may hold a password: pgx's error does not repeat it.
 		return nil, fmt.Errorf("opening postgres store: parsing the DSN: %w", err)
+	}
+	// A nil error is a durable write (package store), also when the
+	// server or the database is configured with synchronous_commit off:
+	// every session sets it on, unless the DSN names another durable
+	// level (local, remote_write, remote_apply).
+	switch v := cfg.ConnConfig.RuntimeParams["synchronous_commit"]; v {
+	case "":
+		cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
+	case "off":
+		return nil, fmt.Errorf("opening postgres store: synchronous_commit=off loses acknowledged writes in a crash: %w", store.ErrInvalid)
 	}
 	if opts.MaxConns < 0 {
 		return nil, fmt.Errorf("opening postgres store: pool size %d: %w", opts.MaxConns, store.ErrInvalid)

@@ -162,6 +162,7 @@ func TestOpenInvalid(t *testing.T) {
 	}{
 		{"negative pool", "postgres://u@127.0.0.1:1/db", Options{MaxConns: -1}, store.ErrInvalid},
 		{"bad dsn", "postgres://u@127.0.0.1:notaport/db", Options{}, nil},
+		{"synchronous_commit off", "postgres://u@127.0.0.1:1/db?synchronous_commit=off", Options{}, store.ErrInvalid},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Open(context.Background(), c.dsn, c.opts)
@@ -441,5 +442,91 @@ func TestRacingCommitsAcrossStores(t *testing.T) {
 	}
 	if len(msgs) != 1 || string(msgs[0].Message) != fmt.Sprint("commit ", winner) {
 		t.Fatalf("the member's stream holds %d messages, want the winner's post only: %+v", len(msgs), msgs)
+	}
+}
+
+// TestContextWhileWaiting checks that a write whose ctx ends while it
+// waits, for a connection of the pool or for a row another transaction
+// holds, returns an error wrapping ctx.Err() and writes nothing.
+func TestContextWhileWaiting(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		// hold blocks the next write on key until the returned function
+		// is called.
+		hold func(t *testing.T, s *Store, key []byte) (release func())
+	}{
+		{"connection", func(t *testing.T, s *Store, _ []byte) func() {
+			conn, err := s.pool.Acquire(context.Background())
+			if err != nil {
+				t.Fatalf("taking the pool's connection: %v", err)
+			}
+			return conn.Release
+		}},
+		{"row lock", func(t *testing.T, s *Store, key []byte) func() {
+			conn, err := pgx.Connect(context.Background(), s.pool.Config().ConnConfig.ConnString())
+			if err != nil {
+				t.Fatalf("connecting: %v", err)
+			}
+			tx, err := conn.Begin(context.Background())
+			if err != nil {
+				t.Fatalf("BEGIN: %v", err)
+			}
+			if _, err := tx.Exec(context.Background(), `INSERT INTO spent_tokens (key, expires_ms) VALUES ($1, 0)`, key); err != nil {
+				t.Fatalf("locking the token's row: %v", err)
+			}
+			return func() {
+				_ = tx.Rollback(context.Background())
+				_ = conn.Close(context.Background())
+			}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := openTemp(t, Options{MaxConns: 1})
+			key := []byte("token " + c.name)
+			exp := time.Now().Add(time.Hour)
+			release := c.hold(t, s, key)
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			first, err := s.MarkSpent(ctx, key, exp)
+			release()
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("MarkSpent while blocked: first use %t, %v; want an error wrapping context.DeadlineExceeded", first, err)
+			}
+			first, err = s.MarkSpent(context.Background(), key, exp)
+			if err != nil || !first {
+				t.Fatalf("MarkSpent after the timed-out call: first use %t, %v; want the first use", first, err)
+			}
+		})
+	}
+}
+
+// TestSynchronousCommit checks that the store's sessions commit durably
+// even on a database configured with synchronous_commit off.
+func TestSynchronousCommit(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connecting: %v", err)
+	}
+	defer conn.Close(ctx)
+	var db string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatalf("reading the database name: %v", err)
+	}
+	if _, err := conn.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" SET synchronous_commit = off"); err != nil {
+		t.Fatalf("turning synchronous_commit off: %v", err)
+	}
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	var v string
+	if err := s.pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&v); err != nil {
+		t.Fatalf("reading synchronous_commit: %v", err)
+	}
+	if v != "on" {
+		t.Fatalf("the store's sessions run with synchronous_commit %s, want on", v)
 	}
 }
