@@ -23,6 +23,25 @@ const (
 	// become visible in order: a reader that saw n committed never later
 	// finds a smaller number appear.
 	queueSeqSQL = `UPDATE queue_sequence SET last = last + 1 WHERE id = 1 RETURNING last`
+	// queueAppendSQL is the hot path of an Append in one statement: it
+	// takes the next number of the global sequence (queueSeqSQL), counts
+	// a message of $1 bytes in each queue of $4 that stays within $2
+	// messages and $3 bytes (queueBumpManySQL), and writes the entries
+	// of the queues that took it, with body $5 (queueEntryManySQL). It
+	// returns the number and the queues that took the message. One
+	// statement, so the sequence row is locked for one round trip and
+	// the commit, not three.
+	queueAppendSQL = `WITH seq AS (UPDATE queue_sequence SET last = last + 1 WHERE id = 1 RETURNING last),
+		took AS (INSERT INTO queue_heads AS h (client, last_seq, messages, bytes)
+			SELECT c, (SELECT last FROM seq), 1, $1::bigint FROM unnest($4::text[]) AS c
+			ON CONFLICT (client) DO UPDATE SET last_seq = excluded.last_seq,
+				messages = h.messages + 1, bytes = h.bytes + $1::bigint
+			WHERE h.messages + 1 <= $2::bigint AND h.bytes + $1::bigint <= $3::bigint
+			RETURNING client, last_seq),
+		entries AS (INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
+			SELECT client, last_seq, $5, $1::integer, $6, $7, $8, $9 FROM took
+			RETURNING client)
+		SELECT last, ARRAY(SELECT client FROM entries) FROM seq`
 	// queueBumpManySQL counts a message of $1 bytes, numbered $5, in each
 	// queue of $4 that stays within $2 messages and $3 bytes; the rows
 	// returned are the queues that took it. A new head is within the
@@ -166,17 +185,13 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, d store.Delivery, now i
 	out := make([]store.Appended, len(d.Recipients))
 	// The body is stored with a reference per recipient, corrected below
 	// in the rare case that a queue is full. It is written before the
-	// sequence row is locked, which is held until the commit.
+	// sequence row is locked (in appendMany), which is held until the
+	// commit.
 	var bodyID int64
 	if err := tx.QueryRow(ctx, queueBodySQL, d.Message, len(d.Recipients)).Scan(&bodyID); err != nil {
 		return nil, fmt.Errorf("storing the message: %w", err)
 	}
-	// One number of the global sequence for every recipient.
-	var seq int64
-	if err := tx.QueryRow(ctx, queueSeqSQL).Scan(&seq); err != nil {
-		return nil, fmt.Errorf("taking a sequence number: %w", err)
-	}
-	e := entry{seq: seq, bodyID: bodyID, size: int64(len(d.Message)), groupID: nonNil(d.GroupID), sender: d.Sender, arrived: now, expires: exp}
+	e := entry{bodyID: bodyID, size: int64(len(d.Message)), groupID: nonNil(d.GroupID), sender: d.Sender, arrived: now, expires: exp}
 	refs, err := appendMany(ctx, tx, d.Recipients, e, maxMessages, maxBytes, out)
 	if err != nil {
 		return nil, err
@@ -217,73 +232,70 @@ type entry struct {
 	arrived, expires int64
 }
 
-// appendMany appends e to the queues of recipients with two statements
-// that take them as one text[] parameter: an upsert of their heads, whose
-// RETURNING rows are the queues that took the message (a full queue
-// returns none and is tried again alone, after its expired messages are
-// reclaimed), then the INSERT of their entries. It sets out[i].Seq for
-// each queue that took the message and reports how many did.
+// appendMany takes one number of the global sequence for every recipient
+// and appends e, under it, to the queues of recipients (queueAppendSQL,
+// the recipients as one text[] parameter). A full queue takes no entry
+// there and is tried again alone, after its expired messages are
+// reclaimed. It sets out[i].Seq for each queue that took the message and
+// reports how many did.
 func appendMany(ctx context.Context, tx pgx.Tx, recipients []string, e entry, maxMessages, maxBytes int64, out []store.Appended) (int, error) {
+	try := recipients
 	if e.size > maxBytes {
-		return 0, nil
+		try = []string{} // fits no queue; the number is taken all the same
+	}
+	var took []string
+	if err := tx.QueryRow(ctx, queueAppendSQL, e.size, maxMessages, maxBytes, try,
+		e.bodyID, e.groupID, e.sender, e.arrived, e.expires).Scan(&e.seq, &took); err != nil {
+		return 0, fmt.Errorf("appending to the queues: %w", err)
 	}
 	index := make(map[string]int, len(recipients))
 	for i, r := range recipients {
 		index[r] = i
 	}
-	rows, _ := tx.Query(ctx, queueBumpManySQL, e.size, maxMessages, maxBytes, recipients, e.seq)
-	took, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return 0, fmt.Errorf("counting the message in its queues: %w", err)
-	}
 	for _, c := range took {
 		i, ok := index[c]
 		if !ok {
-			return 0, fmt.Errorf("queue head of %q returned for no recipient", c)
+			return 0, fmt.Errorf("queue entry of %q written for no recipient", c)
 		}
 		out[i].Seq = uint64(e.seq)
 	}
-	if len(took) < len(recipients) {
-		// Full queues: reclaim their expired messages, try again.
-		for i, r := range recipients {
-			if out[i].Seq != 0 {
-				continue
-			}
-			n, _, err := deleteEntries(ctx, tx, queueReclaimSQL, e.arrived, r, e.arrived)
-			if err != nil {
-				return 0, err
-			}
-			if n == 0 {
-				continue
-			}
-			rows, _ := tx.Query(ctx, queueBumpManySQL, e.size, maxMessages, maxBytes, []string{r}, e.seq)
-			again, err := pgx.CollectRows(rows, pgx.RowTo[string])
-			if err != nil {
-				return 0, fmt.Errorf("counting the message in its queue: %w", err)
-			}
-			if len(again) == 1 {
-				out[i].Seq = uint64(e.seq)
-			}
+	if len(took) == len(try) {
+		return len(took), nil
+	}
+	// Full queues: reclaim their expired messages, try again.
+	var again []string
+	for i, r := range recipients {
+		if out[i].Seq != 0 {
+			continue
 		}
-		// Only the queues that took it get an entry.
-		took = took[:0]
-		for i, r := range recipients {
-			if out[i].Seq != 0 {
-				took = append(took, r)
-			}
+		n, _, err := deleteEntries(ctx, tx, queueReclaimSQL, e.arrived, r, e.arrived)
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 {
+			continue
+		}
+		rows, _ := tx.Query(ctx, queueBumpManySQL, e.size, maxMessages, maxBytes, []string{r}, e.seq)
+		bumped, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return 0, fmt.Errorf("counting the message in its queue: %w", err)
+		}
+		if len(bumped) == 1 {
+			out[i].Seq = uint64(e.seq)
+			again = append(again, r)
 		}
 	}
-	if len(took) == 0 {
-		return 0, nil
+	if len(again) == 0 {
+		return len(took), nil
 	}
-	tag, err := tx.Exec(ctx, queueEntryManySQL, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires, took, e.seq)
+	tag, err := tx.Exec(ctx, queueEntryManySQL, e.bodyID, e.size, e.groupID, e.sender, e.arrived, e.expires, again, e.seq)
 	if err != nil {
 		return 0, fmt.Errorf("writing queue entries: %w", err)
 	}
-	if n := tag.RowsAffected(); n != int64(len(took)) {
-		return 0, fmt.Errorf("wrote %d queue entries for %d queues", n, len(took))
+	if n := tag.RowsAffected(); n != int64(len(again)) {
+		return 0, fmt.Errorf("wrote %d queue entries for %d queues", n, len(again))
 	}
-	return len(took), nil
+	return len(took) + len(again), nil
 }
 
 // deleteEntries runs sql, a DELETE of queue entries RETURNING client,
