@@ -60,12 +60,14 @@ var (
 	dbSeq   atomic.Int64
 )
 
-// server is a running PostgreSQL cluster.
+// server is a PostgreSQL cluster, running unless it crashed.
 type server struct {
-	dir  string // the temporary directory: data/, the socket, the log
-	port int
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the postgres process exited
+	dir      string // the temporary directory: data/, the socket, the log
+	postgres string // the server binary
+	owner    func(*exec.Cmd)
+	port     int
+	cmd      *exec.Cmd
+	done     chan struct{} // closed when the postgres process exited
 }
 
 // Main runs the tests of m, then stops the server if a test started it and
@@ -197,45 +199,45 @@ func startIn(dir, initdb, postgres string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	data := filepath.Join(dir, "data")
 	// --no-sync: the cluster is thrown away after a crash anyway; the
 	// server itself runs with fsync on.
-	cmd := exec.Command(initdb, "-D", data, "-U", superuser, "--auth=trust",
+	cmd := exec.Command(initdb, "-D", filepath.Join(dir, "data"), "-U", superuser, "--auth=trust",
 		"--encoding=UTF8", "--no-locale", "--no-sync")
 	owner(cmd)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("running %s: %w\n%s", initdb, err, out)
 	}
+	s := &server{dir: dir, postgres: postgres, owner: owner}
 	// A port taken between choosing it and the server binding it makes the
 	// server exit; try another.
 	var errs []error
 	for attempt := 0; attempt < 3; attempt++ {
-		s, err := run(dir, data, postgres, owner)
-		if err == nil {
-			return s, nil
+		port, err := freePort()
+		if err != nil {
+			return nil, err
 		}
-		errs = append(errs, err)
+		if err := s.run(port); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return s, nil
 	}
 	return nil, errors.Join(errs...)
 }
 
-// run starts postgres on a free loopback port and waits until it accepts
+// run starts postgres on port of 127.0.0.1 and waits until it accepts
 // connections.
-func run(dir, data, postgres string, owner func(*exec.Cmd)) (*server, error) {
-	port, err := freePort()
+func (s *server) run(port int) error {
+	logPath := filepath.Join(s.dir, "postgres.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(dir, "postgres.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return nil, fmt.Errorf("creating the server log: %w", err)
+		return fmt.Errorf("opening the server log: %w", err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(postgres, "-D", data,
+	cmd := exec.Command(s.postgres, "-D", filepath.Join(s.dir, "data"),
 		"-c", "listen_addresses=127.0.0.1",
 		"-c", "port="+strconv.Itoa(port),
-		"-c", "unix_socket_directories="+dir,
+		"-c", "unix_socket_directories="+s.dir,
 		"-c", "fsync=on",
 		"-c", "synchronous_commit=on",
 		"-c", "shared_buffers=16MB",
@@ -243,34 +245,50 @@ func run(dir, data, postgres string, owner func(*exec.Cmd)) (*server, error) {
 		"-c", "log_min_messages=warning",
 		"-c", "logging_collector=off")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	owner(cmd)
+	s.owner(cmd)
 	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", postgres, err)
+		return fmt.Errorf("starting %s: %w", s.postgres, err)
 	}
-	s := &server{dir: dir, port: port, cmd: cmd, done: make(chan struct{})}
+	done := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
-		close(s.done)
+		close(done)
 	}()
+	s.port, s.cmd, s.done = port, cmd, done
 	deadline := time.Now().Add(startTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err := s.exec(ctx, "SELECT 1")
 		cancel()
 		if err == nil {
-			return s, nil
+			return nil
 		}
 		select {
-		case <-s.done:
+		case <-done:
 			log, _ := os.ReadFile(logPath)
-			return nil, fmt.Errorf("postgres exited on port %d: %s", port, strings.TrimSpace(string(log)))
+			return fmt.Errorf("postgres exited on port %d: %s", port, strings.TrimSpace(string(log)))
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			_ = s.stop()
-			return nil, fmt.Errorf("postgres did not accept connections within %s: %w", startTimeout, err)
+			s.kill(os.Interrupt)
+			return fmt.Errorf("postgres did not accept connections within %s: %w", startTimeout, err)
 		}
+	}
+}
+
+// kill sends sig to the server and waits for it to exit (sending SIGKILL
+// after 30 s).
+func (s *server) kill(sig os.Signal) {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(sig)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
 	}
 }
 
@@ -303,15 +321,7 @@ func (s *server) exec(ctx context.Context, sql string) error {
 // stop shuts the server down (a fast shutdown: SIGINT) and removes its
 // directory.
 func (s *server) stop() error {
-	if s.cmd.Process != nil {
-		_ = s.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-s.done:
-		case <-time.After(30 * time.Second):
-			_ = s.cmd.Process.Kill()
-			<-s.done
-		}
-	}
+	s.kill(os.Interrupt)
 	if err := os.RemoveAll(s.dir); err != nil {
 		return fmt.Errorf("removing the cluster directory: %w", err)
 	}
