@@ -163,13 +163,41 @@ func (s *Store) recordReplayTx(ctx context.Context, tx pgx.Tx, r *store.ReplayRe
 }
 
 // appendTx appends d inside tx at time now (Unix ms) and answers each
-// recipient's outcome.
+// recipient's outcome. The dedup record, the replay answer and the
+// message body are sent as one batch (one round trip), then the numbered
+// part as one statement (appendMany).
 func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, d store.Delivery, now int64) ([]store.Appended, error) {
-	if err := dedupTx(ctx, tx, d.Dedup, d.DedupExpires, now); err != nil {
-		return nil, err
+	dup, replayed := false, false
+	var bodyID int64
+	b := &pgx.Batch{}
+	if len(d.Dedup) > 0 {
+		b.Queue(seenInsertSQL, d.Dedup, check.ExpiryMillis(d.DedupExpires), now).QueryRow(func(row pgx.Row) error {
+			first, err := scanFirstUse(row)
+			dup = !first
+			return err
+		})
 	}
-	if err := s.recordReplayTx(ctx, tx, d.Replay); err != nil {
-		return nil, err
+	if r := d.Replay; r != nil {
+		b.Queue(replayInsertSQL, r.Sender, r.RequestID, r.Digest[:], check.ExpiryMillis(r.Expires),
+			nonNil(r.Answer.Body), now).QueryRow(func(row pgx.Row) error {
+			wrote, err := scanFirstUse(row)
+			replayed = !wrote
+			return err
+		})
+	}
+	// The body is stored with a reference per recipient, corrected below
+	// in the rare case that a queue is full. It is written before the
+	// sequence row is locked (in appendMany), which is held until the
+	// commit.
+	b.Queue(queueBodySQL, d.Message, len(d.Recipients)).QueryRow(func(row pgx.Row) error { return row.Scan(&bodyID) })
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("storing the message: %w", err)
+	}
+	switch {
+	case dup:
+		return nil, store.ErrDuplicate
+	case replayed: // the insert is a no-op on an alive entry, which it locked
+		return nil, fmt.Errorf("an alive replay entry holds this request id: %w", store.ErrConflict)
 	}
 	maxMessages, maxBytes := int64(d.Limits.MaxMessages), d.Limits.MaxBytes
 	if maxMessages == 0 {
@@ -183,14 +211,6 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, d store.Delivery, now i
 		exp = check.ExpiryMillis(d.Expires)
 	}
 	out := make([]store.Appended, len(d.Recipients))
-	// The body is stored with a reference per recipient, corrected below
-	// in the rare case that a queue is full. It is written before the
-	// sequence row is locked (in appendMany), which is held until the
-	// commit.
-	var bodyID int64
-	if err := tx.QueryRow(ctx, queueBodySQL, d.Message, len(d.Recipients)).Scan(&bodyID); err != nil {
-		return nil, fmt.Errorf("storing the message: %w", err)
-	}
 	e := entry{bodyID: bodyID, size: int64(len(d.Message)), groupID: nonNil(d.GroupID), sender: d.Sender, arrived: now, expires: exp}
 	refs, err := appendMany(ctx, tx, d.Recipients, e, maxMessages, maxBytes, out)
 	if err != nil {

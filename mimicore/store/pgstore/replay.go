@@ -267,8 +267,14 @@ const seenInsertSQL = `INSERT INTO seen_signatures AS t (digest, expires_ms) VAL
 
 // firstUse runs sql, an insert that returns a row only when it wrote.
 func firstUse(ctx context.Context, q querier, sql string, args ...any) (bool, error) {
+	return scanFirstUse(q.QueryRow(ctx, sql, args...))
+}
+
+// scanFirstUse reads the answer of an insert that returns a row only when
+// it wrote.
+func scanFirstUse(row pgx.Row) (bool, error) {
 	var ok bool
-	err := q.QueryRow(ctx, sql, args...).Scan(&ok)
+	err := row.Scan(&ok)
 	switch {
 	case err == nil:
 		return true, nil
