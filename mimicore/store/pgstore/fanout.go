@@ -31,6 +31,21 @@ const (
 	groupSeedSQL = `INSERT INTO group_members (client, group_id, from_seq)
 		SELECT c, $1, $3 - 1 FROM unnest($2::text[]) AS c ON CONFLICT DO NOTHING`
 	groupKnownSetSQL = `UPDATE mls_groups SET members_known = true WHERE group_id = $1`
+	// groupPostSQL is a post to a group whose members are known, in one
+	// statement: the next number of the global sequence (queueSeqSQL),
+	// the log row with it ($2 sender, $3 except, $4 message, $5 size, $6
+	// now, $7 expiry), the memberships of $8 ended at it (groupLeaveSQL)
+	// and those of $9 started after it (groupJoinSQL). The sequence row
+	// stays locked for one round trip and the commit. Leave and Join name
+	// distinct clients (check.GroupPost), so no row is written twice.
+	groupPostSQL = `WITH seq AS (UPDATE queue_sequence SET last = last + 1 WHERE id = 1 RETURNING last),
+		posted AS (INSERT INTO group_log (seq, group_id, sender, except_client, message, size, arrived_ms, expires_ms)
+			SELECT last, $1, $2, $3, $4, $5, $6, $7 FROM seq),
+		left_ AS (UPDATE group_members SET to_seq = (SELECT last FROM seq)
+			WHERE group_id = $1 AND to_seq IS NULL AND client = ANY($8::text[])),
+		joined AS (INSERT INTO group_members (client, group_id, from_seq)
+			SELECT c, $1, (SELECT last FROM seq) FROM unnest($9::text[]) AS c ON CONFLICT DO NOTHING)
+		SELECT last FROM seq`
 	// groupWaitingSQL lists the clients $2 that see post $3 of group $1.
 	groupWaitingSQL = `SELECT client FROM group_members
 		WHERE client = ANY($2::text[]) AND group_id = $1
@@ -76,43 +91,55 @@ func (s *Store) fanoutTx(ctx context.Context, tx pgx.Tx, f store.Fanout, now int
 
 // postTx writes g to its group's log under a new number of the global
 // sequence, and the membership changes it carries: O(1) statements,
-// whatever the number of members.
+// whatever the number of members. The caller holds the group's row, so
+// whether its members are known cannot change under it.
 func postTx(ctx context.Context, tx pgx.Tx, g *store.GroupPost, now int64) (uint64, error) {
-	var seq int64
-	if err := tx.QueryRow(ctx, queueSeqSQL).Scan(&seq); err != nil {
-		return 0, fmt.Errorf("taking a sequence number: %w", err)
-	}
 	var known bool
 	if err := tx.QueryRow(ctx, groupKnownSQL, g.GroupID).Scan(&known); err != nil {
 		return 0, fmt.Errorf("reading the group: %w", err)
-	}
-	if !known {
-		if g.Members == nil {
-			return 0, store.ErrGroupMembersUnknown
-		}
-		if _, err := tx.Exec(ctx, groupSeedSQL, g.GroupID, g.Members, seq); err != nil {
-			return 0, fmt.Errorf("recording group members: %w", err)
-		}
-		if _, err := tx.Exec(ctx, groupKnownSetSQL, g.GroupID); err != nil {
-			return 0, fmt.Errorf("recording group members: %w", err)
-		}
 	}
 	exp := now + store.DefaultQueueTTL.Milliseconds()
 	if !g.Expires.IsZero() {
 		exp = check.ExpiryMillis(g.Expires)
 	}
+	leave, join := g.Leave, g.Join
+	if leave == nil {
+		leave = []string{}
+	}
+	if join == nil {
+		join = []string{}
+	}
+	if known {
+		var seq int64
+		if err := tx.QueryRow(ctx, groupPostSQL, g.GroupID, g.Sender, g.Except, g.Message, len(g.Message), now, exp,
+			leave, join).Scan(&seq); err != nil {
+			return 0, fmt.Errorf("posting to the group log: %w", err)
+		}
+		return uint64(seq), nil
+	}
+	// Members recorded with this post: they must be in place before
+	// Leave ends some of them, so the steps are statements of their own.
+	if g.Members == nil {
+		return 0, store.ErrGroupMembersUnknown
+	}
+	var seq int64
+	if err := tx.QueryRow(ctx, queueSeqSQL).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("taking a sequence number: %w", err)
+	}
+	if _, err := tx.Exec(ctx, groupSeedSQL, g.GroupID, g.Members, seq); err != nil {
+		return 0, fmt.Errorf("recording group members: %w", err)
+	}
+	if _, err := tx.Exec(ctx, groupKnownSetSQL, g.GroupID); err != nil {
+		return 0, fmt.Errorf("recording group members: %w", err)
+	}
 	if _, err := tx.Exec(ctx, groupLogInsertSQL, seq, g.GroupID, g.Sender, g.Except, g.Message, len(g.Message), now, exp); err != nil {
 		return 0, fmt.Errorf("writing to the group log: %w", err)
 	}
-	if len(g.Leave) > 0 {
-		if _, err := tx.Exec(ctx, groupLeaveSQL, g.GroupID, g.Leave, seq); err != nil {
-			return 0, fmt.Errorf("ending group memberships: %w", err)
-		}
+	if _, err := tx.Exec(ctx, groupLeaveSQL, g.GroupID, leave, seq); err != nil {
+		return 0, fmt.Errorf("ending group memberships: %w", err)
 	}
-	if len(g.Join) > 0 {
-		if _, err := tx.Exec(ctx, groupJoinSQL, g.GroupID, g.Join, seq); err != nil {
-			return 0, fmt.Errorf("starting group memberships: %w", err)
-		}
+	if _, err := tx.Exec(ctx, groupJoinSQL, g.GroupID, join, seq); err != nil {
+		return 0, fmt.Errorf("starting group memberships: %w", err)
 	}
 	return uint64(seq), nil
 }
