@@ -24,7 +24,9 @@
 // then be reachable by that user, as /tmp is.
 //
 // On Linux the server gets SIGQUIT when the test binary dies, so a test
-// binary killed by a timeout does not leave it running.
+// binary killed by a timeout or a panic does not leave it running; its
+// directory (/tmp/pgtest-*) is left behind then, since nothing runs to
+// remove it.
 package pgtest
 
 import (
