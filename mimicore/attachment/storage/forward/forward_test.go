@@ -1,0 +1,301 @@
+package forward_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/forward"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/storagetest"
+)
+
+var ctx = context.Background()
+
+// legacy is a legacy backend written from docs/protocol.md's section on
+// it: objects are files in dir, a PUT is written to a temporary file and
+// linked under its name only once its whole body has arrived.
+type legacy struct {
+	dir    string
+	secret []byte
+}
+
+func (b *legacy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	name, ok := strings.CutPrefix(r.URL.Path, "/att/")
+	if !ok || !storage.ValidName(name) {
+		http.NotFound(w, r)
+		return
+	}
+	var length int64
+	if r.Method == http.MethodPut {
+		if length = r.ContentLength; length < 0 {
+			w.WriteHeader(http.StatusLengthRequired)
+			return
+		}
+	}
+	if err := forward.Verify(r, b.secret, name, length, time.Now()); err != nil {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	path := filepath.Join(b.dir, name)
+	switch r.Method {
+	case http.MethodPut:
+		// Refused before the body: Go's server then sends no 100 Continue.
+		if _, err := os.Stat(path); err == nil {
+			w.WriteHeader(http.StatusConflict)
+			return
+		}
+		tmp, err := os.CreateTemp(b.dir, "tmp-")
+		if err != nil {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		defer os.Remove(tmp.Name())
+		n, err := io.Copy(tmp, r.Body)
+		if err == nil {
+			err = tmp.Sync()
+		}
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil || n != length {
+			// Cut off: nothing is kept (and nobody is left to answer).
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		if err := os.Link(tmp.Name(), path); err != nil {
+			w.WriteHeader(http.StatusConflict)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	case http.MethodHead, http.MethodGet:
+		f, err := os.Open(path)
+		if err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeContent(w, r, "", time.Time{}, f)
+	case http.MethodDelete:
+		os.Remove(path)
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	}
+}
+
+var secret = []byte("0123456789abcdef0123456789abcdef")
+
+// startLegacy runs a legacy backend over plain HTTP/1.1, or over TLS with
+// HTTP/2, and returns a Store of it.
+func startLegacy(t *testing.T, overTLS bool) (*forward.Store, *legacy) {
+	t.Helper()
+	b := &legacy{dir: t.TempDir(), secret: secret}
+	srv := httptest.NewUnstartedServer(b)
+	if overTLS {
+		srv.EnableHTTP2 = true
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	tr := srv.Client().Transport.(*http.Transport).Clone()
+	tr.ExpectContinueTimeout = 5 * time.Second
+	if overTLS {
+		tr.ForceAttemptHTTP2 = true
+	}
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Secret: secret, Transport: tr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); tr.CloseIdleConnections() })
+	return s, b
+}
+
+// TestContract runs the storage contract against the legacy backend above,
+// over HTTP/1.1 and over TLS with HTTP/2.
+func TestContract(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tls  bool
+	}{{"http1", false}, {"h2", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			storagetest.Run(t, func(t *testing.T) storage.Backend {
+				s, _ := startLegacy(t, tc.tls)
+				return s
+			})
+		})
+	}
+}
+
+// TestNoTemporaryData checks what the legacy backend holds after uploads
+// that end in every way: only committed objects, and no temporary file
+// once the connections are gone (which is why Sweep has nothing to do).
+func TestNoTemporaryData(t *testing.T) {
+	s, b := startLegacy(t, false)
+	committed := storagetest.Name(t)
+	for i, end := range []func(storage.Writer) error{
+		func(w storage.Writer) error { return w.Commit(ctx) },
+		func(w storage.Writer) error { return w.Abort() },
+		func(w storage.Writer) error { w.Write([]byte("x")); return w.Abort() },
+	} {
+		name := storagetest.Name(t)
+		if i == 0 {
+			name = committed
+		}
+		w, err := s.Create(ctx, name, 1001)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(make([]byte, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			w.Write([]byte{1})
+		}
+		if err := end(w); err != nil && i != 2 {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.Sweep(ctx, time.Now().Add(time.Hour)); n != 0 || err != nil {
+		t.Fatalf("Sweep = %d, %v; want 0, nil", n, err)
+	}
+	// The backend notices a cut-off body when its connection fails.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, err := os.ReadDir(b.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		if len(names) == 1 && names[0] == committed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the legacy backend holds %q, want only %s", names, committed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestWrongSecret checks that a backend with another secret refuses every
+// request and that the error says why without quoting the secret.
+func TestWrongSecret(t *testing.T) {
+	_, b := startLegacy(t, false)
+	srv := httptest.NewServer(b)
+	defer srv.Close()
+	other := []byte(strings.Repeat("z", 32))
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Secret: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	name := storagetest.Name(t)
+	_, createErr := s.Create(ctx, name, 10)
+	_, openErr := s.Open(ctx, name)
+	delErr := s.Delete(ctx, name)
+	for op, err := range map[string]error{"Create": createErr, "Open": openErr, "Delete": delErr} {
+		if err == nil || !strings.Contains(err.Error(), "refused the signature") || strings.Contains(err.Error(), string(other)) {
+			t.Errorf("%s: %v, want a refused signature", op, err)
+		}
+	}
+}
+
+// TestVerify checks the backend side of the signature.
+func TestVerify(t *testing.T) {
+	name := storagetest.Name(t)
+	now := time.Unix(1767225600, 0)
+	sign := func(method, n string, length, unix int64, key []byte) string {
+		return "MIMI-HMAC-SHA256 t=" + strconv.FormatInt(unix, 10) + ", sig=" + forward.Sign(key, method, n, length, unix)
+	}
+	good := sign(http.MethodPut, name, 100, now.Unix(), secret)
+	for _, tc := range []struct {
+		name   string
+		method string
+		auth   string
+		length int64
+		want   error
+	}{
+		{"good", http.MethodPut, good, 100, nil},
+		{"skew within limit", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()-299, secret), 100, nil},
+		{"other method", http.MethodDelete, good, 100, forward.ErrUnauthorized},
+		{"other length", http.MethodPut, good, 101, forward.ErrUnauthorized},
+		{"other name", http.MethodPut, sign(http.MethodPut, storagetest.Name(t), 100, now.Unix(), secret), 100, forward.ErrUnauthorized},
+		{"other secret", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix(), []byte(strings.Repeat("y", 32))), 100, forward.ErrUnauthorized},
+		{"old", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()-301, secret), 100, forward.ErrStale},
+		{"future", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()+301, secret), 100, forward.ErrStale},
+		{"missing", http.MethodPut, "", 100, forward.ErrUnauthorized},
+		{"bearer", http.MethodPut, "Bearer " + string(secret), 100, forward.ErrUnauthorized},
+		{"short signature", http.MethodPut, good[:len(good)-2], 100, forward.ErrUnauthorized},
+		{"bad time", http.MethodPut, strings.Replace(good, "t=", "t=x", 1), 100, forward.ErrUnauthorized},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(tc.method, "/att/"+name, nil)
+			if tc.auth != "" {
+				r.Header.Set("Authorization", tc.auth)
+			}
+			if err := forward.Verify(r, secret, name, tc.length, now); !errors.Is(err, tc.want) {
+				t.Fatalf("Verify = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestSignExample pins the worked example of docs/protocol.md.
+func TestSignExample(t *testing.T) {
+	doc, err := os.ReadFile("../../../../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 32)
+	for i := range key {
+		key[i] = byte(i)
+	}
+	const name = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+	sig := forward.Sign(key, http.MethodPut, name, 1048576, 1767225600)
+	want := "Authorization: MIMI-HMAC-SHA256 t=1767225600, sig=" + sig
+	if !strings.Contains(string(doc), want) {
+		t.Fatalf("docs/protocol.md lacks the worked example's header\n%s", want)
+	}
+}
+
+// TestNew checks the configuration New refuses.
+func TestNew(t *testing.T) {
+	for _, tc := range []struct {
+		name, url string
+		secret    []byte
+		want      string
+	}{
+		{"no slash", "https://legacy.example/att", secret, "ending in '/'"},
+		{"query", "https://legacy.example/att/?x=1", secret, "query"},
+		{"user", "https://u:p@legacy.example/att/", secret, "user"},
+		{"scheme", "ftp://legacy.example/att/", secret, "http(s)"},
+		{"no host", "https:///att/", secret, "http(s)"},
+		{"short secret", "https://legacy.example/att/", secret[:31], "at least 32"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := forward.New(forward.Config{BaseURL: tc.url, Secret: tc.secret})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := forward.New(forward.Config{BaseURL: "https://legacy.example/att/", Secret: secret}); err != nil {
+		t.Fatalf("good config refused: %v", err)
+	}
+}
+
+var _ = tls.VersionTLS13
