@@ -2,13 +2,10 @@ package forward_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,91 +13,19 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/forward"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/forward/forwardtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/storagetest"
 )
 
 var ctx = context.Background()
 
-// legacy is a legacy backend written from docs/protocol.md's section on
-// it: objects are files in dir, a PUT is written to a temporary file and
-// linked under its name only once its whole body has arrived.
-type legacy struct {
-	dir    string
-	secret []byte
-}
-
-func (b *legacy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	name, ok := strings.CutPrefix(r.URL.Path, "/att/")
-	if !ok || !storage.ValidName(name) {
-		http.NotFound(w, r)
-		return
-	}
-	var length int64
-	if r.Method == http.MethodPut {
-		if length = r.ContentLength; length < 0 {
-			w.WriteHeader(http.StatusLengthRequired)
-			return
-		}
-	}
-	if err := forward.Verify(r, b.secret, name, length, time.Now()); err != nil {
-		w.WriteHeader(http.StatusUnauthorized)
-		return
-	}
-	path := filepath.Join(b.dir, name)
-	switch r.Method {
-	case http.MethodPut:
-		// Refused before the body: Go's server then sends no 100 Continue.
-		if _, err := os.Stat(path); err == nil {
-			w.WriteHeader(http.StatusConflict)
-			return
-		}
-		tmp, err := os.CreateTemp(b.dir, "tmp-")
-		if err != nil {
-			w.WriteHeader(http.StatusInternalServerError)
-			return
-		}
-		defer os.Remove(tmp.Name())
-		n, err := io.Copy(tmp, r.Body)
-		if err == nil {
-			err = tmp.Sync()
-		}
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil || n != length {
-			// Cut off: nothing is kept (and nobody is left to answer).
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		if err := os.Link(tmp.Name(), path); err != nil {
-			w.WriteHeader(http.StatusConflict)
-			return
-		}
-		w.WriteHeader(http.StatusCreated)
-	case http.MethodHead, http.MethodGet:
-		f, err := os.Open(path)
-		if err != nil {
-			http.NotFound(w, r)
-			return
-		}
-		defer f.Close()
-		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeContent(w, r, "", time.Time{}, f)
-	case http.MethodDelete:
-		os.Remove(path)
-		w.WriteHeader(http.StatusNoContent)
-	default:
-		w.WriteHeader(http.StatusMethodNotAllowed)
-	}
-}
-
 var secret = []byte("0123456789abcdef0123456789abcdef")
 
 // startLegacy runs a legacy backend over plain HTTP/1.1, or over TLS with
 // HTTP/2, and returns a Store of it.
-func startLegacy(t *testing.T, overTLS bool) (*forward.Store, *legacy) {
+func startLegacy(t *testing.T, overTLS bool) (*forward.Store, *forwardtest.Backend) {
 	t.Helper()
-	b := &legacy{dir: t.TempDir(), secret: secret}
+	b := &forwardtest.Backend{Dir: t.TempDir(), Secret: secret}
 	srv := httptest.NewUnstartedServer(b)
 	if overTLS {
 		srv.EnableHTTP2 = true
@@ -173,7 +98,7 @@ func TestNoTemporaryData(t *testing.T) {
 	// The backend notices a cut-off body when its connection fails.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		entries, err := os.ReadDir(b.dir)
+		entries, err := os.ReadDir(b.Dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,5 +222,3 @@ func TestNew(t *testing.T) {
 		t.Fatalf("good config refused: %v", err)
 	}
 }
-
-var _ = tls.VersionTLS13
