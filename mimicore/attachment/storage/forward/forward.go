@@ -265,7 +265,9 @@ var errAnswered = errors.New("forward: the legacy backend answered before the en
 
 // Create sends the PUT's headers and returns once the backend takes the
 // body (or, for an empty object, once a HEAD found no object: its PUT
-// waits for Commit, as it has no last byte to hold back).
+// waits for Commit, as it has no last byte to hold back). ctx bounds the
+// whole PUT, body included: pass the upload's request context. A Write
+// waits while the backend does not read, until ctx ends.
 func (s *Store) Create(ctx context.Context, name string, size int64) (storage.Writer, error) {
 	if !storage.ValidName(name) {
 		return nil, storage.ErrInvalidName

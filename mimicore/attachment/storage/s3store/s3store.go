@@ -209,7 +209,8 @@ func (s *Store) Close() error {
 func (s *Store) key(name string) string { return s.prefix + name }
 
 // Create starts the object name of size bytes. It refuses a name that
-// exists (ErrExists).
+// exists (ErrExists). ctx also bounds the parts that the Writer's Write
+// calls upload: pass the upload's request context.
 func (s *Store) Create(ctx context.Context, name string, size int64) (storage.Writer, error) {
 	if !storage.ValidName(name) {
 		return nil, storage.ErrInvalidName

@@ -29,12 +29,12 @@ import (
 
 // LargeSize is the size of the object that the Large subtest streams
 // through the backend, and MaxLargeHeap the growth of the Go heap (in use)
-// that it allows meanwhile: an eighth of the object, so a backend that
+// that it allows meanwhile: a quarter of the object, so a backend that
 // buffers the object (or half of it) fails, and one that buffers a part
-// of a multipart upload (8 MiB) passes.
+// of a multipart upload (S3's 5 to 8 MiB) passes.
 const (
 	LargeSize    = 64 << 20
-	MaxLargeHeap = LargeSize / 8
+	MaxLargeHeap = LargeSize / 4
 )
 
 // Run runs the contract tests as subtests of t. open must return a
