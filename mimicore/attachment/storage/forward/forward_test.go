@@ -3,11 +3,13 @@ package forward_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,5 +222,140 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := forward.New(forward.Config{BaseURL: "https://legacy.example/att/", Secret: secret}); err != nil {
 		t.Fatalf("good config refused: %v", err)
+	}
+}
+
+// TestMisbehavingBackends checks the gateway's side against backends
+// that break the protocol or fail: each is caught, and none leaves an
+// upload half-done behind the gateway's back.
+func TestMisbehavingBackends(t *testing.T) {
+	name := storagetest.Name(t)
+	data := []byte(strings.Repeat("c", 5000))
+	for _, tc := range []struct {
+		name    string
+		handler func(deletes *atomic.Int32) http.HandlerFunc
+		run     func(t *testing.T, s *forward.Store) error
+		want    string
+		deletes int32
+	}{
+		{
+			name: "2xx before the body",
+			handler: func(*atomic.Int32) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusCreated) }
+			},
+			run: func(t *testing.T, s *forward.Store) error {
+				_, err := s.Create(ctx, name, int64(len(data)))
+				return err
+			},
+			want: "before the body",
+		},
+		{
+			name: "500 after the body",
+			handler: func(deletes *atomic.Int32) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) {
+					if r.Method == http.MethodDelete {
+						deletes.Add(1)
+						w.WriteHeader(http.StatusNoContent)
+						return
+					}
+					io.Copy(io.Discard, r.Body)
+					w.WriteHeader(http.StatusInternalServerError)
+				}
+			},
+			run: func(t *testing.T, s *forward.Store) error {
+				w, err := s.Create(ctx, name, int64(len(data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.Write(data); err != nil {
+					t.Fatal(err)
+				}
+				err = w.Commit(ctx)
+				// Whatever the backend kept of a complete body goes.
+				if aerr := w.Abort(); aerr != nil {
+					t.Fatal(aerr)
+				}
+				return err
+			},
+			want:    "500",
+			deletes: 1,
+		},
+		{
+			name: "refusal in the middle of the body",
+			handler: func(*atomic.Int32) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) {
+					io.CopyN(io.Discard, r.Body, 1000)
+					w.WriteHeader(http.StatusInsufficientStorage)
+				}
+			},
+			run: func(t *testing.T, s *forward.Store) error {
+				w, err := s.Create(ctx, name, 1<<30)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Abort()
+				chunk := make([]byte, 64<<10)
+				for range 1 << 14 {
+					if _, err := w.Write(chunk); err != nil {
+						return err
+					}
+				}
+				return w.Commit(ctx)
+			},
+			want: "507",
+		},
+		{
+			name: "redirect",
+			handler: func(*atomic.Int32) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) {
+					http.Redirect(w, r, "http://elsewhere.invalid/", http.StatusTemporaryRedirect)
+				}
+			},
+			run: func(t *testing.T, s *forward.Store) error {
+				_, err := s.Open(ctx, name)
+				return err
+			},
+			want: "307",
+		},
+		{
+			name: "Range ignored",
+			handler: func(*atomic.Int32) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+					if r.Method == http.MethodGet {
+						w.Write(data)
+					}
+				}
+			},
+			run: func(t *testing.T, s *forward.Store) error {
+				o, err := s.Open(ctx, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer o.Close()
+				_, err = o.ReadAt(make([]byte, 10), 100)
+				return err
+			},
+			want: "ignored the Range",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var deletes atomic.Int32
+			srv := httptest.NewServer(tc.handler(&deletes))
+			defer srv.Close()
+			tr := http.DefaultTransport.(*http.Transport).Clone()
+			defer tr.CloseIdleConnections()
+			s, err := forward.New(forward.Config{BaseURL: srv.URL + "/", Secret: secret, Transport: tr, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = tc.run(t, s)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+			if got := deletes.Load(); got != tc.deletes {
+				t.Fatalf("%d DELETEs, want %d", got, tc.deletes)
+			}
+		})
 	}
 }
