@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -82,14 +84,13 @@ func TestAttachmentStorageAdapt(t *testing.T) {
 			bucket b
 			insecure
 		}`, `{"backend":"s3","endpoint":"127.0.0.1:9000","bucket":"b","insecure":true}`},
-		{"forward", `storage forward {
-			base_url https://legacy.example/mimi/attachments/
-			secret {env.MIMI_FORWARD_SECRET}
+		{"forward", `storage forward https://legacy.example/mimi/attachments/ {
+			key {env.MIMI_ATTACHMENTS_KEY}
 			timeout 1m
-		}`, `{"backend":"forward","base_url":"https://legacy.example/mimi/attachments/","secret":"{env.MIMI_FORWARD_SECRET}","timeout":60000000000}`},
-		{"forward URL on the first line", `storage forward https://legacy.example/att/ {
-			secret {env.S}
-		}`, `{"backend":"forward","base_url":"https://legacy.example/att/","secret":"{env.S}"}`},
+		}`, `{"backend":"forward","base_url":"https://legacy.example/mimi/attachments/","key":"{env.MIMI_ATTACHMENTS_KEY}","timeout":60000000000}`},
+		{"forward key file", `storage forward https://legacy.example/att/ {
+			key_file /etc/caddy-mimi/attachments.key
+		}`, `{"backend":"forward","base_url":"https://legacy.example/att/","key_file":"/etc/caddy-mimi/attachments.key"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := adaptStorage(tc.input)
@@ -121,10 +122,13 @@ func TestAttachmentStorageCaddyfileErrors(t *testing.T) {
 		{"s3 bad part", "storage s3 {\n endpoint e\n bucket b\n part_size lots\n}", "invalid part_size 'lots'"},
 		{"s3 flag with value", "storage s3 {\n endpoint e\n bucket b\n insecure yes\n}", "wrong argument count"},
 		{"s3 unknown", "storage s3 {\n endpoint e\n bucket b\n acl public\n}", "unrecognized s3 option 'acl'"},
-		{"forward no secret", "storage forward https://l.example/a/", "needs base_url and secret"},
-		{"forward two URLs", "storage forward https://l.example/a/ {\n base_url https://l.example/b/\n secret s\n}", "duplicate forward option 'base_url'"},
-		{"forward bad timeout", "storage forward https://l.example/a/ {\n secret s\n timeout soon\n}", "invalid timeout duration 'soon'"},
-		{"forward unknown", "storage forward https://l.example/a/ {\n secret s\n bearer x\n}", "unrecognized forward option 'bearer'"},
+		{"forward no key", "storage forward https://l.example/a/", "exactly one of key and key_file"},
+		{"forward two keys", "storage forward https://l.example/a/ {\n key k\n key_file f\n}", "exactly one of key and key_file"},
+		{"forward no URL", "storage forward {\n key k\n}", "wrong argument count"},
+		{"forward two URLs", "storage forward https://l.example/a/ https://l.example/b/ {\n key k\n}", "wrong argument count"},
+		{"forward duplicate", "storage forward https://l.example/a/ {\n key k\n key l\n}", "duplicate forward option 'key'"},
+		{"forward bad timeout", "storage forward https://l.example/a/ {\n key k\n timeout soon\n}", "invalid timeout duration 'soon'"},
+		{"forward unknown", "storage forward https://l.example/a/ {\n key k\n bearer x\n}", "unrecognized forward option 'bearer'"},
 		{"unknown backend", "storage ftp {\n}", "http.mimi.attachments.ftp"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -139,13 +143,15 @@ func TestAttachmentStorageCaddyfileErrors(t *testing.T) {
 // TestAttachmentStorageProvisionErrors checks what Provision refuses, and
 // that a secret's placeholder, not its value, is named.
 func TestAttachmentStorageProvisionErrors(t *testing.T) {
-	t.Setenv("MIMI_TEST_SHORT_SECRET", "tooshort-and-secret")
+	t.Setenv("MIMI_TEST_SHORT_KEY", "tooshort-and-secret")
 	for _, tc := range []struct{ name, raw, want string }{
 		{"s3 scheme", `{"backend":"s3","endpoint":"https://s3.example","bucket":"b"}`, "endpoint"},
 		{"s3 unknown placeholder", `{"backend":"s3","endpoint":"e","bucket":"b","access_key":"k","secret_key":"{nope}"}`, "secret_key"},
 		{"s3 unknown field", `{"backend":"s3","endpoint":"e","bucket":"b","acl":"x"}`, "acl"},
-		{"forward short secret", `{"backend":"forward","base_url":"https://l.example/a/","secret":"{env.MIMI_TEST_SHORT_SECRET}"}`, "at least 32"},
-		{"forward no slash", `{"backend":"forward","base_url":"https://l.example/a","secret":"0123456789abcdef0123456789abcdef"}`, "ending in '/'"},
+		{"forward short key", `{"backend":"forward","base_url":"https://l.example/a/","key":" {env.MIMI_TEST_SHORT_KEY}\n"}`, "at least 32"},
+		{"forward no key", `{"backend":"forward","base_url":"https://l.example/a/"}`, "exactly one of key and key_file"},
+		{"forward missing key file", `{"backend":"forward","base_url":"https://l.example/a/","key_file":"/nonexistent/mimi.key"}`, "key_file"},
+		{"forward no slash", `{"backend":"forward","base_url":"https://l.example/a","key":"0123456789abcdef0123456789abcdef"}`, "ending in '/'"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -208,20 +214,28 @@ func TestAttachmentStorageS3Module(t *testing.T) {
 	roundTrip(t, loadStorage(t, raw))
 }
 
-// TestAttachmentStorageForwardModule adapts a Caddyfile with a placeholder
-// for the secret, loads the module and stores an object on the reference
-// legacy backend with it.
+// TestAttachmentStorageForwardModule adapts Caddyfiles with the key as a
+// placeholder and in a file (with white space around it), loads the
+// module and stores an object on the reference legacy backend with it.
 func TestAttachmentStorageForwardModule(t *testing.T) {
-	const secret = "0123456789abcdef0123456789abcdef"
-	srv := httptest.NewServer(&forwardtest.Backend{Dir: t.TempDir(), Secret: []byte(secret)})
+	const key = "0123456789abcdef0123456789abcdef"
+	srv := httptest.NewServer(&forwardtest.Backend{Dir: t.TempDir(), Key: []byte(key)})
 	defer srv.Close()
-	t.Setenv("MIMI_TEST_FORWARD_SECRET", secret)
-	raw, err := adaptStorage(`storage forward ` + srv.URL + forwardtest.Base + ` {
-		secret {env.MIMI_TEST_FORWARD_SECRET}
-		timeout 10s
-	}`)
-	if err != nil {
+	t.Setenv("MIMI_TEST_FORWARD_KEY", key)
+	keyFile := filepath.Join(t.TempDir(), "attachments.key")
+	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	roundTrip(t, loadStorage(t, raw))
+	for name, opt := range map[string]string{"key": "key {env.MIMI_TEST_FORWARD_KEY}", "key_file": "key_file " + keyFile} {
+		t.Run(name, func(t *testing.T) {
+			raw, err := adaptStorage(`storage forward ` + srv.URL + forwardtest.Base + ` {
+				` + opt + `
+				timeout 10s
+			}`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			roundTrip(t, loadStorage(t, raw))
+		})
+	}
 }

@@ -9,8 +9,10 @@
 //	GET    <base><name>   the bytes, or a Range of them (206)
 //	DELETE <base><name>   2xx or 404 both mean gone
 //
-// each with an Authorization header of an HMAC-SHA256 over the method,
-// the name, the PUT's length and a timestamp (Sign, Verify).
+// each signed like the legacy backend delivery of docs/protocol.md §11: a
+// Mimi-Timestamp header and a Mimi-Signature header of an HMAC-SHA256 over
+// the timestamp, the method, the name and the PUT's length (Signature,
+// Verify).
 //
 // The upload streams: Create sends the PUT's headers and returns once the
 // backend has agreed to take the body (100 Continue) or refused it (409:
@@ -49,18 +51,21 @@ const (
 	// MaxObjectSize bounds an object (1 TiB): larger sizes are refused
 	// before a request is sent, and a HEAD answer above it is an error.
 	MaxObjectSize = 1 << 40
-	// MinSecretSize is the shortest HMAC secret accepted.
-	MinSecretSize = 32
+	// MinKeySize is the shortest HMAC key accepted.
+	MinKeySize = 32
 	// MaxClockSkew is how far a request's timestamp may be from the
 	// backend's clock.
 	MaxClockSkew = 5 * time.Minute
 	// DefaultTimeout bounds a HEAD, a DELETE, and the wait for the
 	// answer to a PUT's headers or to its completed body.
 	DefaultTimeout = 30 * time.Second
-	// scheme is the Authorization scheme.
-	scheme = "MIMI-HMAC-SHA256"
-	// label starts every signed string.
-	label = "mimi-attachment-v1"
+	// HeaderTimestamp is a request's time, in decimal Unix seconds.
+	HeaderTimestamp = "Mimi-Timestamp"
+	// HeaderSignature is "v1=" and the hex HMAC-SHA256 of the request
+	// (Signature).
+	HeaderSignature = "Mimi-Signature"
+	// SignatureLabel starts the bytes the HMAC covers.
+	SignatureLabel = "mimi-attachment-v1"
 )
 
 // Config says where the legacy backend is and how to authenticate to it.
@@ -71,9 +76,9 @@ type Config struct {
 	// loopback or a private network only: the signature covers no body
 	// bytes.
 	BaseURL string
-	// Secret is the HMAC-SHA256 key shared with the backend, at least
-	// MinSecretSize bytes.
-	Secret []byte
+	// Key is the HMAC-SHA256 key shared with the backend, at least
+	// MinKeySize bytes.
+	Key []byte
 	// Timeout bounds a HEAD or DELETE, and the wait for each answer of a
 	// PUT (to its headers, to its completed body); 0 means
 	// DefaultTimeout. The body itself streams as long as it flows.
@@ -87,7 +92,7 @@ type Config struct {
 // concurrent use.
 type Store struct {
 	base      *url.URL
-	secret    []byte
+	key       []byte
 	timeout   time.Duration
 	client    *http.Client
 	transport *http.Transport // ours to close, or nil
@@ -104,10 +109,10 @@ func New(cfg Config) (*Store, error) {
 		u.RawQuery != "" || u.Fragment != "" || !strings.HasSuffix(u.Path, "/") {
 		return nil, fmt.Errorf("forward base URL %q: want http(s)://host[:port]/path/ ending in '/', without user, query or fragment", cfg.BaseURL)
 	}
-	if len(cfg.Secret) < MinSecretSize {
-		return nil, fmt.Errorf("forward secret: %d bytes, want at least %d", len(cfg.Secret), MinSecretSize)
+	if len(cfg.Key) < MinKeySize {
+		return nil, fmt.Errorf("forward key: %d bytes, want at least %d", len(cfg.Key), MinKeySize)
 	}
-	s := &Store{base: u, secret: append([]byte(nil), cfg.Secret...), timeout: cfg.Timeout, now: time.Now}
+	s := &Store{base: u, key: append([]byte(nil), cfg.Key...), timeout: cfg.Timeout, now: time.Now}
 	if s.timeout <= 0 {
 		s.timeout = DefaultTimeout
 	}
@@ -146,55 +151,48 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Sign returns the signature of a request: the lowercase hex of
-// HMAC-SHA256(secret, "mimi-attachment-v1\n" + method + "\n" + name +
-// "\n" + length + "\n" + unix), where length is the decimal body length
-// of a PUT and 0 otherwise, and unix the request's time in decimal Unix
-// seconds.
-func Sign(secret []byte, method, name string, length int64, unix int64) string {
-	m := hmac.New(sha256.New, secret)
-	fmt.Fprintf(m, "%s\n%s\n%s\n%d\n%d", label, method, name, length, unix)
-	return hex.EncodeToString(m.Sum(nil))
+// Signature returns the Mimi-Signature value of a request: "v1=" and the
+// lowercase hex HMAC-SHA256 under key of SignatureLabel, the timestamp,
+// the method, the name and the length, each in decimal or as written and
+// separated by line feeds (none after the length). length is the
+// Content-Length of a PUT and 0 for HEAD, GET and DELETE.
+func Signature(key []byte, timestamp int64, method, name string, length int64) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(SignatureLabel + "\n" + strconv.FormatInt(timestamp, 10) + "\n" + method + "\n" + name + "\n" + strconv.FormatInt(length, 10)))
+	return "v1=" + hex.EncodeToString(m.Sum(nil))
 }
 
-// authorization returns the Authorization header of a request.
-func (s *Store) authorization(method, name string, length int64) string {
+// sign sets the signature headers of a request.
+func (s *Store) sign(h http.Header, method, name string, length int64) {
 	t := s.now().Unix()
-	return fmt.Sprintf("%s t=%d, sig=%s", scheme, t, Sign(s.secret, method, name, length, t))
+	h.Set(HeaderTimestamp, strconv.FormatInt(t, 10))
+	h.Set(HeaderSignature, Signature(s.key, t, method, name, length))
 }
 
 // Errors of Verify.
 var (
 	// ErrUnauthorized reports a request without a valid signature.
 	ErrUnauthorized = errors.New("forward: bad or missing signature")
-	// ErrStale reports a signature whose timestamp is more than
-	// MaxClockSkew from now.
-	ErrStale = errors.New("forward: signature timestamp out of range")
+	// ErrStale reports a timestamp more than MaxClockSkew from now.
+	ErrStale = errors.New("forward: timestamp out of range")
 )
 
-// Verify checks the Authorization header of a request to a legacy
-// backend, for a backend written in Go: name is the object name the
-// backend took from the path (after the base), length the PUT's
-// Content-Length (0 for other methods), now the backend's clock. The
-// signature is compared in constant time.
-func Verify(r *http.Request, secret []byte, name string, length int64, now time.Time) error {
-	rest, ok := strings.CutPrefix(r.Header.Get("Authorization"), scheme+" t=")
-	if !ok {
+// Verify checks the signature headers of a request to a legacy backend,
+// for a backend written in Go: name is the object name the backend took
+// from the path (after the base), length the PUT's Content-Length (0 for
+// other methods), now the backend's clock. The signature is compared in
+// constant time.
+func Verify(r *http.Request, key []byte, name string, length int64, now time.Time) error {
+	ts := r.Header.Get(HeaderTimestamp)
+	t, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || ts != strconv.FormatInt(t, 10) {
 		return ErrUnauthorized
 	}
-	ts, sig, ok := strings.Cut(rest, ", sig=")
-	if !ok || len(sig) != 2*sha256.Size {
+	want := Signature(key, t, r.Method, name, length)
+	if !hmac.Equal([]byte(r.Header.Get(HeaderSignature)), []byte(want)) {
 		return ErrUnauthorized
 	}
-	unix, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return ErrUnauthorized
-	}
-	want := Sign(secret, r.Method, name, length, unix)
-	if !hmac.Equal([]byte(sig), []byte(want)) {
-		return ErrUnauthorized
-	}
-	if d := now.Sub(time.Unix(unix, 0)); d > MaxClockSkew || d < -MaxClockSkew {
+	if d := now.Sub(time.Unix(t, 0)); d > MaxClockSkew || d < -MaxClockSkew {
 		return ErrStale
 	}
 	return nil
@@ -211,7 +209,7 @@ func (s *Store) newRequest(ctx context.Context, method, name string, body io.Rea
 	if err != nil {
 		return nil, fmt.Errorf("forward %s %s: %w", method, name, err)
 	}
-	req.Header.Set("Authorization", s.authorization(method, name, length))
+	s.sign(req.Header, method, name, length)
 	return req, nil
 }
 
@@ -220,7 +218,7 @@ func (s *Store) newRequest(ctx context.Context, method, name string, body io.Rea
 func statusError(op, name string, resp *http.Response) error {
 	switch resp.StatusCode {
 	case http.StatusUnauthorized, http.StatusForbidden:
-		return fmt.Errorf("forward %s %s: the legacy backend refused the signature (%s): check the shared secret and the clocks", op, name, resp.Status)
+		return fmt.Errorf("forward %s %s: the legacy backend refused the signature (%s): check the shared key and the clocks", op, name, resp.Status)
 	}
 	return fmt.Errorf("forward %s %s: the legacy backend answered %s", op, name, resp.Status)
 }

@@ -21,13 +21,13 @@ import (
 
 var ctx = context.Background()
 
-var secret = []byte("0123456789abcdef0123456789abcdef")
+var key = []byte("0123456789abcdef0123456789abcdef")
 
 // startLegacy runs a legacy backend over plain HTTP/1.1, or over TLS with
 // HTTP/2, and returns a Store of it.
 func startLegacy(t *testing.T, overTLS bool) (*forward.Store, *forwardtest.Backend) {
 	t.Helper()
-	b := &forwardtest.Backend{Dir: t.TempDir(), Secret: secret}
+	b := &forwardtest.Backend{Dir: t.TempDir(), Key: key}
 	srv := httptest.NewUnstartedServer(b)
 	if overTLS {
 		srv.EnableHTTP2 = true
@@ -41,7 +41,7 @@ func startLegacy(t *testing.T, overTLS bool) (*forward.Store, *forwardtest.Backe
 	if overTLS {
 		tr.ForceAttemptHTTP2 = true
 	}
-	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Secret: secret, Transport: tr})
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Key: key, Transport: tr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,14 +118,14 @@ func TestNoTemporaryData(t *testing.T) {
 	}
 }
 
-// TestWrongSecret checks that a backend with another secret refuses every
-// request and that the error says why without quoting the secret.
-func TestWrongSecret(t *testing.T) {
+// TestWrongKey checks that a backend with another key refuses every
+// request and that the error says why without quoting the key.
+func TestWrongKey(t *testing.T) {
 	_, b := startLegacy(t, false)
 	srv := httptest.NewServer(b)
 	defer srv.Close()
 	other := []byte(strings.Repeat("z", 32))
-	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Secret: other})
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Key: other})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,57 +145,61 @@ func TestWrongSecret(t *testing.T) {
 func TestVerify(t *testing.T) {
 	name := storagetest.Name(t)
 	now := time.Unix(1767225600, 0)
-	sign := func(method, n string, length, unix int64, key []byte) string {
-		return "MIMI-HMAC-SHA256 t=" + strconv.FormatInt(unix, 10) + ", sig=" + forward.Sign(key, method, n, length, unix)
+	type sig struct {
+		ts, value string
 	}
-	good := sign(http.MethodPut, name, 100, now.Unix(), secret)
+	sign := func(method, n string, length, unix int64, k []byte) sig {
+		return sig{strconv.FormatInt(unix, 10), forward.Signature(k, unix, method, n, length)}
+	}
+	good := sign(http.MethodPut, name, 100, now.Unix(), key)
 	for _, tc := range []struct {
 		name   string
 		method string
-		auth   string
+		sig    sig
 		length int64
 		want   error
 	}{
 		{"good", http.MethodPut, good, 100, nil},
-		{"skew within limit", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()-299, secret), 100, nil},
+		{"skew within limit", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()-299, key), 100, nil},
 		{"other method", http.MethodDelete, good, 100, forward.ErrUnauthorized},
 		{"other length", http.MethodPut, good, 101, forward.ErrUnauthorized},
-		{"other name", http.MethodPut, sign(http.MethodPut, storagetest.Name(t), 100, now.Unix(), secret), 100, forward.ErrUnauthorized},
-		{"other secret", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix(), []byte(strings.Repeat("y", 32))), 100, forward.ErrUnauthorized},
-		{"old", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()-301, secret), 100, forward.ErrStale},
-		{"future", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()+301, secret), 100, forward.ErrStale},
-		{"missing", http.MethodPut, "", 100, forward.ErrUnauthorized},
-		{"bearer", http.MethodPut, "Bearer " + string(secret), 100, forward.ErrUnauthorized},
-		{"short signature", http.MethodPut, good[:len(good)-2], 100, forward.ErrUnauthorized},
-		{"bad time", http.MethodPut, strings.Replace(good, "t=", "t=x", 1), 100, forward.ErrUnauthorized},
+		{"other name", http.MethodPut, sign(http.MethodPut, storagetest.Name(t), 100, now.Unix(), key), 100, forward.ErrUnauthorized},
+		{"other key", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix(), []byte(strings.Repeat("y", 32))), 100, forward.ErrUnauthorized},
+		{"other timestamp", http.MethodPut, sig{strconv.FormatInt(now.Unix()+1, 10), good.value}, 100, forward.ErrUnauthorized},
+		{"timestamp with a plus", http.MethodPut, sig{"+" + good.ts, good.value}, 100, forward.ErrUnauthorized},
+		{"old", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()-301, key), 100, forward.ErrStale},
+		{"future", http.MethodPut, sign(http.MethodPut, name, 100, now.Unix()+301, key), 100, forward.ErrStale},
+		{"missing", http.MethodPut, sig{}, 100, forward.ErrUnauthorized},
+		{"no timestamp", http.MethodPut, sig{"", good.value}, 100, forward.ErrUnauthorized},
+		{"short signature", http.MethodPut, sig{good.ts, good.value[:len(good.value)-2]}, 100, forward.ErrUnauthorized},
+		{"uppercase hex", http.MethodPut, sig{good.ts, "v1=" + strings.ToUpper(good.value[3:])}, 100, forward.ErrUnauthorized},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := httptest.NewRequest(tc.method, "/att/"+name, nil)
-			if tc.auth != "" {
-				r.Header.Set("Authorization", tc.auth)
+			if tc.sig.ts != "" {
+				r.Header.Set(forward.HeaderTimestamp, tc.sig.ts)
 			}
-			if err := forward.Verify(r, secret, name, tc.length, now); !errors.Is(err, tc.want) {
+			if tc.sig.value != "" {
+				r.Header.Set(forward.HeaderSignature, tc.sig.value)
+			}
+			if err := forward.Verify(r, key, name, tc.length, now); !errors.Is(err, tc.want) {
 				t.Fatalf("Verify = %v, want %v", err, tc.want)
 			}
 		})
 	}
 }
 
-// TestSignExample pins the worked example of docs/protocol.md.
-func TestSignExample(t *testing.T) {
+// TestSignatureExample pins the worked example of docs/protocol.md §6.2.
+func TestSignatureExample(t *testing.T) {
 	doc, err := os.ReadFile("../../../../docs/protocol.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := make([]byte, 32)
-	for i := range key {
-		key[i] = byte(i)
-	}
 	const name = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-	sig := forward.Sign(key, http.MethodPut, name, 1048576, 1767225600)
-	want := "Authorization: MIMI-HMAC-SHA256 t=1767225600, sig=" + sig
+	sig := forward.Signature([]byte("0123456789abcdef0123456789abcdef"), 1790000060, http.MethodPut, name, 1048576)
+	want := "Mimi-Timestamp: 1790000060\nMimi-Signature: " + sig + "\n"
 	if !strings.Contains(string(doc), want) {
-		t.Fatalf("docs/protocol.md lacks the worked example's header\n%s", want)
+		t.Fatalf("docs/protocol.md lacks the worked example's headers\n%s", want)
 	}
 }
 
@@ -203,24 +207,24 @@ func TestSignExample(t *testing.T) {
 func TestNew(t *testing.T) {
 	for _, tc := range []struct {
 		name, url string
-		secret    []byte
+		key       []byte
 		want      string
 	}{
-		{"no slash", "https://legacy.example/att", secret, "ending in '/'"},
-		{"query", "https://legacy.example/att/?x=1", secret, "query"},
-		{"user", "https://u:p@legacy.example/att/", secret, "user"},
-		{"scheme", "ftp://legacy.example/att/", secret, "http(s)"},
-		{"no host", "https:///att/", secret, "http(s)"},
-		{"short secret", "https://legacy.example/att/", secret[:31], "at least 32"},
+		{"no slash", "https://legacy.example/att", key, "ending in '/'"},
+		{"query", "https://legacy.example/att/?x=1", key, "query"},
+		{"user", "https://u:p@legacy.example/att/", key, "user"},
+		{"scheme", "ftp://legacy.example/att/", key, "http(s)"},
+		{"no host", "https:///att/", key, "http(s)"},
+		{"short key", "https://legacy.example/att/", key[:31], "at least 32"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := forward.New(forward.Config{BaseURL: tc.url, Secret: tc.secret})
+			_, err := forward.New(forward.Config{BaseURL: tc.url, Key: tc.key})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("New: %v, want an error mentioning %q", err, tc.want)
 			}
 		})
 	}
-	if _, err := forward.New(forward.Config{BaseURL: "https://legacy.example/att/", Secret: secret}); err != nil {
+	if _, err := forward.New(forward.Config{BaseURL: "https://legacy.example/att/", Key: key}); err != nil {
 		t.Fatalf("good config refused: %v", err)
 	}
 }
@@ -345,7 +349,7 @@ func TestMisbehavingBackends(t *testing.T) {
 			defer srv.Close()
 			tr := http.DefaultTransport.(*http.Transport).Clone()
 			defer tr.CloseIdleConnections()
-			s, err := forward.New(forward.Config{BaseURL: srv.URL + "/", Secret: secret, Transport: tr, Timeout: 5 * time.Second})
+			s, err := forward.New(forward.Config{BaseURL: srv.URL + "/", Key: key, Transport: tr, Timeout: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -24,8 +24,8 @@ const Base = "/att/"
 type Backend struct {
 	// Dir holds the objects and the bodies being received.
 	Dir string
-	// Secret is the HMAC key shared with the gateway.
-	Secret []byte
+	// Key is the HMAC key shared with the gateway.
+	Key []byte
 }
 
 // ServeHTTP serves PUT, HEAD, GET and DELETE of <base><name>.
@@ -42,7 +42,7 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := forward.Verify(r, b.Secret, name, length, time.Now()); err != nil {
+	if err := forward.Verify(r, b.Key, name, length, time.Now()); err != nil {
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
