@@ -1,7 +1,7 @@
 // Package forward keeps attachment ciphertexts on the provider's legacy
 // backend: the gateway hands the bytes over HTTP to a base URL the
 // operator configures and keeps only the metadata (in its own store). The
-// protocol is in docs/protocol.md, "Attachment storage on the legacy
+// protocol is in docs/protocol.md §6.2, "Attachment storage on the legacy
 // backend", so that a backend in any language can implement it:
 //
 //	PUT    <base><name>   the ciphertext, Content-Length bytes, Expect: 100-continue
