@@ -51,7 +51,8 @@ commands:
   group info <group>               print a group's epoch and members
   group add <group> <uri>...       add users (mimi://p/u/name) or clients (mimi://p/d/name/device)
   group remove <group> <uri>...    remove users or clients
-  group update <group>             give the client's leaf fresh keys
+  group update <group>             give the client's leaf fresh keys (and commit pending proposals)
+  group leave <group>              propose the client's own removal; the next member's commit removes it
   group export <group> <file>      write what an external joiner needs ("-": stdout)
   group join <file>                join externally with what group export wrote ("-": stdin)
   send <group> [text...]           send a message (the arguments, or stdin)
@@ -236,7 +237,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, args []string) err
 		return nil
 	}
 	want := map[string]int{"client publish": 0, "client show": 0, "group create": 0, "group list": 0, "group info": 1,
-		"group update": 1, "group export": 2, "group join": 1, "recv": 0}
+		"group update": 1, "group leave": 1, "group export": 2, "group join": 1, "recv": 0}
 	n, fixed := want[cmd]
 	switch {
 	case fixed && len(args) != n:
@@ -326,6 +327,8 @@ func (e *env) run(ctx context.Context, timeout time.Duration, args []string) err
 		return c.Remove(ctx, gid, args[1:]...)
 	case "group update":
 		return c.Update(ctx, gid)
+	case "group leave":
+		return c.Leave(ctx, gid)
 	case "group export":
 		info, err := c.ExternalCommitInfo(ctx, gid)
 		if err != nil {
@@ -369,6 +372,7 @@ func (e *env) readFile(name string) ([]byte, error) {
 //	joined  <group> <sender>
 //	commit  <group> <sender> <epoch>
 //	removed <group> <sender>
+//	proposal <group> <sender>
 //
 // separated by tabs. A text with control characters or invalid UTF-8 is
 // printed as a Go-quoted string. Skipped messages are reported on stderr.
@@ -382,7 +386,7 @@ func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration) er
 				fmt.Fprintf(e.stdout, "message\t%s\t%s\t%s\n", gid, ev.Sender, printable(ev.Data))
 			case client.EventCommit:
 				fmt.Fprintf(e.stdout, "commit\t%s\t%s\t%d\n", gid, ev.Sender, ev.Epoch)
-			case client.EventJoined, client.EventRemoved:
+			case client.EventJoined, client.EventRemoved, client.EventProposal:
 				fmt.Fprintf(e.stdout, "%s\t%s\t%s\n", ev.Kind, gid, ev.Sender)
 			default:
 				fmt.Fprintf(e.stderr, "mimictl: skipped queued message %d of group %s: %v\n", ev.Seq, gid, ev.Err)
