@@ -166,6 +166,7 @@ type Store interface {
 	KeyPackages
 	Queues
 	Outbox
+	Attachments
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.
