@@ -42,6 +42,7 @@ const (
 	CodeBodyTimeout        Code = 23 // the request body did not arrive in time
 	CodeInvalidMLS         Code = 24 // the MLS content is not valid for the group's state (RFC 9420)
 	CodeGroupExists        Code = 25 // create_group names a group id already in use
+	CodeContentMismatch    Code = 26 // an upload's content differs from its header's length or hash
 )
 
 var codeNames = [...]string{
@@ -70,6 +71,7 @@ var codeNames = [...]string{
 	CodeBodyTimeout:        "body_timeout",
 	CodeInvalidMLS:         "invalid_mls",
 	CodeGroupExists:        "group_exists",
+	CodeContentMismatch:    "content_mismatch",
 }
 
 // String returns the registry name of c, such as "malformed".
