@@ -132,6 +132,11 @@ type Gateway struct {
 	// is checked.
 	UncheckedClientBindings bool `json:"unchecked_client_bindings,omitempty"`
 
+	// Attachments configures attachment uploads, downloads, deletes and
+	// copies (attachments.go). Default: on, with the local backend under
+	// data_dir/attachments.
+	Attachments *Attachments `json:"attachments,omitempty"`
+
 	svc     *service.Service
 	policy  *admission.Policy
 	origin  *admission.Origin // pooled in originPool under originKey
@@ -151,6 +156,9 @@ type Gateway struct {
 	// senderStarted is set while this config holds the data directory's
 	// federation sender in senderPool.
 	senderStarted bool
+	// sweeperHeld is set while this config holds the data directory's
+	// attachment sweeper in sweeperPool.
+	sweeperHeld bool
 }
 
 // Federation configures the fetching of peer providers' verification keys.
@@ -270,6 +278,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
 	}
+	if err := g.provisionAttachments(ctx); err != nil {
+		return err
+	}
 	g.processProvider = g.ds.ProcessProvider
 	g.inbound = &provider.Inbound{
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},
@@ -366,6 +377,9 @@ func (g *Gateway) Validate() error {
 	if err := g.validatePolicy(); err != nil {
 		return err
 	}
+	if err := g.Attachments.validate(); err != nil {
+		return err
+	}
 	if f := g.Federation; f != nil {
 		if f.MaxBackoff != 0 && (time.Duration(f.MaxBackoff) < time.Second || time.Duration(f.MaxBackoff) > time.Hour) {
 			return fmt.Errorf("mimi: federation max_backoff: %s is outside 1s..1h", time.Duration(f.MaxBackoff))
@@ -393,7 +407,7 @@ func (g *Gateway) Validate() error {
 // Cleanup releases the policy and this config's hold on the provider's
 // service, which closes when no config uses it any more.
 func (g *Gateway) Cleanup() error {
-	policyErr := g.cleanupPolicy()
+	policyErr := errors.Join(g.cleanupPolicy(), g.cleanupAttachments())
 	if g.senderStarted {
 		// Before the service: the sender uses its store.
 		g.senderStarted = false

@@ -1,0 +1,416 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// attachEnv is a provisioned gateway behind a real TLS 1.3 server, with
+// group g of alice (leaf 0) and bob (leaf 1) stored in its DS, and eve,
+// who is in no group.
+type attachEnv struct {
+	g           *Gateway
+	srv         *httptest.Server
+	c           *http.Client
+	cs          mls.CipherSuite
+	alice, bob  *mlstest.Client
+	eve         *mlstest.Client
+	aliceM      *mls.Member
+	bobM        *mls.Member
+	group       []byte
+	signedCount int
+}
+
+func newAttachEnv(t *testing.T, a *Attachments) *attachEnv {
+	t.Helper()
+	e := &attachEnv{cs: mls.X25519AES128GCMSHA256Ed25519, group: []byte("attachment test group")}
+	e.g = provisioned(t, &Gateway{Providers: []string{"a.example"}, DSDomain: "ds.a.example", Attachments: a})
+	var err error
+	mk := func(name string) *mlstest.Client {
+		c, err := mlstest.NewClient(e.cs, "mimi://a.example/d/"+name+"/1", mlstest.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	e.alice, e.bob, e.eve = mk("alice"), mk("bob"), mk("eve")
+	first, err := mls.NewGroup(mls.GroupOptions{CipherSuite: e.cs, GroupID: e.group, Leaf: &e.alice.KeyPackage.LeafNode,
+		LeafKey: e.alice.LeafKey, Signer: e.alice.Signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := first.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: e.bob.KeyPackage}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.bobM, err = mls.JoinFromWelcome(res.Welcome.Welcome, mls.WelcomeOptions{KeyPackage: e.bob.KeyPackage,
+		InitKey: e.bob.InitKey, LeafKey: e.bob.LeafKey, Signer: e.bob.Signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.aliceM = res.Next
+	st := e.g.svc.Store()
+	if err := st.CreateGroup(t.Context(), store.GroupCreation{Hub: "a.example", State: first.State()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CommitEpoch(t.Context(), store.EpochCommit{Base: first.State(), Next: e.aliceM.State()}); err != nil {
+		t.Fatal(err)
+	}
+	e.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		caddyhttp.NewTestReplacer(r)
+		next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+			w.WriteHeader(http.StatusTeapot)
+			return nil
+		})
+		if err := e.g.ServeHTTP(w, r, next); err != nil {
+			t.Error(err)
+		}
+	}))
+	e.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+	e.srv.StartTLS()
+	t.Cleanup(e.srv.Close)
+	e.c = e.srv.Client()
+	return e
+}
+
+// sign signs body as c at leaf index, each request a second apart so no
+// two are the same signed bytes.
+func (e *attachEnv) sign(t *testing.T, c *mlstest.Client, index uint32, body moh.RequestBody) []byte {
+	t.Helper()
+	e.signedCount++
+	b, err := ds.SignRequest(e.cs, c.Signer, body, ds.ClientSignature(index, time.Now().Add(time.Duration(e.signedCount)*time.Second)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// post sends body to path with extra headers, and returns the answer.
+func (e *attachEnv) post(t *testing.T, path string, body io.Reader, header http.Header) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, e.srv.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := e.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, out
+}
+
+// uploadBody is the upload of ct to group as alice.
+func (e *attachEnv) uploadBody(t *testing.T, group []byte, ct []byte) []byte {
+	t.Helper()
+	h := sha256.Sum256(ct)
+	head := e.sign(t, e.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: group, ContentLength: uint64(len(ct)), ContentHash: h[:]}})
+	return append(head, ct...)
+}
+
+// answer decodes a DSResponse and checks its status.
+func answer(t *testing.T, what string, resp *http.Response, body []byte, status int) *moh.DSResponse {
+	t.Helper()
+	var r moh.DSResponse
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil {
+		t.Fatalf("%s: status %d, body %x is not a DSResponse: %v", what, resp.StatusCode, body, err)
+	}
+	if resp.StatusCode != status {
+		t.Fatalf("%s: status %d (%s %q), want %d", what, resp.StatusCode, r.Error.Code, r.Error.Message, status)
+	}
+	return &r
+}
+
+// TestAttachmentsOverTLS runs the attachment endpoints over TLS 1.3
+// against a provisioned gateway: upload, download and decrypt on the
+// other member's side, a range download for resuming, the refusals, and
+// delete.
+func TestAttachmentsOverTLS(t *testing.T) {
+	e := newAttachEnv(t, &Attachments{GroupQuotaBytes: 1 << 20})
+	plain := bytes.Repeat([]byte("holiday picture "), 20000) // 320 KB
+	sealed, err := attachment.Seal(e.aliceM, e.cs, 0, plain, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, sealed.Ciphertext)), nil)
+	token := answer(t, "upload", resp, body, http.StatusOK).Token
+	if len(token) != ds.AttachmentTokenSize {
+		t.Fatalf("token of %d bytes", len(token))
+	}
+	download := func(c *mlstest.Client, index uint32, group, token []byte) moh.RequestBody {
+		return moh.RequestBody{Type: moh.AttachmentDownload, Attachment: moh.AttachmentRef{GroupID: group, Token: token}}
+	}
+
+	t.Run("download and open", func(t *testing.T) {
+		resp, body := e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))), nil)
+		r := answer(t, "download", resp, body, http.StatusOK)
+		if r.Type != moh.ResponseAttachmentContent {
+			t.Fatalf("answer type %v", r.Type)
+		}
+		got, err := attachment.Open(e.bobM, e.cs, 0, sealed.Nonce, sealed.Hash, r.Content)
+		if err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("bob opens: %v", err)
+		}
+		if resp.Header.Get("ETag") == "" || resp.Header.Get("Accept-Ranges") != "bytes" {
+			t.Fatalf("headers %v", resp.Header)
+		}
+	})
+
+	t.Run("range resumes", func(t *testing.T) {
+		for _, tc := range []struct {
+			rng        string
+			from, to   int // ciphertext slice
+			contentRng string
+		}{
+			{"bytes=100-199", 100, 200, fmt.Sprintf("bytes 100-199/%d", len(sealed.Ciphertext))},
+			{"bytes=300000-", 300000, len(sealed.Ciphertext), fmt.Sprintf("bytes 300000-%d/%d", len(sealed.Ciphertext)-1, len(sealed.Ciphertext))},
+			{"bytes=-16", len(sealed.Ciphertext) - 16, len(sealed.Ciphertext), ""},
+		} {
+			t.Run(tc.rng, func(t *testing.T) {
+				resp, body := e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))),
+					http.Header{"Range": {tc.rng}})
+				if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, sealed.Ciphertext[tc.from:tc.to]) {
+					t.Fatalf("status %d, %d bytes; want 206 with ciphertext[%d:%d]", resp.StatusCode, len(body), tc.from, tc.to)
+				}
+				if tc.contentRng != "" && resp.Header.Get("Content-Range") != tc.contentRng {
+					t.Fatalf("Content-Range %q, want %q", resp.Header.Get("Content-Range"), tc.contentRng)
+				}
+			})
+		}
+		resp, _ := e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))),
+			http.Header{"Range": {"bytes=999999999-"}})
+		if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+			t.Fatalf("unsatisfiable range: %d", resp.StatusCode)
+		}
+	})
+
+	t.Run("refusals", func(t *testing.T) {
+		for _, tc := range []struct {
+			name   string
+			body   []byte
+			status int
+			code   moh.Code
+		}{
+			{"non-member", e.sign(t, e.eve, 5, download(e.eve, 5, e.group, token)), http.StatusNotFound, moh.CodeNotFound},
+			{"unknown token", e.sign(t, e.bob, 1, download(e.bob, 1, e.group, make([]byte, 32))), http.StatusNotFound, moh.CodeNotFound},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				resp, body := e.post(t, "/attachment_download", bytes.NewReader(tc.body), nil)
+				if r := answer(t, tc.name, resp, body, tc.status); r.Error.Code != tc.code {
+					t.Fatalf("code %v", r.Error.Code)
+				}
+			})
+		}
+		// Over the group quota: 413, before the content is read.
+		big := make([]byte, 800<<10)
+		resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, big)), nil)
+		if r := answer(t, "over quota", resp, body, http.StatusRequestEntityTooLarge); r.Error.Code != moh.CodeQuotaExceeded {
+			t.Fatalf("code %v", r.Error.Code)
+		}
+		// A body whose length disagrees with the header.
+		up := e.uploadBody(t, e.group, []byte("twelve bytes"))
+		resp, body = e.post(t, "/attachment_upload", bytes.NewReader(up[:len(up)-1]), nil)
+		if r := answer(t, "short body", resp, body, http.StatusBadRequest); r.Error.Code != moh.CodeContentMismatch {
+			t.Fatalf("code %v", r.Error.Code)
+		}
+		// Wrong content type.
+		resp, body = e.post(t, "/attachment_upload", bytes.NewReader(up), http.Header{"Content-Type": {"text/plain"}})
+		answer(t, "content type", resp, body, http.StatusUnsupportedMediaType)
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		del := moh.RequestBody{Type: moh.AttachmentDelete, Attachment: moh.AttachmentRef{GroupID: e.group, Token: token}}
+		resp, body := e.post(t, "/attachment_delete", bytes.NewReader(e.sign(t, e.bob, 1, del)), nil)
+		if r := answer(t, "delete by bob", resp, body, http.StatusForbidden); r.Error.Code != moh.CodeForbidden {
+			t.Fatalf("code %v", r.Error.Code)
+		}
+		resp, body = e.post(t, "/attachment_delete", bytes.NewReader(e.sign(t, e.alice, 0, del)), nil)
+		answer(t, "delete by alice", resp, body, http.StatusOK)
+		resp, body = e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))), nil)
+		answer(t, "download after delete", resp, body, http.StatusNotFound)
+		e.wantNoFiles(t)
+	})
+}
+
+// wantNoFiles checks that the local backend holds no object and no
+// temporary file, waiting a little for a handler still cleaning up.
+func (e *attachEnv) wantNoFiles(t *testing.T) {
+	t.Helper()
+	root := filepath.Join(e.g.DataDir, attachmentsDir)
+	var files []string
+	for range 100 {
+		files = files[:0]
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				files = append(files, p)
+			}
+			return nil
+		})
+		if len(files) == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("files left under %s: %v", root, files)
+}
+
+// TestAttachmentUploadCutOff: a client that sends half of an upload's
+// content and closes the connection leaves nothing: no record, no quota
+// held, no temporary file.
+func TestAttachmentUploadCutOff(t *testing.T) {
+	e := newAttachEnv(t, nil)
+	ct := make([]byte, 1<<20)
+	rand.Read(ct)
+	up := e.uploadBody(t, e.group, ct)
+	conn, err := tls.Dial("tcp", e.srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}) //nolint:gosec // the test server's own certificate
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "POST /attachment_upload HTTP/1.1\r\nHost: a.example\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", len(up))
+	if _, err := conn.Write(up[:len(up)/2]); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the upload is streaming (its reservation is held), then
+	// cut the connection.
+	st := e.g.svc.Store()
+	for i := 0; ; i++ {
+		u, err := st.GroupAttachmentUsage(context.Background(), e.group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.Count == 1 {
+			break
+		}
+		if i == 500 {
+			t.Fatal("the upload never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	conn.Close()
+	for i := 0; ; i++ {
+		u, _ := st.GroupAttachmentUsage(context.Background(), e.group)
+		if u.Count == 0 {
+			break
+		}
+		if i == 500 {
+			t.Fatalf("the cut-off upload still holds %+v", u)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.wantNoFiles(t)
+}
+
+// TestAttachmentsCaddyfile checks the attachments block and the local
+// storage module's syntax.
+func TestAttachmentsCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     *Attachments
+		err      string
+	}{
+		{"full", `mimi {
+			attachments {
+				max_size 10MiB
+				group_quota 1GiB 500
+				uploader_quota 0 20
+				retention 168h
+				upload_deadline 30m
+				allow_delete_by_members
+				storage local /srv/attachments
+			}
+		}`, &Attachments{MaxSize: 10 << 20, GroupQuotaBytes: 1 << 30, GroupQuotaCount: 500, UploaderQuotaCount: 20,
+			Retention: caddy.Duration(168 * time.Hour), UploadDeadline: caddy.Duration(30 * time.Minute),
+			AllowDeleteByMembers: true, Storage: []byte(`{"backend":"local","root":"/srv/attachments"}`)}, ""},
+		{"off", `mimi {
+			attachments off
+		}`, &Attachments{Disabled: true}, ""},
+		{"duplicate", `mimi {
+			attachments {
+				max_size 1MiB
+				max_size 2MiB
+			}
+		}`, nil, "duplicate attachments option 'max_size'"},
+		{"too large", `mimi {
+			attachments {
+				max_size 2GiB
+			}
+		}`, nil, "invalid max_size '2GiB'"},
+		{"bad deadline", `mimi {
+			attachments {
+				upload_deadline 1s
+			}
+		}`, nil, "upload_deadline: 1s is outside"},
+		{"unknown", `mimi {
+			attachments {
+				quota 1
+			}
+		}`, nil, "unrecognized attachments option 'quota'"},
+		{"unknown backend", `mimi {
+			attachments {
+				storage nowhere
+			}
+		}`, nil, "nowhere"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := new(Gateway)
+			err := g.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := g.Attachments
+			if string(got.Storage) != string(tc.want.Storage) {
+				t.Fatalf("storage %s, want %s", got.Storage, tc.want.Storage)
+			}
+			got.Storage, tc.want.Storage = nil, nil
+			if fmt.Sprint(*got) != fmt.Sprint(*tc.want) {
+				t.Fatalf("got %+v, want %+v", *got, *tc.want)
+			}
+		})
+	}
+}
+
+// TestAttachmentsDisabled: attachments off answers 501.
+func TestAttachmentsDisabled(t *testing.T) {
+	e := newAttachEnv(t, &Attachments{Disabled: true})
+	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, []byte("x"))), nil)
+	answer(t, "upload", resp, body, http.StatusNotImplemented)
+}
