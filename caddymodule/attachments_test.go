@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -413,4 +414,88 @@ func TestAttachmentsDisabled(t *testing.T) {
 	e := newAttachEnv(t, &Attachments{Disabled: true})
 	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, []byte("x"))), nil)
 	answer(t, "upload", resp, body, http.StatusNotImplemented)
+}
+
+// TestContentPrefix: the streamed download's prefix followed by the
+// content is the encoding of the attachment_content DSResponse, at every
+// length of the <V> varint.
+func TestContentPrefix(t *testing.T) {
+	for _, size := range []int{0, 1, 63, 64, 16383, 16384, 100000} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			content := bytes.Repeat([]byte{0xab}, size)
+			want, err := wire.Marshal(&moh.DSResponse{Type: moh.ResponseAttachmentContent, Content: content})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := append(contentPrefix(int64(size)), content...); !bytes.Equal(got, want) {
+				t.Fatalf("prefix %x, want %x", got[:len(got)-size], want[:len(want)-size])
+			}
+		})
+	}
+}
+
+// genReader is n deterministic bytes that cost no memory.
+type genReader struct{ n, off int64 }
+
+func (g *genReader) Read(p []byte) (int, error) {
+	if g.off == g.n {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), g.n-g.off)]
+	for i := range p {
+		p[i] = byte((g.off + int64(i)) * 7)
+	}
+	g.off += int64(len(p))
+	return len(p), nil
+}
+
+// TestAttachmentLargeOverTLSMemory: a 64 MiB upload and its download
+// through the gateway over TLS allocate a bounded amount in total (client
+// and server in this process), so neither holds the attachment in memory.
+func TestAttachmentLargeOverTLSMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("moves 128 MiB over loopback")
+	}
+	const size = 64 << 20
+	e := newAttachEnv(t, nil)
+	h := sha256.New()
+	io.Copy(h, &genReader{n: size})
+	head := e.sign(t, e.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: e.group, ContentLength: size, ContentHash: h.Sum(nil)}})
+
+	var before, mid, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/attachment_upload", io.MultiReader(bytes.NewReader(head), &genReader{n: size}))
+	req.ContentLength = int64(len(head)) + size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := e.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	token := answer(t, "upload", resp, body, http.StatusOK).Token
+	runtime.ReadMemStats(&mid)
+
+	down := e.sign(t, e.bob, 1, moh.RequestBody{Type: moh.AttachmentDownload, Attachment: moh.AttachmentRef{GroupID: e.group, Token: token}})
+	req, _ = http.NewRequest(http.MethodPost, e.srv.URL+"/attachment_download", bytes.NewReader(down))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = e.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dh := sha256.New()
+	n, err := io.Copy(dh, resp.Body)
+	resp.Body.Close()
+	runtime.ReadMemStats(&after)
+	if err != nil || resp.StatusCode != http.StatusOK || n != size+int64(len(contentPrefix(size))) {
+		t.Fatalf("download: status %d, %d bytes, %v", resp.StatusCode, n, err)
+	}
+	up, dl := mid.TotalAlloc-before.TotalAlloc, after.TotalAlloc-mid.TotalAlloc
+	t.Logf("64 MiB over TLS: upload allocated %d KiB, download %d KiB (client and server); heap in use after %d KiB",
+		up>>10, dl>>10, after.HeapInuse>>10)
+	if up > 16<<20 || dl > 16<<20 {
+		t.Fatalf("a 64 MiB upload allocated %d bytes and its download %d: not streamed", up, dl)
+	}
 }

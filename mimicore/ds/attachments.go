@@ -443,28 +443,3 @@ func (a *Attachments) Sweep(ctx context.Context, now time.Time) (SweepStats, err
 	}
 	return st, nil
 }
-
-// RunSweeper calls Sweep every interval until ctx ends, logging what it
-// removed and its failures. now is the clock (nil: time.Now).
-func (a *Attachments) RunSweeper(ctx context.Context, interval time.Duration, now func() time.Time) {
-	if now == nil {
-		now = time.Now
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		st, err := a.Sweep(ctx, now())
-		switch {
-		case err != nil && ctx.Err() == nil:
-			a.logger().Error("sweeping attachments", zap.Error(err))
-		case st != (SweepStats{}):
-			a.logger().Info("swept attachments", zap.Int("expired", st.Expired),
-				zap.Int("objects", st.Objects), zap.Int("temporary", st.Temporary))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
