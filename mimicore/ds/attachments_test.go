@@ -33,12 +33,12 @@ type attachFixture struct {
 	signed atomic.Int64
 }
 
-// skew is the next request's timestamp offset.
+// skew is the next request's timestamp offset, within the 300 s window.
 func (f *attachFixture) skew() time.Duration {
-	return time.Duration(f.signed.Add(1)) * time.Second
+	return time.Duration(f.signed.Add(1)%250) * time.Second
 }
 
-func newAttachFixture(t *testing.T, edit func(a *Attachments)) *attachFixture {
+func newAttachFixture(t testing.TB, edit func(a *Attachments)) *attachFixture {
 	t.Helper()
 	f := newFixture(t)
 	root := filepath.Join(t.TempDir(), "attachments")
@@ -600,4 +600,56 @@ func TestAttachmentReplayAndOff(t *testing.T) {
 	}
 	_, err = f.svc.Download(context.Background(), req)
 	wantCode(t, "download without the service", err, moh.CodeNotImplemented)
+}
+
+// FuzzAttachmentUpload uploads arbitrary content under a header whose
+// length and hash may or may not match it: an upload succeeds exactly
+// when the content matches the header, and a refused one leaves nothing
+// (no record, no quota held, no byte on disk).
+func FuzzAttachmentUpload(f *testing.F) {
+	f.Add([]byte("hello"), int16(0), true)
+	f.Add([]byte("hello"), int16(-1), true)
+	f.Add([]byte("hello"), int16(3), true)
+	f.Add([]byte(""), int16(0), false)
+	f.Add(bytes.Repeat([]byte{1}, 70000), int16(0), false)
+	fx := newAttachFixture(f, nil)
+	f.Fuzz(func(t *testing.T, content []byte, delta int16, hashOK bool) {
+		size := int64(len(content)) + int64(delta)
+		if size < 0 {
+			size = 0
+		}
+		h := sha256.Sum256(content)
+		if !hashOK {
+			h[0] ^= 1
+		}
+		before, err := fx.st.GroupAttachmentUsage(context.Background(), fx.g1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := fx.upload(t, fx.alice, 0, fx.g1, uint64(size), h[:], bytes.NewReader(content))
+		match := hashOK && size == int64(len(content))
+		after, _ := fx.st.GroupAttachmentUsage(context.Background(), fx.g1)
+		if err == nil {
+			if !match {
+				t.Fatalf("an upload of %d bytes declared as %d (hash ok %v) was stored", len(content), size, hashOK)
+			}
+			got, err := fx.download(t, fx.alice, 0, fx.g1, tok)
+			if err != nil || !bytes.Equal(got, content) {
+				t.Fatalf("download of a stored upload: %v", err)
+			}
+			return
+		}
+		if code := codeOf(err); code != moh.CodeContentMismatch && code != moh.CodeReplay {
+			t.Fatalf("refused with %v: %v", code, err)
+		}
+		if match && codeOf(err) != moh.CodeReplay {
+			t.Fatalf("a matching upload was refused: %v", err)
+		}
+		if after != before {
+			t.Fatalf("a refused upload changed the usage from %+v to %+v", before, after)
+		}
+		if _, tmp := fx.files(t); tmp != 0 {
+			t.Fatalf("%d temporary files after a refused upload", tmp)
+		}
+	})
 }
