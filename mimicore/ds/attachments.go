@@ -212,6 +212,9 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		return nil, unavailable("committing the attachment object", err)
 	}
 	if err := a.Store.CommitAttachment(cleanup, rec.TokenHash, s.now().Add(a.retention())); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, moh.Errorf(moh.CodeBodyTimeout, "the upload outlasted its deadline of %s", a.uploadDeadline())
+		}
 		return nil, unavailable("committing the attachment record", err)
 	}
 	committed = true
@@ -255,10 +258,13 @@ func (a *Attachments) stream(w io.Writer, hasher interface {
 }
 
 // release drops a pending upload's reservation and its object, whose
-// bytes were never committed or must go. A failure is logged: the record's
+// bytes were never committed or must go. A reservation already gone (the
+// upload outlasted its deadline and the sweeper removed it, possibly
+// before the bytes were committed) still has its bytes deleted: the object
+// name is this upload's alone. Other failures are logged: the record's
 // deadline lets the sweeper finish the job.
 func (a *Attachments) release(ctx context.Context, tokenHash [32]byte, object string) {
-	if _, err := a.Store.ReleaseAttachment(ctx, tokenHash); err != nil {
+	if _, err := a.Store.ReleaseAttachment(ctx, tokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		a.logger().Error("releasing a failed upload", zap.Error(err))
 		return
 	}

@@ -653,3 +653,36 @@ func FuzzAttachmentUpload(f *testing.F) {
 		}
 	})
 }
+
+// TestAttachmentUploadPastDeadline: an upload that outlasts its deadline,
+// so that the sweeper removed its reservation while it streamed, is
+// refused and leaves no bytes behind, although its object was committed
+// in the backend after the sweep.
+func TestAttachmentUploadPastDeadline(t *testing.T) {
+	f := newAttachFixture(t, func(a *Attachments) { a.UploadDeadline = time.Minute })
+	data := []byte("slow upload")
+	h := sha256.Sum256(data)
+	swept := make(chan struct{})
+	content := readerFunc(func(p []byte) (int, error) {
+		select {
+		case <-swept:
+			return 0, io.EOF
+		default:
+		}
+		// Mid-stream: the deadline passes and the sweeper runs.
+		f.now = f.now.Add(2 * time.Minute)
+		if st, err := f.a.Sweep(context.Background(), f.now); err != nil || st.Expired != 1 {
+			t.Errorf("sweep during the upload: %+v, %v", st, err)
+		}
+		close(swept)
+		return copy(p, data), nil
+	})
+	_, err := f.upload(t, f.alice, 0, f.g1, uint64(len(data)), h[:], content)
+	wantCode(t, "upload past its deadline", err, moh.CodeBodyTimeout)
+	f.wantNothingLeft(t)
+}
+
+// readerFunc is a Reader from a function.
+type readerFunc func([]byte) (int, error)
+
+func (r readerFunc) Read(p []byte) (int, error) { return r(p) }
