@@ -46,7 +46,7 @@ type attachEnv struct {
 	signedCount int
 }
 
-func newAttachEnv(t *testing.T, a *Attachments) *attachEnv {
+func newAttachEnv(t testing.TB, a *Attachments) *attachEnv {
 	t.Helper()
 	e := &attachEnv{cs: mls.X25519AES128GCMSHA256Ed25519, group: []byte("attachment test group")}
 	e.g = provisioned(t, &Gateway{Providers: []string{"a.example"}, DSDomain: "ds.a.example", Attachments: a})
@@ -100,7 +100,7 @@ func newAttachEnv(t *testing.T, a *Attachments) *attachEnv {
 
 // sign signs body as c at leaf index, each request a second apart so no
 // two are the same signed bytes.
-func (e *attachEnv) sign(t *testing.T, c *mlstest.Client, index uint32, body moh.RequestBody) []byte {
+func (e *attachEnv) sign(t testing.TB, c *mlstest.Client, index uint32, body moh.RequestBody) []byte {
 	t.Helper()
 	e.signedCount++
 	b, err := ds.SignRequest(e.cs, c.Signer, body, ds.ClientSignature(index, time.Now().Add(time.Duration(e.signedCount)*time.Second)))
@@ -143,7 +143,7 @@ func (e *attachEnv) uploadBody(t *testing.T, group []byte, ct []byte) []byte {
 }
 
 // answer decodes a DSResponse and checks its status.
-func answer(t *testing.T, what string, resp *http.Response, body []byte, status int) *moh.DSResponse {
+func answer(t testing.TB, what string, resp *http.Response, body []byte, status int) *moh.DSResponse {
 	t.Helper()
 	var r moh.DSResponse
 	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil {
@@ -498,4 +498,76 @@ func TestAttachmentLargeOverTLSMemory(t *testing.T) {
 	if up > 16<<20 || dl > 16<<20 {
 		t.Fatalf("a 64 MiB upload allocated %d bytes and its download %d: not streamed", up, dl)
 	}
+}
+
+// BenchmarkAttachmentTransfer moves a 256 MiB attachment up and down
+// through the gateway over TLS 1.3 on loopback, and serves the same bytes
+// from a file with net/http's file server (what Caddy's file_server uses)
+// in the same run, for comparison. Run with -benchtime=1x.
+func BenchmarkAttachmentTransfer(b *testing.B) {
+	const size = 256 << 20
+	e := newAttachEnv(b, &Attachments{MaxSize: 1<<30 - 9})
+	h := sha256.New()
+	io.Copy(h, &genReader{n: size})
+	sum := h.Sum(nil)
+	file := filepath.Join(b.TempDir(), "same.bin")
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	io.Copy(f, &genReader{n: size})
+	f.Close()
+	fs := httptest.NewUnstartedServer(http.FileServer(http.Dir(filepath.Dir(file))))
+	fs.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+	fs.StartTLS()
+	defer fs.Close()
+
+	var token []byte
+	b.Run("upload", func(b *testing.B) {
+		b.SetBytes(size)
+		for range b.N {
+			head := e.sign(b, e.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+				GroupID: e.group, ContentLength: size, ContentHash: sum}})
+			req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/attachment_upload", io.MultiReader(bytes.NewReader(head), &genReader{n: size}))
+			req.ContentLength = int64(len(head)) + size
+			req.Header.Set("Content-Type", "application/octet-stream")
+			resp, err := e.c.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			token = answer(b, "upload", resp, body, http.StatusOK).Token
+		}
+	})
+	b.Run("download", func(b *testing.B) {
+		b.SetBytes(size)
+		for range b.N {
+			down := e.sign(b, e.bob, 1, moh.RequestBody{Type: moh.AttachmentDownload, Attachment: moh.AttachmentRef{GroupID: e.group, Token: token}})
+			req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/attachment_download", bytes.NewReader(down))
+			req.Header.Set("Content-Type", "application/octet-stream")
+			resp, err := e.c.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if n, _ := io.Copy(io.Discard, resp.Body); n < size {
+				b.Fatalf("downloaded %d bytes", n)
+			}
+			resp.Body.Close()
+		}
+	})
+	b.Run("file_server", func(b *testing.B) {
+		b.SetBytes(size)
+		c := fs.Client()
+		for range b.N {
+			resp, err := c.Get(fs.URL + "/same.bin")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if n, _ := io.Copy(io.Discard, resp.Body); n != size {
+				b.Fatalf("served %d bytes", n)
+			}
+			resp.Body.Close()
+		}
+	})
 }
