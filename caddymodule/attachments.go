@@ -261,8 +261,12 @@ func (g *Gateway) serveUpload(x *exchange) {
 	ctx := x.r.Context()
 	req, n, err := g.ds.AuthenticatePrefix(ctx, head)
 	if err != nil {
-		x.closeAfter()
-		g.refuse(x, err)
+		// A group hosted elsewhere: not_found here, the whole upload
+		// streamed to its hub.
+		if moh.DSErrorOf(err).Code != moh.CodeNotFound || !g.relayUpload(x, head) {
+			x.closeAfter()
+			g.refuse(x, err)
+		}
 		return
 	}
 	if cl := x.r.ContentLength; cl >= 0 && uint64(cl-int64(n)) != req.Body.Body.Upload.ContentLength {
@@ -350,7 +354,9 @@ func (g *Gateway) serveDownload(x *exchange) {
 	ctx := x.r.Context()
 	req, err := g.ds.Authenticate(ctx, body)
 	if err != nil {
-		g.refuse(x, err)
+		if moh.DSErrorOf(err).Code != moh.CodeNotFound || !g.relayStream(x, body, bytes.NewReader(body), int64(len(body))) {
+			g.refuse(x, err)
+		}
 		return
 	}
 	if err := x.admitMember(ctx, req.GroupID, req.Member); err != nil {
@@ -360,7 +366,9 @@ func (g *Gateway) serveDownload(x *exchange) {
 	req.Source = x.adm.ClientIP
 	d, err := g.ds.Download(ctx, req)
 	if err != nil {
-		g.refuse(x, err)
+		if moh.DSErrorOf(err).Code != moh.CodeNotFound || !g.relayStream(x, body, bytes.NewReader(body), int64(len(body))) {
+			g.refuse(x, err)
+		}
 		return
 	}
 	defer d.Object.Close()
@@ -384,6 +392,70 @@ func (g *Gateway) serveDownload(x *exchange) {
 			c.Write(zap.String("remote_ip", remoteIP(x.r)), zap.Error(err))
 		}
 	}
+}
+
+// relayUpload streams an upload whose group this gateway does not host to
+// the group's hub, when it knows one (relayStream): the DSRequest at the
+// start of head, then the rest of the body as it arrives.
+func (g *Gateway) relayUpload(x *exchange, head []byte) bool {
+	_, n, err := moh.DecodeDSRequestPrefix(head)
+	if err != nil {
+		return false
+	}
+	end := time.Now().Add(ds.DefaultUploadDeadline)
+	if a := g.Attachments; a != nil && a.UploadDeadline > 0 {
+		end = time.Now().Add(time.Duration(a.UploadDeadline))
+	}
+	body := &uploadBody{x: x, r: x.body(), end: end}
+	defer body.stop()
+	return g.relayStream(x, head[:n], io.MultiReader(bytes.NewReader(head), body), x.r.ContentLength)
+}
+
+// relayHeaders are the headers of a hub's attachment answer that a
+// relaying gateway passes on.
+var relayHeaders = []string{"Content-Type", "Cache-Control", "Content-Length", "Content-Range", "ETag", "Accept-Ranges"}
+
+// relayStream is relayToHub for the streamed attachment endpoints: signed
+// is the client's DSRequest (to find the group's hub), body what goes to
+// the hub (size bytes, or unknown when negative), with the client's Range
+// header; the hub's answer (status, its headers of relayHeaders, body)
+// is streamed back unchanged. It reports whether it answered.
+func (g *Gateway) relayStream(x *exchange, signed []byte, body io.Reader, size int64) bool {
+	ctx := x.r.Context()
+	hub, err := g.ds.HubElsewhere(ctx, signed)
+	if err != nil {
+		g.refuse(x, err)
+		return true
+	}
+	if hub == "" {
+		return false
+	}
+	var header http.Header
+	if rng := x.r.Header.Get("Range"); rng != "" {
+		header = http.Header{"Range": {rng}}
+	}
+	resp, err := g.svc.Fetcher().RelayStream(ctx, hub, x.rt.path, body, size, header)
+	if err != nil {
+		g.sampled.Warn("relaying an attachment request to the group's hub failed", zap.String("hub", hub),
+			zap.String("endpoint", x.rt.path), zap.Error(err))
+		x.closeAfter()
+		g.refuse(x, moh.Errorf(moh.CodeBackendUnavailable, "the group's hub %s could not be reached", hub))
+		return true
+	}
+	defer resp.Body.Close()
+	h := x.w.Header()
+	for _, k := range relayHeaders {
+		if v := resp.Header.Values(k); len(v) > 0 {
+			h[k] = v
+		}
+	}
+	x.w.WriteHeader(resp.StatusCode)
+	if _, err := io.Copy(x.w, resp.Body); err != nil {
+		if c := g.logger.Check(zap.DebugLevel, "relayed attachment answer cut off"); c != nil {
+			c.Write(zap.String("hub", hub), zap.Error(err))
+		}
+	}
+	return true
 }
 
 // contentPrefix is the encoding of an attachment_content(8) DSResponse up
