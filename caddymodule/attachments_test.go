@@ -43,6 +43,7 @@ type attachEnv struct {
 	aliceM      *mls.Member
 	bobM        *mls.Member
 	group       []byte
+	group2      []byte // alice alone
 	signedCount int
 }
 
@@ -79,6 +80,16 @@ func newAttachEnv(t testing.TB, a *Attachments) *attachEnv {
 		t.Fatal(err)
 	}
 	if _, err := st.CommitEpoch(t.Context(), store.EpochCommit{Base: first.State(), Next: e.aliceM.State()}); err != nil {
+		t.Fatal(err)
+	}
+	// A second group, of alice alone, as a copy's target.
+	e.group2 = []byte("attachment copy target")
+	second, err := mls.NewGroup(mls.GroupOptions{CipherSuite: e.cs, GroupID: e.group2, Leaf: &e.alice.KeyPackage.LeafNode,
+		LeafKey: e.alice.LeafKey, Signer: e.alice.Signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateGroup(t.Context(), store.GroupCreation{Hub: "a.example", State: second.State()}); err != nil {
 		t.Fatal(err)
 	}
 	e.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -250,6 +261,27 @@ func TestAttachmentsOverTLS(t *testing.T) {
 		// Wrong content type.
 		resp, body = e.post(t, "/attachment_upload", bytes.NewReader(up), http.Header{"Content-Type": {"text/plain"}})
 		answer(t, "content type", resp, body, http.StatusUnsupportedMediaType)
+	})
+
+	t.Run("copy", func(t *testing.T) {
+		cp := func(index uint32) moh.RequestBody {
+			return moh.RequestBody{Type: moh.AttachmentCopy, Copy: moh.AttachmentCopyRequest{GroupID: e.group, Token: token,
+				TargetGroupID: e.group2, TargetSenderIndex: index}}
+		}
+		// bob is not in the target group.
+		resp, body := e.post(t, "/attachment_copy", bytes.NewReader(e.sign(t, e.bob, 1, cp(0))), nil)
+		if r := answer(t, "copy by bob", resp, body, http.StatusNotFound); r.Error.Code != moh.CodeNotFound {
+			t.Fatalf("code %v", r.Error.Code)
+		}
+		resp, body = e.post(t, "/attachment_copy", bytes.NewReader(e.sign(t, e.alice, 0, cp(0))), nil)
+		copied := answer(t, "copy by alice", resp, body, http.StatusOK).Token
+		resp, body = e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.alice, 0, download(e.alice, 0, e.group2, copied))), nil)
+		if r := answer(t, "download of the copy", resp, body, http.StatusOK); !bytes.Equal(r.Content, sealed.Ciphertext) {
+			t.Fatal("the copy's content differs")
+		}
+		del := moh.RequestBody{Type: moh.AttachmentDelete, Attachment: moh.AttachmentRef{GroupID: e.group2, Token: copied}}
+		resp, body = e.post(t, "/attachment_delete", bytes.NewReader(e.sign(t, e.alice, 0, del)), nil)
+		answer(t, "delete of the copy", resp, body, http.StatusOK)
 	})
 
 	t.Run("delete", func(t *testing.T) {
@@ -493,6 +525,7 @@ func TestAttachmentLargeOverTLSMemory(t *testing.T) {
 		t.Fatalf("download: status %d, %d bytes, %v", resp.StatusCode, n, err)
 	}
 	up, dl := mid.TotalAlloc-before.TotalAlloc, after.TotalAlloc-mid.TotalAlloc
+	t.Logf("peak RSS of the test process (client and gateway): %s", peakRSS())
 	t.Logf("64 MiB over TLS: upload allocated %d KiB, download %d KiB (client and server); heap in use after %d KiB",
 		up>>10, dl>>10, after.HeapInuse>>10)
 	if up > 16<<20 || dl > 16<<20 {
@@ -556,6 +589,7 @@ func BenchmarkAttachmentTransfer(b *testing.B) {
 			resp.Body.Close()
 		}
 	})
+	b.Logf("peak RSS of the benchmark process (client and gateway) after upload and download: %s", peakRSS())
 	b.Run("file_server", func(b *testing.B) {
 		b.SetBytes(size)
 		c := fs.Client()
@@ -570,4 +604,18 @@ func BenchmarkAttachmentTransfer(b *testing.B) {
 			resp.Body.Close()
 		}
 	})
+}
+
+// peakRSS is the process's peak resident set (VmHWM), where /proc has it.
+func peakRSS() string {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
 }
