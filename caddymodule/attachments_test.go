@@ -619,3 +619,62 @@ func peakRSS() string {
 	}
 	return "unknown"
 }
+
+// TestAttachmentStorageProvision: the local backend is the default, under
+// data_dir/attachments, whether the storage is unset or names local
+// without a root; a root given is used as it is.
+func TestAttachmentStorageProvision(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "elsewhere")
+	for _, tc := range []struct {
+		name    string
+		storage string
+		want    func(dataDir string) string
+	}{
+		{"unset", "", func(d string) string { return filepath.Join(d, attachmentsDir) }},
+		{"local without root", `{"backend":"local"}`, func(d string) string { return filepath.Join(d, attachmentsDir) }},
+		{"local with root", `{"backend":"local","root":"` + root + `"}`, func(string) string { return root }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &Attachments{}
+			if tc.storage != "" {
+				a.Storage = []byte(tc.storage)
+			}
+			g := provisioned(t, &Gateway{Providers: []string{"a.example"}, DSDomain: "ds.a.example", Attachments: a})
+			if g.ds.Attachments == nil {
+				t.Fatal("attachments are off")
+			}
+			var got string
+			switch b := g.ds.Attachments.Backend.(type) {
+			case *LocalStorage:
+				got = b.Root
+			default:
+				t.Fatalf("backend %T", b)
+			}
+			if got != tc.want(g.DataDir) {
+				t.Fatalf("root %s, want %s", got, tc.want(g.DataDir))
+			}
+			if st, err := os.Stat(filepath.Join(got, "objects")); err != nil || !st.IsDir() {
+				t.Fatalf("the backend's directory: %v", err)
+			}
+		})
+	}
+	// Off: no service, the endpoints answer 501.
+	g := provisioned(t, &Gateway{Providers: []string{"a.example"}, DSDomain: "ds.a.example", Attachments: &Attachments{Disabled: true}})
+	if g.ds.Attachments != nil {
+		t.Fatal("attachments off but a service is set")
+	}
+	// A module that is not a storage backend is refused.
+	bad := &Gateway{Providers: []string{"a.example"}, DSDomain: "ds.a.example", DataDir: t.TempDir(),
+		Attachments: &Attachments{Storage: []byte(`{"backend":"nowhere"}`)}}
+	err := bad.Provision(caddyContext(t))
+	bad.Cleanup() // as Caddy does after a failed Provision
+	if err == nil || !strings.Contains(err.Error(), "attachments storage") {
+		t.Fatalf("unknown backend: %v", err)
+	}
+}
+
+func caddyContext(t *testing.T) caddy.Context {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -293,8 +293,6 @@ type Download struct {
 	// ContentHash is the group suite's hash of the ciphertext, as the
 	// uploader declared and the Delivery Service checked it.
 	ContentHash []byte
-	// Created is when the attachment was uploaded (or copied).
-	Created time.Time
 }
 
 // Download opens the attachment of an authenticated attachment_download.
@@ -326,7 +324,7 @@ func (s *Service) Download(ctx context.Context, r *Request) (*Download, error) {
 	if err != nil {
 		return nil, unavailable("opening the attachment", err)
 	}
-	return &Download{Object: obj, Size: obj.Size(), ContentHash: rec.ContentHash, Created: rec.Created}, nil
+	return &Download{Object: obj, Size: obj.Size(), ContentHash: rec.ContentHash}, nil
 }
 
 // handleAttachment serves attachment_delete and attachment_copy, whose
