@@ -678,3 +678,29 @@ func caddyContext(t *testing.T) caddy.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// TestAttachmentAdmission: the admission policy covers the attachment
+// endpoints like any other: a member zone on uploads refuses the second
+// upload of the same member with 429, and stores nothing of it.
+func TestAttachmentAdmission(t *testing.T) {
+	e := newAttachEnv(t, nil)
+	e.g.Cleanup()
+	g := provisioned(t, &Gateway{Providers: []string{"a.example"}, DSDomain: "ds.a.example", DataDir: e.g.DataDir,
+		RateLimits: []*RateLimitZone{{Name: "per_member", Key: "member", Events: 1, Window: caddy.Duration(time.Hour),
+			Endpoints: []string{"attachment_upload", "attachment_download"}}}})
+	e.g = g
+	up := func() *http.Response {
+		resp, _ := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, []byte("ciphertext"))), nil)
+		return resp
+	}
+	if resp := up(); resp.StatusCode != http.StatusOK {
+		t.Fatalf("first upload: %d", resp.StatusCode)
+	}
+	resp := up()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("second upload by the same member: %d, want 429 with Retry-After", resp.StatusCode)
+	}
+	if u, _ := g.svc.Store().GroupAttachmentUsage(context.Background(), e.group); u.Count != 1 {
+		t.Fatalf("the refused upload stored something: %+v", u)
+	}
+}
