@@ -213,12 +213,16 @@ func startSweeper() *sweeper {
 			case <-t.C:
 			}
 			if a := s.current.Load(); a != nil {
+				logger := a.Logger
+				if logger == nil {
+					logger = zap.NewNop()
+				}
 				st, err := a.Sweep(ctx, time.Now())
 				switch {
 				case err != nil && ctx.Err() == nil:
-					a.Logger.Error("sweeping attachments", zap.Error(err))
+					logger.Error("sweeping attachments", zap.Error(err))
 				case st != (ds.SweepStats{}):
-					a.Logger.Info("swept attachments", zap.Int("expired", st.Expired),
+					logger.Info("swept attachments", zap.Int("expired", st.Expired),
 						zap.Int("objects", st.Objects), zap.Int("temporary", st.Temporary))
 				}
 			}
