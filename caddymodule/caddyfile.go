@@ -42,6 +42,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			root_ca      <pem_file>
 //			trust_pki_ca <ca_id>
 //			timeout      <duration>
+//			max_backoff   <duration>
+//			give_up_after <duration>
+//		}
+//		delivery local_queues
+//		delivery backend <url> {
+//			key      <value>
+//			key_file <path>
+//			timeout  <duration>
 //		}
 //		rate_limit <zone> {
 //			key        remote_ip|ip_prefix <v4_bits> <v6_bits>|sender_provider|group|member|<placeholder>
@@ -71,6 +79,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			allow <domain...>
 //			deny  <domain...>
 //		}
+//		mutual_tls {
+//			present_only
+//			root_ca      <pem_file>
+//			trust_pki_ca <ca_id>
+//			system_roots
+//			certificate  <cert_file> <key_file>
+//		}
 //		unchecked_client_bindings
 //		attachments [off] {
 //			max_size                <size>
@@ -85,7 +100,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // Every option may appear once, except resolve, root_ca and trust_pki_ca in
 // federation, rate_limit (once per zone name), token_key in privacy_pass,
-// key in issuer, and allow and deny in peers.
+// key in issuer, allow and deny in peers, and root_ca and trust_pki_ca in
+// mutual_tls.
+//
+// mutual_tls (docs/protocol.md §4.4) presents this gateway's certificate
+// (Caddy's for the ds_domain host, or the certificate files) when it sends
+// to peers, and requires every provider-signed request to come with a
+// client certificate that names the sender's DS authority and chains to the
+// system roots, or to root_ca and trust_pki_ca (plus the system roots with
+// system_roots); present_only only presents. The site must ask for client
+// certificates with tls { client_auth { mode request } }.
 //
 // An endpoint is named by its path (/connection_request) or by the path
 // without the slash (connection_request); the issuer's request path is also
@@ -102,6 +126,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		endpoints  connection_request
 //		over_limit token
 //	}
+//
+// delivery chooses where messages for this provider's own clients go: the
+// local queues (the default), or the legacy backend at url, signed with
+// the key (a placeholder such as {env.MIMI_BACKEND_KEY}, or key_file), as
+// docs/protocol.md §11 describes.
 //
 // unchecked_client_bindings switches the Delivery Service's client binding
 // check off; it is only for replaying recorded third-party MLS transcripts,
@@ -185,6 +214,15 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					return d.Errf("invalid trusted_tls_proxies: %v", err)
 				}
 			}
+		case "mutual_tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			m, err := unmarshalMutualTLS(d)
+			if err != nil {
+				return err
+			}
+			g.MutualTLS = m
 		case "federation":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -194,6 +232,12 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			g.Federation = f
+		case "delivery":
+			dl, err := unmarshalDelivery(d)
+			if err != nil {
+				return err
+			}
+			g.Delivery = dl
 		case "rate_limit":
 			z, err := unmarshalRateLimit(d)
 			if err != nil {

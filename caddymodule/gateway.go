@@ -108,6 +108,11 @@ type Gateway struct {
 	// Federation sets how peers' keys are fetched.
 	Federation *Federation `json:"federation,omitempty"`
 
+	// Delivery chooses where messages for this provider's own clients
+	// go: the local queues, or the legacy backend (docs/protocol.md §11).
+	// Default: the local queues.
+	Delivery *Delivery `json:"delivery,omitempty"`
+
 	// RateLimits are the named rate-limit zones (policy.go). Default: none.
 	RateLimits []*RateLimitZone `json:"rate_limits,omitempty"`
 
@@ -121,6 +126,11 @@ type Gateway struct {
 	// Peers restricts the provider domains that may send provider
 	// requests. Default: every provider whose signature verifies.
 	Peers *PeerList `json:"peers,omitempty"`
+
+	// MutualTLS requires peers' provider requests to come with a TLS
+	// client certificate that names their DS authority, and presents this
+	// gateway's certificate to peers (mtls.go). Default: off.
+	MutualTLS *MutualTLS `json:"mutual_tls,omitempty"`
 
 	// UncheckedClientBindings switches off the Delivery Service's check of
 	// client bindings (docs/protocol.md §5.6): leaves without a valid
@@ -153,6 +163,9 @@ type Gateway struct {
 	sampled *zap.Logger
 	// originKey is the origin's key in originPool, "" when none is held.
 	originKey string
+	// peerCerts checks peers' client certificates; nil unless mutual TLS
+	// is required (mtls.go).
+	peerCerts *provider.CertVerifier
 	// senderStarted is set while this config holds the data directory's
 	// federation sender in senderPool.
 	senderStarted bool
@@ -241,6 +254,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := g.provisionMutualTLS(ctx, &fetch); err != nil {
+		return err
+	}
 	g.svc, err = loadService(service.Options{
 		DataDir: g.DataDir,
 		Keys: provider.KeyRingOptions{
@@ -278,6 +294,11 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
 	}
+	backend, err := g.Delivery.backend()
+	if err != nil {
+		return err
+	}
+	g.ds.DeliverToBackend = backend != nil
 	if err := g.provisionAttachments(ctx); err != nil {
 		return err
 	}
@@ -305,6 +326,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	} else {
 		sender.SetPolicy(federation.Policy{})
 	}
+	sender.SetBackend(backend)
 	g.ds.Outbound, g.ds.PeerUp = sender.Wake, sender.PeerUp
 	return nil
 }
@@ -369,10 +391,16 @@ func (g *Gateway) Validate() error {
 	if _, err := parseScheme(g.KeyScheme); err != nil {
 		return err
 	}
+	if err := g.MutualTLS.validate(); err != nil {
+		return err
+	}
 	for _, c := range g.TrustedTLSProxies {
 		if _, err := parsePrefix(c); err != nil {
 			return fmt.Errorf("mimi: trusted_tls_proxies: %w", err)
 		}
+	}
+	if err := g.Delivery.validate(); err != nil {
+		return err
 	}
 	if err := g.validatePolicy(); err != nil {
 		return err

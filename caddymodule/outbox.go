@@ -77,11 +77,14 @@ var (
 		"Age of the oldest message waiting in the outbox for a destination provider.", []string{"data_dir", "destination"}, nil)
 	outboxFailuresDesc = prometheus.NewDesc("caddy_mimi_outbox_destination_failures",
 		"Delivery attempts to a destination that failed since its last success.", []string{"data_dir", "destination"}, nil)
+	fanoutLatencyDesc = prometheus.NewDesc("caddy_mimi_fanout_latency_seconds",
+		"End-to-end fan-out latency: from the Delivery Service's acceptance of a message to the destination provider's answer, retries included.",
+		[]string{"data_dir"}, nil)
 )
 
 func init() {
 	for name, help := range map[string]string{
-		"attempts":  "deliver_message requests the federation sender sent.",
+		"attempts":  "Delivery attempts of the federation sender: deliver_message requests and legacy backend POSTs.",
 		"delivered": "Outbox messages a destination accepted.",
 		"retried":   "Delivery attempts that failed and will be retried.",
 		"rejected":  "Outbox messages a destination refused for good, dropped.",
@@ -103,6 +106,7 @@ func (outboxStats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- outboxMessagesDesc
 	ch <- outboxOldestDesc
 	ch <- outboxFailuresDesc
+	ch <- fanoutLatencyDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -120,6 +124,11 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 			"rejected": st.Rejected, "given_up": st.GivenUp} {
 			ch <- prometheus.MustNewConstMetric(outboxCounterDescs[name], prometheus.CounterValue, float64(v), dir)
 		}
+		buckets := make(map[float64]uint64, len(federation.LatencyBounds))
+		for i, b := range federation.LatencyBounds {
+			buckets[b] = st.Latency.Cumulative[i]
+		}
+		ch <- prometheus.MustNewConstHistogram(fanoutLatencyDesc, st.Latency.Count, st.Latency.Sum.Seconds(), buckets, dir)
 		for _, d := range r.sender.Status() {
 			ch <- prometheus.MustNewConstMetric(outboxFailuresDesc, prometheus.GaugeValue, float64(d.Failures), dir, d.Destination)
 		}
@@ -138,7 +147,8 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 // adminOutbox is the admin API's view of the outboxes (module
 // admin.api.mimi): GET /mimi/outbox lists, per data directory, each
 // destination's backlog and delivery status; POST
-// /mimi/outbox/retry?destination=<domain> ends that destination's backoff
+// /mimi/outbox/retry?destination=<domain> (or @backend, the legacy
+// backend) ends that destination's backoff
 // in every sender, so it is tried at once.
 type adminOutbox struct{}
 
@@ -223,8 +233,8 @@ func (adminOutbox) retry(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
 	}
 	dest := r.URL.Query().Get("destination")
-	if !moh.ValidFQDN([]byte(dest)) {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("destination %q is not a provider domain", dest)}
+	if !moh.ValidFQDN([]byte(dest)) && dest != store.BackendDestination {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("destination %q is not a provider domain or %s", dest, store.BackendDestination)}
 	}
 	senderPool.Range(func(_, value any) bool {
 		if rs, ok := value.(*runningSender); ok {

@@ -24,12 +24,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
@@ -48,10 +50,34 @@ type peerSite struct {
 	addr string
 	cert tls.Certificate
 	srv  *httptest.Server
+	// clientAuth is the server's ClientAuth: tls.RequestClientCert for
+	// mutual TLS between providers.
+	clientAuth tls.ClientAuthType
+
+	clientOnce sync.Once
+	cl         *http.Client
+}
+
+// client is an HTTP/2 client of s over TLS 1.3 that trusts s's
+// certificate and dials s.addr whatever the name; made once, so its
+// connections are reused.
+func (s *peerSite) client() *http.Client {
+	s.clientOnce.Do(func() {
+		pool := x509.NewCertPool()
+		leafCert, _ := x509.ParseCertificate(s.cert.Certificate[0])
+		pool.AddCert(leafCert)
+		dialer := &net.Dialer{Timeout: 5 * time.Second}
+		s.cl = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return dialer.DialContext(ctx, network, s.addr)
+			},
+			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}}
+	})
+	return s.cl
 }
 
 // start serves the gateway on s.addr (again).
-func (s *peerSite) start(t *testing.T) {
+func (s *peerSite) start(t testing.TB) {
 	t.Helper()
 	var ln net.Listener
 	var err error
@@ -77,7 +103,7 @@ func (s *peerSite) start(t *testing.T) {
 	srv.Listener.Close()
 	srv.Listener = ln
 	srv.EnableHTTP2 = true
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS13}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS13, ClientAuth: s.clientAuth}
 	srv.StartTLS()
 	s.srv = srv
 }
@@ -91,7 +117,7 @@ func (s *peerSite) stop() {
 // twoProviders provisions gateways for a.localhost and b.localhost, each
 // on its own loopback port with a certificate for both names, each
 // resolving the other to its port and trusting the certificate.
-func twoProviders(t *testing.T) (a, b *peerSite) {
+func twoProviders(t testing.TB) (a, b *peerSite) {
 	t.Helper()
 	dir := t.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -145,7 +171,7 @@ type peerMember struct {
 
 const peerSuite = mls.X25519AES128GCMSHA256Ed25519
 
-func newPeerMember(t *testing.T, s *peerSite, user string) *peerMember {
+func newPeerMember(t testing.TB, s *peerSite, user string) *peerMember {
 	t.Helper()
 	c, err := mlstest.NewClient(peerSuite, moh.ClientURI(s.g.Providers[0], user, "phone"),
 		mlstest.Options{Issuer: &binding.Issuer{Domains: s.g.Providers, Keys: s.g.svc.Keys()}})
@@ -157,7 +183,7 @@ func newPeerMember(t *testing.T, s *peerSite, user string) *peerMember {
 
 // groupOp posts a DSRequest signed by c (as its leaf) to site's
 // /group_operation over TLS 1.3 and fails unless it is accepted.
-func groupOp(t *testing.T, site *peerSite, c *peerMember, body moh.RequestBody) {
+func groupOp(t testing.TB, site *peerSite, c *peerMember, body moh.RequestBody) {
 	t.Helper()
 	var leaf uint32
 	if c.m != nil {
@@ -167,17 +193,8 @@ func groupOp(t *testing.T, site *peerSite, c *peerMember, body moh.RequestBody) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	leafCert, _ := x509.ParseCertificate(site.cert.Certificate[0])
-	pool.AddCert(leafCert)
-	dialer := &net.Dialer{Timeout: 5 * time.Second}
-	cl := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, network, site.addr)
-		},
-		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}}
 	_, port, _ := net.SplitHostPort(site.addr)
-	resp, err := cl.Post("https://"+site.g.Providers[0]+":"+port+"/group_operation", "application/octet-stream", bytes.NewReader(req))
+	resp, err := site.client().Post("https://"+site.g.Providers[0]+":"+port+"/group_operation", "application/octet-stream", bytes.NewReader(req))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +208,7 @@ func groupOp(t *testing.T, site *peerSite, c *peerMember, body moh.RequestBody) 
 
 // waitQueue polls site's store until client's queue holds n messages and
 // returns them.
-func waitQueue(t *testing.T, site *peerSite, client string, n int) []store.QueuedMessage {
+func waitQueue(t testing.TB, site *peerSite, client string, n int) []store.QueuedMessage {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -208,7 +225,7 @@ func waitQueue(t *testing.T, site *peerSite, client string, n int) []store.Queue
 
 // waitOutboxEmpty polls site's outbox until nothing is pending for
 // destination.
-func waitOutboxEmpty(t *testing.T, site *peerSite, destination string) {
+func waitOutboxEmpty(t testing.TB, site *peerSite, destination string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -360,6 +377,23 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 	}
 	if again := waitQueue(t, b, bob.uri, 0); len(again) != 1+burst {
 		t.Fatalf("bob's queue holds %d messages, want each of the %d once", len(again), 1+burst)
+	}
+	// Every delivered message's end-to-end latency is in the histogram;
+	// those of the burst include the outage.
+	var latency *dto.Histogram
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			if f.GetName() == "caddy_mimi_fanout_latency_seconds" && len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == a.g.DataDir {
+				latency = m.GetHistogram()
+			}
+		}
+	}
+	if latency == nil || latency.GetSampleCount() < 1+burst || latency.GetSampleSum() <= 0 {
+		t.Fatalf("fan-out latency histogram of a: %v, want at least %d samples", latency, 1+burst)
 	}
 }
 

@@ -20,7 +20,8 @@ func statusOf(c moh.Code) int {
 	case moh.CodeMalformed, moh.CodeWrongRequestType, moh.CodeUnsupportedVersion, moh.CodeInvalidMLS,
 		moh.CodeContentMismatch:
 		return http.StatusBadRequest
-	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired:
+	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired,
+		moh.CodeCertRequired, moh.CodeBadCertificate:
 		return http.StatusUnauthorized
 	case moh.CodeForbidden:
 		return http.StatusForbidden

@@ -232,6 +232,10 @@ func (g *Gateway) serveProvider(x *exchange) {
 		g.refuse(x, err)
 		return
 	}
+	if err := g.checkPeerCertificate(ctx, x, v); err != nil {
+		g.refuse(x, err)
+		return
+	}
 	x.adm.Sender = v.Request.Sender
 	if err := x.rt.plan.Sender(ctx, &x.adm); err != nil {
 		g.refuse(x, err)

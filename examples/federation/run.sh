@@ -6,6 +6,10 @@
 #   examples/federation/run.sh           the scenario below, then stop
 #   examples/federation/run.sh crash     the scenario, then kill -9 of a
 #                                        during a burst of messages to b
+#   examples/federation/run.sh backend   b delivers to a legacy backend
+#                                        (backend.js, Node.js) instead of
+#                                        its local queues: alice's group
+#                                        reaches bob through it
 #   KEEP=1 ...                           keep the temporary directory
 #
 # Scenario (with mimictl, each user through their own provider's local
@@ -18,6 +22,11 @@
 # and restarted; every message whose send was acknowledged must reach bob
 # exactly once and in order, through a's outbox after the restart.
 #
+# backend: b runs with "delivery backend" (docs/protocol.md §11): what a
+# delivers for bob (the Welcome, alice's messages) is POSTed, signed, to
+# backend.js on 127.0.0.1:$PORT_BACKEND, which checks the signature, drops
+# duplicates and prints each message; bob's queue at b stays empty.
+#
 # Everything listens on 127.0.0.1; nothing leaves the machine, and nothing
 # is written outside a temporary directory (and the Go build cache).
 set -euo pipefail
@@ -25,7 +34,15 @@ cd "$(dirname "$0")/../.."
 
 PORT_A=${PORT_A:-18443}
 PORT_B=${PORT_B:-28443}
+PORT_BACKEND=${PORT_BACKEND:-18600}
 mode=${1:-scenario}
+case "$mode" in
+scenario | crash | backend) ;;
+*)
+	echo "usage: $0 [crash|backend]" >&2
+	exit 2
+	;;
+esac
 
 tmp=$(mktemp -d)
 pids=()
@@ -44,9 +61,9 @@ go build -o "$tmp/mimictl" ./cmd/mimictl
 go build -o "$tmp/mimiload" ./examples/loadtest/mimiload
 "$tmp/mimiload" setup -dir "$tmp" >/dev/null # the shared root CA: root-cert.pem, root-key.pem
 
-# caddyfile <provider> <port> <admin port> <other provider> <other port> <user> <password hash>
+# caddyfile <provider> <port> <admin port> <other provider> <other port> <user> <password hash> [<delivery option>]
 caddyfile() {
-	local p=$1 port=$2 admin=$3 other=$4 oport=$5 user=$6 hash=$7
+	local p=$1 port=$2 admin=$3 other=$4 oport=$5 user=$6 hash=$7 delivery=${8:-}
 	cat <<CADDY
 {
 	admin 127.0.0.1:$admin
@@ -84,6 +101,7 @@ $p.localhost:$port {
 			resolve $other.localhost 127.0.0.1:$oport
 			root_ca $tmp/root-cert.pem
 		}
+		$delivery
 	}
 	handle_path /local/* {
 		basic_auth {
@@ -102,7 +120,15 @@ CADDY
 hash() { "$tmp/caddy" hash-password --plaintext "$1"; }
 mkdir -p "$tmp/a" "$tmp/b"
 caddyfile a "$PORT_A" $((PORT_A + 2)) b "$PORT_B" alice "$(hash alice-secret)" >"$tmp/a/Caddyfile"
-caddyfile b "$PORT_B" $((PORT_B + 2)) a "$PORT_A" bob "$(hash bob-secret)" >"$tmp/b/Caddyfile"
+delivery_b=
+if [ "$mode" = backend ]; then
+	# The key shared by b and its backend: 32 random bytes in hex.
+	od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/backend.key"
+	delivery_b="delivery backend http://127.0.0.1:$PORT_BACKEND/mimi {
+			key_file $tmp/backend.key
+		}"
+fi
+caddyfile b "$PORT_B" $((PORT_B + 2)) a "$PORT_A" bob "$(hash bob-secret)" "$delivery_b" >"$tmp/b/Caddyfile"
 
 declare -A pid
 start() {
@@ -137,6 +163,42 @@ bob() {
 		-connect "127.0.0.1:$PORT_B" -ca "$tmp/root-cert.pem" -state "$tmp/bob" "$@"
 }
 show() { printf '$ %s\n' "$*"; "$@"; }
+
+if [ "$mode" = backend ]; then
+	say "starting b's legacy backend (examples/federation/backend.js) on 127.0.0.1:$PORT_BACKEND"
+	node examples/federation/backend.js -listen "127.0.0.1:$PORT_BACKEND" -key-file "$tmp/backend.key" >"$tmp/backend.out" 2>"$tmp/backend.err" &
+	pids+=("$!")
+	node examples/federation/backend.js -self-test
+	say "scenario: b delivers to its legacy backend"
+	show alice client init mimi://a.localhost/d/alice/laptop
+	show bob client init mimi://b.localhost/d/bob/phone
+	printf '$ G=$(alice group create)\n'
+	G=$(alice group create)
+	echo "$G"
+	show alice group add "$G" mimi://b.localhost/u/bob
+	show alice send "$G" hello bob
+	show alice send "$G" are you on the legacy backend
+	for _ in $(seq 1 100); do
+		[ "$(grep -c '^delivery ' "$tmp/backend.out")" -ge 3 ] && break
+		sleep 0.2
+	done
+	say "what b's legacy backend printed"
+	cat "$tmp/backend.out"
+	printf '$ curl -X POST --data {} http://127.0.0.1:%s/mimi   # unsigned\n' "$PORT_BACKEND"
+	curl -s -o /dev/null -w '%{http_code}\n' -X POST --data '{}' "http://127.0.0.1:$PORT_BACKEND/mimi"
+	show bob recv -wait 1s
+	printf '$ curl http://127.0.0.1:%s/mimi/outbox   # b'"'"'s outbox, admin API\n' $((PORT_B + 2))
+	curl -fsS "http://127.0.0.1:$((PORT_B + 2))/mimi/outbox"
+	echo
+	got=$(grep -c '^delivery ' "$tmp/backend.out" || true)
+	if [ "$got" -ne 3 ] || [ "$(grep -c ' welcome ' "$tmp/backend.out")" -ne 1 ] ||
+		[ "$(grep -c ' private_message ' "$tmp/backend.out")" -ne 2 ] || grep -q '^duplicate' "$tmp/backend.out"; then
+		echo "FAIL: the backend should have printed the Welcome and two messages for bob, once each" >&2
+		exit 1
+	fi
+	echo "OK: b's legacy backend got the Welcome and both messages for bob, once each, signed"
+	exit 0
+fi
 
 say "scenario"
 show alice client init mimi://a.localhost/d/alice/laptop

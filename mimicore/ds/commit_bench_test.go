@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto"
 	"fmt"
+	"github.com/caddy-mimi/caddy-mimi/internal/cputime"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -208,7 +209,7 @@ func (cs *commitStats) measure(b *testing.B, p *populated, what string, req []by
 	runtime.GC()
 	rows := p.st.Stats().GroupBytes
 	w0, ok0 := wchar()
-	c0, cok0 := cpuTime()
+	c0, cok0 := cputime.Process()
 	b.StartTimer()
 	start := time.Now()
 	r, err := p.svc.Authenticate(b.Context(), req)
@@ -217,7 +218,7 @@ func (cs *commitStats) measure(b *testing.B, p *populated, what string, req []by
 	}
 	took := time.Since(start)
 	b.StopTimer()
-	c1, cok1 := cpuTime()
+	c1, cok1 := cputime.Process()
 	if err != nil {
 		b.Fatalf("%s: %v", what, err)
 	}

@@ -101,6 +101,13 @@ type Service struct {
 	// accepted messages appends to; zero fields mean the store's
 	// defaults.
 	QueueLimits store.QueueLimits
+	// DeliverToBackend makes the legacy backend the delivery target of
+	// this provider's own clients (docs/protocol.md §11): what peers
+	// deliver for them and the local members' copies of what this DS
+	// accepts go to the outbox under store.BackendDestination, in the
+	// same write, instead of to their queues and the group logs. False
+	// (the default) delivers to the local queues.
+	DeliverToBackend bool
 	// Logger receives what the operator must know of and no peer may
 	// see: deliveries a full queue refused. Nil discards it.
 	Logger *zap.Logger
@@ -144,6 +151,7 @@ type Store interface {
 	store.GroupStore
 	store.Queues
 	store.KeyPackages
+	store.OutboxAdder
 }
 
 // Request is an authenticated client request.
@@ -298,10 +306,9 @@ func authName(t moh.AuthType) string {
 // ProcessProvider is the provider.Processor of every provider request
 // type (docs/protocol.md §4), chosen by the verified request's type:
 // deliver_message hands the message to local queues (deliverMessage),
-// group_key_packages and connection_key_packages claim from the KeyPackage
-// directory; connection_request lands with the rest of the federation
-// work, and until then it is authenticated, replay-checked and answered
-// not_implemented, and the answer is recorded like any other. Every
+// connection_request hands a connection Welcome to a local user's clients
+// (connectionRequest), group_key_packages and connection_key_packages
+// claim from the KeyPackage directory. Every
 // request tells PeerUp that its sender is reachable. A caller keeps the
 // method value once (it is on the hot path of every provider request).
 func (s *Service) ProcessProvider(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
@@ -315,6 +322,8 @@ func (s *Service) ProcessProvider(ctx context.Context, v *provider.Verified) (*m
 		return s.groupKeyPackages(ctx, v)
 	case moh.ConnectionKeyPackages:
 		return s.connectionKeyPackages(ctx, v)
+	case moh.ConnectionRequest:
+		return s.connectionRequest(ctx, v)
 	default:
 		return nil, moh.Errorf(moh.CodeNotImplemented, "%s is not implemented yet", typ)
 	}

@@ -37,6 +37,10 @@ type fanoutBuilder struct {
 // recipients (the BasicCredential identities of members, in leaf order).
 func (b *fanoutBuilder) add(msg []byte, sender []byte, recipients [][]byte) {
 	local := b.addRemote(msg, recipients)
+	if b.s.DeliverToBackend {
+		b.toBackend(msg, local)
+		return
+	}
 	for part := range slices.Chunk(local, store.MaxAppendRecipients) {
 		b.out.Local = append(b.out.Local, store.Delivery{Recipients: part, GroupID: b.groupID, Sender: clientSender(sender),
 			Message: msg, Limits: b.s.QueueLimits})
@@ -74,6 +78,12 @@ func (b *fanoutBuilder) post(msg, sender []byte, g *mls.GroupState, skip int64, 
 	// here is one of the store's members all the same.
 	if len(b.addRemote(msg, remote)) > 0 {
 		local = true
+	}
+	if b.s.DeliverToBackend {
+		if local {
+			b.postToBackend(msg, g, m.except)
+		}
+		return
 	}
 	if !local && len(m.join) == 0 {
 		return

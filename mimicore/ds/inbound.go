@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,25 +71,108 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 	}
 	msg, err := wire.Marshal(&q.Message)
 	if err != nil {
-		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: encoding the message: %v", err)
+		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: encoding the message: %w", err)
 	}
-	outs, err := s.Store.Append(ctx, store.Delivery{Recipients: local, GroupID: q.GroupID, Sender: sender, Message: msg,
-		Limits: s.QueueLimits, Dedup: deliverDigest(sender, q.GroupID, msg), DedupExpires: s.now().Add(DeliverDedupWindow)})
+	return s.queueFromPeer(ctx, v, "deliver_message", q.GroupID, local, msg, answer)
+}
+
+// queueFromPeer appends msg, which the verified request v from a group's
+// hub carries for group gid, to the queues of the local clients, once
+// (DeliverDedupWindow), with v's answer recorded in the same write, and
+// returns answer.
+func (s *Service) queueFromPeer(ctx context.Context, v *provider.Verified, what string, gid []byte, local []string, msg []byte, answer *moh.DSResponse) (*moh.DSResponse, error) {
+	sender := string(v.Request.Sender)
+	if s.DeliverToBackend {
+		return s.forwardToBackend(ctx, v, gid, local, msg, answer)
+	}
+	d := store.Delivery{Recipients: local, GroupID: gid, Sender: sender, Message: msg,
+		Limits: s.QueueLimits, Dedup: deliverDigest(sender, gid, msg, local), DedupExpires: s.now().Add(DeliverDedupWindow)}
+	// The answer is recorded in the same write as the queue entries.
+	if enc, err := wire.Marshal(answer); err == nil {
+		d.Replay = v.InlineReplay(enc)
+	}
+	outs, err := s.Store.Append(ctx, d)
 	switch {
 	case errors.Is(err, store.ErrDuplicate):
-		// Delivered before: the retry is answered like the first.
+		// Delivered before: the retry is answered like the first (and
+		// its answer recorded on its own: the Append wrote nothing).
 		return answer, nil
 	case err != nil:
-		return nil, moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: queueing: %w", err)
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: queueing: %w", what, err)
+	}
+	if d.Replay != nil {
+		v.ReplayRecorded()
 	}
 	for i, a := range outs {
 		if errors.Is(a.Err, store.ErrQueueFull) {
 			s.logger().Warn("a local queue is full: its client missed a message from a peer",
-				zap.String("sender", sender), zap.String("group_id", hex.EncodeToString(q.GroupID)),
+				zap.String("sender", sender), zap.String("group_id", hex.EncodeToString(gid)),
 				zap.String("client", local[i]), zap.Error(a.Err))
 		}
 	}
 	return answer, nil
+}
+
+// MaxConnectionWelcomeMembers bounds the new members of a connection
+// request's Welcome, each looked up in the KeyPackage directory: a
+// connection group starts with the two users' clients.
+const MaxConnectionWelcomeMembers = 256
+
+// connectionRequest serves connection_request (docs/protocol.md §9): a
+// Welcome into a connection group that the sender hosts, for a local
+// user who is being connected to one of the sender's users. The payload
+// decodes strictly (a Welcome); user_id must be a user of a provider
+// served here; the Welcome's new_member references name the KeyPackages
+// it adds, and each of user_id's clients whose KeyPackage (handed out by
+// connection_key_packages or group_key_packages, KeyPackageByRef) is
+// among them gets the Welcome in its queue, once, like a delivered
+// message. A Welcome that adds none of the user's clients is not_found,
+// exactly as for a user unknown here, so the answer enumerates no users.
+// The sender becomes the group's hub, by checkHub's rules for a Welcome.
+func (s *Service) connectionRequest(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
+	if s.Store == nil {
+		return nil, moh.Errorf(moh.CodeNotImplemented, "connection_request: this gateway keeps no queues")
+	}
+	var c moh.ConnectionRequestPayload
+	if err := wire.Unmarshal(v.Request.Payload, &c, "ConnectionRequest"); err != nil {
+		return nil, moh.Errorf(moh.CodeMalformed, "connection_request: %v", err)
+	}
+	prov, user, err := moh.ParseUserURI(c.UserID)
+	if err != nil {
+		return nil, moh.Errorf(moh.CodeMalformed, "connection_request: user_id is not a user URI")
+	}
+	if !slices.Contains(s.Providers, string(prov)) {
+		return nil, moh.Errorf(moh.CodeNotFound, "connection_request: user_id is not a user of this provider")
+	}
+	if n := len(c.Welcome.Welcome.Secrets); n > MaxConnectionWelcomeMembers {
+		return nil, moh.Errorf(moh.CodeMalformed, "connection_request: the Welcome adds %d members, over %d", n, MaxConnectionWelcomeMembers)
+	}
+	prefix := moh.ClientURI(string(prov), string(user), "")
+	var local []string
+	for _, sec := range c.Welcome.Welcome.Secrets {
+		kp, err := s.Store.KeyPackageByRef(ctx, sec.NewMember)
+		switch {
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrInvalid):
+			continue
+		case err != nil:
+			return nil, moh.Errorf(moh.CodeBackendUnavailable, "connection_request: looking up a KeyPackage: %w", err)
+		}
+		if strings.HasPrefix(kp.Client, prefix) && !slices.Contains(local, kp.Client) {
+			local = append(local, kp.Client)
+		}
+	}
+	if len(local) == 0 {
+		return nil, moh.Errorf(moh.CodeNotFound, "connection_request: the Welcome adds no client of this user")
+	}
+	if err := s.checkHub(ctx, string(v.Request.Sender), c.GroupID, true); err != nil {
+		return nil, err
+	}
+	msg, err := wire.Marshal(&c.Welcome)
+	if err != nil {
+		return nil, moh.Errorf(moh.CodeMalformed, "connection_request: encoding the Welcome: %w", err)
+	}
+	answer := &moh.DSResponse{Type: moh.ResponseQueueing, Queueing: moh.QueueingServiceResponse{Status: moh.QueueingOK}}
+	return s.queueFromPeer(ctx, v, "connection_request", c.GroupID, local, msg, answer)
 }
 
 // HubCache remembers the hubs of groups hosted by other providers, which
@@ -163,16 +247,26 @@ func (s *Service) checkHub(ctx context.Context, sender string, gid []byte, welco
 }
 
 // deliverDigest names a delivered message for duplicate suppression:
-// SHA-256 of the label, then the sender, the group id and the message,
-// each with a 4-byte length.
-func deliverDigest(sender string, gid, msg []byte) []byte {
+// SHA-256 of the label, then the sender, the group id, the message and
+// each local recipient in request order, each with a 4-byte length. The
+// recipients are part of the name because a hub sends one message to many
+// clients of one provider in several requests of at most 64 recipients:
+// each is a delivery of its own, and a retry of one repeats its
+// recipients.
+func deliverDigest(sender string, gid, msg []byte, recipients []string) []byte {
 	h := sha256.New()
 	h.Write([]byte(deliverDedupLabel))
-	for _, part := range [][]byte{[]byte(sender), gid, msg} {
-		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(part)))
+	var n [4]byte
+	part := func(b []byte) {
+		binary.BigEndian.PutUint32(n[:], uint32(len(b)))
 		h.Write(n[:])
-		h.Write(part)
+		h.Write(b)
+	}
+	part([]byte(sender))
+	part(gid)
+	part(msg)
+	for _, r := range recipients {
+		part([]byte(r))
 	}
 	return h.Sum(nil)
 }

@@ -94,6 +94,21 @@ func TestDeliverMessage(t *testing.T) {
 	if q := h.queued(t, dave); len(q) != 0 {
 		t.Fatal("dave got a message sent to bob alone")
 	}
+	// The same message to dave alone: the next request of a fan-out too
+	// large for one (docs/protocol.md §4.2 step 4) is a delivery of its
+	// own; its retry is not.
+	toDave := queueingPayload(t, gid, app, dave.uri)
+	for i := range 2 {
+		if resp, err := h.deliver(t, "c.example", toDave); err != nil || resp.Queueing.Status != moh.QueueingOK {
+			t.Fatalf("the message to dave, attempt %d: %+v, %v", i, resp, err)
+		}
+	}
+	if q := h.queued(t, dave); len(q) != 1 {
+		t.Fatalf("dave has %d copies of the message sent to him in its own request, want 1", len(q))
+	}
+	if q := h.queued(t, bob); len(q) != 0 {
+		t.Fatal("bob got the message again with dave's request")
+	}
 
 	// A group hosted here.
 	alice := h.newTClient(t, "alice", "phone", false)
@@ -136,5 +151,97 @@ func TestDeliverMessage(t *testing.T) {
 	resp, err = h.deliver(t, "c.example", queueingPayload(t, gid, app, erin.uri))
 	if err != nil || resp.Queueing.Status != moh.QueueingInvalidClientQueueInfo || len(resp.Queueing.Unknown) != 1 {
 		t.Fatalf("answer %+v, %v", resp, err)
+	}
+}
+
+// TestConnectionRequest runs the receiving side of connection_request on
+// a real store: carol of c.example claims bob's KeyPackages (phone and
+// laptop; his tablet published none), creates a connection group on her
+// provider and sends the Welcome; each of bob's clients the Welcome adds
+// gets it once, c.example becomes the group's hub, and every refusal
+// leaves the queues empty.
+func TestConnectionRequest(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	h.svc.Hubs = new(HubCache)
+	phone := h.newTClient(t, "bob", "phone", false)
+	laptop := h.newTClient(t, "bob", "laptop", false)
+	tablet := h.newTClient(t, "bob", "tablet", false)
+	dave := h.newTClient(t, "dave", "phone", false)
+	h.publish(t, phone, false)
+	h.publish(t, laptop, true)
+	h.publish(t, dave, false)
+	carol := remoteClient(t, "c.example", "carol")
+	bobURI := moh.UserURI(testProvider, "bob")
+	claimed, err := h.peerAsk(t, moh.ConnectionKeyPackages, "c.example",
+		mustMarshal(t, &moh.ConnectionKeyPackagesRequest{Requester: []byte(moh.UserURI("c.example", "carol")), UserID: []byte(bobURI)}))
+	if err != nil || len(claimed.KeyPackages) != 2 {
+		t.Fatalf("connection_key_packages: %+v, %v; want bob's two packages", claimed, err)
+	}
+	gid := []byte("a connection group of c.example")
+	carol.m = carol.c.create(t, gid)
+	res := commit(t, carol.m, addProps(phone, laptop), nil, nil)
+	request := func(user string, gid []byte, welcome *mls.MLSMessage) []byte {
+		return mustMarshal(t, &moh.ConnectionRequestPayload{UserID: []byte(user), GroupID: gid, Welcome: *welcome})
+	}
+	payload := request(bobURI, gid, res.Welcome)
+
+	// Refusals first: none may queue anything or record a hub.
+	daveRes := commit(t, carol.m, addProps(dave), nil, nil)
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+		want    moh.Code
+	}{
+		{"a Welcome that adds none of the user's clients", request(bobURI, gid, daveRes.Welcome), moh.CodeNotFound},
+		{"a user unknown here", request(moh.UserURI(testProvider, "nobody"), gid, res.Welcome), moh.CodeNotFound},
+		{"a user of another provider", request(moh.UserURI("e.example", "bob"), gid, res.Welcome), moh.CodeNotFound},
+		{"a user id that is no user URI", request("bob", gid, res.Welcome), moh.CodeMalformed},
+		{"a payload that does not decode", []byte{0x01, 0x02}, moh.CodeMalformed},
+		{"a commit instead of a Welcome", mustMarshal(t, &moh.ConnectionRequestPayload{UserID: []byte(bobURI), GroupID: gid,
+			Welcome: *res.Commit}), moh.CodeMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := h.peerAsk(t, moh.ConnectionRequest, "c.example", tc.payload); codeOf(err) != tc.want {
+				t.Fatalf("answer %v, want %s", err, tc.want)
+			}
+			for _, c := range []*tclient{phone, laptop, tablet, dave} {
+				if q := h.queued(t, c); len(q) != 0 {
+					t.Fatalf("the refused request reached %s", c.uri)
+				}
+			}
+		})
+	}
+	if hub, _ := h.st.GroupHub(t.Context(), gid); hub != "" {
+		t.Fatalf("a refused connection request recorded hub %q", hub)
+	}
+
+	resp, err := h.peerAsk(t, moh.ConnectionRequest, "c.example", payload)
+	if err != nil || resp.Type != moh.ResponseQueueing || resp.Queueing.Status != moh.QueueingOK || len(resp.Queueing.Unknown) != 0 {
+		t.Fatalf("answer %+v, %v; want queueing ok", resp, err)
+	}
+	for _, c := range []*tclient{phone, laptop} {
+		joinFrom(t, c, wantOne(t, c.uri+"'s connection Welcome", h.queued(t, c), "c.example"))
+	}
+	for _, c := range []*tclient{tablet, dave} {
+		if q := h.queued(t, c); len(q) != 0 {
+			t.Fatalf("%s got a Welcome that does not add it", c.uri)
+		}
+	}
+	if hub, err := h.st.GroupHub(t.Context(), gid); err != nil || hub != "c.example" {
+		t.Fatalf("hub %q, %v; want c.example", hub, err)
+	}
+	// The same Welcome again, under a new request id: answered alike,
+	// queued nowhere. From another provider: forbidden.
+	if resp, err := h.peerAsk(t, moh.ConnectionRequest, "c.example", payload); err != nil || resp.Queueing.Status != moh.QueueingOK {
+		t.Fatalf("retry: %+v, %v", resp, err)
+	}
+	if _, err := h.peerAsk(t, moh.ConnectionRequest, "d.example", payload); codeOf(err) != moh.CodeForbidden {
+		t.Fatalf("the Welcome from another provider: %v, want forbidden", err)
+	}
+	for _, c := range []*tclient{phone, laptop} {
+		if q := h.queued(t, c); len(q) != 0 {
+			t.Fatalf("a retried or forbidden Welcome reached %s again", c.uri)
+		}
 	}
 }

@@ -2,6 +2,9 @@
 // providers' clients: it drains the durable outbox (store.Outbox) into
 // signed deliver_message requests, one destination provider at a time,
 // in order per (destination, group), with retries (docs/protocol.md §9).
+// The messages for store.BackendDestination go to the legacy backend
+// instead (Backend, docs/protocol.md §11): a signed JSON POST each, through
+// the same workers, order, backoff and give-up age.
 //
 // Delivery is at least once on the wire and exactly once in the
 // receiver's queues: a message is removed from the outbox only after the
@@ -88,6 +91,8 @@ type Stats struct {
 	Rejected uint64
 	// GivenUp is the number of messages dropped at GiveUpAfter.
 	GivenUp uint64
+	// Latency is the end-to-end latency of the messages delivered.
+	Latency Latency
 }
 
 // DestinationStatus is what a Sender knows of one destination, for the
@@ -125,13 +130,15 @@ type Sender struct {
 	GiveUpAfter            time.Duration
 	Batch, Parallel        int
 
-	policy  atomic.Pointer[Policy] // set by SetPolicy; nil means the fields above
+	policy  atomic.Pointer[Policy]  // set by SetPolicy; nil means the fields above
+	backend atomic.Pointer[Backend] // set by SetBackend; nil means none
 	mu      sync.Mutex
 	wakes   map[string]chan struct{} // one per destination with a worker
 	status  map[string]*DestinationStatus
 	spawn   func(destination string) // set by Run
 	running bool
 	stats   struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
+	latency latencyHistogram
 }
 
 // Policy is what an operator may change while a sender runs (a
@@ -146,6 +153,18 @@ type Policy struct {
 // from their next decision on.
 func (s *Sender) SetPolicy(p Policy) { s.policy.Store(&p) }
 
+// SetBackend makes b the legacy backend that the outbox's messages for
+// store.BackendDestination are posted to, from their next attempt on; nil
+// means none, and those messages wait (until GiveUpAfter) for one. It
+// wakes the backend's worker, so that a backend configured anew is tried
+// at once.
+func (s *Sender) SetBackend(b *Backend) {
+	s.backend.Store(b)
+	if b != nil {
+		s.Wake(store.BackendDestination)
+	}
+}
+
 // currentPolicy is the policy in force, defaults filled in.
 func (s *Sender) currentPolicy() Policy {
 	p := Policy{MaxBackoff: s.MaxBackoff, GiveUpAfter: s.GiveUpAfter}
@@ -158,7 +177,7 @@ func (s *Sender) currentPolicy() Policy {
 // Stats returns the counters.
 func (s *Sender) Stats() Stats {
 	return Stats{Attempts: s.stats.attempts.Load(), Delivered: s.stats.delivered.Load(), Retried: s.stats.retried.Load(),
-		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load()}
+		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load(), Latency: s.latency.snapshot()}
 }
 
 // Status lists what the sender knows of each destination it has worked
@@ -402,6 +421,9 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		log.Error("gave up delivering a message", zap.Duration("age", age))
 		return true
 	}
+	if e.Destination == store.BackendDestination {
+		return s.deliverBackend(ctx, e, log)
+	}
 	payload, err := queueingPayload(e)
 	if err != nil {
 		s.stats.rejected.Add(1)
@@ -425,6 +447,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		return false
 	case a.Status == http.StatusOK && a.Response.Type == moh.ResponseQueueing:
 		s.stats.delivered.Add(1)
+		s.latency.observe(s.now().Sub(e.Enqueued))
 		s.note(e.Destination, func(st *DestinationStatus) {
 			st.LastAttempt, st.LastSuccess, st.LastError, st.Failures = at, at, "", 0
 		})
@@ -443,6 +466,52 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		failed(fmt.Sprintf("status %d %s: message dropped", a.Status, a.Response.Error.Code))
 		log.Error("the destination refused a message; dropped", zap.Int("status", a.Status),
 			zap.String("code", a.Response.Error.Code.String()), zap.ByteString("message", a.Response.Error.Message))
+		return true
+	}
+}
+
+// deliverBackend posts one outbox message to the legacy backend, as
+// deliver does for a peer: done when the backend answered 2xx or refused
+// it for good (a 4xx but 408 and 429), else left to retry.
+func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *zap.Logger) bool {
+	at := s.now()
+	failed := func(why string) {
+		s.note(e.Destination, func(st *DestinationStatus) {
+			st.LastAttempt, st.LastError = at, why
+			st.Failures++
+		})
+	}
+	b := s.backend.Load()
+	if b == nil {
+		s.stats.retried.Add(1)
+		failed(errNoBackend.Error())
+		log.Warn("a message waits for the legacy backend; will retry", zap.Error(errNoBackend))
+		return false
+	}
+	s.stats.attempts.Add(1)
+	status, err := b.Post(ctx, e.OutboxMessage)
+	done, retry := backendOutcome(status)
+	switch {
+	case err != nil:
+		s.stats.retried.Add(1)
+		failed(err.Error())
+		log.Warn("delivering a message to the legacy backend failed; will retry", zap.Error(err))
+		return false
+	case done:
+		s.stats.delivered.Add(1)
+		s.note(e.Destination, func(st *DestinationStatus) {
+			st.LastAttempt, st.LastSuccess, st.LastError, st.Failures = at, at, "", 0
+		})
+		return true
+	case retry:
+		s.stats.retried.Add(1)
+		failed(fmt.Sprintf("status %d", status))
+		log.Warn("the legacy backend refused a message for now; will retry", zap.Int("status", status))
+		return false
+	default:
+		s.stats.rejected.Add(1)
+		failed(fmt.Sprintf("status %d: message dropped", status))
+		log.Error("the legacy backend refused a message; dropped", zap.Int("status", status))
 		return true
 	}
 }

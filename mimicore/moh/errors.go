@@ -43,6 +43,8 @@ const (
 	CodeInvalidMLS         Code = 24 // the MLS content is not valid for the group's state (RFC 9420)
 	CodeGroupExists        Code = 25 // create_group names a group id already in use
 	CodeContentMismatch    Code = 26 // an upload's content differs from its header's length or hash
+	CodeCertRequired       Code = 27 // mutual TLS is required and the connection carries no client certificate
+	CodeBadCertificate     Code = 28 // the client certificate is not valid, not trusted, or does not name the sender's DS authority
 )
 
 var codeNames = [...]string{
@@ -72,6 +74,8 @@ var codeNames = [...]string{
 	CodeInvalidMLS:         "invalid_mls",
 	CodeGroupExists:        "group_exists",
 	CodeContentMismatch:    "content_mismatch",
+	CodeCertRequired:       "certificate_required",
+	CodeBadCertificate:     "bad_certificate",
 }
 
 // String returns the registry name of c, such as "malformed".

@@ -98,6 +98,14 @@ type FetchPolicy struct {
 	// Cache, when set, persists fetched keys and failures so a restart
 	// neither refetches every peer nor forgets which peers are failing.
 	Cache store.PeerKeyCache
+	// GetClientCertificate, when set, supplies the certificate this
+	// gateway presents when a peer asks for one (mutual TLS between
+	// providers, docs/protocol.md §4.4), as tls.Config's field of that
+	// name: return an empty tls.Certificate to present none. It is used by
+	// the KeyFetcher's transport, so by everything sent to peers through
+	// it (discovery, key fetches, Client posts, Relay); HTTPClient ignores
+	// it.
+	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 }
 
 // KeySource returns the verification key of a peer provider that is valid at
@@ -129,6 +137,8 @@ type KeyFetcher struct {
 	group singleflight.Group
 	mu    sync.Mutex
 	peers map[string]*peerKeys
+	// authorities caches discovery answers for Authority.
+	authorities map[string]discovered
 	// Fetch budgets (see FetchPolicy.FetchRate), all on f.now's clock.
 	known, fresh       *rate.Limiter
 	bySource, bySuffix keyedLimiter
@@ -348,7 +358,7 @@ func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 	closing, closeFn := context.WithCancel(context.Background())
 	return &KeyFetcher{
 		policy:  policy,
-		client:  policy.HTTPClient(tls.VersionTLS13),
+		client:  policy.peerClient(),
 		now:     time.Now,
 		closing: closing,
 		close:   closeFn,
@@ -670,6 +680,7 @@ func (f *KeyFetcher) fetch(ctx context.Context, domain string) ([]moh.Verificati
 	if err != nil {
 		return nil, fmt.Errorf("%w: discovering %s: %v", ErrFetchFailed, domain, err)
 	}
+	f.noteAuthority(domain, authority, nil, f.now())
 	body, err := wire.Marshal(&moh.VerificationKeyRequest{ProtocolVersion: moh.ProtocolVersion})
 	if err != nil {
 		return nil, err

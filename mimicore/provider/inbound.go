@@ -91,7 +91,19 @@ func (in *Inbound) handle(ctx context.Context, v *Verified, process Processor) (
 	if answer, err := in.recorded(ctx, sender, v); answer != nil || err != nil {
 		return answer, err
 	}
+	v.inline = &inlineReplay{sender: sender, expires: in.Verifier.now().Add(ReplayWindow)}
 	resp, procErr := process(ctx, v)
+	inline := v.inline
+	v.inline = nil
+	switch {
+	case inline.recorded:
+		// The processor wrote the answer with its effects.
+		return inline.answer, nil
+	case procErr != nil && inline.offered && errors.Is(procErr, store.ErrConflict):
+		// The processor's write met an entry of this request id that
+		// another process recorded first: its answer stands.
+		return in.recorded(ctx, sender, v)
+	}
 	if procErr != nil && moh.DSErrorOf(procErr).Code == moh.CodeBackendUnavailable {
 		// A transient failure must not stick to the request id: nothing
 		// is recorded, and a retry of the same bytes runs afresh.
@@ -124,6 +136,45 @@ func (in *Inbound) handle(ctx context.Context, v *Verified, process Processor) (
 	// committed with the answer, did not happen either.
 	return nil, &moh.Error{Code: moh.CodeBackendUnavailable, Message: "replay log unavailable; retry later",
 		Err: errors.Join(procErr, fmt.Errorf("recording the answer: %w", err))}
+}
+
+// inlineReplay is the replay log entry of a request being handled, which
+// its Processor may write itself (Verified.InlineReplay).
+type inlineReplay struct {
+	sender   string
+	expires  time.Time
+	answer   []byte
+	offered  bool // InlineReplay returned an entry
+	recorded bool // ReplayRecorded was called
+}
+
+// InlineReplay returns the replay log entry that records answer (an encoded
+// DSResponse) as the answer of v's request, for a Processor whose whole
+// effect is one store write: it writes the entry in that write
+// (store.Delivery.Replay) and, once the write committed, calls
+// ReplayRecorded. Inbound.Handle then sends answer and does not record it
+// a second time, so the request costs one durable write, with the
+// guarantees of store.ReplayLog. It returns nil when v is not being
+// handled by Inbound.Handle; the processor then writes its effects alone.
+// A write that fails because the request id is recorded already
+// (store.ErrConflict, another process won) is returned by the processor
+// as an error wrapping that error: Handle answers with the recorded entry.
+func (v *Verified) InlineReplay(answer []byte) *store.ReplayRecord {
+	in := v.inline
+	if in == nil {
+		return nil
+	}
+	in.offered, in.answer = true, answer
+	return &store.ReplayRecord{Sender: in.sender, RequestID: v.Request.RequestID, Digest: v.Digest,
+		Answer: store.Answer{Body: answer}, Expires: in.expires}
+}
+
+// ReplayRecorded reports that the entry InlineReplay returned committed
+// with the processor's write (see InlineReplay).
+func (v *Verified) ReplayRecorded() {
+	if v.inline != nil && v.inline.offered {
+		v.inline.recorded = true
+	}
 }
 
 // recorded returns the recorded answer of v's request id, or the refusal

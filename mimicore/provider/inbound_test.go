@@ -15,6 +15,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 func openStore(t *testing.T) *sqlitestore.Store {
@@ -358,6 +359,71 @@ func TestInboundOneWrite(t *testing.T) {
 		})
 		if a != nil || moh.DSErrorOf(err).Code != moh.CodeBackendUnavailable {
 			t.Fatalf("an answer that could not be recorded: %x %v, want no answer and backend_unavailable", a, err)
+		}
+	})
+
+	// A processor whose effect is one store write records the answer in
+	// it (Verified.InlineReplay): a retry gets that answer and does not
+	// run the processor; the queue holds the message once.
+	inlineAppend := func(in *Inbound, runs *atomic.Int32, before func(v *Verified)) Processor {
+		return func(ctx context.Context, v *Verified) (*moh.DSResponse, error) {
+			resp := groupIDAnswer(runs.Add(1))
+			enc, err := wire.Marshal(resp)
+			if err != nil {
+				return nil, err
+			}
+			if before != nil {
+				before(v)
+			}
+			d := store.Delivery{Recipients: []string{"mimi://b.example/d/bob/phone"}, Sender: "a.example",
+				Message: []byte("message"), Replay: v.InlineReplay(enc)}
+			if _, err := in.Replay.(store.Queues).Append(ctx, d); err != nil {
+				return nil, moh.Errorf(moh.CodeBackendUnavailable, "queueing: %w", err)
+			}
+			v.ReplayRecorded()
+			return resp, nil
+		}
+	}
+	t.Run("recorded with the effects", func(t *testing.T) {
+		in := newInbound()
+		raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("inline-0000001") })
+		var runs atomic.Int32
+		process := inlineAppend(in, &runs, nil)
+		first, err := handle(ctx, in, raw, process)
+		if err != nil || moh.AnswerCode(first) != 0 {
+			t.Fatalf("first: %x %v", first, err)
+		}
+		again, err := handle(ctx, in, raw, process)
+		if err != nil || string(again) != string(first) || runs.Load() != 1 {
+			t.Fatalf("retry: %x %v (runs %d), want the first answer and one run", again, err, runs.Load())
+		}
+		e, err := in.Replay.FindReplay(ctx, "a.example", []byte("inline-0000001"))
+		if err != nil || string(e.Answer.Body) != string(first) {
+			t.Fatalf("FindReplay = %+v, %v; want the answer sent", e, err)
+		}
+		msgs, err := in.Replay.(store.Queues).Fetch(ctx, "mimi://b.example/d/bob/phone", 0, store.FetchLimit{})
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("queue holds %d messages (%v), want 1", len(msgs), err)
+		}
+	})
+	t.Run("inline record loses a race", func(t *testing.T) {
+		in := newInbound()
+		raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("inline-raced01") })
+		theirs := moh.ErrorAnswer(moh.Errorf(moh.CodeNotFound, "no such user"))
+		var runs atomic.Int32
+		a, err := handle(ctx, in, raw, inlineAppend(in, &runs, func(v *Verified) {
+			// Another gateway on the same store records the request first.
+			if _, err := in.Replay.RecordReplay(ctx, "a.example", v.Request.RequestID, v.Digest,
+				store.Answer{Body: theirs}, t0.Add(ReplayWindow)); err != nil {
+				t.Fatal(err)
+			}
+		}))
+		if err != nil || string(a) != string(theirs) {
+			t.Fatalf("answer %x %v, want the one recorded first", a, err)
+		}
+		msgs, err := in.Replay.(store.Queues).Fetch(ctx, "mimi://b.example/d/bob/phone", 0, store.FetchLimit{})
+		if err != nil || len(msgs) != 0 {
+			t.Fatalf("queue holds %d messages (%v) after the losing write, want none", len(msgs), err)
 		}
 	})
 

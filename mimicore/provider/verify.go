@@ -44,6 +44,10 @@ type Verified struct {
 	// Digest is SHA-256 of the signed bytes (every field but the
 	// signature); the replay cache recognises retries by it.
 	Digest [32]byte
+
+	// inline is set while Inbound.Handle runs the request's Processor
+	// (InlineReplay).
+	inline *inlineReplay
 }
 
 // VerifyOptions describes the HTTP request that carried a provider request.

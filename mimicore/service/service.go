@@ -340,3 +340,16 @@ func (s *Service) VerificationKeyFrom(ctx context.Context, domain string, keyID 
 	defer r.release()
 	return r.f.VerificationKeyFrom(ctx, domain, keyID, at, opts)
 }
+
+// Authority returns the DS authority that domain's discovery names, through
+// the current fetcher's cache (provider.KeyFetcher.Authority), which a
+// concurrent Apply does not close until the call returns. After Close it
+// fails with store.ErrClosed.
+func (s *Service) Authority(ctx context.Context, domain string) (string, error) {
+	r, err := s.acquireFetcher()
+	if err != nil {
+		return "", err
+	}
+	defer r.release()
+	return r.f.Authority(ctx, domain)
+}

@@ -108,14 +108,22 @@ type Delivered struct {
 	Outbox []uint64
 }
 
+// BackendDestination is the outbox destination of the legacy backend
+// (docs/protocol.md §11): what the provider's own clients get when the
+// gateway delivers to its backend instead of to local queues. It is not a
+// DNS name (it starts with '@'), so it never equals a provider domain.
+const BackendDestination = "@backend"
+
 // OutboxMessage is a message waiting to be delivered to clients of another
-// provider: one deliver_message (QueueingServiceRequest) to Destination.
+// provider: one deliver_message (QueueingServiceRequest) to Destination; or,
+// with Destination BackendDestination, to this provider's own clients
+// through its legacy backend.
 type OutboxMessage struct {
 	// Sender is the provider domain that sends it, the group's hub,
 	// 1..MaxDomainSize bytes.
 	Sender string
 	// Destination is the provider domain it goes to, 1..MaxDomainSize
-	// bytes.
+	// bytes, or BackendDestination.
 	Destination string
 	// GroupID is the MLS group it belongs to, 1..MaxIDSize bytes.
 	GroupID []byte
@@ -155,4 +163,33 @@ type Outbox interface {
 	// destination's outbox and reports how many it removed; ids that are
 	// not (or no longer) there are skipped. It is one durable write.
 	OutboxDelivered(ctx context.Context, destination string, ids []uint64) (int, error)
+}
+
+// OutboxWrite is messages a peer delivered that go on through the outbox
+// (to the legacy backend), written as one receipt: the messages and the
+// record of their delivery, as Delivery.Dedup records a message for the
+// local queues.
+type OutboxWrite struct {
+	// Messages are written to the outbox in this order,
+	// 1..MaxFanoutMessages, each as a Fanout's Remote message.
+	Messages []OutboxMessage
+	// Dedup and DedupExpires are as in Delivery: when Dedup is recorded
+	// and alive, nothing is written and the write fails with
+	// ErrDuplicate. Dedup shares its records with Delivery.Dedup, so a
+	// message is taken once whichever target took it first.
+	Dedup        []byte
+	DedupExpires time.Time
+	// Replay is as in Delivery: the answer of the request that carries
+	// the messages, recorded in the same write (ErrConflict when its key
+	// holds an alive entry; nothing is written then, nor on ErrDuplicate).
+	Replay *ReplayRecord
+}
+
+// OutboxAdder writes to the outbox outside a group's write: the receipt
+// of a deliver_message whose messages go on to the legacy backend.
+type OutboxAdder interface {
+	// OutboxAdd writes w in one durable write and answers the id each
+	// message got, in order. An invalid w is ErrInvalid; a recorded
+	// Dedup is ErrDuplicate, and nothing is written.
+	OutboxAdd(ctx context.Context, w OutboxWrite) ([]uint64, error)
 }

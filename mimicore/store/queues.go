@@ -94,6 +94,13 @@ type Delivery struct {
 	// after the replay window reaches each queue once.
 	Dedup        []byte
 	DedupExpires time.Time
+	// Replay, when not nil, is the replay log entry of the provider
+	// request that carries this delivery, recorded in the same write as
+	// RecordReplay would record it: the queue entries and the request's
+	// answer become durable together. An alive entry of its key fails
+	// the Append with ErrConflict and nothing is written; a Dedup hit
+	// (ErrDuplicate) writes nothing either, Replay included.
+	Replay *ReplayRecord
 }
 
 // Appended is the outcome of a Delivery for one recipient.

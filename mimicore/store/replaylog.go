@@ -57,3 +57,17 @@ type ReplayEntry struct {
 	// Answer is the recorded answer of a completed entry.
 	Answer Answer
 }
+
+// ReplayRecord is a replay log entry written by another store write, in
+// the same durable write as that write's effects (Delivery.Replay): for a
+// request whose whole effect is that write, one write instead of two, with
+// RecordReplay's guarantees (an acknowledged answer and the effects it
+// reports are durable together, or neither is). Fields are as
+// RecordReplay's arguments, with its limits.
+type ReplayRecord struct {
+	Sender    string
+	RequestID []byte
+	Digest    [32]byte
+	Answer    Answer
+	Expires   time.Time
+}

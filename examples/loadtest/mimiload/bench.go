@@ -239,7 +239,7 @@ func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepa
 		if err != nil {
 			return nil, err
 		}
-		if a := t.do(ctx, http.MethodPost, url, first.raw, nil); a.err != nil || a.status != http.StatusNotImplemented {
+		if a := t.do(ctx, http.MethodPost, url, first.raw, nil); a.err != nil || a.status != http.StatusNotFound {
 			return nil, fmt.Errorf("first signed request: status %d, %v", a.status, a.err)
 		}
 		t0 := time.Now()
@@ -249,7 +249,7 @@ func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepa
 		}
 		fmt.Printf("# signed: %d distinct requests signed ahead of the run in %s (signing is not in the measured loop)\n",
 			len(pool), time.Since(t0).Round(time.Millisecond))
-		return &prepared{mode: mode, expected: http.StatusNotImplemented, cfg: runConfig{
+		return &prepared{mode: mode, expected: http.StatusNotFound, cfg: runConfig{
 			conc: f.conc, duration: f.duration,
 			next: func(i int) (request, bool) {
 				if i >= len(pool) {
@@ -268,12 +268,12 @@ func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepa
 			return nil, err
 		}
 		first := t.do(ctx, http.MethodPost, url, one.raw, nil)
-		if first.err != nil || first.status != http.StatusNotImplemented {
+		if first.err != nil || first.status != http.StatusNotFound {
 			return nil, fmt.Errorf("request to retry: status %d, %v", first.status, first.err)
 		}
 		var differ atomic.Int64
 		req := request{method: http.MethodPost, url: url, body: one.raw}
-		return &prepared{mode: mode, expected: http.StatusNotImplemented, shape: request{method: http.MethodPost, body: one.raw, header: octetStream}, cfg: runConfig{
+		return &prepared{mode: mode, expected: http.StatusNotFound, shape: request{method: http.MethodPost, body: one.raw, header: octetStream}, cfg: runConfig{
 			conc: f.conc, duration: f.duration,
 			next: func(int) (request, bool) { return req, true },
 			done: func(_ int, a answer) {

@@ -35,10 +35,10 @@ type crashFlags struct {
 // restarts it on the same data directories and checks, from what the
 // generator recorded, that every acknowledged write survived:
 //
-//   - a signed request that got its 501 before the kill: the same
+//   - a signed request that got its 404 before the kill: the same
 //     request_id with other bytes (another payload, signed afresh with the
 //     same timestamp) must get 409 replay, which only a surviving record
-//     can cause (today every fresh request is answered 501, so identical
+//     can cause (every fresh request is answered 404, so identical
 //     answer bytes alone prove nothing); then the byte-identical request
 //     must get exactly the recorded answer bytes. The other-bytes probe
 //     goes first: had the record been lost, the identical retry would be
@@ -247,7 +247,7 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 	if err != nil {
 		return nil, err
 	}
-	if a := t.do(ctx, http.MethodPost, gkp, warm.raw, nil); a.err != nil || a.status != http.StatusNotImplemented {
+	if a := t.do(ctx, http.MethodPost, gkp, warm.raw, nil); a.err != nil || a.status != http.StatusNotFound {
 		return nil, fmt.Errorf("warm-up signed request: got %s (%q), %v", describe(a), dsMessage(a), a.err)
 	}
 	pool, err := s.pool(f.pool)
@@ -281,7 +281,7 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 	half := max(f.conc/2, 1)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		t.run(loadCtx, "signed", http.StatusNotImplemented, runConfig{conc: half, duration: time.Minute,
+		t.run(loadCtx, "signed", http.StatusNotFound, runConfig{conc: half, duration: time.Minute,
 			next: func(i int) (request, bool) {
 				if i >= len(pool) || killing.Load() {
 					return request{}, false
@@ -292,7 +292,7 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 				return request{method: http.MethodPost, url: gkp, body: pool[i].raw}, true
 			},
 			done: func(i int, a answer) {
-				if a.err == nil && a.status == http.StatusNotImplemented {
+				if a.err == nil && a.status == http.StatusNotFound {
 					mu.Lock()
 					sigRec[i].acked, sigRec[i].answer = true, a.body
 					mu.Unlock()
@@ -394,13 +394,13 @@ func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, rou
 		case err != nil:
 			r.Inconclusive++
 			sample("signed %x: signing the probe: %v", req.id, err)
-		case probe.err == nil && probe.status == http.StatusNotImplemented:
+		case probe.err == nil && probe.status == http.StatusNotFound:
 			r.SignedLost++
-			sample("LOST signed %x: the same id with other bytes was processed afresh (501)", req.id)
+			sample("LOST signed %x: the same id with other bytes was processed afresh (404)", req.id)
 		case !isDSError(probe, http.StatusConflict, moh.CodeReplay):
 			r.Inconclusive++
 			sample("signed %x: the same id with other bytes got %s, want 409 replay", req.id, describe(probe))
-		case retry.err != nil || retry.status != http.StatusNotImplemented || !bytes.Equal(retry.body, rec.answer):
+		case retry.err != nil || retry.status != http.StatusNotFound || !bytes.Equal(retry.body, rec.answer):
 			r.SignedLost++
 			sample("LOST signed %x: the identical retry got %s, not the recorded answer", req.id, describe(retry))
 		default:

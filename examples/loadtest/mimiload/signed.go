@@ -37,10 +37,10 @@ func newSigner(dir string) (*signer, error) {
 
 // payload returns a valid ConnectionRequest payload (a Welcome for a
 // user of b); variant changes the group id so that two variants of one
-// request differ in their bytes. connection_request is the provider
-// endpoint whose processing is not built yet: b answers it 501 after
-// every check and records that answer, so the mode measures exactly the
-// envelope checks and the replay write.
+// request differ in their bytes. The Welcome adds no KeyPackage b handed
+// out, so b answers 404 not_found after every check and one KeyPackage
+// lookup, and records that answer: the mode measures the envelope checks
+// and the replay write, with no queue write.
 func payload(variant int) ([]byte, error) {
 	welcome := mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatWelcome, Welcome: &mls.Welcome{
 		CipherSuite: mls.X25519AES128GCMSHA256Ed25519,

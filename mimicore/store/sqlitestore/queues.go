@@ -39,11 +39,10 @@ const (
 			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + ?1
 		WHERE queue_heads.messages + 1 <= ?2 AND queue_heads.bytes + ?1 <= ?3
 		RETURNING client, last_seq`
-	// queueEntryManySQL writes the entries of the queues named in the JSON
-	// array ?7 that took number ?8.
+	// queueEntryManySQL writes the entries, numbered ?8, of the queues
+	// named in the JSON array ?7, each of which took that number.
 	queueEntryManySQL = `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms)
-		SELECT h.client, h.last_seq, ?1, ?2, ?3, ?4, ?5, ?6 FROM queue_heads h
-		WHERE h.client IN (SELECT value FROM json_each(?7)) AND h.last_seq = ?8`
+		SELECT value, ?8, ?1, ?2, ?3, ?4, ?5, ?6 FROM json_each(?7)`
 	// queueCursorSQL reads the global sequence and client ?1's
 	// acknowledged cursor.
 	queueCursorSQL = `SELECT s.last, COALESCE((SELECT acked FROM queue_cursors WHERE client = ?1), 0)
@@ -131,6 +130,45 @@ type queuedAppend struct {
 	maxMessages, maxBytes int64
 	dedup                 []byte // empty for none
 	dedupExpires          int64  // Unix ms
+	replay                *replayRow
+}
+
+// replayRow is a store.ReplayRecord copied for an op.
+type replayRow struct {
+	sender         string
+	requestID      []byte
+	digest, answer []byte
+	expires        int64 // Unix ms
+}
+
+// newReplayRow copies r, which check.ReplayRecord accepted; nil is nil.
+func newReplayRow(r *store.ReplayRecord) *replayRow {
+	if r == nil {
+		return nil
+	}
+	return &replayRow{sender: r.Sender, requestID: bytes.Clone(r.RequestID), digest: bytes.Clone(r.Digest[:]),
+		answer: nonNil(bytes.Clone(r.Answer.Body)), expires: check.ExpiryMillis(r.Expires)}
+}
+
+// recordReplayTx writes r, the answer of the request that carries the
+// op's write (store.Delivery.Replay, store.OutboxWrite.Replay), inside
+// tx as RecordReplay writes it, at now (Unix ms); an alive entry of its
+// key fails the op with ErrConflict. A nil r writes nothing.
+func (s *Store) recordReplayTx(ctx context.Context, tx *sql.Tx, r *replayRow, now int64) error {
+	if r == nil {
+		return nil
+	}
+	s.remember(r.sender, r.requestID, r.expires, now)
+	res, err := tx.StmtContext(ctx, s.ws.replayRecord).ExecContext(ctx, r.sender, r.requestID, r.digest, r.expires, r.answer, now)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return fmt.Errorf("an alive replay entry holds this request id: %w", store.ErrConflict)
+	}
+	return nil
 }
 
 // newQueuedAppend copies d, which check.Delivery accepted.
@@ -148,6 +186,7 @@ func newQueuedAppend(d store.Delivery) queuedAppend {
 	if len(qa.dedup) > 0 {
 		qa.dedupExpires = check.ExpiryMillis(d.DedupExpires)
 	}
+	qa.replay = newReplayRow(d.Replay)
 	if qa.maxMessages == 0 {
 		qa.maxMessages = store.DefaultQueueMaxMessages
 	}
@@ -172,6 +211,9 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, qa queuedAppend, now i
 		} else if n == 0 {
 			return nil, store.ErrDuplicate
 		}
+	}
+	if err := s.recordReplayTx(ctx, tx, qa.replay, now); err != nil {
+		return nil, err
 	}
 	out := make([]store.Appended, len(qa.recipients))
 	exp := now + store.DefaultQueueTTL.Milliseconds()

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/caddy-mimi/caddy-mimi/internal/cputime"
 	"math"
 	"sync/atomic"
 	"testing"
@@ -158,4 +159,46 @@ func BenchmarkClaimKeyPackageParallel64(b *testing.B) {
 		}
 	})
 	reportThroughput(b, s, st0)
+}
+
+// BenchmarkDeliverParallel64 is the store's share of a deliver_message
+// from a peer: 64 callers per core, each Append a distinct 466-byte
+// message to 4 recipients with its Dedup digest and its request's replay
+// record (store.Delivery.Replay), as mimicore/ds writes it.
+func BenchmarkDeliverParallel64(b *testing.B) {
+	s := openTemp(b)
+	var worker, seq atomic.Uint64
+	st0 := s.Stats()
+	b.ReportAllocs()
+	b.SetParallelism(benchWriters)
+	now := time.Now()
+	c0, cok := cputime.Process()
+	b.RunParallel(func(pb *testing.PB) {
+		d := store.Delivery{Recipients: benchRecipients(fmt.Sprint("w", worker.Add(1)), 4), GroupID: []byte("a group id of 32 bytes, say....."),
+			Sender: "a.example", Message: make([]byte, 466), Limits: benchLimits, DedupExpires: now.Add(7 * 24 * time.Hour)}
+		for pb.Next() {
+			n := seq.Add(1)
+			binary.BigEndian.PutUint64(d.Message, n)
+			key := digestOfUint(n)
+			d.Dedup = key[:]
+			d.Replay = &store.ReplayRecord{Sender: "a.example", RequestID: fmt.Appendf(nil, "request-%016x", n), Digest: key,
+				Answer: store.Answer{Body: make([]byte, 12)}, Expires: now.Add(11 * time.Minute)}
+			if _, err := s.Append(context.Background(), d); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	if c1, ok := cputime.Process(); ok && cok {
+		b.ReportMetric(float64((c1-c0).Microseconds())/float64(b.N), "cpu-µs/op")
+	}
+	reportThroughput(b, s, st0)
+}
+
+// digestOfUint is a distinct 32-byte key per n.
+func digestOfUint(n uint64) [32]byte {
+	var k [32]byte
+	binary.BigEndian.PutUint64(k[:], n)
+	k[31] = 0xd
+	return k
 }

@@ -280,6 +280,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 			"synchronous(FULL)",
 			"foreign_keys(1)",
 			"journal_size_limit(" + strconv.Itoa(walSizeLimit) + ")",
+			"cache_size(-32768)", // 32 MiB of pages: the working set of the hot tables stays in memory
 		},
 		"_txlock": {"immediate"},
 	}))

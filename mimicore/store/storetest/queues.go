@@ -27,6 +27,8 @@ func RunQueueTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("ConcurrentAppenders", func(t *testing.T) { testQueueConcurrentAppenders(t, plain) })
 	t.Run("Watch", func(t *testing.T) { testQueueWatch(t, plain) })
 	t.Run("Dedup", func(t *testing.T) { testQueueDedup(t, open) })
+	t.Run("Replay", func(t *testing.T) { testQueueReplay(t, open) })
+	t.Run("OutboxAdd", func(t *testing.T) { testOutboxAdd(t, open) })
 }
 
 // deliver appends one message and fails unless every recipient took it.
@@ -674,6 +676,82 @@ func testQueueDedup(t *testing.T, open func(t *testing.T, clock *Clock) store.St
 	}{{"a short key", key[:31], clock.Now().Add(time.Hour)}, {"no expiry", key[:], time.Time{}}} {
 		bad := msgTo("bad", a)
 		bad.Dedup, bad.DedupExpires = tc.key, tc.exp
+		_, err := s.Append(ctx(), bad)
+		wantErr(t, "Append with "+tc.name, err, store.ErrInvalid)
+	}
+}
+
+// testQueueReplay checks Delivery.Replay: the request's answer is recorded
+// with the delivery (FindReplay finds it); an Append whose key holds an
+// alive entry is ErrConflict and writes nothing; a Dedup hit writes
+// neither the entries nor the answer; after expiry the key is free again;
+// a bad record is ErrInvalid.
+func testQueueReplay(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	const a, b = "mimi://a.example/d/alice/phone", "mimi://a.example/d/bob/phone"
+	const sender = "hub.example"
+	record := func(id, answer string) *store.ReplayRecord {
+		return &store.ReplayRecord{Sender: sender, RequestID: []byte(id), Digest: digestOf([]byte(id + answer)),
+			Answer: store.Answer{Body: []byte(answer)}, Expires: clock.Now().Add(11 * time.Minute)}
+	}
+	d := msgTo("one", a, b)
+	d.Replay = record("request 1", "answer 1")
+	deliver(t, s, d)
+	e, err := s.FindReplay(ctx(), sender, []byte("request 1"))
+	noErr(t, "FindReplay of the recorded request", err)
+	if e.Pending || e.Digest != d.Replay.Digest || string(e.Answer.Body) != "answer 1" {
+		t.Fatalf("FindReplay = %+v, want the answer recorded with the delivery", e)
+	}
+
+	// The same request id again: nothing is written.
+	again := msgTo("two", a)
+	again.Replay = record("request 1", "another answer")
+	_, err = s.Append(ctx(), again)
+	wantErr(t, "Append under a recorded request id", err, store.ErrConflict)
+	if e, err := s.FindReplay(ctx(), sender, []byte("request 1")); err != nil || string(e.Answer.Body) != "answer 1" {
+		t.Fatalf("FindReplay after the conflict = %+v, %v; want the first answer", e, err)
+	}
+	// A single recipient takes the other path of the store; still nothing.
+	_, err = s.Append(ctx(), again)
+	wantErr(t, "Append under a recorded request id, again", err, store.ErrConflict)
+
+	// A duplicate message (Dedup) under a new request id writes nothing.
+	key := digestOf([]byte("three"))
+	d3 := msgTo("three", b)
+	d3.Dedup, d3.DedupExpires = key[:], clock.Now().Add(time.Hour)
+	d3.Replay = record("request 3", "answer 3")
+	deliver(t, s, d3)
+	dup := msgTo("three", b)
+	dup.Dedup, dup.DedupExpires = key[:], clock.Now().Add(time.Hour)
+	dup.Replay = record("request 4", "answer 4")
+	_, err = s.Append(ctx(), dup)
+	wantErr(t, "a duplicate message under a new request id", err, store.ErrDuplicate)
+	_, err = s.FindReplay(ctx(), sender, []byte("request 4"))
+	wantErr(t, "FindReplay of the duplicate's request", err, store.ErrNotFound)
+	wantMsgs(t, "alice's queue", fetch(t, s, a, 0, store.FetchLimit{}), 1, "one")
+	wantMsgs(t, "bob's queue", fetch(t, s, b, 0, store.FetchLimit{}), 1, "one", 2, "three")
+
+	// Once the entry expired, the request id may be recorded again.
+	clock.Advance(12 * time.Minute)
+	fresh := msgTo("four", a)
+	fresh.Replay = record("request 1", "answer 5")
+	deliver(t, s, fresh)
+	if e, err := s.FindReplay(ctx(), sender, []byte("request 1")); err != nil || string(e.Answer.Body) != "answer 5" {
+		t.Fatalf("FindReplay after expiry = %+v, %v; want the new answer", e, err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		r    store.ReplayRecord
+	}{
+		{"no sender", store.ReplayRecord{RequestID: []byte("x")}},
+		{"no request id", store.ReplayRecord{Sender: sender}},
+		{"an oversized answer", store.ReplayRecord{Sender: sender, RequestID: []byte("x"),
+			Answer: store.Answer{Body: make([]byte, store.MaxAnswerSize+1)}}},
+	} {
+		bad := msgTo("bad", a)
+		bad.Replay = &tc.r
 		_, err := s.Append(ctx(), bad)
 		wantErr(t, "Append with "+tc.name, err, store.ErrInvalid)
 	}

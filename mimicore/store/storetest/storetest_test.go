@@ -266,6 +266,13 @@ func (b *broken) ClaimKeyPackage(ctx context.Context, client string, suite uint1
 	return b.Store.ClaimKeyPackage(ctx, client, suite)
 }
 
+func (b *broken) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, error) {
+	if b.mode == "outbox-add-ignores-dedup" {
+		w.Dedup, w.DedupExpires = nil, time.Time{}
+	}
+	return b.Store.OutboxAdd(ctx, w)
+}
+
 func (b *broken) Append(ctx context.Context, d store.Delivery) ([]store.Appended, error) {
 	if b.mode == "append-first-only" && len(d.Recipients) > 1 {
 		first := d
@@ -384,6 +391,7 @@ var brokenModes = map[string]string{
 	"attach-lookup-any-group":   "Attachments/PendingInvisibleThenCommitted",
 	"attach-delete-always-last": "Attachments/CopySharesObject",
 	"attach-expire-noop":        "Attachments/Expire",
+	"outbox-add-ignores-dedup":  "Queues/OutboxAdd",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {

@@ -355,10 +355,10 @@ async function run() {
     const res = await request({ authority: dsAuthorityOfGateway, path: '/connection_key_packages', body: pr.body });
     return expectError({ res, resp: M.decodeDSResponse(res.body) }, 17);
   });
-  await check('connection_request -> 501 not_implemented (§8)', async () => {
+  await check('connection_request whose Welcome adds no KeyPackage of the user -> 404 not_found (§4.2)', async () => {
     const welcome = M.welcomeMessage(1, [{ newMember: crypto.randomBytes(32), kemOutput: crypto.randomBytes(32), ciphertext: crypto.randomBytes(48) }], crypto.randomBytes(64));
     const payload = new Writer().opaque(Buffer.from(`mimi://${gatewayDomain}/u/x`)).opaque(crypto.randomBytes(16)).raw(welcome).bytes();
-    return expectError(await send(M.PREQ.connection_request, payload), 15);
+    return expectError(await send(M.PREQ.connection_request, payload), 7);
   });
   await check('deliver_message whose MLSMessage is a KeyPackage -> 400 malformed', async () => {
     if (!claimed.length) return false; // needs a well-formed KeyPackage to wrap

@@ -15,11 +15,15 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/storagetest"
 )
 
-// newBackend opens a backend in a fresh directory. It has the shape of the
-// opener that storagetest.Run takes, so the contract suite plugs in with
-// storagetest.Run(t, func(t *testing.T) storage.Backend { return newBackend(t) }).
+// TestContract runs the backend-independent contract of storage.Backend.
+func TestContract(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Backend { return newBackend(t) })
+}
+
+// newBackend opens a backend in a fresh directory.
 func newBackend(t *testing.T) *Backend {
 	t.Helper()
 	b, err := New(filepath.Join(t.TempDir(), "attachments"))

@@ -253,7 +253,22 @@ func Delivery(d store.Delivery) error {
 	if len(d.Dedup) != 0 && (len(d.Dedup) != 32 || d.DedupExpires.IsZero()) {
 		return fmt.Errorf("dedup key of %d bytes (want 32) or without expiry: %w", len(d.Dedup), store.ErrInvalid)
 	}
-	return nil
+	return ReplayRecord(d.Replay)
+}
+
+// ReplayRecord checks a replay log entry written with another write; nil
+// is none.
+func ReplayRecord(r *store.ReplayRecord) error {
+	if r == nil {
+		return nil
+	}
+	if err := Domain("replay sender", r.Sender); err != nil {
+		return err
+	}
+	if err := ID("replay request id", r.RequestID); err != nil {
+		return err
+	}
+	return Answer(r.Answer)
 }
 
 // FetchLimit checks a Fetch bound and fills in its defaults.
@@ -375,4 +390,22 @@ func OutboxMessage(m store.OutboxMessage) error {
 		return fmt.Errorf("message is %d bytes, want 1..%d: %w", len(m.Message), store.MaxQueuedMessageSize, store.ErrInvalid)
 	}
 	return nil
+}
+
+// OutboxWrite checks a receipt for the outbox: each message as
+// OutboxMessage does, at most MaxFanoutMessages, and the dedup key as
+// Delivery does.
+func OutboxWrite(w store.OutboxWrite) error {
+	if len(w.Messages) == 0 || len(w.Messages) > store.MaxFanoutMessages {
+		return fmt.Errorf("%d messages, want 1..%d: %w", len(w.Messages), store.MaxFanoutMessages, store.ErrInvalid)
+	}
+	for i, m := range w.Messages {
+		if err := OutboxMessage(m); err != nil {
+			return fmt.Errorf("message %d: %w", i, err)
+		}
+	}
+	if len(w.Dedup) != 0 && (len(w.Dedup) != 32 || w.DedupExpires.IsZero()) {
+		return fmt.Errorf("dedup key of %d bytes (want 32) or without expiry: %w", len(w.Dedup), store.ErrInvalid)
+	}
+	return ReplayRecord(w.Replay)
 }

@@ -1,0 +1,76 @@
+package sqlitestore
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+)
+
+// outboxInsertSQL writes one outbox message and returns its id.
+const outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms)
+	VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id`
+
+// OutboxAdd implements store.OutboxAdder: the dedup record (shared with
+// the queues' Delivery.Dedup, in seen_signatures) and the outbox rows, as
+// one op.
+func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, error) {
+	const doing = "adding to outbox"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.OutboxWrite(w); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	// Copied now: the op may run after the caller changed its slices.
+	rows := make([]outboxRow, len(w.Messages))
+	for i, m := range w.Messages {
+		rcpt, err := json.Marshal(m.Recipients)
+		if err != nil {
+			return nil, fmt.Errorf("%s: encoding recipients: %w", doing, err)
+		}
+		rows[i] = outboxRow{sender: m.Sender, destination: m.Destination, groupID: bytes.Clone(m.GroupID),
+			recipients: string(rcpt), message: bytes.Clone(m.Message)}
+	}
+	dedup := bytes.Clone(w.Dedup)
+	var dedupExpires int64
+	if len(dedup) > 0 {
+		dedupExpires = check.ExpiryMillis(w.DedupExpires)
+	}
+	replay := newReplayRow(w.Replay)
+	var ids []uint64
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		now := check.Millis(s.now())
+		if len(dedup) > 0 {
+			res, err := tx.StmtContext(ctx, s.ws.seenInsert).ExecContext(ctx, dedup, dedupExpires, now)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				return store.ErrDuplicate
+			}
+		}
+		if err := s.recordReplayTx(ctx, tx, replay, now); err != nil {
+			return err
+		}
+		ids = ids[:0]
+		for _, r := range rows {
+			var id int64
+			if err := tx.QueryRowContext(ctx, outboxInsertSQL, r.sender, r.destination, r.groupID, r.recipients, r.message, now).Scan(&id); err != nil {
+				return fmt.Errorf("writing to the outbox: %w", err)
+			}
+			ids = append(ids, uint64(id))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return ids, nil
+}
