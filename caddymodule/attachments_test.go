@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,7 +23,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
+	"github.com/caddy-mimi/caddy-mimi/internal/s3test"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/forward/forwardtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -171,7 +174,32 @@ func answer(t testing.TB, what string, resp *http.Response, body []byte, status 
 // other member's side, a range download for resuming, the refusals, and
 // delete.
 func TestAttachmentsOverTLS(t *testing.T) {
-	e := newAttachEnv(t, &Attachments{GroupQuotaBytes: 1 << 20})
+	for _, tc := range []struct {
+		name    string
+		storage func(t *testing.T) json.RawMessage
+	}{
+		{"local", func(*testing.T) json.RawMessage { return nil }},
+		{"s3", func(t *testing.T) json.RawMessage {
+			srv := s3test.Start(t)
+			return json.RawMessage(fmt.Sprintf(`{"backend":"s3","endpoint":%q,"bucket":%q,"prefix":"tls/","region":%q,`+
+				`"access_key":%q,"secret_key":%q,"insecure":true,"path_style":true}`,
+				srv.Endpoint, srv.Bucket, srv.Region, srv.AccessKey, srv.SecretKey))
+		}},
+		{"forward", func(t *testing.T) json.RawMessage {
+			const key = "0123456789abcdef0123456789abcdef"
+			srv := httptest.NewServer(&forwardtest.Backend{Dir: t.TempDir(), Key: []byte(key)})
+			t.Cleanup(srv.Close)
+			return json.RawMessage(fmt.Sprintf(`{"backend":"forward","base_url":%q,"key":%q}`, srv.URL+forwardtest.Base, key))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testAttachmentsOverTLS(t, &Attachments{GroupQuotaBytes: 1 << 20, Storage: tc.storage(t)})
+		})
+	}
+}
+
+func testAttachmentsOverTLS(t *testing.T, a *Attachments) {
+	e := newAttachEnv(t, a)
 	plain := bytes.Repeat([]byte("holiday picture "), 20000) // 320 KB
 	sealed, err := attachment.Seal(e.aliceM, e.cs, 0, plain, rand.Reader)
 	if err != nil {
