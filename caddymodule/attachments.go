@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/cryptobyte"
 
@@ -171,6 +172,7 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 	sw := v.(*sweeper)
 	sw.current.Store(svc) // the newest config's policy and backend
 	g.sweeperHeld = true
+	register(ctx.GetMetricsRegistry(), g.logger, sweepStats{})
 	return nil
 }
 
@@ -195,6 +197,9 @@ type sweeper struct {
 	current atomic.Pointer[ds.Attachments]
 	cancel  context.CancelFunc
 	done    chan struct{}
+
+	// What the sweeps removed, and the sweeps that failed, for metrics.
+	expired, objects, temporary, failures atomic.Uint64
 }
 
 // startSweeper starts a sweeper whose first sweep runs once a service is
@@ -212,24 +217,70 @@ func startSweeper() *sweeper {
 				return
 			case <-t.C:
 			}
-			if a := s.current.Load(); a != nil {
-				logger := a.Logger
-				if logger == nil {
-					logger = zap.NewNop()
-				}
-				st, err := a.Sweep(ctx, time.Now())
-				switch {
-				case err != nil && ctx.Err() == nil:
-					logger.Error("sweeping attachments", zap.Error(err))
-				case st != (ds.SweepStats{}):
-					logger.Info("swept attachments", zap.Int("expired", st.Expired),
-						zap.Int("objects", st.Objects), zap.Int("temporary", st.Temporary))
-				}
-			}
+			s.sweep(ctx, time.Now())
 			t.Reset(sweepInterval)
 		}
 	}()
 	return s
+}
+
+// sweep runs one sweep of the current service, counts and logs it.
+func (s *sweeper) sweep(ctx context.Context, now time.Time) {
+	a := s.current.Load()
+	if a == nil {
+		return
+	}
+	logger := a.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	st, err := a.Sweep(ctx, now)
+	s.expired.Add(uint64(st.Expired))
+	s.objects.Add(uint64(st.Objects))
+	s.temporary.Add(uint64(st.Temporary))
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.failures.Add(1)
+		logger.Error("sweeping attachments", zap.Error(err))
+	case st != (ds.SweepStats{}):
+		logger.Info("swept attachments", zap.Int("expired", st.Expired),
+			zap.Int("objects", st.Objects), zap.Int("temporary", st.Temporary))
+	}
+}
+
+// Metrics of the attachment sweeper, labelled by data directory.
+var (
+	sweptDesc = prometheus.NewDesc("caddy_mimi_attachments_swept_total",
+		"What the attachment sweeper removed: expired records (expired), objects whose bytes it deleted (objects), temporary uploads of dead processes (temporary).",
+		[]string{"data_dir", "kind"}, nil)
+	sweepFailuresDesc = prometheus.NewDesc("caddy_mimi_attachments_sweep_failures_total",
+		"Attachment sweeps that failed (store or storage unavailable); the next sweep retries.", []string{"data_dir"}, nil)
+)
+
+// sweepStats collects the counters of every data directory's sweeper at
+// scrape time.
+type sweepStats struct{}
+
+// Describe implements prometheus.Collector.
+func (sweepStats) Describe(ch chan<- *prometheus.Desc) {
+	ch <- sweptDesc
+	ch <- sweepFailuresDesc
+}
+
+// Collect implements prometheus.Collector.
+func (sweepStats) Collect(ch chan<- prometheus.Metric) {
+	sweeperPool.Range(func(key, value any) bool {
+		s, ok := value.(*sweeper)
+		if !ok {
+			return true
+		}
+		dir, _ := key.(string)
+		for kind, v := range map[string]*atomic.Uint64{"expired": &s.expired, "objects": &s.objects, "temporary": &s.temporary} {
+			ch <- prometheus.MustNewConstMetric(sweptDesc, prometheus.CounterValue, float64(v.Load()), dir, kind)
+		}
+		ch <- prometheus.MustNewConstMetric(sweepFailuresDesc, prometheus.CounterValue, float64(s.failures.Load()), dir)
+		return true
+	})
 }
 
 // Destruct stops the sweeper and waits for it.

@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/metricstest"
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/internal/s3test"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
@@ -731,4 +732,32 @@ func TestAttachmentAdmission(t *testing.T) {
 	if u, _ := g.svc.Store().GroupAttachmentUsage(context.Background(), e.group); u.Count != 1 {
 		t.Fatalf("the refused upload stored something: %+v", u)
 	}
+}
+
+// TestAttachmentSweepMetrics: the data directory's sweeper deletes an
+// expired attachment's record and bytes, and counts them in
+// caddy_mimi_attachments_swept_total.
+func TestAttachmentSweepMetrics(t *testing.T) {
+	e := newAttachEnv(t, &Attachments{Retention: caddy.Duration(time.Hour)})
+	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, []byte("expires"))), nil)
+	answer(t, "upload", resp, body, http.StatusOK)
+	v, ok := sweeperPool.References(e.g.DataDir)
+	if !ok || v == 0 {
+		t.Fatal("no sweeper for the data directory")
+	}
+	var sw *sweeper
+	sweeperPool.Range(func(key, value any) bool {
+		if key == e.g.DataDir {
+			sw = value.(*sweeper)
+		}
+		return true
+	})
+	sw.sweep(context.Background(), time.Now().Add(2*time.Hour))
+	got := metricstest.Of(t, sweepStats{})
+	for _, kind := range []string{"expired", "objects"} {
+		if k := "caddy_mimi_attachments_swept_total{data_dir=" + e.g.DataDir + ",kind=" + kind + ",}"; got[k] != 1 {
+			t.Fatalf("%s = %v; metrics %v", k, got[k], got)
+		}
+	}
+	e.wantNoFiles(t)
 }
