@@ -433,9 +433,12 @@ func (w *writer) Write(p []byte) (int, error) {
 }
 
 // bodyError explains a failed body write: the answer the backend gave
-// early, or the transport's error.
+// early, or the transport's error. The transport stops reading the body
+// when an answer arrives, either through errAnswered or by closing the
+// pipe itself (io.ErrClosedPipe), so in both cases the PUT's outcome is
+// awaited: its round trip ends once the body is no longer read.
 func (w *writer) bodyError(err error) error {
-	if errors.Is(err, errAnswered) {
+	if errors.Is(err, errAnswered) || errors.Is(err, io.ErrClosedPipe) {
 		<-w.done
 		if e := w.answerError(true); e != nil {
 			return e
