@@ -29,6 +29,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/client"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 )
@@ -57,6 +58,11 @@ commands:
   group join <file>                join externally with what group export wrote ("-": stdin)
   send <group> [text...]           send a message (the arguments, or stdin)
   recv                             receive, process and print queued messages
+  attach put <group> <file>        encrypt and upload a file ("-": stdin); prints the sender's
+                                   leaf index, a tab, and the reference to send in a message
+  attach get <group> <leaf> <reference> <file>
+                                   download, decrypt and check an attachment sent by the member
+                                   at <leaf> in the current epoch; write it to <file> ("-": stdout)
 
 global flags:
 `
@@ -195,7 +201,7 @@ func Run(ctx context.Context, args []string, ev Env) int {
 // run dispatches a command.
 func (e *env) run(ctx context.Context, timeout time.Duration, args []string) error {
 	cmd, args := args[0], args[1:]
-	if cmd == "client" || cmd == "group" {
+	if cmd == "client" || cmd == "group" || cmd == "attach" {
 		if len(args) == 0 {
 			return usagef("%s needs a subcommand", cmd)
 		}
@@ -237,7 +243,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, args []string) err
 		return nil
 	}
 	want := map[string]int{"client publish": 0, "client show": 0, "group create": 0, "group list": 0, "group info": 1,
-		"group update": 1, "group leave": 1, "group export": 2, "group join": 1, "recv": 0}
+		"group update": 1, "group leave": 1, "group export": 2, "group join": 1, "recv": 0, "attach put": 2, "attach get": 4}
 	n, fixed := want[cmd]
 	switch {
 	case fixed && len(args) != n:
@@ -329,6 +335,35 @@ func (e *env) run(ctx context.Context, timeout time.Duration, args []string) err
 		return c.Update(ctx, gid)
 	case "group leave":
 		return c.Leave(ctx, gid)
+	case "attach put":
+		data, err := e.readFile(args[1])
+		if err != nil {
+			return err
+		}
+		ref, leaf, err := c.PutAttachment(ctx, gid, data)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "%d\t%s\n", leaf, ref)
+		return nil
+	case "attach get":
+		leaf, err := strconv.ParseUint(args[1], 10, 32)
+		if err != nil {
+			return usagef("%q is not a leaf index", args[1])
+		}
+		ref, err := attachment.ParseReference(args[2])
+		if err != nil {
+			return usagef("%v", err)
+		}
+		data, err := c.GetAttachment(ctx, gid, uint32(leaf), ref)
+		if err != nil {
+			return err
+		}
+		if args[3] == "-" {
+			_, err = e.stdout.Write(data)
+			return err
+		}
+		return os.WriteFile(args[3], data, 0o600)
 	case "group export":
 		info, err := c.ExternalCommitInfo(ctx, gid)
 		if err != nil {
