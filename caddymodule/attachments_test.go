@@ -319,9 +319,23 @@ func testAttachmentsOverTLS(t *testing.T, a *Attachments) {
 		if r := answer(t, "delete by bob", resp, body, http.StatusForbidden); r.Error.Code != moh.CodeForbidden {
 			t.Fatalf("code %v", r.Error.Code)
 		}
+		// Once alice removed bob from the group, bob gets the answer of
+		// a token that does not exist.
+		res, err := e.aliceM.Commit([]*mls.Proposal{{Type: mls.ProposalRemove, Removed: 1}}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.g.svc.Store().CommitEpoch(t.Context(), store.EpochCommit{Base: e.aliceM.State(), Next: res.Next.State()}); err != nil {
+			t.Fatal(err)
+		}
+		e.aliceM = res.Next
+		resp, body = e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))), nil)
+		if r := answer(t, "download by the removed bob", resp, body, http.StatusNotFound); r.Error.Code != moh.CodeNotFound {
+			t.Fatalf("code %v", r.Error.Code)
+		}
 		resp, body = e.post(t, "/attachment_delete", bytes.NewReader(e.sign(t, e.alice, 0, del)), nil)
 		answer(t, "delete by alice", resp, body, http.StatusOK)
-		resp, body = e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))), nil)
+		resp, body = e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.alice, 0, download(e.alice, 0, e.group, token))), nil)
 		answer(t, "download after delete", resp, body, http.StatusNotFound)
 		e.wantNoFiles(t)
 	})
