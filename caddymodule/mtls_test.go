@@ -219,27 +219,8 @@ func TestMutualTLSBetweenGateways(t *testing.T) {
 	claim(b, moh.UserURI("b.localhost", "bob"), "a.localhost", alice)
 
 	gid := []byte("a group over mutual TLS")
-	g, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := g.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
-	alice.m = g
-	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: bob.kp}}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgi := res.GroupInfo.GroupInfo
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
-		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
-	alice.m = res.Next
+	createGroupAt(t, a, alice, gid)
+	addAt(t, a, alice, false, bob)
 	app, err := alice.m.Protect([]byte("over mutual TLS"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -325,26 +306,8 @@ func TestMutualTLSRefusalIsRetried(t *testing.T) {
 
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
 	gid := []byte("a group whose Welcome waits for trust")
-	g, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := g.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
-	alice.m = g
-	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: bob.kp}}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgi := res.GroupInfo.GroupInfo
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
-		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
+	createGroupAt(t, a, alice, gid)
+	addAt(t, a, alice, false, bob)
 
 	deadline := time.Now().Add(30 * time.Second)
 	for v := outboxOf(t, a, "b.localhost"); !strings.Contains(v.LastError, "bad_certificate"); v = outboxOf(t, a, "b.localhost") {
