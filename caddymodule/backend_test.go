@@ -109,27 +109,8 @@ func TestLegacyBackendGetsPeerDeliveries(t *testing.T) {
 
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
 	gid := []byte("a group with b's backend")
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
-	alice.m = m
-	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: bob.kp}}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgi := res.GroupInfo.GroupInfo
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
-		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
-	alice.m = res.Next
+	createGroupAt(t, a, alice, gid)
+	addAt(t, a, alice, false, bob)
 	const n = 5
 	for i := range n {
 		app, err := alice.m.Protect(fmt.Appendf(nil, "message %d", i), nil)

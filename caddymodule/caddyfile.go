@@ -87,6 +87,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			certificate  <cert_file> <key_file>
 //		}
 //		unchecked_client_bindings
+//		attachments [off] {
+//			max_size                <size>
+//			group_quota             <size> [<count>]
+//			uploader_quota          <size> [<count>]
+//			retention               <duration>
+//			upload_deadline         <duration>
+//			allow_delete_by_members
+//			storage                 <backend> ...
+//		}
 //	}
 //
 // Every option may appear once, except resolve, root_ca and trust_pki_ca in
@@ -257,6 +266,12 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			g.UncheckedClientBindings = true
+		case "attachments":
+			a, err := unmarshalAttachments(d)
+			if err != nil {
+				return err
+			}
+			g.Attachments = a
 		case "peers":
 			pl, err := unmarshalPeers(d)
 			if err != nil {

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
@@ -29,18 +28,7 @@ func BenchmarkFanOut1000(b *testing.B) {
 	a, bsite := twoProviders(b)
 	alice := newPeerMember(b, a, "alice")
 	gid := []byte("a group of 1000 members over two providers")
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		b.Fatal(err)
-	}
-	gi, err := m.GroupInfo()
-	if err != nil {
-		b.Fatal(err)
-	}
-	groupOp(b, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
-	alice.m = m
+	createGroupAt(b, a, alice, gid)
 
 	// 999 more members, added 111 per commit, alternating providers.
 	var members []*peerMember
@@ -52,19 +40,7 @@ func BenchmarkFanOut1000(b *testing.B) {
 		members = append(members, newPeerMember(b, site, name))
 	}
 	for batch := range slices.Chunk(members, 111) {
-		props := make([]*mls.Proposal, len(batch))
-		for i, c := range batch {
-			props[i] = &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: c.kp}
-		}
-		res, err := alice.m.CommitWith(mls.CommitOptions{ByValue: props, OmitRatchetTree: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		pgi := res.GroupInfo.GroupInfo
-		groupOp(b, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-			PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
-			WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
-		alice.m = res.Next
+		addAt(b, a, alice, true, batch...)
 	}
 	var remote []string
 	for _, c := range members {

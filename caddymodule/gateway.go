@@ -142,6 +142,11 @@ type Gateway struct {
 	// is checked.
 	UncheckedClientBindings bool `json:"unchecked_client_bindings,omitempty"`
 
+	// Attachments configures attachment uploads, downloads, deletes and
+	// copies (attachments.go). Default: on, with the local backend under
+	// data_dir/attachments.
+	Attachments *Attachments `json:"attachments,omitempty"`
+
 	svc     *service.Service
 	policy  *admission.Policy
 	origin  *admission.Origin // pooled in originPool under originKey
@@ -164,6 +169,9 @@ type Gateway struct {
 	// senderStarted is set while this config holds the data directory's
 	// federation sender in senderPool.
 	senderStarted bool
+	// sweeperHeld is set while this config holds the data directory's
+	// attachment sweeper in sweeperPool.
+	sweeperHeld bool
 }
 
 // Federation configures the fetching of peer providers' verification keys.
@@ -291,6 +299,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return err
 	}
 	g.ds.DeliverToBackend = backend != nil
+	if err := g.provisionAttachments(ctx); err != nil {
+		return err
+	}
 	g.processProvider = g.ds.ProcessProvider
 	g.inbound = &provider.Inbound{
 		Verifier: &provider.Verifier{Domains: g.Providers, Keys: g.svc},
@@ -394,6 +405,9 @@ func (g *Gateway) Validate() error {
 	if err := g.validatePolicy(); err != nil {
 		return err
 	}
+	if err := g.Attachments.validate(); err != nil {
+		return err
+	}
 	if f := g.Federation; f != nil {
 		if f.MaxBackoff != 0 && (time.Duration(f.MaxBackoff) < time.Second || time.Duration(f.MaxBackoff) > time.Hour) {
 			return fmt.Errorf("mimi: federation max_backoff: %s is outside 1s..1h", time.Duration(f.MaxBackoff))
@@ -421,7 +435,7 @@ func (g *Gateway) Validate() error {
 // Cleanup releases the policy and this config's hold on the provider's
 // service, which closes when no config uses it any more.
 func (g *Gateway) Cleanup() error {
-	policyErr := g.cleanupPolicy()
+	policyErr := errors.Join(g.cleanupPolicy(), g.cleanupAttachments())
 	if g.senderStarted {
 		// Before the service: the sender uses its store.
 		g.senderStarted = false

@@ -19,7 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/certtest"
+	"github.com/caddy-mimi/caddy-mimi/internal/testca"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -34,7 +34,7 @@ import (
 // its server certificate (from files) when it sends.
 type mtlsPeers struct {
 	a, b     *peerSite
-	caA, caB *certtest.CA
+	caA, caB *testca.CA
 }
 
 func newMTLSPeers(t *testing.T) *mtlsPeers {
@@ -42,10 +42,10 @@ func newMTLSPeers(t *testing.T) *mtlsPeers {
 	dir := t.TempDir()
 	m := &mtlsPeers{}
 	var err error
-	if m.caA, err = certtest.NewCA("CA of a.localhost"); err != nil {
+	if m.caA, err = testca.NewCA("CA of a.localhost"); err != nil {
 		t.Fatal(err)
 	}
-	if m.caB, err = certtest.NewCA("CA of b.localhost"); err != nil {
+	if m.caB, err = testca.NewCA("CA of b.localhost"); err != nil {
 		t.Fatal(err)
 	}
 	ports := make([]string, 2)
@@ -57,12 +57,12 @@ func newMTLSPeers(t *testing.T) *mtlsPeers {
 		ports[i] = strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 		ln.Close()
 	}
-	site := func(name, port string, ca *certtest.CA, peer, peerPort string, peerCA *certtest.CA) *peerSite {
-		cert, err := ca.Issue(certtest.Leaf{DNSNames: []string{name}}) // serverAuth only, as WebPKI issues them
+	site := func(name, port string, ca *testca.CA, peer, peerPort string, peerCA *testca.CA) *peerSite {
+		cert, err := ca.Issue(testca.Leaf{DNSNames: []string{name}}) // serverAuth only, as WebPKI issues them
 		if err != nil {
 			t.Fatal(err)
 		}
-		certFile, keyFile, err := certtest.WriteKeyPair(cert, dir, name)
+		certFile, keyFile, err := testca.WriteKeyPair(cert, dir, name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,11 +116,11 @@ func (m *mtlsPeers) sendToA(t *testing.T, cert *tls.Certificate, typ moh.Provide
 // the peer which check failed, and nothing internal.
 func TestMutualTLSRefusals(t *testing.T) {
 	m := newMTLSPeers(t)
-	otherCA, err := certtest.NewCA("a CA nobody trusts")
+	otherCA, err := testca.NewCA("a CA nobody trusts")
 	if err != nil {
 		t.Fatal(err)
 	}
-	issue := func(ca *certtest.CA, l certtest.Leaf) *tls.Certificate {
+	issue := func(ca *testca.CA, l testca.Leaf) *tls.Certificate {
 		c, err := ca.Issue(l)
 		if err != nil {
 			t.Fatal(err)
@@ -141,14 +141,14 @@ func TestMutualTLSRefusals(t *testing.T) {
 		reason string // in the peer-visible message
 	}{
 		{"b's server certificate", &m.b.cert, http.StatusOK, 0, ""},
-		{"another certificate of b's CA for b", issue(m.caB, certtest.Leaf{DNSNames: bName}), http.StatusOK, 0, ""},
+		{"another certificate of b's CA for b", issue(m.caB, testca.Leaf{DNSNames: bName}), http.StatusOK, 0, ""},
 		{"no certificate", nil, http.StatusUnauthorized, moh.CodeCertRequired, "required"},
-		{"untrusted CA", issue(otherCA, certtest.Leaf{DNSNames: bName}), http.StatusUnauthorized, moh.CodeBadCertificate, "trusted root"},
-		{"a's CA, trusted by b but not by a", issue(m.caA, certtest.Leaf{DNSNames: bName}), http.StatusUnauthorized, moh.CodeBadCertificate, "trusted root"},
-		{"another name", issue(m.caB, certtest.Leaf{DNSNames: []string{"c.localhost"}}), http.StatusUnauthorized, moh.CodeBadCertificate, "does not name"},
-		{"expired", issue(m.caB, certtest.Leaf{DNSNames: bName, NotBefore: time.Now().Add(-2 * time.Hour),
+		{"untrusted CA", issue(otherCA, testca.Leaf{DNSNames: bName}), http.StatusUnauthorized, moh.CodeBadCertificate, "trusted root"},
+		{"a's CA, trusted by b but not by a", issue(m.caA, testca.Leaf{DNSNames: bName}), http.StatusUnauthorized, moh.CodeBadCertificate, "trusted root"},
+		{"another name", issue(m.caB, testca.Leaf{DNSNames: []string{"c.localhost"}}), http.StatusUnauthorized, moh.CodeBadCertificate, "does not name"},
+		{"expired", issue(m.caB, testca.Leaf{DNSNames: bName, NotBefore: time.Now().Add(-2 * time.Hour),
 			NotAfter: time.Now().Add(-time.Minute)}), http.StatusUnauthorized, moh.CodeBadCertificate, "expired"},
-		{"e-mail protection only", issue(m.caB, certtest.Leaf{DNSNames: bName,
+		{"e-mail protection only", issue(m.caB, testca.Leaf{DNSNames: bName,
 			ExtKeyUse: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}), http.StatusUnauthorized, moh.CodeBadCertificate, "authentication"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -219,27 +219,8 @@ func TestMutualTLSBetweenGateways(t *testing.T) {
 	claim(b, moh.UserURI("b.localhost", "bob"), "a.localhost", alice)
 
 	gid := []byte("a group over mutual TLS")
-	g, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := g.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
-	alice.m = g
-	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: bob.kp}}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgi := res.GroupInfo.GroupInfo
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
-		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
-	alice.m = res.Next
+	createGroupAt(t, a, alice, gid)
+	addAt(t, a, alice, false, bob)
 	app, err := alice.m.Protect([]byte("over mutual TLS"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +293,7 @@ func outboxOf(t *testing.T, site *peerSite, destination string) outboxView {
 func TestMutualTLSRefusalIsRetried(t *testing.T) {
 	m := newMTLSPeers(t)
 	a, b := m.a, m.b
-	otherCA, err := certtest.NewCA("a CA b trusts at first")
+	otherCA, err := testca.NewCA("a CA b trusts at first")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,26 +306,8 @@ func TestMutualTLSRefusalIsRetried(t *testing.T) {
 
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
 	gid := []byte("a group whose Welcome waits for trust")
-	g, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := g.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
-	alice.m = g
-	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: bob.kp}}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgi := res.GroupInfo.GroupInfo
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
-		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
+	createGroupAt(t, a, alice, gid)
+	addAt(t, a, alice, false, bob)
 
 	deadline := time.Now().Add(30 * time.Second)
 	for v := outboxOf(t, a, "b.localhost"); !strings.Contains(v.LastError, "bad_certificate"); v = outboxOf(t, a, "b.localhost") {
@@ -426,15 +389,15 @@ func TestUnmarshalMutualTLS(t *testing.T) {
 // the gateway presents to peers and checks none of theirs, and that
 // without mutual_tls neither happens.
 func TestMutualTLSPresentOnly(t *testing.T) {
-	ca, err := certtest.NewCA("test CA")
+	ca, err := testca.NewCA("test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.Issue(certtest.Leaf{DNSNames: []string{"ds.example.com"}})
+	cert, err := ca.Issue(testca.Leaf{DNSNames: []string{"ds.example.com"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile, err := certtest.WriteKeyPair(cert, t.TempDir(), "ds")
+	certFile, keyFile, err := testca.WriteKeyPair(cert, t.TempDir(), "ds")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -517,15 +480,15 @@ func TestMutualTLSProvisionErrors(t *testing.T) {
 	if err := g.Validate(); err == nil || !strings.Contains(err.Error(), "mutual_tls certificate") {
 		t.Fatalf("a certificate without a key: %v", err)
 	}
-	ca, err := certtest.NewCA("test CA")
+	ca, err := testca.NewCA("test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.Issue(certtest.Leaf{DNSNames: []string{"ds.example.com"}})
+	cert, err := ca.Issue(testca.Leaf{DNSNames: []string{"ds.example.com"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile, err := certtest.WriteKeyPair(cert, t.TempDir(), "ds")
+	certFile, keyFile, err := testca.WriteKeyPair(cert, t.TempDir(), "ds")
 	if err != nil {
 		t.Fatal(err)
 	}

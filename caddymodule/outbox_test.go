@@ -252,27 +252,8 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 	a, b := twoProviders(t)
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
 	gid := []byte("a group across an outage")
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &alice.kp.LeafNode,
-		LeafKey: alice.leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
-	alice.m = m
-	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: bob.kp}}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgi := res.GroupInfo.GroupInfo
-	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
-		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
-	alice.m = res.Next
+	createGroupAt(t, a, alice, gid)
+	res := addAt(t, a, alice, false, bob)
 	if got := waitQueue(t, b, bob.uri, 1); len(got) != 1 {
 		t.Fatalf("bob's queue at b holds %d messages before the outage, want the Welcome", len(got))
 	}
@@ -420,4 +401,45 @@ func gaugeOf(t *testing.T, reg *prometheus.Registry, name, dataDir, destination 
 		}
 	}
 	return -1
+}
+
+// createGroupAt has c create group gid on site's DS (create_group) and
+// keeps its Member in c.m.
+func createGroupAt(t testing.TB, site *peerSite, c *peerMember, gid []byte) {
+	t.Helper()
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &c.kp.LeafNode,
+		LeafKey: c.leafKey, Signer: c.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	groupOp(t, site, c, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: c.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}})
+	c.m = m
+}
+
+// addAt has c add the clients of joiners' KeyPackages to its group on
+// site's DS in one add_users commit, moves c.m to the new epoch and
+// returns the commit's result. The Welcome carries the ratchet tree, so
+// joiners can join from it alone, unless omitTree (a large group: the DS
+// serves the tree, welcome_info).
+func addAt(t testing.TB, site *peerSite, c *peerMember, omitTree bool, joiners ...*peerMember) *mls.CommitResult {
+	t.Helper()
+	props := make([]*mls.Proposal, len(joiners))
+	for i, j := range joiners {
+		props[i] = &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: j.kp}
+	}
+	res, err := c.m.CommitWith(mls.CommitOptions{ByValue: props, OmitRatchetTree: omitTree})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgi := res.GroupInfo.GroupInfo
+	groupOp(t, site, c, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
+		PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
+		WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}})
+	c.m = res.Next
+	return res
 }

@@ -17,7 +17,8 @@ func statusOf(c moh.Code) int {
 	switch c {
 	case 0:
 		return http.StatusOK
-	case moh.CodeMalformed, moh.CodeWrongRequestType, moh.CodeUnsupportedVersion, moh.CodeInvalidMLS:
+	case moh.CodeMalformed, moh.CodeWrongRequestType, moh.CodeUnsupportedVersion, moh.CodeInvalidMLS,
+		moh.CodeContentMismatch:
 		return http.StatusBadRequest
 	case moh.CodeBadSignature, moh.CodeUnknownKey, moh.CodeStaleTimestamp, moh.CodeTokenRequired,
 		moh.CodeCertRequired, moh.CodeBadCertificate:

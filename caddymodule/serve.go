@@ -216,31 +216,6 @@ func (x *exchange) admitMember(ctx context.Context, groupID, member []byte) erro
 // maxUploadHeader bounds the DSRequest that precedes an upload's content.
 const maxUploadHeader = 4 << 10
 
-// serveUpload reads and checks the DSRequest header of an upload. Uploads
-// are streamed (header, then content) and are not held to max_body; storing
-// the content lands with the attachments work, so a well-formed header is
-// answered not_implemented.
-func (g *Gateway) serveUpload(x *exchange) {
-	if err := checkContentType(x.r, contentType); err != nil {
-		g.refuse(x, err)
-		return
-	}
-	head, err := g.readPrefix(x, maxUploadHeader)
-	if err != nil {
-		g.refuse(x, err)
-		return
-	}
-	if err := x.rt.checkDSHeader(head); err != nil {
-		g.refuse(x, err)
-		return
-	}
-	if _, _, err := moh.DecodeDSRequestPrefix(head); err != nil {
-		g.refuse(x, err)
-		return
-	}
-	g.refuse(x, moh.Errorf(moh.CodeNotImplemented, "attachment upload is not implemented yet"))
-}
-
 // serveProvider runs a provider-signed request: verification (docs/protocol.md
 // §4 checks 1-7), the admission plan on the verified sender, then the
 // replay-guarded processing in mimicore.

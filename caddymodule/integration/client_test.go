@@ -437,3 +437,47 @@ func TestMimictlExternalJoin(t *testing.T) {
 		t.Fatalf("group info printed\n%s\nwant\n%s", out, want)
 	}
 }
+
+// TestGoClientLeave has bob leave a group with the Go client: his
+// self-remove proposal reaches alice, whose commit must cover it (one that
+// does not is refused while she has not received it), and bob, receiving
+// the commit, forgets the group.
+func TestGoClientLeave(t *testing.T) {
+	startClientSite(t)
+	alice := newGoClient(t, "alice", "leave")
+	bob := newGoClient(t, "bob", "leave")
+	ctx := t.Context()
+	gid, err := alice.CreateGroup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Add(ctx, gid, bob.URI()); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventJoined, gid, "", "")
+
+	if err := bob.Leave(ctx, gid); err != nil {
+		t.Fatal(err)
+	}
+	// alice has not received the proposal: her commit leaves it out and
+	// the Delivery Service refuses it.
+	if err := alice.Update(ctx, gid); err == nil {
+		t.Fatal("a commit that leaves bob's pending self-remove out was accepted")
+	}
+	expectEvent(t, "alice", receive(t, alice, 1)[0], mimiclient.EventProposal, gid, bob.URI(), "")
+	if err := alice.Update(ctx, gid); err != nil {
+		t.Fatalf("alice's commit covering bob's self-remove: %v", err)
+	}
+	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventRemoved, gid, alice.URI(), "")
+	if _, err := bob.Group(gid); !errors.Is(err, mimiclient.ErrUnknownGroup) {
+		t.Fatalf("bob still knows the group after leaving: %v", err)
+	}
+	g, err := alice.Group(gid)
+	if err != nil || len(g.Members) != 1 {
+		t.Fatalf("alice's group after bob left: %+v, %v; want alice alone", g, err)
+	}
+	// The group goes on without him.
+	if err := alice.Send(ctx, gid, []byte("bob has left")); err != nil {
+		t.Fatal(err)
+	}
+}

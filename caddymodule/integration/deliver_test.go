@@ -199,6 +199,48 @@ func TestFanOutToPeer(t *testing.T) {
 	if _, plain, err := alice.m.Unprotect(in); err != nil || string(plain) != "hello from b" {
 		t.Fatalf("alice reads %q, %v", plain, err)
 	}
+	// bob leaves: his self-remove proposal goes to his own provider,
+	// which relays it to the hub; alice commits it by reference; b gets
+	// the commit for bob, and nothing of the group after it.
+	prop, err := bob.m.Propose(&mls.Proposal{Type: mls.ProposalRemove, Removed: bob.m.LeafIndex()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, raw = get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443/group_operation", "application/octet-stream",
+		bob.sign(t, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *prop}, 0))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("bob's self_remove_client relayed by b: %d %x", resp.StatusCode, raw)
+	}
+	ac, ref, err := alice.m.VerifyProposal(prop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leave, err := alice.m.Commit(nil, [][]byte{ref}, func([]byte) (*mls.AuthenticatedContent, error) { return ac, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "update_client covering bob's self-remove", alice.sign(t, groupUpdate(moh.UpdateClient, leave), 0))
+	alice.m = leave.Next
+	last := got[1].Seq
+	var removal []localapi.Message
+	for deadline := time.Now().Add(30 * time.Second); len(removal) == 0 && time.Now().Before(deadline); {
+		removal = fetchQueue(t, bob, "bob", last, 10)
+	}
+	if len(removal) != 1 {
+		t.Fatalf("bob's queue at b got %d messages after his leave, want the commit that removes him", len(removal))
+	}
+	if want, _ := wire.Marshal(leave.Commit); !bytes.Equal(removal[0].Message, want) {
+		t.Fatal("bob's last message is not the commit that removes him")
+	}
+	after, err := alice.m.Protect([]byte("bob has left"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "send_message after bob left", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *after}, 0))
+	if more := fetchQueue(t, bob, "bob", removal[0].Seq, 2); len(more) != 0 {
+		t.Fatalf("bob got %d messages of the group after he left", len(more))
+	}
+
 	// A group b knows no hub for stays not_found there.
 	stranger, err := alice.m.Protect([]byte("x"), nil)
 	if err != nil {

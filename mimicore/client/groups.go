@@ -27,8 +27,41 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // of anything of the new epoch). The previous epoch's Member is dropped as
 // soon as the queue shows a message of the new epoch, or the group moves
 // on again, so its keys live no longer than needed.
+//
+// pending are the proposals of the current epoch the client received (a
+// member's self-remove, which the Delivery Service keeps until a commit
+// covers it), each an encoded MLSMessage: the next commit the client
+// makes covers them by reference, and a commit it receives resolves its
+// references with them. They go when the epoch does.
 type group struct {
 	cur, prev *mls.Member
+	pending   [][]byte
+}
+
+// resolver resolves proposal references from g's pending proposals,
+// verified against m (the Member of their epoch).
+func (g *group) resolver(m *mls.Member) (refs [][]byte, resolve mls.ProposalResolver) {
+	byRef := map[string]*mls.AuthenticatedContent{}
+	for _, p := range g.pending {
+		msg, err := mls.DecodeMLSMessage(p)
+		if err != nil {
+			continue
+		}
+		ac, ref, err := m.VerifyProposal(msg)
+		if err != nil {
+			continue
+		}
+		if _, dup := byRef[string(ref)]; !dup {
+			byRef[string(ref)] = ac
+			refs = append(refs, ref)
+		}
+	}
+	return refs, func(ref []byte) (*mls.AuthenticatedContent, error) {
+		if ac, ok := byRef[string(ref)]; ok {
+			return ac, nil
+		}
+		return nil, fmt.Errorf("proposal %x is not among the pending ones", ref)
+	}
 }
 
 // loadGroup returns what the client keeps of group groupID, from memory or
@@ -82,9 +115,13 @@ func (c *Client) storeMember(m *mls.Member) error {
 
 // storeGroup writes g to its group's file: a known group's file is
 // replaced, a new group gets a new file and then a record that names it.
-// c.mu is held.
+// A g without pending proposals keeps those of the group it replaces
+// while the epoch is the same. c.mu is held.
 func (c *Client) storeGroup(g *group) error {
 	groupID := g.cur.State().GroupID()
+	if old, ok := c.members[string(groupID)]; ok && g.pending == nil && old.cur.State().Epoch() == g.cur.State().Epoch() {
+		g.pending = old.pending
+	}
 	data, err := encodeGroup(g)
 	if err != nil {
 		return fmt.Errorf("storing group %x: %w", groupID, err)
@@ -220,9 +257,17 @@ func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType
 	if err != nil {
 		return err
 	}
-	// The tree stays out of the GroupInfo and the Welcome: the DS serves
-	// it (welcome_info), so a commit's messages do not grow with the group.
-	res, err := m.CommitWith(mls.CommitOptions{ByValue: props, OmitRatchetTree: true})
+	g, err := c.loadGroup(groupID)
+	if err != nil {
+		return err
+	}
+	// The pending proposals (a member's self-remove) are covered by
+	// reference: the Delivery Service refuses a commit that leaves them
+	// out. The tree stays out of the GroupInfo and the Welcome: the DS
+	// serves it (welcome_info), so a commit's messages do not grow with
+	// the group.
+	refs, resolve := g.resolver(m)
+	res, err := m.CommitWith(mls.CommitOptions{ByValue: props, ByRef: refs, Resolve: resolve, OmitRatchetTree: true})
 	if err != nil {
 		return err
 	}
@@ -379,7 +424,8 @@ func (c *Client) remove(ctx context.Context, groupID []byte, targets []string) e
 }
 
 // Update gives the client's leaf in the group fresh keys with an
-// update_client commit (an UpdatePath and no proposal).
+// update_client commit (an UpdatePath), which also covers the pending
+// proposals the client received (a member's self-remove).
 func (c *Client) Update(ctx context.Context, groupID []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -554,4 +600,52 @@ func (c *Client) Groups() [][]byte {
 		out = append(out, bytes.Clone(g.groupID))
 	}
 	return out
+}
+
+// Leave asks to leave the group: the client proposes its own removal
+// (self_remove_client), which the Delivery Service keeps and delivers to
+// the other members. The next commit of another member covers it (the
+// DS refuses a commit that leaves it out); receiving that commit, the
+// client forgets the group (EventRemoved). Until then the client is still
+// a member and receives the group's messages.
+func (c *Client) Leave(ctx context.Context, groupID []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.leave(ctx, groupID); err != nil {
+		return fmt.Errorf("leaving group %x: %w", groupID, err)
+	}
+	return nil
+}
+
+func (c *Client) leave(ctx context.Context, groupID []byte) error {
+	m, err := c.member(groupID)
+	if err != nil {
+		return err
+	}
+	prop, err := m.Propose(&mls.Proposal{Type: mls.ProposalRemove, Removed: m.LeafIndex()})
+	if err != nil {
+		return err
+	}
+	req, err := c.sign(moh.RequestBody{Type: moh.SelfRemoveClient, Message: *prop}, m.LeafIndex())
+	if err != nil {
+		return err
+	}
+	if _, err := c.postDS(ctx, "/group_operation", "self_remove_client", req); err != nil {
+		return err
+	}
+	// The commit that removes the client covers the proposal by
+	// reference; the DS does not send a proposal back to its sender, so
+	// the client keeps its own to resolve that commit.
+	enc, err := wire.Marshal(prop)
+	if err != nil {
+		return err
+	}
+	g, err := c.loadGroup(groupID)
+	if err != nil {
+		return err
+	}
+	if len(g.pending) >= maxPendingProposals {
+		return errors.New("too many pending proposals")
+	}
+	return c.storeGroup(&group{cur: g.cur, prev: g.prev, pending: append(slices.Clone(g.pending), enc)})
 }

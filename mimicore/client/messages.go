@@ -67,6 +67,9 @@ const (
 	EventRemoved
 	// EventSkipped is a message the client could not use; Err says why.
 	EventSkipped
+	// EventProposal is a member's proposal (a self-remove), kept: the
+	// client's next commit covers it, or another member's does.
+	EventProposal
 )
 
 // String returns the kind's name.
@@ -82,6 +85,8 @@ func (k EventKind) String() string {
 		return "removed"
 	case EventSkipped:
 		return "skipped"
+	case EventProposal:
+		return "proposal"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -229,13 +234,29 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 		return ev, nil
 	}
 	pm := msg.PublicMessage
-	if pm.Content.ContentType != mls.ContentCommit {
-		return skip(fmt.Errorf("a public message of content type %d", pm.Content.ContentType))
-	}
 	if pm.Content.Sender.Type == mls.SenderMember {
 		ev.Sender = identityOf(m.State(), pm.Content.Sender.Index)
 	}
-	next, err := m.ApplyCommit(msg, nil)
+	switch pm.Content.ContentType {
+	case mls.ContentProposal:
+		if _, _, err := m.VerifyProposal(msg); err != nil {
+			return skip(err)
+		}
+		if len(g.pending) >= maxPendingProposals {
+			return skip(errors.New("too many pending proposals"))
+		}
+		kept := &group{cur: g.cur, prev: g.prev, pending: append(slices.Clone(g.pending), bytes.Clone(qm.Message))}
+		if err := c.storeGroup(kept); err != nil {
+			return ev, err
+		}
+		ev.Kind = EventProposal
+		return ev, nil
+	case mls.ContentCommit:
+	default:
+		return skip(fmt.Errorf("a public message of content type %d", pm.Content.ContentType))
+	}
+	_, resolve := g.resolver(m)
+	next, err := m.ApplyCommit(msg, resolve)
 	if errors.Is(err, mls.ErrRemoved) {
 		if err := c.forget(gid); err != nil {
 			return ev, err

@@ -231,15 +231,24 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// groupFormat is the version byte of a group file.
-const groupFormat = 1
+// groupFormat is the version byte of a group file: 2 adds the pending
+// proposals; a file of format 1 (none) is still read.
+const (
+	groupFormat   = 2
+	groupFormatV1 = 1
+)
+
+// maxPendingProposals bounds the proposals a group file keeps.
+const maxPendingProposals = 256
 
 // encodeGroup encodes a group file:
 //
 //	struct {
-//	    uint8 format = 1;
+//	    uint8 format = 2;
 //	    opaque member<V>;                 // mls.Member.MarshalBinary
 //	    optional<opaque previous<V>>;     // the previous epoch's Member
+//	    opaque pending<V>;                // the proposals of the current
+//	                                      // epoch, each an MLSMessage<V>
 //	} GroupFile;
 func encodeGroup(g *group) ([]byte, error) {
 	cur, err := g.cur.MarshalBinary()
@@ -259,6 +268,15 @@ func encodeGroup(g *group) ([]byte, error) {
 	if g.prev != nil {
 		wire.AddOpaque(&b, prev)
 	}
+	var list cryptobyte.Builder
+	for _, p := range g.pending {
+		wire.AddOpaque(&list, p)
+	}
+	pending, err := list.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	wire.AddOpaque(&b, pending)
 	return b.Bytes()
 }
 
@@ -268,11 +286,23 @@ func decodeGroup(data []byte) (*group, error) {
 	var format uint8
 	var cur, prev []byte
 	var hasPrev bool
-	if !s.ReadUint8(&format) || format != groupFormat || !wire.ReadOpaque(&s, &cur) || !wire.ReadOptional(&s, &hasPrev) ||
-		(hasPrev && !wire.ReadOpaque(&s, &prev)) || !s.Empty() {
+	var pending [][]byte
+	ok := s.ReadUint8(&format) && (format == groupFormat || format == groupFormatV1) && wire.ReadOpaque(&s, &cur) &&
+		wire.ReadOptional(&s, &hasPrev) && (!hasPrev || wire.ReadOpaque(&s, &prev))
+	if ok && format == groupFormat {
+		var raw []byte
+		ok = wire.ReadOpaque(&s, &raw)
+		list := cryptobyte.String(raw)
+		for ok && !list.Empty() {
+			var p []byte
+			ok = wire.ReadOpaque(&list, &p) && len(pending) < maxPendingProposals
+			pending = append(pending, p)
+		}
+	}
+	if !ok || !s.Empty() {
 		return nil, fmt.Errorf("%w: group file: %w", ErrStateEncoding, wire.ErrMalformed)
 	}
-	g := new(group)
+	g := &group{pending: pending}
 	var err error
 	if g.cur, err = mls.DecodeMember(cur, mls.MemberOptions{}); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)

@@ -482,8 +482,23 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 		return b
 	}
 	valid := enc(&group{cur: res.Next, prev: m})
-	if g, err := decodeGroup(valid); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 {
+	if g, err := decodeGroup(valid); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a valid group file: %+v, %v", g, err)
+	}
+	// A file of format 1 has no pending proposals (the last byte, an
+	// empty vector, is format 2's).
+	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-1]...)
+	if g, err := decodeGroup(v1); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
+		t.Fatalf("decoding a group file of format 1: %+v, %v", g, err)
+	}
+	// Pending proposals survive the round trip.
+	withPending := enc(&group{cur: res.Next, pending: [][]byte{[]byte("proposal one"), []byte("proposal two")}})
+	if g, err := decodeGroup(withPending); err != nil || len(g.pending) != 2 || string(g.pending[1]) != "proposal two" {
+		t.Fatalf("decoding a group file with pending proposals: %+v, %v", g, err)
+	}
+	tooMany := make([][]byte, maxPendingProposals+1)
+	for i := range tooMany {
+		tooMany[i] = []byte{1}
 	}
 	for _, tc := range []struct {
 		name string
@@ -492,7 +507,8 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 		{"empty", nil},
 		{"truncated", valid[:len(valid)-1]},
 		{"trailing byte", append(slices.Clone(valid), 0)},
-		{"other format", append([]byte{2}, valid[1:]...)},
+		{"other format", append([]byte{3}, valid[1:]...)},
+		{"too many pending proposals", enc(&group{cur: res.Next, pending: tooMany})},
 		{"previous member of the same epoch", enc(&group{cur: m, prev: m})},
 		{"previous member of a later epoch", enc(&group{cur: m, prev: res.Next})},
 	} {

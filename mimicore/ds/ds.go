@@ -26,8 +26,9 @@
 // the client bindings of new leaves, then stored on condition that its
 // epoch is still current, so one commit wins each epoch),
 // self_remove_client, send_message (delivered to the members),
-// welcome_info and external_commit_info. Attachments are answered
-// not_implemented.
+// welcome_info and external_commit_info. With Attachments set it serves
+// the attachment types (attachments.go): Upload and Download stream, and
+// Handle serves delete and copy.
 package ds
 
 import (
@@ -128,6 +129,9 @@ type Service struct {
 	// Members remembers how each hosted group's members split into local
 	// and remote clients; nil passes over every member for each post.
 	Members *MemberViews
+	// Attachments serves uploads, downloads, deletes and copies
+	// (attachments.go). Nil answers them not_implemented.
+	Attachments *Attachments
 }
 
 // logger is s.Logger, or a logger that discards.
@@ -216,9 +220,10 @@ func (s *Service) AuthenticatePrefix(ctx context.Context, data []byte) (*Request
 }
 
 // Handle processes an authenticated request. The signatures of attachment
-// uploads, deletes and copies are first recorded in the replay set: a
-// second request with the same signed bytes within ReplayWindow is
-// answered replay.
+// deletes and copies are first recorded in the replay set (Upload records
+// an upload's): a second request with the same signed bytes within
+// ReplayWindow is answered replay. Uploads and downloads stream, through
+// Upload and Download.
 func (s *Service) Handle(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	switch typ := r.Body.Body.Type; typ {
 	case moh.RequestGroupID:
@@ -227,11 +232,21 @@ func (s *Service) Handle(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		if err := s.checkReplay(ctx, r.Body); err != nil {
 			return nil, err
 		}
+		if s.Attachments == nil {
+			return nil, errNoAttachments()
+		}
+		if typ == moh.AttachmentUpload {
+			return nil, moh.Errorf(moh.CodeWrongRequestType, "an upload is served by Upload, not Handle")
+		}
+		return s.handleAttachment(ctx, r)
 	case moh.AttachmentDownload:
+		if s.Attachments == nil {
+			return nil, errNoAttachments()
+		}
+		return nil, moh.Errorf(moh.CodeWrongRequestType, "a download is served by Download, not Handle")
 	default:
 		return s.handleGroupOp(ctx, r)
 	}
-	return nil, moh.Errorf(moh.CodeNotImplemented, "request type %s is not implemented yet", r.Body.Body.Type)
 }
 
 // checkReplay records the signed bytes of req in the replay set, and

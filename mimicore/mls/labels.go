@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/subtle"
 	"fmt"
+	"hash"
 	"math"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -31,6 +32,16 @@ func (cs CipherSuite) Hash(data []byte) ([]byte, error) {
 		return nil, err
 	}
 	return s.hash(data), nil
+}
+
+// NewHash returns a new hash.Hash of the suite's Hash, for data hashed
+// as it streams (attachment content).
+func (cs CipherSuite) NewHash() (hash.Hash, error) {
+	s, err := cs.params()
+	if err != nil {
+		return nil, err
+	}
+	return s.newHash(), nil
 }
 
 // RefHash computes Hash(RefHashInput{label, value}) (RFC 9420 §5.2). The

@@ -42,6 +42,7 @@ const (
 	CodeBodyTimeout        Code = 23 // the request body did not arrive in time
 	CodeInvalidMLS         Code = 24 // the MLS content is not valid for the group's state (RFC 9420)
 	CodeGroupExists        Code = 25 // create_group names a group id already in use
+	CodeContentMismatch    Code = 26 // an upload's content differs from its header's length or hash
 	CodeCertRequired       Code = 27 // mutual TLS is required and the connection carries no client certificate
 	CodeBadCertificate     Code = 28 // the client certificate is not valid, not trusted, or does not name the sender's DS authority
 )
@@ -72,6 +73,7 @@ var codeNames = [...]string{
 	CodeBodyTimeout:        "body_timeout",
 	CodeInvalidMLS:         "invalid_mls",
 	CodeGroupExists:        "group_exists",
+	CodeContentMismatch:    "content_mismatch",
 	CodeCertRequired:       "certificate_required",
 	CodeBadCertificate:     "bad_certificate",
 }

@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/certtest"
+	"github.com/caddy-mimi/caddy-mimi/internal/testca"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 )
 
 // issue issues a leaf of ca described by l, or fails the test.
-func issue(t *testing.T, ca *certtest.CA, l certtest.Leaf) []*x509.Certificate {
+func issue(t *testing.T, ca *testca.CA, l testca.Leaf) []*x509.Certificate {
 	t.Helper()
 	c, err := ca.Issue(l)
 	if err != nil {
@@ -27,9 +27,9 @@ func issue(t *testing.T, ca *certtest.CA, l certtest.Leaf) []*x509.Certificate {
 	return []*x509.Certificate{c.Leaf}
 }
 
-func newCA(t *testing.T, name string) *certtest.CA {
+func newCA(t *testing.T, name string) *testca.CA {
 	t.Helper()
-	ca, err := certtest.NewCA(name)
+	ca, err := testca.NewCA(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,22 +50,22 @@ func TestCertVerifier(t *testing.T) {
 		authority string
 		want      moh.Code // 0: accepted
 	}{
-		{"server certificate of the DS host", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"ds.peer.example"}}), authority, 0},
-		{"authority without a port", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"ds.peer.example"}}), "ds.peer.example", 0},
-		{"clientAuth only", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"ds.peer.example"},
+		{"server certificate of the DS host", issue(t, peerCA, testca.Leaf{DNSNames: []string{"ds.peer.example"}}), authority, 0},
+		{"authority without a port", issue(t, peerCA, testca.Leaf{DNSNames: []string{"ds.peer.example"}}), "ds.peer.example", 0},
+		{"clientAuth only", issue(t, peerCA, testca.Leaf{DNSNames: []string{"ds.peer.example"},
 			ExtKeyUse: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}), authority, 0},
-		{"no extended key usage", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"ds.peer.example"},
+		{"no extended key usage", issue(t, peerCA, testca.Leaf{DNSNames: []string{"ds.peer.example"},
 			ExtKeyUse: []x509.ExtKeyUsage{}}), authority, 0},
-		{"wildcard", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"*.peer.example"}}), authority, 0},
+		{"wildcard", issue(t, peerCA, testca.Leaf{DNSNames: []string{"*.peer.example"}}), authority, 0},
 		{"no certificate", nil, authority, moh.CodeCertRequired},
-		{"untrusted CA", issue(t, otherCA, certtest.Leaf{DNSNames: []string{"ds.peer.example"}}), authority, moh.CodeBadCertificate},
-		{"another name", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"peer.example.com"}}), authority, moh.CodeBadCertificate},
-		{"wildcard two labels deep", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"*.example"}}), authority, moh.CodeBadCertificate},
-		{"expired", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"ds.peer.example"},
+		{"untrusted CA", issue(t, otherCA, testca.Leaf{DNSNames: []string{"ds.peer.example"}}), authority, moh.CodeBadCertificate},
+		{"another name", issue(t, peerCA, testca.Leaf{DNSNames: []string{"peer.example.com"}}), authority, moh.CodeBadCertificate},
+		{"wildcard two labels deep", issue(t, peerCA, testca.Leaf{DNSNames: []string{"*.example"}}), authority, moh.CodeBadCertificate},
+		{"expired", issue(t, peerCA, testca.Leaf{DNSNames: []string{"ds.peer.example"},
 			NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Minute)}), authority, moh.CodeBadCertificate},
-		{"not yet valid", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"ds.peer.example"},
+		{"not yet valid", issue(t, peerCA, testca.Leaf{DNSNames: []string{"ds.peer.example"},
 			NotBefore: now.Add(time.Hour), NotAfter: now.Add(2 * time.Hour)}), authority, moh.CodeBadCertificate},
-		{"e-mail protection only", issue(t, peerCA, certtest.Leaf{DNSNames: []string{"ds.peer.example"},
+		{"e-mail protection only", issue(t, peerCA, testca.Leaf{DNSNames: []string{"ds.peer.example"},
 			ExtKeyUse: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}), authority, moh.CodeBadCertificate},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,7 +83,7 @@ func TestCertVerifier(t *testing.T) {
 // accepted from the cache after its certificate expired.
 func TestCertVerifierCacheExpires(t *testing.T) {
 	ca := newCA(t, "peer CA")
-	certs := issue(t, ca, certtest.Leaf{DNSNames: []string{"ds.peer.example"}, NotAfter: time.Now().Add(time.Minute)})
+	certs := issue(t, ca, testca.Leaf{DNSNames: []string{"ds.peer.example"}, NotAfter: time.Now().Add(time.Minute)})
 	clock := time.Now()
 	v := &CertVerifier{Roots: ca.Pool(), Now: func() time.Time { return clock }}
 	if err := v.Verify(certs, "ds.peer.example"); err != nil {
@@ -141,7 +141,7 @@ func TestAuthorityIsCached(t *testing.T) {
 // that asks for one, and none when the function is not set.
 func TestFetcherPresentsClientCertificate(t *testing.T) {
 	ca := newCA(t, "our CA")
-	mine, err := ca.Issue(certtest.Leaf{DNSNames: []string{"ds.ours.example"}})
+	mine, err := ca.Issue(testca.Leaf{DNSNames: []string{"ds.ours.example"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,11 +188,11 @@ func TestFetcherPresentsClientCertificate(t *testing.T) {
 // chain verified before (the cache, the cost per request on a kept-alive
 // connection) and a chain verified afresh.
 func BenchmarkCertVerifier(b *testing.B) {
-	ca, err := certtest.NewCA("peer CA")
+	ca, err := testca.NewCA("peer CA")
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := ca.Issue(certtest.Leaf{DNSNames: []string{"ds.peer.example"}})
+	c, err := ca.Issue(testca.Leaf{DNSNames: []string{"ds.peer.example"}})
 	if err != nil {
 		b.Fatal(err)
 	}

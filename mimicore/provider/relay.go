@@ -30,21 +30,10 @@ type Relayed struct {
 // and returns the answer unchanged (docs/protocol.md §9: followers relay
 // their clients' requests to the group's hub).
 func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte) (*Relayed, error) {
-	if f.closed() {
-		return nil, fmt.Errorf("relaying to %s: %w", domain, ErrFetcherClosed)
-	}
-	if !strings.HasPrefix(path, "/") {
-		return nil, errors.New("relaying: path must start with /")
-	}
-	authority, err := f.Discover(ctx, domain)
-	if err != nil {
-		return nil, fmt.Errorf("discovering %s: %w", domain, err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+authority+path, bytes.NewReader(body))
+	req, authority, err := f.relayRequest(ctx, domain, path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := f.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("relaying to %s: %w", authority, err)
@@ -58,4 +47,26 @@ func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte
 		return nil, fmt.Errorf("the answer of %s exceeds %d bytes", authority, maxRelayAnswer)
 	}
 	return &Relayed{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: raw}, nil
+}
+
+// relayRequest is the POST of body to path of the DS of provider domain,
+// discovered as for keys, with the content type of DS requests; it also
+// returns the DS authority.
+func (f *KeyFetcher) relayRequest(ctx context.Context, domain, path string, body io.Reader) (*http.Request, string, error) {
+	if f.closed() {
+		return nil, "", fmt.Errorf("relaying to %s: %w", domain, ErrFetcherClosed)
+	}
+	if !strings.HasPrefix(path, "/") {
+		return nil, "", errors.New("relaying: path must start with /")
+	}
+	authority, err := f.Discover(ctx, domain)
+	if err != nil {
+		return nil, "", fmt.Errorf("discovering %s: %w", domain, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+authority+path, body)
+	if err != nil {
+		return nil, "", err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	return req, authority, nil
 }

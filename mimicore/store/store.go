@@ -89,15 +89,15 @@
 // clients (KeyPackages: single-use packages consumed atomically, one
 // last-resort package per suite handed out but never consumed) and their
 // queues (Queues: per client an ordered queue with gapless sequence
-// numbers, a fan-out's bytes stored once). The DS state that later issues
-// add gets its own interface here and its own appended migration in each
-// backend:
+// numbers, a fan-out's bytes stored once); version 8 the attachment
+// metadata of Attachments: per token (its SHA-256) the group, uploader,
+// size, content hash and a reference-counted object, whose bytes live in a
+// storage backend (files, an object store), never in the database. The DS
+// state that later issues add gets its own interface here and its own
+// appended migration in each backend:
 //
 //   - duplicate detection of delivered messages, per client, by message
-//     hash (issue 10: a retried deliver_message under a fresh request id);
-//   - attachment metadata: token, group, uploader, size, content hash and
-//     a reference-counted blob, whose bytes live in files (SQLite) or an
-//     object store (PostgreSQL), never in the database.
+//     hash (issue 10: a retried deliver_message under a fresh request id).
 //
 // Each of those read-modify-write operations is, like Reserve and MarkSpent
 // here, one conditional statement (INSERT ... ON CONFLICT ... WHERE, UPDATE
@@ -166,6 +166,7 @@ type Store interface {
 	KeyPackages
 	Queues
 	Outbox
+	Attachments
 	OutboxAdder
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;

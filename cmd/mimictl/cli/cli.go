@@ -29,6 +29,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/client"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 )
@@ -51,11 +52,17 @@ commands:
   group info <group>               print a group's epoch and members
   group add <group> <uri>...       add users (mimi://p/u/name) or clients (mimi://p/d/name/device)
   group remove <group> <uri>...    remove users or clients
-  group update <group>             give the client's leaf fresh keys
+  group update <group>             give the client's leaf fresh keys (and commit pending proposals)
+  group leave <group>              propose the client's own removal; the next member's commit removes it
   group export <group> <file>      write what an external joiner needs ("-": stdout)
   group join <file>                join externally with what group export wrote ("-": stdin)
   send <group> [text...]           send a message (the arguments, or stdin)
   recv                             receive, process and print queued messages
+  attach put <group> <file>        encrypt and upload a file ("-": stdin); prints the sender's
+                                   leaf index, a tab, and the reference to send in a message
+  attach get <group> <leaf> <reference> <file>
+                                   download, decrypt and check an attachment sent by the member
+                                   at <leaf> in the current epoch; write it to <file> ("-": stdout)
 
 global flags:
 `
@@ -194,7 +201,7 @@ func Run(ctx context.Context, args []string, ev Env) int {
 // run dispatches a command.
 func (e *env) run(ctx context.Context, timeout time.Duration, args []string) error {
 	cmd, args := args[0], args[1:]
-	if cmd == "client" || cmd == "group" {
+	if cmd == "client" || cmd == "group" || cmd == "attach" {
 		if len(args) == 0 {
 			return usagef("%s needs a subcommand", cmd)
 		}
@@ -236,7 +243,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, args []string) err
 		return nil
 	}
 	want := map[string]int{"client publish": 0, "client show": 0, "group create": 0, "group list": 0, "group info": 1,
-		"group update": 1, "group export": 2, "group join": 1, "recv": 0}
+		"group update": 1, "group leave": 1, "group export": 2, "group join": 1, "recv": 0, "attach put": 2, "attach get": 4}
 	n, fixed := want[cmd]
 	switch {
 	case fixed && len(args) != n:
@@ -326,6 +333,37 @@ func (e *env) run(ctx context.Context, timeout time.Duration, args []string) err
 		return c.Remove(ctx, gid, args[1:]...)
 	case "group update":
 		return c.Update(ctx, gid)
+	case "group leave":
+		return c.Leave(ctx, gid)
+	case "attach put":
+		data, err := e.readFile(args[1])
+		if err != nil {
+			return err
+		}
+		ref, leaf, err := c.PutAttachment(ctx, gid, data)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "%d\t%s\n", leaf, ref)
+		return nil
+	case "attach get":
+		leaf, err := strconv.ParseUint(args[1], 10, 32)
+		if err != nil {
+			return usagef("%q is not a leaf index", args[1])
+		}
+		ref, err := attachment.ParseReference(args[2])
+		if err != nil {
+			return usagef("%v", err)
+		}
+		data, err := c.GetAttachment(ctx, gid, uint32(leaf), ref)
+		if err != nil {
+			return err
+		}
+		if args[3] == "-" {
+			_, err = e.stdout.Write(data)
+			return err
+		}
+		return os.WriteFile(args[3], data, 0o600)
 	case "group export":
 		info, err := c.ExternalCommitInfo(ctx, gid)
 		if err != nil {
@@ -369,6 +407,7 @@ func (e *env) readFile(name string) ([]byte, error) {
 //	joined  <group> <sender>
 //	commit  <group> <sender> <epoch>
 //	removed <group> <sender>
+//	proposal <group> <sender>
 //
 // separated by tabs. A text with control characters or invalid UTF-8 is
 // printed as a Go-quoted string. Skipped messages are reported on stderr.
@@ -382,7 +421,7 @@ func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration) er
 				fmt.Fprintf(e.stdout, "message\t%s\t%s\t%s\n", gid, ev.Sender, printable(ev.Data))
 			case client.EventCommit:
 				fmt.Fprintf(e.stdout, "commit\t%s\t%s\t%d\n", gid, ev.Sender, ev.Epoch)
-			case client.EventJoined, client.EventRemoved:
+			case client.EventJoined, client.EventRemoved, client.EventProposal:
 				fmt.Fprintf(e.stdout, "%s\t%s\t%s\n", ev.Kind, gid, ev.Sender)
 			default:
 				fmt.Fprintf(e.stderr, "mimictl: skipped queued message %d of group %s: %v\n", ev.Seq, gid, ev.Err)

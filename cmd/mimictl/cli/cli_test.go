@@ -27,6 +27,8 @@ func TestExitStatus(t *testing.T) {
 		{"group without subcommand", []string{"group"}, env, exitUsage, "group needs a subcommand"},
 		{"too few arguments", []string{"group", "info"}, env, exitUsage, "group info takes 1 argument(s)"},
 		{"add without URI", []string{"group", "add", "00"}, env, exitUsage, "needs a group and at least one URI"},
+		{"attach put without file", []string{"attach", "put", "00"}, env, exitUsage, "attach put takes 2 argument(s)"},
+		{"attach without subcommand", []string{"attach"}, env, exitUsage, "attach needs a subcommand"},
 		{"init without URI", []string{"client", "init"}, env, exitUsage, "client init needs one client URI"},
 		{"bad flag", []string{"recv", "-wait", "soon"}, env, exitUsage, "recv:"},
 		{"missing CA file", []string{"-ca", state + "/none.pem", "group", "list"}, env, exitFailure, "reading the CA file"},

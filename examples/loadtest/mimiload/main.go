@@ -11,9 +11,8 @@
 //
 //   - signed: distinct connection_request requests signed by a.localhost
 //     with a's key ring (read from D/a/keys), each with a fresh request_id;
-//     b verifies, looks up the KeyPackage the Welcome adds (none: the
-//     refs are random), answers 404 not_found and records the answer: one
-//     SQLite write per request. The requests
+//     b verifies, answers 404 not_found (the user is of a provider b does
+//     not serve) and records the answer: one SQLite write per request. The requests
 //     are signed ahead of the measured phase (a pool of -pool requests).
 //   - retry: byte-identical copies of one signed request, sent once before
 //     the measured phase: signature check and replay lookup, no write.

@@ -35,12 +35,12 @@ func newSigner(dir string) (*signer, error) {
 	return &signer{ring: ring}, nil
 }
 
-// payload returns a valid ConnectionRequest payload (a Welcome for a
-// user of b); variant changes the group id so that two variants of one
-// request differ in their bytes. The Welcome adds no KeyPackage b handed
-// out, so b answers 404 not_found after every check and one KeyPackage
-// lookup, and records that answer: the mode measures the envelope checks
-// and the replay write, with no queue write.
+// payload returns a valid ConnectionRequest payload (a Welcome); variant
+// changes the group id so that two variants of one request differ in
+// their bytes. Its user_id names a provider b does not serve, so b
+// answers 404 not_found after every check of the envelope and the
+// payload's decoding, without reading its store, and records that answer:
+// the mode measures exactly the envelope checks and the replay write.
 func payload(variant int) ([]byte, error) {
 	welcome := mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatWelcome, Welcome: &mls.Welcome{
 		CipherSuite: mls.X25519AES128GCMSHA256Ed25519,
@@ -48,7 +48,7 @@ func payload(variant int) ([]byte, error) {
 			EncryptedGroupSecrets: mls.HPKECiphertext{KEMOutput: make([]byte, 32), Ciphertext: make([]byte, 64)}}},
 		EncryptedGroupInfo: make([]byte, 128)}}
 	return wire.Marshal(&moh.ConnectionRequestPayload{
-		UserID:  []byte(moh.UserURI("b.localhost", "bob")),
+		UserID:  []byte(moh.UserURI("elsewhere.localhost", "bob")),
 		GroupID: []byte(fmt.Sprintf("load group %d", variant)),
 		Welcome: welcome,
 	})

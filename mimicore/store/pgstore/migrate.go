@@ -35,6 +35,7 @@ var migrations = []migration{
 	{5, "joiners of Welcome epochs", schemaV5},
 	{6, "outbox of messages for other providers", schemaV6},
 	{7, "one global queue sequence, group logs, group members, ack cursors", schemaV7},
+	{8, "attachment metadata and reference-counted objects", schemaV8},
 }
 
 // migrationLock is the key of the advisory lock that serialises the

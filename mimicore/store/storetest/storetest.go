@@ -37,6 +37,7 @@ func RunContractTests(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("MarkSpent", func(t *testing.T) { testMarkSpent(t, open) })
 	t.Run("SigningKeys", func(t *testing.T) { testSigningKeys(t, open) })
 	t.Run("PeerKeys", func(t *testing.T) { testPeerKeys(t, open) })
+	t.Run("Attachments", func(t *testing.T) { testAttachments(t, open) })
 	t.Run("DeleteExpired", func(t *testing.T) { testDeleteExpired(t, open) })
 	t.Run("Close", func(t *testing.T) { testClose(t, open) })
 	t.Run("ConcurrentWriters", func(t *testing.T) { testConcurrentWriters(t, open) })

@@ -313,6 +313,50 @@ func (b *broken) Close() error {
 	return b.Store.Close()
 }
 
+func (b *broken) ReserveAttachment(ctx context.Context, a store.Attachment, q store.AttachmentQuota) error {
+	if b.mode == "attach-quota-racy" && q.GroupBytes > 0 {
+		// Check, then write without the check: two reservations can both
+		// see the room that only one of them fits.
+		u, err := b.Store.GroupAttachmentUsage(ctx, a.GroupID)
+		if err != nil {
+			return err
+		}
+		if u.Bytes+a.Size > q.GroupBytes {
+			return store.ErrQuota
+		}
+		time.Sleep(5 * time.Millisecond)
+		q.GroupBytes = 0
+	}
+	return b.Store.ReserveAttachment(ctx, a, q)
+}
+
+func (b *broken) LookupAttachment(ctx context.Context, group []byte, tokenHash [32]byte) (store.Attachment, error) {
+	a, err := b.Store.LookupAttachment(ctx, group, tokenHash)
+	if b.mode == "attach-lookup-any-group" && errors.Is(err, store.ErrNotFound) {
+		for _, g := range [][]byte{[]byte("attachment group 1"), []byte("attachment group 2")} {
+			if a, err := b.Store.LookupAttachment(ctx, g, tokenHash); err == nil {
+				return a, nil
+			}
+		}
+	}
+	return a, err
+}
+
+func (b *broken) DeleteAttachment(ctx context.Context, group []byte, tokenHash [32]byte, uploader string) (store.Attachment, bool, error) {
+	a, last, err := b.Store.DeleteAttachment(ctx, group, tokenHash, uploader)
+	if b.mode == "attach-delete-always-last" && err == nil {
+		last = true
+	}
+	return a, last, err
+}
+
+func (b *broken) ExpireAttachments(ctx context.Context, now time.Time, limit int) (int, error) {
+	if b.mode == "attach-expire-noop" {
+		return 0, nil
+	}
+	return b.Store.ExpireAttachments(ctx, now, limit)
+}
+
 // brokenModes maps each broken store to the subtest that must catch it.
 var brokenModes = map[string]string{
 	"reserve-always-new":        "Replay/Lifecycle",
@@ -343,6 +387,10 @@ var brokenModes = map[string]string{
 	"append-first-only":         "Queues/FanOut",
 	"ack-clamps":                "Queues/Cursors",
 	"watch-early":               "Queues/Watch",
+	"attach-quota-racy":         "Attachments/QuotaRace",
+	"attach-lookup-any-group":   "Attachments/PendingInvisibleThenCommitted",
+	"attach-delete-always-last": "Attachments/CopySharesObject",
+	"attach-expire-noop":        "Attachments/Expire",
 	"outbox-add-ignores-dedup":  "Queues/OutboxAdd",
 }
 

@@ -1,0 +1,196 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/cmd/mimictl/cli"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// TestMimictlAttach uploads a file with `mimictl attach put` from one
+// client and fetches it with `attach get` on the other, over the real
+// gateway: encrypted on one side, decrypted with keys derived on the other.
+func TestMimictlAttach(t *testing.T) {
+	startClientSite(t)
+	dir := t.TempDir()
+	run := func(state string, stdin []byte, args ...string) (string, string, int) {
+		t.Helper()
+		environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": "carol",
+			"MIMI_PASSWORD": clientUsers["carol"], "MIMI_STATE": filepath.Join(dir, state)}
+		var stdout, stderr bytes.Buffer
+		status := cli.Run(t.Context(), args, cli.Env{Stdin: bytes.NewReader(stdin), Stdout: &stdout, Stderr: &stderr,
+			Getenv: func(k string) string { return environ[k] }, HTTPClient: clientHTTP()})
+		return stdout.String(), stderr.String(), status
+	}
+	must := func(state string, stdin []byte, args ...string) string {
+		t.Helper()
+		out, errOut, status := run(state, stdin, args...)
+		if status != 0 {
+			t.Fatalf("mimictl %v (%s): exit %d: %s", args, state, status, errOut)
+		}
+		return out
+	}
+	must("phone", nil, "client", "init", "-key-packages", "1", "mimi://m.localhost/d/carol/phone")
+	must("laptop", nil, "client", "init", "mimi://m.localhost/d/carol/laptop")
+	gid := strings.TrimSpace(must("phone", nil, "group", "create"))
+	info := must("phone", nil, "group", "export", gid, "-")
+	must("laptop", []byte(info), "group", "join", "-")
+	must("phone", nil, "recv", "-wait", "5s") // the join's commit: both in epoch 1
+
+	file := make([]byte, 300<<10)
+	rand.Read(file)
+	out := must("phone", file, "attach", "put", gid, "-")
+	leaf, ref, ok := strings.Cut(strings.TrimSpace(out), "\t")
+	if !ok || leaf != "0" || !strings.HasPrefix(ref, "message/external-body; access-type=token; token=") {
+		t.Fatalf("attach put printed %q", out)
+	}
+	if got := must("laptop", nil, "attach", "get", gid, leaf, ref, "-"); got != string(file) {
+		t.Fatalf("attach get returned %d bytes, not the %d uploaded", len(got), len(file))
+	}
+	// The wrong sender's keys do not open it.
+	if _, errOut, status := run("laptop", nil, "attach", "get", gid, "1", ref, "-"); status != 1 || errOut == "" {
+		t.Fatalf("attach get with the wrong sender: exit %d, %q", status, errOut)
+	}
+	// A client outside the group gets not_found.
+	must("other", nil, "client", "init", "mimi://m.localhost/d/carol/tablet")
+	if _, errOut, status := run("other", nil, "attach", "get", gid, leaf, ref, "-"); status != 1 || !strings.Contains(errOut, "not") {
+		t.Fatalf("attach get outside the group: exit %d, %q", status, errOut)
+	}
+}
+
+// TestAttachmentRelay runs attachments of a group hosted on a.localhost
+// with a member on b.localhost: alice uploads at a (the hub); bob
+// downloads through his own provider b, which streams the request to the
+// hub and the answer back, also a range of it; bob uploads through b, and
+// alice downloads his attachment at a and opens it with keys derived on
+// her side.
+func TestAttachmentRelay(t *testing.T) {
+	startCaddy(t)
+	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "attach", false)
+	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "attach", false)
+	gid := random32(t)[:16]
+	m := alice.newGroup(t, gid)
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
+	alice.m = m
+	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
+	mustOK(t, "add_users", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
+	alice.m = res.Next
+	var got []localapi.Message
+	for deadline := time.Now().Add(30 * time.Second); len(got) == 0 && time.Now().Before(deadline); {
+		got = fetchQueue(t, bob, "bob", 0, 10)
+	}
+	if len(got) == 0 {
+		t.Fatal("bob's Welcome never reached b")
+	}
+	welcome, err := mls.DecodeMLSMessage(got[0].Message)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bob.m, err = mls.JoinFromWelcome(welcome.Welcome, mls.WelcomeOptions{KeyPackage: bob.kp, InitKey: bob.initKey,
+		LeafKey: bob.leafKey, Signer: bob.signer}); err != nil {
+		t.Fatal(err)
+	}
+
+	c := client(tls.VersionTLS13)
+	post := func(host, path string, body io.Reader, header http.Header) (*http.Response, []byte) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, "https://"+host+":9443"+path, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, out
+	}
+	upload := func(who *mimiClient, host string, ct []byte) []byte {
+		t.Helper()
+		h := sha256.Sum256(ct)
+		head := who.sign(t, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+			GroupID: gid, ContentLength: uint64(len(ct)), ContentHash: h[:]}}, 0)
+		resp, body := post(host, "/attachment_upload", io.MultiReader(bytes.NewReader(head), bytes.NewReader(ct)), nil)
+		var r moh.DSResponse
+		if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentToken {
+			t.Fatalf("upload at %s: %d %x", host, resp.StatusCode, body)
+		}
+		return r.Token
+	}
+	download := func(who *mimiClient, host string, token []byte, header http.Header) (*http.Response, []byte) {
+		t.Helper()
+		return post(host, "/attachment_download", bytes.NewReader(who.sign(t, moh.RequestBody{Type: moh.AttachmentDownload,
+			Attachment: moh.AttachmentRef{GroupID: gid, Token: token}}, 0)), header)
+	}
+
+	plain := bytes.Repeat([]byte("a file from a "), 40000)
+	sealed, err := attachment.Seal(alice.m, suite, alice.m.LeafIndex(), plain, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := upload(alice, "a.localhost", sealed.Ciphertext)
+
+	resp, body := download(bob, "b.localhost", token, nil)
+	var r moh.DSResponse
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentContent {
+		t.Fatalf("bob's download through b: %d, %v", resp.StatusCode, err)
+	}
+	opened, err := attachment.Open(bob.m, suite, alice.m.LeafIndex(), sealed.Nonce, sealed.Hash, r.Content)
+	if err != nil || !bytes.Equal(opened, plain) {
+		t.Fatalf("bob opens alice's attachment: %v", err)
+	}
+	resp, body = download(bob, "b.localhost", token, http.Header{"Range": {"bytes=1000-1999"}})
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, sealed.Ciphertext[1000:2000]) ||
+		resp.Header.Get("Content-Range") == "" {
+		t.Fatalf("bob's range through b: %d, %d bytes, %q", resp.StatusCode, len(body), resp.Header.Get("Content-Range"))
+	}
+
+	// bob uploads through b; alice downloads at a.
+	reply := bytes.Repeat([]byte("an answer from b "), 30000)
+	sealedB, err := attachment.Seal(bob.m, suite, bob.m.LeafIndex(), reply, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenB := upload(bob, "b.localhost", sealedB.Ciphertext)
+	resp, body = download(alice, "a.localhost", tokenB, nil)
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("alice's download of bob's upload: %d, %v", resp.StatusCode, err)
+	}
+	if opened, err := attachment.Open(alice.m, suite, bob.m.LeafIndex(), sealedB.Nonce, sealedB.Hash, r.Content); err != nil || !bytes.Equal(opened, reply) {
+		t.Fatalf("alice opens bob's attachment: %v", err)
+	}
+	// A token b's DS never heard of, for a group b knows no hub for, stays
+	// not_found at b.
+	other := random32(t)[:16]
+	resp, _ = post("b.localhost", "/attachment_download", bytes.NewReader(bob.sign(t, moh.RequestBody{Type: moh.AttachmentDownload,
+		Attachment: moh.AttachmentRef{GroupID: other, Token: token}}, 0)), nil)
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("a download for a group b does not know: %d", resp.StatusCode)
+	}
+}

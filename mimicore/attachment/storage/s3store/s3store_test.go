@@ -1,0 +1,257 @@
+package s3store_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/s3test"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/s3store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/storagetest"
+)
+
+// config returns a Config of srv under a prefix of its own.
+func config(t *testing.T, srv *s3test.Server) s3store.Config {
+	return s3store.Config{
+		Endpoint:  srv.Endpoint,
+		Bucket:    srv.Bucket,
+		Prefix:    "t/" + storagetest.Name(t)[:16] + "/",
+		Region:    srv.Region,
+		AccessKey: srv.AccessKey,
+		SecretKey: srv.SecretKey,
+		Insecure:  true,
+		PathStyle: true,
+		PartSize:  s3store.MinPartSize,
+	}
+}
+
+func open(t *testing.T, cfg s3store.Config) *s3store.Store {
+	t.Helper()
+	s, err := s3store.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var ctx = context.Background()
+
+// TestContract runs the storage contract against versitygw.
+func TestContract(t *testing.T) {
+	srv := s3test.Start(t)
+	storagetest.Run(t, func(t *testing.T) storage.Backend { return open(t, config(t, srv)) })
+}
+
+// keys lists the objects and the incomplete multipart uploads under
+// prefix, straight from the server.
+func keys(t *testing.T, c *minio.Client, bucket, prefix string) (objects, uploads []string) {
+	t.Helper()
+	for o := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		objects = append(objects, o.Key)
+	}
+	for u := range c.ListIncompleteUploads(ctx, bucket, prefix, true) {
+		if u.Err != nil {
+			t.Fatal(u.Err)
+		}
+		uploads = append(uploads, u.Key)
+	}
+	return objects, uploads
+}
+
+// TestServerSide checks, behind the backend's back, what the S3 server
+// holds at each step of multipart uploads: no object before Commit,
+// nothing at all after Abort or a wrong size, an abandoned upload until
+// Sweep aborts it, and the count Sweep reports.
+func TestServerSide(t *testing.T) {
+	srv := s3test.Start(t)
+	c := srv.Client(t)
+	const part = s3store.MinPartSize
+	data := bytes.Repeat([]byte("0123456789abcdef"), (2*part+1000)/16)
+
+	t.Run("commit", func(t *testing.T) {
+		cfg := config(t, srv)
+		s := open(t, cfg)
+		name := storagetest.Name(t)
+		w, err := s.Create(ctx, name, int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		objects, uploads := keys(t, c, srv.Bucket, cfg.Prefix)
+		if len(objects) != 0 || len(uploads) != 1 {
+			t.Fatalf("before Commit: objects %q, uploads %q; want none and one", objects, uploads)
+		}
+		if err := w.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		objects, uploads = keys(t, c, srv.Bucket, cfg.Prefix)
+		if len(objects) != 1 || objects[0] != cfg.Prefix+name || len(uploads) != 0 {
+			t.Fatalf("after Commit: objects %q, uploads %q; want %q and none", objects, uploads, cfg.Prefix+name)
+		}
+	})
+
+	for _, tc := range []struct {
+		name string
+		end  func(w storage.Writer) error
+	}{
+		{"abort", func(w storage.Writer) error { return w.Abort() }},
+		{"wrong size", func(w storage.Writer) error {
+			if err := w.Commit(ctx); err == nil {
+				return io.ErrUnexpectedEOF
+			}
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := config(t, srv)
+			s := open(t, cfg)
+			w, err := s.Create(ctx, storagetest.Name(t), int64(len(data)+1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.end(w); err != nil {
+				t.Fatal(err)
+			}
+			if objects, uploads := keys(t, c, srv.Bucket, cfg.Prefix); len(objects)+len(uploads) != 0 {
+				t.Fatalf("left behind: objects %q, uploads %q", objects, uploads)
+			}
+		})
+	}
+
+	t.Run("sweep", func(t *testing.T) {
+		cfg := config(t, srv)
+		s := open(t, cfg)
+		w, err := s.Create(ctx, storagetest.Name(t), int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		// w is abandoned. Someone else's upload in the bucket, outside
+		// the prefix, is not Sweep's business.
+		otherKey := "elsewhere/" + storagetest.Name(t)
+		other, err := minio.Core{Client: c}.NewMultipartUpload(ctx, srv.Bucket, otherKey, minio.PutObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer minio.Core{Client: c}.AbortMultipartUpload(ctx, srv.Bucket, otherKey, other)
+		n, err := s.Sweep(ctx, time.Now().Add(time.Minute))
+		if err != nil || n != 1 {
+			t.Fatalf("Sweep = %d, %v; want 1", n, err)
+		}
+		if objects, uploads := keys(t, c, srv.Bucket, cfg.Prefix); len(objects)+len(uploads) != 0 {
+			t.Fatalf("left behind: objects %q, uploads %q", objects, uploads)
+		}
+		if _, uploads := keys(t, c, srv.Bucket, "elsewhere/"); len(uploads) != 1 {
+			t.Fatalf("Sweep touched an upload outside its prefix: %q", uploads)
+		}
+	})
+}
+
+// rangeLog records the Range header of every GET.
+type rangeLog struct {
+	mu     sync.Mutex
+	ranges []string
+}
+
+func (l *rangeLog) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodGet && r.URL.Query().Get("uploads") == "" {
+		l.mu.Lock()
+		l.ranges = append(l.ranges, r.Header.Get("Range"))
+		l.mu.Unlock()
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestRangedReads checks that ReadAt and a Read after Seek ask the server
+// for the bytes wanted (a Range header), instead of reading the object
+// from its start.
+func TestRangedReads(t *testing.T) {
+	srv := s3test.Start(t)
+	log := new(rangeLog)
+	cfg := config(t, srv)
+	cfg.Transport = log
+	s := open(t, cfg)
+	name := storagetest.Name(t)
+	data := bytes.Repeat([]byte("x"), 1<<20)
+	w, err := s.Create(ctx, name, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(data)
+	if err := w.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o, err := s.Open(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	log.mu.Lock()
+	log.ranges = nil
+	log.mu.Unlock()
+	if _, err := o.ReadAt(make([]byte, 100), 500_000); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.Seek(900_000, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(o, make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	got := strings.Join(log.ranges, ",")
+	if got != "bytes=500000-500099,bytes=900000-" {
+		t.Fatalf("GET ranges %q, want bytes=500000-500099 then bytes=900000-", got)
+	}
+}
+
+// TestNew checks the configuration New refuses.
+func TestNew(t *testing.T) {
+	good := s3store.Config{Endpoint: "127.0.0.1:9000", Bucket: "b", AccessKey: "a", SecretKey: "s"}
+	if _, err := s3store.New(good); err != nil {
+		t.Fatalf("good config refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*s3store.Config)
+		want   string
+	}{
+		{"no endpoint", func(c *s3store.Config) { c.Endpoint = "" }, "endpoint"},
+		{"scheme", func(c *s3store.Config) { c.Endpoint = "https://s3.example.com" }, "endpoint"},
+		{"no bucket", func(c *s3store.Config) { c.Bucket = "" }, "bucket"},
+		{"leading slash", func(c *s3store.Config) { c.Prefix = "/x/" }, "prefix"},
+		{"dot dot", func(c *s3store.Config) { c.Prefix = "a/../b/" }, "prefix"},
+		{"control", func(c *s3store.Config) { c.Prefix = "a\n" }, "prefix"},
+		{"key without secret", func(c *s3store.Config) { c.SecretKey = "" }, "secret key"},
+		{"small part", func(c *s3store.Config) { c.PartSize = 1 << 20 }, "part size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			tc.mutate(&c)
+			_, err := s3store.New(c)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error about %s", err, tc.want)
+			}
+		})
+	}
+}

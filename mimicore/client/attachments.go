@@ -1,0 +1,124 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// MaxAttachment bounds the plaintext PutAttachment takes and the answer
+// GetAttachment reads: attachments are encrypted and decrypted in memory.
+const MaxAttachment = 256 << 20
+
+// PutAttachment encrypts plaintext for groupID as this client's leaf, in
+// the group's current epoch (docs/protocol.md §6.1), uploads the
+// ciphertext to /attachment_upload, and returns the reference a message
+// carries and the leaf index a receiver derives the key with.
+func (c *Client) PutAttachment(ctx context.Context, groupID, plaintext []byte) (attachment.Reference, uint32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ref, leaf, err := c.putAttachment(ctx, groupID, plaintext)
+	if err != nil {
+		return attachment.Reference{}, 0, fmt.Errorf("uploading an attachment to group %x: %w", groupID, err)
+	}
+	return ref, leaf, nil
+}
+
+func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (attachment.Reference, uint32, error) {
+	if len(plaintext) > MaxAttachment {
+		return attachment.Reference{}, 0, fmt.Errorf("the attachment is larger than %d bytes", MaxAttachment)
+	}
+	m, err := c.member(groupID)
+	if err != nil {
+		return attachment.Reference{}, 0, err
+	}
+	cs := m.State().CipherSuite()
+	sealed, err := attachment.Seal(m, cs, m.LeafIndex(), plaintext, rand.Reader)
+	if err != nil {
+		return attachment.Reference{}, 0, err
+	}
+	hash, err := cs.Hash(sealed.Ciphertext)
+	if err != nil {
+		return attachment.Reference{}, 0, err
+	}
+	head, err := c.sign(moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: groupID, ContentLength: uint64(len(sealed.Ciphertext)), ContentHash: hash}}, m.LeafIndex())
+	if err != nil {
+		return attachment.Reference{}, 0, err
+	}
+	body := io.MultiReader(bytes.NewReader(head), bytes.NewReader(sealed.Ciphertext))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.cfg.Gateway, "/")+"/attachment_upload", body)
+	if err != nil {
+		return attachment.Reference{}, 0, err
+	}
+	req.ContentLength = int64(len(head) + len(sealed.Ciphertext))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	status, answer, err := c.do(req)
+	if err != nil {
+		return attachment.Reference{}, 0, fmt.Errorf("attachment_upload: %w", err)
+	}
+	if status != http.StatusOK {
+		return attachment.Reference{}, 0, refusal("attachment_upload", status, answer)
+	}
+	var r moh.DSResponse
+	if err := wire.Unmarshal(answer, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentToken {
+		return attachment.Reference{}, 0, fmt.Errorf("attachment_upload: the answer is not an attachment token")
+	}
+	return attachment.Reference{Token: r.Token, Nonce: sealed.Nonce, Hash: sealed.Hash}, m.LeafIndex(), nil
+}
+
+// GetAttachment downloads the attachment of ref from groupID and decrypts
+// it as sent by the member at leaf senderIndex in the group's current
+// epoch: the epoch of the message that carried ref, which the client must
+// still be in. The plaintext is checked against ref's hash.
+func (c *Client) GetAttachment(ctx context.Context, groupID []byte, senderIndex uint32, ref attachment.Reference) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	plain, err := c.getAttachment(ctx, groupID, senderIndex, ref)
+	if err != nil {
+		return nil, fmt.Errorf("downloading an attachment of group %x: %w", groupID, err)
+	}
+	return plain, nil
+}
+
+func (c *Client) getAttachment(ctx context.Context, groupID []byte, senderIndex uint32, ref attachment.Reference) ([]byte, error) {
+	m, err := c.member(groupID)
+	if err != nil {
+		return nil, err
+	}
+	body, err := c.sign(moh.RequestBody{Type: moh.AttachmentDownload,
+		Attachment: moh.AttachmentRef{GroupID: groupID, Token: ref.Token}}, m.LeafIndex())
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.cfg.Gateway, "/")+"/attachment_download", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("attachment_download: %w", err)
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, MaxAttachment+64))
+	if err != nil {
+		return nil, fmt.Errorf("attachment_download: reading the answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, refusal("attachment_download", resp.StatusCode, answer)
+	}
+	var r moh.DSResponse
+	if err := wire.Unmarshal(answer, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentContent {
+		return nil, fmt.Errorf("attachment_download: the answer is not attachment content")
+	}
+	return attachment.Open(m, m.State().CipherSuite(), senderIndex, ref.Nonce, ref.Hash, r.Content)
+}

@@ -1,0 +1,449 @@
+package ds
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// Attachment defaults (docs/protocol.md §6).
+const (
+	// AttachmentTokenSize is the length of issued tokens: 256 random bits.
+	AttachmentTokenSize = 32
+	// DefaultAttachmentMaxSize bounds one attachment's ciphertext.
+	DefaultAttachmentMaxSize = 100 << 20
+	// DefaultAttachmentRetention is how long an attachment is kept.
+	DefaultAttachmentRetention = 30 * 24 * time.Hour
+	// DefaultUploadDeadline is how long an upload may take from its
+	// header to its last byte; a pending upload older than that is
+	// removed by the sweeper.
+	DefaultUploadDeadline = time.Hour
+	// objectNameSize is the number of random bytes in an object name.
+	objectNameSize = 16
+	// sweepBatch is how many records or objects one sweep step handles.
+	sweepBatch = 256
+)
+
+// Attachments is the attachment service of the Delivery Service
+// (docs/protocol.md §6): metadata in Store, ciphertext in Backend. Set
+// Service.Attachments to enable uploads, downloads, deletes and copies;
+// its fields are set before first use and not changed afterwards.
+type Attachments struct {
+	// Store keeps the metadata.
+	Store store.Attachments
+	// Backend keeps the ciphertexts.
+	Backend storage.Backend
+	// MaxSize bounds one attachment's content_length in bytes; 0 means
+	// DefaultAttachmentMaxSize.
+	MaxSize int64
+	// Quota bounds what each group and each uploader hold; zero fields
+	// mean no bound.
+	Quota store.AttachmentQuota
+	// Retention is how long an attachment stays after its upload or copy;
+	// 0 means DefaultAttachmentRetention.
+	Retention time.Duration
+	// UploadDeadline bounds the time from an upload's header to its
+	// commit; 0 means DefaultUploadDeadline.
+	UploadDeadline time.Duration
+	// AllowDeleteByMembers lets any member of the group delete an
+	// attachment; otherwise only its uploader (the client URI recorded at
+	// upload or copy) may.
+	AllowDeleteByMembers bool
+	// Logger receives failures the client is not told the cause of. Nil
+	// discards them.
+	Logger *zap.Logger
+}
+
+func (a *Attachments) maxSize() int64 {
+	if a.MaxSize > 0 {
+		return a.MaxSize
+	}
+	return DefaultAttachmentMaxSize
+}
+
+func (a *Attachments) retention() time.Duration {
+	if a.Retention > 0 {
+		return a.Retention
+	}
+	return DefaultAttachmentRetention
+}
+
+func (a *Attachments) uploadDeadline() time.Duration {
+	if a.UploadDeadline > 0 {
+		return a.UploadDeadline
+	}
+	return DefaultUploadDeadline
+}
+
+func (a *Attachments) logger() *zap.Logger {
+	if a.Logger == nil {
+		return zap.NewNop()
+	}
+	return a.Logger
+}
+
+// errNoAttachments answers the attachment types when the service is off.
+func errNoAttachments() error {
+	return moh.Errorf(moh.CodeNotImplemented, "attachments are not enabled on this Delivery Service")
+}
+
+// unavailable is a backend_unavailable answer whose cause is logged, never
+// sent.
+func unavailable(doing string, err error) error {
+	return moh.Errorf(moh.CodeBackendUnavailable, "%s: %w", doing, err)
+}
+
+// sender returns the client URI of the request's signer: the identity of
+// its leaf in the group state the signature was verified against.
+func (r *Request) sender() (string, error) {
+	if r.state == nil {
+		return "", errNotFound()
+	}
+	leaf, ok := r.state.Member(r.Body.Auth.SenderIndex)
+	if !ok || leaf.IsBlank() {
+		return "", errNotFound()
+	}
+	id := leaf.Credential().Identity
+	if len(id) == 0 || len(id) > store.MaxClientURISize {
+		return "", moh.Errorf(moh.CodeForbidden, "the sender's credential names no client URI")
+	}
+	return string(id), nil
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Upload stores an attachment: r is the authenticated upload header
+// (Authenticate or AuthenticatePrefix), content is what follows it in the
+// body. In order, before a byte of content is read: the replay set, the
+// size limit (too_large), the content_hash length for the group's suite
+// (malformed), the quotas, reserved in the store with the pending record
+// (quota_exceeded). Then exactly content_length bytes are streamed into
+// the backend while hashed with the group suite's Hash; a short or long
+// body or another hash is content_mismatch, and a body that fails to
+// arrive is answered with the reader's error. On every failure the
+// temporary data and the reservation are removed, so nothing becomes
+// visible; the record is committed (visible) only after the backend
+// committed the bytes. The answer is attachment_token(7).
+func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*moh.DSResponse, error) {
+	a := s.Attachments
+	if a == nil {
+		return nil, errNoAttachments()
+	}
+	if r.Body.Body.Type != moh.AttachmentUpload {
+		return nil, moh.Errorf(moh.CodeWrongRequestType, "request type %s is not an upload", r.Body.Body.Type)
+	}
+	if err := s.checkReplay(ctx, r.Body); err != nil {
+		return nil, err
+	}
+	h := &r.Body.Body.Upload
+	if h.ContentLength > uint64(a.maxSize()) {
+		return nil, moh.Errorf(moh.CodeTooLarge, "content_length %d is above this Delivery Service's limit of %d bytes", h.ContentLength, a.maxSize())
+	}
+	size := int64(h.ContentLength)
+	cs := r.state.CipherSuite()
+	hasher, err := cs.NewHash()
+	if err != nil {
+		return nil, moh.Errorf(moh.CodeMalformed, "the group's cipher suite has no hash: %w", err)
+	}
+	if len(h.ContentHash) != hasher.Size() {
+		return nil, moh.Errorf(moh.CodeMalformed, "content_hash is %d bytes, the group suite's hash has %d", len(h.ContentHash), hasher.Size())
+	}
+	uploader, err := r.sender()
+	if err != nil {
+		return nil, err
+	}
+
+	token := make([]byte, AttachmentTokenSize)
+	rand.Read(token)
+	now := s.now()
+	rec := store.Attachment{
+		TokenHash:   sha256.Sum256(token),
+		GroupID:     r.GroupID,
+		Object:      randomHex(objectNameSize),
+		Size:        size,
+		ContentHash: h.ContentHash,
+		Uploader:    uploader,
+		Created:     now,
+		Expires:     now.Add(a.uploadDeadline()),
+	}
+	if err := a.Store.ReserveAttachment(ctx, rec, a.Quota); err != nil {
+		if errors.Is(err, store.ErrQuota) {
+			return nil, moh.Errorf(moh.CodeQuotaExceeded, "the attachment does not fit the group's or the uploader's quota")
+		}
+		return nil, unavailable("reserving the attachment", err)
+	}
+	// From here every failure undoes the reservation, also when the
+	// client went away and ctx ended.
+	cleanup := context.WithoutCancel(ctx)
+	committed := false
+	defer func() {
+		if !committed {
+			a.release(cleanup, rec.TokenHash, rec.Object)
+		}
+	}()
+
+	w, err := a.Backend.Create(ctx, rec.Object, size)
+	if err != nil {
+		return nil, unavailable("creating the attachment object", err)
+	}
+	if err := a.stream(w, hasher, content, size, h.ContentHash); err != nil {
+		w.Abort() //nolint:errcheck // a sweep removes what Abort leaves
+		return nil, err
+	}
+	if err := w.Commit(ctx); err != nil {
+		w.Abort() //nolint:errcheck // a sweep removes what Abort leaves
+		return nil, unavailable("committing the attachment object", err)
+	}
+	if err := a.Store.CommitAttachment(cleanup, rec.TokenHash, s.now().Add(a.retention())); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, moh.Errorf(moh.CodeBodyTimeout, "the upload outlasted its deadline of %s", a.uploadDeadline())
+		}
+		return nil, unavailable("committing the attachment record", err)
+	}
+	committed = true
+	return &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: token}, nil
+}
+
+// stream copies exactly size bytes of content into w and the hasher, then
+// checks that content ends there and that the hash is want.
+func (a *Attachments) stream(w io.Writer, hasher interface {
+	io.Writer
+	Sum([]byte) []byte
+}, content io.Reader, size int64, want []byte) error {
+	n, err := io.Copy(io.MultiWriter(w, hasher), io.LimitReader(content, size))
+	if err != nil {
+		var coded *moh.Error
+		if errors.As(err, &coded) {
+			return err // the body's own failure (timeout, limit)
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return moh.Errorf(moh.CodeContentMismatch, "the content ended after %d of %d bytes", n, size)
+		}
+		return moh.Errorf(moh.CodeBackendUnavailable, "streaming the attachment content: %w", err)
+	}
+	if n < size {
+		return moh.Errorf(moh.CodeContentMismatch, "the content ended after %d of %d bytes", n, size)
+	}
+	var one [1]byte
+	switch m, err := io.ReadFull(content, one[:]); {
+	case m > 0:
+		return moh.Errorf(moh.CodeContentMismatch, "the content is longer than content_length %d", size)
+	case err != nil && err != io.EOF:
+		var coded *moh.Error
+		if errors.As(err, &coded) {
+			return err
+		}
+	}
+	if subtle.ConstantTimeCompare(hasher.Sum(nil), want) != 1 {
+		return moh.Errorf(moh.CodeContentMismatch, "the content does not hash to content_hash")
+	}
+	return nil
+}
+
+// release drops a pending upload's reservation and its object, whose
+// bytes were never committed or must go. A reservation already gone (the
+// upload outlasted its deadline and the sweeper removed it, possibly
+// before the bytes were committed) still has its bytes deleted: the object
+// name is this upload's alone. Other failures are logged: the record's
+// deadline lets the sweeper finish the job.
+func (a *Attachments) release(ctx context.Context, tokenHash [32]byte, object string) {
+	if _, err := a.Store.ReleaseAttachment(ctx, tokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
+		a.logger().Error("releasing a failed upload", zap.Error(err))
+		return
+	}
+	a.removeObject(ctx, object)
+}
+
+// removeObject deletes an unreferenced object's bytes, then its row.
+func (a *Attachments) removeObject(ctx context.Context, object string) {
+	if err := a.Backend.Delete(ctx, object); err != nil {
+		a.logger().Error("deleting attachment bytes", zap.Error(err))
+		return
+	}
+	if err := a.Store.ForgetObject(ctx, object); err != nil && !errors.Is(err, store.ErrConflict) {
+		a.logger().Error("forgetting attachment object", zap.Error(err))
+	}
+}
+
+// Download is an attachment opened for reading: the HTTP layer streams
+// Object (whole, framed as attachment_content(8), or a range of it) and
+// closes it.
+type Download struct {
+	// Object is the ciphertext, Size bytes.
+	Object storage.Object
+	// Size is the ciphertext's length.
+	Size int64
+	// ContentHash is the group suite's hash of the ciphertext, as the
+	// uploader declared and the Delivery Service checked it.
+	ContentHash []byte
+}
+
+// Download opens the attachment of an authenticated attachment_download.
+// The signer is a current member of the group (Authenticate); a token of
+// another group, an unknown, expired or deleted token all answer
+// not_found with the message of a non-member's refusal, so nobody learns
+// whether a token exists elsewhere.
+func (s *Service) Download(ctx context.Context, r *Request) (*Download, error) {
+	a := s.Attachments
+	if a == nil {
+		return nil, errNoAttachments()
+	}
+	if r.Body.Body.Type != moh.AttachmentDownload {
+		return nil, moh.Errorf(moh.CodeWrongRequestType, "request type %s is not a download", r.Body.Body.Type)
+	}
+	ref := &r.Body.Body.Attachment
+	rec, err := a.Store.LookupAttachment(ctx, ref.GroupID, sha256.Sum256(ref.Token))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errNotFound()
+	}
+	if err != nil {
+		return nil, unavailable("looking up the attachment", err)
+	}
+	obj, err := a.Backend.Open(ctx, rec.Object)
+	if errors.Is(err, storage.ErrNotFound) {
+		a.logger().Error("attachment record without bytes", zap.String("object", rec.Object))
+		return nil, errNotFound()
+	}
+	if err != nil {
+		return nil, unavailable("opening the attachment", err)
+	}
+	return &Download{Object: obj, Size: obj.Size(), ContentHash: rec.ContentHash}, nil
+}
+
+// handleAttachment serves attachment_delete and attachment_copy, whose
+// signatures Handle has recorded.
+func (s *Service) handleAttachment(ctx context.Context, r *Request) (*moh.DSResponse, error) {
+	a := s.Attachments
+	if a == nil {
+		return nil, errNoAttachments()
+	}
+	switch r.Body.Body.Type {
+	case moh.AttachmentDelete:
+		return s.deleteAttachment(ctx, a, r)
+	case moh.AttachmentCopy:
+		return s.copyAttachment(ctx, a, r)
+	}
+	return nil, moh.Errorf(moh.CodeWrongRequestType, "request type %s is not served here", r.Body.Body.Type)
+}
+
+// deleteAttachment removes the record; the bytes go with the last
+// reference (a copy keeps them).
+func (s *Service) deleteAttachment(ctx context.Context, a *Attachments, r *Request) (*moh.DSResponse, error) {
+	ref := &r.Body.Body.Attachment
+	uploader := ""
+	if !a.AllowDeleteByMembers {
+		var err error
+		if uploader, err = r.sender(); err != nil {
+			return nil, err
+		}
+	}
+	rec, last, err := a.Store.DeleteAttachment(ctx, ref.GroupID, sha256.Sum256(ref.Token), uploader)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, errNotFound()
+	case errors.Is(err, store.ErrConflict):
+		return nil, moh.Errorf(moh.CodeForbidden, "only the uploader may delete this attachment")
+	case err != nil:
+		return nil, unavailable("deleting the attachment", err)
+	}
+	if last {
+		a.removeObject(context.WithoutCancel(ctx), rec.Object)
+	}
+	return &moh.DSResponse{Type: moh.ResponseOK}, nil
+}
+
+// copyAttachment records a copy in the target group (Authenticate checked
+// that the signer is a member of both) and answers its new token.
+func (s *Service) copyAttachment(ctx context.Context, a *Attachments, r *Request) (*moh.DSResponse, error) {
+	c := &r.Body.Body.Copy
+	copier, err := r.sender()
+	if err != nil {
+		return nil, err
+	}
+	token := make([]byte, AttachmentTokenSize)
+	rand.Read(token)
+	now := s.now()
+	dst := store.Attachment{TokenHash: sha256.Sum256(token), GroupID: c.TargetGroupID, Uploader: copier,
+		Created: now, Expires: now.Add(a.retention())}
+	_, err = a.Store.CopyAttachment(ctx, c.GroupID, sha256.Sum256(c.Token), dst, a.Quota)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, errNotFound()
+	case errors.Is(err, store.ErrQuota):
+		return nil, moh.Errorf(moh.CodeQuotaExceeded, "the copy does not fit the target group's or the copier's quota")
+	case err != nil:
+		return nil, unavailable("copying the attachment", err)
+	}
+	return &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: token}, nil
+}
+
+// SweepStats reports what one Sweep removed.
+type SweepStats struct {
+	// Expired is the number of records past their retention or upload
+	// deadline.
+	Expired int
+	// Objects is the number of objects whose bytes were deleted.
+	Objects int
+	// Temporary is the number of temporary uploads the backend removed.
+	Temporary int
+}
+
+// Sweep removes expired attachments and then their bytes (those of a
+// shared object only with its last reference), the objects that refused
+// or failed uploads left, and the backend's temporary data older than the
+// upload deadline. Its state is all in the store and the backend, so a
+// sweep after a restart finishes what a crash interrupted.
+func (a *Attachments) Sweep(ctx context.Context, now time.Time) (SweepStats, error) {
+	var st SweepStats
+	for {
+		n, err := a.Store.ExpireAttachments(ctx, now, sweepBatch)
+		st.Expired += n
+		if err != nil {
+			return st, fmt.Errorf("sweeping attachments: %w", err)
+		}
+		if n < sweepBatch {
+			break
+		}
+	}
+	for {
+		names, err := a.Store.UnreferencedObjects(ctx, sweepBatch)
+		if err != nil {
+			return st, fmt.Errorf("sweeping attachments: %w", err)
+		}
+		for _, name := range names {
+			if err := a.Backend.Delete(ctx, name); err != nil {
+				return st, fmt.Errorf("sweeping attachments: deleting bytes: %w", err)
+			}
+			if err := a.Store.ForgetObject(ctx, name); err != nil && !errors.Is(err, store.ErrConflict) {
+				return st, fmt.Errorf("sweeping attachments: %w", err)
+			}
+			st.Objects++
+		}
+		if len(names) < sweepBatch {
+			break
+		}
+	}
+	n, err := a.Backend.Sweep(ctx, now.Add(-a.uploadDeadline()))
+	st.Temporary = n
+	if err != nil {
+		return st, fmt.Errorf("sweeping attachments: temporary data: %w", err)
+	}
+	return st, nil
+}

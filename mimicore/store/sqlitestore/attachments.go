@@ -1,0 +1,492 @@
+package sqlitestore
+
+import (
+	"context"
+	"crypto/subtle"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+)
+
+// schemaV8 holds attachment metadata (store.Attachments).
+//
+// attachment_objects has a row per stored object, with the number of
+// attachments rows that refer to it; a row at refs 0 is an object whose
+// bytes are to be deleted (UnreferencedObjects, then ForgetObject).
+// attachments has a row per token, keyed by SHA-256 of the token; state is
+// 0 while the upload is pending and 1 once committed. Usage is summed over
+// the group and uploader indexes, pending rows included, so that a
+// reservation holds its place in the quota.
+const schemaV8 = `
+CREATE TABLE attachment_objects (
+	name       TEXT    NOT NULL PRIMARY KEY,
+	refs       INTEGER NOT NULL CHECK (refs >= 0),
+	created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX attachment_objects_unreferenced ON attachment_objects (refs) WHERE refs = 0;
+
+CREATE TABLE attachments (
+	token_hash   BLOB    NOT NULL PRIMARY KEY CHECK (length(token_hash) = 32),
+	group_id     BLOB    NOT NULL,
+	object       TEXT    NOT NULL REFERENCES attachment_objects (name),
+	size         INTEGER NOT NULL CHECK (size >= 0),
+	content_hash BLOB    NOT NULL,
+	uploader     TEXT    NOT NULL,
+	state        INTEGER NOT NULL CHECK (state IN (0, 1)),
+	created_ms   INTEGER NOT NULL,
+	expires_ms   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX attachments_group ON attachments (group_id);
+CREATE INDEX attachments_uploader ON attachments (uploader);
+CREATE INDEX attachments_expires ON attachments (expires_ms);
+CREATE INDEX attachments_object ON attachments (object);
+`
+
+// attachmentColumns are the columns scanAttachment reads, in order.
+const attachmentColumns = `token_hash, group_id, object, size, content_hash, uploader, created_ms, expires_ms`
+
+var _ store.Attachments = (*Store)(nil)
+
+// checkAttachment validates the fields of a that the caller provides.
+func checkAttachment(a store.Attachment, needObject bool) error {
+	if err := check.GroupID(a.GroupID); err != nil {
+		return err
+	}
+	if err := check.ClientURI("uploader", a.Uploader); err != nil {
+		return err
+	}
+	if !needObject {
+		return nil
+	}
+	if a.Object == "" || len(a.Object) > store.MaxObjectNameSize {
+		return fmt.Errorf("object name is %d bytes, want 1..%d: %w", len(a.Object), store.MaxObjectNameSize, store.ErrInvalid)
+	}
+	if a.Size < 0 {
+		return fmt.Errorf("negative attachment size %d: %w", a.Size, store.ErrInvalid)
+	}
+	if len(a.ContentHash) == 0 || len(a.ContentHash) > store.MaxContentHashSize {
+		return fmt.Errorf("content hash is %d bytes, want 1..%d: %w", len(a.ContentHash), store.MaxContentHashSize, store.ErrInvalid)
+	}
+	return nil
+}
+
+// checkQuota refuses a when its group's or its uploader's usage plus a
+// would exceed q. It runs inside the writer's transaction, so the sums and
+// the insert that follows are atomic.
+func checkQuota(ctx context.Context, tx *sql.Tx, a store.Attachment, q store.AttachmentQuota) error {
+	if q.GroupBytes > 0 || q.GroupCount > 0 {
+		u, err := usage(ctx, tx, `SELECT COALESCE(SUM(size), 0), COUNT(*) FROM attachments WHERE group_id = ?1`, a.GroupID)
+		if err != nil {
+			return err
+		}
+		if over(u, a.Size, q.GroupBytes, q.GroupCount) {
+			return fmt.Errorf("group holds %d attachments of %d bytes: %w", u.Count, u.Bytes, store.ErrQuota)
+		}
+	}
+	if q.UploaderBytes > 0 || q.UploaderCount > 0 {
+		u, err := usage(ctx, tx, `SELECT COALESCE(SUM(size), 0), COUNT(*) FROM attachments WHERE uploader = ?1`, a.Uploader)
+		if err != nil {
+			return err
+		}
+		if over(u, a.Size, q.UploaderBytes, q.UploaderCount) {
+			return fmt.Errorf("uploader holds %d attachments of %d bytes: %w", u.Count, u.Bytes, store.ErrQuota)
+		}
+	}
+	return nil
+}
+
+// over reports whether adding size bytes to u passes maxBytes or maxCount
+// (each 0 for no bound).
+func over(u store.AttachmentUsage, size, maxBytes, maxCount int64) bool {
+	return (maxBytes > 0 && (size > maxBytes || u.Bytes > maxBytes-size)) ||
+		(maxCount > 0 && u.Count >= maxCount)
+}
+
+// querier is a transaction or a database.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func usage(ctx context.Context, q querier, query string, arg any) (store.AttachmentUsage, error) {
+	var u store.AttachmentUsage
+	if err := q.QueryRowContext(ctx, query, arg).Scan(&u.Bytes, &u.Count); err != nil {
+		return u, fmt.Errorf("summing attachment usage: %w", err)
+	}
+	return u, nil
+}
+
+// insertAttachment writes a with state, and its object row: a new row of
+// one reference, or one more reference to an existing object (a copy).
+func insertAttachment(ctx context.Context, tx *sql.Tx, a store.Attachment, state int, newObject bool, now int64) error {
+	var exists int
+	err := tx.QueryRowContext(ctx, `SELECT 1 FROM attachments WHERE token_hash = ?1`, a.TokenHash[:]).Scan(&exists)
+	if err == nil {
+		return fmt.Errorf("token hash already recorded: %w", store.ErrConflict)
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	if newObject {
+		res, err := tx.ExecContext(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES (?1, 1, ?2)
+			ON CONFLICT (name) DO NOTHING`, a.Object, now)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("object already recorded: %w", store.ErrConflict)
+		}
+	} else if _, err := tx.ExecContext(ctx, `UPDATE attachment_objects SET refs = refs + 1 WHERE name = ?1`, a.Object); err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO attachments (`+attachmentColumns+`, state)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)`,
+		a.TokenHash[:], a.GroupID, a.Object, a.Size, a.ContentHash, a.Uploader,
+		check.Millis(a.Created), check.ExpiryMillis(a.Expires), state)
+	return err
+}
+
+// dropRef removes one reference to object and reports whether it was the
+// last.
+func dropRef(ctx context.Context, tx *sql.Tx, object string) (bool, error) {
+	var refs int64
+	err := tx.QueryRowContext(ctx, `UPDATE attachment_objects SET refs = refs - 1 WHERE name = ?1 AND refs > 0
+		RETURNING refs`, object).Scan(&refs)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, fmt.Errorf("object %s has no reference to drop", object)
+	}
+	if err != nil {
+		return false, err
+	}
+	return refs == 0, nil
+}
+
+// ReserveAttachment implements store.Attachments.
+func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q store.AttachmentQuota) error {
+	const doing = "reserving attachment"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if err := checkAttachment(a, true); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		if err := checkQuota(ctx, tx, a, q); err != nil {
+			return err
+		}
+		return insertAttachment(ctx, tx, a, 0, true, check.Millis(s.now()))
+	})
+	if err != nil {
+		return s.failAttachment(doing, err)
+	}
+	return nil
+}
+
+// CommitAttachment implements store.Attachments.
+func (s *Store) CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time) error {
+	const doing = "committing attachment"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	exp := check.ExpiryMillis(expires)
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE attachments SET state = 1, expires_ms = ?2
+			WHERE token_hash = ?1 AND state = 0 AND expires_ms > ?3`, tokenHash[:], exp, check.Millis(s.now()))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("no pending upload with this token: %w", store.ErrNotFound)
+		}
+		return nil
+	})
+	if err != nil {
+		return s.failAttachment(doing, err)
+	}
+	return nil
+}
+
+// ReleaseAttachment implements store.Attachments.
+func (s *Store) ReleaseAttachment(ctx context.Context, tokenHash [32]byte) (string, error) {
+	const doing = "releasing attachment"
+	if err := s.checkOpen(doing); err != nil {
+		return "", err
+	}
+	var object string
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `DELETE FROM attachments WHERE token_hash = ?1 AND state = 0 RETURNING object`,
+			tokenHash[:]).Scan(&object)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("no pending upload with this token: %w", store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = dropRef(ctx, tx, object)
+		return err
+	})
+	if err != nil {
+		return "", s.failAttachment(doing, err)
+	}
+	return object, nil
+}
+
+// scanAttachment reads the columns of attachmentColumns.
+func scanAttachment(row *sql.Row) (store.Attachment, error) {
+	var a store.Attachment
+	var hash []byte
+	var created, expires int64
+	err := row.Scan(&hash, &a.GroupID, &a.Object, &a.Size, &a.ContentHash, &a.Uploader, &created, &expires)
+	if err != nil {
+		return a, err
+	}
+	copy(a.TokenHash[:], hash)
+	a.Created, a.Expires = check.Time(created), check.Time(expires)
+	return a, nil
+}
+
+// findCommitted reads the committed, unexpired record tokenHash of groupID.
+// The group is compared in constant time after the lookup by hash, so an
+// answer takes as long whichever of the two does not match.
+func findCommitted(ctx context.Context, q querier, groupID []byte, tokenHash [32]byte, now int64) (store.Attachment, error) {
+	a, err := scanAttachment(q.QueryRowContext(ctx, `SELECT `+attachmentColumns+` FROM attachments
+		WHERE token_hash = ?1 AND state = 1 AND expires_ms > ?2`, tokenHash[:], now))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Attachment{}, fmt.Errorf("no such attachment: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Attachment{}, fmt.Errorf("reading attachment: %w", err)
+	}
+	if subtle.ConstantTimeCompare(a.GroupID, groupID) != 1 {
+		return store.Attachment{}, fmt.Errorf("no such attachment: %w", store.ErrNotFound)
+	}
+	return a, nil
+}
+
+// LookupAttachment implements store.Attachments.
+func (s *Store) LookupAttachment(ctx context.Context, groupID []byte, tokenHash [32]byte) (store.Attachment, error) {
+	const doing = "looking up attachment"
+	if err := s.checkOpen(doing); err != nil {
+		return store.Attachment{}, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	a, err := findCommitted(ctx, s.r, groupID, tokenHash, check.Millis(s.now()))
+	if err != nil {
+		return store.Attachment{}, s.failAttachment(doing, err)
+	}
+	return a, nil
+}
+
+// DeleteAttachment implements store.Attachments.
+func (s *Store) DeleteAttachment(ctx context.Context, groupID []byte, tokenHash [32]byte, uploader string) (store.Attachment, bool, error) {
+	const doing = "deleting attachment"
+	if err := s.checkOpen(doing); err != nil {
+		return store.Attachment{}, false, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return store.Attachment{}, false, fmt.Errorf("%s: %w", doing, err)
+	}
+	var a store.Attachment
+	var last bool
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var err error
+		if a, err = findCommitted(ctx, tx, groupID, tokenHash, check.Millis(s.now())); err != nil {
+			return err
+		}
+		if uploader != "" && a.Uploader != uploader {
+			return fmt.Errorf("the attachment was uploaded by another client: %w", store.ErrConflict)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM attachments WHERE token_hash = ?1`, tokenHash[:]); err != nil {
+			return err
+		}
+		last, err = dropRef(ctx, tx, a.Object)
+		return err
+	})
+	if err != nil {
+		return store.Attachment{}, false, s.failAttachment(doing, err)
+	}
+	return a, last, nil
+}
+
+// CopyAttachment implements store.Attachments.
+func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst store.Attachment, q store.AttachmentQuota) (store.Attachment, error) {
+	const doing = "copying attachment"
+	if err := s.checkOpen(doing); err != nil {
+		return store.Attachment{}, err
+	}
+	if err := check.GroupID(srcGroup); err != nil {
+		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := checkAttachment(dst, false); err != nil {
+		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		now := check.Millis(s.now())
+		src, err := findCommitted(ctx, tx, srcGroup, srcHash, now)
+		if err != nil {
+			return err
+		}
+		dst.Object, dst.Size, dst.ContentHash = src.Object, src.Size, src.ContentHash
+		if err := checkQuota(ctx, tx, dst, q); err != nil {
+			return err
+		}
+		return insertAttachment(ctx, tx, dst, 1, false, now)
+	})
+	if err != nil {
+		return store.Attachment{}, s.failAttachment(doing, err)
+	}
+	dst.Created = check.Time(check.Millis(dst.Created))
+	dst.Expires = check.Time(check.ExpiryMillis(dst.Expires))
+	return dst, nil
+}
+
+// GroupAttachmentUsage implements store.Attachments.
+func (s *Store) GroupAttachmentUsage(ctx context.Context, groupID []byte) (store.AttachmentUsage, error) {
+	const doing = "reading group attachment usage"
+	if err := s.checkOpen(doing); err != nil {
+		return store.AttachmentUsage{}, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return store.AttachmentUsage{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	u, err := usage(ctx, s.r, `SELECT COALESCE(SUM(size), 0), COUNT(*) FROM attachments WHERE group_id = ?1`, groupID)
+	if err != nil {
+		return u, s.fail(doing, err)
+	}
+	return u, nil
+}
+
+// UploaderAttachmentUsage implements store.Attachments.
+func (s *Store) UploaderAttachmentUsage(ctx context.Context, uploader string) (store.AttachmentUsage, error) {
+	const doing = "reading uploader attachment usage"
+	if err := s.checkOpen(doing); err != nil {
+		return store.AttachmentUsage{}, err
+	}
+	if err := check.ClientURI("uploader", uploader); err != nil {
+		return store.AttachmentUsage{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	u, err := usage(ctx, s.r, `SELECT COALESCE(SUM(size), 0), COUNT(*) FROM attachments WHERE uploader = ?1`, uploader)
+	if err != nil {
+		return u, s.fail(doing, err)
+	}
+	return u, nil
+}
+
+// ExpireAttachments implements store.Attachments: one op of the writer
+// that deletes at most limit expired records and drops their references.
+func (s *Store) ExpireAttachments(ctx context.Context, now time.Time, limit int) (int, error) {
+	const doing = "expiring attachments"
+	if err := s.checkOpen(doing); err != nil {
+		return 0, err
+	}
+	if limit < 1 {
+		return 0, nil
+	}
+	limit = min(limit, sweepBatch)
+	var n int
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		n = 0
+		rows, err := tx.QueryContext(ctx, `DELETE FROM attachments WHERE token_hash IN
+			(SELECT token_hash FROM attachments WHERE expires_ms <= ?1 LIMIT ?2) RETURNING object`,
+			check.Millis(now), limit)
+		if err != nil {
+			return err
+		}
+		var objects []string
+		for rows.Next() {
+			var o string
+			if err := rows.Scan(&o); err != nil {
+				rows.Close()
+				return err
+			}
+			objects = append(objects, o)
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return err
+		}
+		for _, o := range objects {
+			if _, err := dropRef(ctx, tx, o); err != nil {
+				return err
+			}
+		}
+		n = len(objects)
+		return nil
+	})
+	if err != nil {
+		return 0, s.fail(doing, err)
+	}
+	return n, nil
+}
+
+// UnreferencedObjects implements store.Attachments.
+func (s *Store) UnreferencedObjects(ctx context.Context, limit int) ([]string, error) {
+	const doing = "listing unreferenced attachment objects"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if limit < 1 {
+		return nil, nil
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT name FROM attachment_objects WHERE refs = 0 LIMIT ?1`, limit)
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, s.fail(doing, err)
+		}
+		out = append(out, name)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return out, nil
+}
+
+// ForgetObject implements store.Attachments.
+func (s *Store) ForgetObject(ctx context.Context, name string) error {
+	const doing = "forgetting attachment object"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var refs int64
+		err := tx.QueryRowContext(ctx, `SELECT refs FROM attachment_objects WHERE name = ?1`, name).Scan(&refs)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if refs > 0 {
+			return fmt.Errorf("object still has %d references: %w", refs, store.ErrConflict)
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM attachment_objects WHERE name = ?1 AND refs = 0`, name)
+		return err
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// failAttachment is fail, keeping ErrQuota, an answer of the store's
+// semantics like ErrNotFound.
+func (s *Store) failAttachment(doing string, err error) error {
+	if errors.Is(err, store.ErrQuota) {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	return s.fail(doing, err)
+}

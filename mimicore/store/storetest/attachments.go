@@ -1,0 +1,314 @@
+package storetest
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// attachment returns a pending attachment of size bytes in group by
+// uploader, with a fresh token hash and object name, expiring in an hour.
+func attachment(t *testing.T, group []byte, uploader string, size int64) store.Attachment {
+	t.Helper()
+	return store.Attachment{
+		TokenHash:   sha256.Sum256(randBytes(t, 32)),
+		GroupID:     group,
+		Object:      hex.EncodeToString(randBytes(t, 16)),
+		Size:        size,
+		ContentHash: randBytes(t, 32),
+		Uploader:    uploader,
+		Created:     time.Now(),
+		Expires:     time.Now().Add(future),
+	}
+}
+
+// upload reserves and commits a.
+func upload(t *testing.T, s store.Store, a store.Attachment, q store.AttachmentQuota) {
+	t.Helper()
+	noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, q))
+	noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)))
+}
+
+func wantUsage(t *testing.T, what string, got store.AttachmentUsage, err error, bytes, count int64) {
+	t.Helper()
+	noErr(t, what, err)
+	if got.Bytes != bytes || got.Count != count {
+		t.Fatalf("%s: %d bytes in %d, want %d in %d", what, got.Bytes, got.Count, bytes, count)
+	}
+}
+
+func wantUnreferenced(t *testing.T, s store.Store, want ...string) {
+	t.Helper()
+	got, err := s.UnreferencedObjects(ctx(), 100)
+	noErr(t, "UnreferencedObjects", err)
+	if len(got) != len(want) {
+		t.Fatalf("unreferenced objects %v, want %v", got, want)
+	}
+	set := map[string]bool{}
+	for _, g := range got {
+		set[g] = true
+	}
+	for _, w := range want {
+		if !set[w] {
+			t.Fatalf("unreferenced objects %v, want %v", got, want)
+		}
+	}
+}
+
+const (
+	uploaderA = "mimi://a.example/d/uploaderA/phone"
+	uploaderB = "mimi://a.example/d/uploaderB/laptop"
+)
+
+// testAttachments checks store.Attachments.
+func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
+	g1, g2 := []byte("attachment group 1"), []byte("attachment group 2")
+	none := store.AttachmentQuota{}
+
+	t.Run("PendingInvisibleThenCommitted", func(t *testing.T) {
+		s := open(t)
+		a := attachment(t, g1, uploaderA, 100)
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
+		_, err := s.LookupAttachment(ctx(), g1, a.TokenHash)
+		wantErr(t, "LookupAttachment of a pending record", err, store.ErrNotFound)
+		wantErr(t, "ReserveAttachment of the same token", s.ReserveAttachment(ctx(), a, none), store.ErrConflict)
+		noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)))
+		wantErr(t, "second CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)), store.ErrNotFound)
+		got, err := s.LookupAttachment(ctx(), g1, a.TokenHash)
+		noErr(t, "LookupAttachment", err)
+		if got.Object != a.Object || got.Size != 100 || string(got.ContentHash) != string(a.ContentHash) ||
+			got.Uploader != uploaderA || string(got.GroupID) != string(g1) || got.TokenHash != a.TokenHash {
+			t.Fatalf("LookupAttachment = %+v, want %+v", got, a)
+		}
+		_, err = s.LookupAttachment(ctx(), g2, a.TokenHash)
+		wantErr(t, "LookupAttachment with another group", err, store.ErrNotFound)
+		_, err = s.LookupAttachment(ctx(), g1, sha256.Sum256([]byte("other")))
+		wantErr(t, "LookupAttachment of an unknown token", err, store.ErrNotFound)
+	})
+
+	t.Run("Release", func(t *testing.T) {
+		s := open(t)
+		a := attachment(t, g1, uploaderA, 10)
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
+		u, err := s.GroupAttachmentUsage(ctx(), g1)
+		wantUsage(t, "usage while pending", u, err, 10, 1)
+		obj, err := s.ReleaseAttachment(ctx(), a.TokenHash)
+		noErr(t, "ReleaseAttachment", err)
+		if obj != a.Object {
+			t.Fatalf("released object %q, want %q", obj, a.Object)
+		}
+		u, err = s.GroupAttachmentUsage(ctx(), g1)
+		wantUsage(t, "usage after release", u, err, 0, 0)
+		wantUnreferenced(t, s, a.Object)
+		noErr(t, "ForgetObject", s.ForgetObject(ctx(), a.Object))
+		noErr(t, "ForgetObject again", s.ForgetObject(ctx(), a.Object))
+		wantUnreferenced(t, s)
+		_, err = s.ReleaseAttachment(ctx(), a.TokenHash)
+		wantErr(t, "second ReleaseAttachment", err, store.ErrNotFound)
+		wantErr(t, "CommitAttachment after release", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)), store.ErrNotFound)
+
+		// A committed record is not released.
+		b := attachment(t, g1, uploaderA, 10)
+		upload(t, s, b, none)
+		_, err = s.ReleaseAttachment(ctx(), b.TokenHash)
+		wantErr(t, "ReleaseAttachment of a committed record", err, store.ErrNotFound)
+	})
+
+	t.Run("PendingPastDeadlineCannotCommit", func(t *testing.T) {
+		s := open(t)
+		a := attachment(t, g1, uploaderA, 10)
+		a.Expires = time.Now().Add(past)
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
+		wantErr(t, "CommitAttachment past the deadline", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)), store.ErrNotFound)
+	})
+
+	t.Run("Quota", func(t *testing.T) {
+		for _, tc := range []struct {
+			name  string
+			q     store.AttachmentQuota
+			fits  []int64 // sizes that fit in turn
+			extra int64   // then one that does not
+			// elsewhere: extra fits in another group by another uploader
+			elsewhere bool
+		}{
+			{"group bytes", store.AttachmentQuota{GroupBytes: 100}, []int64{60, 40}, 1, true},
+			{"group count", store.AttachmentQuota{GroupCount: 2}, []int64{1, 1}, 0, true},
+			{"uploader bytes", store.AttachmentQuota{UploaderBytes: 50}, []int64{50}, 1, true},
+			{"uploader count", store.AttachmentQuota{UploaderCount: 1}, []int64{5}, 5, true},
+			{"single object over", store.AttachmentQuota{GroupBytes: 10}, nil, 11, false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				s := open(t)
+				for _, size := range tc.fits {
+					upload(t, s, attachment(t, g1, uploaderA, size), tc.q)
+				}
+				over := attachment(t, g1, uploaderA, tc.extra)
+				wantErr(t, "ReserveAttachment over quota", s.ReserveAttachment(ctx(), over, tc.q), store.ErrQuota)
+				wantUnreferenced(t, s)
+				// Another group and another uploader have quotas of their own.
+				if tc.elsewhere {
+					other := attachment(t, g2, uploaderB, tc.extra)
+					noErr(t, "ReserveAttachment in another group", s.ReserveAttachment(ctx(), other, tc.q))
+				}
+			})
+		}
+	})
+
+	t.Run("QuotaRace", func(t *testing.T) {
+		s := open(t)
+		q := store.AttachmentQuota{GroupBytes: 1000}
+		upload(t, s, attachment(t, g1, uploaderA, 400), q)
+		const racers = 8
+		var wg sync.WaitGroup
+		errs := make([]error, racers)
+		for i := range racers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = s.ReserveAttachment(ctx(), attachment(t, g1, uploaderB, 500), q)
+			}()
+		}
+		wg.Wait()
+		ok := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, store.ErrQuota):
+				t.Fatalf("racer %d: %v", i, err)
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("%d of %d racing reservations passed a quota with room for one", ok, racers)
+		}
+		u, err := s.GroupAttachmentUsage(ctx(), g1)
+		wantUsage(t, "usage after the race", u, err, 900, 2)
+	})
+
+	t.Run("DeleteByUploaderOrAnyone", func(t *testing.T) {
+		s := open(t)
+		a := attachment(t, g1, uploaderA, 10)
+		upload(t, s, a, none)
+		_, _, err := s.DeleteAttachment(ctx(), g2, a.TokenHash, "")
+		wantErr(t, "DeleteAttachment with another group", err, store.ErrNotFound)
+		_, _, err = s.DeleteAttachment(ctx(), g1, a.TokenHash, uploaderB)
+		wantErr(t, "DeleteAttachment by another uploader", err, store.ErrConflict)
+		if _, err := s.LookupAttachment(ctx(), g1, a.TokenHash); err != nil {
+			t.Fatalf("a refused delete removed the record: %v", err)
+		}
+		got, last, err := s.DeleteAttachment(ctx(), g1, a.TokenHash, uploaderA)
+		noErr(t, "DeleteAttachment by the uploader", err)
+		if !last || got.Object != a.Object {
+			t.Fatalf("DeleteAttachment = %v, %v; want the last reference of %s", got.Object, last, a.Object)
+		}
+		_, err = s.LookupAttachment(ctx(), g1, a.TokenHash)
+		wantErr(t, "LookupAttachment after delete", err, store.ErrNotFound)
+		wantUnreferenced(t, s, a.Object)
+
+		b := attachment(t, g1, uploaderA, 10)
+		upload(t, s, b, none)
+		_, _, err = s.DeleteAttachment(ctx(), g1, b.TokenHash, "")
+		noErr(t, "DeleteAttachment by anyone", err)
+	})
+
+	t.Run("CopySharesObject", func(t *testing.T) {
+		s := open(t)
+		a := attachment(t, g1, uploaderA, 300)
+		upload(t, s, a, none)
+		dst := attachment(t, g2, uploaderB, 0)
+		q := store.AttachmentQuota{GroupBytes: 500}
+		// The copy counts against the target group's quota.
+		upload(t, s, attachment(t, g2, uploaderB, 250), q)
+		_, err := s.CopyAttachment(ctx(), g1, a.TokenHash, dst, q)
+		wantErr(t, "CopyAttachment over the target's quota", err, store.ErrQuota)
+		_, err = s.CopyAttachment(ctx(), g2, a.TokenHash, dst, none)
+		wantErr(t, "CopyAttachment from the wrong group", err, store.ErrNotFound)
+		c, err := s.CopyAttachment(ctx(), g1, a.TokenHash, dst, store.AttachmentQuota{GroupBytes: 550})
+		noErr(t, "CopyAttachment", err)
+		if c.Object != a.Object || c.Size != 300 || string(c.ContentHash) != string(a.ContentHash) || string(c.GroupID) != string(g2) {
+			t.Fatalf("copy %+v does not share %+v", c, a)
+		}
+		got, err := s.LookupAttachment(ctx(), g2, dst.TokenHash)
+		noErr(t, "LookupAttachment of the copy", err)
+		if got.Object != a.Object || got.Uploader != uploaderB {
+			t.Fatalf("copy read back as %+v", got)
+		}
+		u, err := s.GroupAttachmentUsage(ctx(), g2)
+		wantUsage(t, "target usage", u, err, 550, 2)
+		u, err = s.UploaderAttachmentUsage(ctx(), uploaderB)
+		wantUsage(t, "copier usage", u, err, 550, 2)
+		_, err = s.CopyAttachment(ctx(), g1, a.TokenHash, dst, none)
+		wantErr(t, "CopyAttachment to a used token", err, store.ErrConflict)
+
+		// Deleting the original keeps the object: the copy refers to it.
+		_, last, err := s.DeleteAttachment(ctx(), g1, a.TokenHash, "")
+		noErr(t, "DeleteAttachment of the original", err)
+		if last {
+			t.Fatal("deleting the original reported the last reference while a copy holds it")
+		}
+		wantUnreferenced(t, s)
+		wantErr(t, "ForgetObject of a referenced object", s.ForgetObject(ctx(), a.Object), store.ErrConflict)
+		_, last, err = s.DeleteAttachment(ctx(), g2, dst.TokenHash, "")
+		noErr(t, "DeleteAttachment of the copy", err)
+		if !last {
+			t.Fatal("deleting the last copy did not report the last reference")
+		}
+		wantUnreferenced(t, s, a.Object)
+	})
+
+	t.Run("Expire", func(t *testing.T) {
+		s := open(t)
+		old := attachment(t, g1, uploaderA, 10)
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), old, none))
+		noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), old.TokenHash, time.Now().Add(2*time.Second)))
+		stale := attachment(t, g1, uploaderA, 10) // a pending upload that never finished
+		stale.Expires = time.Now().Add(10 * time.Minute)
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), stale, none))
+		kept := attachment(t, g1, uploaderA, 10)
+		upload(t, s, kept, none)
+		copied, err := s.CopyAttachment(ctx(), g1, old.TokenHash, attachment(t, g2, uploaderB, 0), none)
+		noErr(t, "CopyAttachment", err)
+
+		later := time.Now().Add(30 * time.Minute)
+		n, err := s.ExpireAttachments(ctx(), later, 100)
+		noErr(t, "ExpireAttachments", err)
+		if n != 2 { // the original and the stale pending one
+			t.Fatalf("ExpireAttachments removed %d, want 2", n)
+		}
+		wantUnreferenced(t, s, stale.Object) // old's object is still the copy's
+		if _, err := s.LookupAttachment(ctx(), g1, kept.TokenHash); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.LookupAttachment(ctx(), g2, copied.TokenHash); err != nil {
+			t.Fatal(err)
+		}
+		n, err = s.ExpireAttachments(ctx(), time.Now().Add(2*future), 1)
+		noErr(t, "ExpireAttachments with limit 1", err)
+		if n != 1 {
+			t.Fatalf("ExpireAttachments with limit 1 removed %d", n)
+		}
+	})
+
+	t.Run("Invalid", func(t *testing.T) {
+		s := open(t)
+		for name, mut := range map[string]func(*store.Attachment){
+			"empty group":    func(a *store.Attachment) { a.GroupID = nil },
+			"empty uploader": func(a *store.Attachment) { a.Uploader = "" },
+			"empty object":   func(a *store.Attachment) { a.Object = "" },
+			"negative size":  func(a *store.Attachment) { a.Size = -1 },
+			"empty hash":     func(a *store.Attachment) { a.ContentHash = nil },
+			"long hash":      func(a *store.Attachment) { a.ContentHash = make([]byte, 65) },
+		} {
+			t.Run(name, func(t *testing.T) {
+				a := attachment(t, g1, uploaderA, 1)
+				mut(&a)
+				wantErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none), store.ErrInvalid)
+			})
+		}
+	})
+}
