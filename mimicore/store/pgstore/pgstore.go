@@ -21,6 +21,12 @@
 //     Release or sweep), the operation starts again.
 //   - Complete and Release are one conditional UPDATE or DELETE; when it
 //     changes nothing, a read tells ErrNotFound from ErrConflict.
+//   - Checks over many rows take a transaction-scoped advisory lock
+//     first: a client's KeyPackage publishes (the count bound), an
+//     attachment's group and uploader quotas, and the outbox's writes
+//     (whose identity ids then commit in order). The numbered queue writes
+//     lock the one queue_sequence row until they commit, for the same
+//     reason.
 //   - Operations of several statements run in one READ COMMITTED
 //     transaction and take row locks (SELECT ... FOR UPDATE, or the lock
 //     an UPDATE or ON CONFLICT takes) before they decide; a transaction

@@ -536,3 +536,55 @@ func TestSynchronousCommit(t *testing.T) {
 		t.Fatalf("the store's sessions run with synchronous_commit %s, want on", v)
 	}
 }
+
+// TestAttachmentQuotaAcrossStores has 20 reservations race through two
+// stores on one database for a group whose quota holds 5: exactly 5
+// succeed, the others get ErrQuota.
+func TestAttachmentQuotaAcrossStores(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	ctx := context.Background()
+	var stores [2]*Store
+	for i := range stores {
+		s, err := Open(ctx, dsn, Options{MaxConns: 8})
+		if err != nil {
+			t.Fatalf("Open %d: %v", i, err)
+		}
+		defer s.Close()
+		stores[i] = s
+	}
+	const racers, quota = 20, 5
+	now := time.Now()
+	errs := make([]error, racers)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range racers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := store.Attachment{GroupID: []byte("group"), Object: fmt.Sprint("object-", i), Size: 10,
+				ContentHash: []byte("hash"), Uploader: fmt.Sprintf("mimi://a.example/d/u%d/c", i),
+				Created: now, Expires: now.Add(time.Hour)}
+			a.TokenHash[0], a.TokenHash[1] = byte(i), 1
+			<-start
+			errs[i] = stores[i%2].ReserveAttachment(ctx, a, store.AttachmentQuota{GroupCount: quota})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, store.ErrQuota):
+			t.Fatalf("reservation %d: %v, want nil or ErrQuota", i, err)
+		}
+	}
+	if won != quota {
+		t.Fatalf("%d reservations succeeded, want %d", won, quota)
+	}
+	u, err := stores[0].GroupAttachmentUsage(ctx, []byte("group"))
+	if err != nil || u.Count != quota {
+		t.Fatalf("group usage %+v, %v; want %d attachments", u, err, quota)
+	}
+}
