@@ -104,7 +104,9 @@ type Delivered struct {
 	// as Queues.Append answers it: a full queue refused the message (the
 	// others, and the state change, were still written).
 	Local [][]Appended
-	// Outbox has the id each Fanout.Remote message got in the outbox.
+	// Outbox has the id each Fanout.Remote message got in the outbox, or
+	// 0 for one dropped because its destination's backlog was full
+	// (OutboxLimits).
 	Outbox []uint64
 }
 

@@ -167,6 +167,7 @@ type Store interface {
 	Queues
 	Outbox
 	OutboxAdder
+	OutboxBound
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.
