@@ -70,3 +70,52 @@ func TestDeadPeerPastItsBound(t *testing.T) {
 		t.Fatalf("dead.example's backlog %+v, want 3 messages and %d dropped", b, sends-2+1)
 	}
 }
+
+// TestBackendPastItsBound checks a peer's deliver_message for the legacy
+// backend whose copy would pass @backend's bound: it is refused with
+// backend_unavailable and nothing is recorded, so the peer's retry, once
+// the backend took what waited, goes through, once.
+func TestBackendPastItsBound(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	h.svc.Hubs = new(HubCache)
+	h.svc.DeliverToBackend = true
+	h.st.SetOutboxLimits(store.OutboxLimits{MaxMessages: 1})
+	alice := h.newTClient(t, "alice", "phone", false)
+	erin := remoteClient(t, "e.example", "erin")
+	pgid := []byte("a group of e.example")
+	erin.m = erin.c.create(t, pgid)
+	res := commit(t, erin.m, addProps(alice), nil, nil)
+	erin.m = res.Next
+	if _, err := h.deliver(t, "e.example", queueingPayload(t, pgid, res.Welcome, alice.uri)); err != nil {
+		t.Fatalf("the Welcome, within the bound: %v", err)
+	}
+	app, err := erin.m.Protect([]byte("hello"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := queueingPayload(t, pgid, app, alice.uri)
+	if _, err := h.deliver(t, "e.example", payload); moh.DSErrorOf(err).Code != moh.CodeBackendUnavailable {
+		t.Fatalf("a message past @backend's bound: %v, want backend_unavailable", err)
+	}
+	var cursor uint64
+	waiting := h.outbox(t, store.BackendDestination, &cursor)
+	if len(waiting) != 1 {
+		t.Fatalf("@backend holds %d messages, want the Welcome alone", len(waiting))
+	}
+	if _, err := h.st.OutboxDelivered(t.Context(), store.BackendDestination, []uint64{waiting[0].ID}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // the peer's retry, then a duplicate of it
+		if _, err := h.deliver(t, "e.example", payload); err != nil {
+			t.Fatalf("delivery %d once there is room: %v", i, err)
+		}
+	}
+	if got := h.outbox(t, store.BackendDestination, &cursor); len(got) != 1 || string(got[0].Message) != string(mustMarshal(t, app)) {
+		t.Fatalf("@backend holds %d messages after the retry, want the message once", len(got))
+	}
+	b, err := h.st.OutboxDestinationBacklog(t.Context(), store.BackendDestination)
+	if err != nil || b.Dropped != (store.Dropped{}) {
+		t.Fatalf("@backend's drops %+v, %v: a refused delivery is not a drop", b, err)
+	}
+}
