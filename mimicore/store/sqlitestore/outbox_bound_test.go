@@ -112,9 +112,9 @@ const outboxBoundChildEnv = "MIMI_OUTBOX_BOUND_CRASH_CHILD"
 
 // TestOutboxBoundCrashChild, TestOutboxBoundCrash's child, writes a
 // group's messages to c.example's outbox, bounded at 300 messages, from 4
-// goroutines, while one goroutine delivers (removes) what is pending and
-// another resets the destination every second, until it is killed. It
-// prints "kept", "dropped <n>" and "reset <n>" once each write returned.
+// goroutines, while another delivers (removes) or resets what is pending,
+// until it is killed. It prints "kept", "dropped <n>" and "reset <n>"
+// once each write returned.
 func TestOutboxBoundCrashChild(t *testing.T) {
 	path := os.Getenv(outboxBoundChildEnv)
 	if path == "" {
@@ -158,9 +158,32 @@ func TestOutboxBoundCrashChild(t *testing.T) {
 			}
 		})
 	}
+	// The deliverer waits for the bound, lets the writers run into it
+	// for a while, then delivers the oldest 100; every third round it
+	// resets the destination instead. So drops, deliveries and resets
+	// happen whatever the speed of the machine.
 	wg.Go(func() {
-		for {
-			pending, err := s.OutboxPending(ctx, "c.example", 0, 10)
+		for round := 0; ; round++ {
+			for {
+				b, err := s.OutboxDestinationBacklog(ctx, "c.example")
+				if err != nil {
+					die("OutboxDestinationBacklog:", err)
+				}
+				if b.Messages >= 300 {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if round%3 == 2 {
+				n, err := s.OutboxReset(ctx, "c.example")
+				if err != nil {
+					die("OutboxReset:", err)
+				}
+				say("reset %d", n)
+				continue
+			}
+			pending, err := s.OutboxPending(ctx, "c.example", 0, 100)
 			if err != nil {
 				die("OutboxPending:", err)
 			}
@@ -171,17 +194,6 @@ func TestOutboxBoundCrashChild(t *testing.T) {
 			if _, err := s.OutboxDelivered(ctx, "c.example", ids); err != nil {
 				die("OutboxDelivered:", err)
 			}
-			time.Sleep(20 * time.Millisecond) // slower than the writers: the bound is reached
-		}
-	})
-	wg.Go(func() {
-		for {
-			time.Sleep(time.Second)
-			n, err := s.OutboxReset(ctx, "c.example")
-			if err != nil {
-				die("OutboxReset:", err)
-			}
-			say("reset %d", n)
 		}
 	})
 	wg.Wait()
@@ -205,8 +217,9 @@ func TestOutboxBoundCrash(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Killed after 3000 acknowledged writes, or after 30 s at the latest.
-	timer := time.AfterFunc(30*time.Second, func() { _ = cmd.Process.Kill() })
+	// Killed after 3000 acknowledged writes with drops and a reset among
+	// them, or after 60 s at the latest.
+	timer := time.AfterFunc(60*time.Second, func() { _ = cmd.Process.Kill() })
 	defer timer.Stop()
 	var kept, dropped, reset uint64
 	count := func(line string) {
@@ -225,7 +238,7 @@ func TestOutboxBoundCrash(t *testing.T) {
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		count(sc.Text())
-		if kept+dropped >= 3000 && dropped > 0 {
+		if kept+dropped >= 3000 && dropped > 0 && reset > 0 {
 			if err := cmd.Process.Kill(); err != nil { // SIGKILL
 				t.Fatal(err)
 			}
@@ -236,8 +249,8 @@ func TestOutboxBoundCrash(t *testing.T) {
 		count(sc.Text())
 	}
 	_ = cmd.Wait()
-	if kept+dropped < 3000 || dropped == 0 {
-		t.Fatalf("only %d kept and %d dropped acknowledged writes before the child ended", kept, dropped)
+	if kept+dropped < 3000 || dropped == 0 || reset == 0 {
+		t.Fatalf("only %d kept, %d dropped and %d reset acknowledged before the child ended", kept, dropped, reset)
 	}
 
 	s := openAt(t, path)
