@@ -363,9 +363,10 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 	}
 }
 
-// pass sends one batch of dest's outbox. It reports whether any message
-// failed and will be retried, and whether the batch was full (more may
-// wait).
+// pass sends one batch of dest's outbox: at most Batch messages and
+// about store.MaxOutboxListBytes, whatever the backlog. It reports whether
+// any message failed and will be retried, and whether the batch was full
+// (more may wait).
 func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed, more bool, err error) {
 	batch := orDefault(s.Batch, DefaultBatch)
 	entries, err := s.Outbox.OutboxPending(ctx, dest, 0, min(batch, store.MaxOutboxList))
@@ -418,7 +419,13 @@ func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed
 			return true, false, err
 		}
 	}
-	return anyFailed.Load(), len(entries) == batch, nil
+	// A batch cut short by its bytes (store.MaxOutboxListBytes) is
+	// full too.
+	size := 0
+	for _, e := range entries {
+		size += len(e.Message)
+	}
+	return anyFailed.Load(), len(entries) == batch || size >= store.MaxOutboxListBytes, nil
 }
 
 // deliver sends one outbox message and reports whether it is done with:

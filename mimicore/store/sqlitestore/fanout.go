@@ -326,7 +326,8 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 	}
 	defer rows.Close()
 	var out []store.OutboxEntry
-	for rows.Next() {
+	size := 0
+	for size < store.MaxOutboxListBytes && rows.Next() {
 		var e store.OutboxEntry
 		var id, enq int64
 		var rcpt string
@@ -338,6 +339,7 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 		}
 		e.ID, e.Destination, e.Enqueued = uint64(id), destination, time.UnixMilli(enq)
 		out = append(out, e)
+		size += len(e.Message)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, s.fail(doing, err)

@@ -237,3 +237,30 @@ func testReopenOutbox(t *testing.T, open func() (store.Store, error)) {
 	}
 	wantBacklog(t, "reopened, delivered and reset", s, "c.example", 0, store.Dropped{BacklogFull: 2, AdminReset: 1})
 }
+
+// testOutboxPendingBytes checks that OutboxPending stops at
+// MaxOutboxListBytes: 20 messages of the largest size come in a page of 16
+// and a page of the other 4.
+func testOutboxPendingBytes(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	s := open(t, NewClock())
+	var w store.OutboxWrite
+	for i := range 20 {
+		body := make([]byte, store.MaxQueuedMessageSize)
+		body[0] = byte(i)
+		w.Messages = append(w.Messages, store.OutboxMessage{Sender: "a.example", Destination: "c.example", GroupID: []byte("g"),
+			Recipients: []string{fanCarol}, Message: body})
+	}
+	_, err := s.OutboxAdd(ctx(), w)
+	noErr(t, "OutboxAdd", err)
+	first, err := s.OutboxPending(ctx(), "c.example", 0, store.MaxOutboxList)
+	noErr(t, "OutboxPending", err)
+	want := store.MaxOutboxListBytes / store.MaxQueuedMessageSize
+	if len(first) != want || first[0].Message[0] != 0 {
+		t.Fatalf("first page of %d messages, want %d from the first", len(first), want)
+	}
+	rest, err := s.OutboxPending(ctx(), "c.example", first[len(first)-1].ID, store.MaxOutboxList)
+	noErr(t, "OutboxPending", err)
+	if len(rest) != 20-want || rest[0].Message[0] != byte(want) {
+		t.Fatalf("second page of %d messages, want the other %d in order", len(rest), 20-want)
+	}
+}
