@@ -112,6 +112,11 @@ func TestSenderMemoryFlat(t *testing.T) {
 				b, err := st.OutboxDestinationBacklog(t.Context(), "b.example")
 				return err == nil && b.Messages == 0
 			})
+			// The counters the bound is checked against are back to
+			// zero: delivered and given-up messages are taken off them.
+			if b, err := st.OutboxDestinationBacklog(t.Context(), "b.example"); err != nil || b.Bytes != 0 || b.Dropped != (store.Dropped{}) {
+				t.Fatalf("drained backlog %+v, %v; want 0 bytes and no drop", b, err)
+			}
 			if got := tc.want(s.Stats()); got != uint64(messages) {
 				t.Fatalf("%s %d messages, want %d", tc.name, got, messages)
 			}
