@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -52,9 +53,10 @@ func TestMigrationOutboxHeads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := len(migrations) - 1 // every step before this one
-	if migrations[before].sql != schemaOutboxHeads {
-		t.Fatal("the outbox heads are not the last migration; update this test")
+	// Every step before this migration, whatever its number.
+	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaOutboxHeads })
+	if before < 1 {
+		t.Fatal("the outbox heads migration is not listed")
 	}
 	if err := migrateTo(ctx, raw, migrations[:before], time.Now()); err != nil {
 		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
