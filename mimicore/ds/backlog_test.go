@@ -36,6 +36,8 @@ func TestDeadPeerPastItsBound(t *testing.T) {
 		}
 	}
 
+	woken := map[string]int{}
+	h.svc.Outbound = func(d string) { woken[d]++ }
 	h.mustDo(t, "create_group", createBody(t, alice, []byte("dead peer group")))
 	res := commit(t, alice.m, addProps(bob, dan, lee), nil, nil)
 	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
@@ -68,6 +70,11 @@ func TestDeadPeerPastItsBound(t *testing.T) {
 	// The Welcome and two messages fit; four messages and the commit not.
 	if b.Messages != 3 || b.Dropped.BacklogFull != sends-2+1 {
 		t.Fatalf("dead.example's backlog %+v, want 3 messages and %d dropped", b, sends-2+1)
+	}
+	// Its sender was woken for what was written, not for what was
+	// dropped; the live peer for everything.
+	if woken["dead.example"] != 3 || woken["live.example"] != 1+sends+1 {
+		t.Fatalf("wake-ups %v, want dead.example 3 (the Welcome and two messages) and live.example %d", woken, 1+sends+1)
 	}
 }
 
