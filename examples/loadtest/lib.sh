@@ -29,7 +29,9 @@ build() {
 # configure writes the keys and the Caddyfile. a.localhost is the sender;
 # b.localhost receives, fetches a's keys over loopback, runs a Privacy Pass
 # issuer and requires a token on /verification_key, and answers /bare with
-# a plain respond (no mimi handler) for the baseline.
+# a plain respond (no mimi handler) for the baseline. $B_SITE and $B_MIMI,
+# when set, are Caddyfile lines added to b.localhost's site and to its mimi
+# block (attachbench.sh and attachcrash.sh use them).
 configure() {
 	"$tmp/mimiload" setup -dir "$tmp"
 	cat >"$tmp/Caddyfile" <<CADDY
@@ -78,7 +80,9 @@ b.localhost:$PORT {
 	handle /bare {
 		respond 200
 	}
+${B_SITE:-}
 	mimi {
+${B_MIMI:-}
 		provider b.localhost
 		ds_domain b.localhost:$PORT
 		data_dir $tmp/b
