@@ -20,7 +20,9 @@
 #
 # Usage: examples/loadtest/attachbench.sh [mimiload attachbench flags...]
 # Environment: REPS (3), PORT (19443), HTTP_PORT (19080), ADMIN (off; an
-# address turns Caddy's admin endpoint on, with /debug/pprof/), KEEP=1.
+# address turns Caddy's admin endpoint on, with /debug/pprof/), PROFILES (a
+# directory: with ADMIN, Caddy's heap profile before and after every
+# transfer is saved there), KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . examples/loadtest/lib.sh
@@ -38,5 +40,5 @@ configure
 conditions
 "${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy ./caddy \
 	-config "$tmp/Caddyfile" -log "$tmp/caddy.log" -file "$tmp/files/blob.bin" -files-path /files/blob.bin \
-	-reps "${REPS:-3}" "$@" ||
+	-reps "${REPS:-3}" ${ADMIN:+-admin "$ADMIN"} ${PROFILES:+-profiles "$PROFILES"} "$@" ||
 	{ status=$?; tail -20 "$tmp/caddy.log" >&2; exit $status; }

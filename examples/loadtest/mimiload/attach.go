@@ -233,15 +233,18 @@ func (d *hashingDiscard) Write(p []byte) (int, error) { return d.h.Write(p) }
 func (d *hashingDiscard) sum() []byte { return d.h.Sum(nil) }
 
 // rssSampler samples a process's resident set size (VmRSS in
-// /proc/<pid>/status) every interval and keeps the peak since the last
-// reset, and the peak of the whole run.
+// /proc/<pid>/status) and its anonymous part (RssAnon: the heap, stacks
+// and runtime, without the binary's file-backed pages) every interval,
+// and keeps their peaks since the last reset and over the whole run.
 type rssSampler struct {
-	pid  int
-	mu   sync.Mutex
-	peak int64 // kB since reset
-	all  int64 // kB since start
-	stop chan struct{}
-	done chan struct{}
+	pid     int
+	mu      sync.Mutex
+	peak    int64 // VmRSS kB since reset
+	anon    int64 // RssAnon kB since reset
+	all     int64 // VmRSS kB since start
+	allAnon int64 // RssAnon kB since start
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // startRSS starts sampling pid every interval.
@@ -256,6 +259,8 @@ func startRSS(pid int, interval time.Duration) *rssSampler {
 				s.mu.Lock()
 				s.peak = max(s.peak, st["VmRSS"])
 				s.all = max(s.all, st["VmRSS"])
+				s.anon = max(s.anon, st["RssAnon"])
+				s.allAnon = max(s.allAnon, st["RssAnon"])
 				s.mu.Unlock()
 			}
 			select {
@@ -268,20 +273,21 @@ func startRSS(pid int, interval time.Duration) *rssSampler {
 	return s
 }
 
-// reset returns the peak since the last reset (kB) and starts a new one.
-func (s *rssSampler) reset() int64 {
+// reset returns the peaks of VmRSS and RssAnon since the last reset (kB)
+// and starts new ones.
+func (s *rssSampler) reset() (rss, anon int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := s.peak
-	s.peak = 0
-	return p
+	rss, anon = s.peak, s.anon
+	s.peak, s.anon = 0, 0
+	return rss, anon
 }
 
-// close stops sampling and returns the run's sampled peak (kB).
-func (s *rssSampler) close() int64 {
+// close stops sampling and returns the run's sampled peaks (kB).
+func (s *rssSampler) close() (rss, anon int64) {
 	close(s.stop)
 	<-s.done
-	return s.all
+	return s.all, s.allAnon
 }
 
 // procStatus reads the kB fields (VmRSS, VmHWM, ...) of /proc/<pid>/status.

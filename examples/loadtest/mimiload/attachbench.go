@@ -31,6 +31,7 @@ type attachBenchFlags struct {
 	size                          int64
 	reps                          int
 	sample                        time.Duration
+	admin, profiles               string
 }
 
 // measurement is one timed transfer, printed as a RESULT line.
@@ -41,6 +42,7 @@ type measurement struct {
 	Seconds  float64 `json:"seconds"`
 	MBps     float64 `json:"mb_per_s"` // 10^6 bytes per second
 	RSSPeak  int64   `json:"caddy_rss_peak_kib"`
+	AnonPeak int64   `json:"caddy_rss_anon_peak_kib"`
 	HashOK   bool    `json:"hash_ok"`
 	RatioFS  float64 `json:"ratio_to_file_server,omitempty"`
 	VmHWMNow int64   `json:"caddy_vmhwm_kib"`
@@ -51,8 +53,8 @@ func (m *measurement) print() {
 	if m.RatioFS > 0 {
 		extra = fmt.Sprintf(", %.2f of file_server", m.RatioFS)
 	}
-	fmt.Printf("rep %d %-11s %d bytes in %.2f s: %.1f MB/s%s; Caddy RSS peak during it %.1f MiB, VmHWM so far %.1f MiB\n",
-		m.Rep, m.Kind, m.Bytes, m.Seconds, m.MBps, extra, float64(m.RSSPeak)/1024, float64(m.VmHWMNow)/1024)
+	fmt.Printf("rep %d %-11s %d bytes in %.2f s: %.1f MB/s%s; Caddy VmRSS peak during it %.1f MiB (anonymous %.1f MiB), VmHWM so far %.1f MiB\n",
+		m.Rep, m.Kind, m.Bytes, m.Seconds, m.MBps, extra, float64(m.RSSPeak)/1024, float64(m.AnonPeak)/1024, float64(m.VmHWMNow)/1024)
 	b, _ := json.Marshal(m)
 	fmt.Printf("RESULT %s\n", b)
 }
@@ -76,6 +78,8 @@ func attachBenchCmd(args []string) error {
 	fs.Int64Var(&f.size, "size", 1<<30-9, "bytes of the test file and the attachment (at most 1,073,741,815, the wire's limit)")
 	fs.IntVar(&f.reps, "reps", 3, "repetitions of upload, download and file_server download")
 	fs.DurationVar(&f.sample, "sample", 20*time.Millisecond, "interval of the RSS samples")
+	fs.StringVar(&f.admin, "admin", "", "Caddy's admin address (host:port); with -profiles, heap profiles are taken around every transfer")
+	fs.StringVar(&f.profiles, "profiles", "", "directory for the heap profiles of -admin: <rep>-<kind>-before.pb.gz and -after.pb.gz (compare with go tool pprof -sample_index=alloc_space -base)")
 	fs.Parse(args)
 	if f.dir == "" || f.config == "" || f.file == "" || f.filesPath == "" {
 		return errors.New("attachbench: -dir, -config, -file and -files-path are required")
@@ -108,10 +112,12 @@ func attachBenchCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	if st, err := procStatus(pid); err == nil {
-		fmt.Printf("# Caddy pid %d up, a group on b.localhost created: VmRSS %.1f MiB, VmHWM %.1f MiB\n",
-			pid, float64(st["VmRSS"])/1024, float64(st["VmHWM"])/1024)
+	idle, err := procStatus(pid)
+	if err != nil {
+		return err
 	}
+	fmt.Printf("# Caddy pid %d up, a group on b.localhost created: VmRSS %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB), VmHWM %.1f MiB\n",
+		pid, float64(idle["VmRSS"])/1024, float64(idle["RssAnon"])/1024, float64(idle["RssFile"])/1024, float64(idle["VmHWM"])/1024)
 	hwm := func() int64 {
 		st, err := procStatus(pid)
 		if err != nil {
@@ -128,6 +134,7 @@ func attachBenchCmd(args []string) error {
 		if err != nil {
 			return err
 		}
+		f.profile(ctx, rep, "upload", "before")
 		start := time.Now()
 		token, err := m.upload(ctx, file, f.size, sum)
 		up.Seconds = time.Since(start).Seconds()
@@ -135,17 +142,21 @@ func attachBenchCmd(args []string) error {
 		if err != nil {
 			return fmt.Errorf("rep %d: %w", rep, err)
 		}
+		f.profile(ctx, rep, "upload", "after")
 		up.HashOK = true // the gateway checked content_hash
-		up.RSSPeak, up.VmHWMNow, up.MBps = rss.reset(), hwm(), float64(f.size)/up.Seconds/1e6
+		up.RSSPeak, up.AnonPeak = rss.reset()
+		up.VmHWMNow, up.MBps = hwm(), float64(f.size)/up.Seconds/1e6
 		up.print()
 		all = append(all, up)
 
 		gw := func() (*measurement, error) {
 			d := &measurement{Kind: "download", Rep: rep}
 			h := newHashingDiscard()
+			f.profile(ctx, rep, d.Kind, "before")
 			start := time.Now()
 			n, err := m.download(ctx, token, h)
 			d.Seconds, d.Bytes = time.Since(start).Seconds(), n
+			f.profile(ctx, rep, d.Kind, "after")
 			if err != nil {
 				return nil, fmt.Errorf("rep %d: %w", rep, err)
 			}
@@ -155,9 +166,11 @@ func attachBenchCmd(args []string) error {
 		fsrv := func() (*measurement, error) {
 			d := &measurement{Kind: "file_server", Rep: rep}
 			h := newHashingDiscard()
+			f.profile(ctx, rep, d.Kind, "before")
 			start := time.Now()
 			n, err := getFile(ctx, t, t.url("b.localhost", f.filesPath), h)
 			d.Seconds, d.Bytes = time.Since(start).Seconds(), n
+			f.profile(ctx, rep, d.Kind, "after")
 			if err != nil {
 				return nil, fmt.Errorf("rep %d: file_server: %w", rep, err)
 			}
@@ -175,7 +188,8 @@ func attachBenchCmd(args []string) error {
 			if err != nil {
 				return err
 			}
-			d.RSSPeak, d.VmHWMNow, d.MBps = rss.reset(), hwm(), float64(d.Bytes)/d.Seconds/1e6
+			d.RSSPeak, d.AnonPeak = rss.reset()
+			d.VmHWMNow, d.MBps = hwm(), float64(d.Bytes)/d.Seconds/1e6
 			pair[i] = d
 			if !d.HashOK {
 				return fmt.Errorf("rep %d: the %s's content does not hash to the file's SHA-256", rep, d.Kind)
@@ -193,15 +207,18 @@ func attachBenchCmd(args []string) error {
 			return fmt.Errorf("rep %d: %w", rep, err)
 		}
 	}
-	peak := rss.close()
+	peak, anon := rss.close()
 	st, err := procStatus(pid)
 	if err != nil {
 		return err
 	}
 	s := summarise(all)
-	s.VmHWM, s.RSSSampledPeak, s.Pid = st["VmHWM"], peak, pid
-	fmt.Printf("summary: upload %.1f MB/s, download %.1f MB/s, file_server %.1f MB/s (medians of %d); download / file_server %.2f (per rep %v); Caddy VmHWM %.1f MiB, sampled VmRSS peak %.1f MiB\n",
-		s.UploadMBps, s.DownloadMBps, s.FileServerMBps, f.reps, s.Ratio, s.Ratios, float64(s.VmHWM)/1024, float64(s.RSSSampledPeak)/1024)
+	s.VmHWM, s.RSSSampledPeak, s.AnonSampledPeak, s.Pid = st["VmHWM"], peak, anon, pid
+	s.IdleRSS, s.IdleAnon = idle["VmRSS"], idle["RssAnon"]
+	fmt.Printf("summary: upload %.1f MB/s, download %.1f MB/s, file_server %.1f MB/s (medians of %d); download / file_server %.2f (per rep %v); "+
+		"Caddy VmHWM %.1f MiB, sampled VmRSS peak %.1f MiB (anonymous %.1f MiB); idle before the transfers %.1f MiB (anonymous %.1f MiB)\n",
+		s.UploadMBps, s.DownloadMBps, s.FileServerMBps, f.reps, s.Ratio, s.Ratios, float64(s.VmHWM)/1024, float64(s.RSSSampledPeak)/1024,
+		float64(s.AnonSampledPeak)/1024, float64(s.IdleRSS)/1024, float64(s.IdleAnon)/1024)
 	b, _ := json.Marshal(s)
 	fmt.Printf("RESULT %s\n", b)
 	return nil
@@ -209,15 +226,18 @@ func attachBenchCmd(args []string) error {
 
 // benchSummary is the run's medians and the Caddy process's peak memory.
 type benchSummary struct {
-	Kind           string    `json:"kind"` // summary
-	Pid            int       `json:"caddy_pid"`
-	UploadMBps     float64   `json:"upload_mb_per_s"`
-	DownloadMBps   float64   `json:"download_mb_per_s"`
-	FileServerMBps float64   `json:"file_server_mb_per_s"`
-	Ratio          float64   `json:"download_ratio_to_file_server"`
-	Ratios         []float64 `json:"ratios"`
-	VmHWM          int64     `json:"caddy_vmhwm_kib"`
-	RSSSampledPeak int64     `json:"caddy_rss_sampled_peak_kib"`
+	Kind            string    `json:"kind"` // summary
+	Pid             int       `json:"caddy_pid"`
+	UploadMBps      float64   `json:"upload_mb_per_s"`
+	DownloadMBps    float64   `json:"download_mb_per_s"`
+	FileServerMBps  float64   `json:"file_server_mb_per_s"`
+	Ratio           float64   `json:"download_ratio_to_file_server"`
+	Ratios          []float64 `json:"ratios"`
+	VmHWM           int64     `json:"caddy_vmhwm_kib"`
+	RSSSampledPeak  int64     `json:"caddy_rss_sampled_peak_kib"`
+	AnonSampledPeak int64     `json:"caddy_rss_anon_sampled_peak_kib"`
+	IdleRSS         int64     `json:"caddy_idle_rss_kib"`
+	IdleAnon        int64     `json:"caddy_idle_rss_anon_kib"`
 }
 
 func summarise(all []*measurement) *benchSummary {
@@ -304,4 +324,42 @@ func writeRandomFile(path string, size int64) ([]byte, error) {
 		return nil, fmt.Errorf("writing %s: %w", path, err)
 	}
 	return h.Sum(nil), nil
+}
+
+// profile saves Caddy's heap profile (with the allocations since the
+// start) as <rep>-<kind>-<when>.pb.gz in f.profiles, when -admin and
+// -profiles are set. A failure is reported and otherwise ignored.
+func (f *attachBenchFlags) profile(ctx context.Context, rep int, kind, when string) {
+	if f.admin == "" || f.profiles == "" {
+		return
+	}
+	err := func() error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+f.admin+"/debug/pprof/heap", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if err := os.MkdirAll(f.profiles, 0o700); err != nil {
+			return err
+		}
+		out, err := os.Create(filepath.Join(f.profiles, fmt.Sprintf("%d-%s-%s.pb.gz", rep, kind, when)))
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, resp.Body); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
+	}()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "# heap profile %d-%s-%s: %v\n", rep, kind, when, err)
+	}
 }
