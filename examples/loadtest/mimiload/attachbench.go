@@ -32,6 +32,7 @@ type attachBenchFlags struct {
 	reps                          int
 	sample                        time.Duration
 	admin, profiles               string
+	fileServer                    bool
 }
 
 // measurement is one timed transfer, printed as a RESULT line.
@@ -80,6 +81,7 @@ func attachBenchCmd(args []string) error {
 	fs.DurationVar(&f.sample, "sample", 20*time.Millisecond, "interval of the RSS samples")
 	fs.StringVar(&f.admin, "admin", "", "Caddy's admin address (host:port); with -profiles, heap profiles are taken around every transfer")
 	fs.StringVar(&f.profiles, "profiles", "", "directory for the heap profiles of -admin: <rep>-<kind>-before.pb.gz and -after.pb.gz (compare with go tool pprof -sample_index=alloc_space -base)")
+	fs.BoolVar(&f.fileServer, "file-server", true, "also download from file_server (false: the gateway's transfers alone, so that Caddy's VmHWM is theirs)")
 	fs.Parse(args)
 	if f.dir == "" || f.config == "" || f.file == "" || f.filesPath == "" {
 		return errors.New("attachbench: -dir, -config, -file and -files-path are required")
@@ -181,7 +183,11 @@ func attachBenchCmd(args []string) error {
 		if rep%2 == 0 {
 			order = []func() (*measurement, error){fsrv, gw}
 		}
-		var pair [2]*measurement
+		if !f.fileServer {
+			order = order[:1]
+			order[0] = gw
+		}
+		pair := make([]*measurement, len(order))
 		for i, run := range order {
 			rss.reset()
 			d, err := run()
@@ -198,7 +204,9 @@ func attachBenchCmd(args []string) error {
 		if pair[0].Kind != "download" {
 			pair[0], pair[1] = pair[1], pair[0]
 		}
-		pair[0].RatioFS = pair[0].MBps / pair[1].MBps
+		if len(pair) == 2 {
+			pair[0].RatioFS = pair[0].MBps / pair[1].MBps
+		}
 		for _, d := range pair {
 			d.print()
 			all = append(all, d)
