@@ -31,6 +31,7 @@ type attachCrashFlags struct {
 	minSize, maxSize              int64
 	killMin, killMax              time.Duration
 	sweepWait                     time.Duration
+	truncate                      bool
 }
 
 // attachRound is one round's counts (or their sum).
@@ -122,6 +123,7 @@ func attachCrashCmd(args []string) error {
 	fs.DurationVar(&f.killMin, "kill-min", time.Second, "earliest kill after the uploads start")
 	fs.DurationVar(&f.killMax, "kill-max", 3*time.Second, "latest kill after the uploads start")
 	fs.DurationVar(&f.sweepWait, "sweep-wait", 20*time.Second, "how long to wait for the sweeper to remove the aged temporary files")
+	fs.BoolVar(&f.truncate, "truncate-objects", false, "self-check: cut every stored object to half its size after each kill, so the check must report every acknowledged upload lost and the objects partial")
 	fs.Parse(args)
 	if f.dir == "" || f.config == "" {
 		return errors.New("attachcrash: -dir and -config are required")
@@ -244,6 +246,21 @@ func attachCrashRound(ctx context.Context, m *attachMember, c *caddyProc, f *att
 		}
 	}
 
+	if f.truncate {
+		err := filepath.WalkDir(filepath.Join(root, "objects"), func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			return os.Truncate(p, info.Size()/2)
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("truncating the objects: %w", err)
+		}
+	}
 	if err := c.start(); err != nil {
 		return nil, nil, err
 	}
