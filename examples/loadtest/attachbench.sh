@@ -19,7 +19,8 @@
 # directory, removed at the end (KEEP=1 keeps it).
 #
 # Usage: examples/loadtest/attachbench.sh [mimiload attachbench flags...]
-# Environment: REPS (3), PORT (19443), HTTP_PORT (19080), ADMIN (off; an
+# Environment: REPS (3), PORT (19443), HTTP_PORT (19080), CADDY (a built
+# Caddy to use instead of building ./caddy), ADMIN (off; an
 # address turns Caddy's admin endpoint on, with /debug/pprof/), PROFILES (a
 # directory: with ADMIN, Caddy's heap profile before and after every
 # transfer is saved there), KEEP=1.
@@ -38,7 +39,7 @@ port_free
 build
 configure
 conditions
-"${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy ./caddy \
+"${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$CADDY" \
 	-config "$tmp/Caddyfile" -log "$tmp/caddy.log" -file "$tmp/files/blob.bin" -files-path /files/blob.bin \
 	-reps "${REPS:-3}" ${ADMIN:+-admin "$ADMIN"} ${PROFILES:+-profiles "$PROFILES"} "$@" ||
 	{ status=$?; tail -20 "$tmp/caddy.log" >&2; exit $status; }

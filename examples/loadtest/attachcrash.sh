@@ -15,7 +15,8 @@
 # or nothing was acknowledged.
 #
 # Usage: examples/loadtest/attachcrash.sh [mimiload attachcrash flags...]
-# Environment: ROUNDS (3), PORT (19443), HTTP_PORT (19080), KEEP=1.
+# Environment: ROUNDS (3), PORT (19443), HTTP_PORT (19080), CADDY (a built
+# Caddy to use instead of building ./caddy), KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . examples/loadtest/lib.sh
@@ -24,6 +25,6 @@ port_free
 build
 configure
 conditions
-"${caddy_env[@]}" "$tmp/mimiload" attachcrash -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy ./caddy \
+"${caddy_env[@]}" "$tmp/mimiload" attachcrash -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$CADDY" \
 	-config "$tmp/Caddyfile" -log "$tmp/caddy.log" -rounds "${ROUNDS:-3}" "$@" ||
 	{ status=$?; tail -20 "$tmp/caddy.log" >&2; exit $status; }

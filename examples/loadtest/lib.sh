@@ -8,6 +8,9 @@
 
 PORT=${PORT:-19443}
 HTTP_PORT=${HTTP_PORT:-19080}
+# CADDY: a Caddy already built with the plugin (.ci/run passes its own);
+# unset, build builds ./caddy.
+CADDY=${CADDY:-}
 
 tmp=$(mktemp -d)
 caddy_pid=
@@ -20,9 +23,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# build builds Caddy (./caddy, through ./xcaddy.sh) and mimiload into $tmp.
+# build builds Caddy (./caddy, through ./xcaddy.sh; not when $CADDY names
+# one) and mimiload into $tmp.
 build() {
-	./xcaddy.sh ./caddy >&2
+	if [ -z "$CADDY" ]; then
+		./xcaddy.sh ./caddy >&2
+		CADDY=./caddy
+	fi
 	go build -o "$tmp/mimiload" ./examples/loadtest/mimiload
 }
 
@@ -128,11 +135,11 @@ port_free() {
 
 # start_caddy starts Caddy in the background (log: $tmp/caddy.log).
 start_caddy() {
-	"${caddy_env[@]}" ./caddy run --config "$tmp/Caddyfile" --adapter caddyfile >>"$tmp/caddy.log" 2>&1 &
+	"${caddy_env[@]}" "${CADDY:-./caddy}" run --config "$tmp/Caddyfile" --adapter caddyfile >>"$tmp/caddy.log" 2>&1 &
 	caddy_pid=$!
 }
 
 # conditions prints what else the machine is doing, for the results table.
 conditions() {
-	echo "# $(date -u +%FT%TZ) $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), $(./caddy version | cut -d' ' -f1), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	echo "# $(date -u +%FT%TZ) $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), $("${CADDY:-./caddy}" version | cut -d' ' -f1), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 }
