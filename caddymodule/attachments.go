@@ -434,7 +434,7 @@ func (g *Gateway) serveDownload(x *exchange) {
 	h.Set("ETag", `"`+hex.EncodeToString(d.ContentHash)+`"`)
 	h.Set("Accept-Ranges", "bytes")
 	if x.r.Header.Get("Range") != "" {
-		http.ServeContent(x.w, x.r, "", time.Time{}, d.Object)
+		http.ServeContent(responseWriteOnly{x.w}, x.r, "", time.Time{}, d.Object)
 		return
 	}
 	prefix := contentPrefix(d.Size)
@@ -536,6 +536,15 @@ func copyStream(w io.Writer, src io.Reader) (int64, error) {
 	defer streamBuffers.Put(buf)
 	return io.CopyBuffer(writerOnly{w}, src, *buf)
 }
+
+// responseWriteOnly is a ResponseWriter without ReadFrom, for
+// http.ServeContent, which copies with io.CopyN: through the response's
+// ReadFrom it would make the garbage copyStream avoids; without, it
+// copies through one 32 KiB buffer.
+type responseWriteOnly struct{ http.ResponseWriter }
+
+// Unwrap lets http.ResponseController reach the wrapped writer.
+func (w responseWriteOnly) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // contentPrefix is the encoding of an attachment_content(8) DSResponse up
 // to its content: protocol_version, the type, and the content's <V>

@@ -257,17 +257,16 @@ func summarise(all []*measurement) *benchSummary {
 			s.Ratios = append(s.Ratios, round(m.RatioFS, 3))
 		}
 	}
-	med := func(v []float64) float64 {
+	med := func(v []float64, digits int) float64 {
 		if len(v) == 0 {
 			return 0
 		}
 		v = slices.Clone(v)
 		slices.Sort(v)
-		return round(v[len(v)/2], 1)
+		return round(v[len(v)/2], digits)
 	}
-	s.UploadMBps, s.DownloadMBps, s.FileServerMBps = med(by["upload"]), med(by["download"]), med(by["file_server"])
-	s.Ratio = med(s.Ratios)
-	s.Ratio = round(s.Ratio, 2)
+	s.UploadMBps, s.DownloadMBps, s.FileServerMBps = med(by["upload"], 1), med(by["download"], 1), med(by["file_server"], 1)
+	s.Ratio = med(s.Ratios, 2)
 	return s
 }
 
