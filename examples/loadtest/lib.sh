@@ -87,10 +87,10 @@ b.localhost:$PORT {
 	handle /bare {
 		respond 200
 	}
-${B_SITE:-}
-	mimi {
-${B_MIMI:-}
-		provider b.localhost
+${B_SITE:+$B_SITE
+}	mimi {
+${B_MIMI:+$B_MIMI
+}		provider b.localhost
 		ds_domain b.localhost:$PORT
 		data_dir $tmp/b
 		# the send mode's recipients never fetch: room for every message
