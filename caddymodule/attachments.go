@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -433,7 +434,7 @@ func (g *Gateway) serveDownload(x *exchange) {
 	h.Set("ETag", `"`+hex.EncodeToString(d.ContentHash)+`"`)
 	h.Set("Accept-Ranges", "bytes")
 	if x.r.Header.Get("Range") != "" {
-		http.ServeContent(x.w, x.r, "", time.Time{}, d.Object)
+		http.ServeContent(responseWriteOnly{x.w}, x.r, "", time.Time{}, d.Object)
 		return
 	}
 	prefix := contentPrefix(d.Size)
@@ -442,7 +443,7 @@ func (g *Gateway) serveDownload(x *exchange) {
 	if _, err := x.w.Write(prefix); err != nil {
 		return // the client went away
 	}
-	if _, err := io.Copy(x.w, io.NewSectionReader(d.Object, 0, d.Size)); err != nil {
+	if _, err := copyStream(x.w, io.NewSectionReader(d.Object, 0, d.Size)); err != nil {
 		if c := g.logger.Check(zap.DebugLevel, "attachment download cut off"); c != nil {
 			c.Write(zap.String("remote_ip", remoteIP(x.r)), zap.Error(err))
 		}
@@ -505,13 +506,45 @@ func (g *Gateway) relayStream(x *exchange, signed []byte, body io.Reader, size i
 		}
 	}
 	x.w.WriteHeader(resp.StatusCode)
-	if _, err := io.Copy(x.w, resp.Body); err != nil {
+	if _, err := copyStream(x.w, resp.Body); err != nil {
 		if c := g.logger.Check(zap.DebugLevel, "relayed attachment answer cut off"); c != nil {
 			c.Write(zap.String("hub", hub), zap.Error(err))
 		}
 	}
 	return true
 }
+
+// streamBufferSize is the size of the buffers attachment content is
+// copied to the client through.
+const streamBufferSize = 256 << 10
+
+// streamBuffers holds the buffers of copyStream.
+var streamBuffers = sync.Pool{New: func() any { b := make([]byte, streamBufferSize); return &b }}
+
+// writerOnly hides every method of an io.Writer but Write.
+type writerOnly struct{ io.Writer }
+
+// copyStream copies src to the response w through a pooled 256 KiB buffer,
+// calling only w's Write. io.Copy would hand src to Caddy's response
+// writer's ReadFrom, which (Caddy 2.11's IdleTimeoutWriter) copies in 64
+// KiB pieces, each through io.Copy and a new 32 KiB buffer when the
+// connection's writer has no ReadFrom of its own, as over HTTP/2: half a
+// byte of garbage for every byte sent, the heap growth of a large
+// download. Write still bounds every 64 KiB by the idle write deadline.
+func copyStream(w io.Writer, src io.Reader) (int64, error) {
+	buf := streamBuffers.Get().(*[]byte)
+	defer streamBuffers.Put(buf)
+	return io.CopyBuffer(writerOnly{w}, src, *buf)
+}
+
+// responseWriteOnly is a ResponseWriter without ReadFrom, for
+// http.ServeContent, which copies with io.CopyN: through the response's
+// ReadFrom it would make the garbage copyStream avoids; without, it
+// copies through one 32 KiB buffer.
+type responseWriteOnly struct{ http.ResponseWriter }
+
+// Unwrap lets http.ResponseController reach the wrapped writer.
+func (w responseWriteOnly) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // contentPrefix is the encoding of an attachment_content(8) DSResponse up
 // to its content: protocol_version, the type, and the content's <V>

@@ -44,6 +44,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			timeout      <duration>
 //			max_backoff   <duration>
 //			give_up_after <duration>
+//			max_backlog_messages <n>
+//			max_backlog_bytes    <size>
 //		}
 //		delivery local_queues
 //		delivery backend <url> {
@@ -357,6 +359,25 @@ func unmarshalFederation(d *caddyfile.Dispenser) (*Federation, error) {
 			} else {
 				f.GiveUpAfter = caddy.Duration(dur)
 			}
+		case "max_backlog_messages":
+			var v string
+			if !d.AllArgs(&v) {
+				return nil, d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxBacklogMessages {
+				return nil, d.Errf("invalid max_backlog_messages '%s': want 1 to %d", v, maxBacklogMessages)
+			}
+			f.MaxBacklogMessages = n
+		case "max_backlog_bytes":
+			n, err := sizeArg(d, opt, maxBacklogBytes, "1TiB")
+			if err != nil {
+				return nil, err
+			}
+			if n < minBacklogBytes {
+				return nil, d.Errf("invalid max_backlog_bytes '%s': want a size from 2MiB to 1TiB", d.Val())
+			}
+			f.MaxBacklogBytes = n
 		default:
 			return nil, d.Errf("unrecognized federation option '%s'", opt)
 		}

@@ -33,6 +33,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			timeout 3s
 			max_backoff 10m
 			give_up_after 48h
+			max_backlog_messages 5000
+			max_backlog_bytes 64MiB
 		}
 		unchecked_client_bindings
 	}`))
@@ -59,6 +61,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			Timeout:               caddy.Duration(3 * time.Second),
 			MaxBackoff:            caddy.Duration(10 * time.Minute),
 			GiveUpAfter:           caddy.Duration(48 * time.Hour),
+			MaxBacklogMessages:    5000,
+			MaxBacklogBytes:       64 << 20,
 		},
 		UncheckedClientBindings: true,
 	}
@@ -84,6 +88,10 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"mimi {\n federation {\n resolve a.example\n }\n}", "wrong argument count"},
 		{"mimi {\n federation {\n timeout 1s\n timeout 2s\n }\n}", "duplicate federation option 'timeout'"},
 		{"mimi {\n federation {\n bogus\n }\n}", "unrecognized federation option 'bogus'"},
+		{"mimi {\n federation {\n max_backlog_messages 0\n }\n}", "invalid max_backlog_messages '0'"},
+		{"mimi {\n federation {\n max_backlog_messages lots\n }\n}", "invalid max_backlog_messages 'lots'"},
+		{"mimi {\n federation {\n max_backlog_bytes 1MiB\n }\n}", "invalid max_backlog_bytes '1MiB'"},
+		{"mimi {\n federation {\n max_backlog_bytes 2TiB\n }\n}", "invalid max_backlog_bytes '2TiB'"},
 		{"mimi {\n bogus\n}", "unrecognized mimi option 'bogus'"},
 		{"mimi {\n unchecked_client_bindings yes\n}", "wrong argument count"},
 		{"mimi {\n unchecked_client_bindings\n unchecked_client_bindings\n}", "duplicate mimi option 'unchecked_client_bindings'"},
@@ -122,6 +130,8 @@ func TestValidate(t *testing.T) {
 		{func(g *Gateway) { g.Federation = &Federation{Resolve: map[string]string{"a.example": "nope"}} }, "resolve"},
 		{func(g *Gateway) { g.Federation = &Federation{MaxBackoff: caddy.Duration(2 * time.Hour)} }, "max_backoff"},
 		{func(g *Gateway) { g.Federation = &Federation{GiveUpAfter: caddy.Duration(7 * 24 * time.Hour)} }, "give_up_after"},
+		{func(g *Gateway) { g.Federation = &Federation{MaxBacklogMessages: -1} }, "max_backlog_messages"},
+		{func(g *Gateway) { g.Federation = &Federation{MaxBacklogBytes: 1 << 20} }, "max_backlog_bytes"},
 	} {
 		g := base()
 		tc.mutate(g)

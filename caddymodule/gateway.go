@@ -211,7 +211,25 @@ type Federation struct {
 	// 6 days, below the 7 days receivers remember delivered messages, so
 	// that a message is never delivered twice.
 	GiveUpAfter caddy.Duration `json:"give_up_after,omitempty"`
+
+	// MaxBacklogMessages and MaxBacklogBytes bound the outbox's backlog
+	// for each destination: a message that would pass either is not
+	// written (the Delivery Service still accepts the request, the other
+	// destinations get their copies), and it is counted
+	// (caddy_mimi_outbox_dropped_total, reason backlog_full) and logged.
+	// Defaults: 100000 messages and 1GiB; at most 100000000 and 1TiB, the
+	// bytes at least 2MiB (two of the largest messages). 0 means the
+	// default.
+	MaxBacklogMessages int   `json:"max_backlog_messages,omitempty"`
+	MaxBacklogBytes    int64 `json:"max_backlog_bytes,omitempty"`
 }
+
+// Bounds of the federation's max_backlog_messages and max_backlog_bytes.
+const (
+	maxBacklogMessages = 100_000_000
+	maxBacklogBytes    = 1 << 40
+	minBacklogBytes    = 2 << 20
+)
 
 // CaddyModule returns the Caddy module information.
 func (Gateway) CaddyModule() caddy.ModuleInfo {
@@ -321,11 +339,14 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
+	var limits store.OutboxLimits
 	if f := g.Federation; f != nil {
 		sender.SetPolicy(federation.Policy{MaxBackoff: time.Duration(f.MaxBackoff), GiveUpAfter: time.Duration(f.GiveUpAfter)})
+		limits = store.OutboxLimits{MaxMessages: f.MaxBacklogMessages, MaxBytes: f.MaxBacklogBytes}
 	} else {
 		sender.SetPolicy(federation.Policy{})
 	}
+	g.svc.Store().SetOutboxLimits(limits)
 	sender.SetBackend(backend)
 	g.ds.Outbound, g.ds.PeerUp = sender.Wake, sender.PeerUp
 	return nil
@@ -414,6 +435,12 @@ func (g *Gateway) Validate() error {
 		}
 		if f.GiveUpAfter != 0 && (time.Duration(f.GiveUpAfter) < time.Minute || time.Duration(f.GiveUpAfter) > 6*24*time.Hour) {
 			return fmt.Errorf("mimi: federation give_up_after: %s is outside 1m..144h (receivers remember delivered messages for 7 days)", time.Duration(f.GiveUpAfter))
+		}
+		if f.MaxBacklogMessages < 0 || f.MaxBacklogMessages > maxBacklogMessages {
+			return fmt.Errorf("mimi: federation max_backlog_messages: %d is outside 1..%d", f.MaxBacklogMessages, maxBacklogMessages)
+		}
+		if f.MaxBacklogBytes != 0 && (f.MaxBacklogBytes < minBacklogBytes || f.MaxBacklogBytes > maxBacklogBytes) {
+			return fmt.Errorf("mimi: federation max_backlog_bytes: %d is outside %d..%d bytes", f.MaxBacklogBytes, minBacklogBytes, int64(maxBacklogBytes))
 		}
 		for _, p := range f.AllowedPorts {
 			if p < 1 || p > 65535 {

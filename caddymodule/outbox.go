@@ -77,6 +77,12 @@ var (
 		"Age of the oldest message waiting in the outbox for a destination provider.", []string{"data_dir", "destination"}, nil)
 	outboxFailuresDesc = prometheus.NewDesc("caddy_mimi_outbox_destination_failures",
 		"Delivery attempts to a destination that failed since its last success.", []string{"data_dir", "destination"}, nil)
+	outboxBytesDesc = prometheus.NewDesc("caddy_mimi_outbox_bytes",
+		"Bytes of the messages waiting in the outbox for a destination provider (what federation max_backlog_bytes bounds).",
+		[]string{"data_dir", "destination"}, nil)
+	outboxDroppedDesc = prometheus.NewDesc("caddy_mimi_outbox_dropped_total",
+		"Outbox messages for a destination provider dropped before delivery: reason backlog_full (not written, its backlog was at its bound), admin_reset (removed by POST /mimi/outbox/reset). Kept in the store across restarts.",
+		[]string{"data_dir", "destination", "reason"}, nil)
 	fanoutLatencyDesc = prometheus.NewDesc("caddy_mimi_fanout_latency_seconds",
 		"End-to-end fan-out latency: from the Delivery Service's acceptance of a message to the destination provider's answer, retries included.",
 		[]string{"data_dir"}, nil)
@@ -106,6 +112,8 @@ func (outboxStats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- outboxMessagesDesc
 	ch <- outboxOldestDesc
 	ch <- outboxFailuresDesc
+	ch <- outboxBytesDesc
+	ch <- outboxDroppedDesc
 	ch <- fanoutLatencyDesc
 }
 
@@ -136,7 +144,14 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 			if list, err := b.OutboxBacklog(ctx); err == nil {
 				for _, x := range list {
 					ch <- prometheus.MustNewConstMetric(outboxMessagesDesc, prometheus.GaugeValue, float64(x.Messages), dir, x.Destination)
-					ch <- prometheus.MustNewConstMetric(outboxOldestDesc, prometheus.GaugeValue, time.Since(x.Oldest).Seconds(), dir, x.Destination)
+					ch <- prometheus.MustNewConstMetric(outboxBytesDesc, prometheus.GaugeValue, float64(x.Bytes), dir, x.Destination)
+					var age float64
+					if !x.Oldest.IsZero() {
+						age = time.Since(x.Oldest).Seconds()
+					}
+					ch <- prometheus.MustNewConstMetric(outboxOldestDesc, prometheus.GaugeValue, age, dir, x.Destination)
+					ch <- prometheus.MustNewConstMetric(outboxDroppedDesc, prometheus.CounterValue, float64(x.Dropped.BacklogFull), dir, x.Destination, "backlog_full")
+					ch <- prometheus.MustNewConstMetric(outboxDroppedDesc, prometheus.CounterValue, float64(x.Dropped.AdminReset), dir, x.Destination, "admin_reset")
 				}
 			}
 		}
@@ -146,10 +161,12 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 
 // adminOutbox is the admin API's view of the outboxes (module
 // admin.api.mimi): GET /mimi/outbox lists, per data directory, each
-// destination's backlog and delivery status; POST
+// destination's backlog, drops and delivery status; POST
 // /mimi/outbox/retry?destination=<domain> (or @backend, the legacy
-// backend) ends that destination's backoff
-// in every sender, so it is tried at once.
+// backend) ends that destination's backoff in every sender, so it is
+// tried at once; POST /mimi/outbox/reset?destination=<domain> drops that
+// destination's whole backlog in every data directory, for a peer the
+// operator decided is gone, and answers the counts dropped.
 type adminOutbox struct{}
 
 func init() { caddy.RegisterModule(adminOutbox{}) }
@@ -164,19 +181,32 @@ func (a adminOutbox) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/mimi/outbox", Handler: caddy.AdminHandlerFunc(a.list)},
 		{Pattern: "/mimi/outbox/retry", Handler: caddy.AdminHandlerFunc(a.retry)},
+		{Pattern: "/mimi/outbox/reset", Handler: caddy.AdminHandlerFunc(a.reset)},
 	}
+}
+
+// droppedView is outboxView.Dropped.
+type droppedView struct {
+	BacklogFull uint64 `json:"backlog_full"`
+	AdminReset  uint64 `json:"admin_reset"`
+	GivenUp     uint64 `json:"given_up"`
 }
 
 // outboxView is one destination in GET /mimi/outbox.
 type outboxView struct {
 	Destination string    `json:"destination"`
 	Messages    int       `json:"messages"`
+	Bytes       int64     `json:"bytes"`
 	Oldest      time.Time `json:"oldest,omitzero"`
-	Failures    int       `json:"failures"`
-	LastError   string    `json:"last_error,omitempty"`
-	LastAttempt time.Time `json:"last_attempt,omitzero"`
-	LastSuccess time.Time `json:"last_success,omitzero"`
-	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	// Dropped counts, by reason, the messages dropped before delivery:
+	// backlog_full and admin_reset from the store (durable), given_up
+	// by this process's sender since it started.
+	Dropped     droppedView `json:"dropped"`
+	Failures    int         `json:"failures"`
+	LastError   string      `json:"last_error,omitempty"`
+	LastAttempt time.Time   `json:"last_attempt,omitzero"`
+	LastSuccess time.Time   `json:"last_success,omitzero"`
+	NextAttempt time.Time   `json:"next_attempt,omitzero"`
 }
 
 func (adminOutbox) list(w http.ResponseWriter, r *http.Request) error {
@@ -206,12 +236,14 @@ func (adminOutbox) list(w http.ResponseWriter, r *http.Request) error {
 			}
 			for _, x := range list {
 				v := view(x.Destination)
-				v.Messages, v.Oldest = x.Messages, x.Oldest
+				v.Messages, v.Bytes, v.Oldest = x.Messages, x.Bytes, x.Oldest
+				v.Dropped.BacklogFull, v.Dropped.AdminReset = x.Dropped.BacklogFull, x.Dropped.AdminReset
 			}
 		}
 		for _, st := range rs.sender.Status() {
 			v := view(st.Destination)
 			v.Failures, v.LastError, v.LastAttempt, v.LastSuccess, v.NextAttempt = st.Failures, st.LastError, st.LastAttempt, st.LastSuccess, st.NextAttempt
+			v.Dropped.GivenUp = st.GivenUp
 		}
 		list := make([]outboxView, 0, len(views))
 		for _, v := range views {
@@ -228,13 +260,23 @@ func (adminOutbox) list(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(out)
 }
 
-func (adminOutbox) retry(w http.ResponseWriter, r *http.Request) error {
+// destinationArg checks the method of a POST to a destination and returns
+// its destination query parameter.
+func destinationArg(r *http.Request) (string, error) {
 	if r.Method != http.MethodPost {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
+		return "", caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
 	}
 	dest := r.URL.Query().Get("destination")
 	if !moh.ValidFQDN([]byte(dest)) && dest != store.BackendDestination {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("destination %q is not a provider domain or %s", dest, store.BackendDestination)}
+		return "", caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("destination %q is not a provider domain or %s", dest, store.BackendDestination)}
+	}
+	return dest, nil
+}
+
+func (adminOutbox) retry(w http.ResponseWriter, r *http.Request) error {
+	dest, err := destinationArg(r)
+	if err != nil {
+		return err
 	}
 	senderPool.Range(func(_, value any) bool {
 		if rs, ok := value.(*runningSender); ok {
@@ -244,6 +286,43 @@ func (adminOutbox) retry(w http.ResponseWriter, r *http.Request) error {
 	})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// resetView is one data directory's answer of POST /mimi/outbox/reset.
+type resetView struct {
+	Destination string `json:"destination"`
+	Dropped     int    `json:"dropped"`
+}
+
+// reset drops the destination's backlog in every sender's outbox (each
+// sender logs the count) and answers, per data directory, how many
+// messages it dropped.
+func (adminOutbox) reset(w http.ResponseWriter, r *http.Request) error {
+	dest, err := destinationArg(r)
+	if err != nil {
+		return err
+	}
+	out := map[string]resetView{}
+	var failed error
+	senderPool.Range(func(key, value any) bool {
+		rs, ok := value.(*runningSender)
+		if !ok {
+			return true
+		}
+		dir, _ := key.(string)
+		n, err := rs.sender.Reset(r.Context(), dest)
+		out[dir] = resetView{Destination: dest, Dropped: n}
+		if err != nil {
+			failed = fmt.Errorf("%s: %w", dir, err)
+			return false
+		}
+		return true
+	})
+	if failed != nil {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("resetting the outbox: %w", failed)}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(out)
 }
 
 var _ caddy.AdminRouter = adminOutbox{} // interface guard

@@ -8,6 +8,9 @@
 
 PORT=${PORT:-19443}
 HTTP_PORT=${HTTP_PORT:-19080}
+# CADDY: a Caddy already built with the plugin (.ci/run passes its own);
+# unset, build builds ./caddy.
+CADDY=${CADDY:-}
 
 tmp=$(mktemp -d)
 caddy_pid=
@@ -20,16 +23,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# build builds Caddy (./caddy, through ./xcaddy.sh) and mimiload into $tmp.
+# build builds Caddy (./caddy, through ./xcaddy.sh; not when $CADDY names
+# one) and mimiload into $tmp.
 build() {
-	./xcaddy.sh ./caddy >&2
+	if [ -z "$CADDY" ]; then
+		./xcaddy.sh ./caddy >&2
+		CADDY=./caddy
+	fi
 	go build -o "$tmp/mimiload" ./examples/loadtest/mimiload
 }
 
 # configure writes the keys and the Caddyfile. a.localhost is the sender;
 # b.localhost receives, fetches a's keys over loopback, runs a Privacy Pass
 # issuer and requires a token on /verification_key, and answers /bare with
-# a plain respond (no mimi handler) for the baseline.
+# a plain respond (no mimi handler) for the baseline. $B_SITE and $B_MIMI,
+# when set, are Caddyfile lines added to b.localhost's site and to its mimi
+# block (attachbench.sh and attachcrash.sh use them).
 configure() {
 	"$tmp/mimiload" setup -dir "$tmp"
 	cat >"$tmp/Caddyfile" <<CADDY
@@ -78,8 +87,10 @@ b.localhost:$PORT {
 	handle /bare {
 		respond 200
 	}
-	mimi {
-		provider b.localhost
+${B_SITE:+$B_SITE
+}	mimi {
+${B_MIMI:+$B_MIMI
+}		provider b.localhost
 		ds_domain b.localhost:$PORT
 		data_dir $tmp/b
 		# the send mode's recipients never fetch: room for every message
@@ -124,11 +135,11 @@ port_free() {
 
 # start_caddy starts Caddy in the background (log: $tmp/caddy.log).
 start_caddy() {
-	"${caddy_env[@]}" ./caddy run --config "$tmp/Caddyfile" --adapter caddyfile >>"$tmp/caddy.log" 2>&1 &
+	"${caddy_env[@]}" "${CADDY:-./caddy}" run --config "$tmp/Caddyfile" --adapter caddyfile >>"$tmp/caddy.log" 2>&1 &
 	caddy_pid=$!
 }
 
 # conditions prints what else the machine is doing, for the results table.
 conditions() {
-	echo "# $(date -u +%FT%TZ) $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), $(./caddy version | cut -d' ' -f1), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	echo "# $(date -u +%FT%TZ) $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg), $("${CADDY:-./caddy}" version | cut -d' ' -f1), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 }

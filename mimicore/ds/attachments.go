@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -221,13 +222,23 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 	return &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: token}, nil
 }
 
+// uploadBufferSize is the size of the buffers uploads are streamed
+// through: a write to the backend (and a read of the body) per 256 KiB
+// rather than per io.Copy's 32 KiB.
+const uploadBufferSize = 256 << 10
+
+// uploadBuffers holds the buffers of stream.
+var uploadBuffers = sync.Pool{New: func() any { b := make([]byte, uploadBufferSize); return &b }}
+
 // stream copies exactly size bytes of content into w and the hasher, then
 // checks that content ends there and that the hash is want.
 func (a *Attachments) stream(w io.Writer, hasher interface {
 	io.Writer
 	Sum([]byte) []byte
 }, content io.Reader, size int64, want []byte) error {
-	n, err := io.Copy(io.MultiWriter(w, hasher), io.LimitReader(content, size))
+	buf := uploadBuffers.Get().(*[]byte)
+	defer uploadBuffers.Put(buf)
+	n, err := io.CopyBuffer(io.MultiWriter(w, hasher), io.LimitReader(content, size), *buf)
 	if err != nil {
 		var coded *moh.Error
 		if errors.As(err, &coded) {

@@ -270,13 +270,20 @@ func (b *fanoutBuilder) resolveSender(ctx context.Context) error {
 }
 
 // notify tells s.Outbound of the destinations the written fan-out left
-// messages for.
-func (b *fanoutBuilder) notify() {
+// messages for. ids, when not nil, are the outbox ids the write gave
+// b.out.Remote (store.Delivered.Outbox): a message with id 0 was dropped
+// at its destination's backlog bound, and a destination that got none of
+// the write's messages is not woken, so a dead peer past its bound is not
+// retried at every message.
+func (b *fanoutBuilder) notify(ids []uint64) {
 	if b.s.Outbound == nil {
 		return
 	}
 	var seen []string
-	for _, m := range b.out.Remote {
+	for i, m := range b.out.Remote {
+		if ids != nil && i < len(ids) && ids[i] == 0 {
+			continue
+		}
 		if !slices.Contains(seen, m.Destination) {
 			seen = append(seen, m.Destination)
 			b.s.Outbound(m.Destination)

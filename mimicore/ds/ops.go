@@ -198,7 +198,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: storing the commit: %w", typ, err)
 	}
-	fan.notify()
+	fan.notify(delivered.Outbox)
 	fan.report(typ.String(), delivered)
 	s.advanceView(base, next, info)
 	if typ == moh.DeleteGroup {
@@ -253,7 +253,7 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: keeping the proposal: %w", err)
 	}
-	fan.notify()
+	fan.notify(nil)
 	return ok, nil
 }
 
@@ -290,7 +290,7 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: delivering: %w", err)
 	}
-	fan.notify()
+	fan.notify(delivered.Outbox)
 	fan.report("send_message", delivered)
 	return ok, nil
 }

@@ -55,6 +55,11 @@ const (
 	// DefaultParallel is how many of a destination's groups are sent to
 	// at once: at most that many requests are in flight per destination.
 	DefaultParallel = 4
+	// DropLogInterval is the least time between two warnings about the
+	// messages a destination lost at its backlog's bound
+	// (store.OutboxLimits): a dead peer behind a busy group costs one log
+	// line per interval, with the count since the last one.
+	DropLogInterval = time.Minute
 )
 
 // Transport sends one provider-signed request and returns the peer's
@@ -110,6 +115,9 @@ type DestinationStatus struct {
 	// NextAttempt is when the worker tries again after a failure (zero
 	// when it is not backing off).
 	NextAttempt time.Time
+	// GivenUp counts the messages for it dropped at GiveUpAfter since the
+	// sender started.
+	GivenUp uint64
 }
 
 // Sender drains an outbox. Its fields are set before Run and not changed
@@ -314,7 +322,9 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 	log := s.logger().With(zap.String("destination", dest))
 	minB := orDefault(s.MinBackoff, DefaultMinBackoff)
 	backoff := time.Duration(0)
+	var drops dropReport
 	for ctx.Err() == nil {
+		s.reportDrops(ctx, dest, log, &drops)
 		failed, more, err := s.pass(ctx, dest, log)
 		var wait time.Duration
 		switch {
@@ -353,9 +363,10 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 	}
 }
 
-// pass sends one batch of dest's outbox. It reports whether any message
-// failed and will be retried, and whether the batch was full (more may
-// wait).
+// pass sends one batch of dest's outbox: at most Batch messages and
+// about store.MaxOutboxListBytes, whatever the backlog. It reports whether
+// any message failed and will be retried, and whether the batch was full
+// (more may wait).
 func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed, more bool, err error) {
 	batch := orDefault(s.Batch, DefaultBatch)
 	entries, err := s.Outbox.OutboxPending(ctx, dest, 0, min(batch, store.MaxOutboxList))
@@ -408,7 +419,13 @@ func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed
 			return true, false, err
 		}
 	}
-	return anyFailed.Load(), len(entries) == batch, nil
+	// A batch cut short by its bytes (store.MaxOutboxListBytes) is
+	// full too.
+	size := 0
+	for _, e := range entries {
+		size += len(e.Message)
+	}
+	return anyFailed.Load(), len(entries) == batch || size >= store.MaxOutboxListBytes, nil
 }
 
 // deliver sends one outbox message and reports whether it is done with:
@@ -418,6 +435,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 	log = log.With(zap.Uint64("outbox_id", e.ID), zap.String("sender", e.Sender))
 	if age := s.now().Sub(e.Enqueued); age > s.currentPolicy().GiveUpAfter {
 		s.stats.givenUp.Add(1)
+		s.note(e.Destination, func(st *DestinationStatus) { st.GivenUp++ })
 		log.Error("gave up delivering a message", zap.Duration("age", age))
 		return true
 	}
@@ -544,4 +562,59 @@ func queueingPayload(e store.OutboxEntry) ([]byte, error) {
 	})
 	b.AddBytes(e.Message)
 	return b.Bytes()
+}
+
+// dropReport is what a worker logged of its destination's drops at the
+// backlog's bound.
+type dropReport struct {
+	logged uint64    // the count of store.Dropped.BacklogFull last logged
+	at     time.Time // when
+}
+
+// reportDrops warns, at most once per DropLogInterval, about the messages
+// dest lost at its backlog's bound since the last warning: one read of
+// the destination's counters (store.OutboxBound), whatever the backlog.
+// Every such message woke the worker (it was a new message for dest), so
+// a drop is seen at the latest with the next one after the interval.
+func (s *Sender) reportDrops(ctx context.Context, dest string, log *zap.Logger, r *dropReport) {
+	b, ok := s.Outbox.(store.OutboxBound)
+	if !ok {
+		return
+	}
+	bl, err := b.OutboxDestinationBacklog(ctx, dest)
+	if err != nil || bl.Dropped.BacklogFull <= r.logged {
+		return
+	}
+	now := s.now()
+	if !r.at.IsZero() && now.Sub(r.at) < DropLogInterval {
+		return
+	}
+	log.Warn("dropped messages for a destination whose outbox backlog is full",
+		zap.Uint64("dropped", bl.Dropped.BacklogFull-r.logged), zap.Uint64("dropped_total", bl.Dropped.BacklogFull),
+		zap.Int("backlog_messages", bl.Messages), zap.Int64("backlog_bytes", bl.Bytes))
+	r.logged, r.at = bl.Dropped.BacklogFull, now
+}
+
+// ErrNoReset reports a sender whose outbox cannot drop a destination's
+// backlog (it does not implement store.OutboxBound).
+var ErrNoReset = errors.New("federation: the outbox cannot reset a destination")
+
+// Reset drops destination's whole backlog from the outbox, for an
+// operator who decided the peer is gone: the messages are counted as
+// dropped by an admin reset (store.Dropped.AdminReset) and the count is
+// logged. It reports how many it dropped; on error, those dropped so far
+// stay dropped. A message being sent meanwhile may still reach the peer.
+func (s *Sender) Reset(ctx context.Context, destination string) (int, error) {
+	b, ok := s.Outbox.(store.OutboxBound)
+	if !ok {
+		return 0, ErrNoReset
+	}
+	n, err := b.OutboxReset(ctx, destination)
+	log := s.logger().With(zap.String("destination", destination), zap.Int("dropped", n))
+	if err != nil {
+		log.Error("resetting a destination's outbox", zap.Error(err))
+		return n, fmt.Errorf("resetting the outbox of %s: %w", destination, err)
+	}
+	log.Warn("reset a destination's outbox: its backlog was dropped")
+	return n, nil
 }

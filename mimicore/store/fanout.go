@@ -20,6 +20,12 @@ const (
 	MaxOutboxRecipients = 64
 	// MaxOutboxList is the most one OutboxPending returns.
 	MaxOutboxList = 1000
+	// MaxOutboxListBytes bounds the messages one OutboxPending returns
+	// by their size: it stops after the message that brings their
+	// Message bytes to this or more, so that a reader's memory is bounded
+	// by bytes too (MaxOutboxList messages of MaxQueuedMessageSize would
+	// be 1000 MiB).
+	MaxOutboxListBytes = 16 << 20
 	// MaxGroupMembershipChanges bounds GroupPost.Join, GroupPost.Leave
 	// and GroupCreation.Members: a group has at most mls.MaxLeaves
 	// members.
@@ -104,7 +110,9 @@ type Delivered struct {
 	// as Queues.Append answers it: a full queue refused the message (the
 	// others, and the state change, were still written).
 	Local [][]Appended
-	// Outbox has the id each Fanout.Remote message got in the outbox.
+	// Outbox has the id each Fanout.Remote message got in the outbox, or
+	// 0 for one dropped because its destination's backlog was full
+	// (OutboxLimits).
 	Outbox []uint64
 }
 
@@ -152,7 +160,8 @@ type OutboxEntry struct {
 type Outbox interface {
 	// OutboxPending returns, oldest first, at most limit
 	// (1..MaxOutboxList) messages for destination whose ID is above
-	// after.
+	// after, and fewer when their Message bytes reach
+	// MaxOutboxListBytes (at least one message when any waits).
 	OutboxPending(ctx context.Context, destination string, after uint64, limit int) ([]OutboxEntry, error)
 
 	// OutboxDestinations lists the destinations that have messages in

@@ -92,7 +92,9 @@
 // numbers, a fan-out's bytes stored once); version 8 the attachment
 // metadata of Attachments: per token (its SHA-256) the group, uploader,
 // size, content hash and a reference-counted object, whose bytes live in a
-// storage backend (files, an object store), never in the database. The DS
+// storage backend (files, an object store), never in the database; version
+// 9 the outbox's counters per destination (messages, bytes, drops), which
+// bound a dead peer's backlog in O(1) per write. The DS
 // state that later issues add gets its own interface here and its own
 // appended migration in each backend:
 //
@@ -168,6 +170,7 @@ type Store interface {
 	Outbox
 	Attachments
 	OutboxAdder
+	OutboxBound
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.

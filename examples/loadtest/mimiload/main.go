@@ -6,6 +6,8 @@
 //	mimiload setup -dir D                  write D/root-cert.pem, D/root-key.pem, D/pp/k2.json, D/pp/secret
 //	mimiload bench -dir D -addr A ...      measure modes against b.localhost, each next to bare
 //	mimiload crash -dir D -addr A ...      kill -9 Caddy under load, restart it, check the records
+//	mimiload attachbench -dir D ...        a 1 GiB attachment up and down, next to file_server; Caddy's RSS
+//	mimiload attachcrash -dir D ...        kill -9 Caddy during uploads, restart it, check the attachments
 //
 // Modes (bench -modes):
 //
@@ -56,6 +58,10 @@ func main() {
 		err = benchCmd(os.Args[2:])
 	case "crash":
 		err = crashCmd(os.Args[2:])
+	case "attachbench":
+		err = attachBenchCmd(os.Args[2:])
+	case "attachcrash":
+		err = attachCrashCmd(os.Args[2:])
 	default:
 		usage()
 	}
@@ -66,6 +72,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mimiload setup|bench|crash [flags] (mimiload <cmd> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: mimiload setup|bench|crash|attachbench|attachcrash [flags] (mimiload <cmd> -h for flags)")
 	os.Exit(2)
 }

@@ -81,7 +81,9 @@ func (s *Store) fanoutTx(ctx context.Context, tx pgx.Tx, f store.Fanout, now int
 		}
 		d.Local = append(d.Local, out)
 	}
-	ids, err := outboxTx(ctx, tx, f.Remote, now)
+	// A destination over its bound loses its messages, not the write:
+	// the state change and the others' messages commit.
+	ids, err := s.outboxTx(ctx, tx, f.Remote, now, true)
 	if err != nil {
 		return store.Delivered{}, err
 	}

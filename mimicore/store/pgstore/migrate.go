@@ -36,6 +36,7 @@ var migrations = []migration{
 	{6, "outbox of messages for other providers", schemaV6},
 	{7, "one global queue sequence, group logs, group members, ack cursors", schemaV7},
 	{8, "attachment metadata and reference-counted objects", schemaV8},
+	{9, "outbox backlog counters per destination", schemaV9},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -338,4 +339,25 @@ CREATE TABLE group_members (
 	PRIMARY KEY (client, group_id, from_seq)
 );
 CREATE UNIQUE INDEX group_members_current ON group_members (group_id, client) WHERE to_seq IS NULL;
+`
+
+// schemaV9 bounds each destination's outbox backlog, as sqlitestore's
+// version 9 describes it: each outbox row's size (OutboxMessage.Size) and,
+// per destination, a head with the number and bytes of its rows, kept
+// exact by every write that adds or removes rows, and the counts of the
+// messages dropped for it.
+const schemaV9 = `
+ALTER TABLE outbox ADD COLUMN size BIGINT NOT NULL DEFAULT 0 CHECK (size >= 0);
+UPDATE outbox SET size = length(message) + length(group_id)
+	+ COALESCE((SELECT SUM(octet_length(r)) FROM unnest(recipients) AS r), 0);
+
+CREATE TABLE outbox_heads (
+	destination   TEXT   COLLATE "C" NOT NULL PRIMARY KEY,
+	messages      BIGINT NOT NULL CHECK (messages >= 0),
+	bytes         BIGINT NOT NULL CHECK (bytes >= 0),
+	dropped_full  BIGINT NOT NULL DEFAULT 0 CHECK (dropped_full >= 0),
+	dropped_reset BIGINT NOT NULL DEFAULT 0 CHECK (dropped_reset >= 0)
+);
+INSERT INTO outbox_heads (destination, messages, bytes)
+	SELECT destination, COUNT(*), SUM(size) FROM outbox GROUP BY destination;
 `

@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -20,20 +21,104 @@ import (
 const outboxLockSQL = `SELECT pg_advisory_xact_lock(7883952921190036852)` // "mimi-out"
 
 // outboxInsertSQL writes one outbox message and returns its id.
-const outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms)
-	VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`
+const outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms, size)
+	VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`
+
+// Statements of the outbox's bound (store.OutboxBound): sqlitestore's.
+const (
+	// outboxAdmitSQL counts $2 messages of $3 bytes in destination $1's
+	// head while it stays within $4 messages and $5 bytes; no row
+	// changed means the backlog would pass the bound.
+	outboxAdmitSQL = `INSERT INTO outbox_heads AS h (destination, messages, bytes)
+		SELECT $1, $2::bigint, $3::bigint WHERE $2::bigint <= $4::bigint AND $3::bigint <= $5::bigint
+		ON CONFLICT (destination) DO UPDATE SET messages = h.messages + excluded.messages, bytes = h.bytes + excluded.bytes
+		WHERE h.messages + excluded.messages <= $4::bigint AND h.bytes + excluded.bytes <= $5::bigint`
+	// outboxDropFullSQL counts $2 messages for $1 dropped at the bound.
+	outboxDropFullSQL = `INSERT INTO outbox_heads AS h (destination, messages, bytes, dropped_full) VALUES ($1, 0, 0, $2)
+		ON CONFLICT (destination) DO UPDATE SET dropped_full = h.dropped_full + excluded.dropped_full`
+	// outboxRemovedSQL uncounts $2 messages of $3 bytes of $1, $4 of
+	// them removed by a reset.
+	outboxRemovedSQL = `UPDATE outbox_heads SET messages = messages - $2, bytes = bytes - $3,
+		dropped_reset = dropped_reset + $4 WHERE destination = $1`
+	outboxHeadColumns = `h.destination, h.messages, h.bytes, h.dropped_full, h.dropped_reset,
+		(SELECT enqueued_ms FROM outbox o WHERE o.destination = h.destination ORDER BY o.id LIMIT 1)`
+	// outboxResetSQL deletes up to $3 messages of $1 with ids up to $2.
+	outboxResetSQL = `DELETE FROM outbox WHERE id IN (
+		SELECT id FROM outbox WHERE destination = $1 AND id <= $2 ORDER BY id LIMIT $3) RETURNING size`
+)
+
+// outboxResetBatch is how many messages one write of OutboxReset removes.
+const outboxResetBatch = 500
+
+// SetOutboxLimits implements store.OutboxBound. The limits are this
+// Store's: gateways sharing a database check their own.
+func (s *Store) SetOutboxLimits(l store.OutboxLimits) {
+	l = l.WithDefaults()
+	s.outboxLimits.Store(&l)
+}
+
+// limits returns the outbox limits in effect.
+func (s *Store) limits() store.OutboxLimits {
+	if l := s.outboxLimits.Load(); l != nil {
+		return *l
+	}
+	return store.OutboxLimits{}.WithDefaults()
+}
 
 // outboxTx writes msgs to the outbox inside tx at now (Unix ms), in order,
-// under the outbox lock, as one batch, and returns their ids.
-func outboxTx(ctx context.Context, tx pgx.Tx, msgs []store.OutboxMessage, now int64) ([]uint64, error) {
+// under the outbox lock, and returns their ids. Each destination's
+// messages are first counted in its head against the bound: when they
+// would pass it, with drop they are not written (id 0) and counted as
+// dropped, and without drop the write fails with store.ErrOutboxFull.
+func (s *Store) outboxTx(ctx context.Context, tx pgx.Tx, msgs []store.OutboxMessage, now int64, drop bool) ([]uint64, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
+	if _, err := tx.Exec(ctx, outboxLockSQL); err != nil {
+		return nil, fmt.Errorf("taking the outbox lock: %w", err)
+	}
+	type total struct {
+		messages int
+		bytes    int64
+	}
+	var order []string
+	totals := map[string]*total{}
+	for _, m := range msgs {
+		t := totals[m.Destination]
+		if t == nil {
+			t = &total{}
+			totals[m.Destination] = t
+			order = append(order, m.Destination)
+		}
+		t.messages++
+		t.bytes += m.Size()
+	}
+	l := s.limits()
+	refused := map[string]bool{}
+	for _, d := range order {
+		t := totals[d]
+		tag, err := tx.Exec(ctx, outboxAdmitSQL, d, t.messages, t.bytes, l.MaxMessages, l.MaxBytes)
+		if err != nil {
+			return nil, fmt.Errorf("counting the outbox backlog: %w", err)
+		}
+		if tag.RowsAffected() == 1 {
+			continue
+		}
+		if !drop {
+			return nil, fmt.Errorf("%d messages for %s: %w", t.messages, d, store.ErrOutboxFull)
+		}
+		refused[d] = true
+		if _, err := tx.Exec(ctx, outboxDropFullSQL, d, t.messages); err != nil {
+			return nil, fmt.Errorf("counting dropped outbox messages: %w", err)
+		}
+	}
 	b := &pgx.Batch{}
-	b.Queue(outboxLockSQL)
 	ids := make([]uint64, len(msgs))
 	for i, m := range msgs {
-		b.Queue(outboxInsertSQL, m.Sender, m.Destination, m.GroupID, m.Recipients, m.Message, now).
+		if refused[m.Destination] {
+			continue
+		}
+		b.Queue(outboxInsertSQL, m.Sender, m.Destination, m.GroupID, m.Recipients, m.Message, now, m.Size()).
 			QueryRow(func(row pgx.Row) error {
 				var id int64
 				if err := row.Scan(&id); err != nil {
@@ -47,6 +132,31 @@ func outboxTx(ctx context.Context, tx pgx.Tx, msgs []store.OutboxMessage, now in
 		return nil, fmt.Errorf("writing to the outbox: %w", err)
 	}
 	return ids, nil
+}
+
+// outboxRemovedTx uncounts, in destination's head, the messages whose
+// sizes rows returns (a DELETE ... RETURNING size), as reset ones when
+// reset, and reports how many there were.
+func outboxRemovedTx(ctx context.Context, tx pgx.Tx, destination string, rows pgx.Rows, reset bool) (int64, error) {
+	sizes, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, err
+	}
+	n := int64(len(sizes))
+	if n == 0 {
+		return 0, nil
+	}
+	var total, dropped int64
+	for _, size := range sizes {
+		total += size
+	}
+	if reset {
+		dropped = n
+	}
+	if _, err := tx.Exec(ctx, outboxRemovedSQL, destination, n, total, dropped); err != nil {
+		return 0, fmt.Errorf("counting the outbox backlog: %w", err)
+	}
+	return n, nil
 }
 
 // OutboxAdd implements store.OutboxAdder: the dedup record (shared with
@@ -70,7 +180,7 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 			return err
 		}
 		var err error
-		ids, err = outboxTx(ctx, tx, w.Messages, now)
+		ids, err = s.outboxTx(ctx, tx, w.Messages, now, false)
 		return err
 	})
 	if err != nil {
@@ -96,14 +206,21 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 	}
 	rows, _ := s.pool.Query(ctx, `SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
 		WHERE destination = $1 AND id > $2 ORDER BY id LIMIT $3`, destination, int64(after), limit)
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.OutboxEntry, error) {
-		var e store.OutboxEntry
-		var id, enq int64
-		if err := row.Scan(&id, &e.Sender, &e.GroupID, &e.Recipients, &e.Message, &enq); err != nil {
-			return e, err
+	var out []store.OutboxEntry
+	size := 0
+	var (
+		e       store.OutboxEntry
+		id, enq int64
+	)
+	_, err := pgx.ForEachRow(rows, []any{&id, &e.Sender, &e.GroupID, &e.Recipients, &e.Message, &enq}, func() error {
+		if size >= store.MaxOutboxListBytes {
+			return nil // the rest is for the next call
 		}
+		size += len(e.Message)
 		e.ID, e.Destination, e.Enqueued = uint64(id), destination, check.Time(enq)
-		return e, nil
+		out = append(out, e)
+		e = store.OutboxEntry{}
+		return nil
 	})
 	if err != nil {
 		return nil, s.fail(doing, err)
@@ -117,7 +234,7 @@ func (s *Store) OutboxDestinations(ctx context.Context) ([]string, error) {
 	if err := s.checkOpen(doing); err != nil {
 		return nil, err
 	}
-	rows, _ := s.pool.Query(ctx, `SELECT DISTINCT destination FROM outbox ORDER BY destination`)
+	rows, _ := s.pool.Query(ctx, `SELECT destination FROM outbox_heads WHERE messages > 0 ORDER BY destination`)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return nil, s.fail(doing, err)
@@ -151,31 +268,42 @@ func (s *Store) OutboxDelivered(ctx context.Context, destination string, ids []u
 		}
 	}
 	list = slices.Compact(slices.Sorted(slices.Values(list)))
-	tag, err := s.pool.Exec(ctx, `DELETE FROM outbox WHERE destination = $1 AND id = ANY($2::bigint[])`, destination, list)
+	var n int64
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		rows, _ := tx.Query(ctx, `DELETE FROM outbox WHERE destination = $1 AND id = ANY($2::bigint[]) RETURNING size`,
+			destination, list)
+		var err error
+		n, err = outboxRemovedTx(ctx, tx, destination, rows, false)
+		return err
+	})
 	if err != nil {
 		return 0, s.fail(doing, err)
 	}
-	return int(tag.RowsAffected()), nil
+	return int(n), nil
 }
 
-// OutboxBacklog implements store.OutboxBacklog: one grouped read of the
-// outbox's destination index.
+// scanBacklog reads a row of outboxHeadColumns.
+func scanBacklog(row pgx.Row) (store.Backlog, error) {
+	var b store.Backlog
+	var oldest *int64
+	if err := row.Scan(&b.Destination, &b.Messages, &b.Bytes, &b.Dropped.BacklogFull, &b.Dropped.AdminReset, &oldest); err != nil {
+		return b, err
+	}
+	if oldest != nil {
+		b.Oldest = check.Time(*oldest)
+	}
+	return b, nil
+}
+
+// OutboxBacklog implements store.OutboxBacklog: the destinations' heads.
 func (s *Store) OutboxBacklog(ctx context.Context) ([]store.Backlog, error) {
 	const doing = "reading outbox backlog"
 	if err := s.checkOpen(doing); err != nil {
 		return nil, err
 	}
-	rows, _ := s.pool.Query(ctx, `SELECT destination, COUNT(*), MIN(enqueued_ms) FROM outbox
-		GROUP BY destination ORDER BY destination`)
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Backlog, error) {
-		var b store.Backlog
-		var oldest int64
-		if err := row.Scan(&b.Destination, &b.Messages, &oldest); err != nil {
-			return b, err
-		}
-		b.Oldest = check.Time(oldest)
-		return b, nil
-	})
+	rows, _ := s.pool.Query(ctx, `SELECT `+outboxHeadColumns+` FROM outbox_heads h
+		WHERE h.messages > 0 OR h.dropped_full > 0 OR h.dropped_reset > 0 ORDER BY h.destination`)
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Backlog, error) { return scanBacklog(row) })
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
@@ -185,4 +313,57 @@ func (s *Store) OutboxBacklog(ctx context.Context) ([]store.Backlog, error) {
 	return out, nil
 }
 
-var _ store.OutboxBacklog = (*Store)(nil) // interface guard
+// OutboxDestinationBacklog implements store.OutboxBound: one head.
+func (s *Store) OutboxDestinationBacklog(ctx context.Context, destination string) (store.Backlog, error) {
+	const doing = "reading a destination's outbox backlog"
+	if err := s.checkOpen(doing); err != nil {
+		return store.Backlog{}, err
+	}
+	if err := check.Domain("destination", destination); err != nil {
+		return store.Backlog{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	b, err := scanBacklog(s.pool.QueryRow(ctx, `SELECT `+outboxHeadColumns+` FROM outbox_heads h WHERE h.destination = $1`, destination))
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return store.Backlog{Destination: destination}, nil
+	case err != nil:
+		return store.Backlog{}, s.fail(doing, err)
+	}
+	return b, nil
+}
+
+// OutboxReset implements store.OutboxBound: the messages up to the last
+// id at the call, in transactions of outboxResetBatch.
+func (s *Store) OutboxReset(ctx context.Context, destination string) (int, error) {
+	const doing = "resetting a destination's outbox"
+	if err := s.checkOpen(doing); err != nil {
+		return 0, err
+	}
+	if err := check.Domain("destination", destination); err != nil {
+		return 0, fmt.Errorf("%s: %w", doing, err)
+	}
+	var last int64
+	if err := s.pool.QueryRow(ctx, `SELECT COALESCE(MAX(id), 0) FROM outbox WHERE destination = $1`, destination).Scan(&last); err != nil {
+		return 0, s.fail(doing, err)
+	}
+	total := 0
+	for last > 0 {
+		var n int64
+		err := s.inTx(ctx, func(tx pgx.Tx) error {
+			rows, _ := tx.Query(ctx, outboxResetSQL, destination, last, outboxResetBatch)
+			var err error
+			n, err = outboxRemovedTx(ctx, tx, destination, rows, true)
+			return err
+		})
+		if err != nil {
+			return total, s.fail(doing, err)
+		}
+		total += int(n)
+		if n < outboxResetBatch {
+			break
+		}
+	}
+	return total, nil
+}
+
+var _ store.OutboxBound = (*Store)(nil) // interface guard

@@ -99,6 +99,9 @@ type Store struct {
 	notify *store.Notifier
 	cache  *groupcache.Cache
 	closed atomic.Bool
+	// outboxLimits are the bounds of SetOutboxLimits, nil for the
+	// defaults.
+	outboxLimits atomic.Pointer[store.OutboxLimits]
 }
 
 // Open connects to the database dsn names (a libpq key=value string or a

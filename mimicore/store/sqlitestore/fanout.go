@@ -65,6 +65,7 @@ type outboxRow struct {
 	groupID     []byte
 	recipients  string // JSON array
 	message     []byte
+	size        int64 // counted against the destination's bound
 }
 
 // newFanout checks and copies f.
@@ -99,12 +100,11 @@ func newFanout(f store.Fanout) (fanout, error) {
 		out.local = append(out.local, newQueuedAppend(d))
 	}
 	for _, m := range f.Remote {
-		rcpt, err := json.Marshal(m.Recipients)
+		r, err := newOutboxRow(m)
 		if err != nil {
-			return fanout{}, fmt.Errorf("encoding recipients: %w", err)
+			return fanout{}, err
 		}
-		out.remote = append(out.remote, outboxRow{sender: m.Sender, destination: m.Destination, groupID: bytes.Clone(m.GroupID),
-			recipients: string(rcpt), message: bytes.Clone(m.Message)})
+		out.remote = append(out.remote, r)
 	}
 	return out, nil
 }
@@ -154,13 +154,16 @@ func (s *Store) fanoutTx(ctx context.Context, tx *sql.Tx, f *fanout, now int64) 
 		}
 		d.Local = append(d.Local, out)
 	}
-	for _, r := range f.remote {
-		var id int64
-		if err := tx.QueryRowContext(ctx, `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id`, r.sender, r.destination, r.groupID, r.recipients, r.message, now).Scan(&id); err != nil {
+	if len(f.remote) > 0 {
+		// A destination over its bound loses its messages, not the
+		// write: the state change and the others' messages commit.
+		admit, err := s.outboxAdmitTx(ctx, tx, f.remote, true)
+		if err != nil {
 			return store.Delivered{}, err
 		}
-		d.Outbox = append(d.Outbox, uint64(id))
+		if d.Outbox, err = outboxInsertTx(ctx, tx, f.remote, admit, now); err != nil {
+			return store.Delivered{}, err
+		}
 	}
 	return d, nil
 }
@@ -323,7 +326,8 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 	}
 	defer rows.Close()
 	var out []store.OutboxEntry
-	for rows.Next() {
+	size := 0
+	for size < store.MaxOutboxListBytes && rows.Next() {
 		var e store.OutboxEntry
 		var id, enq int64
 		var rcpt string
@@ -335,6 +339,7 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 		}
 		e.ID, e.Destination, e.Enqueued = uint64(id), destination, time.UnixMilli(enq)
 		out = append(out, e)
+		size += len(e.Message)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, s.fail(doing, err)
@@ -348,7 +353,7 @@ func (s *Store) OutboxDestinations(ctx context.Context) ([]string, error) {
 	if err := s.checkOpen(doing); err != nil {
 		return nil, err
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT DISTINCT destination FROM outbox ORDER BY destination`)
+	rows, err := s.r.QueryContext(ctx, `SELECT destination FROM outbox_heads WHERE messages > 0 ORDER BY destination`)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
@@ -367,8 +372,8 @@ func (s *Store) OutboxDestinations(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// OutboxDelivered implements store.Outbox: one DELETE of the ids, as one
-// op.
+// OutboxDelivered implements store.Outbox: one DELETE of the ids, and the
+// update of the destination's head, as one op.
 func (s *Store) OutboxDelivered(ctx context.Context, destination string, ids []uint64) (int, error) {
 	const doing = "clearing outbox"
 	if err := s.checkOpen(doing); err != nil {
@@ -395,12 +400,12 @@ func (s *Store) OutboxDelivered(ctx context.Context, destination string, ids []u
 	}
 	var n int64
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM outbox WHERE destination = ?1
-			AND id IN (SELECT value FROM json_each(?2))`, destination, string(arg))
+		sizes, err := tx.QueryContext(ctx, `DELETE FROM outbox WHERE destination = ?1
+			AND id IN (SELECT value FROM json_each(?2)) RETURNING size`, destination, string(arg))
 		if err != nil {
 			return err
 		}
-		n, err = res.RowsAffected()
+		n, err = outboxRemovedTx(ctx, tx, destination, sizes, false)
 		return err
 	})
 	if err != nil {

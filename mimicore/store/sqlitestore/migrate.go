@@ -33,6 +33,7 @@ var migrations = []migration{
 	{6, "outbox of messages for other providers", schemaV6},
 	{7, "one global queue sequence, group logs, group members, ack cursors", schemaV7},
 	{8, "attachment metadata and reference-counted objects", schemaV8},
+	{9, "outbox backlog counters per destination", schemaOutboxHeads},
 }
 
 const schemaV1 = `
@@ -400,4 +401,32 @@ CREATE TABLE group_members (
 	PRIMARY KEY (client, group_id, from_seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX group_members_current ON group_members (group_id, client) WHERE to_seq IS NULL;
+`
+
+// schemaOutboxHeads bounds the outbox's backlog per destination
+// (store.OutboxBound). It is self-contained, whatever its version number:
+// it creates its table and fills it from the outbox rows there are.
+//
+// outbox.size is what a row counts against the bound
+// (store.OutboxMessage.Size): the bytes of its message, group id and
+// recipients (each as UTF-8, without the JSON around them). outbox_heads holds, per
+// destination, the number and the total size of its rows in outbox, kept
+// exact by every write that adds or removes rows (in the same transaction),
+// so that a write checks the bound without counting; and the messages
+// dropped for it, by reason, which only ever grow. A head stays when its
+// destination's backlog empties, keeping its drop counts.
+const schemaOutboxHeads = `
+ALTER TABLE outbox ADD COLUMN size INTEGER NOT NULL DEFAULT 0 CHECK (size >= 0);
+UPDATE outbox SET size = length(message) + length(group_id)
+	+ (SELECT COALESCE(SUM(length(CAST(value AS BLOB))), 0) FROM json_each(outbox.recipients));
+
+CREATE TABLE outbox_heads (
+	destination   TEXT    NOT NULL PRIMARY KEY,
+	messages      INTEGER NOT NULL CHECK (messages >= 0),
+	bytes         INTEGER NOT NULL CHECK (bytes >= 0),
+	dropped_full  INTEGER NOT NULL DEFAULT 0 CHECK (dropped_full >= 0),
+	dropped_reset INTEGER NOT NULL DEFAULT 0 CHECK (dropped_reset >= 0)
+) WITHOUT ROWID;
+INSERT INTO outbox_heads (destination, messages, bytes)
+	SELECT destination, COUNT(*), SUM(size) FROM outbox GROUP BY destination;
 `

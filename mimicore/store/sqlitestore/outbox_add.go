@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -12,12 +11,12 @@ import (
 )
 
 // outboxInsertSQL writes one outbox message and returns its id.
-const outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms)
-	VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id`
+const outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms, size)
+	VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id`
 
 // OutboxAdd implements store.OutboxAdder: the dedup record (shared with
-// the queues' Delivery.Dedup, in seen_signatures) and the outbox rows, as
-// one op.
+// the queues' Delivery.Dedup, in seen_signatures), the outbox rows and
+// their destinations' heads, as one op.
 func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, error) {
 	const doing = "adding to outbox"
 	if err := s.checkOpen(doing); err != nil {
@@ -29,12 +28,11 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 	// Copied now: the op may run after the caller changed its slices.
 	rows := make([]outboxRow, len(w.Messages))
 	for i, m := range w.Messages {
-		rcpt, err := json.Marshal(m.Recipients)
+		r, err := newOutboxRow(m)
 		if err != nil {
-			return nil, fmt.Errorf("%s: encoding recipients: %w", doing, err)
+			return nil, fmt.Errorf("%s: %w", doing, err)
 		}
-		rows[i] = outboxRow{sender: m.Sender, destination: m.Destination, groupID: bytes.Clone(m.GroupID),
-			recipients: string(rcpt), message: bytes.Clone(m.Message)}
+		rows[i] = r
 	}
 	dedup := bytes.Clone(w.Dedup)
 	var dedupExpires int64
@@ -59,15 +57,14 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 		if err := s.recordReplayTx(ctx, tx, replay, now); err != nil {
 			return err
 		}
-		ids = ids[:0]
-		for _, r := range rows {
-			var id int64
-			if err := tx.QueryRowContext(ctx, outboxInsertSQL, r.sender, r.destination, r.groupID, r.recipients, r.message, now).Scan(&id); err != nil {
-				return fmt.Errorf("writing to the outbox: %w", err)
-			}
-			ids = append(ids, uint64(id))
+		// Over a destination's bound the whole write is refused
+		// (store.ErrOutboxFull), the dedup record too: the peer retries.
+		admit, err := s.outboxAdmitTx(ctx, tx, rows, false)
+		if err != nil {
+			return err
 		}
-		return nil
+		ids, err = outboxInsertTx(ctx, tx, rows, admit, now)
+		return err
 	})
 	if err != nil {
 		return nil, s.fail(doing, err)

@@ -150,6 +150,8 @@ type Store struct {
 
 	notifier *store.Notifier // wakes queue waiters after Append commits
 
+	outboxLimits atomic.Pointer[store.OutboxLimits] // see SetOutboxLimits; nil means the defaults
+
 	cache      *groupcache.Cache // loaded group states, see WithGroupCache
 	groupBytes atomic.Uint64     // bytes of group rows written, see Stats
 

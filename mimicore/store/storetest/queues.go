@@ -29,6 +29,9 @@ func RunQueueTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("Dedup", func(t *testing.T) { testQueueDedup(t, open) })
 	t.Run("Replay", func(t *testing.T) { testQueueReplay(t, open) })
 	t.Run("OutboxAdd", func(t *testing.T) { testOutboxAdd(t, open) })
+	t.Run("OutboxBound", func(t *testing.T) { testOutboxBound(t, open) })
+	t.Run("OutboxResetLarge", func(t *testing.T) { testOutboxResetLarge(t, open) })
+	t.Run("OutboxPendingBytes", func(t *testing.T) { testOutboxPendingBytes(t, open) })
 }
 
 // deliver appends one message and fails unless every recipient took it.

@@ -51,6 +51,7 @@ func RunReopenTests(t *testing.T, newDB func(t *testing.T) (open func() (store.S
 	t.Run("Reopen", func(t *testing.T) { testReopen(t, newDB(t)) })
 	t.Run("ReopenGroups", func(t *testing.T) { testReopenGroups(t, newDB(t)) })
 	t.Run("ReopenQueues", func(t *testing.T) { testReopenQueues(t, newDB(t)) })
+	t.Run("ReopenOutbox", func(t *testing.T) { testReopenOutbox(t, newDB(t)) })
 }
 
 func ctx() context.Context { return context.Background() }

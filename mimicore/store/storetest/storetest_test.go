@@ -273,6 +273,29 @@ func (b *broken) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, 
 	return b.Store.OutboxAdd(ctx, w)
 }
 
+func (b *broken) SetOutboxLimits(l store.OutboxLimits) {
+	if b.mode == "outbox-unbounded" {
+		return
+	}
+	b.Store.SetOutboxLimits(l)
+}
+
+func (b *broken) OutboxReset(ctx context.Context, destination string) (int, error) {
+	if b.mode == "outbox-reset-one-write" {
+		// One write of the reset, as if the loop stopped after it.
+		pending, err := b.Store.OutboxPending(ctx, destination, 0, 500)
+		if err != nil {
+			return 0, err
+		}
+		ids := make([]uint64, 0, len(pending))
+		for _, e := range pending {
+			ids = append(ids, e.ID)
+		}
+		return b.Store.OutboxDelivered(ctx, destination, ids)
+	}
+	return b.Store.OutboxReset(ctx, destination)
+}
+
 func (b *broken) Append(ctx context.Context, d store.Delivery) ([]store.Appended, error) {
 	if b.mode == "append-first-only" && len(d.Recipients) > 1 {
 		first := d
@@ -392,6 +415,8 @@ var brokenModes = map[string]string{
 	"attach-delete-always-last": "Attachments/CopySharesObject",
 	"attach-expire-noop":        "Attachments/Expire",
 	"outbox-add-ignores-dedup":  "Queues/OutboxAdd",
+	"outbox-unbounded":          "Queues/OutboxBound",
+	"outbox-reset-one-write":    "Queues/OutboxResetLarge",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {
