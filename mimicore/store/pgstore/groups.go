@@ -21,9 +21,6 @@ import (
 // committed misses it (see package groupcache).
 const DefaultGroupCacheNodes = 1 << 20
 
-// maxEpoch is the largest epoch the store accepts: epochs are BIGINT.
-const maxEpoch = math.MaxInt64 - 1
-
 // Statements of the group store: sqlitestore's, with the tree positions of
 // a write sent as arrays (unnest) instead of one row each.
 const (
@@ -111,10 +108,10 @@ func (s *Store) CreateGroup(ctx context.Context, c store.GroupCreation) error {
 	if err := check.Domain("hub", hub); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	if state.Epoch() > maxEpoch {
+	if state.Epoch() > check.MaxEpoch {
 		return fmt.Errorf("%s: epoch %d: %w", doing, state.Epoch(), store.ErrInvalid)
 	}
-	if err := checkGroupInfo(groupInfo); err != nil {
+	if err := check.GroupInfo(groupInfo); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	if _, err := check.Members("member", c.Members); err != nil {
@@ -232,20 +229,8 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	if err := s.checkOpen(doing); err != nil {
 		return store.Delivered{}, err
 	}
-	if c.Base == nil || c.Next == nil {
-		return store.Delivered{}, fmt.Errorf("%s: base and next state are required: %w", doing, store.ErrInvalid)
-	}
-	id := c.Base.GroupID()
-	if err := check.GroupID(id); err != nil {
-		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
-	}
-	if string(c.Next.GroupID()) != string(id) || c.Next.Epoch() != c.Base.Epoch()+1 || c.Next.Epoch() > maxEpoch {
-		return store.Delivered{}, fmt.Errorf("%s: next state is not the base's group at the next epoch: %w", doing, store.ErrInvalid)
-	}
-	if err := checkGroupInfo(c.GroupInfo); err != nil {
-		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
-	}
-	if err := check.Joiners(c.Welcome, c.Joiners); err != nil {
+	id, err := check.EpochCommit(c)
+	if err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	if err := checkFanout(c.Fanout, id); err != nil {
@@ -344,14 +329,6 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	return delivered, nil
 }
 
-// checkGroupInfo checks the size of a GroupInfo to store.
-func checkGroupInfo(gi []byte) error {
-	if len(gi) > store.MaxGroupInfoSize {
-		return fmt.Errorf("group info is %d bytes, over the %d byte limit: %w", len(gi), store.MaxGroupInfoSize, store.ErrInvalid)
-	}
-	return nil
-}
-
 // GroupInfo implements store.GroupStore.
 func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, error) {
 	const doing = "reading group info"
@@ -425,7 +402,7 @@ func (s *Store) WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (
 // ended and the group is less than store.WelcomeTreeEpochs past it (a
 // commit or DeleteExpired may not have removed it yet).
 func (s *Store) readWelcome(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64) (groupHead, error) {
-	if epoch > maxEpoch {
+	if epoch > check.MaxEpoch {
 		return groupHead{}, fmt.Errorf("no tree kept for epoch %d: %w", epoch, store.ErrNotFound)
 	}
 	h, err := scanHead(tx.QueryRow(ctx, groupHeadSQL, groupID))

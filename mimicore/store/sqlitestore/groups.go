@@ -20,10 +20,6 @@ import (
 // 32 groups of 10,000 members or thousands of small ones.
 const DefaultGroupCacheNodes = 1 << 20
 
-// maxEpoch is the largest epoch the store accepts: epochs are kept as
-// signed 64-bit integers (BIGINT in PostgreSQL).
-const maxEpoch = math.MaxInt64 - 1
-
 // nodeInsertRows is how many tree positions one INSERT of CreateGroup
 // carries (5 parameters each, far below SQLite's limit), and
 // joinerInsertRows how many joiners one INSERT of CommitEpoch carries (4
@@ -133,10 +129,10 @@ func (s *Store) CreateGroup(ctx context.Context, c store.GroupCreation) error {
 	if err := check.Domain("hub", hub); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	if state.Epoch() > maxEpoch {
+	if state.Epoch() > check.MaxEpoch {
 		return fmt.Errorf("%s: epoch %d: %w", doing, state.Epoch(), store.ErrInvalid)
 	}
-	if err := checkGroupInfo(groupInfo); err != nil {
+	if err := check.GroupInfo(groupInfo); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	if _, err := check.Members("member", c.Members); err != nil {
@@ -345,20 +341,8 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	if err := s.checkOpen(doing); err != nil {
 		return store.Delivered{}, err
 	}
-	if c.Base == nil || c.Next == nil {
-		return store.Delivered{}, fmt.Errorf("%s: base and next state are required: %w", doing, store.ErrInvalid)
-	}
-	id := c.Base.GroupID()
-	if err := check.GroupID(id); err != nil {
-		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
-	}
-	if string(c.Next.GroupID()) != string(id) || c.Next.Epoch() != c.Base.Epoch()+1 || c.Next.Epoch() > maxEpoch {
-		return store.Delivered{}, fmt.Errorf("%s: next state is not the base's group at the next epoch: %w", doing, store.ErrInvalid)
-	}
-	if err := checkGroupInfo(c.GroupInfo); err != nil {
-		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
-	}
-	if err := check.Joiners(c.Welcome, c.Joiners); err != nil {
+	id, err := check.EpochCommit(c)
+	if err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	fo, err := newFanout(c.Fanout)
@@ -482,14 +466,6 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	return delivered, nil
 }
 
-// checkGroupInfo checks the size of a GroupInfo to store.
-func checkGroupInfo(gi []byte) error {
-	if len(gi) > store.MaxGroupInfoSize {
-		return fmt.Errorf("group info is %d bytes, over the %d byte limit: %w", len(gi), store.MaxGroupInfoSize, store.ErrInvalid)
-	}
-	return nil
-}
-
 // GroupInfo implements store.GroupStore.
 func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, error) {
 	const doing = "reading group info"
@@ -569,7 +545,7 @@ func (s *Store) WelcomeTree(ctx context.Context, groupID []byte, epoch uint64) (
 // removed it yet). On success the caller rolls tx back when done; on
 // failure nothing is left open.
 func (s *Store) readWelcome(ctx context.Context, groupID []byte, epoch uint64) (*sql.Tx, groupHead, error) {
-	if epoch > maxEpoch {
+	if epoch > check.MaxEpoch {
 		return nil, groupHead{}, fmt.Errorf("no tree kept for epoch %d: %w", epoch, store.ErrNotFound)
 	}
 	tx, h, err := s.readHead(ctx, groupID)

@@ -4,6 +4,7 @@ package check
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -408,4 +409,40 @@ func OutboxWrite(w store.OutboxWrite) error {
 		return fmt.Errorf("dedup key of %d bytes (want 32) or without expiry: %w", len(w.Dedup), store.ErrInvalid)
 	}
 	return ReplayRecord(w.Replay)
+}
+
+// MaxEpoch is the largest epoch a store accepts: epochs are kept as
+// signed 64-bit integers (SQLite INTEGER, PostgreSQL BIGINT), and the
+// next epoch must fit too.
+const MaxEpoch = math.MaxInt64 - 1
+
+// GroupInfo checks the size of a GroupInfo to store.
+func GroupInfo(gi []byte) error {
+	if len(gi) > store.MaxGroupInfoSize {
+		return fmt.Errorf("group info is %d bytes, over the %d byte limit: %w", len(gi), store.MaxGroupInfoSize, store.ErrInvalid)
+	}
+	return nil
+}
+
+// EpochCommit checks the arguments of GroupStore.CommitEpoch but its
+// Fanout, whose check depends on the backend's copy of it, and returns
+// the group id.
+func EpochCommit(c store.EpochCommit) ([]byte, error) {
+	if c.Base == nil || c.Next == nil {
+		return nil, fmt.Errorf("base and next state are required: %w", store.ErrInvalid)
+	}
+	id := c.Base.GroupID()
+	if err := GroupID(id); err != nil {
+		return nil, err
+	}
+	if string(c.Next.GroupID()) != string(id) || c.Next.Epoch() != c.Base.Epoch()+1 || c.Next.Epoch() > MaxEpoch {
+		return nil, fmt.Errorf("next state is not the base's group at the next epoch: %w", store.ErrInvalid)
+	}
+	if err := GroupInfo(c.GroupInfo); err != nil {
+		return nil, err
+	}
+	if err := Joiners(c.Welcome, c.Joiners); err != nil {
+		return nil, err
+	}
+	return id, nil
 }
