@@ -164,17 +164,16 @@ type FetchLimit struct {
 //
 // Waiting: WatchQueue tells a waiter that its stream got a message, without
 // polling the database (a long poll or a stream of the local API). The
-// notification is process-local (see Notifier): a write through another
-// process's store on the same database does not wake this process's
-// waiters. After a GroupPost commits, the backend wakes the waiting
+// Notifier is process-local; a backend that several processes share
+// carries the wake-ups across them (pgstore: LISTEN/NOTIFY on one
+// channel, NOTIFY sent in the write's transaction so that it is delivered
+// at the commit), so a write through another process's store on the same
+// database wakes this process's waiters too. After a GroupPost commits, the backend wakes the waiting
 // clients that are members of the group: it looks up the clients that
 // have waiters (in memory) among the group's members, a read of at most
 // one membership row per waiting client, never one per member, and none
 // when nobody waits. The SQLite backend holds its file for one Store
-// (ErrInUse), so every write to it passes through its Store; a PostgreSQL
-// backend shared by several gateways must carry it across processes, with
-// LISTEN/NOTIFY on a channel per queue and per group, NOTIFY sent in the
-// write's transaction so it is delivered after commit.
+// (ErrInUse), so every write to it passes through its Store.
 type Queues interface {
 	// Append adds d's message to the queue of each of d.Recipients in one
 	// durable write, under one new sequence number, and answers, in the
@@ -208,9 +207,11 @@ type Queues interface {
 	Ack(ctx context.Context, client string, upTo uint64) (int, error)
 
 	// WatchQueue returns a channel that is closed once a write through
-	// this store commits a message with a sequence number above after to
-	// client's stream, an Append or a post to a group client is a member
-	// of (or the store closes), and a stop function that
+	// this store (or, with a backend shared across processes such as
+	// pgstore, through any store on its database) commits a message with
+	// a sequence number above after to client's stream, an Append or a
+	// post to a group client is a member of (or the store closes), and a
+	// stop function that
 	// releases the watch; call it when done, woken or not (it is
 	// idempotent). Watch first, then Fetch, then wait: a message
 	// appended between the two is then either fetched or wakes the

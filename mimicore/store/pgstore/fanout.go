@@ -88,6 +88,10 @@ func (s *Store) fanoutTx(ctx context.Context, tx pgx.Tx, f store.Fanout, now int
 		return store.Delivered{}, err
 	}
 	d.Outbox = ids
+	// The other Stores hear of the posts and messages at the commit.
+	if err := notifyTx(ctx, tx, wakeEvents(f, d)); err != nil {
+		return store.Delivered{}, err
+	}
 	return d, nil
 }
 
@@ -146,18 +150,19 @@ func postTx(ctx context.Context, tx pgx.Tx, g *store.GroupPost, now int64) (uint
 	return uint64(seq), nil
 }
 
-// notifyPost wakes, once post seq of groupID committed, the waiting
-// clients that see it: the clients with waiters (in memory) looked up
-// among the group's members in one query, so a post costs no read when
-// nobody waits and never one per member. Should the read fail, every
-// waiting client is woken: a waiter woken for nothing fetches nothing and
-// waits again.
-func (s *Store) notifyPost(groupID []byte, except string, seq uint64) {
+// notifyPost wakes, once post seq of groupID committed (through this
+// Store or, heard by its listener, another), the waiting clients that
+// see it: the clients with waiters (in memory) looked up among the
+// group's members in one query, so a post costs no read when nobody
+// waits and never one per member. Should the read fail, every waiting
+// client is woken: a waiter woken for nothing fetches nothing and waits
+// again.
+func (s *Store) notifyPost(ctx context.Context, groupID []byte, except string, seq uint64) {
 	waiting := s.notify.Waiting()
 	if len(waiting) == 0 {
 		return
 	}
-	rows, _ := s.pool.Query(context.Background(), groupWaitingSQL, groupID, waiting, int64(seq))
+	rows, _ := s.pool.Query(ctx, groupWaitingSQL, groupID, waiting, int64(seq))
 	wake, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		wake = waiting
@@ -173,7 +178,7 @@ func (s *Store) notifyPost(groupID []byte, except string, seq uint64) {
 // wrote to, once its write committed.
 func (s *Store) notifyDelivered(f store.Fanout, d store.Delivered) {
 	if f.Group != nil && d.Group != 0 {
-		s.notifyPost(f.Group.GroupID, f.Group.Except, d.Group)
+		s.notifyPost(context.Background(), f.Group.GroupID, f.Group.Except, d.Group)
 	}
 	for i, l := range f.Local {
 		if i < len(d.Local) {

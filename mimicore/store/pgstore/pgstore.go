@@ -46,11 +46,26 @@
 // may share a database: unlike sqlitestore, nothing derived from the
 // database is kept in memory, and there is no store.ErrInUse.
 //
-// # What is process-local
+// # Wake-ups across gateways
 //
-// WatchQueue's wake-ups are in memory (store.Notifier): a waiter is woken
-// by the writes through its own Store only. Carrying them across gateways
-// (LISTEN/NOTIFY) is a later step.
+// WatchQueue's waiters are woken by the writes of every Store on the
+// database, in this process or another. A write that stores messages for
+// queues (an Append; the fan-out of Deliver, CommitEpoch and AddProposal,
+// personal messages and group log posts) sends, in its own transaction,
+// pg_notify on the channel mimi_queues with a compact payload: a line per
+// queue (client URI and sequence number) or per group post (group id, the
+// excepted sender and the sequence number), in payloads under NOTIFY's
+// 8000-byte limit. PostgreSQL delivers it when the transaction commits,
+// never if it rolls back. The writing Store wakes its own waiters itself,
+// after the commit. Each Store keeps one connection outside the pool that
+// LISTENs on the channel; a goroutine turns what it hears into wake-ups of
+// the Store's store.Notifier (a group post costs the one membership read
+// of the waiting clients that a local post costs, and none when nobody
+// waits) and ignores what the pool's own connections sent. Should that
+// connection fail, the goroutine connects again, waiting from 50ms up to
+// 5s between attempts, and once it listens again wakes every waiter: a
+// notification may have been missed, and a woken waiter fetches again.
+// Close stops it. Open fails when it cannot LISTEN.
 package pgstore
 
 import (
@@ -97,6 +112,7 @@ type Store struct {
 	pool   *pgxpool.Pool
 	now    func() time.Time
 	notify *store.Notifier
+	listen listener
 	cache  *groupcache.Cache
 	closed atomic.Bool
 	// outboxLimits are the bounds of SetOutboxLimits, nil for the
@@ -133,32 +149,46 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if cfg.MinConns > cfg.MaxConns {
 		cfg.MinConns = cfg.MaxConns
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("opening postgres store: %w", err)
-	}
 	cacheNodes := opts.GroupCacheNodes
 	if cacheNodes == 0 {
 		cacheNodes = DefaultGroupCacheNodes
 	}
-	s := &Store{pool: pool, now: opts.Now, notify: store.NewNotifier(), cache: groupcache.New(cacheNodes)}
+	s := &Store{now: opts.Now, notify: store.NewNotifier(), cache: groupcache.New(cacheNodes)}
 	if s.now == nil {
 		s.now = time.Now
 	}
+	// The listener ignores the notifications of the pool's own
+	// connections: their writes woke this Store's waiters already.
+	s.listen.cfg = cfg.ConnConfig.Copy()
+	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+		s.listen.ours.Store(c.PgConn().PID(), struct{}{})
+		return nil
+	}
+	cfg.BeforeClose = func(c *pgx.Conn) { s.listen.ours.Delete(c.PgConn().PID()) }
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening postgres store: %w", err)
+	}
+	s.pool = pool
 	if err := migrate(ctx, pool, s.now()); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("opening postgres store: %w", err)
+	}
+	if err := s.startListening(ctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("opening postgres store: %w", err)
 	}
 	return s, nil
 }
 
-// Close closes the pool, waiting for the operations in progress, and
-// wakes every WatchQueue waiter. Later calls fail with store.ErrClosed;
-// closing twice is harmless.
+// Close stops the listener, closes the pool, waiting for the operations
+// in progress, and wakes every WatchQueue waiter. Later calls fail with
+// store.ErrClosed; closing twice is harmless.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.stopListening()
 	s.notify.Close()
 	s.pool.Close()
 	return nil

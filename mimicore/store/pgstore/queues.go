@@ -125,7 +125,10 @@ func (s *Store) Append(ctx context.Context, d store.Delivery) ([]store.Appended,
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
 		out, err = s.appendTx(ctx, tx, d, s.nowMs())
-		return err
+		if err != nil {
+			return err
+		}
+		return notifyTx(ctx, tx, appendedEvents(nil, d.Recipients, out))
 	})
 	if err != nil {
 		return nil, s.fail(doing, err)
@@ -479,8 +482,10 @@ func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error
 }
 
 // WatchQueue implements store.Queues through the Store's store.Notifier,
-// which Append signals after each commit and Close closes. It is
-// process-local: see the package documentation.
+// which Append signals after each commit and Close closes. Its waiters
+// are also woken by the writes of other Stores on the database, in this
+// process or another: their NOTIFY, heard by this Store's listener (see
+// the package documentation).
 func (s *Store) WatchQueue(client string, after uint64) (<-chan struct{}, func()) {
 	return s.notify.Watch(client, after)
 }
