@@ -4,8 +4,10 @@ import "sync"
 
 // Notifier wakes the waiters of queues: a backend's Append calls Notify
 // after the commit that stored a message, and WatchQueue is Watch. It is
-// process-local, in memory: it knows only the appends made through the
-// store that owns it (see Queues). It starts no goroutine; a waiter costs
+// process-local, in memory: it knows only the appends its store reports,
+// those made through the store and, for a backend shared across
+// processes (pgstore), those it hears of from the others (see Queues).
+// It starts no goroutine; a waiter costs
 // one entry until it is woken or stopped. The zero Notifier is not usable:
 // call NewNotifier. A Notifier is safe for concurrent use.
 type Notifier struct {
