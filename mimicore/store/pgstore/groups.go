@@ -98,23 +98,8 @@ func (s *Store) CreateGroup(ctx context.Context, c store.GroupCreation) error {
 		return err
 	}
 	hub, state, groupInfo := c.Hub, c.State, c.GroupInfo
-	if state == nil {
-		return fmt.Errorf("%s: no state: %w", doing, store.ErrInvalid)
-	}
-	id := state.GroupID()
-	if err := check.GroupID(id); err != nil {
-		return fmt.Errorf("%s: %w", doing, err)
-	}
-	if err := check.Domain("hub", hub); err != nil {
-		return fmt.Errorf("%s: %w", doing, err)
-	}
-	if state.Epoch() > check.MaxEpoch {
-		return fmt.Errorf("%s: epoch %d: %w", doing, state.Epoch(), store.ErrInvalid)
-	}
-	if err := check.GroupInfo(groupInfo); err != nil {
-		return fmt.Errorf("%s: %w", doing, err)
-	}
-	if _, err := check.Members("member", c.Members); err != nil {
+	id, err := check.GroupCreation(c)
+	if err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	st, err := state.Stored()

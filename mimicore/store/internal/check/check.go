@@ -446,3 +446,28 @@ func EpochCommit(c store.EpochCommit) ([]byte, error) {
 	}
 	return id, nil
 }
+
+// GroupCreation checks the arguments of GroupStore.CreateGroup and
+// returns the group id.
+func GroupCreation(c store.GroupCreation) ([]byte, error) {
+	if c.State == nil {
+		return nil, fmt.Errorf("no state: %w", store.ErrInvalid)
+	}
+	id := c.State.GroupID()
+	if err := GroupID(id); err != nil {
+		return nil, err
+	}
+	if err := Domain("hub", c.Hub); err != nil {
+		return nil, err
+	}
+	if c.State.Epoch() > MaxEpoch {
+		return nil, fmt.Errorf("epoch %d: %w", c.State.Epoch(), store.ErrInvalid)
+	}
+	if err := GroupInfo(c.GroupInfo); err != nil {
+		return nil, err
+	}
+	if _, err := Members("member", c.Members); err != nil {
+		return nil, err
+	}
+	return id, nil
+}
