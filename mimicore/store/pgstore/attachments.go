@@ -57,30 +57,6 @@ const (
 
 var _ store.Attachments = (*Store)(nil)
 
-// checkAttachment checks a record to write; needObject: its object fields
-// too (a copy takes the source's).
-func checkAttachment(a store.Attachment, needObject bool) error {
-	if err := check.GroupID(a.GroupID); err != nil {
-		return err
-	}
-	if err := check.ClientURI("uploader", a.Uploader); err != nil {
-		return err
-	}
-	if !needObject {
-		return nil
-	}
-	if a.Object == "" || len(a.Object) > store.MaxObjectNameSize {
-		return fmt.Errorf("object name is %d bytes, want 1..%d: %w", len(a.Object), store.MaxObjectNameSize, store.ErrInvalid)
-	}
-	if a.Size < 0 {
-		return fmt.Errorf("negative attachment size %d: %w", a.Size, store.ErrInvalid)
-	}
-	if len(a.ContentHash) == 0 || len(a.ContentHash) > store.MaxContentHashSize {
-		return fmt.Errorf("content hash is %d bytes, want 1..%d: %w", len(a.ContentHash), store.MaxContentHashSize, store.ErrInvalid)
-	}
-	return nil
-}
-
 // checkQuota takes the quota locks of a's group and uploader for the
 // bounds q sets and checks that a fits them.
 func checkQuota(ctx context.Context, tx pgx.Tx, a store.Attachment, q store.AttachmentQuota) error {
@@ -184,7 +160,7 @@ func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q sto
 	if err := s.checkOpen(doing); err != nil {
 		return err
 	}
-	if err := checkAttachment(a, true); err != nil {
+	if err := check.Attachment(a, true); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -333,7 +309,7 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 	if err := check.GroupID(srcGroup); err != nil {
 		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	if err := checkAttachment(dst, false); err != nil {
+	if err := check.Attachment(dst, false); err != nil {
 		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {

@@ -51,29 +51,6 @@ const attachmentColumns = `token_hash, group_id, object, size, content_hash, upl
 
 var _ store.Attachments = (*Store)(nil)
 
-// checkAttachment validates the fields of a that the caller provides.
-func checkAttachment(a store.Attachment, needObject bool) error {
-	if err := check.GroupID(a.GroupID); err != nil {
-		return err
-	}
-	if err := check.ClientURI("uploader", a.Uploader); err != nil {
-		return err
-	}
-	if !needObject {
-		return nil
-	}
-	if a.Object == "" || len(a.Object) > store.MaxObjectNameSize {
-		return fmt.Errorf("object name is %d bytes, want 1..%d: %w", len(a.Object), store.MaxObjectNameSize, store.ErrInvalid)
-	}
-	if a.Size < 0 {
-		return fmt.Errorf("negative attachment size %d: %w", a.Size, store.ErrInvalid)
-	}
-	if len(a.ContentHash) == 0 || len(a.ContentHash) > store.MaxContentHashSize {
-		return fmt.Errorf("content hash is %d bytes, want 1..%d: %w", len(a.ContentHash), store.MaxContentHashSize, store.ErrInvalid)
-	}
-	return nil
-}
-
 // checkQuota refuses a when its group's or its uploader's usage plus a
 // would exceed q. It runs inside the writer's transaction, so the sums and
 // the insert that follows are atomic.
@@ -172,7 +149,7 @@ func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q sto
 	if err := s.checkOpen(doing); err != nil {
 		return err
 	}
-	if err := checkAttachment(a, true); err != nil {
+	if err := check.Attachment(a, true); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
@@ -326,7 +303,7 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 	if err := check.GroupID(srcGroup); err != nil {
 		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	if err := checkAttachment(dst, false); err != nil {
+	if err := check.Attachment(dst, false); err != nil {
 		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {

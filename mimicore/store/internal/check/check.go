@@ -471,3 +471,28 @@ func GroupCreation(c store.GroupCreation) ([]byte, error) {
 	}
 	return id, nil
 }
+
+// Attachment checks the fields of an attachment record that its writer
+// provides; withObject: its object fields too (a copy takes the
+// source's).
+func Attachment(a store.Attachment, withObject bool) error {
+	if err := GroupID(a.GroupID); err != nil {
+		return err
+	}
+	if err := ClientURI("uploader", a.Uploader); err != nil {
+		return err
+	}
+	if !withObject {
+		return nil
+	}
+	if a.Object == "" || len(a.Object) > store.MaxObjectNameSize {
+		return fmt.Errorf("object name is %d bytes, want 1..%d: %w", len(a.Object), store.MaxObjectNameSize, store.ErrInvalid)
+	}
+	if a.Size < 0 {
+		return fmt.Errorf("negative attachment size %d: %w", a.Size, store.ErrInvalid)
+	}
+	if len(a.ContentHash) == 0 || len(a.ContentHash) > store.MaxContentHashSize {
+		return fmt.Errorf("content hash is %d bytes, want 1..%d: %w", len(a.ContentHash), store.MaxContentHashSize, store.ErrInvalid)
+	}
+	return nil
+}
