@@ -137,10 +137,11 @@ const walSizeLimit = 64 << 20
 // Store is the SQLite store.Store. Open it with Open; it is safe for
 // concurrent use.
 type Store struct {
-	w   *sql.DB // exactly one connection: every write goes through it
-	r   *sql.DB // read-only connections for lookups
-	wr  *writer // the group commit: the only user of w after Open
-	now func() time.Time
+	w    *sql.DB       // exactly one connection: every write goes through it
+	r    *sql.DB       // read-only connections for lookups
+	wr   *writer       // the group commit: the only user of w after Open
+	ckpt *checkpointer // WAL checkpoints off the write path
+	now  func() time.Time
 
 	ws writeStmts
 	rs readStmts
@@ -282,7 +283,8 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 			"synchronous(FULL)",
 			"foreign_keys(1)",
 			"journal_size_limit(" + strconv.Itoa(walSizeLimit) + ")",
-			"cache_size(-32768)", // 32 MiB of pages: the working set of the hot tables stays in memory
+			"cache_size(-32768)",    // 32 MiB of pages: the working set of the hot tables stays in memory
+			"wal_autocheckpoint(0)", // the checkpointer's job: see checkpoint.go
 		},
 		"_txlock": {"immediate"},
 	}))
@@ -326,7 +328,19 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 			return nil, fmt.Errorf("opening store %s: %w", abs, err)
 		}
 	}
+	ckdb, err := sql.Open("sqlite", dsn(abs, url.Values{"_pragma": {"busy_timeout(" + busy + ")"}}))
+	if err != nil {
+		s.r.Close()
+		s.w.Close()
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+	ckdb.SetMaxOpenConns(1)
+	ckdb.SetMaxIdleConns(1)
+	ckdb.SetConnMaxLifetime(0)
+	ckdb.SetConnMaxIdleTime(0)
+	s.ckpt = newCheckpointer(ckdb)
 	s.wr = newWriter(s.w, o.maxBatch, o.linger)
+	s.wr.ckpt = s.ckpt
 	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx), s.prepareQueues(ctx)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)
@@ -404,12 +418,15 @@ func (s *Store) checkWriter(ctx context.Context) error {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		var errs []error
 		if s.wr != nil {
 			s.wr.close()
 		}
+		if s.ckpt != nil {
+			errs = append(errs, s.ckpt.close())
+		}
 		// After the writer: no Append can notify any more.
 		s.notifier.Close()
-		var errs []error
 		for _, st := range slices.Concat(s.allStmts(), s.groupStmts(), s.queueStmts()) {
 			if st != nil {
 				errs = append(errs, st.Close())

@@ -67,6 +67,8 @@ type writer struct {
 	// lastBatch is the size of the batch the writer ran last (writer
 	// goroutine only).
 	lastBatch int
+	// ckpt, when set, is told of every commit (see checkpointer).
+	ckpt *checkpointer
 
 	commits, ops, maxSeen, failed, retried atomic.Uint64
 }
@@ -333,6 +335,11 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 	for _, o := range ran {
 		o.done <- o.err
 	}
+	if w.ckpt != nil && w.ckpt.committed() {
+		// The checkpointer has not managed for a long while: do its
+		// work here, once the batch is answered.
+		w.ckpt.ran(checkpoint(w.ctx, w.db))
+	}
 	return nil, false
 }
 
@@ -392,17 +399,24 @@ type Stats struct {
 	// length, integers at 8 bytes. Its growth per CommitEpoch is what a
 	// commit costs in writes.
 	GroupBytes uint64
+	// Checkpoints is the number of WAL checkpoints run off the write
+	// path (see checkpointer), and CheckpointErrors how many of them
+	// failed; a failed checkpoint loses nothing, it is tried again after
+	// the next commit.
+	Checkpoints, CheckpointErrors uint64
 }
 
 // Stats reports the writer's counters. It is cheap and safe to call
 // concurrently, also after Close.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Commits:    s.wr.commits.Load(),
-		Ops:        s.wr.ops.Load(),
-		MaxBatch:   s.wr.maxSeen.Load(),
-		Failed:     s.wr.failed.Load(),
-		Retried:    s.wr.retried.Load(),
-		GroupBytes: s.groupBytes.Load(),
+		Commits:          s.wr.commits.Load(),
+		Ops:              s.wr.ops.Load(),
+		MaxBatch:         s.wr.maxSeen.Load(),
+		Failed:           s.wr.failed.Load(),
+		Retried:          s.wr.retried.Load(),
+		GroupBytes:       s.groupBytes.Load(),
+		Checkpoints:      s.ckpt.runs.Load(),
+		CheckpointErrors: s.ckpt.errs.Load(),
 	}
 }

@@ -1,0 +1,125 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sync/atomic"
+	"time"
+)
+
+// Checkpoints: the writer connection runs with wal_autocheckpoint(0), so
+// that a commit never copies WAL frames back into the database file
+// itself. SQLite's automatic checkpoint would run inside the COMMIT that
+// crossed the threshold, on the writer goroutine, which every write of the
+// gateway waits behind: measured on BenchmarkDeliverParallel64 it took a
+// tenth of the writer's time. Instead a checkpointer goroutine runs
+// PASSIVE checkpoints on a connection of its own. In WAL mode a checkpoint
+// and a write transaction run at the same time (the checkpoint copies the
+// frames that every reader has moved past and never takes the write
+// lock), so the writer goes on committing while the frames are copied and
+// the database file is fsynced.
+//
+// Durability does not depend on checkpoints: a committed transaction is
+// in the fsynced WAL, which SQLite replays on the next open after a crash.
+// What checkpoints bound is the WAL's size, and with it the cost of
+// reading through it. The checkpointer runs after commits, at most once
+// per checkpointInterval; should it fall behind or fail, the writer
+// checkpoints itself after writerCheckpointCommits commits without one,
+// as SQLite's automatic checkpoint would.
+const (
+	// checkpointInterval is the least time between two checkpoints of
+	// the checkpointer: under load the WAL grows by a few megabytes in
+	// that time, as it would with SQLite's default threshold of 1,000
+	// pages.
+	checkpointInterval = 100 * time.Millisecond
+	// writerCheckpointCommits is how many commits the writer makes
+	// without a successful checkpoint before it runs one itself.
+	writerCheckpointCommits = 2000
+)
+
+// checkpointer runs PASSIVE checkpoints on its own connection when the
+// writer signals commits.
+type checkpointer struct {
+	db   *sql.DB // one read-write connection, used for checkpoints only
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+
+	// sinceOK counts commits since the last successful checkpoint (the
+	// writer adds, a successful checkpoint resets).
+	sinceOK    atomic.Int64
+	runs, errs atomic.Uint64
+}
+
+func newCheckpointer(db *sql.DB) *checkpointer {
+	c := &checkpointer{db: db, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go c.loop()
+	return c
+}
+
+// committed tells the checkpointer that the writer committed; it reports
+// whether the writer should checkpoint itself because the checkpointer has
+// not succeeded for writerCheckpointCommits commits.
+func (c *checkpointer) committed() bool {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return c.sinceOK.Add(1) >= writerCheckpointCommits
+}
+
+// ran records the outcome of a checkpoint, the checkpointer's or the
+// writer's.
+func (c *checkpointer) ran(err error) {
+	c.runs.Add(1)
+	if err != nil {
+		c.errs.Add(1)
+		return
+	}
+	c.sinceOK.Store(0)
+}
+
+func (c *checkpointer) loop() {
+	defer close(c.done)
+	ctx := context.Background()
+	last := time.Time{}
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.wake:
+		}
+		if wait := checkpointInterval - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-c.stop:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		last = time.Now()
+		c.ran(checkpoint(ctx, c.db))
+	}
+}
+
+// close stops the checkpointer and closes its connection; the last
+// connection to close (the writer's) checkpoints what is left.
+func (c *checkpointer) close() error {
+	close(c.stop)
+	<-c.done
+	return c.db.Close()
+}
+
+// checkpoint runs a PASSIVE checkpoint on db: it copies what it can
+// without waiting for any lock and never blocks a writer.
+func checkpoint(ctx context.Context, db interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) error {
+	var busy, logFrames, copied int64
+	if err := db.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logFrames, &copied); err != nil {
+		return fmt.Errorf("checkpointing the WAL: %w", err)
+	}
+	return nil
+}
