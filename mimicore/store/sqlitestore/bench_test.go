@@ -234,4 +234,7 @@ func reportThroughput(b *testing.B, s *Store, st0 Stats) {
 	}
 	st := s.Stats()
 	b.ReportMetric(float64(st.Commits-st0.Commits)/float64(b.N), "fsyncs/op")
+	if st.Retried > st0.Retried {
+		b.ReportMetric(float64(st.Retried-st0.Retried)/float64(st.Commits-st0.Commits), "retries/commit")
+	}
 }

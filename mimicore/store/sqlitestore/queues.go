@@ -20,6 +20,10 @@ const (
 	queueBodySQL = `INSERT INTO queue_bodies (message, refs) VALUES (?1, ?2) RETURNING id`
 	// queueSeqSQL takes the next number of the global sequence.
 	queueSeqSQL = `UPDATE queue_sequence SET last = last + 1 WHERE id = 1 RETURNING last`
+	// queueSeqNSQL takes the next ?1 numbers; it returns the last.
+	queueSeqNSQL = `UPDATE queue_sequence SET last = last + ?1 WHERE id = 1 RETURNING last`
+	// queueMaxBodySQL reads the highest body id (0 for none).
+	queueMaxBodySQL = `SELECT COALESCE(MAX(id), 0) FROM queue_bodies`
 	// queueBumpSQL counts a message of ?2 bytes, numbered ?5, in queue ?1
 	// while it stays within ?3 messages and ?4 bytes; no row means full.
 	// A new head is within the limits: Append checks a single message
@@ -105,19 +109,27 @@ func (s *Store) Append(ctx context.Context, d store.Delivery) ([]store.Appended,
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
 	// Copied now: the op may run after the caller changed its slices.
-	qa := newQueuedAppend(d)
-	var out []store.Appended
-	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	a := &appendOp{qa: newQueuedAppend(d)}
+	err := s.wr.doAppend(ctx, a, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
-		out, err = s.appendTx(ctx, tx, qa, check.Millis(s.now()))
+		a.out, err = s.appendTx(ctx, tx, a.qa, check.Millis(s.now()))
 		return err
 	})
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
 	// Committed: wake the waiters.
-	s.notifyAppended(qa.recipients, out)
-	return out, nil
+	s.notifyAppended(a.qa.recipients, a.out)
+	return a.out, nil
+}
+
+// queueExpiry is the expiry (Unix ms) of qa's queue entries, appended at
+// now (Unix ms).
+func queueExpiry(qa queuedAppend, now int64) int64 {
+	if qa.expires.IsZero() {
+		return now + store.DefaultQueueTTL.Milliseconds()
+	}
+	return check.ExpiryMillis(qa.expires)
 }
 
 // queuedAppend is a checked store.Delivery, copied and with its limits'
@@ -216,10 +228,7 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, qa queuedAppend, now i
 		return nil, err
 	}
 	out := make([]store.Appended, len(qa.recipients))
-	exp := now + store.DefaultQueueTTL.Milliseconds()
-	if !qa.expires.IsZero() {
-		exp = check.ExpiryMillis(qa.expires)
-	}
+	exp := queueExpiry(qa, now)
 	// One number of the global sequence for every recipient.
 	var seq int64
 	if err := tx.StmtContext(ctx, s.qs.seq).QueryRowContext(ctx).Scan(&seq); err != nil {
@@ -631,6 +640,7 @@ func (s *Store) sweepQueueEntries(ctx context.Context, now int64) (int64, error)
 type queueStmts struct {
 	body, seq, bump, entry, cursor *sql.Stmt // writer
 	bumpMany, entryMany            *sql.Stmt // writer
+	seqN, maxBody                  *sql.Stmt // writer: coalesced appends
 	cursorR, fetch                 *sql.Stmt // readers
 }
 
@@ -653,6 +663,8 @@ func (s *Store) prepareQueues(ctx context.Context) error {
 		{s.w, &s.qs.cursor, queueCursorSQL},
 		{s.w, &s.qs.bumpMany, queueBumpManySQL},
 		{s.w, &s.qs.entryMany, queueEntryManySQL},
+		{s.w, &s.qs.seqN, queueSeqNSQL},
+		{s.w, &s.qs.maxBody, queueMaxBodySQL},
 		{s.r, &s.qs.cursorR, queueCursorSQL},
 		{s.r, &s.qs.fetch, queueFetchSQL},
 		{s.w, &s.ks.insert, kpInsertSQL},
@@ -672,6 +684,6 @@ func (s *Store) prepareQueues(ctx context.Context) error {
 }
 
 func (s *Store) queueStmts() []*sql.Stmt {
-	return []*sql.Stmt{s.qs.body, s.qs.seq, s.qs.bump, s.qs.entry, s.qs.cursor, s.qs.bumpMany, s.qs.entryMany, s.qs.cursorR, s.qs.fetch,
+	return []*sql.Stmt{s.qs.body, s.qs.seq, s.qs.bump, s.qs.entry, s.qs.cursor, s.qs.bumpMany, s.qs.entryMany, s.qs.seqN, s.qs.maxBody, s.qs.cursorR, s.qs.fetch,
 		s.ks.insert, s.ks.get, s.ks.claim, s.ks.lastResort, s.ks.getR, s.ks.list}
 }

@@ -110,6 +110,7 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/groupcache"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/keyfilter"
 
@@ -148,6 +149,8 @@ type Store struct {
 	gs groupStmts
 	qs queueStmts
 	ks kpStmts
+	// multi are the coalesced appends' statements (writer only).
+	multi multiStmts
 
 	notifier *store.Notifier // wakes queue waiters after Append commits
 
@@ -285,6 +288,10 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 			"journal_size_limit(" + strconv.Itoa(walSizeLimit) + ")",
 			"cache_size(-32768)",    // 32 MiB of pages: the working set of the hot tables stays in memory
 			"wal_autocheckpoint(0)", // the checkpointer's job: see checkpoint.go
+			// Statement journals (which a multi-row statement keeps to
+			// undo itself alone) in memory, not in a temporary file
+			// written with a syscall per page.
+			"temp_store(MEMORY)",
 		},
 		"_txlock": {"immediate"},
 	}))
@@ -341,7 +348,10 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 	s.ckpt = newCheckpointer(ckdb)
 	s.wr = newWriter(s.w, o.maxBatch, o.linger)
 	s.wr.ckpt = s.ckpt
-	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx), s.prepareQueues(ctx)); err != nil {
+	s.wr.appendBatch = func(ctx context.Context, tx *sql.Tx, apps []*appendOp) error {
+		return s.appendBatchTx(ctx, tx, apps, check.Millis(s.now()))
+	}
+	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx), s.prepareQueues(ctx), s.prepareMulti(ctx)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)
 	}
@@ -427,7 +437,7 @@ func (s *Store) Close() error {
 		}
 		// After the writer: no Append can notify any more.
 		s.notifier.Close()
-		for _, st := range slices.Concat(s.allStmts(), s.groupStmts(), s.queueStmts()) {
+		for _, st := range slices.Concat(s.allStmts(), s.groupStmts(), s.queueStmts(), s.multiStmtList()) {
 			if st != nil {
 				errs = append(errs, st.Close())
 			}

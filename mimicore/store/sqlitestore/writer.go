@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ const (
 type op struct {
 	ctx   context.Context
 	fn    opFunc
+	app   *appendOp // set for an Append, which an optimistic batch may coalesce
 	state atomic.Uint32
 	err   error      // the op's own outcome in the current transaction
 	done  chan error // buffered: the answer is sent once and never blocks
@@ -69,8 +71,11 @@ type writer struct {
 	lastBatch int
 	// ckpt, when set, is told of every commit (see checkpointer).
 	ckpt *checkpointer
+	// appendBatch, when set, writes the Appends of an optimistic batch
+	// together (see appendbatch.go).
+	appendBatch func(ctx context.Context, tx *sql.Tx, apps []*appendOp) error
 
-	commits, ops, maxSeen, failed, retried atomic.Uint64
+	commits, ops, maxSeen, failed, retried, coalesced atomic.Uint64
 }
 
 // lingering is how the writer waits for company: when a batch is about to
@@ -106,10 +111,18 @@ func newWriter(db *sql.DB, maxBatch int, linger lingering) *writer {
 // returns ctx.Err() at once; once the op has started, do waits for the
 // outcome of its transaction, which is bounded by the batch size.
 func (w *writer) do(ctx context.Context, fn opFunc) error {
+	return w.doAppend(ctx, nil, fn)
+}
+
+// doAppend is do for an Append: fn runs it alone, and an optimistic batch
+// may write app together with the batch's other Appends instead (see
+// appendbatch.go); either way app holds its outcome once doAppend
+// returns nil.
+func (w *writer) doAppend(ctx context.Context, app *appendOp, fn opFunc) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	o := &op{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	o := &op{ctx: ctx, fn: fn, app: app, done: make(chan error, 1)}
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -266,6 +279,9 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 	// transaction, which holds nothing else.
 	solo := len(ops) == 1
 	ran := ops[:0:0]
+	// The Appends of an optimistic batch wait in apps and run together
+	// once the other ops have run.
+	var apps []*op
 	for i, o := range ops {
 		if o.state.Load() != opClaimed { // claimed already on a retry
 			if err := o.ctx.Err(); err != nil {
@@ -284,13 +300,17 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 			break
 		}
 		if !careful {
+			if o.app != nil && w.appendBatch != nil && (len(apps) == 0 || coalescable(apps[0].app, o.app)) {
+				apps = append(apps, o)
+				continue
+			}
 			if o.err = runOp(w.ctx, tx, o.fn); o.err != nil {
 				// Its writes, if any, are mixed with the others': start
 				// over, carefully. The ops not reached yet are not
 				// claimed; the careful run claims them.
 				_ = tx.Rollback()
 				w.retried.Add(1)
-				return append(ran, ops[i:]...), true
+				return slices.Concat(ran, apps, ops[i:]), true
 			}
 			ran = append(ran, o)
 			continue
@@ -305,6 +325,15 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 			return append(ran, ops[i+1:]...), true
 		}
 		ran = append(ran, o)
+	}
+	if len(apps) > 0 {
+		if err := w.runAppends(tx, apps); err != nil {
+			// As for a failing op: start over, carefully.
+			_ = tx.Rollback()
+			w.retried.Add(1)
+			return append(ran, apps...), true
+		}
+		ran = append(ran, apps...)
 	}
 	if len(ran) == 0 {
 		_ = tx.Rollback()
@@ -341,6 +370,30 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 		w.ckpt.ran(checkpoint(w.ctx, w.db))
 	}
 	return nil, false
+}
+
+// runAppends runs the Appends of an optimistic batch: one alone as any
+// op, more together. An error means the transaction must roll back.
+func (w *writer) runAppends(tx *sql.Tx, apps []*op) error {
+	if len(apps) == 1 {
+		apps[0].err = runOp(w.ctx, tx, apps[0].fn)
+		return apps[0].err
+	}
+	batch := make([]*appendOp, len(apps))
+	for i, o := range apps {
+		batch[i] = o.app
+	}
+	err := runOp(w.ctx, tx, func(ctx context.Context, tx *sql.Tx) error {
+		return w.appendBatch(ctx, tx, batch)
+	})
+	if err != nil {
+		return err
+	}
+	for _, o := range apps {
+		o.err = nil // answered by the commit
+	}
+	w.coalesced.Add(uint64(len(apps)))
+	return nil
 }
 
 // runSavepoint runs o inside a savepoint, so that its failure undoes only
@@ -404,6 +457,9 @@ type Stats struct {
 	// failed; a failed checkpoint loses nothing, it is tried again after
 	// the next commit.
 	Checkpoints, CheckpointErrors uint64
+	// Coalesced is the number of Appends written together with others
+	// by one coalesced write (see appendbatch.go) rather than one by one.
+	Coalesced uint64
 }
 
 // Stats reports the writer's counters. It is cheap and safe to call
@@ -416,6 +472,7 @@ func (s *Store) Stats() Stats {
 		Failed:           s.wr.failed.Load(),
 		Retried:          s.wr.retried.Load(),
 		GroupBytes:       s.groupBytes.Load(),
+		Coalesced:        s.wr.coalesced.Load(),
 		Checkpoints:      s.ckpt.runs.Load(),
 		CheckpointErrors: s.ckpt.errs.Load(),
 	}
