@@ -34,6 +34,7 @@ var migrations = []migration{
 	{7, "one global queue sequence, group logs, group members, ack cursors", schemaV7},
 	{8, "attachment metadata and reference-counted objects", schemaV8},
 	{9, "outbox backlog counters per destination", schemaOutboxHeads},
+	{10, "no expiry index on the hot write path", schemaV10},
 }
 
 const schemaV1 = `
@@ -429,4 +430,15 @@ CREATE TABLE outbox_heads (
 ) WITHOUT ROWID;
 INSERT INTO outbox_heads (destination, messages, bytes)
 	SELECT destination, COUNT(*), SUM(size) FROM outbox GROUP BY destination;
+`
+
+// schemaV10 drops the expiry indexes of the tables that every hot write
+// inserts into: each cost a B-tree insert per row on the writer. Their
+// expired rows are found by scans on a read connection instead (see
+// scansweep.go).
+const schemaV10 = `
+DROP INDEX replay_requests_expires;
+DROP INDEX seen_signatures_expires;
+DROP INDEX spent_tokens_expires;
+DROP INDEX queue_messages_expires;
 `

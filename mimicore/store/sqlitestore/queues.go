@@ -88,10 +88,6 @@ const (
 	// groupLogSweepSQL deletes ?2 expired group log posts (?1 is now).
 	groupLogSweepSQL = `DELETE FROM group_log WHERE seq IN
 		(SELECT seq FROM group_log WHERE expires_ms <= ?1 LIMIT ?2)`
-	// queueSweepSQL deletes ?2 expired entries of any queue (?1 is now).
-	queueSweepSQL = `DELETE FROM queue_messages WHERE (client, seq) IN
-		(SELECT client, seq FROM queue_messages WHERE expires_ms <= ?1 LIMIT ?2)
-		RETURNING client, body_id, size, expires_ms`
 	queueHeadReleaseSQL = `UPDATE queue_heads SET messages = messages - ?2, bytes = bytes - ?3 WHERE client = ?1`
 	queueBodyReleaseSQL = `UPDATE queue_bodies SET refs = refs - ?2 WHERE id = ?1 RETURNING refs`
 	queueBodyRefsSQL    = `UPDATE queue_bodies SET refs = ?2 WHERE id = ?1`
@@ -581,14 +577,11 @@ func (s *Store) WatchQueue(client string, after uint64) (<-chan struct{}, func()
 	return s.notifier.Watch(client, after)
 }
 
-// sweepQueues is DeleteExpired's part for queues: bounded DELETEs of
-// expired entries, each one op with the release of what they held, then
-// of expired group log posts.
-func (s *Store) sweepQueues(ctx context.Context, now int64) (int64, error) {
-	total, err := s.sweepQueueEntries(ctx, now)
-	if err != nil {
-		return total, err
-	}
+// sweepGroupLog is DeleteExpired's part for the group log: bounded
+// DELETEs of expired posts. (Expired queue entries go by scan: see
+// scansweep.go.)
+func (s *Store) sweepGroupLog(ctx context.Context, now int64) (int64, error) {
+	var total int64
 	for {
 		if err := ctx.Err(); err != nil {
 			return total, err
@@ -606,29 +599,6 @@ func (s *Store) sweepQueues(ctx context.Context, now int64) (int64, error) {
 			return total, err
 		}
 		total += n
-		if n < sweepBatch {
-			return total, nil
-		}
-	}
-}
-
-// sweepQueueEntries deletes the expired personal queue entries.
-func (s *Store) sweepQueueEntries(ctx context.Context, now int64) (int64, error) {
-	var total int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return total, err
-		}
-		var n int
-		err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-			var err error
-			n, _, err = deleteEntries(ctx, tx, queueSweepSQL, now, now, sweepBatch)
-			return err
-		})
-		if err != nil {
-			return total, err
-		}
-		total += int64(n)
 		if n < sweepBatch {
 			return total, nil
 		}

@@ -164,7 +164,9 @@ func BenchmarkClaimKeyPackageParallel64(b *testing.B) {
 // BenchmarkDeliverParallel64 is the store's share of a deliver_message
 // from a peer: 64 callers per core, each Append a distinct 466-byte
 // message to 4 recipients with its Dedup digest and its request's replay
-// record (store.Delivery.Replay), as mimicore/ds writes it.
+// record (store.Delivery.Replay), as mimicore/ds writes it. Digests and
+// request ids are spread over the key space as real ones are (a hash of
+// the counter), so that their inserts land on random B-tree pages.
 func BenchmarkDeliverParallel64(b *testing.B) {
 	s := openTemp(b)
 	var worker, seq atomic.Uint64
@@ -179,9 +181,10 @@ func BenchmarkDeliverParallel64(b *testing.B) {
 		for pb.Next() {
 			n := seq.Add(1)
 			binary.BigEndian.PutUint64(d.Message, n)
-			key := digestOfUint(n)
+			h := n * 0x9E3779B97F4A7C15 // a bijection: distinct, scattered
+			key := digestOfUint(h)
 			d.Dedup = key[:]
-			d.Replay = &store.ReplayRecord{Sender: "a.example", RequestID: fmt.Appendf(nil, "request-%016x", n), Digest: key,
+			d.Replay = &store.ReplayRecord{Sender: "a.example", RequestID: fmt.Appendf(nil, "request-%016x", h), Digest: key,
 				Answer: store.Answer{Body: make([]byte, 12)}, Expires: now.Add(11 * time.Minute)}
 			if _, err := s.Append(context.Background(), d); err != nil {
 				b.Error(err)

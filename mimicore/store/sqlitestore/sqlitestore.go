@@ -50,6 +50,14 @@
 //     (none of them ran) and waits for the batch in progress, whose
 //     callers get their outcome.
 //
+// Within an optimistic batch the Appends are written together, one
+// multi-row statement per table (see appendbatch.go): the same rows and
+// answers, fewer statements. WAL checkpoints run on a connection of their
+// own beside the writer, never inside a commit (see checkpoint.go), and
+// the tables every hot write inserts into carry no expiry index: their
+// expired rows are found by scans on a read connection (see
+// scansweep.go).
+//
 // Stats reports commits and operations, so Ops/Commits is the mean batch
 // size and Commits the number of fsyncs of the write path.
 //

@@ -15,16 +15,12 @@ import (
 // wait for at most one of them.
 const sweepBatch = 500
 
-// sweeps are the DELETE statements of DeleteExpired, one batch each, keyed
+// sweeps are the DELETE statements of DeleteExpired for the tables with an
+// index on their expiry (the others are swept by scans: see scansweep.go),
+// one batch each, keyed
 // on the primary key so that they work on WITHOUT ROWID tables (and, as
 // written, on PostgreSQL). ?1 is now, ?2 the batch size.
 var sweeps = []struct{ table, sql string }{
-	{"replay_requests", `DELETE FROM replay_requests WHERE (sender, request_id) IN
-		(SELECT sender, request_id FROM replay_requests WHERE expires_ms <= ?1 LIMIT ?2)`},
-	{"seen_signatures", `DELETE FROM seen_signatures WHERE digest IN
-		(SELECT digest FROM seen_signatures WHERE expires_ms <= ?1 LIMIT ?2)`},
-	{"spent_tokens", `DELETE FROM spent_tokens WHERE key IN
-		(SELECT key FROM spent_tokens WHERE expires_ms <= ?1 LIMIT ?2)`},
 	{"peer_keys", `DELETE FROM peer_keys WHERE (domain, key_id) IN
 		(SELECT domain, key_id FROM peer_keys WHERE cache_until_ms <= ?1 LIMIT ?2)`},
 	{"peer_key_failures", `DELETE FROM peer_key_failures WHERE domain IN
@@ -74,10 +70,18 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 			}
 		}
 	}
-	n, err := s.sweepQueues(ctx, ms)
+	for i := range scanSweeps {
+		sw := &scanSweeps[i]
+		n, err := s.sweepByScan(ctx, sw, ms)
+		total += n
+		if err != nil {
+			return total, s.fail(fmt.Sprintf("%s from %s", doing, sw.table), err)
+		}
+	}
+	n, err := s.sweepGroupLog(ctx, ms)
 	total += n
 	if err != nil {
-		return total, s.fail(doing+" from queue_messages", err)
+		return total, s.fail(doing+" from group_log", err)
 	}
 	return total, nil
 }
