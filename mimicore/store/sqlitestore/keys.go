@@ -32,6 +32,10 @@ func collectRows[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, err
 	return out, nil
 }
 
+// keyColumns are signing_keys' columns as of version 11, which added the
+// sealed private key.
+const keyColumns = signingKeyColumns + ", sealed"
+
 func scanSigningKey(sc scanner) (store.SigningKey, error) {
 	var (
 		k                   store.SigningKey
@@ -39,7 +43,7 @@ func scanSigningKey(sc scanner) (store.SigningKey, error) {
 		notBefore, notAfter int64
 		retired             sql.NullInt64
 	)
-	if err := sc.Scan(&k.KeyID, &scheme, &k.PublicKey, &notBefore, &notAfter, &retired, &k.File); err != nil {
+	if err := sc.Scan(&k.KeyID, &scheme, &k.PublicKey, &notBefore, &notAfter, &retired, &k.File, &k.Sealed); err != nil {
 		return k, err
 	}
 	k.Scheme = uint16(scheme) // the table's CHECK keeps it in range
@@ -65,7 +69,7 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 	}
 	// The check for an existing key and the insert run in one op.
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT `+signingKeyColumns+` FROM signing_keys
+		rows, err := tx.QueryContext(ctx, `SELECT `+keyColumns+` FROM signing_keys
 			WHERE key_id = ?1 OR file_name = ?2`, k.KeyID, k.File)
 		if err != nil {
 			return err
@@ -80,9 +84,13 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 		case len(existing) > 0:
 			return fmt.Errorf("another key has key id %x or file %q: %w", k.KeyID, k.File, store.ErrConflict)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO signing_keys (`+signingKeyColumns+`)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)`,
-			k.KeyID, int64(k.Scheme), k.PublicKey, check.Millis(k.NotBefore), check.Millis(k.NotAfter), retired, k.File)
+		var sealed []byte
+		if len(k.Sealed) > 0 {
+			sealed = k.Sealed
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO signing_keys (`+keyColumns+`)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`,
+			k.KeyID, int64(k.Scheme), k.PublicKey, check.Millis(k.NotBefore), check.Millis(k.NotAfter), retired, k.File, sealed)
 		return err
 	})
 	if err != nil {
@@ -96,6 +104,7 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 func sameSigningKey(stored, k store.SigningKey) bool {
 	return bytes.Equal(stored.KeyID, k.KeyID) && stored.Scheme == k.Scheme &&
 		bytes.Equal(stored.PublicKey, k.PublicKey) && stored.File == k.File &&
+		bytes.Equal(stored.Sealed, k.Sealed) &&
 		check.Millis(stored.NotBefore) == check.Millis(k.NotBefore) &&
 		check.Millis(stored.NotAfter) == check.Millis(k.NotAfter)
 }
@@ -106,7 +115,9 @@ func (s *Store) ListSigningKeys(ctx context.Context) ([]store.SigningKey, error)
 	if err := s.checkOpen(doing); err != nil {
 		return nil, err
 	}
-	rows, err := s.rs.signingKeys.QueryContext(ctx)
+	// Not the prepared statement of stmts.go, which predates the sealed
+	// column; signing keys are listed rarely.
+	rows, err := s.r.QueryContext(ctx, `SELECT `+keyColumns+` FROM signing_keys ORDER BY not_before_ms, key_id`)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
