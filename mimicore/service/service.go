@@ -223,6 +223,11 @@ func Open(ctx context.Context, opts Options) (*Service, error) {
 	s.workers.Add(2)
 	go s.rotateLoop()
 	go s.sweepLoop()
+	keysAt := "files"
+	if keys.Shared() {
+		keysAt = "store, sealed"
+	}
+	logger.Info("opened provider service", zap.Stringer("store", opts.Store), zap.String("signing_keys", keysAt))
 	return s, nil
 }
 
