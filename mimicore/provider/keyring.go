@@ -172,8 +172,8 @@ func OpenKeyRing(ctx context.Context, dir string, opts KeyRingOptions, now time.
 }
 
 // SetOptions replaces the ring's scheme, rotation interval and overlap
-// while it is in use; opts.Metadata, opts.Sealer and opts.Leases are ignored. The new values take effect
-// at the next Rotate: a different scheme makes it create a key of the new
+// while it is in use; opts.Metadata, opts.Sealer and opts.Leases are
+// ignored. The new values take effect at the next Rotate: a different scheme makes it create a key of the new
 // scheme at once (the previous key stays published until its not_after,
 // as after any rotation), and a different interval or overlap moves the
 // next rotation (NextRotation) so that the signing key is succeeded after
