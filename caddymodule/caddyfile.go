@@ -30,6 +30,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		provider            <domain...>
 //		ds_domain           <host[:port]>
 //		data_dir            <path>
+//		store sqlite
+//		store postgres <dsn> {
+//			max_conns <n>
+//		}
+//		key_secret          <value>
+//		key_secret_file     <path>
 //		max_body            <size>
 //		key_rotation        <duration>
 //		key_overlap         <duration>
@@ -134,6 +140,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // the key (a placeholder such as {env.MIMI_BACKEND_KEY}, or key_file), as
 // docs/protocol.md §11 describes.
 //
+// store postgres keeps the provider's state in a PostgreSQL database that
+// several gateways share; dsn may be, or hold, placeholders
+// ({env.MIMI_PG_DSN}). It needs key_secret (a placeholder such as
+// {env.MIMI_KEY_SECRET}) or key_secret_file: the signing keys are sealed
+// in the database under it.
+//
 // unchecked_client_bindings switches the Delivery Service's client binding
 // check off; it is only for replaying recorded third-party MLS transcripts,
 // never for a gateway that serves clients.
@@ -165,6 +177,20 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "data_dir":
 			if !d.AllArgs(&g.DataDir) {
+				return d.ArgErr()
+			}
+		case "store":
+			st, err := unmarshalStore(d)
+			if err != nil {
+				return err
+			}
+			g.Store = st
+		case "key_secret":
+			if !d.AllArgs(&g.KeySecret) {
+				return d.ArgErr()
+			}
+		case "key_secret_file":
+			if !d.AllArgs(&g.KeySecretFile) {
 				return d.ArgErr()
 			}
 		case "max_body":

@@ -72,6 +72,25 @@ type Gateway struct {
 	// Default: `<caddy data dir>/mimi/<first provider>`.
 	DataDir string `json:"data_dir,omitempty"`
 
+	// Store chooses where the provider's state lives: SQLite in DataDir
+	// (the default) or a PostgreSQL database that several gateways of the
+	// provider share (store.go). Changing it needs a restart of Caddy.
+	Store *StoreConfig `json:"store,omitempty"`
+
+	// KeySecret, a placeholder such as `{env.MIMI_KEY_SECRET}` or the
+	// value itself, is the 32-byte secret, in hex or base64, under which
+	// the provider's signing keys are sealed in the store, so that every
+	// gateway of the provider signs with the same keys. Required with
+	// store postgres; with SQLite it moves the keys from files in
+	// DataDir/keys into the database. Every gateway of a provider needs
+	// the same one: a wrong secret stops the gateway at startup. Create it
+	// with `openssl rand -base64 32`. Default: none, keys in files.
+	KeySecret string `json:"key_secret,omitempty"`
+
+	// KeySecretFile is a file holding the key secret, instead of
+	// KeySecret.
+	KeySecretFile string `json:"key_secret_file,omitempty"`
+
 	// MaxBody is the largest request body accepted on the MoH endpoints, in
 	// bytes; larger bodies are answered 413 too_large. Default: 1 MiB +
 	// 64 KiB, so that a payload of 1 MiB fits with its envelope; at most
@@ -275,8 +294,14 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err := g.provisionMutualTLS(ctx, &fetch); err != nil {
 		return err
 	}
+	storeOpts, keySecret, err := g.storeOptions()
+	if err != nil {
+		return err
+	}
 	g.svc, err = loadService(service.Options{
-		DataDir: g.DataDir,
+		DataDir:   g.DataDir,
+		Store:     storeOpts,
+		KeySecret: keySecret,
 		Keys: provider.KeyRingOptions{
 			Scheme:      scheme,
 			RotateEvery: time.Duration(g.KeyRotation),
@@ -413,6 +438,9 @@ func (g *Gateway) Validate() error {
 		return err
 	}
 	if err := g.MutualTLS.validate(); err != nil {
+		return err
+	}
+	if err := g.validateStore(); err != nil {
 		return err
 	}
 	for _, c := range g.TrustedTLSProxies {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -101,6 +102,16 @@ type LocalAPI struct {
 	// empty list and polls the new config.
 	stopping context.Context
 	stop     context.CancelFunc
+
+	// joined guards svc and api, which join sets once; nil before
+	// Provision.
+	joined *joinState
+}
+
+// joinState is the outcome of LocalAPI.join.
+type joinState struct {
+	mu  sync.Mutex
+	err error // why the join failed; it is not tried again
 }
 
 // CaddyModule returns the Caddy module information.
@@ -111,8 +122,9 @@ func (LocalAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults and joins the provider's service of DataDir,
-// opening it when no gateway has yet.
+// Provision sets defaults and joins the provider's service of DataDir when
+// a gateway has opened it; otherwise the service is joined, or opened with
+// the defaults, at the first request (see join).
 func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	for i, p := range h.Providers {
@@ -137,16 +149,41 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		srv.RegisterOnShutdown(h.stop)
 	}
+	h.joined = new(joinState)
+	if n, _ := servicePool.References(h.DataDir); n > 0 {
+		// A gateway of this config, or the running config, opened the
+		// service and chose its store: join it now.
+		return h.join()
+	}
+	// No gateway has opened the service yet. The gateway of this config
+	// may still be provisioned after this handler (Caddy provisions the
+	// servers of a config in no set order), and it chooses the store, so
+	// the service is joined at the first request, when every module of
+	// the config has been provisioned.
+	return nil
+}
+
+// join joins the provider's service of DataDir and builds the API on it;
+// it runs once, from Provision or at the first request.
+func (h *LocalAPI) join() error {
+	h.joined.mu.Lock()
+	defer h.joined.mu.Unlock()
+	if h.api != nil {
+		return nil
+	}
+	if h.joined.err != nil {
+		return h.joined.err
+	}
 	svc, err := joinService(h.DataDir, h.logger)
 	if err != nil {
-		return fmt.Errorf("mimi_local: opening the provider service in %s: %w", h.DataDir, err)
+		h.joined.err = fmt.Errorf("mimi_local: opening the provider service in %s: %w", h.DataDir, err)
+		return h.joined.err
 	}
-	h.svc = svc
 	suites := make([]mls.CipherSuite, len(h.CipherSuites))
 	for i, s := range h.CipherSuites {
 		suites[i] = mls.CipherSuite(s)
 	}
-	h.api, err = localapi.New(localapi.Config{
+	api, err := localapi.New(localapi.Config{
 		Domains:            h.Providers,
 		Store:              svc.Store(),
 		Keys:               svc.Keys(),
@@ -155,9 +192,28 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 		Peers:              peerKeyPackages{svc: svc},
 	})
 	if err != nil {
-		return fmt.Errorf("mimi_local: %w", err)
+		servicePool.Delete(h.DataDir) //nolint:errcheck // not ours to keep
+		h.joined.err = fmt.Errorf("mimi_local: %w", err)
+		return h.joined.err
 	}
+	h.svc, h.api = svc, api
 	return nil
+}
+
+// ready joins the service if Provision left it for the first request, and
+// reports whether the API can serve; if not, it answers the request.
+func (h *LocalAPI) ready(x *exchange) bool {
+	h.joined.mu.Lock()
+	joined := h.api != nil
+	h.joined.mu.Unlock()
+	if joined {
+		return true
+	}
+	if err := h.join(); err != nil {
+		h.refuse(x, "", &moh.Error{Code: moh.CodeBackendUnavailable, Message: "provider service unavailable", Err: err})
+		return false
+	}
+	return true
 }
 
 // joinService returns the service of dataDir from the pool without
@@ -211,6 +267,11 @@ func (h *LocalAPI) Cleanup() error {
 	if h.stop != nil {
 		h.stop()
 	}
+	if h.joined == nil {
+		return nil
+	}
+	h.joined.mu.Lock()
+	defer h.joined.mu.Unlock()
 	if h.svc == nil {
 		return nil
 	}
@@ -261,6 +322,9 @@ func (h *LocalAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 	}
 	x := &exchange{w: w, r: r}
 	defer x.release()
+	if !h.ready(x) {
+		return nil
+	}
 	switch {
 	case r.TLS != nil && !r.TLS.HandshakeComplete:
 		h.refuse(x, user, moh.Errorf(moh.CodeTooEarly, "request sent as TLS early data; retry after the handshake"))

@@ -218,9 +218,10 @@ func (s *localServer) bind(t *testing.T, user string, c *testClient) *binding.Cl
 func TestLocalAPIBinding(t *testing.T) {
 	s := newLocalServer(t, &LocalAPI{MaxBindingLifetime: caddy.Duration(24 * time.Hour)})
 	alice := newTestClient(t, aliceURI)
-	now := time.Now()
-
+	// The first request opens the service and its first key (no gateway
+	// opened it before), so now is taken after it.
 	b := s.bind(t, "alice", alice)
+	now := time.Now()
 	checker := binding.Checker{Domains: []string{localProvider}, Local: s.h.svc.Keys()}
 	if _, err := checker.Verify(t.Context(), []byte(aliceURI), alice.pub, b, now, provider.LookupOptions{}); err != nil {
 		t.Fatalf("issued binding does not verify: %v", err)

@@ -29,12 +29,24 @@ const (
 
 const keyFileSuffix = ".key.pem"
 
-// KeyRing holds the provider's signing keys in a directory: one 0600 PEM
-// file per key, named by key id, written atomically. The newest key signs;
-// older keys are published until they expire, then deleted. When a metadata
-// store is given, every key's id, scheme, public key, validity, retirement
-// and file name are recorded there too. A KeyRing is safe for concurrent
-// use.
+// KeyRing holds the provider's signing keys. The newest key signs; older
+// keys are published until they expire, then deleted. It runs in one of
+// two modes:
+//
+//   - file mode (the embedded default): the keys live in a directory, one
+//     0600 PEM file per key, named by key id, written atomically. When a
+//     metadata store is given, every key's id, scheme, public key,
+//     validity, retirement and file name are recorded there too.
+//   - store mode (KeyRingOptions.Sealer set): the keys live in the store,
+//     sealed under the admin's secret (KeySealer), so that every gateway
+//     on one database signs as one provider. The store is the source of
+//     truth: Rotate reloads it first, and of gateways that find a
+//     successor due at once, the one holding the store.LeaseKeyRotation
+//     lease creates it and the others load it at their next Rotate. The
+//     caller calls Rotate at least every StoreReloadEvery so that keys
+//     another gateway created are picked up (the service does).
+//
+// A KeyRing is safe for concurrent use.
 type KeyRing struct {
 	dir         string
 	scheme      moh.SignatureScheme
@@ -42,9 +54,32 @@ type KeyRing struct {
 	overlap     time.Duration
 	meta        store.SigningKeys
 
+	// Store mode only: sealer is nil in file mode.
+	sealer *KeySealer
+	leases store.Leases
+	holder string                 // this ring's lease holder id, random
+	opened map[string]*PrivateKey // keys opened so far, by key id; under rotMu
+	rotMu  sync.Mutex             // serialises Rotate in store mode
+
 	mu   sync.RWMutex
 	keys []*PrivateKey // by NotBefore, oldest first
 }
+
+// Store mode's timing.
+const (
+	// StoreReloadEvery is how often a key ring in store mode must be
+	// reloaded (Rotate) for keys other gateways created to be published
+	// and used here: a new key signs on the gateway that created it at
+	// once and is published by the others within this interval.
+	StoreReloadEvery = 30 * time.Second
+	// RotationLeaseTTL is how long the rotation lease is held at most: a
+	// gateway that dies while creating a key holds up the others' rotation
+	// this long. Creating a key takes milliseconds.
+	RotationLeaseTTL = 30 * time.Second
+	// openWait bounds how long OpenKeyRing in store mode waits for another
+	// gateway, which holds the rotation lease, to create the first key.
+	openWait = 2 * RotationLeaseTTL
+)
 
 // KeyRingOptions configures OpenKeyRing and KeyRing.SetOptions. Zero
 // fields take the defaults.
@@ -64,6 +99,13 @@ type KeyRingOptions struct {
 	// in the files). Only OpenKeyRing reads it: SetOptions keeps the store
 	// the ring was opened with.
 	Metadata store.SigningKeys
+	// Sealer, when set, selects store mode: the keys live sealed in
+	// Metadata, which is then required, as is Leases, and the directory is
+	// not used. Only OpenKeyRing reads it.
+	Sealer *KeySealer
+	// Leases holds the rotation lease in store mode. Only OpenKeyRing
+	// reads it.
+	Leases store.Leases
 }
 
 // withDefaults fills in the zero fields of o and checks the result.
@@ -87,6 +129,9 @@ func (o KeyRingOptions) withDefaults() (KeyRingOptions, error) {
 		return o, fmt.Errorf("rotation interval %s plus overlap %s exceeds the %s key lifetime limit",
 			o.RotateEvery, o.Overlap, MaxKeyLifetime)
 	}
+	if o.Sealer != nil && (o.Metadata == nil || o.Leases == nil) {
+		return o, errors.New("keys sealed in the store need a store for them and for the rotation lease")
+	}
 	return o, nil
 }
 
@@ -96,10 +141,19 @@ func (o KeyRingOptions) withDefaults() (KeyRingOptions, error) {
 // and makes sure a current key of opts.Scheme exists, creating one at now
 // if needed. It refuses key files that are not regular files or that group
 // or others may access (see load).
+//
+// In store mode (opts.Sealer set) dir is not used: the keys are loaded from
+// the store, and a key that does not open under the sealer's secret fails
+// the opening (ErrWrongKeySecret) rather than making a new identity. When
+// no key covers now, the ring creates one, or, if another gateway holds
+// the rotation lease, waits for that gateway's key.
 func OpenKeyRing(ctx context.Context, dir string, opts KeyRingOptions, now time.Time) (*KeyRing, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, fmt.Errorf("opening key ring: %w", err)
+	}
+	if opts.Sealer != nil {
+		return openStoreRing(ctx, opts, now)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("opening key ring: %w", err)
@@ -118,8 +172,8 @@ func OpenKeyRing(ctx context.Context, dir string, opts KeyRingOptions, now time.
 }
 
 // SetOptions replaces the ring's scheme, rotation interval and overlap
-// while it is in use; opts.Metadata is ignored. The new values take effect
-// at the next Rotate: a different scheme makes it create a key of the new
+// while it is in use; opts.Metadata, opts.Sealer and opts.Leases are
+// ignored. The new values take effect at the next Rotate: a different scheme makes it create a key of the new
 // scheme at once (the previous key stays published until its not_after,
 // as after any rotation), and a different interval or overlap moves the
 // next rotation (NextRotation) so that the signing key is succeeded after
@@ -142,10 +196,19 @@ func (r *KeyRing) SetOptions(opts KeyRingOptions) error {
 func (r *KeyRing) Options() KeyRingOptions {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return KeyRingOptions{Scheme: r.scheme, RotateEvery: r.rotateEvery, Overlap: r.overlap, Metadata: r.meta}
+	return KeyRingOptions{Scheme: r.scheme, RotateEvery: r.rotateEvery, Overlap: r.overlap, Metadata: r.meta,
+		Sealer: r.sealer, Leases: r.leases}
 }
 
-// reconcile makes the metadata store list exactly the key files.
+// Shared reports whether the ring is in store mode, where keys other
+// gateways create are picked up by Rotate, to be called at least every
+// StoreReloadEvery.
+func (r *KeyRing) Shared() bool { return r.sealer != nil }
+
+// reconcile makes the metadata store list exactly the key files: it
+// records every file's key and forgets the file keys recorded without a
+// file. It never forgets a sealed key (store mode's, which another gateway
+// may have created and which has no file by design).
 func (r *KeyRing) reconcile(ctx context.Context) error {
 	if r.meta == nil {
 		return nil
@@ -166,7 +229,7 @@ func (r *KeyRing) reconcile(ctx context.Context) error {
 		}
 	}
 	for _, m := range stored {
-		if !onDisk[string(m.KeyID)] {
+		if len(m.Sealed) == 0 && !onDisk[string(m.KeyID)] {
 			if err := r.meta.DeleteSigningKey(ctx, m.KeyID); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return fmt.Errorf("forgetting signing key %x: %w", m.KeyID, err)
 			}
@@ -337,7 +400,15 @@ func (r *KeyRing) Published(now time.Time) []moh.VerificationKey {
 // Rotate creates a new key when the newest one is due for a successor (see
 // succeedAt) or does not cover now (or there is none), and deletes the
 // files of expired keys. It reports whether a key was created.
+//
+// In store mode it first reloads the keys from the store (so it also
+// picks up keys other gateways created), and creates a key only while it
+// holds the rotation lease; when another gateway holds it, it reports
+// false and the key that gateway creates is loaded by a later Rotate.
 func (r *KeyRing) Rotate(ctx context.Context, now time.Time) (bool, error) {
+	if r.sealer != nil {
+		return r.rotateShared(ctx, now)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	created := false

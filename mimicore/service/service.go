@@ -37,6 +37,7 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -50,6 +51,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 )
 
@@ -70,11 +72,24 @@ type Options struct {
 	DataDir string
 
 	// Keys sets the signing keys' scheme, rotation interval and overlap;
-	// see provider.KeyRingOptions for the defaults. Keys.Metadata is
-	// ignored: the service records the keys in its store. A changed
+	// see provider.KeyRingOptions for the defaults. Keys.Metadata,
+	// Keys.Sealer and Keys.Leases are ignored: the service records the
+	// keys in its store, sealed under KeySecret when it is set. A changed
 	// Keys.Scheme makes a key of the new scheme sign at once; changed
 	// durations move the next rotation.
 	Keys provider.KeyRingOptions
+
+	// Store chooses the store. Default: SQLite in DataDir. Apply refuses
+	// another one: changing the store needs a restart.
+	Store StoreOptions
+
+	// KeySecret, when set, keeps the signing keys in the store, sealed
+	// under it (provider.KeySealer; provider.KeySecretSize bytes), instead
+	// of in files in DataDir/KeysDir, so that every gateway on one
+	// database signs as one provider; the key ring then reloads the store
+	// every provider.StoreReloadEvery. Required with a PostgreSQL store.
+	// Apply refuses another one.
+	KeySecret []byte
 
 	// Fetch bounds how peers' verification keys are fetched; see
 	// provider.FetchPolicy for the defaults. Fetch.Cache is ignored: the
@@ -91,6 +106,17 @@ type Options struct {
 	// panics, permission changes. Default: no logging. Apply replaces it,
 	// so the logs follow the newest config.
 	Logger *zap.Logger
+}
+
+// StoreOptions chooses the service's store.
+type StoreOptions struct {
+	// Postgres, when set, is the connection string (URL or key=value) of
+	// a PostgreSQL database to use instead of SQLite: several gateways of
+	// one provider share it (package pgstore).
+	Postgres string
+	// MaxConns is the most connections to Postgres. Default
+	// pgstore.DefaultMaxConns.
+	MaxConns int32
 }
 
 // withDefaults fills in the zero fields of o and checks the rest.
@@ -112,7 +138,16 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	o.Keys.Metadata = nil
+	if o.Store.MaxConns < 0 {
+		return o, fmt.Errorf("negative store pool size %d", o.Store.MaxConns)
+	}
+	if o.Store.Postgres != "" && len(o.KeySecret) == 0 {
+		return o, errors.New("a PostgreSQL store needs a key secret: the gateways sharing it sign with keys sealed in it")
+	}
+	if len(o.KeySecret) != 0 && len(o.KeySecret) != provider.KeySecretSize {
+		return o, fmt.Errorf("key secret is %d bytes, want %d", len(o.KeySecret), provider.KeySecretSize)
+	}
+	o.Keys.Metadata, o.Keys.Sealer, o.Keys.Leases = nil, nil, nil
 	o.Fetch.Cache = nil
 	return o, nil
 }
@@ -157,12 +192,18 @@ func Open(ctx context.Context, opts Options) (*Service, error) {
 	if err := prepareDataDir(opts.DataDir, logger); err != nil {
 		return nil, fmt.Errorf("opening service: %w", err)
 	}
-	db, err := sqlitestore.Open(ctx, filepath.Join(opts.DataDir, sqlitestore.DefaultFileName))
+	db, err := openStore(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("opening service: %w", err)
 	}
 	keyOpts := opts.Keys
 	keyOpts.Metadata = db
+	if opts.KeySecret != nil {
+		if keyOpts.Sealer, err = provider.NewKeySealer(opts.KeySecret); err != nil {
+			return nil, errors.Join(fmt.Errorf("opening service: %w", err), db.Close())
+		}
+		keyOpts.Leases = db
+	}
 	keys, err := provider.OpenKeyRing(ctx, filepath.Join(opts.DataDir, KeysDir), keyOpts, time.Now())
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("opening service: signing keys: %w", err), db.Close())
@@ -182,6 +223,11 @@ func Open(ctx context.Context, opts Options) (*Service, error) {
 	s.workers.Add(2)
 	go s.rotateLoop()
 	go s.sweepLoop()
+	keysAt := "files"
+	if keys.Shared() {
+		keysAt = "store, sealed"
+	}
+	logger.Info("opened provider service", zap.Stringer("store", opts.Store), zap.String("signing_keys", keysAt))
 	return s, nil
 }
 
@@ -213,6 +259,12 @@ func (s *Service) Apply(opts Options) error {
 	defer s.mu.Unlock()
 	if s.closed {
 		return fmt.Errorf("applying options: %w", store.ErrClosed)
+	}
+	if opts.Store != s.opts.Store {
+		return fmt.Errorf("applying options: the store of %s changed (%s, was %s); restart to change it", s.dir, opts.Store, s.opts.Store)
+	}
+	if !bytes.Equal(opts.KeySecret, s.opts.KeySecret) {
+		return fmt.Errorf("applying options: the key secret of %s changed; restart to change it", s.dir)
 	}
 	logger := opts.Logger.With(zap.String("data_dir", s.dir))
 	// Checked before anything changes, so invalid key options change
@@ -249,6 +301,27 @@ func (s *Service) Apply(opts Options) error {
 			zap.Time("next_rotation", s.keys.NextRotation()))
 	}
 	return nil
+}
+
+// openStore opens the store that opts choose.
+func openStore(ctx context.Context, opts Options) (store.Store, error) {
+	if opts.Store.Postgres != "" {
+		return pgstore.Open(ctx, opts.Store.Postgres, pgstore.Options{MaxConns: opts.Store.MaxConns})
+	}
+	return sqlitestore.Open(ctx, filepath.Join(opts.DataDir, sqlitestore.DefaultFileName))
+}
+
+// String names the store for logs and errors, without the connection
+// string, which may hold a password.
+func (o StoreOptions) String() string {
+	if o.Postgres == "" {
+		return "sqlite"
+	}
+	n := o.MaxConns
+	if n == 0 {
+		n = pgstore.DefaultMaxConns
+	}
+	return fmt.Sprintf("postgres (pool of %d)", n)
 }
 
 // Store returns the service's store. It stays the same for the service's

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 )
 
 // Restart backoff of a worker that panicked: the first restart waits
@@ -87,6 +89,11 @@ func (s *Service) rotateLoop() {
 	defer s.workers.Done()
 	for {
 		wait := min(max(time.Until(s.keys.NextRotation()), time.Second), maxRotationSleep)
+		if s.keys.Shared() {
+			// The keys live in a shared store: load the keys other
+			// gateways created at least this often.
+			wait = min(wait, provider.StoreReloadEvery)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-s.ctx.Done():

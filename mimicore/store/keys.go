@@ -8,15 +8,24 @@ import (
 )
 
 // KeyStore holds provider key metadata: the gateway's own signing keys and
-// the verification keys fetched from peers.
+// the verification keys fetched from peers, and the leases that let one of
+// several gateways on one database rotate the signing keys alone.
 type KeyStore interface {
 	SigningKeys
 	PeerKeyCache
+	Leases
 }
 
-// SigningKey is the metadata of one of the gateway's own signing keys. The
-// private key is not stored: it lives in a 0600 file named File in the key
-// directory beside the database, written by the key ring.
+// SigningKey is one of the gateway's own signing keys. Where its private
+// key lives depends on the key ring's mode:
+//
+//   - file mode (the embedded default): a 0600 file named File in the key
+//     directory beside the database, written by the key ring; Sealed is
+//     empty and the store holds the metadata only;
+//   - store mode (several gateways on one database): Sealed, the private
+//     key encrypted by the key ring under a secret the admin supplies. The
+//     store never sees the secret or the plaintext; it keeps the bytes as
+//     given. File is then the name the key's file would have, unused.
 type SigningKey struct {
 	// KeyID identifies the key, 1..MaxIDSize bytes.
 	KeyID []byte
@@ -33,12 +42,16 @@ type SigningKey struct {
 	// directory, at most MaxFileNameSize bytes. The key ring joins it to
 	// its own directory; the store never opens it.
 	File string
+	// Sealed is the private key encrypted at rest, 1..MaxSealedKeySize
+	// bytes, or empty for a key kept in a file. Its format is the key
+	// ring's (provider.KeySealer); the store treats it as opaque.
+	Sealed []byte
 }
 
 // SigningKeys is the metadata of the gateway's own signing keys.
 type SigningKeys interface {
 	// InsertSigningKey records k. Inserting a key equal to a stored one in
-	// every field but RetiredAt is a no-op, so a key ring that crashed
+	// every field but RetiredAt (Sealed included) is a no-op, so a key ring that crashed
 	// between writing the key file and recording it can simply retry.
 	// Another key with the same KeyID or File fails with ErrConflict.
 	InsertSigningKey(ctx context.Context, k SigningKey) error
@@ -53,11 +66,36 @@ type SigningKeys interface {
 	RetireSigningKey(ctx context.Context, keyID []byte, at time.Time) error
 
 	// DeleteSigningKey forgets the key. The key ring calls it after it
-	// deleted the key file of an expired key; DeleteExpired never removes
-	// signing keys, so metadata never disappears under a file that is
-	// still there. An unknown key fails with ErrNotFound.
+	// deleted the key file of an expired key, or for an expired sealed
+	// key; DeleteExpired never removes signing keys, so metadata never
+	// disappears under a file that is still there. An unknown key fails
+	// with ErrNotFound.
 	DeleteSigningKey(ctx context.Context, keyID []byte) error
 }
+
+// Leases are named locks with an expiry, held by one holder at a time, so
+// that of several gateways on one database exactly one does a job (the key
+// ring's rotation: LeaseKeyRotation). A holder is an id random per process.
+// A holder that dies keeps its lease until it expires; the others then take
+// it over. Expiry is decided by the caller's clock (now): the gateways'
+// clocks must agree to well within the lease's ttl.
+type Leases interface {
+	// AcquireLease gives the lease name to holder until now+ttl and
+	// reports true when the lease was free, had expired at now, or was
+	// already holder's (a renewal); otherwise it reports false and
+	// changes nothing. Of holders racing for a free lease exactly one
+	// gets it. name and holder are 1..MaxLeaseNameSize bytes and ttl is
+	// positive, else ErrInvalid.
+	AcquireLease(ctx context.Context, name, holder string, now time.Time, ttl time.Duration) (bool, error)
+
+	// ReleaseLease frees the lease name if holder holds it, so another
+	// holder may take it at once; otherwise it does nothing.
+	ReleaseLease(ctx context.Context, name, holder string) error
+}
+
+// LeaseKeyRotation is the name of the lease a key ring in store mode holds
+// while it creates a successor key.
+const LeaseKeyRotation = "signing_key_rotation"
 
 // PeerKey is a verification key of a peer provider, as fetched from its
 // /verification_key endpoint.

@@ -154,6 +154,10 @@ const (
 	MaxReasonSize = 1024
 	// MaxFileNameSize bounds the file name of a signing key.
 	MaxFileNameSize = 255
+	// MaxSealedKeySize bounds a signing key's sealed private key.
+	MaxSealedKeySize = 16 << 10
+	// MaxLeaseNameSize bounds a lease's name and its holder's id.
+	MaxLeaseNameSize = 255
 )
 
 // Store is everything the gateway keeps. A Store is safe for concurrent

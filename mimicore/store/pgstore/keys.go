@@ -13,7 +13,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
 )
 
-const signingKeyColumns = "key_id, scheme, public_key, not_before_ms, not_after_ms, retired_ms, file_name"
+const signingKeyColumns = "key_id, scheme, public_key, not_before_ms, not_after_ms, retired_ms, file_name, sealed"
 
 func scanSigningKey(row pgx.CollectableRow) (store.SigningKey, error) {
 	var (
@@ -22,7 +22,7 @@ func scanSigningKey(row pgx.CollectableRow) (store.SigningKey, error) {
 		notBefore, notAfter int64
 		retired             *int64
 	)
-	if err := row.Scan(&k.KeyID, &scheme, &k.PublicKey, &notBefore, &notAfter, &retired, &k.File); err != nil {
+	if err := row.Scan(&k.KeyID, &scheme, &k.PublicKey, &notBefore, &notAfter, &retired, &k.File, &k.Sealed); err != nil {
 		return k, err
 	}
 	k.Scheme = uint16(scheme) // the table's CHECK keeps it in range
@@ -64,8 +64,8 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 			return fmt.Errorf("another key has key id %x or file %q: %w", k.KeyID, k.File, store.ErrConflict)
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO signing_keys (`+signingKeyColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			k.KeyID, int32(k.Scheme), k.PublicKey, check.Millis(k.NotBefore), check.Millis(k.NotAfter), retired, k.File)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			k.KeyID, int32(k.Scheme), k.PublicKey, check.Millis(k.NotBefore), check.Millis(k.NotAfter), retired, k.File, sealedOrNull(k.Sealed))
 		if uniqueViolation(err) {
 			return fmt.Errorf("inserted concurrently: %w", errRetry)
 		}
@@ -82,8 +82,18 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 func sameSigningKey(stored, k store.SigningKey) bool {
 	return bytes.Equal(stored.KeyID, k.KeyID) && stored.Scheme == k.Scheme &&
 		bytes.Equal(stored.PublicKey, k.PublicKey) && stored.File == k.File &&
+		bytes.Equal(stored.Sealed, k.Sealed) &&
 		check.Millis(stored.NotBefore) == check.Millis(k.NotBefore) &&
 		check.Millis(stored.NotAfter) == check.Millis(k.NotAfter)
+}
+
+// sealedOrNull is the sealed column's value of a key: NULL for a key kept
+// in a file.
+func sealedOrNull(sealed []byte) []byte {
+	if len(sealed) == 0 {
+		return nil
+	}
+	return sealed
 }
 
 // ListSigningKeys implements store.SigningKeys.

@@ -37,6 +37,7 @@ var migrations = []migration{
 	{7, "one global queue sequence, group logs, group members, ack cursors", schemaV7},
 	{8, "attachment metadata and reference-counted objects", schemaV8},
 	{9, "outbox backlog counters per destination", schemaV9},
+	{10, "sealed signing keys and leases", schemaSealedKeys},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -360,4 +361,16 @@ CREATE TABLE outbox_heads (
 );
 INSERT INTO outbox_heads (destination, messages, bytes)
 	SELECT destination, COUNT(*), SUM(size) FROM outbox GROUP BY destination;
+`
+
+// schemaSealedKeys holds sealed signing keys and leases, as sqlitestore's
+// schemaSealedKeys describes them.
+const schemaSealedKeys = `
+ALTER TABLE signing_keys ADD COLUMN sealed BYTEA;
+
+CREATE TABLE leases (
+	name       TEXT   COLLATE "C" NOT NULL PRIMARY KEY,
+	holder     TEXT   COLLATE "C" NOT NULL,
+	expires_ms BIGINT NOT NULL
+);
 `

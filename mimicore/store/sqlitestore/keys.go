@@ -32,6 +32,7 @@ func collectRows[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, err
 	return out, nil
 }
 
+// scanSigningKey reads a row of signingKeyColumns.
 func scanSigningKey(sc scanner) (store.SigningKey, error) {
 	var (
 		k                   store.SigningKey
@@ -39,7 +40,7 @@ func scanSigningKey(sc scanner) (store.SigningKey, error) {
 		notBefore, notAfter int64
 		retired             sql.NullInt64
 	)
-	if err := sc.Scan(&k.KeyID, &scheme, &k.PublicKey, &notBefore, &notAfter, &retired, &k.File); err != nil {
+	if err := sc.Scan(&k.KeyID, &scheme, &k.PublicKey, &notBefore, &notAfter, &retired, &k.File, &k.Sealed); err != nil {
 		return k, err
 	}
 	k.Scheme = uint16(scheme) // the table's CHECK keeps it in range
@@ -80,9 +81,13 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 		case len(existing) > 0:
 			return fmt.Errorf("another key has key id %x or file %q: %w", k.KeyID, k.File, store.ErrConflict)
 		}
+		var sealed []byte
+		if len(k.Sealed) > 0 {
+			sealed = k.Sealed
+		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO signing_keys (`+signingKeyColumns+`)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)`,
-			k.KeyID, int64(k.Scheme), k.PublicKey, check.Millis(k.NotBefore), check.Millis(k.NotAfter), retired, k.File)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`,
+			k.KeyID, int64(k.Scheme), k.PublicKey, check.Millis(k.NotBefore), check.Millis(k.NotAfter), retired, k.File, sealed)
 		return err
 	})
 	if err != nil {
@@ -96,6 +101,7 @@ func (s *Store) InsertSigningKey(ctx context.Context, k store.SigningKey) error 
 func sameSigningKey(stored, k store.SigningKey) bool {
 	return bytes.Equal(stored.KeyID, k.KeyID) && stored.Scheme == k.Scheme &&
 		bytes.Equal(stored.PublicKey, k.PublicKey) && stored.File == k.File &&
+		bytes.Equal(stored.Sealed, k.Sealed) &&
 		check.Millis(stored.NotBefore) == check.Millis(k.NotBefore) &&
 		check.Millis(stored.NotAfter) == check.Millis(k.NotAfter)
 }

@@ -35,6 +35,7 @@ var migrations = []migration{
 	{8, "attachment metadata and reference-counted objects", schemaV8},
 	{9, "outbox backlog counters per destination", schemaOutboxHeads},
 	{10, "no expiry index on the hot write path", schemaV10},
+	{11, "sealed signing keys and leases", schemaSealedKeys},
 }
 
 const schemaV1 = `
@@ -441,4 +442,22 @@ DROP INDEX replay_requests_expires;
 DROP INDEX seen_signatures_expires;
 DROP INDEX spent_tokens_expires;
 DROP INDEX queue_messages_expires;
+`
+
+// schemaSealedKeys lets several gateways on one database sign as one
+// provider (store.SigningKey.Sealed, store.Leases). It is self-contained,
+// whatever its version number.
+//
+// signing_keys.sealed is a key's private key encrypted by the key ring,
+// NULL for a key kept in a file. leases holds one row per named lease: its
+// holder and when it expires; a row is never deleted, a released lease has
+// expires_ms 0.
+const schemaSealedKeys = `
+ALTER TABLE signing_keys ADD COLUMN sealed BLOB;
+
+CREATE TABLE leases (
+	name       TEXT    NOT NULL PRIMARY KEY,
+	holder     TEXT    NOT NULL,
+	expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 `

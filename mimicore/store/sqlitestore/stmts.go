@@ -58,7 +58,9 @@ const (
 		WHERE domain = ?1 AND cache_until_ms > ?2 ORDER BY not_before_ms, key_id`
 	peerFailureSQL = `SELECT domain, failed_ms, retry_ms, reason FROM peer_key_failures
 		WHERE domain = ?1 AND retry_ms > ?2`
-	signingKeyColumns = `key_id, scheme, public_key, not_before_ms, not_after_ms, retired_ms, file_name`
+	// signingKeyColumns are signing_keys' columns, sealed (the private
+	// key of a key kept in the store) since version 11.
+	signingKeyColumns = `key_id, scheme, public_key, not_before_ms, not_after_ms, retired_ms, file_name, sealed`
 	signingKeysSQL    = `SELECT ` + signingKeyColumns + ` FROM signing_keys ORDER BY not_before_ms, key_id`
 )
 

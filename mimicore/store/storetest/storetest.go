@@ -496,7 +496,8 @@ func signingKey(t *testing.T, n int) store.SigningKey {
 
 func sameSigningKey(a, b store.SigningKey) bool {
 	return bytes.Equal(a.KeyID, b.KeyID) && a.Scheme == b.Scheme && bytes.Equal(a.PublicKey, b.PublicKey) &&
-		a.NotBefore.Equal(b.NotBefore) && a.NotAfter.Equal(b.NotAfter) && a.RetiredAt.Equal(b.RetiredAt) && a.File == b.File
+		a.NotBefore.Equal(b.NotBefore) && a.NotAfter.Equal(b.NotAfter) && a.RetiredAt.Equal(b.RetiredAt) && a.File == b.File &&
+		bytes.Equal(a.Sealed, b.Sealed)
 }
 
 func wantSigningKeys(t *testing.T, s store.Store, want ...store.SigningKey) {

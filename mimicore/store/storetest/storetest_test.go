@@ -117,7 +117,26 @@ func (b *broken) ListSigningKeys(ctx context.Context) ([]store.SigningKey, error
 	if b.mode == "keys-unsorted" {
 		slices.Reverse(keys)
 	}
+	if b.mode == "sealed-dropped" {
+		for i := range keys {
+			keys[i].Sealed = nil
+		}
+	}
 	return keys, err
+}
+
+func (b *broken) AcquireLease(ctx context.Context, name, holder string, now time.Time, ttl time.Duration) (bool, error) {
+	if b.mode == "lease-always-won" {
+		return true, nil
+	}
+	return b.Store.AcquireLease(ctx, name, holder, now, ttl)
+}
+
+func (b *broken) ReleaseLease(ctx context.Context, name, holder string) error {
+	if b.mode == "lease-release-noop" {
+		return nil
+	}
+	return b.Store.ReleaseLease(ctx, name, holder)
 }
 
 func (b *broken) InsertSigningKey(ctx context.Context, k store.SigningKey) error {
@@ -417,6 +436,9 @@ var brokenModes = map[string]string{
 	"outbox-add-ignores-dedup":  "Queues/OutboxAdd",
 	"outbox-unbounded":          "Queues/OutboxBound",
 	"outbox-reset-one-write":    "Queues/OutboxResetLarge",
+	"sealed-dropped":            "SharedKeys/SealedKeys",
+	"lease-always-won":          "SharedKeys/Leases/Race",
+	"lease-release-noop":        "SharedKeys/Leases/HoldRenewReleaseExpire",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {
@@ -450,6 +472,11 @@ func TestBrokenStoreHelper(t *testing.T) {
 	}
 	t.Run("KeyPackages", func(t *testing.T) { storetest.RunKeyPackageTests(t, withClock) })
 	t.Run("Queues", func(t *testing.T) { storetest.RunQueueTests(t, withClock) })
+	t.Run("SharedKeys", func(t *testing.T) {
+		storetest.RunSharedKeyTests(t, func(t *testing.T) []store.Store {
+			return []store.Store{&broken{Store: openSQLite(t), mode: mode, seen: map[string]bool{}}}
+		})
+	})
 }
 
 // TestContractCatchesBrokenStores proves that the contract tests can fail:

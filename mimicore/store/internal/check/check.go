@@ -66,6 +66,23 @@ func SigningKey(k store.SigningKey) error {
 	if !store.ValidFileName(k.File) {
 		return fmt.Errorf("key file name %q is not a plain base name: %w", k.File, store.ErrInvalid)
 	}
+	if len(k.Sealed) > store.MaxSealedKeySize {
+		return fmt.Errorf("sealed private key is %d bytes, over the %d byte limit: %w", len(k.Sealed), store.MaxSealedKeySize, store.ErrInvalid)
+	}
+	return nil
+}
+
+// Lease checks the arguments of AcquireLease and ReleaseLease; ttl is
+// checked when positive is set.
+func Lease(name, holder string, ttl time.Duration, positive bool) error {
+	for _, v := range []struct{ what, s string }{{"lease name", name}, {"lease holder", holder}} {
+		if v.s == "" || len(v.s) > store.MaxLeaseNameSize {
+			return fmt.Errorf("%s is %d bytes, want 1..%d: %w", v.what, len(v.s), store.MaxLeaseNameSize, store.ErrInvalid)
+		}
+	}
+	if positive && ttl <= 0 {
+		return fmt.Errorf("lease ttl %s is not positive: %w", ttl, store.ErrInvalid)
+	}
 	return nil
 }
 

@@ -1,0 +1,194 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// openStoreRing opens a key ring in store mode (see KeyRing): it loads the
+// keys, failing on one that does not open, and makes sure a key covers
+// now, creating it or waiting up to openWait for the gateway that holds
+// the rotation lease to create it.
+func openStoreRing(ctx context.Context, opts KeyRingOptions, now time.Time) (*KeyRing, error) {
+	holder := make([]byte, 16)
+	if _, err := rand.Read(holder); err != nil {
+		return nil, fmt.Errorf("opening key ring: %w", err)
+	}
+	r := &KeyRing{scheme: opts.Scheme, rotateEvery: opts.RotateEvery, overlap: opts.Overlap, meta: opts.Metadata,
+		sealer: opts.Sealer, leases: opts.Leases, holder: hex.EncodeToString(holder), opened: make(map[string]*PrivateKey)}
+	start := time.Now()
+	for {
+		at := now.Add(time.Since(start))
+		if _, err := r.Rotate(ctx, at); err != nil {
+			return nil, fmt.Errorf("opening key ring: %w", err)
+		}
+		if _, err := r.Current(at); err == nil {
+			return r, nil
+		}
+		if time.Since(start) > openWait {
+			return nil, fmt.Errorf("opening key ring: no signing key after %s: another gateway holds the rotation lease but created none", openWait)
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("opening key ring: waiting for another gateway's key: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// rotateShared is Rotate in store mode.
+func (r *KeyRing) rotateShared(ctx context.Context, now time.Time) (bool, error) {
+	r.rotMu.Lock()
+	defer r.rotMu.Unlock()
+	keys, err := r.loadShared(ctx)
+	if err != nil {
+		return false, err
+	}
+	created := false
+	if r.dueShared(keys, now) {
+		won, err := r.leases.AcquireLease(ctx, store.LeaseKeyRotation, r.holder, now, RotationLeaseTTL)
+		if err != nil {
+			return false, fmt.Errorf("rotating signing keys: %w", err)
+		}
+		if won {
+			keys, created, err = r.createShared(ctx, now)
+			// Released even when the creation failed, so that another
+			// gateway may try at once; with a context of its own, since a
+			// cancelled ctx must not keep the lease held for its ttl.
+			relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			relErr := r.leases.ReleaseLease(relCtx, store.LeaseKeyRotation, r.holder)
+			cancel()
+			if err := errors.Join(err, relErr); err != nil {
+				return false, fmt.Errorf("rotating signing keys: %w", err)
+			}
+		}
+	}
+	kept := keys[:0:0]
+	var errs []error
+	for _, k := range keys {
+		if !now.After(k.NotAfter) {
+			kept = append(kept, k)
+			continue
+		}
+		// Any gateway may forget an expired key: it signs nothing and is
+		// published nowhere any more.
+		if err := r.meta.DeleteSigningKey(ctx, k.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			errs = append(errs, err)
+		}
+		delete(r.opened, string(k.ID))
+	}
+	r.mu.Lock()
+	r.keys = kept
+	r.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return created, fmt.Errorf("deleting expired keys: %w", err)
+	}
+	return created, nil
+}
+
+// dueShared is due for the newest of keys, or true when there is none.
+func (r *KeyRing) dueShared(keys []*PrivateKey, now time.Time) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(keys) == 0 || r.due(keys[len(keys)-1], now)
+}
+
+// createShared runs while the ring holds the rotation lease: it reloads
+// the keys, since the previous holder may have created the successor
+// between this ring's first load and its taking the lease, and if one is
+// still due, creates, seals and records it and retires its predecessor. It
+// returns the keys and whether it created one.
+func (r *KeyRing) createShared(ctx context.Context, now time.Time) ([]*PrivateKey, bool, error) {
+	keys, err := r.loadShared(ctx)
+	if err != nil || !r.dueShared(keys, now) {
+		return keys, false, err
+	}
+	r.mu.RLock()
+	scheme, lifetime := r.scheme, r.rotateEvery+r.overlap
+	r.mu.RUnlock()
+	k, err := GenerateKey(scheme, now, now.Add(lifetime))
+	if err != nil {
+		return keys, false, err
+	}
+	sealed, err := r.sealer.Seal(k)
+	if err != nil {
+		return keys, false, err
+	}
+	if err := r.meta.InsertSigningKey(ctx, store.SigningKey{
+		KeyID: k.ID, Scheme: uint16(k.Scheme), PublicKey: k.public,
+		NotBefore: k.NotBefore, NotAfter: k.NotAfter, File: keyFileName(k), Sealed: sealed,
+	}); err != nil {
+		return keys, false, fmt.Errorf("recording signing key %x: %w", k.ID, err)
+	}
+	if n := len(keys); n > 0 {
+		if err := r.meta.RetireSigningKey(ctx, keys[n-1].ID, now); err != nil {
+			return keys, false, fmt.Errorf("retiring signing key %x: %w", keys[n-1].ID, err)
+		}
+	}
+	r.opened[string(k.ID)] = k
+	return append(keys, k), true, nil
+}
+
+// loadShared lists the keys in the store and opens the sealed ones (each
+// once: opened keys are kept), ordered oldest first: by NotBefore, then
+// retired before not retired, then a key of another scheme before one of
+// the configured scheme, then by key id. Keys without a sealed private key
+// (a file-mode ring's, recorded before the store was shared) are skipped.
+// A key that does not open fails the load, naming it. The caller holds
+// r.rotMu.
+func (r *KeyRing) loadShared(ctx context.Context) ([]*PrivateKey, error) {
+	rows, err := r.meta.ListSigningKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loading signing keys: %w", err)
+	}
+	type loaded struct {
+		k       *PrivateKey
+		retired bool
+	}
+	var list []loaded
+	for _, row := range rows {
+		if len(row.Sealed) == 0 {
+			continue
+		}
+		k := r.opened[string(row.KeyID)]
+		if k == nil {
+			k, err = r.sealer.Open(row.Sealed, row.KeyID, moh.SignatureScheme(row.Scheme))
+			if err != nil {
+				return nil, fmt.Errorf("loading signing keys: %w", err)
+			}
+			r.opened[string(row.KeyID)] = k
+		}
+		list = append(list, loaded{k, !row.RetiredAt.IsZero()})
+	}
+	r.mu.RLock()
+	scheme := r.scheme
+	r.mu.RUnlock()
+	sort.SliceStable(list, func(i, j int) bool {
+		a, b := list[i], list[j]
+		switch {
+		case !a.k.NotBefore.Equal(b.k.NotBefore):
+			return a.k.NotBefore.Before(b.k.NotBefore)
+		case a.retired != b.retired:
+			return a.retired
+		case (a.k.Scheme == scheme) != (b.k.Scheme == scheme):
+			return b.k.Scheme == scheme
+		}
+		return bytes.Compare(a.k.ID, b.k.ID) < 0
+	})
+	keys := make([]*PrivateKey, len(list))
+	for i, l := range list {
+		keys[i] = l.k
+	}
+	return keys, nil
+}

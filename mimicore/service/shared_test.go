@@ -1,0 +1,167 @@
+package service
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+func secret(b byte) []byte { return bytes.Repeat([]byte{b}, provider.KeySecretSize) }
+
+// samePublished reports whether a and b publish the same key ids, in order.
+func samePublished(a, b []moh.VerificationKey) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i].KeyID, b[i].KeyID) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestSharedStore has two services (two gateways) on one PostgreSQL
+// database: they sign as one provider, a rotation both decide on at once
+// (a new key scheme applied to both) creates one key, which both then
+// publish and sign with, and a third gateway with a wrong secret refuses
+// to start instead of making a new identity.
+func TestSharedStore(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	shared := Options{Store: StoreOptions{Postgres: dsn, MaxConns: 4}, KeySecret: secret(1),
+		Keys: provider.KeyRingOptions{RotateEvery: 10 * day, Overlap: 2 * day}}
+	a := open(t, t.TempDir(), shared)
+	b := open(t, t.TempDir(), shared)
+	now := time.Now()
+	if pa, pb := a.Keys().Published(now), b.Keys().Published(now); len(pa) != 1 || !samePublished(pa, pb) {
+		t.Fatalf("the gateways publish %d and %d keys, want the same one", len(pa), len(pb))
+	}
+
+	next := shared
+	next.Keys.Scheme = moh.SchemeECDSAP256SHA256
+	var wg sync.WaitGroup
+	for _, s := range []*Service{a, b} {
+		wg.Go(func() {
+			opts := next
+			opts.DataDir, opts.Logger = s.Options().DataDir, s.Options().Logger
+			if err := s.Apply(opts); err != nil {
+				t.Errorf("Apply: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	// The gateway that lost the lease loads the winner's key at its next
+	// rotation attempt, a second later.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		now = time.Now()
+		pa, pb := a.Keys().Published(now), b.Keys().Published(now)
+		ca, errA := a.Keys().Current(now)
+		cb, errB := b.Keys().Current(now)
+		if errA == nil && errB == nil && len(pa) == 2 && samePublished(pa, pb) && bytes.Equal(ca.ID, cb.ID) {
+			if ca.Scheme != moh.SchemeECDSAP256SHA256 {
+				t.Fatalf("the gateways sign with scheme 0x%04x, want the new one", uint16(ca.Scheme))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateways publish %d and %d keys (same: %t) 10 s after the rotation", len(pa), len(pb), samePublished(pa, pb))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rows, err := a.Store().ListSigningKeys(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 {
+		t.Fatalf("the store holds %d keys, want 2: exactly one rotation", len(rows))
+	}
+	// What one gateway signs, the other's published key verifies.
+	cur, _ := a.Keys().Current(now)
+	sig, err := cur.SignWithLabel("test", []byte("content"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := b.Keys().Published(now)[0]
+	if err := provider.VerifyWithLabel(&pub, "test", []byte("content"), sig); err != nil {
+		t.Fatalf("gateway b's key does not verify gateway a's signature: %v", err)
+	}
+
+	wrong := shared
+	wrong.DataDir, wrong.KeySecret = t.TempDir(), secret(2)
+	if s, err := Open(t.Context(), wrong); !errors.Is(err, provider.ErrWrongKeySecret) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("Open with a wrong key secret = %v, want ErrWrongKeySecret", err)
+	}
+}
+
+// TestSharedOptions checks the store and key secret options: refused when
+// invalid, and never changed by Apply.
+func TestSharedOptions(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	for _, c := range []struct {
+		name string
+		opts Options
+	}{
+		{"postgres without a key secret", Options{Store: StoreOptions{Postgres: dsn}}},
+		{"short key secret", Options{KeySecret: make([]byte, 16)}},
+		{"negative pool", Options{Store: StoreOptions{Postgres: dsn, MaxConns: -1}, KeySecret: secret(1)}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.opts.DataDir = t.TempDir()
+			if s, err := Open(t.Context(), c.opts); err == nil {
+				s.Close()
+				t.Fatal("Open succeeded")
+			}
+		})
+	}
+
+	dir := t.TempDir()
+	s := open(t, dir, Options{Store: StoreOptions{Postgres: dsn}, KeySecret: secret(1)})
+	for _, c := range []struct {
+		name string
+		opts Options
+	}{
+		{"sqlite instead", Options{KeySecret: secret(1)}},
+		{"other pool size", Options{Store: StoreOptions{Postgres: dsn, MaxConns: 3}, KeySecret: secret(1)}},
+		{"other secret", Options{Store: StoreOptions{Postgres: dsn}, KeySecret: secret(2)}},
+	} {
+		t.Run("Apply "+c.name, func(t *testing.T) {
+			c.opts.DataDir = dir
+			if err := s.Apply(c.opts); err == nil {
+				t.Fatal("Apply succeeded")
+			}
+		})
+	}
+	if got := s.Options().Store.String(); got != "postgres (pool of 16)" {
+		t.Fatalf("store is %q", got)
+	}
+}
+
+// TestSQLiteSealedKeys runs the embedded store with a key secret: the keys
+// are sealed in the database, and no key file is written.
+func TestSQLiteSealedKeys(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{KeySecret: secret(1)})
+	rows, err := s.Store().ListSigningKeys(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 || len(rows[0].Sealed) == 0 {
+		t.Fatalf("store holds %d keys, want one sealed key", len(rows))
+	}
+	if entries, _ := os.ReadDir(dir + "/" + KeysDir); len(entries) != 0 {
+		t.Fatalf("%d entries in the key directory, want none", len(entries))
+	}
+}
