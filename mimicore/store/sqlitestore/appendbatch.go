@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -43,50 +42,57 @@ var errNotCoalesced = errors.New("appends need their own runs")
 // above 64 as many of 64 rows as it takes.
 var chunkSizes = [...]int{64, 32, 16, 8, 4, 2, 1}
 
-// A multiRow is an INSERT of many rows: head + rows of cols parameters
-// each + tail; parameters ?1 to ?fixed are the statement's own (fixed
-// values such as now), the rows' come after them.
+// A multiRow is an INSERT of many rows: head, then rows of cols
+// parameters each, then tail, whose fixed parameters (values such as now,
+// the same for every row) come after the rows' in the argument list. All
+// parameters are anonymous ("?"), numbered by their place: the driver
+// looks up the name of every parameter of a statement it binds, and
+// SQLite finds the name of a numbered one ("?NNN") by a linear search, so
+// numbered parameters cost a time quadratic in their count (a tenth of
+// the server's CPU on deliver_message with 512-parameter statements).
 type multiRow struct {
-	head, row, tail string // row: the row's SQL with ?{0}, ?{1}, ... for its columns
-	cols, fixed     int
+	head, row, tail string
+	cols            int
 }
 
 // The coalesced statements, one per table an Append writes.
 var (
-	// ?1 is now: an expired record is replaced, as seenInsertSQL does.
+	// The fixed parameter is now: an expired record is replaced, as
+	// seenInsertSQL does.
 	seenMulti = multiRow{
 		head: `INSERT INTO seen_signatures (digest, expires_ms) VALUES `,
-		row:  `(?{0}, ?{1})`,
-		tail: ` ON CONFLICT (digest) DO UPDATE SET expires_ms = excluded.expires_ms WHERE seen_signatures.expires_ms <= ?1`,
-		cols: 2, fixed: 1,
+		row:  `(?, ?)`,
+		tail: ` ON CONFLICT (digest) DO UPDATE SET expires_ms = excluded.expires_ms WHERE seen_signatures.expires_ms <= ?`,
+		cols: 2,
 	}
-	// ?1 is now, as in replayRecordSQL.
+	// The fixed parameter is now, as in replayRecordSQL.
 	replayMulti = multiRow{
 		head: `INSERT INTO replay_requests (sender, request_id, digest, expires_ms, body) VALUES `,
-		row:  `(?{0}, ?{1}, ?{2}, ?{3}, ?{4})`,
+		row:  `(?, ?, ?, ?, ?)`,
 		tail: ` ON CONFLICT (sender, request_id) DO UPDATE
 			SET digest = excluded.digest, expires_ms = excluded.expires_ms, body = excluded.body
-			WHERE replay_requests.expires_ms <= ?1`,
-		cols: 5, fixed: 1,
+			WHERE replay_requests.expires_ms <= ?`,
+		cols: 5,
 	}
 	bodyMulti = multiRow{
 		head: `INSERT INTO queue_bodies (id, message, refs) VALUES `,
-		row:  `(?{0}, ?{1}, ?{2})`,
+		row:  `(?, ?, ?)`,
 		cols: 3,
 	}
-	// ?1 and ?2 are the queue limits, as in queueBumpSQL. Rows of one
-	// queue come in sequence order, so last_seq ends at the highest.
+	// The fixed parameters are the queue limits, as in queueBumpSQL. Rows
+	// of one queue come in sequence order, so last_seq ends at the
+	// highest.
 	headMulti = multiRow{
 		head: `INSERT INTO queue_heads (client, last_seq, messages, bytes) VALUES `,
-		row:  `(?{0}, ?{1}, 1, ?{2})`,
+		row:  `(?, ?, 1, ?)`,
 		tail: ` ON CONFLICT (client) DO UPDATE SET last_seq = excluded.last_seq,
 			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + excluded.bytes
-			WHERE queue_heads.messages + 1 <= ?1 AND queue_heads.bytes + excluded.bytes <= ?2`,
-		cols: 3, fixed: 2,
+			WHERE queue_heads.messages + 1 <= ? AND queue_heads.bytes + excluded.bytes <= ?`,
+		cols: 3,
 	}
 	entryMulti = multiRow{
 		head: `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms) VALUES `,
-		row:  `(?{0}, ?{1}, ?{2}, ?{3}, ?{4}, ?{5}, ?{6}, ?{7})`,
+		row:  `(?, ?, ?, ?, ?, ?, ?, ?)`,
 		cols: 8,
 	}
 	multiRows = []*multiRow{&seenMulti, &replayMulti, &bodyMulti, &headMulti, &entryMulti}
@@ -100,11 +106,7 @@ func (m *multiRow) sql(n int) string {
 		if r > 0 {
 			b.WriteString(", ")
 		}
-		row := m.row
-		for c := range m.cols {
-			row = strings.Replace(row, "?{"+strconv.Itoa(c)+"}", "?"+strconv.Itoa(m.fixed+1+r*m.cols+c), 1)
-		}
-		b.WriteString(row)
+		b.WriteString(m.row)
 	}
 	b.WriteString(m.tail)
 	return b.String()
@@ -141,9 +143,8 @@ func (s *Store) multiStmtList() []*sql.Stmt {
 	return out
 }
 
-// execMulti inserts rows rows through m, in chunks: fixed are the
-// statement's own parameters, and row(i, args) appends row i's columns to
-// args. It returns the rows the statements changed.
+// execMulti inserts rows rows through m, in chunks: row(i, args) appends
+// row i's columns to args, and fixed are the tail's parameters. It returns the rows the statements changed.
 func (s *Store) execMulti(ctx context.Context, tx *sql.Tx, m *multiRow, fixed []any, rows int, row func(i int, args []any) []any) (int64, error) {
 	sts := s.multi[m]
 	var changed int64
@@ -154,10 +155,11 @@ func (s *Store) execMulti(ctx context.Context, tx *sql.Tx, m *multiRow, fixed []
 			k++
 		}
 		n := chunkSizes[k]
-		args = append(args[:0], fixed...)
+		args = args[:0]
 		for i := done; i < done+n; i++ {
 			args = row(i, args)
 		}
+		args = append(args, fixed...)
 		res, err := tx.StmtContext(ctx, sts[k]).ExecContext(ctx, args...)
 		if err != nil {
 			return 0, err
