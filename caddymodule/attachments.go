@@ -161,7 +161,7 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 		AllowDeleteByMembers: a.AllowDeleteByMembers,
 		Quota: store.AttachmentQuota{GroupBytes: a.GroupQuotaBytes, GroupCount: a.GroupQuotaCount,
 			UploaderBytes: a.UploaderQuotaBytes, UploaderCount: a.UploaderQuotaCount},
-		Logger: sampled(g.logger.Named("attachments")),
+		Logger: g.sampled.Named("attachments"),
 	}
 	g.ds.Attachments = svc
 	v, _, err := sweeperPool.LoadOrNew(g.DataDir, func() (caddy.Destructor, error) {
