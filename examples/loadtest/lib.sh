@@ -14,11 +14,13 @@ CADDY=${CADDY:-}
 
 tmp=$(mktemp -d)
 caddy_pid=
+# backend_pid: a storage backend attachbench.sh started (mimiload attachbackend).
+backend_pid=
 cleanup() {
-	if [ -n "$caddy_pid" ]; then
-		kill "$caddy_pid" 2>/dev/null || true
-		wait "$caddy_pid" 2>/dev/null || true
-	fi
+	for pid in $caddy_pid $backend_pid; do
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
 	if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
