@@ -4,7 +4,9 @@
 # bytes downloaded from Caddy's own file_server on the same site, over one
 # HTTP/2 TLS 1.3 client on loopback, while Caddy's resident set is sampled;
 # once per attachment storage backend (local, s3, forward), each in a Caddy
-# of its own on fresh data dirs.
+# of its own on fresh data dirs, and once in a plain Caddy (`plain`: the
+# same Caddy version with only its standard modules, examples/loadtest/
+# plaincaddy, serving the same file_server site) for Caddy's own memory.
 #
 # Builds ./caddy and mimiload, writes the two-provider Caddyfile of
 # writepath.sh with, on b.localhost, attachments up to the wire's limit
@@ -27,7 +29,7 @@
 # directory, removed at the end (KEEP=1 keeps it).
 #
 # Usage: examples/loadtest/attachbench.sh [mimiload attachbench flags...]
-# Environment: STORAGES ("local s3 forward"), REPS (3), PORT (19443),
+# Environment: STORAGES ("plain local s3 forward"), REPS (3), PORT (19443),
 # HTTP_PORT (19080), CADDY (a built Caddy to use instead of building
 # ./caddy), VERSITYGW (the versitygw binary), ADMIN (off; an address turns
 # Caddy's admin endpoint on, with /debug/pprof/), PROFILES (a directory:
@@ -65,6 +67,34 @@ start_backend() {
 	storage_lines=$(sed 's/^/\t\t\t/' "$tmp/backend.conf")
 }
 
+# configure_plain writes a Caddyfile of the same two sites without the
+# gateway: /healthz answers 200 on both, b.localhost has $B_SITE.
+configure_plain() {
+	"$tmp/mimiload" setup -dir "$tmp"
+	{
+		caddy_globals
+		cat <<CADDY
+
+a.localhost:$PORT {
+	tls internal {
+		protocols tls1.3
+	}
+	respond /healthz 200
+	respond "not mimi" 404
+}
+
+b.localhost:$PORT {
+	tls internal {
+		protocols tls1.3
+	}
+	respond /healthz 200
+$B_SITE
+	respond "not mimi" 404
+}
+CADDY
+	} >"$tmp/Caddyfile"
+}
+
 stop_backend() {
 	if [ -n "$backend_pid" ]; then
 		kill "$backend_pid" 2>/dev/null || true
@@ -80,23 +110,30 @@ B_SITE="	handle_path /files/* {
 	}"
 port_free
 build
-case " ${STORAGES:=local s3 forward} " in *" s3 "*) find_versitygw ;; esac
+case " ${STORAGES:=plain local s3 forward} " in *" s3 "*) find_versitygw ;; esac
+case " $STORAGES " in
+*" plain "*)
+	# As xcaddy.sh builds cmd/caddy, from the Caddy version go.mod pins.
+	CGO_ENABLED=0 go build -trimpath -ldflags "-w -s" -tags nobadger,nomysql,nopgx -o "$tmp/plaincaddy" ./examples/loadtest/plaincaddy
+	;;
+esac
 conditions
 for storage in $STORAGES; do
 	# Fresh data dirs and certificates: every backend's Caddy starts as the first.
 	rm -rf "$tmp/a" "$tmp/b" "$tmp/storage" "$tmp/home" "$tmp/xdg" "$tmp/pp" "$tmp"/root-*.pem
-	storage_lines=
+	storage_lines= bin=$CADDY plain=
 	case $storage in
+	plain) bin=$tmp/plaincaddy plain=-plain ;;
 	local) ;;
 	s3 | forward) start_backend "$storage" ;;
-	*) echo "unknown storage $storage: want local, s3 or forward" >&2; exit 1 ;;
+	*) echo "unknown storage $storage: want plain, local, s3 or forward" >&2; exit 1 ;;
 	esac
 	B_MIMI="		attachments {
 			max_size 1073741815B${storage_lines:+
 $storage_lines}
 		}"
-	configure
-	"${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$CADDY" \
+	if [ -n "$plain" ]; then configure_plain; else configure; fi
+	"${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$bin" $plain \
 		-config "$tmp/Caddyfile" -log "$tmp/caddy.log" -file "$tmp/files/blob.bin" -files-path /files/blob.bin \
 		-reps "${REPS:-3}" -storage "$storage" ${ADMIN:+-admin "$ADMIN"} ${PROFILES:+-profiles "$PROFILES"} "$@" |
 		tee -a "$tmp/summaries.all" ||

@@ -34,6 +34,7 @@ type attachBenchFlags struct {
 	admin, profiles               string
 	fileServer                    bool
 	storage                       string
+	plain                         bool
 }
 
 // measurement is one timed transfer, printed as a RESULT line.
@@ -84,6 +85,7 @@ func attachBenchCmd(args []string) error {
 	fs.StringVar(&f.admin, "admin", "", "Caddy's admin address (host:port); with -profiles, heap profiles are taken around every transfer")
 	fs.StringVar(&f.profiles, "profiles", "", "directory for the heap profiles of -admin: <rep>-<kind>-before.pb.gz and -after.pb.gz (compare with go tool pprof -sample_index=alloc_space -base)")
 	fs.StringVar(&f.storage, "storage", "", "name of the gateway's attachment storage (local, s3, forward), put in the output's lines")
+	fs.BoolVar(&f.plain, "plain", false, "the Caddy has no gateway (plain Caddy, the memory baseline): only the file_server downloads")
 	fs.BoolVar(&f.fileServer, "file-server", true, "also download from file_server (false: the gateway's transfers alone, so that Caddy's VmHWM is theirs)")
 	fs.Parse(args)
 	if f.dir == "" || f.config == "" || f.file == "" || f.filesPath == "" {
@@ -113,16 +115,19 @@ func attachBenchCmd(args []string) error {
 	}
 	pid := c.cmd.Process.Pid
 	rss := startRSS(pid, f.sample)
-	m, err := newAttachMember(ctx, t, "bench")
-	if err != nil {
+	var m *attachMember
+	what := "a group on b.localhost created"
+	if f.plain {
+		what = "no gateway"
+	} else if m, err = newAttachMember(ctx, t, "bench"); err != nil {
 		return err
 	}
 	idle, err := procStatus(pid)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("# %sCaddy pid %d up, a group on b.localhost created: VmRSS %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB), VmHWM %.1f MiB\n",
-		label(f.storage), pid, float64(idle["VmRSS"])/1024, float64(idle["RssAnon"])/1024, float64(idle["RssFile"])/1024, float64(idle["VmHWM"])/1024)
+	fmt.Printf("# %sCaddy pid %d up, %s: VmRSS %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB), VmHWM %.1f MiB\n",
+		label(f.storage), pid, what, float64(idle["VmRSS"])/1024, float64(idle["RssAnon"])/1024, float64(idle["RssFile"])/1024, float64(idle["VmHWM"])/1024)
 	hwm := func() int64 {
 		st, err := procStatus(pid)
 		if err != nil {
@@ -133,6 +138,18 @@ func attachBenchCmd(args []string) error {
 
 	var all []*measurement
 	for rep := 1; rep <= f.reps; rep++ {
+		if f.plain {
+			rss.reset()
+			d, err := fileServerDownload(ctx, &f, t, rep, sum)
+			if err != nil {
+				return err
+			}
+			d.RSSPeak, d.AnonPeak = rss.reset()
+			d.VmHWMNow, d.MBps = hwm(), float64(d.Bytes)/d.Seconds/1e6
+			d.print()
+			all = append(all, d)
+			continue
+		}
 		rss.reset()
 		up := &measurement{Kind: "upload", Storage: f.storage, Rep: rep, Bytes: f.size}
 		file, err := os.Open(f.file)
@@ -168,20 +185,7 @@ func attachBenchCmd(args []string) error {
 			d.HashOK = bytes.Equal(h.sum(), sum)
 			return d, nil
 		}
-		fsrv := func() (*measurement, error) {
-			d := &measurement{Kind: "file_server", Storage: f.storage, Rep: rep}
-			h := newHashingDiscard()
-			f.profile(ctx, rep, d.Kind, "before")
-			start := time.Now()
-			n, err := getFile(ctx, t, t.url("b.localhost", f.filesPath), h)
-			d.Seconds, d.Bytes = time.Since(start).Seconds(), n
-			f.profile(ctx, rep, d.Kind, "after")
-			if err != nil {
-				return nil, fmt.Errorf("rep %d: file_server: %w", rep, err)
-			}
-			d.HashOK = bytes.Equal(h.sum(), sum)
-			return d, nil
-		}
+		fsrv := func() (*measurement, error) { return fileServerDownload(ctx, &f, t, rep, sum) }
 		order := []func() (*measurement, error){gw, fsrv}
 		if rep%2 == 0 {
 			order = []func() (*measurement, error){fsrv, gw}
@@ -234,6 +238,26 @@ func attachBenchCmd(args []string) error {
 	b, _ := json.Marshal(s)
 	fmt.Printf("RESULT %s\n", b)
 	return nil
+}
+
+// fileServerDownload downloads the test file from file_server, hashed and
+// discarded, timed.
+func fileServerDownload(ctx context.Context, f *attachBenchFlags, t *target, rep int, sum []byte) (*measurement, error) {
+	d := &measurement{Kind: "file_server", Storage: f.storage, Rep: rep}
+	h := newHashingDiscard()
+	f.profile(ctx, rep, d.Kind, "before")
+	start := time.Now()
+	n, err := getFile(ctx, t, t.url("b.localhost", f.filesPath), h)
+	d.Seconds, d.Bytes = time.Since(start).Seconds(), n
+	f.profile(ctx, rep, d.Kind, "after")
+	if err != nil {
+		return nil, fmt.Errorf("rep %d: file_server: %w", rep, err)
+	}
+	d.HashOK = bytes.Equal(h.sum(), sum)
+	if !d.HashOK {
+		return nil, fmt.Errorf("rep %d: the file_server's content does not hash to the file's SHA-256", rep)
+	}
+	return d, nil
 }
 
 // benchSummary is the run's medians and the Caddy process's peak memory.
