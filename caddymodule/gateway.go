@@ -353,12 +353,12 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 }
 
 // sampled returns logger with a sampler: of each message, the first 10
-// lines of every second, then one in 100. Each sampler holds a table of
-// 448 KiB (zapcore's counters), so a gateway makes one, g.sampled, and
-// derives the loggers of its parts from it (Named and With share it).
+// lines of every second, then one in 100. A gateway makes one, g.sampled,
+// and derives the loggers of its parts from it (Named and With share its
+// counters).
 func sampled(logger *zap.Logger) *zap.Logger {
 	return logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
+		return newSampler(c, time.Second, 10, 100)
 	}))
 }
 
