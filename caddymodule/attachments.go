@@ -161,7 +161,7 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 		AllowDeleteByMembers: a.AllowDeleteByMembers,
 		Quota: store.AttachmentQuota{GroupBytes: a.GroupQuotaBytes, GroupCount: a.GroupQuotaCount,
 			UploaderBytes: a.UploaderQuotaBytes, UploaderCount: a.UploaderQuotaCount},
-		Logger: sampled(g.logger.Named("attachments")),
+		Logger: g.sampled.Named("attachments"),
 	}
 	g.ds.Attachments = svc
 	v, _, err := sweeperPool.LoadOrNew(g.DataDir, func() (caddy.Destructor, error) {
@@ -443,7 +443,10 @@ func (g *Gateway) serveDownload(x *exchange) {
 	if _, err := x.w.Write(prefix); err != nil {
 		return // the client went away
 	}
-	if _, err := copyStream(x.w, io.NewSectionReader(d.Object, 0, d.Size)); err != nil {
+	// Read, not ReadAt: the s3 and forward backends answer a Read stream
+	// with one GET, and each ReadAt with a ranged GET of its own (4,096 per
+	// GiB through copyStream's buffer).
+	if _, err := copyStream(x.w, io.LimitReader(d.Object, d.Size)); err != nil {
 		if c := g.logger.Check(zap.DebugLevel, "attachment download cut off"); c != nil {
 			c.Write(zap.String("remote_ip", remoteIP(x.r)), zap.Error(err))
 		}

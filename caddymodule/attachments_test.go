@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,6 +197,36 @@ func TestAttachmentsOverTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			testAttachmentsOverTLS(t, &Attachments{GroupQuotaBytes: 1 << 20, Storage: tc.storage(t)})
 		})
+	}
+}
+
+// A whole download reads its object as one stream: the forward backend
+// sees one GET, not one ranged GET per buffer of copyStream.
+func TestAttachmentDownloadOneGET(t *testing.T) {
+	const key = "0123456789abcdef0123456789abcdef"
+	var gets atomic.Int32
+	backend := &forwardtest.Backend{Dir: t.TempDir(), Key: []byte(key)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			gets.Add(1)
+		}
+		backend.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	e := newAttachEnv(t, &Attachments{Storage: json.RawMessage(fmt.Sprintf(`{"backend":"forward","base_url":%q,"key":%q}`,
+		srv.URL+forwardtest.Base, key))})
+	content := make([]byte, 1<<20+123) // 4 buffers of copyStream and a bit
+	rand.Read(content)
+	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, content)), nil)
+	token := answer(t, "upload", resp, body, http.StatusOK).Token
+	gets.Store(0)
+	req := moh.RequestBody{Type: moh.AttachmentDownload, Attachment: moh.AttachmentRef{GroupID: e.group, Token: token}}
+	resp, body = e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, req)), nil)
+	if r := answer(t, "download", resp, body, http.StatusOK); !bytes.Equal(r.Content, content) {
+		t.Fatalf("downloaded %d bytes, not the %d uploaded", len(r.Content), len(content))
+	}
+	if n := gets.Load(); n != 1 {
+		t.Fatalf("the download sent %d GETs to the backend, want 1", n)
 	}
 }
 

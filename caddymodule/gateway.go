@@ -332,7 +332,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		QueueLimits: store.QueueLimits{MaxMessages: g.QueueMaxMessages, MaxBytes: g.QueueMaxBytes},
 		Hubs:        new(ds.HubCache),
 		Members:     new(ds.MemberViews),
-		Logger:      sampled(g.logger),
+		Logger:      g.sampled,
 	}
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
@@ -378,10 +378,12 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 }
 
 // sampled returns logger with a sampler: of each message, the first 10
-// lines of every second, then one in 100.
+// lines of every second, then one in 100. A gateway makes one, g.sampled,
+// and derives the loggers of its parts from it (Named and With share its
+// counters).
 func sampled(logger *zap.Logger) *zap.Logger {
 	return logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
+		return newSampler(c, time.Second, 10, 100)
 	}))
 }
 

@@ -50,7 +50,7 @@ func (g *Gateway) startSender(svc *service.Service) (*federation.Sender, error) 
 		s := &federation.Sender{
 			Outbox:    svc.Store(),
 			Transport: federation.Clients{Keys: svc.Keys(), Fetcher: svc.Fetcher},
-			Logger:    sampled(g.logger.Named("federation")),
+			Logger:    g.sampled.Named("federation"),
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		r := &runningSender{sender: s, cancel: cancel, done: make(chan struct{})}

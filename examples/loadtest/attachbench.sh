@@ -2,44 +2,151 @@
 # Attachment throughput and the gateway's memory (issue 11): a 1 GiB
 # attachment uploaded to and downloaded from the gateway, and the same
 # bytes downloaded from Caddy's own file_server on the same site, over one
-# HTTP/2 TLS 1.3 client on loopback, while Caddy's resident set is sampled.
+# HTTP/2 TLS 1.3 client on loopback, while Caddy's resident set is sampled;
+# once per attachment storage backend (local, s3, forward), each in a Caddy
+# of its own on fresh data dirs, and once in a plain Caddy (`plain`: the
+# same Caddy version with only its standard modules, examples/loadtest/
+# plaincaddy, serving the same file_server site) for Caddy's own memory.
 #
 # Builds ./caddy and mimiload, writes the two-provider Caddyfile of
 # writepath.sh with, on b.localhost, attachments up to the wire's limit
-# (1,073,741,815 bytes: 1 GiB less 9) and `handle_path /files/*` serving
-# $tmp/files with file_server. `mimiload attachbench` writes the test file
-# there (random bytes), starts Caddy and, REPS times (default 3): uploads
-# the file as an attachment (read from disk as it is sent), downloads it
-# from the gateway and the file from file_server in alternating order
-# (each hashed and discarded), then deletes the attachment. Per transfer a
-# line for people and a `RESULT {json}` line (MB/s with MB = 10^6 bytes,
-# Caddy's sampled VmRSS peak during it), then a summary: medians, the
-# download's ratio to file_server, Caddy's VmHWM over the whole run.
+# (1,073,741,815 bytes: 1 GiB less 9) in the backend's storage and
+# `handle_path /files/*` serving $tmp/files with file_server. For s3,
+# `mimiload attachbackend` starts versitygw on loopback (as the S3 storage
+# tests do; $VERSITYGW, or versitygw on PATH, or else installed into a
+# temporary GOBIN as .ci/run does); for forward, the forward storage tests'
+# legacy backend (forwardtest.Backend) over plain HTTP on loopback. Then
+# `mimiload attachbench` writes the test file there (random bytes), starts
+# Caddy and, REPS times (default 3): uploads the file as an attachment
+# (read from disk as it is sent), downloads it from the gateway and the
+# file from file_server in alternating order (each hashed and discarded),
+# then deletes the attachment. Per transfer a line for people and a
+# `RESULT {json}` line (MB/s with MB = 10^6 bytes, Caddy's sampled VmRSS
+# peak during it), then per backend a summary: medians, the download's
+# ratio to file_server, Caddy's VmHWM over its run and the sampled peaks
+# of RssAnon and RssFile; the summaries again together at the end.
 # Disk: the test file and one stored attachment (2 GiB) in a temporary
 # directory, removed at the end (KEEP=1 keeps it).
 #
 # Usage: examples/loadtest/attachbench.sh [mimiload attachbench flags...]
-# Environment: REPS (3), PORT (19443), HTTP_PORT (19080), CADDY (a built
-# Caddy to use instead of building ./caddy), ADMIN (off; an
-# address turns Caddy's admin endpoint on, with /debug/pprof/), PROFILES (a
-# directory: with ADMIN, Caddy's heap profile before and after every
-# transfer is saved there), KEEP=1.
+# Environment: STORAGES ("plain local s3 forward"), REPS (3), PORT (19443),
+# HTTP_PORT (19080), CADDY (a built Caddy to use instead of building
+# ./caddy), VERSITYGW (the versitygw binary), ADMIN (off; an address turns
+# Caddy's admin endpoint on, with /debug/pprof/), PROFILES (a directory:
+# with ADMIN, Caddy's heap profile before and after every transfer is saved
+# there), KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . examples/loadtest/lib.sh
+
+# The versitygw release .ci/run installs.
+VERSITYGW_MODULE=github.com/versity/versitygw/cmd/versitygw@v1.8.0
+
+# find_versitygw sets $VERSITYGW: given, on PATH, or installed into a
+# temporary GOBIN (so that its dependencies stay out of go.mod).
+find_versitygw() {
+	if [ -n "${VERSITYGW:-}" ]; then return; fi
+	if VERSITYGW=$(command -v versitygw); then return; fi
+	echo "# installing $VERSITYGW_MODULE into $tmp/gobin" >&2
+	GOFLAGS= GOBIN="$tmp/gobin" go install "$VERSITYGW_MODULE" >&2
+	VERSITYGW=$tmp/gobin/versitygw
+}
+
+# start_backend starts mimiload attachbackend for $1 (s3 or forward) and
+# sets $storage_lines to the storage option it wrote.
+start_backend() {
+	rm -f "$tmp/backend.conf"
+	"$tmp/mimiload" attachbackend -kind "$1" -dir "$tmp/backend" -out "$tmp/backend.conf" ${VERSITYGW:+-versitygw "$VERSITYGW"} &
+	backend_pid=$!
+	for _ in $(seq 600); do
+		[ -f "$tmp/backend.conf" ] && break
+		kill -0 "$backend_pid" 2>/dev/null || { echo "the $1 backend exited" >&2; exit 1; }
+		sleep 0.1
+	done
+	[ -f "$tmp/backend.conf" ] || { echo "the $1 backend did not start within 60 s" >&2; exit 1; }
+	storage_lines=$(sed 's/^/\t\t\t/' "$tmp/backend.conf")
+}
+
+# configure_plain writes a Caddyfile of the same two sites without the
+# gateway: /healthz answers 200 on both, b.localhost has $B_SITE.
+configure_plain() {
+	"$tmp/mimiload" setup -dir "$tmp"
+	{
+		caddy_globals
+		cat <<CADDY
+
+a.localhost:$PORT {
+	tls internal {
+		protocols tls1.3
+	}
+	respond /healthz 200
+	respond "not mimi" 404
+}
+
+b.localhost:$PORT {
+	tls internal {
+		protocols tls1.3
+	}
+	respond /healthz 200
+$B_SITE
+	respond "not mimi" 404
+}
+CADDY
+	} >"$tmp/Caddyfile"
+}
+
+stop_backend() {
+	if [ -n "$backend_pid" ]; then
+		kill "$backend_pid" 2>/dev/null || true
+		wait "$backend_pid" 2>/dev/null || true
+		backend_pid=
+	fi
+	rm -rf "$tmp/backend"
+}
 
 B_SITE="	handle_path /files/* {
 		root * $tmp/files
 		file_server
 	}"
-B_MIMI="		attachments {
-			max_size 1073741815B
-		}"
 port_free
 build
-configure
+# The binaries measured are copies written the same way (cp): how many of
+# a binary's pages a process maps in (RssFile) depends on the page cache's
+# folios of the file, which depend on how it was written (go build, cp):
+# one binary mapped 47.5 MiB of its pages idle as go build wrote it, 43.9
+# MiB as cp wrote it.
+cp "$CADDY" "$tmp/caddy"
+CADDY=$tmp/caddy
+case " ${STORAGES:=plain local s3 forward} " in *" s3 "*) find_versitygw ;; esac
+case " $STORAGES " in
+*" plain "*)
+	# As xcaddy.sh builds cmd/caddy, from the Caddy version go.mod pins.
+	CGO_ENABLED=0 go build -trimpath -ldflags "-w -s" -tags nobadger,nomysql,nopgx -o "$tmp/plaincaddy.built" ./examples/loadtest/plaincaddy
+	cp "$tmp/plaincaddy.built" "$tmp/plaincaddy"
+	;;
+esac
 conditions
-"${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$CADDY" \
-	-config "$tmp/Caddyfile" -log "$tmp/caddy.log" -file "$tmp/files/blob.bin" -files-path /files/blob.bin \
-	-reps "${REPS:-3}" ${ADMIN:+-admin "$ADMIN"} ${PROFILES:+-profiles "$PROFILES"} "$@" ||
-	{ status=$?; tail -20 "$tmp/caddy.log" >&2; exit $status; }
+for storage in $STORAGES; do
+	# Fresh data dirs and certificates: every backend's Caddy starts as the first.
+	rm -rf "$tmp/a" "$tmp/b" "$tmp/storage" "$tmp/home" "$tmp/xdg" "$tmp/pp" "$tmp"/root-*.pem
+	storage_lines= bin=$CADDY plain=
+	case $storage in
+	plain) bin=$tmp/plaincaddy plain=-plain ;;
+	local) ;;
+	s3 | forward) start_backend "$storage" ;;
+	*) echo "unknown storage $storage: want plain, local, s3 or forward" >&2; exit 1 ;;
+	esac
+	B_MIMI="		attachments {
+			max_size 1073741815B${storage_lines:+
+$storage_lines}
+		}"
+	if [ -n "$plain" ]; then configure_plain; else configure; fi
+	"${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$bin" $plain \
+		-config "$tmp/Caddyfile" -log "$tmp/caddy.log" -file "$tmp/files/blob.bin" -files-path /files/blob.bin \
+		-reps "${REPS:-3}" -storage "$storage" ${ADMIN:+-admin "$ADMIN"} ${PROFILES:+-profiles "$PROFILES"} "$@" |
+		tee -a "$tmp/summaries.all" ||
+		{ status=$?; tail -20 "$tmp/caddy.log" >&2; exit $status; }
+	stop_backend
+done
+echo "# all backends"
+grep '^\[[a-z0-9]*\] summary:' "$tmp/summaries.all" || true

@@ -14,11 +14,13 @@ CADDY=${CADDY:-}
 
 tmp=$(mktemp -d)
 caddy_pid=
+# backend_pid: a storage backend attachbench.sh started (mimiload attachbackend).
+backend_pid=
 cleanup() {
-	if [ -n "$caddy_pid" ]; then
-		kill "$caddy_pid" 2>/dev/null || true
-		wait "$caddy_pid" 2>/dev/null || true
-	fi
+	for pid in $caddy_pid $backend_pid; do
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
 	if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
@@ -41,32 +43,9 @@ build() {
 # block (attachbench.sh and attachcrash.sh use them).
 configure() {
 	"$tmp/mimiload" setup -dir "$tmp"
-	cat >"$tmp/Caddyfile" <<CADDY
-{
-	admin ${ADMIN:-off}
-	skip_install_trust
-	persist_config off
-	default_bind 127.0.0.1
-	http_port $HTTP_PORT
-	https_port $PORT
-	grace_period 1s
-	storage file_system $tmp/storage
-	log {
-		level WARN
-	}
-	pki {
-		ca local {
-			root {
-				format pem_file
-				cert $tmp/root-cert.pem
-				key $tmp/root-key.pem
-			}
-		}
-	}
-	servers {
-		0rtt off
-	}
-}
+	{
+		caddy_globals
+		cat <<CADDY
 
 a.localhost:$PORT {
 	tls internal {
@@ -113,6 +92,40 @@ ${B_MIMI:+$B_MIMI
 		}
 	}
 	respond "not mimi" 404
+}
+CADDY
+	} >"$tmp/Caddyfile"
+}
+
+# caddy_globals prints the Caddyfile's global options: loopback only,
+# $PORT and $HTTP_PORT, Caddy's state in $tmp, its internal CA issuing
+# from the root CA of mimiload setup, 0-RTT off.
+caddy_globals() {
+	cat <<CADDY
+{
+	admin ${ADMIN:-off}
+	skip_install_trust
+	persist_config off
+	default_bind 127.0.0.1
+	http_port $HTTP_PORT
+	https_port $PORT
+	grace_period 1s
+	storage file_system $tmp/storage
+	log {
+		level WARN
+	}
+	pki {
+		ca local {
+			root {
+				format pem_file
+				cert $tmp/root-cert.pem
+				key $tmp/root-key.pem
+			}
+		}
+	}
+	servers {
+		0rtt off
+	}
 }
 CADDY
 }

@@ -181,3 +181,10 @@ func randHex(n int) string {
 	rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// Run starts versitygw (the binary bin) on a free loopback port with its
+// posix backend under dir and creates the bucket, outside a test (the load
+// tests' benchmark uses it); stop kills the server.
+func Run(bin, dir string) (srv *Server, stop func(), err error) {
+	return start(bin, dir)
+}

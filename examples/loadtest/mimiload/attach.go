@@ -243,6 +243,7 @@ type rssSampler struct {
 	anon    int64 // RssAnon kB since reset
 	all     int64 // VmRSS kB since start
 	allAnon int64 // RssAnon kB since start
+	allFile int64 // RssFile kB since start
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -261,6 +262,7 @@ func startRSS(pid int, interval time.Duration) *rssSampler {
 				s.all = max(s.all, st["VmRSS"])
 				s.anon = max(s.anon, st["RssAnon"])
 				s.allAnon = max(s.allAnon, st["RssAnon"])
+				s.allFile = max(s.allFile, st["RssFile"])
 				s.mu.Unlock()
 			}
 			select {
@@ -283,11 +285,12 @@ func (s *rssSampler) reset() (rss, anon int64) {
 	return rss, anon
 }
 
-// close stops sampling and returns the run's sampled peaks (kB).
-func (s *rssSampler) close() (rss, anon int64) {
+// close stops sampling and returns the run's sampled peaks (kB) of
+// VmRSS, RssAnon and RssFile (each its own maximum).
+func (s *rssSampler) close() (rss, anon, file int64) {
 	close(s.stop)
 	<-s.done
-	return s.all, s.allAnon
+	return s.all, s.allAnon, s.allFile
 }
 
 // procStatus reads the kB fields (VmRSS, VmHWM, ...) of /proc/<pid>/status.

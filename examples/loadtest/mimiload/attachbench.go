@@ -33,11 +33,14 @@ type attachBenchFlags struct {
 	sample                        time.Duration
 	admin, profiles               string
 	fileServer                    bool
+	storage                       string
+	plain                         bool
 }
 
 // measurement is one timed transfer, printed as a RESULT line.
 type measurement struct {
 	Kind     string  `json:"kind"` // upload, download, file_server
+	Storage  string  `json:"storage,omitempty"`
 	Rep      int     `json:"rep"`
 	Bytes    int64   `json:"bytes"`
 	Seconds  float64 `json:"seconds"`
@@ -54,8 +57,8 @@ func (m *measurement) print() {
 	if m.RatioFS > 0 {
 		extra = fmt.Sprintf(", %.2f of file_server", m.RatioFS)
 	}
-	fmt.Printf("rep %d %-11s %d bytes in %.2f s: %.1f MB/s%s; Caddy VmRSS peak during it %.1f MiB (anonymous %.1f MiB), VmHWM so far %.1f MiB\n",
-		m.Rep, m.Kind, m.Bytes, m.Seconds, m.MBps, extra, float64(m.RSSPeak)/1024, float64(m.AnonPeak)/1024, float64(m.VmHWMNow)/1024)
+	fmt.Printf("%srep %d %-11s %d bytes in %.2f s: %.1f MB/s%s; Caddy VmRSS peak during it %.1f MiB (anonymous %.1f MiB), VmHWM so far %.1f MiB\n",
+		label(m.Storage), m.Rep, m.Kind, m.Bytes, m.Seconds, m.MBps, extra, float64(m.RSSPeak)/1024, float64(m.AnonPeak)/1024, float64(m.VmHWMNow)/1024)
 	b, _ := json.Marshal(m)
 	fmt.Printf("RESULT %s\n", b)
 }
@@ -81,6 +84,8 @@ func attachBenchCmd(args []string) error {
 	fs.DurationVar(&f.sample, "sample", 20*time.Millisecond, "interval of the RSS samples")
 	fs.StringVar(&f.admin, "admin", "", "Caddy's admin address (host:port); with -profiles, heap profiles are taken around every transfer")
 	fs.StringVar(&f.profiles, "profiles", "", "directory for the heap profiles of -admin: <rep>-<kind>-before.pb.gz and -after.pb.gz (compare with go tool pprof -sample_index=alloc_space -base)")
+	fs.StringVar(&f.storage, "storage", "", "name of the gateway's attachment storage (local, s3, forward), put in the output's lines")
+	fs.BoolVar(&f.plain, "plain", false, "the Caddy has no gateway (plain Caddy, the memory baseline): only the file_server downloads")
 	fs.BoolVar(&f.fileServer, "file-server", true, "also download from file_server (false: the gateway's transfers alone, so that Caddy's VmHWM is theirs)")
 	fs.Parse(args)
 	if f.dir == "" || f.config == "" || f.file == "" || f.filesPath == "" {
@@ -110,16 +115,19 @@ func attachBenchCmd(args []string) error {
 	}
 	pid := c.cmd.Process.Pid
 	rss := startRSS(pid, f.sample)
-	m, err := newAttachMember(ctx, t, "bench")
-	if err != nil {
+	var m *attachMember
+	what := "a group on b.localhost created"
+	if f.plain {
+		what = "no gateway"
+	} else if m, err = newAttachMember(ctx, t, "bench"); err != nil {
 		return err
 	}
 	idle, err := procStatus(pid)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("# Caddy pid %d up, a group on b.localhost created: VmRSS %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB), VmHWM %.1f MiB\n",
-		pid, float64(idle["VmRSS"])/1024, float64(idle["RssAnon"])/1024, float64(idle["RssFile"])/1024, float64(idle["VmHWM"])/1024)
+	fmt.Printf("# %sCaddy pid %d up, %s: VmRSS %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB), VmHWM %.1f MiB\n",
+		label(f.storage), pid, what, float64(idle["VmRSS"])/1024, float64(idle["RssAnon"])/1024, float64(idle["RssFile"])/1024, float64(idle["VmHWM"])/1024)
 	hwm := func() int64 {
 		st, err := procStatus(pid)
 		if err != nil {
@@ -130,8 +138,20 @@ func attachBenchCmd(args []string) error {
 
 	var all []*measurement
 	for rep := 1; rep <= f.reps; rep++ {
+		if f.plain {
+			rss.reset()
+			d, err := fileServerDownload(ctx, &f, t, rep, sum)
+			if err != nil {
+				return err
+			}
+			d.RSSPeak, d.AnonPeak = rss.reset()
+			d.VmHWMNow, d.MBps = hwm(), float64(d.Bytes)/d.Seconds/1e6
+			d.print()
+			all = append(all, d)
+			continue
+		}
 		rss.reset()
-		up := &measurement{Kind: "upload", Rep: rep, Bytes: f.size}
+		up := &measurement{Kind: "upload", Storage: f.storage, Rep: rep, Bytes: f.size}
 		file, err := os.Open(f.file)
 		if err != nil {
 			return err
@@ -152,7 +172,7 @@ func attachBenchCmd(args []string) error {
 		all = append(all, up)
 
 		gw := func() (*measurement, error) {
-			d := &measurement{Kind: "download", Rep: rep}
+			d := &measurement{Kind: "download", Storage: f.storage, Rep: rep}
 			h := newHashingDiscard()
 			f.profile(ctx, rep, d.Kind, "before")
 			start := time.Now()
@@ -165,20 +185,7 @@ func attachBenchCmd(args []string) error {
 			d.HashOK = bytes.Equal(h.sum(), sum)
 			return d, nil
 		}
-		fsrv := func() (*measurement, error) {
-			d := &measurement{Kind: "file_server", Rep: rep}
-			h := newHashingDiscard()
-			f.profile(ctx, rep, d.Kind, "before")
-			start := time.Now()
-			n, err := getFile(ctx, t, t.url("b.localhost", f.filesPath), h)
-			d.Seconds, d.Bytes = time.Since(start).Seconds(), n
-			f.profile(ctx, rep, d.Kind, "after")
-			if err != nil {
-				return nil, fmt.Errorf("rep %d: file_server: %w", rep, err)
-			}
-			d.HashOK = bytes.Equal(h.sum(), sum)
-			return d, nil
-		}
+		fsrv := func() (*measurement, error) { return fileServerDownload(ctx, &f, t, rep, sum) }
 		order := []func() (*measurement, error){gw, fsrv}
 		if rep%2 == 0 {
 			order = []func() (*measurement, error){fsrv, gw}
@@ -215,26 +222,48 @@ func attachBenchCmd(args []string) error {
 			return fmt.Errorf("rep %d: %w", rep, err)
 		}
 	}
-	peak, anon := rss.close()
+	peak, anon, file := rss.close()
 	st, err := procStatus(pid)
 	if err != nil {
 		return err
 	}
 	s := summarise(all)
-	s.VmHWM, s.RSSSampledPeak, s.AnonSampledPeak, s.Pid = st["VmHWM"], peak, anon, pid
-	s.IdleRSS, s.IdleAnon = idle["VmRSS"], idle["RssAnon"]
-	fmt.Printf("summary: upload %.1f MB/s, download %.1f MB/s, file_server %.1f MB/s (medians of %d); download / file_server %.2f (per rep %v); "+
-		"Caddy VmHWM %.1f MiB, sampled VmRSS peak %.1f MiB (anonymous %.1f MiB); idle before the transfers %.1f MiB (anonymous %.1f MiB)\n",
-		s.UploadMBps, s.DownloadMBps, s.FileServerMBps, f.reps, s.Ratio, s.Ratios, float64(s.VmHWM)/1024, float64(s.RSSSampledPeak)/1024,
-		float64(s.AnonSampledPeak)/1024, float64(s.IdleRSS)/1024, float64(s.IdleAnon)/1024)
+	s.Storage = f.storage
+	s.VmHWM, s.RSSSampledPeak, s.AnonSampledPeak, s.FileSampledPeak, s.Pid = st["VmHWM"], peak, anon, file, pid
+	s.IdleRSS, s.IdleAnon, s.IdleFile = idle["VmRSS"], idle["RssAnon"], idle["RssFile"]
+	fmt.Printf("%ssummary: upload %.1f MB/s, download %.1f MB/s, file_server %.1f MB/s (medians of %d); download / file_server %.2f (per rep %v); "+
+		"Caddy VmHWM %.1f MiB, sampled VmRSS peak %.1f MiB (peaks of anonymous %.1f MiB, file-backed %.1f MiB); idle before the transfers %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB)\n",
+		label(f.storage), s.UploadMBps, s.DownloadMBps, s.FileServerMBps, f.reps, s.Ratio, s.Ratios, float64(s.VmHWM)/1024, float64(s.RSSSampledPeak)/1024,
+		float64(s.AnonSampledPeak)/1024, float64(s.FileSampledPeak)/1024, float64(s.IdleRSS)/1024, float64(s.IdleAnon)/1024, float64(s.IdleFile)/1024)
 	b, _ := json.Marshal(s)
 	fmt.Printf("RESULT %s\n", b)
 	return nil
 }
 
+// fileServerDownload downloads the test file from file_server, hashed and
+// discarded, timed.
+func fileServerDownload(ctx context.Context, f *attachBenchFlags, t *target, rep int, sum []byte) (*measurement, error) {
+	d := &measurement{Kind: "file_server", Storage: f.storage, Rep: rep}
+	h := newHashingDiscard()
+	f.profile(ctx, rep, d.Kind, "before")
+	start := time.Now()
+	n, err := getFile(ctx, t, t.url("b.localhost", f.filesPath), h)
+	d.Seconds, d.Bytes = time.Since(start).Seconds(), n
+	f.profile(ctx, rep, d.Kind, "after")
+	if err != nil {
+		return nil, fmt.Errorf("rep %d: file_server: %w", rep, err)
+	}
+	d.HashOK = bytes.Equal(h.sum(), sum)
+	if !d.HashOK {
+		return nil, fmt.Errorf("rep %d: the file_server's content does not hash to the file's SHA-256", rep)
+	}
+	return d, nil
+}
+
 // benchSummary is the run's medians and the Caddy process's peak memory.
 type benchSummary struct {
 	Kind            string    `json:"kind"` // summary
+	Storage         string    `json:"storage,omitempty"`
 	Pid             int       `json:"caddy_pid"`
 	UploadMBps      float64   `json:"upload_mb_per_s"`
 	DownloadMBps    float64   `json:"download_mb_per_s"`
@@ -244,8 +273,18 @@ type benchSummary struct {
 	VmHWM           int64     `json:"caddy_vmhwm_kib"`
 	RSSSampledPeak  int64     `json:"caddy_rss_sampled_peak_kib"`
 	AnonSampledPeak int64     `json:"caddy_rss_anon_sampled_peak_kib"`
+	FileSampledPeak int64     `json:"caddy_rss_file_sampled_peak_kib"`
 	IdleRSS         int64     `json:"caddy_idle_rss_kib"`
 	IdleAnon        int64     `json:"caddy_idle_rss_anon_kib"`
+	IdleFile        int64     `json:"caddy_idle_rss_file_kib"`
+}
+
+// label is the storage's name as a prefix of a line, or nothing.
+func label(storage string) string {
+	if storage == "" {
+		return ""
+	}
+	return "[" + storage + "] "
 }
 
 func summarise(all []*measurement) *benchSummary {

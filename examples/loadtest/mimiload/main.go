@@ -8,6 +8,7 @@
 //	mimiload crash -dir D -addr A ...      kill -9 Caddy under load, restart it, check the records
 //	mimiload attachbench -dir D ...        a 1 GiB attachment up and down, next to file_server; Caddy's RSS
 //	mimiload attachcrash -dir D ...        kill -9 Caddy during uploads, restart it, check the attachments
+//	mimiload attachbackend -kind s3|forward -dir D -out F   attachbench.sh's S3 server or legacy backend on loopback
 //
 // Modes (bench -modes):
 //
@@ -62,6 +63,8 @@ func main() {
 		err = attachBenchCmd(os.Args[2:])
 	case "attachcrash":
 		err = attachCrashCmd(os.Args[2:])
+	case "attachbackend":
+		err = attachBackendCmd(os.Args[2:])
 	default:
 		usage()
 	}
@@ -72,6 +75,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: mimiload setup|bench|crash|attachbench|attachcrash [flags] (mimiload <cmd> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: mimiload setup|bench|crash|attachbench|attachcrash|attachbackend [flags] (mimiload <cmd> -h for flags)")
 	os.Exit(2)
 }
