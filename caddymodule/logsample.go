@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"hash/fnv"
 	"sync/atomic"
 	"time"
 
@@ -55,9 +54,7 @@ func (s *sampler) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Ch
 		return ce
 	}
 	if ent.Level >= zapcore.DebugLevel && ent.Level <= zapcore.FatalLevel {
-		h := fnv.New32a()
-		h.Write([]byte(ent.Message))
-		c := &s.t.counts[ent.Level-zapcore.DebugLevel][h.Sum32()%sampleSlots]
+		c := &s.t.counts[ent.Level-zapcore.DebugLevel][fnv32a(ent.Message)%sampleSlots]
 		n := c.inc(ent.Time, s.t.tick)
 		if n > s.t.first && (s.t.thereafter == 0 || (n-s.t.first)%s.t.thereafter != 0) {
 			return ce
@@ -80,4 +77,15 @@ func (c *sampleCounter) inc(t time.Time, tick time.Duration) uint64 {
 		return c.n.Add(1)
 	}
 	return 1
+}
+
+// fnv32a is FNV-1a of s, without the allocations of hash/fnv.
+func fnv32a(s string) uint32 {
+	const offset, prime = 2166136261, 16777619
+	h := uint32(offset)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= prime
+	}
+	return h
 }

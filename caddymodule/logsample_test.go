@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"hash/fnv"
 	"sync"
 	"testing"
 	"time"
@@ -100,5 +101,15 @@ func TestSamplerConcurrent(t *testing.T) {
 	// 1000 entries in one tick: 1-10, 110, 210, ..., 910.
 	if n := logs.Len(); n != 19 {
 		t.Fatalf("%d of 1000 concurrent entries passed, want 19", n)
+	}
+}
+
+func TestFNV32a(t *testing.T) {
+	for _, s := range []string{"", "a", "foobar", "deliver_message refused"} {
+		h := fnv.New32a()
+		h.Write([]byte(s))
+		if got, want := fnv32a(s), h.Sum32(); got != want {
+			t.Errorf("fnv32a(%q) = %#x, want %#x (hash/fnv)", s, got, want)
+		}
 	}
 }
