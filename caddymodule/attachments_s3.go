@@ -19,11 +19,14 @@ func init() {
 
 // S3Storage keeps attachment ciphertexts in an S3-compatible object store
 // (AWS S3, MinIO, Ceph, Garage, versitygw, R2, B2...). After Provision it
-// is a storage.Backend. Uploads stream in parts of part_size, sent as one
-// PUT or a multipart upload completed only on commit, so nothing is
-// visible before an upload is complete and an aborted upload leaves no
-// bytes; the sweeper aborts the incomplete multipart uploads of crashed
-// processes under prefix.
+// is a storage.Backend. An upload of up to 1 MiB is sent as one PUT on
+// commit; a larger one is a multipart upload whose parts of part_size are
+// streamed from the client's body into their requests, without a part
+// buffer, and completed only on commit. So nothing is visible before an
+// upload is complete, and a failed or aborted upload leaves no bytes (a
+// part request that fails fails the upload: its bytes are not kept to
+// send again); the sweeper aborts the incomplete multipart uploads of
+// crashed processes under prefix.
 //
 // It holds no exclusive resource (an HTTP client), so the configs on both
 // sides of a reload each have their own, without a UsagePool.
@@ -50,9 +53,9 @@ type S3Storage struct {
 	// name, as most self-hosted stores need. Default false (the client
 	// picks from the endpoint).
 	PathStyle bool `json:"path_style,omitempty"`
-	// PartSize is the size in bytes of a multipart upload's parts, and so
-	// the memory each upload in progress holds: 5 MiB to 1 GiB, default
-	// 8 MiB.
+	// PartSize is the size in bytes of a multipart upload's parts: 5 MiB
+	// to 1 GiB, default 8 MiB. Parts are streamed, so it costs no memory;
+	// it sets the requests per upload (one per part).
 	PartSize int64 `json:"part_size,omitempty"`
 
 	// Store is the backend, set by Provision.

@@ -65,6 +65,12 @@ func ValidName(name string) bool {
 type Backend interface {
 	// Create starts the object name of exactly size bytes. Nothing is
 	// visible under name until the Writer's Commit succeeds.
+	//
+	// size is the object's final length, known before its first byte
+	// (the upload's header declares it): a backend may lay the object out
+	// from it, e.g. send it as requests of exact lengths while it
+	// arrives, and refuses any other number of bytes (ErrSize). ctx
+	// bounds the Writer's Write calls too, which may send bytes on.
 	Create(ctx context.Context, name string, size int64) (Writer, error)
 	// Open returns the committed object name for reading, or ErrNotFound.
 	Open(ctx context.Context, name string) (Object, error)
@@ -79,6 +85,12 @@ type Backend interface {
 
 // Writer receives an object's bytes in order. Write calls and Commit or
 // Abort come from one goroutine.
+//
+// A Write may pass its bytes on to the storage before it returns (and
+// block meanwhile) instead of keeping them (s3store and forward stream
+// them into a request), so a backend cannot send them again: a failed
+// Write fails the upload, which the caller aborts; only the uploader, who
+// still has the bytes, can try again.
 type Writer interface {
 	io.Writer
 	// Commit makes the object durable and visible under its name. It

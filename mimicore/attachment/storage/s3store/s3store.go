@@ -2,18 +2,34 @@
 // store (AWS S3, MinIO, Ceph RGW, Garage, versitygw, R2, B2 and the like),
 // through github.com/minio/minio-go/v7.
 //
-// An object is stored under Prefix + name. An upload is held in a buffer
-// of one part (PartSize, 8 MiB by default) at a time, so memory does not
-// grow with the object's size:
+// An object is stored under Prefix + name. Create is given the object's
+// size, so the writer knows from the start how it will send it, and
+// memory does not grow with the object's size:
 //
-//   - an object that fits in one part is sent by a single PutObject in
-//     Commit: before Commit the server has seen none of it;
-//   - a larger object is a multipart upload, started when the first part
-//     is full. Each full part is uploaded as the next bytes arrive, and
-//     the last part and CompleteMultipartUpload are sent in Commit. S3
-//     makes the object visible only on CompleteMultipartUpload, so nothing
-//     is visible before Commit; Abort sends AbortMultipartUpload, which
-//     removes every uploaded part.
+//   - an object of at most 1 MiB (smallObjectSize) is held in memory and
+//     sent by a single PutObject in Commit: before Commit the server has
+//     seen none of it;
+//   - a larger object is a multipart upload of parts of PartSize (8 MiB by
+//     default; the last one shorter), started by the first Write. Each
+//     part is streamed: its UploadPart request declares the part's exact
+//     Content-Length and its body is fed by Write through an io.Pipe, so
+//     no part is buffered; Write returns when the bytes are on their way
+//     and, at a part's end, once the server has answered for the part.
+//     CompleteMultipartUpload is sent in Commit. S3 makes the object
+//     visible only on CompleteMultipartUpload, so nothing is visible
+//     before Commit; Abort (and any failure) ends the part under way and
+//     sends AbortMultipartUpload, which removes every uploaded part.
+//
+// A streamed part is sent once: its bytes came from the caller and are
+// gone, so minio-go cannot replay them (it retries only requests whose
+// body it can seek). When an UploadPart request fails, be it on the
+// network or with an error status, Write returns the error and the
+// upload is aborted; the caller fails the upload, and its client may try
+// again. The other requests (a small object's PutObject, starting,
+// completing and aborting the multipart upload) keep minio-go's retries.
+// A part's request stays open while its bytes arrive, so a client that
+// pauses for longer than the store waits for a request's body (AWS S3
+// answers RequestTimeout) makes the part, and so the upload, fail.
 //
 // Sweep lists the incomplete multipart uploads under Prefix that were
 // initiated before the cut-off (uploads of a process that died) and
@@ -35,7 +51,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -55,6 +70,11 @@ const (
 	// MaxObjectSize is S3's limit on one object.
 	MaxObjectSize = 5 << 40
 )
+
+// smallObjectSize is the largest object sent by one PutObject from memory
+// rather than streamed as a multipart upload: below it, the two extra
+// requests of a multipart upload cost more than the buffer.
+const smallObjectSize = 1 << 20
 
 // abortTimeout bounds the requests of Abort, which has no context.
 const abortTimeout = 30 * time.Second
@@ -82,9 +102,11 @@ type Config struct {
 	// self-hosted stores need. False lets the client choose from the
 	// endpoint.
 	PathStyle bool
-	// PartSize is the size of a multipart upload's parts, and so the
-	// memory an upload holds; 0 means DefaultPartSize. An object larger
-	// than 10,000 parts gets larger parts.
+	// PartSize is the size of a multipart upload's parts; 0 means
+	// DefaultPartSize. Parts are streamed, not buffered, so it costs no
+	// memory: it sets the number of requests (one per part) and the
+	// largest amount of data a failed part request loses. An object
+	// larger than 10,000 parts gets larger parts.
 	PartSize int64
 	// Transport, when not nil, carries the requests (tests); the default
 	// is a transport of its own with Go's proxy settings and timeouts.
@@ -99,7 +121,6 @@ type Store struct {
 	prefix    string
 	partSize  int64
 	transport *http.Transport // ours to close, or nil
-	bufs      sync.Pool       // *[]byte of partSize
 }
 
 // New checks cfg and returns a Store. It sends no request: a store that
@@ -152,7 +173,6 @@ func New(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("setting up the s3 client for %s: %w", cfg.Endpoint, err)
 	}
 	s.core = minio.Core{Client: client}
-	s.bufs.New = func() any { b := make([]byte, 0, s.partSize); return &b }
 	return s, nil
 }
 
@@ -243,9 +263,13 @@ func isNotFound(err error) bool {
 	return r.StatusCode == http.StatusNotFound && r.Code != minio.NoSuchBucket
 }
 
-// writer is one upload. Its buffer holds the part being filled; full
-// parts are uploaded only when the byte after them arrives, so the last
-// part always waits for Commit.
+// writer is one upload. An object of up to smallObjectSize bytes is
+// held in memory and sent by one PutObject in Commit. A larger one is a
+// multipart upload whose parts are streamed: each part is a PutObjectPart
+// request of exactly its size, whose body is an io.Pipe fed by Write, so
+// the bytes go from the caller's buffer to the connection without a part
+// buffer. The request of a part ends when its last byte is written, and
+// Write waits for its answer before the next part starts.
 type writer struct {
 	s        *Store
 	ctx      context.Context
@@ -254,15 +278,39 @@ type writer struct {
 	size     int64
 	partSize int64
 
-	buf      *[]byte // from s.bufs, nil before the first byte and after the end
+	small    []byte // a small object's bytes so far
 	written  int64
 	uploadID string // of the multipart upload, once started
 	parts    []minio.CompletePart
-	done     bool  // committed or aborted
-	err      error // the first failure; every later Write or Commit returns it
+	part     *partUpload // the part being sent, or nil
+	done     bool        // committed or aborted
+	err      error       // the first failure; every later Write or Commit returns it
 }
 
-// Write buffers p, uploading each part that fills up.
+// partUpload is a part whose request is under way, in a goroutine of its
+// own that reads the part's bytes from pw's pipe.
+type partUpload struct {
+	num    int
+	left   int64 // bytes of the part still to write
+	pw     *io.PipeWriter
+	cancel context.CancelFunc // ends the request
+	res    chan partResult    // the request's outcome, sent once
+}
+
+type partResult struct {
+	etag string
+	err  error
+}
+
+// errPartEnded closes a part's pipe once its request has returned, so
+// that a Write still blocked on the pipe returns.
+var errPartEnded = errors.New("s3 part request ended")
+
+// errAborted ends the body of a part whose upload is being aborted.
+var errAborted = errors.New("s3 upload aborted")
+
+// Write sends p: into the buffer of a small object, or into the parts
+// being uploaded, starting each part when its first byte arrives.
 func (w *writer) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
@@ -274,45 +322,47 @@ func (w *writer) Write(p []byte) (int, error) {
 		w.fail(fmt.Errorf("writing s3 object %s: more than %d bytes: %w", w.name, w.size, storage.ErrSize))
 		return 0, w.err
 	}
+	if err := w.ctx.Err(); err != nil {
+		// The upload's context ended (its client went away): a part's
+		// request would notice it only some time later.
+		w.fail(fmt.Errorf("writing s3 object %s: %w", w.name, err))
+		return 0, w.err
+	}
+	if w.size <= smallObjectSize {
+		if w.small == nil {
+			w.small = make([]byte, 0, w.size)
+		}
+		w.small = append(w.small, p...)
+		w.written += int64(len(p))
+		return len(p), nil
+	}
 	n := 0
 	for len(p) > 0 {
-		if w.buf == nil {
-			w.buf = w.s.bufs.Get().(*[]byte)
-			*w.buf = (*w.buf)[:0]
-			w.ensureCap()
-		}
-		b := *w.buf
-		if int64(len(b)) == w.partSize {
-			if err := w.uploadPart(w.ctx); err != nil {
+		if w.part == nil {
+			if err := w.startPart(); err != nil {
 				return n, err
 			}
-			b = *w.buf
 		}
-		c := copy(b[len(b):w.partSize], p)
-		*w.buf = b[:len(b)+c]
-		p = p[c:]
-		n += c
-		w.written += int64(c)
+		c := min(int64(len(p)), w.part.left)
+		m, err := w.part.pw.Write(p[:c])
+		n += m
+		w.written += int64(m)
+		w.part.left -= int64(m)
+		p = p[m:]
+		if err != nil || w.part.left == 0 {
+			if err := w.endPart(); err != nil {
+				return n, err
+			}
+		}
 	}
 	return n, nil
 }
 
-// ensureCap makes the buffer hold partSize bytes: the pool's buffers are
-// s.partSize long, larger parts get their own.
-func (w *writer) ensureCap() {
-	if int64(cap(*w.buf)) < w.partSize {
-		b := make([]byte, len(*w.buf), w.partSize)
-		copy(b, *w.buf)
-		w.s.bufs.Put(w.buf)
-		w.buf = &b
-	}
-}
-
-// uploadPart sends the buffer as the next part, starting the multipart
-// upload first if need be.
-func (w *writer) uploadPart(ctx context.Context) error {
+// startPart starts the multipart upload if need be, then the request of
+// the next part, min(partSize, bytes left) long.
+func (w *writer) startPart() error {
 	if w.uploadID == "" {
-		id, err := w.s.core.NewMultipartUpload(ctx, w.s.bucket, w.key, minio.PutObjectOptions{})
+		id, err := w.s.core.NewMultipartUpload(w.ctx, w.s.bucket, w.key, minio.PutObjectOptions{})
 		if err != nil {
 			w.fail(fmt.Errorf("starting s3 multipart upload of %s: %w", w.name, err))
 			return w.err
@@ -320,19 +370,48 @@ func (w *writer) uploadPart(ctx context.Context) error {
 		w.uploadID = id
 	}
 	num := len(w.parts) + 1
-	b := *w.buf
-	part, err := w.s.core.PutObjectPart(ctx, w.s.bucket, w.key, w.uploadID, num,
-		bytes.NewReader(b), int64(len(b)), minio.PutObjectPartOptions{})
-	if err != nil {
-		w.fail(fmt.Errorf("uploading part %d of s3 object %s: %w", num, w.name, err))
-		return w.err
-	}
-	w.parts = append(w.parts, minio.CompletePart{PartNumber: num, ETag: part.ETag})
-	*w.buf = b[:0]
+	size := min(w.partSize, w.size-w.written)
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(w.ctx)
+	res := make(chan partResult, 1)
+	core, bucket, key, id := w.s.core, w.s.bucket, w.key, w.uploadID
+	go func() {
+		defer cancel()
+		// The body is neither a Seeker (so minio-go sends it once, never
+		// retrying with bytes it no longer has) nor a Closer (so the pipe's
+		// error is ours to set).
+		part, err := core.PutObjectPart(ctx, bucket, key, id, num, struct{ io.Reader }{pr}, size, minio.PutObjectPartOptions{})
+		if err != nil {
+			pr.CloseWithError(err)
+		} else {
+			pr.CloseWithError(errPartEnded)
+		}
+		res <- partResult{etag: part.ETag, err: err}
+	}()
+	w.part = &partUpload{num: num, left: size, pw: pw, cancel: cancel, res: res}
 	return nil
 }
 
-// fail records err, aborts the multipart upload and drops the buffer.
+// endPart ends the body of the current part and waits for the answer to
+// its request: the part is uploaded, or the upload fails.
+func (w *writer) endPart() error {
+	p := w.part
+	w.part = nil
+	p.pw.Close()
+	r := <-p.res
+	switch {
+	case r.err != nil:
+		w.fail(fmt.Errorf("uploading part %d of s3 object %s: %w", p.num, w.name, r.err))
+		return w.err
+	case p.left != 0:
+		w.fail(fmt.Errorf("uploading part %d of s3 object %s: the request ended %d bytes before the part's end", p.num, w.name, p.left))
+		return w.err
+	}
+	w.parts = append(w.parts, minio.CompletePart{PartNumber: p.num, ETag: r.etag})
+	return nil
+}
+
+// fail records err and aborts the upload.
 func (w *writer) fail(err error) {
 	if w.err == nil {
 		w.err = err
@@ -340,10 +419,16 @@ func (w *writer) fail(err error) {
 	w.abort()
 }
 
-// abort removes what the server holds and releases the buffer; it returns
-// the abort's error.
+// abort ends the part under way, removes what the server holds and drops
+// a small object's bytes; it returns the abort's error.
 func (w *writer) abort() error {
-	w.release()
+	w.small = nil
+	if p := w.part; p != nil {
+		w.part = nil
+		p.pw.CloseWithError(errAborted)
+		p.cancel()
+		<-p.res
+	}
 	if w.uploadID == "" {
 		return nil
 	}
@@ -357,17 +442,9 @@ func (w *writer) abort() error {
 	return nil
 }
 
-func (w *writer) release() {
-	if w.buf != nil {
-		if int64(cap(*w.buf)) == w.s.partSize {
-			w.s.bufs.Put(w.buf)
-		}
-		w.buf = nil
-	}
-}
-
-// Commit sends the last part and completes the upload (or sends a small
-// object in one request). The object is visible when it returns nil.
+// Commit sends a small object in one request, or completes the multipart
+// upload, whose every part Write has sent. The object is visible when it
+// returns nil.
 func (w *writer) Commit(ctx context.Context) error {
 	if w.err != nil {
 		return w.err
@@ -379,22 +456,13 @@ func (w *writer) Commit(ctx context.Context) error {
 		w.fail(fmt.Errorf("committing s3 object %s: %d bytes written of %d: %w", w.name, w.written, w.size, storage.ErrSize))
 		return w.err
 	}
-	var data []byte
-	if w.buf != nil {
-		data = *w.buf
-	}
-	if w.uploadID == "" {
-		_, err := w.s.core.PutObject(ctx, w.s.bucket, w.key, bytes.NewReader(data), int64(len(data)), "", "", minio.PutObjectOptions{})
+	if w.size <= smallObjectSize {
+		_, err := w.s.core.PutObject(ctx, w.s.bucket, w.key, bytes.NewReader(w.small), w.size, "", "", minio.PutObjectOptions{})
 		if err != nil {
 			w.fail(fmt.Errorf("putting s3 object %s: %w", w.name, err))
 			return w.err
 		}
 	} else {
-		if len(data) > 0 {
-			if err := w.uploadPart(ctx); err != nil {
-				return err
-			}
-		}
 		_, err := w.s.core.CompleteMultipartUpload(ctx, w.s.bucket, w.key, w.uploadID, w.parts, minio.PutObjectOptions{})
 		if err != nil {
 			w.fail(fmt.Errorf("completing s3 multipart upload of %s: %w", w.name, err))
@@ -403,7 +471,7 @@ func (w *writer) Commit(ctx context.Context) error {
 	}
 	w.done = true
 	w.uploadID = ""
-	w.release()
+	w.small = nil
 	return nil
 }
 
@@ -414,7 +482,7 @@ func (w *writer) Abort() error {
 	}
 	w.done = true
 	if w.err == nil {
-		w.err = errors.New("s3 upload aborted")
+		w.err = errAborted
 	}
 	return w.abort()
 }

@@ -3,8 +3,11 @@ package s3store_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -251,6 +254,237 @@ func TestNew(t *testing.T) {
 			_, err := s3store.New(c)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("New: %v, want an error about %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// partLog records the UploadPart requests: part number and the length
+// the request declares for the part (minio-go's streaming signature
+// sends it as X-Amz-Decoded-Content-Length).
+type partLog struct {
+	mu    sync.Mutex
+	parts []string
+	// fail, when not nil, answers the part requests it returns true for
+	// after reading failAfter bytes of the body: with an error, or with
+	// failStatus when it is not 0.
+	fail       func(part string) bool
+	failAfter  int64
+	failStatus int
+}
+
+func (l *partLog) RoundTrip(r *http.Request) (*http.Response, error) {
+	part := r.URL.Query().Get("partNumber")
+	if r.Method != http.MethodPut || part == "" {
+		return http.DefaultTransport.RoundTrip(r)
+	}
+	declared := r.Header.Get("X-Amz-Decoded-Content-Length")
+	if declared == "" {
+		declared = strconv.FormatInt(r.ContentLength, 10)
+	}
+	l.mu.Lock()
+	l.parts = append(l.parts, part+":"+declared)
+	fail := l.fail != nil && l.fail(part)
+	l.mu.Unlock()
+	if !fail {
+		return http.DefaultTransport.RoundTrip(r)
+	}
+	io.CopyN(io.Discard, r.Body, l.failAfter)
+	r.Body.Close()
+	if l.failStatus == 0 {
+		return nil, errors.New("injected failure")
+	}
+	body := "<Error><Code>InternalError</Code><Message>injected failure</Message></Error>"
+	return &http.Response{
+		StatusCode: l.failStatus, Status: http.StatusText(l.failStatus),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": {"application/xml"}},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)), Request: r,
+	}, nil
+}
+
+func (l *partLog) requests() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.parts...)
+}
+
+// TestStreamedParts checks that an object larger than 1 MiB goes up as
+// parts of exactly their size, each request declaring it, that the
+// stored object is the bytes written, and that sending a part allocates
+// far less than the part: parts are streamed, not buffered. (What it
+// allocates is minio-go's: over plain HTTP, the signature of every 64 KiB
+// chunk.)
+func TestStreamedParts(t *testing.T) {
+	srv := s3test.Start(t)
+	const part = s3store.MinPartSize
+	for _, tc := range []struct {
+		size  int
+		parts []int
+	}{
+		{1<<20 + 1, []int{1<<20 + 1}},
+		{part, []int{part}},
+		{part + 1, []int{part, 1}},
+		{3*part - 7, []int{part, part, part - 7}},
+	} {
+		t.Run(strconv.Itoa(tc.size), func(t *testing.T) {
+			log := new(partLog)
+			cfg := config(t, srv)
+			cfg.Transport = log
+			s := open(t, cfg)
+			name := storagetest.Name(t)
+			data := make([]byte, tc.size)
+			for i := range data {
+				data[i] = byte(i * 7 / 3)
+			}
+			w, err := s.Create(ctx, name, int64(len(data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The first part (or the whole object when it is smaller),
+			// with the allocations it costs, then the rest.
+			first := min(len(data), part)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			if err := writeChunks(w, data[:first]); err != nil {
+				t.Fatal(err)
+			}
+			runtime.ReadMemStats(&after)
+			if err := writeChunks(w, data[first:]); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := after.TotalAlloc - before.TotalAlloc; got > part/2 {
+				t.Errorf("writing a part of %d bytes allocated %d bytes; want under half a part (no part buffer)", first, got)
+			}
+			var want []string
+			for i, n := range tc.parts {
+				want = append(want, strconv.Itoa(i+1)+":"+strconv.Itoa(n))
+			}
+			if got := log.requests(); strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Errorf("part requests (number:declared length) %q, want %q", got, want)
+			}
+			o, err := s.Open(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer o.Close()
+			got, err := io.ReadAll(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("stored %d bytes differ from the %d written", len(got), len(data))
+			}
+		})
+	}
+}
+
+// writeChunks writes data in chunks of 100,003 bytes, which straddle the
+// parts' boundaries.
+func writeChunks(w io.Writer, data []byte) error {
+	for len(data) > 0 {
+		n := min(len(data), 100_003)
+		if _, err := w.Write(data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+// TestPartFailure checks that an UploadPart that fails mid-stream, on the
+// network or with an error status, fails the Write at once, is not
+// retried (its bytes are gone), and leaves nothing on the server.
+func TestPartFailure(t *testing.T) {
+	srv := s3test.Start(t)
+	c := srv.Client(t)
+	const part = s3store.MinPartSize
+	data := bytes.Repeat([]byte("0123456789abcdef"), 3*part/16)
+	for _, tc := range []struct {
+		name   string
+		status int
+	}{
+		{"network", 0},
+		{"status 500", http.StatusInternalServerError},
+		{"status 503", http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := &partLog{fail: func(p string) bool { return p == "2" }, failAfter: 1 << 20, failStatus: tc.status}
+			cfg := config(t, srv)
+			cfg.Transport = log
+			s := open(t, cfg)
+			w, err := s.Create(ctx, storagetest.Name(t), int64(len(data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(w, bytes.NewReader(data))
+			if err == nil || !strings.Contains(err.Error(), "part 2") {
+				t.Fatalf("Write: %v, want the failure of part 2", err)
+			}
+			if n >= 2*part {
+				t.Fatalf("%d bytes taken after part 2 failed", n)
+			}
+			if _, err := w.Write(data[:1]); err == nil {
+				t.Fatal("Write after a failed part succeeded")
+			}
+			if err := w.Commit(ctx); err == nil {
+				t.Fatal("Commit after a failed part succeeded")
+			}
+			if err := w.Abort(); err != nil {
+				t.Fatal(err)
+			}
+			if got := log.requests(); strings.Join(got, ",") != "1:5242880,2:5242880" {
+				t.Fatalf("part requests %q, want parts 1 and 2 once each", got)
+			}
+			if objects, uploads := keys(t, c, srv.Bucket, cfg.Prefix); len(objects)+len(uploads) != 0 {
+				t.Fatalf("left behind: objects %q, uploads %q", objects, uploads)
+			}
+		})
+	}
+}
+
+// TestEndMidPart checks the ends of an upload cut off in the middle of a
+// part's request: Abort, or the upload's context ending (the client went
+// away) and the Write after it failing. Either leaves nothing behind.
+func TestEndMidPart(t *testing.T) {
+	srv := s3test.Start(t)
+	c := srv.Client(t)
+	const part = s3store.MinPartSize
+	data := bytes.Repeat([]byte("x"), part+part/2)
+	for _, tc := range []struct {
+		name string
+		end  func(w storage.Writer, cancel context.CancelFunc) error
+	}{
+		{"abort", func(w storage.Writer, _ context.CancelFunc) error { return w.Abort() }},
+		{"context", func(w storage.Writer, cancel context.CancelFunc) error {
+			cancel()
+			if _, err := w.Write(data[:1]); err == nil {
+				return errors.New("Write after the context ended succeeded")
+			}
+			return w.Abort()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := config(t, srv)
+			s := open(t, cfg)
+			cctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			w, err := s.Create(cctx, storagetest.Name(t), 2*part)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.end(w, cancel); err != nil {
+				t.Fatal(err)
+			}
+			if objects, uploads := keys(t, c, srv.Bucket, cfg.Prefix); len(objects)+len(uploads) != 0 {
+				t.Fatalf("left behind: objects %q, uploads %q", objects, uploads)
 			}
 		})
 	}
