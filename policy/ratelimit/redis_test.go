@@ -318,3 +318,18 @@ func BenchmarkRedisAllowParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRedisAllowFallback is the cost of a decision while Redis is
+// down: local, after one timed-out probe per Retry interval.
+func BenchmarkRedisAllowFallback(b *testing.B) {
+	srv := redistest.New(b)
+	z := redisZone(b, "benchf", srv.Addr(), Config{Rate: 1e9, Burst: 1 << 30})
+	srv.Stop(b)
+	key := []byte("192.0.2.0/32")
+	z.AllowBytes(key, t0)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		z.AllowBytes(key, t0.Add(time.Duration(i)))
+	}
+}
