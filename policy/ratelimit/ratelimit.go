@@ -35,7 +35,10 @@
 //     become burst' - (TAT - now)*rate', where a local bucket keeps its
 //     token count;
 //   - the cap MaxKeys and the sweep do not apply: each key expires (PX)
-//     when its bucket is full again, equivalent to an absent one.
+//     a second after its bucket is full again, equivalent to an absent
+//     one. Redis counts that TTL on its own clock, so keys outlive clock
+//     skews between processes of up to a second. (A test clock that runs
+//     slower than the real one sees keys vanish early.)
 //
 // A Redis zone decides locally, with its own buckets, when a call fails or
 // takes longer than RedisConfig.Timeout, and for RedisConfig.Retry after

@@ -86,8 +86,11 @@ func (c RedisConfig) Validate() error {
 // b*T: the same decision as a token bucket of b tokens refilled at rate,
 // full when new, whose tokens at now are b - (TAT - now)/T. A refused event
 // changes nothing. The key expires when TAT passes, when its bucket is full
-// again and equivalent to an absent one. The reply is {1, 0} or {0, µs
-// until one event would be admitted}.
+// again and equivalent to an absent one, plus a second:
+// Redis counts the TTL on its own clock, so without the slack a process
+// whose clock is behind the writer's would find the key gone while its
+// bucket is not yet full. The reply is {1, 0} or {0, µs until one event
+// would be admitted}.
 var gcra = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local t = tonumber(ARGV[2])
@@ -98,7 +101,7 @@ local new = tat + t
 if new - now > tau then
   return {0, math.ceil(new - now - tau)}
 end
-redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.max(1, math.ceil((new - now) / 1000)))
+redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil((new - now) / 1000) + 1000)
 return {1, 0}
 `)
 
