@@ -185,8 +185,12 @@ func (b *redisBackend) try() bool {
 }
 
 // failed records a failed call; the transition to unhealthy is logged, so
-// at most one line per Retry interval.
+// at most one line per Retry interval. A call on a backend that SetRedis
+// closed meanwhile (a reload) says nothing of the server's health.
 func (b *redisBackend) failed(err error) {
+	if errors.Is(err, redis.ErrClosed) {
+		return
+	}
 	if b.healthy.CompareAndSwap(true, false) {
 		b.nextTry.Store(time.Now().UnixNano() + int64(b.cfg.Retry))
 		b.logger.Warn("redis rate limit failed; limiting locally until it answers",

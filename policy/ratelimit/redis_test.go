@@ -290,8 +290,14 @@ func TestSetRedis(t *testing.T) {
 	if z.redis.Load() == b {
 		t.Fatal("a new configuration kept the connection")
 	}
+	old := z.redis.Load()
 	if err := z.SetRedis(nil, nil); err != nil || z.Stats().Redis {
 		t.Fatalf("SetRedis(nil): %v, stats %+v", err, z.Stats())
+	}
+	// A call that raced with the reload, on the backend it closed, falls
+	// back without marking the server unhealthy.
+	if ok, _, done := z.allowRedis(old, nil, "k", t0); ok || done || !old.healthy.Load() {
+		t.Fatalf("closed backend: ok %v, done %v, healthy %v; want false, false, true", ok, done, old.healthy.Load())
 	}
 }
 
