@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -162,4 +163,63 @@ func TestRateLimitRedisPlaceholderErrors(t *testing.T) {
 	if !strings.Contains(err.Error(), "redis password") {
 		t.Fatalf("error %v does not name the redis password", err)
 	}
+}
+
+// TestRateLimitRedisReadme decodes the README's JSON example strictly and
+// parses its Caddyfile example of a Redis zone: both must mean what they
+// show.
+func TestRateLimitRedisReadme(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("json", func(t *testing.T) {
+		_, rest, ok := strings.Cut(string(readme), "\n## JSON\n")
+		if !ok {
+			t.Fatal("README has no JSON section")
+		}
+		_, rest, _ = strings.Cut(rest, "```json\n")
+		block, _, ok := strings.Cut(rest, "```")
+		if !ok {
+			t.Fatal("README's JSON section has no json block")
+		}
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(block), &fields); err != nil {
+			t.Fatal(err)
+		}
+		var zones []*RateLimitZone
+		if err := caddy.StrictUnmarshalJSON(fields["rate_limits"], &zones); err != nil {
+			t.Fatalf("the README's rate_limits do not decode: %v", err)
+		}
+		want := &RateLimitRedis{Address: "10.0.0.5:6379", Password: "{env.REDIS_PASSWORD}",
+			Timeout: caddy.Duration(5 * time.Millisecond), Prefix: "a.example:rl:", Retry: caddy.Duration(time.Second)}
+		var got *RateLimitRedis
+		for _, z := range zones {
+			if z.Redis != nil {
+				got = z.Redis
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("README redis decodes to %+v, want %+v", got, want)
+		}
+	})
+	t.Run("caddyfile", func(t *testing.T) {
+		_, rest, ok := strings.Cut(string(readme), "```caddyfile\nrate_limit per_ip {\n")
+		if !ok {
+			t.Fatal("README has no Caddyfile example of a Redis zone")
+		}
+		block, _, _ := strings.Cut(rest, "```")
+		in := "mimi {\nprovider example.com\nds_domain ds.example.com\nrate_limit per_ip {\n" + block + "}"
+		g := new(Gateway)
+		if err := g.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		want := &RateLimitRedis{Address: "10.0.0.5:6379", Password: "{env.REDIS_PASSWORD}", Prefix: "a.example:rl:"}
+		if len(g.RateLimits) != 1 || !reflect.DeepEqual(g.RateLimits[0].Redis, want) {
+			t.Fatalf("README example parses to %+v", g.RateLimits)
+		}
+	})
 }
