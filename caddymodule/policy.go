@@ -269,6 +269,9 @@ func (z *RateLimitZone) config() (admission.ZoneConfig, error) {
 		if err := zc.Redis.Validate(); err != nil {
 			return zc, err
 		}
+		if zc.Rate > ratelimit.MaxRedisRate {
+			return zc, fmt.Errorf("rate %g per second is above %g, the most a redis zone resolves", zc.Rate, float64(ratelimit.MaxRedisRate))
+		}
 	}
 	return zc, nil
 }

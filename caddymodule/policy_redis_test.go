@@ -78,9 +78,13 @@ func TestRateLimitRedisCaddyfileErrors(t *testing.T) {
 		{"zero_retry", "redis a:1 {\nretry 0s\n}", "invalid redis retry '0s'"},
 		{"unknown", "redis a:1 {\nuser bob\n}", "unrecognized rate_limit z redis option 'user'"},
 		{"no_value", "redis a:1 {\npassword\n}", "wrong argument count"},
+		{"rate_too_high", "rate 2000000/1s\nredis a:1", "rate 2e+06 per second is above 1e+06, the most a redis zone resolves"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			in := "mimi {\nrate_limit z {\nkey remote_ip\nrate 1/1s\n" + tc.in + "\n}\n}"
+			in := "mimi {\nrate_limit z {\nkey remote_ip\n" + tc.in + "\n}\n}"
+			if !strings.Contains(tc.in, "rate ") {
+				in = strings.Replace(in, "key remote_ip\n", "key remote_ip\nrate 1/1s\n", 1)
+			}
 			err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)

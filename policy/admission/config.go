@@ -311,6 +311,9 @@ func (z *ZoneConfig) validate() error {
 		return fmt.Errorf("max_keys %d must be positive", z.MaxKeys)
 	}
 	if z.Redis != nil {
+		if z.Rate > ratelimit.MaxRedisRate {
+			return fmt.Errorf("rate %g per second is above %g, the most a redis zone resolves", z.Rate, float64(ratelimit.MaxRedisRate))
+		}
 		return z.Redis.Validate()
 	}
 	return nil

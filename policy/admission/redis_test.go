@@ -2,6 +2,7 @@ package admission
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,5 +56,14 @@ func TestRedisZoneAcrossGateways(t *testing.T) {
 	}
 	if m := gather(); m[healthy] != 0 || m[fallbacks] != 6 {
 		t.Fatalf("healthy %v, fallbacks %v; want 0, 6", m[healthy], m[fallbacks])
+	}
+}
+
+func TestRedisZoneRateBound(t *testing.T) {
+	z := zoneCfg("fast", KeyRemoteIP, 2_000_000, time.Second, "ds_domain")
+	z.Redis = &ratelimit.RedisConfig{Addr: "127.0.0.1:1"}
+	err := (&Config{Endpoints: gatewayEndpoints(), Zones: []ZoneConfig{z}}).Validate()
+	if err == nil || !strings.Contains(err.Error(), "the most a redis zone resolves") {
+		t.Fatalf("error %v, want the Redis rate bound", err)
 	}
 }

@@ -22,7 +22,8 @@
 // It makes the same decisions, with the same Retry-After, as the local
 // buckets (TestRedisMatchesLocal), except that:
 //
-//   - time has microsecond resolution in Redis;
+//   - time has microsecond resolution in Redis, and the rate is at most
+//     MaxRedisRate;
 //   - the time is the caller's now, passed to the script, not Redis's
 //     TIME: the same Allow(key, now) contract as local zones, testable with
 //     a fake clock, and deterministic. Processes whose clocks differ by d

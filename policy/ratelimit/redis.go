@@ -24,6 +24,11 @@ const (
 	// DefaultRedisRetry is how often, at most, a zone that fell back to
 	// its local buckets tries Redis again.
 	DefaultRedisRetry = time.Second
+	// MaxRedisRate is the highest rate, in events per second, of a zone in
+	// Redis. The script keeps times as doubles in microseconds since 1970,
+	// which resolve a quarter of a microsecond until 2041: one event per
+	// microsecond keeps the emission interval four times above it.
+	MaxRedisRate = 1e6
 )
 
 // RedisConfig makes a zone keep its buckets in Redis, shared by every
