@@ -22,8 +22,8 @@
 // It makes the same decisions, with the same Retry-After, as the local
 // buckets (TestRedisMatchesLocal), except that:
 //
-//   - time has microsecond resolution in Redis, and the rate is at most
-//     MaxRedisRate;
+//   - Redis keeps times in microseconds as doubles: the rate is at most
+//     MaxRedisRate, and rounded (see there);
 //   - the time is the caller's now, passed to the script, not Redis's
 //     TIME: the same Allow(key, now) contract as local zones, testable with
 //     a fake clock, and deterministic. Processes whose clocks differ by d
