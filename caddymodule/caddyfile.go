@@ -66,6 +66,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			endpoints  <endpoint...>
 //			over_limit refuse|token
 //			max_keys   <n>
+//			redis      <host:port> {
+//				password <value>
+//				db       <n>
+//				timeout  <duration>
+//				prefix   <string>
+//				retry    <duration>
+//			}
 //		}
 //		privacy_pass {
 //			issuer_name      <host[:port]>

@@ -17,6 +17,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
 // This file adapts the admission policy's configuration (rate_limit,
@@ -84,8 +85,40 @@ type RateLimitZone struct {
 
 	// MaxKeys caps the buckets the zone holds; past it the least recently
 	// used sampled bucket is evicted. Default: 1048576. Set when the zone is
-	// first created: a reload does not change it.
+	// first created: a reload does not change it. It does not apply to the
+	// keys in Redis, which expire when their bucket is full again.
 	MaxKeys int `json:"max_keys,omitempty"`
+
+	// Redis keeps the zone's buckets in Redis, shared by every gateway
+	// that uses the same server, prefix and zone name. Default: buckets in
+	// this process only.
+	Redis *RateLimitRedis `json:"redis,omitempty"`
+}
+
+// RateLimitRedis is the Redis server of a cluster-wide rate-limit zone.
+// When a call fails or times out the zone decides with its per-process
+// buckets at once, and goes back to Redis when it answers again (tried
+// once per Retry).
+type RateLimitRedis struct {
+	// Address is the server's host:port; placeholders are expanded at
+	// provisioning. Required.
+	Address string `json:"address"`
+	// Password is sent with AUTH; placeholders such as `{env.NAME}` or
+	// `{file./path}` are expanded at provisioning (write `\{` for a
+	// literal brace). Default: none.
+	Password string `json:"password,omitempty"`
+	// DB is the database number. Default: 0.
+	DB int `json:"db,omitempty"`
+	// Timeout bounds each Redis call, the connection included; past it
+	// the request is decided locally. Default: 5ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// Prefix starts every key, followed by the zone name, `:` and the
+	// limited key. Give providers that share a server different
+	// prefixes. Default: `mimi:rl:`.
+	Prefix string `json:"prefix,omitempty"`
+	// Retry is how often, at most, a zone that fell back tries Redis
+	// again. Default: 1s.
+	Retry caddy.Duration `json:"retry,omitempty"`
 }
 
 // PrivacyPass configures the origin role of Privacy Pass (RFC 9577): which
@@ -228,7 +261,39 @@ func (z *RateLimitZone) config() (admission.ZoneConfig, error) {
 	default:
 		return zc, fmt.Errorf("over_limit %q is not refuse or token", z.OverLimit)
 	}
+	if r := z.Redis; r != nil {
+		// Address and Password keep their placeholders until
+		// provisionPolicy expands them.
+		zc.Redis = &ratelimit.RedisConfig{Addr: r.Address, Password: r.Password, DB: r.DB,
+			Timeout: time.Duration(r.Timeout), Prefix: r.Prefix, Retry: time.Duration(r.Retry)}
+		if err := zc.Redis.Validate(); err != nil {
+			return zc, err
+		}
+		if zc.Rate > ratelimit.MaxRedisRate {
+			return zc, fmt.Errorf("rate %g per second is above %g, the most a redis zone resolves", zc.Rate, float64(ratelimit.MaxRedisRate))
+		}
+	}
 	return zc, nil
+}
+
+// expandRedis expands the placeholders of the zones' Redis address and
+// password. Errors name the placeholder, never the password.
+func expandRedis(zones []admission.ZoneConfig) error {
+	repl := caddy.NewReplacer()
+	for i := range zones {
+		r := zones[i].Redis
+		if r == nil {
+			continue
+		}
+		var err error
+		if r.Addr, err = repl.ReplaceOrErr(r.Addr, true, true); err != nil {
+			return fmt.Errorf("rate_limit %s: redis address: %w", zones[i].Name, err)
+		}
+		if r.Password, err = repl.ReplaceOrErr(r.Password, true, true); err != nil {
+			return fmt.Errorf("rate_limit %s: redis password: %w", zones[i].Name, err)
+		}
+	}
+	return nil
 }
 
 // admissionConfig converts the policy options to the admission policy's
@@ -290,6 +355,9 @@ func (g *Gateway) provisionPolicy(ctx caddy.Context, fetch provider.FetchPolicy)
 	cfg, err := g.admissionConfig()
 	if err != nil {
 		return err
+	}
+	if err := expandRedis(cfg.Zones); err != nil {
+		return fmt.Errorf("mimi: %w", err)
 	}
 	if g.Issuer != nil {
 		if g.issuer, err = admission.NewIssuer(g.Issuer.KeyFiles, g.Issuer.requestPath()); err != nil {

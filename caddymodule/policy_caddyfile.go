@@ -99,6 +99,12 @@ func unmarshalRateLimit(d *caddyfile.Dispenser) (*RateLimitZone, error) {
 			if z.OverLimit != overLimitRefuse && z.OverLimit != overLimitToken {
 				return nil, d.Errf("invalid over_limit '%s': want refuse or token", z.OverLimit)
 			}
+		case "redis":
+			r, err := unmarshalRedis(d, z.Name)
+			if err != nil {
+				return nil, err
+			}
+			z.Redis = r
 		default:
 			return nil, d.Errf("unrecognized rate_limit option '%s'", opt)
 		}
@@ -110,6 +116,59 @@ func unmarshalRateLimit(d *caddyfile.Dispenser) (*RateLimitZone, error) {
 		return nil, d.Errf("rate_limit %s: %v", z.Name, err)
 	}
 	return z, nil
+}
+
+// unmarshalRedis parses the redis option of rate_limit zone:
+//
+//	redis <host:port> {
+//		password <value>
+//		db       <n>
+//		timeout  <duration>
+//		prefix   <string>
+//		retry    <duration>
+//	}
+func unmarshalRedis(d *caddyfile.Dispenser, zone string) (*RateLimitRedis, error) {
+	r := new(RateLimitRedis)
+	if !d.AllArgs(&r.Address) {
+		return nil, d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("duplicate rate_limit %s redis option '%s'", zone, opt)
+		}
+		seen[opt] = true
+		var v string
+		if !d.AllArgs(&v) {
+			return nil, d.ArgErr()
+		}
+		switch opt {
+		case "password":
+			r.Password = v
+		case "prefix":
+			r.Prefix = v
+		case "db":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return nil, d.Errf("invalid redis db '%s': want a non-negative integer", v)
+			}
+			r.DB = n
+		case "timeout", "retry":
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("invalid redis %s '%s': want a positive duration", opt, v)
+			}
+			if opt == "timeout" {
+				r.Timeout = caddy.Duration(dur)
+			} else {
+				r.Retry = caddy.Duration(dur)
+			}
+		default:
+			return nil, d.Errf("unrecognized rate_limit %s redis option '%s'", zone, opt)
+		}
+	}
+	return r, nil
 }
 
 // unmarshalPrivacyPass parses the privacy_pass block.

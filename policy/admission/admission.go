@@ -130,7 +130,7 @@ func New(cfg Config) (*Policy, error) {
 	}
 	for i := range cfg.Zones {
 		zc := &cfg.Zones[i]
-		rl, key, err := zones.acquire(cfg.Scope, zc)
+		rl, key, err := zones.acquire(cfg.Scope, zc, p.logger)
 		if err != nil {
 			p.Close() //nolint:errcheck // reporting the first error
 			return nil, fmt.Errorf("rate_limit %s: %w", zc.Name, err)

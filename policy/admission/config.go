@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
 // Kind says what an endpoint is, which decides the zone keys that exist on
@@ -177,6 +178,10 @@ type ZoneConfig struct {
 	// Privacy Pass token (token_required with a challenge otherwise)
 	// instead of refusing it with rate_limited. Needs Privacy Pass.
 	OverLimitToken bool
+	// Redis, when set, keeps the zone's buckets in Redis, shared by every
+	// gateway using the same server, prefix and zone name, with the local
+	// buckets as fallback (ratelimit.Zone.SetRedis). Nil: local buckets.
+	Redis *ratelimit.RedisConfig
 }
 
 // Config is the admission policy of one gateway.
@@ -304,6 +309,12 @@ func (z *ZoneConfig) validate() error {
 	}
 	if z.MaxKeys < 0 {
 		return fmt.Errorf("max_keys %d must be positive", z.MaxKeys)
+	}
+	if z.Redis != nil {
+		if z.Rate > ratelimit.MaxRedisRate {
+			return fmt.Errorf("rate %g per second is above %g, the most a redis zone resolves", z.Rate, float64(ratelimit.MaxRedisRate))
+		}
+		return z.Redis.Validate()
 	}
 	return nil
 }

@@ -35,7 +35,9 @@ var decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 // Collectors returns the policy's collectors:
 // caddy_mimi_policy_decisions_total{zone,endpoint,outcome} and, for every
 // live zone, caddy_mimi_rate_limit_keys{zone} and
-// caddy_mimi_rate_limit_evictions_total{zone}. They are package-level, so
+// caddy_mimi_rate_limit_evictions_total{zone}, and for every zone in
+// Redis caddy_mimi_rate_limit_redis_healthy{zone} and
+// caddy_mimi_rate_limit_redis_fallbacks_total{zone}. They are package-level, so
 // the caller registers them in each configuration's registry and tolerates
 // prometheus.AlreadyRegisteredError.
 func Collectors() []prometheus.Collector {
@@ -49,6 +51,12 @@ var (
 	zoneEvictionsDesc = prometheus.NewDesc("caddy_mimi_rate_limit_evictions_total",
 		"Buckets a rate-limit zone dropped before they had refilled because it was at max_keys; "+
 			"a steady rise means max_keys is too small or keys are being sprayed.", []string{"zone"}, nil)
+	zoneRedisHealthyDesc = prometheus.NewDesc("caddy_mimi_rate_limit_redis_healthy",
+		"1 while a Redis rate-limit zone decides in Redis, 0 while it falls back to per-process buckets.",
+		[]string{"zone"}, nil)
+	zoneRedisFallbacksDesc = prometheus.NewDesc("caddy_mimi_rate_limit_redis_fallbacks_total",
+		"Events a Redis rate-limit zone decided with per-process buckets because Redis failed or timed out.",
+		[]string{"zone"}, nil)
 )
 
 // zoneStats collects the size and evictions of every live zone at scrape
@@ -60,17 +68,38 @@ type zoneStats struct{}
 func (zoneStats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- zoneKeysDesc
 	ch <- zoneEvictionsDesc
+	ch <- zoneRedisHealthyDesc
+	ch <- zoneRedisFallbacksDesc
 }
 
 // Collect implements prometheus.Collector.
 func (zoneStats) Collect(ch chan<- prometheus.Metric) {
 	keys := map[string]int{}
 	evictions := map[string]uint64{}
+	healthy := map[string]bool{} // zones in Redis: all of that name healthy
+	fallbacks := map[string]uint64{}
 	zones.each(func(z *ratelimit.Zone) {
 		st := z.Stats()
 		keys[z.Name()] += st.Keys
 		evictions[z.Name()] += st.Evictions
+		fallbacks[z.Name()] += st.RedisFallbacks
+		if st.Redis {
+			h, seen := healthy[z.Name()]
+			healthy[z.Name()] = st.RedisHealthy && (h || !seen)
+		}
 	})
+	for name, h := range healthy {
+		v := 0.0
+		if h {
+			v = 1
+		}
+		if m, err := prometheus.NewConstMetric(zoneRedisHealthyDesc, prometheus.GaugeValue, v, name); err == nil {
+			ch <- m
+		}
+		if m, err := prometheus.NewConstMetric(zoneRedisFallbacksDesc, prometheus.CounterValue, float64(fallbacks[name]), name); err == nil {
+			ch <- m
+		}
+	}
 	for name, n := range keys {
 		if m, err := prometheus.NewConstMetric(zoneKeysDesc, prometheus.GaugeValue, float64(n), name); err == nil {
 			ch <- m

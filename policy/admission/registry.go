@@ -1,8 +1,11 @@
 package admission
 
 import (
+	"errors"
 	"fmt"
 	"sync"
+
+	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
@@ -27,9 +30,11 @@ type zoneEntry struct {
 func registryKey(scope, name string) string { return scope + "\x00" + name }
 
 // acquire returns the zone of cfg in scope, creating it on first use and
-// applying cfg's rate and burst to an existing one. Every successful
-// acquire is paired with a release of the returned key.
-func (r *registry) acquire(scope string, cfg *ZoneConfig) (*ratelimit.Zone, string, error) {
+// applying cfg's rate, burst and Redis settings to an existing one (an
+// unchanged Redis setting keeps its connection). Every successful acquire
+// is paired with a release of the returned key. logger receives the
+// zone's Redis fallbacks and recoveries.
+func (r *registry) acquire(scope string, cfg *ZoneConfig, logger *zap.Logger) (*ratelimit.Zone, string, error) {
 	key := registryKey(scope, cfg.Name)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -37,12 +42,18 @@ func (r *registry) acquire(scope string, cfg *ZoneConfig) (*ratelimit.Zone, stri
 		if err := e.zone.UpdateLimits(cfg.Rate, cfg.Burst); err != nil {
 			return nil, "", fmt.Errorf("updating limits: %w", err)
 		}
+		if err := e.zone.SetRedis(cfg.Redis, logger); err != nil {
+			return nil, "", fmt.Errorf("updating redis: %w", err)
+		}
 		e.refs++
 		return e.zone, key, nil
 	}
 	z, err := ratelimit.NewZone(cfg.Name, ratelimit.Config{Rate: cfg.Rate, Burst: cfg.Burst, MaxKeys: cfg.MaxKeys})
 	if err != nil {
 		return nil, "", err
+	}
+	if err := z.SetRedis(cfg.Redis, logger); err != nil {
+		return nil, "", errors.Join(err, z.Destruct())
 	}
 	r.m[key] = &zoneEntry{zone: z, refs: 1}
 	return z, key, nil

@@ -16,6 +16,37 @@
 //   - Keys longer than MaxKeyLen bytes are stored as their SHA-256, so a
 //     bucket costs at most a fixed number of bytes whatever the key.
 //
+// A Zone can keep its buckets in Redis instead (SetRedis), so that several
+// processes share one budget per key: a GCRA (generic cell rate algorithm)
+// run atomically by a Lua script, loaded with EVALSHA and EVAL on NOSCRIPT.
+// It makes the same decisions, with the same Retry-After, as the local
+// buckets (TestRedisMatchesLocal), except that:
+//
+//   - Redis keeps times in microseconds as doubles: the rate is at most
+//     MaxRedisRate, and rounded (see there);
+//   - the time is the caller's now, passed to the script, not Redis's
+//     TIME: the same Allow(key, now) contract as local zones, testable with
+//     a fake clock, and deterministic. Processes whose clocks differ by d
+//     share a key fairly only up to d: a process ahead by d may spend up to
+//     d*rate events early (never more than burst), one behind by d finds
+//     d*rate fewer. A local bucket takes a now earlier than its last one as
+//     no time elapsed; the script counts from it;
+//   - Redis stores the theoretical arrival time, not a token count, so a
+//     new rate or burst (UpdateLimits) applies to the debt in time: tokens
+//     become burst' - (TAT - now)*rate', where a local bucket keeps its
+//     token count;
+//   - the cap MaxKeys and the sweep do not apply: each key expires (PX)
+//     a second after its bucket is full again, equivalent to an absent
+//     one. Redis counts that TTL on its own clock, so keys outlive clock
+//     skews between processes of up to a second. (A test clock that runs
+//     slower than the real one sees keys vanish early.)
+//
+// A Redis zone decides locally, with its own buckets, when a call fails or
+// takes longer than RedisConfig.Timeout, and for RedisConfig.Retry after
+// that, then tries Redis again; Stats counts those fallbacks. While it
+// falls back, each process limits on its own: n processes admit up to n
+// times the budget, and the local buckets start full.
+//
 // A Zone is meant to outlive configuration reloads: the Caddy layer keeps
 // zones in a caddy.UsagePool keyed by zone name (*Zone implements
 // caddy.Destructor through its Destruct method) and calls UpdateLimits when
@@ -72,6 +103,14 @@ type Stats struct {
 	// shard was at its cap. A steady rise means MaxKeys is too small for
 	// the traffic (or an attacker is spraying keys).
 	Evictions uint64
+	// Redis says the zone keeps its buckets in Redis (SetRedis).
+	Redis bool
+	// RedisHealthy says Redis answered the last call (or none was made
+	// yet); false while the zone decides locally.
+	RedisHealthy bool
+	// RedisFallbacks counts the events decided locally because Redis
+	// failed, timed out or had failed less than a retry interval before.
+	RedisFallbacks uint64
 }
 
 // Zone is a named set of token buckets sharing one rate and burst. It is
@@ -84,6 +123,12 @@ type Zone struct {
 	mask     uint64
 	perShard int
 	evicted  atomic.Uint64
+
+	// redis, when set, holds the buckets instead of shards, which then
+	// serve as the fallback (SetRedis).
+	redis          atomic.Pointer[redisBackend]
+	redisMu        sync.Mutex // serializes SetRedis
+	redisFallbacks atomic.Uint64
 }
 
 type limits struct {
@@ -218,6 +263,11 @@ func (z *Zone) AllowBytes(key []byte, now time.Time) (ok bool, retryAfter time.D
 
 // allow takes the key from kb when non-nil, else from ks.
 func (z *Zone) allow(kb []byte, ks string, now time.Time) (bool, time.Duration) {
+	if b := z.redis.Load(); b != nil {
+		if ok, retry, done := z.allowRedis(b, kb, ks, now); done {
+			return ok, retry
+		}
+	}
 	var h uint64
 	if kb != nil {
 		h = maphash.Bytes(z.seed, kb)
@@ -333,7 +383,13 @@ func (z *Zone) Len() int {
 }
 
 // Stats returns the zone's counters.
-func (z *Zone) Stats() Stats { return Stats{Keys: z.Len(), Evictions: z.evicted.Load()} }
+func (z *Zone) Stats() Stats {
+	st := Stats{Keys: z.Len(), Evictions: z.evicted.Load(), RedisFallbacks: z.redisFallbacks.Load()}
+	if b := z.redis.Load(); b != nil {
+		st.Redis, st.RedisHealthy = true, b.healthy.Load()
+	}
+	return st
+}
 
 // Sweep drops every bucket that has refilled by now. Zones also sweep on
 // their own as keys are inserted; calling Sweep from a timer returns memory
@@ -350,7 +406,8 @@ func (z *Zone) Sweep(now time.Time) {
 
 // Destruct releases the zone's buckets. It implements caddy.Destructor so
 // that a *Zone can be held in a caddy.UsagePool directly; the pool calls it
-// when the last configuration using the zone is unloaded.
+// when the last configuration using the zone is unloaded. It closes the
+// zone's Redis connections.
 func (z *Zone) Destruct() error {
 	for i := range z.shards {
 		s := &z.shards[i]
@@ -358,5 +415,5 @@ func (z *Zone) Destruct() error {
 		s.m = make(map[string]*bucket)
 		s.mu.Unlock()
 	}
-	return nil
+	return z.SetRedis(nil, nil)
 }
