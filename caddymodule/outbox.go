@@ -28,6 +28,11 @@ import (
 // up, before the service's store closes.
 var senderPool = caddy.NewUsagePool()
 
+// outboxLeaseTTL is the drain lease's ttl of the senders of gateways on
+// PostgreSQL (federation.Sender.LeaseTTL): how long a destination whose
+// gateway died waits for another to take it over. Tests shorten it.
+var outboxLeaseTTL = federation.DefaultLeaseTTL
+
 // runningSender is a sender and the goroutine that runs it.
 type runningSender struct {
 	sender *federation.Sender
@@ -51,6 +56,11 @@ func (g *Gateway) startSender(svc *service.Service) (*federation.Sender, error) 
 			Outbox:    svc.Store(),
 			Transport: federation.Clients{Keys: svc.Keys(), Fetcher: svc.Fetcher},
 			Logger:    sampled(g.logger.Named("federation")),
+		}
+		if st := g.Store; st != nil && st.Backend == storePostgres {
+			// Other gateways drain the same outbox: one at a time per
+			// destination, under its drain lease.
+			s.Leases, s.LeaseTTL = svc.Store(), outboxLeaseTTL
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		r := &runningSender{sender: s, cancel: cancel, done: make(chan struct{})}
