@@ -12,20 +12,26 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // cluster is provider a.localhost run by two gateways on one PostgreSQL
@@ -251,4 +257,134 @@ func TestClusterOutbox(t *testing.T) {
 			t.Fatalf("queued message %d reads %q, %v: out of order or damaged", i, plain, err)
 		}
 	}
+}
+
+// postOp posts a DSRequest signed by c (as its leaf) to site's
+// /group_operation and returns the HTTP status and the answer.
+func postOp(site *peerSite, c *peerMember, body moh.RequestBody) (int, moh.DSResponse, error) {
+	var r moh.DSResponse
+	req, err := ds.SignRequest(peerSuite, c.signer, body, ds.ClientSignature(c.m.LeafIndex(), time.Now()))
+	if err != nil {
+		return 0, r, err
+	}
+	_, port, _ := net.SplitHostPort(site.addr)
+	resp, err := site.client().Post("https://"+site.g.Providers[0]+":"+port+"/group_operation", "application/octet-stream", bytes.NewReader(req))
+	if err != nil {
+		return 0, r, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, r, err
+	}
+	if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil {
+		return resp.StatusCode, r, err
+	}
+	return resp.StatusCode, r, nil
+}
+
+// TestClusterRaces races work that must happen once across the two
+// gateways of one provider on one PostgreSQL database: 100 commits for one
+// epoch, posted at once, half to each gateway's /group_operation (exactly
+// one is accepted); and 50 claims of one client's KeyPackages, half
+// through each gateway's store (each single-use package is handed out
+// once, then the last-resort one).
+func TestClusterRaces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and three gateways")
+	}
+	c := newCluster(t)
+
+	t.Run("Commits", func(t *testing.T) {
+		alice := newPeerMember(t, c.a[0], "alice")
+		createGroupAt(t, c.a[0], alice, []byte("a raced group"))
+		const rivals = 100
+		bodies := make([]moh.RequestBody, rivals)
+		for i := range bodies {
+			res, err := alice.m.Commit(nil, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pgi := res.GroupInfo.GroupInfo
+			bodies[i] = moh.RequestBody{Type: moh.UpdateClient, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
+				PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}}}
+		}
+		var (
+			wg      sync.WaitGroup
+			mu      sync.Mutex
+			won     int
+			refused = map[string]int{}
+			start   = make(chan struct{})
+		)
+		for i, body := range bodies {
+			wg.Go(func() {
+				<-start
+				status, r, err := postOp(c.a[i%2], alice, body)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err != nil:
+					t.Errorf("commit %d: %v", i, err)
+				case status == http.StatusOK && r.Type != moh.ResponseError:
+					won++
+				default:
+					refused[fmt.Sprintf("%d %s", status, r.Error.Code)]++
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if won != 1 {
+			t.Fatalf("%d of %d racing commits for one epoch were accepted, want 1 (refused: %v)", won, rivals, refused)
+		}
+		for answer := range refused {
+			if strings.HasPrefix(answer, "5") {
+				t.Fatalf("racing commits refused with %v, want conflicts, not server errors", refused)
+			}
+		}
+		t.Logf("the %d losers were answered %v", rivals-1, refused)
+	})
+
+	t.Run("KeyPackages", func(t *testing.T) {
+		const client, single, claims = "mimi://a.localhost/d/carol/phone", 40, 50
+		exp := time.Now().Add(24 * time.Hour)
+		kps := []store.KeyPackage{{Client: client, Suite: 1, Ref: []byte("last resort"), KeyPackage: []byte("kp last resort"),
+			NotAfter: exp, LastResort: true}}
+		for i := range single {
+			kps = append(kps, store.KeyPackage{Client: client, Suite: 1, Ref: fmt.Appendf(nil, "ref %d", i),
+				KeyPackage: fmt.Appendf(nil, "kp %d", i), NotAfter: exp})
+		}
+		if err := c.a[0].g.svc.Store().PublishKeyPackages(t.Context(), client, kps); err != nil {
+			t.Fatal(err)
+		}
+		var (
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			got   = map[string]int{}
+			start = make(chan struct{})
+		)
+		for i := range claims {
+			wg.Go(func() {
+				<-start
+				kp, err := c.a[i%2].g.svc.Store().ClaimKeyPackage(t.Context(), client, 0)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					t.Errorf("claim %d: %v", i, err)
+					return
+				}
+				got[string(kp.Ref)]++
+			})
+		}
+		close(start)
+		wg.Wait()
+		if got["last resort"] != claims-single {
+			t.Fatalf("the last-resort package was handed out %d times, want %d", got["last resort"], claims-single)
+		}
+		for i := range single {
+			if n := got[fmt.Sprintf("ref %d", i)]; n != 1 {
+				t.Fatalf("single-use package %d was handed out %d times, want once", i, n)
+			}
+		}
+	})
 }
