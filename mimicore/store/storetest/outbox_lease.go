@@ -161,6 +161,7 @@ func testOutboxDrainers(t *testing.T, stores []store.Store) {
 	var (
 		mu        sync.Mutex
 		delivered = map[string][]int{} // group -> message numbers, in delivery order
+		seen      = map[uint64]bool{}
 		removed   atomic.Int64
 		written   sync.WaitGroup
 		stop      = make(chan struct{})
@@ -177,6 +178,11 @@ func testOutboxDrainers(t *testing.T, stores []store.Store) {
 	}
 	drain := func(s store.Store, holder string) {
 		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
 			entries, ok, err := s.OutboxClaim(ctx(), leaseDest, holder, time.Now(), time.Minute, limit)
 			if err != nil {
 				t.Errorf("OutboxClaim by %s: %v", holder, err)
@@ -201,6 +207,10 @@ func testOutboxDrainers(t *testing.T, stores []store.Store) {
 			}
 			mu.Lock()
 			for _, e := range entries {
+				if seen[e.ID] {
+					t.Errorf("%s read message %d again after it was released", holder, e.ID)
+				}
+				seen[e.ID] = true
 				var g, i int
 				if _, err := fmt.Sscanf(string(e.Message), "%d/%d", &g, &i); err != nil {
 					t.Errorf("message %q: %v", e.Message, err)
