@@ -238,10 +238,10 @@ func TestClusterOutbox(t *testing.T) {
 	for i := drained + before; i < total-1; i++ {
 		send(survivor, i)
 	}
-	got := waitQueue(t, c.b, bob.uri, total)
+	waitQueue(t, c.b, bob.uri, total)
 	waitOutboxEmpty(t, survivor, "b.localhost")
 	time.Sleep(200 * time.Millisecond) // a duplicate would be queued by now
-	got = waitQueue(t, c.b, bob.uri, 0)
+	got := waitQueue(t, c.b, bob.uri, 0)
 	if len(got) != total {
 		t.Fatalf("bob's queue at b holds %d messages, want each of the %d once", len(got), total)
 	}
