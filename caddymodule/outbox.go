@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -27,6 +29,22 @@ import (
 // for it too. It stops when the last gateway config using it is cleaned
 // up, before the service's store closes.
 var senderPool = caddy.NewUsagePool()
+
+// outboxLeaseTTL is the drain lease's ttl of the senders of gateways on
+// PostgreSQL (federation.Sender.LeaseTTL): how long a destination whose
+// gateway died waits for another to take it over. Tests shorten it.
+var outboxLeaseTTL = federation.DefaultLeaseTTL
+
+// leaseHolder names a sender in the drain leases, as an operator reading
+// the leases table wants it: host name, process id and a random part
+// (a process may run several senders, one per data directory).
+func leaseHolder() string {
+	host, _ := os.Hostname()
+	if len(host) > 200 {
+		host = host[:200]
+	}
+	return fmt.Sprintf("%s/%d/%016x", host, os.Getpid(), rand.Uint64())
+}
 
 // runningSender is a sender and the goroutine that runs it.
 type runningSender struct {
@@ -51,6 +69,11 @@ func (g *Gateway) startSender(svc *service.Service) (*federation.Sender, error) 
 			Outbox:    svc.Store(),
 			Transport: federation.Clients{Keys: svc.Keys(), Fetcher: svc.Fetcher},
 			Logger:    g.sampled.Named("federation"),
+		}
+		if st := g.Store; st != nil && st.Backend == storePostgres {
+			// Other gateways drain the same outbox: one at a time per
+			// destination, under its drain lease.
+			s.Leases, s.LeaseTTL, s.Holder = svc.Store(), outboxLeaseTTL, leaseHolder()
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		r := &runningSender{sender: s, cancel: cancel, done: make(chan struct{})}

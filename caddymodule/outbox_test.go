@@ -24,7 +24,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,6 +55,11 @@ type peerSite struct {
 	// clientAuth is the server's ClientAuth: tls.RequestClientCert for
 	// mutual TLS between providers.
 	clientAuth tls.ClientAuthType
+	// delay, when set, holds every request this long before the gateway
+	// serves it: a slow peer.
+	delay atomic.Int64
+	// deliveries counts the deliver_message requests it received.
+	deliveries atomic.Int64
 
 	clientOnce sync.Once
 	cl         *http.Client
@@ -95,6 +102,10 @@ func (s *peerSite) start(t testing.TB) {
 		return nil
 	})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(time.Duration(s.delay.Load()))
+		if strings.HasSuffix(r.URL.Path, "/deliver_message") {
+			s.deliveries.Add(1)
+		}
 		caddyhttp.NewTestReplacer(r)
 		if err := s.g.ServeHTTP(w, r, notMIMI); err != nil {
 			t.Errorf("ServeHTTP: %v", err)
@@ -193,6 +204,8 @@ func groupOp(t testing.TB, site *peerSite, c *peerMember, body moh.RequestBody) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The DS authority: the provider's name and this site's port (two
+	// sites of one provider share the name).
 	_, port, _ := net.SplitHostPort(site.addr)
 	resp, err := site.client().Post("https://"+site.g.Providers[0]+":"+port+"/group_operation", "application/octet-stream", bytes.NewReader(req))
 	if err != nil {

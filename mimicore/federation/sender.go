@@ -6,6 +6,11 @@
 // instead (Backend, docs/protocol.md §11): a signed JSON POST each, through
 // the same workers, order, backoff and give-up age.
 //
+// Several gateways on one database (PostgreSQL) drain one outbox when
+// their senders have Leases: a destination is drained by one sender at a
+// time, the holder of its drain lease (store.OutboxLeases), and a lease of
+// a gateway that died is taken over when it expires.
+//
 // Delivery is at least once on the wire and exactly once in the
 // receiver's queues: a message is removed from the outbox only after the
 // destination answered it, and every attempt is signed afresh (a new
@@ -22,6 +27,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,6 +66,15 @@ const (
 	// (store.OutboxLimits): a dead peer behind a busy group costs one log
 	// line per interval, with the count since the last one.
 	DropLogInterval = time.Minute
+	// DefaultLeaseTTL is how long a drain lease lasts unless renewed
+	// (Sender.Leases): the longest a destination waits after its
+	// holder died. A holder renews it every third of it while it sends.
+	DefaultLeaseTTL = 30 * time.Second
+	// DefaultLeasePoll is how often a sender that has messages to send
+	// tries again for a drain lease another gateway holds: the most a
+	// message accepted here waits, beyond the other's pass, when the
+	// other is draining its destination.
+	DefaultLeasePoll = 250 * time.Millisecond
 )
 
 // Transport sends one provider-signed request and returns the peer's
@@ -137,6 +152,23 @@ type Sender struct {
 	MinBackoff, MaxBackoff time.Duration
 	GiveUpAfter            time.Duration
 	Batch, Parallel        int
+	// Leases, when set, makes the sender one of several draining Outbox
+	// (gateways on one database; it is then Outbox's store too): each
+	// pass over a destination claims its drain lease, reads and sends
+	// while it renews the lease, and removes what was answered as it
+	// frees the lease (store.OutboxLeases). A destination whose lease
+	// another sender holds is tried again every LeasePoll while this one
+	// has a reason to (a wake, a backlog); and every LeaseTTL, the
+	// destinations with a backlog are listed, so that one whose holder
+	// died is taken over even when nothing wakes it here. Nil (one
+	// gateway, SQLite) reads and removes without leases.
+	Leases store.OutboxLeases
+	// Holder names this sender in the drain leases, 1..255 bytes unique
+	// among the gateways; empty means a random one chosen by Run.
+	Holder string
+	// LeaseTTL and LeasePoll default to DefaultLeaseTTL and
+	// DefaultLeasePoll.
+	LeaseTTL, LeasePoll time.Duration
 
 	policy  atomic.Pointer[Policy]  // set by SetPolicy; nil means the fields above
 	backend atomic.Pointer[Backend] // set by SetBackend; nil means none
@@ -145,6 +177,7 @@ type Sender struct {
 	status  map[string]*DestinationStatus
 	spawn   func(destination string) // set by Run
 	running bool
+	holder  string // Holder or a random id, set by Run
 	stats   struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
 	latency latencyHistogram
 }
@@ -269,6 +302,10 @@ func (s *Sender) Run(ctx context.Context) error {
 		return errors.New("federation: sender already running")
 	}
 	s.running = true
+	s.holder = s.Holder
+	if s.holder == "" {
+		s.holder = "sender-" + strconv.FormatUint(rand.Uint64(), 16)
+	}
 	s.wakes = map[string]chan struct{}{}
 	s.spawn = func(dest string) {
 		s.mu.Lock()
@@ -289,10 +326,57 @@ func (s *Sender) Run(ctx context.Context) error {
 	for _, d := range dests {
 		spawn(d)
 	}
+	if s.Leases != nil {
+		s.rescan(ctx, spawn)
+	}
 	<-ctx.Done()
 	wg.Wait()
 	return nil
 }
+
+// rescan lists, every LeaseTTL until ctx ends, the destinations with a
+// backlog, and has each one's worker try it unless it is backing off:
+// messages whose holder died, or that another gateway accepted while it
+// held the lease, are delivered even when nothing wakes this sender.
+func (s *Sender) rescan(ctx context.Context, spawn func(string)) {
+	t := time.NewTicker(s.leaseTTL())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		dests, err := s.Outbox.OutboxDestinations(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.logger().Warn("listing outbox destinations", zap.Error(err))
+			}
+			continue
+		}
+		now := s.now()
+		for _, d := range dests {
+			s.mu.Lock()
+			ch, ok := s.wakes[d]
+			st := s.status[d]
+			idle := st == nil || st.NextAttempt.IsZero() || !st.NextAttempt.After(now)
+			s.mu.Unlock()
+			switch {
+			case !ok:
+				spawn(d)
+			case idle:
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}
+}
+
+// leaseTTL and leasePoll are LeaseTTL and LeasePoll, defaults filled in.
+func (s *Sender) leaseTTL() time.Duration  { return orDefault(s.LeaseTTL, DefaultLeaseTTL) }
+func (s *Sender) leasePoll() time.Duration { return orDefault(s.LeasePoll, DefaultLeasePoll) }
 
 func (s *Sender) logger() *zap.Logger {
 	if s.Logger == nil {
@@ -325,12 +409,18 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 	var drops dropReport
 	for ctx.Err() == nil {
 		s.reportDrops(ctx, dest, log, &drops)
-		failed, more, err := s.pass(ctx, dest, log)
+		failed, more, busy, err := s.pass(ctx, dest, log)
 		var wait time.Duration
 		switch {
 		case err != nil:
-			log.Error("reading or clearing the outbox", zap.Error(err))
+			if ctx.Err() == nil {
+				log.Error("reading or clearing the outbox", zap.Error(err))
+			}
 			failed = true
+		case busy:
+			// Another gateway drains it: try again shortly, for what
+			// was accepted here meanwhile.
+			wait = s.leasePoll()
 		case !failed && more:
 			backoff = 0
 			continue
@@ -365,14 +455,119 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 
 // pass sends one batch of dest's outbox: at most Batch messages and
 // about store.MaxOutboxListBytes, whatever the backlog. It reports whether
-// any message failed and will be retried, and whether the batch was full
-// (more may wait).
-func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed, more bool, err error) {
-	batch := orDefault(s.Batch, DefaultBatch)
-	entries, err := s.Outbox.OutboxPending(ctx, dest, 0, min(batch, store.MaxOutboxList))
-	if err != nil || len(entries) == 0 {
-		return false, false, err
+// any message failed and will be retried, whether the batch was full
+// (more may wait), and, with Leases, whether another sender holds the
+// destination's drain lease (busy: nothing was read).
+func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed, more, busy bool, err error) {
+	batch := min(orDefault(s.Batch, DefaultBatch), store.MaxOutboxList)
+	if s.Leases == nil {
+		entries, err := s.Outbox.OutboxPending(ctx, dest, 0, batch)
+		if err != nil || len(entries) == 0 {
+			return false, false, false, err
+		}
+		done, failed := s.send(ctx, entries, log)
+		if len(done) > 0 {
+			// A new context: what was answered is removed even while
+			// the gateway stops, else it would be sent once more after
+			// restart (harmless, see the package doc, but avoidable).
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if _, err := s.Outbox.OutboxDelivered(cctx, dest, done); err != nil {
+				return true, false, false, err
+			}
+		}
+		return failed, full(entries, batch), false, nil
 	}
+	entries, ok, err := s.Leases.OutboxClaim(ctx, dest, s.holder, s.now(), s.leaseTTL(), batch)
+	if err != nil || !ok {
+		return false, false, !ok && err == nil, err
+	}
+	sendCtx, lost := s.keepLease(ctx, dest, log)
+	done, failed := s.send(sendCtx, entries, log)
+	wasLost := lost()
+	// Remove what was answered and free the lease, in one write, even
+	// while the gateway stops (a new context): the next holder reads
+	// from the head, after these.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := s.Leases.OutboxRelease(cctx, dest, s.holder, done); err != nil {
+		return true, false, false, err
+	}
+	if wasLost {
+		return false, false, true, nil
+	}
+	return failed, full(entries, batch), false, nil
+}
+
+// full reports whether a batch read with limit batch was full, so that
+// more may wait: limit messages, or cut short by its bytes
+// (store.MaxOutboxListBytes).
+func full(entries []store.OutboxEntry, batch int) bool {
+	size := 0
+	for _, e := range entries {
+		size += len(e.Message)
+	}
+	return len(entries) == batch || size >= store.MaxOutboxListBytes
+}
+
+// keepLease renews dest's drain lease every third of LeaseTTL until the
+// returned stop is called, and returns a context of ctx that ends when
+// the lease is lost: another sender took it, or it could not be renewed
+// before it expired. stop waits for the renewals to end, so none comes
+// after the lease is freed, and reports whether the lease was lost.
+func (s *Sender) keepLease(ctx context.Context, dest string, log *zap.Logger) (context.Context, func() bool) {
+	ctx, cancel := context.WithCancel(ctx)
+	ttl := s.leaseTTL()
+	name := store.OutboxLeaseName(dest)
+	var lost atomic.Bool
+	stopped, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(max(ttl/3, time.Millisecond))
+		defer t.Stop()
+		renewed := time.Now()
+		for {
+			select {
+			case <-stopped:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			ok, err := s.Leases.AcquireLease(ctx, name, s.holder, s.now(), ttl)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err == nil && ok:
+				renewed = time.Now()
+			case err == nil:
+				lost.Store(true)
+				log.Warn("another gateway took the outbox lease of the destination; stopping its delivery")
+				cancel()
+				return
+			case time.Since(renewed) >= ttl:
+				lost.Store(true)
+				log.Error("could not renew the outbox lease of the destination before it expired; stopping its delivery", zap.Error(err))
+				cancel()
+				return
+			default:
+				log.Warn("renewing the outbox lease of the destination; will try again", zap.Error(err))
+			}
+		}
+	}()
+	return ctx, func() bool {
+		close(stopped)
+		<-exited
+		cancel()
+		return lost.Load()
+	}
+}
+
+// send delivers entries, each group's in order and groups in parallel
+// (at most Parallel at once), and returns the ids of those done with
+// (answered, refused for good or given up) and whether any failed and
+// will be retried: a group's messages after a failed one wait for it.
+func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap.Logger) ([]uint64, bool) {
 	// Per group, in outbox order; groups in parallel.
 	var groups [][]store.OutboxEntry
 	for _, e := range entries {
@@ -409,23 +604,7 @@ func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed
 		})
 	}
 	wg.Wait()
-	if len(done) > 0 {
-		// A new context: what was answered is removed even while the
-		// gateway stops, else it would be sent once more after restart
-		// (harmless, see the package doc, but avoidable).
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if _, err := s.Outbox.OutboxDelivered(cctx, dest, done); err != nil {
-			return true, false, err
-		}
-	}
-	// A batch cut short by its bytes (store.MaxOutboxListBytes) is
-	// full too.
-	size := 0
-	for _, e := range entries {
-		size += len(e.Message)
-	}
-	return anyFailed.Load(), len(entries) == batch || size >= store.MaxOutboxListBytes, nil
+	return done, anyFailed.Load()
 }
 
 // deliver sends one outbox message and reports whether it is done with:

@@ -175,6 +175,7 @@ type Store interface {
 	Attachments
 	OutboxAdder
 	OutboxBound
+	OutboxLeases
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.

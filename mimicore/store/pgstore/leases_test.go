@@ -30,3 +30,25 @@ func TestSharedKeys(t *testing.T) {
 		return stores
 	})
 }
+
+// TestOutboxLeases runs the outbox's drain lease contract on two stores
+// on one database, as two gateways would open it.
+func TestOutboxLeases(t *testing.T) {
+	storetest.RunOutboxLeaseTests(t, func(t *testing.T) []store.Store {
+		dsn := pgtest.NewDB(t)
+		stores := make([]store.Store, 2)
+		for i := range stores {
+			s, err := Open(context.Background(), dsn, Options{MaxConns: 4})
+			if err != nil {
+				t.Fatalf("Open %d: %v", i, err)
+			}
+			t.Cleanup(func() {
+				if err := s.Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			})
+			stores[i] = s
+		}
+		return stores
+	})
+}

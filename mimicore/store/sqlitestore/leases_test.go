@@ -13,3 +13,9 @@ import (
 func TestSharedKeys(t *testing.T) {
 	storetest.RunSharedKeyTests(t, func(t *testing.T) []store.Store { return []store.Store{openTemp(t)} })
 }
+
+// TestOutboxLeases runs the outbox's drain lease contract; the drainers
+// race between goroutines of one store, as in TestSharedKeys.
+func TestOutboxLeases(t *testing.T) {
+	storetest.RunOutboxLeaseTests(t, func(t *testing.T) []store.Store { return []store.Store{openTemp(t)} })
+}

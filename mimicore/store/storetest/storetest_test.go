@@ -139,6 +139,24 @@ func (b *broken) ReleaseLease(ctx context.Context, name, holder string) error {
 	return b.Store.ReleaseLease(ctx, name, holder)
 }
 
+func (b *broken) OutboxClaim(ctx context.Context, destination, holder string, now time.Time, ttl time.Duration, limit int) ([]store.OutboxEntry, bool, error) {
+	if b.mode == "outbox-claim-always-won" {
+		entries, err := b.Store.OutboxPending(ctx, destination, 0, limit)
+		return entries, err == nil, err
+	}
+	return b.Store.OutboxClaim(ctx, destination, holder, now, ttl, limit)
+}
+
+func (b *broken) OutboxRelease(ctx context.Context, destination, holder string, ids []uint64) (int, error) {
+	switch b.mode {
+	case "outbox-release-keeps-lease":
+		return b.Store.OutboxDelivered(ctx, destination, ids)
+	case "outbox-release-keeps-messages":
+		return 0, b.Store.ReleaseLease(ctx, store.OutboxLeaseName(destination), holder)
+	}
+	return b.Store.OutboxRelease(ctx, destination, holder, ids)
+}
+
 func (b *broken) InsertSigningKey(ctx context.Context, k store.SigningKey) error {
 	if b.mode == "insert-overwrites" {
 		_ = b.Store.DeleteSigningKey(ctx, k.KeyID)
@@ -401,44 +419,47 @@ func (b *broken) ExpireAttachments(ctx context.Context, now time.Time, limit int
 
 // brokenModes maps each broken store to the subtest that must catch it.
 var brokenModes = map[string]string{
-	"reserve-always-new":        "Replay/Lifecycle",
-	"reserve-racy":              "Replay/ConcurrentSameKey",
-	"conflict-as-in-progress":   "Replay/Lifecycle",
-	"complete-drops-answer":     "Replay/Lifecycle",
-	"release-noop":              "Replay/Release",
-	"spent-always-first":        "MarkSpent/FirstUseThenReplay",
-	"spent-racy":                "MarkSpent/Concurrent",
-	"seen-ignores-expiry":       "SeenSignature/Expiry",
-	"sweep-noop":                "DeleteExpired",
-	"keys-unsorted":             "SigningKeys/InsertListRetireDelete",
-	"insert-overwrites":         "SigningKeys/InsertConflicts",
-	"peer-keys-merge":           "PeerKeys/ReplaceAndLookup",
-	"failure-reason-lost":       "PeerKeys/Failures",
-	"close-noop":                "Close",
-	"create-overwrites":         "Groups/CreateLoad",
-	"commit-ignores-conflict":   "Groups/CommitConflict",
-	"load-stale":                "Groups/CommitChain",
-	"welcome-tree-current":      "Groups/WelcomeTrees/Epochs",
-	"joiner-outlives-tree":      "Groups/WelcomeTrees/Epochs",
-	"proposals-any-epoch":       "Groups/Proposals",
-	"group-info-outlives-epoch": "Groups/GroupInfo",
-	"create-drops-members":      "Groups/GroupLog",
-	"post-ignores-leave":        "Groups/GroupLog",
-	"post-ignores-except":       "Groups/GroupLogWatch",
-	"claim-keeps":               "KeyPackages/PublishListClaim",
-	"append-first-only":         "Queues/FanOut",
-	"ack-clamps":                "Queues/Cursors",
-	"watch-early":               "Queues/Watch",
-	"attach-quota-racy":         "Attachments/QuotaRace",
-	"attach-lookup-any-group":   "Attachments/PendingInvisibleThenCommitted",
-	"attach-delete-always-last": "Attachments/CopySharesObject",
-	"attach-expire-noop":        "Attachments/Expire",
-	"outbox-add-ignores-dedup":  "Queues/OutboxAdd",
-	"outbox-unbounded":          "Queues/OutboxBound",
-	"outbox-reset-one-write":    "Queues/OutboxResetLarge",
-	"sealed-dropped":            "SharedKeys/SealedKeys",
-	"lease-always-won":          "SharedKeys/Leases/Race",
-	"lease-release-noop":        "SharedKeys/Leases/HoldRenewReleaseExpire",
+	"reserve-always-new":            "Replay/Lifecycle",
+	"reserve-racy":                  "Replay/ConcurrentSameKey",
+	"conflict-as-in-progress":       "Replay/Lifecycle",
+	"complete-drops-answer":         "Replay/Lifecycle",
+	"release-noop":                  "Replay/Release",
+	"spent-always-first":            "MarkSpent/FirstUseThenReplay",
+	"spent-racy":                    "MarkSpent/Concurrent",
+	"seen-ignores-expiry":           "SeenSignature/Expiry",
+	"sweep-noop":                    "DeleteExpired",
+	"keys-unsorted":                 "SigningKeys/InsertListRetireDelete",
+	"insert-overwrites":             "SigningKeys/InsertConflicts",
+	"peer-keys-merge":               "PeerKeys/ReplaceAndLookup",
+	"failure-reason-lost":           "PeerKeys/Failures",
+	"close-noop":                    "Close",
+	"create-overwrites":             "Groups/CreateLoad",
+	"commit-ignores-conflict":       "Groups/CommitConflict",
+	"load-stale":                    "Groups/CommitChain",
+	"welcome-tree-current":          "Groups/WelcomeTrees/Epochs",
+	"joiner-outlives-tree":          "Groups/WelcomeTrees/Epochs",
+	"proposals-any-epoch":           "Groups/Proposals",
+	"group-info-outlives-epoch":     "Groups/GroupInfo",
+	"create-drops-members":          "Groups/GroupLog",
+	"post-ignores-leave":            "Groups/GroupLog",
+	"post-ignores-except":           "Groups/GroupLogWatch",
+	"claim-keeps":                   "KeyPackages/PublishListClaim",
+	"append-first-only":             "Queues/FanOut",
+	"ack-clamps":                    "Queues/Cursors",
+	"watch-early":                   "Queues/Watch",
+	"attach-quota-racy":             "Attachments/QuotaRace",
+	"attach-lookup-any-group":       "Attachments/PendingInvisibleThenCommitted",
+	"attach-delete-always-last":     "Attachments/CopySharesObject",
+	"attach-expire-noop":            "Attachments/Expire",
+	"outbox-add-ignores-dedup":      "Queues/OutboxAdd",
+	"outbox-unbounded":              "Queues/OutboxBound",
+	"outbox-reset-one-write":        "Queues/OutboxResetLarge",
+	"sealed-dropped":                "SharedKeys/SealedKeys",
+	"lease-always-won":              "SharedKeys/Leases/Race",
+	"lease-release-noop":            "SharedKeys/Leases/HoldRenewReleaseExpire",
+	"outbox-claim-always-won":       "OutboxLeases/Claim",
+	"outbox-release-keeps-lease":    "OutboxLeases/Claim",
+	"outbox-release-keeps-messages": "OutboxLeases/Drainers",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {
@@ -474,6 +495,11 @@ func TestBrokenStoreHelper(t *testing.T) {
 	t.Run("Queues", func(t *testing.T) { storetest.RunQueueTests(t, withClock) })
 	t.Run("SharedKeys", func(t *testing.T) {
 		storetest.RunSharedKeyTests(t, func(t *testing.T) []store.Store {
+			return []store.Store{&broken{Store: openSQLite(t), mode: mode, seen: map[string]bool{}}}
+		})
+	})
+	t.Run("OutboxLeases", func(t *testing.T) {
+		storetest.RunOutboxLeaseTests(t, func(t *testing.T) []store.Store {
 			return []store.Store{&broken{Store: openSQLite(t), mode: mode, seen: map[string]bool{}}}
 		})
 	})
