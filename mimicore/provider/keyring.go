@@ -271,14 +271,20 @@ func (r *KeyRing) record(ctx context.Context, k *PrivateKey, retired time.Time) 
 
 // LoadKeyRing reads the keys in dir without creating or deleting any: a
 // read-only view for tools that sign as the provider while its gateway owns
-// the directory.
+// the directory. It reads key files only: a gateway with key_secret keeps
+// its keys sealed in its store, and a tool loads them with
+// LoadSharedKeyRing; a directory without key files is an error that says
+// so, never an empty ring.
 func LoadKeyRing(dir string) (*KeyRing, error) {
 	r := &KeyRing{dir: dir}
 	if err := r.load(); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("loading key ring: %w (a gateway with key_secret keeps its keys in its store: load them with LoadSharedKeyRing)", err)
+		}
 		return nil, err
 	}
 	if len(r.keys) == 0 {
-		return nil, fmt.Errorf("loading key ring: no keys in %s", dir)
+		return nil, fmt.Errorf("loading key ring: no key files in %s (a gateway with key_secret keeps its keys in its store: load them with LoadSharedKeyRing)", dir)
 	}
 	return r, nil
 }

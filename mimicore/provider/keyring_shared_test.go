@@ -2,8 +2,11 @@ package provider
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,6 +162,82 @@ func TestSuccessorStart(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			if got := successorStart(c.keys, t0); !got.Equal(c.want) {
 				t.Fatalf("successorStart = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// TestLoadSharedKeyRing checks the read-only view of keys sealed in a
+// store: it signs with the gateways' key, reloads their successor without
+// creating one, and refuses a wrong secret or a store without sealed keys
+// with an error, never an empty ring; LoadKeyRing on a gateway's empty key
+// directory points to it.
+func TestLoadSharedKeyRing(t *testing.T) {
+	st := openSQLite(t, t.TempDir())
+	opts := KeyRingOptions{RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
+	now := time.Now()
+	gw, err := storeRing(t, st, sealer(t, 1), opts, now)
+	must(t, err)
+	cur, err := gw.Current(now)
+	must(t, err)
+
+	t.Run("right secret", func(t *testing.T) {
+		view, err := LoadSharedKeyRing(t.Context(), st, sealer(t, 1))
+		must(t, err)
+		got, err := view.Current(now)
+		must(t, err)
+		if !bytes.Equal(got.ID, cur.ID) {
+			t.Fatalf("the view signs with %x, the gateway with %x", got.ID, cur.ID)
+		}
+		due := gw.NextRotation()
+		if _, err := gw.Rotate(t.Context(), due); err != nil {
+			t.Fatal(err)
+		}
+		created, err := view.Rotate(t.Context(), due)
+		must(t, err)
+		if created {
+			t.Fatalf("the read-only view created a key")
+		}
+		sameKeys(t, "view after the gateway's rotation", view.Published(due), gw.Published(due))
+		rows, err := st.ListSigningKeys(t.Context())
+		must(t, err)
+		if len(rows) != 2 {
+			t.Fatalf("store holds %d keys, want the gateway's 2", len(rows))
+		}
+	})
+	for _, c := range []struct {
+		name string
+		load func(t *testing.T) error
+		want string
+	}{
+		{"wrong secret", func(t *testing.T) error {
+			_, err := LoadSharedKeyRing(t.Context(), st, sealer(t, 2))
+			if !errors.Is(err, ErrWrongKeySecret) {
+				return fmt.Errorf("error %v is not ErrWrongKeySecret", err)
+			}
+			return err
+		}, "secret"},
+		{"store without sealed keys", func(t *testing.T) error {
+			_, err := LoadSharedKeyRing(t.Context(), openSQLite(t, t.TempDir()), sealer(t, 1))
+			return err
+		}, "no sealed signing key"},
+		{"no sealer", func(t *testing.T) error {
+			_, err := LoadSharedKeyRing(t.Context(), st, nil)
+			return err
+		}, "required"},
+		{"empty key directory", func(t *testing.T) error {
+			_, err := LoadKeyRing(t.TempDir())
+			return err
+		}, "LoadSharedKeyRing"},
+		{"missing key directory", func(t *testing.T) error {
+			_, err := LoadKeyRing(filepath.Join(t.TempDir(), "keys"))
+			return err
+		}, "LoadSharedKeyRing"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.load(t)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want one mentioning %q", err, c.want)
 			}
 		})
 	}

@@ -47,13 +47,53 @@ func openStoreRing(ctx context.Context, opts KeyRingOptions, now time.Time) (*Ke
 	}
 }
 
-// rotateShared is Rotate in store mode.
+// LoadSharedKeyRing reads the keys sealed in keys (a store-mode ring's,
+// see KeyRing) without creating, retiring or deleting any: a read-only view
+// for tools that sign as the provider while its gateways own the keys, the
+// counterpart of LoadKeyRing for gateways with key_secret. sealer must hold
+// the gateways' secret: a key that does not open fails the load with
+// ErrWrongKeySecret, and a store without sealed keys is an error, never an
+// empty ring. The view's Rotate only reloads the keys (a tool that runs
+// longer than StoreReloadEvery calls it as often, to sign with the
+// successors the gateways create); its Current, like theirs, signs with a
+// successor only from its NotBefore.
+func LoadSharedKeyRing(ctx context.Context, keys store.SigningKeys, sealer *KeySealer) (*KeyRing, error) {
+	if keys == nil || sealer == nil {
+		return nil, errors.New("loading shared key ring: a store and a key sealer are required")
+	}
+	r := &KeyRing{meta: keys, sealer: sealer, opened: make(map[string]*PrivateKey)}
+	if _, err := r.Rotate(ctx, time.Now()); err != nil {
+		return nil, fmt.Errorf("loading shared key ring: %w", err)
+	}
+	r.mu.RLock()
+	n := len(r.keys)
+	r.mu.RUnlock()
+	if n == 0 {
+		return nil, errors.New("loading shared key ring: the store holds no sealed signing key (is this the gateways' store, and do they run with key_secret?)")
+	}
+	return r, nil
+}
+
+// rotateShared is Rotate in store mode. A read-only ring (LoadSharedKeyRing:
+// no leases) only reloads the keys still valid at now.
 func (r *KeyRing) rotateShared(ctx context.Context, now time.Time) (bool, error) {
 	r.rotMu.Lock()
 	defer r.rotMu.Unlock()
 	keys, err := r.loadShared(ctx)
 	if err != nil {
 		return false, err
+	}
+	if r.leases == nil {
+		kept := keys[:0:0]
+		for _, k := range keys {
+			if !now.After(k.NotAfter) {
+				kept = append(kept, k)
+			}
+		}
+		r.mu.Lock()
+		r.keys = kept
+		r.mu.Unlock()
+		return false, nil
 	}
 	created := false
 	if r.dueShared(keys, now) {
