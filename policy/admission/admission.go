@@ -455,6 +455,10 @@ func (pl *Plan) redeem(ctx context.Context, r *Request) error {
 		err = privacypass.ErrMissing
 	} else {
 		_, err = origin.Redeem(ctx, r.Authorization)
+		if privacypass.ReasonOf(err) == privacypass.ReasonUnknownKey && pl.p.origin.RefreshForUnknownKey(ctx) {
+			origin = pl.p.origin.Current()
+			_, err = origin.Redeem(ctx, r.Authorization)
+		}
 	}
 	if err == nil {
 		pl.tokens.accepted.Inc()

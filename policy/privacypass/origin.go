@@ -150,6 +150,7 @@ type OriginConfig struct {
 // token that passed every cryptographic check is written to the SpentStore,
 // so forged tokens cannot fill it. An Origin is safe for concurrent use.
 type Origin struct {
+	cfg        OriginConfig // as given, for Rekeyed
 	issuer     string
 	originInfo []string
 	lifetime   time.Duration
@@ -185,6 +186,7 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 		return nil, newError(ReasonInvalidConfig, "no spent-token store")
 	}
 	o := &Origin{
+		cfg:        cfg,
 		issuer:     cfg.IssuerName,
 		originInfo: append([]string(nil), cfg.OriginInfo...),
 		lifetime:   cfg.Lifetime,
@@ -260,6 +262,27 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 		return nil, newError(ReasonInvalidConfig, "unknown context mode %d", int(o.mode))
 	}
 	return o, nil
+}
+
+// Rekeyed returns an origin configured like o but accepting keys instead,
+// that keeps accepting the challenges o sent: it shares o's registry of
+// ContextRandom challenges and o's ContextWindow secret (a generated one
+// too). Use it to replace the keys after an issuer directory refresh. A
+// challenge of a token type keys no longer has is refused as that type.
+func (o *Origin) Rekeyed(keys []*Key) (*Origin, error) {
+	cfg := o.cfg
+	cfg.Keys = keys
+	if o.mode == ContextWindow {
+		cfg.Secret = o.secret
+	}
+	n, err := NewOrigin(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if o.registry != nil && n.registry != nil {
+		n.registry = o.registry
+	}
+	return n, nil
 }
 
 // TokenTypes returns the token types the origin accepts, in preference order.

@@ -82,3 +82,27 @@ func TestOriginSharedChallenges(t *testing.T) {
 		wantReason(t, err, privacypass.ReasonStoreUnavailable)
 	})
 }
+
+// TestOriginRekeyed checks that an origin rebuilt with other keys (after
+// an issuer directory refresh) accepts the challenges the old one sent, in
+// both context modes (window with a generated secret), and refuses tokens
+// under a key it no longer has.
+func TestOriginRekeyed(t *testing.T) {
+	k2, _, k2b := testKeys(t)
+	ctx := context.Background()
+	for _, mode := range []privacypass.ContextMode{privacypass.ContextRandom, privacypass.ContextWindow} {
+		t.Run(mode.String(), func(t *testing.T) {
+			o := newOrigin(t, privacypass.OriginConfig{Keys: []*privacypass.Key{k2}, Mode: mode})
+			c := challengeFor(t, o, privacypass.TypeBlindRSA)
+			n, err := o.Rekeyed([]*privacypass.Key{k2b})
+			if err != nil {
+				t.Fatalf("Rekeyed: %v", err)
+			}
+			if _, err := n.RedeemToken(ctx, mint(t, k2b, c.TokenChallenge)); err != nil {
+				t.Fatalf("token under the new key for the old origin's challenge: %v", err)
+			}
+			_, err = n.RedeemToken(ctx, mint(t, k2, c.TokenChallenge))
+			wantReason(t, err, privacypass.ReasonUnknownKey)
+		})
+	}
+}
