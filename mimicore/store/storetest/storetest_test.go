@@ -139,6 +139,27 @@ func (b *broken) ReleaseLease(ctx context.Context, name, holder string) error {
 	return b.Store.ReleaseLease(ctx, name, holder)
 }
 
+func (b *broken) AddTokenChallenges(ctx context.Context, cs []store.TokenChallenge) error {
+	if b.mode == "challenges-partial" {
+		var valid []store.TokenChallenge
+		for _, c := range cs {
+			if len(c.Digest) == store.TokenChallengeDigestSize {
+				valid = append(valid, c)
+			}
+		}
+		cs = valid
+	}
+	return b.Store.AddTokenChallenges(ctx, cs)
+}
+
+func (b *broken) LookupTokenChallenge(ctx context.Context, digest []byte) (store.TokenChallenge, error) {
+	c, err := b.Store.LookupTokenChallenge(ctx, digest)
+	if b.mode == "challenges-any" && errors.Is(err, store.ErrNotFound) {
+		return store.TokenChallenge{Digest: digest, TokenType: 2, Expires: time.Now().Add(time.Hour)}, nil
+	}
+	return c, err
+}
+
 func (b *broken) InsertSigningKey(ctx context.Context, k store.SigningKey) error {
 	if b.mode == "insert-overwrites" {
 		_ = b.Store.DeleteSigningKey(ctx, k.KeyID)
@@ -439,6 +460,8 @@ var brokenModes = map[string]string{
 	"sealed-dropped":            "SharedKeys/SealedKeys",
 	"lease-always-won":          "SharedKeys/Leases/Race",
 	"lease-release-noop":        "SharedKeys/Leases/HoldRenewReleaseExpire",
+	"challenges-partial":        "TokenChallenges/invalid",
+	"challenges-any":            "TokenChallenges/add_and_look_up",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {
