@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -160,14 +161,18 @@ type PrivacyPass struct {
 	// Context is how redemption contexts are made: `random` (32 random
 	// bytes per challenge, remembered in memory: outstanding challenges are
 	// forgotten on restart and on a reload that changes the privacy_pass
-	// settings or keys, and the client gets a new one) or `window` (derived from Secret and the time slot, so
-	// challenges survive restarts and are shared by every node with the
-	// same secret). Default: random.
+	// settings or keys, and the client gets a new one; with `store
+	// postgres` remembered in the database instead, so every gateway
+	// accepts them, at one write per 401) or `window` (derived from Secret
+	// and the time slot, so challenges survive restarts and are shared by
+	// every node with the same secret). Default: random.
 	Context string `json:"context,omitempty"`
 
 	// Secret keys the window contexts: at least 32 bytes after placeholder
 	// expansion. Use `{env.NAME}` or `{file./path}` rather than the value
-	// itself. Default: a random secret valid for this process only.
+	// itself. Default: with key_secret, a secret derived from it
+	// (HKDF-SHA256), the same on every gateway of the provider; otherwise a
+	// random secret valid for this process only.
 	Secret string `json:"secret,omitempty"`
 
 	// Grease appends a challenge of a reserved token type (RFC 9577 §4.1).
@@ -432,10 +437,26 @@ func (g *Gateway) provisionOrigin(ctx context.Context, fetch provider.FetchPolic
 	if len(cfg.OriginInfo) == 0 {
 		cfg.OriginInfo = []string{g.DSDomain}
 	}
+	svcOpts := g.svc.Options()
+	if svcOpts.Store.Postgres != "" {
+		// Gateways on one database share the challenges of context
+		// random, so a client may redeem on any of them.
+		cfg.Challenges = g.svc.Store()
+	}
 	if pp.Context == contextWindow {
 		cfg.Mode = privacypass.ContextWindow
 		secret := make([]byte, 32)
 		rand.Read(secret)
+		if len(svcOpts.KeySecret) > 0 {
+			// Without a secret of its own, a gateway with key_secret
+			// derives it, so that all gateways of the provider (and this
+			// one after a restart) accept each other's challenges.
+			d, err := windowSecret(svcOpts.KeySecret)
+			if err != nil {
+				return err
+			}
+			secret = d
+		}
 		if pp.Secret != "" {
 			v, err := caddy.NewReplacer().ReplaceOrErr(pp.Secret, true, true)
 			if err != nil {
@@ -467,6 +488,21 @@ func (g *Gateway) provisionOrigin(ctx context.Context, fetch provider.FetchPolic
 	return nil
 }
 
+// windowSecretInfo labels the derivation of windowSecret.
+const windowSecretInfo = "caddy-mimi privacy_pass context window secret v1"
+
+// windowSecret derives the secret of context window from the gateway's
+// key_secret (HKDF-SHA256), for a privacy_pass block without a secret of its
+// own: every gateway of a provider holds the same key_secret, so they all
+// derive the same secret, and the derivation reveals nothing of key_secret.
+func windowSecret(keySecret []byte) ([]byte, error) {
+	d, err := hkdf.Key(sha256.New, keySecret, nil, windowSecretInfo, 32)
+	if err != nil {
+		return nil, fmt.Errorf("deriving the context secret: %w", err)
+	}
+	return d, nil
+}
+
 // originPoolKey identifies an origin: the data directory (whose store
 // records spent tokens), the privacy_pass settings, the keys read from
 // files and a digest of the configured secret (never the secret itself).
@@ -476,7 +512,7 @@ func (g *Gateway) originPoolKey(cfg privacypass.OriginConfig) (string, error) {
 		return "", fmt.Errorf("encoding settings: %w", err)
 	}
 	secret := "generated"
-	if g.PrivacyPass.Secret != "" {
+	if g.PrivacyPass.Secret != "" || (cfg.Mode == privacypass.ContextWindow && len(g.svc.Options().KeySecret) > 0) {
 		d := sha256.Sum256(cfg.Secret)
 		secret = hex.EncodeToString(d[:])
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -251,8 +252,17 @@ func TestTwoGatewaysOnePostgres(t *testing.T) {
 		ca, _ = a.svc.Keys().Current(now)
 		cb, _ = b.svc.Keys().Current(now)
 		if bytes.Equal(ka, kb) && len(a.svc.Keys().Published(now)) == 2 && bytes.Equal(ca.ID, cb.ID) {
-			if ca.Scheme != moh.SchemeECDSAP256SHA256 {
-				t.Fatalf("the gateways sign with scheme 0x%04x after the reload", uint16(ca.Scheme))
+			// Both publish the new key at once; it signs on both from its
+			// not_before, SuccessorLead after the rotation.
+			succ := a.svc.Keys().Published(now)[0]
+			from := time.Unix(int64(succ.NotBefore), 0)
+			if succ.Scheme != moh.SchemeECDSAP256SHA256 || bytes.Equal(succ.KeyID, ca.ID) || from.Sub(now) > provider.SuccessorLead {
+				t.Fatalf("the new key %x has scheme 0x%04x and signs from %v; the gateways sign with %x now", succ.KeyID, uint16(succ.Scheme), from, ca.ID)
+			}
+			ca, _ = a.svc.Keys().Current(from)
+			cb, _ = b.svc.Keys().Current(from)
+			if !bytes.Equal(ca.ID, succ.KeyID) || !bytes.Equal(cb.ID, succ.KeyID) {
+				t.Fatalf("at the new key's not_before the gateways sign with %x and %x, want %x", ca.ID, cb.ID, succ.KeyID)
 			}
 			break
 		}

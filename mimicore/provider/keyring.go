@@ -44,7 +44,11 @@ const keyFileSuffix = ".key.pem"
 //     successor due at once, the one holding the store.LeaseKeyRotation
 //     lease creates it and the others load it at their next Rotate. The
 //     caller calls Rotate at least every StoreReloadEvery so that keys
-//     another gateway created are picked up (the service does).
+//     another gateway created are picked up (the service does). A
+//     successor is created SuccessorLead ahead of its NotBefore: every
+//     gateway publishes it once it has reloaded, and none signs with it
+//     (Current) before NotBefore, so a peer that sees a signature under it
+//     finds it on whichever gateway it asks.
 //
 // A KeyRing is safe for concurrent use.
 type KeyRing struct {
@@ -69,9 +73,15 @@ type KeyRing struct {
 const (
 	// StoreReloadEvery is how often a key ring in store mode must be
 	// reloaded (Rotate) for keys other gateways created to be published
-	// and used here: a new key signs on the gateway that created it at
-	// once and is published by the others within this interval.
+	// and used here.
 	StoreReloadEvery = 30 * time.Second
+	// SuccessorLead is how long before it signs a successor key is created
+	// in store mode (its NotBefore lies this far after its creation): two
+	// reloads, so that every gateway publishes it before any signs with it
+	// even when one reload fails or runs late. The predecessor signs
+	// meanwhile. The first key, and a successor of a key that expires
+	// within the lead, sign at once, since nothing else could.
+	SuccessorLead = 2 * StoreReloadEvery
 	// RotationLeaseTTL is how long the rotation lease is held at most: a
 	// gateway that dies while creating a key holds up the others' rotation
 	// this long. Creating a key takes milliseconds.
@@ -261,14 +271,20 @@ func (r *KeyRing) record(ctx context.Context, k *PrivateKey, retired time.Time) 
 
 // LoadKeyRing reads the keys in dir without creating or deleting any: a
 // read-only view for tools that sign as the provider while its gateway owns
-// the directory.
+// the directory. It reads key files only: a gateway with key_secret keeps
+// its keys sealed in its store, and a tool loads them with
+// LoadSharedKeyRing; a directory without key files is an error that says
+// so, never an empty ring.
 func LoadKeyRing(dir string) (*KeyRing, error) {
 	r := &KeyRing{dir: dir}
 	if err := r.load(); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("loading key ring: %w (a gateway with key_secret keeps its keys in its store: load them with LoadSharedKeyRing)", err)
+		}
 		return nil, err
 	}
 	if len(r.keys) == 0 {
-		return nil, fmt.Errorf("loading key ring: no keys in %s", dir)
+		return nil, fmt.Errorf("loading key ring: no key files in %s (a gateway with key_secret keeps its keys in its store: load them with LoadSharedKeyRing)", dir)
 	}
 	return r, nil
 }

@@ -47,13 +47,53 @@ func openStoreRing(ctx context.Context, opts KeyRingOptions, now time.Time) (*Ke
 	}
 }
 
-// rotateShared is Rotate in store mode.
+// LoadSharedKeyRing reads the keys sealed in keys (a store-mode ring's,
+// see KeyRing) without creating, retiring or deleting any: a read-only view
+// for tools that sign as the provider while its gateways own the keys, the
+// counterpart of LoadKeyRing for gateways with key_secret. sealer must hold
+// the gateways' secret: a key that does not open fails the load with
+// ErrWrongKeySecret, and a store without sealed keys is an error, never an
+// empty ring. The view's Rotate only reloads the keys (a tool that runs
+// longer than StoreReloadEvery calls it as often, to sign with the
+// successors the gateways create); its Current, like theirs, signs with a
+// successor only from its NotBefore.
+func LoadSharedKeyRing(ctx context.Context, keys store.SigningKeys, sealer *KeySealer) (*KeyRing, error) {
+	if keys == nil || sealer == nil {
+		return nil, errors.New("loading shared key ring: a store and a key sealer are required")
+	}
+	r := &KeyRing{meta: keys, sealer: sealer, opened: make(map[string]*PrivateKey)}
+	if _, err := r.Rotate(ctx, time.Now()); err != nil {
+		return nil, fmt.Errorf("loading shared key ring: %w", err)
+	}
+	r.mu.RLock()
+	n := len(r.keys)
+	r.mu.RUnlock()
+	if n == 0 {
+		return nil, errors.New("loading shared key ring: the store holds no sealed signing key (is this the gateways' store, and do they run with key_secret?)")
+	}
+	return r, nil
+}
+
+// rotateShared is Rotate in store mode. A read-only ring (LoadSharedKeyRing:
+// no leases) only reloads the keys still valid at now.
 func (r *KeyRing) rotateShared(ctx context.Context, now time.Time) (bool, error) {
 	r.rotMu.Lock()
 	defer r.rotMu.Unlock()
 	keys, err := r.loadShared(ctx)
 	if err != nil {
 		return false, err
+	}
+	if r.leases == nil {
+		kept := keys[:0:0]
+		for _, k := range keys {
+			if !now.After(k.NotAfter) {
+				kept = append(kept, k)
+			}
+		}
+		r.mu.Lock()
+		r.keys = kept
+		r.mu.Unlock()
+		return false, nil
 	}
 	created := false
 	if r.dueShared(keys, now) {
@@ -97,18 +137,48 @@ func (r *KeyRing) rotateShared(ctx context.Context, now time.Time) (bool, error)
 	return created, nil
 }
 
-// dueShared is due for the newest of keys, or true when there is none.
+// dueShared reports whether keys, oldest first, need a successor at now:
+// there is none; or the newest is pending (its NotBefore, SuccessorLead
+// after its creation, is still ahead) and is not of the configured scheme;
+// or the newest is not pending and due (see due).
 func (r *KeyRing) dueShared(keys []*PrivateKey, now time.Time) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return len(keys) == 0 || r.due(keys[len(keys)-1], now)
+	if len(keys) == 0 {
+		return true
+	}
+	newest := keys[len(keys)-1]
+	if now.Before(newest.NotBefore) {
+		return r.scheme != 0 && newest.Scheme != r.scheme
+	}
+	return r.due(newest, now)
+}
+
+// successorStart returns the NotBefore of a key created at now after keys
+// (oldest first): now plus SuccessorLead, so that the other gateways
+// publish it before it signs, when a key signs until then; now itself
+// when none covers now (the first key, or all expired) or the one that
+// does expires within the lead, since a gap in signing is worse than a
+// key some gateway does not publish yet.
+func successorStart(keys []*PrivateKey, now time.Time) time.Time {
+	at := now.Add(SuccessorLead)
+	for i := len(keys) - 1; i >= 0; i-- {
+		if keys[i].Covers(now) {
+			if keys[i].Covers(at) {
+				return at
+			}
+			break
+		}
+	}
+	return now
 }
 
 // createShared runs while the ring holds the rotation lease: it reloads
 // the keys, since the previous holder may have created the successor
 // between this ring's first load and its taking the lease, and if one is
-// still due, creates, seals and records it and retires its predecessor. It
-// returns the keys and whether it created one.
+// still due, creates, seals and records it, valid from successorStart, and
+// retires its predecessor as of then. It returns the keys and whether it
+// created one.
 func (r *KeyRing) createShared(ctx context.Context, now time.Time) ([]*PrivateKey, bool, error) {
 	keys, err := r.loadShared(ctx)
 	if err != nil || !r.dueShared(keys, now) {
@@ -117,7 +187,8 @@ func (r *KeyRing) createShared(ctx context.Context, now time.Time) ([]*PrivateKe
 	r.mu.RLock()
 	scheme, lifetime := r.scheme, r.rotateEvery+r.overlap
 	r.mu.RUnlock()
-	k, err := GenerateKey(scheme, now, now.Add(lifetime))
+	start := successorStart(keys, now)
+	k, err := GenerateKey(scheme, start, start.Add(lifetime))
 	if err != nil {
 		return keys, false, err
 	}
@@ -132,7 +203,7 @@ func (r *KeyRing) createShared(ctx context.Context, now time.Time) ([]*PrivateKe
 		return keys, false, fmt.Errorf("recording signing key %x: %w", k.ID, err)
 	}
 	if n := len(keys); n > 0 {
-		if err := r.meta.RetireSigningKey(ctx, keys[n-1].ID, now); err != nil {
+		if err := r.meta.RetireSigningKey(ctx, keys[n-1].ID, k.NotBefore); err != nil {
 			return keys, false, fmt.Errorf("retiring signing key %x: %w", keys[n-1].ID, err)
 		}
 	}

@@ -215,16 +215,25 @@ func TestKeyRingStoreRace(t *testing.T) {
 		t.Fatalf("%d rings created a successor, want exactly one", n)
 	}
 	wantRows(2)
-	// The others load it at their next Rotate (the service's reload).
+	// The others load it at their next Rotate (the service's reload),
+	// and all sign with the old key until the successor's not_before.
+	old, err := rings[0].Current(due)
+	must(t, err)
+	takeover := due.Add(SuccessorLead)
 	for i, r := range rings {
 		if _, err := r.Rotate(t.Context(), due.Add(time.Second)); err != nil {
 			t.Fatalf("Rotate %d: %v", i, err)
 		}
 		sameKeys(t, "after rotation", r.Published(due), rings[0].Published(due))
-		cur, err := r.Current(due)
+		for _, at := range []time.Time{due, takeover.Add(-time.Second)} {
+			if cur, err := r.Current(at); err != nil || !bytes.Equal(cur.ID, old.ID) {
+				t.Fatalf("ring %d signs with %v (%v) at %v, want the old key %x until the successor's not_before", i, cur, err, at, old.ID)
+			}
+		}
+		cur, err := r.Current(takeover)
 		must(t, err)
-		if first, _ := rings[0].Current(due); !bytes.Equal(cur.ID, first.ID) {
-			t.Fatalf("ring %d signs with %x, ring 0 with %x", i, cur.ID, first.ID)
+		if first, _ := rings[0].Current(takeover); !bytes.Equal(cur.ID, first.ID) || bytes.Equal(cur.ID, old.ID) {
+			t.Fatalf("ring %d signs with %x, ring 0 with %x at the successor's not_before", i, cur.ID, first.ID)
 		}
 	}
 	wantRows(2)

@@ -292,9 +292,12 @@ func (s *Service) Apply(opts Options) error {
 			return fmt.Errorf("applying options: rotating signing keys: %w", err)
 		}
 		if created {
-			cur, _ := s.keys.Current(now)
-			logger.Info("rotated signing key for new options", zap.Binary("key_id", cur.ID),
-				zap.String("scheme", schemeName(cur.Scheme)))
+			// The newest key, which in store mode signs only from its
+			// not_before, once every gateway publishes it.
+			if pub := s.keys.Published(now); len(pub) > 0 {
+				logger.Info("rotated signing key for new options", zap.Binary("key_id", pub[0].KeyID),
+					zap.String("scheme", schemeName(pub[0].Scheme)), zap.Time("signs_from", time.Unix(int64(pub[0].NotBefore), 0)))
+			}
 		}
 		logger.Info("applied signing key options", zap.String("scheme", schemeName(o.Scheme)),
 			zap.Duration("key_rotation", o.RotateEvery), zap.Duration("key_overlap", o.Overlap),

@@ -32,9 +32,10 @@ func samePublished(a, b []moh.VerificationKey) bool {
 
 // TestSharedStore has two services (two gateways) on one PostgreSQL
 // database: they sign as one provider, a rotation both decide on at once
-// (a new key scheme applied to both) creates one key, which both then
-// publish and sign with, and a third gateway with a wrong secret refuses
-// to start instead of making a new identity.
+// (a new key scheme applied to both) creates one key, which both publish
+// at once and sign with from its not_before (SuccessorLead later), and a
+// third gateway with a wrong secret refuses to start instead of making a
+// new identity.
 func TestSharedStore(t *testing.T) {
 	dsn := pgtest.NewDB(t)
 	shared := Options{Store: StoreOptions{Postgres: dsn, MaxConns: 4}, KeySecret: secret(1),
@@ -44,6 +45,10 @@ func TestSharedStore(t *testing.T) {
 	now := time.Now()
 	if pa, pb := a.Keys().Published(now), b.Keys().Published(now); len(pa) != 1 || !samePublished(pa, pb) {
 		t.Fatalf("the gateways publish %d and %d keys, want the same one", len(pa), len(pb))
+	}
+	old, err := a.Keys().Current(now)
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	next := shared
@@ -60,17 +65,13 @@ func TestSharedStore(t *testing.T) {
 	}
 	wg.Wait()
 	// The gateway that lost the lease loads the winner's key at its next
-	// rotation attempt, a second later.
+	// rotation attempt, a second later; until the new key's not_before
+	// both keep signing with the old one.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		now = time.Now()
 		pa, pb := a.Keys().Published(now), b.Keys().Published(now)
-		ca, errA := a.Keys().Current(now)
-		cb, errB := b.Keys().Current(now)
-		if errA == nil && errB == nil && len(pa) == 2 && samePublished(pa, pb) && bytes.Equal(ca.ID, cb.ID) {
-			if ca.Scheme != moh.SchemeECDSAP256SHA256 {
-				t.Fatalf("the gateways sign with scheme 0x%04x, want the new one", uint16(ca.Scheme))
-			}
+		if len(pa) == 2 && samePublished(pa, pb) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -78,6 +79,25 @@ func TestSharedStore(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	succ := a.Keys().Published(now)[0]
+	if succ.Scheme != moh.SchemeECDSAP256SHA256 {
+		t.Fatalf("the new key has scheme 0x%04x, want the new one", uint16(succ.Scheme))
+	}
+	signsFrom := time.Unix(int64(succ.NotBefore), 0)
+	if lead := signsFrom.Sub(now); lead <= 0 || lead > provider.SuccessorLead {
+		t.Fatalf("the new key signs %s from now, want within SuccessorLead", lead)
+	}
+	for _, at := range []time.Time{now, signsFrom.Add(-time.Second), signsFrom} {
+		ca, errA := a.Keys().Current(at)
+		cb, errB := b.Keys().Current(at)
+		if errA != nil || errB != nil || !bytes.Equal(ca.ID, cb.ID) {
+			t.Fatalf("at %v the gateways sign with different keys (%v, %v)", at, errA, errB)
+		}
+		if newKey := !at.Before(signsFrom); newKey != bytes.Equal(ca.ID, succ.KeyID) || !newKey && !bytes.Equal(ca.ID, old.ID) {
+			t.Fatalf("at %v the gateways sign with %x; the new key %x signs from %v", at, ca.ID, succ.KeyID, signsFrom)
+		}
+	}
+	now = signsFrom
 	rows, err := a.Store().ListSigningKeys(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +112,9 @@ func TestSharedStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	pub := b.Keys().Published(now)[0]
+	if !bytes.Equal(pub.KeyID, cur.ID) {
+		t.Fatalf("gateway b publishes %x first, gateway a signs with %x", pub.KeyID, cur.ID)
+	}
 	if err := provider.VerifyWithLabel(&pub, "test", []byte("content"), sig); err != nil {
 		t.Fatalf("gateway b's key does not verify gateway a's signature: %v", err)
 	}

@@ -110,9 +110,11 @@ func (s *Service) rotateLoop() {
 				continue
 			}
 			if created {
-				if cur, err := s.keys.Current(now); err == nil {
-					s.log().Info("rotated signing key", zap.Binary("key_id", cur.ID),
-						zap.String("scheme", schemeName(cur.Scheme)))
+				// The newest key, which in store mode signs only from its
+				// not_before, once every gateway publishes it.
+				if pub := s.keys.Published(now); len(pub) > 0 {
+					s.log().Info("rotated signing key", zap.Binary("key_id", pub[0].KeyID),
+						zap.String("scheme", schemeName(pub[0].Scheme)), zap.Time("signs_from", time.Unix(int64(pub[0].NotBefore), 0)))
 				}
 			}
 		}

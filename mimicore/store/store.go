@@ -167,6 +167,7 @@ type Store interface {
 	ReplayLog
 	SeenSignatures
 	SpentNonces
+	TokenChallenges
 	KeyStore
 	GroupStore
 	KeyPackages

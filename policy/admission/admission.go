@@ -455,6 +455,10 @@ func (pl *Plan) redeem(ctx context.Context, r *Request) error {
 		err = privacypass.ErrMissing
 	} else {
 		_, err = origin.Redeem(ctx, r.Authorization)
+		if privacypass.ReasonOf(err) == privacypass.ReasonUnknownKey && pl.p.origin.RefreshForUnknownKey(ctx) {
+			origin = pl.p.origin.Current()
+			_, err = origin.Redeem(ctx, r.Authorization)
+		}
 	}
 	if err == nil {
 		pl.tokens.accepted.Inc()
@@ -480,7 +484,12 @@ func (pl *Plan) redeem(ctx context.Context, r *Request) error {
 		c.Write(zap.String("endpoint", pl.name), zap.String("reason", string(reason)),
 			zap.String("remote_ip", clientIP(r)))
 	}
-	challenge, cerr := origin.WWWAuthenticateFor(r.ClientIP)
+	challenge, cerr := origin.WWWAuthenticateFor(ctx, r.ClientIP)
+	if privacypass.ReasonOf(cerr) == privacypass.ReasonStoreUnavailable {
+		pl.tokens.unavailable.Inc()
+		pl.p.logger.Error("recording privacy pass challenges failed", zap.String("endpoint", pl.name), zap.Error(cerr))
+		return &Refusal{Err: &moh.Error{Code: moh.CodeBackendUnavailable, Message: "challenge store unavailable; retry later", Err: cerr}}
+	}
 	if cerr != nil {
 		return fmt.Errorf("minting privacy pass challenge: %w", cerr)
 	}

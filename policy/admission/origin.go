@@ -100,6 +100,9 @@ type Origin struct {
 	mu     sync.Mutex // serialises refreshes
 	dirIDs string     // fingerprint of the directory keys in use
 
+	unknownMu   sync.Mutex // guards lastUnknown
+	lastUnknown time.Time  // last refresh for a token under an unknown key
+
 	cancel    context.CancelFunc
 	done      sync.WaitGroup
 	closeOnce sync.Once
@@ -181,6 +184,36 @@ func (o *Origin) Refresh(ctx context.Context) error {
 	return o.installLocked(keys)
 }
 
+// RefreshForUnknownKey fetches the issuer directory once more because a
+// token names a key this origin does not hold: the issuer may have added
+// it since the last refresh, and another gateway of the provider, whose
+// refresh came later, may have advertised it in a challenge (RFC 9578 §4:
+// refetch when verification fails). It fetches at most once per
+// MinDirectoryRefresh, so that tokens under made-up keys cannot make the
+// gateway fetch more often, and reports whether the keys changed: the
+// caller then redeems the token once more under Current. Without a
+// DirectoryURL it does nothing and reports false.
+func (o *Origin) RefreshForUnknownKey(ctx context.Context) bool {
+	if o.dirURL == "" {
+		return false
+	}
+	o.unknownMu.Lock()
+	if now := time.Now(); o.lastUnknown.IsZero() || now.Sub(o.lastUnknown) >= MinDirectoryRefresh {
+		o.lastUnknown = now
+	} else {
+		o.unknownMu.Unlock()
+		return false
+	}
+	o.unknownMu.Unlock()
+	before := o.Current()
+	if err := o.Refresh(ctx); err != nil {
+		o.logger.Warn("refreshing the issuer directory for a token under an unknown key; keeping the current keys",
+			zap.String("issuer_directory", o.dirURL), zap.Error(err))
+		return false
+	}
+	return o.Current() != before
+}
+
 // install builds an origin with the configured keys and dirKeys and makes
 // it current.
 func (o *Origin) install(dirKeys []*privacypass.Key) error {
@@ -195,7 +228,14 @@ func (o *Origin) installLocked(dirKeys []*privacypass.Key) error {
 	if len(cfg.Keys) == 0 {
 		return errors.New("no usable token key")
 	}
-	po, err := privacypass.NewOrigin(cfg)
+	var po *privacypass.Origin
+	var err error
+	if prev := o.current.Load(); prev != nil {
+		// Challenges already sent stay valid under the new keys.
+		po, err = prev.Rekeyed(cfg.Keys)
+	} else {
+		po, err = privacypass.NewOrigin(cfg)
+	}
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -100,10 +101,12 @@ func TestIssuerDirectory(t *testing.T) {
 	f := newPPFixture(t)
 	dir := f.issuer.Directory()
 	var served atomic.Pointer[[]byte]
+	var fetches atomic.Int64
 	served.Store(&dir)
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case privacypass.DirectoryPath:
+			fetches.Add(1)
 			w.Header().Set("Content-Type", privacypass.MediaTypeIssuerDirectory)
 			d := *served.Load()
 			if d == nil {
@@ -220,6 +223,46 @@ func TestIssuerDirectory(t *testing.T) {
 		if err := redeem(mintUnder(f.issuer.Issue, oldKey)); codeOf(err) != moh.CodeTokenRequired {
 			t.Fatalf("old key after the refresh: %v", err)
 		}
+	})
+	t.Run("token under an unknown key refetches once a minute", func(t *testing.T) {
+		// The issuer rotates again; this origin has not refreshed, but a
+		// client got the new key elsewhere (another gateway's challenge).
+		mk := func() (*privacypass.Key, *privacypass.Issuer) {
+			k, err := privacypass.GenerateKey(privacypass.TypeBlindRSA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			is, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: k})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return k, is
+		}
+		k3, is3 := mk()
+		dir3, _ := is3.Directory(DefaultRequestPath).Marshal()
+		served.Store(&dir3)
+		// The previous subtest's token under the dropped key spent this
+		// minute's refetch.
+		o.unknownMu.Lock()
+		o.lastUnknown = time.Time{}
+		o.unknownMu.Unlock()
+		before := fetches.Load()
+		if err := redeem(mintUnder(is3.Issue, k3)); err != nil {
+			t.Fatalf("token under the issuer's newest key: %v (fetches %d)", err, fetches.Load()-before)
+		}
+		if n := fetches.Load() - before; n != 1 {
+			t.Fatalf("%d directory fetches for the unknown key, want 1", n)
+		}
+		k4, is4 := mk()
+		dir4, _ := is4.Directory(DefaultRequestPath).Marshal()
+		served.Store(&dir4)
+		if err := redeem(mintUnder(is4.Issue, k4)); codeOf(err) != moh.CodeTokenRequired {
+			t.Fatalf("second unknown key within a minute: %v, want token_required", err)
+		}
+		if n := fetches.Load() - before; n != 1 {
+			t.Fatalf("%d directory fetches after a second unknown key within a minute, want still 1", n)
+		}
+		served.Store(&dir3)
 	})
 	t.Run("unchanged directory keeps the origin", func(t *testing.T) {
 		same := o.Current()

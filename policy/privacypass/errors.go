@@ -34,7 +34,8 @@ const (
 	ReasonAuthenticator Reason = "authenticator"
 	// ReasonReplay: the token was already redeemed (double spend).
 	ReasonReplay Reason = "replay"
-	// ReasonStoreUnavailable: the double-spend store failed, so the token
+	// ReasonStoreUnavailable: a store failed (the double-spend record, or
+	// the shared challenges of OriginConfig.Challenges), so the token
 	// could not be redeemed safely; the request may be retried.
 	ReasonStoreUnavailable Reason = "backend_unavailable"
 	// ReasonInvalidConfig: a configuration or key was refused when building

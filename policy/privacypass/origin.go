@@ -7,11 +7,14 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // ContextMode says how an Origin chooses the redemption_context of its
@@ -37,12 +40,13 @@ const (
 	// the source holding the most is forgotten. A client whose challenge
 	// was forgotten gets ReasonChallengeDigest and a new challenge. Honest
 	// clients lose challenges to a flood only when more distinct sources
-	// than MaxChallenges hold challenges at once. The state is per process: after a restart, and on another
-	// node of a cluster, earlier challenges are unknown and their tokens are
-	// refused with ReasonChallengeDigest. That is safe (no token can be
-	// replayed across a restart, since its challenge is gone) but a cluster
-	// needs sticky routing between the challenge and the retry; use ContextWindow
-	// otherwise.
+	// than MaxChallenges hold challenges at once. The state is per
+	// process: after a restart, and on another node of a cluster, earlier
+	// challenges are unknown and their tokens are refused with
+	// ReasonChallengeDigest. That is safe (no token can be replayed across
+	// a restart, since its challenge is gone). Nodes of a cluster share the
+	// challenges through OriginConfig.Challenges instead (the gateways'
+	// database), at the cost of one write per minted set of challenges.
 	ContextRandom ContextMode = iota
 	// ContextWindow derives the context statelessly as
 	//
@@ -126,6 +130,15 @@ type OriginConfig struct {
 	Grease bool
 	// Spent records redeemed tokens (double-spend prevention).
 	Spent SpentStore
+	// Challenges, when set, keeps the challenges of ContextRandom instead
+	// of the in-memory registry, so that origins sharing it (gateways on
+	// one database) accept each other's challenges, also across restarts.
+	// Each minted set of challenges is then one write, and
+	// MaxChallenges and MaxChallengesPerSource do not apply: bound the
+	// answers that mint challenges with a rate limit instead. A failing
+	// store fails minting and redemption with ReasonStoreUnavailable.
+	// Ignored by ContextWindow.
+	Challenges store.TokenChallenges
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
 }
@@ -137,6 +150,7 @@ type OriginConfig struct {
 // token that passed every cryptographic check is written to the SpentStore,
 // so forged tokens cannot fill it. An Origin is safe for concurrent use.
 type Origin struct {
+	cfg        OriginConfig // as given, for Rekeyed
 	issuer     string
 	originInfo []string
 	lifetime   time.Duration
@@ -151,7 +165,8 @@ type Origin struct {
 	types     []TokenType           // offered types, preference order
 	advertise map[TokenType][]byte  // token-key per type
 	typeOK    map[TokenType]bool    // accepted types
-	registry  *challengeRegistry    // ContextRandom
+	registry  *challengeRegistry    // ContextRandom, in memory
+	shared    store.TokenChallenges // ContextRandom, in the store
 	window    atomic.Pointer[slots] // ContextWindow cache
 }
 
@@ -171,6 +186,7 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 		return nil, newError(ReasonInvalidConfig, "no spent-token store")
 	}
 	o := &Origin{
+		cfg:        cfg,
 		issuer:     cfg.IssuerName,
 		originInfo: append([]string(nil), cfg.OriginInfo...),
 		lifetime:   cfg.Lifetime,
@@ -225,6 +241,10 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 		if perSource < 0 {
 			return nil, newError(ReasonInvalidConfig, "negative per-source challenge limit %d", perSource)
 		}
+		if cfg.Challenges != nil {
+			o.shared = cfg.Challenges
+			break
+		}
 		o.registry = newChallengeRegistry(limit, min(perSource, limit))
 	case ContextWindow:
 		switch {
@@ -244,13 +264,34 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 	return o, nil
 }
 
+// Rekeyed returns an origin configured like o but accepting keys instead,
+// that keeps accepting the challenges o sent: it shares o's registry of
+// ContextRandom challenges and o's ContextWindow secret (a generated one
+// too). Use it to replace the keys after an issuer directory refresh. A
+// challenge of a token type keys no longer has is refused as that type.
+func (o *Origin) Rekeyed(keys []*Key) (*Origin, error) {
+	cfg := o.cfg
+	cfg.Keys = keys
+	if o.mode == ContextWindow {
+		cfg.Secret = o.secret
+	}
+	n, err := NewOrigin(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if o.registry != nil && n.registry != nil {
+		n.registry = o.registry
+	}
+	return n, nil
+}
+
 // TokenTypes returns the token types the origin accepts, in preference order.
 func (o *Origin) TokenTypes() []TokenType { return append([]TokenType(nil), o.types...) }
 
-// Challenges is ChallengesFor with an unknown source: in ContextRandom mode
-// all such challenges share one bucket of the registry.
+// Challenges is ChallengesFor with an unknown source and no deadline: in
+// ContextRandom mode all such challenges share one bucket of the registry.
 func (o *Origin) Challenges() ([]Challenge, error) {
-	return o.ChallengesFor(netip.Addr{})
+	return o.ChallengesFor(context.Background(), netip.Addr{})
 }
 
 // ChallengesFor mints the challenges for one token_required answer to a client at
@@ -260,25 +301,37 @@ func (o *Origin) Challenges() ([]Challenge, error) {
 // max-age, plus a greased one last if configured. Format them with
 // FormatWWWAuthenticate. In ContextRandom mode the source decides whose
 // challenges make room when the registry is full (see ContextRandom); in
-// ContextWindow mode it is ignored.
-func (o *Origin) ChallengesFor(source netip.Addr) ([]Challenge, error) {
+// ContextWindow mode it is ignored. ctx bounds the write of the challenges
+// to OriginConfig.Challenges, when set; its failure is ReasonStoreUnavailable.
+func (o *Origin) ChallengesFor(ctx context.Context, source netip.Addr) ([]Challenge, error) {
 	now := o.now()
 	out := make([]Challenge, 0, len(o.types)+1)
 	switch o.mode {
 	case ContextRandom:
-		ctx := make([]byte, RedemptionContextSize)
-		if _, err := rand.Read(ctx); err != nil {
+		rc := make([]byte, RedemptionContextSize)
+		if _, err := rand.Read(rc); err != nil {
 			return nil, fmt.Errorf("generating redemption context: %w", err)
 		}
 		expires := now.Add(o.lifetime)
 		src := sourceKey(source)
+		var shared []store.TokenChallenge
 		for _, t := range o.types {
-			raw, err := o.challengeBytes(t, ctx)
+			raw, err := o.challengeBytes(t, rc)
 			if err != nil {
 				return nil, err
 			}
-			o.registry.add(ChallengeDigest(raw), t, src, expires, now)
+			d := ChallengeDigest(raw)
+			if o.shared != nil {
+				shared = append(shared, store.TokenChallenge{Digest: d[:], TokenType: uint16(t), Expires: expires})
+			} else {
+				o.registry.add(d, t, src, expires, now)
+			}
 			out = append(out, Challenge{TokenChallenge: raw, TokenKey: o.advertise[t], MaxAge: int(o.lifetime / time.Second)})
+		}
+		if o.shared != nil {
+			if err := o.shared.AddTokenChallenges(ctx, shared); err != nil {
+				return nil, wrapError(ReasonStoreUnavailable, "recording challenges", err)
+			}
 		}
 	case ContextWindow:
 		s, err := o.slotsAt(now)
@@ -300,15 +353,16 @@ func (o *Origin) ChallengesFor(source netip.Addr) ([]Challenge, error) {
 	return out, nil
 }
 
-// WWWAuthenticate is WWWAuthenticateFor with an unknown source.
+// WWWAuthenticate is WWWAuthenticateFor with an unknown source and no
+// deadline.
 func (o *Origin) WWWAuthenticate() (string, error) {
-	return o.WWWAuthenticateFor(netip.Addr{})
+	return o.WWWAuthenticateFor(context.Background(), netip.Addr{})
 }
 
 // WWWAuthenticateFor mints challenges for a client at source (see
 // ChallengesFor) and formats them as one WWW-Authenticate field value.
-func (o *Origin) WWWAuthenticateFor(source netip.Addr) (string, error) {
-	cs, err := o.ChallengesFor(source)
+func (o *Origin) WWWAuthenticateFor(ctx context.Context, source netip.Addr) (string, error) {
+	cs, err := o.ChallengesFor(ctx, source)
 	if err != nil {
 		return "", err
 	}
@@ -370,7 +424,7 @@ func (o *Origin) RedeemToken(ctx context.Context, t *Token) (*Redemption, error)
 		return nil, err
 	}
 	now := o.now()
-	expires, ok, err := o.acceptDigest(t.TokenType, t.ChallengeDigest, now)
+	expires, ok, err := o.acceptDigest(ctx, t.TokenType, t.ChallengeDigest, now)
 	if err != nil {
 		return nil, err
 	}
@@ -393,13 +447,25 @@ func (o *Origin) RedeemToken(ctx context.Context, t *Token) (*Redemption, error)
 }
 
 // acceptDigest reports whether d is the digest of a challenge of type t that
-// the origin accepts at now, and until when.
-func (o *Origin) acceptDigest(t TokenType, d [DigestSize]byte, now time.Time) (time.Time, bool, error) {
-	switch o.mode {
-	case ContextRandom:
+// the origin accepts at now, and until when. A failing shared challenge
+// store is ReasonStoreUnavailable.
+func (o *Origin) acceptDigest(ctx context.Context, t TokenType, d [DigestSize]byte, now time.Time) (time.Time, bool, error) {
+	switch {
+	case o.mode == ContextRandom && o.shared != nil:
+		c, err := o.shared.LookupTokenChallenge(ctx, d[:])
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return time.Time{}, false, nil
+		case err != nil:
+			return time.Time{}, false, wrapError(ReasonStoreUnavailable, "looking up challenge", err)
+		}
+		// The store's clock decided it is alive; the origin's clock
+		// decides too, as for the registry.
+		return c.Expires, c.TokenType == uint16(t) && now.Before(c.Expires), nil
+	case o.mode == ContextRandom:
 		exp, typ, ok := o.registry.lookup(d, now)
 		return exp, ok && typ == t, nil
-	case ContextWindow:
+	case o.mode == ContextWindow:
 		s, err := o.slotsAt(now)
 		if err != nil {
 			return time.Time{}, false, err

@@ -13,7 +13,7 @@ import (
 // of type typ.
 func challengeFrom(t testing.TB, o *privacypass.Origin, source netip.Addr, typ privacypass.TokenType) privacypass.Challenge {
 	t.Helper()
-	cs, err := o.ChallengesFor(source)
+	cs, err := o.ChallengesFor(t.Context(), source)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestOriginRandomContextFloodFromOthers(t *testing.T) {
 					if tc.name == "one IPv6 /64, many addresses" {
 						src = netip.MustParseAddr(fmt.Sprintf("2001:db8:1:2::%x", i+1))
 					}
-					if _, err := o.ChallengesFor(src); err != nil {
+					if _, err := o.ChallengesFor(t.Context(), src); err != nil {
 						t.Fatal(err)
 					}
 				}

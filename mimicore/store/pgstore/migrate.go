@@ -38,6 +38,7 @@ var migrations = []migration{
 	{8, "attachment metadata and reference-counted objects", schemaV8},
 	{9, "outbox backlog counters per destination", schemaV9},
 	{10, "sealed signing keys and leases", schemaSealedKeys},
+	{11, "Privacy Pass challenges of random redemption contexts", schemaTokenChallenges},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -373,4 +374,15 @@ CREATE TABLE leases (
 	holder     TEXT   COLLATE "C" NOT NULL,
 	expires_ms BIGINT NOT NULL
 );
+`
+
+// schemaTokenChallenges holds store.TokenChallenges, as sqlitestore's
+// schemaTokenChallenges describes it.
+const schemaTokenChallenges = `
+CREATE TABLE token_challenges (
+	digest     BYTEA   NOT NULL PRIMARY KEY CHECK (length(digest) = 32),
+	token_type INTEGER NOT NULL CHECK (token_type BETWEEN 0 AND 65535),
+	expires_ms BIGINT  NOT NULL
+);
+CREATE INDEX token_challenges_expires ON token_challenges (expires_ms);
 `

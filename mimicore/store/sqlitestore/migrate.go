@@ -36,6 +36,7 @@ var migrations = []migration{
 	{9, "outbox backlog counters per destination", schemaOutboxHeads},
 	{10, "no expiry index on the hot write path", schemaV10},
 	{11, "sealed signing keys and leases", schemaSealedKeys},
+	{12, "Privacy Pass challenges of random redemption contexts", schemaTokenChallenges},
 }
 
 const schemaV1 = `
@@ -460,4 +461,16 @@ CREATE TABLE leases (
 	holder     TEXT    NOT NULL,
 	expires_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+`
+
+// schemaTokenChallenges holds store.TokenChallenges: the digests of the
+// Privacy Pass challenges minted with random redemption contexts, until they
+// expire. It is self-contained, whatever its version number.
+const schemaTokenChallenges = `
+CREATE TABLE token_challenges (
+	digest     BLOB    NOT NULL PRIMARY KEY CHECK (length(digest) = 32),
+	token_type INTEGER NOT NULL CHECK (token_type BETWEEN 0 AND 65535),
+	expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX token_challenges_expires ON token_challenges (expires_ms);
 `

@@ -35,6 +35,7 @@ func RunContractTests(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("ReplayLog", func(t *testing.T) { testReplayLog(t, open) })
 	t.Run("SeenSignature", func(t *testing.T) { testSeenSignature(t, open) })
 	t.Run("MarkSpent", func(t *testing.T) { testMarkSpent(t, open) })
+	t.Run("TokenChallenges", func(t *testing.T) { testTokenChallenges(t, open) })
 	t.Run("SigningKeys", func(t *testing.T) { testSigningKeys(t, open) })
 	t.Run("PeerKeys", func(t *testing.T) { testPeerKeys(t, open) })
 	t.Run("Attachments", func(t *testing.T) { testAttachments(t, open) })

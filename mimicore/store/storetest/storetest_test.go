@@ -157,6 +157,27 @@ func (b *broken) OutboxRelease(ctx context.Context, destination, holder string, 
 	return b.Store.OutboxRelease(ctx, destination, holder, ids)
 }
 
+func (b *broken) AddTokenChallenges(ctx context.Context, cs []store.TokenChallenge) error {
+	if b.mode == "challenges-partial" {
+		var valid []store.TokenChallenge
+		for _, c := range cs {
+			if len(c.Digest) == store.TokenChallengeDigestSize {
+				valid = append(valid, c)
+			}
+		}
+		cs = valid
+	}
+	return b.Store.AddTokenChallenges(ctx, cs)
+}
+
+func (b *broken) LookupTokenChallenge(ctx context.Context, digest []byte) (store.TokenChallenge, error) {
+	c, err := b.Store.LookupTokenChallenge(ctx, digest)
+	if b.mode == "challenges-any" && errors.Is(err, store.ErrNotFound) {
+		return store.TokenChallenge{Digest: digest, TokenType: 2, Expires: time.Now().Add(time.Hour)}, nil
+	}
+	return c, err
+}
+
 func (b *broken) InsertSigningKey(ctx context.Context, k store.SigningKey) error {
 	if b.mode == "insert-overwrites" {
 		_ = b.Store.DeleteSigningKey(ctx, k.KeyID)
@@ -460,6 +481,8 @@ var brokenModes = map[string]string{
 	"outbox-claim-always-won":       "OutboxLeases/Claim",
 	"outbox-release-keeps-lease":    "OutboxLeases/Claim",
 	"outbox-release-keeps-messages": "OutboxLeases/Drainers",
+	"challenges-partial":            "TokenChallenges/invalid",
+	"challenges-any":                "TokenChallenges/add_and_look_up",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {

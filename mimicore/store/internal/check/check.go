@@ -513,3 +513,24 @@ func Attachment(a store.Attachment, withObject bool) error {
 	}
 	return nil
 }
+
+// TokenChallenges checks the argument of store.TokenChallenges.AddTokenChallenges.
+func TokenChallenges(cs []store.TokenChallenge) error {
+	if len(cs) > store.MaxTokenChallenges {
+		return fmt.Errorf("%d token challenges, over the %d limit: %w", len(cs), store.MaxTokenChallenges, store.ErrInvalid)
+	}
+	for _, c := range cs {
+		if err := TokenChallengeDigest(c.Digest); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TokenChallengeDigest checks a token challenge digest.
+func TokenChallengeDigest(d []byte) error {
+	if len(d) != store.TokenChallengeDigestSize {
+		return fmt.Errorf("token challenge digest is %d bytes, want %d: %w", len(d), store.TokenChallengeDigestSize, store.ErrInvalid)
+	}
+	return nil
+}

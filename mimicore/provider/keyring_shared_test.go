@@ -1,0 +1,244 @@
+package provider
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// openPostgres opens a store on the PostgreSQL database dsn and closes it
+// when t ends.
+func openPostgres(t *testing.T, dsn string) store.Store {
+	t.Helper()
+	s, err := pgstore.Open(t.Context(), dsn, pgstore.Options{MaxConns: 2})
+	if err != nil {
+		t.Fatalf("opening store: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// verifyAgainst checks sig, made at at, the way a peer does with the key
+// set published: the key with sig's key id must be listed and cover at.
+func verifyAgainst(published []moh.VerificationKey, keyID []byte, at time.Time, content, sig []byte) error {
+	for i := range published {
+		if !bytes.Equal(published[i].KeyID, keyID) {
+			continue
+		}
+		k, err := checkCovers(published[i], at)
+		if err != nil {
+			return err
+		}
+		return VerifyWithLabel(k, "test", content, sig)
+	}
+	return fmt.Errorf("key %x is not published", keyID)
+}
+
+// TestKeyRingSuccessorPublishedFirst has two gateways (rings with their own
+// store handles) share one store, PostgreSQL or SQLite. Gateway a rotates;
+// gateway b reloads every StoreReloadEvery, the last time just before the
+// rotation, so it learns of the successor as late as it can. On a fake
+// clock, second by second, each gateway signs and each signature is checked
+// against both gateways' published sets: every one verifies, and b
+// publishes the successor before any signature made with it exists.
+func TestKeyRingSuccessorPublishedFirst(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		open func(t *testing.T) (store.Store, store.Store)
+	}{
+		{"sqlite", func(t *testing.T) (store.Store, store.Store) {
+			st := openSQLite(t, t.TempDir())
+			return st, st
+		}},
+		{"postgres", func(t *testing.T) (store.Store, store.Store) {
+			dsn := pgtest.NewDB(t)
+			return openPostgres(t, dsn), openPostgres(t, dsn)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			stA, stB := c.open(t)
+			opts := KeyRingOptions{RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
+			a, err := storeRing(t, stA, sealer(t, 1), opts, t0)
+			must(t, err)
+			b, err := storeRing(t, stB, sealer(t, 1), opts, t0)
+			must(t, err)
+			first, err := a.Current(t0)
+			must(t, err)
+
+			due := a.NextRotation()
+			bReload := due.Add(-time.Second)
+			if _, err := b.Rotate(t.Context(), bReload); err != nil {
+				t.Fatalf("b reloading: %v", err)
+			}
+			created, err := a.Rotate(t.Context(), due)
+			must(t, err)
+			if !created {
+				t.Fatalf("a created no successor at %v", due)
+			}
+			pub := a.Published(due)
+			if len(pub) != 2 || bytes.Equal(pub[0].KeyID, first.ID) {
+				t.Fatalf("a publishes %d keys after rotating, want the successor first and the signing key", len(pub))
+			}
+			succ := pub[0]
+			if got, want := int64(succ.NotBefore), due.Add(SuccessorLead).Unix(); got != want {
+				t.Fatalf("successor not_before %d, want %d (SuccessorLead after the rotation)", got, want)
+			}
+
+			var bPublished, firstSigned time.Time
+			content := []byte("content")
+			for at := due; !at.After(due.Add(SuccessorLead + 5*time.Second)); at = at.Add(time.Second) {
+				if !at.Before(bReload.Add(StoreReloadEvery)) {
+					if _, err := b.Rotate(t.Context(), at); err != nil {
+						t.Fatalf("b reloading at %v: %v", at, err)
+					}
+					bReload = at
+				}
+				pa, pb := a.Published(at), b.Published(at)
+				if bPublished.IsZero() && len(pb) > 0 && bytes.Equal(pb[0].KeyID, succ.KeyID) {
+					bPublished = at
+				}
+				for name, g := range map[string]*KeyRing{"a": a, "b": b} {
+					cur, err := g.Current(at)
+					if err != nil {
+						t.Fatalf("%s signs with no key at %v: %v", name, at, err)
+					}
+					if firstSigned.IsZero() && bytes.Equal(cur.ID, succ.KeyID) {
+						firstSigned = at
+					}
+					sig, err := cur.SignWithLabel("test", content)
+					must(t, err)
+					for vname, set := range map[string][]moh.VerificationKey{"a": pa, "b": pb} {
+						if err := verifyAgainst(set, cur.ID, at, content, sig); err != nil {
+							t.Fatalf("%s's signature at +%s does not verify against %s's keys: %v", name, at.Sub(due), vname, err)
+						}
+					}
+				}
+			}
+			switch {
+			case bPublished.IsZero():
+				t.Fatalf("b never published the successor")
+			case firstSigned.IsZero():
+				t.Fatalf("no gateway signed with the successor by its not_before")
+			case !bPublished.Before(firstSigned):
+				t.Fatalf("b published the successor at +%s, a signature with it exists from +%s", bPublished.Sub(due), firstSigned.Sub(due))
+			}
+			rows, err := stA.ListSigningKeys(t.Context())
+			must(t, err)
+			if len(rows) != 2 || !rows[0].RetiredAt.Equal(time.Unix(int64(succ.NotBefore), 0)) {
+				t.Fatalf("store holds %d keys, want 2 with the first retired as of the successor's not_before", len(rows))
+			}
+		})
+	}
+}
+
+// TestSuccessorStart checks when a key created in store mode starts to
+// sign.
+func TestSuccessorStart(t *testing.T) {
+	key := func(from, to time.Time) *PrivateKey { return &PrivateKey{NotBefore: from, NotAfter: to} }
+	day := 24 * time.Hour
+	for _, c := range []struct {
+		name string
+		keys []*PrivateKey
+		want time.Time
+	}{
+		{"first key", nil, t0},
+		{"all expired", []*PrivateKey{key(t0.Add(-2*day), t0.Add(-day))}, t0},
+		{"signing key lasts", []*PrivateKey{key(t0.Add(-day), t0.Add(day))}, t0.Add(SuccessorLead)},
+		{"signing key expires within the lead", []*PrivateKey{key(t0.Add(-day), t0.Add(SuccessorLead/2))}, t0},
+		{"pending key of another scheme", []*PrivateKey{key(t0.Add(-day), t0.Add(day)), key(t0.Add(time.Second), t0.Add(day))}, t0.Add(SuccessorLead)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := successorStart(c.keys, t0); !got.Equal(c.want) {
+				t.Fatalf("successorStart = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// TestLoadSharedKeyRing checks the read-only view of keys sealed in a
+// store: it signs with the gateways' key, reloads their successor without
+// creating one, and refuses a wrong secret or a store without sealed keys
+// with an error, never an empty ring; LoadKeyRing on a gateway's empty key
+// directory points to it.
+func TestLoadSharedKeyRing(t *testing.T) {
+	st := openSQLite(t, t.TempDir())
+	opts := KeyRingOptions{RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
+	now := time.Now()
+	gw, err := storeRing(t, st, sealer(t, 1), opts, now)
+	must(t, err)
+	cur, err := gw.Current(now)
+	must(t, err)
+
+	t.Run("right secret", func(t *testing.T) {
+		view, err := LoadSharedKeyRing(t.Context(), st, sealer(t, 1))
+		must(t, err)
+		got, err := view.Current(now)
+		must(t, err)
+		if !bytes.Equal(got.ID, cur.ID) {
+			t.Fatalf("the view signs with %x, the gateway with %x", got.ID, cur.ID)
+		}
+		due := gw.NextRotation()
+		if _, err := gw.Rotate(t.Context(), due); err != nil {
+			t.Fatal(err)
+		}
+		created, err := view.Rotate(t.Context(), due)
+		must(t, err)
+		if created {
+			t.Fatalf("the read-only view created a key")
+		}
+		sameKeys(t, "view after the gateway's rotation", view.Published(due), gw.Published(due))
+		rows, err := st.ListSigningKeys(t.Context())
+		must(t, err)
+		if len(rows) != 2 {
+			t.Fatalf("store holds %d keys, want the gateway's 2", len(rows))
+		}
+	})
+	for _, c := range []struct {
+		name string
+		load func(t *testing.T) error
+		want string
+	}{
+		{"wrong secret", func(t *testing.T) error {
+			_, err := LoadSharedKeyRing(t.Context(), st, sealer(t, 2))
+			if !errors.Is(err, ErrWrongKeySecret) {
+				return fmt.Errorf("error %v is not ErrWrongKeySecret", err)
+			}
+			return err
+		}, "secret"},
+		{"store without sealed keys", func(t *testing.T) error {
+			_, err := LoadSharedKeyRing(t.Context(), openSQLite(t, t.TempDir()), sealer(t, 1))
+			return err
+		}, "no sealed signing key"},
+		{"no sealer", func(t *testing.T) error {
+			_, err := LoadSharedKeyRing(t.Context(), st, nil)
+			return err
+		}, "required"},
+		{"empty key directory", func(t *testing.T) error {
+			_, err := LoadKeyRing(t.TempDir())
+			return err
+		}, "LoadSharedKeyRing"},
+		{"missing key directory", func(t *testing.T) error {
+			_, err := LoadKeyRing(filepath.Join(t.TempDir(), "keys"))
+			return err
+		}, "LoadSharedKeyRing"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.load(t)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want one mentioning %q", err, c.want)
+			}
+		})
+	}
+}
