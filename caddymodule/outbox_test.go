@@ -125,17 +125,16 @@ func (s *peerSite) stop() {
 	s.srv.Close()
 }
 
-// twoProviders provisions gateways for a.localhost and b.localhost, each
-// on its own loopback port with a certificate for both names, each
-// resolving the other to its port and trusting the certificate.
-func twoProviders(t testing.TB) (a, b *peerSite) {
+// peerCert makes a self-signed certificate for a.localhost and
+// b.localhost, named commonName, that serves as its own root, and writes
+// the root to a file, whose path it returns with the certificate.
+func peerCert(t testing.TB, commonName string) (tls.Certificate, string) {
 	t.Helper()
-	dir := t.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mimi test peers"},
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: commonName},
 		DNSNames: []string{"a.localhost", "b.localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
@@ -143,12 +142,17 @@ func twoProviders(t testing.TB) (a, b *peerSite) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootFile := filepath.Join(dir, "root.pem")
+	rootFile := filepath.Join(t.TempDir(), "root.pem")
 	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-	ports := make([]string, 2)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, rootFile
+}
+
+// freePorts returns n loopback ports that were free a moment ago.
+func freePorts(t testing.TB, n int) []string {
+	t.Helper()
+	ports := make([]string, n)
 	for i := range ports {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -157,6 +161,16 @@ func twoProviders(t testing.TB) (a, b *peerSite) {
 		ports[i] = strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 		ln.Close()
 	}
+	return ports
+}
+
+// twoProviders provisions gateways for a.localhost and b.localhost, each
+// on its own loopback port with a certificate for both names, each
+// resolving the other to its port and trusting the certificate.
+func twoProviders(t testing.TB) (a, b *peerSite) {
+	t.Helper()
+	cert, rootFile := peerCert(t, "mimi test peers")
+	ports := freePorts(t, 2)
 	site := func(name, port, peer, peerPort string) *peerSite {
 		p, _ := strconv.Atoi(peerPort)
 		g := provisioned(t, &Gateway{Providers: []string{name}, DSDomain: name + ":" + port,
