@@ -189,6 +189,29 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 	return ids, nil
 }
 
+// collectOutbox reads rows of (id, sender, group_id, recipients, message,
+// enqueued_ms), destination's messages in id order, up to
+// store.MaxOutboxListBytes of messages (at least one when any).
+func collectOutbox(rows pgx.Rows, destination string) ([]store.OutboxEntry, error) {
+	var out []store.OutboxEntry
+	size := 0
+	var (
+		e       store.OutboxEntry
+		id, enq int64
+	)
+	_, err := pgx.ForEachRow(rows, []any{&id, &e.Sender, &e.GroupID, &e.Recipients, &e.Message, &enq}, func() error {
+		if size >= store.MaxOutboxListBytes {
+			return nil // the rest is for the next call
+		}
+		size += len(e.Message)
+		e.ID, e.Destination, e.Enqueued = uint64(id), destination, check.Time(enq)
+		out = append(out, e)
+		e = store.OutboxEntry{}
+		return nil
+	})
+	return out, err
+}
+
 // maxID is the largest id of a BIGINT identity column.
 const maxID = 1<<63 - 1
 
@@ -206,22 +229,7 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 	}
 	rows, _ := s.pool.Query(ctx, `SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
 		WHERE destination = $1 AND id > $2 ORDER BY id LIMIT $3`, destination, int64(after), limit)
-	var out []store.OutboxEntry
-	size := 0
-	var (
-		e       store.OutboxEntry
-		id, enq int64
-	)
-	_, err := pgx.ForEachRow(rows, []any{&id, &e.Sender, &e.GroupID, &e.Recipients, &e.Message, &enq}, func() error {
-		if size >= store.MaxOutboxListBytes {
-			return nil // the rest is for the next call
-		}
-		size += len(e.Message)
-		e.ID, e.Destination, e.Enqueued = uint64(id), destination, check.Time(enq)
-		out = append(out, e)
-		e = store.OutboxEntry{}
-		return nil
-	})
+	out, err := collectOutbox(rows, destination)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}

@@ -61,9 +61,8 @@ func (s *Store) OutboxClaim(ctx context.Context, destination, holder string, now
 	nowMs := check.Millis(now)
 	expires := nowMs + ttl.Milliseconds()
 	var (
-		ok   bool
-		out  []store.OutboxEntry
-		size int
+		ok  bool
+		out []store.OutboxEntry
 	)
 	b := &pgx.Batch{}
 	b.Queue(outboxClaimLeaseSQL, name, holder, expires, nowMs).Exec(func(tag pgconn.CommandTag) error {
@@ -71,20 +70,8 @@ func (s *Store) OutboxClaim(ctx context.Context, destination, holder string, now
 		return nil
 	})
 	b.Queue(outboxClaimReadSQL, destination, name, holder, expires, limit).Query(func(rows pgx.Rows) error {
-		var (
-			e       store.OutboxEntry
-			id, enq int64
-		)
-		_, err := pgx.ForEachRow(rows, []any{&id, &e.Sender, &e.GroupID, &e.Recipients, &e.Message, &enq}, func() error {
-			if size >= store.MaxOutboxListBytes {
-				return nil // the rest is for the next call
-			}
-			size += len(e.Message)
-			e.ID, e.Destination, e.Enqueued = uint64(id), destination, check.Time(enq)
-			out = append(out, e)
-			e = store.OutboxEntry{}
-			return nil
-		})
+		var err error
+		out, err = collectOutbox(rows, destination)
 		return err
 	})
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
