@@ -306,10 +306,26 @@ sleep 2
 start "$victim" "$(gw_port "$victim")" a
 echo "restarted $victim"
 wait "$b1" "$b2"
+# bob receives until every acknowledged message is there (what the killed
+# gateway was sending waits for its outbox lease to expire, up to 30 s,
+# and goes out from another gateway), then once more for late
+# duplicates; at most DRAIN seconds.
 : >"$tmp/got"
-while out=$(bob recv -wait 5s) && [ -n "$out" ]; do
+cat "$tmp"/acked.* >"$tmp/acked"
+receive() {
+	local out
+	out=$(bob recv -wait 5s) || return 1
 	printf '%s\n' "$out" | awk -F'\t' '$1 == "message" && $4 ~ /^(alice|carol) [0-9]+$/ { print $4 }' >>"$tmp/got"
+}
+deadline=$((SECONDS + ${DRAIN:-120}))
+while [ "$SECONDS" -lt "$deadline" ]; do
+	receive
+	if [ -z "$(grep -Fxvf "$tmp/got" "$tmp/acked" || true)" ]; then
+		receive
+		break
+	fi
 done
+echo "bob's queue drained $((SECONDS - deadline + ${DRAIN:-120})) s after the bursts ended"
 status=0
 for who in alice carol; do
 	acked=$(wc -l <"$tmp/acked.$who")
