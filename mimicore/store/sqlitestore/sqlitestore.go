@@ -353,6 +353,14 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 	ckdb.SetMaxIdleConns(1)
 	ckdb.SetConnMaxLifetime(0)
 	ckdb.SetConnMaxIdleTime(0)
+	// Connected now, not at the first checkpoint: the Store's files are
+	// all open once Open returns.
+	if err := ckdb.PingContext(ctx); err != nil {
+		ckdb.Close()
+		s.r.Close()
+		s.w.Close()
+		return nil, fmt.Errorf("opening store %s: checkpoint connection: %w", abs, err)
+	}
 	s.ckpt = newCheckpointer(ckdb)
 	s.wr = newWriter(s.w, o.maxBatch, o.linger)
 	s.wr.ckpt = s.ckpt
