@@ -307,7 +307,7 @@ start "$victim" "$(gw_port "$victim")" a
 echo "restarted $victim"
 wait "$b1" "$b2"
 # bob receives until every acknowledged message is there (what the killed
-# gateway was sending waits for its outbox lease to expire, up to 30 s,
+# gateway was sending waits for its outbox lease to expire, up to 10 s,
 # and goes out from another gateway), then once more for late
 # duplicates; at most DRAIN seconds.
 : >"$tmp/got"
