@@ -106,8 +106,8 @@ func TestRedisMatchesLocal(t *testing.T) {
 
 func TestRedisTwoGatewaysShareTheBudget(t *testing.T) {
 	srv := redistest.New(t)
-	a := redisZone(t, "shared", srv.Addr(), Config{Rate: 0.001, Burst: 10})
-	b := redisZone(t, "shared", srv.Addr(), Config{Rate: 0.001, Burst: 10})
+	a := redisZone(t, "common", srv.Addr(), Config{Rate: 0.001, Burst: 10})
+	b := redisZone(t, "common", srv.Addr(), Config{Rate: 0.001, Burst: 10})
 	other := redisZone(t, "other", srv.Addr(), Config{Rate: 0.001, Burst: 10})
 	allowed := 0
 	for i := 0; i < 20; i++ {
