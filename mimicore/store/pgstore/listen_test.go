@@ -26,14 +26,14 @@ const (
 	wakeCarl  = "mimi://a.example/d/carl/phone"
 )
 
-// openPair opens two Stores on one new database, as two gateways would,
-// and closes them when t ends.
-func openPair(t *testing.T) (*Store, *Store) {
+// openPair opens two Stores of maxConns connections each on one new
+// database, as two gateways would, and closes them when t ends.
+func openPair(t *testing.T, maxConns int32) (*Store, *Store) {
 	t.Helper()
 	dsn := pgtest.NewDB(t)
 	var stores [2]*Store
 	for i := range stores {
-		s, err := Open(context.Background(), dsn, Options{MaxConns: 4})
+		s, err := Open(context.Background(), dsn, Options{MaxConns: maxConns})
 		if err != nil {
 			t.Fatalf("Open %d: %v", i, err)
 		}
@@ -149,7 +149,7 @@ func TestWakeAcrossStores(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s1, s2 := openPair(t)
+			s1, s2 := openPair(t, 4)
 			ready, _ := watch(t, s1, tc.client, 0)
 			if err := tc.write(t, s2); err != nil {
 				t.Fatalf("write through store 2: %v", err)
@@ -164,7 +164,7 @@ func TestWakeAcrossStores(t *testing.T) {
 // one: notifications reach the listener in commit order, so once a later
 // write's wake-up has arrived, the refused write's would have too.
 func TestWakeOnlyOnCommit(t *testing.T) {
-	s1, s2 := openPair(t)
+	s1, s2 := openPair(t, 4)
 	ctx := context.Background()
 	d := delivery("first", wakeCarl)
 	d.Dedup, d.DedupExpires = bytes.Repeat([]byte{7}, 32), time.Now().Add(time.Hour)
@@ -191,7 +191,7 @@ func TestWakeOnlyOnCommit(t *testing.T) {
 // have missed their notifications), and a later write through the other
 // Store wakes a new waiter.
 func TestListenerReconnect(t *testing.T) {
-	s1, s2 := openPair(t)
+	s1, s2 := openPair(t, 4)
 	ctx := context.Background()
 	pid := s1.listenPID()
 	if pid == 0 {
@@ -222,7 +222,7 @@ func TestListenerReconnect(t *testing.T) {
 // its listener stops, a later watch is woken at once, and the other
 // Store's writes go on.
 func TestCloseWithWaiters(t *testing.T) {
-	s1, s2 := openPair(t)
+	s1, s2 := openPair(t, 4)
 	readyA, _ := watch(t, s1, wakeAlice, 0)
 	readyB, _ := watch(t, s1, wakeBob, 0)
 	if err := s1.Close(); err != nil {

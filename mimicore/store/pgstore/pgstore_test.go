@@ -200,17 +200,9 @@ func TestKeyPackages(t *testing.T) {
 // is handed out exactly once, and a claim that finds none left gets the
 // last-resort package.
 func TestClaimsAcrossStores(t *testing.T) {
-	dsn := pgtest.NewDB(t)
 	ctx := context.Background()
 	var stores [2]*Store
-	for i := range stores {
-		s, err := Open(ctx, dsn, Options{MaxConns: 8})
-		if err != nil {
-			t.Fatalf("Open %d: %v", i, err)
-		}
-		defer s.Close()
-		stores[i] = s
-	}
+	stores[0], stores[1] = openPair(t, 8)
 	const client, claims = "mimi://a.example/d/alice/phone", 50
 	exp := time.Now().Add(time.Hour)
 	kps := []store.KeyPackage{storetest.KP(client, 1, "last resort", exp, true)}
@@ -286,17 +278,9 @@ func TestQueues(t *testing.T) {
 // federation sender does: the reader sees every message, none skipped
 // because a smaller id committed after a larger one.
 func TestOutboxOrderAcrossStores(t *testing.T) {
-	dsn := pgtest.NewDB(t)
 	ctx := context.Background()
 	var stores [2]*Store
-	for i := range stores {
-		s, err := Open(ctx, dsn, Options{MaxConns: 8})
-		if err != nil {
-			t.Fatalf("Open %d: %v", i, err)
-		}
-		defer s.Close()
-		stores[i] = s
-	}
+	stores[0], stores[1] = openPair(t, 8)
 	const writers, adds, dest = 8, 15, "b.example"
 	msg := store.OutboxMessage{Sender: "a.example", Destination: dest, GroupID: []byte("g"),
 		Recipients: []string{"mimi://b.example/d/bob/x"}, Message: []byte("m")}
@@ -380,17 +364,9 @@ func TestReopen(t *testing.T) {
 // delivering a post to the group's log: exactly one wins, and only its
 // post is in the log.
 func TestRacingCommitsAcrossStores(t *testing.T) {
-	dsn := pgtest.NewDB(t)
 	ctx := context.Background()
 	var stores [2]*Store
-	for i := range stores {
-		s, err := Open(ctx, dsn, Options{MaxConns: 8})
-		if err != nil {
-			t.Fatalf("Open %d: %v", i, err)
-		}
-		defer s.Close()
-		stores[i] = s
-	}
+	stores[0], stores[1] = openPair(t, 8)
 	const rivals, member = 100, "mimi://a.example/d/alice/phone"
 	g := storetest.NewGroup(t, []byte("raced group"), 3)
 	if err := stores[0].CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State, Members: []string{member}}); err != nil {
@@ -541,17 +517,9 @@ func TestSynchronousCommit(t *testing.T) {
 // stores on one database for a group whose quota holds 5: exactly 5
 // succeed, the others get ErrQuota.
 func TestAttachmentQuotaAcrossStores(t *testing.T) {
-	dsn := pgtest.NewDB(t)
 	ctx := context.Background()
 	var stores [2]*Store
-	for i := range stores {
-		s, err := Open(ctx, dsn, Options{MaxConns: 8})
-		if err != nil {
-			t.Fatalf("Open %d: %v", i, err)
-		}
-		defer s.Close()
-		stores[i] = s
-	}
+	stores[0], stores[1] = openPair(t, 8)
 	const racers, quota = 20, 5
 	now := time.Now()
 	errs := make([]error, racers)
