@@ -1,6 +1,7 @@
 package sqlitestore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/hex"
@@ -133,6 +134,7 @@ func (s *Store) sweepByScan(ctx context.Context, sw *scanSweep, now int64) (int6
 		return err
 	}
 	var after []any // the last key read; nil before the first page
+	rs := newRowScanner(sw)
 	for {
 		if err := ctx.Err(); err != nil {
 			return total, err
@@ -149,16 +151,17 @@ func (s *Store) sweepByScan(ctx context.Context, sw *scanSweep, now int64) (int6
 		}
 		read := 0
 		for rows.Next() {
-			key, exp, err := sw.scanRow(rows)
-			if err != nil {
+			if err := rs.scan(rows); err != nil {
 				rows.Close()
 				return total, fmt.Errorf("scanning %s: %w", sw.table, err)
 			}
 			read++
-			after = key
-			if exp <= now {
-				expired = append(expired, sw.jsonKey(key))
+			if rs.exp <= now {
+				expired = append(expired, sw.jsonKey(rs.key()))
 			}
+		}
+		if read > 0 {
+			after = rs.key()
 		}
 		if err := rows.Err(); err != nil {
 			rows.Close()
@@ -176,38 +179,52 @@ func (s *Store) sweepByScan(ctx context.Context, sw *scanSweep, now int64) (int6
 	}
 }
 
-// scanRow reads a row of a scan page: its key, as query parameters, and
-// its expiry.
-func (sw *scanSweep) scanRow(rows *sql.Rows) (key []any, exp int64, err error) {
-	dst := make([]any, len(sw.pk)+1)
-	vals := make([]any, len(sw.pk))
+// rowScanner reads the rows of a scan page into buffers it reuses: a scan
+// reads every row of its table, so only the keys of expired rows and of
+// each page's last row are copied out.
+type rowScanner struct {
+	sw   *scanSweep
+	dst  []any // Scan's destinations: vals, then &exp
+	vals []any // *string, *[]byte or *int64 per key column
+	exp  int64
+}
+
+func newRowScanner(sw *scanSweep) *rowScanner {
+	r := &rowScanner{sw: sw, vals: make([]any, len(sw.pk))}
 	for i, k := range sw.kinds {
 		switch k {
 		case colText:
-			vals[i] = new(string)
+			r.vals[i] = new(string)
 		case colBlob:
-			vals[i] = new([]byte)
+			r.vals[i] = new([]byte)
 		case colInt:
-			vals[i] = new(int64)
+			r.vals[i] = new(int64)
 		}
-		dst[i] = vals[i]
 	}
-	dst[len(sw.pk)] = &exp
-	if err := rows.Scan(dst...); err != nil {
-		return nil, 0, err
-	}
-	key = make([]any, len(sw.pk))
-	for i, v := range vals {
+	r.dst = append(append([]any{}, r.vals...), &r.exp)
+	return r
+}
+
+// scan reads a row of a scan page into r's buffers: key returns its key
+// and r.exp holds its expiry.
+func (r *rowScanner) scan(rows *sql.Rows) error {
+	return rows.Scan(r.dst...)
+}
+
+// key returns the last row's key as query parameters (a copy).
+func (r *rowScanner) key() []any {
+	key := make([]any, len(r.vals))
+	for i, v := range r.vals {
 		switch v := v.(type) {
 		case *string:
 			key[i] = *v
 		case *[]byte:
-			key[i] = *v
+			key[i] = bytes.Clone(*v)
 		case *int64:
 			key[i] = *v
 		}
 	}
-	return key, exp, nil
+	return key
 }
 
 // jsonKey is key as an element of the DELETE's JSON list: the value alone
