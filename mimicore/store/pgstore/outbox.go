@@ -212,6 +212,18 @@ func collectOutbox(rows pgx.Rows, destination string) ([]store.OutboxEntry, erro
 	return out, err
 }
 
+// outboxIDs is ids as a sorted BIGINT array without duplicates, leaving
+// out those no BIGINT identity can hold (they name no row).
+func outboxIDs(ids []uint64) []int64 {
+	list := make([]int64, 0, len(ids))
+	for _, id := range ids {
+		if id <= maxID {
+			list = append(list, int64(id))
+		}
+	}
+	return slices.Compact(slices.Sorted(slices.Values(list)))
+}
+
 // maxID is the largest id of a BIGINT identity column.
 const maxID = 1<<63 - 1
 
@@ -269,13 +281,7 @@ func (s *Store) OutboxDelivered(ctx context.Context, destination string, ids []u
 	if len(ids) > store.MaxOutboxList {
 		return 0, fmt.Errorf("%s: %d ids, over the %d limit: %w", doing, len(ids), store.MaxOutboxList, store.ErrInvalid)
 	}
-	list := make([]int64, 0, len(ids))
-	for _, id := range ids {
-		if id <= maxID {
-			list = append(list, int64(id))
-		}
-	}
-	list = slices.Compact(slices.Sorted(slices.Values(list)))
+	list := outboxIDs(ids)
 	var n int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		rows, _ := tx.Query(ctx, `DELETE FROM outbox WHERE destination = $1 AND id = ANY($2::bigint[]) RETURNING size`,

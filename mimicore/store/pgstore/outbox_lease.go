@@ -3,7 +3,6 @@ package pgstore
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -101,13 +100,7 @@ func (s *Store) OutboxRelease(ctx context.Context, destination, holder string, i
 	if len(ids) > store.MaxOutboxList {
 		return 0, fmt.Errorf("%s: %d ids, over the %d limit: %w", doing, len(ids), store.MaxOutboxList, store.ErrInvalid)
 	}
-	list := make([]int64, 0, len(ids))
-	for _, id := range ids {
-		if id <= maxID {
-			list = append(list, int64(id))
-		}
-	}
-	list = slices.Compact(slices.Sorted(slices.Values(list)))
+	list := outboxIDs(ids)
 	var n int64
 	if err := s.pool.QueryRow(ctx, outboxReleaseSQL, destination, list, name, holder).Scan(&n); err != nil {
 		return 0, s.fail(doing, err)
