@@ -400,12 +400,27 @@ func (r *KeyRing) Current(now time.Time) (*PrivateKey, error) {
 // a ring under that bound (key_overlap < 15 key_rotation); only scheme
 // changes in quick succession, each of which retires a key early, can
 // exceed it, and then the oldest retired keys are left out: they no longer
-// sign.
+// sign. The key that signs at now (Current) is always in the list: in
+// store mode, where each scheme change adds a successor that signs only
+// from its NotBefore, the successors waiting for theirs are newer than it,
+// and the oldest of them, not the signing key, are left out when more than
+// moh.MaxVerifyKeys-1 wait (more than 15 scheme changes within
+// SuccessorLead).
 func (r *KeyRing) Published(now time.Time) []moh.VerificationKey {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
+	signing := len(r.keys) // none
+	for i := len(r.keys) - 1; i >= 0; i-- {
+		if r.keys[i].Covers(now) {
+			signing = i
+			break
+		}
+	}
 	out := make([]moh.VerificationKey, 0, min(len(r.keys), moh.MaxVerifyKeys))
 	for i := len(r.keys) - 1; i >= 0 && len(out) < moh.MaxVerifyKeys; i-- {
+		if i > signing && len(out) == moh.MaxVerifyKeys-1 {
+			continue // the signing key's place
+		}
 		if !now.After(r.keys[i].NotAfter) {
 			out = append(out, r.keys[i].Public())
 		}

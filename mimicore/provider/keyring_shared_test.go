@@ -242,3 +242,72 @@ func TestLoadSharedKeyRing(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyRingPublishedBoundShared is TestKeyRingPublishedBound in store
+// mode, where each scheme change makes a successor that signs only
+// SuccessorLead later: after 20 changes within two seconds the ring holds
+// the signing key and 20 waiting successors, more than the 16 keys a peer
+// accepts. The published list stays within the bound and still holds the
+// key that signs (the gateway's own binding checks and every peer verify
+// with it; it used to be left out, as the oldest key, for a whole
+// SuccessorLead) and the newest successor, at once and until it signs.
+// (The oldest of the waiting successors are left out; each signs only
+// from its NotBefore until the next one's, 100 ms here.)
+func TestKeyRingPublishedBoundShared(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		open func(t *testing.T) store.Store
+	}{
+		{"sqlite", func(t *testing.T) store.Store { return openSQLite(t, t.TempDir()) }},
+		{"postgres", func(t *testing.T) store.Store { return openPostgres(t, pgtest.NewDB(t)) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			schemes := []moh.SignatureScheme{moh.SchemeECDSAP256SHA256, moh.SchemeEd25519}
+			opts := KeyRingOptions{Scheme: moh.SchemeEd25519, RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
+			r, err := storeRing(t, c.open(t), sealer(t, 1), opts, t0)
+			must(t, err)
+			published := func(at time.Time, id []byte) bool {
+				for _, k := range r.Published(at) {
+					if bytes.Equal(k.KeyID, id) {
+						return true
+					}
+				}
+				return false
+			}
+			var newest []byte
+			for i := 0; i < 20; i++ {
+				opts.Scheme = schemes[i%2]
+				must(t, r.SetOptions(opts))
+				now := t0.Add(time.Duration(i+1) * 100 * time.Millisecond)
+				created, err := r.Rotate(t.Context(), now)
+				if err != nil || !created {
+					t.Fatalf("scheme change %d: Rotate = %v, %v", i+1, created, err)
+				}
+				pub := r.Published(now)
+				if len(pub) > moh.MaxVerifyKeys {
+					t.Fatalf("after %d scheme changes: %d keys published, more than %d", i+1, len(pub), moh.MaxVerifyKeys)
+				}
+				if newest = pub[0].KeyID; pub[0].Scheme != opts.Scheme {
+					t.Fatalf("after %d scheme changes: the first published key is not the new one", i+1)
+				}
+				cur, err := r.Current(now)
+				must(t, err)
+				if !published(now, cur.ID) {
+					t.Fatalf("after %d scheme changes: the signing key %x is not published", i+1, cur.ID)
+				}
+			}
+			// Until the newest successor signs, and when it does, it is
+			// published.
+			for at := t0.Add(3 * time.Second); at.Before(t0.Add(SuccessorLead + 5*time.Second)); at = at.Add(time.Second) {
+				cur, err := r.Current(at)
+				must(t, err)
+				if !published(at, newest) {
+					t.Fatalf("at %v: the newest key is not published", at.Sub(t0))
+				}
+				if (at.After(t0.Add(SuccessorLead+2*time.Second)) && !bytes.Equal(cur.ID, newest)) || !published(at, cur.ID) {
+					t.Fatalf("at %v: key %x signs, published %v; want the newest, published", at.Sub(t0), cur.ID, published(at, cur.ID))
+				}
+			}
+		})
+	}
+}
