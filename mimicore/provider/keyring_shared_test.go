@@ -245,29 +245,40 @@ func TestLoadSharedKeyRing(t *testing.T) {
 
 // TestKeyRingPublishedBoundShared is TestKeyRingPublishedBound in store
 // mode, where each scheme change makes a successor that signs only
-// SuccessorLead later: after 20 changes within two seconds the ring holds
-// the signing key and 20 waiting successors, more than the 16 keys a peer
-// accepts. The published list stays within the bound and still holds the
-// key that signs (the gateway's own binding checks and every peer verify
-// with it; it used to be left out, as the oldest key, for a whole
-// SuccessorLead) and the newest successor, at once and until it signs.
-// (The oldest of the waiting successors are left out; each signs only
-// from its NotBefore until the next one's, 100 ms here.)
+// SuccessorLead later. 20 changes within two seconds leave the ring with
+// the signing key and 20 successors made while another waited, more than
+// the 16 keys a peer accepts. Each successor replaces the one that waited
+// (which so never signs), so at any time the key that signs is the first
+// key, until the newest successor's NotBefore, then the newest, on the
+// ring that made them and on another gateway's alike; and the
+// published list stays within the bound and always holds the key that
+// signs (the gateway's own binding checks and every peer verify with it;
+// it used to be left out, as the oldest key, for a whole SuccessorLead)
+// and the newest successor.
 func TestKeyRingPublishedBoundShared(t *testing.T) {
 	for _, c := range []struct {
 		name string
-		open func(t *testing.T) store.Store
+		open func(t *testing.T) (store.Store, store.Store)
 	}{
-		{"sqlite", func(t *testing.T) store.Store { return openSQLite(t, t.TempDir()) }},
-		{"postgres", func(t *testing.T) store.Store { return openPostgres(t, pgtest.NewDB(t)) }},
+		{"sqlite", func(t *testing.T) (store.Store, store.Store) {
+			st := openSQLite(t, t.TempDir())
+			return st, st
+		}},
+		{"postgres", func(t *testing.T) (store.Store, store.Store) {
+			dsn := pgtest.NewDB(t)
+			return openPostgres(t, dsn), openPostgres(t, dsn)
+		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			stA, stB := c.open(t)
 			schemes := []moh.SignatureScheme{moh.SchemeECDSAP256SHA256, moh.SchemeEd25519}
 			opts := KeyRingOptions{Scheme: moh.SchemeEd25519, RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
-			r, err := storeRing(t, c.open(t), sealer(t, 1), opts, t0)
+			r, err := storeRing(t, stA, sealer(t, 1), opts, t0)
 			must(t, err)
-			published := func(at time.Time, id []byte) bool {
-				for _, k := range r.Published(at) {
+			first, err := r.Current(t0)
+			must(t, err)
+			published := func(ring *KeyRing, at time.Time, id []byte) bool {
+				for _, k := range ring.Published(at) {
 					if bytes.Equal(k.KeyID, id) {
 						return true
 					}
@@ -290,22 +301,26 @@ func TestKeyRingPublishedBoundShared(t *testing.T) {
 				if newest = pub[0].KeyID; pub[0].Scheme != opts.Scheme {
 					t.Fatalf("after %d scheme changes: the first published key is not the new one", i+1)
 				}
-				cur, err := r.Current(now)
-				must(t, err)
-				if !published(now, cur.ID) {
-					t.Fatalf("after %d scheme changes: the signing key %x is not published", i+1, cur.ID)
+				if cur, err := r.Current(now); err != nil || !bytes.Equal(cur.ID, first.ID) || !published(r, now, cur.ID) {
+					t.Fatalf("after %d scheme changes: the first key does not sign, or is not published (%v)", i+1, err)
 				}
 			}
-			// Until the newest successor signs, and when it does, it is
-			// published.
-			for at := t0.Add(3 * time.Second); at.Before(t0.Add(SuccessorLead + 5*time.Second)); at = at.Add(time.Second) {
-				cur, err := r.Current(at)
-				must(t, err)
-				if !published(at, newest) {
-					t.Fatalf("at %v: the newest key is not published", at.Sub(t0))
-				}
-				if (at.After(t0.Add(SuccessorLead+2*time.Second)) && !bytes.Equal(cur.ID, newest)) || !published(at, cur.ID) {
-					t.Fatalf("at %v: key %x signs, published %v; want the newest, published", at.Sub(t0), cur.ID, published(at, cur.ID))
+			// Another gateway, which loads the keys after the changes.
+			other, err := storeRing(t, stB, sealer(t, 1), opts, t0.Add(2*time.Second))
+			must(t, err)
+			end := t0.Add(SuccessorLead + 3*time.Second)
+			for at := t0.Add(2 * time.Second); at.Before(end); at = at.Add(100 * time.Millisecond) {
+				for name, ring := range map[string]*KeyRing{"the ring": r, "another gateway": other} {
+					cur, err := ring.Current(at)
+					must(t, err)
+					want := first.ID
+					if !at.Before(t0.Add(2*time.Second + SuccessorLead)) {
+						want = newest
+					}
+					if !bytes.Equal(cur.ID, want) || !published(ring, at, cur.ID) || !published(ring, at, newest) {
+						t.Fatalf("at %v %s signs with %x (want %x), published: %v, the newest published: %v",
+							at.Sub(t0), name, cur.ID, want, published(ring, at, cur.ID), published(ring, at, newest))
+					}
 				}
 			}
 		})
