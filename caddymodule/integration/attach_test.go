@@ -60,6 +60,7 @@ func TestMimictlAttach(t *testing.T) {
 	if got := must("laptop", nil, "attach", "get", gid, leaf, ref, "-"); got != string(file) {
 		t.Fatalf("attach get returned %d bytes, not the %d uploaded", len(got), len(file))
 	}
+	assertAttachmentsStored(t, "m.localhost", filepath.Join(env.dir, "m-"+t.Name()))
 	// The wrong sender's keys do not open it.
 	if _, errOut, status := run("laptop", nil, "attach", "get", gid, "1", ref, "-"); status != 1 || errOut == "" {
 		t.Fatalf("attach get with the wrong sender: exit %d, %q", status, errOut)
@@ -155,6 +156,7 @@ func TestAttachmentRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	token := upload(alice, "a.localhost", sealed.Ciphertext)
+	assertAttachmentsStored(t, "a.localhost", filepath.Join(env.dir, "a"))
 
 	resp, body := download(bob, "b.localhost", token, nil)
 	var r moh.DSResponse

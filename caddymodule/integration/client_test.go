@@ -31,7 +31,8 @@ var clientUsers = map[string]string{"alice": "correct horse", "bob": "battery st
 
 // clientSite is m.localhost's site block: the gateway and, under /local/,
 // the local client API behind basic_auth. {USERS} becomes the basic_auth
-// accounts, {DATA} the provider's data directory.
+// accounts, {DATA} the provider's data directory, the backend line its
+// store and storage options (siteBackend).
 const clientSite = `
 m.localhost:9443 {
 	tls internal {
@@ -41,6 +42,7 @@ m.localhost:9443 {
 		provider m.localhost
 		ds_domain m.localhost:9443
 		data_dir {DATA}
+		{BACKEND m.localhost}
 	}
 	handle_path /local/* {
 		basic_auth {
@@ -58,9 +60,10 @@ m.localhost:9443 {
 `
 
 // startClientSite loads the shared configuration plus m.localhost, with
-// a data directory of the test's own (so that the tests' clients do not
-// meet), waits until m.localhost serves TLS, and restores the shared
-// configuration when the test ends.
+// a data directory (and with postgres a database and bucket) of the
+// test's own (so that the tests' clients do not meet), waits until
+// m.localhost serves TLS, and restores the shared configuration when the
+// test ends.
 func startClientSite(t *testing.T) {
 	t.Helper()
 	startCaddy(t)
@@ -72,7 +75,8 @@ func startClientSite(t *testing.T) {
 		}
 		fmt.Fprintf(&users, "\t\t\t%s %s\n", name, hash)
 	}
-	site := strings.NewReplacer("{DATA}", filepath.Join(env.dir, "m-"+t.Name()), "{USERS}", strings.TrimRight(users.String(), "\n")).Replace(clientSite)
+	site := strings.NewReplacer("{DATA}", filepath.Join(env.dir, "m-"+t.Name()), "{USERS}", strings.TrimRight(users.String(), "\n"),
+		backendLine("m.localhost"), siteBackend(t, "m.localhost")).Replace(clientSite)
 	loadWithSite(t, "m.localhost", site)
 }
 

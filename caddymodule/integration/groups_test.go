@@ -7,8 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"net/http"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +16,6 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -56,15 +53,11 @@ func newMIMIClient(t *testing.T, issuer *binding.Issuer, user, device string, un
 }
 
 // issuerOf returns a binding issuer with the key ring of provider p
-// (a.localhost or b.localhost), read from its data directory, as the local
-// client API's POST /binding would sign.
+// (a.localhost or b.localhost, keyRingOf), as the local client API's POST
+// /binding would sign.
 func issuerOf(t *testing.T, p string) *binding.Issuer {
 	t.Helper()
-	ring, err := provider.LoadKeyRing(filepath.Join(env.dir, strings.TrimSuffix(p, ".localhost"), "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &binding.Issuer{Domains: []string{p}, Keys: ring}
+	return &binding.Issuer{Domains: []string{p}, Keys: keyRingOf(t, p)}
 }
 
 // newGroup returns c's member of a new group gid of which it is the only

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	_ "github.com/caddy-mimi/caddy-mimi/caddymodule"
@@ -50,12 +51,29 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	if err := setUpBackend(dir); err != nil { // backend_test.go
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	if code == 0 && os.Getenv("CI") != "" && env.tester == nil && !testing.Short() {
 		// caddytest skips, rather than fails, when Caddy cannot start; in CI
 		// a skipped integration suite is a failure.
 		fmt.Fprintln(os.Stderr, "integration: Caddy never started; the integration tests did not run")
 		code = 1
+	}
+	if env.tester != nil {
+		// The gateways close their stores before the servers under them
+		// stop.
+		if err := caddy.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "integration: stopping Caddy:", err)
+		}
+	}
+	if err := stopBackend(); err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		if code == 0 {
+			code = 1
+		}
 	}
 	os.RemoveAll(dir)
 	pptest.Remove()
@@ -76,7 +94,8 @@ func writeRootCA(dir string) error {
 }
 
 // caddyfile is the configuration under test: two providers in one Caddy,
-// each allowed to fetch the other's keys over loopback.
+// each allowed to fetch the other's keys over loopback. {DIR} and each
+// provider's backend line (backendLine) are replaced by baseConfig.
 const caddyfile = `{
 	admin localhost:2999
 	http_port 9080
@@ -107,6 +126,7 @@ a.localhost:9443 {
 		provider a.localhost
 		ds_domain a.localhost:9443
 		data_dir {DIR}/a
+		{BACKEND a.localhost}
 		federation {
 			allow_private_addresses
 			allow_ports 9443
@@ -134,6 +154,7 @@ b.localhost:9443 {
 		provider b.localhost
 		ds_domain b.localhost:9443
 		data_dir {DIR}/b
+		{BACKEND b.localhost}
 		max_body 64KiB
 		federation {
 			allow_private_addresses
@@ -166,6 +187,7 @@ c.localhost:9443 {
 		provider c.localhost
 		ds_domain c.localhost:9443
 		data_dir {DIR}/c
+		{BACKEND c.localhost}
 		federation {
 			allow_private_addresses
 			allow_ports 9443
@@ -202,9 +224,16 @@ c.localhost:9443 {
 }
 `
 
+// baseConfig is the shared configuration as Caddy loads it: caddyfile
+// with the test directory and each provider's store and storage options.
+func baseConfig() string {
+	return withBackend(strings.ReplaceAll(caddyfile, "{DIR}", env.dir))
+}
+
 // startCaddy loads the configuration once per test binary.
 func startCaddy(t *testing.T) {
 	t.Helper()
+	requireBackend(t)
 	if env.failed {
 		t.Fatal("caddy did not start (see the first failing test)")
 	}
@@ -214,7 +243,7 @@ func startCaddy(t *testing.T) {
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
 		LoadRequestTimeout: 30 * time.Second, TestRequestTimeout: 10 * time.Second,
 	})
-	tester.InitServer(strings.ReplaceAll(caddyfile, "{DIR}", env.dir), "caddyfile")
+	tester.InitServer(baseConfig(), "caddyfile")
 	if t.Failed() {
 		env.failed = true
 		t.FailNow()
@@ -255,17 +284,13 @@ func client(maxTLS uint16) *http.Client {
 	}
 }
 
-// peerClient returns a provider client for the provider whose data
-// directory is dir, signing with that provider's own keys.
+// peerClient returns a provider client for provider sender, signing with
+// that provider's own keys (keyRingOf).
 func peerClient(t *testing.T, sender string) *provider.Client {
 	t.Helper()
-	ring, err := provider.LoadKeyRing(filepath.Join(env.dir, strings.TrimSuffix(sender, ".localhost"), "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	return &provider.Client{
 		Sender: sender,
-		Keys:   ring,
+		Keys:   keyRingOf(t, sender),
 		Fetcher: provider.NewKeyFetcher(provider.FetchPolicy{
 			AllowPrivate: true, AllowedPorts: []int{9443}, RootCAs: env.roots,
 			Resolve: map[string]string{"a.localhost": httpsAddr, "b.localhost": httpsAddr},
@@ -295,7 +320,7 @@ func waitTLS(t *testing.T, host string) {
 // configuration when the test ends.
 func loadWithSite(t *testing.T, host, site string) {
 	t.Helper()
-	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
+	base := baseConfig()
 	env.tester.InitServer(base+site, "caddyfile")
 	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
 	if t.Failed() {

@@ -21,7 +21,7 @@ import (
 // refused certificate_required.
 func TestMutualTLSWithCaddyCertificates(t *testing.T) {
 	startCaddy(t)
-	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
+	base := baseConfig()
 	cfg := base
 	for _, p := range []string{"a.localhost", "b.localhost"} {
 		site := "\ttls internal {\n\t\tprotocols tls1.3\n\t}\n\tmimi {\n\t\tprovider " + p + "\n"

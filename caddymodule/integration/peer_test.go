@@ -26,7 +26,6 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 )
 
 // TestIndependentPeer runs testdata/peers/mimi-peer, a Node.js provider
@@ -60,7 +59,7 @@ func TestIndependentPeer(t *testing.T) {
 	l.Close()
 	certFile, keyFile := writePeerCert(t, "peer.localhost")
 
-	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
+	base := baseConfig()
 	const bBlock = "\t\tmax_body 64KiB\n\t\tfederation {\n\t\t\tallow_private_addresses\n\t\t\tallow_ports 9443\n"
 	if !strings.Contains(base, bBlock) {
 		t.Fatal("the test configuration changed: b.localhost's federation block not found")
@@ -75,11 +74,7 @@ func TestIndependentPeer(t *testing.T) {
 	}
 	waitTLS(t, "b.localhost")
 
-	ringB, err := provider.LoadKeyRing(filepath.Join(env.dir, "b", "keys"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuer := &binding.Issuer{Domains: []string{"b.localhost"}, Keys: ringB}
+	issuer := &binding.Issuer{Domains: []string{"b.localhost"}, Keys: keyRingOf(t, "b.localhost")}
 	// Each run has a new provider key, which b fetches on its new key_id;
 	// the last answers POST /verification_key with 405, so b's fetcher falls
 	// back to GET (§4.1).

@@ -21,11 +21,11 @@ import (
 // overlap for a.localhost. After each reload a key of the new scheme and
 // the new lifetime (rotation + overlap) is published at once, without a
 // restart; after all of them the process holds no more goroutines or open
-// files than after the second, and a.localhost's database is open by one
-// service only.
+// files than after the second, and (on SQLite) a.localhost's database is
+// open by one service only.
 func TestReloadAppliesOptions(t *testing.T) {
 	startCaddy(t)
-	base := strings.ReplaceAll(caddyfile, "{DIR}", env.dir)
+	base := baseConfig()
 	const aBlock = "\t\tds_domain a.localhost:9443\n\t\tdata_dir " // the line the options go after
 	if !strings.Contains(base, aBlock) {
 		t.Fatal("the test configuration changed: a.localhost's block not found")
@@ -69,6 +69,20 @@ func TestReloadAppliesOptions(t *testing.T) {
 	if f := len(openFiles(t)); f > files+2 {
 		t.Errorf("open files grew from %d to %d over 18 reloads", files, f)
 	}
+	if !backend.postgres {
+		// SQLite only: these count the open files of a.localhost's
+		// database file. On PostgreSQL a leaked service's pool shows in
+		// the open files' growth above (its connections are sockets).
+		checkOneSQLiteService(t)
+	}
+	t.Logf("after 20 reloads: %d goroutines (%d after the second), %d open files (%d)",
+		runtime.NumGoroutine(), goroutines, len(openFiles(t)), files)
+}
+
+// checkOneSQLiteService checks that one service holds a.localhost's
+// SQLite database.
+func checkOneSQLiteService(t *testing.T) {
+	t.Helper()
 	db := filepath.Join(env.dir, "a", "mimi.db")
 	// One service holds the database: its store keeps the lock file
 	// open (flock) for as long as it lives, so a service leaked by a
@@ -83,8 +97,6 @@ func TestReloadAppliesOptions(t *testing.T) {
 	if n := countPrefix(open, db); n == 0 || n > 2*(2+sqlitestore.DefaultReaders)+2 {
 		t.Errorf("a.localhost's database is open %d times; one service holds a writer, a checkpointer and a small reader pool", n)
 	}
-	t.Logf("after 20 reloads: %d goroutines (%d after the second), %d open files (%d)",
-		runtime.NumGoroutine(), goroutines, len(openFiles(t)), files)
 }
 
 // keyMadeWith returns the key a.localhost publishes whose lifetime is

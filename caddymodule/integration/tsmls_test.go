@@ -51,6 +51,7 @@ ts.localhost:9443 {
 		provider ts.localhost
 		ds_domain ts.localhost:9443
 		data_dir {DATA}
+		{BACKEND ts.localhost}
 		unchecked_client_bindings
 	}
 	# The local client API, to read the clients' queues (the test header
@@ -67,12 +68,14 @@ ts.localhost:9443 {
 `
 
 // startTSSite loads the shared configuration plus ts.localhost, with a
-// data directory of the test's own, waits until it serves TLS, and
-// restores the shared configuration when the test ends.
+// data directory (and with postgres a database and bucket) of the test's
+// own, waits until it serves TLS, and restores the shared configuration
+// when the test ends.
 func startTSSite(t *testing.T) {
 	t.Helper()
 	startCaddy(t)
-	loadWithSite(t, "ts.localhost", strings.ReplaceAll(tsSite, "{DATA}", filepath.Join(env.dir, "ts-"+t.Name())))
+	loadWithSite(t, "ts.localhost", strings.NewReplacer("{DATA}", filepath.Join(env.dir, "ts-"+t.Name()),
+		backendLine("ts.localhost"), siteBackend(t, "ts.localhost")).Replace(tsSite))
 }
 
 // tsBytes is a hex string of a transcript.

@@ -85,6 +85,10 @@ func Main(m *testing.M) int {
 	return code
 }
 
+// ErrNotInstalled is what CreateDB's error wraps when PostgreSQL's
+// binaries are not installed.
+var ErrNotInstalled = errors.New("PostgreSQL is not installed")
+
 // NewDB creates a new, empty database on the test server (starting the
 // server on first use), returns a DSN for it, and drops it when t ends:
 // each test gets a database of its own. It skips t when PostgreSQL is not
@@ -92,11 +96,9 @@ func Main(m *testing.M) int {
 func NewDB(t testing.TB) string {
 	t.Helper()
 	s := require(t)
-	name := fmt.Sprintf("pgtest_%d_%d", os.Getpid(), dbSeq.Add(1))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := s.exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"); err != nil {
-		t.Fatalf("pgtest: creating database %s: %v", name, err)
+	name, err := s.createDB()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -109,11 +111,39 @@ func NewDB(t testing.TB) string {
 	return s.dsn(name)
 }
 
-// require returns the running server, starting it on first use, or ends
-// t: skipped when the binaries are missing (failed under $CI), failed when
-// the server does not start.
-func require(t testing.TB) *server {
-	t.Helper()
+// CreateDB creates a new, empty database on the test server (starting the
+// server on first use) outside any one test, and returns its DSN: for the
+// databases that all the tests of a binary share, created in its TestMain.
+// The database lives as long as the server: Stop (called by Main) removes
+// it with the cluster. When PostgreSQL is not installed the error wraps
+// ErrNotInstalled, and the caller chooses between skipping and failing
+// (NewDB fails under $CI).
+func CreateDB() (string, error) {
+	s, err := running()
+	if err != nil {
+		return "", fmt.Errorf("pgtest: %w", err)
+	}
+	name, err := s.createDB()
+	if err != nil {
+		return "", fmt.Errorf("pgtest: %w", err)
+	}
+	return s.dsn(name), nil
+}
+
+// createDB creates a database with a new name on s and returns the name.
+func (s *server) createDB() (string, error) {
+	name := fmt.Sprintf("pgtest_%d_%d", os.Getpid(), dbSeq.Add(1))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"); err != nil {
+		return "", fmt.Errorf("creating database %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// running returns the running server, starting it on first use. The error
+// wraps ErrNotInstalled when the binaries are missing.
+func running() (*server, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	if current == nil && failure == nil && missing == "" {
@@ -126,14 +156,29 @@ func require(t testing.TB) *server {
 	}
 	switch {
 	case missing != "":
-		if os.Getenv("CI") != "" {
-			t.Fatalf("pgtest: %s; CI must install PostgreSQL (.ci/run installs Debian's postgresql)", missing)
-		}
-		t.Skipf("pgtest: %s; install PostgreSQL (Debian: apt-get install postgresql) to run this test", missing)
+		return nil, fmt.Errorf("%w: %s", ErrNotInstalled, missing)
 	case failure != nil:
-		t.Fatalf("pgtest: %v", failure)
+		return nil, failure
 	}
-	return current
+	return current, nil
+}
+
+// require returns the running server, starting it on first use, or ends
+// t: skipped when the binaries are missing (failed under $CI), failed when
+// the server does not start.
+func require(t testing.TB) *server {
+	t.Helper()
+	s, err := running()
+	switch {
+	case errors.Is(err, ErrNotInstalled):
+		if os.Getenv("CI") != "" {
+			t.Fatalf("pgtest: %v; CI must install PostgreSQL (.ci/run installs Debian's postgresql)", err)
+		}
+		t.Skipf("pgtest: %v; install PostgreSQL (Debian: apt-get install postgresql) to run this test", err)
+	case err != nil:
+		t.Fatalf("pgtest: %v", err)
+	}
+	return s
 }
 
 // Stop stops the server, if one was started, and removes its directory.

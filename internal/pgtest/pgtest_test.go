@@ -47,6 +47,36 @@ func TestNewDB(t *testing.T) {
 	}
 }
 
+// TestCreateDB checks that CreateDB, outside a test's lifetime, makes a
+// new database each time that outlives the test that asked for it.
+func TestCreateDB(t *testing.T) {
+	require(t) // skips (or fails under $CI) without PostgreSQL
+	ctx := context.Background()
+	var dsns []string
+	for i := 0; i < 2; i++ {
+		dsn, err := CreateDB()
+		if err != nil {
+			t.Fatalf("CreateDB: %v", err)
+		}
+		dsns = append(dsns, dsn)
+	}
+	if dsns[0] == dsns[1] {
+		t.Fatalf("two databases share the DSN %s", dsns[0])
+	}
+	for i, dsn := range dsns {
+		t.Run(fmt.Sprint("database ", i), func(t *testing.T) {
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatalf("connecting: %v", err)
+			}
+			defer conn.Close(ctx)
+			if _, err := conn.Exec(ctx, "CREATE TABLE t (x int)"); err != nil {
+				t.Fatalf("creating a table: %v", err)
+			}
+		})
+	}
+}
+
 func TestVersionOrder(t *testing.T) {
 	for _, c := range []struct {
 		newer, older string

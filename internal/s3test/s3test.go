@@ -41,15 +41,33 @@ type Server struct {
 // backend's back.
 func (s *Server) Client(t testing.TB) *minio.Client {
 	t.Helper()
-	c, err := minio.New(s.Endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
-		Region:       s.Region,
-		BucketLookup: minio.BucketLookupPath,
-	})
+	c, err := s.client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// client is a minio client of the server as its root user.
+func (s *Server) client() (*minio.Client, error) {
+	return minio.New(s.Endpoint, &minio.Options{
+		Creds:        credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
+		Region:       s.Region,
+		BucketLookup: minio.BucketLookupPath,
+	})
+}
+
+// MakeBucket creates another bucket on the server, for tests that run
+// several stores on one server (one bucket each).
+func (s *Server) MakeBucket(ctx context.Context, name string) error {
+	c, err := s.client()
+	if err != nil {
+		return fmt.Errorf("making bucket %s: %w", name, err)
+	}
+	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: s.Region}); err != nil {
+		return fmt.Errorf("making bucket %s: %w", name, err)
+	}
+	return nil
 }
 
 // Binary returns the versitygw binary: $VERSITYGW, or versitygw on $PATH.

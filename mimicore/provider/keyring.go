@@ -63,10 +63,18 @@ type KeyRing struct {
 	leases store.Leases
 	holder string                 // this ring's lease holder id, random
 	opened map[string]*PrivateKey // keys opened so far, by key id; under rotMu
-	rotMu  sync.Mutex             // serialises Rotate in store mode
+	// loadedSuperseded is the set of superseded keys (see superseded) of
+	// the last load; under rotMu.
+	loadedSuperseded map[string]bool
+	rotMu            sync.Mutex // serialises Rotate in store mode
 
 	mu   sync.RWMutex
 	keys []*PrivateKey // by NotBefore, oldest first
+	// superseded holds, in store mode, the ids of the keys in keys that
+	// were replaced while they waited for their NotBefore (see
+	// createShared): they never sign, and are published only while the
+	// list has room, for a gateway that has not reloaded since.
+	superseded map[string]bool
 }
 
 // Store mode's timing.
@@ -382,16 +390,25 @@ func readKeyFile(path string) ([]byte, time.Time, error) {
 func keyFileName(k *PrivateKey) string { return hex.EncodeToString(k.ID) + keyFileSuffix }
 
 // Current returns the key that signs now: the newest key whose validity
-// covers now.
+// covers now, other than a superseded one (store mode).
 func (r *KeyRing) Current(now time.Time) (*PrivateKey, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for i := len(r.keys) - 1; i >= 0; i-- {
-		if r.keys[i].Covers(now) {
-			return r.keys[i], nil
-		}
+	if i := r.signing(now); i >= 0 {
+		return r.keys[i], nil
 	}
 	return nil, errors.New("no signing key covers the current time")
+}
+
+// signing returns the index in r.keys of the key that signs at now, or -1.
+// The caller holds r.mu.
+func (r *KeyRing) signing(now time.Time) int {
+	for i := len(r.keys) - 1; i >= 0; i-- {
+		if r.keys[i].Covers(now) && !r.superseded[string(r.keys[i].ID)] {
+			return i
+		}
+	}
+	return -1
 }
 
 // Published returns the verification keys to serve on /verification_key at
@@ -399,14 +416,34 @@ func (r *KeyRing) Current(now time.Time) (*PrivateKey, error) {
 // moh.MaxVerifyKeys of them, since peers refuse a longer list. Settings keep
 // a ring under that bound (key_overlap < 15 key_rotation); only scheme
 // changes in quick succession, each of which retires a key early, can
-// exceed it, and then the oldest retired keys are left out: they no longer
-// sign.
+// exceed it, and then keys that no longer sign are left out: first the
+// superseded ones (store mode), which never signed, then the oldest
+// retired ones. The key that signs at now (Current) and its successor
+// waiting for its NotBefore (store mode) are always in the list.
 func (r *KeyRing) Published(now time.Time) []moh.VerificationKey {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	out := make([]moh.VerificationKey, 0, min(len(r.keys), moh.MaxVerifyKeys))
-	for i := len(r.keys) - 1; i >= 0 && len(out) < moh.MaxVerifyKeys; i-- {
-		if !now.After(r.keys[i].NotAfter) {
+	keep := make([]bool, len(r.keys))
+	n := 0
+	add := func(i int) {
+		if n < moh.MaxVerifyKeys && !keep[i] && !now.After(r.keys[i].NotAfter) {
+			keep[i] = true
+			n++
+		}
+	}
+	if i := r.signing(now); i >= 0 {
+		add(i)
+	}
+	for _, superseded := range []bool{false, true} {
+		for i := len(r.keys) - 1; i >= 0; i-- {
+			if r.superseded[string(r.keys[i].ID)] == superseded {
+				add(i)
+			}
+		}
+	}
+	out := make([]moh.VerificationKey, 0, n)
+	for i := len(r.keys) - 1; i >= 0; i-- {
+		if keep[i] {
 			out = append(out, r.keys[i].Public())
 		}
 	}
@@ -484,6 +521,9 @@ func (r *KeyRing) NextRotation() time.Time {
 		return time.Time{}
 	}
 	newest := r.keys[len(r.keys)-1]
+	for i := len(r.keys) - 1; i > 0 && r.superseded[string(newest.ID)]; i-- {
+		newest = r.keys[i-1]
+	}
 	if r.scheme != 0 && newest.Scheme != r.scheme {
 		return newest.NotBefore
 	}

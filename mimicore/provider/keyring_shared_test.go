@@ -242,3 +242,87 @@ func TestLoadSharedKeyRing(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyRingPublishedBoundShared is TestKeyRingPublishedBound in store
+// mode, where each scheme change makes a successor that signs only
+// SuccessorLead later. 20 changes within two seconds leave the ring with
+// the signing key and 20 successors made while another waited, more than
+// the 16 keys a peer accepts. Each successor replaces the one that waited
+// (which so never signs), so at any time the key that signs is the first
+// key, until the newest successor's NotBefore, then the newest, on the
+// ring that made them and on another gateway's alike; and the
+// published list stays within the bound and always holds the key that
+// signs (the gateway's own binding checks and every peer verify with it;
+// it used to be left out, as the oldest key, for a whole SuccessorLead)
+// and the newest successor.
+func TestKeyRingPublishedBoundShared(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		open func(t *testing.T) (store.Store, store.Store)
+	}{
+		{"sqlite", func(t *testing.T) (store.Store, store.Store) {
+			st := openSQLite(t, t.TempDir())
+			return st, st
+		}},
+		{"postgres", func(t *testing.T) (store.Store, store.Store) {
+			dsn := pgtest.NewDB(t)
+			return openPostgres(t, dsn), openPostgres(t, dsn)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			stA, stB := c.open(t)
+			schemes := []moh.SignatureScheme{moh.SchemeECDSAP256SHA256, moh.SchemeEd25519}
+			opts := KeyRingOptions{Scheme: moh.SchemeEd25519, RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
+			r, err := storeRing(t, stA, sealer(t, 1), opts, t0)
+			must(t, err)
+			first, err := r.Current(t0)
+			must(t, err)
+			published := func(ring *KeyRing, at time.Time, id []byte) bool {
+				for _, k := range ring.Published(at) {
+					if bytes.Equal(k.KeyID, id) {
+						return true
+					}
+				}
+				return false
+			}
+			var newest []byte
+			for i := 0; i < 20; i++ {
+				opts.Scheme = schemes[i%2]
+				must(t, r.SetOptions(opts))
+				now := t0.Add(time.Duration(i+1) * 100 * time.Millisecond)
+				created, err := r.Rotate(t.Context(), now)
+				if err != nil || !created {
+					t.Fatalf("scheme change %d: Rotate = %v, %v", i+1, created, err)
+				}
+				pub := r.Published(now)
+				if len(pub) > moh.MaxVerifyKeys {
+					t.Fatalf("after %d scheme changes: %d keys published, more than %d", i+1, len(pub), moh.MaxVerifyKeys)
+				}
+				if newest = pub[0].KeyID; pub[0].Scheme != opts.Scheme {
+					t.Fatalf("after %d scheme changes: the first published key is not the new one", i+1)
+				}
+				if cur, err := r.Current(now); err != nil || !bytes.Equal(cur.ID, first.ID) || !published(r, now, cur.ID) {
+					t.Fatalf("after %d scheme changes: the first key does not sign, or is not published (%v)", i+1, err)
+				}
+			}
+			// Another gateway, which loads the keys after the changes.
+			other, err := storeRing(t, stB, sealer(t, 1), opts, t0.Add(2*time.Second))
+			must(t, err)
+			end := t0.Add(SuccessorLead + 3*time.Second)
+			for at := t0.Add(2 * time.Second); at.Before(end); at = at.Add(100 * time.Millisecond) {
+				for name, ring := range map[string]*KeyRing{"the ring": r, "another gateway": other} {
+					cur, err := ring.Current(at)
+					must(t, err)
+					want := first.ID
+					if !at.Before(t0.Add(2*time.Second + SuccessorLead)) {
+						want = newest
+					}
+					if !bytes.Equal(cur.ID, want) || !published(ring, at, cur.ID) || !published(ring, at, newest) {
+						t.Fatalf("at %v %s signs with %x (want %x), published: %v, the newest published: %v",
+							at.Sub(t0), name, cur.ID, want, published(ring, at, cur.ID), published(ring, at, newest))
+					}
+				}
+			}
+		})
+	}
+}

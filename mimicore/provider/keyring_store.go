@@ -91,12 +91,12 @@ func (r *KeyRing) rotateShared(ctx context.Context, now time.Time) (bool, error)
 			}
 		}
 		r.mu.Lock()
-		r.keys = kept
+		r.keys, r.superseded = kept, r.loadedSuperseded
 		r.mu.Unlock()
 		return false, nil
 	}
 	created := false
-	if r.dueShared(keys, now) {
+	if r.dueShared(r.live(keys), now) {
 		won, err := r.leases.AcquireLease(ctx, store.LeaseKeyRotation, r.holder, now, RotationLeaseTTL)
 		if err != nil {
 			return false, fmt.Errorf("rotating signing keys: %w", err)
@@ -129,12 +129,24 @@ func (r *KeyRing) rotateShared(ctx context.Context, now time.Time) (bool, error)
 		delete(r.opened, string(k.ID))
 	}
 	r.mu.Lock()
-	r.keys = kept
+	r.keys, r.superseded = kept, r.loadedSuperseded
 	r.mu.Unlock()
 	if err := errors.Join(errs...); err != nil {
 		return created, fmt.Errorf("deleting expired keys: %w", err)
 	}
 	return created, nil
+}
+
+// live returns keys without the superseded ones of the last load. The
+// caller holds r.rotMu.
+func (r *KeyRing) live(keys []*PrivateKey) []*PrivateKey {
+	out := make([]*PrivateKey, 0, len(keys))
+	for _, k := range keys {
+		if !r.loadedSuperseded[string(k.ID)] {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // dueShared reports whether keys, oldest first, need a successor at now:
@@ -177,17 +189,27 @@ func successorStart(keys []*PrivateKey, now time.Time) time.Time {
 // the keys, since the previous holder may have created the successor
 // between this ring's first load and its taking the lease, and if one is
 // still due, creates, seals and records it, valid from successorStart, and
-// retires its predecessor as of then. It returns the keys and whether it
+// retires its predecessor as of then. A predecessor that still waits for
+// its NotBefore (the options changed again within SuccessorLead) has
+// signed nothing: the new key replaces it, and it is retired as of its own
+// NotBefore instead, which makes it superseded: every ring that loads it
+// so skips it in Current, and the key that signs keeps signing until the
+// new key's NotBefore. So a ring holds at most one waiting successor,
+// however often the scheme changes. It returns the keys and whether it
 // created one.
 func (r *KeyRing) createShared(ctx context.Context, now time.Time) ([]*PrivateKey, bool, error) {
 	keys, err := r.loadShared(ctx)
-	if err != nil || !r.dueShared(keys, now) {
+	if err != nil {
 		return keys, false, err
+	}
+	live := r.live(keys)
+	if !r.dueShared(live, now) {
+		return keys, false, nil
 	}
 	r.mu.RLock()
 	scheme, lifetime := r.scheme, r.rotateEvery+r.overlap
 	r.mu.RUnlock()
-	start := successorStart(keys, now)
+	start := successorStart(live, now)
 	k, err := GenerateKey(scheme, start, start.Add(lifetime))
 	if err != nil {
 		return keys, false, err
@@ -202,13 +224,24 @@ func (r *KeyRing) createShared(ctx context.Context, now time.Time) ([]*PrivateKe
 	}); err != nil {
 		return keys, false, fmt.Errorf("recording signing key %x: %w", k.ID, err)
 	}
-	if n := len(keys); n > 0 {
-		if err := r.meta.RetireSigningKey(ctx, keys[n-1].ID, k.NotBefore); err != nil {
-			return keys, false, fmt.Errorf("retiring signing key %x: %w", keys[n-1].ID, err)
+	if n := len(live); n > 0 {
+		prev, retired := live[n-1], k.NotBefore
+		if now.Before(prev.NotBefore) {
+			retired = prev.NotBefore
+		}
+		if err := r.meta.RetireSigningKey(ctx, prev.ID, retired); err != nil {
+			return keys, false, fmt.Errorf("retiring signing key %x: %w", prev.ID, err)
+		}
+		if retired.Equal(prev.NotBefore) {
+			r.loadedSuperseded[string(prev.ID)] = true
 		}
 	}
 	r.opened[string(k.ID)] = k
-	return append(keys, k), true, nil
+	// Ordered as loadShared orders: k starts last, unless it signs at
+	// once (successorStart returned now) before a superseded key's start.
+	keys = append(keys, k)
+	sort.SliceStable(keys, func(i, j int) bool { return keys[i].NotBefore.Before(keys[j].NotBefore) })
+	return keys, true, nil
 }
 
 // loadShared lists the keys in the store and opens the sealed ones (each
@@ -228,6 +261,7 @@ func (r *KeyRing) loadShared(ctx context.Context) ([]*PrivateKey, error) {
 		retired bool
 	}
 	var list []loaded
+	superseded := make(map[string]bool)
 	for _, row := range rows {
 		if len(row.Sealed) == 0 {
 			continue
@@ -241,7 +275,12 @@ func (r *KeyRing) loadShared(ctx context.Context) ([]*PrivateKey, error) {
 			r.opened[string(row.KeyID)] = k
 		}
 		list = append(list, loaded{k, !row.RetiredAt.IsZero()})
+		if !row.RetiredAt.IsZero() && !row.RetiredAt.After(row.NotBefore) {
+			// Retired before it could sign: replaced while it waited.
+			superseded[string(row.KeyID)] = true
+		}
 	}
+	r.loadedSuperseded = superseded
 	r.mu.RLock()
 	scheme := r.scheme
 	r.mu.RUnlock()
