@@ -56,7 +56,9 @@
 // own beside the writer, never inside a commit (see checkpoint.go), and
 // the tables every hot write inserts into carry no expiry index: their
 // expired rows are found by scans on a read connection (see
-// scansweep.go).
+// scansweep.go). The writer connection opens the file through walvfs,
+// which hands a commit's log frames to the kernel in one write at its
+// sync instead of two system calls per frame.
 //
 // Stats reports commits and operations, so Ops/Commits is the mean batch
 // size and Commits the number of fsyncs of the write path.
