@@ -6,12 +6,16 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -135,5 +139,91 @@ func TestDeliverMessageOverHTTP(t *testing.T) {
 	}
 	if got := waitQueue(t, a, alice.uri, 0); len(got) != atA {
 		t.Fatalf("alice's queue at a went from %d to %d messages: the refused delivery reached it", atA, len(got))
+	}
+}
+
+// TestKeyPackagesClaimedOnceOverHTTP has a send 50 concurrent
+// connection_key_packages requests to b for one user of b with two
+// clients, each with 20 single-use KeyPackages and one of last resort:
+// every single-use package is handed out exactly once, and the requests
+// that come after them get the last-resort ones.
+func TestKeyPackagesClaimedOnceOverHTTP(t *testing.T) {
+	a, b := twoProviders(t)
+	const perClient, requests = 20, 50
+	clients := []string{moh.ClientURI("b.localhost", "carol", "phone"), moh.ClientURI("b.localhost", "carol", "laptop")}
+	single := map[string]bool{} // encoded single-use packages
+	lastResort := map[string]bool{}
+	for _, uri := range clients {
+		var kps []store.KeyPackage
+		for i := range perClient + 1 {
+			c, err := mlstest.NewClient(peerSuite, uri, mlstest.Options{Issuer: &binding.Issuer{Domains: b.g.Providers, Keys: b.g.svc.Keys()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			enc, err := wire.Marshal(c.KeyPackage)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref, err := c.KeyPackage.Ref()
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := i == perClient
+			kps = append(kps, store.KeyPackage{Client: uri, Suite: uint16(peerSuite), Ref: ref, KeyPackage: enc,
+				NotAfter: time.Now().Add(time.Hour), LastResort: last})
+			if last {
+				lastResort[string(enc)] = true
+			} else {
+				single[string(enc)] = true
+			}
+		}
+		if err := b.g.svc.Store().PublishKeyPackages(t.Context(), uri, kps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pc := &provider.Client{Sender: "a.localhost", Keys: a.g.svc.Keys(), Fetcher: a.g.svc.Fetcher()}
+	payload, err := wire.Marshal(&moh.ConnectionKeyPackagesRequest{Requester: []byte(moh.UserURI("a.localhost", "alice")),
+		UserID: []byte(moh.UserURI("b.localhost", "carol"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	handedOut := map[string]int{}
+	var wg sync.WaitGroup
+	for range requests {
+		wg.Go(func() {
+			ans, err := pc.Send(t.Context(), "b.localhost", moh.ConnectionKeyPackages, payload)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if ans.Status != http.StatusOK || ans.Response.Type != moh.ResponseKeyPackages || len(ans.Response.KeyPackages) != len(clients) {
+				t.Errorf("connection_key_packages: %d %s %+v", ans.Status, ans.Response.Error.Code, ans.Response)
+				return
+			}
+			mu.Lock()
+			for _, kp := range ans.Response.KeyPackages {
+				handedOut[string(kp)]++
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	var singles, lasts int
+	for kp, n := range handedOut {
+		switch {
+		case single[kp] && n != 1:
+			t.Errorf("a single-use KeyPackage was handed out %d times", n)
+		case single[kp]:
+			singles++
+		case lastResort[kp]:
+			lasts += n
+		default:
+			t.Error("an answer held a KeyPackage that was never published")
+		}
+	}
+	if singles != len(single) || lasts != requests*len(clients)-len(single) {
+		t.Fatalf("%d of %d single-use KeyPackages and %d last-resort ones handed out, want all and %d", singles, len(single),
+			lasts, requests*len(clients)-len(single))
 	}
 }
