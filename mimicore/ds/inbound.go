@@ -43,6 +43,10 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 	if s.Store == nil {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "deliver_message: this gateway keeps no queues")
 	}
+	// The message is appended at most once per (sender, group, message,
+	// local recipients), in the write that appends it, and the answer is
+	// a function of the request: no replay entry is needed.
+	v.Idempotent()
 	var q moh.QueueingServiceRequest
 	if err := wire.Unmarshal(v.Request.Payload, &q, "QueueingServiceRequest"); err != nil {
 		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: %v", err)

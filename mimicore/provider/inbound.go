@@ -120,6 +120,12 @@ func (in *Inbound) handle(ctx context.Context, v *Verified, process Processor) (
 	} else {
 		answer = enc
 	}
+	if inline.idempotent {
+		// The processor's effects carry their own duplicate suppression
+		// and the answer is a function of the request: a copy processed
+		// again changes nothing and is answered alike (Idempotent).
+		return answer, procErr
+	}
 	// The record is written on a context the client cannot cancel: a
 	// client that goes away must not leave its request unrecorded. No
 	// timer is needed: the store answers every write it has queued.
@@ -141,11 +147,12 @@ func (in *Inbound) handle(ctx context.Context, v *Verified, process Processor) (
 // inlineReplay is the replay log entry of a request being handled, which
 // its Processor may write itself (Verified.InlineReplay).
 type inlineReplay struct {
-	sender   string
-	expires  time.Time
-	answer   []byte
-	offered  bool // InlineReplay returned an entry
-	recorded bool // ReplayRecorded was called
+	sender     string
+	expires    time.Time
+	answer     []byte
+	offered    bool // InlineReplay returned an entry
+	recorded   bool // ReplayRecorded was called
+	idempotent bool // Idempotent was called: no entry is written
 }
 
 // InlineReplay returns the replay log entry that records answer (an encoded
@@ -161,12 +168,29 @@ type inlineReplay struct {
 // as an error wrapping that error: Handle answers with the recorded entry.
 func (v *Verified) InlineReplay(answer []byte) *store.ReplayRecord {
 	in := v.inline
-	if in == nil {
+	if in == nil || in.idempotent {
 		return nil
 	}
 	in.offered, in.answer = true, answer
 	return &store.ReplayRecord{Sender: in.sender, RequestID: v.Request.RequestID, Digest: v.Digest,
 		Answer: store.Answer{Body: answer}, Expires: in.expires}
+}
+
+// Idempotent declares, from a Processor, that v's request needs no replay
+// log entry: its effects are written at most once by a record keyed on
+// the request's content, in the same write (deliver_message's duplicate
+// suppression, docs/protocol.md §4.2), and its answer, refusals included,
+// is a function of the request and of state that a repeat does not
+// change. A byte-identical copy processed again then changes nothing and
+// is answered alike, within the timestamp window and after it. Handle
+// sends the answer without recording it and InlineReplay returns nil, so
+// the request costs one durable write less; the same request_id with
+// other bytes is processed as a request of its own (docs/protocol.md §4,
+// step 8). A Processor calls it before it writes anything.
+func (v *Verified) Idempotent() {
+	if v.inline != nil {
+		v.inline.idempotent = true
+	}
 }
 
 // ReplayRecorded reports that the entry InlineReplay returned committed

@@ -444,3 +444,69 @@ func TestInboundOneWrite(t *testing.T) {
 		}
 	})
 }
+
+// TestInboundIdempotent checks a Processor that declares its request
+// idempotent (Verified.Idempotent): its answer and its refusals are sent
+// without a replay log entry, InlineReplay offers none, a byte-identical
+// copy runs again, and the same request id with other bytes is a request
+// of its own, not a replay; a transient failure is still not an answer.
+func TestInboundIdempotent(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name     string
+		failWith error
+		wantCode moh.Code
+	}{
+		{"answer", nil, 0},
+		{"refusal", moh.Errorf(moh.CodeNotFound, "no such group"), moh.CodeNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := newTestInbound(t, k)
+			var runs atomic.Int32
+			process := func(_ context.Context, v *Verified) (*moh.DSResponse, error) {
+				v.Idempotent()
+				if r := v.InlineReplay([]byte("answer")); r != nil {
+					t.Errorf("InlineReplay offered %+v for an idempotent request", r)
+				}
+				runs.Add(1)
+				if tc.failWith != nil {
+					return nil, tc.failWith
+				}
+				return groupIDAnswer(1), nil
+			}
+			id := []byte("idempotent-0001")
+			raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = id })
+			other := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID, r.Payload = id, []byte{1, 'z', 1, 'z'} })
+			var first []byte
+			for i, req := range [][]byte{raw, raw, other} {
+				a, err := handle(ctx, in, req, process)
+				if moh.AnswerCode(a) != tc.wantCode || (err != nil) != (tc.failWith != nil) {
+					t.Fatalf("copy %d: %x %v, want code %d", i, a, err, tc.wantCode)
+				}
+				if i == 0 {
+					first = a
+				} else if string(a) != string(first) {
+					t.Fatalf("copy %d answered %x, the first %x", i, a, first)
+				}
+				if int(runs.Load()) != i+1 {
+					t.Fatalf("copy %d: %d runs, want %d", i, runs.Load(), i+1)
+				}
+			}
+			if _, err := in.Replay.FindReplay(ctx, "a.example", id); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("an idempotent request left a replay entry: %v", err)
+			}
+		})
+	}
+	t.Run("transient failure", func(t *testing.T) {
+		in := newTestInbound(t, k)
+		raw := signedRequest(t, k, func(r *moh.ProviderRequest) { r.RequestID = []byte("idempotent-0002") })
+		a, err := handle(ctx, in, raw, func(_ context.Context, v *Verified) (*moh.DSResponse, error) {
+			v.Idempotent()
+			return nil, moh.Errorf(moh.CodeBackendUnavailable, "store down")
+		})
+		if a != nil || moh.DSErrorOf(err).Code != moh.CodeBackendUnavailable {
+			t.Fatalf("transient failure: %x %v, want no answer and backend_unavailable", a, err)
+		}
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -79,16 +80,17 @@ var (
 		row:  `(?, ?, ?)`,
 		cols: 3,
 	}
-	// The fixed parameters are the queue limits, as in queueBumpSQL. Rows
-	// of one queue come in sequence order, so last_seq ends at the
-	// highest.
+	// A row per queue of the write: its highest sequence number and the
+	// messages and bytes the write adds. The fixed parameters are the
+	// queue limits, as in queueBumpSQL: a queue that cannot take all of
+	// its messages of the write changes no row.
 	headMulti = multiRow{
 		head: `INSERT INTO queue_heads (client, last_seq, messages, bytes) VALUES `,
-		row:  `(?, ?, 1, ?)`,
+		row:  `(?, ?, ?, ?)`,
 		tail: ` ON CONFLICT (client) DO UPDATE SET last_seq = excluded.last_seq,
-			messages = queue_heads.messages + 1, bytes = queue_heads.bytes + excluded.bytes
-			WHERE queue_heads.messages + 1 <= ? AND queue_heads.bytes + excluded.bytes <= ?`,
-		cols: 3,
+			messages = queue_heads.messages + excluded.messages, bytes = queue_heads.bytes + excluded.bytes
+			WHERE queue_heads.messages + excluded.messages <= ? AND queue_heads.bytes + excluded.bytes <= ?`,
+		cols: 4,
 	}
 	entryMulti = multiRow{
 		head: `INSERT INTO queue_messages (client, seq, body_id, size, group_id, sender, arrived_ms, expires_ms) VALUES `,
@@ -252,15 +254,40 @@ func (s *Store) appendBatchTx(ctx context.Context, tx *sql.Tx, apps []*appendOp,
 			rows = append(rows, rcpt{i, r})
 		}
 	}
+	// One head update per queue, with all its messages of the write: the
+	// same counters as one update per message, since the limits hold for
+	// the sum exactly when they hold after each message. A queue that
+	// is new or cannot take them all sends the write down the careful
+	// path, which refuses the copies that do not fit, one by one.
+	type head struct {
+		client          string
+		lastSeq, n, len int64
+	}
+	heads := make([]head, 0, min(recipients, 16))
+	for _, rc := range rows {
+		a := apps[rc.app]
+		client := a.qa.recipients[rc.r]
+		i := slices.IndexFunc(heads, func(h head) bool { return h.client == client })
+		if i < 0 {
+			i = len(heads)
+			heads = append(heads, head{client: client})
+		}
+		h := &heads[i]
+		h.lastSeq, h.n, h.len = seq0+int64(rc.app), h.n+1, h.len+int64(len(a.qa.msg))
+	}
+	for _, h := range heads {
+		if h.n > apps[0].qa.maxMessages || h.len > apps[0].qa.maxBytes {
+			return errNotCoalesced // more than an empty queue takes
+		}
+	}
 	limits := []any{apps[0].qa.maxMessages, apps[0].qa.maxBytes}
-	n, err := s.execMulti(ctx, tx, &headMulti, limits, len(rows), func(i int, args []any) []any {
-		a := apps[rows[i].app]
-		return append(args, a.qa.recipients[rows[i].r], seq0+int64(rows[i].app), len(a.qa.msg))
+	n, err := s.execMulti(ctx, tx, &headMulti, limits, len(heads), func(i int, args []any) []any {
+		return append(args, heads[i].client, heads[i].lastSeq, heads[i].n, heads[i].len)
 	})
 	if err != nil {
 		return err
 	}
-	if n != int64(len(rows)) {
+	if n != int64(len(heads)) {
 		return errNotCoalesced // a full queue
 	}
 	exp := make([]int64, len(apps))

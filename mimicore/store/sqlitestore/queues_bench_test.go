@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"github.com/caddy-mimi/caddy-mimi/internal/cputime"
 	"math"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -163,11 +166,22 @@ func BenchmarkClaimKeyPackageParallel64(b *testing.B) {
 
 // BenchmarkDeliverParallel64 is the store's share of a deliver_message
 // from a peer: 64 callers per core, each Append a distinct 466-byte
-// message to 4 recipients with its Dedup digest and its request's replay
-// record (store.Delivery.Replay), as mimicore/ds writes it. Digests and
-// request ids are spread over the key space as real ones are (a hash of
-// the counter), so that their inserts land on random B-tree pages.
+// message to 4 recipients with its Dedup digest, as mimicore/ds writes it
+// (deliver_message keeps no replay entry, docs/protocol.md §4 step 8).
+// Digests are spread over the key space as real ones are (a hash of the
+// counter), so that their inserts land on random B-tree pages. In
+// "shared-queues" every message goes to the same 4 clients, as in
+// examples/loadtest's deliver mode; in "spread-queues" each caller has 4
+// clients of its own, so a batch touches many queues' pages. syscw/op and
+// wchar/op are the process's write system calls and bytes written
+// (/proc/self/io, Linux), the checkpointer's included.
 func BenchmarkDeliverParallel64(b *testing.B) {
+	for _, shape := range []string{"shared-queues", "spread-queues"} {
+		b.Run(shape, func(b *testing.B) { benchDeliver(b, shape == "shared-queues") })
+	}
+}
+
+func benchDeliver(b *testing.B, shared bool) {
 	s := openTemp(b)
 	var worker, seq atomic.Uint64
 	st0 := s.Stats()
@@ -175,17 +189,19 @@ func BenchmarkDeliverParallel64(b *testing.B) {
 	b.SetParallelism(benchWriters)
 	now := time.Now()
 	c0, cok := cputime.Process()
+	io0, _ := readProcIO()
 	b.RunParallel(func(pb *testing.PB) {
-		d := store.Delivery{Recipients: benchRecipients(fmt.Sprint("w", worker.Add(1)), 4), GroupID: []byte("a group id of 32 bytes, say....."),
+		prefix := "shared"
+		if !shared {
+			prefix = fmt.Sprint("w", worker.Add(1))
+		}
+		d := store.Delivery{Recipients: benchRecipients(prefix, 4), GroupID: []byte("a group id of 32 bytes, say....."),
 			Sender: "a.example", Message: make([]byte, 466), Limits: benchLimits, DedupExpires: now.Add(7 * 24 * time.Hour)}
 		for pb.Next() {
 			n := seq.Add(1)
 			binary.BigEndian.PutUint64(d.Message, n)
-			h := n * 0x9E3779B97F4A7C15 // a bijection: distinct, scattered
-			key := digestOfUint(h)
+			key := digestOfUint(n * 0x9E3779B97F4A7C15) // a bijection: distinct, scattered
 			d.Dedup = key[:]
-			d.Replay = &store.ReplayRecord{Sender: "a.example", RequestID: fmt.Appendf(nil, "request-%016x", h), Digest: key,
-				Answer: store.Answer{Body: make([]byte, 12)}, Expires: now.Add(11 * time.Minute)}
 			if _, err := s.Append(context.Background(), d); err != nil {
 				b.Error(err)
 				return
@@ -195,7 +211,40 @@ func BenchmarkDeliverParallel64(b *testing.B) {
 	if c1, ok := cputime.Process(); ok && cok {
 		b.ReportMetric(float64((c1-c0).Microseconds())/float64(b.N), "cpu-µs/op")
 	}
+	if io1, ok := readProcIO(); ok && io0.ok {
+		b.ReportMetric(float64(io1.syscw-io0.syscw)/float64(b.N), "syscw/op")
+		b.ReportMetric(float64(io1.wchar-io0.wchar)/float64(b.N), "wchar/op")
+	}
 	reportThroughput(b, s, st0)
+}
+
+// procIO is the write counters of /proc/self/io.
+type procIO struct {
+	syscw, wchar int64
+	ok           bool
+}
+
+// readProcIO reads this process's write counters, where the system has
+// them.
+func readProcIO() (procIO, bool) {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return procIO{}, false
+	}
+	var io procIO
+	for line := range strings.SplitSeq(string(data), "\n") {
+		k, v, _ := strings.Cut(line, ": ")
+		n, err := strconv.ParseInt(v, 10, 64)
+		switch {
+		case err != nil:
+		case k == "syscw":
+			io.syscw = n
+		case k == "wchar":
+			io.wchar = n
+		}
+	}
+	io.ok = true
+	return io, true
 }
 
 // digestOfUint is a distinct 32-byte key per n.
