@@ -46,6 +46,23 @@ func verifyAgainst(published []moh.VerificationKey, keyID []byte, at time.Time, 
 	return fmt.Errorf("key %x is not published", keyID)
 }
 
+// sharedStores are the stores two gateways share in the store-mode tests:
+// one SQLite store (two rings on one handle), or two stores on one
+// PostgreSQL database.
+var sharedStores = []struct {
+	name string
+	open func(t *testing.T) (store.Store, store.Store)
+}{
+	{"sqlite", func(t *testing.T) (store.Store, store.Store) {
+		st := openSQLite(t, t.TempDir())
+		return st, st
+	}},
+	{"postgres", func(t *testing.T) (store.Store, store.Store) {
+		dsn := pgtest.NewDB(t)
+		return openPostgres(t, dsn), openPostgres(t, dsn)
+	}},
+}
+
 // TestKeyRingSuccessorPublishedFirst has two gateways (rings with their own
 // store handles) share one store, PostgreSQL or SQLite. Gateway a rotates;
 // gateway b reloads every StoreReloadEvery, the last time just before the
@@ -54,19 +71,7 @@ func verifyAgainst(published []moh.VerificationKey, keyID []byte, at time.Time, 
 // against both gateways' published sets: every one verifies, and b
 // publishes the successor before any signature made with it exists.
 func TestKeyRingSuccessorPublishedFirst(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		open func(t *testing.T) (store.Store, store.Store)
-	}{
-		{"sqlite", func(t *testing.T) (store.Store, store.Store) {
-			st := openSQLite(t, t.TempDir())
-			return st, st
-		}},
-		{"postgres", func(t *testing.T) (store.Store, store.Store) {
-			dsn := pgtest.NewDB(t)
-			return openPostgres(t, dsn), openPostgres(t, dsn)
-		}},
-	} {
+	for _, c := range sharedStores {
 		t.Run(c.name, func(t *testing.T) {
 			stA, stB := c.open(t)
 			opts := KeyRingOptions{RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
@@ -256,19 +261,7 @@ func TestLoadSharedKeyRing(t *testing.T) {
 // it used to be left out, as the oldest key, for a whole SuccessorLead)
 // and the newest successor.
 func TestKeyRingPublishedBoundShared(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		open func(t *testing.T) (store.Store, store.Store)
-	}{
-		{"sqlite", func(t *testing.T) (store.Store, store.Store) {
-			st := openSQLite(t, t.TempDir())
-			return st, st
-		}},
-		{"postgres", func(t *testing.T) (store.Store, store.Store) {
-			dsn := pgtest.NewDB(t)
-			return openPostgres(t, dsn), openPostgres(t, dsn)
-		}},
-	} {
+	for _, c := range sharedStores {
 		t.Run(c.name, func(t *testing.T) {
 			stA, stB := c.open(t)
 			schemes := []moh.SignatureScheme{moh.SchemeECDSAP256SHA256, moh.SchemeEd25519}
