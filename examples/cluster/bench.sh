@@ -46,11 +46,11 @@ A_MIMI='		queue_max_messages 10000000
 
 # tree_ticks prints the CPU time, in clock ticks, of process $1 and of its
 # descendants (with the time of those that exited and were reaped).
+# A process may exit between the glob and its read: cat skips it.
 tree_ticks() {
-	awk -v root="$1" '
-		FNR == 1 {
-			line = $0; sub(/^[0-9]+ \(.*\) /, "", line); split(line, f, " ")
-			pid = FILENAME; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
+	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
+		{
+			pid = $1; line = $0; sub(/^[0-9]+ \(.*\) /, "", line); split(line, f, " ")
 			ppid[pid] = f[2]; ticks[pid] = f[12] + f[13] + f[14] + f[15]
 		}
 		END {
@@ -60,7 +60,7 @@ tree_ticks() {
 				if (q == root) sum += ticks[p]
 			}
 			print sum + 0
-		}' /proc/[0-9]*/stat 2>/dev/null
+		}'
 }
 
 wal_lsn() {

@@ -79,10 +79,16 @@ start_pg() {
 	"${as_pg[@]}" "$pgbin/postgres" -D "$tmp/pg/data" -c listen_addresses=127.0.0.1 -p "$PORT_PG" \
 		-c unix_socket_directories="$tmp/pg" >"$tmp/pg.log" 2>&1 &
 	pgpid=$!
+	local up=
 	for _ in $(seq 1 100); do
-		"$pgbin/pg_isready" -q -h 127.0.0.1 -p "$PORT_PG" 2>/dev/null && break
+		"$pgbin/pg_isready" -q -h 127.0.0.1 -p "$PORT_PG" 2>/dev/null && { up=1; break; }
 		sleep 0.2
 	done
+	if [ -z "$up" ]; then
+		echo "PostgreSQL did not come up on 127.0.0.1:$PORT_PG; its log:" >&2
+		tail -20 "$tmp/pg.log" >&2
+		exit 1
+	fi
 	"$pgbin/psql" -q -h 127.0.0.1 -p "$PORT_PG" -U postgres -c 'CREATE DATABASE mimi' postgres
 	dsn="postgres://postgres@127.0.0.1:$PORT_PG/mimi?sslmode=disable"
 }
@@ -250,13 +256,16 @@ check_keys() {
 	done
 }
 
-# stop_all stops every Caddy started here and PostgreSQL, and waits for
-# them.
+# stop_all stops every Caddy started here, then PostgreSQL (a fast
+# shutdown, waited for: its port is free again when it returns).
 stop_all() {
 	local p
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	[ -n "$pgpid" ] && kill "$pgpid" 2>/dev/null || true
-	for p in "${pids[@]}" $pgpid; do wait "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	pids=()
-	pgpid=
+	if [ -n "$pgpid" ]; then
+		"${as_pg[@]}" "$pgbin/pg_ctl" -D "$tmp/pg/data" -m fast -w stop >/dev/null 2>&1 || kill "$pgpid" 2>/dev/null || true
+		wait "$pgpid" 2>/dev/null || true
+		pgpid=
+	fi
 }
