@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 )
 
@@ -35,16 +36,21 @@ var (
 	storeWritesDesc = prometheus.NewDesc("caddy_mimi_store_writes_total",
 		"Durable writes those transactions carried; writes / commits is the mean batch size of the group commit.",
 		[]string{"data_dir"}, nil)
+	storeRoundTripsDesc = prometheus.NewDesc("caddy_mimi_store_round_trips_total",
+		"Round trips of the PostgreSQL store's connections to the database (a query, a batch, a BEGIN or a COMMIT each).",
+		[]string{"data_dir"}, nil)
 )
 
-// storeStats collects the group-commit counters of every open service's
-// store at scrape time.
+// storeStats collects the counters of every open service's store at
+// scrape time: the group-commit counters of the embedded store, the round
+// trips of the PostgreSQL store.
 type storeStats struct{}
 
 // Describe implements prometheus.Collector.
 func (storeStats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- storeCommitsDesc
 	ch <- storeWritesDesc
+	ch <- storeRoundTripsDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -54,11 +60,14 @@ func (storeStats) Collect(ch chan<- prometheus.Metric) {
 		if !ok {
 			return true
 		}
-		if s, ok := svc.Store().(interface{ Stats() sqlitestore.Stats }); ok {
+		dir, _ := key.(string)
+		switch s := svc.Store().(type) {
+		case interface{ Stats() sqlitestore.Stats }:
 			st := s.Stats()
-			dir, _ := key.(string)
 			ch <- prometheus.MustNewConstMetric(storeCommitsDesc, prometheus.CounterValue, float64(st.Commits), dir)
 			ch <- prometheus.MustNewConstMetric(storeWritesDesc, prometheus.CounterValue, float64(st.Ops), dir)
+		case interface{ Stats() pgstore.Stats }:
+			ch <- prometheus.MustNewConstMetric(storeRoundTripsDesc, prometheus.CounterValue, float64(s.Stats().RoundTrips), dir)
 		}
 		return true
 	})

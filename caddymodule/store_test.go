@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/metricstest"
 	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -277,5 +278,23 @@ func TestTwoGatewaysOnePostgres(t *testing.T) {
 	}
 	if len(rows) != 2 {
 		t.Fatalf("the database holds %d signing keys, want 2: exactly one rotation", len(rows))
+	}
+}
+
+// TestStoreRoundTripMetric checks that a gateway on PostgreSQL exports its
+// store's round trips to the database, and that a write moves the counter.
+func TestStoreRoundTripMetric(t *testing.T) {
+	t.Setenv("MIMI_TEST_KEY_SECRET", base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32)))
+	g := provisioned(t, pgGateway(t, pgtest.NewDB(t), ""))
+	name := "caddy_mimi_store_round_trips_total{data_dir=" + g.DataDir + ",}"
+	before, ok := metricstest.Of(t, storeStats{})[name]
+	if !ok {
+		t.Fatalf("no %s", name)
+	}
+	if _, err := g.svc.Store().MarkSpent(context.Background(), bytes.Repeat([]byte{7}, 32), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if after := metricstest.Of(t, storeStats{})[name]; after < before+1 {
+		t.Fatalf("%s went from %v to %v after a write", name, before, after)
 	}
 }

@@ -76,7 +76,7 @@ func newAttachMember(ctx context.Context, t *target, name string) (*attachMember
 	if err != nil {
 		return nil, fmt.Errorf("signing create_group: %w", err)
 	}
-	if err := postDS(ctx, t, create); err != nil {
+	if err := postDS(ctx, t, "b.localhost", create); err != nil {
 		return nil, fmt.Errorf("create_group: %w", err)
 	}
 	return &attachMember{t: t, client: c, gid: gid}, nil

@@ -8,11 +8,16 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
 )
 
 type benchFlags struct {
@@ -29,6 +34,48 @@ type benchFlags struct {
 	// recipients is the number of members besides the sender in the
 	// send mode's group.
 	recipients int
+	// sender signs the signed, retry and deliver modes' provider
+	// requests with the key ring in senderKeys; receiver is the provider
+	// they go to, whose DS hosts the send mode's group and whose site
+	// serves /bare. receiverKeys, or the PostgreSQL store receiverStore
+	// (a cluster's: the keys sealed under $MIMI_KEY_SECRET), holds the
+	// receiver's key ring, which issues the send mode's client bindings.
+	sender, senderKeys, receiver, receiverKeys, receiverStore string
+}
+
+// signer is the signer of f.sender's requests to f.receiver.
+func (f *benchFlags) signer() (*signer, error) {
+	return newSigner(f.senderKeys, f.sender, f.receiver)
+}
+
+// receiverRing loads the receiver's key ring: from its PostgreSQL store,
+// read-only, when f.receiverStore names one, else from f.receiverKeys.
+func (f *benchFlags) receiverRing(ctx context.Context) (*provider.KeyRing, error) {
+	if f.receiverStore == "" {
+		ring, err := provider.LoadKeyRing(f.receiverKeys)
+		if err != nil {
+			return nil, fmt.Errorf("loading %s's keys: %w", f.receiver, err)
+		}
+		return ring, nil
+	}
+	secret, err := provider.ParseKeySecret(os.Getenv("MIMI_KEY_SECRET"))
+	if err != nil {
+		return nil, fmt.Errorf("loading %s's keys: $MIMI_KEY_SECRET: %w", f.receiver, err)
+	}
+	sealer, err := provider.NewKeySealer(secret)
+	if err != nil {
+		return nil, fmt.Errorf("loading %s's keys: %w", f.receiver, err)
+	}
+	st, err := pgstore.Open(ctx, f.receiverStore, pgstore.Options{MaxConns: 2})
+	if err != nil {
+		return nil, fmt.Errorf("loading %s's keys: %w", f.receiver, err)
+	}
+	defer st.Close()
+	ring, err := provider.LoadSharedKeyRing(ctx, st, sealer)
+	if err != nil {
+		return nil, fmt.Errorf("loading %s's keys: %w", f.receiver, err)
+	}
+	return ring, nil
 }
 
 func benchCmd(args []string) error {
@@ -42,19 +89,30 @@ func benchCmd(args []string) error {
 	fs.IntVar(&f.pool, "pool", 40000, "signed requests signed before the signed run (its upper bound)")
 	fs.IntVar(&f.tokens, "tokens", 40000, "tokens minted before the token run (its upper bound)")
 	fs.IntVar(&f.slices, "slices", 1, "split each run into this many slices, alternating bare and the mode (bare, mode, bare, mode, ...), so that load from elsewhere on the machine weighs on both alike")
-	fs.StringVar(&f.metrics, "metrics", "", "URL of Caddy's Prometheus metrics (admin /metrics): report the store's commits (fsyncs) per second and mean batch size of each mode's slices, and Caddy's CPU time per request of each mode and of bare")
+	fs.StringVar(&f.metrics, "metrics", "", "URLs of Caddy's Prometheus metrics (admin /metrics), comma-separated (several gateways: summed): report the store's commits (fsyncs) per second and mean batch size of each mode's slices, its round trips to PostgreSQL per request, and Caddy's CPU time per request of each mode and of bare")
+	fs.StringVar(&f.sender, "sender", "a.localhost", "provider that signs the signed, retry and deliver modes' requests")
+	fs.StringVar(&f.senderKeys, "sender-keys", "", "the sender's key ring directory (default DIR/a/keys)")
+	fs.StringVar(&f.receiver, "receiver", "b.localhost", "provider the requests go to: its DS hosts the send mode's group, its site serves /bare")
+	fs.StringVar(&f.receiverKeys, "receiver-keys", "", "the receiver's key ring directory, which issues the send mode's client bindings (default DIR/b/keys)")
+	fs.StringVar(&f.receiverStore, "receiver-store", "", "instead of -receiver-keys: the receiver's PostgreSQL DSN (a cluster's), its keys sealed under $MIMI_KEY_SECRET")
 	fs.IntVar(&f.recipients, "recipients", 4, "send mode: members of the group besides the sender, each getting every message in its queue")
 	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
 	fs.Parse(args)
 	if f.dir == "" {
 		return errors.New("bench: -dir is required")
 	}
+	if f.senderKeys == "" {
+		f.senderKeys = filepath.Join(f.dir, "a", "keys")
+	}
+	if f.receiverKeys == "" {
+		f.receiverKeys = filepath.Join(f.dir, "b", "keys")
+	}
 	t, err := newTarget(f.dir, f.addr, f.conc)
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	if err := t.waitHealthy(ctx, 30*time.Second); err != nil {
+	if err := t.waitHealthy(ctx, 30*time.Second, f.receiver); err != nil {
 		return err
 	}
 	fmt.Printf("# mimiload bench: %d concurrent requests over one HTTP/2 client, %s per run, GOMAXPROCS %d, %s\n",
@@ -111,6 +169,8 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 		if f.metrics != "" && err0 == nil && err1 == nil && err2 == nil {
 			bareCPU.cpu += c1.cpu - c0.cpu
 			modeCPU.cpu += c2.cpu - c1.cpu
+			bareCPU.roundTrips += c1.roundTrips - c0.roundTrips
+			modeCPU.roundTrips += c2.roundTrips - c1.roundTrips
 			store.commits += c2.commits - c1.commits
 			store.writes += c2.writes - c1.writes
 		} else if f.metrics != "" {
@@ -138,23 +198,46 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 	if mode.Requests > 0 && modeCPU.cpu > 0 {
 		mode.ServerCPU = round(modeCPU.cpu/float64(mode.Requests)*1e6, 1)
 	}
+	if bare.Requests > 0 && bareCPU.roundTrips > 0 {
+		bare.RoundTrips = round(bareCPU.roundTrips/float64(bare.Requests), 3)
+	}
+	if mode.Requests > 0 && modeCPU.roundTrips > 0 {
+		mode.RoundTrips = round(modeCPU.roundTrips/float64(mode.Requests), 3)
+	}
 	return bare, mode
 }
 
 // counters are the values mimiload reads from Caddy's metrics: the
-// store's commits and writes (summed over data directories) and the CPU
-// time of the Caddy process in seconds (process_cpu_seconds_total, in
-// clock ticks of 10 ms on Linux).
+// store's commits and writes and its round trips to PostgreSQL (summed
+// over data directories) and the CPU time of the Caddy process in seconds
+// (process_cpu_seconds_total, in clock ticks of 10 ms on Linux); of
+// several Caddy processes, the sums.
 type counters struct {
-	commits, writes, cpu float64
+	commits, writes, cpu, roundTrips float64
 }
 
-// readCounters reads the counters from Caddy's metrics at url; nothing
-// when url is empty.
-func readCounters(ctx context.Context, url string) (c counters, err error) {
-	if url == "" {
+// readCounters reads the counters from the metrics of the Caddy
+// processes at urls (comma-separated) and sums them; nothing when urls is
+// empty.
+func readCounters(ctx context.Context, urls string) (c counters, err error) {
+	if urls == "" {
 		return c, nil
 	}
+	for _, url := range strings.Split(urls, ",") {
+		one, err := readCountersOf(ctx, url)
+		if err != nil {
+			return c, err
+		}
+		c.commits += one.commits
+		c.writes += one.writes
+		c.cpu += one.cpu
+		c.roundTrips += one.roundTrips
+	}
+	return c, nil
+}
+
+// readCountersOf reads the counters of one Caddy process's metrics at url.
+func readCountersOf(ctx context.Context, url string) (c counters, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return c, err
@@ -185,6 +268,8 @@ func readCounters(ctx context.Context, url string) (c counters, err error) {
 			c.commits += v
 		case "caddy_mimi_store_writes_total":
 			c.writes += v
+		case "caddy_mimi_store_round_trips_total":
+			c.roundTrips += v
 		case "process_cpu_seconds_total":
 			c.cpu = v
 		}
@@ -198,7 +283,7 @@ func readCounters(ctx context.Context, url string) (c counters, err error) {
 // HTTP/2 client and server more than a bodiless GET (DATA and
 // WINDOW_UPDATE frames), and the signed modes POST.
 func (t *target) bareConfig(f *benchFlags, shape request) runConfig {
-	req := request{method: http.MethodGet, url: t.url("b.localhost", "/bare")}
+	req := request{method: http.MethodGet, url: t.url(f.receiver, "/bare")}
 	if shape.method != "" {
 		req.method, req.body, req.header = shape.method, shape.body, shape.header
 	}
@@ -221,16 +306,16 @@ type prepared struct {
 }
 
 func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepared, error) {
-	url := t.url("b.localhost", "/connection_request")
+	url := t.url(f.receiver, "/connection_request")
 	// Warm up the connection (not measured).
 	for range 2 * f.conc {
-		if a := t.do(ctx, http.MethodGet, t.url("b.localhost", "/bare"), nil, nil); a.err != nil || a.status != http.StatusOK {
+		if a := t.do(ctx, http.MethodGet, t.url(f.receiver, "/bare"), nil, nil); a.err != nil || a.status != http.StatusOK {
 			return nil, fmt.Errorf("warm-up GET /bare: status %d, %v", a.status, a.err)
 		}
 	}
 	switch mode {
 	case "signed":
-		s, err := newSigner(f.dir)
+		s, err := f.signer()
 		if err != nil {
 			return nil, err
 		}
@@ -259,7 +344,7 @@ func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepa
 			},
 		}, shape: request{method: http.MethodPost, body: first.raw, header: octetStream}}, nil
 	case "retry":
-		s, err := newSigner(f.dir)
+		s, err := f.signer()
 		if err != nil {
 			return nil, err
 		}

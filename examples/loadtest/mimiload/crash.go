@@ -237,7 +237,7 @@ type record struct {
 }
 
 func crashRound(ctx context.Context, t *target, c *caddyProc, f *crashFlags, round int) (*roundResult, error) {
-	s, err := newSigner(f.dir)
+	s, err := defaultSigner(f.dir)
 	if err != nil {
 		return nil, err
 	}

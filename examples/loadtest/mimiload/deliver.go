@@ -25,7 +25,7 @@ func deliverPayload(gid []byte, clients [][]byte, msg *mls.MLSMessage) ([]byte, 
 	return wire.Marshal(&moh.QueueingServiceRequest{GroupID: gid, ClientIDs: clients, Message: *msg})
 }
 
-// signProvider signs a request of typ from a.localhost to b.localhost.
+// signProvider signs a request of typ from s.sender to s.recipient.
 func (s *signer) signProvider(typ moh.ProviderRequestType, payload []byte) ([]byte, error) {
 	now := time.Now()
 	key, err := s.ring.Current(now)
@@ -34,15 +34,16 @@ func (s *signer) signProvider(typ moh.ProviderRequestType, payload []byte) ([]by
 	}
 	id := make([]byte, 16)
 	rand.Read(id)
-	return provider.SignRequest(&moh.ProviderRequest{RequestType: typ, Sender: []byte("a.localhost"),
-		Recipient: []byte("b.localhost"), Timestamp: uint64(now.Unix()), RequestID: id, Payload: payload}, key)
+	return provider.SignRequest(&moh.ProviderRequest{RequestType: typ, Sender: []byte(s.sender),
+		Recipient: []byte(s.recipient), Timestamp: uint64(now.Unix()), RequestID: id, Payload: payload}, key)
 }
 
-// prepareDeliver introduces a group of a.localhost to b with a Welcome
-// (which records a as its hub), then signs f.pool deliver_message
-// requests, each a distinct application message for the recipients.
+// prepareDeliver introduces a group of the sender (a.localhost by
+// default) to the receiver (b.localhost) with a Welcome (which records the
+// sender as its hub), then signs f.pool deliver_message requests, each a
+// distinct application message for the recipients.
 func prepareDeliver(ctx context.Context, t *target, f *benchFlags) (*prepared, error) {
-	s, err := newSigner(f.dir)
+	s, err := f.signer()
 	if err != nil {
 		return nil, err
 	}
@@ -50,9 +51,9 @@ func prepareDeliver(ctx context.Context, t *target, f *benchFlags) (*prepared, e
 	rand.Read(gid)
 	var clients [][]byte
 	for i := range max(f.recipients, 1) {
-		clients = append(clients, []byte(moh.ClientURI("b.localhost", fmt.Sprintf("member%d", i), "load")))
+		clients = append(clients, []byte(moh.ClientURI(f.receiver, fmt.Sprintf("member%d", i), "load")))
 	}
-	url := t.url("b.localhost", "/deliver_message")
+	url := t.url(f.receiver, "/deliver_message")
 	welcome := &mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatWelcome, Welcome: &mls.Welcome{
 		CipherSuite: mls.X25519AES128GCMSHA256Ed25519,
 		Secrets: []mls.EncryptedGroupSecrets{{NewMember: make([]byte, 32),
@@ -91,8 +92,8 @@ func prepareDeliver(ctx context.Context, t *target, f *benchFlags) (*prepared, e
 			return nil, fmt.Errorf("signing: %w", err)
 		}
 	}
-	fmt.Printf("# deliver: %d distinct deliver_message requests from a.localhost, the group's hub, each a distinct message for %d clients of b (%d bytes each), signed ahead of the run in %s\n",
-		len(pool), len(clients), len(pool[0]), time.Since(t0).Round(time.Millisecond))
+	fmt.Printf("# deliver: %d distinct deliver_message requests from %s, the group's hub, each a distinct message for %d clients of %s (%d bytes each), signed ahead of the run in %s\n",
+		len(pool), f.sender, len(clients), f.receiver, len(pool[0]), time.Since(t0).Round(time.Millisecond))
 	return &prepared{mode: "deliver", expected: http.StatusOK, cfg: runConfig{
 		conc: f.conc, duration: f.duration,
 		next: func(i int) (request, bool) {

@@ -108,10 +108,14 @@ func (t *target) do(ctx context.Context, method, url string, body []byte, hdr ma
 	return answer{status: resp.StatusCode, body: b, header: resp.Header}
 }
 
-// waitHealthy polls both providers' /healthz until they answer 200.
-func (t *target) waitHealthy(ctx context.Context, limit time.Duration) error {
+// waitHealthy polls the /healthz of hosts (none: of both providers,
+// a.localhost and b.localhost) until they answer 200.
+func (t *target) waitHealthy(ctx context.Context, limit time.Duration, hosts ...string) error {
 	deadline := time.Now().Add(limit)
-	for _, p := range []string{"a.localhost", "b.localhost"} {
+	if len(hosts) == 0 {
+		hosts = []string{"a.localhost", "b.localhost"}
+	}
+	for _, p := range hosts {
 		for {
 			c, cancel := context.WithTimeout(ctx, 2*time.Second)
 			a := t.do(c, http.MethodGet, t.url(p, "/healthz"), nil, nil)
@@ -174,6 +178,10 @@ type result struct {
 	// run, in microseconds, from Caddy's metrics (-metrics); Caddy runs
 	// nothing else meanwhile, so it is the server's cost of a request.
 	ServerCPU float64 `json:"server_cpu_us_per_req,omitempty"`
+	// RoundTrips is the PostgreSQL store's round trips to the database
+	// per request of the run (caddy_mimi_store_round_trips_total, summed
+	// over the -metrics endpoints), background work included.
+	RoundTrips float64 `json:"store_round_trips_per_req,omitempty"`
 
 	lat      []time.Duration // sorted latencies of the answered requests
 	elapsed  time.Duration
@@ -330,6 +338,9 @@ func (r *result) print() {
 	}
 	if r.CommitsPerSec > 0 {
 		fmt.Printf("  store: %.0f commits/s, %.2f writes per commit", r.CommitsPerSec, r.MeanBatch)
+	}
+	if r.RoundTrips > 0 {
+		fmt.Printf("  %.2f database round trips/req", r.RoundTrips)
 	}
 	fmt.Println()
 	if r.FirstError != "" {

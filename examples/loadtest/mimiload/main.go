@@ -37,6 +37,15 @@
 //   - bare: GET /bare, answered by Caddy's respond on the same site,
 //     without the mimi handler. bench runs it next to every other mode.
 //
+// By default the sender of the signed, retry and deliver modes is
+// a.localhost (keys in D/a/keys) and the receiver b.localhost (keys in
+// D/b/keys), both served on -addr. -sender, -sender-keys, -receiver,
+// -receiver-keys and -receiver-store (a PostgreSQL DSN: the keys of a
+// cluster, sealed under $MIMI_KEY_SECRET) change them: examples/cluster's
+// bench.sh sends deliver_message from b.localhost and send_message to
+// a.localhost's gateways behind a load balancer, with -metrics listing
+// every gateway's metrics.
+//
 // A run ends after -duration or when its pool is used up, whichever comes
 // first. Nothing here asserts timing; a run fails (exit status 1) only on
 // transport errors or statuses other than the mode's expected one.

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"runtime"
 	"time"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 )
 
 // The send mode: send_message requests (docs/protocol.md §5.4.1) of one
@@ -38,7 +36,7 @@ type sendClient struct {
 }
 
 func newSendClient(issuer *binding.Issuer, user string) (*sendClient, error) {
-	c, err := mlstest.NewClient(sendSuite, moh.ClientURI("b.localhost", user, "load"), mlstest.Options{
+	c, err := mlstest.NewClient(sendSuite, moh.ClientURI(issuer.Domains[0], user, "load"), mlstest.Options{
 		Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
 		Issuer:   issuer, BindingNotAfter: time.Now().Add(24 * time.Hour)})
 	if err != nil {
@@ -47,9 +45,10 @@ func newSendClient(issuer *binding.Issuer, user string) (*sendClient, error) {
 	return &sendClient{uri: c.Identity, signer: c.Signer, kp: c.KeyPackage, leafKey: c.LeafKey}, nil
 }
 
-// postDS sends a DSRequest to b's /group_operation and decodes the answer.
-func postDS(ctx context.Context, t *target, body []byte) error {
-	a := t.do(ctx, http.MethodPost, t.url("b.localhost", "/group_operation"), body, nil)
+// postDS sends a DSRequest to host's /group_operation and decodes the
+// answer.
+func postDS(ctx context.Context, t *target, host string, body []byte) error {
+	a := t.do(ctx, http.MethodPost, t.url(host, "/group_operation"), body, nil)
 	if a.err != nil {
 		return a.err
 	}
@@ -60,14 +59,15 @@ func postDS(ctx context.Context, t *target, body []byte) error {
 	return nil
 }
 
-// prepareSend creates a group on b.localhost of a sender and f.recipients
-// other members, and signs f.pool send_message requests of the sender.
+// prepareSend creates a group on the receiver (b.localhost by default) of
+// a sender and f.recipients other members, all clients of the receiver,
+// and signs f.pool send_message requests of the sender.
 func prepareSend(ctx context.Context, t *target, f *benchFlags) (*prepared, error) {
-	ring, err := provider.LoadKeyRing(filepath.Join(f.dir, "b", "keys"))
+	ring, err := f.receiverRing(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("loading b.localhost's keys: %w", err)
+		return nil, err
 	}
-	issuer := &binding.Issuer{Domains: []string{"b.localhost"}, Keys: ring}
+	issuer := &binding.Issuer{Domains: []string{f.receiver}, Keys: ring}
 	sender, err := newSendClient(issuer, "sender")
 	if err != nil {
 		return nil, err
@@ -90,7 +90,7 @@ func prepareSend(ctx context.Context, t *target, f *benchFlags) (*prepared, erro
 	if err != nil {
 		return nil, err
 	}
-	if err := postDS(ctx, t, create); err != nil {
+	if err := postDS(ctx, t, f.receiver, create); err != nil {
 		return nil, fmt.Errorf("create_group: %w", err)
 	}
 	var adds []*mls.Proposal
@@ -115,7 +115,7 @@ func prepareSend(ctx context.Context, t *target, f *benchFlags) (*prepared, erro
 		if err != nil {
 			return nil, err
 		}
-		if err := postDS(ctx, t, add); err != nil {
+		if err := postDS(ctx, t, f.receiver, add); err != nil {
 			return nil, fmt.Errorf("add_users: %w", err)
 		}
 		m = res.Next
@@ -145,12 +145,12 @@ func prepareSend(ctx context.Context, t *target, f *benchFlags) (*prepared, erro
 	}
 	// The first one is sent before the run (not measured): it warms the
 	// group's state cache.
-	if err := postDS(ctx, t, pool[0]); err != nil {
+	if err := postDS(ctx, t, f.receiver, pool[0]); err != nil {
 		return nil, fmt.Errorf("first send_message: %w", err)
 	}
-	fmt.Printf("# send: a group of 1 sender and %d recipients on b.localhost; %d send_message requests (%d-byte payloads, %d bytes each) protected and signed ahead of the run in %s\n",
-		f.recipients, len(pool), len(payload), len(pool[1]), time.Since(t0).Round(time.Millisecond))
-	url := t.url("b.localhost", "/group_operation")
+	fmt.Printf("# send: a group of 1 sender and %d recipients on %s; %d send_message requests (%d-byte payloads, %d bytes each) protected and signed ahead of the run in %s\n",
+		f.recipients, f.receiver, len(pool), len(payload), len(pool[1]), time.Since(t0).Round(time.Millisecond))
+	url := t.url(f.receiver, "/group_operation")
 	return &prepared{mode: "send", expected: http.StatusOK, cfg: runConfig{
 		conc: f.conc, duration: f.duration,
 		next: func(i int) (request, bool) {

@@ -21,18 +21,27 @@ type signed struct {
 	raw       []byte
 }
 
-// signer signs as a.localhost with the key ring Caddy created in a's data
-// directory.
+// signer signs provider requests from sender to recipient with the key
+// ring Caddy created in the sender's data directory (a.localhost's,
+// D/a/keys, to b.localhost by default).
 type signer struct {
-	ring *provider.KeyRing
+	ring              *provider.KeyRing
+	sender, recipient string
 }
 
-func newSigner(dir string) (*signer, error) {
-	ring, err := provider.LoadKeyRing(filepath.Join(dir, "a", "keys"))
+// newSigner loads the key ring in keysDir, the sender's.
+func newSigner(keysDir, sender, recipient string) (*signer, error) {
+	ring, err := provider.LoadKeyRing(keysDir)
 	if err != nil {
-		return nil, fmt.Errorf("loading a.localhost's keys: %w", err)
+		return nil, fmt.Errorf("loading %s's keys: %w", sender, err)
 	}
-	return &signer{ring: ring}, nil
+	return &signer{ring: ring, sender: sender, recipient: recipient}, nil
+}
+
+// defaultSigner signs as a.localhost, with the keys in dir/a/keys, to
+// b.localhost: the providers of writepath.sh and crash.sh.
+func defaultSigner(dir string) (*signer, error) {
+	return newSigner(filepath.Join(dir, "a", "keys"), "a.localhost", "b.localhost")
 }
 
 // payload returns a valid ConnectionRequest payload (a Welcome); variant
@@ -66,8 +75,8 @@ func (s *signer) sign(id []byte, ts uint64, variant int) ([]byte, error) {
 	}
 	return provider.SignRequest(&moh.ProviderRequest{
 		RequestType: moh.ConnectionRequest,
-		Sender:      []byte("a.localhost"),
-		Recipient:   []byte("b.localhost"),
+		Sender:      []byte(s.sender),
+		Recipient:   []byte(s.recipient),
 		Timestamp:   ts,
 		RequestID:   id,
 		Payload:     p,

@@ -115,6 +115,8 @@ type Store struct {
 	listen listener
 	cache  *groupcache.Cache
 	closed atomic.Bool
+	// trips counts the pool's round trips to the database (Stats).
+	trips roundTrips
 	// outboxLimits are the bounds of SetOutboxLimits, nil for the
 	// defaults.
 	outboxLimits atomic.Pointer[store.OutboxLimits]
@@ -160,6 +162,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	// The listener ignores the notifications of the pool's own
 	// connections: their writes woke this Store's waiters already.
 	s.listen.cfg = cfg.ConnConfig.Copy()
+	// The pool's connections count their round trips (Stats); the
+	// listener's connection, whose LISTEN is once per connection, does not.
+	cfg.ConnConfig.Tracer = &s.trips
 	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
 		s.listen.ours.Store(c.PgConn().PID(), struct{}{})
 		return nil
