@@ -191,7 +191,7 @@ func benchDeliver(b *testing.B, shared bool) {
 	c0, cok := cputime.Process()
 	io0, _ := readProcIO()
 	b.RunParallel(func(pb *testing.PB) {
-		prefix := "shared"
+		prefix := "common"
 		if !shared {
 			prefix = fmt.Sprint("w", worker.Add(1))
 		}
