@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -264,12 +263,14 @@ func (s *Store) appendBatchTx(ctx context.Context, tx *sql.Tx, apps []*appendOp,
 		lastSeq, n, len int64
 	}
 	heads := make([]head, 0, min(recipients, 16))
+	headOf := make(map[string]int, min(recipients, 16)) // index in heads, in first-seen order
 	for _, rc := range rows {
 		a := apps[rc.app]
 		client := a.qa.recipients[rc.r]
-		i := slices.IndexFunc(heads, func(h head) bool { return h.client == client })
-		if i < 0 {
+		i, ok := headOf[client]
+		if !ok {
 			i = len(heads)
+			headOf[client] = i
 			heads = append(heads, head{client: client})
 		}
 		h := &heads[i]
