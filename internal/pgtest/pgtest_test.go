@@ -15,34 +15,42 @@ func TestMain(m *testing.M) { os.Exit(Main(m)) }
 // on a server that keeps fsync on.
 func TestNewDB(t *testing.T) {
 	ctx := context.Background()
-	dsns := []string{NewDB(t), NewDB(t)}
+	eachDistinctDB(t, []string{NewDB(t), NewDB(t)}, func(t *testing.T, i int, conn *pgx.Conn) {
+		var tables int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil {
+			t.Fatalf("counting tables: %v", err)
+		}
+		if tables != 0 {
+			t.Fatalf("database %d has %d tables, want none", i, tables)
+		}
+		if _, err := conn.Exec(ctx, "CREATE TABLE t (x int)"); err != nil {
+			t.Fatalf("creating a table: %v", err)
+		}
+		var fsync string
+		if err := conn.QueryRow(ctx, "SHOW fsync").Scan(&fsync); err != nil {
+			t.Fatalf("reading fsync: %v", err)
+		}
+		if fsync != "on" {
+			t.Fatalf("fsync is %s, want on", fsync)
+		}
+	})
+}
+
+// eachDistinctDB checks that dsns name distinct databases and runs check
+// on a connection to each, in a subtest of its own.
+func eachDistinctDB(t *testing.T, dsns []string, check func(t *testing.T, i int, conn *pgx.Conn)) {
+	t.Helper()
 	if dsns[0] == dsns[1] {
 		t.Fatalf("two databases share the DSN %s", dsns[0])
 	}
 	for i, dsn := range dsns {
 		t.Run(fmt.Sprint("database ", i), func(t *testing.T) {
-			conn, err := pgx.Connect(ctx, dsn)
+			conn, err := pgx.Connect(t.Context(), dsn)
 			if err != nil {
 				t.Fatalf("connecting: %v", err)
 			}
-			defer conn.Close(ctx)
-			var tables int
-			if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil {
-				t.Fatalf("counting tables: %v", err)
-			}
-			if tables != 0 {
-				t.Fatalf("database %d has %d tables, want none", i, tables)
-			}
-			if _, err := conn.Exec(ctx, "CREATE TABLE t (x int)"); err != nil {
-				t.Fatalf("creating a table: %v", err)
-			}
-			var fsync string
-			if err := conn.QueryRow(ctx, "SHOW fsync").Scan(&fsync); err != nil {
-				t.Fatalf("reading fsync: %v", err)
-			}
-			if fsync != "on" {
-				t.Fatalf("fsync is %s, want on", fsync)
-			}
+			defer conn.Close(context.Background())
+			check(t, i, conn)
 		})
 	}
 }
@@ -60,21 +68,11 @@ func TestCreateDB(t *testing.T) {
 		}
 		dsns = append(dsns, dsn)
 	}
-	if dsns[0] == dsns[1] {
-		t.Fatalf("two databases share the DSN %s", dsns[0])
-	}
-	for i, dsn := range dsns {
-		t.Run(fmt.Sprint("database ", i), func(t *testing.T) {
-			conn, err := pgx.Connect(ctx, dsn)
-			if err != nil {
-				t.Fatalf("connecting: %v", err)
-			}
-			defer conn.Close(ctx)
-			if _, err := conn.Exec(ctx, "CREATE TABLE t (x int)"); err != nil {
-				t.Fatalf("creating a table: %v", err)
-			}
-		})
-	}
+	eachDistinctDB(t, dsns, func(t *testing.T, _ int, conn *pgx.Conn) {
+		if _, err := conn.Exec(ctx, "CREATE TABLE t (x int)"); err != nil {
+			t.Fatalf("creating a table: %v", err)
+		}
+	})
 }
 
 func TestVersionOrder(t *testing.T) {
