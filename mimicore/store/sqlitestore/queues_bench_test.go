@@ -175,14 +175,24 @@ func BenchmarkClaimKeyPackageParallel64(b *testing.B) {
 // clients of its own, so a batch touches many queues' pages. syscw/op and
 // wchar/op are the process's write system calls and bytes written
 // (/proc/self/io, Linux), the checkpointer's included.
+//
+// Each shape runs with the log synced by the syncer, overlapping the next
+// batch (sync=syncer, the default), and by each COMMIT (sync=commit,
+// WithSyncAtCommit).
 func BenchmarkDeliverParallel64(b *testing.B) {
 	for _, shape := range []string{"shared-queues", "spread-queues"} {
-		b.Run(shape, func(b *testing.B) { benchDeliver(b, shape == "shared-queues") })
+		for _, sync := range []string{"syncer", "commit"} {
+			var opts []Option
+			if sync == "commit" {
+				opts = append(opts, WithSyncAtCommit())
+			}
+			b.Run(shape+"/sync="+sync, func(b *testing.B) { benchDeliver(b, shape == "shared-queues", opts...) })
+		}
 	}
 }
 
-func benchDeliver(b *testing.B, shared bool) {
-	s := openTemp(b)
+func benchDeliver(b *testing.B, shared bool, opts ...Option) {
+	s := openTemp(b, opts...)
 	var worker, seq atomic.Uint64
 	st0 := s.Stats()
 	b.ReportAllocs()

@@ -1,10 +1,13 @@
 // Package sqlitestore is the embedded store.Store: one SQLite file under the
 // gateway's data_dir, through the pure-Go modernc.org/sqlite driver.
 //
-// Durability: the database runs in WAL mode with synchronous=FULL, so every
-// write is in the fsynced WAL before the method returns; an acknowledged
-// write survives kill -9 and power loss. Lookups use a small pool of
-// read-only connections, which WAL lets run beside the writer.
+// Durability: the database runs in WAL mode, and every write is in the
+// fsynced WAL before the method returns; an acknowledged write survives
+// kill -9 and power loss. The fsync of a batch runs on a goroutine of its
+// own while the writer runs the next batch, and nothing is answered, by
+// the writer or by a lookup, from a commit before its fsync (durable.go,
+// gate.go). Lookups use a small pool of read-only connections, which WAL
+// lets run beside the writer.
 //
 // # Group commit
 //
@@ -26,10 +29,12 @@
 // load a batch holds one write. Under concurrent writes (the previous
 // batch held more than one) the writer lingers up to 500 us for more, or
 // until 16 are queued (WithLinger), so that a commit and its fsync carry
-// more writes; writes also queue while a batch is being fsynced and share
-// the next one.
+// more writes. While a batch is being fsynced, the writer begins the next
+// one only once 16 writes are queued, or when the fsync ends: its answers
+// could not precede the next fsync anyway.
 //
-//   - A caller is answered only after the COMMIT that holds its write.
+//   - A caller is answered only after the COMMIT that holds its write
+//     and the fsync that covers that COMMIT.
 //   - An operation that fails (Complete of an unknown entry, a constraint)
 //     is rolled back to its savepoint and fails alone with its own error
 //     (store.ErrNotFound and store.ErrConflict unchanged); the others
@@ -60,8 +65,9 @@
 // which hands a commit's log frames to the kernel in one write at its
 // sync instead of two system calls per frame.
 //
-// Stats reports commits and operations, so Ops/Commits is the mean batch
-// size and Commits the number of fsyncs of the write path.
+// Stats reports commits, operations and fsyncs, so Ops/Commits is the
+// mean batch size and Syncs the number of fsyncs of the write path (one
+// may cover several commits).
 //
 // One Store per file: Open takes an exclusive flock(2) on the file beside
 // the database (path + ".lock"), released by Close or by the kernel when
@@ -108,6 +114,7 @@ package sqlitestore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net/url"
@@ -125,7 +132,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/keyfilter"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore/internal/walvfs"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite" // also registers the "sqlite" database/sql driver
 )
 
 // Defaults of Open.
@@ -175,6 +182,9 @@ type Store struct {
 	// the Store cannot be sure it is the file's only writer.
 	known  *keyfilter.Filter
 	unlock func() error // releases the file lock
+	// walSync is the deferred syncing of the writer's log (durable.go);
+	// nil when every COMMIT syncs.
+	walSync *walvfs.Deferred
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -193,6 +203,9 @@ type options struct {
 	linger      lingering
 	cacheNodes  int
 	now         func() time.Time
+	// syncAtCommit makes each COMMIT sync the log itself (see
+	// WithSyncAtCommit).
+	syncAtCommit bool
 	// shared skips the file lock, as where flock does not exist: the
 	// Store then trusts nothing it keeps in memory over the database. Only
 	// tests set it (withSharedFile), to run two Stores on one file as a
@@ -243,6 +256,14 @@ func WithLinger(wait time.Duration, enough int) Option {
 	return func(o *options) { o.linger = lingering{wait: max(wait, 0), enough: max(enough, 1)} }
 }
 
+// WithSyncAtCommit makes every COMMIT fsync the write-ahead log before the
+// writer begins its next batch, instead of leaving the fsync to the syncer
+// goroutine, which overlaps it with the next batch (durable.go). Both are
+// equally durable; it is for comparisons, and it is what a Store does
+// where the log's descriptor cannot be known (outside unix) or another
+// Store may write the same file.
+func WithSyncAtCommit() Option { return func(o *options) { o.syncAtCommit = true } }
+
 // WithClock replaces time.Now as the clock that decides whether a record
 // has expired; tests that run the gateway on a fake clock pass the same one.
 func WithClock(now func() time.Time) Option {
@@ -292,6 +313,20 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
 	s = &Store{now: o.now, unlock: unlock, cache: groupcache.New(o.cacheNodes), notifier: store.NewNotifier()}
+	if exclusive && !o.syncAtCommit {
+		// The writer's log is synced by the syncer (durable.go). SQLite
+		// names the log after the canonical path of the database.
+		if canon, cerr := filepath.EvalSymlinks(abs); cerr == nil {
+			s.walSync, _ = walvfs.DeferSyncs(canon + "-wal") // refused: syncs at commit
+		}
+	}
+	if walSync := s.walSync; walSync != nil {
+		defer func() {
+			if err != nil {
+				walSync.Release()
+			}
+		}()
+	}
 	busy := strconv.FormatInt(o.busyTimeout.Milliseconds(), 10)
 	s.w, err = sql.Open("sqlite", dsn(abs, url.Values{
 		"_pragma": {
@@ -330,12 +365,37 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)
 	}
 
-	s.r, err = sql.Open("sqlite", dsn(abs, url.Values{
+	var dur *durability
+	if s.walSync != nil {
+		if s.walSync.Opened() {
+			// What the checks and migrations committed, synced before
+			// anything else.
+			if err = s.walSync.Sync(); err != nil {
+				s.w.Close()
+				return nil, fmt.Errorf("opening store %s: %w", abs, err)
+			}
+			dur = newDurability(s.walSync.Sync)
+		} else {
+			// The writer's log was opened under another name than the
+			// one registered: its COMMITs sync, as without.
+			s.walSync.Release()
+			s.walSync = nil
+		}
+	}
+	readerDSN := dsn(abs, url.Values{
 		"_pragma": {
 			"busy_timeout(" + busy + ")",
 			"query_only(1)",
 		},
-	}))
+	})
+	if dur == nil {
+		s.r, err = sql.Open("sqlite", readerDSN)
+	} else {
+		var base driver.Connector
+		if base, err = sqlite.NewConnector(readerDSN); err == nil {
+			s.r = sql.OpenDB(gatedConnector{base: base, dur: dur})
+		}
+	}
 	if err != nil {
 		s.w.Close()
 		return nil, fmt.Errorf("opening store: %w", err)
@@ -371,7 +431,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		return nil, fmt.Errorf("opening store %s: checkpoint connection: %w", abs, err)
 	}
 	s.ckpt = newCheckpointer(ckdb)
-	s.wr = newWriter(s.w, o.maxBatch, o.linger)
+	s.wr = newWriter(s.w, o.maxBatch, o.linger, dur)
 	s.wr.ckpt = s.ckpt
 	s.wr.appendBatch = func(ctx context.Context, tx *sql.Tx, apps []*appendOp) error {
 		return s.appendBatchTx(ctx, tx, apps, check.Millis(s.now()))
@@ -473,6 +533,9 @@ func (s *Store) Close() error {
 			errs = append(errs, s.r.Close())
 		}
 		errs = append(errs, s.w.Close())
+		if s.walSync != nil {
+			s.walSync.Release()
+		}
 		// The lock goes last, once nothing of this Store can write.
 		errs = append(errs, s.unlock())
 		if err := errors.Join(errs...); err != nil {

@@ -74,6 +74,9 @@ type writer struct {
 	// appendBatch, when set, writes the Appends of an optimistic batch
 	// together (see appendbatch.go).
 	appendBatch func(ctx context.Context, tx *sql.Tx, apps []*appendOp) error
+	// dur, when set, answers the batches once their commits are synced
+	// (see durable.go); unset, a COMMIT syncs and the writer answers.
+	dur *durability
 
 	commits, ops, maxSeen, failed, retried, coalesced atomic.Uint64
 }
@@ -97,8 +100,8 @@ const (
 	DefaultLingerEnough = 16
 )
 
-func newWriter(db *sql.DB, maxBatch int, linger lingering) *writer {
-	w := &writer{db: db, maxBatch: maxBatch, linger: linger, ctx: context.Background(),
+func newWriter(db *sql.DB, maxBatch int, linger lingering, dur *durability) *writer {
+	w := &writer{db: db, maxBatch: maxBatch, linger: linger, dur: dur, ctx: context.Background(),
 		exited: make(chan struct{}), filled: make(chan struct{}, 1)}
 	w.cond = sync.NewCond(&w.mu)
 	go w.loop()
@@ -187,6 +190,9 @@ func (w *writer) queued() int {
 // loop runs batches until close.
 func (w *writer) loop() {
 	defer close(w.exited)
+	if w.dur != nil {
+		defer w.dur.close() // before exited: Close waits for every answer
+	}
 	batch := make([]*op, 0, w.maxBatch)
 	for {
 		batch = w.next(batch[:0])
@@ -210,6 +216,31 @@ func (w *writer) next(batch []*op) []*op {
 	}
 	if w.closed {
 		return batch // close answers whatever is still queued
+	}
+	if w.dur != nil && len(w.queue) < w.linger.enough && w.dur.busy() {
+		// The previous batch is being synced, and the answers of this
+		// one cannot precede the next sync, which starts when that one
+		// ends: wait for it, or for enough writes to make starting now
+		// worth its own commit.
+		select {
+		case <-w.dur.idle: // stale
+		default:
+		}
+		select {
+		case <-w.filled: // stale
+		default:
+		}
+		if w.dur.busy() {
+			w.mu.Unlock()
+			select {
+			case <-w.dur.idle:
+			case <-w.filled:
+			}
+			w.mu.Lock()
+			if w.closed {
+				return batch
+			}
+		}
 	}
 	if w.linger.wait > 0 && w.lastBatch > 1 && len(w.queue) < w.linger.enough {
 		select {
@@ -264,7 +295,11 @@ func (w *writer) run(batch []*op) {
 // before the op that broke a careful transaction (answered alone), then
 // those not yet run.
 func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool) {
-	tx, err := w.db.BeginTx(w.ctx, nil) // BEGIN IMMEDIATE: see the writer DSN
+	var tx *sql.Tx
+	err := w.unsynced()
+	if err == nil {
+		tx, err = w.db.BeginTx(w.ctx, nil) // BEGIN IMMEDIATE: see the writer DSN
+	}
 	if err != nil {
 		w.failed.Add(1)
 		err = fmt.Errorf("beginning write transaction: %w", err)
@@ -321,7 +356,8 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 			// run again without it.
 			_ = tx.Rollback()
 			w.failed.Add(1)
-			o.done <- err
+			o.err = err
+			w.answer([]*op{o})
 			return append(ran, ops[i+1:]...), true
 		}
 		ran = append(ran, o)
@@ -341,8 +377,11 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 	}
 	if solo && ran[0].err != nil {
 		_ = tx.Rollback()
-		ran[0].done <- ran[0].err
+		w.answer(ran)
 		return nil, false
+	}
+	if w.dur != nil {
+		w.dur.begin()
 	}
 	if err := tx.Commit(); err != nil {
 		// A failed COMMIT can leave SQLite's transaction open on the
@@ -352,8 +391,9 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 		w.failed.Add(1)
 		err = fmt.Errorf("committing a batch of %d writes: %w", len(ran), err)
 		for _, o := range ran {
-			o.done <- err
+			o.err = err
 		}
+		w.answer(ran)
 		return nil, false
 	}
 	n := uint64(len(ran))
@@ -361,15 +401,36 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 	w.ops.Add(n)
 	for m := w.maxSeen.Load(); n > m && !w.maxSeen.CompareAndSwap(m, n); m = w.maxSeen.Load() {
 	}
-	for _, o := range ran {
-		o.done <- o.err
-	}
+	w.answer(ran)
 	if w.ckpt != nil && w.ckpt.committed() {
 		// The checkpointer has not managed for a long while: do its
 		// work here, once the batch is answered.
 		w.ckpt.ran(checkpoint(w.ctx, w.db))
 	}
 	return nil, false
+}
+
+// answer answers ops with their outcomes (op.err): at once when each
+// COMMIT syncs, else once the syncer has synced every commit so far (see
+// durable.go), so that no answer precedes the sync of the state it was
+// decided on. ops is not used by the writer afterwards.
+func (w *writer) answer(ops []*op) {
+	if w.dur != nil {
+		w.dur.answer(ops)
+		return
+	}
+	for _, o := range ops {
+		o.done <- o.err
+	}
+}
+
+// unsynced returns the error of a failed sync of the log, after which the
+// writer takes no more writes.
+func (w *writer) unsynced() error {
+	if w.dur == nil {
+		return nil
+	}
+	return w.dur.failed()
 }
 
 // runAppends runs the Appends of an optimistic batch: one alone as any
@@ -460,6 +521,11 @@ type Stats struct {
 	// Coalesced is the number of Appends written together with others
 	// by one coalesced write (see appendbatch.go) rather than one by one.
 	Coalesced uint64
+	// Syncs is the number of fsyncs of the log that the syncer ran, each
+	// for one or more commits (see durable.go); with WithSyncAtCommit it
+	// stays 0 and every commit syncs. ReadWaits is the number of reads
+	// that waited for a sync before they answered.
+	Syncs, ReadWaits uint64
 }
 
 // Stats reports the writer's counters. It is cheap and safe to call
@@ -475,5 +541,21 @@ func (s *Store) Stats() Stats {
 		Coalesced:        s.wr.coalesced.Load(),
 		Checkpoints:      s.ckpt.runs.Load(),
 		CheckpointErrors: s.ckpt.errs.Load(),
+		Syncs:            s.wr.syncs(),
+		ReadWaits:        s.wr.readWaits(),
 	}
+}
+
+func (w *writer) syncs() uint64 {
+	if w.dur == nil {
+		return 0
+	}
+	return w.dur.syncs.Load()
+}
+
+func (w *writer) readWaits() uint64 {
+	if w.dur == nil {
+		return 0
+	}
+	return w.dur.waits.Load()
 }

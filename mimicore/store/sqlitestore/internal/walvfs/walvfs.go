@@ -21,6 +21,11 @@
 // every commit: open it with synchronous=FULL (or EXTRA). With
 // synchronous=NORMAL a commit publishes frames without a sync, and other
 // connections could read them before they reach the file.
+//
+// A log's owner may also take its commit-time syncs upon itself
+// (DeferSyncs, deferred.go): the commit still writes its frames out at its
+// sync, but the fdatasync runs later, on the owner's goroutine, overlapping
+// the connection's next transaction.
 package walvfs
 
 import (
@@ -90,6 +95,13 @@ type logFile struct {
 	mem  uintptr
 	n    int
 	off  int64
+
+	// deferred is set when the log's owner syncs it (see DeferSyncs);
+	// synced records that the log was synced since it opened, and header
+	// that its header was written since its last sync.
+	deferred *Deferred
+	synced   bool
+	header   bool
 }
 
 // buf is the buffered writes.
@@ -99,12 +111,15 @@ func (f *logFile) buf() []byte { return unsafe.Slice((*byte)(ptr(f.mem)), f.n) }
 type Stats struct {
 	Writes   uint64 // writes SQLite made to logs
 	WriteOut uint64 // writes to the log files (each one pwrite or more)
+	Deferred uint64 // commit-time syncs left to the logs' owners (DeferSyncs)
 }
 
-var writes, writeOuts atomic.Uint64
+var writes, writeOuts, deferredSyncs atomic.Uint64
 
 // ReadStats returns the counters.
-func ReadStats() Stats { return Stats{Writes: writes.Load(), WriteOut: writeOuts.Load()} }
+func ReadStats() Stats {
+	return Stats{Writes: writes.Load(), WriteOut: writeOuts.Load(), Deferred: deferredSyncs.Load()}
+}
 
 // Register registers the VFS with SQLite, once; it is not made the
 // default.
@@ -185,8 +200,12 @@ func xOpen(tls *libc.TLS, _ uintptr, zName, pFile uintptr, flags int32, pOutFlag
 	if w == nil {
 		return rc
 	}
+	lf := &logFile{orig: (*sqlite3.Tsqlite3_io_methods)(ptr(w.orig))}
+	if zName != 0 {
+		lf.deferred = deferredFor(libc.GoString(zName), pFile)
+	}
 	filesMu.Lock()
-	files[pFile] = &logFile{orig: (*sqlite3.Tsqlite3_io_methods)(ptr(w.orig))}
+	files[pFile] = lf
 	filesMu.Unlock()
 	f.FpMethods = uintptr(unsafe.Pointer(&w.table))
 	return rc
@@ -272,6 +291,9 @@ func (f *logFile) free(tls *libc.TLS) {
 func xWrite(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
 	writes.Add(1)
 	f := fileOf(pFile)
+	if iOfst == 0 {
+		f.header = true
+	}
 	data := unsafe.Slice((*byte)(ptr(zBuf)), int(iAmt))
 	if f.n > 0 {
 		end := f.off + int64(f.n)
@@ -317,7 +339,11 @@ func xSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 	if rc := f.writeOut(tls, pFile); rc != sqlite3.SQLITE_OK {
 		return rc
 	}
-	return callFileInt(tls, f.orig.FxSync, pFile, flags)
+	if f.deferSync() {
+		deferredSyncs.Add(1)
+		return sqlite3.SQLITE_OK
+	}
+	return f.syncNow(tls, pFile, flags)
 }
 
 func xTruncate(tls *libc.TLS, pFile uintptr, size int64) int32 {
@@ -347,6 +373,9 @@ func xFileControl(tls *libc.TLS, pFile uintptr, op int32, pArg uintptr) int32 {
 func xClose(tls *libc.TLS, pFile uintptr) int32 {
 	f := fileOf(pFile)
 	rc := f.writeOut(tls, pFile)
+	if f.deferred != nil && f.deferred.closing() && rc == sqlite3.SQLITE_OK {
+		rc = f.syncNow(tls, pFile, sqlite3.SQLITE_SYNC_NORMAL)
+	}
 	f.free(tls)
 	filesMu.Lock()
 	delete(files, pFile)

@@ -236,3 +236,86 @@ func TestWriteOutFailure(t *testing.T) {
 			len(written), len(want), bytes.Equal(written, want))
 	}
 }
+
+// TestDeferredSyncs checks DeferSyncs: after the log's first sync, the
+// commit-time syncs are left to the owner (their frames still reach the
+// file, for readers on the default VFS), the sync after a new header is
+// SQLite's own, a log closing with a sync owed syncs, and a path is
+// deferred once at a time.
+func TestDeferredSyncs(t *testing.T) {
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "x.db")
+	d, err := DeferSyncs(path + "-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Release()
+	if _, err := DeferSyncs(path + "-wal"); err == nil {
+		t.Fatal("a second DeferSyncs of one log succeeded")
+	}
+	w := open(t, path, true)
+	if _, err := w.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	if !d.Opened() {
+		t.Fatal("the log was opened under another name")
+	}
+	own, deferred := d.ownSyncs(), ReadStats().Deferred
+	const commits = 10
+	for i := range commits {
+		if _, err := w.Exec("INSERT INTO t (id, b) VALUES (?, ?)", i, row(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := ReadStats().Deferred - deferred; got != commits {
+		t.Errorf("deferred syncs: %d, want %d", got, commits)
+	}
+	if got := d.ownSyncs() - own; got != 0 {
+		t.Errorf("SQLite synced the log %d times itself, want 0", got)
+	}
+	r := open(t, path, false)
+	var n int
+	if err := r.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil || n != commits {
+		t.Fatalf("a default-VFS reader sees %d rows (%v), want %d", n, err, commits)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+
+	// A checkpoint that empties the log: the next commit writes a new
+	// header, which SQLite syncs itself before the frames.
+	if _, err := r.Exec("PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
+		t.Fatal(err)
+	}
+	own, deferred = d.ownSyncs(), ReadStats().Deferred
+	if _, err := w.Exec("INSERT INTO t (id, b) VALUES (?, ?)", commits, row(commits)); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.ownSyncs() - own; got != 1 {
+		t.Errorf("syncs of SQLite's own after the log's reset: %d, want 1 (the header)", got)
+	}
+	if got := ReadStats().Deferred - deferred; got != 1 {
+		t.Errorf("deferred syncs after the log's reset: %d, want 1 (the commit)", got)
+	}
+
+	// Closing with a sync owed: the close syncs.
+	own = d.ownSyncs()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.ownSyncs() - own; got != 1 {
+		t.Errorf("syncs at close with a sync owed: %d, want 1", got)
+	}
+	if err := d.Sync(); err != nil {
+		t.Errorf("Sync of a closed log: %v, want nil", err)
+	}
+	d.Release()
+	d2, err := DeferSyncs(path + "-wal")
+	if err != nil {
+		t.Fatalf("DeferSyncs after Release: %v", err)
+	}
+	d2.Release()
+}

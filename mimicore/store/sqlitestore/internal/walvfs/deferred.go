@@ -1,0 +1,170 @@
+package walvfs
+
+import (
+	"fmt"
+	"sync"
+
+	"modernc.org/libc"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Deferred syncs.
+//
+// A log registered with DeferSyncs is synced by its owner, not inside
+// SQLite's commit: its commit-time sync writes the buffered frames out
+// (so the file holds them before SQLite publishes them in the WAL index,
+// as always) and returns without syncing; the owner then calls
+// Deferred.Sync, on a goroutine of its own, while the connection goes on
+// with its next transaction, and answers nobody before that sync covers
+// the commit. The file then stands as it would under
+// synchronous=NORMAL, which SQLite keeps consistent through a power loss
+// (it rebuilds the WAL index from the log's checksummed frames), until the
+// owner's sync makes the commits durable.
+//
+// Three syncs are never deferred: the first sync of each open log (the
+// unix VFS syncs the log's directory with it, once, after creating the
+// file), a sync after the log's header was written (SQLite syncs a new
+// header before the frames that follow a reset of the log, so that
+// frames of an old and a new generation are never mixed after a power
+// loss), and the sync of a log being closed with a deferred sync owed.
+
+// deferredMu guards deferredLogs.
+var (
+	deferredMu   sync.Mutex
+	deferredLogs = map[string]*Deferred{}
+)
+
+// Deferred is the deferred syncing of one write-ahead log (see
+// DeferSyncs). Its methods are safe to call concurrently with the
+// connection's use of the log.
+type Deferred struct {
+	path string
+
+	mu   sync.Mutex
+	fd   int  // descriptor of the open log; -1 when it is not open
+	owed bool // a sync was deferred since the last one
+	open int  // opens of the log since DeferSyncs
+	own  int  // syncs SQLite ran itself on the log (not deferred)
+}
+
+// DeferSyncs makes the commit-time syncs of the write-ahead log at walPath
+// (the database path plus "-wal", as SQLite names it), when a connection
+// of this VFS opens it, the caller's business: see Deferred.Sync. At most
+// one Deferred per path; Release ends it. It must be called before the
+// connection opens the log, and it is refused where the descriptor of a
+// log cannot be known (outside unix).
+func DeferSyncs(walPath string) (*Deferred, error) {
+	if !haveFD {
+		return nil, fmt.Errorf("walvfs: deferred syncs need a unix VFS")
+	}
+	deferredMu.Lock()
+	defer deferredMu.Unlock()
+	if _, ok := deferredLogs[walPath]; ok {
+		return nil, fmt.Errorf("walvfs: syncs of %s are deferred already", walPath)
+	}
+	d := &Deferred{path: walPath, fd: -1}
+	deferredLogs[walPath] = d
+	return d, nil
+}
+
+// Release stops deferring the log's syncs for connections that open it
+// from now on; a log open already keeps deferring them.
+func (d *Deferred) Release() {
+	deferredMu.Lock()
+	if deferredLogs[d.path] == d {
+		delete(deferredLogs, d.path)
+	}
+	deferredMu.Unlock()
+}
+
+// Sync makes every write to the log so far durable (fdatasync): every
+// commit SQLite made on it before Sync was called. With the log not open,
+// there is nothing to sync: a log is synced as it closes.
+func (d *Deferred) Sync() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fd < 0 {
+		return nil
+	}
+	d.owed = false
+	if err := fdatasync(d.fd); err != nil {
+		d.owed = true
+		return fmt.Errorf("syncing %s: %w", d.path, err)
+	}
+	return nil
+}
+
+// Opened reports whether a connection of this VFS opened the log since
+// DeferSyncs: whether its syncs are deferred at all.
+func (d *Deferred) Opened() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.open > 0
+}
+
+// ownSyncs reports how many syncs of the log SQLite ran itself (for
+// tests).
+func (d *Deferred) ownSyncs() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.own
+}
+
+// deferredFor returns the Deferred of a log being opened at path, and
+// records its descriptor.
+func deferredFor(path string, pFile uintptr) *Deferred {
+	deferredMu.Lock()
+	d := deferredLogs[path]
+	deferredMu.Unlock()
+	if d == nil {
+		return nil
+	}
+	d.mu.Lock()
+	d.fd = fileDescriptor(pFile)
+	d.owed = false
+	d.open++
+	d.mu.Unlock()
+	return d
+}
+
+// closing forgets the descriptor of a log about to close, so that Sync
+// never syncs a descriptor after it is closed (and perhaps reused). It
+// reports whether a deferred sync is owed, which the closing sync pays.
+func (d *Deferred) closing() (owed bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.fd = -1
+	owed, d.owed = d.owed, false
+	return owed
+}
+
+// deferSync reports whether the commit-time sync of f may be left to its
+// owner, and records that it is owed.
+func (f *logFile) deferSync() bool {
+	if f.deferred == nil || !f.synced || f.header {
+		return false
+	}
+	f.deferred.mu.Lock()
+	f.deferred.owed = true
+	f.deferred.mu.Unlock()
+	return true
+}
+
+// syncNow runs the log's own sync (the unix VFS's) and records it.
+func (f *logFile) syncNow(tls *libc.TLS, pFile uintptr, flags int32) int32 {
+	rc := f.callSync(tls, pFile, flags)
+	if rc == sqlite3.SQLITE_OK {
+		f.synced = true
+		f.header = false
+		if f.deferred != nil {
+			f.deferred.mu.Lock()
+			f.deferred.own++
+			f.deferred.mu.Unlock()
+		}
+	}
+	return rc
+}
+
+func (f *logFile) callSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
+	return callFileInt(tls, f.orig.FxSync, pFile, flags)
+}
