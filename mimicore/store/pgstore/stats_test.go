@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
 )
 
 // TestRoundTrips checks Stats.RoundTrips against what each operation
@@ -50,13 +52,7 @@ func TestRoundTrips(t *testing.T) {
 		_, err := s.Ack(ctx, alice, last)
 		return err
 	}
-	tests := []struct {
-		name  string
-		setup func() error
-		op    func() error
-		// want is the round trips of a run on a warm connection.
-		want uint64
-	}{
+	pinRoundTrips(t, s, []roundTripCase{
 		// One INSERT ... ON CONFLICT ... RETURNING, outside a transaction.
 		{"MarkSpent", nil, func() error {
 			n++
@@ -84,8 +80,26 @@ func TestRoundTrips(t *testing.T) {
 		{"Ack of three messages", func() error {
 			return errors.Join(queued(alice), queued(alice), queued(alice))
 		}, ack, 15},
-	}
-	for _, tc := range tests {
+	})
+}
+
+// roundTripCase is an operation whose round trips on a warm connection
+// are pinned.
+type roundTripCase struct {
+	name string
+	// setup, when set, runs before each run of op, not counted.
+	setup func() error
+	op    func() error
+	// want is the round trips of a run on a warm connection.
+	want uint64
+}
+
+// pinRoundTrips runs each case's op twice on s, whose pool holds one
+// connection: the first run may prepare statements, the second must cost
+// exactly the case's round trips.
+func pinRoundTrips(t *testing.T, s *Store, cases []roundTripCase) {
+	t.Helper()
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			setup := func() {
 				t.Helper()
@@ -121,4 +135,69 @@ func TestRoundTrips(t *testing.T) {
 func key32(kind string, n int) []byte {
 	k := sha256.Sum256(fmt.Appendf(nil, "%s %d", kind, n))
 	return k[:]
+}
+
+// TestGroupRoundTrips pins the round trips of the store operations of a
+// Delivery Service commit (an update_client, as the cluster bench's
+// commit mode sends): the group's state (LoadGroup: from the cache when it
+// holds the current epoch, else read), its pending proposals, and
+// CommitEpoch with the commit posted to the group's log.
+func TestGroupRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	open := func(o Options) *Store {
+		s, err := Open(ctx, dsn, o)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s := open(Options{MaxConns: 1})
+	cold := open(Options{MaxConns: 1, GroupCacheNodes: -1})
+	g := storetest.NewGroup(t, []byte("pinned group"), 3)
+	id := g.State.GroupID()
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State,
+		Members: []string{"mimi://a.example/d/alice/phone"}}); err != nil {
+		t.Fatalf("CreateGroup: %v", err)
+	}
+	load := func(s *Store) func() error {
+		return func() error {
+			_, err := s.LoadGroup(ctx, id)
+			return err
+		}
+	}
+	var (
+		next *storetest.Group
+		ec   store.EpochCommit
+	)
+	pinRoundTrips(t, s, []roundTripCase{
+		// BEGIN (read only, repeatable read); the group's head; COMMIT.
+		{"LoadGroup of a cached epoch", nil, load(s), 3},
+		// BEGIN; the head; the proposals of its epoch; COMMIT.
+		{"PendingProposals", nil, func() error {
+			_, err := s.PendingProposals(ctx, id, g.State.Epoch())
+			return err
+		}, 4},
+		// BEGIN; the head advanced; the Welcome trees ended; a batch of
+		// the tree's positions, its history and the proposals dropped;
+		// whether the group's members are known; the post numbered and
+		// written to the group's log; pg_notify; COMMIT.
+		{"CommitEpoch of an update, posted to the group's log", func() error {
+			var err error
+			next, ec, err = g.MakeCommit()
+			ec.Fanout = store.Fanout{Group: &store.GroupPost{GroupID: id, Message: []byte("commit")}}
+			return err
+		}, func() error {
+			if _, err := s.CommitEpoch(ctx, ec); err != nil {
+				return err
+			}
+			g = next
+			return nil
+		}, 8},
+	})
+	pinRoundTrips(t, cold, []roundTripCase{
+		// BEGIN; the head; the tree's positions; COMMIT.
+		{"LoadGroup of an epoch not cached", nil, load(cold), 4},
+	})
 }
