@@ -46,7 +46,19 @@ const (
 	nodesKeepSQL = `INSERT INTO mls_group_node_history (gid, node_index, from_epoch, to_epoch, node)
 		SELECT gid, node_index, from_epoch, $3, node FROM mls_group_nodes
 		WHERE gid = $1 AND node_index = ANY($2::integer[]) AND from_epoch <= $4`
-	groupNodesSQL = `SELECT node_index, node, hash FROM mls_group_nodes WHERE gid = $1 ORDER BY node_index`
+	// groupStateSQL is the head and, as arrays in node_index order, the
+	// tree positions of group $1: one statement, so one snapshot.
+	groupStateSQL = `SELECT g.id, g.epoch, g.context, g.interim, g.conf_tag, g.width, n.idx, n.nodes, n.hashes
+		FROM mls_groups g, LATERAL (SELECT array_agg(node_index ORDER BY node_index) AS idx,
+				array_agg(node ORDER BY node_index) AS nodes, array_agg(hash ORDER BY node_index) AS hashes
+			FROM mls_group_nodes WHERE gid = g.id) n
+		WHERE g.group_id = $1`
+	// groupProposalsSQL is group $1's epoch and, in their order, the
+	// pending proposals of epoch $2 (none: one row whose proposal columns
+	// are NULL).
+	groupProposalsSQL = `SELECT g.epoch, p.seq IS NOT NULL, p.ref, p.message
+		FROM mls_groups g LEFT JOIN mls_group_proposals p ON p.gid = g.id AND p.epoch = $2
+		WHERE g.group_id = $1 ORDER BY p.seq`
 	// welcomeNodesSQL is the tree of epoch $2.
 	welcomeNodesSQL = `SELECT node_index, node FROM mls_group_nodes WHERE gid = $1 AND from_epoch <= $2
 		UNION ALL
@@ -153,9 +165,9 @@ func (s *Store) readTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	return pgx.BeginTxFunc(ctx, s.pool, readOnly, fn)
 }
 
-// LoadGroup implements store.GroupStore. It reads the group's head and,
-// unless the cache holds the state with that head, its tree positions, in
-// one snapshot.
+// LoadGroup implements store.GroupStore. It reads the group's head alone
+// (one round trip) and, unless the cache holds the state with that head,
+// the head again and its tree positions in one statement (a second).
 func (s *Store) LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState, error) {
 	const doing = "loading group"
 	if err := s.checkOpen(doing); err != nil {
@@ -164,41 +176,43 @@ func (s *Store) LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState,
 	if err := check.GroupID(groupID); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	var (
-		g *mls.GroupState
-		h groupHead
-	)
-	err := s.readTx(ctx, func(tx pgx.Tx) error {
-		var err error
-		if h, err = scanHead(tx.QueryRow(ctx, groupHeadSQL, groupID)); err != nil {
-			return err
-		}
-		if g = s.cache.Get(groupID, &h.Head); g != nil {
-			return nil
-		}
-		st := &mls.StoredState{Context: h.Context, InterimTranscriptHash: h.Interim, ConfirmationTag: h.ConfTag,
-			Width: h.width, Nodes: make([]mls.StoredNode, 0, h.width)}
-		rows, _ := tx.Query(ctx, groupNodesSQL, h.RowID)
-		var sn mls.StoredNode
-		var idx int32
-		_, err = pgx.ForEachRow(rows, []any{&idx, &sn.Node, &sn.Hash}, func() error {
-			sn.Index = uint32(idx)
-			st.Nodes = append(st.Nodes, sn)
-			sn = mls.StoredNode{}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("reading tree positions: %w", err)
-		}
-		if g, err = mls.RestoreGroupState(st); err != nil {
-			return fmt.Errorf("stored state is damaged: %w", err)
-		}
-		s.cache.Put(groupID, h.Head, g)
-		return nil
-	})
+	h, err := scanHead(s.pool.QueryRow(ctx, groupHeadSQL, groupID))
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
+	if g := s.cache.Get(groupID, &h.Head); g != nil {
+		return g, nil
+	}
+	var (
+		epoch  int64
+		width  int32
+		idx    []int32
+		nodes  [][]byte
+		hashes [][]byte
+	)
+	err = s.pool.QueryRow(ctx, groupStateSQL, groupID).Scan(&h.RowID, &epoch, &h.Context, &h.Interim, &h.ConfTag, &width,
+		&idx, &nodes, &hashes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Deleted since the head was read.
+		err = fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(doing, fmt.Errorf("reading tree positions: %w", err))
+	}
+	if len(nodes) != len(idx) || len(hashes) != len(idx) {
+		return nil, s.fail(doing, fmt.Errorf("reading tree positions: %d positions, %d nodes, %d hashes", len(idx), len(nodes), len(hashes)))
+	}
+	h.Epoch, h.width = uint64(epoch), uint32(width)
+	st := &mls.StoredState{Context: h.Context, InterimTranscriptHash: h.Interim, ConfirmationTag: h.ConfTag,
+		Width: h.width, Nodes: make([]mls.StoredNode, len(idx))}
+	for i := range idx {
+		st.Nodes[i] = mls.StoredNode{Index: uint32(idx[i]), Node: nodes[i], Hash: hashes[i]}
+	}
+	g, err := mls.RestoreGroupState(st)
+	if err != nil {
+		return nil, s.fail(doing, fmt.Errorf("stored state is damaged: %w", err))
+	}
+	s.cache.Put(groupID, h.Head, g)
 	return g, nil
 }
 
@@ -520,26 +534,29 @@ func (s *Store) PendingProposals(ctx context.Context, groupID []byte, epoch uint
 	if err := check.GroupID(groupID); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	var out []store.PendingProposal
-	err := s.readTx(ctx, func(tx pgx.Tx) error {
-		h, err := scanHead(tx.QueryRow(ctx, groupHeadSQL, groupID))
-		if err != nil {
-			return err
+	rows, _ := s.pool.Query(ctx, groupProposalsSQL, groupID, int64(epoch))
+	var (
+		out   []store.PendingProposal
+		found bool
+		at    int64
+		has   bool
+		p     store.PendingProposal
+	)
+	_, err := pgx.ForEachRow(rows, []any{&at, &has, &p.Ref, &p.Message}, func() error {
+		found = true
+		if has {
+			out = append(out, p)
 		}
-		if h.Epoch != epoch {
-			return store.ErrEpochConflict
-		}
-		rows, _ := tx.Query(ctx, `SELECT ref, message FROM mls_group_proposals
-			WHERE gid = $1 AND epoch = $2 ORDER BY seq`, h.RowID, int64(epoch))
-		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.PendingProposal, error) {
-			var p store.PendingProposal
-			err := row.Scan(&p.Ref, &p.Message)
-			return p, err
-		})
-		return err
+		p = store.PendingProposal{}
+		return nil
 	})
-	if err != nil {
-		return nil, s.fail(doing, err)
+	switch {
+	case err != nil:
+		return nil, s.fail(doing, fmt.Errorf("reading group: %w", err))
+	case !found:
+		return nil, s.fail(doing, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound))
+	case uint64(at) != epoch:
+		return nil, s.fail(doing, store.ErrEpochConflict)
 	}
 	return out, nil
 }
