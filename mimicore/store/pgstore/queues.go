@@ -104,9 +104,11 @@ const (
 		(SELECT client, seq FROM queue_messages WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
 		RETURNING client, body_id, size, expires_ms`
 	queueHeadReleaseSQL = `UPDATE queue_heads SET messages = messages - $2, bytes = bytes - $3 WHERE client = $1`
-	queueBodyReleaseSQL = `UPDATE queue_bodies SET refs = refs - $2 WHERE id = $1 RETURNING refs`
-	queueBodyRefsSQL    = `UPDATE queue_bodies SET refs = $2 WHERE id = $1`
-	queueBodyDeleteSQL  = `DELETE FROM queue_bodies WHERE id = $1`
+	queueBodyReleaseSQL = `UPDATE queue_bodies SET refs = refs - $2 WHERE id = $1`
+	// queueBodyDropSQL deletes the bodies of $1 that no entry references.
+	queueBodyDropSQL   = `DELETE FROM queue_bodies WHERE id = ANY($1::bigint[]) AND refs = 0`
+	queueBodyRefsSQL   = `UPDATE queue_bodies SET refs = $2 WHERE id = $1`
+	queueBodyDeleteSQL = `DELETE FROM queue_bodies WHERE id = $1`
 )
 
 // Append implements store.Queues: the dedup record, the replay answer, the
@@ -347,23 +349,43 @@ func deleteEntries(ctx context.Context, tx pgx.Tx, sql string, now int64, args .
 	if err != nil {
 		return 0, 0, fmt.Errorf("deleting queue entries: %w", err)
 	}
-	// In key order, so that concurrent releases lock rows in one order.
+	if deleted == 0 {
+		return 0, 0, nil
+	}
+	// One batch (one round trip): the counters of each queue, then the
+	// references of each body, in key order, so that concurrent releases
+	// lock rows in one order; then the bodies left without one.
+	b := &pgx.Batch{}
 	for _, client := range slices.Sorted(maps.Keys(queues)) {
 		u := queues[client]
-		if _, err := tx.Exec(ctx, queueHeadReleaseSQL, client, u.n, u.size); err != nil {
+		b.Queue(queueHeadReleaseSQL, client, u.n, u.size)
+	}
+	ids := slices.Sorted(maps.Keys(bodies))
+	for _, id := range ids {
+		b.Queue(queueBodyReleaseSQL, id, bodies[id])
+	}
+	b.Queue(queueBodyDropSQL, ids)
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	for range queues {
+		if _, err := br.Exec(); err != nil {
 			return 0, 0, fmt.Errorf("releasing queue counters: %w", err)
 		}
 	}
-	for _, id := range slices.Sorted(maps.Keys(bodies)) {
-		var left int64
-		if err := tx.QueryRow(ctx, queueBodyReleaseSQL, id, bodies[id]).Scan(&left); err != nil {
+	for _, id := range ids {
+		tag, err := br.Exec()
+		if err == nil && tag.RowsAffected() != 1 {
+			err = fmt.Errorf("no body %d", id)
+		}
+		if err != nil {
 			return 0, 0, fmt.Errorf("releasing message bodies: %w", err)
 		}
-		if left == 0 {
-			if _, err := tx.Exec(ctx, queueBodyDeleteSQL, id); err != nil {
-				return 0, 0, fmt.Errorf("deleting message bodies: %w", err)
-			}
-		}
+	}
+	if _, err := br.Exec(); err != nil {
+		return 0, 0, fmt.Errorf("deleting message bodies: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return 0, 0, fmt.Errorf("releasing queue counters and message bodies: %w", err)
 	}
 	return deleted, alive, nil
 }
@@ -467,13 +489,19 @@ func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error
 			return err
 		}
 		acked += personal
-		if _, err := tx.Exec(ctx, queueAckCursorSQL, client, int64(upTo)); err != nil {
+		// One batch: the cursor raised, the ended memberships forgotten.
+		b := &pgx.Batch{}
+		b.Queue(queueAckCursorSQL, client, int64(upTo))
+		b.Queue(queueAckRangesSQL, client, int64(upTo))
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("raising the cursor: %w", err)
 		}
-		if _, err := tx.Exec(ctx, queueAckRangesSQL, client, int64(upTo)); err != nil {
+		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("forgetting ended memberships: %w", err)
 		}
-		return nil
+		return br.Close()
 	})
 	if err != nil {
 		return 0, s.fail(doing, err)
