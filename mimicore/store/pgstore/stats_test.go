@@ -158,8 +158,9 @@ func TestGroupRoundTrips(t *testing.T) {
 	cold := open(Options{MaxConns: 1, GroupCacheNodes: -1})
 	g := storetest.NewGroup(t, []byte("pinned group"), 3)
 	id := g.State.GroupID()
+	const member = "mimi://a.example/d/alice/phone"
 	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State,
-		Members: []string{"mimi://a.example/d/alice/phone"}}); err != nil {
+		Members: []string{member}}); err != nil {
 		t.Fatalf("CreateGroup: %v", err)
 	}
 	load := func(s *Store) func() error {
@@ -196,6 +197,34 @@ func TestGroupRoundTrips(t *testing.T) {
 			g = next
 			return nil
 		}, 8},
+	})
+	// A member's ack of a post in the group's log (a message or commit of
+	// a group hosted here): no entry of its own to delete, so no batch of
+	// releases.
+	var posted uint64
+	pinRoundTrips(t, s, []roundTripCase{
+		// BEGIN; the cursor row locked; the global sequence; the group
+		// log posts counted; no entries deleted; a batch of the cursor
+		// raised and the ended memberships forgotten; COMMIT.
+		{"Ack of a group log post", func() error {
+			next, ec, err := g.MakeCommit()
+			if err != nil {
+				return err
+			}
+			ec.Fanout = store.Fanout{Group: &store.GroupPost{GroupID: id, Message: []byte("commit")}}
+			d, err := s.CommitEpoch(ctx, ec)
+			if err != nil {
+				return err
+			}
+			g, posted = next, d.Group
+			return nil
+		}, func() error {
+			n, err := s.Ack(ctx, member, posted)
+			if err == nil && n == 0 {
+				err = errors.New("acknowledged nothing")
+			}
+			return err
+		}, 7},
 	})
 	pinRoundTrips(t, cold, []roundTripCase{
 		// The head; the head again and the tree's positions.
