@@ -66,8 +66,9 @@ const (
 		ORDER BY node_index`
 )
 
-// readOnly is the transaction of a read that must see one snapshot: a
-// group's head and its tree positions.
+// readOnly is the transaction of a read of several statements that must
+// see one snapshot: a Welcome tree and the head that keeps it, a joiner's
+// key.
 var readOnly = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
 
 // groupHead is a mls_groups row.
