@@ -329,65 +329,101 @@ func appendMany(ctx context.Context, tx pgx.Tx, recipients []string, e entry, ma
 // any more. It reports how many entries it deleted and how many of them
 // were alive (expiring after now).
 func deleteEntries(ctx context.Context, tx pgx.Tx, sql string, now int64, args ...any) (deleted, alive int, err error) {
-	type usage struct{ n, size int64 }
-	queues, bodies := map[string]usage{}, map[int64]int64{}
 	rows, _ := tx.Query(ctx, sql, args...)
+	h, err := collectEntries(rows, now)
+	if err != nil || h.deleted == 0 {
+		return 0, 0, err
+	}
+	b := &pgx.Batch{}
+	h.release(b)
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	if err := h.released(br); err != nil {
+		return 0, 0, err
+	}
+	if err := br.Close(); err != nil {
+		return 0, 0, fmt.Errorf("releasing queue counters and message bodies: %w", err)
+	}
+	return h.deleted, h.alive, nil
+}
+
+// heldEntries is what deleted queue entries held: per queue its count and
+// bytes, per body its references.
+type heldEntries struct {
+	queues         map[string]queueUsage
+	bodies         map[int64]int64
+	deleted, alive int
+}
+
+type queueUsage struct{ n, size int64 }
+
+// collectEntries reads the rows of a DELETE of queue entries RETURNING
+// client, body_id, size and expires_ms; alive counts those expiring after
+// now.
+func collectEntries(rows pgx.Rows, now int64) (heldEntries, error) {
+	h := heldEntries{queues: map[string]queueUsage{}, bodies: map[int64]int64{}}
 	var (
 		client            string
 		bodyID, size, exp int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&client, &bodyID, &size, &exp}, func() error {
-		u := queues[client]
-		queues[client] = usage{u.n + 1, u.size + size}
-		bodies[bodyID]++
-		deleted++
+	_, err := pgx.ForEachRow(rows, []any{&client, &bodyID, &size, &exp}, func() error {
+		u := h.queues[client]
+		h.queues[client] = queueUsage{u.n + 1, u.size + size}
+		h.bodies[bodyID]++
+		h.deleted++
 		if exp > now {
-			alive++
+			h.alive++
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("deleting queue entries: %w", err)
+		return heldEntries{}, fmt.Errorf("deleting queue entries: %w", err)
 	}
-	if deleted == 0 {
-		return 0, 0, nil
+	return h, nil
+}
+
+// release queues on b, when h holds entries, the statements that release
+// them: the counters of each queue, then the references of each body, in
+// key order, so that concurrent releases lock rows in one order; then the
+// bodies left without one. released reads their results.
+func (h heldEntries) release(b *pgx.Batch) {
+	if h.deleted == 0 {
+		return
 	}
-	// One batch (one round trip): the counters of each queue, then the
-	// references of each body, in key order, so that concurrent releases
-	// lock rows in one order; then the bodies left without one.
-	b := &pgx.Batch{}
-	for _, client := range slices.Sorted(maps.Keys(queues)) {
-		u := queues[client]
+	for _, client := range slices.Sorted(maps.Keys(h.queues)) {
+		u := h.queues[client]
 		b.Queue(queueHeadReleaseSQL, client, u.n, u.size)
 	}
-	ids := slices.Sorted(maps.Keys(bodies))
+	ids := slices.Sorted(maps.Keys(h.bodies))
 	for _, id := range ids {
-		b.Queue(queueBodyReleaseSQL, id, bodies[id])
+		b.Queue(queueBodyReleaseSQL, id, h.bodies[id])
 	}
 	b.Queue(queueBodyDropSQL, ids)
-	br := tx.SendBatch(ctx, b)
-	defer br.Close()
-	for range queues {
+}
+
+// released reads, from br, the results of the statements release queued.
+func (h heldEntries) released(br pgx.BatchResults) error {
+	if h.deleted == 0 {
+		return nil
+	}
+	for range h.queues {
 		if _, err := br.Exec(); err != nil {
-			return 0, 0, fmt.Errorf("releasing queue counters: %w", err)
+			return fmt.Errorf("releasing queue counters: %w", err)
 		}
 	}
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(h.bodies)) {
 		tag, err := br.Exec()
 		if err == nil && tag.RowsAffected() != 1 {
 			err = fmt.Errorf("no body %d", id)
 		}
 		if err != nil {
-			return 0, 0, fmt.Errorf("releasing message bodies: %w", err)
+			return fmt.Errorf("releasing message bodies: %w", err)
 		}
 	}
 	if _, err := br.Exec(); err != nil {
-		return 0, 0, fmt.Errorf("deleting message bodies: %w", err)
+		return fmt.Errorf("deleting message bodies: %w", err)
 	}
-	if err := br.Close(); err != nil {
-		return 0, 0, fmt.Errorf("releasing queue counters and message bodies: %w", err)
-	}
-	return deleted, alive, nil
+	return nil
 }
 
 // cursor reads the last number of the global sequence and client's
@@ -466,35 +502,58 @@ func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error
 	var acked int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		acked = 0
-		var prev int64
-		if err := tx.QueryRow(ctx, queueAckLockSQL, client).Scan(&prev); err != nil {
+		// One batch: the cursor row locked, then the global sequence.
+		b := &pgx.Batch{}
+		b.Queue(queueAckLockSQL, client)
+		b.Queue(queueCursorSQL, client)
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		var prev, last, cur int64
+		if err := br.QueryRow().Scan(&prev); err != nil {
 			return fmt.Errorf("locking the cursor: %w", err)
 		}
-		last, _, err := cursor(ctx, tx, client)
-		if err != nil {
-			return err
+		if err := br.QueryRow().Scan(&last, &cur); err != nil {
+			return fmt.Errorf("reading the queue sequence: %w", err)
 		}
-		if upTo > last {
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("locking the cursor: %w", err)
+		}
+		if upTo > uint64(last) {
 			return fmt.Errorf("acknowledging up to %d, beyond the last sequence number %d: %w", upTo, last, store.ErrInvalid)
 		}
 		if upTo <= uint64(prev) {
 			return nil
 		}
+		// One batch: the group log posts counted, the entries deleted.
 		now := s.nowMs()
-		if err := tx.QueryRow(ctx, queueAckGroupSQL, client, prev, int64(upTo), now).Scan(&acked); err != nil {
+		b = &pgx.Batch{}
+		b.Queue(queueAckGroupSQL, client, prev, int64(upTo), now)
+		b.Queue(queueAckSQL, client, int64(upTo))
+		br = tx.SendBatch(ctx, b)
+		defer br.Close()
+		if err := br.QueryRow().Scan(&acked); err != nil {
 			return fmt.Errorf("counting group log posts: %w", err)
 		}
-		_, personal, err := deleteEntries(ctx, tx, queueAckSQL, now, client, int64(upTo))
+		rows, _ := br.Query()
+		held, err := collectEntries(rows, now)
 		if err != nil {
 			return err
 		}
-		acked += personal
-		// One batch: the cursor raised, the ended memberships forgotten.
-		b := &pgx.Batch{}
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("deleting queue entries: %w", err)
+		}
+		acked += held.alive
+		// One batch: what the entries held released, the cursor raised,
+		// the ended memberships forgotten.
+		b = &pgx.Batch{}
+		held.release(b)
 		b.Queue(queueAckCursorSQL, client, int64(upTo))
 		b.Queue(queueAckRangesSQL, client, int64(upTo))
-		br := tx.SendBatch(ctx, b)
+		br = tx.SendBatch(ctx, b)
 		defer br.Close()
+		if err := held.released(br); err != nil {
+			return err
+		}
 		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("raising the cursor: %w", err)
 		}
