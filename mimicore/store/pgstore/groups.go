@@ -48,6 +48,14 @@ const (
 		WHERE gid = $1 AND node_index = ANY($2::integer[]) AND from_epoch <= $4`
 	// groupStateSQL is the head and, as arrays in node_index order, the
 	// tree positions of group $1: one statement, so one snapshot.
+	// welcomesEndSQL deletes the Welcome trees of group $1 (its group id)
+	// at or below epoch $2 or expired at $3, and returns the first and
+	// last epoch of those it keeps (NULL: none).
+	welcomesEndSQL = `WITH g AS (SELECT id FROM mls_groups WHERE group_id = $1),
+			gone AS (DELETE FROM mls_group_welcomes
+				WHERE gid = (SELECT id FROM g) AND (epoch <= $2 OR expires_ms <= $3) RETURNING epoch)
+		SELECT MIN(epoch), MAX(epoch) FROM mls_group_welcomes
+		WHERE gid = (SELECT id FROM g) AND epoch > $2 AND expires_ms > $3`
 	groupStateSQL = `SELECT g.id, g.epoch, g.context, g.interim, g.conf_tag, g.width, n.idx, n.nodes, n.hashes
 		FROM mls_groups g, LATERAL (SELECT array_agg(node_index ORDER BY node_index) AS idx,
 				array_agg(node ORDER BY node_index) AS nodes, array_agg(hash ORDER BY node_index) AS hashes
@@ -253,9 +261,28 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	var delivered store.Delivered
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		now := s.nowMs()
-		err := tx.QueryRow(ctx, groupAdvanceSQL,
+		// One batch: the head advanced, then the Welcome trees the new
+		// epoch no longer keeps ended and which of the others need the
+		// versions this commit replaces. When the head did not advance,
+		// the second statement's writes go with the rolled back
+		// transaction.
+		b := &pgx.Batch{}
+		b.Queue(groupAdvanceSQL,
 			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), int32(ch.Width), now,
-			id, next-1, baseContext, baseInterim, c.GroupInfo).Scan(&rowID)
+			id, next-1, baseContext, baseInterim, c.GroupInfo)
+		b.Queue(welcomesEndSQL, id, next-store.WelcomeTreeEpochs, now)
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		var minW, maxW *int64
+		err := br.QueryRow().Scan(&rowID)
+		if err == nil {
+			if err = br.QueryRow().Scan(&minW, &maxW); err != nil {
+				return fmt.Errorf("ending Welcome trees: %w", err)
+			}
+		}
+		if cerr := br.Close(); err == nil && cerr != nil {
+			return cerr
+		}
 		if errors.Is(err, pgx.ErrNoRows) {
 			var one int
 			err := tx.QueryRow(ctx, `SELECT 1 FROM mls_groups WHERE group_id = $1`, id).Scan(&one)
@@ -270,17 +297,7 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 		if err != nil {
 			return err
 		}
-		// Welcome trees the new epoch no longer keeps, then which of
-		// the others need the versions this commit replaces.
-		var minW, maxW *int64
-		if err := tx.QueryRow(ctx, `WITH gone AS (DELETE FROM mls_group_welcomes
-				WHERE gid = $1 AND (epoch <= $2 OR expires_ms <= $3) RETURNING epoch)
-			SELECT MIN(epoch), MAX(epoch) FROM mls_group_welcomes
-			WHERE gid = $1 AND epoch > $2 AND expires_ms > $3`,
-			rowID, next-store.WelcomeTreeEpochs, now).Scan(&minW, &maxW); err != nil {
-			return fmt.Errorf("ending Welcome trees: %w", err)
-		}
-		b := &pgx.Batch{}
+		b = &pgx.Batch{}
 		if maxW != nil {
 			b.Queue(nodesKeepSQL, rowID, idx, next, *maxW)
 		}
