@@ -13,6 +13,12 @@
 #            members' queues in one transaction) of a member of a group
 #            hosted on a, its clients bound with a's keys (read from the
 #            database under $MIMI_KEY_SECRET)
+#   commit   update_client commits (/group_operation) of -c groups hosted
+#            on a, one per concurrent request, each group's commits sent
+#            in order, epoch after epoch (-commits per group, made before
+#            the run): the DS verifies the commit and its update path,
+#            stores the group's new state and delivers the commit to the
+#            other members' queues
 #   bare     GET or POST /bare on the gateways (handle /bare { respond 200 }),
 #            through the same load balancer
 #
@@ -27,7 +33,7 @@
 #
 # Usage: examples/cluster/bench.sh [mimiload bench flags...]
 #   e.g. SIZES="1 3" ROUNDS=1 examples/cluster/bench.sh -duration 20s -c 32
-# Environment: MODES (default "deliver send"), PORT_A, PORT_GW, PORT_B,
+# Environment: MODES (default "deliver send commit"), PORT_A, PORT_GW, PORT_B,
 # PORT_PG (lib.sh), OUT=file appends the CLUSTER lines to file, KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,7 +41,7 @@ cd "$(dirname "$0")/../.."
 
 SIZES=${SIZES:-1 2 3}
 ROUNDS=${ROUNDS:-2}
-MODES=${MODES:-deliver send}
+MODES=${MODES:-deliver send commit}
 # The bench's recipients never fetch: room for every message; /bare for
 # the baseline, on the gateways behind the load balancer.
 A_SITE='	handle /bare {
@@ -87,10 +93,11 @@ for round in $(seq 1 "$ROUNDS"); do
 		for mode in $MODES; do
 			# A short run first, not reported: the pools open their
 			# connections, which prepare their statements, and the
-			# gateways fetch b's keys.
+			# gateways fetch b's keys (the commit mode with fewer
+			# commits made per group: the run is short).
 			"$tmp/mimiload" bench -dir "$tmp" -addr "127.0.0.1:$PORT_A" -receiver a.localhost \
 				-sender b.localhost -sender-keys "$tmp/b/data/keys" -receiver-store "$dsn" \
-				-modes "$mode" "$@" -duration 2s -slices 1 >"$tmp/warmup" || {
+				-modes "$mode" "$@" -duration 2s -slices 1 -commits 40 >"$tmp/warmup" || {
 				status=$?
 				cat "$tmp/warmup" >&2
 				exit $status

@@ -26,9 +26,9 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/caddy-mimi/caddy-mimi/caddymodule"
+	"github.com/caddy-mimi/caddy-mimi/examples/loadtest/internal/dscommit"
 	"github.com/caddy-mimi/caddy-mimi/internal/testca"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
@@ -288,20 +288,10 @@ func newLeaf(issuer *binding.Issuer, user string, bound bool) (*mls.LeafNode, cr
 }
 
 // next has the member whose turn it is build an update_client commit and
-// returns the signed request and the commit's result. Its GroupInfo leaves
-// the ratchet tree out, as MIMI clients make it (the DS serves the tree).
+// returns the signed request and the commit's result.
 func (g *group) next() ([]byte, *mls.CommitResult, error) {
 	c := g.turn % len(g.members)
-	m := g.members[c]
-	res, err := m.CommitWith(mls.CommitOptions{OmitRatchetTree: true})
-	if err != nil {
-		return nil, nil, err
-	}
-	gi := res.GroupInfo.GroupInfo
-	body := moh.RequestBody{Type: moh.UpdateClient, GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-		PartialGroupInfo: moh.PartialGroupInfo{Extensions: gi.Extensions, Signature: gi.Signature}}}
-	req, err := ds.SignRequest(suite, g.signers[c], body, ds.ClientSignature(m.LeafIndex(), time.Now()))
-	return req, res, err
+	return dscommit.UpdateClient(g.members[c], g.signers[c], time.Now())
 }
 
 // accepted moves the committers to the epoch of an accepted commit: the

@@ -34,6 +34,9 @@ type benchFlags struct {
 	// recipients is the number of members besides the sender in the
 	// send mode's group.
 	recipients int
+	// commits is the commit mode's number of commits per group (one
+	// group per concurrent request), made before the run.
+	commits int
 	// sender signs the signed, retry and deliver modes' provider
 	// requests with the key ring in senderKeys; receiver is the provider
 	// they go to, whose DS hosts the send mode's group and whose site
@@ -95,7 +98,8 @@ func benchCmd(args []string) error {
 	fs.StringVar(&f.receiver, "receiver", "b.localhost", "provider the requests go to: its DS hosts the send mode's group, its site serves /bare")
 	fs.StringVar(&f.receiverKeys, "receiver-keys", "", "the receiver's key ring directory, which issues the send mode's client bindings (default DIR/b/keys)")
 	fs.StringVar(&f.receiverStore, "receiver-store", "", "instead of -receiver-keys: the receiver's PostgreSQL DSN (a cluster's), its keys sealed under $MIMI_KEY_SECRET")
-	fs.IntVar(&f.recipients, "recipients", 4, "send mode: members of the group besides the sender, each getting every message in its queue")
+	fs.IntVar(&f.recipients, "recipients", 4, "send and commit modes: members of each group besides the sender (the committer), each getting every message (commit) in its queue")
+	fs.IntVar(&f.commits, "commits", 200, "commit mode: update_client commits made before the run for each of the -c groups (the run's upper bound per group)")
 	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
 	fs.Parse(args)
 	if f.dir == "" {
@@ -402,8 +406,10 @@ func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepa
 		return prepareSend(ctx, t, f)
 	case "deliver":
 		return prepareDeliver(ctx, t, f)
+	case "commit":
+		return prepareCommit(ctx, t, f)
 	case "bare":
 		return &prepared{mode: "bare", expected: http.StatusOK, cfg: t.bareConfig(f, request{})}, nil
 	}
-	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, send, deliver, bare)", mode)
+	return nil, fmt.Errorf("unknown mode %q (signed, retry, token, send, deliver, commit, bare)", mode)
 }

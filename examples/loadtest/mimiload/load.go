@@ -146,6 +146,12 @@ type runConfig struct {
 	duration time.Duration
 	// next returns the i-th request, or false when the pool is used up.
 	next func(i int) (request, bool)
+	// own, when set, replaces next: worker w (0 to conc-1) sends its own
+	// sequence in order, own(w) returning its next request or false when
+	// it is used up (the commit mode: one group per worker, its commits
+	// epoch after epoch). The sequences go on where they stopped in the
+	// next slice of an interleaved run.
+	own func(w int) (request, bool)
 	// done, when set, sees every finished request (from the workers).
 	done func(i int, a answer)
 }
@@ -203,14 +209,22 @@ func (t *target) run(ctx context.Context, mode string, expected int, cfg runConf
 	start := time.Now()
 	stop := start.Add(cfg.duration)
 	var wg sync.WaitGroup
-	for range cfg.conc {
+	for w := range cfg.conc {
 		wg.Go(func() {
 			var mine []time.Duration
 			codes := map[int]int{}
 			errs, first := 0, ""
 			for ctx.Err() == nil && time.Now().Before(stop) {
+				var (
+					r  request
+					ok bool
+				)
 				i := int(idx.Add(1) - 1)
-				r, ok := cfg.next(i)
+				if cfg.own != nil {
+					r, ok = cfg.own(w)
+				} else {
+					r, ok = cfg.next(i)
+				}
 				if !ok {
 					exhausted.Store(true)
 					break

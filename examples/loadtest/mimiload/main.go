@@ -34,6 +34,13 @@
 //     -recipients clients on b, each a distinct message; b verifies, checks
 //     the hub and appends to the queues with the duplicate and replay
 //     records in one durable write.
+//   - commit: update_client commits (docs/protocol.md §5.4) through
+//     /group_operation, one group per concurrent request (-c groups of one
+//     committer and -recipients other members on the receiver's DS): worker
+//     w sends group w's commits in order, epoch after epoch, each made
+//     and signed before the measured phase (-commits per group, as a chain
+//     of epochs). The DS verifies each commit, stores the group's new
+//     state and delivers the commit to the other members' queues.
 //   - bare: GET /bare, answered by Caddy's respond on the same site,
 //     without the mimi handler. bench runs it next to every other mode.
 //
@@ -42,9 +49,9 @@
 // D/b/keys), both served on -addr. -sender, -sender-keys, -receiver,
 // -receiver-keys and -receiver-store (a PostgreSQL DSN: the keys of a
 // cluster, sealed under $MIMI_KEY_SECRET) change them: examples/cluster's
-// bench.sh sends deliver_message from b.localhost and send_message to
-// a.localhost's gateways behind a load balancer, with -metrics listing
-// every gateway's metrics.
+// bench.sh sends deliver_message from b.localhost, and send_message and
+// commits to a.localhost's gateways behind a load balancer, with -metrics
+// listing every gateway's metrics.
 //
 // A run ends after -duration or when its pool is used up, whichever comes
 // first. Nothing here asserts timing; a run fails (exit status 1) only on

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/examples/loadtest/internal/dscommit"
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
@@ -68,57 +69,9 @@ func prepareSend(ctx context.Context, t *target, f *benchFlags) (*prepared, erro
 		return nil, err
 	}
 	issuer := &binding.Issuer{Domains: []string{f.receiver}, Keys: ring}
-	sender, err := newSendClient(issuer, "sender")
+	sender, m, err := hostedGroup(ctx, t, f, issuer, "")
 	if err != nil {
 		return nil, err
-	}
-	gid := make([]byte, 16)
-	rand.Read(gid)
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: sendSuite, GroupID: gid, Leaf: &sender.kp.LeafNode,
-		LeafKey: sender.leafKey, Signer: sender.signer})
-	if err != nil {
-		return nil, err
-	}
-	gi, err := m.GroupInfo()
-	if err != nil {
-		return nil, err
-	}
-	create, err := ds.SignRequest(sendSuite, sender.signer, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{
-		GroupID: gid, LeafNode: sender.kp.LeafNode,
-		GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}},
-		ds.ClientSignature(0, time.Now()))
-	if err != nil {
-		return nil, err
-	}
-	if err := postDS(ctx, t, f.receiver, create); err != nil {
-		return nil, fmt.Errorf("create_group: %w", err)
-	}
-	var adds []*mls.Proposal
-	for i := range f.recipients {
-		c, err := newSendClient(issuer, fmt.Sprintf("recipient%d", i))
-		if err != nil {
-			return nil, err
-		}
-		adds = append(adds, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: c.kp})
-	}
-	if len(adds) > 0 {
-		res, err := m.Commit(adds, nil, nil)
-		if err != nil {
-			return nil, err
-		}
-		pgi := res.GroupInfo.GroupInfo
-		add, err := ds.SignRequest(sendSuite, sender.signer, moh.RequestBody{Type: moh.AddUsers,
-			GroupUpdate: moh.MLSGroupUpdate{Commit: *res.Commit,
-				PartialGroupInfo: moh.PartialGroupInfo{Extensions: pgi.Extensions, Signature: pgi.Signature}},
-			WelcomePackages: []moh.WelcomePackage{{Welcome: *res.Welcome}}},
-			ds.ClientSignature(m.LeafIndex(), time.Now()))
-		if err != nil {
-			return nil, err
-		}
-		if err := postDS(ctx, t, f.receiver, add); err != nil {
-			return nil, fmt.Errorf("add_users: %w", err)
-		}
-		m = res.Next
 	}
 
 	// The messages are protected one after the other (each takes the
@@ -160,4 +113,56 @@ func prepareSend(ctx context.Context, t *target, f *benchFlags) (*prepared, erro
 			return request{method: http.MethodPost, url: url, body: pool[i+1]}, true
 		},
 	}, shape: request{method: http.MethodPost, body: pool[0], header: octetStream}}, nil
+}
+
+// hostedGroup creates a group on f.receiver's DS (create_group) of a
+// client "<prefix>sender" and adds f.recipients others,
+// "<prefix>recipient<i>" (one add_users commit), all clients of
+// f.receiver bound by issuer. It returns the sender and its member state
+// at the group's current epoch.
+func hostedGroup(ctx context.Context, t *target, f *benchFlags, issuer *binding.Issuer, prefix string) (*sendClient, *mls.Member, error) {
+	sender, err := newSendClient(issuer, prefix+"sender")
+	if err != nil {
+		return nil, nil, err
+	}
+	gid := make([]byte, 16)
+	rand.Read(gid)
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: sendSuite, GroupID: gid, Leaf: &sender.kp.LeafNode,
+		LeafKey: sender.leafKey, Signer: sender.signer})
+	if err != nil {
+		return nil, nil, err
+	}
+	gi, err := m.GroupInfo()
+	if err != nil {
+		return nil, nil, err
+	}
+	create, err := ds.SignRequest(sendSuite, sender.signer, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{
+		GroupID: gid, LeafNode: sender.kp.LeafNode,
+		GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}},
+		ds.ClientSignature(0, time.Now()))
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := postDS(ctx, t, f.receiver, create); err != nil {
+		return nil, nil, fmt.Errorf("create_group: %w", err)
+	}
+	var adds []*mls.Proposal
+	for i := range f.recipients {
+		c, err := newSendClient(issuer, fmt.Sprintf("%srecipient%d", prefix, i))
+		if err != nil {
+			return nil, nil, err
+		}
+		adds = append(adds, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: c.kp})
+	}
+	if len(adds) == 0 {
+		return sender, m, nil
+	}
+	add, res, err := dscommit.Request(moh.AddUsers, m, sender.signer, mls.CommitOptions{ByValue: adds}, time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := postDS(ctx, t, f.receiver, add); err != nil {
+		return nil, nil, fmt.Errorf("add_users: %w", err)
+	}
+	return sender, res.Next, nil
 }

@@ -46,7 +46,27 @@ const (
 	nodesKeepSQL = `INSERT INTO mls_group_node_history (gid, node_index, from_epoch, to_epoch, node)
 		SELECT gid, node_index, from_epoch, $3, node FROM mls_group_nodes
 		WHERE gid = $1 AND node_index = ANY($2::integer[]) AND from_epoch <= $4`
-	groupNodesSQL = `SELECT node_index, node, hash FROM mls_group_nodes WHERE gid = $1 ORDER BY node_index`
+	// groupStateSQL is the head and, as arrays in node_index order, the
+	// tree positions of group $1: one statement, so one snapshot.
+	// welcomesEndSQL deletes the Welcome trees of group $1 (its group id)
+	// at or below epoch $2 or expired at $3, and returns the first and
+	// last epoch of those it keeps (NULL: none).
+	welcomesEndSQL = `WITH g AS (SELECT id FROM mls_groups WHERE group_id = $1),
+			gone AS (DELETE FROM mls_group_welcomes
+				WHERE gid = (SELECT id FROM g) AND (epoch <= $2 OR expires_ms <= $3) RETURNING epoch)
+		SELECT MIN(epoch), MAX(epoch) FROM mls_group_welcomes
+		WHERE gid = (SELECT id FROM g) AND epoch > $2 AND expires_ms > $3`
+	groupStateSQL = `SELECT g.id, g.epoch, g.context, g.interim, g.conf_tag, g.width, n.idx, n.nodes, n.hashes
+		FROM mls_groups g, LATERAL (SELECT array_agg(node_index ORDER BY node_index) AS idx,
+				array_agg(node ORDER BY node_index) AS nodes, array_agg(hash ORDER BY node_index) AS hashes
+			FROM mls_group_nodes WHERE gid = g.id) n
+		WHERE g.group_id = $1`
+	// groupProposalsSQL is group $1's epoch and, in their order, the
+	// pending proposals of epoch $2 (none: one row whose proposal columns
+	// are NULL).
+	groupProposalsSQL = `SELECT g.epoch, p.seq IS NOT NULL, p.ref, p.message
+		FROM mls_groups g LEFT JOIN mls_group_proposals p ON p.gid = g.id AND p.epoch = $2
+		WHERE g.group_id = $1 ORDER BY p.seq`
 	// welcomeNodesSQL is the tree of epoch $2.
 	welcomeNodesSQL = `SELECT node_index, node FROM mls_group_nodes WHERE gid = $1 AND from_epoch <= $2
 		UNION ALL
@@ -54,8 +74,9 @@ const (
 		ORDER BY node_index`
 )
 
-// readOnly is the transaction of a read that must see one snapshot: a
-// group's head and its tree positions.
+// readOnly is the transaction of a read of several statements that must
+// see one snapshot: a Welcome tree and the head that keeps it, a joiner's
+// key.
 var readOnly = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
 
 // groupHead is a mls_groups row.
@@ -153,9 +174,9 @@ func (s *Store) readTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	return pgx.BeginTxFunc(ctx, s.pool, readOnly, fn)
 }
 
-// LoadGroup implements store.GroupStore. It reads the group's head and,
-// unless the cache holds the state with that head, its tree positions, in
-// one snapshot.
+// LoadGroup implements store.GroupStore. It reads the group's head alone
+// (one round trip) and, unless the cache holds the state with that head,
+// the head again and its tree positions in one statement (a second).
 func (s *Store) LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState, error) {
 	const doing = "loading group"
 	if err := s.checkOpen(doing); err != nil {
@@ -164,41 +185,43 @@ func (s *Store) LoadGroup(ctx context.Context, groupID []byte) (*mls.GroupState,
 	if err := check.GroupID(groupID); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	var (
-		g *mls.GroupState
-		h groupHead
-	)
-	err := s.readTx(ctx, func(tx pgx.Tx) error {
-		var err error
-		if h, err = scanHead(tx.QueryRow(ctx, groupHeadSQL, groupID)); err != nil {
-			return err
-		}
-		if g = s.cache.Get(groupID, &h.Head); g != nil {
-			return nil
-		}
-		st := &mls.StoredState{Context: h.Context, InterimTranscriptHash: h.Interim, ConfirmationTag: h.ConfTag,
-			Width: h.width, Nodes: make([]mls.StoredNode, 0, h.width)}
-		rows, _ := tx.Query(ctx, groupNodesSQL, h.RowID)
-		var sn mls.StoredNode
-		var idx int32
-		_, err = pgx.ForEachRow(rows, []any{&idx, &sn.Node, &sn.Hash}, func() error {
-			sn.Index = uint32(idx)
-			st.Nodes = append(st.Nodes, sn)
-			sn = mls.StoredNode{}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("reading tree positions: %w", err)
-		}
-		if g, err = mls.RestoreGroupState(st); err != nil {
-			return fmt.Errorf("stored state is damaged: %w", err)
-		}
-		s.cache.Put(groupID, h.Head, g)
-		return nil
-	})
+	h, err := scanHead(s.pool.QueryRow(ctx, groupHeadSQL, groupID))
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
+	if g := s.cache.Get(groupID, &h.Head); g != nil {
+		return g, nil
+	}
+	var (
+		epoch  int64
+		width  int32
+		idx    []int32
+		nodes  [][]byte
+		hashes [][]byte
+	)
+	err = s.pool.QueryRow(ctx, groupStateSQL, groupID).Scan(&h.RowID, &epoch, &h.Context, &h.Interim, &h.ConfTag, &width,
+		&idx, &nodes, &hashes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Deleted since the head was read.
+		err = fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(doing, fmt.Errorf("reading tree positions: %w", err))
+	}
+	if len(nodes) != len(idx) || len(hashes) != len(idx) {
+		return nil, s.fail(doing, fmt.Errorf("reading tree positions: %d positions, %d nodes, %d hashes", len(idx), len(nodes), len(hashes)))
+	}
+	h.Epoch, h.width = uint64(epoch), uint32(width)
+	st := &mls.StoredState{Context: h.Context, InterimTranscriptHash: h.Interim, ConfirmationTag: h.ConfTag,
+		Width: h.width, Nodes: make([]mls.StoredNode, len(idx))}
+	for i := range idx {
+		st.Nodes[i] = mls.StoredNode{Index: uint32(idx[i]), Node: nodes[i], Hash: hashes[i]}
+	}
+	g, err := mls.RestoreGroupState(st)
+	if err != nil {
+		return nil, s.fail(doing, fmt.Errorf("stored state is damaged: %w", err))
+	}
+	s.cache.Put(groupID, h.Head, g)
 	return g, nil
 }
 
@@ -238,9 +261,28 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	var delivered store.Delivered
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		now := s.nowMs()
-		err := tx.QueryRow(ctx, groupAdvanceSQL,
+		// One batch: the head advanced, then the Welcome trees the new
+		// epoch no longer keeps ended and which of the others need the
+		// versions this commit replaces. When the head did not advance,
+		// the second statement's writes go with the rolled back
+		// transaction.
+		b := &pgx.Batch{}
+		b.Queue(groupAdvanceSQL,
 			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), int32(ch.Width), now,
-			id, next-1, baseContext, baseInterim, c.GroupInfo).Scan(&rowID)
+			id, next-1, baseContext, baseInterim, c.GroupInfo)
+		b.Queue(welcomesEndSQL, id, next-store.WelcomeTreeEpochs, now)
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		var minW, maxW *int64
+		err := br.QueryRow().Scan(&rowID)
+		if err == nil {
+			if err = br.QueryRow().Scan(&minW, &maxW); err != nil {
+				return fmt.Errorf("ending Welcome trees: %w", err)
+			}
+		}
+		if cerr := br.Close(); err == nil && cerr != nil {
+			return cerr
+		}
 		if errors.Is(err, pgx.ErrNoRows) {
 			var one int
 			err := tx.QueryRow(ctx, `SELECT 1 FROM mls_groups WHERE group_id = $1`, id).Scan(&one)
@@ -255,17 +297,7 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 		if err != nil {
 			return err
 		}
-		// Welcome trees the new epoch no longer keeps, then which of
-		// the others need the versions this commit replaces.
-		var minW, maxW *int64
-		if err := tx.QueryRow(ctx, `WITH gone AS (DELETE FROM mls_group_welcomes
-				WHERE gid = $1 AND (epoch <= $2 OR expires_ms <= $3) RETURNING epoch)
-			SELECT MIN(epoch), MAX(epoch) FROM mls_group_welcomes
-			WHERE gid = $1 AND epoch > $2 AND expires_ms > $3`,
-			rowID, next-store.WelcomeTreeEpochs, now).Scan(&minW, &maxW); err != nil {
-			return fmt.Errorf("ending Welcome trees: %w", err)
-		}
-		b := &pgx.Batch{}
+		b = &pgx.Batch{}
 		if maxW != nil {
 			b.Queue(nodesKeepSQL, rowID, idx, next, *maxW)
 		}
@@ -520,26 +552,29 @@ func (s *Store) PendingProposals(ctx context.Context, groupID []byte, epoch uint
 	if err := check.GroupID(groupID); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
-	var out []store.PendingProposal
-	err := s.readTx(ctx, func(tx pgx.Tx) error {
-		h, err := scanHead(tx.QueryRow(ctx, groupHeadSQL, groupID))
-		if err != nil {
-			return err
+	rows, _ := s.pool.Query(ctx, groupProposalsSQL, groupID, int64(epoch))
+	var (
+		out   []store.PendingProposal
+		found bool
+		at    int64
+		has   bool
+		p     store.PendingProposal
+	)
+	_, err := pgx.ForEachRow(rows, []any{&at, &has, &p.Ref, &p.Message}, func() error {
+		found = true
+		if has {
+			out = append(out, p)
 		}
-		if h.Epoch != epoch {
-			return store.ErrEpochConflict
-		}
-		rows, _ := tx.Query(ctx, `SELECT ref, message FROM mls_group_proposals
-			WHERE gid = $1 AND epoch = $2 ORDER BY seq`, h.RowID, int64(epoch))
-		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.PendingProposal, error) {
-			var p store.PendingProposal
-			err := row.Scan(&p.Ref, &p.Message)
-			return p, err
-		})
-		return err
+		p = store.PendingProposal{}
+		return nil
 	})
-	if err != nil {
-		return nil, s.fail(doing, err)
+	switch {
+	case err != nil:
+		return nil, s.fail(doing, fmt.Errorf("reading group: %w", err))
+	case !found:
+		return nil, s.fail(doing, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound))
+	case uint64(at) != epoch:
+		return nil, s.fail(doing, store.ErrEpochConflict)
 	}
 	return out, nil
 }

@@ -104,9 +104,11 @@ const (
 		(SELECT client, seq FROM queue_messages WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
 		RETURNING client, body_id, size, expires_ms`
 	queueHeadReleaseSQL = `UPDATE queue_heads SET messages = messages - $2, bytes = bytes - $3 WHERE client = $1`
-	queueBodyReleaseSQL = `UPDATE queue_bodies SET refs = refs - $2 WHERE id = $1 RETURNING refs`
-	queueBodyRefsSQL    = `UPDATE queue_bodies SET refs = $2 WHERE id = $1`
-	queueBodyDeleteSQL  = `DELETE FROM queue_bodies WHERE id = $1`
+	queueBodyReleaseSQL = `UPDATE queue_bodies SET refs = refs - $2 WHERE id = $1`
+	// queueBodyDropSQL deletes the bodies of $1 that no entry references.
+	queueBodyDropSQL   = `DELETE FROM queue_bodies WHERE id = ANY($1::bigint[]) AND refs = 0`
+	queueBodyRefsSQL   = `UPDATE queue_bodies SET refs = $2 WHERE id = $1`
+	queueBodyDeleteSQL = `DELETE FROM queue_bodies WHERE id = $1`
 )
 
 // Append implements store.Queues: the dedup record, the replay answer, the
@@ -327,45 +329,101 @@ func appendMany(ctx context.Context, tx pgx.Tx, recipients []string, e entry, ma
 // any more. It reports how many entries it deleted and how many of them
 // were alive (expiring after now).
 func deleteEntries(ctx context.Context, tx pgx.Tx, sql string, now int64, args ...any) (deleted, alive int, err error) {
-	type usage struct{ n, size int64 }
-	queues, bodies := map[string]usage{}, map[int64]int64{}
 	rows, _ := tx.Query(ctx, sql, args...)
+	h, err := collectEntries(rows, now)
+	if err != nil || h.deleted == 0 {
+		return 0, 0, err
+	}
+	b := &pgx.Batch{}
+	h.release(b)
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	if err := h.released(br); err != nil {
+		return 0, 0, err
+	}
+	if err := br.Close(); err != nil {
+		return 0, 0, fmt.Errorf("releasing queue counters and message bodies: %w", err)
+	}
+	return h.deleted, h.alive, nil
+}
+
+// heldEntries is what deleted queue entries held: per queue its count and
+// bytes, per body its references.
+type heldEntries struct {
+	queues         map[string]queueUsage
+	bodies         map[int64]int64
+	deleted, alive int
+}
+
+type queueUsage struct{ n, size int64 }
+
+// collectEntries reads the rows of a DELETE of queue entries RETURNING
+// client, body_id, size and expires_ms; alive counts those expiring after
+// now.
+func collectEntries(rows pgx.Rows, now int64) (heldEntries, error) {
+	h := heldEntries{queues: map[string]queueUsage{}, bodies: map[int64]int64{}}
 	var (
 		client            string
 		bodyID, size, exp int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&client, &bodyID, &size, &exp}, func() error {
-		u := queues[client]
-		queues[client] = usage{u.n + 1, u.size + size}
-		bodies[bodyID]++
-		deleted++
+	_, err := pgx.ForEachRow(rows, []any{&client, &bodyID, &size, &exp}, func() error {
+		u := h.queues[client]
+		h.queues[client] = queueUsage{u.n + 1, u.size + size}
+		h.bodies[bodyID]++
+		h.deleted++
 		if exp > now {
-			alive++
+			h.alive++
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("deleting queue entries: %w", err)
+		return heldEntries{}, fmt.Errorf("deleting queue entries: %w", err)
 	}
-	// In key order, so that concurrent releases lock rows in one order.
-	for _, client := range slices.Sorted(maps.Keys(queues)) {
-		u := queues[client]
-		if _, err := tx.Exec(ctx, queueHeadReleaseSQL, client, u.n, u.size); err != nil {
-			return 0, 0, fmt.Errorf("releasing queue counters: %w", err)
+	return h, nil
+}
+
+// release queues on b, when h holds entries, the statements that release
+// them: the counters of each queue, then the references of each body, in
+// key order, so that concurrent releases lock rows in one order; then the
+// bodies left without one. released reads their results.
+func (h heldEntries) release(b *pgx.Batch) {
+	if h.deleted == 0 {
+		return
+	}
+	for _, client := range slices.Sorted(maps.Keys(h.queues)) {
+		u := h.queues[client]
+		b.Queue(queueHeadReleaseSQL, client, u.n, u.size)
+	}
+	ids := slices.Sorted(maps.Keys(h.bodies))
+	for _, id := range ids {
+		b.Queue(queueBodyReleaseSQL, id, h.bodies[id])
+	}
+	b.Queue(queueBodyDropSQL, ids)
+}
+
+// released reads, from br, the results of the statements release queued.
+func (h heldEntries) released(br pgx.BatchResults) error {
+	if h.deleted == 0 {
+		return nil
+	}
+	for range h.queues {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("releasing queue counters: %w", err)
 		}
 	}
-	for _, id := range slices.Sorted(maps.Keys(bodies)) {
-		var left int64
-		if err := tx.QueryRow(ctx, queueBodyReleaseSQL, id, bodies[id]).Scan(&left); err != nil {
-			return 0, 0, fmt.Errorf("releasing message bodies: %w", err)
+	for _, id := range slices.Sorted(maps.Keys(h.bodies)) {
+		tag, err := br.Exec()
+		if err == nil && tag.RowsAffected() != 1 {
+			err = fmt.Errorf("no body %d", id)
 		}
-		if left == 0 {
-			if _, err := tx.Exec(ctx, queueBodyDeleteSQL, id); err != nil {
-				return 0, 0, fmt.Errorf("deleting message bodies: %w", err)
-			}
+		if err != nil {
+			return fmt.Errorf("releasing message bodies: %w", err)
 		}
 	}
-	return deleted, alive, nil
+	if _, err := br.Exec(); err != nil {
+		return fmt.Errorf("deleting message bodies: %w", err)
+	}
+	return nil
 }
 
 // cursor reads the last number of the global sequence and client's
@@ -444,36 +502,65 @@ func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error
 	var acked int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		acked = 0
-		var prev int64
-		if err := tx.QueryRow(ctx, queueAckLockSQL, client).Scan(&prev); err != nil {
+		// One batch: the cursor row locked, then the global sequence.
+		b := &pgx.Batch{}
+		b.Queue(queueAckLockSQL, client)
+		b.Queue(queueCursorSQL, client)
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		var prev, last, cur int64
+		if err := br.QueryRow().Scan(&prev); err != nil {
 			return fmt.Errorf("locking the cursor: %w", err)
 		}
-		last, _, err := cursor(ctx, tx, client)
-		if err != nil {
-			return err
+		if err := br.QueryRow().Scan(&last, &cur); err != nil {
+			return fmt.Errorf("reading the queue sequence: %w", err)
 		}
-		if upTo > last {
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("locking the cursor: %w", err)
+		}
+		if upTo > uint64(last) {
 			return fmt.Errorf("acknowledging up to %d, beyond the last sequence number %d: %w", upTo, last, store.ErrInvalid)
 		}
 		if upTo <= uint64(prev) {
 			return nil
 		}
+		// One batch: the group log posts counted, the entries deleted.
 		now := s.nowMs()
-		if err := tx.QueryRow(ctx, queueAckGroupSQL, client, prev, int64(upTo), now).Scan(&acked); err != nil {
+		b = &pgx.Batch{}
+		b.Queue(queueAckGroupSQL, client, prev, int64(upTo), now)
+		b.Queue(queueAckSQL, client, int64(upTo))
+		br = tx.SendBatch(ctx, b)
+		defer br.Close()
+		if err := br.QueryRow().Scan(&acked); err != nil {
 			return fmt.Errorf("counting group log posts: %w", err)
 		}
-		_, personal, err := deleteEntries(ctx, tx, queueAckSQL, now, client, int64(upTo))
+		rows, _ := br.Query()
+		held, err := collectEntries(rows, now)
 		if err != nil {
 			return err
 		}
-		acked += personal
-		if _, err := tx.Exec(ctx, queueAckCursorSQL, client, int64(upTo)); err != nil {
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("deleting queue entries: %w", err)
+		}
+		acked += held.alive
+		// One batch: what the entries held released, the cursor raised,
+		// the ended memberships forgotten.
+		b = &pgx.Batch{}
+		held.release(b)
+		b.Queue(queueAckCursorSQL, client, int64(upTo))
+		b.Queue(queueAckRangesSQL, client, int64(upTo))
+		br = tx.SendBatch(ctx, b)
+		defer br.Close()
+		if err := held.released(br); err != nil {
+			return err
+		}
+		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("raising the cursor: %w", err)
 		}
-		if _, err := tx.Exec(ctx, queueAckRangesSQL, client, int64(upTo)); err != nil {
+		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("forgetting ended memberships: %w", err)
 		}
-		return nil
+		return br.Close()
 	})
 	if err != nil {
 		return 0, s.fail(doing, err)
