@@ -280,9 +280,10 @@ func (f *logFile) writeOut(tls *libc.TLS, pFile uintptr) int32 {
 	return sqlite3.SQLITE_OK
 }
 
-// free frees f's buffer.
+// free frees f's buffer, giving its pages back (decommit).
 func (f *logFile) free(tls *libc.TLS) {
 	if f.mem != 0 {
+		decommit(f.mem, maxBuffer)
 		libc.Xfree(tls, f.mem)
 		f.mem = 0
 	}
