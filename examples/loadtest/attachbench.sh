@@ -34,7 +34,9 @@
 # ./caddy), VERSITYGW (the versitygw binary), ADMIN (off; an address turns
 # Caddy's admin endpoint on, with /debug/pprof/), PROFILES (a directory:
 # with ADMIN, Caddy's heap profile before and after every transfer is saved
-# there), KEEP=1.
+# there), ONE_GATEWAY=1 (a.localhost without its gateway: the transfers use
+# b.localhost's alone, so Caddy's memory is then one gateway's; by default
+# Caddy also runs a's, idle, as in writepath.sh), KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . examples/loadtest/lib.sh

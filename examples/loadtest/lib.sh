@@ -35,7 +35,8 @@ build() {
 	go build -o "$tmp/mimiload" ./examples/loadtest/mimiload
 }
 
-# configure writes the keys and the Caddyfile. a.localhost is the sender;
+# configure writes the keys and the Caddyfile. a.localhost is the sender
+# (no gateway with ONE_GATEWAY=1);
 # b.localhost receives, fetches a's keys over loopback, runs a Privacy Pass
 # issuer and requires a token on /verification_key, and answers /bare with
 # a plain respond (no mimi handler) for the baseline. $B_SITE and $B_MIMI,
@@ -43,6 +44,17 @@ build() {
 # block (attachbench.sh and attachcrash.sh use them).
 configure() {
 	"$tmp/mimiload" setup -dir "$tmp"
+	# ONE_GATEWAY=1 (attachbench.sh): a.localhost without its gateway (only
+	# its /healthz, which mimiload waits for), for the memory of one
+	# gateway; the other scripts need a's.
+	local A_MIMI="	mimi {
+		provider a.localhost
+		ds_domain a.localhost:$PORT
+		data_dir $tmp/a
+	}
+"
+	if [ "${ONE_GATEWAY:-}" = 1 ]; then A_MIMI="	respond /healthz 200
+"; fi
 	{
 		caddy_globals
 		cat <<CADDY
@@ -51,12 +63,7 @@ a.localhost:$PORT {
 	tls internal {
 		protocols tls1.3
 	}
-	mimi {
-		provider a.localhost
-		ds_domain a.localhost:$PORT
-		data_dir $tmp/a
-	}
-	respond "not mimi" 404
+${A_MIMI}	respond "not mimi" 404
 }
 
 b.localhost:$PORT {
