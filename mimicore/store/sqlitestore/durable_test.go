@@ -64,8 +64,8 @@ func appendAsync(s *Store, d store.Delivery) <-chan appendResult {
 // TestSyncerOverlapsAndGates checks the syncer's promises: a write is
 // answered only once its commit is synced; the next batch commits while
 // the previous one is being synced; and a read that could see a commit not
-// yet synced waits for the sync before it answers. One queued write is
-// enough to start a batch during a sync (WithLinger).
+// yet synced waits for the sync before it answers. Two queued writes start
+// a batch during a sync (WithLinger's enough, doubled).
 func TestSyncerOverlapsAndGates(t *testing.T) {
 	const client = "mimi://a.example/d/alice/laptop"
 	s := openTemp(t, WithLinger(DefaultLinger, 1))
@@ -89,12 +89,15 @@ func TestSyncerOverlapsAndGates(t *testing.T) {
 
 	// The next write commits meanwhile: its batch overlaps the sync.
 	second := appendAsync(s, delivery("two", syncLimits, client))
+	third := appendAsync(s, delivery("three", syncLimits, client))
 	waitFor(t, "the second commit", func() bool { return s.Stats().Commits == 2 })
 	select {
 	case r := <-first:
 		t.Fatalf("first write answered before its sync: %+v", r)
 	case r := <-second:
 		t.Fatalf("second write answered before its sync: %+v", r)
+	case r := <-third:
+		t.Fatalf("third write answered before its sync: %+v", r)
 	case err := <-fetchErr:
 		t.Fatalf("read answered before the sync: %v", err)
 	default:
@@ -108,8 +111,10 @@ func TestSyncerOverlapsAndGates(t *testing.T) {
 	// for its sync too.
 	<-started
 	release <- struct{}{} // the second sync
-	if r := <-second; r.err != nil {
-		t.Fatalf("second write: %v", r.err)
+	for _, ch := range []<-chan appendResult{second, third} {
+		if r := <-ch; r.err != nil {
+			t.Fatalf("write during the first sync: %v", r.err)
+		}
 	}
 	if err := <-fetchErr; err != nil {
 		t.Fatalf("read: %v", err)
@@ -125,7 +130,7 @@ func TestSyncerOverlapsAndGates(t *testing.T) {
 	close(release)
 	waits := s.Stats().ReadWaits
 	msgs, err := s.Fetch(context.Background(), client, 0, store.FetchLimit{Messages: 10, Bytes: 1 << 20})
-	if err != nil || len(msgs) != 2 {
+	if err != nil || len(msgs) != 3 {
 		t.Fatalf("fetch after the syncs: %d messages, %v", len(msgs), err)
 	}
 	if got := s.Stats().ReadWaits; got != waits {
@@ -178,33 +183,34 @@ func TestSyncFailureStopsTheStore(t *testing.T) {
 	}
 }
 
-// TestBatchWaitsForSync checks that with fewer than enough writes queued
-// the writer waits for the sync in progress before it begins the next
-// batch (whose answers could not precede the next sync anyway), and
-// begins it once enough are queued.
+// TestBatchWaitsForSync checks that with fewer than twice the linger's
+// enough writes queued the writer waits for the sync in progress before it
+// begins the next batch (whose answers could not precede the next sync
+// anyway), past the linger's enough, and begins it once that many are
+// queued.
 func TestBatchWaitsForSync(t *testing.T) {
 	s := openTemp(t, WithLinger(DefaultLinger, 3))
 	started, release := heldSync(t, s, nil)
 	first := appendAsync(s, delivery("first", syncLimits, client("a")))
 	<-started
 	var later []<-chan appendResult
-	for i := range 2 {
+	for i := range 5 {
 		later = append(later, appendAsync(s, delivery(fmt.Sprint("later ", i), syncLimits, client("a"))))
 	}
-	waitFor(t, "two writes queued", func() bool { return s.wr.queued() == 2 })
+	waitFor(t, "five writes queued", func() bool { return s.wr.queued() == 5 })
 	if got := s.Stats().Commits; got != 1 {
-		t.Fatalf("commits with 2 of 3 writes queued during a sync: %d, want 1", got)
+		t.Fatalf("commits with 5 of 6 writes queued during a sync: %d, want 1", got)
 	}
 	later = append(later, appendAsync(s, delivery("enough", syncLimits, client("a"))))
-	waitFor(t, "the batch of three", func() bool { return s.Stats().Commits == 2 })
+	waitFor(t, "the batch of six", func() bool { return s.Stats().Commits == 2 })
 	close(release)
 	for _, ch := range append(later, first) {
 		if r := <-ch; r.err != nil {
 			t.Fatal(r.err)
 		}
 	}
-	if st := s.Stats(); st.Ops != 4 || st.Commits != 2 {
-		t.Errorf("stats: %d writes in %d commits, want 4 in 2", st.Ops, st.Commits)
+	if st := s.Stats(); st.Ops != 7 || st.Commits != 2 {
+		t.Errorf("stats: %d writes in %d commits, want 7 in 2", st.Ops, st.Commits)
 	}
 }
 

@@ -133,7 +133,7 @@ func (w *writer) doAppend(ctx context.Context, app *appendOp, fn opFunc) error {
 	}
 	w.queue = append(w.queue, o)
 	w.cond.Signal()
-	if len(w.queue) == w.linger.enough {
+	if n := len(w.queue); n == w.linger.enough || n == w.syncEnough() {
 		select {
 		case w.filled <- struct{}{}:
 		default:
@@ -217,20 +217,23 @@ func (w *writer) next(batch []*op) []*op {
 	if w.closed {
 		return batch // close answers whatever is still queued
 	}
-	if w.dur != nil && len(w.queue) < w.linger.enough && w.dur.busy() {
+	if w.dur != nil {
 		// The previous batch is being synced, and the answers of this
 		// one cannot precede the next sync, which starts when that one
 		// ends: wait for it, or for enough writes to make starting now
-		// worth its own commit.
-		select {
-		case <-w.dur.idle: // stale
-		default:
-		}
-		select {
-		case <-w.filled: // stale
-		default:
-		}
-		if w.dur.busy() {
+		// worth a commit of its own.
+		for len(w.queue) < w.syncEnough() && w.dur.busy() {
+			select {
+			case <-w.dur.idle: // stale
+			default:
+			}
+			select {
+			case <-w.filled: // stale
+			default:
+			}
+			if !w.dur.busy() {
+				break
+			}
 			w.mu.Unlock()
 			select {
 			case <-w.dur.idle:
@@ -423,6 +426,12 @@ func (w *writer) answer(ops []*op) {
 		o.done <- o.err
 	}
 }
+
+// syncEnough is how many queued writes start a batch while the previous
+// one is being synced: twice the linger's enough, since waiting for the
+// sync costs those writes no time (their answers follow the next sync)
+// and a larger batch costs less per write.
+func (w *writer) syncEnough() int { return 2 * w.linger.enough }
 
 // unsynced returns the error of a failed sync of the log, after which the
 // writer takes no more writes.
