@@ -32,7 +32,10 @@ func register(reg *prometheus.Registry, logger *zap.Logger, collectors ...promet
 // provider, a configuration value).
 var (
 	storeCommitsDesc = prometheus.NewDesc("caddy_mimi_store_commits_total",
-		"Write transactions the embedded store committed; each costs at most one fsync.", []string{"data_dir"}, nil)
+		"Write transactions the embedded store committed.", []string{"data_dir"}, nil)
+	storeSyncsDesc = prometheus.NewDesc("caddy_mimi_store_syncs_total",
+		"fsyncs of the embedded store's write-ahead log by its syncer, each covering one or more commits (0 where each commit syncs itself).",
+		[]string{"data_dir"}, nil)
 	storeWritesDesc = prometheus.NewDesc("caddy_mimi_store_writes_total",
 		"Durable writes those transactions carried; writes / commits is the mean batch size of the group commit.",
 		[]string{"data_dir"}, nil)
@@ -49,6 +52,7 @@ type storeStats struct{}
 // Describe implements prometheus.Collector.
 func (storeStats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- storeCommitsDesc
+	ch <- storeSyncsDesc
 	ch <- storeWritesDesc
 	ch <- storeRoundTripsDesc
 }
@@ -65,6 +69,7 @@ func (storeStats) Collect(ch chan<- prometheus.Metric) {
 		case interface{ Stats() sqlitestore.Stats }:
 			st := s.Stats()
 			ch <- prometheus.MustNewConstMetric(storeCommitsDesc, prometheus.CounterValue, float64(st.Commits), dir)
+			ch <- prometheus.MustNewConstMetric(storeSyncsDesc, prometheus.CounterValue, float64(st.Syncs), dir)
 			ch <- prometheus.MustNewConstMetric(storeWritesDesc, prometheus.CounterValue, float64(st.Ops), dir)
 		case interface{ Stats() pgstore.Stats }:
 			ch <- prometheus.MustNewConstMetric(storeRoundTripsDesc, prometheus.CounterValue, float64(s.Stats().RoundTrips), dir)

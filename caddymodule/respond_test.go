@@ -95,7 +95,8 @@ func TestStoreMetrics(t *testing.T) {
 	}
 	got := metricstest.Of(t, storeStats{})
 	labels := "{data_dir=" + g.DataDir + ",}"
-	if got["caddy_mimi_store_commits_total"+labels] < 1 || got["caddy_mimi_store_writes_total"+labels] < 1 {
+	if got["caddy_mimi_store_commits_total"+labels] < 1 || got["caddy_mimi_store_writes_total"+labels] < 1 ||
+		got["caddy_mimi_store_syncs_total"+labels] < 1 {
 		t.Fatalf("store metrics for %s: %v", g.DataDir, got)
 	}
 }
