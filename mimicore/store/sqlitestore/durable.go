@@ -1,6 +1,7 @@
 package sqlitestore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -173,9 +174,11 @@ func (d *durability) failed() error {
 	return d.err
 }
 
-// wait returns once every commit begun before the call is durable, or
-// with the error of a failed sync that leaves one of them unsynced.
-func (d *durability) wait() error {
+// wait returns once every commit begun before the call is durable, with
+// the error of a failed sync that leaves one of them unsynced, or with
+// ctx's error once ctx ends (a sync that hangs does not hold a caller
+// past its deadline).
+func (d *durability) wait(ctx context.Context) error {
 	seq := d.pending.Load()
 	if d.durable.Load() >= seq {
 		return nil
@@ -191,6 +194,10 @@ func (d *durability) wait() error {
 		if err != nil {
 			return err
 		}
-		<-ch
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the write-ahead log's fsync: %w", ctx.Err())
+		}
 	}
 }

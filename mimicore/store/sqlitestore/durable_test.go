@@ -214,6 +214,32 @@ func TestBatchWaitsForSync(t *testing.T) {
 	}
 }
 
+// TestReadGivesUpWithItsContext checks that a read waiting for a sync
+// returns its context's error when the context ends, and that the write
+// is still answered once the sync is done.
+func TestReadGivesUpWithItsContext(t *testing.T) {
+	const client = "mimi://a.example/d/alice/laptop"
+	s := openTemp(t)
+	started, release := heldSync(t, s, nil)
+	res := appendAsync(s, delivery("one", syncLimits, client))
+	<-started
+	ctx, cancel := context.WithCancel(context.Background())
+	fetchErr := make(chan error, 1)
+	go func() {
+		_, err := s.Fetch(ctx, client, 0, store.FetchLimit{Messages: 10, Bytes: 1 << 20})
+		fetchErr <- err
+	}()
+	waitFor(t, "the read to wait for the sync", func() bool { return s.Stats().ReadWaits == 1 })
+	cancel()
+	if err := <-fetchErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("read after its context ended: %v, want context.Canceled", err)
+	}
+	close(release)
+	if r := <-res; r.err != nil {
+		t.Fatalf("write: %v", r.err)
+	}
+}
+
 // TestSyncAtCommit checks the option: no syncer, every commit syncs.
 func TestSyncAtCommit(t *testing.T) {
 	s := openTemp(t, WithSyncAtCommit())

@@ -78,7 +78,7 @@ func (c *gatedConn) QueryContext(ctx context.Context, query string, args []drive
 	if err != nil {
 		return nil, err
 	}
-	return &gatedRows{Rows: rows, dur: c.dur}, nil
+	return &gatedRows{Rows: rows, dur: c.dur, ctx: ctx}, nil
 }
 
 func (c *gatedConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -105,7 +105,7 @@ func (s *gatedStmt) Query(args []driver.Value) (driver.Rows, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &gatedRows{Rows: rows, dur: s.dur}, nil
+	return &gatedRows{Rows: rows, dur: s.dur, ctx: context.Background()}, nil
 }
 
 func (s *gatedStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -117,7 +117,7 @@ func (s *gatedStmt) QueryContext(ctx context.Context, args []driver.NamedValue) 
 	if err != nil {
 		return nil, err
 	}
-	return &gatedRows{Rows: rows, dur: s.dur}, nil
+	return &gatedRows{Rows: rows, dur: s.dur, ctx: ctx}, nil
 }
 
 func (s *gatedStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
@@ -128,10 +128,12 @@ func (s *gatedStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (
 	return e.ExecContext(ctx, args)
 }
 
-// gatedRows waits at its first row (or its end, for an empty result).
+// gatedRows waits at its first row (or its end, for an empty result), at
+// most until the query's ctx ends.
 type gatedRows struct {
 	driver.Rows
 	dur   *durability
+	ctx   context.Context
 	gated bool
 }
 
@@ -139,7 +141,7 @@ func (r *gatedRows) Next(dest []driver.Value) error {
 	err := r.Rows.Next(dest)
 	if !r.gated {
 		r.gated = true
-		if werr := r.dur.wait(); werr != nil {
+		if werr := r.dur.wait(r.ctx); werr != nil {
 			return werr
 		}
 	}
