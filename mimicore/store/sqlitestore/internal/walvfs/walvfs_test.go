@@ -195,6 +195,8 @@ func countingSync(*libc.TLS, uintptr, int32) int32 {
 }
 
 func TestWriteOutFailure(t *testing.T) {
+	// The fake file starts empty at every run (go test -count=N).
+	failWrites, written, syncs = false, nil, 0
 	*(*func(*libc.TLS, uintptr, uintptr, int32, int64) int32)(unsafe.Pointer(&failing.FxWrite)) = failingWrite
 	*(*func(*libc.TLS, uintptr, int32) int32)(unsafe.Pointer(&failing.FxSync)) = countingSync
 	var file sqlite3.Tsqlite3_file // stands for an open log; never dereferenced by the methods tested
