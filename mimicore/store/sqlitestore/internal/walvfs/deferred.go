@@ -3,6 +3,7 @@ package walvfs
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"modernc.org/libc"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -40,11 +41,16 @@ var (
 type Deferred struct {
 	path string
 
+	// mu guards fd and open: Sync holds it while it syncs, so that the
+	// descriptor is not closed meanwhile. The connection's commits never
+	// take it (owed and own are atomic), so that a commit does not wait
+	// for a sync in progress.
 	mu   sync.Mutex
-	fd   int  // descriptor of the open log; -1 when it is not open
-	owed bool // a sync was deferred since the last one
-	open int  // opens of the log since DeferSyncs
-	own  int  // syncs SQLite ran itself on the log (not deferred)
+	fd   int // descriptor of the open log; -1 when it is not open
+	open int // opens of the log since DeferSyncs
+
+	owed atomic.Bool  // a sync was deferred since the last one began
+	own  atomic.Int64 // syncs SQLite ran itself on the log (not deferred)
 }
 
 // DeferSyncs makes the commit-time syncs of the write-ahead log at walPath
@@ -86,9 +92,11 @@ func (d *Deferred) Sync() error {
 	if d.fd < 0 {
 		return nil
 	}
-	d.owed = false
+	// Cleared before the sync, which covers every write made before it;
+	// a commit deferring its sync meanwhile sets it again.
+	d.owed.Store(false)
 	if err := fdatasync(d.fd); err != nil {
-		d.owed = true
+		d.owed.Store(true)
 		return fmt.Errorf("syncing %s: %w", d.path, err)
 	}
 	return nil
@@ -104,11 +112,7 @@ func (d *Deferred) Opened() bool {
 
 // ownSyncs reports how many syncs of the log SQLite ran itself (for
 // tests).
-func (d *Deferred) ownSyncs() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.own
-}
+func (d *Deferred) ownSyncs() int { return int(d.own.Load()) }
 
 // deferredFor returns the Deferred of a log being opened at path, and
 // records its descriptor.
@@ -121,7 +125,7 @@ func deferredFor(path string, pFile uintptr) *Deferred {
 	}
 	d.mu.Lock()
 	d.fd = fileDescriptor(pFile)
-	d.owed = false
+	d.owed.Store(false)
 	d.open++
 	d.mu.Unlock()
 	return d
@@ -134,8 +138,7 @@ func (d *Deferred) closing() (owed bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.fd = -1
-	owed, d.owed = d.owed, false
-	return owed
+	return d.owed.Swap(false)
 }
 
 // deferSync reports whether the commit-time sync of f may be left to its
@@ -144,9 +147,7 @@ func (f *logFile) deferSync() bool {
 	if f.deferred == nil || !f.synced || f.header {
 		return false
 	}
-	f.deferred.mu.Lock()
-	f.deferred.owed = true
-	f.deferred.mu.Unlock()
+	f.deferred.owed.Store(true)
 	return true
 }
 
@@ -157,9 +158,7 @@ func (f *logFile) syncNow(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 		f.synced = true
 		f.header = false
 		if f.deferred != nil {
-			f.deferred.mu.Lock()
-			f.deferred.own++
-			f.deferred.mu.Unlock()
+			f.deferred.own.Add(1)
 		}
 	}
 	return rc
