@@ -150,21 +150,18 @@ func (d *durability) syncTo(seq uint64) error {
 		return nil
 	}
 	d.syncs.Add(1)
-	if err := d.sync(); err != nil {
-		err = fmt.Errorf("%w: %w", errSyncFailed, err)
-		d.mu.Lock()
-		d.err = err
-		close(d.changed)
-		d.changed = make(chan struct{})
-		d.mu.Unlock()
-		return err
-	}
+	err := d.sync()
 	d.mu.Lock()
-	d.durable.Store(seq)
-	close(d.changed)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", errSyncFailed, err)
+		d.err = err
+	} else {
+		d.durable.Store(seq)
+	}
+	close(d.changed) // wakes the reads waiting for either
 	d.changed = make(chan struct{})
 	d.mu.Unlock()
-	return nil
+	return err
 }
 
 // failed returns the error of a failed sync, if any.

@@ -30,8 +30,8 @@
 // batch held more than one) the writer lingers up to 500 us for more, or
 // until 16 are queued (WithLinger), so that a commit and its fsync carry
 // more writes. While a batch is being fsynced, the writer begins the next
-// one only once 16 writes are queued, or when the fsync ends: its answers
-// could not precede the next fsync anyway.
+// one only once 32 writes (twice the linger's) are queued, or when the
+// fsync ends: its answers could not precede the next fsync anyway.
 //
 //   - A caller is answered only after the COMMIT that holds its write
 //     and the fsync that covers that COMMIT.

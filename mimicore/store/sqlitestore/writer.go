@@ -540,7 +540,7 @@ type Stats struct {
 // Stats reports the writer's counters. It is cheap and safe to call
 // concurrently, also after Close.
 func (s *Store) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Commits:          s.wr.commits.Load(),
 		Ops:              s.wr.ops.Load(),
 		MaxBatch:         s.wr.maxSeen.Load(),
@@ -550,21 +550,9 @@ func (s *Store) Stats() Stats {
 		Coalesced:        s.wr.coalesced.Load(),
 		Checkpoints:      s.ckpt.runs.Load(),
 		CheckpointErrors: s.ckpt.errs.Load(),
-		Syncs:            s.wr.syncs(),
-		ReadWaits:        s.wr.readWaits(),
 	}
-}
-
-func (w *writer) syncs() uint64 {
-	if w.dur == nil {
-		return 0
+	if d := s.wr.dur; d != nil {
+		st.Syncs, st.ReadWaits = d.syncs.Load(), d.waits.Load()
 	}
-	return w.dur.syncs.Load()
-}
-
-func (w *writer) readWaits() uint64 {
-	if w.dur == nil {
-		return 0
-	}
-	return w.dur.waits.Load()
+	return st
 }

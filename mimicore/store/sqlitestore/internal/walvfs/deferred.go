@@ -41,13 +41,13 @@ var (
 type Deferred struct {
 	path string
 
-	// mu guards fd and open: Sync holds it while it syncs, so that the
+	// mu guards fd and opened: Sync holds it while it syncs, so that the
 	// descriptor is not closed meanwhile. The connection's commits never
 	// take it (owed and own are atomic), so that a commit does not wait
 	// for a sync in progress.
-	mu   sync.Mutex
-	fd   int // descriptor of the open log; -1 when it is not open
-	open int // opens of the log since DeferSyncs
+	mu     sync.Mutex
+	fd     int  // descriptor of the open log; -1 when it is not open
+	opened bool // a connection opened the log since DeferSyncs
 
 	owed atomic.Bool  // a sync was deferred since the last one began
 	own  atomic.Int64 // syncs SQLite ran itself on the log (not deferred)
@@ -107,7 +107,7 @@ func (d *Deferred) Sync() error {
 func (d *Deferred) Opened() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.open > 0
+	return d.opened
 }
 
 // ownSyncs reports how many syncs of the log SQLite ran itself (for
@@ -126,7 +126,7 @@ func deferredFor(path string, pFile uintptr) *Deferred {
 	d.mu.Lock()
 	d.fd = fileDescriptor(pFile)
 	d.owed.Store(false)
-	d.open++
+	d.opened = true
 	d.mu.Unlock()
 	return d
 }
@@ -153,7 +153,7 @@ func (f *logFile) deferSync() bool {
 
 // syncNow runs the log's own sync (the unix VFS's) and records it.
 func (f *logFile) syncNow(tls *libc.TLS, pFile uintptr, flags int32) int32 {
-	rc := f.callSync(tls, pFile, flags)
+	rc := callFileInt(tls, f.orig.FxSync, pFile, flags)
 	if rc == sqlite3.SQLITE_OK {
 		f.synced = true
 		f.header = false
@@ -162,8 +162,4 @@ func (f *logFile) syncNow(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 		}
 	}
 	return rc
-}
-
-func (f *logFile) callSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
-	return callFileInt(tls, f.orig.FxSync, pFile, flags)
 }
