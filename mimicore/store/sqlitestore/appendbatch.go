@@ -114,23 +114,47 @@ func (m *multiRow) sql(n int) string {
 }
 
 // multiStmts are the prepared statements of the multiRows, by statement
-// and chunk size.
+// and chunk size: nil until a coalesced write first needs them (see
+// readyMulti). The writer goroutine alone uses them, and Close after the
+// writer has stopped.
 type multiStmts map[*multiRow]*[len(chunkSizes)]*sql.Stmt
 
-// prepareMulti prepares every multiRow at every chunk size on the writer
-// connection.
-func (s *Store) prepareMulti(ctx context.Context) error {
-	s.multi = make(multiStmts, len(multiRows))
+// newMultiStmts makes the table of the multiRows' statements, none of them
+// prepared yet: a statement of 64 rows of 8 parameters holds tens of KB of
+// SQLite's memory, and a gateway that never coalesces that many Appends
+// (most of them, most of the time) need not keep it.
+func newMultiStmts() multiStmts {
+	m := make(multiStmts, len(multiRows))
+	for _, r := range multiRows {
+		m[r] = new([len(chunkSizes)]*sql.Stmt)
+	}
+	return m
+}
+
+// readyMulti prepares, on the writer connection, each multi-row statement
+// that a coalesced write of at most apps Appends for at most rows
+// recipients in all may run and that is not prepared yet: the chunk sizes
+// up to apps for the statements of a row per Append (dedup, replay,
+// body), up to rows for those of a row per recipient (queue heads and
+// entries). The writer calls it before it begins the transaction, since
+// the writer's only connection is the transaction's once it has begun.
+func (s *Store) readyMulti(ctx context.Context, apps, rows int) error {
 	for _, m := range multiRows {
-		var sts [len(chunkSizes)]*sql.Stmt
-		for i, n := range chunkSizes {
-			st, err := s.w.PrepareContext(ctx, m.sql(n))
+		n := apps
+		if m == &headMulti || m == &entryMulti {
+			n = rows
+		}
+		sts := s.multi[m]
+		for i, size := range chunkSizes {
+			if size > n || sts[i] != nil {
+				continue
+			}
+			st, err := s.w.PrepareContext(ctx, m.sql(size))
 			if err != nil {
-				return fmt.Errorf("preparing a %d-row statement: %w", n, err)
+				return fmt.Errorf("preparing a %d-row statement: %w", size, err)
 			}
 			sts[i] = st
 		}
-		s.multi[m] = &sts
 	}
 	return nil
 }
@@ -139,13 +163,18 @@ func (s *Store) prepareMulti(ctx context.Context) error {
 func (s *Store) multiStmtList() []*sql.Stmt {
 	var out []*sql.Stmt
 	for _, sts := range s.multi {
-		out = append(out, sts[:]...)
+		for _, st := range sts {
+			if st != nil {
+				out = append(out, st)
+			}
+		}
 	}
 	return out
 }
 
 // execMulti inserts rows rows through m, in chunks: row(i, args) appends
-// row i's columns to args, and fixed are the tail's parameters. It returns the rows the statements changed.
+// row i's columns to args, and fixed are the tail's parameters. It returns
+// the rows the statements changed. readyMulti has prepared the chunks.
 func (s *Store) execMulti(ctx context.Context, tx *sql.Tx, m *multiRow, fixed []any, rows int, row func(i int, args []any) []any) (int64, error) {
 	sts := s.multi[m]
 	var changed int64
@@ -161,6 +190,9 @@ func (s *Store) execMulti(ctx context.Context, tx *sql.Tx, m *multiRow, fixed []
 			args = row(i, args)
 		}
 		args = append(args, fixed...)
+		if sts[k] == nil {
+			return 0, fmt.Errorf("the %d-row statement is not prepared", n)
+		}
 		res, err := tx.StmtContext(ctx, sts[k]).ExecContext(ctx, args...)
 		if err != nil {
 			return 0, err

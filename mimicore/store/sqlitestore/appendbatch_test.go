@@ -260,3 +260,68 @@ func TestCoalescedAppends(t *testing.T) {
 		})
 	}
 }
+
+// TestMultiStatementsOnDemand checks that the multi-row statements are
+// prepared when a coalesced write first needs them, and only the chunk
+// sizes it may use: none after Open or a lone Append; after a batch of 10
+// Appends for 3 recipients each, the sizes up to 10 for the statements of
+// a row per Append and up to 30 for those of a row per recipient.
+func TestMultiStatementsOnDemand(t *testing.T) {
+	roomy := store.QueueLimits{MaxMessages: 1000, MaxBytes: 1 << 20}
+	s := openTemp(t)
+	ctx := context.Background()
+	prepared := func() map[*multiRow][]int {
+		out := map[*multiRow][]int{}
+		for m, sts := range s.multi {
+			for i, st := range sts {
+				if st != nil {
+					out[m] = append(out[m], chunkSizes[i])
+				}
+			}
+		}
+		return out
+	}
+	if got := prepared(); len(got) != 0 {
+		t.Fatalf("after Open: prepared %v, want none", got)
+	}
+	if _, err := s.Append(ctx, delivery("alone", roomy, client("x"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := prepared(); len(got) != 0 {
+		t.Fatalf("after one Append: prepared %v, want none", got)
+	}
+
+	var calls []*call
+	for i := range 10 {
+		c := &appendCase{d: delivery(fmt.Sprint("m", i), roomy, client("shared1"), client(fmt.Sprint("own", i)), client("shared2"))}
+		calls = append(calls, c.call(s))
+	}
+	release := blockWriter(t, s)
+	before := s.Stats()
+	wait := queueCalls(t, s, ctx, calls)
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	wait()
+	for _, c := range calls {
+		if c.err != nil {
+			t.Fatalf("%s: %v", c.name, c.err)
+		}
+	}
+	if got := s.Stats().Coalesced - before.Coalesced; got != 10 {
+		t.Fatalf("%d Appends coalesced, want 10", got)
+	}
+	want := map[*multiRow][]int{
+		&seenMulti: {8, 4, 2, 1}, &replayMulti: {8, 4, 2, 1}, &bodyMulti: {8, 4, 2, 1},
+		&headMulti: {16, 8, 4, 2, 1}, &entryMulti: {16, 8, 4, 2, 1},
+	}
+	got := prepared()
+	for m, sizes := range want {
+		if !slices.Equal(got[m], sizes) {
+			t.Errorf("%s…: prepared chunk sizes %v, want %v", m.head, got[m], sizes)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("prepared %d statements' sizes, want %d", len(got), len(want))
+	}
+}

@@ -433,10 +433,12 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 	s.ckpt = newCheckpointer(ckdb)
 	s.wr = newWriter(s.w, o.maxBatch, o.linger, dur)
 	s.wr.ckpt = s.ckpt
+	s.multi = newMultiStmts()
 	s.wr.appendBatch = func(ctx context.Context, tx *sql.Tx, apps []*appendOp) error {
 		return s.appendBatchTx(ctx, tx, apps, check.Millis(s.now()))
 	}
-	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx), s.prepareQueues(ctx), s.prepareMulti(ctx)); err != nil {
+	s.wr.readyBatch = s.readyMulti
+	if err := errors.Join(s.prepare(ctx), s.prepareGroups(ctx), s.prepareQueues(ctx)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("opening store %s: %w", abs, err)
 	}

@@ -74,6 +74,10 @@ type writer struct {
 	// appendBatch, when set, writes the Appends of an optimistic batch
 	// together (see appendbatch.go).
 	appendBatch func(ctx context.Context, tx *sql.Tx, apps []*appendOp) error
+	// readyBatch, when set, readies what appendBatch needs for at most
+	// apps Appends with rows recipients in all; it runs before the
+	// transaction begins (writer goroutine only).
+	readyBatch func(ctx context.Context, apps, rows int) error
 	// dur, when set, answers the batches once their commits are synced
 	// (see durable.go); unset, a COMMIT syncs and the writer answers.
 	dur *durability
@@ -298,6 +302,11 @@ func (w *writer) run(batch []*op) {
 // before the op that broke a careful transaction (answered alone), then
 // those not yet run.
 func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool) {
+	if !careful && !w.readyAppends(ops) {
+		// Run the Appends one by one, as their own ops: the careful run
+		// coalesces nothing.
+		careful = true
+	}
 	var tx *sql.Tx
 	err := w.unsynced()
 	if err == nil {
@@ -440,6 +449,26 @@ func (w *writer) unsynced() error {
 		return nil
 	}
 	return w.dur.failed()
+}
+
+// readyAppends readies the coalesced write of ops' Appends (readyBatch),
+// counting every Append of ops and all their recipients, a bound on what
+// runTx coalesces; false means it could not, and ops must run carefully.
+func (w *writer) readyAppends(ops []*op) bool {
+	if w.readyBatch == nil {
+		return true
+	}
+	apps, rows := 0, 0
+	for _, o := range ops {
+		if o.app != nil {
+			apps++
+			rows += len(o.app.qa.recipients)
+		}
+	}
+	if apps < 2 { // one Append runs as any op (runAppends)
+		return true
+	}
+	return w.readyBatch(w.ctx, apps, rows) == nil
 }
 
 // runAppends runs the Appends of an optimistic batch: one alone as any
