@@ -29,10 +29,13 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit/redisrl"
 )
 
 func init() {
 	service.RegisterStore(service.PostgresStore, openPostgres)
+	ratelimit.RegisterRedis(redisrl.New)
 }
 
 // openPostgres opens the PostgreSQL store that o names.
