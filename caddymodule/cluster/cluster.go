@@ -6,7 +6,8 @@
 //   - Redis rate-limit zones (zone ... redis, package redisrl, on
 //     go-redis), registered with ratelimit.RegisterRedis;
 //   - the S3 attachment storage (attachments storage s3, the Caddy module
-//     http.mimi.attachments.s3, on minio-go).
+//     http.mimi.attachments.s3, S3Storage, on minio-go), registered with
+//     caddy.RegisterModule.
 //
 // The default build (Caddy's standard modules and package caddymodule, as
 // cmd/caddy and a plain xcaddy build --with caddymodule have it) links none
