@@ -34,7 +34,7 @@ func mustZone(t testing.TB, cfg ratelimit.Config) *ratelimit.Zone {
 }
 
 // redisZone is a zone named name in Redis at addr. The timeout is generous:
-// two cores shared under -race must not make these tests fall back.
+// two busy cores under -race must not make these tests fall back.
 func redisZone(t testing.TB, name, addr string, cfg ratelimit.Config) *ratelimit.Zone {
 	t.Helper()
 	z, err := ratelimit.NewZone(name, cfg)
