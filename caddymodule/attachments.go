@@ -137,6 +137,9 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 		}
 		backend = l
 	} else {
+		if err := missingClusterStorageRaw(a.Storage); err != nil {
+			return fmt.Errorf("mimi: %w", err)
+		}
 		mod, err := ctx.LoadModule(a, "Storage")
 		if err != nil {
 			return fmt.Errorf("mimi: attachments storage: %w", err)
@@ -646,6 +649,9 @@ func unmarshalAttachments(d *caddyfile.Dispenser) (*Attachments, error) {
 				return nil, d.ArgErr()
 			}
 			name := d.Val()
+			if err := missingClusterStorage(name); err != nil {
+				return nil, d.Errf("%v", err)
+			}
 			unm, err := caddyfile.UnmarshalModule(d, "http.mimi.attachments."+name)
 			if err != nil {
 				return nil, err

@@ -7,7 +7,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 )
 
@@ -44,6 +43,13 @@ var (
 		[]string{"data_dir"}, nil)
 )
 
+// roundTripper is a store that counts its round trips to a database, as
+// the PostgreSQL store of the cluster build does (pgstore.Store.RoundTrips),
+// matched without linking it.
+type roundTripper interface {
+	RoundTrips() uint64
+}
+
 // storeStats collects the counters of every open service's store at
 // scrape time: the group-commit counters of the embedded store, the round
 // trips of the PostgreSQL store.
@@ -71,8 +77,8 @@ func (storeStats) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(storeCommitsDesc, prometheus.CounterValue, float64(st.Commits), dir)
 			ch <- prometheus.MustNewConstMetric(storeSyncsDesc, prometheus.CounterValue, float64(st.Syncs), dir)
 			ch <- prometheus.MustNewConstMetric(storeWritesDesc, prometheus.CounterValue, float64(st.Ops), dir)
-		case interface{ Stats() pgstore.Stats }:
-			ch <- prometheus.MustNewConstMetric(storeRoundTripsDesc, prometheus.CounterValue, float64(s.Stats().RoundTrips), dir)
+		case roundTripper:
+			ch <- prometheus.MustNewConstMetric(storeRoundTripsDesc, prometheus.CounterValue, float64(s.RoundTrips()), dir)
 		}
 		return true
 	})

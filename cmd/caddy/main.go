@@ -1,5 +1,7 @@
 // Command caddy is Caddy with the standard modules and the caddy-mimi plugin,
-// for builds without xcaddy (see xcaddy.sh).
+// for builds without xcaddy (see xcaddy.sh): the embedded default, without
+// the cluster backends and their clients (PostgreSQL, Redis, S3), which
+// cmd/caddy-cluster adds.
 package main
 
 import (

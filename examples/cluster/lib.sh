@@ -9,7 +9,8 @@
 # Sourcing it makes the temporary directory $tmp and the trap that stops
 # everything started here and removes $tmp (KEEP=1 keeps it). Then:
 #
-#   build              caddy, mimictl, mimiload and the shared root CA in $tmp
+#   build              caddy (the cluster build: CLUSTER=1 ./xcaddy.sh),
+#                      mimictl, mimiload and the shared root CA in $tmp
 #   start_pg           PostgreSQL on $PORT_PG, database mimi; sets $dsn
 #   configure N        the Caddyfiles of a1..aN, the load balancer and b
 #   start_all          starts them and waits until each answers
@@ -54,10 +55,11 @@ pgbin() {
 	exit 1
 }
 
-# build builds caddy, mimictl and mimiload into $tmp and writes the shared
-# root CA (root-cert.pem, root-key.pem).
+# build builds caddy with the cluster backends (store postgres needs
+# them), mimictl and mimiload into $tmp and writes the shared root CA
+# (root-cert.pem, root-key.pem).
 build() {
-	./xcaddy.sh "$tmp/caddy" >/dev/null
+	CLUSTER=1 ./xcaddy.sh "$tmp/caddy" >/dev/null
 	go build -o "$tmp/mimictl" ./cmd/mimictl
 	go build -o "$tmp/mimiload" ./examples/loadtest/mimiload
 	"$tmp/mimiload" setup -dir "$tmp" >/dev/null

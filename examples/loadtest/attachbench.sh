@@ -8,10 +8,11 @@
 # same Caddy version with only its standard modules, examples/loadtest/
 # plaincaddy, serving the same file_server site) for Caddy's own memory.
 #
-# Builds ./caddy and mimiload, writes the two-provider Caddyfile of
-# writepath.sh with, on b.localhost, attachments up to the wire's limit
-# (1,073,741,815 bytes: 1 GiB less 9) in the backend's storage and
-# `handle_path /files/*` serving $tmp/files with file_server. For s3,
+# Builds ./caddy (and, for s3, a cluster build) and mimiload, writes the
+# two-provider Caddyfile of writepath.sh with, on b.localhost, attachments
+# up to the wire's limit (1,073,741,815 bytes: 1 GiB less 9) in the
+# backend's storage and `handle_path /files/*` serving $tmp/files with
+# file_server. For s3,
 # `mimiload attachbackend` starts versitygw on loopback (as the S3 storage
 # tests do; $VERSITYGW, or versitygw on PATH, or else installed into a
 # temporary GOBIN as .ci/run does); for forward, the forward storage tests'
@@ -29,9 +30,14 @@
 # directory, removed at the end (KEEP=1 keeps it).
 #
 # Usage: examples/loadtest/attachbench.sh [mimiload attachbench flags...]
+# The s3 backend needs the cluster build (caddymodule/cluster): its Caddy is
+# CADDY_CLUSTER, or built with CLUSTER=1 ./xcaddy.sh into the temporary
+# directory; plain, local and forward run the default build (CADDY).
+#
 # Environment: STORAGES ("plain local s3 forward"), REPS (3), PORT (19443),
 # HTTP_PORT (19080), CADDY (a built Caddy to use instead of building
-# ./caddy), VERSITYGW (the versitygw binary), ADMIN (off; an address turns
+# ./caddy), CADDY_CLUSTER (a cluster build for s3, instead of building
+# one), VERSITYGW (the versitygw binary), ADMIN (off; an address turns
 # Caddy's admin endpoint on, with /debug/pprof/), PROFILES (a directory:
 # with ADMIN, Caddy's heap profile before and after every transfer is saved
 # there), ONE_GATEWAY=1 (a.localhost without its gateway: the transfers use
@@ -119,7 +125,16 @@ build
 # MiB as cp wrote it.
 cp "$CADDY" "$tmp/caddy"
 CADDY=$tmp/caddy
-case " ${STORAGES:=plain local s3 forward} " in *" s3 "*) find_versitygw ;; esac
+case " ${STORAGES:=plain local s3 forward} " in
+*" s3 "*)
+	find_versitygw
+	if [ -z "${CADDY_CLUSTER:-}" ]; then
+		CLUSTER=1 ./xcaddy.sh "$tmp/caddy-cluster.built" >&2
+		CADDY_CLUSTER=$tmp/caddy-cluster.built
+	fi
+	cp "$CADDY_CLUSTER" "$tmp/caddy-cluster"
+	;;
+esac
 case " $STORAGES " in
 *" plain "*)
 	# As xcaddy.sh builds cmd/caddy, from the Caddy version go.mod pins.
@@ -135,7 +150,8 @@ for storage in $STORAGES; do
 	case $storage in
 	plain) bin=$tmp/plaincaddy plain=-plain ;;
 	local) ;;
-	s3 | forward) start_backend "$storage" ;;
+	s3) start_backend s3; bin=$tmp/caddy-cluster ;;
+	forward) start_backend forward ;;
 	*) echo "unknown storage $storage: want plain, local, s3 or forward" >&2; exit 1 ;;
 	esac
 	B_MIMI="		attachments {

@@ -51,7 +51,6 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 )
 
@@ -112,10 +111,12 @@ type Options struct {
 type StoreOptions struct {
 	// Postgres, when set, is the connection string (URL or key=value) of
 	// a PostgreSQL database to use instead of SQLite: several gateways of
-	// one provider share it (package pgstore).
+	// one provider share it (package pgstore). It needs a store opener
+	// registered as PostgresStore (RegisterStore), which the cluster build
+	// has (ClusterPackage).
 	Postgres string
 	// MaxConns is the most connections to Postgres. Default
-	// pgstore.DefaultMaxConns.
+	// DefaultMaxConns.
 	MaxConns int32
 }
 
@@ -309,7 +310,15 @@ func (s *Service) Apply(opts Options) error {
 // openStore opens the store that opts choose.
 func openStore(ctx context.Context, opts Options) (store.Store, error) {
 	if opts.Store.Postgres != "" {
-		return pgstore.Open(ctx, opts.Store.Postgres, pgstore.Options{MaxConns: opts.Store.MaxConns})
+		open, err := storeOpener(PostgresStore, "PostgreSQL")
+		if err != nil {
+			return nil, err
+		}
+		so := opts.Store
+		if so.MaxConns == 0 {
+			so.MaxConns = DefaultMaxConns
+		}
+		return open(ctx, so)
 	}
 	return sqlitestore.Open(ctx, filepath.Join(opts.DataDir, sqlitestore.DefaultFileName))
 }
@@ -322,7 +331,7 @@ func (o StoreOptions) String() string {
 	}
 	n := o.MaxConns
 	if n == 0 {
-		n = pgstore.DefaultMaxConns
+		n = DefaultMaxConns
 	}
 	return fmt.Sprintf("postgres (pool of %d)", n)
 }

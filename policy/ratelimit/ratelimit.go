@@ -19,7 +19,8 @@
 // A Zone can keep its buckets in Redis instead (SetRedis), so that several
 // processes share one budget per key: a GCRA (generic cell rate algorithm)
 // run atomically by a Lua script, loaded with EVALSHA and EVAL on NOSCRIPT.
-// It makes the same decisions, with the same Retry-After, as the local
+// The client that runs it is registered (RegisterRedis) by package redisrl's
+// user, so that only builds with Redis zones link a Redis client. It makes the same decisions, with the same Retry-After, as the local
 // buckets (TestRedisMatchesLocal), except that:
 //
 //   - Redis keeps times in microseconds as doubles: the rate is at most

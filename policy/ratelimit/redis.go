@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/zap"
 )
 
@@ -86,36 +84,71 @@ func (c RedisConfig) Validate() error {
 	return nil
 }
 
-// gcra is the generic cell rate algorithm over one key, atomic as a Lua
-// script. KEYS[1] holds the theoretical arrival time (TAT) in microseconds.
-// ARGV: now (µs, the caller's clock), the emission interval T = 1/rate
-// (µs) and the burst b. A key admits an event when, after it, TAT - now <=
-// b*T: the same decision as a token bucket of b tokens refilled at rate,
-// full when new, whose tokens at now are b - (TAT - now)/T. A refused event
-// changes nothing. The key expires when TAT passes, when its bucket is full
-// again and equivalent to an absent one, plus a second:
-// Redis counts the TTL on its own clock, so without the slack a process
-// whose clock is behind the writer's would find the key gone while its
-// bucket is not yet full. The reply is {1, 0} or {0, µs until one event
-// would be admitted}.
-var gcra = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local t = tonumber(ARGV[2])
-local tau = t * tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new = tat + t
-if new - now > tau then
-  return {0, math.ceil(new - now - tau)}
-end
-redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil((new - now) / 1000) + 1000)
-return {1, 0}
-`)
+// ErrRedisClosed is wrapped by the error of a call on a RedisClient that
+// was closed: a call racing with a reload that replaced the client, which
+// says nothing of the server's health.
+var ErrRedisClosed = errors.New("redis client closed")
+
+// RedisClient decides a zone's events in Redis. A Redis client package
+// provides it (RegisterRedis), so that a build without Redis zones does not
+// link a Redis client. It must be safe for concurrent use.
+type RedisClient interface {
+	// Allow runs the GCRA (see the package doc) over the Redis key key at
+	// now, for a zone of rate events per second and burst: it admits the
+	// event and records it, or refuses it and says how long until one
+	// event would be admitted, to the microsecond. ctx bounds the call.
+	// A call after Close fails with an error wrapping ErrRedisClosed.
+	Allow(ctx context.Context, key string, now time.Time, rate float64, burst int) (ok bool, wait time.Duration, err error)
+	// Close closes the connections.
+	Close() error
+}
+
+// NewRedisClient makes the client of cfg, whose zero fields hold their
+// defaults. It connects lazily: a server that is down makes calls fail,
+// not the constructor.
+type NewRedisClient func(cfg RedisConfig) (RedisClient, error)
+
+// ClusterPackage is the package whose import registers the Redis client
+// (RegisterRedis) in a Caddy build; errors name it.
+const ClusterPackage = "github.com/caddy-mimi/caddy-mimi/caddymodule/cluster"
+
+var (
+	redisNewMu sync.Mutex
+	redisNew   NewRedisClient
+)
+
+// RegisterRedis makes newClient the maker of every Redis zone's client
+// (SetRedis), so that only a build that imports a Redis client package
+// (package redisrl, registered by ClusterPackage) links one. It is meant
+// for init functions, and panics if newClient is nil or a client is
+// already registered.
+func RegisterRedis(newClient NewRedisClient) {
+	if newClient == nil {
+		panic("ratelimit: RegisterRedis of a nil constructor")
+	}
+	redisNewMu.Lock()
+	defer redisNewMu.Unlock()
+	if redisNew != nil {
+		panic("ratelimit: RegisterRedis called twice")
+	}
+	redisNew = newClient
+}
+
+// registeredRedis returns the registered constructor, or an error that
+// names the package to add to the build.
+func registeredRedis() (NewRedisClient, error) {
+	redisNewMu.Lock()
+	defer redisNewMu.Unlock()
+	if redisNew == nil {
+		return nil, fmt.Errorf("redis: this build has no Redis client: build with %s (xcaddy build --with %[1]s, or CLUSTER=1 ./xcaddy.sh)", ClusterPackage)
+	}
+	return redisNew, nil
+}
 
 // redisBackend is a zone's connection to Redis and its health.
 type redisBackend struct {
 	cfg    RedisConfig
-	client *redis.Client
+	client RedisClient
 	prefix string // cfg.Prefix + zone name + ":"
 	logger *zap.Logger
 	zone   string
@@ -126,51 +159,31 @@ type redisBackend struct {
 	nextTry atomic.Int64
 }
 
-func newRedisBackend(zone string, cfg RedisConfig, logger *zap.Logger) *redisBackend {
+func newRedisBackend(zone string, cfg RedisConfig, newClient NewRedisClient, logger *zap.Logger) (*redisBackend, error) {
 	cfg = cfg.withDefaults()
-	client := redis.NewClient(&redis.Options{
-		Addr:     cfg.Addr,
-		Password: cfg.Password,
-		DB:       cfg.DB,
-		// RESP2 without CLIENT SETINFO nor maintenance notifications:
-		// nothing but AUTH and SELECT on a new connection.
-		Protocol:                 2,
-		DisableIdentity:          true,
-		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-		DialTimeout:              cfg.Timeout,
-		ReadTimeout:              cfg.Timeout,
-		WriteTimeout:             cfg.Timeout,
-		ContextTimeoutEnabled:    true,
-		PoolTimeout:              cfg.Timeout,
-		// A failed call is decided locally at once, not retried.
-		MaxRetries:    -1,
-		DialerRetries: 1,
-	})
+	client, err := newClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("redis %s: %w", cfg.Addr, err)
+	}
 	if logger == nil {
 		logger = zap.NewNop()
 	}
 	b := &redisBackend{cfg: cfg, client: client, prefix: cfg.Prefix + zone + ":", logger: logger, zone: zone}
 	b.healthy.Store(true)
-	return b
+	return b, nil
 }
 
-// allow runs the GCRA for key (the stored form: hashed when long) at now.
+// allow decides key (the stored form: hashed when long) at now in Redis,
+// within cfg.Timeout; a refusal's retry is the wait rounded up to whole
+// seconds, as a local bucket's.
 func (b *redisBackend) allow(key string, now time.Time, l *limits) (bool, time.Duration, error) {
-	interval := 1e6 / float64(l.rate) // µs
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
-	res, err := gcra.Run(ctx, b.client, []string{b.prefix + key},
-		now.UnixMicro(), strconv.FormatFloat(interval, 'g', -1, 64), l.burst).Int64Slice()
-	if err != nil {
-		return false, 0, err
+	ok, wait, err := b.client.Allow(ctx, b.prefix+key, now, float64(l.rate), l.burst)
+	if err != nil || ok {
+		return ok, 0, err
 	}
-	if len(res) != 2 {
-		return false, 0, fmt.Errorf("the rate limit script answered %d values", len(res))
-	}
-	if res[0] == 1 {
-		return true, 0, nil
-	}
-	secs := math.Ceil(float64(res[1])/1e6 - 1e-9)
+	secs := math.Ceil(float64(wait/time.Microsecond)/1e6 - 1e-9)
 	if secs < 1 {
 		secs = 1
 	}
@@ -195,7 +208,7 @@ func (b *redisBackend) try() bool {
 // at most one line per Retry interval. A call on a backend that SetRedis
 // closed meanwhile (a reload) says nothing of the server's health.
 func (b *redisBackend) failed(err error) {
-	if errors.Is(err, redis.ErrClosed) {
+	if errors.Is(err, ErrRedisClosed) {
 		return
 	}
 	if b.healthy.CompareAndSwap(true, false) {
@@ -240,7 +253,15 @@ func (z *Zone) SetRedis(cfg *RedisConfig, logger *zap.Logger) error {
 	if old != nil && old.cfg == cfg.withDefaults() {
 		return nil
 	}
-	z.redis.Store(newRedisBackend(z.name, *cfg, logger))
+	newClient, err := registeredRedis()
+	if err != nil {
+		return fmt.Errorf("zone %q: %w", z.name, err)
+	}
+	b, err := newRedisBackend(z.name, *cfg, newClient, logger)
+	if err != nil {
+		return fmt.Errorf("zone %q: %w", z.name, err)
+	}
+	z.redis.Store(b)
 	if old != nil {
 		return old.close()
 	}

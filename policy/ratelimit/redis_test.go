@@ -2,270 +2,76 @@ package ratelimit
 
 import (
 	"context"
-	"math/rand/v2"
-	"sync"
+	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
-
-	"github.com/caddy-mimi/caddy-mimi/internal/redistest"
 )
 
-// redisZone is a zone named name in Redis at addr. The timeout is generous:
-// two cores shared under -race must not make these tests fall back.
-func redisZone(t testing.TB, name, addr string, cfg Config) *Zone {
+// fakeRedis is a RedisClient that answers what its fields say, and fails
+// with ErrRedisClosed once closed. The tests against a real Redis are in
+// package redisrl.
+type fakeRedis struct {
+	cfg    RedisConfig
+	wait   time.Duration // refuse with this wait when not zero
+	err    error         // fail with this error when set
+	closed atomic.Bool
+	calls  atomic.Int64
+	key    atomic.Value // the last key asked for
+}
+
+func (f *fakeRedis) Allow(_ context.Context, key string, _ time.Time, _ float64, _ int) (bool, time.Duration, error) {
+	f.calls.Add(1)
+	f.key.Store(key)
+	switch {
+	case f.closed.Load():
+		return false, 0, ErrRedisClosed
+	case f.err != nil:
+		return false, 0, f.err
+	case f.wait != 0:
+		return false, f.wait, nil
+	}
+	return true, 0, nil
+}
+
+func (f *fakeRedis) Close() error {
+	f.closed.Store(true)
+	return nil
+}
+
+// withRedis registers newClient (nil: none) for the test, in place of
+// what RegisterRedis registered.
+func withRedis(t *testing.T, newClient NewRedisClient) {
 	t.Helper()
-	z, err := NewZone(name, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := z.SetRedis(&RedisConfig{Addr: addr, Timeout: time.Second, Retry: 20 * time.Millisecond}, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = z.Destruct() })
-	return z
+	redisNewMu.Lock()
+	saved := redisNew
+	redisNew = newClient
+	redisNewMu.Unlock()
+	t.Cleanup(func() {
+		redisNewMu.Lock()
+		redisNew = saved
+		redisNewMu.Unlock()
+	})
 }
 
-func inspect(t testing.TB, addr string) *redis.Client {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-func TestRedisBurstThenRate(t *testing.T) {
-	srv := redistest.New(t)
-	z := redisZone(t, "gcra", srv.Addr(), Config{Rate: 1, Burst: 3})
-	for i := 0; i < 3; i++ {
-		if ok, ra := z.Allow("a", t0); !ok || ra != 0 {
-			t.Fatalf("event %d refused (retry %v)", i, ra)
+// fakeClients registers a constructor of fakeRedis clients that answer
+// like proto, and returns the channel it sends each new client to.
+func fakeClients(t *testing.T, proto *fakeRedis) <-chan *fakeRedis {
+	made := make(chan *fakeRedis, 16)
+	withRedis(t, func(cfg RedisConfig) (RedisClient, error) {
+		f := &fakeRedis{cfg: cfg}
+		if proto != nil {
+			f.wait, f.err = proto.wait, proto.err
 		}
-	}
-	if ok, ra := z.Allow("a", t0); ok || ra != time.Second {
-		t.Fatalf("4th event: ok=%v retry=%v, want refused with 1s", ok, ra)
-	}
-	if ok, _ := z.Allow("b", t0); !ok {
-		t.Fatal("key b limited by key a")
-	}
-	if ok, _ := z.Allow("a", t0.Add(time.Second)); !ok {
-		t.Fatal("no event after 1 s")
-	}
-	if ok, _ := z.Allow("a", t0.Add(time.Second)); ok {
-		t.Fatal("two events after 1 s")
-	}
-	// Steady rate: one event per second over a minute, whatever the
-	// number of attempts.
-	allowed := 0
-	for ms := 1100; ms <= 61000; ms += 100 {
-		if ok, _ := z.Allow("a", t0.Add(time.Duration(ms)*time.Millisecond)); ok {
-			allowed++
-		}
-	}
-	if allowed != 60 {
-		t.Fatalf("%d events in 60 s at 1/s, want 60", allowed)
-	}
-	if st := z.Stats(); !st.Redis || !st.RedisHealthy || st.RedisFallbacks != 0 || st.Keys != 0 {
-		t.Fatalf("stats %+v: want healthy Redis, no fallback, no local bucket", st)
-	}
-}
-
-// TestRedisMatchesLocal runs the same random arrivals through a local zone
-// and a Redis zone: every decision and Retry-After must agree.
-func TestRedisMatchesLocal(t *testing.T) {
-	srv := redistest.New(t)
-	for _, tc := range []struct {
-		name  string
-		rate  float64
-		burst int
-	}{
-		{"rate_4_burst_5", 4, 5},
-		{"rate_0.1_burst_1", 0.1, 1},
-		{"rate_1000_burst_20", 1000, 20},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			local := mustZone(t, Config{Rate: tc.rate, Burst: tc.burst})
-			remote := redisZone(t, "match_"+tc.name, srv.Addr(), Config{Rate: tc.rate, Burst: tc.burst})
-			rng := rand.New(rand.NewPCG(1, 2))
-			mean := time.Duration(float64(time.Second) / tc.rate)
-			now := t0
-			for i := 0; i < 400; i++ {
-				// Arrivals around the rate, at odd microseconds (no
-				// arrival falls exactly on a refill boundary).
-				now = now.Add(time.Duration(rng.Int64N(int64(mean)))/time.Microsecond*time.Microsecond + 7*time.Microsecond)
-				lok, lra := local.Allow("k", now)
-				rok, rra := remote.Allow("k", now)
-				if lok != rok || lra != rra {
-					t.Fatalf("arrival %d at +%v: local %v/%v, redis %v/%v (stats %+v)", i, now.Sub(t0), lok, lra, rok, rra, remote.Stats())
-				}
-			}
-		})
-	}
-}
-
-func TestRedisTwoGatewaysShareTheBudget(t *testing.T) {
-	srv := redistest.New(t)
-	a := redisZone(t, "common", srv.Addr(), Config{Rate: 0.001, Burst: 10})
-	b := redisZone(t, "common", srv.Addr(), Config{Rate: 0.001, Burst: 10})
-	other := redisZone(t, "other", srv.Addr(), Config{Rate: 0.001, Burst: 10})
-	allowed := 0
-	for i := 0; i < 20; i++ {
-		z := a
-		if i%2 == 1 {
-			z = b
-		}
-		if ok, _ := z.Allow("k", t0); ok {
-			allowed++
-		}
-	}
-	if allowed != 10 {
-		t.Fatalf("two gateways admitted %d events, want the burst 10", allowed)
-	}
-	if ok, _ := other.Allow("k", t0); !ok {
-		t.Fatal("a zone of another name shares the budget")
-	}
-}
-
-func TestRedisKeysExpire(t *testing.T) {
-	srv := redistest.New(t)
-	z := redisZone(t, "ttl", srv.Addr(), Config{Rate: 2, Burst: 4})
-	for i := 0; i < 3; i++ {
-		z.Allow("k", t0)
-	}
-	c := inspect(t, srv.Addr())
-	ctx := context.Background()
-	ttl, err := c.PTTL(ctx, DefaultRedisPrefix+"ttl:k").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Three events at 2/s: the bucket is full again 1.5 s later; the key
-	// lives a second more.
-	if ttl <= 2300*time.Millisecond || ttl > 2500*time.Millisecond {
-		t.Fatalf("TTL %v, want about 2.5s", ttl)
-	}
-	// A long key is stored as its SHA-256, like a local one.
-	long := string(make([]byte, MaxKeyLen+1))
-	z.Allow(long, t0)
-	if n, _ := c.DBSize(ctx).Result(); n != 2 {
-		t.Fatalf("%d keys, want 2", n)
-	}
-}
-
-func TestRedisScriptFlushed(t *testing.T) {
-	srv := redistest.New(t)
-	z := redisZone(t, "flush", srv.Addr(), Config{Rate: 1, Burst: 1})
-	if ok, _ := z.Allow("k", t0); !ok {
-		t.Fatal("first event refused")
-	}
-	if err := inspect(t, srv.Addr()).ScriptFlush(context.Background()).Err(); err != nil {
-		t.Fatal(err)
-	}
-	// EVALSHA answers NOSCRIPT; EVAL loads the script again.
-	if ok, _ := z.Allow("k", t0); ok {
-		t.Fatal("second event admitted after SCRIPT FLUSH")
-	}
-	if st := z.Stats(); st.RedisFallbacks != 0 {
-		t.Fatalf("%d fallbacks after SCRIPT FLUSH, want 0", st.RedisFallbacks)
-	}
-}
-
-func TestRedisFallbackAndRecovery(t *testing.T) {
-	srv := redistest.New(t)
-	z, err := NewZone("fallback", Config{Rate: 0.001, Burst: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer z.Destruct() //nolint:errcheck
-	timeout := 20 * time.Millisecond
-	if raceEnabled {
-		timeout = 100 * time.Millisecond
-	}
-	if err := z.SetRedis(&RedisConfig{Addr: srv.Addr(), Timeout: timeout, Retry: 50 * time.Millisecond}, nil); err != nil {
-		t.Fatal(err)
-	}
-	for i, want := range []bool{true, true, false} {
-		if ok, _ := z.Allow("k", t0); ok != want {
-			t.Fatalf("event %d in Redis: %v, want %v", i, ok, want)
-		}
-	}
-	srv.Stop(t)
-	// Local buckets take over at once: a fresh budget, still limited.
-	for i, want := range []bool{true, true, false, false} {
-		start := time.Now()
-		ok, ra := z.Allow("k", t0)
-		if ok != want {
-			t.Fatalf("event %d after Redis stopped: %v, want %v", i, ok, want)
-		}
-		if !ok && ra <= 0 {
-			t.Fatalf("event %d: refused without Retry-After", i)
-		}
-		if d := time.Since(start); d > timeout+200*time.Millisecond {
-			t.Fatalf("event %d took %v with Redis down (timeout %v)", i, d, timeout)
-		}
-	}
-	st := z.Stats()
-	if st.RedisHealthy || st.RedisFallbacks != 4 || st.Keys != 1 {
-		t.Fatalf("stats %+v: want unhealthy, 4 fallbacks, 1 local bucket", st)
-	}
-	srv.Restart(t)
-	// The zone tries Redis again at most every 50 ms; the restarted
-	// server is empty, so key k has a fresh budget there.
-	deadline := time.Now().Add(10 * time.Second)
-	for !z.Stats().RedisHealthy {
-		if time.Now().After(deadline) {
-			t.Fatalf("still falling back 10 s after Redis restarted: %+v", z.Stats())
-		}
-		time.Sleep(10 * time.Millisecond)
-		z.Allow("probe", t0)
-	}
-	before := z.Stats().RedisFallbacks
-	for i, want := range []bool{true, true, false} {
-		if ok, _ := z.Allow("fresh", t0); ok != want {
-			t.Fatalf("event %d after recovery: %v, want %v", i, ok, want)
-		}
-	}
-	if n, _ := inspect(t, srv.Addr()).Exists(context.Background(), DefaultRedisPrefix+"fallback:fresh").Result(); n != 1 {
-		t.Fatal("the key is not in Redis after recovery")
-	}
-	if after := z.Stats().RedisFallbacks; after != before {
-		t.Fatalf("fallbacks rose from %d to %d after recovery", before, after)
-	}
-}
-
-func TestRedisConcurrentGateways(t *testing.T) {
-	srv := redistest.New(t)
-	const burst, workers, each = 100, 8, 50
-	gws := []*Zone{
-		redisZone(t, "race", srv.Addr(), Config{Rate: 0.001, Burst: burst}),
-		redisZone(t, "race", srv.Addr(), Config{Rate: 0.001, Burst: burst}),
-	}
-	var allowed atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(z *Zone) {
-			defer wg.Done()
-			key := []byte("k")
-			for i := 0; i < each; i++ {
-				if ok, _ := z.AllowBytes(key, t0); ok {
-					allowed.Add(1)
-				}
-			}
-		}(gws[w%2])
-	}
-	wg.Wait()
-	for i, z := range gws {
-		if st := z.Stats(); st.RedisFallbacks != 0 {
-			t.Fatalf("gateway %d fell back %d times", i, st.RedisFallbacks)
-		}
-	}
-	if n := allowed.Load(); n != burst {
-		t.Fatalf("%d of %d racing events admitted, want %d", n, workers*each, burst)
-	}
+		made <- f
+		return f, nil
+	})
+	return made
 }
 
 func TestSetRedis(t *testing.T) {
+	made := fakeClients(t, nil)
 	z := mustZone(t, Config{Rate: 1, Burst: 1})
 	if err := z.SetRedis(&RedisConfig{}, nil); err == nil {
 		t.Fatal("no error without an address")
@@ -276,6 +82,9 @@ func TestSetRedis(t *testing.T) {
 	cfg := &RedisConfig{Addr: "127.0.0.1:1"}
 	if err := z.SetRedis(cfg, nil); err != nil {
 		t.Fatal(err)
+	}
+	if f := <-made; f.cfg != cfg.withDefaults() {
+		t.Fatalf("client made with %+v, want the defaults filled in: %+v", f.cfg, cfg.withDefaults())
 	}
 	b := z.redis.Load()
 	if err := z.SetRedis(&RedisConfig{Addr: "127.0.0.1:1", Timeout: DefaultRedisTimeout}, nil); err != nil {
@@ -290,6 +99,9 @@ func TestSetRedis(t *testing.T) {
 	if z.redis.Load() == b {
 		t.Fatal("a new configuration kept the connection")
 	}
+	if !b.client.(*fakeRedis).closed.Load() {
+		t.Fatal("the replaced connection was not closed")
+	}
 	old := z.redis.Load()
 	if err := z.SetRedis(nil, nil); err != nil || z.Stats().Redis {
 		t.Fatalf("SetRedis(nil): %v, stats %+v", err, z.Stats())
@@ -301,42 +113,92 @@ func TestSetRedis(t *testing.T) {
 	}
 }
 
-func BenchmarkRedisAllow(b *testing.B) {
-	srv := redistest.New(b)
-	z := redisZone(b, "bench", srv.Addr(), Config{Rate: 1e9, Burst: 1 << 30})
-	key := []byte("192.0.2.0/32")
-	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		z.AllowBytes(key, t0.Add(time.Duration(i)))
+// TestSetRedisUnregistered checks that a build without a Redis client
+// refuses a Redis zone with an error naming the package that adds one,
+// and keeps the zone local.
+func TestSetRedisUnregistered(t *testing.T) {
+	withRedis(t, nil)
+	z := mustZone(t, Config{Rate: 1, Burst: 1})
+	err := z.SetRedis(&RedisConfig{Addr: "127.0.0.1:1"}, nil)
+	if err == nil {
+		t.Fatal("SetRedis succeeded without a Redis client")
 	}
-	if st := z.Stats(); st.RedisFallbacks != 0 {
-		b.Fatalf("%d fallbacks", st.RedisFallbacks)
-	}
-}
-
-func BenchmarkRedisAllowParallel(b *testing.B) {
-	srv := redistest.New(b)
-	z := redisZone(b, "benchp", srv.Addr(), Config{Rate: 1e9, Burst: 1 << 30})
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		key := []byte("192.0.2.0/32")
-		for pb.Next() {
-			z.AllowBytes(key, time.Now())
+	for _, want := range []string{"no Redis client", ClusterPackage} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
 		}
-	})
+	}
+	if z.Stats().Redis {
+		t.Fatal("the zone is in Redis")
+	}
+	if err := z.SetRedis(nil, nil); err != nil {
+		t.Fatalf("SetRedis(nil): %v", err)
+	}
 }
 
-// BenchmarkRedisAllowFallback is the cost of a decision while Redis is
-// down: local, after one timed-out probe per Retry interval.
-func BenchmarkRedisAllowFallback(b *testing.B) {
-	srv := redistest.New(b)
-	z := redisZone(b, "benchf", srv.Addr(), Config{Rate: 1e9, Burst: 1 << 30})
-	srv.Stop(b)
-	key := []byte("192.0.2.0/32")
-	z.AllowBytes(key, t0)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		z.AllowBytes(key, t0.Add(time.Duration(i)))
+func TestRegisterRedisPanics(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		registered NewRedisClient
+		register   NewRedisClient
+	}{
+		{"nil", nil, nil},
+		{"twice", func(RedisConfig) (RedisClient, error) { return &fakeRedis{}, nil },
+			func(RedisConfig) (RedisClient, error) { return &fakeRedis{}, nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			withRedis(t, tc.registered)
+			defer func() {
+				if recover() == nil {
+					t.Fatal("RegisterRedis did not panic")
+				}
+			}()
+			RegisterRedis(tc.register)
+		})
+	}
+}
+
+// TestRedisDecisions checks what a zone makes of its client's answers:
+// the key it asks for, a refusal's wait rounded up to whole seconds (as a
+// local bucket's Retry-After), and a failure decided locally and counted,
+// with the backend unhealthy until a call succeeds.
+func TestRedisDecisions(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		answer    *fakeRedis
+		ok        bool
+		retry     time.Duration
+		fallbacks uint64
+	}{
+		{"admitted", &fakeRedis{}, true, 0, 0},
+		{"refused, 1 µs", &fakeRedis{wait: time.Microsecond}, false, time.Second, 0},
+		{"refused, 1 s", &fakeRedis{wait: time.Second}, false, time.Second, 0},
+		{"refused, 1 s and 1 µs", &fakeRedis{wait: time.Second + time.Microsecond}, false, 2 * time.Second, 0},
+		// The local bucket of burst 1 is full: admitted locally.
+		{"failed", &fakeRedis{err: errors.New("i/o timeout")}, true, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			made := fakeClients(t, tc.answer)
+			z, err := NewZone("zone", Config{Rate: 1, Burst: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = z.Destruct() })
+			if err := z.SetRedis(&RedisConfig{Addr: "127.0.0.1:1", Prefix: "p:"}, nil); err != nil {
+				t.Fatal(err)
+			}
+			f := <-made
+			ok, retry := z.Allow("k", t0)
+			if ok != tc.ok || retry != tc.retry {
+				t.Fatalf("Allow: %v, %v; want %v, %v", ok, retry, tc.ok, tc.retry)
+			}
+			if key, _ := f.key.Load().(string); key != "p:zone:k" {
+				t.Fatalf("asked Redis for %q, want p:zone:k", key)
+			}
+			st := z.Stats()
+			if st.RedisFallbacks != tc.fallbacks || st.RedisHealthy != (tc.fallbacks == 0) {
+				t.Fatalf("stats %+v: want %d fallbacks, healthy %v", st, tc.fallbacks, tc.fallbacks == 0)
+			}
+		})
 	}
 }

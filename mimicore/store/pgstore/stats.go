@@ -27,6 +27,10 @@ func (s *Store) Stats() Stats {
 	return Stats{RoundTrips: s.trips.n.Load()}
 }
 
+// RoundTrips is Stats().RoundTrips, for callers that match the store by
+// this method without importing the package (the gateway's metrics).
+func (s *Store) RoundTrips() uint64 { return s.trips.n.Load() }
+
 // roundTrips is the pool's pgx tracer: it counts the round trips of
 // Stats.RoundTrips, one at each start of a query, batch or copy and at
 // each end of a prepare that reached the server.

@@ -129,6 +129,9 @@ func pinRoundTrips(t *testing.T, s *Store, cases []roundTripCase) {
 			if got := s.Stats().RoundTrips - before; got != tc.want {
 				t.Errorf("second run: %d round trips, want %d (first run: %d)", got, tc.want, first)
 			}
+			if a, b := s.RoundTrips(), s.Stats().RoundTrips; a != b {
+				t.Errorf("RoundTrips() = %d, Stats().RoundTrips = %d", a, b)
+			}
 		})
 	}
 }

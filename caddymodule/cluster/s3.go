@@ -1,4 +1,4 @@
-package caddymodule
+package cluster
 
 import (
 	"fmt"
@@ -17,7 +17,8 @@ func init() {
 	caddy.RegisterModule(S3Storage{})
 }
 
-// S3Storage keeps attachment ciphertexts in an S3-compatible object store
+// S3Storage, the Caddy module http.mimi.attachments.s3 (attachments
+// storage s3), keeps attachment ciphertexts in an S3-compatible object store
 // (AWS S3, MinIO, Ceph, Garage, versitygw, R2, B2...). After Provision it
 // is a storage.Backend. An upload of up to 1 MiB is sent as one PUT on
 // commit; a larger one is a multipart upload whose parts of part_size are

@@ -1,0 +1,5 @@
+//go:build !race
+
+package redisrl
+
+const raceEnabled = false

@@ -1,0 +1,105 @@
+// Package redisrl is the Redis client of ratelimit's Redis zones, on
+// go-redis: New makes a ratelimit.RedisClient that runs the zone's GCRA
+// as a Lua script, loaded with EVALSHA and EVAL on NOSCRIPT. It is kept
+// out of package ratelimit so that a build without Redis zones does not
+// link go-redis: a build gets it by registering New with
+// ratelimit.RegisterRedis, as package caddymodule/cluster does.
+package redisrl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
+)
+
+// gcra is the generic cell rate algorithm over one key, atomic as a Lua
+// script. KEYS[1] holds the theoretical arrival time (TAT) in microseconds.
+// ARGV: now (µs, the caller's clock), the emission interval T = 1/rate
+// (µs) and the burst b. A key admits an event when, after it, TAT - now <=
+// b*T: the same decision as a token bucket of b tokens refilled at rate,
+// full when new, whose tokens at now are b - (TAT - now)/T. A refused event
+// changes nothing. The key expires when TAT passes, when its bucket is full
+// again and equivalent to an absent one, plus a second:
+// Redis counts the TTL on its own clock, so without the slack a process
+// whose clock is behind the writer's would find the key gone while its
+// bucket is not yet full. The reply is {1, 0} or {0, µs until one event
+// would be admitted}.
+var gcra = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local t = tonumber(ARGV[2])
+local tau = t * tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new = tat + t
+if new - now > tau then
+  return {0, math.ceil(new - now - tau)}
+end
+redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil((new - now) / 1000) + 1000)
+return {1, 0}
+`)
+
+// Client is a ratelimit.RedisClient on one go-redis connection pool.
+type Client struct {
+	client *redis.Client
+}
+
+// New makes the client of cfg, whose zero fields hold their defaults (the
+// zone fills them in before calling it). It connects lazily, on the first
+// call; it never fails. It is a ratelimit.NewRedisClient.
+func New(cfg ratelimit.RedisConfig) (ratelimit.RedisClient, error) {
+	return &Client{client: redis.NewClient(&redis.Options{
+		Addr:     cfg.Addr,
+		Password: cfg.Password,
+		DB:       cfg.DB,
+		// RESP2 without CLIENT SETINFO nor maintenance notifications:
+		// nothing but AUTH and SELECT on a new connection.
+		Protocol:                 2,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		DialTimeout:              cfg.Timeout,
+		ReadTimeout:              cfg.Timeout,
+		WriteTimeout:             cfg.Timeout,
+		ContextTimeoutEnabled:    true,
+		PoolTimeout:              cfg.Timeout,
+		// A failed call is decided locally at once, not retried.
+		MaxRetries:    -1,
+		DialerRetries: 1,
+	})}, nil
+}
+
+// Allow implements ratelimit.RedisClient with the gcra script.
+func (c *Client) Allow(ctx context.Context, key string, now time.Time, rate float64, burst int) (bool, time.Duration, error) {
+	interval := 1e6 / rate // µs
+	res, err := gcra.Run(ctx, c.client, []string{key},
+		now.UnixMicro(), strconv.FormatFloat(interval, 'g', -1, 64), burst).Int64Slice()
+	if err != nil {
+		if errors.Is(err, redis.ErrClosed) {
+			return false, 0, fmt.Errorf("%w: %w", ratelimit.ErrRedisClosed, err)
+		}
+		return false, 0, err
+	}
+	if len(res) != 2 {
+		return false, 0, fmt.Errorf("the rate limit script answered %d values", len(res))
+	}
+	if res[0] == 1 {
+		return true, 0, nil
+	}
+	return false, time.Duration(res[1]) * time.Microsecond, nil
+}
+
+// Close closes the connections; later calls fail with
+// ratelimit.ErrRedisClosed.
+func (c *Client) Close() error { return c.client.Close() }
+
+// Interface guards.
+var (
+	_ ratelimit.RedisClient    = (*Client)(nil)
+	_ ratelimit.NewRedisClient = New
+)
