@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
 	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
@@ -47,5 +48,14 @@ func TestRegistered(t *testing.T) {
 				t.Fatalf("not registered: %v", err)
 			}
 		})
+	}
+}
+
+// TestDefaultMaxConns checks that the pool size the service passes when
+// none is configured is pgstore's own default, which StoreOptions.String
+// names.
+func TestDefaultMaxConns(t *testing.T) {
+	if service.DefaultMaxConns != pgstore.DefaultMaxConns {
+		t.Errorf("service.DefaultMaxConns %d, pgstore.DefaultMaxConns %d: they must agree", service.DefaultMaxConns, pgstore.DefaultMaxConns)
 	}
 }
