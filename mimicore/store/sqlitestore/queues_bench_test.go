@@ -186,12 +186,27 @@ func BenchmarkDeliverParallel64(b *testing.B) {
 			if sync == "commit" {
 				opts = append(opts, WithSyncAtCommit())
 			}
-			b.Run(shape+"/sync="+sync, func(b *testing.B) { benchDeliver(b, shape == "shared-queues", opts...) })
+			b.Run(shape+"/sync="+sync, func(b *testing.B) { benchDeliver(b, shape == "shared-queues", true, opts...) })
 		}
 	}
 }
 
-func benchDeliver(b *testing.B, shared bool, opts ...Option) {
+// BenchmarkDeliverDedup measures what the duplicate record of each
+// delivered message (store.Delivery.Dedup, keyed by a digest: a random
+// place in its table's B-tree) costs: shared queues, the syncer, with the
+// record and without it. Without it is not a way the gateway runs, since
+// deliver_message's duplicate suppression needs the record
+// (docs/protocol.md §9).
+func BenchmarkDeliverDedup(b *testing.B) {
+	for _, dedup := range []bool{true, false} {
+		b.Run(fmt.Sprintf("dedup=%v", dedup), func(b *testing.B) { benchDeliver(b, true, dedup) })
+	}
+}
+
+// benchDeliver runs Appends of distinct 466-byte messages for 4 recipients
+// from benchWriters goroutines: the recipients the same for all (shared)
+// or per goroutine; with a duplicate record each (dedup) or without.
+func benchDeliver(b *testing.B, shared, dedup bool, opts ...Option) {
 	s := openTemp(b, opts...)
 	var worker, seq atomic.Uint64
 	st0 := s.Stats()
@@ -211,7 +226,9 @@ func benchDeliver(b *testing.B, shared bool, opts ...Option) {
 			n := seq.Add(1)
 			binary.BigEndian.PutUint64(d.Message, n)
 			key := digestOfUint(n * 0x9E3779B97F4A7C15) // a bijection: distinct, scattered
-			d.Dedup = key[:]
+			if dedup {
+				d.Dedup = key[:]
+			}
 			if _, err := s.Append(context.Background(), d); err != nil {
 				b.Error(err)
 				return
