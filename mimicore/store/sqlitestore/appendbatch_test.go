@@ -162,13 +162,7 @@ func TestCoalescedAppends(t *testing.T) {
 			for i, c := range cases {
 				calls[i] = c.call(s)
 			}
-			release := blockWriter(t, s)
-			before := s.Stats()
-			wait := queueCalls(t, s, ctx, calls)
-			if err := release(); err != nil {
-				t.Fatal(err)
-			}
-			wait()
+			before := runBatch(t, s, ctx, calls)
 			after := s.Stats()
 			if d := statsDelta(before, after); d.Retried != tt.wantRetried || d.Commits != 2 {
 				t.Errorf("stats %+v: want %d retried runs and the batch in one commit", d, tt.wantRetried)
@@ -296,13 +290,7 @@ func TestMultiStatementsOnDemand(t *testing.T) {
 		c := &appendCase{d: delivery(fmt.Sprint("m", i), roomy, client("shared1"), client(fmt.Sprint("own", i)), client("shared2"))}
 		calls = append(calls, c.call(s))
 	}
-	release := blockWriter(t, s)
-	before := s.Stats()
-	wait := queueCalls(t, s, ctx, calls)
-	if err := release(); err != nil {
-		t.Fatal(err)
-	}
-	wait()
+	before := runBatch(t, s, ctx, calls)
 	for _, c := range calls {
 		if c.err != nil {
 			t.Fatalf("%s: %v", c.name, c.err)

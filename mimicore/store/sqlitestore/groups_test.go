@@ -46,13 +46,7 @@ func TestGroupCommitsInOneBatch(t *testing.T) {
 				return s.CreateGroup(ctx, store.GroupCreation{Hub: "hub.example", State: o.State})
 			}})
 	}
-	release := blockWriter(t, s)
-	before := s.Stats()
-	wait := queueCalls(t, s, ctx, calls)
-	if err := release(); err != nil {
-		t.Fatal(err)
-	}
-	wait()
+	before := runBatch(t, s, ctx, calls)
 	if d := statsDelta(before, s.Stats()); d.Commits != 2 {
 		t.Fatalf("stats %+v: want the blocking op's commit and one commit of all %d calls", d, len(calls))
 	}

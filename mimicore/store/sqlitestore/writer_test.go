@@ -79,6 +79,21 @@ func queueCalls(t *testing.T, s *Store, ctx context.Context, calls []*call) (wai
 	return wg.Wait
 }
 
+// runBatch queues calls behind a blocked writer, so that they share one
+// batch, releases the writer and waits for all of them; it returns the
+// store's Stats from before the calls were queued.
+func runBatch(t *testing.T, s *Store, ctx context.Context, calls []*call) (before Stats) {
+	t.Helper()
+	release := blockWriter(t, s)
+	before = s.Stats()
+	wait := queueCalls(t, s, ctx, calls)
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	wait()
+	return before
+}
+
 func markSpentCall(s *Store, key string) *call {
 	return &call{name: "MarkSpent " + key, run: func(ctx context.Context) error {
 		first, err := s.MarkSpent(ctx, []byte(key), time.Now().Add(time.Hour))
@@ -471,12 +486,7 @@ func TestLingerEndsWhenEnoughQueue(t *testing.T) {
 	s := lingerStore(t, enough)
 	ctx := context.Background()
 	// A batch of two: the blocking op's, then two queued behind it.
-	release := blockWriter(t, s)
-	wait := queueCalls(t, s, ctx, []*call{markSpentCall(s, "pair/0"), markSpentCall(s, "pair/1")})
-	if err := release(); err != nil {
-		t.Fatal(err)
-	}
-	wait()
+	runBatch(t, s, ctx, []*call{markSpentCall(s, "pair/0"), markSpentCall(s, "pair/1")})
 	before := s.Stats()
 	// The writer now lingers over the next lone op until enough are
 	// queued: all four share one commit.
@@ -506,12 +516,7 @@ func TestCloseEndsLinger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	release := blockWriter(t, s)
-	wait := queueCalls(t, s, context.Background(), []*call{markSpentCall(s, "a"), markSpentCall(s, "b")})
-	if err := release(); err != nil {
-		t.Fatal(err)
-	}
-	wait()
+	runBatch(t, s, context.Background(), []*call{markSpentCall(s, "a"), markSpentCall(s, "b")})
 	done := make(chan error, 1)
 	go func() {
 		_, err := s.MarkSpent(context.Background(), []byte("lingered"), time.Now().Add(time.Hour))
