@@ -80,10 +80,16 @@ const (
 	evictionSample = 8
 )
 
+// MinRate is the least rate of a zone, in events per second: one event in
+// about 32 years. Below it a bucket's refill time no longer fits the
+// durations its arithmetic uses (time.Duration, about 292 years): a new
+// local bucket would not be full.
+const MinRate = 1e-9
+
 // Config configures a Zone.
 type Config struct {
-	// Rate is the sustained rate in events per second; must be > 0
-	// (math.Inf(1) means unlimited).
+	// Rate is the sustained rate in events per second; must be at least
+	// MinRate (math.Inf(1) means unlimited).
 	Rate float64
 	// Burst is the bucket size: how many events a key may spend at once.
 	// Must be at least 1.
@@ -165,6 +171,9 @@ func (b *bucket) touch(n int64) {
 func checkLimits(r float64, burst int) error {
 	if math.IsNaN(r) || r <= 0 {
 		return fmt.Errorf("rate %v must be positive", r)
+	}
+	if r < MinRate {
+		return fmt.Errorf("rate %v/s is below the least rate, %v/s (an event in about 32 years)", r, MinRate)
 	}
 	if burst < 1 {
 		return fmt.Errorf("burst %d must be at least 1", burst)

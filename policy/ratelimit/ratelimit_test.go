@@ -122,7 +122,7 @@ func TestUpdateLimits(t *testing.T) {
 	if n != 2 {
 		t.Fatalf("new bucket allowed %d, want burst 2", n)
 	}
-	for _, bad := range [][2]float64{{0, 1}, {-1, 1}, {math.NaN(), 1}, {1, 0}} {
+	for _, bad := range [][2]float64{{0, 1}, {-1, 1}, {math.NaN(), 1}, {1, 0}, {MinRate / 2, 1}} {
 		if err := z.UpdateLimits(bad[0], int(bad[1])); err == nil {
 			t.Errorf("UpdateLimits(%v, %v) accepted", bad[0], bad[1])
 		}
@@ -306,6 +306,7 @@ func TestNewZoneValidation(t *testing.T) {
 		{Rate: 0, Burst: 1},
 		{Rate: -1, Burst: 1},
 		{Rate: math.NaN(), Burst: 1},
+		{Rate: 1e-12, Burst: 1},
 		{Rate: 1, Burst: 0},
 		{Rate: 1, Burst: 1, Shards: -1},
 		{Rate: 1, Burst: 1, Shards: 1 << 17},

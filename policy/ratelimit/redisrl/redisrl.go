@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -91,7 +92,18 @@ func (c *Client) Allow(ctx context.Context, key string, now time.Time, rate floa
 	if res[0] == 1 {
 		return true, 0, nil
 	}
-	return false, time.Duration(res[1]) * time.Microsecond, nil
+	return false, micros(res[1]), nil
+}
+
+// micros is n microseconds, saturated at the longest Duration rather than
+// wrapped: the script's answer comes from another process, and the zone
+// caps the retry it gives in any case. (ratelimit.MinRate keeps a zone's
+// waits within a Duration.)
+func micros(n int64) time.Duration {
+	if n > math.MaxInt64/int64(time.Microsecond) {
+		return math.MaxInt64
+	}
+	return time.Duration(n) * time.Microsecond
 }
 
 // Close closes the connections; later calls fail with

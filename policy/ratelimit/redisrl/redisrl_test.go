@@ -3,6 +3,7 @@ package redisrl
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -88,6 +89,33 @@ func TestRedisBurstThenRate(t *testing.T) {
 	}
 	if st := z.Stats(); !st.Redis || !st.RedisHealthy || st.RedisFallbacks != 0 || st.Keys != 0 {
 		t.Fatalf("stats %+v: want healthy Redis, no fallback, no local bucket", st)
+	}
+}
+
+// TestRedisLowRates checks that a zone of a low rate, down to the least
+// (ratelimit.MinRate: 10^15 µs between events), gives each event the same
+// answer and Retry-After in Redis as locally.
+func TestRedisLowRates(t *testing.T) {
+	srv := redistest.New(t)
+	for i, rate := range []float64{1e-3, 1e-6, ratelimit.MinRate} {
+		t.Run(fmt.Sprint(rate), func(t *testing.T) {
+			cfg := ratelimit.Config{Rate: rate, Burst: 1}
+			local := mustZone(t, cfg)
+			remote := redisZone(t, fmt.Sprint("low", i), srv.Addr(), cfg)
+			for n := range 2 {
+				okL, raL := local.Allow("a", t0)
+				okR, raR := remote.Allow("a", t0)
+				if okL != okR || raL != raR {
+					t.Fatalf("event %d: local ok=%v retry=%v, Redis ok=%v retry=%v", n, okL, raL, okR, raR)
+				}
+				if n == 1 && (okR || raR < time.Second) {
+					t.Fatalf("second event: ok=%v retry=%v, want refused", okR, raR)
+				}
+			}
+			if st := remote.Stats(); !st.RedisHealthy || st.RedisFallbacks != 0 {
+				t.Fatalf("stats %+v: want every decision made in Redis", st)
+			}
+		})
 	}
 }
 
