@@ -5,19 +5,16 @@ import (
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 )
 
-// clusterPackage is the package whose import adds the cluster backends
-// (store postgres, redis zones, attachments storage s3) to a build: the
-// default build, this package with Caddy's standard modules, does not
-// link their clients.
-const clusterPackage = "github.com/caddy-mimi/caddy-mimi/caddymodule/cluster"
-
-// clusterStorages are the attachment storages that clusterPackage
-// registers, by module name under http.mimi.attachments.
+// clusterStorages are the attachment storages that service.ClusterPackage
+// registers, by module name under http.mimi.attachments: the default
+// build, this package with Caddy's standard modules, does not link them.
 var clusterStorages = map[string]bool{"s3": true}
 
-// missingClusterStorage returns an error naming clusterPackage when name
+// missingClusterStorage returns an error naming service.ClusterPackage when name
 // is one of clusterStorages and this build lacks its module, else nil:
 // Caddy's own error would only say that the module is not registered.
 func missingClusterStorage(name string) error {
@@ -27,8 +24,7 @@ func missingClusterStorage(name string) error {
 	if _, err := caddy.GetModule("http.mimi.attachments." + name); err == nil {
 		return nil
 	}
-	return fmt.Errorf("attachments storage %s needs the cluster build: build with %s (xcaddy build --with %[2]s, or CLUSTER=1 ./xcaddy.sh)",
-		name, clusterPackage)
+	return fmt.Errorf("attachments storage %s needs the cluster build: %s", name, service.ClusterHint)
 }
 
 // missingClusterStorageRaw is missingClusterStorage for the JSON of a

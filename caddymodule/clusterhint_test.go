@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 )
 
 // TestMissingClusterStorage checks the hint for a cluster storage whose
@@ -28,8 +30,8 @@ func TestMissingClusterStorage(t *testing.T) {
 			if (err != nil) != tc.missing {
 				t.Fatalf("error %v, want one: %v", err, tc.missing)
 			}
-			if err != nil && !strings.Contains(err.Error(), clusterPackage) {
-				t.Fatalf("error %q does not name %s", err, clusterPackage)
+			if err != nil && !strings.Contains(err.Error(), service.ClusterPackage) {
+				t.Fatalf("error %q does not name %s", err, service.ClusterPackage)
 			}
 		})
 	}

@@ -19,7 +19,7 @@ import (
 func TestRegistered(t *testing.T) {
 	for _, a := range clustercheck.Attempts {
 		t.Run(a.Name, func(t *testing.T) {
-			if err := a.Try(t); err != nil && strings.Contains(err.Error(), clustercheck.Package) {
+			if err := a.Try(t); err != nil && strings.Contains(err.Error(), service.ClusterPackage) {
 				t.Fatalf("not registered: %v", err)
 			}
 		})

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/clustercheck"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 )
 
 // buildTags are the tags xcaddy.sh builds with.
@@ -70,8 +71,8 @@ func TestClusterBackendsMissing(t *testing.T) {
 				t.Fatal("the default build accepted it")
 			}
 			t.Log(err)
-			if !strings.Contains(err.Error(), clustercheck.Package) {
-				t.Fatalf("error %q does not name %s", err, clustercheck.Package)
+			if !strings.Contains(err.Error(), service.ClusterPackage) {
+				t.Fatalf("error %q does not name %s", err, service.ClusterPackage)
 			}
 		})
 	}

@@ -1,8 +1,8 @@
 // Package clustercheck holds, for the tests of both builds, one attempt to
 // use each cluster backend (store postgres, a rate-limit zone in redis,
 // attachments storage s3): the default build must refuse each one naming
-// the package that adds them, and the cluster build must get past that
-// refusal.
+// the package that adds them (service.ClusterPackage), and the cluster
+// build must get past that refusal.
 package clustercheck
 
 import (
@@ -15,10 +15,6 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
-
-// Package is the package whose import adds the cluster backends; the
-// default build's refusals name it.
-const Package = "github.com/caddy-mimi/caddy-mimi/caddymodule/cluster"
 
 // Attempt uses one cluster backend and returns its error. No server is
 // there: a build that has the backend fails later, on the connection, or

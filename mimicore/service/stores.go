@@ -21,6 +21,10 @@ const PostgresStore = "postgres"
 // (the PostgreSQL store among them) to a build; errors name it.
 const ClusterPackage = "github.com/caddy-mimi/caddy-mimi/caddymodule/cluster"
 
+// ClusterHint says how to get a build with the cluster backends, for the
+// errors of a build without them.
+const ClusterHint = "build with " + ClusterPackage + " (xcaddy build --with " + ClusterPackage + ", or CLUSTER=1 ./xcaddy.sh)"
+
 // StoreOpener opens a store of the kind it was registered for. opts has
 // MaxConns filled in (DefaultMaxConns when zero).
 type StoreOpener func(ctx context.Context, opts StoreOptions) (store.Store, error)
@@ -56,7 +60,7 @@ func storeOpener(name, kind string) (StoreOpener, error) {
 	open := stores[name]
 	storesMu.RUnlock()
 	if open == nil {
-		return nil, fmt.Errorf("this build has no %s store: build with %s (xcaddy build --with %[2]s, or CLUSTER=1 ./xcaddy.sh)", kind, ClusterPackage)
+		return nil, fmt.Errorf("this build has no %s store: %s", kind, ClusterHint)
 	}
 	return open, nil
 }

@@ -24,7 +24,7 @@ type Stats struct {
 // Stats reports the counters. It is cheap and safe to call concurrently,
 // also after Close.
 func (s *Store) Stats() Stats {
-	return Stats{RoundTrips: s.trips.n.Load()}
+	return Stats{RoundTrips: s.RoundTrips()}
 }
 
 // RoundTrips is Stats().RoundTrips, for callers that match the store by
