@@ -48,15 +48,7 @@ func newMTLSPeers(t *testing.T) *mtlsPeers {
 	if m.caB, err = testca.NewCA("CA of b.localhost"); err != nil {
 		t.Fatal(err)
 	}
-	ports := make([]string, 2)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-		ln.Close()
-	}
+	ports := freePorts(t, 2)
 	site := func(name, port string, ca *testca.CA, peer, peerPort string, peerCA *testca.CA) *peerSite {
 		cert, err := ca.Issue(testca.Leaf{DNSNames: []string{name}}) // serverAuth only, as WebPKI issues them
 		if err != nil {

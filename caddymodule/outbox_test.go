@@ -88,13 +88,15 @@ func (s *peerSite) start(t testing.TB) {
 	t.Helper()
 	var ln net.Listener
 	var err error
-	for range 50 { // the port of a server just closed may take a moment
-		if ln, err = net.Listen("tcp", s.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	if v, ok := heldListeners.LoadAndDelete(s.addr); ok {
+		ln = v.(net.Listener) // the first start on a port of freePorts
 	}
-	if err != nil {
+	for i := 0; ln == nil && i < 50; i++ { // the port of a server just closed may take a moment
+		if ln, err = net.Listen("tcp", s.addr); err != nil {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if ln == nil {
 		t.Fatal(err)
 	}
 	notMIMI := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
@@ -149,7 +151,14 @@ func peerCert(t testing.TB, commonName string) (tls.Certificate, string) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, rootFile
 }
 
-// freePorts returns n loopback ports that were free a moment ago.
+// heldListeners holds, by address, the listeners that freePorts opened
+// and no peerSite has started on yet.
+var heldListeners sync.Map // "127.0.0.1:port" -> net.Listener
+
+// freePorts returns n free loopback ports, each held by an open listener
+// until a peerSite first starts on it (or the test ends), so that another
+// process cannot take it in between: the sites of a test need each
+// other's ports before either serves.
 func freePorts(t testing.TB, n int) []string {
 	t.Helper()
 	ports := make([]string, n)
@@ -159,7 +168,13 @@ func freePorts(t testing.TB, n int) []string {
 			t.Fatal(err)
 		}
 		ports[i] = strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-		ln.Close()
+		addr := "127.0.0.1:" + ports[i]
+		heldListeners.Store(addr, ln)
+		t.Cleanup(func() {
+			if v, ok := heldListeners.LoadAndDelete(addr); ok {
+				v.(net.Listener).Close()
+			}
+		})
 	}
 	return ports
 }
