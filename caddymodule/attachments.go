@@ -395,11 +395,11 @@ func (u *uploadBody) stop() {
 	}
 }
 
-// serveDownload answers an attachment download (docs/protocol.md §6).
-// Without a Range header the answer is 200 with the DSResponse
-// attachment_content(8), its content streamed from the backend; with one,
-// it is 206 with the raw ciphertext bytes of the range, as
-// http.ServeContent serves ranges (416 when unsatisfiable).
+// serveDownload answers an attachment download (docs/protocol.md §6):
+// 200 with the DSResponse attachment_content(8), its content streamed
+// from the backend; with a Range header (classifyRange), 206 with the raw
+// ciphertext bytes of the range as http.ServeContent serves ranges, 416
+// when it is not satisfiable, or the 200 when it is ignored.
 func (g *Gateway) serveDownload(x *exchange) {
 	body, err := g.readBody(x, g.MaxBody, false)
 	if err != nil {
@@ -436,9 +436,15 @@ func (g *Gateway) serveDownload(x *exchange) {
 	h["Cache-Control"] = cacheControlValue
 	h.Set("ETag", `"`+hex.EncodeToString(d.ContentHash)+`"`)
 	h.Set("Accept-Ranges", "bytes")
-	if x.r.Header.Get("Range") != "" {
-		http.ServeContent(responseWriteOnly{x.w}, x.r, "", time.Time{}, d.Object)
-		return
+	if rh := x.r.Header.Get("Range"); rh != "" {
+		switch classifyRange(rh, d.Size) {
+		case rangePartial:
+			servePartial(x.w, x.r, rh, d.Object)
+			return
+		case rangeUnsatisfiable:
+			refuseRange(x.w, d.Size)
+			return
+		}
 	}
 	prefix := contentPrefix(d.Size)
 	h.Set("Content-Length", strconv.FormatInt(int64(len(prefix))+d.Size, 10))

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -282,11 +284,60 @@ func testAttachmentsOverTLS(t *testing.T, a *Attachments) {
 				}
 			})
 		}
-		resp, _ := e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))),
-			http.Header{"Range": {"bytes=999999999-"}})
-		if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
-			t.Fatalf("unsatisfiable range: %d", resp.StatusCode)
+		size := len(sealed.Ciphertext)
+		for _, rng := range []string{"bytes=999999999-", "bytes=abc", "items=0-1", "bytes=-0"} {
+			t.Run("unsatisfiable "+rng, func(t *testing.T) {
+				resp, body := e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))),
+					http.Header{"Range": {rng}})
+				if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+					t.Fatalf("status %d, want 416", resp.StatusCode)
+				}
+				if got, want := resp.Header.Get("Content-Range"), fmt.Sprintf("bytes */%d", size); got != want {
+					t.Fatalf("Content-Range %q, want %q", got, want)
+				}
+				if resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("ETag") == "" || len(body) == 0 {
+					t.Fatalf("416 without the download's headers or a text body: %v %q", resp.Header, body)
+				}
+			})
 		}
+		// Ranges that add up to more than the content, or none at all,
+		// are ignored: the answer is the whole DSResponse, never the raw
+		// ciphertext with a 200.
+		for _, rng := range []string{"bytes=0-,0-", fmt.Sprintf("bytes=0-%d,-%d", size-1, size/2), "bytes= , "} {
+			t.Run("ignored "+rng, func(t *testing.T) {
+				resp, body := e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))),
+					http.Header{"Range": {rng}})
+				if r := answer(t, "download", resp, body, http.StatusOK); !bytes.Equal(r.Content, sealed.Ciphertext) {
+					t.Fatalf("the ignored range's answer holds %d bytes, not the %d of the attachment", len(r.Content), size)
+				}
+			})
+		}
+		t.Run("several ranges", func(t *testing.T) {
+			resp, body := e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))),
+				http.Header{"Range": {"bytes=0-9,20-29"}})
+			mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+			if resp.StatusCode != http.StatusPartialContent || err != nil || mt != "multipart/byteranges" {
+				t.Fatalf("status %d, Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+			}
+			mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
+			for _, want := range [][2]int{{0, 10}, {20, 30}} {
+				part, err := mr.NextPart()
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := io.ReadAll(part)
+				if err != nil || !bytes.Equal(got, sealed.Ciphertext[want[0]:want[1]]) {
+					t.Fatalf("part %v: %v", want, err)
+				}
+			}
+		})
+		t.Run("conditions not evaluated", func(t *testing.T) {
+			resp, body := e.post(t, "/attachment_download", bytes.NewReader(e.sign(t, e.bob, 1, download(e.bob, 1, e.group, token))),
+				http.Header{"Range": {"bytes=0-9"}, "If-Match": {`"elsewhere"`}, "If-None-Match": {"*"}})
+			if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, sealed.Ciphertext[:10]) {
+				t.Fatalf("status %d, %d bytes; want 206 with the first 10 bytes", resp.StatusCode, len(body))
+			}
+		})
 	})
 
 	t.Run("refusals", func(t *testing.T) {

@@ -1,0 +1,129 @@
+package caddymodule
+
+import (
+	"io"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// rangeAnswer is how a download with a Range header is answered
+// (docs/protocol.md §6).
+type rangeAnswer int
+
+const (
+	// rangeWhole: the Range header is ignored and the answer is the
+	// whole DSResponse attachment_content(8), 200. RFC 9110 §14.2 lets a
+	// server ignore a Range; this one does when the ranges add up to more
+	// than the content (as net/http does) or list no range at all.
+	rangeWhole rangeAnswer = iota
+	// rangePartial: 206 with the ciphertext bytes of the range, or
+	// multipart/byteranges for several, served by http.ServeContent.
+	rangePartial
+	// rangeUnsatisfiable: 416. The header is not a byte-ranges-specifier,
+	// or no range of it overlaps the content.
+	rangeUnsatisfiable
+)
+
+// classifyRange decides the answer to the Range header value h for
+// content of size bytes. It parses h as net/http's ServeContent does, so
+// that every range it passes to ServeContent is one ServeContent answers
+// 206: ServeContent's own answers to the other cases would be a 200 with
+// the raw ciphertext rather than the DSResponse, and a 416 without this
+// gateway's headers. Content of no bytes has no satisfiable range.
+func classifyRange(h string, size int64) rangeAnswer {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || size <= 0 {
+		return rangeUnsatisfiable
+	}
+	var sum int64
+	ranges, noOverlap := 0, false
+	for ra := range strings.SplitSeq(spec, ",") {
+		ra = textproto.TrimString(ra)
+		if ra == "" {
+			continue
+		}
+		first, last, ok := strings.Cut(ra, "-")
+		if !ok {
+			return rangeUnsatisfiable
+		}
+		first, last = textproto.TrimString(first), textproto.TrimString(last)
+		var length int64
+		if first == "" {
+			// A suffix: the last n bytes, all of them when n > size;
+			// the last 0 bytes overlap nothing.
+			n, ok := rangeNumber(last)
+			if !ok {
+				return rangeUnsatisfiable
+			}
+			if n == 0 {
+				noOverlap = true
+				continue
+			}
+			length = min(n, size)
+		} else {
+			start, ok := rangeNumber(first)
+			if !ok {
+				return rangeUnsatisfiable
+			}
+			if start >= size {
+				noOverlap = true
+				continue
+			}
+			length = size - start
+			if last != "" {
+				end, ok := rangeNumber(last)
+				if !ok || end < start {
+					return rangeUnsatisfiable
+				}
+				length = min(end, size-1) - start + 1
+			}
+		}
+		ranges++
+		sum += length
+	}
+	switch {
+	case ranges == 0 && noOverlap:
+		return rangeUnsatisfiable
+	case ranges == 0, sum > size:
+		return rangeWhole
+	}
+	return rangePartial
+}
+
+// rangeNumber parses a non-negative decimal position of a byte range.
+func rangeNumber(s string) (int64, bool) {
+	if s == "" || s[0] == '-' || s[0] == '+' {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil && n >= 0
+}
+
+// servePartial answers a download whose Range classifyRange found
+// satisfiable: http.ServeContent writes the 206 (or the multipart answer)
+// from content. It is shown a request with the Range header alone, so the
+// conditional headers of RFC 9110 §13 are not evaluated: a ranged answer
+// and a whole one depend on the same things.
+func servePartial(w http.ResponseWriter, r *http.Request, rangeHeader string, content io.ReadSeeker) {
+	rr := new(http.Request)
+	*rr = *r
+	rr.Header = http.Header{"Range": {rangeHeader}}
+	http.ServeContent(responseWriteOnly{w}, rr, "", time.Time{}, content)
+}
+
+// refuseRange answers 416 for content of size bytes, keeping the headers
+// the answer already has (Cache-Control, ETag), with the Content-Range
+// RFC 9110 §15.5.17 asks for and a text body.
+func refuseRange(w http.ResponseWriter, size int64) {
+	msg := "the range is not satisfiable: the attachment has " + strconv.FormatInt(size, 10) + " bytes\n"
+	h := w.Header()
+	h.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(msg)))
+	w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+	w.Write([]byte(msg)) //nolint:errcheck // the client went away
+}
