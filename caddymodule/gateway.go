@@ -4,9 +4,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -176,6 +178,9 @@ type Gateway struct {
 	// processProvider is ds.ProcessProvider, kept once: a method value
 	// made per request would allocate on the provider hot path.
 	processProvider provider.Processor
+	// claimRetryAfter is the Retry-After value, in whole seconds, of a
+	// 429 of the KeyPackage claim limit (claimRetryAfterSeconds).
+	claimRetryAfter string
 	proxies         []netip.Prefix
 	logger          *zap.Logger
 	// sampled logs failures that a flood of requests could repeat.
@@ -358,6 +363,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: KeyPackage claim limits: %w", err)
 	}
 	g.ds.KeyPackageLimits = zone
+	g.claimRetryAfter = strconv.Itoa(claimRetryAfterSeconds(zone))
 	// Last, so that a failed provision leaves no sender running.
 	sender, err := g.startSender(g.svc)
 	if err != nil {
@@ -375,6 +381,20 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	sender.SetBackend(backend)
 	g.ds.Outbound, g.ds.PeerUp = sender.Wake, sender.PeerUp
 	return nil
+}
+
+// claimRetryAfterSeconds is the Retry-After, in whole seconds and at
+// least 1, of a claim that zone, the KeyPackage claim limit, refused: its
+// refill interval (1/rate), the longest wait for the token the refused
+// claim lacked. It is one value for the limit, not the wait of the
+// refused bucket, because a byte-identical retry is answered from the
+// replay record, which keeps the answer but not the time.
+func claimRetryAfterSeconds(zone *ratelimit.Zone) int {
+	rate, _ := zone.Limits()
+	if rate <= 0 || math.IsInf(rate, 1) {
+		return 1
+	}
+	return max(1, int(math.Ceil(1/rate)))
 }
 
 // sampled returns logger with a sampler: of each message, the first 10

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -18,7 +19,17 @@ import (
 // the service's key ring and current key fetcher.
 type peerKeyPackages struct {
 	svc *service.Service
+	// unknownKeyWait is how long send waits before its one retry of a
+	// claim refused with 401 unknown_key; 0 means unknownKeyRetryWait.
+	unknownKeyWait time.Duration
 }
+
+// unknownKeyRetryWait is how long send waits before retrying a claim a
+// peer refused with 401 unknown_key (docs/protocol.md §4.1): a receiver
+// refetches an unknown key_id of a known sender once 5 s have passed
+// since its last fetch, so a key this gateway has just begun signing with
+// is known there by then.
+const unknownKeyRetryWait = 5 * time.Second
 
 var _ localapi.PeerKeyPackages = peerKeyPackages{} // interface guard
 
@@ -41,16 +52,26 @@ func (p peerKeyPackages) ClaimClient(ctx context.Context, requester, peer string
 }
 
 // send signs the request as the requester's provider and answers the
-// peer's KeyPackages. A refusal by the peer keeps its code (its message is
-// the peer's, not ours); a peer that cannot be reached or answers nonsense
-// is backend_unavailable.
+// peer's KeyPackages. A 401 unknown_key (the peer has not fetched the key
+// this gateway has just begun signing with) is retried once after
+// unknownKeyRetryWait, signed afresh. A refusal by the peer keeps its code
+// (its message is the peer's, not ours); a peer that cannot be reached or
+// answers nonsense is backend_unavailable.
 func (p peerKeyPackages) send(ctx context.Context, requester, peer string, typ moh.ProviderRequestType, payload []byte) ([][]byte, error) {
 	prov, _, err := moh.ParseUserURI([]byte(requester))
 	if err != nil {
 		return nil, moh.Errorf(moh.CodeMalformed, "claiming KeyPackages: requester: %v", err)
 	}
 	c := &provider.Client{Sender: string(prov), Keys: p.svc.Keys(), Fetcher: p.svc.Fetcher()}
+	// Send signs each request afresh: the current key, a new request_id
+	// and timestamp.
 	ans, err := c.Send(ctx, peer, typ, payload)
+	if err == nil && unknownKey(ans) {
+		if err := p.waitRetry(ctx); err != nil {
+			return nil, moh.Errorf(moh.CodeBackendUnavailable, "claiming KeyPackages from %s: waiting to retry after unknown_key: %w", peer, err)
+		}
+		ans, err = c.Send(ctx, peer, typ, payload)
+	}
 	switch {
 	case err != nil:
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "claiming KeyPackages from %s: %w", peer, err)
@@ -69,4 +90,27 @@ func (p peerKeyPackages) send(ctx context.Context, requester, peer string, typ m
 		}
 	}
 	return nil, moh.Errorf(moh.CodeBackendUnavailable, "claiming KeyPackages from %s: %s", peer, fmt.Sprintf("status %d without KeyPackages", ans.Status))
+}
+
+// unknownKey reports a 401 unknown_key answer.
+func unknownKey(a *provider.Answer) bool {
+	return a.Status == http.StatusUnauthorized && a.Response.Type == moh.ResponseError &&
+		a.Response.Error.Code == moh.CodeUnknownKey
+}
+
+// waitRetry waits p.unknownKeyWait (unknownKeyRetryWait when 0), or until
+// ctx ends, and then returns ctx's error.
+func (p peerKeyPackages) waitRetry(ctx context.Context) error {
+	d := p.unknownKeyWait
+	if d == 0 {
+		d = unknownKeyRetryWait
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -60,6 +60,9 @@ type peerSite struct {
 	delay atomic.Int64
 	// deliveries counts the deliver_message requests it received.
 	deliveries atomic.Int64
+	// intercept, when set, sees every request first and answers it
+	// itself when it returns true: a peer that refuses some requests.
+	intercept atomic.Pointer[func(w http.ResponseWriter, r *http.Request) bool]
 
 	clientOnce sync.Once
 	cl         *http.Client
@@ -107,6 +110,9 @@ func (s *peerSite) start(t testing.TB) {
 		time.Sleep(time.Duration(s.delay.Load()))
 		if strings.HasSuffix(r.URL.Path, "/deliver_message") {
 			s.deliveries.Add(1)
+		}
+		if f := s.intercept.Load(); f != nil && (*f)(w, r) {
+			return
 		}
 		caddyhttp.NewTestReplacer(r)
 		if err := s.g.ServeHTTP(w, r, notMIMI); err != nil {

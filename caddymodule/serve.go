@@ -250,6 +250,11 @@ func (g *Gateway) serveProvider(x *exchange) {
 	if err != nil {
 		g.logRefusal(x, code, err) // a recorded refusal of the request
 	}
+	if code == moh.CodeRateLimited {
+		// The KeyPackage claim limit, the only limit applied in
+		// processing; set for a replayed answer too.
+		x.w.Header().Set("Retry-After", g.claimRetryAfter)
+	}
 	writeAnswer(x.w, statusOf(code), answer)
 }
 

@@ -33,8 +33,9 @@ func (h *harness) publish(t *testing.T, c *tclient, lastResort bool) []byte {
 // TestKeyPackagesForPeers claims local clients' KeyPackages for a peer:
 // by client (group_key_packages) and by user (connection_key_packages),
 // each single-use package once, the last-resort one again and again,
-// other providers' clients and clients without packages missing, and an
-// unknown user answered like one without packages.
+// other providers' clients and clients without packages missing, an
+// unknown user answered like one without packages, and a request naming a
+// client twice refused malformed before anything is claimed.
 func TestKeyPackagesForPeers(t *testing.T) {
 	h := newHarness(t)
 	phone := h.newTClient(t, "bob", "phone", false)
@@ -68,6 +69,23 @@ func TestKeyPackagesForPeers(t *testing.T) {
 				t.Fatalf("%s: missing %d is %s, want %s", what, i, resp.Missing[i], missing[i])
 			}
 		}
+	}
+	// A client id named twice is malformed and claims nothing: the
+	// phone's single-use package is still there for the next request.
+	for _, tc := range []struct {
+		name string
+		ids  [][]byte
+	}{
+		{"the phone twice", [][]byte{[]byte(phone.uri), []byte(phone.uri)}},
+		{"the phone twice, apart", [][]byte{[]byte(phone.uri), []byte(laptop.uri), foreign, []byte(phone.uri)}},
+		{"a client without packages twice", [][]byte{[]byte(phone.uri), []byte(tablet.uri), []byte(tablet.uri)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			payload := mustMarshal(t, &moh.GroupKeyPackagesRequest{Requester: requester, ClientIDs: tc.ids})
+			if _, err := h.peerAsk(t, moh.GroupKeyPackages, "c.example", payload); codeOf(err) != moh.CodeMalformed {
+				t.Fatalf("answer %v, want malformed", err)
+			}
+		})
 	}
 	want("first", groupAsk([]byte(phone.uri), foreign, []byte(laptop.uri), []byte(tablet.uri)),
 		[][]byte{phoneKP, laptopKP}, foreign, []byte(tablet.uri))

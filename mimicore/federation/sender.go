@@ -657,7 +657,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 			log.Warn("the destination does not know some recipients", zap.Int("unknown", n))
 		}
 		return true
-	case retryable(a.Status):
+	case retryable(a.Status, a.Response.Error.Code):
 		s.stats.retried.Add(1)
 		failed(fmt.Sprintf("status %d %s", a.Status, a.Response.Error.Code))
 		log.Warn("the destination refused a message for now; will retry", zap.Int("status", a.Status),
@@ -718,17 +718,23 @@ func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *z
 	}
 }
 
-// retryable tells the statuses worth another attempt: the peer's own
-// trouble (5xx), its rate limits (429), time (408, 425), and
-// authentication it may pass later (401: it could not fetch our key yet),
-// and a 200 that is not a queueing answer (treated as the peer's fault).
-func retryable(status int) bool {
+// retryable tells the answers worth another attempt, from their status
+// and, for an error answer, its DSError code (zero otherwise): the peer's
+// own trouble (5xx but 501), its rate limits (429), time (408, 425; and a
+// 409 in_progress, the same request_id still being processed there,
+// docs/protocol.md §3), authentication it may pass later (401: it could
+// not fetch our key yet), and a 200 that is not a queueing answer
+// (treated as the peer's fault). Any other 409, such as replay, is a
+// refusal for good.
+func retryable(status int, code moh.Code) bool {
 	switch {
 	case status >= 500 && status != http.StatusNotImplemented:
 		return true
 	case status == http.StatusTooManyRequests, status == http.StatusRequestTimeout, status == http.StatusTooEarly,
 		status == http.StatusUnauthorized, status == http.StatusOK:
 		return true
+	case status == http.StatusConflict:
+		return code == moh.CodeInProgress
 	}
 	return false
 }

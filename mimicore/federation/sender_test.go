@@ -1,13 +1,19 @@
 package federation
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zaptest"
+
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -46,29 +52,77 @@ func TestQueueingPayload(t *testing.T) {
 	}
 }
 
-// TestRetryable checks which answers keep a message for another attempt.
+// TestRetryable checks which answers keep a message for another attempt:
+// by status, and for a 409 by its DSError code.
 func TestRetryable(t *testing.T) {
-	for status, want := range map[int]bool{
-		http.StatusOK:                    true, // but not a queueing answer
-		http.StatusBadRequest:            false,
-		http.StatusUnauthorized:          true,
-		http.StatusForbidden:             false,
-		http.StatusNotFound:              false,
-		http.StatusRequestTimeout:        true,
-		http.StatusConflict:              false,
-		http.StatusRequestEntityTooLarge: false,
-		http.StatusMisdirectedRequest:    false,
-		http.StatusTooEarly:              true,
-		http.StatusTooManyRequests:       true,
-		http.StatusInternalServerError:   true,
-		http.StatusNotImplemented:        false,
-		http.StatusBadGateway:            true,
-		http.StatusServiceUnavailable:    true,
-		http.StatusGatewayTimeout:        true,
+	for _, tc := range []struct {
+		status int
+		code   moh.Code
+		want   bool
+	}{
+		{http.StatusOK, 0, true}, // but not a queueing answer
+		{http.StatusBadRequest, moh.CodeMalformed, false},
+		{http.StatusUnauthorized, moh.CodeUnknownKey, true},
+		{http.StatusForbidden, moh.CodeForbidden, false},
+		{http.StatusNotFound, moh.CodeNotFound, false},
+		{http.StatusRequestTimeout, moh.CodeBodyTimeout, true},
+		{http.StatusConflict, moh.CodeInProgress, true},
+		{http.StatusConflict, moh.CodeReplay, false},
+		{http.StatusConflict, moh.CodeStaleEpoch, false},
+		{http.StatusConflict, 0, false},
+		{http.StatusRequestEntityTooLarge, moh.CodeTooLarge, false},
+		{http.StatusMisdirectedRequest, moh.CodeRecipientMismatch, false},
+		{http.StatusTooEarly, moh.CodeTooEarly, true},
+		{http.StatusTooManyRequests, moh.CodeRateLimited, true},
+		{http.StatusInternalServerError, moh.CodeBackendUnavailable, true},
+		{http.StatusNotImplemented, moh.CodeNotImplemented, false},
+		{http.StatusBadGateway, 0, true},
+		{http.StatusServiceUnavailable, moh.CodeBackendUnavailable, true},
+		{http.StatusGatewayTimeout, 0, true},
 	} {
-		if got := retryable(status); got != want {
-			t.Errorf("retryable(%d) = %t, want %t", status, got, want)
-		}
+		t.Run(fmt.Sprintf("%d %s", tc.status, tc.code), func(t *testing.T) {
+			if got := retryable(tc.status, tc.code); got != tc.want {
+				t.Errorf("retryable(%d, %s) = %t, want %t", tc.status, tc.code, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestConflictAnswers has the peer answer a message's first attempt with
+// a 409: in_progress (the same request_id still being processed there)
+// keeps the message, so the next attempt, which the peer accepts,
+// delivers it; replay drops it for good.
+func TestConflictAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		code                moh.Code
+		delivered, rejected uint64
+		attempts, retried   uint64
+	}{
+		{moh.CodeInProgress, 1, 0, 2, 1},
+		{moh.CodeReplay, 0, 1, 1, 0},
+	} {
+		t.Run(tc.code.String(), func(t *testing.T) {
+			st := leaseStore(t, 1)
+			var calls atomic.Int32
+			s := &Sender{Outbox: st, Logger: zaptest.NewLogger(t), MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+				Transport: transportFunc(func(ctx context.Context, _, _ string, _ moh.ProviderRequestType, _ []byte) (*provider.Answer, error) {
+					if calls.Add(1) == 1 {
+						return &provider.Answer{Status: http.StatusConflict, Response: moh.DSResponse{Type: moh.ResponseError,
+							Error: moh.DSError{Code: tc.code, Message: []byte("first attempt")}}}, nil
+					}
+					return accepted(ctx, "", "", 0, nil)
+				})}
+			runSender(t, s)
+			waitFor(t, "an empty outbox", func() bool {
+				p, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+				return err == nil && len(p) == 0
+			})
+			got := s.Stats()
+			if got.Delivered != tc.delivered || got.Rejected != tc.rejected || got.Attempts != tc.attempts || got.Retried != tc.retried {
+				t.Fatalf("stats %+v, want %d attempts, %d retried, %d delivered, %d rejected",
+					got, tc.attempts, tc.retried, tc.delivered, tc.rejected)
+			}
+		})
 	}
 }
 

@@ -3,6 +3,7 @@ package moh
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 
@@ -154,17 +155,45 @@ func TestMalformed(t *testing.T) {
 	}
 }
 
-func TestGroupKeyPackagesLimit(t *testing.T) {
-	ids := make([][]byte, MaxClientIDs+1)
-	for i := range ids {
-		ids[i] = []byte("mimi://b.example/d/bob/1")
+// TestGroupKeyPackagesClientIDs checks the decoder's rules on
+// client_ids: 1 to MaxClientIDs ids, no id named twice.
+func TestGroupKeyPackagesClientIDs(t *testing.T) {
+	ids := func(n int) [][]byte {
+		out := make([][]byte, n)
+		for i := range out {
+			out[i] = fmt.Appendf(nil, "mimi://b.example/d/bob/%d", i)
+		}
+		return out
 	}
-	enc, err := wire.Marshal(&GroupKeyPackagesRequest{Requester: []byte("mimi://a.example/u/al"), ClientIDs: ids})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wire.Unmarshal(enc, new(GroupKeyPackagesRequest), "r"); err == nil {
-		t.Fatalf("accepted %d client ids", len(ids))
+	phone, laptop := []byte("mimi://b.example/d/bob/phone"), []byte("mimi://b.example/d/bob/laptop")
+	for _, tc := range []struct {
+		name string
+		ids  [][]byte
+		ok   bool
+	}{
+		{"one id", [][]byte{phone}, true},
+		{"two ids", [][]byte{phone, laptop}, true},
+		{"MaxClientIDs ids", ids(MaxClientIDs), true},
+		{"MaxClientIDs+1 ids", ids(MaxClientIDs + 1), false},
+		{"an id twice in a row", [][]byte{phone, phone}, false},
+		{"an id twice apart", [][]byte{phone, laptop, []byte("mimi://b.example/d/bob/tablet"), phone}, false},
+		{"the last of MaxClientIDs ids repeats the first", append(ids(MaxClientIDs-1), ids(1)...), false},
+		{"ids that differ in the last byte", [][]byte{[]byte("mimi://b.example/d/bob/a"), []byte("mimi://b.example/d/bob/b")}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			enc, err := wire.Marshal(&GroupKeyPackagesRequest{Requester: []byte("mimi://a.example/u/al"), ClientIDs: tc.ids})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got GroupKeyPackagesRequest
+			err = wire.Unmarshal(enc, &got, "GroupKeyPackagesRequest")
+			switch {
+			case tc.ok && (err != nil || len(got.ClientIDs) != len(tc.ids)):
+				t.Fatalf("decoded %d of %d ids, %v; want all", len(got.ClientIDs), len(tc.ids), err)
+			case !tc.ok && !errors.Is(err, wire.ErrMalformed):
+				t.Fatalf("err = %v, want ErrMalformed", err)
+			}
+		})
 	}
 }
 

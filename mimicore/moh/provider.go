@@ -1,6 +1,8 @@
 package moh
 
 import (
+	"bytes"
+
 	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -188,10 +190,27 @@ func (g *GroupKeyPackagesRequest) MarshalWire(b *cryptobyte.Builder) {
 	addOpaqueList(b, g.ClientIDs)
 }
 
-// UnmarshalWire implements wire.Unmarshaler.
+// UnmarshalWire implements wire.Unmarshaler. A client id named twice is
+// malformed, so that no client's KeyPackage is claimed twice by one
+// request (docs/protocol.md §4.2).
 func (g *GroupKeyPackagesRequest) UnmarshalWire(s *cryptobyte.String) bool {
 	return wire.ReadOpaqueMax(s, &g.Requester, MaxURILen) && len(g.Requester) > 0 &&
-		readOpaqueList(s, &g.ClientIDs, MaxClientIDs, MaxURILen) && len(g.ClientIDs) > 0
+		readOpaqueList(s, &g.ClientIDs, MaxClientIDs, MaxURILen) && len(g.ClientIDs) > 0 &&
+		distinct(g.ClientIDs)
+}
+
+// distinct reports whether no two of ids are byte for byte equal. It
+// compares every pair, which is cheap for lists of at most MaxClientIDs
+// and allocates nothing.
+func distinct(ids [][]byte) bool {
+	for i := range ids {
+		for j := range i {
+			if bytes.Equal(ids[i], ids[j]) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // readGroupID reads a non-empty group_id<V> of at most MaxGroupIDLen bytes.

@@ -1,0 +1,106 @@
+package caddymodule
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
+)
+
+// TestClaimRetryAfterSeconds checks the Retry-After of the claim limit:
+// the zone's refill interval, rounded up to whole seconds, at least 1.
+func TestClaimRetryAfterSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		rate float64
+		want int
+	}{
+		{keyPackageRate, 2},
+		{0.4, 3}, // 2.5 s rounds up
+		{1.0 / 30, 30},
+		{1, 1},
+		{10, 1}, // at least 1
+	} {
+		t.Run(fmt.Sprint(tc.rate), func(t *testing.T) {
+			z, err := ratelimit.NewZone("test", ratelimit.Config{Rate: tc.rate, Burst: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := claimRetryAfterSeconds(z); got != tc.want {
+				t.Fatalf("claimRetryAfterSeconds at %v/s = %d, want %d", tc.rate, got, tc.want)
+			}
+		})
+	}
+}
+
+// postProviderHeader posts a provider request to site's path and returns
+// the status, the answer's DSError code (0 for a success) and its
+// Retry-After header.
+func postProviderHeader(t *testing.T, site *peerSite, path string, raw []byte) (int, moh.Code, string) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(site.addr)
+	resp, err := site.client().Post("https://"+site.g.Providers[0]+":"+port+path, "application/octet-stream", bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, moh.AnswerCode(body), resp.Header.Get("Retry-After")
+}
+
+// TestClaimLimitRetryAfter has a claim b's KeyPackages of one user over
+// the per-(sender, user) claim limit (a burst of keyPackageBurst): the
+// claims within the burst are answered without Retry-After; the first
+// claim over it gets 429 rate_limited with the Retry-After of the limit's
+// refill interval; and a byte-identical retry of that claim after that
+// interval, answered from the replay record, gets it too.
+func TestClaimLimitRetryAfter(t *testing.T) {
+	a, b := twoProviders(t)
+	pc := &provider.Client{Sender: "a.localhost", Keys: a.g.svc.Keys(), Fetcher: a.g.svc.Fetcher()}
+	payload, err := wire.Marshal(&moh.ConnectionKeyPackagesRequest{Requester: []byte(moh.UserURI("a.localhost", "alice")),
+		UserID: []byte(moh.UserURI("b.localhost", "carol"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func() []byte {
+		raw, err := pc.Sign("b.localhost", moh.ConnectionKeyPackages, payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	for i := range keyPackageBurst {
+		if st, code, ra := postProviderHeader(t, b, "/connection_key_packages", sign()); st != http.StatusOK || ra != "" {
+			t.Fatalf("claim %d within the burst: %d %s, Retry-After %q; want 200 without Retry-After", i+1, st, code, ra)
+		}
+	}
+	over := sign()
+	want := fmt.Sprint(claimRetryAfterSeconds(b.g.ds.KeyPackageLimits.(*ratelimit.Zone)))
+	for _, tc := range []struct {
+		name  string
+		after time.Duration // waited before posting
+	}{
+		{"the claim over the burst", 0},
+		// After the refill interval a new claim would pass: a 429 now is
+		// the replay record's.
+		{"its byte-identical retry", time.Duration(claimRetryAfterSeconds(b.g.ds.KeyPackageLimits.(*ratelimit.Zone))) * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			time.Sleep(tc.after)
+			st, code, ra := postProviderHeader(t, b, "/connection_key_packages", over)
+			if st != http.StatusTooManyRequests || code != moh.CodeRateLimited || ra != want {
+				t.Fatalf("%d %s, Retry-After %q; want 429 rate_limited, Retry-After %q", st, code, ra, want)
+			}
+		})
+	}
+}

@@ -1,0 +1,136 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// publishAt publishes one single-use KeyPackage for the client uri of
+// site s and returns it encoded.
+func publishAt(t *testing.T, s *peerSite, uri string) []byte {
+	t.Helper()
+	c, err := mlstest.NewClient(peerSuite, uri, mlstest.Options{Issuer: &binding.Issuer{Domains: s.g.Providers, Keys: s.g.svc.Keys()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := wire.Marshal(c.KeyPackage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := c.KeyPackage.Ref()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.g.svc.Store().PublishKeyPackages(t.Context(), uri, []store.KeyPackage{{Client: uri, Suite: uint16(peerSuite),
+		Ref: ref, KeyPackage: enc, NotAfter: time.Now().Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	return enc
+}
+
+// TestClaimRetriesUnknownKey has a's local API claim a KeyPackage of a
+// client of b (group_key_packages) while b answers 401 unknown_key, as a
+// receiver does while its refetch of a sender's new key waits out its
+// 5 s (docs/protocol.md §4.1): a claim refused once is retried once after
+// the wait, signed afresh (another request_id, a signature b verifies),
+// and gets the KeyPackage; one refused twice is not retried again and is
+// backend_unavailable; and one whose context ends during the wait is
+// backend_unavailable with the context's error, without a second request.
+func TestClaimRetriesUnknownKey(t *testing.T) {
+	a, b := twoProviders(t)
+	for _, tc := range []struct {
+		name     string
+		refuse   int           // how many requests b answers unknown_key
+		wait     time.Duration // peerKeyPackages.unknownKeyWait
+		cancel   bool          // cancel the claim's context at the first refusal
+		requests int           // requests b gets
+		wantCode moh.Code      // 0: the KeyPackage
+		wantErr  error
+	}{
+		{name: "refused once", refuse: 1, wait: 50 * time.Millisecond, requests: 2},
+		{name: "refused twice", refuse: 2, wait: 50 * time.Millisecond, requests: 2, wantCode: moh.CodeBackendUnavailable},
+		{name: "cancelled while waiting", refuse: 1, wait: time.Hour, cancel: true, requests: 1,
+			wantCode: moh.CodeBackendUnavailable, wantErr: context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uri := moh.ClientURI("b.localhost", "bob", strings.ReplaceAll(tc.name, " ", "-"))
+			kp := publishAt(t, b, uri)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			var mu sync.Mutex
+			var seen []*moh.ProviderRequest
+			f := func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/group_key_packages") {
+					return false
+				}
+				raw, err := io.ReadAll(r.Body)
+				if err != nil {
+					t.Error(err)
+				}
+				r.Body = io.NopCloser(bytes.NewReader(raw))
+				var req moh.ProviderRequest
+				if err := wire.Unmarshal(raw, &req, "ProviderRequest"); err != nil {
+					t.Errorf("b got a request it cannot decode: %v", err)
+				}
+				mu.Lock()
+				seen = append(seen, &req)
+				n := len(seen)
+				mu.Unlock()
+				if n > tc.refuse {
+					return false // b's gateway verifies and serves it
+				}
+				if tc.cancel {
+					cancel()
+				}
+				writeAnswer(w, http.StatusUnauthorized, moh.EncodeError(moh.DSError{Code: moh.CodeUnknownKey,
+					Message: []byte("unknown key")}))
+				return true
+			}
+			b.intercept.Store(&f)
+			defer b.intercept.Store(nil)
+
+			p := peerKeyPackages{svc: a.g.svc, unknownKeyWait: tc.wait}
+			start := time.Now()
+			got, err := p.ClaimClient(ctx, moh.UserURI("a.localhost", "alice"), "b.localhost", []byte(uri))
+			took := time.Since(start)
+			mu.Lock()
+			defer mu.Unlock()
+			if len(seen) != tc.requests {
+				t.Fatalf("b got %d requests, want %d", len(seen), tc.requests)
+			}
+			if len(seen) == 2 {
+				if bytes.Equal(seen[0].RequestID, seen[1].RequestID) || bytes.Equal(seen[0].Signature, seen[1].Signature) {
+					t.Fatalf("the retry reused request_id %x or the signature: not signed afresh", seen[0].RequestID)
+				}
+				if took < tc.wait {
+					t.Fatalf("retried after %v, want at least the wait of %v", took, tc.wait)
+				}
+			}
+			if tc.wantCode == 0 {
+				if err != nil || len(got) != 1 || !bytes.Equal(got[0], kp) {
+					t.Fatalf("claim: %d KeyPackages, %v; want the published one", len(got), err)
+				}
+				return
+			}
+			if code := moh.DSErrorOf(err).Code; code != tc.wantCode {
+				t.Fatalf("claim: %v (code %s), want %s", err, code, tc.wantCode)
+			}
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("claim: %v, want it to wrap %v", err, tc.wantErr)
+			}
+		})
+	}
+}
