@@ -1,10 +1,7 @@
 package caddymodule
 
 import (
-	"bytes"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -45,17 +42,8 @@ func TestClaimRetryAfterSeconds(t *testing.T) {
 // Retry-After header.
 func postProviderHeader(t *testing.T, site *peerSite, path string, raw []byte) (int, moh.Code, string) {
 	t.Helper()
-	_, port, _ := net.SplitHostPort(site.addr)
-	resp, err := site.client().Post("https://"+site.g.Providers[0]+":"+port+path, "application/octet-stream", bytes.NewReader(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, moh.AnswerCode(body), resp.Header.Get("Retry-After")
+	status, body, h := postProviderFull(t, site, path, raw)
+	return status, moh.AnswerCode(body), h.Get("Retry-After")
 }
 
 // TestClaimLimitRetryAfter has a claim b's KeyPackages of one user over

@@ -18,9 +18,10 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// publishAt publishes one single-use KeyPackage for the client uri of
-// site s and returns it encoded.
-func publishAt(t *testing.T, s *peerSite, uri string) []byte {
+// peerKeyPackage makes a KeyPackage of the client uri of site s, bound by
+// s's provider keys: the store's record of it (NotAfter an hour away),
+// with its encoding in KeyPackage.
+func peerKeyPackage(t *testing.T, s *peerSite, uri string, lastResort bool) store.KeyPackage {
 	t.Helper()
 	c, err := mlstest.NewClient(peerSuite, uri, mlstest.Options{Issuer: &binding.Issuer{Domains: s.g.Providers, Keys: s.g.svc.Keys()}})
 	if err != nil {
@@ -34,11 +35,19 @@ func publishAt(t *testing.T, s *peerSite, uri string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.g.svc.Store().PublishKeyPackages(t.Context(), uri, []store.KeyPackage{{Client: uri, Suite: uint16(peerSuite),
-		Ref: ref, KeyPackage: enc, NotAfter: time.Now().Add(time.Hour)}}); err != nil {
+	return store.KeyPackage{Client: uri, Suite: uint16(peerSuite), Ref: ref, KeyPackage: enc,
+		NotAfter: time.Now().Add(time.Hour), LastResort: lastResort}
+}
+
+// publishAt publishes one single-use KeyPackage for the client uri of
+// site s and returns it encoded.
+func publishAt(t *testing.T, s *peerSite, uri string) []byte {
+	t.Helper()
+	kp := peerKeyPackage(t, s, uri, false)
+	if err := s.g.svc.Store().PublishKeyPackages(t.Context(), uri, []store.KeyPackage{kp}); err != nil {
 		t.Fatal(err)
 	}
-	return enc
+	return kp.KeyPackage
 }
 
 // TestClaimRetriesUnknownKey has a's local API claim a KeyPackage of a

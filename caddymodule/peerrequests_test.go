@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -47,6 +45,13 @@ func signedDelivery(t *testing.T, from, to *peerSite, rid []byte, gid []byte, ms
 // returns the status and the raw answer.
 func postProvider(t *testing.T, site *peerSite, path string, raw []byte) (int, []byte) {
 	t.Helper()
+	status, body, _ := postProviderFull(t, site, path, raw)
+	return status, body
+}
+
+// postProviderFull is postProvider, also returning the answer's header.
+func postProviderFull(t *testing.T, site *peerSite, path string, raw []byte) (int, []byte, http.Header) {
+	t.Helper()
 	_, port, _ := net.SplitHostPort(site.addr)
 	resp, err := site.client().Post("https://"+site.g.Providers[0]+":"+port+path, "application/octet-stream", bytes.NewReader(raw))
 	if err != nil {
@@ -57,7 +62,7 @@ func postProvider(t *testing.T, site *peerSite, path string, raw []byte) (int, [
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, body
+	return resp.StatusCode, body, resp.Header
 }
 
 // TestDeliverMessageOverHTTP sends deliver_message between two gateways
@@ -156,25 +161,13 @@ func TestKeyPackagesClaimedOnceOverHTTP(t *testing.T) {
 	for _, uri := range clients {
 		var kps []store.KeyPackage
 		for i := range perClient + 1 {
-			c, err := mlstest.NewClient(peerSuite, uri, mlstest.Options{Issuer: &binding.Issuer{Domains: b.g.Providers, Keys: b.g.svc.Keys()}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			enc, err := wire.Marshal(c.KeyPackage)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ref, err := c.KeyPackage.Ref()
-			if err != nil {
-				t.Fatal(err)
-			}
 			last := i == perClient
-			kps = append(kps, store.KeyPackage{Client: uri, Suite: uint16(peerSuite), Ref: ref, KeyPackage: enc,
-				NotAfter: time.Now().Add(time.Hour), LastResort: last})
+			kp := peerKeyPackage(t, b, uri, last)
+			kps = append(kps, kp)
 			if last {
-				lastResort[string(enc)] = true
+				lastResort[string(kp.KeyPackage)] = true
 			} else {
-				single[string(enc)] = true
+				single[string(kp.KeyPackage)] = true
 			}
 		}
 		if err := b.g.svc.Store().PublishKeyPackages(t.Context(), uri, kps); err != nil {
