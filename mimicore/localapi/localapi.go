@@ -148,7 +148,8 @@ func (a *API) Authorize(user string, clientURI []byte) error {
 // IssueBinding issues a client binding of req.ClientURI to
 // req.SignatureKey for user. Its not_after is req.NotAfter capped at now +
 // MaxBindingLifetime (0 asks for the cap) and at the signing key's end; a
-// not_after in the past is malformed.
+// not_after that is not after the current second is malformed (a binding
+// must outlive the second it is issued in).
 func (a *API) IssueBinding(user string, req *BindingRequest) (*binding.ClientBinding, error) {
 	if err := a.Authorize(user, req.ClientURI); err != nil {
 		return nil, err
@@ -157,8 +158,8 @@ func (a *API) IssueBinding(user string, req *BindingRequest) (*binding.ClientBin
 	limit := now.Add(a.cfg.MaxBindingLifetime)
 	notAfter := limit
 	if req.NotAfter != 0 {
-		if req.NotAfter < uint64(now.Unix()) {
-			return nil, moh.Errorf(moh.CodeMalformed, "not_after %d is in the past", req.NotAfter)
+		if req.NotAfter <= uint64(now.Unix()) {
+			return nil, moh.Errorf(moh.CodeMalformed, "not_after %d is not after now (%d)", req.NotAfter, now.Unix())
 		}
 		if req.NotAfter < uint64(limit.Unix()) {
 			notAfter = time.Unix(int64(req.NotAfter), 0)

@@ -1,8 +1,11 @@
 package localapi
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -58,6 +61,54 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := New(tc.cfg); err == nil {
 				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+// TestIssueBindingNotAfter checks IssueBinding's not_after against a clock
+// in the middle of a second: the current second and earlier ones are
+// malformed (the current one was answered backend_unavailable, from the
+// issuer's finer check), the next second is kept, and 0 asks for the cap.
+func TestIssueBindingNotAfter(t *testing.T) {
+	nb := time.Unix(1_790_000_000, 0)
+	now := nb.Add(time.Minute + 500*time.Millisecond)
+	api, err := New(Config{
+		Domains: []string{"a.example"}, Store: noStore{},
+		Keys:               newSeedKeys(t, bytes.Repeat([]byte{1}, 32), nb, nb.Add(30*24*time.Hour)),
+		Now:                func() time.Time { return now },
+		MaxBindingLifetime: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := []byte("mimi://a.example/d/alice/phone")
+	leafKey := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, 32)).Public().(ed25519.PublicKey)
+	sec := uint64(now.Unix())
+	for _, tc := range []struct {
+		name     string
+		notAfter uint64
+		want     uint64 // 0: refused malformed
+	}{
+		{"the second before", sec - 1, 0},
+		{"the current second", sec, 0},
+		{"the next second", sec + 1, sec + 1},
+		{"the cap", 0, uint64(now.Add(time.Hour).Unix())},
+		{"beyond the cap", sec + 7200, uint64(now.Add(time.Hour).Unix())},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := api.IssueBinding("alice", &BindingRequest{ClientURI: uri, SignatureKey: leafKey, NotAfter: tc.notAfter})
+			if tc.want == 0 {
+				if code := moh.DSErrorOf(err).Code; code != moh.CodeMalformed {
+					t.Fatalf("not_after %d: %v (code %s), want malformed", tc.notAfter, err, code)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.NotAfter != tc.want {
+				t.Fatalf("not_after %d, want %d", b.NotAfter, tc.want)
 			}
 		})
 	}
