@@ -82,7 +82,11 @@ func (p peerKeyPackages) send(ctx context.Context, requester, peer string, typ m
 		// exchange between the providers (signature, keys, replay) are
 		// the gateway's trouble, not the client's.
 		switch code := ans.Response.Error.Code; code {
-		case moh.CodeRateLimited, moh.CodeForbidden, moh.CodeNotImplemented, moh.CodeNotFound:
+		case moh.CodeRateLimited:
+			// The local client learns when to ask again: the peer's
+			// Retry-After, or a second when it gave none.
+			return nil, &retryLater{err: moh.Errorf(code, "%s refused the claim", peer), after: max(ans.RetryAfter, time.Second)}
+		case moh.CodeForbidden, moh.CodeNotImplemented, moh.CodeNotFound:
 			return nil, moh.Errorf(code, "%s refused the claim", peer)
 		default:
 			return nil, moh.Errorf(moh.CodeBackendUnavailable, "claiming KeyPackages from %s: refused %d %s: %s",
@@ -113,4 +117,19 @@ func (p peerKeyPackages) waitRetry(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// retryLater is a refusal that tells the client when to try again: the
+// local API answers it with Retry-After (LocalAPI.refuse).
+type retryLater struct {
+	err   error
+	after time.Duration
+}
+
+func (r *retryLater) Error() string { return r.err.Error() }
+func (r *retryLater) Unwrap() error { return r.err }
+
+// seconds is after in whole seconds, rounded up, at least 1.
+func (r *retryLater) seconds() int {
+	return max(1, int((r.after+time.Second-1)/time.Second))
 }

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
@@ -139,6 +142,48 @@ func TestClaimRetriesUnknownKey(t *testing.T) {
 			}
 			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Fatalf("claim: %v, want it to wrap %v", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestClaimRateLimitedRetryAfter has a's local API claim from b while b
+// answers 429 rate_limited: the refusal reaches the local client as 429
+// with b's Retry-After, or 1 s when b gave none (a 429 always carries
+// one, docs/protocol.md §3).
+func TestClaimRateLimitedRetryAfter(t *testing.T) {
+	a, b := twoProviders(t)
+	for _, tc := range []struct {
+		name, header, want string
+	}{
+		{"the peer's", "7", "7"},
+		{"none given", "", "1"},
+		{"a date", "Wed, 21 Oct 2015 07:28:00 GMT", "1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/group_key_packages") {
+					return false
+				}
+				if tc.header != "" {
+					w.Header().Set("Retry-After", tc.header)
+				}
+				writeAnswer(w, http.StatusTooManyRequests, moh.EncodeError(moh.DSError{Code: moh.CodeRateLimited}))
+				return true
+			}
+			b.intercept.Store(&f)
+			defer b.intercept.Store(nil)
+			p := peerKeyPackages{svc: a.g.svc}
+			_, err := p.ClaimClient(t.Context(), moh.UserURI("a.localhost", "alice"), "b.localhost",
+				[]byte(moh.ClientURI("b.localhost", "bob", "phone")))
+			if code := moh.DSErrorOf(err).Code; code != moh.CodeRateLimited {
+				t.Fatalf("claim: %v (code %s), want rate_limited", err, code)
+			}
+			rec := httptest.NewRecorder()
+			h := &LocalAPI{logger: zap.NewNop()}
+			h.refuse(&exchange{w: rec, r: httptest.NewRequest(http.MethodPost, "/claim_key_packages", nil)}, "alice", err)
+			if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") != tc.want {
+				t.Fatalf("local answer %d with Retry-After %q, want 429 with %q", rec.Code, rec.Header().Get("Retry-After"), tc.want)
 			}
 		})
 	}

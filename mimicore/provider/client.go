@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -41,6 +42,9 @@ type Answer struct {
 	Status   int
 	Response moh.DSResponse
 	Raw      []byte
+	// RetryAfter is the answer's Retry-After in delta-seconds (RFC 9110
+	// §10.2.3), 0 when it has none or another form (a date).
+	RetryAfter time.Duration
 }
 
 // Err returns the DSError of an error answer, or nil.
@@ -114,9 +118,26 @@ func (c *Client) Post(ctx context.Context, recipient string, typ moh.ProviderReq
 	if len(body) > maxAnswerBody {
 		return nil, errors.New("answer exceeds 16 MiB")
 	}
-	a := &Answer{Status: resp.StatusCode, Raw: body}
+	a := &Answer{Status: resp.StatusCode, Raw: body, RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}
 	if err := wire.Unmarshal(body, &a.Response, "DSResponse"); err != nil {
 		return a, fmt.Errorf("answer of %s (status %d): %w", authority, resp.StatusCode, err)
 	}
 	return a, nil
+}
+
+// maxRetryAfter bounds the Retry-After an Answer keeps: a day, beyond
+// which a peer's value is not a wait anybody acts on.
+const maxRetryAfter = 24 * time.Hour
+
+// retryAfter parses a Retry-After value of delta-seconds, capped at
+// maxRetryAfter; another form (an HTTP date) or none is 0.
+func retryAfter(v string) time.Duration {
+	if v == "" || len(v) > 10 {
+		return 0
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		return 0
+	}
+	return min(time.Duration(n)*time.Second, maxRetryAfter)
 }
