@@ -116,7 +116,8 @@ type Event struct {
 const maxReceiveWait = 10 * time.Minute
 
 // Receive fetches the messages the gateway queued for the client, waiting
-// up to wait for one to arrive when there is none (a long poll), processes
+// up to wait (rounded up to whole seconds) for one to arrive when there is
+// none (a long poll), processes
 // them in order and acknowledges them: commits move groups to their next
 // epoch, Welcomes join groups (with the tree that welcome_info serves),
 // application messages are decrypted. The client's state, cursor
@@ -135,7 +136,8 @@ func (c *Client) Receive(ctx context.Context, wait time.Duration) ([]Event, erro
 	}
 	q := url.Values{"client": {string(c.rec.clientURI)}, "after": {strconv.FormatUint(c.rec.cursor, 10)}}
 	if wait > 0 {
-		q.Set("wait", strconv.FormatInt(int64(min(wait, maxReceiveWait)/time.Second), 10))
+		// The API counts whole seconds: a wait under one second is one.
+		q.Set("wait", strconv.FormatInt(int64((min(wait, maxReceiveWait)+time.Second-1)/time.Second), 10))
 	}
 	var list localapi.MessageList
 	if err := c.localRequest(ctx, "GET", "/messages", q, nil, &list); err != nil {

@@ -44,9 +44,13 @@ const (
 const usage = `usage: mimictl [global flags] <command> [flags] [arguments]
 
 commands:
-  client init <client-uri>         create the client: keys, binding, KeyPackages
-  client publish                   publish more KeyPackages
-  client show                      print the client's URI, suite and binding expiry
+  client init [-key-packages n] <client-uri>
+                                   create the client: keys, binding, n single-use KeyPackages
+                                   (default 10; 0: none) and a last-resort one
+  client publish [-key-packages n] publish n more single-use KeyPackages (default 10) and a
+                                   new last-resort one
+  client show                      print the client's URI, suite, binding expiry and number
+                                   of groups
   group create                     create a group; prints its id
   group list                       print the ids of the client's groups
   group info <group>               print a group's epoch and members
@@ -57,12 +61,15 @@ commands:
   group export <group> <file>      write what an external joiner needs ("-": stdout)
   group join <file>                join externally with what group export wrote ("-": stdin)
   send <group> [text...]           send a message (the arguments, or stdin)
-  recv                             receive, process and print queued messages
+  recv [-wait d]                   receive, process and print queued messages; -wait: how long
+                                   to wait for a first one when none is queued
   attach put <group> <file>        encrypt and upload a file ("-": stdin); prints the sender's
                                    leaf index, a tab, and the reference to send in a message
   attach get <group> <leaf> <reference> <file>
                                    download, decrypt and check an attachment sent by the member
                                    at <leaf> in the current epoch; write it to <file> ("-": stdout)
+
+Run mimictl <command> -h for a command's flags.
 
 global flags:
 `
@@ -121,7 +128,7 @@ func Run(ctx context.Context, args []string, ev Env) int {
 	passwordFile := fs.String("password-file", "", "file holding the basic auth password (else env MIMI_PASSWORD)")
 	state := fs.String("state", getenv("MIMI_STATE"), "the client's state directory (env MIMI_STATE)")
 	caFile := fs.String("ca", getenv("MIMI_CA"), "PEM file of the roots that verify the gateway's certificate (env MIMI_CA; default the system roots)")
-	timeout := fs.Duration("timeout", 30*time.Second, "bound on each command's requests (recv adds its -wait)")
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on the whole command, all its requests together (recv adds its -wait)")
 	connect := fs.String("connect", getenv("MIMI_CONNECT"), "host:port to connect to instead of the gateway's resolved address, TLS still checked against its name (env MIMI_CONNECT; for gateways on one machine under names that do not resolve)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -133,6 +140,10 @@ func Run(ctx context.Context, args []string, ev Env) int {
 	err := func() error {
 		if fs.NArg() == 0 {
 			return usagef("no command")
+		}
+		c, err := parseCommand(fs.Args(), stderr)
+		if err != nil {
+			return err
 		}
 		if *gateway == "" || *state == "" {
 			return usagef("-gateway and -state are required")
@@ -179,11 +190,11 @@ func Run(ctx context.Context, args []string, ev Env) int {
 			}
 			e.cfg.Authorize = client.BasicAuth(*user, pw)
 		}
-		return e.run(ctx, *timeout, fs.Args())
+		return e.run(ctx, *timeout, c)
 	}()
 	var ue *usageError
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "mimictl: %s\n", ue.msg)
@@ -198,31 +209,48 @@ func Run(ctx context.Context, args []string, ev Env) int {
 	}
 }
 
-// run dispatches a command.
-func (e *env) run(ctx context.Context, timeout time.Duration, args []string) error {
-	cmd, args := args[0], args[1:]
-	if cmd == "client" || cmd == "group" || cmd == "attach" {
+// command is a command line after the global flags: the command (with
+// its subcommand, "group add"), its flags and its arguments.
+type command struct {
+	name        string
+	args        []string
+	keyPackages int
+	wait        time.Duration
+}
+
+// parseCommand splits args into a command and parses its flags, printing
+// their usage to stderr for -h (flag.ErrHelp).
+func parseCommand(args []string, stderr io.Writer) (*command, error) {
+	c := &command{name: args[0]}
+	args = args[1:]
+	if c.name == "client" || c.name == "group" || c.name == "attach" {
 		if len(args) == 0 {
-			return usagef("%s needs a subcommand", cmd)
+			return nil, usagef("%s needs a subcommand", c.name)
 		}
-		cmd, args = cmd+" "+args[0], args[1:]
+		c.name, args = c.name+" "+args[0], args[1:]
 	}
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	var (
-		keyPackages = new(int)
-		wait        = new(time.Duration)
-	)
-	switch cmd {
+	fs := flag.NewFlagSet("mimictl "+c.name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	switch c.name {
 	case "client init", "client publish":
-		keyPackages = fs.Int("key-packages", 10, "single-use KeyPackages to publish, besides a last-resort one (client init: 0 publishes none)")
+		fs.IntVar(&c.keyPackages, "key-packages", 10, "single-use KeyPackages to publish, besides a last-resort one (client init: 0 publishes none)")
 	case "recv":
-		wait = fs.Duration("wait", 0, "how long to wait for a first message when none is queued")
+		fs.DurationVar(&c.wait, "wait", 0, "how long to wait for a first message when none is queued (rounded up to whole seconds; the gateway caps it at its max_wait, 60s by default)")
 	}
 	if err := fs.Parse(args); err != nil {
-		return usagef("%s: %v", cmd, err)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usagef("%s: %v", c.name, err)
 	}
-	args = fs.Args()
+	c.args = fs.Args()
+	return c, nil
+}
+
+// run runs a command.
+func (e *env) run(ctx context.Context, timeout time.Duration, line *command) error {
+	cmd, args := line.name, line.args
+	keyPackages, wait := &line.keyPackages, &line.wait
 	ctx, cancel := context.WithTimeout(ctx, timeout+*wait)
 	defer cancel()
 

@@ -19,6 +19,8 @@ func TestExitStatus(t *testing.T) {
 		stderr string
 	}{
 		{"help", []string{"-h"}, env, exitOK, "usage: mimictl"},
+		{"a command's help", []string{"recv", "-h"}, map[string]string{}, exitOK, "-wait"},
+		{"a subcommand's help", []string{"client", "init", "-h"}, map[string]string{}, exitOK, "-key-packages"},
 		{"no command", nil, env, exitUsage, "no command"},
 		{"no gateway", []string{"group", "list"}, map[string]string{"MIMI_STATE": state}, exitUsage, "-gateway and -state are required"},
 		{"no state", []string{"-gateway", "https://g.invalid", "group", "list"}, map[string]string{}, exitUsage, "-gateway and -state are required"},
