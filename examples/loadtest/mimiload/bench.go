@@ -92,7 +92,7 @@ func benchCmd(args []string) error {
 	fs.IntVar(&f.pool, "pool", 40000, "signed requests signed before the signed run (its upper bound)")
 	fs.IntVar(&f.tokens, "tokens", 40000, "tokens minted before the token run (its upper bound)")
 	fs.IntVar(&f.slices, "slices", 1, "split each run into this many slices, alternating bare and the mode (bare, mode, bare, mode, ...), so that load from elsewhere on the machine weighs on both alike")
-	fs.StringVar(&f.metrics, "metrics", "", "URLs of Caddy's Prometheus metrics (admin /metrics), comma-separated (several gateways: summed): report the store's commits (fsyncs) per second and mean batch size of each mode's slices, its round trips to PostgreSQL per request, and Caddy's CPU time per request of each mode and of bare")
+	fs.StringVar(&f.metrics, "metrics", "", "URLs of Caddy's Prometheus metrics (admin /metrics), comma-separated (several gateways: summed): report the store's commits per second (caddy_mimi_store_commits_total; one fsync may cover several) and mean batch size of each mode's slices, its round trips to PostgreSQL per request, and Caddy's CPU time per request of each mode and of bare")
 	fs.StringVar(&f.sender, "sender", "a.localhost", "provider that signs the signed, retry and deliver modes' requests")
 	fs.StringVar(&f.senderKeys, "sender-keys", "", "the sender's key ring directory (default DIR/a/keys)")
 	fs.StringVar(&f.receiver, "receiver", "b.localhost", "provider the requests go to: its DS hosts the send mode's group, its site serves /bare")
