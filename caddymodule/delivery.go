@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"bytes"
 	"fmt"
-	"net/url"
 	"os"
 	"time"
 
@@ -63,8 +62,8 @@ func (d *Delivery) validate() error {
 	default:
 		return fmt.Errorf("mimi: delivery: target %q is not %s or %s", d.Target, targetLocalQueues, targetBackend)
 	}
-	if u, err := url.Parse(d.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("mimi: delivery backend: %q is not an http or https URL", d.URL)
+	if err := federation.CheckBackendURL(d.URL); err != nil {
+		return fmt.Errorf("mimi: delivery backend: %w", err)
 	}
 	if (d.Key == "") == (d.KeyFile == "") {
 		return fmt.Errorf("mimi: delivery backend: exactly one of key and key_file is required")

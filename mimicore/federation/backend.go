@@ -106,15 +106,30 @@ type Backend struct {
 	Now func() time.Time
 }
 
-// Check reports a backend that cannot be used: a bad URL or a short key.
-// The error never shows the key.
+// Check reports a backend that cannot be used: a URL CheckBackendURL
+// refuses, or a short key. The errors never show the key, nor the URL.
 func (b *Backend) Check() error {
-	u, err := url.Parse(b.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("backend URL %q is not an http or https URL", b.URL)
+	if err := CheckBackendURL(b.URL); err != nil {
+		return err
 	}
 	if len(b.Key) < MinBackendKeySize {
 		return fmt.Errorf("backend key is %d bytes, want at least %d", len(b.Key), MinBackendKeySize)
+	}
+	return nil
+}
+
+// CheckBackendURL reports a legacy backend URL that cannot be used: not
+// http or https with a host, or carrying user information, a query or a
+// fragment (the URL is logged with every failed attempt, and the backend
+// authenticates requests by their HMAC, so it must hold no secret). The
+// error does not repeat the URL.
+func CheckBackendURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("backend URL is not an http or https URL with a host")
+	}
+	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return errors.New("backend URL has user information, a query or a fragment: it is logged, so it must hold no secret (the backend authenticates by the HMAC)")
 	}
 	return nil
 }

@@ -138,14 +138,18 @@ func TestBackendCheck(t *testing.T) {
 		{"no scheme", Backend{URL: "backend.example/mimi", Key: key}, false},
 		{"ftp", Backend{URL: "ftp://backend.example/", Key: key}, false},
 		{"short key", Backend{URL: "http://127.0.0.1:9000/", Key: key[:31]}, false},
+		{"user information", Backend{URL: "https://user:pass@backend.example/mimi", Key: key}, false},
+		{"query", Backend{URL: "https://backend.example/mimi?token=secret", Key: key}, false},
+		{"empty query", Backend{URL: "https://backend.example/mimi?", Key: key}, false},
+		{"fragment", Backend{URL: "https://backend.example/mimi#x", Key: key}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.b.Check()
 			if (err == nil) != tc.ok {
 				t.Fatalf("Check() = %v, want ok %t", err, tc.ok)
 			}
-			if err != nil && strings.Contains(err.Error(), string(key[:31])) {
-				t.Fatalf("the error shows the key: %v", err)
+			if err != nil && (strings.Contains(err.Error(), string(key[:31])) || strings.Contains(err.Error(), tc.b.URL)) {
+				t.Fatalf("the error shows the key or the URL: %v", err)
 			}
 		})
 	}

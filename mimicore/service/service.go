@@ -37,8 +37,8 @@
 package service
 
 import (
-	"bytes"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -264,7 +264,7 @@ func (s *Service) Apply(opts Options) error {
 	if opts.Store != s.opts.Store {
 		return fmt.Errorf("applying options: the store of %s changed (%s, was %s); restart to change it", s.dir, opts.Store, s.opts.Store)
 	}
-	if !bytes.Equal(opts.KeySecret, s.opts.KeySecret) {
+	if subtle.ConstantTimeCompare(opts.KeySecret, s.opts.KeySecret) != 1 {
 		return fmt.Errorf("applying options: the key secret of %s changed; restart to change it", s.dir)
 	}
 	logger := opts.Logger.With(zap.String("data_dir", s.dir))
