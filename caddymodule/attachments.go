@@ -445,6 +445,7 @@ func (g *Gateway) serveDownload(x *exchange) {
 			refuseRange(x.w, d.Size)
 			return
 		}
+		// rangeWhole and rangeRefused: the whole answer.
 	}
 	prefix := contentPrefix(d.Size)
 	h.Set("Content-Length", strconv.FormatInt(int64(len(prefix))+d.Size, 10))

@@ -25,21 +25,33 @@ const (
 	// rangeUnsatisfiable: 416. The header is not a byte-ranges-specifier,
 	// or no range of it overlaps the content.
 	rangeUnsatisfiable
+	// rangeRefused: the whole answer too, for a range set that RFC 9110
+	// §14.2 lets a server ignore as a sign of a broken client or an
+	// attack: more than maxRanges ranges, or ranges that overlap or are
+	// not in ascending order. ServeContent would serve them, with a read
+	// (and, on the s3 and forward backends, a request to the backend) per
+	// range.
+	rangeRefused
 )
+
+// maxRanges is the most ranges a download's Range may list.
+const maxRanges = 16
 
 // classifyRange decides the answer to the Range header value h for
 // content of size bytes. It parses h as net/http's ServeContent does, so
 // that every range it passes to ServeContent is one ServeContent answers
 // 206: ServeContent's own answers to the other cases would be a 200 with
 // the raw ciphertext rather than the DSResponse, and a 416 without this
-// gateway's headers. Content of no bytes has no satisfiable range.
+// gateway's headers. Content of no bytes has no satisfiable range. A set
+// ServeContent would serve but that costs a read per range for nothing is
+// refused (rangeRefused).
 func classifyRange(h string, size int64) rangeAnswer {
 	spec, ok := strings.CutPrefix(h, "bytes=")
 	if !ok || size <= 0 {
 		return rangeUnsatisfiable
 	}
-	var sum int64
-	ranges, noOverlap := 0, false
+	var sum, next int64 // next: the first byte after the last range
+	ranges, noOverlap, refused := 0, false, false
 	for ra := range strings.SplitSeq(spec, ",") {
 		ra = textproto.TrimString(ra)
 		if ra == "" {
@@ -50,7 +62,7 @@ func classifyRange(h string, size int64) rangeAnswer {
 			return rangeUnsatisfiable
 		}
 		first, last = textproto.TrimString(first), textproto.TrimString(last)
-		var length int64
+		var start, length int64
 		if first == "" {
 			// A suffix: the last n bytes, all of them when n > size;
 			// the last 0 bytes overlap nothing.
@@ -63,8 +75,10 @@ func classifyRange(h string, size int64) rangeAnswer {
 				continue
 			}
 			length = min(n, size)
+			start = size - length
 		} else {
-			start, ok := rangeNumber(first)
+			var ok bool
+			start, ok = rangeNumber(first)
 			if !ok {
 				return rangeUnsatisfiable
 			}
@@ -81,14 +95,20 @@ func classifyRange(h string, size int64) rangeAnswer {
 				length = min(end, size-1) - start + 1
 			}
 		}
+		if ranges > 0 && start < next {
+			refused = true // overlapping, or not ascending
+		}
 		ranges++
 		sum += length
+		next = start + length
 	}
 	switch {
 	case ranges == 0 && noOverlap:
 		return rangeUnsatisfiable
 	case ranges == 0, sum > size:
 		return rangeWhole
+	case refused, ranges > maxRanges:
+		return rangeRefused
 	}
 	return rangePartial
 }

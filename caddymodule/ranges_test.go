@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -21,8 +22,9 @@ func serveContentStatus(h string, size int64) int {
 }
 
 // checkAgainstServeContent fails when classifyRange hands ServeContent a
-// range it does not answer 206, or ignores a range ServeContent would not
-// ignore.
+// range it does not answer 206, or ignores as ServeContent would
+// (rangeWhole) a range ServeContent would serve. A refused set
+// (rangeRefused) is one ServeContent would serve; this gateway does not.
 func checkAgainstServeContent(t *testing.T, h string, size int64) {
 	t.Helper()
 	got := classifyRange(h, size)
@@ -32,6 +34,8 @@ func checkAgainstServeContent(t *testing.T, h string, size int64) {
 		t.Errorf("classifyRange(%q, %d) hands the range to ServeContent, which answers %d", h, size, status)
 	case got == rangeWhole && status != http.StatusOK:
 		t.Errorf("classifyRange(%q, %d) ignores the range, ServeContent answers %d", h, size, status)
+	case got == rangeRefused && status != http.StatusPartialContent:
+		t.Errorf("classifyRange(%q, %d) refuses a set ServeContent answers %d, not 206", h, size, status)
 	}
 }
 
@@ -61,6 +65,13 @@ func TestClassifyRange(t *testing.T) {
 		{"items=0-9", 1000, rangeUnsatisfiable},
 		{"bytes=0-0", 0, rangeUnsatisfiable},
 		{"bytes=-1", 0, rangeUnsatisfiable},
+		{"bytes=0-9,10-19", 1000, rangePartial}, // adjacent, not overlapping
+		{"bytes=0-0,0-0", 1000, rangeRefused},
+		{"bytes=0-9,5-14", 1000, rangeRefused},
+		{"bytes=20-29,0-9", 1000, rangeRefused},
+		{"bytes=-5,0-4", 1000, rangeRefused},
+		{manyRanges(16), 1000, rangePartial},
+		{manyRanges(17), 1000, rangeRefused},
 		{"bytes=0-,0-", 1000, rangeWhole},
 		{"bytes=0-599,400-", 1000, rangeWhole},
 		{"bytes=", 1000, rangeWhole},
@@ -73,6 +84,19 @@ func TestClassifyRange(t *testing.T) {
 			checkAgainstServeContent(t, tc.h, tc.size)
 		})
 	}
+}
+
+// manyRanges is a Range of n one-byte ranges in ascending order, apart.
+func manyRanges(n int) string {
+	var b strings.Builder
+	b.WriteString("bytes=")
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%d-%d", 2*i, 2*i)
+	}
+	return b.String()
 }
 
 // FuzzClassifyRange holds classifyRange to net/http's ServeContent on any
