@@ -24,8 +24,10 @@ const (
 	// by every gateway of the process; a request that cannot get its share
 	// before its body deadline is answered backend_unavailable.
 	bodyBudget = 64 << 20
-	// bodyChunk is how much of a body of unknown length is read, and taken
-	// from the budget, at a time.
+	// bodyChunk is how much of a body is first read and taken from the
+	// budget; a longer body's buffer then doubles as its bytes arrive, so
+	// a body that stalls holds about what it sent, whatever length it
+	// announced.
 	bodyChunk = 64 << 10
 )
 
@@ -179,16 +181,16 @@ func (x *exchange) closeAfter() {
 	}
 }
 
-// readWithin is read's loop, bounded by deadline and the body budget.
+// readWithin is read's loop, bounded by deadline and the body budget. The
+// buffer, and the budget it holds, grows with what arrived: first
+// bodyChunk (or the announced length, when shorter), then doubling up to
+// the announced length or limit.
 func (x *exchange) readWithin(deadline time.Time, timeout time.Duration, limit int64, whole bool) ([]byte, error) {
-	size := int64(bodyChunk)
+	target := limit
 	if n := x.r.ContentLength; n >= 0 {
-		size = n
-		if !whole {
-			size = min(n, limit)
-		}
+		target = min(n, limit)
 	}
-	size = min(size, limit)
+	size := min(target, bodyChunk)
 	var buf []byte
 	for {
 		if x.r.ContentLength >= 0 && int64(len(buf)) == x.r.ContentLength {
@@ -228,7 +230,7 @@ func (x *exchange) readWithin(deadline time.Time, timeout time.Duration, limit i
 			}
 			return nil, moh.Errorf(moh.CodeTooLarge, "body exceeds the %d byte limit", limit)
 		}
-		size = min(int64(cap(buf))+bodyChunk, limit)
+		size = min(2*int64(cap(buf)), target)
 	}
 }
 

@@ -147,6 +147,37 @@ func TestStalledBodies(t *testing.T) {
 			t.Fatal("the budget was not returned after the requests ended")
 		}
 	})
+
+	t.Run("budget held as bytes arrive", func(t *testing.T) {
+		// A body that announces 1,000,000 bytes and stalls after 10
+		// holds its first chunk, not what it announced: a complete body
+		// of 100,000 bytes still finds its share of a budget of
+		// 1,050,000 bytes.
+		const budget = 1_050_000
+		bodies = semaphore.NewWeighted(budget)
+		stalled := make(chan struct{})
+		go func() {
+			defer close(stalled)
+			stall(t, srv, "/group_operation", 1_000_000, 10)
+		}()
+		deadline := time.Now().Add(bodyTimeout / 2)
+		for bodies.TryAcquire(budget - bodyChunk + 1) {
+			// The stalled request has not taken its share yet.
+			bodies.Release(budget - bodyChunk + 1)
+			if time.Now().After(deadline) {
+				t.Fatal("the stalled request took nothing from the budget")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if !bodies.TryAcquire(budget - bodyChunk) {
+			t.Fatal("the stalled request holds more of the budget than its first chunk")
+		}
+		bodies.Release(budget - bodyChunk)
+		if status, code, _ := stall(t, srv, "/group_operation", 100_000, 100_000); status == http.StatusServiceUnavailable {
+			t.Fatalf("a complete body beside a stalled one: %d %s, want it read (the budget held for the stalled body is its first chunk)", status, code)
+		}
+		<-stalled
+	})
 }
 
 // TestBodyDeadlineDoesNotOutliveRequest checks that the read deadline of a
