@@ -102,8 +102,8 @@ func unknownKey(a *provider.Answer) bool {
 		a.Response.Error.Code == moh.CodeUnknownKey
 }
 
-// waitRetry waits p.unknownKeyWait (unknownKeyRetryWait when 0), or until
-// ctx ends, and then returns ctx's error.
+// waitRetry waits p.unknownKeyWait (unknownKeyRetryWait when 0) and
+// returns nil, or returns ctx's error if ctx ends first.
 func (p peerKeyPackages) waitRetry(ctx context.Context) error {
 	d := p.unknownKeyWait
 	if d == 0 {
