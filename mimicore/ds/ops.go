@@ -214,7 +214,13 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 
 // selfRemove serves self_remove_client: a Remove proposal of the sender's
 // own leaf, verified against the current state and kept as pending in its
-// epoch, for the next commit of another member to cover by reference.
+// epoch, for the next commit of another member to cover by reference. A
+// leaf's removal is pending once: another self-remove of it in the epoch
+// (the same Remove with other authenticated_data, or signed again) is
+// answered ok and keeps and delivers nothing, since no commit may remove a
+// leaf twice (RFC 9420 §12.2) and every pending proposal must be covered.
+// Of two racing ones both may be kept; checkCoversPending then takes a
+// commit that covers either.
 func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	msg := &r.Body.Body.Message
 	base := r.state
@@ -227,6 +233,15 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	_, ref, err := base.VerifyProposal(msg)
 	if err != nil {
 		return nil, mlsError("self_remove_client", err)
+	}
+	pending, err := s.pendingProposals(ctx, base.GroupID(), base.Epoch())
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pending {
+		if leaf, isRemove := removedLeaf(p); isRemove && leaf == self {
+			return ok, nil
+		}
 	}
 	enc, err := wire.Marshal(msg)
 	if err != nil {
@@ -450,7 +465,10 @@ func resolver(pending []store.PendingProposal) mls.ProposalResolver {
 }
 
 // checkCoversPending applies DS -03's rule that a member's commit covers,
-// by reference, every proposal pending in its epoch.
+// by reference, every proposal pending in its epoch; a pending Remove of a
+// leaf is covered by the commit's Remove of that leaf by another pending
+// reference (two racing self-removes of one leaf were both kept, and no
+// commit may hold both).
 //
 // An external commit cannot cover proposals by reference (RFC 9420
 // §12.4.3.2), and accepting one would drop them with the epoch: a
@@ -458,18 +476,47 @@ func resolver(pending []store.PendingProposal) mls.ProposalResolver {
 // external join is refused commit_conflict while a proposal is pending,
 // and the joiner retries once a member's commit has covered it.
 func checkCoversPending(typ moh.RequestType, msg *mls.MLSMessage, pending []store.PendingProposal, epoch uint64) error {
+	if len(pending) == 0 {
+		return nil
+	}
+	if typ == moh.ExternalJoin {
+		return moh.Errorf(moh.CodeCommitConflict, "external_join: proposals are pending in epoch %d, which an external commit cannot cover; retry after the next commit", epoch)
+	}
 	refs := msg.PublicMessage.Content.Commit.Proposals
-	for _, p := range pending {
-		if typ == moh.ExternalJoin {
-			return moh.Errorf(moh.CodeCommitConflict, "external_join: proposals are pending in epoch %d, which an external commit cannot cover; retry after the next commit", epoch)
-		}
-		if !slices.ContainsFunc(refs, func(por mls.ProposalOrRef) bool {
+	covered := func(p store.PendingProposal) bool {
+		return slices.ContainsFunc(refs, func(por mls.ProposalOrRef) bool {
 			return por.Type == mls.ProposalByReference && bytes.Equal(por.Ref, p.Ref)
-		}) {
-			return moh.Errorf(moh.CodeForbidden, "%s: the commit does not cover the proposals pending in its epoch", typ)
+		})
+	}
+	// The leaves whose removal the commit covers: a pending Remove of one
+	// of them is covered too, as a commit may not remove a leaf twice.
+	var removed []uint32
+	for _, p := range pending {
+		if leaf, isRemove := removedLeaf(p); isRemove && covered(p) {
+			removed = append(removed, leaf)
 		}
 	}
+	for _, p := range pending {
+		if covered(p) {
+			continue
+		}
+		if leaf, isRemove := removedLeaf(p); isRemove && slices.Contains(removed, leaf) {
+			continue
+		}
+		return moh.Errorf(moh.CodeForbidden, "%s: the commit does not cover the proposals pending in its epoch", typ)
+	}
 	return nil
+}
+
+// removedLeaf returns the leaf a pending proposal removes, when it is a
+// Remove (every pending proposal is a self-remove, selfRemove).
+func removedLeaf(p store.PendingProposal) (uint32, bool) {
+	m, err := mls.DecodeMLSMessage(p.Message)
+	if err != nil || m.PublicMessage == nil || m.PublicMessage.Content.ContentType != mls.ContentProposal ||
+		m.PublicMessage.Content.Proposal == nil || m.PublicMessage.Content.Proposal.Type != mls.ProposalRemove {
+		return 0, false
+	}
+	return m.PublicMessage.Content.Proposal.Removed, true
 }
 
 // assembleGroupInfo builds the GroupInfo of the epoch a commit started

@@ -558,3 +558,82 @@ func TestRefusals(t *testing.T) {
 		}
 	})
 }
+
+// TestSelfRemoveTwice checks that one member cannot freeze a group with
+// two self-removes of its leaf under different ProposalRefs (the same
+// Remove with other authenticated_data): no commit may remove a leaf twice
+// (RFC 9420 §12.2), and every pending proposal must be covered. The
+// second is answered ok and keeps and delivers nothing; and when two
+// racing ones were both kept, a commit that covers one of them covers the
+// leaf's removal.
+func TestSelfRemoveTwice(t *testing.T) {
+	h := newHarness(t)
+	alice := h.newTClient(t, "alice", "phone", false)
+	bob := h.newTClient(t, "bob", "phone", false)
+	carol := h.newTClient(t, "carol", "phone", false)
+	gid := []byte("self-remove twice group")
+	h.mustDo(t, "create_group", createBody(t, alice, gid))
+	res := commit(t, alice.m, addProps(bob, carol), nil, nil)
+	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
+	adopt(t, res, alice)
+	join(t, res, bob, carol)
+	b := bob.m.LeafIndex()
+	remove := &mls.Proposal{Type: mls.ProposalRemove, Removed: b}
+	first, err := bob.m.Propose(remove)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := bob.m.ProposeWithData(remove, []byte("once more"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac1, ref1, err := alice.m.VerifyProposal(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ref2, err := alice.m.VerifyProposal(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(ref1, ref2) {
+		t.Fatal("the two self-removes have one ProposalRef")
+	}
+	for _, c := range []*tclient{alice, carol} {
+		h.queued(t, c)
+	}
+	h.mustDo(t, "self_remove_client", signed(t, bob, b, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *first}))
+	for _, c := range []*tclient{alice, carol} {
+		if n := len(h.queued(t, c)); n != 1 {
+			t.Fatalf("%s got %d messages for the first self-remove, want 1", c.uri, n)
+		}
+	}
+	h.mustDo(t, "self_remove_client again", signed(t, bob, b, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *second}))
+	if p := h.snapshot(t, gid).pending; len(p) != 1 || !bytes.Equal(p[0].Ref, ref1) {
+		t.Fatalf("%d proposals pending after the second self-remove, want the first alone", len(p))
+	}
+	for _, c := range []*tclient{alice, carol} {
+		if n := len(h.queued(t, c)); n != 0 {
+			t.Fatalf("%s got %d messages for the second self-remove, want none", c.uri, n)
+		}
+	}
+
+	// Two racing self-removes may both be kept: a commit covering either
+	// one is taken.
+	enc, err := wire.Marshal(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.st.AddProposal(t.Context(), gid, alice.m.State().Epoch(), store.PendingProposal{Ref: ref2, Message: enc}); err != nil {
+		t.Fatal(err)
+	}
+	if p := h.snapshot(t, gid).pending; len(p) != 2 {
+		t.Fatalf("%d proposals pending, want both", len(p))
+	}
+	byRef := func([]byte) (*mls.AuthenticatedContent, error) { return ac1, nil }
+	res = commit(t, alice.m, nil, [][]byte{ref1}, byRef)
+	h.mustDo(t, "update_client covering one of the two", commitBody(t, moh.UpdateClient, alice, alice.m, res))
+	if p := h.snapshot(t, gid).pending; len(p) != 0 {
+		t.Fatalf("%d proposals pending after the commit", len(p))
+	}
+	h.wantEpoch(t, gid, 2, 2)
+}

@@ -138,12 +138,19 @@ func (m *Member) publicMessage(c *FramedContent, confirmationTag func(*FramedCon
 
 // Propose returns p as a signed PublicMessage proposal from the member.
 func (m *Member) Propose(p *Proposal) (*MLSMessage, error) {
+	return m.ProposeWithData(p, nil)
+}
+
+// ProposeWithData is Propose with the FramedContent's authenticated_data
+// set to authenticatedData (RFC 9420 §6): the same proposal with other
+// data has another ProposalRef.
+func (m *Member) ProposeWithData(p *Proposal, authenticatedData []byte) (*MLSMessage, error) {
 	if m.signer == nil {
 		return nil, errors.New("proposing: member has no signer")
 	}
 	g := m.state
 	c := &FramedContent{GroupID: g.ctx.GroupID, Epoch: g.ctx.Epoch, Sender: Sender{Type: SenderMember, Index: m.leaf},
-		ContentType: ContentProposal, Proposal: p}
+		AuthenticatedData: authenticatedData, ContentType: ContentProposal, Proposal: p}
 	return m.publicMessage(c, nil)
 }
 
