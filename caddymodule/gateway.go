@@ -394,7 +394,7 @@ func claimRetryAfterSeconds(zone *ratelimit.Zone) int {
 	if rate <= 0 || math.IsInf(rate, 1) {
 		return 1
 	}
-	return max(1, int(math.Ceil(1/rate)))
+	return admission.RetrySeconds(time.Duration(math.Ceil(float64(time.Second) / rate)))
 }
 
 // sampled returns logger with a sampler: of each message, the first 10

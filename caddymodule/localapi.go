@@ -483,9 +483,7 @@ func (h *LocalAPI) refuse(x *exchange, user string, err error) {
 		}
 		c.Write(fields...)
 	}
-	if rl := (*retryLater)(nil); errors.As(err, &rl) {
-		x.w.Header().Set("Retry-After", strconv.Itoa(rl.seconds()))
-	}
+	setRefusalHeaders(x.w.Header(), err)
 	writeAnswer(x.w, statusOf(dsErr.Code), moh.EncodeError(dsErr))
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
 // peerKeyPackages claims other providers' KeyPackages for the local API
@@ -85,7 +86,7 @@ func (p peerKeyPackages) send(ctx context.Context, requester, peer string, typ m
 		case moh.CodeRateLimited:
 			// The local client learns when to ask again: the peer's
 			// Retry-After, or a second when it gave none.
-			return nil, &retryLater{err: moh.Errorf(code, "%s refused the claim", peer), after: max(ans.RetryAfter, time.Second)}
+			return nil, admission.RetryLater(moh.Errorf(code, "%s refused the claim", peer), ans.RetryAfter)
 		case moh.CodeForbidden, moh.CodeNotImplemented, moh.CodeNotFound:
 			return nil, moh.Errorf(code, "%s refused the claim", peer)
 		default:
@@ -117,19 +118,4 @@ func (p peerKeyPackages) waitRetry(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// retryLater is a refusal that tells the client when to try again: the
-// local API answers it with Retry-After (LocalAPI.refuse).
-type retryLater struct {
-	err   error
-	after time.Duration
-}
-
-func (r *retryLater) Error() string { return r.err.Error() }
-func (r *retryLater) Unwrap() error { return r.err }
-
-// seconds is after in whole seconds, rounded up, at least 1.
-func (r *retryLater) seconds() int {
-	return max(1, int((r.after+time.Second-1)/time.Second))
 }

@@ -341,18 +341,27 @@ func (g *Gateway) respond(x *exchange, resp *moh.DSResponse) {
 func (g *Gateway) refuse(x *exchange, err error) {
 	dsErr := moh.DSErrorOf(err)
 	code := dsErr.Code
-	var refusal *admission.Refusal
-	if errors.As(err, &refusal) {
-		if refusal.RetryAfter > 0 {
-			x.w.Header().Set("Retry-After", strconv.Itoa(refusal.RetryAfterSeconds()))
-		}
-		if refusal.Challenge != "" {
-			x.w.Header().Set("WWW-Authenticate", refusal.Challenge)
-		}
-	} else {
+	if !setRefusalHeaders(x.w.Header(), err) {
 		g.logRefusal(x, code, err)
 	}
 	writeAnswer(x.w, statusOf(code), moh.EncodeError(dsErr))
+}
+
+// setRefusalHeaders sets the headers of the admission.Refusal in err, if
+// it holds one (Retry-After, WWW-Authenticate), and reports whether it
+// does.
+func setRefusalHeaders(h http.Header, err error) bool {
+	var refusal *admission.Refusal
+	if !errors.As(err, &refusal) {
+		return false
+	}
+	if refusal.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(refusal.RetryAfterSeconds()))
+	}
+	if refusal.Challenge != "" {
+		h.Set("WWW-Authenticate", refusal.Challenge)
+	}
+	return true
 }
 
 // logRefusal logs a refused request; code is the code err is answered

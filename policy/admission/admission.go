@@ -297,16 +297,23 @@ func (r *Refusal) Unwrap() error { return r.Err }
 // 0 when unset.
 func (r *Refusal) RetryAfterSeconds() int { return int(r.RetryAfter / time.Second) }
 
+// RetrySeconds is d in whole seconds for a Retry-After header: rounded
+// up, at least 1.
+func RetrySeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
+}
+
+// RetryLater is the refusal err whose client may try again after d,
+// rounded up to whole seconds (RetrySeconds): a refusal whose answer
+// carries Retry-After, as a zone's.
+func RetryLater(err *moh.Error, d time.Duration) *Refusal {
+	return &Refusal{Err: err, RetryAfter: time.Duration(RetrySeconds(d)) * time.Second}
+}
+
 // rateLimited is the refusal of a zone over its limit.
 func rateLimited(zone string, retryAfter time.Duration) *Refusal {
-	secs := int((retryAfter + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	return &Refusal{
-		Err:        moh.Errorf(moh.CodeRateLimited, "rate limit %s exceeded; retry after %d s", zone, secs),
-		RetryAfter: time.Duration(secs) * time.Second,
-	}
+	secs := RetrySeconds(retryAfter)
+	return RetryLater(moh.Errorf(moh.CodeRateLimited, "rate limit %s exceeded; retry after %d s", zone, secs), retryAfter)
 }
 
 // HasSenderZones reports whether stage 2 has zones on this endpoint.
