@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/cryptobyte"
 
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -594,13 +595,10 @@ func unmarshalAttachments(d *caddyfile.Dispenser) (*Attachments, error) {
 		a.Disabled = true
 		return a, nil
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("duplicate attachments option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "attachments") {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		switch opt {
 		case "max_size":
 			n, err := sizeArg(d, opt, maxAttachmentSize, "1073741815B")

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/forward"
 )
@@ -127,13 +128,10 @@ func (f *ForwardStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("duplicate forward option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "forward") {
+		if err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "key":
 			if !d.AllArgs(&f.Key) {

@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 )
 
 func init() {
@@ -165,13 +167,10 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] && opt != "rate_limit" {
-			return d.Errf("duplicate mimi option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "mimi", "rate_limit") {
+		if err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "provider":
 			g.Providers = d.RemainingArgs()
@@ -323,13 +322,10 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // unmarshalFederation parses the federation block.
 func unmarshalFederation(d *caddyfile.Dispenser) (*Federation, error) {
 	f := new(Federation)
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] && opt != "resolve" && opt != "root_ca" && opt != "trust_pki_ca" {
-			return nil, d.Errf("duplicate federation option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "federation", "resolve", "root_ca", "trust_pki_ca") {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		switch opt {
 		case "allow_private_addresses":
 			if d.NextArg() {

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/federation"
 )
 
@@ -127,13 +128,10 @@ func unmarshalDelivery(d *caddyfile.Dispenser) (*Delivery, error) {
 	default:
 		return nil, d.Errf("unrecognized delivery target '%s': want %s or %s", dl.Target, targetLocalQueues, targetBackend)
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("duplicate delivery option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "delivery") {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		switch opt {
 		case "key":
 			// Not quoted in errors: it may be the key itself.

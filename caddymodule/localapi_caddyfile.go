@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 )
 
@@ -53,13 +54,10 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("duplicate mimi_local option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "mimi_local") {
+		if err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "provider":
 			h.Providers = d.RemainingArgs()

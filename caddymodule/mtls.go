@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 )
@@ -266,13 +267,10 @@ func dsHost(authority string) string {
 // root_ca and trust_pki_ca may repeat; the block may be empty.
 func unmarshalMutualTLS(d *caddyfile.Dispenser) (*MutualTLS, error) {
 	m := new(MutualTLS)
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] && opt != "root_ca" && opt != "trust_pki_ca" {
-			return nil, d.Errf("duplicate mutual_tls option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "mutual_tls", "root_ca", "trust_pki_ca") {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		switch opt {
 		case "present_only", "system_roots":
 			if d.NextArg() {

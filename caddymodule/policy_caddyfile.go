@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
@@ -23,13 +24,10 @@ func unmarshalRateLimit(d *caddyfile.Dispenser) (*RateLimitZone, error) {
 	if !admission.ValidZoneName(z.Name) {
 		return nil, d.Errf("invalid rate_limit zone name '%s': want lowercase letters, digits and underscores, not privacy_pass, peers or issuer", z.Name)
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("duplicate rate_limit %s option '%s'", z.Name, opt)
+	for opt, err := range caddyopts.Block(d, "rate_limit "+z.Name) {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		switch opt {
 		case "key":
 			args := d.RemainingArgs()
@@ -132,13 +130,10 @@ func unmarshalRedis(d *caddyfile.Dispenser, zone string) (*RateLimitRedis, error
 	if !d.AllArgs(&r.Address) {
 		return nil, d.ArgErr()
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("duplicate rate_limit %s redis option '%s'", zone, opt)
+	for opt, err := range caddyopts.Block(d, "rate_limit "+zone+" redis") {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		var v string
 		if !d.AllArgs(&v) {
 			return nil, d.ArgErr()
@@ -177,13 +172,10 @@ func unmarshalPrivacyPass(d *caddyfile.Dispenser) (*PrivacyPass, error) {
 		return nil, d.ArgErr()
 	}
 	pp := new(PrivacyPass)
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] && opt != "token_key" {
-			return nil, d.Errf("duplicate privacy_pass option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "privacy_pass", "token_key") {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		switch opt {
 		case "issuer_name":
 			if !d.AllArgs(&pp.IssuerName) {
@@ -259,13 +251,10 @@ func unmarshalIssuer(d *caddyfile.Dispenser) (*TokenIssuer, error) {
 		return nil, d.ArgErr()
 	}
 	is := new(TokenIssuer)
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] && opt != "key" {
-			return nil, d.Errf("duplicate issuer option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "issuer", "key") {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		switch opt {
 		case "key":
 			var file string

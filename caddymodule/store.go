@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 )
@@ -132,13 +133,10 @@ func unmarshalStore(d *caddyfile.Dispenser) (*StoreConfig, error) {
 	default:
 		return nil, d.Errf("invalid store backend '%s': want sqlite or postgres", s.Backend)
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("duplicate store option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "store") {
+		if err != nil {
+			return nil, err
 		}
-		seen[opt] = true
 		switch opt {
 		case "max_conns":
 			var v string

@@ -9,6 +9,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
+	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/s3store"
 )
@@ -135,13 +136,10 @@ func (s *S3Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("duplicate s3 option '%s'", opt)
+	for opt, err := range caddyopts.Block(d, "s3") {
+		if err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "endpoint", "bucket", "prefix", "region", "access_key", "secret_key":
 			var v string
