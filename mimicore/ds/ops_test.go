@@ -300,11 +300,7 @@ func TestRacingCommits(t *testing.T) {
 	alice := h.newTClient(t, "alice", "phone", false)
 	bob := h.newTClient(t, "bob", "phone", false)
 	gid := []byte("racing group")
-	h.mustDo(t, "create_group", createBody(t, alice, gid))
-	res := commit(t, alice.m, addProps(bob), nil, nil)
-	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
-	adopt(t, res, alice)
-	join(t, res, bob)
+	h.newGroup(t, gid, alice, bob)
 	for round := range 10 {
 		ra := commit(t, alice.m, nil, nil, nil)
 		rb := commit(t, bob.m, nil, nil, nil)
@@ -352,12 +348,8 @@ func TestRefusals(t *testing.T) {
 	laptop := h.newTClient(t, "alice", "laptop", false)
 	bob := h.newTClient(t, "bob", "phone", false)
 	gid := []byte("refusals group")
-	h.mustDo(t, "create_group", createBody(t, alice, gid))
-	res := commit(t, alice.m, addProps(bob), nil, nil)
-	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
-	adopt(t, res, alice)
-	join(t, res, bob)
-	res = commit(t, alice.m, addProps(laptop), nil, nil)
+	h.newGroup(t, gid, alice, bob)
+	res := commit(t, alice.m, addProps(laptop), nil, nil)
 	h.mustDo(t, "add_clients", commitBody(t, moh.AddClients, alice, alice.m, res))
 	adopt(t, res, alice, bob)
 	join(t, res, laptop)
@@ -572,11 +564,7 @@ func TestSelfRemoveTwice(t *testing.T) {
 	bob := h.newTClient(t, "bob", "phone", false)
 	carol := h.newTClient(t, "carol", "phone", false)
 	gid := []byte("self-remove twice group")
-	h.mustDo(t, "create_group", createBody(t, alice, gid))
-	res := commit(t, alice.m, addProps(bob, carol), nil, nil)
-	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, alice, alice.m, res))
-	adopt(t, res, alice)
-	join(t, res, bob, carol)
+	h.newGroup(t, gid, alice, bob, carol)
 	b := bob.m.LeafIndex()
 	remove := &mls.Proposal{Type: mls.ProposalRemove, Removed: b}
 	first, err := bob.m.Propose(remove)
@@ -630,10 +618,21 @@ func TestSelfRemoveTwice(t *testing.T) {
 		t.Fatalf("%d proposals pending, want both", len(p))
 	}
 	byRef := func([]byte) (*mls.AuthenticatedContent, error) { return ac1, nil }
-	res = commit(t, alice.m, nil, [][]byte{ref1}, byRef)
+	res := commit(t, alice.m, nil, [][]byte{ref1}, byRef)
 	h.mustDo(t, "update_client covering one of the two", commitBody(t, moh.UpdateClient, alice, alice.m, res))
 	if p := h.snapshot(t, gid).pending; len(p) != 0 {
 		t.Fatalf("%d proposals pending after the commit", len(p))
 	}
 	h.wantEpoch(t, gid, 2, 2)
+}
+
+// newGroup creates the group gid with creator and adds joiners, clients
+// of this provider, in one add_users commit that every member follows.
+func (h *harness) newGroup(t *testing.T, gid []byte, creator *tclient, joiners ...*tclient) {
+	t.Helper()
+	h.mustDo(t, "create_group", createBody(t, creator, gid))
+	res := commit(t, creator.m, addProps(joiners...), nil, nil)
+	h.mustDo(t, "add_users", commitBody(t, moh.AddUsers, creator, creator.m, res))
+	adopt(t, res, creator)
+	join(t, res, joiners...)
 }
