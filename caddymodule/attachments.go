@@ -478,7 +478,7 @@ func (g *Gateway) relayUpload(x *exchange, head []byte) bool {
 	}
 	body := &uploadBody{x: x, r: x.body(), end: end}
 	defer body.stop()
-	return g.relayStream(x, head[:n], io.MultiReader(bytes.NewReader(head), body), x.r.ContentLength)
+	return g.relayStream(x, head[:n], moh.UploadBody(head, body), x.r.ContentLength)
 }
 
 // relayHeaders are the headers of a hub's attachment answer that a

@@ -54,7 +54,7 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 	if err != nil {
 		return attachment.Reference{}, 0, err
 	}
-	body := io.MultiReader(bytes.NewReader(head), bytes.NewReader(sealed.Ciphertext))
+	body := moh.UploadBody(head, bytes.NewReader(sealed.Ciphertext))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.cfg.Gateway, "/")+"/attachment_upload", body)
 	if err != nil {
 		return attachment.Reference{}, 0, err

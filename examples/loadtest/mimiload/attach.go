@@ -115,7 +115,7 @@ func (m *attachMember) upload(ctx context.Context, content io.Reader, size int64
 	if err != nil {
 		return nil, err
 	}
-	body := io.MultiReader(bytes.NewReader(head), content)
+	body := moh.UploadBody(head, content)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.t.url("b.localhost", "/attachment_upload"), body)
 	if err != nil {
 		return nil, err
