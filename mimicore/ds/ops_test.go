@@ -92,6 +92,7 @@ func TestGroupLifecycle(t *testing.T) {
 	adopt(t, res, alice)
 	join(t, res, bob, carol)
 	h.wantEpoch(t, gid, 1, 3)
+	welcome := res.Welcome
 	// welcome_info: bob and carol, each signing with their KeyPackage's
 	// key, get the tree of the epoch their Welcome added them in, as the
 	// store kept it; the joiners were recorded by the add_users commit.
@@ -266,6 +267,14 @@ func TestGroupLifecycle(t *testing.T) {
 	res = commit(t, res.Next, nil, nil, nil)
 	if _, err := h.do(t, commitBody(t, moh.UpdateClient, alice, res.Next, res)); codeOf(err) != moh.CodeNotFound {
 		t.Fatalf("request for a deleted group: %v, want not_found", err)
+	}
+	// Its id is never used again: not by a new group here, and not by a
+	// group another provider claims to host.
+	if _, err := h.do(t, createBody(t, alice, gid)); codeOf(err) != moh.CodeGroupExists {
+		t.Fatalf("create_group with the deleted group's id: %v, want group_exists", err)
+	}
+	if _, err := h.deliver(t, "c.example", queueingPayload(t, gid, welcome, bob.uri)); codeOf(err) != moh.CodeForbidden {
+		t.Fatalf("a Welcome for the deleted group's id from another provider: %v, want forbidden", err)
 	}
 }
 

@@ -70,7 +70,8 @@ type GroupStore interface {
 	// who read the group's log (GroupPost) from the next message on; the
 	// group id is c.State.GroupID(). It fails with ErrGroupExists when the
 	// id is already in use, hosted here or recorded with RecordGroupHub,
-	// and leaves the stored group as it was.
+	// or was the id of a group deleted here, and leaves the stored group as
+	// it was.
 	CreateGroup(ctx context.Context, c GroupCreation) error
 
 	// GroupInfo returns the current epoch of a group hosted here and the
@@ -144,13 +145,16 @@ type GroupStore interface {
 	// joiners when it is hosted here, and its hub record; its local
 	// members stop being members (they keep reading the posts the group's
 	// log holds up to then, until these expire). An unknown group is
-	// ErrNotFound.
+	// ErrNotFound. The id of a group hosted here is never used again
+	// (CreateGroup and RecordGroupHub refuse it); that of a group hosted
+	// elsewhere is free again.
 	DeleteGroup(ctx context.Context, groupID []byte) error
 
 	// RecordGroupHub records that hub hosts a group this provider learnt of
 	// (the first Welcome for it in a deliver_message, PROFILE §9). It is
 	// nil when the same hub is already recorded, and ErrGroupExists when
-	// the id is hosted here or recorded with another hub.
+	// the id is hosted here, was the id of a group deleted here, or is
+	// recorded with another hub.
 	RecordGroupHub(ctx context.Context, groupID []byte, hub string) error
 
 	// GroupHub returns the hub of a group, hosted here (the hub given to

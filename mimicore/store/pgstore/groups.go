@@ -139,6 +139,9 @@ func (s *Store) CreateGroup(ctx context.Context, c store.GroupCreation) error {
 		if tag.RowsAffected() == 0 {
 			return store.ErrGroupExists
 		}
+		if err := checkNotDeleted(ctx, tx, id); err != nil {
+			return err
+		}
 		if err := tx.QueryRow(ctx, `INSERT INTO mls_groups
 			(group_id, epoch, context, interim, conf_tag, width, updated_ms, group_info, members_known)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true) RETURNING id`,
@@ -592,12 +595,18 @@ func (s *Store) DeleteGroup(ctx context.Context, groupID []byte) error {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `DELETE FROM group_hubs WHERE group_id = $1`, groupID)
-		if err != nil {
+		var hosted bool
+		err := tx.QueryRow(ctx, `DELETE FROM group_hubs WHERE group_id = $1 RETURNING hosted`, groupID).Scan(&hosted)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+		} else if err != nil {
 			return err
 		}
-		if tag.RowsAffected() == 0 {
-			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+		if hosted {
+			if _, err := tx.Exec(ctx, `INSERT INTO deleted_groups (group_id, deleted_ms) VALUES ($1, $2)`,
+				groupID, s.nowMs()); err != nil {
+				return fmt.Errorf("keeping the id: %w", err)
+			}
 		}
 		// Its local members stop being members: ranges with nothing in
 		// them go, the others end at the last number given.
@@ -630,18 +639,44 @@ func (s *Store) RecordGroupHub(ctx context.Context, groupID []byte, hub string) 
 	if err := check.Domain("hub", hub); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	// ON CONFLICT DO UPDATE (a no-op) rather than DO NOTHING, so that the
-	// existing row comes back, locked, in the same statement.
-	var have string
-	var hosted, inserted bool
-	err := s.pool.QueryRow(ctx, `INSERT INTO group_hubs AS g (group_id, hub, hosted, created_ms)
-		VALUES ($1, $2, false, $3) ON CONFLICT (group_id) DO UPDATE SET hub = g.hub
-		RETURNING hub, hosted, xmax = 0`, groupID, hub, s.nowMs()).Scan(&have, &hosted, &inserted)
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		// ON CONFLICT DO UPDATE (a no-op) rather than DO NOTHING, so that
+		// the existing row comes back, locked, in the same statement.
+		var have string
+		var hosted, inserted bool
+		err := tx.QueryRow(ctx, `INSERT INTO group_hubs AS g (group_id, hub, hosted, created_ms)
+			VALUES ($1, $2, false, $3) ON CONFLICT (group_id) DO UPDATE SET hub = g.hub
+			RETURNING hub, hosted, xmax = 0`, groupID, hub, s.nowMs()).Scan(&have, &hosted, &inserted)
+		if err != nil {
+			return err
+		}
+		if !inserted {
+			if hosted || have != hub {
+				return store.ErrGroupExists
+			}
+			return nil
+		}
+		return checkNotDeleted(ctx, tx, groupID)
+	})
 	if err != nil {
 		return s.fail(doing, err)
 	}
-	if !inserted && (hosted || have != hub) {
-		return fmt.Errorf("%s: %w", doing, store.ErrGroupExists)
+	return nil
+}
+
+// checkNotDeleted fails with ErrGroupExists when a hosted group of id
+// was deleted (deleted_groups), after tx inserted id's group_hubs row.
+// It runs as a statement of its own, after the INSERT: under READ
+// COMMITTED it sees a DeleteGroup that committed while the INSERT waited
+// for the row that DeleteGroup removed, which the INSERT's snapshot did
+// not.
+func checkNotDeleted(ctx context.Context, tx pgx.Tx, id []byte) error {
+	var deleted bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM deleted_groups WHERE group_id = $1)`, id).Scan(&deleted); err != nil {
+		return fmt.Errorf("looking up deleted groups: %w", err)
+	}
+	if deleted {
+		return store.ErrGroupExists // a group of this id was deleted here
 	}
 	return nil
 }

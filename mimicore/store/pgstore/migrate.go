@@ -39,6 +39,7 @@ var migrations = []migration{
 	{9, "outbox backlog counters per destination", schemaV9},
 	{10, "sealed signing keys and leases", schemaSealedKeys},
 	{11, "Privacy Pass challenges of random redemption contexts", schemaTokenChallenges},
+	{12, "the ids of deleted hosted groups", schemaDeletedGroups},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -385,4 +386,13 @@ CREATE TABLE token_challenges (
 	expires_ms BIGINT  NOT NULL
 );
 CREATE INDEX token_challenges_expires ON token_challenges (expires_ms);
+`
+
+// schemaDeletedGroups holds the ids of deleted hosted groups, as
+// sqlitestore's schemaDeletedGroups describes it.
+const schemaDeletedGroups = `
+CREATE TABLE deleted_groups (
+	group_id   BYTEA  NOT NULL PRIMARY KEY,
+	deleted_ms BIGINT NOT NULL
+);
 `

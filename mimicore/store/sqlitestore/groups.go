@@ -140,7 +140,8 @@ func (s *Store) CreateGroup(ctx context.Context, c store.GroupCreation) error {
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
 		res, err := tx.ExecContext(ctx, `INSERT INTO group_hubs (group_id, hub, hosted, created_ms)
-			VALUES (?1, ?2, 1, ?3) ON CONFLICT (group_id) DO NOTHING`, id, hub, now)
+			SELECT ?1, ?2, 1, ?3 WHERE NOT EXISTS (SELECT 1 FROM deleted_groups WHERE group_id = ?1)
+			ON CONFLICT (group_id) DO NOTHING`, id, hub, now)
 		if err != nil {
 			return err
 		}
@@ -694,14 +695,18 @@ func (s *Store) DeleteGroup(ctx context.Context, groupID []byte) error {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM group_hubs WHERE group_id = ?1`, groupID)
-		if err != nil {
+		var hosted bool
+		err := tx.QueryRowContext(ctx, `DELETE FROM group_hubs WHERE group_id = ?1 RETURNING hosted`, groupID).Scan(&hosted)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+		} else if err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+		if hosted {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO deleted_groups (group_id, deleted_ms) VALUES (?1, ?2)`,
+				groupID, check.Millis(s.now())); err != nil {
+				return fmt.Errorf("keeping the id: %w", err)
+			}
 		}
 		// Its local members stop being members: ranges with nothing in
 		// them go, the others end at the last number given.
@@ -736,7 +741,8 @@ func (s *Store) RecordGroupHub(ctx context.Context, groupID []byte, hub string) 
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `INSERT INTO group_hubs (group_id, hub, hosted, created_ms)
-			VALUES (?1, ?2, 0, ?3) ON CONFLICT (group_id) DO NOTHING`, groupID, hub, check.Millis(s.now()))
+			SELECT ?1, ?2, 0, ?3 WHERE NOT EXISTS (SELECT 1 FROM deleted_groups WHERE group_id = ?1)
+			ON CONFLICT (group_id) DO NOTHING`, groupID, hub, check.Millis(s.now()))
 		if err != nil {
 			return err
 		}
@@ -745,8 +751,10 @@ func (s *Store) RecordGroupHub(ctx context.Context, groupID []byte, hub string) 
 		}
 		var have string
 		var hosted bool
-		if err := tx.QueryRowContext(ctx, `SELECT hub, hosted FROM group_hubs WHERE group_id = ?1`, groupID).
-			Scan(&have, &hosted); err != nil {
+		err = tx.QueryRowContext(ctx, `SELECT hub, hosted FROM group_hubs WHERE group_id = ?1`, groupID).Scan(&have, &hosted)
+		if errors.Is(err, sql.ErrNoRows) {
+			return store.ErrGroupExists // a group of this id was deleted here
+		} else if err != nil {
 			return err
 		}
 		if hosted || have != hub {

@@ -37,6 +37,7 @@ var migrations = []migration{
 	{10, "no expiry index on the hot write path", schemaV10},
 	{11, "sealed signing keys and leases", schemaSealedKeys},
 	{12, "Privacy Pass challenges of random redemption contexts", schemaTokenChallenges},
+	{13, "the ids of deleted hosted groups", schemaDeletedGroups},
 }
 
 const schemaV1 = `
@@ -473,4 +474,16 @@ CREATE TABLE token_challenges (
 	expires_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX token_challenges_expires ON token_challenges (expires_ms);
+`
+
+// schemaDeletedGroups holds the id of every group deleted on this DS
+// (store.GroupStore.DeleteGroup), so that the id is never used again: not
+// by a new group, and not as the id of a group another provider claims to
+// host. A row is never deleted. It is self-contained, whatever its version
+// number.
+const schemaDeletedGroups = `
+CREATE TABLE deleted_groups (
+	group_id   BLOB    NOT NULL PRIMARY KEY,
+	deleted_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 `

@@ -101,20 +101,26 @@ func testGroupLog(t *testing.T, open func(t *testing.T, clock *Clock) store.Stor
 		wantErr(t, "Ack beyond the sequence", err, store.ErrInvalid)
 	}
 
-	// Delete: carl keeps the posts written before, and nothing after.
+	// Delete: carl keeps the posts written before, and nothing after;
+	// the id is not used again.
 	noErr(t, "DeleteGroup", s.DeleteGroup(ctx(), gid))
-	again := NewGroup(t, gid, 2)
-	noErr(t, "CreateGroup again", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: again.State,
+	wantErr(t, "CreateGroup of the deleted id", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub,
+		State: NewGroup(t, gid, 2).State, Members: []string{logDana}}), store.ErrGroupExists)
+	_, err = s.Deliver(ctx(), gid, 1, post(gid, "deleted group", "", nil, nil))
+	wantErr(t, "Deliver to the deleted group", err, store.ErrNotFound)
+	gid2 := randBytes(t, 16)
+	again := NewGroup(t, gid2, 2)
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: again.State,
 		Members: []string{logDana}}))
-	_, err = s.Deliver(ctx(), gid, again.State.Epoch(), post(gid, "new group", "", nil, nil)) // 7
+	_, err = s.Deliver(ctx(), gid2, again.State.Epoch(), post(gid2, "new group", "", nil, nil)) // 7
 	noErr(t, "Deliver to the new group", err)
 	wantMsgs(t, "carl after the delete", fetch(t, s, logCarl, 0, store.FetchLimit{}), 4, "welcome", 6, "after")
 	wantMsgs(t, "dana in the new group", fetch(t, s, logDana, 0, store.FetchLimit{}), 7, "new group")
 
 	// Expiry: an expired post is skipped at once, and swept.
-	short := post(gid, "short", "", nil, nil)
+	short := post(gid2, "short", "", nil, nil)
 	short.Group.Expires = clock.Now().Add(time.Minute)
-	_, err = s.Deliver(ctx(), gid, again.State.Epoch(), short) // 8
+	_, err = s.Deliver(ctx(), gid2, again.State.Epoch(), short) // 8
 	noErr(t, "Deliver a short-lived post", err)
 	clock.Advance(time.Minute)
 	wantMsgs(t, "dana once the post expired", fetch(t, s, logDana, 0, store.FetchLimit{}), 7, "new group")

@@ -678,18 +678,16 @@ func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	wantErr(t, "CommitEpoch after delete", commitErr(s.CommitEpoch(ctx(), next)), store.ErrNotFound)
 	wantErr(t, "DeleteGroup again", s.DeleteGroup(ctx(), id), store.ErrNotFound)
 
-	// The id is free again, and the new group is not the old one, even
-	// at the same epoch.
-	again := NewGroup(t, id, 3)
-	noErr(t, "CreateGroup again", s.CreateGroup(ctx(), store.GroupCreation{Hub: "other.example", State: again.State}))
-	wantLoad(t, s, "the new group", again.State)
-	noWelcomeTree(t, s, "the old group's Welcome tree", id, g.State.Epoch())
-	noJoiners(t, s, "the old group's joiners", added)
-	ps, err := s.PendingProposals(ctx(), id, again.State.Epoch())
-	noErr(t, "PendingProposals of the new group", err)
-	if len(ps) != 0 {
-		t.Fatalf("the new group has %d proposals of the old one", len(ps))
-	}
+	// The id stays taken: no new group has it, and no other provider can
+	// claim to host it.
+	wantErr(t, "CreateGroup again", s.CreateGroup(ctx(), store.GroupCreation{Hub: "other.example",
+		State: NewGroup(t, id, 3).State}), store.ErrGroupExists)
+	wantErr(t, "RecordGroupHub of the deleted id", s.RecordGroupHub(ctx(), id, "far.example"), store.ErrGroupExists)
+	_, err = s.LoadGroup(ctx(), id)
+	wantErr(t, "LoadGroup after the refusals", err, store.ErrNotFound)
+	_, err = s.GroupHub(ctx(), id)
+	wantErr(t, "GroupHub after the refusals", err, store.ErrNotFound)
+	wantErr(t, "DeleteGroup after the refusals", s.DeleteGroup(ctx(), id), store.ErrNotFound)
 }
 
 func testGroupHubs(t *testing.T, open func(t *testing.T) store.Store) {
@@ -715,6 +713,8 @@ func testGroupHubs(t *testing.T, open func(t *testing.T) store.Store) {
 	noErr(t, "DeleteGroup of a group hosted elsewhere", s.DeleteGroup(ctx(), id))
 	_, err = s.GroupHub(ctx(), id)
 	wantErr(t, "GroupHub after delete", err, store.ErrNotFound)
+	// Only the ids of groups hosted here stay taken.
+	noErr(t, "RecordGroupHub after the delete", s.RecordGroupHub(ctx(), id, "other.example"))
 }
 
 // testReopenGroups checks that a group, its Welcome trees and its pending
