@@ -132,6 +132,13 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 	}
 	var backend storage.Backend
 	if a.Storage == nil {
+		if g.Store != nil && g.Store.Backend == storePostgres {
+			// The gateways on one database serve each other's attachment
+			// records: bytes only one of them holds would be 404 on the
+			// others, and never deleted when they expire there.
+			return errors.New("mimi: attachments: with store postgres, name the storage the gateways have in common: " +
+				"storage s3, storage forward, or storage local with a root they all mount (or attachments { disabled })")
+		}
 		l := new(LocalStorage)
 		if err := l.setDataDir(g.DataDir); err != nil {
 			return fmt.Errorf("mimi: attachments storage: %w", err)

@@ -239,3 +239,34 @@ func TestAttachmentStorageForwardModule(t *testing.T) {
 		})
 	}
 }
+
+// TestAttachmentStorageNamedWithPostgres checks that gateways on one
+// PostgreSQL database are not given the default storage, local files of
+// each gateway's own, which the others would neither serve nor delete.
+func TestAttachmentStorageNamedWithPostgres(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	for _, tc := range []struct {
+		name    string
+		att     *Attachments
+		wantErr string
+	}{
+		{"no attachments block", nil, "with store postgres, name the storage"},
+		{"a block without storage", &Attachments{MaxSize: 1 << 20}, "with store postgres, name the storage"},
+		{"disabled", &Attachments{Disabled: true}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &Gateway{Store: &StoreConfig{Backend: storePostgres}, DataDir: t.TempDir(), Attachments: tc.att}
+			err := g.provisionAttachments(ctx)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want it to say %q", err, tc.wantErr)
+			}
+		})
+	}
+}

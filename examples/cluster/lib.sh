@@ -178,7 +178,10 @@ configure() {
 	for g in "${gws[@]}"; do
 		mkdir -p "$tmp/$g"
 		gateway "$g" a "$(gw_port "$g")" "store postgres $dsn
-		key_secret {env.MIMI_KEY_SECRET}" b "$PORT_B" "$a_users" "$PORT_A" "${A_SITE:-}" "${A_MIMI:-}" >"$tmp/$g/Caddyfile"
+		key_secret {env.MIMI_KEY_SECRET}
+		attachments {
+			storage local $tmp/attachments
+		}" b "$PORT_B" "$a_users" "$PORT_A" "${A_SITE:-}" "${A_MIMI:-}" >"$tmp/$g/Caddyfile"
 		upstreams="$upstreams https://127.0.0.1:$(gw_port "$g")"
 	done
 	mkdir -p "$tmp/b" "$tmp/lb"
