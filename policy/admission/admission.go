@@ -17,7 +17,8 @@
 //     Then, if the endpoint is in RequireToken or an over_limit token zone
 //     was over its limit, the request must carry a valid, unspent token
 //     (token_required with a fresh challenge otherwise); one token answers
-//     all of them. Zones run first so that a flooding client costs no
+//     all of them, and the over_limit token zones of the later stages of
+//     the same Request. Zones run first so that a flooding client costs no
 //     token verification.
 //  2. Plan.Sender, on provider endpoints after the envelope signature
 //     verified and before the request id is reserved: the sender_provider
@@ -246,7 +247,8 @@ type Replacer interface {
 // Request is what the policy needs to know of a request. Fill in what the
 // stage needs: ClientIP, Placeholders and Authorization for Before, Sender
 // for Plan.Sender, Group and Member for Plan.Member; Authorization for any
-// stage that may need a token.
+// stage that may need a token. Pass the same Request to every stage of a
+// request: a token one stage redeemed answers the later ones.
 type Request struct {
 	// ClientIP is the client's address as the server determined it (for
 	// Caddy, the client_ip variable, which honours trusted_proxies);
@@ -266,6 +268,11 @@ type Request struct {
 	// body, so that a forger cannot spend another group's or member's
 	// budget.
 	Group, Member []byte
+
+	// redeemed is set when a stage redeemed Authorization's token and
+	// accepted it: later stages of the request take it as answered rather
+	// than redeem it again, which the double-spend record would refuse.
+	redeemed bool
 }
 
 // nonIPKey is the bucket of clients without an IP address.
@@ -350,7 +357,7 @@ func (pl *Plan) Before(ctx context.Context, r *Request) error {
 
 // Sender is stage 2: the sender_provider zones, keyed on r.Sender. Over an
 // over_limit token zone it redeems the token, unless the endpoint requires
-// one (then Before redeemed it).
+// one or an earlier stage redeemed it for r (then that token answers).
 func (pl *Plan) Sender(ctx context.Context, r *Request) error {
 	if pl == nil || len(pl.sender) == 0 {
 		return nil
@@ -451,8 +458,13 @@ func clientIP(r *Request) string {
 
 // redeem checks r's PrivateToken credential and spends the token, or
 // returns the refusal: token_required with a fresh challenge, or
-// backend_unavailable when the double-spend store failed.
+// backend_unavailable when the double-spend store failed. A token an
+// earlier stage redeemed for r answers again without a second redemption:
+// one token answers every zone of a request.
 func (pl *Plan) redeem(ctx context.Context, r *Request) error {
+	if r.redeemed {
+		return nil
+	}
 	if pl.p.origin == nil {
 		return errors.New("privacy pass: no origin configured")
 	}
@@ -469,6 +481,7 @@ func (pl *Plan) redeem(ctx context.Context, r *Request) error {
 	}
 	if err == nil {
 		pl.tokens.accepted.Inc()
+		r.redeemed = true
 		return nil
 	}
 	reason := privacypass.ReasonOf(err)

@@ -393,6 +393,59 @@ func TestOneTokenAnswersAll(t *testing.T) {
 	}
 }
 
+// TestOneTokenAnswersEveryStage checks that one token answers the over_limit
+// token zones of every stage of a request: the token Before redeemed for
+// a zone keyed on the request also answers the sender or member zones
+// over their limit, with no second redemption (which would refuse the
+// spent token), and the token stays spent for later requests.
+func TestOneTokenAnswersEveryStage(t *testing.T) {
+	for _, tc := range []struct {
+		name, endpoint string
+		key            KeyKind
+		stage          func(*Plan, context.Context, *Request) error
+	}{
+		{"sender", "connection_request", KeySender, (*Plan).Sender},
+		{"member", "group_operation", KeyMember, (*Plan).Member},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newPPFixture(t)
+			byIP := zoneCfg("every_ip", KeyRemoteIP, 1, time.Hour, tc.endpoint)
+			later := zoneCfg("every_"+tc.name, tc.key, 1, time.Hour, tc.endpoint)
+			byIP.OverLimitToken, later.OverLimitToken = true, true
+			p := newPolicy(t, Config{Origin: f.origin(t), Zones: []ZoneConfig{byIP, later}})
+			pl := p.Plan(tc.endpoint)
+			ctx := context.Background()
+			req := func(auth string) *Request {
+				return &Request{ClientIP: ip("192.0.2.1"), Sender: []byte("a.example"),
+					Group: []byte("g1"), Member: []byte("alice"), Authorization: auth}
+			}
+			first := req("")
+			if err := pl.Before(ctx, first); err != nil {
+				t.Fatalf("Before under the limit: %v", err)
+			}
+			if err := tc.stage(pl, ctx, first); err != nil {
+				t.Fatalf("%s under the limit: %v", tc.name, err)
+			}
+			err := pl.Before(ctx, req(""))
+			auth := f.mint(t, challengeOf(t, err, privacypass.TypeBlindRSA), privacypass.TypeBlindRSA)
+			accepted := counter(zonePrivacyPass, tc.endpoint, "token_accepted")
+			r := req(auth)
+			if err := pl.Before(ctx, r); err != nil {
+				t.Fatalf("Before over the limit with a token: %v", err)
+			}
+			if err := tc.stage(pl, ctx, r); err != nil {
+				t.Fatalf("%s over the limit with the token Before redeemed: %v", tc.name, err)
+			}
+			if n := counter(zonePrivacyPass, tc.endpoint, "token_accepted") - accepted; n != 1 {
+				t.Fatalf("token_accepted rose by %v, want 1", n)
+			}
+			if err := tc.stage(pl, ctx, req(auth)); codeOf(err) != moh.CodeTokenRequired {
+				t.Fatalf("%s of another request with the spent token: %v", tc.name, err)
+			}
+		})
+	}
+}
+
 // TestSenderStage checks the sender_provider zones of stage 2, with
 // over_limit token and refuse.
 func TestSenderStage(t *testing.T) {
