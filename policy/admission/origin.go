@@ -214,8 +214,8 @@ func (o *Origin) RefreshForUnknownKey(ctx context.Context) bool {
 	return o.Current() != before
 }
 
-// install builds an origin with the configured keys and dirKeys and makes
-// it current.
+// install builds an origin with the configured keys and dirKeys (see
+// withDirectoryKeys) and makes it current.
 func (o *Origin) install(dirKeys []*privacypass.Key) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -224,7 +224,7 @@ func (o *Origin) install(dirKeys []*privacypass.Key) error {
 
 func (o *Origin) installLocked(dirKeys []*privacypass.Key) error {
 	cfg := o.cfg
-	cfg.Keys = append(slices.Clone(o.cfg.Keys), dirKeys...)
+	cfg.Keys = withDirectoryKeys(o.cfg.Keys, dirKeys)
 	if len(cfg.Keys) == 0 {
 		return errors.New("no usable token key")
 	}
@@ -250,6 +250,26 @@ func (o *Origin) installLocked(dirKeys []*privacypass.Key) error {
 		zap.Strings("origin_info", cfg.OriginInfo), zap.Strings("token_key_ids", ids),
 		zap.String("context", cfg.Mode.String()))
 	return nil
+}
+
+// withDirectoryKeys returns the configured keys followed by the directory's
+// keys that are neither configured nor listed earlier in the directory: the
+// verifier refuses two keys of one id, and a directory may list a key
+// token_key pins (as the README's example does) or list a key twice. The
+// configured key is the one kept.
+func withDirectoryKeys(configured, dirKeys []*privacypass.Key) []*privacypass.Key {
+	keys := slices.Clone(configured)
+	seen := make(map[[privacypass.KeyIDSize]byte]bool, len(configured)+len(dirKeys))
+	for _, k := range configured {
+		seen[k.ID()] = true
+	}
+	for _, k := range dirKeys {
+		if id := k.ID(); !seen[id] {
+			seen[id] = true
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // keyIDs is a fingerprint of a key list.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -306,6 +307,121 @@ func TestNewOriginErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := NewOrigin(context.Background(), tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// directoryOf is an issuer directory listing keys, in order, repeats
+// included.
+func directoryOf(t testing.TB, keys ...*privacypass.Key) []byte {
+	t.Helper()
+	d := &privacypass.Directory{IssuerRequestURI: DefaultRequestPath}
+	for _, k := range keys {
+		d.TokenKeys = append(d.TokenKeys, privacypass.DirectoryKey{TokenType: k.Type(),
+			TokenKey: base64.URLEncoding.EncodeToString(k.TokenKey())})
+	}
+	b, err := d.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// directoryServer serves *served as the issuer directory of example.com
+// and returns its URL and the fetch policy that reaches it.
+func directoryServer(t testing.TB, served *atomic.Pointer[[]byte]) (string, provider.FetchPolicy) {
+	t.Helper()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", privacypass.MediaTypeIssuerDirectory)
+		w.Write(*served.Load()) //nolint:errcheck // test server
+	}))
+	t.Cleanup(srv.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	pol := provider.FetchPolicy{AllowPrivate: true, AllowedPorts: []int{port}, RootCAs: roots,
+		Resolve: map[string]string{"example.com": srv.Listener.Addr().String()}}
+	return "https://example.com:" + strconv.Itoa(port) + privacypass.DirectoryPath, pol
+}
+
+// TestDirectoryKeysOverlap checks that a key listed twice, by token_key and
+// by the issuer directory or twice by the directory, is accepted once:
+// the verifier refuses duplicate key ids, so an overlap must neither fail
+// NewOrigin nor, when a refresh brings it, keep the directory's other keys
+// out.
+func TestDirectoryKeysOverlap(t *testing.T) {
+	f := newPPFixture(t)
+	ctx := context.Background()
+	genKey := func() (*privacypass.Key, func([]byte) ([]byte, error)) {
+		k, err := privacypass.GenerateKey(privacypass.TypeBlindRSA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		is, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k, is.Issue
+	}
+	fixtureKey := f.keys[privacypass.TypeBlindRSA]
+	pinned, pinnedIssue := genKey()
+	rotated, rotatedIssue := genKey()
+	for _, tc := range []struct {
+		name string
+		// pinned are the token_key keys; dir and then the directories
+		// served at NewOrigin and at a later Refresh (then nil: none).
+		pinned    []*privacypass.Key
+		dir, then []byte
+		// accepted are tokens under these keys after the last fetch;
+		// refused, under these, are refused.
+		accepted map[*privacypass.Key]func([]byte) ([]byte, error)
+		refused  map[*privacypass.Key]func([]byte) ([]byte, error)
+	}{
+		{name: "pinned key the directory also lists",
+			pinned: []*privacypass.Key{fixtureKey.Public()}, dir: directoryOf(t, fixtureKey),
+			accepted: map[*privacypass.Key]func([]byte) ([]byte, error){fixtureKey: f.issuer.Issue}},
+		{name: "directory lists a key twice",
+			dir:      directoryOf(t, fixtureKey, fixtureKey),
+			accepted: map[*privacypass.Key]func([]byte) ([]byte, error){fixtureKey: f.issuer.Issue}},
+		{name: "refresh brings the pinned key and a rotation",
+			pinned: []*privacypass.Key{pinned.Public()}, dir: directoryOf(t, fixtureKey), then: directoryOf(t, rotated, pinned),
+			accepted: map[*privacypass.Key]func([]byte) ([]byte, error){pinned: pinnedIssue, rotated: rotatedIssue},
+			refused:  map[*privacypass.Key]func([]byte) ([]byte, error){fixtureKey: f.issuer.Issue}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var served atomic.Pointer[[]byte]
+			served.Store(&tc.dir)
+			url, pol := directoryServer(t, &served)
+			o, err := NewOrigin(ctx, OriginConfig{
+				OriginConfig: privacypass.OriginConfig{IssuerName: "example.com", OriginInfo: []string{"ds.example.com"},
+					Keys: tc.pinned, Spent: f.store},
+				DirectoryURL: url, Fetch: pol,
+			})
+			if err != nil {
+				t.Fatalf("NewOrigin: %v", err)
+			}
+			defer o.Close()
+			if tc.then != nil {
+				served.Store(&tc.then)
+				if err := o.Refresh(ctx); err != nil {
+					t.Fatalf("Refresh: %v", err)
+				}
+			}
+			pl := newPolicy(t, Config{Origin: o, RequireToken: []string{"welcome_information"}}).Plan("welcome_information")
+			redeem := func(k *privacypass.Key, issue func([]byte) ([]byte, error)) error {
+				challenge := challengeOf(t, pl.Before(ctx, &Request{}), privacypass.TypeBlindRSA)
+				return pl.Before(ctx, &Request{Authorization: mintWith(t, issue, k, challenge)})
+			}
+			for k, issue := range tc.accepted {
+				if err := redeem(k, issue); err != nil {
+					t.Errorf("token under key %x: %v", k.TruncatedID(), err)
+				}
+			}
+			for k, issue := range tc.refused {
+				if err := redeem(k, issue); codeOf(err) != moh.CodeTokenRequired {
+					t.Errorf("token under the dropped key %x: %v, want token_required", k.TruncatedID(), err)
+				}
 			}
 		})
 	}
