@@ -103,7 +103,8 @@ func newZoneUse(z *zone, endpoint string) *zoneUse {
 // New validates cfg and builds its Policy, acquiring the zones it names
 // from the registry shared by every Policy of the process: a zone of the
 // same Scope and name that another Policy holds is reused, with cfg's rate
-// and burst applied to its buckets. Close releases them.
+// and burst applied to its buckets, unless cfg changes its key kind or
+// MaxKeys: then this Policy gets a new zone. Close releases them.
 func New(cfg Config) (*Policy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err

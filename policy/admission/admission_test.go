@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -711,7 +712,7 @@ func TestZonesSharedAcrossPolicies(t *testing.T) {
 	before := func(p *Policy) error {
 		return p.Plan("verification_key").Before(context.Background(), &Request{ClientIP: ip("198.51.100.7")})
 	}
-	key := registryKey(scope, "z")
+	key := registryKey(scope, &cfg(time.Hour).Zones[0])
 	a := mustNew(cfg(time.Hour))
 	if err := before(a); err != nil {
 		t.Fatal(err)
@@ -748,6 +749,59 @@ func TestZonesSharedAcrossPolicies(t *testing.T) {
 	}
 }
 
+// TestReloadChangingZoneShape checks a reload (a new Policy acquiring the
+// zone while the old one still holds it) that changes what a zone cannot
+// change in place, its bound on keys or its key kind: the new Policy gets
+// a zone of its own, built from its configuration, and the old Policy
+// keeps its zone until it closes.
+func TestReloadChangingZoneShape(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		old, next func(*ZoneConfig)
+	}{
+		{"max_keys", func(z *ZoneConfig) { z.MaxKeys = 64 }, func(z *ZoneConfig) { z.MaxKeys = 100000 }},
+		{"key kind", func(z *ZoneConfig) { z.MaxKeys = 64 }, func(z *ZoneConfig) { z.Key, z.IPv4Prefix, z.MaxKeys = KeyIPPrefix, 32, 100000 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			scope := t.TempDir()
+			zc := zoneCfg("z", KeyRemoteIP, 10, time.Hour, "welcome_information")
+			tc.old(&zc)
+			oldCfg := zc
+			p1 := newPolicy(t, Config{Scope: scope, Zones: []ZoneConfig{zc}})
+			tc.next(&zc)
+			p2 := newPolicy(t, Config{Scope: scope, Zones: []ZoneConfig{zc}})
+			oldZone := p1.Plan("welcome_information").pre[0].zone.rl
+			pl := p2.Plan("welcome_information")
+			if pl.pre[0].zone.rl == oldZone {
+				t.Fatal("the reload kept the old zone")
+			}
+			now := p2.now()
+			var buf [64]byte
+			for i := range 1000 {
+				r := &Request{ClientIP: netip.AddrFrom4([4]byte{10, 0, byte(i / 256), byte(i % 256)})}
+				if _, _, err := pl.pre[0].zone.allowRequest(buf[:0], r, now); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := pl.pre[0].zone.rl.Len(); n < 1000 {
+				t.Fatalf("the new zone holds %d of 1000 keys under max_keys 100000", n)
+			}
+			if n := zones.refs(registryKey(scope, &oldCfg)); n != 1 {
+				t.Fatalf("the old zone has %d references, want 1 (the old Policy's)", n)
+			}
+			if err := p1.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if n := zones.refs(registryKey(scope, &oldCfg)); n != 0 {
+				t.Fatalf("the old zone outlived its Policy (%d references)", n)
+			}
+			if n := zones.refs(registryKey(scope, &zc)); n != 1 {
+				t.Fatalf("the new zone has %d references, want 1", n)
+			}
+		})
+	}
+}
+
 func TestNewErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -776,7 +830,7 @@ func TestNewErrors(t *testing.T) {
 		if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "rate_limit bad") {
 			t.Fatalf("New: %v", err)
 		}
-		if n := zones.refs(registryKey(scope, "ok")); n != 0 {
+		if n := zones.refs(registryKey(scope, &cfg.Zones[0])); n != 0 {
 			t.Fatalf("the first zone is still held (%d references)", n)
 		}
 	})

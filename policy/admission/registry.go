@@ -3,6 +3,7 @@ package admission
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 
 	"go.uber.org/zap"
@@ -10,9 +11,10 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
-// zones keeps rate-limit zones across Policies, keyed by scope and zone
-// name: Caddy provisions a new configuration before it cleans up the old
-// one, so the new Policy finds the old zone and its buckets.
+// zones keeps rate-limit zones across Policies, keyed by scope, zone name,
+// key kind and bound on keys (registryKey): Caddy provisions a new
+// configuration before it cleans up the old one, so the new Policy finds
+// the old zone and its buckets.
 var zones = &registry{m: map[string]*zoneEntry{}}
 
 // registry is a reference-counted map of shared zones.
@@ -26,16 +28,28 @@ type zoneEntry struct {
 	refs int
 }
 
-// registryKey is the key of a zone in the registry.
-func registryKey(scope, name string) string { return scope + "\x00" + name }
+// registryKey is the key of cfg's zone in the registry: its scope and name,
+// and what a built zone cannot change in place, its key kind (its buckets
+// are keyed on it) and its bound on keys (ratelimit sizes its shards by
+// it). A reload that changes either builds a zone of its own, with empty
+// buckets, beside the old one, which the old Policy holds until it
+// releases it, as it would a zone of another name: acquire and release
+// need no other case.
+func registryKey(scope string, cfg *ZoneConfig) string {
+	maxKeys := cfg.MaxKeys
+	if maxKeys == 0 {
+		maxKeys = ratelimit.DefaultMaxKeys
+	}
+	return scope + "\x00" + cfg.Name + "\x00" + cfg.Key.String() + "\x00" + strconv.Itoa(maxKeys)
+}
 
 // acquire returns the zone of cfg in scope, creating it on first use and
-// applying cfg's rate, burst and Redis settings to an existing one (an
-// unchanged Redis setting keeps its connection). Every successful acquire
+// applying cfg's rate, burst and Redis settings to an existing one of the
+// same registryKey (an unchanged Redis setting keeps its connection). Every successful acquire
 // is paired with a release of the returned key. logger receives the
 // zone's Redis fallbacks and recoveries.
 func (r *registry) acquire(scope string, cfg *ZoneConfig, logger *zap.Logger) (*ratelimit.Zone, string, error) {
-	key := registryKey(scope, cfg.Name)
+	key := registryKey(scope, cfg)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.m[key]; e != nil {
