@@ -25,22 +25,26 @@
 //
 //   - Redis keeps times in microseconds as doubles: the rate is at most
 //     MaxRedisRate, and rounded (see there);
-//   - the time is the caller's now, passed to the script, not Redis's
-//     TIME: the same Allow(key, now) contract as local zones, testable with
-//     a fake clock, and deterministic. Processes whose clocks differ by d
-//     share a key fairly only up to d: a process ahead by d may spend up to
-//     d*rate events early (never more than burst), one behind by d finds
-//     d*rate fewer. A local bucket takes a now earlier than its last one as
-//     no time elapsed; the script counts from it;
+//   - the time is Redis's clock (TIME), not the caller's now, with
+//     redisrl.New's clients: every process using a key counts on one clock,
+//     so processes whose clocks differ still share it exactly. Clients of
+//     redisrl.NewCallerClock, for tests, pass the caller's now instead: the
+//     same Allow(key, now) contract as local zones, testable with a fake
+//     clock, and deterministic, but processes whose clocks differ by d
+//     share a key fairly only up to d (a process ahead by d may spend up to
+//     d*rate events early, never more than burst; one behind by d finds
+//     d*rate fewer), and where a local bucket takes a now earlier than its
+//     last one as no time elapsed, the script counts from it;
 //   - Redis stores the theoretical arrival time, not a token count, so a
 //     new rate or burst (UpdateLimits) applies to the debt in time: tokens
 //     become burst' - (TAT - now)*rate', where a local bucket keeps its
 //     token count;
 //   - the cap MaxKeys and the sweep do not apply: each key expires (PX)
 //     a second after its bucket is full again, equivalent to an absent
-//     one. Redis counts that TTL on its own clock, so keys outlive clock
-//     skews between processes of up to a second. (A test clock that runs
-//     slower than the real one sees keys vanish early.)
+//     one. Redis counts that TTL on its own clock, so with the caller's
+//     clock keys outlive skews between processes of up to a second. (A
+//     test clock that runs slower than the real one sees keys vanish
+//     early.)
 //
 // A Redis zone decides locally, with its own buckets, when a call fails or
 // takes longer than RedisConfig.Timeout, and for RedisConfig.Retry after

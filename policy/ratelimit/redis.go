@@ -94,7 +94,8 @@ var ErrRedisClosed = errors.New("redis client closed")
 // link a Redis client. It must be safe for concurrent use.
 type RedisClient interface {
 	// Allow runs the GCRA (see the package doc) over the Redis key key at
-	// now, for a zone of rate events per second and burst: it admits the
+	// now, or at the Redis server's time (one clock for every process),
+	// for a zone of rate events per second and burst: it admits the
 	// event and records it, or refuses it and says how long until one
 	// event would be admitted, to the microsecond. ctx bounds the call.
 	// A call after Close fails with an error wrapping ErrRedisClosed.

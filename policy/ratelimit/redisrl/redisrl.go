@@ -1,6 +1,7 @@
 // Package redisrl is the Redis client of ratelimit's Redis zones, on
 // go-redis: New makes a ratelimit.RedisClient that runs the zone's GCRA
-// as a Lua script, loaded with EVALSHA and EVAL on NOSCRIPT. It is kept
+// as a Lua script, loaded with EVALSHA and EVAL on NOSCRIPT, on the Redis
+// server's clock (NewCallerClock, for tests, on the caller's). It is kept
 // out of package ratelimit so that a build without Redis zones does not
 // link go-redis: a build gets it by registering New with
 // ratelimit.RegisterRedis, as package caddymodule/cluster does.
@@ -22,18 +23,26 @@ import (
 
 // gcra is the generic cell rate algorithm over one key, atomic as a Lua
 // script. KEYS[1] holds the theoretical arrival time (TAT) in microseconds.
-// ARGV: now (µs, the caller's clock), the emission interval T = 1/rate
-// (µs) and the burst b. A key admits an event when, after it, TAT - now <=
-// b*T: the same decision as a token bucket of b tokens refilled at rate,
-// full when new, whose tokens at now are b - (TAT - now)/T. A refused event
-// changes nothing. The key expires when TAT passes, when its bucket is full
-// again and equivalent to an absent one, plus a second:
-// Redis counts the TTL on its own clock, so without the slack a process
-// whose clock is behind the writer's would find the key gone while its
-// bucket is not yet full. The reply is {1, 0} or {0, µs until one event
-// would be admitted}.
+// ARGV: now (µs), or "" for Redis's clock (TIME), the emission interval
+// T = 1/rate (µs) and the burst b. A key admits an event when, after it,
+// TAT - now <= b*T: the same decision as a token bucket of b tokens
+// refilled at rate, full when new, whose tokens at now are
+// b - (TAT - now)/T. A refused event changes nothing. The key expires when
+// TAT passes, when its bucket is full again and equivalent to an absent
+// one, plus a second: Redis counts the TTL on its own clock, so without the
+// slack a caller's clock (NewCallerClock) behind the writer's would find the
+// key gone while its bucket is not yet full. The reply is {1, 0} or {0, µs
+// until one event would be admitted}. TIME before a write needs effects
+// replication, the default since Redis 5 and asked for on older servers.
 var gcra = redis.NewScript(`
-local now = tonumber(ARGV[1])
+local now
+if ARGV[1] == '' then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+else
+  now = tonumber(ARGV[1])
+end
 local t = tonumber(ARGV[2])
 local tau = t * tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -49,13 +58,30 @@ return {1, 0}
 // Client is a ratelimit.RedisClient on one go-redis connection pool.
 type Client struct {
 	client *redis.Client
+	// callerClock runs the script at the now Allow is given rather than
+	// at Redis's TIME (NewCallerClock).
+	callerClock bool
 }
 
 // New makes the client of cfg, whose zero fields hold their defaults (the
 // zone fills them in before calling it). It connects lazily, on the first
-// call; it never fails. It is a ratelimit.NewRedisClient.
+// call; it never fails. It is a ratelimit.NewRedisClient. Its script counts
+// time on Redis's clock (TIME), not on the now Allow is given, so that
+// gateways whose clocks differ share each key's budget exactly.
 func New(cfg ratelimit.RedisConfig) (ratelimit.RedisClient, error) {
-	return &Client{client: redis.NewClient(&redis.Options{
+	return newClient(cfg, false), nil
+}
+
+// NewCallerClock is New whose script counts time on the now Allow is given
+// instead of Redis's clock, as a local zone does: deterministic under a
+// fake clock, for tests. Gateways whose clocks differ by d share a key
+// fairly only to within d*rate events with it.
+func NewCallerClock(cfg ratelimit.RedisConfig) (ratelimit.RedisClient, error) {
+	return newClient(cfg, true), nil
+}
+
+func newClient(cfg ratelimit.RedisConfig, callerClock bool) *Client {
+	return &Client{callerClock: callerClock, client: redis.NewClient(&redis.Options{
 		Addr:     cfg.Addr,
 		Password: cfg.Password,
 		DB:       cfg.DB,
@@ -72,14 +98,19 @@ func New(cfg ratelimit.RedisConfig) (ratelimit.RedisClient, error) {
 		// A failed call is decided locally at once, not retried.
 		MaxRetries:    -1,
 		DialerRetries: 1,
-	})}, nil
+	})}
 }
 
-// Allow implements ratelimit.RedisClient with the gcra script.
+// Allow implements ratelimit.RedisClient with the gcra script, at Redis's
+// TIME unless the client is NewCallerClock's.
 func (c *Client) Allow(ctx context.Context, key string, now time.Time, rate float64, burst int) (bool, time.Duration, error) {
 	interval := 1e6 / rate // µs
+	at := ""
+	if c.callerClock {
+		at = strconv.FormatInt(now.UnixMicro(), 10)
+	}
 	res, err := gcra.Run(ctx, c.client, []string{key},
-		now.UnixMicro(), strconv.FormatFloat(interval, 'g', -1, 64), burst).Int64Slice()
+		at, strconv.FormatFloat(interval, 'g', -1, 64), burst).Int64Slice()
 	if err != nil {
 		if errors.Is(err, redis.ErrClosed) {
 			return false, 0, fmt.Errorf("%w: %w", ratelimit.ErrRedisClosed, err)
@@ -114,4 +145,5 @@ func (c *Client) Close() error { return c.client.Close() }
 var (
 	_ ratelimit.RedisClient    = (*Client)(nil)
 	_ ratelimit.NewRedisClient = New
+	_ ratelimit.NewRedisClient = NewCallerClock
 )

@@ -16,9 +16,9 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
-// The zones of these tests make their clients with New, as in a build with
-// the cluster package.
-func init() { ratelimit.RegisterRedis(New) }
+// The zones of these tests make their clients with NewCallerClock, so that
+// their fake now drives the script (TestRedisClock checks New's clock).
+func init() { ratelimit.RegisterRedis(NewCallerClock) }
 
 // t0 is the tests' fake now, as in package ratelimit's tests.
 var t0 = time.Unix(1_800_000_000, 0)
@@ -386,6 +386,53 @@ func TestClosedClient(t *testing.T) {
 			}
 			if got := errors.Is(err, ratelimit.ErrRedisClosed); got != tc.closed {
 				t.Fatalf("error %v: closed %v, want %v", err, got, tc.closed)
+			}
+		})
+	}
+}
+
+// TestRedisClock checks whose clock the script counts on: New's clients on
+// Redis's (TIME), so that gateways whose clocks differ still share a key's
+// budget exactly, and NewCallerClock's on the now the caller passes.
+// Gateway a spends the burst at the real time; gateway b, whose clock is
+// an hour ahead (a whole refill), then asks for the same key.
+func TestRedisClock(t *testing.T) {
+	srv := redistest.New(t)
+	for _, tc := range []struct {
+		name   string
+		newC   ratelimit.NewRedisClient
+		wantOK bool
+	}{
+		{"New counts on Redis's clock", New, false},
+		{"NewCallerClock counts on the caller's", NewCallerClock, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gateway := func() ratelimit.RedisClient {
+				c, err := tc.newC(ratelimit.RedisConfig{Addr: srv.Addr(), Timeout: time.Second})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = c.Close() })
+				return c
+			}
+			a, b := gateway(), gateway()
+			key := "clock:" + tc.name
+			const rate, burst = 1.0 / 3600, 2
+			now := time.Now()
+			for i := range burst {
+				if ok, wait, err := a.Allow(t.Context(), key, now, rate, burst); err != nil || !ok {
+					t.Fatalf("event %d of the burst: ok=%v wait=%v err=%v", i, ok, wait, err)
+				}
+			}
+			ok, wait, err := b.Allow(t.Context(), key, now.Add(time.Hour), rate, burst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok != tc.wantOK {
+				t.Fatalf("the gateway an hour ahead: ok=%v (wait %v), want %v", ok, wait, tc.wantOK)
+			}
+			if !ok && (wait < 59*time.Minute || wait > time.Hour) {
+				t.Fatalf("wait %v, want about an hour (Redis's clock, not the caller's)", wait)
 			}
 		})
 	}
