@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -42,6 +43,7 @@ func newCluster(t *testing.T) *cluster {
 	c := &cluster{dsn: pgtest.NewDB(t)}
 	cert, rootFile := peerCert(t, "mimi test cluster")
 	ports := freePorts(t, 3)
+	attachRoot := t.TempDir()
 	site := func(name, port, peer, peerPort string, st *StoreConfig, secret string) *peerSite {
 		p, _ := strconv.Atoi(peerPort)
 		dsPort := port
@@ -51,6 +53,10 @@ func newCluster(t *testing.T) *cluster {
 		g := &Gateway{Providers: []string{name}, DSDomain: name + ":" + dsPort, Store: st, KeySecret: secret,
 			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p},
 				Resolve: map[string]string{peer: "127.0.0.1:" + peerPort}, RootCAFiles: []string{rootFile}}}
+		if st != nil && st.Backend == storePostgres {
+			// The gateways on one database keep attachments under one root.
+			g.Attachments = &Attachments{Storage: json.RawMessage(`{"backend":"local","root":` + strconv.Quote(attachRoot) + `}`)}
+		}
 		s := &peerSite{g: provisioned(t, g), addr: "127.0.0.1:" + port, cert: cert}
 		s.start(t)
 		t.Cleanup(s.stop)

@@ -177,7 +177,10 @@ func pgGateway(t *testing.T, dsn, scheme string) *Gateway {
 	os.Chmod(dir, 0o700) //nolint:errcheck
 	return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir,
 		Store:     &StoreConfig{Backend: "postgres", DSN: dsn, MaxConns: 4},
-		KeySecret: "{env.MIMI_TEST_KEY_SECRET}", KeyScheme: scheme}
+		KeySecret: "{env.MIMI_TEST_KEY_SECRET}", KeyScheme: scheme,
+		// Gateways on one database must name a storage for attachments
+		// (TestAttachmentStorageNamedWithPostgres); these need none.
+		Attachments: &Attachments{Disabled: true}}
 }
 
 // TestTwoGatewaysOnePostgres provisions two gateways of one provider on one
