@@ -445,9 +445,9 @@ func (g *Gateway) serveDownload(x *exchange) {
 	h.Set("ETag", `"`+hex.EncodeToString(d.ContentHash)+`"`)
 	h.Set("Accept-Ranges", "bytes")
 	if rh := x.r.Header.Get("Range"); rh != "" {
-		switch classifyRange(rh, d.Size) {
+		switch answer, ranges := classifyRange(rh, d.Size); answer {
 		case rangePartial:
-			servePartial(x.w, x.r, rh, d.Object)
+			servePartial(x.w, x.r, ranges, d.Object)
 			return
 		case rangeUnsatisfiable:
 			refuseRange(x.w, d.Size)

@@ -27,31 +27,43 @@ const (
 	rangeUnsatisfiable
 	// rangeRefused: the whole answer too, for a range set that RFC 9110
 	// §14.2 lets a server ignore as a sign of a broken client or an
-	// attack: more than maxRanges ranges, or ranges that overlap or are
+	// attack: more than maxRanges ranges that overlap the content (a range
+	// that overlaps nothing is left out), or ranges that overlap or are
 	// not in ascending order. ServeContent would serve them, with a read
 	// (and, on the s3 and forward backends, a request to the backend) per
 	// range.
 	rangeRefused
 )
 
-// maxRanges is the most ranges a download's Range may list.
+// maxRanges is the most ranges overlapping the content a download's Range
+// may list.
 const maxRanges = 16
 
+// byteRange is a range of content that overlaps it: length > 0 bytes
+// from start, within the content.
+type byteRange struct {
+	start, length int64
+}
+
 // classifyRange decides the answer to the Range header value h for
-// content of size bytes. It parses h as net/http's ServeContent does, so
-// that every range it passes to ServeContent is one ServeContent answers
-// 206: ServeContent's own answers to the other cases would be a 200 with
-// the raw ciphertext rather than the DSResponse, and a 416 without this
-// gateway's headers. Content of no bytes has no satisfiable range. A set
-// ServeContent would serve but that costs a read per range for nothing is
-// refused (rangeRefused).
-func classifyRange(h string, size int64) rangeAnswer {
+// content of size bytes and, for rangePartial, returns the ranges to
+// serve: those of h that overlap the content, in the order of h, clamped
+// to it. A range that overlaps nothing (a first position at or beyond the
+// size, or the suffix -0) is left out. It parses h as net/http's
+// ServeContent does, so that the ranges it passes to ServeContent are
+// ones ServeContent answers 206: ServeContent's own answers to the other
+// cases would be a 200 with the raw ciphertext rather than the
+// DSResponse, and a 416 without this gateway's headers. Content of no
+// bytes has no satisfiable range. A set ServeContent would serve but that
+// costs a read per range for nothing is refused (rangeRefused).
+func classifyRange(h string, size int64) (rangeAnswer, []byteRange) {
 	spec, ok := strings.CutPrefix(h, "bytes=")
 	if !ok || size <= 0 {
-		return rangeUnsatisfiable
+		return rangeUnsatisfiable, nil
 	}
 	var sum, next int64 // next: the first byte after the last range
-	ranges, noOverlap, refused := 0, false, false
+	var kept []byteRange
+	noOverlap, refused := false, false
 	for ra := range strings.SplitSeq(spec, ",") {
 		ra = textproto.TrimString(ra)
 		if ra == "" {
@@ -59,7 +71,7 @@ func classifyRange(h string, size int64) rangeAnswer {
 		}
 		first, last, ok := strings.Cut(ra, "-")
 		if !ok {
-			return rangeUnsatisfiable
+			return rangeUnsatisfiable, nil
 		}
 		first, last = textproto.TrimString(first), textproto.TrimString(last)
 		var start, length int64
@@ -68,7 +80,7 @@ func classifyRange(h string, size int64) rangeAnswer {
 			// the last 0 bytes overlap nothing.
 			n, ok := rangeNumber(last)
 			if !ok {
-				return rangeUnsatisfiable
+				return rangeUnsatisfiable, nil
 			}
 			if n == 0 {
 				noOverlap = true
@@ -80,7 +92,7 @@ func classifyRange(h string, size int64) rangeAnswer {
 			var ok bool
 			start, ok = rangeNumber(first)
 			if !ok {
-				return rangeUnsatisfiable
+				return rangeUnsatisfiable, nil
 			}
 			if start >= size {
 				noOverlap = true
@@ -90,27 +102,31 @@ func classifyRange(h string, size int64) rangeAnswer {
 			if last != "" {
 				end, ok := rangeNumber(last)
 				if !ok || end < start {
-					return rangeUnsatisfiable
+					return rangeUnsatisfiable, nil
 				}
 				length = min(end, size-1) - start + 1
 			}
 		}
-		if ranges > 0 && start < next {
+		if len(kept) > 0 && start < next {
 			refused = true // overlapping, or not ascending
 		}
-		ranges++
+		if len(kept) <= maxRanges {
+			kept = append(kept, byteRange{start, length})
+		} else {
+			refused = true // more than maxRanges; the rest is not kept
+		}
 		sum += length
 		next = start + length
 	}
 	switch {
-	case ranges == 0 && noOverlap:
-		return rangeUnsatisfiable
-	case ranges == 0, sum > size:
-		return rangeWhole
-	case refused, ranges > maxRanges:
-		return rangeRefused
+	case len(kept) == 0 && noOverlap:
+		return rangeUnsatisfiable, nil
+	case len(kept) == 0, sum > size:
+		return rangeWhole, nil
+	case refused, len(kept) > maxRanges:
+		return rangeRefused, nil
 	}
-	return rangePartial
+	return rangePartial, kept
 }
 
 // rangeNumber parses a non-negative decimal position of a byte range.
@@ -124,13 +140,26 @@ func rangeNumber(s string) (int64, bool) {
 
 // servePartial answers a download whose Range classifyRange found
 // satisfiable: http.ServeContent writes the 206 (or the multipart answer)
-// from content. It is shown a request with the Range header alone, so the
-// conditional headers of RFC 9110 §13 are not evaluated: a ranged answer
-// and a whole one depend on the same things.
-func servePartial(w http.ResponseWriter, r *http.Request, rangeHeader string, content io.ReadSeeker) {
+// of exactly ranges, the ones classifyRange kept, from content. It is
+// shown a request with a Range header of those ranges alone, not the
+// client's (in which ServeContent would serve a -0 as an empty part with
+// an invalid Content-Range), so the conditional headers of RFC 9110 §13
+// are not evaluated: a ranged answer and a whole one depend on the same
+// things.
+func servePartial(w http.ResponseWriter, r *http.Request, ranges []byteRange, content io.ReadSeeker) {
+	var b strings.Builder
+	b.WriteString("bytes=")
+	for i, ra := range ranges {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(ra.start, 10))
+		b.WriteByte('-')
+		b.WriteString(strconv.FormatInt(ra.start+ra.length-1, 10))
+	}
 	rr := new(http.Request)
 	*rr = *r
-	rr.Header = http.Header{"Range": {rangeHeader}}
+	rr.Header = http.Header{"Range": {b.String()}}
 	http.ServeContent(responseWriteOnly{w}, rr, "", time.Time{}, content)
 }
 
