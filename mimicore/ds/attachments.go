@@ -420,41 +420,80 @@ type SweepStats struct {
 // shared object only with its last reference), the objects that refused
 // or failed uploads left, and the backend's temporary data older than the
 // upload deadline. Its state is all in the store and the backend, so a
-// sweep after a restart finishes what a crash interrupted.
+// sweep after a restart finishes what a crash interrupted. A step that
+// fails does not keep the others from running: an object whose bytes
+// cannot be deleted is logged and passed over (it stays listed for the
+// next sweep), and the error returned says how many were.
 func (a *Attachments) Sweep(ctx context.Context, now time.Time) (SweepStats, error) {
 	var st SweepStats
+	var errs []error
 	for {
 		n, err := a.Store.ExpireAttachments(ctx, now, sweepBatch)
 		st.Expired += n
 		if err != nil {
-			return st, fmt.Errorf("sweeping attachments: %w", err)
+			errs = append(errs, err)
+			break
 		}
 		if n < sweepBatch {
 			break
 		}
 	}
-	for {
-		names, err := a.Store.UnreferencedObjects(ctx, sweepBatch)
-		if err != nil {
-			return st, fmt.Errorf("sweeping attachments: %w", err)
-		}
-		for _, name := range names {
-			if err := a.Backend.Delete(ctx, name); err != nil {
-				return st, fmt.Errorf("sweeping attachments: deleting bytes: %w", err)
-			}
-			if err := a.Store.ForgetObject(ctx, name); err != nil && !errors.Is(err, store.ErrConflict) {
-				return st, fmt.Errorf("sweeping attachments: %w", err)
-			}
-			st.Objects++
-		}
-		if len(names) < sweepBatch {
-			break
-		}
+	if err := a.sweepObjects(ctx, &st); err != nil {
+		errs = append(errs, err)
 	}
 	n, err := a.Backend.Sweep(ctx, now.Add(-a.uploadDeadline()))
 	st.Temporary = n
 	if err != nil {
-		return st, fmt.Errorf("sweeping attachments: temporary data: %w", err)
+		errs = append(errs, fmt.Errorf("temporary data: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return st, fmt.Errorf("sweeping attachments: %w", err)
 	}
 	return st, nil
+}
+
+// sweepObjects deletes the bytes of every unreferenced object, then its
+// row. It pages through them in name order, so that objects whose bytes
+// cannot be deleted, which stay listed, do not hide the ones after them.
+func (a *Attachments) sweepObjects(ctx context.Context, st *SweepStats) error {
+	tried, failed := 0, 0
+	var last error
+	after := ""
+	for {
+		names, err := a.Store.UnreferencedObjects(ctx, after, sweepBatch)
+		if err != nil {
+			return errors.Join(err, failedObjects(failed, tried, last))
+		}
+		for _, name := range names {
+			if err := ctx.Err(); err != nil {
+				return errors.Join(err, failedObjects(failed, tried, last))
+			}
+			tried++
+			if err := a.Backend.Delete(ctx, name); err != nil {
+				failed, last = failed+1, fmt.Errorf("deleting bytes: %w", err)
+				a.logger().Error("sweeping attachments: deleting bytes", zap.String("object", name), zap.Error(err))
+				continue
+			}
+			if err := a.Store.ForgetObject(ctx, name); err != nil && !errors.Is(err, store.ErrConflict) {
+				failed, last = failed+1, err
+				a.logger().Error("sweeping attachments: forgetting attachment object", zap.String("object", name), zap.Error(err))
+				continue
+			}
+			st.Objects++
+		}
+		if len(names) < sweepBatch {
+			return failedObjects(failed, tried, last)
+		}
+		after = names[len(names)-1]
+	}
+}
+
+// failedObjects is the error of a sweep that could not delete failed of
+// the tried unreferenced objects, the last for the reason last; nil when
+// none failed.
+func failedObjects(failed, tried int, last error) error {
+	if failed == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d of %d unreferenced objects not deleted (they stay for the next sweep), the last: %w", failed, tried, last)
 }

@@ -99,7 +99,7 @@ func TestAttachmentBackends(t *testing.T) {
 			if u, _ := f.st.GroupAttachmentUsage(ctx, f.g1); u.Count != 1 {
 				t.Fatalf("usage after a refused upload: %+v", u)
 			}
-			if names, _ := f.st.UnreferencedObjects(ctx, 10); len(names) != 0 {
+			if names, _ := f.st.UnreferencedObjects(ctx, "", 10); len(names) != 0 {
 				t.Fatalf("objects left by the refused upload: %v", names)
 			}
 

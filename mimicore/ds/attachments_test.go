@@ -5,17 +5,22 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
+	"fmt"
 	"io"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/localfs"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -142,7 +147,7 @@ func (f *attachFixture) wantNothingLeft(t *testing.T) {
 	if err != nil || u != (store.AttachmentUsage{}) {
 		t.Fatalf("g1 usage %+v, %v; want nothing", u, err)
 	}
-	if names, err := f.st.UnreferencedObjects(context.Background(), 10); err != nil || len(names) != 0 {
+	if names, err := f.st.UnreferencedObjects(context.Background(), "", 10); err != nil || len(names) != 0 {
 		t.Fatalf("unreferenced objects %v, %v", names, err)
 	}
 	if o, tmp := f.files(t); o != 0 || tmp != 0 {
@@ -686,3 +691,106 @@ func TestAttachmentUploadPastDeadline(t *testing.T) {
 type readerFunc func([]byte) (int, error)
 
 func (r readerFunc) Read(p []byte) (int, error) { return r(p) }
+
+// failingDelete is a backend whose Delete fails for the names fail
+// reports, as for an object under an S3 object lock.
+type failingDelete struct {
+	storage.Backend
+	fail func(name string) bool
+}
+
+func (b failingDelete) Delete(ctx context.Context, name string) error {
+	if b.fail(name) {
+		return errors.New("the object is locked")
+	}
+	return b.Backend.Delete(ctx, name)
+}
+
+// staleTemporary leaves the temporary file of an upload that was neither
+// committed nor aborted, dated long before any sweep's cut.
+func (f *attachFixture) staleTemporary(t *testing.T) {
+	t.Helper()
+	w, err := f.a.Backend.Create(context.Background(), randomHex(objectNameSize), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Unix(1_000_000_000, 0)
+	err = filepath.WalkDir(f.root, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || filepath.Base(filepath.Dir(filepath.Dir(path))) == "objects" {
+			return err
+		}
+		return os.Chtimes(path, old, old)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAttachmentSweepPastFailedDelete: an object whose bytes cannot be
+// deleted (the lowest-sorting name) does not stop the sweep: the other
+// unreferenced objects and the stale temporary data go, and the sweep
+// reports the failure; the object stays listed for the next sweep.
+func TestAttachmentSweepPastFailedDelete(t *testing.T) {
+	f := newAttachFixture(t, nil)
+	var objects []string
+	for _, data := range []string{"one", "two", "three"} {
+		tok := f.put(t, []byte(data))
+		rec, err := f.st.LookupAttachment(context.Background(), f.g1, sha256.Sum256(tok))
+		if err != nil {
+			t.Fatal(err)
+		}
+		objects = append(objects, rec.Object)
+	}
+	locked := slices.Min(objects)
+	f.staleTemporary(t)
+	f.a.Backend = failingDelete{f.a.Backend, func(name string) bool { return name == locked }}
+
+	f.now = f.now.Add(DefaultAttachmentRetention + time.Hour)
+	st, err := f.a.Sweep(context.Background(), f.now)
+	if err == nil || !strings.Contains(err.Error(), "1 of 3 unreferenced objects") {
+		t.Fatalf("sweep error %v, want one of three objects not deleted", err)
+	}
+	if st.Expired != 3 || st.Objects != 2 || st.Temporary != 1 {
+		t.Fatalf("sweep %+v, want 3 expired, 2 objects and 1 temporary file removed", st)
+	}
+	if o, tmp := f.files(t); o != 1 || tmp != 0 {
+		t.Fatalf("%d objects and %d temporary files on disk, want the locked object alone", o, tmp)
+	}
+	if names, err := f.st.UnreferencedObjects(context.Background(), "", 10); err != nil || !slices.Equal(names, []string{locked}) {
+		t.Fatalf("unreferenced objects %v, %v; want %s", names, err, locked)
+	}
+}
+
+// TestAttachmentSweepPastFailedBatch: more unreferenced objects that
+// cannot be deleted than a sweep lists at once, all sorting first, do not
+// keep the sweep from the others.
+func TestAttachmentSweepPastFailedBatch(t *testing.T) {
+	f := newAttachFixture(t, nil)
+	ctx := context.Background()
+	const locked, others = sweepBatch + 3, 5
+	var names []string
+	for i := range locked + others {
+		a := store.Attachment{TokenHash: sha256.Sum256([]byte{byte(i), byte(i >> 8)}), GroupID: f.g1,
+			Object: fmt.Sprintf("%032x", i), Size: 1, ContentHash: make([]byte, 32), Uploader: "mimi://a.example/u/x",
+			Created: f.now, Expires: f.now.Add(time.Hour)}
+		if err := f.st.ReserveAttachment(ctx, a, store.AttachmentQuota{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.st.ReleaseAttachment(ctx, a.TokenHash); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, a.Object)
+	}
+	f.a.Backend = failingDelete{f.a.Backend, func(name string) bool { return name <= names[locked-1] }}
+	st, err := f.a.Sweep(ctx, f.now)
+	if err == nil || st.Objects != others {
+		t.Fatalf("sweep %+v, %v; want %d objects removed and an error", st, err, others)
+	}
+	left, err := f.st.UnreferencedObjects(ctx, "", 2*sweepBatch)
+	if err != nil || !slices.Equal(left, names[:locked]) {
+		t.Fatalf("%d unreferenced objects left, %v; want the %d locked ones", len(left), err, locked)
+	}
+}

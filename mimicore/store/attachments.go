@@ -127,8 +127,11 @@ type Attachments interface {
 	// without references are then listed by UnreferencedObjects.
 	ExpireAttachments(ctx context.Context, now time.Time, limit int) (int, error)
 	// UnreferencedObjects lists at most limit objects that no record
-	// refers to: their bytes are to be deleted, then ForgetObject called.
-	UnreferencedObjects(ctx context.Context, limit int) ([]string, error)
+	// refers to, in name order, those whose names sort after after (all
+	// of them from ""): their bytes are to be deleted, then ForgetObject
+	// called. A sweep pages on from the last name it was given, so that
+	// objects whose bytes cannot be deleted do not hide the others.
+	UnreferencedObjects(ctx context.Context, after string, limit int) ([]string, error)
 	// ForgetObject drops the object row name once its bytes are deleted.
 	// A name with references is ErrConflict and stays; an unknown name is
 	// not an error, so a sweep can repeat it.

@@ -406,7 +406,7 @@ func (s *Store) ExpireAttachments(ctx context.Context, now time.Time, limit int)
 }
 
 // UnreferencedObjects implements store.Attachments.
-func (s *Store) UnreferencedObjects(ctx context.Context, limit int) ([]string, error) {
+func (s *Store) UnreferencedObjects(ctx context.Context, after string, limit int) ([]string, error) {
 	const doing = "listing unreferenced attachment objects"
 	if err := s.checkOpen(doing); err != nil {
 		return nil, err
@@ -414,7 +414,8 @@ func (s *Store) UnreferencedObjects(ctx context.Context, limit int) ([]string, e
 	if limit < 1 {
 		return nil, nil
 	}
-	rows, _ := s.pool.Query(ctx, `SELECT name FROM attachment_objects WHERE refs = 0 LIMIT $1`, limit)
+	rows, _ := s.pool.Query(ctx, `SELECT name FROM attachment_objects WHERE refs = 0 AND name > $1 ORDER BY name LIMIT $2`,
+		after, limit)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return nil, s.fail(doing, err)

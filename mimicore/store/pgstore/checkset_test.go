@@ -144,7 +144,7 @@ func TestAttachmentRefsAcrossStores(t *testing.T) {
 	if n := len(lastRefs); n != 1 {
 		t.Fatalf("%d deletes found the last reference, want 1", n)
 	}
-	names, err := stores[1].UnreferencedObjects(ctx, 10)
+	names, err := stores[1].UnreferencedObjects(ctx, "", 10)
 	if err != nil || len(names) != 1 || names[0] != src.Object {
 		t.Fatalf("unreferenced objects %q, %v; want [%s]", names, err, src.Object)
 	}

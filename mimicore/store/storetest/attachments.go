@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -44,7 +45,7 @@ func wantUsage(t *testing.T, what string, got store.AttachmentUsage, err error, 
 
 func wantUnreferenced(t *testing.T, s store.Store, want ...string) {
 	t.Helper()
-	got, err := s.UnreferencedObjects(ctx(), 100)
+	got, err := s.UnreferencedObjects(ctx(), "", 100)
 	noErr(t, "UnreferencedObjects", err)
 	if len(got) != len(want) {
 		t.Fatalf("unreferenced objects %v, want %v", got, want)
@@ -89,6 +90,39 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		wantErr(t, "LookupAttachment with another group", err, store.ErrNotFound)
 		_, err = s.LookupAttachment(ctx(), g1, sha256.Sum256([]byte("other")))
 		wantErr(t, "LookupAttachment of an unknown token", err, store.ErrNotFound)
+	})
+
+	t.Run("UnreferencedInNameOrder", func(t *testing.T) {
+		s := open(t)
+		var names []string
+		for range 5 {
+			a := attachment(t, g1, uploaderA, 1)
+			noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
+			_, err := s.ReleaseAttachment(ctx(), a.TokenHash)
+			noErr(t, "ReleaseAttachment", err)
+			names = append(names, a.Object)
+		}
+		referenced := attachment(t, g1, uploaderA, 1)
+		upload(t, s, referenced, none)
+		slices.Sort(names)
+		var got []string
+		for after := ""; ; {
+			page, err := s.UnreferencedObjects(ctx(), after, 2)
+			noErr(t, "UnreferencedObjects", err)
+			got = append(got, page...)
+			if len(page) < 2 {
+				break
+			}
+			after = page[len(page)-1]
+		}
+		if !slices.Equal(got, names) {
+			t.Fatalf("unreferenced objects in pages of 2: %v, want %v", got, names)
+		}
+		page, err := s.UnreferencedObjects(ctx(), names[2], 10)
+		noErr(t, "UnreferencedObjects", err)
+		if !slices.Equal(page, names[3:]) {
+			t.Fatalf("unreferenced objects after %s: %v, want %v", names[2], page, names[3:])
+		}
 	})
 
 	t.Run("Release", func(t *testing.T) {
