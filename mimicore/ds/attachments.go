@@ -272,20 +272,30 @@ func (a *Attachments) stream(w io.Writer, hasher interface {
 // bytes were never committed or must go. A reservation already gone (the
 // upload outlasted its deadline and the sweeper removed it, possibly
 // before the bytes were committed) still has its bytes deleted: the object
-// name is this upload's alone. Other failures are logged: the record's
-// deadline lets the sweeper finish the job.
+// name is this upload's alone. The sweeper may have forgotten the object
+// too, so it is recorded again first (unreferenced): should the delete
+// fail, or the process die before it, the sweeper deletes the bytes.
+// Other failures are logged: the record's deadline lets the sweeper finish
+// the job.
 func (a *Attachments) release(ctx context.Context, tokenHash [32]byte, object string) {
-	if _, err := a.Store.ReleaseAttachment(ctx, tokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
+	_, err := a.Store.ReleaseAttachment(ctx, tokenHash)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if err := a.Store.RecordObject(ctx, object); err != nil {
+			a.logger().Error("recording the object of a swept upload", zap.String("object", object), zap.Error(err))
+		}
+	case err != nil:
 		a.logger().Error("releasing a failed upload", zap.Error(err))
 		return
 	}
 	a.removeObject(ctx, object)
 }
 
-// removeObject deletes an unreferenced object's bytes, then its row.
+// removeObject deletes an unreferenced object's bytes, then its row. A
+// failure leaves the row for the sweeper to try again.
 func (a *Attachments) removeObject(ctx context.Context, object string) {
 	if err := a.Backend.Delete(ctx, object); err != nil {
-		a.logger().Error("deleting attachment bytes", zap.Error(err))
+		a.logger().Error("deleting attachment bytes", zap.String("object", object), zap.Error(err))
 		return
 	}
 	if err := a.Store.ForgetObject(ctx, object); err != nil && !errors.Is(err, store.ErrConflict) {

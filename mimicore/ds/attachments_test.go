@@ -794,3 +794,54 @@ func TestAttachmentSweepPastFailedBatch(t *testing.T) {
 		t.Fatalf("%d unreferenced objects left, %v; want the %d locked ones", len(left), err, locked)
 	}
 }
+
+// failDeleteOnce is a backend whose Delete fails once after armed is
+// set, as for a backend that is briefly unreachable.
+type failDeleteOnce struct {
+	storage.Backend
+	armed, failed *atomic.Bool
+}
+
+func (b failDeleteOnce) Delete(ctx context.Context, name string) error {
+	if b.armed.Load() && b.failed.CompareAndSwap(false, true) {
+		return errors.New("the backend is unreachable")
+	}
+	return b.Backend.Delete(ctx, name)
+}
+
+// TestAttachmentUploadPastDeadlineDeleteFails: as in
+// TestAttachmentUploadPastDeadline, the sweeper removes the reservation
+// and the object row while the upload streams, and the backend then
+// commits the bytes; the one attempt to delete them fails. A later sweep
+// still removes them.
+func TestAttachmentUploadPastDeadlineDeleteFails(t *testing.T) {
+	f := newAttachFixture(t, func(a *Attachments) { a.UploadDeadline = time.Minute })
+	var armed, failed atomic.Bool
+	f.a.Backend = failDeleteOnce{f.a.Backend, &armed, &failed}
+	data := []byte("slow upload")
+	h := sha256.Sum256(data)
+	swept := make(chan struct{})
+	content := readerFunc(func(p []byte) (int, error) {
+		select {
+		case <-swept:
+			return 0, io.EOF
+		default:
+		}
+		f.now = f.now.Add(2 * time.Minute)
+		if st, err := f.a.Sweep(context.Background(), f.now); err != nil || st.Expired != 1 {
+			t.Errorf("sweep during the upload: %+v, %v", st, err)
+		}
+		armed.Store(true)
+		close(swept)
+		return copy(p, data), nil
+	})
+	_, err := f.upload(t, f.alice, 0, f.g1, uint64(len(data)), h[:], content)
+	wantCode(t, "upload past its deadline", err, moh.CodeBodyTimeout)
+	if !failed.Load() {
+		t.Fatal("the upload's bytes were not deleted after the sweep")
+	}
+	if st, err := f.a.Sweep(context.Background(), f.now); err != nil || st.Objects != 1 {
+		t.Fatalf("sweep after the failed delete: %+v, %v; want the object's bytes deleted", st, err)
+	}
+	f.wantNothingLeft(t)
+}

@@ -76,7 +76,8 @@ type AttachmentUsage struct {
 //	// stream the bytes to the backend, commit the object there
 //	err = s.CommitAttachment(ctx, a.TokenHash, retentionEnd) // visible
 //	// on any failure: s.ReleaseAttachment(ctx, a.TokenHash), then delete
-//	// the object's bytes and ForgetObject
+//	// the object's bytes and ForgetObject; a reservation already gone
+//	// has its object recorded again (RecordObject) first
 //
 // A pending record is never visible to LookupAttachment; one whose Expires
 // passed before it was committed cannot be committed and is removed by
@@ -132,6 +133,13 @@ type Attachments interface {
 	// called. A sweep pages on from the last name it was given, so that
 	// objects whose bytes cannot be deleted do not hide the others.
 	UnreferencedObjects(ctx context.Context, after string, limit int) ([]string, error)
+	// RecordObject adds an object row name with no references, unless
+	// the name has a row, which stays as it is: bytes stored under a name
+	// whose row is gone (the sweeper expired an upload's reservation and
+	// forgot its object before the backend committed the bytes) are then
+	// listed by UnreferencedObjects until deleted and forgotten. A name
+	// longer than MaxObjectNameSize, or empty, is ErrInvalid.
+	RecordObject(ctx context.Context, name string) error
 	// ForgetObject drops the object row name once its bytes are deleted.
 	// A name with references is ErrConflict and stays; an unknown name is
 	// not an error, so a sweep can repeat it.

@@ -423,6 +423,23 @@ func (s *Store) UnreferencedObjects(ctx context.Context, after string, limit int
 	return out, nil
 }
 
+// RecordObject implements store.Attachments: one INSERT that leaves an
+// existing row alone.
+func (s *Store) RecordObject(ctx context.Context, name string) error {
+	const doing = "recording attachment object"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if name == "" || len(name) > store.MaxObjectNameSize {
+		return fmt.Errorf("%s: object name is %d bytes, want 1..%d: %w", doing, len(name), store.MaxObjectNameSize, store.ErrInvalid)
+	}
+	if _, err := s.pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES ($1, 0, $2)
+		ON CONFLICT (name) DO NOTHING`, name, s.nowMs()); err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
 // ForgetObject implements store.Attachments: one conditional DELETE, and
 // a read to tell an object with references from an unknown one.
 func (s *Store) ForgetObject(ctx context.Context, name string) error {

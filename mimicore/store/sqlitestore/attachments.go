@@ -433,6 +433,26 @@ func (s *Store) UnreferencedObjects(ctx context.Context, after string, limit int
 	return out, nil
 }
 
+// RecordObject implements store.Attachments.
+func (s *Store) RecordObject(ctx context.Context, name string) error {
+	const doing = "recording attachment object"
+	if err := s.checkOpen(doing); err != nil {
+		return err
+	}
+	if name == "" || len(name) > store.MaxObjectNameSize {
+		return fmt.Errorf("%s: object name is %d bytes, want 1..%d: %w", doing, len(name), store.MaxObjectNameSize, store.ErrInvalid)
+	}
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES (?1, 0, ?2)
+			ON CONFLICT (name) DO NOTHING`, name, check.Millis(s.now()))
+		return err
+	})
+	if err != nil {
+		return s.fail(doing, err)
+	}
+	return nil
+}
+
 // ForgetObject implements store.Attachments.
 func (s *Store) ForgetObject(ctx context.Context, name string) error {
 	const doing = "forgetting attachment object"

@@ -125,6 +125,31 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 	})
 
+	t.Run("RecordObject", func(t *testing.T) {
+		s := open(t)
+		gone := hex.EncodeToString(randBytes(t, 16))
+		noErr(t, "RecordObject", s.RecordObject(ctx(), gone))
+		noErr(t, "RecordObject again", s.RecordObject(ctx(), gone))
+		wantUnreferenced(t, s, gone)
+		// A row with references stays as it is.
+		a := attachment(t, g1, uploaderA, 10)
+		upload(t, s, a, none)
+		noErr(t, "RecordObject of a referenced object", s.RecordObject(ctx(), a.Object))
+		wantUnreferenced(t, s, gone)
+		wantErr(t, "ForgetObject of a referenced object", s.ForgetObject(ctx(), a.Object), store.ErrConflict)
+		_, last, err := s.DeleteAttachment(ctx(), g1, a.TokenHash, "")
+		noErr(t, "DeleteAttachment", err)
+		if !last {
+			t.Fatal("DeleteAttachment: not the last reference")
+		}
+		wantUnreferenced(t, s, gone, a.Object)
+		noErr(t, "ForgetObject", s.ForgetObject(ctx(), gone))
+		noErr(t, "ForgetObject", s.ForgetObject(ctx(), a.Object))
+		wantUnreferenced(t, s)
+		wantErr(t, "RecordObject of an empty name", s.RecordObject(ctx(), ""), store.ErrInvalid)
+		wantErr(t, "RecordObject of a long name", s.RecordObject(ctx(), hex.EncodeToString(randBytes(t, store.MaxObjectNameSize))), store.ErrInvalid)
+	})
+
 	t.Run("Release", func(t *testing.T) {
 		s := open(t)
 		a := attachment(t, g1, uploaderA, 10)
