@@ -141,7 +141,11 @@ func randomHex(n int) string {
 // arrive is answered with the reader's error. On every failure the
 // temporary data and the reservation are removed, so nothing becomes
 // visible; the record is committed (visible) only after the backend
-// committed the bytes. The answer is attachment_token(7).
+// committed the bytes. A commit of the record that fails with an error
+// that does not say whether it was written is looked up (release): a
+// record found committed is answered as a success; one the store cannot
+// tell about is left, with its bytes, to expire. The answer is
+// attachment_token(7).
 func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*moh.DSResponse, error) {
 	a := s.Attachments
 	if a == nil {
@@ -193,10 +197,10 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 	// From here every failure undoes the reservation, also when the
 	// client went away and ctx ended.
 	cleanup := context.WithoutCancel(ctx)
-	committed := false
+	settled := false // committed, or released already
 	defer func() {
-		if !committed {
-			a.release(cleanup, rec.TokenHash, rec.Object)
+		if !settled {
+			a.release(cleanup, &rec, false)
 		}
 	}()
 
@@ -216,9 +220,16 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, moh.Errorf(moh.CodeBodyTimeout, "the upload outlasted its deadline of %s", a.uploadDeadline())
 		}
-		return nil, unavailable("committing the attachment record", err)
+		// The store may have written the commit and failed to say so (a
+		// connection lost after COMMIT): release tells the two apart
+		// before it deletes a byte.
+		settled = true
+		if !a.release(cleanup, &rec, true) {
+			return nil, unavailable("committing the attachment record", err)
+		}
+		a.logger().Warn("the attachment record was committed although the store answered an error", zap.Error(err))
 	}
-	committed = true
+	settled = true
 	return &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: token}, nil
 }
 
@@ -275,20 +286,53 @@ func (a *Attachments) stream(w io.Writer, hasher interface {
 // name is this upload's alone. The sweeper may have forgotten the object
 // too, so it is recorded again first (unreferenced): should the delete
 // fail, or the process die before it, the sweeper deletes the bytes.
-// Other failures are logged: the record's deadline lets the sweeper finish
-// the job.
-func (a *Attachments) release(ctx context.Context, tokenHash [32]byte, object string) {
-	_, err := a.Store.ReleaseAttachment(ctx, tokenHash)
+//
+// uncertain is set when the record's commit failed with an error that
+// does not say whether it was written. A reservation gone is then looked
+// up: a committed record keeps its bytes, and release reports true (it
+// kept the record). When the store cannot tell, nothing is deleted: the
+// object is recorded again, which does nothing to a committed record's
+// object and leaves the bytes of a swept one to the sweeper. Other
+// failures are logged: the record's deadline lets the sweeper finish the
+// job, and the object recorded again, should it be gone, its bytes.
+func (a *Attachments) release(ctx context.Context, rec *store.Attachment, uncertain bool) (kept bool) {
+	_, err := a.Store.ReleaseAttachment(ctx, rec.TokenHash)
 	switch {
-	case errors.Is(err, store.ErrNotFound):
-		if err := a.Store.RecordObject(ctx, object); err != nil {
-			a.logger().Error("recording the object of a swept upload", zap.String("object", object), zap.Error(err))
-		}
-	case err != nil:
+	case err == nil:
+		a.removeObject(ctx, rec.Object)
+		return false
+	case !errors.Is(err, store.ErrNotFound):
 		a.logger().Error("releasing a failed upload", zap.Error(err))
-		return
+		a.recordObject(ctx, rec.Object)
+		return false
 	}
-	a.removeObject(ctx, object)
+	// Not pending any more: swept, or (uncertain) committed. A record
+	// once committed stays so until its retention ends or its uploader,
+	// who has not got the token, deletes it; so the lookup after the
+	// release cannot miss a commit that lands late.
+	if uncertain {
+		_, err := a.Store.LookupAttachment(ctx, rec.GroupID, rec.TokenHash)
+		switch {
+		case err == nil:
+			return true
+		case !errors.Is(err, store.ErrNotFound):
+			a.logger().Error("looking up an upload whose commit failed", zap.String("object", rec.Object), zap.Error(err))
+			a.recordObject(ctx, rec.Object)
+			return false
+		}
+	}
+	a.recordObject(ctx, rec.Object)
+	a.removeObject(ctx, rec.Object)
+	return false
+}
+
+// recordObject records the object of an upload again, unreferenced,
+// unless it has a row (store.Attachments.RecordObject); a failure is
+// logged.
+func (a *Attachments) recordObject(ctx context.Context, object string) {
+	if err := a.Store.RecordObject(ctx, object); err != nil {
+		a.logger().Error("recording the object of a failed upload", zap.String("object", object), zap.Error(err))
+	}
 }
 
 // removeObject deletes an unreferenced object's bytes, then its row. A

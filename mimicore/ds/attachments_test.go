@@ -845,3 +845,96 @@ func TestAttachmentUploadPastDeadlineDeleteFails(t *testing.T) {
 	}
 	f.wantNothingLeft(t)
 }
+
+// commitThenFail is a store whose CommitAttachment fails once with an
+// error that is not ErrNotFound, after committing (commits) or without
+// (as a store that refused the write), like PostgreSQL losing the
+// connection after or before COMMIT.
+type commitThenFail struct {
+	store.Attachments
+	commits bool
+	failed  atomic.Bool
+	// lookupFails has the first LookupAttachment fail too.
+	lookupFails  bool
+	lookupFailed atomic.Bool
+}
+
+func (s *commitThenFail) LookupAttachment(ctx context.Context, groupID []byte, tokenHash [32]byte) (store.Attachment, error) {
+	if s.lookupFails && !s.lookupFailed.Swap(true) {
+		return store.Attachment{}, errors.New("the connection was lost")
+	}
+	return s.Attachments.LookupAttachment(ctx, groupID, tokenHash)
+}
+
+func (s *commitThenFail) CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time) error {
+	if s.failed.Swap(true) {
+		return s.Attachments.CommitAttachment(ctx, tokenHash, expires)
+	}
+	if s.commits {
+		if err := s.Attachments.CommitAttachment(ctx, tokenHash, expires); err != nil {
+			return err
+		}
+	}
+	return errors.New("the connection was lost")
+}
+
+// TestAttachmentCommitAmbiguous: a commit of the record whose outcome
+// the store cannot tell (an error that is not ErrNotFound). When the
+// record did commit, it is whole: the upload answers its token and the
+// attachment downloads, also after a sweep. When it did not, the upload
+// fails and nothing is left. When the lookup that would tell fails too,
+// the upload fails and the committed record keeps its bytes.
+func TestAttachmentCommitAmbiguous(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		commits     bool
+		lookupFails bool
+	}{
+		{"committed", true, false},
+		{"not committed", false, false},
+		{"committed, lookup fails", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newAttachFixture(t, nil)
+			f.a.Store = &commitThenFail{Attachments: f.a.Store, commits: tc.commits, lookupFails: tc.lookupFails}
+			data := []byte("an attachment committed in doubt")
+			h := sha256.Sum256(data)
+			tok, err := f.upload(t, f.alice, 0, f.g1, uint64(len(data)), h[:], bytes.NewReader(data))
+			if _, serr := f.a.Sweep(context.Background(), f.now.Add(time.Minute)); serr != nil {
+				t.Fatalf("sweep: %v", serr)
+			}
+			if tc.lookupFails {
+				wantCode(t, "upload whose commit and lookup failed", err, moh.CodeBackendUnavailable)
+				u, err := f.st.GroupAttachmentUsage(context.Background(), f.g1)
+				if err != nil || u != (store.AttachmentUsage{Bytes: int64(len(data)), Count: 1}) {
+					t.Fatalf("g1 usage %+v, %v; want the committed record", u, err)
+				}
+				if o, tmp := f.files(t); o != 1 || tmp != 0 {
+					t.Fatalf("%d objects and %d temporary files on disk, want the record's bytes", o, tmp)
+				}
+				// At the end of its retention, record and bytes go.
+				if _, err := f.a.Sweep(context.Background(), f.now.Add(DefaultAttachmentRetention+time.Hour)); err != nil {
+					t.Fatalf("sweep after the retention: %v", err)
+				}
+				f.wantNothingLeft(t)
+				return
+			}
+			if !tc.commits {
+				wantCode(t, "upload whose commit failed", err, moh.CodeBackendUnavailable)
+				f.wantNothingLeft(t)
+				return
+			}
+			if err != nil {
+				t.Fatalf("upload whose record committed: %v", err)
+			}
+			got, err := f.download(t, f.bob, 1, f.g1, tok)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("download: %q, %v; want the content", got, err)
+			}
+			u, err := f.st.GroupAttachmentUsage(context.Background(), f.g1)
+			if err != nil || u != (store.AttachmentUsage{Bytes: int64(len(data)), Count: 1}) {
+				t.Fatalf("g1 usage %+v, %v; want the one attachment", u, err)
+			}
+		})
+	}
+}
