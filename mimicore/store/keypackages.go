@@ -31,8 +31,9 @@ const (
 	// welcome_info, which the DS authenticates with the key of the
 	// KeyPackage the Welcome added (PROFILE §5: key_package_signature).
 	ClaimedKeyPackageRetention = WelcomeTreeLifetime
-	// MaxClaimClients bounds the clients of one ClaimKeyPackagesByPrefix:
-	// the client_ids of one group_key_packages request.
+	// MaxClaimClients bounds the clients of one ClaimKeyPackagesByPrefix
+	// or ClaimKeyPackages: the client_ids of one group_key_packages
+	// request.
 	MaxClaimClients = 64
 )
 
@@ -79,8 +80,9 @@ type KeyPackage struct {
 // ClaimedKeyPackageRetention (or until NotAfter), then DeleteExpired
 // removes it.
 //
-// Each write (PublishKeyPackages, ClaimKeyPackage) is one operation of the
-// backend's write path as package store describes: a claim is one
+// Each write (PublishKeyPackages, ClaimKeyPackage, ClaimKeyPackages) is one
+// operation of the backend's write path as package store describes: a
+// claim is one
 // conditional UPDATE ... WHERE ref = (SELECT ... LIMIT 1) RETURNING, which
 // SQLite serialises with its single writer and PostgreSQL with row locks
 // (FOR UPDATE SKIP LOCKED in the subquery lets concurrent claims for one
@@ -122,6 +124,17 @@ type KeyPackages interface {
 	// ClaimKeyPackage chooses.
 	ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix string, suite uint16) ([]KeyPackage, error)
 
+	// ClaimKeyPackages makes the claims of one request, each as
+	// ClaimKeyPackage makes it, and writes the request's replay log entry
+	// (c.Replay), all in one write: all of it is durable, or none. With
+	// c.Clients it returns one KeyPackage per client, in order, the
+	// zero KeyPackage but for Client for a client without an available
+	// package; with c.Prefix, what ClaimKeyPackagesByPrefix returns. An
+	// alive replay log entry of the record's key fails the write with an
+	// error wrapping ErrConflict, and nothing is claimed. An invalid
+	// claim or record is ErrInvalid.
+	ClaimKeyPackages(ctx context.Context, c KeyPackageClaim) ([]KeyPackage, error)
+
 	// ListKeyPackages returns client's available packages, ordered by
 	// suite, then NotAfter, then Ref; none is an empty list, not an error.
 	ListKeyPackages(ctx context.Context, client string) ([]KeyPackage, error)
@@ -130,4 +143,28 @@ type KeyPackages interface {
 	// Claimed set) claimed or replaced within ClaimedKeyPackageRetention;
 	// otherwise ErrNotFound.
 	KeyPackageByRef(ctx context.Context, ref []byte) (KeyPackage, error)
+}
+
+// KeyPackageClaim is the claims of one request (ClaimKeyPackages): those
+// of a peer's group_key_packages or connection_key_packages request
+// (docs/protocol.md §4.2), written with its answer.
+type KeyPackageClaim struct {
+	// Clients are the clients that each claim one package, in this
+	// order: 1..MaxClaimClients client URIs, none named twice. Exactly one
+	// of Clients and Prefix is set.
+	Clients []string
+	// Prefix claims instead one package of each client whose URI starts
+	// with it, as ClaimKeyPackagesByPrefix does.
+	Prefix string
+	// Suite is the suite claimed; 0 means any, per client as
+	// ClaimKeyPackage chooses.
+	Suite uint16
+	// Replay, when not nil, returns the replay log entry of the request
+	// that makes the claims, whose answer reports them: it is given the
+	// claims' outcome, as ClaimKeyPackages returns it, and the entry it
+	// returns is written in the same write (ReplayRecord); nil writes
+	// none. It runs inside the write, perhaps more than once (the last
+	// run is the one that committed), so it only computes; its error
+	// fails the write.
+	Replay func(claimed []KeyPackage) (*ReplayRecord, error)
 }

@@ -199,29 +199,86 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 	}
 	var kps []store.KeyPackage
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		now := s.nowMs()
-		// client >= prefix bounds the index range; starts_with decides.
-		// The column is COLLATE "C", so the order is bytewise.
-		rows, _ := tx.Query(ctx, `SELECT DISTINCT client FROM key_packages
-			WHERE client >= $1 AND starts_with(client, $1) AND ($2 = 0 OR suite = $2)
-				AND claimed_ms IS NULL AND not_after_ms > $3
-			ORDER BY client LIMIT $4`, clientPrefix, int32(suite), now, store.MaxClaimClients)
-		clients, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		var err error
+		kps, err = claimPrefixTx(ctx, tx, clientPrefix, suite, s.nowMs())
+		return err
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return kps, nil
+}
+
+// claimPrefixTx claims, inside tx at time now (Unix ms), a package of
+// suite for each client whose URI starts with clientPrefix, as
+// ClaimKeyPackagesByPrefix does.
+func claimPrefixTx(ctx context.Context, tx pgx.Tx, clientPrefix string, suite uint16, now int64) ([]store.KeyPackage, error) {
+	// client >= prefix bounds the index range; starts_with decides.
+	// The column is COLLATE "C", so the order is bytewise.
+	rows, _ := tx.Query(ctx, `SELECT DISTINCT client FROM key_packages
+		WHERE client >= $1 AND starts_with(client, $1) AND ($2 = 0 OR suite = $2)
+			AND claimed_ms IS NULL AND not_after_ms > $3
+		ORDER BY client LIMIT $4`, clientPrefix, int32(suite), now, store.MaxClaimClients)
+	clients, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	kps := make([]store.KeyPackage, 0, len(clients))
+	for _, c := range clients {
+		kp, err := claimTx(ctx, tx, c, suite, now)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // its last package was claimed since the listing
+		}
 		if err != nil {
+			return nil, err
+		}
+		kps = append(kps, kp)
+	}
+	return kps, nil
+}
+
+// ClaimKeyPackages implements store.KeyPackages: the claims and the replay
+// record are one transaction. The record is written last, so a
+// concurrent copy of the request (the same replay key) waits on the
+// record's row for this transaction's outcome, and the claims of the one
+// that loses roll back with it.
+func (s *Store) ClaimKeyPackages(ctx context.Context, c store.KeyPackageClaim) ([]store.KeyPackage, error) {
+	const doing = "claiming KeyPackages"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.KeyPackageClaim(c); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	var kps []store.KeyPackage
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		now := s.nowMs()
+		var err error
+		if c.Prefix != "" {
+			kps, err = claimPrefixTx(ctx, tx, c.Prefix, c.Suite, now)
+		} else {
+			kps = make([]store.KeyPackage, len(c.Clients))
+			for i, client := range c.Clients {
+				kps[i], err = claimTx(ctx, tx, client, c.Suite, now)
+				if errors.Is(err, store.ErrNotFound) {
+					kps[i], err = store.KeyPackage{Client: client}, nil
+				}
+				if err != nil {
+					break
+				}
+			}
+		}
+		if err != nil || c.Replay == nil {
 			return err
 		}
-		kps = make([]store.KeyPackage, 0, len(clients))
-		for _, c := range clients {
-			kp, err := claimTx(ctx, tx, c, suite, now)
-			if errors.Is(err, store.ErrNotFound) {
-				continue // its last package was claimed since the listing
-			}
-			if err != nil {
-				return err
-			}
-			kps = append(kps, kp)
+		r, err := c.Replay(kps)
+		if err != nil {
+			return fmt.Errorf("building the replay record: %w", err)
 		}
-		return nil
+		if err := check.ReplayRecord(r); err != nil {
+			return err
+		}
+		return s.recordReplayTx(ctx, tx, r)
 	})
 	if err != nil {
 		return nil, s.fail(doing, err)

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
@@ -199,43 +200,99 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 	if err := check.ClientURI("client prefix", clientPrefix); err != nil {
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
+	var kps []store.KeyPackage
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var err error
+		kps, err = s.claimPrefixTx(ctx, tx, clientPrefix, suite, check.Millis(s.now()))
+		return err
+	})
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	return kps, nil
+}
+
+// claimPrefixTx claims, inside tx at time now (Unix ms), a package of
+// suite for each client whose URI starts with clientPrefix, as
+// ClaimKeyPackagesByPrefix does.
+func (s *Store) claimPrefixTx(ctx context.Context, tx *sql.Tx, clientPrefix string, suite uint16, now int64) ([]store.KeyPackage, error) {
 	// The range [prefix, prefix with its last byte plus one) holds exactly
 	// the strings that start with prefix (SQLite compares TEXT by bytes);
 	// a prefix of 0xff bytes has no end, and bytes above 0xf4 are not
 	// UTF-8, which check.ClientURI refused.
 	end := []byte(clientPrefix)
 	end[len(end)-1]++
+	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT client FROM key_packages
+		WHERE client >= ?1 AND client < ?2 AND (?3 = 0 OR suite = ?3) AND claimed_ms IS NULL AND not_after_ms > ?4
+		ORDER BY client LIMIT ?5`, clientPrefix, string(end), int64(suite), now, store.MaxClaimClients)
+	if err != nil {
+		return nil, err
+	}
+	var clients []string
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		clients = append(clients, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	kps := make([]store.KeyPackage, 0, len(clients))
+	for _, c := range clients {
+		kp, err := s.claimTx(ctx, tx, c, suite, now)
+		if err != nil {
+			return nil, err
+		}
+		kps = append(kps, kp)
+	}
+	return kps, nil
+}
+
+// ClaimKeyPackages implements store.KeyPackages: the claims and the replay
+// record are one op.
+func (s *Store) ClaimKeyPackages(ctx context.Context, c store.KeyPackageClaim) ([]store.KeyPackage, error) {
+	const doing = "claiming KeyPackages"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	if err := check.KeyPackageClaim(c); err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	// Copied now: the op may run after the caller changed its slice.
+	clients := slices.Clone(c.Clients)
 	var kps []store.KeyPackage
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
-		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT client FROM key_packages
-			WHERE client >= ?1 AND client < ?2 AND (?3 = 0 OR suite = ?3) AND claimed_ms IS NULL AND not_after_ms > ?4
-			ORDER BY client LIMIT ?5`, clientPrefix, string(end), int64(suite), now, store.MaxClaimClients)
+		var err error
+		if c.Prefix != "" {
+			kps, err = s.claimPrefixTx(ctx, tx, c.Prefix, c.Suite, now)
+		} else {
+			kps = make([]store.KeyPackage, len(clients))
+			for i, client := range clients {
+				kps[i], err = s.claimTx(ctx, tx, client, c.Suite, now)
+				if errors.Is(err, store.ErrNotFound) {
+					kps[i], err = store.KeyPackage{Client: client}, nil
+				}
+				if err != nil {
+					break
+				}
+			}
+		}
+		if err != nil || c.Replay == nil {
+			return err
+		}
+		r, err := c.Replay(kps)
 		if err != nil {
+			return fmt.Errorf("building the replay record: %w", err)
+		}
+		if err := check.ReplayRecord(r); err != nil {
 			return err
 		}
-		var clients []string
-		for rows.Next() {
-			var c string
-			if err := rows.Scan(&c); err != nil {
-				rows.Close()
-				return err
-			}
-			clients = append(clients, c)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		kps = make([]store.KeyPackage, 0, len(clients))
-		for _, c := range clients {
-			kp, err := s.claimTx(ctx, tx, c, suite, now)
-			if err != nil {
-				return err
-			}
-			kps = append(kps, kp)
-		}
-		return nil
+		return s.recordReplayTx(ctx, tx, newReplayRow(r), now)
 	})
 	if err != nil {
 		return nil, s.fail(doing, err)

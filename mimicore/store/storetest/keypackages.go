@@ -28,6 +28,9 @@ func RunKeyPackageTests(t *testing.T, open func(t *testing.T, clock *Clock) stor
 	t.Run("ConcurrentClaims", func(t *testing.T) { testKPConcurrentClaims(t, plain) })
 	t.Run("ClaimByPrefix", func(t *testing.T) { testKPClaimByPrefix(t, open) })
 	t.Run("ClaimAnySuite", func(t *testing.T) { testKPClaimAnySuite(t, open) })
+	t.Run("ClaimWithReplay", func(t *testing.T) { testKPClaimWithReplay(t, plain) })
+	t.Run("ClaimWithReplayInvalid", func(t *testing.T) { testKPClaimWithReplayInvalid(t, plain) })
+	t.Run("ClaimWithReplayConcurrent", func(t *testing.T) { testKPClaimWithReplayConcurrent(t, plain) })
 }
 
 const (
@@ -496,4 +499,194 @@ func testKPClaimAnySuite(t *testing.T, open func(t *testing.T, clock *Clock) sto
 	wantRefs(t, "claim of any suite by prefix", kps, "laptop suite 7", "suite 1 lr")
 	_, err = s.ClaimKeyPackage(ctx(), "mimi://a.example/d/nobody/phone", 0)
 	wantErr(t, "claim of any suite for a client without packages", err, store.ErrNotFound)
+}
+
+// kpReplay returns a KeyPackageClaim.Replay that records, under request
+// id of c.example, an answer listing the refs claimed ("-" for a client
+// without a package), and counts its runs in *runs when runs is not nil.
+func kpReplay(id string, runs *int) func([]store.KeyPackage) (*store.ReplayRecord, error) {
+	return func(claimed []store.KeyPackage) (*store.ReplayRecord, error) {
+		if runs != nil {
+			*runs++
+		}
+		return &store.ReplayRecord{Sender: "c.example", RequestID: []byte(id), Digest: [32]byte{1},
+			Answer: store.Answer{Body: []byte(kpAnswer(claimed))}, Expires: time.Now().Add(future)}, nil
+	}
+}
+
+// kpAnswer is the answer kpReplay records for claimed.
+func kpAnswer(claimed []store.KeyPackage) string {
+	refs := make([]string, len(claimed))
+	for i, kp := range claimed {
+		refs[i] = string(kp.Ref)
+		if kp.Ref == nil {
+			refs[i] = "-"
+		}
+	}
+	return "claimed:" + strings.Join(refs, ",")
+}
+
+// wantReplay fails unless id's replay entry holds answer, or, for an
+// empty answer, unless id has none.
+func wantReplay(t *testing.T, s store.Store, id, answer string) {
+	t.Helper()
+	e, err := s.FindReplay(ctx(), "c.example", []byte(id))
+	if answer == "" {
+		wantErr(t, "FindReplay of "+id, err, store.ErrNotFound)
+		return
+	}
+	noErr(t, "FindReplay of "+id, err)
+	if got := string(e.Answer.Body); got != answer {
+		t.Fatalf("replay entry of %s holds %q, want %q", id, got, answer)
+	}
+}
+
+// testKPClaimWithReplay makes the claims of one request with its replay
+// record (ClaimKeyPackages): by client, one result per client in order;
+// by prefix, as ClaimKeyPackagesByPrefix; the record holds the answer
+// built from the claims. A record whose key is taken, or whose building
+// fails, fails the write: nothing is claimed.
+func testKPClaimWithReplay(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	const (
+		phone  = "mimi://a.example/d/bob/phone"
+		laptop = "mimi://a.example/d/bob/laptop"
+		tablet = "mimi://a.example/d/bob/tablet" // publishes nothing
+	)
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), phone, []store.KeyPackage{
+		KP(phone, 1, "phone 1", exp, false), KP(phone, 1, "phone 2", exp.Add(time.Minute), false), KP(phone, 1, "phone 3", exp.Add(2*time.Minute), false)}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), laptop, []store.KeyPackage{KP(laptop, 1, "laptop lr", exp, true)}))
+
+	runs := 0
+	kps, err := s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{phone, tablet, laptop}, Replay: kpReplay("first", &runs)})
+	noErr(t, "ClaimKeyPackages by client", err)
+	if len(kps) != 3 {
+		t.Fatalf("ClaimKeyPackages of 3 clients answered %d", len(kps))
+	}
+	sameKP(t, "the phone's", kps[0], KP(phone, 1, "phone 1", exp, false))
+	sameKP(t, "the tablet's", kps[1], store.KeyPackage{Client: tablet})
+	sameKP(t, "the laptop's", kps[2], KP(laptop, 1, "laptop lr", exp, true))
+	if runs == 0 {
+		t.Fatal("the replay record was not built")
+	}
+	wantReplay(t, s, "first", "claimed:ref:phone 1,-,ref:laptop lr")
+	wantRefs(t, "the phone's packages", list(t, s, phone), "phone 2", "phone 3")
+
+	// The key recorded: the write fails whole, claiming nothing.
+	_, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{phone}, Replay: kpReplay("first", nil)})
+	wantErr(t, "ClaimKeyPackages with a recorded key", err, store.ErrConflict)
+	_, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Prefix: "mimi://a.example/d/bob/", Replay: kpReplay("first", nil)})
+	wantErr(t, "ClaimKeyPackages by prefix with a recorded key", err, store.ErrConflict)
+	wantRefs(t, "the phone's packages after a recorded key", list(t, s, phone), "phone 2", "phone 3")
+	wantReplay(t, s, "first", "claimed:ref:phone 1,-,ref:laptop lr")
+
+	// A record that cannot be built fails the write.
+	failed := errors.New("cannot encode")
+	_, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{phone},
+		Replay: func([]store.KeyPackage) (*store.ReplayRecord, error) { return nil, failed }})
+	wantErr(t, "ClaimKeyPackages whose record fails", err, failed)
+	wantRefs(t, "the phone's packages after a failed record", list(t, s, phone), "phone 2", "phone 3")
+
+	// No record: the claims alone.
+	kps, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{phone},
+		Replay: func([]store.KeyPackage) (*store.ReplayRecord, error) { return nil, nil }})
+	noErr(t, "ClaimKeyPackages without a record", err)
+	wantRefs(t, "ClaimKeyPackages without a record", kps, "phone 2")
+
+	// By prefix: as ClaimKeyPackagesByPrefix, ordered by client.
+	kps, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Prefix: "mimi://a.example/d/bob/", Replay: kpReplay("second", nil)})
+	noErr(t, "ClaimKeyPackages by prefix", err)
+	wantRefs(t, "ClaimKeyPackages by prefix", kps, "laptop lr", "phone 3")
+	wantReplay(t, s, "second", "claimed:ref:laptop lr,ref:phone 3")
+	kps, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Prefix: "mimi://a.example/d/nobody/", Replay: kpReplay("third", nil)})
+	noErr(t, "ClaimKeyPackages by prefix of a user without clients", err)
+	if len(kps) != 0 {
+		t.Fatalf("ClaimKeyPackages by prefix of a user without clients: %d packages", len(kps))
+	}
+	wantReplay(t, s, "third", "claimed:")
+	// The last-resort package stays; single-use ones are gone.
+	kps, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{laptop, phone}})
+	noErr(t, "ClaimKeyPackages without Replay", err)
+	if !kps[0].LastResort || kps[1].Ref != nil {
+		t.Fatalf("claim after the single-use packages are gone: %s, %s", fmtKP(kps[0]), fmtKP(kps[1]))
+	}
+}
+
+// testKPClaimWithReplayInvalid refuses malformed claims and records with
+// ErrInvalid, claiming nothing.
+func testKPClaimWithReplayInvalid(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "a", time.Now().Add(future), false)}))
+	tooMany := make([]string, store.MaxClaimClients+1)
+	for i := range tooMany {
+		tooMany[i] = fmt.Sprintf("mimi://a.example/d/many/%03d", i)
+	}
+	badRecord := func([]store.KeyPackage) (*store.ReplayRecord, error) {
+		return &store.ReplayRecord{Sender: "", RequestID: []byte("id"), Expires: time.Now().Add(future)}, nil
+	}
+	for _, tc := range []struct {
+		name string
+		c    store.KeyPackageClaim
+	}{
+		{"neither clients nor prefix", store.KeyPackageClaim{}},
+		{"clients and prefix", store.KeyPackageClaim{Clients: []string{alice}, Prefix: "mimi://a.example/d/alice/"}},
+		{"too many clients", store.KeyPackageClaim{Clients: tooMany}},
+		{"a client named twice", store.KeyPackageClaim{Clients: []string{alice, bob, alice}}},
+		{"an empty client", store.KeyPackageClaim{Clients: []string{alice, ""}}},
+		{"a client too long", store.KeyPackageClaim{Clients: []string{strings.Repeat("x", store.MaxClientURISize+1)}}},
+		{"a prefix too long", store.KeyPackageClaim{Prefix: strings.Repeat("x", store.MaxClientURISize+1)}},
+		{"a record without sender", store.KeyPackageClaim{Clients: []string{alice}, Replay: badRecord}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.ClaimKeyPackages(ctx(), tc.c)
+			wantErr(t, "ClaimKeyPackages with "+tc.name, err, store.ErrInvalid)
+			wantRefs(t, "alice's packages", list(t, s, alice), "a")
+		})
+	}
+}
+
+// testKPClaimWithReplayConcurrent runs copies of one request at once, as
+// gateways on one store do: one claims and records its answer, the others
+// fail with ErrConflict and claim nothing.
+func testKPClaimWithReplayConcurrent(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	const packages, copies = 20, 16
+	kps := make([]store.KeyPackage, 0, packages)
+	for i := range packages {
+		kps = append(kps, KP(alice, 1, fmt.Sprintf("%02d", i), exp, false))
+	}
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, kps))
+	var wg sync.WaitGroup
+	errs := make([]error, copies)
+	answers := make([]string, copies)
+	for i := range copies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var got []store.KeyPackage
+			got, errs[i] = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{alice, bob}, Replay: kpReplay("copied", nil)})
+			answers[i] = kpAnswer(got)
+		}()
+	}
+	wg.Wait()
+	won := ""
+	for i, err := range errs {
+		switch {
+		case err == nil && won != "":
+			t.Errorf("two copies claimed: %q and %q", won, answers[i])
+		case err == nil:
+			won = answers[i]
+		case !errors.Is(err, store.ErrConflict):
+			t.Errorf("copy %d: %v, want ErrConflict", i, err)
+		}
+	}
+	if won == "" {
+		t.Fatal("no copy claimed")
+	}
+	wantReplay(t, s, "copied", won)
+	if n := len(list(t, s, alice)); n != packages-1 {
+		t.Fatalf("%d copies of one request consumed %d KeyPackages, want 1", copies, packages-n)
+	}
 }

@@ -204,6 +204,30 @@ func Suite(s uint16) error {
 	return nil
 }
 
+// KeyPackageClaim checks the claims of one request, not its replay
+// record, which is built inside the write (ReplayRecord checks it then).
+func KeyPackageClaim(c store.KeyPackageClaim) error {
+	if (len(c.Clients) == 0) == (c.Prefix == "") {
+		return fmt.Errorf("a claim names clients or a prefix, not %d clients and a %d-byte prefix: %w",
+			len(c.Clients), len(c.Prefix), store.ErrInvalid)
+	}
+	if c.Prefix != "" {
+		return ClientURI("client prefix", c.Prefix)
+	}
+	if len(c.Clients) > store.MaxClaimClients {
+		return fmt.Errorf("claim of %d clients, want at most %d: %w", len(c.Clients), store.MaxClaimClients, store.ErrInvalid)
+	}
+	for i, client := range c.Clients {
+		if err := ClientURI("client", client); err != nil {
+			return err
+		}
+		if slices.Contains(c.Clients[:i], client) {
+			return fmt.Errorf("client %q named twice: %w", client, store.ErrInvalid)
+		}
+	}
+	return nil
+}
+
 // KeyPackages checks one publish of client's KeyPackages.
 func KeyPackages(client string, kps []store.KeyPackage) error {
 	if err := ClientURI("client", client); err != nil {
