@@ -29,12 +29,15 @@ type harness struct {
 	svc    *Service
 	ring   *provider.KeyRing
 	issuer *binding.Issuer
+	// db is the path of st's database file.
+	db string
 }
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := sqlitestore.Open(t.Context(), filepath.Join(dir, "mimi.db"))
+	db := filepath.Join(dir, "mimi.db")
+	st, err := sqlitestore.Open(t.Context(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +46,7 @@ func newHarness(t testing.TB) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{st: st, ring: ring, issuer: &binding.Issuer{Domains: []string{testProvider}, Keys: ring}}
+	h := &harness{st: st, ring: ring, issuer: &binding.Issuer{Domains: []string{testProvider}, Keys: ring}, db: db}
 	h.svc = &Service{Groups: StoreGroups{st}, Joiners: StoreJoiners{st}, Seen: st, Store: st, Providers: []string{"b.example", testProvider},
 		Bindings: &binding.Checker{Domains: []string{testProvider}, Local: ring}, Members: new(MemberViews)}
 	return h

@@ -2,9 +2,9 @@ package ds
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -22,8 +22,9 @@ type KeyPackageLimiter interface {
 // groupKeyPackages serves group_key_packages (docs/protocol.md §4.2): for
 // each requested client of a provider served here, one of its KeyPackages
 // (single-use ones first and consumed, else its last-resort one, which
-// stays), claimed atomically; the clients without one, or of another
-// provider, are listed as missing.
+// stays); the clients without one, or of another provider, are listed as
+// missing. Every claim of the request and its answer are one write
+// (claimKeyPackages).
 func (s *Service) groupKeyPackages(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
 	var req moh.GroupKeyPackagesRequest
 	if err := wire.Unmarshal(v.Request.Payload, &req, "GroupKeyPackagesRequest"); err != nil {
@@ -38,13 +39,14 @@ func (s *Service) groupKeyPackages(ctx context.Context, v *provider.Verified) (*
 	// The rate limits of every user named are spent before anything is
 	// claimed, so a refusal consumes no KeyPackage.
 	local := make([]bool, len(req.ClientIDs))
-	var users []string
+	var clients, users []string
 	for i, id := range req.ClientIDs {
 		prov, user, _, err := moh.ParseClientURI(id)
-		if err != nil || !slices.Contains(s.Providers, string(prov)) {
+		if err != nil || !slices.Contains(s.Providers, string(prov)) || len(id) > store.MaxClientURISize || !utf8.Valid(id) {
 			continue
 		}
 		local[i] = true
+		clients = append(clients, string(id))
 		if u := moh.UserURI(string(prov), string(user)); !slices.Contains(users, u) {
 			users = append(users, u)
 		}
@@ -54,31 +56,33 @@ func (s *Service) groupKeyPackages(ctx context.Context, v *provider.Verified) (*
 			return nil, err
 		}
 	}
-	answer := &moh.DSResponse{Type: moh.ResponseKeyPackages}
-	for i, id := range req.ClientIDs {
-		if !local[i] {
-			answer.Missing = append(answer.Missing, id)
-			continue
+	// claimed holds one KeyPackage per local client, in request order.
+	answerOf := func(claimed []store.KeyPackage) *moh.DSResponse {
+		answer := &moh.DSResponse{Type: moh.ResponseKeyPackages}
+		for i, id := range req.ClientIDs {
+			if !local[i] || claimed[0].Ref == nil {
+				answer.Missing = append(answer.Missing, id)
+			} else {
+				answer.KeyPackages = append(answer.KeyPackages, claimed[0].KeyPackage)
+			}
+			if local[i] {
+				claimed = claimed[1:]
+			}
 		}
-		kp, err := s.Store.ClaimKeyPackage(ctx, string(id), 0)
-		switch {
-		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrInvalid):
-			answer.Missing = append(answer.Missing, id)
-		case err != nil:
-			return nil, moh.Errorf(moh.CodeBackendUnavailable, "group_key_packages: claiming: %w", err)
-		default:
-			answer.KeyPackages = append(answer.KeyPackages, kp.KeyPackage)
-		}
+		return answer
 	}
-	return answer, nil
+	if len(clients) == 0 {
+		return answerOf(nil), nil
+	}
+	return s.claimKeyPackages(ctx, v, "group_key_packages", store.KeyPackageClaim{Clients: clients}, answerOf)
 }
 
 // connectionKeyPackages serves connection_key_packages (docs/protocol.md
 // §4.2): one KeyPackage of each client of the requested user that has
-// one, claimed atomically in one write. A user of another provider, or
-// without clients or packages, is answered alike: an empty list, so that
-// the answer does not enumerate users. missing is always empty: a client
-// that published no KeyPackage is not known here.
+// one, claimed in one write with the answer (claimKeyPackages). A user
+// of another provider, or without clients or packages, is answered alike:
+// an empty list, so that the answer does not enumerate users. missing is
+// always empty: a client that published no KeyPackage is not known here.
 func (s *Service) connectionKeyPackages(ctx context.Context, v *provider.Verified) (*moh.DSResponse, error) {
 	var req moh.ConnectionKeyPackagesRequest
 	if err := wire.Unmarshal(v.Request.Payload, &req, "ConnectionKeyPackagesRequest"); err != nil {
@@ -90,25 +94,57 @@ func (s *Service) connectionKeyPackages(ctx context.Context, v *provider.Verifie
 	if s.Store == nil {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "connection_key_packages: this gateway keeps no KeyPackages")
 	}
-	answer := &moh.DSResponse{Type: moh.ResponseKeyPackages}
+	answerOf := func(claimed []store.KeyPackage) *moh.DSResponse {
+		answer := &moh.DSResponse{Type: moh.ResponseKeyPackages}
+		for _, kp := range claimed {
+			answer.KeyPackages = append(answer.KeyPackages, kp.KeyPackage)
+		}
+		return answer
+	}
 	prov, user, err := moh.ParseUserURI(req.UserID)
 	if err != nil {
 		return nil, moh.Errorf(moh.CodeMalformed, "connection_key_packages: user_id is not a user URI")
 	}
 	if !slices.Contains(s.Providers, string(prov)) {
-		return answer, nil
+		return answerOf(nil), nil
 	}
 	if err := s.allowClaim(v, string(req.UserID)); err != nil {
 		return nil, err
 	}
-	kps, err := s.Store.ClaimKeyPackagesByPrefix(ctx, moh.ClientURI(string(prov), string(user), ""), 0)
+	c := store.KeyPackageClaim{Prefix: moh.ClientURI(string(prov), string(user), "")}
+	return s.claimKeyPackages(ctx, v, "connection_key_packages", c, answerOf)
+}
+
+// claimKeyPackages makes the claims c of v's request and records the
+// answer that answerOf builds from them in the same write
+// (store.KeyPackages.ClaimKeyPackages, provider.Verified.InlineReplay), so
+// that a request whose answer is not recorded claimed nothing, and a copy
+// of it processed elsewhere on the same store claims nothing more. The
+// request names no cipher suite (c.Suite stays 0).
+func (s *Service) claimKeyPackages(ctx context.Context, v *provider.Verified, what string, c store.KeyPackageClaim,
+	answerOf func(claimed []store.KeyPackage) *moh.DSResponse) (*moh.DSResponse, error) {
+	recorded := false
+	c.Replay = func(claimed []store.KeyPackage) (*store.ReplayRecord, error) {
+		recorded = false
+		enc, err := wire.Marshal(answerOf(claimed))
+		if err != nil {
+			// Handle fails to encode it again, and records that.
+			return nil, nil
+		}
+		r := v.InlineReplay(enc)
+		recorded = r != nil
+		return r, nil
+	}
+	claimed, err := s.Store.ClaimKeyPackages(ctx, c)
 	if err != nil {
-		return nil, moh.Errorf(moh.CodeBackendUnavailable, "connection_key_packages: claiming: %w", err)
+		// An error wrapping store.ErrConflict tells Handle that another
+		// copy's answer was recorded first: it answers with that.
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: claiming: %w", what, err)
 	}
-	for _, kp := range kps {
-		answer.KeyPackages = append(answer.KeyPackages, kp.KeyPackage)
+	if recorded {
+		v.ReplayRecorded()
 	}
-	return answer, nil
+	return answerOf(claimed), nil
 }
 
 // checkRequester checks that the requesting user is a user of the sending
