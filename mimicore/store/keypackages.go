@@ -86,7 +86,9 @@ type KeyPackage struct {
 // conditional UPDATE ... WHERE ref = (SELECT ... LIMIT 1) RETURNING, which
 // SQLite serialises with its single writer and PostgreSQL with row locks
 // (FOR UPDATE SKIP LOCKED in the subquery lets concurrent claims for one
-// client take different packages rather than queue), so a group of claims
+// client take different packages rather than queue; a claim that finds
+// every single-use package left locked waits for them before it falls
+// back to the last-resort package), so a group of claims
 // can share one transaction (a pgx Batch) or be pipelined. Lookups do not
 // go through the write path.
 type KeyPackages interface {

@@ -38,18 +38,32 @@ const (
 	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
 		FROM key_packages WHERE ref = $1 AND expires_ms > $2`
 	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2`
-	// kpClaimSQL takes client $1's single-use package for suite $2 that
-	// expires first: $3 is now, $4 now plus the retention. SKIP LOCKED
-	// lets concurrent claims take different packages instead of queueing
-	// behind one another; FOR UPDATE rechecks the row, so a package
-	// claimed by a transaction that committed meanwhile is not taken.
+	// kpClaimSQL takes client $1's single-use package for suite $2 (0:
+	// the lowest suite with one) that expires first: $3 is now, $4 now
+	// plus the retention. The suite is chosen and the row locked in one
+	// statement. SKIP LOCKED lets concurrent claims take different
+	// packages instead of queueing behind one another; FOR UPDATE
+	// rechecks the row, so a package claimed by a transaction that
+	// committed meanwhile is not taken.
 	kpClaimSQL = `UPDATE key_packages SET claimed_ms = $3, expires_ms = LEAST(not_after_ms, $4)
 		WHERE ref = (SELECT ref FROM key_packages
-			WHERE client = $1 AND suite = $2 AND NOT last_resort AND claimed_ms IS NULL AND not_after_ms > $3
-			ORDER BY not_after_ms, ref LIMIT 1 FOR UPDATE SKIP LOCKED)
-		RETURNING ref, key_package, not_after_ms`
-	kpLastResortSQL = `SELECT ref, key_package, not_after_ms FROM key_packages
-		WHERE client = $1 AND suite = $2 AND last_resort AND claimed_ms IS NULL AND not_after_ms > $3`
+			WHERE client = $1 AND ($2 = 0 OR suite = $2) AND NOT last_resort AND claimed_ms IS NULL AND not_after_ms > $3
+			ORDER BY suite, not_after_ms, ref LIMIT 1 FOR UPDATE SKIP LOCKED)
+		RETURNING ref, suite, key_package, not_after_ms`
+	// kpClaimWaitSQL is kpClaimSQL for when every single-use package left
+	// is locked by concurrent claims: it waits for them (FOR UPDATE
+	// without SKIP LOCKED) and takes one whose claim rolled back, or
+	// none when each was claimed.
+	kpClaimWaitSQL = `UPDATE key_packages SET claimed_ms = $3, expires_ms = LEAST(not_after_ms, $4)
+		WHERE ref = (SELECT ref FROM key_packages
+			WHERE client = $1 AND ($2 = 0 OR suite = $2) AND NOT last_resort AND claimed_ms IS NULL AND not_after_ms > $3
+			ORDER BY suite, not_after_ms, ref LIMIT 1 FOR UPDATE)
+		RETURNING ref, suite, key_package, not_after_ms`
+	// kpLastResortSQL reads client $1's last-resort package for suite $2
+	// (0: of the lowest suite with one).
+	kpLastResortSQL = `SELECT ref, suite, key_package, not_after_ms FROM key_packages
+		WHERE client = $1 AND ($2 = 0 OR suite = $2) AND last_resort AND claimed_ms IS NULL AND not_after_ms > $3
+		ORDER BY suite LIMIT 1`
 	kpListSQL = `SELECT ref, suite, key_package, not_after_ms, last_resort FROM key_packages
 		WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2
 		ORDER BY suite, not_after_ms, ref`
@@ -153,36 +167,35 @@ func (s *Store) ClaimKeyPackage(ctx context.Context, client string, suite uint16
 }
 
 // claimTx claims a package of client for suite (0: any) inside tx at time
-// now (Unix ms).
+// now (Unix ms). Single-use packages come first even under concurrent
+// claims: when every one left is locked by another transaction, the
+// claim waits for them rather than hand out the last-resort package while
+// one may yet be released (kpClaimWaitSQL).
 func claimTx(ctx context.Context, tx pgx.Tx, client string, suite uint16, now int64) (store.KeyPackage, error) {
-	if suite == 0 {
-		// Any suite: single-use packages first, then the lowest suite.
-		var any int32
-		err := tx.QueryRow(ctx, `SELECT suite FROM key_packages
-			WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2
-			ORDER BY last_resort, suite LIMIT 1`, client, now).Scan(&any)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return store.KeyPackage{}, fmt.Errorf("client has no KeyPackage: %w", store.ErrNotFound)
-		}
-		if err != nil {
-			return store.KeyPackage{}, err
-		}
-		suite = uint16(any)
+	kp := store.KeyPackage{Client: client}
+	var (
+		got      int32
+		notAfter int64
+	)
+	retired := now + store.ClaimedKeyPackageRetention.Milliseconds()
+	err := tx.QueryRow(ctx, kpClaimSQL, client, int32(suite), now, retired).Scan(&kp.Ref, &got, &kp.KeyPackage, &notAfter)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = tx.QueryRow(ctx, kpClaimWaitSQL, client, int32(suite), now, retired).Scan(&kp.Ref, &got, &kp.KeyPackage, &notAfter)
 	}
-	kp := store.KeyPackage{Client: client, Suite: suite}
-	var notAfter int64
-	err := tx.QueryRow(ctx, kpClaimSQL, client, int32(suite), now,
-		now+store.ClaimedKeyPackageRetention.Milliseconds()).Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
 	if errors.Is(err, pgx.ErrNoRows) {
 		kp.LastResort = true
-		err = tx.QueryRow(ctx, kpLastResortSQL, client, int32(suite), now).Scan(&kp.Ref, &kp.KeyPackage, &notAfter)
+		err = tx.QueryRow(ctx, kpLastResortSQL, client, int32(suite), now).Scan(&kp.Ref, &got, &kp.KeyPackage, &notAfter)
 		if errors.Is(err, pgx.ErrNoRows) {
+			if suite == 0 {
+				return store.KeyPackage{}, fmt.Errorf("client has no KeyPackage: %w", store.ErrNotFound)
+			}
 			return store.KeyPackage{}, fmt.Errorf("client has no KeyPackage for suite %d: %w", suite, store.ErrNotFound)
 		}
 	}
 	if err != nil {
 		return store.KeyPackage{}, err
 	}
+	kp.Suite = uint16(got)
 	kp.NotAfter = check.Time(notAfter)
 	return kp, nil
 }

@@ -198,7 +198,7 @@ func TestKeyPackages(t *testing.T) {
 // TestClaimsAcrossStores has 50 claims race for 50 single-use packages
 // through two stores on one database, as two gateways would: each package
 // is handed out exactly once, and a claim that finds none left gets the
-// last-resort package.
+// last-resort package, never while a single-use one is left.
 func TestClaimsAcrossStores(t *testing.T) {
 	ctx := context.Background()
 	var stores [2]*Store
@@ -246,9 +246,12 @@ func TestClaimsAcrossStores(t *testing.T) {
 			t.Errorf("package %q handed out %d times, want once", ref, n)
 		}
 	}
-	// A claim may find every remaining package locked by rival claims
-	// (SKIP LOCKED) and get the last-resort one; the others stay for
-	// the next claims.
+	// A claim that finds every remaining package locked by rival claims
+	// waits for them rather than take the last-resort package: each of
+	// the claims got a single-use one.
+	if n := got[lastResort]; n != 0 {
+		t.Errorf("%d claims got the last-resort package while single-use ones were left", n)
+	}
 	for {
 		kp, err := stores[0].ClaimKeyPackage(ctx, client, 1)
 		if err != nil {

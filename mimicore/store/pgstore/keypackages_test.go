@@ -1,0 +1,104 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
+)
+
+// TestClaimBehindLockedPackage claims a client's KeyPackage while a
+// concurrent claim holds the row of one of its single-use packages (a
+// transaction that locked it, then rolls back or claims it): single-use
+// packages still come first. A claim takes another available single-use
+// package, of another suite too, and otherwise waits for the concurrent
+// claim: the package is its own when that claim rolls back, and only
+// once it committed does the last-resort package come.
+func TestClaimBehindLockedPackage(t *testing.T) {
+	const client = "mimi://a.example/d/alice/phone"
+	exp := time.Now().Add(time.Hour)
+	for _, tc := range []struct {
+		name     string
+		kps      []store.KeyPackage
+		suite    uint16
+		commit   bool // the concurrent claim commits, else it rolls back
+		wantRef  string
+		noneLeft bool // want ErrNotFound
+	}{
+		{name: "any suite, another suite's single-use package available", suite: 0, commit: true,
+			kps:     []store.KeyPackage{storetest.KP(client, 1, "s1", exp, false), storetest.KP(client, 2, "s2", exp, false), storetest.KP(client, 1, "lr1", exp, true)},
+			wantRef: "s2"},
+		{name: "any suite, concurrent claim rolls back", suite: 0,
+			kps:     []store.KeyPackage{storetest.KP(client, 1, "s1", exp, false), storetest.KP(client, 1, "lr1", exp, true)},
+			wantRef: "s1"},
+		{name: "one suite, concurrent claim rolls back", suite: 1,
+			kps:     []store.KeyPackage{storetest.KP(client, 1, "s1", exp, false), storetest.KP(client, 1, "lr1", exp, true)},
+			wantRef: "s1"},
+		{name: "one suite, concurrent claim commits", suite: 1, commit: true,
+			kps:     []store.KeyPackage{storetest.KP(client, 1, "s1", exp, false), storetest.KP(client, 1, "lr1", exp, true)},
+			wantRef: "lr1"},
+		{name: "any suite, concurrent claim commits, last resort of another suite", suite: 0, commit: true,
+			kps:     []store.KeyPackage{storetest.KP(client, 1, "s1", exp, false), storetest.KP(client, 2, "lr2", exp, true)},
+			wantRef: "lr2"},
+		{name: "any suite, concurrent claim commits, nothing left", suite: 0, commit: true,
+			kps:      []store.KeyPackage{storetest.KP(client, 1, "s1", exp, false)},
+			noneLeft: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			s := openTemp(t, Options{})
+			if err := s.PublishKeyPackages(ctx, client, tc.kps); err != nil {
+				t.Fatalf("PublishKeyPackages: %v", err)
+			}
+			// The concurrent claim: s1's row locked in an open transaction.
+			tx, err := s.pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx)
+			if _, err := tx.Exec(ctx, `SELECT ref FROM key_packages WHERE ref = $1 FOR UPDATE`, []byte("ref:s1")); err != nil {
+				t.Fatal(err)
+			}
+			type result struct {
+				kp  store.KeyPackage
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				kp, err := s.ClaimKeyPackage(ctx, client, tc.suite)
+				done <- result{kp, err}
+			}()
+			var res result
+			select {
+			case res = <-done:
+			case <-time.After(300 * time.Millisecond):
+				// Waiting for the concurrent claim: end it.
+				if tc.commit {
+					if _, err := tx.Exec(ctx, `UPDATE key_packages SET claimed_ms = $2 WHERE ref = $1`, []byte("ref:s1"), time.Now().UnixMilli()); err != nil {
+						t.Fatal(err)
+					}
+					err = tx.Commit(ctx)
+				} else {
+					err = tx.Rollback(ctx)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				res = <-done
+			}
+			switch {
+			case tc.noneLeft:
+				if !errors.Is(res.err, store.ErrNotFound) {
+					t.Fatalf("claim: %s, %v; want ErrNotFound", res.kp.Ref, res.err)
+				}
+			case res.err != nil:
+				t.Fatalf("claim: %v, want %s", res.err, tc.wantRef)
+			case string(res.kp.Ref) != "ref:"+tc.wantRef:
+				t.Fatalf("claim got %s, want %s", res.kp.Ref, tc.wantRef)
+			}
+		})
+	}
+}
