@@ -109,7 +109,9 @@ type FetchPolicy struct {
 }
 
 // KeySource returns the verification key of a peer provider that is valid at
-// a given time.
+// a given time. A source that is shutting down fails with an error wrapping
+// ErrFetcherClosed or store.ErrClosed, which Verifier answers
+// backend_unavailable.
 type KeySource interface {
 	VerificationKey(ctx context.Context, domain string, keyID []byte, at time.Time) (*moh.VerificationKey, error)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -96,7 +97,9 @@ func (v *Verifier) VerifyWith(ctx context.Context, raw []byte, want moh.Provider
 	switch {
 	case errors.Is(err, ErrUnknownKey):
 		return nil, &moh.Error{Code: moh.CodeUnknownKey, Message: "key_id is not a current key of the sender", Err: err}
-	case errors.Is(err, ErrFetcherClosed):
+	case errors.Is(err, ErrFetcherClosed), errors.Is(err, store.ErrClosed):
+		// The key source is shutting down (a closed service.Service
+		// answers store.ErrClosed): a transient refusal.
 		return nil, &moh.Error{Code: moh.CodeBackendUnavailable, Message: "sender keys cannot be fetched now; retry later", Err: err}
 	case errors.Is(err, ErrFetchBudget):
 		return nil, &moh.Error{Code: moh.CodeBackendUnavailable, Message: "sender keys cannot be fetched now; retry later", Err: err}

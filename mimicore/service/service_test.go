@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -553,5 +554,44 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	if r := s.fetcher.Load(); !r.closed || r.users != 0 {
 		t.Fatalf("after Close the fetcher is closed %v with %d users", r.closed, r.users)
+	}
+}
+
+// TestVerifierAfterClose verifies a provider request through a closed
+// service, whose key fetcher is closed: the sender's key cannot be looked
+// up now, which is answered backend_unavailable (docs/protocol.md §4, step
+// 6), not unknown_key.
+func TestVerifierAfterClose(t *testing.T) {
+	s, err := Open(t.Context(), Options{DataDir: t.TempDir(), Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	key, err := provider.GenerateKey(moh.SchemeEd25519, now.Add(-time.Hour), now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := provider.SignRequest(&moh.ProviderRequest{RequestType: moh.GroupKeyPackages, Sender: []byte("b.example"),
+		Recipient: []byte("a.example"), Timestamp: uint64(now.Unix()), RequestID: make([]byte, 16), Payload: []byte{0}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &provider.Verifier{Domains: []string{"a.example"}, Keys: s}
+	for _, tc := range []struct {
+		name string
+		opts provider.VerifyOptions
+	}{
+		{"without source", provider.VerifyOptions{}},
+		{"with source", provider.VerifyOptions{Source: netip.MustParseAddr("192.0.2.1")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := v.VerifyWith(t.Context(), raw, moh.GroupKeyPackages, tc.opts)
+			if code := moh.DSErrorOf(err).Code; code != moh.CodeBackendUnavailable {
+				t.Fatalf("VerifyWith after Close: %v (code %v), want backend_unavailable", err, code)
+			}
+		})
 	}
 }
