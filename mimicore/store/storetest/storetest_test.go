@@ -324,6 +324,28 @@ func (b *broken) ClaimKeyPackage(ctx context.Context, client string, suite uint1
 	return b.Store.ClaimKeyPackage(ctx, client, suite)
 }
 
+// ClaimKeyPackages in mode claim-then-record commits the claims on their
+// own, then records the replay entry in a write of its own.
+func (b *broken) ClaimKeyPackages(ctx context.Context, c store.KeyPackageClaim) ([]store.KeyPackage, error) {
+	if b.mode != "claim-then-record" || c.Replay == nil {
+		return b.Store.ClaimKeyPackages(ctx, c)
+	}
+	replay := c.Replay
+	c.Replay = nil
+	kps, err := b.Store.ClaimKeyPackages(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	r, err := replay(kps)
+	if err != nil || r == nil {
+		return kps, err
+	}
+	if _, err := b.Store.RecordReplay(ctx, r.Sender, r.RequestID, r.Digest, r.Answer, r.Expires); err != nil {
+		return nil, err
+	}
+	return kps, nil
+}
+
 func (b *broken) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, error) {
 	if b.mode == "outbox-add-ignores-dedup" {
 		w.Dedup, w.DedupExpires = nil, time.Time{}
@@ -465,6 +487,7 @@ var brokenModes = map[string]string{
 	"post-ignores-leave":            "Groups/GroupLog",
 	"post-ignores-except":           "Groups/GroupLogWatch",
 	"claim-keeps":                   "KeyPackages/PublishListClaim",
+	"claim-then-record":             "KeyPackages/ClaimWithReplay",
 	"append-first-only":             "Queues/FanOut",
 	"ack-clamps":                    "Queues/Cursors",
 	"watch-early":                   "Queues/Watch",
