@@ -40,6 +40,8 @@ const (
 	// goroutine, and proxies in front tend to cut idle requests at a few
 	// minutes.
 	maxLocalWait = 10 * time.Minute
+	// maxLocalBindingLifetime caps max_binding_lifetime.
+	maxLocalBindingLifetime = 90 * 24 * time.Hour
 )
 
 // LocalAPI is the local client API (PROFILE §9, docs/protocol.md §10): the
@@ -80,12 +82,13 @@ type LocalAPI struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	// MaxBindingLifetime caps the validity of an issued client binding.
-	// Default 30d; at most 90d (a binding never outlives the key that
-	// signs it either).
+	// Default 30d; at least 1s, at most 90d (a binding never outlives
+	// the key that signs it either).
 	MaxBindingLifetime caddy.Duration `json:"max_binding_lifetime,omitempty"`
 
 	// MaxWait caps the `wait` of a long poll on GET /messages. Default
-	// 60s; at most 10m. The site's write_timeout, if set, must be longer.
+	// 60s; at least 1s, at most 10m. The site's write_timeout, if set,
+	// must be longer.
 	MaxWait caddy.Duration `json:"max_wait,omitempty"`
 
 	// CipherSuites are the MLS cipher suites (RFC 9420 numbers) a
@@ -248,11 +251,12 @@ func (h *LocalAPI) Validate() error {
 	if h.MaxBody < 0 || h.MaxBody > maxLocalMaxBody {
 		return fmt.Errorf("mimi_local: max_body: %d is outside 1..%d bytes", h.MaxBody, maxLocalMaxBody)
 	}
-	if h.MaxBindingLifetime < 0 || time.Duration(h.MaxBindingLifetime) > 90*24*time.Hour {
-		return fmt.Errorf("mimi_local: max_binding_lifetime: %s is outside 1s..90d", time.Duration(h.MaxBindingLifetime))
+	// Zero is the default; anything else is at least a second.
+	if lt := time.Duration(h.MaxBindingLifetime); lt != 0 && (lt < time.Second || lt > maxLocalBindingLifetime) {
+		return fmt.Errorf("mimi_local: max_binding_lifetime: %s is outside 1s..90d", lt)
 	}
-	if h.MaxWait < 0 || time.Duration(h.MaxWait) > maxLocalWait {
-		return fmt.Errorf("mimi_local: max_wait: %s is outside 0..%s", time.Duration(h.MaxWait), maxLocalWait)
+	if w := time.Duration(h.MaxWait); w != 0 && (w < time.Second || w > maxLocalWait) {
+		return fmt.Errorf("mimi_local: max_wait: %s is outside 1s..%s", w, maxLocalWait)
 	}
 	for _, s := range h.CipherSuites {
 		if !mls.CipherSuite(s).Supported() {

@@ -88,12 +88,12 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			v := d.Val()
 			if opt == "max_binding_lifetime" {
-				if dur <= 0 || dur > 90*24*time.Hour {
+				if dur < time.Second || dur > maxLocalBindingLifetime {
 					return d.Errf("invalid max_binding_lifetime '%s': want 1s to 90d", v)
 				}
 				h.MaxBindingLifetime = caddy.Duration(dur)
 			} else {
-				if dur <= 0 || dur > maxLocalWait {
+				if dur < time.Second || dur > maxLocalWait {
 					return d.Errf("invalid max_wait '%s': want 1s to %s", v, maxLocalWait)
 				}
 				h.MaxWait = caddy.Duration(dur)

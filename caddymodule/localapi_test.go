@@ -613,6 +613,14 @@ func TestLocalAPICaddyfile(t *testing.T) {
 	provider a.example
 	max_wait 1h
 }`, nil, "invalid max_wait '1h'"},
+		{"max_wait below a second", `mimi_local {
+	provider a.example
+	max_wait 500ms
+}`, nil, "invalid max_wait '500ms'"},
+		{"binding lifetime below a second", `mimi_local {
+	provider a.example
+	max_binding_lifetime 999ms
+}`, nil, "invalid max_binding_lifetime '999ms'"},
 		{"binding lifetime too long", `mimi_local {
 	provider a.example
 	max_binding_lifetime 91d
@@ -800,6 +808,40 @@ func TestLocalAPIClaimKeyPackages(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			st, body := s.post(t, tc.user, "/claim_key_packages", &localapi.ClaimRequest{CipherSuite: tc.suite, Target: []byte(tc.target)})
 			expectRefusal(t, st, body, tc.code)
+		})
+	}
+}
+
+// TestLocalAPIValidateDurations requires Validate to hold the JSON
+// config's durations to the ranges its messages name: a sub-second
+// max_binding_lifetime would issue a binding whose not_after is the
+// second it was issued in. Zero is the default.
+func TestLocalAPIValidateDurations(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		lifetime, wait time.Duration
+		wantErr        string
+	}{
+		{"defaults", 0, 0, ""},
+		{"one second", time.Second, time.Second, ""},
+		{"lifetime 1ms", time.Millisecond, 0, "max_binding_lifetime"},
+		{"lifetime negative", -time.Second, 0, "max_binding_lifetime"},
+		{"lifetime 91d", 91 * 24 * time.Hour, 0, "max_binding_lifetime"},
+		{"wait 999ms", 0, 999 * time.Millisecond, "max_wait"},
+		{"wait 11m", 0, 11 * time.Minute, "max_wait"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &LocalAPI{Providers: []string{"example.com"}, MaxBindingLifetime: caddy.Duration(tc.lifetime), MaxWait: caddy.Duration(tc.wait)}
+			err := h.Validate()
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
+			}
 		})
 	}
 }
