@@ -845,3 +845,35 @@ func TestLocalAPIValidateDurations(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalAPIPublishRefusalNamesIndex requires the refusal of a publish
+// to name the index of the first refused entry, as docs/protocol.md §10.4
+// says (`key package 2: ...`), whatever the check that refused it.
+func TestLocalAPIPublishRefusalNamesIndex(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{})
+	alice := newTestClient(t, aliceURI)
+	b := s.bind(t, "alice", alice)
+	good := alice.keyPackage(t, aliceURI, b)
+	for _, tc := range []struct {
+		name string
+		bad  []byte
+		code moh.Code
+	}{
+		{"garbage", []byte("garbage"), moh.CodeMalformed},
+		{"no binding", alice.keyPackage(t, aliceURI, nil), moh.CodeForbidden},
+		{"other identity", alice.keyPackage(t, "mimi://example.com/d/alice/tablet", b), moh.CodeForbidden},
+		{"same twice", good, moh.CodeMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body := s.post(t, "alice", "/key_packages", &localapi.PublishRequest{ClientURI: []byte(aliceURI),
+				KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: good}, {KeyPackage: tc.bad}}})
+			var resp moh.DSResponse
+			if err := wire.Unmarshal(body, &resp, "DSResponse"); err != nil || resp.Type != moh.ResponseError {
+				t.Fatalf("status %d, body %x: not a refusal", st, body)
+			}
+			if resp.Error.Code != tc.code || !strings.HasPrefix(string(resp.Error.Message), "key package 1: ") {
+				t.Errorf("refusal %d %s %q, want %s naming key package 1", st, resp.Error.Code, resp.Error.Message, tc.code)
+			}
+		})
+	}
+}

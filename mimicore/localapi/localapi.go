@@ -189,7 +189,7 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 	for i, e := range req.KeyPackages {
 		kp, notAfter, err := a.checkKeyPackage(ctx, req.ClientURI, e.KeyPackage, now)
 		if err != nil {
-			return nil, fmt.Errorf("key package %d: %w", i, err)
+			return nil, entryError(i, err)
 		}
 		if e.LastResort {
 			if lastResort[kp.CipherSuite] {
@@ -225,6 +225,18 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 		return nil, storeError("publishing key packages", err)
 	}
 	return a.list(ctx, string(req.ClientURI))
+}
+
+// entryError names entry i of a publish in the refusal err. The client
+// sees only the message of the refusal's *moh.Error (moh.DSErrorOf), not
+// the context wrapped around it, so the index goes into that message; the
+// refusal's cause stays for the log.
+func entryError(i int, err error) error {
+	var e *moh.Error
+	if !errors.As(err, &e) {
+		return fmt.Errorf("key package %d: %w", i, err)
+	}
+	return &moh.Error{Code: e.Code, Message: fmt.Sprintf("key package %d: %s", i, e.Message), Err: e.Err}
 }
 
 // checkKeyPackage decodes and checks one KeyPackage of client, and
