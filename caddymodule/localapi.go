@@ -193,6 +193,7 @@ func (h *LocalAPI) join() error {
 		MaxBindingLifetime: time.Duration(h.MaxBindingLifetime),
 		Suites:             suites,
 		Peers:              peerKeyPackages{svc: svc},
+		Logger:             h.logger,
 	})
 	if err != nil {
 		servicePool.Delete(h.DataDir) //nolint:errcheck // not ours to keep

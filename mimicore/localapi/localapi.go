@@ -21,6 +21,8 @@ import (
 	"slices"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -76,6 +78,9 @@ type Config struct {
 	// (their connection_key_packages and group_key_packages). Nil answers
 	// such claims not_implemented.
 	Peers PeerKeyPackages
+	// Logger logs what the API drops without refusing the request (a
+	// peer's KeyPackage the answer cannot carry); nil logs nothing.
+	Logger *zap.Logger
 }
 
 // PeerKeyPackages claims KeyPackages from another provider for one of this
@@ -115,6 +120,9 @@ func New(cfg Config) (*API, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
 	}
 	cfg.Domains = slices.Clone(cfg.Domains)
 	return &API{
@@ -358,7 +366,8 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 // through that provider, for user as a user of this provider's first
 // domain. Only KeyPackages of the requested suite are answered: a peer's
 // request names no suite, so it may hand out others, which are dropped
-// (and consumed; a client that wants them back publishes more).
+// (and consumed; a client that wants them back publishes more), as is,
+// with a warning, one of a size no KeyPackageEntry holds.
 func (a *API) claimRemote(ctx context.Context, user, peer string, req *ClaimRequest, byUser bool) ([]KeyPackageEntry, error) {
 	if a.cfg.Peers == nil {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "KeyPackages of another provider's users are claimed through federation, which this gateway does not do")
@@ -375,7 +384,15 @@ func (a *API) claimRemote(ctx context.Context, user, peer string, req *ClaimRequ
 		return nil, err
 	}
 	out := []KeyPackageEntry{}
-	for _, enc := range raw {
+	for i, enc := range raw {
+		if len(enc) == 0 || len(enc) > MaxKeyPackageLen {
+			// A KeyPackageEntry holds 1..MaxKeyPackageLen bytes: one
+			// entry outside would make the whole answer undecodable.
+			a.cfg.Logger.Warn("skipped a peer's KeyPackage outside the size a KeyPackageEntry holds",
+				zap.String("peer", peer), zap.ByteString("target", req.Target), zap.Int("index", i),
+				zap.Int("size", len(enc)), zap.Int("max", MaxKeyPackageLen))
+			continue
+		}
 		var kp mls.KeyPackage
 		if wire.Unmarshal(enc, &kp, "KeyPackage") != nil || uint16(kp.CipherSuite) != req.CipherSuite {
 			continue

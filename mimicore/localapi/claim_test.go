@@ -1,0 +1,86 @@
+package localapi
+
+import (
+	"context"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// fixedPeer is a PeerKeyPackages that answers every claim with kps.
+type fixedPeer struct{ kps [][]byte }
+
+func (p fixedPeer) ClaimUser(context.Context, string, string, []byte) ([][]byte, error) {
+	return p.kps, nil
+}
+
+func (p fixedPeer) ClaimClient(context.Context, string, string, []byte) ([][]byte, error) {
+	return p.kps, nil
+}
+
+// peerKeyPackage encodes a KeyPackage of suite for identity with an
+// extension of extra bytes; it decodes, it does not verify.
+func peerKeyPackage(t *testing.T, suite mls.CipherSuite, identity string, extra int) []byte {
+	t.Helper()
+	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: suite, InitKey: make([]byte, 32),
+		LeafNode: mls.LeafNode{EncryptionKey: make([]byte, 32), SignatureKey: make([]byte, 32),
+			Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(identity)},
+			Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{suite},
+				Credentials: []mls.CredentialType{mls.CredentialBasic}},
+			Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 40}, Signature: make([]byte, 64)},
+		Signature: make([]byte, 64)}
+	if extra > 0 {
+		kp.Extensions = mls.Extensions{{Type: 0xff00, Data: make([]byte, extra)}}
+	}
+	enc, err := wire.Marshal(kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return enc
+}
+
+// TestClaimRemoteSkipsOversizedKeyPackages requires a peer's KeyPackage
+// outside the 1..MaxKeyPackageLen bytes of a KeyPackageEntry (§10.4) to
+// be left out of the answer, and logged, so that the others reach the
+// client in an answer its decoder takes.
+func TestClaimRemoteSkipsOversizedKeyPackages(t *testing.T) {
+	suite := mls.X25519AES128GCMSHA256Ed25519
+	small := peerKeyPackage(t, suite, "mimi://b.example/d/bob/phone", 0)
+	big := peerKeyPackage(t, suite, "mimi://b.example/d/bob/laptop", MaxKeyPackageLen)
+	core, logs := observer.New(zapcore.WarnLevel)
+	api, err := New(Config{Domains: []string{"a.example"}, Store: noStore{}, Keys: seedKeys{},
+		Peers: fixedPeer{kps: [][]byte{big, small}}, Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, target string }{
+		{"user", "mimi://b.example/u/bob"},
+		{"client", "mimi://b.example/d/bob/laptop"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			list, err := api.ClaimKeyPackages(context.Background(), "alice", &ClaimRequest{CipherSuite: uint16(suite), Target: []byte(tc.target)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ans, err := wire.Marshal(&KeyPackageList{KeyPackages: list})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var back KeyPackageList
+			if err := wire.Unmarshal(ans, &back, "KeyPackageList"); err != nil {
+				t.Fatalf("the answer of %d entries does not decode: %v", len(list), err)
+			}
+			if len(back.KeyPackages) != 1 || string(back.KeyPackages[0].KeyPackage) != string(small) {
+				t.Errorf("answered %d KeyPackages, want the small one only", len(back.KeyPackages))
+			}
+		})
+	}
+	if n := logs.FilterMessage("skipped a peer's KeyPackage outside the size a KeyPackageEntry holds").Len(); n != 2 {
+		t.Errorf("%d warnings of a skipped KeyPackage, want 2", n)
+	}
+}
