@@ -90,8 +90,10 @@ func (p peerKeyPackages) send(ctx context.Context, requester, peer string, typ m
 		case moh.CodeForbidden, moh.CodeNotImplemented, moh.CodeNotFound:
 			return nil, moh.Errorf(code, "%s refused the claim", peer)
 		default:
-			return nil, moh.Errorf(moh.CodeBackendUnavailable, "claiming KeyPackages from %s: refused %d %s: %s",
-				peer, ans.Status, code, ans.Response.Error.Message)
+			// The peer's text is for this gateway's log (the refusal's
+			// cause), not for the local client: it may say anything.
+			return nil, moh.Errorf(moh.CodeBackendUnavailable, "claiming KeyPackages from %s: %w", peer,
+				fmt.Errorf("refused %d %s: %q", ans.Status, code, ans.Response.Error.Message))
 		}
 	}
 	return nil, moh.Errorf(moh.CodeBackendUnavailable, "claiming KeyPackages from %s: %s", peer, fmt.Sprintf("status %d without KeyPackages", ans.Status))

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
@@ -186,5 +188,51 @@ func TestClaimRateLimitedRetryAfter(t *testing.T) {
 				t.Fatalf("local answer %d with Retry-After %q, want 429 with %q", rec.Code, rec.Header().Get("Retry-After"), tc.want)
 			}
 		})
+	}
+}
+
+// TestClaimPeerRefusalTextIsLogged has b refuse a's claim with a code that
+// concerns the exchange between the providers: the local client gets 503
+// backend_unavailable whose message does not carry b's text (which is for
+// a's admin, and may say anything), and a's log has it.
+func TestClaimPeerRefusalTextIsLogged(t *testing.T) {
+	a, b := twoProviders(t)
+	const peerText = "peer-internal detail 10.1.2.3"
+	f := func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/group_key_packages") {
+			return false
+		}
+		writeAnswer(w, http.StatusBadRequest, moh.EncodeError(moh.DSError{Code: moh.CodeMalformed, Message: []byte(peerText)}))
+		return true
+	}
+	b.intercept.Store(&f)
+	defer b.intercept.Store(nil)
+	p := peerKeyPackages{svc: a.g.svc}
+	_, err := p.ClaimClient(t.Context(), moh.UserURI("a.localhost", "alice"), "b.localhost",
+		[]byte(moh.ClientURI("b.localhost", "bob", "phone")))
+	core, logs := observer.New(zapcore.DebugLevel)
+	rec := httptest.NewRecorder()
+	h := &LocalAPI{logger: zap.New(core)}
+	h.refuse(&exchange{w: rec, r: httptest.NewRequest(http.MethodPost, "/claim_key_packages", nil)}, "alice", err)
+	var resp moh.DSResponse
+	if err := wire.Unmarshal(rec.Body.Bytes(), &resp, "DSResponse"); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != http.StatusServiceUnavailable || resp.Error.Code != moh.CodeBackendUnavailable {
+		t.Fatalf("local answer %d %s, want 503 backend_unavailable", rec.Code, resp.Error.Code)
+	}
+	if strings.Contains(string(resp.Error.Message), peerText) {
+		t.Errorf("the local client got b's text: %q", resp.Error.Message)
+	}
+	logged := false
+	for _, e := range logs.All() {
+		for _, v := range e.ContextMap() {
+			if s, ok := v.(string); ok && strings.Contains(s, peerText) {
+				logged = true
+			}
+		}
+	}
+	if !logged {
+		t.Errorf("b's text is not in a's log: %v", logs.All())
 	}
 }
