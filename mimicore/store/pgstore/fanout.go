@@ -155,8 +155,9 @@ func postTx(ctx context.Context, tx pgx.Tx, g *store.GroupPost, now int64) (uint
 // see it: the clients with waiters (in memory) looked up among the
 // group's members in one query, so a post costs no read when nobody
 // waits and never one per member. Should the read fail, every waiting
-// client is woken: a waiter woken for nothing fetches nothing and waits
-// again.
+// client is woken: a waiter woken for nothing does not wait again; its
+// fetch finds nothing and answers an empty list before its wait has run
+// out, and the client polls again (docs/protocol.md §10.4).
 func (s *Store) notifyPost(ctx context.Context, groupID []byte, except string, seq uint64) {
 	waiting := s.notify.Waiting()
 	if len(waiting) == 0 {

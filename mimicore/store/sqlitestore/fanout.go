@@ -215,8 +215,9 @@ func (s *Store) postTx(ctx context.Context, tx *sql.Tx, g *groupPost, now int64)
 // clients that see it: the clients with waiters (in memory) looked up
 // among the group's members, one index probe each, so a post costs no
 // read when nobody waits and never one per member. Should the read fail,
-// every waiting client is woken: a waiter woken for nothing fetches
-// nothing and waits again.
+// every waiting client is woken: a waiter woken for nothing does not wait
+// again; its fetch finds nothing and answers an empty list before its wait
+// has run out, and the client polls again (docs/protocol.md §10.4).
 func (s *Store) notifyPost(groupID []byte, except string, seq uint64) {
 	waiting := s.notifier.Waiting()
 	if len(waiting) == 0 {
