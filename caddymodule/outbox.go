@@ -53,6 +53,31 @@ type runningSender struct {
 	done   chan struct{}
 }
 
+// pooledSender is a running sender and its data directory, as
+// runningSenders copies them out of senderPool.
+type pooledSender struct {
+	dir string
+	rs  *runningSender
+}
+
+// runningSenders lists the senders of senderPool. The admin routes and
+// the metrics work on the list, outside the pool: Range holds the pool's
+// read lock, under which a slow store read or reset would hold up config
+// loads (LoadOrNew), cleanups and, since a waiting writer blocks new
+// readers, every other Range. A sender of the list may be stopped
+// meanwhile; its store then refuses the work.
+func runningSenders() []pooledSender {
+	var out []pooledSender
+	senderPool.Range(func(key, value any) bool {
+		if rs, ok := value.(*runningSender); ok {
+			dir, _ := key.(string)
+			out = append(out, pooledSender{dir: dir, rs: rs})
+		}
+		return true
+	})
+	return out
+}
+
 // Destruct stops the sender and waits for it: the messages it was sending
 // stay in the outbox unless their answer came.
 func (r *runningSender) Destruct() error {
@@ -144,12 +169,8 @@ func (outboxStats) Describe(ch chan<- *prometheus.Desc) {
 func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	senderPool.Range(func(key, value any) bool {
-		r, ok := value.(*runningSender)
-		if !ok {
-			return true
-		}
-		dir, _ := key.(string)
+	for _, ps := range runningSenders() {
+		r, dir := ps.rs, ps.dir
 		st := r.sender.Stats()
 		for name, v := range map[string]uint64{"attempts": st.Attempts, "delivered": st.Delivered, "retried": st.Retried,
 			"rejected": st.Rejected, "given_up": st.GivenUp} {
@@ -178,8 +199,7 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 				}
 			}
 		}
-		return true
-	})
+	}
 }
 
 // adminOutbox is the admin API's view of the outboxes (module
@@ -237,13 +257,8 @@ func (adminOutbox) list(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
 	}
 	out := map[string][]outboxView{}
-	var failed error
-	senderPool.Range(func(key, value any) bool {
-		rs, ok := value.(*runningSender)
-		if !ok {
-			return true
-		}
-		dir, _ := key.(string)
+	for _, ps := range runningSenders() {
+		rs, dir := ps.rs, ps.dir
 		views := map[string]*outboxView{}
 		view := func(d string) *outboxView {
 			if views[d] == nil {
@@ -254,8 +269,7 @@ func (adminOutbox) list(w http.ResponseWriter, r *http.Request) error {
 		if b, ok := rs.sender.Outbox.(store.OutboxBacklog); ok {
 			list, err := b.OutboxBacklog(r.Context())
 			if err != nil {
-				failed = err
-				return false
+				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("reading the outbox: %w", err)}
 			}
 			for _, x := range list {
 				v := view(x.Destination)
@@ -274,10 +288,6 @@ func (adminOutbox) list(w http.ResponseWriter, r *http.Request) error {
 		}
 		slices.SortFunc(list, func(a, b outboxView) int { return strings.Compare(a.Destination, b.Destination) })
 		out[dir] = list
-		return true
-	})
-	if failed != nil {
-		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("reading the outbox: %w", failed)}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(out)
@@ -301,12 +311,9 @@ func (adminOutbox) retry(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	senderPool.Range(func(_, value any) bool {
-		if rs, ok := value.(*runningSender); ok {
-			rs.sender.Wake(dest)
-		}
-		return true
-	})
+	for _, ps := range runningSenders() {
+		ps.rs.sender.Wake(dest)
+	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -326,23 +333,12 @@ func (adminOutbox) reset(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out := map[string]resetView{}
-	var failed error
-	senderPool.Range(func(key, value any) bool {
-		rs, ok := value.(*runningSender)
-		if !ok {
-			return true
-		}
-		dir, _ := key.(string)
-		n, err := rs.sender.Reset(r.Context(), dest)
-		out[dir] = resetView{Destination: dest, Dropped: n}
+	for _, ps := range runningSenders() {
+		n, err := ps.rs.sender.Reset(r.Context(), dest)
+		out[ps.dir] = resetView{Destination: dest, Dropped: n}
 		if err != nil {
-			failed = fmt.Errorf("%s: %w", dir, err)
-			return false
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("resetting the outbox: %s: %w", ps.dir, err)}
 		}
-		return true
-	})
-	if failed != nil {
-		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("resetting the outbox: %w", failed)}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(out)

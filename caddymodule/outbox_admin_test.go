@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -186,4 +188,61 @@ func TestAdminOutboxBoundAndReset(t *testing.T) {
 	if err != nil || d.Outbox[0] == 0 {
 		t.Fatalf("a message after the reset: %+v, %v", d, err)
 	}
+}
+
+// blockingResetOutbox is an outbox whose OutboxReset lasts until release
+// is closed, as the reset of a backlog of millions of rows does.
+type blockingResetOutbox struct {
+	store.Outbox
+	store.OutboxBound
+	started chan struct{}
+	release chan struct{}
+}
+
+func (o blockingResetOutbox) OutboxReset(context.Context, string) (int, error) {
+	close(o.started)
+	<-o.release
+	return 1, nil
+}
+
+// nopDestructor is a pool value with nothing to release.
+type nopDestructor struct{}
+
+func (nopDestructor) Destruct() error { return nil }
+
+// TestAdminOutboxResetDoesNotHoldSenderPool requires POST
+// /mimi/outbox/reset to do its (slow) work outside senderPool's lock:
+// while a reset runs, a config load can start the sender of another data
+// directory (LoadOrNew).
+func TestAdminOutboxResetDoesNotHoldSenderPool(t *testing.T) {
+	ob := blockingResetOutbox{started: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan struct{})
+	close(done)
+	dir := t.TempDir()
+	senderPool.LoadOrStore(dir, &runningSender{sender: &federation.Sender{Outbox: ob}, cancel: func() {}, done: done})
+	defer senderPool.Delete(dir) //nolint:errcheck // nothing to release
+
+	resetDone := make(chan error, 1)
+	go func() {
+		req := httptest.NewRequest(http.MethodPost, "/mimi/outbox/reset?destination=b.example", nil)
+		resetDone <- adminOutbox{}.reset(httptest.NewRecorder(), req)
+	}()
+	<-ob.started
+	other := filepath.Join(t.TempDir(), "other")
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		senderPool.LoadOrNew(other, func() (caddy.Destructor, error) { return nopDestructor{}, nil }) //nolint:errcheck // cannot fail
+	}()
+	select {
+	case <-loaded:
+	case <-time.After(2 * time.Second):
+		t.Errorf("starting another data directory's sender waited for an outbox reset")
+	}
+	close(ob.release)
+	if err := <-resetDone; err != nil {
+		t.Errorf("reset: %v", err)
+	}
+	<-loaded
+	senderPool.Delete(other) //nolint:errcheck // nothing to release
 }
