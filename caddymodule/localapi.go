@@ -23,6 +23,8 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
 func init() {
@@ -99,6 +101,9 @@ type LocalAPI struct {
 	svc    *service.Service
 	api    *localapi.API
 	logger *zap.Logger
+	// claims bounds how fast one user claims one target user's
+	// KeyPackages (localClaimLimits).
+	claims localClaimLimits
 	// stopping ends the long polls in flight when the server begins to
 	// shut down (a reload or stop) or the handler is cleaned up, so they
 	// do not hold the old config for up to MaxWait: the client gets an
@@ -148,6 +153,11 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	if h.DataDir == "" {
 		h.DataDir = filepath.Join(caddy.AppDataDir(), "mimi", h.Providers[0])
 	}
+	zone, err := ratelimit.NewZone("local_key_packages", ratelimit.Config{Rate: keyPackageRate, Burst: keyPackageBurst})
+	if err != nil {
+		return fmt.Errorf("mimi_local: KeyPackage claim limits: %w", err)
+	}
+	h.claims = localClaimLimits{zone: zone}
 	h.stopping, h.stop = context.WithCancel(context.Background())
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		srv.RegisterOnShutdown(h.stop)
@@ -193,6 +203,7 @@ func (h *LocalAPI) join() error {
 		MaxBindingLifetime: time.Duration(h.MaxBindingLifetime),
 		Suites:             suites,
 		Peers:              peerKeyPackages{svc: svc},
+		ClaimLimits:        h.claims,
 		Logger:             h.logger,
 	})
 	if err != nil {
@@ -202,6 +213,25 @@ func (h *LocalAPI) join() error {
 	}
 	h.svc, h.api = svc, api
 	return nil
+}
+
+// localClaimLimits bounds how fast one local user claims one target
+// user's KeyPackages, with the limit of a peer's claims (keyPackageRate
+// after a burst of keyPackageBurst), since each claim uses up a
+// KeyPackage: local users cannot drain another user's KeyPackages faster
+// than a peer provider can, nor spend a peer's budget for this provider
+// on one target.
+type localClaimLimits struct{ zone *ratelimit.Zone }
+
+// AllowClaim implements localapi.ClaimLimiter: a refusal is 429
+// rate_limited with the Retry-After of the refused bucket.
+func (l localClaimLimits) AllowClaim(user, targetUser string) error {
+	ok, wait := l.zone.Allow(user+" "+targetUser, time.Now())
+	if ok {
+		return nil
+	}
+	return admission.RetryLater(moh.Errorf(moh.CodeRateLimited, "KeyPackages of this user were claimed too often by you; retry after %d s",
+		admission.RetrySeconds(wait)), wait)
 }
 
 // ready joins the service if Provision left it for the first request, and

@@ -877,3 +877,57 @@ func TestLocalAPIPublishRefusalNamesIndex(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalAPIClaimLimit requires /claim_key_packages to bound how fast
+// one local user claims one target user's KeyPackages, as a peer's claims
+// are bound (30 a minute after a burst of 60): past the burst, 429
+// rate_limited with Retry-After, for the user URI and its clients alike,
+// while other pairs of user and target still claim.
+func TestLocalAPIClaimLimit(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{})
+	claim := func(user, target string) *http.Response {
+		body, err := wire.Marshal(&localapi.ClaimRequest{CipherSuite: uint16(testSuite), Target: []byte(target)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, err := http.NewRequest(http.MethodPost, s.srv.URL+"/claim_key_packages", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("X-Test-User", user)
+		resp, err := s.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body) //nolint:errcheck // only the status and headers matter
+		resp.Body.Close()
+		return resp
+	}
+	for i := range keyPackageBurst {
+		if resp := claim("mallory", "mimi://example.com/u/bob"); resp.StatusCode != http.StatusOK {
+			t.Fatalf("claim %d of the burst: status %d", i+1, resp.StatusCode)
+		}
+	}
+	for _, tc := range []struct {
+		name, user, target string
+		refused            bool
+	}{
+		{"the user past the burst", "mallory", "mimi://example.com/u/bob", true},
+		{"a client of the user", "mallory", bobURI, true},
+		{"another target", "mallory", "mimi://example.com/u/carol", false},
+		{"another claimer", "alice", "mimi://example.com/u/bob", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := claim(tc.user, tc.target)
+			switch {
+			case !tc.refused && resp.StatusCode != http.StatusOK:
+				t.Fatalf("status %d, want 200", resp.StatusCode)
+			case tc.refused && resp.StatusCode != http.StatusTooManyRequests:
+				t.Fatalf("status %d, want 429", resp.StatusCode)
+			case tc.refused && resp.Header.Get("Retry-After") == "":
+				t.Fatalf("a 429 without Retry-After")
+			}
+		})
+	}
+}

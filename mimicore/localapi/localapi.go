@@ -78,6 +78,9 @@ type Config struct {
 	// (their connection_key_packages and group_key_packages). Nil answers
 	// such claims not_implemented.
 	Peers PeerKeyPackages
+	// ClaimLimits bounds how fast one user claims the KeyPackages of one
+	// target user (ClaimKeyPackages); nil means no bound.
+	ClaimLimits ClaimLimiter
 	// Logger logs what the API drops without refusing the request (a
 	// peer's KeyPackage the answer cannot carry); nil logs nothing.
 	Logger *zap.Logger
@@ -92,6 +95,16 @@ type PeerKeyPackages interface {
 	// ClaimClient claims one KeyPackage of the client clientURI of
 	// provider peer; none is an empty list.
 	ClaimClient(ctx context.Context, requester, peer string, clientURI []byte) ([][]byte, error)
+}
+
+// ClaimLimiter bounds how fast one authenticated user claims the
+// KeyPackages of one target user, as ds.KeyPackageLimiter bounds a peer
+// provider's claims: each claim spends one.
+type ClaimLimiter interface {
+	// AllowClaim spends one claim of user for the KeyPackages of
+	// targetUser (a user URI, of this provider or another) and answers
+	// nil, or answers the refusal (rate_limited) when none is left.
+	AllowClaim(user, targetUser string) error
 }
 
 // API is the local client API over one provider's store and keys. It is
@@ -319,10 +332,10 @@ func (a *API) list(ctx context.Context, client string) ([]KeyPackageEntry, error
 // that adds them needs: a single-use package is handed out once, a
 // last-resort one stays. Any authenticated user may claim the packages of
 // any user of the provider, as a peer provider may through
-// group_key_packages; the admin bounds how fast with a rate limit in front
-// of the API. A target of another provider is not_implemented (peers'
-// KeyPackages are fetched through federation); a client or user without a
-// package is an empty list.
+// group_key_packages, as fast as Config.ClaimLimits allows per user and
+// target user (a client URI counts as its user). A target of another
+// provider is claimed from that provider (Config.Peers); a client or user
+// without a package is an empty list.
 func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimRequest) ([]KeyPackageEntry, error) {
 	if user == "" {
 		return nil, moh.Errorf(moh.CodeForbidden, "no authenticated user")
@@ -331,19 +344,28 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 	if !a.suiteAllowed(cs) {
 		return nil, moh.Errorf(moh.CodeForbidden, "cipher suite %d is not accepted here", req.CipherSuite)
 	}
-	var kps []store.KeyPackage
-	if prov, u, err := moh.ParseUserURI(req.Target); err == nil {
-		if !slices.Contains(a.cfg.Domains, string(prov)) {
-			return a.claimRemote(ctx, user, string(prov), req, true)
+	prov, u, err := moh.ParseUserURI(req.Target)
+	byUser := err == nil
+	if !byUser {
+		if prov, u, _, err = moh.ParseClientURI(req.Target); err != nil {
+			return nil, moh.Errorf(moh.CodeMalformed, "target is neither a user URI nor a client URI")
 		}
+	}
+	if a.cfg.ClaimLimits != nil {
+		if err := a.cfg.ClaimLimits.AllowClaim(user, moh.UserURI(string(prov), string(u))); err != nil {
+			return nil, err
+		}
+	}
+	if !slices.Contains(a.cfg.Domains, string(prov)) {
+		return a.claimRemote(ctx, user, string(prov), req, byUser)
+	}
+	var kps []store.KeyPackage
+	if byUser {
 		prefix := moh.ClientURI(string(prov), string(u), "")
 		if kps, err = a.cfg.Store.ClaimKeyPackagesByPrefix(ctx, prefix, req.CipherSuite); err != nil {
 			return nil, storeError("claiming key packages", err)
 		}
-	} else if prov, _, _, err := moh.ParseClientURI(req.Target); err == nil {
-		if !slices.Contains(a.cfg.Domains, string(prov)) {
-			return a.claimRemote(ctx, user, string(prov), req, false)
-		}
+	} else {
 		kp, err := a.cfg.Store.ClaimKeyPackage(ctx, string(req.Target), req.CipherSuite)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -352,8 +374,6 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 		default:
 			kps = append(kps, kp)
 		}
-	} else {
-		return nil, moh.Errorf(moh.CodeMalformed, "target is neither a user URI nor a client URI")
 	}
 	out := make([]KeyPackageEntry, len(kps))
 	for i, kp := range kps {
