@@ -44,6 +44,17 @@ const (
 	maxLocalWait = 10 * time.Minute
 	// maxLocalBindingLifetime caps max_binding_lifetime.
 	maxLocalBindingLifetime = 90 * 24 * time.Hour
+	// defaultMaxLongPolls and defaultMaxLongPollsPerUser bound the long
+	// polls waiting at once, in all and per user: a user's devices and
+	// more, and enough connections for a busy gateway, far from what
+	// exhausts it.
+	defaultMaxLongPolls        = 10_000
+	defaultMaxLongPollsPerUser = 32
+	// maxLongPolls caps max_long_polls.
+	maxLongPolls = 1_000_000
+	// longPollRetryAfter is the Retry-After of a long poll refused at a
+	// bound: a place frees when another poll ends, within max_wait.
+	longPollRetryAfter = 5 * time.Second
 )
 
 // LocalAPI is the local client API (PROFILE §9, docs/protocol.md §10): the
@@ -93,6 +104,17 @@ type LocalAPI struct {
 	// must be longer.
 	MaxWait caddy.Duration `json:"max_wait,omitempty"`
 
+	// MaxLongPolls bounds the long polls (GET /messages with a wait)
+	// waiting at once in this handler, and MaxLongPollsPerUser those of
+	// one authenticated user, whatever client URIs they name: each holds
+	// a connection and a goroutine, and a group post wakes its members'
+	// waits. A poll over a bound answers the messages it finds at once,
+	// or, when there are none, 429 rate_limited with Retry-After.
+	// Defaults 10000 and 32; at most 1000000, and the per-user bound at
+	// most MaxLongPolls.
+	MaxLongPolls        int `json:"max_long_polls,omitempty"`
+	MaxLongPollsPerUser int `json:"max_long_polls_per_user,omitempty"`
+
 	// CipherSuites are the MLS cipher suites (RFC 9420 numbers) a
 	// published KeyPackage may use. Default: every suite implemented
 	// (1, 2, 3, 5, 7).
@@ -101,6 +123,9 @@ type LocalAPI struct {
 	svc    *service.Service
 	api    *localapi.API
 	logger *zap.Logger
+	// polls counts the long polls waiting, against MaxLongPolls and
+	// MaxLongPollsPerUser.
+	polls *pollSlots
 	// claims bounds how fast one user claims one target user's
 	// KeyPackages (localClaimLimits).
 	claims localClaimLimits
@@ -150,6 +175,13 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	if h.MaxWait == 0 {
 		h.MaxWait = caddy.Duration(localapi.DefaultMaxWait)
 	}
+	if h.MaxLongPolls == 0 {
+		h.MaxLongPolls = max(defaultMaxLongPolls, h.MaxLongPollsPerUser)
+	}
+	if h.MaxLongPollsPerUser == 0 {
+		h.MaxLongPollsPerUser = min(defaultMaxLongPollsPerUser, h.MaxLongPolls)
+	}
+	h.polls = &pollSlots{max: h.MaxLongPolls, maxPerUser: h.MaxLongPollsPerUser, users: map[string]int{}}
 	if h.DataDir == "" {
 		h.DataDir = filepath.Join(caddy.AppDataDir(), "mimi", h.Providers[0])
 	}
@@ -289,6 +321,12 @@ func (h *LocalAPI) Validate() error {
 	if w := time.Duration(h.MaxWait); w != 0 && (w < time.Second || w > maxLocalWait) {
 		return fmt.Errorf("mimi_local: max_wait: %s is outside 1s..%s", w, maxLocalWait)
 	}
+	if h.MaxLongPolls < 0 || h.MaxLongPolls > maxLongPolls {
+		return fmt.Errorf("mimi_local: max_long_polls: %d is outside 1..%d", h.MaxLongPolls, maxLongPolls)
+	}
+	if n := h.MaxLongPollsPerUser; n < 0 || n > maxLongPolls || (h.MaxLongPolls > 0 && n > h.MaxLongPolls) {
+		return fmt.Errorf("mimi_local: max_long_polls_per_user: %d is outside 1..max_long_polls", n)
+	}
 	for _, s := range h.CipherSuites {
 		if !mls.CipherSuite(s).Supported() {
 			return fmt.Errorf("mimi_local: cipher_suites: %d is not an implemented MLS cipher suite", s)
@@ -408,15 +446,68 @@ func (h *LocalAPI) serveGet(x *exchange, user string) {
 	h.answer(x, user, answer, err)
 }
 
-// fetch is API.Fetch, with a wait that also ends when the handler stops.
+// fetch is API.Fetch, with a wait that also ends when the handler stops
+// and that takes a place among the long polls (pollSlots).
 func (h *LocalAPI) fetch(ctx context.Context, user string, client []byte, after uint64, limit int, wait time.Duration) ([]localapi.Message, error) {
 	if wait > 0 {
+		if !h.polls.acquire(user) {
+			// Over a bound: the messages there are, at once, else a
+			// refusal that tells the client when to poll again (an
+			// empty list would have it poll again at once).
+			msgs, err := h.api.Fetch(ctx, user, client, after, limit, 0)
+			if err != nil || len(msgs) > 0 {
+				return msgs, err
+			}
+			return nil, admission.RetryLater(moh.Errorf(moh.CodeRateLimited,
+				"too many long polls waiting (at most %d per user, %d in all); retry after %d s",
+				h.polls.maxPerUser, h.polls.max, admission.RetrySeconds(longPollRetryAfter)), longPollRetryAfter)
+		}
+		defer h.polls.release(user)
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
 		defer context.AfterFunc(h.stopping, cancel)()
 	}
 	return h.api.Fetch(ctx, user, client, after, limit, wait)
+}
+
+// pollSlots counts the long polls waiting, per user and in all, against
+// their bounds.
+type pollSlots struct {
+	max, maxPerUser int
+	mu              sync.Mutex
+	total           int
+	users           map[string]int // only users with polls
+}
+
+// acquire takes a place for a poll of user and reports whether one was
+// free; a true acquire is followed by one release.
+func (p *pollSlots) acquire(user string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.total >= p.max || p.users[user] >= p.maxPerUser {
+		return false
+	}
+	p.total++
+	p.users[user]++
+	return true
+}
+
+// release frees the place of a poll of user.
+func (p *pollSlots) release(user string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total--
+	if p.users[user]--; p.users[user] <= 0 {
+		delete(p.users, user)
+	}
+}
+
+// waiting reports how many polls hold a place.
+func (p *pollSlots) waiting() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total
 }
 
 // servePost answers POST /binding, /key_packages, /claim_key_packages and

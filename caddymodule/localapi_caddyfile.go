@@ -33,13 +33,15 @@ func parseLocalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 // Syntax:
 //
 //	mimi_local [<matcher>] {
-//		provider             <domain...>
-//		user                 <placeholder>
-//		data_dir             <path>
-//		max_body             <size>
-//		max_binding_lifetime <duration>
-//		max_wait             <duration>
-//		cipher_suites        <suite...>
+//		provider                <domain...>
+//		user                    <placeholder>
+//		data_dir                <path>
+//		max_body                <size>
+//		max_binding_lifetime    <duration>
+//		max_wait                <duration>
+//		max_long_polls          <n>
+//		max_long_polls_per_user <n>
+//		cipher_suites           <suite...>
 //	}
 //
 // provider is required and every option may appear once. Mount it with
@@ -97,6 +99,20 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					return d.Errf("invalid max_wait '%s': want 1s to %s", v, maxLocalWait)
 				}
 				h.MaxWait = caddy.Duration(dur)
+			}
+		case "max_long_polls", "max_long_polls_per_user":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxLongPolls {
+				return d.Errf("invalid %s '%s': want a number from 1 to %d", opt, v, maxLongPolls)
+			}
+			if opt == "max_long_polls" {
+				h.MaxLongPolls = n
+			} else {
+				h.MaxLongPollsPerUser = n
 			}
 		case "cipher_suites":
 			args := d.RemainingArgs()

@@ -589,10 +589,16 @@ func TestLocalAPICaddyfile(t *testing.T) {
 	max_body 2MiB
 	max_binding_lifetime 7d
 	max_wait 30s
+	max_long_polls 500
+	max_long_polls_per_user 8
 	cipher_suites 1 2
 }`, &LocalAPI{Providers: []string{"example.com", "example.org"}, User: "{http.request.header.X-User}",
 			DataDir: "/var/lib/mimi", MaxBody: 2 << 20, MaxBindingLifetime: caddy.Duration(7 * 24 * time.Hour),
-			MaxWait: caddy.Duration(30 * time.Second), CipherSuites: []uint16{1, 2}}, ""},
+			MaxWait: caddy.Duration(30 * time.Second), MaxLongPolls: 500, MaxLongPollsPerUser: 8, CipherSuites: []uint16{1, 2}}, ""},
+		{"max_long_polls zero", `mimi_local {
+	provider a.example
+	max_long_polls 0
+}`, nil, "invalid max_long_polls '0'"},
 		{"no provider", `mimi_local {
 	max_wait 10s
 }`, nil, "provider is required"},
@@ -927,6 +933,124 @@ func TestLocalAPIClaimLimit(t *testing.T) {
 				t.Fatalf("status %d, want 429", resp.StatusCode)
 			case tc.refused && resp.Header.Get("Retry-After") == "":
 				t.Fatalf("a 429 without Retry-After")
+			}
+		})
+	}
+}
+
+// TestLocalAPILongPollBounds requires the long polls that wait at once to
+// be bounded per authenticated user (whatever device names it sends) and
+// in all: a poll over a bound that has messages gets them at once, one
+// without is 429 rate_limited with Retry-After; a poll that ends, even by
+// its client going away, frees its place.
+func TestLocalAPILongPollBounds(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{MaxLongPolls: 3, MaxLongPollsPerUser: 2, MaxWait: caddy.Duration(time.Minute)})
+	poll := func(ctx context.Context, user, client string) (*http.Response, []byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.srv.URL+"/messages?wait=60&client="+url.QueryEscape(client), nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		req.Header.Set("X-Test-User", user)
+		resp, err := s.srv.Client().Do(req)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp, body, err
+	}
+	waiting := func(want int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); s.h.polls.waiting() != want; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d long polls waiting, want %d", s.h.polls.waiting(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ended := make(chan error, 3)
+	for _, p := range []struct{ user, client string }{
+		{"mallory", "mimi://example.com/d/mallory/dev1"},
+		{"mallory", "mimi://example.com/d/mallory/dev2"},
+		{"alice", aliceURI},
+	} {
+		go func() {
+			_, _, err := poll(ctx, p.user, p.client)
+			ended <- err
+		}()
+	}
+	waiting(3)
+	appendFor(t, s, "mimi://example.com/d/mallory/dev4", "queued")
+	for _, tc := range []struct {
+		name, user, client string
+		messages           int // -1: refused
+	}{
+		{"the user's bound", "mallory", "mimi://example.com/d/mallory/dev3", -1},
+		{"the total bound", "bob", bobURI, -1},
+		{"a queued message", "mallory", "mimi://example.com/d/mallory/dev4", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			resp, body, err := poll(ctx, tc.user, tc.client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if took := time.Since(start); took > 5*time.Second {
+				t.Fatalf("answered after %v, want at once", took)
+			}
+			if tc.messages < 0 {
+				expectRefusal(t, resp.StatusCode, body, moh.CodeRateLimited)
+				if resp.Header.Get("Retry-After") == "" {
+					t.Fatal("a 429 without Retry-After")
+				}
+				return
+			}
+			var l localapi.MessageList
+			expectOK(t, resp.StatusCode, body, &l)
+			if len(l.Messages) != tc.messages {
+				t.Fatalf("%d messages, want %d", len(l.Messages), tc.messages)
+			}
+		})
+	}
+	cancel()
+	for range 3 {
+		<-ended
+	}
+	waiting(0)
+}
+
+// TestLocalAPIValidateLongPollBounds requires max_long_polls and
+// max_long_polls_per_user to be 1..1000000, the per-user bound at most
+// the total one; zero is the default.
+func TestLocalAPIValidateLongPollBounds(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		total, perUser int
+		wantErr        string
+	}{
+		{"defaults", 0, 0, ""},
+		{"both", 100, 10, ""},
+		{"per user only", 0, 50_000, ""},
+		{"total negative", -1, 0, "max_long_polls"},
+		{"total too large", maxLongPolls + 1, 0, "max_long_polls"},
+		{"per user above total", 10, 11, "max_long_polls_per_user"},
+		{"per user too large", 0, maxLongPolls + 1, "max_long_polls_per_user"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &LocalAPI{Providers: []string{"example.com"}, MaxLongPolls: tc.total, MaxLongPollsPerUser: tc.perUser}
+			err := h.Validate()
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
 			}
 		})
 	}
