@@ -69,6 +69,11 @@ func (n *Notifier) stop(queue string, w *waiter) {
 func (n *Notifier) Notify(queue string, seq uint64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.notifyLocked(queue, seq)
+}
+
+// notifyLocked is Notify with n.mu held.
+func (n *Notifier) notifyLocked(queue string, seq uint64) {
 	ws := n.waiters[queue]
 	keep := ws[:0]
 	for _, w := range ws {
@@ -86,6 +91,27 @@ func (n *Notifier) Notify(queue string, seq uint64) {
 	}
 }
 
+// NotifyEach is Notify of seq for each of queues other than except, under
+// one lock: the wake-up of a group's members after a post, which costs a
+// map lookup per member.
+func (n *Notifier) NotifyEach(queues []string, except string, seq uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, q := range queues {
+		if q != except && len(n.waiters[q]) > 0 {
+			n.notifyLocked(q, seq)
+		}
+	}
+}
+
+// Idle reports whether no watch is registered: a post then wakes no one
+// and needs no lookup.
+func (n *Notifier) Idle() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.waiters) == 0
+}
+
 // Waiters reports how many watches are registered and neither woken nor
 // stopped.
 func (n *Notifier) Waiters() int {
@@ -99,8 +125,7 @@ func (n *Notifier) Waiters() int {
 }
 
 // Waiting lists the queues that have watches neither woken nor stopped,
-// in no particular order: the clients a backend looks up among a group's
-// members after a post to the group.
+// in no particular order.
 func (n *Notifier) Waiting() []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -142,3 +142,43 @@ func TestNotifierConcurrent(t *testing.T) {
 		t.Fatalf("%d waiters left", got)
 	}
 }
+
+// TestNotifierNotifyEach requires NotifyEach to wake the waiters of each
+// queue listed, above their cursor, except the queue it excepts, and Idle
+// to report whether any watch is left.
+func TestNotifierNotifyEach(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		queues []string
+		except string
+		woken  map[string]bool // by queue watched: a, b, c
+	}{
+		{"listed", []string{"a", "b"}, "", map[string]bool{"a": true, "b": true}},
+		{"excepted", []string{"a", "b"}, "b", map[string]bool{"a": true}},
+		{"not waiting", []string{"x", "c"}, "", map[string]bool{"c": true}},
+		{"none", nil, "", map[string]bool{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := NewNotifier()
+			if !n.Idle() {
+				t.Fatal("a new Notifier is not idle")
+			}
+			chs := map[string]<-chan struct{}{}
+			for _, q := range []string{"a", "b", "c"} {
+				ch, stop := n.Watch(q, 4)
+				defer stop()
+				chs[q] = ch
+			}
+			n.NotifyEach(tc.queues, tc.except, 4) // at the cursor: no one
+			n.NotifyEach(tc.queues, tc.except, 5)
+			for q, ch := range chs {
+				if isClosed(ch) != tc.woken[q] {
+					t.Errorf("queue %s woken %v, want %v", q, isClosed(ch), tc.woken[q])
+				}
+			}
+			if n.Idle() != (len(tc.woken) == 3) {
+				t.Errorf("Idle %v with %d of 3 watches woken", n.Idle(), len(tc.woken))
+			}
+		})
+	}
+}

@@ -46,10 +46,11 @@ const (
 		joined AS (INSERT INTO group_members (client, group_id, from_seq)
 			SELECT c, $1, (SELECT last FROM seq) FROM unnest($9::text[]) AS c ON CONFLICT DO NOTHING)
 		SELECT last FROM seq`
-	// groupWaitingSQL lists the clients $2 that see post $3 of group $1.
-	groupWaitingSQL = `SELECT client FROM group_members
-		WHERE client = ANY($2::text[]) AND group_id = $1
-			AND from_seq < $3 AND (to_seq IS NULL OR to_seq >= $3)`
+	// groupCurrentSQL lists the current members of group $1 that joined
+	// before post $2: one range of the partial index
+	// group_members_current, the group's local members.
+	groupCurrentSQL = `SELECT client FROM group_members
+		WHERE group_id = $1 AND to_seq IS NULL AND from_seq < $2`
 )
 
 // checkFanout checks f, the fan-out of a write to group groupID.
@@ -151,27 +152,26 @@ func postTx(ctx context.Context, tx pgx.Tx, g *store.GroupPost, now int64) (uint
 }
 
 // notifyPost wakes, once post seq of groupID committed (through this
-// Store or, heard by its listener, another), the waiting clients that
-// see it: the clients with waiters (in memory) looked up among the
-// group's members in one query, so a post costs no read when nobody
-// waits and never one per member. Should the read fail, every waiting
-// client is woken: a waiter woken for nothing does not wait again; its
-// fetch finds nothing and answers an empty list before its wait has run
-// out, and the client polls again (docs/protocol.md §10.4).
-func (s *Store) notifyPost(ctx context.Context, groupID []byte, except string, seq uint64) {
-	waiting := s.notify.Waiting()
-	if len(waiting) == 0 {
+// Store or, heard by its listener, another), the waiting clients that see
+// it: the group's current local members that joined before it, read from
+// the index of current memberships, and left, the members the post
+// removed (who see it; another Store hears of them as queue events,
+// wakeEvents). The cost follows the group's local members, never the
+// waiters of the process, and a post costs no read when nobody waits. A
+// member the read misses had its membership changed by a later post that
+// committed first, whose own wake-up (with a higher seq) wakes it. Should
+// the read fail or time out, nobody else is woken: the waiters answer at
+// the end of their wait, at most max_wait later, and their clients poll
+// again and get the post, where waking every waiter would send them all
+// to a database that just failed to answer.
+func (s *Store) notifyPost(ctx context.Context, groupID []byte, except string, seq uint64, left []string) {
+	if s.notify.Idle() {
 		return
 	}
-	rows, _ := s.pool.Query(ctx, groupWaitingSQL, groupID, waiting, int64(seq))
-	wake, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		wake = waiting
-	}
-	for _, c := range wake {
-		if c != except {
-			s.notify.Notify(c, seq)
-		}
+	s.notify.NotifyEach(left, except, seq)
+	rows, _ := s.pool.Query(ctx, groupCurrentSQL, groupID, int64(seq))
+	if members, err := pgx.CollectRows(rows, pgx.RowTo[string]); err == nil {
+		s.notify.NotifyEach(members, except, seq)
 	}
 }
 
@@ -179,7 +179,7 @@ func (s *Store) notifyPost(ctx context.Context, groupID []byte, except string, s
 // wrote to, once its write committed.
 func (s *Store) notifyDelivered(f store.Fanout, d store.Delivered) {
 	if f.Group != nil && d.Group != 0 {
-		s.notifyPost(context.Background(), f.Group.GroupID, f.Group.Except, d.Group)
+		s.notifyPost(context.Background(), f.Group.GroupID, f.Group.Except, d.Group, f.Group.Leave)
 	}
 	for i, l := range f.Local {
 		if i < len(d.Local) {

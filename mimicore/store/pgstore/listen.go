@@ -54,6 +54,13 @@ func wakeEvents(f store.Fanout, d store.Delivered) []wakeEvent {
 	var evs []wakeEvent
 	if f.Group != nil && d.Group != 0 {
 		evs = append(evs, wakeEvent{G: f.Group.GroupID, X: f.Group.Except, S: d.Group})
+		// The members the post removes see it but are no longer
+		// current members, whom the other Stores look up.
+		for _, c := range f.Group.Leave {
+			if c != f.Group.Except {
+				evs = append(evs, wakeEvent{Q: c, S: d.Group})
+			}
+		}
 	}
 	for i, l := range f.Local {
 		if i < len(d.Local) {
@@ -225,7 +232,7 @@ func (s *Store) dispatch(ctx context.Context, payload string) {
 			s.wakeAll()
 		case ev.G != nil:
 			pctx, cancel := context.WithTimeout(ctx, postLookupTimeout)
-			s.notifyPost(pctx, ev.G, ev.X, ev.S)
+			s.notifyPost(pctx, ev.G, ev.X, ev.S, nil)
 			cancel()
 		case ev.Q != "":
 			s.notify.Notify(ev.Q, ev.S)

@@ -136,6 +136,17 @@ func TestWakeAcrossStores(t *testing.T) {
 				GroupID: gid, Sender: wakeBob, Except: wakeBob, Message: []byte("hello")}})
 			return err
 		}},
+		{"group post removing the member", wakeAlice, func(t *testing.T, s *Store) error {
+			g := storetest.NewGroup(t, []byte("leaving group"), 2)
+			gid := g.State.GroupID()
+			if err := s.CreateGroup(context.Background(), store.GroupCreation{Hub: "a.example", State: g.State,
+				Members: []string{wakeAlice, wakeBob}}); err != nil {
+				return err
+			}
+			_, err := s.Deliver(context.Background(), gid, g.State.Epoch(), store.Fanout{Group: &store.GroupPost{
+				GroupID: gid, Sender: wakeBob, Except: wakeBob, Message: []byte("hello"), Leave: []string{wakeAlice}}})
+			return err
+		}},
 		{"personal message of a commit", wakeAlice, func(t *testing.T, s *Store) error {
 			g := storetest.NewGroup(t, []byte("committed group"), 2)
 			if err := s.CreateGroup(context.Background(), store.GroupCreation{Hub: "a.example", State: g.State,
@@ -288,6 +299,33 @@ func TestPayloads(t *testing.T) {
 				if got[i].Q != tc.evs[i].Q || !bytes.Equal(got[i].G, tc.evs[i].G) || got[i].X != tc.evs[i].X || got[i].S != tc.evs[i].S {
 					t.Fatalf("event %d = %+v, want %+v", i, got[i], tc.evs[i])
 				}
+			}
+		})
+	}
+}
+
+// TestWakeEventsOfLeavers requires the events of a post to name, as queue
+// events, the members it removes other than the one it excepts: they see
+// the post but are no longer current members, whom another Store looks
+// up when it hears of the post.
+func TestWakeEventsOfLeavers(t *testing.T) {
+	gid := []byte("g")
+	for _, tc := range []struct {
+		name   string
+		leave  []string
+		except string
+		want   []wakeEvent
+	}{
+		{"none", nil, "", []wakeEvent{{G: gid, S: 7}}},
+		{"one", []string{wakeBob}, wakeAlice, []wakeEvent{{G: gid, X: wakeAlice, S: 7}, {Q: wakeBob, S: 7}}},
+		{"the excepted one", []string{wakeBob, wakeCarl}, wakeCarl, []wakeEvent{{G: gid, X: wakeCarl, S: 7}, {Q: wakeBob, S: 7}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := store.Fanout{Group: &store.GroupPost{GroupID: gid, Except: tc.except, Leave: tc.leave}}
+			got, _ := json.Marshal(wakeEvents(f, store.Delivered{Group: 7}))
+			want, _ := json.Marshal(tc.want)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("events %s, want %s", got, want)
 			}
 		})
 	}

@@ -28,7 +28,8 @@ type groupPost struct {
 	groupID, msg         []byte
 	sender               string
 	except               string
-	join, leave, members string // JSON arrays, "" for none
+	join, leave, members string   // JSON arrays, "" for none
+	left                 []string // Leave: they see the post, and are woken for it
 	expires              time.Time
 }
 
@@ -51,11 +52,11 @@ const (
 	groupSeedSQL = `INSERT INTO group_members (client, group_id, from_seq)
 		SELECT value, ?1, ?3 - 1 FROM json_each(?2) WHERE true ON CONFLICT DO NOTHING`
 	groupKnownSetSQL = `UPDATE mls_groups SET members_known = 1 WHERE group_id = ?1`
-	// groupWaitingSQL lists the clients of the JSON array ?2 that see
-	// post ?3 of group ?1.
-	groupWaitingSQL = `SELECT client FROM group_members
-		WHERE client IN (SELECT value FROM json_each(?2)) AND group_id = ?1
-			AND from_seq < ?3 AND (to_seq IS NULL OR to_seq >= ?3)`
+	// groupCurrentSQL lists the current members of group ?1 that joined
+	// before post ?2: one range of the partial index
+	// group_members_current, the group's local members.
+	groupCurrentSQL = `SELECT client FROM group_members
+		WHERE group_id = ?1 AND to_seq IS NULL AND from_seq < ?2`
 )
 
 // outboxRow is a store.OutboxMessage ready for its INSERT.
@@ -76,7 +77,7 @@ func newFanout(f store.Fanout) (fanout, error) {
 	var out fanout
 	if p := f.Group; p != nil {
 		g := &groupPost{groupID: bytes.Clone(p.GroupID), msg: bytes.Clone(p.Message), sender: p.Sender,
-			except: p.Except, expires: p.Expires}
+			except: p.Except, left: slices.Clone(p.Leave), expires: p.Expires}
 		for _, l := range []struct {
 			dst     *string
 			clients []string
@@ -212,35 +213,30 @@ func (s *Store) postTx(ctx context.Context, tx *sql.Tx, g *groupPost, now int64)
 }
 
 // notifyPost wakes, once post seq of groupID committed, the waiting
-// clients that see it: the clients with waiters (in memory) looked up
-// among the group's members, one index probe each, so a post costs no
-// read when nobody waits and never one per member. Should the read fail,
-// every waiting client is woken: a waiter woken for nothing does not wait
-// again; its fetch finds nothing and answers an empty list before its wait
-// has run out, and the client polls again (docs/protocol.md §10.4).
-func (s *Store) notifyPost(groupID []byte, except string, seq uint64) {
-	waiting := s.notifier.Waiting()
-	if len(waiting) == 0 {
+// clients that see it: the group's current local members that joined
+// before it, read from the index of current memberships, and left, the
+// members the post removed (who see it). The cost follows the group's
+// local members, never the waiters of the process, and a post costs no
+// read when nobody waits. A member the read misses had its membership
+// changed by a later post that committed first, whose own wake-up
+// (with a higher seq) wakes it. Should the read fail, nobody else is
+// woken: the waiters answer at the end of their wait, at most max_wait
+// later, and their clients poll again and get the post, where waking
+// every waiter would send them all to a store that just failed.
+func (s *Store) notifyPost(groupID []byte, except string, seq uint64, left []string) {
+	if s.notifier.Idle() {
 		return
 	}
-	wake, err := s.postWaiters(groupID, waiting, seq)
-	if err != nil {
-		wake = waiting
-	}
-	for _, c := range wake {
-		if c != except {
-			s.notifier.Notify(c, seq)
-		}
+	s.notifier.NotifyEach(left, except, seq)
+	if members, err := s.postMembers(groupID, seq); err == nil {
+		s.notifier.NotifyEach(members, except, seq)
 	}
 }
 
-// postWaiters returns the clients of waiting that see post seq of groupID.
-func (s *Store) postWaiters(groupID []byte, waiting []string, seq uint64) ([]string, error) {
-	list, err := json.Marshal(waiting)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := s.r.QueryContext(context.Background(), groupWaitingSQL, groupID, string(list), int64(seq))
+// postMembers returns the current members of groupID that joined before
+// post seq.
+func (s *Store) postMembers(groupID []byte, seq uint64) ([]string, error) {
+	rows, err := s.r.QueryContext(context.Background(), groupCurrentSQL, groupID, int64(seq))
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +256,7 @@ func (s *Store) postWaiters(groupID []byte, waiting []string, seq uint64) ([]str
 // wrote to, once its write committed.
 func (s *Store) notifyDelivered(f *fanout, d store.Delivered) {
 	if f.group != nil && d.Group != 0 {
-		s.notifyPost(f.group.groupID, f.group.except, d.Group)
+		s.notifyPost(f.group.groupID, f.group.except, d.Group, f.group.left)
 	}
 	for i, qa := range f.local {
 		s.notifyAppended(qa.recipients, d.Local[i])

@@ -168,7 +168,8 @@ func testGroupLogInvalid(t *testing.T, open func(t *testing.T) store.Store) {
 
 // testGroupLogWatch checks that a post wakes its group's waiting members,
 // and only them: not the member it excepts, not a client of another
-// group, and its message is fetchable once woken.
+// group, not one it is before the Join or after the Leave of, but the
+// member it removes; and its message is fetchable once woken.
 func testGroupLogWatch(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	g := NewGroup(t, randBytes(t, 16), 2)
@@ -194,9 +195,25 @@ func testGroupLogWatch(t *testing.T, open func(t *testing.T) store.Store) {
 	if closed(readyC) {
 		t.Fatal("carl woken by the post he joins after")
 	}
-	_, err = s.Deliver(ctx(), gid, g.State.Epoch(), post(gid, "to all", "", nil, nil))
+	d, err := s.Deliver(ctx(), gid, g.State.Epoch(), post(gid, "to all", "", nil, nil))
 	noErr(t, "Deliver", err)
 	if !closed(readyA) || !closed(readyC) {
 		t.Fatal("members not woken by a post to all")
+	}
+	// A post that removes a member is the last it sees: it wakes it,
+	// and the next one does not.
+	readyC, stopC = s.WatchQueue(logCarl, d.Group)
+	defer stopC()
+	d, err = s.Deliver(ctx(), gid, g.State.Epoch(), post(gid, "carl removed", fanAlice, nil, []string{logCarl}))
+	noErr(t, "Deliver", err)
+	if !closed(readyC) {
+		t.Fatal("carl not woken by the post that removes him")
+	}
+	readyC, stopC = s.WatchQueue(logCarl, d.Group)
+	defer stopC()
+	_, err = s.Deliver(ctx(), gid, g.State.Epoch(), post(gid, "after carl", "", nil, nil))
+	noErr(t, "Deliver", err)
+	if closed(readyC) {
+		t.Fatal("carl woken by a post after his removal")
 	}
 }
