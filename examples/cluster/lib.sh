@@ -32,10 +32,16 @@ chmod 0755 "$tmp"
 pids=()
 pgpid=
 cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	[ -n "$pgpid" ] && kill "$pgpid" 2>/dev/null || true
+	# stop_all waits for PostgreSQL's shutdown: a plain kill left it
+	# writing its shutdown checkpoint into pg/data while rm removed it.
+	stop_all
 	wait 2>/dev/null || true
-	if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+	if [ "${KEEP:-}" = 1 ]; then
+		echo "kept $tmp" >&2
+	elif ! rm -rf "$tmp" 2>/dev/null; then
+		sleep 1
+		rm -rf "$tmp" || echo "could not remove $tmp" >&2
+	fi
 }
 trap cleanup EXIT
 
