@@ -179,12 +179,16 @@ func (b *Backend) Post(ctx context.Context, e store.OutboxMessage) (int, error) 
 var errNoBackend = errors.New("no legacy backend is configured (delivery backend)")
 
 // backendOutcome sorts a backend's answer: done (2xx), to retry (no answer,
-// 3xx, 408, 429, 5xx), or refused for good (any other 4xx).
+// 3xx, 401, 403, 408, 429, 5xx), or refused for good (any other 4xx). A
+// 401 or 403 is an authentication failure (the backend does not hold the
+// gateway's key yet, during a key rotation): it is retried until the key
+// matches or the message reaches the give-up age.
 func backendOutcome(status int) (done, retry bool) {
 	switch {
 	case status >= 200 && status < 300:
 		return true, false
-	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
+	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests,
+		status == http.StatusUnauthorized, status == http.StatusForbidden:
 		return false, true
 	case status >= 400 && status < 500:
 		return false, false

@@ -112,7 +112,7 @@ func TestBackendOutcome(t *testing.T) {
 		done, retry bool
 	}{
 		{200, true, false}, {202, true, false}, {204, true, false},
-		{301, false, true}, {400, false, false}, {401, false, false}, {403, false, false}, {404, false, false},
+		{301, false, true}, {400, false, false}, {401, false, true}, {403, false, true}, {404, false, false},
 		{408, false, true}, {409, false, false}, {413, false, false}, {429, false, true},
 		{500, false, true}, {502, false, true}, {503, false, true},
 	} {
@@ -323,7 +323,7 @@ func TestBackendDownThenUp(t *testing.T) {
 	}
 }
 
-// TestBackendRejects checks that a 4xx answer (but 408 and 429) drops the
+// TestBackendRejects checks that a 4xx answer (but 401, 403, 408 and 429) drops the
 // message and counts it rejected, that 429 keeps it, and that the
 // messages after it still go; and that no log line shows the key.
 func TestBackendRejects(t *testing.T) {
@@ -361,6 +361,40 @@ func TestBackendRejects(t *testing.T) {
 		if strings.Contains(line, string(key)) || strings.Contains(line, string(key[:16])) {
 			t.Fatalf("a log line shows the key: %s", line)
 		}
+	}
+}
+
+// TestBackendKeyRotation has the gateway sign with a key the backend does
+// not hold yet (a key rotation done on one side first): the backend
+// answers 401, and the messages wait, logged as an authentication
+// failure, until the backend takes the key; then each arrives once, in
+// order, and none is counted rejected.
+func TestBackendKeyRotation(t *testing.T) {
+	oldKey := []byte("0123456789abcdef0123456789abcdef")
+	newKey := []byte("fedcba9876543210fedcba9876543210")
+	st := backendSetup(t, "one", "two")
+	core, logs := observer.New(zapcore.DebugLevel)
+	tb := newTestBackend(t, oldKey, nil)
+	s := &Sender{Outbox: st, Transport: noTransport{}, Logger: zap.New(core),
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
+	s.SetBackend(&Backend{URL: tb.srv.URL, Key: newKey})
+	runSender(t, s)
+	waitFor(t, "the backend's 401s", func() bool { tb.mu.Lock(); defer tb.mu.Unlock(); return tb.posts >= 3 })
+	if n := logs.FilterMessageSnippet("authentication failure").Len(); n == 0 {
+		t.Fatalf("logs %v, want the 401 logged as an authentication failure", logs.All())
+	}
+	tb.mu.Lock()
+	tb.key = newKey // the backend takes the new key
+	tb.mu.Unlock()
+	waitFor(t, "an empty outbox", func() bool {
+		p, err := st.OutboxPending(t.Context(), store.BackendDestination, 0, 1)
+		return err == nil && len(p) == 0
+	})
+	if got := tb.messages(); !slices.Equal(got, []string{"one", "two"}) {
+		t.Fatalf("the backend got %q, want one and two, in order", got)
+	}
+	if stats := s.Stats(); stats.Rejected != 0 || stats.Delivered != 2 {
+		t.Fatalf("stats %+v, want 2 delivered, none rejected", stats)
 	}
 }
 

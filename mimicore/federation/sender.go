@@ -674,7 +674,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 
 // deliverBackend posts one outbox message to the legacy backend, as
 // deliver does for a peer: done when the backend answered 2xx or refused
-// it for good (a 4xx but 408 and 429), else left to retry.
+// it for good (a 4xx but 401, 403, 408 and 429), else left to retry.
 func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *zap.Logger) bool {
 	at := s.now()
 	failed := func(why string) {
@@ -705,6 +705,12 @@ func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *z
 			st.LastAttempt, st.LastSuccess, st.LastError, st.Failures = at, at, "", 0
 		})
 		return true
+	case retry && (status == http.StatusUnauthorized || status == http.StatusForbidden):
+		s.stats.retried.Add(1)
+		failed(fmt.Sprintf("status %d: authentication failure", status))
+		log.Error("the legacy backend refused the gateway's signature (authentication failure: the backend's key differs from the gateway's); will retry",
+			zap.Int("status", status))
+		return false
 	case retry:
 		s.stats.retried.Add(1)
 		failed(fmt.Sprintf("status %d", status))
