@@ -2,6 +2,7 @@ package federation
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -131,6 +132,68 @@ func TestSenderLease(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			t.Fatalf("not done in time: %d of %d sent", sent.Load(), n)
+		})
+	}
+}
+
+// stuckLeases is a store whose lease renewals never succeed after the
+// claim: they hang until their context ends (a database that stopped
+// answering), or fail at once.
+type stuckLeases struct {
+	store.Store
+	hang bool
+}
+
+func (l *stuckLeases) AcquireLease(ctx context.Context, _, _ string, _ time.Time, _ time.Duration) (bool, error) {
+	if l.hang {
+		<-ctx.Done()
+		return false, ctx.Err()
+	}
+	return false, errors.New("database unreachable")
+}
+
+// TestSenderLeaseRenewalFails checks that a holder whose renewals hang or
+// fail stops sending when its lease expires, counted from the time of its
+// claim: past that, another gateway may take the destination.
+func TestSenderLeaseRenewalFails(t *testing.T) {
+	const ttl = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name string
+		hang bool
+	}{
+		{"renewal hangs", true},
+		{"renewal fails", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := leaseStore(t, 1)
+			started, cancelled := make(chan time.Time, 1), make(chan time.Time, 1)
+			s := &Sender{Outbox: st, Leases: &stuckLeases{Store: st, hang: tc.hang}, LeaseTTL: ttl, LeasePoll: time.Hour,
+				Transport: transportFunc(func(ctx context.Context, _, _ string, _ moh.ProviderRequestType, _ []byte) (*provider.Answer, error) {
+					select {
+					case started <- time.Now():
+					default:
+					}
+					select {
+					case <-ctx.Done():
+						select {
+						case cancelled <- time.Now():
+						default:
+						}
+						return nil, ctx.Err()
+					case <-time.After(3 * time.Second):
+						return accepted(ctx, "", "", 0, nil)
+					}
+				})}
+			runSender(t, s)
+			start := <-started // the claim came just before
+			select {
+			case c := <-cancelled:
+				if d := c.Sub(start); d > ttl+50*time.Millisecond {
+					t.Fatalf("the send was stopped %v after it started, past the lease's ttl %v", d, ttl)
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatalf("still sending 2 s after a claim of ttl %v that was never renewed", ttl)
+			}
 		})
 	}
 }

@@ -483,11 +483,14 @@ func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed
 		}
 		return failed, full(entries, batch), false, nil
 	}
+	// The lease expires ttl after the time the claim gives it, whenever
+	// the database answers: claimed is that time, on the monotonic clock.
+	claimed := time.Now()
 	entries, ok, err := s.Leases.OutboxClaim(ctx, dest, s.holder, s.now(), s.leaseTTL(), batch)
 	if err != nil || !ok {
 		return false, false, !ok && err == nil, err
 	}
-	sendCtx, lost := s.keepLease(ctx, dest, log)
+	sendCtx, lost := s.keepLease(ctx, dest, claimed, log)
 	done, failed := s.send(sendCtx, entries, log)
 	wasLost := lost()
 	// Remove what was answered and free the lease, in one write, even
@@ -517,43 +520,58 @@ func full(entries []store.OutboxEntry, batch int) bool {
 
 // keepLease renews dest's drain lease every third of LeaseTTL until the
 // returned stop is called, and returns a context of ctx that ends when
-// the lease is lost: another sender took it, or it could not be renewed
-// before it expired. stop waits for the renewals to end, so none comes
-// after the lease is freed, and reports whether the lease was lost.
-func (s *Sender) keepLease(ctx context.Context, dest string, log *zap.Logger) (context.Context, func() bool) {
+// the lease is lost: another sender took it, or it was not renewed before
+// it expired, LeaseTTL after claimed (the time the claim, or the last
+// renewal that succeeded, was made) whatever the renewals are doing. Each
+// renewal is bounded by a third of LeaseTTL, and by the expiry. stop waits
+// for the renewals to end, so none comes after the lease is freed, and
+// reports whether the lease was lost.
+func (s *Sender) keepLease(ctx context.Context, dest string, claimed time.Time, log *zap.Logger) (context.Context, func() bool) {
 	ctx, cancel := context.WithCancel(ctx)
 	ttl := s.leaseTTL()
 	name := store.OutboxLeaseName(dest)
 	var lost atomic.Bool
 	stopped, exited := make(chan struct{}), make(chan struct{})
+	expire := func(why string, err error) {
+		lost.Store(true)
+		log.Error(why, zap.Error(err))
+		cancel()
+	}
 	go func() {
 		defer close(exited)
 		t := time.NewTicker(max(ttl/3, time.Millisecond))
 		defer t.Stop()
-		renewed := time.Now()
+		renewed := claimed
+		expiry := time.NewTimer(time.Until(renewed.Add(ttl)))
+		defer expiry.Stop()
 		for {
 			select {
 			case <-stopped:
 				return
 			case <-ctx.Done():
 				return
+			case <-expiry.C:
+				expire("could not renew the outbox lease of the destination before it expired; stopping its delivery", nil)
+				return
 			case <-t.C:
 			}
-			ok, err := s.Leases.AcquireLease(ctx, name, s.holder, s.now(), ttl)
+			at := time.Now()
+			rctx, rcancel := context.WithTimeout(ctx, min(max(ttl/3, time.Millisecond), renewed.Add(ttl).Sub(at)))
+			ok, err := s.Leases.AcquireLease(rctx, name, s.holder, s.now(), ttl)
+			rcancel()
 			switch {
 			case ctx.Err() != nil:
 				return
 			case err == nil && ok:
-				renewed = time.Now()
+				renewed = at
+				expiry.Reset(time.Until(renewed.Add(ttl)))
 			case err == nil:
 				lost.Store(true)
 				log.Warn("another gateway took the outbox lease of the destination; stopping its delivery")
 				cancel()
 				return
 			case time.Since(renewed) >= ttl:
-				lost.Store(true)
-				log.Error("could not renew the outbox lease of the destination before it expired; stopping its delivery", zap.Error(err))
-				cancel()
+				expire("could not renew the outbox lease of the destination before it expired; stopping its delivery", err)
 				return
 			default:
 				log.Warn("renewing the outbox lease of the destination; will try again", zap.Error(err))
