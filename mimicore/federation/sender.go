@@ -45,9 +45,10 @@ import (
 // Defaults of a Sender.
 const (
 	// DefaultMinBackoff and DefaultMaxBackoff bound the wait before a
-	// destination that failed is tried again: it doubles from the first
-	// to the second, with jitter, and never grows past it, so a
-	// destination down for a day is still tried every few minutes.
+	// group whose head failed, or a destination that failed as a whole
+	// (failureScope), is tried again: it doubles from the first to the
+	// second, with jitter, and never grows past it, so a destination
+	// down for a day is still tried every few minutes.
 	DefaultMinBackoff = time.Second
 	DefaultMaxBackoff = 5 * time.Minute
 	// DefaultGiveUpAfter is the age at which a message that could not be
@@ -56,7 +57,7 @@ const (
 	// message is never delivered twice.
 	DefaultGiveUpAfter = 3 * 24 * time.Hour
 	// DefaultBatch is how many messages of a destination are read from
-	// the outbox at once.
+	// the outbox at once, and the most one pass over it sends.
 	DefaultBatch = 256
 	// DefaultParallel is how many of a destination's groups are sent to
 	// at once: at most that many requests are in flight per destination.
@@ -132,8 +133,9 @@ type DestinationStatus struct {
 	Failures int
 	// LastError describes the last failure ("" after a success).
 	LastError string
-	// NextAttempt is when the worker tries again after a failure (zero
-	// when it is not backing off).
+	// NextAttempt is the soonest time the worker tries again the
+	// destination, or one of its groups, after a failure (zero when
+	// nothing backs off).
 	NextAttempt time.Time
 	// GivenUp counts the messages for it dropped at GiveUpAfter since the
 	// sender started.
@@ -404,43 +406,122 @@ func orDefault[T int | time.Duration](v, def T) T {
 	return v
 }
 
-// worker delivers destination's messages until ctx ends: a pass reads a
-// batch, sends each group's messages in order, removes what was answered,
-// and backs off while anything failed.
+// backoff is the wait of a destination, or of one of its groups, after
+// failures: the base of the last wait (zero when not failing) and when it
+// is tried again, on the monotonic clock.
+type backoff struct {
+	level time.Duration
+	next  time.Time
+}
+
+// grow doubles b's base from MinBackoff up to the policy's MaxBackoff and
+// sets its next attempt after a wait in the upper half of it (full jitter
+// on the upper half: retries of many gateways spread without ever
+// retrying at once).
+func (s *Sender) grow(b *backoff) {
+	minB := orDefault(s.MinBackoff, DefaultMinBackoff)
+	maxB := max(s.currentPolicy().MaxBackoff, minB)
+	b.level = min(max(2*b.level, minB), maxB)
+	wait := b.level/2 + rand.N(b.level/2+1)
+	b.next = time.Now().Add(wait)
+}
+
+// destState is what a worker keeps of its destination between passes:
+// the destination's backoff, after failures that were the destination's
+// (passResult.destFailed), and the backoff of each group whose head
+// failed on its own, whose messages wait while the others are sent.
+type destState struct {
+	dest   backoff
+	groups map[string]*backoff
+}
+
+// blocked reports whether group's messages wait at t.
+func (d *destState) blocked(group string, t time.Time) bool {
+	b := d.groups[group]
+	return b != nil && b.next.After(t)
+}
+
+// earliest is the soonest time a backoff ends, zero for none.
+func (d *destState) earliest() time.Time {
+	var at time.Time
+	consider := func(b *backoff) {
+		if !b.next.IsZero() && (at.IsZero() || b.next.Before(at)) {
+			at = b.next
+		}
+	}
+	consider(&d.dest)
+	for _, b := range d.groups {
+		consider(b)
+	}
+	return at
+}
+
+// reset ends every backoff.
+func (d *destState) reset() {
+	d.dest = backoff{}
+	clear(d.groups)
+}
+
+// worker delivers destination's messages until ctx ends: a pass reads the
+// messages of the groups that do not wait, sends each group's in order,
+// and removes what was answered; a group whose head failed waits on its
+// own backoff, and the destination as a whole waits after failures that
+// were its own (passResult.destFailed).
 func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) {
 	log := s.logger().With(zap.String("destination", dest))
-	minB := orDefault(s.MinBackoff, DefaultMinBackoff)
-	backoff := time.Duration(0)
+	state := destState{groups: map[string]*backoff{}}
 	var drops dropReport
 	for ctx.Err() == nil {
-		s.reportDrops(ctx, dest, log, &drops)
-		failed, more, busy, err := s.pass(ctx, dest, log)
-		var wait time.Duration
-		switch {
-		case err != nil:
-			if ctx.Err() == nil {
-				log.Error("reading or clearing the outbox", zap.Error(err))
+		var wait time.Duration // 0: until a wake or a backoff's end
+		if !state.dest.next.After(time.Now()) {
+			s.reportDrops(ctx, dest, log, &drops)
+			r, err := s.pass(ctx, dest, &state, log)
+			switch {
+			case err != nil:
+				if ctx.Err() == nil {
+					log.Error("reading or clearing the outbox", zap.Error(err))
+				}
+				s.grow(&state.dest)
+			case r.busy:
+				// Another gateway drains it: try again shortly, for what
+				// was accepted here meanwhile.
+				wait = s.leasePoll()
+			case r.destFailed:
+				s.grow(&state.dest)
+			default:
+				state.dest = backoff{}
+				for g, o := range r.tried {
+					if o == outcomeDone {
+						delete(state.groups, g)
+						continue
+					}
+					b := state.groups[g]
+					if b == nil {
+						b = &backoff{}
+						state.groups[g] = b
+					}
+					s.grow(b)
+				}
+				if r.scanned != nil {
+					// The whole backlog was read: a group that has no
+					// message left (given up, reset) is forgotten.
+					for g := range state.groups {
+						if !r.scanned[g] {
+							delete(state.groups, g)
+						}
+					}
+				}
 			}
-			failed = true
-		case busy:
-			// Another gateway drains it: try again shortly, for what
-			// was accepted here meanwhile.
-			wait = s.leasePoll()
-		case !failed && more:
-			backoff = 0
-			continue
+			s.noteNext(dest, &state)
+			if err == nil && !r.busy && !r.destFailed && r.more {
+				continue
+			}
 		}
-		if failed {
-			maxB := max(s.currentPolicy().MaxBackoff, minB)
-			backoff = min(max(2*backoff, minB), maxB)
-			// Full jitter on the upper half: spread retries of many
-			// gateways without ever retrying at once.
-			wait = backoff/2 + rand.N(backoff/2+1)
-			next := s.now().Add(wait)
-			s.note(dest, func(st *DestinationStatus) { st.NextAttempt = next })
+		var fire <-chan time.Time
+		if at := state.earliest(); !at.IsZero() && (wait == 0 || time.Until(at) < wait) {
+			wait = max(time.Until(at), time.Millisecond)
 		}
 		var timer *time.Timer
-		var fire <-chan time.Time
 		if wait > 0 {
 			timer = time.NewTimer(wait)
 			fire = timer.C
@@ -448,8 +529,8 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 		select {
 		case <-ctx.Done():
 		case <-wake:
-			backoff = 0 // new messages, or the peer is back
-			s.note(dest, func(st *DestinationStatus) { st.NextAttempt = time.Time{} })
+			state.reset() // new messages, or the peer is back
+			s.noteNext(dest, &state)
 		case <-fire:
 		}
 		if timer != nil {
@@ -458,19 +539,64 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 	}
 }
 
-// pass sends one batch of dest's outbox: at most Batch messages and
-// about store.MaxOutboxListBytes, whatever the backlog. It reports whether
-// any message failed and will be retried, whether the batch was full
-// (more may wait), and, with Leases, whether another sender holds the
-// destination's drain lease (busy: nothing was read).
-func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed, more, busy bool, err error) {
+// noteNext sets dest's NextAttempt from state: the soonest end of a
+// backoff, on the sender's clock, or zero when nothing backs off.
+func (s *Sender) noteNext(dest string, state *destState) {
+	var next time.Time
+	if at := state.earliest(); !at.IsZero() {
+		next = s.now().Add(time.Until(at))
+	}
+	s.mu.Lock()
+	_, known := s.status[dest]
+	s.mu.Unlock()
+	if known || !next.IsZero() {
+		s.note(dest, func(st *DestinationStatus) { st.NextAttempt = next })
+	}
+}
+
+// passResult is what one pass over a destination did.
+type passResult struct {
+	// tried has each group the pass sent to, with the outcome of its
+	// last attempt: outcomeDone when all it sent was done with, else how
+	// its head failed, to be retried.
+	tried map[string]outcome
+	// destFailed is set when the failures were the destination's, not a
+	// group's (failureScope): the destination waits as a whole.
+	destFailed bool
+	// more is set when the pass stopped at its bound on what it sends
+	// (Batch messages, store.MaxOutboxListBytes), or stopped reading
+	// after sending some: more may be sent at once.
+	more bool
+	// scanned has the groups of every message waiting for dest, when the
+	// pass read them all; nil when it stopped before the end.
+	scanned map[string]bool
+	// busy is set when another sender holds the destination's drain
+	// lease: nothing was read.
+	busy bool
+}
+
+// MaxScanBatches bounds the batches of Batch messages one pass reads past
+// the messages of the groups that wait (whose head failed): a group whose
+// messages lie behind more than that many of waiting groups' waits with
+// them.
+const MaxScanBatches = 16
+
+// pass sends what dest's outbox holds for the groups that do not wait
+// (state): at most Batch messages and about store.MaxOutboxListBytes,
+// read from the head in batches of Batch, skipping the messages of the
+// groups that wait, for at most MaxScanBatches batches. A group's messages
+// are sent in order from its oldest, and the ones after a failure wait for
+// it. With Leases the pass holds the destination's drain lease; busy is
+// set when another sender holds it.
+func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *zap.Logger) (passResult, error) {
 	batch := min(orDefault(s.Batch, DefaultBatch), store.MaxOutboxList)
 	if s.Leases == nil {
-		entries, err := s.Outbox.OutboxPending(ctx, dest, 0, batch)
-		if err != nil || len(entries) == 0 {
-			return false, false, false, err
+		sel, r, err := s.collect(ctx, dest, nil, false, state, batch)
+		if err != nil || len(sel) == 0 {
+			return r, err
 		}
-		done, failed := s.send(ctx, entries, log)
+		done, tried := s.send(ctx, sel, log)
+		r.tried, r.destFailed = tried, failureScope(tried)
 		if len(done) > 0 {
 			// A new context: what was answered is removed even while
 			// the gateway stops, else it would be sent once more after
@@ -478,44 +604,112 @@ func (s *Sender) pass(ctx context.Context, dest string, log *zap.Logger) (failed
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			defer cancel()
 			if _, err := s.Outbox.OutboxDelivered(cctx, dest, done); err != nil {
-				return true, false, false, err
+				return passResult{}, err
 			}
 		}
-		return failed, full(entries, batch), false, nil
+		return r, nil
 	}
 	// The lease expires ttl after the time the claim gives it, whenever
 	// the database answers: claimed is that time, on the monotonic clock.
 	claimed := time.Now()
-	entries, ok, err := s.Leases.OutboxClaim(ctx, dest, s.holder, s.now(), s.leaseTTL(), batch)
+	first, ok, err := s.Leases.OutboxClaim(ctx, dest, s.holder, s.now(), s.leaseTTL(), batch)
 	if err != nil || !ok {
-		return false, false, !ok && err == nil, err
+		return passResult{busy: !ok && err == nil}, err
 	}
 	sendCtx, lost := s.keepLease(ctx, dest, claimed, log)
-	done, failed := s.send(sendCtx, entries, log)
+	sel, r, err := s.collect(sendCtx, dest, first, true, state, batch)
+	var done []uint64
+	if err == nil && len(sel) > 0 {
+		var tried map[string]outcome
+		done, tried = s.send(sendCtx, sel, log)
+		r.tried, r.destFailed = tried, failureScope(tried)
+	}
 	wasLost := lost()
 	// Remove what was answered and free the lease, in one write, even
 	// while the gateway stops (a new context): the next holder reads
 	// from the head, after these.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if _, err := s.Leases.OutboxRelease(cctx, dest, s.holder, done); err != nil {
-		return true, false, false, err
+	if _, rerr := s.Leases.OutboxRelease(cctx, dest, s.holder, done); rerr != nil {
+		return passResult{}, rerr
 	}
 	if wasLost {
-		return false, false, true, nil
+		return passResult{busy: true}, nil
 	}
-	return failed, full(entries, batch), false, nil
+	return r, err
 }
 
-// full reports whether a batch read with limit batch was full, so that
-// more may wait: limit messages, or cut short by its bytes
-// (store.MaxOutboxListBytes).
-func full(entries []store.OutboxEntry, batch int) bool {
+// collect reads dest's outbox from the head (first is its first batch
+// when haveFirst) and selects what a pass sends: the messages of the
+// groups that do not wait, in order, up to Batch messages and about
+// store.MaxOutboxListBytes (at least one), reading at most MaxScanBatches
+// batches. Every group's selection is the oldest of its messages, since
+// the outbox is read in ID order (ids commit in order, store.Outbox). The
+// result has more and scanned set.
+func (s *Sender) collect(ctx context.Context, dest string, first []store.OutboxEntry, haveFirst bool, state *destState, batch int) ([]store.OutboxEntry, passResult, error) {
+	var sel []store.OutboxEntry
+	var r passResult
+	scanned := map[string]bool{}
 	size := 0
-	for _, e := range entries {
-		size += len(e.Message)
+	now := time.Now()
+	page := first
+	var after uint64
+	for n := 0; n < MaxScanBatches; n++ {
+		if n > 0 || !haveFirst {
+			var err error
+			if page, err = s.Outbox.OutboxPending(ctx, dest, after, batch); err != nil {
+				return nil, passResult{}, err
+			}
+		}
+		pageSize := 0
+		for _, e := range page {
+			pageSize += len(e.Message)
+			scanned[string(e.GroupID)] = true
+			if state.blocked(string(e.GroupID), now) {
+				continue
+			}
+			if len(sel) == batch || len(sel) > 0 && size+len(e.Message) > store.MaxOutboxListBytes {
+				r.more = true
+				return sel, r, nil
+			}
+			sel = append(sel, e)
+			size += len(e.Message)
+		}
+		if len(page) < batch && pageSize < store.MaxOutboxListBytes {
+			r.scanned = scanned // the end of the backlog
+			return sel, r, nil
+		}
+		after = page[len(page)-1].ID
 	}
-	return len(entries) == batch || size >= store.MaxOutboxListBytes
+	// Stopped reading before the end: what lies behind the waiting groups'
+	// messages is reached once it sent what it selected, or once they
+	// are tried again.
+	r.more = len(sel) > 0
+	return sel, r, nil
+}
+
+// failureScope reports whether the failures of a pass were the
+// destination's rather than its groups': a rate limit (429: the peer
+// limits this provider, not a group), or, when no request of the pass got
+// an answer, a failure to reach it (no connection, DNS, TLS, the peer's
+// key) or timeouts of two groups or more. A group's own answers (5xx,
+// 408, 409 in_progress, ...) and the timeout of one group alone (such as
+// a large Welcome) are the group's.
+func failureScope(tried map[string]outcome) bool {
+	answered, unreachable, timeouts := false, false, 0
+	for _, o := range tried {
+		switch o {
+		case retryRateLimited:
+			return true
+		case retryUnreachable:
+			unreachable = true
+		case retryTimeout:
+			timeouts++
+		default:
+			answered = true
+		}
+	}
+	return !answered && (unreachable || timeouts >= 2)
 }
 
 // keepLease renews dest's drain lease every third of LeaseTTL until the
@@ -586,11 +780,41 @@ func (s *Sender) keepLease(ctx context.Context, dest string, claimed time.Time, 
 	}
 }
 
+// outcome is how the delivery of a message ended.
+type outcome int
+
+const (
+	// outcomeDone is a message done with: answered, refused for good or
+	// given up.
+	outcomeDone outcome = iota
+	// retryAnswered is an answer that leaves the message for a retry
+	// (retryable, backendOutcome), but a rate limit.
+	retryAnswered
+	// retryTimeout is no answer in time.
+	retryTimeout
+	// retryUnreachable is no answer for another reason: no connection,
+	// DNS, TLS, the peer's key, no legacy backend configured.
+	retryUnreachable
+	// retryRateLimited is a 429.
+	retryRateLimited
+)
+
+// noAnswer sorts a failure without an answer: a timeout, or the
+// destination not reached.
+func noAnswer(err error) outcome {
+	var te interface{ Timeout() bool }
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &te) && te.Timeout() {
+		return retryTimeout
+	}
+	return retryUnreachable
+}
+
 // send delivers entries, each group's in order and groups in parallel
 // (at most Parallel at once), and returns the ids of those done with
-// (answered, refused for good or given up) and whether any failed and
-// will be retried: a group's messages after a failed one wait for it.
-func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap.Logger) ([]uint64, bool) {
+// (answered, refused for good or given up) and the outcome of each
+// group's last attempt: a group's messages after a failed one wait for
+// it.
+func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap.Logger) ([]uint64, map[string]outcome) {
 	// Per group, in outbox order; groups in parallel.
 	var groups [][]store.OutboxEntry
 	for _, e := range entries {
@@ -603,7 +827,7 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 	}
 	var mu sync.Mutex
 	var done []uint64
-	var anyFailed atomic.Bool
+	tried := make(map[string]outcome, len(groups))
 	sem := make(chan struct{}, orDefault(s.Parallel, DefaultParallel))
 	var wg sync.WaitGroup
 	for _, g := range groups {
@@ -612,34 +836,36 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 			defer func() { <-sem }()
 			for _, e := range g {
 				if ctx.Err() != nil {
-					anyFailed.Store(true)
 					return
 				}
-				if !s.deliver(ctx, e, log) {
-					// The group's later messages wait for this one.
-					anyFailed.Store(true)
-					return
-				}
+				o := s.deliver(ctx, e, log)
 				mu.Lock()
-				done = append(done, e.ID)
+				tried[string(e.GroupID)] = o
+				if o == outcomeDone {
+					done = append(done, e.ID)
+				}
 				mu.Unlock()
+				if o != outcomeDone {
+					// The group's later messages wait for this one.
+					return
+				}
 			}
 		})
 	}
 	wg.Wait()
-	return done, anyFailed.Load()
+	return done, tried
 }
 
-// deliver sends one outbox message and reports whether it is done with:
-// answered, refused for good, or given up. A false answer leaves it in
-// the outbox to retry.
-func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logger) bool {
+// deliver sends one outbox message and reports how it ended: done with
+// (answered, refused for good, or given up), or left in the outbox to
+// retry, and why.
+func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logger) outcome {
 	log = log.With(zap.Uint64("outbox_id", e.ID), zap.String("sender", e.Sender))
 	if age := s.now().Sub(e.Enqueued); age > s.currentPolicy().GiveUpAfter {
 		s.stats.givenUp.Add(1)
 		s.note(e.Destination, func(st *DestinationStatus) { st.GivenUp++ })
 		log.Error("gave up delivering a message", zap.Duration("age", age))
-		return true
+		return outcomeDone
 	}
 	if e.Destination == store.BackendDestination {
 		return s.deliverBackend(ctx, e, log)
@@ -648,7 +874,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 	if err != nil {
 		s.stats.rejected.Add(1)
 		log.Error("encoding an outbox message; dropped", zap.Error(err))
-		return true
+		return outcomeDone
 	}
 	s.stats.attempts.Add(1)
 	at := s.now()
@@ -664,7 +890,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		s.stats.retried.Add(1)
 		failed(err.Error())
 		log.Warn("delivering a message failed; will retry", zap.Error(err))
-		return false
+		return noAnswer(err)
 	case a.Status == http.StatusOK && a.Response.Type == moh.ResponseQueueing:
 		s.stats.delivered.Add(1)
 		s.latency.observe(s.now().Sub(e.Enqueued))
@@ -674,26 +900,29 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		if n := len(a.Response.Queueing.Unknown); n > 0 {
 			log.Warn("the destination does not know some recipients", zap.Int("unknown", n))
 		}
-		return true
+		return outcomeDone
 	case retryable(a.Status, a.Response.Error.Code):
 		s.stats.retried.Add(1)
 		failed(fmt.Sprintf("status %d %s", a.Status, a.Response.Error.Code))
 		log.Warn("the destination refused a message for now; will retry", zap.Int("status", a.Status),
 			zap.String("code", a.Response.Error.Code.String()))
-		return false
+		if a.Status == http.StatusTooManyRequests {
+			return retryRateLimited
+		}
+		return retryAnswered
 	default:
 		s.stats.rejected.Add(1)
 		failed(fmt.Sprintf("status %d %s: message dropped", a.Status, a.Response.Error.Code))
 		log.Error("the destination refused a message; dropped", zap.Int("status", a.Status),
 			zap.String("code", a.Response.Error.Code.String()), zap.ByteString("message", a.Response.Error.Message))
-		return true
+		return outcomeDone
 	}
 }
 
 // deliverBackend posts one outbox message to the legacy backend, as
 // deliver does for a peer: done when the backend answered 2xx or refused
 // it for good (a 4xx but 401, 403, 408 and 429), else left to retry.
-func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *zap.Logger) bool {
+func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *zap.Logger) outcome {
 	at := s.now()
 	failed := func(why string) {
 		s.note(e.Destination, func(st *DestinationStatus) {
@@ -706,7 +935,7 @@ func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *z
 		s.stats.retried.Add(1)
 		failed(errNoBackend.Error())
 		log.Warn("a message waits for the legacy backend; will retry", zap.Error(errNoBackend))
-		return false
+		return retryUnreachable
 	}
 	s.stats.attempts.Add(1)
 	status, err := b.Post(ctx, e.OutboxMessage)
@@ -716,29 +945,32 @@ func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *z
 		s.stats.retried.Add(1)
 		failed(err.Error())
 		log.Warn("delivering a message to the legacy backend failed; will retry", zap.Error(err))
-		return false
+		return noAnswer(err)
 	case done:
 		s.stats.delivered.Add(1)
 		s.note(e.Destination, func(st *DestinationStatus) {
 			st.LastAttempt, st.LastSuccess, st.LastError, st.Failures = at, at, "", 0
 		})
-		return true
+		return outcomeDone
 	case retry && (status == http.StatusUnauthorized || status == http.StatusForbidden):
 		s.stats.retried.Add(1)
 		failed(fmt.Sprintf("status %d: authentication failure", status))
 		log.Error("the legacy backend refused the gateway's signature (authentication failure: the backend's key differs from the gateway's); will retry",
 			zap.Int("status", status))
-		return false
+		return retryAnswered
 	case retry:
 		s.stats.retried.Add(1)
 		failed(fmt.Sprintf("status %d", status))
 		log.Warn("the legacy backend refused a message for now; will retry", zap.Int("status", status))
-		return false
+		if status == http.StatusTooManyRequests {
+			return retryRateLimited
+		}
+		return retryAnswered
 	default:
 		s.stats.rejected.Add(1)
 		failed(fmt.Sprintf("status %d: message dropped", status))
 		log.Error("the legacy backend refused a message; dropped", zap.Int("status", status))
-		return true
+		return outcomeDone
 	}
 }
 

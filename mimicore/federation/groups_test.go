@@ -1,0 +1,248 @@
+package federation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
+)
+
+// openOutbox opens a real store in a temporary directory.
+func openOutbox(t *testing.T) store.Store {
+	t.Helper()
+	st, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "mimi.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// addOutbox writes n messages of group for dest.example, "<group>-<i>"
+// from i = from on, one write each.
+func addOutbox(t *testing.T, st store.Store, group string, from, n int) {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		if _, err := st.OutboxAdd(t.Context(), store.OutboxWrite{Messages: []store.OutboxMessage{{Sender: "a.example",
+			Destination: "dest.example", GroupID: []byte(group), Recipients: []string{"mimi://dest.example/d/u/d"},
+			Message: fmt.Appendf(nil, "%s-%d", group, i)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// peer is a destination that records what it accepted, per group, and
+// answers each message as its fail function says (nil: accepted).
+type peer struct {
+	mu       sync.Mutex
+	got      map[string][]string
+	attempts map[string]int
+	fail     func(msg string, attempt int) (*provider.Answer, error)
+}
+
+func newPeer(fail func(msg string, attempt int) (*provider.Answer, error)) *peer {
+	return &peer{got: map[string][]string{}, attempts: map[string]int{}, fail: fail}
+}
+
+// Send implements Transport. The message is the payload's tail, after the
+// group id and the client ids.
+func (p *peer) Send(ctx context.Context, _, _ string, _ moh.ProviderRequestType, payload []byte) (*provider.Answer, error) {
+	i := strings.LastIndexByte(string(payload), 'd') + 1 // the client id ends in "/d"
+	msg := string(payload[i:])
+	group, _, _ := strings.Cut(msg, "-")
+	p.mu.Lock()
+	p.attempts[msg]++
+	n := p.attempts[msg]
+	p.mu.Unlock()
+	if p.fail != nil {
+		if a, err := p.fail(msg, n); a != nil || err != nil {
+			return a, err
+		}
+	}
+	p.mu.Lock()
+	p.got[group] = append(p.got[group], msg)
+	p.mu.Unlock()
+	return accepted(ctx, "", "", 0, nil)
+}
+
+// received returns what the peer accepted of group.
+func (p *peer) received(group string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.got[group])
+}
+
+// tries returns the attempts of msg.
+func (p *peer) tries(msg string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.attempts[msg]
+}
+
+// names lists "<group>-<i>" for i in [from, from+n).
+func names(group string, from, n int) []string {
+	var out []string
+	for i := from; i < from+n; i++ {
+		out = append(out, fmt.Sprintf("%s-%d", group, i))
+	}
+	return out
+}
+
+func errorAnswer(status int, code moh.Code) *provider.Answer {
+	return &provider.Answer{Status: status, Response: moh.DSResponse{Type: moh.ResponseError, Error: moh.DSError{Code: code}}}
+}
+
+// TestSenderGroupWaitsAlone has the head of one group fail for now (as
+// one group's answer, or one large message's timeout) while that group
+// holds more than a batch at the head of the destination's outbox: the
+// other group's messages, behind it, are sent at once and in order, not
+// after the failing group's backoff; and once the failing group is
+// answered, its messages arrive once each, in order.
+func TestSenderGroupWaitsAlone(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func() (*provider.Answer, error)
+	}{
+		{"503", func() (*provider.Answer, error) {
+			return errorAnswer(http.StatusServiceUnavailable, moh.CodeBackendUnavailable), nil
+		}},
+		{"409 in_progress", func() (*provider.Answer, error) { return errorAnswer(http.StatusConflict, moh.CodeInProgress), nil }},
+		{"timeout", func() (*provider.Answer, error) { return nil, fmt.Errorf("sending: %w", context.DeadlineExceeded) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openOutbox(t)
+			const headA = DefaultBatch + 10
+			addOutbox(t, st, "A", 0, headA)
+			var failA atomic.Bool
+			failA.Store(true)
+			p := newPeer(func(msg string, _ int) (*provider.Answer, error) {
+				if strings.HasPrefix(msg, "A-") && failA.Load() {
+					return tc.answer()
+				}
+				return nil, nil
+			})
+			// A backoff far longer than the test: B must not wait for
+			// it.
+			s := &Sender{Outbox: st, Transport: p, MinBackoff: time.Hour, MaxBackoff: time.Hour}
+			runSender(t, s)
+			s.Wake("dest.example")
+			waitFor(t, "a failure of group A", func() bool { return p.tries("A-0") > 0 })
+			addOutbox(t, st, "B", 0, 5)
+			s.Wake("dest.example") // the write's wake-up
+			deadline := time.Now().Add(5 * time.Second)
+			for len(p.received("B")) < 5 {
+				if time.Now().After(deadline) {
+					t.Fatalf("group B got %q in 5 s while group A's head failed, want its 5 messages", p.received("B"))
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := p.received("B"); !slices.Equal(got, names("B", 0, 5)) {
+				t.Fatalf("group B got %q, want its messages in order, once each", got)
+			}
+			if got := p.received("A"); len(got) != 0 {
+				t.Fatalf("group A got %q while its head failed, want nothing after it", got)
+			}
+			failA.Store(false)
+			s.Wake("dest.example") // as the admin's retry
+			waitFor(t, "group A's messages", func() bool { return len(p.received("A")) >= headA })
+			if got := p.received("A"); !slices.Equal(got, names("A", 0, headA)) {
+				t.Fatalf("group A got %d messages, want its %d in order, once each", len(got), headA)
+			}
+		})
+	}
+}
+
+// TestSenderOrderPerGroup sends three interleaved groups through small
+// batches while the peer refuses some of their messages for now, with a
+// restart of the sender on the same outbox in the middle: each group's
+// messages arrive once each, in order.
+func TestSenderOrderPerGroup(t *testing.T) {
+	st := openOutbox(t)
+	const n = 40
+	for i := range n {
+		addOutbox(t, st, "A", i, 1)
+		addOutbox(t, st, "B", i, 1)
+		if i%2 == 0 {
+			addOutbox(t, st, "C", i/2, 1)
+		}
+	}
+	p := newPeer(func(msg string, attempt int) (*provider.Answer, error) {
+		switch {
+		case strings.HasPrefix(msg, "A-") && attempt <= 2:
+			return errorAnswer(http.StatusServiceUnavailable, moh.CodeBackendUnavailable), nil
+		case strings.HasPrefix(msg, "C-") && attempt == 1 && len(msg)%2 == 0:
+			return errorAnswer(http.StatusConflict, moh.CodeInProgress), nil
+		case strings.HasPrefix(msg, "B-1") && attempt == 1:
+			return nil, errors.New("connection reset")
+		}
+		return nil, nil
+	})
+	run := func(until func() bool) {
+		s := &Sender{Outbox: st, Transport: p, Batch: 4, Parallel: 2, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := s.Run(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+		waitFor(t, "the sender's progress", until)
+		cancel()
+		<-done
+	}
+	run(func() bool { return len(p.received("A"))+len(p.received("B")) >= n/2 })
+	run(func() bool {
+		pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+		return err == nil && len(pending) == 0
+	})
+	for _, g := range []struct {
+		group string
+		n     int
+	}{{"A", n}, {"B", n}, {"C", n / 2}} {
+		if got := p.received(g.group); !slices.Equal(got, names(g.group, 0, g.n)) {
+			t.Errorf("group %s got %q, want its %d messages in order, once each", g.group, got, g.n)
+		}
+	}
+}
+
+// TestFailureScope checks which failures of a pass back off the
+// destination as a whole rather than the groups that failed.
+func TestFailureScope(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		tried []outcome
+		dest  bool
+	}{
+		{"one group's answer", []outcome{retryAnswered}, false},
+		{"one group fails, another is answered", []outcome{retryAnswered, outcomeDone}, false},
+		{"a rate limit", []outcome{retryRateLimited, outcomeDone}, true},
+		{"unreachable", []outcome{retryUnreachable}, true},
+		{"unreachable once, another answered", []outcome{retryUnreachable, outcomeDone}, false},
+		{"one group's timeout", []outcome{retryTimeout}, false},
+		{"one group's timeout, another answered", []outcome{retryTimeout, retryAnswered}, false},
+		{"two groups' timeouts", []outcome{retryTimeout, retryTimeout}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tried := map[string]outcome{}
+			for i, o := range tc.tried {
+				tried[fmt.Sprint(i)] = o
+			}
+			if got := failureScope(tried); got != tc.dest {
+				t.Fatalf("failureScope(%v) = %t, want %t", tc.tried, got, tc.dest)
+			}
+		})
+	}
+}
