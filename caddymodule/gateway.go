@@ -379,7 +379,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	}
 	g.svc.Store().SetOutboxLimits(limits)
 	sender.SetBackend(backend)
-	g.ds.Outbound, g.ds.PeerUp = sender.Wake, sender.PeerUp
+	g.ds.Outbound, g.ds.PeerUp = sender.Outbound, sender.PeerUp
 	return nil
 }
 

@@ -140,7 +140,7 @@ func TestSenderGroupWaitsAlone(t *testing.T) {
 			s.Wake("dest.example")
 			waitFor(t, "a failure of group A", func() bool { return p.tries("A-0") > 0 })
 			addOutbox(t, st, "B", 0, 5)
-			s.Wake("dest.example") // the write's wake-up
+			s.Outbound("dest.example") // the write's wake-up
 			deadline := time.Now().Add(5 * time.Second)
 			for len(p.received("B")) < 5 {
 				if time.Now().After(deadline) {
@@ -153,6 +153,9 @@ func TestSenderGroupWaitsAlone(t *testing.T) {
 			}
 			if got := p.received("A"); len(got) != 0 {
 				t.Fatalf("group A got %q while its head failed, want nothing after it", got)
+			}
+			if n := p.tries("A-0"); n != 1 {
+				t.Fatalf("group A's head was tried %d times, want once: B's new messages do not end A's backoff", n)
 			}
 			failA.Store(false)
 			s.Wake("dest.example") // as the admin's retry
@@ -244,5 +247,44 @@ func TestFailureScope(t *testing.T) {
 				t.Fatalf("failureScope(%v) = %t, want %t", tc.tried, got, tc.dest)
 			}
 		})
+	}
+}
+
+// TestSenderBackoffKeptByNewMessages has a destination that cannot be
+// reached get a new message every 10 ms: new messages do not end its
+// backoff, so it is tried at the backoff's pace, not the messages'; a
+// request from it (PeerUp) and the admin's retry (Wake) end the backoff
+// at once.
+func TestSenderBackoffKeptByNewMessages(t *testing.T) {
+	st := openOutbox(t)
+	addOutbox(t, st, "g", 0, 1)
+	var attempts atomic.Int64
+	s := &Sender{Outbox: st, MinBackoff: 2 * time.Second, MaxBackoff: time.Minute,
+		Transport: transportFunc(func(context.Context, string, string, moh.ProviderRequestType, []byte) (*provider.Answer, error) {
+			attempts.Add(1)
+			return nil, errors.New("connection refused")
+		})}
+	runSender(t, s)
+	waitFor(t, "a first attempt", func() bool { return attempts.Load() > 0 })
+	for range 100 { // 1 s of new messages
+		s.Outbound("dest.example")
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := attempts.Load(); n != 1 {
+		t.Fatalf("%d attempts in 1 s to an unreachable destination with a backoff of at least 1 s, want 1", n)
+	}
+	for i, end := range []func(string){s.PeerUp, s.Wake} {
+		waitFor(t, "the backoff noted", func() bool {
+			st := s.Status()
+			return len(st) == 1 && !st[0].NextAttempt.IsZero()
+		})
+		end("dest.example")
+		deadline := time.Now().Add(500 * time.Millisecond)
+		for attempts.Load() < int64(i+2) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no attempt within 500 ms of the end of the backoff (%d)", i)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 }

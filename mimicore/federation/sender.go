@@ -180,7 +180,7 @@ type Sender struct {
 	policy  atomic.Pointer[Policy]  // set by SetPolicy; nil means the fields above
 	backend atomic.Pointer[Backend] // set by SetBackend; nil means none
 	mu      sync.Mutex
-	wakes   map[string]chan struct{} // one per destination with a worker
+	wakes   map[string]*workerWakes // one per destination with a worker
 	status  map[string]*DestinationStatus
 	spawn   func(destination string) // set by Run
 	running bool
@@ -257,46 +257,69 @@ func (s *Sender) note(dest string, update func(*DestinationStatus)) {
 }
 
 // PeerUp tells the sender that a request from destination just arrived,
-// so it is reachable again: a worker backing off after failures tries it
-// at once. It costs a map lookup when the destination is not backing off
-// (the common case: it is called for every provider request), and never
-// blocks.
+// so it is reachable again: a worker backing off after failures (the
+// destination's or its groups') tries it at once. It costs a map lookup
+// when the destination is not backing off (the common case: it is called
+// for every provider request), and never blocks.
 func (s *Sender) PeerUp(destination string) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	st := s.status[destination]
-	backingOff := st != nil && !st.NextAttempt.IsZero()
-	ch := s.wakes[destination]
-	s.mu.Unlock()
-	if backingOff && ch != nil {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+	if w := s.wakes[destination]; w != nil && st != nil && !st.NextAttempt.IsZero() {
+		signal(w.retry)
 	}
 }
 
-// Wake tells the sender that destination has new messages, or that it is
-// reachable again (a request from it just arrived): its worker reads the
-// outbox at once, ending any backoff. It never blocks.
-func (s *Sender) Wake(destination string) {
+// Wake tells the sender to try destination at once, ending any backoff:
+// the operator's retry (the admin API), or a legacy backend configured
+// anew. It starts the destination's worker if there is none, and never
+// blocks.
+func (s *Sender) Wake(destination string) { s.signal(destination, true) }
+
+// Outbound tells the sender that destination has new messages in the
+// outbox (ds.Service.Outbound): its worker reads the outbox at once,
+// unless the destination is backing off after failures of its own, and
+// sends the new messages unless their group is backing off. A new message
+// never ends a backoff, so a destination that is down is tried at the
+// backoff's pace whatever its traffic. It starts the destination's worker
+// if there is none, and never blocks.
+func (s *Sender) Outbound(destination string) { s.signal(destination, false) }
+
+// signal wakes destination's worker, which ends its backoffs when retry
+// is set, or starts one.
+func (s *Sender) signal(destination string, retry bool) {
 	s.mu.Lock()
-	ch, ok := s.wakes[destination]
-	spawn := s.spawn
-	s.mu.Unlock()
-	if ok {
-		select {
-		case ch <- struct{}{}:
-		default:
+	defer s.mu.Unlock()
+	if w := s.wakes[destination]; w != nil {
+		if retry {
+			signal(w.retry)
+		} else {
+			signal(w.wake)
 		}
 		return
 	}
-	if spawn != nil {
-		spawn(destination)
+	if s.spawn != nil {
+		s.spawn(destination)
 	}
 }
 
+// signal sends on a wake-up channel of capacity 1 without blocking: a
+// wake-up already pending stands for this one.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// workerWakes are the wake-up channels of one destination's worker: wake
+// for new messages, retry to end its backoffs.
+type workerWakes struct {
+	wake, retry chan struct{}
+}
+
 // Run starts a worker for each destination with a backlog, and one for
-// each destination woken later, and returns when ctx ends and every
+// each destination woken later (Outbound, Wake), and returns when ctx ends and every
 // worker has stopped. It may be called once.
 func (s *Sender) Run(ctx context.Context) error {
 	if s.Outbox == nil || s.Transport == nil {
@@ -313,19 +336,19 @@ func (s *Sender) Run(ctx context.Context) error {
 	if s.holder == "" {
 		s.holder = "sender-" + strconv.FormatUint(rand.Uint64(), 16)
 	}
-	s.wakes = map[string]chan struct{}{}
+	s.wakes = map[string]*workerWakes{}
+	// spawn starts dest's worker unless it has one; called with s.mu
+	// held.
 	s.spawn = func(dest string) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
 		if _, ok := s.wakes[dest]; ok || ctx.Err() != nil {
 			return
 		}
-		ch := make(chan struct{}, 1)
-		s.wakes[dest] = ch
-		wg.Go(func() { s.worker(ctx, dest, ch) })
+		w := &workerWakes{wake: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
+		s.wakes[dest] = w
+		wg.Go(func() { s.worker(ctx, dest, w) })
 	}
-	spawn := s.spawn
 	s.mu.Unlock()
+	spawn := s.Outbound
 	dests, err := s.Outbox.OutboxDestinations(ctx)
 	if err != nil {
 		s.logger().Error("listing outbox destinations; each is tried when woken", zap.Error(err))
@@ -342,7 +365,8 @@ func (s *Sender) Run(ctx context.Context) error {
 }
 
 // rescan lists, every LeaseTTL until ctx ends, the destinations with a
-// backlog, and has each one's worker try it unless it is backing off:
+// backlog, and has each one's worker read it as for new messages
+// (Outbound, which keeps its backoffs), starting the worker if need be:
 // messages whose holder died, or that another gateway accepted while it
 // held the lease, are delivered even when nothing wakes this sender.
 func (s *Sender) rescan(ctx context.Context, spawn func(string)) {
@@ -361,22 +385,8 @@ func (s *Sender) rescan(ctx context.Context, spawn func(string)) {
 			}
 			continue
 		}
-		now := s.now()
 		for _, d := range dests {
-			s.mu.Lock()
-			ch, ok := s.wakes[d]
-			st := s.status[d]
-			idle := st == nil || st.NextAttempt.IsZero() || !st.NextAttempt.After(now)
-			s.mu.Unlock()
-			switch {
-			case !ok:
-				spawn(d)
-			case idle:
-				select {
-				case ch <- struct{}{}:
-				default:
-				}
-			}
+			spawn(d)
 		}
 	}
 }
@@ -467,7 +477,7 @@ func (d *destState) reset() {
 // and removes what was answered; a group whose head failed waits on its
 // own backoff, and the destination as a whole waits after failures that
 // were its own (passResult.destFailed).
-func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) {
+func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 	log := s.logger().With(zap.String("destination", dest))
 	state := destState{groups: map[string]*backoff{}}
 	var drops dropReport
@@ -528,8 +538,10 @@ func (s *Sender) worker(ctx context.Context, dest string, wake <-chan struct{}) 
 		}
 		select {
 		case <-ctx.Done():
-		case <-wake:
-			state.reset() // new messages, or the peer is back
+		case <-wakes.wake:
+			// New messages: a pass, unless the destination backs off.
+		case <-wakes.retry:
+			state.reset() // the peer is back, or the operator's retry
 			s.noteNext(dest, &state)
 		case <-fire:
 		}
