@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -286,5 +287,98 @@ func TestSenderBackoffKeptByNewMessages(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+	}
+}
+
+// TestSenderWorkersEnd wakes 2,000 destinations with nothing to send:
+// their workers end after WorkerIdle, and the sender forgets them (no
+// goroutine, wake-up channel or status is left).
+func TestSenderWorkersEnd(t *testing.T) {
+	st := openOutbox(t)
+	s := &Sender{Outbox: st, Transport: transportFunc(accepted), WorkerIdle: 50 * time.Millisecond}
+	runSender(t, s)
+	time.Sleep(50 * time.Millisecond)
+	before := runtime.NumGoroutine()
+	for i := range 2000 {
+		s.Outbound(fmt.Sprintf("d%d.example", i))
+	}
+	waitFor(t, "the idle workers' end", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.wakes) == 0
+	})
+	time.Sleep(50 * time.Millisecond)
+	if n := runtime.NumGoroutine() - before; n > 20 {
+		t.Fatalf("%d goroutines left for 2,000 destinations with nothing to send", n)
+	}
+	if st := s.Status(); len(st) != 0 {
+		t.Fatalf("status lists %d idle destinations, want none", len(st))
+	}
+}
+
+// TestSenderWakeWhileWorkerEnds writes a message and wakes its
+// destination, again and again, while its worker ends after every one (a
+// WorkerIdle of 1 ms): no wake-up is lost, so each message is delivered
+// without any other wake-up (there is no rescan without leases).
+func TestSenderWakeWhileWorkerEnds(t *testing.T) {
+	st := openOutbox(t)
+	p := newPeer(nil)
+	s := &Sender{Outbox: st, Transport: p, WorkerIdle: time.Millisecond}
+	runSender(t, s)
+	const n = 300
+	for i := range n {
+		// Around the worker's end, 1 ms after its last pass.
+		time.Sleep(time.Duration(i%7) * 300 * time.Microsecond)
+		addOutbox(t, st, "g", i, 1)
+		if i%2 == 0 {
+			s.Outbound("dest.example")
+		} else {
+			s.Wake("dest.example")
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for len(p.received("g")) <= i {
+			if time.Now().After(deadline) {
+				t.Fatalf("message %d not delivered in 5 s: its wake-up was lost", i)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	if got := p.received("g"); !slices.Equal(got, names("g", 0, n)) {
+		t.Fatalf("got %d messages, want %d in order, once each", len(got), n)
+	}
+}
+
+// TestSenderRetireKeepsPendingWake checks the end of an idle worker
+// against a wake-up sent just before: the worker stays for it; and a
+// wake-up after the end starts a new worker.
+func TestSenderRetireKeepsPendingWake(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wake func(s *Sender, dest string)
+	}{
+		{"new messages", (*Sender).Outbound},
+		{"retry", (*Sender).Wake},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var spawned []string
+			s := &Sender{spawn: func(d string) { spawned = append(spawned, d) }}
+			w := &workerWakes{wake: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
+			s.wakes = map[string]*workerWakes{"dest.example": w}
+			tc.wake(s, "dest.example")
+			if s.retire("dest.example", w) {
+				t.Fatal("the worker ended with a wake-up pending")
+			}
+			select {
+			case <-w.wake:
+			case <-w.retry:
+			}
+			if !s.retire("dest.example", w) {
+				t.Fatal("an idle worker without a wake-up pending did not end")
+			}
+			tc.wake(s, "dest.example")
+			if !slices.Equal(spawned, []string{"dest.example"}) {
+				t.Fatalf("a wake-up after the worker's end started %q, want a new worker", spawned)
+			}
+		})
 	}
 }

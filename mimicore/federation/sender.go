@@ -81,6 +81,11 @@ const (
 	// message accepted here waits, beyond the other's pass, when the
 	// other is draining its destination.
 	DefaultLeasePoll = 250 * time.Millisecond
+	// DefaultWorkerIdle is how long a destination's worker lives with
+	// nothing to send: destinations come and go with groups' members,
+	// and a sender keeps a worker and a status only for those it sent to
+	// lately.
+	DefaultWorkerIdle = time.Minute
 )
 
 // Transport sends one provider-signed request and returns the peer's
@@ -137,8 +142,9 @@ type DestinationStatus struct {
 	// destination, or one of its groups, after a failure (zero when
 	// nothing backs off).
 	NextAttempt time.Time
-	// GivenUp counts the messages for it dropped at GiveUpAfter since the
-	// sender started.
+	// GivenUp counts the messages for it dropped at GiveUpAfter since
+	// its worker started (a destination with nothing to send is forgotten
+	// after Sender.WorkerIdle).
 	GivenUp uint64
 }
 
@@ -176,6 +182,10 @@ type Sender struct {
 	// LeaseTTL and LeasePoll default to DefaultLeaseTTL and
 	// DefaultLeasePoll.
 	LeaseTTL, LeasePoll time.Duration
+	// WorkerIdle is how long a destination's worker waits with nothing
+	// to send before it ends and the destination is forgotten (Status
+	// no longer lists it); default DefaultWorkerIdle.
+	WorkerIdle time.Duration
 
 	policy  atomic.Pointer[Policy]  // set by SetPolicy; nil means the fields above
 	backend atomic.Pointer[Backend] // set by SetBackend; nil means none
@@ -228,8 +238,9 @@ func (s *Sender) Stats() Stats {
 		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load(), Latency: s.latency.snapshot()}
 }
 
-// Status lists what the sender knows of each destination it has worked
-// for, in byte order of the domain.
+// Status lists what the sender knows of each destination it works for
+// (those with a worker: a destination with nothing to send for WorkerIdle
+// is no longer listed), in byte order of the domain.
 func (s *Sender) Status() []DestinationStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -391,9 +402,11 @@ func (s *Sender) rescan(ctx context.Context, spawn func(string)) {
 	}
 }
 
-// leaseTTL and leasePoll are LeaseTTL and LeasePoll, defaults filled in.
-func (s *Sender) leaseTTL() time.Duration  { return orDefault(s.LeaseTTL, DefaultLeaseTTL) }
-func (s *Sender) leasePoll() time.Duration { return orDefault(s.LeasePoll, DefaultLeasePoll) }
+// leaseTTL, leasePoll and workerIdle are LeaseTTL, LeasePoll and
+// WorkerIdle, defaults filled in.
+func (s *Sender) leaseTTL() time.Duration   { return orDefault(s.LeaseTTL, DefaultLeaseTTL) }
+func (s *Sender) leasePoll() time.Duration  { return orDefault(s.LeasePoll, DefaultLeasePoll) }
+func (s *Sender) workerIdle() time.Duration { return orDefault(s.WorkerIdle, DefaultWorkerIdle) }
 
 func (s *Sender) logger() *zap.Logger {
 	if s.Logger == nil {
@@ -481,11 +494,13 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 	log := s.logger().With(zap.String("destination", dest))
 	state := destState{groups: map[string]*backoff{}}
 	var drops dropReport
+	empty := false // the last pass found nothing waiting for dest
 	for ctx.Err() == nil {
 		var wait time.Duration // 0: until a wake or a backoff's end
 		if !state.dest.next.After(time.Now()) {
 			s.reportDrops(ctx, dest, log, &drops)
 			r, err := s.pass(ctx, dest, &state, log)
+			empty = err == nil && r.scanned != nil && len(r.scanned) == 0
 			switch {
 			case err != nil:
 				if ctx.Err() == nil {
@@ -531,6 +546,10 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 		if at := state.earliest(); !at.IsZero() && (wait == 0 || time.Until(at) < wait) {
 			wait = max(time.Until(at), time.Millisecond)
 		}
+		idle := wait == 0 && empty && state.earliest().IsZero()
+		if idle {
+			wait = s.workerIdle()
+		}
 		var timer *time.Timer
 		if wait > 0 {
 			timer = time.NewTimer(wait)
@@ -538,17 +557,36 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 		}
 		select {
 		case <-ctx.Done():
+		case <-fire:
+			if idle && s.retire(dest, wakes) {
+				return
+			}
 		case <-wakes.wake:
 			// New messages: a pass, unless the destination backs off.
 		case <-wakes.retry:
 			state.reset() // the peer is back, or the operator's retry
 			s.noteNext(dest, &state)
-		case <-fire:
 		}
 		if timer != nil {
 			timer.Stop()
 		}
 	}
+}
+
+// retire ends dest's worker, which has had nothing to send for
+// WorkerIdle: it forgets the destination (its wake-ups and its status)
+// unless a wake-up is pending, and reports whether it did. Wake-ups are
+// sent under the lock (signal), so each one either is pending here, and
+// the worker goes on, or comes after, and starts a new worker.
+func (s *Sender) retire(dest string, wakes *workerWakes) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(wakes.wake) > 0 || len(wakes.retry) > 0 {
+		return false
+	}
+	delete(s.wakes, dest)
+	delete(s.status, dest)
+	return true
 }
 
 // noteNext sets dest's NextAttempt from state: the soonest end of a
