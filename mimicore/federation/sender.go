@@ -269,14 +269,23 @@ func (s *Sender) note(dest string, update func(*DestinationStatus)) {
 
 // PeerUp tells the sender that a request from destination just arrived,
 // so it is reachable again: a worker backing off after failures (the
-// destination's or its groups') tries it at once. It costs a map lookup
-// when the destination is not backing off (the common case: it is called
-// for every provider request), and never blocks.
+// destination's or its groups') tries it at once, and a destination
+// without a worker gets one, which reads its outbox (a backlog that
+// nothing else woke, such as one the listing at Run missed, is sent) and
+// ends after WorkerIdle if it is empty. It costs a map lookup when the
+// destination has a worker that is not backing off (the common case: it
+// is called for every provider request), and never blocks.
 func (s *Sender) PeerUp(destination string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.status[destination]
-	if w := s.wakes[destination]; w != nil && st != nil && !st.NextAttempt.IsZero() {
+	w := s.wakes[destination]
+	if w == nil {
+		if s.spawn != nil {
+			s.spawn(destination)
+		}
+		return
+	}
+	if st := s.status[destination]; st != nil && !st.NextAttempt.IsZero() {
 		signal(w.retry)
 	}
 }
@@ -360,44 +369,66 @@ func (s *Sender) Run(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	spawn := s.Outbound
-	dests, err := s.Outbox.OutboxDestinations(ctx)
-	if err != nil {
-		s.logger().Error("listing outbox destinations; each is tried when woken", zap.Error(err))
-	}
-	for _, d := range dests {
-		spawn(d)
-	}
 	if s.Leases != nil {
 		s.rescan(ctx, spawn)
+	} else {
+		s.listBacklog(ctx, spawn)
 	}
 	<-ctx.Done()
 	wg.Wait()
 	return nil
 }
 
-// rescan lists, every LeaseTTL until ctx ends, the destinations with a
-// backlog, and has each one's worker read it as for new messages
-// (Outbound, which keeps its backoffs), starting the worker if need be:
-// messages whose holder died, or that another gateway accepted while it
+// listBacklog has a worker started for each destination with a backlog,
+// listing them until a listing succeeds or ctx ends: after a failure it
+// tries again after a backoff, as for a destination, meanwhile a
+// destination is tried when woken (Outbound, Wake, PeerUp).
+func (s *Sender) listBacklog(ctx context.Context, spawn func(string)) {
+	var b backoff
+	for {
+		dests, err := s.Outbox.OutboxDestinations(ctx)
+		if err == nil {
+			for _, d := range dests {
+				spawn(d)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.grow(&b)
+		s.logger().Error("listing outbox destinations; will try again, and each is tried when woken meanwhile",
+			zap.Error(err), zap.Duration("retry_in", time.Until(b.next)))
+		t := time.NewTimer(time.Until(b.next))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// rescan lists, at once and every LeaseTTL until ctx ends, the
+// destinations with a backlog, and has each one's worker read it as for
+// new messages (Outbound, which keeps its backoffs), starting the worker
+// if need be: messages whose holder died, or that another gateway accepted while it
 // held the lease, are delivered even when nothing wakes this sender.
 func (s *Sender) rescan(ctx context.Context, spawn func(string)) {
 	t := time.NewTicker(s.leaseTTL())
 	defer t.Stop()
 	for {
+		dests, err := s.Outbox.OutboxDestinations(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.logger().Warn("listing outbox destinations; will try again", zap.Error(err))
+		}
+		for _, d := range dests {
+			spawn(d)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		dests, err := s.Outbox.OutboxDestinations(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.logger().Warn("listing outbox destinations", zap.Error(err))
-			}
-			continue
-		}
-		for _, d := range dests {
-			spawn(d)
 		}
 	}
 }
