@@ -260,7 +260,7 @@ func TestSenderBackoffKeptByNewMessages(t *testing.T) {
 	st := openOutbox(t)
 	addOutbox(t, st, "g", 0, 1)
 	var attempts atomic.Int64
-	s := &Sender{Outbox: st, MinBackoff: 2 * time.Second, MaxBackoff: time.Minute,
+	s := &Sender{Outbox: st, MinBackoff: 10 * time.Second, MaxBackoff: time.Minute,
 		Transport: transportFunc(func(context.Context, string, string, moh.ProviderRequestType, []byte) (*provider.Answer, error) {
 			attempts.Add(1)
 			return nil, errors.New("connection refused")
@@ -272,7 +272,7 @@ func TestSenderBackoffKeptByNewMessages(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if n := attempts.Load(); n != 1 {
-		t.Fatalf("%d attempts in 1 s to an unreachable destination with a backoff of at least 1 s, want 1", n)
+		t.Fatalf("%d attempts in 1 s to an unreachable destination with a backoff of at least 5 s, want 1", n)
 	}
 	for i, end := range []func(string){s.PeerUp, s.Wake} {
 		waitFor(t, "the backoff noted", func() bool {
