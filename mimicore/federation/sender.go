@@ -35,6 +35,7 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -671,11 +672,17 @@ const MaxScanBatches = 16
 // set when another sender holds it.
 func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *zap.Logger) (passResult, error) {
 	batch := min(orDefault(s.Batch, DefaultBatch), store.MaxOutboxList)
+	res, err := reservePass(ctx)
+	if err != nil {
+		return passResult{}, err
+	}
+	defer res.release()
 	if s.Leases == nil {
 		sel, r, err := s.collect(ctx, dest, nil, false, state, batch)
 		if err != nil || len(sel) == 0 {
 			return r, err
 		}
+		res.shrink(sel)
 		done, tried := s.send(ctx, sel, log)
 		r.tried, r.destFailed = tried, failureScope(tried)
 		if len(done) > 0 {
@@ -699,6 +706,7 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 	}
 	sendCtx, lost := s.keepLease(ctx, dest, claimed, log)
 	sel, r, err := s.collect(sendCtx, dest, first, true, state, batch)
+	res.shrink(sel)
 	var done []uint64
 	if err == nil && len(sel) > 0 {
 		var tried map[string]outcome
@@ -718,6 +726,57 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 		return passResult{busy: true}, nil
 	}
 	return r, err
+}
+
+// MaxPassBytes bounds the outbox messages that the passes of all the
+// senders of the process hold at once, whatever the number of
+// destinations: a pass reserves 2*store.MaxOutboxListBytes while it reads
+// (a batch, and what it selected from the batches before), then keeps the
+// bytes of what it sends until it is done. 256 MiB lets 8 passes read at
+// once, and many more send small messages.
+const MaxPassBytes = 256 << 20
+
+// passReserve is what a pass reserves of passBytes while it reads.
+const passReserve = 2 * store.MaxOutboxListBytes
+
+// passBytes is the process's MaxPassBytes, taken by the passes of every
+// Sender.
+var passBytes = semaphore.NewWeighted(MaxPassBytes)
+
+// passReservation is a pass's part of passBytes.
+type passReservation struct {
+	sem *semaphore.Weighted
+	n   int64
+}
+
+// reservePass waits for passReserve bytes of passBytes, or for ctx's
+// end.
+func reservePass(ctx context.Context) (*passReservation, error) {
+	sem := passBytes
+	if err := sem.Acquire(ctx, passReserve); err != nil {
+		return nil, fmt.Errorf("waiting for memory to read the outbox: %w", err)
+	}
+	return &passReservation{sem: sem, n: passReserve}, nil
+}
+
+// shrink gives back what r holds beyond the bytes of sel's messages.
+func (r *passReservation) shrink(sel []store.OutboxEntry) {
+	var size int64
+	for _, e := range sel {
+		size += int64(len(e.Message))
+	}
+	if size = min(size, r.n); size < r.n {
+		r.sem.Release(r.n - size)
+		r.n = size
+	}
+}
+
+// release gives back what r holds.
+func (r *passReservation) release() {
+	if r.n > 0 {
+		r.sem.Release(r.n)
+		r.n = 0
+	}
 }
 
 // collect reads dest's outbox from the head (first is its first batch
