@@ -270,18 +270,20 @@ func (s *Sender) note(dest string, update func(*DestinationStatus)) {
 
 // PeerUp tells the sender that a request from destination just arrived,
 // so it is reachable again: a worker backing off after failures (the
-// destination's or its groups') tries it at once, and a destination
-// without a worker gets one, which reads its outbox (a backlog that
-// nothing else woke, such as one the listing at Run missed, is sent) and
-// ends after WorkerIdle if it is empty. It costs a map lookup when the
-// destination has a worker that is not backing off (the common case: it
-// is called for every provider request), and never blocks.
+// destination's or its groups') tries it at once; and without Leases, a
+// destination without a worker gets one, which reads its outbox (a
+// backlog that nothing else woke, such as one the listing at Run missed,
+// is sent) and ends after WorkerIdle if it is empty (with Leases, the
+// listing every LeaseTTL finds backlogs, and a pass would claim a lease).
+// It costs a map lookup when the destination has a worker that is not
+// backing off (the common case: it is called for every provider request),
+// and never blocks.
 func (s *Sender) PeerUp(destination string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.wakes[destination]
 	if w == nil {
-		if s.spawn != nil {
+		if s.spawn != nil && s.Leases == nil {
 			s.spawn(destination)
 		}
 		return
