@@ -382,3 +382,34 @@ func TestSenderRetireKeepsPendingWake(t *testing.T) {
 		})
 	}
 }
+
+// TestDestStateEarliest checks the time a worker waits for: the soonest
+// end of a backoff still running. A group whose backoff ended but that
+// the last pass did not reach (behind MaxScanBatches batches of waiting
+// groups) sets no timer, which would have the worker read the outbox in
+// a loop.
+func TestDestStateEarliest(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name   string
+		dest   time.Time
+		groups []time.Time
+		want   time.Time
+	}{
+		{"nothing", time.Time{}, nil, time.Time{}},
+		{"a group", time.Time{}, []time.Time{now.Add(time.Hour)}, now.Add(time.Hour)},
+		{"the soonest", now.Add(2 * time.Hour), []time.Time{now.Add(3 * time.Hour), now.Add(time.Hour)}, now.Add(time.Hour)},
+		{"ended", now.Add(-time.Second), []time.Time{now.Add(-time.Hour)}, time.Time{}},
+		{"ended and running", time.Time{}, []time.Time{now.Add(-time.Hour), now.Add(time.Hour)}, now.Add(time.Hour)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := destState{dest: backoff{next: tc.dest}, groups: map[string]*backoff{}}
+			for i, g := range tc.groups {
+				d.groups[fmt.Sprint(i)] = &backoff{level: time.Second, next: g}
+			}
+			if got := d.earliest(); !got.Equal(tc.want) {
+				t.Fatalf("earliest() = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -498,11 +498,14 @@ func (d *destState) blocked(group string, t time.Time) bool {
 	return b != nil && b.next.After(t)
 }
 
-// earliest is the soonest time a backoff ends, zero for none.
+// earliest is the soonest time a backoff ends, zero for none: a backoff
+// that has ended is not counted (its group was not reached by the last
+// pass, and waits for the next).
 func (d *destState) earliest() time.Time {
 	var at time.Time
+	now := time.Now()
 	consider := func(b *backoff) {
-		if !b.next.IsZero() && (at.IsZero() || b.next.Before(at)) {
+		if b.next.After(now) && (at.IsZero() || b.next.Before(at)) {
 			at = b.next
 		}
 	}
