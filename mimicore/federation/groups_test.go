@@ -384,9 +384,10 @@ func TestSenderRetireKeepsPendingWake(t *testing.T) {
 }
 
 // TestDestStateEarliest checks the time a worker waits for: the soonest
-// end of a backoff still running. A group whose backoff ended but that
-// the last pass did not reach (behind MaxScanBatches batches of waiting
-// groups) sets no timer, which would have the worker read the outbox in
+// end of a backoff that was running when the last pass started, even if
+// it has ended since. A group whose backoff had ended before the pass,
+// which the pass did not reach (behind MaxScanBatches batches of waiting
+// groups), sets no timer, which would have the worker read the outbox in
 // a loop.
 func TestDestStateEarliest(t *testing.T) {
 	now := time.Now()
@@ -399,11 +400,12 @@ func TestDestStateEarliest(t *testing.T) {
 		{"nothing", time.Time{}, nil, time.Time{}},
 		{"a group", time.Time{}, []time.Time{now.Add(time.Hour)}, now.Add(time.Hour)},
 		{"the soonest", now.Add(2 * time.Hour), []time.Time{now.Add(3 * time.Hour), now.Add(time.Hour)}, now.Add(time.Hour)},
-		{"ended", now.Add(-time.Second), []time.Time{now.Add(-time.Hour)}, time.Time{}},
-		{"ended and running", time.Time{}, []time.Time{now.Add(-time.Hour), now.Add(time.Hour)}, now.Add(time.Hour)},
+		{"ended before the pass", now.Add(-time.Second), []time.Time{now.Add(-time.Hour)}, time.Time{}},
+		{"ended before the pass and running", time.Time{}, []time.Time{now.Add(-time.Hour), now.Add(time.Hour)}, now.Add(time.Hour)},
+		{"ended since the pass", time.Time{}, []time.Time{now.Add(-time.Millisecond), now.Add(time.Hour)}, now.Add(-time.Millisecond)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := destState{dest: backoff{next: tc.dest}, groups: map[string]*backoff{}}
+			d := destState{dest: backoff{next: tc.dest}, groups: map[string]*backoff{}, passed: now.Add(-time.Second / 2)}
 			for i, g := range tc.groups {
 				d.groups[fmt.Sprint(i)] = &backoff{level: time.Second, next: g}
 			}

@@ -490,6 +490,9 @@ func (s *Sender) grow(b *backoff) {
 type destState struct {
 	dest   backoff
 	groups map[string]*backoff
+	// passed is when the last pass started: a backoff that had ended by
+	// then and is still kept belongs to a group the pass did not reach.
+	passed time.Time
 }
 
 // blocked reports whether group's messages wait at t.
@@ -498,14 +501,15 @@ func (d *destState) blocked(group string, t time.Time) bool {
 	return b != nil && b.next.After(t)
 }
 
-// earliest is the soonest time a backoff ends, zero for none: a backoff
-// that has ended is not counted (its group was not reached by the last
-// pass, and waits for the next).
+// earliest is the soonest time a backoff ends, zero for none. A backoff
+// that had ended when the last pass started is not counted: its group was
+// not reached by that pass (behind MaxScanBatches batches of waiting
+// groups), and a timer for it would have the worker read the outbox in a
+// loop; it waits for the next pass.
 func (d *destState) earliest() time.Time {
 	var at time.Time
-	now := time.Now()
 	consider := func(b *backoff) {
-		if b.next.After(now) && (at.IsZero() || b.next.Before(at)) {
+		if b.next.After(d.passed) && (at.IsZero() || b.next.Before(at)) {
 			at = b.next
 		}
 	}
@@ -536,6 +540,7 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 		var wait time.Duration // 0: until a wake or a backoff's end
 		if !state.dest.next.After(time.Now()) {
 			s.reportDrops(ctx, dest, log, &drops)
+			state.passed = time.Now()
 			r, err := s.pass(ctx, dest, &state, log)
 			empty = err == nil && r.scanned != nil && len(r.scanned) == 0
 			switch {
