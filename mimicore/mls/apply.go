@@ -230,7 +230,7 @@ func (g *GroupState) applyPath(i uint32, path *UpdatePath, joining bool) error {
 	for k := range path.Nodes {
 		cp.Nodes[k].EncryptionKey = cloneBytes(path.Nodes[k].EncryptionKey)
 	}
-	if err := g.tree.mergeUpdatePath(i, cp); err != nil {
+	if err := g.tree.mergeUpdatePath(i, cp, g.encKeys); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidCommit, err)
 	}
 	if old != nil {

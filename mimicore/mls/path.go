@@ -14,7 +14,13 @@ var ErrInvalidPath = errors.New("mls: invalid update path")
 // gets the new keys with freshly computed parent hashes, and the new leaf,
 // whose parent_hash must chain to them, replaces the sender's. The leaf
 // node itself is validated by the caller. t must be writable.
-func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath) error {
+//
+// Before merging it checks that the path's keys stay unique in the tree
+// (§12.4.3.1, §16.7): no key twice in
+// the path or equal to its leaf's, and none held by a leaf (leafKeys, the
+// committer's current leaf included) or by a parent node outside the
+// sender's direct path, which the path replaces.
+func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath, leafKeys pmap) error {
 	if sender >= t.leaves || t.leaf(sender) == nil {
 		return fmt.Errorf("%w: sender leaf %d is blank", ErrInvalidPath, sender)
 	}
@@ -25,9 +31,22 @@ func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath) error {
 	if len(path.Nodes) != len(fdp) {
 		return fmt.Errorf("%w: %d nodes for a filtered direct path of %d", ErrInvalidPath, len(path.Nodes), len(fdp))
 	}
+	seen := make(map[string]struct{}, len(path.Nodes)+1)
+	seen[string(path.LeafNode.EncryptionKey)] = struct{}{}
 	for i := range path.Nodes {
-		if err := t.s.checkHPKEPublicKey(path.Nodes[i].EncryptionKey); err != nil {
+		key := path.Nodes[i].EncryptionKey
+		if err := t.s.checkHPKEPublicKey(key); err != nil {
 			return fmt.Errorf("%w: node %d: encryption key: %v", ErrInvalidPath, fdp[i], err)
+		}
+		if _, dup := seen[string(key)]; dup {
+			return fmt.Errorf("%w: node %d: encryption key used twice in the path", ErrInvalidPath, fdp[i])
+		}
+		seen[string(key)] = struct{}{}
+		if j, ok := leafKeys.get(string(key)); ok {
+			return fmt.Errorf("%w: node %d: encryption key already used by leaf %d", ErrInvalidPath, fdp[i], j)
+		}
+		if x, ok := t.parentWithKey(key); ok && !isInSubtree(leafNode(sender), x) {
+			return fmt.Errorf("%w: node %d: encryption key already used by node %d", ErrInvalidPath, fdp[i], x)
 		}
 	}
 	keys := make([][]byte, len(path.Nodes))

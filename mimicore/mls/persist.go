@@ -177,6 +177,7 @@ func RestoreGroupState(st *StoredState) (*GroupState, error) {
 		sl.node = n
 	}
 	t.fillCounts(root(leaves))
+	t.buildParentKeys()
 	if rh := t.get(root(leaves)).hash; !bytes.Equal(rh, ctx.TreeHash) {
 		return fail("the root's stored hash is not the context's tree hash")
 	}

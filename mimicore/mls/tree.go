@@ -48,6 +48,10 @@ type Tree struct {
 	leaves uint32 // a power of two
 	chunks []*chunk
 	gen    uint64
+	// parentKeys maps the encryption key of each non-blank parent node to
+	// its node index, so that a commit's new keys are checked for
+	// uniqueness without scanning the tree. set keeps it in step.
+	parentKeys pmap
 }
 
 // newTree returns an empty tree of n leaves (a power of two).
@@ -59,7 +63,7 @@ func newTree(s *suite, n uint32) *Tree {
 
 // clone returns a writable copy of t sharing its chunks.
 func (t *Tree) clone() *Tree {
-	return &Tree{s: t.s, leaves: t.leaves, chunks: slices.Clone(t.chunks), gen: treeGen.Add(1)}
+	return &Tree{s: t.s, leaves: t.leaves, chunks: slices.Clone(t.chunks), gen: treeGen.Add(1), parentKeys: t.parentKeys}
 }
 
 // LeafCount returns the number of leaves, blank or not (a power of two).
@@ -130,10 +134,17 @@ func (t *Tree) parentNode(x uint32) *ParentNode {
 	return nil
 }
 
-// set replaces node x, updates the subtree counts and invalidates the
-// cached hashes of x and its ancestors.
-func (t *Tree) set(x uint32, n *Node) {
+// set replaces node x, updates the subtree counts and the parent key
+// index and invalidates the cached hashes of x and its ancestors.
+func (t *Tree) set(x uint32, n *Node) { t.setNode(x, n, true) }
+
+// setNode is set, leaving the parent key index alone unless index is set
+// (for a tree being built, whose index is built once at the end).
+func (t *Tree) setNode(x uint32, n *Node, index bool) {
 	sl := t.mut(x)
+	if index && level(x) > 0 {
+		t.reindexParent(x, sl.node, n)
+	}
 	var dNode, dLeaf int32
 	if sl.node != nil {
 		dNode--
@@ -155,6 +166,47 @@ func (t *Tree) set(x uint32, n *Node) {
 			return
 		}
 	}
+}
+
+// reindexParent updates the parent key index for parent node x going
+// from old to n (either may be nil). A key that maps to another node (two
+// nodes with one key, in a tree that Validate refuses) is left alone.
+func (t *Tree) reindexParent(x uint32, old, n *Node) {
+	var oldKey, newKey []byte
+	if old != nil && old.Parent != nil {
+		oldKey = old.Parent.EncryptionKey
+	}
+	if n != nil && n.Parent != nil {
+		newKey = n.Parent.EncryptionKey
+	}
+	if oldKey != nil && newKey != nil && string(oldKey) == string(newKey) {
+		return // an unmerged leaf added or the like: the key stays
+	}
+	if oldKey != nil {
+		if y, ok := t.parentKeys.get(string(oldKey)); ok && y == x {
+			t.parentKeys = t.parentKeys.del(string(oldKey))
+		}
+	}
+	if newKey != nil {
+		t.parentKeys = t.parentKeys.set(string(newKey), x)
+	}
+}
+
+// parentWithKey returns the parent node that holds encryption key key.
+func (t *Tree) parentWithKey(key []byte) (uint32, bool) {
+	return t.parentKeys.get(string(key))
+}
+
+// buildParentKeys rebuilds the parent key index of a tree whose nodes
+// were put in place without set, in one pass.
+func (t *Tree) buildParentKeys() {
+	var b pmapBuilder
+	for x := uint32(1); x < t.width(); x += 2 {
+		if p := t.parentNode(x); p != nil {
+			b.set(string(p.EncryptionKey), x)
+		}
+	}
+	t.parentKeys = b.build()
 }
 
 // counts returns the non-blank node and leaf counts of x's subtree.
@@ -220,6 +272,9 @@ func (t *Tree) truncate() {
 			if c := t.chunks[last]; c != nil {
 				for x := w; x < (last+1)*chunkSize; x++ {
 					if s := t.get(x); s != nil && (s.node != nil || s.hash != nil || s.nonBlank != 0 || s.leafMember != 0) {
+						if level(x) > 0 {
+							t.reindexParent(x, s.node, nil)
+						}
 						*t.mut(x) = slot{}
 					}
 				}
@@ -370,8 +425,9 @@ func TreeFromRatchetTree(cs CipherSuite, rt RatchetTree) (*Tree, error) {
 				}
 			}
 		}
-		t.set(uint32(x), node.clone())
+		t.setNode(uint32(x), node.clone(), false)
 	}
+	t.buildParentKeys()
 	return t, nil
 }
 

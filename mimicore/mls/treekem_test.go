@@ -54,7 +54,7 @@ func TestTreeKEMVectorsPublic(t *testing.T) {
 				t.Errorf("case %d path %d: %v", i, j, err)
 			}
 			after := tree.clone()
-			if err := after.mergeUpdatePath(up.Sender, &path); err != nil {
+			if err := after.mergeUpdatePath(up.Sender, &path, leafKeyIndex(tree)); err != nil {
 				t.Errorf("case %d path %d: %v", i, j, err)
 				continue
 			}
@@ -68,7 +68,7 @@ func TestTreeKEMVectorsPublic(t *testing.T) {
 			// A path whose leaf parent hash is wrong must be refused.
 			bad := path
 			bad.LeafNode.ParentHash = append([]byte{1}, path.LeafNode.ParentHash...)
-			if err := tree.clone().mergeUpdatePath(up.Sender, &bad); err == nil {
+			if err := tree.clone().mergeUpdatePath(up.Sender, &bad, leafKeyIndex(tree)); err == nil {
 				t.Errorf("case %d path %d: wrong parent hash accepted", i, j)
 			}
 		}
@@ -93,7 +93,7 @@ func TestTreeKEMVectorsPrivate(t *testing.T) {
 				t.Fatal(err)
 			}
 			after := tree.clone()
-			if err := after.mergeUpdatePath(up.Sender, &path); err != nil {
+			if err := after.mergeUpdatePath(up.Sender, &path, leafKeyIndex(tree)); err != nil {
 				t.Fatal(err)
 			}
 			gc := &GroupContext{Version: MLS10, CipherSuite: cs, GroupID: tc.GroupID, Epoch: tc.Epoch,
@@ -133,4 +133,16 @@ func TestTreeKEMVectorsPrivate(t *testing.T) {
 		}
 	}
 	c.Report(t, "treekem.json (private part)")
+}
+
+// leafKeyIndex indexes the encryption keys of tree's leaves as GroupState
+// does.
+func leafKeyIndex(tree *Tree) pmap {
+	var b pmapBuilder
+	for i := range tree.leaves {
+		if l := tree.leaf(i); l != nil {
+			b.set(string(l.EncryptionKey), i)
+		}
+	}
+	return b.build()
 }

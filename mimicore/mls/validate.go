@@ -168,7 +168,8 @@ func meetsRequired(l *LeafNode, rc *RequiredCapabilities) error {
 // validateLeaf checks a leaf node that is about to enter the tree at index
 // i (RFC 9420 §7.3): its source, the standalone checks, the group's
 // required capabilities, credential type compatibility with every member
-// and unique keys. replacing is the leaf it replaces (for updates and
+// and unique keys (the encryption key unique among all nodes of the tree,
+// RFC 9420 §12.4.3.1). replacing is the leaf it replaces (for updates and
 // commits) or nil.
 func (g *GroupState) validateLeaf(l *LeafNode, i uint32, source LeafNodeSource, replacing *LeafNode) error {
 	if l.Source != source {
@@ -213,6 +214,11 @@ func (g *GroupState) validateLeaf(l *LeafNode, i uint32, source LeafNodeSource, 
 	}
 	if j, ok := g.encKeys.get(string(l.EncryptionKey)); ok && (replacing == nil || j != i) {
 		return fmt.Errorf("encryption key already used by leaf %d", j)
+	}
+	// A parent node on the leaf's own direct path is blanked when the
+	// leaf replaces its old one, so its key may come back.
+	if x, ok := g.tree.parentWithKey(l.EncryptionKey); ok && (replacing == nil || !isInSubtree(leafNode(i), x)) {
+		return fmt.Errorf("encryption key already used by node %d", x)
 	}
 	return nil
 }
