@@ -2,6 +2,7 @@ package mls
 
 import (
 	"fmt"
+	"slices"
 )
 
 // AddedMember is a member a commit added.
@@ -46,7 +47,8 @@ type CommitInfo struct {
 // Checked: group, epoch and wire format (a PrivateMessage gives
 // ErrPrivateHandshake), the committer's signature, every proposal and the
 // list rules of §12.2, the external commit rules, the new leaf nodes, the
-// UpdatePath and its parent hashes. The new tree hash, the GroupContext
+// UpdatePath (keys unique in the tree, one ciphertext per member of each
+// copath resolution, parent hashes). The new tree hash, the GroupContext
 // and both transcript hashes are computed. The membership tag and the
 // confirmation tag need group secrets and are left to members.
 //
@@ -112,7 +114,12 @@ func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*
 		info.CommitterLeaf = idx
 	}
 	if commit.Path != nil {
-		if err := n.applyPath(info.CommitterLeaf, commit.Path, committer.Type == SenderNewMemberCommit); err != nil {
+		added := make([]uint32, len(info.Added))
+		for k, a := range info.Added {
+			added[k] = a.Leaf
+		}
+		slices.Sort(added)
+		if err := n.applyPath(info.CommitterLeaf, commit.Path, added, committer.Type == SenderNewMemberCommit); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -210,8 +217,9 @@ func (g *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 }
 
 // applyPath validates the committer's new leaf and merges its path into g,
-// a writable state from next().
-func (g *GroupState) applyPath(i uint32, path *UpdatePath, joining bool) error {
+// a writable state from next(). added lists, sorted, the leaves the commit
+// added.
+func (g *GroupState) applyPath(i uint32, path *UpdatePath, added []uint32, joining bool) error {
 	old := g.tree.leaf(i)
 	if joining {
 		old = nil
@@ -228,9 +236,11 @@ func (g *GroupState) applyPath(i uint32, path *UpdatePath, joining bool) error {
 	}
 	cp := &UpdatePath{LeafNode: *leaf, Nodes: make([]UpdatePathNode, len(path.Nodes))}
 	for k := range path.Nodes {
-		cp.Nodes[k].EncryptionKey = cloneBytes(path.Nodes[k].EncryptionKey)
+		// The ciphertexts are only counted, not kept in the tree.
+		cp.Nodes[k] = UpdatePathNode{EncryptionKey: cloneBytes(path.Nodes[k].EncryptionKey),
+			EncryptedPathSecrets: path.Nodes[k].EncryptedPathSecrets}
 	}
-	if err := g.tree.mergeUpdatePath(i, cp, g.encKeys); err != nil {
+	if err := g.tree.mergeUpdatePath(i, cp, added, g.encKeys); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidCommit, err)
 	}
 	if old != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // ErrInvalidPath is wrapped by every UpdatePath rejection.
@@ -15,12 +16,14 @@ var ErrInvalidPath = errors.New("mls: invalid update path")
 // whose parent_hash must chain to them, replaces the sender's. The leaf
 // node itself is validated by the caller. t must be writable.
 //
-// Before merging it checks that the path's keys stay unique in the tree
-// (§12.4.3.1, §16.7): no key twice in
+// Before merging it checks that each node carries one encrypted path
+// secret per member of its copath node's resolution, the leaves in added
+// (sorted; those the same commit added) left out (§7.6), and that the
+// path's keys stay unique in the tree (§12.4.3.1, §16.7): no key twice in
 // the path or equal to its leaf's, and none held by a leaf (leafKeys, the
 // committer's current leaf included) or by a parent node outside the
 // sender's direct path, which the path replaces.
-func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath, leafKeys pmap) error {
+func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath, added []uint32, leafKeys pmap) error {
 	if sender >= t.leaves || t.leaf(sender) == nil {
 		return fmt.Errorf("%w: sender leaf %d is blank", ErrInvalidPath, sender)
 	}
@@ -30,6 +33,13 @@ func (t *Tree) mergeUpdatePath(sender uint32, path *UpdatePath, leafKeys pmap) e
 	fdp, copath := t.filteredDirectPath(sender)
 	if len(path.Nodes) != len(fdp) {
 		return fmt.Errorf("%w: %d nodes for a filtered direct path of %d", ErrInvalidPath, len(path.Nodes), len(fdp))
+	}
+	for i := range path.Nodes {
+		got := len(path.Nodes[i].EncryptedPathSecrets)
+		if want := t.resolutionSize(copath[i], added, got+1); got != want {
+			return fmt.Errorf("%w: node %d has %d ciphertexts for a resolution of %s", ErrInvalidPath,
+				fdp[i], got, atLeast(want, got+1))
+		}
 	}
 	seen := make(map[string]struct{}, len(path.Nodes)+1)
 	seen[string(path.LeafNode.EncryptionKey)] = struct{}{}
@@ -83,4 +93,47 @@ func (t *Tree) setPathNodes(sender uint32, fdp, copath []uint32, keys [][]byte) 
 		above = ph
 	}
 	return above, nil
+}
+
+// resolutionSize returns the size of the resolution of node x (RFC 9420
+// §4.1.1) without the leaves in excluded (sorted), skipping blank
+// subtrees. It stops counting past limit, so that the cost follows the
+// ciphertexts a path carries rather than the size of the group.
+func (t *Tree) resolutionSize(x uint32, excluded []uint32, limit int) int {
+	if t.subtreeBlank(x) {
+		return 0
+	}
+	if n := t.node(x); n != nil {
+		c := 0
+		if level(x) > 0 || !sortedContains(excluded, x/2) {
+			c++
+		}
+		if n.Parent != nil {
+			for _, l := range n.Parent.UnmergedLeaves {
+				if !sortedContains(excluded, l) {
+					c++
+				}
+			}
+		}
+		return c
+	}
+	c := t.resolutionSize(left(x), excluded, limit)
+	if c > limit {
+		return c
+	}
+	return c + t.resolutionSize(right(x), excluded, limit-c)
+}
+
+// sortedContains reports whether the sorted list s holds v.
+func sortedContains(s []uint32, v uint32) bool {
+	_, found := slices.BinarySearch(s, v)
+	return found
+}
+
+// atLeast formats a count that stopped at limit as "at least limit".
+func atLeast(n, limit int) string {
+	if n >= limit {
+		return fmt.Sprintf("at least %d", limit)
+	}
+	return fmt.Sprint(n)
 }

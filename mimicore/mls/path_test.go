@@ -135,6 +135,51 @@ func TestUpdatePathKeysUnique(t *testing.T) {
 	}
 }
 
+// TestUpdatePathCiphertextCount checks RFC 9420 §7.6: each UpdatePathNode
+// carries one encrypted path secret per node of its copath node's
+// resolution, leaves added by the same commit excluded.
+func TestUpdatePathCiphertextCount(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 6, nil)
+	leafKey := func() []byte { return randomHPKEPublicKey(t, tg.cs) }
+	t.Run("no ciphertexts", func(t *testing.T) {
+		_, err := applyCrafted(t, tg, 1, craftPath(t, tg, 1, nil, leafKey(), true))
+		if err == nil || !strings.Contains(err.Error(), "ciphertexts") {
+			t.Fatalf("want a refusal for the ciphertext count, got %v", err)
+		}
+	})
+	t.Run("one ciphertext too many", func(t *testing.T) {
+		p := craftPath(t, tg, 1, nil, leafKey(), false)
+		last := &p.Nodes[len(p.Nodes)-1]
+		last.EncryptedPathSecrets = append(last.EncryptedPathSecrets, last.EncryptedPathSecrets[0])
+		_, err := applyCrafted(t, tg, 1, p)
+		if err == nil || !strings.Contains(err.Error(), "ciphertexts") {
+			t.Fatalf("want a refusal for the ciphertext count, got %v", err)
+		}
+	})
+	t.Run("one per resolution member", func(t *testing.T) {
+		if _, err := applyCrafted(t, tg, 1, craftPath(t, tg, 1, nil, leafKey(), false)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("adds in the same commit get none", func(t *testing.T) {
+		// Leaves 6 and 7 are blank: the adds land in leaf 1's copath
+		// (under node 11) and in unmerged lists, and get no ciphertext.
+		var props []ProposalOrRef
+		for _, name := range []string{"new 1", "new 2"} {
+			kp, _ := newTestKeyPackage(t, tg.cs, name)
+			props = append(props, ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}})
+		}
+		m := tg.commit(t, 1, props, true, nil)
+		_, info, err := tg.g.ApplyCommit(reencode(t, m), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(info.Added) != 2 {
+			t.Fatalf("added %v", info.Added)
+		}
+	})
+}
+
 // TestNewLeafKeyNotAParentKey checks that a leaf entering the tree (here
 // by an Add) may not carry the encryption key of a parent node.
 func TestNewLeafKeyNotAParentKey(t *testing.T) {

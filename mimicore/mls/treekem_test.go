@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls/internal/vectors"
@@ -54,7 +55,7 @@ func TestTreeKEMVectorsPublic(t *testing.T) {
 				t.Errorf("case %d path %d: %v", i, j, err)
 			}
 			after := tree.clone()
-			if err := after.mergeUpdatePath(up.Sender, &path, leafKeyIndex(tree)); err != nil {
+			if err := after.mergeUpdatePath(up.Sender, &path, nil, leafKeyIndex(tree)); err != nil {
 				t.Errorf("case %d path %d: %v", i, j, err)
 				continue
 			}
@@ -65,10 +66,23 @@ func TestTreeKEMVectorsPublic(t *testing.T) {
 			if err := after.verifyParentHashes(); err != nil {
 				t.Errorf("case %d path %d: merged tree: %v", i, j, err)
 			}
+			// A path short of a ciphertext must be refused (RFC 9420 §7.6).
+			for k := range path.Nodes {
+				if len(path.Nodes[k].EncryptedPathSecrets) == 0 {
+					continue
+				}
+				short := path
+				short.Nodes = slices.Clone(path.Nodes)
+				short.Nodes[k].EncryptedPathSecrets = short.Nodes[k].EncryptedPathSecrets[1:]
+				if err := tree.clone().mergeUpdatePath(up.Sender, &short, nil, leafKeyIndex(tree)); err == nil {
+					t.Errorf("case %d path %d: node %d short of a ciphertext accepted", i, j, k)
+				}
+				break
+			}
 			// A path whose leaf parent hash is wrong must be refused.
 			bad := path
 			bad.LeafNode.ParentHash = append([]byte{1}, path.LeafNode.ParentHash...)
-			if err := tree.clone().mergeUpdatePath(up.Sender, &bad, leafKeyIndex(tree)); err == nil {
+			if err := tree.clone().mergeUpdatePath(up.Sender, &bad, nil, leafKeyIndex(tree)); err == nil {
 				t.Errorf("case %d path %d: wrong parent hash accepted", i, j)
 			}
 		}
@@ -93,7 +107,7 @@ func TestTreeKEMVectorsPrivate(t *testing.T) {
 				t.Fatal(err)
 			}
 			after := tree.clone()
-			if err := after.mergeUpdatePath(up.Sender, &path, leafKeyIndex(tree)); err != nil {
+			if err := after.mergeUpdatePath(up.Sender, &path, nil, leafKeyIndex(tree)); err != nil {
 				t.Fatal(err)
 			}
 			gc := &GroupContext{Version: MLS10, CipherSuite: cs, GroupID: tc.GroupID, Epoch: tc.Epoch,
