@@ -135,6 +135,44 @@ func TestUpdatePathKeysUnique(t *testing.T) {
 	}
 }
 
+// TestCommitLeafKeyChanges checks that a new leaf node from an UpdatePath
+// or an Update proposal must not keep the leaf's current encryption key
+// (RFC 9420 §12.4.2, §12.1.2).
+func TestCommitLeafKeyChanges(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 4, nil)
+	t.Run("update path", func(t *testing.T) {
+		old := tg.g.tree.leaf(1).EncryptionKey
+		if _, err := applyCrafted(t, tg, 1, craftPath(t, tg, 1, nil, old, false)); err == nil {
+			t.Fatal("an UpdatePath leaf keeping the committer's encryption key was accepted")
+		} else if !strings.Contains(err.Error(), "encryption key") {
+			t.Fatalf("refused for another reason: %v", err)
+		}
+		if _, err := applyCrafted(t, tg, 1, craftPath(t, tg, 1, nil, randomHPKEPublicKey(t, tg.cs), false)); err != nil {
+			t.Fatalf("a fresh leaf key was refused: %v", err)
+		}
+	})
+	update := func(key []byte) *MLSMessage {
+		leaf := *tg.g.tree.leaf(2)
+		leaf.EncryptionKey = key
+		leaf.Source, leaf.ParentHash = SourceUpdate, nil
+		if err := leaf.Sign(tg.cs, tg.signers[2], tg.g.ctx.GroupID, 2); err != nil {
+			t.Fatal(err)
+		}
+		m := tg.proposal(t, Sender{Type: SenderMember, Index: 2}, tg.signers[2], &Proposal{Type: ProposalUpdate, LeafNode: &leaf})
+		return reencode(t, m)
+	}
+	t.Run("update proposal", func(t *testing.T) {
+		if _, _, err := tg.g.VerifyProposal(update(tg.g.tree.leaf(2).EncryptionKey)); err == nil {
+			t.Fatal("an Update keeping the leaf's encryption key was accepted")
+		} else if !strings.Contains(err.Error(), "encryption key") {
+			t.Fatalf("refused for another reason: %v", err)
+		}
+		if _, _, err := tg.g.VerifyProposal(update(randomHPKEPublicKey(t, tg.cs))); err != nil {
+			t.Fatalf("an Update with a fresh key was refused: %v", err)
+		}
+	})
+}
+
 // TestUpdatePathCiphertextCount checks RFC 9420 §7.6: each UpdatePathNode
 // carries one encrypted path secret per node of its copath node's
 // resolution, leaves added by the same commit excluded.

@@ -212,7 +212,12 @@ func (g *GroupState) validateLeaf(l *LeafNode, i uint32, source LeafNodeSource, 
 	if j, ok := g.sigKeys.get(string(l.SignatureKey)); ok && (replacing == nil || j != i) {
 		return fmt.Errorf("signature key already used by leaf %d", j)
 	}
-	if j, ok := g.encKeys.get(string(l.EncryptionKey)); ok && (replacing == nil || j != i) {
+	// The encryption key must change even when the leaf replaces its own
+	// (RFC 9420 §12.1.2, §12.4.2); the signature key may stay.
+	if j, ok := g.encKeys.get(string(l.EncryptionKey)); ok {
+		if replacing != nil && j == i {
+			return fmt.Errorf("encryption key is the leaf's current one")
+		}
 		return fmt.Errorf("encryption key already used by leaf %d", j)
 	}
 	// A parent node on the leaf's own direct path is blanked when the
