@@ -1,6 +1,7 @@
 package mls
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 )
@@ -87,4 +88,53 @@ func BenchmarkTreeHash(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkExternalCommitManyAdds applies an unauthenticated external
+// commit of about 1 MiB of Adds (valid KeyPackages) besides its
+// ExternalInit, which RFC 9420 §12.4.3.2 forbids: its refusal must not
+// cost a signature check per Add.
+func BenchmarkExternalCommitManyAdds(b *testing.B) {
+	for _, cs := range []CipherSuite{X25519AES128GCMSHA256Ed25519, P256AES128GCMSHA256P256} {
+		tg := buildTestGroup(b, cs, 4, nil)
+		kp, _ := newTestKeyPackage(b, cs, "someone")
+		kpEnc, err := marshal(kp)
+		if err != nil {
+			b.Fatal(err)
+		}
+		props := make([]ProposalOrRef, (1<<20)/(len(kpEnc)+3))
+		for i := range props {
+			props[i] = ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}
+		}
+		props = append(props, ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalExternalInit, KEMOutput: []byte{1}}})
+		m := externalCommit(b, tg, props)
+		b.Run(fmt.Sprintf("suite=%d/adds=%d", uint16(cs), len(props)-1), func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := tg.g.ApplyCommit(m, nil); !errors.Is(err, ErrInvalidCommit) {
+					b.Fatalf("want a refusal by the type rule, got %v", err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkCommitManyPSKs applies a commit covering many distinct PSK
+// proposals: the duplicate check must stay linear in their number.
+func BenchmarkCommitManyPSKs(b *testing.B) {
+	tg := buildTestGroup(b, X25519AES128GCMSHA256Ed25519, 4, nil)
+	for _, n := range []int{1000, 10000, 27000} {
+		props := make([]ProposalOrRef, n)
+		for i := range props {
+			props[i] = ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalPSK,
+				PSK: &PreSharedKeyID{Type: PSKExternal, PSKID: []byte{byte(i >> 16), byte(i >> 8), byte(i)}, Nonce: make([]byte, tg.g.s.nh)}}}
+		}
+		m := reencode(b, tg.frame(b, Sender{Type: SenderMember, Index: 1}, tg.signers[1], &Commit{Proposals: props}))
+		b.Run(fmt.Sprint("psks=", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := tg.g.ApplyCommit(m, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

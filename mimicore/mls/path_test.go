@@ -12,7 +12,7 @@ import (
 // carries one placeholder ciphertext per member of its copath node's
 // resolution unless noCiphertexts is set; a Delivery Service cannot tell
 // them from real ones.
-func craftPath(t *testing.T, tg *testGroup, committer uint32, keys [][]byte, leafKey []byte, noCiphertexts bool) *UpdatePath {
+func craftPath(t testing.TB, tg *testGroup, committer uint32, keys [][]byte, leafKey []byte, noCiphertexts bool) *UpdatePath {
 	t.Helper()
 	g := tg.g
 	n := g.next()

@@ -110,7 +110,7 @@ func (g *GroupState) VerifyProposal(m *MLSMessage) (*AuthenticatedContent, []byt
 	if err := g.verifyContent(ac); err != nil {
 		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
 	}
-	if err := g.validateProposal(ac.Content.Proposal, ac.Content.Sender, false, false); err != nil {
+	if err := g.validateProposal(ac.Content.Proposal, ac.Content.Sender, false, false, nil); err != nil {
 		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
 	}
 	enc, err := marshal(ac)
@@ -150,8 +150,11 @@ func (g *GroupState) verifyContent(ac *AuthenticatedContent) error {
 // state (RFC 9420 §12.1). inCommit defers the group checks of new leaf
 // nodes to the moment they enter the tree, since earlier proposals of the
 // same commit may change the outcome (an Add of a client whose old leaf is
-// removed). inExternalCommit allows ExternalInit.
-func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inExternalCommit bool) error {
+// removed). inExternalCommit allows ExternalInit. supported, when not nil,
+// remembers the proposal types of no RFC 9420 default found supported by
+// every member, so that a list of many costs one scan of the group per
+// type rather than per proposal.
+func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inExternalCommit bool, supported map[ProposalType]bool) error {
 	switch sender.Type {
 	case SenderExternal:
 		switch p.Type {
@@ -216,10 +219,16 @@ func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inEx
 			return fmt.Errorf("%w: group context extensions: %v", ErrInvalidProposal, err)
 		}
 	default:
+		if supported[p.Type] {
+			break
+		}
 		for i := range g.tree.leaves {
 			if l := g.tree.leaf(i); l != nil && !contains(l.Capabilities.Proposals, p.Type) {
 				return fmt.Errorf("%w: member %d does not support proposal type %d", ErrInvalidProposal, i, p.Type)
 			}
+		}
+		if supported != nil {
+			supported[p.Type] = true
 		}
 	}
 	return nil
@@ -275,17 +284,25 @@ func (g *GroupState) resolveProposals(c *Commit, committer Sender, resolve Propo
 // checkProposalList applies the list rules of RFC 9420 §12.2 that need no
 // secret, and the external commit rules of §12.4.3.2. It reports whether
 // the commit must carry a path.
+//
+// The rules on types, counts and repeats come first, at a constant cost
+// per proposal, and the first broken one stops the check: an external
+// commit, authenticated by nothing but its own signature, is refused for
+// the proposals it may not cover before any of them is validated (a
+// KeyPackage signature check per Add).
 func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender) (pathRequired bool, err error) {
 	external := committer.Type == SenderNewMemberCommit
+	if external {
+		if err := checkExternalCommitTypes(list); err != nil {
+			return false, err
+		}
+	}
 	touched := make(map[uint32]bool)
-	var psks [][]byte
-	var gce, reinit, extInit, removes int
+	psks := make(map[string]struct{})
+	var gce, reinit int
 	pathRequired = len(list) == 0
 	for _, rp := range list {
 		p := rp.Proposal
-		if err := g.validateProposal(p, rp.Sender, true, external); err != nil {
-			return false, err
-		}
 		switch p.Type {
 		case ProposalUpdate:
 			pathRequired = true
@@ -298,7 +315,6 @@ func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender
 			touched[rp.Sender.Index] = true
 		case ProposalRemove:
 			pathRequired = true
-			removes++
 			if committer.Type == SenderMember && p.Removed == committer.Index {
 				return false, fmt.Errorf("%w: commit removes the committer", ErrInvalidCommit)
 			}
@@ -311,41 +327,56 @@ func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender
 			if err != nil {
 				return false, err
 			}
-			for _, prev := range psks {
-				if bytes.Equal(prev, id) {
-					return false, fmt.Errorf("%w: psk listed twice", ErrInvalidCommit)
-				}
+			if _, dup := psks[string(id)]; dup {
+				return false, fmt.Errorf("%w: psk listed twice", ErrInvalidCommit)
 			}
-			psks = append(psks, id)
+			psks[string(id)] = struct{}{}
 		case ProposalGroupContextExtensions:
 			// RFC 9420 requires a path here; ts-mls omits it, so a commit
 			// without one is accepted.
-			gce++
+			if gce++; gce > 1 {
+				return false, fmt.Errorf("%w: several group context extensions proposals", ErrInvalidCommit)
+			}
 		case ProposalReInit:
 			reinit++
 		case ProposalExternalInit:
 			pathRequired = true
-			extInit++
+		}
+		if reinit > 0 && len(list) > 1 {
+			return false, fmt.Errorf("%w: reinit with other proposals", ErrInvalidCommit)
 		}
 	}
-	switch {
-	case gce > 1:
-		return false, fmt.Errorf("%w: several group context extensions proposals", ErrInvalidCommit)
-	case reinit > 0 && len(list) > 1:
-		return false, fmt.Errorf("%w: reinit with other proposals", ErrInvalidCommit)
-	case external && extInit != 1:
-		return false, fmt.Errorf("%w: external commit needs exactly one external init", ErrInvalidCommit)
-	case external && removes > 1:
-		return false, fmt.Errorf("%w: external commit removes more than one leaf", ErrInvalidCommit)
-	}
-	if external {
-		for _, rp := range list {
-			switch rp.Proposal.Type {
-			case ProposalExternalInit, ProposalRemove, ProposalPSK:
-			default:
-				return false, fmt.Errorf("%w: external commit covers proposal type %d", ErrInvalidCommit, rp.Proposal.Type)
-			}
+	supported := make(map[ProposalType]bool)
+	for _, rp := range list {
+		if err := g.validateProposal(rp.Proposal, rp.Sender, true, external, supported); err != nil {
+			return false, err
 		}
 	}
 	return pathRequired, nil
+}
+
+// checkExternalCommitTypes checks the proposals an external commit covers
+// (RFC 9420 §12.4.3.2): exactly one ExternalInit, at most one Remove, and
+// otherwise only PreSharedKey proposals.
+func checkExternalCommitTypes(list []ResolvedProposal) error {
+	var extInit, removes int
+	for _, rp := range list {
+		switch rp.Proposal.Type {
+		case ProposalExternalInit:
+			if extInit++; extInit > 1 {
+				return fmt.Errorf("%w: external commit needs exactly one external init", ErrInvalidCommit)
+			}
+		case ProposalRemove:
+			if removes++; removes > 1 {
+				return fmt.Errorf("%w: external commit removes more than one leaf", ErrInvalidCommit)
+			}
+		case ProposalPSK:
+		default:
+			return fmt.Errorf("%w: external commit covers proposal type %d", ErrInvalidCommit, rp.Proposal.Type)
+		}
+	}
+	if extInit != 1 {
+		return fmt.Errorf("%w: external commit needs exactly one external init", ErrInvalidCommit)
+	}
+	return nil
 }

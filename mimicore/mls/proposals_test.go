@@ -1,0 +1,122 @@
+package mls
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// externalCommit frames an external commit covering props by value, from
+// a fresh joiner whose UpdatePath leaf is unsigned: the checks under test
+// come before the leaf's.
+func externalCommit(tb testing.TB, tg *testGroup, props []ProposalOrRef) *MLSMessage {
+	signer, pub, err := tg.cs.GenerateSignatureKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	leaf, _ := newTestLeaf(tb, tg.cs, "joiner")
+	leaf.SignatureKey = pub
+	c := &Commit{Proposals: props, Path: &UpdatePath{LeafNode: *leaf}}
+	return reencode(tb, tg.frame(tb, Sender{Type: SenderNewMemberCommit}, signer, c))
+}
+
+// invalidAdds returns n Adds of one KeyPackage whose signature is broken.
+func invalidAdds(tb testing.TB, cs CipherSuite, n int) []ProposalOrRef {
+	kp, _ := newTestKeyPackage(tb, cs, "someone")
+	kp.Signature = append([]byte{}, kp.Signature...)
+	kp.Signature[0] ^= 1
+	props := make([]ProposalOrRef, n)
+	for i := range props {
+		props[i] = ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}
+	}
+	return props
+}
+
+// TestExternalCommitTypeRulesFirst checks that an external commit is
+// refused for the proposal types and counts it covers (RFC 9420 §12.4.3.2)
+// before any proposal is validated: the proposals' KeyPackages here are
+// invalid, so a refusal that names the type rule shows that none was
+// verified, and a large unauthenticated commit costs no signature check.
+func TestExternalCommitTypeRulesFirst(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 4, nil)
+	extInit := ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalExternalInit, KEMOutput: []byte{1}}}
+	remove := func(i uint32) ProposalOrRef {
+		return ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalRemove, Removed: i}}
+	}
+	cases := []struct {
+		name  string
+		props []ProposalOrRef
+		want  string
+	}{
+		{"adds with invalid key packages", append(invalidAdds(t, tg.cs, 3), extInit), "covers proposal type 1"},
+		{"an invalid add after the external init", append([]ProposalOrRef{extInit}, invalidAdds(t, tg.cs, 1)...), "covers proposal type 1"},
+		{"no external init", append(invalidAdds(t, tg.cs, 1), remove(1)), "covers proposal type 1"},
+		{"two external inits", []ProposalOrRef{extInit, extInit}, "exactly one external init"},
+		{"two removes", []ProposalOrRef{extInit, remove(1), remove(2)}, "removes more than one leaf"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := tg.g.ApplyCommit(externalCommit(t, tg, c.props), nil)
+			if !errors.Is(err, ErrInvalidCommit) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("want the type rule %q, got %v", c.want, err)
+			}
+		})
+	}
+}
+
+// TestCommitPSKsUnique checks the rule that a commit lists each PSK once
+// (RFC 9420 §12.2), among many.
+func TestCommitPSKsUnique(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 4, nil)
+	psks := func(n int, dup bool) []ProposalOrRef {
+		props := make([]ProposalOrRef, n)
+		for i := range props {
+			id := []byte{byte(i >> 8), byte(i)}
+			if dup && i == n-1 {
+				id = []byte{0, 7}
+			}
+			props[i] = ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalPSK,
+				PSK: &PreSharedKeyID{Type: PSKExternal, PSKID: id, Nonce: make([]byte, tg.g.s.nh)}}}
+		}
+		return props
+	}
+	cases := []struct {
+		name  string
+		props []ProposalOrRef
+		ok    bool
+	}{
+		{"distinct", psks(300, false), true},
+		{"the last one repeats the eighth", psks(300, true), false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m := tg.frame(t, Sender{Type: SenderMember, Index: 1}, tg.signers[1], &Commit{Proposals: c.props})
+			_, _, err := tg.g.ApplyCommit(reencode(t, m), nil)
+			if c.ok != (err == nil) {
+				t.Fatalf("accepted %v, want %v: %v", err == nil, c.ok, err)
+			}
+			if err != nil && !strings.Contains(err.Error(), "psk listed twice") {
+				t.Fatalf("refused for another reason: %v", err)
+			}
+		})
+	}
+}
+
+// TestCommitCustomProposalsUnsupported checks that a commit covering
+// proposals of a type no member lists in its capabilities is refused, the
+// second of a type too (the support of a type is looked up once per list).
+func TestCommitCustomProposalsUnsupported(t *testing.T) {
+	tg := buildTestGroup(t, X25519AES128GCMSHA256Ed25519, 4, nil)
+	custom := ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: 0xff01, Data: []byte{1}}}
+	for _, n := range []int{1, 2} {
+		props := make([]ProposalOrRef, n)
+		for i := range props {
+			props[i] = custom
+		}
+		m := tg.frame(t, Sender{Type: SenderMember, Index: 1}, tg.signers[1], &Commit{Proposals: props})
+		_, _, err := tg.g.ApplyCommit(reencode(t, m), nil)
+		if err == nil || !strings.Contains(err.Error(), "does not support proposal type 65281") {
+			t.Fatalf("%d custom proposals: want a refusal for support, got %v", n, err)
+		}
+	}
+}
