@@ -223,7 +223,9 @@ func (g *GroupState) ExternalSenders() ([]ExternalSender, error) {
 }
 
 // VerifyGroupInfo checks that gi describes the current epoch of g: the same
-// GroupContext, a ratchet_tree extension (if any) equal to the tree, a
+// GroupContext, a ratchet_tree extension (if any) equal to the tree
+// (trailing blank nodes aside; its node count is compared first, so that
+// the cost follows the extension's size rather than the group's), a
 // signer that is a member and a valid signature. A Delivery Service checks
 // the GroupInfo a committer publishes this way before serving it.
 func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
@@ -250,6 +252,13 @@ func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
 		}
 		for len(theirs) > 0 && theirs[len(theirs)-1] == nil {
 			theirs = theirs[:len(theirs)-1]
+		}
+		// Count the nodes first: a tree of another size is refused
+		// without encoding ours, and one of the same size is as long as
+		// the extension, so the comparison costs what the GroupInfo
+		// weighs rather than what the group does.
+		if w := g.tree.trimmedWidth(); uint64(len(theirs)) != uint64(w) {
+			return fmt.Errorf("%w: ratchet_tree extension has %d nodes, the group's tree %d", ErrInvalidGroupInfo, len(theirs), w)
 		}
 		ours := g.tree.ratchetTree()
 		a, err := marshal(&ours)

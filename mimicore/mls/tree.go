@@ -443,13 +443,29 @@ func (t *Tree) RatchetTree() RatchetTree {
 	return rt
 }
 
+// trimmedWidth returns the number of nodes of t's wire form: up to its
+// last non-blank node, found from the subtree counts in O(log n).
+func (t *Tree) trimmedWidth() uint32 {
+	x := root(t.leaves)
+	if t.subtreeBlank(x) {
+		return 0
+	}
+	for {
+		switch {
+		case level(x) > 0 && !t.subtreeBlank(right(x)):
+			x = right(x)
+		case t.node(x) != nil:
+			return x + 1
+		default:
+			x = left(x)
+		}
+	}
+}
+
 // ratchetTree is RatchetTree without copying the nodes, for encoding: the
 // nodes are the tree's own and must not be modified.
 func (t *Tree) ratchetTree() RatchetTree {
-	w := t.width()
-	for w > 0 && t.node(w-1) == nil {
-		w--
-	}
+	w := t.trimmedWidth()
 	rt := make(RatchetTree, w)
 	for x := range w {
 		rt[x] = t.node(x)
