@@ -214,7 +214,8 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 
 // selfRemove serves self_remove_client: a Remove proposal of the sender's
 // own leaf, verified against the current state and kept as pending in its
-// epoch, for the next commit of another member to cover by reference. A
+// epoch, for the next commit of another member to cover (by reference, or
+// by a Remove of the same leaf, checkCoversPending). A
 // leaf's removal is pending once: another self-remove of it in the epoch
 // (the same Remove with other authenticated_data, or signed again) is
 // answered ok and keeps and delivers nothing, since no commit may remove a
@@ -464,11 +465,14 @@ func resolver(pending []store.PendingProposal) mls.ProposalResolver {
 	}
 }
 
-// checkCoversPending applies DS -03's rule that a member's commit covers,
-// by reference, every proposal pending in its epoch; a pending Remove of a
-// leaf is covered by the commit's Remove of that leaf by another pending
-// reference (two racing self-removes of one leaf were both kept, and no
-// commit may hold both).
+// checkCoversPending applies DS -03's rule that a member's commit covers
+// every proposal pending in its epoch: by reference, or, for a pending
+// Remove of a leaf, by any Remove of that leaf the commit holds, by value
+// or by another pending reference. RFC 9420 §12.4 lets a committer choose
+// one of several proposals for one leaf, and no commit may remove a leaf
+// twice: two racing self-removes of one leaf may both be kept, and an
+// OpenMLS-style client removing a leaf whose self-remove is pending may
+// send its own Remove (remove_users, remove_clients, delete_group).
 //
 // An external commit cannot cover proposals by reference (RFC 9420
 // §12.4.3.2), and accepting one would drop them with the epoch: a
@@ -482,25 +486,30 @@ func checkCoversPending(typ moh.RequestType, msg *mls.MLSMessage, pending []stor
 	if typ == moh.ExternalJoin {
 		return moh.Errorf(moh.CodeCommitConflict, "external_join: proposals are pending in epoch %d, which an external commit cannot cover; retry after the next commit", epoch)
 	}
-	refs := msg.PublicMessage.Content.Commit.Proposals
-	covered := func(p store.PendingProposal) bool {
-		return slices.ContainsFunc(refs, func(por mls.ProposalOrRef) bool {
-			return por.Type == mls.ProposalByReference && bytes.Equal(por.Ref, p.Ref)
-		})
-	}
-	// The leaves whose removal the commit covers: a pending Remove of one
-	// of them is covered too, as a commit may not remove a leaf twice.
-	var removed []uint32
-	for _, p := range pending {
-		if leaf, isRemove := removedLeaf(p); isRemove && covered(p) {
-			removed = append(removed, leaf)
+	// The commit's references, and the leaves it removes by value or by a
+	// pending reference: a pending Remove of one of them is covered too,
+	// as a commit may not remove a leaf twice. Sets, so that the cost is
+	// linear in the proposals.
+	refs := make(map[string]bool)
+	removed := make(map[uint32]bool)
+	for _, por := range msg.PublicMessage.Content.Commit.Proposals {
+		switch {
+		case por.Type == mls.ProposalByReference:
+			refs[string(por.Ref)] = true
+		case por.Proposal != nil && por.Proposal.Type == mls.ProposalRemove:
+			removed[por.Proposal.Removed] = true
 		}
 	}
 	for _, p := range pending {
-		if covered(p) {
+		if leaf, isRemove := removedLeaf(p); isRemove && refs[string(p.Ref)] {
+			removed[leaf] = true
+		}
+	}
+	for _, p := range pending {
+		if refs[string(p.Ref)] {
 			continue
 		}
-		if leaf, isRemove := removedLeaf(p); isRemove && slices.Contains(removed, leaf) {
+		if leaf, isRemove := removedLeaf(p); isRemove && removed[leaf] {
 			continue
 		}
 		return moh.Errorf(moh.CodeForbidden, "%s: the commit does not cover the proposals pending in its epoch", typ)

@@ -645,3 +645,60 @@ func (h *harness) newGroup(t *testing.T, gid []byte, creator *tclient, joiners .
 	adopt(t, res, creator)
 	join(t, res, joiners...)
 }
+
+// TestSelfRemoveCovered checks which commits cover a pending self-remove
+// of leaf L (step 4 of docs/protocol.md §5.4.1): one that references it,
+// and one that removes L by value (RFC 9420 §12.4 lets the committer pick
+// one of several proposals for a leaf); one that does neither is refused.
+func TestSelfRemoveCovered(t *testing.T) {
+	cases := []struct {
+		name   string
+		typ    moh.RequestType
+		byRef  bool
+		remove bool     // a by-value Remove of the self-removing leaf
+		want   moh.Code // 0: accepted
+	}{
+		{"by reference", moh.UpdateClient, true, false, 0},
+		{"by a Remove by value in remove_users", moh.RemoveUsers, false, true, 0},
+		{"not covered", moh.UpdateClient, false, false, moh.CodeForbidden},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			alice := h.newTClient(t, "alice", "phone", false)
+			bob := h.newTClient(t, "bob", "phone", false)
+			carol := h.newTClient(t, "carol", "phone", false)
+			gid := []byte("self-remove covered " + c.name)
+			h.newGroup(t, gid, alice, bob, carol)
+			b := bob.m.LeafIndex()
+			self, err := bob.m.Propose(&mls.Proposal{Type: mls.ProposalRemove, Removed: b})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ac, ref, err := alice.m.VerifyProposal(self)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.mustDo(t, "self_remove_client", signed(t, bob, b, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *self}))
+			var props []*mls.Proposal
+			var refs [][]byte
+			if c.remove {
+				props = append(props, &mls.Proposal{Type: mls.ProposalRemove, Removed: b})
+			}
+			if c.byRef {
+				refs = append(refs, ref)
+			}
+			res := commit(t, alice.m, props, refs, func([]byte) (*mls.AuthenticatedContent, error) { return ac, nil })
+			_, err = h.do(t, commitBody(t, c.typ, alice, alice.m, res))
+			wantCode(t, c.name, err, c.want)
+			if c.want != 0 {
+				h.wantEpoch(t, gid, 1, 3)
+				return
+			}
+			if p := h.snapshot(t, gid).pending; len(p) != 0 {
+				t.Fatalf("%d proposals pending after the commit", len(p))
+			}
+			h.wantEpoch(t, gid, 2, 2)
+		})
+	}
+}
