@@ -43,7 +43,7 @@ func FuzzMLSMessage(f *testing.F) {
 }
 
 // FuzzRatchetTree decodes trees and runs the tree operations a joiner runs
-// on them.
+// on them, and checks the parent key index and trimmedWidth.
 func FuzzRatchetTree(f *testing.F) {
 	addMessageSeeds(f, "ratchet_tree")
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -63,6 +63,24 @@ func FuzzRatchetTree(f *testing.F) {
 			t.Fatalf("tree hash: %v", err)
 		}
 		_ = tree.Validate([]byte("group"))
+		if w := tree.trimmedWidth(); w != uint32(len(rt)) {
+			t.Fatalf("trimmedWidth %d for %d nodes", w, len(rt))
+		}
+		// Every parent key maps to a node holding it (with duplicates, one
+		// of them).
+		keys := 0
+		for x := uint32(1); x < tree.width(); x += 2 {
+			if p := tree.parentNode(x); p != nil {
+				y, ok := tree.parentWithKey(p.EncryptionKey)
+				if !ok || !bytes.Equal(tree.parentNode(y).EncryptionKey, p.EncryptionKey) {
+					t.Fatalf("node %d's key is not indexed", x)
+				}
+				keys++
+			}
+		}
+		if tree.parentKeys.size > keys {
+			t.Fatalf("%d parent keys indexed for %d parent nodes", tree.parentKeys.size, keys)
+		}
 		for i := range tree.LeafCount() {
 			tree.filteredDirectPath(i)
 		}
