@@ -108,7 +108,11 @@ func (t *Tree) resolutionSize(x uint32, excluded []uint32, limit int) int {
 		if level(x) > 0 || !sortedContains(excluded, x/2) {
 			c++
 		}
-		if n.Parent != nil {
+		switch {
+		case n.Parent == nil:
+		case len(excluded) == 0:
+			c += len(n.Parent.UnmergedLeaves)
+		default:
 			for _, l := range n.Parent.UnmergedLeaves {
 				if !sortedContains(excluded, l) {
 					c++
