@@ -184,6 +184,7 @@ func (g *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 		g.tree.removeLeaf(i)
 		info.Removed = append(info.Removed, i)
 	}
+	var added []uint32
 	for _, rp := range list {
 		if rp.Proposal.Type != ProposalAdd {
 			continue
@@ -197,13 +198,17 @@ func (g *GroupState) applyProposals(list []ResolvedProposal, info *CommitInfo) e
 			return err
 		}
 		c := kp.LeafNode.clone()
-		i, err := g.tree.addLeaf(c)
+		i, err := g.tree.placeLeaf(c)
 		if err != nil {
 			return fmt.Errorf("%w: add: %v", ErrInvalidProposal, err)
 		}
 		g.index(i, c, true)
 		info.Added = append(info.Added, AddedMember{Leaf: i, KeyPackageRef: ref})
+		added = append(added, i)
 	}
+	// The new leaves are recorded as unmerged in their ancestors at once:
+	// one rewrite of each ancestor, however many Adds land below it.
+	g.tree.markUnmerged(added)
 	for _, rp := range list {
 		if rp.Proposal.Type == ProposalGroupContextExtensions {
 			// Every member, including those this commit added or

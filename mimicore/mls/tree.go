@@ -341,8 +341,21 @@ func (t *Tree) leftmostBlankLeaf() uint32 {
 
 // addLeaf puts l in the leftmost blank leaf, extending the tree if needed,
 // and records it as unmerged in every non-blank ancestor (RFC 9420
-// §12.1.1). It returns the new leaf index.
+// §12.1.1). It returns the new leaf index. A commit's many Adds use
+// placeLeaf and one markUnmerged instead.
 func (t *Tree) addLeaf(l *LeafNode) (uint32, error) {
+	i, err := t.placeLeaf(l)
+	if err != nil {
+		return 0, err
+	}
+	t.markUnmerged([]uint32{i})
+	return i, nil
+}
+
+// placeLeaf puts l in the leftmost blank leaf, extending the tree if
+// needed, and returns its index. The caller records it as unmerged with
+// markUnmerged.
+func (t *Tree) placeLeaf(l *LeafNode) (uint32, error) {
 	i := t.leftmostBlankLeaf()
 	if i == t.leaves {
 		if err := t.extend(); err != nil {
@@ -350,16 +363,33 @@ func (t *Tree) addLeaf(l *LeafNode) (uint32, error) {
 		}
 	}
 	t.setLeaf(i, l)
-	for _, x := range directPath(leafNode(i), t.leaves) {
-		p := t.parentNode(x)
-		if p == nil {
-			continue
+	return i, nil
+}
+
+// markUnmerged records the leaves added, in the order given, as unmerged
+// in each of their non-blank ancestors (RFC 9420 §12.1.1). Each ancestor
+// is rewritten once with all of its new leaves, so that n Adds under one
+// parent cost O(n) rather than the O(n²) of copying its list n times.
+func (t *Tree) markUnmerged(added []uint32) {
+	fresh := make(map[uint32][]uint32)
+	var order []uint32
+	for _, i := range added {
+		for _, x := range directPath(leafNode(i), t.leaves) {
+			if t.parentNode(x) == nil {
+				continue
+			}
+			if _, ok := fresh[x]; !ok {
+				order = append(order, x)
+			}
+			fresh[x] = append(fresh[x], i)
 		}
+	}
+	for _, x := range order {
+		p := t.parentNode(x)
 		np := *p
-		np.UnmergedLeaves = append(slices.Clip(p.UnmergedLeaves), i)
+		np.UnmergedLeaves = append(slices.Clip(p.UnmergedLeaves), fresh[x]...)
 		t.set(x, &Node{Type: NodeParent, Parent: &np})
 	}
-	return i, nil
 }
 
 // removeLeaf blanks leaf i and its direct path, then truncates.

@@ -179,3 +179,97 @@ func TestTreeCountsInvariant(t *testing.T) {
 		tree = tr
 	}
 }
+
+// treeWithBlankLeaves returns a tree of 2n leaves whose root is a
+// non-blank parent and whose leaves 0 and n are members, the others blank,
+// and n leaf nodes to add.
+func treeWithBlankLeaves(tb testing.TB, n uint32) (*Tree, []*LeafNode) {
+	s, err := X25519AES128GCMSHA256Ed25519.params()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tree := newTree(s, 2*n)
+	base, _ := newTestLeaf(tb, X25519AES128GCMSHA256Ed25519, "member")
+	leaves := make([]*LeafNode, n+2)
+	for i := range leaves {
+		l := *base
+		l.EncryptionKey = []byte{byte(i >> 16), byte(i >> 8), byte(i)}
+		leaves[i] = &l
+	}
+	tree.setLeaf(0, leaves[n])
+	tree.setLeaf(n, leaves[n+1])
+	tree.set(root(2*n), &Node{Type: NodeParent, Parent: &ParentNode{EncryptionKey: []byte("root")}})
+	return tree, leaves[:n]
+}
+
+// TestAddLeavesUnmergedOrder checks that adding many leaves in one commit
+// records each, in order, as unmerged in its non-blank ancestors, as
+// adding them one by one does (RFC 9420 §12.1.1).
+func TestAddLeavesUnmergedOrder(t *testing.T) {
+	tree, leaves := treeWithBlankLeaves(t, 64)
+	one := tree.clone()
+	for _, l := range leaves {
+		if _, err := one.addLeaf(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch := tree.clone()
+	var added []uint32
+	for _, l := range leaves {
+		i, err := batch.placeLeaf(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		added = append(added, i)
+	}
+	batch.markUnmerged(added)
+	a, err := marshal(new(one.ratchetTree()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := marshal(new(batch.ratchetTree()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Fatal("the trees differ")
+	}
+	if got := len(batch.parentNode(root(batch.leaves)).UnmergedLeaves); got != len(leaves) {
+		t.Fatalf("the root lists %d unmerged leaves, want %d", got, len(leaves))
+	}
+}
+
+// BenchmarkAddLeaves adds 16,382 leaves under one non-blank root, as a
+// commit of that many Adds does: one by one (addLeaf, which rewrites the
+// root's unmerged list each time) and in one batch (placeLeaf, then
+// markUnmerged, as applyProposals does), which is linear in the adds.
+func BenchmarkAddLeaves(b *testing.B) {
+	tree, leaves := treeWithBlankLeaves(b, 1<<14)
+	leaves = leaves[:len(leaves)-2]
+	b.Run("one-by-one", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			t := tree.clone()
+			for _, l := range leaves {
+				if _, err := t.addLeaf(l); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	b.Run("batch", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			t := tree.clone()
+			added := make([]uint32, 0, len(leaves))
+			for _, l := range leaves {
+				i, err := t.placeLeaf(l)
+				if err != nil {
+					b.Fatal(err)
+				}
+				added = append(added, i)
+			}
+			t.markUnmerged(added)
+		}
+	})
+}
