@@ -3,6 +3,7 @@ package mls
 import (
 	"hash/maphash"
 	"math/bits"
+	"slices"
 )
 
 // pmap is a persistent map from byte strings to uint32, a hash array mapped
@@ -25,6 +26,9 @@ type pnode struct {
 	entries []pentry
 	// coll holds entries whose 64-bit hashes collide fully (depth exhausted).
 	coll []pentry
+	// owner is the token of the run of changes that made the node, which
+	// may change it in place (setOwned); 0 for none.
+	owner uint64
 }
 
 var pmapSeed = maphash.MakeSeed()
@@ -62,8 +66,15 @@ func (m pmap) get(key string) (uint32, bool) {
 }
 
 // set returns m with key mapped to val.
-func (m pmap) set(key string, val uint32) pmap {
-	root, added := pset(m.root, phash(key), 0, key, val)
+func (m pmap) set(key string, val uint32) pmap { return m.setOwned(key, val, 0) }
+
+// setOwned is set for a map being changed by owner, a nonzero token (a
+// tree's generation): the nodes owner made are changed in place, the
+// others copied and stamped with owner, so that a run of changes copies
+// each node once. Once the map is handed to another owner (or read as a
+// snapshot), owner must not change it again. Owner 0 copies every node.
+func (m pmap) setOwned(key string, val uint32, owner uint64) pmap {
+	root, added := pset(m.root, phash(key), 0, key, val, owner)
 	if added {
 		m.size++
 	}
@@ -71,53 +82,60 @@ func (m pmap) set(key string, val uint32) pmap {
 	return m
 }
 
-func pset(n *pnode, h uint64, shift uint, key string, val uint32) (*pnode, bool) {
-	if n == nil {
-		n = &pnode{}
+// own returns n itself when owner made it, else a copy that owner makes.
+func own(n *pnode, owner uint64) *pnode {
+	if owner != 0 && n.owner == owner {
+		return n
 	}
-	c := &pnode{bitmap: n.bitmap, entries: n.entries, coll: n.coll}
+	return &pnode{bitmap: n.bitmap, entries: slices.Clone(n.entries), coll: slices.Clone(n.coll), owner: owner}
+}
+
+func pset(n *pnode, h uint64, shift uint, key string, val uint32, owner uint64) (*pnode, bool) {
+	if n == nil {
+		n = &pnode{owner: owner}
+	} else {
+		n = own(n, owner)
+	}
 	if shift >= 64 {
-		c.coll = append([]pentry(nil), n.coll...)
-		for i := range c.coll {
-			if c.coll[i].key == key {
-				c.coll[i].val = val
-				return c, false
+		for i := range n.coll {
+			if n.coll[i].key == key {
+				n.coll[i].val = val
+				return n, false
 			}
 		}
-		c.coll = append(c.coll, pentry{key: key, val: val})
-		return c, true
+		n.coll = append(n.coll, pentry{key: key, val: val})
+		return n, true
 	}
 	bit := uint32(1) << ((h >> shift) & 31)
 	idx := bits.OnesCount32(n.bitmap & (bit - 1))
 	if n.bitmap&bit == 0 {
-		c.bitmap |= bit
-		c.entries = make([]pentry, 0, len(n.entries)+1)
-		c.entries = append(c.entries, n.entries[:idx]...)
-		c.entries = append(c.entries, pentry{key: key, val: val})
-		c.entries = append(c.entries, n.entries[idx:]...)
-		return c, true
+		n.bitmap |= bit
+		n.entries = slices.Insert(n.entries, idx, pentry{key: key, val: val})
+		return n, true
 	}
-	c.entries = append([]pentry(nil), n.entries...)
-	e := &c.entries[idx]
+	e := &n.entries[idx]
 	if e.child == nil {
 		if e.key == key {
 			e.val = val
-			return c, false
+			return n, false
 		}
 		// Push the existing entry one level down, then insert beside it.
-		sub, _ := pset(nil, phash(e.key), shift+pmapBits, e.key, e.val)
-		sub, added := pset(sub, h, shift+pmapBits, key, val)
+		sub, _ := pset(nil, phash(e.key), shift+pmapBits, e.key, e.val, owner)
+		sub, added := pset(sub, h, shift+pmapBits, key, val, owner)
 		*e = pentry{child: sub}
-		return c, added
+		return n, added
 	}
-	sub, added := pset(e.child, h, shift+pmapBits, key, val)
+	sub, added := pset(e.child, h, shift+pmapBits, key, val, owner)
 	e.child = sub
-	return c, added
+	return n, added
 }
 
 // del returns m without key.
-func (m pmap) del(key string) pmap {
-	root, removed := pdel(m.root, phash(key), 0, key)
+func (m pmap) del(key string) pmap { return m.delOwned(key, 0) }
+
+// delOwned is del for a map being changed by owner, as setOwned.
+func (m pmap) delOwned(key string, owner uint64) pmap {
+	root, removed := pdel(m.root, phash(key), 0, key, owner)
 	if removed {
 		m.size--
 		m.root = root
@@ -125,14 +143,15 @@ func (m pmap) del(key string) pmap {
 	return m
 }
 
-func pdel(n *pnode, h uint64, shift uint, key string) (*pnode, bool) {
+func pdel(n *pnode, h uint64, shift uint, key string, owner uint64) (*pnode, bool) {
 	if n == nil {
 		return nil, false
 	}
 	if shift >= 64 {
 		for i, e := range n.coll {
 			if e.key == key {
-				c := &pnode{coll: append(append([]pentry(nil), n.coll[:i]...), n.coll[i+1:]...)}
+				c := own(n, owner)
+				c.coll = slices.Delete(c.coll, i, i+1)
 				return c, true
 			}
 		}
@@ -144,20 +163,20 @@ func pdel(n *pnode, h uint64, shift uint, key string) (*pnode, bool) {
 	}
 	idx := bits.OnesCount32(n.bitmap & (bit - 1))
 	e := n.entries[idx]
-	c := &pnode{bitmap: n.bitmap}
 	if e.child == nil {
 		if e.key != key {
 			return n, false
 		}
+		c := own(n, owner)
 		c.bitmap &^= bit
-		c.entries = append(append([]pentry(nil), n.entries[:idx]...), n.entries[idx+1:]...)
+		c.entries = slices.Delete(c.entries, idx, idx+1)
 		return c, true
 	}
-	sub, removed := pdel(e.child, h, shift+pmapBits, key)
+	sub, removed := pdel(e.child, h, shift+pmapBits, key, owner)
 	if !removed {
 		return n, false
 	}
-	c.entries = append([]pentry(nil), n.entries...)
+	c := own(n, owner)
 	c.entries[idx].child = sub
 	return c, true
 }

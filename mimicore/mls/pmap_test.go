@@ -102,3 +102,37 @@ func TestPMapBuilder(t *testing.T) {
 		t.Fatalf("copy size %d", m2.size)
 	}
 }
+
+// TestPMapOwned checks setOwned and delOwned: the changes of one owner
+// are seen by the map it returns, and a map handed on from one owner is
+// left intact by the changes of another, or of none.
+func TestPMapOwned(t *testing.T) {
+	var b pmapBuilder
+	for i := range 3000 {
+		b.set(fmt.Sprint("k", i), uint32(i))
+	}
+	base := b.build()
+	check := func(what string, m pmap, n int, has func(i int) bool) {
+		t.Helper()
+		if m.size != n {
+			t.Fatalf("%s: size %d, want %d", what, m.size, n)
+		}
+		for i := range 4000 {
+			v, ok := m.get(fmt.Sprint("k", i))
+			if ok != has(i) || (ok && v != uint32(i)) {
+				t.Fatalf("%s: k%d = %d, %v", what, i, v, ok)
+			}
+		}
+	}
+	for _, owner := range []uint64{0, treeGen.Add(1)} {
+		m := base
+		for i := 0; i < 3000; i += 3 {
+			m = m.delOwned(fmt.Sprint("k", i), owner)
+		}
+		for i := 3000; i < 4000; i++ {
+			m = m.setOwned(fmt.Sprint("k", i), uint32(i), owner)
+		}
+		check(fmt.Sprint("owner ", owner), m, 3000, func(i int) bool { return i >= 3000 || i%3 != 0 })
+		check(fmt.Sprint("base after owner ", owner), base, 3000, func(i int) bool { return i < 3000 })
+	}
+}

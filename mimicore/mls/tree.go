@@ -50,7 +50,8 @@ type Tree struct {
 	gen    uint64
 	// parentKeys maps the encryption key of each non-blank parent node to
 	// its node index, so that a commit's new keys are checked for
-	// uniqueness without scanning the tree. set keeps it in step.
+	// uniqueness without scanning the tree. set keeps it in step, changing
+	// in place the index nodes of this generation as it does chunks.
 	parentKeys pmap
 }
 
@@ -184,11 +185,11 @@ func (t *Tree) reindexParent(x uint32, old, n *Node) {
 	}
 	if oldKey != nil {
 		if y, ok := t.parentKeys.get(string(oldKey)); ok && y == x {
-			t.parentKeys = t.parentKeys.del(string(oldKey))
+			t.parentKeys = t.parentKeys.delOwned(string(oldKey), t.gen)
 		}
 	}
 	if newKey != nil {
-		t.parentKeys = t.parentKeys.set(string(newKey), x)
+		t.parentKeys = t.parentKeys.setOwned(string(newKey), x, t.gen)
 	}
 }
 
