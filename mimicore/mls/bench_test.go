@@ -125,8 +125,7 @@ func BenchmarkCommitManyPSKs(b *testing.B) {
 	for _, n := range []int{1000, 10000, 27000} {
 		props := make([]ProposalOrRef, n)
 		for i := range props {
-			props[i] = ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalPSK,
-				PSK: &PreSharedKeyID{Type: PSKExternal, PSKID: []byte{byte(i >> 16), byte(i >> 8), byte(i)}, Nonce: make([]byte, tg.g.s.nh)}}}
+			props[i] = pskProposal([]byte{byte(i >> 16), byte(i >> 8), byte(i)}, tg.g.s.nh)
 		}
 		m := reencode(b, tg.frame(b, Sender{Type: SenderMember, Index: 1}, tg.signers[1], &Commit{Proposals: props}))
 		b.Run(fmt.Sprint("psks=", n), func(b *testing.B) {

@@ -357,7 +357,7 @@ func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender
 
 // checkExternalCommitTypes checks the proposals an external commit covers
 // (RFC 9420 §12.4.3.2): exactly one ExternalInit, at most one Remove, and
-// otherwise only PreSharedKey proposals.
+// otherwise only PSK proposals.
 func checkExternalCommitTypes(list []ResolvedProposal) error {
 	var extInit, removes int
 	for _, rp := range list {

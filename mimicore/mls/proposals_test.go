@@ -64,6 +64,18 @@ func TestExternalCommitTypeRulesFirst(t *testing.T) {
 	}
 }
 
+// pskProposal returns a by-value PSK proposal of external PSK id with a
+// zero nonce of n bytes.
+func pskProposal(id []byte, n int) ProposalOrRef {
+	p := &Proposal{Type: ProposalPSK}
+	p.PSK = alloc(p.PSK)
+	p.PSK.Type, p.PSK.PSKID, p.PSK.Nonce = PSKExternal, id, make([]byte, n)
+	return ProposalOrRef{Type: ProposalByValue, Proposal: p}
+}
+
+// alloc returns a new zero T, its type taken from the argument.
+func alloc[T any](*T) *T { return new(T) }
+
 // TestCommitPSKsUnique checks the rule that a commit lists each PSK once
 // (RFC 9420 §12.2), among many.
 func TestCommitPSKsUnique(t *testing.T) {
@@ -75,8 +87,7 @@ func TestCommitPSKsUnique(t *testing.T) {
 			if dup && i == n-1 {
 				id = []byte{0, 7}
 			}
-			props[i] = ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalPSK,
-				PSK: &PreSharedKeyID{Type: PSKExternal, PSKID: id, Nonce: make([]byte, tg.g.s.nh)}}}
+			props[i] = pskProposal(id, tg.g.s.nh)
 		}
 		return props
 	}
