@@ -313,17 +313,49 @@ func (b *fanoutBuilder) report(what string, d store.Delivered) {
 	}
 }
 
+// MaxDeliveredMessage is the largest MLSMessage the DS stores and
+// delivers (a commit, each of its Welcomes, an application message, a
+// self-remove proposal): one that fits, with a length prefix of its own,
+// in a deliver_message payload (moh.MaxPayloadLen) beside the largest
+// group_id and 64 client ids of 255 bytes (queueingOverhead), and so in
+// a local queue too (store.MaxQueuedMessageSize). A larger one is 413
+// too_large.
+const MaxDeliveredMessage = moh.MaxPayloadLen - queueingOverhead
+
+// queueingOverhead is the most a QueueingServiceRequest holds besides its
+// message: group_id<V> of 255 bytes (a 2-byte length) and client_ids<V>
+// of 64 ids of 255 bytes (2-byte lengths each; a 4-byte length for the
+// 16,448 bytes of the list).
+const queueingOverhead = (2 + moh.MaxGroupIDLen) + (4 + moh.MaxClientIDs*(2+moh.MaxURILen))
+
+// checkDelivered refuses msg, encoded, when it is larger than the DS
+// delivers (MaxDeliveredMessage).
+func checkDelivered(what, part string, msg []byte) error {
+	if len(msg) > MaxDeliveredMessage {
+		return moh.Errorf(moh.CodeTooLarge, "%s: %s is %d bytes; a message the DS delivers is at most %d",
+			what, part, len(msg), MaxDeliveredMessage)
+	}
+	return nil
+}
+
 // encodeCommitFanout encodes an accepted commit and its Welcomes and
-// builds their delivery (commitFanout).
+// builds their delivery (commitFanout); a message larger than the DS
+// delivers is 413 too_large.
 func (s *Service) encodeCommitFanout(what string, base, next *mls.GroupState, info *mls.CommitInfo, commit *mls.MLSMessage, welcomes []moh.WelcomePackage) (*fanoutBuilder, error) {
 	enc, err := wire.Marshal(commit)
 	if err != nil {
 		return nil, fmt.Errorf("%s: encoding the commit: %w", what, err)
 	}
+	if err := checkDelivered(what, "the commit", enc); err != nil {
+		return nil, err
+	}
 	welcomeEnc := make([][]byte, len(welcomes))
 	for i := range welcomes {
 		if welcomeEnc[i], err = wire.Marshal(&welcomes[i].Welcome); err != nil {
 			return nil, fmt.Errorf("%s: encoding Welcome %d: %w", what, i, err)
+		}
+		if err := checkDelivered(what, fmt.Sprintf("Welcome %d", i), welcomeEnc[i]); err != nil {
+			return nil, err
 		}
 	}
 	return s.commitFanout(base, next, info, enc, welcomes, welcomeEnc), nil

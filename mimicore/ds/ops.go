@@ -248,6 +248,9 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	if err != nil {
 		return nil, fmt.Errorf("self_remove_client: encoding the proposal: %w", err)
 	}
+	if err := checkDelivered("self_remove_client", "the proposal", enc); err != nil {
+		return nil, err
+	}
 	// The proposal goes to the other members, who must cover it in the
 	// next commit, in the write that keeps it.
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
@@ -288,6 +291,9 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	enc, err := wire.Marshal(msg)
 	if err != nil {
 		return nil, fmt.Errorf("send_message: encoding the message: %w", err)
+	}
+	if err := checkDelivered("send_message", "the message", enc); err != nil {
+		return nil, err
 	}
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
 	fan.postFrom(enc, base, r.Body.Auth.SenderIndex)
