@@ -665,12 +665,23 @@ func FuzzAttachmentUpload(f *testing.F) {
 // in the backend after the sweep.
 func TestAttachmentUploadPastDeadline(t *testing.T) {
 	f := newAttachFixture(t, func(a *Attachments) { a.UploadDeadline = time.Minute })
+	f.uploadSweptMidway(t, nil)
+	f.wantNothingLeft(t)
+}
+
+// uploadSweptMidway uploads content during which the upload deadline
+// passes and the sweeper runs (removing its reservation), calls swept (if
+// set) after that sweep, and checks that the upload is refused with
+// body_timeout, although its object is committed in the backend after
+// the sweep.
+func (f *attachFixture) uploadSweptMidway(t *testing.T, swept func()) {
+	t.Helper()
 	data := []byte("slow upload")
 	h := sha256.Sum256(data)
-	swept := make(chan struct{})
+	done := make(chan struct{})
 	content := readerFunc(func(p []byte) (int, error) {
 		select {
-		case <-swept:
+		case <-done:
 			return 0, io.EOF
 		default:
 		}
@@ -679,12 +690,14 @@ func TestAttachmentUploadPastDeadline(t *testing.T) {
 		if st, err := f.a.Sweep(context.Background(), f.now); err != nil || st.Expired != 1 {
 			t.Errorf("sweep during the upload: %+v, %v", st, err)
 		}
-		close(swept)
+		if swept != nil {
+			swept()
+		}
+		close(done)
 		return copy(p, data), nil
 	})
 	_, err := f.upload(t, f.alice, 0, f.g1, uint64(len(data)), h[:], content)
 	wantCode(t, "upload past its deadline", err, moh.CodeBodyTimeout)
-	f.wantNothingLeft(t)
 }
 
 // readerFunc is a Reader from a function.
@@ -818,25 +831,7 @@ func TestAttachmentUploadPastDeadlineDeleteFails(t *testing.T) {
 	f := newAttachFixture(t, func(a *Attachments) { a.UploadDeadline = time.Minute })
 	var armed, failed atomic.Bool
 	f.a.Backend = failDeleteOnce{f.a.Backend, &armed, &failed}
-	data := []byte("slow upload")
-	h := sha256.Sum256(data)
-	swept := make(chan struct{})
-	content := readerFunc(func(p []byte) (int, error) {
-		select {
-		case <-swept:
-			return 0, io.EOF
-		default:
-		}
-		f.now = f.now.Add(2 * time.Minute)
-		if st, err := f.a.Sweep(context.Background(), f.now); err != nil || st.Expired != 1 {
-			t.Errorf("sweep during the upload: %+v, %v", st, err)
-		}
-		armed.Store(true)
-		close(swept)
-		return copy(p, data), nil
-	})
-	_, err := f.upload(t, f.alice, 0, f.g1, uint64(len(data)), h[:], content)
-	wantCode(t, "upload past its deadline", err, moh.CodeBodyTimeout)
+	f.uploadSweptMidway(t, func() { armed.Store(true) })
 	if !failed.Load() {
 		t.Fatal("the upload's bytes were not deleted after the sweep")
 	}
