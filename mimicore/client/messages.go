@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -123,7 +124,11 @@ const maxReceiveWait = 10 * time.Minute
 // application messages are decrypted. The client's state, cursor
 // included, is on disk before the messages are acknowledged. A message
 // the client cannot use is an EventSkipped, not an error: the queue moves
-// on. The Client's other methods wait while Receive long-polls.
+// on. A Welcome whose ratchet tree welcome_info fails to serve for a
+// reason that can pass (anything but a DSError 404 or 401: the hub
+// unreachable, a 503, ctx done) is an error: Receive stops before the
+// cursor moves past it, and the next Receive processes it again. The
+// Client's other methods wait while Receive long-polls.
 //
 // What a crash can lose: a message opened, and its key erased on disk,
 // before Receive returned it is not opened again (RFC 9420 §9.2 forbids
@@ -154,7 +159,8 @@ func (c *Client) Receive(ctx context.Context, wait time.Duration) ([]Event, erro
 		}
 		ev, err := c.process(ctx, qm)
 		if err != nil {
-			// The state could not be written: stop before the cursor
+			// The state could not be written, or a Welcome's tree
+			// could not be fetched for now: stop before the cursor
 			// moves past a message whose effect is not on disk.
 			return events, fmt.Errorf("receiving: %w", err)
 		}
@@ -172,8 +178,9 @@ func (c *Client) Receive(ctx context.Context, wait time.Duration) ([]Event, erro
 	return events, nil
 }
 
-// process applies one queued message. Only a failure to write the state
-// is an error; anything wrong with the message makes it skipped.
+// process applies one queued message. Only a failure to write the state,
+// or to fetch a Welcome's tree for a reason that can pass, is an error;
+// anything wrong with the message makes it skipped.
 func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, error) {
 	ev := Event{Seq: qm.Seq, GroupID: bytes.Clone(qm.GroupID), Sender: string(qm.Sender)}
 	skip := func(err error) (Event, error) {
@@ -289,7 +296,8 @@ func identityOf(g *mls.GroupState, i uint32) string {
 // KeyPackages: it decrypts the GroupInfo, asks the Delivery Service for
 // the ratchet tree of that epoch (welcome_info, signed with the
 // KeyPackage's key) and joins. A single-use KeyPackage's private keys are
-// then deleted.
+// then deleted. A welcome_info refused for good (welcomeInfoRefused)
+// skips the Welcome; any other failure of it is an error.
 func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (Event, error) {
 	skip := func(err error) (Event, error) {
 		ev.Kind, ev.Err = EventSkipped, err
@@ -329,7 +337,12 @@ func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (
 	}
 	tree, err := c.welcomeInfo(ctx, gid, epoch, skp.ref)
 	if err != nil {
-		return skip(err)
+		if welcomeInfoRefused(err) {
+			return skip(err)
+		}
+		// The hub unreachable, a 503, the context done: the Welcome is
+		// processed again by the next Receive, the cursor stays before it.
+		return ev, err
 	}
 	m, err := mls.JoinFromWelcome(w, mls.WelcomeOptions{KeyPackage: kp, InitKey: initKey, LeafKey: leafKey, Signer: c.signer, RatchetTree: tree})
 	if err != nil {
@@ -347,6 +360,15 @@ func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (
 	}
 	ev.Kind = EventJoined
 	return ev, nil
+}
+
+// welcomeInfoRefused reports whether err, from welcomeInfo, is a refusal
+// that asking again cannot change: a DSError 404 (the epoch's tree is no
+// longer kept, or the KeyPackage is not one the commit added) or 401 (the
+// DS does not know the Welcome's KeyPackage). Anything else may pass.
+func welcomeInfoRefused(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code != 0 && (e.Status == http.StatusNotFound || e.Status == http.StatusUnauthorized)
 }
 
 // welcomeInfo asks the Delivery Service for the ratchet tree of group gid

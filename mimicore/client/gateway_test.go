@@ -1,0 +1,148 @@
+package client
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// These tests run the client against a fake gateway: an httptest server
+// whose handlers answer as a gateway would, or fail as one can.
+
+// writeDSError answers a DSError of code with status.
+func writeDSError(w http.ResponseWriter, status int, code moh.Code) {
+	b, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseError, Error: moh.DSError{Code: code, Message: []byte("refused")}})
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// writeOK answers r as a 200 DSResponse.
+func writeOK(w http.ResponseWriter, r *moh.DSResponse) {
+	b, _ := wire.Marshal(r)
+	w.Write(b)
+}
+
+// fakeGateway serves mux over TLS and points c at it (gateway and local
+// API on the same server, the local API under /local).
+func fakeGateway(t *testing.T, c *Client, mux *http.ServeMux) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewTLSServer(mux)
+	t.Cleanup(srv.Close)
+	c.cfg = Config{Gateway: srv.URL, Local: srv.URL + "/local", HTTPClient: srv.Client()}
+	c.http = srv.Client()
+	return srv
+}
+
+// fakeQueue is a client's queue at a fake gateway: /local/messages lists
+// what is after the cursor, /local/messages/ack records the acknowledgement.
+type fakeQueue struct {
+	mu    sync.Mutex
+	msgs  []localapi.Message
+	acked uint64
+}
+
+func (q *fakeQueue) register(mux *http.ServeMux) {
+	mux.HandleFunc("/local/messages", func(w http.ResponseWriter, r *http.Request) {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		var l localapi.MessageList
+		for _, m := range q.msgs {
+			if m.Seq > q.acked {
+				l.Messages = append(l.Messages, m)
+			}
+		}
+		b, _ := wire.Marshal(&l)
+		w.Write(b)
+	})
+	mux.HandleFunc("/local/messages/ack", func(w http.ResponseWriter, r *http.Request) {
+		var req localapi.AckRequest
+		body := make([]byte, r.ContentLength)
+		if _, err := r.Body.Read(body); err != nil && len(body) == 0 {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := wire.Unmarshal(body, &req, "AckRequest"); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		q.mu.Lock()
+		q.acked = max(q.acked, req.UpTo)
+		q.mu.Unlock()
+		b, _ := wire.Marshal(&localapi.AckAnswer{})
+		w.Write(b)
+	})
+}
+
+// TestWelcomeKeptOnTransientWelcomeInfoFailure: a welcome_info that fails
+// for a reason that can pass (a 503 from the hub) stops Receive before the
+// cursor moves past the Welcome; the next Receive joins.
+func TestWelcomeKeptOnTransientWelcomeInfoFailure(t *testing.T) {
+	alice, bob := newOffline(t, "alice"), newOffline(t, "bob")
+	gid := []byte("0123456789abcdef")
+	creator := keyPackage(t, alice)
+	leafKey, _, err := alice.deriveKey(alice.rec.keyPackages[0].leafSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: DefaultCipherSuite, GroupID: gid, Leaf: &creator.LeafNode, LeafKey: leafKey, Signer: alice.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.CommitWith(mls.CommitOptions{ByValue: []*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: keyPackage(t, bob)}}, OmitRatchetTree: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	welcome, err := wire.Marshal(res.Welcome)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := res.Next.State().Tree().RatchetTree()
+	tree, err := wire.Marshal(&rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &fakeQueue{msgs: []localapi.Message{{Seq: 1, GroupID: gid, Sender: []byte(alice.URI()), Message: welcome}}}
+	mux := http.NewServeMux()
+	q.register(mux)
+	var down sync.Mutex
+	outage := true
+	mux.HandleFunc("/welcome_information", func(w http.ResponseWriter, r *http.Request) {
+		down.Lock()
+		defer down.Unlock()
+		if outage {
+			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
+			return
+		}
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: tree})
+	})
+	fakeGateway(t, bob, mux)
+
+	if _, err := bob.Receive(t.Context(), 0); err == nil {
+		t.Fatal("Receive succeeded while welcome_info answered 503")
+	}
+	if bob.rec.cursor != 0 || q.acked != 0 {
+		t.Fatalf("after a 503 from welcome_info: cursor %d, acked %d; want 0, 0", bob.rec.cursor, q.acked)
+	}
+	if len(bob.Groups()) != 0 {
+		t.Fatal("bob is in a group without its tree")
+	}
+	down.Lock()
+	outage = false
+	down.Unlock()
+	evs, err := bob.Receive(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Kind != EventJoined {
+		t.Fatalf("Receive after the hub recovered: %+v; want one joined", evs)
+	}
+	if bob.rec.cursor != 1 || q.acked != 1 {
+		t.Fatalf("after joining: cursor %d, acked %d; want 1, 1", bob.rec.cursor, q.acked)
+	}
+}
