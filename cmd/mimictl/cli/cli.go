@@ -7,8 +7,8 @@
 //	mimictl [global flags] <command> [flags] [arguments]
 //
 // Every command prints its results on stdout, one item a line, and its
-// errors on stderr; the exit status is 0 on success, 1 on failure and 2
-// for a usage error.
+// errors on stderr; the exit status is 0 on success, 1 on failure (a
+// write to stdout that fails included) and 2 for a usage error.
 package cli
 
 import (
@@ -136,7 +136,8 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		}
 		return exitUsage
 	}
-	e := &env{stdin: ev.Stdin, stdout: stdout, stderr: stderr, state: *state}
+	out := &checkedWriter{w: stdout}
+	e := &env{stdin: ev.Stdin, stdout: out, stderr: stderr, state: *state}
 	err := func() error {
 		if fs.NArg() == 0 {
 			return usagef("no command")
@@ -190,7 +191,15 @@ func Run(ctx context.Context, args []string, ev Env) int {
 			}
 			e.cfg.Authorize = client.BasicAuth(*user, pw)
 		}
-		return e.run(ctx, *timeout, c)
+		if err := e.run(ctx, *timeout, c); err != nil {
+			return err
+		}
+		if out.err != nil {
+			// The command did what it was asked, but its result did
+			// not reach stdout (a full disk, a closed pipe).
+			return fmt.Errorf("writing the result to stdout: %w", out.err)
+		}
+		return nil
 	}()
 	var ue *usageError
 	switch {
@@ -207,6 +216,27 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		}
 		return exitFailure
 	}
+}
+
+// checkedWriter is stdout that remembers its first write error: a
+// command whose output was lost fails (exitFailure) even when it did not
+// look at the error itself. After a failure it writes nothing more.
+type checkedWriter struct {
+	w   io.Writer
+	err error
+}
+
+// Write implements io.Writer.
+func (c *checkedWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	c.err = err
+	return n, err
 }
 
 // command is a command line after the global flags: the command (with
@@ -311,7 +341,9 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, hex.EncodeToString(gid))
+		if _, err := fmt.Fprintln(e.stdout, hex.EncodeToString(gid)); err != nil {
+			return fmt.Errorf("group %x created, but printing its id: %w", gid, err)
+		}
 		return nil
 	case "group list":
 		for _, gid := range c.Groups() {
@@ -331,7 +363,9 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, hex.EncodeToString(gid))
+		if _, err := fmt.Fprintln(e.stdout, hex.EncodeToString(gid)); err != nil {
+			return fmt.Errorf("group %x joined, but printing its id: %w", gid, err)
+		}
 		return nil
 	case "recv":
 		return e.recv(ctx, c, *wait)
@@ -439,27 +473,47 @@ func (e *env) readFile(name string) ([]byte, error) {
 //
 // separated by tabs. A text with control characters or invalid UTF-8 is
 // printed as a Go-quoted string. Skipped messages are reported on stderr.
+//
+// Receive hands the events out once they are acknowledged (and a
+// message's key erased): a write to stdout that fails (a full disk, a
+// closed pipe) stops recv with an error, exitFailure, naming the events
+// that were not printed, rather than receiving more.
 func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration) error {
 	for {
 		events, err := c.Receive(ctx, wait)
-		for _, ev := range events {
-			gid := hex.EncodeToString(ev.GroupID)
-			switch ev.Kind {
-			case client.EventMessage:
-				fmt.Fprintf(e.stdout, "message\t%s\t%s\t%s\n", gid, ev.Sender, printable(ev.Data))
-			case client.EventCommit:
-				fmt.Fprintf(e.stdout, "commit\t%s\t%s\t%d\n", gid, ev.Sender, ev.Epoch)
-			case client.EventJoined, client.EventRemoved, client.EventProposal:
-				fmt.Fprintf(e.stdout, "%s\t%s\t%s\n", ev.Kind, gid, ev.Sender)
-			default:
-				fmt.Fprintf(e.stderr, "mimictl: skipped queued message %d of group %s: %v\n", ev.Seq, gid, ev.Err)
-			}
+		if perr := printEvents(e.stdout, e.stderr, events); perr != nil {
+			return perr
 		}
 		if err != nil || len(events) == 0 {
 			return err
 		}
 		wait = 0 // drain what is queued, then stop
 	}
+}
+
+// printEvents prints events as recv does, the skipped ones on stderr. A
+// write to stdout that fails is an error that says which events were
+// lost.
+func printEvents(stdout, stderr io.Writer, events []client.Event) error {
+	for _, ev := range events {
+		gid := hex.EncodeToString(ev.GroupID)
+		var err error
+		switch ev.Kind {
+		case client.EventMessage:
+			_, err = fmt.Fprintf(stdout, "message\t%s\t%s\t%s\n", gid, ev.Sender, printable(ev.Data))
+		case client.EventCommit:
+			_, err = fmt.Fprintf(stdout, "commit\t%s\t%s\t%d\n", gid, ev.Sender, ev.Epoch)
+		case client.EventJoined, client.EventRemoved, client.EventProposal:
+			_, err = fmt.Fprintf(stdout, "%s\t%s\t%s\n", ev.Kind, gid, ev.Sender)
+		default:
+			fmt.Fprintf(stderr, "mimictl: skipped queued message %d of group %s: %v\n", ev.Seq, gid, ev.Err)
+		}
+		if err != nil {
+			return fmt.Errorf("printing received events: %w: queued messages %d to %d were processed and acknowledged but not printed",
+				err, ev.Seq, events[len(events)-1].Seq)
+		}
+	}
+	return nil
 }
 
 // printable returns text as it is when it is valid UTF-8 without control

@@ -1,0 +1,179 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/client"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// fakeGateway answers as a gateway does for one client: bindings, the
+// KeyPackages it publishes (kept), its queue, welcome_info with tree, and
+// group operations (accepted).
+type fakeGateway struct {
+	mu        sync.Mutex
+	published []localapi.KeyPackageEntry
+	queue     []localapi.Message
+	acked     uint64
+	tree      []byte
+}
+
+func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
+	t.Helper()
+	read := func(r *http.Request, v wire.Unmarshaler, what string) error {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			return err
+		}
+		return wire.Unmarshal(b, v, what)
+	}
+	answer := func(w http.ResponseWriter, v wire.Marshaler) {
+		b, _ := wire.Marshal(v)
+		w.Write(b)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/local/binding", func(w http.ResponseWriter, r *http.Request) {
+		answer(w, &localapi.BindingAnswer{Binding: binding.ClientBinding{NotAfter: uint64(time.Now().Add(time.Hour).Unix()), KeyID: []byte{1}, Signature: []byte{2}}})
+	})
+	mux.HandleFunc("/local/key_packages", func(w http.ResponseWriter, r *http.Request) {
+		var req localapi.PublishRequest
+		if err := read(r, &req, "PublishRequest"); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		f.mu.Lock()
+		f.published = append(f.published, req.KeyPackages...)
+		f.mu.Unlock()
+		answer(w, &localapi.KeyPackageList{KeyPackages: req.KeyPackages})
+	})
+	mux.HandleFunc("/local/messages", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		var l localapi.MessageList
+		for _, m := range f.queue {
+			if m.Seq > f.acked {
+				l.Messages = append(l.Messages, m)
+			}
+		}
+		answer(w, &l)
+	})
+	mux.HandleFunc("/local/messages/ack", func(w http.ResponseWriter, r *http.Request) {
+		var req localapi.AckRequest
+		if err := read(r, &req, "AckRequest"); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		f.mu.Lock()
+		f.acked = max(f.acked, req.UpTo)
+		f.mu.Unlock()
+		answer(w, &localapi.AckAnswer{})
+	})
+	mux.HandleFunc("/welcome_information", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		answer(w, &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: f.tree})
+	})
+	mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
+		answer(w, &moh.DSResponse{Type: moh.ResponseOK})
+	})
+	srv := httptest.NewTLSServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// welcome has a member built with package mls create a group, add the
+// first KeyPackage f holds, and queue the Welcome; welcome_info serves
+// the group's tree.
+func (f *fakeGateway) welcome(t *testing.T) {
+	t.Helper()
+	cs := client.DefaultCipherSuite
+	signer, pub, err := cs.GenerateSignatureKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, encPub, err := cs.DeriveKeyPair(bytes.Repeat([]byte{7}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := mls.LeafNode{EncryptionKey: encPub, SignatureKey: pub, Source: mls.SourceKeyPackage,
+		Credential:   mls.Credential{Type: mls.CredentialBasic, Identity: []byte(moh.ClientURI("a.example", "alice", "laptop"))},
+		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{cs}, Credentials: []mls.CredentialType{mls.CredentialBasic}},
+		Lifetime:     mls.Lifetime{NotBefore: uint64(time.Now().Add(-time.Hour).Unix()), NotAfter: uint64(time.Now().Add(time.Hour).Unix())}}
+	leaf.Capabilities.Extensions = []mls.ExtensionType{binding.ExtensionType}
+	if err := leaf.Sign(cs, signer, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	gid := []byte("0123456789abcdef")
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: cs, GroupID: gid, Leaf: &leaf, LeafKey: leafKey, Signer: signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	kp := new(mls.KeyPackage)
+	if err := wire.Unmarshal(f.published[0].KeyPackage, kp, "KeyPackage"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.CommitWith(mls.CommitOptions{ByValue: []*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: kp}}, OmitRatchetTree: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := wire.Marshal(res.Welcome)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := res.Next.State().Tree().RatchetTree()
+	if f.tree, err = wire.Marshal(&rt); err != nil {
+		t.Fatal(err)
+	}
+	f.queue = append(f.queue, localapi.Message{Seq: uint64(len(f.queue) + 1), GroupID: gid, Sender: leaf.Credential.Identity, Message: w})
+}
+
+// failingWriter fails every write, as stdout on a full disk or a closed
+// pipe.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// TestStdoutWriteFailure: a command whose result cannot be written to
+// stdout exits with exitFailure and says so on stderr.
+func TestStdoutWriteFailure(t *testing.T) {
+	f := &fakeGateway{}
+	srv := f.serve(t)
+	state := t.TempDir() + "/bob"
+	env := func(stdout io.Writer) (Env, *bytes.Buffer) {
+		var stderr bytes.Buffer
+		return Env{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: &stderr, HTTPClient: srv.Client(),
+			Getenv: func(k string) string {
+				return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k]
+			}}, &stderr
+	}
+	e, stderr := env(failingWriter{})
+	if got := Run(t.Context(), []string{"client", "init", "-key-packages", "1", moh.ClientURI("a.example", "bob", "phone")}, e); got != exitFailure ||
+		!strings.Contains(stderr.String(), "no space left on device") {
+		t.Fatalf("client init with a failing stdout: status %d, stderr %q; want %d", got, stderr.String(), exitFailure)
+	}
+	f.welcome(t)
+	e, stderr = env(failingWriter{})
+	if got := Run(t.Context(), []string{"recv"}, e); got != exitFailure ||
+		!strings.Contains(stderr.String(), "no space left on device") {
+		t.Fatalf("recv of a Welcome with a failing stdout: status %d, stderr %q; want %d", got, stderr.String(), exitFailure)
+	}
+	var stdout bytes.Buffer
+	e, stderr = env(&stdout)
+	if got := Run(t.Context(), []string{"group", "list"}, e); got != exitOK || !strings.Contains(stdout.String(), "30313233") {
+		t.Fatalf("group list after the recv: status %d, stdout %q, stderr %q; want the group joined", got, stdout.String(), stderr.String())
+	}
+}
