@@ -1,6 +1,7 @@
 package client
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -144,5 +145,79 @@ func TestWelcomeKeptOnTransientWelcomeInfoFailure(t *testing.T) {
 	}
 	if bob.rec.cursor != 1 || q.acked != 1 {
 		t.Fatalf("after joining: cursor %d, acked %d; want 1, 1", bob.rec.cursor, q.acked)
+	}
+}
+
+// readDSRequest decodes the DSRequest r carries.
+func readDSRequest(t *testing.T, r *http.Request) *moh.DSRequest {
+	t.Helper()
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		t.Error(err)
+	}
+	var req moh.DSRequest
+	if err := wire.Unmarshal(b, &req, "DSRequest"); err != nil {
+		t.Error(err)
+	}
+	return &req
+}
+
+// TestLeaveAnswerLost: the DS keeps bob's self-remove but its answer is
+// lost (or refused); another member's commit covers the proposal by
+// reference, and bob, who kept his proposal before posting it, learns of
+// his removal. A DSError refusal drops the kept proposal again.
+func TestLeaveAnswerLost(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		answer  func(w http.ResponseWriter)
+		pending int // bob's pending proposals after Leave
+	}{
+		{"504 from a proxy", func(w http.ResponseWriter) { w.WriteHeader(http.StatusGatewayTimeout) }, 1},
+		{"503 DSError", func(w http.ResponseWriter) {
+			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
+		}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob, gid, _ := pair(t)
+			var prop, commit []byte
+			mux := http.NewServeMux()
+			mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
+				req := readDSRequest(t, r)
+				switch req.Body.Type {
+				case moh.SelfRemoveClient:
+					prop, _ = wire.Marshal(&req.Body.Message)
+					tc.answer(w)
+					return
+				case moh.UpdateClient:
+					commit, _ = wire.Marshal(&req.Body.GroupUpdate.Commit)
+				}
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseOK})
+			})
+			fakeGateway(t, bob, mux)
+			fakeGateway(t, alice, mux)
+			if err := bob.Leave(t.Context(), gid); err == nil {
+				t.Fatal("Leave succeeded without a 200")
+			}
+			g, err := bob.loadGroup(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(g.pending) != tc.pending {
+				t.Fatalf("bob keeps %d pending proposals after Leave; want %d", len(g.pending), tc.pending)
+			}
+			if tc.pending == 0 {
+				return // refused: the DS keeps nothing
+			}
+			if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), prop)); err != nil || ev.Kind != EventProposal {
+				t.Fatalf("alice given bob's self-remove: %+v, %v", ev, err)
+			}
+			if err := alice.Update(t.Context(), gid); err != nil {
+				t.Fatal(err)
+			}
+			bob = reopen(t, bob)
+			if ev, err := bob.process(t.Context(), queued(2, gid, alice.URI(), commit)); err != nil || ev.Kind != EventRemoved {
+				t.Fatalf("bob given the commit that covers his self-remove: %+v, %v; want removed", ev, err)
+			}
+		})
 	}
 }

@@ -607,7 +607,10 @@ func (c *Client) Groups() [][]byte {
 // the other members. The next commit of another member covers it (the
 // DS refuses a commit that leaves it out); receiving that commit, the
 // client forgets the group (EventRemoved). Until then the client is still
-// a member and receives the group's messages.
+// a member and receives the group's messages. The client keeps its
+// proposal before posting it, so that the commit is resolved even when the
+// DS kept the proposal but its answer was lost; a DSError refusal drops
+// it, and the proposal goes with the epoch in any case.
 func (c *Client) Leave(ctx context.Context, groupID []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -618,10 +621,11 @@ func (c *Client) Leave(ctx context.Context, groupID []byte) error {
 }
 
 func (c *Client) leave(ctx context.Context, groupID []byte) error {
-	m, err := c.member(groupID)
+	g, err := c.loadGroup(groupID)
 	if err != nil {
 		return err
 	}
+	m := g.cur
 	prop, err := m.Propose(&mls.Proposal{Type: mls.ProposalRemove, Removed: m.LeafIndex()})
 	if err != nil {
 		return err
@@ -630,22 +634,28 @@ func (c *Client) leave(ctx context.Context, groupID []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.postDS(ctx, "/group_operation", "self_remove_client", req); err != nil {
-		return err
-	}
 	// The commit that removes the client covers the proposal by
 	// reference; the DS does not send a proposal back to its sender, so
-	// the client keeps its own to resolve that commit.
+	// the client keeps its own to resolve that commit. It keeps it before
+	// posting: when the answer is lost (a 504, a connection reset after
+	// the DS's write) the DS may have kept and delivered the proposal.
 	enc, err := wire.Marshal(prop)
-	if err != nil {
-		return err
-	}
-	g, err := c.loadGroup(groupID)
 	if err != nil {
 		return err
 	}
 	if len(g.pending) >= maxPendingProposals {
 		return errors.New("too many pending proposals")
 	}
-	return c.storeGroup(&group{cur: g.cur, prev: g.prev, pending: append(slices.Clone(g.pending), enc)})
+	before := append([][]byte{}, g.pending...) // not nil: storeGroup keeps nil's predecessor
+	if err := c.storeGroup(&group{cur: g.cur, prev: g.prev, pending: append(slices.Clone(g.pending), enc)}); err != nil {
+		return err
+	}
+	_, err = c.postDS(ctx, "/group_operation", "self_remove_client", req)
+	if _, refused := CodeOf(err); refused {
+		// The DS refused it and kept nothing: the proposal goes.
+		if serr := c.storeGroup(&group{cur: g.cur, prev: g.prev, pending: before}); serr != nil {
+			return fmt.Errorf("%w (and dropping the refused proposal: %v)", err, serr)
+		}
+	}
+	return err
 }
