@@ -86,13 +86,9 @@ func DeriveFromExporterSecret(cs mls.CipherSuite, exporterSecret, nonce []byte) 
 // attachmentHash, sent by the member at senderIndex, with the reference's
 // nonce, from the epoch's exporter ex.
 func Derive(ex Exporter, cs mls.CipherSuite, attachmentHash []byte, senderIndex uint32, nonce []byte) (Keys, error) {
-	ctx, err := Context(attachmentHash, senderIndex)
+	es, err := ExporterSecret(ex, cs, attachmentHash, senderIndex)
 	if err != nil {
 		return Keys{}, err
-	}
-	es, err := ex.Export(ExporterLabel, ctx, uint16(cs.HashSize()))
-	if err != nil {
-		return Keys{}, fmt.Errorf("attachment: exporting: %w", err)
 	}
 	return DeriveFromExporterSecret(cs, es, nonce)
 }
@@ -135,6 +131,39 @@ func Open(ex Exporter, cs mls.CipherSuite, senderIndex uint32, nonce, hash, ciph
 	if err != nil {
 		return nil, err
 	}
+	return open(cs, k, hash, ciphertext)
+}
+
+// ExporterSecret returns the attachment_exporter_secret of the attachment
+// whose plaintext hashes to attachmentHash, sent by the member at
+// senderIndex, in the epoch of ex: what a receiver keeps, when it reads a
+// reference, to open the attachment after the group has moved on
+// (OpenWithExporterSecret). It opens that one attachment only.
+func ExporterSecret(ex Exporter, cs mls.CipherSuite, attachmentHash []byte, senderIndex uint32) ([]byte, error) {
+	ctx, err := Context(attachmentHash, senderIndex)
+	if err != nil {
+		return nil, err
+	}
+	es, err := ex.Export(ExporterLabel, ctx, uint16(cs.HashSize()))
+	if err != nil {
+		return nil, fmt.Errorf("attachment: exporting: %w", err)
+	}
+	return es, nil
+}
+
+// OpenWithExporterSecret is Open with the attachment_exporter_secret that
+// ExporterSecret returned in the epoch of the reference, instead of that
+// epoch's exporter.
+func OpenWithExporterSecret(cs mls.CipherSuite, exporterSecret, nonce, hash, ciphertext []byte) ([]byte, error) {
+	k, err := DeriveFromExporterSecret(cs, exporterSecret, nonce)
+	if err != nil {
+		return nil, err
+	}
+	return open(cs, k, hash, ciphertext)
+}
+
+// open decrypts ciphertext with k and checks the plaintext against hash.
+func open(cs mls.CipherSuite, k Keys, hash, ciphertext []byte) ([]byte, error) {
 	aead, err := cs.NewAEAD(k.Key)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
@@ -21,7 +22,11 @@ const MaxAttachment = 256 << 20
 // PutAttachment encrypts plaintext for groupID as this client's leaf, in
 // the group's current epoch (docs/protocol.md §6.1), uploads the
 // ciphertext to /attachment_upload, and returns the reference a message
-// carries and the leaf index a receiver derives the key with.
+// carries and the leaf index a receiver derives the key with. The keys
+// derive from the epoch of the message that carries the reference: send
+// it in the epoch it was sealed in. When that send is refused with 409
+// stale_epoch, the group moved on: Receive, then PutAttachment again and
+// send the new reference.
 func (c *Client) PutAttachment(ctx context.Context, groupID, plaintext []byte) (attachment.Reference, uint32, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -76,9 +81,11 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 }
 
 // GetAttachment downloads the attachment of ref from groupID and decrypts
-// it as sent by the member at leaf senderIndex in the group's current
-// epoch: the epoch of the message that carried ref, which the client must
-// still be in. The plaintext is checked against ref's hash.
+// it as sent by the member at leaf senderIndex in the epoch of the message
+// that carried ref: when Receive opened that message, and ref was a line
+// of it (or ended one), the client kept the attachment's secret of that
+// epoch; otherwise the group's current epoch is taken for it. The
+// plaintext is checked against ref's hash.
 func (c *Client) GetAttachment(ctx context.Context, groupID []byte, senderIndex uint32, ref attachment.Reference) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -120,5 +127,18 @@ func (c *Client) getAttachment(ctx context.Context, groupID []byte, senderIndex 
 	if err := wire.Unmarshal(answer, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentContent {
 		return nil, fmt.Errorf("attachment_download: the answer is not attachment content")
 	}
-	return attachment.Open(m, m.State().CipherSuite(), senderIndex, ref.Nonce, ref.Hash, r.Content)
+	cs := m.State().CipherSuite()
+	if g, err := c.loadGroup(groupID); err == nil {
+		// The newest kept secret first: a reference sent again in a later
+		// epoch was sealed again.
+		for _, k := range slices.Backward(g.attachments) {
+			if k.sender != senderIndex || !bytes.Equal(k.nonce, ref.Nonce) || !bytes.Equal(k.hash, ref.Hash) {
+				continue
+			}
+			if plain, err := attachment.OpenWithExporterSecret(cs, k.secret, ref.Nonce, ref.Hash, r.Content); err == nil {
+				return plain, nil
+			}
+		}
+	}
+	return attachment.Open(m, cs, senderIndex, ref.Nonce, ref.Hash, r.Content)
 }

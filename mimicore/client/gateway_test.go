@@ -1,12 +1,14 @@
 package client
 
 import (
+	"crypto/rand"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -217,6 +219,75 @@ func TestLeaveAnswerLost(t *testing.T) {
 			bob = reopen(t, bob)
 			if ev, err := bob.process(t.Context(), queued(2, gid, alice.URI(), commit)); err != nil || ev.Kind != EventRemoved {
 				t.Fatalf("bob given the commit that covers his self-remove: %+v, %v; want removed", ev, err)
+			}
+		})
+	}
+}
+
+// TestAttachmentOfAnEarlierEpoch: alice seals an attachment in epoch 1
+// and sends its reference; bob opens her message, then her commit, and
+// GetAttachment still opens the attachment with the keys of epoch 1.
+func TestAttachmentOfAnEarlierEpoch(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		text func(ref attachment.Reference) string // the message that carries ref, "" for none
+		// commit: alice commits after the message, bob processes it
+		commit bool
+	}{
+		{"reference alone, commit after", func(r attachment.Reference) string { return r.String() }, true},
+		{"reference ending a line, commit after", func(r attachment.Reference) string { return "a photo\n0\t" + r.String() + "\nbye" }, true},
+		{"no message, current epoch", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob, gid, _ := pair(t)
+			am, err := alice.member(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sealed, err := attachment.Seal(am, am.State().CipherSuite(), am.LeafIndex(), []byte("photo"), rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := attachment.Reference{Token: []byte{1}, Nonce: sealed.Nonce, Hash: sealed.Hash}
+			seq := uint64(0)
+			if tc.text != nil {
+				seq++
+				msg := protect(t, alice, gid, tc.text(ref))
+				if ev, err := bob.process(t.Context(), queued(seq, gid, alice.URI(), msg)); err != nil || ev.Kind != EventMessage {
+					t.Fatalf("bob opening alice's message: %+v, %v", ev, err)
+				}
+			}
+			if tc.commit {
+				m, err := alice.member(gid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, err := m.Commit(nil, nil, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				commit, err := wire.Marshal(res.Commit)
+				if err != nil {
+					t.Fatal(err)
+				}
+				seq++
+				if ev, err := bob.process(t.Context(), queued(seq, gid, alice.URI(), commit)); err != nil || ev.Kind != EventCommit {
+					t.Fatalf("bob applying alice's commit: %+v, %v", ev, err)
+				}
+			}
+			bob = reopen(t, bob)
+			mux := http.NewServeMux()
+			mux.HandleFunc("/attachment_download", func(w http.ResponseWriter, r *http.Request) {
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentContent, Content: sealed.Ciphertext})
+			})
+			fakeGateway(t, bob, mux)
+			got, err := bob.GetAttachment(t.Context(), gid, am.LeafIndex(), ref)
+			if err != nil || string(got) != "photo" {
+				t.Fatalf("GetAttachment = %q, %v; want photo", got, err)
+			}
+			// The wrong sender does not open it.
+			if _, err := bob.GetAttachment(t.Context(), gid, am.LeafIndex()+1, ref); err == nil {
+				t.Fatal("GetAttachment opened the attachment as sent by another leaf")
 			}
 		})
 	}

@@ -33,9 +33,23 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // covers it), each an encoded MLSMessage: the next commit the client
 // makes covers them by reference, and a commit it receives resolves its
 // references with them. They go when the epoch does.
+//
+// attachments are the secrets of the attachments whose references the
+// application messages the client opened carried (keepAttachments), so
+// that GetAttachment opens them in the epoch of their message after the
+// group moved on; the last maxKeptAttachments are kept, across epochs.
 type group struct {
-	cur, prev *mls.Member
-	pending   [][]byte
+	cur, prev   *mls.Member
+	pending     [][]byte
+	attachments []keptAttachment
+}
+
+// keptAttachment is the attachment_exporter_secret (docs/protocol.md
+// §6.1) of one reference an application message carried, in the epoch
+// of that message: it opens that attachment, and only that one.
+type keptAttachment struct {
+	sender              uint32
+	nonce, hash, secret []byte
 }
 
 // resolver resolves proposal references from g's pending proposals,
@@ -116,11 +130,15 @@ func (c *Client) storeMember(m *mls.Member) error {
 // storeGroup writes g to its group's file: a known group's file is
 // replaced, a new group gets a new file and then a record that names it.
 // A g without pending proposals keeps those of the group it replaces
-// while the epoch is the same. c.mu is held.
+// while the epoch is the same; a g without kept attachment secrets keeps
+// those of the group it replaces. c.mu is held.
 func (c *Client) storeGroup(g *group) error {
 	groupID := g.cur.State().GroupID()
 	if old, ok := c.members[string(groupID)]; ok && g.pending == nil && old.cur.State().Epoch() == g.cur.State().Epoch() {
 		g.pending = old.pending
+	}
+	if old, ok := c.members[string(groupID)]; ok && g.attachments == nil {
+		g.attachments = old.attachments
 	}
 	data, err := encodeGroup(g)
 	if err != nil {

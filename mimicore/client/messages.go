@@ -9,8 +9,10 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -216,7 +218,8 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 		if err != nil {
 			return skip(err)
 		}
-		if err := c.storeGroup(g); err != nil { // the message key is used up
+		kept := &group{cur: g.cur, prev: g.prev, pending: g.pending, attachments: keepAttachments(g, g.prev, sender, data)}
+		if err := c.storeGroup(kept); err != nil { // the message key is used up
 			return ev, err
 		}
 		ev.Kind, ev.Data, ev.Sender = EventMessage, data, identityOf(g.prev.State(), sender)
@@ -236,7 +239,7 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 		// The message key is used up: keep the state that knows it. A
 		// message of the current epoch comes after every message of the
 		// previous one: that epoch's Member is no longer needed.
-		if err := c.storeGroup(&group{cur: m}); err != nil {
+		if err := c.storeGroup(&group{cur: m, attachments: keepAttachments(g, m, sender, data)}); err != nil {
 			return ev, err
 		}
 		ev.Kind, ev.Data, ev.Sender = EventMessage, data, identityOf(m.State(), sender)
@@ -281,6 +284,44 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 	}
 	ev.Kind, ev.Epoch = EventCommit, next.State().Epoch()
 	return ev, nil
+}
+
+// maxReferencesPerMessage bounds the attachment references kept of one
+// message.
+const maxReferencesPerMessage = 16
+
+// keepAttachments returns g's kept attachment secrets with those of the
+// references data carries, as sent by the member at leaf sender in the
+// epoch of m, or nil when data carries none. A reference is a line, or the
+// end of a line, in the form attachment.Reference's String writes
+// (docs/protocol.md §6.1): its keys derive from the epoch of the message
+// that carries it, which the group may have left when GetAttachment runs.
+func keepAttachments(g *group, m *mls.Member, sender uint32, data []byte) []keptAttachment {
+	var out []keptAttachment
+	n := 0
+	for line := range bytes.Lines(data) {
+		i := bytes.Index(line, []byte(attachment.MediaType))
+		if i < 0 || n == maxReferencesPerMessage {
+			continue
+		}
+		ref, err := attachment.ParseReference(strings.TrimSpace(string(line[i:])))
+		if err != nil {
+			continue
+		}
+		secret, err := attachment.ExporterSecret(m, m.State().CipherSuite(), ref.Hash, sender)
+		if err != nil {
+			continue
+		}
+		if out == nil {
+			out = slices.Clone(g.attachments)
+		}
+		out = append(out, keptAttachment{sender: sender, nonce: ref.Nonce, hash: ref.Hash, secret: secret})
+		n++
+	}
+	if len(out) > maxKeptAttachments {
+		out = slices.Delete(out, 0, len(out)-maxKeptAttachments)
+	}
+	return out
 }
 
 // identityOf returns the identity of leaf i of g, "" when blank.

@@ -232,24 +232,38 @@ func syncDir(dir string) error {
 }
 
 // groupFormat is the version byte of a group file: 2 adds the pending
-// proposals; a file of format 1 (none) is still read.
+// proposals, 3 the kept attachment secrets; files of format 1 (neither)
+// and 2 are still read.
 const (
-	groupFormat   = 2
+	groupFormat   = 3
+	groupFormatV2 = 2
 	groupFormatV1 = 1
 )
 
 // maxPendingProposals bounds the proposals a group file keeps.
 const maxPendingProposals = 256
 
+// maxKeptAttachments bounds the attachment secrets a group file keeps:
+// the oldest go first.
+const maxKeptAttachments = 256
+
 // encodeGroup encodes a group file:
 //
 //	struct {
-//	    uint8 format = 2;
+//	    uint8 format = 3;
 //	    opaque member<V>;                 // mls.Member.MarshalBinary
 //	    optional<opaque previous<V>>;     // the previous epoch's Member
 //	    opaque pending<V>;                // the proposals of the current
 //	                                      // epoch, each an MLSMessage<V>
+//	    opaque attachments<V>;            // KeptAttachment entries, oldest first
 //	} GroupFile;
+//
+//	struct {
+//	    uint32 sender_index;
+//	    opaque nonce<V>;
+//	    opaque attachment_hash<V>;
+//	    opaque attachment_exporter_secret<V>;
+//	} KeptAttachment;
 func encodeGroup(g *group) ([]byte, error) {
 	cur, err := g.cur.MarshalBinary()
 	if err != nil {
@@ -277,6 +291,18 @@ func encodeGroup(g *group) ([]byte, error) {
 		return nil, err
 	}
 	wire.AddOpaque(&b, pending)
+	var kept cryptobyte.Builder
+	for _, k := range g.attachments {
+		kept.AddUint32(k.sender)
+		wire.AddOpaque(&kept, k.nonce)
+		wire.AddOpaque(&kept, k.hash)
+		wire.AddOpaque(&kept, k.secret)
+	}
+	attachments, err := kept.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	wire.AddOpaque(&b, attachments)
 	return b.Bytes()
 }
 
@@ -287,9 +313,10 @@ func decodeGroup(data []byte) (*group, error) {
 	var cur, prev []byte
 	var hasPrev bool
 	var pending [][]byte
-	ok := s.ReadUint8(&format) && (format == groupFormat || format == groupFormatV1) && wire.ReadOpaque(&s, &cur) &&
-		wire.ReadOptional(&s, &hasPrev) && (!hasPrev || wire.ReadOpaque(&s, &prev))
-	if ok && format == groupFormat {
+	var attachments []keptAttachment
+	ok := s.ReadUint8(&format) && (format == groupFormat || format == groupFormatV2 || format == groupFormatV1) &&
+		wire.ReadOpaque(&s, &cur) && wire.ReadOptional(&s, &hasPrev) && (!hasPrev || wire.ReadOpaque(&s, &prev))
+	if ok && format >= groupFormatV2 {
 		var raw []byte
 		ok = wire.ReadOpaque(&s, &raw)
 		list := cryptobyte.String(raw)
@@ -299,10 +326,21 @@ func decodeGroup(data []byte) (*group, error) {
 			pending = append(pending, p)
 		}
 	}
+	if ok && format >= groupFormat {
+		var raw []byte
+		ok = wire.ReadOpaque(&s, &raw)
+		list := cryptobyte.String(raw)
+		for ok && !list.Empty() {
+			var k keptAttachment
+			ok = list.ReadUint32(&k.sender) && wire.ReadOpaque(&list, &k.nonce) && wire.ReadOpaque(&list, &k.hash) &&
+				wire.ReadOpaque(&list, &k.secret) && len(attachments) < maxKeptAttachments
+			attachments = append(attachments, k)
+		}
+	}
 	if !ok || !s.Empty() {
 		return nil, fmt.Errorf("%w: group file: %w", ErrStateEncoding, wire.ErrMalformed)
 	}
-	g := &group{pending: pending}
+	g := &group{pending: pending, attachments: attachments}
 	var err error
 	if g.cur, err = mls.DecodeMember(cur, mls.MemberOptions{}); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)

@@ -485,11 +485,26 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 	if g, err := decodeGroup(valid); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a valid group file: %+v, %v", g, err)
 	}
-	// A file of format 1 has no pending proposals (the last byte, an
-	// empty vector, is format 2's).
-	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-1]...)
+	// A file of format 2 has no kept attachments (the last byte, an
+	// empty vector, is format 3's), one of format 1 no pending proposals
+	// either (the byte before).
+	v2 := append([]byte{groupFormatV2}, valid[1:len(valid)-1]...)
+	if g, err := decodeGroup(v2); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
+		t.Fatalf("decoding a group file of format 2: %+v, %v", g, err)
+	}
+	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-2]...)
 	if g, err := decodeGroup(v1); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a group file of format 1: %+v, %v", g, err)
+	}
+	// Kept attachment secrets survive the round trip.
+	k := keptAttachment{sender: 7, nonce: []byte("nonce"), hash: []byte("hash"), secret: []byte("secret")}
+	if g, err := decodeGroup(enc(&group{cur: res.Next, attachments: []keptAttachment{k, k}})); err != nil || len(g.attachments) != 2 ||
+		g.attachments[1].sender != 7 || string(g.attachments[1].secret) != "secret" || string(g.attachments[1].hash) != "hash" {
+		t.Fatalf("decoding a group file with kept attachments: %+v, %v", g, err)
+	}
+	tooManyKept := make([]keptAttachment, maxKeptAttachments+1)
+	for i := range tooManyKept {
+		tooManyKept[i] = k
 	}
 	// Pending proposals survive the round trip.
 	withPending := enc(&group{cur: res.Next, pending: [][]byte{[]byte("proposal one"), []byte("proposal two")}})
@@ -507,8 +522,9 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 		{"empty", nil},
 		{"truncated", valid[:len(valid)-1]},
 		{"trailing byte", append(slices.Clone(valid), 0)},
-		{"other format", append([]byte{3}, valid[1:]...)},
+		{"other format", append([]byte{4}, valid[1:]...)},
 		{"too many pending proposals", enc(&group{cur: res.Next, pending: tooMany})},
+		{"too many kept attachments", enc(&group{cur: res.Next, attachments: tooManyKept})},
 		{"previous member of the same epoch", enc(&group{cur: m, prev: m})},
 		{"previous member of a later epoch", enc(&group{cur: m, prev: res.Next})},
 	} {

@@ -65,9 +65,12 @@ commands:
                                    to wait for a first one when none is queued
   attach put <group> <file>        encrypt and upload a file ("-": stdin); prints the sender's
                                    leaf index, a tab, and the reference to send in a message
+                                   of the same epoch (send refused with stale_epoch: recv, then
+                                   attach put again)
   attach get <group> <leaf> <reference> <file>
                                    download, decrypt and check an attachment sent by the member
-                                   at <leaf> in the current epoch; write it to <file> ("-": stdout)
+                                   at <leaf> in the epoch of the message recv got it in (else the
+                                   current epoch); write it to <file> ("-": stdout)
 
 Run mimictl <command> -h for a command's flags.
 
