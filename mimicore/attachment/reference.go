@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"strings"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 )
@@ -43,8 +44,14 @@ func (r Reference) String() string {
 // parameter names are case-insensitive (RFC 2045); access-type must be
 // token; token, nonce and hash must each appear once, be unpadded base64url
 // and within their bounds; any other parameter is refused, so that a
-// reference has one meaning.
+// reference has one meaning. RFC 2231 continuations and encoded values
+// (`token*0=`, `token*=utf-8”...`) are refused: a reference never needs
+// them, and mime.ParseMediaType would let one replace a plain field. No
+// valid reference holds a '*', so any is refused.
 func ParseReference(s string) (Reference, error) {
+	if strings.Contains(s, "*") {
+		return Reference{}, errors.New("attachment reference: an RFC 2231 continuation or encoded value ('*')")
+	}
 	mt, params, err := mime.ParseMediaType(s)
 	if err != nil {
 		return Reference{}, fmt.Errorf("attachment reference: %w", err)

@@ -36,6 +36,11 @@ func TestReference(t *testing.T) {
 		{"a long token", "message/external-body; access-type=token; token=" + strings.Repeat("A", 88) + "; " + nonce + "; " + hash},
 		{"an unknown parameter", "message/external-body; access-type=token; " + tok + "; " + nonce + "; " + hash + "; size=3"},
 		{"a parameter repeated with another value", "message/external-body; access-type=token; " + tok + "; token=AAAA; " + nonce + "; " + hash},
+		{"an RFC 2231 continuation over a plain field", "message/external-body; access-type=token; " + tok + "; token*0=AAAA; " + nonce + "; " + hash},
+		{"an RFC 2231 continuation before a plain field", "message/external-body; access-type=token; token*0=AAAA; " + tok + "; " + nonce + "; " + hash},
+		{"an RFC 2231 encoded value over a plain field", "message/external-body; access-type=token; " + tok + "; token*=utf-8''AAAA; " + nonce + "; " + hash},
+		{"a field split in RFC 2231 continuations", "message/external-body; access-type=token; " + tok + "; " + nonce +
+			"; hash*0=AQEBAQEBAQEBAQEBAQEBAQEB; hash*1=AQEBAQEBAQEBAQEBAQEBAQE"},
 		{"garbage", "not a media type;;;"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
