@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 
@@ -288,6 +289,63 @@ func TestAttachmentOfAnEarlierEpoch(t *testing.T) {
 			// The wrong sender does not open it.
 			if _, err := bob.GetAttachment(t.Context(), gid, am.LeafIndex()+1, ref); err == nil {
 				t.Fatal("GetAttachment opened the attachment as sent by another leaf")
+			}
+		})
+	}
+}
+
+// TestPublishKeepsKeys: the keys of a publish whose answer is not a
+// DSError (a proxy's 502, a connection failure) are kept, as the gateway
+// may have published the KeyPackages; a DSError refusal forgets them. The
+// previous last-resort keys stay when a new one is published.
+func TestPublishKeepsKeys(t *testing.T) {
+	c := newOffline(t, "alice")
+	var answer func(w http.ResponseWriter)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/local/key_packages", func(w http.ResponseWriter, r *http.Request) { answer(w) })
+	srv := fakeGateway(t, c, mux)
+	ok := func(w http.ResponseWriter) { b, _ := wire.Marshal(&localapi.KeyPackageList{}); w.Write(b) }
+	lastResorts := func() (refs []string) {
+		for _, k := range c.rec.keyPackages {
+			if k.lastResort {
+				refs = append(refs, string(k.ref))
+			}
+		}
+		return refs
+	}
+	answer = ok
+	if err := c.Publish(t.Context(), 1, true); err != nil {
+		t.Fatal(err)
+	}
+	first := lastResorts()
+	for _, tc := range []struct {
+		name        string
+		answer      func(w http.ResponseWriter)
+		keys        int // the client's KeyPackage keys after the publish
+		lastResorts int
+	}{
+		{"502 from a proxy", func(w http.ResponseWriter) { http.Error(w, "bad gateway", http.StatusBadGateway) }, 4, 2},
+		{"DSError refusal", func(w http.ResponseWriter) { writeDSError(w, http.StatusBadRequest, moh.CodeMalformed) }, 4, 2},
+		{"connection failure", nil, 6, 3},
+		{"published", ok, 8, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			answer = tc.answer
+			if tc.answer == nil {
+				srv.CloseClientConnections()
+				c.cfg.Local = "https://127.0.0.1:1/local" // nothing listens on port 1
+			} else {
+				c.cfg.Local = srv.URL + "/local"
+			}
+			err := c.Publish(t.Context(), 1, true)
+			if (err == nil) != (tc.answer != nil && tc.name == "published") {
+				t.Fatalf("Publish = %v", err)
+			}
+			if got := len(c.rec.keyPackages); got != tc.keys || len(lastResorts()) != tc.lastResorts {
+				t.Fatalf("after the publish: %d keys, %d last-resort; want %d, %d", got, len(lastResorts()), tc.keys, tc.lastResorts)
+			}
+			if !slices.Contains(lastResorts(), first[0]) {
+				t.Fatal("the first last-resort keys are gone")
 			}
 		})
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/hpke"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -98,11 +97,17 @@ func (c *Client) newKeyPackage(lastResort bool) (*mls.KeyPackage, storedKeyPacka
 }
 
 // Publish makes n single-use KeyPackages, and a last-resort one when
-// lastResort is set (replacing the client's previous one), keeps their
-// private keys and publishes them through the local API. The private keys
-// are on disk before the KeyPackages leave; when the gateway refuses the
-// publish they are forgotten again. The keys of KeyPackages whose lifetime
-// is over are deleted.
+// lastResort is set (replacing the client's previous one at the gateway),
+// keeps their private keys and publishes them through the local API. The
+// private keys are on disk before the KeyPackages leave; when the gateway
+// refuses the publish with a DSError they are forgotten again, and when
+// the answer is anything else (a transport error, a proxy's 502) they are
+// kept, since the gateway may have published them. The keys of the
+// previous last-resort KeyPackages are kept when a new one is published:
+// a Welcome for one claimed before the replacement may be on its way, and
+// which one the gateway held is not known after an answer was lost. They
+// go, as every KeyPackage's keys, when the KeyPackage's lifetime (that of
+// the client's binding) is over: each Publish deletes those.
 func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -128,10 +133,6 @@ func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 		if err != nil {
 			return fmt.Errorf("publishing KeyPackages: %w", err)
 		}
-		if last {
-			// The gateway replaces the previous last-resort KeyPackage.
-			rec.keyPackages = slices.DeleteFunc(rec.keyPackages, func(k storedKeyPackage) bool { return k.lastResort })
-		}
 		rec.keyPackages = append(rec.keyPackages, st)
 		req.KeyPackages = append(req.KeyPackages, localapi.KeyPackageEntry{LastResort: last, KeyPackage: st.keyPackage})
 	}
@@ -143,8 +144,7 @@ func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 	}
 	var list localapi.KeyPackageList
 	if err := c.postLocal(ctx, "/key_packages", req, &list); err != nil {
-		var refused *Error
-		if errors.As(err, &refused) {
+		if _, refused := CodeOf(err); refused {
 			// The gateway published none of them: forget their keys.
 			if serr := c.saveRecord(prev); serr != nil {
 				return fmt.Errorf("publishing KeyPackages: %w (and forgetting them: %v)", err, serr)
