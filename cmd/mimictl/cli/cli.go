@@ -183,6 +183,11 @@ func Run(ctx context.Context, args []string, ev Env) int {
 				e.cfg.HTTPClient = &http.Client{Transport: tr}
 			}
 		}
+		if *user == "" && (*passwordFile != "" || getenv("MIMI_PASSWORD") != "") {
+			// A password would be silently unused: the requests would go
+			// without authentication.
+			return usagef("-password-file and MIMI_PASSWORD need -user (or MIMI_USER)")
+		}
 		if *user != "" {
 			pw := getenv("MIMI_PASSWORD")
 			if *passwordFile != "" {

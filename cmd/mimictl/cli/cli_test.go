@@ -36,6 +36,9 @@ func TestExitStatus(t *testing.T) {
 		{"missing CA file", []string{"-ca", state + "/none.pem", "group", "list"}, env, exitFailure, "reading the CA file"},
 		{"no client state", []string{"group", "list"}, env, exitFailure, "no client state in"},
 		{"bad client URI", []string{"client", "init", "alice"}, env, exitFailure, "initialising client"},
+		{"password file without user", []string{"-password-file", state + "/pw", "group", "list"}, env, exitUsage, "-password-file and MIMI_PASSWORD need -user"},
+		{"MIMI_PASSWORD without user", []string{"group", "list"}, map[string]string{"MIMI_GATEWAY": "https://gateway.invalid", "MIMI_STATE": state,
+			"MIMI_PASSWORD": "secret"}, exitUsage, "-password-file and MIMI_PASSWORD need -user"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
