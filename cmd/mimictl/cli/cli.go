@@ -271,7 +271,7 @@ func parseCommand(args []string, stderr io.Writer) (*command, error) {
 	fs.SetOutput(stderr)
 	switch c.name {
 	case "client init", "client publish":
-		fs.IntVar(&c.keyPackages, "key-packages", 10, "single-use KeyPackages to publish, besides a last-resort one (client init: 0 publishes none)")
+		fs.IntVar(&c.keyPackages, "key-packages", 10, "single-use KeyPackages to publish, besides a last-resort one (0: the last-resort one alone)")
 	case "recv":
 		fs.DurationVar(&c.wait, "wait", 0, "how long to wait for a first message when none is queued (rounded up to whole seconds; the gateway caps it at its max_wait, 60s by default)")
 	}
@@ -297,14 +297,23 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 			return usagef("client init needs one client URI")
 		}
 		n := *keyPackages
-		if n <= 0 {
-			n = -1 // none now: client publish later
+		if n < 0 {
+			return usagef("client init: -key-packages %d is negative", n)
 		}
-		c, err := client.Init(ctx, e.state, e.cfg, client.InitOptions{ClientURI: args[0], KeyPackages: n})
+		opts := client.InitOptions{ClientURI: args[0], KeyPackages: n}
+		if n == 0 {
+			opts.KeyPackages = -1 // Init publishes none: the last-resort one below
+		}
+		c, err := client.Init(ctx, e.state, e.cfg, opts)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
+		if n == 0 {
+			if err := c.Publish(ctx, 0, true); err != nil {
+				return fmt.Errorf("client %s created, but: %w (client publish -key-packages 0 publishes it)", c.URI(), err)
+			}
+		}
 		fmt.Fprintln(e.stdout, c.URI())
 		return nil
 	}

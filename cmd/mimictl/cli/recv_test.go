@@ -177,3 +177,20 @@ func TestStdoutWriteFailure(t *testing.T) {
 		t.Fatalf("group list after the recv: status %d, stdout %q, stderr %q; want the group joined", got, stdout.String(), stderr.String())
 	}
 }
+
+// TestInitWithoutSingleUseKeyPackages: client init -key-packages 0
+// publishes the last-resort KeyPackage alone, as the usage says.
+func TestInitWithoutSingleUseKeyPackages(t *testing.T) {
+	f := &fakeGateway{}
+	srv := f.serve(t)
+	state := t.TempDir() + "/bob"
+	var stdout, stderr bytes.Buffer
+	e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
+		Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
+	if got := Run(t.Context(), []string{"client", "init", "-key-packages", "0", moh.ClientURI("a.example", "bob", "phone")}, e); got != exitOK {
+		t.Fatalf("client init -key-packages 0: status %d, stderr %q", got, stderr.String())
+	}
+	if len(f.published) != 1 || !f.published[0].LastResort {
+		t.Fatalf("client init -key-packages 0 published %+v; want one last-resort KeyPackage", f.published)
+	}
+}
