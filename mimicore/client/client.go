@@ -400,6 +400,16 @@ func CodeOf(err error) (moh.Code, bool) {
 	return 0, false
 }
 
+// refused reports whether err holds a refusal that says the request was
+// not carried out: a DSError with a 4xx status. A 5xx DSError (a hub's
+// backend_unavailable behind a relaying follower, which may have
+// accepted) and any other failure (a connection reset, a proxy's 502 or
+// 504) leave the outcome unknown.
+func refused(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code != 0 && e.Status >= 400 && e.Status < 500
+}
+
 // do sends req and returns the answer's status and body.
 func (c *Client) do(req *http.Request) (int, []byte, error) {
 	resp, err := c.http.Do(req)

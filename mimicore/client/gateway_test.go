@@ -168,7 +168,7 @@ func readDSRequest(t *testing.T, r *http.Request) *moh.DSRequest {
 // TestLeaveAnswerLost: the DS keeps bob's self-remove but its answer is
 // lost (or refused); another member's commit covers the proposal by
 // reference, and bob, who kept his proposal before posting it, learns of
-// his removal. A DSError refusal drops the kept proposal again.
+// his removal. A refusal (a 4xx DSError) drops the kept proposal again.
 func TestLeaveAnswerLost(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -176,9 +176,10 @@ func TestLeaveAnswerLost(t *testing.T) {
 		pending int // bob's pending proposals after Leave
 	}{
 		{"504 from a proxy", func(w http.ResponseWriter) { w.WriteHeader(http.StatusGatewayTimeout) }, 1},
-		{"503 DSError", func(w http.ResponseWriter) {
+		{"503 DSError from a relaying follower", func(w http.ResponseWriter) {
 			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
-		}, 0},
+		}, 1},
+		{"409 DSError", func(w http.ResponseWriter) { writeDSError(w, http.StatusConflict, moh.CodeStaleEpoch) }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			alice, bob, gid, _ := pair(t)

@@ -627,8 +627,8 @@ func (c *Client) Groups() [][]byte {
 // client forgets the group (EventRemoved). Until then the client is still
 // a member and receives the group's messages. The client keeps its
 // proposal before posting it, so that the commit is resolved even when the
-// DS kept the proposal but its answer was lost; a DSError refusal drops
-// it, and the proposal goes with the epoch in any case.
+// DS kept the proposal but its answer was lost; a refusal (a 4xx DSError)
+// drops it, and the proposal goes with the epoch in any case.
 func (c *Client) Leave(ctx context.Context, groupID []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -669,7 +669,7 @@ func (c *Client) leave(ctx context.Context, groupID []byte) error {
 		return err
 	}
 	_, err = c.postDS(ctx, "/group_operation", "self_remove_client", req)
-	if _, refused := CodeOf(err); refused {
+	if refused(err) {
 		// The DS refused it and kept nothing: the proposal goes.
 		if serr := c.storeGroup(&group{cur: g.cur, prev: g.prev, pending: before}); serr != nil {
 			return fmt.Errorf("%w (and dropping the refused proposal: %v)", err, serr)

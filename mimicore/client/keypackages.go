@@ -100,7 +100,7 @@ func (c *Client) newKeyPackage(lastResort bool) (*mls.KeyPackage, storedKeyPacka
 // lastResort is set (replacing the client's previous one at the gateway),
 // keeps their private keys and publishes them through the local API. The
 // private keys are on disk before the KeyPackages leave; when the gateway
-// refuses the publish with a DSError they are forgotten again, and when
+// refuses the publish (a 4xx DSError) they are forgotten again, and when
 // the answer is anything else (a transport error, a proxy's 502) they are
 // kept, since the gateway may have published them. The keys of the
 // previous last-resort KeyPackages are kept when a new one is published:
@@ -144,7 +144,7 @@ func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 	}
 	var list localapi.KeyPackageList
 	if err := c.postLocal(ctx, "/key_packages", req, &list); err != nil {
-		if _, refused := CodeOf(err); refused {
+		if refused(err) {
 			// The gateway published none of them: forget their keys.
 			if serr := c.saveRecord(prev); serr != nil {
 				return fmt.Errorf("publishing KeyPackages: %w (and forgetting them: %v)", err, serr)
