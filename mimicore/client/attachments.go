@@ -41,10 +41,11 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 	if len(plaintext) > MaxAttachment {
 		return attachment.Reference{}, 0, fmt.Errorf("the attachment is larger than %d bytes", MaxAttachment)
 	}
-	m, err := c.member(groupID)
+	g, err := c.settle(ctx, groupID)
 	if err != nil {
 		return attachment.Reference{}, 0, err
 	}
+	m := g.cur
 	cs := m.State().CipherSuite()
 	sealed, err := attachment.Seal(m, cs, m.LeafIndex(), plaintext, rand.Reader)
 	if err != nil {

@@ -351,3 +351,88 @@ func TestPublishKeepsKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestCommitAnswerLost: the DS takes alice's update but its answer is
+// lost (a 504 from the proxy in front). Her new epoch stays pending, on
+// disk: a message of that epoch adopts it; so does the DS's GroupInfo,
+// asked before her next operation; a refusal drops it.
+func TestCommitAnswerLost(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// answer answers alice's update; then is what follows
+		answer func(w http.ResponseWriter)
+		then   string // "message": bob's message of epoch 2; "settle": alice sends, the DS's GroupInfo is of epoch 2
+		epoch  uint64 // alice's epoch at the end
+	}{
+		{"504, then a message of the new epoch", func(w http.ResponseWriter) { w.WriteHeader(http.StatusGatewayTimeout) }, "message", 2},
+		{"504, then a send settles it", func(w http.ResponseWriter) { w.WriteHeader(http.StatusGatewayTimeout) }, "settle", 2},
+		{"409 stale_epoch", func(w http.ResponseWriter) { writeDSError(w, http.StatusConflict, moh.CodeStaleEpoch) }, "", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob, gid, _ := pair(t)
+			var commit, groupInfo, sent []byte
+			mux := http.NewServeMux()
+			mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
+				req := readDSRequest(t, r)
+				switch req.Body.Type {
+				case moh.UpdateClient:
+					commit, _ = wire.Marshal(&req.Body.GroupUpdate.Commit)
+					tc.answer(w)
+					return
+				case moh.SendMessage:
+					sent, _ = wire.Marshal(&req.Body.Message)
+				}
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseOK})
+			})
+			mux.HandleFunc("/external_commit_information", func(w http.ResponseWriter, r *http.Request) {
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseExternalCommitInfo, GroupInfo: groupInfo, RatchetTree: []byte{0}})
+			})
+			fakeGateway(t, alice, mux)
+			if err := alice.Update(t.Context(), gid); err == nil {
+				t.Fatal("Update succeeded without a 200")
+			}
+			alice = reopen(t, alice)
+			fakeGateway(t, alice, mux)
+			if tc.then != "" {
+				if ev, err := bob.process(t.Context(), queued(1, gid, alice.URI(), commit)); err != nil || ev.Kind != EventCommit {
+					t.Fatalf("bob applying alice's commit: %+v, %v", ev, err)
+				}
+			}
+			switch tc.then {
+			case "message":
+				msg := protect(t, bob, gid, "epoch 2")
+				if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), msg)); err != nil || ev.Kind != EventMessage || string(ev.Data) != "epoch 2" {
+					t.Fatalf("alice given bob's message of epoch 2: %+v, %v", ev, err)
+				}
+			case "settle":
+				bm, err := bob.member(gid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				gi, err := bm.GroupInfo()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if groupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}); err != nil {
+					t.Fatal(err)
+				}
+				if err := alice.Send(t.Context(), gid, []byte("after the lost answer")); err != nil {
+					t.Fatalf("alice sending after the lost answer: %v", err)
+				}
+				if ev, err := bob.process(t.Context(), queued(2, gid, alice.URI(), sent)); err != nil || string(ev.Data) != "after the lost answer" {
+					t.Fatalf("bob given alice's message sent after she settled: %+v, %v", ev, err)
+				}
+			}
+			m, err := alice.member(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := m.State().Epoch(); got != tc.epoch {
+				t.Fatalf("alice is in epoch %d; want %d", got, tc.epoch)
+			}
+			if g, _ := alice.loadGroup(gid); g.next != nil {
+				t.Fatal("alice still keeps a pending next epoch")
+			}
+		})
+	}
+}

@@ -38,10 +38,20 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // application messages the client opened carried (keepAttachments), so
 // that GetAttachment opens them in the epoch of their message after the
 // group moved on; the last maxKeptAttachments are kept, across epochs.
+//
+// next is the Member of the epoch the client's own commit starts, while
+// the Delivery Service's answer to it is not known: it is on disk before
+// the commit leaves, goes when the DS refuses the commit (a 4xx DSError)
+// and is kept when the answer is lost (a 504, a connection reset after the
+// DS's write), since the DS does not send the committer its commit. The
+// client adopts it when the queue shows a message of its epoch, or the DS's
+// GroupInfo does (settle); a commit of another member in the current epoch
+// drops it.
 type group struct {
 	cur, prev   *mls.Member
 	pending     [][]byte
 	attachments []keptAttachment
+	next        *mls.Member
 }
 
 // keptAttachment is the attachment_exporter_secret (docs/protocol.md
@@ -129,17 +139,30 @@ func (c *Client) storeMember(m *mls.Member) error {
 
 // storeGroup writes g to its group's file: a known group's file is
 // replaced, a new group gets a new file and then a record that names it.
-// A g without pending proposals keeps those of the group it replaces
-// while the epoch is the same; a g without kept attachment secrets keeps
-// those of the group it replaces. c.mu is held.
+// A g without pending proposals, or without a pending next epoch, keeps
+// those of the group it replaces while the epoch is the same; a g without
+// kept attachment secrets keeps those of the group it replaces. c.mu is
+// held.
 func (c *Client) storeGroup(g *group) error {
 	groupID := g.cur.State().GroupID()
-	if old, ok := c.members[string(groupID)]; ok && g.pending == nil && old.cur.State().Epoch() == g.cur.State().Epoch() {
-		g.pending = old.pending
+	if old, ok := c.members[string(groupID)]; ok && old.cur.State().Epoch() == g.cur.State().Epoch() {
+		if g.pending == nil {
+			g.pending = old.pending
+		}
+		if g.next == nil {
+			g.next = old.next
+		}
 	}
 	if old, ok := c.members[string(groupID)]; ok && g.attachments == nil {
 		g.attachments = old.attachments
 	}
+	return c.writeGroup(g)
+}
+
+// writeGroup writes g as it is to its group's file (storeGroup). c.mu is
+// held.
+func (c *Client) writeGroup(g *group) error {
+	groupID := g.cur.State().GroupID()
 	data, err := encodeGroup(g)
 	if err != nil {
 		return fmt.Errorf("storing group %x: %w", groupID, err)
@@ -269,16 +292,15 @@ func (c *Client) CreateGroup(ctx context.Context) ([]byte, error) {
 // commit has the client commit proposals as a request of type typ; once
 // the Delivery Service accepted it, the client moves to the new epoch.
 // A refusal (409 stale_epoch or commit_conflict when another commit came
-// first: Receive, then try again) changes nothing. c.mu is held.
+// first: Receive, then try again) changes nothing. When the answer is
+// lost, the new epoch is kept pending (group.next) until the client learns
+// whether the DS took the commit. c.mu is held.
 func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType, props []*mls.Proposal) error {
-	m, err := c.member(groupID)
+	g, err := c.settle(ctx, groupID)
 	if err != nil {
 		return err
 	}
-	g, err := c.loadGroup(groupID)
-	if err != nil {
-		return err
-	}
+	m := g.cur
 	// The pending proposals (a member's self-remove) are covered by
 	// reference: the Delivery Service refuses a commit that leaves them
 	// out. The tree stays out of the GroupInfo and the Welcome: the DS
@@ -301,10 +323,57 @@ func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType
 	if err != nil {
 		return err
 	}
+	// The new epoch is on disk before the commit leaves: when the answer
+	// is lost, the DS may have taken it.
+	if err := c.writeGroup(&group{cur: m, prev: g.prev, pending: g.pending, attachments: g.attachments, next: res.Next}); err != nil {
+		return err
+	}
 	if _, err := c.postDS(ctx, "/group_operation", typ.String(), req); err != nil {
+		if refused(err) {
+			if serr := c.writeGroup(&group{cur: m, prev: g.prev, pending: g.pending, attachments: g.attachments}); serr != nil {
+				return fmt.Errorf("%w (and dropping the refused epoch: %v)", err, serr)
+			}
+		}
 		return err
 	}
 	return c.storeGroup(&group{cur: res.Next, prev: m})
+}
+
+// settle returns group groupID, first resolving a pending next epoch
+// (group.next) by asking the Delivery Service for the group's GroupInfo
+// (external_commit_info): the DS in the next epoch, with its confirmed
+// transcript hash, took the client's commit, which is adopted; the DS in
+// the current epoch did not, and the pending epoch goes. A DS further on
+// is an error: Receive brings what happened. c.mu is held.
+func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
+	g, err := c.loadGroup(groupID)
+	if err != nil || g.next == nil {
+		return g, err
+	}
+	r, err := c.externalCommitInfo(ctx, g.cur)
+	if err != nil {
+		return nil, fmt.Errorf("the answer to the client's last commit was lost, and asking for the group's state: %w", err)
+	}
+	msg, err := mls.DecodeMLSMessage(r.GroupInfo)
+	if err != nil || msg.GroupInfo == nil {
+		return nil, fmt.Errorf("external_commit_info: the answer holds no GroupInfo: %v", err)
+	}
+	gc := msg.GroupInfo.GroupContext
+	switch {
+	case gc.Epoch == g.next.State().Epoch() && bytes.Equal(gc.ConfirmedTranscriptHash, g.next.State().ConfirmedTranscriptHash()):
+		adopted := &group{cur: g.next, prev: g.cur, attachments: g.attachments}
+		if err := c.writeGroup(adopted); err != nil {
+			return nil, err
+		}
+		return adopted, nil
+	case gc.Epoch == g.cur.State().Epoch():
+		kept := &group{cur: g.cur, prev: g.prev, pending: g.pending, attachments: g.attachments}
+		if err := c.writeGroup(kept); err != nil {
+			return nil, err
+		}
+		return kept, nil
+	}
+	return nil, fmt.Errorf("the answer to the client's last commit was lost and the group is in epoch %d: receive first", gc.Epoch)
 }
 
 // Add adds users or clients of the client's provider to the group: each
@@ -493,7 +562,17 @@ func (c *Client) ExternalCommitInfo(ctx context.Context, groupID []byte) (*JoinI
 	if err != nil {
 		return nil, fmt.Errorf("external_commit_info: %w", err)
 	}
-	req, err := c.sign(moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: groupID}}, m.LeafIndex())
+	r, err := c.externalCommitInfo(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	return &JoinInfo{GroupInfo: r.GroupInfo, RatchetTree: r.RatchetTree}, nil
+}
+
+// externalCommitInfo asks the Delivery Service, as member m, for its
+// group's GroupInfo and tree. c.mu is held.
+func (c *Client) externalCommitInfo(ctx context.Context, m *mls.Member) (*moh.DSResponse, error) {
+	req, err := c.sign(moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: m.State().GroupID()}}, m.LeafIndex())
 	if err != nil {
 		return nil, fmt.Errorf("external_commit_info: %w", err)
 	}
@@ -504,7 +583,7 @@ func (c *Client) ExternalCommitInfo(ctx context.Context, groupID []byte) (*JoinI
 	if r.Type != moh.ResponseExternalCommitInfo {
 		return nil, fmt.Errorf("external_commit_info: answer of type %d", r.Type)
 	}
-	return &JoinInfo{GroupInfo: r.GroupInfo, RatchetTree: r.RatchetTree}, nil
+	return r, nil
 }
 
 // JoinExternal joins the group info describes with an external commit
@@ -639,7 +718,7 @@ func (c *Client) Leave(ctx context.Context, groupID []byte) error {
 }
 
 func (c *Client) leave(ctx context.Context, groupID []byte) error {
-	g, err := c.loadGroup(groupID)
+	g, err := c.settle(ctx, groupID)
 	if err != nil {
 		return err
 	}

@@ -34,10 +34,11 @@ func (c *Client) Send(ctx context.Context, groupID []byte, data []byte) error {
 }
 
 func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
-	m, err := c.member(groupID)
+	g, err := c.settle(ctx, groupID)
 	if err != nil {
 		return err
 	}
+	m := g.cur
 	msg, err := m.Protect(data, nil)
 	if err != nil {
 		return err
@@ -208,9 +209,18 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 	if err != nil {
 		return skip(err)
 	}
+	epoch, _ := msg.Epoch()
+	if g.next != nil && epoch == g.next.State().Epoch() {
+		// A message of the epoch the client's own commit started: the DS
+		// took the commit whose answer was lost.
+		adopted := &group{cur: g.next, prev: g.cur, attachments: g.attachments}
+		if err := c.writeGroup(adopted); err != nil {
+			return ev, err
+		}
+		g = adopted
+	}
 	m := g.cur
 	ev.Epoch = m.State().Epoch()
-	epoch, _ := msg.Epoch()
 	if msg.PrivateMessage != nil && g.prev != nil && epoch+1 == m.State().Epoch() {
 		// Sent in the epoch the client's own commit ended, before the
 		// commit was accepted.

@@ -232,7 +232,7 @@ func syncDir(dir string) error {
 }
 
 // groupFormat is the version byte of a group file: 2 adds the pending
-// proposals, 3 the kept attachment secrets; files of format 1 (neither)
+// proposals, 3 the kept attachment secrets and the pending next epoch; files of format 1 (neither)
 // and 2 are still read.
 const (
 	groupFormat   = 3
@@ -256,6 +256,8 @@ const maxKeptAttachments = 256
 //	    opaque pending<V>;                // the proposals of the current
 //	                                      // epoch, each an MLSMessage<V>
 //	    opaque attachments<V>;            // KeptAttachment entries, oldest first
+//	    optional<opaque next<V>>;         // the Member of the epoch of the
+//	                                      // client's commit whose answer was lost
 //	} GroupFile;
 //
 //	struct {
@@ -303,6 +305,14 @@ func encodeGroup(g *group) ([]byte, error) {
 		return nil, err
 	}
 	wire.AddOpaque(&b, attachments)
+	wire.AddOptional(&b, g.next != nil)
+	if g.next != nil {
+		next, err := g.next.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		wire.AddOpaque(&b, next)
+	}
 	return b.Bytes()
 }
 
@@ -337,6 +347,11 @@ func decodeGroup(data []byte) (*group, error) {
 			attachments = append(attachments, k)
 		}
 	}
+	var next []byte
+	var hasNext bool
+	if ok && format >= groupFormat {
+		ok = wire.ReadOptional(&s, &hasNext) && (!hasNext || wire.ReadOpaque(&s, &next))
+	}
 	if !ok || !s.Empty() {
 		return nil, fmt.Errorf("%w: group file: %w", ErrStateEncoding, wire.ErrMalformed)
 	}
@@ -351,6 +366,14 @@ func decodeGroup(data []byte) (*group, error) {
 		}
 		if !bytes.Equal(g.prev.State().GroupID(), g.cur.State().GroupID()) || g.prev.State().Epoch()+1 != g.cur.State().Epoch() {
 			return nil, fmt.Errorf("%w: the previous epoch's member is not of the epoch before", ErrStateEncoding)
+		}
+	}
+	if hasNext {
+		if g.next, err = mls.DecodeMember(next, mls.MemberOptions{}); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)
+		}
+		if !bytes.Equal(g.next.State().GroupID(), g.cur.State().GroupID()) || g.next.State().Epoch() != g.cur.State().Epoch()+1 {
+			return nil, fmt.Errorf("%w: the pending next epoch's member is not of the epoch after", ErrStateEncoding)
 		}
 	}
 	return g, nil

@@ -485,14 +485,15 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 	if g, err := decodeGroup(valid); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a valid group file: %+v, %v", g, err)
 	}
-	// A file of format 2 has no kept attachments (the last byte, an
-	// empty vector, is format 3's), one of format 1 no pending proposals
-	// either (the byte before).
-	v2 := append([]byte{groupFormatV2}, valid[1:len(valid)-1]...)
+	// A file of format 2 has no kept attachments and no pending next
+	// epoch (the last two bytes, an empty vector and an absent optional,
+	// are format 3's), one of format 1 no pending proposals either (the
+	// byte before).
+	v2 := append([]byte{groupFormatV2}, valid[1:len(valid)-2]...)
 	if g, err := decodeGroup(v2); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a group file of format 2: %+v, %v", g, err)
 	}
-	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-2]...)
+	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-3]...)
 	if g, err := decodeGroup(v1); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a group file of format 1: %+v, %v", g, err)
 	}
@@ -501,6 +502,10 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 	if g, err := decodeGroup(enc(&group{cur: res.Next, attachments: []keptAttachment{k, k}})); err != nil || len(g.attachments) != 2 ||
 		g.attachments[1].sender != 7 || string(g.attachments[1].secret) != "secret" || string(g.attachments[1].hash) != "hash" {
 		t.Fatalf("decoding a group file with kept attachments: %+v, %v", g, err)
+	}
+	// A pending next epoch survives the round trip.
+	if g, err := decodeGroup(enc(&group{cur: m, next: res.Next})); err != nil || g.next == nil || g.next.State().Epoch() != 2 {
+		t.Fatalf("decoding a group file with a pending next epoch: %+v, %v", g, err)
 	}
 	tooManyKept := make([]keptAttachment, maxKeptAttachments+1)
 	for i := range tooManyKept {
@@ -527,6 +532,8 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 		{"too many kept attachments", enc(&group{cur: res.Next, attachments: tooManyKept})},
 		{"previous member of the same epoch", enc(&group{cur: m, prev: m})},
 		{"previous member of a later epoch", enc(&group{cur: m, prev: res.Next})},
+		{"pending next member of the same epoch", enc(&group{cur: m, next: m})},
+		{"pending next member of an earlier epoch", enc(&group{cur: res.Next, next: m})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := decodeGroup(tc.data); !errors.Is(err, ErrStateEncoding) {
