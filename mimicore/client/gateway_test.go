@@ -436,3 +436,61 @@ func TestCommitAnswerLost(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnCommitsInARow: alice commits twice before receiving; bob's
+// messages of each epoch before her commits, queued ahead of anything
+// newer, still open. Beyond maxOlderEpochs+1 commits the oldest epoch is
+// gone.
+func TestOwnCommitsInARow(t *testing.T) {
+	alice, bob, gid, _ := pair(t)
+	var commits [][]byte
+	mux := http.NewServeMux()
+	mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
+		req := readDSRequest(t, r)
+		c, _ := wire.Marshal(&req.Body.GroupUpdate.Commit)
+		commits = append(commits, c)
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseOK})
+	})
+	fakeGateway(t, alice, mux)
+	early := protect(t, bob, gid, "epoch 1")
+	for range 2 {
+		if err := alice.Update(t.Context(), gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alice = reopen(t, alice)
+	// bob follows alice's first commit and sends in epoch 2, as if the DS
+	// took his message between her two commits.
+	if ev, err := bob.process(t.Context(), queued(1, gid, alice.URI(), commits[0])); err != nil || ev.Kind != EventCommit {
+		t.Fatalf("bob applying alice's first commit: %+v, %v", ev, err)
+	}
+	second := protect(t, bob, gid, "epoch 2")
+	for i, tc := range []struct {
+		msg  []byte
+		want string
+	}{{early, "epoch 1"}, {second, "epoch 2"}} {
+		if ev, err := alice.process(t.Context(), queued(uint64(i+1), gid, bob.URI(), tc.msg)); err != nil || ev.Kind != EventMessage || string(ev.Data) != tc.want {
+			t.Fatalf("alice given bob's message of %s after her two commits: %+v, %v", tc.want, ev, err)
+		}
+	}
+	g, err := alice.loadGroup(gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.prev == nil || g.prev.State().Epoch() != 2 || len(g.older) != 0 {
+		t.Fatalf("after a message of epoch 2, alice keeps prev %v and %d older; want epoch 2's and none", g.prev != nil, len(g.older))
+	}
+
+	// Beyond the bound the oldest epoch goes.
+	alice2, bob2, gid2, _ := pair(t)
+	fakeGateway(t, alice2, mux)
+	tooOld := protect(t, bob2, gid2, "epoch 1")
+	for range maxOlderEpochs + 2 {
+		if err := alice2.Update(t.Context(), gid2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ev, err := alice2.process(t.Context(), queued(1, gid2, bob2.URI(), tooOld)); err != nil || ev.Kind != EventSkipped {
+		t.Fatalf("alice given a message of epoch 1 after %d commits: %+v, %v; want skipped", maxOlderEpochs+2, ev, err)
+	}
+}

@@ -25,8 +25,12 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // of the epoch before, which opens the application messages other members
 // sent in that epoch before the commit was accepted (they are queued ahead
 // of anything of the new epoch). The previous epoch's Member is dropped as
-// soon as the queue shows a message of the new epoch, or the group moves
-// on again, so its keys live no longer than needed.
+// soon as the queue shows a message of the new epoch, or another member's
+// commit moves the group on, so its keys live no longer than needed.
+// After several own commits in a row, the Members of the epochs before
+// prev are in older (oldest first, consecutive epochs, at most
+// maxOlderEpochs): a message of each may still be queued. Opening a
+// message of an epoch drops the Members of the epochs before it.
 //
 // pending are the proposals of the current epoch the client received (a
 // member's self-remove, which the Delivery Service keeps until a commit
@@ -49,9 +53,45 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // drops it.
 type group struct {
 	cur, prev   *mls.Member
+	older       []*mls.Member
 	pending     [][]byte
 	attachments []keptAttachment
 	next        *mls.Member
+}
+
+// maxOlderEpochs bounds group.older: with prev, the Members of the last
+// maxOlderEpochs+1 epochs before the current one are kept after the
+// client's own commits in a row.
+const maxOlderEpochs = 3
+
+// advance returns g moved to next, the Member of the epoch after g.cur
+// that the client's own commit started: g.cur becomes prev, and g.prev
+// joins older (the oldest going beyond maxOlderEpochs). The pending
+// proposals and the pending next epoch go with the epoch.
+func (g *group) advance(next *mls.Member) *group {
+	older := slices.Clone(g.older)
+	if g.prev != nil {
+		older = append(older, g.prev)
+	}
+	if len(older) > maxOlderEpochs {
+		older = slices.Delete(older, 0, len(older)-maxOlderEpochs)
+	}
+	return &group{cur: next, prev: g.cur, older: older, attachments: g.attachments}
+}
+
+// previous returns the client's Member of epoch e among g.prev and
+// g.older, with the Members of e and the epochs after it (the ones to keep
+// once a message of e is opened), or nil.
+func (g *group) previous(e uint64) (m *mls.Member, prev *mls.Member, older []*mls.Member) {
+	if g.prev != nil && g.prev.State().Epoch() == e {
+		return g.prev, g.prev, nil
+	}
+	for i, o := range g.older {
+		if o.State().Epoch() == e {
+			return o, g.prev, slices.Clone(g.older[i:])
+		}
+	}
+	return nil, nil, nil
 }
 
 // keptAttachment is the attachment_exporter_secret (docs/protocol.md
@@ -127,12 +167,12 @@ func (c *Client) member(groupID []byte) (*mls.Member, error) {
 }
 
 // storeMember stores m as the client's current Member of its group,
-// keeping the previous epoch's Member only while m is of the same epoch
+// keeping the previous epochs' Members only while m is of the same epoch
 // as the one it replaces (a message protected or opened). c.mu is held.
 func (c *Client) storeMember(m *mls.Member) error {
 	g := &group{cur: m}
 	if old, ok := c.members[string(m.State().GroupID())]; ok && old.cur.State().Epoch() == m.State().Epoch() {
-		g.prev = old.prev
+		g.prev, g.older = old.prev, old.older
 	}
 	return c.storeGroup(g)
 }
@@ -325,18 +365,18 @@ func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType
 	}
 	// The new epoch is on disk before the commit leaves: when the answer
 	// is lost, the DS may have taken it.
-	if err := c.writeGroup(&group{cur: m, prev: g.prev, pending: g.pending, attachments: g.attachments, next: res.Next}); err != nil {
+	if err := c.writeGroup(&group{cur: m, prev: g.prev, older: g.older, pending: g.pending, attachments: g.attachments, next: res.Next}); err != nil {
 		return err
 	}
 	if _, err := c.postDS(ctx, "/group_operation", typ.String(), req); err != nil {
 		if refused(err) {
-			if serr := c.writeGroup(&group{cur: m, prev: g.prev, pending: g.pending, attachments: g.attachments}); serr != nil {
+			if serr := c.writeGroup(&group{cur: m, prev: g.prev, older: g.older, pending: g.pending, attachments: g.attachments}); serr != nil {
 				return fmt.Errorf("%w (and dropping the refused epoch: %v)", err, serr)
 			}
 		}
 		return err
 	}
-	return c.storeGroup(&group{cur: res.Next, prev: m})
+	return c.writeGroup(g.advance(res.Next))
 }
 
 // settle returns group groupID, first resolving a pending next epoch
@@ -361,13 +401,13 @@ func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
 	gc := msg.GroupInfo.GroupContext
 	switch {
 	case gc.Epoch == g.next.State().Epoch() && bytes.Equal(gc.ConfirmedTranscriptHash, g.next.State().ConfirmedTranscriptHash()):
-		adopted := &group{cur: g.next, prev: g.cur, attachments: g.attachments}
+		adopted := g.advance(g.next)
 		if err := c.writeGroup(adopted); err != nil {
 			return nil, err
 		}
 		return adopted, nil
 	case gc.Epoch == g.cur.State().Epoch():
-		kept := &group{cur: g.cur, prev: g.prev, pending: g.pending, attachments: g.attachments}
+		kept := &group{cur: g.cur, prev: g.prev, older: g.older, pending: g.pending, attachments: g.attachments}
 		if err := c.writeGroup(kept); err != nil {
 			return nil, err
 		}
@@ -744,13 +784,13 @@ func (c *Client) leave(ctx context.Context, groupID []byte) error {
 		return errors.New("too many pending proposals")
 	}
 	before := append([][]byte{}, g.pending...) // not nil: storeGroup keeps nil's predecessor
-	if err := c.storeGroup(&group{cur: g.cur, prev: g.prev, pending: append(slices.Clone(g.pending), enc)}); err != nil {
+	if err := c.storeGroup(&group{cur: g.cur, prev: g.prev, older: g.older, pending: append(slices.Clone(g.pending), enc)}); err != nil {
 		return err
 	}
 	_, err = c.postDS(ctx, "/group_operation", "self_remove_client", req)
 	if refused(err) {
 		// The DS refused it and kept nothing: the proposal goes.
-		if serr := c.storeGroup(&group{cur: g.cur, prev: g.prev, pending: before}); serr != nil {
+		if serr := c.storeGroup(&group{cur: g.cur, prev: g.prev, older: g.older, pending: before}); serr != nil {
 			return fmt.Errorf("%w (and dropping the refused proposal: %v)", err, serr)
 		}
 	}

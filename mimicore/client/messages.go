@@ -213,7 +213,7 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 	if g.next != nil && epoch == g.next.State().Epoch() {
 		// A message of the epoch the client's own commit started: the DS
 		// took the commit whose answer was lost.
-		adopted := &group{cur: g.next, prev: g.cur, attachments: g.attachments}
+		adopted := g.advance(g.next)
 		if err := c.writeGroup(adopted); err != nil {
 			return ev, err
 		}
@@ -221,18 +221,19 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 	}
 	m := g.cur
 	ev.Epoch = m.State().Epoch()
-	if msg.PrivateMessage != nil && g.prev != nil && epoch+1 == m.State().Epoch() {
-		// Sent in the epoch the client's own commit ended, before the
-		// commit was accepted.
-		sender, data, err := g.prev.Unprotect(msg)
+	if pm, prev, older := g.previous(epoch); msg.PrivateMessage != nil && pm != nil {
+		// Sent in an epoch one of the client's own commits ended, before
+		// the commit was accepted. The epochs before it are over: their
+		// messages are queued ahead of this one.
+		sender, data, err := pm.Unprotect(msg)
 		if err != nil {
 			return skip(err)
 		}
-		kept := &group{cur: g.cur, prev: g.prev, pending: g.pending, attachments: keepAttachments(g, g.prev, sender, data)}
+		kept := &group{cur: g.cur, prev: prev, older: older, pending: g.pending, attachments: keepAttachments(g, pm, sender, data)}
 		if err := c.storeGroup(kept); err != nil { // the message key is used up
 			return ev, err
 		}
-		ev.Kind, ev.Data, ev.Sender = EventMessage, data, identityOf(g.prev.State(), sender)
+		ev.Kind, ev.Data, ev.Sender = EventMessage, data, identityOf(pm.State(), sender)
 		return ev, nil
 	}
 	switch {
@@ -267,7 +268,7 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 		if len(g.pending) >= maxPendingProposals {
 			return skip(errors.New("too many pending proposals"))
 		}
-		kept := &group{cur: g.cur, prev: g.prev, pending: append(slices.Clone(g.pending), bytes.Clone(qm.Message))}
+		kept := &group{cur: g.cur, prev: g.prev, older: g.older, pending: append(slices.Clone(g.pending), bytes.Clone(qm.Message))}
 		if err := c.storeGroup(kept); err != nil {
 			return ev, err
 		}

@@ -232,7 +232,8 @@ func syncDir(dir string) error {
 }
 
 // groupFormat is the version byte of a group file: 2 adds the pending
-// proposals, 3 the kept attachment secrets and the pending next epoch; files of format 1 (neither)
+// proposals, 3 the kept attachment secrets, the pending next epoch and
+// the Members of older epochs; files of format 1 (neither)
 // and 2 are still read.
 const (
 	groupFormat   = 3
@@ -258,6 +259,8 @@ const maxKeptAttachments = 256
 //	    opaque attachments<V>;            // KeptAttachment entries, oldest first
 //	    optional<opaque next<V>>;         // the Member of the epoch of the
 //	                                      // client's commit whose answer was lost
+//	    opaque older<V>;                  // the Members of the epochs before
+//	                                      // previous, oldest first, each opaque<V>
 //	} GroupFile;
 //
 //	struct {
@@ -313,6 +316,19 @@ func encodeGroup(g *group) ([]byte, error) {
 		}
 		wire.AddOpaque(&b, next)
 	}
+	var olderList cryptobyte.Builder
+	for _, o := range g.older {
+		enc, err := o.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		wire.AddOpaque(&olderList, enc)
+	}
+	older, err := olderList.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	wire.AddOpaque(&b, older)
 	return b.Bytes()
 }
 
@@ -349,8 +365,16 @@ func decodeGroup(data []byte) (*group, error) {
 	}
 	var next []byte
 	var hasNext bool
+	var older [][]byte
 	if ok && format >= groupFormat {
-		ok = wire.ReadOptional(&s, &hasNext) && (!hasNext || wire.ReadOpaque(&s, &next))
+		var raw []byte
+		ok = wire.ReadOptional(&s, &hasNext) && (!hasNext || wire.ReadOpaque(&s, &next)) && wire.ReadOpaque(&s, &raw)
+		list := cryptobyte.String(raw)
+		for ok && !list.Empty() {
+			var o []byte
+			ok = wire.ReadOpaque(&list, &o) && len(older) < maxOlderEpochs
+			older = append(older, o)
+		}
 	}
 	if !ok || !s.Empty() {
 		return nil, fmt.Errorf("%w: group file: %w", ErrStateEncoding, wire.ErrMalformed)
@@ -367,6 +391,23 @@ func decodeGroup(data []byte) (*group, error) {
 		if !bytes.Equal(g.prev.State().GroupID(), g.cur.State().GroupID()) || g.prev.State().Epoch()+1 != g.cur.State().Epoch() {
 			return nil, fmt.Errorf("%w: the previous epoch's member is not of the epoch before", ErrStateEncoding)
 		}
+	}
+	if len(older) > 0 && !hasPrev {
+		return nil, fmt.Errorf("%w: older epochs' members without the previous one's", ErrStateEncoding)
+	}
+	for i := len(older) - 1; i >= 0; i-- {
+		o, err := mls.DecodeMember(older[i], mls.MemberOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)
+		}
+		after := g.prev
+		if len(g.older) > 0 {
+			after = g.older[0]
+		}
+		if !bytes.Equal(o.State().GroupID(), g.cur.State().GroupID()) || o.State().Epoch()+1 != after.State().Epoch() {
+			return nil, fmt.Errorf("%w: an older epoch's member is not of the epoch before the next one kept", ErrStateEncoding)
+		}
+		g.older = append([]*mls.Member{o}, g.older...)
 	}
 	if hasNext {
 		if g.next, err = mls.DecodeMember(next, mls.MemberOptions{}); err != nil {

@@ -485,15 +485,15 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 	if g, err := decodeGroup(valid); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a valid group file: %+v, %v", g, err)
 	}
-	// A file of format 2 has no kept attachments and no pending next
-	// epoch (the last two bytes, an empty vector and an absent optional,
-	// are format 3's), one of format 1 no pending proposals either (the
-	// byte before).
-	v2 := append([]byte{groupFormatV2}, valid[1:len(valid)-2]...)
+	// A file of format 2 has no kept attachments, no pending next epoch
+	// and no older epochs (the last three bytes, an empty vector, an
+	// absent optional and an empty vector, are format 3's), one of format
+	// 1 no pending proposals either (the byte before).
+	v2 := append([]byte{groupFormatV2}, valid[1:len(valid)-3]...)
 	if g, err := decodeGroup(v2); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a group file of format 2: %+v, %v", g, err)
 	}
-	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-3]...)
+	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-4]...)
 	if g, err := decodeGroup(v1); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a group file of format 1: %+v, %v", g, err)
 	}
@@ -506,6 +506,15 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 	// A pending next epoch survives the round trip.
 	if g, err := decodeGroup(enc(&group{cur: m, next: res.Next})); err != nil || g.next == nil || g.next.State().Epoch() != 2 {
 		t.Fatalf("decoding a group file with a pending next epoch: %+v, %v", g, err)
+	}
+	// Older epochs' Members survive the round trip.
+	res3, err := res.Next.Commit(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err := decodeGroup(enc(&group{cur: res3.Next, prev: res.Next, older: []*mls.Member{m}})); err != nil || len(g.older) != 1 ||
+		g.older[0].State().Epoch() != 1 || g.prev.State().Epoch() != 2 {
+		t.Fatalf("decoding a group file with an older epoch's member: %+v, %v", g, err)
 	}
 	tooManyKept := make([]keptAttachment, maxKeptAttachments+1)
 	for i := range tooManyKept {
@@ -533,6 +542,9 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 		{"previous member of the same epoch", enc(&group{cur: m, prev: m})},
 		{"previous member of a later epoch", enc(&group{cur: m, prev: res.Next})},
 		{"pending next member of the same epoch", enc(&group{cur: m, next: m})},
+		{"older member without a previous one", enc(&group{cur: res3.Next, older: []*mls.Member{m}})},
+		{"older member of the previous one's epoch", enc(&group{cur: res3.Next, prev: res.Next, older: []*mls.Member{res.Next}})},
+		{"too many older members", enc(&group{cur: res3.Next, prev: res.Next, older: []*mls.Member{m, m, m, m}})},
 		{"pending next member of an earlier epoch", enc(&group{cur: res.Next, next: m})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
