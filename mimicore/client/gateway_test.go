@@ -2,6 +2,7 @@ package client
 
 import (
 	"crypto/rand"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -492,5 +493,121 @@ func TestOwnCommitsInARow(t *testing.T) {
 	}
 	if ev, err := alice2.process(t.Context(), queued(1, gid2, bob2.URI(), tooOld)); err != nil || ev.Kind != EventSkipped {
 		t.Fatalf("alice given a message of epoch 1 after %d commits: %+v, %v; want skipped", maxOlderEpochs+2, ev, err)
+	}
+}
+
+// TestExternalJoinAnswerLost: carol's external join is answered 504. Her
+// group stays, marked joining: a message of its epoch confirms it, the
+// DS's GroupInfo of her epoch confirms it, a 404 to her question forgets
+// it, and she joins again.
+func TestExternalJoinAnswerLost(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		then    string // "message", "groupinfo" or "refused"
+		member  bool   // carol is in the group at the end
+		rejoins bool
+	}{
+		{"a message of her epoch", "message", true, false},
+		{"the DS's GroupInfo of her epoch", "groupinfo", true, false},
+		{"the DS does not know her", "refused", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob, gid, _ := pair(t)
+			carol := newOffline(t, "carol")
+			am, err := alice.member(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gi, err := am.GroupInfo()
+			if err != nil {
+				t.Fatal(err)
+			}
+			giEnc, err := wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := am.State().Tree().RatchetTree()
+			rtEnc, err := wire.Marshal(&rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info := &JoinInfo{GroupInfo: giEnc, RatchetTree: rtEnc}
+			var joins int
+			var commit, dsGroupInfo []byte
+			mux := http.NewServeMux()
+			mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
+				req := readDSRequest(t, r)
+				if req.Body.Type == moh.ExternalJoin {
+					joins++
+					commit, _ = wire.Marshal(&req.Body.GroupUpdate.Commit)
+					if joins == 1 {
+						w.WriteHeader(http.StatusGatewayTimeout)
+						return
+					}
+				}
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseOK})
+			})
+			mux.HandleFunc("/external_commit_information", func(w http.ResponseWriter, r *http.Request) {
+				if tc.then == "refused" {
+					writeDSError(w, http.StatusNotFound, moh.CodeNotFound)
+					return
+				}
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseExternalCommitInfo, GroupInfo: dsGroupInfo, RatchetTree: []byte{0}})
+			})
+			fakeGateway(t, carol, mux)
+			if _, err := carol.JoinExternal(t.Context(), info); err == nil {
+				t.Fatal("JoinExternal succeeded without a 200")
+			}
+			carol = reopen(t, carol)
+			fakeGateway(t, carol, mux)
+			if g, err := carol.loadGroup(gid); err != nil || !g.joining {
+				t.Fatalf("carol after the lost answer: %+v, %v; want the group, joining", g, err)
+			}
+			switch tc.then {
+			case "message":
+				if ev, err := bob.process(t.Context(), queued(1, gid, carol.URI(), commit)); err != nil || ev.Kind != EventCommit {
+					t.Fatalf("bob applying carol's join: %+v, %v", ev, err)
+				}
+				msg := protect(t, bob, gid, "welcome carol")
+				if ev, err := carol.process(t.Context(), queued(1, gid, bob.URI(), msg)); err != nil || string(ev.Data) != "welcome carol" {
+					t.Fatalf("carol given bob's message of her epoch: %+v, %v", ev, err)
+				}
+			case "groupinfo":
+				if ev, err := bob.process(t.Context(), queued(1, gid, carol.URI(), commit)); err != nil || ev.Kind != EventCommit {
+					t.Fatalf("bob applying carol's join: %+v, %v", ev, err)
+				}
+				bm, err := bob.member(gid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				bgi, err := bm.GroupInfo()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if dsGroupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: bgi}); err != nil {
+					t.Fatal(err)
+				}
+				if err := carol.Send(t.Context(), gid, []byte("hello")); err != nil {
+					t.Fatalf("carol sending after the lost answer: %v", err)
+				}
+			case "refused":
+				if err := carol.Send(t.Context(), gid, []byte("hello")); !errors.Is(err, ErrUnknownGroup) {
+					t.Fatalf("carol sending after a join the DS did not take: %v; want ErrUnknownGroup", err)
+				}
+				if len(carol.Groups()) != 0 {
+					t.Fatal("carol keeps a group the DS did not let her into")
+				}
+				if _, err := carol.JoinExternal(t.Context(), info); err != nil {
+					t.Fatalf("carol joining again: %v", err)
+				}
+			}
+			g, err := carol.loadGroup(gid)
+			if (err == nil) != tc.member || (err == nil && g.joining) {
+				t.Fatalf("carol at the end: %+v, %v; want member %v, not joining", g, err, tc.member)
+			}
+			if tc.rejoins != (joins == 2) {
+				t.Fatalf("%d external joins; want a second one: %v", joins, tc.rejoins)
+			}
+		})
 	}
 }

@@ -51,12 +51,19 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // client adopts it when the queue shows a message of its epoch, or the DS's
 // GroupInfo does (settle); a commit of another member in the current epoch
 // drops it.
+//
+// joining marks a group the client joined with an external commit whose
+// answer was lost: it is on disk before the commit leaves, and is
+// confirmed by a message of its epoch or later, or by the DS's GroupInfo
+// (settle); a refusal of the join or of that question (a 4xx DSError: the
+// client is not a member) forgets the group.
 type group struct {
 	cur, prev   *mls.Member
 	older       []*mls.Member
 	pending     [][]byte
 	attachments []keptAttachment
 	next        *mls.Member
+	joining     bool
 }
 
 // maxOlderEpochs bounds group.older: with prev, the Members of the last
@@ -192,6 +199,7 @@ func (c *Client) storeGroup(g *group) error {
 		if g.next == nil {
 			g.next = old.next
 		}
+		g.joining = g.joining || old.joining
 	}
 	if old, ok := c.members[string(groupID)]; ok && g.attachments == nil {
 		g.attachments = old.attachments
@@ -387,10 +395,17 @@ func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType
 // is an error: Receive brings what happened. c.mu is held.
 func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
 	g, err := c.loadGroup(groupID)
-	if err != nil || g.next == nil {
+	if err != nil || (g.next == nil && !g.joining) {
 		return g, err
 	}
 	r, err := c.externalCommitInfo(ctx, g.cur)
+	if g.joining && refused(err) {
+		// The DS does not take the client for a member: the join was lost.
+		if ferr := c.forget(groupID); ferr != nil {
+			return nil, ferr
+		}
+		return nil, fmt.Errorf("%w %x: the external join whose answer was lost was not taken: %w", ErrUnknownGroup, groupID, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("the answer to the client's last commit was lost, and asking for the group's state: %w", err)
 	}
@@ -399,6 +414,23 @@ func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
 		return nil, fmt.Errorf("external_commit_info: the answer holds no GroupInfo: %v", err)
 	}
 	gc := msg.GroupInfo.GroupContext
+	if g.joining {
+		if gc.Epoch != g.cur.State().Epoch() {
+			return nil, fmt.Errorf("the answer to the client's external join was lost and the group is in epoch %d: receive first", gc.Epoch)
+		}
+		if !bytes.Equal(gc.ConfirmedTranscriptHash, g.cur.State().ConfirmedTranscriptHash()) {
+			// Another commit of that epoch was taken instead.
+			if err := c.forget(groupID); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w %x: the external join whose answer was lost was not taken", ErrUnknownGroup, groupID)
+		}
+		joined := &group{cur: g.cur, attachments: g.attachments}
+		if err := c.writeGroup(joined); err != nil {
+			return nil, err
+		}
+		return joined, nil
+	}
 	switch {
 	case gc.Epoch == g.next.State().Epoch() && bytes.Equal(gc.ConfirmedTranscriptHash, g.next.State().ConfirmedTranscriptHash()):
 		adopted := g.advance(g.next)
@@ -628,7 +660,9 @@ func (c *Client) externalCommitInfo(ctx context.Context, m *mls.Member) (*moh.DS
 
 // JoinExternal joins the group info describes with an external commit
 // (external_join), as a new client of a user already in the group; it
-// returns the group id.
+// returns the group id. When the answer is lost, the group is kept,
+// pending: the next Receive or operation on it settles whether the DS took
+// the join, and JoinExternal may be called again.
 func (c *Client) JoinExternal(ctx context.Context, info *JoinInfo) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -653,7 +687,14 @@ func (c *Client) joinExternal(ctx context.Context, info *JoinInfo) ([]byte, erro
 	}
 	gid := msg.GroupInfo.GroupContext.GroupID
 	if c.rec.group(gid) >= 0 {
-		return nil, fmt.Errorf("already in group %x", gid)
+		// A join whose answer was lost is settled first: when the DS did
+		// not take it, the client joins again.
+		if _, err := c.settle(ctx, gid); !errors.Is(err, ErrUnknownGroup) || c.rec.group(gid) >= 0 {
+			if err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("already in group %x", gid)
+		}
 	}
 	if msg.GroupInfo.GroupContext.CipherSuite != c.rec.suite {
 		return nil, fmt.Errorf("the group's cipher suite %d is not the client's", uint16(msg.GroupInfo.GroupContext.CipherSuite))
@@ -679,10 +720,20 @@ func (c *Client) joinExternal(ctx context.Context, info *JoinInfo) ([]byte, erro
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.postDS(ctx, "/group_operation", "external_join", req); err != nil {
+	// The group is on disk before the commit leaves, marked joining: when
+	// the answer is lost, the DS may have taken it.
+	if err := c.storeGroup(&group{cur: m, joining: true}); err != nil {
 		return nil, err
 	}
-	if err := c.storeMember(m); err != nil {
+	if _, err := c.postDS(ctx, "/group_operation", "external_join", req); err != nil {
+		if refused(err) {
+			if ferr := c.forget(gid); ferr != nil {
+				return nil, fmt.Errorf("%w (and forgetting the group: %v)", err, ferr)
+			}
+		}
+		return nil, err
+	}
+	if err := c.writeGroup(&group{cur: m}); err != nil {
 		return nil, err
 	}
 	return bytes.Clone(gid), nil

@@ -219,6 +219,15 @@ func (c *Client) process(ctx context.Context, qm *localapi.Message) (Event, erro
 		}
 		g = adopted
 	}
+	if g.joining && epoch >= g.cur.State().Epoch() {
+		// A message of the epoch the client's external join started, or
+		// later: the DS took the join whose answer was lost.
+		joined := &group{cur: g.cur, pending: g.pending, attachments: g.attachments}
+		if err := c.writeGroup(joined); err != nil {
+			return ev, err
+		}
+		g = joined
+	}
 	m := g.cur
 	ev.Epoch = m.State().Epoch()
 	if pm, prev, older := g.previous(epoch); msg.PrivateMessage != nil && pm != nil {

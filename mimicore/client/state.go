@@ -232,8 +232,8 @@ func syncDir(dir string) error {
 }
 
 // groupFormat is the version byte of a group file: 2 adds the pending
-// proposals, 3 the kept attachment secrets, the pending next epoch and
-// the Members of older epochs; files of format 1 (neither)
+// proposals, 3 the kept attachment secrets, the pending next epoch, the
+// Members of older epochs and the joining mark; files of format 1 (neither)
 // and 2 are still read.
 const (
 	groupFormat   = 3
@@ -261,6 +261,7 @@ const maxKeptAttachments = 256
 //	                                      // client's commit whose answer was lost
 //	    opaque older<V>;                  // the Members of the epochs before
 //	                                      // previous, oldest first, each opaque<V>
+//	    uint8 joining;                    // 1: an external join whose answer was lost
 //	} GroupFile;
 //
 //	struct {
@@ -329,6 +330,7 @@ func encodeGroup(g *group) ([]byte, error) {
 		return nil, err
 	}
 	wire.AddOpaque(&b, older)
+	wire.AddOptional(&b, g.joining) // a boolean
 	return b.Bytes()
 }
 
@@ -366,6 +368,7 @@ func decodeGroup(data []byte) (*group, error) {
 	var next []byte
 	var hasNext bool
 	var older [][]byte
+	var joining bool
 	if ok && format >= groupFormat {
 		var raw []byte
 		ok = wire.ReadOptional(&s, &hasNext) && (!hasNext || wire.ReadOpaque(&s, &next)) && wire.ReadOpaque(&s, &raw)
@@ -375,11 +378,12 @@ func decodeGroup(data []byte) (*group, error) {
 			ok = wire.ReadOpaque(&list, &o) && len(older) < maxOlderEpochs
 			older = append(older, o)
 		}
+		ok = ok && wire.ReadOptional(&s, &joining)
 	}
 	if !ok || !s.Empty() {
 		return nil, fmt.Errorf("%w: group file: %w", ErrStateEncoding, wire.ErrMalformed)
 	}
-	g := &group{pending: pending, attachments: attachments}
+	g := &group{pending: pending, attachments: attachments, joining: joining}
 	var err error
 	if g.cur, err = mls.DecodeMember(cur, mls.MemberOptions{}); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStateEncoding, err)

@@ -485,15 +485,15 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 	if g, err := decodeGroup(valid); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a valid group file: %+v, %v", g, err)
 	}
-	// A file of format 2 has no kept attachments, no pending next epoch
-	// and no older epochs (the last three bytes, an empty vector, an
-	// absent optional and an empty vector, are format 3's), one of format
-	// 1 no pending proposals either (the byte before).
-	v2 := append([]byte{groupFormatV2}, valid[1:len(valid)-3]...)
+	// A file of format 2 has no kept attachments, no pending next epoch,
+	// no older epochs and no joining mark (the last four bytes, an empty
+	// vector, an absent optional, an empty vector and a zero, are format
+	// 3's), one of format 1 no pending proposals either (the byte before).
+	v2 := append([]byte{groupFormatV2}, valid[1:len(valid)-4]...)
 	if g, err := decodeGroup(v2); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a group file of format 2: %+v, %v", g, err)
 	}
-	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-4]...)
+	v1 := append([]byte{groupFormatV1}, valid[1:len(valid)-5]...)
 	if g, err := decodeGroup(v1); err != nil || g.prev == nil || g.cur.State().Epoch() != 2 || len(g.pending) != 0 {
 		t.Fatalf("decoding a group file of format 1: %+v, %v", g, err)
 	}
@@ -506,6 +506,10 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 	// A pending next epoch survives the round trip.
 	if g, err := decodeGroup(enc(&group{cur: m, next: res.Next})); err != nil || g.next == nil || g.next.State().Epoch() != 2 {
 		t.Fatalf("decoding a group file with a pending next epoch: %+v, %v", g, err)
+	}
+	// The joining mark survives the round trip.
+	if g, err := decodeGroup(enc(&group{cur: m, joining: true})); err != nil || !g.joining {
+		t.Fatalf("decoding a group file with the joining mark: %+v, %v", g, err)
 	}
 	// Older epochs' Members survive the round trip.
 	res3, err := res.Next.Commit(nil, nil, nil)
@@ -537,6 +541,7 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 		{"truncated", valid[:len(valid)-1]},
 		{"trailing byte", append(slices.Clone(valid), 0)},
 		{"other format", append([]byte{4}, valid[1:]...)},
+		{"joining mark other than 0 or 1", append(slices.Clone(valid[:len(valid)-1]), 2)},
 		{"too many pending proposals", enc(&group{cur: res.Next, pending: tooMany})},
 		{"too many kept attachments", enc(&group{cur: res.Next, attachments: tooManyKept})},
 		{"previous member of the same epoch", enc(&group{cur: m, prev: m})},
