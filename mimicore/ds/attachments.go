@@ -197,6 +197,7 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 	// From here every failure undoes the reservation, also when the
 	// client went away and ctx ended.
 	cleanup := context.WithoutCancel(ctx)
+	deadline := time.Now().Add(a.uploadDeadline())
 	settled := false // committed, or released already
 	defer func() {
 		if !settled {
@@ -212,8 +213,22 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		w.Abort() //nolint:errcheck // a sweep removes what Abort leaves
 		return nil, err
 	}
-	if err := w.Commit(ctx); err != nil {
+	// The client cannot cancel the commit once its last byte is in: the
+	// backend may be storing the object, which Abort's delete and a
+	// release would race. The wait is bounded by the upload deadline.
+	commitCtx, cancel := context.WithDeadline(cleanup, deadline)
+	err = w.Commit(commitCtx)
+	cancel()
+	if err != nil {
 		w.Abort() //nolint:errcheck // a sweep removes what Abort leaves
+		if errors.Is(err, storage.ErrUncertain) {
+			// The backend may still make the object visible, after any
+			// delete sent now: the reservation stays pending, counted
+			// against the quotas, until its deadline passes and the
+			// sweeper removes it with the bytes.
+			settled = true
+			a.logger().Warn("the attachment object's commit has an unknown outcome: its reservation is left to expire", zap.String("object", rec.Object), zap.Error(err))
+		}
 		return nil, unavailable("committing the attachment object", err)
 	}
 	if err := a.Store.CommitAttachment(cleanup, rec.TokenHash, s.now().Add(a.retention())); err != nil {

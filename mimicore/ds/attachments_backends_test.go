@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,4 +137,112 @@ func TestAttachmentBackends(t *testing.T) {
 			}
 		})
 	}
+}
+
+// slowLegacy is the reference legacy backend over HTTP, taking delay to
+// store a PUT's complete body (the fsync of a large file, a slow disk),
+// and a Store of it waiting timeout for answers (0: the default). It
+// records the names created.
+type slowLegacy struct {
+	storage.Backend
+	mu    sync.Mutex
+	names []string
+}
+
+func newSlowLegacy(t *testing.T, delay, timeout time.Duration) *slowLegacy {
+	t.Helper()
+	key := bytes.Repeat([]byte{7}, 32)
+	lb := &forwardtest.Backend{Dir: t.TempDir(), Key: key}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				return
+			}
+			time.Sleep(delay)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		lb.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Key: key, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return &slowLegacy{Backend: s}
+}
+
+func (b *slowLegacy) Create(ctx context.Context, name string, size int64) (storage.Writer, error) {
+	b.mu.Lock()
+	b.names = append(b.names, name)
+	b.mu.Unlock()
+	return b.Backend.Create(ctx, name, size)
+}
+
+// lateObjectSwept uploads to b with ctx, reading content, then waits for
+// the backend to store what it got, sweeps past the upload deadline and
+// the retention, and checks that no byte and no record is left: an
+// object the backend stored late is swept, not orphaned.
+func lateObjectSwept(t *testing.T, f *attachFixture, b *slowLegacy, ctx context.Context, content io.Reader, size int, wait time.Duration) error {
+	t.Helper()
+	h := sha256.Sum256(bytes.Repeat([]byte("x"), size))
+	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: f.g1, ContentLength: uint64(size), ContentHash: h[:]}}, f.skew())
+	req, err := f.svc.Authenticate(context.Background(), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, uerr := f.svc.Upload(ctx, req, content)
+	time.Sleep(wait)
+	f.now = f.now.Add(f.a.uploadDeadline() + f.a.retention() + time.Minute)
+	if _, err := f.a.Sweep(context.Background(), f.now); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.names) != 1 {
+		t.Fatalf("%d objects created, want 1", len(b.names))
+	}
+	if o, err := b.Open(context.Background(), b.names[0]); err == nil {
+		o.Close()
+		t.Errorf("upload error %v: after a sweep past its deadline and retention, its object is still on the backend, outside any record", uerr)
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		t.Fatal(err)
+	}
+	u, err := f.st.GroupAttachmentUsage(context.Background(), f.g1)
+	if err != nil || u != (store.AttachmentUsage{}) {
+		t.Errorf("g1 usage %+v, %v; want nothing", u, err)
+	}
+	return uerr
+}
+
+// TestForwardCommitCancelOrphan: the uploading client goes away right
+// after its last byte, while the legacy backend is storing the body. The
+// commit goes on (the client cannot cancel it), so the object is
+// recorded, and swept at the end of its retention; it used to fail, have
+// its object deleted and forgotten before the backend stored it, which
+// then stayed outside any record and quota.
+func TestForwardCommitCancelOrphan(t *testing.T) {
+	b := newSlowLegacy(t, 300*time.Millisecond, 0)
+	f := newAttachFixture(t, func(a *Attachments) { a.Backend = b; a.Retention = time.Hour })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	content := io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("x"), 1000)), readerFunc(func([]byte) (int, error) {
+		time.AfterFunc(50*time.Millisecond, cancel)
+		return 0, io.EOF
+	}))
+	if err := lateObjectSwept(t, f, b, ctx, content, 1000, 600*time.Millisecond); err != nil {
+		t.Errorf("upload whose client went away after its last byte: %v", err)
+	}
+}
+
+// TestForwardCommitTimeoutOrphan: the legacy backend takes longer than
+// the forward Timeout to store a complete body. The commit's outcome is
+// unknown, so the reservation is left to expire, and the sweep then
+// deletes the object the backend stored late; it used to be released at
+// once, its delete arriving before the backend stored the object.
+func TestForwardCommitTimeoutOrphan(t *testing.T) {
+	b := newSlowLegacy(t, 2*time.Second, time.Second)
+	f := newAttachFixture(t, func(a *Attachments) { a.Backend = b })
+	err := lateObjectSwept(t, f, b, context.Background(), bytes.NewReader(bytes.Repeat([]byte("x"), 1000)), 1000, 1500*time.Millisecond)
+	wantCode(t, "upload whose commit timed out", err, moh.CodeBackendUnavailable)
 }

@@ -39,6 +39,13 @@ var (
 	ErrSize = errors.New("storage: object size mismatch")
 	// ErrInvalidName reports a name that ValidName refuses.
 	ErrInvalidName = errors.New("storage: invalid object name")
+	// ErrUncertain reports a Commit that ended without learning whether
+	// the object was made visible: every byte went to the storage, whose
+	// answer was lost or did not come in time, and which may still make
+	// the object visible later. The caller keeps the name recorded until
+	// a sweep long after that (it neither reuses the name nor forgets
+	// it), so that late bytes are deleted then.
+	ErrUncertain = errors.New("storage: commit outcome unknown")
 )
 
 // MaxNameSize bounds an object name.
@@ -95,7 +102,11 @@ type Writer interface {
 	io.Writer
 	// Commit makes the object durable and visible under its name. It
 	// fails with ErrSize when the bytes written are not the size given
-	// to Create, and then leaves nothing behind.
+	// to Create, and then leaves nothing behind. An error wrapping
+	// ErrUncertain means the object may still become visible. ctx bounds
+	// the wait for the storage's answer: pass one that the client cannot
+	// cancel once its last byte is in (context.WithoutCancel) and that
+	// has a deadline.
 	Commit(ctx context.Context) error
 	// Abort discards everything written. It may be called after a failed
 	// Commit and more than once.

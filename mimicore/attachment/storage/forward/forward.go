@@ -21,7 +21,10 @@
 // makes an object visible only once its whole body has arrived, so before
 // Commit it never has the whole body, and a cut-off PUT (Abort, a wrong
 // size, a crash) leaves nothing visible. Commit succeeds when the backend
-// answers the completed PUT with 2xx.
+// answers the completed PUT with 2xx. The PUT does not end with Create's
+// ctx once the last byte is sent: a Commit without an answer (its ctx
+// ended, the Timeout passed, the connection was lost) is
+// storage.ErrUncertain, as the backend may still store the object.
 //
 // Sweep has nothing to do: the gateway keeps no temporary data, and the
 // backend discards an incomplete body when its connection ends.
@@ -297,6 +300,7 @@ type writer struct {
 
 	pw      *io.PipeWriter
 	cancel  context.CancelFunc
+	unbind  func() bool   // detaches the request from Create's ctx
 	done    chan struct{} // closed when the request has ended
 	resp    *http.Response
 	respErr error
@@ -324,8 +328,13 @@ func (b *bodyReader) Close() error { return b.r.Close() }
 
 // start sends the PUT and waits for 100 Continue (the transport's first
 // read of the body) or an early answer.
+//
+// The request does not run on ctx: once Commit has sent the last byte,
+// the outcome is Commit's to wait for, whatever becomes of the uploading
+// client (whose request context ctx usually is). Until then ctx ending
+// cuts the request off and ends a Write blocked on the pipe.
 func (w *writer) start(ctx context.Context) error {
-	reqCtx, cancel := context.WithCancel(ctx)
+	reqCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	pr, pw := io.Pipe()
 	body := &bodyReader{r: pr, read: make(chan struct{})}
 	req, err := w.s.newRequest(reqCtx, http.MethodPut, w.name, body, w.size)
@@ -337,6 +346,10 @@ func (w *writer) start(ctx context.Context) error {
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set("Expect", "100-continue")
 	w.pw, w.cancel, w.done = pw, cancel, make(chan struct{})
+	w.unbind = context.AfterFunc(ctx, func() {
+		pr.CloseWithError(ctx.Err())
+		cancel()
+	})
 	go func() {
 		defer close(w.done)
 		w.resp, w.respErr = w.s.client.Do(req)
@@ -372,6 +385,7 @@ func (w *writer) stop(cause error) {
 	if cause == nil {
 		cause = errAborted
 	}
+	w.unbind()
 	w.pw.CloseWithError(cause)
 	w.cancel()
 	<-w.done
@@ -462,6 +476,10 @@ func (w *writer) Commit(ctx context.Context) error {
 	if w.size == 0 {
 		return w.putEmpty(ctx)
 	}
+	if !w.unbind() {
+		// Create's ctx ended and cut the request off before its last byte.
+		return w.fail(fmt.Errorf("forward PUT %s: the upload ended before its last byte", w.name))
+	}
 	if _, err := w.pw.Write(w.last); err != nil {
 		return w.fail(w.bodyError(err))
 	}
@@ -469,12 +487,18 @@ func (w *writer) Commit(ctx context.Context) error {
 	w.pw.Close()
 	timer := time.NewTimer(w.s.timeout)
 	defer timer.Stop()
+	// From here the backend has the whole body and may store it whatever
+	// the gateway does: an answer that does not come is ErrUncertain.
 	select {
 	case <-w.done:
 	case <-ctx.Done():
-		return w.fail(fmt.Errorf("forward PUT %s: waiting for the answer: %w", w.name, ctx.Err()))
+		return w.fail(fmt.Errorf("forward PUT %s: waiting for the answer: %w: %w", w.name, storage.ErrUncertain, ctx.Err()))
 	case <-timer.C:
-		return w.fail(fmt.Errorf("forward PUT %s: no answer in %v", w.name, w.s.timeout))
+		return w.fail(fmt.Errorf("forward PUT %s: no answer in %v: %w", w.name, w.s.timeout, storage.ErrUncertain))
+	}
+	if w.respErr != nil {
+		w.err = fmt.Errorf("forward PUT %s: %w: %w", w.name, storage.ErrUncertain, w.respErr)
+		return w.err
 	}
 	if err := w.answerError(false); err != nil {
 		w.err = err
@@ -496,7 +520,7 @@ func (w *writer) putEmpty(ctx context.Context) error {
 	w.sentAll = true
 	resp, err := w.s.client.Do(req)
 	if err != nil {
-		w.err = fmt.Errorf("forward PUT %s: %w", w.name, err)
+		w.err = fmt.Errorf("forward PUT %s: %w: %w", w.name, storage.ErrUncertain, err)
 		return w.err
 	}
 	drain(resp.Body)

@@ -459,13 +459,13 @@ func (w *writer) Commit(ctx context.Context) error {
 	if w.size <= smallObjectSize {
 		_, err := w.s.core.PutObject(ctx, w.s.bucket, w.key, bytes.NewReader(w.small), w.size, "", "", minio.PutObjectOptions{})
 		if err != nil {
-			w.fail(fmt.Errorf("putting s3 object %s: %w", w.name, err))
+			w.fail(fmt.Errorf("putting s3 object %s: %w", w.name, uncertain(err)))
 			return w.err
 		}
 	} else {
 		_, err := w.s.core.CompleteMultipartUpload(ctx, w.s.bucket, w.key, w.uploadID, w.parts, minio.PutObjectOptions{})
 		if err != nil {
-			w.fail(fmt.Errorf("completing s3 multipart upload of %s: %w", w.name, err))
+			w.fail(fmt.Errorf("completing s3 multipart upload of %s: %w", w.name, uncertain(err)))
 			return w.err
 		}
 	}
@@ -473,6 +473,17 @@ func (w *writer) Commit(ctx context.Context) error {
 	w.uploadID = ""
 	w.small = nil
 	return nil
+}
+
+// uncertain marks the error of a commit request that got no answer from
+// the server (a timeout, ctx ending, a connection lost) with
+// storage.ErrUncertain: the server may have received the whole request
+// and still make the object visible.
+func uncertain(err error) error {
+	if minio.ToErrorResponse(err).StatusCode == 0 {
+		return fmt.Errorf("%w: %w", storage.ErrUncertain, err)
+	}
+	return err
 }
 
 // Abort discards the upload. After a successful Commit it does nothing.
