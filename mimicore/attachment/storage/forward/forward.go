@@ -21,7 +21,8 @@
 // makes an object visible only once its whole body has arrived, so before
 // Commit it never has the whole body, and a cut-off PUT (Abort, a wrong
 // size, a crash) leaves nothing visible. Commit succeeds when the backend
-// answers the completed PUT with 2xx. The PUT does not end with Create's
+// answers the completed PUT with 2xx and a HEAD then finds the object of
+// its size. The PUT does not end with Create's
 // ctx once the last byte is sent: a Commit without an answer (its ctx
 // ended, the Timeout passed, the connection was lost) is
 // storage.ErrUncertain, as the backend may still store the object.
@@ -504,8 +505,23 @@ func (w *writer) Commit(ctx context.Context) error {
 		w.err = err
 		return err
 	}
-	w.over = true
 	w.cancel()
+	// A 2xx may have come before the backend read the whole body (an
+	// HTTP/1.1 connection kept alive, on which Go's transport sends the
+	// body after an early answer): only an object of the whole size
+	// counts.
+	switch n, err := w.s.head(ctx, w.name); {
+	case errors.Is(err, storage.ErrNotFound):
+		w.err = fmt.Errorf("forward PUT %s: the legacy backend answered %s but has no object", w.name, w.resp.Status)
+		return w.err
+	case err != nil:
+		w.err = fmt.Errorf("forward PUT %s: checking the stored object: %w: %w", w.name, storage.ErrUncertain, err)
+		return w.err
+	case n != w.size:
+		w.err = fmt.Errorf("forward PUT %s: the legacy backend answered %s but holds %d bytes of %d", w.name, w.resp.Status, n, w.size)
+		return w.err
+	}
+	w.over = true
 	return nil
 }
 

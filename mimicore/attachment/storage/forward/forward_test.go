@@ -1,9 +1,11 @@
 package forward_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -366,5 +368,68 @@ func TestMisbehavingBackends(t *testing.T) {
 				t.Fatalf("%d DELETEs, want %d", got, tc.deletes)
 			}
 		})
+	}
+}
+
+// TestForwardEarly201: a legacy backend (not Go's net/http) that answers
+// 201 right after a PUT's headers, keeping the connection alive and never
+// storing the body: Go's transport then sends the body anyway, so the
+// answer may arrive after the last byte went out. Commit must not count
+// that 201 (it used to, in some of the rounds).
+func TestForwardEarly201(t *testing.T) {
+	for _, answer := range []string{
+		"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+	} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					for {
+						req, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						c.Write([]byte(answer))
+						// keep-alive: discard the body the client sends anyway
+						if _, err := io.CopyN(io.Discard, br, req.ContentLength); err != nil {
+							return
+						}
+					}
+				}()
+			}
+		}()
+		s, err := forward.New(forward.Config{BaseURL: "http://" + l.Addr().String() + "/att/", Key: key, Timeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		committed := 0
+		for range 200 {
+			w, err := s.Create(ctx, storagetest.Name(t), 2)
+			if err != nil {
+				continue
+			}
+			if _, err := w.Write([]byte("xy")); err == nil {
+				if err := w.Commit(ctx); err == nil {
+					committed++
+					continue
+				}
+			}
+			w.Abort()
+		}
+		s.Close()
+		if committed > 0 {
+			t.Errorf("answer %q: Commit succeeded %d times of 200 although the backend answered 201 before reading the body", answer, committed)
+		}
 	}
 }
