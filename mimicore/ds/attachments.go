@@ -205,12 +205,19 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		}
 	}()
 
-	w, err := a.Backend.Create(ctx, rec.Object, size)
+	// The upload deadline bounds the backend too: a Write blocked on a
+	// backend that stopped reading returns when it passes.
+	upCtx, cancelUp := context.WithDeadline(ctx, deadline)
+	defer cancelUp()
+	w, err := a.Backend.Create(upCtx, rec.Object, size)
 	if err != nil {
 		return nil, unavailable("creating the attachment object", err)
 	}
 	if err := a.stream(w, hasher, content, size, h.ContentHash); err != nil {
 		w.Abort() //nolint:errcheck // a sweep removes what Abort leaves
+		if errors.Is(upCtx.Err(), context.DeadlineExceeded) {
+			return nil, moh.Errorf(moh.CodeBodyTimeout, "the upload outlasted its deadline of %s", a.uploadDeadline())
+		}
 		return nil, err
 	}
 	// The client cannot cancel the commit once its last byte is in: the

@@ -246,3 +246,49 @@ func TestForwardCommitTimeoutOrphan(t *testing.T) {
 	err := lateObjectSwept(t, f, b, context.Background(), bytes.NewReader(bytes.Repeat([]byte("x"), 1000)), 1000, 1500*time.Millisecond)
 	wantCode(t, "upload whose commit timed out", err, moh.CodeBackendUnavailable)
 }
+
+// TestForwardStalledBackendBlocksWrite: a legacy backend that takes the
+// body (100 Continue), then stops reading without closing. The upload
+// deadline bounds the upload, the backend's writes included: the upload
+// ends with body_timeout. A Write used to block as long as the backend
+// did not read, the request context having no deadline.
+func TestForwardStalledBackendBlocksWrite(t *testing.T) {
+	release := make(chan struct{})
+	key := bytes.Repeat([]byte{7}, 32)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPut {
+			w.WriteHeader(http.StatusNoContent) // the release's DELETE
+			return
+		}
+		io.CopyN(io.Discard, r.Body, 1000)
+		<-release
+	}))
+	defer srv.Close()
+	var once sync.Once
+	unstall := func() { once.Do(func() { close(release) }) }
+	defer unstall()
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f := newAttachFixture(t, func(a *Attachments) { a.Backend = s; a.UploadDeadline = time.Second })
+	const size = 256 << 20
+	h := sha256.Sum256(nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.upload(t, f.alice, 0, f.g1, size, h[:], io.LimitReader(readerFunc(func(p []byte) (int, error) {
+			clear(p)
+			return len(p), nil
+		}), size))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		wantCode(t, "upload to a stalled backend", err, moh.CodeBodyTimeout)
+	case <-time.After(10 * time.Second):
+		t.Errorf("upload still blocked after 10 s (10 times its deadline) on a backend that stopped reading")
+		unstall()
+		<-done
+	}
+}
