@@ -8,8 +8,10 @@
 //	tmp/up-<random>                                   uploads in progress
 //
 // An upload is written to a file in tmp/ as it streams (same file system
-// as objects/, so the rename is atomic), fsynced, renamed to its final
-// path, and the final directory is fsynced before Commit returns. A crash
+// as objects/, so the link is atomic), fsynced, hard-linked to its final
+// path (which fails if the name exists, so an object is never replaced),
+// unlinked from tmp/, and the final directory is fsynced before Commit
+// returns. A crash
 // leaves either no object or the complete one; the temporary file of an
 // upload that was never committed is removed by Sweep. File names come
 // only from storage.ValidName names, never from request data.
@@ -127,8 +129,9 @@ func (w *writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Commit fsyncs the temporary file, renames it to its final path and
-// fsyncs that directory. On any failure nothing is left behind.
+// Commit fsyncs the temporary file, links it to its final path (ErrExists
+// when another writer committed the name first), removes the temporary
+// name and fsyncs the final directory. On any failure nothing is left behind.
 func (w *writer) Commit(ctx context.Context) error {
 	if w.done {
 		return errors.New("localfs: commit after commit or abort")
@@ -159,12 +162,15 @@ func (w *writer) commit(ctx context.Context) error {
 	if err := w.b.mkdirFanout(w.dir); err != nil {
 		return err
 	}
-	if _, err := os.Lstat(w.final); err == nil {
-		return storage.ErrExists
+	// A link, unlike a rename, never replaces an object: of two writers
+	// of one name, one commits and the other gets ErrExists.
+	if err := os.Link(w.tmp, w.final); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return storage.ErrExists
+		}
+		return fmt.Errorf("localfs: linking into place: %w", err)
 	}
-	if err := os.Rename(w.tmp, w.final); err != nil {
-		return fmt.Errorf("localfs: renaming into place: %w", err)
-	}
+	_ = os.Remove(w.tmp) // else the sweep removes it
 	if err := syncDir(w.dir); err != nil {
 		// The object may or may not survive a crash; take it back so
 		// that an error always means "not stored".

@@ -340,3 +340,57 @@ func TestConcurrentUploads(t *testing.T) {
 		o.Close()
 	}
 }
+
+// TestConcurrentCommitSameName: two writers of one name commit at once:
+// exactly one succeeds, the other gets ErrExists, and the object is the
+// first's. Both used to succeed at times (a check, then a rename that
+// replaced the first object).
+func TestConcurrentCommitSameName(t *testing.T) {
+	b, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 1000 {
+		name := storagetest.Name(t)
+		var ws [2]storage.Writer
+		for i := range ws {
+			if ws[i], err = b.Create(context.Background(), name, 1); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ws[i].Write([]byte{'a' + byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var errs [2]error
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range ws {
+			wg.Go(func() { <-start; errs[i] = ws[i].Commit(context.Background()) })
+		}
+		close(start)
+		wg.Wait()
+		won := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && won >= 0:
+				t.Fatalf("both Commits of one name succeeded: the first object was replaced")
+			case err == nil:
+				won = i
+			case !errors.Is(err, storage.ErrExists):
+				t.Fatalf("Commit: %v, want ErrExists", err)
+			}
+		}
+		if won < 0 {
+			t.Fatal("neither Commit succeeded")
+		}
+		o, err := b.Open(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(o)
+		o.Close()
+		if err != nil || string(got) != string(rune('a'+won)) {
+			t.Fatalf("object %q, %v; want the winner's %q", got, err, string(rune('a'+won)))
+		}
+	}
+}
