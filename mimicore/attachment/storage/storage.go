@@ -32,7 +32,8 @@ import (
 var (
 	// ErrNotFound reports a name with no committed object.
 	ErrNotFound = errors.New("storage: no such object")
-	// ErrExists reports Create of a name that is committed already.
+	// ErrExists reports Create of a name that is committed already, or
+	// a Commit of a name that another writer committed since Create.
 	ErrExists = errors.New("storage: object exists")
 	// ErrSize reports a Writer given more or fewer bytes than the size
 	// passed to Create.

@@ -229,7 +229,7 @@ func (s *Store) Close() error {
 func (s *Store) key(name string) string { return s.prefix + name }
 
 // Create starts the object name of size bytes. It refuses a name that
-// exists (ErrExists). ctx also bounds the parts that the Writer's Write
+// exists (ErrExists), and Commit one committed since (If-None-Match: *). ctx also bounds the parts that the Writer's Write
 // calls upload: pass the upload's request context.
 func (s *Store) Create(ctx context.Context, name string, size int64) (storage.Writer, error) {
 	if !storage.ValidName(name) {
@@ -457,15 +457,15 @@ func (w *writer) Commit(ctx context.Context) error {
 		return w.err
 	}
 	if w.size <= smallObjectSize {
-		_, err := w.s.core.PutObject(ctx, w.s.bucket, w.key, bytes.NewReader(w.small), w.size, "", "", minio.PutObjectOptions{})
+		_, err := w.s.core.PutObject(ctx, w.s.bucket, w.key, bytes.NewReader(w.small), w.size, "", "", createOnly())
 		if err != nil {
-			w.fail(fmt.Errorf("putting s3 object %s: %w", w.name, uncertain(err)))
+			w.fail(fmt.Errorf("putting s3 object %s: %w", w.name, commitError(err)))
 			return w.err
 		}
 	} else {
-		_, err := w.s.core.CompleteMultipartUpload(ctx, w.s.bucket, w.key, w.uploadID, w.parts, minio.PutObjectOptions{})
+		_, err := w.s.core.CompleteMultipartUpload(ctx, w.s.bucket, w.key, w.uploadID, w.parts, createOnly())
 		if err != nil {
-			w.fail(fmt.Errorf("completing s3 multipart upload of %s: %w", w.name, uncertain(err)))
+			w.fail(fmt.Errorf("completing s3 multipart upload of %s: %w", w.name, commitError(err)))
 			return w.err
 		}
 	}
@@ -475,12 +475,25 @@ func (w *writer) Commit(ctx context.Context) error {
 	return nil
 }
 
-// uncertain marks the error of a commit request that got no answer from
-// the server (a timeout, ctx ending, a connection lost) with
-// storage.ErrUncertain: the server may have received the whole request
-// and still make the object visible.
-func uncertain(err error) error {
-	if minio.ToErrorResponse(err).StatusCode == 0 {
+// createOnly returns the options of a request that makes an object
+// visible: If-None-Match: *, so that the server refuses (412) to replace
+// an object another writer committed under the name since Create.
+func createOnly() minio.PutObjectOptions {
+	var opts minio.PutObjectOptions
+	opts.SetMatchETagExcept("*")
+	return opts
+}
+
+// commitError is the error of a commit request: ErrExists for 412 (the
+// name was committed by another writer since Create), and marked with
+// storage.ErrUncertain when the server did not answer (a timeout, ctx
+// ending, a connection lost): it may have received the whole request and
+// still make the object visible.
+func commitError(err error) error {
+	switch minio.ToErrorResponse(err).StatusCode {
+	case http.StatusPreconditionFailed:
+		return storage.ErrExists
+	case 0:
 		return fmt.Errorf("%w: %w", storage.ErrUncertain, err)
 	}
 	return err

@@ -489,3 +489,42 @@ func TestEndMidPart(t *testing.T) {
 		})
 	}
 }
+
+// TestTwoWriters: two uploads of one name, both created before either
+// commits, in one PUT (small) and as multipart uploads: the first
+// commits, the second's Commit is ErrExists and the object stays the
+// first's. The second used to replace the first.
+func TestTwoWriters(t *testing.T) {
+	srv := s3test.Start(t)
+	s := open(t, config(t, srv))
+	for _, size := range []int{1000, 2*s3store.MinPartSize + 10} {
+		name := storagetest.Name(t)
+		var ws [2]storage.Writer
+		for i := range ws {
+			w, err := s.Create(ctx, name, int64(size))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ws[i] = w
+			if _, err := w.Write(bytes.Repeat([]byte{'a' + byte(i)}, size)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := ws[0].Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := ws[1].Commit(ctx); !errors.Is(err, storage.ErrExists) {
+			t.Errorf("%d bytes: the second Commit of one name: %v, want ErrExists", size, err)
+		}
+		ws[1].Abort()
+		o, err := s.Open(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(o)
+		o.Close()
+		if err != nil || !bytes.Equal(got, bytes.Repeat([]byte{'a'}, size)) {
+			t.Errorf("%d bytes: the first committed object was replaced (%v)", size, err)
+		}
+	}
+}
