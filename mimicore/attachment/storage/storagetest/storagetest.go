@@ -47,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Backend) {
 	t.Run("Abort", func(t *testing.T) { testAbort(t, open(t)) })
 	t.Run("WrongSize", func(t *testing.T) { testWrongSize(t, open) })
 	t.Run("CreateExisting", func(t *testing.T) { testCreateExisting(t, open(t)) })
+	t.Run("TwoWriters", func(t *testing.T) { testTwoWriters(t, open(t)) })
 	t.Run("Ranges", func(t *testing.T) { testRanges(t, open(t)) })
 	t.Run("Delete", func(t *testing.T) { testDelete(t, open(t)) })
 	t.Run("InvalidNames", func(t *testing.T) { testInvalidNames(t, open(t)) })
@@ -275,6 +276,73 @@ func testCreateExisting(t *testing.T, b storage.Backend) {
 	if got := get(t, b, name); !bytes.Equal(got, data) {
 		t.Fatal("the committed object changed")
 	}
+}
+
+// testTwoWriters: two writers of one name, both created before either
+// commits. Committed one after the other, the second gets ErrExists and
+// the object stays the first's; committed at once, at most one succeeds
+// and the object is the one that did ("a name is created at most once").
+func testTwoWriters(t *testing.T, b storage.Backend) {
+	start := func(name string, size int, seeds [2]uint64) [2]storage.Writer {
+		t.Helper()
+		var ws [2]storage.Writer
+		for i := range ws {
+			w, err := b.Create(ctx(), name, int64(size))
+			if err != nil {
+				t.Fatalf("Create of a name not committed yet: %v", err)
+			}
+			ws[i] = w
+			if err := writeChunks(w, content(seeds[i], size), 64<<10); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return ws
+	}
+	for _, size := range []int{1000, 6 << 20} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			name := Name(t)
+			ws := start(name, size, [2]uint64{20, 21})
+			if err := ws[0].Commit(ctx()); err != nil {
+				t.Fatal(err)
+			}
+			err := ws[1].Commit(ctx())
+			ws[1].Abort()
+			if !errors.Is(err, storage.ErrExists) {
+				t.Errorf("the second Commit of one name: %v, want ErrExists", err)
+			}
+			if got := get(t, b, name); !bytes.Equal(got, content(20, size)) {
+				t.Fatal("the second writer replaced the committed object")
+			}
+		})
+	}
+	t.Run("AtOnce", func(t *testing.T) {
+		for round := range 20 {
+			name := Name(t)
+			seeds := [2]uint64{uint64(100 + 2*round), uint64(101 + 2*round)}
+			ws := start(name, 1000, seeds)
+			var errs [2]error
+			var wg sync.WaitGroup
+			for i := range ws {
+				wg.Go(func() { errs[i] = ws[i].Commit(ctx()) })
+			}
+			wg.Wait()
+			won := -1
+			for i, err := range errs {
+				ws[i].Abort()
+				if err == nil {
+					if won >= 0 {
+						t.Fatal("both Commits of one name succeeded")
+					}
+					won = i
+				}
+			}
+			if won >= 0 {
+				if got := get(t, b, name); !bytes.Equal(got, content(seeds[won], 1000)) {
+					t.Fatal("the object is not the one whose Commit succeeded")
+				}
+			}
+		}
+	})
 }
 
 func testRanges(t *testing.T, b storage.Backend) {

@@ -78,8 +78,20 @@ func (w *fileWriter) Commit(context.Context) error {
 		return err
 	}
 	w.done = true
-	os.Remove(filepath.Join(w.b.dir, w.name)) // visible-early's link
-	return os.Rename(w.f.Name(), filepath.Join(w.b.dir, w.name))
+	final := filepath.Join(w.b.dir, w.name)
+	switch w.b.mode {
+	case "visible-early":
+		os.Remove(final) // its link
+	case "rename-commit":
+		return os.Rename(w.f.Name(), final)
+	}
+	// A link never replaces an object, unlike a rename.
+	err := os.Link(w.f.Name(), final)
+	os.Remove(w.f.Name())
+	if errors.Is(err, os.ErrExist) {
+		return storage.ErrExists
+	}
+	return err
 }
 
 func (w *fileWriter) Abort() error {
@@ -172,6 +184,7 @@ var brokenModes = map[string]string{
 	"abort-commits":         "Abort",
 	"no-size-check":         "WrongSize",
 	"overwrite":             "CreateExisting",
+	"rename-commit":         "TwoWriters",
 	"readat-from-start":     "Ranges",
 	"delete-not-idempotent": "Delete",
 	"any-name":              "InvalidNames",
