@@ -533,6 +533,9 @@ func (w *writer) putEmpty(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// No Expect: 100-continue, which a request without content must not
+	// carry (RFC 9110 §10.1.1).
+	req.Header.Set("Content-Type", "application/octet-stream")
 	w.sentAll = true
 	resp, err := w.s.client.Do(req)
 	if err != nil {
