@@ -552,8 +552,10 @@ func (w *writer) putEmpty(ctx context.Context) error {
 	return nil
 }
 
-// Abort cuts the PUT off. After a Commit that sent every byte but got no
-// clear answer, the backend may have kept the object, so Abort deletes it.
+// Abort cuts the PUT off. After a Commit that sent every byte and failed
+// otherwise than by a 409 (no answer, another status, a HEAD that found no
+// object of the size), the backend may have kept the object, so Abort
+// deletes it.
 // After a successful Commit it does nothing.
 func (w *writer) Abort() error {
 	if w.over {
