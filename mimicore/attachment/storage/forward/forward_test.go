@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -431,5 +432,48 @@ func TestForwardEarly201(t *testing.T) {
 		if committed > 0 {
 			t.Errorf("answer %q: Commit succeeded %d times of 200 although the backend answered 201 before reading the body", answer, committed)
 		}
+	}
+}
+
+// TestEmptyPutHeaders: the PUT of an empty object carries Content-Type
+// like any other and no Expect: 100-continue (docs §6.2), after the HEAD
+// of Create.
+func TestEmptyPutHeaders(t *testing.T) {
+	b := &forwardtest.Backend{Dir: t.TempDir(), Key: key}
+	var mu sync.Mutex
+	var methods []string
+	var put http.Header
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		methods = append(methods, r.Method)
+		if r.Method == http.MethodPut {
+			put = r.Header.Clone()
+		}
+		mu.Unlock()
+		b.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w, err := s.Create(ctx, storagetest.Name(t), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(methods, " ") != "HEAD PUT" {
+		t.Errorf("requests %v, want HEAD PUT", methods)
+	}
+	if ct := put.Get("Content-Type"); ct != "application/octet-stream" {
+		t.Errorf("empty PUT Content-Type %q", ct)
+	}
+	if e := put.Get("Expect"); e != "" {
+		t.Errorf("empty PUT Expect %q, want none", e)
 	}
 }
