@@ -50,19 +50,31 @@ func statusOf(c moh.Code) int {
 	}
 }
 
-// Header values every MoH answer carries, shared read-only by all answers
-// so that setting them allocates nothing.
+// Header values of the download answer (attachments.go), one pair for all
+// its answers. TODO: use setAnswerHeaders there too: another handler's
+// response header ops (Caddy's header replace) rewrite these in place,
+// for every later download.
 var (
 	contentTypeValue  = []string{contentType}
 	cacheControlValue = []string{"no-store"}
 )
 
+// setAnswerHeaders sets the Content-Type and Cache-Control every MoH
+// answer carries. Each answer gets values of its own: Caddy's header
+// handler rewrites an answer's header values in place (a deferred
+// replace), which on package-level values would change every later
+// answer, and race with them. One allocation holds both.
+func setAnswerHeaders(h http.Header) {
+	v := []string{contentType, "no-store"}
+	h["Content-Type"] = v[0:1:1]
+	h["Cache-Control"] = v[1:2:2]
+}
+
 // writeAnswer writes an encoded DSResponse with status and the headers
 // every MoH answer carries.
 func writeAnswer(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
-	h["Content-Type"] = contentTypeValue
-	h["Cache-Control"] = cacheControlValue
+	setAnswerHeaders(h)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	w.Write(body) //nolint:errcheck // the client went away; nothing to do

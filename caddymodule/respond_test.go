@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -98,5 +101,70 @@ func TestStoreMetrics(t *testing.T) {
 	if got["caddy_mimi_store_commits_total"+labels] < 1 || got["caddy_mimi_store_writes_total"+labels] < 1 ||
 		got["caddy_mimi_store_syncs_total"+labels] < 1 {
 		t.Fatalf("store metrics for %s: %v", g.DataDir, got)
+	}
+}
+
+// TestAnswerHeadersSurviveHeaderReplace puts Caddy's header handler with a
+// deferred replace (`header Cache-Control no-store "private, no-store"`)
+// in front of the gateway. It rewrites the answer's header values in
+// place, so every answer needs slices of its own: a rewrite must change
+// that answer only, never the next ones.
+func TestAnswerHeadersSurviveHeaderReplace(t *testing.T) {
+	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"})
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	h := &headers.Handler{Response: &headers.RespHeaderOps{Deferred: true, HeaderOps: &headers.HeaderOps{
+		Replace: map[string][]headers.Replacement{
+			"Cache-Control": {{Search: "no-store", Replace: "private, no-store"}},
+			"Content-Type":  {{Search: contentType, Replace: contentType + "; x=1"}},
+		}}}}
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	mimi := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return g.ServeHTTP(w, r, next) })
+	for i := range 3 {
+		r := tls13(httptest.NewRequest(http.MethodPost, "/healthz", nil)) // 405, a DSResponse
+		caddyhttp.NewTestReplacer(r)
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, r, mimi); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code != http.StatusMethodNotAllowed {
+			t.Fatalf("answer %d: status %d, want 405", i, w.Code)
+		}
+		if got := w.Header().Values("Cache-Control"); len(got) != 1 || got[0] != "private, no-store" {
+			t.Errorf("answer %d: Cache-Control %q, want one value \"private, no-store\"", i, got)
+		}
+		if got := w.Header().Values("Content-Type"); len(got) != 1 || got[0] != contentType+"; x=1" {
+			t.Errorf("answer %d: Content-Type %q", i, got)
+		}
+	}
+	// What writeAnswer sets when no handler rewrites it.
+	w := httptest.NewRecorder()
+	writeAnswer(w, http.StatusOK, nil)
+	if got := w.Header().Get("Cache-Control"); got != "no-store" {
+		t.Errorf("a later plain answer has Cache-Control %q, want no-store", got)
+	}
+	if got := w.Header().Get("Content-Type"); got != contentType {
+		t.Errorf("a later plain answer has Content-Type %q, want %s", got, contentType)
+	}
+}
+
+// TestAnswerHeadersRace rewrites one answer's header values in place, as
+// Caddy's header handler does, while another answer is written: run with
+// -race.
+func TestAnswerHeadersRace(t *testing.T) {
+	w1 := httptest.NewRecorder()
+	writeAnswer(w1, http.StatusMethodNotAllowed, []byte{0, 1, 0})
+	done := make(chan string)
+	go func() {
+		w := httptest.NewRecorder()
+		writeAnswer(w, http.StatusMethodNotAllowed, []byte{0, 1, 0})
+		done <- w.Header().Get("Cache-Control")
+	}()
+	w1.Header()["Cache-Control"][0] = "private"
+	if got := <-done; got != "no-store" {
+		t.Errorf("the concurrent answer has Cache-Control %q", got)
 	}
 }
