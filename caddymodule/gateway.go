@@ -263,9 +263,9 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, brings the options to the provider's service
-// (opened on first use, reconfigured on a reload) and builds the routes and
-// the admission policy.
+// Provision sets defaults, builds the routes and the admission policy, and
+// brings the options to the provider's service (opened on first use,
+// reconfigured on a reload once nothing else can fail).
 func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
 	g.sampled = sampled(g.logger)
@@ -303,7 +303,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	g.svc, err = loadService(service.Options{
+	svcOpts := service.Options{
 		DataDir:   g.DataDir,
 		Store:     storeOpts,
 		KeySecret: keySecret,
@@ -314,10 +314,12 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		},
 		Fetch:  fetch,
 		Logger: g.logger,
-	})
+	}
+	svc, loaded, err := loadService(svcOpts)
 	if err != nil {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
+	g.svc = svc
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{})
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},
@@ -370,6 +372,14 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
+	// Nothing but Apply fails from here on: the pooled service and sender
+	// take this config's options only now, so that a config Caddy rejects
+	// leaves the running one's in force.
+	if loaded {
+		if err := g.svc.Apply(svcOpts); err != nil {
+			return fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
+		}
+	}
 	var limits store.OutboxLimits
 	if f := g.Federation; f != nil {
 		sender.SetPolicy(federation.Policy{MaxBackoff: time.Duration(f.MaxBackoff), GiveUpAfter: time.Duration(f.GiveUpAfter)})

@@ -11,9 +11,11 @@ import (
 // servicePool holds one service.Service per data directory, that is per
 // provider, across handler instances and config reloads. Caddy provisions
 // the new config before it cleans up the old one, so the new config finds
-// the running service, brings its options to it with Apply, and the store,
-// key ring and background work are never opened twice. The service closes
-// when the last config using it is cleaned up.
+// the running service, brings its options to it with Apply once nothing
+// else in its Provision can fail (Caddy keeps the old config when the new
+// one fails, and with it the old options), and the store, key ring and
+// background work are never opened twice. The service closes when the
+// last config using it is cleaned up.
 //
 // A Caddy app (caddy.App with Start and Stop) is not used because Caddy
 // builds each config's apps anew and starts the new one before stopping the
@@ -22,21 +24,17 @@ import (
 // directive, not in global options.
 var servicePool = caddy.NewUsagePool()
 
-// loadService returns the service of opts.DataDir, opening it on first use
-// and applying opts to a running one.
-func loadService(opts service.Options) (*service.Service, error) {
+// loadService returns the service of opts.DataDir, opening it with opts on
+// first use. loaded reports a running service, whose options are still
+// those of the running config: the caller applies opts to it (Apply) once
+// the new config is otherwise provisioned, and releases its hold
+// (servicePool.Delete) if anything fails.
+func loadService(opts service.Options) (s *service.Service, loaded bool, err error) {
 	v, loaded, err := servicePool.LoadOrNew(opts.DataDir, func() (caddy.Destructor, error) {
 		return service.Open(context.Background(), opts)
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	s := v.(*service.Service)
-	if loaded {
-		if err := s.Apply(opts); err != nil {
-			servicePool.Delete(opts.DataDir) //nolint:errcheck // not ours to keep
-			return nil, err
-		}
-	}
-	return s, nil
+	return v.(*service.Service), loaded, nil
 }

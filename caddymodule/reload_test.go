@@ -1,0 +1,59 @@
+package caddymodule
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// failedReload provisions, on old's data directory, a config that fails
+// late in Provision (an issuer key file that does not exist), and cleans
+// it up, as Caddy does with a rejected config; the running config is
+// old. The rejected config changes the key scheme, the federation policy
+// and the attachments' retention.
+func failedReload(t *testing.T, old *Gateway) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	bad := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: old.DataDir,
+		KeyScheme:   "ecdsa_secp256r1_sha256",
+		Federation:  &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{8443}},
+		Attachments: &Attachments{Retention: caddy.Duration(time.Hour)},
+		Issuer:      &TokenIssuer{KeyFiles: []string{"/nonexistent/issuer.key"}}}
+	if err := bad.Provision(ctx); err == nil {
+		bad.Cleanup()
+		t.Fatal("the config with a missing issuer key file was accepted")
+	}
+	if err := bad.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFailedReloadKeepsServiceOptions checks that a rejected config
+// changes nothing of the provider service the running config uses: its
+// fetch policy, its key scheme (no key rotated for it) and its logger.
+func TestFailedReloadKeepsServiceOptions(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+	old := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir})
+	before := old.svc.Options()
+	keysBefore := old.svc.Keys().Options()
+	published := len(old.svc.Keys().Published(time.Now()))
+	failedReload(t, old)
+	opts := old.svc.Options()
+	if opts.Fetch.AllowPrivate != before.Fetch.AllowPrivate || len(opts.Fetch.AllowedPorts) != len(before.Fetch.AllowedPorts) {
+		t.Errorf("the rejected config's fetch policy is in force: allow private %v, ports %v", opts.Fetch.AllowPrivate, opts.Fetch.AllowedPorts)
+	}
+	if opts.Logger != before.Logger {
+		t.Error("the rejected config's logger is in force")
+	}
+	if got := old.svc.Keys().Options().Scheme; got != keysBefore.Scheme {
+		t.Errorf("the rejected config's key scheme %v is in force, was %v", got, keysBefore.Scheme)
+	}
+	if n := len(old.svc.Keys().Published(time.Now())); n != published {
+		t.Errorf("%d keys published after the rejected config, %d before: a key was rotated for it", n, published)
+	}
+}
