@@ -121,7 +121,7 @@ type dataDirDefaulter interface {
 }
 
 // provisionAttachments builds the attachment service of g.ds, loading the
-// storage module, and starts (or updates) the data directory's sweeper.
+// storage module, and starts (or holds) the data directory's sweeper.
 func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 	a := g.Attachments
 	if a == nil {
@@ -181,8 +181,9 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("mimi: starting the attachment sweeper: %w", err)
 	}
-	sw := v.(*sweeper)
-	sw.current.Store(svc) // the newest config's policy and backend
+	// Provision sets svc as the sweeper's current service once nothing
+	// can fail: a rejected config's backend is cleaned up by Caddy.
+	g.sweeper = v.(*sweeper)
 	g.sweeperHeld = true
 	register(ctx.GetMetricsRegistry(), g.logger, sweepStats{})
 	return nil

@@ -193,8 +193,10 @@ type Gateway struct {
 	// senderStarted is set while this config holds the data directory's
 	// federation sender in senderPool.
 	senderStarted bool
-	// sweeperHeld is set while this config holds the data directory's
-	// attachment sweeper in sweeperPool.
+	// sweeper is the data directory's attachment sweeper, nil when
+	// attachments are disabled; sweeperHeld is set while this config
+	// holds it in sweeperPool.
+	sweeper     *sweeper
 	sweeperHeld bool
 }
 
@@ -372,9 +374,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
-	// Nothing but Apply fails from here on: the pooled service and sender
-	// take this config's options only now, so that a config Caddy rejects
-	// leaves the running one's in force.
+	// Nothing but Apply fails from here on: the pooled service, sender
+	// and sweeper take this config's options only now, so that a config
+	// Caddy rejects leaves the running one's in force.
 	if loaded {
 		if err := g.svc.Apply(svcOpts); err != nil {
 			return fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
@@ -390,6 +392,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.svc.Store().SetOutboxLimits(limits)
 	sender.SetBackend(backend)
 	g.ds.Outbound, g.ds.PeerUp = sender.Outbound, sender.PeerUp
+	if g.sweeper != nil {
+		g.sweeper.current.Store(g.ds.Attachments) // the newest config's policy and backend
+	}
 	return nil
 }
 

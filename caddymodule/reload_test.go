@@ -57,3 +57,27 @@ func TestFailedReloadKeepsServiceOptions(t *testing.T) {
 		t.Errorf("%d keys published after the rejected config, %d before: a key was rotated for it", n, published)
 	}
 }
+
+// TestFailedReloadKeepsSweeper checks that the attachment sweeper of the
+// data directory sweeps with the running config's attachment service
+// (its retention and backend), not with that of a config Caddy rejected
+// and cleaned up.
+func TestFailedReloadKeepsSweeper(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+	old := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir})
+	failedReload(t, old)
+	var sw *sweeper
+	sweeperPool.Range(func(k, v any) bool {
+		if k == dir {
+			sw = v.(*sweeper)
+		}
+		return true
+	})
+	if sw == nil {
+		t.Fatal("no sweeper runs for the running config")
+	}
+	if a := sw.current.Load(); a != old.ds.Attachments {
+		t.Errorf("the sweeper sweeps with the rejected config's attachment service (retention %s)", a.Retention)
+	}
+}
