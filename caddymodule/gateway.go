@@ -168,7 +168,9 @@ type Gateway struct {
 	// data_dir/attachments.
 	Attachments *Attachments `json:"attachments,omitempty"`
 
-	svc     *service.Service
+	svc *service.Service
+	// svcHeld is set while this config holds svc in servicePool.
+	svcHeld bool
 	policy  *admission.Policy
 	origin  *admission.Origin // pooled in originPool under originKey
 	issuer  *admission.Issuer
@@ -321,7 +323,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
-	g.svc = svc
+	g.svc, g.svcHeld = svc, true
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{})
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},
@@ -535,10 +537,13 @@ func (g *Gateway) Cleanup() error {
 			policyErr = errors.Join(policyErr, err)
 		}
 	}
-	if g.svc == nil {
+	if !g.svcHeld {
 		return policyErr
 	}
-	g.svc = nil
+	// g.svc stays: requests of this config may still run (Caddy cleans
+	// up once grace_period ends), and get an answer from the service,
+	// or an error from the closed one.
+	g.svcHeld = false
 	deleted, err := servicePool.Delete(g.DataDir)
 	if deleted {
 		if c := g.logger.Check(zapcore.DebugLevel, "closed provider service"); c != nil {

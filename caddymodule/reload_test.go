@@ -2,11 +2,17 @@ package caddymodule
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // failedReload provisions, on old's data directory, a config that fails
@@ -79,5 +85,66 @@ func TestFailedReloadKeepsSweeper(t *testing.T) {
 	}
 	if a := sw.current.Load(); a != old.ds.Attachments {
 		t.Errorf("the sweeper sweeps with the rejected config's attachment service (retention %s)", a.Retention)
+	}
+}
+
+// TestCleanupWhileInFlight cleans a config up while one of its requests
+// still runs, as Caddy does once a reload's grace_period ends: the
+// request finishes against the service (still open for the new config,
+// or closed) and gets an answer, never a panic.
+func TestCleanupWhileInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		stayOpen bool
+	}{
+		{"service still open", true},
+		{"service closed", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			dir := t.TempDir()
+			os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+			g := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir}
+			if err := g.Provision(ctx); err != nil {
+				t.Fatal(err)
+			}
+			pr, pw := io.Pipe()
+			r := tls13(httptest.NewRequest(http.MethodPost, "/verification_key", pr))
+			r.Header.Set("Content-Type", contentType)
+			r.ContentLength = -1
+			type result struct {
+				w     *httptest.ResponseRecorder
+				panic any
+			}
+			done := make(chan result, 1)
+			go func() {
+				var res result
+				defer func() { res.panic = recover(); done <- res }()
+				res.w, _ = serve(g, r)
+			}()
+			pw.Write([]byte{0}) //nolint:errcheck // the request is reading its body now
+			if tc.stayOpen {
+				// The new config, which keeps the service open.
+				provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir})
+			}
+			if err := g.Cleanup(); err != nil {
+				t.Fatal(err)
+			}
+			pw.Write([]byte{1}) //nolint:errcheck // version 1, no request: answered with the keys
+			pw.Close()
+			res := <-done
+			if res.panic != nil {
+				t.Fatalf("the request in flight panicked after Cleanup: %v", res.panic)
+			}
+			if res.w.Code == 0 || res.w.Header().Get("Content-Type") != contentType {
+				t.Errorf("the request in flight got status %d, Content-Type %q, not a MoH answer", res.w.Code, res.w.Header().Get("Content-Type"))
+			}
+			var resp moh.DSResponse
+			if err := wire.Unmarshal(res.w.Body.Bytes(), &resp, "DSResponse"); err != nil {
+				t.Errorf("the answer %x is not a DSResponse: %v", res.w.Body.Bytes(), err)
+			}
+			t.Logf("status %d, response type %v, code %v", res.w.Code, resp.Type, resp.Error.Code)
+		})
 	}
 }
