@@ -309,7 +309,9 @@ func (g *Gateway) admissionConfig() (admission.Config, error) {
 		Scope:       g.DataDir,
 		Endpoints:   admissionEndpoints(routeTable(g.issuerPath())),
 		PrivacyPass: g.PrivacyPass != nil,
-		Logger:      g.logger,
+		// Sampled: a peer replaying a token while the store is down
+		// makes an error line per request.
+		Logger: g.sampled,
 	}
 	for _, z := range g.RateLimits {
 		if z == nil {
@@ -433,7 +435,7 @@ func (g *Gateway) provisionOrigin(ctx context.Context, fetch provider.FetchPolic
 		keys = g.issuer.Keys()
 	}
 	cfg := pp.originConfig()
-	cfg.Keys, cfg.Spent, cfg.Fetch, cfg.Logger = keys, g.svc.Store(), fetch, g.logger
+	cfg.Keys, cfg.Spent, cfg.Fetch, cfg.Logger = keys, g.svc.Store(), fetch, g.sampled
 	if len(cfg.OriginInfo) == 0 {
 		cfg.OriginInfo = []string{g.DSDomain}
 	}

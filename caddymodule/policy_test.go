@@ -26,6 +26,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/metricstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -1098,6 +1100,35 @@ func TestRedeemStoreFailure(t *testing.T) {
 	}
 	if decision(t, "privacy_pass", "welcome_information", "token_unavailable")-before != 1 {
 		t.Fatal("token_unavailable not counted")
+	}
+}
+
+// TestRedeemStoreFailureLogSampled replays one token 1000 times while the
+// double-spend store is down: each replay is a 503, and its error line is
+// sampled, so that a peer cannot flood the log.
+func TestRedeemStoreFailureLogSampled(t *testing.T) {
+	f := newPPFixture(t)
+	g := provisioned(t, f.gateway(""))
+	core, logs := observer.New(zapcore.InfoLevel)
+	g.logger = zap.New(core)
+	g.sampled = sampled(g.logger)
+	o, err := admission.NewOrigin(context.Background(), admission.OriginConfig{OriginConfig: privacypass.OriginConfig{
+		IssuerName: "issuer.example.com", OriginInfo: []string{"ds.example.com"},
+		Keys:  []*privacypass.Key{f.keys[privacypass.TypeBlindRSA], f.keys[privacypass.TypeVOPRF]},
+		Spent: failingStore{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	withOrigin(t, g, o) // the policy as provisionPolicy builds it, with g's loggers
+	auth := f.mint(t, g, challengeOf(t, g, privacypass.TypeBlindRSA), privacypass.TypeBlindRSA)
+	for i := range 1000 {
+		if w := redeemAt(g, auth); w.Code != http.StatusServiceUnavailable {
+			t.Fatalf("replay %d: status %d, want 503", i, w.Code)
+		}
+	}
+	if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n == 0 || n > 50 {
+		t.Errorf("one token replayed 1000 times while the store was down wrote %d error lines, want 1 to 50", n)
 	}
 }
 
