@@ -285,6 +285,11 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if g.DataDir == "" {
 		g.DataDir = filepath.Join(caddy.AppDataDir(), "mimi", g.Providers[0])
 	}
+	dir, err := poolDataDir(g.DataDir)
+	if err != nil {
+		return fmt.Errorf("mimi: %w", err)
+	}
+	g.DataDir = dir
 	for _, c := range g.TrustedTLSProxies {
 		p, err := parsePrefix(c)
 		if err != nil {

@@ -185,6 +185,11 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	if h.DataDir == "" {
 		h.DataDir = filepath.Join(caddy.AppDataDir(), "mimi", h.Providers[0])
 	}
+	dir, err := poolDataDir(h.DataDir)
+	if err != nil {
+		return fmt.Errorf("mimi_local: %w", err)
+	}
+	h.DataDir = dir
 	zone, err := ratelimit.NewZone("local_key_packages", ratelimit.Config{Rate: keyPackageRate, Burst: keyPackageBurst})
 	if err != nil {
 		return fmt.Errorf("mimi_local: KeyPackage claim limits: %w", err)

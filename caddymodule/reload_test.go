@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -146,5 +147,43 @@ func TestCleanupWhileInFlight(t *testing.T) {
 			}
 			t.Logf("status %d, response type %v, code %v", res.w.Code, resp.Type, resp.Error.Code)
 		})
+	}
+}
+
+// TestDataDirSpellings provisions gateways and a local API on spellings
+// of one data directory: they share one service (and sender, sweeper),
+// where a second service on the same files failed ("database in use") or
+// ran a second sender and key ring.
+func TestDataDirSpellings(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+	a := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir})
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(wd, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spelling := range []string{dir + "/", dir + "/.", filepath.Join(dir, "x") + "/..", rel} {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		b := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: spelling}
+		err := b.Provision(ctx)
+		if err != nil {
+			t.Errorf("%q: %v", spelling, err)
+		} else if a.svc != b.svc {
+			t.Errorf("%q and %q opened two services on one directory", dir, spelling)
+		}
+		b.Cleanup()
+		cancel()
+	}
+	if n, _ := servicePool.References(dir); n != 1 {
+		t.Errorf("%d holds on the service of %s, want the running config's 1", n, dir)
+	}
+	// A local API joins the gateway's service at once.
+	newLocalServer(t, &LocalAPI{Providers: []string{"example.com"}, DataDir: dir + "/"})
+	if n, _ := servicePool.References(dir); n != 2 {
+		t.Errorf("a local API on %q did not join the service of %s (%d holds)", dir+"/", dir, n)
 	}
 }

@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -37,4 +39,16 @@ func loadService(opts service.Options) (s *service.Service, loaded bool, err err
 		return nil, false, err
 	}
 	return v.(*service.Service), loaded, nil
+}
+
+// poolDataDir is dir as the service opens it, absolute and clean: the key
+// of servicePool and of the pools beside it, so that every spelling of a
+// directory (`/x`, `/x/`, a relative path) shares its one service, where
+// another spelling opened a second one on the same files.
+func poolDataDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("data_dir %s: %w", dir, err)
+	}
+	return abs, nil
 }
