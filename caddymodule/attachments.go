@@ -441,8 +441,7 @@ func (g *Gateway) serveDownload(x *exchange) {
 	}
 	defer d.Object.Close()
 	h := x.w.Header()
-	h["Content-Type"] = contentTypeValue
-	h["Cache-Control"] = cacheControlValue
+	setAnswerHeaders(h)
 	h.Set("ETag", `"`+hex.EncodeToString(d.ContentHash)+`"`)
 	h.Set("Accept-Ranges", "bytes")
 	if rh := x.r.Header.Get("Range"); rh != "" {

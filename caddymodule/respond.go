@@ -50,15 +50,6 @@ func statusOf(c moh.Code) int {
 	}
 }
 
-// Header values of the download answer (attachments.go), one pair for all
-// its answers. TODO: use setAnswerHeaders there too: another handler's
-// response header ops (Caddy's header replace) rewrite these in place,
-// for every later download.
-var (
-	contentTypeValue  = []string{contentType}
-	cacheControlValue = []string{"no-store"}
-)
-
 // setAnswerHeaders sets the Content-Type and Cache-Control every MoH
 // answer carries. Each answer gets values of its own: Caddy's header
 // handler rewrites an answer's header values in place (a deferred
