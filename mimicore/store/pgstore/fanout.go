@@ -99,7 +99,8 @@ func (s *Store) fanoutTx(ctx context.Context, tx pgx.Tx, f store.Fanout, now int
 // postTx writes g to its group's log under a new number of the global
 // sequence, and the membership changes it carries: O(1) statements,
 // whatever the number of members. The caller holds the group's row, so
-// whether its members are known cannot change under it.
+// whether its members are known cannot change under it; when they are
+// not, the post updates the row, and the caller holds its update lock.
 func postTx(ctx context.Context, tx pgx.Tx, g *store.GroupPost, now int64) (uint64, error) {
 	var known bool
 	if err := tx.QueryRow(ctx, groupKnownSQL, g.GroupID).Scan(&known); err != nil {
@@ -190,7 +191,10 @@ func (s *Store) notifyDelivered(f store.Fanout, d store.Delivered) {
 
 // Deliver implements store.GroupStore: under a share lock of the group's
 // row, the check of its epoch and the fan-out are one transaction; a
-// commit of the next epoch waits for it.
+// commit of the next epoch waits for it. A post to a group whose members
+// are not recorded yet updates the row (postTx): it runs under the row's
+// FOR NO KEY UPDATE lock instead, taken before the sequence row, so that
+// concurrent Delivers wait for it rather than deadlock.
 func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f store.Fanout) (store.Delivered, error) {
 	const doing = "delivering message"
 	if err := s.checkOpen(doing); err != nil {
@@ -203,11 +207,18 @@ func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f sto
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	var d store.Delivered
+	lock := lockForShare
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		if _, err := lockGroup(ctx, tx, groupID, epoch, true); err != nil {
+		_, known, err := lockGroup(ctx, tx, groupID, epoch, lock)
+		if err != nil {
 			return err
 		}
-		var err error
+		if !known && f.Group != nil && lock == lockForShare {
+			// The post records the members and updates the row: run
+			// again under the lock the update takes, taken first.
+			lock = lockForNoKeyUpdate
+			return errRetry
+		}
 		d, err = s.fanoutTx(ctx, tx, f, s.nowMs())
 		return err
 	})

@@ -471,26 +471,35 @@ func (s *Store) JoinerKey(ctx context.Context, groupID []byte, epoch uint64, ref
 	return key, nil
 }
 
-// lockGroup locks the row of groupID in tx (FOR UPDATE, or FOR SHARE when
-// shared) and checks it is at epoch: a commit, which updates the row,
-// waits for tx, so what tx writes for epoch precedes the next epoch.
-func lockGroup(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64, shared bool) (rowID int64, err error) {
-	lock := "FOR UPDATE"
-	if shared {
-		lock = "FOR SHARE"
-	}
+// Row locks of lockGroup.
+const (
+	// lockForShare lets writes for the epoch run side by side.
+	lockForShare = "FOR SHARE"
+	// lockForNoKeyUpdate is the lock an UPDATE of the row takes: a
+	// transaction that may update the row takes it before anything else,
+	// never after a share lock, which the other holders of share locks
+	// would keep it from turning into this one (a deadlock).
+	lockForNoKeyUpdate = "FOR NO KEY UPDATE"
+	lockForUpdate      = "FOR UPDATE"
+)
+
+// lockGroup locks the row of groupID in tx (with lock, one of the lockFor
+// constants), checks it is at epoch and reports whether the group's local
+// members are recorded: a commit, which updates the row, waits for tx, so
+// what tx writes for epoch precedes the next epoch.
+func lockGroup(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64, lock string) (rowID int64, known bool, err error) {
 	var cur int64
-	err = tx.QueryRow(ctx, `SELECT id, epoch FROM mls_groups WHERE group_id = $1 `+lock, groupID).Scan(&rowID, &cur)
+	err = tx.QueryRow(ctx, `SELECT id, epoch, members_known FROM mls_groups WHERE group_id = $1 `+lock, groupID).Scan(&rowID, &cur, &known)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+		return 0, false, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
 	}
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if uint64(cur) != epoch {
-		return 0, store.ErrEpochConflict
+		return 0, false, store.ErrEpochConflict
 	}
-	return rowID, nil
+	return rowID, known, nil
 }
 
 // AddProposal implements store.GroupStore: under the group row's lock,
@@ -513,7 +522,7 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 	added := false
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		added = false
-		rowID, err := lockGroup(ctx, tx, groupID, epoch, false)
+		rowID, _, err := lockGroup(ctx, tx, groupID, epoch, lockForUpdate)
 		if err != nil {
 			return err
 		}
