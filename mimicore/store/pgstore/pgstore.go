@@ -28,7 +28,8 @@
 //     lock the one queue_sequence row until they commit, for the same
 //     reason.
 //   - Operations of several statements run in one READ COMMITTED
-//     transaction and take row locks (SELECT ... FOR UPDATE, or the lock
+//     transaction (every session's default level, whatever the
+//     database's configuration says) and take row locks (SELECT ... FOR UPDATE, or the lock
 //     an UPDATE or ON CONFLICT takes) before they decide; a transaction
 //     that fails with a serialization failure or a deadlock is run again.
 //
@@ -141,6 +142,12 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	case "off":
 		return nil, fmt.Errorf("opening postgres store: synchronous_commit=off loses acknowledged writes in a crash: %w", store.ErrInvalid)
 	}
+	// The operations rely on READ COMMITTED (each statement sees the
+	// rows committed before it, a locked row is read again once its
+	// lock is released), also where the database's default level is
+	// another: quotas and count bounds would be exceeded, and lone
+	// statements fail with serialization errors that are not run again.
+	cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "read committed"
 	if opts.MaxConns < 0 {
 		return nil, fmt.Errorf("opening postgres store: pool size %d: %w", opts.MaxConns, store.ErrInvalid)
 	}
@@ -226,7 +233,7 @@ func (s *Store) nowMs() int64 { return s.now().UnixMilli() }
 func (s *Store) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	var err error
 	for range maxRetries {
-		err = pgx.BeginFunc(ctx, s.pool, fn)
+		err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, fn)
 		if !retryable(err) {
 			return err
 		}

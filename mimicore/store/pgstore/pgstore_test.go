@@ -559,3 +559,32 @@ func TestAttachmentQuotaAcrossStores(t *testing.T) {
 		t.Fatalf("group usage %+v, %v; want %d attachments", u, err, quota)
 	}
 }
+
+// TestContractRepeatableRead runs the contract tests on a database whose
+// default isolation level is REPEATABLE READ: the store's sessions and
+// transactions run at READ COMMITTED still, which its checks rely on.
+func TestContractRepeatableRead(t *testing.T) {
+	storetest.RunContractTests(t, func(t *testing.T) store.Store {
+		dsn := pgtest.NewDB(t)
+		alterDatabase(t, dsn, "default_transaction_isolation", "repeatable read")
+		ctx := context.Background()
+		s, err := Open(ctx, dsn, Options{})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		var pooled, inTx string
+		if err := s.pool.QueryRow(ctx, "SHOW transaction_isolation").Scan(&pooled); err != nil {
+			t.Fatalf("reading the isolation level: %v", err)
+		}
+		if err := s.inTx(ctx, func(tx pgx.Tx) error {
+			return tx.QueryRow(ctx, "SHOW transaction_isolation").Scan(&inTx)
+		}); err != nil {
+			t.Fatalf("reading the isolation level: %v", err)
+		}
+		if pooled != "read committed" || inTx != "read committed" {
+			t.Fatalf("isolation level %q, in a transaction %q; want read committed", pooled, inTx)
+		}
+		return s
+	})
+}
