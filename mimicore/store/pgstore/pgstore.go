@@ -10,8 +10,9 @@
 // acknowledged write survives a crash of the gateway and of the database
 // server. Each session sets synchronous_commit on, whatever the server's
 // configuration says, unless the DSN asks for another durable level; a DSN
-// with synchronous_commit=off is refused. Every method with a check-and-set decides its outcome in the
-// database, not in this process, so exactly-once holds across gateways:
+// that turns synchronous_commit off, under any spelling, is refused.
+// Every method with a check-and-set decides its outcome in the database,
+// not in this process, so exactly-once holds across gateways:
 //
 //   - Reserve, RecordReplay, SeenSignature and MarkSpent are one INSERT ...
 //     ON CONFLICT DO UPDATE ... WHERE (the row is replaced only when
@@ -73,6 +74,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -136,11 +138,14 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	// server or the database is configured with synchronous_commit off:
 	// every session sets it on, unless the DSN names another durable
 	// level (local, remote_write, remote_apply).
-	switch v := cfg.ConnConfig.RuntimeParams["synchronous_commit"]; v {
+	// PostgreSQL reads the level's name regardless of case, and off
+	// under the spellings of false too. The DSN's options (-c) may set it
+	// as well: Open reads the level of a session too (checkDurable).
+	switch v := cfg.ConnConfig.RuntimeParams["synchronous_commit"]; strings.ToLower(v) {
 	case "":
 		cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
-	case "off":
-		return nil, fmt.Errorf("opening postgres store: synchronous_commit=off loses acknowledged writes in a crash: %w", store.ErrInvalid)
+	case "off", "false", "no", "0":
+		return nil, fmt.Errorf("opening postgres store: synchronous_commit=%s loses acknowledged writes in a crash: %w", v, store.ErrInvalid)
 	}
 	// The operations rely on READ COMMITTED (each statement sees the
 	// rows committed before it, a locked row is read again once its
@@ -182,6 +187,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("opening postgres store: %w", err)
 	}
 	s.pool = pool
+	if err := checkDurable(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("opening postgres store: %w", err)
+	}
 	if err := migrate(ctx, pool, s.now()); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("opening postgres store: %w", err)
@@ -191,6 +200,20 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("opening postgres store: %w", err)
 	}
 	return s, nil
+}
+
+// checkDurable refuses a pool whose sessions run with synchronous_commit
+// off, however the DSN spelled or set it: PostgreSQL answers before the
+// commit is flushed then, and a crash loses acknowledged writes.
+func checkDurable(ctx context.Context, pool *pgxpool.Pool) error {
+	var v string
+	if err := pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&v); err != nil {
+		return fmt.Errorf("reading synchronous_commit: %w", err)
+	}
+	if v == "off" {
+		return fmt.Errorf("synchronous_commit=off loses acknowledged writes in a crash: %w", store.ErrInvalid)
+	}
+	return nil
 }
 
 // Close stops the listener, closes the pool, waiting for the operations

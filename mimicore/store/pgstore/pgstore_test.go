@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -513,6 +514,57 @@ func TestSynchronousCommit(t *testing.T) {
 	}
 	if v != "on" {
 		t.Fatalf("the store's sessions run with synchronous_commit %s, want on", v)
+	}
+}
+
+// TestSynchronousCommitOffRefused checks that Open refuses a DSN that
+// turns synchronous_commit off, however it is spelled (in any case, as any
+// of PostgreSQL's names for off), and that a DSN whose options (-c) turn
+// it off opens sessions that run with it on, or is refused.
+func TestSynchronousCommitOffRefused(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	ctx := context.Background()
+	for _, q := range []string{"synchronous_commit=off", "synchronous_commit=OFF", "synchronous_commit=Off",
+		"synchronous_commit=false", "synchronous_commit=FALSE", "synchronous_commit=0", "synchronous_commit=no"} {
+		t.Run(q, func(t *testing.T) {
+			s, err := Open(ctx, dsn+sep+q, Options{})
+			if err == nil {
+				s.Close()
+			}
+			if !errors.Is(err, store.ErrInvalid) {
+				t.Fatalf("Open: %v, want ErrInvalid", err)
+			}
+		})
+	}
+	for _, q := range []string{"options=-c%20synchronous_commit%3Doff", "options=-c%20synchronous_commit%3Dfalse"} {
+		t.Run(q, func(t *testing.T) {
+			s, err := Open(ctx, dsn+sep+q, Options{})
+			if errors.Is(err, store.ErrInvalid) {
+				return
+			}
+			if err != nil {
+				t.Fatalf("Open: %v, want nil or ErrInvalid", err)
+			}
+			defer s.Close()
+			var v string
+			if err := s.pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&v); err != nil {
+				t.Fatalf("reading synchronous_commit: %v", err)
+			}
+			if v == "off" {
+				t.Fatalf("the store's sessions run with synchronous_commit off")
+			}
+		})
+	}
+	for _, q := range []string{"synchronous_commit=local", "synchronous_commit=ON", "synchronous_commit=remote_apply"} {
+		s, err := Open(ctx, dsn+sep+q, Options{})
+		if err != nil {
+			t.Fatalf("%s: Open: %v", q, err)
+		}
+		s.Close()
 	}
 }
 
