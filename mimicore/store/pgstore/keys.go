@@ -167,8 +167,16 @@ func scanPeerKey(row pgx.CollectableRow) (store.PeerKey, error) {
 	return k, nil
 }
 
-// ReplacePeerKeys implements store.PeerKeyCache: the deletes and the
-// inserts are one transaction, sent as one batch.
+// peerKeysLockSQL is the transaction-scoped advisory lock on a hash of the
+// peer domain $1 that a replacement of its keys takes first: two
+// replacements at once (two gateways that missed the cache) then run one
+// after the other, where the inserts of the second would collide with the
+// first's uncommitted rows, which its deletes did not see.
+const peerKeysLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 17))`
+
+// ReplacePeerKeys implements store.PeerKeyCache: under the domain's
+// advisory lock, the deletes and the inserts are one transaction, sent as
+// one batch.
 func (s *Store) ReplacePeerKeys(ctx context.Context, domain string, keys []store.PeerKey) error {
 	const doing = "caching peer keys"
 	if err := s.checkOpen(doing); err != nil {
@@ -179,6 +187,7 @@ func (s *Store) ReplacePeerKeys(ctx context.Context, domain string, keys []store
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
+		b.Queue(peerKeysLockSQL, domain)
 		b.Queue(`DELETE FROM peer_keys WHERE domain = $1`, domain)
 		b.Queue(`DELETE FROM peer_key_failures WHERE domain = $1`, domain)
 		for _, k := range keys {

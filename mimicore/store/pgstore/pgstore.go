@@ -24,8 +24,9 @@
 //     changes nothing, a read tells ErrNotFound from ErrConflict.
 //   - Checks over many rows take a transaction-scoped advisory lock
 //     first: a client's KeyPackage publishes (the count bound), an
-//     attachment's group and uploader quotas, and the outbox's writes
-//     (whose identity ids then commit in order). The numbered queue writes
+//     attachment's group and uploader quotas, a peer domain's keys (their
+//     replacement), and the outbox's writes (whose identity ids then
+//     commit in order). The numbered queue writes
 //     lock the one queue_sequence row until they commit, for the same
 //     reason.
 //   - Operations of several statements run in one READ COMMITTED
