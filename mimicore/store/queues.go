@@ -168,11 +168,13 @@ type FetchLimit struct {
 // carries the wake-ups across them (pgstore: LISTEN/NOTIFY on one
 // channel, NOTIFY sent in the write's transaction so that it is delivered
 // at the commit), so a write through another process's store on the same
-// database wakes this process's waiters too. After a GroupPost commits, the backend wakes the waiting
-// clients that are members of the group: it looks up the clients that
-// have waiters (in memory) among the group's members, a read of at most
-// one membership row per waiting client, never one per member, and none
-// when nobody waits. The SQLite backend holds its file for one Store
+// database wakes this process's waiters too. After a GroupPost commits,
+// the backend wakes the waiting clients that see it: the members it
+// removed, and the group's current local members that joined before it,
+// read from the index of current memberships, one row per local member,
+// whoever waits. The cost of a post's wake-up follows the group's local
+// members, never the number of waiters in the process, and a post costs
+// no read when nobody waits at all. The SQLite backend holds its file for one Store
 // (ErrInUse), so every write to it passes through its Store.
 type Queues interface {
 	// Append adds d's message to the queue of each of d.Recipients in one

@@ -62,8 +62,8 @@
 // never if it rolls back. The writing Store wakes its own waiters itself,
 // after the commit. Each Store keeps one connection outside the pool that
 // LISTENs on the channel; a goroutine turns what it hears into wake-ups of
-// the Store's store.Notifier (a group post costs the one membership read
-// of the waiting clients that a local post costs, and none when nobody
+// the Store's store.Notifier (a group post costs the read of the group's
+// current local members that a local post costs, and none when nobody
 // waits) and ignores what the pool's own connections sent. Should that
 // connection fail, the goroutine connects again, waiting from 50ms up to
 // 5s between attempts, and once it listens again wakes every waiter: a
