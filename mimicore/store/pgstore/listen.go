@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -32,6 +33,19 @@ const (
 	// postLookupTimeout bounds the membership read that a group post heard
 	// from another Store costs (notifyPost).
 	postLookupTimeout = 10 * time.Second
+)
+
+// The listener's checks of an idle connection: a connection whose peer
+// is gone without a word (a half-open TCP connection: a crashed host, a
+// NAT or firewall that forgot it) carries no notification and no error
+// until the kernel gives up, minutes later. Variables, for the tests.
+var (
+	// listenIdle is how long the listener waits for a notification
+	// before it pings its connection.
+	listenIdle = 30 * time.Second
+	// listenPingTimeout bounds the answer to that ping; without it in
+	// time, the listener connects again.
+	listenPingTimeout = 10 * time.Second
 )
 
 // notifySQL sends each of the payloads $2 on the channel $1.
@@ -121,9 +135,12 @@ func notifyTx(ctx context.Context, tx pgx.Tx, evs []wakeEvent) error {
 
 // listener is a Store's LISTEN connection and the goroutine that reads it.
 type listener struct {
-	cfg    *pgx.ConnConfig
-	cancel context.CancelFunc
-	done   chan struct{}
+	cfg *pgx.ConnConfig
+	// idle and pingTimeout are listenIdle and listenPingTimeout when the
+	// listener started.
+	idle, pingTimeout time.Duration
+	cancel            context.CancelFunc
+	done              chan struct{}
 	// pid is the backend process id of the current connection, 0 while
 	// disconnected (tests terminate it).
 	mu  sync.Mutex
@@ -154,6 +171,7 @@ func (s *Store) startListening(ctx context.Context) error {
 		return err
 	}
 	lctx, cancel := context.WithCancel(context.Background())
+	s.listen.idle, s.listen.pingTimeout = listenIdle, listenPingTimeout
 	s.listen.cancel = cancel
 	s.listen.done = make(chan struct{})
 	go s.listenLoop(lctx, conn)
@@ -177,8 +195,10 @@ func (s *Store) listenPID() uint32 {
 	return s.listen.pid
 }
 
-// listenLoop reads conn's notifications until ctx ends. When the
-// connection fails it connects again, waiting between attempts (from
+// listenLoop reads conn's notifications until ctx ends. After each
+// listen.idle without one it pings the connection, and takes an answer
+// missing after listen.pingTimeout for a failure. When the connection
+// fails it connects again, waiting between attempts (from
 // listenBackoffMin, doubling up to listenBackoffMax), and once it listens
 // again wakes every waiter: a notification may have been missed while
 // disconnected, and a waiter woken for nothing fetches again and waits.
@@ -190,8 +210,14 @@ func (s *Store) listenLoop(ctx context.Context, conn *pgx.Conn) {
 		s.listen.pid = conn.PgConn().PID()
 		s.listen.mu.Unlock()
 		for {
-			n, err := conn.WaitForNotification(ctx)
+			wctx, cancel := context.WithTimeout(ctx, s.listen.idle)
+			n, err := conn.WaitForNotification(wctx)
+			idle := errors.Is(wctx.Err(), context.DeadlineExceeded)
+			cancel()
 			if err != nil {
+				if ctx.Err() == nil && idle && s.listenAlive(ctx, conn) {
+					continue
+				}
 				break
 			}
 			if _, ours := s.listen.ours.Load(n.PID); !ours {
@@ -220,6 +246,15 @@ func (s *Store) listenLoop(ctx context.Context, conn *pgx.Conn) {
 		}
 		s.wakeAll()
 	}
+}
+
+// listenAlive reports whether conn answers a ping within
+// listen.pingTimeout. A notification that arrives during the ping is kept
+// for the next wait (pgx.Conn buffers it).
+func (s *Store) listenAlive(ctx context.Context, conn *pgx.Conn) bool {
+	pctx, cancel := context.WithTimeout(ctx, s.listen.pingTimeout)
+	defer cancel()
+	return conn.Ping(pctx) == nil
 }
 
 // dispatch signals the waiters named by payload, a notification another

@@ -64,11 +64,13 @@
 // LISTENs on the channel; a goroutine turns what it hears into wake-ups of
 // the Store's store.Notifier (a group post costs the read of the group's
 // current local members that a local post costs, and none when nobody
-// waits) and ignores what the pool's own connections sent. Should that
-// connection fail, the goroutine connects again, waiting from 50ms up to
-// 5s between attempts, and once it listens again wakes every waiter: a
-// notification may have been missed, and a woken waiter fetches again.
-// Close stops it. Open fails when it cannot LISTEN.
+// waits) and ignores what the pool's own connections sent. After 30s
+// without a notification it pings its connection, and takes no answer
+// within 10s for a failure: a half-open connection (a peer gone without a
+// word) carries no error for minutes. Should that connection fail, the
+// goroutine connects again, waiting from 50ms up to 5s between attempts,
+// and once it listens again wakes every waiter: a notification may have
+// been missed, and a woken waiter fetches again. Close stops it. Open fails when it cannot LISTEN.
 package pgstore
 
 import (
