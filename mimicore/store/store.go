@@ -193,6 +193,9 @@ type Sweeper interface {
 	// and reports how many it removed. It
 	// works in small transactions so writers are not held up; on error,
 	// the records removed so far stay removed. The gateway's own signing keys are not
-	// swept: see SigningKeys.DeleteSigningKey.
+	// swept: see SigningKeys.DeleteSigningKey. now is the caller's clock:
+	// where several gateways use one backend (pgstore), one whose clock
+	// is ahead removes the others' records early, so their clocks must
+	// agree.
 	DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 }

@@ -49,6 +49,21 @@
 // may share a database: unlike sqlitestore, nothing derived from the
 // database is kept in memory, and there is no store.ErrInUse.
 //
+// # Clocks
+//
+// Expiry and lease decisions use the clock of the gateway that makes
+// them, not the database's: the now that DeleteExpired, AcquireLease and
+// OutboxClaim are given, and Options.Now (time.Now by default) in the
+// expiry checks of Reserve, RecordReplay, SeenSignature and MarkSpent.
+// The gateways on
+// one database must keep their clocks synchronised (NTP): one whose clock
+// is ahead by d treats the others' records as expired d early, so its
+// sweep may remove a seen signature or a spent token that another gateway
+// still counts on (a replay accepted within d of its expiry), and it may
+// take over a lease d before it runs out. The store cannot clamp these
+// times to the database's clock: DeleteExpired's contract is to remove
+// what expired by the now it is given.
+//
 // # Wake-ups across gateways
 //
 // WatchQueue's waiters are woken by the writes of every Store on the
