@@ -97,7 +97,10 @@ func (c *Client) Post(ctx context.Context, recipient string, typ moh.ProviderReq
 	if c.Fetcher.closed() {
 		return nil, fmt.Errorf("posting %s to %s: %w", typ, recipient, ErrFetcherClosed)
 	}
-	authority, err := c.Fetcher.Discover(ctx, recipient)
+	// The cached discovery (an hour, a failure a minute): a GET of the
+	// recipient's discovery endpoint per request would double the
+	// requests of every delivery and claim.
+	authority, err := c.Fetcher.Authority(ctx, recipient)
 	if err != nil {
 		return nil, fmt.Errorf("discovering %s: %w", recipient, err)
 	}

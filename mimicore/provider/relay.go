@@ -59,7 +59,7 @@ func (f *KeyFetcher) relayRequest(ctx context.Context, domain, path string, body
 	if !strings.HasPrefix(path, "/") {
 		return nil, "", errors.New("relaying: path must start with /")
 	}
-	authority, err := f.Discover(ctx, domain)
+	authority, err := f.Authority(ctx, domain) // cached, as for Client.Post
 	if err != nil {
 		return nil, "", fmt.Errorf("discovering %s: %w", domain, err)
 	}
