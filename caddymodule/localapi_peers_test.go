@@ -175,9 +175,7 @@ func TestClaimRateLimitedRetryAfter(t *testing.T) {
 			}
 			b.intercept.Store(&f)
 			defer b.intercept.Store(nil)
-			p := peerKeyPackages{svc: a.g.svc}
-			_, err := p.ClaimClient(t.Context(), moh.UserURI("a.localhost", "alice"), "b.localhost",
-				[]byte(moh.ClientURI("b.localhost", "bob", "phone")))
+			err := claimBobFromA(t, a)
 			if code := moh.DSErrorOf(err).Code; code != moh.CodeRateLimited {
 				t.Fatalf("claim: %v (code %s), want rate_limited", err, code)
 			}
@@ -207,9 +205,7 @@ func TestClaimPeerRefusalTextIsLogged(t *testing.T) {
 	}
 	b.intercept.Store(&f)
 	defer b.intercept.Store(nil)
-	p := peerKeyPackages{svc: a.g.svc}
-	_, err := p.ClaimClient(t.Context(), moh.UserURI("a.localhost", "alice"), "b.localhost",
-		[]byte(moh.ClientURI("b.localhost", "bob", "phone")))
+	err := claimBobFromA(t, a)
 	core, logs := observer.New(zapcore.DebugLevel)
 	rec := httptest.NewRecorder()
 	h := &LocalAPI{logger: zap.New(core)}
@@ -235,4 +231,14 @@ func TestClaimPeerRefusalTextIsLogged(t *testing.T) {
 	if !logged {
 		t.Errorf("b's text is not in a's log: %v", logs.All())
 	}
+}
+
+// claimBobFromA has a's alice claim a KeyPackage of bob's phone on
+// b.localhost through a's peer claims, and returns the claim's error.
+func claimBobFromA(t *testing.T, a *peerSite) error {
+	t.Helper()
+	p := peerKeyPackages{svc: a.g.svc}
+	_, err := p.ClaimClient(t.Context(), moh.UserURI("a.localhost", "alice"), "b.localhost",
+		[]byte(moh.ClientURI("b.localhost", "bob", "phone")))
+	return err
 }

@@ -838,16 +838,7 @@ func TestLocalAPIValidateDurations(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &LocalAPI{Providers: []string{"example.com"}, MaxBindingLifetime: caddy.Duration(tc.lifetime), MaxWait: caddy.Duration(tc.wait)}
-			err := h.Validate()
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
-			}
+			wantValidate(t, h, tc.wantErr)
 		})
 	}
 }
@@ -1042,16 +1033,23 @@ func TestLocalAPIValidateLongPollBounds(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &LocalAPI{Providers: []string{"example.com"}, MaxLongPolls: tc.total, MaxLongPollsPerUser: tc.perUser}
-			err := h.Validate()
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
-			}
+			wantValidate(t, h, tc.wantErr)
 		})
+	}
+}
+
+// wantValidate checks h.Validate: nil when want is empty, else an error
+// naming want.
+func wantValidate(t *testing.T, h *LocalAPI, want string) {
+	t.Helper()
+	err := h.Validate()
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want one naming %s", err, want)
 	}
 }

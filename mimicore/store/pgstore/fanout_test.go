@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
@@ -18,10 +16,7 @@ import (
 func alterDatabase(t *testing.T, dsn, setting, value string) {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connecting: %v", err)
-	}
+	conn := connect(t, dsn)
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET `+setting+` = %L', current_database(), '`+value+`'); END $$`); err != nil {
 		t.Fatalf("setting %s: %v", setting, err)
@@ -34,10 +29,7 @@ func alterDatabase(t *testing.T, dsn, setting, value string) {
 func deadlocks(t *testing.T, dsn string) int64 {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connecting: %v", err)
-	}
+	conn := connect(t, dsn)
 	defer conn.Close(ctx)
 	for tries := 0; ; tries++ {
 		var others int

@@ -57,14 +57,21 @@ func TestMigrationsContiguous(t *testing.T) {
 	}
 }
 
+// connect opens a connection of its own to dsn; the caller closes it.
+func connect(t *testing.T, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("connecting: %v", err)
+	}
+	return conn
+}
+
 // schemaVersions returns the versions recorded in dsn's schema_version.
 func schemaVersions(t *testing.T, dsn string) []int {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connecting: %v", err)
-	}
+	conn := connect(t, dsn)
 	defer conn.Close(ctx)
 	rows, _ := conn.Query(ctx, "SELECT version FROM schema_version ORDER BY version")
 	vs, err := pgx.CollectRows(rows, pgx.RowTo[int])
@@ -141,10 +148,7 @@ func TestSchemaTooNew(t *testing.T) {
 	if vs := schemaVersions(t, dsn); len(vs) != latestVersion() {
 		t.Fatalf("after a reopen schema_version holds %v", vs)
 	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connecting: %v", err)
-	}
+	conn := connect(t, dsn)
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, "INSERT INTO schema_version (version, name, applied_ms) VALUES ($1, 'future', 0)", latestVersion()+1); err != nil {
 		t.Fatalf("recording a future version: %v", err)
@@ -491,10 +495,7 @@ func TestContextWhileWaiting(t *testing.T) {
 func TestSynchronousCommit(t *testing.T) {
 	dsn := pgtest.NewDB(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connecting: %v", err)
-	}
+	conn := connect(t, dsn)
 	defer conn.Close(ctx)
 	var db string
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
