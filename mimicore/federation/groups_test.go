@@ -138,7 +138,9 @@ func TestSenderGroupWaitsAlone(t *testing.T) {
 			// it.
 			s := &Sender{Outbox: st, Transport: p, MinBackoff: time.Hour, MaxBackoff: time.Hour}
 			runSender(t, s)
-			s.Wake("dest.example")
+			// New messages, not the admin's retry (Wake): a retry still
+			// pending when the first pass fails would end A's backoff.
+			s.Outbound("dest.example")
 			waitFor(t, "a failure of group A", func() bool { return p.tries("A-0") > 0 })
 			addOutbox(t, st, "B", 0, 5)
 			s.Outbound("dest.example") // the write's wake-up
