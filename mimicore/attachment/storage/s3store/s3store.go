@@ -36,15 +36,28 @@
 // aborts them. Operators may in addition set the bucket's lifecycle rule
 // AbortIncompleteMultipartUpload; the two do not conflict.
 //
-// Create refuses a name that exists with a HEAD request. Two uploads of
-// one name racing past that check would both succeed, the later
-// replacing the earlier: names are 32 random bytes drawn by the gateway,
-// so they never race.
+// Create refuses a name that exists with a HEAD request, and the request
+// that makes the object visible carries If-None-Match: *, so that the
+// server refuses (412) to replace an object committed since.
+//
+// minio-go sends that request again when its answer is lost (a
+// connection reset after the server stored the object, a proxy's 5xx),
+// and the retry finds the object the first attempt stored: 412, or, for
+// CompleteMultipartUpload, NoSuchUpload. So every Writer draws a random
+// write id and sends it as the object's user metadata (x-amz-meta-mimi-
+// write, in the PUT or in the multipart upload's start). On such a
+// refusal, Commit reads the object's metadata: an object of the size
+// written that carries the write id was stored by one of this Writer's
+// own requests, and Commit succeeds; any other object is ErrExists, and
+// when the object cannot be read the outcome is ErrUncertain.
 package s3store
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -249,8 +262,16 @@ func (s *Store) Create(ctx context.Context, name string, size int64) (storage.Wr
 	if need := (size + maxParts - 1) / maxParts; need > partSize {
 		partSize = (need + 1<<20 - 1) &^ (1<<20 - 1) // whole MiB
 	}
-	return &writer{s: s, ctx: ctx, name: name, key: s.key(name), size: size, partSize: partSize}, nil
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, fmt.Errorf("drawing the write id of s3 object %s: %w", name, err)
+	}
+	return &writer{s: s, ctx: ctx, name: name, key: s.key(name), size: size, partSize: partSize, writeID: hex.EncodeToString(id[:])}, nil
 }
+
+// writeIDKey is the user metadata key (x-amz-meta-mimi-write) that
+// carries a Writer's write id.
+const writeIDKey = "Mimi-Write"
 
 // isNotFound reports whether err says that the object or upload does not
 // exist.
@@ -277,6 +298,7 @@ type writer struct {
 	key      string
 	size     int64
 	partSize int64
+	writeID  string // random, sent as the object's metadata (writeIDKey)
 
 	small    []byte // a small object's bytes so far
 	written  int64
@@ -362,7 +384,7 @@ func (w *writer) Write(p []byte) (int, error) {
 // the next part, min(partSize, bytes left) long.
 func (w *writer) startPart() error {
 	if w.uploadID == "" {
-		id, err := w.s.core.NewMultipartUpload(w.ctx, w.s.bucket, w.key, minio.PutObjectOptions{})
+		id, err := w.s.core.NewMultipartUpload(w.ctx, w.s.bucket, w.key, w.putOptions(false))
 		if err != nil {
 			w.fail(fmt.Errorf("starting s3 multipart upload of %s: %w", w.name, err))
 			return w.err
@@ -457,16 +479,20 @@ func (w *writer) Commit(ctx context.Context) error {
 		return w.err
 	}
 	if w.size <= smallObjectSize {
-		_, err := w.s.core.PutObject(ctx, w.s.bucket, w.key, bytes.NewReader(w.small), w.size, "", "", createOnly())
+		_, err := w.s.core.PutObject(ctx, w.s.bucket, w.key, bytes.NewReader(w.small), w.size, "", "", w.putOptions(true))
 		if err != nil {
-			w.fail(fmt.Errorf("putting s3 object %s: %w", w.name, commitError(err)))
-			return w.err
+			if err = w.commitResult(ctx, err); err != nil {
+				w.fail(fmt.Errorf("putting s3 object %s: %w", w.name, err))
+				return w.err
+			}
 		}
 	} else {
-		_, err := w.s.core.CompleteMultipartUpload(ctx, w.s.bucket, w.key, w.uploadID, w.parts, createOnly())
+		_, err := w.s.core.CompleteMultipartUpload(ctx, w.s.bucket, w.key, w.uploadID, w.parts, w.putOptions(true))
 		if err != nil {
-			w.fail(fmt.Errorf("completing s3 multipart upload of %s: %w", w.name, commitError(err)))
-			return w.err
+			if err = w.commitResult(ctx, err); err != nil {
+				w.fail(fmt.Errorf("completing s3 multipart upload of %s: %w", w.name, err))
+				return w.err
+			}
 		}
 	}
 	w.done = true
@@ -475,28 +501,62 @@ func (w *writer) Commit(ctx context.Context) error {
 	return nil
 }
 
-// createOnly returns the options of a request that makes an object
-// visible: If-None-Match: *, so that the server refuses (412) to replace
-// an object another writer committed under the name since Create.
-func createOnly() minio.PutObjectOptions {
-	var opts minio.PutObjectOptions
-	opts.SetMatchETagExcept("*")
+// putOptions returns the options of a request that starts or makes the
+// object: the write id as user metadata, and for a request that makes the
+// object visible (commit) If-None-Match: *, so that the server refuses
+// (412) to replace an object committed under the name since Create.
+func (w *writer) putOptions(commit bool) minio.PutObjectOptions {
+	opts := minio.PutObjectOptions{UserMetadata: map[string]string{writeIDKey: w.writeID}}
+	if commit {
+		opts.SetMatchETagExcept("*")
+	}
 	return opts
 }
 
-// commitError is the error of a commit request: ErrExists for 412 (the
-// name was committed by another writer since Create), and marked with
-// storage.ErrUncertain when the server did not answer (a timeout, ctx
-// ending, a connection lost): it may have received the whole request and
-// still make the object visible.
-func commitError(err error) error {
-	switch minio.ToErrorResponse(err).StatusCode {
-	case http.StatusPreconditionFailed:
-		return storage.ErrExists
-	case 0:
+// commitResult is Commit's outcome of a commit request that failed with
+// err. A retry refused because the object exists (412) or the upload is
+// consumed (NoSuchUpload) may be minio-go's second attempt of a request
+// whose first attempt stored the object, its answer lost: when the object
+// under the name is this Writer's (mine), the commit succeeded (nil).
+// Otherwise a 412 is ErrExists (another writer committed the name since
+// Create). The error is marked with storage.ErrUncertain when the server
+// did not answer (a timeout, ctx ending, a connection lost: it may have
+// received the whole request and still make the object visible), when the
+// object could not be read, and when the upload was consumed but no
+// object of this Writer is visible (yet).
+func (w *writer) commitResult(ctx context.Context, err error) error {
+	r := minio.ToErrorResponse(err)
+	switch {
+	case r.StatusCode == http.StatusPreconditionFailed || r.Code == minio.NoSuchUpload:
+		mine, statErr := w.mine(ctx)
+		switch {
+		case statErr != nil:
+			return fmt.Errorf("%w: %w: %w", storage.ErrUncertain, err, statErr)
+		case mine:
+			return nil
+		case r.StatusCode == http.StatusPreconditionFailed:
+			return storage.ErrExists
+		}
+		return fmt.Errorf("%w: %w", storage.ErrUncertain, err)
+	case r.StatusCode == 0:
 		return fmt.Errorf("%w: %w", storage.ErrUncertain, err)
 	}
 	return err
+}
+
+// mine reports whether the object under the writer's name was stored by
+// one of this writer's requests: it has the size written and carries the
+// writer's id, which no other writer has.
+func (w *writer) mine(ctx context.Context) (bool, error) {
+	info, err := w.s.core.StatObject(ctx, w.s.bucket, w.key, minio.StatObjectOptions{})
+	if err != nil {
+		if isNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("reading s3 object %s: %w", w.name, err)
+	}
+	id := info.UserMetadata[writeIDKey]
+	return info.Size == w.size && subtle.ConstantTimeCompare([]byte(id), []byte(w.writeID)) == 1, nil
 }
 
 // Abort discards the upload. After a successful Commit it does nothing.

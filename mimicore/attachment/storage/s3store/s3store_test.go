@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -526,5 +528,158 @@ func TestTwoWriters(t *testing.T) {
 		if err != nil || !bytes.Equal(got, bytes.Repeat([]byte{'a'}, size)) {
 			t.Errorf("%d bytes: the first committed object was replaced (%v)", size, err)
 		}
+	}
+}
+
+// dropProxy is an HTTP proxy on loopback in front of the S3 server. It
+// forwards every request as it came (the Host header too, which the
+// signature covers) and passes the answer back, except for the first
+// request that drop selects: that one reaches the server, which answers
+// it, and the proxy then resets the client's connection instead of
+// passing the answer on, as a network that loses an answer does.
+type dropProxy struct {
+	upstream string
+	drop     func(r *http.Request) bool
+	rt       *http.Transport
+
+	mu      sync.Mutex
+	dropped []string // the requests whose answers were lost: method, query and status
+	seen    []string // every request that drop selected, lost or not
+}
+
+// startDropProxy serves p on a port of PORTS and returns its address.
+func startDropProxy(t *testing.T, p *dropProxy) string {
+	t.Helper()
+	p.rt = &http.Transport{DisableCompression: true}
+	t.Cleanup(p.rt.CloseIdleConnections)
+	var l net.Listener
+	var err error
+	for port := 31600; port < 31700; port++ {
+		if l, err = net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("no free port in 31600-31699 for the proxy: %v", err)
+	}
+	srv := &http.Server{Handler: p}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+func (p *dropProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	out.URL.Scheme = "http"
+	out.URL.Host = p.upstream
+	out.Host = r.Host
+	resp, err := p.rt.RoundTrip(out)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	p.mu.Lock()
+	selected := p.drop(r)
+	what := r.Method + " " + r.URL.RawQuery + " " + strconv.Itoa(resp.StatusCode)
+	if selected {
+		p.seen = append(p.seen, what)
+	}
+	lose := selected && len(p.dropped) == 0
+	if lose {
+		p.dropped = append(p.dropped, what)
+	}
+	p.mu.Unlock()
+	if lose {
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		if tc, ok := conn.(*net.TCPConn); ok {
+			tc.SetLinger(0) // a reset, not an orderly close
+		}
+		conn.Close()
+		return
+	}
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	w.Write(body)
+}
+
+func (p *dropProxy) log() (dropped, seen []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.dropped), slices.Clone(p.seen)
+}
+
+// TestCommitAnswerLost: the answer to the request that makes the object
+// visible (a small object's PUT, a large one's CompleteMultipartUpload)
+// is lost after the server stored the object, and minio-go sends the
+// request again. The retry is refused (If-None-Match: * finds the object
+// the first attempt stored, or the upload is gone), yet the object is
+// this writer's: Commit succeeds and the object holds the bytes written.
+// Commit used to fail with ErrExists, so the gateway refused an upload
+// whose bytes were stored, and left the object behind.
+func TestCommitAnswerLost(t *testing.T) {
+	srv := s3test.Start(t)
+	c := srv.Client(t)
+	for _, tc := range []struct {
+		name string
+		size int
+		// commit selects the request that makes the object visible.
+		commit func(r *http.Request) bool
+	}{
+		{"put", 1000, func(r *http.Request) bool {
+			return r.Method == http.MethodPut && r.Header.Get("If-None-Match") == "*"
+		}},
+		{"complete multipart", 2*s3store.MinPartSize + 10, func(r *http.Request) bool {
+			return r.Method == http.MethodPost && r.URL.Query().Has("uploadId")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &dropProxy{upstream: srv.Endpoint, drop: tc.commit}
+			cfg := config(t, srv)
+			cfg.Endpoint = startDropProxy(t, p)
+			s := open(t, cfg)
+			name := storagetest.Name(t)
+			data := bytes.Repeat([]byte("mimi"), tc.size/4)
+			data = append(data, make([]byte, tc.size-len(data))...)
+			w, err := s.Create(ctx, name, int64(tc.size))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			commitErr := w.Commit(ctx)
+			dropped, seen := p.log()
+			if len(dropped) != 1 || !strings.HasSuffix(dropped[0], " 200") || len(seen) < 2 {
+				t.Fatalf("the proxy lost answers %q of requests %q: want the first commit request answered 200 and lost, then a retry", dropped, seen)
+			}
+			t.Logf("lost %q of %q", dropped, seen)
+			if commitErr != nil {
+				t.Fatalf("Commit after a lost answer to a stored object: %v", commitErr)
+			}
+			o, err := s.Open(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(o)
+			o.Close()
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("the object holds %d bytes (%v), want the %d written", len(got), err, len(data))
+			}
+			if objects, uploads := keys(t, c, srv.Bucket, cfg.Prefix); len(objects) != 1 || len(uploads) != 0 {
+				t.Fatalf("objects %q, uploads %q; want the object alone", objects, uploads)
+			}
+		})
 	}
 }
