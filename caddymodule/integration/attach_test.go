@@ -61,6 +61,24 @@ func TestMimictlAttach(t *testing.T) {
 		t.Fatalf("attach get returned %d bytes, not the %d uploaded", len(got), len(file))
 	}
 	assertAttachmentsStored(t, "m.localhost", filepath.Join(env.dir, "m-"+t.Name()))
+	// phone sends the reference; laptop's commit moves the group on. Both
+	// still open the attachment in the epoch of the message, every command
+	// a new process on its state file: laptop with the secret its recv
+	// kept, phone, whose own message is not queued for it, with the one
+	// its attach put kept.
+	must("phone", nil, "send", gid, ref)
+	if out := must("laptop", nil, "recv", "-wait", "5s"); !strings.Contains(out, ref) {
+		t.Fatalf("laptop's recv printed %q, want the reference", out)
+	}
+	must("laptop", nil, "group", "update", gid)
+	if out := must("phone", nil, "recv", "-wait", "5s"); !strings.HasPrefix(out, "commit\t") {
+		t.Fatalf("phone's recv printed %q, want laptop's commit", out)
+	}
+	for _, state := range []string{"phone", "laptop"} {
+		if got := must(state, nil, "attach", "get", gid, leaf, ref, "-"); got != string(file) {
+			t.Fatalf("%s's attach get after a commit returned %d bytes, not the %d uploaded", state, len(got), len(file))
+		}
+	}
 	// The wrong sender's keys do not open it.
 	if _, errOut, status := run("laptop", nil, "attach", "get", gid, "1", ref, "-"); status != 1 || errOut == "" {
 		t.Fatalf("attach get with the wrong sender: exit %d, %q", status, errOut)

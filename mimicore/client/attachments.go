@@ -26,7 +26,9 @@ const MaxAttachment = 256 << 20
 // derive from the epoch of the message that carries the reference: send
 // it in the epoch it was sealed in. When that send is refused with 409
 // stale_epoch, the group moved on: Receive, then PutAttachment again and
-// send the new reference.
+// send the new reference. The attachment's secret of that epoch is kept
+// in the client's state, as for the references Receive reads, so that
+// GetAttachment opens the client's own attachment after later commits.
 func (c *Client) PutAttachment(ctx context.Context, groupID, plaintext []byte) (attachment.Reference, uint32, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -49,6 +51,20 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 	cs := m.State().CipherSuite()
 	sealed, err := attachment.Seal(m, cs, m.LeafIndex(), plaintext, rand.Reader)
 	if err != nil {
+		return attachment.Reference{}, 0, err
+	}
+	// The Delivery Service does not send a member its own messages, so the
+	// message that will carry the reference never reaches keepAttachments
+	// here: the secret is kept now, on disk before the upload, so that
+	// GetAttachment opens the client's own attachment after the group
+	// moved on (and after a restart).
+	secret, err := attachment.ExporterSecret(m, cs, sealed.Hash, m.LeafIndex())
+	if err != nil {
+		return attachment.Reference{}, 0, err
+	}
+	kept := *g
+	kept.attachments = appendKept(g.attachments, keptAttachment{sender: m.LeafIndex(), nonce: sealed.Nonce, hash: sealed.Hash, secret: secret})
+	if err := c.writeGroup(&kept); err != nil {
 		return attachment.Reference{}, 0, err
 	}
 	hash, err := cs.Hash(sealed.Ciphertext)
@@ -85,7 +101,8 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 // it as sent by the member at leaf senderIndex in the epoch of the message
 // that carried ref: when Receive opened that message, and ref was a line
 // of it (or ended one), the client kept the attachment's secret of that
-// epoch; otherwise the group's current epoch is taken for it. The
+// epoch (PutAttachment kept it too for the client's own attachments);
+// otherwise the group's current epoch is taken for it. The
 // plaintext is checked against ref's hash.
 func (c *Client) GetAttachment(ctx context.Context, groupID []byte, senderIndex uint32, ref attachment.Reference) ([]byte, error) {
 	c.mu.Lock()

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/crypto/cryptobyte"
+
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -293,6 +295,64 @@ func TestAttachmentOfAnEarlierEpoch(t *testing.T) {
 				t.Fatal("GetAttachment opened the attachment as sent by another leaf")
 			}
 		})
+	}
+}
+
+// TestOwnAttachmentAfterCommit: alice uploads an attachment with
+// PutAttachment (and sends its reference: the DS does not queue her own
+// message for her), bob's commit moves the group on, alice restarts from
+// her state on disk, and GetAttachment still opens her own attachment with
+// the keys of the epoch she sealed it in. Only references read by Receive
+// used to be kept: alice's own attachment was taken for the current epoch
+// and could not be opened.
+func TestOwnAttachmentAfterCommit(t *testing.T) {
+	alice, bob, gid, _ := pair(t)
+	var stored []byte
+	mux := http.NewServeMux()
+	mux.HandleFunc("/attachment_upload", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		// The DSRequest, then the ciphertext.
+		rest := cryptobyte.String(body)
+		var req moh.DSRequest
+		if !req.UnmarshalWire(&rest) || req.Body.Type != moh.AttachmentUpload || uint64(len(rest)) != req.Body.Upload.ContentLength {
+			http.Error(w, "not an upload", http.StatusBadRequest)
+			return
+		}
+		stored = []byte(rest)
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: []byte("token")})
+	})
+	mux.HandleFunc("/attachment_download", func(w http.ResponseWriter, r *http.Request) {
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentContent, Content: stored})
+	})
+	fakeGateway(t, alice, mux)
+	ref, leaf, err := alice.PutAttachment(t.Context(), gid, []byte("alice's photo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm, err := bob.member(gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := bm.Commit(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, err := wire.Marshal(res.Commit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), commit)); err != nil || ev.Kind != EventCommit {
+		t.Fatalf("alice applying bob's commit: %+v, %v", ev, err)
+	}
+	alice = reopen(t, alice)
+	fakeGateway(t, alice, mux)
+	got, err := alice.GetAttachment(t.Context(), gid, leaf, ref)
+	if err != nil || string(got) != "alice's photo" {
+		t.Fatalf("alice's GetAttachment of her own attachment after a commit and a restart = %q, %v", got, err)
 	}
 }
 

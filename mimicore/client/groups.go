@@ -39,9 +39,11 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // references with them. They go when the epoch does.
 //
 // attachments are the secrets of the attachments whose references the
-// application messages the client opened carried (keepAttachments), so
-// that GetAttachment opens them in the epoch of their message after the
-// group moved on; the last maxKeptAttachments are kept, across epochs.
+// application messages the client opened carried (keepAttachments), and of
+// those the client sealed itself (PutAttachment: the DS does not send a
+// member its own messages), so that GetAttachment opens them in the epoch
+// of their message after the group moved on; the last maxKeptAttachments
+// are kept, across epochs.
 //
 // next is the Member of the epoch the client's own commit starts, while
 // the Delivery Service's answer to it is not known: it is on disk before

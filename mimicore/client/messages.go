@@ -344,6 +344,16 @@ func keepAttachments(g *group, m *mls.Member, sender uint32, data []byte) []kept
 	return out
 }
 
+// appendKept returns a new list of kept attachment secrets: list and k,
+// the oldest going beyond maxKeptAttachments.
+func appendKept(list []keptAttachment, k keptAttachment) []keptAttachment {
+	out := append(slices.Clone(list), k)
+	if len(out) > maxKeptAttachments {
+		out = slices.Delete(out, 0, len(out)-maxKeptAttachments)
+	}
+	return out
+}
+
 // identityOf returns the identity of leaf i of g, "" when blank.
 func identityOf(g *mls.GroupState, i uint32) string {
 	l, ok := g.Member(i)
