@@ -490,7 +490,8 @@ func (g *Gateway) relayUpload(x *exchange, head []byte) bool {
 
 // relayHeaders are the headers of a hub's attachment answer that a
 // relaying gateway passes on.
-var relayHeaders = []string{"Content-Type", "Cache-Control", "Content-Length", "Content-Range", "ETag", "Accept-Ranges"}
+var relayHeaders = []string{"Content-Type", "Cache-Control", "Content-Length", "Content-Range", "ETag", "Accept-Ranges",
+	"Retry-After"}
 
 // relayStream is relayToHub for the streamed attachment endpoints: signed
 // is the client's DSRequest (to find the group's hub), body what goes to

@@ -39,6 +39,11 @@ func (g *Gateway) relayToHub(x *exchange, body []byte) bool {
 		g.refuse(x, moh.Errorf(moh.CodeBackendUnavailable, "the group's hub %s answered nonsense", hub))
 		return true
 	}
+	if ans.RetryAfter != "" {
+		// The hub's 429 (its group or member zone): the client waits
+		// as the hub asked.
+		x.w.Header().Set("Retry-After", ans.RetryAfter)
+	}
 	writeAnswer(x.w, ans.Status, ans.Body)
 	return true
 }

@@ -20,6 +20,10 @@ type Relayed struct {
 	Status int
 	// ContentType is the answer's Content-Type.
 	ContentType string
+	// RetryAfter is the answer's Retry-After, empty when it has none: a
+	// 429 of the hub's admission policy carries one, which the relaying
+	// gateway passes on (PROFILE §3: every 429 has Retry-After).
+	RetryAfter string
 	// Body is the answer's body, at most 16 MiB.
 	Body []byte
 }
@@ -46,7 +50,8 @@ func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte
 	if len(raw) > maxRelayAnswer {
 		return nil, fmt.Errorf("the answer of %s exceeds %d bytes", authority, maxRelayAnswer)
 	}
-	return &Relayed{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: raw}, nil
+	return &Relayed{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"),
+		RetryAfter: resp.Header.Get("Retry-After"), Body: raw}, nil
 }
 
 // relayRequest is the POST of body to path of the DS of provider domain,
