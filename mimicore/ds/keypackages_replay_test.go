@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // The claims of a KeyPackage request and its replay log entry are one
@@ -180,5 +183,48 @@ func TestKeyPackageClaimFailedWriteClaimsNothing(t *testing.T) {
 				t.Fatalf("second retry: %d bytes, %v; want the recorded answer", len(again), err)
 			}
 		})
+	}
+}
+
+// TestKeyPackageClaimLargestAnswer claims the largest group_key_packages
+// answer there is, 64 KeyPackages (moh.MaxClientIDs) of
+// store.MaxKeyPackageSize each, through provider.Inbound: its answer and
+// the claims are one write, so the answer must fit a replay record
+// (store.MaxAnswerSize), and a retry of the request gets the same answer
+// without claiming more.
+func TestKeyPackageClaimLargestAnswer(t *testing.T) {
+	h := newHarness(t)
+	var clients []string
+	for i := range moh.MaxClientIDs {
+		uri := moh.ClientURI(testProvider, "bob", fmt.Sprintf("device%02d", i))
+		clients = append(clients, uri)
+		for range 2 {
+			if err := h.st.PublishKeyPackages(t.Context(), uri, []store.KeyPackage{{Client: uri, Suite: 1,
+				Ref: randomBytes(t, 32), KeyPackage: randomBytes(t, store.MaxKeyPackageSize),
+				NotAfter: time.Now().Add(time.Hour)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	id := randomBytes(t, 16)
+	gw := &provider.Inbound{Verifier: &provider.Verifier{}, Replay: h.st}
+	first, err := gw.Handle(t.Context(), kpRequest(t, id, clients...), h.svc.ProcessProvider)
+	if err != nil {
+		t.Fatalf("the largest answer (%d KeyPackages of %d bytes): %v", len(clients), store.MaxKeyPackageSize, err)
+	}
+	// The packages are random bytes of the largest size (the directory
+	// does not parse them), so the answer is checked by its size: every
+	// client's package is in it.
+	if len(first) < len(clients)*store.MaxKeyPackageSize {
+		t.Fatalf("answer of %d bytes, want %d KeyPackages of %d bytes", len(first), len(clients), store.MaxKeyPackageSize)
+	}
+	again, err := gw.Handle(t.Context(), kpRequest(t, id, clients...), h.svc.ProcessProvider)
+	if err != nil || !bytes.Equal(again, first) {
+		t.Fatalf("the retry: %d bytes, %v; want the first answer", len(again), err)
+	}
+	for _, c := range clients {
+		if n := h.available(t, c); n != 1 {
+			t.Fatalf("%s has %d KeyPackages left, want 1: the retry claimed again", c, n)
+		}
 	}
 }

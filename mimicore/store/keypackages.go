@@ -17,8 +17,8 @@ const (
 // MaxKeyPackagesPerClient (ErrTooManyKeyPackages).
 const (
 	// MaxKeyPackageSize bounds one encoded KeyPackage. It holds a
-	// post-quantum KeyPackage: 64 of them fit in MaxAnswerSize, the
-	// largest key_packages answer.
+	// post-quantum KeyPackage: 64 of them, the largest key_packages
+	// answer, fit in MaxAnswerSize with the answer's framing.
 	MaxKeyPackageSize = 16 << 10
 	// MaxKeyPackagesPerClient bounds the packages a client has available
 	// at once, over all its suites, last-resort packages included. It is

@@ -140,8 +140,10 @@ var (
 // Limits on the values a store accepts; larger values are ErrInvalid.
 const (
 	// MaxAnswerSize bounds the body of a cached answer. It holds the
-	// largest provider answer: 64 KeyPackages of post-quantum suites.
-	MaxAnswerSize = 1 << 20
+	// largest provider answer: a key_packages answer of 64 KeyPackages of
+	// MaxKeyPackageSize (1 MiB), with its framing (version, type, the
+	// vectors' lengths: 8 bytes), so 4 KiB over 1 MiB.
+	MaxAnswerSize = 1<<20 + 4<<10
 	// MaxIDSize bounds request ids, key ids, spent-token keys and other
 	// binary identifiers.
 	MaxIDSize = 255
