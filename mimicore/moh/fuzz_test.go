@@ -3,7 +3,9 @@ package moh
 import (
 	"bytes"
 	"reflect"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -87,4 +89,87 @@ func FuzzPartialGroupInfo(f *testing.F) {
 
 func FuzzWelcomePackage(f *testing.F) {
 	fuzzCanonical(f, "WelcomePackage", func() codec { return new(WelcomePackage) })
+}
+
+func FuzzVerificationKey(f *testing.F) {
+	for _, k := range []VerificationKey{
+		{KeyID: []byte("k1"), Scheme: SchemeEd25519, PublicKey: bytes.Repeat([]byte{3}, 32), NotBefore: 10, NotAfter: 20},
+		{KeyID: bytes.Repeat([]byte{1}, MaxKeyIDLen), Scheme: 0xffff, PublicKey: bytes.Repeat([]byte{4}, MaxPublicKeyLen)},
+	} {
+		if enc, err := wire.Marshal(&k); err == nil {
+			f.Add(enc)
+		}
+	}
+	fuzzCanonical(f, "VerificationKey", func() codec { return new(VerificationKey) })
+}
+
+// FuzzDecodeDSRequestPrefix checks that the prefix decoder of uploads
+// agrees with the whole-body decoder: the prefix it takes decodes as a
+// complete DSRequest with the same type, a body the whole-body decoder
+// accepts is one prefix with nothing after it, and its errors carry the
+// codes of DecodeDSRequest.
+func FuzzDecodeDSRequestPrefix(f *testing.F) {
+	for _, tc := range sampleMessages() {
+		if r, ok := tc.msg.(*DSRequest); ok {
+			if enc, err := wire.Marshal(r); err == nil {
+				f.Add(enc)
+				f.Add(append(enc, "content"...))
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		whole, werr := DecodeDSRequest(data)
+		req, n, perr := DecodeDSRequestPrefix(data)
+		if perr != nil {
+			if werr == nil {
+				t.Fatalf("the prefix decoder refuses a body the whole decoder accepts: %v", perr)
+			}
+			if DSErrorOf(perr).Code != DSErrorOf(werr).Code && DSErrorOf(werr).Code != CodeMalformed {
+				t.Fatalf("prefix error %v, whole-body error %v", perr, werr)
+			}
+			return
+		}
+		if n <= 0 || n > len(data) {
+			t.Fatalf("prefix length %d of %d bytes", n, len(data))
+		}
+		again, err := DecodeDSRequest(data[:n])
+		if err != nil || again.Body.Type != req.Body.Type {
+			t.Fatalf("prefix %x does not decode alone: %v", data[:n], err)
+		}
+		if werr == nil && (n != len(data) || whole.Body.Type != req.Body.Type) {
+			t.Fatalf("whole body accepted but the prefix is %d of %d bytes", n, len(data))
+		}
+		h, err := PeekHeader(data)
+		if err != nil || RequestType(h.Type) != req.Body.Type {
+			t.Fatalf("PeekHeader = %+v, %v; the request has type %d", h, err, req.Body.Type)
+		}
+	})
+}
+
+// FuzzErrorAnswer is the round trip of the error answers the gateway sends:
+// any code and message encode into a DSResponse that decodes strictly, with
+// the code AnswerCode reads, and a message that is a prefix of the one
+// given, at most MaxMessageLen bytes, and cut only at a UTF-8 boundary of a
+// valid message.
+func FuzzErrorAnswer(f *testing.F) {
+	f.Add(uint16(CodeMalformed), "decoding DSRequest: malformed")
+	f.Add(uint16(0xffff), strings.Repeat("é", 200))
+	f.Add(uint16(0), strings.Repeat("x", 300))
+	f.Fuzz(func(t *testing.T, code uint16, msg string) {
+		answer := EncodeError(DSError{Code: Code(code), Message: []byte(msg)})
+		var resp DSResponse
+		if err := wire.Unmarshal(answer, &resp, "DSResponse"); err != nil {
+			t.Fatalf("error answer does not decode: %v", err)
+		}
+		if resp.Type != ResponseError || resp.Error.Code != Code(code) || AnswerCode(answer) != Code(code) {
+			t.Fatalf("answer %x: type %d code %d, AnswerCode %d; want code %d", answer, resp.Type, resp.Error.Code, AnswerCode(answer), code)
+		}
+		got := resp.Error.Message
+		if len(got) > MaxMessageLen || !strings.HasPrefix(msg, string(got)) {
+			t.Fatalf("message %q is not a prefix of %q within %d bytes", got, msg, MaxMessageLen)
+		}
+		if utf8.ValidString(msg) && !utf8.Valid(got) {
+			t.Fatalf("valid message %q cut inside a character: %q", msg, got)
+		}
+	})
 }
