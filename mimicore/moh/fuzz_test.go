@@ -2,6 +2,7 @@ package moh
 
 import (
 	"bytes"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -170,6 +171,44 @@ func FuzzErrorAnswer(f *testing.F) {
 		}
 		if utf8.ValidString(msg) && !utf8.Valid(got) {
 			t.Fatalf("valid message %q cut inside a character: %q", msg, got)
+		}
+	})
+}
+
+// FuzzDecodeCodes checks the version rule of docs/protocol.md §1 on the two
+// request decoders the HTTP layer calls: a body of two bytes or more that
+// does not start with 0001 is unsupported_version whatever follows, and
+// any other refusal is malformed, so no input reaches the peer as another
+// code (or a panic).
+func FuzzDecodeCodes(f *testing.F) {
+	for _, tc := range sampleMessages() {
+		switch tc.msg.(type) {
+		case *DSRequest, *ProviderRequest:
+			if enc, err := wire.Marshal(tc.msg); err == nil {
+				f.Add(enc)
+			}
+		}
+	}
+	f.Add([]byte{0})
+	f.Add([]byte{0, 2, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		want := CodeMalformed
+		if len(data) >= 2 && (data[0] != 0 || data[1] != 1) {
+			want = CodeUnsupportedVersion
+		}
+		_, perr := DecodeProviderRequest(data)
+		_, derr := DecodeDSRequest(data)
+		for name, err := range map[string]error{"ProviderRequest": perr, "DSRequest": derr} {
+			if err == nil {
+				if want != CodeMalformed {
+					t.Fatalf("%s: version %x accepted", name, data[:2])
+				}
+				continue
+			}
+			var e *Error
+			if !errors.As(err, &e) || e.Code != want {
+				t.Fatalf("%s: err = %v, want code %s", name, err, want)
+			}
 		}
 	})
 }
