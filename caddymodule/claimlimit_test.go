@@ -92,3 +92,48 @@ func TestClaimLimitRetryAfter(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusedClaimSpendsNoLimit has a exhaust its claim limit on dave, a
+// user of b, and then post group_key_packages for a client of carol and
+// one of dave, signed afresh each time: each is refused 429 rate_limited
+// for dave's sake, and spends none of carol's limit, so a can still claim
+// carol's KeyPackages a whole burst of times.
+func TestRefusedClaimSpendsNoLimit(t *testing.T) {
+	a, _ := twoProviders(t)
+	pc := &provider.Client{Sender: "a.localhost", Keys: a.g.svc.Keys(), Fetcher: a.g.svc.Fetcher()}
+	requester := []byte(moh.UserURI("a.localhost", "alice"))
+	send := func(typ moh.ProviderRequestType, req wire.Marshaler) (int, moh.Code) {
+		t.Helper()
+		payload, err := wire.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans, err := pc.Send(t.Context(), "b.localhost", typ, payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ans.Status, ans.Response.Error.Code
+	}
+	claimUser := func(user string) (int, moh.Code) {
+		return send(moh.ConnectionKeyPackages, &moh.ConnectionKeyPackagesRequest{Requester: requester,
+			UserID: []byte(moh.UserURI("b.localhost", user))})
+	}
+	for i := range keyPackageBurst {
+		if st, code := claimUser("dave"); st != http.StatusOK {
+			t.Fatalf("claim %d of dave within the burst: %d %s", i+1, st, code)
+		}
+	}
+	both := &moh.GroupKeyPackagesRequest{Requester: requester, ClientIDs: [][]byte{
+		[]byte(moh.ClientURI("b.localhost", "carol", "phone")), []byte(moh.ClientURI("b.localhost", "dave", "phone"))}}
+	const retries = 3
+	for i := range retries {
+		if st, code := send(moh.GroupKeyPackages, both); st != http.StatusTooManyRequests || code != moh.CodeRateLimited {
+			t.Fatalf("claim %d of carol and dave, dave over his limit: %d %s, want 429 rate_limited", i+1, st, code)
+		}
+	}
+	for i := range keyPackageBurst {
+		if st, code := claimUser("carol"); st != http.StatusOK {
+			t.Fatalf("claim %d of carol, within her burst: %d %s (the %d refused claims spent her limit)", i+1, st, code, retries)
+		}
+	}
+}

@@ -14,9 +14,11 @@ import (
 
 // KeyPackageLimiter bounds how fast one peer provider claims the
 // KeyPackages of one local user: each claim spends from the bucket of the
-// key "<sender> <user URI>". *ratelimit.Zone implements it.
+// key "<sender> <user URI>". A request that names several users spends
+// one token of each of their buckets, all or none: AllowAll spends
+// nothing when any bucket is empty. *ratelimit.Zone implements it.
 type KeyPackageLimiter interface {
-	Allow(key string, now time.Time) (ok bool, retryAfter time.Duration)
+	AllowAll(keys []string, now time.Time) (ok bool, retryAfter time.Duration)
 }
 
 // groupKeyPackages serves group_key_packages (docs/protocol.md §4.2): for
@@ -36,8 +38,9 @@ func (s *Service) groupKeyPackages(ctx context.Context, v *provider.Verified) (*
 	if s.Store == nil {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "group_key_packages: this gateway keeps no KeyPackages")
 	}
-	// The rate limits of every user named are spent before anything is
-	// claimed, so a refusal consumes no KeyPackage.
+	// The rate limits of every user named are spent, all or none, before
+	// anything is claimed, so a refusal consumes no KeyPackage and spends
+	// no user's limit.
 	local := make([]bool, len(req.ClientIDs))
 	var clients, users []string
 	for i, id := range req.ClientIDs {
@@ -51,10 +54,8 @@ func (s *Service) groupKeyPackages(ctx context.Context, v *provider.Verified) (*
 			users = append(users, u)
 		}
 	}
-	for _, u := range users {
-		if err := s.allowClaim(v, u); err != nil {
-			return nil, err
-		}
+	if err := s.allowClaim(v, users...); err != nil {
+		return nil, err
 	}
 	// claimed holds one KeyPackage per local client, in request order.
 	answerOf := func(claimed []store.KeyPackage) *moh.DSResponse {
@@ -161,12 +162,17 @@ func (s *Service) checkRequester(what string, v *provider.Verified, requester []
 	return nil
 }
 
-// allowClaim spends one claim of the sender for user's KeyPackages.
-func (s *Service) allowClaim(v *provider.Verified, user string) error {
-	if s.KeyPackageLimits == nil {
+// allowClaim spends one claim of the sender for the KeyPackages of each
+// of users, all or none: a refusal spends no user's claim.
+func (s *Service) allowClaim(v *provider.Verified, users ...string) error {
+	if s.KeyPackageLimits == nil || len(users) == 0 {
 		return nil
 	}
-	if ok, _ := s.KeyPackageLimits.Allow(string(v.Request.Sender)+" "+user, s.now()); !ok {
+	keys := make([]string, len(users))
+	for i, u := range users {
+		keys[i] = string(v.Request.Sender) + " " + u
+	}
+	if ok, _ := s.KeyPackageLimits.AllowAll(keys, s.now()); !ok {
 		return moh.Errorf(moh.CodeRateLimited, "KeyPackages of this user were claimed too often by your provider; retry later")
 	}
 	return nil

@@ -16,6 +16,10 @@
 //   - Keys longer than MaxKeyLen bytes are stored as their SHA-256, so a
 //     bucket costs at most a fixed number of bytes whatever the key.
 //
+// AllowAll spends a token of several keys at once, all or none, for a
+// request that needs the budget of each (the KeyPackages of several
+// users): a refusal leaves every key's budget as it was.
+//
 // A Zone can keep its buckets in Redis instead (SetRedis), so that several
 // processes share one budget per key: a GCRA (generic cell rate algorithm)
 // run atomically by a Lua script, loaded with EVALSHA and EVAL on NOSCRIPT.
@@ -63,6 +67,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,6 +139,11 @@ type Zone struct {
 	mask     uint64
 	perShard int
 	evicted  atomic.Uint64
+
+	// allMu serializes AllowAll's local takes: the only reservations of a
+	// bucket left waiting, even for a moment, are then its own, so that
+	// cancelling them gives back every token they took.
+	allMu sync.Mutex
 
 	// redis, when set, holds the buckets instead of shards, which then
 	// serve as the fallback (SetRedis).
@@ -282,6 +292,94 @@ func (z *Zone) allow(kb []byte, ks string, now time.Time) (bool, time.Duration) 
 			return ok, retry
 		}
 	}
+	b := z.bucketOf(kb, ks, now)
+	if b.lim.AllowN(now, 1) {
+		return true, 0
+	}
+	return false, retryAfter(&b.lim, now)
+}
+
+// AllowAll spends one token of each key's bucket at now, all or none: when
+// any bucket is empty it spends nothing, and returns false and how long
+// until every bucket has a token, rounded up to whole seconds (at least
+// 1 s) as Allow's. A key named twice counts once. A request that needs
+// the budget of several keys (the KeyPackages of several users, say) takes
+// them with one call, so that a refusal leaves the other keys' budgets
+// untouched. In Redis the keys are checked and then spent by one script;
+// locally, AllowAll calls are serialized in the zone (Allow calls are
+// not), and a take that meets an empty bucket gives back what it took.
+func (z *Zone) AllowAll(keys []string, now time.Time) (ok bool, retryAfter time.Duration) {
+	stored := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if len(k) > MaxKeyLen {
+			sum := sha256.Sum256([]byte(k))
+			k = string(sum[:])
+		}
+		if !slices.Contains(stored, k) {
+			stored = append(stored, k)
+		}
+	}
+	if len(stored) == 0 {
+		return true, 0
+	}
+	if b := z.redis.Load(); b != nil {
+		if ok, retry, done := z.allowAllRedis(b, stored, now); done {
+			return ok, retry
+		}
+	}
+	return z.allowAllLocal(stored, now)
+}
+
+// allowAllLocal is AllowAll on the local buckets, of keys in their stored
+// form, without duplicates. It reserves a token of each bucket; a
+// reservation that would have to wait is the refusal of its key, and is
+// cancelled at once. When any key is refused every reservation is
+// cancelled, which gives its token back: allMu keeps every other
+// AllowAll out meanwhile, and Allow never leaves a reservation waiting,
+// so no reservation was made after them that they would have to leave
+// in place (rate.Reservation.CancelAt).
+func (z *Zone) allowAllLocal(keys []string, now time.Time) (bool, time.Duration) {
+	z.allMu.Lock()
+	defer z.allMu.Unlock()
+	taken := make([]*rate.Reservation, 0, len(keys))
+	var wait time.Duration
+	refused := false
+	for _, k := range keys {
+		b := z.bucketOf(nil, k, now)
+		r := b.lim.ReserveN(now, 1)
+		if d := r.DelayFrom(now); d > 0 {
+			r.CancelAt(now)
+			refused = true
+			wait = max(wait, d)
+			continue
+		}
+		taken = append(taken, r)
+	}
+	if !refused {
+		return true, 0
+	}
+	for i := len(taken) - 1; i >= 0; i-- {
+		taken[i].CancelAt(now)
+	}
+	return false, roundRetry(wait)
+}
+
+// roundRetry rounds a wait up to whole seconds, at least 1 s, for a
+// Retry-After header.
+func roundRetry(wait time.Duration) time.Duration {
+	secs := math.Ceil(wait.Seconds() - 1e-9)
+	if secs < 1 {
+		secs = 1
+	}
+	if secs > 1<<31 {
+		secs = 1 << 31
+	}
+	return time.Duration(secs) * time.Second
+}
+
+// bucketOf returns the bucket of the key kb (when non-nil) or ks, in its
+// stored form, creating it at now if absent, and marks it used at now.
+func (z *Zone) bucketOf(kb []byte, ks string, now time.Time) *bucket {
 	var h uint64
 	if kb != nil {
 		h = maphash.Bytes(z.seed, kb)
@@ -305,10 +403,7 @@ func (z *Zone) allow(kb []byte, ks string, now time.Time) (bool, time.Duration) 
 	}
 	s.mu.Unlock()
 	b.touch(nowNano)
-	if b.lim.AllowN(now, 1) {
-		return true, 0
-	}
-	return false, retryAfter(&b.lim, now)
+	return b
 }
 
 // retryAfter is the time until lim has one token, rounded up to seconds.

@@ -100,6 +100,11 @@ type RedisClient interface {
 	// event would be admitted, to the microsecond. ctx bounds the call.
 	// A call after Close fails with an error wrapping ErrRedisClosed.
 	Allow(ctx context.Context, key string, now time.Time, rate float64, burst int) (ok bool, wait time.Duration, err error)
+	// AllowAll is Allow over several distinct Redis keys, all or none,
+	// atomically: it admits the event of every key and records them all,
+	// or, when any key would refuse it, records nothing and says how long
+	// until every key would admit one, to the microsecond.
+	AllowAll(ctx context.Context, keys []string, now time.Time, rate float64, burst int) (ok bool, wait time.Duration, err error)
 	// Close closes the connections.
 	Close() error
 }
@@ -184,6 +189,28 @@ func (b *redisBackend) allow(key string, now time.Time, l *limits) (bool, time.D
 	if err != nil || ok {
 		return ok, 0, err
 	}
+	return false, roundRedisWait(wait), nil
+}
+
+// allowAll is allow over several keys (stored forms, distinct), all or
+// none.
+func (b *redisBackend) allowAll(keys []string, now time.Time, l *limits) (bool, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
+	defer cancel()
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = b.prefix + k
+	}
+	ok, wait, err := b.client.AllowAll(ctx, full, now, float64(l.rate), l.burst)
+	if err != nil || ok {
+		return ok, 0, err
+	}
+	return false, roundRedisWait(wait), nil
+}
+
+// roundRedisWait rounds a wait that Redis counted in whole microseconds up
+// to whole seconds, at least 1 s, as a local bucket's retry.
+func roundRedisWait(wait time.Duration) time.Duration {
 	secs := math.Ceil(float64(wait/time.Microsecond)/1e6 - 1e-9)
 	if secs < 1 {
 		secs = 1
@@ -191,7 +218,7 @@ func (b *redisBackend) allow(key string, now time.Time, l *limits) (bool, time.D
 	if secs > 1<<31 {
 		secs = 1 << 31
 	}
-	return false, time.Duration(secs) * time.Second, nil
+	return time.Duration(secs) * time.Second
 }
 
 // try reports whether a call should go to Redis: always when healthy, else
@@ -285,6 +312,27 @@ func (z *Zone) allowRedis(b *redisBackend, kb []byte, ks string, now time.Time) 
 		ks = string(kb)
 	}
 	ok, retry, err := b.allow(ks, now, l)
+	if err != nil {
+		b.failed(err)
+		z.redisFallbacks.Add(1)
+		return false, 0, false
+	}
+	b.succeeded()
+	return ok, retry, true
+}
+
+// allowAllRedis is allowRedis for AllowAll, over keys in their stored
+// form, without duplicates.
+func (z *Zone) allowAllRedis(b *redisBackend, keys []string, now time.Time) (ok bool, retry time.Duration, done bool) {
+	l := z.limits.Load()
+	if math.IsInf(float64(l.rate), 1) {
+		return true, 0, true
+	}
+	if !b.try() {
+		z.redisFallbacks.Add(1)
+		return false, 0, false
+	}
+	ok, retry, err := b.allowAll(keys, now, l)
 	if err != nil {
 		b.failed(err)
 		z.redisFallbacks.Add(1)

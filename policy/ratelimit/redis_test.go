@@ -35,6 +35,10 @@ func (f *fakeRedis) Allow(_ context.Context, key string, _ time.Time, _ float64,
 	return true, 0, nil
 }
 
+func (f *fakeRedis) AllowAll(ctx context.Context, keys []string, now time.Time, rate float64, burst int) (bool, time.Duration, error) {
+	return f.Allow(ctx, strings.Join(keys, " "), now, rate, burst)
+}
+
 func (f *fakeRedis) Close() error {
 	f.closed.Store(true)
 	return nil

@@ -55,6 +55,44 @@ redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil((new - n
 return {1, 0}
 `)
 
+// gcraAll is gcra over every key of KEYS, all or none, atomic as one
+// script: it reads the TAT of each key and decides each as gcra does,
+// then, only when every key admits its event, writes them all. A refusal
+// changes nothing and answers the longest wait of the keys that refused,
+// so that every key admits an event by then. The keys must be distinct.
+// The reply is gcra's.
+var gcraAll = redis.NewScript(`
+local now
+if ARGV[1] == '' then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+else
+  now = tonumber(ARGV[1])
+end
+local t = tonumber(ARGV[2])
+local tau = t * tonumber(ARGV[3])
+local news = {}
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new = tat + t
+  if new - now > tau then
+    local w = math.ceil(new - now - tau)
+    if w > wait then wait = w end
+  end
+  news[i] = new
+end
+if wait > 0 then
+  return {0, wait}
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%.17g', news[i]), 'PX', math.ceil((news[i] - now) / 1000) + 1000)
+end
+return {1, 0}
+`)
+
 // Client is a ratelimit.RedisClient on one go-redis connection pool.
 type Client struct {
 	client *redis.Client
@@ -104,12 +142,25 @@ func newClient(cfg ratelimit.RedisConfig, callerClock bool) *Client {
 // Allow implements ratelimit.RedisClient with the gcra script, at Redis's
 // TIME unless the client is NewCallerClock's.
 func (c *Client) Allow(ctx context.Context, key string, now time.Time, rate float64, burst int) (bool, time.Duration, error) {
+	return c.run(ctx, gcra, []string{key}, now, rate, burst)
+}
+
+// AllowAll implements ratelimit.RedisClient with the gcraAll script, at
+// Redis's TIME unless the client is NewCallerClock's. The keys, distinct,
+// are in one script call: a Redis Cluster would need them in one hash
+// slot, but the client talks to one server.
+func (c *Client) AllowAll(ctx context.Context, keys []string, now time.Time, rate float64, burst int) (bool, time.Duration, error) {
+	return c.run(ctx, gcraAll, keys, now, rate, burst)
+}
+
+// run runs script over keys and reads its {admitted, wait} reply.
+func (c *Client) run(ctx context.Context, script *redis.Script, keys []string, now time.Time, rate float64, burst int) (bool, time.Duration, error) {
 	interval := 1e6 / rate // µs
 	at := ""
 	if c.callerClock {
 		at = strconv.FormatInt(now.UnixMicro(), 10)
 	}
-	res, err := gcra.Run(ctx, c.client, []string{key},
+	res, err := script.Run(ctx, c.client, keys,
 		at, strconv.FormatFloat(interval, 'g', -1, 64), burst).Int64Slice()
 	if err != nil {
 		if errors.Is(err, redis.ErrClosed) {
