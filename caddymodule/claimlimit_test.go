@@ -1,10 +1,15 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
@@ -135,5 +140,73 @@ func TestRefusedClaimSpendsNoLimit(t *testing.T) {
 		if st, code := claimUser("carol"); st != http.StatusOK {
 			t.Fatalf("claim %d of carol, within her burst: %d %s (the %d refused claims spent her limit)", i+1, st, code, retries)
 		}
+	}
+}
+
+// TestClaimLimitSurvivesReload spends a whole burst of claims of one user
+// under a config, the gateway's peer claims and the local API's alike,
+// and reloads it as Caddy does (the new config provisioned before the old
+// one is cleaned up): the new config refuses the next claim, where a
+// claim limit made anew with each config would have given a full burst
+// again. The zone is released with the last config that uses it.
+func TestClaimLimitSurvivesReload(t *testing.T) {
+	target := moh.UserURI("example.com", "carol")
+	for _, tc := range []struct {
+		name string
+		// load provisions a config on dir and returns a claim of target
+		// under it, and its cleanup.
+		load func(t *testing.T, ctx caddy.Context, dir string) (claim func() bool, cleanup func() error)
+	}{
+		{"peer claims", func(t *testing.T, ctx caddy.Context, dir string) (func() bool, func() error) {
+			g := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir}
+			if err := g.Provision(ctx); err != nil {
+				t.Fatal(err)
+			}
+			claim := func() bool {
+				ok, _ := g.ds.KeyPackageLimits.AllowAll([]string{"peer.example " + target}, time.Now())
+				return ok
+			}
+			return claim, g.Cleanup
+		}},
+		{"local claims", func(t *testing.T, ctx caddy.Context, dir string) (func() bool, func() error) {
+			h := &LocalAPI{Providers: []string{"example.com"}, DataDir: dir}
+			if err := h.Provision(ctx); err != nil {
+				t.Fatal(err)
+			}
+			return func() bool { return h.claims.AllowClaim("alice", target) == nil }, h.Cleanup
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			claim, cleanup := tc.load(t, ctx, dir)
+			for i := range keyPackageBurst {
+				if !claim() {
+					t.Fatalf("claim %d within the burst refused", i+1)
+				}
+			}
+			reloaded, cleanupReloaded := tc.load(t, ctx, dir)
+			if err := cleanup(); err != nil {
+				t.Fatal(err)
+			}
+			if reloaded() {
+				t.Fatal("after a reload, a claim over the burst was admitted: the claim limit started over")
+			}
+			if err := cleanupReloaded(); err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			claimZonePool.Range(func(k, _ any) bool {
+				if strings.HasPrefix(k.(string), dir+"\x00") {
+					n++
+				}
+				return true
+			})
+			if n != 0 {
+				t.Fatalf("%d claim zones of the data directory outlived every config using them", n)
+			}
+		})
 	}
 }

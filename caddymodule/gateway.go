@@ -189,6 +189,9 @@ type Gateway struct {
 	sampled *zap.Logger
 	// originKey is the origin's key in originPool, "" when none is held.
 	originKey string
+	// claimZoneKey is the key in claimZonePool of the KeyPackage claim
+	// limit's zone (ds.KeyPackageLimits), "" when none is held.
+	claimZoneKey string
 	// peerCerts checks peers' client certificates; nil unless mutual TLS
 	// is required (mtls.go).
 	peerCerts *provider.CertVerifier
@@ -369,10 +372,11 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err := g.provisionPolicy(ctx, fetch); err != nil {
 		return err
 	}
-	zone, err := ratelimit.NewZone("key_packages", ratelimit.Config{Rate: keyPackageRate, Burst: keyPackageBurst})
+	zone, zoneKey, err := acquireClaimZone(g.DataDir, claimZonePeers)
 	if err != nil {
-		return fmt.Errorf("mimi: KeyPackage claim limits: %w", err)
+		return fmt.Errorf("mimi: %w", err)
 	}
+	g.claimZoneKey = zoneKey
 	g.ds.KeyPackageLimits = zone
 	g.claimRetryAfter = strconv.Itoa(claimRetryAfterSeconds(zone))
 	// Last, so that a failed provision leaves no sender running.

@@ -127,8 +127,10 @@ type LocalAPI struct {
 	// MaxLongPollsPerUser.
 	polls *pollSlots
 	// claims bounds how fast one user claims one target user's
-	// KeyPackages (localClaimLimits).
-	claims localClaimLimits
+	// KeyPackages (localClaimLimits), with a zone held in claimZonePool
+	// under claimZoneKey ("" when none is held).
+	claims       localClaimLimits
+	claimZoneKey string
 	// stopping ends the long polls in flight when the server begins to
 	// shut down (a reload or stop) or the handler is cleaned up, so they
 	// do not hold the old config for up to MaxWait: the client gets an
@@ -190,11 +192,11 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi_local: %w", err)
 	}
 	h.DataDir = dir
-	zone, err := ratelimit.NewZone("local_key_packages", ratelimit.Config{Rate: keyPackageRate, Burst: keyPackageBurst})
+	zone, zoneKey, err := acquireClaimZone(h.DataDir, claimZoneLocal)
 	if err != nil {
-		return fmt.Errorf("mimi_local: KeyPackage claim limits: %w", err)
+		return fmt.Errorf("mimi_local: %w", err)
 	}
-	h.claims = localClaimLimits{zone: zone}
+	h.claims, h.claimZoneKey = localClaimLimits{zone: zone}, zoneKey
 	h.stopping, h.stop = context.WithCancel(context.Background())
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		srv.RegisterOnShutdown(h.stop)
@@ -340,22 +342,28 @@ func (h *LocalAPI) Validate() error {
 	return nil
 }
 
-// Cleanup releases this config's hold on the provider's service.
+// Cleanup releases this config's hold on the provider's service and on
+// its claim limit's zone.
 func (h *LocalAPI) Cleanup() error {
 	if h.stop != nil {
 		h.stop()
 	}
+	var zoneErr error
+	if h.claimZoneKey != "" {
+		_, zoneErr = claimZonePool.Delete(h.claimZoneKey)
+		h.claimZoneKey = ""
+	}
 	if h.joined == nil {
-		return nil
+		return zoneErr
 	}
 	h.joined.mu.Lock()
 	defer h.joined.mu.Unlock()
 	if h.svc == nil {
-		return nil
+		return zoneErr
 	}
 	h.svc = nil
 	_, err := servicePool.Delete(h.DataDir)
-	return err
+	return errors.Join(zoneErr, err)
 }
 
 // The local API's paths, relative to where it is mounted.

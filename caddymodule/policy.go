@@ -393,9 +393,16 @@ func (g *Gateway) provisionPolicy(ctx caddy.Context, fetch provider.FetchPolicy)
 	return nil
 }
 
-// cleanupPolicy releases the zones and the origin this gateway holds.
+// cleanupPolicy releases the zones (the KeyPackage claim limit's
+// included) and the origin this gateway holds.
 func (g *Gateway) cleanupPolicy() error {
 	var errs []error
+	if g.claimZoneKey != "" {
+		if _, err := claimZonePool.Delete(g.claimZoneKey); err != nil {
+			errs = append(errs, err)
+		}
+		g.claimZoneKey = ""
+	}
 	if g.policy != nil {
 		errs = append(errs, g.policy.Close())
 		g.policy = nil

@@ -1,0 +1,50 @@
+package caddymodule
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
+)
+
+// Names of the KeyPackage claim limits' zones.
+const (
+	// claimZonePeers bounds a peer provider's claims of one local user
+	// (the gateway's group_key_packages, connection_key_packages).
+	claimZonePeers = "key_packages"
+	// claimZoneLocal bounds a local user's claims of one target user
+	// (mimi_local's /claim_key_packages).
+	claimZoneLocal = "local_key_packages"
+)
+
+// claimZonePool keeps the KeyPackage claim limits' zones across config
+// reloads, keyed by claimZoneKey: Caddy provisions a new config before it
+// cleans up the old one, so the new config finds the old zone with its
+// buckets, and a reload does not hand every (sender, user) pair a full
+// burst again. Handlers of one data directory (sites of one provider)
+// hold one zone of each name.
+var claimZonePool = caddy.NewUsagePool()
+
+// claimZoneKey is the key of a claim zone in claimZonePool: the data
+// directory, the zone's name and its rate and burst, so that other limits
+// build a zone of their own.
+func claimZoneKey(dataDir, name string, rate float64, burst int) string {
+	return dataDir + "\x00" + name + "\x00" + strconv.FormatFloat(rate, 'g', -1, 64) + "\x00" + strconv.Itoa(burst)
+}
+
+// acquireClaimZone returns the claim zone name of dataDir at the claim
+// limit (keyPackageRate after a burst of keyPackageBurst), from
+// claimZonePool, and its key there; the caller releases it with
+// claimZonePool.Delete(key).
+func acquireClaimZone(dataDir, name string) (*ratelimit.Zone, string, error) {
+	key := claimZoneKey(dataDir, name, keyPackageRate, keyPackageBurst)
+	v, _, err := claimZonePool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return ratelimit.NewZone(name, ratelimit.Config{Rate: keyPackageRate, Burst: keyPackageBurst})
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("KeyPackage claim limits: %w", err)
+	}
+	return v.(*ratelimit.Zone), key, nil
+}
