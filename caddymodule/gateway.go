@@ -403,6 +403,12 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.svc.Store().SetOutboxLimits(limits)
 	sender.SetBackend(backend)
 	g.ds.Outbound, g.ds.PeerUp = sender.Outbound, sender.PeerUp
+	if g.origin != nil {
+		// A pooled origin kept from the running config fetches the issuer
+		// directory under this config's policy and logs to its logger
+		// from now on; its keys, challenges and spent tokens stay.
+		g.origin.Reconfigure(fetch, g.sampled)
+	}
 	if g.sweeper != nil {
 		g.sweeper.current.Store(g.ds.Attachments) // the newest config's policy and backend
 	}

@@ -417,8 +417,11 @@ func (g *Gateway) cleanupPolicy() error {
 }
 
 // originPool shares Privacy Pass origins across config reloads, keyed by
-// data directory and every setting that shapes the origin (see poolKey), so
-// that challenges minted before a reload (context random) stay valid.
+// data directory and every setting that shapes the origin (see
+// originPoolKey), so that challenges minted before a reload (context
+// random) stay valid. The options a reload changes in place, the issuer
+// directory's fetch policy and the logger, are applied to a kept origin at
+// the end of Provision (admission.Origin.Reconfigure).
 var originPool = caddy.NewUsagePool()
 
 // provisionOrigin loads the origin of the privacy_pass block from

@@ -1162,3 +1162,89 @@ func TestZonesBeforeTokens(t *testing.T) {
 		t.Fatal("the token was checked although the zone refused the request")
 	}
 }
+
+// TestOriginTakesReloadedFetchPolicy reloads a gateway whose origin
+// accepts the keys of an issuer directory with the same privacy_pass
+// settings but a federation policy that reaches the issuer at another
+// address: the reloaded config keeps the pooled origin, and its next
+// directory refresh goes through the new policy, so a token under the key
+// the issuer publishes there is accepted.
+func TestOriginTakesReloadedFetchPolicy(t *testing.T) {
+	f := newPPFixture(t)
+	rotated, err := privacypass.GenerateKey(privacypass.TypeBlindRSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	directory := func(k *privacypass.Key) *httptest.Server {
+		iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir, err := iss.Directory("/token-request").Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", privacypass.MediaTypeIssuerDirectory)
+			w.Write(dir) //nolint:errcheck // test server
+		}))
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	before, after := directory(f.keys[privacypass.TypeBlindRSA]), directory(rotated)
+	rootFile := filepath.Join(t.TempDir(), "root.pem")
+	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: before.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := func(s *httptest.Server) int { return s.Listener.Addr().(*net.TCPAddr).Port }
+	dataDir := t.TempDir()
+	os.Chmod(dataDir, 0o700) //nolint:errcheck // else the service tightens it and says so
+	cfg := func(issuerAt *httptest.Server) *Gateway {
+		return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dataDir,
+			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{port(before), port(after)},
+				RootCAFiles: []string{rootFile}, Resolve: map[string]string{"example.com": issuerAt.Listener.Addr().String()}},
+			PrivacyPass: &PrivacyPass{IssuerName: "example.com", Require: []string{"welcome_information"},
+				IssuerDirectory: "https://example.com:" + strconv.Itoa(port(before)) + privacypass.DirectoryPath}}
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	old := cfg(before)
+	if err := old.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reloaded := cfg(after)
+	if err := reloaded.Provision(ctx); err != nil {
+		old.Cleanup()
+		t.Fatal(err)
+	}
+	defer reloaded.Cleanup()
+	if err := old.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if reloaded.origin != old.origin {
+		t.Fatal("the reload with the same privacy_pass settings built a new origin")
+	}
+	if err := reloaded.origin.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err := privacypass.NewTokenRequest(challengeOf(t, reloaded, privacypass.TypeBlindRSA), rotated.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: rotated})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := iss.Issue(p.Request)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := p.Finalize(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := redeemAt(reloaded, privacypass.FormatAuthorization(tok)); w.Code != endpointAnswer {
+		t.Fatalf("token under the key of the issuer the reloaded fetch policy reaches: status %d, want %d (the refresh used the first config's policy)",
+			w.Code, endpointAnswer)
+	}
+}

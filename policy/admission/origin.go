@@ -51,8 +51,10 @@ type OriginConfig struct {
 	// Fetch bounds the directory fetch: addresses, ports, resolve map,
 	// roots and timeout (default DefaultDirectoryTimeout). Redirects are
 	// not followed and TLS 1.2 is accepted, as RFC 9578 allows.
+	// Origin.Reconfigure replaces it.
 	Fetch provider.FetchPolicy
-	// Logger receives the origin's logs; nil: none.
+	// Logger receives the origin's logs; nil: none. Origin.Reconfigure
+	// replaces it.
 	Logger *zap.Logger
 }
 
@@ -93,9 +95,9 @@ type Origin struct {
 	current atomic.Pointer[privacypass.Origin]
 	cfg     privacypass.OriginConfig // Keys holds the configured keys only
 	dirURL  string
-	fetch   provider.FetchPolicy
 	every   time.Duration
-	logger  *zap.Logger
+	// opts are the options a reload may change in place (Reconfigure).
+	opts atomic.Pointer[originOptions]
 
 	mu     sync.Mutex // serialises refreshes
 	dirIDs string     // fingerprint of the directory keys in use
@@ -108,6 +110,12 @@ type Origin struct {
 	closeOnce sync.Once
 }
 
+// originOptions are an Origin's options that Reconfigure replaces.
+type originOptions struct {
+	fetch  provider.FetchPolicy
+	logger *zap.Logger
+}
+
 // NewOrigin builds the origin of cfg. With a DirectoryURL it fetches the
 // directory once (ctx bounds that fetch) and then refreshes it every
 // DirectoryRefresh in the background until Close.
@@ -118,19 +126,17 @@ func NewOrigin(ctx context.Context, cfg OriginConfig) (*Origin, error) {
 	if len(cfg.Keys) == 0 && cfg.DirectoryURL == "" {
 		return nil, errors.New("token_key or issuer_directory is required (or an issuer block to use its keys)")
 	}
-	o := &Origin{cfg: cfg.OriginConfig, dirURL: cfg.DirectoryURL, fetch: cfg.Fetch,
-		every: cfg.DirectoryRefresh, logger: cfg.Logger}
+	o := &Origin{cfg: cfg.OriginConfig, dirURL: cfg.DirectoryURL, every: cfg.DirectoryRefresh}
 	o.cfg.Keys = slices.Clone(cfg.Keys)
 	if o.every == 0 {
 		o.every = DefaultDirectoryRefresh
 	}
-	if o.logger == nil {
-		o.logger = zap.NewNop()
-	}
+	o.Reconfigure(cfg.Fetch, cfg.Logger)
 	var dirKeys []*privacypass.Key
 	if o.dirURL != "" {
 		var err error
-		if dirKeys, err = FetchDirectoryKeys(ctx, o.dirURL, o.fetch, o.logger); err != nil {
+		opts := o.opts.Load()
+		if dirKeys, err = FetchDirectoryKeys(ctx, o.dirURL, opts.fetch, opts.logger); err != nil {
 			return nil, err
 		}
 	}
@@ -145,6 +151,21 @@ func NewOrigin(ctx context.Context, cfg OriginConfig) (*Origin, error) {
 	}
 	return o, nil
 }
+
+// Reconfigure makes fetch the policy of the issuer directory's later
+// fetches and logger (nil: none) the origin's logger, in place: an origin
+// kept across configuration reloads takes the new configuration's fetch
+// policy and logger, and keeps its keys, the challenges it sent and the
+// state of its refreshes. It is safe to call while the origin is in use.
+func (o *Origin) Reconfigure(fetch provider.FetchPolicy, logger *zap.Logger) {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	o.opts.Store(&originOptions{fetch: fetch, logger: logger})
+}
+
+// logger is the origin's current logger.
+func (o *Origin) logger() *zap.Logger { return o.opts.Load().logger }
 
 // Current returns the origin in use now. Take it once per request: a
 // refresh may replace it.
@@ -172,7 +193,8 @@ func (o *Origin) Refresh(ctx context.Context) error {
 	if o.dirURL == "" {
 		return nil
 	}
-	keys, err := FetchDirectoryKeys(ctx, o.dirURL, o.fetch, o.logger)
+	opts := o.opts.Load()
+	keys, err := FetchDirectoryKeys(ctx, o.dirURL, opts.fetch, opts.logger)
 	if err != nil {
 		return err
 	}
@@ -207,7 +229,7 @@ func (o *Origin) RefreshForUnknownKey(ctx context.Context) bool {
 	o.unknownMu.Unlock()
 	before := o.Current()
 	if err := o.Refresh(ctx); err != nil {
-		o.logger.Warn("refreshing the issuer directory for a token under an unknown key; keeping the current keys",
+		o.logger().Warn("refreshing the issuer directory for a token under an unknown key; keeping the current keys",
 			zap.String("issuer_directory", o.dirURL), zap.Error(err))
 		return false
 	}
@@ -246,7 +268,7 @@ func (o *Origin) installLocked(dirKeys []*privacypass.Key) error {
 		id := k.ID()
 		ids[i] = fmt.Sprintf("%s:%x", k.Type(), id[:8])
 	}
-	o.logger.Info("privacy pass origin ready", zap.String("issuer_name", cfg.IssuerName),
+	o.logger().Info("privacy pass origin ready", zap.String("issuer_name", cfg.IssuerName),
 		zap.Strings("origin_info", cfg.OriginInfo), zap.Strings("token_key_ids", ids),
 		zap.String("context", cfg.Mode.String()))
 	return nil
@@ -293,7 +315,7 @@ func (o *Origin) refreshLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			if err := o.Refresh(ctx); err != nil && ctx.Err() == nil {
-				o.logger.Warn("refreshing the issuer directory; keeping the current keys",
+				o.logger().Warn("refreshing the issuer directory; keeping the current keys",
 					zap.String("issuer_directory", o.dirURL), zap.Error(err))
 			}
 		}
