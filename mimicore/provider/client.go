@@ -125,7 +125,38 @@ func (c *Client) Post(ctx context.Context, recipient string, typ moh.ProviderReq
 	if err := wire.Unmarshal(body, &a.Response, "DSResponse"); err != nil {
 		return a, fmt.Errorf("answer of %s (status %d): %w", authority, resp.StatusCode, err)
 	}
+	if a.Status == http.StatusUnauthorized && a.Response.Type == moh.ResponseError && c.Fetcher.policy.GetClientCertificate != nil &&
+		(a.Response.Error.Code == moh.CodeCertRequired || a.Response.Error.Code == moh.CodeBadCertificate) {
+		c.Fetcher.retireConnection(ctx, authority)
+	}
 	return a, nil
+}
+
+// retireConnection takes the connection to authority that its next
+// request would use out of use, once the requests in flight on it end: it
+// sends a GET of the discovery path marked Connection: close, whose answer
+// is ignored (over HTTP/2 the connection then takes no new request).
+//
+// Post calls it when a peer refused the client certificate of the
+// connection a request went over. The certificate is the one presented at
+// the connection's handshake, and a peer checks it at every request
+// (docs/protocol.md §4.4): a connection opened before this gateway had a
+// certificate, or kept alive past the expiry of the one it presented,
+// would be refused for as long as traffic keeps it open, while a new
+// connection presents the certificate of the moment
+// (FetchPolicy.GetClientCertificate).
+func (f *KeyFetcher) retireConnection(ctx context.Context, authority string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+authority+"/.well-known/mimi/ds-domain", nil)
+	if err != nil {
+		return
+	}
+	req.Close = true
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	resp.Body.Close()
 }
 
 // maxRetryAfter bounds the Retry-After an Answer keeps: a day, beyond

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/internal/testca"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // issue issues a leaf of ca described by l, or fails the test.
@@ -213,4 +214,100 @@ func BenchmarkCertVerifier(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestPostRefreshesRefusedConnection checks that a provider request
+// refused for its connection's client certificate has the next one sent
+// over a new connection, which presents the certificate of the moment:
+// a peer checks the certificate of the handshake at each request
+// (docs/protocol.md §4.4), so a connection kept alive past the expiry of
+// the certificate it presented, or opened before this gateway had one,
+// would otherwise be refused for as long as traffic keeps it open.
+func TestPostRefreshesRefusedConnection(t *testing.T) {
+	ca := newCA(t, "our CA")
+	start := time.Now()
+	first, err := ca.Issue(testca.Leaf{DNSNames: []string{"ds.ours.example"}, NotBefore: start.Add(-time.Hour), NotAfter: start.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := ca.Issue(testca.Leaf{DNSNames: []string{"ds.ours.example"}, NotBefore: start.Add(-time.Hour), NotAfter: start.Add(3 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		before *tls.Certificate // presented at the first handshake; nil: none
+		after  time.Time        // the peer's clock once renewed is presented, after before
+	}{
+		{"certificate expired since the handshake", &first, start.Add(2 * time.Hour)},
+		{"no certificate at the handshake", nil, start},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var clock atomic.Pointer[time.Time]
+			clock.Store(&start)
+			verifier := &CertVerifier{Roots: ca.Pool(), Now: func() time.Time { return *clock.Load() }}
+			ok, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseOK})
+			mux := http.NewServeMux()
+			var srv *httptest.Server
+			mux.HandleFunc("/.well-known/mimi/ds-domain", func(w http.ResponseWriter, r *http.Request) {
+				io.WriteString(w, "ds.example.com:"+srv.URL[strings.LastIndexByte(srv.URL, ':')+1:])
+			})
+			mux.HandleFunc("/connection_key_packages", func(w http.ResponseWriter, r *http.Request) {
+				if err := verifier.Verify(r.TLS.PeerCertificates, "ds.ours.example"); err != nil {
+					w.WriteHeader(http.StatusUnauthorized)
+					w.Write(moh.ErrorAnswer(err))
+					return
+				}
+				w.Write(ok)
+			})
+			srv = httptest.NewUnstartedServer(mux)
+			srv.EnableHTTP2 = true
+			srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS13}
+			srv.StartTLS()
+			t.Cleanup(srv.Close)
+
+			var current atomic.Pointer[tls.Certificate]
+			if tc.before != nil {
+				current.Store(tc.before)
+			}
+			addr := srv.Listener.Addr().String()
+			f := NewKeyFetcher(FetchPolicy{AllowPrivate: true, AllowedPorts: []int{srv.Listener.Addr().(*net.TCPAddr).Port},
+				RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs,
+				Resolve: map[string]string{"peer.example.com": addr, "ds.example.com": addr},
+				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+					if c := current.Load(); c != nil {
+						return c, nil
+					}
+					return new(tls.Certificate), nil
+				}})
+			t.Cleanup(f.Close)
+			c := &Client{Sender: "ours.example", Fetcher: f}
+			post := func() *Answer {
+				t.Helper()
+				a, err := c.Post(t.Context(), "peer.example.com", moh.ConnectionKeyPackages, []byte{0})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return a
+			}
+			if tc.before != nil {
+				if a := post(); a.Status != http.StatusOK {
+					t.Fatalf("first request: status %d %v, want 200", a.Status, a.Err())
+				}
+				// This gateway renews its certificate; the peer's clock
+				// passes the first one's expiry.
+				current.Store(&renewed)
+				clock.Store(&tc.after)
+			}
+			if a := post(); a.Status != http.StatusUnauthorized {
+				t.Fatalf("request over the connection of the first handshake: status %d, want 401", a.Status)
+			}
+			current.Store(&renewed) // without a certificate before, this gateway has one now
+			for i := range 2 {
+				if a := post(); a.Status != http.StatusOK {
+					t.Fatalf("request %d after the refusal: status %d %v, want 200 over a new connection", i+1, a.Status, a.Err())
+				}
+			}
+		})
+	}
 }
