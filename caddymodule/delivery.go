@@ -134,9 +134,10 @@ func unmarshalDelivery(d *caddyfile.Dispenser) (*Delivery, error) {
 		}
 		switch opt {
 		case "key":
-			// Not quoted in errors: it may be the key itself.
+			// Not quoted in errors: it may be the key itself (ArgErr
+			// would quote it when a second argument follows).
 			if !d.AllArgs(&dl.Key) {
-				return nil, d.ArgErr()
+				return nil, d.Err("delivery backend key takes one argument, the key or a placeholder such as {env.MIMI_BACKEND_KEY}")
 			}
 		case "key_file":
 			if !d.AllArgs(&dl.KeyFile) {
