@@ -134,8 +134,8 @@ func (f *ForwardStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		switch opt {
 		case "key":
-			if !d.AllArgs(&f.Key) {
-				return d.ArgErr()
+			if err := caddyopts.Secret(d, &f.Key); err != nil {
+				return err
 			}
 		case "key_file":
 			if !d.AllArgs(&f.KeyFile) {

@@ -192,8 +192,8 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			g.Store = st
 		case "key_secret":
-			if !d.AllArgs(&g.KeySecret) {
-				return d.ArgErr()
+			if err := caddyopts.Secret(d, &g.KeySecret); err != nil {
+				return err
 			}
 		case "key_secret_file":
 			if !d.AllArgs(&g.KeySecretFile) {

@@ -134,10 +134,9 @@ func unmarshalDelivery(d *caddyfile.Dispenser) (*Delivery, error) {
 		}
 		switch opt {
 		case "key":
-			// Not quoted in errors: it may be the key itself (ArgErr
-			// would quote it when a second argument follows).
-			if !d.AllArgs(&dl.Key) {
-				return nil, d.Err("delivery backend key takes one argument, the key or a placeholder such as {env.MIMI_BACKEND_KEY}")
+			// Not quoted in errors: it may be the key itself.
+			if err := caddyopts.Secret(d, &dl.Key); err != nil {
+				return nil, err
 			}
 		case "key_file":
 			if !d.AllArgs(&dl.KeyFile) {

@@ -48,7 +48,7 @@ func TestUnmarshalDeliveryErrors(t *testing.T) {
 		{"backend without key", "mimi {\n delivery backend http://127.0.0.1:9000/\n}", "exactly one of key and key_file"},
 		{"backend with both keys", "mimi {\n delivery backend http://127.0.0.1:9000/ {\n key " + secret + "\n key_file /k\n }\n}", "exactly one of key and key_file"},
 		{"backend with a bad url", "mimi {\n delivery backend 127.0.0.1:9000 {\n key " + secret + "\n }\n}", "not an http or https URL"},
-		{"key with two arguments", "mimi {\n delivery backend http://127.0.0.1:9000/ {\n key " + secret + " extra\n }\n}", "delivery backend key takes one argument"},
+		{"key with two arguments", "mimi {\n delivery backend http://127.0.0.1:9000/ {\n key " + secret + " extra\n }\n}", "key takes one argument"},
 		{"duplicate key", "mimi {\n delivery backend http://127.0.0.1:9000/ {\n key " + secret + "\n key " + secret + "\n }\n}", "duplicate delivery option 'key'"},
 		{"unknown option", "mimi {\n delivery backend http://127.0.0.1:9000/ {\n key " + secret + "\n bogus\n }\n}", "unrecognized delivery option 'bogus'"},
 		{"bad timeout", "mimi {\n delivery backend http://127.0.0.1:9000/ {\n key " + secret + "\n timeout soon\n }\n}", "invalid timeout duration 'soon'"},

@@ -227,8 +227,8 @@ func unmarshalPrivacyPass(d *caddyfile.Dispenser) (*PrivacyPass, error) {
 				return nil, d.Errf("invalid context '%s': want random or window", pp.Context)
 			}
 		case "secret":
-			if !d.AllArgs(&pp.Secret) {
-				return nil, d.ArgErr()
+			if err := caddyopts.Secret(d, &pp.Secret); err != nil {
+				return nil, err
 			}
 		case "grease":
 			if d.NextArg() {

@@ -56,7 +56,7 @@ func TestStoreCaddyfile(t *testing.T) {
 		{"duplicate max_conns", "mimi {\n store postgres x {\n max_conns 2\n max_conns 3\n }\n}", nil, "duplicate store option 'max_conns'"},
 		{"unknown store option", "mimi {\n store postgres x {\n min_conns 2\n }\n}", nil, "unrecognized store option 'min_conns'"},
 		{"duplicate store", "mimi {\n store sqlite\n store sqlite\n}", nil, "duplicate mimi option 'store'"},
-		{"key_secret without value", "mimi {\n key_secret\n}", nil, "wrong argument count"},
+		{"key_secret without value", "mimi {\n key_secret\n}", nil, "key_secret takes one argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := new(Gateway)

@@ -143,7 +143,11 @@ func (s *S3Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch opt {
 		case "endpoint", "bucket", "prefix", "region", "access_key", "secret_key":
 			var v string
-			if !d.AllArgs(&v) {
+			if opt == "access_key" || opt == "secret_key" {
+				if err := caddyopts.Secret(d, &v); err != nil {
+					return err
+				}
+			} else if !d.AllArgs(&v) {
 				return d.ArgErr()
 			}
 			*map[string]*string{

@@ -29,3 +29,16 @@ func Block(d *caddyfile.Dispenser, what string, repeatable ...string) iter.Seq2[
 		}
 	}
 }
+
+// Secret reads the one argument of the option d is at, a secret (a key, a
+// password, or a placeholder for one), into v. Its error names the option
+// and never the value: d.ArgErr quotes the token before the fault, which is
+// the secret itself when a second argument follows it, and Caddy prints and
+// logs that error.
+func Secret(d *caddyfile.Dispenser, v *string) error {
+	opt := d.Val()
+	if !d.AllArgs(v) {
+		return d.Errf("%s takes one argument, the secret or a placeholder such as {env.NAME} (not quoted here)", opt)
+	}
+	return nil
+}

@@ -47,3 +47,32 @@ func TestBlock(t *testing.T) {
 		})
 	}
 }
+
+// TestSecret checks that a secret option takes one argument and that its
+// error never quotes the value.
+func TestSecret(t *testing.T) {
+	const secret = "0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct {
+		name, input string
+		err         string // empty: accepted
+	}{
+		{"one argument", "key " + secret, ""},
+		{"none", "key", "key takes one argument"},
+		{"a second argument", "key " + secret + " extra", "key takes one argument"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := caddyfile.NewTestDispenser(tc.input)
+			d.Next()
+			var v string
+			err := Secret(d, &v)
+			switch {
+			case tc.err == "" && (err != nil || v != secret):
+				t.Fatalf("Secret = %q, %v, want the secret", v, err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("Secret error = %v, want it to mention %q", err, tc.err)
+			case err != nil && strings.Contains(err.Error(), secret):
+				t.Fatalf("the error quotes the secret: %v", err)
+			}
+		})
+	}
+}
