@@ -18,6 +18,11 @@
 //	aead_nonce                 = ExpandWithLabel(attachment_secret, "nonce", "", AEAD.Nn)
 //	ciphertext                 = AEAD.Seal(key, aead_nonce, aad = "", plaintext)
 //
+// A copy of an attachment in another group (attachment_copy) is referenced
+// with the attachment_secret itself (Reference.Key, OpenWithSecret): the
+// members of that group derive the key and nonce from it, since their
+// exporter is not the one it came from.
+//
 // The whole file is one AEAD message, as the draft defines it, so it is
 // held in memory by the sealing and the opening client (the gateway
 // streams it).
@@ -67,9 +72,31 @@ func Context(attachmentHash []byte, senderIndex uint32) ([]byte, error) {
 // secret (the output of MLS-Exporter) and the reference's nonce: the part
 // of the derivation that test vectors pin without an MLS group.
 func DeriveFromExporterSecret(cs mls.CipherSuite, exporterSecret, nonce []byte) (Keys, error) {
+	secret, err := Secret(cs, exporterSecret, nonce)
+	if err != nil {
+		return Keys{}, err
+	}
+	return DeriveFromSecret(cs, secret)
+}
+
+// Secret returns the attachment_secret,
+// KDF.Extract(salt = attachment_exporter_secret, ikm = nonce): what a
+// reference's key parameter carries (Reference.Key), so that members of
+// another group, who cannot derive it, open a copy of the attachment.
+func Secret(cs mls.CipherSuite, exporterSecret, nonce []byte) ([]byte, error) {
 	secret, err := cs.Extract(exporterSecret, nonce)
 	if err != nil {
-		return Keys{}, fmt.Errorf("attachment: extracting: %w", err)
+		return nil, fmt.Errorf("attachment: extracting: %w", err)
+	}
+	return secret, nil
+}
+
+// DeriveFromSecret derives the keys from an attachment_secret (Secret, or
+// the key parameter of a reference). A secret that is not KDF.Nh bytes of
+// cs is refused.
+func DeriveFromSecret(cs mls.CipherSuite, secret []byte) (Keys, error) {
+	if len(secret) != cs.HashSize() {
+		return Keys{}, fmt.Errorf("attachment: the attachment secret is %d bytes, not the %d of cipher suite %d", len(secret), cs.HashSize(), uint16(cs))
 	}
 	key, err := cs.ExpandWithLabel(secret, "key", nil, uint16(cs.AEADKeySize()))
 	if err != nil {
@@ -156,6 +183,18 @@ func ExporterSecret(ex Exporter, cs mls.CipherSuite, attachmentHash []byte, send
 // epoch's exporter.
 func OpenWithExporterSecret(cs mls.CipherSuite, exporterSecret, nonce, hash, ciphertext []byte) ([]byte, error) {
 	k, err := DeriveFromExporterSecret(cs, exporterSecret, nonce)
+	if err != nil {
+		return nil, err
+	}
+	return open(cs, k, hash, ciphertext)
+}
+
+// OpenWithSecret is Open with the attachment_secret that a reference's
+// key parameter carries (a copy's reference), instead of an exporter: it
+// needs neither the sender's leaf nor the epoch. The plaintext is checked
+// against hash as by Open.
+func OpenWithSecret(cs mls.CipherSuite, secret, hash, ciphertext []byte) ([]byte, error) {
+	k, err := DeriveFromSecret(cs, secret)
 	if err != nil {
 		return nil, err
 	}

@@ -118,3 +118,54 @@ func TestOpenChecksHash(t *testing.T) {
 		t.Fatalf("Open = %v, want ErrHash", err)
 	}
 }
+
+// TestOpenWithSecret: the attachment secret that alice computes in her
+// group opens her attachment with no exporter (as a copy's reference
+// carries it to another group); another secret, one of another length,
+// and a ciphertext that does not match the hash are refused.
+func TestOpenWithSecret(t *testing.T) {
+	for _, cs := range []mls.CipherSuite{mls.X25519AES128GCMSHA256Ed25519, mls.P521AES256GCMSHA512P521} {
+		t.Run(cs.String(), func(t *testing.T) {
+			alice, _, _ := pair(t, cs)
+			plain := []byte("a copied attachment")
+			s, err := Seal(alice, cs, alice.LeafIndex(), plain, rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			es, err := ExporterSecret(alice, cs, s.Hash, alice.LeafIndex())
+			if err != nil {
+				t.Fatal(err)
+			}
+			secret, err := Secret(cs, es, s.Nonce)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(secret) != cs.HashSize() {
+				t.Fatalf("secret of %d bytes, want KDF.Nh = %d", len(secret), cs.HashSize())
+			}
+			if got, err := OpenWithSecret(cs, secret, s.Hash, s.Ciphertext); err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("OpenWithSecret = %q, %v", got, err)
+			}
+			other := bytes.Clone(secret)
+			other[0] ^= 1
+			otherHash := bytes.Clone(s.Hash)
+			otherHash[0] ^= 1
+			for _, tc := range []struct {
+				name         string
+				secret, hash []byte
+			}{
+				{"another secret", other, s.Hash},
+				{"the exporter secret", es, s.Hash},
+				{"a shorter secret", secret[:len(secret)-1], s.Hash},
+				{"a longer secret", append(bytes.Clone(secret), 0), s.Hash},
+				{"another hash", secret, otherHash},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					if _, err := OpenWithSecret(cs, tc.secret, tc.hash, s.Ciphertext); err == nil {
+						t.Fatal("opened")
+					}
+				})
+			}
+		})
+	}
+}

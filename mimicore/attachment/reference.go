@@ -25,8 +25,12 @@ const (
 
 // Reference is what a message carries for an attachment: the DS token to
 // download it with, and the nonce and plaintext hash its key derives from.
+// Key, when not empty, is the attachment_secret itself (docs/protocol.md
+// §6.1): a copy's reference carries it, since the members of the group it
+// was copied to cannot derive it from their own exporter.
 type Reference struct {
 	Token, Nonce, Hash []byte
+	Key                []byte
 }
 
 // b64 is unpadded base64url that refuses non-canonical encodings.
@@ -34,17 +38,22 @@ var b64 = base64.RawURLEncoding.Strict()
 
 // String returns the reference as its content type:
 // `message/external-body; access-type=token; token=<b64url>; nonce=<b64url>; hash=<b64url>`,
-// base64url without padding.
+// followed by `; key=<b64url>` when r has a Key, base64url without padding.
 func (r Reference) String() string {
-	return MediaType + "; access-type=token; token=" + b64.EncodeToString(r.Token) +
+	s := MediaType + "; access-type=token; token=" + b64.EncodeToString(r.Token) +
 		"; nonce=" + b64.EncodeToString(r.Nonce) + "; hash=" + b64.EncodeToString(r.Hash)
+	if len(r.Key) > 0 {
+		s += "; key=" + b64.EncodeToString(r.Key)
+	}
+	return s
 }
 
 // ParseReference parses a reference as String writes it. The media type and
 // parameter names are case-insensitive (RFC 2045); access-type must be
 // token; token, nonce and hash must each appear once, be unpadded base64url
-// and within their bounds; any other parameter is refused, so that a
-// reference has one meaning. RFC 2231 continuations and encoded values
+// and within their bounds; key is optional, and when present must appear
+// once, be unpadded base64url and of MinDigestLen to MaxDigestLen bytes;
+// any other parameter is refused, so that a reference has one meaning. RFC 2231 continuations and encoded values
 // (`token*0=`, `token*=utf-8”...`) are refused: a reference never needs
 // them, and mime.ParseMediaType would let one replace a plain field. No
 // valid reference holds a '*', so any is refused.
@@ -67,19 +76,26 @@ func ParseReference(s string) (Reference, error) {
 		name     string
 		out      *[]byte
 		min, max int
-	}{{"token", &r.Token, 1, MaxTokenLen}, {"nonce", &r.Nonce, MinDigestLen, MaxDigestLen}, {"hash", &r.Hash, MinDigestLen, MaxDigestLen}}
+		optional bool
+	}{{"token", &r.Token, 1, MaxTokenLen, false}, {"nonce", &r.Nonce, MinDigestLen, MaxDigestLen, false},
+		{"hash", &r.Hash, MinDigestLen, MaxDigestLen, false}, {"key", &r.Key, MinDigestLen, MaxDigestLen, true}}
+	known := 1 // access-type
 	for _, f := range fields {
 		v, ok := params[f.name]
 		if !ok {
+			if f.optional {
+				continue
+			}
 			return Reference{}, fmt.Errorf("attachment reference: no %s", f.name)
 		}
+		known++
 		b, err := b64.DecodeString(v)
 		if err != nil || len(b) < f.min || len(b) > f.max {
 			return Reference{}, fmt.Errorf("attachment reference: %s is not %d to %d bytes of base64url", f.name, f.min, f.max)
 		}
 		*f.out = b
 	}
-	if len(params) != 1+len(fields) {
+	if len(params) != known {
 		return Reference{}, errors.New("attachment reference: unknown parameters")
 	}
 	return r, nil

@@ -30,6 +30,9 @@ type vector struct {
 	Ciphertext       string `json:"ciphertext"`
 	Token            string `json:"token"`
 	Reference        string `json:"reference"`
+	// ReferenceWithKey is the reference of a copy: Reference with the
+	// attachment secret as key.
+	ReferenceWithKey string `json:"reference_with_key"`
 }
 
 // vectorsFile is where the vectors are published.
@@ -84,8 +87,17 @@ func makeVector(t *testing.T, cs mls.CipherSuite) vector {
 		ExporterSecret: hex.EncodeToString(es), Nonce: hex.EncodeToString(nonce),
 		AttachmentSecret: hex.EncodeToString(secret), Key: hex.EncodeToString(k.Key), AEADNonce: hex.EncodeToString(k.Nonce),
 		Ciphertext: hex.EncodeToString(aead.Seal(nil, k.Nonce, plain, nil)), Token: hex.EncodeToString(token),
-		Reference: Reference{Token: token, Nonce: nonce, Hash: h}.String(),
+		Reference:        Reference{Token: token, Nonce: nonce, Hash: h}.String(),
+		ReferenceWithKey: Reference{Token: token, Nonce: nonce, Hash: h, Key: secret}.String(),
 	}
+}
+
+// must returns b, or nil on an error.
+func must(b []byte, err error) []byte {
+	if err != nil {
+		return nil
+	}
+	return b
 }
 
 var vectorSuites = []mls.CipherSuite{mls.X25519AES128GCMSHA256Ed25519, mls.P256AES128GCMSHA256P256,
@@ -135,6 +147,14 @@ func TestVectors(t *testing.T) {
 		plain, err := aead.Open(nil, n, ct, nil)
 		if p, _ := hex.DecodeString(got[i].Plaintext); err != nil || !bytes.Equal(plain, p) {
 			t.Errorf("vector %d does not decrypt: %v", i, err)
+		}
+		// The reference with key parses, and its key alone opens it.
+		ref, err := ParseReference(got[i].ReferenceWithKey)
+		if err != nil {
+			t.Fatalf("vector %d: reference_with_key: %v", i, err)
+		}
+		if p, _ := hex.DecodeString(got[i].Plaintext); !bytes.Equal(must(OpenWithSecret(mls.CipherSuite(got[i].CipherSuite), ref.Key, ref.Hash, ct)), p) {
+			t.Errorf("vector %d does not decrypt with the key of reference_with_key", i)
 		}
 	}
 }

@@ -63,6 +63,9 @@ for (const v of vectors) {
     if (val.toString('hex') !== v[k]) { console.log(`FAIL suite ${v.cipher_suite} ${k}`); failed++; }
   }
   if (ref !== v.reference) { console.log(`FAIL suite ${v.cipher_suite} reference`); failed++; }
+  // A copy's reference: the same, with the attachment_secret as key.
+  const refWithKey = `${ref}; key=${b64url(got.attachment_secret)}`;
+  if (refWithKey !== v.reference_with_key) { console.log(`FAIL suite ${v.cipher_suite} reference_with_key`); failed++; }
   if (!failed) console.log(`ok suite ${v.cipher_suite}`);
 }
 process.exit(failed ? 1 : 0);
