@@ -43,7 +43,7 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // those the client sealed itself (PutAttachment: the DS does not send a
 // member its own messages), so that GetAttachment opens them in the epoch
 // of their message after the group moved on; the last maxKeptAttachments
-// are kept, across epochs.
+// are kept, across epochs, and the last maxKeptPerSender of one sender.
 //
 // next is the Member of the epoch the client's own commit starts, while
 // the Delivery Service's answer to it is not known: it is on disk before

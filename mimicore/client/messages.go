@@ -316,38 +316,53 @@ const maxReferencesPerMessage = 16
 // end of a line, in the form attachment.Reference's String writes
 // (docs/protocol.md §6.1): its keys derive from the epoch of the message
 // that carries it, which the group may have left when GetAttachment runs.
+// A reference with a key (a copy's) needs nothing kept: its key opens it.
 func keepAttachments(g *group, m *mls.Member, sender uint32, data []byte) []keptAttachment {
-	var out []keptAttachment
-	n := 0
+	var add []keptAttachment
 	for line := range bytes.Lines(data) {
 		i := bytes.Index(line, []byte(attachment.MediaType))
-		if i < 0 || n == maxReferencesPerMessage {
+		if i < 0 || len(add) == maxReferencesPerMessage {
 			continue
 		}
 		ref, err := attachment.ParseReference(strings.TrimSpace(string(line[i:])))
-		if err != nil {
+		if err != nil || len(ref.Key) > 0 {
 			continue
 		}
 		secret, err := attachment.ExporterSecret(m, m.State().CipherSuite(), ref.Hash, sender)
 		if err != nil {
 			continue
 		}
-		if out == nil {
-			out = slices.Clone(g.attachments)
-		}
-		out = append(out, keptAttachment{sender: sender, nonce: ref.Nonce, hash: ref.Hash, secret: secret})
-		n++
+		add = append(add, keptAttachment{sender: sender, nonce: ref.Nonce, hash: ref.Hash, secret: secret})
 	}
-	if len(out) > maxKeptAttachments {
-		out = slices.Delete(out, 0, len(out)-maxKeptAttachments)
+	if add == nil {
+		return nil
 	}
-	return out
+	return appendKept(g.attachments, add...)
 }
 
-// appendKept returns a new list of kept attachment secrets: list and k,
-// the oldest going beyond maxKeptAttachments.
-func appendKept(list []keptAttachment, k keptAttachment) []keptAttachment {
-	out := append(slices.Clone(list), k)
+// appendKept returns a new list of kept attachment secrets: list and add,
+// the oldest of a sender going beyond maxKeptPerSender of that sender's,
+// then the oldest of all going beyond maxKeptAttachments. The bound per
+// sender keeps one member, who may send any number of references, from
+// pushing the others' secrets out.
+func appendKept(list []keptAttachment, add ...keptAttachment) []keptAttachment {
+	out := slices.Clone(list)
+	for _, k := range add {
+		n := 0
+		for _, o := range out {
+			if o.sender == k.sender {
+				n++
+			}
+		}
+		out = slices.DeleteFunc(out, func(o keptAttachment) bool {
+			if o.sender != k.sender || n < maxKeptPerSender {
+				return false
+			}
+			n--
+			return true
+		})
+		out = append(out, k)
+	}
 	if len(out) > maxKeptAttachments {
 		out = slices.Delete(out, 0, len(out)-maxKeptAttachments)
 	}

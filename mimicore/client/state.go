@@ -248,6 +248,12 @@ const maxPendingProposals = 256
 // the oldest go first.
 const maxKeptAttachments = 256
 
+// maxKeptPerSender bounds the attachment secrets a group file keeps of
+// one sender's leaf (the client's own included), its oldest going first:
+// well below maxKeptAttachments, so that one member cannot push out the
+// secrets of the others' attachments by sending many references.
+const maxKeptPerSender = 32
+
 // encodeGroup encodes a group file:
 //
 //	struct {
