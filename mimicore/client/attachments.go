@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -102,8 +103,10 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 // that carried ref: when Receive opened that message, and ref was a line
 // of it (or ended one), the client kept the attachment's secret of that
 // epoch (PutAttachment kept it too for the client's own attachments);
-// otherwise the group's current epoch is taken for it. The
-// plaintext is checked against ref's hash.
+// otherwise the group's current epoch is taken for it. A ref with a key
+// (the reference of a copy, docs/protocol.md §6.1) is opened with that key
+// alone, whatever senderIndex says. The plaintext is checked against
+// ref's hash.
 func (c *Client) GetAttachment(ctx context.Context, groupID []byte, senderIndex uint32, ref attachment.Reference) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -119,8 +122,19 @@ func (c *Client) getAttachment(ctx context.Context, groupID []byte, senderIndex 
 	if err != nil {
 		return nil, err
 	}
+	content, err := c.download(ctx, groupID, m.LeafIndex(), ref.Token)
+	if err != nil {
+		return nil, err
+	}
+	plain, _, err := c.openAttachment(groupID, m, senderIndex, ref, content)
+	return plain, err
+}
+
+// download fetches the ciphertext of token from groupID with
+// /attachment_download, signed as leaf index. c.mu is held.
+func (c *Client) download(ctx context.Context, groupID []byte, index uint32, token []byte) ([]byte, error) {
 	body, err := c.sign(moh.RequestBody{Type: moh.AttachmentDownload,
-		Attachment: moh.AttachmentRef{GroupID: groupID, Token: ref.Token}}, m.LeafIndex())
+		Attachment: moh.AttachmentRef{GroupID: groupID, Token: token}}, index)
 	if err != nil {
 		return nil, err
 	}
@@ -145,18 +159,105 @@ func (c *Client) getAttachment(ctx context.Context, groupID []byte, senderIndex 
 	if err := wire.Unmarshal(answer, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentContent {
 		return nil, fmt.Errorf("attachment_download: the answer is not attachment content")
 	}
+	return r.Content, nil
+}
+
+// openAttachment decrypts content, the ciphertext of ref in groupID (m
+// the client's current Member of it), as sent by the member at leaf
+// senderIndex, and returns the plaintext and the attachment_secret that
+// opened it: ref's key when it has one; else one derived from the kept
+// secrets of the epochs that carried ref, the newest first (a reference
+// sent again in a later epoch was sealed again), then from the current
+// epoch. c.mu is held.
+func (c *Client) openAttachment(groupID []byte, m *mls.Member, senderIndex uint32, ref attachment.Reference, content []byte) (plain, secret []byte, err error) {
 	cs := m.State().CipherSuite()
+	if len(ref.Key) > 0 {
+		plain, err := attachment.OpenWithSecret(cs, ref.Key, ref.Hash, content)
+		if err != nil {
+			return nil, nil, fmt.Errorf("opening with the reference's key: %w", err)
+		}
+		return plain, ref.Key, nil
+	}
 	if g, err := c.loadGroup(groupID); err == nil {
-		// The newest kept secret first: a reference sent again in a later
-		// epoch was sealed again.
 		for _, k := range slices.Backward(g.attachments) {
 			if k.sender != senderIndex || !bytes.Equal(k.nonce, ref.Nonce) || !bytes.Equal(k.hash, ref.Hash) {
 				continue
 			}
-			if plain, err := attachment.OpenWithExporterSecret(cs, k.secret, ref.Nonce, ref.Hash, r.Content); err == nil {
-				return plain, nil
+			secret, err := attachment.Secret(cs, k.secret, ref.Nonce)
+			if err != nil {
+				continue
+			}
+			if plain, err := attachment.OpenWithSecret(cs, secret, ref.Hash, content); err == nil {
+				return plain, secret, nil
 			}
 		}
 	}
-	return attachment.Open(m, cs, senderIndex, ref.Nonce, ref.Hash, r.Content)
+	es, err := attachment.ExporterSecret(m, cs, ref.Hash, senderIndex)
+	if err != nil {
+		return nil, nil, err
+	}
+	if secret, err = attachment.Secret(cs, es, ref.Nonce); err != nil {
+		return nil, nil, err
+	}
+	if plain, err = attachment.OpenWithSecret(cs, secret, ref.Hash, content); err != nil {
+		return nil, nil, err
+	}
+	return plain, secret, nil
+}
+
+// CopyAttachment copies the attachment of ref, sent by the member at leaf
+// senderIndex of group srcGroupID, to group targetGroupID with
+// /attachment_copy (docs/protocol.md §6), and returns the reference to
+// send in targetGroupID: the copy's token, ref's nonce and hash, and as
+// key the attachment_secret of ref in the source group (§6.1), which the
+// members of the target group cannot derive from their own exporter. The
+// client must be a member of both groups, hosted on one Delivery Service
+// (a follower relays the copy to the source group's hub), and both must
+// have the same cipher suite. The attachment is first downloaded and
+// opened in the source group as GetAttachment does, so that only a key
+// that opens it, and an attachment that matches its hash, are passed on;
+// a ref that has a key already (a copy) passes it on.
+func (c *Client) CopyAttachment(ctx context.Context, srcGroupID []byte, senderIndex uint32, ref attachment.Reference, targetGroupID []byte) (attachment.Reference, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	copied, err := c.copyAttachment(ctx, srcGroupID, senderIndex, ref, targetGroupID)
+	if err != nil {
+		return attachment.Reference{}, fmt.Errorf("copying an attachment of group %x to group %x: %w", srcGroupID, targetGroupID, err)
+	}
+	return copied, nil
+}
+
+func (c *Client) copyAttachment(ctx context.Context, srcGroupID []byte, senderIndex uint32, ref attachment.Reference, targetGroupID []byte) (attachment.Reference, error) {
+	src, err := c.member(srcGroupID)
+	if err != nil {
+		return attachment.Reference{}, err
+	}
+	target, err := c.member(targetGroupID)
+	if err != nil {
+		return attachment.Reference{}, err
+	}
+	if scs, tcs := src.State().CipherSuite(), target.State().CipherSuite(); scs != tcs {
+		return attachment.Reference{}, fmt.Errorf("the source group's cipher suite %d is not the target group's %d: the target's members could not use the key", uint16(scs), uint16(tcs))
+	}
+	content, err := c.download(ctx, srcGroupID, src.LeafIndex(), ref.Token)
+	if err != nil {
+		return attachment.Reference{}, err
+	}
+	_, secret, err := c.openAttachment(srcGroupID, src, senderIndex, ref, content)
+	if err != nil {
+		return attachment.Reference{}, err
+	}
+	body, err := c.sign(moh.RequestBody{Type: moh.AttachmentCopy, Copy: moh.AttachmentCopyRequest{GroupID: srcGroupID, Token: ref.Token,
+		TargetGroupID: targetGroupID, TargetSenderIndex: target.LeafIndex()}}, src.LeafIndex())
+	if err != nil {
+		return attachment.Reference{}, err
+	}
+	r, err := c.postDS(ctx, "/attachment_copy", "attachment_copy", body)
+	if err != nil {
+		return attachment.Reference{}, err
+	}
+	if r.Type != moh.ResponseAttachmentToken || len(r.Token) == 0 || len(r.Token) > attachment.MaxTokenLen {
+		return attachment.Reference{}, fmt.Errorf("attachment_copy: the answer is not an attachment token")
+	}
+	return attachment.Reference{Token: r.Token, Nonce: ref.Nonce, Hash: ref.Hash, Key: secret}, nil
 }

@@ -1,18 +1,222 @@
 package client
 
 import (
+	"bytes"
 	"crypto/rand"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
+
+// join makes group gid of creator and joiner with fresh KeyPackages of
+// both, as pair does for a first group: the creator adds the joiner, who
+// joins from the Welcome; both states are stored.
+func join(t *testing.T, creator, joiner *Client, gid []byte) {
+	t.Helper()
+	kp := keyPackage(t, creator)
+	st := creator.rec.keyPackages[len(creator.rec.keyPackages)-1]
+	leafKey, _, err := creator.deriveKey(st.leafSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: DefaultCipherSuite, GroupID: gid, Leaf: &kp.LeafNode, LeafKey: leafKey, Signer: creator.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jkp := keyPackage(t, joiner)
+	res, err := m.Commit([]*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: jkp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := creator.storeMember(res.Next); err != nil {
+		t.Fatal(err)
+	}
+	jst := joiner.rec.keyPackages[len(joiner.rec.keyPackages)-1]
+	initKey, _, _ := joiner.deriveKey(jst.initSeed)
+	jLeaf, _, _ := joiner.deriveKey(jst.leafSeed)
+	jm, err := mls.JoinFromWelcome(res.Welcome.Welcome, mls.WelcomeOptions{KeyPackage: jkp, InitKey: initKey, LeafKey: jLeaf, Signer: joiner.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := joiner.storeMember(jm); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// attachmentStore serves /attachment_download and /attachment_copy as a
+// Delivery Service would for tokens it holds by group, and records the
+// copy requests.
+type attachmentStore struct {
+	t      *testing.T
+	mu     sync.Mutex
+	byKey  map[string][]byte // group id + token -> ciphertext
+	copies []moh.DSRequest
+}
+
+func (s *attachmentStore) put(gid, token, ct []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.byKey[string(gid)+"/"+string(token)] = ct
+}
+
+func (s *attachmentStore) register(mux *http.ServeMux) {
+	mux.HandleFunc("/attachment_download", func(w http.ResponseWriter, r *http.Request) {
+		req := readDSRequest(s.t, r)
+		s.mu.Lock()
+		ct, ok := s.byKey[string(req.Body.Attachment.GroupID)+"/"+string(req.Body.Attachment.Token)]
+		s.mu.Unlock()
+		if !ok {
+			writeDSError(w, http.StatusNotFound, moh.CodeNotFound)
+			return
+		}
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentContent, Content: ct})
+	})
+	mux.HandleFunc("/attachment_copy", func(w http.ResponseWriter, r *http.Request) {
+		req := readDSRequest(s.t, r)
+		c := req.Body.Copy
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.copies = append(s.copies, *req)
+		ct, ok := s.byKey[string(c.GroupID)+"/"+string(c.Token)]
+		if req.Body.Type != moh.AttachmentCopy || !ok {
+			writeDSError(w, http.StatusNotFound, moh.CodeNotFound)
+			return
+		}
+		token := append([]byte("copy of "), c.Token...)
+		s.byKey[string(c.TargetGroupID)+"/"+string(token)] = ct
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: token})
+	})
+}
+
+// TestCopyAttachment: bob sends alice an attachment in group 1; alice,
+// also in group 2 with carol, copies it there. The reference she gets
+// carries the copy's token, the same nonce and hash, and the attachment
+// secret of group 1 as key, with which carol, a member of group 2 only,
+// opens it; carol cannot open it without the key (her exporter is not
+// group 1's), nor with another key. Alice's copy request names her leaf
+// in each group. Before CopyAttachment and Reference.Key, nothing let a
+// member of the target group open a copy.
+func TestCopyAttachment(t *testing.T) {
+	alice, bob, gid1, _ := pair(t)
+	carol := newOffline(t, "carol")
+	gid2 := []byte("fedcba9876543210")
+	// carol creates group 2 so that alice sits at leaf 1 there, not at
+	// her leaf 0 of group 1.
+	join(t, carol, alice, gid2)
+
+	bm, err := bob.member(gid1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := []byte("bob's photo, forwarded")
+	sealed, err := attachment.Seal(bm, DefaultCipherSuite, bm.LeafIndex(), plain, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := attachment.Reference{Token: []byte("bob's token"), Nonce: sealed.Nonce, Hash: sealed.Hash}
+	if ev, err := alice.process(t.Context(), queued(1, gid1, bob.URI(), protect(t, bob, gid1, ref.String()))); err != nil || ev.Kind != EventMessage {
+		t.Fatalf("alice opening bob's message: %+v, %v", ev, err)
+	}
+	// Group 1 moves on: the copy's key comes from the secret alice kept
+	// of the message's epoch.
+	res, err := bm.Commit(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, err := wire.Marshal(res.Commit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := alice.process(t.Context(), queued(2, gid1, bob.URI(), commit)); err != nil || ev.Kind != EventCommit {
+		t.Fatalf("alice applying bob's commit: %+v, %v", ev, err)
+	}
+
+	st := &attachmentStore{t: t, byKey: map[string][]byte{}}
+	st.put(gid1, ref.Token, sealed.Ciphertext)
+	mux := http.NewServeMux()
+	st.register(mux)
+	srv := fakeGateway(t, alice, mux)
+	carol.cfg, carol.http = alice.cfg, srv.Client()
+
+	copied, err := alice.CopyAttachment(t.Context(), gid1, bm.LeafIndex(), ref, gid2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(copied.Token, []byte("copy of bob's token")) || !bytes.Equal(copied.Nonce, ref.Nonce) ||
+		!bytes.Equal(copied.Hash, ref.Hash) || len(copied.Key) != DefaultCipherSuite.HashSize() {
+		t.Fatalf("CopyAttachment returned %s", copied)
+	}
+	if len(st.copies) != 1 {
+		t.Fatalf("%d copy requests, want 1", len(st.copies))
+	}
+	c := st.copies[0]
+	a2, err := alice.member(gid2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Auth.Type != moh.AuthClientSignature || c.Auth.SenderIndex != 0 || c.Body.Copy.TargetSenderIndex != a2.LeafIndex() ||
+		a2.LeafIndex() != 1 || !bytes.Equal(c.Body.Copy.GroupID, gid1) || !bytes.Equal(c.Body.Copy.TargetGroupID, gid2) {
+		t.Fatalf("the copy request: auth %+v, body %+v", c.Auth, c.Body.Copy)
+	}
+	// The reference goes to carol as text, in a message of group 2.
+	parsed, err := attachment.ParseReference(copied.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := carol.process(t.Context(), queued(1, gid2, alice.URI(), protect(t, alice, gid2, parsed.String()))); err != nil || ev.Kind != EventMessage {
+		t.Fatalf("carol opening alice's message: %+v, %v", ev, err)
+	}
+	// The sender index plays no part with a key.
+	for _, leaf := range []uint32{0, 1, 7} {
+		if got, err := carol.GetAttachment(t.Context(), gid2, leaf, parsed); err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("carol's GetAttachment of the copy (leaf %d) = %q, %v", leaf, got, err)
+		}
+	}
+	noKey := parsed
+	noKey.Key = nil
+	wrongKey := parsed
+	wrongKey.Key = bytes.Clone(parsed.Key)
+	wrongKey.Key[0] ^= 1
+	for _, tc := range []struct {
+		name string
+		ref  attachment.Reference
+		leaf uint32
+		want string
+	}{
+		{"without key, as sent by alice", noKey, a2.LeafIndex(), "authentication"},
+		{"without key, as sent by bob's leaf", noKey, bm.LeafIndex(), "authentication"},
+		{"with another key", wrongKey, 0, "authentication"},
+		{"with a short key", attachment.Reference{Token: parsed.Token, Nonce: parsed.Nonce, Hash: parsed.Hash, Key: parsed.Key[:31]}, 0, "bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, err := carol.GetAttachment(t.Context(), gid2, tc.leaf, tc.ref); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("GetAttachment = %q, %v; want an error about %s", got, err, tc.want)
+			}
+		})
+	}
+	// A copy of the copy passes the key on; a reference whose key does
+	// not open the attachment is not copied.
+	join(t, carol, bob, []byte("0000111122223333"))
+	again, err := carol.CopyAttachment(t.Context(), gid2, 0, parsed, []byte("0000111122223333"))
+	if err != nil || !bytes.Equal(again.Key, parsed.Key) {
+		t.Fatalf("copying the copy: %s, %v", again, err)
+	}
+	if _, err := carol.CopyAttachment(t.Context(), gid2, 0, wrongKey, []byte("0000111122223333")); err == nil {
+		t.Fatal("a reference with the wrong key was copied")
+	}
+	if len(st.copies) != 2 {
+		t.Fatalf("%d copy requests, want 2: a reference that does not open is not copied", len(st.copies))
+	}
+}
 
 // TestKeptAttachmentsPerSender: alice uploads an attachment (its secret
 // kept), then bob sends 16 messages of 16 references each; after bob's
