@@ -71,6 +71,11 @@ commands:
                                    download, decrypt and check an attachment sent by the member
                                    at <leaf> in the epoch of the message recv got it in (else the
                                    current epoch); write it to <file> ("-": stdout)
+  attach copy <group> <leaf> <reference> <target-group>
+                                   copy an attachment sent by the member at <leaf> of <group>
+                                   to <target-group> (the client a member of both); prints the
+                                   copy's reference, which carries the attachment's key, to
+                                   send in <target-group>; attach get opens it with any <leaf>
 
 Run mimictl <command> -h for a command's flags.
 
@@ -318,7 +323,8 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 		return nil
 	}
 	want := map[string]int{"client publish": 0, "client show": 0, "group create": 0, "group list": 0, "group info": 1,
-		"group update": 1, "group leave": 1, "group export": 2, "group join": 1, "recv": 0, "attach put": 2, "attach get": 4}
+		"group update": 1, "group leave": 1, "group export": 2, "group join": 1, "recv": 0, "attach put": 2, "attach get": 4,
+		"attach copy": 4}
 	n, fixed := want[cmd]
 	switch {
 	case fixed && len(args) != n:
@@ -443,6 +449,27 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 			return err
 		}
 		return os.WriteFile(args[3], data, 0o600)
+	case "attach copy":
+		leaf, err := strconv.ParseUint(args[1], 10, 32)
+		if err != nil {
+			return usagef("%q is not a leaf index", args[1])
+		}
+		ref, err := attachment.ParseReference(args[2])
+		if err != nil {
+			return usagef("%v", err)
+		}
+		target, err := hex.DecodeString(args[3])
+		if err != nil || len(target) == 0 {
+			return usagef("%q is not a group id (hex)", args[3])
+		}
+		copied, err := c.CopyAttachment(ctx, gid, uint32(leaf), ref, target)
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintln(e.stdout, copied); err != nil {
+			return fmt.Errorf("attachment copied, but printing its reference: %w", err)
+		}
+		return nil
 	case "group export":
 		info, err := c.ExternalCommitInfo(ctx, gid)
 		if err != nil {

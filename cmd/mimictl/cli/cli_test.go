@@ -30,6 +30,7 @@ func TestExitStatus(t *testing.T) {
 		{"too few arguments", []string{"group", "info"}, env, exitUsage, "group info takes 1 argument(s)"},
 		{"add without URI", []string{"group", "add", "00"}, env, exitUsage, "needs a group and at least one URI"},
 		{"attach put without file", []string{"attach", "put", "00"}, env, exitUsage, "attach put takes 2 argument(s)"},
+		{"attach copy without target group", []string{"attach", "copy", "00", "0", "ref"}, env, exitUsage, "attach copy takes 4 argument(s)"},
 		{"attach without subcommand", []string{"attach"}, env, exitUsage, "attach needs a subcommand"},
 		{"init without URI", []string{"client", "init"}, env, exitUsage, "client init needs one client URI"},
 		{"bad flag", []string{"recv", "-wait", "soon"}, env, exitUsage, "recv:"},
