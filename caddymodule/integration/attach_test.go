@@ -88,6 +88,56 @@ func TestMimictlAttach(t *testing.T) {
 	if _, errOut, status := run("other", nil, "attach", "get", gid, leaf, ref, "-"); status != 1 || !strings.Contains(errOut, "not") {
 		t.Fatalf("attach get outside the group: exit %d, %q", status, errOut)
 	}
+
+	// attach copy: the tablet creates a second group, which phone joins
+	// (at leaf 1 there, leaf 0 in the first); phone copies its attachment,
+	// of an epoch the first group has left, to the second group and sends
+	// the copy's reference there. The tablet, a member of the second group
+	// only, opens it with the reference's key alone; not without the key,
+	// nor with another key.
+	gid2 := strings.TrimSpace(must("other", nil, "group", "create"))
+	info2 := must("other", nil, "group", "export", gid2, "-")
+	must("phone", []byte(info2), "group", "join", "-")
+	must("other", nil, "recv", "-wait", "5s")
+	out = must("phone", nil, "attach", "copy", gid, leaf, ref, gid2)
+	copied, err := attachment.ParseReference(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("attach copy printed %q: %v", out, err)
+	}
+	orig, err := attachment.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(copied.Token, orig.Token) || !bytes.Equal(copied.Nonce, orig.Nonce) || !bytes.Equal(copied.Hash, orig.Hash) ||
+		len(copied.Key) != 32 {
+		t.Fatalf("attach copy printed %s for %s", copied, orig)
+	}
+	must("phone", nil, "send", gid2, copied.String())
+	if out := must("other", nil, "recv", "-wait", "5s"); !strings.Contains(out, copied.String()) {
+		t.Fatalf("the tablet's recv printed %q, want the copy's reference", out)
+	}
+	got := must("other", nil, "attach", "get", gid2, "1", copied.String(), "-")
+	if h := sha256.Sum256([]byte(got)); got != string(file) || !bytes.Equal(h[:], copied.Hash) {
+		t.Fatalf("the tablet's attach get of the copy returned %d bytes, not the %d uploaded", len(got), len(file))
+	}
+	wrong := copied
+	wrong.Key = bytes.Clone(copied.Key)
+	wrong.Key[0] ^= 1
+	noKey := copied
+	noKey.Key = nil
+	for _, tc := range []struct{ name, leaf, ref, want string }{
+		{"another key", "1", wrong.String(), "authentication failed"},
+		{"no key, as sent by phone there", "1", noKey.String(), "authentication failed"},
+		{"no key, as sent by phone in the first group", "0", noKey.String(), "authentication failed"},
+	} {
+		if _, errOut, status := run("other", nil, "attach", "get", gid2, tc.leaf, tc.ref, "-"); status != 1 || !strings.Contains(errOut, tc.want) {
+			t.Fatalf("the tablet's attach get of the copy with %s: exit %d, %q", tc.name, status, errOut)
+		}
+	}
+	// The copy's token is the second group's: not the first's.
+	if _, errOut, status := run("phone", nil, "attach", "get", gid, leaf, copied.String(), "-"); status != 1 || !strings.Contains(errOut, "not_found") {
+		t.Fatalf("attach get of the copy in the first group: exit %d, %q", status, errOut)
+	}
 }
 
 // TestAttachmentRelay runs attachments of a group hosted on a.localhost
@@ -95,7 +145,8 @@ func TestMimictlAttach(t *testing.T) {
 // downloads through his own provider b, which streams the request to the
 // hub and the answer back, also a range of it; bob uploads through b, and
 // alice downloads his attachment at a and opens it with keys derived on
-// her side.
+// her side; bob copies alice's attachment, through b, to a second group
+// hosted at a, and alice opens the copy with the key bob computed.
 func TestAttachmentRelay(t *testing.T) {
 	startCaddy(t)
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "attach", false)
@@ -205,6 +256,59 @@ func TestAttachmentRelay(t *testing.T) {
 	if opened, err := attachment.Open(alice.m, suite, bob.m.LeafIndex(), sealedB.Nonce, sealedB.Hash, r.Content); err != nil || !bytes.Equal(opened, reply) {
 		t.Fatalf("alice opens bob's attachment: %v", err)
 	}
+	// bob copies alice's attachment, through b, to a second group of a's
+	// that he is also a member of (at leaf 1 in both, as alice's adds put
+	// him): b relays attachment_copy to the hub like any DS request, and
+	// alice opens the copy in the second group with the attachment secret
+	// bob computed in the first, as a reference's key carries it.
+	inFirst := alice.m
+	gid2 := random32(t)[:16]
+	m2 := alice.newGroup(t, gid2)
+	gi2, err := m2.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "create_group of the second group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid2,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi2}}}, 0))
+	alice.m = m2
+	res2 := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
+	mustOK(t, "add_users to the second group", alice.sign(t, groupUpdate(moh.AddUsers, res2), 0))
+	alice.m = inFirst
+	var welcomed bool
+	for deadline := time.Now().Add(30 * time.Second); !welcomed && time.Now().Before(deadline); {
+		for _, q := range fetchQueue(t, bob, "bob", got[0].Seq, 10) {
+			welcomed = welcomed || bytes.Equal(q.GroupID, gid2)
+		}
+	}
+	if !welcomed {
+		t.Fatal("bob's Welcome to the second group never reached b")
+	}
+	inSecond := res2.Next
+	resp, body = post("b.localhost", "/attachment_copy", bytes.NewReader(bob.sign(t, moh.RequestBody{Type: moh.AttachmentCopy,
+		Copy: moh.AttachmentCopyRequest{GroupID: gid, Token: token, TargetGroupID: gid2, TargetSenderIndex: 1}}, 0)), nil)
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentToken {
+		t.Fatalf("bob's copy through b: %d %x", resp.StatusCode, body)
+	}
+	copyToken := r.Token
+	es, err := attachment.ExporterSecret(bob.m, suite, sealed.Hash, alice.m.LeafIndex())
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := attachment.Secret(suite, es, sealed.Nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice.m = inSecond
+	resp, body = post("a.localhost", "/attachment_download", bytes.NewReader(alice.sign(t, moh.RequestBody{Type: moh.AttachmentDownload,
+		Attachment: moh.AttachmentRef{GroupID: gid2, Token: copyToken}}, 0)), nil)
+	alice.m = inFirst
+	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentContent {
+		t.Fatalf("alice's download of bob's copy in the second group: %d, %v", resp.StatusCode, err)
+	}
+	if opened, err := attachment.OpenWithSecret(suite, secret, sealed.Hash, r.Content); err != nil || !bytes.Equal(opened, plain) {
+		t.Fatalf("alice opens the copy with bob's key: %v", err)
+	}
+
 	// A token b's DS never heard of, for a group b knows no hub for, stays
 	// not_found at b.
 	other := random32(t)[:16]
