@@ -1,8 +1,12 @@
 package sqlitestore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -75,4 +79,66 @@ func TestWriterCheckpointsWhenTheCheckpointerFails(t *testing.T) {
 	if got := s.ckpt.sinceOK.Load(); got >= writerCheckpointCommits {
 		t.Fatalf("%d commits since a successful checkpoint", got)
 	}
+}
+
+// TestWriterCheckpointWaitsForTheSync checks that the writer's own
+// checkpoint never copies into the database file a commit whose log is not
+// yet synced: the writer's log defers its syncs, the checkpoint's sync of
+// the log among them, so such a checkpoint would leave in the database
+// file, after a power loss, pages of a commit that the log lost.
+func TestWriterCheckpointWaitsForTheSync(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// The checkpointer fails from now on, and the next commit is the one
+	// after which the writer checkpoints itself.
+	if err := s.ckpt.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.ckpt.sinceOK.Store(writerCheckpointCommits - 1)
+	started, release := heldSync(t, s, nil)
+	var once sync.Once
+	releaseSync := func() { once.Do(func() { close(release) }) }
+	defer releaseSync()
+	before := s.Stats()
+
+	marker := []byte("not-yet-synced-marker-7f3a9c21")
+	res := make(chan error, 1)
+	go func() {
+		_, err := s.MarkSpent(context.Background(), marker, time.Now().Add(time.Hour))
+		res <- err
+	}()
+	<-started // the commit is in the log, its sync held
+	waitFor(t, "the writer's checkpoint, or its wait for the sync", func() bool {
+		st := s.Stats()
+		return st.Checkpoints-st.CheckpointErrors > before.Checkpoints-before.CheckpointErrors ||
+			st.ReadWaits > before.ReadWaits
+	})
+	if bytes.Contains(readFile(t, path), marker) {
+		t.Fatal("the database file holds a commit whose log was not synced")
+	}
+
+	releaseSync()
+	if err := <-res; err != nil {
+		t.Fatalf("MarkSpent: %v", err)
+	}
+	waitFor(t, "the writer's checkpoint", func() bool {
+		st := s.Stats()
+		return st.Checkpoints-st.CheckpointErrors > before.Checkpoints-before.CheckpointErrors
+	})
+	if !bytes.Contains(readFile(t, path), marker) {
+		t.Fatal("the writer's checkpoint did not copy the synced commit into the database file")
+	}
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

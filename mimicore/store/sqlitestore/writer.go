@@ -417,9 +417,27 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 	if w.ckpt != nil && w.ckpt.committed() {
 		// The checkpointer has not managed for a long while: do its
 		// work here, once the batch is answered.
-		w.ckpt.ran(checkpoint(w.ctx, w.db))
+		w.checkpoint()
 	}
 	return nil, false
+}
+
+// checkpoint runs a checkpoint on the writer's connection. With deferred
+// syncs (durable.go) the checkpoint's own sync of the log is deferred like
+// a commit's (walvfs cannot tell them apart), so it would copy into the
+// database file frames that no sync has made durable: after a power loss
+// the file would hold pages of commits the log lost, beside older pages
+// the log restores. So it first waits until every commit is synced; no
+// commit can come meanwhile, the writer being this goroutine. After a
+// failed sync it copies nothing.
+func (w *writer) checkpoint() {
+	if w.dur != nil {
+		if err := w.dur.wait(w.ctx); err != nil {
+			w.ckpt.ran(err)
+			return
+		}
+	}
+	w.ckpt.ran(checkpoint(w.ctx, w.db))
 }
 
 // answer answers ops with their outcomes (op.err): at once when each
@@ -562,7 +580,8 @@ type Stats struct {
 	// Syncs is the number of fsyncs of the log that the syncer ran, each
 	// for one or more commits (see durable.go); with WithSyncAtCommit it
 	// stays 0 and every commit syncs. ReadWaits is the number of reads
-	// that waited for a sync before they answered.
+	// that waited for a sync before they answered, counting the writer's
+	// own checkpoints, which wait for one too.
 	Syncs, ReadWaits uint64
 }
 
