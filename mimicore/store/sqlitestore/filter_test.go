@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -47,6 +48,43 @@ func TestOpenInUse(t *testing.T) {
 	}
 	if err := s2.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOpenInUseThroughSymlinks: the lock belongs to the database file,
+// however its path is spelled. SQLite follows symbolic links, so a second
+// Store opened through a link writes the same file, and would trust a
+// replay filter the first Store's writes outdate.
+func TestOpenInUseThroughSymlinks(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "real", "mimi.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	linkedFile := filepath.Join(dir, "linked.db")
+	if err := os.Symlink(path, linkedFile); err != nil {
+		t.Fatal(err)
+	}
+	linkedDir := filepath.Join(dir, "linked")
+	if err := os.Symlink(filepath.Dir(path), linkedDir); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, path string }{
+		{"linked file", linkedFile},
+		{"linked directory", filepath.Join(linkedDir, "mimi.db")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s2, err := Open(ctx, tc.path)
+			if err == nil {
+				s2.Close()
+			}
+			if !errors.Is(err, store.ErrInUse) {
+				t.Fatalf("Open through %s: got %v, want ErrInUse", tc.path, err)
+			}
+		})
 	}
 }
 

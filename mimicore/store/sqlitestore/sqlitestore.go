@@ -70,7 +70,8 @@
 // may cover several commits).
 //
 // One Store per file: Open takes an exclusive flock(2) on the file beside
-// the database (path + ".lock"), released by Close or by the kernel when
+// the database (its path, symbolic links resolved, + ".lock"), released by
+// Close or by the kernel when
 // the process dies, and fails with store.ErrInUse while another Store, in
 // this process or another, holds it. Share one Store, e.g. through a
 // caddy.UsagePool, across config reloads. Being the only writer lets the
@@ -297,9 +298,15 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 	if err := createFile(abs); err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
+	// SQLite follows symbolic links to the database file, and so does the
+	// lock: two spellings of one file take one lock.
+	canon, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("opening store: resolving %s: %w", abs, err)
+	}
 	unlock, exclusive := func() error { return nil }, false
 	if !o.shared {
-		if unlock, exclusive, err = lockFile(abs + lockSuffix); err != nil {
+		if unlock, exclusive, err = lockFile(canon + lockSuffix); err != nil {
 			return nil, fmt.Errorf("opening store %s: %w", abs, err)
 		}
 	}
@@ -316,9 +323,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 	if exclusive && !o.syncAtCommit {
 		// The writer's log is synced by the syncer (durable.go). SQLite
 		// names the log after the canonical path of the database.
-		if canon, cerr := filepath.EvalSymlinks(abs); cerr == nil {
-			s.walSync, _ = walvfs.DeferSyncs(canon + "-wal") // refused: syncs at commit
-		}
+		s.walSync, _ = walvfs.DeferSyncs(canon + "-wal") // refused: syncs at commit
 	}
 	if walSync := s.walSync; walSync != nil {
 		defer func() {
