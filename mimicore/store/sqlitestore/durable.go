@@ -35,7 +35,11 @@ import (
 // have dropped the pages it could not write): the syncer fails the batches
 // it was syncing and the store takes no further write, and no read of a
 // state not known durable, until it is opened again (errSyncFailed), as
-// PostgreSQL stops after a failed fsync of its WAL.
+// PostgreSQL stops after a failed fsync of its WAL. Nor does the writer's
+// connection copy anything out of the log any more: every sync of the log
+// fails from then on, so that the checkpoint SQLite runs when Close closes
+// the last connection fails before it copies frames into the database file
+// and deletes the log; the next Open recovers from the log on disk.
 
 // errSyncFailed marks the errors of a store whose log failed to sync.
 var errSyncFailed = errors.New("sqlitestore: an fsync of the write-ahead log failed; the store takes no writes until it is opened again")
@@ -48,6 +52,9 @@ const maxSyncBatches = 32
 // and runs the syncer.
 type durability struct {
 	sync func() error // fdatasync of the writer's log
+	// stop fails every later sync of the log, SQLite's own included, so
+	// that no checkpoint copies frames out of it (walvfs.Deferred.Stop).
+	stop func()
 	in   chan handoff
 	done chan struct{}
 
@@ -74,8 +81,8 @@ type handoff struct {
 	ops []*op
 }
 
-func newDurability(sync func() error) *durability {
-	d := &durability{sync: sync, in: make(chan handoff, maxSyncBatches/2), done: make(chan struct{}),
+func newDurability(sync func() error, stop func()) *durability {
+	d := &durability{sync: sync, stop: stop, in: make(chan handoff, maxSyncBatches/2), done: make(chan struct{}),
 		changed: make(chan struct{}), idle: make(chan struct{}, 1)}
 	go d.run()
 	return d
@@ -153,6 +160,7 @@ func (d *durability) syncTo(seq uint64) error {
 	err := d.sync()
 	d.mu.Lock()
 	if err != nil {
+		d.stop()
 		err = fmt.Errorf("%w: %w", errSyncFailed, err)
 		d.err = err
 	} else {

@@ -1,9 +1,11 @@
 package sqlitestore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
@@ -179,6 +181,55 @@ func TestSyncFailureStopsTheStore(t *testing.T) {
 	}
 	defer s.Close()
 	if _, err := s.Append(context.Background(), delivery("after", syncLimits, client)); err != nil {
+		t.Fatalf("a write after opening again: %v", err)
+	}
+}
+
+// TestSyncFailureLeavesTheLog checks that after a failed fsync of the log
+// nothing copies the log's frames into the database file: not even the
+// checkpoint SQLite runs when Close closes the last connection, which
+// would then delete the log. The frames in memory are not known to be on
+// disk; the next Open recovers what the log on disk holds.
+func TestSyncFailureLeavesTheLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The checkpointer syncs the log itself before it copies; out of the
+	// way, it leaves the log to the writer's connection.
+	if err := s.ckpt.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	eio := errors.New("injected EIO")
+	started, release := heldSync(t, s, eio)
+	marker := []byte("sync-failed-marker-5be0d7a4")
+	res := make(chan error, 1)
+	go func() {
+		_, err := s.MarkSpent(context.Background(), marker, time.Now().Add(time.Hour))
+		res <- err
+	}()
+	<-started
+	close(release)
+	if err := <-res; !errors.Is(err, errSyncFailed) {
+		t.Fatalf("write whose sync failed: %v, want the sync failure", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Logf("Close after the sync failure: %v", err)
+	}
+	if db := readFile(t, path); bytes.Contains(db, marker) {
+		t.Error("Close copied a frame whose sync failed into the database file")
+	}
+	if wal := readFile(t, path+"-wal"); !bytes.Contains(wal, marker) {
+		t.Error("Close did not leave the log for the next Open")
+	}
+
+	s, err = Open(context.Background(), path)
+	if err != nil {
+		t.Fatalf("opening again: %v", err)
+	}
+	defer s.Close()
+	if _, err := s.MarkSpent(context.Background(), []byte("after"), time.Now().Add(time.Hour)); err != nil {
 		t.Fatalf("a write after opening again: %v", err)
 	}
 }

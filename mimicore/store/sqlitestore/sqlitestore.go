@@ -386,7 +386,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 				s.w.Close()
 				return nil, fmt.Errorf("opening store %s: %w", abs, err)
 			}
-			dur = newDurability(s.walSync.Sync)
+			dur = newDurability(s.walSync.Sync, s.walSync.Stop)
 		} else {
 			// The writer's log was opened under another name than the
 			// one registered: its COMMITs sync, as without.

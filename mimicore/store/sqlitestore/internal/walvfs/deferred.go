@@ -1,6 +1,7 @@
 package walvfs
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ import (
 // header before the frames that follow a reset of the log, so that
 // frames of an old and a new generation are never mixed after a power
 // loss), and the sync of a log being closed with a deferred sync owed.
+// Once a sync failed, every sync of the log fails (Deferred.Stop).
 
 // deferredMu guards deferredLogs.
 var (
@@ -51,6 +53,8 @@ type Deferred struct {
 
 	owed atomic.Bool  // a sync was deferred since the last one began
 	own  atomic.Int64 // syncs SQLite ran itself on the log (not deferred)
+	// stopped is set once a sync failed (see Stop).
+	stopped atomic.Bool
 }
 
 // DeferSyncs makes the commit-time syncs of the write-ahead log at walPath
@@ -85,10 +89,14 @@ func (d *Deferred) Release() {
 
 // Sync makes every write to the log so far durable (fdatasync): every
 // commit SQLite made on it before Sync was called. With the log not open,
-// there is nothing to sync: a log is synced as it closes.
+// there is nothing to sync: a log is synced as it closes. A failed sync
+// stops the log (see Stop), and every later Sync fails.
 func (d *Deferred) Sync() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.stopped.Load() {
+		return fmt.Errorf("syncing %s: %w", d.path, errStopped)
+	}
 	if d.fd < 0 {
 		return nil
 	}
@@ -97,10 +105,27 @@ func (d *Deferred) Sync() error {
 	d.owed.Store(false)
 	if err := fdatasync(d.fd); err != nil {
 		d.owed.Store(true)
+		d.stopped.Store(true)
 		return fmt.Errorf("syncing %s: %w", d.path, err)
 	}
 	return nil
 }
+
+// errStopped fails the syncs of a stopped log.
+var errStopped = errors.New("an earlier sync of the log failed")
+
+// Stop fails every later sync of the log, Sync and SQLite's own alike,
+// without syncing. After a failed sync the log's pages in memory are not
+// known to be on disk (the kernel may have dropped what it could not
+// write, or kept it while the disk holds older bytes), and a later sync
+// that succeeds says nothing about them. Nothing may then be copied out
+// of the log: a checkpoint, the one SQLite runs as the last connection
+// closes included, syncs the log before it copies frames into the
+// database file, and fails instead, so that the log stays on disk for the
+// recovery of the next open, which keeps the frames whose checksums hold.
+// Sync stops the log when it fails; the owner calls Stop when it gives up
+// on the log for another reason.
+func (d *Deferred) Stop() { d.stopped.Store(true) }
 
 // Opened reports whether a connection of this VFS opened the log since
 // DeferSyncs: whether its syncs are deferred at all.
@@ -150,6 +175,9 @@ func (f *logFile) deferSync() bool {
 	f.deferred.owed.Store(true)
 	return true
 }
+
+// stopped reports whether f's syncs fail (see Deferred.Stop).
+func (f *logFile) stopped() bool { return f.deferred != nil && f.deferred.stopped.Load() }
 
 // syncNow runs the log's own sync (the unix VFS's) and records it.
 func (f *logFile) syncNow(tls *libc.TLS, pFile uintptr, flags int32) int32 {

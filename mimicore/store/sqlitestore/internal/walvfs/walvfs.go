@@ -337,6 +337,9 @@ func xRead(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
 
 func xSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 	f := fileOf(pFile)
+	if f.stopped() {
+		return sqlite3.SQLITE_IOERR_FSYNC
+	}
 	if rc := f.writeOut(tls, pFile); rc != sqlite3.SQLITE_OK {
 		return rc
 	}
@@ -374,7 +377,7 @@ func xFileControl(tls *libc.TLS, pFile uintptr, op int32, pArg uintptr) int32 {
 func xClose(tls *libc.TLS, pFile uintptr) int32 {
 	f := fileOf(pFile)
 	rc := f.writeOut(tls, pFile)
-	if f.deferred != nil && f.deferred.closing() && rc == sqlite3.SQLITE_OK {
+	if f.deferred != nil && f.deferred.closing() && rc == sqlite3.SQLITE_OK && !f.stopped() {
 		rc = f.syncNow(tls, pFile, sqlite3.SQLITE_SYNC_NORMAL)
 	}
 	f.free(tls)
