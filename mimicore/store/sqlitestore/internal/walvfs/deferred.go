@@ -179,15 +179,23 @@ func (f *logFile) deferSync() bool {
 // stopped reports whether f's syncs fail (see Deferred.Stop).
 func (f *logFile) stopped() bool { return f.deferred != nil && f.deferred.stopped.Load() }
 
-// syncNow runs the log's own sync (the unix VFS's) and records it.
+// syncNow runs the log's own sync (the unix VFS's) and records it. A
+// failure stops a deferred log (Deferred.Stop): the kernel reports a
+// failed write-back once per descriptor, so the owner's next Sync, on the
+// same descriptor, would succeed without making the commits it owes
+// durable.
 func (f *logFile) syncNow(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 	rc := callFileInt(tls, f.orig.FxSync, pFile, flags)
-	if rc == sqlite3.SQLITE_OK {
-		f.synced = true
-		f.header = false
+	if rc != sqlite3.SQLITE_OK {
 		if f.deferred != nil {
-			f.deferred.own.Add(1)
+			f.deferred.Stop()
 		}
+		return rc
+	}
+	f.synced = true
+	f.header = false
+	if f.deferred != nil {
+		f.deferred.own.Add(1)
 	}
 	return rc
 }

@@ -321,3 +321,45 @@ func TestDeferredSyncs(t *testing.T) {
 	}
 	d2.Release()
 }
+
+func failingSync(*libc.TLS, uintptr, int32) int32 {
+	syncs++
+	return sqlite3.SQLITE_IOERR_FSYNC
+}
+
+// TestOwnSyncFailureStops checks that when a sync SQLite runs itself on a
+// deferred log fails (its first one, a new header's, or a close's), the
+// owner's later syncs fail too: the kernel reports a failed write-back
+// once per descriptor, so the owner's fdatasync, on the same descriptor,
+// would succeed without the commits it owes reaching the disk.
+func TestOwnSyncFailureStops(t *testing.T) {
+	var table sqlite3.Tsqlite3_io_methods
+	*(*func(*libc.TLS, uintptr, int32) int32)(unsafe.Pointer(&table.FxSync)) = failingSync
+	syncs = 0
+	var file sqlite3.Tsqlite3_file // stands for an open log; never dereferenced by the methods tested
+	pFile := uintptr(unsafe.Pointer(&file))
+	// A log whose descriptor is closed already: the owner's Sync would
+	// have nothing to sync, as a descriptor whose error was reported.
+	d := &Deferred{path: "test-wal", fd: -1}
+	f := &logFile{orig: &table, deferred: d}
+	filesMu.Lock()
+	files[pFile] = f
+	filesMu.Unlock()
+	defer func() {
+		filesMu.Lock()
+		delete(files, pFile)
+		filesMu.Unlock()
+	}()
+	tls := libc.NewTLS()
+	defer tls.Close()
+
+	if rc := xSync(tls, pFile, sqlite3.SQLITE_SYNC_NORMAL); rc != sqlite3.SQLITE_IOERR_FSYNC || syncs != 1 {
+		t.Fatalf("SQLite's own sync: rc %d, %d syncs; want the failure", rc, syncs)
+	}
+	if err := d.Sync(); err == nil {
+		t.Fatal("the owner's Sync succeeded after a failed sync of the log")
+	}
+	if rc := xSync(tls, pFile, sqlite3.SQLITE_SYNC_NORMAL); rc != sqlite3.SQLITE_IOERR_FSYNC || syncs != 1 {
+		t.Fatalf("a later sync: rc %d, %d syncs; want it failed without syncing", rc, syncs)
+	}
+}
