@@ -219,6 +219,11 @@ func Open(ctx context.Context, opts Options) (*Service, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.logger.Store(logger)
+	if w, ok := db.(store.WakeErrorLogger); ok {
+		w.SetWakeErrorLog(func(err error) {
+			s.log().Warn("woke every waiting client: could not tell which ones a group post concerns", zap.Error(err))
+		})
+	}
 	s.sweepEvery.Store(int64(opts.SweepEvery))
 	s.fetcher.Store(s.newFetcher(opts.Fetch))
 	s.workers.Add(2)

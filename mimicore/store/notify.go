@@ -1,6 +1,9 @@
 package store
 
-import "sync"
+import (
+	"math"
+	"sync"
+)
 
 // Notifier wakes the waiters of queues: a backend's Append calls Notify
 // after the commit that stored a message, and WatchQueue is Watch. It is
@@ -14,6 +17,16 @@ type Notifier struct {
 	mu      sync.Mutex
 	waiters map[string][]*waiter // by queue; none is closed
 	closed  bool
+	// onFallback, when set, is told why Fallback woke every waiter.
+	onFallback func(error)
+}
+
+// WakeErrorLogger is implemented by the stores whose wake-up of the
+// waiters a write concerns can fail (the lookup of a group's members
+// after a post): such a failure wakes every waiter instead
+// (Notifier.Fallback), and the function set is told of it, to log it.
+type WakeErrorLogger interface {
+	SetWakeErrorLog(func(error))
 }
 
 // waiter is one Watch: ch is closed when its queue passes after.
@@ -101,6 +114,41 @@ func (n *Notifier) NotifyEach(queues []string, except string, seq uint64) {
 		if q != except && len(n.waiters[q]) > 0 {
 			n.notifyLocked(q, seq)
 		}
+	}
+}
+
+// NotifyAll wakes and releases every waiter.
+func (n *Notifier) NotifyAll() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for q := range n.waiters {
+		n.notifyLocked(q, math.MaxUint64)
+	}
+}
+
+// SetOnFallback sets the function that Fallback tells of its cause; nil
+// tells no one.
+func (n *Notifier) SetOnFallback(fn func(error)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.onFallback = fn
+}
+
+// Fallback wakes and releases every waiter, because err kept the store
+// from knowing which waiters a committed write concerns (a failed lookup
+// of a group's members): a waiter woken for nothing fetches its queue
+// once and answers its client, which polls again, where a waiter not
+// woken would sleep through a message until its wait ends. It tells the
+// function of SetOnFallback of err.
+func (n *Notifier) Fallback(err error) {
+	n.mu.Lock()
+	fn := n.onFallback
+	for q := range n.waiters {
+		n.notifyLocked(q, math.MaxUint64)
+	}
+	n.mu.Unlock()
+	if fn != nil {
+		fn(err)
 	}
 }
 

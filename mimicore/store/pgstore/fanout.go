@@ -161,20 +161,26 @@ func postTx(ctx context.Context, tx pgx.Tx, g *store.GroupPost, now int64) (uint
 // waiters of the process, and a post costs no read when nobody waits. A
 // member the read misses had its membership changed by a later post that
 // committed first, whose own wake-up (with a higher seq) wakes it. Should
-// the read fail or time out, nobody else is woken: the waiters answer at
-// the end of their wait, at most max_wait later, and their clients poll
-// again and get the post, where waking every waiter would send them all
-// to a database that just failed to answer.
+// the read fail or time out, every waiter of the process is woken
+// (Notifier.Fallback), and the failure logged: each fetches its queue
+// once, where the group's members, not known, would otherwise sleep
+// through the post until the end of their wait.
 func (s *Store) notifyPost(ctx context.Context, groupID []byte, except string, seq uint64, left []string) {
 	if s.notify.Idle() {
 		return
 	}
 	s.notify.NotifyEach(left, except, seq)
 	rows, _ := s.pool.Query(ctx, groupCurrentSQL, groupID, int64(seq))
-	if members, err := pgx.CollectRows(rows, pgx.RowTo[string]); err == nil {
-		s.notify.NotifyEach(members, except, seq)
+	members, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		s.notify.Fallback(fmt.Errorf("looking up the local members of a group to wake them after post %d: %w", seq, err))
+		return
 	}
+	s.notify.NotifyEach(members, except, seq)
 }
+
+// SetWakeErrorLog implements store.WakeErrorLogger.
+func (s *Store) SetWakeErrorLog(fn func(error)) { s.notify.SetOnFallback(fn) }
 
 // notifyDelivered wakes the waiters of the local queues and group log d
 // wrote to, once its write committed.

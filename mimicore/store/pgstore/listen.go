@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"time"
 
@@ -276,8 +275,4 @@ func (s *Store) dispatch(ctx context.Context, payload string) {
 }
 
 // wakeAll wakes every waiter of the Store's Notifier.
-func (s *Store) wakeAll() {
-	for _, q := range s.notify.Waiting() {
-		s.notify.Notify(q, math.MaxUint64)
-	}
-}
+func (s *Store) wakeAll() { s.notify.NotifyAll() }

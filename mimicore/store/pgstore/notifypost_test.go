@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 )
@@ -64,5 +65,40 @@ func TestNotifyPostWakesTheGroupAlone(t *testing.T) {
 			t.Fatalf("waiter %d, of no group, was woken by the group's post", i)
 		default:
 		}
+	}
+}
+
+// TestNotifyPostLookupFailureWakesEveryone checks that a post whose
+// members cannot be read (here the lookup's context ended, as a listener
+// hearing the post does after postLookupTimeout) wakes every waiter, the
+// group's member among them, and reports why: waking nobody left the
+// member asleep until the end of its long poll, although its message was
+// queued.
+func TestNotifyPostLookupFailureWakesEveryone(t *testing.T) {
+	s := openTemp(t, Options{})
+	ctx := context.Background()
+	group := []byte("small group")
+	member := "mimi://example.com/d/member/phone"
+	if _, err := s.pool.Exec(ctx, `INSERT INTO group_members (client, group_id, from_seq) VALUES ($1, $2, 0)`, member, group); err != nil {
+		t.Fatal(err)
+	}
+	var reported []error
+	s.SetWakeErrorLog(func(err error) { reported = append(reported, err) })
+	ready, stop := s.WatchQueue(member, 0)
+	defer stop()
+	other, stopOther := s.WatchQueue("mimi://example.com/d/other/phone", 0)
+	defer stopOther()
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	s.notifyPost(cctx, group, "", 1, nil)
+	for name, ch := range map[string]<-chan struct{}{"the group's member": ready, "another waiter": other} {
+		select {
+		case <-ch:
+		default:
+			t.Errorf("%s was not woken after the failed lookup", name)
+		}
+	}
+	if len(reported) != 1 || !errors.Is(reported[0], context.Canceled) {
+		t.Fatalf("reported %v, want one context.Canceled", reported)
 	}
 }

@@ -219,19 +219,25 @@ func (s *Store) postTx(ctx context.Context, tx *sql.Tx, g *groupPost, now int64)
 // local members, never the waiters of the process, and a post costs no
 // read when nobody waits. A member the read misses had its membership
 // changed by a later post that committed first, whose own wake-up
-// (with a higher seq) wakes it. Should the read fail, nobody else is
-// woken: the waiters answer at the end of their wait, at most max_wait
-// later, and their clients poll again and get the post, where waking
-// every waiter would send them all to a store that just failed.
+// (with a higher seq) wakes it. Should the read fail, every waiter of
+// the process is woken (Notifier.Fallback), and the failure logged: each
+// fetches its queue once, where the group's members, not known, would
+// otherwise sleep through the post until the end of their wait.
 func (s *Store) notifyPost(groupID []byte, except string, seq uint64, left []string) {
 	if s.notifier.Idle() {
 		return
 	}
 	s.notifier.NotifyEach(left, except, seq)
-	if members, err := s.postMembers(groupID, seq); err == nil {
-		s.notifier.NotifyEach(members, except, seq)
+	members, err := s.postMembers(groupID, seq)
+	if err != nil {
+		s.notifier.Fallback(fmt.Errorf("looking up the local members of a group to wake them after post %d: %w", seq, err))
+		return
 	}
+	s.notifier.NotifyEach(members, except, seq)
 }
+
+// SetWakeErrorLog implements store.WakeErrorLogger.
+func (s *Store) SetWakeErrorLog(fn func(error)) { s.notifier.SetOnFallback(fn) }
 
 // postMembers returns the current members of groupID that joined before
 // post seq.

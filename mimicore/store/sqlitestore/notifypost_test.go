@@ -67,3 +67,47 @@ func TestNotifyPostWakesTheGroupAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestNotifyPostLookupFailureWakesEveryone checks that a post whose
+// members cannot be read (here the index of memberships is missing)
+// wakes every waiter, the group's member among them, and reports why:
+// waking nobody left the member asleep until the end of its long poll,
+// although its message was queued.
+func TestNotifyPostLookupFailureWakesEveryone(t *testing.T) {
+	s := openTemp(t)
+	ctx := context.Background()
+	group := []byte("small group")
+	member := "mimi://example.com/d/member/phone"
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO group_members (client, group_id, from_seq) VALUES (?1, ?2, 0)`,
+		member, group); err != nil {
+		t.Fatal(err)
+	}
+	var reported []error
+	s.SetWakeErrorLog(func(err error) { reported = append(reported, err) })
+	ready, stop := s.WatchQueue(member, 0)
+	defer stop()
+	other, stopOther := s.WatchQueue("mimi://example.com/d/other/phone", 0)
+	defer stopOther()
+	if _, err := s.w.ExecContext(ctx, `ALTER TABLE group_members RENAME TO group_members_gone`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := s.w.ExecContext(ctx, `ALTER TABLE group_members_gone RENAME TO group_members`); err != nil {
+			t.Error(err)
+		}
+	})
+	s.notifyPost(group, "", 1, nil)
+	for name, ch := range map[string]<-chan struct{}{"the group's member": ready, "another waiter": other} {
+		select {
+		case <-ch:
+		default:
+			t.Errorf("%s was not woken after the failed lookup", name)
+		}
+	}
+	if len(reported) != 1 {
+		t.Fatalf("reported %d failures, want 1: %v", len(reported), reported)
+	}
+	if s.notifier.Waiters() != 0 {
+		t.Errorf("%d waiters still registered", s.notifier.Waiters())
+	}
+}
