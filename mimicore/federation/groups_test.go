@@ -417,3 +417,75 @@ func TestDestStateEarliest(t *testing.T) {
 		})
 	}
 }
+
+// TestSenderGroupBehindManyWaiting has the heads of many groups fail for
+// now, their messages filling far more than MaxScanBatches batches at the
+// head of the destination's outbox, with a group that the peer accepts
+// behind them all: it is sent at once, in order, not after the waiting
+// groups' backoffs, and each waiting group's head is tried once. Then the
+// sender stops, and a new one on the same outbox (which knows nothing of
+// the backoffs) sends every waiting group's messages once each, in order.
+func TestSenderGroupBehindManyWaiting(t *testing.T) {
+	st := openOutbox(t)
+	const batch, waiting, each = 2, 3 * MaxScanBatches, 2 // 3*MaxScanBatches batches of waiting messages
+	var groups []string
+	for i := range waiting {
+		groups = append(groups, fmt.Sprintf("W%02d", i))
+	}
+	for j := range each {
+		for _, g := range groups {
+			addOutbox(t, st, g, j, 1)
+		}
+	}
+	addOutbox(t, st, "R", 0, 5)
+	var failW atomic.Bool
+	failW.Store(true)
+	p := newPeer(func(msg string, _ int) (*provider.Answer, error) {
+		if strings.HasPrefix(msg, "W") && failW.Load() {
+			return errorAnswer(http.StatusServiceUnavailable, moh.CodeBackendUnavailable), nil
+		}
+		return nil, nil
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	// A backoff far longer than the test: R must not wait for it.
+	s := &Sender{Outbox: st, Transport: p, Batch: batch, MinBackoff: time.Hour, MaxBackoff: time.Hour}
+	go func() {
+		defer close(done)
+		if err := s.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	}()
+	s.Outbound("dest.example")
+	waitFor(t, "group R's messages behind the waiting groups", func() bool { return len(p.received("R")) >= 5 })
+	if got := p.received("R"); !slices.Equal(got, names("R", 0, 5)) {
+		t.Fatalf("group R got %q, want its messages in order, once each", got)
+	}
+	for _, g := range groups {
+		if n := p.tries(g + "-0"); n != 1 {
+			t.Errorf("group %s's head was tried %d times, want once", g, n)
+		}
+		if n := p.tries(g + "-1"); n != 0 {
+			t.Errorf("group %s's second message was tried %d times behind its failed head, want never", g, n)
+		}
+	}
+	cancel()
+	<-done
+
+	failW.Store(false)
+	s = &Sender{Outbox: st, Transport: p, Batch: batch, MinBackoff: time.Hour, MaxBackoff: time.Hour}
+	runSender(t, s)
+	s.Outbound("dest.example")
+	waitFor(t, "the outbox to empty", func() bool {
+		pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+		return err == nil && len(pending) == 0
+	})
+	for _, g := range groups {
+		if got := p.received(g); !slices.Equal(got, names(g, 0, each)) {
+			t.Errorf("group %s got %q, want its %d messages in order, once each", g, got, each)
+		}
+	}
+	if got := p.received("R"); !slices.Equal(got, names("R", 0, 5)) {
+		t.Errorf("group R got %q after the restart, want its messages once each", got)
+	}
+}

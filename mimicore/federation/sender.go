@@ -493,6 +493,36 @@ type destState struct {
 	// passed is when the last pass started: a backoff that had ended by
 	// then and is still kept belongs to a group the pass did not reach.
 	passed time.Time
+	// skip is the head of the outbox that passes read past while it
+	// holds (skipHead).
+	skip skipHead
+}
+
+// skipHead is a head of a destination's outbox that holds only messages
+// of groups that wait: every message with an id up to after belongs to
+// one of groups, each of which waits. A pass reads from after instead of
+// the head while each of groups still waits, so that a group that can be
+// sent is reached however many messages of waiting groups lie before
+// it, without reading them on every pass. No message of another group
+// can appear at or below after later: ids commit in order (store.Outbox).
+type skipHead struct {
+	after  uint64
+	groups map[string]bool
+}
+
+// skipValid reports whether every group of d.skip still waits at t;
+// a group that no longer waits must be read from the head, its oldest
+// message first.
+func (d *destState) skipValid(t time.Time) bool {
+	if d.skip.after == 0 {
+		return false
+	}
+	for g := range d.skip.groups {
+		if !d.blocked(g, t) {
+			return false
+		}
+	}
+	return true
 }
 
 // blocked reports whether group's messages wait at t.
@@ -524,6 +554,7 @@ func (d *destState) earliest() time.Time {
 func (d *destState) reset() {
 	d.dest = backoff{}
 	clear(d.groups)
+	d.skip = skipHead{}
 }
 
 // worker delivers destination's messages until ctx ends: a pass reads the
@@ -668,15 +699,19 @@ type passResult struct {
 }
 
 // MaxScanBatches bounds the batches of Batch messages one pass reads past
-// the messages of the groups that wait (whose head failed): a group whose
-// messages lie behind more than that many of waiting groups' waits with
-// them.
+// the messages of the groups that wait (whose head failed): a pass that
+// read that many without filling its selection ends, and the next one
+// goes on from there (destState.skip) at once, so that a group behind
+// any number of waiting groups' messages is reached, a bounded read at a
+// time.
 const MaxScanBatches = 16
 
 // pass sends what dest's outbox holds for the groups that do not wait
 // (state): at most Batch messages and about store.MaxOutboxListBytes,
-// read from the head in batches of Batch, skipping the messages of the
-// groups that wait, for at most MaxScanBatches batches. A group's messages
+// read from the head, or from past the messages of waiting groups that
+// the passes before it read (destState.skip), in batches of Batch,
+// skipping the messages of the groups that wait, for at most
+// MaxScanBatches batches. A group's messages
 // are sent in order from its oldest, and the ones after a failure wait for
 // it. With Leases the pass holds the destination's drain lease; busy is
 // set when another sender holds it.
@@ -790,12 +825,15 @@ func (r *passReservation) release() {
 }
 
 // collect reads dest's outbox from the head (first is its first batch
-// when haveFirst) and selects what a pass sends: the messages of the
-// groups that do not wait, in order, up to Batch messages and about
-// store.MaxOutboxListBytes (at least one), reading at most MaxScanBatches
-// batches. Every group's selection is the oldest of its messages, since
-// the outbox is read in ID order (ids commit in order, store.Outbox). The
-// result has more and scanned set.
+// when haveFirst), or from state.skip while it is valid, and selects what
+// a pass sends: the messages of the groups that do not wait, in order, up
+// to Batch messages and about store.MaxOutboxListBytes (at least one),
+// reading at most MaxScanBatches batches. Every group's selection is the
+// oldest of its messages, since the outbox is read in ID order (ids
+// commit in order, store.Outbox) and what state.skip passes over belongs
+// to groups that wait. The messages of waiting groups read before the
+// first of a group that does not wait extend state.skip. The result has
+// more and scanned set.
 func (s *Sender) collect(ctx context.Context, dest string, first []store.OutboxEntry, haveFirst bool, state *destState, batch int) ([]store.OutboxEntry, passResult, error) {
 	var sel []store.OutboxEntry
 	var r passResult
@@ -804,6 +842,16 @@ func (s *Sender) collect(ctx context.Context, dest string, first []store.OutboxE
 	now := time.Now()
 	page := first
 	var after uint64
+	if state.skipValid(now) {
+		after, haveFirst = state.skip.after, false
+		for g := range state.skip.groups {
+			scanned[g] = true
+		}
+	} else {
+		state.skip = skipHead{}
+	}
+	skipped := false // this pass extended state.skip
+	head := true     // every message read so far waits
 	for n := 0; n < MaxScanBatches; n++ {
 		if n > 0 || !haveFirst {
 			var err error
@@ -816,8 +864,17 @@ func (s *Sender) collect(ctx context.Context, dest string, first []store.OutboxE
 			pageSize += len(e.Message)
 			scanned[string(e.GroupID)] = true
 			if state.blocked(string(e.GroupID), now) {
+				if head {
+					if state.skip.groups == nil {
+						state.skip.groups = map[string]bool{}
+					}
+					state.skip.after = e.ID
+					state.skip.groups[string(e.GroupID)] = true
+					skipped = true
+				}
 				continue
 			}
+			head = false
 			if len(sel) == batch || len(sel) > 0 && size+len(e.Message) > store.MaxOutboxListBytes {
 				r.more = true
 				return sel, r, nil
@@ -831,10 +888,10 @@ func (s *Sender) collect(ctx context.Context, dest string, first []store.OutboxE
 		}
 		after = page[len(page)-1].ID
 	}
-	// Stopped reading before the end: what lies behind the waiting groups'
-	// messages is reached once it sent what it selected, or once they
-	// are tried again.
-	r.more = len(sel) > 0
+	// Stopped reading before the end: what lies behind is read by the
+	// next pass, at once, past the waiting groups' messages it read
+	// (state.skip) or after it sent what it selected.
+	r.more = len(sel) > 0 || skipped
 	return sel, r, nil
 }
 
