@@ -405,6 +405,11 @@ func (s *Store) ExpireAttachments(ctx context.Context, now time.Time, limit int)
 	return n, nil
 }
 
+// unreferencedSQL lists at most $2 unreferenced objects named after $1,
+// in name order: a range of the index attachment_objects_unreferenced_names
+// (schemaUnreferencedByName).
+const unreferencedSQL = `SELECT name FROM attachment_objects WHERE refs = 0 AND name > $1 ORDER BY name LIMIT $2`
+
 // UnreferencedObjects implements store.Attachments.
 func (s *Store) UnreferencedObjects(ctx context.Context, after string, limit int) ([]string, error) {
 	const doing = "listing unreferenced attachment objects"
@@ -414,8 +419,7 @@ func (s *Store) UnreferencedObjects(ctx context.Context, after string, limit int
 	if limit < 1 {
 		return nil, nil
 	}
-	rows, _ := s.pool.Query(ctx, `SELECT name FROM attachment_objects WHERE refs = 0 AND name > $1 ORDER BY name LIMIT $2`,
-		after, limit)
+	rows, _ := s.pool.Query(ctx, unreferencedSQL, after, limit)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return nil, s.fail(doing, err)

@@ -40,6 +40,7 @@ var migrations = []migration{
 	{10, "sealed signing keys and leases", schemaSealedKeys},
 	{11, "Privacy Pass challenges of random redemption contexts", schemaTokenChallenges},
 	{12, "the ids of deleted hosted groups", schemaDeletedGroups},
+	{13, "unreferenced attachment objects indexed by name", schemaUnreferencedByName},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -395,4 +396,18 @@ CREATE TABLE deleted_groups (
 	group_id   BYTEA  NOT NULL PRIMARY KEY,
 	deleted_ms BIGINT NOT NULL
 );
+`
+
+// schemaUnreferencedByName replaces the index of unreferenced attachment
+// objects on refs, whose entries hold no name, by one on their names:
+// UnreferencedObjects lists them in name order from a name on, which the
+// old index answered by reading every unreferenced object and sorting
+// them, at every page of every sweep (with a million objects of which 1%
+// unreferenced, 10,000 rows read and sorted for each page of 256). The
+// new index answers a page by reading it, in order. (SQLite's index on
+// refs of a WITHOUT ROWID table holds the name already, and is ordered by
+// it.)
+const schemaUnreferencedByName = `
+CREATE INDEX attachment_objects_unreferenced_names ON attachment_objects (name) WHERE refs = 0;
+DROP INDEX attachment_objects_unreferenced;
 `

@@ -1,0 +1,90 @@
+package pgstore
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
+)
+
+// TestMigrationUnreferencedByName applies the migration that indexes
+// unreferenced attachment objects by name to a database of the version
+// before it that holds 200,000 objects, 2,000 of them unreferenced (a
+// sweep's backlog): the sweep's listing then reads its page from the new
+// index, in name order, without sorting every unreferenced object, and
+// pages through them all.
+func TestMigrationUnreferencedByName(t *testing.T) {
+	const objects, every = 200_000, 100 // one object in every is unreferenced
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaUnreferencedByName })
+	if before < 1 {
+		t.Fatal("the migration is not listed")
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, pool, migrations[:before], time.Now()); err != nil {
+		pool.Close()
+		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
+	}
+	_, err = pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms)
+		SELECT md5(i::text), CASE WHEN i % $2 = 0 THEN 0 ELSE 1 END, 0 FROM generate_series(1, $1) AS i`, objects, every)
+	pool.Close()
+	if err != nil {
+		t.Fatalf("writing objects at version %d: %v", migrations[before-1].version, err)
+	}
+	var want []string
+	for i := every; i <= objects; i += every {
+		sum := md5.Sum([]byte(fmt.Sprint(i)))
+		want = append(want, hex.EncodeToString(sum[:]))
+	}
+	slices.Sort(want)
+
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatalf("opening the database of version %d: %v", migrations[before-1].version, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if vs := schemaVersions(t, dsn); vs[len(vs)-1] != latestVersion() {
+		t.Fatalf("schema_version holds %v, want up to %d", vs, latestVersion())
+	}
+	if _, err := s.pool.Exec(ctx, `ANALYZE attachment_objects`); err != nil {
+		t.Fatal(err)
+	}
+	for _, after := range []string{"", want[len(want)/2]} {
+		t.Run(fmt.Sprintf("plan after %q", after), func(t *testing.T) {
+			var plan string
+			if err := s.pool.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+unreferencedSQL, after, 256).Scan(&plan); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(plan, `"Sort"`) || !strings.Contains(plan, `"attachment_objects_unreferenced_names"`) {
+				t.Fatalf("the listing of unreferenced objects does not read the name index in order:\n%s", plan)
+			}
+		})
+	}
+	var got []string
+	for after := ""; ; {
+		page, err := s.UnreferencedObjects(ctx, after, 256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		got = append(got, page...)
+		after = page[len(page)-1]
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("listed %d unreferenced objects, want the %d in name order", len(got), len(want))
+	}
+}
