@@ -3,14 +3,22 @@ package store
 import (
 	"math"
 	"sync"
+	"time"
 )
+
+// FallbackEvery bounds how often Notifier.Fallback wakes every waiter: a
+// fallback within FallbackEvery of the last wake-up of everyone is
+// carried out at its end, once for all the fallbacks meanwhile, so that
+// a store that keeps failing does not send every waiter to it on each
+// failure.
+const FallbackEvery = time.Second
 
 // Notifier wakes the waiters of queues: a backend's Append calls Notify
 // after the commit that stored a message, and WatchQueue is Watch. It is
 // process-local, in memory: it knows only the appends its store reports,
 // those made through the store and, for a backend shared across
 // processes (pgstore), those it hears of from the others (see Queues).
-// It starts no goroutine; a waiter costs
+// It starts no goroutine but the timer of a deferred Fallback; a waiter costs
 // one entry until it is woken or stopped. The zero Notifier is not usable:
 // call NewNotifier. A Notifier is safe for concurrent use.
 type Notifier struct {
@@ -19,6 +27,10 @@ type Notifier struct {
 	closed  bool
 	// onFallback, when set, is told why Fallback woke every waiter.
 	onFallback func(error)
+	// lastAll is when Fallback last woke every waiter; allPending is set
+	// while a wake-up of everyone waits for FallbackEvery after it.
+	lastAll    time.Time
+	allPending bool
 }
 
 // WakeErrorLogger is implemented by the stores whose wake-up of the
@@ -138,18 +150,43 @@ func (n *Notifier) SetOnFallback(fn func(error)) {
 // from knowing which waiters a committed write concerns (a failed lookup
 // of a group's members): a waiter woken for nothing fetches its queue
 // once and answers its client, which polls again, where a waiter not
-// woken would sleep through a message until its wait ends. It tells the
+// woken would sleep through a message until its wait ends. Within
+// FallbackEvery of its last wake-up of everyone, it wakes them at the end
+// of that interval instead (the waiters that start meanwhile fetch
+// their queue after the write, and need no wake-up). It tells the
 // function of SetOnFallback of err.
 func (n *Notifier) Fallback(err error) {
 	n.mu.Lock()
 	fn := n.onFallback
-	for q := range n.waiters {
-		n.notifyLocked(q, math.MaxUint64)
+	if wait := time.Until(n.lastAll.Add(FallbackEvery)); wait > 0 {
+		if !n.allPending {
+			n.allPending = true
+			time.AfterFunc(wait, n.fallbackDue)
+		}
+	} else {
+		n.wakeAllLocked()
 	}
 	n.mu.Unlock()
 	if fn != nil {
 		fn(err)
 	}
+}
+
+// fallbackDue carries out a deferred Fallback.
+func (n *Notifier) fallbackDue() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.allPending = false
+	n.wakeAllLocked()
+}
+
+// wakeAllLocked wakes and releases every waiter for Fallback, with n.mu
+// held.
+func (n *Notifier) wakeAllLocked() {
+	for q := range n.waiters {
+		n.notifyLocked(q, math.MaxUint64)
+	}
+	n.lastAll = time.Now()
 }
 
 // Idle reports whether no watch is registered: a post then wakes no one

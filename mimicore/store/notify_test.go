@@ -182,3 +182,43 @@ func TestNotifierNotifyEach(t *testing.T) {
 		})
 	}
 }
+
+// TestNotifierFallback checks that a Fallback wakes every waiter and
+// reports its cause, and that a Fallback soon after one, which waits for
+// FallbackEvery to pass, still wakes the waiters it finds, once.
+func TestNotifierFallback(t *testing.T) {
+	n := NewNotifier()
+	var mu sync.Mutex
+	var reported []error
+	n.SetOnFallback(func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reported = append(reported, err)
+	})
+	a, stopA := n.Watch("a", 0)
+	defer stopA()
+	b, stopB := n.Watch("b", 7)
+	defer stopB()
+	n.Fallback(fmt.Errorf("first"))
+	if !isClosed(a) || !isClosed(b) {
+		t.Fatal("the first fallback did not wake every waiter at once")
+	}
+	c, stopC := n.Watch("c", 0)
+	defer stopC()
+	for i := range 100 {
+		n.Fallback(fmt.Errorf("again %d", i))
+	}
+	select {
+	case <-c:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a waiter of the fallbacks soon after the first was not woken")
+	}
+	if w := n.Waiters(); w != 0 {
+		t.Fatalf("%d waiters left after the fallbacks", w)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reported) != 101 {
+		t.Fatalf("reported %d fallbacks, want 101", len(reported))
+	}
+}
