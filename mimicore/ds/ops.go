@@ -184,13 +184,31 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: %w", typ, err)
 	}
 	ec := store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
-		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out}
+		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out, Pending: len(pending)}
 	delivered, err := s.Store.CommitEpoch(ctx, ec)
+	for range maxPendingRechecks {
+		// A self-remove kept since the pending proposals were read: the
+		// commit must cover it too (checkCoversPending), or be refused,
+		// rather than drop it with the epoch.
+		if !errors.Is(err, store.ErrProposalsChanged) {
+			break
+		}
+		if pending, err = s.pendingProposals(ctx, gid, base.Epoch()); err != nil {
+			return nil, err
+		}
+		if err := checkCoversPending(typ, msg, pending, base.Epoch()); err != nil {
+			return nil, err
+		}
+		ec.Pending = len(pending)
+		delivered, err = s.Store.CommitEpoch(ctx, ec)
+	}
 	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
 		ec.Fanout = fan.out
 		delivered, err = s.Store.CommitEpoch(ctx, ec)
 	}
 	switch {
+	case errors.Is(err, store.ErrProposalsChanged):
+		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: proposals keep arriving in epoch %d; retry", typ, base.Epoch())
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: another commit for epoch %d was accepted first", typ, base.Epoch())
 	case errors.Is(err, store.ErrNotFound):
@@ -359,6 +377,12 @@ func (s *Service) welcomeInfo(ctx context.Context, r *Request) (*moh.DSResponse,
 	}
 	return &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: tree}, nil
 }
+
+// maxPendingRechecks bounds how many times a commit is checked again
+// against the pending proposals of its epoch when self-removes keep being
+// kept between its check and its write (store.ErrProposalsChanged); it is
+// then answered commit_conflict.
+const maxPendingRechecks = 3
 
 // pendingProposals loads the proposals pending in epoch.
 func (s *Service) pendingProposals(ctx context.Context, gid []byte, epoch uint64) ([]store.PendingProposal, error) {

@@ -18,6 +18,10 @@ var (
 	// ErrEpochConflict reports that the group is no longer at the epoch
 	// (and state) the write was built on: another commit won the epoch.
 	ErrEpochConflict = fmt.Errorf("group is no longer at that epoch: %w", ErrConflict)
+	// ErrProposalsChanged reports that the proposals pending in the
+	// epoch a commit was built on are no longer those it was checked
+	// against (EpochCommit.Pending): one was added meanwhile.
+	ErrProposalsChanged = fmt.Errorf("the epoch's pending proposals changed: %w", ErrConflict)
 )
 
 // Limits of GroupStore; larger values are ErrInvalid (except
@@ -100,7 +104,12 @@ type GroupStore interface {
 	// c.Welcome set Next's ratchet tree is kept for the members the
 	// commit's Welcome added (WelcomeTree), with their keys (JoinerKey),
 	// in the same atomic write, and so is c.Fanout: the commit's delivery
-	// to the members (see Fanout), whose outcome it reports.
+	// to the members (see Fanout), whose outcome it reports. It is also
+	// conditional on the pending proposals: when the number pending in
+	// Base's epoch is not c.Pending (one was added after the caller read
+	// them), it fails with ErrProposalsChanged and writes nothing, so a
+	// proposal the commit was not checked against is never dropped with
+	// the epoch. The epoch is checked first.
 	CommitEpoch(ctx context.Context, c EpochCommit) (Delivered, error)
 
 	// Deliver writes f, the delivery of a message the DS accepted for a
@@ -202,6 +211,11 @@ type EpochCommit struct {
 	// Fanout delivers the commit (and its Welcomes) to the members, in
 	// the same atomic write as the new epoch.
 	Fanout Fanout
+	// Pending is the number of proposals pending in Base's epoch
+	// (PendingProposals) that the commit was checked against. Proposals
+	// are only added within an epoch, so an equal number is the same
+	// proposals; CommitEpoch refuses another (ErrProposalsChanged).
+	Pending int
 }
 
 // Joiner is a KeyPackage that a commit added by value and its Welcome

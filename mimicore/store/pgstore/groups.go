@@ -7,6 +7,7 @@ import (
 	"math"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -321,7 +322,16 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 			gcBefore = *minW
 		}
 		b.Queue(`DELETE FROM mls_group_node_history WHERE gid = $1 AND to_epoch <= $2`, rowID, gcBefore)
-		b.Queue(`DELETE FROM mls_group_proposals WHERE gid = $1`, rowID)
+		// The epoch's pending proposals go with it: exactly those the
+		// commit was checked against. AddProposal holds the group row's
+		// lock, which the head's update above waited for, so this
+		// statement sees every proposal added before the update.
+		b.Queue(`DELETE FROM mls_group_proposals WHERE gid = $1`, rowID).Exec(func(tag pgconn.CommandTag) error {
+			if n := tag.RowsAffected(); n != int64(c.Pending) {
+				return fmt.Errorf("%d proposals pending, the commit was checked against %d: %w", n, c.Pending, store.ErrProposalsChanged)
+			}
+			return nil
+		})
 		if c.Welcome {
 			exp := check.ExpiryMillis(s.now().Add(store.WelcomeTreeLifetime))
 			b.Queue(`INSERT INTO mls_group_welcomes (gid, epoch, expires_ms) VALUES ($1, $2, $3)`, rowID, next, exp)

@@ -420,8 +420,16 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 			rowID, gcBefore); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM mls_group_proposals WHERE gid = ?1`, rowID); err != nil {
+		// The epoch's pending proposals go with it: exactly those the
+		// commit was checked against (the writer is the only one).
+		res, err := tx.ExecContext(ctx, `DELETE FROM mls_group_proposals WHERE gid = ?1`, rowID)
+		if err != nil {
 			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n != int64(c.Pending) {
+			return fmt.Errorf("%d proposals pending, the commit was checked against %d: %w", n, c.Pending, store.ErrProposalsChanged)
 		}
 		if c.Welcome {
 			exp := check.ExpiryMillis(s.now().Add(store.WelcomeTreeLifetime))

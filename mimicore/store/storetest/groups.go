@@ -591,7 +591,24 @@ func testGroupProposals(t *testing.T, open func(t *testing.T) store.Store) {
 	err = s.AddProposal(ctx(), id, epoch, store.PendingProposal{Ref: randBytes(t, 32), Message: []byte("m")})
 	wantErr(t, "AddProposal past the limit", err, store.ErrConflict)
 
+	// The commit is stored only with the number of proposals it was
+	// checked against: one added meanwhile is not dropped unseen.
+	base := g.State
 	g, c := g.Commit(t)
+	for _, n := range []int{0, store.MaxPendingProposals - 1} {
+		c.Pending = n
+		wantErr(t, fmt.Sprintf("CommitEpoch checked against %d of the pending proposals", n),
+			commitErr(s.CommitEpoch(ctx(), c)), store.ErrProposalsChanged)
+		wantLoad(t, s, "after a commit refused for its pending proposals", base)
+		got, err := s.PendingProposals(ctx(), id, epoch)
+		noErr(t, "PendingProposals after a refused commit", err)
+		if len(got) != store.MaxPendingProposals {
+			t.Fatalf("%d proposals pending after a refused commit, want %d", len(got), store.MaxPendingProposals)
+		}
+	}
+	c.Pending = store.MaxPendingProposals + 1
+	wantErr(t, "CommitEpoch with too many pending", commitErr(s.CommitEpoch(ctx(), c)), store.ErrInvalid)
+	c.Pending = store.MaxPendingProposals
 	commitEpoch(t, s, c)
 	_, err = s.PendingProposals(ctx(), id, epoch)
 	wantErr(t, "PendingProposals of the ended epoch", err, store.ErrEpochConflict)
@@ -768,6 +785,7 @@ func testReopenGroups(t *testing.T, open func() (store.Store, error)) {
 		SameState(t, "commit applied to the loaded state", next, c.Next)
 		c.Base = loaded
 		c.GroupInfo = []byte(fmt.Sprint("group info of epoch ", c.Next.Epoch()))
+		c.Pending = len(ps)
 		commitEpoch(t, s, c)
 		noErr(t, "Close", s.Close())
 	}

@@ -245,6 +245,13 @@ func (b *broken) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.De
 		p.Leave = nil
 		c.Fanout.Group = &p
 	}
+	if b.mode == "commit-ignores-pending" {
+		// Checked against whatever is pending now, not what the
+		// caller saw.
+		if p, err := b.Store.PendingProposals(ctx, c.Base.GroupID(), c.Base.Epoch()); err == nil {
+			c.Pending = len(p)
+		}
+	}
 	d, err := b.Store.CommitEpoch(ctx, c)
 	if b.mode == "commit-ignores-conflict" && errors.Is(err, store.ErrEpochConflict) {
 		return store.Delivered{}, nil
@@ -501,6 +508,7 @@ var brokenModes = map[string]string{
 	"welcome-tree-current":          "Groups/WelcomeTrees/Epochs",
 	"joiner-outlives-tree":          "Groups/WelcomeTrees/Epochs",
 	"proposals-any-epoch":           "Groups/Proposals",
+	"commit-ignores-pending":        "Groups/Proposals",
 	"group-info-outlives-epoch":     "Groups/GroupInfo",
 	"create-drops-members":          "Groups/GroupLog",
 	"post-ignores-leave":            "Groups/GroupLog",

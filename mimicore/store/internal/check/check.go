@@ -485,6 +485,9 @@ func EpochCommit(c store.EpochCommit) ([]byte, error) {
 	if err := Joiners(c.Welcome, c.Joiners); err != nil {
 		return nil, err
 	}
+	if c.Pending < 0 || c.Pending > store.MaxPendingProposals {
+		return nil, fmt.Errorf("%d pending proposals, want 0..%d: %w", c.Pending, store.MaxPendingProposals, store.ErrInvalid)
+	}
 	return id, nil
 }
 
