@@ -252,6 +252,20 @@ func (b *fanoutBuilder) addRemote(msg []byte, recipients [][]byte) (local []stri
 	return local
 }
 
+// checkSize refuses a fan-out of more messages than one write of the
+// store carries (store.MaxFanoutMessages): a message for members at more
+// destination providers than that (each also split by
+// store.MaxOutboxRecipients), or Welcomes for as many. The refusal is
+// too_large, a permanent answer; the store's own refusal of the write
+// would be a failure of the store.
+func (b *fanoutBuilder) checkSize(what string) error {
+	if n := len(b.out.Local) + len(b.out.Remote); n > store.MaxFanoutMessages {
+		return moh.Errorf(moh.CodeTooLarge, "%s: delivering it takes %d messages (one per destination provider and %d of its recipients), more than the %d one request may make",
+			what, n, store.MaxOutboxRecipients, store.MaxFanoutMessages)
+	}
+	return nil
+}
+
 // resolveSender names the group's hub as the sender of the messages for
 // other providers: the provider domain that signs their deliver_message.
 // Only a fan-out with such messages looks it up.
@@ -340,7 +354,8 @@ func checkDelivered(what, part string, msg []byte) error {
 
 // encodeCommitFanout encodes an accepted commit and its Welcomes and
 // builds their delivery (commitFanout); a message larger than the DS
-// delivers is 413 too_large.
+// delivers, or a delivery of too many messages (checkSize), is 413
+// too_large.
 func (s *Service) encodeCommitFanout(what string, base, next *mls.GroupState, info *mls.CommitInfo, commit *mls.MLSMessage, welcomes []moh.WelcomePackage) (*fanoutBuilder, error) {
 	enc, err := wire.Marshal(commit)
 	if err != nil {
@@ -358,7 +373,11 @@ func (s *Service) encodeCommitFanout(what string, base, next *mls.GroupState, in
 			return nil, err
 		}
 	}
-	return s.commitFanout(base, next, info, enc, welcomes, welcomeEnc), nil
+	fan := s.commitFanout(base, next, info, enc, welcomes, welcomeEnc)
+	if err := fan.checkSize(what); err != nil {
+		return nil, err
+	}
+	return fan, nil
 }
 
 // commitFanout is the delivery of an accepted commit: the commit to every

@@ -273,6 +273,9 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	// next commit, in the write that keeps it.
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
 	fan.postFrom(enc, base, self)
+	if err := fan.checkSize("self_remove_client"); err != nil {
+		return nil, err
+	}
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "self_remove_client: %w", err)
 	}
@@ -315,6 +318,9 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	}
 	fan := &fanoutBuilder{s: s, groupID: base.GroupID()}
 	fan.postFrom(enc, base, r.Body.Auth.SenderIndex)
+	if err := fan.checkSize("send_message"); err != nil {
+		return nil, err
+	}
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)
 	}
