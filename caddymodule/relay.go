@@ -12,9 +12,9 @@ import (
 // provider that this one knows as its hub (docs/protocol.md §9,
 // followers): body goes unchanged to the same path of the hub's DS, over
 // TLS 1.3 with the federation policy, and the hub's answer comes back
-// unchanged. It reports whether it answered; when it did not, the caller
-// sends its own not_found. A hub that cannot be reached is 503
-// backend_unavailable, logged with its cause.
+// unchanged, with its Retry-After. It reports whether it answered; when
+// it did not, the caller sends its own not_found. A hub that cannot be
+// reached is 503 backend_unavailable, logged with its cause.
 func (g *Gateway) relayToHub(x *exchange, body []byte) bool {
 	ctx := x.r.Context()
 	hub, err := g.ds.HubElsewhere(ctx, body)
@@ -40,8 +40,9 @@ func (g *Gateway) relayToHub(x *exchange, body []byte) bool {
 		return true
 	}
 	if ans.RetryAfter != "" {
-		// The hub's 429 (its group or member zone): the client waits
-		// as the hub asked.
+		// The hub's rate limit applies to every client of this
+		// provider alike (it sees this provider's address): the client
+		// learns when to try again, as PROFILE §3 has a 429 tell.
 		x.w.Header().Set("Retry-After", ans.RetryAfter)
 	}
 	writeAnswer(x.w, ans.Status, ans.Body)

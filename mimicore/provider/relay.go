@@ -20,19 +20,32 @@ type Relayed struct {
 	Status int
 	// ContentType is the answer's Content-Type.
 	ContentType string
-	// RetryAfter is the answer's Retry-After, empty when it has none: a
-	// 429 of the hub's admission policy carries one, which the relaying
-	// gateway passes on (PROFILE §3: every 429 has Retry-After).
-	RetryAfter string
 	// Body is the answer's body, at most 16 MiB.
 	Body []byte
+	// RetryAfter is the answer's Retry-After header when it is a delay
+	// in whole seconds (RFC 9110 §10.2.3), as PROFILE §3 has a 429 carry
+	// it; empty otherwise.
+	RetryAfter string
+}
+
+// maxRetryAfterDigits bounds the Retry-After a relay passes on: a delay
+// of up to 10^9 - 1 seconds.
+const maxRetryAfterDigits = 9
+
+// retryAfterSeconds returns v when it is a delay-seconds value of at
+// most maxRetryAfterDigits digits, else "".
+func retryAfterSeconds(v string) string {
+	if v == "" || len(v) > maxRetryAfterDigits || strings.Trim(v, "0123456789") != "" {
+		return ""
+	}
+	return v
 }
 
 // Relay posts body, a client's DSRequest, unchanged to path (such as
 // "/group_operation") of the DS of provider domain, discovered as for
 // keys, through the fetcher's transport and its address and TLS policy,
-// and returns the answer unchanged (docs/protocol.md §9: followers relay
-// their clients' requests to the group's hub).
+// and returns the answer unchanged, with its Retry-After (docs/protocol.md
+// §9: followers relay their clients' requests to the group's hub).
 func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte) (*Relayed, error) {
 	req, authority, err := f.relayRequest(ctx, domain, path, bytes.NewReader(body))
 	if err != nil {
@@ -50,8 +63,8 @@ func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte
 	if len(raw) > maxRelayAnswer {
 		return nil, fmt.Errorf("the answer of %s exceeds %d bytes", authority, maxRelayAnswer)
 	}
-	return &Relayed{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"),
-		RetryAfter: resp.Header.Get("Retry-After"), Body: raw}, nil
+	return &Relayed{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: raw,
+		RetryAfter: retryAfterSeconds(resp.Header.Get("Retry-After"))}, nil
 }
 
 // relayRequest is the POST of body to path of the DS of provider domain,
