@@ -27,6 +27,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -490,14 +491,14 @@ func (g *Gateway) relayUpload(x *exchange, head []byte) bool {
 
 // relayHeaders are the headers of a hub's attachment answer that a
 // relaying gateway passes on.
-var relayHeaders = []string{"Content-Type", "Cache-Control", "Content-Length", "Content-Range", "ETag", "Accept-Ranges",
-	"Retry-After"}
+var relayHeaders = []string{"Content-Type", "Cache-Control", "Content-Length", "Content-Range", "ETag", "Accept-Ranges"}
 
 // relayStream is relayToHub for the streamed attachment endpoints: signed
 // is the client's DSRequest (to find the group's hub), body what goes to
 // the hub (size bytes, or unknown when negative), with the client's Range
-// header; the hub's answer (status, its headers of relayHeaders, body)
-// is streamed back unchanged. It reports whether it answered.
+// header; the hub's answer (status, its headers of relayHeaders and its
+// Retry-After in seconds, body) is streamed back unchanged. It reports
+// whether it answered.
 func (g *Gateway) relayStream(x *exchange, signed []byte, body io.Reader, size int64) bool {
 	ctx := x.r.Context()
 	hub, err := g.ds.HubElsewhere(ctx, signed)
@@ -526,6 +527,9 @@ func (g *Gateway) relayStream(x *exchange, signed []byte, body io.Reader, size i
 		if v := resp.Header.Values(k); len(v) > 0 {
 			h[k] = v
 		}
+	}
+	if ra := provider.RetryAfterSeconds(resp.Header.Get("Retry-After")); ra != "" {
+		h.Set("Retry-After", ra) // the hub's 429 (relayToHub)
 	}
 	x.w.WriteHeader(resp.StatusCode)
 	if _, err := copyStream(x.w, resp.Body); err != nil {

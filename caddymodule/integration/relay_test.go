@@ -15,9 +15,10 @@ import (
 // TestRelayRetryAfter checks that a follower relaying a client's request
 // passes on the Retry-After of the hub's 429 (PROFILE §3: 429 carries
 // Retry-After). The hub, a.localhost, limits /external_commit_information
-// per client address to one an hour; the follower, b.localhost, relays
-// bob's requests, all from b's address: the second is refused by the hub,
-// and bob must learn when to try again.
+// and /attachment_download per client address to one an hour each; the
+// follower, b.localhost, relays bob's requests, all from b's address: the
+// second of each is refused by the hub, and bob must learn when to try
+// again.
 func TestRelayRetryAfter(t *testing.T) {
 	startCaddy(t)
 	base := baseConfig()
@@ -26,6 +27,11 @@ func TestRelayRetryAfter(t *testing.T) {
 			key remote_ip
 			rate 1/1h
 			endpoints external_commit_information
+		}
+		rate_limit relay_test_download {
+			key remote_ip
+			rate 1/1h
+			endpoints attachment_download
 		}
 `, 1)
 	if limited == base {
@@ -70,21 +76,34 @@ func TestRelayRetryAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var resp *http.Response
-	var raw []byte
-	for range 3 {
-		resp, raw = get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443/external_commit_information",
-			"application/octet-stream", bob.sign(t, moh.RequestBody{Type: moh.ExternalCommitInfo,
-				ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}, 0))
-		if resp.StatusCode != http.StatusOK {
-			break
-		}
-	}
-	var r moh.DSResponse
-	if resp.StatusCode != http.StatusTooManyRequests || wire.Unmarshal(raw, &r, "DSResponse") != nil || r.Error.Code != moh.CodeRateLimited {
-		t.Fatalf("relayed request over the hub's limit: %d %x, want 429 rate_limited", resp.StatusCode, raw)
-	}
-	if ra := resp.Header.Get("Retry-After"); ra == "" || strings.Trim(ra, "0123456789") != "" {
-		t.Fatalf("relayed 429 with Retry-After %q, want the hub's delay in seconds", ra)
+	for _, tc := range []struct {
+		path string
+		body moh.RequestBody
+	}{
+		{"/external_commit_information", moh.RequestBody{Type: moh.ExternalCommitInfo,
+			ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}},
+		// Streamed (relayStream); an unknown token is not_found at the
+		// hub until the limit is reached.
+		{"/attachment_download", moh.RequestBody{Type: moh.AttachmentDownload,
+			Attachment: moh.AttachmentRef{GroupID: gid, Token: random32(t)}}},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			var resp *http.Response
+			var raw []byte
+			for range 3 {
+				resp, raw = get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443"+tc.path,
+					"application/octet-stream", bob.sign(t, tc.body, 0))
+				if resp.StatusCode == http.StatusTooManyRequests {
+					break
+				}
+			}
+			var r moh.DSResponse
+			if resp.StatusCode != http.StatusTooManyRequests || wire.Unmarshal(raw, &r, "DSResponse") != nil || r.Error.Code != moh.CodeRateLimited {
+				t.Fatalf("relayed request over the hub's limit: %d %x, want 429 rate_limited", resp.StatusCode, raw)
+			}
+			if ra := resp.Header.Get("Retry-After"); ra == "" || strings.Trim(ra, "0123456789") != "" {
+				t.Fatalf("relayed 429 with Retry-After %q, want the hub's delay in seconds", ra)
+			}
+		})
 	}
 }

@@ -32,9 +32,10 @@ type Relayed struct {
 // of up to 10^9 - 1 seconds.
 const maxRetryAfterDigits = 9
 
-// retryAfterSeconds returns v when it is a delay-seconds value of at
-// most maxRetryAfterDigits digits, else "".
-func retryAfterSeconds(v string) string {
+// RetryAfterSeconds returns v, a peer's Retry-After header, when it is a
+// delay in whole seconds (RFC 9110 §10.2.3) of at most nine digits, else
+// "": what a relay passes on to its client.
+func RetryAfterSeconds(v string) string {
 	if v == "" || len(v) > maxRetryAfterDigits || strings.Trim(v, "0123456789") != "" {
 		return ""
 	}
@@ -64,7 +65,7 @@ func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte
 		return nil, fmt.Errorf("the answer of %s exceeds %d bytes", authority, maxRelayAnswer)
 	}
 	return &Relayed{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: raw,
-		RetryAfter: retryAfterSeconds(resp.Header.Get("Retry-After"))}, nil
+		RetryAfter: RetryAfterSeconds(resp.Header.Get("Retry-After"))}, nil
 }
 
 // relayRequest is the POST of body to path of the DS of provider domain,

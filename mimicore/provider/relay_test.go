@@ -20,8 +20,8 @@ func TestRetryAfterSeconds(t *testing.T) {
 		{"spaces", " 5", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := retryAfterSeconds(tc.in); got != tc.want {
-				t.Fatalf("retryAfterSeconds(%q) = %q, want %q", tc.in, got, tc.want)
+			if got := RetryAfterSeconds(tc.in); got != tc.want {
+				t.Fatalf("RetryAfterSeconds(%q) = %q, want %q", tc.in, got, tc.want)
 			}
 		})
 	}
