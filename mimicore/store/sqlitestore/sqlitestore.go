@@ -378,6 +378,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 	}
 
 	var dur *durability
+	writerHasDur := false
 	if s.walSync != nil {
 		if s.walSync.Opened() {
 			// What the checks and migrations committed, synced before
@@ -387,6 +388,13 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 				return nil, fmt.Errorf("opening store %s: %w", abs, err)
 			}
 			dur = newDurability(s.walSync.Sync, s.walSync.Stop)
+			defer func() {
+				if err != nil && !writerHasDur {
+					// Failed before the writer took the syncer over
+					// (the Store's Close ends it then): end it here.
+					dur.close()
+				}
+			}()
 		} else {
 			// The writer's log was opened under another name than the
 			// one registered: its COMMITs sync, as without.
@@ -444,6 +452,7 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 	}
 	s.ckpt = newCheckpointer(ckdb)
 	s.wr = newWriter(s.w, o.maxBatch, o.linger, dur)
+	writerHasDur = true
 	s.wr.ckpt = s.ckpt
 	s.multi = newMultiStmts()
 	s.wr.appendBatch = func(ctx context.Context, tx *sql.Tx, apps []*appendOp) error {

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -378,4 +380,59 @@ func TestQueueContract(t *testing.T) {
 	storetest.RunQueueTests(t, func(t *testing.T, clock *storetest.Clock) store.Store {
 		return openTemp(t, WithClock(clock.Now))
 	})
+}
+
+// syncers counts the goroutines running a store's syncer
+// ((*durability).run).
+func syncers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "sqlitestore.(*durability).run(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// TestFailedOpenStopsItsSyncer fails an Open after it started the
+// syncer of its log (its replay table unreadable, so loading the replay
+// filter fails): the failed Open must not leave the syncer running, one
+// goroutine per attempt (a Caddy reload retried against a broken file).
+func TestFailedOpenStopsItsSyncer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	ctx := context.Background()
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec("ALTER TABLE replay_requests RENAME TO replay_requests_elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before := syncers()
+	for range 3 {
+		if s, err := Open(ctx, path); err == nil {
+			s.Close()
+			t.Fatal("Open succeeded without its replay table")
+		}
+	}
+	// A syncer that was told to stop ends at once; give the scheduler a
+	// while before concluding that one was left running.
+	deadline := time.Now().Add(10 * time.Second)
+	for syncers() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := syncers(); n > before {
+		t.Fatalf("%d syncers running after three failed Opens, %d before", n, before)
+	}
 }
