@@ -12,8 +12,11 @@ import (
 )
 
 // migration is one step of the schema. Migrations only ever append: a
-// released one is never edited, and version n is the same logical schema as
-// package sqlitestore's version n.
+// released one is never edited. Versions 1 to 9 are the same logical
+// schema as package sqlitestore's; from there the two number apart
+// (sqlitestore's version 10 drops an index only it had, so its 11 is
+// version 10 here, and so on), and each store's own number is what its
+// database records.
 type migration struct {
 	version int
 	name    string
