@@ -1162,7 +1162,8 @@ func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *z
 	case retry && (status == http.StatusUnauthorized || status == http.StatusForbidden):
 		s.stats.retried.Add(1)
 		failed(fmt.Sprintf("status %d: authentication failure", status))
-		log.Error("the legacy backend refused the gateway's signature (authentication failure: the backend's key differs from the gateway's); will retry",
+		log.Error("the legacy backend refused the gateway's request (authentication failure: its key differs from the gateway's, "+
+			"or the two clocks are more than the backend's window apart, 300 s by docs/protocol.md §11); will retry",
 			zap.Int("status", status))
 		return retryAnswered
 	case retry:
