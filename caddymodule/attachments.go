@@ -509,6 +509,9 @@ func (g *Gateway) relayStream(x *exchange, signed []byte, body io.Reader, size i
 	if hub == "" {
 		return false
 	}
+	if !g.admitRelay(x, hub) {
+		return true
+	}
 	var header http.Header
 	if rng := x.r.Header.Get("Range"); rng != "" {
 		header = http.Header{"Range": {rng}}

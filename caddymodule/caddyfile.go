@@ -76,6 +76,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //				retry    <duration>
 //			}
 //		}
+//		relay_limit {
+//			rate      <events>/<duration>
+//			burst     <events>
+//			hub_rate  <events>/<duration>
+//			hub_burst <events>
+//		}
 //		privacy_pass {
 //			issuer_name      <host[:port]>
 //			origin_info      <name...>
@@ -283,6 +289,15 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			g.RateLimits = append(g.RateLimits, z)
+		case "relay_limit":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			l, err := unmarshalRelayLimit(d)
+			if err != nil {
+				return err
+			}
+			g.RelayLimit = l
 		case "privacy_pass":
 			pp, err := unmarshalPrivacyPass(d)
 			if err != nil {

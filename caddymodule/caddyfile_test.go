@@ -36,6 +36,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			max_backlog_messages 5000
 			max_backlog_bytes 64MiB
 		}
+		relay_limit {
+			rate 5/1s
+			burst 8
+			hub_rate 600/1m
+			hub_burst 50
+		}
 		unchecked_client_bindings
 	}`))
 	if err != nil {
@@ -64,6 +70,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			MaxBacklogMessages:    5000,
 			MaxBacklogBytes:       64 << 20,
 		},
+		RelayLimit: &RelayLimit{Events: 5, Window: caddy.Duration(time.Second), Burst: 8,
+			HubEvents: 600, HubWindow: caddy.Duration(time.Minute), HubBurst: 50},
 		UncheckedClientBindings: true,
 	}
 	if !reflect.DeepEqual(g, want) {
@@ -93,6 +101,13 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"mimi {\n federation {\n max_backlog_bytes 1MiB\n }\n}", "invalid max_backlog_bytes '1MiB'"},
 		{"mimi {\n federation {\n max_backlog_bytes 2TiB\n }\n}", "invalid max_backlog_bytes '2TiB'"},
 		{"mimi {\n bogus\n}", "unrecognized mimi option 'bogus'"},
+		{"mimi {\n relay_limit on\n}", "wrong argument count"},
+		{"mimi {\n relay_limit {\n rate 10\n }\n}", "invalid rate '10'"},
+		{"mimi {\n relay_limit {\n hub_rate 10/soon\n }\n}", "invalid hub_rate '10/soon': bad duration 'soon'"},
+		{"mimi {\n relay_limit {\n burst 0\n }\n}", "invalid burst '0'"},
+		{"mimi {\n relay_limit {\n burst 1\n burst 2\n }\n}", "duplicate relay_limit option 'burst'"},
+		{"mimi {\n relay_limit {\n off\n }\n}", "unrecognized relay_limit option 'off'"},
+		{"mimi {\n relay_limit {\n rate 200/1s\n }\n}", "must be above the client bound"},
 		{"mimi {\n unchecked_client_bindings yes\n}", "wrong argument count"},
 		{"mimi {\n unchecked_client_bindings\n unchecked_client_bindings\n}", "duplicate mimi option 'unchecked_client_bindings'"},
 	} {

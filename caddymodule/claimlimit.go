@@ -19,28 +19,29 @@ const (
 	claimZoneLocal = "local_key_packages"
 )
 
-// claimZonePool keeps the KeyPackage claim limits' zones across config
-// reloads, keyed by claimZoneKey: Caddy provisions a new config before it
+// limitZonePool keeps the zones of the built-in limits (the KeyPackage
+// claim limits, the relay limit) across config reloads, keyed by
+// limitZoneKey: Caddy provisions a new config before it
 // cleans up the old one, so the new config finds the old zone with its
 // buckets, and a reload does not hand every (sender, user) pair a full
 // burst again. Handlers of one data directory (sites of one provider)
 // hold one zone of each name.
-var claimZonePool = caddy.NewUsagePool()
+var limitZonePool = caddy.NewUsagePool()
 
-// claimZoneKey is the key of a claim zone in claimZonePool: the data
+// limitZoneKey is the key of a zone in limitZonePool: the data
 // directory, the zone's name and its rate and burst, so that other limits
 // build a zone of their own.
-func claimZoneKey(dataDir, name string, rate float64, burst int) string {
+func limitZoneKey(dataDir, name string, rate float64, burst int) string {
 	return dataDir + "\x00" + name + "\x00" + strconv.FormatFloat(rate, 'g', -1, 64) + "\x00" + strconv.Itoa(burst)
 }
 
 // acquireClaimZone returns the claim zone name of dataDir at the claim
 // limit (keyPackageRate after a burst of keyPackageBurst), from
-// claimZonePool, and its key there; the caller releases it with
-// claimZonePool.Delete(key).
+// limitZonePool, and its key there; the caller releases it with
+// limitZonePool.Delete(key).
 func acquireClaimZone(dataDir, name string) (*ratelimit.Zone, string, error) {
-	key := claimZoneKey(dataDir, name, keyPackageRate, keyPackageBurst)
-	v, _, err := claimZonePool.LoadOrNew(key, func() (caddy.Destructor, error) {
+	key := limitZoneKey(dataDir, name, keyPackageRate, keyPackageBurst)
+	v, _, err := limitZonePool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return ratelimit.NewZone(name, ratelimit.Config{Rate: keyPackageRate, Burst: keyPackageBurst})
 	})
 	if err != nil {

@@ -198,14 +198,14 @@ func TestClaimLimitSurvivesReload(t *testing.T) {
 				t.Fatal(err)
 			}
 			n := 0
-			claimZonePool.Range(func(k, _ any) bool {
+			limitZonePool.Range(func(k, _ any) bool {
 				if strings.HasPrefix(k.(string), dir+"\x00") {
 					n++
 				}
 				return true
 			})
 			if n != 0 {
-				t.Fatalf("%d claim zones of the data directory outlived every config using them", n)
+				t.Fatalf("%d limit zones of the data directory outlived every config using them", n)
 			}
 		})
 	}

@@ -137,6 +137,13 @@ type Gateway struct {
 	// RateLimits are the named rate-limit zones (policy.go). Default: none.
 	RateLimits []*RateLimitZone `json:"rate_limits,omitempty"`
 
+	// RelayLimit bounds how fast this gateway relays its clients'
+	// requests to groups' hubs, per client address and per hub
+	// (relaylimit.go). It is always on. Default: 10 requests per second
+	// after a burst of 20 per client address, 100 per second after a
+	// burst of 200 per hub.
+	RelayLimit *RelayLimit `json:"relay_limit,omitempty"`
+
 	// PrivacyPass configures Privacy Pass redemption: which endpoints
 	// need a token, and whose. Default: no token is ever asked for.
 	PrivacyPass *PrivacyPass `json:"privacy_pass,omitempty"`
@@ -189,9 +196,11 @@ type Gateway struct {
 	sampled *zap.Logger
 	// originKey is the origin's key in originPool, "" when none is held.
 	originKey string
-	// claimZoneKey is the key in claimZonePool of the KeyPackage claim
+	// claimZoneKey is the key in limitZonePool of the KeyPackage claim
 	// limit's zone (ds.KeyPackageLimits), "" when none is held.
 	claimZoneKey string
+	// relay is the relay limit, its zones held in limitZonePool.
+	relay *relayLimiter
 	// peerCerts checks peers' client certificates; nil unless mutual TLS
 	// is required (mtls.go).
 	peerCerts *provider.CertVerifier
@@ -379,6 +388,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.claimZoneKey = zoneKey
 	g.ds.KeyPackageLimits = zone
 	g.claimRetryAfter = strconv.Itoa(claimRetryAfterSeconds(zone))
+	if g.relay, err = acquireRelayLimiter(g.DataDir, g.RelayLimit); err != nil {
+		return fmt.Errorf("mimi: %w", err)
+	}
 	// Last, so that a failed provision leaves no sender running.
 	sender, err := g.startSender(g.svc)
 	if err != nil {

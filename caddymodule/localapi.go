@@ -127,7 +127,7 @@ type LocalAPI struct {
 	// MaxLongPollsPerUser.
 	polls *pollSlots
 	// claims bounds how fast one user claims one target user's
-	// KeyPackages (localClaimLimits), with a zone held in claimZonePool
+	// KeyPackages (localClaimLimits), with a zone held in limitZonePool
 	// under claimZoneKey ("" when none is held).
 	claims       localClaimLimits
 	claimZoneKey string
@@ -350,7 +350,7 @@ func (h *LocalAPI) Cleanup() error {
 	}
 	var zoneErr error
 	if h.claimZoneKey != "" {
-		_, zoneErr = claimZonePool.Delete(h.claimZoneKey)
+		_, zoneErr = limitZonePool.Delete(h.claimZoneKey)
 		h.claimZoneKey = ""
 	}
 	if h.joined == nil {

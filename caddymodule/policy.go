@@ -393,15 +393,21 @@ func (g *Gateway) provisionPolicy(ctx caddy.Context, fetch provider.FetchPolicy)
 	return nil
 }
 
-// cleanupPolicy releases the zones (the KeyPackage claim limit's
-// included) and the origin this gateway holds.
+// cleanupPolicy releases the zones (the KeyPackage claim limit's and the
+// relay limit's included) and the origin this gateway holds.
 func (g *Gateway) cleanupPolicy() error {
 	var errs []error
 	if g.claimZoneKey != "" {
-		if _, err := claimZonePool.Delete(g.claimZoneKey); err != nil {
+		if _, err := limitZonePool.Delete(g.claimZoneKey); err != nil {
 			errs = append(errs, err)
 		}
 		g.claimZoneKey = ""
+	}
+	if g.relay != nil {
+		if err := g.relay.release(); err != nil {
+			errs = append(errs, err)
+		}
+		g.relay = nil
 	}
 	if g.policy != nil {
 		errs = append(errs, g.policy.Close())

@@ -61,16 +61,11 @@ func unmarshalRateLimit(d *caddyfile.Dispenser) (*RateLimitZone, error) {
 			if !d.AllArgs(&v) {
 				return nil, d.ArgErr()
 			}
-			n, dur, ok := strings.Cut(v, "/")
-			events, err := strconv.Atoi(n)
-			if !ok || err != nil || events < 1 {
-				return nil, d.Errf("invalid rate '%s': want <events>/<duration> such as 10/1s", v)
+			events, window, err := parseRate(v)
+			if err != nil {
+				return nil, d.Errf("invalid rate '%s': %v", v, err)
 			}
-			window, err := caddy.ParseDuration(dur)
-			if err != nil || window <= 0 {
-				return nil, d.Errf("invalid rate '%s': bad duration '%s'", v, dur)
-			}
-			z.Events, z.Window = events, caddy.Duration(window)
+			z.Events, z.Window = events, window
 		case "burst", "max_keys":
 			var v string
 			if !d.AllArgs(&v) {

@@ -12,8 +12,9 @@ import (
 // provider that this one knows as its hub (docs/protocol.md §9,
 // followers): body goes unchanged to the same path of the hub's DS, over
 // TLS 1.3 with the federation policy, and the hub's answer comes back
-// unchanged, with its Retry-After. It reports whether it answered; when
-// it did not, the caller sends its own not_found. A hub that cannot be
+// unchanged, with its Retry-After, within the relay limit (relaylimit.go:
+// 429 rate_limited beyond it). It reports whether it answered; when it
+// did not, the caller sends its own not_found. A hub that cannot be
 // reached is 503 backend_unavailable, logged with its cause.
 func (g *Gateway) relayToHub(x *exchange, body []byte) bool {
 	ctx := x.r.Context()
@@ -24,6 +25,9 @@ func (g *Gateway) relayToHub(x *exchange, body []byte) bool {
 	}
 	if hub == "" {
 		return false
+	}
+	if !g.admitRelay(x, hub) {
+		return true
 	}
 	ans, err := g.svc.Fetcher().Relay(ctx, hub, x.rt.path, body)
 	if err != nil {

@@ -2,10 +2,15 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
+	"crypto"
+	"crypto/ed25519"
 	"crypto/rand"
 	"io"
 	"net"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,6 +88,140 @@ func TestRelayPassesRetryAfter(t *testing.T) {
 			}
 			if ra := resp.Header.Get("Retry-After"); ra == "" {
 				t.Fatal("the hub's 429 reached the client without Retry-After")
+			}
+		})
+	}
+}
+
+// TestRelayLimit: with no rate_limit zone configured, a follower relays
+// its clients' requests to the group's hub within the relay limit, per
+// client address and per hub: past it the client gets 429 rate_limited
+// with Retry-After from the follower and the hub sees nothing. Claiming
+// another leaf, with another key, or using another relayed endpoint does
+// not escape the client's bound; a second client address still has its
+// own budget, until the hub's bound is spent. Without the limit anyone
+// reaching the follower made it send the hub requests without bound.
+func TestRelayLimit(t *testing.T) {
+	a, b := twoProviders(t)
+	if err := b.g.relay.release(); err != nil {
+		t.Fatal(err)
+	}
+	b.g.RelayLimit = &RelayLimit{Events: 1, Window: caddy.Duration(time.Hour), Burst: 2,
+		HubEvents: 2, HubWindow: caddy.Duration(time.Hour), HubBurst: 3}
+	var err error
+	if b.g.relay, err = acquireRelayLimiter(b.g.DataDir, b.g.RelayLimit); err != nil {
+		t.Fatal(err)
+	}
+	var relayed atomic.Int64 // requests reaching the hub from b
+	count := func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/external_commit_information" || r.URL.Path == "/attachment_download" {
+			relayed.Add(1)
+		}
+		return false
+	}
+	a.intercept.Store(&count)
+
+	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
+	gid := make([]byte, 16)
+	rand.Read(gid)
+	createGroupAt(t, a, alice, gid)
+	addAt(t, a, alice, false, bob)
+	if got := waitQueue(t, b, bob.uri, 1); len(got) != 1 {
+		t.Fatalf("bob's queue at b holds %d messages, want the Welcome", len(got))
+	}
+
+	// A client at another loopback address than the test's 127.0.0.1.
+	other := &http.Client{Timeout: 20 * time.Second, Transport: b.client().Transport.(*http.Transport).Clone()}
+	dialer := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	other.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return dialer.DialContext(ctx, network, b.addr)
+	}
+	_, stranger, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}
+	token := make([]byte, 32)
+	rand.Read(token)
+	download := moh.RequestBody{Type: moh.AttachmentDownload, Attachment: moh.AttachmentRef{GroupID: gid, Token: token}}
+	for i, tc := range []struct {
+		name    string
+		client  *http.Client
+		signer  crypto.Signer
+		leaf    uint32
+		path    string
+		body    moh.RequestBody
+		status  int
+		relayed int64 // requests the hub has seen after this one
+	}{
+		{"first request of the client", b.client(), bob.signer, 1, "/external_commit_information", info, http.StatusOK, 1},
+		{"second request, within the burst", b.client(), bob.signer, 1, "/external_commit_information", info, http.StatusOK, 2},
+		{"third request, over the client's bound", b.client(), bob.signer, 1, "/external_commit_information", info, http.StatusTooManyRequests, 2},
+		{"another leaf and key, same address", b.client(), stranger, 7, "/external_commit_information", info, http.StatusTooManyRequests, 2},
+		{"a streamed endpoint, same address", b.client(), bob.signer, 1, "/attachment_download", download, http.StatusTooManyRequests, 2},
+		{"another address", other, bob.signer, 1, "/external_commit_information", info, http.StatusOK, 3},
+		{"another address, over the hub's bound", other, bob.signer, 1, "/external_commit_information", info, http.StatusTooManyRequests, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := ds.SignRequest(peerSuite, tc.signer, tc.body, ds.ClientSignature(tc.leaf, time.Now().Add(time.Duration(i)*time.Second)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, port, _ := net.SplitHostPort(b.addr)
+			resp, err := tc.client.Post("https://b.localhost:"+port+tc.path, "application/octet-stream", bytes.NewReader(req))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			raw, _ := io.ReadAll(resp.Body)
+			var r moh.DSResponse
+			if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil {
+				t.Fatalf("answer %d %x is not a DSResponse: %v", resp.StatusCode, raw, err)
+			}
+			if resp.StatusCode != tc.status {
+				t.Fatalf("answer %d %s (%s), want %d", resp.StatusCode, r.Error.Code, r.Error.Message, tc.status)
+			}
+			if tc.status == http.StatusTooManyRequests {
+				if r.Error.Code != moh.CodeRateLimited || resp.Header.Get("Retry-After") == "" {
+					t.Fatalf("429 %s with Retry-After %q, want rate_limited with one", r.Error.Code, resp.Header.Get("Retry-After"))
+				}
+			}
+			if got := relayed.Load(); got != tc.relayed {
+				t.Fatalf("the hub has seen %d relayed requests, want %d", got, tc.relayed)
+			}
+		})
+	}
+}
+
+// TestRelayLimitRates checks the relay limit's defaults and its checks of
+// a configuration.
+func TestRelayLimitRates(t *testing.T) {
+	hour := caddy.Duration(time.Hour)
+	for _, tc := range []struct {
+		name string
+		l    *RelayLimit
+		want relayRates
+		err  string
+	}{
+		{"defaults", nil, relayRates{rate: 10, burst: 20, hubRate: 100, hubBurst: 200}, ""},
+		{"a rate without burst", &RelayLimit{Events: 5, Window: caddy.Duration(time.Second)},
+			relayRates{rate: 5, burst: 5, hubRate: 100, hubBurst: 200}, ""},
+		{"both set", &RelayLimit{Events: 1, Window: hour, Burst: 2, HubEvents: 2, HubWindow: hour, HubBurst: 3},
+			relayRates{rate: 1.0 / 3600, burst: 2, hubRate: 2.0 / 3600, hubBurst: 3}, ""},
+		{"a hub rate at the client's", &RelayLimit{HubEvents: 10}, relayRates{}, "must be above the client bound"},
+		{"a hub burst at the client's", &RelayLimit{HubBurst: 20}, relayRates{}, "must be above the client bound"},
+		{"a negative rate", &RelayLimit{Events: -1}, relayRates{}, "must not be negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.l.rates()
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("rates() = %v, want an error containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("rates() = %+v, %v; want %+v", got, err, tc.want)
 			}
 		})
 	}

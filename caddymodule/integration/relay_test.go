@@ -1,16 +1,126 @@
 package integration
 
 import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
+
+// TestRelayLimitOverHTTPS runs the relay limit in Caddy: b.localhost,
+// reloaded with a small relay_limit and no rate_limit zone, relays its
+// client's requests for a group hosted on a.localhost (which limits
+// nothing) until the client's address has spent its burst; then b answers
+// 429 rate_limited with Retry-After itself, whichever leaf and key the
+// request claims and whichever relayed endpoint it uses. A client at
+// another address has its own budget, until the hub's bound is spent.
+// Without the limit b relayed every request, so anyone reaching it could
+// make it flood the hub.
+func TestRelayLimitOverHTTPS(t *testing.T) {
+	startCaddy(t)
+	base := baseConfig()
+	const limit = "\t\tmax_body 64KiB\n"
+	if !strings.Contains(base, limit) {
+		t.Fatal("b's max_body line is not in the configuration")
+	}
+	limited := strings.Replace(base, limit, limit+"\t\trelay_limit {\n\t\t\trate 1/1h\n\t\t\tburst 2\n\t\t\thub_rate 2/1h\n\t\t\thub_burst 3\n\t\t}\n", 1)
+	env.tester.InitServer(limited, "caddyfile")
+	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relaylimit", false)
+	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relaylimit", false)
+	gid := random32(t)[:16]
+	m := alice.newGroup(t, gid)
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
+	alice.m = m
+	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
+	mustOK(t, "add_users of a client of b", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
+	// The Welcome reaches b, which records a as the group's hub.
+	deadline := time.Now().Add(30 * time.Second)
+	for len(fetchQueue(t, bob, "bob", 0, 5)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the Welcome did not reach bob's queue at b")
+		}
+	}
+
+	// A client at another loopback address than 127.0.0.1.
+	other := client(tls.VersionTLS13)
+	dialer := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	other.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return dialer.DialContext(ctx, network, httpsAddr)
+	}
+	_, stranger, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}
+	token := random32(t)
+	download := moh.RequestBody{Type: moh.AttachmentDownload, Attachment: moh.AttachmentRef{GroupID: gid, Token: token}}
+	for i, tc := range []struct {
+		name   string
+		client *http.Client
+		signer crypto.Signer
+		leaf   uint32
+		path   string
+		body   moh.RequestBody
+		status int // the hub's answer when relayed; 429 when b refuses
+		reason string
+	}{
+		{"first request of the client", client(tls.VersionTLS13), bob.signer, 1, "/external_commit_information", info, http.StatusOK, ""},
+		{"second request, within the burst", client(tls.VersionTLS13), bob.signer, 1, "/external_commit_information", info, http.StatusOK, ""},
+		{"third request, over the client's bound", client(tls.VersionTLS13), bob.signer, 1, "/external_commit_information", info,
+			http.StatusTooManyRequests, "for your address"},
+		{"another leaf and key, same address", client(tls.VersionTLS13), stranger, 7, "/external_commit_information", info,
+			http.StatusTooManyRequests, "for your address"},
+		{"a streamed endpoint, same address", client(tls.VersionTLS13), bob.signer, 1, "/attachment_download", download,
+			http.StatusTooManyRequests, "for your address"},
+		{"another address", other, bob.signer, 1, "/external_commit_information", info, http.StatusOK, ""},
+		{"another address, over the hub's bound", other, bob.signer, 1, "/external_commit_information", info,
+			http.StatusTooManyRequests, "to the group's hub a.localhost"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := ds.SignRequest(suite, tc.signer, tc.body, ds.ClientSignature(tc.leaf, time.Now().Add(time.Duration(i)*time.Second)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, raw := get(t, tc.client, http.MethodPost, "https://b.localhost:9443"+tc.path, "application/octet-stream", req)
+			var r moh.DSResponse
+			if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil {
+				t.Fatalf("answer %d %x is not a DSResponse: %v", resp.StatusCode, raw, err)
+			}
+			if resp.StatusCode != tc.status {
+				t.Fatalf("answer %d %s (%s), want %d", resp.StatusCode, r.Error.Code, r.Error.Message, tc.status)
+			}
+			if tc.status != http.StatusTooManyRequests {
+				return
+			}
+			if r.Error.Code != moh.CodeRateLimited || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(r.Error.Message), tc.reason) {
+				t.Fatalf("429 %s %q with Retry-After %q, want b's rate_limited %q with one", r.Error.Code, r.Error.Message,
+					resp.Header.Get("Retry-After"), tc.reason)
+			}
+		})
+	}
+}
+
 
 // TestRelayRetryAfter checks that a follower relaying a client's request
 // passes on the Retry-After of the hub's 429 (PROFILE §3: 429 carries
