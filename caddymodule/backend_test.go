@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/federation"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -86,7 +87,7 @@ func (lb *legacyBackend) messages() []federation.BackendMessage {
 // is unavailable at first; it then gets the Welcome and every message once,
 // in order, signed, from sender a.localhost for bob; bob's queue at b
 // stays empty, and bob joins and reads the messages from what the backend
-// got.
+// got; their latencies are in the fan-out histogram as @backend's.
 func TestLegacyBackendGetsPeerDeliveries(t *testing.T) {
 	a, b := twoProviders(t)
 	key := []byte("0123456789abcdef0123456789abcdef")
@@ -171,6 +172,13 @@ func TestLegacyBackendGetsPeerDeliveries(t *testing.T) {
 	}
 	if !seen {
 		t.Fatalf("b's sender status has no successful @backend: %+v", b.g.senderStatus())
+	}
+	// Each message the backend accepted is in b's fan-out latency
+	// histogram, under the destination @backend.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(outboxStats{})
+	if h := histogramOf(t, reg, "caddy_mimi_fanout_latency_seconds", b.g.DataDir, store.BackendDestination); h.GetSampleCount() != 1+n {
+		t.Fatalf("b's fan-out latency of @backend: %v, want %d samples", h, 1+n)
 	}
 }
 

@@ -132,8 +132,8 @@ var (
 		"Outbox messages for a destination provider dropped before delivery: reason backlog_full (not written, its backlog was at its bound), admin_reset (removed by POST /mimi/outbox/reset). Kept in the store across restarts.",
 		[]string{"data_dir", "destination", "reason"}, nil)
 	fanoutLatencyDesc = prometheus.NewDesc("caddy_mimi_fanout_latency_seconds",
-		"End-to-end fan-out latency: from the Delivery Service's acceptance of a message to the destination provider's answer, retries included.",
-		[]string{"data_dir"}, nil)
+		"End-to-end fan-out latency: from the acceptance of a message to the destination's answer (a provider, or @backend, the legacy backend), retries included.",
+		[]string{"data_dir", "destination"}, nil)
 )
 
 func init() {
@@ -176,11 +176,13 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 			"rejected": st.Rejected, "given_up": st.GivenUp} {
 			ch <- prometheus.MustNewConstMetric(outboxCounterDescs[name], prometheus.CounterValue, float64(v), dir)
 		}
-		buckets := make(map[float64]uint64, len(federation.LatencyBounds))
-		for i, b := range federation.LatencyBounds {
-			buckets[b] = st.Latency.Cumulative[i]
+		for dest, l := range st.Latency {
+			buckets := make(map[float64]uint64, len(federation.LatencyBounds))
+			for i, b := range federation.LatencyBounds {
+				buckets[b] = l.Cumulative[i]
+			}
+			ch <- prometheus.MustNewConstHistogram(fanoutLatencyDesc, l.Count, l.Sum.Seconds(), buckets, dir, dest)
 		}
-		ch <- prometheus.MustNewConstHistogram(fanoutLatencyDesc, st.Latency.Count, st.Latency.Sum.Seconds(), buckets, dir)
 		for _, d := range r.sender.Status() {
 			ch <- prometheus.MustNewConstMetric(outboxFailuresDesc, prometheus.GaugeValue, float64(d.Failures), dir, d.Destination)
 		}

@@ -409,18 +409,7 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 	}
 	// Every delivered message's end-to-end latency is in the histogram;
 	// those of the burst include the outage.
-	var latency *dto.Histogram
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			if f.GetName() == "caddy_mimi_fanout_latency_seconds" && len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == a.g.DataDir {
-				latency = m.GetHistogram()
-			}
-		}
-	}
+	latency := histogramOf(t, reg, "caddy_mimi_fanout_latency_seconds", a.g.DataDir, "b.localhost")
 	if latency == nil || latency.GetSampleCount() < 1+burst || latency.GetSampleSum() <= 0 {
 		t.Fatalf("fan-out latency histogram of a: %v, want at least %d samples", latency, 1+burst)
 	}
@@ -449,6 +438,31 @@ func gaugeOf(t *testing.T, reg *prometheus.Registry, name, dataDir, destination 
 		}
 	}
 	return -1
+}
+
+// histogramOf reads the histogram name labelled with dataDir and
+// destination from reg, or nil.
+func histogramOf(t *testing.T, reg *prometheus.Registry, name, dataDir, destination string) *dto.Histogram {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["data_dir"] == dataDir && labels["destination"] == destination {
+				return m.GetHistogram()
+			}
+		}
+	}
+	return nil
 }
 
 // createGroupAt has c create group gid on site's DS (create_group) and

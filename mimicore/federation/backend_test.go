@@ -275,6 +275,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // it once, in order, and the outbox empties. The backend's first good
 // answer is lost on the way back (it answers 200 for a message it kept,
 // then the sender sends it again), which its duplicate drop absorbs.
+// Each accepted message's latency is counted under the backend's
+// destination, as a peer's is under its domain.
 func TestBackendDownThenUp(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	var msgs []string
@@ -317,6 +319,13 @@ func TestBackendDownThenUp(t *testing.T) {
 	}
 	if stats := s.Stats(); stats.Delivered != uint64(len(msgs)) || stats.Rejected != 0 {
 		t.Fatalf("stats %+v, want %d delivered, none rejected", stats, len(msgs))
+	}
+	// Every message the backend accepted is in the fan-out latency
+	// histogram, as the backend's: the wait while it was down included.
+	lat := s.Stats().Latency
+	if l := lat[store.BackendDestination]; len(lat) != 1 || l.Count != uint64(len(msgs)) || l.Sum <= 0 ||
+		l.Cumulative[len(l.Cumulative)-1] != l.Count {
+		t.Fatalf("fan-out latency %+v, want %d samples of %s alone", lat, len(msgs), store.BackendDestination)
 	}
 	if st := s.Status(); st[0].Failures != 0 || st[0].LastError != "" || st[0].LastSuccess.IsZero() {
 		t.Fatalf("status after the backend came up: %+v", st)

@@ -45,9 +45,9 @@ func (h *latencyHistogram) snapshot() Latency {
 }
 
 // Latency is the distribution of end-to-end fan-out latencies: for each
-// message a destination accepted, the time from its acceptance by the
-// Delivery Service (the outbox write, OutboxEntry.Enqueued) to the
-// destination's answer, retries and backoff included.
+// message a destination (a peer, or the legacy backend) accepted, the
+// time from its acceptance (the outbox write, OutboxEntry.Enqueued) to
+// the destination's answer, retries and backoff included.
 type Latency struct {
 	// Cumulative[i] counts the latencies of at most LatencyBounds[i]
 	// seconds.

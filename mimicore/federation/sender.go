@@ -123,8 +123,10 @@ type Stats struct {
 	Rejected uint64
 	// GivenUp is the number of messages dropped at GiveUpAfter.
 	GivenUp uint64
-	// Latency is the end-to-end latency of the messages delivered.
-	Latency Latency
+	// Latency is the end-to-end latency of the messages delivered, per
+	// destination: a peer provider's domain, or store.BackendDestination
+	// for the legacy backend.
+	Latency map[string]Latency
 }
 
 // DestinationStatus is what a Sender knows of one destination, for the
@@ -197,7 +199,7 @@ type Sender struct {
 	running bool
 	holder  string // Holder or a random id, set by Run
 	stats   struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
-	latency latencyHistogram
+	latency sync.Map // destination -> *latencyHistogram
 }
 
 // Policy is what an operator may change while a sender runs (a
@@ -235,8 +237,24 @@ func (s *Sender) currentPolicy() Policy {
 
 // Stats returns the counters.
 func (s *Sender) Stats() Stats {
-	return Stats{Attempts: s.stats.attempts.Load(), Delivered: s.stats.delivered.Load(), Retried: s.stats.retried.Load(),
-		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load(), Latency: s.latency.snapshot()}
+	st := Stats{Attempts: s.stats.attempts.Load(), Delivered: s.stats.delivered.Load(), Retried: s.stats.retried.Load(),
+		Rejected: s.stats.rejected.Load(), GivenUp: s.stats.givenUp.Load(), Latency: map[string]Latency{}}
+	s.latency.Range(func(k, v any) bool {
+		st.Latency[k.(string)] = v.(*latencyHistogram).snapshot()
+		return true
+	})
+	return st
+}
+
+// observeLatency counts the end-to-end latency of a message that
+// destination accepted: from its acceptance (the outbox write, enqueued)
+// to now.
+func (s *Sender) observeLatency(destination string, enqueued time.Time) {
+	h, ok := s.latency.Load(destination)
+	if !ok {
+		h, _ = s.latency.LoadOrStore(destination, new(latencyHistogram))
+	}
+	h.(*latencyHistogram).observe(s.now().Sub(enqueued))
 }
 
 // Status lists what the sender knows of each destination it works for
@@ -1100,7 +1118,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		return noAnswer(err)
 	case a.Status == http.StatusOK && a.Response.Type == moh.ResponseQueueing:
 		s.stats.delivered.Add(1)
-		s.latency.observe(s.now().Sub(e.Enqueued))
+		s.observeLatency(e.Destination, e.Enqueued)
 		s.note(e.Destination, func(st *DestinationStatus) {
 			st.LastAttempt, st.LastSuccess, st.LastError, st.Failures = at, at, "", 0
 		})
@@ -1155,6 +1173,7 @@ func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *z
 		return noAnswer(err)
 	case done:
 		s.stats.delivered.Add(1)
+		s.observeLatency(e.Destination, e.Enqueued)
 		s.note(e.Destination, func(st *DestinationStatus) {
 			st.LastAttempt, st.LastSuccess, st.LastError, st.Failures = at, at, "", 0
 		})
