@@ -320,29 +320,36 @@ func (adminOutbox) retry(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// resetView is one data directory's answer of POST /mimi/outbox/reset.
+// resetView is one data directory's answer of POST /mimi/outbox/reset:
+// the messages dropped, or why the reset failed there.
 type resetView struct {
 	Destination string `json:"destination"`
 	Dropped     int    `json:"dropped"`
+	Error       string `json:"error,omitempty"`
 }
 
 // reset drops the destination's backlog in every sender's outbox (each
 // sender logs the count) and answers, per data directory, how many
-// messages it dropped.
+// messages it dropped or why it failed: a failure in one data directory
+// does not stop the others, and the answer is 503 when any failed, so
+// that the operator learns what was dropped where and what to retry.
 func (adminOutbox) reset(w http.ResponseWriter, r *http.Request) error {
 	dest, err := destinationArg(r)
 	if err != nil {
 		return err
 	}
 	out := map[string]resetView{}
+	status := http.StatusOK
 	for _, ps := range runningSenders() {
 		n, err := ps.rs.sender.Reset(r.Context(), dest)
-		out[ps.dir] = resetView{Destination: dest, Dropped: n}
+		v := resetView{Destination: dest, Dropped: n}
 		if err != nil {
-			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("resetting the outbox: %s: %w", ps.dir, err)}
+			v.Error, status = err.Error(), http.StatusServiceUnavailable
 		}
+		out[ps.dir] = v
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
 	return json.NewEncoder(w).Encode(out)
 }
 

@@ -190,6 +190,51 @@ func TestAdminOutboxBoundAndReset(t *testing.T) {
 	}
 }
 
+// TestAdminOutboxResetPartialFailure: a reset across two data
+// directories whose second store fails still drops the first one's
+// backlog, and the 503 answer says so, per data directory: what was
+// dropped in one, why the other failed. It used to answer a bare 503,
+// the drops already done in other data directories only in the log, so
+// the operator could not tell what had been reset.
+func TestAdminOutboxResetPartialFailure(t *testing.T) {
+	backlog := func(st *sqlitestore.Store, n int) {
+		g := storetest.NewGroup(t, []byte("partial reset group"), 1)
+		if err := st.CreateGroup(t.Context(), store.GroupCreation{Hub: "a.example", State: g.State}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			m := store.OutboxMessage{Sender: "a.example", Destination: "dead.example", GroupID: g.State.GroupID(),
+				Recipients: []string{"mimi://dead.example/d/u/d"}, Message: fmt.Appendf(nil, "m%d", i)}
+			if _, err := st.Deliver(t.Context(), g.State.GroupID(), g.State.Epoch(), store.Fanout{Remote: []store.OutboxMessage{m}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	good, goodStore, _ := poolSender(t)
+	bad, badStore, _ := poolSender(t)
+	backlog(goodStore, 2)
+	backlog(badStore, 3)
+	badStore.Close() // its reset fails
+
+	code, body := adminCall(t, adminOutbox{}.reset, http.MethodPost, "/mimi/outbox/reset?destination=dead.example")
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("reset with a failing store: %d %s, want 503", code, body)
+	}
+	var answer map[string]resetView
+	if err := json.Unmarshal(body, &answer); err != nil {
+		t.Fatalf("reset answered %q: %v", body, err)
+	}
+	if answer[good] != (resetView{Destination: "dead.example", Dropped: 2}) {
+		t.Fatalf("reset answered %s, want 2 dropped for %s", body, good)
+	}
+	if v, ok := answer[bad]; !ok || v.Error == "" || v.Dropped != 0 || v.Destination != "dead.example" {
+		t.Fatalf("reset answered %s, want the failure of %s", body, bad)
+	}
+	if p, err := goodStore.OutboxPending(t.Context(), "dead.example", 0, store.MaxOutboxList); err != nil || len(p) != 0 {
+		t.Fatalf("the good data directory's backlog after the reset: %d messages, %v; want none", len(p), err)
+	}
+}
+
 // blockingResetOutbox is an outbox whose OutboxReset lasts until release
 // is closed, as the reset of a backlog of millions of rows does.
 type blockingResetOutbox struct {
