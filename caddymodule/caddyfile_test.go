@@ -107,7 +107,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"mimi {\n relay_limit {\n burst 0\n }\n}", "invalid burst '0'"},
 		{"mimi {\n relay_limit {\n burst 1\n burst 2\n }\n}", "duplicate relay_limit option 'burst'"},
 		{"mimi {\n relay_limit {\n off\n }\n}", "unrecognized relay_limit option 'off'"},
-		{"mimi {\n relay_limit {\n rate 200/1s\n }\n}", "must be above the client bound"},
+		{"mimi {\n relay_limit {\n rate 600/1s\n }\n}", "must be above the client bound"},
 		{"mimi {\n unchecked_client_bindings yes\n}", "wrong argument count"},
 		{"mimi {\n unchecked_client_bindings\n unchecked_client_bindings\n}", "duplicate mimi option 'unchecked_client_bindings'"},
 	} {

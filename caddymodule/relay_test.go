@@ -203,13 +203,13 @@ func TestRelayLimitRates(t *testing.T) {
 		want relayRates
 		err  string
 	}{
-		{"defaults", nil, relayRates{rate: 10, burst: 20, hubRate: 100, hubBurst: 200}, ""},
+		{"defaults", nil, relayRates{rate: 50, burst: 100, hubRate: 500, hubBurst: 1000}, ""},
 		{"a rate without burst", &RelayLimit{Events: 5, Window: caddy.Duration(time.Second)},
-			relayRates{rate: 5, burst: 5, hubRate: 100, hubBurst: 200}, ""},
+			relayRates{rate: 5, burst: 5, hubRate: 500, hubBurst: 1000}, ""},
 		{"both set", &RelayLimit{Events: 1, Window: hour, Burst: 2, HubEvents: 2, HubWindow: hour, HubBurst: 3},
 			relayRates{rate: 1.0 / 3600, burst: 2, hubRate: 2.0 / 3600, hubBurst: 3}, ""},
-		{"a hub rate at the client's", &RelayLimit{HubEvents: 10}, relayRates{}, "must be above the client bound"},
-		{"a hub burst at the client's", &RelayLimit{HubBurst: 20}, relayRates{}, "must be above the client bound"},
+		{"a hub rate at the client's", &RelayLimit{HubEvents: 50}, relayRates{}, "must be above the client bound"},
+		{"a hub burst at the client's", &RelayLimit{HubBurst: 100}, relayRates{}, "must be above the client bound"},
 		{"a negative rate", &RelayLimit{Events: -1}, relayRates{}, "must not be negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -20,10 +20,10 @@ import (
 
 // Defaults of the relay limit (RelayLimit).
 const (
-	defaultRelayEvents    = 10
-	defaultRelayBurst     = 20
-	defaultRelayHubEvents = 100
-	defaultRelayHubBurst  = 200
+	defaultRelayEvents    = 50
+	defaultRelayBurst     = 100
+	defaultRelayHubEvents = 500
+	defaultRelayHubBurst  = 1000
 	defaultRelayWindow    = time.Second
 )
 
@@ -51,21 +51,21 @@ const (
 // they set the same limits.
 type RelayLimit struct {
 	// Events per Window is the sustained rate of requests relayed for one
-	// client address. Default: 10 per 1s.
+	// client address. Default: 50 per 1s (clients behind one NAT share it).
 	Events int            `json:"events,omitempty"`
 	Window caddy.Duration `json:"window,omitempty"`
 	// Burst is how many requests one client address may have relayed at
-	// once. Default: 20, or Events when Events is set.
+	// once. Default: 100, or Events when Events is set.
 	Burst int `json:"burst,omitempty"`
 
 	// HubEvents per HubWindow is the sustained rate of requests relayed to
 	// one hub, for all clients together. It must be above the client rate,
 	// and HubBurst above Burst, so that one client alone never spends a
-	// hub's whole budget. Default: 100 per 1s.
+	// hub's whole budget. Default: 500 per 1s.
 	HubEvents int            `json:"hub_events,omitempty"`
 	HubWindow caddy.Duration `json:"hub_window,omitempty"`
 	// HubBurst is how many requests may be relayed to one hub at once.
-	// Default: 200, or HubEvents when HubEvents is set.
+	// Default: 1000, or HubEvents when HubEvents is set.
 	HubBurst int `json:"hub_burst,omitempty"`
 }
 

@@ -121,7 +121,6 @@ func TestRelayLimitOverHTTPS(t *testing.T) {
 	}
 }
 
-
 // TestRelayRetryAfter checks that a follower relaying a client's request
 // passes on the Retry-After of the hub's 429 (PROFILE §3: 429 carries
 // Retry-After). The hub, a.localhost, limits /external_commit_information
