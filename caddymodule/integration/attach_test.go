@@ -151,18 +151,7 @@ func TestAttachmentRelay(t *testing.T) {
 	startCaddy(t)
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "attach", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "attach", false)
-	gid := random32(t)[:16]
-	m := alice.newGroup(t, gid)
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
-	alice.m = m
-	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
-	mustOK(t, "add_users", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
-	alice.m = res.Next
+	gid := alice.hostGroupWith(t, bob)
 	var got []localapi.Message
 	for deadline := time.Now().Add(30 * time.Second); len(got) == 0 && time.Now().Before(deadline); {
 		got = fetchQueue(t, bob, "bob", 0, 10)

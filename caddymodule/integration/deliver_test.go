@@ -120,19 +120,8 @@ func TestFanOutToPeer(t *testing.T) {
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "fanout", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "fanout", false)
 
-	gid := random32(t)[:16]
-	m := alice.newGroup(t, gid)
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
-	alice.m = m
 	// a's DS checks bob's binding with b's keys, fetched over loopback.
-	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
-	mustOK(t, "add_users of a client of b", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
-	alice.m = res.Next
+	gid := alice.hostGroupWith(t, bob)
 	app, err := alice.m.Protect([]byte("hello from a"), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -72,6 +72,26 @@ func (c *mimiClient) newGroup(t *testing.T, gid []byte) *mls.Member {
 	return m
 }
 
+// hostGroupWith has c create a group on its provider and add bob, a
+// client of another provider; c's Member moves to the epoch of the add.
+// It returns the group's id.
+func (c *mimiClient) hostGroupWith(t *testing.T, bob *mimiClient) []byte {
+	t.Helper()
+	gid := random32(t)[:16]
+	m := c.newGroup(t, gid)
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "create_group", c.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: c.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
+	c.m = m
+	res := c.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
+	mustOK(t, "add_users of a client of another provider", c.sign(t, groupUpdate(moh.AddUsers, res), 0))
+	c.m = res.Next
+	return gid
+}
+
 // newMIMIClientAt makes client mimi://<provider>/d/<user>/<device>, whose
 // binding issuer signs unless unbound.
 func newMIMIClientAt(t *testing.T, issuer *binding.Issuer, provider, user, device string, unbound bool) *mimiClient {

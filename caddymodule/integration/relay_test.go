@@ -43,17 +43,7 @@ func TestRelayLimitOverHTTPS(t *testing.T) {
 
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relaylimit", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relaylimit", false)
-	gid := random32(t)[:16]
-	m := alice.newGroup(t, gid)
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
-	alice.m = m
-	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
-	mustOK(t, "add_users of a client of b", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
+	gid := alice.hostGroupWith(t, bob)
 	// The Welcome reaches b, which records a as the group's hub.
 	deadline := time.Now().Add(30 * time.Second)
 	for len(fetchQueue(t, bob, "bob", 0, 5)) == 0 {
@@ -156,18 +146,7 @@ func TestRelayRetryAfter(t *testing.T) {
 
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relay-limit", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relay-limit", false)
-	gid := random32(t)[:16]
-	m := alice.newGroup(t, gid)
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
-	alice.m = m
-	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
-	mustOK(t, "add_users of a client of b", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
-	alice.m = res.Next
+	gid := alice.hostGroupWith(t, bob)
 	// b records a as the group's hub when the Welcome arrives.
 	welcome := fetchQueue(t, bob, "bob", 0, 10)
 	for deadline := time.Now().Add(30 * time.Second); len(welcome) == 0 && time.Now().Before(deadline); {
