@@ -14,7 +14,6 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // join makes group gid of creator and joiner with fresh KeyPackages of
@@ -128,17 +127,7 @@ func TestCopyAttachment(t *testing.T) {
 	}
 	// Group 1 moves on: the copy's key comes from the secret alice kept
 	// of the message's epoch.
-	res, err := bm.Commit(nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	commit, err := wire.Marshal(res.Commit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ev, err := alice.process(t.Context(), queued(2, gid1, bob.URI(), commit)); err != nil || ev.Kind != EventCommit {
-		t.Fatalf("alice applying bob's commit: %+v, %v", ev, err)
-	}
+	followEmptyCommit(t, bob, alice, gid1, 2)
 
 	st := &attachmentStore{t: t, byKey: map[string][]byte{}}
 	st.put(gid1, ref.Token, sealed.Ciphertext)
@@ -275,22 +264,8 @@ func TestKeptAttachmentsPerSender(t *testing.T) {
 	if count[1] > maxKeptPerSender || count[0] != 1 {
 		t.Fatalf("kept secrets by sender: %v; want alice's 1 and at most %d of bob's", count, maxKeptPerSender)
 	}
-	bm, err := bob.member(gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := bm.Commit(nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	commit, err := wire.Marshal(res.Commit)
-	if err != nil {
-		t.Fatal(err)
-	}
 	seq++
-	if ev, err := alice.process(t.Context(), queued(seq, gid, bob.URI(), commit)); err != nil || ev.Kind != EventCommit {
-		t.Fatalf("alice applying bob's commit: %+v, %v", ev, err)
-	}
+	followEmptyCommit(t, bob, alice, gid, seq)
 	alice = reopen(t, alice)
 	fakeGateway(t, alice, mux)
 	if got, err := alice.GetAttachment(t.Context(), gid, leaf, ref); err != nil || string(got) != "alice's photo" {

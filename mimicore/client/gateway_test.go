@@ -263,22 +263,8 @@ func TestAttachmentOfAnEarlierEpoch(t *testing.T) {
 				}
 			}
 			if tc.commit {
-				m, err := alice.member(gid)
-				if err != nil {
-					t.Fatal(err)
-				}
-				res, err := m.Commit(nil, nil, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				commit, err := wire.Marshal(res.Commit)
-				if err != nil {
-					t.Fatal(err)
-				}
 				seq++
-				if ev, err := bob.process(t.Context(), queued(seq, gid, alice.URI(), commit)); err != nil || ev.Kind != EventCommit {
-					t.Fatalf("bob applying alice's commit: %+v, %v", ev, err)
-				}
+				followEmptyCommit(t, alice, bob, gid, seq)
 			}
 			bob = reopen(t, bob)
 			mux := http.NewServeMux()
@@ -333,21 +319,7 @@ func TestOwnAttachmentAfterCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bm, err := bob.member(gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := bm.Commit(nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	commit, err := wire.Marshal(res.Commit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), commit)); err != nil || ev.Kind != EventCommit {
-		t.Fatalf("alice applying bob's commit: %+v, %v", ev, err)
-	}
+	followEmptyCommit(t, bob, alice, gid, 1)
 	alice = reopen(t, alice)
 	fakeGateway(t, alice, mux)
 	got, err := alice.GetAttachment(t.Context(), gid, leaf, ref)

@@ -150,6 +150,28 @@ func protect(t *testing.T, c *Client, gid []byte, text string) []byte {
 	return enc
 }
 
+// followEmptyCommit has committer's Member of group gid make an empty
+// commit, which the test does not store for committer, and follower apply
+// it as the gateway's queued message seq.
+func followEmptyCommit(t *testing.T, committer, follower *Client, gid []byte, seq uint64) {
+	t.Helper()
+	m, err := committer.member(gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.Commit(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, err := wire.Marshal(res.Commit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := follower.process(t.Context(), queued(seq, gid, committer.URI(), commit)); err != nil || ev.Kind != EventCommit {
+		t.Fatalf("%s applying %s's commit: %+v, %v", follower.URI(), committer.URI(), ev, err)
+	}
+}
+
 // queued is msg as the gateway queues it for a client, at seq.
 func queued(seq uint64, gid []byte, sender string, msg []byte) *localapi.Message {
 	return &localapi.Message{Seq: seq, GroupID: gid, Sender: []byte(sender), Message: msg}
