@@ -3,9 +3,13 @@ package sqlitestore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Checkpoints: the writer connection runs with wal_autocheckpoint(0), so
@@ -26,7 +30,10 @@ import (
 // reading through it. The checkpointer runs after commits, at most once
 // per checkpointInterval; should it fall behind or fail, the writer
 // checkpoints itself after writerCheckpointCommits commits without one,
-// as SQLite's automatic checkpoint would.
+// as SQLite's automatic checkpoint would. A checkpoint that fails with an
+// I/O error (a failed sync of the log or of the database file) is not
+// tried again: it stops the store (see durable.go), and the log stays on
+// disk for the next Open.
 const (
 	// checkpointInterval is the least time between two checkpoints of
 	// the checkpointer: under load the WAL grows by a few megabytes in
@@ -50,10 +57,22 @@ type checkpointer struct {
 	// writer adds, a successful checkpoint resets).
 	sinceOK    atomic.Int64
 	runs, errs atomic.Uint64
+
+	// ioFailed is set once a checkpoint failed with an I/O error: no
+	// checkpoint runs after it. halt stops the store with that error;
+	// stopped returns the error that stopped it, after which no
+	// checkpoint runs either.
+	ioFailed atomic.Bool
+	halt     func(error)
+	stopped  func() error
 }
 
-func newCheckpointer(db *sql.DB) *checkpointer {
-	c := &checkpointer{db: db, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+// newCheckpointer starts the checkpointer of db; halt stops the store
+// after a checkpoint's I/O error, and stopped reports whether the store
+// stopped (writer.stop and writer.unsynced).
+func newCheckpointer(db *sql.DB, halt func(error), stopped func() error) *checkpointer {
+	c := &checkpointer{db: db, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		halt: halt, stopped: stopped}
 	go c.loop()
 	return c
 }
@@ -69,15 +88,40 @@ func (c *checkpointer) committed() bool {
 	return c.sinceOK.Add(1) >= writerCheckpointCommits
 }
 
+// run runs a checkpoint on db, the checkpointer's connection or the
+// writer's, and records its outcome; once the store stopped after a
+// failed sync (a checkpoint's I/O error or the syncer's) it runs none.
+func (c *checkpointer) run(ctx context.Context, db interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) {
+	if c.ioFailed.Load() || c.stopped() != nil {
+		return
+	}
+	c.ran(checkpoint(ctx, db))
+}
+
 // ran records the outcome of a checkpoint, the checkpointer's or the
-// writer's.
+// writer's. An I/O error stops the store: see durable.go.
 func (c *checkpointer) ran(err error) {
 	c.runs.Add(1)
 	if err != nil {
 		c.errs.Add(1)
+		if isIOError(err) {
+			c.ioFailed.Store(true)
+			c.halt(err)
+		}
 		return
 	}
 	c.sinceOK.Store(0)
+}
+
+// isIOError reports whether err is an SQLite I/O error (SQLITE_IOERR,
+// with any extended code), as a failed read, write or sync of a file
+// returns, rather than a checkpoint's normal refusals (SQLITE_BUSY,
+// SQLITE_LOCKED) or a closed connection.
+func isIOError(err error) bool {
+	var e *sqlite.Error
+	return errors.As(err, &e) && e.Code()&0xff == sqlite3.SQLITE_IOERR
 }
 
 func (c *checkpointer) loop() {
@@ -100,7 +144,7 @@ func (c *checkpointer) loop() {
 			}
 		}
 		last = time.Now()
-		c.ran(checkpoint(ctx, c.db))
+		c.run(ctx, c.db)
 	}
 }
 

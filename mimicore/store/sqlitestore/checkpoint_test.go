@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -141,4 +142,99 @@ func readFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestCheckpointIOErrorStopsTheStore checks that a checkpoint whose sync
+// fails (of the log, before it copies frames, or of the database file,
+// after) stops the store as a failed sync of the syncer does: later writes
+// fail, no checkpoint runs again, and the log stays on disk for the next
+// Open, which finds every acknowledged write. The kernel reports a failed
+// write-back once per open file: the checkpointer's next sync succeeds, so
+// a retried checkpoint would copy into the database file frames the disk
+// may not hold, or go on from a database file whose failed write-back
+// left the disk unknown.
+func TestCheckpointIOErrorStopsTheStore(t *testing.T) {
+	registerFaultVFS(t)
+	for _, tc := range []struct {
+		name string
+		kind int
+		// syncAtCommit opens the store WithSyncAtCommit: no syncer, and
+		// no log whose syncs it stops, so that Close's checkpoint on the
+		// writer's connection runs (on a real device its sync fails too:
+		// the kernel reports the failed write-back to each open file).
+		syncAtCommit bool
+	}{
+		{"the log's sync", faultWAL, false},
+		{"the database file's sync", faultDB, false},
+		{"the log's sync, syncing at commit", faultWAL, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "mimi.db")
+			opts := []Option{withCheckpointVFS(faultVFSName)}
+			if tc.syncAtCommit {
+				opts = append(opts, WithSyncAtCommit())
+			}
+			s, err := Open(context.Background(), path, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			failedBefore := failedSyncs[tc.kind].Load()
+			failSyncs[tc.kind].Store(1)
+			defer failSyncs[tc.kind].Store(0)
+
+			// The commit wakes the checkpointer, whose sync fails. The
+			// write is answered once the syncer synced it, or fails if
+			// the checkpoint's failure came first.
+			marker := []byte("checkpoint-eio-marker-9d41c6e0")
+			ok, err := s.MarkSpent(context.Background(), marker, time.Now().Add(time.Hour))
+			acked := err == nil && ok
+			if err != nil && !errors.Is(err, errSyncFailed) {
+				t.Fatalf("MarkSpent: %v", err)
+			}
+			waitFor(t, "the checkpoint's failure", func() bool { return s.Stats().CheckpointErrors > 0 })
+			if got := failedSyncs[tc.kind].Load() - failedBefore; got != 1 {
+				t.Fatalf("%d injected sync failures, want 1", got)
+			}
+			if st := s.Stats(); !errors.Is(st.Stopped, errSyncFailed) {
+				t.Errorf("Stats().Stopped after the checkpoint's I/O error: %v", st.Stopped)
+			}
+
+			// The next sync would succeed: nothing may checkpoint again.
+			_, err = s.MarkSpent(context.Background(), []byte("later"), time.Now().Add(time.Hour))
+			if !errors.Is(err, errSyncFailed) {
+				t.Errorf("a write after the checkpoint's I/O error: %v, want the sync failure", err)
+			}
+			runs := s.Stats().Checkpoints
+			s.ckpt.run(context.Background(), s.ckpt.db)
+			if got := s.Stats().Checkpoints; got != runs {
+				t.Error("a checkpoint ran after a checkpoint's I/O error")
+			}
+			if tc.kind == faultWAL && bytes.Contains(readFile(t, path), marker) {
+				t.Error("a checkpoint copied frames into the database file after its sync of the log failed")
+			}
+			if err := s.Close(); err != nil {
+				t.Logf("Close after the failure: %v", err)
+			}
+			if tc.syncAtCommit {
+				return
+			}
+			if wal := readFile(t, path+"-wal"); !bytes.Contains(wal, marker) {
+				t.Error("the log was not left for the next Open")
+			}
+
+			s, err = Open(context.Background(), path)
+			if err != nil {
+				t.Fatalf("opening again: %v", err)
+			}
+			defer s.Close()
+			ok, err = s.MarkSpent(context.Background(), marker, time.Now().Add(time.Hour))
+			if err != nil {
+				t.Fatalf("MarkSpent after opening again: %v", err)
+			}
+			if acked && ok {
+				t.Error("the acknowledged write was lost")
+			}
+		})
+	}
 }

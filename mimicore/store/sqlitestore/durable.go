@@ -40,9 +40,27 @@ import (
 // fails from then on, so that the checkpoint SQLite runs when Close closes
 // the last connection fails before it copies frames into the database file
 // and deletes the log; the next Open recovers from the log on disk.
+//
+// The checkpointer's connection (checkpoint.go) syncs the log and the
+// database file itself, on descriptors of its own, and a failed sync
+// stops the store the same way: an I/O error of a checkpoint
+// (SQLITE_IOERR and its extended codes; SQLITE_BUSY and SQLITE_LOCKED are
+// a checkpoint's normal outcomes under load, and fail nothing) stops the
+// log (Deferred.Stop), fails every later write and every read waiting
+// for a sync, and no checkpoint runs again. Retrying would be wrong: the
+// kernel reports a failed write-back once per open file, so the retry's
+// sync of the log would succeed and the retry would copy into the
+// database file frames that the disk may not hold; and after a failed
+// write-back of the database file its pages in memory are not known to
+// match the disk, which a later sync that succeeds does not reveal. The
+// log stays on disk, whole, for the next Open's recovery. Classifying the
+// error is enough: the checkpointer's connection stays on the default VFS
+// (walvfs's deferred syncs are for the writer's descriptor alone), its
+// syncs are real ones, and its first failure stops everything after it.
 
-// errSyncFailed marks the errors of a store whose log failed to sync.
-var errSyncFailed = errors.New("sqlitestore: an fsync of the write-ahead log failed; the store takes no writes until it is opened again")
+// errSyncFailed marks the errors of a store whose log or database file
+// failed to sync.
+var errSyncFailed = errors.New("sqlitestore: an fsync of the database or its write-ahead log failed; the store takes no writes until it is opened again")
 
 // maxSyncBatches is the most batches one sync answers, and twice the
 // batches the writer may hand over before it waits for the syncer.
@@ -170,6 +188,22 @@ func (d *durability) syncTo(seq uint64) error {
 	d.changed = make(chan struct{})
 	d.mu.Unlock()
 	return err
+}
+
+// fail stops the store as a failed sync of the log does, for a failed
+// sync elsewhere (a checkpoint's): every later sync of the log fails, and
+// so every commit not yet synced, every later write, and every read
+// waiting for one of them. The first failure is the one reported.
+func (d *durability) fail(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stop()
+	if d.err != nil {
+		return
+	}
+	d.err = fmt.Errorf("%w: %w", errSyncFailed, err)
+	close(d.changed) // wakes the reads waiting for a sync
+	d.changed = make(chan struct{})
 }
 
 // failed returns the error of a failed sync, if any.

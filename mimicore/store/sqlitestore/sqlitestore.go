@@ -7,7 +7,10 @@
 // own while the writer runs the next batch, and nothing is answered, by
 // the writer or by a lookup, from a commit before its fsync (durable.go,
 // gate.go). Lookups use a small pool of read-only connections, which WAL
-// lets run beside the writer.
+// lets run beside the writer. A failed fsync, of the log by the syncer or
+// of the log or the database file by a checkpoint, stops the store: it
+// takes no writes until it is opened again, copies nothing more out of
+// the log, and leaves the log to the next Open's recovery (durable.go).
 //
 // # Group commit
 //
@@ -212,10 +215,18 @@ type options struct {
 	// tests set it (withSharedFile), to run two Stores on one file as a
 	// backend shared by several gateways would.
 	shared bool
+	// checkpointVFS, when set, is the VFS of the checkpointer's
+	// connection instead of the default one. Only tests set it
+	// (withCheckpointVFS), to make its syncs fail.
+	checkpointVFS string
 }
 
 // withSharedFile opens without the file lock (see options.shared).
 func withSharedFile() Option { return func(o *options) { o.shared = true } }
+
+// withCheckpointVFS opens the checkpointer's connection through the VFS
+// registered as name (see options.checkpointVFS).
+func withCheckpointVFS(name string) Option { return func(o *options) { o.checkpointVFS = name } }
 
 // WithReaders sets the number of read-only connections (default
 // DefaultReaders); n < 1 means 1.
@@ -432,7 +443,11 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 			return nil, fmt.Errorf("opening store %s: %w", abs, err)
 		}
 	}
-	ckdb, err := sql.Open("sqlite", dsn(abs, url.Values{"_pragma": {"busy_timeout(" + busy + ")"}}))
+	ckParams := url.Values{"_pragma": {"busy_timeout(" + busy + ")"}}
+	if o.checkpointVFS != "" {
+		ckParams.Set("vfs", o.checkpointVFS)
+	}
+	ckdb, err := sql.Open("sqlite", dsn(abs, ckParams))
 	if err != nil {
 		s.r.Close()
 		s.w.Close()
@@ -450,9 +465,9 @@ func Open(ctx context.Context, path string, opts ...Option) (s *Store, err error
 		s.w.Close()
 		return nil, fmt.Errorf("opening store %s: checkpoint connection: %w", abs, err)
 	}
-	s.ckpt = newCheckpointer(ckdb)
 	s.wr = newWriter(s.w, o.maxBatch, o.linger, dur)
 	writerHasDur = true
+	s.ckpt = newCheckpointer(ckdb, s.wr.stop, s.wr.unsynced)
 	s.wr.ckpt = s.ckpt
 	s.multi = newMultiStmts()
 	s.wr.appendBatch = func(ctx context.Context, tx *sql.Tx, apps []*appendOp) error {

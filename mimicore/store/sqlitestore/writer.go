@@ -81,6 +81,9 @@ type writer struct {
 	// dur, when set, answers the batches once their commits are synced
 	// (see durable.go); unset, a COMMIT syncs and the writer answers.
 	dur *durability
+	// stopped holds the error that stopped the writer when dur is unset
+	// (see stop).
+	stopped atomic.Pointer[error]
 
 	commits, ops, maxSeen, failed, retried, coalesced atomic.Uint64
 }
@@ -437,7 +440,7 @@ func (w *writer) checkpoint() {
 			return
 		}
 	}
-	w.ckpt.ran(checkpoint(w.ctx, w.db))
+	w.ckpt.run(w.ctx, w.db)
 }
 
 // answer answers ops with their outcomes (op.err): at once when each
@@ -460,13 +463,29 @@ func (w *writer) answer(ops []*op) {
 // and a larger batch costs less per write.
 func (w *writer) syncEnough() int { return 2 * w.linger.enough }
 
-// unsynced returns the error of a failed sync of the log, after which the
-// writer takes no more writes.
+// unsynced returns the error of a failed sync of the log or of a
+// checkpoint (see stop), after which the writer takes no more writes.
 func (w *writer) unsynced() error {
 	if w.dur == nil {
+		if err := w.stopped.Load(); err != nil {
+			return *err
+		}
 		return nil
 	}
 	return w.dur.failed()
+}
+
+// stop stops the store after a failed sync outside the syncer (a
+// checkpoint's, see durable.go): the writer takes no more writes, and
+// with deferred syncs the log is stopped and the reads waiting for a sync
+// fail.
+func (w *writer) stop(err error) {
+	if w.dur != nil {
+		w.dur.fail(err)
+		return
+	}
+	err = fmt.Errorf("%w: %w", errSyncFailed, err)
+	w.stopped.CompareAndSwap(nil, &err)
 }
 
 // readyAppends readies the coalesced write of ops' Appends (readyBatch),
@@ -572,7 +591,8 @@ type Stats struct {
 	// Checkpoints is the number of WAL checkpoints run off the write
 	// path (see checkpointer), and CheckpointErrors how many of them
 	// failed; a failed checkpoint loses nothing, it is tried again after
-	// the next commit.
+	// the next commit, unless it failed with an I/O error, which stops
+	// the store (see Stopped).
 	Checkpoints, CheckpointErrors uint64
 	// Coalesced is the number of Appends written together with others
 	// by one coalesced write (see appendbatch.go) rather than one by one.
@@ -583,6 +603,10 @@ type Stats struct {
 	// that waited for a sync before they answered, counting the writer's
 	// own checkpoints, which wait for one too.
 	Syncs, ReadWaits uint64
+	// Stopped is the failed sync (the syncer's or a checkpoint's, see
+	// durable.go) after which the store takes no writes until it is
+	// opened again; nil while it takes them.
+	Stopped error
 }
 
 // Stats reports the writer's counters. It is cheap and safe to call
@@ -602,5 +626,6 @@ func (s *Store) Stats() Stats {
 	if d := s.wr.dur; d != nil {
 		st.Syncs, st.ReadWaits = d.syncs.Load(), d.waits.Load()
 	}
+	st.Stopped = s.wr.unsynced()
 	return st
 }
