@@ -38,6 +38,9 @@ var (
 	storeWritesDesc = prometheus.NewDesc("caddy_mimi_store_writes_total",
 		"Durable writes those transactions carried; writes / commits is the mean batch size of the group commit.",
 		[]string{"data_dir"}, nil)
+	storeStoppedDesc = prometheus.NewDesc("caddy_mimi_store_stopped",
+		"1 once the embedded store stopped after an fsync or checkpoint I/O failure (it then refuses writes until the gateway restarts and recovers from its log), else 0.",
+		[]string{"data_dir"}, nil)
 	storeRoundTripsDesc = prometheus.NewDesc("caddy_mimi_store_round_trips_total",
 		"Round trips of the PostgreSQL store's connections to the database (a query, a batch, a BEGIN or a COMMIT each).",
 		[]string{"data_dir"}, nil)
@@ -60,6 +63,7 @@ func (storeStats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- storeCommitsDesc
 	ch <- storeSyncsDesc
 	ch <- storeWritesDesc
+	ch <- storeStoppedDesc
 	ch <- storeRoundTripsDesc
 }
 
@@ -77,6 +81,11 @@ func (storeStats) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(storeCommitsDesc, prometheus.CounterValue, float64(st.Commits), dir)
 			ch <- prometheus.MustNewConstMetric(storeSyncsDesc, prometheus.CounterValue, float64(st.Syncs), dir)
 			ch <- prometheus.MustNewConstMetric(storeWritesDesc, prometheus.CounterValue, float64(st.Ops), dir)
+			stopped := 0.0
+			if st.Stopped != nil {
+				stopped = 1
+			}
+			ch <- prometheus.MustNewConstMetric(storeStoppedDesc, prometheus.GaugeValue, stopped, dir)
 		case roundTripper:
 			ch <- prometheus.MustNewConstMetric(storeRoundTripsDesc, prometheus.CounterValue, float64(s.RoundTrips()), dir)
 		}

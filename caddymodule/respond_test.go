@@ -102,6 +102,9 @@ func TestStoreMetrics(t *testing.T) {
 		got["caddy_mimi_store_syncs_total"+labels] < 1 {
 		t.Fatalf("store metrics for %s: %v", g.DataDir, got)
 	}
+	if stopped, ok := got["caddy_mimi_store_stopped"+labels]; !ok || stopped != 0 {
+		t.Fatalf("caddy_mimi_store_stopped for %s: %v, %v; want 0 for a sound store", g.DataDir, stopped, ok)
+	}
 }
 
 // TestAnswerHeadersSurviveHeaderReplace puts Caddy's header handler with a
