@@ -129,13 +129,18 @@ func unmarshalRedis(d *caddyfile.Dispenser, zone string) (*RateLimitRedis, error
 		if err != nil {
 			return nil, err
 		}
+		if opt == "password" {
+			// Not quoted in errors: it may be the password itself.
+			if err := caddyopts.Secret(d, &r.Password); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		var v string
 		if !d.AllArgs(&v) {
 			return nil, d.ArgErr()
 		}
 		switch opt {
-		case "password":
-			r.Password = v
 		case "prefix":
 			r.Prefix = v
 		case "db":

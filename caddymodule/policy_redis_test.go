@@ -77,7 +77,7 @@ func TestRateLimitRedisCaddyfileErrors(t *testing.T) {
 		{"bad_timeout", "redis a:1 {\ntimeout soon\n}", "invalid redis timeout 'soon'"},
 		{"zero_retry", "redis a:1 {\nretry 0s\n}", "invalid redis retry '0s'"},
 		{"unknown", "redis a:1 {\nuser bob\n}", "unrecognized rate_limit z redis option 'user'"},
-		{"no_value", "redis a:1 {\npassword\n}", "wrong argument count"},
+		{"no_value", "redis a:1 {\npassword\n}", "password takes one argument"},
 		{"rate_too_high", "rate 2000000/1s\nredis a:1", "rate 2e+06 per second is above 1e+06, the most a redis zone resolves"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

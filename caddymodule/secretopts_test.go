@@ -26,6 +26,7 @@ func TestSecretOptionsNotQuoted(t *testing.T) {
 	}{
 		{"key_secret", mimi, "mimi {\n key_secret " + secret + " extra\n}"},
 		{"delivery backend key", mimi, "mimi {\n delivery backend http://127.0.0.1:9000/ {\n key " + secret + " extra\n }\n}"},
+		{"rate_limit redis password", mimi, "mimi {\n rate_limit z {\n key remote_ip\n rate 1/1s\n redis 127.0.0.1:6379 {\n password " + secret + " extra\n }\n }\n}"},
 		{"privacy_pass secret", mimi, "mimi {\n privacy_pass {\n context window\n secret " + secret + " extra\n }\n}"},
 		{"attachments forward key", storage, "storage forward https://l.example/a/ {\n key " + secret + " extra\n}"},
 		{"attachments s3 access_key", storage, "storage s3 {\n endpoint e\n bucket b\n access_key " + secret + " extra\n secret_key s\n}"},
