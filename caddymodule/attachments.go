@@ -115,6 +115,34 @@ func (a *Attachments) validate() error {
 	return nil
 }
 
+// validateAttachmentStorage checks that with store postgres the
+// attachments are off or kept where every gateway reaches them. The
+// gateways on one database serve each other's attachment records: bytes
+// that only one of them holds, under its own data_dir (the default
+// storage, or storage local without a root), would be 404 on the others,
+// and never deleted when they expire there.
+func (g *Gateway) validateAttachmentStorage() error {
+	if g.Store == nil || g.Store.Backend != storePostgres {
+		return nil
+	}
+	a := g.Attachments
+	if a != nil && a.Disabled {
+		return nil
+	}
+	if a != nil && a.Storage != nil {
+		var local struct {
+			Backend string `json:"backend"`
+			Root    string `json:"root"`
+		}
+		if json.Unmarshal(a.Storage, &local) != nil || local.Backend != "local" || local.Root != "" {
+			return nil // another backend, or Caddy's LoadModule reports it
+		}
+	}
+	return errors.New("mimi: attachments: with store postgres, name the storage the gateways have in common: " +
+		"storage s3, storage forward, or storage local with a root they all mount " +
+		"(or switch attachments off: `attachments off`, in JSON \"disabled\": true)")
+}
+
 // dataDirDefaulter is a backend whose default location is under the
 // gateway's data directory, which it learns after it is provisioned.
 type dataDirDefaulter interface {
@@ -133,13 +161,7 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 	}
 	var backend storage.Backend
 	if a.Storage == nil {
-		if g.Store != nil && g.Store.Backend == storePostgres {
-			// The gateways on one database serve each other's attachment
-			// records: bytes only one of them holds would be 404 on the
-			// others, and never deleted when they expire there.
-			return errors.New("mimi: attachments: with store postgres, name the storage the gateways have in common: " +
-				"storage s3, storage forward, or storage local with a root they all mount (or attachments { disabled })")
-		}
+		// Not with store postgres: validateAttachmentStorage refused it.
 		l := new(LocalStorage)
 		if err := l.setDataDir(g.DataDir); err != nil {
 			return fmt.Errorf("mimi: attachments storage: %w", err)

@@ -240,24 +240,30 @@ func TestAttachmentStorageForwardModule(t *testing.T) {
 	}
 }
 
-// TestAttachmentStorageNamedWithPostgres checks that gateways on one
-// PostgreSQL database are not given the default storage, local files of
-// each gateway's own, which the others would neither serve nor delete.
+// TestAttachmentStorageNamedWithPostgres checks that Validate, before the
+// database is opened, refuses to give gateways on one PostgreSQL database
+// local files of each gateway's own (the default storage, or storage local
+// without a root), which the others would neither serve nor delete, and
+// that its error names the Caddyfile's way to switch attachments off.
 func TestAttachmentStorageNamedWithPostgres(t *testing.T) {
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
+	const refused = "with store postgres, name the storage"
 	for _, tc := range []struct {
 		name    string
 		att     *Attachments
 		wantErr string
 	}{
-		{"no attachments block", nil, "with store postgres, name the storage"},
-		{"a block without storage", &Attachments{MaxSize: 1 << 20}, "with store postgres, name the storage"},
+		{"no attachments block", nil, refused},
+		{"a block without storage", &Attachments{MaxSize: 1 << 20}, refused},
+		{"local without a root", &Attachments{Storage: json.RawMessage(`{"backend":"local"}`)}, refused},
+		{"local with a root", &Attachments{Storage: json.RawMessage(`{"backend":"local","root":"/mnt/mimi"}`)}, ""},
+		{"forward", &Attachments{Storage: json.RawMessage(`{"backend":"forward","base_url":"https://l.example/a/","key_file":"/k"}`)}, ""},
 		{"disabled", &Attachments{Disabled: true}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g := &Gateway{Store: &StoreConfig{Backend: storePostgres}, DataDir: t.TempDir(), Attachments: tc.att}
-			err := g.provisionAttachments(ctx)
+			g := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
+				Store:     &StoreConfig{Backend: storePostgres, DSN: "{env.MIMI_PG_DSN}"},
+				KeySecret: "{env.MIMI_KEY_SECRET}", Attachments: tc.att}
+			err := g.Validate()
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -266,6 +272,9 @@ func TestAttachmentStorageNamedWithPostgres(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("err = %v, want it to say %q", err, tc.wantErr)
+			}
+			if !strings.Contains(err.Error(), "`attachments off`") {
+				t.Fatalf("err = %v, want it to name the Caddyfile option `attachments off`", err)
 			}
 		})
 	}

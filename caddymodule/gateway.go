@@ -523,6 +523,9 @@ func (g *Gateway) Validate() error {
 	if err := g.Attachments.validate(); err != nil {
 		return err
 	}
+	if err := g.validateAttachmentStorage(); err != nil {
+		return err
+	}
 	if f := g.Federation; f != nil {
 		if f.MaxBackoff != 0 && (time.Duration(f.MaxBackoff) < time.Second || time.Duration(f.MaxBackoff) > time.Hour) {
 			return fmt.Errorf("mimi: federation max_backoff: %s is outside 1s..1h", time.Duration(f.MaxBackoff))

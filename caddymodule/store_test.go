@@ -78,7 +78,11 @@ func TestStoreCaddyfile(t *testing.T) {
 }
 
 func TestStoreValidate(t *testing.T) {
-	base := func() *Gateway { return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com"} }
+	// Gateways on one database must name a storage for attachments
+	// (TestAttachmentStorageNamedWithPostgres); these need none.
+	base := func() *Gateway {
+		return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", Attachments: &Attachments{Disabled: true}}
+	}
 	pg := &StoreConfig{Backend: "postgres", DSN: "postgres://db/mimi"}
 	for _, tc := range []struct {
 		name    string
