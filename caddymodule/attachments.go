@@ -673,9 +673,6 @@ func unmarshalAttachments(d *caddyfile.Dispenser) (*Attachments, error) {
 			if err != nil {
 				return nil, err
 			}
-			if dur <= 0 {
-				return nil, d.Errf("invalid %s '%s': want a positive duration", opt, d.Val())
-			}
 			if opt == "retention" {
 				a.Retention = caddy.Duration(dur)
 			} else {

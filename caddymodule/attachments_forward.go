@@ -146,9 +146,6 @@ func (f *ForwardStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			if dur <= 0 {
-				return d.Errf("invalid timeout '%s': want a positive duration", d.Val())
-			}
 			f.Timeout = caddy.Duration(dur)
 		default:
 			return d.Errf("unrecognized forward option '%s'", opt)

@@ -443,7 +443,9 @@ func sizeArg(d *caddyfile.Dispenser, opt string, limit uint64, limitText string)
 	return int64(n), nil
 }
 
-// durationArg reads option opt's one argument, a Caddy duration.
+// durationArg reads option opt's one argument, a positive Caddy duration.
+// Zero is refused: in the config structs it stands for the default, so a
+// written 0 would silently mean, say, a backoff of 5m.
 func durationArg(d *caddyfile.Dispenser, opt string) (time.Duration, error) {
 	var v string
 	if !d.AllArgs(&v) {
@@ -452,6 +454,9 @@ func durationArg(d *caddyfile.Dispenser, opt string) (time.Duration, error) {
 	dur, err := caddy.ParseDuration(v)
 	if err != nil {
 		return 0, d.Errf("invalid %s duration '%s': %v", opt, v, err)
+	}
+	if dur <= 0 {
+		return 0, d.Errf("invalid %s duration '%s': want a positive duration", opt, v)
 	}
 	return dur, nil
 }

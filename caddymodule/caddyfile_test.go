@@ -90,6 +90,11 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"mimi {\n queue_max_messages many\n}", "invalid queue_max_messages 'many'"},
 		{"mimi {\n queue_max_bytes 65GiB\n}", "invalid queue_max_bytes '65GiB'"},
 		{"mimi {\n key_rotation soon\n}", "invalid key_rotation duration 'soon'"},
+		{"mimi {\n key_rotation 0s\n}", "invalid key_rotation duration '0s': want a positive duration"},
+		{"mimi {\n key_overlap 0\n}", "invalid key_overlap duration '0': want a positive duration"},
+		{"mimi {\n key_overlap -48h\n}", "invalid key_overlap duration '-48h': want a positive duration"},
+		{"mimi {\n federation {\n max_backoff 0s\n }\n}", "invalid max_backoff duration '0s': want a positive duration"},
+		{"mimi {\n federation {\n give_up_after 0s\n }\n}", "invalid give_up_after duration '0s': want a positive duration"},
 		{"mimi {\n key_scheme rsa\n}", "key_scheme"},
 		{"mimi {\n trusted_tls_proxies 10.0.0.0/33\n}", "invalid trusted_tls_proxies"},
 		{"mimi {\n federation {\n allow_ports 0\n }\n}", "invalid port '0'"},
@@ -111,10 +116,12 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"mimi {\n unchecked_client_bindings yes\n}", "wrong argument count"},
 		{"mimi {\n unchecked_client_bindings\n unchecked_client_bindings\n}", "duplicate mimi option 'unchecked_client_bindings'"},
 	} {
-		err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: err = %v, want it to mention %q", tc.input, err, tc.want)
-		}
+		t.Run(tc.input, func(t *testing.T) {
+			err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
 	}
 }
 

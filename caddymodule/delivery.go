@@ -147,9 +147,6 @@ func unmarshalDelivery(d *caddyfile.Dispenser) (*Delivery, error) {
 			if err != nil {
 				return nil, err
 			}
-			if dur <= 0 {
-				return nil, d.Errf("invalid delivery timeout '%s': want a positive duration", d.Val())
-			}
 			dl.Timeout = caddy.Duration(dur)
 		default:
 			return nil, d.Errf("unrecognized delivery option '%s'", opt)
