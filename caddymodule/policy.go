@@ -85,9 +85,10 @@ type RateLimitZone struct {
 	OverLimit string `json:"over_limit,omitempty"`
 
 	// MaxKeys caps the buckets the zone holds; past it the least recently
-	// used sampled bucket is evicted. Default: 1048576. Set when the zone is
-	// first created: a reload does not change it. It does not apply to the
-	// keys in Redis, which expire when their bucket is full again.
+	// used sampled bucket is evicted. Default: 1048576; at least 64 (one
+	// bucket per shard). A reload that changes it starts the zone over
+	// with empty buckets. It does not apply to the keys in Redis, which
+	// expire when their bucket is full again.
 	MaxKeys int `json:"max_keys,omitempty"`
 
 	// Redis keeps the zone's buckets in Redis, shared by every gateway
@@ -217,6 +218,10 @@ type PeerList struct {
 
 // Values of the policy configuration.
 const (
+	// minMaxKeys is the smallest max_keys: the zone's buckets are spread
+	// over ratelimit.DefaultShards shards, each holding at least one.
+	minMaxKeys = ratelimit.DefaultShards
+
 	overLimitRefuse = "refuse"
 	overLimitToken  = "token"
 	contextRandom   = "random"
@@ -258,6 +263,9 @@ func (z *RateLimitZone) config() (admission.ZoneConfig, error) {
 		return zc, fmt.Errorf("window %s must be positive", time.Duration(z.Window))
 	}
 	zc.Rate = float64(z.Events) / time.Duration(z.Window).Seconds()
+	if z.MaxKeys != 0 && z.MaxKeys < minMaxKeys {
+		return zc, fmt.Errorf("max_keys %d is below %d, one bucket per shard", z.MaxKeys, minMaxKeys)
+	}
 	if zc.Burst == 0 {
 		zc.Burst = z.Events
 	}

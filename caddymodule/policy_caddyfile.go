@@ -75,6 +75,9 @@ func unmarshalRateLimit(d *caddyfile.Dispenser) (*RateLimitZone, error) {
 			if err != nil || n < 1 {
 				return nil, d.Errf("invalid %s '%s': want a positive integer", opt, v)
 			}
+			if opt == "max_keys" && n < minMaxKeys {
+				return nil, d.Errf("invalid max_keys '%s': want at least %d", v, minMaxKeys)
+			}
 			if opt == "burst" {
 				z.Burst = n
 			} else {

@@ -145,6 +145,7 @@ func TestUnmarshalPolicyErrors(t *testing.T) {
 		{"rate_limit z {\nkey remote_ip\nrate 10/soon\n}", "invalid rate '10/soon': bad duration 'soon'"},
 		{"rate_limit z {\nkey remote_ip\nrate 0/1s\n}", "invalid rate '0/1s'"},
 		{"rate_limit z {\nkey remote_ip\nrate 1/1s\nburst -2\n}", "invalid burst '-2'"},
+		{"rate_limit z {\nkey remote_ip\nrate 1/1s\nmax_keys 10\n}", "invalid max_keys '10': want at least 64"},
 		{"rate_limit z {\nkey remote_ip\nrate 1/1s\nover_limit wait\n}", "invalid over_limit 'wait'"},
 		{"rate_limit z {\nkey remote_ip\nrate 1/1s\nwindow 1s\n}", "unrecognized rate_limit option 'window'"},
 		{"privacy_pass {\ntoken_key 2 /k\n}", "privacy_pass needs issuer_name"},
@@ -160,10 +161,12 @@ func TestUnmarshalPolicyErrors(t *testing.T) {
 		in := "mimi {\n" + strings.ReplaceAll(tc.in, "; ", "\n") + "\n}"
 		in = strings.ReplaceAll(in, "{ ", "{\n")
 		in = strings.ReplaceAll(in, " }", "\n}")
-		err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: error %v, want %q", tc.in, err, tc.want)
-		}
+		t.Run(tc.in, func(t *testing.T) {
+			err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want %q", err, tc.want)
+			}
+		})
 	}
 }
 
@@ -198,6 +201,11 @@ func TestValidatePolicy(t *testing.T) {
 			z.IPv6Prefix = 56
 			g.RateLimits = []*RateLimitZone{z}
 		}, "apply only to key ip_prefix"},
+		{"max_keys below the shard count", func(g *Gateway) {
+			z := zone("remote_ip")
+			z.MaxKeys = 10
+			g.RateLimits = []*RateLimitZone{z}
+		}, "max_keys 10 is below 64"},
 		{"no key source", func(g *Gateway) { g.PrivacyPass = &PrivacyPass{IssuerName: "issuer.example"} },
 			"token_key or issuer_directory is required"},
 		{"http directory", func(g *Gateway) {
@@ -218,12 +226,14 @@ func TestValidatePolicy(t *testing.T) {
 		{"peer with a port", func(g *Gateway) { g.Peers = &PeerList{Deny: []string{"a.example:443"}} },
 			`"a.example:443" is not a lowercase provider domain`},
 	} {
-		g := base()
-		tc.edit(g)
-		err := g.Validate()
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			g := base()
+			tc.edit(g)
+			err := g.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want %q", err, tc.want)
+			}
+		})
 	}
 }
 
