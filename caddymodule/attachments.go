@@ -609,8 +609,9 @@ func contentPrefix(size int64) []byte {
 	return out
 }
 
-// unmarshalAttachments parses the attachments block:
+// unmarshalAttachments parses the attachments option:
 //
+//	attachments off
 //	attachments {
 //		max_size                <size>
 //		group_quota             <size> [<count>]
@@ -619,7 +620,6 @@ func contentPrefix(size int64) []byte {
 //		upload_deadline         <duration>
 //		allow_delete_by_members
 //		storage                 <backend> [<args...>] { ... }
-//		off
 //	}
 //
 // A quota size of 0 means no bound on bytes (to bound only the count).

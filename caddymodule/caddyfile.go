@@ -39,17 +39,19 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		key_secret          <value>
 //		key_secret_file     <path>
 //		max_body            <size>
+//		queue_max_messages  <n>
+//		queue_max_bytes     <size>
 //		key_rotation        <duration>
 //		key_overlap         <duration>
 //		key_scheme          ed25519|ecdsa_secp256r1_sha256
-//		trusted_tls_proxies <cidr...>
+//		trusted_tls_proxies <cidr|ip...>
 //		federation {
 //			allow_private_addresses
-//			allow_ports  <port...>
-//			resolve      <host> <ip:port>
-//			root_ca      <pem_file>
+//			allow_ports <port...>
+//			resolve     <host> <ip:port>
+//			root_ca     <pem_file>
 //			trust_pki_ca <ca_id>
-//			timeout      <duration>
+//			timeout     <duration>
 //			max_backoff   <duration>
 //			give_up_after <duration>
 //			max_backlog_messages <n>
@@ -117,7 +119,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			retention               <duration>
 //			upload_deadline         <duration>
 //			allow_delete_by_members
-//			storage                 <backend> ...
+//			storage                 local [<root>] | local { root <dir> }
+//			storage                 s3 {
+//				endpoint   <host[:port]>
+//				bucket     <name>
+//				prefix     <string>
+//				region     <name>
+//				access_key <value>
+//				secret_key <value>
+//				insecure
+//				path_style
+//				part_size  <size>
+//			}
+//			storage                 forward <base_url> {
+//				key      <value>
+//				key_file <path>
+//				timeout  <duration>
+//			}
 //		}
 //	}
 //
