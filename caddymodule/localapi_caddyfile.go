@@ -44,7 +44,8 @@ func parseLocalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //		cipher_suites           <suite...>
 //	}
 //
-// provider is required and every option may appear once. Mount it with
+// provider is required and every option may appear once;
+// max_long_polls_per_user may not exceed max_long_polls. Mount it with
 // handle_path behind an authentication handler:
 //
 //	handle_path /local/* {
@@ -132,6 +133,9 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if len(h.Providers) == 0 {
 		return d.Err("mimi_local: provider is required")
+	}
+	if h.MaxLongPolls > 0 && h.MaxLongPollsPerUser > h.MaxLongPolls {
+		return d.Errf("invalid max_long_polls_per_user '%d': want at most max_long_polls (%d)", h.MaxLongPollsPerUser, h.MaxLongPolls)
 	}
 	return nil
 }

@@ -599,6 +599,11 @@ func TestLocalAPICaddyfile(t *testing.T) {
 	provider a.example
 	max_long_polls 0
 }`, nil, "invalid max_long_polls '0'"},
+		{"per-user long polls above the total", `mimi_local {
+	provider a.example
+	max_long_polls 100
+	max_long_polls_per_user 200
+}`, nil, "invalid max_long_polls_per_user '200': want at most max_long_polls (100)"},
 		{"no provider", `mimi_local {
 	max_wait 10s
 }`, nil, "provider is required"},
