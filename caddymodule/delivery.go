@@ -89,9 +89,13 @@ func (d *Delivery) backend() (*federation.Backend, error) {
 		}
 		key = bytes.TrimSpace(b)
 	} else {
-		// {env.*} and {file.*}; the configured value itself is never
-		// echoed, it may be the key.
-		key = bytes.TrimSpace([]byte(caddy.NewReplacer().ReplaceAll(d.Key, "")))
+		// {env.*} and {file.*}; an unset or empty one is an error that
+		// names the placeholder, never the value, which may be the key.
+		v, err := caddy.NewReplacer().ReplaceOrErr(d.Key, true, true)
+		if err != nil {
+			return nil, fmt.Errorf("mimi: delivery backend key: %w", err)
+		}
+		key = bytes.TrimSpace([]byte(v))
 	}
 	b := &federation.Backend{URL: d.URL, Key: key, Timeout: time.Duration(d.Timeout)}
 	if err := b.Check(); err != nil {

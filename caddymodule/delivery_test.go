@@ -89,6 +89,8 @@ func TestDeliveryBackendKey(t *testing.T) {
 		{"env placeholder", &Delivery{Target: "backend", URL: "http://127.0.0.1:9/", Key: "{env.MIMI_TEST_BACKEND_KEY}"}, key, true},
 		{"file placeholder", &Delivery{Target: "backend", URL: "http://127.0.0.1:9/", Key: "{file." + file + "}"}, key, true},
 		{"short key", &Delivery{Target: "backend", URL: "http://127.0.0.1:9/", Key: "{env.MIMI_TEST_SHORT_KEY}"}, "at least 32", false},
+		{"unset placeholder", &Delivery{Target: "backend", URL: "http://127.0.0.1:9/", Key: "{env.MIMI_TEST_UNSET_BACKEND_KEY}"},
+			"{env.MIMI_TEST_UNSET_BACKEND_KEY}", false},
 		{"missing file", &Delivery{Target: "backend", URL: "http://127.0.0.1:9/", KeyFile: file + ".missing"}, "key_file", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
