@@ -150,16 +150,19 @@ func TestValidate(t *testing.T) {
 		{func(g *Gateway) { g.TrustedTLSProxies = []string{"nope"} }, "trusted_tls_proxies"},
 		{func(g *Gateway) { g.Federation = &Federation{AllowedPorts: []int{70000}} }, "allowed_ports"},
 		{func(g *Gateway) { g.Federation = &Federation{Resolve: map[string]string{"a.example": "nope"}} }, "resolve"},
+		{func(g *Gateway) { g.Federation = &Federation{Timeout: caddy.Duration(-time.Second)} }, "federation timeout: -1s is negative"},
 		{func(g *Gateway) { g.Federation = &Federation{MaxBackoff: caddy.Duration(2 * time.Hour)} }, "max_backoff"},
 		{func(g *Gateway) { g.Federation = &Federation{GiveUpAfter: caddy.Duration(7 * 24 * time.Hour)} }, "give_up_after"},
 		{func(g *Gateway) { g.Federation = &Federation{MaxBacklogMessages: -1} }, "max_backlog_messages"},
 		{func(g *Gateway) { g.Federation = &Federation{MaxBacklogBytes: 1 << 20} }, "max_backlog_bytes"},
 	} {
-		g := base()
-		tc.mutate(g)
-		err := g.Validate()
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("err = %v, want it to name %q", err, tc.want)
-		}
+		t.Run(tc.want, func(t *testing.T) {
+			g := base()
+			tc.mutate(g)
+			err := g.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want it to name %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -239,7 +239,10 @@ type Federation struct {
 	// federations and examples on one machine.
 	TrustPKICAs []string `json:"trust_pki_cas,omitempty"`
 
-	// Timeout bounds one discovery and key fetch. Default: 5s.
+	// Timeout bounds each exchange with a peer: a discovery and key
+	// fetch, each outbox send, each relayed request and KeyPackage claim
+	// (for a relayed attachment stream, the connection and the answer's
+	// headers only). Default: 5s; positive.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// MaxBackoff caps the wait before a destination that failed is tried
@@ -527,6 +530,9 @@ func (g *Gateway) Validate() error {
 		return err
 	}
 	if f := g.Federation; f != nil {
+		if f.Timeout < 0 {
+			return fmt.Errorf("mimi: federation timeout: %s is negative", time.Duration(f.Timeout))
+		}
 		if f.MaxBackoff != 0 && (time.Duration(f.MaxBackoff) < time.Second || time.Duration(f.MaxBackoff) > time.Hour) {
 			return fmt.Errorf("mimi: federation max_backoff: %s is outside 1s..1h", time.Duration(f.MaxBackoff))
 		}
