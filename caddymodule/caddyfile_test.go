@@ -130,6 +130,11 @@ func TestValidate(t *testing.T) {
 	if err := base().Validate(); err != nil {
 		t.Fatalf("minimal config refused: %v", err)
 	}
+	small := base()
+	small.MaxBody, small.QueueMaxBytes = 256<<10, 256<<10
+	if err := small.Validate(); err != nil {
+		t.Fatalf("queues that hold the largest message refused: %v", err)
+	}
 	for _, tc := range []struct {
 		mutate func(*Gateway)
 		want   string
@@ -143,6 +148,8 @@ func TestValidate(t *testing.T) {
 		{func(g *Gateway) { g.MaxBody = 1 << 30 }, "max_body"},
 		{func(g *Gateway) { g.QueueMaxMessages = -1 }, "queue_max_messages"},
 		{func(g *Gateway) { g.QueueMaxBytes = 1 << 40 }, "queue_max_bytes"},
+		{func(g *Gateway) { g.QueueMaxBytes = 512 << 10 }, "queue_max_bytes: 524288 is below 1048576 bytes"},
+		{func(g *Gateway) { g.MaxBody, g.QueueMaxBytes = 256<<10, 128<<10 }, "queue_max_bytes: 131072 is below 262144 bytes"},
 		{func(g *Gateway) { g.KeyRotation = caddy.Duration(time.Minute) }, "key_rotation"},
 		{func(g *Gateway) { g.KeyOverlap = caddy.Duration(time.Hour) }, "key_overlap"},
 		{func(g *Gateway) { g.KeyRotation = caddy.Duration(89 * 24 * time.Hour) }, "key_rotation + key_overlap"},

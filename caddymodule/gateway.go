@@ -103,7 +103,8 @@ type Gateway struct {
 	// that the Delivery Service delivers to (docs/protocol.md §5.4.2): a
 	// message that would leave a queue over either bound is refused for
 	// that client alone, and logged. Default: 10,000 messages and 256 MiB;
-	// at most 10,000,000 messages and 64 GiB.
+	// at most 10,000,000 messages and 64 GiB; the bytes at least the
+	// largest message accepted, MaxBody or 1 MiB, whichever is smaller.
 	QueueMaxMessages int   `json:"queue_max_messages,omitempty"`
 	QueueMaxBytes    int64 `json:"queue_max_bytes,omitempty"`
 
@@ -478,6 +479,18 @@ func (g *Gateway) Validate() error {
 	}
 	if g.MaxBody < 0 || g.MaxBody > maxMaxBody {
 		return fmt.Errorf("mimi: max_body: %d is outside 1..%d bytes", g.MaxBody, maxMaxBody)
+	}
+	if g.QueueMaxBytes != 0 {
+		// A message larger than the bound never fits a queue, not even an
+		// empty one: every local recipient would miss it for good.
+		largest := g.MaxBody
+		if largest == 0 {
+			largest = defaultMaxBody
+		}
+		largest = min(largest, store.MaxQueuedMessageSize)
+		if g.QueueMaxBytes < largest {
+			return fmt.Errorf("mimi: queue_max_bytes: %d is below %d bytes, the largest message the gateway accepts (max_body, at most 1 MiB)", g.QueueMaxBytes, largest)
+		}
 	}
 	if g.KeyRotation < 0 || g.KeyOverlap < 0 {
 		return errors.New("mimi: key_rotation and key_overlap must be positive")
