@@ -39,8 +39,9 @@ type StoreConfig struct {
 	// empty placeholder is an error. Required with backend postgres.
 	DSN string `json:"dsn,omitempty"`
 
-	// MaxConns is the most connections the gateway opens to PostgreSQL.
-	// Default: 16; at most 1000.
+	// MaxConns is the most connections the gateway opens to PostgreSQL;
+	// a pool_max_conns in the DSN is ignored, this (or its default) takes
+	// its place. Default: 16; at most 1000.
 	MaxConns int `json:"max_conns,omitempty"`
 }
 
