@@ -97,3 +97,13 @@ func (p FetchPolicy) peerClient() *http.Client {
 	}
 	return c
 }
+
+// relayClient is Relay's client: peer, with its own transport whose wait
+// for the answer's headers, like the whole exchange, is bounded by
+// p.RelayTimeout rather than p.Timeout (a hub answers a DS operation only
+// once it has done it); dialing and the TLS handshake keep p.Timeout.
+func (p FetchPolicy) relayClient(peer *http.Client) *http.Client {
+	t := peer.Transport.(*http.Transport).Clone()
+	t.ResponseHeaderTimeout = p.RelayTimeout
+	return &http.Client{Transport: t, Timeout: p.RelayTimeout, CheckRedirect: peer.CheckRedirect}
+}

@@ -31,6 +31,7 @@ import (
 const (
 	maxFetchBody       = 64 << 10
 	defaultFetchLimit  = 5 * time.Second
+	defaultRelayLimit  = 30 * time.Second
 	defaultMinInterval = time.Minute
 	maxKeyCacheTTL     = 24 * time.Hour
 	// minRefetchGap is the least time between two successful fetches for
@@ -72,8 +73,15 @@ type FetchPolicy struct {
 	Resolve map[string]string
 	// RootCAs replaces the system roots for peer TLS when set.
 	RootCAs *x509.CertPool
-	// Timeout bounds one discovery + key fetch (default 5 s).
+	// Timeout bounds one discovery + key fetch (default 5 s), and the
+	// dial and TLS handshake of every request to a peer.
 	Timeout time.Duration
+	// RelayTimeout bounds one request relayed to a group's hub by Relay,
+	// from sending it to reading the hub's whole answer (default 30 s, or
+	// Timeout when longer): the hub may take longer than Timeout on a DS
+	// operation, such as a commit whose new members' binding keys it
+	// fetches first. The client's own request context bounds it too.
+	RelayTimeout time.Duration
 	// MinInterval is how long a failed fetch is cached, and how long a
 	// key_id found missing from a successful fetch is answered unknown
 	// without refetching (default 1 min). Another key_id not in the cache
@@ -130,7 +138,10 @@ type SourcedKeySource interface {
 type KeyFetcher struct {
 	policy FetchPolicy
 	client *http.Client
-	now    func() time.Time
+	// relay is Relay's client: client's policy, with RelayTimeout rather
+	// than Timeout for the hub's answer.
+	relay *http.Client
+	now   func() time.Time
 
 	// closing is cancelled by Close; fetches in flight stop with it.
 	closing context.Context
@@ -307,6 +318,9 @@ func (p FetchPolicy) withDefaults() FetchPolicy {
 	if p.Timeout <= 0 {
 		p.Timeout = defaultFetchLimit
 	}
+	if p.RelayTimeout <= 0 {
+		p.RelayTimeout = max(defaultRelayLimit, p.Timeout)
+	}
 	if p.MinInterval <= 0 {
 		p.MinInterval = defaultMinInterval
 	}
@@ -358,9 +372,11 @@ func (p FetchPolicy) HTTPClient(minVersion uint16) *http.Client {
 func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 	policy = policy.withDefaults()
 	closing, closeFn := context.WithCancel(context.Background())
+	client := policy.peerClient()
 	return &KeyFetcher{
 		policy:  policy,
-		client:  policy.peerClient(),
+		client:  client,
+		relay:   policy.relayClient(client),
 		now:     time.Now,
 		closing: closing,
 		close:   closeFn,
@@ -384,6 +400,7 @@ func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 func (f *KeyFetcher) Close() {
 	f.close()
 	f.client.CloseIdleConnections()
+	f.relay.CloseIdleConnections()
 }
 
 // closed reports whether Close was called.

@@ -46,13 +46,15 @@ func RetryAfterSeconds(v string) string {
 // "/group_operation") of the DS of provider domain, discovered as for
 // keys, through the fetcher's transport and its address and TLS policy,
 // and returns the answer unchanged, with its Retry-After (docs/protocol.md
-// §9: followers relay their clients' requests to the group's hub).
+// §9: followers relay their clients' requests to the group's hub). The
+// whole exchange is bounded by FetchPolicy.RelayTimeout and ctx, dialing
+// and the TLS handshake by FetchPolicy.Timeout.
 func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte) (*Relayed, error) {
 	req, authority, err := f.relayRequest(ctx, domain, path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	resp, err := f.client.Do(req)
+	resp, err := f.relay.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("relaying to %s: %w", authority, err)
 	}

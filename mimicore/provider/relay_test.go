@@ -1,6 +1,20 @@
 package provider
 
-import "testing"
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
 
 // TestRetryAfterSeconds checks which Retry-After values of a hub's answer
 // a relay passes on: a delay in whole seconds of at most nine digits, not
@@ -25,4 +39,89 @@ func TestRetryAfterSeconds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// relayHub starts a TLS server standing in for a group's hub at
+// hub.example.com, answering /group_operation with handle, and returns a
+// KeyFetcher of policy that reaches it.
+func relayHub(t *testing.T, policy FetchPolicy, handle http.HandlerFunc) *KeyFetcher {
+	t.Helper()
+	mux := http.NewServeMux()
+	var srv *httptest.Server
+	mux.HandleFunc("/.well-known/mimi/ds-domain", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ds.example.com:"+srv.URL[strings.LastIndexByte(srv.URL, ':')+1:]+"\n")
+	})
+	mux.HandleFunc("/group_operation", handle)
+	srv = httptest.NewUnstartedServer(mux)
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+	policy.AllowPrivate = true
+	policy.AllowedPorts = []int{srv.Listener.Addr().(*net.TCPAddr).Port}
+	policy.RootCAs = srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	policy.Resolve = map[string]string{"hub.example.com": addr, "ds.example.com": addr}
+	f := NewKeyFetcher(policy)
+	t.Cleanup(f.Close)
+	return f
+}
+
+// TestRelayDeadline checks what bounds a relayed request: not the
+// fetcher's Timeout for one key fetch (a hub that takes longer to store a
+// commit must not have its answer dropped after the commit is stored),
+// but RelayTimeout and the client's request context.
+func TestRelayDeadline(t *testing.T) {
+	const short = 100 * time.Millisecond
+	answer, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseOK})
+
+	t.Run("a hub slower than Timeout is waited for", func(t *testing.T) {
+		f := relayHub(t, FetchPolicy{Timeout: short}, func(w http.ResponseWriter, r *http.Request) {
+			// The discovery above took less than Timeout; the
+			// commit takes three times as long.
+			select {
+			case <-time.After(3 * short):
+			case <-r.Context().Done():
+				return
+			}
+			w.Write(answer)
+		})
+		ans, err := f.Relay(t.Context(), "hub.example.com", "/group_operation", []byte{1})
+		if err != nil {
+			t.Fatalf("relaying to a hub that answers after Timeout: %v", err)
+		}
+		if ans.Status != http.StatusOK || !bytes.Equal(ans.Body, answer) {
+			t.Fatalf("relayed answer %d %x, want 200 %x", ans.Status, ans.Body, answer)
+		}
+	})
+
+	t.Run("RelayTimeout bounds it", func(t *testing.T) {
+		stop := make(chan struct{})
+		t.Cleanup(func() { close(stop) })
+		f := relayHub(t, FetchPolicy{Timeout: short, RelayTimeout: 2 * short}, func(w http.ResponseWriter, r *http.Request) {
+			select { // never answers
+			case <-stop:
+			case <-r.Context().Done():
+			}
+		})
+		if ans, err := f.Relay(t.Context(), "hub.example.com", "/group_operation", []byte{1}); err == nil {
+			t.Fatalf("relaying to a hub that never answers gave %d, want an error", ans.Status)
+		}
+	})
+
+	t.Run("the client's context bounds it", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		stop := make(chan struct{})
+		t.Cleanup(func() { close(stop) })
+		f := relayHub(t, FetchPolicy{}, func(w http.ResponseWriter, r *http.Request) {
+			cancel() // the client gives up while the hub works
+			select {
+			case <-stop:
+			case <-r.Context().Done():
+			}
+		})
+		_, err := f.Relay(ctx, "hub.example.com", "/group_operation", []byte{1})
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("relaying for a client that went away: %v, want context.Canceled", err)
+		}
+	})
 }

@@ -1,0 +1,105 @@
+package integration
+
+import (
+	"crypto/tls"
+	"database/sql"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// TestRelaySlowHub checks that a follower waits for a hub that takes
+// longer to store a relayed commit than a key fetch may take: b.localhost
+// relays bob's update_client to the hub, a.localhost, whose database is
+// busy (another connection holds its write lock) for twice b's
+// federation timeout, made 1 s here. The hub stores the commit once the
+// lock is released; b must pass on its ok rather than answer 503 while
+// the commit is accepted, which would leave bob out of step with his
+// group.
+func TestRelaySlowHub(t *testing.T) {
+	startCaddy(t)
+	if backend.postgres {
+		t.Skip("the hub's store is made busy through its SQLite file")
+	}
+	const fedTimeout = time.Second
+	base := baseConfig()
+	slow := strings.Replace(base, "\t\tmax_body 64KiB\n\t\tfederation {\n",
+		"\t\tmax_body 64KiB\n\t\tfederation {\n\t\t\ttimeout "+fedTimeout.String()+"\n", 1)
+	if slow == base {
+		t.Fatal("b.localhost's federation block not found in the configuration")
+	}
+	env.tester.InitServer(slow, "caddyfile")
+	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
+	if t.Failed() {
+		t.FailNow()
+	}
+	waitTLS(t, "a.localhost")
+	waitTLS(t, "b.localhost")
+
+	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relay-slow", false)
+	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relay-slow", false)
+	gid := random32(t)[:16]
+	m := alice.newGroup(t, gid)
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
+	alice.m = m
+	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
+	mustOK(t, "add_users of a client of b", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
+	alice.m = res.Next
+	// b records a as the group's hub when the Welcome arrives.
+	welcome := fetchQueue(t, bob, "bob", 0, 10)
+	for deadline := time.Now().Add(30 * time.Second); len(welcome) == 0 && time.Now().Before(deadline); {
+		welcome = fetchQueue(t, bob, "bob", 0, 10)
+	}
+	if len(welcome) != 1 {
+		t.Fatalf("bob's queue at b holds %d messages, want the Welcome", len(welcome))
+	}
+	w, err := mls.DecodeMLSMessage(welcome[0].Message)
+	if err != nil || w.WireFormat != mls.WireFormatWelcome {
+		t.Fatalf("bob's message is not the Welcome: %v", err)
+	}
+	if bob.m, err = mls.JoinFromWelcome(w.Welcome, mls.WelcomeOptions{KeyPackage: bob.kp, InitKey: bob.initKey,
+		LeafKey: bob.leafKey, Signer: bob.signer}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The hub's database is busy for twice the follower's federation
+	// timeout: its writes wait for the lock (within its busy timeout).
+	db, err := sql.Open("sqlite", filepath.Join(env.dir, "a", "mimi.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	conn, err := db.Conn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(t.Context(), "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	time.AfterFunc(2*fedTimeout, func() {
+		defer close(released)
+		conn.ExecContext(t.Context(), "ROLLBACK") //nolint:errcheck // the test fails below if the lock stays
+		conn.Close()
+	})
+	t.Cleanup(func() { <-released })
+
+	update := bob.commit(t)
+	resp, raw := get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443/group_operation",
+		"application/octet-stream", bob.sign(t, groupUpdate(moh.UpdateClient, update), 0))
+	var r moh.DSResponse
+	if resp.StatusCode != http.StatusOK || wire.Unmarshal(raw, &r, "DSResponse") != nil || r.Type != moh.ResponseOK {
+		t.Fatalf("update_client relayed to a busy hub: %d %x, want 200 ok", resp.StatusCode, raw)
+	}
+}
