@@ -8,11 +8,20 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// maxRelayAnswer caps the answer of a relayed request: the largest
-// DSResponse a hub sends (a GroupInfo and ratchet tree of a large group).
-const maxRelayAnswer = maxAnswerBody
+// MaxRelayAnswer caps the answer Relay reads: the largest DSResponse a
+// Delivery Service gives on the endpoints relayed whole, an
+// external_commit_info answer (docs/protocol.md §5.4): protocol_version
+// and type (3 bytes), a GroupInfo, which the store keeps no larger than
+// store.MaxGroupInfoSize, and the ratchet tree, a <V> vector of at most
+// wire.MaxVarint bytes after its 4-byte length. A tree of tens of
+// thousands of members exceeds 16 MiB; of the 2^18 leaves a tree may
+// have (mls.MaxLeaves), it may come near 1 GiB.
+const MaxRelayAnswer = 3 + store.MaxGroupInfoSize + 4 + wire.MaxVarint
 
 // Relayed is a peer DS's answer to a relayed client request.
 type Relayed struct {
@@ -20,7 +29,7 @@ type Relayed struct {
 	Status int
 	// ContentType is the answer's Content-Type.
 	ContentType string
-	// Body is the answer's body, at most 16 MiB.
+	// Body is the answer's body, at most MaxRelayAnswer bytes.
 	Body []byte
 	// RetryAfter is the answer's Retry-After header when it is a delay
 	// in whole seconds (RFC 9110 §10.2.3), as PROFILE §3 has a 429 carry
@@ -59,12 +68,12 @@ func (f *KeyFetcher) Relay(ctx context.Context, domain, path string, body []byte
 		return nil, fmt.Errorf("relaying to %s: %w", authority, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxRelayAnswer+1))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxRelayAnswer+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading the answer of %s: %w", authority, err)
 	}
-	if len(raw) > maxRelayAnswer {
-		return nil, fmt.Errorf("the answer of %s exceeds %d bytes", authority, maxRelayAnswer)
+	if len(raw) > MaxRelayAnswer {
+		return nil, fmt.Errorf("the answer of %s exceeds %d bytes", authority, MaxRelayAnswer)
 	}
 	return &Relayed{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: raw,
 		RetryAfter: RetryAfterSeconds(resp.Header.Get("Retry-After"))}, nil

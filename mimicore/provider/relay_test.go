@@ -125,3 +125,21 @@ func TestRelayDeadline(t *testing.T) {
 		}
 	})
 }
+
+// TestRelayLargeAnswer checks that an answer over 16 MiB, such as the
+// welcome_info or external_commit_info answer of a group of some 40,000
+// members, comes back whole: the hub's own clients get it, so must a
+// follower's.
+func TestRelayLargeAnswer(t *testing.T) {
+	answer := bytes.Repeat([]byte{0xa5}, 16<<20+1<<10)
+	f := relayHub(t, FetchPolicy{}, func(w http.ResponseWriter, r *http.Request) {
+		w.Write(answer)
+	})
+	ans, err := f.Relay(t.Context(), "hub.example.com", "/group_operation", []byte{1})
+	if err != nil {
+		t.Fatalf("relaying a %d-byte answer: %v", len(answer), err)
+	}
+	if !bytes.Equal(ans.Body, answer) {
+		t.Fatalf("relayed answer of %d bytes, want the hub's %d", len(ans.Body), len(answer))
+	}
+}
