@@ -184,7 +184,11 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: %w", typ, err)
 	}
 	ec := store.EpochCommit{Base: base, Next: next, Welcome: len(info.Added) > 0,
-		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out, Pending: len(pending)}
+		Joiners: joiners(next, info), GroupInfo: giEnc, Fanout: fan.out, Pending: len(pending),
+		// delete_group: the commit that removed everyone else and the
+		// deletion are one write, so of two racing requests exactly one
+		// wins, and a failure leaves the group as it was.
+		Delete: typ == moh.DeleteGroup}
 	delivered, err := s.Store.CommitEpoch(ctx, ec)
 	for range maxPendingRechecks {
 		// A self-remove kept since the pending proposals were read: the
@@ -219,14 +223,6 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	fan.notify(delivered.Outbox)
 	fan.report(typ.String(), delivered)
 	s.advanceView(base, next, info)
-	if typ == moh.DeleteGroup {
-		// The commit that removed everyone else is stored first, so that of
-		// two racing requests exactly one wins; then the group goes.
-		if err := s.Store.DeleteGroup(ctx, gid); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return nil, moh.Errorf(moh.CodeBackendUnavailable, "delete_group: deleting the group: %w", err)
-		}
-		return ok, nil
-	}
 	return ok, nil
 }
 

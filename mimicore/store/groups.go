@@ -109,7 +109,8 @@ type GroupStore interface {
 	// Base's epoch is not c.Pending (one was added after the caller read
 	// them), it fails with ErrProposalsChanged and writes nothing, so a
 	// proposal the commit was not checked against is never dropped with
-	// the epoch. The epoch is checked first.
+	// the epoch. The epoch is checked first. With c.Delete set, the group
+	// is then deleted (DeleteGroup) in the same atomic write.
 	CommitEpoch(ctx context.Context, c EpochCommit) (Delivered, error)
 
 	// Deliver writes f, the delivery of a message the DS accepted for a
@@ -216,6 +217,11 @@ type EpochCommit struct {
 	// are only added within an epoch, so an equal number is the same
 	// proposals; CommitEpoch refuses another (ErrProposalsChanged).
 	Pending int
+	// Delete, set for a delete_group commit, deletes the group as
+	// DeleteGroup does, in the same atomic write, after the new epoch and
+	// its Fanout: a commit that removed every other member is never kept
+	// without the deletion it was for, nor the deletion without it.
+	Delete bool
 }
 
 // Joiner is a KeyPackage that a commit added by value and its Welcome

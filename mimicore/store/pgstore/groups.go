@@ -347,14 +347,21 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("writing the tree: %w", err)
 		}
-		delivered, err = s.fanoutTx(ctx, tx, c.Fanout, now)
-		return err
+		if delivered, err = s.fanoutTx(ctx, tx, c.Fanout, now); err != nil || !c.Delete {
+			return err
+		}
+		return deleteGroupTx(ctx, tx, id, now)
 	})
+	if c.Delete {
+		s.cache.Delete(id)
+	}
 	if err != nil {
 		return store.Delivered{}, s.fail(doing, err)
 	}
-	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: c.Next.Epoch(), Context: ch.Context,
-		Interim: nonNil(ch.InterimTranscriptHash), ConfTag: nonNil(ch.ConfirmationTag)}, c.Next)
+	if !c.Delete {
+		s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: c.Next.Epoch(), Context: ch.Context,
+			Interim: nonNil(ch.InterimTranscriptHash), ConfTag: nonNil(ch.ConfirmationTag)}, c.Next)
+	}
 	s.notifyDelivered(c.Fanout, delivered)
 	return delivered, nil
 }
@@ -614,34 +621,40 @@ func (s *Store) DeleteGroup(ctx context.Context, groupID []byte) error {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		var hosted bool
-		err := tx.QueryRow(ctx, `DELETE FROM group_hubs WHERE group_id = $1 RETURNING hosted`, groupID).Scan(&hosted)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
-		} else if err != nil {
-			return err
-		}
-		if hosted {
-			if _, err := tx.Exec(ctx, `INSERT INTO deleted_groups (group_id, deleted_ms) VALUES ($1, $2)`,
-				groupID, s.nowMs()); err != nil {
-				return fmt.Errorf("keeping the id: %w", err)
-			}
-		}
-		// Its local members stop being members: ranges with nothing in
-		// them go, the others end at the last number given.
-		if _, err := tx.Exec(ctx, `DELETE FROM group_members WHERE group_id = $1 AND to_seq IS NULL
-			AND from_seq >= (SELECT last FROM queue_sequence WHERE id = 1)`, groupID); err != nil {
-			return fmt.Errorf("forgetting members: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `UPDATE group_members SET to_seq = (SELECT last FROM queue_sequence WHERE id = 1)
-			WHERE group_id = $1 AND to_seq IS NULL`, groupID); err != nil {
-			return fmt.Errorf("ending memberships: %w", err)
-		}
-		return nil
+		return deleteGroupTx(ctx, tx, groupID, s.nowMs())
 	})
 	s.cache.Delete(groupID)
 	if err != nil {
 		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// deleteGroupTx is DeleteGroup's write in tx, at now (Unix ms): also that
+// of a CommitEpoch with Delete set.
+func deleteGroupTx(ctx context.Context, tx pgx.Tx, groupID []byte, now int64) error {
+	var hosted bool
+	err := tx.QueryRow(ctx, `DELETE FROM group_hubs WHERE group_id = $1 RETURNING hosted`, groupID).Scan(&hosted)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+	} else if err != nil {
+		return err
+	}
+	if hosted {
+		if _, err := tx.Exec(ctx, `INSERT INTO deleted_groups (group_id, deleted_ms) VALUES ($1, $2)`,
+			groupID, now); err != nil {
+			return fmt.Errorf("keeping the id: %w", err)
+		}
+	}
+	// Its local members stop being members: ranges with nothing in
+	// them go, the others end at the last number given.
+	if _, err := tx.Exec(ctx, `DELETE FROM group_members WHERE group_id = $1 AND to_seq IS NULL
+		AND from_seq >= (SELECT last FROM queue_sequence WHERE id = 1)`, groupID); err != nil {
+		return fmt.Errorf("forgetting members: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE group_members SET to_seq = (SELECT last FROM queue_sequence WHERE id = 1)
+		WHERE group_id = $1 AND to_seq IS NULL`, groupID); err != nil {
+		return fmt.Errorf("ending memberships: %w", err)
 	}
 	return nil
 }

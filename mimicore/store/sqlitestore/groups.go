@@ -443,19 +443,28 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 			}
 			written += joinersSize(c.Joiners)
 		}
-		if fo.empty() {
-			return nil
+		if !fo.empty() {
+			written += fo.size()
+			if delivered, err = s.fanoutTx(ctx, tx, &fo, now); err != nil {
+				return err
+			}
 		}
-		written += fo.size()
-		delivered, err = s.fanoutTx(ctx, tx, &fo, now)
-		return err
+		if c.Delete {
+			return deleteGroupTx(ctx, tx, id, now)
+		}
+		return nil
 	})
+	if c.Delete {
+		s.cache.Delete(id)
+	}
 	if err != nil {
 		return store.Delivered{}, s.fail(doing, err)
 	}
 	s.groupBytes.Add(uint64(written))
-	s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: c.Next.Epoch(), Context: ch.Context,
-		Interim: nonNil(ch.InterimTranscriptHash), ConfTag: nonNil(ch.ConfirmationTag)}, c.Next)
+	if !c.Delete {
+		s.cache.Put(id, groupcache.Head{RowID: rowID, Epoch: c.Next.Epoch(), Context: ch.Context,
+			Interim: nonNil(ch.InterimTranscriptHash), ConfTag: nonNil(ch.ConfirmationTag)}, c.Next)
+	}
 	s.notifyDelivered(&fo, delivered)
 	return delivered, nil
 }
@@ -703,34 +712,40 @@ func (s *Store) DeleteGroup(ctx context.Context, groupID []byte) error {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		var hosted bool
-		err := tx.QueryRowContext(ctx, `DELETE FROM group_hubs WHERE group_id = ?1 RETURNING hosted`, groupID).Scan(&hosted)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
-		} else if err != nil {
-			return err
-		}
-		if hosted {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO deleted_groups (group_id, deleted_ms) VALUES (?1, ?2)`,
-				groupID, check.Millis(s.now())); err != nil {
-				return fmt.Errorf("keeping the id: %w", err)
-			}
-		}
-		// Its local members stop being members: ranges with nothing in
-		// them go, the others end at the last number given.
-		if _, err := tx.ExecContext(ctx, `DELETE FROM group_members WHERE group_id = ?1 AND to_seq IS NULL
-			AND from_seq >= (SELECT last FROM queue_sequence WHERE id = 1)`, groupID); err != nil {
-			return fmt.Errorf("forgetting members: %w", err)
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE group_members SET to_seq = (SELECT last FROM queue_sequence WHERE id = 1)
-			WHERE group_id = ?1 AND to_seq IS NULL`, groupID); err != nil {
-			return fmt.Errorf("ending memberships: %w", err)
-		}
-		return nil
+		return deleteGroupTx(ctx, tx, groupID, check.Millis(s.now()))
 	})
 	s.cache.Delete(groupID)
 	if err != nil {
 		return s.fail(doing, err)
+	}
+	return nil
+}
+
+// deleteGroupTx is DeleteGroup's write in tx, at now (Unix ms): also that
+// of a CommitEpoch with Delete set.
+func deleteGroupTx(ctx context.Context, tx *sql.Tx, groupID []byte, now int64) error {
+	var hosted bool
+	err := tx.QueryRowContext(ctx, `DELETE FROM group_hubs WHERE group_id = ?1 RETURNING hosted`, groupID).Scan(&hosted)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("no group with this id: %w", store.ErrNotFound)
+	} else if err != nil {
+		return err
+	}
+	if hosted {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO deleted_groups (group_id, deleted_ms) VALUES (?1, ?2)`,
+			groupID, now); err != nil {
+			return fmt.Errorf("keeping the id: %w", err)
+		}
+	}
+	// Its local members stop being members: ranges with nothing in
+	// them go, the others end at the last number given.
+	if _, err := tx.ExecContext(ctx, `DELETE FROM group_members WHERE group_id = ?1 AND to_seq IS NULL
+		AND from_seq >= (SELECT last FROM queue_sequence WHERE id = 1)`, groupID); err != nil {
+		return fmt.Errorf("forgetting members: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE group_members SET to_seq = (SELECT last FROM queue_sequence WHERE id = 1)
+		WHERE group_id = ?1 AND to_seq IS NULL`, groupID); err != nil {
+		return fmt.Errorf("ending memberships: %w", err)
 	}
 	return nil
 }

@@ -46,6 +46,7 @@ func RunGroupTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("Proposals", func(t *testing.T) { testGroupProposals(t, plain) })
 	t.Run("GroupInfo", func(t *testing.T) { testGroupInfo(t, plain) })
 	t.Run("Delete", func(t *testing.T) { testGroupDelete(t, plain) })
+	t.Run("CommitDelete", func(t *testing.T) { testGroupCommitDelete(t, plain) })
 	t.Run("Hubs", func(t *testing.T) { testGroupHubs(t, plain) })
 	t.Run("Fanout", func(t *testing.T) { testGroupFanout(t, plain) })
 	t.Run("FanoutLimits", func(t *testing.T) { testGroupFanoutLimits(t, plain) })
@@ -705,6 +706,57 @@ func testGroupDelete(t *testing.T, open func(t *testing.T) store.Store) {
 	_, err = s.GroupHub(ctx(), id)
 	wantErr(t, "GroupHub after the refusals", err, store.ErrNotFound)
 	wantErr(t, "DeleteGroup after the refusals", s.DeleteGroup(ctx(), id), store.ErrNotFound)
+}
+
+// testGroupCommitDelete checks a CommitEpoch with Delete set (a
+// delete_group commit): the commit's fan-out is delivered and the group
+// deleted, its id kept, in one write; a refused one (another commit won
+// its epoch, a proposal arrived) neither commits nor deletes.
+func testGroupCommitDelete(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	g := NewGroup(t, randBytes(t, 16), 2)
+	gid := g.State.GroupID()
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
+	remote := map[string][]string{"c.example": {fanCarol}}
+
+	// Refused: the epoch moved on, or a proposal is pending that the
+	// commit was not checked against.
+	_, stale := g.Commit(t, Remove(1))
+	stale.Delete = true
+	g1, c1 := g.Commit(t)
+	commitEpoch(t, s, c1)
+	_, err := s.CommitEpoch(ctx(), stale)
+	wantErr(t, "a deleting commit of a past epoch", err, store.ErrEpochConflict)
+	noErr(t, "AddProposal", s.AddProposal(ctx(), gid, g1.State.Epoch(), store.PendingProposal{Ref: []byte("r"), Message: []byte("m")}))
+	g2, del := g1.Commit(t, Remove(1))
+	del.Delete = true
+	del.Fanout = fanoutOf(gid, "delete", []string{fanBob}, remote, "c.example")
+	_, err = s.CommitEpoch(ctx(), del)
+	wantErr(t, "a deleting commit not checked against a proposal", err, store.ErrProposalsChanged)
+	wantLoad(t, s, "after the refused deleting commits", g1.State)
+	wantMsgs(t, "bob's queue after the refused deleting commits", fetch(t, s, fanBob, 0, store.FetchLimit{}))
+	wantOutbox(t, s, "c.example")
+
+	del.Pending = 1
+	d, err := s.CommitEpoch(ctx(), del)
+	noErr(t, "CommitEpoch with Delete", err)
+	if len(d.Local) != 1 || len(d.Outbox) != 1 {
+		t.Fatalf("Delivered = %+v, want the commit's fan-out", d)
+	}
+	wantMsgs(t, "bob's queue", fetch(t, s, fanBob, 0, store.FetchLimit{}), 1, "delete")
+	wantOutbox(t, s, "c.example", "delete>"+fanCarol)
+	_, err = s.LoadGroup(ctx(), gid)
+	wantErr(t, "LoadGroup after the deleting commit", err, store.ErrNotFound)
+	_, err = s.GroupHub(ctx(), gid)
+	wantErr(t, "GroupHub after the deleting commit", err, store.ErrNotFound)
+	_, _, err = s.GroupInfo(ctx(), gid)
+	wantErr(t, "GroupInfo after the deleting commit", err, store.ErrNotFound)
+	_, next := g2.Commit(t)
+	wantErr(t, "CommitEpoch after the deleting commit", commitErr(s.CommitEpoch(ctx(), next)), store.ErrNotFound)
+	wantErr(t, "DeleteGroup after the deleting commit", s.DeleteGroup(ctx(), gid), store.ErrNotFound)
+	wantErr(t, "CreateGroup of the deleted id", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub,
+		State: NewGroup(t, gid, 1).State}), store.ErrGroupExists)
+	wantErr(t, "RecordGroupHub of the deleted id", s.RecordGroupHub(ctx(), gid, "far.example"), store.ErrGroupExists)
 }
 
 func testGroupHubs(t *testing.T, open func(t *testing.T) store.Store) {
