@@ -81,6 +81,8 @@ type FetchPolicy struct {
 	// Timeout when longer): the hub may take longer than Timeout on a DS
 	// operation, such as a commit whose new members' binding keys it
 	// fetches first. The client's own request context bounds it too.
+	// RelayStream waits as long for the answer's headers once it has sent
+	// the body, and does not bound the bodies.
 	RelayTimeout time.Duration
 	// MinInterval is how long a failed fetch is cached, and how long a
 	// key_id found missing from a successful fetch is answered unknown

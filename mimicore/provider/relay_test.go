@@ -143,3 +143,32 @@ func TestRelayLargeAnswer(t *testing.T) {
 		t.Fatalf("relayed answer of %d bytes, want the hub's %d", len(ans.Body), len(answer))
 	}
 }
+
+// TestRelayStreamSlowHub checks that the streamed relay waits for a hub
+// that takes longer than the fetcher's Timeout to answer once it has the
+// whole upload (storing it, completing an S3 upload): a follower that gave
+// up would answer 503 for an upload the hub kept.
+func TestRelayStreamSlowHub(t *testing.T) {
+	const short = 100 * time.Millisecond
+	answer, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseOK})
+	f := relayHub(t, FetchPolicy{Timeout: short}, func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
+		select {
+		case <-time.After(3 * short):
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(answer)
+	})
+	resp, err := f.RelayStream(t.Context(), "hub.example.com", "/group_operation", strings.NewReader("upload"), 6, nil)
+	if err != nil {
+		t.Fatalf("relaying an upload to a hub that answers after Timeout: %v", err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(got, answer) {
+		t.Fatalf("relayed answer %d %x, %v; want 200 %x", resp.StatusCode, got, err, answer)
+	}
+}
