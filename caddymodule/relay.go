@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"bytes"
+
 	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -16,7 +18,16 @@ import (
 // 429 rate_limited beyond it). It reports whether it answered; when it
 // did not, the caller sends its own not_found. A hub that cannot be
 // reached is 503 backend_unavailable, logged with its cause.
+//
+// The answers of /welcome_information and /external_commit_information
+// carry the group's whole ratchet tree, which may run to hundreds of MiB
+// (provider.MaxRelayAnswer bounds what is held): they are streamed to the
+// client as they arrive (relayStream), never held, and so not checked
+// here to be a DSResponse (the client decodes them).
 func (g *Gateway) relayToHub(x *exchange, body []byte) bool {
+	if x.rt.path == "/welcome_information" || x.rt.path == "/external_commit_information" {
+		return g.relayStream(x, body, bytes.NewReader(body), int64(len(body)))
+	}
 	ctx := x.r.Context()
 	hub, err := g.ds.HubElsewhere(ctx, body)
 	if err != nil {

@@ -8,20 +8,16 @@ import (
 	"io"
 	"net/http"
 	"strings"
-
-	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// MaxRelayAnswer caps the answer Relay reads: the largest DSResponse a
-// Delivery Service gives on the endpoints relayed whole, an
-// external_commit_info answer (docs/protocol.md §5.4): protocol_version
-// and type (3 bytes), a GroupInfo, which the store keeps no larger than
-// store.MaxGroupInfoSize, and the ratchet tree, a <V> vector of at most
-// wire.MaxVarint bytes after its 4-byte length. A tree of tens of
-// thousands of members exceeds 16 MiB; of the 2^18 leaves a tree may
-// have (mls.MaxLeaves), it may come near 1 GiB.
-const MaxRelayAnswer = 3 + store.MaxGroupInfoSize + 4 + wire.MaxVarint
+// MaxRelayAnswer caps the answer Relay reads and holds: the answers of
+// /group_operation (docs/protocol.md §5.4), the endpoint relayed whole,
+// are small (ok, a group id, an error of at most moh.MaxMessageLen). The
+// answers that carry a ratchet tree (welcome_info, external_commit_info:
+// a tree of tens of thousands of members exceeds 16 MiB, and of the 2^18
+// leaves a tree may have it may come near 1 GiB) are relayed with
+// RelayStream, never held.
+const MaxRelayAnswer = 1 << 20
 
 // Relayed is a peer DS's answer to a relayed client request.
 type Relayed struct {

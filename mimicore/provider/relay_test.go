@@ -126,21 +126,26 @@ func TestRelayDeadline(t *testing.T) {
 	})
 }
 
-// TestRelayLargeAnswer checks that an answer over 16 MiB, such as the
-// welcome_info or external_commit_info answer of a group of some 40,000
-// members, comes back whole: the hub's own clients get it, so must a
-// follower's.
+// TestRelayLargeAnswer: Relay, which holds the answer, refuses one over
+// MaxRelayAnswer, and RelayStream, by which a follower relays the answers
+// that carry a ratchet tree (welcome_info, external_commit_info), passes
+// on a larger one, here 16 MiB + 1 KiB, whole.
 func TestRelayLargeAnswer(t *testing.T) {
 	answer := bytes.Repeat([]byte{0xa5}, 16<<20+1<<10)
 	f := relayHub(t, FetchPolicy{}, func(w http.ResponseWriter, r *http.Request) {
 		w.Write(answer)
 	})
-	ans, err := f.Relay(t.Context(), "hub.example.com", "/group_operation", []byte{1})
+	if ans, err := f.Relay(t.Context(), "hub.example.com", "/group_operation", []byte{1}); err == nil {
+		t.Fatalf("Relay held a %d-byte answer (%d bytes), over MaxRelayAnswer", len(answer), len(ans.Body))
+	}
+	resp, err := f.RelayStream(t.Context(), "hub.example.com", "/group_operation", bytes.NewReader([]byte{1}), 1, nil)
 	if err != nil {
 		t.Fatalf("relaying a %d-byte answer: %v", len(answer), err)
 	}
-	if !bytes.Equal(ans.Body, answer) {
-		t.Fatalf("relayed answer of %d bytes, want the hub's %d", len(ans.Body), len(answer))
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil || !bytes.Equal(got, answer) {
+		t.Fatalf("relayed answer of %d bytes, %v; want the hub's %d", len(got), err, len(answer))
 	}
 }
 
