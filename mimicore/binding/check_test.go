@@ -204,6 +204,13 @@ func TestIssueRefuses(t *testing.T) {
 	if _, err := iss.Issue([]byte("mimi://a2.example/d/alice/phone"), key, now); err != nil {
 		t.Fatalf("second own domain, not_after now: %v", err)
 	}
+	// Late in the second of not_after, which a binding covers whole
+	// (mimi_local's /bindings checked that not_after is after the second
+	// before, an instant earlier; refusing it here was a 503 to the client).
+	late := &Issuer{Domains: []string{"a.example"}, Keys: ring, Now: func() time.Time { return now.Add(999 * time.Millisecond) }}
+	if _, err := late.Issue([]byte(alicePhone), key, now); err != nil {
+		t.Fatalf("not_after the current second, late in it: %v", err)
+	}
 }
 
 // TestIssueCapsNotAfter checks that a binding never outlives its key.

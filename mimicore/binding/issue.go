@@ -60,7 +60,10 @@ func (i *Issuer) Issue(clientURI, signatureKey []byte, notAfter time.Time) (*Cli
 	if i.Now != nil {
 		now = i.Now()
 	}
-	if notAfter.Before(now) {
+	// not_after is a whole second and inclusive (a binding verifies
+	// through that second): one of the current second is still valid,
+	// however far into the second now is.
+	if notAfter.Unix() < now.Unix() {
 		return nil, fmt.Errorf("issuing client binding: not_after %s is before now", notAfter.UTC().Format(time.RFC3339))
 	}
 	key, err := i.Keys.Current(now)
