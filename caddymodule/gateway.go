@@ -401,9 +401,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
-	// Nothing but Apply fails from here on: the pooled service, sender
-	// and sweeper take this config's options only now, so that a config
-	// Caddy rejects leaves the running one's in force.
+	// Nothing but Apply fails from here on: the pooled service, sender,
+	// rate-limit zones and sweeper take this config's options only now,
+	// so that a config Caddy rejects leaves the running one's in force.
 	if loaded {
 		if err := g.svc.Apply(svcOpts); err != nil {
 			return fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
@@ -419,6 +419,12 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.svc.Store().SetOutboxLimits(limits)
 	sender.SetBackend(backend)
 	g.ds.Outbound, g.ds.PeerUp = sender.Outbound, sender.PeerUp
+	// Rate-limit zones kept from the running config take this config's
+	// rate, burst and Redis setting now, not in provisionPolicy: a config
+	// rejected after it leaves the running one's zones as they were.
+	if err := g.policy.Commit(); err != nil {
+		g.logger.Error("applying the rate-limit zones' settings", zap.Error(err))
+	}
 	if g.origin != nil {
 		// A pooled origin kept from the running config fetches the issuer
 		// directory under this config's policy and logs to its logger

@@ -227,3 +227,54 @@ func TestRateLimitRedisReadme(t *testing.T) {
 		}
 	})
 }
+
+// TestFailedReloadKeepsZoneLimits provisions, on a running gateway's data
+// directory, a config that raises its zone's rate and burst and moves the
+// zone to Redis, then fails at its very end (its key secret changed,
+// which the pooled service refuses to apply), and cleans it up, as Caddy
+// does with a rejected config. The running gateway's zone must keep its
+// own limits, in this process: two requests, then 429, and nothing
+// written to Redis.
+func TestFailedReloadKeepsZoneLimits(t *testing.T) {
+	srv := redistest.New(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+	zone := func() *RateLimitZone {
+		return &RateLimitZone{Name: "reload_zone", Key: "remote_ip", Events: 2, Window: caddy.Duration(time.Hour),
+			Endpoints: []string{"ds_domain"}}
+	}
+	old := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir,
+		RateLimits: []*RateLimitZone{zone()}})
+
+	t.Setenv("MIMI_TEST_RELOAD_KEY_SECRET", strings.Repeat("ab", 32))
+	changed := zone()
+	changed.Events = 100
+	changed.Redis = &RateLimitRedis{Address: srv.Addr(), Timeout: caddy.Duration(time.Second), Prefix: "reload:"}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	bad := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir,
+		KeySecret: "{env.MIMI_TEST_RELOAD_KEY_SECRET}", RateLimits: []*RateLimitZone{changed}}
+	err := bad.Provision(ctx)
+	if cerr := bad.Cleanup(); cerr != nil {
+		t.Errorf("cleanup of the rejected config: %v", cerr)
+	}
+	if err == nil || !strings.Contains(err.Error(), "key secret") {
+		t.Fatalf("provisioning the config with a changed key secret: %v, want the service's refusal", err)
+	}
+
+	var got []int
+	for range 3 {
+		r := tls13(httptest.NewRequest(http.MethodGet, "/.well-known/mimi/ds-domain", nil))
+		r.RemoteAddr = "192.0.2.1:1"
+		w, _ := serve(old, r)
+		got = append(got, w.Code)
+	}
+	if !reflect.DeepEqual(got, []int{200, 200, 429}) {
+		t.Errorf("statuses %v, want 200 200 429: the rejected config's rate and burst are in force", got)
+	}
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr(), Protocol: 2, DisableIdentity: true})
+	defer admin.Close()
+	if n, err := admin.DBSize(context.Background()).Result(); err != nil || n != 0 {
+		t.Errorf("%d keys in Redis (%v), want none: the rejected config's Redis setting is in force", n, err)
+	}
+}

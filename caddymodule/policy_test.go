@@ -1078,6 +1078,9 @@ func rebuildPolicy(tb testing.TB, g *Gateway, edit func(*admission.Config)) {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if err := p.Commit(); err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() { p.Close() })
 	for _, rt := range g.routes {
 		rt.plan = p.Plan(rt.name)

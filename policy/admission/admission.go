@@ -59,8 +59,9 @@ type Policy struct {
 	logger *zap.Logger
 	now    func() time.Time
 
-	mu   sync.Mutex
-	held []string // registry keys of the zones held; nil after Close
+	mu      sync.Mutex
+	held    []string            // registry keys of the zones held; nil after Close
+	pending []*ratelimit.Update // this config's settings of zones it found in use; nil after Commit or Close
 }
 
 // Plan is what the policy does on one endpoint. All its methods are
@@ -101,10 +102,12 @@ func newZoneUse(z *zone, endpoint string) *zoneUse {
 }
 
 // New validates cfg and builds its Policy, acquiring the zones it names
-// from the registry shared by every Policy of the process: a zone of the
-// same Scope and name that another Policy holds is reused, with cfg's rate
-// and burst applied to its buckets, unless cfg changes its key kind or
-// MaxKeys: then this Policy gets a new zone. Close releases them.
+// from the registry of every Policy of the process: a zone of the same
+// Scope and name that another Policy holds is reused, unless cfg changes
+// its key kind or MaxKeys: then this Policy gets a new zone. A reused zone
+// keeps the running Policy's rate, burst and Redis setting until Commit
+// applies cfg's, so that a configuration rejected after New (and closed)
+// leaves the running one's zones as they were. Close releases the zones.
 func New(cfg Config) (*Policy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -132,12 +135,15 @@ func New(cfg Config) (*Policy, error) {
 	}
 	for i := range cfg.Zones {
 		zc := &cfg.Zones[i]
-		rl, key, err := zones.acquire(cfg.Scope, zc, p.logger)
+		rl, key, update, err := zones.acquire(cfg.Scope, zc, p.logger)
 		if err != nil {
 			p.Close() //nolint:errcheck // reporting the first error
 			return nil, fmt.Errorf("rate_limit %s: %w", zc.Name, err)
 		}
 		p.held = append(p.held, key)
+		if update != nil {
+			p.pending = append(p.pending, update)
+		}
 		z := &zone{name: zc.Name, rl: rl, key: zc.Key, template: zc.Template, overLimitToken: zc.OverLimitToken,
 			v4: ratelimit.DefaultIPv4Bits, v6: ratelimit.DefaultIPv6Bits}
 		if zc.Key == KeyIPPrefix {
@@ -204,15 +210,44 @@ func hasOverLimitToken(zs []ZoneConfig) bool {
 	return false
 }
 
+// Commit puts the Policy's rate, burst and Redis settings in force on the
+// zones it reused from a running Policy (New creates the others with
+// them): call it last when the configuration is accepted, once nothing
+// else can fail. The buckets keep their tokens, capped at the new burst.
+// Commit is idempotent; an error (closing a replaced Redis connection)
+// leaves the settings in force.
+func (p *Policy) Commit() error {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	pending := p.pending
+	p.pending = nil
+	p.mu.Unlock()
+	var errs []error
+	for _, u := range pending {
+		if err := u.Apply(); err != nil {
+			errs = append(errs, fmt.Errorf("applying rate-limit settings: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Close releases the zones the Policy holds; a zone no other Policy holds
-// is dropped with its buckets. It does not close the Origin. Close is
+// is dropped with its buckets. Settings not committed are dropped: the
+// zones keep those they have. It does not close the Origin. Close is
 // idempotent; the Policy must not be used after it.
 func (p *Policy) Close() error {
 	p.mu.Lock()
-	held := p.held
-	p.held = nil
+	held, pending := p.held, p.pending
+	p.held, p.pending = nil, nil
 	p.mu.Unlock()
 	var errs []error
+	for _, u := range pending {
+		if err := u.Discard(); err != nil {
+			errs = append(errs, fmt.Errorf("dropping rate-limit settings: %w", err))
+		}
+	}
 	for _, key := range held {
 		if err := zones.release(key); err != nil {
 			errs = append(errs, err)

@@ -702,6 +702,9 @@ func TestZonesSharedAcrossPolicies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := p.Commit(); err != nil {
+			t.Fatal(err)
+		}
 		return p
 	}
 	mustClose := func(p *Policy) {

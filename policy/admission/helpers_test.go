@@ -59,7 +59,8 @@ func (c *clock) Advance(d time.Duration) {
 }
 
 // newPolicy builds a policy over the gateway endpoints in a scope of its
-// own, closed when the test ends.
+// own and commits it, as an accepted configuration does; it is closed when
+// the test ends.
 func newPolicy(t testing.TB, cfg Config) *Policy {
 	t.Helper()
 	if cfg.Scope == "" {
@@ -70,6 +71,9 @@ func newPolicy(t testing.TB, cfg Config) *Policy {
 	}
 	p, err := New(cfg)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -67,3 +67,48 @@ func TestRedisZoneRateBound(t *testing.T) {
 		t.Fatalf("error %v, want the Redis rate bound", err)
 	}
 }
+
+// TestUncommittedPolicyLeavesZones builds the Policy of a reload that
+// changes a running zone's rate, burst and Redis setting, and closes it
+// without Commit, as a gateway does when Caddy rejects the reload after
+// New: the running Policy's zone keeps its limits, stays local and loses
+// no reference. A committed reload then puts the new settings in force.
+func TestUncommittedPolicyLeavesZones(t *testing.T) {
+	srv := redistest.New(t)
+	scope := t.TempDir()
+	old := zoneCfg("z", KeyRemoteIP, 2, time.Hour, "ds_domain")
+	running := newPolicy(t, Config{Scope: scope, Zones: []ZoneConfig{old}})
+	rl := running.Plan("ds_domain").pre[0].zone.rl
+	key := registryKey(scope, &old)
+	next := zoneCfg("z", KeyRemoteIP, 100, time.Second, "ds_domain")
+	next.Redis = &ratelimit.RedisConfig{Addr: srv.Addr(), Prefix: "test:" + t.Name() + ":"}
+	check := func(step string, rate float64, burst int, redis bool) {
+		t.Helper()
+		if r, b := rl.Limits(); r != rate || b != burst {
+			t.Errorf("%s: the running zone has rate %g, burst %d; want %g, %d", step, r, b, rate, burst)
+		}
+		if got := rl.Stats().Redis; got != redis {
+			t.Errorf("%s: the running zone in Redis %v, want %v", step, got, redis)
+		}
+	}
+	rejected, err := New(Config{Scope: scope, Endpoints: gatewayEndpoints(), Zones: []ZoneConfig{next}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rejected.Plan("ds_domain").pre[0].zone.rl != rl {
+		t.Fatal("the reload did not reuse the running zone")
+	}
+	check("before the rejected reload's Close", old.Rate, old.Burst, false)
+	if err := rejected.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check("after the rejected reload", old.Rate, old.Burst, false)
+	if n := zones.refs(key); n != 1 {
+		t.Fatalf("%d references after the rejected reload, want 1", n)
+	}
+	accepted := newPolicy(t, Config{Scope: scope, Zones: []ZoneConfig{next}})
+	if accepted.Plan("ds_domain").pre[0].zone.rl != rl {
+		t.Fatal("the reload did not reuse the running zone")
+	}
+	check("after the accepted reload", next.Rate, next.Burst, true)
+}

@@ -43,34 +43,36 @@ func registryKey(scope string, cfg *ZoneConfig) string {
 	return scope + "\x00" + cfg.Name + "\x00" + cfg.Key.String() + "\x00" + strconv.Itoa(maxKeys)
 }
 
-// acquire returns the zone of cfg in scope, creating it on first use and
-// applying cfg's rate, burst and Redis settings to an existing one of the
-// same registryKey (an unchanged Redis setting keeps its connection). Every successful acquire
-// is paired with a release of the returned key. logger receives the
-// zone's Redis fallbacks and recoveries.
-func (r *registry) acquire(scope string, cfg *ZoneConfig, logger *zap.Logger) (*ratelimit.Zone, string, error) {
+// acquire returns the zone of cfg in scope, creating it with cfg's rate,
+// burst and Redis settings on first use. An existing zone of the same
+// registryKey, which a running Policy may use, is not changed: acquire
+// returns with it an update to cfg's settings, prepared (its Redis
+// connection built, unless the setting is unchanged) but not applied,
+// which the caller applies once its configuration is in force, or
+// discards; the update is nil for a new zone. Every successful acquire is
+// paired with a release of the returned key. logger receives the zone's
+// Redis fallbacks and recoveries.
+func (r *registry) acquire(scope string, cfg *ZoneConfig, logger *zap.Logger) (*ratelimit.Zone, string, *ratelimit.Update, error) {
 	key := registryKey(scope, cfg)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.m[key]; e != nil {
-		if err := e.zone.UpdateLimits(cfg.Rate, cfg.Burst); err != nil {
-			return nil, "", fmt.Errorf("updating limits: %w", err)
-		}
-		if err := e.zone.SetRedis(cfg.Redis, logger); err != nil {
-			return nil, "", fmt.Errorf("updating redis: %w", err)
+		u, err := e.zone.PrepareUpdate(cfg.Rate, cfg.Burst, cfg.Redis, logger)
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("updating the zone: %w", err)
 		}
 		e.refs++
-		return e.zone, key, nil
+		return e.zone, key, u, nil
 	}
 	z, err := ratelimit.NewZone(cfg.Name, ratelimit.Config{Rate: cfg.Rate, Burst: cfg.Burst, MaxKeys: cfg.MaxKeys})
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	if err := z.SetRedis(cfg.Redis, logger); err != nil {
-		return nil, "", errors.Join(err, z.Destruct())
+		return nil, "", nil, errors.Join(err, z.Destruct())
 	}
 	r.m[key] = &zoneEntry{zone: z, refs: 1}
-	return z, key, nil
+	return z, key, nil, nil
 }
 
 // release drops one reference to the zone at key, and the zone with the

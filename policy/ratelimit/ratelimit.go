@@ -244,7 +244,12 @@ func (z *Zone) UpdateLimits(ratePerSecond float64, burst int) error {
 	if err := checkLimits(ratePerSecond, burst); err != nil {
 		return fmt.Errorf("zone %q: %w", z.name, err)
 	}
-	l := &limits{rate: rate.Limit(ratePerSecond), burst: burst}
+	z.applyLimits(&limits{rate: rate.Limit(ratePerSecond), burst: burst})
+	return nil
+}
+
+// applyLimits puts l in force on the zone and its buckets.
+func (z *Zone) applyLimits(l *limits) {
 	z.limits.Store(l)
 	for i := range z.shards {
 		s := &z.shards[i]
@@ -259,7 +264,6 @@ func (z *Zone) UpdateLimits(ratePerSecond float64, burst int) error {
 		}
 		s.mu.Unlock()
 	}
-	return nil
 }
 
 // Allow spends one token of key's bucket at now. When the bucket is empty it

@@ -129,6 +129,51 @@ func TestUpdateLimits(t *testing.T) {
 	}
 }
 
+// TestPrepareUpdate checks that a prepared update changes nothing until
+// Apply, that Discard drops it, and that bad limits are refused when
+// preparing.
+func TestPrepareUpdate(t *testing.T) {
+	z := mustZone(t, Config{Rate: 1, Burst: 10})
+	for _, tc := range []struct {
+		name  string
+		apply bool
+		want  [2]float64
+	}{
+		{"discarded", false, [2]float64{1, 10}},
+		{"applied", true, [2]float64{100, 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, err := z.PrepareUpdate(100, 2, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r, b := z.Limits(); r != 1 || b != 10 {
+				t.Fatalf("prepared: Limits() = %v, %v; want 1, 10", r, b)
+			}
+			if tc.apply {
+				err = u.Apply()
+			} else {
+				err = u.Discard()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r, b := z.Limits(); r != tc.want[0] || b != int(tc.want[1]) {
+				t.Fatalf("Limits() = %v, %v; want %v", r, b, tc.want)
+			}
+			if err := z.UpdateLimits(1, 10); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if _, err := z.PrepareUpdate(0, 1, nil, nil); err == nil {
+		t.Error("PrepareUpdate(0, 1) accepted")
+	}
+	if _, err := z.PrepareUpdate(1, 1, &RedisConfig{}, nil); err == nil {
+		t.Error("PrepareUpdate with a Redis setting without address accepted")
+	}
+}
+
 func TestSweepDropsRefilledBuckets(t *testing.T) {
 	z := mustZone(t, Config{Rate: 1, Burst: 2, Shards: 4})
 	for i := 0; i < 1000; i++ {

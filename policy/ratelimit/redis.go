@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
 // Defaults of RedisConfig.
@@ -265,33 +266,122 @@ func (b *redisBackend) close() error { return b.client.Close() }
 // cfg keeps the current connection; a different one replaces it. logger
 // receives the transitions (nil: none).
 func (z *Zone) SetRedis(cfg *RedisConfig, logger *zap.Logger) error {
-	z.redisMu.Lock()
-	defer z.redisMu.Unlock()
-	old := z.redis.Load()
+	r, err := z.prepareRedis(cfg, logger)
+	if err != nil {
+		return err
+	}
+	return z.applyRedis(r, logger)
+}
+
+// redisChange is a Redis setting of a zone prepared by prepareRedis: the
+// setting (nil: local buckets) and, when it differs from the zone's at
+// preparation, its backend, built but not yet in use.
+type redisChange struct {
+	cfg     *RedisConfig
+	backend *redisBackend
+}
+
+// prepareRedis validates cfg and builds its backend unless the zone's
+// backend already has cfg; it does not change the zone.
+func (z *Zone) prepareRedis(cfg *RedisConfig, logger *zap.Logger) (redisChange, error) {
 	if cfg == nil {
-		z.redis.Store(nil)
-		if old != nil {
-			return old.close()
-		}
-		return nil
+		return redisChange{}, nil
 	}
 	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("zone %q: %w", z.name, err)
+		return redisChange{}, fmt.Errorf("zone %q: %w", z.name, err)
 	}
-	if old != nil && old.cfg == cfg.withDefaults() {
-		return nil
+	c := *cfg
+	if old := z.redis.Load(); old != nil && old.cfg == c.withDefaults() {
+		return redisChange{cfg: &c}, nil
 	}
 	newClient, err := registeredRedis()
 	if err != nil {
-		return fmt.Errorf("zone %q: %w", z.name, err)
+		return redisChange{}, fmt.Errorf("zone %q: %w", z.name, err)
 	}
-	b, err := newRedisBackend(z.name, *cfg, newClient, logger)
+	b, err := newRedisBackend(z.name, c, newClient, logger)
 	if err != nil {
-		return fmt.Errorf("zone %q: %w", z.name, err)
+		return redisChange{}, fmt.Errorf("zone %q: %w", z.name, err)
+	}
+	return redisChange{cfg: &c, backend: b}, nil
+}
+
+// applyRedis puts r in force, closing the backend it replaces. A setting
+// prepared as unchanged whose zone's backend changed since gets a backend
+// of its own, built with logger.
+func (z *Zone) applyRedis(r redisChange, logger *zap.Logger) error {
+	z.redisMu.Lock()
+	defer z.redisMu.Unlock()
+	old := z.redis.Load()
+	b := r.backend
+	if r.cfg != nil && b == nil {
+		if old != nil && old.cfg == r.cfg.withDefaults() {
+			return nil
+		}
+		newClient, err := registeredRedis()
+		if err != nil {
+			return fmt.Errorf("zone %q: %w", z.name, err)
+		}
+		if b, err = newRedisBackend(z.name, *r.cfg, newClient, logger); err != nil {
+			return fmt.Errorf("zone %q: %w", z.name, err)
+		}
 	}
 	z.redis.Store(b)
 	if old != nil {
 		return old.close()
+	}
+	return nil
+}
+
+// Update is a change of a zone's rate, burst and Redis setting that
+// PrepareUpdate checked and made ready without changing the zone, so that
+// a reload can prepare its changes while the running configuration still
+// uses the zone and put them in force only once the reload can no longer
+// fail. Exactly one of Apply and Discard must be called.
+type Update struct {
+	z      *Zone
+	limits *limits
+	redis  redisChange
+	logger *zap.Logger
+	done   bool
+}
+
+// PrepareUpdate checks ratePerSecond, burst and redis (nil: local
+// buckets) and builds the Redis backend they need, without changing the
+// zone: Apply puts them in force, as UpdateLimits and SetRedis would;
+// Discard drops them. logger receives the new backend's fallbacks and
+// recoveries.
+func (z *Zone) PrepareUpdate(ratePerSecond float64, burst int, redis *RedisConfig, logger *zap.Logger) (*Update, error) {
+	if err := checkLimits(ratePerSecond, burst); err != nil {
+		return nil, fmt.Errorf("zone %q: %w", z.name, err)
+	}
+	r, err := z.prepareRedis(redis, logger)
+	if err != nil {
+		return nil, err
+	}
+	return &Update{z: z, limits: &limits{rate: rate.Limit(ratePerSecond), burst: burst}, redis: r, logger: logger}, nil
+}
+
+// Apply puts the update in force: the zone and its buckets take its rate
+// and burst, and its Redis setting (an unchanged one keeps its
+// connection). A second call does nothing.
+func (u *Update) Apply() error {
+	if u.done {
+		return nil
+	}
+	u.done = true
+	u.z.applyLimits(u.limits)
+	return u.z.applyRedis(u.redis, u.logger)
+}
+
+// Discard drops an update not applied, closing the Redis backend it
+// built. A call after Apply or Discard does nothing.
+func (u *Update) Discard() error {
+	if u.done {
+		return nil
+	}
+	u.done = true
+	if b := u.redis.backend; b != nil {
+		return b.close()
 	}
 	return nil
 }
