@@ -385,6 +385,7 @@ func unmarshalFederation(d *caddyfile.Dispenser) (*Federation, error) {
 			if f.Resolve == nil {
 				f.Resolve = map[string]string{}
 			}
+			host = normalizeHost(host)
 			if _, dup := f.Resolve[host]; dup {
 				return nil, d.Errf("duplicate resolve entry for '%s'", host)
 			}

@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"context"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -169,6 +171,62 @@ func TestValidate(t *testing.T) {
 			err := g.Validate()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want it to name %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestFederationResolveAnyCase provisions gateways whose federation
+// resolve names are not lowercase: DNS names are case-insensitive, and
+// peers are dialed by their lowercase names, so the override must be
+// keyed on the lowercase name, and two spellings of one name conflict.
+func TestFederationResolveAnyCase(t *testing.T) {
+	const head = "mimi {\n provider example.com\n ds_domain ds.example.com\n federation {\n"
+	for _, tc := range []struct {
+		name      string
+		caddyfile string            // parsed when set
+		resolve   map[string]string // else the JSON field
+		want      map[string]string
+		wantErr   string
+	}{
+		{name: "caddyfile mixed case", caddyfile: "resolve Peer.Example 127.0.0.1:9443",
+			want: map[string]string{"peer.example": "127.0.0.1:9443"}},
+		{name: "caddyfile final dot", caddyfile: "resolve PEER.example. 127.0.0.1:9443",
+			want: map[string]string{"peer.example": "127.0.0.1:9443"}},
+		{name: "caddyfile two spellings", caddyfile: "resolve a.example 127.0.0.1:1\n resolve A.Example 127.0.0.1:2",
+			wantErr: "duplicate resolve entry for 'a.example'"},
+		{name: "json mixed case", resolve: map[string]string{"Peer.Example": "127.0.0.1:9443", "ds.peer.example": "127.0.0.1:9444"},
+			want: map[string]string{"peer.example": "127.0.0.1:9443", "ds.peer.example": "127.0.0.1:9444"}},
+		{name: "json two spellings", resolve: map[string]string{"a.example": "127.0.0.1:1", "A.example": "127.0.0.1:2"},
+			wantErr: "federation resolve: two entries for a.example"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com",
+				Federation: &Federation{Resolve: tc.resolve}}
+			var err error
+			if tc.caddyfile != "" {
+				g = new(Gateway)
+				err = g.UnmarshalCaddyfile(caddyfile.NewTestDispenser(head + tc.caddyfile + "\n }\n}"))
+			}
+			if err == nil {
+				g.DataDir = t.TempDir()
+				os.Chmod(g.DataDir, 0o700) //nolint:errcheck // else the service tightens it and says so
+				ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+				defer cancel()
+				err = g.Provision(ctx)
+				defer g.Cleanup()
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := g.svc.Options().Fetch.Resolve; !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("fetch policy resolves %v, want %v", got, tc.want)
 			}
 		})
 	}

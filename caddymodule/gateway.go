@@ -228,6 +228,7 @@ type Federation struct {
 
 	// Resolve maps a peer host name to a fixed `ip:port` to dial instead of
 	// resolving it, for every port the URL names (static federation links).
+	// Names are case-insensitive and a final dot is ignored.
 	Resolve map[string]string `json:"resolve,omitempty"`
 
 	// RootCAFiles are PEM files whose certificates replace the system roots
@@ -290,7 +291,10 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
 	g.sampled = sampled(g.logger)
 	for i, p := range g.Providers {
-		g.Providers[i] = strings.ToLower(strings.TrimSuffix(p, "."))
+		g.Providers[i] = normalizeHost(p)
+	}
+	if err := g.Federation.normalizeResolve(); err != nil {
+		return err
 	}
 	if err := g.Validate(); err != nil {
 		return err
@@ -617,6 +621,31 @@ func parseScheme(s string) (moh.SignatureScheme, error) {
 		return moh.SchemeECDSAP256SHA256, nil
 	}
 	return 0, fmt.Errorf("mimi: key_scheme: %q is not ed25519 or ecdsa_secp256r1_sha256", s)
+}
+
+// normalizeHost is a host name as the gateway compares it: lowercase
+// (DNS names are case-insensitive) and without a final dot.
+func normalizeHost(h string) string {
+	return strings.ToLower(strings.TrimSuffix(h, "."))
+}
+
+// normalizeResolve rewrites the host names of Resolve as normalizeHost
+// does, so that a name written in any case overrides the lowercase name
+// peers are dialed by; two entries for one name are refused.
+func (f *Federation) normalizeResolve() error {
+	if f == nil || len(f.Resolve) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(f.Resolve))
+	for host, addr := range f.Resolve {
+		h := normalizeHost(host)
+		if _, dup := m[h]; dup {
+			return fmt.Errorf("mimi: federation resolve: two entries for %s", h)
+		}
+		m[h] = addr
+	}
+	f.Resolve = m
+	return nil
 }
 
 // parsePrefix reads a CIDR prefix or a single address.
