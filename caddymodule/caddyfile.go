@@ -149,7 +149,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // to peers, and requires every provider-signed request to come with a
 // client certificate that names the sender's DS authority and chains to the
 // system roots, or to root_ca and trust_pki_ca (plus the system roots with
-// system_roots); present_only only presents. The site must ask for client
+// system_roots); present_only only presents, and is refused with the
+// options choosing roots. The site must ask for client
 // certificates with tls { client_auth { mode request } }.
 //
 // An endpoint is named by its path (/connection_request) or by the path

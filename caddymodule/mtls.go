@@ -39,7 +39,9 @@ import (
 type MutualTLS struct {
 	// PresentOnly presents this gateway's certificate to peers without
 	// requiring theirs: the first step of turning mutual TLS on across a
-	// federation. Default: false, peers' certificates are required.
+	// federation. Default: false, peers' certificates are required. It
+	// checks no peer certificate, so it is refused together with
+	// RootCAFiles, TrustPKICAs or SystemRoots, which would go unused.
 	PresentOnly bool `json:"present_only,omitempty"`
 
 	// RootCAFiles are PEM files of the roots that peers' client
@@ -73,6 +75,10 @@ func (m *MutualTLS) validate() error {
 	}
 	if (m.CertificateFile == "") != (m.KeyFile == "") {
 		return errors.New("mimi: mutual_tls certificate: both a certificate file and a key file are needed")
+	}
+	if m.PresentOnly && (len(m.RootCAFiles) > 0 || len(m.TrustPKICAs) > 0 || m.SystemRoots) {
+		return errors.New("mimi: mutual_tls present_only: root_ca, trust_pki_ca and system_roots choose the roots of peers' certificates, " +
+			"which present_only does not check; remove them, or remove present_only to require peers' certificates")
 	}
 	if m.SystemRoots && len(m.RootCAFiles) == 0 && len(m.TrustPKICAs) == 0 {
 		return errors.New("mimi: mutual_tls system_roots: the system roots are the default; it only adds to root_ca or trust_pki_ca")

@@ -367,6 +367,9 @@ func TestUnmarshalMutualTLS(t *testing.T) {
 		{"duplicate option", "mimi {\n mutual_tls {\n present_only\n present_only\n }\n}", "duplicate mutual_tls option 'present_only'"},
 		{"certificate without key", "mimi {\n mutual_tls {\n certificate /etc/me.crt\n }\n}", "wrong argument count"},
 		{"system_roots alone", "mimi {\n mutual_tls {\n system_roots\n }\n}", "system_roots"},
+		{"present_only with root_ca", "mimi {\n mutual_tls {\n present_only\n root_ca /etc/mimi/peers.pem\n }\n}", "present_only does not check"},
+		{"present_only with trust_pki_ca", "mimi {\n mutual_tls {\n present_only\n trust_pki_ca local\n }\n}", "present_only does not check"},
+		{"present_only with system_roots", "mimi {\n mutual_tls {\n present_only\n root_ca /etc/mimi/peers.pem\n system_roots\n }\n}", "present_only does not check"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
@@ -493,6 +496,8 @@ func TestMutualTLSProvisionErrors(t *testing.T) {
 		{"certificate and key swapped", &MutualTLS{CertificateFile: keyFile, KeyFile: certFile}, "mutual_tls certificate"},
 		{"missing root file", &MutualTLS{RootCAFiles: []string{"/nonexistent.pem"}, CertificateFile: certFile, KeyFile: keyFile}, "mutual_tls root_ca"},
 		{"root file without certificates", &MutualTLS{RootCAFiles: []string{keyFile}, CertificateFile: certFile, KeyFile: keyFile}, "holds no PEM certificate"},
+		{"present_only with root_ca", &MutualTLS{PresentOnly: true, RootCAFiles: []string{certFile}, CertificateFile: certFile, KeyFile: keyFile},
+			"mutual_tls present_only"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := base()
