@@ -371,7 +371,13 @@ func (z *Zone) allowAllLocal(keys []string, now time.Time) (bool, time.Duration)
 // roundRetry rounds a wait up to whole seconds, at least 1 s, for a
 // Retry-After header.
 func roundRetry(wait time.Duration) time.Duration {
-	secs := math.Ceil(wait.Seconds() - 1e-9)
+	return wholeSeconds(wait.Seconds())
+}
+
+// wholeSeconds rounds a wait of secs seconds up to whole seconds, at
+// least 1 s and at most 2^31 s, for a Retry-After header.
+func wholeSeconds(secs float64) time.Duration {
+	secs = math.Ceil(secs - 1e-9)
 	if secs < 1 {
 		secs = 1
 	}
@@ -417,14 +423,7 @@ func retryAfter(lim *rate.Limiter, now time.Time) time.Duration {
 	if r <= 0 || missing <= 0 {
 		return time.Second
 	}
-	secs := math.Ceil(missing/r - 1e-9)
-	if secs < 1 {
-		secs = 1
-	}
-	if secs > 1<<31 {
-		secs = 1 << 31
-	}
-	return time.Duration(secs) * time.Second
+	return wholeSeconds(missing / r)
 }
 
 // insert adds a bucket for key to s, whose lock is held, keeping the shard

@@ -212,14 +212,7 @@ func (b *redisBackend) allowAll(keys []string, now time.Time, l *limits) (bool, 
 // roundRedisWait rounds a wait that Redis counted in whole microseconds up
 // to whole seconds, at least 1 s, as a local bucket's retry.
 func roundRedisWait(wait time.Duration) time.Duration {
-	secs := math.Ceil(float64(wait/time.Microsecond)/1e6 - 1e-9)
-	if secs < 1 {
-		secs = 1
-	}
-	if secs > 1<<31 {
-		secs = 1 << 31
-	}
-	return time.Duration(secs) * time.Second
+	return wholeSeconds(float64(wait/time.Microsecond) / 1e6)
 }
 
 // try reports whether a call should go to Redis: always when healthy, else
