@@ -21,8 +21,9 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
-// gcra is the generic cell rate algorithm over one key, atomic as a Lua
-// script. KEYS[1] holds the theoretical arrival time (TAT) in microseconds.
+// gcra is the generic cell rate algorithm over the keys of KEYS, all or
+// none, atomic as a Lua script. Each key holds its theoretical arrival time
+// (TAT) in microseconds.
 // ARGV: now (µs), or "" for Redis's clock (TIME), the emission interval
 // T = 1/rate (µs) and the burst b. A key admits an event when, after it,
 // TAT - now <= b*T: the same decision as a token bucket of b tokens
@@ -31,37 +32,14 @@ import (
 // TAT passes, when its bucket is full again and equivalent to an absent
 // one, plus a second: Redis counts the TTL on its own clock, so without the
 // slack a caller's clock (NewCallerClock) behind the writer's would find the
-// key gone while its bucket is not yet full. The reply is {1, 0} or {0, µs
-// until one event would be admitted}. TIME before a write needs effects
+// key gone while its bucket is not yet full. The script reads every key's
+// TAT and decides each key, then writes them all only when every key
+// admits its event: a refusal changes nothing and answers the longest wait
+// of the keys that refused, so that every key admits an event by then.
+// The keys must be distinct. The reply is {1, 0} or {0, µs until one event would
+// be admitted at every key}. TIME before a write needs effects
 // replication, the default since Redis 5 and asked for on older servers.
 var gcra = redis.NewScript(`
-local now
-if ARGV[1] == '' then
-  if redis.replicate_commands then redis.replicate_commands() end
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-else
-  now = tonumber(ARGV[1])
-end
-local t = tonumber(ARGV[2])
-local tau = t * tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new = tat + t
-if new - now > tau then
-  return {0, math.ceil(new - now - tau)}
-end
-redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil((new - now) / 1000) + 1000)
-return {1, 0}
-`)
-
-// gcraAll is gcra over every key of KEYS, all or none, atomic as one
-// script: it reads the TAT of each key and decides each as gcra does,
-// then, only when every key admits its event, writes them all. A refusal
-// changes nothing and answers the longest wait of the keys that refused,
-// so that every key admits an event by then. The keys must be distinct.
-// The reply is gcra's.
-var gcraAll = redis.NewScript(`
 local now
 if ARGV[1] == '' then
   if redis.replicate_commands then redis.replicate_commands() end
@@ -145,12 +123,12 @@ func (c *Client) Allow(ctx context.Context, key string, now time.Time, rate floa
 	return c.run(ctx, gcra, []string{key}, now, rate, burst)
 }
 
-// AllowAll implements ratelimit.RedisClient with the gcraAll script, at
+// AllowAll implements ratelimit.RedisClient with the gcra script, at
 // Redis's TIME unless the client is NewCallerClock's. The keys, distinct,
 // are in one script call: a Redis Cluster would need them in one hash
 // slot, but the client talks to one server.
 func (c *Client) AllowAll(ctx context.Context, keys []string, now time.Time, rate float64, burst int) (bool, time.Duration, error) {
-	return c.run(ctx, gcraAll, keys, now, rate, burst)
+	return c.run(ctx, gcra, keys, now, rate, burst)
 }
 
 // run runs script over keys and reads its {admitted, wait} reply.
