@@ -163,6 +163,27 @@ bob() {
 		-connect "127.0.0.1:$PORT_B" -ca "$tmp/root-cert.pem" -state "$tmp/bob" "$@"
 }
 show() { printf '$ %s\n' "$*"; "$@"; }
+# expect <line> <recv command...>: runs the recv command, again while it
+# prints something else, until it prints <line> (fields separated by
+# tabs); fails when a recv prints nothing (it waited in vain) or after
+# five recvs without it. What a user receives is checked, not only shown.
+expect() {
+	local want=$1 out
+	shift
+	for _ in 1 2 3 4 5; do
+		printf '$ %s\n' "$*"
+		out=$("$@")
+		if [ -z "$out" ]; then
+			break
+		fi
+		printf '%s\n' "$out"
+		if grep -Fxq -- "$want" <<<"$out"; then
+			return 0
+		fi
+	done
+	printf 'FAIL: %s did not receive: %s\n' "$1" "$want" >&2
+	exit 1
+}
 
 if [ "$mode" = backend ]; then
 	say "starting b's legacy backend (examples/federation/backend.js) on 127.0.0.1:$PORT_BACKEND"
@@ -186,7 +207,13 @@ if [ "$mode" = backend ]; then
 	cat "$tmp/backend.out"
 	printf '$ curl -X POST --data {} http://127.0.0.1:%s/mimi   # unsigned\n' "$PORT_BACKEND"
 	curl -s -o /dev/null -w '%{http_code}\n' -X POST --data '{}' "http://127.0.0.1:$PORT_BACKEND/mimi"
-	show bob recv -wait 1s
+	printf '$ bob recv -wait 1s\n'
+	out=$(bob recv -wait 1s)
+	if [ -n "$out" ]; then
+		printf '%s\n' "$out"
+		echo "FAIL: bob's queue at b should stay empty with the legacy backend" >&2
+		exit 1
+	fi
 	printf '$ curl http://127.0.0.1:%s/mimi/outbox   # b'"'"'s outbox, admin API\n' $((PORT_B + 2))
 	curl -fsS "http://127.0.0.1:$((PORT_B + 2))/mimi/outbox"
 	echo
@@ -207,13 +234,14 @@ printf '$ G=$(alice group create)\n'
 G=$(alice group create)
 echo "$G"
 show alice group add "$G" mimi://b.localhost/u/bob
-show bob recv -wait 20s
+t=$'\t'
+expect "joined$t$G${t}a.localhost" bob recv -wait 20s
 show alice send "$G" hello bob
-show bob recv -wait 20s
+expect "message$t$G${t}mimi://a.localhost/d/alice/laptop${t}hello bob" bob recv -wait 20s
 show bob send "$G" hi alice
-show alice recv -wait 20s
+expect "message$t$G${t}mimi://b.localhost/d/bob/phone${t}hi alice" alice recv -wait 20s
 show alice group remove "$G" mimi://b.localhost/u/bob
-show bob recv -wait 20s
+expect "removed$t$G${t}mimi://a.localhost/d/alice/laptop" bob recv -wait 20s
 
 if [ "$mode" != crash ]; then
 	say "done"
