@@ -71,6 +71,27 @@ bob() {
 		-connect "127.0.0.1:$PORT_B" -ca "$tmp/root-cert.pem" -state "$tmp/bob" "$@"
 }
 show() { printf '$ %s\n' "$*"; "$@"; }
+# expect <line> <recv command...>: runs the recv command, again while it
+# prints something else, until it prints <line> (fields separated by
+# tabs); fails when a recv prints nothing (it waited in vain) or after
+# five recvs without it. What a user receives is checked, not only shown.
+expect() {
+	local want=$1 out
+	shift
+	for _ in 1 2 3 4 5; do
+		printf '$ %s\n' "$*"
+		out=$("$@")
+		if [ -z "$out" ]; then
+			break
+		fi
+		printf '%s\n' "$out"
+		if grep -Fxq -- "$want" <<<"$out"; then
+			return 0
+		fi
+	done
+	printf 'FAIL: %s did not receive: %s\n' "$1" "$want" >&2
+	exit 1
+}
 
 say "scenario: alice through the load balancer, bob on b"
 show alice client init mimi://a.localhost/d/alice/laptop
@@ -79,11 +100,12 @@ printf '$ G=$(alice group create)\n'
 G=$(alice group create)
 echo "$G"
 show alice group add "$G" mimi://b.localhost/u/bob
-show bob recv -wait 20s
+t=$'\t'
+expect "joined$t$G${t}a.localhost" bob recv -wait 20s
 show alice send "$G" hello bob
-show bob recv -wait 20s
+expect "message$t$G${t}mimi://a.localhost/d/alice/laptop${t}hello bob" bob recv -wait 20s
 show bob send "$G" hi alice
-show alice recv -wait 20s
+expect "message$t$G${t}mimi://b.localhost/d/bob/phone${t}hi alice" alice recv -wait 20s
 
 if [ "$mode" != chaos ]; then
 	say "done"
