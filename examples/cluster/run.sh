@@ -171,6 +171,11 @@ for who in alice carol; do
 	dups=$(sort "$tmp/got.$who" | uniq -d | wc -l)
 	lost=$(grep -Fxvf "$tmp/got.$who" "$tmp/acked.$who" | wc -l || true)
 	echo "$who: accepted (acknowledged sends) $acked of $n; delivered to bob $got; duplicated $dups; lost $lost"
+	if [ "$acked" -eq 0 ]; then
+		# Every acknowledged message of none is trivially delivered.
+		echo "FAIL: none of $who's sends was acknowledged: the burst checked nothing" >&2
+		status=1
+	fi
 	if [ "$lost" -ne 0 ] || ! diff <(grep -Fxf "$tmp/acked.$who" "$tmp/got.$who") "$tmp/acked.$who" >/dev/null; then
 		echo "FAIL: bob did not get every message $who's sends acknowledged, in order" >&2
 		diff <(grep -Fxf "$tmp/acked.$who" "$tmp/got.$who") "$tmp/acked.$who" >&2 || true
