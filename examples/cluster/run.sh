@@ -135,7 +135,18 @@ burst carol "$G2" &
 b2=$!
 victim=${gws[$((RANDOM % 3))]}
 kill_at=$((n / 3 + RANDOM % 10))
-while [ "$(wc -l <"$tmp/acked.alice")" -lt "$kill_at" ]; do sleep 0.01; done
+while [ "$(wc -l <"$tmp/acked.alice")" -lt "$kill_at" ]; do
+	# A burst that ended short of kill_at (its sends refused) would
+	# leave this loop waiting forever, and CI hanging instead of failing.
+	if ! kill -0 "$b1" 2>/dev/null; then
+		if [ "$(wc -l <"$tmp/acked.alice")" -lt "$kill_at" ]; then
+			echo "FAIL: the burst ended with $(wc -l <"$tmp/acked.alice") of $n sends acknowledged, before the kill at $kill_at" >&2
+			exit 1
+		fi
+		break
+	fi
+	sleep 0.01
+done
 kill -9 "${pid[$victim]}"
 echo "killed $victim (SIGKILL) after $(cat "$tmp"/acked.* | wc -l) acknowledged sends"
 wait "${pid[$victim]}" 2>/dev/null || true

@@ -266,7 +266,18 @@ n=${BURST:-150}
 ) &
 burst=$!
 kill_at=$((n / 3 + RANDOM % 10))
-while [ "$(wc -l <"$tmp/acked")" -lt "$kill_at" ]; do sleep 0.01; done
+while [ "$(wc -l <"$tmp/acked")" -lt "$kill_at" ]; do
+	# A burst that ended short of kill_at (its sends refused) would
+	# leave this loop waiting forever, and CI hanging instead of failing.
+	if ! kill -0 "$burst" 2>/dev/null; then
+		if [ "$(wc -l <"$tmp/acked")" -lt "$kill_at" ]; then
+			echo "FAIL: the burst ended with $(wc -l <"$tmp/acked") of $n sends acknowledged, before the kill at $kill_at" >&2
+			exit 1
+		fi
+		break
+	fi
+	sleep 0.01
+done
 kill -9 "${pid[a]}"
 echo "killed a.localhost (SIGKILL) after $(wc -l <"$tmp/acked") acknowledged sends"
 wait "${pid[a]}" 2>/dev/null || true
