@@ -2,6 +2,7 @@ package ds
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -42,8 +43,8 @@ func FuzzAuthenticate(f *testing.F) {
 			if req != nil {
 				t.Fatal("a refusal returned a request")
 			}
-			if !moh.DSErrorOf(err).Code.Known() {
-				t.Fatalf("refusal without a known code: %v", err)
+			if !typedRefusal(err) {
+				t.Fatalf("refusal without a DSError of its own (an internal error, answered backend_unavailable): %v", err)
 			}
 			return
 		}
@@ -51,8 +52,21 @@ func FuzzAuthenticate(f *testing.F) {
 		if err != nil || string(again) != string(body) {
 			t.Fatalf("accepted body %x re-encodes to %x (%v)", body, again, err)
 		}
-		if _, err := s.Handle(context.Background(), req); err != nil && !moh.DSErrorOf(err).Code.Known() {
-			t.Fatalf("Handle refusal without a known code: %v", err)
+		if _, err := s.Handle(context.Background(), req); err != nil && !typedRefusal(err) {
+			t.Fatalf("Handle refusal without a DSError of its own: %v", err)
 		}
 	})
+}
+
+// typedRefusal reports whether err is a refusal the service chose: a
+// *moh.Error with a known code, or a decoding failure (wire.ErrMalformed,
+// answered malformed). moh.DSErrorOf answers any other error, an internal
+// one, as backend_unavailable, a known code: its code alone holds for
+// every error.
+func typedRefusal(err error) bool {
+	var e *moh.Error
+	if errors.As(err, &e) {
+		return e.Code.Known()
+	}
+	return errors.Is(err, wire.ErrMalformed)
 }

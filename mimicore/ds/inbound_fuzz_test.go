@@ -14,7 +14,8 @@ import (
 // receiving side on a real store (deliver_message, connection_request,
 // the KeyPackage claims), and arbitrary bodies to HubElsewhere, the
 // follower's lookup before a relay: neither may panic, and every refusal
-// carries a known DSError code. The seeds are valid payloads, so that
+// is a DSError of the service's own (typedRefusal), never an internal
+// error. The seeds are valid payloads, so that
 // mutations reach the hub checks and the queues.
 func FuzzProviderPayloads(f *testing.F) {
 	h := newHarness(f)
@@ -51,11 +52,11 @@ func FuzzProviderPayloads(f *testing.F) {
 		if other {
 			sender = "m.example"
 		}
-		if _, err := h.peerAsk(t, moh.ProviderRequestType(typ%4), sender, payload); err != nil && !moh.DSErrorOf(err).Code.Known() {
-			t.Fatalf("refusal without a known code: %v", err)
+		if _, err := h.peerAsk(t, moh.ProviderRequestType(typ%4), sender, payload); err != nil && !typedRefusal(err) {
+			t.Fatalf("refusal without a DSError of its own (an internal error, answered backend_unavailable): %v", err)
 		}
-		if _, err := h.svc.HubElsewhere(t.Context(), payload); err != nil && !moh.DSErrorOf(err).Code.Known() {
-			t.Fatalf("HubElsewhere refusal without a known code: %v", err)
+		if _, err := h.svc.HubElsewhere(t.Context(), payload); err != nil && !typedRefusal(err) {
+			t.Fatalf("HubElsewhere refusal without a DSError of its own: %v", err)
 		}
 	})
 }

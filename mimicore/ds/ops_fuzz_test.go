@@ -110,8 +110,8 @@ func FuzzGroupOps(f *testing.F) {
 			if err == nil {
 				continue
 			}
-			if !moh.DSErrorOf(err).Code.Known() {
-				t.Fatalf("refusal without a known code: %v", err)
+			if !typedRefusal(err) {
+				t.Fatalf("refusal without a DSError of its own (an internal error, answered backend_unavailable): %v", err)
 			}
 			if !h.snapshot(t, gid).equal(before) {
 				t.Fatalf("refusal %v changed the stored group", err)
