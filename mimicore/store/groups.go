@@ -170,6 +170,16 @@ type GroupStore interface {
 	// GroupHub returns the hub of a group, hosted here (the hub given to
 	// CreateGroup) or elsewhere (RecordGroupHub), or ErrNotFound.
 	GroupHub(ctx context.Context, groupID []byte) (string, error)
+
+	// ForgetGroupHub deletes the hub record of a group hosted elsewhere
+	// (RecordGroupHub) and returns the hub it named, so that the next
+	// Welcome for the group records its hub again: the operator's remedy
+	// for a hub that a provider other than the real one recorded by
+	// sending the first Welcome (docs/protocol.md §4.2). It deletes
+	// nothing else: queued messages and group memberships stay. A group
+	// hosted here is left as it is and is ErrGroupExists; an id with no
+	// hub recorded is ErrNotFound.
+	ForgetGroupHub(ctx context.Context, groupID []byte) (string, error)
 }
 
 // GroupCreation is a new group, as CreateGroup stores it.

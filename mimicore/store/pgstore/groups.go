@@ -696,6 +696,39 @@ func (s *Store) RecordGroupHub(ctx context.Context, groupID []byte, hub string) 
 	return nil
 }
 
+// ForgetGroupHub implements store.GroupStore. The DELETE only takes a
+// row not hosted here; the SELECT after it, when it took none, tells an
+// unknown id from a hosted group.
+func (s *Store) ForgetGroupHub(ctx context.Context, groupID []byte) (string, error) {
+	const doing = "forgetting group hub"
+	if err := s.checkOpen(doing); err != nil {
+		return "", err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return "", fmt.Errorf("%s: %w", doing, err)
+	}
+	var hub string
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `DELETE FROM group_hubs WHERE group_id = $1 AND NOT hosted RETURNING hub`, groupID).Scan(&hub)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		var hosted bool
+		err = tx.QueryRow(ctx, `SELECT hosted FROM group_hubs WHERE group_id = $1`, groupID).Scan(&hosted)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("no hub recorded for this id: %w", store.ErrNotFound)
+		case err != nil:
+			return err
+		}
+		return fmt.Errorf("the group is hosted here: %w", store.ErrGroupExists)
+	})
+	if err != nil {
+		return "", s.fail(doing, err)
+	}
+	return hub, nil
+}
+
 // checkNotDeleted fails with ErrGroupExists when a hosted group of id
 // was deleted (deleted_groups), after tx inserted id's group_hubs row.
 // It runs as a statement of its own, after the INSERT: under READ

@@ -811,6 +811,36 @@ func (s *Store) GroupHub(ctx context.Context, groupID []byte) (string, error) {
 	return hub, nil
 }
 
+// ForgetGroupHub implements store.GroupStore.
+func (s *Store) ForgetGroupHub(ctx context.Context, groupID []byte) (string, error) {
+	const doing = "forgetting group hub"
+	if err := s.checkOpen(doing); err != nil {
+		return "", err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return "", fmt.Errorf("%s: %w", doing, err)
+	}
+	var hub string
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var hosted bool
+		err := tx.QueryRowContext(ctx, `SELECT hub, hosted FROM group_hubs WHERE group_id = ?1`, groupID).Scan(&hub, &hosted)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("no hub recorded for this id: %w", store.ErrNotFound)
+		case err != nil:
+			return err
+		case hosted:
+			return fmt.Errorf("the group is hosted here: %w", store.ErrGroupExists)
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM group_hubs WHERE group_id = ?1 AND NOT hosted`, groupID)
+		return err
+	})
+	if err != nil {
+		return "", s.fail(doing, err)
+	}
+	return hub, nil
+}
+
 // nullBlob binds a nil slice as SQL NULL (a blank tree position) rather
 // than as an empty blob.
 func nullBlob(b []byte) any {

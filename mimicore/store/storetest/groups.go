@@ -48,6 +48,7 @@ func RunGroupTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("Delete", func(t *testing.T) { testGroupDelete(t, plain) })
 	t.Run("CommitDelete", func(t *testing.T) { testGroupCommitDelete(t, plain) })
 	t.Run("Hubs", func(t *testing.T) { testGroupHubs(t, plain) })
+	t.Run("ForgetHub", func(t *testing.T) { testForgetGroupHub(t, plain) })
 	t.Run("Fanout", func(t *testing.T) { testGroupFanout(t, plain) })
 	t.Run("FanoutLimits", func(t *testing.T) { testGroupFanoutLimits(t, plain) })
 	t.Run("ProposalFanout", func(t *testing.T) { testGroupProposalFanout(t, plain) })
@@ -784,6 +785,53 @@ func testGroupHubs(t *testing.T, open func(t *testing.T) store.Store) {
 	wantErr(t, "GroupHub after delete", err, store.ErrNotFound)
 	// Only the ids of groups hosted here stay taken.
 	noErr(t, "RecordGroupHub after the delete", s.RecordGroupHub(ctx(), id, "other.example"))
+}
+
+// testForgetGroupHub checks ForgetGroupHub: it deletes the hub record of
+// a group hosted elsewhere, and nothing else (the queued messages of the
+// group stay), so that another hub can be recorded; it leaves a hosted
+// group as it is.
+func testForgetGroupHub(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	id := randBytes(t, 16)
+	noErr(t, "RecordGroupHub", s.RecordGroupHub(ctx(), id, "wrong.example"))
+	client := "mimi://here.example/u/alice/phone"
+	_, err := s.Append(ctx(), store.Delivery{Recipients: []string{client}, GroupID: id, Sender: "wrong.example", Message: []byte("welcome")})
+	noErr(t, "Append", err)
+
+	h, err := s.ForgetGroupHub(ctx(), id)
+	noErr(t, "ForgetGroupHub", err)
+	if h != "wrong.example" {
+		t.Fatalf("ForgetGroupHub = %q, want wrong.example", h)
+	}
+	_, err = s.GroupHub(ctx(), id)
+	wantErr(t, "GroupHub after ForgetGroupHub", err, store.ErrNotFound)
+	_, err = s.ForgetGroupHub(ctx(), id)
+	wantErr(t, "ForgetGroupHub again", err, store.ErrNotFound)
+	msgs, err := s.Fetch(ctx(), client, 0, store.FetchLimit{})
+	noErr(t, "Fetch", err)
+	if len(msgs) != 1 || !bytes.Equal(msgs[0].Message, []byte("welcome")) {
+		t.Fatalf("queue after ForgetGroupHub holds %d messages, want the one queued before", len(msgs))
+	}
+	noErr(t, "RecordGroupHub of the real hub", s.RecordGroupHub(ctx(), id, "real.example"))
+	if h, err := s.GroupHub(ctx(), id); err != nil || h != "real.example" {
+		t.Fatalf("GroupHub = %q, %v, want real.example", h, err)
+	}
+
+	hosted := NewGroup(t, randBytes(t, 16), 1)
+	hid := hosted.State.GroupID()
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: hosted.State}))
+	_, err = s.ForgetGroupHub(ctx(), hid)
+	wantErr(t, "ForgetGroupHub of a hosted group", err, store.ErrGroupExists)
+	if h, err := s.GroupHub(ctx(), hid); err != nil || h != hub {
+		t.Fatalf("hub of the hosted group after ForgetGroupHub: %q, %v", h, err)
+	}
+	wantLoad(t, s, "hosted group after ForgetGroupHub", hosted.State)
+
+	_, err = s.ForgetGroupHub(ctx(), nil)
+	wantErr(t, "ForgetGroupHub of an empty id", err, store.ErrInvalid)
+	_, err = s.ForgetGroupHub(ctx(), randBytes(t, 16))
+	wantErr(t, "ForgetGroupHub of an unknown id", err, store.ErrNotFound)
 }
 
 // testReopenGroups checks that a group, its Welcome trees and its pending
