@@ -109,7 +109,9 @@ type Service struct {
 	// (the default) delivers to the local queues.
 	DeliverToBackend bool
 	// Logger receives what the operator must know of and no peer may
-	// see: deliveries a full queue refused. Nil discards it.
+	// see: deliveries a full queue refused, messages refused because
+	// their group's recorded hub is another provider. Peers trigger
+	// these, so it should be sampled. Nil discards it.
 	Logger *zap.Logger
 	// Outbound, when set, is told of each destination provider that an
 	// accepted request left messages for in the outbox, after the write:
@@ -126,6 +128,12 @@ type Service struct {
 	// Hubs remembers the hubs of other providers' groups for
 	// deliver_message; nil reads the store for every message.
 	Hubs *HubCache
+	// HubConflict, when set, is told of each deliver_message or
+	// connection_request refused because the group's recorded hub is
+	// another provider than the sender (request is the request's name),
+	// after it is logged: the operator's metric of hub conflicts. It must
+	// not block.
+	HubConflict func(request string)
 	// Members remembers how each hosted group's members split into local
 	// and remote clients; nil passes over every member for each post.
 	Members *MemberViews

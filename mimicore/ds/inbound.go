@@ -52,7 +52,7 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: %v", err)
 	}
 	sender := string(v.Request.Sender)
-	if err := s.checkHub(ctx, sender, q.GroupID, q.Message.WireFormat == mls.WireFormatWelcome); err != nil {
+	if err := s.checkHub(ctx, "deliver_message", sender, q.GroupID, q.Message.WireFormat == mls.WireFormatWelcome); err != nil {
 		return nil, err
 	}
 	var local []string
@@ -168,7 +168,7 @@ func (s *Service) connectionRequest(ctx context.Context, v *provider.Verified) (
 	if len(local) == 0 {
 		return nil, moh.Errorf(moh.CodeNotFound, "connection_request: the Welcome adds no client of this user")
 	}
-	if err := s.checkHub(ctx, string(v.Request.Sender), c.GroupID, true); err != nil {
+	if err := s.checkHub(ctx, "connection_request", string(v.Request.Sender), c.GroupID, true); err != nil {
 		return nil, err
 	}
 	msg, err := wire.Marshal(&c.Welcome)
@@ -179,19 +179,32 @@ func (s *Service) connectionRequest(ctx context.Context, v *provider.Verified) (
 	return s.queueFromPeer(ctx, v, "connection_request", c.GroupID, local, msg, answer)
 }
 
-// HubCache remembers the hubs of groups hosted by other providers, which
-// never change once recorded (RecordGroupHub refuses another hub, and no
-// request deletes them), so that a peer's stream of messages does not read
-// the store for each. It holds at most MaxHubCache groups and forgets all
-// of them when full: a miss costs one read. The zero value is ready; it is
-// safe for concurrent use.
+// HubCache remembers the hubs of groups hosted by other providers, so that
+// a peer's stream of messages does not read the store for each. A recorded
+// hub changes only when the operator forgets it (store ForgetGroupHub,
+// the admin route DELETE /mimi/hubs): Forget drops the entry of this
+// process's caches, and an entry is used for at most HubCacheTTL, which
+// bounds how long the gateways of other processes (a cluster's) keep
+// using a forgotten hub. It holds at most MaxHubCache groups and forgets
+// all of them when full: a miss costs one read. The zero value is ready;
+// it is safe for concurrent use.
 type HubCache struct {
 	mu  sync.Mutex
-	hub map[string]string
+	hub map[string]cachedHub
+}
+
+// cachedHub is a HubCache entry: the hub and when it stops being used.
+type cachedHub struct {
+	hub   string
+	until time.Time
 }
 
 // MaxHubCache bounds a HubCache.
 const MaxHubCache = 1 << 16
+
+// HubCacheTTL is how long a HubCache uses a hub it read from the store
+// before reading it again.
+const HubCacheTTL = time.Minute
 
 func (r *HubCache) get(gid []byte) (string, bool) {
 	if r == nil {
@@ -200,7 +213,10 @@ func (r *HubCache) get(gid []byte) (string, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h, ok := r.hub[string(gid)]
-	return h, ok
+	if !ok || !time.Now().Before(h.until) {
+		return "", false
+	}
+	return h.hub, true
 }
 
 func (r *HubCache) put(gid []byte, hub string) {
@@ -210,44 +226,80 @@ func (r *HubCache) put(gid []byte, hub string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.hub == nil || len(r.hub) >= MaxHubCache {
-		r.hub = make(map[string]string)
+		r.hub = make(map[string]cachedHub)
 	}
-	r.hub[string(gid)] = hub
+	r.hub[string(gid)] = cachedHub{hub: hub, until: time.Now().Add(HubCacheTTL)}
+}
+
+// Forget drops the entry of group gid, whose hub record the operator
+// deleted, so that the next message for the group reads the store.
+func (r *HubCache) Forget(gid []byte) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.hub, string(gid))
 }
 
 // checkHub checks that sender is the hub of group gid: the hub recorded
 // for it, or, for a Welcome of a group not known here, the sender, which
 // is then recorded (docs/protocol.md §9: the first Welcome names the hub).
-func (s *Service) checkHub(ctx context.Context, sender string, gid []byte, welcome bool) error {
+// what names the request, for errors, the log and HubConflict.
+func (s *Service) checkHub(ctx context.Context, what, sender string, gid []byte, welcome bool) error {
 	if hub, ok := s.Hubs.get(gid); ok && hub == sender {
 		return nil
 	}
 	hub, err := s.Store.GroupHub(ctx, gid)
 	switch {
 	case errors.Is(err, store.ErrInvalid):
-		return moh.Errorf(moh.CodeMalformed, "deliver_message: the group id is too long")
+		return moh.Errorf(moh.CodeMalformed, "%s: the group id is too long", what)
 	case errors.Is(err, store.ErrNotFound) && welcome:
 		err := s.Store.RecordGroupHub(ctx, gid, sender)
 		switch {
 		case errors.Is(err, store.ErrGroupExists):
 			// Recorded meanwhile with another hub, or created here.
-			return moh.Errorf(moh.CodeForbidden, "deliver_message: the sender is not the group's hub")
+			if hub, err := s.Store.GroupHub(ctx, gid); err == nil {
+				s.hubConflict(what, sender, hub, gid)
+			}
+			return moh.Errorf(moh.CodeForbidden, "%s: the sender is not the group's hub", what)
 		case err != nil:
-			return moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: recording the group's hub: %w", err)
+			return moh.Errorf(moh.CodeBackendUnavailable, "%s: recording the group's hub: %w", what, err)
 		}
 		s.Hubs.put(gid, sender)
 		return nil
 	case errors.Is(err, store.ErrNotFound):
-		return moh.Errorf(moh.CodeNotFound, "deliver_message: no group known with this id (a Welcome introduces one)")
+		return moh.Errorf(moh.CodeNotFound, "%s: no group known with this id (a Welcome introduces one)", what)
 	case err != nil:
-		return moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: looking up the group's hub: %w", err)
+		return moh.Errorf(moh.CodeBackendUnavailable, "%s: looking up the group's hub: %w", what, err)
 	case hub != sender:
-		return moh.Errorf(moh.CodeForbidden, "deliver_message: the sender is not the group's hub")
+		s.hubConflict(what, sender, hub, gid)
+		return moh.Errorf(moh.CodeForbidden, "%s: the sender is not the group's hub", what)
 	}
 	if !slices.Contains(s.Providers, hub) {
 		s.Hubs.put(gid, hub)
 	}
 	return nil
+}
+
+// hubConflict reports that sender delivered a message for group gid whose
+// recorded hub is hub, another provider: either sender is not a hub of
+// the group, or hub is not, having sent the first Welcome for a group
+// hosted by sender (docs/protocol.md §4.2, security considerations), which
+// only the operator can tell and undo (DELETE /mimi/hubs). A group hosted
+// here is no conflict: no peer hosts it. It is logged at warn level (the
+// gateway's logger is sampled, so a peer's flood cannot flood the log) and
+// told to HubConflict.
+func (s *Service) hubConflict(what, sender, hub string, gid []byte) {
+	if slices.Contains(s.Providers, hub) {
+		return
+	}
+	s.logger().Warn("refused a peer's message for a group whose recorded hub is another provider",
+		zap.String("request", what), zap.String("group_id", hex.EncodeToString(gid)),
+		zap.String("recorded_hub", hub), zap.String("sender_provider", sender))
+	if s.HubConflict != nil {
+		s.HubConflict(what)
+	}
 }
 
 // deliverDigest names a delivered message for duplicate suppression:

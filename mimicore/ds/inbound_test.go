@@ -1,7 +1,11 @@
 package ds
 
 import (
+	"encoding/hex"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -243,5 +247,81 @@ func TestConnectionRequest(t *testing.T) {
 		if q := h.queued(t, c); len(q) != 0 {
 			t.Fatalf("a retried or forbidden Welcome reached %s again", c.uri)
 		}
+	}
+}
+
+// TestHubConflict runs the documented limitation of the first Welcome
+// naming the hub (docs/protocol.md §4.2, security considerations) and its
+// remedy: m.example, whose client is a member of c.example's group, sends
+// a Welcome for it first and is recorded as the hub; c.example's Welcome
+// is then refused forbidden, and the refusal is logged with the group,
+// the recorded hub and the sender, and told to HubConflict; a refusal for
+// a group hosted here is no hub conflict. Once the operator forgets the
+// record (ForgetGroupHub and HubCache.Forget, as DELETE /mimi/hubs does),
+// c.example's next Welcome is accepted and records it.
+func TestHubConflict(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	h.svc.Hubs = new(HubCache)
+	core, logs := observer.New(zap.WarnLevel)
+	h.svc.Logger = zap.New(core)
+	var conflicts []string
+	h.svc.HubConflict = func(request string) { conflicts = append(conflicts, request) }
+	carol := remoteClient(t, "c.example", "carol")
+	bob := h.newTClient(t, "bob", "phone", false)
+	gid := []byte("a group of c.example")
+	carol.m = carol.c.create(t, gid)
+	res := commit(t, carol.m, addProps(bob), nil, nil)
+	welcome := queueingPayload(t, gid, res.Welcome, bob.uri)
+
+	// m.example is first: it becomes the hub.
+	if _, err := h.deliver(t, "m.example", welcome); err != nil {
+		t.Fatal(err)
+	}
+	h.queued(t, bob)
+	if _, err := h.deliver(t, "c.example", welcome); codeOf(err) != moh.CodeForbidden {
+		t.Fatalf("the real hub's Welcome after another's: %v, want forbidden", err)
+	}
+	if len(conflicts) != 1 || conflicts[0] != "deliver_message" {
+		t.Fatalf("HubConflict told %q, want one deliver_message", conflicts)
+	}
+	entries := logs.FilterField(zap.String("group_id", hex.EncodeToString(gid))).All()
+	if len(entries) != 1 {
+		t.Fatalf("%d log entries for the group, want 1: %v", len(entries), logs.All())
+	}
+	fields := entries[0].ContextMap()
+	if fields["recorded_hub"] != "m.example" || fields["sender_provider"] != "c.example" || fields["request"] != "deliver_message" {
+		t.Fatalf("logged %v, want the recorded hub m.example and the sender c.example", fields)
+	}
+
+	// A peer's message for a group hosted here is refused, but is no
+	// conflict of hubs.
+	alice := h.newTClient(t, "alice", "phone", false)
+	local := []byte("a group of a.example")
+	h.mustDo(t, "create_group", createBody(t, alice, local))
+	if _, err := h.deliver(t, "c.example", queueingPayload(t, local, res.Welcome, bob.uri)); codeOf(err) != moh.CodeForbidden {
+		t.Fatalf("a Welcome for a group hosted here: %v, want forbidden", err)
+	}
+	if len(conflicts) != 1 || logs.Len() != 1 {
+		t.Fatalf("a refusal for a group hosted here was reported as a hub conflict: %q", conflicts)
+	}
+
+	// The operator forgets the wrong hub; the real hub's next Welcome
+	// records it, and m.example is refused from then on.
+	if hub, err := h.st.ForgetGroupHub(t.Context(), gid); err != nil || hub != "m.example" {
+		t.Fatalf("ForgetGroupHub = %q, %v; want m.example", hub, err)
+	}
+	h.svc.Hubs.Forget(gid)
+	if _, err := h.deliver(t, "c.example", welcome); err != nil {
+		t.Fatalf("the real hub's Welcome after the record was forgotten: %v", err)
+	}
+	if hub, err := h.st.GroupHub(t.Context(), gid); err != nil || hub != "c.example" {
+		t.Fatalf("hub %q, %v; want c.example", hub, err)
+	}
+	if _, err := h.deliver(t, "m.example", welcome); codeOf(err) != moh.CodeForbidden {
+		t.Fatalf("the wrong hub's Welcome after the remedy: %v, want forbidden", err)
+	}
+	if len(conflicts) != 2 {
+		t.Fatalf("HubConflict told %q, want two", conflicts)
 	}
 }
