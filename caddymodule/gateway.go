@@ -349,7 +349,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
 	g.svc, g.svcHeld = svc, true
-	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{})
+	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{}, hubConflicts)
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},
 		Joiners:   ds.StoreJoiners{Store: g.svc.Store()},
@@ -368,8 +368,12 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		QueueLimits: store.QueueLimits{MaxMessages: g.QueueMaxMessages, MaxBytes: g.QueueMaxBytes},
 		Hubs:        new(ds.HubCache),
 		Members:     new(ds.MemberViews),
+		// A peer's message for a group whose recorded hub is another
+		// provider is logged (sampled) and counted.
 		Logger:      g.sampled,
+		HubConflict: func(request string) { hubConflicts.WithLabelValues(g.DataDir, request).Inc() },
 	}
+	addHubCache(g.ds.Hubs)
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
 	}
@@ -589,6 +593,9 @@ func (g *Gateway) Validate() error {
 // service, which closes when no config uses it any more.
 func (g *Gateway) Cleanup() error {
 	policyErr := errors.Join(g.cleanupPolicy(), g.cleanupAttachments())
+	if g.ds != nil {
+		removeHubCache(g.ds.Hubs)
+	}
 	if g.senderStarted {
 		// Before the service: the sender uses its store.
 		g.senderStarted = false

@@ -211,7 +211,8 @@ func (outboxStats) Collect(ch chan<- prometheus.Metric) {
 // backend) ends that destination's backoff in every sender, so it is
 // tried at once; POST /mimi/outbox/reset?destination=<domain> drops that
 // destination's whole backlog in every data directory, for a peer the
-// operator decided is gone, and answers the counts dropped.
+// operator decided is gone, and answers the counts dropped. /mimi/hubs
+// (hubs.go) shows and deletes a group's recorded hub.
 type adminOutbox struct{}
 
 func init() { caddy.RegisterModule(adminOutbox{}) }
@@ -227,6 +228,7 @@ func (a adminOutbox) Routes() []caddy.AdminRoute {
 		{Pattern: "/mimi/outbox", Handler: caddy.AdminHandlerFunc(a.list)},
 		{Pattern: "/mimi/outbox/retry", Handler: caddy.AdminHandlerFunc(a.retry)},
 		{Pattern: "/mimi/outbox/reset", Handler: caddy.AdminHandlerFunc(a.reset)},
+		{Pattern: "/mimi/hubs", Handler: caddy.AdminHandlerFunc(a.hubs)},
 	}
 }
 
