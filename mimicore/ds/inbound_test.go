@@ -3,6 +3,7 @@ package ds
 import (
 	"encoding/hex"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -311,7 +312,15 @@ func TestHubConflict(t *testing.T) {
 	if hub, err := h.st.ForgetGroupHub(t.Context(), gid); err != nil || hub != "m.example" {
 		t.Fatalf("ForgetGroupHub = %q, %v; want m.example", hub, err)
 	}
+	// The cache held m.example since its Welcome: the relay would still
+	// send bob's requests there until Forget.
+	if hub, ok := h.svc.Hubs.get(gid); !ok || hub != "m.example" {
+		t.Fatalf("cached hub %q, %v; want m.example", hub, ok)
+	}
 	h.svc.Hubs.Forget(gid)
+	if hub, ok := h.svc.Hubs.get(gid); ok {
+		t.Fatalf("cached hub %q after Forget", hub)
+	}
 	if _, err := h.deliver(t, "c.example", welcome); err != nil {
 		t.Fatalf("the real hub's Welcome after the record was forgotten: %v", err)
 	}
@@ -324,4 +333,38 @@ func TestHubConflict(t *testing.T) {
 	if len(conflicts) != 2 {
 		t.Fatalf("HubConflict told %q, want two", conflicts)
 	}
+}
+
+// TestHubCache checks that a HubCache entry is used until HubCacheTTL
+// after it was put, and not once that is past (the bound on how long a
+// cluster's other gateways use a hub the operator forgot), and that
+// Forget drops it at once.
+func TestHubCache(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(c *HubCache, gid []byte)
+		want   bool
+	}{
+		{"fresh", func(*HubCache, []byte) {}, true},
+		{"past its TTL", func(c *HubCache, gid []byte) {
+			c.hub[string(gid)] = cachedHub{hub: "m.example", until: time.Now().Add(-time.Second)}
+		}, false},
+		{"forgotten", func(c *HubCache, gid []byte) { c.Forget(gid) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := new(HubCache)
+			gid := []byte("group")
+			c.put(gid, "m.example")
+			c.put([]byte("other"), "c.example")
+			tc.change(c, gid)
+			if hub, ok := c.get(gid); ok != tc.want || (ok && hub != "m.example") {
+				t.Fatalf("get = %q, %v; want found %v", hub, ok, tc.want)
+			}
+			if hub, ok := c.get([]byte("other")); !ok || hub != "c.example" {
+				t.Fatalf("the other group's entry: %q, %v", hub, ok)
+			}
+		})
+	}
+	var nilCache *HubCache
+	nilCache.Forget([]byte("group")) // a nil cache ignores it
 }
