@@ -171,7 +171,11 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 		if err := missingClusterStorageRaw(a.Storage); err != nil {
 			return fmt.Errorf("mimi: %w", err)
 		}
-		mod, err := ctx.LoadModule(a, "Storage")
+		// From a copy: LoadModule clears the field it loads, and Caddy
+		// calls Validate after Provision, whose storage check
+		// (validateAttachmentStorage) must still see what was named.
+		loaded := *a
+		mod, err := ctx.LoadModule(&loaded, "Storage")
 		if err != nil {
 			return fmt.Errorf("mimi: attachments storage: %w", err)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
 	"github.com/caddy-mimi/caddy-mimi/internal/s3test"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/forward/forwardtest"
@@ -277,5 +278,29 @@ func TestAttachmentStorageNamedWithPostgres(t *testing.T) {
 				t.Fatalf("err = %v, want it to name the Caddyfile option `attachments off`", err)
 			}
 		})
+	}
+}
+
+// TestAttachmentStorageWithPostgresLoads loads a gateway on PostgreSQL
+// with a storage local with a root the way Caddy loads a handler:
+// LoadModuleByID provisions it, which loads the storage module (Caddy
+// then clears the module's raw JSON), and validates it after. The
+// validation must still see the storage the operator named.
+func TestAttachmentStorageWithPostgresLoads(t *testing.T) {
+	t.Setenv("MIMI_TEST_KEY_SECRET", strings.Repeat("ab", 32))
+	g := pgGateway(t, pgtest.NewDB(t), "")
+	g.Attachments = &Attachments{Storage: caddyconfig.JSONModuleObject(&LocalStorage{Root: t.TempDir()}, "backend", "local", nil)}
+	raw, err := json.Marshal(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	mod, err := ctx.LoadModuleByID("http.handlers.mimi", raw)
+	if err != nil {
+		t.Fatalf("loading a gateway on PostgreSQL with storage local and a root: %v", err)
+	}
+	if err := mod.(*Gateway).Cleanup(); err != nil {
+		t.Error(err)
 	}
 }
