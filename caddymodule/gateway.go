@@ -140,9 +140,9 @@ type Gateway struct {
 
 	// RelayLimit bounds how fast this gateway relays its clients'
 	// requests to groups' hubs, per client address and per hub
-	// (relaylimit.go). It is always on. Default: 10 requests per second
-	// after a burst of 20 per client address, 100 per second after a
-	// burst of 200 per hub.
+	// (relaylimit.go). It is always on. Default: 50 requests per second
+	// after a burst of 100 per client address, 500 per second after a
+	// burst of 1000 per hub.
 	RelayLimit *RelayLimit `json:"relay_limit,omitempty"`
 
 	// PrivacyPass configures Privacy Pass redemption: which endpoints
