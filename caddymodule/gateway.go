@@ -242,9 +242,10 @@ type Federation struct {
 	TrustPKICAs []string `json:"trust_pki_cas,omitempty"`
 
 	// Timeout bounds each exchange with a peer: a discovery and key
-	// fetch, each outbox send, each relayed request and KeyPackage claim
-	// (for a relayed attachment stream, the connection and the answer's
-	// headers only). Default: 5s; positive.
+	// fetch, each outbox send and KeyPackage claim, and the connection
+	// and TLS handshake of a relayed request, whose answer is waited for
+	// up to 30 s, or Timeout when longer (for a relayed attachment
+	// stream, the answer's headers only). Default: 5s; positive.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// MaxBackoff caps the wait before a destination that failed is tried
