@@ -522,9 +522,9 @@ var relayHeaders = []string{"Content-Type", "Cache-Control", "Content-Length", "
 // relayStream is relayToHub for the streamed attachment endpoints: signed
 // is the client's DSRequest (to find the group's hub), body what goes to
 // the hub (size bytes, or unknown when negative), with the client's Range
-// header; the hub's answer (status, its headers of relayHeaders and its
-// Retry-After in seconds, body) is streamed back unchanged. It reports
-// whether it answered.
+// header for a download; the hub's answer (status, its headers of
+// relayHeaders and its Retry-After in seconds, body) is streamed back
+// unchanged. It reports whether it answered.
 func (g *Gateway) relayStream(x *exchange, signed []byte, body io.Reader, size int64) bool {
 	ctx := x.r.Context()
 	hub, err := g.ds.HubElsewhere(ctx, signed)
@@ -539,7 +539,7 @@ func (g *Gateway) relayStream(x *exchange, signed []byte, body io.Reader, size i
 		return true
 	}
 	var header http.Header
-	if rng := x.r.Header.Get("Range"); rng != "" {
+	if rng := x.r.Header.Get("Range"); rng != "" && x.rt.path == "/attachment_download" {
 		header = http.Header{"Range": {rng}}
 	}
 	resp, err := g.svc.Fetcher().RelayStream(ctx, hub, x.rt.path, body, size, header)
