@@ -321,6 +321,36 @@ func TestSenderWorkersEnd(t *testing.T) {
 	}
 }
 
+// TestSenderWorkerEndsAfterDelivering delivers a message to each of
+// several destinations: once their backlogs are sent, their workers end
+// after WorkerIdle like those of destinations that had nothing to send,
+// and the sender forgets them. A worker whose last pass delivered used to
+// wait for a wake-up forever: the sender kept a goroutine and a status
+// for every destination it ever delivered to.
+func TestSenderWorkerEndsAfterDelivering(t *testing.T) {
+	st := openOutbox(t)
+	s := &Sender{Outbox: st, Transport: transportFunc(accepted), WorkerIdle: 50 * time.Millisecond}
+	runSender(t, s)
+	const n = 3
+	for i := range n {
+		dest := fmt.Sprintf("d%d.example", i)
+		if _, err := st.OutboxAdd(t.Context(), store.OutboxWrite{Messages: []store.OutboxMessage{{Sender: "a.example",
+			Destination: dest, GroupID: []byte("g"), Recipients: []string{"mimi://" + dest + "/d/u/d"},
+			Message: []byte("g-0")}}}); err != nil {
+			t.Fatal(err)
+		}
+		s.Outbound(dest)
+	}
+	waitFor(t, "the deliveries and the idle workers' end", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.stats.delivered.Load() == n && len(s.wakes) == 0
+	})
+	if st := s.Status(); len(st) != 0 {
+		t.Fatalf("status lists %d idle destinations, want none", len(st))
+	}
+}
+
 // TestSenderWakeWhileWorkerEnds writes a message and wakes its
 // destination, again and again, while its worker ends after every one (a
 // WorkerIdle of 1 ms): no wake-up is lost, so each message is delivered

@@ -286,6 +286,25 @@ func (s *Sender) note(dest string, update func(*DestinationStatus)) {
 	update(st)
 }
 
+// emptied reports whether the pass left nothing waiting for its
+// destination: it read the whole backlog, and every group it found there
+// was sent and done with (none waits, none failed, none was cut short).
+// A message written since comes with a wake-up (Outbound).
+func (r passResult) emptied() bool {
+	if r.scanned == nil || r.more {
+		return false
+	}
+	if r.left > 0 {
+		return false
+	}
+	for g := range r.scanned {
+		if o, ok := r.tried[g]; !ok || o != outcomeDone {
+			return false
+		}
+	}
+	return true
+}
+
 // PeerUp tells the sender that a request from destination just arrived,
 // so it is reachable again: a worker backing off after failures (the
 // destination's or its groups') tries it at once; and without Leases, a
@@ -584,14 +603,14 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 	log := s.logger().With(zap.String("destination", dest))
 	state := destState{groups: map[string]*backoff{}}
 	var drops dropReport
-	empty := false // the last pass found nothing waiting for dest
+	empty := false // the last pass left nothing waiting for dest
 	for ctx.Err() == nil {
 		var wait time.Duration // 0: until a wake or a backoff's end
 		if !state.dest.next.After(time.Now()) {
 			s.reportDrops(ctx, dest, log, &drops)
 			state.passed = time.Now()
 			r, err := s.pass(ctx, dest, &state, log)
-			empty = err == nil && r.scanned != nil && len(r.scanned) == 0
+			empty = err == nil && r.emptied()
 			switch {
 			case err != nil:
 				if ctx.Err() == nil {
@@ -714,6 +733,9 @@ type passResult struct {
 	// busy is set when another sender holds the destination's drain
 	// lease: nothing was read.
 	busy bool
+	// left counts the messages the pass selected but did not get done
+	// with (failed, or not sent before ctx ended).
+	left int
 }
 
 // MaxScanBatches bounds the batches of Batch messages one pass reads past
@@ -747,7 +769,7 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 		}
 		res.shrink(sel)
 		done, tried := s.send(ctx, sel, log)
-		r.tried, r.destFailed = tried, failureScope(tried)
+		r.tried, r.destFailed, r.left = tried, failureScope(tried), len(sel)-len(done)
 		if len(done) > 0 {
 			// A new context: what was answered is removed even while
 			// the gateway stops, else it would be sent once more after
@@ -774,7 +796,7 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 	if err == nil && len(sel) > 0 {
 		var tried map[string]outcome
 		done, tried = s.send(sendCtx, sel, log)
-		r.tried, r.destFailed = tried, failureScope(tried)
+		r.tried, r.destFailed, r.left = tried, failureScope(tried), len(sel)-len(done)
 	}
 	wasLost := lost()
 	// Remove what was answered and free the lease, in one write, even
