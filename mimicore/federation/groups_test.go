@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"path/filepath"
 	"runtime"
@@ -324,7 +325,7 @@ func TestSenderWorkersEnd(t *testing.T) {
 // TestSenderWorkerEndsAfterDelivering delivers a message to each of
 // several destinations: once their backlogs are sent, their workers end
 // after WorkerIdle like those of destinations that had nothing to send,
-// and the sender forgets them. A worker whose last pass delivered used to
+// and the sender forgets them, their latency histograms too. A worker whose last pass delivered used to
 // wait for a wake-up forever: the sender kept a goroutine and a status
 // for every destination it ever delivered to.
 func TestSenderWorkerEndsAfterDelivering(t *testing.T) {
@@ -348,6 +349,9 @@ func TestSenderWorkerEndsAfterDelivering(t *testing.T) {
 	})
 	if st := s.Status(); len(st) != 0 {
 		t.Fatalf("status lists %d idle destinations, want none", len(st))
+	}
+	if lat := s.Stats().Latency; len(lat) != 0 {
+		t.Fatalf("latency histograms of %d forgotten destinations kept: %v", len(lat), slices.Collect(maps.Keys(lat)))
 	}
 }
 

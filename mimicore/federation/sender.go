@@ -125,7 +125,8 @@ type Stats struct {
 	GivenUp uint64
 	// Latency is the end-to-end latency of the messages delivered, per
 	// destination: a peer provider's domain, or store.BackendDestination
-	// for the legacy backend.
+	// for the legacy backend. A destination's histogram is forgotten with
+	// the destination, after WorkerIdle with nothing to send.
 	Latency map[string]Latency
 }
 
@@ -684,7 +685,8 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 }
 
 // retire ends dest's worker, which has had nothing to send for
-// WorkerIdle: it forgets the destination (its wake-ups and its status)
+// WorkerIdle: it forgets the destination (its wake-ups, its status and
+// its latency histogram)
 // unless a wake-up is pending, and reports whether it did. Wake-ups are
 // sent under the lock (signal), so each one either is pending here, and
 // the worker goes on, or comes after, and starts a new worker.
@@ -696,6 +698,10 @@ func (s *Sender) retire(dest string, wakes *workerWakes) bool {
 	}
 	delete(s.wakes, dest)
 	delete(s.status, dest)
+	// Its latency histogram too: one is kept per destination, and a
+	// sender that forgot none would hold one (and export a series) for
+	// every peer it ever delivered to, however many come and go.
+	s.latency.Delete(dest)
 	return true
 }
 
