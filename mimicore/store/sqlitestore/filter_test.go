@@ -88,6 +88,43 @@ func TestOpenInUseThroughSymlinks(t *testing.T) {
 	}
 }
 
+// TestOpenThroughLinkToNewFile: a database path that is a symbolic link
+// to a file not created yet (a data directory whose database the
+// operator placed on another volume before the first start) opens, as
+// SQLite follows the link and creates the file; the file is created with
+// mode 0600, and the lock belongs to it.
+func TestOpenThroughLinkToNewFile(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	target := filepath.Join(dir, "volume", "mimi.db")
+	if err := os.Mkdir(filepath.Dir(target), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "mimi.db")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, link)
+	if err != nil {
+		t.Fatalf("Open through a link to a file not created yet: %v", err)
+	}
+	defer s.Close()
+	fi, err := os.Stat(target)
+	if err != nil {
+		t.Fatalf("the link's target: %v", err)
+	}
+	if m := fi.Mode().Perm(); m != 0o600 {
+		t.Errorf("the database file was created with mode %v, want 0600", m)
+	}
+	s2, err := Open(ctx, target)
+	if err == nil {
+		s2.Close()
+	}
+	if !errors.Is(err, store.ErrInUse) {
+		t.Fatalf("Open of the link's target while open through the link: got %v, want ErrInUse", err)
+	}
+}
+
 // fakeClock is a settable clock.
 type fakeClock struct {
 	mu  sync.Mutex

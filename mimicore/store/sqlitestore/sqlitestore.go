@@ -494,7 +494,9 @@ func dsn(abs string, params url.Values) string {
 
 // createFile creates the directory (0700) and the database file (0600) if
 // they are missing, so that SQLite, which creates its WAL and shared-memory
-// files with the database file's mode, never makes them more open.
+// files with the database file's mode, never makes them more open. A
+// symbolic link to a file not created yet is followed: the file it names
+// is created, as SQLite would create it.
 func createFile(path string) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -502,13 +504,21 @@ func createFile(path string) error {
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
-		return nil
+		// O_EXCL follows no link: path exists, or is a symbolic link
+		// whose target does not exist yet, created here.
+		if _, serr := os.Stat(path); !errors.Is(serr, os.ErrNotExist) {
+			return nil
+		}
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("creating database file: %w", err)
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("creating database file: %w", err)
+	}
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		dir = filepath.Dir(target) // the new entry is the link's target's
 	}
 	// Make the new directory entry durable before anything is written
 	// to the file.
