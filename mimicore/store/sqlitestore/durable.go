@@ -180,7 +180,9 @@ func (d *durability) syncTo(seq uint64) error {
 	if err != nil {
 		d.stop()
 		err = fmt.Errorf("%w: %w", errSyncFailed, err)
-		d.err = err
+		if d.err == nil {
+			d.err = err // the first failure is the one reported (fail)
+		}
 	} else {
 		d.durable.Store(seq)
 	}
