@@ -72,6 +72,28 @@ func (c *mimiClient) newGroup(t *testing.T, gid []byte) *mls.Member {
 	return m
 }
 
+// joinFromQueue has c, a client of user, wait for the Welcome that its
+// provider queued for it (the group's first message for c) and join the
+// group from it.
+func (c *mimiClient) joinFromQueue(t *testing.T, user string) {
+	t.Helper()
+	welcome := fetchQueue(t, c, user, 0, 10)
+	for deadline := time.Now().Add(30 * time.Second); len(welcome) == 0 && time.Now().Before(deadline); {
+		welcome = fetchQueue(t, c, user, 0, 10)
+	}
+	if len(welcome) != 1 {
+		t.Fatalf("%s's queue holds %d messages, want the Welcome", c.uri, len(welcome))
+	}
+	w, err := mls.DecodeMLSMessage(welcome[0].Message)
+	if err != nil || w.WireFormat != mls.WireFormatWelcome {
+		t.Fatalf("%s's message is not the Welcome: %v", c.uri, err)
+	}
+	if c.m, err = mls.JoinFromWelcome(w.Welcome, mls.WelcomeOptions{KeyPackage: c.kp, InitKey: c.initKey,
+		LeafKey: c.leafKey, Signer: c.signer}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // hostGroupWith has c create a group on its provider and add bob, a
 // client of another provider; c's Member moves to the epoch of the add.
 // It returns the group's id.

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -44,34 +43,9 @@ func TestRelaySlowHub(t *testing.T) {
 
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relay-slow", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relay-slow", false)
-	gid := random32(t)[:16]
-	m := alice.newGroup(t, gid)
-	gi, err := m.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustOK(t, "create_group", alice.sign(t, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: gid,
-		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}}}, 0))
-	alice.m = m
-	res := alice.commit(t, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: bob.kp})
-	mustOK(t, "add_users of a client of b", alice.sign(t, groupUpdate(moh.AddUsers, res), 0))
-	alice.m = res.Next
+	alice.hostGroupWith(t, bob)
 	// b records a as the group's hub when the Welcome arrives.
-	welcome := fetchQueue(t, bob, "bob", 0, 10)
-	for deadline := time.Now().Add(30 * time.Second); len(welcome) == 0 && time.Now().Before(deadline); {
-		welcome = fetchQueue(t, bob, "bob", 0, 10)
-	}
-	if len(welcome) != 1 {
-		t.Fatalf("bob's queue at b holds %d messages, want the Welcome", len(welcome))
-	}
-	w, err := mls.DecodeMLSMessage(welcome[0].Message)
-	if err != nil || w.WireFormat != mls.WireFormatWelcome {
-		t.Fatalf("bob's message is not the Welcome: %v", err)
-	}
-	if bob.m, err = mls.JoinFromWelcome(w.Welcome, mls.WelcomeOptions{KeyPackage: bob.kp, InitKey: bob.initKey,
-		LeafKey: bob.leafKey, Signer: bob.signer}); err != nil {
-		t.Fatal(err)
-	}
+	bob.joinFromQueue(t, "bob")
 
 	// The hub's database is busy for twice the follower's federation
 	// timeout: its writes wait for the lock (within its busy timeout).

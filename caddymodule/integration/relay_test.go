@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -148,21 +147,7 @@ func TestRelayRetryAfter(t *testing.T) {
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relay-limit", false)
 	gid := alice.hostGroupWith(t, bob)
 	// b records a as the group's hub when the Welcome arrives.
-	welcome := fetchQueue(t, bob, "bob", 0, 10)
-	for deadline := time.Now().Add(30 * time.Second); len(welcome) == 0 && time.Now().Before(deadline); {
-		welcome = fetchQueue(t, bob, "bob", 0, 10)
-	}
-	if len(welcome) != 1 {
-		t.Fatalf("bob's queue at b holds %d messages, want the Welcome", len(welcome))
-	}
-	w, err := mls.DecodeMLSMessage(welcome[0].Message)
-	if err != nil || w.WireFormat != mls.WireFormatWelcome {
-		t.Fatalf("bob's message is not the Welcome: %v", err)
-	}
-	if bob.m, err = mls.JoinFromWelcome(w.Welcome, mls.WelcomeOptions{KeyPackage: bob.kp, InitKey: bob.initKey,
-		LeafKey: bob.leafKey, Signer: bob.signer}); err != nil {
-		t.Fatal(err)
-	}
+	bob.joinFromQueue(t, "bob")
 
 	for _, tc := range []struct {
 		path string
