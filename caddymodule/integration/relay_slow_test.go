@@ -49,7 +49,9 @@ func TestRelaySlowHub(t *testing.T) {
 
 	// The hub's database is busy for twice the follower's federation
 	// timeout: its writes wait for the lock (within its busy timeout).
-	db, err := sql.Open("sqlite", filepath.Join(env.dir, "a", "mimi.db"))
+	// The hub's own writes (its outbox sender marking the Welcome
+	// delivered, a checkpoint) may hold the lock a moment: wait for it.
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(env.dir, "a", "mimi.db")+"?_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}
