@@ -3,13 +3,10 @@ package client
 import (
 	"bytes"
 	"crypto/rand"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
-
-	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -214,26 +211,7 @@ func TestCopyAttachment(t *testing.T) {
 // taken for the new epoch, which cannot open it.
 func TestKeptAttachmentsPerSender(t *testing.T) {
 	alice, bob, gid, _ := pair(t)
-	var stored []byte
-	mux := http.NewServeMux()
-	mux.HandleFunc("/attachment_upload", func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		rest := cryptobyte.String(body)
-		var req moh.DSRequest
-		if !req.UnmarshalWire(&rest) || req.Body.Type != moh.AttachmentUpload {
-			http.Error(w, "not an upload", http.StatusBadRequest)
-			return
-		}
-		stored = []byte(rest)
-		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: []byte("token")})
-	})
-	mux.HandleFunc("/attachment_download", func(w http.ResponseWriter, r *http.Request) {
-		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentContent, Content: stored})
-	})
+	mux := oneAttachmentGateway()
 	fakeGateway(t, alice, mux)
 	ref, leaf, err := alice.PutAttachment(t.Context(), gid, []byte("alice's photo"))
 	if err != nil {

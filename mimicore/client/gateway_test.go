@@ -284,15 +284,12 @@ func TestAttachmentOfAnEarlierEpoch(t *testing.T) {
 	}
 }
 
-// TestOwnAttachmentAfterCommit: alice uploads an attachment with
-// PutAttachment (and sends its reference: the DS does not queue her own
-// message for her), bob's commit moves the group on, alice restarts from
-// her state on disk, and GetAttachment still opens her own attachment with
-// the keys of the epoch she sealed it in. Only references read by Receive
-// used to be kept: alice's own attachment was taken for the current epoch
-// and could not be opened.
-func TestOwnAttachmentAfterCommit(t *testing.T) {
-	alice, bob, gid, _ := pair(t)
+// oneAttachmentGateway scripts a gateway's attachment endpoints for one
+// attachment: /attachment_upload keeps the ciphertext that follows the
+// DSRequest (which must be an upload of that many bytes) and answers a
+// token; /attachment_download answers what was kept.
+func oneAttachmentGateway() *http.ServeMux {
+	var mu sync.Mutex
 	var stored []byte
 	mux := http.NewServeMux()
 	mux.HandleFunc("/attachment_upload", func(w http.ResponseWriter, r *http.Request) {
@@ -308,12 +305,30 @@ func TestOwnAttachmentAfterCommit(t *testing.T) {
 			http.Error(w, "not an upload", http.StatusBadRequest)
 			return
 		}
+		mu.Lock()
 		stored = []byte(rest)
+		mu.Unlock()
 		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: []byte("token")})
 	})
 	mux.HandleFunc("/attachment_download", func(w http.ResponseWriter, r *http.Request) {
-		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentContent, Content: stored})
+		mu.Lock()
+		content := stored
+		mu.Unlock()
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentContent, Content: content})
 	})
+	return mux
+}
+
+// TestOwnAttachmentAfterCommit: alice uploads an attachment with
+// PutAttachment (and sends its reference: the DS does not queue her own
+// message for her), bob's commit moves the group on, alice restarts from
+// her state on disk, and GetAttachment still opens her own attachment with
+// the keys of the epoch she sealed it in. Only references read by Receive
+// used to be kept: alice's own attachment was taken for the current epoch
+// and could not be opened.
+func TestOwnAttachmentAfterCommit(t *testing.T) {
+	alice, bob, gid, _ := pair(t)
+	mux := oneAttachmentGateway()
 	fakeGateway(t, alice, mux)
 	ref, leaf, err := alice.PutAttachment(t.Context(), gid, []byte("alice's photo"))
 	if err != nil {
