@@ -70,28 +70,7 @@ bob() {
 	MIMI_USER=bob MIMI_PASSWORD=bob-secret "$tmp/mimictl" -gateway "https://b.localhost:$PORT_B" \
 		-connect "127.0.0.1:$PORT_B" -ca "$tmp/root-cert.pem" -state "$tmp/bob" "$@"
 }
-show() { printf '$ %s\n' "$*"; "$@"; }
-# expect <line> <recv command...>: runs the recv command, again while it
-# prints something else, until it prints <line> (fields separated by
-# tabs); fails when a recv prints nothing (it waited in vain) or after
-# five recvs without it. What a user receives is checked, not only shown.
-expect() {
-	local want=$1 out
-	shift
-	for _ in 1 2 3 4 5; do
-		printf '$ %s\n' "$*"
-		out=$("$@")
-		if [ -z "$out" ]; then
-			break
-		fi
-		printf '%s\n' "$out"
-		if grep -Fxq -- "$want" <<<"$out"; then
-			return 0
-		fi
-	done
-	printf 'FAIL: %s did not receive: %s\n' "$1" "$want" >&2
-	exit 1
-}
+. examples/lib/expect.sh
 
 say "scenario: alice through the load balancer, bob on b"
 show alice client init mimi://a.localhost/d/alice/laptop
