@@ -320,11 +320,21 @@ func waitTLS(t *testing.T, host string) {
 // configuration when the test ends.
 func loadWithSite(t *testing.T, host, site string) {
 	t.Helper()
+	loadConfig(t, baseConfig()+site, host)
+}
+
+// loadConfig loads cfg, a variant of the shared configuration, waits until
+// each of hosts serves TLS, and restores the shared configuration when the
+// test ends.
+func loadConfig(t *testing.T, cfg string, hosts ...string) {
+	t.Helper()
 	base := baseConfig()
-	env.tester.InitServer(base+site, "caddyfile")
+	env.tester.InitServer(cfg, "caddyfile")
 	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
 	if t.Failed() {
 		t.FailNow()
 	}
-	waitTLS(t, host)
+	for _, h := range hosts {
+		waitTLS(t, h)
+	}
 }

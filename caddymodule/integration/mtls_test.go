@@ -31,13 +31,7 @@ func TestMutualTLSWithCaddyCertificates(t *testing.T) {
 		cfg = strings.Replace(cfg, site, "\ttls internal {\n\t\tprotocols tls1.3\n\t\tclient_auth {\n\t\t\tmode request\n\t\t}\n\t}\n"+
 			"\tmimi {\n\t\tprovider "+p+"\n\t\tmutual_tls {\n\t\t\ttrust_pki_ca local\n\t\t}\n", 1)
 	}
-	env.tester.InitServer(cfg, "caddyfile")
-	defer env.tester.InitServer(base, "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-	waitTLS(t, "a.localhost")
-	waitTLS(t, "b.localhost")
+	loadConfig(t, cfg, "a.localhost", "b.localhost")
 
 	// b presents Caddy's certificate for b.localhost to a.
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "mtls-phone", false)

@@ -33,13 +33,7 @@ func TestRelaySlowHub(t *testing.T) {
 	if slow == base {
 		t.Fatal("b.localhost's federation block not found in the configuration")
 	}
-	env.tester.InitServer(slow, "caddyfile")
-	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
-	if t.Failed() {
-		t.FailNow()
-	}
-	waitTLS(t, "a.localhost")
-	waitTLS(t, "b.localhost")
+	loadConfig(t, slow, "a.localhost", "b.localhost")
 
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relay-slow", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relay-slow", false)

@@ -34,11 +34,7 @@ func TestRelayLimitOverHTTPS(t *testing.T) {
 		t.Fatal("b's max_body line is not in the configuration")
 	}
 	limited := strings.Replace(base, limit, limit+"\t\trelay_limit {\n\t\t\trate 1/1h\n\t\t\tburst 2\n\t\t\thub_rate 2/1h\n\t\t\thub_burst 3\n\t\t}\n", 1)
-	env.tester.InitServer(limited, "caddyfile")
-	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
-	if t.Failed() {
-		t.FailNow()
-	}
+	loadConfig(t, limited, "a.localhost", "b.localhost")
 
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relaylimit", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relaylimit", false)
@@ -135,13 +131,7 @@ func TestRelayRetryAfter(t *testing.T) {
 	if limited == base {
 		t.Fatal("a.localhost's ds_domain line not found in the configuration")
 	}
-	env.tester.InitServer(limited, "caddyfile")
-	t.Cleanup(func() { env.tester.InitServer(base, "caddyfile") })
-	if t.Failed() {
-		t.FailNow()
-	}
-	waitTLS(t, "a.localhost")
-	waitTLS(t, "b.localhost")
+	loadConfig(t, limited, "a.localhost", "b.localhost")
 
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relay-limit", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relay-limit", false)
