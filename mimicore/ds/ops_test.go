@@ -635,6 +635,23 @@ func TestSelfRemoveTwice(t *testing.T) {
 	h.wantEpoch(t, gid, 2, 2)
 }
 
+// selfRemovePending makes group gid of alice, bob and carol, and bob's
+// Remove proposal of his own leaf b (self), not yet sent to the DS.
+func (h *harness) selfRemovePending(t *testing.T, gid string) (alice, bob *tclient, id []byte, b uint32, self *mls.MLSMessage) {
+	t.Helper()
+	alice = h.newTClient(t, "alice", "phone", false)
+	bob = h.newTClient(t, "bob", "phone", false)
+	carol := h.newTClient(t, "carol", "phone", false)
+	id = []byte(gid)
+	h.newGroup(t, id, alice, bob, carol)
+	b = bob.m.LeafIndex()
+	self, err := bob.m.Propose(&mls.Proposal{Type: mls.ProposalRemove, Removed: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return alice, bob, id, b, self
+}
+
 // newGroup creates the group gid with creator and adds joiners, clients
 // of this provider, in one add_users commit that every member follows.
 func (h *harness) newGroup(t *testing.T, gid []byte, creator *tclient, joiners ...*tclient) {
@@ -665,16 +682,7 @@ func TestSelfRemoveCovered(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t)
-			alice := h.newTClient(t, "alice", "phone", false)
-			bob := h.newTClient(t, "bob", "phone", false)
-			carol := h.newTClient(t, "carol", "phone", false)
-			gid := []byte("self-remove covered " + c.name)
-			h.newGroup(t, gid, alice, bob, carol)
-			b := bob.m.LeafIndex()
-			self, err := bob.m.Propose(&mls.Proposal{Type: mls.ProposalRemove, Removed: b})
-			if err != nil {
-				t.Fatal(err)
-			}
+			alice, bob, gid, b, self := h.selfRemovePending(t, "self-remove covered "+c.name)
 			ac, ref, err := alice.m.VerifyProposal(self)
 			if err != nil {
 				t.Fatal(err)

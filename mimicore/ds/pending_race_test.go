@@ -49,16 +49,7 @@ func TestProposalDuringCommit(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t)
-			alice := h.newTClient(t, "alice", "phone", false)
-			bob := h.newTClient(t, "bob", "phone", false)
-			carol := h.newTClient(t, "carol", "phone", false)
-			gid := []byte("proposal during commit " + c.name)
-			h.newGroup(t, gid, alice, bob, carol)
-			b := bob.m.LeafIndex()
-			self, err := bob.m.Propose(&mls.Proposal{Type: mls.ProposalRemove, Removed: b})
-			if err != nil {
-				t.Fatal(err)
-			}
+			alice, bob, gid, b, self := h.selfRemovePending(t, "proposal during commit "+c.name)
 			var props []*mls.Proposal
 			if c.remove {
 				props = append(props, &mls.Proposal{Type: mls.ProposalRemove, Removed: b})
@@ -87,7 +78,7 @@ func TestProposalDuringCommit(t *testing.T) {
 				h.mustDo(t, "bob's self_remove_client", signed(t, bob, b,
 					moh.RequestBody{Type: moh.SelfRemoveClient, Message: *self}))
 			}}
-			_, err = h.do(t, req)
+			_, err := h.do(t, req)
 			wantCode(t, "the commit", err, c.want)
 			if c.want != 0 {
 				h.wantEpoch(t, gid, 1, 3)
