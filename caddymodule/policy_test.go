@@ -805,24 +805,8 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 	g := provisioned(t, &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", Federation: fed,
 		PrivacyPass: &PrivacyPass{IssuerName: "example.com", IssuerDirectory: base + privacypass.DirectoryPath,
 			Require: []string{"welcome_information"}}})
-	mintUnder := func(iss *privacypass.Issuer, k *privacypass.Key) string {
-		t.Helper()
-		p, err := privacypass.NewTokenRequest(challengeOf(t, g, privacypass.TypeBlindRSA), k.Public())
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := iss.Issue(p.Request)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, err := p.Finalize(resp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return privacypass.FormatAuthorization(tok)
-	}
 	oldKey := f.keys[privacypass.TypeBlindRSA]
-	if w := redeemAt(g, mintUnder(iss, oldKey)); w.Code != endpointAnswer {
+	if w := redeemAt(g, mintBlindRSA(t, g, iss, oldKey)); w.Code != endpointAnswer {
 		t.Fatalf("token under a directory key: status %d", w.Code)
 	}
 
@@ -841,7 +825,7 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 	if err := g.origin.Refresh(ctx); err == nil || !strings.Contains(err.Error(), "status 503") {
 		t.Fatalf("refresh from a failing issuer: %v", err)
 	}
-	if w := redeemAt(g, mintUnder(iss, oldKey)); w.Code != endpointAnswer {
+	if w := redeemAt(g, mintBlindRSA(t, g, iss, oldKey)); w.Code != endpointAnswer {
 		t.Fatalf("old key after a failed refresh: status %d", w.Code)
 	}
 	newDir, _ := newIss.Directory("/token-request").Marshal()
@@ -853,10 +837,10 @@ func TestIssuerDirectoryFetch(t *testing.T) {
 	if g.origin.Current() == before {
 		t.Fatal("the origin was not rebuilt after a key change")
 	}
-	if w := redeemAt(g, mintUnder(newIss, newKey)); w.Code != endpointAnswer {
+	if w := redeemAt(g, mintBlindRSA(t, g, newIss, newKey)); w.Code != endpointAnswer {
 		t.Fatalf("new key after the refresh: status %d", w.Code)
 	}
-	if w := redeemAt(g, mintUnder(iss, oldKey)); w.Code != http.StatusUnauthorized {
+	if w := redeemAt(g, mintBlindRSA(t, g, iss, oldKey)); w.Code != http.StatusUnauthorized {
 		t.Fatalf("old key after the refresh: status %d", w.Code)
 	}
 	// An unchanged directory does not rebuild the origin.
@@ -1240,11 +1224,21 @@ func TestOriginTakesReloadedFetchPolicy(t *testing.T) {
 	if err := reloaded.origin.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p, err := privacypass.NewTokenRequest(challengeOf(t, reloaded, privacypass.TypeBlindRSA), rotated.Public())
+	iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: rotated})
 	if err != nil {
 		t.Fatal(err)
 	}
-	iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: rotated})
+	if w := redeemAt(reloaded, mintBlindRSA(t, reloaded, iss, rotated)); w.Code != endpointAnswer {
+		t.Fatalf("token under the key of the issuer the reloaded fetch policy reaches: status %d, want %d (the refresh used the first config's policy)",
+			w.Code, endpointAnswer)
+	}
+}
+
+// mintBlindRSA answers a blind RSA challenge of g with a token that iss
+// issues under its key k, as an Authorization header value.
+func mintBlindRSA(t *testing.T, g *Gateway, iss *privacypass.Issuer, k *privacypass.Key) string {
+	t.Helper()
+	p, err := privacypass.NewTokenRequest(challengeOf(t, g, privacypass.TypeBlindRSA), k.Public())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1256,8 +1250,5 @@ func TestOriginTakesReloadedFetchPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := redeemAt(reloaded, privacypass.FormatAuthorization(tok)); w.Code != endpointAnswer {
-		t.Fatalf("token under the key of the issuer the reloaded fetch policy reaches: status %d, want %d (the refresh used the first config's policy)",
-			w.Code, endpointAnswer)
-	}
+	return privacypass.FormatAuthorization(tok)
 }
