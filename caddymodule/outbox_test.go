@@ -300,11 +300,7 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 	a, b := twoProviders(t)
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
 	gid := []byte("a group across an outage")
-	createGroupAt(t, a, alice, gid)
-	res := addAt(t, a, alice, false, bob)
-	if got := waitQueue(t, b, bob.uri, 1); len(got) != 1 {
-		t.Fatalf("bob's queue at b holds %d messages before the outage, want the Welcome", len(got))
-	}
+	res := hostWithPeer(t, a, b, alice, bob, gid) // before the outage
 	// b has the Welcome; wait until a has also recorded its delivery, so
 	// that stopping b cannot cut off the answer and leave it pending.
 	waitOutboxEmpty(t, a, "b.localhost")
@@ -467,6 +463,19 @@ func histogramOf(t *testing.T, reg *prometheus.Registry, name, dataDir, destinat
 
 // createGroupAt has c create group gid on site's DS (create_group) and
 // keeps its Member in c.m.
+// hostWithPeer has c create group gid at its site hub and add joiner, a
+// client of site peer, and waits until joiner's queue at peer holds the
+// Welcome (peer then records hub as the group's hub).
+func hostWithPeer(t testing.TB, hub, peer *peerSite, c, joiner *peerMember, gid []byte) *mls.CommitResult {
+	t.Helper()
+	createGroupAt(t, hub, c, gid)
+	res := addAt(t, hub, c, false, joiner)
+	if got := waitQueue(t, peer, joiner.uri, 1); len(got) != 1 {
+		t.Fatalf("%s's queue at its provider holds %d messages, want the Welcome", joiner.uri, len(got))
+	}
+	return res
+}
+
 func createGroupAt(t testing.TB, site *peerSite, c *peerMember, gid []byte) {
 	t.Helper()
 	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: gid, Leaf: &c.kp.LeafNode,

@@ -76,11 +76,7 @@ func TestDeliverMessageOverHTTP(t *testing.T) {
 	a, b := twoProviders(t)
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
 	gid := []byte("a group delivered by hand")
-	createGroupAt(t, a, alice, gid)
-	addAt(t, a, alice, false, bob) // b records a as the group's hub with the Welcome
-	if got := waitQueue(t, b, bob.uri, 1); len(got) != 1 {
-		t.Fatalf("bob's queue holds %d messages, want the Welcome", len(got))
-	}
+	hostWithPeer(t, a, b, alice, bob, gid) // b records a as the group's hub with the Welcome
 	waitOutboxEmpty(t, a, "b.localhost")
 	protect := func(text string) *mls.MLSMessage {
 		m, err := alice.m.Protect([]byte(text), nil)

@@ -41,12 +41,8 @@ func TestRelayPassesRetryAfter(t *testing.T) {
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
 	gid := make([]byte, 16)
 	rand.Read(gid)
-	createGroupAt(t, a, alice, gid)
-	addAt(t, a, alice, false, bob)
 	// The Welcome reaches b, which records a as the group's hub.
-	if got := waitQueue(t, b, bob.uri, 1); len(got) != 1 {
-		t.Fatalf("bob's queue at b holds %d messages, want the Welcome", len(got))
-	}
+	hostWithPeer(t, a, b, alice, bob, gid)
 
 	token := make([]byte, 32)
 	rand.Read(token)
@@ -124,11 +120,7 @@ func TestRelayLimit(t *testing.T) {
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
 	gid := make([]byte, 16)
 	rand.Read(gid)
-	createGroupAt(t, a, alice, gid)
-	addAt(t, a, alice, false, bob)
-	if got := waitQueue(t, b, bob.uri, 1); len(got) != 1 {
-		t.Fatalf("bob's queue at b holds %d messages, want the Welcome", len(got))
-	}
+	hostWithPeer(t, a, b, alice, bob, gid)
 
 	// A client at another loopback address than the test's 127.0.0.1.
 	other := &http.Client{Timeout: 20 * time.Second, Transport: b.client().Transport.(*http.Transport).Clone()}
