@@ -7,8 +7,10 @@ import (
 // validateLeafStandalone runs the leaf node checks of RFC 9420 §7.3 that do
 // not depend on the rest of the group: the signature (with groupID and
 // leafIndex for the update and commit sources), a valid encryption key,
-// unique extensions, and extensions listed in the leaf's own capabilities
-// (the RFC 9420 default extensions need not be listed).
+// unique extensions, extensions listed in the leaf's own capabilities
+// (the RFC 9420 default extensions need not be listed), and its own
+// credential type listed there: a member must support the credential type
+// of every member, itself included, or joiners refuse the tree.
 func validateLeafStandalone(s *suite, l *LeafNode, groupID []byte, leafIndex uint32) error {
 	tbs, err := l.tbs(groupID, leafIndex)
 	if err != nil {
@@ -22,6 +24,9 @@ func validateLeafStandalone(s *suite, l *LeafNode, groupID []byte, leafIndex uin
 	}
 	if err := l.Extensions.checkUnique(); err != nil {
 		return fmt.Errorf("leaf node: %w", err)
+	}
+	if !contains(l.Capabilities.Credentials, l.Credential.Type) {
+		return fmt.Errorf("leaf node: credential type %d not in its capabilities", l.Credential.Type)
 	}
 	for _, e := range l.Extensions {
 		if !isDefaultExtension(e.Type) && !contains(l.Capabilities.Extensions, e.Type) {
