@@ -190,24 +190,28 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		// wins, and a failure leaves the group as it was.
 		Delete: typ == moh.DeleteGroup}
 	delivered, err := s.Store.CommitEpoch(ctx, ec)
-	for range maxPendingRechecks {
-		// A self-remove kept since the pending proposals were read: the
-		// commit must cover it too (checkCoversPending), or be refused,
-		// rather than drop it with the epoch.
-		if !errors.Is(err, store.ErrProposalsChanged) {
+	// The write is tried again, whichever comes first and in any order,
+	// once with the group's local members when the store does not know
+	// them (seedMembers completes the post only once), and up to
+	// maxPendingRechecks times after a self-remove kept since the pending
+	// proposals were read: the commit must cover it too
+	// (checkCoversPending), or be refused, rather than drop it with the
+	// epoch.
+	for rechecks := 0; ; {
+		if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
+			ec.Fanout = fan.out
+		} else if errors.Is(err, store.ErrProposalsChanged) && rechecks < maxPendingRechecks {
+			rechecks++
+			if pending, err = s.pendingProposals(ctx, gid, base.Epoch()); err != nil {
+				return nil, err
+			}
+			if err := checkCoversPending(typ, msg, pending, base.Epoch()); err != nil {
+				return nil, err
+			}
+			ec.Pending = len(pending)
+		} else {
 			break
 		}
-		if pending, err = s.pendingProposals(ctx, gid, base.Epoch()); err != nil {
-			return nil, err
-		}
-		if err := checkCoversPending(typ, msg, pending, base.Epoch()); err != nil {
-			return nil, err
-		}
-		ec.Pending = len(pending)
-		delivered, err = s.Store.CommitEpoch(ctx, ec)
-	}
-	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
-		ec.Fanout = fan.out
 		delivered, err = s.Store.CommitEpoch(ctx, ec)
 	}
 	switch {

@@ -2,6 +2,7 @@ package ds
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -79,6 +80,82 @@ func TestProposalDuringCommit(t *testing.T) {
 					moh.RequestBody{Type: moh.SelfRemoveClient, Message: *self}))
 			}}
 			_, err := h.do(t, req)
+			wantCode(t, "the commit", err, c.want)
+			if c.want != 0 {
+				h.wantEpoch(t, gid, 1, 3)
+				if p := h.snapshot(t, gid).pending; len(p) != 1 {
+					t.Fatalf("%d proposals pending after the refused commit, want bob's", len(p))
+				}
+				return
+			}
+			h.wantEpoch(t, gid, 2, 2)
+		})
+	}
+}
+
+// membersUnknownMeanwhile is unknownMembers (a group created before the
+// store recorded its local members) that also refuses a proposal's post
+// without them, and whose first refusal of a commit runs meanwhile before
+// it returns: another request served in full between the commit's write
+// refused for want of the members and its write again with them.
+type membersUnknownMeanwhile struct {
+	unknownMembers
+	meanwhile func()
+}
+
+func (m *membersUnknownMeanwhile) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Delivered, error) {
+	d, err := m.unknownMembers.CommitEpoch(ctx, c)
+	if f := m.meanwhile; f != nil && errors.Is(err, store.ErrGroupMembersUnknown) {
+		m.meanwhile = nil
+		f()
+	}
+	return d, err
+}
+
+func (m *membersUnknownMeanwhile) AddProposal(ctx context.Context, gid []byte, epoch uint64, p store.PendingProposal) error {
+	if err := m.refuse(p.Fanout); err != nil {
+		return err
+	}
+	return m.Store.AddProposal(ctx, gid, epoch, p)
+}
+
+// TestProposalDuringSeededCommit checks that a commit written again with
+// its group's local members (store.ErrGroupMembersUnknown) is checked
+// again against a self-remove kept meanwhile, as on its first write
+// (TestProposalDuringCommit), rather than refused commit_conflict: a
+// commit that covers the proposal is accepted, one that does not is
+// refused forbidden and the proposal stays pending. Before, both were
+// answered commit_conflict, and the committer retried a valid commit in
+// vain until the epoch's proposals stopped changing.
+func TestProposalDuringSeededCommit(t *testing.T) {
+	cases := []struct {
+		name   string
+		typ    moh.RequestType
+		remove bool     // alice's commit removes bob's leaf by value
+		want   moh.Code // 0: accepted
+	}{
+		{"update_client, not covering it", moh.UpdateClient, false, moh.CodeForbidden},
+		{"remove_users, removing the leaf", moh.RemoveUsers, true, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			alice, bob, gid, b, self := h.selfRemovePending(t, "proposal during seeded commit "+c.name)
+			var props []*mls.Proposal
+			if c.remove {
+				props = append(props, &mls.Proposal{Type: mls.ProposalRemove, Removed: b})
+			}
+			req := commitBody(t, c.typ, alice, alice.m, commit(t, alice.m, props, nil, nil))
+			m := &membersUnknownMeanwhile{unknownMembers: unknownMembers{Store: h.st, seeded: map[string][]string{}}}
+			m.meanwhile = func() {
+				h.mustDo(t, "bob's self_remove_client", signed(t, bob, b,
+					moh.RequestBody{Type: moh.SelfRemoveClient, Message: *self}))
+			}
+			h.svc.Store = m
+			_, err := h.do(t, req)
+			if m.meanwhile != nil {
+				t.Fatal("the commit's first write was not refused for want of the members")
+			}
 			wantCode(t, "the commit", err, c.want)
 			if c.want != 0 {
 				h.wantEpoch(t, gid, 1, 3)
