@@ -6,9 +6,11 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -214,6 +216,60 @@ func TestRelayLimitRates(t *testing.T) {
 			}
 			if err != nil || got != tc.want {
 				t.Fatalf("rates() = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestRelayLimitBothOrNeither checks that a relayed request spends a
+// token of its client's bucket and of its hub's, or of neither: a request
+// refused for the hub's bound leaves its client's budget as it was, so
+// the client's next request, to another hub, is still relayed. Before,
+// the client's token was taken first and kept when the hub's bucket was
+// empty, and a client's requests refused while a hub was busy used up its
+// own budget for every hub.
+func TestRelayLimitBothOrNeither(t *testing.T) {
+	hour := caddy.Duration(time.Hour)
+	rl, err := acquireRelayLimiter(t.TempDir(), &RelayLimit{Events: 1, Window: hour, Burst: 2,
+		HubEvents: 2, HubWindow: hour, HubBurst: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := rl.release(); err != nil {
+			t.Error(err)
+		}
+	})
+	now := time.Unix(1_800_000_000, 0)
+	first, second := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	for _, tc := range []struct {
+		name   string
+		client netip.Addr
+		hub    string
+		refuse string // in the refusal's message; empty: relayed
+	}{
+		{"first client, within its burst", first, "hub.example", ""},
+		{"first client, its burst's last token", first, "hub.example", ""},
+		{"first client, over its bound", first, "hub.example", "for your address"},
+		{"second client, the hub's last token", second, "hub.example", ""},
+		{"second client, over the hub's bound", second, "hub.example", "group's hub hub.example"},
+		{"second client, another hub", second, "other.example", ""},
+		{"second client, over its bound", second, "other.example", "for your address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := rl.allow(tc.client, tc.hub, now)
+			if tc.refuse == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.refuse) {
+				t.Fatalf("allow = %v, want a refusal %q", err, tc.refuse)
+			}
+			var r *admission.Refusal
+			if !errors.As(err, &r) || r.Err.Code != moh.CodeRateLimited || r.RetryAfter <= 0 {
+				t.Fatalf("refusal %v, want rate_limited with a Retry-After", err)
 			}
 		})
 	}

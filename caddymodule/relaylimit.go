@@ -46,7 +46,7 @@ const (
 // without an IP address, over a unix socket, share one bucket). A second,
 // larger bound holds for each hub, the provider's own clients together.
 // A request over either bound is 429 rate_limited with Retry-After and
-// is not relayed; one over its client's bound spends nothing of the hub's.
+// is not relayed; one over either bound spends nothing of the other's.
 // Sites with one data directory (one provider) share the buckets when
 // they set the same limits.
 type RelayLimit struct {
@@ -171,24 +171,33 @@ func (rl *relayLimiter) release() error {
 	return first
 }
 
-// allow spends a token of client's bucket, then of hub's, at now. A
-// refusal is 429 rate_limited with the Retry-After of the refused bucket;
-// a client over its own bound spends nothing of the hub's.
+// allow spends a token of client's bucket and one of hub's at now, both
+// or neither: a request refused by either bound costs nothing of the
+// other (the client's token is given back when the hub's bucket is
+// empty, ratelimit.Zone.AllowBytesThen). A refusal is 429 rate_limited
+// with the Retry-After of the refused bucket.
 func (rl *relayLimiter) allow(client netip.Addr, hub string, now time.Time) error {
 	var buf [64]byte
 	key, err := ratelimit.AppendIPKey(buf[:0], client, ratelimit.DefaultIPv4Bits, ratelimit.DefaultIPv6Bits)
 	if err != nil {
 		key = append(buf[:0], "local"...) // no IP address: a unix socket
 	}
-	if ok, wait := rl.clients.AllowBytes(key, now); !ok {
+	hubRefused := false
+	ok, wait := rl.clients.AllowBytesThen(key, now, func() (bool, time.Duration) {
+		ok, wait := rl.hubs.Allow(hub, now)
+		hubRefused = !ok
+		return ok, wait
+	})
+	switch {
+	case ok:
+		return nil
+	case hubRefused:
+		return admission.RetryLater(moh.Errorf(moh.CodeRateLimited,
+			"too many requests relayed to the group's hub %s; retry after %d s", hub, admission.RetrySeconds(wait)), wait)
+	default:
 		return admission.RetryLater(moh.Errorf(moh.CodeRateLimited,
 			"too many requests relayed to groups' hubs for your address; retry after %d s", admission.RetrySeconds(wait)), wait)
 	}
-	if ok, wait := rl.hubs.Allow(hub, now); !ok {
-		return admission.RetryLater(moh.Errorf(moh.CodeRateLimited,
-			"too many requests relayed to the group's hub %s; retry after %d s", hub, admission.RetrySeconds(wait)), wait)
-	}
-	return nil
 }
 
 // admitRelay runs the relay limit on a request about to be relayed to hub

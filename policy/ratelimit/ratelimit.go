@@ -18,7 +18,10 @@
 //
 // AllowAll spends a token of several keys at once, all or none, for a
 // request that needs the budget of each (the KeyPackages of several
-// users): a refusal leaves every key's budget as it was.
+// users): a refusal leaves every key's budget as it was. AllowBytesThen
+// does the same for one key of a zone and a second limit (another zone's
+// Allow): a request refused by either spends nothing of the other (in a
+// local zone; see there for Redis).
 //
 // A Zone can keep its buckets in Redis instead (SetRedis), so that several
 // processes share one budget per key: a GCRA (generic cell rate algorithm)
@@ -301,6 +304,44 @@ func (z *Zone) allow(kb []byte, ks string, now time.Time) (bool, time.Duration) 
 		return true, 0
 	}
 	return false, retryAfter(&b.lim, now)
+}
+
+// AllowBytesThen is AllowBytes for a request that a second limit (next,
+// another zone's Allow, say) must admit too: key's token is spent only
+// when its bucket has one and next allows. When key's bucket is empty it
+// returns false and Allow's retry without calling next; when next
+// refuses, the token taken from key's bucket is given back and next's
+// answer is returned, so that a request refused by the second limit
+// costs nothing of this one. Locally the token is reserved, and the
+// reservation cancelled on next's refusal (rate.Reservation.CancelAt);
+// an Allow of the same key between the two is not held back, and the
+// token given back is short by what the bucket refilled meanwhile, a
+// fraction of a token. A zone in Redis cannot give a token back: there
+// key's token stays spent when next refuses.
+func (z *Zone) AllowBytesThen(key []byte, now time.Time, next func() (bool, time.Duration)) (bool, time.Duration) {
+	if len(key) > MaxKeyLen {
+		sum := sha256.Sum256(key)
+		key = sum[:]
+	}
+	if b := z.redis.Load(); b != nil {
+		if ok, retry, done := z.allowRedis(b, key, "", now); done {
+			if !ok {
+				return false, retry
+			}
+			return next()
+		}
+	}
+	b := z.bucketOf(key, "", now)
+	r := b.lim.ReserveN(now, 1)
+	if !r.OK() || r.DelayFrom(now) > 0 {
+		r.CancelAt(now)
+		return false, retryAfter(&b.lim, now)
+	}
+	if ok, retry := next(); !ok {
+		r.CancelAt(now)
+		return false, retry
+	}
+	return true, 0
 }
 
 // AllowAll spends one token of each key's bucket at now, all or none: when

@@ -442,3 +442,25 @@ func TestRedisClock(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisAllowBytesThen checks AllowBytesThen on a zone in Redis, which
+// cannot give a token back: next runs only when key's bucket has a token,
+// its refusal is answered as is, and key's token stays spent.
+func TestRedisAllowBytesThen(t *testing.T) {
+	srv := redistest.New(t)
+	z := redisZone(t, "then", srv.Addr(), ratelimit.Config{Rate: 0.1, Burst: 2})
+	asked := 0
+	refuse := func() (bool, time.Duration) { asked++; return false, 7 * time.Second }
+	if ok, ra := z.AllowBytesThen([]byte("a"), t0, refuse); ok || ra != 7*time.Second || asked != 1 {
+		t.Fatalf("next refusing: %v, %v, next asked %d times; want refused with next's 7s, asked once", ok, ra, asked)
+	}
+	if ok, _ := z.AllowBytesThen([]byte("a"), t0, func() (bool, time.Duration) { asked++; return true, 0 }); !ok || asked != 2 {
+		t.Fatalf("next allowing: %v, next asked %d times in all; want admitted", ok, asked)
+	}
+	if ok, ra := z.AllowBytesThen([]byte("a"), t0, refuse); ok || ra != 10*time.Second || asked != 2 {
+		t.Fatalf("empty bucket: %v, %v, next asked %d times in all; want refused with the bucket's 10s, next not asked", ok, ra, asked)
+	}
+	if st := z.Stats(); !st.RedisHealthy || st.RedisFallbacks != 0 {
+		t.Fatalf("stats %+v: want healthy Redis, no fallback", st)
+	}
+}
