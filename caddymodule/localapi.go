@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -430,11 +431,17 @@ func (h *LocalAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 // serveGet answers GET /key_packages and GET /messages; their parameters
 // are in the query.
 func (h *LocalAPI) serveGet(x *exchange, user string) {
-	q := x.r.URL.Query()
+	// URL.Query drops a pair it cannot decode (a bad %-escape, a ';'):
+	// the request would run with that parameter's default, such as no
+	// wait or a cursor of 0, instead of being refused.
+	q, err := url.ParseQuery(x.r.URL.RawQuery)
+	if err != nil {
+		h.refuse(x, user, moh.Errorf(moh.CodeMalformed, "the query does not decode: %v", err))
+		return
+	}
 	client := []byte(q.Get("client"))
 	ctx := x.r.Context()
 	var answer wire.Marshaler
-	var err error
 	switch x.r.URL.Path {
 	case localPathKeyPackages:
 		var list []localapi.KeyPackageEntry

@@ -273,6 +273,8 @@ func TestLocalAPIRequestChecks(t *testing.T) {
 		{"other version", http.MethodPost, "/messages/ack", "application/octet-stream", append([]byte{0, 2}, good[2:]...), 400, moh.CodeUnsupportedVersion},
 		{"trailing byte", http.MethodPost, "/messages/ack", "application/octet-stream", append(good[:len(good):len(good)], 0), 400, moh.CodeMalformed},
 		{"bad query", http.MethodGet, "/messages?client=" + url.QueryEscape(aliceURI) + "&after=x", "", nil, 400, moh.CodeMalformed},
+		{"undecodable query value", http.MethodGet, "/messages?client=" + url.QueryEscape(aliceURI) + "&wait=30%", "", nil, 400, moh.CodeMalformed},
+		{"semicolon in query", http.MethodGet, "/messages?client=" + url.QueryEscape(aliceURI) + "&wait=30;after=1", "", nil, 400, moh.CodeMalformed},
 		{"limit over 1000", http.MethodGet, "/messages?client=" + url.QueryEscape(aliceURI) + "&limit=1001", "", nil, 400, moh.CodeMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
