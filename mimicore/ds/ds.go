@@ -52,7 +52,9 @@ import (
 const GroupIDSize = 16
 
 // MaxClockSkew is how far a client signature's timestamp may be from the
-// Delivery Service's clock, either way (docs/protocol.md §5.1).
+// Delivery Service's clock, either way (docs/protocol.md §5.1), and how far
+// beyond either end of its lifetime the clock may be when a commit adds a
+// KeyPackage (docs/protocol.md §5.4.1).
 const MaxClockSkew = 300 * time.Second
 
 // ReplayWindow is how long the signatures of attachment uploads, deletes
@@ -76,8 +78,9 @@ type Service struct {
 	// Seen is the replay set of the signed attachment uploads, deletes and
 	// copies. Nil makes Handle answer those backend_unavailable.
 	Seen store.SeenSignatures
-	// Now is the clock of the timestamp window and of the client binding
-	// checks; nil means time.Now.
+	// Now is the clock of the timestamp window, of the client binding
+	// checks and of the lifetimes of the KeyPackages commits add; nil
+	// means time.Now.
 	Now func() time.Time
 
 	// Store is the durable state of the groups hosted here, which the

@@ -84,9 +84,19 @@ type tclient struct {
 // bound by the harness's provider unless unbound.
 func (h *harness) newTClient(t testing.TB, user, device string, unbound bool) *tclient {
 	t.Helper()
+	return h.newTClientEdit(t, user, device, unbound, nil)
+}
+
+// newTClientEdit is newTClient with edit, when set, changing the leaf
+// (its lifetime, say) before its binding is attached and it is signed.
+func (h *harness) newTClientEdit(t testing.TB, user, device string, unbound bool, edit func(leaf *mls.LeafNode)) *tclient {
+	t.Helper()
 	uri := moh.ClientURI(testProvider, user, device)
 	c := newKeyPackageClient(t, mls.X25519AES128GCMSHA256Ed25519, user, uri, func(leaf *mls.LeafNode, pub []byte) {
 		leaf.Capabilities.Extensions = []mls.ExtensionType{binding.ExtensionType}
+		if edit != nil {
+			edit(leaf)
+		}
 		if unbound {
 			return
 		}

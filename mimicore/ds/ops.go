@@ -129,7 +129,9 @@ func (s *Service) hubFor(identity []byte) (string, error) {
 // external_join and re_initialize_group (docs/protocol.md §5.4). In order:
 // the commit's sender is the request's signer; the pending proposals of
 // the epoch are loaded for the references; RFC 9420 validation on the
-// group's public state (ApplyCommit); the proposals the request type
+// group's public state (ApplyCommitWith), with the lifetime of every
+// KeyPackage the commit adds checked against the DS clock, give or take
+// MaxClockSkew, as clients check it; the proposals the request type
 // allows (DS -03); the GroupInfo of the new epoch, assembled from the
 // state and the PartialGroupInfo, verifies; the client bindings of every
 // new or changed leaf; then the conditional write of the new epoch. Any
@@ -150,7 +152,12 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err != nil {
 		return nil, err
 	}
-	next, info, err := base.ApplyCommit(msg, resolver(pending))
+	// The KeyPackages a commit adds may come from other providers'
+	// clients, or have been fetched long before: members refuse a commit
+	// that adds one outside its lifetime (RFC 9420 §7.3), and fanning it
+	// out would leave them behind the hub's epoch.
+	next, info, err := base.ApplyCommitWith(msg, mls.ApplyOptions{Resolve: resolver(pending),
+		Now: s.now(), Skew: MaxClockSkew})
 	if err != nil {
 		return nil, mlsError(typ.String(), err)
 	}

@@ -3,6 +3,7 @@ package mls
 import (
 	"fmt"
 	"slices"
+	"time"
 )
 
 // AddedMember is a member a commit added.
@@ -57,22 +58,45 @@ type CommitInfo struct {
 // but ts-mls omits it there, so such commits are accepted without a path;
 // proposal types this package does not know never require one.
 //
-// Not checked: leaf lifetimes (a Delivery Service checks KeyPackages with
-// KeyPackage.VerifyAt when they are uploaded) and credential identities,
+// Not checked: leaf lifetimes, which need a clock (ApplyCommitWith checks
+// those of the KeyPackages a commit adds), and credential identities,
 // which are the application's business.
 func (g *GroupState) ApplyCommit(m *MLSMessage, resolve ProposalResolver) (*GroupState, *CommitInfo, error) {
+	return g.ApplyCommitWith(m, ApplyOptions{Resolve: resolve})
+}
+
+// ApplyOptions are the inputs of ApplyCommitWith besides the commit.
+type ApplyOptions struct {
+	// Resolve fetches the proposals the commit covers by reference.
+	Resolve ProposalResolver
+	// Now, unless it is the zero time, is the validator's clock: the leaf
+	// lifetime of the KeyPackage of every Add the commit covers (by value
+	// or by reference, whoever proposed it) must contain it, give or take
+	// Skew (RFC 9420 §7.3; Lifetime.Contains), else the commit is refused
+	// with ErrInvalidProposal. The leaves already in the tree are not
+	// checked, as RFC 9420 checks lifetimes only of leaves that enter it.
+	Now time.Time
+	// Skew is the clock skew tolerated at both ends of a lifetime, in whole
+	// seconds; a negative one counts as zero.
+	Skew time.Duration
+}
+
+// ApplyCommitWith is ApplyCommit with the options of opts: the resolver of
+// the proposals by reference, and the clock against which the lifetimes
+// of the KeyPackages the commit adds are checked.
+func (g *GroupState) ApplyCommitWith(m *MLSMessage, opts ApplyOptions) (*GroupState, *CommitInfo, error) {
 	pm, err := g.checkFraming(m, ContentCommit)
 	if err != nil {
 		return nil, nil, fmt.Errorf("applying commit: %w", err)
 	}
-	n, info, err := g.applyCommit(pm, resolve)
+	n, info, err := g.applyCommit(pm, opts)
 	if err != nil {
 		return nil, nil, fmt.Errorf("applying commit: %w", err)
 	}
 	return n, info, nil
 }
 
-func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*GroupState, *CommitInfo, error) {
+func (g *GroupState) applyCommit(pm *PublicMessage, opts ApplyOptions) (*GroupState, *CommitInfo, error) {
 	ac := pm.AuthenticatedContent()
 	commit := pm.Content.Commit
 	committer := pm.Content.Sender
@@ -84,13 +108,18 @@ func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*
 	if err := g.verifyContent(ac); err != nil {
 		return nil, nil, err
 	}
-	list, err := g.resolveProposals(commit, committer, resolve)
+	list, err := g.resolveProposals(commit, committer, opts.Resolve)
 	if err != nil {
 		return nil, nil, err
 	}
 	pathRequired, err := g.checkProposalList(list, committer)
 	if err != nil {
 		return nil, nil, err
+	}
+	if !opts.Now.IsZero() {
+		if err := checkAddLifetimes(list, opts.Now, opts.Skew); err != nil {
+			return nil, nil, err
+		}
 	}
 	if pathRequired && commit.Path == nil {
 		return nil, nil, fmt.Errorf("%w: path required", ErrInvalidCommit)
@@ -141,6 +170,25 @@ func (g *GroupState) applyCommit(pm *PublicMessage, resolve ProposalResolver) (*
 		return nil, nil, err
 	}
 	return n, info, nil
+}
+
+// checkAddLifetimes refuses a list with an Add whose KeyPackage's leaf
+// lifetime does not contain now, give or take skew (RFC 9420 §7.3: a
+// key_package leaf entering the tree must be within its lifetime).
+func checkAddLifetimes(list []ResolvedProposal, now time.Time, skew time.Duration) error {
+	t := uint64(max(now.Unix(), 0))
+	sk := uint64(max(skew/time.Second, 0))
+	for i, rp := range list {
+		p := rp.Proposal
+		if p.Type != ProposalAdd {
+			continue
+		}
+		if lt := p.KeyPackage.LeafNode.Lifetime; !lt.Contains(t, sk) {
+			return fmt.Errorf("%w: add %d: the KeyPackage's lifetime [%d, %d] does not contain the time %d (tolerance %d s)",
+				ErrInvalidProposal, i, lt.NotBefore, lt.NotAfter, t, sk)
+		}
+	}
+	return nil
 }
 
 // applyProposals applies the covered proposals to g, a writable state from

@@ -24,7 +24,8 @@
 //	kp := m.KeyPackage                             // uploads: kp.VerifyAt(now), kp.Ref()
 //	g, err := mls.NewGroupState(gi, nil)           // from the creator's GroupInfo
 //	ac, ref, err := g.VerifyProposal(m)            // keep ac under ref for this epoch
-//	next, info, err := g.ApplyCommit(m, resolve)   // g is unchanged on error
+//	next, info, err := g.ApplyCommitWith(m, opts)  // g is unchanged on error; opts: resolve,
+//	                                               // and the clock for the Adds' lifetimes
 //	err = next.VerifyGroupInfo(gi)                 // the committer's new GroupInfo
 //	err = g.CheckMessage(m)                        // application PrivateMessages
 //	blob, err := g.MarshalBinary()                 // storage; mls.DecodeGroupState(blob)

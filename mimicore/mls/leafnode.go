@@ -55,6 +55,19 @@ type Lifetime struct {
 	NotBefore, NotAfter uint64
 }
 
+// Contains reports whether the lifetime contains the time now, give or
+// take skew: not_before - skew <= now <= not_after + skew, both in seconds
+// since the Unix epoch and inclusive. A lifetime whose not_after precedes
+// its not_before contains no time, whatever the skew.
+func (l Lifetime) Contains(now, skew uint64) bool {
+	if l.NotBefore > l.NotAfter {
+		return false
+	}
+	// Written so that neither side overflows near 2^64.
+	return (l.NotBefore <= now || l.NotBefore-now <= skew) &&
+		(now <= l.NotAfter || now-l.NotAfter <= skew)
+}
+
 // LeafNodeSource says how a leaf node was made (RFC 9420 §7.2).
 type LeafNodeSource uint8
 

@@ -1,0 +1,73 @@
+package ds
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+)
+
+// TestKeyPackageLifetime checks that a commit adding a KeyPackage whose
+// leaf lifetime does not contain the DS clock, give or take MaxClockSkew,
+// is refused invalid_mls and changes nothing (docs/protocol.md §5.4.1,
+// commits, step 2), while one within it is accepted: members refuse an
+// Add outside its lifetime (RFC 9420 §7.3), so a hub that fanned such a
+// commit out would leave them behind its epoch.
+func TestKeyPackageLifetime(t *testing.T) {
+	h := newHarness(t)
+	now := time.Now().Truncate(time.Second)
+	h.svc.Now = func() time.Time { return now }
+	sec := uint64(now.Unix())
+	skew := uint64(MaxClockSkew / time.Second)
+	const day = 24 * 3600
+
+	alice := h.newTClient(t, "alice", "phone", false)
+	gid := []byte("lifetime group")
+	h.mustDo(t, "create_group", createBody(t, alice, gid))
+	epoch := uint64(0)
+
+	for i, tc := range []struct {
+		name     string
+		lifetime mls.Lifetime
+		accepted bool
+	}{
+		{"expired long ago", mls.Lifetime{NotBefore: sec - 30*day, NotAfter: sec - day}, false},
+		{"expired just beyond the tolerance", mls.Lifetime{NotBefore: sec - 30*day, NotAfter: sec - skew - 1}, false},
+		{"expired within the tolerance", mls.Lifetime{NotBefore: sec - 30*day, NotAfter: sec - skew + 1}, true},
+		{"expired at the edge of the tolerance", mls.Lifetime{NotBefore: sec - 30*day, NotAfter: sec - skew}, true},
+		{"not yet valid, long before", mls.Lifetime{NotBefore: sec + day, NotAfter: sec + 30*day}, false},
+		{"not yet valid, just beyond the tolerance", mls.Lifetime{NotBefore: sec + skew + 1, NotAfter: sec + 30*day}, false},
+		{"not yet valid, within the tolerance", mls.Lifetime{NotBefore: sec + skew, NotAfter: sec + 30*day}, true},
+		{"empty lifetime around the clock", mls.Lifetime{NotBefore: sec + 1, NotAfter: sec - 1}, false},
+		{"valid", mls.Lifetime{NotBefore: sec - day, NotAfter: sec + 30*day}, true},
+		{"valid, ts-mls's default", mls.Lifetime{NotBefore: 0, NotAfter: 1<<63 - 1}, true},
+		{"valid, up to the last second", mls.Lifetime{NotBefore: 0, NotAfter: 1<<64 - 1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			joiner := h.newTClientEdit(t, fmt.Sprintf("joiner%d", i), "phone", false, func(leaf *mls.LeafNode) {
+				leaf.Lifetime = tc.lifetime
+			})
+			before := h.snapshot(t, gid)
+			res := commit(t, alice.m, addProps(joiner), nil, nil)
+			_, err := h.do(t, commitBody(t, moh.AddUsers, alice, alice.m, res))
+			if err == nil {
+				// Followed even when it should have been refused, so
+				// that the next cases start from the stored epoch.
+				adopt(t, res, alice)
+				epoch++
+			}
+			t.Log(err)
+			switch {
+			case tc.accepted && err != nil:
+				t.Fatalf("answer %v, want ok", err)
+			case !tc.accepted && codeOf(err) != moh.CodeInvalidMLS:
+				t.Fatalf("answer %v, want invalid_mls", err)
+			case !tc.accepted && !h.snapshot(t, gid).equal(before):
+				t.Fatal("the refusal changed the stored group")
+			}
+			h.wantEpoch(t, gid, epoch, alice.m.State().MemberCount())
+		})
+	}
+}

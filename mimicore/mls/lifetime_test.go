@@ -1,0 +1,107 @@
+package mls
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestLifetimeContains checks Lifetime.Contains at and around its bounds,
+// with and without skew, near 2^64, and for an empty lifetime.
+func TestLifetimeContains(t *testing.T) {
+	const top = 1<<64 - 1
+	for _, tc := range []struct {
+		name      string
+		lt        Lifetime
+		now, skew uint64
+		want      bool
+	}{
+		{"inside", Lifetime{100, 200}, 150, 0, true},
+		{"at not_before", Lifetime{100, 200}, 100, 0, true},
+		{"at not_after", Lifetime{100, 200}, 200, 0, true},
+		{"before, no skew", Lifetime{100, 200}, 99, 0, false},
+		{"after, no skew", Lifetime{100, 200}, 201, 0, false},
+		{"before, within skew", Lifetime{100, 200}, 70, 30, true},
+		{"before, beyond skew", Lifetime{100, 200}, 69, 30, false},
+		{"after, within skew", Lifetime{100, 200}, 230, 30, true},
+		{"after, beyond skew", Lifetime{100, 200}, 231, 30, false},
+		{"empty", Lifetime{201, 199}, 200, 30, false},
+		{"whole range", Lifetime{0, top}, top, 300, true},
+		{"skew past zero", Lifetime{0, 10}, 5, top, true},
+		{"skew past 2^64", Lifetime{top - 10, top}, top - 20, top, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.lt.Contains(tc.now, tc.skew); got != tc.want {
+				t.Fatalf("%+v.Contains(%d, %d) = %v, want %v", tc.lt, tc.now, tc.skew, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestApplyCommitAddLifetime checks that ApplyCommitWith refuses a commit
+// adding a KeyPackage outside its lifetime at opts.Now, whether the Add
+// comes by value or by reference, from a member or from a
+// new_member_proposal, and that ApplyCommit, without a clock, does not.
+func TestApplyCommitAddLifetime(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	now := time.Unix(1_790_000_000, 0)
+	sec := uint64(now.Unix())
+	opts := ApplyOptions{Now: now, Skew: 300 * time.Second}
+	expired := Lifetime{NotBefore: sec - 86400, NotAfter: sec - 301}
+	valid := Lifetime{NotBefore: sec - 86400, NotAfter: sec - 300}
+	for _, tc := range []struct {
+		name    string
+		lt      Lifetime
+		how     string // "value", "member" or "new member": who proposes the Add
+		refused bool
+	}{
+		{"by value, expired", expired, "value", true},
+		{"by value, valid", valid, "value", false},
+		{"by reference from a member, expired", expired, "member", true},
+		{"by reference from a member, valid", valid, "member", false},
+		{"new_member_proposal, expired", expired, "new member", true},
+		{"new_member_proposal, valid", valid, "new member", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			kp, signer := newTestKeyPackage(t, cs, "joiner")
+			kp.LeafNode.Lifetime = tc.lt
+			if err := kp.LeafNode.Sign(cs, signer, nil, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := kp.Sign(signer); err != nil {
+				t.Fatal(err)
+			}
+			add := &Proposal{Type: ProposalAdd, KeyPackage: kp}
+			var props []ProposalOrRef
+			var resolve ProposalResolver
+			if tc.how == "value" {
+				props = []ProposalOrRef{{Type: ProposalByValue, Proposal: add}}
+			} else {
+				sender, sig := Sender{Type: SenderMember, Index: 1}, tg.signers[1]
+				if tc.how == "new member" {
+					sender, sig = Sender{Type: SenderNewMemberProposal}, signer
+				}
+				pm := reencode(t, tg.proposal(t, sender, sig, add))
+				ac := pm.PublicMessage.AuthenticatedContent()
+				ref, err := cs.ProposalRef(ac)
+				if err != nil {
+					t.Fatal(err)
+				}
+				props = []ProposalOrRef{{Type: ProposalByReference, Ref: ref}}
+				resolve = func([]byte) (*AuthenticatedContent, error) { return ac, nil }
+			}
+			msg := reencode(t, tg.commit(t, 0, props, false, resolve))
+			if _, _, err := tg.g.ApplyCommit(msg, resolve); err != nil {
+				t.Fatalf("without a clock: %v", err)
+			}
+			o := opts
+			o.Resolve = resolve
+			_, _, err := tg.g.ApplyCommitWith(msg, o)
+			t.Log(err)
+			if tc.refused != (err != nil) || (err != nil && !errors.Is(err, ErrInvalidProposal)) {
+				t.Fatalf("ApplyCommitWith: %v, want refused %v with ErrInvalidProposal", err, tc.refused)
+			}
+		})
+	}
+}
