@@ -72,9 +72,13 @@ func (k *KeyPackage) Sign(signer crypto.Signer) error {
 // outside a group: supported version and cipher suite, both signatures with
 // the leaf's signature key, a key_package leaf source, valid public keys,
 // init_key different from the encryption key, unique extensions and a
-// leaf that supports its own version, suite, credential and extensions. It
-// does not check the lifetime against a clock (see VerifyAt) nor the
-// credential's identity, which is the application's job.
+// leaf whose capabilities list its own credential type and its extensions
+// (those RFC 9420 does not make default). It does not require the leaf's
+// capabilities to list the KeyPackage's own version and cipher suite
+// (the KeyPackage of suite 7 in RFC 9420's welcome.json test vector omits
+// it), nor check the lifetime against a clock (see VerifyAt and
+// GroupState.ApplyCommitWith) or the credential's identity, which is the
+// application's job.
 func (k *KeyPackage) Verify() error {
 	if k.Version != MLS10 {
 		return fmt.Errorf("verifying key package: unsupported version %d", k.Version)
