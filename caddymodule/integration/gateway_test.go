@@ -51,16 +51,39 @@ func TestDiscovery(t *testing.T) {
 	}
 }
 
+// TestTLS12Refused checks that a client offering at most TLS 1.2 is
+// refused, at the handshake and for a request, while a TLS 1.3 client to
+// the same address and name is served: without that control the test
+// would pass with the server down or the name wrong.
 func TestTLS12Refused(t *testing.T) {
 	startCaddy(t)
-	conn, err := tls.Dial("tcp", httpsAddr, &tls.Config{ServerName: "b.localhost", RootCAs: env.roots, MaxVersion: tls.VersionTLS12})
-	if err == nil {
-		conn.Close()
-		t.Fatal("TLS 1.2 handshake succeeded")
-	}
-	_, err = client(tls.VersionTLS12).Get("https://b.localhost:9443/.well-known/mimi/ds-domain")
-	if err == nil {
-		t.Fatal("TLS 1.2 request succeeded")
+	for _, tc := range []struct {
+		name    string
+		version uint16
+		refused bool
+	}{
+		{"TLS 1.2", tls.VersionTLS12, true},
+		{"TLS 1.3", tls.VersionTLS13, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := tls.Dial("tcp", httpsAddr, &tls.Config{ServerName: "b.localhost", RootCAs: env.roots, MaxVersion: tc.version})
+			if err == nil {
+				conn.Close()
+			}
+			if refused := err != nil; refused != tc.refused {
+				t.Fatalf("handshake with at most %s: %v, want refused: %v", tc.name, err, tc.refused)
+			}
+			resp, err := client(tc.version).Get("https://b.localhost:9443/.well-known/mimi/ds-domain")
+			if err == nil {
+				resp.Body.Close()
+			}
+			if refused := err != nil; refused != tc.refused {
+				t.Fatalf("request with at most %s: %v, want refused: %v", tc.name, err, tc.refused)
+			}
+			if err == nil && (resp.StatusCode != http.StatusOK || resp.TLS == nil || resp.TLS.Version != tls.VersionTLS13) {
+				t.Fatalf("request with at most %s: status %d, TLS %+v", tc.name, resp.StatusCode, resp.TLS)
+			}
+		})
 	}
 }
 

@@ -1,5 +1,0 @@
-//go:build !race
-
-package redisrl
-
-const raceEnabled = false
