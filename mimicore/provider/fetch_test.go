@@ -226,8 +226,10 @@ func TestKeyFetchMethodAndContentType(t *testing.T) {
 }
 
 // TestKeyFetcherClose checks that Close drops the fetcher's idle
-// connections and that later fetches fail fast with ErrFetcherClosed,
-// reaching no peer and caching nothing, while cached keys still answer.
+// connections and that later fetches fail with ErrFetcherClosed, reaching
+// no peer and caching nothing, while cached keys still answer. How fast
+// they fail is not measured: a loaded machine makes any bound flaky, and
+// a fetch that reached the network would be counted as a request.
 func TestKeyFetcherClose(t *testing.T) {
 	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
 	answer, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: []moh.VerificationKey{k.Public()}})
@@ -258,14 +260,13 @@ func TestKeyFetcherClose(t *testing.T) {
 	f.Close()
 	select {
 	case <-closed:
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("Close left the idle connection open")
 	}
 	before := requests.Load()
 	if _, err := f.VerificationKey(t.Context(), "peer.example.com", k.ID, t0); err != nil {
 		t.Fatalf("cached key after Close: %v", err)
 	}
-	start := time.Now()
 	for _, domain := range []string{"other.example.com", "other.example.com"} {
 		if _, err := f.VerificationKey(t.Context(), domain, k.ID, t0); !errors.Is(err, ErrFetcherClosed) {
 			t.Fatalf("fetch after Close: %v, want ErrFetcherClosed", err)
@@ -275,8 +276,8 @@ func TestKeyFetcherClose(t *testing.T) {
 	if _, err := c.Post(t.Context(), "other.example.com", moh.ConnectionKeyPackages, []byte{0}); !errors.Is(err, ErrFetcherClosed) {
 		t.Fatalf("Client.Post after Close: %v, want ErrFetcherClosed", err)
 	}
-	if d := time.Since(start); d > time.Second || requests.Load() != before {
-		t.Fatalf("after Close: %v spent, %d requests reached the peer", d, requests.Load()-before)
+	if n := requests.Load() - before; n != 0 {
+		t.Fatalf("after Close: %d requests reached the peer", n)
 	}
 	if e := f.peers["other.example.com"]; e != nil && e.lastErr != nil {
 		t.Fatalf("a closed fetcher cached a peer failure: %v", e.lastErr)
