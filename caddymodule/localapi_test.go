@@ -959,7 +959,7 @@ func TestLocalAPILongPollBounds(t *testing.T) {
 	}
 	waiting := func(want int) {
 		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); s.h.polls.waiting() != want; {
+		for deadline := time.Now().Add(30 * time.Second); s.h.polls.waiting() != want; {
 			if time.Now().After(deadline) {
 				t.Fatalf("%d long polls waiting, want %d", s.h.polls.waiting(), want)
 			}
@@ -990,15 +990,14 @@ func TestLocalAPILongPollBounds(t *testing.T) {
 		{"a queued message", "mallory", "mimi://example.com/d/mallory/dev4", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			start := time.Now()
-			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			// At once, not after the poll's wait of 60 s: a poll that
+			// waited would end with this context, however loaded the
+			// machine.
+			ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
 			defer cancel()
 			resp, body, err := poll(ctx, tc.user, tc.client)
 			if err != nil {
-				t.Fatal(err)
-			}
-			if took := time.Since(start); took > 5*time.Second {
-				t.Fatalf("answered after %v, want at once", took)
+				t.Fatalf("answered not at once: %v", err)
 			}
 			if tc.messages < 0 {
 				expectRefusal(t, resp.StatusCode, body, moh.CodeRateLimited)
