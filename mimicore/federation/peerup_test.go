@@ -55,10 +55,10 @@ func TestSenderBacklogFoundAfterListingFails(t *testing.T) {
 				}
 				s.PeerUp("dest.example")
 			}
-			deadline := time.Now().Add(5 * time.Second)
+			deadline := time.Now().Add(30 * time.Second)
 			for len(p.received("g")) < 3 {
 				if time.Now().After(deadline) {
-					t.Fatalf("got %q in 5 s, want the backlog's 3 messages", p.received("g"))
+					t.Fatalf("got %q in 30 s, want the backlog's 3 messages", p.received("g"))
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
