@@ -281,7 +281,7 @@ func TestAdminOutboxResetDoesNotHoldSenderPool(t *testing.T) {
 	}()
 	select {
 	case <-loaded:
-	case <-time.After(2 * time.Second):
+	case <-time.After(30 * time.Second): // a sender that waited would wait for ever
 		t.Errorf("starting another data directory's sender waited for an outbox reset")
 	}
 	close(ob.release)
