@@ -164,7 +164,8 @@ func postTx(ctx context.Context, tx pgx.Tx, g *store.GroupPost, now int64) (uint
 // the read fail or time out, every waiter of the process is woken
 // (Notifier.Fallback), and the failure logged: each fetches its queue
 // once, where the group's members, not known, would otherwise sleep
-// through the post until the end of their wait.
+// through the post until the end of their wait. A lookup that ends
+// because the Store is closing is no failure: Close wakes every waiter.
 func (s *Store) notifyPost(ctx context.Context, groupID []byte, except string, seq uint64, left []string) {
 	if s.notify.Idle() {
 		return
@@ -173,6 +174,13 @@ func (s *Store) notifyPost(ctx context.Context, groupID []byte, except string, s
 	rows, _ := s.pool.Query(ctx, groupCurrentSQL, groupID, int64(seq))
 	members, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
+		if s.closed.Load() {
+			// The lookup ended because the Store is closing (Close
+			// cancelled the listener's lookups and closes the pool):
+			// nothing failed, nothing to log, and Close wakes every
+			// waiter.
+			return
+		}
 		s.notify.Fallback(fmt.Errorf("looking up the local members of a group to wake them after post %d: %w", seq, err))
 		return
 	}
