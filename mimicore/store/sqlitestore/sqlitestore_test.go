@@ -428,7 +428,7 @@ func TestFailedOpenStopsItsSyncer(t *testing.T) {
 	}
 	// A syncer that was told to stop ends at once; give the scheduler a
 	// while before concluding that one was left running.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for syncers() > before && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -30,7 +30,7 @@ func blockWriter(t *testing.T, s *Store) (release func() error) {
 	}()
 	select {
 	case <-started:
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("the blocking op never started")
 	}
 	var once sync.Once
@@ -45,7 +45,7 @@ func blockWriter(t *testing.T, s *Store) (release func() error) {
 // waitQueued waits until n ops wait in the writer's queue.
 func waitQueued(t *testing.T, s *Store, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for s.wr.queued() != n {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d ops queued, want %d", s.wr.queued(), n)
