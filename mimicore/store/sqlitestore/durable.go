@@ -47,7 +47,8 @@ import (
 // (SQLITE_IOERR and its extended codes; SQLITE_BUSY and SQLITE_LOCKED are
 // a checkpoint's normal outcomes under load, and fail nothing) stops the
 // log (Deferred.Stop), fails every later write and every read waiting
-// for a sync, and no checkpoint runs again. Retrying would be wrong: the
+// for a sync, and no checkpoint runs again (but for Close's, with
+// WithSyncAtCommit: see there). Retrying would be wrong: the
 // kernel reports a failed write-back once per open file, so the retry's
 // sync of the log would succeed and the retry would copy into the
 // database file frames that the disk may not hold; and after a failed

@@ -273,7 +273,14 @@ func WithLinger(wait time.Duration, enough int) Option {
 // goroutine, which overlaps it with the next batch (durable.go). Both are
 // equally durable; it is for comparisons, and it is what a Store does
 // where the log's descriptor cannot be known (outside unix) or another
-// Store may write the same file.
+// Store may write the same file. Failures differ: a failed sync of a
+// COMMIT fails that commit alone (SQLite publishes a commit's log frames
+// only once their sync succeeded, and the next commit writes over them)
+// and does not stop the store; and after a checkpoint's I/O error stopped
+// it, the checkpoint SQLite runs when Close closes the last connection
+// still runs, copying every frame from the last one checkpointed (the
+// failed checkpoint's pages included, since it did not advance), syncing
+// the database file and removing the log.
 func WithSyncAtCommit() Option { return func(o *options) { o.syncAtCommit = true } }
 
 // WithClock replaces time.Now as the clock that decides whether a record
