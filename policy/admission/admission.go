@@ -62,6 +62,20 @@ type Policy struct {
 	mu      sync.Mutex
 	held    []string            // registry keys of the zones held; nil after Close
 	pending []*ratelimit.Update // this config's settings of zones it found in use; nil after Commit or Close
+	// settings are the rate, burst and Redis setting of every zone held,
+	// by registry key: what Close of a newer Policy puts back on a zone
+	// when this one is the newest committed Policy left holding it.
+	settings map[string]zoneSetting
+	// committed is set by the first Commit.
+	committed bool
+}
+
+// zoneSetting is what a Policy sets on one of its zones.
+type zoneSetting struct {
+	rate   float64
+	burst  int
+	redis  *ratelimit.RedisConfig
+	logger *zap.Logger
 }
 
 // Plan is what the policy does on one endpoint. All its methods are
@@ -107,7 +121,9 @@ func newZoneUse(z *zone, endpoint string) *zoneUse {
 // its key kind or MaxKeys: then this Policy gets a new zone. A reused zone
 // keeps the running Policy's rate, burst and Redis setting until Commit
 // applies cfg's, so that a configuration rejected after New (and closed)
-// leaves the running one's zones as they were. Close releases the zones.
+// leaves the running one's zones as they were. Close releases the zones,
+// and puts back the settings of the running Policy on those where its own
+// were in force (a configuration rejected after Commit).
 func New(cfg Config) (*Policy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -115,7 +131,8 @@ func New(cfg Config) (*Policy, error) {
 	if cfg.Origin == nil && (len(cfg.RequireToken) > 0 || hasOverLimitToken(cfg.Zones)) {
 		return nil, errors.New("privacy_pass: token redemption is configured but there is no Origin")
 	}
-	p := &Policy{plans: map[string]*Plan{}, origin: cfg.Origin, logger: cfg.Logger, now: cfg.Now}
+	p := &Policy{plans: map[string]*Plan{}, origin: cfg.Origin, logger: cfg.Logger, now: cfg.Now,
+		settings: map[string]zoneSetting{}}
 	if p.logger == nil {
 		p.logger = zap.NewNop()
 	}
@@ -141,6 +158,7 @@ func New(cfg Config) (*Policy, error) {
 			return nil, fmt.Errorf("rate_limit %s: %w", zc.Name, err)
 		}
 		p.held = append(p.held, key)
+		p.settings[key] = zoneSetting{rate: zc.Rate, burst: zc.Burst, redis: zc.Redis, logger: p.logger}
 		if update != nil {
 			p.pending = append(p.pending, update)
 		}
@@ -214,6 +232,10 @@ func hasOverLimitToken(zs []ZoneConfig) bool {
 // zones it reused from a running Policy (New creates the others with
 // them): call it last when the configuration is accepted, once nothing
 // else can fail. The buckets keep their tokens, capped at the new burst.
+// The Policy is then the newest committed one of each of its zones, until
+// it is closed: Close puts back the settings of the newest committed
+// Policy left, so that a configuration that Caddy rejects after Commit
+// (another module failed) leaves the running one's settings in force.
 // Commit is idempotent; an error (closing a replaced Redis connection)
 // leaves the settings in force.
 func (p *Policy) Commit() error {
@@ -221,22 +243,24 @@ func (p *Policy) Commit() error {
 		return nil
 	}
 	p.mu.Lock()
-	pending := p.pending
+	pending, held, first := p.pending, p.held, !p.committed && p.held != nil
 	p.pending = nil
-	p.mu.Unlock()
-	var errs []error
-	for _, u := range pending {
-		if err := u.Apply(); err != nil {
-			errs = append(errs, fmt.Errorf("applying rate-limit settings: %w", err))
-		}
+	if first {
+		p.committed = true
 	}
-	return errors.Join(errs...)
+	p.mu.Unlock()
+	if !first {
+		return nil
+	}
+	return zones.commit(p, held, pending)
 }
 
 // Close releases the zones the Policy holds; a zone no other Policy holds
 // is dropped with its buckets. Settings not committed are dropped: the
-// zones keep those they have. It does not close the Origin. Close is
-// idempotent; the Policy must not be used after it.
+// zones keep those they have. On a zone where this Policy's settings are
+// in force (it is the newest committed Policy holding it), those of the
+// newest committed Policy left are put back. It does not close the
+// Origin. Close is idempotent; the Policy must not be used after it.
 func (p *Policy) Close() error {
 	p.mu.Lock()
 	held, pending := p.held, p.pending
@@ -249,7 +273,7 @@ func (p *Policy) Close() error {
 		}
 	}
 	for _, key := range held {
-		if err := zones.release(key); err != nil {
+		if err := zones.release(key, p); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -3,6 +3,7 @@ package admission
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -26,6 +27,11 @@ type registry struct {
 type zoneEntry struct {
 	zone *ratelimit.Zone
 	refs int
+	// committed are the Policies holding the zone that committed their
+	// settings to it, oldest first: the settings in force are the last
+	// one's (or, while none has committed, those the zone was created
+	// with).
+	committed []*Policy
 }
 
 // registryKey is the key of cfg's zone in the registry: its scope and name,
@@ -75,20 +81,57 @@ func (r *registry) acquire(scope string, cfg *ZoneConfig, logger *zap.Logger) (*
 	return z, key, nil, nil
 }
 
-// release drops one reference to the zone at key, and the zone with the
-// last one.
-func (r *registry) release(key string) error {
+// commit applies updates, p's prepared settings of the zones it reused,
+// and records p as the newest committed Policy of each zone at keys, under
+// the registry's lock, so that a concurrent release finds the settings in
+// force and the order they were committed in agreeing.
+func (r *registry) commit(p *Policy, keys []string, updates []*ratelimit.Update) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for _, u := range updates {
+		if err := u.Apply(); err != nil {
+			errs = append(errs, fmt.Errorf("applying rate-limit settings: %w", err))
+		}
+	}
+	for _, key := range keys {
+		if e := r.m[key]; e != nil {
+			e.committed = append(e.committed, p)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// release drops p's reference to the zone at key, and the zone with the
+// last one. When p's settings are in force on a zone that other Policies
+// still hold, the newest committed one of them puts its own back: rate,
+// burst (the buckets keep their tokens, capped) and Redis setting.
+func (r *registry) release(key string, p *Policy) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.m[key]
 	if e == nil {
 		return fmt.Errorf("releasing rate-limit zone %q: not held", key)
 	}
+	var err error
+	if i := slices.Index(e.committed, p); i >= 0 {
+		newest := i == len(e.committed)-1
+		e.committed = slices.Delete(e.committed, i, i+1)
+		if newest && len(e.committed) > 0 {
+			s := e.committed[len(e.committed)-1].settings[key]
+			if err = e.zone.UpdateLimits(s.rate, s.burst); err == nil {
+				err = e.zone.SetRedis(s.redis, s.logger)
+			}
+			if err != nil {
+				err = fmt.Errorf("restoring the settings of rate-limit zone %s: %w", e.zone.Name(), err)
+			}
+		}
+	}
 	if e.refs--; e.refs > 0 {
-		return nil
+		return err
 	}
 	delete(r.m, key)
-	return e.zone.Destruct()
+	return errors.Join(err, e.zone.Destruct())
 }
 
 // refs returns the references held on the zone at key (0 when absent).
