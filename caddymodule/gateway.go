@@ -208,6 +208,16 @@ type Gateway struct {
 	// senderStarted is set while this config holds the data directory's
 	// federation sender in senderPool.
 	senderStarted bool
+	// sender is the data directory's federation sender.
+	sender *federation.Sender
+	// backend is the legacy backend, nil for the local queues; svcOpts
+	// and fetch are the service's options and the fetch policy: this
+	// config's options for the pooled parts, put in force by commit.
+	backend *federation.Backend
+	svcOpts service.Options
+	fetch   provider.FetchPolicy
+	// committed is set while this config is recorded in commits.
+	committed bool
 	// sweeper is the data directory's attachment sweeper, nil when
 	// attachments are disabled; sweeperHeld is set while this config
 	// holds it in sweeperPool.
@@ -410,38 +420,14 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
-	// Nothing but Apply fails from here on: the pooled service, sender,
-	// rate-limit zones and sweeper take this config's options only now,
-	// so that a config Caddy rejects leaves the running one's in force.
-	if loaded {
-		if err := g.svc.Apply(svcOpts); err != nil {
-			return fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
-		}
-	}
-	var limits store.OutboxLimits
-	if f := g.Federation; f != nil {
-		sender.SetPolicy(federation.Policy{MaxBackoff: time.Duration(f.MaxBackoff), GiveUpAfter: time.Duration(f.GiveUpAfter)})
-		limits = store.OutboxLimits{MaxMessages: f.MaxBacklogMessages, MaxBytes: f.MaxBacklogBytes}
-	} else {
-		sender.SetPolicy(federation.Policy{})
-	}
-	g.svc.Store().SetOutboxLimits(limits)
-	sender.SetBackend(backend)
+	g.sender, g.backend, g.svcOpts, g.fetch = sender, backend, svcOpts, fetch
 	g.ds.Outbound, g.ds.PeerUp = sender.Outbound, sender.PeerUp
-	// Rate-limit zones kept from the running config take this config's
-	// rate, burst and Redis setting now, not in provisionPolicy: a config
-	// rejected after it leaves the running one's zones as they were.
-	if err := g.policy.Commit(); err != nil {
-		g.logger.Error("applying the rate-limit zones' settings", zap.Error(err))
-	}
-	if g.origin != nil {
-		// A pooled origin kept from the running config fetches the issuer
-		// directory under this config's policy and logs to its logger
-		// from now on; its keys, challenges and spent tokens stay.
-		g.origin.Reconfigure(fetch, g.sampled)
-	}
-	if g.sweeper != nil {
-		g.sweeper.current.Store(g.ds.Attachments) // the newest config's policy and backend
+	// Nothing but Apply fails from here on: the pooled service, sender,
+	// rate-limit zones, sweeper and origin take this config's options only
+	// now, and get the running config's back when Caddy rejects this one
+	// and cleans it up (commit.go).
+	if err := g.commit(!loaded); err != nil {
+		return err
 	}
 	return nil
 }
@@ -591,8 +577,13 @@ func (g *Gateway) Validate() error {
 }
 
 // Cleanup releases the policy and this config's hold on the provider's
-// service, which closes when no config uses it any more.
+// service, which closes when no config uses it any more. Where this
+// config's options are in force on the pooled parts (Caddy rejected it
+// after it provisioned), it first puts back those of the running config.
 func (g *Gateway) Cleanup() error {
+	// First, while the parts are held: where this config's options are
+	// in force, the running config's are put back.
+	g.uncommit()
 	policyErr := errors.Join(g.cleanupPolicy(), g.cleanupAttachments())
 	if g.ds != nil {
 		removeHubCache(g.ds.Hubs)

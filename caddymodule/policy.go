@@ -435,7 +435,8 @@ func (g *Gateway) cleanupPolicy() error {
 // originPoolKey), so that challenges minted before a reload (context
 // random) stay valid. The options a reload changes in place, the issuer
 // directory's fetch policy and the logger, are applied to a kept origin at
-// the end of Provision (admission.Origin.Reconfigure).
+// the end of Provision (admission.Origin.Reconfigure), and put back by the
+// Cleanup of a config Caddy rejects (commit.go).
 var originPool = caddy.NewUsagePool()
 
 // provisionOrigin loads the origin of the privacy_pass block from

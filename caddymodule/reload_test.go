@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -186,4 +187,103 @@ func TestDataDirSpellings(t *testing.T) {
 	if n, _ := servicePool.References(dir); n != 2 {
 		t.Errorf("a local API on %q did not join the service of %s (%d holds)", dir+"/", dir, n)
 	}
+}
+
+// TestRejectedConfigRestoresOptions provisions configs on one data
+// directory and cleans some of them up in the orders Caddy does: a config
+// it rejects after its gateways provisioned (another handler's Provision
+// or an app's Start failed) is cleaned up while the old one keeps
+// running; an accepted config's predecessor is cleaned up once it runs.
+// The options in force on the pooled parts (the service's fetch policy,
+// the sweeper's attachment service, a rate-limit zone's burst) must be
+// those of the newest gateway still running, never those of a rejected
+// one.
+func TestRejectedConfigRestoresOptions(t *testing.T) {
+	// Config "a" allows 2 requests an hour and no private addresses;
+	// config "b" allows 100, private addresses and port 8443.
+	gateway := func(dir, variant string) *Gateway {
+		g := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir,
+			RateLimits: []*RateLimitZone{{Name: "restore_zone", Key: "remote_ip", Events: 2, Window: caddy.Duration(time.Hour),
+				Endpoints: []string{"ds_domain"}}}}
+		if variant == "b" {
+			g.RateLimits[0].Events = 100
+			g.Federation = &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{8443}}
+			g.Attachments = &Attachments{Retention: caddy.Duration(time.Hour)}
+		}
+		return g
+	}
+	for _, tc := range []struct {
+		name     string
+		variants []string // the gateways provisioned, in order
+		cleanup  []int    // the gateways cleaned up, in order
+		want     int      // the gateway whose options must be in force
+	}{
+		{"rejected reload", []string{"a", "b"}, []int{1}, 0},
+		{"rejected reload of two gateways", []string{"a", "b", "b"}, []int{1, 2}, 0},
+		{"rejected reload of two gateways, newest first", []string{"a", "b", "b"}, []int{2, 1}, 0},
+		{"accepted reload", []string{"a", "b"}, []int{0}, 1},
+		{"accepted reload, then rejected", []string{"a", "b", "a"}, []int{0, 2}, 1},
+		{"accepted reload and back", []string{"a", "b", "a"}, []int{0, 1}, 2},
+		{"config of two gateways, one rejected reload", []string{"b", "a", "b"}, []int{2}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+			var gs []*Gateway
+			for _, v := range tc.variants {
+				ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+				t.Cleanup(cancel)
+				g := gateway(dir, v)
+				if err := g.Provision(ctx); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { g.Cleanup() })
+				gs = append(gs, g)
+			}
+			for _, i := range tc.cleanup {
+				if err := gs[i].Cleanup(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := gs[tc.want]
+			if got := want.svc.Options().Fetch; got.AllowPrivate != (tc.variants[tc.want] == "b") || len(got.AllowedPorts) != len(want.Federation.fetchPortsOrNil()) {
+				t.Errorf("the service's fetch policy is allow private %v, ports %v: not the running config's", got.AllowPrivate, got.AllowedPorts)
+			}
+			if want.svc.Options().Logger != want.logger {
+				t.Error("the service logs to another config's logger")
+			}
+			var sw *sweeper
+			sweeperPool.Range(func(k, v any) bool {
+				if k == dir {
+					sw = v.(*sweeper)
+				}
+				return true
+			})
+			if sw == nil || sw.current.Load() != want.ds.Attachments {
+				t.Error("the sweeper sweeps with another config's attachment service")
+			}
+			wantCodes := []int{200, 200, 429}
+			if tc.variants[tc.want] == "b" {
+				wantCodes = []int{200, 200, 200}
+			}
+			var got []int
+			for range 3 {
+				r := tls13(httptest.NewRequest(http.MethodGet, "/.well-known/mimi/ds-domain", nil))
+				r.RemoteAddr = "192.0.2.1:1"
+				w, _ := serve(want, r)
+				got = append(got, w.Code)
+			}
+			if !slices.Equal(got, wantCodes) {
+				t.Errorf("statuses %v, want %v: another config's rate limit is in force", got, wantCodes)
+			}
+		})
+	}
+}
+
+// fetchPortsOrNil is f's allowed ports, nil without a federation block.
+func (f *Federation) fetchPortsOrNil() []int {
+	if f == nil {
+		return nil
+	}
+	return f.AllowedPorts
 }

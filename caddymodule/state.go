@@ -15,7 +15,9 @@ import (
 // the new config before it cleans up the old one, so the new config finds
 // the running service, brings its options to it with Apply once nothing
 // else in its Provision can fail (Caddy keeps the old config when the new
-// one fails, and with it the old options), and the store, key ring and
+// one fails, and with it the old options; when Caddy rejects the new
+// config later, because another module failed, the Cleanup of its gateway
+// puts the old options back: commit.go), and the store, key ring and
 // background work are never opened twice. The service closes when the
 // last config using it is cleaned up.
 //

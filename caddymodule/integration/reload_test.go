@@ -1,12 +1,16 @@
 package integration
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,4 +189,146 @@ func countPrefix(list []string, prefix string) int {
 		}
 	}
 	return n
+}
+
+// rejectedPort is a port the test holds, so that a configuration whose
+// site listens on it fails to start.
+const rejectedPort = "127.0.0.1:31000"
+
+// TestRejectedReloadKeepsOptions posts, through the admin API's /load, a
+// configuration that raises c.localhost's probe zone from 3 to 100 a
+// minute, forbids b.localhost to fetch peers' keys from private addresses,
+// and adds a site on a port the test holds: every handler provisions (the
+// gateways put their options in force), then the http app cannot listen
+// and Caddy rejects the configuration and keeps the running one. The
+// running gateways must still limit at 3 a minute and fetch a.localhost's
+// keys. The same change without the bad site is accepted and takes
+// effect, and loading the base configuration again brings 3 a minute
+// back.
+func TestRejectedReloadKeepsOptions(t *testing.T) {
+	startCaddy(t)
+	base := baseConfig()
+	const probe = "rate_limit probe {\n\t\t\tkey {http.request.header.X-Test-Client}\n\t\t\trate 3/1m"
+	if !strings.Contains(base, probe) {
+		t.Fatal("the test configuration changed: c.localhost's probe zone not found")
+	}
+	raised := strings.Replace(base, probe, strings.Replace(probe, "rate 3/1m", "rate 100/1m", 1), 1)
+	held, err := net.Listen("tcp", rejectedPort)
+	if err != nil {
+		t.Fatalf("holding %s: %v", rejectedPort, err)
+	}
+	defer held.Close()
+	// The rejected configuration also forbids b.localhost to fetch keys
+	// from private addresses, where a.localhost is.
+	const bBlock = "\t\tmax_body 64KiB\n\t\tfederation {\n\t\t\tallow_private_addresses\n"
+	if !strings.Contains(raised, bBlock) {
+		t.Fatal("the test configuration changed: b.localhost's federation block not found")
+	}
+	rejected := strings.Replace(raised, bBlock, "\t\tmax_body 64KiB\n\t\tfederation {\n", 1) +
+		"\nhttp://127.0.0.1:31000 {\n\tbind 127.0.0.1\n\trespond \"never served\"\n}\n"
+	// fetchesKeys sends b.localhost a request signed by a.localhost, which
+	// b answers only if it can fetch a's keys. It detects a rejected
+	// fetch policy in force only while b has not cached a's keys: when
+	// this test runs first (-run TestRejectedReloadKeepsOptions); the
+	// probe zone detects a rejected configuration in any order.
+	a := peerClient(t, "a.localhost")
+	payload, err := wire.Marshal(&moh.ConnectionKeyPackagesRequest{
+		Requester: []byte("mimi://a.localhost/u/alice"), UserID: []byte("mimi://b.localhost/u/bob"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetchesKeys := func(t *testing.T) {
+		t.Helper()
+		ans, err := a.Send(context.Background(), "b.localhost", moh.ConnectionKeyPackages, payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ans.Status != http.StatusOK {
+			t.Errorf("b.localhost answered a.localhost's request %d %v: it cannot fetch a's keys, the rejected configuration's fetch policy is in force",
+				ans.Status, ans.Response.Error.Code)
+		}
+	}
+
+	c := client(tls.VersionTLS13)
+	run := fmt.Sprintf("reload-%d", time.Now().UnixNano())
+	// statuses sends 4 requests of a new client to c.localhost's /healthz.
+	n := 0
+	statuses := func(t *testing.T) []int {
+		t.Helper()
+		n++
+		id := fmt.Sprintf("%s-%d", run, n)
+		var out []int
+		for range 4 {
+			req, err := http.NewRequest(http.MethodGet, "https://c.localhost:9443/healthz", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("X-Test-Client", id)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			out = append(out, resp.StatusCode)
+		}
+		return out
+	}
+	limited, raisedCodes := []int{200, 200, 200, 429}, []int{200, 200, 200, 200}
+	t.Cleanup(func() {
+		if err := postLoad(base); err != nil {
+			t.Errorf("restoring the base configuration: %v", err)
+		}
+	})
+
+	for _, tc := range []struct {
+		name   string
+		config string
+		accept bool
+		want   []int
+	}{
+		{"rejected", rejected, false, limited},
+		{"accepted", raised, true, raisedCodes},
+		{"accepted back", base, true, limited},
+		{"rejected after reloads", rejected, false, limited},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := postLoad(tc.config)
+			switch {
+			case tc.accept && err != nil:
+				t.Fatalf("loading the configuration: %v", err)
+			case !tc.accept && err == nil:
+				t.Fatal("Caddy accepted a configuration that listens on a port in use")
+			case !tc.accept && !strings.Contains(err.Error(), "31000"):
+				t.Fatalf("the configuration was refused for another reason: %v", err)
+			}
+			c.CloseIdleConnections()
+			waitTLS(t, "c.localhost")
+			if got := statuses(t); !slices.Equal(got, tc.want) {
+				t.Errorf("c.localhost's probe zone answered %v, want %v", got, tc.want)
+			}
+			fetchesKeys(t)
+		})
+	}
+}
+
+// postLoad posts a Caddyfile to the admin API's /load, and returns the
+// error Caddy answers with.
+func postLoad(caddyfile string) error {
+	req, err := http.NewRequest(http.MethodPost, "http://localhost:2999/load", strings.NewReader(caddyfile))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "text/caddyfile")
+	c := &http.Client{Timeout: 60 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d: %s", resp.StatusCode, body)
+	}
+	return nil
 }
