@@ -1160,13 +1160,18 @@ func TestZonesBeforeTokens(t *testing.T) {
 	}
 }
 
-// TestOriginTakesReloadedFetchPolicy reloads a gateway whose origin
-// accepts the keys of an issuer directory with the same privacy_pass
-// settings but a federation policy that reaches the issuer at another
-// address: the reloaded config keeps the pooled origin, and its next
-// directory refresh goes through the new policy, so a token under the key
-// the issuer publishes there is accepted.
-func TestOriginTakesReloadedFetchPolicy(t *testing.T) {
+// originReload is a gateway config whose origin accepts the keys of an
+// issuer directory, reached through the federation policy at one of two
+// addresses: before publishes the fixture's blind RSA key, after the
+// rotated key.
+type originReload struct {
+	before, after *httptest.Server
+	rotated       *privacypass.Key
+	cfg           func(issuerAt *httptest.Server) *Gateway
+}
+
+func newOriginReload(t *testing.T) *originReload {
+	t.Helper()
 	f := newPPFixture(t)
 	rotated, err := privacypass.GenerateKey(privacypass.TypeBlindRSA)
 	if err != nil {
@@ -1196,20 +1201,45 @@ func TestOriginTakesReloadedFetchPolicy(t *testing.T) {
 	port := func(s *httptest.Server) int { return s.Listener.Addr().(*net.TCPAddr).Port }
 	dataDir := t.TempDir()
 	os.Chmod(dataDir, 0o700) //nolint:errcheck // else the service tightens it and says so
-	cfg := func(issuerAt *httptest.Server) *Gateway {
+	return &originReload{before: before, after: after, rotated: rotated, cfg: func(issuerAt *httptest.Server) *Gateway {
 		return &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dataDir,
 			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{port(before), port(after)},
 				RootCAFiles: []string{rootFile}, Resolve: map[string]string{"example.com": issuerAt.Listener.Addr().String()}},
 			PrivacyPass: &PrivacyPass{IssuerName: "example.com", Require: []string{"welcome_information"},
 				IssuerDirectory: "https://example.com:" + strconv.Itoa(port(before)) + privacypass.DirectoryPath}}
+	}}
+}
+
+// acceptsRotated refreshes g's origin and reports whether a token under
+// the rotated key is then accepted, which it is when the refresh reached
+// the issuer at the after address.
+func (o *originReload) acceptsRotated(t *testing.T, g *Gateway) bool {
+	t.Helper()
+	if err := g.origin.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
 	}
+	iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: o.rotated})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return redeemAt(g, mintBlindRSA(t, g, iss, o.rotated)).Code == endpointAnswer
+}
+
+// TestOriginTakesReloadedFetchPolicy reloads a gateway whose origin
+// accepts the keys of an issuer directory with the same privacy_pass
+// settings but a federation policy that reaches the issuer at another
+// address: the reloaded config keeps the pooled origin, and its next
+// directory refresh goes through the new policy, so a token under the key
+// the issuer publishes there is accepted.
+func TestOriginTakesReloadedFetchPolicy(t *testing.T) {
+	o := newOriginReload(t)
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	old := cfg(before)
+	old := o.cfg(o.before)
 	if err := old.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	reloaded := cfg(after)
+	reloaded := o.cfg(o.after)
 	if err := reloaded.Provision(ctx); err != nil {
 		old.Cleanup()
 		t.Fatal(err)
@@ -1221,16 +1251,36 @@ func TestOriginTakesReloadedFetchPolicy(t *testing.T) {
 	if reloaded.origin != old.origin {
 		t.Fatal("the reload with the same privacy_pass settings built a new origin")
 	}
-	if err := reloaded.origin.Refresh(ctx); err != nil {
+	if !o.acceptsRotated(t, reloaded) {
+		t.Fatal("a token under the key of the issuer the reloaded fetch policy reaches was refused (the refresh used the first config's policy)")
+	}
+}
+
+// TestOriginKeepsPolicyOfRejectedReload provisions, beside a running
+// gateway, a config with the same privacy_pass settings whose federation
+// policy reaches the issuer at another address, and cleans it up, as
+// Caddy does with a config it rejects after its gateways provisioned (an
+// app failed to start): the pooled origin's next refresh must go through
+// the running config's policy, not the rejected one's.
+func TestOriginKeepsPolicyOfRejectedReload(t *testing.T) {
+	o := newOriginReload(t)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	running := o.cfg(o.after)
+	if err := running.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	iss, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: rotated})
+	defer running.Cleanup()
+	rejected := o.cfg(o.before)
+	err := rejected.Provision(ctx)
+	if cerr := rejected.Cleanup(); cerr != nil {
+		t.Fatal(cerr)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := redeemAt(reloaded, mintBlindRSA(t, reloaded, iss, rotated)); w.Code != endpointAnswer {
-		t.Fatalf("token under the key of the issuer the reloaded fetch policy reaches: status %d, want %d (the refresh used the first config's policy)",
-			w.Code, endpointAnswer)
+	if !o.acceptsRotated(t, running) {
+		t.Fatal("a token under the key of the issuer the running config reaches was refused: the origin refreshed through the rejected config's policy")
 	}
 }
 
