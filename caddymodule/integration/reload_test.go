@@ -191,10 +191,6 @@ func countPrefix(list []string, prefix string) int {
 	return n
 }
 
-// rejectedPort is a port the test holds, so that a configuration whose
-// site listens on it fails to start.
-const rejectedPort = "127.0.0.1:31000"
-
 // TestRejectedReloadKeepsOptions posts, through the admin API's /load, a
 // configuration that raises c.localhost's probe zone from 3 to 100 a
 // minute, forbids b.localhost to fetch peers' keys from private addresses,
@@ -213,11 +209,14 @@ func TestRejectedReloadKeepsOptions(t *testing.T) {
 		t.Fatal("the test configuration changed: c.localhost's probe zone not found")
 	}
 	raised := strings.Replace(base, probe, strings.Replace(probe, "rate 3/1m", "rate 100/1m", 1), 1)
-	held, err := net.Listen("tcp", rejectedPort)
+	// A port the test holds, so that a configuration whose site listens
+	// on it fails to start.
+	held, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("holding %s: %v", rejectedPort, err)
+		t.Fatalf("holding a port: %v", err)
 	}
 	defer held.Close()
+	heldAddr := held.Addr().String()
 	// The rejected configuration also forbids b.localhost to fetch keys
 	// from private addresses, where a.localhost is.
 	const bBlock = "\t\tmax_body 64KiB\n\t\tfederation {\n\t\t\tallow_private_addresses\n"
@@ -225,7 +224,7 @@ func TestRejectedReloadKeepsOptions(t *testing.T) {
 		t.Fatal("the test configuration changed: b.localhost's federation block not found")
 	}
 	rejected := strings.Replace(raised, bBlock, "\t\tmax_body 64KiB\n\t\tfederation {\n", 1) +
-		"\nhttp://127.0.0.1:31000 {\n\tbind 127.0.0.1\n\trespond \"never served\"\n}\n"
+		"\nhttp://" + heldAddr + " {\n\tbind 127.0.0.1\n\trespond \"never served\"\n}\n"
 	// fetchesKeys sends b.localhost a request signed by a.localhost, which
 	// b answers only if it can fetch a's keys. It detects a rejected
 	// fetch policy in force only while b has not cached a's keys: when
@@ -299,7 +298,7 @@ func TestRejectedReloadKeepsOptions(t *testing.T) {
 				t.Fatalf("loading the configuration: %v", err)
 			case !tc.accept && err == nil:
 				t.Fatal("Caddy accepted a configuration that listens on a port in use")
-			case !tc.accept && !strings.Contains(err.Error(), "31000"):
+			case !tc.accept && !strings.Contains(err.Error(), heldAddr[strings.LastIndexByte(heldAddr, ':')+1:]):
 				t.Fatalf("the configuration was refused for another reason: %v", err)
 			}
 			c.CloseIdleConnections()
