@@ -179,6 +179,7 @@ type Store interface {
 	OutboxAdder
 	OutboxBound
 	OutboxLeases
+	OutboxRetries
 	Sweeper
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.

@@ -44,6 +44,7 @@ var migrations = []migration{
 	{11, "Privacy Pass challenges of random redemption contexts", schemaTokenChallenges},
 	{12, "the ids of deleted hosted groups", schemaDeletedGroups},
 	{13, "unreferenced attachment objects indexed by name", schemaUnreferencedByName},
+	{14, "the outbox sender's backoffs per destination", schemaOutboxRetries},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -413,4 +414,18 @@ CREATE TABLE deleted_groups (
 const schemaUnreferencedByName = `
 CREATE INDEX attachment_objects_unreferenced_names ON attachment_objects (name) WHERE refs = 0;
 DROP INDEX attachment_objects_unreferenced;
+`
+
+// schemaOutboxRetries keeps the outbox sender's backoffs per destination,
+// as sqlitestore's schemaOutboxRetries describes it.
+const schemaOutboxRetries = `
+CREATE TABLE outbox_retries (
+	destination     TEXT   NOT NULL PRIMARY KEY,
+	failures        BIGINT NOT NULL,
+	last_error      TEXT   NOT NULL,
+	last_attempt_ms BIGINT NOT NULL,
+	level_ms        BIGINT NOT NULL,
+	next_ms         BIGINT NOT NULL,
+	groups          BYTEA  NOT NULL
+);
 `

@@ -38,6 +38,7 @@ var migrations = []migration{
 	{11, "sealed signing keys and leases", schemaSealedKeys},
 	{12, "Privacy Pass challenges of random redemption contexts", schemaTokenChallenges},
 	{13, "the ids of deleted hosted groups", schemaDeletedGroups},
+	{14, "the outbox sender's backoffs per destination", schemaOutboxRetries},
 }
 
 const schemaV1 = `
@@ -485,5 +486,21 @@ const schemaDeletedGroups = `
 CREATE TABLE deleted_groups (
 	group_id   BLOB    NOT NULL PRIMARY KEY,
 	deleted_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+`
+
+// schemaOutboxRetries keeps the outbox sender's backoffs per destination
+// (store.OutboxRetries), so that a restart resumes them: one row per
+// destination that is failing, its group backoffs encoded in groups
+// (internal/retryenc). It is self-contained, whatever its version number.
+const schemaOutboxRetries = `
+CREATE TABLE outbox_retries (
+	destination     TEXT    NOT NULL PRIMARY KEY,
+	failures        INTEGER NOT NULL,
+	last_error      TEXT    NOT NULL,
+	last_attempt_ms INTEGER NOT NULL,
+	level_ms        INTEGER NOT NULL,
+	next_ms         INTEGER NOT NULL,
+	groups          BLOB    NOT NULL
 ) WITHOUT ROWID;
 `

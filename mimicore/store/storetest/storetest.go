@@ -39,6 +39,7 @@ func RunContractTests(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("SigningKeys", func(t *testing.T) { testSigningKeys(t, open) })
 	t.Run("PeerKeys", func(t *testing.T) { testPeerKeys(t, open) })
 	t.Run("Attachments", func(t *testing.T) { testAttachments(t, open) })
+	t.Run("OutboxRetries", func(t *testing.T) { testOutboxRetries(t, open) })
 	t.Run("DeleteExpired", func(t *testing.T) { testDeleteExpired(t, open) })
 	t.Run("Close", func(t *testing.T) { testClose(t, open) })
 	t.Run("ConcurrentWriters", func(t *testing.T) { testConcurrentWriters(t, open) })
@@ -53,6 +54,7 @@ func RunReopenTests(t *testing.T, newDB func(t *testing.T) (open func() (store.S
 	t.Run("ReopenGroups", func(t *testing.T) { testReopenGroups(t, newDB(t)) })
 	t.Run("ReopenQueues", func(t *testing.T) { testReopenQueues(t, newDB(t)) })
 	t.Run("ReopenOutbox", func(t *testing.T) { testReopenOutbox(t, newDB(t)) })
+	t.Run("ReopenOutboxRetries", func(t *testing.T) { testReopenOutboxRetries(t, newDB(t)) })
 }
 
 func ctx() context.Context { return context.Background() }

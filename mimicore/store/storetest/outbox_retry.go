@@ -1,0 +1,119 @@
+package storetest
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// retryOf is a destination's retry state with a backoff of its own and
+// two group backoffs, times on whole milliseconds.
+func retryOf(dest string) store.OutboxRetry {
+	at := time.UnixMilli(time.Now().Add(future).UnixMilli()).UTC()
+	return store.OutboxRetry{
+		Destination: dest, Failures: 7, LastError: "dial tcp: connection refused",
+		LastAttempt: at.Add(-time.Minute),
+		Backoff:     store.OutboxBackoff{Level: 64 * time.Second, Next: at},
+		Groups: []store.OutboxGroupBackoff{
+			{GroupID: []byte{1}, OutboxBackoff: store.OutboxBackoff{Level: time.Second, Next: at.Add(time.Second)}},
+			{GroupID: bytes.Repeat([]byte{2}, store.MaxIDSize), OutboxBackoff: store.OutboxBackoff{Level: 5 * time.Minute, Next: at.Add(time.Hour)}},
+		},
+	}
+}
+
+// wantRetries checks that s holds exactly want, in order.
+func wantRetries(t *testing.T, what string, s store.Store, want ...store.OutboxRetry) {
+	t.Helper()
+	got, err := s.OutboxRetries(ctx())
+	noErr(t, what+": OutboxRetries", err)
+	if len(got) != len(want) {
+		t.Fatalf("%s: OutboxRetries holds %d destinations, want %d: %+v", what, len(got), len(want), got)
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		same := g.Destination == w.Destination && g.Failures == w.Failures && g.LastError == w.LastError &&
+			g.LastAttempt.Equal(w.LastAttempt) && g.Backoff.Level == w.Backoff.Level && g.Backoff.Next.Equal(w.Backoff.Next) &&
+			len(g.Groups) == len(w.Groups)
+		for j := 0; same && j < len(w.Groups); j++ {
+			same = bytes.Equal(g.Groups[j].GroupID, w.Groups[j].GroupID) && g.Groups[j].Level == w.Groups[j].Level &&
+				g.Groups[j].Next.Equal(w.Groups[j].Next)
+		}
+		if !same {
+			t.Fatalf("%s: OutboxRetries[%d] = %+v, want %+v", what, i, g, w)
+		}
+	}
+}
+
+// testOutboxRetries checks that a destination's retry state is kept,
+// replaced, listed in destination order and cleared, and that invalid
+// states are refused.
+func testOutboxRetries(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	wantRetries(t, "empty store", s)
+	c, b := retryOf("c.example"), retryOf(store.BackendDestination)
+	b.Groups = nil
+	noErr(t, "SetOutboxRetry c", s.SetOutboxRetry(ctx(), c))
+	noErr(t, "SetOutboxRetry @backend", s.SetOutboxRetry(ctx(), b))
+	wantRetries(t, "two destinations", s, b, c)
+
+	c.Failures, c.LastError, c.Backoff, c.Groups = 8, "status 503 unavailable", store.OutboxBackoff{}, c.Groups[1:]
+	noErr(t, "SetOutboxRetry c again", s.SetOutboxRetry(ctx(), c))
+	wantRetries(t, "replaced", s, b, c)
+
+	noErr(t, "ClearOutboxRetry c", s.ClearOutboxRetry(ctx(), "c.example"))
+	noErr(t, "ClearOutboxRetry of a destination without one", s.ClearOutboxRetry(ctx(), "never.example"))
+	wantRetries(t, "cleared", s, b)
+
+	full := retryOf("d.example")
+	full.Groups = nil
+	for i := range store.MaxOutboxRetryGroups {
+		full.Groups = append(full.Groups, store.OutboxGroupBackoff{GroupID: []byte{byte(i), byte(i >> 8)},
+			OutboxBackoff: store.OutboxBackoff{Level: time.Second, Next: full.Backoff.Next}})
+	}
+	full.LastError = strings.Repeat("x", store.MaxOutboxRetryError)
+	noErr(t, "SetOutboxRetry at the bounds", s.SetOutboxRetry(ctx(), full))
+	wantRetries(t, "at the bounds", s, b, full)
+
+	for _, tc := range []struct {
+		name   string
+		change func(r *store.OutboxRetry)
+	}{
+		{"EmptyDestination", func(r *store.OutboxRetry) { r.Destination = "" }},
+		{"NegativeFailures", func(r *store.OutboxRetry) { r.Failures = -1 }},
+		{"NegativeLevel", func(r *store.OutboxRetry) { r.Backoff.Level = -time.Second }},
+		{"LongError", func(r *store.OutboxRetry) { r.LastError = strings.Repeat("x", store.MaxOutboxRetryError+1) }},
+		{"EmptyGroupID", func(r *store.OutboxRetry) { r.Groups[0].GroupID = nil }},
+		{"LongGroupID", func(r *store.OutboxRetry) { r.Groups[0].GroupID = make([]byte, store.MaxIDSize+1) }},
+		{"GroupTwice", func(r *store.OutboxRetry) { r.Groups[1].GroupID = r.Groups[0].GroupID }},
+		{"TooManyGroups", func(r *store.OutboxRetry) {
+			for i := range store.MaxOutboxRetryGroups {
+				r.Groups = append(r.Groups, store.OutboxGroupBackoff{GroupID: []byte{3, byte(i), byte(i >> 8)}})
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := retryOf("e.example")
+			tc.change(&r)
+			wantErr(t, "SetOutboxRetry", s.SetOutboxRetry(ctx(), r), store.ErrInvalid)
+		})
+	}
+	wantErr(t, "ClearOutboxRetry of an empty destination", s.ClearOutboxRetry(ctx(), ""), store.ErrInvalid)
+	wantRetries(t, "after the refusals", s, b, full)
+}
+
+// testReopenOutboxRetries checks that a destination's retry state survives
+// closing and reopening the store.
+func testReopenOutboxRetries(t *testing.T, open func() (store.Store, error)) {
+	s, err := open()
+	noErr(t, "opening store", err)
+	c := retryOf("c.example")
+	noErr(t, "SetOutboxRetry", s.SetOutboxRetry(ctx(), c))
+	noErr(t, "Close", s.Close())
+	s, err = open()
+	noErr(t, "reopening store", err)
+	defer s.Close()
+	wantRetries(t, "reopened", s, c)
+}
