@@ -460,8 +460,9 @@ func TestDestStateEarliest(t *testing.T) {
 // head of the destination's outbox, with a group that the peer accepts
 // behind them all: it is sent at once, in order, not after the waiting
 // groups' backoffs, and each waiting group's head is tried once. Then the
-// sender stops, and a new one on the same outbox (which knows nothing of
-// the backoffs) sends every waiting group's messages once each, in order.
+// sender stops, and a new one on the same outbox resumes the stored
+// backoffs until a request from the destination ends them, and then sends
+// every waiting group's messages once each, in order.
 func TestSenderGroupBehindManyWaiting(t *testing.T) {
 	st := openOutbox(t)
 	const batch, waiting, each = 2, 3 * MaxScanBatches, 2 // 3*MaxScanBatches batches of waiting messages
@@ -512,7 +513,15 @@ func TestSenderGroupBehindManyWaiting(t *testing.T) {
 	failW.Store(false)
 	s = &Sender{Outbox: st, Transport: p, Batch: batch, MinBackoff: time.Hour, MaxBackoff: time.Hour}
 	runSender(t, s)
-	s.Outbound("dest.example")
+	waitFor(t, "the destination's worker", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.wakes["dest.example"] != nil
+	})
+	if sts := s.Status(); len(sts) != 1 || sts[0].NextAttempt.IsZero() {
+		t.Fatalf("status after the restart %+v, want the stored backoffs resumed", sts)
+	}
+	s.PeerUp("dest.example")
 	waitFor(t, "the outbox to empty", func() bool {
 		pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
 		return err == nil && len(pending) == 0

@@ -199,8 +199,13 @@ type Sender struct {
 	spawn   func(destination string) // set by Run
 	running bool
 	holder  string // Holder or a random id, set by Run
-	stats   struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
-	latency sync.Map // destination -> *latencyHistogram
+	// restored has the retry states read at Run (persist.go) of the
+	// destinations whose worker has not started yet; retriesLoaded is
+	// false when they could not be read.
+	restored      map[string]*restoredState
+	retriesLoaded bool
+	stats         struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
+	latency       sync.Map // destination -> *latencyHistogram
 }
 
 // Policy is what an operator may change while a sender runs (a
@@ -260,7 +265,8 @@ func (s *Sender) observeLatency(destination string, enqueued time.Time) {
 
 // Status lists what the sender knows of each destination it works for
 // (those with a worker: a destination with nothing to send for WorkerIdle
-// is no longer listed), in byte order of the domain.
+// is no longer listed; and those whose stored backoffs Run resumed), in
+// byte order of the domain.
 func (s *Sender) Status() []DestinationStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -321,6 +327,7 @@ func (s *Sender) PeerUp(destination string) {
 	defer s.mu.Unlock()
 	w := s.wakes[destination]
 	if w == nil {
+		s.endRestored(destination)
 		if s.spawn != nil && s.Leases == nil {
 			s.spawn(destination)
 		}
@@ -359,6 +366,9 @@ func (s *Sender) signal(destination string, retry bool) {
 		}
 		return
 	}
+	if retry {
+		s.endRestored(destination)
+	}
 	if s.spawn != nil {
 		s.spawn(destination)
 	}
@@ -393,6 +403,12 @@ func (s *Sender) Run(ctx context.Context) error {
 		return errors.New("federation: sender already running")
 	}
 	s.running = true
+	s.mu.Unlock()
+	// The stored backoffs are read before any worker starts, so each
+	// one resumes its destination's (persist.go).
+	restored, loaded := s.loadRetries(ctx)
+	s.mu.Lock()
+	s.restored, s.retriesLoaded = restored, loaded
 	s.holder = s.Holder
 	if s.holder == "" {
 		s.holder = "sender-" + strconv.FormatUint(rand.Uint64(), 16)
@@ -603,6 +619,11 @@ func (d *destState) reset() {
 func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 	log := s.logger().With(zap.String("destination", dest))
 	state := destState{groups: map[string]*backoff{}}
+	// persisted: a retry state may be stored for dest; dirty: state
+	// changed since it was last stored (a first pass settles a restored
+	// one).
+	persisted := s.takeRestored(dest, &state)
+	dirty := persisted
 	var drops dropReport
 	empty := false // the last pass left nothing waiting for dest
 	for ctx.Err() == nil {
@@ -624,11 +645,16 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 				wait = s.leasePoll()
 			case r.destFailed:
 				s.grow(&state.dest)
+				dirty = true
 			default:
+				dirty = dirty || state.dest.level != 0
 				state.dest = backoff{}
 				for g, o := range r.tried {
 					if o == outcomeDone {
-						delete(state.groups, g)
+						if state.groups[g] != nil {
+							delete(state.groups, g)
+							dirty = true
+						}
 						continue
 					}
 					b := state.groups[g]
@@ -637,6 +663,7 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 						state.groups[g] = b
 					}
 					s.grow(b)
+					dirty = true
 				}
 				if r.scanned != nil {
 					// The whole backlog was read: a group that has no
@@ -644,11 +671,15 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 					for g := range state.groups {
 						if !r.scanned[g] {
 							delete(state.groups, g)
+							dirty = true
 						}
 					}
 				}
 			}
 			s.noteNext(dest, &state)
+			if dirty && err == nil && !r.busy {
+				persisted, dirty = s.persist(ctx, dest, &state, persisted, log), false
+			}
 			if err == nil && !r.busy && !r.destFailed && r.more {
 				continue
 			}
@@ -677,6 +708,7 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 		case <-wakes.retry:
 			state.reset() // the peer is back, or the operator's retry
 			s.noteNext(dest, &state)
+			dirty = true // stored by the pass that follows
 		}
 		if timer != nil {
 			timer.Stop()
@@ -1303,8 +1335,9 @@ var ErrNoReset = errors.New("federation: the outbox cannot reset a destination")
 // Reset drops destination's whole backlog from the outbox, for an
 // operator who decided the peer is gone: the messages are counted as
 // dropped by an admin reset (store.Dropped.AdminReset) and the count is
-// logged. It reports how many it dropped; on error, those dropped so far
-// stay dropped. A message being sent meanwhile may still reach the peer.
+// logged, and the destination's backoffs end, stored and in memory. It
+// reports how many it dropped; on error, those dropped so far stay
+// dropped. A message being sent meanwhile may still reach the peer.
 func (s *Sender) Reset(ctx context.Context, destination string) (int, error) {
 	b, ok := s.Outbox.(store.OutboxBound)
 	if !ok {
@@ -1316,6 +1349,14 @@ func (s *Sender) Reset(ctx context.Context, destination string) (int, error) {
 		log.Error("resetting a destination's outbox", zap.Error(err))
 		return n, fmt.Errorf("resetting the outbox of %s: %w", destination, err)
 	}
+	// Its backoffs end too, stored and in memory: new messages for it
+	// are sent at once.
+	if rs := s.retries(); rs != nil {
+		if err := rs.ClearOutboxRetry(ctx, destination); err != nil {
+			log.Error("clearing the stored backoff of a reset destination", zap.Error(err))
+		}
+	}
+	s.Wake(destination)
 	log.Warn("reset a destination's outbox: its backlog was dropped")
 	return n, nil
 }

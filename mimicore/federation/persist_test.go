@@ -1,0 +1,309 @@
+package federation
+
+import (
+	"bytes"
+	"context"
+
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// loopbackPeer is a destination on a loopback port: an HTTP server that
+// counts the requests it gets and answers each with down's status while
+// it is down (429 or 503), else 200. Its Send posts the payload to it.
+type loopbackPeer struct {
+	url      string
+	down     int
+	up       atomic.Bool
+	requests atomic.Int32
+}
+
+// newLoopbackPeer serves a loopbackPeer on 127.0.0.1:port until t ends.
+func newLoopbackPeer(t *testing.T, port, down int) *loopbackPeer {
+	t.Helper()
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &loopbackPeer{url: "http://" + ln.Addr().String() + "/deliver_message", down: down}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		p.requests.Add(1)
+		if !p.up.Load() {
+			w.WriteHeader(p.down)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return p
+}
+
+// Send implements Transport: a POST of the payload, its status as the
+// answer (a queueing answer for 200, else an error answer of the status'
+// usual code).
+func (p *loopbackPeer) Send(ctx context.Context, _, _ string, _ moh.ProviderRequestType, payload []byte) (*provider.Answer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(payload))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return accepted(ctx, "", "", 0, nil)
+	case http.StatusTooManyRequests:
+		return errorAnswer(resp.StatusCode, moh.CodeRateLimited), nil
+	default:
+		return errorAnswer(resp.StatusCode, moh.CodeBackendUnavailable), nil
+	}
+}
+
+// startSender runs s until the returned stop is called, which waits for
+// Run to return.
+func startSender(t *testing.T, s *Sender) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	}()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// storedRetry returns dest's stored retry state, ok false when it has
+// none.
+func storedRetry(t *testing.T, st store.Store, dest string) (store.OutboxRetry, bool) {
+	t.Helper()
+	list, err := st.OutboxRetries(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range list {
+		if r.Destination == dest {
+			return r, true
+		}
+	}
+	return store.OutboxRetry{}, false
+}
+
+// TestSenderBackoffSurvivesRestart has a destination fail three times (a
+// 429, the destination's own failure, or a 503, its group's), with a
+// backoff of an hour, then stops the sender and starts another on the same
+// store: the new sender resumes the stored backoff instead of trying the
+// destination at once (on a new message too), shows it in its status, and
+// a request from the destination ends it; the success clears the stored
+// state. On a real SQLite file, and on PostgreSQL with two gateways'
+// drain leases.
+func TestSenderBackoffSurvivesRestart(t *testing.T) {
+	const failures = 3
+	for i, tc := range []struct {
+		name     string
+		postgres bool
+		down     int
+	}{
+		{"sqlite destination 429", false, http.StatusTooManyRequests},
+		{"sqlite group 503", false, http.StatusServiceUnavailable},
+		{"postgres destination 429", true, http.StatusTooManyRequests},
+		{"postgres group 503", true, http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st store.Store = openOutbox(t)
+			if tc.postgres {
+				pg, err := pgstore.Open(t.Context(), pgtest.NewDB(t), pgstore.Options{MaxConns: 4})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { pg.Close() })
+				st = pg
+			}
+			addOutbox(t, st, "g", 0, 1)
+			p := newLoopbackPeer(t, 31100+i, tc.down)
+			newSender := func(holder string) *Sender {
+				s := &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: 4 * time.Hour}
+				if tc.postgres {
+					s.Leases, s.Holder = st, holder
+				}
+				return s
+			}
+
+			s1 := newSender("gateway-1")
+			stop := startSender(t, s1)
+			for n := 1; n <= failures; n++ {
+				waitFor(t, fmt.Sprintf("failure %d", n), func() bool {
+					sts := s1.Status()
+					return len(sts) == 1 && sts[0].Failures == n && !sts[0].NextAttempt.IsZero()
+				})
+				if n < failures {
+					s1.Wake("dest.example") // the operator's retry: an attempt at once
+				}
+			}
+			stop()
+			if got := p.requests.Load(); got != failures {
+				t.Fatalf("the peer got %d requests from the first sender, want %d", got, failures)
+			}
+			r, ok := storedRetry(t, st, "dest.example")
+			if !ok || r.Failures != failures {
+				t.Fatalf("stored %+v (%t) after the sender stopped, want the destination's %d failures", r, ok, failures)
+			}
+			next := r.Backoff.Next
+			if tc.down == http.StatusServiceUnavailable {
+				if r.Backoff.Level != 0 || len(r.Groups) != 1 || string(r.Groups[0].GroupID) != "g" {
+					t.Fatalf("stored %+v, want the backoff of group g alone", r)
+				}
+				next = r.Groups[0].Next
+			} else if r.Backoff.Level != time.Hour || len(r.Groups) != 0 {
+				t.Fatalf("stored %+v, want the destination's backoff of an hour", r)
+			}
+			if r.LastError == "" || !next.After(time.Now().Add(29*time.Minute)) {
+				t.Fatalf("stored %+v, want the last error and a next attempt half an hour away or more", r)
+			}
+
+			s2 := newSender("gateway-2")
+			startSender(t, s2)
+			// Once the worker runs, two wake-ups (new messages) taken one
+			// after the other mean it has gone through a whole turn after
+			// the first: had it passed over the destination, it would
+			// have sent.
+			var w *workerWakes
+			waitFor(t, "the destination's worker", func() bool {
+				s2.mu.Lock()
+				defer s2.mu.Unlock()
+				w = s2.wakes["dest.example"]
+				return w != nil
+			})
+			for range 2 {
+				s2.Outbound("dest.example")
+				waitFor(t, "the wake-up taken", func() bool { return len(w.wake) == 0 })
+			}
+			if got := p.requests.Load(); got != failures {
+				t.Fatalf("the restarted sender sent %d requests to a destination backing off, want none", got-failures)
+			}
+			if sts := s2.Status(); len(sts) != 1 || sts[0].Failures != failures || sts[0].LastError == "" ||
+				sts[0].NextAttempt.Sub(next).Abs() > time.Second {
+				t.Fatalf("status after the restart %+v, want %d failures, the last error and the next attempt %v", sts, failures, next)
+			}
+
+			p.up.Store(true)
+			s2.PeerUp("dest.example")
+			waitFor(t, "an empty outbox", func() bool {
+				pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+				return err == nil && len(pending) == 0
+			})
+			waitFor(t, "the stored backoff cleared", func() bool {
+				_, ok := storedRetry(t, st, "dest.example")
+				return !ok
+			})
+			if got := p.requests.Load(); got != failures+1 {
+				t.Fatalf("the peer got %d requests, want %d", got, failures+1)
+			}
+		})
+	}
+}
+
+// TestLoadRetriesJitter checks the backoffs read at start: one whose next
+// attempt is still ahead keeps it, one already due is tried within half
+// its level, and one that ended is dropped.
+func TestLoadRetriesJitter(t *testing.T) {
+	st := openOutbox(t)
+	now := time.Now()
+	ahead := now.Add(time.Hour).Truncate(time.Millisecond)
+	for _, r := range []store.OutboxRetry{
+		{Destination: "ahead.example", Failures: 1, Backoff: store.OutboxBackoff{Level: 2 * time.Hour, Next: ahead}},
+		{Destination: "due.example", Failures: 9, Backoff: store.OutboxBackoff{Level: 5 * time.Minute, Next: now.Add(-time.Hour)},
+			Groups: []store.OutboxGroupBackoff{{GroupID: []byte("g"), OutboxBackoff: store.OutboxBackoff{Level: time.Minute, Next: now.Add(-time.Hour)}}}},
+	} {
+		if err := st.SetOutboxRetry(t.Context(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &Sender{Outbox: st, Transport: newPeer(nil)}
+	before := time.Now()
+	got, ok := s.loadRetries(t.Context())
+	after := time.Now()
+	if !ok || len(got) != 2 {
+		t.Fatalf("loadRetries = %v, %t; want two destinations", got, ok)
+	}
+	for _, tc := range []struct {
+		name     string
+		b        *backoff
+		level    time.Duration
+		from, to time.Time
+	}{
+		{"ahead", &got["ahead.example"].dest, 2 * time.Hour, ahead.Add(-time.Second), ahead.Add(time.Second)},
+		{"due destination", &got["due.example"].dest, 5 * time.Minute, before, after.Add(150 * time.Second)},
+		{"due group", got["due.example"].groups["g"], time.Minute, before, after.Add(30 * time.Second)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.b == nil || tc.b.level != tc.level || tc.b.next.Before(tc.from) || tc.b.next.After(tc.to) {
+				t.Fatalf("backoff %+v, want level %v and the next attempt in [%v, %v]", tc.b, tc.level, tc.from, tc.to)
+			}
+		})
+	}
+	if sts := s.Status(); len(sts) != 2 || sts[1].Failures != 9 || sts[1].NextAttempt.IsZero() {
+		t.Fatalf("status %+v, want both destinations with their failures and next attempts", sts)
+	}
+}
+
+// TestSenderResetEndsBackoff has a destination fail (a 429, with a backoff
+// of an hour) and the operator reset it: its stored backoff is cleared,
+// and a message written for it afterwards is sent at once, not after the
+// backoff.
+func TestSenderResetEndsBackoff(t *testing.T) {
+	st := openOutbox(t)
+	addOutbox(t, st, "g", 0, 1)
+	p := newLoopbackPeer(t, 31110, http.StatusTooManyRequests)
+	s := &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+	runSender(t, s)
+	waitFor(t, "the failure stored", func() bool {
+		r, ok := storedRetry(t, st, "dest.example")
+		return ok && r.Failures == 1
+	})
+	if n, err := s.Reset(t.Context(), "dest.example"); err != nil || n != 1 {
+		t.Fatalf("Reset = %d, %v; want 1 dropped", n, err)
+	}
+	if r, ok := storedRetry(t, st, "dest.example"); ok {
+		t.Fatalf("stored %+v after the reset, want none", r)
+	}
+	p.up.Store(true)
+	addOutbox(t, st, "g", 1, 1)
+	s.Outbound("dest.example")
+	waitFor(t, "the message written after the reset", func() bool {
+		pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+		return err == nil && len(pending) == 0
+	})
+	if got := p.requests.Load(); got != 2 {
+		t.Fatalf("the peer got %d requests, want 2", got)
+	}
+}
