@@ -40,7 +40,7 @@ func (s *Sender) retries() store.OutboxRetries {
 }
 
 // loadRetries reads the stored retry states and turns each into backoffs
-// on the monotonic clock. A backoff whose next attempt is already due
+// on the monotonic clock, within the backoff's cap in force. A backoff whose next attempt is already due
 // (the gateway was down past it) is tried after a random part of half its
 // level instead of at once, so that a gateway restarted with many failing
 // destinations does not try them all in the same instant. It reports
@@ -57,14 +57,19 @@ func (s *Sender) loadRetries(ctx context.Context) (map[string]*restoredState, bo
 		return nil, false
 	}
 	mono, wall := time.Now(), s.now()
+	// The cap in force bounds what was stored under another (the
+	// operator lowered max_backoff before the restart), or under a clock
+	// that was far ahead.
+	maxB := max(s.currentPolicy().MaxBackoff, orDefault(s.MinBackoff, DefaultMinBackoff))
 	resume := func(b store.OutboxBackoff) backoff {
 		if b.Level <= 0 {
 			return backoff{}
 		}
+		level := min(b.Level, maxB)
 		if wait := b.Next.Sub(wall); wait > 0 {
-			return backoff{level: b.Level, next: mono.Add(wait)}
+			return backoff{level: level, next: mono.Add(min(wait, maxB))}
 		}
-		return backoff{level: b.Level, next: mono.Add(rand.N(b.Level/2 + 1))}
+		return backoff{level: level, next: mono.Add(rand.N(level/2 + 1))}
 	}
 	out := make(map[string]*restoredState, len(list))
 	for _, r := range list {

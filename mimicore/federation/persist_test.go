@@ -234,13 +234,15 @@ func TestSenderBackoffSurvivesRestart(t *testing.T) {
 
 // TestLoadRetriesJitter checks the backoffs read at start: one whose next
 // attempt is still ahead keeps it, one already due is tried within half
-// its level, and one that ended is dropped.
+// its level, and one stored under a higher cap than the one in force (4 h
+// here) is brought within it.
 func TestLoadRetriesJitter(t *testing.T) {
 	st := openOutbox(t)
 	now := time.Now()
 	ahead := now.Add(time.Hour).Truncate(time.Millisecond)
 	for _, r := range []store.OutboxRetry{
 		{Destination: "ahead.example", Failures: 1, Backoff: store.OutboxBackoff{Level: 2 * time.Hour, Next: ahead}},
+		{Destination: "capped.example", Failures: 2, Backoff: store.OutboxBackoff{Level: 16 * time.Hour, Next: now.Add(12 * time.Hour)}},
 		{Destination: "due.example", Failures: 9, Backoff: store.OutboxBackoff{Level: 5 * time.Minute, Next: now.Add(-time.Hour)},
 			Groups: []store.OutboxGroupBackoff{{GroupID: []byte("g"), OutboxBackoff: store.OutboxBackoff{Level: time.Minute, Next: now.Add(-time.Hour)}}}},
 	} {
@@ -248,12 +250,12 @@ func TestLoadRetriesJitter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := &Sender{Outbox: st, Transport: newPeer(nil)}
+	s := &Sender{Outbox: st, Transport: newPeer(nil), MaxBackoff: 4 * time.Hour}
 	before := time.Now()
 	got, ok := s.loadRetries(t.Context())
 	after := time.Now()
-	if !ok || len(got) != 2 {
-		t.Fatalf("loadRetries = %v, %t; want two destinations", got, ok)
+	if !ok || len(got) != 3 {
+		t.Fatalf("loadRetries = %v, %t; want three destinations", got, ok)
 	}
 	for _, tc := range []struct {
 		name     string
@@ -262,6 +264,7 @@ func TestLoadRetriesJitter(t *testing.T) {
 		from, to time.Time
 	}{
 		{"ahead", &got["ahead.example"].dest, 2 * time.Hour, ahead.Add(-time.Second), ahead.Add(time.Second)},
+		{"capped", &got["capped.example"].dest, 4 * time.Hour, before, after.Add(4 * time.Hour)},
 		{"due destination", &got["due.example"].dest, 5 * time.Minute, before, after.Add(150 * time.Second)},
 		{"due group", got["due.example"].groups["g"], time.Minute, before, after.Add(30 * time.Second)},
 	} {
@@ -271,8 +274,8 @@ func TestLoadRetriesJitter(t *testing.T) {
 			}
 		})
 	}
-	if sts := s.Status(); len(sts) != 2 || sts[1].Failures != 9 || sts[1].NextAttempt.IsZero() {
-		t.Fatalf("status %+v, want both destinations with their failures and next attempts", sts)
+	if sts := s.Status(); len(sts) != 3 || sts[2].Failures != 9 || sts[2].NextAttempt.IsZero() {
+		t.Fatalf("status %+v, want the three destinations with their failures and next attempts", sts)
 	}
 }
 
