@@ -310,3 +310,33 @@ func TestSenderResetEndsBackoff(t *testing.T) {
 		t.Fatalf("the peer got %d requests, want 2", got)
 	}
 }
+
+// TestSenderPeerUpEndsResumedBackoff stores a backoff of an hour for a
+// destination with nothing waiting, then starts a sender: it shows the
+// resumed backoff, and a request from the destination before any worker
+// started for it ends the backoff and clears the stored state, so that a
+// message written for it afterwards is sent at once.
+func TestSenderPeerUpEndsResumedBackoff(t *testing.T) {
+	st := openOutbox(t)
+	r := store.OutboxRetry{Destination: "dest.example", Failures: 4, LastError: "status 503 backend_unavailable",
+		Backoff: store.OutboxBackoff{Level: time.Hour, Next: time.Now().Add(time.Hour)}}
+	if err := st.SetOutboxRetry(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	p := newLoopbackPeer(t, 31111, http.StatusServiceUnavailable)
+	p.up.Store(true)
+	s := &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+	runSender(t, s)
+	waitFor(t, "the resumed backoff in the status", func() bool {
+		sts := s.Status()
+		return len(sts) == 1 && sts[0].Failures == 4 && !sts[0].NextAttempt.IsZero()
+	})
+	s.PeerUp("dest.example")
+	waitFor(t, "the stored backoff cleared", func() bool {
+		_, ok := storedRetry(t, st, "dest.example")
+		return !ok
+	})
+	addOutbox(t, st, "g", 0, 1)
+	s.Outbound("dest.example")
+	waitFor(t, "the message sent", func() bool { return p.requests.Load() == 1 })
+}
