@@ -34,10 +34,11 @@ type loopbackPeer struct {
 	requests atomic.Int32
 }
 
-// newLoopbackPeer serves a loopbackPeer on 127.0.0.1:port until t ends.
-func newLoopbackPeer(t *testing.T, port, down int) *loopbackPeer {
+// newLoopbackPeer serves a loopbackPeer on a loopback port the kernel
+// picks, until t ends.
+func newLoopbackPeer(t *testing.T, down int) *loopbackPeer {
 	t.Helper()
-	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +129,7 @@ func storedRetry(t *testing.T, st store.Store, dest string) (store.OutboxRetry, 
 // drain leases.
 func TestSenderBackoffSurvivesRestart(t *testing.T) {
 	const failures = 3
-	for i, tc := range []struct {
+	for _, tc := range []struct {
 		name     string
 		postgres bool
 		down     int
@@ -149,7 +150,7 @@ func TestSenderBackoffSurvivesRestart(t *testing.T) {
 				st = pg
 			}
 			addOutbox(t, st, "g", 0, 1)
-			p := newLoopbackPeer(t, 31100+i, tc.down)
+			p := newLoopbackPeer(t, tc.down)
 			newSender := func(holder string) *Sender {
 				s := &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: 4 * time.Hour}
 				if tc.postgres {
@@ -286,7 +287,7 @@ func TestLoadRetriesJitter(t *testing.T) {
 func TestSenderResetEndsBackoff(t *testing.T) {
 	st := openOutbox(t)
 	addOutbox(t, st, "g", 0, 1)
-	p := newLoopbackPeer(t, 31110, http.StatusTooManyRequests)
+	p := newLoopbackPeer(t, http.StatusTooManyRequests)
 	s := &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
 	runSender(t, s)
 	waitFor(t, "the failure stored", func() bool {
@@ -323,7 +324,7 @@ func TestSenderPeerUpEndsResumedBackoff(t *testing.T) {
 	if err := st.SetOutboxRetry(t.Context(), r); err != nil {
 		t.Fatal(err)
 	}
-	p := newLoopbackPeer(t, 31111, http.StatusServiceUnavailable)
+	p := newLoopbackPeer(t, http.StatusServiceUnavailable)
 	p.up.Store(true)
 	s := &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
 	runSender(t, s)
