@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -151,6 +153,87 @@ func TestWelcomeKeptOnTransientWelcomeInfoFailure(t *testing.T) {
 	}
 	if bob.rec.cursor != 1 || q.acked != 1 {
 		t.Fatalf("after joining: cursor %d, acked %d; want 1, 1", bob.rec.cursor, q.acked)
+	}
+}
+
+// TestWelcomeAfterCrashDeletesKeyPackage: a kill -9 after the Welcome's
+// group was written but before the record that drops the single-use
+// KeyPackage's private keys (and moves the cursor) leaves the group and the
+// keys on disk, the Welcome still queued. Processing it again finds the
+// group joined and skips it: the keys of the KeyPackage the Welcome used
+// must go then (RFC 9420: deleted once used to join), not stay until the
+// binding expires.
+func TestWelcomeAfterCrashDeletesKeyPackage(t *testing.T) {
+	alice, bob := newOffline(t, "alice"), newOffline(t, "bob")
+	gid := []byte("0123456789abcdef")
+	creator := keyPackage(t, alice)
+	leafKey, _, err := alice.deriveKey(alice.rec.keyPackages[0].leafSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: DefaultCipherSuite, GroupID: gid, Leaf: &creator.LeafNode, LeafKey: leafKey, Signer: alice.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.CommitWith(mls.CommitOptions{ByValue: []*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: keyPackage(t, bob)}}, OmitRatchetTree: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	welcome, err := wire.Marshal(res.Welcome)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := res.Next.State().Tree().RatchetTree()
+	tree, err := wire.Marshal(&rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &fakeQueue{msgs: []localapi.Message{{Seq: 1, GroupID: gid, Sender: []byte(alice.URI()), Message: welcome}}}
+	mux := http.NewServeMux()
+	q.register(mux)
+	mux.HandleFunc("/welcome_information", func(w http.ResponseWriter, r *http.Request) {
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: tree})
+	})
+	fakeGateway(t, bob, mux)
+	keys := slices.Clone(bob.rec.keyPackages)
+	if len(keys) != 1 || keys[0].lastResort {
+		t.Fatalf("bob keeps %d KeyPackages; want one single-use", len(keys))
+	}
+
+	evs, err := bob.Receive(t.Context(), 0)
+	if err != nil || len(evs) != 1 || evs[0].Kind != EventJoined {
+		t.Fatalf("Receive: %+v, %v; want one joined", evs, err)
+	}
+	// The state a kill -9 leaves between the group's record write and the
+	// next one: the group joined, the KeyPackage's keys kept, the cursor
+	// before the Welcome, which the gateway still holds.
+	crashed := bob.rec.clone()
+	crashed.keyPackages, crashed.cursor = keys, 0
+	if err := bob.saveRecord(crashed); err != nil {
+		t.Fatal(err)
+	}
+	q.mu.Lock()
+	q.acked = 0
+	q.mu.Unlock()
+	bob = reopen(t, bob)
+	fakeGateway(t, bob, mux)
+
+	evs, err = bob.Receive(t.Context(), 0)
+	if err != nil || len(evs) != 1 || evs[0].Kind != EventSkipped {
+		t.Fatalf("Receive after the crash: %+v, %v; want the Welcome skipped", evs, err)
+	}
+	if len(bob.Groups()) != 1 || bob.rec.cursor != 1 {
+		t.Fatalf("after the crash: %d groups, cursor %d; want 1, 1", len(bob.Groups()), bob.rec.cursor)
+	}
+	if n := len(bob.rec.keyPackages); n != 0 {
+		t.Fatalf("after the Welcome was processed again: %d KeyPackage private keys kept; want the used one deleted", n)
+	}
+	on, err := os.ReadFile(filepath.Join(bob.dir, stateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := decodeRecord(on); err != nil || len(rec.keyPackages) != 0 {
+		t.Fatalf("the record on disk: %v; want no KeyPackage kept", err)
 	}
 }
 

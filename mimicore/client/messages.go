@@ -419,6 +419,12 @@ func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (
 	gid, epoch := res.GroupInfo.GroupContext.GroupID, res.GroupInfo.GroupContext.Epoch
 	ev.GroupID, ev.Epoch = bytes.Clone(gid), epoch
 	if c.rec.group(gid) >= 0 {
+		// A Welcome processed again after a crash between the join's
+		// writes, or a second one for the group: either way the
+		// KeyPackage it is for was used, and its keys go.
+		if err := c.dropKeyPackage(kpi); err != nil {
+			return ev, err
+		}
 		return skip(fmt.Errorf("a Welcome to group %x, which the client is in", gid))
 	}
 	tree, err := c.welcomeInfo(ctx, gid, epoch, skp.ref)
@@ -437,15 +443,22 @@ func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (
 	if err := c.storeMember(m); err != nil {
 		return ev, err
 	}
-	if !skp.lastResort {
-		rec := c.rec.clone()
-		rec.keyPackages = slices.Delete(rec.keyPackages, kpi, kpi+1)
-		if err := c.saveRecord(rec); err != nil {
-			return ev, err
-		}
+	if err := c.dropKeyPackage(kpi); err != nil {
+		return ev, err
 	}
 	ev.Kind = EventJoined
 	return ev, nil
+}
+
+// dropKeyPackage deletes the private keys of the client's KeyPackage i
+// once a Welcome used it, unless it is a last-resort one. c.mu is held.
+func (c *Client) dropKeyPackage(i int) error {
+	if c.rec.keyPackages[i].lastResort {
+		return nil
+	}
+	rec := c.rec.clone()
+	rec.keyPackages = slices.Delete(rec.keyPackages, i, i+1)
+	return c.saveRecord(rec)
 }
 
 // welcomeInfoRefused reports whether err, from welcomeInfo, is a refusal
