@@ -247,8 +247,19 @@ func (c *Client) adopt(rec *record) error {
 
 // removeOrphans deletes group files no group names any more: left behind
 // by a crash between writing a group's file and the record that names it,
-// or between dropping a group from the record and deleting its file.
+// or between dropping a group from the record and deleting its file. It
+// also deletes the temporary files of writes a crash interrupted (in the
+// groups directory they are orphans too): they hold keys, the signature
+// key and KeyPackage or epoch secrets, that the client may have deleted
+// since.
 func (c *Client) removeOrphans() {
+	if entries, err := os.ReadDir(c.dir); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), tmpPrefix) && e.Type().IsRegular() {
+				os.Remove(filepath.Join(c.dir, e.Name()))
+			}
+		}
+	}
 	entries, err := os.ReadDir(filepath.Join(c.dir, groupsDir))
 	if err != nil {
 		return

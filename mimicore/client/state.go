@@ -21,6 +21,7 @@ const (
 	stateFile = "client" // the client record (identity, KeyPackages, groups, cursor)
 	lockName  = "lock"   // flock(2)ed while a Client is open
 	groupsDir = "groups" // one file per group: the Member, named by a local number
+	tmpPrefix = ".tmp-"  // writeFileAtomic's temporary files, in either directory
 )
 
 // stateFormat is the version byte of the client record encoding.
@@ -193,7 +194,7 @@ func groupPath(dir string, n uint64) string {
 // contents, never a mix.
 func writeFileAtomic(path string, data []byte) (err error) {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
+	f, err := os.CreateTemp(dir, tmpPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", filepath.Base(path), err)
 	}

@@ -436,6 +436,44 @@ func TestOpenRemovesOrphans(t *testing.T) {
 	}
 }
 
+// TestOpenRemovesTemporaryFiles: a kill -9 inside writeFileAtomic, after
+// the temporary file was written and before its rename, leaves the
+// temporary file: of the client record (the signature key and the
+// KeyPackages' private keys) or of a group (its epoch secrets). Open
+// removes both, so that keys the client deleted since do not stay on disk.
+func TestOpenRemovesTemporaryFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dir  func(c *Client) string
+	}{
+		{"record", func(c *Client) string { return c.dir }},
+		{"group", func(c *Client) string { return filepath.Join(c.dir, groupsDir) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, _, gid, _ := pair(t)
+			data, err := os.ReadFile(filepath.Join(alice.dir, stateFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.CreateTemp(tc.dir(alice), ".tmp-*") // as writeFileAtomic names it
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			alice = reopen(t, alice)
+			if _, err := os.Stat(f.Name()); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("temporary file %s still there after Open: %v", filepath.Base(f.Name()), err)
+			}
+			if _, err := alice.Group(gid); err != nil {
+				t.Fatalf("the group after removing temporary files: %v", err)
+			}
+		})
+	}
+}
+
 // TestMessageOfTheEpochBeforeOwnCommit: bob sends in epoch 1 while alice
 // commits epoch 2. alice, reopened from disk, still opens bob's message
 // with the Member of epoch 1 she kept; once a message of epoch 2 arrives
