@@ -237,6 +237,52 @@ func TestWelcomeAfterCrashDeletesKeyPackage(t *testing.T) {
 	}
 }
 
+// TestMessageKeptWhenGroupWriteFails: when the group file cannot be
+// written after a message was opened (a full disk, an I/O error), Receive
+// stops before the cursor moves, and the next Receive, once the disk is
+// writable again, opens the message: the key the failed write would have
+// erased is still on disk, so it must not be gone in memory either.
+func TestMessageKeptWhenGroupWriteFails(t *testing.T) {
+	alice, bob, gid, _ := pair(t)
+	msg := protect(t, bob, gid, "hello alice")
+	q := &fakeQueue{msgs: []localapi.Message{{Seq: 1, GroupID: gid, Sender: []byte(bob.URI()), Message: msg}}}
+	mux := http.NewServeMux()
+	q.register(mux)
+	fakeGateway(t, alice, mux)
+
+	// A directory in the group file's place: the rename over it fails.
+	file := groupPath(alice.dir, alice.rec.groups[alice.rec.group(gid)].file)
+	saved, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(file, "blocker"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Receive(t.Context(), 0); err == nil {
+		t.Fatal("Receive succeeded while the group file could not be written")
+	}
+	if alice.rec.cursor != 0 || q.acked != 0 {
+		t.Fatalf("after the failed write: cursor %d, acked %d; want 0, 0", alice.rec.cursor, q.acked)
+	}
+	if err := os.RemoveAll(file); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := alice.Receive(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Kind != EventMessage || string(evs[0].Data) != "hello alice" {
+		t.Fatalf("Receive once the disk is writable: %+v; want bob's message", evs)
+	}
+}
+
 // readDSRequest decodes the DSRequest r carries.
 func readDSRequest(t *testing.T, r *http.Request) *moh.DSRequest {
 	t.Helper()

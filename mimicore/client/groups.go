@@ -219,6 +219,11 @@ func (c *Client) writeGroup(g *group) error {
 	}
 	if i := c.rec.group(groupID); i >= 0 {
 		if err := writeFileAtomic(groupPath(c.dir, c.rec.groups[i].file), data); err != nil {
+			// The cached Members may be ahead of the file (Protect and
+			// Unprotect use keys up in place): the next use reads the
+			// file again, so that a message whose key the failed write
+			// would have erased is still opened.
+			delete(c.members, string(groupID))
 			return fmt.Errorf("storing group %x: %w", groupID, err)
 		}
 	} else {
