@@ -305,19 +305,16 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 		if n < 0 {
 			return usagef("client init: -key-packages %d is negative", n)
 		}
-		opts := client.InitOptions{ClientURI: args[0], KeyPackages: n}
-		if n == 0 {
-			opts.KeyPackages = -1 // Init publishes none: the last-resort one below
-		}
-		c, err := client.Init(ctx, e.state, e.cfg, opts)
+		// Init publishes none: they are published below, so that a
+		// failed publish says the client exists (client init again is
+		// refused) and how to publish them.
+		c, err := client.Init(ctx, e.state, e.cfg, client.InitOptions{ClientURI: args[0], KeyPackages: -1})
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		if n == 0 {
-			if err := c.Publish(ctx, 0, true); err != nil {
-				return fmt.Errorf("client %s created, but: %w (client publish -key-packages 0 publishes it)", c.URI(), err)
-			}
+		if err := c.Publish(ctx, n, true); err != nil {
+			return fmt.Errorf("client %s created, but: %w (client publish -key-packages %d publishes them)", c.URI(), err, n)
 		}
 		fmt.Fprintln(e.stdout, c.URI())
 		return nil

@@ -28,6 +28,9 @@ type fakeGateway struct {
 	queue     []localapi.Message
 	acked     uint64
 	tree      []byte
+	// publishDown makes /local/key_packages answer 503
+	// backend_unavailable, as when the gateway's store is unavailable.
+	publishDown bool
 }
 
 func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
@@ -54,8 +57,17 @@ func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
 			return
 		}
 		f.mu.Lock()
-		f.published = append(f.published, req.KeyPackages...)
+		down := f.publishDown
+		if !down {
+			f.published = append(f.published, req.KeyPackages...)
+		}
 		f.mu.Unlock()
+		if down {
+			b, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseError, Error: moh.DSError{Code: moh.CodeBackendUnavailable, Message: []byte("store unavailable")}})
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write(b)
+			return
+		}
 		answer(w, &localapi.KeyPackageList{KeyPackages: req.KeyPackages})
 	})
 	mux.HandleFunc("/local/messages", func(w http.ResponseWriter, r *http.Request) {
@@ -192,5 +204,36 @@ func TestInitWithoutSingleUseKeyPackages(t *testing.T) {
 	}
 	if len(f.published) != 1 || !f.published[0].LastResort {
 		t.Fatalf("client init -key-packages 0 published %+v; want one last-resort KeyPackage", f.published)
+	}
+}
+
+// TestInitPublishFailure: when client init gets the binding and writes
+// the client's state but the KeyPackages' publish fails, running client
+// init again cannot succeed (the directory holds a client): the error says
+// the client was created and that client publish publishes them, which
+// then succeeds.
+func TestInitPublishFailure(t *testing.T) {
+	f := &fakeGateway{publishDown: true}
+	srv := f.serve(t)
+	state := t.TempDir() + "/bob"
+	run := func(args ...string) (int, string) {
+		var stdout, stderr bytes.Buffer
+		e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
+			Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
+		return Run(t.Context(), args, e), stderr.String()
+	}
+	uri := moh.ClientURI("a.example", "bob", "phone")
+	got, stderr := run("client", "init", "-key-packages", "3", uri)
+	if got != exitFailure || !strings.Contains(stderr, "client "+uri+" created") || !strings.Contains(stderr, "client publish -key-packages 3") {
+		t.Fatalf("client init whose publish failed: status %d, stderr %q; want %d, saying the client exists and client publish publishes", got, stderr, exitFailure)
+	}
+	f.mu.Lock()
+	f.publishDown = false
+	f.mu.Unlock()
+	if got, stderr := run("client", "publish", "-key-packages", "3"); got != exitOK {
+		t.Fatalf("client publish after the failed init: status %d, stderr %q", got, stderr)
+	}
+	if len(f.published) != 4 {
+		t.Fatalf("published %d KeyPackages; want 4", len(f.published))
 	}
 }
