@@ -614,6 +614,62 @@ func TestCommitAnswerLost(t *testing.T) {
 	}
 }
 
+// TestRemoveAfterAddAnswerLost: alice adds carol, the DS takes the commit
+// but its answer is lost; alice then removes carol. The remove must be
+// worked out on the settled group, where carol is a member, not on the
+// epoch before the add, where she is not.
+func TestRemoveAfterAddAnswerLost(t *testing.T) {
+	alice, _, gid, _ := pair(t)
+	carol := newOffline(t, "carol")
+	kp, err := wire.Marshal(keyPackage(t, carol))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var groupInfo []byte
+	var removed []moh.RequestType
+	mux := http.NewServeMux()
+	mux.HandleFunc("/local/claim_key_packages", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := wire.Marshal(&localapi.KeyPackageList{KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: kp}}})
+		w.Write(b)
+	})
+	mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
+		req := readDSRequest(t, r)
+		if req.Body.Type == moh.AddUsers {
+			w.WriteHeader(http.StatusGatewayTimeout) // taken, the answer lost
+			return
+		}
+		removed = append(removed, req.Body.Type)
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseOK})
+	})
+	mux.HandleFunc("/external_commit_information", func(w http.ResponseWriter, r *http.Request) {
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseExternalCommitInfo, GroupInfo: groupInfo, RatchetTree: []byte{0}})
+	})
+	fakeGateway(t, alice, mux)
+	if err := alice.Add(t.Context(), gid, carol.URI()); err == nil {
+		t.Fatal("Add succeeded without a 200")
+	}
+	g, err := alice.loadGroup(gid)
+	if err != nil || g.next == nil {
+		t.Fatalf("alice keeps no pending epoch after the lost answer: %v", err)
+	}
+	gi, err := g.next.GroupInfo() // the DS's GroupInfo: it took the add
+	if err != nil {
+		t.Fatal(err)
+	}
+	if groupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Remove(t.Context(), gid, carol.URI()); err != nil {
+		t.Fatalf("alice removing carol, whom the DS added: %v", err)
+	}
+	if len(removed) != 1 || removed[0] != moh.RemoveUsers {
+		t.Fatalf("requests after the add: %v; want one remove_users", removed)
+	}
+	if s, err := alice.Group(gid); err != nil || s.Epoch != 3 || len(s.Members) != 2 {
+		t.Fatalf("alice's group after the remove: %+v, %v; want epoch 3, alice and bob", s, err)
+	}
+}
+
 // TestOwnCommitsInARow: alice commits twice before receiving; bob's
 // messages of each epoch before her commits, queued ahead of anything
 // newer, still open. Beyond maxOlderEpochs+1 commits the oldest epoch is

@@ -473,10 +473,13 @@ func (c *Client) add(ctx context.Context, groupID []byte, targets []string) erro
 	if len(targets) == 0 {
 		return errors.New("nothing to add")
 	}
-	m, err := c.member(groupID)
+	// The members are those of the settled group: after a commit whose
+	// answer was lost, those of the epoch the DS is in.
+	g, err := c.settle(ctx, groupID)
 	if err != nil {
 		return err
 	}
+	m := g.cur
 	present := usersOf(m.State())
 	var props []*mls.Proposal
 	newUsers, oldUsers := 0, 0
@@ -555,10 +558,12 @@ func (c *Client) remove(ctx context.Context, groupID []byte, targets []string) e
 	if len(targets) == 0 {
 		return errors.New("nothing to remove")
 	}
-	m, err := c.member(groupID)
+	// The leaves are those of the settled group (add).
+	sg, err := c.settle(ctx, groupID)
 	if err != nil {
 		return err
 	}
+	m := sg.cur
 	g := m.State()
 	own := c.userURI()
 	var props []*mls.Proposal
