@@ -406,7 +406,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 			if m.Leaf == g.Self {
 				self = " (self)"
 			}
-			fmt.Fprintf(e.stdout, "member %d %s%s\n", m.Leaf, m.ClientURI, self)
+			fmt.Fprintf(e.stdout, "member %d %s%s\n", m.Leaf, printable([]byte(m.ClientURI)), self)
 		}
 		return nil
 	case "group add":
@@ -512,8 +512,11 @@ func (e *env) readFile(name string) ([]byte, error) {
 //	removed <group> <sender>
 //	proposal <group> <sender>
 //
-// separated by tabs. A text with control characters or invalid UTF-8 is
-// printed as a Go-quoted string. Skipped messages are reported on stderr.
+// separated by tabs. A text or a sender with control characters or
+// invalid UTF-8 is printed as a Go-quoted string: a sender is the
+// identity a member's provider (or the group's hub) put in its leaf,
+// which must not print as lines or fields of its own. Skipped messages are
+// reported on stderr.
 //
 // Receive hands the events out once they are acknowledged (and a
 // message's key erased): a write to stdout that fails (a full disk, a
@@ -537,15 +540,15 @@ func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration) er
 // lost.
 func printEvents(stdout, stderr io.Writer, events []client.Event) error {
 	for _, ev := range events {
-		gid := hex.EncodeToString(ev.GroupID)
+		gid, sender := hex.EncodeToString(ev.GroupID), printable([]byte(ev.Sender))
 		var err error
 		switch ev.Kind {
 		case client.EventMessage:
-			_, err = fmt.Fprintf(stdout, "message\t%s\t%s\t%s\n", gid, ev.Sender, printable(ev.Data))
+			_, err = fmt.Fprintf(stdout, "message\t%s\t%s\t%s\n", gid, sender, printable(ev.Data))
 		case client.EventCommit:
-			_, err = fmt.Fprintf(stdout, "commit\t%s\t%s\t%d\n", gid, ev.Sender, ev.Epoch)
+			_, err = fmt.Fprintf(stdout, "commit\t%s\t%s\t%d\n", gid, sender, ev.Epoch)
 		case client.EventJoined, client.EventRemoved, client.EventProposal:
-			_, err = fmt.Fprintf(stdout, "%s\t%s\t%s\n", ev.Kind, gid, ev.Sender)
+			_, err = fmt.Fprintf(stdout, "%s\t%s\t%s\n", ev.Kind, gid, sender)
 		default:
 			fmt.Fprintf(stderr, "mimictl: skipped queued message %d of group %s: %v\n", ev.Seq, gid, ev.Err)
 		}

@@ -2,10 +2,12 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +33,9 @@ type fakeGateway struct {
 	// publishDown makes /local/key_packages answer 503
 	// backend_unavailable, as when the gateway's store is unavailable.
 	publishDown bool
+	// creator is the credential identity of the member welcome makes;
+	// "" means mimi://a.example/d/alice/laptop.
+	creator string
 }
 
 func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
@@ -120,7 +125,7 @@ func (f *fakeGateway) welcome(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaf := mls.LeafNode{EncryptionKey: encPub, SignatureKey: pub, Source: mls.SourceKeyPackage,
-		Credential:   mls.Credential{Type: mls.CredentialBasic, Identity: []byte(moh.ClientURI("a.example", "alice", "laptop"))},
+		Credential:   mls.Credential{Type: mls.CredentialBasic, Identity: []byte(cmp.Or(f.creator, moh.ClientURI("a.example", "alice", "laptop")))},
 		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{cs}, Credentials: []mls.CredentialType{mls.CredentialBasic}},
 		Lifetime:     mls.Lifetime{NotBefore: uint64(time.Now().Add(-time.Hour).Unix()), NotAfter: uint64(time.Now().Add(time.Hour).Unix())}}
 	leaf.Capabilities.Extensions = []mls.ExtensionType{binding.ExtensionType}
@@ -235,5 +240,43 @@ func TestInitPublishFailure(t *testing.T) {
 	}
 	if len(f.published) != 4 {
 		t.Fatalf("published %d KeyPackages; want 4", len(f.published))
+	}
+}
+
+// TestSenderNotInjected: a member's credential identity is what its
+// provider (or a group's hub) put in its leaf, unchecked by the client:
+// one with a newline and tabs must not print as lines of its own in recv
+// and group info, where a script would read a forged event or member.
+func TestSenderNotInjected(t *testing.T) {
+	forged := "mimi://b.example/d/mallory/x\tok\nmessage\t3031\tmimi://a.example/d/boss/phone\tpay mallory"
+	f := &fakeGateway{creator: forged}
+	srv := f.serve(t)
+	state := t.TempDir() + "/bob"
+	run := func(args ...string) string {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
+			Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
+		if got := Run(t.Context(), args, e); got != exitOK {
+			t.Fatalf("%v: status %d, stderr %q", args, got, stderr.String())
+		}
+		return stdout.String()
+	}
+	run("client", "init", "-key-packages", "1", moh.ClientURI("a.example", "bob", "phone"))
+	f.welcome(t)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		lines int
+	}{
+		{"recv", []string{"recv"}, 1},
+		{"group info", []string{"group", "info", "30313233343536373839616263646566"}, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := run(tc.args...)
+			if n := strings.Count(out, "\n"); n != tc.lines || !strings.Contains(out, strconv.Quote(forged)) {
+				t.Fatalf("%s printed %q: %d lines; want %d, the identity quoted", tc.name, out, n, tc.lines)
+			}
+		})
 	}
 }
