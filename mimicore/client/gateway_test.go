@@ -843,3 +843,102 @@ func TestExternalJoinAnswerLost(t *testing.T) {
 		})
 	}
 }
+
+// TestExternalJoinSettleRefusedForOtherReasons: carol's external join is
+// taken but its answer lost; settling it, the DS refuses external_commit_info
+// for a reason that says nothing of her membership (a rate limit, a token
+// required, her clock off). She must keep the group, still joining, and
+// settle it once the DS answers: forgetting it would leave her a member at
+// the DS without the group's keys. Only a refusal that says the leaf is not
+// hers (404 not_found, 401 bad_signature) forgets it.
+func TestExternalJoinSettleRefusedForOtherReasons(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int
+		code   moh.Code
+		forget bool
+	}{
+		{"429 rate_limited", http.StatusTooManyRequests, moh.CodeRateLimited, false},
+		{"401 token_required", http.StatusUnauthorized, moh.CodeTokenRequired, false},
+		{"401 stale_timestamp", http.StatusUnauthorized, moh.CodeStaleTimestamp, false},
+		{"403 forbidden", http.StatusForbidden, moh.CodeForbidden, false},
+		{"401 bad_signature", http.StatusUnauthorized, moh.CodeBadSignature, true},
+		{"404 not_found", http.StatusNotFound, moh.CodeNotFound, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob, gid, _ := pair(t)
+			carol := newOffline(t, "carol")
+			am, err := alice.member(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gi, err := am.GroupInfo()
+			if err != nil {
+				t.Fatal(err)
+			}
+			giEnc, err := wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := am.State().Tree().RatchetTree()
+			rtEnc, err := wire.Marshal(&rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var commit, dsGroupInfo []byte
+			refusing := true
+			mux := http.NewServeMux()
+			mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
+				req := readDSRequest(t, r)
+				if req.Body.Type == moh.ExternalJoin {
+					commit, _ = wire.Marshal(&req.Body.GroupUpdate.Commit)
+					w.WriteHeader(http.StatusGatewayTimeout) // taken, the answer lost
+					return
+				}
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseOK})
+			})
+			mux.HandleFunc("/external_commit_information", func(w http.ResponseWriter, r *http.Request) {
+				if refusing {
+					writeDSError(w, tc.status, tc.code)
+					return
+				}
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseExternalCommitInfo, GroupInfo: dsGroupInfo, RatchetTree: []byte{0}})
+			})
+			fakeGateway(t, carol, mux)
+			if _, err := carol.JoinExternal(t.Context(), &JoinInfo{GroupInfo: giEnc, RatchetTree: rtEnc}); err == nil {
+				t.Fatal("JoinExternal succeeded without a 200")
+			}
+			if ev, err := bob.process(t.Context(), queued(1, gid, carol.URI(), commit)); err != nil || ev.Kind != EventCommit {
+				t.Fatalf("bob applying carol's join: %+v, %v", ev, err)
+			}
+			err = carol.Send(t.Context(), gid, []byte("hello"))
+			if err == nil {
+				t.Fatal("Send succeeded while external_commit_info was refused")
+			}
+			if got := errors.Is(err, ErrUnknownGroup); got != tc.forget || (len(carol.Groups()) == 0) != tc.forget {
+				t.Fatalf("after %s: %v, %d groups; want the group forgotten: %v", tc.name, err, len(carol.Groups()), tc.forget)
+			}
+			if tc.forget {
+				return
+			}
+			bm, err := bob.member(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bgi, err := bm.GroupInfo()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dsGroupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: bgi}); err != nil {
+				t.Fatal(err)
+			}
+			refusing = false
+			if err := carol.Send(t.Context(), gid, []byte("hello")); err != nil {
+				t.Fatalf("carol sending once the DS answers: %v", err)
+			}
+			if g, err := carol.loadGroup(gid); err != nil || g.joining {
+				t.Fatalf("carol at the end: %+v, %v; want a member, not joining", g, err)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"slices"
 
@@ -57,8 +58,9 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // joining marks a group the client joined with an external commit whose
 // answer was lost: it is on disk before the commit leaves, and is
 // confirmed by a message of its epoch or later, or by the DS's GroupInfo
-// (settle); a refusal of the join or of that question (a 4xx DSError: the
-// client is not a member) forgets the group.
+// (settle); a refusal of the join (a 4xx DSError), or an answer to that
+// question that says the leaf is not the client's (notMember), forgets the
+// group.
 type group struct {
 	cur, prev   *mls.Member
 	older       []*mls.Member
@@ -406,7 +408,7 @@ func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
 		return g, err
 	}
 	r, err := c.externalCommitInfo(ctx, g.cur)
-	if g.joining && refused(err) {
+	if g.joining && notMember(err) {
 		// The DS does not take the client for a member: the join was lost.
 		if ferr := c.forget(groupID); ferr != nil {
 			return nil, ferr
@@ -453,6 +455,19 @@ func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
 		return kept, nil
 	}
 	return nil, fmt.Errorf("the answer to the client's last commit was lost and the group is in epoch %d: receive first", gc.Epoch)
+}
+
+// notMember reports whether err, from a request the client signed as
+// its leaf of a group, is a refusal that says the leaf is not the
+// client's at the DS (docs/protocol.md §5.4 steps 6 and 7): 404 not_found
+// (an unknown group, a blank leaf or one outside the tree) or 401
+// bad_signature (another member's leaf). Other refusals (a rate limit, a
+// token required, a stale timestamp, a peer policy) say nothing of the
+// client's membership.
+func notMember(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && (e.Status == http.StatusNotFound && e.Code == moh.CodeNotFound ||
+		e.Status == http.StatusUnauthorized && e.Code == moh.CodeBadSignature)
 }
 
 // Add adds users or clients of the client's provider to the group: each
