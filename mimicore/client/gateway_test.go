@@ -89,9 +89,25 @@ func (q *fakeQueue) register(mux *http.ServeMux) {
 }
 
 // TestWelcomeKeptOnTransientWelcomeInfoFailure: a welcome_info that fails
-// for a reason that can pass (a 503 from the hub) stops Receive before the
-// cursor moves past the Welcome; the next Receive joins.
+// for a reason that can pass (a 503 from the hub; a 401 that is not about
+// the KeyPackage: a token required by an admission zone, the client's
+// clock off) stops Receive before the cursor moves past the Welcome; the
+// next Receive joins.
 func TestWelcomeKeptOnTransientWelcomeInfoFailure(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		code   moh.Code
+	}{
+		{http.StatusServiceUnavailable, moh.CodeBackendUnavailable},
+		{http.StatusUnauthorized, moh.CodeTokenRequired},
+		{http.StatusUnauthorized, moh.CodeStaleTimestamp},
+		{http.StatusTooManyRequests, moh.CodeRateLimited},
+	} {
+		t.Run(tc.code.String(), func(t *testing.T) { welcomeKeptOnFailure(t, tc.status, tc.code) })
+	}
+}
+
+func welcomeKeptOnFailure(t *testing.T, status int, code moh.Code) {
 	alice, bob := newOffline(t, "alice"), newOffline(t, "bob")
 	gid := []byte("0123456789abcdef")
 	creator := keyPackage(t, alice)
@@ -125,7 +141,7 @@ func TestWelcomeKeptOnTransientWelcomeInfoFailure(t *testing.T) {
 		down.Lock()
 		defer down.Unlock()
 		if outage {
-			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
+			writeDSError(w, status, code)
 			return
 		}
 		writeOK(w, &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: tree})
@@ -133,10 +149,10 @@ func TestWelcomeKeptOnTransientWelcomeInfoFailure(t *testing.T) {
 	fakeGateway(t, bob, mux)
 
 	if _, err := bob.Receive(t.Context(), 0); err == nil {
-		t.Fatal("Receive succeeded while welcome_info answered 503")
+		t.Fatalf("Receive succeeded while welcome_info answered %d %s", status, code)
 	}
 	if bob.rec.cursor != 0 || q.acked != 0 {
-		t.Fatalf("after a 503 from welcome_info: cursor %d, acked %d; want 0, 0", bob.rec.cursor, q.acked)
+		t.Fatalf("after a %d from welcome_info: cursor %d, acked %d; want 0, 0", status, bob.rec.cursor, q.acked)
 	}
 	if len(bob.Groups()) != 0 {
 		t.Fatal("bob is in a group without its tree")

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -128,10 +127,11 @@ const maxReceiveWait = 10 * time.Minute
 // included, is on disk before the messages are acknowledged. A message
 // the client cannot use is an EventSkipped, not an error: the queue moves
 // on. A Welcome whose ratchet tree welcome_info fails to serve for a
-// reason that can pass (anything but a DSError 404 or 401: the hub
-// unreachable, a 503, ctx done) is an error: Receive stops before the
-// cursor moves past it, and the next Receive processes it again. The
-// Client's other methods wait while Receive long-polls.
+// reason that can pass (anything but a DSError 404 not_found or 401
+// bad_signature: the hub unreachable, a 503, a 401 token_required, ctx
+// done) is an error: Receive stops before the cursor moves past it, and
+// the next Receive processes it again. The Client's other methods wait
+// while Receive long-polls.
 //
 // What a crash can lose: a message opened, and its key erased on disk,
 // before Receive returned it is not opened again (RFC 9420 §9.2 forbids
@@ -462,12 +462,14 @@ func (c *Client) dropKeyPackage(i int) error {
 }
 
 // welcomeInfoRefused reports whether err, from welcomeInfo, is a refusal
-// that asking again cannot change: a DSError 404 (the epoch's tree is no
-// longer kept, or the KeyPackage is not one the commit added) or 401 (the
-// DS does not know the Welcome's KeyPackage). Anything else may pass.
+// that asking again cannot change (docs/protocol.md §5.4 steps 6 and 7):
+// 404 not_found (the epoch's tree is no longer kept, or the KeyPackage is
+// not one the commit added) or 401 bad_signature (the KeyPackage the DS
+// knows is not the client's). Anything else may pass, a 401 among them: a
+// token an admission zone requires, a stale timestamp of a clock put
+// right since.
 func welcomeInfoRefused(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Code != 0 && (e.Status == http.StatusNotFound || e.Status == http.StatusUnauthorized)
+	return notMember(err)
 }
 
 // welcomeInfo asks the Delivery Service for the ratchet tree of group gid
