@@ -179,12 +179,16 @@ type Gateway struct {
 	svc *service.Service
 	// svcHeld is set while this config holds svc in servicePool.
 	svcHeld bool
-	policy  *admission.Policy
-	origin  *admission.Origin // pooled in originPool under originKey
-	issuer  *admission.Issuer
-	routes  map[string]*route
-	inbound *provider.Inbound
-	ds      *ds.Service
+	// dirEntry records in gatewayDirs that this config serves Providers
+	// from DataDir, for mimi_local handlers without data_dir; nil when
+	// not recorded.
+	dirEntry *dirEntry
+	policy   *admission.Policy
+	origin   *admission.Origin // pooled in originPool under originKey
+	issuer   *admission.Issuer
+	routes   map[string]*route
+	inbound  *provider.Inbound
+	ds       *ds.Service
 	// processProvider is ds.ProcessProvider, kept once: a method value
 	// made per request would allocate on the provider hot path.
 	processProvider provider.Processor
@@ -360,6 +364,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
 	g.svc, g.svcHeld = svc, true
+	g.dirEntry = gatewayDirs.register(ctx.Done(), g.Providers, g.DataDir)
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{}, hubConflicts)
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},
@@ -584,6 +589,8 @@ func (g *Gateway) Cleanup() error {
 	// First, while the parts are held: where this config's options are
 	// in force, the running config's are put back.
 	g.uncommit()
+	gatewayDirs.release(g.dirEntry)
+	g.dirEntry = nil
 	policyErr := errors.Join(g.cleanupPolicy(), g.cleanupAttachments())
 	if g.ds != nil {
 		removeHubCache(g.ds.Hubs)

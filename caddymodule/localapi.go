@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -86,9 +85,12 @@ type LocalAPI struct {
 	Providers []string `json:"providers,omitempty"`
 
 	// DataDir is the provider's data directory, spelled as the gateway's
-	// data_dir, so that both share one service and store.
-	// Default: `<caddy data dir>/mimi/<first provider>`, the gateway's
-	// default.
+	// data_dir, so that both share one service and store. Default: the
+	// data directory of the `mimi` gateway of this config that serves
+	// Providers (all of them from one directory), whatever its data_dir
+	// or first provider; when there is none, every request is answered
+	// 503 backend_unavailable and the cause is logged once, instead of
+	// opening a store and key ring no gateway uses.
 	DataDir string `json:"data_dir,omitempty"`
 
 	// MaxBody is the largest request body, in bytes; larger bodies are
@@ -142,12 +144,18 @@ type LocalAPI struct {
 	// joined guards svc and api, which join sets once; nil before
 	// Provision.
 	joined *joinState
+	// config identifies this handler's config (the Done channel of its
+	// caddy.Context), to find the data directory of its gateway in
+	// gatewayDirs when DataDir is not set.
+	config <-chan struct{}
 }
 
 // joinState is the outcome of LocalAPI.join.
 type joinState struct {
 	mu  sync.Mutex
 	err error // why the join failed; it is not tried again
+	// logged is set once err has been logged at error level.
+	logged bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -160,7 +168,9 @@ func (LocalAPI) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults and joins the provider's service of DataDir when
 // a gateway has opened it; otherwise the service is joined, or opened with
-// the defaults, at the first request (see join).
+// the defaults, at the first request (see join). Without DataDir it takes
+// that of the gateway of this config serving Providers, here when that
+// gateway is already provisioned, else at the first request.
 func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	for i, p := range h.Providers {
@@ -185,24 +195,24 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 		h.MaxLongPollsPerUser = min(defaultMaxLongPollsPerUser, h.MaxLongPolls)
 	}
 	h.polls = &pollSlots{max: h.MaxLongPolls, maxPerUser: h.MaxLongPollsPerUser, users: map[string]int{}}
-	if h.DataDir == "" {
-		h.DataDir = filepath.Join(caddy.AppDataDir(), "mimi", h.Providers[0])
-	}
-	dir, err := poolDataDir(h.DataDir)
-	if err != nil {
-		return fmt.Errorf("mimi_local: %w", err)
-	}
-	h.DataDir = dir
-	zone, zoneKey, err := acquireClaimZone(h.DataDir, claimZoneLocal)
-	if err != nil {
-		return fmt.Errorf("mimi_local: %w", err)
-	}
-	h.claims, h.claimZoneKey = localClaimLimits{zone: zone}, zoneKey
 	h.stopping, h.stop = context.WithCancel(context.Background())
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		srv.RegisterOnShutdown(h.stop)
 	}
 	h.joined = new(joinState)
+	h.config = ctx.Done()
+	if h.DataDir == "" {
+		// The gateway of these domains may be provisioned after this
+		// handler: then the directory is found at the first request.
+		dir, err := gatewayDirs.resolve(h.config, h.Providers)
+		if err != nil {
+			return nil
+		}
+		h.DataDir = dir
+	}
+	if err := h.useDataDir(); err != nil {
+		return err
+	}
 	if n, _ := servicePool.References(h.DataDir); n > 0 {
 		// A gateway of this config, or the running config, opened the
 		// service and chose its store: join it now.
@@ -216,8 +226,26 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// useDataDir makes DataDir absolute and takes the claim limit's zone of
+// that directory.
+func (h *LocalAPI) useDataDir() error {
+	dir, err := poolDataDir(h.DataDir)
+	if err != nil {
+		return fmt.Errorf("mimi_local: %w", err)
+	}
+	h.DataDir = dir
+	zone, zoneKey, err := acquireClaimZone(h.DataDir, claimZoneLocal)
+	if err != nil {
+		return fmt.Errorf("mimi_local: %w", err)
+	}
+	h.claims, h.claimZoneKey = localClaimLimits{zone: zone}, zoneKey
+	return nil
+}
+
 // join joins the provider's service of DataDir and builds the API on it;
-// it runs once, from Provision or at the first request.
+// it runs once, from Provision or at the first request. Without a
+// DataDir it first takes the data directory of the gateway of this
+// config that serves Providers, and fails when there is none.
 func (h *LocalAPI) join() error {
 	h.joined.mu.Lock()
 	defer h.joined.mu.Unlock()
@@ -226,6 +254,20 @@ func (h *LocalAPI) join() error {
 	}
 	if h.joined.err != nil {
 		return h.joined.err
+	}
+	if h.DataDir == "" {
+		dir, err := gatewayDirs.resolve(h.config, h.Providers)
+		if err != nil {
+			h.joined.err = fmt.Errorf("mimi_local: finding the data directory (no data_dir set): %w; "+
+				"serve these providers with a mimi handler in this Caddy, or set the gateway's data_dir here", err)
+			return h.joined.err
+		}
+		h.DataDir = dir
+		if err := h.useDataDir(); err != nil {
+			h.DataDir = ""
+			h.joined.err = err
+			return err
+		}
 	}
 	svc, err := joinService(h.DataDir, h.logger)
 	if err != nil {
@@ -284,7 +326,15 @@ func (h *LocalAPI) ready(x *exchange) bool {
 		return true
 	}
 	if err := h.join(); err != nil {
-		h.refuse(x, "", &moh.Error{Code: moh.CodeBackendUnavailable, Message: "provider service unavailable", Err: err})
+		// The cause does not change: it is logged once, at error
+		// level, and the next refusals at debug level.
+		h.joined.mu.Lock()
+		level := zapcore.DebugLevel
+		if !h.joined.logged {
+			h.joined.logged, level = true, zapcore.ErrorLevel
+		}
+		h.joined.mu.Unlock()
+		h.refuseAt(x, "", &moh.Error{Code: moh.CodeBackendUnavailable, Message: "provider service unavailable", Err: err}, level)
 		return false
 	}
 	return true
@@ -615,12 +665,19 @@ func (h *LocalAPI) answer(x *exchange, user string, answer wire.Marshaler, err e
 // failure of the gateway (backend_unavailable, or an error without a
 // code), whose cause is logged and never sent.
 func (h *LocalAPI) refuse(x *exchange, user string, err error) {
-	dsErr := moh.DSErrorOf(err)
 	level := zapcore.DebugLevel
 	var coded *moh.Error
-	if isCoded := errors.As(err, &coded) || errors.Is(err, wire.ErrMalformed); !isCoded || dsErr.Code == moh.CodeBackendUnavailable {
+	if isCoded := errors.As(err, &coded) || errors.Is(err, wire.ErrMalformed); !isCoded || moh.DSErrorOf(err).Code == moh.CodeBackendUnavailable {
 		level = zapcore.ErrorLevel
 	}
+	h.refuseAt(x, user, err, level)
+}
+
+// refuseAt is refuse, logging at level.
+func (h *LocalAPI) refuseAt(x *exchange, user string, err error, level zapcore.Level) {
+	dsErr := moh.DSErrorOf(err)
+	var coded *moh.Error
+	errors.As(err, &coded)
 	if c := h.logger.Check(level, "refused local api request"); c != nil {
 		fields := []zap.Field{zap.String("path", x.r.URL.Path), zap.String("code", dsErr.Code.String()),
 			zap.String("user", user), zap.String("remote_ip", remoteIP(x.r)), zap.Error(err)}

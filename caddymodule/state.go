@@ -2,8 +2,12 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -53,4 +57,83 @@ func poolDataDir(dir string) (string, error) {
 		return "", fmt.Errorf("data_dir %s: %w", dir, err)
 	}
 	return abs, nil
+}
+
+// gatewayDirs records, for each config, which data directory each
+// gateway (`mimi` handler) serves its provider domains from, so that a
+// `mimi_local` handler without data_dir finds the store and key ring of
+// the gateway of its domains (LocalAPI.resolveDataDir) whatever
+// data_dir, or first provider, that gateway has.
+var gatewayDirs = &dirRegistry{entries: map[*dirEntry]struct{}{}}
+
+// dirRegistry is the type of gatewayDirs.
+type dirRegistry struct {
+	mu      sync.Mutex
+	entries map[*dirEntry]struct{}
+}
+
+// dirEntry is one gateway's record: its config, provider domains and
+// data directory.
+type dirEntry struct {
+	// config identifies the config the gateway belongs to: the Done
+	// channel of its caddy.Context, one per config load (Caddy
+	// provisions a new config while the old one still runs, and the two
+	// may place a domain in different directories).
+	config  <-chan struct{}
+	domains []string
+	dataDir string
+}
+
+// register records that a gateway of config serves domains from
+// dataDir, until release.
+func (r *dirRegistry) register(config <-chan struct{}, domains []string, dataDir string) *dirEntry {
+	e := &dirEntry{config: config, domains: slices.Clone(domains), dataDir: dataDir}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.entries[e] = struct{}{}
+	return e
+}
+
+// release removes e, if not nil.
+func (r *dirRegistry) release(e *dirEntry) {
+	if e == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.entries, e)
+}
+
+// errNoGateway is the error of resolve when no gateway of the config
+// serves a domain.
+var errNoGateway = errors.New("no mimi gateway of this config serves the domain")
+
+// resolve answers the data directory of the gateways of config that
+// serve domains: every domain must be served, and all from one
+// directory (one store, one key ring); errNoGateway names the first
+// domain without a gateway.
+func (r *dirRegistry) resolve(config <-chan struct{}, domains []string) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	dir := ""
+	for _, d := range domains {
+		var found []string
+		for e := range r.entries {
+			if e.config == config && slices.Contains(e.domains, d) && !slices.Contains(found, e.dataDir) {
+				found = append(found, e.dataDir)
+			}
+		}
+		switch {
+		case len(found) == 0:
+			return "", fmt.Errorf("provider %s: %w", d, errNoGateway)
+		case len(found) > 1:
+			slices.Sort(found)
+			return "", fmt.Errorf("provider %s is served by gateways of different data directories (%s)", d, strings.Join(found, ", "))
+		case dir != "" && found[0] != dir:
+			return "", fmt.Errorf("providers %s and %s are served from different data directories (%s, %s), which one handler cannot use at once",
+				domains[0], d, dir, found[0])
+		}
+		dir = found[0]
+	}
+	return dir, nil
 }
