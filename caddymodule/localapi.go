@@ -55,6 +55,9 @@ const (
 	// longPollRetryAfter is the Retry-After of a long poll refused at a
 	// bound: a place frees when another poll ends, within max_wait.
 	longPollRetryAfter = 5 * time.Second
+	// exitCheckInterval is how often, while long polls wait, the handler
+	// checks whether the process is exiting (exitWatch).
+	exitCheckInterval = time.Second
 )
 
 // LocalAPI is the local client API (PROFILE §9, docs/protocol.md §10): the
@@ -135,11 +138,22 @@ type LocalAPI struct {
 	claims       localClaimLimits
 	claimZoneKey string
 	// stopping ends the long polls in flight when the server begins to
-	// shut down (a reload or stop) or the handler is cleaned up, so they
+	// shut down (a reload or stop), the process exits (exiting) or the
+	// handler is cleaned up, so they
 	// do not hold the old config for up to MaxWait: the client gets an
 	// empty list and polls the new config.
 	stopping context.Context
 	stop     context.CancelFunc
+	// exiting reports that the process is exiting (caddy.Exiting, set
+	// in Provision when nil). Caddy hands the shutdown hooks that call
+	// stop only to its HTTP/1 and HTTP/2 servers, and HTTP/3's shutdown
+	// waits for running requests: while polls wait, exitWatch checks it
+	// and calls stop, so that a poll over HTTP/3 does not hold up the
+	// process's exit for up to MaxWait.
+	exiting func() bool
+	// watching guards the one goroutine of exitWatch; nil before
+	// Provision.
+	watching *watchState
 
 	// joined guards svc and api, which join sets once; nil before
 	// Provision.
@@ -148,6 +162,12 @@ type LocalAPI struct {
 	// caddy.Context), to find the data directory of its gateway in
 	// gatewayDirs when DataDir is not set.
 	config <-chan struct{}
+}
+
+// watchState tells whether exitWatch's goroutine runs.
+type watchState struct {
+	mu      sync.Mutex
+	running bool
 }
 
 // joinState is the outcome of LocalAPI.join.
@@ -197,8 +217,13 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	h.polls = &pollSlots{max: h.MaxLongPolls, maxPerUser: h.MaxLongPollsPerUser, users: map[string]int{}}
 	h.stopping, h.stop = context.WithCancel(context.Background())
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		// HTTP/1 and HTTP/2 only; HTTP/3 polls end by exitWatch.
 		srv.RegisterOnShutdown(h.stop)
 	}
+	if h.exiting == nil {
+		h.exiting = caddy.Exiting
+	}
+	h.watching = new(watchState)
 	h.joined = new(joinState)
 	h.config = ctx.Done()
 	if h.DataDir == "" {
@@ -533,12 +558,50 @@ func (h *LocalAPI) fetch(ctx context.Context, user string, client []byte, after 
 				h.polls.maxPerUser, h.polls.max, admission.RetrySeconds(longPollRetryAfter)), longPollRetryAfter)
 		}
 		defer h.polls.release(user)
+		h.exitWatch()
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
 		defer context.AfterFunc(h.stopping, cancel)()
 	}
 	return h.api.Fetch(ctx, user, client, after, limit, wait)
+}
+
+// exitWatch makes sure that, while long polls wait, one goroutine of the
+// handler checks every exitCheckInterval whether the process is exiting,
+// and then calls stop, which ends every poll. A caller has taken a place
+// in polls: the goroutine ends after a check that finds none taken (under
+// watching.mu, so a poll that takes one after that check starts it again).
+func (h *LocalAPI) exitWatch() {
+	w := h.watching
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.running {
+		return
+	}
+	w.running = true
+	go func() {
+		tick := time.NewTicker(exitCheckInterval)
+		defer tick.Stop()
+		for {
+			if h.exiting() {
+				h.stop()
+				return
+			}
+			select {
+			case <-h.stopping.Done():
+				return
+			case <-tick.C:
+			}
+			w.mu.Lock()
+			if h.polls.waiting() == 0 {
+				w.running = false
+				w.mu.Unlock()
+				return
+			}
+			w.mu.Unlock()
+		}
+	}()
 }
 
 // pollSlots counts the long polls waiting, per user and in all, against

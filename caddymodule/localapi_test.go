@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1057,5 +1058,43 @@ func wantValidate(t *testing.T, h *LocalAPI, want string) {
 	}
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %v, want one naming %s", err, want)
+	}
+}
+
+// TestLocalAPILongPollEndsWhenExiting requires a waiting long poll to be
+// answered (an empty list) once the process is exiting, without a
+// shutdown hook: Caddy gives those only to its HTTP/1 and HTTP/2
+// servers, so a poll over HTTP/3 would otherwise hold up the exit for up
+// to max_wait. The deadline only keeps a failing test from hanging.
+func TestLocalAPILongPollEndsWhenExiting(t *testing.T) {
+	var exiting atomic.Bool
+	s := newLocalServer(t, &LocalAPI{MaxWait: caddy.Duration(maxLocalWait), exiting: exiting.Load})
+	type result struct {
+		status int
+		body   []byte
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, body := s.do(t, "alice", http.MethodGet, "/messages?wait=600&client="+url.QueryEscape(aliceURI), nil)
+		done <- result{st, body}
+	}()
+	for s.h.polls.waiting() == 0 {
+		select {
+		case r := <-done:
+			t.Fatalf("the poll ended before waiting: %d %x", r.status, r.body)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	exiting.Store(true)
+	select {
+	case r := <-done:
+		var l localapi.MessageList
+		expectOK(t, r.status, r.body, &l)
+		if len(l.Messages) != 0 {
+			t.Fatalf("%d messages, want none", len(l.Messages))
+		}
+	case <-time.After(time.Minute):
+		s.h.stop() // else the server's Close waits for the poll
+		t.Fatal("the long poll still waits after the process began exiting")
 	}
 }
