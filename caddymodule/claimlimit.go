@@ -17,6 +17,9 @@ const (
 	// claimZoneLocal bounds a local user's claims of one target user
 	// (mimi_local's /claim_key_packages).
 	claimZoneLocal = "local_key_packages"
+	// claimZoneRemote bounds a local user's claims of other providers'
+	// KeyPackages, across all targets (mimi_local's remote_claim_rate).
+	claimZoneRemote = "local_remote_key_packages"
 )
 
 // limitZonePool keeps the zones of the built-in limits (the KeyPackage
@@ -40,9 +43,16 @@ func limitZoneKey(dataDir, name string, rate float64, burst int) string {
 // limitZonePool, and its key there; the caller releases it with
 // limitZonePool.Delete(key).
 func acquireClaimZone(dataDir, name string) (*ratelimit.Zone, string, error) {
-	key := limitZoneKey(dataDir, name, keyPackageRate, keyPackageBurst)
+	return acquireLimitZone(dataDir, name, keyPackageRate, keyPackageBurst)
+}
+
+// acquireLimitZone returns the zone name of dataDir at rate (per second)
+// after burst, from limitZonePool, and its key there; the caller releases
+// it with limitZonePool.Delete(key).
+func acquireLimitZone(dataDir, name string, rate float64, burst int) (*ratelimit.Zone, string, error) {
+	key := limitZoneKey(dataDir, name, rate, burst)
 	v, _, err := limitZonePool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return ratelimit.NewZone(name, ratelimit.Config{Rate: keyPackageRate, Burst: keyPackageBurst})
+		return ratelimit.NewZone(name, ratelimit.Config{Rate: rate, Burst: burst})
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("KeyPackage claim limits: %w", err)

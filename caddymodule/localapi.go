@@ -52,6 +52,13 @@ const (
 	defaultMaxLongPollsPerUser = 32
 	// maxLongPolls caps max_long_polls.
 	maxLongPolls = 1_000_000
+	// defaultRemoteClaims per defaultRemoteClaimWindow after a burst of
+	// defaultRemoteClaimBurst bound one user's claims of other
+	// providers' KeyPackages: a group of a hundred remote members at
+	// once, then one a minute.
+	defaultRemoteClaims      = 60
+	defaultRemoteClaimWindow = time.Hour
+	defaultRemoteClaimBurst  = 100
 	// longPollRetryAfter is the Retry-After of a long poll refused at a
 	// bound: a place frees when another poll ends, within max_wait.
 	longPollRetryAfter = 5 * time.Second
@@ -121,6 +128,18 @@ type LocalAPI struct {
 	MaxLongPolls        int `json:"max_long_polls,omitempty"`
 	MaxLongPollsPerUser int `json:"max_long_polls_per_user,omitempty"`
 
+	// RemoteClaims per RemoteClaimWindow is the sustained rate at which
+	// one authenticated user may claim KeyPackages of other providers'
+	// users and clients (/claim_key_packages), whatever the targets, after
+	// a burst of RemoteClaimBurst: each such claim is a request this
+	// provider signs to the target's provider, which limits this
+	// provider's requests as a whole. Past it, 429 rate_limited with
+	// Retry-After. Defaults: 60 per 1h, burst 100 (RemoteClaims when only
+	// that is set).
+	RemoteClaims      int            `json:"remote_claims,omitempty"`
+	RemoteClaimWindow caddy.Duration `json:"remote_claim_window,omitempty"`
+	RemoteClaimBurst  int            `json:"remote_claim_burst,omitempty"`
+
 	// CipherSuites are the MLS cipher suites (RFC 9420 numbers) a
 	// published KeyPackage may use. Default: every suite implemented
 	// (1, 2, 3, 5, 7).
@@ -137,6 +156,14 @@ type LocalAPI struct {
 	// under claimZoneKey ("" when none is held).
 	claims       localClaimLimits
 	claimZoneKey string
+	// remoteClaims bounds one user's claims of other providers'
+	// KeyPackages (RemoteClaims), with a zone held in limitZonePool under
+	// remoteZoneKey ("" when none is held).
+	remoteClaims  remoteClaimLimits
+	remoteZoneKey string
+	// sampled logs, sampled, what peers or a flood of requests could
+	// repeat: failed claims from other providers.
+	sampled *zap.Logger
 	// stopping ends the long polls in flight when the server begins to
 	// shut down (a reload or stop), the process exits (exiting) or the
 	// handler is cleaned up, so they
@@ -193,6 +220,7 @@ func (LocalAPI) CaddyModule() caddy.ModuleInfo {
 // gateway is already provisioned, else at the first request.
 func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.sampled = sampled(h.logger)
 	for i, p := range h.Providers {
 		h.Providers[i] = strings.ToLower(strings.TrimSuffix(p, "."))
 	}
@@ -213,6 +241,18 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxLongPollsPerUser == 0 {
 		h.MaxLongPollsPerUser = min(defaultMaxLongPollsPerUser, h.MaxLongPolls)
+	}
+	if h.RemoteClaims == 0 {
+		h.RemoteClaims = defaultRemoteClaims
+		if h.RemoteClaimBurst == 0 {
+			h.RemoteClaimBurst = defaultRemoteClaimBurst
+		}
+	}
+	if h.RemoteClaimWindow == 0 {
+		h.RemoteClaimWindow = caddy.Duration(defaultRemoteClaimWindow)
+	}
+	if h.RemoteClaimBurst == 0 {
+		h.RemoteClaimBurst = h.RemoteClaims
 	}
 	h.polls = &pollSlots{max: h.MaxLongPolls, maxPerUser: h.MaxLongPollsPerUser, users: map[string]int{}}
 	h.stopping, h.stop = context.WithCancel(context.Background())
@@ -264,6 +304,12 @@ func (h *LocalAPI) useDataDir() error {
 		return fmt.Errorf("mimi_local: %w", err)
 	}
 	h.claims, h.claimZoneKey = localClaimLimits{zone: zone}, zoneKey
+	rate := float64(h.RemoteClaims) / time.Duration(h.RemoteClaimWindow).Seconds()
+	remote, remoteKey, err := acquireLimitZone(h.DataDir, claimZoneRemote, rate, h.RemoteClaimBurst)
+	if err != nil {
+		return fmt.Errorf("mimi_local: remote claim limit: %w", err)
+	}
+	h.remoteClaims, h.remoteZoneKey = remoteClaimLimits{zone: remote}, remoteKey
 	return nil
 }
 
@@ -311,6 +357,7 @@ func (h *LocalAPI) join() error {
 		Suites:             suites,
 		Peers:              peerKeyPackages{svc: svc},
 		ClaimLimits:        h.claims,
+		RemoteClaimLimits:  h.remoteClaims,
 		Logger:             h.logger,
 	})
 	if err != nil {
@@ -338,6 +385,21 @@ func (l localClaimLimits) AllowClaim(user, targetUser string) error {
 		return nil
 	}
 	return admission.RetryLater(moh.Errorf(moh.CodeRateLimited, "KeyPackages of this user were claimed too often by you; retry after %d s",
+		admission.RetrySeconds(wait)), wait)
+}
+
+// remoteClaimLimits bounds how fast one local user claims other
+// providers' KeyPackages, across all targets (LocalAPI.RemoteClaims).
+type remoteClaimLimits struct{ zone *ratelimit.Zone }
+
+// AllowRemoteClaim implements localapi.RemoteClaimLimiter: a refusal is
+// 429 rate_limited with the Retry-After of the refused bucket.
+func (l remoteClaimLimits) AllowRemoteClaim(user string) error {
+	ok, wait := l.zone.Allow(user, time.Now())
+	if ok {
+		return nil
+	}
+	return admission.RetryLater(moh.Errorf(moh.CodeRateLimited, "you claimed other providers' KeyPackages too often; retry after %d s",
 		admission.RetrySeconds(wait)), wait)
 }
 
@@ -410,6 +472,14 @@ func (h *LocalAPI) Validate() error {
 	if n := h.MaxLongPollsPerUser; n < 0 || n > maxLongPolls || (h.MaxLongPolls > 0 && n > h.MaxLongPolls) {
 		return fmt.Errorf("mimi_local: max_long_polls_per_user: %d is outside 1..max_long_polls", n)
 	}
+	if h.RemoteClaims < 0 || h.RemoteClaimWindow < 0 || h.RemoteClaimBurst < 0 {
+		return fmt.Errorf("mimi_local: remote_claim_rate %d/%s and remote_claim_burst %d must not be negative",
+			h.RemoteClaims, time.Duration(h.RemoteClaimWindow), h.RemoteClaimBurst)
+	}
+	if h.RemoteClaims > 0 && h.RemoteClaimWindow > 0 && float64(h.RemoteClaims)/time.Duration(h.RemoteClaimWindow).Seconds() < ratelimit.MinRate {
+		return fmt.Errorf("mimi_local: remote_claim_rate %d/%s is below the least rate, one event in 30 years",
+			h.RemoteClaims, time.Duration(h.RemoteClaimWindow))
+	}
 	for _, s := range h.CipherSuites {
 		if !mls.CipherSuite(s).Supported() {
 			return fmt.Errorf("mimi_local: cipher_suites: %d is not an implemented MLS cipher suite", s)
@@ -428,6 +498,11 @@ func (h *LocalAPI) Cleanup() error {
 	if h.claimZoneKey != "" {
 		_, zoneErr = limitZonePool.Delete(h.claimZoneKey)
 		h.claimZoneKey = ""
+	}
+	if h.remoteZoneKey != "" {
+		_, err := limitZonePool.Delete(h.remoteZoneKey)
+		zoneErr = errors.Join(zoneErr, err)
+		h.remoteZoneKey = ""
 	}
 	if h.joined == nil {
 		return zoneErr
@@ -728,6 +803,22 @@ func (h *LocalAPI) answer(x *exchange, user string, answer wire.Marshaler, err e
 // failure of the gateway (backend_unavailable, or an error without a
 // code), whose cause is logged and never sent.
 func (h *LocalAPI) refuse(x *exchange, user string, err error) {
+	var peerErr *peerClaimError
+	if errors.As(err, &peerErr) && moh.DSErrorOf(err).Code == moh.CodeBackendUnavailable {
+		// Another provider failed a claim (unreachable, or a refusal of
+		// the exchange): any user can make this happen for any target,
+		// so it is a sampled warning, with no stack trace.
+		if c := h.sampled.Check(zapcore.WarnLevel, "claiming KeyPackages from another provider failed"); c != nil {
+			fields := []zap.Field{zap.String("peer", peerErr.peer), zap.String("user", user), zap.String("remote_ip", remoteIP(x.r)), zap.Error(peerErr.err)}
+			var coded *moh.Error
+			if errors.As(err, &coded) && coded.Err != nil {
+				fields = append(fields, zap.NamedError("cause", coded.Err))
+			}
+			c.Write(fields...)
+		}
+		h.refuseAt(x, user, err, zapcore.DebugLevel)
+		return
+	}
 	level := zapcore.DebugLevel
 	var coded *moh.Error
 	if isCoded := errors.As(err, &coded) || errors.Is(err, wire.ErrMalformed); !isCoded || moh.DSErrorOf(err).Code == moh.CodeBackendUnavailable {

@@ -41,6 +41,8 @@ func parseLocalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //		max_wait                <duration>
 //		max_long_polls          <n>
 //		max_long_polls_per_user <n>
+//		remote_claim_rate       <events>/<duration>
+//		remote_claim_burst      <n>
 //		cipher_suites           <suite...>
 //	}
 //
@@ -115,6 +117,26 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.MaxLongPollsPerUser = n
 			}
+		case "remote_claim_rate":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			events, window, err := parseRate(v)
+			if err != nil {
+				return d.Errf("invalid remote_claim_rate '%s': %v", v, err)
+			}
+			h.RemoteClaims, h.RemoteClaimWindow = events, window
+		case "remote_claim_burst":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("invalid remote_claim_burst '%s': want a positive integer", v)
+			}
+			h.RemoteClaimBurst = n
 		case "cipher_suites":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

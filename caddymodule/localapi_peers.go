@@ -40,7 +40,7 @@ func (p peerKeyPackages) ClaimUser(ctx context.Context, requester, peer string, 
 	if err != nil {
 		return nil, moh.Errorf(moh.CodeMalformed, "claiming KeyPackages: %v", err)
 	}
-	return p.send(ctx, requester, peer, moh.ConnectionKeyPackages, payload)
+	return p.sendMarked(ctx, requester, peer, moh.ConnectionKeyPackages, payload)
 }
 
 // ClaimClient implements localapi.PeerKeyPackages.
@@ -49,7 +49,27 @@ func (p peerKeyPackages) ClaimClient(ctx context.Context, requester, peer string
 	if err != nil {
 		return nil, moh.Errorf(moh.CodeMalformed, "claiming KeyPackages: %v", err)
 	}
-	return p.send(ctx, requester, peer, moh.GroupKeyPackages, payload)
+	return p.sendMarked(ctx, requester, peer, moh.GroupKeyPackages, payload)
+}
+
+// peerClaimError marks an error of a claim from another provider, so
+// that the local API logs it as that provider's failure (sampled) rather
+// than as the gateway's own.
+type peerClaimError struct {
+	peer string
+	err  error
+}
+
+func (e *peerClaimError) Error() string { return e.err.Error() }
+func (e *peerClaimError) Unwrap() error { return e.err }
+
+// sendMarked is send, with an error marked as a peerClaimError.
+func (p peerKeyPackages) sendMarked(ctx context.Context, requester, peer string, typ moh.ProviderRequestType, payload []byte) ([][]byte, error) {
+	kps, err := p.send(ctx, requester, peer, typ, payload)
+	if err != nil {
+		return nil, &peerClaimError{peer: peer, err: err}
+	}
+	return kps, nil
 }
 
 // send signs the request as the requester's provider and answers the

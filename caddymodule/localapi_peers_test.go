@@ -208,7 +208,7 @@ func TestClaimPeerRefusalTextIsLogged(t *testing.T) {
 	err := claimBobFromA(t, a)
 	core, logs := observer.New(zapcore.DebugLevel)
 	rec := httptest.NewRecorder()
-	h := &LocalAPI{logger: zap.New(core)}
+	h := &LocalAPI{logger: zap.New(core), sampled: zap.New(core)}
 	h.refuse(&exchange{w: rec, r: httptest.NewRequest(http.MethodPost, "/claim_key_packages", nil)}, "alice", err)
 	var resp moh.DSResponse
 	if err := wire.Unmarshal(rec.Body.Bytes(), &resp, "DSResponse"); err != nil {

@@ -21,6 +21,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
@@ -594,10 +597,21 @@ func TestLocalAPICaddyfile(t *testing.T) {
 	max_wait 30s
 	max_long_polls 500
 	max_long_polls_per_user 8
+	remote_claim_rate 10/1m
+	remote_claim_burst 20
 	cipher_suites 1 2
 }`, &LocalAPI{Providers: []string{"example.com", "example.org"}, User: "{http.request.header.X-User}",
 			DataDir: "/var/lib/mimi", MaxBody: 2 << 20, MaxBindingLifetime: caddy.Duration(7 * 24 * time.Hour),
-			MaxWait: caddy.Duration(30 * time.Second), MaxLongPolls: 500, MaxLongPollsPerUser: 8, CipherSuites: []uint16{1, 2}}, ""},
+			MaxWait: caddy.Duration(30 * time.Second), MaxLongPolls: 500, MaxLongPollsPerUser: 8,
+			RemoteClaims: 10, RemoteClaimWindow: caddy.Duration(time.Minute), RemoteClaimBurst: 20, CipherSuites: []uint16{1, 2}}, ""},
+		{"remote_claim_rate without a window", `mimi_local {
+	provider a.example
+	remote_claim_rate 10
+}`, nil, "invalid remote_claim_rate '10'"},
+		{"remote_claim_burst zero", `mimi_local {
+	provider a.example
+	remote_claim_burst 0
+}`, nil, "invalid remote_claim_burst '0'"},
 		{"max_long_polls zero", `mimi_local {
 	provider a.example
 	max_long_polls 0
@@ -1096,5 +1110,76 @@ func TestLocalAPILongPollEndsWhenExiting(t *testing.T) {
 	case <-time.After(time.Minute):
 		s.h.stop() // else the server's Close waits for the poll
 		t.Fatal("the long poll still waits after the process began exiting")
+	}
+}
+
+// TestLocalAPIRemoteClaimLimit requires /claim_key_packages to bound how
+// fast one user claims other providers' KeyPackages whatever the targets
+// (each is a signed request of this provider to the target's provider):
+// past remote_claim_burst, 429 rate_limited with Retry-After, for new
+// targets too, while the user still claims local users and other users
+// still claim remotely. A peer that cannot be reached is a warning of the
+// sampled log, never an error.
+func TestLocalAPIRemoteClaimLimit(t *testing.T) {
+	const burst = 3
+	s := newLocalServer(t, &LocalAPI{RemoteClaims: 1, RemoteClaimWindow: caddy.Duration(time.Hour), RemoteClaimBurst: burst})
+	core, logs := observer.New(zapcore.DebugLevel)
+	s.h.logger, s.h.sampled = zap.New(core), zap.New(core)
+	claim := func(t *testing.T, user, target string) (int, []byte, http.Header) {
+		t.Helper()
+		body, err := wire.Marshal(&localapi.ClaimRequest{CipherSuite: uint16(testSuite), Target: []byte(target)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, err := http.NewRequest(http.MethodPost, s.srv.URL+"/claim_key_packages", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("X-Test-User", user)
+		resp, err := s.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, out, resp.Header
+	}
+	// Targets at a provider whose name does not resolve (RFC 6761): each
+	// claim is tried and fails.
+	for i := range burst {
+		st, body, _ := claim(t, "mallory", fmt.Sprintf("mimi://peer.invalid/u/victim%d", i))
+		expectRefusal(t, st, body, moh.CodeBackendUnavailable)
+	}
+	for _, tc := range []struct {
+		name, user, target string
+		ok                 bool
+		code               moh.Code // when not ok
+	}{
+		{"a new remote target past the burst", "mallory", "mimi://peer.invalid/u/another", false, moh.CodeRateLimited},
+		{"a remote client past the burst", "mallory", "mimi://other.invalid/d/bob/phone", false, moh.CodeRateLimited},
+		{"a local target", "mallory", "mimi://example.com/u/bob", true, 0},
+		{"another user", "alice", "mimi://peer.invalid/u/victim0", false, moh.CodeBackendUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body, h := claim(t, tc.user, tc.target)
+			if tc.ok {
+				expectOK(t, st, body, &localapi.KeyPackageList{})
+				return
+			}
+			expectRefusal(t, st, body, tc.code)
+			if tc.code == moh.CodeRateLimited && h.Get("Retry-After") == "" {
+				t.Fatal("a 429 without Retry-After")
+			}
+		})
+	}
+	if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
+		t.Errorf("%d error lines for unreachable peers: %v", n, logs.FilterLevelExact(zapcore.ErrorLevel).All()[0].Message)
+	}
+	if logs.FilterMessage("claiming KeyPackages from another provider failed").FilterLevelExact(zapcore.WarnLevel).Len() == 0 {
+		t.Error("no warning for the unreachable peer")
 	}
 }

@@ -81,6 +81,11 @@ type Config struct {
 	// ClaimLimits bounds how fast one user claims the KeyPackages of one
 	// target user (ClaimKeyPackages); nil means no bound.
 	ClaimLimits ClaimLimiter
+	// RemoteClaimLimits bounds how fast one user claims KeyPackages of
+	// other providers' users, whatever the targets: each such claim is
+	// a signed request of this provider to the target's provider, which
+	// limits this provider's requests as a whole. Nil means no bound.
+	RemoteClaimLimits RemoteClaimLimiter
 	// Logger logs what the API drops without refusing the request (a
 	// peer's KeyPackage the answer cannot carry); nil logs nothing.
 	Logger *zap.Logger
@@ -105,6 +110,14 @@ type ClaimLimiter interface {
 	// targetUser (a user URI, of this provider or another) and answers
 	// nil, or answers the refusal (rate_limited) when none is left.
 	AllowClaim(user, targetUser string) error
+}
+
+// RemoteClaimLimiter bounds how fast one authenticated user claims
+// KeyPackages of other providers' users and clients, across all targets.
+type RemoteClaimLimiter interface {
+	// AllowRemoteClaim spends one remote claim of user and answers nil,
+	// or answers the refusal (rate_limited) when none is left.
+	AllowRemoteClaim(user string) error
 }
 
 // API is the local client API over one provider's store and keys. It is
@@ -334,8 +347,9 @@ func (a *API) list(ctx context.Context, client string) ([]KeyPackageEntry, error
 // any user of the provider, as a peer provider may through
 // group_key_packages, as fast as Config.ClaimLimits allows per user and
 // target user (a client URI counts as its user). A target of another
-// provider is claimed from that provider (Config.Peers); a client or user
-// without a package is an empty list.
+// provider is claimed from that provider (Config.Peers), as fast as
+// Config.RemoteClaimLimits also allows per user across all targets; a
+// client or user without a package is an empty list.
 func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimRequest) ([]KeyPackageEntry, error) {
 	if user == "" {
 		return nil, moh.Errorf(moh.CodeForbidden, "no authenticated user")
@@ -357,6 +371,11 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 		}
 	}
 	if !slices.Contains(a.cfg.Domains, string(prov)) {
+		if a.cfg.RemoteClaimLimits != nil {
+			if err := a.cfg.RemoteClaimLimits.AllowRemoteClaim(user); err != nil {
+				return nil, err
+			}
+		}
 		return a.claimRemote(ctx, user, string(prov), req, byUser)
 	}
 	var kps []store.KeyPackage
