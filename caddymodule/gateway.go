@@ -364,7 +364,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
 	g.svc, g.svcHeld = svc, true
-	g.dirEntry = gatewayDirs.register(ctx.Done(), g.Providers, g.DataDir)
+	g.dirEntry = gatewayDirs.register(configOf(ctx), g.Providers, g.DataDir)
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{}, hubConflicts)
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},

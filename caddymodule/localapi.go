@@ -265,7 +265,7 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	}
 	h.watching = new(watchState)
 	h.joined = new(joinState)
-	h.config = ctx.Done()
+	h.config = configOf(ctx)
 	if h.DataDir == "" {
 		// The gateway of these domains may be provisioned after this
 		// handler: then the directory is found at the first request.
@@ -494,6 +494,17 @@ func (h *LocalAPI) Cleanup() error {
 	if h.stop != nil {
 		h.stop()
 	}
+	if h.joined != nil {
+		// Under the lock join takes: the first request may be choosing
+		// the data directory and taking its zones now.
+		h.joined.mu.Lock()
+		defer h.joined.mu.Unlock()
+		if h.api == nil && h.joined.err == nil {
+			// A request of this config that comes later does not join:
+			// nothing would release what it takes.
+			h.joined.err = errors.New("mimi_local: the handler's config is unloaded")
+		}
+	}
 	var zoneErr error
 	if h.claimZoneKey != "" {
 		_, zoneErr = limitZonePool.Delete(h.claimZoneKey)
@@ -504,11 +515,6 @@ func (h *LocalAPI) Cleanup() error {
 		zoneErr = errors.Join(zoneErr, err)
 		h.remoteZoneKey = ""
 	}
-	if h.joined == nil {
-		return zoneErr
-	}
-	h.joined.mu.Lock()
-	defer h.joined.mu.Unlock()
 	if h.svc == nil {
 		return zoneErr
 	}

@@ -1183,3 +1183,64 @@ func TestLocalAPIRemoteClaimLimit(t *testing.T) {
 		t.Error("no warning for the unreachable peer")
 	}
 }
+
+// TestLocalAPIDefaultDataDirOrder requires a mimi_local without data_dir
+// provisioned before the gateway of its config to join that gateway's
+// service at its first request, and one whose config was cleaned up
+// before any request to join nothing: a request then answers 503 and
+// leaves the gateway's service and the claim zones unheld.
+func TestLocalAPIDefaultDataDirOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		cleanedFirst bool
+	}{
+		{"provisioned before the gateway", false},
+		{"a request after cleanup", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			dir := t.TempDir()
+			os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+			h := &LocalAPI{Providers: []string{localProvider}, User: "{http.request.header.X-Test-User}"}
+			if err := h.Provision(ctx); err != nil {
+				t.Fatal(err)
+			}
+			defer h.Cleanup()
+			g := &Gateway{Providers: []string{"other.example", localProvider}, DSDomain: "ds.example.com", DataDir: dir}
+			if err := g.Provision(ctx); err != nil {
+				t.Fatal(err)
+			}
+			defer g.Cleanup()
+			if tc.cleanedFirst {
+				if err := h.Cleanup(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := httptest.NewRequest(http.MethodPost, "/binding", bytes.NewReader(body))
+			r.Header.Set("Content-Type", "application/octet-stream")
+			r.Header.Set("X-Test-User", "alice")
+			caddyhttp.NewTestReplacer(r)
+			w := httptest.NewRecorder()
+			if err := h.ServeHTTP(w, r, nil); err != nil {
+				t.Fatal(err)
+			}
+			refs, _ := servicePool.References(g.DataDir)
+			if !tc.cleanedFirst {
+				expectOK(t, w.Code, w.Body.Bytes(), &localapi.BindingAnswer{})
+				if h.svc != g.svc || refs != 2 {
+					t.Fatalf("mimi_local did not join the gateway's service (%d holds)", refs)
+				}
+				return
+			}
+			expectRefusal(t, w.Code, w.Body.Bytes(), moh.CodeBackendUnavailable)
+			if refs != 1 || h.claimZoneKey != "" || h.remoteZoneKey != "" {
+				t.Fatalf("a request after cleanup took the service (%d holds) or zones (%q, %q)", refs, h.claimZoneKey, h.remoteZoneKey)
+			}
+		})
+	}
+}

@@ -84,6 +84,16 @@ type dirEntry struct {
 	dataDir string
 }
 
+// configOf identifies ctx's config for gatewayDirs: the Done channel of
+// the context Caddy made for the config load, which every module of the
+// config is provisioned under (Caddy adds values to it, not cancels).
+func configOf(ctx caddy.Context) <-chan struct{} {
+	if ctx.Context == nil {
+		return nil
+	}
+	return ctx.Done()
+}
+
 // register records that a gateway of config serves domains from
 // dataDir, until release.
 func (r *dirRegistry) register(config <-chan struct{}, domains []string, dataDir string) *dirEntry {
