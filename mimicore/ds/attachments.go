@@ -238,7 +238,7 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		}
 		return nil, unavailable("committing the attachment object", err)
 	}
-	if err := a.Store.CommitAttachment(cleanup, rec.TokenHash, s.now().Add(a.retention())); err != nil {
+	if err := a.Store.CommitAttachment(cleanup, rec.TokenHash, s.now().Add(a.retention()), store.SignatureAnswer{}); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, moh.Errorf(moh.CodeBodyTimeout, "the upload outlasted its deadline of %s", a.uploadDeadline())
 		}
@@ -414,18 +414,15 @@ func (s *Service) Download(ctx context.Context, r *Request) (*Download, error) {
 	return &Download{Object: obj, Size: obj.Size(), ContentHash: rec.ContentHash}, nil
 }
 
-// handleAttachment serves attachment_delete and attachment_copy, whose
-// signatures Handle has recorded.
+// handleAttachment serves attachment_delete, whose signature Handle has
+// recorded.
 func (s *Service) handleAttachment(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	a := s.Attachments
 	if a == nil {
 		return nil, errNoAttachments()
 	}
-	switch r.Body.Body.Type {
-	case moh.AttachmentDelete:
+	if r.Body.Body.Type == moh.AttachmentDelete {
 		return s.deleteAttachment(ctx, a, r)
-	case moh.AttachmentCopy:
-		return s.copyAttachment(ctx, a, r)
 	}
 	return nil, moh.Errorf(moh.CodeWrongRequestType, "request type %s is not served here", r.Body.Body.Type)
 }
@@ -457,8 +454,10 @@ func (s *Service) deleteAttachment(ctx context.Context, a *Attachments, r *Reque
 }
 
 // copyAttachment records a copy in the target group (Authenticate checked
-// that the signer is a member of both) and answers its new token.
-func (s *Service) copyAttachment(ctx context.Context, a *Attachments, r *Request) (*moh.DSResponse, error) {
+// that the signer is a member of both) and answers its new token, which
+// the same store transaction records with the request's signature (ta,
+// from checkReplayAnswered) for a byte-identical retry.
+func (s *Service) copyAttachment(ctx context.Context, a *Attachments, r *Request, ta tokenAnswer) (*moh.DSResponse, error) {
 	c := &r.Body.Body.Copy
 	copier, err := r.sender()
 	if err != nil {
@@ -469,7 +468,7 @@ func (s *Service) copyAttachment(ctx context.Context, a *Attachments, r *Request
 	now := s.now()
 	dst := store.Attachment{TokenHash: sha256.Sum256(token), GroupID: c.TargetGroupID, Uploader: copier,
 		Created: now, Expires: now.Add(a.retention())}
-	_, err = a.Store.CopyAttachment(ctx, c.GroupID, sha256.Sum256(c.Token), dst, a.Quota)
+	_, err = a.Store.CopyAttachment(ctx, c.GroupID, sha256.Sum256(c.Token), dst, a.Quota, ta.record(token))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, errNotFound()

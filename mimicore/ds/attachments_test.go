@@ -463,6 +463,61 @@ func TestAttachmentCopy(t *testing.T) {
 	}
 }
 
+// TestAttachmentCopyRetry: a byte-identical retry of a copy that
+// succeeded (its answer lost on the way) gets the first answer, the same
+// token, and makes no second copy; a retry of a copy that failed is still
+// refused as a replay.
+func TestAttachmentCopyRetry(t *testing.T) {
+	f := newAttachFixture(t, func(a *Attachments) { a.Quota = store.AttachmentQuota{GroupBytes: 1000} })
+	data := bytes.Repeat([]byte{7}, 600)
+	tok := f.put(t, data)
+	cp := func(token []byte) []byte {
+		return f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentCopy, Copy: moh.AttachmentCopyRequest{
+			GroupID: f.g1, Token: token, TargetGroupID: f.g2, TargetSenderIndex: 0}}, f.skew())
+	}
+	send := func(body []byte) (*moh.DSResponse, error) {
+		req, err := f.svc.Authenticate(context.Background(), body)
+		if err != nil {
+			t.Fatalf("Authenticate: %v", err)
+		}
+		return f.svc.Handle(context.Background(), req)
+	}
+
+	body := cp(tok)
+	first, err := send(body)
+	if err != nil || first.Type != moh.ResponseAttachmentToken {
+		t.Fatalf("copy: %+v, %v", first, err)
+	}
+	for i := range 2 {
+		again, err := send(body)
+		if err != nil || again.Type != moh.ResponseAttachmentToken || !bytes.Equal(again.Token, first.Token) {
+			t.Fatalf("retry %d of the copy: %+v, %v; want the first token %x", i, again, err, first.Token)
+		}
+	}
+	if u, err := f.st.GroupAttachmentUsage(context.Background(), f.g2); err != nil || u.Count != 1 || u.Bytes != 600 {
+		t.Fatalf("target usage %+v, %v; want the one copy", u, err)
+	}
+	if got, err := f.download(t, f.alice, 0, f.g2, first.Token); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("download of the copy: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		body []byte
+		code moh.Code
+	}{
+		{"over the target's quota", cp(tok), moh.CodeQuotaExceeded},
+		{"of an unknown token", cp(bytes.Repeat([]byte{1}, AttachmentTokenSize)), moh.CodeNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := send(tc.body)
+			wantCode(t, "copy", err, tc.code)
+			_, err = send(tc.body)
+			wantCode(t, "retry of the failed copy", err, moh.CodeReplay)
+		})
+	}
+}
+
 // TestAttachmentRetentionAfterRestart: attachments expire after the
 // retention; a sweeper on a reopened store and backend (a restart)
 // deletes records and bytes, and the temporary file of an upload the
@@ -861,12 +916,12 @@ func (s *commitThenFail) LookupAttachment(ctx context.Context, groupID []byte, t
 	return s.Attachments.LookupAttachment(ctx, groupID, tokenHash)
 }
 
-func (s *commitThenFail) CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time) error {
+func (s *commitThenFail) CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time, ans store.SignatureAnswer) error {
 	if s.failed.Swap(true) {
-		return s.Attachments.CommitAttachment(ctx, tokenHash, expires)
+		return s.Attachments.CommitAttachment(ctx, tokenHash, expires, ans)
 	}
 	if s.commits {
-		if err := s.Attachments.CommitAttachment(ctx, tokenHash, expires); err != nil {
+		if err := s.Attachments.CommitAttachment(ctx, tokenHash, expires, ans); err != nil {
 			return err
 		}
 	}

@@ -35,6 +35,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -239,7 +240,16 @@ func (s *Service) Handle(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	switch typ := r.Body.Body.Type; typ {
 	case moh.RequestGroupID:
 		return s.requestGroupID()
-	case moh.AttachmentUpload, moh.AttachmentDelete, moh.AttachmentCopy:
+	case moh.AttachmentCopy:
+		ta, first, err := s.checkReplayAnswered(ctx, r.Body)
+		if err != nil || first != nil {
+			return first, err
+		}
+		if s.Attachments == nil {
+			return nil, errNoAttachments()
+		}
+		return s.copyAttachment(ctx, s.Attachments, r, ta)
+	case moh.AttachmentUpload, moh.AttachmentDelete:
 		if err := s.checkReplay(ctx, r.Body); err != nil {
 			return nil, err
 		}
@@ -269,21 +279,89 @@ func (s *Service) Handle(ctx context.Context, r *Request) (*moh.DSResponse, erro
 // sent again with the altered signature. Two requests with the same signed
 // bytes are the same request, whatever their signatures.
 func (s *Service) checkReplay(ctx context.Context, req *moh.DSRequest) error {
+	_, err := s.recordSignature(ctx, req)
+	return err
+}
+
+// recordSignature is checkReplay, and returns the request's signed bytes.
+func (s *Service) recordSignature(ctx context.Context, req *moh.DSRequest) ([]byte, error) {
 	if s.Seen == nil {
-		return moh.Errorf(moh.CodeBackendUnavailable, "no replay set is configured")
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "no replay set is configured")
 	}
 	tbs, err := req.SignedBytes()
 	if err != nil {
-		return fmt.Errorf("recording the request signature: %w", err)
+		return nil, fmt.Errorf("recording the request signature: %w", err)
 	}
 	first, err := s.Seen.SeenSignature(ctx, sha256.Sum256(tbs), s.now().Add(ReplayWindow))
 	if err != nil {
-		return moh.Errorf(moh.CodeBackendUnavailable, "recording the request signature: %w", err)
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "recording the request signature: %w", err)
 	}
 	if !first {
-		return moh.Errorf(moh.CodeReplay, "this %s request was already received", req.Body.Type)
+		return tbs, moh.Errorf(moh.CodeReplay, "this %s request was already received", req.Body.Type)
 	}
-	return nil
+	return tbs, nil
+}
+
+// checkReplayAnswered is checkReplay for an attachment upload or copy,
+// whose byte-identical retry within ReplayWindow gets the first answer
+// once the first succeeded (docs/protocol.md §5.1): it returns that answer
+// when there is one (the retry is then done), else the replay refusal of
+// a retry whose first is in progress or failed. On first use it returns
+// what the success is to record with the request's signature.
+func (s *Service) checkReplayAnswered(ctx context.Context, req *moh.DSRequest) (tokenAnswer, *moh.DSResponse, error) {
+	tbs, err := s.recordSignature(ctx, req)
+	if tbs == nil {
+		return tokenAnswer{}, nil, err
+	}
+	ta := tokenAnswer{digest: sha256.Sum256(tbs), mask: answerMask(tbs)}
+	if err == nil {
+		return ta, nil, nil
+	}
+	body, lerr := s.Seen.SignatureAnswer(ctx, ta.digest)
+	switch {
+	case errors.Is(lerr, store.ErrNotFound):
+		return tokenAnswer{}, nil, err
+	case lerr != nil:
+		return tokenAnswer{}, nil, moh.Errorf(moh.CodeBackendUnavailable, "reading the answer of the request: %w", lerr)
+	}
+	if len(body) != AttachmentTokenSize {
+		return tokenAnswer{}, nil, moh.Errorf(moh.CodeBackendUnavailable, "the recorded answer of the request is %d bytes, want %d", len(body), AttachmentTokenSize)
+	}
+	return tokenAnswer{}, &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: ta.unmask(body)}, nil
+}
+
+// tokenAnswer is the answer of an upload or copy, attachment_token(7),
+// as recorded with its request's signature. The token is stored masked,
+// XORed with a key derived from the request's signed bytes, which the
+// store does not hold (only their SHA-256): the store keeps no bearer
+// secret it could give away, and a retry, which sends the same bytes,
+// unmasks it.
+type tokenAnswer struct {
+	digest [32]byte
+	mask   [AttachmentTokenSize]byte
+}
+
+// answerMask derives the mask of the token answered to the request whose
+// signed bytes are tbs.
+func answerMask(tbs []byte) [AttachmentTokenSize]byte {
+	h := sha256.New()
+	h.Write([]byte("caddy-mimi attachment token answer mask\x00"))
+	h.Write(tbs)
+	return [AttachmentTokenSize]byte(h.Sum(nil))
+}
+
+// record returns the SignatureAnswer that records token.
+func (ta tokenAnswer) record(token []byte) store.SignatureAnswer {
+	return store.SignatureAnswer{Digest: ta.digest, Body: ta.unmask(token)}
+}
+
+// unmask XORs b (AttachmentTokenSize bytes) with the mask; it also masks.
+func (ta tokenAnswer) unmask(b []byte) []byte {
+	out := make([]byte, AttachmentTokenSize)
+	for i := range out {
+		out[i] = b[i] ^ ta.mask[i]
+	}
+	return out
 }
 
 // now reads the service's clock.

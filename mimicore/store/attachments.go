@@ -74,7 +74,7 @@ type AttachmentUsage struct {
 //
 //	err := s.ReserveAttachment(ctx, a, quota) // pending; quota checked and held
 //	// stream the bytes to the backend, commit the object there
-//	err = s.CommitAttachment(ctx, a.TokenHash, retentionEnd) // visible
+//	err = s.CommitAttachment(ctx, a.TokenHash, retentionEnd, ans) // visible
 //	// on any failure: s.ReleaseAttachment(ctx, a.TokenHash), then delete
 //	// the object's bytes and ForgetObject; a reservation already gone
 //	// has its object recorded again (RecordObject) first
@@ -93,8 +93,8 @@ type Attachments interface {
 	// CommitAttachment makes the pending record tokenHash visible until
 	// expires. It fails with ErrNotFound when no pending, unexpired record
 	// has that hash (the upload took longer than its deadline, or was
-	// released).
-	CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time) error
+	// released). The same transaction records ans (SignatureAnswer).
+	CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time, ans SignatureAnswer) error
 	// ReleaseAttachment drops the pending record tokenHash and its
 	// reference to its object, and returns the object's name (which is
 	// then unreferenced). It fails with ErrNotFound when no pending
@@ -116,8 +116,9 @@ type Attachments interface {
 	// reference to the object; its TokenHash, GroupID, Uploader, Created
 	// and Expires are dst's own. The copy counts against q for dst's
 	// group and uploader (ErrQuota, nothing written), atomically as in
-	// ReserveAttachment. It returns the stored copy.
-	CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst Attachment, q AttachmentQuota) (Attachment, error)
+	// ReserveAttachment. The same transaction records ans
+	// (SignatureAnswer). It returns the stored copy.
+	CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst Attachment, q AttachmentQuota, ans SignatureAnswer) (Attachment, error)
 	// GroupAttachmentUsage returns what groupID holds.
 	GroupAttachmentUsage(ctx context.Context, groupID []byte) (AttachmentUsage, error)
 	// UploaderAttachmentUsage returns what uploader holds, in every group.

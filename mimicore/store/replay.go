@@ -129,6 +129,27 @@ type SeenSignatures interface {
 	// are atomic: of concurrent calls with the same digest, at most one
 	// reports first use. A replay never extends the stored expiry.
 	SeenSignature(ctx context.Context, digest [32]byte, expires time.Time) (firstUse bool, err error)
+	// SignatureAnswer returns the answer recorded with digest by the
+	// write that completed its request (a SignatureAnswer passed to
+	// CopyAttachment or CommitAttachment), while digest is alive in the
+	// set. A digest absent, expired or without an answer (its request
+	// still in progress, or failed) is ErrNotFound.
+	SignatureAnswer(ctx context.Context, digest [32]byte) ([]byte, error)
+}
+
+// SignatureAnswer is the answer of a client-signed request that succeeded,
+// recorded with its digest in the replay set by the same transaction as
+// the success itself, so that a byte-identical retry gets it
+// (docs/protocol.md §5.1): a crash cannot leave the one without the
+// other. The answer expires with the digest's record; a digest not alive
+// in the set (its request outlasted the replay window) records nothing.
+// A zero SignatureAnswer (nil Body) records nothing.
+type SignatureAnswer struct {
+	// Digest is the request's key in the replay set.
+	Digest [32]byte
+	// Body is the answer, opaque to the store, at most MaxAnswerSize
+	// bytes.
+	Body []byte
 }
 
 // SpentNonces prevents Privacy Pass double spending (RFC 9577 §2.2.2). It

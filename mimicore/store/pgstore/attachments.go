@@ -176,18 +176,42 @@ func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q sto
 }
 
 // CommitAttachment implements store.Attachments: one conditional UPDATE.
-func (s *Store) CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time) error {
+func (s *Store) CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time, ans store.SignatureAnswer) error {
 	const doing = "committing attachment"
 	if err := s.checkOpen(doing); err != nil {
 		return err
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE attachments SET committed = true, expires_ms = $2
-		WHERE token_hash = $1 AND NOT committed AND expires_ms > $3`, tokenHash[:], check.ExpiryMillis(expires), s.nowMs())
+	if err := check.SignatureAnswer(ans); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		now := s.nowMs()
+		tag, err := tx.Exec(ctx, `UPDATE attachments SET committed = true, expires_ms = $2
+			WHERE token_hash = $1 AND NOT committed AND expires_ms > $3`, tokenHash[:], check.ExpiryMillis(expires), now)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("no pending upload with this token: %w", store.ErrNotFound)
+		}
+		return recordSignatureAnswer(ctx, tx, ans, now)
+	})
 	if err != nil {
 		return s.failAttachment(doing, err)
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("%s: no pending upload with this token: %w", doing, store.ErrNotFound)
+	return nil
+}
+
+// recordSignatureAnswer records ans with its alive digest in tx; a zero
+// ans, or a digest gone from the replay set, records nothing.
+func recordSignatureAnswer(ctx context.Context, tx pgx.Tx, ans store.SignatureAnswer, now int64) error {
+	if ans.Body == nil {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `UPDATE seen_signatures SET answer = $2 WHERE digest = $1 AND expires_ms > $3`,
+		ans.Digest[:], ans.Body, now)
+	if err != nil {
+		return fmt.Errorf("recording the request's answer: %w", err)
 	}
 	return nil
 }
@@ -301,7 +325,7 @@ func (s *Store) DeleteAttachment(ctx context.Context, groupID []byte, tokenHash 
 // share lock (a concurrent delete of it waits, so its object keeps a
 // reference throughout), the quota checked under its locks, and the copy
 // written, in one transaction.
-func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst store.Attachment, q store.AttachmentQuota) (store.Attachment, error) {
+func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst store.Attachment, q store.AttachmentQuota, ans store.SignatureAnswer) (store.Attachment, error) {
 	const doing = "copying attachment"
 	if err := s.checkOpen(doing); err != nil {
 		return store.Attachment{}, err
@@ -310,6 +334,9 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	if err := check.Attachment(dst, false); err != nil {
+		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.SignatureAnswer(ans); err != nil {
 		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -322,7 +349,10 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 		if err := checkQuota(ctx, tx, dst, q); err != nil {
 			return err
 		}
-		return insertAttachment(ctx, tx, dst, true, false, now)
+		if err := insertAttachment(ctx, tx, dst, true, false, now); err != nil {
+			return err
+		}
+		return recordSignatureAnswer(ctx, tx, ans, now)
 	})
 	if err != nil {
 		return store.Attachment{}, s.failAttachment(doing, err)

@@ -99,7 +99,7 @@ func TestAttachmentRefsAcrossStores(t *testing.T) {
 	if err := stores[0].ReserveAttachment(ctx, src, store.AttachmentQuota{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := stores[1].CommitAttachment(ctx, src.TokenHash, src.Expires); err != nil {
+	if err := stores[1].CommitAttachment(ctx, src.TokenHash, src.Expires, store.SignatureAnswer{}); err != nil {
 		t.Fatal(err)
 	}
 	const copies = 20
@@ -110,7 +110,7 @@ func TestAttachmentRefsAcrossStores(t *testing.T) {
 			defer wg.Done()
 			dst := store.Attachment{GroupID: []byte("target group"), Uploader: "mimi://a.example/d/alice/laptop",
 				TokenHash: hash(i), Created: now, Expires: now.Add(time.Hour)}
-			if _, err := stores[i%2].CopyAttachment(ctx, src.GroupID, src.TokenHash, dst, store.AttachmentQuota{}); err != nil {
+			if _, err := stores[i%2].CopyAttachment(ctx, src.GroupID, src.TokenHash, dst, store.AttachmentQuota{}, store.SignatureAnswer{}); err != nil {
 				t.Errorf("copy %d: %v", i, err)
 			}
 		}()

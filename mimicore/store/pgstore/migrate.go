@@ -45,6 +45,7 @@ var migrations = []migration{
 	{12, "the ids of deleted hosted groups", schemaDeletedGroups},
 	{13, "unreferenced attachment objects indexed by name", schemaUnreferencedByName},
 	{14, "the outbox sender's backoffs per destination", schemaOutboxRetries},
+	{15, "answers of client-signed requests that succeeded", schemaSignatureAnswers},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -428,4 +429,10 @@ CREATE TABLE outbox_retries (
 	next_ms         BIGINT NOT NULL,
 	groups          BYTEA  NOT NULL
 );
+`
+
+// schemaSignatureAnswers adds the answer of a seen signature's request, as
+// sqlitestore's schemaSignatureAnswers describes it.
+const schemaSignatureAnswers = `
+ALTER TABLE seen_signatures ADD COLUMN answer BYTEA;
 `

@@ -241,6 +241,27 @@ func (s *Store) SeenSignature(ctx context.Context, digest [32]byte, expires time
 	return first, nil
 }
 
+// SignatureAnswer implements store.SeenSignatures.
+func (s *Store) SignatureAnswer(ctx context.Context, digest [32]byte) ([]byte, error) {
+	const doing = "reading the answer of a client signature"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	var body []byte
+	err := s.pool.QueryRow(ctx, `SELECT answer FROM seen_signatures
+		WHERE digest = $1 AND expires_ms > $2 AND answer IS NOT NULL`, digest[:], s.nowMs()).Scan(&body)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%s: none recorded: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	if body == nil {
+		body = []byte{}
+	}
+	return body, nil
+}
+
 // MarkSpent implements store.SpentNonces.
 func (s *Store) MarkSpent(ctx context.Context, key []byte, expires time.Time) (bool, error) {
 	const doing = "recording spent token"
@@ -260,9 +281,10 @@ func (s *Store) MarkSpent(ctx context.Context, key []byte, expires time.Time) (b
 }
 
 // seenInsertSQL records a seen signature or a delivery's dedup key (they
-// share the table): a row comes back only on first use.
+// share the table): a row comes back only on first use. An expired
+// signature replaced loses its answer.
 const seenInsertSQL = `INSERT INTO seen_signatures AS t (digest, expires_ms) VALUES ($1, $2)
-	ON CONFLICT (digest) DO UPDATE SET expires_ms = excluded.expires_ms WHERE t.expires_ms <= $3
+	ON CONFLICT (digest) DO UPDATE SET expires_ms = excluded.expires_ms, answer = NULL WHERE t.expires_ms <= $3
 	RETURNING true`
 
 // firstUse runs sql, an insert that returns a row only when it wrote.

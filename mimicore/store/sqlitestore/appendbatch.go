@@ -62,7 +62,7 @@ var (
 	seenMulti = multiRow{
 		head: `INSERT INTO seen_signatures (digest, expires_ms) VALUES `,
 		row:  `(?, ?)`,
-		tail: ` ON CONFLICT (digest) DO UPDATE SET expires_ms = excluded.expires_ms WHERE seen_signatures.expires_ms <= ?`,
+		tail: ` ON CONFLICT (digest) DO UPDATE SET expires_ms = excluded.expires_ms, answer = NULL WHERE seen_signatures.expires_ms <= ?`,
 		cols: 2,
 	}
 	// The fixed parameter is now, as in replayRecordSQL.

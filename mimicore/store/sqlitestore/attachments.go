@@ -165,15 +165,19 @@ func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q sto
 }
 
 // CommitAttachment implements store.Attachments.
-func (s *Store) CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time) error {
+func (s *Store) CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time, ans store.SignatureAnswer) error {
 	const doing = "committing attachment"
 	if err := s.checkOpen(doing); err != nil {
 		return err
 	}
+	if err := check.SignatureAnswer(ans); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
 	exp := check.ExpiryMillis(expires)
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		now := check.Millis(s.now())
 		res, err := tx.ExecContext(ctx, `UPDATE attachments SET state = 1, expires_ms = ?2
-			WHERE token_hash = ?1 AND state = 0 AND expires_ms > ?3`, tokenHash[:], exp, check.Millis(s.now()))
+			WHERE token_hash = ?1 AND state = 0 AND expires_ms > ?3`, tokenHash[:], exp, now)
 		if err != nil {
 			return err
 		}
@@ -182,7 +186,7 @@ func (s *Store) CommitAttachment(ctx context.Context, tokenHash [32]byte, expire
 		} else if n == 0 {
 			return fmt.Errorf("no pending upload with this token: %w", store.ErrNotFound)
 		}
-		return nil
+		return recordSignatureAnswer(ctx, tx, ans, now)
 	})
 	if err != nil {
 		return s.failAttachment(doing, err)
@@ -295,7 +299,7 @@ func (s *Store) DeleteAttachment(ctx context.Context, groupID []byte, tokenHash 
 }
 
 // CopyAttachment implements store.Attachments.
-func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst store.Attachment, q store.AttachmentQuota) (store.Attachment, error) {
+func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst store.Attachment, q store.AttachmentQuota, ans store.SignatureAnswer) (store.Attachment, error) {
 	const doing = "copying attachment"
 	if err := s.checkOpen(doing); err != nil {
 		return store.Attachment{}, err
@@ -304,6 +308,9 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	if err := check.Attachment(dst, false); err != nil {
+		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := check.SignatureAnswer(ans); err != nil {
 		return store.Attachment{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
@@ -316,7 +323,10 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 		if err := checkQuota(ctx, tx, dst, q); err != nil {
 			return err
 		}
-		return insertAttachment(ctx, tx, dst, 1, false, now)
+		if err := insertAttachment(ctx, tx, dst, 1, false, now); err != nil {
+			return err
+		}
+		return recordSignatureAnswer(ctx, tx, ans, now)
 	})
 	if err != nil {
 		return store.Attachment{}, s.failAttachment(doing, err)
@@ -487,4 +497,18 @@ func (s *Store) failAttachment(doing string, err error) error {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	return s.fail(doing, err)
+}
+
+// recordSignatureAnswer records ans with its alive digest in tx; a zero
+// ans, or a digest gone from the replay set, records nothing.
+func recordSignatureAnswer(ctx context.Context, tx *sql.Tx, ans store.SignatureAnswer, now int64) error {
+	if ans.Body == nil {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, `UPDATE seen_signatures SET answer = ?2 WHERE digest = ?1 AND expires_ms > ?3`,
+		ans.Digest[:], ans.Body, now)
+	if err != nil {
+		return fmt.Errorf("recording the request's answer: %w", err)
+	}
+	return nil
 }

@@ -39,6 +39,7 @@ var migrations = []migration{
 	{12, "Privacy Pass challenges of random redemption contexts", schemaTokenChallenges},
 	{13, "the ids of deleted hosted groups", schemaDeletedGroups},
 	{14, "the outbox sender's backoffs per destination", schemaOutboxRetries},
+	{15, "answers of client-signed requests that succeeded", schemaSignatureAnswers},
 }
 
 const schemaV1 = `
@@ -503,4 +504,12 @@ CREATE TABLE outbox_retries (
 	next_ms         INTEGER NOT NULL,
 	groups          BLOB    NOT NULL
 ) WITHOUT ROWID;
+`
+
+// schemaSignatureAnswers adds to a seen signature the answer of its
+// request once it succeeded (store.SignatureAnswer): NULL while it is in
+// progress, after it failed, and for a delivery's dedup key. It goes with
+// its row, so it expires with it.
+const schemaSignatureAnswers = `
+ALTER TABLE seen_signatures ADD COLUMN answer BLOB;
 `

@@ -165,6 +165,27 @@ func (s *Store) SeenSignature(ctx context.Context, digest [32]byte, expires time
 	return first, nil
 }
 
+// SignatureAnswer implements store.SeenSignatures.
+func (s *Store) SignatureAnswer(ctx context.Context, digest [32]byte) ([]byte, error) {
+	const doing = "reading the answer of a client signature"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	var body []byte
+	err := s.r.QueryRowContext(ctx, `SELECT answer FROM seen_signatures
+		WHERE digest = ?1 AND expires_ms > ?2 AND answer IS NOT NULL`, digest[:], check.Millis(s.now())).Scan(&body)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%s: none recorded: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	if body == nil {
+		body = []byte{}
+	}
+	return body, nil
+}
+
 // MarkSpent implements store.SpentNonces and privacypass.SpentStore.
 func (s *Store) MarkSpent(ctx context.Context, key []byte, expires time.Time) (bool, error) {
 	const doing = "recording spent token"

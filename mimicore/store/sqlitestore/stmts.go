@@ -44,8 +44,9 @@ const (
 		WHERE sender = ?1 AND request_id = ?2 AND digest = ?3 AND body IS NULL AND expires_ms > ?4`
 	// seenInsertSQL and spentInsertSQL record a key, replacing an expired
 	// record; zero rows changed means an alive record exists. ?3 is now.
+	// An expired signature replaced loses its answer.
 	seenInsertSQL = `INSERT INTO seen_signatures (digest, expires_ms) VALUES (?1, ?2)
-		ON CONFLICT (digest) DO UPDATE SET expires_ms = excluded.expires_ms
+		ON CONFLICT (digest) DO UPDATE SET expires_ms = excluded.expires_ms, answer = NULL
 		WHERE seen_signatures.expires_ms <= ?3`
 	spentInsertSQL = `INSERT INTO spent_tokens (key, expires_ms) VALUES (?1, ?2)
 		ON CONFLICT (key) DO UPDATE SET expires_ms = excluded.expires_ms

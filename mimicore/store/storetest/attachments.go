@@ -32,7 +32,7 @@ func attachment(t *testing.T, group []byte, uploader string, size int64) store.A
 func upload(t *testing.T, s store.Store, a store.Attachment, q store.AttachmentQuota) {
 	t.Helper()
 	noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, q))
-	noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)))
+	noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future), store.SignatureAnswer{}))
 }
 
 func wantUsage(t *testing.T, what string, got store.AttachmentUsage, err error, bytes, count int64) {
@@ -71,6 +71,8 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 	g1, g2 := []byte("attachment group 1"), []byte("attachment group 2")
 	none := store.AttachmentQuota{}
 
+	t.Run("SignatureAnswer", func(t *testing.T) { testSignatureAnswer(t, open) })
+
 	t.Run("PendingInvisibleThenCommitted", func(t *testing.T) {
 		s := open(t)
 		a := attachment(t, g1, uploaderA, 100)
@@ -78,8 +80,8 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		_, err := s.LookupAttachment(ctx(), g1, a.TokenHash)
 		wantErr(t, "LookupAttachment of a pending record", err, store.ErrNotFound)
 		wantErr(t, "ReserveAttachment of the same token", s.ReserveAttachment(ctx(), a, none), store.ErrConflict)
-		noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)))
-		wantErr(t, "second CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)), store.ErrNotFound)
+		noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future), store.SignatureAnswer{}))
+		wantErr(t, "second CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future), store.SignatureAnswer{}), store.ErrNotFound)
 		got, err := s.LookupAttachment(ctx(), g1, a.TokenHash)
 		noErr(t, "LookupAttachment", err)
 		if got.Object != a.Object || got.Size != 100 || string(got.ContentHash) != string(a.ContentHash) ||
@@ -169,7 +171,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		wantUnreferenced(t, s)
 		_, err = s.ReleaseAttachment(ctx(), a.TokenHash)
 		wantErr(t, "second ReleaseAttachment", err, store.ErrNotFound)
-		wantErr(t, "CommitAttachment after release", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)), store.ErrNotFound)
+		wantErr(t, "CommitAttachment after release", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future), store.SignatureAnswer{}), store.ErrNotFound)
 
 		// A committed record is not released.
 		b := attachment(t, g1, uploaderA, 10)
@@ -183,7 +185,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		a := attachment(t, g1, uploaderA, 10)
 		a.Expires = time.Now().Add(past)
 		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
-		wantErr(t, "CommitAttachment past the deadline", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future)), store.ErrNotFound)
+		wantErr(t, "CommitAttachment past the deadline", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future), store.SignatureAnswer{}), store.ErrNotFound)
 	})
 
 	t.Run("Quota", func(t *testing.T) {
@@ -283,11 +285,11 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		q := store.AttachmentQuota{GroupBytes: 500}
 		// The copy counts against the target group's quota.
 		upload(t, s, attachment(t, g2, uploaderB, 250), q)
-		_, err := s.CopyAttachment(ctx(), g1, a.TokenHash, dst, q)
+		_, err := s.CopyAttachment(ctx(), g1, a.TokenHash, dst, q, store.SignatureAnswer{})
 		wantErr(t, "CopyAttachment over the target's quota", err, store.ErrQuota)
-		_, err = s.CopyAttachment(ctx(), g2, a.TokenHash, dst, none)
+		_, err = s.CopyAttachment(ctx(), g2, a.TokenHash, dst, none, store.SignatureAnswer{})
 		wantErr(t, "CopyAttachment from the wrong group", err, store.ErrNotFound)
-		c, err := s.CopyAttachment(ctx(), g1, a.TokenHash, dst, store.AttachmentQuota{GroupBytes: 550})
+		c, err := s.CopyAttachment(ctx(), g1, a.TokenHash, dst, store.AttachmentQuota{GroupBytes: 550}, store.SignatureAnswer{})
 		noErr(t, "CopyAttachment", err)
 		if c.Object != a.Object || c.Size != 300 || string(c.ContentHash) != string(a.ContentHash) || string(c.GroupID) != string(g2) {
 			t.Fatalf("copy %+v does not share %+v", c, a)
@@ -301,7 +303,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		wantUsage(t, "target usage", u, err, 550, 2)
 		u, err = s.UploaderAttachmentUsage(ctx(), uploaderB)
 		wantUsage(t, "copier usage", u, err, 550, 2)
-		_, err = s.CopyAttachment(ctx(), g1, a.TokenHash, dst, none)
+		_, err = s.CopyAttachment(ctx(), g1, a.TokenHash, dst, none, store.SignatureAnswer{})
 		wantErr(t, "CopyAttachment to a used token", err, store.ErrConflict)
 
 		// Deleting the original keeps the object: the copy refers to it.
@@ -324,13 +326,13 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		s := open(t)
 		old := attachment(t, g1, uploaderA, 10)
 		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), old, none))
-		noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), old.TokenHash, time.Now().Add(2*time.Second)))
+		noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), old.TokenHash, time.Now().Add(2*time.Second), store.SignatureAnswer{}))
 		stale := attachment(t, g1, uploaderA, 10) // a pending upload that never finished
 		stale.Expires = time.Now().Add(10 * time.Minute)
 		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), stale, none))
 		kept := attachment(t, g1, uploaderA, 10)
 		upload(t, s, kept, none)
-		copied, err := s.CopyAttachment(ctx(), g1, old.TokenHash, attachment(t, g2, uploaderB, 0), none)
+		copied, err := s.CopyAttachment(ctx(), g1, old.TokenHash, attachment(t, g2, uploaderB, 0), none, store.SignatureAnswer{})
 		noErr(t, "CopyAttachment", err)
 
 		later := time.Now().Add(30 * time.Minute)
@@ -370,4 +372,120 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 			})
 		}
 	})
+}
+
+// testSignatureAnswer checks store.SignatureAnswer: the answer of an
+// upload's commit or a copy is recorded with its digest by the same write,
+// only when that write succeeds, and goes with the digest's record.
+func testSignatureAnswer(t *testing.T, open func(t *testing.T) store.Store) {
+	g1, g2 := []byte("answer group 1"), []byte("answer group 2")
+	none := store.AttachmentQuota{}
+	seen := func(t *testing.T, s store.Store, exp time.Duration) store.SignatureAnswer {
+		t.Helper()
+		ans := store.SignatureAnswer{Digest: [32]byte(randBytes(t, 32)), Body: randBytes(t, 32)}
+		first, err := s.SeenSignature(ctx(), ans.Digest, time.Now().Add(exp))
+		noErr(t, "SeenSignature", err)
+		if !first {
+			t.Fatal("a fresh digest reported as replay")
+		}
+		return ans
+	}
+	wantAnswer := func(t *testing.T, s store.Store, ans store.SignatureAnswer) {
+		t.Helper()
+		got, err := s.SignatureAnswer(ctx(), ans.Digest)
+		noErr(t, "SignatureAnswer", err)
+		if string(got) != string(ans.Body) {
+			t.Fatalf("SignatureAnswer = %x, want %x", got, ans.Body)
+		}
+	}
+	wantNone := func(t *testing.T, s store.Store, ans store.SignatureAnswer, what string) {
+		t.Helper()
+		_, err := s.SignatureAnswer(ctx(), ans.Digest)
+		wantErr(t, "SignatureAnswer "+what, err, store.ErrNotFound)
+	}
+
+	for _, tc := range []struct {
+		name string
+		// succeed runs the write that records ans and succeeds.
+		succeed func(t *testing.T, s store.Store, ans store.SignatureAnswer)
+		// fail runs it so that it fails, recording nothing.
+		fail func(t *testing.T, s store.Store, ans store.SignatureAnswer)
+	}{
+		{
+			name: "Commit",
+			succeed: func(t *testing.T, s store.Store, ans store.SignatureAnswer) {
+				a := attachment(t, g1, uploaderA, 10)
+				noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
+				noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future), ans))
+			},
+			fail: func(t *testing.T, s store.Store, ans store.SignatureAnswer) {
+				a := attachment(t, g1, uploaderA, 10)
+				noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
+				_, err := s.ReleaseAttachment(ctx(), a.TokenHash)
+				noErr(t, "ReleaseAttachment", err)
+				wantErr(t, "CommitAttachment of a released upload",
+					s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future), ans), store.ErrNotFound)
+			},
+		},
+		{
+			name: "Copy",
+			succeed: func(t *testing.T, s store.Store, ans store.SignatureAnswer) {
+				a := attachment(t, g1, uploaderA, 10)
+				upload(t, s, a, none)
+				_, err := s.CopyAttachment(ctx(), g1, a.TokenHash, attachment(t, g2, uploaderB, 0), none, ans)
+				noErr(t, "CopyAttachment", err)
+			},
+			fail: func(t *testing.T, s store.Store, ans store.SignatureAnswer) {
+				a := attachment(t, g1, uploaderA, 10)
+				upload(t, s, a, none)
+				_, err := s.CopyAttachment(ctx(), g1, a.TokenHash, attachment(t, g2, uploaderB, 0),
+					store.AttachmentQuota{GroupBytes: 5}, ans)
+				wantErr(t, "CopyAttachment over the quota", err, store.ErrQuota)
+				_, err = s.CopyAttachment(ctx(), g2, a.TokenHash, attachment(t, g2, uploaderB, 0), none, ans)
+				wantErr(t, "CopyAttachment from another group", err, store.ErrNotFound)
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t)
+			ans := seen(t, s, future)
+			wantNone(t, s, ans, "before the write")
+			tc.succeed(t, s, ans)
+			wantAnswer(t, s, ans)
+			// A replay of the digest keeps its answer.
+			if first, err := s.SeenSignature(ctx(), ans.Digest, time.Now().Add(future)); err != nil || first {
+				t.Fatalf("SeenSignature of an answered digest: first use %t, %v", first, err)
+			}
+			wantAnswer(t, s, ans)
+
+			failed := seen(t, s, future)
+			tc.fail(t, s, failed)
+			wantNone(t, s, failed, "after a failed write")
+
+			// Without a record of its digest, or with an expired one,
+			// nothing is recorded, and a digest recorded again after
+			// its expiry has no answer.
+			unseen := store.SignatureAnswer{Digest: [32]byte(randBytes(t, 32)), Body: randBytes(t, 32)}
+			tc.succeed(t, s, unseen)
+			wantNone(t, s, unseen, "of a digest never recorded")
+			expired := seen(t, s, past)
+			tc.succeed(t, s, expired)
+			wantNone(t, s, expired, "of an expired digest")
+			if first, err := s.SeenSignature(ctx(), expired.Digest, time.Now().Add(future)); err != nil || !first {
+				t.Fatalf("SeenSignature of an expired digest: first use %t, %v", first, err)
+			}
+			wantNone(t, s, expired, "of a digest recorded again after its expiry")
+
+			// An answer over the size limit is refused.
+			big := seen(t, s, future)
+			big.Body = make([]byte, store.MaxAnswerSize+1)
+			a := attachment(t, g1, uploaderA, 10)
+			noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
+			wantErr(t, "CommitAttachment with an oversized answer",
+				s.CommitAttachment(ctx(), a.TokenHash, time.Now().Add(future), big), store.ErrInvalid)
+			_, err := s.CopyAttachment(ctx(), g1, sha256.Sum256([]byte("x")), attachment(t, g2, uploaderB, 0), none, big)
+			wantErr(t, "CopyAttachment with an oversized answer", err, store.ErrInvalid)
+		})
+	}
+
 }

@@ -36,6 +36,14 @@ func PublicKey(k []byte) error {
 	return nil
 }
 
+// SignatureAnswer checks the answer recorded with a signature digest.
+func SignatureAnswer(a store.SignatureAnswer) error {
+	if len(a.Body) > store.MaxAnswerSize {
+		return fmt.Errorf("signature answer is %d bytes, over the %d byte limit: %w", len(a.Body), store.MaxAnswerSize, store.ErrInvalid)
+	}
+	return nil
+}
+
 // Answer checks a replay-cache answer.
 func Answer(a store.Answer) error {
 	if len(a.Body) > store.MaxAnswerSize {
