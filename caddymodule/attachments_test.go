@@ -239,10 +239,20 @@ func testAttachmentsOverTLS(t *testing.T, a *Attachments) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, sealed.Ciphertext)), nil)
+	upload := e.uploadBody(t, e.group, sealed.Ciphertext)
+	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(upload), nil)
 	token := answer(t, "upload", resp, body, http.StatusOK).Token
 	if len(token) != ds.AttachmentTokenSize {
 		t.Fatalf("token of %d bytes", len(token))
+	}
+	// A byte-identical retry (the answer lost) gets the same token, its
+	// content left unread, and stores nothing more.
+	resp, body = e.post(t, "/attachment_upload", bytes.NewReader(upload), nil)
+	if again := answer(t, "retry of the upload", resp, body, http.StatusOK).Token; !bytes.Equal(again, token) {
+		t.Fatalf("retry of the upload answered token %x, want %x", again, token)
+	}
+	if u, err := e.g.svc.Store().GroupAttachmentUsage(context.Background(), e.group); err != nil || u.Count != 1 {
+		t.Fatalf("group usage %+v, %v after a retry; want the one upload", u, err)
 	}
 	download := func(c *mlstest.Client, index uint32, group, token []byte) moh.RequestBody {
 		return moh.RequestBody{Type: moh.AttachmentDownload, Attachment: moh.AttachmentRef{GroupID: group, Token: token}}

@@ -138,7 +138,10 @@ func randomHex(n int) string {
 // (quota_exceeded). Then exactly content_length bytes are streamed into
 // the backend while hashed with the group suite's Hash; a short or long
 // body or another hash is content_mismatch, and a body that fails to
-// arrive is answered with the reader's error. On every failure the
+// arrive is answered with the reader's error. A byte-identical retry of an
+// upload that succeeded is answered the first token, read from the
+// replay set, where the record's commit wrote it (checkReplayAnswered),
+// before any of the above and without reading content. On every failure the
 // temporary data and the reservation are removed, so nothing becomes
 // visible; the record is committed (visible) only after the backend
 // committed the bytes. A commit of the record that fails with an error
@@ -154,8 +157,11 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 	if r.Body.Body.Type != moh.AttachmentUpload {
 		return nil, moh.Errorf(moh.CodeWrongRequestType, "request type %s is not an upload", r.Body.Body.Type)
 	}
-	if err := s.checkReplay(ctx, r.Body); err != nil {
-		return nil, err
+	ta, first, err := s.checkReplayAnswered(ctx, r.Body)
+	if err != nil || first != nil {
+		// A retry of an upload that succeeded: its answer, with no byte
+		// of the content read and nothing charged.
+		return first, err
 	}
 	h := &r.Body.Body.Upload
 	if h.ContentLength > uint64(a.maxSize()) {
@@ -238,7 +244,7 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		}
 		return nil, unavailable("committing the attachment object", err)
 	}
-	if err := a.Store.CommitAttachment(cleanup, rec.TokenHash, s.now().Add(a.retention()), store.SignatureAnswer{}); err != nil {
+	if err := a.Store.CommitAttachment(cleanup, rec.TokenHash, s.now().Add(a.retention()), ta.record(token)); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, moh.Errorf(moh.CodeBodyTimeout, "the upload outlasted its deadline of %s", a.uploadDeadline())
 		}

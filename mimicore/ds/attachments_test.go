@@ -463,6 +463,47 @@ func TestAttachmentCopy(t *testing.T) {
 	}
 }
 
+// TestAttachmentUploadRetry: a byte-identical retry of an upload that
+// succeeded (its answer lost on the way) gets the first answer, the same
+// token, without its content being read and without a second attachment
+// being stored or charged.
+func TestAttachmentUploadRetry(t *testing.T) {
+	f := newAttachFixture(t, func(a *Attachments) { a.Quota = store.AttachmentQuota{GroupBytes: 1000} })
+	data := bytes.Repeat([]byte{5}, 600)
+	h := sha256.Sum256(data)
+	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: f.g1, ContentLength: uint64(len(data)), ContentHash: h[:]}}, f.skew())
+	send := func(content io.Reader) (*moh.DSResponse, error) {
+		req, err := f.svc.Authenticate(context.Background(), body)
+		if err != nil {
+			t.Fatalf("Authenticate: %v", err)
+		}
+		return f.svc.Upload(context.Background(), req, content)
+	}
+	first, err := send(bytes.NewReader(data))
+	if err != nil || first.Type != moh.ResponseAttachmentToken {
+		t.Fatalf("upload: %+v, %v", first, err)
+	}
+	for i := range 2 {
+		// The retry's content is not read (refusingReader): the
+		// answer comes from the record, and nothing is stored again
+		// (a second 600 bytes would not fit the quota).
+		again, err := send(refusingReader{t})
+		if err != nil || again.Type != moh.ResponseAttachmentToken || !bytes.Equal(again.Token, first.Token) {
+			t.Fatalf("retry %d of the upload: %+v, %v; want the first token %x", i, again, err, first.Token)
+		}
+	}
+	if u, err := f.st.GroupAttachmentUsage(context.Background(), f.g1); err != nil || u.Count != 1 || u.Bytes != 600 {
+		t.Fatalf("group usage %+v, %v; want the one upload", u, err)
+	}
+	if o, tmp := f.files(t); o != 1 || tmp != 0 {
+		t.Fatalf("%d objects, %d temporary files; want the one upload", o, tmp)
+	}
+	if got, err := f.download(t, f.bob, 1, f.g1, first.Token); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("download of the upload: %v", err)
+	}
+}
+
 // TestAttachmentCopyRetry: a byte-identical retry of a copy that
 // succeeded (its answer lost on the way) gets the first answer, the same
 // token, and makes no second copy; a retry of a copy that failed is still
@@ -634,18 +675,18 @@ func TestAttachmentLargeUploadMemory(t *testing.T) {
 }
 
 // TestAttachmentReplayAndOff: an upload's signed bytes are recorded (a
-// replay is refused before content), and without the service every
-// attachment type is not_implemented.
+// retry of a failed upload is refused as a replay before content), and
+// without the service every attachment type is not_implemented.
 func TestAttachmentReplayAndOff(t *testing.T) {
 	f := newAttachFixture(t, nil)
 	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
 		GroupID: f.g1, ContentLength: 3, ContentHash: func() []byte { h := sha256.Sum256([]byte("abc")); return h[:] }()}}, 0)
-	for i, want := range []moh.Code{0, moh.CodeReplay} {
+	for i, want := range []moh.Code{moh.CodeContentMismatch, moh.CodeReplay} {
 		req, err := f.svc.Authenticate(context.Background(), body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var content io.Reader = bytes.NewReader([]byte("abc"))
+		var content io.Reader = bytes.NewReader([]byte("abd"))
 		if i > 0 {
 			content = refusingReader{t}
 		}
