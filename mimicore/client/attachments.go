@@ -216,7 +216,10 @@ func (c *Client) openAttachment(groupID []byte, m *mls.Member, senderIndex uint3
 // have the same cipher suite. The attachment is first downloaded and
 // opened in the source group as GetAttachment does, so that only a key
 // that opens it, and an attachment that matches its hash, are passed on;
-// a ref that has a key already (a copy) passes it on.
+// a ref that has a key already (a copy) passes it on. A copy request that
+// gets no answer (a connection lost before or while it came) is sent once
+// more, byte-identically, which the Delivery Service answers with the
+// first answer when the first copy was made: no second copy is made.
 func (c *Client) CopyAttachment(ctx context.Context, srcGroupID []byte, senderIndex uint32, ref attachment.Reference, targetGroupID []byte) (attachment.Reference, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -253,6 +256,12 @@ func (c *Client) copyAttachment(ctx context.Context, srcGroupID []byte, senderIn
 		return attachment.Reference{}, err
 	}
 	r, err := c.postDS(ctx, "/attachment_copy", "attachment_copy", body)
+	if err != nil && isTransport(err) && ctx.Err() == nil {
+		// The answer was lost: the same bytes again get the first answer
+		// of a copy that was made (docs/protocol.md §5.1), and 409
+		// replay of one that failed or is still being made.
+		r, err = c.postDS(ctx, "/attachment_copy", "attachment_copy", body)
+	}
 	if err != nil {
 		return attachment.Reference{}, err
 	}

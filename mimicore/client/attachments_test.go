@@ -3,6 +3,8 @@ package client
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -201,6 +203,98 @@ func TestCopyAttachment(t *testing.T) {
 	}
 	if len(st.copies) != 2 {
 		t.Fatalf("%d copy requests, want 2: a reference that does not open is not copied", len(st.copies))
+	}
+}
+
+// TestCopyAttachmentAnswerLost: the connection of a copy request is lost
+// before its answer; the client sends the same bytes once more, which the
+// Delivery Service answers with the first copy's token (docs/protocol.md
+// §5.1), and CopyAttachment returns it. An HTTP answer, even a 503, is
+// not sent again.
+func TestCopyAttachmentAnswerLost(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// first answers the first copy request.
+		first    func(w http.ResponseWriter)
+		requests int
+		wantErr  bool
+	}{
+		{"connection lost", func(w http.ResponseWriter) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Errorf("hijack: %v", err)
+				return
+			}
+			conn.Close()
+		}, 2, false},
+		{"503", func(w http.ResponseWriter) {
+			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
+		}, 1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob, gid, _ := pair(t)
+			bm, err := bob.member(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sealed, err := attachment.Seal(bm, DefaultCipherSuite, bm.LeafIndex(), []byte("bob's photo"), rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := attachment.Reference{Token: []byte("bob's token"), Nonce: sealed.Nonce, Hash: sealed.Hash}
+			if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), protect(t, bob, gid, ref.String()))); err != nil || ev.Kind != EventMessage {
+				t.Fatalf("alice opening bob's message: %+v, %v", ev, err)
+			}
+			st := &attachmentStore{t: t, byKey: map[string][]byte{}}
+			st.put(gid, ref.Token, sealed.Ciphertext)
+			inner := http.NewServeMux()
+			st.register(inner)
+			var mu sync.Mutex
+			var bodies [][]byte
+			mux := http.NewServeMux()
+			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/attachment_copy" {
+					inner.ServeHTTP(w, r)
+					return
+				}
+				raw, err := io.ReadAll(r.Body)
+				if err != nil {
+					t.Errorf("reading the copy request: %v", err)
+					return
+				}
+				mu.Lock()
+				bodies = append(bodies, raw)
+				n := len(bodies)
+				mu.Unlock()
+				if n == 1 {
+					tc.first(w)
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(raw))
+				inner.ServeHTTP(w, r)
+			})
+			fakeGateway(t, alice, mux)
+
+			copied, err := alice.CopyAttachment(t.Context(), gid, bm.LeafIndex(), ref, gid)
+			mu.Lock()
+			defer mu.Unlock()
+			if len(bodies) != tc.requests {
+				t.Fatalf("%d copy requests, want %d", len(bodies), tc.requests)
+			}
+			if tc.wantErr {
+				var e *Error
+				if !errors.As(err, &e) || e.Code != moh.CodeBackendUnavailable {
+					t.Fatalf("CopyAttachment = %s, %v; want the 503", copied, err)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(copied.Token, []byte("copy of bob's token")) {
+				t.Fatalf("CopyAttachment = %s, %v; want the copy's token", copied, err)
+			}
+			if !bytes.Equal(bodies[0], bodies[1]) {
+				t.Fatal("the copy was sent again with other bytes: a new request, not a retry")
+			}
+		})
 	}
 }
 

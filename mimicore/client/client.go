@@ -425,17 +425,31 @@ func refused(err error) bool {
 func (c *Client) do(req *http.Request) (int, []byte, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, &transportError{err}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	if err != nil {
-		return 0, nil, fmt.Errorf("reading the answer: %w", err)
+		return 0, nil, &transportError{fmt.Errorf("reading the answer: %w", err)}
 	}
 	if len(body) > maxAnswer {
 		return 0, nil, fmt.Errorf("the answer exceeds %d bytes", maxAnswer)
 	}
 	return resp.StatusCode, body, nil
+}
+
+// transportError is a request that got no whole answer: the connection
+// failed before or while the answer came, so the gateway may have done
+// the request or not.
+type transportError struct{ err error }
+
+func (e *transportError) Error() string { return e.err.Error() }
+func (e *transportError) Unwrap() error { return e.err }
+
+// isTransport reports whether err is a transportError.
+func isTransport(err error) bool {
+	var te *transportError
+	return errors.As(err, &te)
 }
 
 // refusal decodes a non-200 answer as the gateway's DSResponse error.
