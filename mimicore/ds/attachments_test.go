@@ -969,6 +969,39 @@ func (s *commitThenFail) CommitAttachment(ctx context.Context, tokenHash [32]byt
 	return errors.New("the connection was lost")
 }
 
+// TestAttachmentCommitAmbiguousRetry: an upload whose record committed
+// while the store answered an error, and whose lookup failed too, is
+// answered 503; its byte-identical retry gets the token the commit
+// recorded with the record, so the client reaches the attachment it paid
+// quota for instead of uploading it again.
+func TestAttachmentCommitAmbiguousRetry(t *testing.T) {
+	f := newAttachFixture(t, nil)
+	f.a.Store = &commitThenFail{Attachments: f.a.Store, commits: true, lookupFails: true}
+	data := []byte("an attachment committed in doubt")
+	h := sha256.Sum256(data)
+	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: f.g1, ContentLength: uint64(len(data)), ContentHash: h[:]}}, f.skew())
+	send := func(content io.Reader) (*moh.DSResponse, error) {
+		req, err := f.svc.Authenticate(context.Background(), body)
+		if err != nil {
+			t.Fatalf("Authenticate: %v", err)
+		}
+		return f.svc.Upload(context.Background(), req, content)
+	}
+	_, err := send(bytes.NewReader(data))
+	wantCode(t, "upload whose commit and lookup failed", err, moh.CodeBackendUnavailable)
+	resp, err := send(refusingReader{t})
+	if err != nil || resp.Type != moh.ResponseAttachmentToken {
+		t.Fatalf("retry of the upload: %+v, %v; want its token", resp, err)
+	}
+	if got, err := f.download(t, f.bob, 1, f.g1, resp.Token); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("download with the retry's token: %q, %v", got, err)
+	}
+	if u, err := f.st.GroupAttachmentUsage(context.Background(), f.g1); err != nil || u.Count != 1 {
+		t.Fatalf("g1 usage %+v, %v; want the one record", u, err)
+	}
+}
+
 // TestAttachmentCommitAmbiguous: a commit of the record whose outcome
 // the store cannot tell (an error that is not ErrNotFound). When the
 // record did commit, it is whole: the upload answers its token and the
