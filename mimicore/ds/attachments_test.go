@@ -504,6 +504,61 @@ func TestAttachmentUploadRetry(t *testing.T) {
 	}
 }
 
+// startedReader signals started at its first Read, then reads r once
+// gate is closed.
+type startedReader struct {
+	started chan<- struct{}
+	gate    <-chan struct{}
+	r       io.Reader
+	once    sync.Once
+}
+
+func (s *startedReader) Read(p []byte) (int, error) {
+	s.once.Do(func() { close(s.started) })
+	<-s.gate
+	return s.r.Read(p)
+}
+
+// TestAttachmentUploadRetryInProgress: a byte-identical retry of an
+// upload still streaming its content is 409 replay (no answer yet, and no
+// second upload), and once the first succeeded a retry gets its token.
+func TestAttachmentUploadRetryInProgress(t *testing.T) {
+	f := newAttachFixture(t, nil)
+	data := bytes.Repeat([]byte{3}, 100)
+	h := sha256.Sum256(data)
+	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: f.g1, ContentLength: uint64(len(data)), ContentHash: h[:]}}, f.skew())
+	send := func(content io.Reader) (*moh.DSResponse, error) {
+		req, err := f.svc.Authenticate(context.Background(), body)
+		if err != nil {
+			return nil, err
+		}
+		return f.svc.Upload(context.Background(), req, content)
+	}
+	started, gate := make(chan struct{}), make(chan struct{})
+	type result struct {
+		resp *moh.DSResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := send(&startedReader{started: started, gate: gate, r: bytes.NewReader(data)})
+		done <- result{resp, err}
+	}()
+	<-started
+	_, err := send(refusingReader{t})
+	wantCode(t, "retry of an upload in progress", err, moh.CodeReplay)
+	close(gate)
+	first := <-done
+	if first.err != nil {
+		t.Fatalf("upload: %v", first.err)
+	}
+	again, err := send(refusingReader{t})
+	if err != nil || !bytes.Equal(again.Token, first.resp.Token) {
+		t.Fatalf("retry after the upload: %+v, %v; want its token", again, err)
+	}
+}
+
 // TestAttachmentCopyRetry: a byte-identical retry of a copy that
 // succeeded (its answer lost on the way) gets the first answer, the same
 // token, and makes no second copy; a retry of a copy that failed is still
