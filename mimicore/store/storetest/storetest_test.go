@@ -2,6 +2,7 @@ package storetest_test
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -486,6 +487,37 @@ func (b *broken) ExpireAttachments(ctx context.Context, now time.Time, limit int
 	return b.Store.ExpireAttachments(ctx, now, limit)
 }
 
+func (b *broken) CommitAttachment(ctx context.Context, tokenHash [32]byte, exp time.Time, ans store.SignatureAnswer) error {
+	if b.mode == "answer-dropped" {
+		ans = store.SignatureAnswer{}
+	}
+	return b.Store.CommitAttachment(ctx, tokenHash, exp, ans)
+}
+
+func (b *broken) CopyAttachment(ctx context.Context, group []byte, tokenHash [32]byte, dst store.Attachment, q store.AttachmentQuota, ans store.SignatureAnswer) (store.Attachment, error) {
+	if b.mode == "answer-apart" && ans.Body != nil {
+		// The answer written by a write of its own, before the copy (an
+		// upload of nothing that records it): a copy that fails leaves it.
+		rec := store.Attachment{TokenHash: [32]byte(randomBytes(32)), GroupID: []byte("answer apart"), Object: fmt.Sprintf("%x", randomBytes(16)),
+			ContentHash: []byte{1}, Uploader: dst.Uploader, Created: dst.Created, Expires: dst.Expires}
+		if err := b.Store.ReserveAttachment(ctx, rec, store.AttachmentQuota{}); err != nil {
+			return store.Attachment{}, err
+		}
+		if err := b.Store.CommitAttachment(ctx, rec.TokenHash, dst.Expires, ans); err != nil {
+			return store.Attachment{}, err
+		}
+		ans = store.SignatureAnswer{}
+	}
+	return b.Store.CopyAttachment(ctx, group, tokenHash, dst, q, ans)
+}
+
+// randomBytes returns n random bytes.
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
 // brokenModes maps each broken store to the subtest that must catch it.
 var brokenModes = map[string]string{
 	"reserve-always-new":            "Replay/Lifecycle",
@@ -533,6 +565,8 @@ var brokenModes = map[string]string{
 	"outbox-release-keeps-messages": "OutboxLeases/Drainers",
 	"challenges-partial":            "TokenChallenges/invalid",
 	"challenges-any":                "TokenChallenges/add_and_look_up",
+	"answer-dropped":                "Attachments/SignatureAnswer/Commit",
+	"answer-apart":                  "Attachments/SignatureAnswer/Copy",
 }
 
 func openSQLite(t *testing.T, opts ...sqlitestore.Option) store.Store {
