@@ -235,8 +235,8 @@ func (s *Service) AuthenticatePrefix(ctx context.Context, data []byte) (*Request
 // deletes and copies are first recorded in the replay set (Upload records
 // an upload's): a second request with the same signed bytes within
 // ReplayWindow is answered replay, but for the retry of a copy that
-// succeeded, which is answered the first answer (checkReplayAnswered). Uploads and downloads stream, through
-// Upload and Download.
+// succeeded, which gets the first answer (checkReplayAnswered). Uploads
+// and downloads stream, through Upload and Download.
 func (s *Service) Handle(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	switch typ := r.Body.Body.Type; typ {
 	case moh.RequestGroupID:
