@@ -157,6 +157,7 @@ func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Clien
 	if err != nil {
 		return fail(err)
 	}
+	issued := uint64(max(c.now().Unix(), 0))
 	var answer localapi.BindingAnswer
 	if err := c.postLocal(ctx, "/binding", &localapi.BindingRequest{ClientURI: []byte(opts.ClientURI), SignatureKey: pub}, &answer); err != nil {
 		return fail(fmt.Errorf("getting a client binding: %w", err))
@@ -165,7 +166,7 @@ func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Clien
 	if err != nil {
 		return fail(err)
 	}
-	rec := &record{clientURI: []byte(opts.ClientURI), suite: cs, sigKey: raw, binding: bind}
+	rec := &record{clientURI: []byte(opts.ClientURI), suite: cs, sigKey: raw, binding: bind, bindingIssued: issued}
 	if err := c.adopt(rec); err != nil {
 		return fail(err)
 	}
@@ -308,6 +309,75 @@ func (c *Client) BindingNotAfter() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return time.Unix(int64(c.binding.NotAfter), 0).UTC()
+}
+
+// RenewBinding gets the client a new client binding for its signature key
+// from the local API (POST /binding, with the longest validity the gateway
+// grants) and stores it. The client renews its binding by itself when less
+// than a third of its validity is left, before it publishes KeyPackages,
+// creates or joins a group, commits, or receives; RenewBinding is for
+// renewing at a time of the caller's choice. KeyPackages published before
+// carry the previous binding and are available at the gateway until it
+// expires; the client's leaf in a group gets the new binding with the
+// client's next commit in that group (Update, Add, Remove).
+func (c *Client) RenewBinding(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("renewing the client binding: client closed")
+	}
+	return c.renewBinding(ctx)
+}
+
+// renewBinding gets and stores a new binding. c.mu is held.
+func (c *Client) renewBinding(ctx context.Context) error {
+	issued := uint64(max(c.now().Unix(), 0))
+	var answer localapi.BindingAnswer
+	if err := c.postLocal(ctx, "/binding", &localapi.BindingRequest{ClientURI: c.rec.clientURI, SignatureKey: c.sigPub}, &answer); err != nil {
+		return fmt.Errorf("renewing the client binding: %w", err)
+	}
+	if answer.Binding.NotAfter < issued {
+		return fmt.Errorf("renewing the client binding: the gateway answered one that expired at %d", answer.Binding.NotAfter)
+	}
+	bind, err := wire.Marshal(&answer.Binding)
+	if err != nil {
+		return fmt.Errorf("renewing the client binding: %w", err)
+	}
+	b, err := binding.Decode(bind)
+	if err != nil {
+		return fmt.Errorf("renewing the client binding: %w", err)
+	}
+	rec := c.rec.clone()
+	rec.binding, rec.bindingIssued = bind, issued
+	if err := c.saveRecord(rec); err != nil {
+		return fmt.Errorf("renewing the client binding: %w", err)
+	}
+	c.binding = b
+	return nil
+}
+
+// bindingDue reports whether the binding is to be renewed: less than a
+// third of its validity is left, or when it was issued is not known.
+// c.mu is held.
+func (c *Client) bindingDue() bool {
+	now, issued, end := c.now().Unix(), int64(c.rec.bindingIssued), int64(c.binding.NotAfter)
+	return issued <= 0 || issued >= end || now > end-(end-issued)/3
+}
+
+// freshBinding renews the binding when it is due, before an operation
+// that signs a leaf with it. A failed renewal is an error only when the
+// binding has expired (the gateway would refuse the leaf); otherwise the
+// operation goes on with the current one, and the next operation tries
+// again. c.mu is held.
+func (c *Client) freshBinding(ctx context.Context) error {
+	if !c.bindingDue() {
+		return nil
+	}
+	err := c.renewBinding(ctx)
+	if err != nil && c.now().Unix() > int64(c.binding.NotAfter) {
+		return fmt.Errorf("the client binding expired at %s: %w", time.Unix(int64(c.binding.NotAfter), 0).UTC().Format(time.RFC3339), err)
+	}
+	return nil
 }
 
 // userURI returns the user URI of the client.

@@ -297,6 +297,9 @@ func (c *Client) CreateGroup(ctx context.Context) ([]byte, error) {
 	if c.closed {
 		return nil, errors.New("creating group: client closed")
 	}
+	if err := c.freshBinding(ctx); err != nil {
+		return nil, fmt.Errorf("creating group: %w", err)
+	}
 	gid, err := newSeed()
 	if err != nil {
 		return nil, fmt.Errorf("creating group: %w", err)
@@ -358,13 +361,23 @@ func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType
 		return err
 	}
 	m := g.cur
+	// Every commit has an UpdatePath, whose new leaf of the client the DS
+	// checks the binding of: it carries the client's current binding.
+	if err := c.freshBinding(ctx); err != nil {
+		return err
+	}
+	leaf, err := c.leafTemplate()
+	if err != nil {
+		return err
+	}
 	// The pending proposals (a member's self-remove) are covered by
 	// reference: the Delivery Service refuses a commit that leaves them
 	// out. The tree stays out of the GroupInfo and the Welcome: the DS
 	// serves it (welcome_info), so a commit's messages do not grow with
 	// the group.
 	refs, resolve := g.resolver(m)
-	res, err := m.CommitWith(mls.CommitOptions{ByValue: props, ByRef: refs, Resolve: resolve, OmitRatchetTree: true})
+	res, err := m.CommitWith(mls.CommitOptions{ByValue: props, ByRef: refs, Resolve: resolve, OmitRatchetTree: true,
+		LeafExtensions: leaf.Extensions})
 	if err != nil {
 		return err
 	}
@@ -725,6 +738,9 @@ func (c *Client) joinExternal(ctx context.Context, info *JoinInfo) ([]byte, erro
 	}
 	if msg.GroupInfo.GroupContext.CipherSuite != c.rec.suite {
 		return nil, fmt.Errorf("the group's cipher suite %d is not the client's", uint16(msg.GroupInfo.GroupContext.CipherSuite))
+	}
+	if err := c.freshBinding(ctx); err != nil {
+		return nil, err
 	}
 	leaf, err := c.leafTemplate()
 	if err != nil {

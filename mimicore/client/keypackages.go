@@ -114,6 +114,9 @@ func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 	if n < 0 || n+1 > localapi.MaxPublish {
 		return fmt.Errorf("publishing KeyPackages: %d is out of range", n)
 	}
+	if err := c.freshBinding(ctx); err != nil {
+		return fmt.Errorf("publishing KeyPackages: %w", err)
+	}
 	prev := c.rec
 	rec := c.rec.clone()
 	// KeyPackages whose lifetime is over can no longer be claimed: their

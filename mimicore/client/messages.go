@@ -142,6 +142,10 @@ func (c *Client) Receive(ctx context.Context, wait time.Duration) ([]Event, erro
 	if c.closed {
 		return nil, errors.New("receiving: client closed")
 	}
+	// A client that mostly receives keeps its binding fresh too, for its
+	// next commit; receiving needs none, so a failure here is left to the
+	// operations that do.
+	_ = c.freshBinding(ctx)
 	q := url.Values{"client": {string(c.rec.clientURI)}, "after": {strconv.FormatUint(c.rec.cursor, 10)}}
 	if wait > 0 {
 		// The API counts whole seconds: a wait under one second is one.

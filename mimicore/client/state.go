@@ -24,8 +24,9 @@ const (
 	tmpPrefix = ".tmp-"  // writeFileAtomic's temporary files, in either directory
 )
 
-// stateFormat is the version byte of the client record encoding.
-const stateFormat = 1
+// stateFormat is the version byte of the client record encoding. Format
+// 1, read still, has no binding_issued.
+const stateFormat = 2
 
 // ErrStateEncoding is wrapped by every failure to decode a stored client
 // record.
@@ -54,11 +55,12 @@ type storedGroup struct {
 // record is the client record, stored in the file "client":
 //
 //	struct {
-//	    uint8 format = 1;
+//	    uint8 format = 2;
 //	    opaque client_uri<V>;
 //	    uint16 cipher_suite;
 //	    opaque signature_private_key<V>; // Ed25519 seed or ECDSA scalar
 //	    opaque binding<V>;               // the ClientBinding (extension data)
+//	    uint64 binding_issued;           // Unix seconds the client got it (not in format 1)
 //	    uint64 cursor;                   // seq of the last queued message processed
 //	    StoredKeyPackage key_packages<V>;
 //	    StoredGroup groups<V>;
@@ -70,14 +72,17 @@ type storedGroup struct {
 //	} StoredKeyPackage;
 //	struct { opaque group_id<V>; uint64 file; } StoredGroup;
 type record struct {
-	clientURI   []byte
-	suite       mls.CipherSuite
-	sigKey      []byte
-	binding     []byte
-	cursor      uint64
-	keyPackages []storedKeyPackage
-	groups      []storedGroup
-	nextFile    uint64
+	clientURI []byte
+	suite     mls.CipherSuite
+	sigKey    []byte
+	binding   []byte
+	// bindingIssued is when the client got binding, in Unix seconds of
+	// its clock; 0 when not known (a record of format 1).
+	bindingIssued uint64
+	cursor        uint64
+	keyPackages   []storedKeyPackage
+	groups        []storedGroup
+	nextFile      uint64
 }
 
 // MarshalWire implements wire.Marshaler.
@@ -87,6 +92,7 @@ func (r *record) MarshalWire(b *cryptobyte.Builder) {
 	b.AddUint16(uint16(r.suite))
 	wire.AddOpaque(b, r.sigKey)
 	wire.AddOpaque(b, r.binding)
+	b.AddUint64(r.bindingIssued)
 	b.AddUint64(r.cursor)
 	wire.AddVector(b, func(b *cryptobyte.Builder) {
 		for _, k := range r.keyPackages {
@@ -111,9 +117,10 @@ func (r *record) UnmarshalWire(s *cryptobyte.String) bool {
 	var format uint8
 	var suite uint16
 	var kps, groups cryptobyte.String
-	if !s.ReadUint8(&format) || format != stateFormat ||
+	if !s.ReadUint8(&format) || (format != 1 && format != stateFormat) ||
 		!wire.ReadOpaque(s, &r.clientURI) || !s.ReadUint16(&suite) ||
 		!wire.ReadOpaque(s, &r.sigKey) || !wire.ReadOpaque(s, &r.binding) ||
+		(format == stateFormat && !s.ReadUint64(&r.bindingIssued)) ||
 		!s.ReadUint64(&r.cursor) || !wire.ReadVector(s, &kps) || !wire.ReadVector(s, &groups) ||
 		!s.ReadUint64(&r.nextFile) {
 		return false

@@ -48,7 +48,8 @@ func newOffline(t *testing.T, user string) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &record{clientURI: []byte(moh.ClientURI("a.example", user, "phone")), suite: DefaultCipherSuite, sigKey: raw, binding: b}
+	rec := &record{clientURI: []byte(moh.ClientURI("a.example", user, "phone")), suite: DefaultCipherSuite, sigKey: raw, binding: b,
+		bindingIssued: uint64(time.Now().Unix())}
 	if err := c.adopt(rec); err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +228,8 @@ func TestRecordDecodeRejects(t *testing.T) {
 		{"empty", nil},
 		{"truncated", valid[:len(valid)-1]},
 		{"trailing byte", append(slices.Clone(valid), 0)},
-		{"other format", append([]byte{2}, valid[1:]...)},
+		{"other format", append([]byte{3}, valid[1:]...)},
+		{"format 1 with binding_issued", append([]byte{1}, valid[1:]...)},
 		{"unsupported suite", enc(func(r *record) { r.suite = 0x7777 })},
 		{"group twice", enc(func(r *record) {
 			r.groups = append(r.groups, storedGroup{groupID: []byte("g1"), file: 1})

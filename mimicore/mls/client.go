@@ -223,6 +223,13 @@ type CommitOptions struct {
 	// out of band (in MIMI from the Delivery Service's welcome_info) and
 	// pass it as WelcomeOptions.RatchetTree.
 	OmitRatchetTree bool
+	// LeafExtensions, when not nil, replace the extensions of the
+	// committer's leaf in the commit's UpdatePath (its new LeafNode); nil
+	// keeps those of its current leaf. A client whose credential material
+	// carried in an extension was renewed (a MIMI client binding) puts the
+	// new one into the group this way. The committer's capabilities must
+	// list every extension type that is not a default one.
+	LeafExtensions Extensions
 }
 
 // CommitWith is Commit with options.
@@ -258,7 +265,11 @@ func (m *Member) CommitWith(opts CommitOptions) (*CommitResult, error) {
 		excluded = append(excluded, a.Leaf)
 	}
 	old := n.tree.leaf(m.leaf)
-	np, err := n.tree.generateUpdatePath(m.leaf, *old, m.signer, g.ctx.GroupID, excluded, func(th []byte) ([]byte, error) {
+	tmpl := *old
+	if opts.LeafExtensions != nil {
+		tmpl.Extensions = opts.LeafExtensions.clone()
+	}
+	np, err := n.tree.generateUpdatePath(m.leaf, tmpl, m.signer, g.ctx.GroupID, excluded, func(th []byte) ([]byte, error) {
 		pc := n.ctx.clone()
 		pc.Epoch++
 		pc.TreeHash = th

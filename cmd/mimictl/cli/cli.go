@@ -51,6 +51,8 @@ commands:
                                    new last-resort one
   client show                      print the client's URI, suite, binding expiry and number
                                    of groups
+  client renew                     get a new client binding now; prints its expiry (the
+                                   client renews by itself when a third of it is left)
   group create                     create a group; prints its id
   group list                       print the ids of the client's groups
   group info <group>               print a group's epoch and members
@@ -319,7 +321,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 		fmt.Fprintln(e.stdout, c.URI())
 		return nil
 	}
-	want := map[string]int{"client publish": 0, "client show": 0, "group create": 0, "group list": 0, "group info": 1,
+	want := map[string]int{"client publish": 0, "client show": 0, "client renew": 0, "group create": 0, "group list": 0, "group info": 1,
 		"group update": 1, "group leave": 1, "group export": 2, "group join": 1, "recv": 0, "attach put": 2, "attach get": 4,
 		"attach copy": 4}
 	n, fixed := want[cmd]
@@ -355,6 +357,12 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 	case "client show":
 		fmt.Fprintf(e.stdout, "%s\nsuite %d\nbinding valid until %s\ngroups %d\n", c.URI(), uint16(c.CipherSuite()),
 			c.BindingNotAfter().Format(time.RFC3339), len(c.Groups()))
+		return nil
+	case "client renew":
+		if err := c.RenewBinding(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "binding valid until %s\n", c.BindingNotAfter().Format(time.RFC3339))
 		return nil
 	case "group create":
 		gid, err := c.CreateGroup(ctx)

@@ -36,6 +36,8 @@ type fakeGateway struct {
 	// creator is the credential identity of the member welcome makes;
 	// "" means mimi://a.example/d/alice/laptop.
 	creator string
+	// bindings counts the bindings issued.
+	bindings int
 }
 
 func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
@@ -53,6 +55,9 @@ func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/local/binding", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.bindings++
+		f.mu.Unlock()
 		answer(w, &localapi.BindingAnswer{Binding: binding.ClientBinding{NotAfter: uint64(time.Now().Add(time.Hour).Unix()), KeyID: []byte{1}, Signature: []byte{2}}})
 	})
 	mux.HandleFunc("/local/key_packages", func(w http.ResponseWriter, r *http.Request) {
@@ -278,5 +283,30 @@ func TestSenderNotInjected(t *testing.T) {
 				t.Fatalf("%s printed %q: %d lines; want %d, the identity quoted", tc.name, out, n, tc.lines)
 			}
 		})
+	}
+}
+
+// TestClientRenew: client renew gets a new binding and prints its expiry.
+func TestClientRenew(t *testing.T) {
+	f := &fakeGateway{}
+	srv := f.serve(t)
+	state := t.TempDir() + "/bob"
+	run := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
+			Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
+		return Run(t.Context(), args, e), stdout.String(), stderr.String()
+	}
+	if got, _, stderr := run("client", "init", "-key-packages", "0", moh.ClientURI("a.example", "bob", "phone")); got != exitOK {
+		t.Fatalf("client init: status %d, stderr %q", got, stderr)
+	}
+	got, stdout, stderr := run("client", "renew")
+	if got != exitOK || !strings.HasPrefix(stdout, "binding valid until ") {
+		t.Fatalf("client renew: status %d, stdout %q, stderr %q", got, stdout, stderr)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.bindings != 2 {
+		t.Fatalf("%d bindings issued; want 2 (init, renew)", f.bindings)
 	}
 }
