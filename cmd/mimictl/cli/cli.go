@@ -8,7 +8,9 @@
 //
 // Every command prints its results on stdout, one item a line, and its
 // errors on stderr; the exit status is 0 on success, 1 on failure (a
-// write to stdout that fails included) and 2 for a usage error.
+// write to stdout that fails included), 2 for a usage error and 3 when
+// the state directory is in use by another mimictl (or another client of
+// mimicore/client) and stayed so for -lock-wait.
 package cli
 
 import (
@@ -39,7 +41,14 @@ const (
 	exitOK      = 0
 	exitFailure = 1
 	exitUsage   = 2
+	// exitInUse says the command did nothing because another process
+	// held the state directory: a script may run it again.
+	exitInUse = 3
 )
+
+// lockRetry is how often a command waiting for its state directory
+// (-lock-wait) tries to take it.
+const lockRetry = 100 * time.Millisecond
 
 const usage = `usage: mimictl [global flags] <command> [flags] [arguments]
 
@@ -102,6 +111,8 @@ type env struct {
 	stdout, stderr io.Writer
 	state          string
 	cfg            client.Config
+	// lockWait is how long to wait for a state directory in use.
+	lockWait time.Duration
 }
 
 // Main runs mimictl with args (without the program name) in e until it
@@ -139,6 +150,7 @@ func Run(ctx context.Context, args []string, ev Env) int {
 	state := fs.String("state", getenv("MIMI_STATE"), "the client's state directory (env MIMI_STATE)")
 	caFile := fs.String("ca", getenv("MIMI_CA"), "PEM file of the roots that verify the gateway's certificate (env MIMI_CA; default the system roots)")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on the whole command, all its requests together (recv adds its -wait)")
+	lockWait := fs.Duration("lock-wait", 0, "how long to wait for the state directory when another mimictl holds it (a recv -wait, say); after that, exit status 3")
 	connect := fs.String("connect", getenv("MIMI_CONNECT"), "host:port to connect to instead of the gateway's resolved address, TLS still checked against its name (env MIMI_CONNECT; for gateways on one machine under names that do not resolve)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -147,7 +159,7 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		return exitUsage
 	}
 	out := &checkedWriter{w: stdout}
-	e := &env{stdin: ev.Stdin, stdout: out, stderr: stderr, state: *state}
+	e := &env{stdin: ev.Stdin, stdout: out, stderr: stderr, state: *state, lockWait: *lockWait}
 	err := func() error {
 		if fs.NArg() == 0 {
 			return usagef("no command")
@@ -158,6 +170,9 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		}
 		if *gateway == "" || *state == "" {
 			return usagef("-gateway and -state are required")
+		}
+		if *lockWait < 0 {
+			return usagef("-lock-wait %v is negative", *lockWait)
 		}
 		if *local == "" {
 			*local = strings.TrimSuffix(*gateway, "/") + "/local"
@@ -224,6 +239,10 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		fmt.Fprintf(stderr, "mimictl: %s\n", ue.msg)
 		fmt.Fprintln(stderr, "run mimictl -h for usage")
 		return exitUsage
+	case errors.Is(err, client.ErrInUse):
+		fmt.Fprintf(stderr, "mimictl: %v\n", err)
+		fmt.Fprintln(stderr, "mimictl: another mimictl holds the state directory: try again when it is done, or wait for it with -lock-wait")
+		return exitInUse
 	default:
 		fmt.Fprintf(stderr, "mimictl: %v\n", err)
 		if code, _ := client.CodeOf(err); code == moh.CodeStaleEpoch || code == moh.CodeCommitConflict {
@@ -292,11 +311,30 @@ func parseCommand(args []string, stderr io.Writer) (*command, error) {
 	return c, nil
 }
 
+// waitLock runs open (which opens the client) again while it fails with
+// client.ErrInUse, until -lock-wait has passed or ctx is done.
+func (e *env) waitLock(ctx context.Context, open func() (*client.Client, error)) (*client.Client, error) {
+	deadline := time.Now().Add(e.lockWait)
+	for {
+		c, err := open()
+		if !errors.Is(err, client.ErrInUse) || !time.Now().Before(deadline) {
+			return c, err
+		}
+		t := time.NewTimer(min(lockRetry, time.Until(deadline)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (waiting for it: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
 // run runs a command.
 func (e *env) run(ctx context.Context, timeout time.Duration, line *command) error {
 	cmd, args := line.name, line.args
 	keyPackages, wait := &line.keyPackages, &line.wait
-	ctx, cancel := context.WithTimeout(ctx, timeout+*wait)
+	ctx, cancel := context.WithTimeout(ctx, timeout+*wait+e.lockWait)
 	defer cancel()
 
 	if cmd == "client init" {
@@ -310,7 +348,9 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 		// Init publishes none: they are published below, so that a
 		// failed publish says the client exists (client init again is
 		// refused) and how to publish them.
-		c, err := client.Init(ctx, e.state, e.cfg, client.InitOptions{ClientURI: args[0], KeyPackages: -1})
+		c, err := e.waitLock(ctx, func() (*client.Client, error) {
+			return client.Init(ctx, e.state, e.cfg, client.InitOptions{ClientURI: args[0], KeyPackages: -1})
+		})
 		if err != nil {
 			return err
 		}
@@ -339,7 +379,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 	case !fixed:
 		return usagef("unknown command %q", cmd)
 	}
-	c, err := client.Open(e.state, e.cfg)
+	c, err := e.waitLock(ctx, func() (*client.Client, error) { return client.Open(e.state, e.cfg) })
 	if err != nil {
 		return err
 	}

@@ -310,3 +310,47 @@ func TestClientRenew(t *testing.T) {
 		t.Fatalf("%d bindings issued; want 2 (init, renew)", f.bindings)
 	}
 }
+
+// TestStateInUse: while another process holds the state directory (a
+// long recv -wait), a command fails with exit status 3, which a script
+// tells apart from other failures; with -lock-wait it waits for the
+// directory and runs when it is free.
+func TestStateInUse(t *testing.T) {
+	f := &fakeGateway{}
+	srv := f.serve(t)
+	state := t.TempDir() + "/bob"
+	run := func(args ...string) (int, string) {
+		var stdout, stderr bytes.Buffer
+		e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
+			Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
+		return Run(t.Context(), args, e), stderr.String()
+	}
+	if got, stderr := run("client", "init", "-key-packages", "0", moh.ClientURI("a.example", "bob", "phone")); got != exitOK {
+		t.Fatalf("client init: status %d, stderr %q", got, stderr)
+	}
+	holder, err := client.Open(state, client.Config{Gateway: srv.URL, Local: srv.URL + "/local", HTTPClient: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"group", "list"},
+		{"-lock-wait", "10ms", "send", "00", "hi"},
+		{"client", "init", moh.ClientURI("a.example", "bob", "tablet")},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			if got, stderr := run(args...); got != exitInUse || !strings.Contains(stderr, "state directory in use") {
+				t.Fatalf("status %d, stderr %q; want %d, saying the state directory is in use", got, stderr, exitInUse)
+			}
+		})
+	}
+	done := make(chan int)
+	go func() {
+		got, stderr := run("-lock-wait", "1m", "group", "list")
+		if got != exitOK {
+			t.Errorf("group list waiting for the lock: status %d, stderr %q", got, stderr)
+		}
+		done <- got
+	}()
+	holder.Close()
+	<-done
+}
