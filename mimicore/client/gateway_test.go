@@ -958,3 +958,85 @@ func TestExternalJoinSettleRefusedForOtherReasons(t *testing.T) {
 		})
 	}
 }
+
+// TestCreateGroupAnswerLost: alice's create_group is answered 504 (the
+// DS may have created the group). The group is kept, pending, so that it
+// is not left at the hub without the client that can use it: when the DS
+// has it (its GroupInfo of the client's epoch), the next use keeps it;
+// when the DS answers 404 not_found, the group is forgotten. A refusal
+// forgets it at once.
+func TestCreateGroupAnswerLost(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(w http.ResponseWriter) // to create_group
+		exists bool                        // the DS has the group: external_commit_info answers its GroupInfo, else 404
+		kept   bool                        // alice keeps the group in the end
+	}{
+		{"504, created", func(w http.ResponseWriter) { w.WriteHeader(http.StatusGatewayTimeout) }, true, true},
+		{"504, not created", func(w http.ResponseWriter) { w.WriteHeader(http.StatusGatewayTimeout) }, false, false},
+		{"refused", func(w http.ResponseWriter) { writeDSError(w, http.StatusForbidden, moh.CodeForbidden) }, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice := newOffline(t, "alice")
+			var mu sync.Mutex
+			var groupInfo, tree []byte
+			mux := http.NewServeMux()
+			mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
+				req := readDSRequest(t, r)
+				switch req.Body.Type {
+				case moh.CreateGroup:
+					gi, _ := wire.Marshal(&req.Body.CreateGroup.GroupInfo)
+					mu.Lock()
+					groupInfo = gi
+					mu.Unlock()
+					tc.answer(w)
+				default:
+					writeOK(w, &moh.DSResponse{Type: moh.ResponseOK})
+				}
+			})
+			mux.HandleFunc("/external_commit_information", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				if !tc.exists {
+					writeDSError(w, http.StatusNotFound, moh.CodeNotFound)
+					return
+				}
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseExternalCommitInfo, GroupInfo: groupInfo, RatchetTree: tree})
+			})
+			fakeGateway(t, alice, mux)
+			if _, err := alice.CreateGroup(t.Context()); err == nil {
+				t.Fatal("CreateGroup succeeded")
+			}
+			groups := alice.Groups()
+			if tc.name == "refused" {
+				if len(groups) != 0 {
+					t.Fatalf("after a refused create_group alice keeps %d groups", len(groups))
+				}
+				return
+			}
+			if len(groups) != 1 {
+				t.Fatalf("after a lost create_group answer alice keeps %d groups; want the group, pending", len(groups))
+			}
+			m, err := alice.member(groups[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := m.State().Tree().RatchetTree()
+			mu.Lock()
+			tree, err = wire.Marshal(&rt)
+			mu.Unlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			alice = reopen(t, alice)
+			fakeGateway(t, alice, mux)
+			err = alice.Update(t.Context(), groups[0])
+			if tc.kept != (err == nil) || tc.kept != (len(alice.Groups()) == 1) {
+				t.Fatalf("the next use of the group: %v, alice keeps %d groups; want kept %v", err, len(alice.Groups()), tc.kept)
+			}
+			if !tc.kept && !errors.Is(err, ErrUnknownGroup) {
+				t.Fatalf("the next use of a group the DS did not create: %v, want ErrUnknownGroup", err)
+			}
+		})
+	}
+}

@@ -55,8 +55,9 @@ var ErrUnknownGroup = errors.New("client: not a member of the group")
 // GroupInfo does (settle); a commit of another member in the current epoch
 // drops it.
 //
-// joining marks a group the client joined with an external commit whose
-// answer was lost: it is on disk before the commit leaves, and is
+// joining marks a group the client joined with an external commit, or
+// created (create_group), whose answer was lost: it is on disk before the
+// request leaves, and is
 // confirmed by a message of its epoch or later, or by the DS's GroupInfo
 // (settle); a refusal of the join (a 4xx DSError), or an answer to that
 // question that says the leaf is not the client's (notMember), forgets the
@@ -290,7 +291,10 @@ func (c *Client) partialGroupInfo(gi *mls.GroupInfo) (moh.PartialGroupInfo, erro
 }
 
 // CreateGroup creates a group of which the client is the only member,
-// hosted by its gateway, and returns its id (16 random bytes).
+// hosted by its gateway, and returns its id (16 random bytes). When the
+// answer is lost, the group is kept, pending (Groups lists it, and the
+// error names it): its next use asks the Delivery Service whether it
+// created it, and forgets it when not.
 func (c *Client) CreateGroup(ctx context.Context) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -340,10 +344,23 @@ func (c *Client) CreateGroup(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating group: %w", err)
 	}
-	if _, err := c.postDS(ctx, "/group_operation", "create_group", req); err != nil {
+	// The group is on disk before the request leaves, marked joining:
+	// when the answer is lost, the DS may have created it, and the next
+	// use of the group asks (settle). A retry of CreateGroup makes another
+	// group.
+	if err := c.storeGroup(&group{cur: m, joining: true}); err != nil {
 		return nil, fmt.Errorf("creating group: %w", err)
 	}
-	if err := c.storeMember(m); err != nil {
+	if _, err := c.postDS(ctx, "/group_operation", "create_group", req); err != nil {
+		if refused(err) {
+			if ferr := c.forget(gid); ferr != nil {
+				return nil, fmt.Errorf("creating group: %w (and forgetting the group: %v)", err, ferr)
+			}
+			return nil, fmt.Errorf("creating group: %w", err)
+		}
+		return nil, fmt.Errorf("creating group %x: %w (kept, pending: its next use asks the Delivery Service whether it exists)", gid, err)
+	}
+	if err := c.writeGroup(&group{cur: m}); err != nil {
 		return nil, fmt.Errorf("creating group: %w", err)
 	}
 	return gid, nil
@@ -426,7 +443,7 @@ func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
 		if ferr := c.forget(groupID); ferr != nil {
 			return nil, ferr
 		}
-		return nil, fmt.Errorf("%w %x: the external join whose answer was lost was not taken: %w", ErrUnknownGroup, groupID, err)
+		return nil, fmt.Errorf("%w %x: the external join or create_group whose answer was lost was not taken: %w", ErrUnknownGroup, groupID, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("the answer to the client's last commit was lost, and asking for the group's state: %w", err)
@@ -438,14 +455,14 @@ func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
 	gc := msg.GroupInfo.GroupContext
 	if g.joining {
 		if gc.Epoch != g.cur.State().Epoch() {
-			return nil, fmt.Errorf("the answer to the client's external join was lost and the group is in epoch %d: receive first", gc.Epoch)
+			return nil, fmt.Errorf("the answer to the client's external join or create_group was lost and the group is in epoch %d: receive first", gc.Epoch)
 		}
 		if !bytes.Equal(gc.ConfirmedTranscriptHash, g.cur.State().ConfirmedTranscriptHash()) {
 			// Another commit of that epoch was taken instead.
 			if err := c.forget(groupID); err != nil {
 				return nil, err
 			}
-			return nil, fmt.Errorf("%w %x: the external join whose answer was lost was not taken", ErrUnknownGroup, groupID)
+			return nil, fmt.Errorf("%w %x: the external join or create_group whose answer was lost was not taken", ErrUnknownGroup, groupID)
 		}
 		joined := &group{cur: g.cur, attachments: g.attachments}
 		if err := c.writeGroup(joined); err != nil {
