@@ -485,3 +485,37 @@ func TestGoClientLeave(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGoClientBindingRenewal: alice renews her client binding at the
+// gateway (POST /binding for the same signature key) and commits in a
+// group she joined with the old one: her commit's new leaf carries the
+// new binding, the Delivery Service checks it and takes the commit, and
+// bob follows it.
+func TestGoClientBindingRenewal(t *testing.T) {
+	startClientSite(t)
+	alice := newGoClient(t, "alice", "renew")
+	bob := newGoClient(t, "bob", "renew")
+	ctx := t.Context()
+	gid, err := alice.CreateGroup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Add(ctx, gid, bob.URI()); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventJoined, gid, "", "")
+	before := alice.BindingNotAfter()
+	if err := alice.RenewBinding(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if alice.BindingNotAfter().Before(before) {
+		t.Fatalf("the renewed binding ends at %v, before the first (%v)", alice.BindingNotAfter(), before)
+	}
+	if err := alice.Update(ctx, gid); err != nil {
+		t.Fatalf("alice's commit with the renewed binding: %v", err)
+	}
+	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventCommit, gid, alice.URI(), "")
+	if err := alice.Publish(ctx, 1, false); err != nil {
+		t.Fatalf("publishing with the renewed binding: %v", err)
+	}
+}
