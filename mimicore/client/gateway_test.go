@@ -107,7 +107,11 @@ func TestWelcomeKeptOnTransientWelcomeInfoFailure(t *testing.T) {
 	}
 }
 
-func welcomeKeptOnFailure(t *testing.T, status int, code moh.Code) {
+// welcomeQueued makes alice's group with bob added, without the ratchet
+// tree in the Welcome: it returns bob, a queue holding the Welcome for
+// him, and the tree that welcome_info serves.
+func welcomeQueued(t *testing.T) (bob *Client, q *fakeQueue, tree []byte) {
+	t.Helper()
 	alice, bob := newOffline(t, "alice"), newOffline(t, "bob")
 	gid := []byte("0123456789abcdef")
 	creator := keyPackage(t, alice)
@@ -128,11 +132,16 @@ func welcomeKeptOnFailure(t *testing.T, status int, code moh.Code) {
 		t.Fatal(err)
 	}
 	rt := res.Next.State().Tree().RatchetTree()
-	tree, err := wire.Marshal(&rt)
+	tree, err = wire.Marshal(&rt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := &fakeQueue{msgs: []localapi.Message{{Seq: 1, GroupID: gid, Sender: []byte(alice.URI()), Message: welcome}}}
+	q = &fakeQueue{msgs: []localapi.Message{{Seq: 1, GroupID: gid, Sender: []byte(alice.URI()), Message: welcome}}}
+	return bob, q, tree
+}
+
+func welcomeKeptOnFailure(t *testing.T, status int, code moh.Code) {
+	bob, q, tree := welcomeQueued(t)
 	mux := http.NewServeMux()
 	q.register(mux)
 	var down sync.Mutex
@@ -180,31 +189,7 @@ func welcomeKeptOnFailure(t *testing.T, status int, code moh.Code) {
 // must go then (RFC 9420: deleted once used to join), not stay until the
 // binding expires.
 func TestWelcomeAfterCrashDeletesKeyPackage(t *testing.T) {
-	alice, bob := newOffline(t, "alice"), newOffline(t, "bob")
-	gid := []byte("0123456789abcdef")
-	creator := keyPackage(t, alice)
-	leafKey, _, err := alice.deriveKey(alice.rec.keyPackages[0].leafSeed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: DefaultCipherSuite, GroupID: gid, Leaf: &creator.LeafNode, LeafKey: leafKey, Signer: alice.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := m.CommitWith(mls.CommitOptions{ByValue: []*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: keyPackage(t, bob)}}, OmitRatchetTree: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	welcome, err := wire.Marshal(res.Welcome)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt := res.Next.State().Tree().RatchetTree()
-	tree, err := wire.Marshal(&rt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := &fakeQueue{msgs: []localapi.Message{{Seq: 1, GroupID: gid, Sender: []byte(alice.URI()), Message: welcome}}}
+	bob, q, tree := welcomeQueued(t)
 	mux := http.NewServeMux()
 	q.register(mux)
 	mux.HandleFunc("/welcome_information", func(w http.ResponseWriter, r *http.Request) {
