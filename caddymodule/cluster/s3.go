@@ -197,4 +197,5 @@ var (
 	_ caddy.CleanerUpper    = (*S3Storage)(nil)
 	_ caddyfile.Unmarshaler = (*S3Storage)(nil)
 	_ storage.Backend       = (*S3Storage)(nil)
+	_ storage.UploadSweeper = (*S3Storage)(nil)
 )

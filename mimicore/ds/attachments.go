@@ -522,7 +522,18 @@ func (a *Attachments) Sweep(ctx context.Context, now time.Time) (SweepStats, err
 	if err := a.sweepObjects(ctx, &st); err != nil {
 		errs = append(errs, err)
 	}
-	n, err := a.Backend.Sweep(ctx, now.Add(-a.uploadDeadline()))
+	// An upload whose reservation still holds is within its own
+	// gateway's deadline, which may be longer than this one's (a rolling
+	// upload_deadline change): a backend that can tell uploads apart by
+	// name leaves those alone. The store's record went first (above), so
+	// an upload past its own deadline is not kept.
+	var n int
+	var err error
+	if us, ok := a.Backend.(storage.UploadSweeper); ok {
+		n, err = us.SweepUnused(ctx, now.Add(-a.uploadDeadline()), a.Store.ObjectsInUse)
+	} else {
+		n, err = a.Backend.Sweep(ctx, now.Add(-a.uploadDeadline()))
+	}
 	st.Temporary = n
 	if err != nil {
 		errs = append(errs, fmt.Errorf("temporary data: %w", err))

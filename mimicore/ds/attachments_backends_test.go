@@ -292,3 +292,100 @@ func TestForwardStalledBackendBlocksWrite(t *testing.T) {
 		<-done
 	}
 }
+
+// TestSweepKeepsUploadsOfLongerDeadline has two gateways on one store and
+// one backend during a rolling upload_deadline change: a, on 4h, streams
+// an upload while b, still on 1h, sweeps 2 hours later. b's sweep leaves
+// a's upload alone (its reservation, which says 4h, still holds) and the
+// upload commits; an upload that no reservation holds (a process that
+// died before its record) and one whose reservation expired (its own
+// deadline passed) are removed as before. (b used to abort every upload
+// initiated more than its own 1h ago: a's upload failed at its next
+// part.) The local backend's sweep goes by the time of the last write,
+// which a streaming upload keeps recent.
+func TestSweepKeepsUploadsOfLongerDeadline(t *testing.T) {
+	for _, bk := range backends[:2] {
+		t.Run(bk.name, func(t *testing.T) {
+			b := bk.open(t)
+			f := newAttachFixture(t, func(a *Attachments) { a.Backend = b; a.UploadDeadline = 4 * time.Hour })
+			f.now = time.Now()
+			other := &Attachments{Store: f.st, Backend: b, MaxSize: 1 << 30, UploadDeadline: time.Hour}
+			ctx := context.Background()
+
+			data := make([]byte, 12<<20) // more than two S3 parts
+			rand.Read(data)
+			h := sha256.Sum256(data)
+			body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+				GroupID: f.g1, ContentLength: uint64(len(data)), ContentHash: h[:]}}, f.skew())
+			req, err := f.svc.Authenticate(ctx, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pr, pw := io.Pipe()
+			type result struct {
+				resp *moh.DSResponse
+				err  error
+			}
+			done := make(chan result, 1)
+			go func() {
+				resp, err := f.svc.Upload(ctx, req, pr)
+				pr.CloseWithError(errors.New("upload returned"))
+				done <- result{resp, err}
+			}()
+			// 6 MiB read means the first 5 MiB part is uploaded, the
+			// multipart upload under way.
+			if _, err := pw.Write(data[:6<<20]); err != nil {
+				t.Fatalf("streaming the first half: %v", err)
+			}
+
+			// An upload that no reservation holds, and one whose
+			// reservation expires before the sweep.
+			orphan := randomHex(objectNameSize)
+			ow, err := b.Create(ctx, orphan, int64(len(data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ow.Write(data[:6<<20]); err != nil {
+				t.Fatal(err)
+			}
+			expired := store.Attachment{TokenHash: sha256.Sum256([]byte("expired")), GroupID: f.g1, Object: randomHex(objectNameSize),
+				Size: int64(len(data)), ContentHash: h[:], Uploader: "mimi://a.example/d/x/y", Created: f.now, Expires: f.now.Add(time.Hour)}
+			if err := f.st.ReserveAttachment(ctx, expired, store.AttachmentQuota{}); err != nil {
+				t.Fatal(err)
+			}
+			ew, err := b.Create(ctx, expired.Object, int64(len(data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ew.Write(data[:6<<20]); err != nil {
+				t.Fatal(err)
+			}
+			sweepAt := f.now.Add(2 * time.Hour)
+			if bk.name == "local" {
+				// Its cut-off is by last write; the writes above are
+				// all recent, so nothing of them goes.
+				sweepAt = f.now
+			}
+			st, err := other.Sweep(ctx, sweepAt)
+			if err != nil {
+				t.Fatalf("b's sweep: %v", err)
+			}
+			if bk.name == "s3" && st.Temporary != 2 {
+				t.Errorf("b's sweep aborted %d uploads, want 2 (the orphan and the expired one)", st.Temporary)
+			}
+			if _, err := pw.Write(data[6<<20:]); err != nil {
+				t.Fatalf("streaming the second half after b's sweep: %v", err)
+			}
+			pw.Close()
+			r := <-done
+			if r.err != nil {
+				t.Fatalf("a's upload after b's sweep: %v", r.err)
+			}
+			if got, err := f.download(t, f.bob, 1, f.g1, r.resp.Token); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("downloading a's upload: %v", err)
+			}
+			ow.Abort() //nolint:errcheck // swept already
+			ew.Abort() //nolint:errcheck // swept already
+		})
+	}
+}

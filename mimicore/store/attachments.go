@@ -134,6 +134,13 @@ type Attachments interface {
 	// called. A sweep pages on from the last name it was given, so that
 	// objects whose bytes cannot be deleted do not hide the others.
 	UnreferencedObjects(ctx context.Context, after string, limit int) ([]string, error)
+	// ObjectsInUse reports which of names have an object row with
+	// references: a pending record (an upload within its own deadline,
+	// until ExpireAttachments removes it) or a committed one. A sweep of
+	// a backend's temporary uploads leaves those alone, whatever
+	// deadline the sweeping gateway has. Names without a row, or with
+	// one without references, are absent from the map.
+	ObjectsInUse(ctx context.Context, names []string) (map[string]bool, error)
 	// RecordObject adds an object row name with no references, unless
 	// the name has a row, which stays as it is: bytes stored under a name
 	// whose row is gone (the sweeper expired an upload's reservation and

@@ -91,6 +91,21 @@ type Backend interface {
 	Sweep(ctx context.Context, olderThan time.Time) (int, error)
 }
 
+// InUseFunc reports which of names are objects whose upload is still
+// within its own deadline, or committed (store.Attachments.ObjectsInUse).
+type InUseFunc func(ctx context.Context, names []string) (map[string]bool, error)
+
+// UploadSweeper is a Backend whose temporary uploads are known by their
+// object's name and age only (s3store: the server's multipart uploads),
+// not by a recent write, so that Sweep alone would remove an upload
+// still in progress that started before olderThan: one of another
+// gateway with a longer upload deadline. SweepUnused is Sweep, but it
+// leaves alone the uploads of the names inUse reports; an error of
+// inUse fails the sweep, removing nothing it asked about.
+type UploadSweeper interface {
+	SweepUnused(ctx context.Context, olderThan time.Time, inUse InUseFunc) (int, error)
+}
+
 // Writer receives an object's bytes in order. Write calls and Commit or
 // Abort come from one goroutine.
 //

@@ -457,6 +457,28 @@ func (s *Store) UnreferencedObjects(ctx context.Context, after string, limit int
 	return out, nil
 }
 
+// ObjectsInUse implements store.Attachments: one query by the primary
+// key.
+func (s *Store) ObjectsInUse(ctx context.Context, names []string) (map[string]bool, error) {
+	const doing = "looking up attachment objects in use"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool)
+	if len(names) == 0 {
+		return out, nil
+	}
+	rows, _ := s.pool.Query(ctx, `SELECT name FROM attachment_objects WHERE refs > 0 AND name = ANY($1)`, names)
+	inUse, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, s.fail(doing, err)
+	}
+	for _, n := range inUse {
+		out[n] = true
+	}
+	return out, nil
+}
+
 // RecordObject implements store.Attachments: one INSERT that leaves an
 // existing row alone.
 func (s *Store) RecordObject(ctx context.Context, name string) error {

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -439,6 +440,46 @@ func (s *Store) UnreferencedObjects(ctx context.Context, after string, limit int
 	}
 	if err := rows.Err(); err != nil {
 		return nil, s.fail(doing, err)
+	}
+	return out, nil
+}
+
+// objectsInUseBatch is how many names one query of ObjectsInUse asks
+// about, within SQLite's limit on a statement's parameters.
+const objectsInUseBatch = 500
+
+// ObjectsInUse implements store.Attachments.
+func (s *Store) ObjectsInUse(ctx context.Context, names []string) (map[string]bool, error) {
+	const doing = "looking up attachment objects in use"
+	if err := s.checkOpen(doing); err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool)
+	for len(names) > 0 {
+		batch := names[:min(len(names), objectsInUseBatch)]
+		names = names[len(batch):]
+		args := make([]any, len(batch))
+		for i, n := range batch {
+			args[i] = n
+		}
+		q := `SELECT name FROM attachment_objects WHERE refs > 0 AND name IN (?` + strings.Repeat(`, ?`, len(batch)-1) + `)`
+		rows, err := s.r.QueryContext(ctx, q, args...)
+		if err != nil {
+			return nil, s.fail(doing, err)
+		}
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				rows.Close()
+				return nil, s.fail(doing, err)
+			}
+			out[name] = true
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, s.fail(doing, err)
+		}
 	}
 	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -150,6 +151,46 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		wantUnreferenced(t, s)
 		wantErr(t, "RecordObject of an empty name", s.RecordObject(ctx(), ""), store.ErrInvalid)
 		wantErr(t, "RecordObject of a long name", s.RecordObject(ctx(), hex.EncodeToString(randBytes(t, store.MaxObjectNameSize))), store.ErrInvalid)
+	})
+
+	t.Run("ObjectsInUse", func(t *testing.T) {
+		s := open(t)
+		pending := attachment(t, g1, uploaderA, 10)
+		pending.Expires = time.Now().Add(time.Minute) // before the committed one's
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), pending, none))
+		committed := attachment(t, g1, uploaderA, 10)
+		upload(t, s, committed, none)
+		released := attachment(t, g1, uploaderA, 10)
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), released, none))
+		_, err := s.ReleaseAttachment(ctx(), released.TokenHash)
+		noErr(t, "ReleaseAttachment", err)
+		unknown := hex.EncodeToString(randBytes(t, 16))
+		names := []string{pending.Object, committed.Object, released.Object, unknown}
+		for range 600 { // more than one batch of a store that asks in batches
+			names = append(names, hex.EncodeToString(randBytes(t, 16)))
+		}
+		got, err := s.ObjectsInUse(ctx(), names)
+		noErr(t, "ObjectsInUse", err)
+		want := map[string]bool{pending.Object: true, committed.Object: true}
+		if !maps.Equal(got, want) {
+			t.Fatalf("ObjectsInUse = %v, want the pending and the committed object %v", got, want)
+		}
+		// Past its deadline the pending record goes, and with it its use.
+		n, err := s.ExpireAttachments(ctx(), pending.Expires.Add(time.Second), 10)
+		noErr(t, "ExpireAttachments", err)
+		if n != 1 {
+			t.Fatalf("ExpireAttachments removed %d records, want the pending one", n)
+		}
+		got, err = s.ObjectsInUse(ctx(), names)
+		noErr(t, "ObjectsInUse after the expiry", err)
+		if !maps.Equal(got, map[string]bool{committed.Object: true}) {
+			t.Fatalf("ObjectsInUse after the pending record expired = %v, want only the committed object", got)
+		}
+		got, err = s.ObjectsInUse(ctx(), nil)
+		noErr(t, "ObjectsInUse of no names", err)
+		if len(got) != 0 {
+			t.Fatalf("ObjectsInUse of no names = %v", got)
+		}
 	})
 
 	t.Run("Release", func(t *testing.T) {

@@ -33,7 +33,10 @@
 //
 // Sweep lists the incomplete multipart uploads under Prefix that were
 // initiated before the cut-off (uploads of a process that died) and
-// aborts them. Operators may in addition set the bucket's lifecycle rule
+// aborts them; SweepUnused spares those whose names a callback reports
+// in use (the Delivery Service's reservations, which hold each upload's
+// own deadline), so that a gateway with a shorter upload deadline does
+// not abort another's upload in progress. Operators may in addition set the bucket's lifecycle rule
 // AbortIncompleteMultipartUpload; the two do not conflict.
 //
 // Create refuses a name that exists with a HEAD request, and the request
@@ -638,6 +641,13 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 // Uploads of keys that are not prefix + a valid name are left alone: they
 // are not ours.
 func (s *Store) Sweep(ctx context.Context, olderThan time.Time) (int, error) {
+	return s.SweepUnused(ctx, olderThan, nil)
+}
+
+// SweepUnused is Sweep, but leaves alone the uploads whose names inUse
+// (when not nil) reports: those within their own gateway's deadline,
+// which may be longer than the sweeping one's.
+func (s *Store) SweepUnused(ctx context.Context, olderThan time.Time, inUse storage.InUseFunc) (int, error) {
 	n := 0
 	keyMarker, idMarker := "", ""
 	for {
@@ -645,14 +655,30 @@ func (s *Store) Sweep(ctx context.Context, olderThan time.Time) (int, error) {
 		if err != nil {
 			return n, fmt.Errorf("listing s3 multipart uploads: %w", err)
 		}
+		type upload struct{ name, key, id string }
+		var old []upload
+		var names []string
 		for _, u := range res.Uploads {
 			name, ok := strings.CutPrefix(u.Key, s.prefix)
 			if !ok || !storage.ValidName(name) || !u.Initiated.Before(olderThan) {
 				continue
 			}
-			err := s.core.AbortMultipartUpload(ctx, s.bucket, u.Key, u.UploadID)
+			old = append(old, upload{name, u.Key, u.UploadID})
+			names = append(names, name)
+		}
+		var used map[string]bool
+		if inUse != nil && len(names) > 0 {
+			if used, err = inUse(ctx, names); err != nil {
+				return n, fmt.Errorf("looking up the objects of s3 multipart uploads: %w", err)
+			}
+		}
+		for _, u := range old {
+			if used[u.name] {
+				continue
+			}
+			err := s.core.AbortMultipartUpload(ctx, s.bucket, u.key, u.id)
 			if err != nil && !isNotFound(err) {
-				return n, fmt.Errorf("aborting s3 multipart upload of %s: %w", name, err)
+				return n, fmt.Errorf("aborting s3 multipart upload of %s: %w", u.name, err)
 			}
 			if err == nil {
 				n++
@@ -665,5 +691,8 @@ func (s *Store) Sweep(ctx context.Context, olderThan time.Time) (int, error) {
 	}
 }
 
-// Interface guard.
-var _ storage.Backend = (*Store)(nil)
+// Interface guards.
+var (
+	_ storage.Backend       = (*Store)(nil)
+	_ storage.UploadSweeper = (*Store)(nil)
+)
