@@ -206,6 +206,34 @@ type Sender struct {
 	retriesLoaded bool
 	stats         struct{ attempts, delivered, retried, rejected, givenUp atomic.Uint64 }
 	latency       sync.Map // destination -> *latencyHistogram
+	// clock times the drain leases (keepLease): nil means the real,
+	// monotonic one; tests set one they move by hand.
+	clock leaseClock
+}
+
+// leaseClock is the clock keepLease renews and expires a drain lease by.
+type leaseClock interface {
+	Now() time.Time
+	// After sends the time on the channel once d has passed.
+	After(d time.Duration) <-chan time.Time
+	// WithTimeout is context.WithTimeout on this clock.
+	WithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc)
+}
+
+// realClock is the leaseClock of time and context.
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+func (realClock) WithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d)
+}
+
+func (s *Sender) leaseClock() leaseClock {
+	if s.clock == nil {
+		return realClock{}
+	}
+	return s.clock
 }
 
 // Policy is what an operator may change while a sender runs (a
@@ -822,7 +850,7 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 	}
 	// The lease expires ttl after the time the claim gives it, whenever
 	// the database answers: claimed is that time, on the monotonic clock.
-	claimed := time.Now()
+	claimed := s.leaseClock().Now()
 	first, ok, err := s.Leases.OutboxClaim(ctx, dest, s.holder, s.now(), s.leaseTTL(), batch)
 	if err != nil || !ok {
 		return passResult{busy: !ok && err == nil}, err
@@ -1016,26 +1044,35 @@ func (s *Sender) keepLease(ctx context.Context, dest string, claimed time.Time, 
 		log.Error(why, zap.Error(err))
 		cancel()
 	}
+	clock := s.leaseClock()
 	go func() {
 		defer close(exited)
-		t := time.NewTicker(max(ttl/3, time.Millisecond))
-		defer t.Stop()
+		period := max(ttl/3, time.Millisecond)
 		renewed := claimed
-		expiry := time.NewTimer(time.Until(renewed.Add(ttl)))
-		defer expiry.Stop()
+		next := clock.Now().Add(period) // the next renewal
 		for {
+			// Wait for the next renewal or the expiry, whichever is first.
+			expiry := renewed.Add(ttl)
+			wake, expires := next, !expiry.After(next)
+			if expires {
+				wake = expiry
+			}
 			select {
 			case <-stopped:
 				return
 			case <-ctx.Done():
 				return
-			case <-expiry.C:
+			case <-clock.After(wake.Sub(clock.Now())):
+			}
+			if expires {
 				expire("could not renew the outbox lease of the destination before it expired; stopping its delivery", nil)
 				return
-			case <-t.C:
 			}
-			at := time.Now()
-			rctx, rcancel := context.WithTimeout(ctx, min(max(ttl/3, time.Millisecond), renewed.Add(ttl).Sub(at)))
+			at := clock.Now()
+			if next = next.Add(period); next.Before(at) {
+				next = at.Add(period) // renewals that came late are not made up
+			}
+			rctx, rcancel := clock.WithTimeout(ctx, min(period, renewed.Add(ttl).Sub(at)))
 			ok, err := s.Leases.AcquireLease(rctx, name, s.holder, s.now(), ttl)
 			rcancel()
 			switch {
@@ -1043,13 +1080,12 @@ func (s *Sender) keepLease(ctx context.Context, dest string, claimed time.Time, 
 				return
 			case err == nil && ok:
 				renewed = at
-				expiry.Reset(time.Until(renewed.Add(ttl)))
 			case err == nil:
 				lost.Store(true)
 				log.Warn("another gateway took the outbox lease of the destination; stopping its delivery")
 				cancel()
 				return
-			case time.Since(renewed) >= ttl:
+			case clock.Now().Sub(renewed) >= ttl:
 				expire("could not renew the outbox lease of the destination before it expired; stopping its delivery", err)
 				return
 			default:
