@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -19,11 +20,13 @@ import (
 // c's signature key valid for 30 days, and records the not_after of the
 // bindings in what c publishes and commits.
 type bindingGateway struct {
-	mu        sync.Mutex
-	issued    []uint64 // the not_after of each binding issued
-	published []uint64 // the bindings' not_after in each published KeyPackage
-	committed []uint64 // the binding's not_after of each commit's UpdatePath leaf
-	commits   [][]byte
+	mu         sync.Mutex
+	issued     []uint64 // the not_after of each binding issued
+	published  []uint64 // the bindings' not_after in each published KeyPackage
+	lastResort int      // how many published KeyPackages were last-resort ones
+	refuse     int      // how many publishes to refuse (400) before taking them
+	committed  []uint64 // the binding's not_after of each commit's UpdatePath leaf
+	commits    [][]byte
 }
 
 // notAfterOf returns the not_after of leaf's client binding.
@@ -66,7 +69,16 @@ func (g *bindingGateway) register(t *testing.T, c *Client, mux *http.ServeMux) {
 			t.Error(err)
 		}
 		g.mu.Lock()
+		if g.refuse > 0 {
+			g.refuse--
+			g.mu.Unlock()
+			writeDSError(w, http.StatusBadRequest, moh.CodeQuotaExceeded)
+			return
+		}
 		for _, e := range req.KeyPackages {
+			if e.LastResort {
+				g.lastResort++
+			}
 			var kp mls.KeyPackage
 			if err := wire.Unmarshal(e.KeyPackage, &kp, "KeyPackage"); err != nil {
 				t.Error(err)
@@ -147,17 +159,21 @@ func TestBindingRenewal(t *testing.T) {
 			}
 			gw.mu.Lock()
 			defer gw.mu.Unlock()
-			want := old
+			want, published := old, 1
 			if tc.renewed {
 				if len(gw.issued) != 1 {
 					t.Fatalf("%d bindings issued, want 1", len(gw.issued))
 				}
-				want = gw.issued[0]
+				// The renewal replaced alice's KeyPackage of the group's
+				// creation (DefaultKeyPackages at least) before the
+				// one she asked for.
+				want, published = gw.issued[0], DefaultKeyPackages+1
 			} else if len(gw.issued) != 0 {
 				t.Fatalf("%d bindings issued, want none", len(gw.issued))
 			}
-			if len(gw.published) != 1 || gw.published[0] != want || len(gw.committed) != 1 || gw.committed[0] != want {
-				t.Fatalf("published %v and committed %v, want the binding until %d", gw.published, gw.committed, want)
+			if len(gw.published) != published || slices.ContainsFunc(gw.published, func(na uint64) bool { return na != want }) ||
+				len(gw.committed) != 1 || gw.committed[0] != want {
+				t.Fatalf("published %v and committed %v, want %d KeyPackages and a commit with the binding until %d", gw.published, gw.committed, published, want)
 			}
 			if got := uint64(reopen(t, alice).BindingNotAfter().Unix()); got != want {
 				t.Fatalf("the stored binding is until %d, want %d", got, want)
@@ -177,6 +193,117 @@ func TestBindingRenewal(t *testing.T) {
 	}
 }
 
+// TestRenewalRepublishes: bob, who only receives, has published 12
+// single-use KeyPackages and a last-resort one under a binding with less
+// than a third of its validity left. Receive renews the binding and
+// publishes 12 single-use KeyPackages and a last-resort one carrying the
+// new binding, keeping the keys of the old ones: a Welcome for an old one
+// still joins. When the gateway refuses the publish, the renewal is kept
+// and the publish is retried at the next Receive. Without the
+// republishing, bob's KeyPackages all expire with his old binding and he
+// can no longer be added to a group.
+func TestRenewalRepublishes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		refuse int
+	}{
+		{"published", 0},
+		{"publish refused once", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob := newOffline(t, "alice"), newOffline(t, "bob")
+			old := setBinding(t, bob, 21*24*time.Hour)
+			var kps []*mls.KeyPackage
+			for range 12 {
+				kps = append(kps, keyPackage(t, bob))
+			}
+			_, st, err := bob.newKeyPackage(true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := bob.rec.clone()
+			rec.keyPackages = append(rec.keyPackages, st)
+			if err := bob.saveRecord(rec); err != nil {
+				t.Fatal(err)
+			}
+
+			// alice adds bob with one of his old KeyPackages.
+			gid := []byte("0123456789abcdef")
+			creator := keyPackage(t, alice)
+			leafKey, _, err := alice.deriveKey(alice.rec.keyPackages[0].leafSeed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := mls.NewGroup(mls.GroupOptions{CipherSuite: DefaultCipherSuite, GroupID: gid, Leaf: &creator.LeafNode, LeafKey: leafKey, Signer: alice.signer})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := m.CommitWith(mls.CommitOptions{ByValue: []*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: kps[5]}}, OmitRatchetTree: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			welcome, err := wire.Marshal(res.Welcome)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := res.Next.State().Tree().RatchetTree()
+			tree, err := wire.Marshal(&rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			gw := &bindingGateway{refuse: tc.refuse}
+			q := new(fakeQueue)
+			mux := http.NewServeMux()
+			gw.register(t, bob, mux)
+			q.register(mux)
+			mux.HandleFunc("/welcome_information", func(w http.ResponseWriter, r *http.Request) {
+				writeOK(w, &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: tree})
+			})
+			fakeGateway(t, bob, mux)
+
+			if _, err := bob.Receive(t.Context(), 0); err != nil {
+				t.Fatal(err)
+			}
+			if tc.refuse > 0 {
+				gw.mu.Lock()
+				n := len(gw.published)
+				gw.mu.Unlock()
+				if n != 0 || !bob.rec.republishDue {
+					t.Fatalf("after a refused publish: %d published, republish due %v; want none, due", n, bob.rec.republishDue)
+				}
+				bob = reopen(t, bob)
+				fakeGateway(t, bob, mux)
+				if bob.BindingNotAfter().Unix() == int64(old) || !bob.rec.republishDue {
+					t.Fatalf("reopened after a refused publish: binding until %v, republish due %v; want the renewed one, due", bob.BindingNotAfter(), bob.rec.republishDue)
+				}
+			}
+
+			// The Welcome for an old KeyPackage arrives.
+			q.mu.Lock()
+			q.msgs = append(q.msgs, localapi.Message{Seq: 1, GroupID: gid, Sender: []byte(alice.URI()), Message: welcome})
+			q.mu.Unlock()
+			evs, err := bob.Receive(t.Context(), 0)
+			if err != nil || len(evs) != 1 || evs[0].Kind != EventJoined {
+				t.Fatalf("Receive: %+v, %v; want one joined", evs, err)
+			}
+
+			gw.mu.Lock()
+			defer gw.mu.Unlock()
+			if len(gw.issued) != 1 {
+				t.Fatalf("%d bindings issued, want 1", len(gw.issued))
+			}
+			if len(gw.published) != 13 || gw.lastResort != 1 || slices.ContainsFunc(gw.published, func(na uint64) bool { return na != gw.issued[0] }) {
+				t.Fatalf("published %v (%d last-resort); want 13, one last-resort, all with the binding until %d", gw.published, gw.lastResort, gw.issued[0])
+			}
+			// The old KeyPackages' keys are kept, but the used one's.
+			if r := reopen(t, bob).rec; r.republishDue || len(r.keyPackages) != 13+12 {
+				t.Fatalf("stored: republish due %v, %d KeyPackages; want not due, 25", r.republishDue, len(r.keyPackages))
+			}
+		})
+	}
+}
+
 // TestRecordFormat1: a record written before binding_issued was stored
 // decodes, its binding's issue unknown, so the next operation renews it.
 func TestRecordFormat1(t *testing.T) {
@@ -185,10 +312,11 @@ func TestRecordFormat1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Format 1 is format 2 without binding_issued, which follows the
-	// binding (here its last byte).
+	// Format 1 is format 3 without binding_issued, which follows the
+	// binding (here its last byte), and without republish_due, the last
+	// byte.
 	i := 1 + 1 + len(r.clientURI) + 2 + 1 + len(r.sigKey) + 1 + len(r.binding)
-	v1 := append(append([]byte{1}, enc[1:i]...), enc[i+8:]...)
+	v1 := append(append([]byte{1}, enc[1:i]...), enc[i+8:len(enc)-1]...)
 	got, err := decodeRecord(v1)
 	if err != nil {
 		t.Fatal(err)

@@ -318,7 +318,11 @@ func (c *Client) BindingNotAfter() time.Time {
 // creates or joins a group, commits, or receives; RenewBinding is for
 // renewing at a time of the caller's choice. KeyPackages published before
 // carry the previous binding and are available at the gateway until it
-// expires; the client's leaf in a group gets the new binding with the
+// expires: a renewal publishes fresh ones carrying the new binding to
+// replace them (see republish), keeping the private keys of the old ones
+// until they expire. When that publish fails, the renewal is kept, the
+// publish is retried by the next operation, and RenewBinding returns the
+// error. The client's leaf in a group gets the new binding with the
 // client's next commit in that group (Update, Add, Remove).
 func (c *Client) RenewBinding(ctx context.Context) error {
 	c.mu.Lock()
@@ -326,7 +330,13 @@ func (c *Client) RenewBinding(ctx context.Context) error {
 	if c.closed {
 		return errors.New("renewing the client binding: client closed")
 	}
-	return c.renewBinding(ctx)
+	if err := c.renewBinding(ctx); err != nil {
+		return err
+	}
+	if err := c.republish(ctx); err != nil {
+		return fmt.Errorf("the client binding was renewed, but (retried at the next operation): %w", err)
+	}
+	return nil
 }
 
 // renewBinding gets and stores a new binding. c.mu is held.
@@ -349,6 +359,10 @@ func (c *Client) renewBinding(ctx context.Context) error {
 	}
 	rec := c.rec.clone()
 	rec.binding, rec.bindingIssued = bind, issued
+	// The KeyPackages published under the previous binding are claimable
+	// only until it expires: replace them (republish), once the new
+	// binding is stored.
+	rec.republishDue = len(rec.keyPackages) > 0
 	if err := c.saveRecord(rec); err != nil {
 		return fmt.Errorf("renewing the client binding: %w", err)
 	}
@@ -368,15 +382,19 @@ func (c *Client) bindingDue() bool {
 // that signs a leaf with it. A failed renewal is an error only when the
 // binding has expired (the gateway would refuse the leaf); otherwise the
 // operation goes on with the current one, and the next operation tries
-// again. c.mu is held.
+// again. It then publishes the KeyPackages a renewal, of this operation or
+// an earlier one, is yet to replace (republish); a failure there fails
+// nothing, the next operation tries again. c.mu is held.
 func (c *Client) freshBinding(ctx context.Context) error {
-	if !c.bindingDue() {
-		return nil
+	if c.bindingDue() {
+		err := c.renewBinding(ctx)
+		if err != nil && c.now().Unix() > int64(c.binding.NotAfter) {
+			return fmt.Errorf("the client binding expired at %s: %w", time.Unix(int64(c.binding.NotAfter), 0).UTC().Format(time.RFC3339), err)
+		}
 	}
-	err := c.renewBinding(ctx)
-	if err != nil && c.now().Unix() > int64(c.binding.NotAfter) {
-		return fmt.Errorf("the client binding expired at %s: %w", time.Unix(int64(c.binding.NotAfter), 0).UTC().Format(time.RFC3339), err)
-	}
+	// A republish that fails (it is recorded as due) is tried again by
+	// the next operation; the operation goes on.
+	_ = c.republish(ctx)
 	return nil
 }
 

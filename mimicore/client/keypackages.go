@@ -117,6 +117,12 @@ func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 	if err := c.freshBinding(ctx); err != nil {
 		return fmt.Errorf("publishing KeyPackages: %w", err)
 	}
+	return c.publish(ctx, n, lastResort, false)
+}
+
+// publish is Publish once the binding is fresh; done clears the record's
+// republishDue once the gateway took the KeyPackages. c.mu is held.
+func (c *Client) publish(ctx context.Context, n int, lastResort, done bool) error {
 	prev := c.rec
 	rec := c.rec.clone()
 	// KeyPackages whose lifetime is over can no longer be claimed: their
@@ -154,6 +160,64 @@ func (c *Client) Publish(ctx context.Context, n int, lastResort bool) error {
 			}
 		}
 		return fmt.Errorf("publishing KeyPackages: %w", err)
+	}
+	if done {
+		rec = c.rec.clone()
+		rec.republishDue = false
+		if err := c.saveRecord(rec); err != nil {
+			return fmt.Errorf("publishing KeyPackages: recording them published: %w", err)
+		}
+	}
+	return nil
+}
+
+// DefaultKeyPackages is how many single-use KeyPackages a client
+// publishes by default (mimictl's client init and client publish), and
+// the fewest it publishes again after renewing its binding.
+const DefaultKeyPackages = 10
+
+// republish replaces, after a renewal of the binding, the KeyPackages
+// published under a previous binding, which can be claimed only until it
+// expires: it publishes as many single-use ones as are stored, not used
+// yet and not carrying the current binding (at least
+// DefaultKeyPackages, at most as many as the gateway's MaxPublish takes
+// besides those kept), and a last-resort one when one such is stored. The
+// private keys of the old ones are kept until they expire: they may still
+// be claimed, and a Welcome for them may come. It does nothing unless
+// the record says a republish is due, and clears that once the gateway
+// took them. c.mu is held.
+func (c *Client) republish(ctx context.Context) error {
+	if !c.rec.republishDue {
+		return nil
+	}
+	n, lastResort, live := 0, false, 0
+	now := uint64(max(c.now().Unix(), 0))
+	for _, k := range c.rec.keyPackages {
+		var kp mls.KeyPackage
+		if wire.Unmarshal(k.keyPackage, &kp, "KeyPackage") != nil {
+			continue
+		}
+		na := kp.LeafNode.Lifetime.NotAfter
+		if na < now {
+			continue
+		}
+		live++
+		if na >= c.binding.NotAfter {
+			continue
+		}
+		if k.lastResort {
+			lastResort = true
+		} else {
+			n++
+		}
+	}
+	// The old ones stay available at the gateway until they expire, and
+	// it takes no more than MaxPublish of a client's at once: the new
+	// ones are as many as fit besides those kept (a bound over what the
+	// gateway holds, which some claims may have taken).
+	n = max(min(max(n, DefaultKeyPackages), localapi.MaxPublish-1-live), 0)
+	if err := c.publish(ctx, n, lastResort, true); err != nil {
+		return fmt.Errorf("replacing the KeyPackages of the previous binding: %w", err)
 	}
 	return nil
 }

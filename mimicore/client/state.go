@@ -24,9 +24,10 @@ const (
 	tmpPrefix = ".tmp-"  // writeFileAtomic's temporary files, in either directory
 )
 
-// stateFormat is the version byte of the client record encoding. Format
-// 1, read still, has no binding_issued.
-const stateFormat = 2
+// stateFormat is the version byte of the client record encoding. Formats
+// 1 and 2, read still, have no republish_due; format 1 has no
+// binding_issued either.
+const stateFormat = 3
 
 // ErrStateEncoding is wrapped by every failure to decode a stored client
 // record.
@@ -55,7 +56,7 @@ type storedGroup struct {
 // record is the client record, stored in the file "client":
 //
 //	struct {
-//	    uint8 format = 2;
+//	    uint8 format = 3;
 //	    opaque client_uri<V>;
 //	    uint16 cipher_suite;
 //	    opaque signature_private_key<V>; // Ed25519 seed or ECDSA scalar
@@ -65,6 +66,7 @@ type storedGroup struct {
 //	    StoredKeyPackage key_packages<V>;
 //	    StoredGroup groups<V>;
 //	    uint64 next_file;
+//	    uint8 republish_due;             // not in formats 1 and 2
 //	} ClientRecord;
 //	struct {
 //	    opaque ref<V>; opaque key_package<V>;
@@ -83,6 +85,10 @@ type record struct {
 	keyPackages   []storedKeyPackage
 	groups        []storedGroup
 	nextFile      uint64
+	// republishDue is set when the binding was renewed and the
+	// KeyPackages published under the previous one are yet to be
+	// replaced by ones carrying the new.
+	republishDue bool
 }
 
 // MarshalWire implements wire.Marshaler.
@@ -110,6 +116,7 @@ func (r *record) MarshalWire(b *cryptobyte.Builder) {
 		}
 	})
 	b.AddUint64(r.nextFile)
+	wire.AddOptional(b, r.republishDue)
 }
 
 // UnmarshalWire implements wire.Unmarshaler.
@@ -117,12 +124,12 @@ func (r *record) UnmarshalWire(s *cryptobyte.String) bool {
 	var format uint8
 	var suite uint16
 	var kps, groups cryptobyte.String
-	if !s.ReadUint8(&format) || (format != 1 && format != stateFormat) ||
+	if !s.ReadUint8(&format) || format < 1 || format > stateFormat ||
 		!wire.ReadOpaque(s, &r.clientURI) || !s.ReadUint16(&suite) ||
 		!wire.ReadOpaque(s, &r.sigKey) || !wire.ReadOpaque(s, &r.binding) ||
-		(format == stateFormat && !s.ReadUint64(&r.bindingIssued)) ||
+		(format >= 2 && !s.ReadUint64(&r.bindingIssued)) ||
 		!s.ReadUint64(&r.cursor) || !wire.ReadVector(s, &kps) || !wire.ReadVector(s, &groups) ||
-		!s.ReadUint64(&r.nextFile) {
+		!s.ReadUint64(&r.nextFile) || (format >= 3 && !wire.ReadBool(s, &r.republishDue)) {
 		return false
 	}
 	r.suite = mls.CipherSuite(suite)

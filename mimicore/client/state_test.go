@@ -228,7 +228,7 @@ func TestRecordDecodeRejects(t *testing.T) {
 		{"empty", nil},
 		{"truncated", valid[:len(valid)-1]},
 		{"trailing byte", append(slices.Clone(valid), 0)},
-		{"other format", append([]byte{3}, valid[1:]...)},
+		{"other format", append([]byte{4}, valid[1:]...)},
 		{"format 1 with binding_issued", append([]byte{1}, valid[1:]...)},
 		{"unsupported suite", enc(func(r *record) { r.suite = 0x7777 })},
 		{"group twice", enc(func(r *record) {

@@ -297,7 +297,7 @@ func parseCommand(args []string, stderr io.Writer) (*command, error) {
 	fs.SetOutput(stderr)
 	switch c.name {
 	case "client init", "client publish":
-		fs.IntVar(&c.keyPackages, "key-packages", 10, "single-use KeyPackages to publish, besides a last-resort one (0: the last-resort one alone)")
+		fs.IntVar(&c.keyPackages, "key-packages", client.DefaultKeyPackages, "single-use KeyPackages to publish, besides a last-resort one (0: the last-resort one alone)")
 	case "recv":
 		fs.DurationVar(&c.wait, "wait", 0, "how long to wait for a first message when none is queued (rounded up to whole seconds; the gateway caps it at its max_wait, 60s by default)")
 	}
