@@ -67,6 +67,11 @@ type Config struct {
 	HTTPClient *http.Client
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// LockWait is how long Open, OpenContext and Init wait for a state
+	// directory another Client (of this process or another) holds,
+	// trying again every 100ms; after it they fail with ErrInUse. Zero
+	// (or less) fails at once.
+	LockWait time.Duration
 }
 
 // BasicAuth returns a Config.Authorize that sends HTTP basic credentials.
@@ -133,7 +138,7 @@ func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Clien
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("initialising client: %w", err)
 	}
-	c, err := newClient(dir, cfg)
+	c, err := newClient(ctx, dir, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("initialising client: %w", err)
 	}
@@ -185,12 +190,20 @@ func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Clien
 	return c, nil
 }
 
-// Open opens the client state Init created in dir.
+// Open opens the client state Init created in dir; it is OpenContext
+// with a context that is never done.
 func Open(dir string, cfg Config) (*Client, error) {
+	return OpenContext(context.Background(), dir, cfg)
+}
+
+// OpenContext opens the client state Init created in dir. When another
+// Client holds dir, it waits up to cfg.LockWait for it, or until ctx is
+// done, and fails with ErrInUse.
+func OpenContext(ctx context.Context, dir string, cfg Config) (*Client, error) {
 	if _, err := os.Stat(filepath.Join(dir, stateFile)); err != nil {
 		return nil, fmt.Errorf("opening client: no client state in %s (Init creates it): %w", dir, err)
 	}
-	c, err := newClient(dir, cfg)
+	c, err := newClient(ctx, dir, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("opening client: %w", err)
 	}
@@ -209,15 +222,15 @@ func Open(dir string, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// newClient checks cfg and locks dir.
-func newClient(dir string, cfg Config) (*Client, error) {
+// newClient checks cfg and locks dir, waiting up to cfg.LockWait for it.
+func newClient(ctx context.Context, dir string, cfg Config) (*Client, error) {
 	for name, u := range map[string]string{"gateway": cfg.Gateway, "local API": cfg.Local} {
 		p, err := url.Parse(u)
 		if err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
 			return nil, fmt.Errorf("the %s URL %q is not an http(s) URL", name, u)
 		}
 	}
-	unlock, err := lockDir(filepath.Join(dir, lockName))
+	unlock, err := lockDirWait(ctx, filepath.Join(dir, lockName), cfg.LockWait)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -31,7 +32,7 @@ func newOffline(t *testing.T, user string) *Client {
 	if err := os.MkdirAll(filepath.Join(dir, groupsDir), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	c, err := newClient(dir, testConfig)
+	c, err := newClient(t.Context(), dir, testConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,6 +280,49 @@ func TestStateDirectoryLocked(t *testing.T) {
 	if c.URI() != "mimi://a.example/d/alice/phone" {
 		t.Fatalf("reopened client is %s", c.URI())
 	}
+}
+
+// TestOpenWaitsForLock: with Config.LockWait, OpenContext waits for a
+// state directory another Client holds and opens it once released; it
+// fails with ErrInUse when the wait is over or ctx is done first.
+// Without the wait, an application had to write its own retry loop.
+func TestOpenWaitsForLock(t *testing.T) {
+	held := newOffline(t, "alice")
+	canceled, cancel := context.WithCancel(t.Context())
+	cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		wait time.Duration
+		want error
+	}{
+		{"no wait", t.Context(), 0, ErrInUse},
+		{"wait over", t.Context(), 20 * time.Millisecond, ErrInUse},
+		{"context done", canceled, time.Minute, context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig
+			cfg.LockWait = tc.wait
+			if _, err := OpenContext(tc.ctx, held.dir, cfg); !errors.Is(err, ErrInUse) || !errors.Is(err, tc.want) {
+				t.Fatalf("opening a directory in use: %v; want %v", err, tc.want)
+			}
+		})
+	}
+	t.Run("released while waiting", func(t *testing.T) {
+		// The holder lets go while OpenContext waits (or before, on a
+		// slow machine: then OpenContext opens at once).
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			held.Close()
+		}()
+		cfg := testConfig
+		cfg.LockWait = time.Minute
+		c, err := OpenContext(t.Context(), held.dir, cfg)
+		if err != nil {
+			t.Fatalf("opening once released: %v", err)
+		}
+		c.Close()
+	})
 }
 
 func TestOpenRefuses(t *testing.T) {

@@ -46,10 +46,6 @@ const (
 	exitInUse = 3
 )
 
-// lockRetry is how often a command waiting for its state directory
-// (-lock-wait) tries to take it.
-const lockRetry = 100 * time.Millisecond
-
 const usage = `usage: mimictl [global flags] <command> [flags] [arguments]
 
 commands:
@@ -177,7 +173,7 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		if *local == "" {
 			*local = strings.TrimSuffix(*gateway, "/") + "/local"
 		}
-		e.cfg = client.Config{Gateway: *gateway, Local: *local}
+		e.cfg = client.Config{Gateway: *gateway, Local: *local, LockWait: *lockWait}
 		var roots *x509.CertPool
 		if *caFile != "" {
 			pem, err := os.ReadFile(*caFile)
@@ -311,25 +307,6 @@ func parseCommand(args []string, stderr io.Writer) (*command, error) {
 	return c, nil
 }
 
-// waitLock runs open (which opens the client) again while it fails with
-// client.ErrInUse, until -lock-wait has passed or ctx is done.
-func (e *env) waitLock(ctx context.Context, open func() (*client.Client, error)) (*client.Client, error) {
-	deadline := time.Now().Add(e.lockWait)
-	for {
-		c, err := open()
-		if !errors.Is(err, client.ErrInUse) || !time.Now().Before(deadline) {
-			return c, err
-		}
-		t := time.NewTimer(min(lockRetry, time.Until(deadline)))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w (waiting for it: %w)", err, ctx.Err())
-		case <-t.C:
-		}
-	}
-}
-
 // run runs a command.
 func (e *env) run(ctx context.Context, timeout time.Duration, line *command) error {
 	cmd, args := line.name, line.args
@@ -348,9 +325,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 		// Init publishes none: they are published below, so that a
 		// failed publish says the client exists (client init again is
 		// refused) and how to publish them.
-		c, err := e.waitLock(ctx, func() (*client.Client, error) {
-			return client.Init(ctx, e.state, e.cfg, client.InitOptions{ClientURI: args[0], KeyPackages: -1})
-		})
+		c, err := client.Init(ctx, e.state, e.cfg, client.InitOptions{ClientURI: args[0], KeyPackages: -1})
 		if err != nil {
 			return err
 		}
@@ -379,7 +354,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 	case !fixed:
 		return usagef("unknown command %q", cmd)
 	}
-	c, err := e.waitLock(ctx, func() (*client.Client, error) { return client.Open(e.state, e.cfg) })
+	c, err := client.OpenContext(ctx, e.state, e.cfg)
 	if err != nil {
 		return err
 	}
