@@ -70,6 +70,13 @@ type KeyRing struct {
 
 	mu   sync.RWMutex
 	keys []*PrivateKey // by NotBefore, oldest first
+	// schemeSince is, in store mode, the time of the first Rotate after
+	// the ring was opened or its scheme changed (schemeStamp is set until
+	// then): a key of another scheme created later than that was made by
+	// a gateway configured later, which this one leaves alone (see
+	// dueShared).
+	schemeSince time.Time
+	schemeStamp bool
 	// superseded holds, in store mode, the ids of the keys in keys that
 	// were replaced while they waited for their NotBefore (see
 	// createShared): they never sign, and are published only while the
@@ -205,6 +212,9 @@ func (r *KeyRing) SetOptions(opts KeyRingOptions) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if opts.Scheme != r.scheme {
+		r.schemeStamp = true
+	}
 	r.scheme, r.rotateEvery, r.overlap = opts.Scheme, opts.RotateEvery, opts.Overlap
 	return nil
 }

@@ -319,3 +319,101 @@ func TestKeyRingPublishedBoundShared(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyRingSchemeDisagreement has two gateways on one store run
+// different key schemes, as during a rolling key_scheme change or with a
+// gateway forgotten on the old scheme, and reload alternately every 15 s
+// for 10 minutes. The gateway configured last (b, on the new scheme)
+// makes its key, the other leaves that key alone, and it signs on both:
+// two keys in all. (Each reload used to replace the waiting key with one
+// of its own scheme: 40 keys, none of which ever signed.) At the regular
+// rotation the gateway that rotates makes the successor, which the other
+// leaves alone too. A scheme change then takes effect at once, and so
+// does a restart on another scheme (a single gateway changing its scheme
+// back across restarts).
+func TestKeyRingSchemeDisagreement(t *testing.T) {
+	for _, c := range sharedStores {
+		t.Run(c.name, func(t *testing.T) {
+			stA, stB := c.open(t)
+			optsA := KeyRingOptions{Scheme: moh.SchemeEd25519, RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
+			optsB := optsA
+			optsB.Scheme = moh.SchemeECDSAP256SHA256
+			a, err := storeRing(t, stA, sealer(t, 1), optsA, t0)
+			must(t, err)
+			b, err := storeRing(t, stB, sealer(t, 1), optsB, t0.Add(time.Second))
+			must(t, err)
+			count := func(want int, when string) {
+				t.Helper()
+				rows, err := stA.ListSigningKeys(t.Context())
+				must(t, err)
+				if len(rows) != want {
+					t.Fatalf("%s the store holds %d keys, want %d", when, len(rows), want)
+				}
+			}
+			count(2, "after b started on the new scheme")
+			reloads := func(from time.Time, when string) time.Time {
+				t.Helper()
+				var at time.Time
+				for i := range 40 {
+					at = from.Add(time.Duration(i+1) * 15 * time.Second)
+					ring, name := a, "a"
+					if i%2 == 1 {
+						ring, name = b, "b"
+					}
+					if created, err := ring.Rotate(t.Context(), at); err != nil || created {
+						t.Fatalf("%s: reload %d of %s at +%s: Rotate = %v, %v, want no new key", when, i+1, name, at.Sub(t0), created, err)
+					}
+				}
+				return at
+			}
+			signs := func(at time.Time, scheme moh.SignatureScheme, when string) []byte {
+				t.Helper()
+				ca, err := a.Current(at)
+				must(t, err)
+				cb, err := b.Current(at)
+				must(t, err)
+				if !bytes.Equal(ca.ID, cb.ID) || ca.Scheme != scheme {
+					t.Fatalf("%s: a signs with %x (scheme %v), b with %x; want one key of scheme %v", when, ca.ID, ca.Scheme, cb.ID, scheme)
+				}
+				return ca.ID
+			}
+			at := reloads(t0.Add(time.Second), "on two schemes")
+			count(2, "after 10 minutes of reloads on two schemes")
+			newKey := signs(at, moh.SchemeECDSAP256SHA256, "after the reloads")
+
+			// At the regular rotation a, still on the old scheme, makes
+			// the successor; b leaves it, and the reloads make no key.
+			rotation := b.NextRotation()
+			if created, err := a.Rotate(t.Context(), rotation); err != nil || !created {
+				t.Fatalf("a at the rotation: Rotate = %v, %v, want a new key", created, err)
+			}
+			at = reloads(rotation, "after the rotation")
+			count(3, "after the rotation")
+			if id := signs(at, moh.SchemeEd25519, "after the rotation"); bytes.Equal(id, newKey) {
+				t.Fatal("the key of before the rotation still signs")
+			}
+
+			// The change reaches a: a key of the new scheme at once,
+			// which b, on that scheme, keeps.
+			optsA.Scheme = moh.SchemeECDSAP256SHA256
+			must(t, a.SetOptions(optsA))
+			at = at.Add(15 * time.Second)
+			if created, err := a.Rotate(t.Context(), at); err != nil || !created {
+				t.Fatalf("a changed to the new scheme: Rotate = %v, %v, want a new key", created, err)
+			}
+			at = reloads(at, "on one scheme")
+			count(4, "after a changed its scheme")
+			signs(at.Add(SuccessorLead), moh.SchemeECDSAP256SHA256, "after a changed its scheme")
+
+			// A restart of b on the old scheme (its scheme set anew): a
+			// key of that scheme at once, which a leaves alone.
+			optsB.Scheme = moh.SchemeEd25519
+			restarted, err := storeRing(t, stB, sealer(t, 1), optsB, at.Add(15*time.Second))
+			must(t, err)
+			b = restarted
+			count(5, "after b restarted on the old scheme")
+			reloads(at.Add(15*time.Second), "after b restarted")
+			count(5, "after the reloads that followed b's restart")
+		})
+	}
+}

@@ -24,7 +24,8 @@ func openStoreRing(ctx context.Context, opts KeyRingOptions, now time.Time) (*Ke
 		return nil, fmt.Errorf("opening key ring: %w", err)
 	}
 	r := &KeyRing{scheme: opts.Scheme, rotateEvery: opts.RotateEvery, overlap: opts.Overlap, meta: opts.Metadata,
-		sealer: opts.Sealer, leases: opts.Leases, holder: hex.EncodeToString(holder), opened: make(map[string]*PrivateKey)}
+		sealer: opts.Sealer, leases: opts.Leases, holder: hex.EncodeToString(holder), opened: make(map[string]*PrivateKey),
+		schemeStamp: true}
 	start := time.Now()
 	for {
 		at := now.Add(time.Since(start))
@@ -153,17 +154,38 @@ func (r *KeyRing) live(keys []*PrivateKey) []*PrivateKey {
 // there is none; or the newest is pending (its NotBefore, SuccessorLead
 // after its creation, is still ahead) and is not of the configured scheme;
 // or the newest is not pending and due (see due).
+//
+// But a newest key of another scheme that was created after this ring's
+// scheme was set (schemeSince: its open, or its last scheme change) is
+// due only by its age: another gateway, configured later, made it. Two
+// gateways briefly on different schemes (a rolling key_scheme change, or
+// one forgotten on the old scheme) would otherwise replace each other's
+// keys at every reload, none of them signing, each kept for its whole
+// lifetime. So the gateway whose scheme was set last decides: a change
+// (or a restart) takes effect at once, a gateway left on another scheme
+// makes no key until the regular rotation, and at a rotation the
+// gateway that rotates makes the successor in its own scheme.
 func (r *KeyRing) dueShared(keys []*PrivateKey, now time.Time) bool {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.schemeStamp {
+		r.schemeSince, r.schemeStamp = now, false
+	}
 	if len(keys) == 0 {
 		return true
 	}
 	newest := keys[len(keys)-1]
-	if now.Before(newest.NotBefore) {
-		return r.scheme != 0 && newest.Scheme != r.scheme
+	otherScheme := r.scheme != 0 && newest.Scheme != r.scheme
+	// A successor is created SuccessorLead before its NotBefore (a first
+	// key signs at once: this puts its creation up to SuccessorLead too
+	// early, which only makes this ring treat it as older).
+	if otherScheme && newest.NotBefore.Add(-SuccessorLead).After(r.schemeSince) {
+		otherScheme = false
 	}
-	return r.due(newest, now)
+	if now.Before(newest.NotBefore) {
+		return otherScheme
+	}
+	return otherScheme || !now.Before(r.succeedAt(newest)) || !newest.Covers(now)
 }
 
 // successorStart returns the NotBefore of a key created at now after keys
