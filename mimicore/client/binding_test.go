@@ -25,8 +25,11 @@ type bindingGateway struct {
 	published  []uint64 // the bindings' not_after in each published KeyPackage
 	lastResort int      // how many published KeyPackages were last-resort ones
 	refuse     int      // how many publishes to refuse (400) before taking them
-	committed  []uint64 // the binding's not_after of each commit's UpdatePath leaf
-	commits    [][]byte
+	// capped, when not 0, is the not_after of every binding issued: the
+	// end of the provider's signing key, which caps the bindings it signs.
+	capped    uint64
+	committed []uint64 // the binding's not_after of each commit's UpdatePath leaf
+	commits   [][]byte
 }
 
 // notAfterOf returns the not_after of leaf's client binding.
@@ -57,6 +60,9 @@ func (g *bindingGateway) register(t *testing.T, c *Client, mux *http.ServeMux) {
 		}
 		na := uint64(time.Now().Add(30 * 24 * time.Hour).Unix())
 		g.mu.Lock()
+		if g.capped != 0 {
+			na = g.capped
+		}
 		g.issued = append(g.issued, na)
 		g.mu.Unlock()
 		b, _ := wire.Marshal(&localapi.BindingAnswer{Binding: binding.ClientBinding{NotAfter: na, KeyID: []byte{1}, Signature: []byte{3}}})
@@ -301,6 +307,37 @@ func TestRenewalRepublishes(t *testing.T) {
 				t.Fatalf("stored: republish due %v, %d KeyPackages; want not due, 25", r.republishDue, len(r.keyPackages))
 			}
 		})
+	}
+}
+
+// TestRenewalNotExtended: alice's binding has less than a third of its
+// validity left, but the gateway's signing key ends when it does (a
+// gateway caps a binding at its key's end: with the default 30-day key
+// rotation and 48h overlap, every binding issued after a key's second day
+// ends with the key), so the renewal answers a binding that ends when the
+// old one does. Her KeyPackages carrying the old binding last as long as
+// new ones would: publishing one KeyPackage publishes that one alone, and
+// no republish is left due. Before, every such renewal (twice a key
+// period with the defaults) published DefaultKeyPackages KeyPackages more
+// that replaced nothing.
+func TestRenewalNotExtended(t *testing.T) {
+	alice, _, _, _ := pair(t)
+	gw := new(bindingGateway)
+	mux := http.NewServeMux()
+	gw.register(t, alice, mux)
+	fakeGateway(t, alice, mux)
+	gw.capped = setBinding(t, alice, 21*24*time.Hour)
+	if err := alice.Publish(t.Context(), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	gw.mu.Lock()
+	issued, published := len(gw.issued), len(gw.published)
+	gw.mu.Unlock()
+	if issued != 1 || published != 1 {
+		t.Fatalf("%d bindings issued, %d KeyPackages published; want 1 (renewed), 1 (the one asked for)", issued, published)
+	}
+	if r := reopen(t, alice).rec; r.republishDue {
+		t.Fatal("a republish is due after a renewal that did not extend the binding")
 	}
 }
 

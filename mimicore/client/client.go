@@ -331,9 +331,9 @@ func (c *Client) BindingNotAfter() time.Time {
 // creates or joins a group, commits, or receives; RenewBinding is for
 // renewing at a time of the caller's choice. KeyPackages published before
 // carry the previous binding and are available at the gateway until it
-// expires: a renewal publishes fresh ones carrying the new binding to
-// replace them (see republish), keeping the private keys of the old ones
-// until they expire. When that publish fails, the renewal is kept, the
+// expires: a renewal that gets a binding outlasting the previous one
+// publishes fresh ones carrying it to replace them (see republish),
+// keeping the private keys of the old ones until they expire. When that publish fails, the renewal is kept, the
 // publish is retried by the next operation, and RenewBinding returns the
 // error. The client's leaf in a group gets the new binding with the
 // client's next commit in that group (Update, Add, Remove).
@@ -374,8 +374,12 @@ func (c *Client) renewBinding(ctx context.Context) error {
 	rec.binding, rec.bindingIssued = bind, issued
 	// The KeyPackages published under the previous binding are claimable
 	// only until it expires: replace them (republish), once the new
-	// binding is stored.
-	rec.republishDue = len(rec.keyPackages) > 0
+	// binding is stored, when it outlasts the previous one. A gateway
+	// caps a binding at the end of the key that signs it, so a renewal
+	// while that key still signs may answer one that ends when the
+	// previous one does: the KeyPackages carrying that one last as long
+	// as new ones would. A republish still due stays due.
+	rec.republishDue = rec.republishDue || (len(rec.keyPackages) > 0 && b.NotAfter > c.binding.NotAfter)
 	if err := c.saveRecord(rec); err != nil {
 		return fmt.Errorf("renewing the client binding: %w", err)
 	}
