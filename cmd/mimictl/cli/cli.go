@@ -429,7 +429,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 			if m.Leaf == g.Self {
 				self = " (self)"
 			}
-			fmt.Fprintf(e.stdout, "member %d %s%s\n", m.Leaf, printable([]byte(m.ClientURI)), self)
+			fmt.Fprintf(e.stdout, "member %d %s%s\n", m.Leaf, printableURI(m.ClientURI), self)
 		}
 		return nil
 	case "group add":
@@ -535,10 +535,11 @@ func (e *env) readFile(name string) ([]byte, error) {
 //	removed <group> <sender>
 //	proposal <group> <sender>
 //
-// separated by tabs. A text or a sender with control characters or
-// invalid UTF-8 is printed as a Go-quoted string: a sender is the
-// identity a member's provider (or the group's hub) put in its leaf,
-// which must not print as lines or fields of its own. Skipped messages are
+// separated by tabs. A text with control characters or invalid UTF-8, or
+// a sender with those, white space or a leading double quote, is printed
+// as a Go-quoted string: a sender is the identity a member's provider (or
+// the group's hub) put in its leaf, which must not print as lines or
+// fields of its own (printableURI). Skipped messages are
 // reported on stderr.
 //
 // Receive hands the events out once they are acknowledged (and a
@@ -563,7 +564,7 @@ func (e *env) recv(ctx context.Context, c *client.Client, wait time.Duration) er
 // lost.
 func printEvents(stdout, stderr io.Writer, events []client.Event) error {
 	for _, ev := range events {
-		gid, sender := hex.EncodeToString(ev.GroupID), printable([]byte(ev.Sender))
+		gid, sender := hex.EncodeToString(ev.GroupID), printableURI(ev.Sender)
 		var err error
 		switch ev.Kind {
 		case client.EventMessage:
@@ -590,4 +591,19 @@ func printable(text []byte) string {
 		return string(text)
 	}
 	return strconv.Quote(string(text))
+}
+
+// printableURI returns a sender's or member's URI as it is when it is
+// valid UTF-8 without control characters or white space and does not
+// start with a double quote, else Go-quoted. A URI is whatever a member's
+// provider (or a remote group's hub) put in its leaf: one with a space
+// would print as fields of its own in the space-separated group info (a
+// second "(self)"), and one that starts with a quote as the Go-quoted form
+// of another URI. A valid client URI has neither, and prints as it is.
+func printableURI(uri string) string {
+	if utf8.ValidString(uri) && !strings.HasPrefix(uri, `"`) &&
+		strings.IndexFunc(uri, func(r rune) bool { return unicode.IsControl(r) || unicode.IsSpace(r) }) < 0 {
+		return uri
+	}
+	return strconv.Quote(uri)
 }

@@ -286,6 +286,47 @@ func TestSenderNotInjected(t *testing.T) {
 	}
 }
 
+// TestMemberNotForged: group info separates its fields with spaces and
+// marks the client's own leaf " (self)", and a member's identity is what
+// its provider (or a remote group's hub) put in its leaf: one with a space
+// must not print as a second "(self)" line (a script looking for its own
+// leaf index took the forger's), and one that starts with a quote must not
+// print as the Go-quoted form of another client's URI. Both, and a sender
+// in recv, are printed Go-quoted; a valid client URI has neither.
+func TestMemberNotForged(t *testing.T) {
+	for _, forged := range []string{
+		"mimi://b.example/d/mallory/x (self)",
+		`"mimi://a.example/d/boss/phone"`,
+	} {
+		t.Run(forged, func(t *testing.T) {
+			f := &fakeGateway{creator: forged}
+			srv := f.serve(t)
+			state := t.TempDir() + "/bob"
+			run := func(args ...string) string {
+				t.Helper()
+				var stdout, stderr bytes.Buffer
+				e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
+					Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
+				if got := Run(t.Context(), args, e); got != exitOK {
+					t.Fatalf("%v: status %d, stderr %q", args, got, stderr.String())
+				}
+				return stdout.String()
+			}
+			bob := moh.ClientURI("a.example", "bob", "phone")
+			run("client", "init", "-key-packages", "1", bob)
+			f.welcome(t)
+			if out := run("recv"); out != "joined\t30313233343536373839616263646566\t"+strconv.Quote(forged)+"\n" {
+				t.Fatalf("recv printed %q; want the sender quoted", out)
+			}
+			out := run("group", "info", "30313233343536373839616263646566")
+			want := "member 0 " + strconv.Quote(forged) + "\nmember 1 " + bob + " (self)\n"
+			if !strings.HasSuffix(out, want) || strings.Count(out, " (self)\n") != 1 {
+				t.Fatalf("group info printed %q; want it to end with %q", out, want)
+			}
+		})
+	}
+}
+
 // TestClientRenew: client renew gets a new binding and prints its expiry.
 func TestClientRenew(t *testing.T) {
 	f := &fakeGateway{}
