@@ -21,10 +21,13 @@ import (
 // bindings in what c publishes and commits.
 type bindingGateway struct {
 	mu         sync.Mutex
-	issued     []uint64 // the not_after of each binding issued
-	published  []uint64 // the bindings' not_after in each published KeyPackage
-	lastResort int      // how many published KeyPackages were last-resort ones
-	refuse     int      // how many publishes to refuse (400) before taking them
+	issued     []uint64                   // the not_after of each binding issued
+	published  []uint64                   // the bindings' not_after in each published KeyPackage
+	lastResort int                        // how many published KeyPackages were last-resort ones
+	refuse     int                        // how many publishes to refuse (400) before taking them
+	lose       int                        // how many publishes to take but answer 503, as when the answer is lost
+	down       bool                       // key_packages answers 503 to all: the gateway's store is unavailable
+	taken      []localapi.KeyPackageEntry // what GET key_packages answers: all published
 	// capped, when not 0, is the not_after of every binding issued: the
 	// end of the provider's signing key, which caps the bindings it signs.
 	capped    uint64
@@ -69,6 +72,20 @@ func (g *bindingGateway) register(t *testing.T, c *Client, mux *http.ServeMux) {
 		w.Write(b)
 	})
 	mux.HandleFunc("/local/key_packages", func(w http.ResponseWriter, r *http.Request) {
+		g.mu.Lock()
+		down := g.down
+		g.mu.Unlock()
+		if down {
+			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
+			return
+		}
+		if r.Method == http.MethodGet {
+			g.mu.Lock()
+			b, _ := wire.Marshal(&localapi.KeyPackageList{KeyPackages: g.taken})
+			g.mu.Unlock()
+			w.Write(b)
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		var req localapi.PublishRequest
 		if err := wire.Unmarshal(body, &req, "PublishRequest"); err != nil {
@@ -92,7 +109,16 @@ func (g *bindingGateway) register(t *testing.T, c *Client, mux *http.ServeMux) {
 			}
 			g.published = append(g.published, notAfterOf(t, &kp.LeafNode))
 		}
+		g.taken = append(g.taken, req.KeyPackages...)
+		lose := g.lose > 0
+		if lose {
+			g.lose--
+		}
 		g.mu.Unlock()
+		if lose {
+			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
+			return
+		}
 		b, _ := wire.Marshal(&localapi.KeyPackageList{})
 		w.Write(b)
 	})
@@ -338,6 +364,72 @@ func TestRenewalNotExtended(t *testing.T) {
 	}
 	if r := reopen(t, alice).rec; r.republishDue {
 		t.Fatal("a republish is due after a renewal that did not extend the binding")
+	}
+}
+
+// TestRepublishRetried: bob's binding was renewed with 12 single-use
+// KeyPackages and a last-resort one of the old binding stored, and the
+// republish that replaces them fails in a way that leaves its outcome
+// unknown, so it is retried at each operation. When the gateway took the
+// KeyPackages but the answer was lost, the retry finds them available
+// and publishes none (before: 13 more each time the answer was lost).
+// When the gateway's store was down for 25 operations, nothing piles up
+// and the retry once it is back publishes the 12 and the last-resort one
+// (before: each operation kept the keys of 13 more, and once 255 were
+// kept the retry published the last-resort one alone, so bob had no
+// single-use KeyPackage left when his old binding expired).
+func TestRepublishRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		lose, down int
+	}{
+		{"answer lost", 1, 0},
+		{"store down", 0, 25},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bob := newOffline(t, "bob")
+			setBinding(t, bob, 21*24*time.Hour)
+			for range 12 {
+				keyPackage(t, bob)
+			}
+			_, st, err := bob.newKeyPackage(true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := bob.rec.clone()
+			rec.keyPackages = append(rec.keyPackages, st)
+			if err := bob.saveRecord(rec); err != nil {
+				t.Fatal(err)
+			}
+			gw := &bindingGateway{lose: tc.lose, down: tc.down > 0}
+			mux := http.NewServeMux()
+			gw.register(t, bob, mux)
+			new(fakeQueue).register(mux)
+			fakeGateway(t, bob, mux)
+			for range max(tc.lose, tc.down) {
+				if _, err := bob.Receive(t.Context(), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bob.rec.republishDue {
+				t.Fatal("no republish due after it failed")
+			}
+			gw.mu.Lock()
+			gw.down = false
+			gw.mu.Unlock()
+			if _, err := bob.Receive(t.Context(), 0); err != nil {
+				t.Fatal(err)
+			}
+			gw.mu.Lock()
+			published, lastResort := len(gw.published), gw.lastResort
+			gw.mu.Unlock()
+			if published != 13 || lastResort != 1 || bob.rec.republishDue {
+				t.Fatalf("published %d KeyPackages (%d last-resort), republish due %v; want 13 (1), not due", published, lastResort, bob.rec.republishDue)
+			}
+			if n := len(bob.rec.keyPackages); n != 13+13 {
+				t.Fatalf("%d KeyPackages' keys kept; want 26 (the 13 old ones, the 13 new)", n)
+			}
+		})
 	}
 }
 

@@ -180,8 +180,11 @@ const DefaultKeyPackages = 10
 // published under a previous binding, which can be claimed only until it
 // expires: it publishes as many single-use ones as are stored, not used
 // yet and not carrying the current binding (at least
-// DefaultKeyPackages, at most as many as the gateway's MaxPublish takes
-// besides those kept), and a last-resort one when one such is stored. The
+// DefaultKeyPackages), less those carrying it that the gateway already
+// has available (GET key_packages: an earlier attempt whose answer was
+// lost), at most as many as the gateway's MaxPublish takes besides those
+// it holds, and a last-resort one when one such is stored and the
+// gateway has none carrying the current binding. The
 // private keys of the old ones are kept until they expire: they may still
 // be claimed, and a Welcome for them may come. It does nothing unless
 // the record says a republish is due, and clears that once the gateway
@@ -190,7 +193,7 @@ func (c *Client) republish(ctx context.Context) error {
 	if !c.rec.republishDue {
 		return nil
 	}
-	n, lastResort, live := 0, false, 0
+	n, lastResort, current := 0, false, 0
 	now := uint64(max(c.now().Unix(), 0))
 	for _, k := range c.rec.keyPackages {
 		var kp mls.KeyPackage
@@ -201,8 +204,8 @@ func (c *Client) republish(ctx context.Context) error {
 		if na < now {
 			continue
 		}
-		live++
 		if na >= c.binding.NotAfter {
+			current++
 			continue
 		}
 		if k.lastResort {
@@ -211,11 +214,48 @@ func (c *Client) republish(ctx context.Context) error {
 			n++
 		}
 	}
-	// The old ones stay available at the gateway until they expire, and
-	// it takes no more than MaxPublish of a client's at once: the new
-	// ones are as many as fit besides those kept (a bound over what the
-	// gateway holds, which some claims may have taken).
-	n = max(min(max(n, DefaultKeyPackages), localapi.MaxPublish-1-live), 0)
+	// An earlier attempt whose answer was lost (a 503, a connection
+	// reset) may have been taken: the KeyPackages the gateway holds that
+	// carry the current binding count, so that a retry publishes only
+	// what is missing rather than as many again each time (each
+	// attempt's keys are kept, since the gateway may hold its
+	// KeyPackages). The old ones stay available at the gateway until they
+	// expire, and it takes no more than MaxPublish of a client's at once:
+	// the new ones are as many as fit besides those it holds, and the
+	// keys kept of those carrying the current binding stay under
+	// MaxPublish too.
+	var list localapi.KeyPackageList
+	if err := c.localRequest(ctx, "GET", "/key_packages", url.Values{"client": {string(c.rec.clientURI)}}, nil, &list); err != nil {
+		return fmt.Errorf("replacing the KeyPackages of the previous binding: listing the published ones: %w", err)
+	}
+	have := 0
+	for _, e := range list.KeyPackages {
+		var kp mls.KeyPackage
+		if wire.Unmarshal(e.KeyPackage, &kp, "KeyPackage") != nil || kp.LeafNode.Lifetime.NotAfter < c.binding.NotAfter {
+			continue
+		}
+		if e.LastResort {
+			lastResort = false
+		} else {
+			have++
+		}
+	}
+	want := max(n, DefaultKeyPackages) - have
+	if want <= 0 && !lastResort {
+		// The gateway has them all: the republish is done.
+		rec := c.rec.clone()
+		rec.republishDue = false
+		if err := c.saveRecord(rec); err != nil {
+			return fmt.Errorf("replacing the KeyPackages of the previous binding: %w", err)
+		}
+		return nil
+	}
+	// With no room for any now, the republish stays due: a later one
+	// publishes them once claims or expiries have made room.
+	n = max(min(want, localapi.MaxPublish-1-len(list.KeyPackages), localapi.MaxPublish-1-current), 0)
+	if n == 0 && !lastResort {
+		return nil
+	}
 	if err := c.publish(ctx, n, lastResort, true); err != nil {
 		return fmt.Errorf("replacing the KeyPackages of the previous binding: %w", err)
 	}

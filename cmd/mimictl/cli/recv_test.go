@@ -61,6 +61,13 @@ func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
 		answer(w, &localapi.BindingAnswer{Binding: binding.ClientBinding{NotAfter: uint64(time.Now().Add(time.Hour).Unix()), KeyID: []byte{1}, Signature: []byte{2}}})
 	})
 	mux.HandleFunc("/local/key_packages", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			f.mu.Lock()
+			l := localapi.KeyPackageList{KeyPackages: f.published}
+			f.mu.Unlock()
+			answer(w, &l)
+			return
+		}
 		var req localapi.PublishRequest
 		if err := read(r, &req, "PublishRequest"); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
