@@ -729,6 +729,30 @@ func TestOwnCommitsInARow(t *testing.T) {
 	}
 }
 
+// pairJoinInfo makes alice and bob's group (pair) and returns, besides,
+// alice's GroupInfo of it as an MLSMessage and its ratchet tree, encoded:
+// what an external joiner fetches.
+func pairJoinInfo(t *testing.T) (alice, bob *Client, gid, groupInfo, tree []byte) {
+	t.Helper()
+	alice, bob, gid, _ = pair(t)
+	am, err := alice.member(gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gi, err := am.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if groupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}); err != nil {
+		t.Fatal(err)
+	}
+	rt := am.State().Tree().RatchetTree()
+	if tree, err = wire.Marshal(&rt); err != nil {
+		t.Fatal(err)
+	}
+	return alice, bob, gid, groupInfo, tree
+}
+
 // TestExternalJoinAnswerLost: carol's external join is answered 504. Her
 // group stays, marked joining: a message of its epoch confirms it, the
 // DS's GroupInfo of her epoch confirms it, a 404 to her question forgets
@@ -745,25 +769,8 @@ func TestExternalJoinAnswerLost(t *testing.T) {
 		{"the DS does not know her", "refused", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			alice, bob, gid, _ := pair(t)
+			_, bob, gid, giEnc, rtEnc := pairJoinInfo(t)
 			carol := newOffline(t, "carol")
-			am, err := alice.member(gid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			gi, err := am.GroupInfo()
-			if err != nil {
-				t.Fatal(err)
-			}
-			giEnc, err := wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
-			if err != nil {
-				t.Fatal(err)
-			}
-			rt := am.State().Tree().RatchetTree()
-			rtEnc, err := wire.Marshal(&rt)
-			if err != nil {
-				t.Fatal(err)
-			}
 			info := &JoinInfo{GroupInfo: giEnc, RatchetTree: rtEnc}
 			var joins int
 			var commit, dsGroupInfo []byte
@@ -867,25 +874,8 @@ func TestExternalJoinSettleRefusedForOtherReasons(t *testing.T) {
 		{"404 not_found", http.StatusNotFound, moh.CodeNotFound, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			alice, bob, gid, _ := pair(t)
+			_, bob, gid, giEnc, rtEnc := pairJoinInfo(t)
 			carol := newOffline(t, "carol")
-			am, err := alice.member(gid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			gi, err := am.GroupInfo()
-			if err != nil {
-				t.Fatal(err)
-			}
-			giEnc, err := wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
-			if err != nil {
-				t.Fatal(err)
-			}
-			rt := am.State().Tree().RatchetTree()
-			rtEnc, err := wire.Marshal(&rt)
-			if err != nil {
-				t.Fatal(err)
-			}
 			var commit, dsGroupInfo []byte
 			refusing := true
 			mux := http.NewServeMux()
@@ -912,7 +902,7 @@ func TestExternalJoinSettleRefusedForOtherReasons(t *testing.T) {
 			if ev, err := bob.process(t.Context(), queued(1, gid, carol.URI(), commit)); err != nil || ev.Kind != EventCommit {
 				t.Fatalf("bob applying carol's join: %+v, %v", ev, err)
 			}
-			err = carol.Send(t.Context(), gid, []byte("hello"))
+			err := carol.Send(t.Context(), gid, []byte("hello"))
 			if err == nil {
 				t.Fatal("Send succeeded while external_commit_info was refused")
 			}
