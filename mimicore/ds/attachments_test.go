@@ -463,6 +463,23 @@ func TestAttachmentCopy(t *testing.T) {
 	}
 }
 
+// signedUpload signs alice's upload of data to g1 once and returns a
+// function that sends those same signed bytes with content as the body,
+// as a client's byte-identical retry does.
+func (f *attachFixture) signedUpload(t *testing.T, data []byte) func(content io.Reader) (*moh.DSResponse, error) {
+	t.Helper()
+	h := sha256.Sum256(data)
+	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: f.g1, ContentLength: uint64(len(data)), ContentHash: h[:]}}, f.skew())
+	return func(content io.Reader) (*moh.DSResponse, error) {
+		req, err := f.svc.Authenticate(context.Background(), body)
+		if err != nil {
+			return nil, err
+		}
+		return f.svc.Upload(context.Background(), req, content)
+	}
+}
+
 // TestAttachmentUploadRetry: a byte-identical retry of an upload that
 // succeeded (its answer lost on the way) gets the first answer, the same
 // token, without its content being read and without a second attachment
@@ -470,16 +487,7 @@ func TestAttachmentCopy(t *testing.T) {
 func TestAttachmentUploadRetry(t *testing.T) {
 	f := newAttachFixture(t, func(a *Attachments) { a.Quota = store.AttachmentQuota{GroupBytes: 1000} })
 	data := bytes.Repeat([]byte{5}, 600)
-	h := sha256.Sum256(data)
-	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
-		GroupID: f.g1, ContentLength: uint64(len(data)), ContentHash: h[:]}}, f.skew())
-	send := func(content io.Reader) (*moh.DSResponse, error) {
-		req, err := f.svc.Authenticate(context.Background(), body)
-		if err != nil {
-			t.Fatalf("Authenticate: %v", err)
-		}
-		return f.svc.Upload(context.Background(), req, content)
-	}
+	send := f.signedUpload(t, data)
 	first, err := send(bytes.NewReader(data))
 	if err != nil || first.Type != moh.ResponseAttachmentToken {
 		t.Fatalf("upload: %+v, %v", first, err)
@@ -525,16 +533,7 @@ func (s *startedReader) Read(p []byte) (int, error) {
 func TestAttachmentUploadRetryInProgress(t *testing.T) {
 	f := newAttachFixture(t, nil)
 	data := bytes.Repeat([]byte{3}, 100)
-	h := sha256.Sum256(data)
-	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
-		GroupID: f.g1, ContentLength: uint64(len(data)), ContentHash: h[:]}}, f.skew())
-	send := func(content io.Reader) (*moh.DSResponse, error) {
-		req, err := f.svc.Authenticate(context.Background(), body)
-		if err != nil {
-			return nil, err
-		}
-		return f.svc.Upload(context.Background(), req, content)
-	}
+	send := f.signedUpload(t, data)
 	started, gate := make(chan struct{}), make(chan struct{})
 	type result struct {
 		resp *moh.DSResponse
@@ -1033,16 +1032,7 @@ func TestAttachmentCommitAmbiguousRetry(t *testing.T) {
 	f := newAttachFixture(t, nil)
 	f.a.Store = &commitThenFail{Attachments: f.a.Store, commits: true, lookupFails: true}
 	data := []byte("an attachment committed in doubt")
-	h := sha256.Sum256(data)
-	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
-		GroupID: f.g1, ContentLength: uint64(len(data)), ContentHash: h[:]}}, f.skew())
-	send := func(content io.Reader) (*moh.DSResponse, error) {
-		req, err := f.svc.Authenticate(context.Background(), body)
-		if err != nil {
-			t.Fatalf("Authenticate: %v", err)
-		}
-		return f.svc.Upload(context.Background(), req, content)
-	}
+	send := f.signedUpload(t, data)
 	_, err := send(bytes.NewReader(data))
 	wantCode(t, "upload whose commit and lookup failed", err, moh.CodeBackendUnavailable)
 	resp, err := send(refusingReader{t})
