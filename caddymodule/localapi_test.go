@@ -86,6 +86,13 @@ func newLocalServer(t *testing.T, h *LocalAPI) *localServer {
 // body.
 func (s *localServer) do(t *testing.T, user, method, path string, body []byte) (int, []byte) {
 	t.Helper()
+	status, out, _ := s.send(t, user, method, path, body)
+	return status, out
+}
+
+// send is do, also returning the answer's header.
+func (s *localServer) send(t *testing.T, user, method, path string, body []byte) (int, []byte, http.Header) {
+	t.Helper()
 	req, err := http.NewRequest(method, s.srv.URL+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +112,18 @@ func (s *localServer) do(t *testing.T, user, method, path string, body []byte) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, out
+	return resp.StatusCode, out, resp.Header
+}
+
+// claimAs POSTs user's claim of target's KeyPackages and returns the
+// status, body and header of the answer.
+func (s *localServer) claimAs(t *testing.T, user, target string) (int, []byte, http.Header) {
+	t.Helper()
+	body, err := wire.Marshal(&localapi.ClaimRequest{CipherSuite: uint16(testSuite), Target: []byte(target)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.send(t, user, http.MethodPost, "/claim_key_packages", body)
 }
 
 // post encodes v and POSTs it.
@@ -904,28 +922,9 @@ func TestLocalAPIPublishRefusalNamesIndex(t *testing.T) {
 // while other pairs of user and target still claim.
 func TestLocalAPIClaimLimit(t *testing.T) {
 	s := newLocalServer(t, &LocalAPI{})
-	claim := func(user, target string) *http.Response {
-		body, err := wire.Marshal(&localapi.ClaimRequest{CipherSuite: uint16(testSuite), Target: []byte(target)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		req, err := http.NewRequest(http.MethodPost, s.srv.URL+"/claim_key_packages", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/octet-stream")
-		req.Header.Set("X-Test-User", user)
-		resp, err := s.srv.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body) //nolint:errcheck // only the status and headers matter
-		resp.Body.Close()
-		return resp
-	}
 	for i := range keyPackageBurst {
-		if resp := claim("mallory", "mimi://example.com/u/bob"); resp.StatusCode != http.StatusOK {
-			t.Fatalf("claim %d of the burst: status %d", i+1, resp.StatusCode)
+		if status, _, _ := s.claimAs(t, "mallory", "mimi://example.com/u/bob"); status != http.StatusOK {
+			t.Fatalf("claim %d of the burst: status %d", i+1, status)
 		}
 	}
 	for _, tc := range []struct {
@@ -938,13 +937,13 @@ func TestLocalAPIClaimLimit(t *testing.T) {
 		{"another claimer", "alice", "mimi://example.com/u/bob", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := claim(tc.user, tc.target)
+			status, _, header := s.claimAs(t, tc.user, tc.target)
 			switch {
-			case !tc.refused && resp.StatusCode != http.StatusOK:
-				t.Fatalf("status %d, want 200", resp.StatusCode)
-			case tc.refused && resp.StatusCode != http.StatusTooManyRequests:
-				t.Fatalf("status %d, want 429", resp.StatusCode)
-			case tc.refused && resp.Header.Get("Retry-After") == "":
+			case !tc.refused && status != http.StatusOK:
+				t.Fatalf("status %d, want 200", status)
+			case tc.refused && status != http.StatusTooManyRequests:
+				t.Fatalf("status %d, want 429", status)
+			case tc.refused && header.Get("Retry-After") == "":
 				t.Fatalf("a 429 without Retry-After")
 			}
 		})
@@ -1127,26 +1126,7 @@ func TestLocalAPIRemoteClaimLimit(t *testing.T) {
 	s.h.logger, s.h.sampled = zap.New(core), zap.New(core)
 	claim := func(t *testing.T, user, target string) (int, []byte, http.Header) {
 		t.Helper()
-		body, err := wire.Marshal(&localapi.ClaimRequest{CipherSuite: uint16(testSuite), Target: []byte(target)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		req, err := http.NewRequest(http.MethodPost, s.srv.URL+"/claim_key_packages", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/octet-stream")
-		req.Header.Set("X-Test-User", user)
-		resp, err := s.srv.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		out, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, out, resp.Header
+		return s.claimAs(t, user, target)
 	}
 	// Targets at a provider whose name does not resolve (RFC 6761): each
 	// claim is tried and fails.
