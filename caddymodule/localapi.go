@@ -216,8 +216,8 @@ func (LocalAPI) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults and joins the provider's service of DataDir when
 // a gateway has opened it; otherwise the service is joined, or opened with
 // the defaults, at the first request (see join). Without DataDir it takes
-// that of the gateway of this config serving Providers, here when that
-// gateway is already provisioned, else at the first request.
+// that of the gateway of this config serving Providers at the first
+// request, when every module of the config is provisioned.
 func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.sampled = sampled(h.logger)
@@ -267,13 +267,12 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	h.joined = new(joinState)
 	h.config = configOf(ctx)
 	if h.DataDir == "" {
-		// The gateway of these domains may be provisioned after this
-		// handler: then the directory is found at the first request.
-		dir, err := gatewayDirs.resolve(h.config, h.Providers)
-		if err != nil {
-			return nil
-		}
-		h.DataDir = dir
+		// The directory is found at the first request, when every
+		// gateway of the config is provisioned: here only those
+		// provisioned before this handler are recorded, and a gateway
+		// provisioned after it may serve its domains too, from another
+		// directory (which makes it refuse every request).
+		return nil
 	}
 	if err := h.useDataDir(); err != nil {
 		return err

@@ -1224,3 +1224,63 @@ func TestLocalAPIDefaultDataDirOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalAPIDefaultDataDirConflict requires a mimi_local without
+// data_dir whose domain two gateways of its config serve from different
+// data directories to answer 503 backend_unavailable and join neither,
+// whatever order the three were provisioned in (README: it opens no store
+// when its domains are served from different data directories). Before,
+// a handler provisioned between the two gateways saw only the first and
+// silently used its store and keys.
+func TestLocalAPIDefaultDataDirConflict(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		order string // g: a gateway, l: the local API
+	}{
+		{"local API between the gateways", "glg"},
+		{"local API after the gateways", "ggl"},
+		{"local API before the gateways", "lgg"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			h := &LocalAPI{Providers: []string{localProvider}, User: "{http.request.header.X-Test-User}"}
+			var gs []*Gateway
+			for _, c := range tc.order {
+				if c == 'l' {
+					if err := h.Provision(ctx); err != nil {
+						t.Fatal(err)
+					}
+					defer h.Cleanup()
+					continue
+				}
+				dir := t.TempDir()
+				os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+				g := &Gateway{Providers: []string{localProvider}, DSDomain: "ds.example.com", DataDir: dir}
+				if err := g.Provision(ctx); err != nil {
+					t.Fatal(err)
+				}
+				defer g.Cleanup()
+				gs = append(gs, g)
+			}
+			body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := httptest.NewRequest(http.MethodPost, "/binding", bytes.NewReader(body))
+			r.Header.Set("Content-Type", "application/octet-stream")
+			r.Header.Set("X-Test-User", "alice")
+			caddyhttp.NewTestReplacer(r)
+			w := httptest.NewRecorder()
+			if err := h.ServeHTTP(w, r, nil); err != nil {
+				t.Fatal(err)
+			}
+			expectRefusal(t, w.Code, w.Body.Bytes(), moh.CodeBackendUnavailable)
+			for i, g := range gs {
+				if refs, _ := servicePool.References(g.DataDir); refs != 1 {
+					t.Errorf("gateway %d's service has %d holds: the local API joined it", i, refs)
+				}
+			}
+		})
+	}
+}
