@@ -605,9 +605,10 @@ func (g *Gateway) Cleanup() error {
 	if !g.svcHeld {
 		return policyErr
 	}
-	// g.svc stays: requests of this config may still run (Caddy cleans
-	// up once grace_period ends), and get an answer from the service,
-	// or an error from the closed one.
+	// g.svc stays: requests of this config may still run (on a reload
+	// Caddy cleans the old config up at once, while its requests go on;
+	// only when the process exits does it wait for them first), and get
+	// an answer from the service, or an error from the closed one.
 	g.svcHeld = false
 	deleted, err := servicePool.Delete(g.DataDir)
 	if deleted {
