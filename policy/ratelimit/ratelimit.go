@@ -143,9 +143,10 @@ type Zone struct {
 	perShard int
 	evicted  atomic.Uint64
 
-	// allMu serializes AllowAll's local takes: the only reservations of a
-	// bucket left waiting, even for a moment, are then its own, so that
-	// cancelling them gives back every token they took.
+	// allMu serializes AllowAll's and AllowBytesThen's local takes: the
+	// only reservations of a bucket left waiting, even for a moment, are
+	// then their own, so that cancelling them gives back every token they
+	// took.
 	allMu sync.Mutex
 
 	// redis, when set, holds the buckets instead of shards, which then
@@ -313,11 +314,11 @@ func (z *Zone) allow(kb []byte, ks string, now time.Time) (bool, time.Duration) 
 // refuses, the token taken from key's bucket is given back and next's
 // answer is returned, so that a request refused by the second limit
 // costs nothing of this one. Locally the token is reserved, and the
-// reservation cancelled on next's refusal (rate.Reservation.CancelAt);
-// an Allow of the same key between the two is not held back, and the
-// token given back is short by what the bucket refilled meanwhile, a
-// fraction of a token. A zone in Redis cannot give a token back: there
-// key's token stays spent when next refuses.
+// reservation cancelled on next's refusal (rate.Reservation.CancelAt),
+// under the zone's lock that AllowAll takes (next runs under it, so it
+// must not call back into this zone); an Allow of the same key between
+// the two may find that token taken. A zone in Redis cannot give a token
+// back: there key's token stays spent when next refuses.
 func (z *Zone) AllowBytesThen(key []byte, now time.Time, next func() (bool, time.Duration)) (bool, time.Duration) {
 	if len(key) > MaxKeyLen {
 		sum := sha256.Sum256(key)
@@ -331,6 +332,11 @@ func (z *Zone) AllowBytesThen(key []byte, now time.Time, next func() (bool, time
 			return next()
 		}
 	}
+	// allMu, as for AllowAll: two reservations that wait, cancelled in
+	// the other order, would leave a token spent (rate.Reservation.CancelAt
+	// gives back only what no later reservation relies on).
+	z.allMu.Lock()
+	defer z.allMu.Unlock()
 	b := z.bucketOf(key, "", now)
 	r := b.lim.ReserveN(now, 1)
 	if !r.OK() || r.DelayFrom(now) > 0 {
