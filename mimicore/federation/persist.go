@@ -20,7 +20,10 @@ import (
 // them after a pass that changed them (a failure grew one, or a backoff
 // ended), one write per pass whatever the messages, and clears them when
 // none is left (a success, the operator's retry or reset, a request from
-// the destination). Run reads them before it starts a worker.
+// the destination); under drain leases, after every pass that delivered
+// and left nothing backing off, since another gateway draining the
+// destination may have stored its state meanwhile. Run reads them before
+// it starts a worker.
 
 // restoredState is a destination's retry state read at Run, until its
 // worker takes it: its backoffs on the monotonic clock.

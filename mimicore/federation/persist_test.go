@@ -341,3 +341,65 @@ func TestSenderPeerUpEndsResumedBackoff(t *testing.T) {
 	s.Outbound("dest.example")
 	waitFor(t, "the message sent", func() bool { return p.requests.Load() == 1 })
 }
+
+// TestSenderClearsRetryStoredByAnotherGateway has two gateways drain one
+// destination under drain leases (pass by pass, whichever claims it): one
+// fails and stores the destination's backoff, then the other, which had
+// stored nothing, delivers the backlog. The success must clear the stored
+// state, else it stays for good, and a restarted gateway would show the
+// healthy destination as failing and hold its messages back for the
+// stale backoff.
+func TestSenderClearsRetryStoredByAnotherGateway(t *testing.T) {
+	st := openOutbox(t)
+	addOutbox(t, st, "g", 0, 1)
+	p := newLoopbackPeer(t, http.StatusTooManyRequests)
+	newSender := func(holder string) *Sender {
+		return &Sender{Outbox: st, Leases: st, Holder: holder, LeaseTTL: time.Hour, Transport: p,
+			Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+	}
+	empty := func() bool {
+		pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+		return err == nil && len(pending) == 0
+	}
+
+	// Gateway 1 fails; gateway 2 starts with its stored backoff, and a
+	// request from the destination has it deliver and clear it.
+	s1 := newSender("gateway-1")
+	startSender(t, s1)
+	waitFor(t, "gateway 1's failure stored", func() bool {
+		r, ok := storedRetry(t, st, "dest.example")
+		return ok && r.Failures == 1
+	})
+	p.up.Store(true)
+	s2 := newSender("gateway-2")
+	startSender(t, s2)
+	waitFor(t, "gateway 2's worker with the resumed backoff", func() bool {
+		s2.mu.Lock()
+		defer s2.mu.Unlock()
+		st := s2.status["dest.example"]
+		return s2.wakes["dest.example"] != nil && st != nil && !st.NextAttempt.IsZero()
+	})
+	s2.PeerUp("dest.example")
+	waitFor(t, "gateway 2's delivery", empty)
+	waitFor(t, "the stored backoff cleared by gateway 2", func() bool {
+		_, ok := storedRetry(t, st, "dest.example")
+		return !ok
+	})
+
+	// Gateway 1, tried by its operator, fails again and stores its
+	// backoff; gateway 2, woken by a new message, delivers.
+	p.up.Store(false)
+	addOutbox(t, st, "g", 1, 1)
+	s1.Wake("dest.example")
+	waitFor(t, "gateway 1's second failure stored", func() bool {
+		r, ok := storedRetry(t, st, "dest.example")
+		return ok && r.Failures == 2
+	})
+	p.up.Store(true)
+	s2.Outbound("dest.example")
+	waitFor(t, "gateway 2's second delivery", empty)
+	waitFor(t, "the backoff gateway 1 stored cleared by gateway 2's success", func() bool {
+		_, ok := storedRetry(t, st, "dest.example")
+		return !ok
+	})
+}

@@ -705,6 +705,13 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 				}
 			}
 			s.noteNext(dest, &state)
+			if s.Leases != nil && err == nil && !r.busy && len(r.tried) > 0 && state.empty() {
+				// Under drain leases the gateways drain dest pass by
+				// pass, whichever claims it: another may have stored a
+				// retry state since this worker last wrote (a pass of
+				// its that failed), which this delivery ends.
+				persisted, dirty = true, true
+			}
 			if dirty && err == nil && !r.busy {
 				persisted, dirty = s.persist(ctx, dest, &state, persisted, log), false
 			}
