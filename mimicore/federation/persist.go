@@ -175,10 +175,11 @@ func (s *Sender) persist(ctx context.Context, dest string, state *destState, per
 	return true
 }
 
-// truncateUTF8 makes s valid UTF-8 and cuts it to at most n bytes, on a
-// character boundary.
+// truncateUTF8 makes s valid UTF-8 without NUL (which a store refuses:
+// an error's text may quote a peer's bytes, such as the names of its
+// certificate) and cuts it to at most n bytes, on a character boundary.
 func truncateUTF8(s string, n int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 	if len(s) <= n {
 		return s
 	}

@@ -403,3 +403,43 @@ func TestSenderClearsRetryStoredByAnotherGateway(t *testing.T) {
 		return !ok
 	})
 }
+
+// TestSenderStoresErrorWithNUL has a destination fail with an error whose
+// text holds a NUL (a TLS error quoting a name of the peer's certificate):
+// the backoff is still stored, on SQLite and on PostgreSQL, whose text
+// holds no NUL, with the NUL replaced.
+func TestSenderStoresErrorWithNUL(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		postgres bool
+	}{
+		{"sqlite", false},
+		{"postgres", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st store.Store = openOutbox(t)
+			if tc.postgres {
+				pg, err := pgstore.Open(t.Context(), pgtest.NewDB(t), pgstore.Options{MaxConns: 4})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { pg.Close() })
+				st = pg
+			}
+			addOutbox(t, st, "g", 0, 1)
+			tr := transportFunc(func(context.Context, string, string, moh.ProviderRequestType, []byte) (*provider.Answer, error) {
+				return nil, fmt.Errorf("tls: x509: certificate is valid for evil\x00.example, not dest.example")
+			})
+			s := &Sender{Outbox: st, Transport: tr, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+			runSender(t, s)
+			waitFor(t, "the failure in the status", func() bool {
+				sts := s.Status()
+				return len(sts) == 1 && sts[0].Failures == 1 && !sts[0].NextAttempt.IsZero()
+			})
+			waitFor(t, "the backoff stored", func() bool {
+				r, ok := storedRetry(t, st, "dest.example")
+				return ok && r.Failures == 1 && r.LastError == "tls: x509: certificate is valid for evil\uFFFD.example, not dest.example"
+			})
+		})
+	}
+}

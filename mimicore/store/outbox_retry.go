@@ -39,7 +39,7 @@ type OutboxRetry struct {
 	// Failures counts the attempts that failed since the last success.
 	Failures int
 	// LastError describes the last failure, at most MaxOutboxRetryError
-	// bytes.
+	// bytes of UTF-8 without NUL.
 	LastError string
 	// LastAttempt is the time of the last failed attempt.
 	LastAttempt time.Time
@@ -57,8 +57,9 @@ type OutboxRetry struct {
 type OutboxRetries interface {
 	// SetOutboxRetry replaces r.Destination's retry state with r. A
 	// destination of 1..MaxDomainSize bytes, Failures and levels not
-	// negative, LastError and Groups within their bounds and group ids
-	// of 1..MaxIDSize bytes, each once, else ErrInvalid.
+	// negative, LastError (UTF-8 without NUL) and Groups within their
+	// bounds and group ids of 1..MaxIDSize bytes, each once, else
+	// ErrInvalid.
 	SetOutboxRetry(ctx context.Context, r OutboxRetry) error
 	// ClearOutboxRetry removes destination's retry state; none is not an
 	// error.

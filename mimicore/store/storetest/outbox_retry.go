@@ -85,6 +85,8 @@ func testOutboxRetries(t *testing.T, open func(t *testing.T) store.Store) {
 		{"NegativeFailures", func(r *store.OutboxRetry) { r.Failures = -1 }},
 		{"NegativeLevel", func(r *store.OutboxRetry) { r.Backoff.Level = -time.Second }},
 		{"LongError", func(r *store.OutboxRetry) { r.LastError = strings.Repeat("x", store.MaxOutboxRetryError+1) }},
+		// PostgreSQL's text holds no NUL: both stores refuse it alike.
+		{"NULInError", func(r *store.OutboxRetry) { r.LastError = "x509: certificate is valid for a\x00b.example" }},
 		{"EmptyGroupID", func(r *store.OutboxRetry) { r.Groups[0].GroupID = nil }},
 		{"LongGroupID", func(r *store.OutboxRetry) { r.Groups[0].GroupID = make([]byte, store.MaxIDSize+1) }},
 		{"GroupTwice", func(r *store.OutboxRetry) { r.Groups[1].GroupID = r.Groups[0].GroupID }},

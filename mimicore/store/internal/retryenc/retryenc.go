@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -23,8 +24,10 @@ func Check(r store.OutboxRetry) error {
 	if r.Failures < 0 || r.Backoff.Level < 0 {
 		return fmt.Errorf("negative failures or backoff: %w", store.ErrInvalid)
 	}
-	if len(r.LastError) > store.MaxOutboxRetryError || !utf8.ValidString(r.LastError) {
-		return fmt.Errorf("last error is %d bytes or not UTF-8, want at most %d: %w", len(r.LastError), store.MaxOutboxRetryError, store.ErrInvalid)
+	if len(r.LastError) > store.MaxOutboxRetryError || !utf8.ValidString(r.LastError) || strings.IndexByte(r.LastError, 0) >= 0 {
+		// PostgreSQL's text holds no NUL: refused by both stores alike.
+		return fmt.Errorf("last error is %d bytes, not UTF-8 or holds a NUL, want at most %d bytes of UTF-8 without NUL: %w",
+			len(r.LastError), store.MaxOutboxRetryError, store.ErrInvalid)
 	}
 	if len(r.Groups) > store.MaxOutboxRetryGroups {
 		return fmt.Errorf("%d group backoffs, want at most %d: %w", len(r.Groups), store.MaxOutboxRetryGroups, store.ErrInvalid)
