@@ -587,13 +587,7 @@ func TestCommitAnswerLost(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				gi, err := bm.GroupInfo()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if groupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}); err != nil {
-					t.Fatal(err)
-				}
+				groupInfo = groupInfoMessage(t, bm)
 				if err := alice.Send(t.Context(), gid, []byte("after the lost answer")); err != nil {
 					t.Fatalf("alice sending after the lost answer: %v", err)
 				}
@@ -653,13 +647,7 @@ func TestRemoveAfterAddAnswerLost(t *testing.T) {
 	if err != nil || g.next == nil {
 		t.Fatalf("alice keeps no pending epoch after the lost answer: %v", err)
 	}
-	gi, err := g.next.GroupInfo() // the DS's GroupInfo: it took the add
-	if err != nil {
-		t.Fatal(err)
-	}
-	if groupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}); err != nil {
-		t.Fatal(err)
-	}
+	groupInfo = groupInfoMessage(t, g.next) // the DS's GroupInfo: it took the add
 	if err := alice.Remove(t.Context(), gid, carol.URI()); err != nil {
 		t.Fatalf("alice removing carol, whom the DS added: %v", err)
 	}
@@ -739,18 +727,27 @@ func pairJoinInfo(t *testing.T) (alice, bob *Client, gid, groupInfo, tree []byte
 	if err != nil {
 		t.Fatal(err)
 	}
-	gi, err := am.GroupInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if groupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}); err != nil {
-		t.Fatal(err)
-	}
+	groupInfo = groupInfoMessage(t, am)
 	rt := am.State().Tree().RatchetTree()
 	if tree, err = wire.Marshal(&rt); err != nil {
 		t.Fatal(err)
 	}
 	return alice, bob, gid, groupInfo, tree
+}
+
+// groupInfoMessage returns m's GroupInfo as an encoded MLSMessage, as the
+// DS serves it.
+func groupInfoMessage(t *testing.T, m *mls.Member) []byte {
+	t.Helper()
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // TestExternalJoinAnswerLost: carol's external join is answered 504. Her
