@@ -176,19 +176,40 @@ type failingWriter struct{}
 
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
 
+// testEnv is the Env of a mimictl run against srv with its state in
+// state, writing to stdout; it returns the run's stderr too.
+func testEnv(srv *httptest.Server, state string, stdout io.Writer) (Env, *bytes.Buffer) {
+	var stderr bytes.Buffer
+	return Env{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: &stderr, HTTPClient: srv.Client(),
+		Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}, &stderr
+}
+
+// mimictl runs mimictl with args against srv, its state in state, and
+// returns the exit status, stdout and stderr.
+func mimictl(t *testing.T, srv *httptest.Server, state string, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout bytes.Buffer
+	e, stderr := testEnv(srv, state, &stdout)
+	return Run(t.Context(), args, e), stdout.String(), stderr.String()
+}
+
+// mimictlOK is mimictl for a run that must succeed: it returns stdout.
+func mimictlOK(t *testing.T, srv *httptest.Server, state string, args ...string) string {
+	t.Helper()
+	got, stdout, stderr := mimictl(t, srv, state, args...)
+	if got != exitOK {
+		t.Fatalf("%v: status %d, stderr %q", args, got, stderr)
+	}
+	return stdout
+}
+
 // TestStdoutWriteFailure: a command whose result cannot be written to
 // stdout exits with exitFailure and says so on stderr.
 func TestStdoutWriteFailure(t *testing.T) {
 	f := &fakeGateway{}
 	srv := f.serve(t)
 	state := t.TempDir() + "/bob"
-	env := func(stdout io.Writer) (Env, *bytes.Buffer) {
-		var stderr bytes.Buffer
-		return Env{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: &stderr, HTTPClient: srv.Client(),
-			Getenv: func(k string) string {
-				return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k]
-			}}, &stderr
-	}
+	env := func(stdout io.Writer) (Env, *bytes.Buffer) { return testEnv(srv, state, stdout) }
 	e, stderr := env(failingWriter{})
 	if got := Run(t.Context(), []string{"client", "init", "-key-packages", "1", moh.ClientURI("a.example", "bob", "phone")}, e); got != exitFailure ||
 		!strings.Contains(stderr.String(), "no space left on device") {
@@ -213,11 +234,8 @@ func TestInitWithoutSingleUseKeyPackages(t *testing.T) {
 	f := &fakeGateway{}
 	srv := f.serve(t)
 	state := t.TempDir() + "/bob"
-	var stdout, stderr bytes.Buffer
-	e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
-		Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
-	if got := Run(t.Context(), []string{"client", "init", "-key-packages", "0", moh.ClientURI("a.example", "bob", "phone")}, e); got != exitOK {
-		t.Fatalf("client init -key-packages 0: status %d, stderr %q", got, stderr.String())
+	if got, _, stderr := mimictl(t, srv, state, "client", "init", "-key-packages", "0", moh.ClientURI("a.example", "bob", "phone")); got != exitOK {
+		t.Fatalf("client init -key-packages 0: status %d, stderr %q", got, stderr)
 	}
 	if len(f.published) != 1 || !f.published[0].LastResort {
 		t.Fatalf("client init -key-packages 0 published %+v; want one last-resort KeyPackage", f.published)
@@ -234,10 +252,8 @@ func TestInitPublishFailure(t *testing.T) {
 	srv := f.serve(t)
 	state := t.TempDir() + "/bob"
 	run := func(args ...string) (int, string) {
-		var stdout, stderr bytes.Buffer
-		e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
-			Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
-		return Run(t.Context(), args, e), stderr.String()
+		got, _, stderr := mimictl(t, srv, state, args...)
+		return got, stderr
 	}
 	uri := moh.ClientURI("a.example", "bob", "phone")
 	got, stderr := run("client", "init", "-key-packages", "3", uri)
@@ -266,13 +282,7 @@ func TestSenderNotInjected(t *testing.T) {
 	state := t.TempDir() + "/bob"
 	run := func(args ...string) string {
 		t.Helper()
-		var stdout, stderr bytes.Buffer
-		e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
-			Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
-		if got := Run(t.Context(), args, e); got != exitOK {
-			t.Fatalf("%v: status %d, stderr %q", args, got, stderr.String())
-		}
-		return stdout.String()
+		return mimictlOK(t, srv, state, args...)
 	}
 	run("client", "init", "-key-packages", "1", moh.ClientURI("a.example", "bob", "phone"))
 	f.welcome(t)
@@ -311,13 +321,7 @@ func TestMemberNotForged(t *testing.T) {
 			state := t.TempDir() + "/bob"
 			run := func(args ...string) string {
 				t.Helper()
-				var stdout, stderr bytes.Buffer
-				e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
-					Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
-				if got := Run(t.Context(), args, e); got != exitOK {
-					t.Fatalf("%v: status %d, stderr %q", args, got, stderr.String())
-				}
-				return stdout.String()
+				return mimictlOK(t, srv, state, args...)
 			}
 			bob := moh.ClientURI("a.example", "bob", "phone")
 			run("client", "init", "-key-packages", "1", bob)
@@ -339,12 +343,7 @@ func TestClientRenew(t *testing.T) {
 	f := &fakeGateway{}
 	srv := f.serve(t)
 	state := t.TempDir() + "/bob"
-	run := func(args ...string) (int, string, string) {
-		var stdout, stderr bytes.Buffer
-		e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
-			Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
-		return Run(t.Context(), args, e), stdout.String(), stderr.String()
-	}
+	run := func(args ...string) (int, string, string) { return mimictl(t, srv, state, args...) }
 	if got, _, stderr := run("client", "init", "-key-packages", "0", moh.ClientURI("a.example", "bob", "phone")); got != exitOK {
 		t.Fatalf("client init: status %d, stderr %q", got, stderr)
 	}
@@ -368,10 +367,8 @@ func TestStateInUse(t *testing.T) {
 	srv := f.serve(t)
 	state := t.TempDir() + "/bob"
 	run := func(args ...string) (int, string) {
-		var stdout, stderr bytes.Buffer
-		e := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, HTTPClient: srv.Client(),
-			Getenv: func(k string) string { return map[string]string{"MIMI_GATEWAY": srv.URL, "MIMI_STATE": state}[k] }}
-		return Run(t.Context(), args, e), stderr.String()
+		got, _, stderr := mimictl(t, srv, state, args...)
+		return got, stderr
 	}
 	if got, stderr := run("client", "init", "-key-packages", "0", moh.ClientURI("a.example", "bob", "phone")); got != exitOK {
 		t.Fatalf("client init: status %d, stderr %q", got, stderr)
