@@ -442,23 +442,31 @@ func TestMimictlExternalJoin(t *testing.T) {
 	}
 }
 
+// goClientPair starts the client site and has alice (device dev) create
+// a group and add bob (device dev), who joins it.
+func goClientPair(t *testing.T, dev string) (alice, bob *mimiclient.Client, gid []byte) {
+	t.Helper()
+	startClientSite(t)
+	alice = newGoClient(t, "alice", dev)
+	bob = newGoClient(t, "bob", dev)
+	gid, err := alice.CreateGroup(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Add(t.Context(), gid, bob.URI()); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventJoined, gid, "", "")
+	return alice, bob, gid
+}
+
 // TestGoClientLeave has bob leave a group with the Go client: his
 // self-remove proposal reaches alice, whose commit must cover it (one that
 // does not is refused while she has not received it), and bob, receiving
 // the commit, forgets the group.
 func TestGoClientLeave(t *testing.T) {
-	startClientSite(t)
-	alice := newGoClient(t, "alice", "leave")
-	bob := newGoClient(t, "bob", "leave")
+	alice, bob, gid := goClientPair(t, "leave")
 	ctx := t.Context()
-	gid, err := alice.CreateGroup(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.Add(ctx, gid, bob.URI()); err != nil {
-		t.Fatal(err)
-	}
-	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventJoined, gid, "", "")
 
 	if err := bob.Leave(ctx, gid); err != nil {
 		t.Fatal(err)
@@ -492,18 +500,8 @@ func TestGoClientLeave(t *testing.T) {
 // new binding, the Delivery Service checks it and takes the commit, and
 // bob follows it.
 func TestGoClientBindingRenewal(t *testing.T) {
-	startClientSite(t)
-	alice := newGoClient(t, "alice", "renew")
-	bob := newGoClient(t, "bob", "renew")
+	alice, bob, gid := goClientPair(t, "renew")
 	ctx := t.Context()
-	gid, err := alice.CreateGroup(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.Add(ctx, gid, bob.URI()); err != nil {
-		t.Fatal(err)
-	}
-	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventJoined, gid, "", "")
 	before := alice.BindingNotAfter()
 	if err := alice.RenewBinding(ctx); err != nil {
 		t.Fatal(err)
