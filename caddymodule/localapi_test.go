@@ -1164,6 +1164,25 @@ func TestLocalAPIRemoteClaimLimit(t *testing.T) {
 	}
 }
 
+// aliceBinding has h serve alice's POST /binding directly (no server in
+// front) and returns its answer.
+func aliceBinding(t *testing.T, h *LocalAPI) *httptest.ResponseRecorder {
+	t.Helper()
+	body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest(http.MethodPost, "/binding", bytes.NewReader(body))
+	r.Header.Set("Content-Type", "application/octet-stream")
+	r.Header.Set("X-Test-User", "alice")
+	caddyhttp.NewTestReplacer(r)
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, nil); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 // TestLocalAPIDefaultDataDirOrder requires a mimi_local without data_dir
 // provisioned before the gateway of its config to join that gateway's
 // service at its first request, and one whose config was cleaned up
@@ -1197,18 +1216,7 @@ func TestLocalAPIDefaultDataDirOrder(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := httptest.NewRequest(http.MethodPost, "/binding", bytes.NewReader(body))
-			r.Header.Set("Content-Type", "application/octet-stream")
-			r.Header.Set("X-Test-User", "alice")
-			caddyhttp.NewTestReplacer(r)
-			w := httptest.NewRecorder()
-			if err := h.ServeHTTP(w, r, nil); err != nil {
-				t.Fatal(err)
-			}
+			w := aliceBinding(t, h)
 			refs, _ := servicePool.References(g.DataDir)
 			if !tc.cleanedFirst {
 				expectOK(t, w.Code, w.Body.Bytes(), &localapi.BindingAnswer{})
@@ -1263,18 +1271,7 @@ func TestLocalAPIDefaultDataDirConflict(t *testing.T) {
 				defer g.Cleanup()
 				gs = append(gs, g)
 			}
-			body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := httptest.NewRequest(http.MethodPost, "/binding", bytes.NewReader(body))
-			r.Header.Set("Content-Type", "application/octet-stream")
-			r.Header.Set("X-Test-User", "alice")
-			caddyhttp.NewTestReplacer(r)
-			w := httptest.NewRecorder()
-			if err := h.ServeHTTP(w, r, nil); err != nil {
-				t.Fatal(err)
-			}
+			w := aliceBinding(t, h)
 			expectRefusal(t, w.Code, w.Body.Bytes(), moh.CodeBackendUnavailable)
 			for i, g := range gs {
 				if refs, _ := servicePool.References(g.DataDir); refs != 1 {
