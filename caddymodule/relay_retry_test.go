@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
-	"io"
 	"net"
 	"net/http"
 	"testing"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // TestRelayAttachmentRetry: a client of a follower retries an upload and
@@ -31,20 +29,11 @@ func TestRelayAttachmentRetry(t *testing.T) {
 	_, port, _ := net.SplitHostPort(b.addr)
 	post := func(t *testing.T, path string, body []byte) *moh.DSResponse {
 		t.Helper()
-		resp, err := b.client().Post("https://b.localhost:"+port+path, "application/octet-stream", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
-		var r moh.DSResponse
-		if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil {
-			t.Fatalf("answer %d %x is not a DSResponse: %v", resp.StatusCode, raw, err)
-		}
+		resp, r := postDS(t, b.client(), "https://b.localhost:"+port+path, body)
 		if resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentToken || len(r.Token) != ds.AttachmentTokenSize {
 			t.Fatalf("%s: %d %s %q, want 200 with a token", path, resp.StatusCode, r.Error.Code, r.Error.Message)
 		}
-		return &r
+		return r
 	}
 	sign := func(t *testing.T, body moh.RequestBody) []byte {
 		t.Helper()

@@ -24,6 +24,23 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
+// postDS POSTs body to url with c and decodes the answer, which must be a
+// DSResponse whatever its status.
+func postDS(t *testing.T, c *http.Client, url string, body []byte) (*http.Response, *moh.DSResponse) {
+	t.Helper()
+	resp, err := c.Post(url, "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var r moh.DSResponse
+	if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil {
+		t.Fatalf("answer %d %x is not a DSResponse: %v", resp.StatusCode, raw, err)
+	}
+	return resp, &r
+}
+
 // TestRelayPassesRetryAfter: a follower relays its client's request to
 // the group's hub and the hub's member zone refuses it with 429
 // rate_limited; the client gets the 429 with the hub's Retry-After
@@ -65,16 +82,7 @@ func TestRelayPassesRetryAfter(t *testing.T) {
 					t.Fatal(err)
 				}
 				_, port, _ := net.SplitHostPort(b.addr)
-				resp, err := b.client().Post("https://b.localhost:"+port+tc.path, "application/octet-stream", bytes.NewReader(req))
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer resp.Body.Close()
-				raw, _ := io.ReadAll(resp.Body)
-				var r moh.DSResponse
-				if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil {
-					t.Fatalf("answer %d %x is not a DSResponse: %v", resp.StatusCode, raw, err)
-				}
+				resp, r := postDS(t, b.client(), "https://b.localhost:"+port+tc.path, req)
 				return resp, r.Error.Code
 			}
 			if resp, code := post(0); resp.StatusCode != tc.first {
@@ -162,16 +170,7 @@ func TestRelayLimit(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, port, _ := net.SplitHostPort(b.addr)
-			resp, err := tc.client.Post("https://b.localhost:"+port+tc.path, "application/octet-stream", bytes.NewReader(req))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			raw, _ := io.ReadAll(resp.Body)
-			var r moh.DSResponse
-			if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil {
-				t.Fatalf("answer %d %x is not a DSResponse: %v", resp.StatusCode, raw, err)
-			}
+			resp, r := postDS(t, tc.client, "https://b.localhost:"+port+tc.path, req)
 			if resp.StatusCode != tc.status {
 				t.Fatalf("answer %d %s (%s), want %d", resp.StatusCode, r.Error.Code, r.Error.Message, tc.status)
 			}
