@@ -817,13 +817,7 @@ func TestExternalJoinAnswerLost(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				bgi, err := bm.GroupInfo()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if dsGroupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: bgi}); err != nil {
-					t.Fatal(err)
-				}
+				dsGroupInfo = groupInfoMessage(t, bm)
 				if err := carol.Send(t.Context(), gid, []byte("hello")); err != nil {
 					t.Fatalf("carol sending after the lost answer: %v", err)
 				}
@@ -913,13 +907,7 @@ func TestExternalJoinSettleRefusedForOtherReasons(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			bgi, err := bm.GroupInfo()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if dsGroupInfo, err = wire.Marshal(&mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: bgi}); err != nil {
-				t.Fatal(err)
-			}
+			dsGroupInfo = groupInfoMessage(t, bm)
 			refusing = false
 			if err := carol.Send(t.Context(), gid, []byte("hello")); err != nil {
 				t.Fatalf("carol sending once the DS answers: %v", err)
