@@ -461,7 +461,7 @@ func (a *API) Fetch(ctx context.Context, user string, clientURI []byte, after ui
 	// is either fetched or wakes the watch.
 	ready, stop := a.cfg.Store.WatchQueue(client, after)
 	defer stop()
-	msgs, err := a.fetch(ctx, client, after, fl)
+	msgs, err := a.waitFetch(ctx, client, after, fl)
 	if err != nil || len(msgs) > 0 {
 		return msgs, err
 	}
@@ -469,12 +469,27 @@ func (a *API) Fetch(ctx context.Context, user string, clientURI []byte, after ui
 	defer timer.Stop()
 	select {
 	case <-ready:
-		return a.fetch(ctx, client, after, fl)
+		return a.waitFetch(ctx, client, after, fl)
 	case <-timer.C:
 		return []Message{}, nil
 	case <-ctx.Done():
 		return []Message{}, nil
 	}
+}
+
+// waitFetch is fetch for a poll that may wait: when ctx ends while the
+// store reads (the caller stops waiting polls, as on a process exit),
+// the answer is the empty list a poll ended by ctx gets, not the store's
+// cancellation as an internal error.
+func (a *API) waitFetch(ctx context.Context, client string, after uint64, fl store.FetchLimit) ([]Message, error) {
+	msgs, err := a.fetch(ctx, client, after, fl)
+	if err != nil && ctx.Err() != nil {
+		var refused *moh.Error
+		if !errors.As(err, &refused) || refused.Code != moh.CodeMalformed {
+			return []Message{}, nil
+		}
+	}
+	return msgs, err
 }
 
 func (a *API) fetch(ctx context.Context, client string, after uint64, fl store.FetchLimit) ([]Message, error) {
