@@ -265,7 +265,7 @@ func (c *Client) adopt(rec *record) error {
 // also deletes the temporary files of writes a crash interrupted (in the
 // groups directory they are orphans too): they hold keys, the signature
 // key and KeyPackage or epoch secrets, that the client may have deleted
-// since.
+// since. Kept messages (outbox) of groups no longer named go too.
 func (c *Client) removeOrphans() {
 	if entries, err := os.ReadDir(c.dir); err == nil {
 		for _, e := range entries {
@@ -274,17 +274,20 @@ func (c *Client) removeOrphans() {
 			}
 		}
 	}
-	entries, err := os.ReadDir(filepath.Join(c.dir, groupsDir))
-	if err != nil {
-		return
-	}
 	used := make(map[string]bool)
 	for _, g := range c.rec.groups {
 		used[filepath.Base(groupPath(c.dir, g.file))] = true
 	}
-	for _, e := range entries {
-		if !used[e.Name()] {
-			os.Remove(filepath.Join(c.dir, groupsDir, e.Name()))
+	// The kept messages are named like their groups' files.
+	for _, sub := range []string{groupsDir, outboxDir} {
+		entries, err := os.ReadDir(filepath.Join(c.dir, sub))
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if !used[e.Name()] {
+				os.Remove(filepath.Join(c.dir, sub, e.Name()))
+			}
 		}
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 
 	"golang.org/x/crypto/cryptobyte"
 
@@ -246,7 +248,8 @@ func (c *Client) writeGroup(g *group) error {
 }
 
 // forget drops group groupID from the client's state: the record first,
-// then the file (a crash between leaves an orphan file that Open removes).
+// then the file and the group's kept message (a crash between leaves
+// orphan files that Open removes).
 // c.mu is held.
 func (c *Client) forget(groupID []byte) error {
 	i := c.rec.group(groupID)
@@ -261,6 +264,11 @@ func (c *Client) forget(groupID []byte) error {
 	}
 	delete(c.members, string(groupID))
 	if err := os.Remove(groupPath(c.dir, file)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("forgetting group %x: %w", groupID, err)
+	}
+	// A message kept for the group goes with it (an orphan otherwise,
+	// which Open removes).
+	if err := os.Remove(filepath.Join(c.dir, outboxDir, strconv.FormatUint(file, 10))); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("forgetting group %x: %w", groupID, err)
 	}
 	return nil
@@ -426,13 +434,19 @@ func (c *Client) commit(ctx context.Context, groupID []byte, typ moh.RequestType
 	return c.writeGroup(g.advance(res.Next))
 }
 
-// settle returns group groupID, first resolving a pending next epoch
+// settle returns group groupID, first resending a message whose answer
+// was lost (resend), then resolving a pending next epoch
 // (group.next) by asking the Delivery Service for the group's GroupInfo
 // (external_commit_info): the DS in the next epoch, with its confirmed
 // transcript hash, took the client's commit, which is adopted; the DS in
 // the current epoch did not, and the pending epoch goes. A DS further on
 // is an error: Receive brings what happened. c.mu is held.
 func (c *Client) settle(ctx context.Context, groupID []byte) (*group, error) {
+	// A message whose answer was lost goes first, as it was: nothing new
+	// leaves for the group before it (ErrMessagePending).
+	if _, err := c.resend(ctx, groupID); err != nil && !errors.Is(err, ErrUnknownGroup) {
+		return nil, err
+	}
 	g, err := c.loadGroup(groupID)
 	if err != nil || (g.next == nil && !g.joining) {
 		return g, err

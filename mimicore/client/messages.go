@@ -21,8 +21,21 @@ import (
 
 // Send encrypts data as an application message of the group's current
 // epoch and sends it (send_message). The client's state, whose message key
-// the encryption used up, is on disk before the message leaves. A 409
-// stale_epoch means a commit moved the group on: Receive, then send again.
+// the encryption used up, is on disk before the message leaves, and so is
+// the signed request itself: when its answer is lost (a connection reset,
+// a timeout, a 5xx), the Delivery Service may have taken it, so the
+// message is kept and Send returns an error wrapping ErrMessagePending.
+// The next Send, commit, Leave or PutAttachment on the group first resends
+// the kept request byte for byte (after a 401 stale_timestamp, the same
+// MLS message signed again): a recipient gets that MLS message once, or a
+// copy its MLS client drops as a replay, never a second encryption of the
+// text. A Send of the same data as the kept message is its retry: it
+// resends the kept message and encrypts nothing. A resend that fails
+// again keeps the message and sends nothing new (ErrMessagePending); one
+// refused for good drops it (ErrMessageUnknown). A refusal of the first
+// attempt (a 4xx DSError) drops the message: it was not sent. A 409
+// stale_epoch means a commit moved the group on: Receive, then send
+// again.
 func (c *Client) Send(ctx context.Context, groupID []byte, data []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -33,6 +46,18 @@ func (c *Client) Send(ctx context.Context, groupID []byte, data []byte) error {
 }
 
 func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
+	if c.closed {
+		return errors.New("client: closed")
+	}
+	digest, err := c.resend(ctx, groupID)
+	if err != nil {
+		return err
+	}
+	if digest != nil && sameText(digest, data) {
+		// The kept message was this text: this Send is its retry, and the
+		// Delivery Service has it now.
+		return nil
+	}
 	g, err := c.settle(ctx, groupID)
 	if err != nil {
 		return err
@@ -49,8 +74,29 @@ func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
 	if err != nil {
 		return err
 	}
+	// The request is on disk before it leaves: a retry sends these bytes,
+	// never a new encryption of data. The message key is used up on disk
+	// already, so a crash between the two writes loses a message that
+	// never left, and nothing else.
+	if err := c.writeKept(&keptMessage{groupID: bytes.Clone(groupID), digest: textDigest(data), request: req}); err != nil {
+		return err
+	}
 	_, err = c.postDS(ctx, "/group_operation", "send_message", req)
-	return err
+	switch {
+	case err == nil:
+		if derr := c.dropKept(groupID); derr != nil {
+			return fmt.Errorf("the message was sent, but: %w", derr)
+		}
+		return nil
+	case refused(err):
+		// The Delivery Service refused it and delivered nothing.
+		if derr := c.dropKept(groupID); derr != nil {
+			return fmt.Errorf("%w (and %v)", err, derr)
+		}
+		return err
+	default:
+		return fmt.Errorf("%w: %w", ErrMessagePending, err)
+	}
 }
 
 // EventKind says what a queued message did.

@@ -1,0 +1,169 @@
+package integration
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mimiclient "github.com/caddy-mimi/caddy-mimi/mimicore/client"
+)
+
+// errAnswerLost is what answerLoser returns for an answer it drops.
+var errAnswerLost = errors.New("connection reset after the request was sent (test)")
+
+// answerLoser is a client's transport to the real gateway that loses
+// answers: the request goes through and the gateway carries it out and
+// answers, but while lose is above zero the answer to a /group_operation
+// is read and dropped and the client gets a connection error instead, as
+// when a connection resets (or a proxy times out) after the hub accepted.
+type answerLoser struct {
+	rt   http.RoundTripper
+	mu   sync.Mutex
+	lose int
+}
+
+// RoundTrip implements http.RoundTripper.
+func (l *answerLoser) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.rt.RoundTrip(r)
+	if err != nil || r.URL.Path != "/group_operation" {
+		return resp, err
+	}
+	l.mu.Lock()
+	lose := l.lose > 0
+	if lose {
+		l.lose--
+	}
+	l.mu.Unlock()
+	if !lose {
+		return resp, nil
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return nil, errAnswerLost
+}
+
+// setLose makes the next n answers to /group_operation lost.
+func (l *answerLoser) setLose(n int) {
+	l.mu.Lock()
+	l.lose = n
+	l.mu.Unlock()
+}
+
+// losingHTTP returns an HTTP client for the test gateway whose answers l
+// may lose.
+func losingHTTP() (*http.Client, *answerLoser) {
+	hc := clientHTTP()
+	l := &answerLoser{rt: hc.Transport}
+	return &http.Client{Transport: l}, l
+}
+
+// reopenLosing closes c and opens its state again with an HTTP client
+// that may lose answers.
+func reopenLosing(t *testing.T, c *mimiclient.Client, user string) (*mimiclient.Client, *answerLoser) {
+	t.Helper()
+	dir := c.Dir()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := clientConfig(user)
+	hc, l := losingHTTP()
+	cfg.HTTPClient = hc
+	c, err := mimiclient.Open(dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, l
+}
+
+// messagesUntil has c receive until it got an application message with
+// text last, and returns the texts of the application messages it got, in
+// order. Skipped messages (a copy whose key is used up) are not counted.
+func messagesUntil(t *testing.T, c *mimiclient.Client, last string) []string {
+	t.Helper()
+	var texts []string
+	for tries := 0; tries < 10; tries++ {
+		evs, err := c.Receive(t.Context(), 5*time.Second)
+		if err != nil {
+			t.Fatalf("%s receives: %v", c.URI(), err)
+		}
+		done := false
+		for _, ev := range evs {
+			if ev.Kind == mimiclient.EventMessage {
+				texts = append(texts, string(ev.Data))
+				done = done || string(ev.Data) == last
+			}
+		}
+		if done {
+			return texts
+		}
+	}
+	t.Fatalf("%s never got %q; got %q", c.URI(), last, texts)
+	return nil
+}
+
+// TestGoClientSendAnswerLost: the Delivery Service takes alice's message
+// but its answer is lost. Retrying the send, at once or after reopening
+// her state, must not give bob the text twice: the kept request is sent
+// again byte for byte (a copy bob's MLS client drops), not encrypted
+// again; a new message goes out only after the kept one.
+func TestGoClientSendAnswerLost(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// then is what alice does after the lost answer: "retry" sends
+		// the same text again, "next" sends another text, "reopen"
+		// reopens her state first and retries, "lost again" loses the
+		// retry's answer too, then retries.
+		then string
+		want []string
+	}{
+		{"retry", "retry", []string{"hello once", "after"}},
+		{"next message", "next", []string{"hello once", "another", "after"}},
+		{"reopened", "reopen", []string{"hello once", "after"}},
+		{"lost again", "lost again", []string{"hello once", "after"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob, gid := goClientPair(t, "lost"+strings.ReplaceAll(tc.then, " ", ""))
+			ctx := t.Context()
+			alice, loser := reopenLosing(t, alice, "alice")
+			loser.setLose(1)
+			if err := alice.Send(ctx, gid, []byte("hello once")); !errors.Is(err, errAnswerLost) {
+				t.Fatalf("a send whose answer was lost: %v", err)
+			}
+			switch tc.then {
+			case "retry":
+				if err := alice.Send(ctx, gid, []byte("hello once")); err != nil {
+					t.Fatalf("retrying the send: %v", err)
+				}
+			case "next":
+				if err := alice.Send(ctx, gid, []byte("another")); err != nil {
+					t.Fatalf("the next send: %v", err)
+				}
+			case "reopen":
+				alice, _ = reopenLosing(t, alice, "alice")
+				if err := alice.Send(ctx, gid, []byte("hello once")); err != nil {
+					t.Fatalf("retrying the send from the reopened state: %v", err)
+				}
+			case "lost again":
+				loser.setLose(1)
+				if err := alice.Send(ctx, gid, []byte("hello once")); !errors.Is(err, errAnswerLost) {
+					t.Fatalf("a retry whose answer was lost too: %v", err)
+				}
+				if err := alice.Send(ctx, gid, []byte("hello once")); err != nil {
+					t.Fatalf("retrying the send again: %v", err)
+				}
+			}
+			if err := alice.Send(ctx, gid, []byte("after")); err != nil {
+				t.Fatal(err)
+			}
+			if got := messagesUntil(t, bob, "after"); !slices.Equal(got, tc.want) {
+				t.Fatalf("bob got %q; want %q", got, tc.want)
+			}
+		})
+	}
+}

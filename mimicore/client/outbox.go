@@ -1,0 +1,236 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// outboxDir holds, per group, the application message whose answer was
+// lost (keptMessage), named like the group's file.
+const outboxDir = "outbox"
+
+// keptFormat is the version byte of a kept message's file.
+const keptFormat = 1
+
+// textDigestLabel separates the digest of a kept message's plaintext.
+const textDigestLabel = "MIMI client kept message"
+
+// ErrMessagePending is wrapped by the error of an operation on a group
+// that has an application message whose answer was lost: the message is
+// kept, on disk, and resent byte for byte before anything else is sent to
+// the group (Send, a commit, Leave, PutAttachment), so that the Delivery
+// Service, which may have taken it, never gets a second encryption of it.
+// The operation that returns it sent nothing new. A Send of the same text
+// completes the kept message instead of encrypting the text again.
+var ErrMessagePending = errors.New("client: a message to the group awaits its answer (kept, and resent before anything new)")
+
+// ErrMessageUnknown is wrapped by the error of an operation whose resend of
+// a kept message (ErrMessagePending) the Delivery Service refused for good
+// (a 4xx DSError other than a rate limit, a token required, too early or a
+// stale timestamp: the group moved on, say): the first attempt may have
+// been delivered or not, which the client cannot learn. The kept message
+// is dropped; the operation sent nothing new, and may be run again.
+var ErrMessageUnknown = errors.New("client: a message whose answer was lost was refused when resent: whether it was delivered is not known")
+
+// keptMessage is an application message written before its send_message
+// leaves, and kept while its answer is not known:
+//
+//	struct {
+//	    uint8 format = 1;
+//	    opaque group_id<V>;
+//	    opaque text_digest<V>; // SHA-256 of the label and the plaintext
+//	    opaque request<V>;     // the signed DSRequest, as last sent
+//	} KeptMessage;
+type keptMessage struct {
+	groupID []byte
+	digest  []byte
+	request []byte
+}
+
+// MarshalWire implements wire.Marshaler.
+func (k *keptMessage) MarshalWire(b *cryptobyte.Builder) {
+	b.AddUint8(keptFormat)
+	wire.AddOpaque(b, k.groupID)
+	wire.AddOpaque(b, k.digest)
+	wire.AddOpaque(b, k.request)
+}
+
+// UnmarshalWire implements wire.Unmarshaler.
+func (k *keptMessage) UnmarshalWire(s *cryptobyte.String) bool {
+	var format uint8
+	return s.ReadUint8(&format) && format == keptFormat && wire.ReadOpaque(s, &k.groupID) &&
+		wire.ReadOpaque(s, &k.digest) && wire.ReadOpaque(s, &k.request)
+}
+
+// textDigest returns the digest a kept message records of its plaintext.
+func textDigest(data []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(textDigestLabel))
+	h.Write(data)
+	return h.Sum(nil)
+}
+
+// keptPath returns the file of group groupID's kept message. c.mu is
+// held.
+func (c *Client) keptPath(groupID []byte) (string, error) {
+	if c.closed {
+		return "", errors.New("client: closed")
+	}
+	i := c.rec.group(groupID)
+	if i < 0 {
+		return "", fmt.Errorf("%w %x", ErrUnknownGroup, groupID)
+	}
+	return filepath.Join(c.dir, outboxDir, strconv.FormatUint(c.rec.groups[i].file, 10)), nil
+}
+
+// loadKept returns group groupID's kept message, nil when there is none.
+// c.mu is held.
+func (c *Client) loadKept(groupID []byte) (*keptMessage, error) {
+	path, err := c.keptPath(groupID)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the kept message of group %x: %w", groupID, err)
+	}
+	k := new(keptMessage)
+	if err := wire.Unmarshal(data, k, "kept message"); err != nil {
+		return nil, fmt.Errorf("%w: the kept message of group %x: %w", ErrStateEncoding, groupID, err)
+	}
+	if !bytes.Equal(k.groupID, groupID) {
+		return nil, fmt.Errorf("%w: the kept message of group %x is of another group", ErrStateEncoding, groupID)
+	}
+	return k, nil
+}
+
+// writeKept writes k to disk (atomically, synced) before its request
+// leaves. c.mu is held.
+func (c *Client) writeKept(k *keptMessage) error {
+	path, err := c.keptPath(k.groupID)
+	if err != nil {
+		return err
+	}
+	data, err := wire.Marshal(k)
+	if err != nil {
+		return fmt.Errorf("encoding the kept message: %w", err)
+	}
+	if _, err := os.Stat(filepath.Dir(path)); errors.Is(err, os.ErrNotExist) {
+		// A state directory of an older client has none yet.
+		if err := os.Mkdir(filepath.Dir(path), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("keeping the message: %w", err)
+		}
+		if err := syncDir(c.dir); err != nil {
+			return fmt.Errorf("keeping the message: %w", err)
+		}
+	}
+	if err := writeFileAtomic(path, data); err != nil {
+		return fmt.Errorf("keeping the message: %w", err)
+	}
+	return nil
+}
+
+// dropKept deletes group groupID's kept message, once its answer is
+// known. c.mu is held.
+func (c *Client) dropKept(groupID []byte) error {
+	path, err := c.keptPath(groupID)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("dropping the kept message: %w", err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// PendingMessage reports whether group groupID has an application message
+// whose answer was lost, kept to be resent before anything new is sent to
+// the group (ErrMessagePending).
+func (c *Client) PendingMessage(groupID []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	k, err := c.loadKept(groupID)
+	return err == nil && k != nil
+}
+
+// retryLater reports whether err, a refusal, says only that the request
+// came at the wrong time, which can pass: a rate limit, a token required,
+// TLS early data, a stale timestamp. A kept message refused so is kept.
+func retryLater(err error) bool {
+	code, _ := CodeOf(err)
+	switch code {
+	case moh.CodeRateLimited, moh.CodeTokenRequired, moh.CodeTooEarly, moh.CodeStaleTimestamp:
+		return true
+	}
+	return false
+}
+
+// resend sends group groupID's kept message again, byte for byte, and
+// returns the digest of its plaintext once the Delivery Service took it
+// (the message is then dropped), or nil when the group has none. A 401
+// stale_timestamp (the answer was lost long enough ago) signs the same
+// request body, the same MLS message, again under the current time, keeps
+// that and sends it. A refusal for good drops it (ErrMessageUnknown); any
+// other failure keeps it (ErrMessagePending). c.mu is held.
+func (c *Client) resend(ctx context.Context, groupID []byte) ([]byte, error) {
+	k, err := c.loadKept(groupID)
+	if err != nil || k == nil {
+		return nil, err
+	}
+	_, err = c.postDS(ctx, "/group_operation", "send_message", k.request)
+	if code, _ := CodeOf(err); code == moh.CodeStaleTimestamp {
+		req, derr := moh.DecodeDSRequest(k.request)
+		if derr != nil {
+			return nil, fmt.Errorf("%w: the kept message of group %x: %w", ErrStateEncoding, groupID, derr)
+		}
+		signed, serr := c.sign(req.Body, req.Auth.SenderIndex)
+		if serr != nil {
+			return nil, fmt.Errorf("%w: signing it again: %w", ErrMessagePending, serr)
+		}
+		k = &keptMessage{groupID: k.groupID, digest: k.digest, request: signed}
+		if werr := c.writeKept(k); werr != nil {
+			return nil, fmt.Errorf("%w: %w", ErrMessagePending, werr)
+		}
+		_, err = c.postDS(ctx, "/group_operation", "send_message", k.request)
+	}
+	switch {
+	case err == nil:
+		if derr := c.dropKept(groupID); derr != nil {
+			return nil, fmt.Errorf("the kept message was resent and taken, but: %w", derr)
+		}
+		return k.digest, nil
+	case refused(err) && !retryLater(err):
+		if derr := c.dropKept(groupID); derr != nil {
+			return nil, fmt.Errorf("%w: %w (and %v)", ErrMessageUnknown, err, derr)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrMessageUnknown, err)
+	default:
+		return nil, fmt.Errorf("%w: resending it: %w", ErrMessagePending, err)
+	}
+}
+
+// sameText reports whether digest, of a kept message, is that of data.
+func sameText(digest, data []byte) bool {
+	return subtle.ConstantTimeCompare(digest, textDigest(data)) == 1
+}
