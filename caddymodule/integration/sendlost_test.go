@@ -1,15 +1,18 @@
 package integration
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/cmd/mimictl/cli"
 	mimiclient "github.com/caddy-mimi/caddy-mimi/mimicore/client"
 )
 
@@ -165,5 +168,53 @@ func TestGoClientSendAnswerLost(t *testing.T) {
 				t.Fatalf("bob got %q; want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestMimictlSendAnswerLost: `mimictl send` whose answer is lost fails
+// with exit status 4; running the same send again resends the kept
+// message, says so on stderr and exits 0, and bob prints the text once.
+func TestMimictlSendAnswerLost(t *testing.T) {
+	startClientSite(t)
+	dir := t.TempDir()
+	hc, loser := losingHTTP()
+	run := func(user, state string, wantStatus int, args ...string) (string, string) {
+		t.Helper()
+		environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": user,
+			"MIMI_PASSWORD": clientUsers[user], "MIMI_STATE": filepath.Join(dir, state)}
+		var stdout, stderr bytes.Buffer
+		status := cli.Run(t.Context(), args, cli.Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
+			Getenv: func(k string) string { return environ[k] }, HTTPClient: hc})
+		if status != wantStatus {
+			t.Fatalf("mimictl %v (%s): exit %d, want %d: %s", args, state, status, wantStatus, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	run("alice", "alice", 0, "client", "init", "mimi://m.localhost/d/alice/cli")
+	run("bob", "bob", 0, "client", "init", "mimi://m.localhost/d/bob/cli")
+	out, _ := run("alice", "alice", 0, "group", "create")
+	gid := strings.TrimSpace(out)
+	run("alice", "alice", 0, "group", "add", gid, "mimi://m.localhost/u/bob")
+	run("bob", "bob", 0, "recv", "-wait", "5s")
+
+	loser.setLose(1)
+	if _, stderr := run("alice", "alice", 4, "send", gid, "hello", "once"); !strings.Contains(stderr, "kept") {
+		t.Fatalf("a send whose answer was lost said %q", stderr)
+	}
+	if _, stderr := run("alice", "alice", 0, "send", gid, "hello", "once"); !strings.Contains(stderr, "resent") {
+		t.Fatalf("the retried send said %q; want it to say it resent the kept message", stderr)
+	}
+	run("alice", "alice", 0, "send", gid, "after")
+	var got []string
+	for tries := 0; tries < 10 && !slices.Contains(got, "after"); tries++ {
+		out, _ := run("bob", "bob", 0, "recv", "-wait", "5s")
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Split(line, "\t"); len(f) == 4 && f[0] == "message" {
+				got = append(got, f[3])
+			}
+		}
+	}
+	if want := []string{"hello once", "after"}; !slices.Equal(got, want) {
+		t.Fatalf("bob printed %q; want %q", got, want)
 	}
 }

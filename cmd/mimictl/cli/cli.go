@@ -8,9 +8,14 @@
 //
 // Every command prints its results on stdout, one item a line, and its
 // errors on stderr; the exit status is 0 on success, 1 on failure (a
-// write to stdout that fails included), 2 for a usage error and 3 when
+// write to stdout that fails included), 2 for a usage error, 3 when
 // the state directory is in use by another mimictl (or another client of
-// mimicore/client) and stayed so for -lock-wait.
+// mimicore/client) and stayed so for -lock-wait, 4 when a message's
+// answer was lost (this send's, or a kept one's that the command resent
+// first): the message is kept and resent, as it was, before anything new
+// is sent to the group; and 5 when a kept message's resend was refused
+// for good, so that whether it was delivered is not known (it is
+// dropped; the command sent nothing new).
 package cli
 
 import (
@@ -44,6 +49,16 @@ const (
 	// exitInUse says the command did nothing because another process
 	// held the state directory: a script may run it again.
 	exitInUse = 3
+	// exitPending says a message's answer was lost (the command's own,
+	// or that of a kept message it resent first): it is kept, and the
+	// next send (the same text: its retry, no second copy) or group
+	// command on the group resends it first. Nothing new was sent after
+	// it.
+	exitPending = 4
+	// exitUnknown says a kept message's resend was refused for good:
+	// whether its first attempt was delivered is not known. It is
+	// dropped, and the command sent nothing new.
+	exitUnknown = 5
 )
 
 const usage = `usage: mimictl [global flags] <command> [flags] [arguments]
@@ -67,7 +82,10 @@ commands:
   group leave <group>              propose the client's own removal; the next member's commit removes it
   group export <group> <file>      write what an external joiner needs ("-": stdout)
   group join <file>                join externally with what group export wrote ("-": stdin)
-  send <group> [text...]           send a message (the arguments, or stdin)
+  send <group> [text...]           send a message (the arguments, or stdin); when the answer
+                                   is lost (exit 4) the message is kept and resent first by the
+                                   next send or group command on the group (send the same text
+                                   again: it is resent, not sent twice)
   recv [-wait d]                   receive, process and print queued messages; -wait: how long
                                    to wait for a first one when none is queued
   attach put <group> <file>        encrypt and upload a file ("-": stdin); prints the sender's
@@ -239,6 +257,14 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		fmt.Fprintf(stderr, "mimictl: %v\n", err)
 		fmt.Fprintln(stderr, "mimictl: another mimictl holds the state directory: try again when it is done, or wait for it with -lock-wait")
 		return exitInUse
+	case errors.Is(err, client.ErrMessagePending):
+		fmt.Fprintf(stderr, "mimictl: %v\n", err)
+		fmt.Fprintln(stderr, "mimictl: the message is kept: run the same send again to resend it (it is not sent twice); any send or group command on the group resends it first")
+		return exitPending
+	case errors.Is(err, client.ErrMessageUnknown):
+		fmt.Fprintf(stderr, "mimictl: %v\n", err)
+		fmt.Fprintln(stderr, "mimictl: the kept message was dropped: check with the recipients before sending it again; nothing new was sent")
+		return exitUnknown
 	default:
 		fmt.Fprintf(stderr, "mimictl: %v\n", err)
 		if code, _ := client.CodeOf(err); code == moh.CodeStaleEpoch || code == moh.CodeCommitConflict {
@@ -514,7 +540,17 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 				return errors.New("the message is larger than 1 MiB")
 			}
 		}
-		return c.Send(ctx, gid, text)
+		pending := c.PendingMessage(gid)
+		if pending {
+			fmt.Fprintf(e.stderr, "mimictl: group %x has a message whose answer was lost: resending it first\n", gid)
+		}
+		if err := c.Send(ctx, gid, text); err != nil {
+			return err
+		}
+		if pending {
+			fmt.Fprintln(e.stderr, "mimictl: the kept message was resent and taken (this text, when the same, was not sent again)")
+		}
+		return nil
 	}
 }
 
