@@ -135,7 +135,10 @@ func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Clien
 	if !cs.Supported() {
 		return nil, fmt.Errorf("initialising client: cipher suite %d is not supported", uint16(cs))
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// The state directory's entry, and those of the parents created with
+	// it, are synced: after a crash, an Init that returned leaves its
+	// directory in place.
+	if err := mkdirDurable(dir); err != nil {
 		return nil, fmt.Errorf("initialising client: %w", err)
 	}
 	c, err := newClient(ctx, dir, cfg)
@@ -151,7 +154,7 @@ func Init(ctx context.Context, dir string, cfg Config, opts InitOptions) (*Clien
 	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
 		return fail(fmt.Errorf("%s already holds a client", dir))
 	}
-	if err := os.MkdirAll(filepath.Join(dir, groupsDir), 0o700); err != nil {
+	if err := mkdirDurable(filepath.Join(dir, groupsDir)); err != nil {
 		return fail(err)
 	}
 	signer, pub, err := cs.GenerateSignatureKey()

@@ -233,6 +233,36 @@ func writeFileAtomic(path string, data []byte) (err error) {
 	return syncDir(dir)
 }
 
+// mkdirDurable creates dir, and any missing parent, with mode 0700, and
+// syncs the parent of each directory it created and the parent of dir, so
+// that the new directories' entries survive a crash once it returned
+// (mkdir(2), like rename(2), is durable only once the directory holding
+// the new entry is synced). dir existing already is no error.
+func mkdirDurable(dir string) error {
+	dir = filepath.Clean(dir)
+	parent := filepath.Dir(dir)
+	fi, err := os.Stat(dir)
+	switch {
+	case err == nil && !fi.IsDir():
+		return fmt.Errorf("creating %s: not a directory", dir)
+	case err == nil:
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("creating %s: %w", dir, err)
+	default:
+		if parent != dir {
+			if err := mkdirDurable(parent); err != nil {
+				return err
+			}
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("creating %s: %w", dir, err)
+		}
+	}
+	// Synced even when dir existed: an earlier run that created it may
+	// have crashed before its entry was durable.
+	return syncDir(parent)
+}
+
 // syncDir makes a rename or removal in dir durable.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

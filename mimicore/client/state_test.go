@@ -271,6 +271,45 @@ func TestWriteFileAtomic(t *testing.T) {
 	}
 }
 
+// TestMkdirDurable: mkdirDurable creates a directory and its missing
+// parents (mode 0700), accepts one that exists, and refuses a file in the
+// way. That it syncs the parents cannot be observed short of a crash of
+// the machine; this checks the directories it leaves.
+func TestMkdirDurable(t *testing.T) {
+	base := t.TempDir()
+	file := filepath.Join(base, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, dir string
+		ok        bool
+	}{
+		{"new", filepath.Join(base, "a"), true},
+		{"new with missing parents", filepath.Join(base, "b", "c", "d"), true},
+		{"existing", base, true},
+		{"a file in the way", file, false},
+		{"below a file", filepath.Join(file, "x"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := mkdirDurable(tc.dir)
+			if (err == nil) != tc.ok {
+				t.Fatalf("mkdirDurable(%s) = %v, want success %v", tc.dir, err, tc.ok)
+			}
+			if !tc.ok {
+				return
+			}
+			fi, err := os.Stat(tc.dir)
+			if err != nil || !fi.IsDir() {
+				t.Fatalf("after mkdirDurable: %v, %v", fi, err)
+			}
+			if tc.dir != base && fi.Mode().Perm() != 0o700 {
+				t.Fatalf("mode %v, want 0700", fi.Mode().Perm())
+			}
+		})
+	}
+}
+
 func TestStateDirectoryLocked(t *testing.T) {
 	c := newOffline(t, "alice")
 	if _, err := Open(c.dir, testConfig); !errors.Is(err, ErrInUse) {
