@@ -433,7 +433,12 @@ func identityOf(g *mls.GroupState, i uint32) string {
 // the ratchet tree of that epoch (welcome_info, signed with the
 // KeyPackage's key) and joins. A single-use KeyPackage's private keys are
 // then deleted. A welcome_info refused for good (welcomeInfoRefused)
-// skips the Welcome; any other failure of it is an error.
+// skips the Welcome; any other failure of it is an error. A Welcome for one
+// of the client's KeyPackages that is skipped (it does not decrypt, its
+// tree is refused for good or does not fit it) is refused for good too: the
+// cursor moves past it and it is never processed again, and the
+// KeyPackage it names was claimed (a single-use one is handed out once), so
+// the KeyPackage's private keys are deleted then as after a join.
 func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (Event, error) {
 	skip := func(err error) (Event, error) {
 		ev.Kind, ev.Err = EventSkipped, err
@@ -450,6 +455,14 @@ func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (
 		return skip(errors.New("a Welcome for none of the client's KeyPackages"))
 	}
 	skp := c.rec.keyPackages[kpi]
+	refuse := func(err error) (Event, error) {
+		if derr := c.dropKeyPackage(kpi); derr != nil {
+			// Not skipped: the Welcome is processed again, and its
+			// KeyPackage's keys deleted then.
+			return ev, fmt.Errorf("deleting the keys of the KeyPackage of a refused Welcome: %w", derr)
+		}
+		return skip(err)
+	}
 	kp := new(mls.KeyPackage)
 	if err := wire.Unmarshal(skp.keyPackage, kp, "stored KeyPackage"); err != nil {
 		return ev, fmt.Errorf("%w: %w", ErrStateEncoding, err)
@@ -464,7 +477,7 @@ func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (
 	}
 	res, err := mls.ProcessWelcome(w, kp, initKey, nil)
 	if err != nil {
-		return skip(err)
+		return refuse(err)
 	}
 	gid, epoch := res.GroupInfo.GroupContext.GroupID, res.GroupInfo.GroupContext.Epoch
 	ev.GroupID, ev.Epoch = bytes.Clone(gid), epoch
@@ -480,7 +493,7 @@ func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (
 	tree, err := c.welcomeInfo(ctx, gid, epoch, skp.ref)
 	if err != nil {
 		if welcomeInfoRefused(err) {
-			return skip(err)
+			return refuse(err)
 		}
 		// The hub unreachable, a 503, the context done: the Welcome is
 		// processed again by the next Receive, the cursor stays before it.
@@ -488,7 +501,7 @@ func (c *Client) processWelcome(ctx context.Context, ev Event, w *mls.Welcome) (
 	}
 	m, err := mls.JoinFromWelcome(w, mls.WelcomeOptions{KeyPackage: kp, InitKey: initKey, LeafKey: leafKey, Signer: c.signer, RatchetTree: tree})
 	if err != nil {
-		return skip(err)
+		return refuse(err)
 	}
 	if err := c.storeMember(m); err != nil {
 		return ev, err
