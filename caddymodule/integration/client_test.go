@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -458,6 +459,63 @@ func goClientPair(t *testing.T, dev string) (alice, bob *mimiclient.Client, gid 
 	}
 	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventJoined, gid, "", "")
 	return alice, bob, gid
+}
+
+// TestGoClientAddClaimsOnlyNewClients: alice's group holds bob's first
+// client; bob has a laptop too, and carol none in the group. An Add that
+// names a client or user already in the group, mixes a new user with a
+// present user's new client, or names a client twice is refused before
+// any KeyPackage is claimed: no client loses one (before, adding bob by
+// user URI claimed a KeyPackage of each of his clients, the one in the
+// group too, and threw that one away; and the other refusals came after
+// the claims). Adding the laptop by its client URI claims the laptop's
+// alone.
+func TestGoClientAddClaimsOnlyNewClients(t *testing.T) {
+	alice, bob, gid := goClientPair(t, "claims")
+	laptop := newGoClient(t, "bob", "laptop")
+	carol := newGoClient(t, "carol", "claims")
+	ctx := t.Context()
+	counts := func() map[string]int {
+		t.Helper()
+		out := make(map[string]int)
+		for _, c := range []*mimiclient.Client{bob, laptop, carol} {
+			n, err := c.PublishedKeyPackages(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[c.URI()] = n
+		}
+		return out
+	}
+	before := counts()
+	for _, tc := range []struct {
+		name    string
+		targets []string
+	}{
+		{"a present user", []string{"mimi://m.localhost/u/bob"}},
+		{"a present client", []string{bob.URI()}},
+		{"a new user and a present user's new client", []string{"mimi://m.localhost/u/carol", laptop.URI()}},
+		{"a client twice", []string{laptop.URI(), laptop.URI()}},
+		{"a client and its user", []string{carol.URI(), "mimi://m.localhost/u/carol"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := alice.Add(ctx, gid, tc.targets...); err == nil {
+				t.Fatalf("adding %v succeeded", tc.targets)
+			}
+			if got := counts(); fmt.Sprint(got) != fmt.Sprint(before) {
+				t.Fatalf("available KeyPackages after the refused add: %v; want %v (none claimed)", got, before)
+			}
+		})
+	}
+	if err := alice.Add(ctx, gid, laptop.URI()); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, "bob's laptop", receive(t, laptop, 1)[0], mimiclient.EventJoined, gid, "", "")
+	want := maps.Clone(before)
+	want[laptop.URI()]--
+	if got := counts(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("available KeyPackages after adding the laptop: %v; want %v", got, want)
+	}
 }
 
 // TestGoClientLeave has bob leave a group with the Go client: his

@@ -514,11 +514,19 @@ func notMember(err error) bool {
 		e.Status == http.StatusUnauthorized && e.Code == moh.CodeBadSignature)
 }
 
-// Add adds users or clients of the client's provider to the group: each
-// target is a user URI (mimi://<provider>/u/<user>: every client of the
-// user that has a KeyPackage) or a client URI. The KeyPackages are claimed
-// through the local API. New users go in one add_users commit; clients of
-// users already in the group in one add_clients commit; a mix is refused.
+// Add adds users or clients to the group: each target is a user URI
+// (mimi://<provider>/u/<user>: every client of the user that has a
+// KeyPackage) of a user not in the group, or a client URI
+// (mimi://<provider>/d/<user>/<device>) of a client not in the group. The
+// KeyPackages are claimed through the local API. New users go in one
+// add_users commit; new clients of users already in the group in one
+// add_clients commit, named by client URI; a mix is refused. Every target
+// is checked before any KeyPackage is claimed, since a claim uses up the
+// single-use KeyPackages it answers: a target already in the group, a
+// user already in it named by user URI (a claim for a user answers a
+// KeyPackage of each of its clients, those in the group too), a target
+// given twice or a client of a user also given by user URI is refused
+// and claims nothing.
 func (c *Client) Add(ctx context.Context, groupID []byte, targets ...string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -540,33 +548,40 @@ func (c *Client) add(ctx context.Context, groupID []byte, targets []string) erro
 	}
 	m := g.cur
 	present := usersOf(m.State())
-	var props []*mls.Proposal
 	newUsers, oldUsers := 0, 0
+	users, clients := make(map[string]bool), make(map[string]bool)
 	for _, t := range targets {
-		user := t
-		if _, _, err := moh.ParseUserURI([]byte(t)); err != nil {
-			if user = userOf([]byte(t)); user == "" {
-				return fmt.Errorf("%q is neither a user nor a client URI", t)
+		if _, _, err := moh.ParseUserURI([]byte(t)); err == nil {
+			if present[t] {
+				return fmt.Errorf("%s is in the group: add its new clients by client URI (a claim for a user takes a KeyPackage of each of its clients, those in the group too)", t)
 			}
+			if users[t] {
+				return fmt.Errorf("%s is named twice", t)
+			}
+			users[t] = true
+			newUsers++
+			continue
 		}
+		user := userOf([]byte(t))
+		switch {
+		case user == "":
+			return fmt.Errorf("%q is neither a user nor a client URI", t)
+		case isMember(m.State(), []byte(t)):
+			return fmt.Errorf("%s is in the group", t)
+		case clients[t]:
+			return fmt.Errorf("%s is named twice", t)
+		}
+		clients[t] = true
 		if present[user] {
 			oldUsers++
 		} else {
 			newUsers++
 		}
-		kps, err := c.claim(ctx, t)
-		if err != nil {
-			return err
-		}
-		for _, kp := range kps {
-			if isMember(m.State(), kp.LeafNode.Credential.Identity) {
-				continue // a user's client already in the group: its KeyPackage is not needed
-			}
-			props = append(props, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: kp})
-		}
 	}
-	if len(props) == 0 {
-		return errors.New("every client claimed is already in the group")
+	for t := range clients {
+		if users[userOf([]byte(t))] {
+			return fmt.Errorf("%s is named, and its user too", t)
+		}
 	}
 	typ := moh.AddUsers
 	switch {
@@ -574,6 +589,22 @@ func (c *Client) add(ctx context.Context, groupID []byte, targets []string) erro
 		return errors.New("new users and clients of present users are added by separate commits")
 	case oldUsers > 0:
 		typ = moh.AddClients
+	}
+	var props []*mls.Proposal
+	for _, t := range targets {
+		kps, err := c.claim(ctx, t)
+		if err != nil {
+			return err
+		}
+		for _, kp := range kps {
+			if isMember(m.State(), kp.LeafNode.Credential.Identity) {
+				continue // none after the checks above; a member needs no KeyPackage
+			}
+			props = append(props, &mls.Proposal{Type: mls.ProposalAdd, KeyPackage: kp})
+		}
+	}
+	if len(props) == 0 {
+		return errors.New("every client claimed is already in the group")
 	}
 	return c.commit(ctx, groupID, typ, props)
 }

@@ -76,7 +76,8 @@ commands:
   group create                     create a group; prints its id
   group list                       print the ids of the client's groups
   group info <group>               print a group's epoch and members
-  group add <group> <uri>...       add users (mimi://p/u/name) or clients (mimi://p/d/name/device)
+  group add <group> <uri>...       add users (mimi://p/u/name) or clients (mimi://p/d/name/device);
+                                   a user already in the group: its new clients by client URI
   group remove <group> <uri>...    remove users or clients
   group update <group>             give the client's leaf fresh keys (and commit pending proposals)
   group leave <group>              propose the client's own removal; the next member's commit removes it
