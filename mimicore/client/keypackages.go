@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -182,7 +184,8 @@ const DefaultKeyPackages = 10
 // yet and not carrying the current binding (at least
 // DefaultKeyPackages), less those carrying it that the gateway already
 // has available (GET key_packages: an earlier attempt whose answer was
-// lost), at most as many as the gateway's MaxPublish takes besides those
+// lost, after those of such attempts it does not list were sent again,
+// settleUnlisted), at most as many as the gateway's MaxPublish takes besides those
 // it holds, and a last-resort one when one such is stored and the
 // gateway has none carrying the current binding. The
 // private keys of the old ones are kept until they expire: they may still
@@ -192,6 +195,28 @@ const DefaultKeyPackages = 10
 func (c *Client) republish(ctx context.Context) error {
 	if !c.rec.republishDue {
 		return nil
+	}
+	// An earlier attempt whose answer was lost (a 503, a connection
+	// reset) may have been taken, or not: the KeyPackages the gateway
+	// holds that carry the current binding count (below), and those it
+	// does not list are settled first (settleUnlisted), so that a retry
+	// publishes only what is missing rather than as many again each time.
+	// The old ones stay available at the gateway until they expire, and
+	// it takes no more than MaxPublish of a client's at once: the new ones
+	// are as many as fit besides those it holds, and the keys kept of
+	// those carrying the current binding stay under MaxPublish too.
+	list, err := c.listKeyPackages(ctx)
+	if err != nil {
+		return fmt.Errorf("replacing the KeyPackages of the previous binding: %w", err)
+	}
+	settled, err := c.settleUnlisted(ctx, list)
+	if err != nil {
+		return fmt.Errorf("replacing the KeyPackages of the previous binding: %w", err)
+	}
+	if settled {
+		if list, err = c.listKeyPackages(ctx); err != nil {
+			return fmt.Errorf("replacing the KeyPackages of the previous binding: %w", err)
+		}
 	}
 	n, lastResort, current := 0, false, 0
 	now := uint64(max(c.now().Unix(), 0))
@@ -213,20 +238,6 @@ func (c *Client) republish(ctx context.Context) error {
 		} else {
 			n++
 		}
-	}
-	// An earlier attempt whose answer was lost (a 503, a connection
-	// reset) may have been taken: the KeyPackages the gateway holds that
-	// carry the current binding count, so that a retry publishes only
-	// what is missing rather than as many again each time (each
-	// attempt's keys are kept, since the gateway may hold its
-	// KeyPackages). The old ones stay available at the gateway until they
-	// expire, and it takes no more than MaxPublish of a client's at once:
-	// the new ones are as many as fit besides those it holds, and the
-	// keys kept of those carrying the current binding stay under
-	// MaxPublish too.
-	var list localapi.KeyPackageList
-	if err := c.localRequest(ctx, "GET", "/key_packages", url.Values{"client": {string(c.rec.clientURI)}}, nil, &list); err != nil {
-		return fmt.Errorf("replacing the KeyPackages of the previous binding: listing the published ones: %w", err)
 	}
 	have := 0
 	for _, e := range list.KeyPackages {
@@ -260,6 +271,124 @@ func (c *Client) republish(ctx context.Context) error {
 		return fmt.Errorf("replacing the KeyPackages of the previous binding: %w", err)
 	}
 	return nil
+}
+
+// listKeyPackages answers the client's KeyPackages the gateway has
+// available (GET key_packages). c.mu is held.
+func (c *Client) listKeyPackages(ctx context.Context) (*localapi.KeyPackageList, error) {
+	var list localapi.KeyPackageList
+	if err := c.localRequest(ctx, "GET", "/key_packages", url.Values{"client": {string(c.rec.clientURI)}}, nil, &list); err != nil {
+		return nil, fmt.Errorf("listing the published KeyPackages: %w", err)
+	}
+	return &list, nil
+}
+
+// unlistedWindow is how recently a KeyPackage must have been made for
+// settleUnlisted to publish it again. A gateway answers a KeyPackage
+// published before and claimed since with 409 replay (docs/protocol.md
+// §10.4) only while its store remembers the claim: this gateway's for 14
+// days (store.ClaimedKeyPackageRetention, as long as a joiner may fetch
+// the Welcome's tree), after which the same bytes are taken as new. One
+// made within the window was claimed, if at all, within it, so the answer
+// tells, and publishing it again never hands it out twice.
+const unlistedWindow = 7 * 24 * time.Hour
+
+// settleUnlisted settles the KeyPackages carrying the current binding
+// whose keys the client keeps but the gateway does not list (list): those
+// of a publish whose answer was lost, which the gateway took (and handed
+// out since) or not. It publishes them again, as they are: the gateway
+// takes those it never took (a retry of a publish whose KeyPackages are
+// still available changes nothing, docs/protocol.md §10.4) and answers
+// 409 replay for one it took and handed out since, whose keys stay, since
+// a Welcome for it may come. A refusal of them together is sorted out
+// one by one, and the keys of one the gateway refuses as over its quota
+// (never taken: one it took is available or claimed) are deleted. So a
+// retried republish finds the gateway holding what an earlier attempt
+// sent rather than keeping, at each lost answer, the keys of as many
+// again that the gateway never took. A KeyPackage made more than
+// unlistedWindow ago, or a last-resort one while the gateway lists one
+// carrying the current binding (publishing it would replace that one), is
+// left as it is. It reports whether it published any; an answer lost
+// again is an error, and the next republish settles them again. c.mu is
+// held.
+func (c *Client) settleUnlisted(ctx context.Context, list *localapi.KeyPackageList) (bool, error) {
+	now := uint64(max(c.now().Unix(), 0))
+	listed, listedLastResort := make(map[string]bool), false
+	for _, e := range list.KeyPackages {
+		listed[string(e.KeyPackage)] = true
+		var kp mls.KeyPackage
+		if e.LastResort && wire.Unmarshal(e.KeyPackage, &kp, "KeyPackage") == nil && kp.LeafNode.Lifetime.NotAfter >= c.binding.NotAfter {
+			listedLastResort = true
+		}
+	}
+	var unlisted []storedKeyPackage
+	for _, k := range c.rec.keyPackages {
+		var kp mls.KeyPackage
+		if listed[string(k.keyPackage)] || wire.Unmarshal(k.keyPackage, &kp, "KeyPackage") != nil {
+			continue
+		}
+		lt := kp.LeafNode.Lifetime
+		// newKeyPackage dates not_before an hour back.
+		made := lt.NotBefore + uint64(time.Hour/time.Second)
+		if lt.NotAfter < now || lt.NotAfter < c.binding.NotAfter || made+uint64(unlistedWindow/time.Second) < now ||
+			(k.lastResort && listedLastResort) {
+			continue
+		}
+		unlisted = append(unlisted, k)
+	}
+	if len(unlisted) == 0 {
+		return false, nil
+	}
+	post := func(ks ...storedKeyPackage) error {
+		req := &localapi.PublishRequest{ClientURI: c.rec.clientURI}
+		for _, k := range ks {
+			req.KeyPackages = append(req.KeyPackages, localapi.KeyPackageEntry{LastResort: k.lastResort, KeyPackage: k.keyPackage})
+		}
+		var answer localapi.KeyPackageList
+		return c.postLocal(ctx, "/key_packages", req, &answer)
+	}
+	if len(unlisted) <= localapi.MaxPublish {
+		err := post(unlisted...)
+		if err == nil {
+			return true, nil
+		}
+		if !refused(err) {
+			return false, fmt.Errorf("publishing again the KeyPackages a lost answer left unsettled: %w", err)
+		}
+	}
+	// Refused together (one of them was handed out since, two last-resort
+	// ones, the quota), or more than one request takes: one by one.
+	drop := make(map[string]bool)
+	var lost error
+	for _, k := range unlisted {
+		err := post(k)
+		code, _ := CodeOf(err)
+		switch {
+		case err == nil, code == moh.CodeReplay:
+			// Available now, or taken before and handed out since.
+		case refused(err) && code == moh.CodeQuotaExceeded:
+			drop[string(k.ref)] = true
+		case refused(err):
+			// Refused for another reason (its binding, its lifetime):
+			// whether the gateway took it before is not known; kept.
+		default:
+			lost = fmt.Errorf("publishing again a KeyPackage a lost answer left unsettled: %w", err)
+		}
+		if lost != nil {
+			break
+		}
+	}
+	if len(drop) > 0 {
+		rec := c.rec.clone()
+		rec.keyPackages = slices.DeleteFunc(rec.keyPackages, func(k storedKeyPackage) bool { return drop[string(k.ref)] })
+		if err := c.saveRecord(rec); err != nil {
+			return false, fmt.Errorf("deleting the keys of KeyPackages the gateway never took: %w", err)
+		}
+	}
+	if lost != nil {
+		return false, lost
+	}
+	return true, nil
 }
 
 // PublishedKeyPackages returns how many of the client's KeyPackages the

@@ -2,14 +2,25 @@ package client
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
@@ -122,5 +133,349 @@ func TestRefusedWelcomeKeepsLastResort(t *testing.T) {
 	}
 	if refs := storedRefs(t, bob); len(refs) != 1 || !bytes.Equal(refs[0], rec.keyPackages[0].ref) {
 		t.Fatalf("the last-resort KeyPackage's keys: %d kept; want kept", len(refs))
+	}
+}
+
+// providerKeys are the localapi.Keys of one Ed25519 provider key, valid
+// for 60 days either side of now.
+type providerKeys struct{ k *provider.PrivateKey }
+
+func (p providerKeys) Current(time.Time) (*provider.PrivateKey, error) { return p.k, nil }
+func (p providerKeys) Published(time.Time) []moh.VerificationKey {
+	return []moh.VerificationKey{p.k.Public()}
+}
+
+// apiGateway serves the local client API of provider a.example (package
+// localapi over a SQLite store, as the gateway's mimi_local handler does)
+// for user bob over TLS, on a clock the test sets. It can abort the answer
+// to a publish, the connection closed as by a reset, before the API took
+// the KeyPackages (abortBefore) or after (abortAfter).
+type apiGateway struct {
+	api *localapi.API
+	srv *httptest.Server
+
+	mu                      sync.Mutex
+	now                     time.Time
+	abortBefore, abortAfter int
+}
+
+func newAPIGateway(t *testing.T, now time.Time) *apiGateway {
+	t.Helper()
+	st, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "mimi.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := provider.ParsePEM(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Headers: map[string]string{
+		"Not-Before": now.Add(-60 * 24 * time.Hour).UTC().Format(time.RFC3339),
+		"Not-After":  now.Add(60 * 24 * time.Hour).UTC().Format(time.RFC3339)}, Bytes: der}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &apiGateway{now: now}
+	if g.api, err = localapi.New(localapi.Config{Domains: []string{"a.example"}, Store: st, Keys: providerKeys{k}, Now: g.clock,
+		MaxBindingLifetime: 30 * 24 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	const user = "bob"
+	read := func(w http.ResponseWriter, r *http.Request, v wire.Unmarshaler) bool {
+		body, err := io.ReadAll(r.Body)
+		if err == nil {
+			err = wire.Unmarshal(body, v, "request")
+		}
+		if err != nil {
+			writeDSError(w, http.StatusBadRequest, moh.CodeMalformed)
+			return false
+		}
+		return true
+	}
+	answer := func(w http.ResponseWriter, v wire.Marshaler, err error) {
+		if err != nil {
+			status := map[moh.Code]int{moh.CodeMalformed: 400, moh.CodeForbidden: 403, moh.CodeReplay: 409,
+				moh.CodeQuotaExceeded: 413}[moh.DSErrorOf(err).Code]
+			if status == 0 {
+				status = http.StatusServiceUnavailable
+			}
+			writeDSError(w, status, moh.DSErrorOf(err).Code)
+			return
+		}
+		b, _ := wire.Marshal(v)
+		w.Write(b)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /local/binding", func(w http.ResponseWriter, r *http.Request) {
+		var req localapi.BindingRequest
+		if read(w, r, &req) {
+			b, err := g.api.IssueBinding(user, &req)
+			var a localapi.BindingAnswer
+			if err == nil {
+				a.Binding = *b
+			}
+			answer(w, &a, err)
+		}
+	})
+	mux.HandleFunc("GET /local/key_packages", func(w http.ResponseWriter, r *http.Request) {
+		kps, err := g.api.ListKeyPackages(r.Context(), user, []byte(r.URL.Query().Get("client")))
+		answer(w, &localapi.KeyPackageList{KeyPackages: kps}, err)
+	})
+	mux.HandleFunc("POST /local/key_packages", func(w http.ResponseWriter, r *http.Request) {
+		var req localapi.PublishRequest
+		if !read(w, r, &req) {
+			return
+		}
+		g.mu.Lock()
+		before := g.abortBefore > 0
+		if before {
+			g.abortBefore--
+		}
+		g.mu.Unlock()
+		if before {
+			panic(http.ErrAbortHandler)
+		}
+		kps, err := g.api.PublishKeyPackages(r.Context(), user, &req)
+		g.mu.Lock()
+		after := err == nil && g.abortAfter > 0
+		if after {
+			g.abortAfter--
+		}
+		g.mu.Unlock()
+		if after {
+			panic(http.ErrAbortHandler)
+		}
+		answer(w, &localapi.KeyPackageList{KeyPackages: kps}, err)
+	})
+	g.srv = httptest.NewTLSServer(mux)
+	t.Cleanup(g.srv.Close)
+	return g
+}
+
+func (g *apiGateway) clock() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.now
+}
+
+func (g *apiGateway) config() Config {
+	return Config{Gateway: g.srv.URL, Local: g.srv.URL + "/local", HTTPClient: g.srv.Client(), Now: g.clock}
+}
+
+// current returns the refs of c's KeyPackages carrying its current
+// binding: those whose keys c keeps, and those the gateway lists.
+func (g *apiGateway) current(t *testing.T, c *Client) (kept, listed map[string]bool) {
+	t.Helper()
+	kept, listed = make(map[string]bool), make(map[string]bool)
+	na := uint64(c.BindingNotAfter().Unix())
+	add := func(set map[string]bool, enc []byte) {
+		var kp mls.KeyPackage
+		if err := wire.Unmarshal(enc, &kp, "KeyPackage"); err != nil {
+			t.Fatal(err)
+		}
+		if kp.LeafNode.Lifetime.NotAfter < na {
+			return
+		}
+		ref, err := kp.Ref()
+		if err != nil {
+			t.Fatal(err)
+		}
+		set[string(ref)] = true
+	}
+	c.mu.Lock()
+	for _, k := range c.rec.keyPackages {
+		add(kept, k.keyPackage)
+	}
+	c.mu.Unlock()
+	kps, err := g.api.ListKeyPackages(t.Context(), "bob", []byte(c.URI()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range kps {
+		add(listed, e.KeyPackage)
+	}
+	return kept, listed
+}
+
+// renewedBob initialises bob's client 21 days before now, with 10
+// single-use KeyPackages and a last-resort one, and moves the clock to
+// now: his binding is due for renewal, and the republish that follows it
+// replaces the KeyPackages.
+func renewedBob(t *testing.T) (*apiGateway, *Client) {
+	t.Helper()
+	now := time.Now()
+	g := newAPIGateway(t, now.Add(-21*24*time.Hour))
+	bob, err := Init(t.Context(), filepath.Join(t.TempDir(), "bob"), g.config(), InitOptions{ClientURI: "mimi://a.example/d/bob/phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bob.Close() })
+	g.mu.Lock()
+	g.now = now
+	g.mu.Unlock()
+	return g, bob
+}
+
+// TestRepublishAfterLostAnswers: the publish that replaces bob's
+// KeyPackages after a renewal gets no answer (the connection closed after
+// the request was sent) before the gateway took them, and so do the next
+// attempts, one per operation. Each retry first lists what the gateway
+// holds and sends the KeyPackages it does not list again rather than as
+// many new ones: bob keeps the keys of one set whatever the number of lost
+// answers, and once an answer comes, every key he keeps of a KeyPackage
+// carrying the current binding is of one the gateway holds (before, each
+// lost answer left the keys of 11 more KeyPackages the gateway never took,
+// kept until the binding expired and piling up to 255).
+func TestRepublishAfterLostAnswers(t *testing.T) {
+	for _, lost := range []int{1, 5} {
+		t.Run(strconv.Itoa(lost), func(t *testing.T) {
+			g, bob := renewedBob(t)
+			g.mu.Lock()
+			g.abortBefore = lost
+			g.mu.Unlock()
+			for i := range lost {
+				// The first operation renews the binding and tries the
+				// republish; each tries it again. Their own work succeeds.
+				if err := bob.Publish(t.Context(), 0, false); err != nil {
+					t.Fatal(err)
+				}
+				if !bob.rec.republishDue {
+					t.Fatalf("operation %d: the republish is done while its answers were lost", i)
+				}
+				if kept, listed := g.current(t, bob); len(kept) != 11 || len(listed) != 0 {
+					t.Fatalf("after %d lost answers: the keys of %d KeyPackages carrying the new binding kept, %d at the gateway; want 11, 0",
+						i+1, len(kept), len(listed))
+				}
+			}
+			if err := bob.Publish(t.Context(), 0, false); err != nil {
+				t.Fatal(err)
+			}
+			kept, listed := g.current(t, bob)
+			if bob.rec.republishDue || len(listed) != 11 || len(kept) != 11 {
+				t.Fatalf("once answered: republish due %v, %d KeyPackages carrying the new binding at the gateway, %d kept; want done, 11, 11",
+					bob.rec.republishDue, len(listed), len(kept))
+			}
+			for ref := range kept {
+				if !listed[ref] {
+					t.Fatalf("bob keeps the keys of KeyPackage %x, which the gateway never took", ref)
+				}
+			}
+		})
+	}
+}
+
+// TestRepublishKeepsKeysOfClaimed: the gateway took the replacing
+// KeyPackages but the answer was lost, and carol claimed bob's 10 old
+// single-use KeyPackages and 2 of the new ones before his next operation.
+// The 2 are not listed any more, and sent again the gateway answers
+// replay: their keys stay (a Welcome for them may come), and the retry
+// publishes 2 new ones in their place; its answer is lost too, before the
+// gateway took them. The next retry sends the 4 unlisted ones again, is
+// refused (replay) and sends them one by one: the gateway takes the 2 it
+// never got, and bob keeps the keys of the 2 claimed ones and of the 11 it
+// holds, no more (before, the second retry published 2 more and the keys
+// of the 2 it never took stayed).
+func TestRepublishKeepsKeysOfClaimed(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.abortAfter = 1
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	_, taken := g.current(t, bob)
+	if len(taken) != 11 || !bob.rec.republishDue {
+		t.Fatalf("after the lost answer: %d new KeyPackages at the gateway, republish due %v; want 11, due", len(taken), bob.rec.republishDue)
+	}
+	claimed := make(map[string]bool)
+	for range 12 {
+		kps, err := g.api.ClaimKeyPackages(t.Context(), "carol", &localapi.ClaimRequest{CipherSuite: uint16(DefaultCipherSuite), Target: []byte(bob.URI())})
+		if err != nil || len(kps) != 1 {
+			t.Fatalf("claiming: %d, %v", len(kps), err)
+		}
+		var kp mls.KeyPackage
+		if err := wire.Unmarshal(kps[0].KeyPackage, &kp, "KeyPackage"); err != nil {
+			t.Fatal(err)
+		}
+		ref, _ := kp.Ref()
+		if taken[string(ref)] {
+			claimed[string(ref)] = true
+		}
+	}
+	if len(claimed) != 2 {
+		t.Fatalf("%d of the new KeyPackages claimed; want 2", len(claimed))
+	}
+	g.mu.Lock()
+	g.abortBefore = 1
+	g.mu.Unlock()
+	for range 2 {
+		if err := bob.Publish(t.Context(), 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kept, listed := g.current(t, bob)
+	for ref := range claimed {
+		if !kept[ref] || listed[ref] {
+			t.Fatalf("claimed KeyPackage %x: keys kept %v, available again %v; want kept, not available", ref, kept[ref], listed[ref])
+		}
+	}
+	if bob.rec.republishDue || len(listed) != 11 || len(kept) != 13 {
+		t.Fatalf("republish due %v, %d at the gateway, %d kept; want done, 11 (2 new), 13", bob.rec.republishDue, len(listed), len(kept))
+	}
+}
+
+// TestRepublishDropsKeysOverQuota: the replacing KeyPackages' answer is
+// lost before the gateway took them, and KeyPackages of bob published
+// since (here straight through the API) fill the 256 the gateway holds of
+// a client. Sent again, each single-use one is refused as over the quota:
+// the gateway never took them, and their keys go (the last-resort one
+// replaces the old one and is taken).
+func TestRepublishDropsKeysOverQuota(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.abortBefore = 1
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	lostKeys, _ := g.current(t, bob)
+	if len(lostKeys) != 11 {
+		t.Fatalf("the keys of %d KeyPackages of the lost publish kept; want 11", len(lostKeys))
+	}
+	old, err := g.api.ListKeyPackages(t.Context(), "bob", []byte(bob.URI()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &localapi.PublishRequest{ClientURI: []byte(bob.URI())}
+	for range localapi.MaxPublish - len(old) {
+		_, st, err := bob.newKeyPackage(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.KeyPackages = append(req.KeyPackages, localapi.KeyPackageEntry{KeyPackage: st.keyPackage})
+	}
+	if _, err := g.api.PublishKeyPackages(t.Context(), "bob", req); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	kept, listed := g.current(t, bob)
+	dropped := 0
+	for ref := range lostKeys {
+		switch {
+		case !kept[ref]:
+			dropped++
+		case !listed[ref]:
+			t.Fatalf("bob keeps the keys of KeyPackage %x, which the gateway refused over its quota", ref)
+		}
+	}
+	if dropped != 10 {
+		t.Fatalf("the keys of %d KeyPackages the gateway refused deleted; want 10", dropped)
 	}
 }
