@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/federation"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
@@ -25,6 +26,14 @@ import (
 // config's options are in force only between its Provision and its
 // Cleanup. The rate-limit zones keep that order themselves
 // (admission.Policy.Commit and Close).
+//
+// A config may hold a directory's service with no gateway on it: its
+// only mimi module there is a mimi_local handler with data_dir, which
+// opens the service with the defaults or joins it as it is. When a
+// gateway commits its options to such a service, the options it had are
+// kept (a serviceBase) for as long as a mimi_local of another config
+// holds the service, and put back when the last gateway is cleaned up
+// first: its config was rejected while the mimi_local-only config runs.
 var commits = struct {
 	mu sync.Mutex
 	// dirs orders, per data directory, the gateways whose options the
@@ -36,7 +45,64 @@ var commits = struct {
 	// origins orders, per originPool key, the gateways that hold the
 	// origin.
 	origins commitOrder
-}{dirs: commitOrder{}, sweepers: commitOrder{}, origins: commitOrder{}}
+	// locals is, per data directory, the mimi_local handlers that
+	// joined its service and hold it.
+	locals map[string][]*LocalAPI
+	// bases is, per data directory, what the service had before its
+	// first gateway committed, while mimi_local handlers of other
+	// configs hold it.
+	bases map[string]*serviceBase
+	// limits is, per open service, the outbox limits a gateway last set
+	// on its store (none: the defaults).
+	limits map[*service.Service]store.OutboxLimits
+}{dirs: commitOrder{}, sweepers: commitOrder{}, origins: commitOrder{},
+	locals: map[string][]*LocalAPI{}, bases: map[string]*serviceBase{}, limits: map[*service.Service]store.OutboxLimits{}}
+
+// serviceBase is what a data directory's service had when a gateway
+// committed its options to it while only mimi_local handlers held it:
+// its options and outbox limits, and those handlers (of configs other
+// than the gateway's) that still hold it.
+type serviceBase struct {
+	opts    service.Options
+	limits  store.OutboxLimits
+	holders []*LocalAPI
+}
+
+// joinedLocal records that h, a mimi_local handler, holds the service of
+// its data directory.
+func joinedLocal(h *LocalAPI) {
+	commits.mu.Lock()
+	defer commits.mu.Unlock()
+	commits.locals[h.DataDir] = append(commits.locals[h.DataDir], h)
+}
+
+// releasedLocal records that h no longer holds the service of its data
+// directory: when it was the last mimi_local of the configs that ran
+// before the directory's gateways, their options stay in force.
+func releasedLocal(h *LocalAPI) {
+	commits.mu.Lock()
+	defer commits.mu.Unlock()
+	dir := h.DataDir
+	if l := slices.DeleteFunc(commits.locals[dir], func(x *LocalAPI) bool { return x == h }); len(l) > 0 {
+		commits.locals[dir] = l
+	} else {
+		delete(commits.locals, dir)
+	}
+	if b := commits.bases[dir]; b != nil {
+		b.holders = slices.DeleteFunc(b.holders, func(x *LocalAPI) bool { return x == h })
+		if len(b.holders) == 0 {
+			delete(commits.bases, dir)
+		}
+	}
+}
+
+// closedService forgets what was recorded of svc, which its last holder
+// closed.
+func closedService(svc *service.Service) {
+	commits.mu.Lock()
+	defer commits.mu.Unlock()
+	delete(commits.limits, svc)
+}
 
 // commitOrder is, per pool key, the live gateways that committed their
 // options to the part pooled under it, oldest first.
@@ -76,6 +142,20 @@ func (g *Gateway) commit(opened bool) error {
 	commits.mu.Lock()
 	defer commits.mu.Unlock()
 	g.committed = true
+	if _, ok := commits.dirs[g.DataDir]; !ok && !opened {
+		// The first gateway on a service that mimi_local handlers
+		// hold: what it has now is put back if this gateway's config
+		// is rejected while theirs runs.
+		var holders []*LocalAPI
+		for _, h := range commits.locals[g.DataDir] {
+			if h.config != g.dirEntry.config {
+				holders = append(holders, h)
+			}
+		}
+		if len(holders) > 0 {
+			commits.bases[g.DataDir] = &serviceBase{opts: g.svc.Options(), limits: commits.limits[g.svc], holders: holders}
+		}
+	}
 	commits.dirs.push(g.DataDir, g)
 	if !opened {
 		if err := g.svc.Apply(g.svcOpts); err != nil {
@@ -111,6 +191,17 @@ func (g *Gateway) uncommit() {
 		if err := n.applyDataDir(true); err != nil {
 			n.logger.Error("restoring the running config's options", zap.String("data_dir", n.DataDir), zap.Error(err))
 		}
+	} else if _, ok := commits.dirs[g.DataDir]; !ok {
+		if b := commits.bases[g.DataDir]; b != nil {
+			// The last gateway, cleaned up while a mimi_local of a
+			// config that ran before it still holds the service.
+			delete(commits.bases, g.DataDir)
+			if err := g.svc.Apply(b.opts); err != nil {
+				g.logger.Error("restoring the running config's options", zap.String("data_dir", g.DataDir), zap.Error(err))
+			}
+			g.svc.Store().SetOutboxLimits(b.limits)
+			commits.limits[g.svc] = b.limits
+		}
 	}
 	if g.sweeper != nil {
 		if n := commits.sweepers.remove(g.DataDir, g); n != nil {
@@ -142,6 +233,7 @@ func (g *Gateway) applyDataDir(applyService bool) error {
 		g.sender.SetPolicy(federation.Policy{})
 	}
 	g.svc.Store().SetOutboxLimits(limits)
+	commits.limits[g.svc] = limits
 	g.sender.SetBackend(g.backend)
 	return err
 }

@@ -612,6 +612,7 @@ func (g *Gateway) Cleanup() error {
 	g.svcHeld = false
 	deleted, err := servicePool.Delete(g.DataDir)
 	if deleted {
+		closedService(g.svc)
 		if c := g.logger.Check(zapcore.DebugLevel, "closed provider service"); c != nil {
 			c.Write(zap.String("data_dir", g.DataDir))
 		}

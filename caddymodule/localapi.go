@@ -365,6 +365,7 @@ func (h *LocalAPI) join() error {
 		return h.joined.err
 	}
 	h.svc, h.api = svc, api
+	joinedLocal(h)
 	return nil
 }
 
@@ -517,8 +518,13 @@ func (h *LocalAPI) Cleanup() error {
 	if h.svc == nil {
 		return zoneErr
 	}
+	svc := h.svc
 	h.svc = nil
-	_, err := servicePool.Delete(h.DataDir)
+	releasedLocal(h)
+	deleted, err := servicePool.Delete(h.DataDir)
+	if deleted {
+		closedService(svc)
+	}
 	return errors.Join(zoneErr, err)
 }
 

@@ -287,3 +287,97 @@ func (f *Federation) fetchPortsOrNil() []int {
 	}
 	return f.AllowedPorts
 }
+
+// TestRejectedConfigRestoresLocalOptions runs a config whose only mimi
+// module on a data directory is a mimi_local handler with data_dir: it
+// opens the provider service with the defaults. A config with a gateway
+// on that directory (another key scheme and fetch policy, another
+// logger) provisions and is then rejected, or accepted. A rejected
+// config's options must not stay in force on the service the running
+// config uses; an accepted config's stay once the mimi_local-only
+// config is cleaned up.
+func TestRejectedConfigRestoresLocalOptions(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// localInNew adds a mimi_local to the new config, provisioned
+		// before its gateway (it joins the running config's service).
+		localInNew bool
+		accepted   bool
+	}{
+		{"rejected", false, false},
+		{"rejected, with a mimi_local of its own", true, false},
+		{"accepted", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+			running := &LocalAPI{Providers: []string{localProvider}, DataDir: dir, User: "{http.request.header.X-Test-User}"}
+			runCtx, runCancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			t.Cleanup(runCancel)
+			if err := running.Provision(runCtx); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { running.Cleanup() })
+			// Its first request opens the service with the defaults.
+			if w := aliceBinding(t, running); w.Code != http.StatusOK {
+				t.Fatalf("the first request answered %d %s", w.Code, w.Body)
+			}
+			svc := running.svc
+			before := svc.Options()
+			keysBefore := svc.Keys().Options()
+
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			t.Cleanup(cancel)
+			var local *LocalAPI
+			if tc.localInNew {
+				local = &LocalAPI{Providers: []string{localProvider}, DataDir: dir, User: "{http.request.header.X-Test-User}"}
+				if err := local.Provision(ctx); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { local.Cleanup() })
+			}
+			g := &Gateway{Providers: []string{localProvider}, DSDomain: "ds.example.com", DataDir: dir,
+				KeyScheme:  "ecdsa_secp256r1_sha256",
+				Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{8443}}}
+			if err := g.Provision(ctx); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { g.Cleanup() })
+			if g.svc != svc {
+				t.Fatal("the gateway opened a second service")
+			}
+			if tc.accepted {
+				// Caddy cleans the old config up once the new one runs.
+				if err := running.Cleanup(); err != nil {
+					t.Fatal(err)
+				}
+				opts := svc.Options()
+				if !opts.Fetch.AllowPrivate || opts.Logger != g.logger || svc.Keys().Options().Scheme == keysBefore.Scheme {
+					t.Error("the accepted config's options are not in force")
+				}
+				return
+			}
+			if local != nil {
+				if err := local.Cleanup(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := g.Cleanup(); err != nil {
+				t.Fatal(err)
+			}
+			opts := svc.Options()
+			if opts.Fetch.AllowPrivate != before.Fetch.AllowPrivate || len(opts.Fetch.AllowedPorts) != len(before.Fetch.AllowedPorts) {
+				t.Errorf("the rejected config's fetch policy is in force: allow private %v, ports %v", opts.Fetch.AllowPrivate, opts.Fetch.AllowedPorts)
+			}
+			if opts.Logger != before.Logger {
+				t.Error("the service logs to the rejected config's logger")
+			}
+			if got := svc.Keys().Options().Scheme; got != keysBefore.Scheme {
+				t.Errorf("the rejected config's key scheme %v is in force, was %v", got, keysBefore.Scheme)
+			}
+			if w := aliceBinding(t, running); w.Code != http.StatusOK {
+				t.Errorf("the running config's request answered %d %s", w.Code, w.Body)
+			}
+		})
+	}
+}
