@@ -46,9 +46,11 @@ func (s *Sender) retries() store.OutboxRetries {
 // on the monotonic clock, within the backoff's cap in force. A backoff whose next attempt is already due
 // (the gateway was down past it) is tried after a random part of half its
 // level instead of at once, so that a gateway restarted with many failing
-// destinations does not try them all in the same instant. It reports
-// false when the states could not be read: the workers then clear the
-// stored state of their destination at their first pass.
+// destinations does not try them all in the same instant. The state of a
+// destination with nothing waiting is stale: it is neither resumed nor
+// shown in the status, and cleared by the destination's first pass. It
+// reports false when the states could not be read: the workers then
+// clear the stored state of their destination at their first pass.
 func (s *Sender) loadRetries(ctx context.Context) (map[string]*restoredState, bool) {
 	rs := s.retries()
 	if rs == nil {
@@ -57,6 +59,19 @@ func (s *Sender) loadRetries(ctx context.Context) (map[string]*restoredState, bo
 	list, err := rs.OutboxRetries(ctx)
 	if err != nil {
 		s.logger().Error("reading the outbox backoffs; the failing destinations are tried from the minimum backoff", zap.Error(err))
+		return nil, false
+	}
+	if len(list) == 0 {
+		return nil, true
+	}
+	// A stored state is stale when nothing waits for its destination: a
+	// success (this gateway's before a kill -9 between its two writes,
+	// or another gateway's between our reads) removed the backlog, and
+	// nothing backs off. Listed after the states, so that a backlog
+	// delivered between the two reads counts as delivered.
+	dests, err := s.Outbox.OutboxDestinations(ctx)
+	if err != nil {
+		s.logger().Error("listing the outbox destinations for their backoffs; the failing destinations are tried from the minimum backoff", zap.Error(err))
 		return nil, false
 	}
 	mono, wall := time.Now(), s.now()
@@ -74,8 +89,19 @@ func (s *Sender) loadRetries(ctx context.Context) (map[string]*restoredState, bo
 		}
 		return backoff{level: level, next: mono.Add(rand.N(level/2 + 1))}
 	}
+	waiting := make(map[string]bool, len(dests))
+	for _, d := range dests {
+		waiting[d] = true
+	}
 	out := make(map[string]*restoredState, len(list))
+	resumed := 0
 	for _, r := range list {
+		if !waiting[r.Destination] {
+			// Neither resumed nor shown: the worker a message starts
+			// clears it at its first pass.
+			out[r.Destination] = &restoredState{ended: true}
+			continue
+		}
 		st := &restoredState{dest: resume(r.Backoff), groups: make(map[string]*backoff, len(r.Groups))}
 		for _, g := range r.Groups {
 			if b := resume(g.OutboxBackoff); b.level > 0 {
@@ -83,6 +109,7 @@ func (s *Sender) loadRetries(ctx context.Context) (map[string]*restoredState, bo
 			}
 		}
 		out[r.Destination] = st
+		resumed++
 		next := destState{dest: st.dest, groups: st.groups}
 		var nextAt time.Time
 		if at := next.earliest(); !at.IsZero() {
@@ -92,8 +119,8 @@ func (s *Sender) loadRetries(ctx context.Context) (map[string]*restoredState, bo
 			d.Failures, d.LastError, d.LastAttempt, d.NextAttempt = r.Failures, r.LastError, r.LastAttempt, nextAt
 		})
 	}
-	if len(out) > 0 {
-		s.logger().Info("resumed the backoffs of failing outbox destinations", zap.Int("destinations", len(out)))
+	if resumed > 0 {
+		s.logger().Info("resumed the backoffs of failing outbox destinations", zap.Int("destinations", resumed))
 	}
 	return out, true
 }

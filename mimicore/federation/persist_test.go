@@ -233,14 +233,17 @@ func TestSenderBackoffSurvivesRestart(t *testing.T) {
 	}
 }
 
-// TestLoadRetriesJitter checks the backoffs read at start: one whose next
-// attempt is still ahead keeps it, one already due is tried within half
-// its level, and one stored under a higher cap than the one in force (4 h
-// here) is brought within it.
+// TestLoadRetriesJitter checks the backoffs read at start of destinations
+// with messages waiting: one whose next attempt is still ahead keeps it,
+// one already due is tried within half its level, and one stored under a
+// higher cap than the one in force (4 h here) is brought within it.
 func TestLoadRetriesJitter(t *testing.T) {
 	st := openOutbox(t)
 	now := time.Now()
 	ahead := now.Add(time.Hour).Truncate(time.Millisecond)
+	for _, dest := range []string{"ahead.example", "capped.example", "due.example"} {
+		addOutboxFor(t, st, dest)
+	}
 	for _, r := range []store.OutboxRetry{
 		{Destination: "ahead.example", Failures: 1, Backoff: store.OutboxBackoff{Level: 2 * time.Hour, Next: ahead}},
 		{Destination: "capped.example", Failures: 2, Backoff: store.OutboxBackoff{Level: 16 * time.Hour, Next: now.Add(12 * time.Hour)}},
@@ -313,12 +316,13 @@ func TestSenderResetEndsBackoff(t *testing.T) {
 }
 
 // TestSenderPeerUpEndsResumedBackoff stores a backoff of an hour for a
-// destination with nothing waiting, then starts a sender: it shows the
-// resumed backoff, and a request from the destination before any worker
-// started for it ends the backoff and clears the stored state, so that a
-// message written for it afterwards is sent at once.
+// destination with a message waiting, then starts a sender: it shows the
+// resumed backoff, and a request from the destination ends the backoff:
+// the message is sent and the stored state cleared, and a message written
+// for it afterwards is sent at once.
 func TestSenderPeerUpEndsResumedBackoff(t *testing.T) {
 	st := openOutbox(t)
+	addOutbox(t, st, "g", 0, 1)
 	r := store.OutboxRetry{Destination: "dest.example", Failures: 4, LastError: "status 503 backend_unavailable",
 		Backoff: store.OutboxBackoff{Level: time.Hour, Next: time.Now().Add(time.Hour)}}
 	if err := st.SetOutboxRetry(t.Context(), r); err != nil {
@@ -332,14 +336,104 @@ func TestSenderPeerUpEndsResumedBackoff(t *testing.T) {
 		sts := s.Status()
 		return len(sts) == 1 && sts[0].Failures == 4 && !sts[0].NextAttempt.IsZero()
 	})
+	if got := p.requests.Load(); got != 0 {
+		t.Fatalf("the peer got %d requests during the resumed backoff, want none", got)
+	}
 	s.PeerUp("dest.example")
 	waitFor(t, "the stored backoff cleared", func() bool {
 		_, ok := storedRetry(t, st, "dest.example")
 		return !ok
 	})
-	addOutbox(t, st, "g", 0, 1)
+	waitFor(t, "the waiting message sent", func() bool { return p.requests.Load() == 1 })
+	addOutbox(t, st, "g", 1, 1)
 	s.Outbound("dest.example")
-	waitFor(t, "the message sent", func() bool { return p.requests.Load() == 1 })
+	waitFor(t, "the new message sent", func() bool { return p.requests.Load() == 2 })
+}
+
+// addOutboxFor writes a message for dest.
+func addOutboxFor(t *testing.T, st store.Store, dest string) {
+	t.Helper()
+	if _, err := st.OutboxAdd(t.Context(), store.OutboxWrite{Messages: []store.OutboxMessage{{Sender: "a.example",
+		Destination: dest, GroupID: []byte("g"), Recipients: []string{"mimi://" + dest + "/d/u/d"},
+		Message: []byte("m")}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSenderIgnoresStaleStoredBackoff stores a backoff of an hour, with
+// its failures and error, for a destination with nothing waiting: the
+// state a kill -9 leaves between a pass's removal of what the destination
+// accepted and the clearing of its backoff, or that a gateway reads while
+// another is between those two writes. A sender started then must not
+// show the destination as failing (the admin API and the failures metric
+// read its status), nor hold back a message written for it afterwards,
+// which is sent at once and clears the stale state. On SQLite, and on
+// PostgreSQL with drain leases.
+func TestSenderIgnoresStaleStoredBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		postgres bool
+	}{
+		{"sqlite", false},
+		{"postgres", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st store.Store = openOutbox(t)
+			if tc.postgres {
+				pg, err := pgstore.Open(t.Context(), pgtest.NewDB(t), pgstore.Options{MaxConns: 4})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { pg.Close() })
+				st = pg
+			}
+			r := store.OutboxRetry{Destination: "dest.example", Failures: 7, LastError: "status 503 backend_unavailable",
+				Backoff: store.OutboxBackoff{Level: time.Hour, Next: time.Now().Add(time.Hour)}}
+			if err := st.SetOutboxRetry(t.Context(), r); err != nil {
+				t.Fatal(err)
+			}
+			p := newLoopbackPeer(t, http.StatusServiceUnavailable)
+			p.up.Store(true)
+			s := &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+			if tc.postgres {
+				s.Leases, s.Holder = st.(store.OutboxLeases), "gateway-1"
+			}
+			// What Run reads before any worker starts.
+			restored, ok := s.loadRetries(t.Context())
+			if !ok {
+				t.Fatal("the stored backoffs could not be read")
+			}
+			if sts := s.Status(); len(sts) != 0 {
+				t.Fatalf("status %+v, want none: the destination is shown failing with nothing waiting", sts)
+			}
+			if rs := restored["dest.example"]; rs != nil && !rs.ended {
+				t.Fatalf("the stale backoff %+v is resumed", rs.dest)
+			}
+
+			s = &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+			if tc.postgres {
+				s.Leases, s.Holder = st.(store.OutboxLeases), "gateway-1"
+			}
+			runSender(t, s)
+			waitFor(t, "the stored backoffs read", func() bool {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return s.wakes != nil
+			})
+			addOutbox(t, st, "g", 0, 1)
+			s.Outbound("dest.example")
+			waitFor(t, "the message sent", func() bool { return p.requests.Load() == 1 })
+			waitFor(t, "the stale state cleared", func() bool {
+				_, ok := storedRetry(t, st, "dest.example")
+				return !ok
+			})
+			for _, d := range s.Status() {
+				if d.Failures != 0 || d.LastError != "" || !d.NextAttempt.IsZero() {
+					t.Fatalf("status %+v after the delivery, want no failure", d)
+				}
+			}
+		})
+	}
 }
 
 // TestSenderClearsRetryStoredByAnotherGateway has two gateways drain one
