@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -535,5 +537,89 @@ func TestSenderStoresErrorWithNUL(t *testing.T) {
 				return ok && r.Failures == 1 && r.LastError == "tls: x509: certificate is valid for evil\uFFFD.example, not dest.example"
 			})
 		})
+	}
+}
+
+// crashAfterFirstReset is a real store that is closed right after the
+// first of the two writes of Sender.Reset (the drop of the backlog, or
+// the clearing of the stored backoff) returns: what kill -9 between the
+// two leaves in the database.
+type crashAfterFirstReset struct {
+	store.Store
+	crashed bool
+}
+
+func (c *crashAfterFirstReset) OutboxReset(ctx context.Context, destination string) (int, error) {
+	n, err := c.Store.OutboxReset(ctx, destination)
+	c.crash()
+	return n, err
+}
+
+func (c *crashAfterFirstReset) ClearOutboxRetry(ctx context.Context, destination string) error {
+	err := c.Store.ClearOutboxRetry(ctx, destination)
+	c.crash()
+	return err
+}
+
+func (c *crashAfterFirstReset) crash() {
+	if !c.crashed {
+		c.crashed = true
+		c.Store.Close()
+	}
+}
+
+// TestSenderResetSurvivesCrash has the operator reset a failing
+// destination (a backoff of an hour stored, a message waiting) and the
+// gateway die between the two writes of the reset. Whatever the reset
+// answered, the backoff must not resume after the restart: a message
+// accepted for the destination then is sent at once and the status shows
+// no failure. Before, the backlog was dropped first and the answer was a
+// success, while the stored backoff stayed and was resumed.
+func TestSenderResetSurvivesCrash(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	st, err := sqlitestore.Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addOutbox(t, st, "g", 0, 1)
+	if err := st.SetOutboxRetry(t.Context(), store.OutboxRetry{Destination: "dest.example", Failures: 3, LastError: "status 429 rate_limited",
+		Backoff: store.OutboxBackoff{Level: time.Hour, Next: time.Now().Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	crashing := &crashAfterFirstReset{Store: st}
+	s := &Sender{Outbox: crashing, Transport: newPeer(nil), Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+	n, resetErr := s.Reset(t.Context(), "dest.example")
+	if !crashing.crashed {
+		t.Fatal("the reset wrote nothing")
+	}
+
+	// The restart.
+	st, err = sqlitestore.Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if resetErr == nil {
+		if _, ok := storedRetry(t, st, "dest.example"); ok {
+			t.Errorf("the reset answered %d dropped and no error, but the destination's backoff is still stored", n)
+		}
+	}
+	// A message accepted for the destination between the reset's first
+	// write and the crash; the destination is up.
+	addOutbox(t, st, "g", 1, 1)
+	p := newLoopbackPeer(t, http.StatusTooManyRequests)
+	p.up.Store(true)
+	s = &Sender{Outbox: st, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+	restored, ok := s.loadRetries(t.Context())
+	if !ok {
+		t.Fatal("the stored backoffs could not be read")
+	}
+	if r := restored["dest.example"]; r != nil && !r.ended {
+		t.Fatalf("the backoff the operator reset is resumed after the restart: %+v", r.dest)
+	}
+	for _, d := range s.Status() {
+		if d.Failures != 0 || !d.NextAttempt.IsZero() {
+			t.Errorf("status %+v after the restart, want no failure", d)
+		}
 	}
 }

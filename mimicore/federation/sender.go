@@ -1378,26 +1378,32 @@ var ErrNoReset = errors.New("federation: the outbox cannot reset a destination")
 // Reset drops destination's whole backlog from the outbox, for an
 // operator who decided the peer is gone: the messages are counted as
 // dropped by an admin reset (store.Dropped.AdminReset) and the count is
-// logged, and the destination's backoffs end, stored and in memory. It
-// reports how many it dropped; on error, those dropped so far stay
-// dropped. A message being sent meanwhile may still reach the peer.
+// logged, and the destination's backoffs end, stored and in memory. The
+// stored backoff is cleared first: a crash between the two writes leaves
+// the backlog (the reset failed, and is sent again), never a backoff a
+// restart resumes after a reset that dropped the backlog; when it cannot
+// be cleared, nothing is dropped. It reports how many it dropped; on
+// error, those dropped so far stay dropped. A message being sent
+// meanwhile may still reach the peer.
 func (s *Sender) Reset(ctx context.Context, destination string) (int, error) {
 	b, ok := s.Outbox.(store.OutboxBound)
 	if !ok {
 		return 0, ErrNoReset
 	}
+	log := s.logger().With(zap.String("destination", destination))
+	// Its backoffs end, stored and in memory: new messages for it are
+	// sent at once.
+	if rs := s.retries(); rs != nil {
+		if err := rs.ClearOutboxRetry(ctx, destination); err != nil {
+			log.Error("clearing the stored backoff of a destination to reset; its outbox is kept", zap.Error(err))
+			return 0, fmt.Errorf("resetting the outbox of %s: clearing its stored backoff: %w", destination, err)
+		}
+	}
 	n, err := b.OutboxReset(ctx, destination)
-	log := s.logger().With(zap.String("destination", destination), zap.Int("dropped", n))
+	log = log.With(zap.Int("dropped", n))
 	if err != nil {
 		log.Error("resetting a destination's outbox", zap.Error(err))
 		return n, fmt.Errorf("resetting the outbox of %s: %w", destination, err)
-	}
-	// Its backoffs end too, stored and in memory: new messages for it
-	// are sent at once.
-	if rs := s.retries(); rs != nil {
-		if err := rs.ClearOutboxRetry(ctx, destination); err != nil {
-			log.Error("clearing the stored backoff of a reset destination", zap.Error(err))
-		}
 	}
 	s.Wake(destination)
 	log.Warn("reset a destination's outbox: its backlog was dropped")
