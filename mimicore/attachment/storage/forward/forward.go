@@ -481,8 +481,8 @@ func (w *writer) Commit(ctx context.Context) error {
 		// Create's ctx ended and cut the request off before its last byte.
 		return w.fail(fmt.Errorf("forward PUT %s: the upload ended before its last byte", w.name))
 	}
-	if _, err := w.pw.Write(w.last); err != nil {
-		return w.fail(w.bodyError(err))
+	if err := w.sendLast(ctx); err != nil {
+		return w.fail(err)
 	}
 	w.sentAll = true
 	w.pw.Close()
@@ -522,6 +522,34 @@ func (w *writer) Commit(ctx context.Context) error {
 		return w.err
 	}
 	w.over = true
+	return nil
+}
+
+// sendLast passes the held-back last byte to the request body, waiting
+// for the transport to take it at most until ctx ends: a backend that
+// stopped reading (its HTTP/2 flow-control window or the connection's
+// buffers full) leaves the transport blocked on the bytes before, and the
+// write would wait for it for ever, past the upload deadline. A byte not
+// taken never reached the backend, so that failure is certain.
+func (w *writer) sendLast(ctx context.Context) error {
+	res := make(chan error, 1)
+	go func() {
+		_, err := w.pw.Write(w.last)
+		res <- err
+	}()
+	var err error
+	select {
+	case err = <-res:
+	case <-ctx.Done():
+		w.pw.CloseWithError(errAborted)
+		if err = <-res; err == nil {
+			return nil // taken after all: the wait for the answer sees ctx's end
+		}
+		return fmt.Errorf("forward PUT %s: the legacy backend did not take the body's last byte: %w", w.name, ctx.Err())
+	}
+	if err != nil {
+		return w.bodyError(err)
+	}
 	return nil
 }
 

@@ -435,6 +435,65 @@ func TestForwardEarly201(t *testing.T) {
 	}
 }
 
+// TestCommitStalledBackend: a legacy backend over HTTP/2 that takes the
+// PUT's body (100 Continue), reads one byte and then stops reading. The
+// gateway's writes fill the stream's flow-control window, and the
+// transport holds the last part of the body, waiting for a window that
+// never opens: Commit's write of the held-back last byte waited for the
+// transport for ever, whatever its ctx (the upload deadline) said. It
+// must return once ctx ends, as a failure that is certain (the backend
+// never had the last byte).
+func TestCommitStalledBackend(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPut {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		var one [1]byte
+		io.ReadFull(r.Body, one[:])
+		<-release
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	defer close(release)
+	tr := srv.Client().Transport.(*http.Transport).Clone()
+	tr.ForceAttemptHTTP2 = true
+	defer tr.CloseIdleConnections()
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Key: key, Transport: tr, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server's stream and connection windows are 1 MiB, and one byte
+	// read does not reopen them: the first Write fills them; the
+	// transport takes the second (but its last byte, held back for
+	// Commit) and cannot send it.
+	const window, rest = 1 << 20, 4 << 10
+	w, err := s.Create(ctx, storagetest.Name(t), window+rest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	for _, n := range []int{window, rest} {
+		if _, err := w.Write(make([]byte, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Commit(cctx) }()
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil || errors.Is(err, storage.ErrUncertain) {
+			t.Fatalf("Commit = %v, want a certain failure", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Commit did not return after its ctx ended")
+	}
+}
+
 // TestEmptyPutHeaders: the PUT of an empty object carries Content-Type
 // like any other and no Expect: 100-continue (docs §6.2), after the HEAD
 // of Create.
