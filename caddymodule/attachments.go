@@ -482,16 +482,36 @@ func (g *Gateway) serveDownload(x *exchange) {
 		}
 		// rangeWhole and rangeRefused: the whole answer.
 	}
+	// The first bytes are read before the status is sent: a backend that
+	// fails then (the forward backend's GET, which follows the HEAD of
+	// Open) is answered 503 backend_unavailable, and logged, rather than
+	// as a 200 cut off after its headers.
+	buf := streamBuffers.Get().(*[]byte)
+	defer streamBuffers.Put(buf)
+	first := (*buf)[:min(d.Size, int64(len(*buf)))]
+	// Read, not ReadAt: the s3 and forward backends answer a Read stream
+	// with one GET, and each ReadAt with a ranged GET of its own (4,096 per
+	// GiB through the buffer).
+	if _, err := io.ReadFull(d.Object, first); err != nil {
+		if ctx.Err() != nil {
+			return // the client went away: nobody to answer, nothing to log
+		}
+		h.Del("ETag")
+		h.Del("Accept-Ranges")
+		g.refuse(x, moh.Errorf(moh.CodeBackendUnavailable, "reading the attachment: %w", err))
+		return
+	}
 	prefix := contentPrefix(d.Size)
 	h.Set("Content-Length", strconv.FormatInt(int64(len(prefix))+d.Size, 10))
 	x.w.WriteHeader(http.StatusOK)
 	if _, err := x.w.Write(prefix); err != nil {
 		return // the client went away
 	}
-	// Read, not ReadAt: the s3 and forward backends answer a Read stream
-	// with one GET, and each ReadAt with a ranged GET of its own (4,096 per
-	// GiB through copyStream's buffer).
-	if _, err := copyStream(x.w, io.LimitReader(d.Object, d.Size)); err != nil {
+	if _, err := x.w.Write(first); err != nil {
+		return
+	}
+	rest := io.LimitReader(d.Object, d.Size-int64(len(first)))
+	if _, err := io.CopyBuffer(writerOnly{x.w}, rest, *buf); err != nil {
 		if c := g.logger.Check(zap.DebugLevel, "attachment download cut off"); c != nil {
 			c.Write(zap.String("remote_ip", remoteIP(x.r)), zap.Error(err))
 		}

@@ -232,6 +232,58 @@ func TestAttachmentDownloadOneGET(t *testing.T) {
 	}
 }
 
+// TestAttachmentDownloadBackendFails: a forward backend that answers
+// the HEAD of Open but fails the GET of the content (its storage down,
+// 503). The download was answered 200 with its Content-Length, then cut
+// off after the DSResponse's prefix: the peer saw a broken transfer
+// instead of a DSError, and the operator nothing but a debug log. It is
+// answered 503 backend_unavailable.
+func TestAttachmentDownloadBackendFails(t *testing.T) {
+	const key = "0123456789abcdef0123456789abcdef"
+	var failGets atomic.Bool
+	backend := &forwardtest.Backend{Dir: t.TempDir(), Key: []byte(key)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && failGets.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		backend.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	e := newAttachEnv(t, &Attachments{Storage: json.RawMessage(fmt.Sprintf(`{"backend":"forward","base_url":%q,"key":%q}`,
+		srv.URL+forwardtest.Base, key))})
+	content := make([]byte, 300<<10) // more than one buffer
+	rand.Read(content)
+	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, content)), nil)
+	token := answer(t, "upload", resp, body, http.StatusOK).Token
+	failGets.Store(true)
+	signed := e.sign(t, e.bob, 1, moh.RequestBody{Type: moh.AttachmentDownload,
+		Attachment: moh.AttachmentRef{GroupID: e.group, Token: token}})
+	req, err := http.NewRequest(http.MethodPost, e.srv.URL+"/attachment_download", bytes.NewReader(signed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = e.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("download while the backend fails its GETs: status %d, want 503", resp.StatusCode)
+	}
+	body, err = io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := answer(t, "download", resp, body, http.StatusServiceUnavailable); r.Error.Code != moh.CodeBackendUnavailable {
+		t.Fatalf("code %s, want backend_unavailable", r.Error.Code)
+	}
+	if resp.Header.Get("ETag") != "" {
+		t.Fatalf("the refusal carries the ETag %q of the content", resp.Header.Get("ETag"))
+	}
+}
+
 func testAttachmentsOverTLS(t *testing.T, a *Attachments) {
 	e := newAttachEnv(t, a)
 	plain := bytes.Repeat([]byte("holiday picture "), 20000) // 320 KB
