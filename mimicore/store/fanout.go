@@ -52,6 +52,17 @@ type Fanout struct {
 	// Remote are queued for other providers' deliver_message, in this
 	// order (Outbox).
 	Remote []OutboxMessage
+	// Dedup, when not empty, names the accepted message for duplicate
+	// suppression, as Delivery.Dedup does (a 32-byte digest, sharing its
+	// records with Delivery.Dedup and the seen signatures): a Deliver
+	// whose Dedup is recorded and alive writes nothing and fails with
+	// ErrDuplicate; otherwise it records it in the same write as the
+	// delivery, until DedupExpires (required with Dedup), so that a crash
+	// keeps both or neither and of two Delivers of one Dedup exactly one
+	// delivers. Only Deliver takes it: CommitEpoch and AddProposal refuse
+	// a Fanout with Dedup (ErrInvalid).
+	Dedup        []byte
+	DedupExpires time.Time
 }
 
 // GroupPost is a message for the local members of a group hosted here

@@ -118,7 +118,9 @@ type GroupStore interface {
 	// write, on condition that the group is still at epoch: otherwise it
 	// fails with ErrEpochConflict and writes nothing, so every member
 	// gets a group's messages in epoch order, a commit after the messages
-	// of its epoch. An unknown group is ErrNotFound.
+	// of its epoch. An unknown group is ErrNotFound. The epoch is checked
+	// first, then f.Dedup: a message delivered already (and alive) is
+	// ErrDuplicate, and nothing is written.
 	Deliver(ctx context.Context, groupID []byte, epoch uint64, f Fanout) (Delivered, error)
 
 	// WelcomeTree returns the ratchet tree of epoch, as it was when the

@@ -2,12 +2,14 @@ package pgstore
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
 )
 
 // BenchmarkAppendParallel appends one message to one of 64 queues from
@@ -48,4 +50,46 @@ func BenchmarkMarkSpentParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkGroupDeliverDedup is the Deliver of an application message of
+// a group hosted here (the group post, an outbox message for one other
+// provider) from many goroutines, with the record that suppresses its
+// copies (store.Fanout.Dedup, sent in the round trip that locks the
+// group's row) and without it.
+func BenchmarkGroupDeliverDedup(b *testing.B) {
+	for _, dedup := range []bool{true, false} {
+		b.Run(fmt.Sprintf("dedup=%v", dedup), func(b *testing.B) {
+			s := openTemp(b, Options{})
+			g := storetest.NewGroup(b, []byte("a group id of 32 bytes, say....."), 2)
+			gid := g.State.GroupID()
+			if err := s.CreateGroup(context.Background(), store.GroupCreation{Hub: "a.example", State: g.State,
+				Members: []string{"mimi://a.example/d/alice/phone", "mimi://a.example/d/bob/phone"}}); err != nil {
+				b.Fatal(err)
+			}
+			var n atomic.Uint64
+			now := time.Now()
+			b.SetParallelism(4)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := n.Add(1)
+					msg := fmt.Appendf(make([]byte, 0, 466), "message %d", i)
+					msg = msg[:466]
+					f := store.Fanout{Group: &store.GroupPost{GroupID: gid, Sender: "mimi://a.example/d/alice/phone", Message: msg,
+						Except: "mimi://a.example/d/alice/phone"},
+						Remote: []store.OutboxMessage{{Sender: "a.example", Destination: "c.example", GroupID: gid,
+							Recipients: []string{"mimi://c.example/d/carol/phone"}, Message: msg}}}
+					if dedup {
+						key := sha256.Sum256(msg)
+						f.Dedup, f.DedupExpires = key[:], now.Add(7*24*time.Hour)
+					}
+					if _, err := s.Deliver(context.Background(), gid, g.State.Epoch(), f); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
 }

@@ -3,6 +3,7 @@ package pgstore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -62,6 +63,15 @@ func checkFanout(f store.Fanout, groupID []byte) error {
 		return fmt.Errorf("group post for another group: %w", store.ErrInvalid)
 	}
 	return nil
+}
+
+// checkFanoutWithoutDedup is checkFanout for a write other than Deliver,
+// which alone takes a dedup key (store.Fanout.Dedup).
+func checkFanoutWithoutDedup(f store.Fanout, groupID []byte) error {
+	if err := checkFanout(f, groupID); err != nil {
+		return err
+	}
+	return check.FanoutWithoutDedup(f)
 }
 
 // fanoutTx writes f inside tx at time now (Unix ms): the group post, the
@@ -203,6 +213,48 @@ func (s *Store) notifyDelivered(f store.Fanout, d store.Delivered) {
 	}
 }
 
+// lockGroupDedup is lockGroup for Deliver, with f's dedup record, when it
+// has one, sent in the same round trip (the record, one row, shares the
+// seen signatures' table): a message delivered already is
+// store.ErrDuplicate, and the caller's transaction, rolled back, wrote
+// nothing. Of two transactions recording one key, the second waits for
+// the first and finds the key once it committed. The record is written
+// whatever the group's row says; an error rolls it back with the rest.
+func lockGroupDedup(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64, lock string, f store.Fanout, now int64) (known bool, err error) {
+	if len(f.Dedup) == 0 {
+		_, known, err = lockGroup(ctx, tx, groupID, epoch, lock)
+		return known, err
+	}
+	var cur int64
+	found, first := true, false
+	b := &pgx.Batch{}
+	b.Queue(`SELECT epoch, members_known FROM mls_groups WHERE group_id = $1 `+lock, groupID).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(&cur, &known)
+		if errors.Is(err, pgx.ErrNoRows) {
+			found = false
+			return nil
+		}
+		return err
+	})
+	b.Queue(seenInsertSQL, f.Dedup, check.ExpiryMillis(f.DedupExpires), now).QueryRow(func(row pgx.Row) error {
+		var err error
+		first, err = scanFirstUse(row)
+		return err
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return false, fmt.Errorf("reading the group and recording the message for duplicate suppression: %w", err)
+	}
+	switch {
+	case !found:
+		return false, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+	case uint64(cur) != epoch:
+		return false, store.ErrEpochConflict
+	case !first:
+		return false, store.ErrDuplicate
+	}
+	return known, nil
+}
+
 // Deliver implements store.GroupStore: under a share lock of the group's
 // row, the check of its epoch and the fan-out are one transaction; a
 // commit of the next epoch waits for it. A post to a group whose members
@@ -223,7 +275,8 @@ func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f sto
 	var d store.Delivered
 	lock := lockForShare
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		_, known, err := lockGroup(ctx, tx, groupID, epoch, lock)
+		now := s.nowMs()
+		known, err := lockGroupDedup(ctx, tx, groupID, epoch, lock, f, now)
 		if err != nil {
 			return err
 		}
@@ -233,7 +286,7 @@ func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f sto
 			lock = lockForNoKeyUpdate
 			return errRetry
 		}
-		d, err = s.fanoutTx(ctx, tx, f, s.nowMs())
+		d, err = s.fanoutTx(ctx, tx, f, now)
 		return err
 	})
 	if err != nil {

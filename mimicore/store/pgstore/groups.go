@@ -245,7 +245,7 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	if err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	if err := checkFanout(c.Fanout, id); err != nil {
+	if err := checkFanoutWithoutDedup(c.Fanout, id); err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	ch, err := c.Next.StoredChanges(c.Base)
@@ -532,7 +532,7 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 	if err := check.Proposal(p); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	if err := checkFanout(p.Fanout, groupID); err != nil {
+	if err := checkFanoutWithoutDedup(p.Fanout, groupID); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	var delivered store.Delivered

@@ -20,6 +20,10 @@ type fanout struct {
 	group  *groupPost // nil for none
 	local  []queuedAppend
 	remote []outboxRow
+	// dedup is store.Fanout.Dedup, empty for none, recorded until
+	// dedupExpires (Unix ms).
+	dedup        []byte
+	dedupExpires int64
 }
 
 // groupPost is a checked store.GroupPost, copied, its members as JSON
@@ -106,6 +110,9 @@ func newFanout(f store.Fanout) (fanout, error) {
 			return fanout{}, err
 		}
 		out.remote = append(out.remote, r)
+	}
+	if len(f.Dedup) > 0 {
+		out.dedup, out.dedupExpires = bytes.Clone(f.Dedup), check.ExpiryMillis(f.DedupExpires)
 	}
 	return out, nil
 }
@@ -269,8 +276,10 @@ func (s *Store) notifyDelivered(f *fanout, d store.Delivered) {
 	}
 }
 
-// Deliver implements store.GroupStore: the check of the group's epoch and
-// the fan-out are one op.
+// Deliver implements store.GroupStore: the check of the group's epoch,
+// the dedup record (one row, with the seen signatures) and the fan-out are
+// one op. A duplicate writes nothing and ends the op without an error, so
+// that it does not roll back the other ops of its batch.
 func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f store.Fanout) (store.Delivered, error) {
 	const doing = "delivering message"
 	if err := s.checkOpen(doing); err != nil {
@@ -288,7 +297,9 @@ func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f sto
 	}
 	id := bytes.Clone(groupID)
 	var d store.Delivered
+	dup := false
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		d, dup = store.Delivered{}, false
 		var cur int64
 		err := tx.QueryRowContext(ctx, `SELECT epoch FROM mls_groups WHERE group_id = ?1`, id).Scan(&cur)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -300,11 +311,30 @@ func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f sto
 		if uint64(cur) != epoch {
 			return store.ErrEpochConflict
 		}
-		d, err = s.fanoutTx(ctx, tx, &fo, check.Millis(s.now()))
+		now := check.Millis(s.now())
+		if len(fo.dedup) > 0 {
+			res, err := tx.StmtContext(ctx, s.ws.seenInsert).ExecContext(ctx, fo.dedup, fo.dedupExpires, now)
+			if err != nil {
+				return fmt.Errorf("recording the message for duplicate suppression: %w", err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return fmt.Errorf("recording the message for duplicate suppression: %w", err)
+			}
+			if n == 0 {
+				// Delivered before: nothing was written.
+				dup = true
+				return nil
+			}
+		}
+		d, err = s.fanoutTx(ctx, tx, &fo, now)
 		return err
 	})
 	if err != nil {
 		return store.Delivered{}, s.fail(doing, err)
+	}
+	if dup {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, store.ErrDuplicate)
 	}
 	s.notifyDelivered(&fo, d)
 	return d, nil

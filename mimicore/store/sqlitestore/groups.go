@@ -335,6 +335,9 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	if err == nil {
 		err = fo.checkGroup(id)
 	}
+	if err == nil {
+		err = check.FanoutWithoutDedup(c.Fanout)
+	}
 	if err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
@@ -614,6 +617,9 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 	fo, err := newFanout(p.Fanout)
 	if err == nil {
 		err = fo.checkGroup(groupID)
+	}
+	if err == nil {
+		err = check.FanoutWithoutDedup(p.Fanout)
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", doing, err)

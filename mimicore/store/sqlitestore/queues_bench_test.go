@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
 )
 
 // benchLimits lifts the queue limits, so a long benchmark never fills a
@@ -280,4 +281,50 @@ func digestOfUint(n uint64) [32]byte {
 	binary.BigEndian.PutUint64(k[:], n)
 	k[31] = 0xd
 	return k
+}
+
+// BenchmarkGroupDeliverDedup measures the Deliver of an application
+// message of a group hosted here (the group post for its local members,
+// and an outbox message for one other provider) from benchWriters
+// goroutines, with the record that suppresses its copies
+// (store.Fanout.Dedup, one row with the seen signatures, written by
+// send_message) and without it.
+func BenchmarkGroupDeliverDedup(b *testing.B) {
+	for _, dedup := range []bool{true, false} {
+		b.Run(fmt.Sprintf("dedup=%v", dedup), func(b *testing.B) {
+			s := openTemp(b)
+			g := storetest.NewGroup(b, []byte("a group id of 32 bytes, say....."), 2)
+			gid := g.State.GroupID()
+			if err := s.CreateGroup(context.Background(), store.GroupCreation{Hub: "a.example", State: g.State,
+				Members: benchRecipients("member", 4)}); err != nil {
+				b.Fatal(err)
+			}
+			var seq atomic.Uint64
+			now := time.Now()
+			st0 := s.Stats()
+			b.ReportAllocs()
+			b.SetParallelism(benchWriters)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				msg := make([]byte, 466)
+				for pb.Next() {
+					n := seq.Add(1)
+					binary.BigEndian.PutUint64(msg, n)
+					f := store.Fanout{Group: &store.GroupPost{GroupID: gid, Sender: "mimi://a.example/d/member/u0/dev", Message: msg,
+						Except: "mimi://a.example/d/member/u0/dev"},
+						Remote: []store.OutboxMessage{{Sender: "a.example", Destination: "c.example", GroupID: gid,
+							Recipients: []string{"mimi://c.example/d/carol/phone"}, Message: msg}}}
+					if dedup {
+						key := digestOfUint(n * 0x9E3779B97F4A7C15)
+						f.Dedup, f.DedupExpires = key[:], now.Add(7*24*time.Hour)
+					}
+					if _, err := s.Deliver(context.Background(), gid, g.State.Epoch(), f); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			reportThroughput(b, s, st0)
+		})
+	}
 }

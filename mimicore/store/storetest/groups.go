@@ -52,6 +52,7 @@ func RunGroupTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("Fanout", func(t *testing.T) { testGroupFanout(t, plain) })
 	t.Run("FanoutLimits", func(t *testing.T) { testGroupFanoutLimits(t, plain) })
 	t.Run("ProposalFanout", func(t *testing.T) { testGroupProposalFanout(t, plain) })
+	t.Run("DeliverDedup", func(t *testing.T) { testGroupDeliverDedup(t, open) })
 	t.Run("GroupLog", func(t *testing.T) { testGroupLog(t, open) })
 	t.Run("GroupLogInvalid", func(t *testing.T) { testGroupLogInvalid(t, plain) })
 	t.Run("GroupLogWatch", func(t *testing.T) { testGroupLogWatch(t, plain) })

@@ -266,6 +266,9 @@ func (b *broken) Deliver(ctx context.Context, id []byte, epoch uint64, f store.F
 		p.Except = ""
 		f.Group = &p
 	}
+	if b.mode == "deliver-ignores-dedup" {
+		f.Dedup, f.DedupExpires = nil, time.Time{}
+	}
 	return b.Store.Deliver(ctx, id, epoch, f)
 }
 
@@ -545,6 +548,7 @@ var brokenModes = map[string]string{
 	"create-drops-members":          "Groups/GroupLog",
 	"post-ignores-leave":            "Groups/GroupLog",
 	"post-ignores-except":           "Groups/GroupLogWatch",
+	"deliver-ignores-dedup":         "Groups/DeliverDedup",
 	"claim-keeps":                   "KeyPackages/PublishListClaim",
 	"claim-then-record":             "KeyPackages/ClaimWithReplay",
 	"append-first-only":             "Queues/FanOut",

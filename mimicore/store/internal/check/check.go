@@ -357,6 +357,18 @@ func Fanout(f store.Fanout) error {
 			return fmt.Errorf("remote delivery %d: %w", i, err)
 		}
 	}
+	if len(f.Dedup) != 0 && (len(f.Dedup) != 32 || f.DedupExpires.IsZero()) {
+		return fmt.Errorf("dedup key of %d bytes (want 32) or without expiry: %w", len(f.Dedup), store.ErrInvalid)
+	}
+	return nil
+}
+
+// FanoutWithoutDedup refuses a Fanout with a Dedup key in a write other
+// than Deliver, which alone takes one (store.Fanout.Dedup).
+func FanoutWithoutDedup(f store.Fanout) error {
+	if len(f.Dedup) != 0 {
+		return fmt.Errorf("a dedup key outside Deliver: %w", store.ErrInvalid)
+	}
 	return nil
 }
 
