@@ -3,6 +3,8 @@ package ds
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -304,12 +306,46 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 	return ok, nil
 }
 
+// SendDedupWindow is how long the Delivery Service remembers an
+// application message it accepted for a group hosted here, so that the
+// same message sent again (a client resending a send_message whose answer
+// was lost, byte for byte or signed again under a later timestamp) is
+// answered ok and delivered to no one a second time (docs/protocol.md
+// §5.4, step 9): as long as a receiver of deliver_message remembers a
+// delivered message (DeliverDedupWindow).
+const SendDedupWindow = DeliverDedupWindow
+
+// sendDedupLabel separates the digests of accepted application messages
+// from the other digests they share their records with (client
+// signatures, delivered messages).
+const sendDedupLabel = "MIMI send_message dedup"
+
+// sendDigest names an accepted application message for duplicate
+// suppression: SHA-256 of the label, then the group id and the MLSMessage
+// as encoded, each with a 4-byte length. The DSRequest's signature and
+// timestamp are not part of it, so a resend signed again matches, and
+// neither is the sender's leaf, which the PrivateMessage binds already.
+func sendDigest(gid, msg []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(sendDedupLabel))
+	var n [4]byte
+	for _, b := range [][]byte{gid, msg} {
+		binary.BigEndian.PutUint32(n[:], uint32(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	return h.Sum(nil)
+}
+
 // sendMessage serves send_message: an application PrivateMessage of the
 // group's current epoch from a member, delivered to the other members
 // (docs/protocol.md §9, fan-out) on condition that the group is still in
 // that epoch (stale_epoch otherwise: the sender re-encrypts it in the new
 // one), so that every member gets a group's messages in epoch order. The
-// Delivery Service cannot read it.
+// Delivery Service cannot read it. A message it accepted already
+// (SendDedupWindow) is answered ok and delivered nowhere: the record of
+// the message is written with its delivery, so a crash keeps both or
+// neither, and of copies sent at once exactly one is delivered.
 func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	msg := &r.Body.Body.Message
 	base := r.state
@@ -331,11 +367,21 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err := fan.resolveSender(ctx); err != nil {
 		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: %w", err)
 	}
+	if fan.out.Group != nil || len(fan.out.Local) > 0 || len(fan.out.Remote) > 0 {
+		// A message that reaches no one needs no record: a copy of it
+		// would reach no one either, since membership changes only
+		// with the epoch.
+		fan.out.Dedup, fan.out.DedupExpires = sendDigest(base.GroupID(), enc), s.now().Add(SendDedupWindow)
+	}
 	delivered, err := s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
 	if errors.Is(err, store.ErrGroupMembersUnknown) && fan.seedMembers(base) {
 		delivered, err = s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
 	}
 	switch {
+	case errors.Is(err, store.ErrDuplicate):
+		// Accepted and delivered before: the copy is answered like
+		// the first, and nothing was written.
+		return ok, nil
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeStaleEpoch, "send_message: the group has left epoch %d", base.Epoch())
 	case errors.Is(err, store.ErrNotFound):
