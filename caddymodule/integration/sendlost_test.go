@@ -86,10 +86,12 @@ func reopenLosing(t *testing.T, c *mimiclient.Client, user string) (*mimiclient.
 
 // messagesUntil has c receive until it got an application message with
 // text last, and returns the texts of the application messages it got, in
-// order. Skipped messages (a copy whose key is used up) are not counted.
-func messagesUntil(t *testing.T, c *mimiclient.Client, last string) []string {
+// order, and how many queued messages it skipped (such as a second copy
+// of a message, whose key is used up).
+func messagesUntil(t *testing.T, c *mimiclient.Client, last string) ([]string, int) {
 	t.Helper()
 	var texts []string
+	skipped := 0
 	for tries := 0; tries < 10; tries++ {
 		evs, err := c.Receive(t.Context(), 5*time.Second)
 		if err != nil {
@@ -97,24 +99,28 @@ func messagesUntil(t *testing.T, c *mimiclient.Client, last string) []string {
 		}
 		done := false
 		for _, ev := range evs {
-			if ev.Kind == mimiclient.EventMessage {
+			switch ev.Kind {
+			case mimiclient.EventMessage:
 				texts = append(texts, string(ev.Data))
 				done = done || string(ev.Data) == last
+			case mimiclient.EventSkipped:
+				skipped++
 			}
 		}
 		if done {
-			return texts
+			return texts, skipped
 		}
 	}
 	t.Fatalf("%s never got %q; got %q", c.URI(), last, texts)
-	return nil
+	return nil, 0
 }
 
 // TestGoClientSendAnswerLost: the Delivery Service takes alice's message
 // but its answer is lost. Retrying the send, at once or after reopening
 // her state, must not give bob the text twice: the kept request is sent
-// again byte for byte (a copy bob's MLS client drops), not encrypted
-// again; a new message goes out only after the kept one.
+// again byte for byte, not encrypted again, and the hub, which delivered
+// it already, answers ok and delivers no copy to bob's queue; a new
+// message goes out only after the kept one.
 func TestGoClientSendAnswerLost(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -164,8 +170,9 @@ func TestGoClientSendAnswerLost(t *testing.T) {
 			if err := alice.Send(ctx, gid, []byte("after")); err != nil {
 				t.Fatal(err)
 			}
-			if got := messagesUntil(t, bob, "after"); !slices.Equal(got, tc.want) {
-				t.Fatalf("bob got %q; want %q", got, tc.want)
+			got, skipped := messagesUntil(t, bob, "after")
+			if !slices.Equal(got, tc.want) || skipped != 0 {
+				t.Fatalf("bob got %q and skipped %d queued messages; want %q and none skipped", got, skipped, tc.want)
 			}
 		})
 	}
@@ -173,7 +180,8 @@ func TestGoClientSendAnswerLost(t *testing.T) {
 
 // TestMimictlSendAnswerLost: `mimictl send` whose answer is lost fails
 // with exit status 4; running the same send again resends the kept
-// message, says so on stderr and exits 0, and bob prints the text once.
+// message, says so on stderr and exits 0, and bob prints the text once
+// and skips no second copy (the hub delivered the resent one to no one).
 func TestMimictlSendAnswerLost(t *testing.T) {
 	startClientSite(t)
 	dir := t.TempDir()
@@ -206,15 +214,17 @@ func TestMimictlSendAnswerLost(t *testing.T) {
 	}
 	run("alice", "alice", 0, "send", gid, "after")
 	var got []string
+	var errs strings.Builder
 	for tries := 0; tries < 10 && !slices.Contains(got, "after"); tries++ {
-		out, _ := run("bob", "bob", 0, "recv", "-wait", "5s")
+		out, stderr := run("bob", "bob", 0, "recv", "-wait", "5s")
+		errs.WriteString(stderr)
 		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 			if f := strings.Split(line, "\t"); len(f) == 4 && f[0] == "message" {
 				got = append(got, f[3])
 			}
 		}
 	}
-	if want := []string{"hello once", "after"}; !slices.Equal(got, want) {
-		t.Fatalf("bob printed %q; want %q", got, want)
+	if want := []string{"hello once", "after"}; !slices.Equal(got, want) || strings.Contains(errs.String(), "skipped") {
+		t.Fatalf("bob printed %q, and on stderr %q; want %q and nothing skipped", got, errs.String(), want)
 	}
 }
