@@ -325,7 +325,7 @@ func TestClusterRaces(t *testing.T) {
 			kps = append(kps, store.KeyPackage{Client: client, Suite: 1, Ref: fmt.Appendf(nil, "ref %d", i),
 				KeyPackage: fmt.Appendf(nil, "kp %d", i), NotAfter: exp})
 		}
-		if err := c.a[0].g.svc.Store().PublishKeyPackages(t.Context(), client, kps); err != nil {
+		if err := c.a[0].g.svc.Store().PublishKeyPackages(t.Context(), client, kps, store.KeyPackageLimits{}); err != nil {
 			t.Fatal(err)
 		}
 		var (

@@ -59,6 +59,11 @@ const (
 	defaultRemoteClaims      = 60
 	defaultRemoteClaimWindow = time.Hour
 	defaultRemoteClaimBurst  = 100
+	// maxLocalKeyPackages caps max_key_packages_per_user: a publish
+	// counts the user's available KeyPackages, which costs in proportion.
+	// max_key_packages_per_client is at most localapi.MaxPublish, the
+	// most a KeyPackageList answer carries.
+	maxLocalKeyPackages = 100_000
 	// longPollRetryAfter is the Retry-After of a long poll refused at a
 	// bound: a place frees when another poll ends, within max_wait.
 	longPollRetryAfter = 5 * time.Second
@@ -139,6 +144,18 @@ type LocalAPI struct {
 	RemoteClaims      int            `json:"remote_claims,omitempty"`
 	RemoteClaimWindow caddy.Duration `json:"remote_claim_window,omitempty"`
 	RemoteClaimBurst  int            `json:"remote_claim_burst,omitempty"`
+
+	// MaxKeyPackagesPerClient bounds the KeyPackages one client URI has
+	// available (published and not yet claimed, replaced or expired),
+	// last-resort ones included, and MaxKeyPackagesPerUser those of all
+	// the client URIs of one user of one provider domain
+	// (mimi://<provider>/d/<user>/...) together. A publish that would
+	// pass either is refused whole, 413 quota_exceeded. Defaults 256 and
+	// 1024; the per-client bound at most 256 (the most a KeyPackageList
+	// answer carries) and at most the per-user one, which is at most
+	// 100000.
+	MaxKeyPackagesPerClient int `json:"max_key_packages_per_client,omitempty"`
+	MaxKeyPackagesPerUser   int `json:"max_key_packages_per_user,omitempty"`
 
 	// CipherSuites are the MLS cipher suites (RFC 9420 numbers) a
 	// published KeyPackage may use. Default: every suite implemented
@@ -241,6 +258,12 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxLongPollsPerUser == 0 {
 		h.MaxLongPollsPerUser = min(defaultMaxLongPollsPerUser, h.MaxLongPolls)
+	}
+	if h.MaxKeyPackagesPerUser == 0 {
+		h.MaxKeyPackagesPerUser = max(localapi.DefaultMaxKeyPackagesPerUser, h.MaxKeyPackagesPerClient)
+	}
+	if h.MaxKeyPackagesPerClient == 0 {
+		h.MaxKeyPackagesPerClient = min(localapi.DefaultMaxKeyPackagesPerClient, h.MaxKeyPackagesPerUser)
 	}
 	if h.RemoteClaims == 0 {
 		h.RemoteClaims = defaultRemoteClaims
@@ -349,15 +372,17 @@ func (h *LocalAPI) join() error {
 		suites[i] = mls.CipherSuite(s)
 	}
 	api, err := localapi.New(localapi.Config{
-		Domains:            h.Providers,
-		Store:              svc.Store(),
-		Keys:               svc.Keys(),
-		MaxBindingLifetime: time.Duration(h.MaxBindingLifetime),
-		Suites:             suites,
-		Peers:              peerKeyPackages{svc: svc},
-		ClaimLimits:        h.claims,
-		RemoteClaimLimits:  h.remoteClaims,
-		Logger:             h.logger,
+		Domains:                 h.Providers,
+		Store:                   svc.Store(),
+		Keys:                    svc.Keys(),
+		MaxBindingLifetime:      time.Duration(h.MaxBindingLifetime),
+		MaxKeyPackagesPerClient: h.MaxKeyPackagesPerClient,
+		MaxKeyPackagesPerUser:   h.MaxKeyPackagesPerUser,
+		Suites:                  suites,
+		Peers:                   peerKeyPackages{svc: svc},
+		ClaimLimits:             h.claims,
+		RemoteClaimLimits:       h.remoteClaims,
+		Logger:                  h.logger,
 	})
 	if err != nil {
 		servicePool.Delete(h.DataDir) //nolint:errcheck // not ours to keep
@@ -471,6 +496,12 @@ func (h *LocalAPI) Validate() error {
 	}
 	if n := h.MaxLongPollsPerUser; n < 0 || n > maxLongPolls || (h.MaxLongPolls > 0 && n > h.MaxLongPolls) {
 		return fmt.Errorf("mimi_local: max_long_polls_per_user: %d is outside 1..max_long_polls", n)
+	}
+	if n := h.MaxKeyPackagesPerUser; n < 0 || n > maxLocalKeyPackages {
+		return fmt.Errorf("mimi_local: max_key_packages_per_user: %d is outside 1..%d", n, maxLocalKeyPackages)
+	}
+	if n := h.MaxKeyPackagesPerClient; n < 0 || n > localapi.MaxPublish || (h.MaxKeyPackagesPerUser > 0 && n > h.MaxKeyPackagesPerUser) {
+		return fmt.Errorf("mimi_local: max_key_packages_per_client: %d is outside 1..%d and 1..max_key_packages_per_user", n, localapi.MaxPublish)
 	}
 	if h.RemoteClaims < 0 || h.RemoteClaimWindow < 0 || h.RemoteClaimBurst < 0 {
 		return fmt.Errorf("mimi_local: remote_claim_rate %d/%s and remote_claim_burst %d must not be negative",

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-mimi/caddy-mimi/caddymodule/internal/caddyopts"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 )
 
@@ -33,21 +34,24 @@ func parseLocalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 // Syntax:
 //
 //	mimi_local [<matcher>] {
-//		provider                <domain...>
-//		user                    <placeholder>
-//		data_dir                <path>
-//		max_body                <size>
-//		max_binding_lifetime    <duration>
-//		max_wait                <duration>
-//		max_long_polls          <n>
-//		max_long_polls_per_user <n>
-//		remote_claim_rate       <events>/<duration>
-//		remote_claim_burst      <n>
-//		cipher_suites           <suite...>
+//		provider                    <domain...>
+//		user                        <placeholder>
+//		data_dir                    <path>
+//		max_body                    <size>
+//		max_binding_lifetime        <duration>
+//		max_wait                    <duration>
+//		max_long_polls              <n>
+//		max_long_polls_per_user     <n>
+//		max_key_packages_per_client <n>
+//		max_key_packages_per_user   <n>
+//		remote_claim_rate           <events>/<duration>
+//		remote_claim_burst          <n>
+//		cipher_suites               <suite...>
 //	}
 //
 // provider is required and every option may appear once;
-// max_long_polls_per_user may not exceed max_long_polls. Mount it with
+// max_long_polls_per_user may not exceed max_long_polls, nor
+// max_key_packages_per_client max_key_packages_per_user. Mount it with
 // handle_path behind an authentication handler:
 //
 //	handle_path /local/* {
@@ -117,6 +121,24 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.MaxLongPollsPerUser = n
 			}
+		case "max_key_packages_per_client", "max_key_packages_per_user":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			most := maxLocalKeyPackages
+			if opt == "max_key_packages_per_client" {
+				most = localapi.MaxPublish
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > most {
+				return d.Errf("invalid %s '%s': want a number from 1 to %d", opt, v, most)
+			}
+			if opt == "max_key_packages_per_client" {
+				h.MaxKeyPackagesPerClient = n
+			} else {
+				h.MaxKeyPackagesPerUser = n
+			}
 		case "remote_claim_rate":
 			var v string
 			if !d.AllArgs(&v) {
@@ -158,6 +180,10 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if h.MaxLongPolls > 0 && h.MaxLongPollsPerUser > h.MaxLongPolls {
 		return d.Errf("invalid max_long_polls_per_user '%d': want at most max_long_polls (%d)", h.MaxLongPollsPerUser, h.MaxLongPolls)
+	}
+	if h.MaxKeyPackagesPerUser > 0 && h.MaxKeyPackagesPerClient > h.MaxKeyPackagesPerUser {
+		return d.Errf("invalid max_key_packages_per_client '%d': want at most max_key_packages_per_user (%d)",
+			h.MaxKeyPackagesPerClient, h.MaxKeyPackagesPerUser)
 	}
 	return nil
 }

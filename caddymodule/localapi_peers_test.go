@@ -49,7 +49,7 @@ func peerKeyPackage(t *testing.T, s *peerSite, uri string, lastResort bool) stor
 func publishAt(t *testing.T, s *peerSite, uri string) []byte {
 	t.Helper()
 	kp := peerKeyPackage(t, s, uri, false)
-	if err := s.g.svc.Store().PublishKeyPackages(t.Context(), uri, []store.KeyPackage{kp}); err != nil {
+	if err := s.g.svc.Store().PublishKeyPackages(t.Context(), uri, []store.KeyPackage{kp}, store.KeyPackageLimits{}); err != nil {
 		t.Fatal(err)
 	}
 	return kp.KeyPackage

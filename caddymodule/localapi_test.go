@@ -615,12 +615,15 @@ func TestLocalAPICaddyfile(t *testing.T) {
 	max_wait 30s
 	max_long_polls 500
 	max_long_polls_per_user 8
+	max_key_packages_per_client 100
+	max_key_packages_per_user 300
 	remote_claim_rate 10/1m
 	remote_claim_burst 20
 	cipher_suites 1 2
 }`, &LocalAPI{Providers: []string{"example.com", "example.org"}, User: "{http.request.header.X-User}",
 			DataDir: "/var/lib/mimi", MaxBody: 2 << 20, MaxBindingLifetime: caddy.Duration(7 * 24 * time.Hour),
 			MaxWait: caddy.Duration(30 * time.Second), MaxLongPolls: 500, MaxLongPollsPerUser: 8,
+			MaxKeyPackagesPerClient: 100, MaxKeyPackagesPerUser: 300,
 			RemoteClaims: 10, RemoteClaimWindow: caddy.Duration(time.Minute), RemoteClaimBurst: 20, CipherSuites: []uint16{1, 2}}, ""},
 		{"remote_claim_rate without a window", `mimi_local {
 	provider a.example
@@ -639,6 +642,23 @@ func TestLocalAPICaddyfile(t *testing.T) {
 	max_long_polls 100
 	max_long_polls_per_user 200
 }`, nil, "invalid max_long_polls_per_user '200': want at most max_long_polls (100)"},
+		{"max_key_packages_per_client zero", `mimi_local {
+	provider a.example
+	max_key_packages_per_client 0
+}`, nil, "invalid max_key_packages_per_client '0'"},
+		{"max_key_packages_per_client above a list", `mimi_local {
+	provider a.example
+	max_key_packages_per_client 257
+}`, nil, "invalid max_key_packages_per_client '257': want a number from 1 to 256"},
+		{"max_key_packages_per_user too large", `mimi_local {
+	provider a.example
+	max_key_packages_per_user 100001
+}`, nil, "invalid max_key_packages_per_user '100001'"},
+		{"per-client KeyPackages above the per-user bound", `mimi_local {
+	provider a.example
+	max_key_packages_per_client 200
+	max_key_packages_per_user 100
+}`, nil, "invalid max_key_packages_per_client '200': want at most max_key_packages_per_user (100)"},
 		{"no provider", `mimi_local {
 	max_wait 10s
 }`, nil, "provider is required"},
@@ -709,7 +729,8 @@ func TestLocalAPICaddyfile(t *testing.T) {
 // into the same handler and encode back byte for byte.
 func TestLocalAPIJSONRoundTrip(t *testing.T) {
 	const in = `{"user":"{http.request.header.X-User}","providers":["example.com"],"data_dir":"/var/lib/mimi",` +
-		`"max_body":2097152,"max_binding_lifetime":604800000000000,"max_wait":30000000000,"cipher_suites":[1,2]}`
+		`"max_body":2097152,"max_binding_lifetime":604800000000000,"max_wait":30000000000,` +
+		`"max_key_packages_per_client":100,"max_key_packages_per_user":300,"cipher_suites":[1,2]}`
 	var h LocalAPI
 	dec := json.NewDecoder(strings.NewReader(in))
 	dec.DisallowUnknownFields()
@@ -1056,6 +1077,91 @@ func TestLocalAPIValidateLongPollBounds(t *testing.T) {
 			wantValidate(t, h, tc.wantErr)
 		})
 	}
+}
+
+// TestLocalAPIValidateKeyPackageBounds requires
+// max_key_packages_per_client and max_key_packages_per_user to be
+// 1..100000, the per-client bound at most the per-user one; zero is the
+// default.
+func TestLocalAPIValidateKeyPackageBounds(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		perClient, perUse int
+		wantErr           string
+	}{
+		{"defaults", 0, 0, ""},
+		{"both", 10, 100, ""},
+		{"per client only", 200, 0, ""},
+		{"per user only", 0, 10, ""},
+		{"per client negative", -1, 0, "max_key_packages_per_client"},
+		{"per user negative", 0, -1, "max_key_packages_per_user"},
+		{"per user too large", 0, maxLocalKeyPackages + 1, "max_key_packages_per_user"},
+		{"per client above a list", localapi.MaxPublish + 1, 0, "max_key_packages_per_client"},
+		{"per client above per user", 11, 10, "max_key_packages_per_client"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &LocalAPI{Providers: []string{"example.com"}, MaxKeyPackagesPerClient: tc.perClient, MaxKeyPackagesPerUser: tc.perUse}
+			wantValidate(t, h, tc.wantErr)
+		})
+	}
+}
+
+// TestLocalAPIKeyPackageQuota requires POST /key_packages to refuse, 413
+// quota_exceeded and storing nothing, a publish that would leave a client
+// more available KeyPackages than max_key_packages_per_client, or the
+// clients of its user together more than max_key_packages_per_user.
+func TestLocalAPIKeyPackageQuota(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{MaxKeyPackagesPerClient: 2, MaxKeyPackagesPerUser: 3})
+	const laptopURI = "mimi://example.com/d/alice/laptop"
+	phone, laptop := newTestClient(t, aliceURI), newTestClient(t, laptopURI)
+	phoneBinding, laptopBinding := s.bind(t, "alice", phone), s.bind(t, "alice", laptop)
+	entries := func(c *testClient, b *binding.ClientBinding, n int) []localapi.KeyPackageEntry {
+		out := make([]localapi.KeyPackageEntry, n)
+		for i := range out {
+			out[i] = localapi.KeyPackageEntry{KeyPackage: c.keyPackage(t, c.uri, b)}
+		}
+		return out
+	}
+	available := func(uri string) int {
+		var l localapi.KeyPackageList
+		st, body := s.do(t, "alice", http.MethodGet, "/key_packages?client="+url.QueryEscape(uri), nil)
+		expectOK(t, st, body, &l)
+		return len(l.KeyPackages)
+	}
+	for _, tc := range []struct {
+		name    string
+		client  *testClient
+		b       *binding.ClientBinding
+		n       int
+		refused bool
+		phone   int // available after the request
+		laptop  int
+	}{
+		{"phone to its bound", phone, phoneBinding, 2, false, 2, 0},
+		{"phone past its bound", phone, phoneBinding, 1, true, 2, 0},
+		{"laptop past the user's bound, refused whole", laptop, laptopBinding, 2, true, 2, 0},
+		{"laptop to the user's bound", laptop, laptopBinding, 1, false, 2, 1},
+		{"laptop past the user's bound", laptop, laptopBinding, 1, true, 2, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body := s.post(t, "alice", "/key_packages", &localapi.PublishRequest{ClientURI: []byte(tc.client.uri),
+				KeyPackages: entries(tc.client, tc.b, tc.n)})
+			if tc.refused {
+				expectRefusal(t, st, body, moh.CodeQuotaExceeded)
+			} else {
+				expectOK(t, st, body, new(localapi.KeyPackageList))
+			}
+			if p, l := available(aliceURI), available(laptopURI); p != tc.phone || l != tc.laptop {
+				t.Fatalf("%d and %d KeyPackages available, want %d and %d", p, l, tc.phone, tc.laptop)
+			}
+		})
+	}
+	t.Run("another user is not counted", func(t *testing.T) {
+		bob := newTestClient(t, bobURI)
+		st, body := s.post(t, "bob", "/key_packages", &localapi.PublishRequest{ClientURI: []byte(bobURI),
+			KeyPackages: entries(bob, s.bind(t, "bob", bob), 2)})
+		expectOK(t, st, body, new(localapi.KeyPackageList))
+	})
 }
 
 // wantValidate checks h.Validate: nil when want is empty, else an error

@@ -185,7 +185,7 @@ func TestMutualTLSBetweenGateways(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := s.g.svc.Store().PublishKeyPackages(t.Context(), c.uri, []store.KeyPackage{{Client: c.uri,
-			Suite: uint16(c.kp.CipherSuite), Ref: ref, KeyPackage: enc, NotAfter: time.Now().Add(time.Hour)}}); err != nil {
+			Suite: uint16(c.kp.CipherSuite), Ref: ref, KeyPackage: enc, NotAfter: time.Now().Add(time.Hour)}}, store.KeyPackageLimits{}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -166,7 +166,7 @@ func TestKeyPackagesClaimedOnceOverHTTP(t *testing.T) {
 				single[string(kp.KeyPackage)] = true
 			}
 		}
-		if err := b.g.svc.Store().PublishKeyPackages(t.Context(), uri, kps); err != nil {
+		if err := b.g.svc.Store().PublishKeyPackages(t.Context(), uri, kps, store.KeyPackageLimits{}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -201,7 +201,7 @@ func TestKeyPackageClaimLargestAnswer(t *testing.T) {
 		for range 2 {
 			if err := h.st.PublishKeyPackages(t.Context(), uri, []store.KeyPackage{{Client: uri, Suite: 1,
 				Ref: randomBytes(t, 32), KeyPackage: randomBytes(t, store.MaxKeyPackageSize),
-				NotAfter: time.Now().Add(time.Hour)}}); err != nil {
+				NotAfter: time.Now().Add(time.Hour)}}, store.KeyPackageLimits{}); err != nil {
 				t.Fatal(err)
 			}
 		}

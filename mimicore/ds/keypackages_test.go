@@ -24,7 +24,7 @@ func (h *harness) publish(t *testing.T, c *tclient, lastResort bool) []byte {
 	t.Helper()
 	enc := mustMarshal(t, c.c.kp)
 	if err := h.st.PublishKeyPackages(t.Context(), c.uri, []store.KeyPackage{{Client: c.uri, Suite: uint16(c.c.kp.CipherSuite),
-		Ref: c.kpRef, KeyPackage: enc, NotAfter: time.Now().Add(time.Hour), LastResort: lastResort}}); err != nil {
+		Ref: c.kpRef, KeyPackage: enc, NotAfter: time.Now().Add(time.Hour), LastResort: lastResort}}, store.KeyPackageLimits{}); err != nil {
 		t.Fatal(err)
 	}
 	return enc

@@ -38,6 +38,13 @@ const (
 	DefaultBindingLifetime = 30 * 24 * time.Hour
 	// DefaultMaxWait caps a long poll when Config.MaxWait is zero.
 	DefaultMaxWait = 60 * time.Second
+	// DefaultMaxKeyPackagesPerClient bounds the KeyPackages one client
+	// has available when Config.MaxKeyPackagesPerClient is zero.
+	DefaultMaxKeyPackagesPerClient = store.MaxKeyPackagesPerClient
+	// DefaultMaxKeyPackagesPerUser bounds the KeyPackages the clients of
+	// one user have available together when Config.MaxKeyPackagesPerUser
+	// is zero: four clients at the bound of one.
+	DefaultMaxKeyPackagesPerUser = 4 * DefaultMaxKeyPackagesPerClient
 )
 
 // Store is what the API keeps its state in: the KeyPackage directory and
@@ -72,6 +79,17 @@ type Config struct {
 	// Suites are the cipher suites a published KeyPackage may use.
 	// Default: every suite package mls implements.
 	Suites []mls.CipherSuite
+	// MaxKeyPackagesPerClient bounds the KeyPackages one client URI has
+	// available (published, not yet claimed, replaced or expired),
+	// last-resort ones included; a publish that would pass it is refused
+	// whole, quota_exceeded. Default and most DefaultMaxKeyPackagesPerClient
+	// (MaxPublish, the most a KeyPackageList carries).
+	MaxKeyPackagesPerClient int
+	// MaxKeyPackagesPerUser bounds, in the same way, the KeyPackages of
+	// all the client URIs of one user of one provider domain
+	// (mimi://<provider>/d/<user>/...) together, however many client
+	// URIs the user makes up. Default DefaultMaxKeyPackagesPerUser.
+	MaxKeyPackagesPerUser int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Peers claims KeyPackages of other providers' users and clients
@@ -138,6 +156,16 @@ func New(cfg Config) (*API, error) {
 	}
 	if cfg.MaxBindingLifetime == 0 {
 		cfg.MaxBindingLifetime = DefaultBindingLifetime
+	}
+	if cfg.MaxKeyPackagesPerClient < 0 || cfg.MaxKeyPackagesPerClient > MaxPublish || cfg.MaxKeyPackagesPerUser < 0 {
+		return nil, fmt.Errorf("local api: KeyPackage bounds %d per client (want 0..%d), %d per user",
+			cfg.MaxKeyPackagesPerClient, MaxPublish, cfg.MaxKeyPackagesPerUser)
+	}
+	if cfg.MaxKeyPackagesPerClient == 0 {
+		cfg.MaxKeyPackagesPerClient = DefaultMaxKeyPackagesPerClient
+	}
+	if cfg.MaxKeyPackagesPerUser == 0 {
+		cfg.MaxKeyPackagesPerUser = DefaultMaxKeyPackagesPerUser
 	}
 	for _, s := range cfg.Suites {
 		if !s.Supported() {
@@ -249,10 +277,20 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 			LastResort: e.LastResort,
 		}
 	}
-	if err := a.cfg.Store.PublishKeyPackages(ctx, string(req.ClientURI), kps); err != nil {
+	// The client URIs of the user at this provider domain, as a peer's
+	// connection_key_packages claims them; Authorize parsed it.
+	prov, _, _, _ := moh.ParseClientURI(req.ClientURI)
+	lim := store.KeyPackageLimits{
+		PerClient:  a.cfg.MaxKeyPackagesPerClient,
+		UserPrefix: moh.ClientURI(string(prov), user, ""),
+		PerUser:    a.cfg.MaxKeyPackagesPerUser,
+	}
+	if err := a.cfg.Store.PublishKeyPackages(ctx, string(req.ClientURI), kps, lim); err != nil {
 		switch {
 		case errors.Is(err, store.ErrTooManyKeyPackages):
-			return nil, moh.Errorf(moh.CodeQuotaExceeded, "the client would have more than %d KeyPackages", store.MaxKeyPackagesPerClient)
+			return nil, moh.Errorf(moh.CodeQuotaExceeded, "the client would have more than %d available KeyPackages", lim.PerClient)
+		case errors.Is(err, store.ErrTooManyUserKeyPackages):
+			return nil, moh.Errorf(moh.CodeQuotaExceeded, "your clients would have more than %d available KeyPackages together", lim.PerUser)
 		case errors.Is(err, store.ErrConflict):
 			return nil, moh.Errorf(moh.CodeReplay, "a KeyPackage was published before and claimed or replaced")
 		}

@@ -56,6 +56,9 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{"no store", Config{Domains: []string{"a.example"}, Keys: seedKeys{}}},
 		{"no keys", Config{Domains: []string{"a.example"}, Store: noStore{}}},
 		{"negative lifetime", Config{Domains: []string{"a.example"}, Store: noStore{}, Keys: seedKeys{}, MaxBindingLifetime: -1}},
+		{"negative KeyPackages per client", Config{Domains: []string{"a.example"}, Store: noStore{}, Keys: seedKeys{}, MaxKeyPackagesPerClient: -1}},
+		{"KeyPackages per client above a list", Config{Domains: []string{"a.example"}, Store: noStore{}, Keys: seedKeys{}, MaxKeyPackagesPerClient: MaxPublish + 1}},
+		{"negative KeyPackages per user", Config{Domains: []string{"a.example"}, Store: noStore{}, Keys: seedKeys{}, MaxKeyPackagesPerUser: -1}},
 		{"unimplemented suite", Config{Domains: []string{"a.example"}, Store: noStore{}, Keys: seedKeys{}, Suites: []mls.CipherSuite{4}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

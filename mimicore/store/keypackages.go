@@ -14,15 +14,17 @@ const (
 )
 
 // Limits of KeyPackages; a larger value is ErrInvalid, except
-// MaxKeyPackagesPerClient (ErrTooManyKeyPackages).
+// MaxKeyPackagesPerClient (ErrTooManyKeyPackages, unless KeyPackageLimits
+// sets another bound).
 const (
 	// MaxKeyPackageSize bounds one encoded KeyPackage. It holds a
 	// post-quantum KeyPackage: 64 of them, the largest key_packages
 	// answer, fit in MaxAnswerSize with the answer's framing.
 	MaxKeyPackageSize = 16 << 10
 	// MaxKeyPackagesPerClient bounds the packages a client has available
-	// at once, over all its suites, last-resort packages included. It is
-	// also the most one PublishKeyPackages call may carry.
+	// at once, over all its suites, last-resort packages included, when
+	// KeyPackageLimits.PerClient is zero. It is also the most one
+	// PublishKeyPackages call may carry.
 	MaxKeyPackagesPerClient = 256
 	// ClaimedKeyPackageRetention is how long a package stays readable by
 	// KeyPackageByRef after it left the client's available packages
@@ -38,9 +40,35 @@ const (
 )
 
 // ErrTooManyKeyPackages reports a PublishKeyPackages that would leave a
-// client more than MaxKeyPackagesPerClient available packages. It wraps
+// client more available packages than KeyPackageLimits.PerClient. It wraps
 // ErrConflict.
-var ErrTooManyKeyPackages = fmt.Errorf("client would have more than %d KeyPackages: %w", MaxKeyPackagesPerClient, ErrConflict)
+var ErrTooManyKeyPackages = fmt.Errorf("client would have too many KeyPackages: %w", ErrConflict)
+
+// ErrTooManyUserKeyPackages reports a PublishKeyPackages that would leave
+// the clients of a user more available packages, together, than
+// KeyPackageLimits.PerUser. It wraps ErrConflict.
+var ErrTooManyUserKeyPackages = fmt.Errorf("user would have too many KeyPackages: %w", ErrConflict)
+
+// KeyPackageLimits bounds what a PublishKeyPackages leaves available. A
+// package counts from its publish until it is claimed (single-use),
+// replaced (last resort) or expired, whatever its suite: last-resort
+// packages count too, and one that replaces the client's previous one for
+// its suite takes that one's place.
+type KeyPackageLimits struct {
+	// PerClient bounds the client's available packages, at most
+	// MaxKeyPackagesPerClient; zero means MaxKeyPackagesPerClient. Past
+	// it: ErrTooManyKeyPackages.
+	PerClient int
+	// UserPrefix is the prefix the URIs of all the clients of the
+	// client's user start with (mimi://<provider>/d/<user>/), which the
+	// client's URI must start with too; 1..MaxClientURISize bytes, or
+	// empty with PerUser zero.
+	UserPrefix string
+	// PerUser bounds the available packages of all the clients whose URI
+	// starts with UserPrefix, together; zero means no such bound. Past
+	// it: ErrTooManyUserKeyPackages.
+	PerUser int
+}
 
 // KeyPackage is one KeyPackage a local client published.
 type KeyPackage struct {
@@ -100,9 +128,14 @@ type KeyPackages interface {
 	// ErrConflict, except a package identical to one still available
 	// (same client, suite, bytes, NotAfter and LastResort), which is left
 	// as it is, so a client may retry a publish. When the client would
-	// then have more than MaxKeyPackagesPerClient packages available the
-	// call fails with ErrTooManyKeyPackages and stores nothing.
-	PublishKeyPackages(ctx context.Context, client string, kps []KeyPackage) error
+	// then have more packages available than lim.PerClient, the call
+	// fails with ErrTooManyKeyPackages and stores nothing; when the
+	// clients of lim.UserPrefix would have more than lim.PerUser, with
+	// ErrTooManyUserKeyPackages. The counts and the writes are one
+	// write, so concurrent publishes for one user (on any gateway of the
+	// store) never leave more than the bounds between them. Invalid
+	// limits are ErrInvalid.
+	PublishKeyPackages(ctx context.Context, client string, kps []KeyPackage, lim KeyPackageLimits) error
 
 	// ClaimKeyPackage hands out one available package of client for
 	// suite: a single-use package, which it removes from the available

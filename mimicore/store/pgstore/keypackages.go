@@ -19,6 +19,10 @@ const (
 	// transaction-scoped advisory lock on a hash of the client URI (a
 	// collision only serialises two clients' publishes).
 	kpLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 7))`
+	// kpUserLockSQL serialises the publishes of the clients of one user
+	// prefix, for its count check, as kpLockSQL does those of one client.
+	// A publish takes it before the client's lock.
+	kpUserLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 19))`
 	// kpRetireSQL retires client $1's available last-resort package for
 	// suite $2 unless it is $3: $4 is now, $5 now plus the retention.
 	kpRetireSQL = `UPDATE key_packages SET claimed_ms = $4, expires_ms = LEAST(not_after_ms, $5)
@@ -38,6 +42,11 @@ const (
 	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
 		FROM key_packages WHERE ref = $1 AND expires_ms > $2`
 	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2`
+	// kpCountRangeSQL counts the available packages of the clients in
+	// [$1, $2) (those of a user prefix, see check.PrefixEnd), by the
+	// key_packages_available index.
+	kpCountRangeSQL = `SELECT count(*) FROM key_packages
+		WHERE client >= $1 AND client < $2 AND claimed_ms IS NULL AND not_after_ms > $3`
 	// kpClaimSQL takes client $1's single-use package for suite $2 (0:
 	// the lowest suite with one) that expires first: $3 is now, $4 now
 	// plus the retention. The suite is chosen and the row locked in one
@@ -70,18 +79,28 @@ const (
 )
 
 // PublishKeyPackages implements store.KeyPackages: every package, the
-// retirement of replaced last-resort packages and the count check are one
-// transaction, under the client's publish lock, so a refused publish
-// leaves nothing behind.
-func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage) error {
+// retirement of replaced last-resort packages and the count checks are one
+// transaction, under the publish locks of the user (with a bound per user)
+// and of the client, so a refused publish leaves nothing behind and two
+// publishes, on any gateways, never both pass a count that counts neither.
+func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage, lim store.KeyPackageLimits) error {
 	const doing = "publishing KeyPackages"
 	if err := s.checkOpen(doing); err != nil {
 		return err
 	}
-	if err := check.KeyPackages(client, kps); err != nil {
+	if err := check.KeyPackages(client, kps, lim); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
+	perClient := lim.PerClient
+	if perClient == 0 {
+		perClient = store.MaxKeyPackagesPerClient
+	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if lim.PerUser > 0 {
+			if _, err := tx.Exec(ctx, kpUserLockSQL, lim.UserPrefix); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.Exec(ctx, kpLockSQL, client); err != nil {
 			return err
 		}
@@ -115,8 +134,17 @@ func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []sto
 		if err := tx.QueryRow(ctx, kpCountSQL, client, now).Scan(&n); err != nil {
 			return err
 		}
-		if n > store.MaxKeyPackagesPerClient {
+		if n > perClient {
 			return fmt.Errorf("%d available: %w", n, store.ErrTooManyKeyPackages)
+		}
+		if lim.PerUser == 0 {
+			return nil
+		}
+		if err := tx.QueryRow(ctx, kpCountRangeSQL, lim.UserPrefix, check.PrefixEnd(lim.UserPrefix), now).Scan(&n); err != nil {
+			return err
+		}
+		if n > lim.PerUser {
+			return fmt.Errorf("%d available for the user: %w", n, store.ErrTooManyUserKeyPackages)
 		}
 		return nil
 	})

@@ -50,7 +50,7 @@ func TestClaimBehindLockedPackage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			s := openTemp(t, Options{})
-			if err := s.PublishKeyPackages(ctx, client, tc.kps); err != nil {
+			if err := s.PublishKeyPackages(ctx, client, tc.kps, store.KeyPackageLimits{}); err != nil {
 				t.Fatalf("PublishKeyPackages: %v", err)
 			}
 			// The concurrent claim: s1's row locked in an open transaction.

@@ -200,6 +200,14 @@ func TestKeyPackages(t *testing.T) {
 	})
 }
 
+// TestPublishRaceAcrossStores has publishers for the clients of one user
+// race through two stores on one database, as on two gateways: the user's
+// bound holds (storetest.PublishRace).
+func TestPublishRaceAcrossStores(t *testing.T) {
+	a, b := openPair(t, 16)
+	storetest.PublishRace(t, []store.Store{a, b})
+}
+
 // TestClaimsAcrossStores has 50 claims race for 50 single-use packages
 // through two stores on one database, as two gateways would: each package
 // is handed out exactly once, and a claim that finds none left gets the
@@ -214,7 +222,7 @@ func TestClaimsAcrossStores(t *testing.T) {
 	for i := range claims {
 		kps = append(kps, storetest.KP(client, 1, fmt.Sprint(i), exp, false))
 	}
-	if err := stores[0].PublishKeyPackages(ctx, client, kps); err != nil {
+	if err := stores[0].PublishKeyPackages(ctx, client, kps, store.KeyPackageLimits{}); err != nil {
 		t.Fatalf("PublishKeyPackages: %v", err)
 	}
 	var (

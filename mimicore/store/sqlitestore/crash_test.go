@@ -203,7 +203,7 @@ func crashPublish(s *Store, round string) error {
 	client := crashKPClient(round)
 	exp := time.Now().Add(time.Hour)
 	if err := s.PublishKeyPackages(context.Background(), client, []store.KeyPackage{{Suite: 1,
-		Ref: []byte(round + "/lr"), KeyPackage: []byte("lr"), NotAfter: exp, LastResort: true}}); err != nil {
+		Ref: []byte(round + "/lr"), KeyPackage: []byte("lr"), NotAfter: exp, LastResort: true}}, store.KeyPackageLimits{}); err != nil {
 		return fmt.Errorf("publishing the last resort: %w", err)
 	}
 	for i := 0; ; {
@@ -212,7 +212,7 @@ func crashPublish(s *Store, round string) error {
 			ref := fmt.Sprintf("%s/kp/%d", round, i+j)
 			kps[j] = store.KeyPackage{Suite: 1, Ref: []byte(ref), KeyPackage: []byte("kp " + ref), NotAfter: exp}
 		}
-		err := s.PublishKeyPackages(context.Background(), client, kps)
+		err := s.PublishKeyPackages(context.Background(), client, kps, store.KeyPackageLimits{})
 		if errors.Is(err, store.ErrTooManyKeyPackages) {
 			time.Sleep(time.Millisecond)
 			continue

@@ -33,6 +33,11 @@ const (
 	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
 		FROM key_packages WHERE ref = ?1 AND expires_ms > ?2`
 	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = ?1 AND claimed_ms IS NULL AND not_after_ms > ?2`
+	// kpCountRangeSQL counts the available packages of the clients in
+	// [?1, ?2) (those of a user prefix, see check.PrefixEnd), by the
+	// key_packages_available index.
+	kpCountRangeSQL = `SELECT count(*) FROM key_packages
+		WHERE client >= ?1 AND client < ?2 AND claimed_ms IS NULL AND not_after_ms > ?3`
 	// kpClaimSQL takes client ?1's single-use package for suite ?2 that
 	// expires first: ?3 is now, ?4 now plus the retention.
 	kpClaimSQL = `UPDATE key_packages SET claimed_ms = ?3, expires_ms = MIN(not_after_ms, ?4)
@@ -48,15 +53,20 @@ const (
 )
 
 // PublishKeyPackages implements store.KeyPackages: every package, the
-// retirement of replaced last-resort packages and the count check are one
-// op, so a refused publish leaves nothing behind.
-func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage) error {
+// retirement of replaced last-resort packages and the count checks are one
+// op of the single writer, so a refused publish leaves nothing behind and
+// no other publish runs between a count and the writes it checks.
+func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage, lim store.KeyPackageLimits) error {
 	const doing = "publishing KeyPackages"
 	if err := s.checkOpen(doing); err != nil {
 		return err
 	}
-	if err := check.KeyPackages(client, kps); err != nil {
+	if err := check.KeyPackages(client, kps, lim); err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
+	}
+	perClient := lim.PerClient
+	if perClient == 0 {
+		perClient = store.MaxKeyPackagesPerClient
 	}
 	// Copied now: the op may run after the caller changed its slices.
 	type row struct {
@@ -102,8 +112,17 @@ func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []sto
 		if err := tx.QueryRowContext(ctx, kpCountSQL, client, now).Scan(&n); err != nil {
 			return err
 		}
-		if n > store.MaxKeyPackagesPerClient {
+		if n > perClient {
 			return fmt.Errorf("%d available: %w", n, store.ErrTooManyKeyPackages)
+		}
+		if lim.PerUser == 0 {
+			return nil
+		}
+		if err := tx.QueryRowContext(ctx, kpCountRangeSQL, lim.UserPrefix, check.PrefixEnd(lim.UserPrefix), now).Scan(&n); err != nil {
+			return err
+		}
+		if n > lim.PerUser {
+			return fmt.Errorf("%d available for the user: %w", n, store.ErrTooManyUserKeyPackages)
 		}
 		return nil
 	})
@@ -216,15 +235,9 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 // suite for each client whose URI starts with clientPrefix, as
 // ClaimKeyPackagesByPrefix does.
 func (s *Store) claimPrefixTx(ctx context.Context, tx *sql.Tx, clientPrefix string, suite uint16, now int64) ([]store.KeyPackage, error) {
-	// The range [prefix, prefix with its last byte plus one) holds exactly
-	// the strings that start with prefix (SQLite compares TEXT by bytes);
-	// a prefix of 0xff bytes has no end, and bytes above 0xf4 are not
-	// UTF-8, which check.ClientURI refused.
-	end := []byte(clientPrefix)
-	end[len(end)-1]++
 	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT client FROM key_packages
 		WHERE client >= ?1 AND client < ?2 AND (?3 = 0 OR suite = ?3) AND claimed_ms IS NULL AND not_after_ms > ?4
-		ORDER BY client LIMIT ?5`, clientPrefix, string(end), int64(suite), now, store.MaxClaimClients)
+		ORDER BY client LIMIT ?5`, clientPrefix, check.PrefixEnd(clientPrefix), int64(suite), now, store.MaxClaimClients)
 	if err != nil {
 		return nil, err
 	}

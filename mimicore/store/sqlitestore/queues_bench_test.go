@@ -134,7 +134,7 @@ func BenchmarkClaimKeyPackageParallel64(b *testing.B) {
 			binary.BigEndian.PutUint64(ref, serial.Add(1))
 			kps[j] = store.KeyPackage{Suite: 1, Ref: ref, KeyPackage: make([]byte, 512), NotAfter: exp}
 		}
-		return s.PublishKeyPackages(ctx, client, kps)
+		return s.PublishKeyPackages(ctx, client, kps, store.KeyPackageLimits{})
 	}
 	name := func(i uint64) string { return fmt.Sprint("mimi://a.example/d/c", i%clients, "/dev") }
 	for i := range uint64(clients) {

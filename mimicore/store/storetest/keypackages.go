@@ -24,6 +24,9 @@ func RunKeyPackageTests(t *testing.T, open func(t *testing.T, clock *Clock) stor
 	t.Run("ByRef", func(t *testing.T) { testKPByRef(t, open) })
 	t.Run("Invalid", func(t *testing.T) { testKPInvalid(t, plain) })
 	t.Run("Limit", func(t *testing.T) { testKPLimit(t, plain) })
+	t.Run("UserLimit", func(t *testing.T) { testKPUserLimit(t, open) })
+	t.Run("LimitsInvalid", func(t *testing.T) { testKPLimitsInvalid(t, plain) })
+	t.Run("PublishRace", func(t *testing.T) { PublishRace(t, []store.Store{plain(t)}) })
 	t.Run("Expiry", func(t *testing.T) { testKPExpiry(t, open) })
 	t.Run("ConcurrentClaims", func(t *testing.T) { testKPConcurrentClaims(t, plain) })
 	t.Run("ClaimByPrefix", func(t *testing.T) { testKPClaimByPrefix(t, open) })
@@ -117,7 +120,7 @@ func testKPPublishListClaim(t *testing.T, open func(t *testing.T, clock *Clock) 
 		KP(alice, 2, "two", now.Add(time.Hour), false),
 	}
 	kps[4].Client = "" // empty means the publishing client
-	noErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), alice, kps))
+	noErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), alice, kps, store.KeyPackageLimits{}))
 	kps[0].KeyPackage[0] ^= 0xff // the store must have copied it
 	kps[0].KeyPackage[0] ^= 0xff
 	kps[4].Client = alice
@@ -153,8 +156,8 @@ func testKPSingleUse(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
 	exp := time.Now().Add(future)
 	a, b := KP(alice, 1, "a", exp, false), KP(alice, 1, "b", exp, false)
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{a, b}))
-	noErr(t, "publishing the same packages again", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{a, b}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{a, b}, store.KeyPackageLimits{}))
+	noErr(t, "publishing the same packages again", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{a, b}, store.KeyPackageLimits{}))
 	wantRefs(t, "after a repeated publish", list(t, s, alice), "a", "b")
 	sameKP(t, "claim", claim(t, s, alice, 1), a)
 
@@ -169,17 +172,17 @@ func testKPSingleUse(t *testing.T, open func(t *testing.T) store.Store) {
 		{"as last resort under an available ref", KP(alice, 1, "b", exp, true)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{tc.kp})
+			err := s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{tc.kp}, store.KeyPackageLimits{})
 			wantErr(t, "publish", err, store.ErrConflict)
 		})
 	}
 	t.Run("another client's ref", func(t *testing.T) {
-		err := s.PublishKeyPackages(ctx(), bob, []store.KeyPackage{KP(bob, 1, "b", exp, false)})
+		err := s.PublishKeyPackages(ctx(), bob, []store.KeyPackage{KP(bob, 1, "b", exp, false)}, store.KeyPackageLimits{})
 		wantErr(t, "publish", err, store.ErrConflict)
 		wantRefs(t, "bob's packages", list(t, s, bob))
 	})
 	t.Run("all or nothing", func(t *testing.T) {
-		err := s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "new", exp, false), a})
+		err := s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "new", exp, false), a}, store.KeyPackageLimits{})
 		wantErr(t, "publish with one claimed ref", err, store.ErrConflict)
 		wantRefs(t, "after the refused publish", list(t, s, alice), "b")
 	})
@@ -193,23 +196,23 @@ func testKPLastResort(t *testing.T, open func(t *testing.T) store.Store) {
 	exp := time.Now().Add(future)
 	lr1, lr2 := KP(alice, 1, "lr1", exp, true), KP(alice, 1, "lr2", exp, true)
 	other := KP(alice, 2, "lr-suite2", exp, true)
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr1, other}))
-	noErr(t, "publishing it again", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr1}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr1, other}, store.KeyPackageLimits{}))
+	noErr(t, "publishing it again", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr1}, store.KeyPackageLimits{}))
 	wantRefs(t, "list", list(t, s, alice), "lr1", "lr-suite2")
 	for range 3 {
 		sameKP(t, "claim", claim(t, s, alice, 1), lr1)
 	}
-	noErr(t, "publish a new last resort", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr2}))
+	noErr(t, "publish a new last resort", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{lr2}, store.KeyPackageLimits{}))
 	wantRefs(t, "list after the replacement", list(t, s, alice), "lr2", "lr-suite2")
 	sameKP(t, "claim after the replacement", claim(t, s, alice, 1), lr2)
 	old, err := s.KeyPackageByRef(ctx(), lr1.Ref)
 	noErr(t, "KeyPackageByRef of the replaced one", err)
 	lr1.Claimed = true
 	sameKP(t, "replaced", old, lr1)
-	err = s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr1", exp, true)})
+	err = s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr1", exp, true)}, store.KeyPackageLimits{})
 	wantErr(t, "publishing the replaced one again", err, store.ErrConflict)
 	// A single-use package goes first, the last resort after.
-	noErr(t, "publish single-use", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "one", exp, false)}))
+	noErr(t, "publish single-use", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "one", exp, false)}, store.KeyPackageLimits{}))
 	wantRefs(t, "claims", []store.KeyPackage{claim(t, s, alice, 1), claim(t, s, alice, 1)}, "one", "lr2")
 }
 
@@ -218,7 +221,7 @@ func testKPByRef(t *testing.T, open func(t *testing.T, clock *Clock) store.Store
 	s := open(t, clock)
 	kp := KP(alice, 1, "a", clock.Now().Add(store.ClaimedKeyPackageRetention+time.Hour), false)
 	short := KP(alice, 1, "short", clock.Now().Add(2*time.Hour), false)
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{short, kp}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{short, kp}, store.KeyPackageLimits{}))
 	got, err := s.KeyPackageByRef(ctx(), kp.Ref)
 	noErr(t, "KeyPackageByRef", err)
 	sameKP(t, "available", got, kp)
@@ -280,11 +283,11 @@ func testKPInvalid(t *testing.T, open func(t *testing.T) store.Store) {
 		{"two last resorts of one suite", alice, []store.KeyPackage{KP(alice, 1, "l1", exp, true), KP(alice, 1, "l2", exp, true)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			wantErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), tc.client, tc.kps), store.ErrInvalid)
+			wantErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), tc.client, tc.kps, store.KeyPackageLimits{}), store.ErrInvalid)
 		})
 	}
 	big := with(func(k *store.KeyPackage) { k.KeyPackage = randBytes(t, store.MaxKeyPackageSize) })
-	noErr(t, "publishing the largest package", s.PublishKeyPackages(ctx(), alice, big))
+	noErr(t, "publishing the largest package", s.PublishKeyPackages(ctx(), alice, big, store.KeyPackageLimits{}))
 	if got := claim(t, s, alice, 1); !bytes.Equal(got.KeyPackage, big[0].KeyPackage) {
 		t.Fatal("largest package did not read back intact")
 	}
@@ -306,18 +309,18 @@ func testKPLimit(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 		return kps
 	}
-	noErr(t, "publish up to the limit", s.PublishKeyPackages(ctx(), alice, batch("a", store.MaxKeyPackagesPerClient-1)))
-	noErr(t, "publish the last one", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr", exp, true)}))
-	err := s.PublishKeyPackages(ctx(), alice, batch("b", 1))
+	noErr(t, "publish up to the limit", s.PublishKeyPackages(ctx(), alice, batch("a", store.MaxKeyPackagesPerClient-1), store.KeyPackageLimits{}))
+	noErr(t, "publish the last one", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr", exp, true)}, store.KeyPackageLimits{}))
+	err := s.PublishKeyPackages(ctx(), alice, batch("b", 1), store.KeyPackageLimits{})
 	wantErr(t, "publish past the limit", err, store.ErrTooManyKeyPackages)
 	wantErr(t, "publish past the limit", err, store.ErrConflict)
 	if n := len(list(t, s, alice)); n != store.MaxKeyPackagesPerClient {
 		t.Fatalf("%d packages after a refused publish, want %d", n, store.MaxKeyPackagesPerClient)
 	}
-	noErr(t, "replacing the last resort at the limit", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr2", exp, true)}))
-	noErr(t, "another client's publish", s.PublishKeyPackages(ctx(), bob, []store.KeyPackage{KP(bob, 1, "bob", exp, false)}))
+	noErr(t, "replacing the last resort at the limit", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr2", exp, true)}, store.KeyPackageLimits{}))
+	noErr(t, "another client's publish", s.PublishKeyPackages(ctx(), bob, []store.KeyPackage{KP(bob, 1, "bob", exp, false)}, store.KeyPackageLimits{}))
 	claim(t, s, alice, 2)
-	noErr(t, "publish after a claim freed a place", s.PublishKeyPackages(ctx(), alice, batch("c", 1)))
+	noErr(t, "publish after a claim freed a place", s.PublishKeyPackages(ctx(), alice, batch("c", 1), store.KeyPackageLimits{}))
 }
 
 func testKPExpiry(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
@@ -328,7 +331,7 @@ func testKPExpiry(t *testing.T, open func(t *testing.T, clock *Clock) store.Stor
 		KP(alice, 1, "soon", now.Add(time.Minute), false),
 		KP(alice, 1, "lr", now.Add(time.Minute), true),
 		KP(alice, 1, "later", now.Add(time.Hour), false),
-	}))
+	}, store.KeyPackageLimits{}))
 	clock.Advance(time.Minute)
 	wantRefs(t, "list once two expired", list(t, s, alice), "later")
 	_, err := s.KeyPackageByRef(ctx(), []byte("ref:soon"))
@@ -338,7 +341,7 @@ func testKPExpiry(t *testing.T, open func(t *testing.T, clock *Clock) store.Stor
 	wantErr(t, "claim with only an expired last resort", err, store.ErrNotFound)
 	// An expired ref, swept or not, may be published again.
 	noErr(t, "publishing an expired ref again", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{
-		KP(alice, 1, "soon", clock.Now().Add(time.Hour), false)}))
+		KP(alice, 1, "soon", clock.Now().Add(time.Hour), false)}, store.KeyPackageLimits{}))
 	n, err := s.DeleteExpired(ctx(), clock.Now())
 	noErr(t, "DeleteExpired", err)
 	if n != 1 { // lr; "later" was claimed and is kept for lookups
@@ -358,8 +361,8 @@ func testKPConcurrentClaims(t *testing.T, open func(t *testing.T) store.Store) {
 	for i := range packages {
 		kps = append(kps, KP(alice, 1, fmt.Sprint(i), exp, false))
 	}
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, kps[:packages/2]))
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, append(kps[packages/2:], KP(alice, 1, "lr", exp, true))))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, kps[:packages/2], store.KeyPackageLimits{}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, append(kps[packages/2:], KP(alice, 1, "lr", exp, true)), store.KeyPackageLimits{}))
 	var mu sync.Mutex
 	got := map[string]int{}
 	var wg sync.WaitGroup
@@ -419,7 +422,7 @@ func testKPClaimByPrefix(t *testing.T, open func(t *testing.T, clock *Clock) sto
 	)
 	publish := func(client string, kps ...store.KeyPackage) {
 		t.Helper()
-		noErr(t, "PublishKeyPackages "+client, s.PublishKeyPackages(ctx(), client, kps))
+		noErr(t, "PublishKeyPackages "+client, s.PublishKeyPackages(ctx(), client, kps, store.KeyPackageLimits{}))
 	}
 	publish(phone, KP(phone, 1, "phone 1", now.Add(time.Hour), false), KP(phone, 1, "phone 2", now.Add(2*time.Hour), false))
 	publish(laptop, KP(laptop, 1, "laptop lr", now.Add(time.Hour), true))
@@ -487,8 +490,8 @@ func testKPClaimAnySuite(t *testing.T, open func(t *testing.T, clock *Clock) sto
 		KP(phone, 2, "suite 2", now.Add(2*time.Hour), false),
 		KP(phone, 1, "suite 1 lr", now.Add(time.Hour), true),
 		KP(phone, 5, "suite 5 lr", now.Add(time.Hour), true),
-	}))
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), laptop, []store.KeyPackage{KP(laptop, 7, "laptop suite 7", now.Add(time.Hour), false)}))
+	}, store.KeyPackageLimits{}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), laptop, []store.KeyPackage{KP(laptop, 7, "laptop suite 7", now.Add(time.Hour), false)}, store.KeyPackageLimits{}))
 	for _, want := range []string{"suite 2", "suite 3", "suite 1 lr", "suite 1 lr"} {
 		if got := claim(t, s, phone, 0); string(got.Ref) != "ref:"+want {
 			t.Fatalf("claim of any suite got %s, want %s", got.Ref, want)
@@ -555,8 +558,8 @@ func testKPClaimWithReplay(t *testing.T, open func(t *testing.T) store.Store) {
 		tablet = "mimi://a.example/d/bob/tablet" // publishes nothing
 	)
 	noErr(t, "publish", s.PublishKeyPackages(ctx(), phone, []store.KeyPackage{
-		KP(phone, 1, "phone 1", exp, false), KP(phone, 1, "phone 2", exp.Add(time.Minute), false), KP(phone, 1, "phone 3", exp.Add(2*time.Minute), false)}))
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), laptop, []store.KeyPackage{KP(laptop, 1, "laptop lr", exp, true)}))
+		KP(phone, 1, "phone 1", exp, false), KP(phone, 1, "phone 2", exp.Add(time.Minute), false), KP(phone, 1, "phone 3", exp.Add(2*time.Minute), false)}, store.KeyPackageLimits{}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), laptop, []store.KeyPackage{KP(laptop, 1, "laptop lr", exp, true)}, store.KeyPackageLimits{}))
 
 	runs := 0
 	kps, err := s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{phone, tablet, laptop}, Replay: kpReplay("first", &runs)})
@@ -617,7 +620,7 @@ func testKPClaimWithReplay(t *testing.T, open func(t *testing.T) store.Store) {
 // ErrInvalid, claiming nothing.
 func testKPClaimWithReplayInvalid(t *testing.T, open func(t *testing.T) store.Store) {
 	s := open(t)
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "a", time.Now().Add(future), false)}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "a", time.Now().Add(future), false)}, store.KeyPackageLimits{}))
 	tooMany := make([]string, store.MaxClaimClients+1)
 	for i := range tooMany {
 		tooMany[i] = fmt.Sprintf("mimi://a.example/d/many/%03d", i)
@@ -657,7 +660,7 @@ func testKPClaimWithReplayConcurrent(t *testing.T, open func(t *testing.T) store
 	for i := range packages {
 		kps = append(kps, KP(alice, 1, fmt.Sprintf("%02d", i), exp, false))
 	}
-	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, kps))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, kps, store.KeyPackageLimits{}))
 	var wg sync.WaitGroup
 	errs := make([]error, copies)
 	answers := make([]string, copies)
@@ -688,5 +691,170 @@ func testKPClaimWithReplayConcurrent(t *testing.T, open func(t *testing.T) store
 	wantReplay(t, s, "copied", won)
 	if n := len(list(t, s, alice)); n != packages-1 {
 		t.Fatalf("%d copies of one request consumed %d KeyPackages, want 1", copies, packages-n)
+	}
+}
+
+// alicePrefix is the prefix of the client URIs of alice (alice's clients
+// in this file are under it).
+const alicePrefix = "mimi://a.example/d/alice/"
+
+// testKPUserLimit publishes under the limits of store.KeyPackageLimits,
+// step by step: the bounds per client and per user are those configured,
+// a publish that would pass one is refused whole, last-resort packages
+// count (one replacing another takes its place), and claimed or expired
+// packages make room.
+func testKPUserLimit(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	exp := clock.Now().Add(future)
+	soon := clock.Now().Add(time.Minute)
+	var (
+		phone   = alicePrefix + "phone"
+		laptop  = alicePrefix + "laptop"
+		tablet  = alicePrefix + "tablet"
+		alicex  = "mimi://a.example/d/alicex/phone" // another user, whose name extends alice's
+		lim     = store.KeyPackageLimits{PerClient: 3, UserPrefix: alicePrefix, PerUser: 5}
+		limX    = store.KeyPackageLimits{PerClient: 3, UserPrefix: "mimi://a.example/d/alicex/", PerUser: 5}
+		noLimit = store.KeyPackageLimits{}
+	)
+	batch := func(client, prefix string, n int, notAfter time.Time) []store.KeyPackage {
+		kps := make([]store.KeyPackage, n)
+		for i := range kps {
+			kps[i] = KP(client, 1, fmt.Sprint(prefix, i), notAfter, false)
+		}
+		return kps
+	}
+	for _, step := range []struct {
+		name   string
+		client string
+		kps    []store.KeyPackage
+		lim    store.KeyPackageLimits
+		claim  bool // claim one package of client instead of publishing
+		want   error
+		counts map[string]int // available packages after the step
+	}{
+		{name: "one client to its bound", client: phone, kps: batch(phone, "p", 3, exp), lim: lim,
+			counts: map[string]int{phone: 3}},
+		{name: "past the client bound", client: phone, kps: batch(phone, "q", 1, exp), lim: lim,
+			want: store.ErrTooManyKeyPackages, counts: map[string]int{phone: 3}},
+		{name: "another client of the user, below the user bound", client: laptop, kps: batch(laptop, "l", 1, exp), lim: lim,
+			counts: map[string]int{phone: 3, laptop: 1}},
+		{name: "a request that would pass the user bound is refused whole", client: tablet, kps: batch(tablet, "t", 2, exp), lim: lim,
+			want: store.ErrTooManyUserKeyPackages, counts: map[string]int{phone: 3, laptop: 1, tablet: 0}},
+		{name: "a last-resort package counts", client: tablet, kps: []store.KeyPackage{KP(tablet, 1, "tlr", exp, true)}, lim: lim,
+			counts: map[string]int{laptop: 1, tablet: 1}},
+		{name: "at the user bound, any new package is refused", client: laptop, kps: []store.KeyPackage{KP(laptop, 2, "llr", exp, true)}, lim: lim,
+			want: store.ErrTooManyUserKeyPackages, counts: map[string]int{laptop: 1, tablet: 1}},
+		{name: "a last-resort package replacing one takes its place", client: tablet, kps: []store.KeyPackage{KP(tablet, 1, "tlr2", exp, true)}, lim: lim,
+			counts: map[string]int{tablet: 1}},
+		{name: "a retry of a publish adds nothing", client: phone, kps: batch(phone, "p", 3, exp), lim: lim,
+			counts: map[string]int{phone: 3}},
+		{name: "another user whose name extends the user's", client: alicex, kps: batch(alicex, "x", 3, exp), lim: limX,
+			counts: map[string]int{alicex: 3}},
+		{name: "a claim", client: phone, claim: true, counts: map[string]int{phone: 2}},
+		{name: "the claim made room", client: laptop, kps: batch(laptop, "m", 1, soon), lim: lim,
+			counts: map[string]int{phone: 2, laptop: 2, tablet: 1}},
+		{name: "without a user bound", client: laptop, kps: batch(laptop, "n", 1, exp), lim: noLimit,
+			counts: map[string]int{laptop: 3}},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			if step.claim {
+				claim(t, s, step.client, 1)
+			} else {
+				err := s.PublishKeyPackages(ctx(), step.client, step.kps, step.lim)
+				if step.want == nil {
+					noErr(t, "PublishKeyPackages", err)
+				} else {
+					wantErr(t, "PublishKeyPackages", err, step.want)
+					wantErr(t, "PublishKeyPackages", err, store.ErrConflict)
+				}
+			}
+			for client, n := range step.counts {
+				if got := len(list(t, s, client)); got != n {
+					t.Fatalf("%s has %d packages available, want %d", client, got, n)
+				}
+			}
+		})
+	}
+	t.Run("expired packages make room", func(t *testing.T) {
+		lim6 := lim
+		lim6.PerUser = 6 // 6 are available
+		wantErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), tablet, batch(tablet, "v", 1, exp), lim6), store.ErrTooManyUserKeyPackages)
+		clock.Advance(time.Minute) // laptop's "m0" expires: 5 left
+		noErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), tablet, batch(tablet, "v", 1, exp), lim6))
+	})
+}
+
+// testKPLimitsInvalid passes limits the contract refuses.
+func testKPLimitsInvalid(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	kps := []store.KeyPackage{KP(alice, 1, "a", time.Now().Add(future), false)}
+	for _, tc := range []struct {
+		name string
+		lim  store.KeyPackageLimits
+	}{
+		{"negative per client", store.KeyPackageLimits{PerClient: -1}},
+		{"per client above the most", store.KeyPackageLimits{PerClient: store.MaxKeyPackagesPerClient + 1}},
+		{"negative per user", store.KeyPackageLimits{UserPrefix: alicePrefix, PerUser: -1}},
+		{"per user without a prefix", store.KeyPackageLimits{PerUser: 5}},
+		{"prefix of another user", store.KeyPackageLimits{UserPrefix: "mimi://a.example/d/bob/", PerUser: 5}},
+		{"prefix that is the client", store.KeyPackageLimits{UserPrefix: alice, PerUser: 5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), alice, kps, tc.lim), store.ErrInvalid)
+			if n := len(list(t, s, alice)); n != 0 {
+				t.Fatalf("an invalid publish stored %d packages", n)
+			}
+		})
+	}
+}
+
+// PublishRace has publishers of one user race, each for a client of its
+// own, through stores (of one database, as gateways of one provider
+// would): the user bound holds, exactly as many batches as it has room
+// for pass, and each of the others is refused whole.
+func PublishRace(t *testing.T, stores []store.Store) {
+	const publishers, per, bound = 24, 4, 30
+	lim := store.KeyPackageLimits{UserPrefix: alicePrefix, PerUser: bound}
+	exp := time.Now().Add(future)
+	start := make(chan struct{})
+	errs := make([]error, publishers)
+	var wg sync.WaitGroup
+	for i := range publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := fmt.Sprintf("%sd%d", alicePrefix, i)
+			kps := make([]store.KeyPackage, per)
+			for j := range kps {
+				kps[j] = KP(client, 1, fmt.Sprintf("%d-%d", i, j), exp, false)
+			}
+			<-start
+			errs[i] = stores[i%len(stores)].PublishKeyPackages(ctx(), client, kps, lim)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	passed, total := 0, 0
+	for i, err := range errs {
+		client := fmt.Sprintf("%sd%d", alicePrefix, i)
+		n := len(list(t, stores[0], client))
+		switch {
+		case err == nil:
+			passed++
+			if n != per {
+				t.Errorf("publisher %d passed with %d packages available, want %d", i, n, per)
+			}
+		case errors.Is(err, store.ErrTooManyUserKeyPackages):
+			if n != 0 {
+				t.Errorf("publisher %d was refused with %d packages stored", i, n)
+			}
+		default:
+			t.Errorf("publisher %d: %v", i, err)
+		}
+		total += n
+	}
+	if total > bound || passed != bound/per {
+		t.Fatalf("%d publishes of %d passed, %d packages available; want %d passed, at most %d", passed, per, total, bound/per, bound)
 	}
 }

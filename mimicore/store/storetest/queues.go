@@ -605,7 +605,7 @@ func testReopenQueues(t *testing.T, open func() (store.Store, error)) {
 	noErr(t, "opening store", err)
 	exp := time.Now().Add(future)
 	noErr(t, "PublishKeyPackages", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{
-		KP(alice, 1, "a", exp, false), KP(alice, 1, "b", exp.Add(time.Minute), false), KP(alice, 1, "lr", exp, true)}))
+		KP(alice, 1, "a", exp, false), KP(alice, 1, "b", exp.Add(time.Minute), false), KP(alice, 1, "lr", exp, true)}, store.KeyPackageLimits{}))
 	claimed := claim(t, s, alice, 1)
 	for i := 1; i <= 3; i++ {
 		deliver(t, s, msgTo(fmt.Sprint("m", i), alice, bob))

@@ -354,6 +354,15 @@ func (b *broken) ClaimKeyPackage(ctx context.Context, client string, suite uint1
 	return b.Store.ClaimKeyPackage(ctx, client, suite)
 }
 
+// PublishKeyPackages in mode publish-ignores-user-bound publishes without
+// the bound per user.
+func (b *broken) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage, lim store.KeyPackageLimits) error {
+	if b.mode == "publish-ignores-user-bound" {
+		lim.UserPrefix, lim.PerUser = "", 0
+	}
+	return b.Store.PublishKeyPackages(ctx, client, kps, lim)
+}
+
 // ClaimKeyPackages in mode claim-then-record commits the claims on their
 // own, then records the replay entry in a write of its own.
 func (b *broken) ClaimKeyPackages(ctx context.Context, c store.KeyPackageClaim) ([]store.KeyPackage, error) {
@@ -551,6 +560,7 @@ var brokenModes = map[string]string{
 	"deliver-ignores-dedup":         "Groups/DeliverDedup",
 	"claim-keeps":                   "KeyPackages/PublishListClaim",
 	"claim-then-record":             "KeyPackages/ClaimWithReplay",
+	"publish-ignores-user-bound":    "KeyPackages/UserLimit",
 	"append-first-only":             "Queues/FanOut",
 	"ack-clamps":                    "Queues/Cursors",
 	"watch-early":                   "Queues/Watch",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -236,10 +237,33 @@ func KeyPackageClaim(c store.KeyPackageClaim) error {
 	return nil
 }
 
-// KeyPackages checks one publish of client's KeyPackages.
-func KeyPackages(client string, kps []store.KeyPackage) error {
+// PrefixEnd answers the end of the range [prefix, end) that holds exactly
+// the strings that start with prefix, in bytewise order (SQLite's TEXT,
+// PostgreSQL's COLLATE "C"): the prefix with its last byte plus one. A
+// prefix ending in a 0xff byte would have no such end, but bytes above
+// 0xf4 are not UTF-8, which ClientURI refuses; prefix is not empty.
+func PrefixEnd(prefix string) string {
+	end := []byte(prefix)
+	end[len(end)-1]++
+	return string(end)
+}
+
+// KeyPackages checks one publish of client's KeyPackages under lim.
+func KeyPackages(client string, kps []store.KeyPackage, lim store.KeyPackageLimits) error {
 	if err := ClientURI("client", client); err != nil {
 		return err
+	}
+	if lim.PerClient < 0 || lim.PerClient > store.MaxKeyPackagesPerClient || lim.PerUser < 0 {
+		return fmt.Errorf("KeyPackage limits %d per client (want 0..%d), %d per user: %w",
+			lim.PerClient, store.MaxKeyPackagesPerClient, lim.PerUser, store.ErrInvalid)
+	}
+	if lim.PerUser > 0 || lim.UserPrefix != "" {
+		if err := ClientURI("user prefix", lim.UserPrefix); err != nil {
+			return err
+		}
+		if !strings.HasPrefix(client, lim.UserPrefix) || client == lim.UserPrefix {
+			return fmt.Errorf("client %q is not under user prefix %q: %w", client, lim.UserPrefix, store.ErrInvalid)
+		}
 	}
 	if len(kps) == 0 || len(kps) > store.MaxKeyPackagesPerClient {
 		return fmt.Errorf("publishing %d KeyPackages, want 1..%d: %w", len(kps), store.MaxKeyPackagesPerClient, store.ErrInvalid)

@@ -1,0 +1,200 @@
+package localapi
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+const publishSuite = mls.X25519AES128GCMSHA256Ed25519
+
+// publisher makes valid KeyPackages of the clients of one user, each with
+// a binding the API issued.
+type publisher struct {
+	t      *testing.T
+	api    *API
+	user   string
+	signer crypto.Signer
+	pub    []byte
+	bound  map[string]*binding.ClientBinding
+}
+
+func newPublisher(t *testing.T, api *API, user string) *publisher {
+	t.Helper()
+	signer, pub, err := publishSuite.GenerateSignatureKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &publisher{t: t, api: api, user: user, signer: signer, pub: pub, bound: map[string]*binding.ClientBinding{}}
+}
+
+// entries returns n KeyPackageEntries of client, the last one last-resort
+// when lastResort is set.
+func (p *publisher) entries(client string, n int, lastResort bool) []KeyPackageEntry {
+	t := p.t
+	t.Helper()
+	b := p.bound[client]
+	if b == nil {
+		var err error
+		b, err = p.api.IssueBinding(p.user, &BindingRequest{ClientURI: []byte(client), SignatureKey: p.pub})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.bound[client] = b
+	}
+	out := make([]KeyPackageEntry, n)
+	for i := range out {
+		ikm := make([]byte, 64)
+		rand.Read(ikm)
+		_, encPub, err := publishSuite.DeriveKeyPair(ikm[:32])
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, initPub, err := publishSuite.DeriveKeyPair(ikm[32:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf := &mls.LeafNode{
+			EncryptionKey: encPub,
+			SignatureKey:  p.pub,
+			Credential:    mls.Credential{Type: mls.CredentialBasic, Identity: []byte(client)},
+			Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10},
+				CipherSuites: []mls.CipherSuite{publishSuite}, Credentials: []mls.CredentialType{mls.CredentialBasic}},
+			Source:   mls.SourceKeyPackage,
+			Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
+		}
+		if err := binding.Attach(leaf, b); err != nil {
+			t.Fatal(err)
+		}
+		if err := leaf.Sign(publishSuite, p.signer, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: publishSuite, InitKey: initPub, LeafNode: *leaf}
+		if err := kp.Sign(p.signer); err != nil {
+			t.Fatal(err)
+		}
+		enc, err := wire.Marshal(kp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = KeyPackageEntry{KeyPackage: enc, LastResort: lastResort && i == n-1}
+	}
+	return out
+}
+
+// publish publishes entries for client and answers the refusal's code, 0
+// when it succeeded.
+func (p *publisher) publish(client string, entries []KeyPackageEntry) moh.Code {
+	p.t.Helper()
+	_, err := p.api.PublishKeyPackages(p.t.Context(), p.user, &PublishRequest{ClientURI: []byte(client), KeyPackages: entries})
+	if err == nil {
+		return 0
+	}
+	return moh.DSErrorOf(err).Code
+}
+
+// count answers how many KeyPackages client has available.
+func (p *publisher) count(client string) int {
+	p.t.Helper()
+	l, err := p.api.ListKeyPackages(p.t.Context(), p.user, []byte(client))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return len(l)
+}
+
+// newPublishAPI returns an API over a fresh SQLite store with cfg's
+// limits and a provider key valid around now.
+func newPublishAPI(t *testing.T, cfg Config) *API {
+	t.Helper()
+	st, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "mimi.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	now := time.Now()
+	cfg.Domains = []string{"a.example", "b.example"}
+	cfg.Store = st
+	cfg.Keys = newSeedKeys(t, bytes.Repeat([]byte{1}, 32), now.Add(-time.Hour), now.Add(30*24*time.Hour))
+	api, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api
+}
+
+// TestPublishDefaultUserBound requires the default configuration to bound
+// the KeyPackages one user keeps across client URIs of their own
+// choosing: full batches under fresh device names stop at
+// DefaultMaxKeyPackagesPerUser, and the refused batch stores nothing.
+func TestPublishDefaultUserBound(t *testing.T) {
+	api := newPublishAPI(t, Config{})
+	p := newPublisher(t, api, "alice")
+	total := 0
+	for i := 0; ; i++ {
+		client := fmt.Sprintf("mimi://a.example/d/alice/d%d", i)
+		code := p.publish(client, p.entries(client, MaxPublish, false))
+		if code != 0 {
+			if code != moh.CodeQuotaExceeded {
+				t.Fatalf("publish %d refused %s, want %s", i, code, moh.CodeQuotaExceeded)
+			}
+			if n := p.count(client); n != 0 {
+				t.Fatalf("the refused publish stored %d KeyPackages", n)
+			}
+			break
+		}
+		total += MaxPublish
+		if total > 8*MaxPublish {
+			t.Fatalf("alice stored %d KeyPackages under %d client URIs, without bound", total, i+1)
+		}
+	}
+}
+
+// TestPublishBounds publishes under small bounds, request by request: the
+// bound per client and per user of one provider domain, each refusal
+// quota_exceeded with nothing stored, last-resort packages counted, and
+// the user's clients at another domain counted apart.
+func TestPublishBounds(t *testing.T) {
+	api := newPublishAPI(t, Config{MaxKeyPackagesPerClient: 3, MaxKeyPackagesPerUser: 5})
+	p := newPublisher(t, api, "alice")
+	const (
+		phone  = "mimi://a.example/d/alice/phone"
+		laptop = "mimi://a.example/d/alice/laptop"
+		other  = "mimi://b.example/d/alice/phone"
+	)
+	for _, tc := range []struct {
+		name       string
+		client     string
+		n          int
+		lastResort bool
+		code       moh.Code // 0: published
+		available  int      // the client's after the request
+	}{
+		{"phone to its bound", phone, 3, false, 0, 3},
+		{"phone past its bound", phone, 1, false, moh.CodeQuotaExceeded, 3},
+		{"laptop past the user's bound, refused whole", laptop, 3, false, moh.CodeQuotaExceeded, 0},
+		{"laptop with a last-resort package, to the user's bound", laptop, 2, true, 0, 2},
+		{"a last-resort package replacing laptop's stays within the user's bound", laptop, 1, true, 0, 2},
+		{"laptop past the user's bound", laptop, 1, false, moh.CodeQuotaExceeded, 2},
+		{"the user at another domain", other, 3, false, 0, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if code := p.publish(tc.client, p.entries(tc.client, tc.n, tc.lastResort)); code != tc.code {
+				t.Fatalf("publish answered code %q, want %q", code, tc.code)
+			}
+			if n := p.count(tc.client); n != tc.available {
+				t.Fatalf("%d KeyPackages available, want %d", n, tc.available)
+			}
+		})
+	}
+}
