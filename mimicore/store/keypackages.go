@@ -133,8 +133,11 @@ type KeyPackages interface {
 	// clients of lim.UserPrefix would have more than lim.PerUser, with
 	// ErrTooManyUserKeyPackages. The counts and the writes are one
 	// write, so concurrent publishes for one user (on any gateway of the
-	// store) never leave more than the bounds between them. Invalid
-	// limits are ErrInvalid.
+	// store) never leave more than the bounds between them. The same
+	// write deletes the packages under the bound (the user's, or without
+	// a PerUser the client's) that expired unclaimed, as DeleteExpired
+	// would, so the store holds no more of them than the bound however
+	// short-lived they are. Invalid limits are ErrInvalid.
 	PublishKeyPackages(ctx context.Context, client string, kps []KeyPackage, lim KeyPackageLimits) error
 
 	// ClaimKeyPackage hands out one available package of client for

@@ -42,6 +42,14 @@ const (
 	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
 		FROM key_packages WHERE ref = $1 AND expires_ms > $2`
 	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2`
+	// kpDropExpiredSQL and kpDropExpiredRangeSQL delete the packages of
+	// client $1, or of the clients in [$1, $2), that expired unclaimed
+	// (by time $2 or $3), as DeleteExpired would: a publish clears what
+	// its count no longer counts, so that short-lived packages published
+	// again and again do not pile up beside the bound until the sweep.
+	kpDropExpiredSQL      = `DELETE FROM key_packages WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms <= $2`
+	kpDropExpiredRangeSQL = `DELETE FROM key_packages
+		WHERE client >= $1 AND client < $2 AND claimed_ms IS NULL AND not_after_ms <= $3`
 	// kpCountRangeSQL counts the available packages of the clients in
 	// [$1, $2) (those of a user prefix, see check.PrefixEnd), by the
 	// key_packages_available index.
@@ -78,8 +86,9 @@ const (
 		ORDER BY suite, not_after_ms, ref`
 )
 
-// PublishKeyPackages implements store.KeyPackages: every package, the
-// retirement of replaced last-resort packages and the count checks are one
+// PublishKeyPackages implements store.KeyPackages: the deletion of the
+// expired packages under its bound, every package, the retirement of
+// replaced last-resort packages and the count checks are one
 // transaction, under the publish locks of the user (with a bound per user)
 // and of the client, so a refused publish leaves nothing behind and two
 // publishes, on any gateways, never both pass a count that counts neither.
@@ -106,6 +115,15 @@ func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []sto
 		}
 		now := s.nowMs()
 		retired := now + store.ClaimedKeyPackageRetention.Milliseconds()
+		var err error
+		if lim.PerUser > 0 {
+			_, err = tx.Exec(ctx, kpDropExpiredRangeSQL, lim.UserPrefix, check.PrefixEnd(lim.UserPrefix), now)
+		} else {
+			_, err = tx.Exec(ctx, kpDropExpiredSQL, client, now)
+		}
+		if err != nil {
+			return err
+		}
 		for _, kp := range kps {
 			notAfter := check.ExpiryMillis(kp.NotAfter)
 			if kp.LastResort {

@@ -33,6 +33,14 @@ const (
 	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
 		FROM key_packages WHERE ref = ?1 AND expires_ms > ?2`
 	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = ?1 AND claimed_ms IS NULL AND not_after_ms > ?2`
+	// kpDropExpiredSQL and kpDropExpiredRangeSQL delete the packages of
+	// client ?1, or of the clients in [?1, ?2), that expired unclaimed
+	// (by time ?2 or ?3), as DeleteExpired would: a publish clears what
+	// its count no longer counts, so that short-lived packages published
+	// again and again do not pile up beside the bound until the sweep.
+	kpDropExpiredSQL      = `DELETE FROM key_packages WHERE client = ?1 AND claimed_ms IS NULL AND not_after_ms <= ?2`
+	kpDropExpiredRangeSQL = `DELETE FROM key_packages
+		WHERE client >= ?1 AND client < ?2 AND claimed_ms IS NULL AND not_after_ms <= ?3`
 	// kpCountRangeSQL counts the available packages of the clients in
 	// [?1, ?2) (those of a user prefix, see check.PrefixEnd), by the
 	// key_packages_available index.
@@ -52,9 +60,10 @@ const (
 		ORDER BY suite, not_after_ms, ref`
 )
 
-// PublishKeyPackages implements store.KeyPackages: every package, the
-// retirement of replaced last-resort packages and the count checks are one
-// op of the single writer, so a refused publish leaves nothing behind and
+// PublishKeyPackages implements store.KeyPackages: the deletion of the
+// expired packages under its bound, every package, the retirement of
+// replaced last-resort packages and the count checks are one op of the
+// single writer, so a refused publish leaves nothing behind and
 // no other publish runs between a count and the writes it checks.
 func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage, lim store.KeyPackageLimits) error {
 	const doing = "publishing KeyPackages"
@@ -83,6 +92,15 @@ func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []sto
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
 		retired := now + store.ClaimedKeyPackageRetention.Milliseconds()
+		var err error
+		if lim.PerUser > 0 {
+			_, err = tx.ExecContext(ctx, kpDropExpiredRangeSQL, lim.UserPrefix, check.PrefixEnd(lim.UserPrefix), now)
+		} else {
+			_, err = tx.ExecContext(ctx, kpDropExpiredSQL, client, now)
+		}
+		if err != nil {
+			return err
+		}
 		for _, r := range rows {
 			if r.lastResort {
 				if _, err := tx.ExecContext(ctx, kpRetireSQL, client, r.suite, r.ref, now, retired); err != nil {
