@@ -213,8 +213,11 @@ func (o *Origin) Refresh(ctx context.Context) error {
 // refetch when verification fails). It fetches at most once per
 // MinDirectoryRefresh, so that tokens under made-up keys cannot make the
 // gateway fetch more often, and reports whether the keys changed: the
-// caller then redeems the token once more under Current. Without a
-// DirectoryURL it does nothing and reports false.
+// caller then redeems the token once more under Current. The fetch is not
+// cancelled with ctx (only bounded by the fetch policy's timeout): a
+// client that hangs up at once must not spend the minute's fetch without
+// it taking place. Without a DirectoryURL it does nothing and reports
+// false.
 func (o *Origin) RefreshForUnknownKey(ctx context.Context) bool {
 	if o.dirURL == "" {
 		return false
@@ -228,7 +231,7 @@ func (o *Origin) RefreshForUnknownKey(ctx context.Context) bool {
 	}
 	o.unknownMu.Unlock()
 	before := o.Current()
-	if err := o.Refresh(ctx); err != nil {
+	if err := o.Refresh(context.WithoutCancel(ctx)); err != nil {
 		o.logger().Warn("refreshing the issuer directory for a token under an unknown key; keeping the current keys",
 			zap.String("issuer_directory", o.dirURL), zap.Error(err))
 		return false

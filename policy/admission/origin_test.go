@@ -265,6 +265,33 @@ func TestIssuerDirectory(t *testing.T) {
 		}
 		served.Store(&dir3)
 	})
+	t.Run("a request cancelled during the refetch does not spend it", func(t *testing.T) {
+		// A client that sends a token under a made-up key and hangs up at
+		// once must not use up the minute's refetch without it happening:
+		// the refetch runs to its end whatever becomes of the request that
+		// caused it, so the next client's token under the issuer's new key
+		// is accepted.
+		k5, err := privacypass.GenerateKey(privacypass.TypeBlindRSA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		is5, err := privacypass.NewIssuer(privacypass.IssuerKey{Key: k5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir5, _ := is5.Directory(DefaultRequestPath).Marshal()
+		served.Store(&dir5)
+		o.unknownMu.Lock()
+		o.lastUnknown = time.Time{}
+		o.unknownMu.Unlock()
+		gone, cancel := context.WithCancel(ctx)
+		cancel()
+		tok := mintUnder(is5.Issue, k5)
+		pl.Before(gone, &Request{Authorization: tok}) //nolint:errcheck // nobody reads the answer of a cancelled request
+		if err := redeem(mintUnder(is5.Issue, k5)); err != nil {
+			t.Fatalf("token under the issuer's new key after a cancelled refetch: %v", err)
+		}
+	})
 	t.Run("unchanged directory keeps the origin", func(t *testing.T) {
 		same := o.Current()
 		if err := o.Refresh(ctx); err != nil || o.Current() != same {
