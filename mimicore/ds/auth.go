@@ -101,7 +101,7 @@ func (s *Service) authClient(ctx context.Context, req *moh.DSRequest) (*Request,
 		if err := verify(cs, key, req); err != nil {
 			return nil, err
 		}
-		return &Request{Body: req, GroupID: groupID, Member: key}, nil
+		return &Request{Body: req, GroupID: groupID, Member: memberName(cg.LeafNode.Credential.Identity, key)}, nil
 	}
 	g, err := s.group(ctx, groupID)
 	if err != nil {
@@ -126,7 +126,20 @@ func (s *Service) authClient(ctx context.Context, req *moh.DSRequest) (*Request,
 			return nil, errNotFound()
 		}
 	}
-	return &Request{Body: req, GroupID: groupID, Member: key, state: g}, nil
+	return &Request{Body: req, GroupID: groupID, Member: memberName(leaf.Credential().Identity, key), state: g}, nil
+}
+
+// memberName is the Member of a client-signed request: the identity of
+// the sender's credential (its client URI, checked against its client
+// binding when the leaf joined), which stays the member's when it changes
+// its signature key (update_client), so that a member cannot leave its
+// member zone's bucket by changing keys; the signature key when the
+// credential names none.
+func memberName(identity, key []byte) []byte {
+	if len(identity) > 0 {
+		return identity
+	}
+	return key
 }
 
 // authJoiner checks a key_package_signature of welcome_info with the leaf

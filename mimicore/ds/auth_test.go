@@ -84,17 +84,17 @@ func TestAuthenticate(t *testing.T) {
 		body   []byte
 		want   moh.Code
 		group  []byte // the GroupID of an accepted request
-		member []byte // its Member
+		member []byte // its Member: the sender's client URI, which a change of signature key keeps
 	}{
 		{"request_group_id", anon(moh.RequestBody{Type: moh.RequestGroupID}, moh.AuthData{}), 0, nil, nil},
-		{"send_message by alice", f.sign(t, f.alice, 0, send, 0), 0, f.g1, f.alice.pub},
-		{"send_message by bob", f.sign(t, f.bob, 1, moh.RequestBody{Type: moh.SendMessage, Message: *bobApp}, 0), 0, f.g1, f.bob.pub},
-		{"update_client", f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.UpdateClient, GroupUpdate: update(f.updateAlice)}, 0), 0, f.g1, f.alice.pub},
+		{"send_message by alice", f.sign(t, f.alice, 0, send, 0), 0, f.g1, f.alice.id()},
+		{"send_message by bob", f.sign(t, f.bob, 1, moh.RequestBody{Type: moh.SendMessage, Message: *bobApp}, 0), 0, f.g1, f.bob.id()},
+		{"update_client", f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.UpdateClient, GroupUpdate: update(f.updateAlice)}, 0), 0, f.g1, f.alice.id()},
 		{"add_users", f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: update(f.addCarol),
-			WelcomePackages: []moh.WelcomePackage{{Welcome: *f.addCarol.Welcome}}}, 0), 0, f.g1, f.alice.pub},
-		{"remove_users", f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.RemoveUsers, GroupUpdate: update(f.removeBob)}, 0), 0, f.g1, f.alice.pub},
-		{"self_remove_client", f.sign(t, f.bob, 1, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *f.bobLeaves}, 0), 0, f.g1, f.bob.pub},
-		{"create_group", f.sign(t, f.dave, 0, create, 0), 0, []byte("dave's group"), f.dave.pub},
+			WelcomePackages: []moh.WelcomePackage{{Welcome: *f.addCarol.Welcome}}}, 0), 0, f.g1, f.alice.id()},
+		{"remove_users", f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.RemoveUsers, GroupUpdate: update(f.removeBob)}, 0), 0, f.g1, f.alice.id()},
+		{"self_remove_client", f.sign(t, f.bob, 1, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *f.bobLeaves}, 0), 0, f.g1, f.bob.id()},
+		{"create_group", f.sign(t, f.dave, 0, create, 0), 0, []byte("dave's group"), f.dave.id()},
 		{"create_group sender 1", f.sign(t, f.dave, 1, create, 0), moh.CodeMalformed, nil, nil},
 		{"create_group signed by another key", f.sign(t, f.eve, 0, create, 0), moh.CodeBadSignature, nil, nil},
 		{"external_join anonymous", anon(moh.RequestBody{Type: moh.ExternalJoin,
@@ -119,15 +119,15 @@ func TestAuthenticate(t *testing.T) {
 		{"unknown group", f.sign(t, f.alice, 0, download([]byte("no such group")), 0), moh.CodeNotFound, nil, nil},
 		{"stale timestamp", f.sign(t, f.alice, 0, send, -MaxClockSkew-time.Second), moh.CodeStaleTimestamp, nil, nil},
 		{"future timestamp", f.sign(t, f.alice, 0, send, MaxClockSkew+time.Second), moh.CodeStaleTimestamp, nil, nil},
-		{"oldest accepted timestamp", f.sign(t, f.alice, 0, send, -MaxClockSkew), 0, f.g1, f.alice.pub},
-		{"newest accepted timestamp", f.sign(t, f.alice, 0, send, MaxClockSkew), 0, f.g1, f.alice.pub},
+		{"oldest accepted timestamp", f.sign(t, f.alice, 0, send, -MaxClockSkew), 0, f.g1, f.alice.id()},
+		{"newest accepted timestamp", f.sign(t, f.alice, 0, send, MaxClockSkew), 0, f.g1, f.alice.id()},
 		{"stale timestamp before signature", flipLast(f.sign(t, f.alice, 0, send, -time.Hour)), moh.CodeStaleTimestamp, nil, nil},
 		{"stale timestamp on an unknown group", f.sign(t, f.alice, 0, download([]byte("no such group")), time.Hour), moh.CodeStaleTimestamp, nil, nil},
-		{"attachment_download", f.sign(t, f.bob, 1, download(f.g1), 0), 0, f.g1, f.bob.pub},
-		{"external_commit_info by a member", f.sign(t, f.bob, 1, commitInfo(f.g1), 0), 0, f.g1, f.bob.pub},
+		{"attachment_download", f.sign(t, f.bob, 1, download(f.g1), 0), 0, f.g1, f.bob.id()},
+		{"external_commit_info by a member", f.sign(t, f.bob, 1, commitInfo(f.g1), 0), 0, f.g1, f.bob.id()},
 		{"external_commit_info anonymous", anon(commitInfo(f.g1), moh.AuthData{}), moh.CodeNotFound, nil, nil},
 		{"external_commit_info anonymous, unknown group", anon(commitInfo([]byte("no such group")), moh.AuthData{}), moh.CodeNotFound, nil, nil},
-		{"attachment_copy to a group alice is in", f.sign(t, f.alice, 0, copyTo(f.g2, 0), 0), 0, f.g1, f.alice.pub},
+		{"attachment_copy to a group alice is in", f.sign(t, f.alice, 0, copyTo(f.g2, 0), 0), 0, f.g1, f.alice.id()},
 		{"attachment_copy wrong target index", f.sign(t, f.alice, 0, copyTo(f.g2, 1), 0), moh.CodeNotFound, nil, nil},
 		{"attachment_copy to a group bob is not in", f.sign(t, f.bob, 1, copyTo(f.g2, 0), 0), moh.CodeNotFound, nil, nil},
 		{"attachment_copy to an unknown group", f.sign(t, f.alice, 0, copyTo([]byte("no such group"), 0), 0), moh.CodeNotFound, nil, nil},
@@ -137,7 +137,7 @@ func TestAuthenticate(t *testing.T) {
 		{"welcome_info signed by another key", kpSigned(f.eve, f.bobRef, f.bobRefEpoch, 0), moh.CodeBadSignature, nil, nil},
 		{"welcome_info stale", kpSigned(f.bob, f.bobRef, f.bobRefEpoch, -time.Hour), moh.CodeStaleTimestamp, nil, nil},
 		{"welcome_info with client_signature", f.sign(t, f.bob, 1, welcomeInfo(f.bobRefEpoch), 0), moh.CodeMalformed, nil, nil},
-		{"ecdsa group member", f.sign(t, f.erin, 0, download(f.p256), 0), 0, f.p256, f.erin.pub},
+		{"ecdsa group member", f.sign(t, f.erin, 0, download(f.p256), 0), 0, f.p256, f.erin.id()},
 		{"ecdsa tampered", flipLast(f.sign(t, f.erin, 0, download(f.p256), 0)), moh.CodeBadSignature, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -172,11 +172,12 @@ type Request struct {
 	Body *moh.DSRequest
 	// GroupID and Member name the group and the member that the client
 	// signature was verified for: the keys of the admission policy's
-	// group and member zones. Member is the signature key the request was
-	// verified with: the sender's leaf key (for create_group the creator's
-	// LeafNode key), or the joiner's KeyPackage leaf key for
-	// key_package_signature. Both are empty for an anonymous request,
-	// which no such zone can key.
+	// group and member zones. Member is the identity of the credential of
+	// the leaf whose key verified the request: the sender's leaf (for
+	// create_group the creator's LeafNode), its client URI, the same
+	// across the member's changes of signature key; or the joiner's
+	// KeyPackage leaf key for key_package_signature. Both are empty for an
+	// anonymous request, which no such zone can key.
 	GroupID, Member []byte
 	// Source is the address the request came from, as the HTTP layer
 	// determines the client IP; fetches of other providers' keys for

@@ -31,6 +31,10 @@ type client struct {
 	leafKey hpke.PrivateKey
 }
 
+// id is the identity of the client's credential, its client URI: the
+// Member of its requests once verified.
+func (c *client) id() []byte { return c.kp.LeafNode.Credential.Identity }
+
 func randomBytes(t testing.TB, n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
