@@ -156,7 +156,12 @@ type GroupStore interface {
 	// DeleteGroup forgets a group: its state, proposals, Welcome trees and
 	// joiners when it is hosted here, and its hub record; its local
 	// members stop being members (they keep reading the posts the group's
-	// log holds up to then, until these expire). An unknown group is
+	// log holds up to then, until these expire). Its attachment records,
+	// pending or committed, go in the same write, as ExpireAttachments
+	// removes expired ones (Attachments): their objects without other
+	// references are listed by UnreferencedObjects, for the sweeper to
+	// delete the bytes, and they stop counting against their uploaders'
+	// quotas; copies in other groups stay. An unknown group is
 	// ErrNotFound. The id of a group hosted here is never used again
 	// (CreateGroup and RecordGroupHub refuse it); that of a group hosted
 	// elsewhere is free again.

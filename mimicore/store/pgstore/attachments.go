@@ -394,6 +394,33 @@ func (s *Store) UploaderAttachmentUsage(ctx context.Context, uploader string) (s
 	return u, nil
 }
 
+// dropGroupAttachments removes every record of groupID, pending or
+// committed, with its reference to its object, as ExpireAttachments
+// removes expired ones: no request reaches a deleted group's attachments,
+// so their objects left without references go to UnreferencedObjects now,
+// and their sizes stop counting against their uploaders' quotas. Copies in
+// other groups keep their references, and so their objects. The DELETE
+// locks the records (waiting for a write that holds one, a copy from
+// the group or a sweep), and the objects are then locked in name order,
+// as ExpireAttachments does.
+func dropGroupAttachments(ctx context.Context, tx pgx.Tx, groupID []byte) error {
+	rows, _ := tx.Query(ctx, `DELETE FROM attachments WHERE group_id = $1 RETURNING object`, groupID)
+	objects, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	refs := map[string]int64{}
+	for _, o := range objects {
+		refs[o]++
+	}
+	for _, o := range slices.Sorted(maps.Keys(refs)) {
+		if _, err := dropRefs(ctx, tx, o, refs[o]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ExpireAttachments implements store.Attachments: one bounded DELETE
 // (rows a write holds are left to the next call) and the release of the
 // references, in one transaction.

@@ -656,6 +656,9 @@ func deleteGroupTx(ctx context.Context, tx pgx.Tx, groupID []byte, now int64) er
 		WHERE group_id = $1 AND to_seq IS NULL`, groupID); err != nil {
 		return fmt.Errorf("ending memberships: %w", err)
 	}
+	if err := dropGroupAttachments(ctx, tx, groupID); err != nil {
+		return fmt.Errorf("expiring its attachments: %w", err)
+	}
 	return nil
 }
 

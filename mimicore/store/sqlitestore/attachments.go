@@ -144,6 +144,43 @@ func dropRef(ctx context.Context, tx *sql.Tx, object string) (bool, error) {
 	return refs == 0, nil
 }
 
+// dropGroupAttachments removes every record of groupID, pending or
+// committed, with its reference to its object, as ExpireAttachments
+// removes expired ones: no request reaches a deleted group's attachments,
+// so their objects left without references go to UnreferencedObjects now,
+// and their sizes stop counting against their uploaders' quotas. Copies in
+// other groups keep their references, and so their objects.
+func dropGroupAttachments(ctx context.Context, tx *sql.Tx, groupID []byte) error {
+	rows, err := tx.QueryContext(ctx, `DELETE FROM attachments WHERE group_id = ?1 RETURNING object`, groupID)
+	if err != nil {
+		return err
+	}
+	refs := map[string]int64{}
+	for rows.Next() {
+		var o string
+		if err := rows.Scan(&o); err != nil {
+			rows.Close()
+			return err
+		}
+		refs[o]++
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return err
+	}
+	for o, n := range refs {
+		res, err := tx.ExecContext(ctx, `UPDATE attachment_objects SET refs = refs - ?2 WHERE name = ?1 AND refs >= ?2`, o, n)
+		if err != nil {
+			return err
+		}
+		if m, err := res.RowsAffected(); err != nil {
+			return err
+		} else if m != 1 {
+			return fmt.Errorf("object %s has fewer than %d references to drop", o, n)
+		}
+	}
+	return nil
+}
+
 // ReserveAttachment implements store.Attachments.
 func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q store.AttachmentQuota) error {
 	const doing = "reserving attachment"

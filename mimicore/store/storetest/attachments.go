@@ -396,6 +396,8 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 	})
 
+	t.Run("DeleteGroup", func(t *testing.T) { testAttachmentsDeleteGroup(t, open) })
+
 	t.Run("Invalid", func(t *testing.T) {
 		s := open(t)
 		for name, mut := range map[string]func(*store.Attachment){
@@ -529,4 +531,74 @@ func testSignatureAnswer(t *testing.T, open func(t *testing.T) store.Store) {
 		})
 	}
 
+}
+
+// testAttachmentsDeleteGroup checks that deleting a group, by DeleteGroup
+// or by a deleting commit, removes its attachment records in the same
+// write: their quota is released and their objects are unreferenced,
+// except those a copy in another group still refers to.
+func testAttachmentsDeleteGroup(t *testing.T, open func(t *testing.T) store.Store) {
+	none := store.AttachmentQuota{}
+	for _, tc := range []struct {
+		name   string
+		delete func(t *testing.T, s store.Store, g *Group) error
+	}{
+		{"DeleteGroup", func(t *testing.T, s store.Store, g *Group) error {
+			return s.DeleteGroup(ctx(), g.State.GroupID())
+		}},
+		{"CommitEpochWithDelete", func(t *testing.T, s store.Store, g *Group) error {
+			_, del := g.Commit(t)
+			del.Delete = true
+			_, err := s.CommitEpoch(ctx(), del)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t)
+			g := NewGroup(t, randBytes(t, 16), 1)
+			gid := g.State.GroupID()
+			noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
+			other := []byte("attachment group kept")
+
+			own := attachment(t, gid, uploaderA, 100)
+			upload(t, s, own, none)
+			copied := attachment(t, gid, uploaderA, 200)
+			upload(t, s, copied, none)
+			cp, err := s.CopyAttachment(ctx(), gid, copied.TokenHash, attachment(t, other, uploaderB, 0), none, store.SignatureAnswer{})
+			noErr(t, "CopyAttachment", err)
+			pending := attachment(t, gid, uploaderA, 50)
+			noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), pending, none))
+			elsewhere := attachment(t, other, uploaderA, 10)
+			upload(t, s, elsewhere, none)
+
+			noErr(t, "deleting the group", tc.delete(t, s, g))
+
+			_, err = s.LookupAttachment(ctx(), gid, own.TokenHash)
+			wantErr(t, "LookupAttachment in the deleted group", err, store.ErrNotFound)
+			wantErr(t, "CommitAttachment of an upload to the deleted group",
+				s.CommitAttachment(ctx(), pending.TokenHash, time.Now().Add(future), store.SignatureAnswer{}), store.ErrNotFound)
+			u, err := s.GroupAttachmentUsage(ctx(), gid)
+			wantUsage(t, "deleted group's usage", u, err, 0, 0)
+			u, err = s.UploaderAttachmentUsage(ctx(), uploaderA)
+			wantUsage(t, "uploader's usage", u, err, 10, 1)
+			u, err = s.UploaderAttachmentUsage(ctx(), uploaderB)
+			wantUsage(t, "copier's usage", u, err, 200, 1)
+			wantUnreferenced(t, s, own.Object, pending.Object)
+
+			got, err := s.LookupAttachment(ctx(), other, cp.TokenHash)
+			noErr(t, "LookupAttachment of the copy in another group", err)
+			if got.Object != copied.Object || got.Size != 200 {
+				t.Fatalf("copy read back as %+v", got)
+			}
+			wantErr(t, "ForgetObject of the copy's object", s.ForgetObject(ctx(), copied.Object), store.ErrConflict)
+			if _, err := s.LookupAttachment(ctx(), other, elsewhere.TokenHash); err != nil {
+				t.Fatal(err)
+			}
+			_, last, err := s.DeleteAttachment(ctx(), other, cp.TokenHash, "")
+			noErr(t, "DeleteAttachment of the copy", err)
+			if !last {
+				t.Fatal("deleting the copy did not report the last reference")
+			}
+		})
+	}
 }

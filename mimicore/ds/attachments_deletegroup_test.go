@@ -1,0 +1,88 @@
+package ds
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage/localfs"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// TestAttachmentsGoWithTheirGroup: alice fills her uploader quota with
+// attachments of a group, one of them copied to another group, then
+// deletes the group with delete_group. Nobody can reach the group's
+// attachments any more, so they go with it: her quota is released at once
+// (she can upload to the other group again), the next sweep deletes the
+// bytes only the deleted group held, and the copy still downloads.
+func TestAttachmentsGoWithTheirGroup(t *testing.T) {
+	h := newHarness(t)
+	backend, err := localfs.New(filepath.Join(t.TempDir(), "attachments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Attachments{Store: h.st, Backend: backend, MaxSize: 1 << 20, Quota: store.AttachmentQuota{UploaderBytes: 1500}}
+	h.svc.Attachments = a
+	alice := h.newTClient(t, "alice", "phone", false)
+	keep, gid := []byte("group kept"), []byte("group deleted with its attachments")
+	h.mustDo(t, "create_group kept", createBody(t, alice, keep))
+	h.mustDo(t, "create_group deleted", createBody(t, alice, gid)) // alice.m is now of gid
+
+	upload := func(group, data []byte) ([]byte, error) {
+		sum := sha256.Sum256(data)
+		req, err := h.svc.Authenticate(t.Context(), signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentUpload,
+			Upload: moh.UploadAttachmentHeader{GroupID: group, ContentLength: uint64(len(data)), ContentHash: sum[:]}}))
+		if err != nil {
+			return nil, err
+		}
+		resp, err := h.svc.Upload(t.Context(), req, bytes.NewReader(data))
+		if err != nil {
+			return nil, err
+		}
+		return resp.Token, nil
+	}
+	if _, err := upload(gid, bytes.Repeat([]byte{1}, 400)); err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	copied := bytes.Repeat([]byte{2}, 500)
+	tok, err := upload(gid, copied)
+	if err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	resp := h.mustDo(t, "attachment copy", signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentCopy,
+		Copy: moh.AttachmentCopyRequest{GroupID: gid, Token: tok, TargetGroupID: keep, TargetSenderIndex: 0}}))
+	copyTok := resp.Token
+	more := bytes.Repeat([]byte{3}, 300)
+	_, err = upload(keep, more)
+	wantCode(t, "upload over alice's quota", err, moh.CodeQuotaExceeded)
+
+	h.mustDo(t, "delete_group", commitBody(t, moh.DeleteGroup, alice, alice.m, commit(t, alice.m, nil, nil, nil)))
+	if _, err := upload(keep, bytes.Repeat([]byte{4}, 300)); err != nil {
+		t.Fatalf("upload after the group holding alice's quota was deleted: %v", err)
+	}
+	st, err := a.Sweep(t.Context(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Objects != 1 {
+		t.Fatalf("the sweep deleted %d objects, want the one only the deleted group held", st.Objects)
+	}
+
+	req, err := h.svc.Authenticate(t.Context(), signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentDownload,
+		Attachment: moh.AttachmentRef{GroupID: keep, Token: copyTok}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := h.svc.Download(t.Context(), req)
+	if err != nil {
+		t.Fatalf("download of the copy after its source group was deleted: %v", err)
+	}
+	defer d.Object.Close()
+	if got, err := io.ReadAll(d.Object); err != nil || !bytes.Equal(got, copied) {
+		t.Fatalf("the copy read back as %d bytes, %v", len(got), err)
+	}
+}
