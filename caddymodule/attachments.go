@@ -474,7 +474,16 @@ func (g *Gateway) serveDownload(x *exchange) {
 	if rh := x.r.Header.Get("Range"); rh != "" {
 		switch answer, ranges := classifyRange(rh, d.Size); answer {
 		case rangePartial:
-			servePartial(x.w, x.r, ranges, d.Object)
+			// servePartial reads the first bytes before the 206, as
+			// below: a failure then is refused 503.
+			if err := servePartial(x.w, x.r, ranges, d.Object, d.Size); err != nil {
+				if ctx.Err() != nil {
+					return // the client went away: nobody to answer, nothing to log
+				}
+				h.Del("ETag")
+				h.Del("Accept-Ranges")
+				g.refuse(x, moh.Errorf(moh.CodeBackendUnavailable, "reading the attachment range: %w", err))
+			}
 			return
 		case rangeUnsatisfiable:
 			refuseRange(x.w, d.Size)

@@ -284,6 +284,82 @@ func TestAttachmentDownloadBackendFails(t *testing.T) {
 	}
 }
 
+// TestAttachmentRangeBackendFails: a ranged download from a forward
+// backend that answers the HEAD of Open but fails the GET of the range
+// (its storage down, 503) was answered 206 with its headers, then cut
+// off: the peer saw a broken transfer instead of a DSError. It is
+// answered 503 backend_unavailable, one range or several; a backend that
+// answers still gets one GET per range, and the client its bytes.
+func TestAttachmentRangeBackendFails(t *testing.T) {
+	const key = "0123456789abcdef0123456789abcdef"
+	var failGets atomic.Bool
+	var gets atomic.Int32
+	backend := &forwardtest.Backend{Dir: t.TempDir(), Key: []byte(key)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			gets.Add(1)
+			if failGets.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+		}
+		backend.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	e := newAttachEnv(t, &Attachments{Storage: json.RawMessage(fmt.Sprintf(`{"backend":"forward","base_url":%q,"key":%q}`,
+		srv.URL+forwardtest.Base, key))})
+	content := make([]byte, 300<<10)
+	rand.Read(content)
+	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, content)), nil)
+	token := answer(t, "upload", resp, body, http.StatusOK).Token
+	download := func(t *testing.T, rng string) (*http.Response, []byte) {
+		signed := e.sign(t, e.bob, 1, moh.RequestBody{Type: moh.AttachmentDownload,
+			Attachment: moh.AttachmentRef{GroupID: e.group, Token: token}})
+		return e.post(t, "/attachment_download", bytes.NewReader(signed), http.Header{"Range": {rng}})
+	}
+	for _, tc := range []struct {
+		name, rng string
+		ranges    int32
+	}{
+		{"one range", "bytes=1000-299999", 1},
+		{"one range within the first bytes", "bytes=10-19", 1},
+		{"several ranges", "bytes=0-9,200000-200099", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			failGets.Store(false)
+			gets.Store(0)
+			resp, body := download(t, tc.rng)
+			if resp.StatusCode != http.StatusPartialContent {
+				t.Fatalf("status %d, want 206", resp.StatusCode)
+			}
+			if n := gets.Load(); n != tc.ranges {
+				t.Fatalf("the download sent %d GETs to the backend, want %d", n, tc.ranges)
+			}
+			if tc.ranges == 1 {
+				var first, last int64
+				if _, err := fmt.Sscanf(tc.rng, "bytes=%d-%d", &first, &last); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(body, content[first:last+1]) {
+					t.Fatalf("got %d bytes, not the %d of the range", len(body), last+1-first)
+				}
+			}
+
+			failGets.Store(true)
+			resp, body = download(t, tc.rng)
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("download while the backend fails its GETs: status %d, want 503", resp.StatusCode)
+			}
+			if r := answer(t, "download", resp, body, http.StatusServiceUnavailable); r.Error.Code != moh.CodeBackendUnavailable {
+				t.Fatalf("code %s, want backend_unavailable", r.Error.Code)
+			}
+			if resp.Header.Get("ETag") != "" || resp.Header.Get("Content-Range") != "" {
+				t.Fatalf("the refusal carries the content's headers %v", resp.Header)
+			}
+		})
+	}
+}
+
 func testAttachmentsOverTLS(t *testing.T, a *Attachments) {
 	e := newAttachEnv(t, a)
 	plain := bytes.Repeat([]byte("holiday picture "), 20000) // 320 KB

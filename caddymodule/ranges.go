@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"net/textproto"
@@ -146,7 +147,17 @@ func rangeNumber(s string) (int64, bool) {
 // an invalid Content-Range), so the conditional headers of RFC 9110 §13
 // are not evaluated: a ranged answer and a whole one depend on the same
 // things.
-func servePartial(w http.ResponseWriter, r *http.Request, ranges []byteRange, content io.ReadSeeker) {
+//
+// The first bytes of the first range are read before the status is sent
+// (primedContent): when that read fails (the forward or s3 backend's GET,
+// which follows the HEAD of Open), servePartial writes nothing and
+// returns the error, for the caller to refuse the download rather than
+// send a 206 cut off after its headers.
+func servePartial(w http.ResponseWriter, r *http.Request, ranges []byteRange, content io.ReadSeeker, size int64) error {
+	pc := &primedContent{rs: content, size: size, at: ranges[0].start}
+	if err := pc.prime(ranges[0].length); err != nil {
+		return err
+	}
 	var b strings.Builder
 	b.WriteString("bytes=")
 	for i, ra := range ranges {
@@ -160,7 +171,87 @@ func servePartial(w http.ResponseWriter, r *http.Request, ranges []byteRange, co
 	rr := new(http.Request)
 	*rr = *r
 	rr.Header = http.Header{"Range": {b.String()}}
-	http.ServeContent(responseWriteOnly{w}, rr, "", time.Time{}, content)
+	http.ServeContent(responseWriteOnly{w}, rr, "", time.Time{}, pc)
+	return nil
+}
+
+// primeSize is how many bytes of a range servePartial reads before the
+// status: enough to see the backend's answer to its request, little
+// enough to add nothing worth counting to the buffer ServeContent copies
+// the range through.
+const primeSize = 512
+
+// primedContent is content whose bytes at at, first, were read ahead
+// (prime): a Read at at is answered from them, and the reads after them
+// go on with the stream that read them (one backend request, as before).
+// Seek only moves the offset (ServeContent's Seek to the end to learn
+// the size would otherwise end the stream); the stream is moved by the
+// next Read that is not at its position.
+type primedContent struct {
+	rs    io.ReadSeeker
+	size  int64 // rs's size
+	at    int64 // the offset of first
+	first []byte
+	buf   [primeSize]byte
+	pos   int64 // the offset of the next Read
+	rsPos int64 // rs's offset; -1 when unknown
+}
+
+// prime seeks to at and reads the first min(length, primeSize) bytes of
+// a range of length bytes.
+func (p *primedContent) prime(length int64) error {
+	p.rsPos = -1
+	if _, err := p.rs.Seek(p.at, io.SeekStart); err != nil {
+		return err
+	}
+	first := p.buf[:min(length, primeSize)]
+	if _, err := io.ReadFull(p.rs, first); err != nil {
+		return err
+	}
+	p.first = first
+	p.rsPos = p.at + int64(len(first))
+	return nil
+}
+
+// Read reads from the offset: the bytes read ahead when it is among them,
+// the content's otherwise.
+func (p *primedContent) Read(b []byte) (int, error) {
+	if p.pos >= p.at && p.pos < p.at+int64(len(p.first)) {
+		n := copy(b, p.first[p.pos-p.at:])
+		p.pos += int64(n)
+		return n, nil
+	}
+	if p.rsPos != p.pos {
+		if _, err := p.rs.Seek(p.pos, io.SeekStart); err != nil {
+			p.rsPos = -1
+			return 0, err
+		}
+		p.rsPos = p.pos
+	}
+	n, err := p.rs.Read(b)
+	p.pos += int64(n)
+	p.rsPos = p.pos
+	return n, err
+}
+
+// Seek moves the offset, as the content's Seek would.
+func (p *primedContent) Seek(offset int64, whence int) (int64, error) {
+	var pos int64
+	switch whence {
+	case io.SeekStart:
+		pos = offset
+	case io.SeekCurrent:
+		pos = p.pos + offset
+	case io.SeekEnd:
+		pos = p.size + offset
+	default:
+		return p.pos, errors.New("seeking attachment content: bad whence")
+	}
+	if pos < 0 {
+		return p.pos, errors.New("seeking attachment content: negative offset")
+	}
+	p.pos = pos
+	return pos, nil
 }
 
 // refuseRange answers 416 for content of size bytes, keeping the headers

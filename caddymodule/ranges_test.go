@@ -158,7 +158,9 @@ func serveRange(t *testing.T, h string, size int64) (int, []servedPart, []byteRa
 	}
 	r := httptest.NewRequest(http.MethodPost, "/attachment_download", nil)
 	w := httptest.NewRecorder()
-	servePartial(w, r, ranges, bytes.NewReader(testContent(size)))
+	if err := servePartial(w, r, ranges, bytes.NewReader(testContent(size)), size); err != nil {
+		t.Fatalf("Range %q: %v", h, err)
+	}
 	return w.Code, answerParts(t, w, size, true), ranges
 }
 
