@@ -138,7 +138,9 @@ func randomHex(n int) string {
 // (quota_exceeded). Then exactly content_length bytes are streamed into
 // the backend while hashed with the group suite's Hash; a short or long
 // body or another hash is content_mismatch, and a body that fails to
-// arrive is answered with the reader's error. A byte-identical retry of an
+// arrive is answered with the reader's error. An upload whose reservation
+// is gone when it ends is body_timeout past its deadline, not_found
+// before it (delete_group removed it with the group). A byte-identical retry of an
 // upload that succeeded is answered the first token, read from the
 // replay set, where the record's commit wrote it (checkReplayAnswered),
 // before any of the above and without reading content. On every failure the
@@ -246,6 +248,12 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 	}
 	if err := a.Store.CommitAttachment(cleanup, rec.TokenHash, s.now().Add(a.retention()), ta.record(token)); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
+			if s.now().Before(rec.Expires) {
+				// Within its deadline, the reservation went only with
+				// its group (delete_group): not_found, as any request
+				// for the deleted group.
+				return nil, errNotFound()
+			}
 			return nil, moh.Errorf(moh.CodeBodyTimeout, "the upload outlasted its deadline of %s", a.uploadDeadline())
 		}
 		// The store may have written the commit and failed to say so (a

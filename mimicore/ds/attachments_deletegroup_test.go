@@ -86,3 +86,50 @@ func TestAttachmentsGoWithTheirGroup(t *testing.T) {
 		t.Fatalf("the copy read back as %d bytes, %v", len(got), err)
 	}
 }
+
+// TestAttachmentUploadGroupDeletedMidway: the group is deleted while an
+// upload to it streams. Its reservation went with the group, so the
+// upload is refused, and with 404 not_found, as any request for the
+// deleted group: not with body_timeout, which would tell the client that
+// it was too slow, and nothing of it stays.
+func TestAttachmentUploadGroupDeletedMidway(t *testing.T) {
+	h := newHarness(t)
+	backend, err := localfs.New(filepath.Join(t.TempDir(), "attachments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Attachments{Store: h.st, Backend: backend, MaxSize: 1 << 20}
+	h.svc.Attachments = a
+	alice := h.newTClient(t, "alice", "phone", false)
+	gid := []byte("group deleted during an upload")
+	h.mustDo(t, "create_group", createBody(t, alice, gid))
+
+	data := []byte("an upload the group's deletion overtakes")
+	sum := sha256.Sum256(data)
+	req, err := h.svc.Authenticate(t.Context(), signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentUpload,
+		Upload: moh.UploadAttachmentHeader{GroupID: gid, ContentLength: uint64(len(data)), ContentHash: sum[:]}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := false
+	content := readerFunc(func(p []byte) (int, error) {
+		if sent {
+			return 0, io.EOF
+		}
+		// Mid-stream: the group is deleted.
+		h.mustDo(t, "delete_group", commitBody(t, moh.DeleteGroup, alice, alice.m, commit(t, alice.m, nil, nil, nil)))
+		sent = true
+		return copy(p, data), nil
+	})
+	_, err = h.svc.Upload(t.Context(), req, content)
+	wantCode(t, "upload to a group deleted meanwhile", err, moh.CodeNotFound)
+	if _, err := a.Sweep(t.Context(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if names, err := h.st.UnreferencedObjects(t.Context(), "", 10); err != nil || len(names) != 0 {
+		t.Fatalf("unreferenced objects %v, %v", names, err)
+	}
+	if u, err := h.st.UploaderAttachmentUsage(t.Context(), alice.uri); err != nil || u != (store.AttachmentUsage{}) {
+		t.Fatalf("alice's usage %+v, %v; want nothing", u, err)
+	}
+}
