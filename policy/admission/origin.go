@@ -3,6 +3,7 @@ package admission
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -297,12 +298,19 @@ func withDirectoryKeys(configured, dirKeys []*privacypass.Key) []*privacypass.Ke
 	return keys
 }
 
-// keyIDs is a fingerprint of a key list.
+// keyIDs is a fingerprint of a key list: the ids and not-before times, in
+// order, so that a directory that only moves a key's not-before or its
+// place in the list is installed too.
 func keyIDs(keys []*privacypass.Key) string {
 	var b strings.Builder
 	for _, k := range keys {
 		id := k.ID()
 		b.Write(id[:])
+		var nb [8]byte
+		if t := k.NotBefore(); !t.IsZero() {
+			binary.BigEndian.PutUint64(nb[:], uint64(t.Unix()))
+		}
+		b.Write(nb[:])
 	}
 	return b.String()
 }

@@ -193,10 +193,12 @@ func ParseDirectory(data []byte) (*Directory, error) {
 }
 
 // Keys parses the directory's keys of supported token types, in directory
-// order; keys of other types are skipped. An origin trusting this issuer
-// accepts tokens under any of them (trial verification absorbs clock skew
-// around not-before). A key of a supported type that fails to parse is an
-// error.
+// order; keys of other types are skipped. Each key carries its not-before
+// (Key.NotBefore). An origin trusting this issuer accepts tokens under any
+// of them (RFC 9578 §4: origins may try every listed key, which absorbs
+// clock skew around not-before), and its challenges name the first key of
+// each type whose not-before has passed. A key of a supported type that
+// fails to parse is an error.
 func (d *Directory) Keys() ([]*Key, error) {
 	var out []*Key
 	for i, dk := range d.TokenKeys {
@@ -210,6 +212,9 @@ func (d *Directory) Keys() ([]*Key, error) {
 		k, err := ParseTokenKey(dk.TokenType, b)
 		if err != nil {
 			return nil, fmt.Errorf("parsing token-keys[%d]: %w", i, err)
+		}
+		if dk.NotBefore != 0 {
+			k = k.WithNotBefore(time.Unix(dk.NotBefore, 0))
 		}
 		out = append(out, k)
 	}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"time"
 
 	"github.com/cloudflare/circl/oprf"
 )
@@ -164,9 +165,10 @@ func checkPSSParams(der []byte) error {
 // key. An Origin needs the private key only for type 0x0001; an Issuer always
 // needs it. A Key is immutable and safe for concurrent use.
 type Key struct {
-	typ     TokenType
-	encoded []byte
-	id      [KeyIDSize]byte
+	typ       TokenType
+	encoded   []byte
+	id        [KeyIDSize]byte
+	notBefore time.Time // zero: usable now
 
 	rsaPub  *rsa.PublicKey
 	rsaPriv *rsa.PrivateKey
@@ -193,7 +195,26 @@ func (k *Key) HasPrivate() bool { return k.rsaPriv != nil || k.oprfSK != nil }
 
 // Public returns the key without its private part.
 func (k *Key) Public() *Key {
-	return &Key{typ: k.typ, encoded: k.encoded, id: k.id, rsaPub: k.rsaPub, oprfPub: k.oprfPub}
+	return &Key{typ: k.typ, encoded: k.encoded, id: k.id, notBefore: k.notBefore, rsaPub: k.rsaPub, oprfPub: k.oprfPub}
+}
+
+// NotBefore returns the time before which clients should not use the key
+// (the issuer directory's "not-before", RFC 9578 §4), or the zero time when
+// the key carries none.
+func (k *Key) NotBefore() time.Time { return k.notBefore }
+
+// WithNotBefore returns a copy of the key carrying t (the zero time: none) as
+// its NotBefore. The token key and its id are unchanged.
+func (k *Key) WithNotBefore(t time.Time) *Key {
+	out := *k
+	out.notBefore = t
+	return &out
+}
+
+// usableAt reports whether clients may use the key at now: it has no
+// not-before, or that time has come.
+func (k *Key) usableAt(now time.Time) bool {
+	return k.notBefore.IsZero() || !now.Before(k.notBefore)
 }
 
 // RSAPublicKey returns the RSA public key of a type 0x0002 key, or nil.

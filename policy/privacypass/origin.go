@@ -95,11 +95,15 @@ type OriginConfig struct {
 	// OriginInfo lists the origin names tokens are bound to (PROFILE §8: the
 	// DS authority). Empty allows cross-origin tokens.
 	OriginInfo []string
-	// Keys are the accepted issuer keys, all of IssuerName. Challenges are
-	// offered per token type in the order types first appear here, each
-	// naming the first key of its type as token-key; tokens are accepted
-	// under any listed key of their type (rotation). Type 0x0001 keys must
-	// hold the private key.
+	// Keys are the accepted issuer keys, all of IssuerName, most preferred
+	// first. Challenges are offered per token type in the order types
+	// first appear here, each naming as token-key the first key of its
+	// type that is usable when the challenge is minted: one without a
+	// Key.NotBefore or whose NotBefore has passed (RFC 9578 §4); while no
+	// key of a type is usable yet, the one usable soonest. Tokens are
+	// accepted under any listed key of their type (rotation), not-before
+	// or not, as RFC 9578 §4 lets origins try every listed key. Type
+	// 0x0001 keys must hold the private key.
 	Keys []*Key
 	// Lifetime is how long a challenge is accepted (ContextRandom), or the
 	// slot length (ContextWindow). Default 5 minutes; 1 second to 24 hours.
@@ -163,7 +167,7 @@ type Origin struct {
 
 	verifier  *Verifier
 	types     []TokenType           // offered types, preference order
-	advertise map[TokenType][]byte  // token-key per type
+	advertise map[TokenType][]*Key  // keys per type, preference order
 	typeOK    map[TokenType]bool    // accepted types
 	registry  *challengeRegistry    // ContextRandom, in memory
 	shared    store.TokenChallenges // ContextRandom, in the store
@@ -195,7 +199,7 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 		grease:     cfg.Grease,
 		spent:      cfg.Spent,
 		now:        cfg.Now,
-		advertise:  make(map[TokenType][]byte),
+		advertise:  make(map[TokenType][]*Key),
 		typeOK:     make(map[TokenType]bool),
 	}
 	if o.lifetime == 0 {
@@ -222,8 +226,8 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 		if !o.typeOK[k.typ] {
 			o.typeOK[k.typ] = true
 			o.types = append(o.types, k.typ)
-			o.advertise[k.typ] = k.encoded
 		}
+		o.advertise[k.typ] = append(o.advertise[k.typ], k)
 	}
 	switch o.mode {
 	case ContextRandom:
@@ -297,8 +301,8 @@ func (o *Origin) Challenges() ([]Challenge, error) {
 // ChallengesFor mints the challenges for one token_required answer to a client at
 // source (its IP address as the HTTP layer determines it, trusted proxies
 // resolved; the zero Addr means unknown): one per accepted token type, in
-// preference order, each with the token-key of its first key and a
-// max-age, plus a greased one last if configured. Format them with
+// preference order, each with the token-key of its first key usable now
+// (see OriginConfig.Keys) and a max-age, plus a greased one last if configured. Format them with
 // FormatWWWAuthenticate. In ContextRandom mode the source decides whose
 // challenges make room when the registry is full (see ContextRandom); in
 // ContextWindow mode it is ignored. ctx bounds the write of the challenges
@@ -326,7 +330,7 @@ func (o *Origin) ChallengesFor(ctx context.Context, source netip.Addr) ([]Challe
 			} else {
 				o.registry.add(d, t, src, expires, now)
 			}
-			out = append(out, Challenge{TokenChallenge: raw, TokenKey: o.advertise[t], MaxAge: int(o.lifetime / time.Second)})
+			out = append(out, Challenge{TokenChallenge: raw, TokenKey: o.tokenKeyAt(t, now), MaxAge: int(o.lifetime / time.Second)})
 		}
 		if o.shared != nil {
 			if err := o.shared.AddTokenChallenges(ctx, shared); err != nil {
@@ -340,7 +344,7 @@ func (o *Origin) ChallengesFor(ctx context.Context, source netip.Addr) ([]Challe
 		}
 		maxAge := int(s.until(s.cur).Sub(now) / time.Second)
 		for i, t := range o.types {
-			out = append(out, Challenge{TokenChallenge: s.challenges[i], TokenKey: o.advertise[t], MaxAge: maxAge})
+			out = append(out, Challenge{TokenChallenge: s.challenges[i], TokenKey: o.tokenKeyAt(t, now), MaxAge: maxAge})
 		}
 	}
 	if o.grease {
@@ -367,6 +371,28 @@ func (o *Origin) WWWAuthenticateFor(ctx context.Context, source netip.Addr) (str
 		return "", err
 	}
 	return FormatWWWAuthenticate(cs...), nil
+}
+
+// tokenKeyAt returns the token-key to advertise for type t at now: the
+// first key of t that clients may use at now (RFC 9578 §4: no not-before,
+// or one in the past) or, while none may be used yet, the one whose
+// not-before comes first. Choosing per challenge lets a key announced in
+// advance take over when its time comes, with no refetch.
+func (o *Origin) tokenKeyAt(t TokenType, now time.Time) []byte {
+	keys := o.advertise[t]
+	var soonest *Key
+	for _, k := range keys {
+		if k.usableAt(now) {
+			return k.encoded
+		}
+		if soonest == nil || k.notBefore.Before(soonest.notBefore) {
+			soonest = k
+		}
+	}
+	if soonest == nil {
+		return nil
+	}
+	return soonest.encoded
 }
 
 func greaseChallenge() (Challenge, error) {
