@@ -100,8 +100,13 @@ type Origin struct {
 	// opts are the options a reload may change in place (Reconfigure).
 	opts atomic.Pointer[originOptions]
 
-	mu     sync.Mutex // serialises refreshes
+	mu     sync.Mutex // serialises installs
 	dirIDs string     // fingerprint of the directory keys in use
+	// fetches numbers directory fetches in the order they start; dirSeq
+	// (guarded by mu) is the number of the fetch whose keys are in use,
+	// so that a slow fetch cannot replace the keys of one started later.
+	fetches atomic.Uint64
+	dirSeq  uint64
 
 	unknownMu   sync.Mutex // guards lastUnknown
 	lastUnknown time.Time  // last refresh for a token under an unknown key
@@ -137,6 +142,7 @@ func NewOrigin(ctx context.Context, cfg OriginConfig) (*Origin, error) {
 	if o.dirURL != "" {
 		var err error
 		opts := o.opts.Load()
+		o.dirSeq = o.fetches.Add(1)
 		if dirKeys, err = FetchDirectoryKeys(ctx, o.dirURL, opts.fetch, opts.logger); err != nil {
 			return nil, err
 		}
@@ -188,23 +194,36 @@ func (o *Origin) Close() error {
 func (o *Origin) Destruct() error { return o.Close() }
 
 // Refresh fetches the issuer directory once and installs a new origin if
-// its keys changed. On failure the current keys stay. Without a
-// DirectoryURL it does nothing.
+// its keys changed. On failure the current keys stay. A fetch whose keys
+// arrive after those of a fetch started later (the periodic refresh and
+// RefreshForUnknownKey may overlap) is dropped: it may predate a
+// rotation the later one saw. Without a DirectoryURL it does nothing.
 func (o *Origin) Refresh(ctx context.Context) error {
 	if o.dirURL == "" {
 		return nil
 	}
 	opts := o.opts.Load()
+	seq := o.fetches.Add(1)
 	keys, err := FetchDirectoryKeys(ctx, o.dirURL, opts.fetch, opts.logger)
 	if err != nil {
 		return err
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if keyIDs(keys) == o.dirIDs {
+	if seq < o.dirSeq {
+		opts.logger.Debug("dropping an issuer directory fetched before the one in use",
+			zap.String("issuer_directory", o.dirURL))
 		return nil
 	}
-	return o.installLocked(keys)
+	if keyIDs(keys) == o.dirIDs {
+		o.dirSeq = seq
+		return nil
+	}
+	if err := o.installLocked(keys); err != nil {
+		return err
+	}
+	o.dirSeq = seq
+	return nil
 }
 
 // RefreshForUnknownKey fetches the issuer directory once more because a
