@@ -85,8 +85,11 @@ type FetchPolicy struct {
 	// the body, and does not bound the bodies.
 	RelayTimeout time.Duration
 	// MinInterval is how long a failed fetch is cached, and how long a
-	// key_id found missing from a successful fetch is answered unknown
-	// without refetching (default 1 min). Another key_id not in the cache
+	// key_id found missing from a successful fetch that its lookup started
+	// is answered unknown without refetching (default 1 min). A lookup
+	// that waited for a fetch already in flight does not remember its
+	// key_id as missing: that fetch may have reached the peer before the
+	// peer published the key. Another key_id not in the cache
 	// refetches once minRefetchGap (5 s, at most MinInterval) has passed
 	// since the last fetch, so a forged request naming a bogus key_id
 	// cannot keep a peer's next genuine key out for the whole interval.
@@ -152,6 +155,8 @@ type KeyFetcher struct {
 	group singleflight.Group
 	mu    sync.Mutex
 	peers map[string]*peerKeys
+	// fetching holds the key fetch in flight for each peer, if any.
+	fetching map[string]*keyFetch
 	// authorities caches discovery answers for Authority.
 	authorities map[string]discovered
 	// Fetch budgets (see FetchPolicy.FetchRate), all on f.now's clock.
@@ -260,14 +265,24 @@ func (f *KeyFetcher) spendBudget(domain string, known bool, opts LookupOptions, 
 	return nil
 }
 
+// keyFetch is a fetch of one peer's keys in flight, which the lookups
+// that need it while it runs wait for rather than fetching again.
+type keyFetch struct {
+	done chan struct{} // closed when the fetch is over and err is set
+	err  error
+	// joiners counts the lookups waiting for it that did not start it;
+	// under f.mu.
+	joiners int
+}
+
 // peerKeys is what is cached about one peer.
 type peerKeys struct {
 	keys        []cachedKey
 	lastAttempt time.Time
 	lastErr     error
 	lastUsed    time.Time
-	// missing lists key_ids that were looked up and absent from the
-	// fetch that followed (oldest first, at most maxMissing).
+	// missing lists key_ids whose lookup started a fetch that succeeded
+	// without them (oldest first, at most maxMissing).
 	missing [][]byte
 }
 
@@ -376,15 +391,16 @@ func NewKeyFetcher(policy FetchPolicy) *KeyFetcher {
 	closing, closeFn := context.WithCancel(context.Background())
 	client := policy.peerClient()
 	return &KeyFetcher{
-		policy:  policy,
-		client:  client,
-		relay:   policy.relayClient(client),
-		now:     time.Now,
-		closing: closing,
-		close:   closeFn,
-		peers:   make(map[string]*peerKeys),
-		known:   rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
-		fresh:   rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		policy:   policy,
+		client:   client,
+		relay:    policy.relayClient(client),
+		now:      time.Now,
+		closing:  closing,
+		close:    closeFn,
+		peers:    make(map[string]*peerKeys),
+		fetching: make(map[string]*keyFetch),
+		known:    rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
+		fresh:    rate.NewLimiter(rate.Limit(policy.FetchRate), 20),
 		bySource: keyedLimiter{rate: rate.Limit(policy.FetchRate / 5), burst: 5,
 			m: make(map[string]*rate.Limiter)},
 		bySuffix: keyedLimiter{rate: rate.Limit(policy.FetchRate / 5), burst: 5,
@@ -524,35 +540,31 @@ func (f *KeyFetcher) VerificationKeyFrom(ctx context.Context, domain string, key
 		return nil, err
 	}
 	known := entry.known()
+	call, started := f.fetching[domain], false
+	if call == nil {
+		call, started = &keyFetch{done: make(chan struct{})}, true
+		f.fetching[domain] = call
+	} else {
+		call.joiners++
+	}
 	f.mu.Unlock()
 
-	_, err, _ := f.group.Do(domain, func() (any, error) {
-		if f.closed() {
-			return nil, ErrFetcherClosed
-		}
-		if err := f.spendBudget(domain, known, opts, now); err != nil {
-			return nil, err
-		}
-		// The fetch outlives the request that triggered it (other
-		// requests share it) but not the fetcher.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.policy.Timeout)
-		defer cancel()
-		stop := context.AfterFunc(f.closing, cancel)
-		defer stop()
-		keys, err := f.fetch(fctx, domain)
-		if f.closed() {
-			return nil, fmt.Errorf("fetching keys of %s: %w", domain, ErrFetcherClosed)
-		}
-		f.record(fctx, domain, keys, err, f.now())
-		return nil, err
-	})
-	if err != nil {
-		return nil, err
+	if started {
+		f.runFetch(ctx, call, domain, known, opts, now)
+	} else {
+		<-call.done
+	}
+	if call.err != nil {
+		return nil, call.err
 	}
 	f.mu.Lock()
 	entry = f.peers[domain]
 	k, ok := entry.lookup(keyID, f.now())
-	if !ok && entry != nil {
+	// Only a key_id looked up before the fetch began is remembered as
+	// missing from it: a lookup that joined a fetch in flight may name a
+	// key the peer published after that fetch reached it, which must not
+	// wait out MinInterval (its next lookup refetches after minRefetchGap).
+	if !ok && entry != nil && started {
 		entry.noteMissing(keyID)
 	}
 	f.mu.Unlock()
@@ -560,6 +572,39 @@ func (f *KeyFetcher) VerificationKeyFrom(ctx context.Context, domain string, key
 		return nil, fmt.Errorf("key %x of %s: %w", keyID, domain, ErrUnknownKey)
 	}
 	return checkCovers(k, at)
+}
+
+// runFetch fetches domain's keys for call, which the lookups that joined
+// it wait for, records the outcome and sets call.err. The fetch outlives
+// the request that started it (other requests wait for it) but not the
+// fetcher.
+func (f *KeyFetcher) runFetch(ctx context.Context, call *keyFetch, domain string, known bool, opts LookupOptions, now time.Time) {
+	call.err = fmt.Errorf("fetching keys of %s: %w: fetch aborted", domain, ErrFetchFailed)
+	defer func() {
+		f.mu.Lock()
+		delete(f.fetching, domain)
+		f.mu.Unlock()
+		close(call.done)
+	}()
+	if f.closed() {
+		call.err = ErrFetcherClosed
+		return
+	}
+	if err := f.spendBudget(domain, known, opts, now); err != nil {
+		call.err = err
+		return
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.policy.Timeout)
+	defer cancel()
+	stop := context.AfterFunc(f.closing, cancel)
+	defer stop()
+	keys, err := f.fetch(fctx, domain)
+	if f.closed() {
+		call.err = fmt.Errorf("fetching keys of %s: %w", domain, ErrFetcherClosed)
+		return
+	}
+	f.record(fctx, domain, keys, err, f.now())
+	call.err = err
 }
 
 // hydrate returns domain's memory entry, loading what the persistent cache

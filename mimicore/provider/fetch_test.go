@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -337,6 +338,84 @@ func TestForgedKeyIDDoesNotBlockRotation(t *testing.T) {
 				t.Errorf("%d fetches, want %d", n, s.fetches)
 			}
 		})
+	}
+}
+
+// TestJoinedFetchDoesNotHideNewKey checks that a lookup which joins a
+// fetch already in flight, begun before the peer published its new key,
+// does not remember that key_id as missing: the peer's next request under
+// the new key refetches once minRefetchGap has passed, instead of getting
+// unknown_key for MinInterval. The lookup that started the fetch still
+// remembers its key_id.
+func TestJoinedFetchDoesNotHideNewKey(t *testing.T) {
+	k1, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	k2, _ := GenerateKey(moh.SchemeEd25519, t0, t0.Add(2*time.Hour))
+	var published atomic.Pointer[[]byte]
+	publish := publisher(&published)
+	publish(k1)
+	var fetches atomic.Int32
+	var hold atomic.Bool
+	arrived, release := make(chan struct{}), make(chan struct{})
+	srv := keysPeer(t, func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		answer := *published.Load() // the keys as the request reaches the peer
+		if hold.CompareAndSwap(true, false) {
+			arrived <- struct{}{}
+			<-release
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(answer)
+	})
+	const peer = "peer.example.com"
+	f, clock := fetcherFor(t, srv, peer)
+	ctx := t.Context()
+	lookup := func(id []byte) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := f.VerificationKey(ctx, peer, id, *clock)
+			done <- err
+		}()
+		return done
+	}
+	if err := <-lookup(k1.ID); err != nil {
+		t.Fatalf("first fetch: %v", err)
+	}
+
+	// A forged key_id starts a fetch, which reaches the peer before it
+	// publishes k2; the peer's first request under k2 joins that fetch.
+	*clock = t0.Add(10 * time.Second)
+	hold.Store(true)
+	forged := lookup([]byte("forged"))
+	<-arrived
+	publish(k2, k1)
+	genuine := lookup(k2.ID)
+	for joined := false; !joined; {
+		f.mu.Lock()
+		joined = f.fetching[peer] != nil && f.fetching[peer].joiners == 1
+		f.mu.Unlock()
+		if !joined {
+			runtime.Gosched()
+		}
+	}
+	close(release)
+	for name, ch := range map[string]chan error{"forged": forged, "genuine": genuine} {
+		if err := <-ch; !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("%s lookup during the fetch: %v, want ErrUnknownKey", name, err)
+		}
+	}
+	if n := fetches.Load(); n != 2 {
+		t.Fatalf("%d fetches, want 2 (the joined lookup waits for the fetch in flight)", n)
+	}
+
+	*clock = t0.Add(10*time.Second + minRefetchGap)
+	if err := <-lookup(k2.ID); err != nil {
+		t.Fatalf("the new key after minRefetchGap: %v (remembered missing from a fetch begun before it was published)", err)
+	}
+	if err := <-lookup([]byte("forged")); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("the forged key_id: %v, want ErrUnknownKey", err)
+	}
+	if n := fetches.Load(); n != 3 {
+		t.Fatalf("%d fetches, want 3 (one for the new key; the forged key_id stays missing)", n)
 	}
 }
 
