@@ -48,7 +48,8 @@ const keyFileSuffix = ".key.pem"
 //     successor is created SuccessorLead ahead of its NotBefore: every
 //     gateway publishes it once it has reloaded, and none signs with it
 //     (Current) before NotBefore, so a peer that sees a signature under it
-//     finds it on whichever gateway it asks.
+//     finds it on whichever gateway it asks, even if it looked the id up
+//     earlier on a gateway that did not publish it yet.
 //
 // A KeyRing is safe for concurrent use.
 type KeyRing struct {
@@ -91,12 +92,29 @@ const (
 	// and used here.
 	StoreReloadEvery = 30 * time.Second
 	// SuccessorLead is how long before it signs a successor key is created
-	// in store mode (its NotBefore lies this far after its creation): two
-	// reloads, so that every gateway publishes it before any signs with it
-	// even when one reload fails or runs late. The predecessor signs
-	// meanwhile. The first key, and a successor of a key that expires
-	// within the lead, sign at once, since nothing else could.
-	SuccessorLead = 2 * StoreReloadEvery
+	// in store mode (its NotBefore lies this far after its creation). Every
+	// gateway publishes the successor within maxPublishLag of its
+	// creation, but a peer may look its id up before that (a forged
+	// request can name it, since the gateways that reloaded publish it):
+	// if that peer's fetch reaches a gateway that has not reloaded yet, it
+	// answers the id 401 unknown_key for up to peerMissLag after that
+	// gateway's answer. The lead is twice maxPublishLag + peerMissLag
+	// (250 s), so that the successor signs only once every peer can have
+	// fetched it, with room for a slow reload and for gateways' clocks
+	// that differ. The predecessor signs meanwhile. The first key, and a
+	// successor of a key that expires within the lead, sign at once,
+	// since nothing else could.
+	SuccessorLead = 2 * (maxPublishLag + peerMissLag)
+	// maxPublishLag is how long after its creation every gateway in store
+	// mode publishes a key another gateway created: two reload intervals,
+	// when one reload fails.
+	maxPublishLag = 2 * StoreReloadEvery
+	// peerMissLag is how long after a gateway answered without a key a
+	// peer may keep refusing requests under it: its fetch may take the
+	// fetch timeout (docs/protocol.md §4.1, 5 s by default), and PROFILE §4
+	// lets it wait a minute (MinInterval) before fetching again, as a
+	// KeyFetcher does for a key_id its fetch did not contain.
+	peerMissLag = defaultFetchLimit + defaultMinInterval
 	// RotationLeaseTTL is how long the rotation lease is held at most: a
 	// gateway that dies while creating a key holds up the others' rotation
 	// this long. Creating a key takes milliseconds.

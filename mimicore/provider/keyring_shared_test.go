@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -145,6 +148,84 @@ func TestKeyRingSuccessorPublishedFirst(t *testing.T) {
 				t.Fatalf("store holds %d keys, want 2 with the first retired as of the successor's not_before", len(rows))
 			}
 		})
+	}
+}
+
+// TestSuccessorLeadOutlastsPeerMiss has gateway a rotate while gateway b,
+// the one a peer's fetches reach, learns of the successor as late as it
+// may: its last reload was just before the rotation and the next one
+// fails. Just before b's reload after that, a forged request makes the
+// peer (a real KeyFetcher, with the default MinInterval and on a fake
+// clock, fetching from b over TLS on loopback) look the successor's id up,
+// and the fetch takes its whole timeout; the peer remembers the id
+// missing. At the successor's not_before, when a signs with it, the peer
+// must accept it.
+func TestSuccessorLeadOutlastsPeerMiss(t *testing.T) {
+	st := openSQLite(t, t.TempDir())
+	opts := KeyRingOptions{RotateEvery: 10 * 24 * time.Hour, Overlap: 2 * 24 * time.Hour}
+	a, err := storeRing(t, st, sealer(t, 1), opts, t0)
+	must(t, err)
+	b, err := storeRing(t, st, sealer(t, 1), opts, t0)
+	must(t, err)
+
+	var clock atomic.Int64 // the peer's and gateway b's time, in ns
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	var slowFetch atomic.Bool
+	srv := keysPeer(t, func(w http.ResponseWriter, r *http.Request) {
+		raw, err := wire.Marshal(&moh.DSResponse{Type: moh.ResponseVerificationKeys, VerificationKeys: b.Published(now())})
+		if err != nil {
+			t.Error(err)
+		}
+		if slowFetch.CompareAndSwap(true, false) {
+			// The fetch ends as late as the peer's timeout lets it.
+			clock.Add(int64(defaultFetchLimit))
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(raw)
+	})
+	const gw = "gw.example.com"
+	f, _ := fetcherFor(t, srv, gw)
+	f.now = now
+	lookup := func(id []byte) error {
+		_, err := f.VerificationKey(t.Context(), gw, id, now())
+		return err
+	}
+
+	due := a.NextRotation()
+	if _, err := b.Rotate(t.Context(), due.Add(-time.Second)); err != nil {
+		t.Fatalf("b reloading: %v", err)
+	}
+	clock.Store(due.UnixNano())
+	first, err := a.Current(due)
+	must(t, err)
+	if err := lookup(first.ID); err != nil {
+		t.Fatalf("the peer fetching the signing key: %v", err)
+	}
+	if created, err := a.Rotate(t.Context(), due); err != nil || !created {
+		t.Fatalf("a rotating at %v: created %v, %v", due, created, err)
+	}
+	succ := a.Published(due)[0]
+	// b's reload at +StoreReloadEvery fails; the next one succeeds.
+	bReload := due.Add(maxPublishLag - time.Second)
+
+	clock.Store(bReload.Add(-time.Second).UnixNano())
+	slowFetch.Store(true)
+	if err := lookup(succ.KeyID); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("the successor's id looked up before b publishes it: %v, want ErrUnknownKey", err)
+	}
+	if _, err := b.Rotate(t.Context(), bReload); err != nil {
+		t.Fatalf("b reloading: %v", err)
+	}
+
+	signsFrom := time.Unix(int64(succ.NotBefore), 0)
+	clock.Store(signsFrom.UnixNano())
+	cur, err := a.Current(signsFrom)
+	must(t, err)
+	if !bytes.Equal(cur.ID, succ.KeyID) {
+		t.Fatalf("a does not sign with the successor at its not_before")
+	}
+	if err := lookup(cur.ID); err != nil {
+		t.Fatalf("the peer refuses the successor at its not_before, +%s after the rotation: %v", signsFrom.Sub(due), err)
 	}
 }
 
