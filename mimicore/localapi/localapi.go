@@ -292,7 +292,7 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 		case errors.Is(err, store.ErrTooManyUserKeyPackages):
 			return nil, moh.Errorf(moh.CodeQuotaExceeded, "your clients would have more than %d available KeyPackages together", lim.PerUser)
 		case errors.Is(err, store.ErrConflict):
-			return nil, moh.Errorf(moh.CodeReplay, "a KeyPackage was published before and claimed or replaced")
+			return nil, moh.Errorf(moh.CodeReplay, "a KeyPackage was published before and claimed, or handed out and replaced")
 		}
 		return nil, storeError("publishing key packages", err)
 	}

@@ -28,7 +28,8 @@ const (
 	MaxKeyPackagesPerClient = 256
 	// ClaimedKeyPackageRetention is how long a package stays readable by
 	// KeyPackageByRef after it left the client's available packages
-	// (claimed, or a last-resort package replaced by a newer one), unless
+	// (claimed, or a last-resort package that a claim handed out replaced
+	// by a newer one), unless
 	// its NotAfter comes first: as long as a Welcome's joiner may fetch
 	// welcome_info, which the DS authenticates with the key of the
 	// KeyPackage the Welcome added (PROFILE §5: key_package_signature).
@@ -102,11 +103,13 @@ type KeyPackage struct {
 // package.
 //
 // A package is available from its PublishKeyPackages until it is claimed
-// (single-use), replaced (last resort) or expired (NotAfter). A claimed or
-// replaced package is never available again, not even when the same bytes
-// are published again: it stays readable by KeyPackageByRef for
-// ClaimedKeyPackageRetention (or until NotAfter), then DeleteExpired
-// removes it.
+// (single-use), replaced (last resort) or expired (NotAfter). A claimed
+// package, or a replaced one that a claim handed out, is never available
+// again, not even when the same bytes are published again: it stays
+// readable by KeyPackageByRef for ClaimedKeyPackageRetention (or until
+// NotAfter), then DeleteExpired removes it. A last-resort package that no
+// claim handed out is deleted when it is replaced (no Welcome can name it),
+// so its bytes may be published again as a new package.
 //
 // Each write (PublishKeyPackages, ClaimKeyPackage, ClaimKeyPackages) is one
 // operation of the backend's write path as package store describes: a
@@ -124,7 +127,8 @@ type KeyPackages interface {
 	// them: every package must name client (or leave Client empty),
 	// its Ref must be unique in the call, and at most one per suite may be
 	// LastResort (ErrInvalid otherwise). A new last-resort package for a
-	// suite replaces the client's previous one. A Ref already stored is
+	// suite replaces the client's previous one, which it deletes unless a
+	// claim handed it out. A Ref already stored is
 	// ErrConflict, except a package identical to one still available
 	// (same client, suite, bytes, NotAfter and LastResort), which is left
 	// as it is, so a client may retry a publish. When the client would
@@ -144,7 +148,7 @@ type KeyPackages interface {
 	// suite: a single-use package, which it removes from the available
 	// packages in the same write, the one with the earliest NotAfter
 	// first; or, when none is left, the client's last-resort package,
-	// which stays available. Two claims never get the same single-use
+	// which stays available, recorded in the same write as handed out. Two claims never get the same single-use
 	// package, whether or not they run at once. No package is
 	// ErrNotFound. Suite 0 means any suite: the lowest suite with a
 	// single-use package, else the lowest with a last-resort one (a

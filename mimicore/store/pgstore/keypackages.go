@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
@@ -19,12 +20,24 @@ const (
 	// transaction-scoped advisory lock on a hash of the client URI (a
 	// collision only serialises two clients' publishes).
 	kpLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 7))`
+	// kpClaimLockSQL takes kpLockSQL's lock shared: a claim that marks a
+	// last-resort package handed out (kpHandOutSQL) holds it, so that no
+	// publish replaces the package between the claim's read and its mark.
+	kpClaimLockSQL = `SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 7))`
 	// kpUserLockSQL serialises the publishes of the clients of one user
 	// prefix, for its count check, as kpLockSQL does those of one client.
 	// A publish takes it before the client's lock.
 	kpUserLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 19))`
+	// kpDropReplacedSQL deletes client $1's available last-resort
+	// package for suite $2 unless it is $3, when no claim handed it out:
+	// no Welcome can name it, so nothing needs it once replaced. The
+	// publish holds kpLockSQL, so no claim marks it meanwhile
+	// (kpClaimLockSQL).
+	kpDropReplacedSQL = `DELETE FROM key_packages
+		WHERE client = $1 AND suite = $2 AND last_resort AND claimed_ms IS NULL AND ref <> $3 AND NOT handed_out`
 	// kpRetireSQL retires client $1's available last-resort package for
-	// suite $2 unless it is $3: $4 is now, $5 now plus the retention.
+	// suite $2 unless it is $3 (after kpDropReplacedSQL, one that was
+	// handed out): $4 is now, $5 now plus the retention.
 	kpRetireSQL = `UPDATE key_packages SET claimed_ms = $4, expires_ms = LEAST(not_after_ms, $5)
 		WHERE client = $1 AND suite = $2 AND last_resort AND claimed_ms IS NULL AND ref <> $3`
 	// kpInsertSQL stores a package, replacing an expired row with its
@@ -78,17 +91,21 @@ const (
 		RETURNING ref, suite, key_package, not_after_ms`
 	// kpLastResortSQL reads client $1's last-resort package for suite $2
 	// (0: of the lowest suite with one).
-	kpLastResortSQL = `SELECT ref, suite, key_package, not_after_ms FROM key_packages
+	kpLastResortSQL = `SELECT ref, suite, key_package, not_after_ms, handed_out FROM key_packages
 		WHERE client = $1 AND ($2 = 0 OR suite = $2) AND last_resort AND claimed_ms IS NULL AND not_after_ms > $3
 		ORDER BY suite LIMIT 1`
-	kpListSQL = `SELECT ref, suite, key_package, not_after_ms, last_resort FROM key_packages
+	// kpHandOutSQL marks the available last-resort package $1 handed out
+	// (see kpDropReplacedSQL) the first time a claim answers it, under
+	// kpClaimLockSQL.
+	kpHandOutSQL = `UPDATE key_packages SET handed_out = true WHERE ref = $1 AND last_resort AND claimed_ms IS NULL`
+	kpListSQL    = `SELECT ref, suite, key_package, not_after_ms, last_resort FROM key_packages
 		WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2
 		ORDER BY suite, not_after_ms, ref`
 )
 
 // PublishKeyPackages implements store.KeyPackages: the deletion of the
-// expired packages under its bound, every package, the retirement of
-// replaced last-resort packages and the count checks are one
+// expired packages under its bound, every package, the deletion or
+// retirement of replaced last-resort packages and the count checks are one
 // transaction, under the publish locks of the user (with a bound per user)
 // and of the client, so a refused publish leaves nothing behind and two
 // publishes, on any gateways, never both pass a count that counts neither.
@@ -127,6 +144,9 @@ func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []sto
 		for _, kp := range kps {
 			notAfter := check.ExpiryMillis(kp.NotAfter)
 			if kp.LastResort {
+				if _, err := tx.Exec(ctx, kpDropReplacedSQL, client, int32(kp.Suite), kp.Ref); err != nil {
+					return err
+				}
 				if _, err := tx.Exec(ctx, kpRetireSQL, client, int32(kp.Suite), kp.Ref, now, retired); err != nil {
 					return err
 				}
@@ -230,7 +250,24 @@ func claimTx(ctx context.Context, tx pgx.Tx, client string, suite uint16, now in
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		kp.LastResort = true
-		err = tx.QueryRow(ctx, kpLastResortSQL, client, int32(suite), now).Scan(&kp.Ref, &got, &kp.KeyPackage, &notAfter)
+		var handedOut bool
+		err = tx.QueryRow(ctx, kpLastResortSQL, client, int32(suite), now).Scan(&kp.Ref, &got, &kp.KeyPackage, &notAfter, &handedOut)
+		if err == nil && !handedOut {
+			// The first claim of it marks it handed out (later ones
+			// only read, so they do not queue on its row). Under the
+			// client's publish lock, shared, no publish replaces it
+			// between the read and the mark: read it again under it.
+			if _, err := tx.Exec(ctx, kpClaimLockSQL, client); err != nil {
+				return store.KeyPackage{}, err
+			}
+			err = tx.QueryRow(ctx, kpLastResortSQL, client, int32(suite), now).Scan(&kp.Ref, &got, &kp.KeyPackage, &notAfter, &handedOut)
+			if err == nil && !handedOut {
+				var tag pgconn.CommandTag
+				if tag, err = tx.Exec(ctx, kpHandOutSQL, kp.Ref); err == nil && tag.RowsAffected() != 1 {
+					err = fmt.Errorf("marking last-resort KeyPackage %x handed out: %w", kp.Ref, errRetry)
+				}
+			}
+		}
 		if errors.Is(err, pgx.ErrNoRows) {
 			if suite == 0 {
 				return store.KeyPackage{}, fmt.Errorf("client has no KeyPackage: %w", store.ErrNotFound)

@@ -3,9 +3,13 @@ package pgstore
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
 )
@@ -100,5 +104,56 @@ func TestClaimBehindLockedPackage(t *testing.T) {
 				t.Fatalf("claim got %s, want %s", res.kp.Ref, tc.wantRef)
 			}
 		})
+	}
+}
+
+// TestMigrationKeyPackagesHandedOut applies the migration that records
+// whether a last-resort KeyPackage was handed out to a database of the
+// version before it: a last-resort package stored then may have been
+// handed out, so its replacement keeps it as replaced rather than delete
+// it, while single-use packages stay available.
+func TestMigrationKeyPackagesHandedOut(t *testing.T) {
+	const client = "mimi://a.example/d/alice/phone"
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaKeyPackagesHandedOut })
+	if before < 1 {
+		t.Fatal("the migration is not listed")
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, pool, migrations[:before], time.Now()); err != nil {
+		pool.Close()
+		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
+	}
+	exp := time.Now().Add(time.Hour)
+	old := storetest.KP(client, 1, "old lr", exp, true)
+	one := storetest.KP(client, 1, "one", exp, false)
+	for _, kp := range []store.KeyPackage{old, one} {
+		if _, err := pool.Exec(ctx, `INSERT INTO key_packages (ref, client, suite, key_package, not_after_ms, last_resort, published_ms, claimed_ms, expires_ms)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $5)`,
+			kp.Ref, kp.Client, int32(kp.Suite), kp.KeyPackage, exp.UnixMilli(), kp.LastResort, time.Now().UnixMilli()); err != nil {
+			pool.Close()
+			t.Fatalf("writing a KeyPackage of version %d: %v", migrations[before-1].version, err)
+		}
+	}
+	pool.Close()
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.PublishKeyPackages(ctx, client, []store.KeyPackage{storetest.KP(client, 1, "new lr", exp, true)}, store.KeyPackageLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.KeyPackageByRef(ctx, old.Ref)
+	if err != nil || !got.Claimed {
+		t.Fatalf("the replaced last resort stored before the migration: %+v, %v; want it kept as replaced", got, err)
+	}
+	kp, err := s.ClaimKeyPackage(ctx, client, 1)
+	if err != nil || string(kp.Ref) != string(one.Ref) {
+		t.Fatalf("claim: %q, %v; want the single-use package stored before the migration", kp.Ref, err)
 	}
 }

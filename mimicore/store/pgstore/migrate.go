@@ -46,6 +46,7 @@ var migrations = []migration{
 	{13, "unreferenced attachment objects indexed by name", schemaUnreferencedByName},
 	{14, "the outbox sender's backoffs per destination", schemaOutboxRetries},
 	{15, "answers of client-signed requests that succeeded", schemaSignatureAnswers},
+	{16, "whether a last-resort KeyPackage was handed out", schemaKeyPackagesHandedOut},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -435,4 +436,12 @@ CREATE TABLE outbox_retries (
 // sqlitestore's schemaSignatureAnswers describes it.
 const schemaSignatureAnswers = `
 ALTER TABLE seen_signatures ADD COLUMN answer BYTEA;
+`
+
+// schemaKeyPackagesHandedOut records whether a claim ever answered a
+// last-resort KeyPackage, as sqlitestore's schemaKeyPackagesHandedOut
+// describes it.
+const schemaKeyPackagesHandedOut = `
+ALTER TABLE key_packages ADD COLUMN handed_out BOOLEAN NOT NULL DEFAULT false;
+UPDATE key_packages SET handed_out = true WHERE last_resort;
 `

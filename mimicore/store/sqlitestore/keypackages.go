@@ -16,8 +16,14 @@ import (
 // LEAST(a, b) in PostgreSQL; the subquery of kpClaimSQL takes FOR UPDATE
 // SKIP LOCKED there.
 const (
+	// kpDropReplacedSQL deletes client ?1's available last-resort
+	// package for suite ?2 unless it is ?3, when no claim handed it out:
+	// no Welcome can name it, so nothing needs it once replaced.
+	kpDropReplacedSQL = `DELETE FROM key_packages
+		WHERE client = ?1 AND suite = ?2 AND last_resort = 1 AND claimed_ms IS NULL AND ref <> ?3 AND handed_out = 0`
 	// kpRetireSQL retires client ?1's available last-resort package for
-	// suite ?2 unless it is ?3: ?4 is now, ?5 now plus the retention.
+	// suite ?2 unless it is ?3 (after kpDropReplacedSQL, one that was
+	// handed out): ?4 is now, ?5 now plus the retention.
 	kpRetireSQL = `UPDATE key_packages SET claimed_ms = ?4, expires_ms = MIN(not_after_ms, ?5)
 		WHERE client = ?1 AND suite = ?2 AND last_resort = 1 AND claimed_ms IS NULL AND ref <> ?3`
 	// kpInsertSQL stores a package, replacing an expired row with its
@@ -53,16 +59,19 @@ const (
 			WHERE client = ?1 AND suite = ?2 AND last_resort = 0 AND claimed_ms IS NULL AND not_after_ms > ?3
 			ORDER BY not_after_ms, ref LIMIT 1)
 		RETURNING ref, key_package, not_after_ms`
-	kpLastResortSQL = `SELECT ref, key_package, not_after_ms FROM key_packages
-		WHERE client = ?1 AND suite = ?2 AND last_resort = 1 AND claimed_ms IS NULL AND not_after_ms > ?3`
+	// kpLastResortSQL hands out client ?1's last-resort package for
+	// suite ?2, marking it handed out (see kpDropReplacedSQL).
+	kpLastResortSQL = `UPDATE key_packages SET handed_out = 1
+		WHERE client = ?1 AND suite = ?2 AND last_resort = 1 AND claimed_ms IS NULL AND not_after_ms > ?3
+		RETURNING ref, key_package, not_after_ms`
 	kpListSQL = `SELECT ref, suite, key_package, not_after_ms, last_resort FROM key_packages
 		WHERE client = ?1 AND claimed_ms IS NULL AND not_after_ms > ?2
 		ORDER BY suite, not_after_ms, ref`
 )
 
 // PublishKeyPackages implements store.KeyPackages: the deletion of the
-// expired packages under its bound, every package, the retirement of
-// replaced last-resort packages and the count checks are one op of the
+// expired packages under its bound, every package, the deletion or
+// retirement of replaced last-resort packages and the count checks are one op of the
 // single writer, so a refused publish leaves nothing behind and
 // no other publish runs between a count and the writes it checks.
 func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []store.KeyPackage, lim store.KeyPackageLimits) error {
@@ -103,6 +112,9 @@ func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []sto
 		}
 		for _, r := range rows {
 			if r.lastResort {
+				if _, err := tx.ExecContext(ctx, kpDropReplacedSQL, client, r.suite, r.ref); err != nil {
+					return err
+				}
 				if _, err := tx.ExecContext(ctx, kpRetireSQL, client, r.suite, r.ref, now, retired); err != nil {
 					return err
 				}

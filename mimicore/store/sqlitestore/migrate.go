@@ -40,6 +40,7 @@ var migrations = []migration{
 	{13, "the ids of deleted hosted groups", schemaDeletedGroups},
 	{14, "the outbox sender's backoffs per destination", schemaOutboxRetries},
 	{15, "answers of client-signed requests that succeeded", schemaSignatureAnswers},
+	{16, "whether a last-resort KeyPackage was handed out", schemaKeyPackagesHandedOut},
 }
 
 const schemaV1 = `
@@ -512,4 +513,17 @@ CREATE TABLE outbox_retries (
 // its row, so it expires with it.
 const schemaSignatureAnswers = `
 ALTER TABLE seen_signatures ADD COLUMN answer BLOB;
+`
+
+// schemaKeyPackagesHandedOut records whether a claim ever answered a
+// last-resort KeyPackage (key_packages.handed_out, set in the claim's
+// write): a replaced one that was never handed out cannot be named by a
+// Welcome, so its replacement deletes it instead of keeping it for
+// store.ClaimedKeyPackageRetention. Single-use packages leave it 0 (their
+// claim retires them). The last-resort packages stored before it may have
+// been handed out, so they count as handed out. It is self-contained,
+// whatever its version number.
+const schemaKeyPackagesHandedOut = `
+ALTER TABLE key_packages ADD COLUMN handed_out INTEGER NOT NULL DEFAULT 0 CHECK (handed_out IN (0, 1));
+UPDATE key_packages SET handed_out = 1 WHERE last_resort = 1;
 `

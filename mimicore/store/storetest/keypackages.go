@@ -21,6 +21,8 @@ func RunKeyPackageTests(t *testing.T, open func(t *testing.T, clock *Clock) stor
 	t.Run("PublishListClaim", func(t *testing.T) { testKPPublishListClaim(t, open) })
 	t.Run("SingleUse", func(t *testing.T) { testKPSingleUse(t, plain) })
 	t.Run("LastResort", func(t *testing.T) { testKPLastResort(t, plain) })
+	t.Run("LastResortReplacedUnused", func(t *testing.T) { testKPLastResortReplacedUnused(t, open) })
+	t.Run("LastResortReplacedWhileClaimed", func(t *testing.T) { testKPLastResortReplacedWhileClaimed(t, plain) })
 	t.Run("ByRef", func(t *testing.T) { testKPByRef(t, open) })
 	t.Run("Invalid", func(t *testing.T) { testKPInvalid(t, plain) })
 	t.Run("Limit", func(t *testing.T) { testKPLimit(t, plain) })
@@ -215,6 +217,115 @@ func testKPLastResort(t *testing.T, open func(t *testing.T) store.Store) {
 	// A single-use package goes first, the last resort after.
 	noErr(t, "publish single-use", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "one", exp, false)}, store.KeyPackageLimits{}))
 	wantRefs(t, "claims", []store.KeyPackage{claim(t, s, alice, 1), claim(t, s, alice, 1)}, "one", "lr2")
+}
+
+// testKPLastResortReplacedUnused replaces a client's last-resort package
+// again and again without any claim in between: a replaced package that no
+// claim handed out cannot be named by a Welcome, so it is gone with its
+// replacement (and its bytes may be published again), while one a claim
+// handed out (by any of the claim methods) is kept as a replaced one.
+func testKPLastResortReplacedUnused(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	exp := clock.Now().Add(time.Hour)
+	const replacements = 200
+	for i := range replacements {
+		noErr(t, "publishing a last resort", s.PublishKeyPackages(ctx(), alice,
+			[]store.KeyPackage{KP(alice, 1, fmt.Sprintf("lr%d", i), exp, true)}, store.KeyPackageLimits{}))
+	}
+	_, err := s.KeyPackageByRef(ctx(), []byte("ref:lr0"))
+	wantErr(t, "KeyPackageByRef of a replaced last resort never handed out", err, store.ErrNotFound)
+	noErr(t, "publishing a replaced last resort never handed out again", s.PublishKeyPackages(ctx(), alice,
+		[]store.KeyPackage{KP(alice, 1, "lr0", exp, true)}, store.KeyPackageLimits{}))
+
+	// Handed out by each claim method, then replaced: kept.
+	claims := []struct {
+		name  string
+		claim func() error
+	}{
+		{"ClaimKeyPackage", func() error { _, err := s.ClaimKeyPackage(ctx(), alice, 1); return err }},
+		{"ClaimKeyPackagesByPrefix", func() error {
+			_, err := s.ClaimKeyPackagesByPrefix(ctx(), alicePrefix, 0)
+			return err
+		}},
+		{"ClaimKeyPackages", func() error {
+			_, err := s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{alice}})
+			return err
+		}},
+	}
+	for i, c := range claims {
+		t.Run(c.name, func(t *testing.T) {
+			name := fmt.Sprintf("handed out %d", i)
+			kp := KP(alice, 1, name, exp, true)
+			noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{kp}, store.KeyPackageLimits{}))
+			noErr(t, c.name, c.claim())
+			noErr(t, "replacing it", s.PublishKeyPackages(ctx(), alice,
+				[]store.KeyPackage{KP(alice, 1, name+" next", exp, true)}, store.KeyPackageLimits{}))
+			got, err := s.KeyPackageByRef(ctx(), kp.Ref)
+			noErr(t, "KeyPackageByRef of the replaced one", err)
+			kp.Claimed = true
+			sameKP(t, "replaced after a claim", got, kp)
+			wantErr(t, "publishing it again", s.PublishKeyPackages(ctx(), alice,
+				[]store.KeyPackage{KP(alice, 1, name, exp, true)}, store.KeyPackageLimits{}), store.ErrConflict)
+		})
+	}
+	// What is left: the three handed out and replaced, and the last one.
+	clock.Advance(time.Hour)
+	n, err := s.DeleteExpired(ctx(), clock.Now())
+	noErr(t, "DeleteExpired", err)
+	if want := int64(len(claims) + 1); n != want {
+		t.Fatalf("DeleteExpired removed %d packages after %d replacements, want %d", n, replacements+2*len(claims), want)
+	}
+}
+
+// testKPLastResortReplacedWhileClaimed replaces a client's last-resort
+// package again and again while claimers take it: every package a claim
+// handed out is kept once replaced, however the claim and the replacement
+// interleave.
+func testKPLastResortReplacedWhileClaimed(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	const replacements, claimers = 60, 4
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{KP(alice, 1, "lr 0", exp, true)}, store.KeyPackageLimits{}))
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	handedOut := make([][]store.KeyPackage, claimers)
+	errs := make([]error, claimers)
+	for c := range claimers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				kp, err := s.ClaimKeyPackage(ctx(), alice, 1)
+				if err != nil {
+					errs[c] = err
+					return
+				}
+				handedOut[c] = append(handedOut[c], kp)
+			}
+		}()
+	}
+	for i := 1; i <= replacements; i++ {
+		noErr(t, "replacing the last resort", s.PublishKeyPackages(ctx(), alice,
+			[]store.KeyPackage{KP(alice, 1, fmt.Sprintf("lr %d", i), exp, true)}, store.KeyPackageLimits{}))
+	}
+	close(done)
+	wg.Wait()
+	for c := range claimers {
+		noErr(t, "ClaimKeyPackage", errs[c])
+		for _, kp := range handedOut[c] {
+			got, err := s.KeyPackageByRef(ctx(), kp.Ref)
+			noErr(t, fmt.Sprintf("KeyPackageByRef of %q, handed out", kp.Ref), err)
+			if !bytes.Equal(got.KeyPackage, kp.KeyPackage) {
+				t.Fatalf("%q: got other bytes", kp.Ref)
+			}
+		}
+	}
 }
 
 func testKPByRef(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
