@@ -286,11 +286,12 @@ func (c *Client) listKeyPackages(ctx context.Context) (*localapi.KeyPackageList,
 // unlistedWindow is how recently a KeyPackage must have been made for
 // settleUnlisted to publish it again. A gateway answers a KeyPackage
 // published before and claimed since with 409 replay (docs/protocol.md
-// §10.4) only while its store remembers the claim: this gateway's for 14
-// days (store.ClaimedKeyPackageRetention, as long as a joiner may fetch
-// the Welcome's tree), after which the same bytes are taken as new. One
-// made within the window was claimed, if at all, within it, so the answer
-// tells, and publishing it again never hands it out twice.
+// §10.4) only while its store remembers the claim: this gateway's until
+// the KeyPackage's end of availability, but earlier versions only for 14
+// days (store.ClaimedKeyPackageRetention), after which they took the
+// same bytes as new. One made within the window was claimed, if at all,
+// within it, so the answer tells, and publishing it again never hands it
+// out twice.
 const unlistedWindow = 7 * 24 * time.Hour
 
 // settleUnlisted settles the KeyPackages carrying the current binding

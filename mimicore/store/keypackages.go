@@ -105,9 +105,11 @@ type KeyPackage struct {
 // A package is available from its PublishKeyPackages until it is claimed
 // (single-use), replaced (last resort) or expired (NotAfter). A claimed
 // package, or a replaced one that a claim handed out, is never available
-// again, not even when the same bytes are published again: it stays
-// readable by KeyPackageByRef for ClaimedKeyPackageRetention (or until
-// NotAfter), then DeleteExpired removes it. A last-resort package that no
+// again, not even when the same bytes are published again (its Ref is
+// kept until its NotAfter, so its init key is never handed out twice): it
+// stays readable by KeyPackageByRef for ClaimedKeyPackageRetention (or
+// until NotAfter), then DeleteExpired removes its bytes, keeping its Ref
+// and NotAfter, and after NotAfter its Ref. A last-resort package that no
 // claim handed out is deleted when it is replaced (no Welcome can name it),
 // so its bytes may be published again as a new package.
 //
@@ -129,7 +131,8 @@ type KeyPackages interface {
 	// LastResort (ErrInvalid otherwise). A new last-resort package for a
 	// suite replaces the client's previous one, which it deletes unless a
 	// claim handed it out. A Ref already stored is
-	// ErrConflict, except a package identical to one still available
+	// ErrConflict (one claimed, or replaced after a claim handed it
+	// out, until its NotAfter), except a package identical to one still available
 	// (same client, suite, bytes, NotAfter and LastResort), which is left
 	// as it is, so a client may retry a publish. When the client would
 	// then have more packages available than lim.PerClient, the call

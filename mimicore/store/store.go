@@ -191,8 +191,9 @@ type Sweeper interface {
 	// DeleteExpired removes every record whose expiry is at or before now
 	// (replay entries, seen signatures, spent tokens, peer keys, peer
 	// fetch failures, Welcome trees past WelcomeTreeLifetime with the
-	// old tree nodes only they kept, KeyPackages past their NotAfter or
-	// ClaimedKeyPackageRetention, and queued messages past their expiry)
+	// old tree nodes only they kept, KeyPackages past their NotAfter and
+	// the bytes of claimed ones past ClaimedKeyPackageRetention, and
+	// queued messages past their expiry)
 	// and reports how many it removed. It
 	// works in small transactions so writers are not held up; on error,
 	// the records removed so far stay removed. The gateway's own signing keys are not

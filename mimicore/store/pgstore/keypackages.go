@@ -37,8 +37,9 @@ const (
 		WHERE client = $1 AND suite = $2 AND last_resort AND claimed_ms IS NULL AND ref <> $3 AND NOT handed_out`
 	// kpRetireSQL retires client $1's available last-resort package for
 	// suite $2 unless it is $3 (after kpDropReplacedSQL, one that was
-	// handed out): $4 is now, $5 now plus the retention.
-	kpRetireSQL = `UPDATE key_packages SET claimed_ms = $4, expires_ms = LEAST(not_after_ms, $5)
+	// handed out): $4 is now, $5 now plus the retention. The row stays
+	// until its NotAfter (expires_ms), its bytes until retained_ms.
+	kpRetireSQL = `UPDATE key_packages SET claimed_ms = $4, retained_ms = LEAST(not_after_ms, $5)
 		WHERE client = $1 AND suite = $2 AND last_resort AND claimed_ms IS NULL AND ref <> $3`
 	// kpInsertSQL stores a package, replacing an expired row with its
 	// ref; no row returned means an alive row holds the ref (and ON
@@ -49,11 +50,18 @@ const (
 		ON CONFLICT (ref) DO UPDATE SET client = excluded.client, suite = excluded.suite,
 			key_package = excluded.key_package, not_after_ms = excluded.not_after_ms,
 			last_resort = excluded.last_resort, published_ms = excluded.published_ms,
-			claimed_ms = NULL, expires_ms = excluded.expires_ms
+			claimed_ms = NULL, expires_ms = excluded.expires_ms, handed_out = false, retained_ms = NULL
 		WHERE k.expires_ms <= $7
 		RETURNING true`
+	// kpGetSQL reads the row with ref $1 that is alive at $2: a claimed
+	// one until its NotAfter, its bytes dropped after the retention, so
+	// that a publish of it is refused until then.
 	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
 		FROM key_packages WHERE ref = $1 AND expires_ms > $2`
+	// kpByRefSQL reads the package with ref $1 for KeyPackageByRef: an
+	// available one, or a claimed one within its retention.
+	kpByRefSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
+		FROM key_packages WHERE ref = $1 AND expires_ms > $2 AND (claimed_ms IS NULL OR retained_ms > $2)`
 	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = $1 AND claimed_ms IS NULL AND not_after_ms > $2`
 	// kpDropExpiredSQL and kpDropExpiredRangeSQL delete the packages of
 	// client $1, or of the clients in [$1, $2), that expired unclaimed
@@ -75,7 +83,7 @@ const (
 	// packages instead of queueing behind one another; FOR UPDATE
 	// rechecks the row, so a package claimed by a transaction that
 	// committed meanwhile is not taken.
-	kpClaimSQL = `UPDATE key_packages SET claimed_ms = $3, expires_ms = LEAST(not_after_ms, $4)
+	kpClaimSQL = `UPDATE key_packages SET claimed_ms = $3, retained_ms = LEAST(not_after_ms, $4)
 		WHERE ref = (SELECT ref FROM key_packages
 			WHERE client = $1 AND ($2 = 0 OR suite = $2) AND NOT last_resort AND claimed_ms IS NULL AND not_after_ms > $3
 			ORDER BY suite, not_after_ms, ref LIMIT 1 FOR UPDATE SKIP LOCKED)
@@ -84,7 +92,7 @@ const (
 	// is locked by concurrent claims: it waits for them (FOR UPDATE
 	// without SKIP LOCKED) and takes one whose claim rolled back, or
 	// none when each was claimed.
-	kpClaimWaitSQL = `UPDATE key_packages SET claimed_ms = $3, expires_ms = LEAST(not_after_ms, $4)
+	kpClaimWaitSQL = `UPDATE key_packages SET claimed_ms = $3, retained_ms = LEAST(not_after_ms, $4)
 		WHERE ref = (SELECT ref FROM key_packages
 			WHERE client = $1 AND ($2 = 0 OR suite = $2) AND NOT last_resort AND claimed_ms IS NULL AND not_after_ms > $3
 			ORDER BY suite, not_after_ms, ref LIMIT 1 FOR UPDATE)
@@ -159,7 +167,7 @@ func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []sto
 			if wrote {
 				continue
 			}
-			old, err := getKeyPackage(ctx, tx, kp.Ref, now)
+			old, err := getKeyPackage(ctx, tx, kpGetSQL, kp.Ref, now)
 			if err != nil {
 				return err
 			}
@@ -193,11 +201,11 @@ func (s *Store) PublishKeyPackages(ctx context.Context, client string, kps []sto
 }
 
 // getKeyPackage reads the alive package with ref.
-func getKeyPackage(ctx context.Context, q querier, ref []byte, now int64) (store.KeyPackage, error) {
+func getKeyPackage(ctx context.Context, q querier, sql string, ref []byte, now int64) (store.KeyPackage, error) {
 	kp := store.KeyPackage{Ref: bytes.Clone(ref)}
 	var suite int32
 	var notAfter int64
-	err := q.QueryRow(ctx, kpGetSQL, ref, now).Scan(&kp.Client, &suite, &kp.KeyPackage, &notAfter, &kp.LastResort, &kp.Claimed)
+	err := q.QueryRow(ctx, sql, ref, now).Scan(&kp.Client, &suite, &kp.KeyPackage, &notAfter, &kp.LastResort, &kp.Claimed)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.KeyPackage{}, fmt.Errorf("no KeyPackage with this ref: %w", store.ErrNotFound)
 	}
@@ -421,7 +429,7 @@ func (s *Store) KeyPackageByRef(ctx context.Context, ref []byte) (store.KeyPacka
 	if err := check.ID("KeyPackageRef", ref); err != nil {
 		return store.KeyPackage{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	kp, err := getKeyPackage(ctx, s.pool, ref, s.nowMs())
+	kp, err := getKeyPackage(ctx, s.pool, kpByRefSQL, ref, s.nowMs())
 	if err != nil {
 		return store.KeyPackage{}, s.fail(doing, err)
 	}

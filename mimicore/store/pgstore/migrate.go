@@ -47,6 +47,7 @@ var migrations = []migration{
 	{14, "the outbox sender's backoffs per destination", schemaOutboxRetries},
 	{15, "answers of client-signed requests that succeeded", schemaSignatureAnswers},
 	{16, "whether a last-resort KeyPackage was handed out", schemaKeyPackagesHandedOut},
+	{17, "claimed KeyPackage refs kept until their NotAfter", schemaKeyPackagesRetained},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -444,4 +445,13 @@ ALTER TABLE seen_signatures ADD COLUMN answer BYTEA;
 const schemaKeyPackagesHandedOut = `
 ALTER TABLE key_packages ADD COLUMN handed_out BOOLEAN NOT NULL DEFAULT false;
 UPDATE key_packages SET handed_out = true WHERE last_resort;
+`
+
+// schemaKeyPackagesRetained keeps the row of a claimed KeyPackage until
+// its NotAfter and its bytes for the retention, as sqlitestore's
+// schemaKeyPackagesRetained describes it.
+const schemaKeyPackagesRetained = `
+ALTER TABLE key_packages ADD COLUMN retained_ms BIGINT;
+UPDATE key_packages SET retained_ms = expires_ms, expires_ms = not_after_ms WHERE claimed_ms IS NOT NULL;
+CREATE INDEX key_packages_retained ON key_packages (retained_ms) WHERE retained_ms IS NOT NULL;
 `

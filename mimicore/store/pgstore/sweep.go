@@ -38,6 +38,11 @@ var sweeps = []struct{ table, sql string }{
 		AND $1::bigint IS NOT NULL LIMIT $2 FOR UPDATE SKIP LOCKED)`},
 	{"key_packages", `DELETE FROM key_packages WHERE ref IN
 		(SELECT ref FROM key_packages WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`},
+	// The bytes (and client) of the claimed packages past their
+	// retention: the ref and NotAfter stay, so that publishing one again
+	// is refused until its NotAfter.
+	{"key_packages", `UPDATE key_packages SET key_package = ''::bytea, client = '', retained_ms = NULL WHERE ref IN
+		(SELECT ref FROM key_packages WHERE retained_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`},
 }
 
 // DeleteExpired implements store.Sweeper.

@@ -23,8 +23,9 @@ const (
 		WHERE client = ?1 AND suite = ?2 AND last_resort = 1 AND claimed_ms IS NULL AND ref <> ?3 AND handed_out = 0`
 	// kpRetireSQL retires client ?1's available last-resort package for
 	// suite ?2 unless it is ?3 (after kpDropReplacedSQL, one that was
-	// handed out): ?4 is now, ?5 now plus the retention.
-	kpRetireSQL = `UPDATE key_packages SET claimed_ms = ?4, expires_ms = MIN(not_after_ms, ?5)
+	// handed out): ?4 is now, ?5 now plus the retention. The row stays
+	// until its NotAfter (expires_ms), its bytes until retained_ms.
+	kpRetireSQL = `UPDATE key_packages SET claimed_ms = ?4, retained_ms = MIN(not_after_ms, ?5)
 		WHERE client = ?1 AND suite = ?2 AND last_resort = 1 AND claimed_ms IS NULL AND ref <> ?3`
 	// kpInsertSQL stores a package, replacing an expired row with its
 	// ref; zero rows changed means an alive row holds the ref. ?7 is now.
@@ -34,10 +35,17 @@ const (
 		ON CONFLICT (ref) DO UPDATE SET client = excluded.client, suite = excluded.suite,
 			key_package = excluded.key_package, not_after_ms = excluded.not_after_ms,
 			last_resort = excluded.last_resort, published_ms = excluded.published_ms,
-			claimed_ms = NULL, expires_ms = excluded.expires_ms
+			claimed_ms = NULL, expires_ms = excluded.expires_ms, handed_out = 0, retained_ms = NULL
 		WHERE key_packages.expires_ms <= ?7`
+	// kpGetSQL reads the row with ref ?1 that is alive at ?2: a claimed
+	// one until its NotAfter, its bytes dropped after the retention, so
+	// that a publish of it is refused until then.
 	kpGetSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
 		FROM key_packages WHERE ref = ?1 AND expires_ms > ?2`
+	// kpByRefSQL reads the package with ref ?1 for KeyPackageByRef: an
+	// available one, or a claimed one within its retention.
+	kpByRefSQL = `SELECT client, suite, key_package, not_after_ms, last_resort, claimed_ms IS NOT NULL
+		FROM key_packages WHERE ref = ?1 AND expires_ms > ?2 AND (claimed_ms IS NULL OR retained_ms > ?2)`
 	kpCountSQL = `SELECT count(*) FROM key_packages WHERE client = ?1 AND claimed_ms IS NULL AND not_after_ms > ?2`
 	// kpDropExpiredSQL and kpDropExpiredRangeSQL delete the packages of
 	// client ?1, or of the clients in [?1, ?2), that expired unclaimed
@@ -53,8 +61,9 @@ const (
 	kpCountRangeSQL = `SELECT count(*) FROM key_packages
 		WHERE client >= ?1 AND client < ?2 AND claimed_ms IS NULL AND not_after_ms > ?3`
 	// kpClaimSQL takes client ?1's single-use package for suite ?2 that
-	// expires first: ?3 is now, ?4 now plus the retention.
-	kpClaimSQL = `UPDATE key_packages SET claimed_ms = ?3, expires_ms = MIN(not_after_ms, ?4)
+	// expires first: ?3 is now, ?4 now plus the retention (see
+	// kpRetireSQL).
+	kpClaimSQL = `UPDATE key_packages SET claimed_ms = ?3, retained_ms = MIN(not_after_ms, ?4)
 		WHERE ref = (SELECT ref FROM key_packages
 			WHERE client = ?1 AND suite = ?2 AND last_resort = 0 AND claimed_ms IS NULL AND not_after_ms > ?3
 			ORDER BY not_after_ms, ref LIMIT 1)

@@ -41,6 +41,7 @@ var migrations = []migration{
 	{14, "the outbox sender's backoffs per destination", schemaOutboxRetries},
 	{15, "answers of client-signed requests that succeeded", schemaSignatureAnswers},
 	{16, "whether a last-resort KeyPackage was handed out", schemaKeyPackagesHandedOut},
+	{17, "claimed KeyPackage refs kept until their NotAfter", schemaKeyPackagesRetained},
 }
 
 const schemaV1 = `
@@ -526,4 +527,18 @@ ALTER TABLE seen_signatures ADD COLUMN answer BLOB;
 const schemaKeyPackagesHandedOut = `
 ALTER TABLE key_packages ADD COLUMN handed_out INTEGER NOT NULL DEFAULT 0 CHECK (handed_out IN (0, 1));
 UPDATE key_packages SET handed_out = 1 WHERE last_resort = 1;
+`
+
+// schemaKeyPackagesRetained keeps the row of a claimed KeyPackage (or of
+// a replaced last-resort one a claim handed out) until its NotAfter
+// (expires_ms), so that publishing it again is refused as long as it
+// could be available (one init key is handed out once), and its bytes
+// only for store.ClaimedKeyPackageRetention: retained_ms is when they go,
+// NULL while the package is available and once DeleteExpired dropped them
+// (emptying key_package and client). Rows claimed before it get the same.
+// It is self-contained, whatever its version number.
+const schemaKeyPackagesRetained = `
+ALTER TABLE key_packages ADD COLUMN retained_ms INTEGER;
+UPDATE key_packages SET retained_ms = expires_ms, expires_ms = not_after_ms WHERE claimed_ms IS NOT NULL;
+CREATE INDEX key_packages_retained ON key_packages (retained_ms) WHERE retained_ms IS NOT NULL;
 `

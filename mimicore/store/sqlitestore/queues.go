@@ -641,7 +641,7 @@ func (s *Store) prepareQueues(ctx context.Context) error {
 		{s.w, &s.ks.get, kpGetSQL},
 		{s.w, &s.ks.claim, kpClaimSQL},
 		{s.w, &s.ks.lastResort, kpLastResortSQL},
-		{s.r, &s.ks.getR, kpGetSQL},
+		{s.r, &s.ks.getR, kpByRefSQL},
 		{s.r, &s.ks.list, kpListSQL},
 	} {
 		st, err := p.db.PrepareContext(ctx, p.sql)

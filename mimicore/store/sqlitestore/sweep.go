@@ -37,6 +37,11 @@ var sweeps = []struct{ table, sql string }{
 		AND ?1 IS NOT NULL LIMIT ?2)`},
 	{"key_packages", `DELETE FROM key_packages WHERE ref IN
 		(SELECT ref FROM key_packages WHERE expires_ms <= ?1 LIMIT ?2)`},
+	// The bytes (and client) of the claimed packages past their
+	// retention: the ref and NotAfter stay, so that publishing one again
+	// is refused until its NotAfter.
+	{"key_packages", `UPDATE key_packages SET key_package = x'', client = '', retained_ms = NULL WHERE ref IN
+		(SELECT ref FROM key_packages WHERE retained_ms <= ?1 LIMIT ?2)`},
 }
 
 // DeleteExpired implements store.Sweeper.

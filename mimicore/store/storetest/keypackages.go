@@ -24,6 +24,7 @@ func RunKeyPackageTests(t *testing.T, open func(t *testing.T, clock *Clock) stor
 	t.Run("LastResortReplacedUnused", func(t *testing.T) { testKPLastResortReplacedUnused(t, open) })
 	t.Run("LastResortReplacedWhileClaimed", func(t *testing.T) { testKPLastResortReplacedWhileClaimed(t, plain) })
 	t.Run("ByRef", func(t *testing.T) { testKPByRef(t, open) })
+	t.Run("ClaimedRefRemembered", func(t *testing.T) { testKPClaimedRefRemembered(t, open) })
 	t.Run("Invalid", func(t *testing.T) { testKPInvalid(t, plain) })
 	t.Run("Limit", func(t *testing.T) { testKPLimit(t, plain) })
 	t.Run("UserLimit", func(t *testing.T) { testKPUserLimit(t, open) })
@@ -433,6 +434,59 @@ func testKPLimit(t *testing.T, open func(t *testing.T) store.Store) {
 	noErr(t, "another client's publish", s.PublishKeyPackages(ctx(), bob, []store.KeyPackage{KP(bob, 1, "bob", exp, false)}, store.KeyPackageLimits{}))
 	claim(t, s, alice, 2)
 	noErr(t, "publish after a claim freed a place", s.PublishKeyPackages(ctx(), alice, batch("c", 1), store.KeyPackageLimits{}))
+}
+
+// testKPClaimedRefRemembered publishes again, past
+// ClaimedKeyPackageRetention and a sweep, the bytes of a claimed package
+// and of a replaced last-resort package a claim handed out, both with a
+// NotAfter after the retention: each is refused until its NotAfter (the
+// same init key is never handed out twice), though KeyPackageByRef no
+// longer finds it; the sweep after the NotAfter removes them.
+func testKPClaimedRefRemembered(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
+	clock := NewClock()
+	s := open(t, clock)
+	exp := clock.Now().Add(store.ClaimedKeyPackageRetention + 10*24*time.Hour)
+	one, lr := KP(alice, 1, "one", exp, false), KP(alice, 1, "lr", exp, true)
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{one, lr}, store.KeyPackageLimits{}))
+	wantRefs(t, "claims", []store.KeyPackage{claim(t, s, alice, 1), claim(t, s, alice, 1)}, "one", "lr")
+	noErr(t, "replacing the last resort", s.PublishKeyPackages(ctx(), alice,
+		[]store.KeyPackage{KP(alice, 1, "lr next", exp, true)}, store.KeyPackageLimits{}))
+	for _, step := range []struct {
+		name    string
+		advance time.Duration
+	}{
+		{"within the retention", time.Hour},
+		{"past the retention", store.ClaimedKeyPackageRetention},
+		{"past the retention and a sweep", 0},
+		{"a day before the NotAfter", 9*24*time.Hour - time.Hour},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			clock.Advance(step.advance)
+			if step.advance == 0 {
+				_, err := s.DeleteExpired(ctx(), clock.Now())
+				noErr(t, "DeleteExpired", err)
+			}
+			for _, kp := range []store.KeyPackage{one, lr} {
+				got, err := s.KeyPackageByRef(ctx(), kp.Ref)
+				if step.name == "within the retention" {
+					noErr(t, "KeyPackageByRef", err)
+					kp.Claimed = true
+					sameKP(t, "KeyPackageByRef", got, kp)
+				} else {
+					wantErr(t, "KeyPackageByRef", err, store.ErrNotFound)
+				}
+				wantErr(t, fmt.Sprintf("publishing %q again", kp.Ref),
+					s.PublishKeyPackages(ctx(), alice, []store.KeyPackage{kp}, store.KeyPackageLimits{}), store.ErrConflict)
+			}
+			wantRefs(t, "available", list(t, s, alice), "lr next")
+		})
+	}
+	clock.Advance(exp.Sub(clock.Now()))
+	n, err := s.DeleteExpired(ctx(), clock.Now())
+	noErr(t, "DeleteExpired past the NotAfter", err)
+	if n != 3 {
+		t.Fatalf("DeleteExpired past the NotAfter removed %d records, want 3", n)
+	}
 }
 
 func testKPExpiry(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
