@@ -101,7 +101,12 @@ func (s *Service) authClient(ctx context.Context, req *moh.DSRequest) (*Request,
 		if err := verify(cs, key, req); err != nil {
 			return nil, err
 		}
-		return &Request{Body: req, GroupID: groupID, Member: memberName(cg.LeafNode.Credential.Identity, key)}, nil
+		// The LeafNode's credential is not verified yet (its client
+		// binding is checked with the group, step 10): keyed on it, a
+		// create_group signed by any key could spend the member zone of
+		// the client it names. The signature key is what this request
+		// proves.
+		return &Request{Body: req, GroupID: groupID, Member: key}, nil
 	}
 	g, err := s.group(ctx, groupID)
 	if err != nil {

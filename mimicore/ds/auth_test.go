@@ -39,6 +39,12 @@ func TestAuthenticate(t *testing.T) {
 	create := moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: []byte("dave's group"),
 		LeafNode:  f.dave.kp.LeafNode,
 		GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: daveInfo}}}
+	// A create_group whose LeafNode names alice's client URI under eve's
+	// key, signed by eve: its credential is checked only with the group
+	// (the binding, step 10), so it must not key alice's member zone.
+	forged := create
+	forged.CreateGroup.LeafNode = f.eve.kp.LeafNode
+	forged.CreateGroup.LeafNode.Credential.Identity = bytes.Clone(f.alice.id())
 	send := moh.RequestBody{Type: moh.SendMessage, Message: *app}
 	download := func(group []byte) moh.RequestBody {
 		return moh.RequestBody{Type: moh.AttachmentDownload, Attachment: moh.AttachmentRef{GroupID: group, Token: bytes.Repeat([]byte{7}, 32)}}
@@ -84,7 +90,7 @@ func TestAuthenticate(t *testing.T) {
 		body   []byte
 		want   moh.Code
 		group  []byte // the GroupID of an accepted request
-		member []byte // its Member: the sender's client URI, which a change of signature key keeps
+		member []byte // its Member: the sender's client URI, which a change of signature key keeps (create_group: its LeafNode's key)
 	}{
 		{"request_group_id", anon(moh.RequestBody{Type: moh.RequestGroupID}, moh.AuthData{}), 0, nil, nil},
 		{"send_message by alice", f.sign(t, f.alice, 0, send, 0), 0, f.g1, f.alice.id()},
@@ -94,7 +100,8 @@ func TestAuthenticate(t *testing.T) {
 			WelcomePackages: []moh.WelcomePackage{{Welcome: *f.addCarol.Welcome}}}, 0), 0, f.g1, f.alice.id()},
 		{"remove_users", f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.RemoveUsers, GroupUpdate: update(f.removeBob)}, 0), 0, f.g1, f.alice.id()},
 		{"self_remove_client", f.sign(t, f.bob, 1, moh.RequestBody{Type: moh.SelfRemoveClient, Message: *f.bobLeaves}, 0), 0, f.g1, f.bob.id()},
-		{"create_group", f.sign(t, f.dave, 0, create, 0), 0, []byte("dave's group"), f.dave.id()},
+		{"create_group", f.sign(t, f.dave, 0, create, 0), 0, []byte("dave's group"), f.dave.pub},
+		{"create_group naming another client", f.sign(t, f.eve, 0, forged, 0), 0, []byte("dave's group"), f.eve.pub},
 		{"create_group sender 1", f.sign(t, f.dave, 1, create, 0), moh.CodeMalformed, nil, nil},
 		{"create_group signed by another key", f.sign(t, f.eve, 0, create, 0), moh.CodeBadSignature, nil, nil},
 		{"external_join anonymous", anon(moh.RequestBody{Type: moh.ExternalJoin,

@@ -173,11 +173,13 @@ type Request struct {
 	// GroupID and Member name the group and the member that the client
 	// signature was verified for: the keys of the admission policy's
 	// group and member zones. Member is the identity of the credential of
-	// the leaf whose key verified the request: the sender's leaf (for
-	// create_group the creator's LeafNode), its client URI, the same
-	// across the member's changes of signature key; or the joiner's
-	// KeyPackage leaf key for key_package_signature. Both are empty for an
-	// anonymous request, which no such zone can key.
+	// the sender's leaf, whose key verified the request: its client URI,
+	// checked against its client binding when the leaf joined, the same
+	// across the member's changes of signature key. For create_group it
+	// is the creator's LeafNode's signature key, since that LeafNode's
+	// credential is not checked yet when the zones run; for
+	// key_package_signature the joiner's KeyPackage leaf key. Both are
+	// empty for an anonymous request, which no such zone can key.
 	GroupID, Member []byte
 	// Source is the address the request came from, as the HTTP layer
 	// determines the client IP; fetches of other providers' keys for
