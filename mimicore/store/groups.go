@@ -123,6 +123,16 @@ type GroupStore interface {
 	// ErrDuplicate, and nothing is written.
 	Deliver(ctx context.Context, groupID []byte, epoch uint64, f Fanout) (Delivered, error)
 
+	// DedupRecorded reports whether key, the Fanout.Dedup of a message
+	// that a Deliver wrote, is recorded and alive (before its
+	// DedupExpires), so that a copy of the message that arrives once the
+	// group left the message's epoch, and that Deliver would refuse for
+	// its epoch, can be told delivered already. Fanout.Dedup shares its
+	// records with Delivery.Dedup and the seen signatures, so it reports
+	// those too. It reads and writes nothing else; key must be 32 bytes
+	// (ErrInvalid).
+	DedupRecorded(ctx context.Context, key []byte) (bool, error)
+
 	// WelcomeTree returns the ratchet tree of epoch, as it was when the
 	// epoch began, of a group hosted here, for a member that a Welcome of
 	// that epoch added (PROFILE §5: welcome_info). It is ErrNotFound when

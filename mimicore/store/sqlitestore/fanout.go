@@ -340,6 +340,28 @@ func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f sto
 	return d, nil
 }
 
+// DedupRecorded implements store.GroupStore: a read of the seen
+// signatures, which hold the dedup records.
+func (s *Store) DedupRecorded(ctx context.Context, key []byte) (bool, error) {
+	const doing = "looking up a message's dedup record"
+	if err := s.checkOpen(doing); err != nil {
+		return false, err
+	}
+	if len(key) != 32 {
+		return false, fmt.Errorf("%s: key of %d bytes, want 32: %w", doing, len(key), store.ErrInvalid)
+	}
+	var one int
+	err := s.r.QueryRowContext(ctx, `SELECT 1 FROM seen_signatures WHERE digest = ?1 AND expires_ms > ?2`,
+		key, check.Millis(s.now())).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, s.fail(doing, err)
+	}
+	return true, nil
+}
+
 // OutboxPending implements store.Outbox.
 func (s *Store) OutboxPending(ctx context.Context, destination string, after uint64, limit int) ([]store.OutboxEntry, error) {
 	const doing = "listing outbox"

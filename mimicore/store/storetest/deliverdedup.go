@@ -15,7 +15,10 @@ import (
 // ErrDuplicate and writes none of them; a Deliver refused for its epoch
 // records nothing; after the record expired the key delivers again; of
 // concurrent Delivers of one key exactly one delivers; a bad key, or a
-// key in CommitEpoch or AddProposal, is ErrInvalid.
+// key in CommitEpoch or AddProposal, is ErrInvalid. DedupRecorded reports
+// a key while its record is alive, also once the group left the epoch
+// the key was delivered in, and no key that was never recorded or whose
+// record expired.
 func testGroupDeliverDedup(t *testing.T, open func(t *testing.T, clock *Clock) store.Store) {
 	clock := NewClock()
 	s := open(t, clock)
@@ -37,6 +40,7 @@ func testGroupDeliverDedup(t *testing.T, open func(t *testing.T, clock *Clock) s
 	// Refused for its epoch before its first delivery: nothing recorded.
 	_, err := s.Deliver(ctx(), gid, e0+1, msg("one", key))
 	wantErr(t, "Deliver for another epoch", err, store.ErrEpochConflict)
+	wantRecorded(t, s, "a key refused for its epoch", key, false)
 	d, err := s.Deliver(ctx(), gid, e0, msg("one", key))
 	noErr(t, "Deliver", err)
 	if d.Group == 0 || len(d.Local) != 1 || len(d.Outbox) != 1 {
@@ -59,6 +63,11 @@ func testGroupDeliverDedup(t *testing.T, open func(t *testing.T, clock *Clock) s
 	// The epoch is checked first.
 	_, err = s.Deliver(ctx(), gid, e0+1, msg("one", key))
 	wantErr(t, "Deliver of a delivered key for another epoch", err, store.ErrEpochConflict)
+	wantRecorded(t, s, "a delivered key", key, true)
+	wantRecorded(t, s, "another delivered key", other, true)
+	wantRecorded(t, s, "a key never delivered", digestOf([]byte("never")), false)
+	_, err = s.DedupRecorded(ctx(), key[:31])
+	wantErr(t, "DedupRecorded of a short key", err, store.ErrInvalid)
 
 	wantMsgs(t, "bob's stream", fetch(t, s, fanBob, 0, store.FetchLimit{}), 1, "one", 3, "two", 5, "three")
 	wantMsgs(t, "carl's queue", fetch(t, s, logCarl, 0, store.FetchLimit{}), 2, "one", 4, "two", 6, "three")
@@ -66,6 +75,7 @@ func testGroupDeliverDedup(t *testing.T, open func(t *testing.T, clock *Clock) s
 
 	// Once the record expired, the key delivers again.
 	clock.Advance(time.Hour)
+	wantRecorded(t, s, "a key whose record expired", key, false)
 	_, err = s.Deliver(ctx(), gid, e0, msg("one", key))
 	noErr(t, "Deliver after the record expired", err)
 	wantMsgs(t, "carl's queue after expiry", fetch(t, s, logCarl, 6, store.FetchLimit{}), 8, "one")
@@ -112,4 +122,21 @@ func testGroupDeliverDedup(t *testing.T, open func(t *testing.T, clock *Clock) s
 	wantErr(t, "AddProposal with a key", err, store.ErrInvalid)
 	_, err = s.Deliver(ctx(), gid, e0, msg("bad", bad))
 	noErr(t, "Deliver of the key the refused writes carried", err)
+
+	// The group leaves the epoch: the keys delivered in it stay
+	// recorded.
+	c1.Fanout = store.Fanout{}
+	_, err = s.CommitEpoch(ctx(), c1)
+	noErr(t, "CommitEpoch", err)
+	wantRecorded(t, s, "a key delivered in the epoch the group left", race, true)
+}
+
+// wantRecorded checks what DedupRecorded reports for key.
+func wantRecorded(t *testing.T, s store.Store, what string, key [32]byte, want bool) {
+	t.Helper()
+	got, err := s.DedupRecorded(ctx(), key[:])
+	noErr(t, "DedupRecorded of "+what, err)
+	if got != want {
+		t.Fatalf("DedupRecorded of %s = %v, want %v", what, got, want)
+	}
 }

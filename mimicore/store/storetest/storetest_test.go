@@ -272,6 +272,13 @@ func (b *broken) Deliver(ctx context.Context, id []byte, epoch uint64, f store.F
 	return b.Store.Deliver(ctx, id, epoch, f)
 }
 
+func (b *broken) DedupRecorded(ctx context.Context, key []byte) (bool, error) {
+	if b.mode == "dedup-recorded-never" {
+		return false, nil
+	}
+	return b.Store.DedupRecorded(ctx, key)
+}
+
 func (b *broken) LoadGroup(ctx context.Context, id []byte) (*mls.GroupState, error) {
 	g, err := b.Store.LoadGroup(ctx, id)
 	if b.mode == "load-stale" && err == nil {
@@ -558,6 +565,7 @@ var brokenModes = map[string]string{
 	"post-ignores-leave":            "Groups/GroupLog",
 	"post-ignores-except":           "Groups/GroupLogWatch",
 	"deliver-ignores-dedup":         "Groups/DeliverDedup",
+	"dedup-recorded-never":          "Groups/DeliverDedup",
 	"claim-keeps":                   "KeyPackages/PublishListClaim",
 	"claim-then-record":             "KeyPackages/ClaimWithReplay",
 	"publish-ignores-user-bound":    "KeyPackages/UserLimit",
