@@ -119,7 +119,8 @@ func messagesUntil(t *testing.T, c *mimiclient.Client, last string) ([]string, i
 // but its answer is lost. Retrying the send, at once or after reopening
 // her state, must not give bob the text twice: the kept request is sent
 // again byte for byte, not encrypted again, and the hub, which delivered
-// it already, answers ok and delivers no copy to bob's queue; a new
+// it already, answers ok and delivers no copy to bob's queue, also when
+// bob committed in between, so that the resend's epoch is gone; a new
 // message goes out only after the kept one.
 func TestGoClientSendAnswerLost(t *testing.T) {
 	for _, tc := range []struct {
@@ -127,7 +128,8 @@ func TestGoClientSendAnswerLost(t *testing.T) {
 		// then is what alice does after the lost answer: "retry" sends
 		// the same text again, "next" sends another text, "reopen"
 		// reopens her state first and retries, "lost again" loses the
-		// retry's answer too, then retries.
+		// retry's answer too, then retries; "commit" has bob commit
+		// (update_client) before alice retries.
 		then string
 		want []string
 	}{
@@ -135,6 +137,7 @@ func TestGoClientSendAnswerLost(t *testing.T) {
 		{"next message", "next", []string{"hello once", "another", "after"}},
 		{"reopened", "reopen", []string{"hello once", "after"}},
 		{"lost again", "lost again", []string{"hello once", "after"}},
+		{"after a commit", "commit", []string{"after"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			alice, bob, gid := goClientPair(t, "lost"+strings.ReplaceAll(tc.then, " ", ""))
@@ -166,6 +169,17 @@ func TestGoClientSendAnswerLost(t *testing.T) {
 				if err := alice.Send(ctx, gid, []byte("hello once")); err != nil {
 					t.Fatalf("retrying the send again: %v", err)
 				}
+			case "commit":
+				if got, _ := messagesUntil(t, bob, "hello once"); !slices.Equal(got, []string{"hello once"}) {
+					t.Fatalf("bob got %q before his commit, want the message alice sent", got)
+				}
+				if err := bob.Update(ctx, gid); err != nil {
+					t.Fatalf("bob's update: %v", err)
+				}
+				if err := alice.Send(ctx, gid, []byte("hello once")); err != nil {
+					t.Fatalf("retrying the send after bob's commit: %v", err)
+				}
+				expectEvent(t, "alice", receive(t, alice, 1)[0], mimiclient.EventCommit, gid, "", "")
 			}
 			if err := alice.Send(ctx, gid, []byte("after")); err != nil {
 				t.Fatal(err)

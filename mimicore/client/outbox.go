@@ -39,9 +39,14 @@ var ErrMessagePending = errors.New("client: a message to the group awaits its an
 // ErrMessageUnknown is wrapped by the error of an operation whose resend of
 // a kept message (ErrMessagePending) the Delivery Service refused for good
 // (a 4xx DSError other than a rate limit, a token required, too early or a
-// stale timestamp: the group moved on, say): the first attempt may have
-// been delivered or not, which the client cannot learn. The kept message
-// is dropped; the operation sent nothing new, and may be run again.
+// stale timestamp: the sender was removed, say): the first attempt may
+// have been delivered or not, which the client cannot learn. One
+// refusal tells more: a hub that follows docs/protocol.md §5.4.1 answers
+// the resend of a message it delivered ok even after a commit moved the
+// group on, so its 409 stale_epoch (CodeOf) within 7 days of the first
+// attempt means that the message was delivered to no one. The kept
+// message is dropped; the operation sent nothing new, and may be run
+// again.
 var ErrMessageUnknown = errors.New("client: a message whose answer was lost was refused when resent: whether it was delivered is not known")
 
 // keptMessage is an application message written before its send_message

@@ -343,14 +343,23 @@ func sendDigest(gid, msg []byte) []byte {
 // that epoch (stale_epoch otherwise: the sender re-encrypts it in the new
 // one), so that every member gets a group's messages in epoch order. The
 // Delivery Service cannot read it. A message it accepted already
-// (SendDedupWindow) is answered ok and delivered nowhere: the record of
-// the message is written with its delivery, so a crash keeps both or
-// neither, and of copies sent at once exactly one is delivered.
+// (SendDedupWindow) is answered ok and delivered nowhere, also once the
+// group left the message's epoch (staleCopy): the record of the message
+// is written with its delivery, so a crash keeps both or neither, and of
+// copies sent at once exactly one is delivered.
 func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	msg := &r.Body.Body.Message
 	base := r.state
 	if err := base.CheckMessage(msg); err != nil {
-		return nil, mlsError("send_message", err)
+		refused := mlsError("send_message", err)
+		if !errors.Is(err, mls.ErrStaleEpoch) {
+			return nil, refused
+		}
+		enc, merr := wire.Marshal(msg)
+		if merr != nil {
+			return nil, fmt.Errorf("send_message: encoding the message: %w", merr)
+		}
+		return s.staleCopy(ctx, base.GroupID(), enc, refused)
 	}
 	enc, err := wire.Marshal(msg)
 	if err != nil {
@@ -383,7 +392,8 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 		// the first, and nothing was written.
 		return ok, nil
 	case errors.Is(err, store.ErrEpochConflict):
-		return nil, moh.Errorf(moh.CodeStaleEpoch, "send_message: the group has left epoch %d", base.Epoch())
+		return s.staleCopy(ctx, base.GroupID(), enc,
+			moh.Errorf(moh.CodeStaleEpoch, "send_message: the group has left epoch %d", base.Epoch()))
 	case errors.Is(err, store.ErrNotFound):
 		return nil, errNotFound()
 	case err != nil:
@@ -392,6 +402,23 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 	fan.notify(delivered.Outbox)
 	fan.report("send_message", delivered)
 	return ok, nil
+}
+
+// staleCopy answers a send_message whose message, enc, is not for the
+// group's current epoch: ok when the Delivery Service delivered the same
+// message already (its record, SendDedupWindow, is alive), so that a
+// client whose answer was lost before a commit moved the group on learns
+// that it was delivered, and delivers nothing; refused, stale_epoch,
+// otherwise. The lookup is a read made only on this path.
+func (s *Service) staleCopy(ctx context.Context, gid, enc []byte, refused error) (*moh.DSResponse, error) {
+	found, err := s.Store.DedupRecorded(ctx, sendDigest(gid, enc))
+	switch {
+	case err != nil:
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "send_message: looking up the message's earlier delivery: %w", err)
+	case found:
+		return ok, nil
+	}
+	return nil, refused
 }
 
 // externalCommitInfo serves external_commit_info for a member: the

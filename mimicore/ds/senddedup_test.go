@@ -145,3 +145,87 @@ func TestSendMessageConcurrentCopies(t *testing.T) {
 		t.Fatalf("c.example got %d copies, want 1", len(got))
 	}
 }
+
+// TestSendMessageResentAfterCommit checks the resend of a send_message
+// once a commit moved the group on (docs/protocol.md §5.4.1,
+// send_message): a message the hub delivered in the epoch before is
+// answered ok and delivered to no one again, byte for byte or signed
+// again, whether the commit was stored before the resend was
+// authenticated or between its authentication and its delivery; a
+// message of the epoch before that the hub never delivered is 409
+// stale_epoch.
+func TestSendMessageResentAfterCommit(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// delivered: the hub took the message before the commit.
+		delivered bool
+		// raced: the commit is stored between the resend's
+		// authentication and its handling.
+		raced bool
+	}{
+		{"delivered", true, false},
+		{"delivered, commit raced", true, true},
+		{"never delivered", false, false},
+		{"never delivered, commit raced", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newSendGroup(t, false)
+			h, alice, bob := g.h, g.alice, g.bob
+			msg, err := alice.m.Protect([]byte("hello"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := moh.RequestBody{Type: moh.SendMessage, Message: *msg}
+			first := signed(t, alice, alice.m.LeafIndex(), body)
+			if tc.delivered {
+				h.mustDo(t, "send_message", first)
+				if n := g.bobGot(t); n != 1 {
+					t.Fatalf("bob got %d copies, want 1", n)
+				}
+				h.outbox(t, "c.example", &g.remote)
+			}
+			resigned, err := SignRequest(alice.c.kp.CipherSuite, alice.c.signer, body,
+				ClientSignature(alice.m.LeafIndex(), time.Now().Add(time.Minute)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var early []*Request
+			if tc.raced {
+				for _, req := range [][]byte{first, resigned} {
+					r, err := h.svc.Authenticate(t.Context(), req)
+					if err != nil {
+						t.Fatalf("authenticating the resend: %v", err)
+					}
+					early = append(early, r)
+				}
+			}
+			res := commit(t, bob.m, nil, nil, nil)
+			h.mustDo(t, "update_client", commitBody(t, moh.UpdateClient, bob, bob.m, res))
+			bob.m = res.Next
+			g.bobGot(t)
+			h.outbox(t, "c.example", &g.remote)
+
+			for i, req := range [][]byte{first, resigned} {
+				var resp *moh.DSResponse
+				if tc.raced {
+					resp, err = h.svc.Handle(t.Context(), early[i])
+				} else {
+					resp, err = h.do(t, req)
+				}
+				if !tc.delivered {
+					wantCode(t, "the resend of a message never delivered", err, moh.CodeStaleEpoch)
+					continue
+				}
+				if err != nil || resp.Type != moh.ResponseOK {
+					t.Fatalf("resend %d answered %+v, %v; want ok", i, resp, err)
+				}
+			}
+			if n := g.bobGot(t); n != 0 {
+				t.Fatalf("bob got %d copies of the resent message, want none", n)
+			}
+			if got := h.outbox(t, "c.example", &g.remote); len(got) != 0 {
+				t.Fatalf("c.example got %d copies of the resent message, want none", len(got))
+			}
+		})
+	}
+}
