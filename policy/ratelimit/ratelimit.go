@@ -293,6 +293,38 @@ func (z *Zone) AllowBytes(key []byte, now time.Time) (ok bool, retryAfter time.D
 	return z.allow(key, "", now)
 }
 
+// AllowN spends n tokens of key's bucket at now, all or none: when the
+// bucket holds fewer than n it spends nothing, and returns false and how
+// long until it holds n, rounded up to whole seconds (at least 1 s) as
+// Allow's. A request that costs several events (the KeyPackages of one
+// publish, say) takes them with one call, so that a refusal leaves the
+// budget untouched. n must be from 1 to the zone's burst: more never
+// fits, and is refused with the longest Retry-After. A zone whose buckets
+// are in Redis (SetRedis) counts AllowN on its local buckets, as when
+// Redis fails: each process limits on its own.
+func (z *Zone) AllowN(key string, n int, now time.Time) (ok bool, retryAfter time.Duration) {
+	if len(key) > MaxKeyLen {
+		sum := sha256.Sum256([]byte(key))
+		key = string(sum[:])
+	}
+	if n < 1 {
+		n = 1
+	}
+	b := z.bucketOf(nil, key, now)
+	if b.lim.AllowN(now, n) {
+		return true, 0
+	}
+	r := float64(b.lim.Limit())
+	missing := float64(n) - b.lim.TokensAt(now)
+	if n > b.lim.Burst() || r <= 0 {
+		return false, wholeSeconds(math.Inf(1))
+	}
+	if missing <= 0 {
+		return false, time.Second
+	}
+	return false, wholeSeconds(missing / r)
+}
+
 // allow takes the key from kb when non-nil, else from ks.
 func (z *Zone) allow(kb []byte, ks string, now time.Time) (bool, time.Duration) {
 	if b := z.redis.Load(); b != nil {
