@@ -20,6 +20,9 @@ const (
 	// claimZoneRemote bounds a local user's claims of other providers'
 	// KeyPackages, across all targets (mimi_local's remote_claim_rate).
 	claimZoneRemote = "local_remote_key_packages"
+	// publishZone bounds a local user's publishes of KeyPackages
+	// (mimi_local's publish_rate).
+	publishZone = "local_key_package_publishes"
 )
 
 // limitZonePool keeps the zones of the built-in limits (the KeyPackage

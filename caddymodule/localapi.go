@@ -59,6 +59,15 @@ const (
 	defaultRemoteClaims      = 60
 	defaultRemoteClaimWindow = time.Hour
 	defaultRemoteClaimBurst  = 100
+	// defaultPublishes KeyPackages per defaultPublishWindow bound how
+	// fast one user publishes, after a burst of max_key_packages_per_user
+	// (at least publish_rate's count): a new user fills that bound at
+	// once, then republishes what peers claimed, a KeyPackage of each of
+	// the user's clients for each group the user joins, far below the
+	// rate (0.28/s). Every KeyPackage a claim hands out is kept with its
+	// bytes for 14 days, whoever claims it: this bounds those too.
+	defaultPublishes     = 1024
+	defaultPublishWindow = time.Hour
 	// maxLocalKeyPackages caps max_key_packages_per_user: a publish
 	// counts the user's available KeyPackages, which costs in proportion.
 	// max_key_packages_per_client is at most localapi.MaxPublish, the
@@ -157,6 +166,20 @@ type LocalAPI struct {
 	MaxKeyPackagesPerClient int `json:"max_key_packages_per_client,omitempty"`
 	MaxKeyPackagesPerUser   int `json:"max_key_packages_per_user,omitempty"`
 
+	// PublishRate KeyPackages per PublishWindow is the sustained rate at
+	// which one authenticated user may publish KeyPackages
+	// (POST /key_packages), counted in KeyPackages, whatever the client
+	// URIs, after a burst of PublishBurst: every KeyPackage a claim hands
+	// out, and the store keeps after it, entered through a publish.
+	// A publish past it is refused whole, 429 rate_limited with
+	// Retry-After, and spends nothing. Defaults: 1024 per 1h, burst
+	// MaxKeyPackagesPerUser or PublishRate, whichever is larger; the
+	// burst at least MaxKeyPackagesPerClient, so that a client can fill
+	// its bound in one publish.
+	PublishRate   int            `json:"publish_rate,omitempty"`
+	PublishWindow caddy.Duration `json:"publish_window,omitempty"`
+	PublishBurst  int            `json:"publish_burst,omitempty"`
+
 	// CipherSuites are the MLS cipher suites (RFC 9420 numbers) a
 	// published KeyPackage may use. Default: every suite implemented
 	// (1, 2, 3, 5, 7).
@@ -178,6 +201,10 @@ type LocalAPI struct {
 	// remoteZoneKey ("" when none is held).
 	remoteClaims  remoteClaimLimits
 	remoteZoneKey string
+	// publishes bounds one user's publishes (PublishRate), with a zone
+	// held in limitZonePool under publishZoneKey ("" when none is held).
+	publishes      publishLimits
+	publishZoneKey string
 	// sampled logs, sampled, what peers or a flood of requests could
 	// repeat: failed claims from other providers.
 	sampled *zap.Logger
@@ -277,6 +304,15 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	if h.RemoteClaimBurst == 0 {
 		h.RemoteClaimBurst = h.RemoteClaims
 	}
+	if h.PublishRate == 0 {
+		h.PublishRate = defaultPublishes
+	}
+	if h.PublishWindow == 0 {
+		h.PublishWindow = caddy.Duration(defaultPublishWindow)
+	}
+	if h.PublishBurst == 0 {
+		h.PublishBurst = max(h.MaxKeyPackagesPerUser, h.PublishRate)
+	}
 	h.polls = &pollSlots{max: h.MaxLongPolls, maxPerUser: h.MaxLongPollsPerUser, users: map[string]int{}}
 	h.stopping, h.stop = context.WithCancel(context.Background())
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
@@ -332,6 +368,12 @@ func (h *LocalAPI) useDataDir() error {
 		return fmt.Errorf("mimi_local: remote claim limit: %w", err)
 	}
 	h.remoteClaims, h.remoteZoneKey = remoteClaimLimits{zone: remote}, remoteKey
+	rate = float64(h.PublishRate) / time.Duration(h.PublishWindow).Seconds()
+	pub, pubKey, err := acquireLimitZone(h.DataDir, publishZone, rate, h.PublishBurst)
+	if err != nil {
+		return fmt.Errorf("mimi_local: publish rate: %w", err)
+	}
+	h.publishes, h.publishZoneKey = publishLimits{zone: pub}, pubKey
 	return nil
 }
 
@@ -382,6 +424,7 @@ func (h *LocalAPI) join() error {
 		Peers:                   peerKeyPackages{svc: svc},
 		ClaimLimits:             h.claims,
 		RemoteClaimLimits:       h.remoteClaims,
+		PublishLimits:           h.publishes,
 		Logger:                  h.logger,
 	})
 	if err != nil {
@@ -426,6 +469,23 @@ func (l remoteClaimLimits) AllowRemoteClaim(user string) error {
 	}
 	return admission.RetryLater(moh.Errorf(moh.CodeRateLimited, "you claimed other providers' KeyPackages too often; retry after %d s",
 		admission.RetrySeconds(wait)), wait)
+}
+
+// publishLimits bounds how fast one local user publishes KeyPackages,
+// counted in KeyPackages, across the user's clients
+// (LocalAPI.PublishRate).
+type publishLimits struct{ zone *ratelimit.Zone }
+
+// AllowPublish implements localapi.PublishLimiter: n KeyPackages are
+// spent all or none, and a refusal is 429 rate_limited with the
+// Retry-After until n are available.
+func (l publishLimits) AllowPublish(user string, n int) error {
+	ok, wait := l.zone.AllowN(user, n, time.Now())
+	if ok {
+		return nil
+	}
+	return admission.RetryLater(moh.Errorf(moh.CodeRateLimited, "publishing %d more KeyPackages would pass your publish rate; retry after %d s",
+		n, admission.RetrySeconds(wait)), wait)
 }
 
 // ready joins the service if Provision left it for the first request, and
@@ -511,12 +571,37 @@ func (h *LocalAPI) Validate() error {
 		return fmt.Errorf("mimi_local: remote_claim_rate %d/%s is below the least rate, one event in 30 years",
 			h.RemoteClaims, time.Duration(h.RemoteClaimWindow))
 	}
+	if h.PublishRate < 0 || h.PublishWindow < 0 || h.PublishBurst < 0 {
+		return fmt.Errorf("mimi_local: publish_rate %d/%s and publish_burst %d must not be negative",
+			h.PublishRate, time.Duration(h.PublishWindow), h.PublishBurst)
+	}
+	if h.PublishRate > 0 && h.PublishWindow > 0 && float64(h.PublishRate)/time.Duration(h.PublishWindow).Seconds() < ratelimit.MinRate {
+		return fmt.Errorf("mimi_local: publish_rate %d/%s is below the least rate, one event in 30 years",
+			h.PublishRate, time.Duration(h.PublishWindow))
+	}
+	if perClient := h.keyPackagesPerClient(); h.PublishBurst > 0 && h.PublishBurst < perClient {
+		return fmt.Errorf("mimi_local: publish_burst: %d is below max_key_packages_per_client (%d): a client could not publish its bound at once",
+			h.PublishBurst, perClient)
+	}
 	for _, s := range h.CipherSuites {
 		if !mls.CipherSuite(s).Supported() {
 			return fmt.Errorf("mimi_local: cipher_suites: %d is not an implemented MLS cipher suite", s)
 		}
 	}
 	return nil
+}
+
+// keyPackagesPerClient is MaxKeyPackagesPerClient, or its default when
+// unset.
+func (h *LocalAPI) keyPackagesPerClient() int {
+	if h.MaxKeyPackagesPerClient > 0 {
+		return h.MaxKeyPackagesPerClient
+	}
+	perUser := h.MaxKeyPackagesPerUser
+	if perUser == 0 {
+		perUser = localapi.DefaultMaxKeyPackagesPerUser
+	}
+	return min(localapi.DefaultMaxKeyPackagesPerClient, perUser)
 }
 
 // Cleanup releases this config's hold on the provider's service and on
@@ -545,6 +630,11 @@ func (h *LocalAPI) Cleanup() error {
 		_, err := limitZonePool.Delete(h.remoteZoneKey)
 		zoneErr = errors.Join(zoneErr, err)
 		h.remoteZoneKey = ""
+	}
+	if h.publishZoneKey != "" {
+		_, err := limitZonePool.Delete(h.publishZoneKey)
+		zoneErr = errors.Join(zoneErr, err)
+		h.publishZoneKey = ""
 	}
 	if h.svc == nil {
 		return zoneErr

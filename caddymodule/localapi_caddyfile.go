@@ -44,6 +44,8 @@ func parseLocalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //		max_long_polls_per_user     <n>
 //		max_key_packages_per_client <n>
 //		max_key_packages_per_user   <n>
+//		publish_rate                <key_packages>/<duration>
+//		publish_burst               <n>
 //		remote_claim_rate           <events>/<duration>
 //		remote_claim_burst          <n>
 //		cipher_suites               <suite...>
@@ -149,6 +151,26 @@ func (h *LocalAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("invalid remote_claim_rate '%s': %v", v, err)
 			}
 			h.RemoteClaims, h.RemoteClaimWindow = events, window
+		case "publish_rate":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, window, err := parseRate(v)
+			if err != nil {
+				return d.Errf("invalid publish_rate '%s': %v", v, err)
+			}
+			h.PublishRate, h.PublishWindow = n, window
+		case "publish_burst":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("invalid publish_burst '%s': want a positive integer", v)
+			}
+			h.PublishBurst = n
 		case "remote_claim_burst":
 			var v string
 			if !d.AllArgs(&v) {

@@ -104,6 +104,11 @@ type Config struct {
 	// a signed request of this provider to the target's provider, which
 	// limits this provider's requests as a whole. Nil means no bound.
 	RemoteClaimLimits RemoteClaimLimiter
+	// PublishLimits bounds how fast one user publishes KeyPackages,
+	// counted in KeyPackages, whatever the client URIs: every KeyPackage
+	// a claim hands out, and the store keeps after it, entered through a
+	// publish. Nil means no bound.
+	PublishLimits PublishLimiter
 	// Logger logs what the API drops without refusing the request (a
 	// peer's KeyPackage the answer cannot carry); nil logs nothing.
 	Logger *zap.Logger
@@ -136,6 +141,15 @@ type RemoteClaimLimiter interface {
 	// AllowRemoteClaim spends one remote claim of user and answers nil,
 	// or answers the refusal (rate_limited) when none is left.
 	AllowRemoteClaim(user string) error
+}
+
+// PublishLimiter bounds how fast one authenticated user publishes
+// KeyPackages, across all of the user's client URIs.
+type PublishLimiter interface {
+	// AllowPublish spends n KeyPackages of user's publish budget and
+	// answers nil, or spends nothing and answers the refusal
+	// (rate_limited) when fewer than n are left.
+	AllowPublish(user string, n int) error
 }
 
 // API is the local client API over one provider's store and keys. It is
@@ -240,7 +254,9 @@ func (a *API) IssueBinding(user string, req *BindingRequest) (*binding.ClientBin
 // requires at the current time, use an allowed cipher suite, carry a
 // BasicCredential whose identity is req.ClientURI and a valid client
 // binding; at most one per suite may be last-resort. The first refusal
-// names the entry's index.
+// names the entry's index. A valid publish then spends its KeyPackages of
+// the user's publish budget (Config.PublishLimits): past it the refusal
+// is rate_limited, and nothing is stored or spent.
 func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishRequest) ([]KeyPackageEntry, error) {
 	if err := a.Authorize(user, req.ClientURI); err != nil {
 		return nil, err
@@ -284,6 +300,16 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 		PerClient:  a.cfg.MaxKeyPackagesPerClient,
 		UserPrefix: moh.ClientURI(string(prov), user, ""),
 		PerUser:    a.cfg.MaxKeyPackagesPerUser,
+	}
+	if len(kps) > lim.PerClient {
+		// The store would refuse it whatever the client holds: it is
+		// refused before it spends the publish budget.
+		return nil, moh.Errorf(moh.CodeQuotaExceeded, "the client would have more than %d available KeyPackages", lim.PerClient)
+	}
+	if a.cfg.PublishLimits != nil {
+		if err := a.cfg.PublishLimits.AllowPublish(user, len(kps)); err != nil {
+			return nil, err
+		}
 	}
 	if err := a.cfg.Store.PublishKeyPackages(ctx, string(req.ClientURI), kps, lim); err != nil {
 		switch {
