@@ -359,6 +359,11 @@ func TestGroupOperations(t *testing.T) {
 	// others (their queues are read through mimi_local in the client
 	// tests); one protected in a past epoch is stale.
 	mustOK(t, "send_message", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0))
+	// A second message of this epoch, not sent before the epoch ends.
+	unsent, err := alice.m.Protect([]byte("too late"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// alice removes bob.
 	oldBob := bob.m
@@ -377,9 +382,12 @@ func TestGroupOperations(t *testing.T) {
 		t.Fatalf("the removed member's external_commit_info: %d %s", status, r.Error.Code)
 	}
 
-	// alice's message of the epoch before the removal is stale now.
-	mustRefuse(t, "a message of a past epoch", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0),
+	// alice's message of the epoch before the removal, never delivered,
+	// is stale now; the one the hub delivered in that epoch, sent again
+	// (its answer lost, say), is answered ok and delivered to no one.
+	mustRefuse(t, "a message of a past epoch", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *unsent}, 0),
 		http.StatusConflict, moh.CodeStaleEpoch)
+	mustOK(t, "a delivered message of a past epoch sent again", alice.sign(t, moh.RequestBody{Type: moh.SendMessage, Message: *app}, 0))
 
 	// The group goes on without him.
 	res = carol.commit(t)
