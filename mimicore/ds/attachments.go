@@ -200,6 +200,11 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		if errors.Is(err, store.ErrQuota) {
 			return nil, moh.Errorf(moh.CodeQuotaExceeded, "the attachment does not fit the group's or the uploader's quota")
 		}
+		if errors.Is(err, store.ErrNotFound) {
+			// delete_group committed after the request was
+			// authenticated.
+			return nil, errNotFound()
+		}
 		return nil, unavailable("reserving the attachment", err)
 	}
 	// From here every failure undoes the reservation, also when the

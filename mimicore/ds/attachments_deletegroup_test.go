@@ -133,3 +133,38 @@ func TestAttachmentUploadGroupDeletedMidway(t *testing.T) {
 		t.Fatalf("alice's usage %+v, %v; want nothing", u, err)
 	}
 }
+
+// TestAttachmentUploadAuthenticatedBeforeDeleteGroup: an upload
+// authenticated just before delete_group committed reaches its
+// reservation after it. The reservation is refused with 404 not_found, as
+// any request for the deleted group, and nothing of it is recorded: no
+// record in the deleted group, no quota held.
+func TestAttachmentUploadAuthenticatedBeforeDeleteGroup(t *testing.T) {
+	h := newHarness(t)
+	backend, err := localfs.New(filepath.Join(t.TempDir(), "attachments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Attachments{Store: h.st, Backend: backend, MaxSize: 1 << 20}
+	h.svc.Attachments = a
+	alice := h.newTClient(t, "alice", "phone", false)
+	gid := []byte("group deleted after an upload's authentication")
+	h.mustDo(t, "create_group", createBody(t, alice, gid))
+
+	data := []byte("an upload the group's deletion overtakes")
+	sum := sha256.Sum256(data)
+	req, err := h.svc.Authenticate(t.Context(), signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentUpload,
+		Upload: moh.UploadAttachmentHeader{GroupID: gid, ContentLength: uint64(len(data)), ContentHash: sum[:]}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mustDo(t, "delete_group", commitBody(t, moh.DeleteGroup, alice, alice.m, commit(t, alice.m, nil, nil, nil)))
+	_, err = h.svc.Upload(t.Context(), req, bytes.NewReader(data))
+	wantCode(t, "upload authenticated before delete_group", err, moh.CodeNotFound)
+	if u, err := h.st.GroupAttachmentUsage(t.Context(), gid); err != nil || u != (store.AttachmentUsage{}) {
+		t.Fatalf("the deleted group's usage %+v, %v; want nothing", u, err)
+	}
+	if u, err := h.st.UploaderAttachmentUsage(t.Context(), alice.uri); err != nil || u != (store.AttachmentUsage{}) {
+		t.Fatalf("alice's usage %+v, %v; want nothing", u, err)
+	}
+}

@@ -88,7 +88,10 @@ type Attachments interface {
 	// within q; otherwise it fails with ErrQuota and writes nothing. The
 	// check and the write are atomic: of concurrent reservations that
 	// together exceed a quota, only those that fit succeed. A TokenHash or
-	// an Object already recorded is ErrConflict.
+	// an Object already recorded is ErrConflict. A hosted group deleted
+	// here (DeleteGroup) is ErrNotFound, atomically with the write: no
+	// record is written into a group whose attachments DeleteGroup
+	// dropped.
 	ReserveAttachment(ctx context.Context, a Attachment, q AttachmentQuota) error
 	// CommitAttachment makes the pending record tokenHash visible until
 	// expires. It fails with ErrNotFound when no pending, unexpired record
@@ -116,6 +119,7 @@ type Attachments interface {
 	// reference to the object; its TokenHash, GroupID, Uploader, Created
 	// and Expires are dst's own. The copy counts against q for dst's
 	// group and uploader (ErrQuota, nothing written), atomically as in
+	// ReserveAttachment; a deleted target group is ErrNotFound, as in
 	// ReserveAttachment. The same transaction records ans
 	// (SignatureAnswer). It returns the stored copy.
 	CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst Attachment, q AttachmentQuota, ans SignatureAnswer) (Attachment, error)

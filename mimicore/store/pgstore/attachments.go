@@ -164,6 +164,9 @@ func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q sto
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := checkGroupNotDeleted(ctx, tx, a.GroupID); err != nil {
+			return err
+		}
 		if err := checkQuota(ctx, tx, a, q); err != nil {
 			return err
 		}
@@ -341,6 +344,12 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		now := s.nowMs()
+		// The target group's hub row first, as DeleteGroup takes it
+		// before the group's attachment rows: locked the other way round,
+		// a copy within a group being deleted would deadlock with it.
+		if err := checkGroupNotDeleted(ctx, tx, dst.GroupID); err != nil {
+			return err
+		}
 		src, err := findCommitted(ctx, tx, srcGroup, srcHash, now, " FOR SHARE")
 		if err != nil {
 			return err
@@ -392,6 +401,33 @@ func (s *Store) UploaderAttachmentUsage(ctx context.Context, uploader string) (s
 		return u, s.fail(doing, err)
 	}
 	return u, nil
+}
+
+// checkGroupNotDeleted fails with ErrNotFound when the hosted group
+// groupID was deleted (deleted_groups), so that no record is written into
+// a group whose attachments DeleteGroup has dropped. It first locks the
+// group's hub row, if any, FOR SHARE: a DeleteGroup that removed the row
+// and has not committed makes it wait, and the lookup of deleted_groups
+// that follows, a statement of its own under READ COMMITTED, then sees the
+// deletion; a DeleteGroup that comes after waits for this transaction, and
+// its removal of the group's attachments then sees the record written.
+func checkGroupNotDeleted(ctx context.Context, tx pgx.Tx, groupID []byte) error {
+	rows, err := tx.Query(ctx, `SELECT 1 FROM group_hubs WHERE group_id = $1 FOR SHARE`, groupID)
+	if err != nil {
+		return fmt.Errorf("locking the group: %w", err)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("locking the group: %w", err)
+	}
+	var deleted bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM deleted_groups WHERE group_id = $1)`, groupID).Scan(&deleted); err != nil {
+		return fmt.Errorf("looking up deleted groups: %w", err)
+	}
+	if deleted {
+		return fmt.Errorf("the group was deleted: %w", store.ErrNotFound)
+	}
+	return nil
 }
 
 // dropGroupAttachments removes every record of groupID, pending or

@@ -144,6 +144,23 @@ func dropRef(ctx context.Context, tx *sql.Tx, object string) (bool, error) {
 	return refs == 0, nil
 }
 
+// checkGroupNotDeleted fails with ErrNotFound when the hosted group
+// groupID was deleted (deleted_groups), so that no record is written into
+// a group whose attachments DeleteGroup has dropped. It runs in the
+// writer's transaction, so no DeleteGroup comes between it and the write.
+func checkGroupNotDeleted(ctx context.Context, tx *sql.Tx, groupID []byte) error {
+	var one int
+	err := tx.QueryRowContext(ctx, `SELECT 1 FROM deleted_groups WHERE group_id = ?1`, groupID).Scan(&one)
+	switch {
+	case err == nil:
+		return fmt.Errorf("the group was deleted: %w", store.ErrNotFound)
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	default:
+		return fmt.Errorf("looking up deleted groups: %w", err)
+	}
+}
+
 // dropGroupAttachments removes every record of groupID, pending or
 // committed, with its reference to its object, as ExpireAttachments
 // removes expired ones: no request reaches a deleted group's attachments,
@@ -191,6 +208,9 @@ func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q sto
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		if err := checkGroupNotDeleted(ctx, tx, a.GroupID); err != nil {
+			return err
+		}
 		if err := checkQuota(ctx, tx, a, q); err != nil {
 			return err
 		}
@@ -358,6 +378,9 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 			return err
 		}
 		dst.Object, dst.Size, dst.ContentHash = src.Object, src.Size, src.ContentHash
+		if err := checkGroupNotDeleted(ctx, tx, dst.GroupID); err != nil {
+			return err
+		}
 		if err := checkQuota(ctx, tx, dst, q); err != nil {
 			return err
 		}

@@ -584,6 +584,15 @@ func testAttachmentsDeleteGroup(t *testing.T, open func(t *testing.T) store.Stor
 			u, err = s.UploaderAttachmentUsage(ctx(), uploaderB)
 			wantUsage(t, "copier's usage", u, err, 200, 1)
 			wantUnreferenced(t, s, own.Object, pending.Object)
+			// An upload or a copy authenticated before the deletion
+			// writes nothing into the deleted group.
+			wantErr(t, "ReserveAttachment in the deleted group",
+				s.ReserveAttachment(ctx(), attachment(t, gid, uploaderA, 5), none), store.ErrNotFound)
+			_, err = s.CopyAttachment(ctx(), other, elsewhere.TokenHash, attachment(t, gid, uploaderA, 0), none, store.SignatureAnswer{})
+			wantErr(t, "CopyAttachment into the deleted group", err, store.ErrNotFound)
+			u, err = s.GroupAttachmentUsage(ctx(), gid)
+			wantUsage(t, "deleted group's usage after the refused writes", u, err, 0, 0)
+			wantUnreferenced(t, s, own.Object, pending.Object)
 
 			got, err := s.LookupAttachment(ctx(), other, cp.TokenHash)
 			noErr(t, "LookupAttachment of the copy in another group", err)
