@@ -31,6 +31,12 @@ const (
 	// header to its last byte; a pending upload older than that is
 	// removed by the sweeper.
 	DefaultUploadDeadline = time.Hour
+	// DefaultCommitGrace is how long after an upload's deadline the
+	// backend may still make its bytes visible, a commit whose outcome
+	// the gateway did not learn (storage.ErrUncertain): well above the
+	// backends' own bounds on an answer (s3store's 2 minutes, forward's
+	// 30 s).
+	DefaultCommitGrace = time.Hour
 	// objectNameSize is the number of random bytes in an object name.
 	objectNameSize = 16
 	// sweepBatch is how many records or objects one sweep step handles.
@@ -58,6 +64,11 @@ type Attachments struct {
 	// UploadDeadline bounds the time from an upload's header to its
 	// commit; 0 means DefaultUploadDeadline.
 	UploadDeadline time.Duration
+	// CommitGrace is how long after an upload's deadline a backend commit
+	// of its bytes may still land; 0 means DefaultCommitGrace. The
+	// object's row is kept that long (store.Attachment.KeepObject), so a
+	// sweep deletes the bytes whenever they land.
+	CommitGrace time.Duration
 	// AllowDeleteByMembers lets any member of the group delete an
 	// attachment; otherwise only its uploader (the client URI recorded at
 	// upload or copy) may.
@@ -86,6 +97,13 @@ func (a *Attachments) uploadDeadline() time.Duration {
 		return a.UploadDeadline
 	}
 	return DefaultUploadDeadline
+}
+
+func (a *Attachments) commitGrace() time.Duration {
+	if a.CommitGrace > 0 {
+		return a.CommitGrace
+	}
+	return DefaultCommitGrace
 }
 
 func (a *Attachments) logger() *zap.Logger {
@@ -185,6 +203,11 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 
 	token := make([]byte, AttachmentTokenSize)
 	rand.Read(token)
+	// The deadline of the upload, and of its commit, is the
+	// reservation's expiry, measured from before it: never after it,
+	// so that no commit the gateway waits for lands after a sweep could
+	// take the reservation.
+	deadline := time.Now().Add(a.uploadDeadline())
 	now := s.now()
 	rec := store.Attachment{
 		TokenHash:   sha256.Sum256(token),
@@ -195,6 +218,7 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		Uploader:    uploader,
 		Created:     now,
 		Expires:     now.Add(a.uploadDeadline()),
+		KeepObject:  now.Add(a.uploadDeadline() + a.commitGrace()),
 	}
 	if err := a.Store.ReserveAttachment(ctx, rec, a.Quota); err != nil {
 		if errors.Is(err, store.ErrQuota) {
@@ -210,7 +234,6 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 	// From here every failure undoes the reservation, also when the
 	// client went away and ctx ended.
 	cleanup := context.WithoutCancel(ctx)
-	deadline := time.Now().Add(a.uploadDeadline())
 	settled := false // committed, or released already
 	defer func() {
 		if !settled {
@@ -245,7 +268,8 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 			// The backend may still make the object visible, after any
 			// delete sent now: the reservation stays pending, counted
 			// against the quotas, until its deadline passes and the
-			// sweeper removes it with the bytes.
+			// sweeper removes it; the object's row stays until
+			// KeepObject, so a sweep deletes the bytes once they land.
 			settled = true
 			a.logger().Warn("the attachment object's commit has an unknown outcome: its reservation is left to expire", zap.String("object", rec.Object), zap.Error(err))
 		}
@@ -377,13 +401,15 @@ func (a *Attachments) recordObject(ctx context.Context, object string) {
 }
 
 // removeObject deletes an unreferenced object's bytes, then its row. A
-// failure leaves the row for the sweeper to try again.
+// failure leaves the row for the sweeper to try again. The caller knows
+// that no commit of the bytes can land any more (none was started, or it
+// ended), so the row goes whatever its KeepObject.
 func (a *Attachments) removeObject(ctx context.Context, object string) {
 	if err := a.Backend.Delete(ctx, object); err != nil {
 		a.logger().Error("deleting attachment bytes", zap.String("object", object), zap.Error(err))
 		return
 	}
-	if err := a.Store.ForgetObject(ctx, object); err != nil && !errors.Is(err, store.ErrConflict) {
+	if err := a.Store.ForgetObject(ctx, object, time.Time{}); err != nil && !errors.Is(err, store.ErrConflict) {
 		a.logger().Error("forgetting attachment object", zap.Error(err))
 	}
 }
@@ -532,7 +558,7 @@ func (a *Attachments) Sweep(ctx context.Context, now time.Time) (SweepStats, err
 			break
 		}
 	}
-	if err := a.sweepObjects(ctx, &st); err != nil {
+	if err := a.sweepObjects(ctx, now, &st); err != nil {
 		errs = append(errs, err)
 	}
 	// An upload whose reservation still holds is within its own
@@ -558,9 +584,9 @@ func (a *Attachments) Sweep(ctx context.Context, now time.Time) (SweepStats, err
 }
 
 // sweepObjects deletes the bytes of every unreferenced object, then its
-// row. It pages through them in name order, so that objects whose bytes
+// row, unless the row is kept past now (store.Attachment.KeepObject). It pages through them in name order, so that objects whose bytes
 // cannot be deleted, which stay listed, do not hide the ones after them.
-func (a *Attachments) sweepObjects(ctx context.Context, st *SweepStats) error {
+func (a *Attachments) sweepObjects(ctx context.Context, now time.Time, st *SweepStats) error {
 	tried, failed := 0, 0
 	var last error
 	after := ""
@@ -579,7 +605,10 @@ func (a *Attachments) sweepObjects(ctx context.Context, st *SweepStats) error {
 				a.logger().Error("sweeping attachments: deleting bytes", zap.String("object", name), zap.Error(err))
 				continue
 			}
-			if err := a.Store.ForgetObject(ctx, name); err != nil && !errors.Is(err, store.ErrConflict) {
+			// now is before the delete was sent: a row kept past it
+			// (a commit of the bytes may still land) stays listed, and
+			// a later sweep deletes the bytes again.
+			if err := a.Store.ForgetObject(ctx, name, now); err != nil && !errors.Is(err, store.ErrConflict) {
 				failed, last = failed+1, err
 				a.logger().Error("sweeping attachments: forgetting attachment object", zap.String("object", name), zap.Error(err))
 				continue

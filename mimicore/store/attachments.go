@@ -45,6 +45,15 @@ type Attachment struct {
 	// Expires is when the record stops being visible: while pending, the
 	// deadline of the upload; once committed, the end of retention.
 	Expires time.Time
+	// KeepObject, read by ReserveAttachment only, is the time after which
+	// no backend commit of Object's bytes can still land: the upload's
+	// deadline plus the longest a backend may take to make an object
+	// visible after the gateway stopped waiting. Until then the object's
+	// row is not forgotten (ForgetObject), whatever becomes of the
+	// record, so that bytes landing after a sweep deleted them are
+	// deleted by a later one. Zero, or a time before Expires, means
+	// Expires.
+	KeepObject time.Time
 }
 
 // AttachmentQuota bounds what one group and one uploader may hold. A zero
@@ -84,7 +93,7 @@ type AttachmentUsage struct {
 // ExpireAttachments, like an expired committed record.
 type Attachments interface {
 	// ReserveAttachment records a as pending, with a new object row of
-	// one reference, if the group's and the uploader's usage plus a stay
+	// one reference kept until a.KeepObject (ForgetObject), if the group's and the uploader's usage plus a stay
 	// within q; otherwise it fails with ErrQuota and writes nothing. The
 	// check and the write are atomic: of concurrent reservations that
 	// together exceed a quota, only those that fit succeed. A TokenHash or
@@ -100,8 +109,10 @@ type Attachments interface {
 	CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time, ans SignatureAnswer) error
 	// ReleaseAttachment drops the pending record tokenHash and its
 	// reference to its object, and returns the object's name (which is
-	// then unreferenced). It fails with ErrNotFound when no pending
-	// record has that hash.
+	// then unreferenced). The caller's backend commit of the bytes has
+	// ended (or was never started), so the object's row is kept no
+	// longer (its KeepObject ends). It fails with ErrNotFound when no
+	// pending record has that hash.
 	ReleaseAttachment(ctx context.Context, tokenHash [32]byte) (object string, err error)
 	// LookupAttachment returns the committed, unexpired record tokenHash
 	// of groupID. A record of another group is ErrNotFound, like an
@@ -146,14 +157,21 @@ type Attachments interface {
 	// one without references, are absent from the map.
 	ObjectsInUse(ctx context.Context, names []string) (map[string]bool, error)
 	// RecordObject adds an object row name with no references, unless
-	// the name has a row, which stays as it is: bytes stored under a name
+	// the name has a row, which keeps its references. The caller's
+	// backend commit of the bytes has ended, so either way the row is
+	// kept no longer (its KeepObject ends). Bytes stored under a name
 	// whose row is gone (the sweeper expired an upload's reservation and
 	// forgot its object before the backend committed the bytes) are then
 	// listed by UnreferencedObjects until deleted and forgotten. A name
 	// longer than MaxObjectNameSize, or empty, is ErrInvalid.
 	RecordObject(ctx context.Context, name string) error
 	// ForgetObject drops the object row name once its bytes are deleted.
-	// A name with references is ErrConflict and stays; an unknown name is
-	// not an error, so a sweep can repeat it.
-	ForgetObject(ctx context.Context, name string) error
+	// deleted is when that delete was sent: a row whose KeepObject time
+	// is after it stays, without an error, and UnreferencedObjects keeps
+	// listing it, since a commit of the bytes may still land after the
+	// delete. A zero deleted says that no commit of the bytes can land any
+	// more (none was started, or it ended), and drops the row whatever
+	// its KeepObject. A name with references is ErrConflict and stays; an
+	// unknown name is not an error, so a sweep can repeat it.
+	ForgetObject(ctx context.Context, name string, deleted time.Time) error
 }

@@ -107,8 +107,8 @@ func usage(ctx context.Context, q querier, sql string, arg any) (store.Attachmen
 // of one reference, or one more reference to its existing object.
 func insertAttachment(ctx context.Context, tx pgx.Tx, a store.Attachment, committed, newObject bool, now int64) error {
 	if newObject {
-		wrote, err := firstUse(ctx, tx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES ($1, 1, $2)
-			ON CONFLICT (name) DO NOTHING RETURNING true`, a.Object, now)
+		wrote, err := firstUse(ctx, tx, `INSERT INTO attachment_objects (name, refs, created_ms, keep_ms) VALUES ($1, 1, $2, $3)
+			ON CONFLICT (name) DO NOTHING RETURNING true`, a.Object, now, check.KeepObjectMillis(a))
 		if err != nil {
 			return err
 		}
@@ -235,7 +235,12 @@ func (s *Store) ReleaseAttachment(ctx context.Context, tokenHash [32]byte) (stri
 		if err != nil {
 			return err
 		}
-		_, err = dropRefs(ctx, tx, object, 1)
+		if _, err := dropRefs(ctx, tx, object, 1); err != nil {
+			return err
+		}
+		// The caller's commit of the bytes is settled: the row is kept
+		// no longer.
+		_, err = tx.Exec(ctx, `UPDATE attachment_objects SET keep_ms = 0 WHERE name = $1`, object)
 		return err
 	})
 	if err != nil {
@@ -552,21 +557,22 @@ func (s *Store) RecordObject(ctx context.Context, name string) error {
 	if name == "" || len(name) > store.MaxObjectNameSize {
 		return fmt.Errorf("%s: object name is %d bytes, want 1..%d: %w", doing, len(name), store.MaxObjectNameSize, store.ErrInvalid)
 	}
-	if _, err := s.pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES ($1, 0, $2)
-		ON CONFLICT (name) DO NOTHING`, name, s.nowMs()); err != nil {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms, keep_ms) VALUES ($1, 0, $2, 0)
+		ON CONFLICT (name) DO UPDATE SET keep_ms = 0`, name, s.nowMs()); err != nil {
 		return s.fail(doing, err)
 	}
 	return nil
 }
 
 // ForgetObject implements store.Attachments: one conditional DELETE, and
-// a read to tell an object with references from an unknown one.
-func (s *Store) ForgetObject(ctx context.Context, name string) error {
+// a read to tell an object with references from an unknown or a kept one.
+func (s *Store) ForgetObject(ctx context.Context, name string, deleted time.Time) error {
 	const doing = "forgetting attachment object"
 	if err := s.checkOpen(doing); err != nil {
 		return err
 	}
-	tag, err := s.pool.Exec(ctx, `DELETE FROM attachment_objects WHERE name = $1 AND refs = 0`, name)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM attachment_objects WHERE name = $1 AND refs = 0 AND keep_ms <= $2`,
+		name, check.DeletedMillis(deleted))
 	if err != nil {
 		return s.fail(doing, err)
 	}

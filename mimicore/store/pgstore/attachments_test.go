@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // TestMigrationUnreferencedByName applies the migration that indexes
@@ -86,5 +88,59 @@ func TestMigrationUnreferencedByName(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("listed %d unreferenced objects, want the %d in name order", len(got), len(want))
+	}
+}
+
+// TestMigrationObjectKeep applies the migration that keeps attachment
+// objects until a late commit of their bytes can no longer land to a
+// database of the version before it: an unreferenced object written
+// before it is forgotten as before, and a reservation made after it keeps
+// its object's row until its KeepObject.
+func TestMigrationObjectKeep(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaObjectKeep })
+	if before < 1 {
+		t.Fatal("the migration is not listed")
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, pool, migrations[:before], time.Now()); err != nil {
+		pool.Close()
+		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
+	}
+	const old = "00000000000000000000000000000001"
+	_, err = pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES ($1, 0, 0)`, old)
+	pool.Close()
+	if err != nil {
+		t.Fatalf("writing an object row of version %d: %v", migrations[before-1].version, err)
+	}
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatalf("opening the database of version %d: %v", migrations[before-1].version, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	now := time.Now()
+	if err := s.ForgetObject(ctx, old, now); err != nil {
+		t.Fatal(err)
+	}
+	a := store.Attachment{TokenHash: sha256.Sum256([]byte("token")), GroupID: []byte("g"),
+		Object: "00000000000000000000000000000002", Size: 1, ContentHash: make([]byte, 32),
+		Uploader: "mimi://a.example/d/u/phone", Created: now, Expires: now.Add(time.Minute),
+		KeepObject: now.Add(time.Hour)}
+	if err := s.ReserveAttachment(ctx, a, store.AttachmentQuota{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.ExpireAttachments(ctx, now.Add(2*time.Minute), 10); err != nil || n != 1 {
+		t.Fatalf("ExpireAttachments removed %d, %v; want the reservation", n, err)
+	}
+	if err := s.ForgetObject(ctx, a.Object, now.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.UnreferencedObjects(ctx, "", 10)
+	if err != nil || !slices.Equal(got, []string{a.Object}) {
+		t.Fatalf("unreferenced objects %v, %v; want only the kept %s (the old row forgotten)", got, err, a.Object)
 	}
 }

@@ -109,8 +109,8 @@ func insertAttachment(ctx context.Context, tx *sql.Tx, a store.Attachment, state
 		return err
 	}
 	if newObject {
-		res, err := tx.ExecContext(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES (?1, 1, ?2)
-			ON CONFLICT (name) DO NOTHING`, a.Object, now)
+		res, err := tx.ExecContext(ctx, `INSERT INTO attachment_objects (name, refs, created_ms, keep_ms) VALUES (?1, 1, ?2, ?3)
+			ON CONFLICT (name) DO NOTHING`, a.Object, now, check.KeepObjectMillis(a))
 		if err != nil {
 			return err
 		}
@@ -268,7 +268,12 @@ func (s *Store) ReleaseAttachment(ctx context.Context, tokenHash [32]byte) (stri
 		if err != nil {
 			return err
 		}
-		_, err = dropRef(ctx, tx, object)
+		if _, err := dropRef(ctx, tx, object); err != nil {
+			return err
+		}
+		// The caller's commit of the bytes is settled: the row is kept
+		// no longer.
+		_, err = tx.ExecContext(ctx, `UPDATE attachment_objects SET keep_ms = 0 WHERE name = ?1`, object)
 		return err
 	})
 	if err != nil {
@@ -554,8 +559,8 @@ func (s *Store) RecordObject(ctx context.Context, name string) error {
 		return fmt.Errorf("%s: object name is %d bytes, want 1..%d: %w", doing, len(name), store.MaxObjectNameSize, store.ErrInvalid)
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES (?1, 0, ?2)
-			ON CONFLICT (name) DO NOTHING`, name, check.Millis(s.now()))
+		_, err := tx.ExecContext(ctx, `INSERT INTO attachment_objects (name, refs, created_ms, keep_ms) VALUES (?1, 0, ?2, 0)
+			ON CONFLICT (name) DO UPDATE SET keep_ms = 0`, name, check.Millis(s.now()))
 		return err
 	})
 	if err != nil {
@@ -565,7 +570,7 @@ func (s *Store) RecordObject(ctx context.Context, name string) error {
 }
 
 // ForgetObject implements store.Attachments.
-func (s *Store) ForgetObject(ctx context.Context, name string) error {
+func (s *Store) ForgetObject(ctx context.Context, name string, deleted time.Time) error {
 	const doing = "forgetting attachment object"
 	if err := s.checkOpen(doing); err != nil {
 		return err
@@ -582,7 +587,8 @@ func (s *Store) ForgetObject(ctx context.Context, name string) error {
 		if refs > 0 {
 			return fmt.Errorf("object still has %d references: %w", refs, store.ErrConflict)
 		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM attachment_objects WHERE name = ?1 AND refs = 0`, name)
+		_, err = tx.ExecContext(ctx, `DELETE FROM attachment_objects WHERE name = ?1 AND refs = 0 AND keep_ms <= ?2`,
+			name, check.DeletedMillis(deleted))
 		return err
 	})
 	if err != nil {

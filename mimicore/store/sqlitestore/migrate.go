@@ -42,6 +42,7 @@ var migrations = []migration{
 	{15, "answers of client-signed requests that succeeded", schemaSignatureAnswers},
 	{16, "whether a last-resort KeyPackage was handed out", schemaKeyPackagesHandedOut},
 	{17, "claimed KeyPackage refs kept until their NotAfter", schemaKeyPackagesRetained},
+	{18, "attachment objects kept until a late commit of their bytes can no longer land", schemaObjectKeep},
 }
 
 const schemaV1 = `
@@ -541,4 +542,16 @@ const schemaKeyPackagesRetained = `
 ALTER TABLE key_packages ADD COLUMN retained_ms INTEGER;
 UPDATE key_packages SET retained_ms = expires_ms, expires_ms = not_after_ms WHERE claimed_ms IS NOT NULL;
 CREATE INDEX key_packages_retained ON key_packages (retained_ms) WHERE retained_ms IS NOT NULL;
+`
+
+// schemaObjectKeep adds to an attachment object the time until which its
+// row is kept once unreferenced (store.Attachment.KeepObject): the
+// deadline of its upload plus the time a backend may still take to make
+// the bytes visible after the gateway stopped waiting. A sweep before then
+// deletes the bytes but keeps the row, so bytes that land later are
+// deleted by the next sweep, never left listed by nothing. Rows written
+// before get 0: kept no longer than before. It is self-contained,
+// whatever its version number.
+const schemaObjectKeep = `
+ALTER TABLE attachment_objects ADD COLUMN keep_ms INTEGER NOT NULL DEFAULT 0;
 `

@@ -139,15 +139,15 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		upload(t, s, a, none)
 		noErr(t, "RecordObject of a referenced object", s.RecordObject(ctx(), a.Object))
 		wantUnreferenced(t, s, gone)
-		wantErr(t, "ForgetObject of a referenced object", s.ForgetObject(ctx(), a.Object), store.ErrConflict)
+		wantErr(t, "ForgetObject of a referenced object", s.ForgetObject(ctx(), a.Object, time.Time{}), store.ErrConflict)
 		_, last, err := s.DeleteAttachment(ctx(), g1, a.TokenHash, "")
 		noErr(t, "DeleteAttachment", err)
 		if !last {
 			t.Fatal("DeleteAttachment: not the last reference")
 		}
 		wantUnreferenced(t, s, gone, a.Object)
-		noErr(t, "ForgetObject", s.ForgetObject(ctx(), gone))
-		noErr(t, "ForgetObject", s.ForgetObject(ctx(), a.Object))
+		noErr(t, "ForgetObject", s.ForgetObject(ctx(), gone, time.Time{}))
+		noErr(t, "ForgetObject", s.ForgetObject(ctx(), a.Object, time.Time{}))
 		wantUnreferenced(t, s)
 		wantErr(t, "RecordObject of an empty name", s.RecordObject(ctx(), ""), store.ErrInvalid)
 		wantErr(t, "RecordObject of a long name", s.RecordObject(ctx(), hex.EncodeToString(randBytes(t, store.MaxObjectNameSize))), store.ErrInvalid)
@@ -193,6 +193,74 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 	})
 
+	t.Run("KeepObject", func(t *testing.T) {
+		// An upload's reservation expires and is swept while the
+		// backend may still commit its bytes: the sweep deletes what is
+		// there, and the object's row stays listed until KeepObject, so
+		// that bytes landing after that delete are deleted by a later
+		// sweep rather than left listed by nothing.
+		s := open(t)
+		a := attachment(t, g1, uploaderA, 10)
+		a.Expires = time.Now().Add(time.Minute).Truncate(time.Millisecond)
+		a.KeepObject = a.Expires.Add(time.Hour) // whole milliseconds, as stored
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), a, none))
+		sweep := a.Expires.Add(time.Second)
+		n, err := s.ExpireAttachments(ctx(), sweep, 10)
+		noErr(t, "ExpireAttachments", err)
+		if n != 1 {
+			t.Fatalf("ExpireAttachments removed %d records, want the pending one", n)
+		}
+		wantUnreferenced(t, s, a.Object)
+		noErr(t, "ForgetObject before KeepObject", s.ForgetObject(ctx(), a.Object, sweep))
+		wantUnreferenced(t, s, a.Object)
+		noErr(t, "ForgetObject just before KeepObject", s.ForgetObject(ctx(), a.Object, a.KeepObject.Add(-time.Millisecond)))
+		wantUnreferenced(t, s, a.Object)
+		noErr(t, "ForgetObject at KeepObject", s.ForgetObject(ctx(), a.Object, a.KeepObject))
+		wantUnreferenced(t, s)
+
+		// A zero deleted (no commit can land) forgets a kept row at once.
+		b := attachment(t, g1, uploaderA, 10)
+		b.Expires = sweep.Add(-2 * time.Second)
+		b.KeepObject = a.KeepObject
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), b, none))
+		if _, err := s.ExpireAttachments(ctx(), sweep, 10); err != nil {
+			t.Fatal(err)
+		}
+		noErr(t, "ForgetObject of a kept row, nothing to land", s.ForgetObject(ctx(), b.Object, time.Time{}))
+		wantUnreferenced(t, s)
+
+		// ReleaseAttachment and RecordObject, called once the commit of
+		// the bytes ended, end the keeping; a zero KeepObject keeps the
+		// row until Expires only.
+		c := attachment(t, g1, uploaderA, 10)
+		c.KeepObject = time.Now().Add(future + time.Hour)
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), c, none))
+		_, err = s.ReleaseAttachment(ctx(), c.TokenHash)
+		noErr(t, "ReleaseAttachment", err)
+		noErr(t, "ForgetObject after ReleaseAttachment", s.ForgetObject(ctx(), c.Object, time.Now()))
+		wantUnreferenced(t, s)
+		d := attachment(t, g1, uploaderA, 10)
+		d.Expires = b.Expires
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), d, none))
+		if _, err := s.ExpireAttachments(ctx(), sweep, 10); err != nil {
+			t.Fatal(err)
+		}
+		noErr(t, "ForgetObject after a zero KeepObject's Expires", s.ForgetObject(ctx(), d.Object, sweep))
+		wantUnreferenced(t, s)
+		e := attachment(t, g1, uploaderA, 10)
+		e.Expires = b.Expires
+		e.KeepObject = a.KeepObject
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), e, none))
+		if _, err := s.ExpireAttachments(ctx(), sweep, 10); err != nil {
+			t.Fatal(err)
+		}
+		noErr(t, "ForgetObject of an expired reservation's kept row", s.ForgetObject(ctx(), e.Object, sweep))
+		wantUnreferenced(t, s, e.Object)
+		noErr(t, "RecordObject of the kept row", s.RecordObject(ctx(), e.Object))
+		noErr(t, "ForgetObject after RecordObject", s.ForgetObject(ctx(), e.Object, sweep))
+		wantUnreferenced(t, s)
+	})
+
 	t.Run("Release", func(t *testing.T) {
 		s := open(t)
 		a := attachment(t, g1, uploaderA, 10)
@@ -207,8 +275,8 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		u, err = s.GroupAttachmentUsage(ctx(), g1)
 		wantUsage(t, "usage after release", u, err, 0, 0)
 		wantUnreferenced(t, s, a.Object)
-		noErr(t, "ForgetObject", s.ForgetObject(ctx(), a.Object))
-		noErr(t, "ForgetObject again", s.ForgetObject(ctx(), a.Object))
+		noErr(t, "ForgetObject", s.ForgetObject(ctx(), a.Object, time.Time{}))
+		noErr(t, "ForgetObject again", s.ForgetObject(ctx(), a.Object, time.Time{}))
 		wantUnreferenced(t, s)
 		_, err = s.ReleaseAttachment(ctx(), a.TokenHash)
 		wantErr(t, "second ReleaseAttachment", err, store.ErrNotFound)
@@ -354,7 +422,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 			t.Fatal("deleting the original reported the last reference while a copy holds it")
 		}
 		wantUnreferenced(t, s)
-		wantErr(t, "ForgetObject of a referenced object", s.ForgetObject(ctx(), a.Object), store.ErrConflict)
+		wantErr(t, "ForgetObject of a referenced object", s.ForgetObject(ctx(), a.Object, time.Time{}), store.ErrConflict)
 		_, last, err = s.DeleteAttachment(ctx(), g2, dst.TokenHash, "")
 		noErr(t, "DeleteAttachment of the copy", err)
 		if !last {
@@ -599,7 +667,7 @@ func testAttachmentsDeleteGroup(t *testing.T, open func(t *testing.T) store.Stor
 			if got.Object != copied.Object || got.Size != 200 {
 				t.Fatalf("copy read back as %+v", got)
 			}
-			wantErr(t, "ForgetObject of the copy's object", s.ForgetObject(ctx(), copied.Object), store.ErrConflict)
+			wantErr(t, "ForgetObject of the copy's object", s.ForgetObject(ctx(), copied.Object, time.Time{}), store.ErrConflict)
 			if _, err := s.LookupAttachment(ctx(), other, elsewhere.TokenHash); err != nil {
 				t.Fatal(err)
 			}

@@ -143,6 +143,24 @@ func ExpiryMillis(t time.Time) int64 {
 	return ms
 }
 
+// KeepObjectMillis is the time, in Unix milliseconds rounded up, until
+// which the object row of a's reservation is kept: a.KeepObject, or
+// a.Expires when that is later (store.Attachment.KeepObject).
+func KeepObjectMillis(a store.Attachment) int64 {
+	return max(ExpiryMillis(a.KeepObject), ExpiryMillis(a.Expires))
+}
+
+// DeletedMillis is the bound ForgetObject compares an object row's keep
+// time with: deleted in Unix milliseconds rounded down, or the largest
+// value for a zero deleted, which no keep time passes
+// (store.Attachments.ForgetObject).
+func DeletedMillis(deleted time.Time) int64 {
+	if deleted.IsZero() {
+		return math.MaxInt64
+	}
+	return Millis(deleted)
+}
+
 // Millis converts a time to Unix milliseconds, rounding down.
 func Millis(t time.Time) int64 { return t.UnixMilli() }
 

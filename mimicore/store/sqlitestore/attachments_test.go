@@ -1,0 +1,64 @@
+package sqlitestore
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// TestMigrationObjectKeep applies the migration that keeps attachment
+// objects until a late commit of their bytes can no longer land to a
+// database of the version before it: an unreferenced object written
+// before it is forgotten as before, and a reservation made after it keeps
+// its object's row until its KeepObject.
+func TestMigrationObjectKeep(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	ctx := context.Background()
+	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaObjectKeep })
+	if before < 1 {
+		t.Fatal("the object keep migration is not listed")
+	}
+	if err := migrateTo(ctx, raw, migrations[:before], time.Now()); err != nil {
+		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
+	}
+	const old = "00000000000000000000000000000001"
+	if _, err := raw.Exec(`INSERT INTO attachment_objects (name, refs, created_ms) VALUES (?1, 0, 0)`, old); err != nil {
+		t.Fatalf("writing an object row of version %d: %v", migrations[before-1].version, err)
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s := openAt(t, path)
+	now := time.Now()
+	if err := s.ForgetObject(ctx, old, now); err != nil {
+		t.Fatal(err)
+	}
+	a := store.Attachment{TokenHash: sha256.Sum256([]byte("token")), GroupID: []byte("g"),
+		Object: "00000000000000000000000000000002", Size: 1, ContentHash: make([]byte, 32),
+		Uploader: "mimi://a.example/d/u/phone", Created: now, Expires: now.Add(time.Minute),
+		KeepObject: now.Add(time.Hour)}
+	if err := s.ReserveAttachment(ctx, a, store.AttachmentQuota{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.ExpireAttachments(ctx, now.Add(2*time.Minute), 10); err != nil || n != 1 {
+		t.Fatalf("ExpireAttachments removed %d, %v; want the reservation", n, err)
+	}
+	if err := s.ForgetObject(ctx, a.Object, now.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.UnreferencedObjects(ctx, "", 10)
+	if err != nil || !slices.Equal(got, []string{a.Object}) {
+		t.Fatalf("unreferenced objects %v, %v; want only the kept %s (the old row forgotten)", got, err, a.Object)
+	}
+}
