@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
@@ -26,24 +23,12 @@ import (
 func TestMigrationUnreferencedByName(t *testing.T) {
 	const objects, every = 200_000, 100 // one object in every is unreferenced
 	ctx := context.Background()
-	dsn := pgtest.NewDB(t)
-	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaUnreferencedByName })
-	if before < 1 {
-		t.Fatal("the migration is not listed")
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrateTo(ctx, pool, migrations[:before], time.Now()); err != nil {
-		pool.Close()
-		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
-	}
-	_, err = pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms)
+	dsn, pool, version := poolBefore(t, schemaUnreferencedByName)
+	_, err := pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms)
 		SELECT md5(i::text), CASE WHEN i % $2 = 0 THEN 0 ELSE 1 END, 0 FROM generate_series(1, $1) AS i`, objects, every)
 	pool.Close()
 	if err != nil {
-		t.Fatalf("writing objects at version %d: %v", migrations[before-1].version, err)
+		t.Fatalf("writing objects at version %d: %v", version, err)
 	}
 	var want []string
 	for i := every; i <= objects; i += every {
@@ -54,7 +39,7 @@ func TestMigrationUnreferencedByName(t *testing.T) {
 
 	s, err := Open(ctx, dsn, Options{})
 	if err != nil {
-		t.Fatalf("opening the database of version %d: %v", migrations[before-1].version, err)
+		t.Fatalf("opening the database of version %d: %v", version, err)
 	}
 	t.Cleanup(func() { s.Close() })
 	if vs := schemaVersions(t, dsn); vs[len(vs)-1] != latestVersion() {
@@ -98,28 +83,16 @@ func TestMigrationUnreferencedByName(t *testing.T) {
 // its object's row until its KeepObject.
 func TestMigrationObjectKeep(t *testing.T) {
 	ctx := context.Background()
-	dsn := pgtest.NewDB(t)
-	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaObjectKeep })
-	if before < 1 {
-		t.Fatal("the migration is not listed")
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrateTo(ctx, pool, migrations[:before], time.Now()); err != nil {
-		pool.Close()
-		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
-	}
+	dsn, pool, version := poolBefore(t, schemaObjectKeep)
 	const old = "00000000000000000000000000000001"
-	_, err = pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES ($1, 0, 0)`, old)
+	_, err := pool.Exec(ctx, `INSERT INTO attachment_objects (name, refs, created_ms) VALUES ($1, 0, 0)`, old)
 	pool.Close()
 	if err != nil {
-		t.Fatalf("writing an object row of version %d: %v", migrations[before-1].version, err)
+		t.Fatalf("writing an object row of version %d: %v", version, err)
 	}
 	s, err := Open(ctx, dsn, Options{})
 	if err != nil {
-		t.Fatalf("opening the database of version %d: %v", migrations[before-1].version, err)
+		t.Fatalf("opening the database of version %d: %v", version, err)
 	}
 	t.Cleanup(func() { s.Close() })
 	now := time.Now()

@@ -115,19 +115,7 @@ func TestClaimBehindLockedPackage(t *testing.T) {
 func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 	const client = "mimi://a.example/d/alice/phone"
 	ctx := context.Background()
-	dsn := pgtest.NewDB(t)
-	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaKeyPackagesHandedOut })
-	if before < 1 {
-		t.Fatal("the migration is not listed")
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrateTo(ctx, pool, migrations[:before], time.Now()); err != nil {
-		pool.Close()
-		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
-	}
+	dsn, pool, version := poolBefore(t, schemaKeyPackagesHandedOut)
 	exp := time.Now().Add(time.Hour)
 	old := storetest.KP(client, 1, "old lr", exp, true)
 	one := storetest.KP(client, 1, "one", exp, false)
@@ -136,7 +124,7 @@ func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 			VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $5)`,
 			kp.Ref, kp.Client, int32(kp.Suite), kp.KeyPackage, exp.UnixMilli(), kp.LastResort, time.Now().UnixMilli()); err != nil {
 			pool.Close()
-			t.Fatalf("writing a KeyPackage of version %d: %v", migrations[before-1].version, err)
+			t.Fatalf("writing a KeyPackage of version %d: %v", version, err)
 		}
 	}
 	pool.Close()
@@ -167,30 +155,18 @@ func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 func TestMigrationKeyPackagesRetained(t *testing.T) {
 	const client = "mimi://a.example/d/alice/phone"
 	ctx := context.Background()
-	dsn := pgtest.NewDB(t)
-	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaKeyPackagesRetained })
-	if before < 1 {
-		t.Fatal("the migration is not listed")
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrateTo(ctx, pool, migrations[:before], time.Now()); err != nil {
-		pool.Close()
-		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
-	}
+	dsn, pool, version := poolBefore(t, schemaKeyPackagesRetained)
 	clock := storetest.NewClock()
 	exp := clock.Now().Add(store.ClaimedKeyPackageRetention + 24*time.Hour)
 	kp := storetest.KP(client, 1, "claimed", exp, false)
 	claimed := clock.Now().Add(-time.Hour)
-	_, err = pool.Exec(ctx, `INSERT INTO key_packages (ref, client, suite, key_package, not_after_ms, last_resort, published_ms, claimed_ms, expires_ms)
+	_, err := pool.Exec(ctx, `INSERT INTO key_packages (ref, client, suite, key_package, not_after_ms, last_resort, published_ms, claimed_ms, expires_ms)
 		VALUES ($1, $2, $3, $4, $5, false, $6, $6, $7)`,
 		kp.Ref, kp.Client, int32(kp.Suite), kp.KeyPackage, exp.UnixMilli(), claimed.UnixMilli(),
 		claimed.Add(store.ClaimedKeyPackageRetention).UnixMilli())
 	pool.Close()
 	if err != nil {
-		t.Fatalf("writing a KeyPackage of version %d: %v", migrations[before-1].version, err)
+		t.Fatalf("writing a KeyPackage of version %d: %v", version, err)
 	}
 	s, err := Open(ctx, dsn, withClock(clock))
 	if err != nil {
@@ -218,4 +194,28 @@ func TestMigrationKeyPackagesRetained(t *testing.T) {
 	if n, err := s.DeleteExpired(ctx, clock.Now()); err != nil || n != 1 {
 		t.Fatalf("DeleteExpired past the NotAfter: %d, %v; want 1", n, err)
 	}
+}
+
+// poolBefore creates a database migrated to the version before the
+// migration whose SQL is schema, for a test of that migration: it returns
+// the database's DSN, a pool on it, which the test closes, and the
+// version it is at.
+func poolBefore(t *testing.T, schema string) (string, *pgxpool.Pool, int) {
+	t.Helper()
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schema })
+	if before < 1 {
+		t.Fatal("the migration is not listed")
+	}
+	version := migrations[before-1].version
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, pool, migrations[:before], time.Now()); err != nil {
+		pool.Close()
+		t.Fatalf("migrating to version %d: %v", version, err)
+	}
+	return dsn, pool, version
 }

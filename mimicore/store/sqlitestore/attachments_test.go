@@ -3,9 +3,6 @@ package sqlitestore
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
-	"net/url"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -19,22 +16,11 @@ import (
 // before it is forgotten as before, and a reservation made after it keeps
 // its object's row until its KeepObject.
 func TestMigrationObjectKeep(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "mimi.db")
 	ctx := context.Background()
-	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaObjectKeep })
-	if before < 1 {
-		t.Fatal("the object keep migration is not listed")
-	}
-	if err := migrateTo(ctx, raw, migrations[:before], time.Now()); err != nil {
-		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
-	}
+	path, raw, version := openBefore(t, schemaObjectKeep)
 	const old = "00000000000000000000000000000001"
 	if _, err := raw.Exec(`INSERT INTO attachment_objects (name, refs, created_ms) VALUES (?1, 0, 0)`, old); err != nil {
-		t.Fatalf("writing an object row of version %d: %v", migrations[before-1].version, err)
+		t.Fatalf("writing an object row of version %d: %v", version, err)
 	}
 	if err := raw.Close(); err != nil {
 		t.Fatal(err)

@@ -2,11 +2,7 @@ package sqlitestore
 
 import (
 	"context"
-	"database/sql"
 	"errors"
-	"net/url"
-	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
@@ -21,19 +17,8 @@ import (
 // it, while single-use packages stay available.
 func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 	const client = "mimi://a.example/d/alice/phone"
-	path := filepath.Join(t.TempDir(), "mimi.db")
 	ctx := context.Background()
-	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaKeyPackagesHandedOut })
-	if before < 1 {
-		t.Fatal("the migration is not listed")
-	}
-	if err := migrateTo(ctx, raw, migrations[:before], time.Now()); err != nil {
-		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
-	}
+	path, raw, version := openBefore(t, schemaKeyPackagesHandedOut)
 	exp := time.Now().Add(time.Hour)
 	old := storetest.KP(client, 1, "old lr", exp, true)
 	one := storetest.KP(client, 1, "one", exp, false)
@@ -41,7 +26,7 @@ func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 		if _, err := raw.Exec(`INSERT INTO key_packages (ref, client, suite, key_package, not_after_ms, last_resort, published_ms, claimed_ms, expires_ms)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?5)`,
 			kp.Ref, kp.Client, kp.Suite, kp.KeyPackage, exp.UnixMilli(), kp.LastResort, time.Now().UnixMilli()); err != nil {
-			t.Fatalf("writing a KeyPackage of version %d: %v", migrations[before-1].version, err)
+			t.Fatalf("writing a KeyPackage of version %d: %v", version, err)
 		}
 	}
 	if err := raw.Close(); err != nil {
@@ -69,19 +54,8 @@ func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 // removes it.
 func TestMigrationKeyPackagesRetained(t *testing.T) {
 	const client = "mimi://a.example/d/alice/phone"
-	path := filepath.Join(t.TempDir(), "mimi.db")
 	ctx := context.Background()
-	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaKeyPackagesRetained })
-	if before < 1 {
-		t.Fatal("the migration is not listed")
-	}
-	if err := migrateTo(ctx, raw, migrations[:before], time.Now()); err != nil {
-		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
-	}
+	path, raw, version := openBefore(t, schemaKeyPackagesRetained)
 	clock := storetest.NewClock()
 	exp := clock.Now().Add(store.ClaimedKeyPackageRetention + 24*time.Hour)
 	kp := storetest.KP(client, 1, "claimed", exp, false)
@@ -90,7 +64,7 @@ func TestMigrationKeyPackagesRetained(t *testing.T) {
 		VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?7)`,
 		kp.Ref, kp.Client, kp.Suite, kp.KeyPackage, exp.UnixMilli(), claimed.UnixMilli(),
 		claimed.Add(store.ClaimedKeyPackageRetention).UnixMilli()); err != nil {
-		t.Fatalf("writing a KeyPackage of version %d: %v", migrations[before-1].version, err)
+		t.Fatalf("writing a KeyPackage of version %d: %v", version, err)
 	}
 	if err := raw.Close(); err != nil {
 		t.Fatal(err)

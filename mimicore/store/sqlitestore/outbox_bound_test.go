@@ -47,20 +47,8 @@ func truthOf(t *testing.T, s *Store, destination string) (int, int64) {
 // store.OutboxMessage.Size gives them (a non-ASCII client URI counted in
 // UTF-8 bytes), and the counters stay exact as they are delivered.
 func TestMigrationOutboxHeads(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "mimi.db")
 	ctx := context.Background()
-	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Every step before this migration, whatever its number.
-	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schemaOutboxHeads })
-	if before < 1 {
-		t.Fatal("the outbox heads migration is not listed")
-	}
-	if err := migrateTo(ctx, raw, migrations[:before], time.Now()); err != nil {
-		t.Fatalf("migrating to version %d: %v", migrations[before-1].version, err)
-	}
+	path, raw, version := openBefore(t, schemaOutboxHeads)
 	msgs := []store.OutboxMessage{
 		{Destination: "c.example", GroupID: []byte("g1"), Recipients: []string{"mimi://c.example/d/zoë/phone", "mimi://c.example/d/bo/pc"}, Message: []byte("hello")},
 		{Destination: "c.example", GroupID: []byte("g2"), Recipients: []string{"mimi://c.example/d/al/pc"}, Message: make([]byte, 3000)},
@@ -73,7 +61,7 @@ func TestMigrationOutboxHeads(t *testing.T) {
 		}
 		if _, err := raw.Exec(`INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms) VALUES ('a.example', ?1, ?2, ?3, ?4, ?5)`,
 			r.destination, r.groupID, r.recipients, r.message, time.Now().UnixMilli()); err != nil {
-			t.Fatalf("writing an outbox row of version %d: %v", migrations[before-1].version, err)
+			t.Fatalf("writing an outbox row of version %d: %v", version, err)
 		}
 	}
 	if err := raw.Close(); err != nil {
@@ -268,4 +256,26 @@ func TestOutboxBoundCrash(t *testing.T) {
 		t.Fatalf("after kill -9 the drops read %+v, but %d drops and %d resets were acknowledged", b.Dropped, dropped, reset)
 	}
 	t.Logf("%d kept, %d dropped, %d reset acknowledged; counters exact after kill -9: %+v", kept, dropped, reset, b)
+}
+
+// openBefore creates a database file migrated to the version before the
+// migration whose SQL is schema, for a test of that migration: it
+// returns the file's path, the open connection, which the test closes,
+// and the version it is at.
+func openBefore(t *testing.T, schema string) (string, *sql.DB, int) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	raw, err := sql.Open("sqlite", dsn(path, url.Values{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := slices.IndexFunc(migrations, func(m migration) bool { return m.sql == schema })
+	if before < 1 {
+		t.Fatal("the migration is not listed")
+	}
+	version := migrations[before-1].version
+	if err := migrateTo(context.Background(), raw, migrations[:before], time.Now()); err != nil {
+		t.Fatalf("migrating to version %d: %v", version, err)
+	}
+	return path, raw, version
 }
