@@ -142,15 +142,7 @@ func TestSenderBackoffSurvivesRestart(t *testing.T) {
 		{"postgres group 503", true, http.StatusServiceUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var st store.Store = openOutbox(t)
-			if tc.postgres {
-				pg, err := pgstore.Open(t.Context(), pgtest.NewDB(t), pgstore.Options{MaxConns: 4})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { pg.Close() })
-				st = pg
-			}
+			st := openOutboxOn(t, tc.postgres)
 			addOutbox(t, st, "g", 0, 1)
 			p := newLoopbackPeer(t, tc.down)
 			newSender := func(holder string) *Sender {
@@ -380,15 +372,7 @@ func TestSenderIgnoresStaleStoredBackoff(t *testing.T) {
 		{"postgres", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var st store.Store = openOutbox(t)
-			if tc.postgres {
-				pg, err := pgstore.Open(t.Context(), pgtest.NewDB(t), pgstore.Options{MaxConns: 4})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { pg.Close() })
-				st = pg
-			}
+			st := openOutboxOn(t, tc.postgres)
 			r := store.OutboxRetry{Destination: "dest.example", Failures: 7, LastError: "status 503 backend_unavailable",
 				Backoff: store.OutboxBackoff{Level: time.Hour, Next: time.Now().Add(time.Hour)}}
 			if err := st.SetOutboxRetry(t.Context(), r); err != nil {
@@ -513,15 +497,7 @@ func TestSenderStoresErrorWithNUL(t *testing.T) {
 		{"postgres", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var st store.Store = openOutbox(t)
-			if tc.postgres {
-				pg, err := pgstore.Open(t.Context(), pgtest.NewDB(t), pgstore.Options{MaxConns: 4})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { pg.Close() })
-				st = pg
-			}
+			st := openOutboxOn(t, tc.postgres)
 			addOutbox(t, st, "g", 0, 1)
 			tr := transportFunc(func(context.Context, string, string, moh.ProviderRequestType, []byte) (*provider.Answer, error) {
 				return nil, fmt.Errorf("tls: x509: certificate is valid for evil\x00.example, not dest.example")
@@ -622,4 +598,19 @@ func TestSenderResetSurvivesCrash(t *testing.T) {
 			t.Errorf("status %+v after the restart, want no failure", d)
 		}
 	}
+}
+
+// openOutboxOn opens a store for an outbox test: a new PostgreSQL
+// database when postgres is set, a SQLite file otherwise.
+func openOutboxOn(t *testing.T, postgres bool) store.Store {
+	t.Helper()
+	if !postgres {
+		return openOutbox(t)
+	}
+	pg, err := pgstore.Open(t.Context(), pgtest.NewDB(t), pgstore.Options{MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	return pg
 }
