@@ -98,7 +98,7 @@ const (
 	// request can name it, since the gateways that reloaded publish it):
 	// if that peer's fetch reaches a gateway that has not reloaded yet, it
 	// answers the id 401 unknown_key for up to peerMissLag after that
-	// gateway's answer. The lead is twice maxPublishLag + peerMissLag
+	// gateway's answer. The lead is twice (maxPublishLag + peerMissLag)
 	// (250 s), so that the successor signs only once every peer can have
 	// fetched it, with room for a slow reload and for gateways' clocks
 	// that differ. The predecessor signs meanwhile. The first key, and a
