@@ -179,6 +179,8 @@ type Gateway struct {
 	svc *service.Service
 	// svcHeld is set while this config holds svc in servicePool.
 	svcHeld bool
+	// svcConfig is the config recorded in serviceHolders for svc.
+	svcConfig <-chan struct{}
 	// dirEntry records in gatewayDirs that this config serves Providers
 	// from DataDir, for mimi_local handlers without data_dir; nil when
 	// not recorded.
@@ -359,8 +361,14 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		Fetch:  fetch,
 		Logger: g.logger,
 	}
+	// Recorded before the service is opened, so that a mimi_local of the
+	// running config does not join a service this config opens until
+	// Caddy starts this config (serviceHolders).
+	g.svcConfig = configOf(ctx)
+	serviceHolders.hold(g.DataDir, g.svcConfig)
 	svc, loaded, err := loadService(svcOpts)
 	if err != nil {
+		serviceHolders.release(g.DataDir, g.svcConfig)
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
 	g.svc, g.svcHeld = svc, true
@@ -611,6 +619,9 @@ func (g *Gateway) Cleanup() error {
 	// an answer from the service, or an error from the closed one.
 	g.svcHeld = false
 	deleted, err := servicePool.Delete(g.DataDir)
+	// After the Delete: until then a mimi_local of the running config
+	// must not join what may be this config's service.
+	serviceHolders.release(g.DataDir, g.svcConfig)
 	if deleted {
 		closedService(g.svc)
 		if c := g.logger.Check(zapcore.DebugLevel, "closed provider service"); c != nil {

@@ -338,8 +338,13 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	}
 	if n, _ := servicePool.References(h.DataDir); n > 0 {
 		// A gateway of this config, or the running config, opened the
-		// service and chose its store: join it now.
-		return h.join()
+		// service and chose its store: join it now, or at the first
+		// request when only a config that Caddy has not started holds
+		// it (serviceHolders).
+		if err := h.join(); err != nil && !errors.Is(err, errServiceNotRunning) {
+			return err
+		}
+		return nil
 	}
 	// No gateway has opened the service yet. The gateway of this config
 	// may still be provisioned after this handler (Caddy provisions the
@@ -404,7 +409,11 @@ func (h *LocalAPI) join() error {
 			return err
 		}
 	}
-	svc, err := joinService(h.DataDir, h.logger)
+	svc, err := joinService(h.DataDir, h.config, h.logger)
+	if errors.Is(err, errServiceNotRunning) {
+		// Not recorded: the next request tries again.
+		return err
+	}
 	if err != nil {
 		h.joined.err = fmt.Errorf("mimi_local: opening the provider service in %s: %w", h.DataDir, err)
 		return h.joined.err
@@ -429,6 +438,7 @@ func (h *LocalAPI) join() error {
 	})
 	if err != nil {
 		servicePool.Delete(h.DataDir) //nolint:errcheck // not ours to keep
+		serviceHolders.release(h.DataDir, h.config)
 		h.joined.err = fmt.Errorf("mimi_local: %w", err)
 		return h.joined.err
 	}
@@ -498,6 +508,13 @@ func (h *LocalAPI) ready(x *exchange) bool {
 		return true
 	}
 	if err := h.join(); err != nil {
+		if errors.Is(err, errServiceNotRunning) {
+			// A reload is under way: answered at once rather than
+			// joining a service that the config being loaded opened.
+			h.refuseAt(x, "", admission.RetryLater(&moh.Error{Code: moh.CodeBackendUnavailable,
+				Message: "provider service unavailable while the configuration reloads; retry", Err: err}, time.Second), zapcore.DebugLevel)
+			return false
+		}
 		// The cause does not change: it is logged once, at error
 		// level, and the next refusals at debug level.
 		h.joined.mu.Lock()
@@ -512,18 +529,26 @@ func (h *LocalAPI) ready(x *exchange) bool {
 	return true
 }
 
-// joinService returns the service of dataDir from the pool without
-// applying options to it: the gateway's directive owns the service's
-// options (keys, fetching), and applying this handler's defaults would
-// undo them. When no gateway opened it yet, it is opened with the
-// defaults, and a gateway provisioned later applies its own.
-func joinService(dataDir string, logger *zap.Logger) (*service.Service, error) {
+// joinService returns the service of dataDir from the pool, held for
+// config, without applying options to it: the gateway's directive owns
+// the service's options (keys, fetching), and applying this handler's
+// defaults would undo them. When no gateway opened it yet, it is opened
+// with the defaults, and a gateway provisioned later applies its own.
+// When only configs that Caddy has not started hold it, it is not joined:
+// errServiceNotRunning.
+func joinService(dataDir string, config <-chan struct{}, logger *zap.Logger) (*service.Service, error) {
+	serviceHolders.mu.Lock()
+	defer serviceHolders.mu.Unlock()
+	if !serviceHolders.mayJoinLocked(dataDir, config) {
+		return nil, errServiceNotRunning
+	}
 	v, _, err := servicePool.LoadOrNew(dataDir, func() (caddy.Destructor, error) {
 		return service.Open(context.Background(), service.Options{DataDir: dataDir, Logger: logger})
 	})
 	if err != nil {
 		return nil, err
 	}
+	serviceHolders.holdLocked(dataDir, config)
 	return v.(*service.Service), nil
 }
 
@@ -643,6 +668,7 @@ func (h *LocalAPI) Cleanup() error {
 	h.svc = nil
 	releasedLocal(h)
 	deleted, err := servicePool.Delete(h.DataDir)
+	serviceHolders.release(h.DataDir, h.config)
 	if deleted {
 		closedService(svc)
 	}

@@ -147,3 +147,71 @@ func (r *dirRegistry) resolve(config <-chan struct{}, domains []string) (string,
 	}
 	return dir, nil
 }
+
+// serviceHolders records, per data directory, the configs that hold its
+// service in servicePool: a gateway's from its Provision, a mimi_local's
+// from its join, each as often as it holds it. A mimi_local that joins at
+// its first request must not join a service that only a config Caddy has
+// not started holds: that config opened it with its options (its store,
+// its keys), and when Caddy rejects it and cleans it up, the service would
+// stay open, held by the running mimi_local, with the rejected options,
+// which Apply cannot put back (a store is chosen at open).
+var serviceHolders = &holderRegistry{dirs: map[string]map[<-chan struct{}]int{}}
+
+// errServiceNotRunning is the error of joinService while the service of
+// the directory is held only by configs other than the joiner's, none of
+// them the running one: a config Caddy is loading opened it. The join is
+// tried again at the next request.
+var errServiceNotRunning = errors.New("the provider service is held only by a configuration that Caddy has not started; retry once the reload ends")
+
+// holderRegistry is the type of serviceHolders.
+type holderRegistry struct {
+	mu   sync.Mutex
+	dirs map[string]map[<-chan struct{}]int
+}
+
+// hold records that config holds the service of dir once more.
+func (r *holderRegistry) hold(dir string, config <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.holdLocked(dir, config)
+}
+
+// holdLocked is hold, with r.mu held.
+func (r *holderRegistry) holdLocked(dir string, config <-chan struct{}) {
+	m := r.dirs[dir]
+	if m == nil {
+		m = map[<-chan struct{}]int{}
+		r.dirs[dir] = m
+	}
+	m[config]++
+}
+
+// release records that config holds the service of dir once less.
+func (r *holderRegistry) release(dir string, config <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.dirs[dir]
+	if m[config]--; m[config] <= 0 {
+		delete(m, config)
+	}
+	if len(m) == 0 {
+		delete(r.dirs, dir)
+	}
+}
+
+// mayJoinLocked reports whether a handler of config may join the service
+// of dir as it is, with r.mu held: when nothing holds it (it is opened
+// with the defaults), when config itself holds it, when no config runs
+// (the first config loads, or Caddy stops), or when the running config
+// (caddy.ActiveContext, set once a config's apps started) holds it. A
+// service held only by a config Caddy is still loading, or is cleaning up
+// after rejecting it, is refused.
+func (r *holderRegistry) mayJoinLocked(dir string, config <-chan struct{}) bool {
+	m := r.dirs[dir]
+	if len(m) == 0 || m[config] > 0 {
+		return true
+	}
+	active := configOf(caddy.ActiveContext())
+	return active == nil || m[active] > 0
+}
