@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -27,12 +28,26 @@ func init() {
 	caddy.RegisterModule(testGate{})
 }
 
-// Ports of the tests that run Caddy in this package.
-const (
-	reloadAdminAddr = "127.0.0.1:31000"
-	reloadLocalAddr = "127.0.0.1:31001"
-	reloadGateAddr  = "127.0.0.1:31002"
-)
+// Addresses of TestRejectedReloadLocalJoin's Caddy: its admin endpoint
+// and its two sites, on ports the kernel picked (setReloadAddrs).
+var reloadAdminAddr, reloadLocalAddr, reloadGateAddr string
+
+// setReloadAddrs sets the addresses of the Caddy of a test to loopback
+// ports the kernel picked: each listened on once and closed again, for
+// Caddy to bind.
+func setReloadAddrs(t *testing.T) {
+	t.Helper()
+	addrs := make([]string, 3)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = ln.Addr().String()
+		ln.Close()
+	}
+	reloadAdminAddr, reloadLocalAddr, reloadGateAddr = addrs[0], addrs[1], addrs[2]
+}
 
 // gate holds the Provision of a testGate: it reports on reached, waits
 // for release, and fails, so that Caddy rejects the config it is in after
@@ -128,6 +143,7 @@ func TestRejectedReloadLocalJoin(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs Caddy")
 	}
+	setReloadAddrs(t)
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "data")
 	if err := os.Mkdir(dir, 0o700); err != nil {
