@@ -20,13 +20,7 @@ import (
 // (she can upload to the other group again), the next sweep deletes the
 // bytes only the deleted group held, and the copy still downloads.
 func TestAttachmentsGoWithTheirGroup(t *testing.T) {
-	h := newHarness(t)
-	backend, err := localfs.New(filepath.Join(t.TempDir(), "attachments"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &Attachments{Store: h.st, Backend: backend, MaxSize: 1 << 20, Quota: store.AttachmentQuota{UploaderBytes: 1500}}
-	h.svc.Attachments = a
+	h, a := localAttachments(t, store.AttachmentQuota{UploaderBytes: 1500})
 	alice := h.newTClient(t, "alice", "phone", false)
 	keep, gid := []byte("group kept"), []byte("group deleted with its attachments")
 	h.mustDo(t, "create_group kept", createBody(t, alice, keep))
@@ -93,13 +87,7 @@ func TestAttachmentsGoWithTheirGroup(t *testing.T) {
 // deleted group: not with body_timeout, which would tell the client that
 // it was too slow, and nothing of it stays.
 func TestAttachmentUploadGroupDeletedMidway(t *testing.T) {
-	h := newHarness(t)
-	backend, err := localfs.New(filepath.Join(t.TempDir(), "attachments"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &Attachments{Store: h.st, Backend: backend, MaxSize: 1 << 20}
-	h.svc.Attachments = a
+	h, a := localAttachments(t, store.AttachmentQuota{})
 	alice := h.newTClient(t, "alice", "phone", false)
 	gid := []byte("group deleted during an upload")
 	h.mustDo(t, "create_group", createBody(t, alice, gid))
@@ -140,13 +128,7 @@ func TestAttachmentUploadGroupDeletedMidway(t *testing.T) {
 // any request for the deleted group, and nothing of it is recorded: no
 // record in the deleted group, no quota held.
 func TestAttachmentUploadAuthenticatedBeforeDeleteGroup(t *testing.T) {
-	h := newHarness(t)
-	backend, err := localfs.New(filepath.Join(t.TempDir(), "attachments"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &Attachments{Store: h.st, Backend: backend, MaxSize: 1 << 20}
-	h.svc.Attachments = a
+	h, _ := localAttachments(t, store.AttachmentQuota{})
 	alice := h.newTClient(t, "alice", "phone", false)
 	gid := []byte("group deleted after an upload's authentication")
 	h.mustDo(t, "create_group", createBody(t, alice, gid))
@@ -167,4 +149,18 @@ func TestAttachmentUploadAuthenticatedBeforeDeleteGroup(t *testing.T) {
 	if u, err := h.st.UploaderAttachmentUsage(t.Context(), alice.uri); err != nil || u != (store.AttachmentUsage{}) {
 		t.Fatalf("alice's usage %+v, %v; want nothing", u, err)
 	}
+}
+
+// localAttachments is a harness whose DS keeps attachments of up to 1 MiB
+// on the local backend, under quota.
+func localAttachments(t *testing.T, quota store.AttachmentQuota) (*harness, *Attachments) {
+	t.Helper()
+	h := newHarness(t)
+	backend, err := localfs.New(filepath.Join(t.TempDir(), "attachments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Attachments{Store: h.st, Backend: backend, MaxSize: 1 << 20, Quota: quota}
+	h.svc.Attachments = a
+	return h, a
 }
