@@ -306,12 +306,14 @@ const unlistedWindow = 7 * 24 * time.Hour
 // (never taken: one it took is available or claimed) are deleted. So a
 // retried republish finds the gateway holding what an earlier attempt
 // sent rather than keeping, at each lost answer, the keys of as many
-// again that the gateway never took. A KeyPackage made more than
+// again that the gateway never took. A rate_limited refusal stops it
+// there, the keys kept: every further request would be refused too, and
+// the republish stays due. A KeyPackage made more than
 // unlistedWindow ago, or a last-resort one while the gateway lists one
 // carrying the current binding (publishing it would replace that one), is
 // left as it is. It reports whether it published any; an answer lost
-// again is an error, and the next republish settles them again. c.mu is
-// held.
+// again, or a rate limit, is an error, and the next republish settles
+// them again. c.mu is held.
 func (c *Client) settleUnlisted(ctx context.Context, list *localapi.KeyPackageList) (bool, error) {
 	now := uint64(max(c.now().Unix(), 0))
 	listed, listedLastResort := make(map[string]bool), false
@@ -353,7 +355,9 @@ func (c *Client) settleUnlisted(ctx context.Context, list *localapi.KeyPackageLi
 		if err == nil {
 			return true, nil
 		}
-		if !refused(err) {
+		if code, _ := CodeOf(err); !refused(err) || code == moh.CodeRateLimited {
+			// A rate limit refuses each of them alone too: the keys stay,
+			// and the republish, still due, settles them later.
 			return false, fmt.Errorf("publishing again the KeyPackages a lost answer left unsettled: %w", err)
 		}
 	}
@@ -369,6 +373,11 @@ func (c *Client) settleUnlisted(ctx context.Context, list *localapi.KeyPackageLi
 			// Available now, or taken before and handed out since.
 		case refused(err) && code == moh.CodeQuotaExceeded:
 			drop[string(k.ref)] = true
+		case refused(err) && code == moh.CodeRateLimited:
+			// The rest would be refused as well: stop, keeping the keys
+			// of this one and of those not sent yet; the republish stays
+			// due and settles them later.
+			lost = fmt.Errorf("publishing again a KeyPackage a lost answer left unsettled: %w", err)
 		case refused(err):
 			// Refused for another reason (its binding, its lifetime):
 			// whether the gateway took it before is not known; kept.

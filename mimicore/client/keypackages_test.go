@@ -157,6 +157,21 @@ type apiGateway struct {
 	mu                      sync.Mutex
 	now                     time.Time
 	abortBefore, abortAfter int
+	// publishes counts the publish requests that reached the gateway;
+	// while rateLimited, the API refuses each (rate_limited, a 429).
+	publishes   int
+	rateLimited bool
+}
+
+// AllowPublish implements localapi.PublishLimiter: it refuses every
+// publish while g.rateLimited, as a user's publish rate past its budget.
+func (g *apiGateway) AllowPublish(user string, n int) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.rateLimited {
+		return moh.Errorf(moh.CodeRateLimited, "publishing %d more KeyPackages would pass your publish rate", n)
+	}
+	return nil
 }
 
 func newAPIGateway(t *testing.T, now time.Time) *apiGateway {
@@ -182,7 +197,7 @@ func newAPIGateway(t *testing.T, now time.Time) *apiGateway {
 	}
 	g := &apiGateway{now: now}
 	if g.api, err = localapi.New(localapi.Config{Domains: []string{"a.example"}, Store: st, Keys: providerKeys{k}, Now: g.clock,
-		MaxBindingLifetime: 30 * 24 * time.Hour}); err != nil {
+		MaxBindingLifetime: 30 * 24 * time.Hour, PublishLimits: g}); err != nil {
 		t.Fatal(err)
 	}
 	const user = "bob"
@@ -200,7 +215,7 @@ func newAPIGateway(t *testing.T, now time.Time) *apiGateway {
 	answer := func(w http.ResponseWriter, v wire.Marshaler, err error) {
 		if err != nil {
 			status := map[moh.Code]int{moh.CodeMalformed: 400, moh.CodeForbidden: 403, moh.CodeReplay: 409,
-				moh.CodeQuotaExceeded: 413}[moh.DSErrorOf(err).Code]
+				moh.CodeQuotaExceeded: 413, moh.CodeRateLimited: 429}[moh.DSErrorOf(err).Code]
 			if status == 0 {
 				status = http.StatusServiceUnavailable
 			}
@@ -232,6 +247,7 @@ func newAPIGateway(t *testing.T, now time.Time) *apiGateway {
 			return
 		}
 		g.mu.Lock()
+		g.publishes++
 		before := g.abortBefore > 0
 		if before {
 			g.abortBefore--
@@ -366,6 +382,61 @@ func TestRepublishAfterLostAnswers(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRepublishStopsAtRateLimit: the replacing KeyPackages' answer is
+// lost before the gateway took them, and bob's publish rate is then spent.
+// The next operation sends the 11 unlisted ones again, and the gateway
+// refuses them rate_limited: the retry stops there, one request, keeping
+// their keys, and the republish stays due (before, it went on to send
+// each of the 11 alone, and then 11 new ones, every one refused again:
+// 13 requests against a rate limit). Once the rate allows, the next
+// operation completes the republish with the same 11.
+func TestRepublishStopsAtRateLimit(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.abortBefore = 1
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	lostKeys, _ := g.current(t, bob)
+	if len(lostKeys) != 11 {
+		t.Fatalf("the keys of %d KeyPackages of the lost publish kept; want 11", len(lostKeys))
+	}
+	g.mu.Lock()
+	g.rateLimited, g.publishes = true, 0
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	publishes := g.publishes
+	g.rateLimited = false
+	g.mu.Unlock()
+	kept, listed := g.current(t, bob)
+	if publishes != 1 || !bob.rec.republishDue || len(kept) != 11 || len(listed) != 0 {
+		t.Fatalf("rate limited: %d publish requests, republish due %v, %d kept, %d at the gateway; want 1, due, 11, 0",
+			publishes, bob.rec.republishDue, len(kept), len(listed))
+	}
+	for ref := range lostKeys {
+		if !kept[ref] {
+			t.Fatalf("the keys of KeyPackage %x were deleted while the gateway only refused it for the rate", ref)
+		}
+	}
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	kept, listed = g.current(t, bob)
+	if bob.rec.republishDue || len(listed) != 11 || len(kept) != 11 {
+		t.Fatalf("once the rate allows: republish due %v, %d at the gateway, %d kept; want done, 11, 11",
+			bob.rec.republishDue, len(listed), len(kept))
+	}
+	for ref := range kept {
+		if !listed[ref] {
+			t.Fatalf("bob keeps the keys of KeyPackage %x, which the gateway never took", ref)
+		}
 	}
 }
 
