@@ -56,8 +56,11 @@ const (
 	// it.
 	exitPending = 4
 	// exitUnknown says a kept message's resend was refused for good:
-	// whether its first attempt was delivered is not known. It is
-	// dropped, and the command sent nothing new.
+	// whether its first attempt was delivered is not known, but for a
+	// 409 stale_epoch from a hub that remembers the messages it
+	// delivered (this implementation, for 7 days), which says it was
+	// delivered to no one; stderr says which. It is dropped, and the
+	// command sent nothing new.
 	exitUnknown = 5
 )
 
@@ -264,7 +267,15 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		return exitPending
 	case errors.Is(err, client.ErrMessageUnknown):
 		fmt.Fprintf(stderr, "mimictl: %v\n", err)
-		fmt.Fprintln(stderr, "mimictl: the kept message was dropped: check with the recipients before sending it again; nothing new was sent")
+		if code, _ := client.CodeOf(err); code == moh.CodeStaleEpoch {
+			// A hub that remembers the messages it delivered answers the
+			// resend of one ok even after a commit (docs/protocol.md
+			// §5.4.1): its stale_epoch says it delivered it to no one.
+			fmt.Fprintln(stderr, "mimictl: the kept message was dropped: its resend was refused with stale_epoch, so it was not delivered by a hub that remembers the messages it delivered "+
+				"(this implementation, for 7 days after the first attempt): run recv, then send it again; nothing new was sent")
+		} else {
+			fmt.Fprintln(stderr, "mimictl: the kept message was dropped: check with the recipients before sending it again; nothing new was sent")
+		}
 		return exitUnknown
 	default:
 		fmt.Fprintf(stderr, "mimictl: %v\n", err)

@@ -38,6 +38,16 @@ type fakeGateway struct {
 	creator string
 	// bindings counts the bindings issued.
 	bindings int
+	// sends answers the send_message requests in turn, then ok: an
+	// answer with code 0 closes the connection before answering (a lost
+	// answer, the message not taken), one with a code is that refusal.
+	sends []sendAnswer
+}
+
+// sendAnswer is how fakeGateway answers one send_message.
+type sendAnswer struct {
+	status int
+	code   moh.Code
 }
 
 func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
@@ -115,7 +125,33 @@ func (f *fakeGateway) serve(t *testing.T) *httptest.Server {
 		answer(w, &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: f.tree})
 	})
 	mux.HandleFunc("/group_operation", func(w http.ResponseWriter, r *http.Request) {
-		answer(w, &moh.DSResponse{Type: moh.ResponseOK})
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		req, err := moh.DecodeDSRequest(b)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		f.mu.Lock()
+		var next *sendAnswer
+		if req.Body.Type == moh.SendMessage && len(f.sends) > 0 {
+			next = &f.sends[0]
+			f.sends = f.sends[1:]
+		}
+		f.mu.Unlock()
+		switch {
+		case next == nil:
+			answer(w, &moh.DSResponse{Type: moh.ResponseOK})
+		case next.code == 0:
+			panic(http.ErrAbortHandler)
+		default:
+			b, _ := wire.Marshal(&moh.DSResponse{Type: moh.ResponseError, Error: moh.DSError{Code: next.code, Message: []byte("refused")}})
+			w.WriteHeader(next.status)
+			w.Write(b)
+		}
 	})
 	srv := httptest.NewTLSServer(mux)
 	t.Cleanup(srv.Close)
@@ -398,4 +434,45 @@ func TestStateInUse(t *testing.T) {
 	}()
 	holder.Close()
 	<-done
+}
+
+// TestResendRefused: bob's send gets no answer (exit 4, the message kept),
+// and the hub refuses its resend for good (exit 5, the message dropped).
+// What mimictl then says is what the refusal tells: 409 stale_epoch from
+// a hub that remembers the messages it delivered (docs/protocol.md §5.4.1)
+// means the first attempt was delivered to no one, so the text may be
+// sent again; any other refusal leaves that unknown, and mimictl says to
+// check with the recipients first (before, it said so for stale_epoch
+// too, sending the user to ask about a message nobody received).
+func TestResendRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		refusal      sendAnswer
+		want, notSay string
+	}{
+		{"stale_epoch", sendAnswer{http.StatusConflict, moh.CodeStaleEpoch},
+			"was not delivered by a hub that remembers the messages it delivered", "check with the recipients"},
+		{"not_found", sendAnswer{http.StatusNotFound, moh.CodeNotFound},
+			"check with the recipients before sending it again", "was not delivered"},
+		{"forbidden", sendAnswer{http.StatusForbidden, moh.CodeForbidden},
+			"check with the recipients before sending it again", "was not delivered"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeGateway{sends: []sendAnswer{{}, tc.refusal}}
+			srv := f.serve(t)
+			state := t.TempDir() + "/bob"
+			mimictlOK(t, srv, state, "client", "init", "-key-packages", "1", moh.ClientURI("a.example", "bob", "phone"))
+			f.welcome(t)
+			mimictlOK(t, srv, state, "recv")
+			const gid = "30313233343536373839616263646566"
+			if got, _, stderr := mimictl(t, srv, state, "send", gid, "hello"); got != exitPending {
+				t.Fatalf("the send whose answer was lost: status %d, stderr %q; want %d", got, stderr, exitPending)
+			}
+			got, stdout, stderr := mimictl(t, srv, state, "send", gid, "hello")
+			if got != exitUnknown || stdout != "" || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, tc.notSay) {
+				t.Fatalf("the refused resend: status %d, stdout %q, stderr %q; want %d, nothing, %q and not %q",
+					got, stdout, stderr, exitUnknown, tc.want, tc.notSay)
+			}
+		})
+	}
 }
