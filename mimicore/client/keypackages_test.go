@@ -158,19 +158,26 @@ type apiGateway struct {
 	now                     time.Time
 	abortBefore, abortAfter int
 	// publishes counts the publish requests that reached the gateway;
-	// while rateLimited, the API refuses each (rate_limited, a 429).
+	// while rateLimited, the API takes publishes of budget KeyPackages
+	// more in all, and refuses the others (rate_limited, a 429).
 	publishes   int
 	rateLimited bool
+	budget      int
 }
 
-// AllowPublish implements localapi.PublishLimiter: it refuses every
-// publish while g.rateLimited, as a user's publish rate past its budget.
+// AllowPublish implements localapi.PublishLimiter: while g.rateLimited,
+// it spends n KeyPackages of g.budget, or refuses the publish when fewer
+// are left, as a user's publish rate does.
 func (g *apiGateway) AllowPublish(user string, n int) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.rateLimited {
+	if !g.rateLimited {
+		return nil
+	}
+	if n > g.budget {
 		return moh.Errorf(moh.CodeRateLimited, "publishing %d more KeyPackages would pass your publish rate", n)
 	}
+	g.budget -= n
 	return nil
 }
 
@@ -437,6 +444,56 @@ func TestRepublishStopsAtRateLimit(t *testing.T) {
 		if !listed[ref] {
 			t.Fatalf("bob keeps the keys of KeyPackage %x, which the gateway never took", ref)
 		}
+	}
+}
+
+// TestRepublishStopsAtRateLimitOneByOne: the replacing KeyPackages were
+// taken but the answer was lost, and carol claimed bob's 10 old
+// single-use KeyPackages and 5 of the new ones. His next operation sends
+// the 5 unlisted ones again, refused together (replay), and then one by
+// one, with his publish rate leaving room for one more: the second alone
+// is refused rate_limited, and the retry stops there, the keys kept and
+// the republish due (before, it sent the other 4 alone and then 5 new
+// ones, every one refused again).
+func TestRepublishStopsAtRateLimitOneByOne(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.abortAfter = 1
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	_, taken := g.current(t, bob)
+	claimed := 0
+	for range 15 {
+		kps, err := g.api.ClaimKeyPackages(t.Context(), "carol", &localapi.ClaimRequest{CipherSuite: uint16(DefaultCipherSuite), Target: []byte(bob.URI())})
+		if err != nil || len(kps) != 1 {
+			t.Fatalf("claiming: %d, %v", len(kps), err)
+		}
+		var kp mls.KeyPackage
+		if err := wire.Unmarshal(kps[0].KeyPackage, &kp, "KeyPackage"); err != nil {
+			t.Fatal(err)
+		}
+		if ref, _ := kp.Ref(); taken[string(ref)] {
+			claimed++
+		}
+	}
+	if claimed != 5 {
+		t.Fatalf("%d of the new KeyPackages claimed; want 5", claimed)
+	}
+	g.mu.Lock()
+	g.rateLimited, g.budget, g.publishes = true, 5+1, 0
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	publishes := g.publishes
+	g.mu.Unlock()
+	kept, listed := g.current(t, bob)
+	if publishes != 3 || !bob.rec.republishDue || len(kept) != 11 || len(listed) != 6 {
+		t.Fatalf("rate limited: %d publish requests, republish due %v, %d kept, %d at the gateway; want 3 (5 together, 2 alone), due, 11, 6",
+			publishes, bob.rec.republishDue, len(kept), len(listed))
 	}
 }
 
