@@ -24,14 +24,31 @@ var errAnswerLost = errors.New("connection reset after the request was sent (tes
 // answers, but while lose is above zero the answer to a /group_operation
 // is read and dropped and the client gets a connection error instead, as
 // when a connection resets (or a proxy times out) after the hub accepted.
+// While drop is above zero, a /group_operation request is not sent at
+// all and the client gets the same connection error: the hub never saw
+// it.
 type answerLoser struct {
-	rt   http.RoundTripper
-	mu   sync.Mutex
-	lose int
+	rt         http.RoundTripper
+	mu         sync.Mutex
+	lose, drop int
 }
 
 // RoundTrip implements http.RoundTripper.
 func (l *answerLoser) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/group_operation" {
+		l.mu.Lock()
+		drop := l.drop > 0
+		if drop {
+			l.drop--
+		}
+		l.mu.Unlock()
+		if drop {
+			if r.Body != nil {
+				r.Body.Close()
+			}
+			return nil, errAnswerLost
+		}
+	}
 	resp, err := l.rt.RoundTrip(r)
 	if err != nil || r.URL.Path != "/group_operation" {
 		return resp, err
@@ -48,6 +65,13 @@ func (l *answerLoser) RoundTrip(r *http.Request) (*http.Response, error) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return nil, errAnswerLost
+}
+
+// setDrop makes the next n requests to /group_operation fail unsent.
+func (l *answerLoser) setDrop(n int) {
+	l.mu.Lock()
+	l.drop = n
+	l.mu.Unlock()
 }
 
 // setLose makes the next n answers to /group_operation lost.
@@ -240,5 +264,74 @@ func TestMimictlSendAnswerLost(t *testing.T) {
 	}
 	if want := []string{"hello once", "after"}; !slices.Equal(got, want) || strings.Contains(errs.String(), "skipped") {
 		t.Fatalf("bob printed %q, and on stderr %q; want %q and nothing skipped", got, errs.String(), want)
+	}
+}
+
+// TestMimictlResendAfterCommit: alice's send fails before the hub saw
+// it (exit 4, kept), bob commits, and alice's retry resends the kept
+// message: the hub refuses it 409 stale_epoch, and since it answers the
+// resend of a message it delivered ok even after a commit, mimictl says
+// (exit 5) that the message was not delivered and may be sent again,
+// which alice does after recv; bob gets it once. Whereas a send whose
+// answer alone was lost, the hub having delivered it, is resent after
+// bob's next commit with an ok (exit 0), and bob gets it once.
+func TestMimictlResendAfterCommit(t *testing.T) {
+	startClientSite(t)
+	dir := t.TempDir()
+	hc, loser := losingHTTP()
+	run := func(user, state string, wantStatus int, args ...string) (string, string) {
+		t.Helper()
+		environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": user,
+			"MIMI_PASSWORD": clientUsers[user], "MIMI_STATE": filepath.Join(dir, state)}
+		var stdout, stderr bytes.Buffer
+		status := cli.Run(t.Context(), args, cli.Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
+			Getenv: func(k string) string { return environ[k] }, HTTPClient: hc})
+		if status != wantStatus {
+			t.Fatalf("mimictl %v (%s): exit %d, want %d: %s", args, state, status, wantStatus, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	var got []string
+	var errs strings.Builder
+	bobRecv := func() {
+		t.Helper()
+		out, stderr := run("bob", "bob", 0, "recv", "-wait", "5s")
+		errs.WriteString(stderr)
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Split(line, "\t"); len(f) == 4 && f[0] == "message" {
+				got = append(got, f[3])
+			}
+		}
+	}
+	run("alice", "alice", 0, "client", "init", "mimi://m.localhost/d/alice/cli")
+	run("bob", "bob", 0, "client", "init", "mimi://m.localhost/d/bob/cli")
+	out, _ := run("alice", "alice", 0, "group", "create")
+	gid := strings.TrimSpace(out)
+	run("alice", "alice", 0, "group", "add", gid, "mimi://m.localhost/u/bob")
+	run("bob", "bob", 0, "recv", "-wait", "5s")
+
+	loser.setDrop(1)
+	run("alice", "alice", 4, "send", gid, "never", "sent")
+	run("bob", "bob", 0, "group", "update", gid)
+	_, stderr := run("alice", "alice", 5, "send", gid, "never", "sent")
+	if !strings.Contains(stderr, "was not delivered by a hub that remembers the messages it delivered") || strings.Contains(stderr, "check with the recipients") {
+		t.Fatalf("the resend refused with stale_epoch said %q", stderr)
+	}
+	run("alice", "alice", 0, "recv", "-wait", "5s")
+	run("alice", "alice", 0, "send", gid, "never", "sent")
+
+	loser.setLose(1)
+	run("alice", "alice", 4, "send", gid, "delivered")
+	bobRecv()
+	run("bob", "bob", 0, "group", "update", gid)
+	run("alice", "alice", 0, "send", gid, "delivered")
+	run("alice", "alice", 0, "recv", "-wait", "5s")
+	run("alice", "alice", 0, "send", gid, "after")
+
+	for tries := 0; tries < 10 && !slices.Contains(got, "after"); tries++ {
+		bobRecv()
+	}
+	if want := []string{"never sent", "delivered", "after"}; !slices.Equal(got, want) || strings.Contains(errs.String(), "skipped") {
+		t.Fatalf("bob printed %q, and on stderr %q; want %q", got, errs.String(), want)
 	}
 }
