@@ -409,7 +409,7 @@ func (h *LocalAPI) join() error {
 			return err
 		}
 	}
-	svc, err := joinService(h.DataDir, h.config, h.logger)
+	svc, err := joinService(h)
 	if errors.Is(err, errServiceNotRunning) {
 		// Not recorded: the next request tries again.
 		return err
@@ -437,13 +437,13 @@ func (h *LocalAPI) join() error {
 		Logger:                  h.logger,
 	})
 	if err != nil {
+		releasedLocal(h)
 		servicePool.Delete(h.DataDir) //nolint:errcheck // not ours to keep
 		serviceHolders.release(h.DataDir, h.config)
 		h.joined.err = fmt.Errorf("mimi_local: %w", err)
 		return h.joined.err
 	}
 	h.svc, h.api = svc, api
-	joinedLocal(h)
 	return nil
 }
 
@@ -535,20 +535,27 @@ func (h *LocalAPI) ready(x *exchange) bool {
 // defaults would undo them. When no gateway opened it yet, it is opened
 // with the defaults, and a gateway provisioned later applies its own.
 // When only configs that Caddy has not started hold it, it is not joined:
-// errServiceNotRunning.
-func joinService(dataDir string, config <-chan struct{}, logger *zap.Logger) (*service.Service, error) {
+// errServiceNotRunning. h is recorded among the service's mimi_local
+// holders (joinedLocal) in the same step as its hold, so that a gateway
+// of another config that finds the service held also finds h, and saves
+// the options it has before committing its own (commit.go, serviceBase);
+// recorded later, a gateway committing in between would save nothing,
+// and its rejected config would leave its options in force.
+func joinService(h *LocalAPI) (*service.Service, error) {
+	dataDir, config := h.DataDir, h.config
 	serviceHolders.mu.Lock()
 	defer serviceHolders.mu.Unlock()
 	if !serviceHolders.mayJoinLocked(dataDir, config) {
 		return nil, errServiceNotRunning
 	}
 	v, _, err := servicePool.LoadOrNew(dataDir, func() (caddy.Destructor, error) {
-		return service.Open(context.Background(), service.Options{DataDir: dataDir, Logger: logger})
+		return service.Open(context.Background(), service.Options{DataDir: dataDir, Logger: h.logger})
 	})
 	if err != nil {
 		return nil, err
 	}
 	serviceHolders.holdLocked(dataDir, config)
+	joinedLocal(h)
 	return v.(*service.Service), nil
 }
 
