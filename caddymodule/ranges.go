@@ -1,13 +1,15 @@
 package caddymodule
 
 import (
-	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 )
 
 // rangeAnswer is how a download with a Range header is answered
@@ -236,19 +238,9 @@ func (p *primedContent) Read(b []byte) (int, error) {
 
 // Seek moves the offset, as the content's Seek would.
 func (p *primedContent) Seek(offset int64, whence int) (int64, error) {
-	var pos int64
-	switch whence {
-	case io.SeekStart:
-		pos = offset
-	case io.SeekCurrent:
-		pos = p.pos + offset
-	case io.SeekEnd:
-		pos = p.size + offset
-	default:
-		return p.pos, errors.New("seeking attachment content: bad whence")
-	}
-	if pos < 0 {
-		return p.pos, errors.New("seeking attachment content: negative offset")
+	pos, err := storage.SeekTarget(p.pos, p.size, offset, whence)
+	if err != nil {
+		return p.pos, fmt.Errorf("seeking attachment content: %w", err)
 	}
 	p.pos = pos
 	return pos, nil

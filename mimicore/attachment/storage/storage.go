@@ -139,3 +139,24 @@ type Object interface {
 	// Size is the object's length in bytes.
 	Size() int64
 }
+
+// SeekTarget returns the offset an io.Seeker at cur, over content of size
+// bytes, moves to for Seek(offset, whence): an error for an unknown
+// whence or a negative result, as io.Seeker asks.
+func SeekTarget(cur, size, offset int64, whence int) (int64, error) {
+	var pos int64
+	switch whence {
+	case io.SeekStart:
+		pos = offset
+	case io.SeekCurrent:
+		pos = cur + offset
+	case io.SeekEnd:
+		pos = size + offset
+	default:
+		return cur, errors.New("bad whence")
+	}
+	if pos < 0 {
+		return cur, errors.New("negative offset")
+	}
+	return pos, nil
+}

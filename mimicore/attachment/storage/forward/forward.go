@@ -762,19 +762,9 @@ func (o *object) Read(p []byte) (int, error) {
 func (o *object) Seek(offset int64, whence int) (int64, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var pos int64
-	switch whence {
-	case io.SeekStart:
-		pos = offset
-	case io.SeekCurrent:
-		pos = o.pos + offset
-	case io.SeekEnd:
-		pos = o.size + offset
-	default:
-		return o.pos, errors.New("seeking forwarded object: bad whence")
-	}
-	if pos < 0 {
-		return o.pos, errors.New("seeking forwarded object: negative offset")
+	pos, err := storage.SeekTarget(o.pos, o.size, offset, whence)
+	if err != nil {
+		return o.pos, fmt.Errorf("seeking forwarded object: %w", err)
 	}
 	if pos != o.pos && o.body != nil {
 		o.body.Close()
