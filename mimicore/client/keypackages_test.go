@@ -292,6 +292,47 @@ func (g *apiGateway) config() Config {
 
 // current returns the refs of c's KeyPackages carrying its current
 // binding: those whose keys c keeps, and those the gateway lists.
+// wantRepublished runs an operation of c that completes its republish,
+// and requires it done: nothing due, the gateway listing 11 KeyPackages
+// carrying the new binding, c keeping the keys of those 11 and no others.
+func (g *apiGateway) wantRepublished(t *testing.T, c *Client, when string) {
+	t.Helper()
+	if err := c.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	kept, listed := g.current(t, c)
+	if c.rec.republishDue || len(listed) != 11 || len(kept) != 11 {
+		t.Fatalf("%s: republish due %v, %d KeyPackages carrying the new binding at the gateway, %d kept; want done, 11, 11",
+			when, c.rec.republishDue, len(listed), len(kept))
+	}
+	for ref := range kept {
+		if !listed[ref] {
+			t.Fatalf("%s: the client keeps the keys of KeyPackage %x, which the gateway never took", when, ref)
+		}
+	}
+}
+
+// claimAsCarol claims n KeyPackages of c as the local user carol, one
+// claim each, and returns the references of those among taken.
+func (g *apiGateway) claimAsCarol(t *testing.T, c *Client, n int, taken map[string]bool) map[string]bool {
+	t.Helper()
+	claimed := make(map[string]bool)
+	for range n {
+		kps, err := g.api.ClaimKeyPackages(t.Context(), "carol", &localapi.ClaimRequest{CipherSuite: uint16(DefaultCipherSuite), Target: []byte(c.URI())})
+		if err != nil || len(kps) != 1 {
+			t.Fatalf("claiming: %d, %v", len(kps), err)
+		}
+		var kp mls.KeyPackage
+		if err := wire.Unmarshal(kps[0].KeyPackage, &kp, "KeyPackage"); err != nil {
+			t.Fatal(err)
+		}
+		if ref, _ := kp.Ref(); taken[string(ref)] {
+			claimed[string(ref)] = true
+		}
+	}
+	return claimed
+}
+
 func (g *apiGateway) current(t *testing.T, c *Client) (kept, listed map[string]bool) {
 	t.Helper()
 	kept, listed = make(map[string]bool), make(map[string]bool)
@@ -375,19 +416,7 @@ func TestRepublishAfterLostAnswers(t *testing.T) {
 						i+1, len(kept), len(listed))
 				}
 			}
-			if err := bob.Publish(t.Context(), 0, false); err != nil {
-				t.Fatal(err)
-			}
-			kept, listed := g.current(t, bob)
-			if bob.rec.republishDue || len(listed) != 11 || len(kept) != 11 {
-				t.Fatalf("once answered: republish due %v, %d KeyPackages carrying the new binding at the gateway, %d kept; want done, 11, 11",
-					bob.rec.republishDue, len(listed), len(kept))
-			}
-			for ref := range kept {
-				if !listed[ref] {
-					t.Fatalf("bob keeps the keys of KeyPackage %x, which the gateway never took", ref)
-				}
-			}
+			g.wantRepublished(t, bob, "once answered")
 		})
 	}
 }
@@ -432,19 +461,7 @@ func TestRepublishStopsAtRateLimit(t *testing.T) {
 			t.Fatalf("the keys of KeyPackage %x were deleted while the gateway only refused it for the rate", ref)
 		}
 	}
-	if err := bob.Publish(t.Context(), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	kept, listed = g.current(t, bob)
-	if bob.rec.republishDue || len(listed) != 11 || len(kept) != 11 {
-		t.Fatalf("once the rate allows: republish due %v, %d at the gateway, %d kept; want done, 11, 11",
-			bob.rec.republishDue, len(listed), len(kept))
-	}
-	for ref := range kept {
-		if !listed[ref] {
-			t.Fatalf("bob keeps the keys of KeyPackage %x, which the gateway never took", ref)
-		}
-	}
+	g.wantRepublished(t, bob, "once the rate allows")
 }
 
 // TestRepublishStopsAtRateLimitOneByOne: the replacing KeyPackages were
@@ -464,22 +481,8 @@ func TestRepublishStopsAtRateLimitOneByOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, taken := g.current(t, bob)
-	claimed := 0
-	for range 15 {
-		kps, err := g.api.ClaimKeyPackages(t.Context(), "carol", &localapi.ClaimRequest{CipherSuite: uint16(DefaultCipherSuite), Target: []byte(bob.URI())})
-		if err != nil || len(kps) != 1 {
-			t.Fatalf("claiming: %d, %v", len(kps), err)
-		}
-		var kp mls.KeyPackage
-		if err := wire.Unmarshal(kps[0].KeyPackage, &kp, "KeyPackage"); err != nil {
-			t.Fatal(err)
-		}
-		if ref, _ := kp.Ref(); taken[string(ref)] {
-			claimed++
-		}
-	}
-	if claimed != 5 {
-		t.Fatalf("%d of the new KeyPackages claimed; want 5", claimed)
+	if claimed := g.claimAsCarol(t, bob, 15, taken); len(claimed) != 5 {
+		t.Fatalf("%d of the new KeyPackages claimed; want 5", len(claimed))
 	}
 	g.mu.Lock()
 	g.rateLimited, g.budget, g.publishes = true, 5+1, 0
@@ -520,21 +523,7 @@ func TestRepublishKeepsKeysOfClaimed(t *testing.T) {
 	if len(taken) != 11 || !bob.rec.republishDue {
 		t.Fatalf("after the lost answer: %d new KeyPackages at the gateway, republish due %v; want 11, due", len(taken), bob.rec.republishDue)
 	}
-	claimed := make(map[string]bool)
-	for range 12 {
-		kps, err := g.api.ClaimKeyPackages(t.Context(), "carol", &localapi.ClaimRequest{CipherSuite: uint16(DefaultCipherSuite), Target: []byte(bob.URI())})
-		if err != nil || len(kps) != 1 {
-			t.Fatalf("claiming: %d, %v", len(kps), err)
-		}
-		var kp mls.KeyPackage
-		if err := wire.Unmarshal(kps[0].KeyPackage, &kp, "KeyPackage"); err != nil {
-			t.Fatal(err)
-		}
-		ref, _ := kp.Ref()
-		if taken[string(ref)] {
-			claimed[string(ref)] = true
-		}
-	}
+	claimed := g.claimAsCarol(t, bob, 12, taken)
 	if len(claimed) != 2 {
 		t.Fatalf("%d of the new KeyPackages claimed; want 2", len(claimed))
 	}
