@@ -224,18 +224,7 @@ func TestMimictlSendAnswerLost(t *testing.T) {
 	startClientSite(t)
 	dir := t.TempDir()
 	hc, loser := losingHTTP()
-	run := func(user, state string, wantStatus int, args ...string) (string, string) {
-		t.Helper()
-		environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": user,
-			"MIMI_PASSWORD": clientUsers[user], "MIMI_STATE": filepath.Join(dir, state)}
-		var stdout, stderr bytes.Buffer
-		status := cli.Run(t.Context(), args, cli.Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
-			Getenv: func(k string) string { return environ[k] }, HTTPClient: hc})
-		if status != wantStatus {
-			t.Fatalf("mimictl %v (%s): exit %d, want %d: %s", args, state, status, wantStatus, stderr.String())
-		}
-		return stdout.String(), stderr.String()
-	}
+	run := mimictlAs(t, dir, hc)
 	run("alice", "alice", 0, "client", "init", "mimi://m.localhost/d/alice/cli")
 	run("bob", "bob", 0, "client", "init", "mimi://m.localhost/d/bob/cli")
 	out, _ := run("alice", "alice", 0, "group", "create")
@@ -256,11 +245,7 @@ func TestMimictlSendAnswerLost(t *testing.T) {
 	for tries := 0; tries < 10 && !slices.Contains(got, "after"); tries++ {
 		out, stderr := run("bob", "bob", 0, "recv", "-wait", "5s")
 		errs.WriteString(stderr)
-		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-			if f := strings.Split(line, "\t"); len(f) == 4 && f[0] == "message" {
-				got = append(got, f[3])
-			}
-		}
+		got = append(got, printedMessages(out)...)
 	}
 	if want := []string{"hello once", "after"}; !slices.Equal(got, want) || strings.Contains(errs.String(), "skipped") {
 		t.Fatalf("bob printed %q, and on stderr %q; want %q and nothing skipped", got, errs.String(), want)
@@ -279,29 +264,14 @@ func TestMimictlResendAfterCommit(t *testing.T) {
 	startClientSite(t)
 	dir := t.TempDir()
 	hc, loser := losingHTTP()
-	run := func(user, state string, wantStatus int, args ...string) (string, string) {
-		t.Helper()
-		environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": user,
-			"MIMI_PASSWORD": clientUsers[user], "MIMI_STATE": filepath.Join(dir, state)}
-		var stdout, stderr bytes.Buffer
-		status := cli.Run(t.Context(), args, cli.Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
-			Getenv: func(k string) string { return environ[k] }, HTTPClient: hc})
-		if status != wantStatus {
-			t.Fatalf("mimictl %v (%s): exit %d, want %d: %s", args, state, status, wantStatus, stderr.String())
-		}
-		return stdout.String(), stderr.String()
-	}
+	run := mimictlAs(t, dir, hc)
 	var got []string
 	var errs strings.Builder
 	bobRecv := func() {
 		t.Helper()
 		out, stderr := run("bob", "bob", 0, "recv", "-wait", "5s")
 		errs.WriteString(stderr)
-		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-			if f := strings.Split(line, "\t"); len(f) == 4 && f[0] == "message" {
-				got = append(got, f[3])
-			}
-		}
+		got = append(got, printedMessages(out)...)
 	}
 	run("alice", "alice", 0, "client", "init", "mimi://m.localhost/d/alice/cli")
 	run("bob", "bob", 0, "client", "init", "mimi://m.localhost/d/bob/cli")
@@ -334,4 +304,35 @@ func TestMimictlResendAfterCommit(t *testing.T) {
 	if want := []string{"never sent", "delivered", "after"}; !slices.Equal(got, want) || strings.Contains(errs.String(), "skipped") {
 		t.Fatalf("bob printed %q, and on stderr %q; want %q", got, errs.String(), want)
 	}
+}
+
+// mimictlAs returns a function that runs mimictl as user (with the
+// user's password) on the state directory state under dir, over hc, and
+// requires its exit status to be wantStatus; it returns what mimictl
+// printed on stdout and stderr.
+func mimictlAs(t *testing.T, dir string, hc *http.Client) func(user, state string, wantStatus int, args ...string) (string, string) {
+	return func(user, state string, wantStatus int, args ...string) (string, string) {
+		t.Helper()
+		environ := map[string]string{"MIMI_GATEWAY": "https://m.localhost:9443", "MIMI_USER": user,
+			"MIMI_PASSWORD": clientUsers[user], "MIMI_STATE": filepath.Join(dir, state)}
+		var stdout, stderr bytes.Buffer
+		status := cli.Run(t.Context(), args, cli.Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
+			Getenv: func(k string) string { return environ[k] }, HTTPClient: hc})
+		if status != wantStatus {
+			t.Fatalf("mimictl %v (%s): exit %d, want %d: %s", args, state, status, wantStatus, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+}
+
+// printedMessages returns the texts of the message lines that mimictl
+// recv printed in out.
+func printedMessages(out string) []string {
+	var texts []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Split(line, "\t"); len(f) == 4 && f[0] == "message" {
+			texts = append(texts, f[3])
+		}
+	}
+	return texts
 }
