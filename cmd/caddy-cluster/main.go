@@ -10,8 +10,10 @@ import (
 
 	_ "github.com/caddy-mimi/caddy-mimi/caddymodule"
 	_ "github.com/caddy-mimi/caddy-mimi/caddymodule/cluster"
+	"github.com/caddy-mimi/caddy-mimi/internal/gcdefault"
 )
 
 func main() {
+	gcdefault.Apply() // GOGC=50 unless the environment sets GOGC
 	caddycmd.Main()
 }

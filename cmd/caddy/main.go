@@ -9,8 +9,10 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/caddy-mimi/caddy-mimi/caddymodule"
+	"github.com/caddy-mimi/caddy-mimi/internal/gcdefault"
 )
 
 func main() {
+	gcdefault.Apply() // GOGC=50 unless the environment sets GOGC
 	caddycmd.Main()
 }
