@@ -26,8 +26,10 @@ func (s *Service) forwardToBackend(ctx context.Context, v *provider.Verified, gi
 	}
 	w.Dedup, w.DedupExpires = deliverDigest(sender, gid, msg, local), s.now().Add(DeliverDedupWindow)
 	// The answer is recorded in the same write as the outbox rows.
-	if enc, err := wire.Marshal(answer); err == nil {
-		w.Replay = v.InlineReplay(enc)
+	if v.WantsInlineReplay() {
+		if enc, err := wire.Marshal(answer); err == nil {
+			w.Replay = v.InlineReplay(enc)
+		}
 	}
 	_, err := s.Store.OutboxAdd(ctx, w)
 	switch {

@@ -59,8 +59,8 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 	var unknown [][]byte
 	for _, id := range q.ClientIDs {
 		prov, _, _, err := moh.ParseClientURI(id)
-		if err != nil || !slices.Contains(s.Providers, string(prov)) || len(id) > store.MaxClientURISize ||
-			slices.Contains(local, string(id)) {
+		if err != nil || !containsBytes(s.Providers, prov) || len(id) > store.MaxClientURISize ||
+			containsBytes(local, id) {
 			unknown = append(unknown, id)
 			continue
 		}
@@ -92,8 +92,10 @@ func (s *Service) queueFromPeer(ctx context.Context, v *provider.Verified, what 
 	d := store.Delivery{Recipients: local, GroupID: gid, Sender: sender, Message: msg,
 		Limits: s.QueueLimits, Dedup: deliverDigest(sender, gid, msg, local), DedupExpires: s.now().Add(DeliverDedupWindow)}
 	// The answer is recorded in the same write as the queue entries.
-	if enc, err := wire.Marshal(answer); err == nil {
-		d.Replay = v.InlineReplay(enc)
+	if v.WantsInlineReplay() {
+		if enc, err := wire.Marshal(answer); err == nil {
+			d.Replay = v.InlineReplay(enc)
+		}
 	}
 	outs, err := s.Store.Append(ctx, d)
 	switch {
@@ -325,4 +327,15 @@ func deliverDigest(sender string, gid, msg []byte, recipients []string) []byte {
 		part([]byte(r))
 	}
 	return h.Sum(nil)
+}
+
+// containsBytes reports whether list holds b, without converting b to a
+// string (a conversion in a comparison does not allocate).
+func containsBytes(list []string, b []byte) bool {
+	for _, s := range list {
+		if s == string(b) {
+			return true
+		}
+	}
+	return false
 }

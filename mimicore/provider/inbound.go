@@ -155,6 +155,14 @@ type inlineReplay struct {
 	idempotent bool // Idempotent was called: no entry is written
 }
 
+// WantsInlineReplay reports whether InlineReplay would return an entry:
+// v is being handled by Inbound.Handle and its Processor has not declared
+// it Idempotent. A Processor asks first to skip encoding an answer that
+// no entry would carry.
+func (v *Verified) WantsInlineReplay() bool {
+	return v.inline != nil && !v.inline.idempotent
+}
+
 // InlineReplay returns the replay log entry that records answer (an encoded
 // DSResponse) as the answer of v's request, for a Processor whose whole
 // effect is one store write: it writes the entry in that write

@@ -375,6 +375,9 @@ func TestInboundOneWrite(t *testing.T) {
 			if before != nil {
 				before(v)
 			}
+			if !v.WantsInlineReplay() {
+				return nil, errors.New("WantsInlineReplay false for a request Handle handles")
+			}
 			d := store.Delivery{Recipients: []string{"mimi://b.example/d/bob/phone"}, Sender: "a.example",
 				Message: []byte("message"), Replay: v.InlineReplay(enc)}
 			if _, err := in.Replay.(store.Queues).Append(ctx, d); err != nil {
@@ -465,7 +468,13 @@ func TestInboundIdempotent(t *testing.T) {
 			in := newTestInbound(t, k)
 			var runs atomic.Int32
 			process := func(_ context.Context, v *Verified) (*moh.DSResponse, error) {
+				if !v.WantsInlineReplay() {
+					t.Error("WantsInlineReplay false before Idempotent")
+				}
 				v.Idempotent()
+				if v.WantsInlineReplay() {
+					t.Error("WantsInlineReplay true for an idempotent request")
+				}
 				if r := v.InlineReplay([]byte("answer")); r != nil {
 					t.Errorf("InlineReplay offered %+v for an idempotent request", r)
 				}
