@@ -172,7 +172,9 @@ type LocalAPI struct {
 	// URIs, after a burst of PublishBurst: every KeyPackage a claim hands
 	// out, and the store keeps after it, entered through a publish.
 	// A publish past it is refused whole, 429 rate_limited with
-	// Retry-After, and spends nothing. Defaults: 1024 per 1h, burst
+	// Retry-After, and spends nothing; a publish the store refuses
+	// (409 replay, 413 quota_exceeded) is given its KeyPackages back.
+	// Defaults: 1024 per 1h, burst
 	// MaxKeyPackagesPerUser or PublishRate, whichever is larger; the
 	// burst at least MaxKeyPackagesPerClient, so that a client can fill
 	// its bound in one publish.
@@ -496,6 +498,12 @@ func (l publishLimits) AllowPublish(user string, n int) error {
 	}
 	return admission.RetryLater(moh.Errorf(moh.CodeRateLimited, "publishing %d more KeyPackages would pass your publish rate; retry after %d s",
 		n, admission.RetrySeconds(wait)), wait)
+}
+
+// ReturnPublish implements localapi.PublishLimiter: the n KeyPackages of
+// a publish the store refused go back to the user's bucket.
+func (l publishLimits) ReturnPublish(user string, n int) {
+	l.zone.ReturnN(user, n, time.Now())
 }
 
 // ready joins the service if Provision left it for the first request, and

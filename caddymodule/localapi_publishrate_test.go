@@ -82,6 +82,62 @@ func TestLocalAPIPublishRate(t *testing.T) {
 	}
 }
 
+// TestLocalAPIPublishRefusedByStore requires a publish that the store
+// refuses after the publish rate admitted it (409 replay of a claimed
+// KeyPackage, 413 quota_exceeded past a client's bound) to cost nothing
+// of the user's publish rate: the user's next, valid, publish within the
+// burst is stored, not refused 429.
+func TestLocalAPIPublishRefusedByStore(t *testing.T) {
+	s := newLocalServer(t, &LocalAPI{MaxKeyPackagesPerClient: 3, MaxKeyPackagesPerUser: 10,
+		PublishRate: 4, PublishWindow: caddy.Duration(time.Hour), PublishBurst: 4})
+	alice, bob := newTestClient(t, aliceURI), newTestClient(t, bobURI)
+	aliceBinding, bobBinding := s.bind(t, "alice", alice), s.bind(t, "bob", bob)
+	claimed := alice.keyPackage(t, alice.uri, aliceBinding)
+	fresh := func(c *testClient, b *binding.ClientBinding, n int) [][]byte {
+		kps := make([][]byte, n)
+		for i := range kps {
+			kps[i] = c.keyPackage(t, c.uri, b)
+		}
+		return kps
+	}
+	for _, tc := range []struct {
+		name   string
+		user   string
+		client *testClient
+		kps    [][]byte
+		code   moh.Code // 0: published
+		claim  bool     // claim the client's KeyPackage after the step
+	}{
+		{"a KeyPackage, then claimed", "alice", alice, [][]byte{claimed}, 0, true},
+		{"the claimed KeyPackage again", "alice", alice, [][]byte{claimed}, moh.CodeReplay, false},
+		{"the rest of the burst after a replay", "alice", alice, fresh(alice, aliceBinding, 3), 0, false},
+		{"past the burst", "alice", alice, fresh(alice, aliceBinding, 1), moh.CodeRateLimited, false},
+		{"half the burst", "bob", bob, fresh(bob, bobBinding, 2), 0, false},
+		{"past the client's bound", "bob", bob, fresh(bob, bobBinding, 2), moh.CodeQuotaExceeded, false},
+		{"the client's bound after a quota refusal, then claimed", "bob", bob, fresh(bob, bobBinding, 1), 0, true},
+		{"the last of the burst", "bob", bob, fresh(bob, bobBinding, 1), 0, false},
+		{"past the burst after a quota refusal", "bob", bob, fresh(bob, bobBinding, 1), moh.CodeRateLimited, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			entries := make([]localapi.KeyPackageEntry, len(tc.kps))
+			for i, kp := range tc.kps {
+				entries[i] = localapi.KeyPackageEntry{KeyPackage: kp}
+			}
+			st, out := s.post(t, tc.user, "/key_packages", &localapi.PublishRequest{ClientURI: []byte(tc.client.uri), KeyPackages: entries})
+			if tc.code == 0 {
+				expectOK(t, st, out, new(localapi.KeyPackageList))
+			} else {
+				expectRefusal(t, st, out, tc.code)
+			}
+			if tc.claim {
+				if _, err := s.h.svc.Store().ClaimKeyPackage(t.Context(), tc.client.uri, uint16(testSuite)); err != nil {
+					t.Fatalf("claiming a KeyPackage: %v", err)
+				}
+			}
+		})
+	}
+}
+
 // TestLocalAPIPublishRateOptions requires publish_rate and publish_burst
 // to parse from the Caddyfile, to default so that a user fills
 // max_key_packages_per_user at once, and a burst below

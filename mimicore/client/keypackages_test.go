@@ -163,6 +163,10 @@ type apiGateway struct {
 	publishes   int
 	rateLimited bool
 	budget      int
+	// refusalsSpend makes a publish the store refuses keep its budget
+	// spent, as gateways did before they gave it back: the client meets
+	// such gateways too.
+	refusalsSpend bool
 }
 
 // AllowPublish implements localapi.PublishLimiter: while g.rateLimited,
@@ -179,6 +183,17 @@ func (g *apiGateway) AllowPublish(user string, n int) error {
 	}
 	g.budget -= n
 	return nil
+}
+
+// ReturnPublish implements localapi.PublishLimiter: while g.rateLimited,
+// the n KeyPackages of a publish the store refused go back to g.budget,
+// unless g.refusalsSpend.
+func (g *apiGateway) ReturnPublish(user string, n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.rateLimited && !g.refusalsSpend {
+		g.budget += n
+	}
 }
 
 func newAPIGateway(t *testing.T, now time.Time) *apiGateway {
@@ -471,7 +486,9 @@ func TestRepublishStopsAtRateLimit(t *testing.T) {
 // one, with his publish rate leaving room for one more: the second alone
 // is refused rate_limited, and the retry stops there, the keys kept and
 // the republish due (before, it sent the other 4 alone and then 5 new
-// ones, every one refused again).
+// ones, every one refused again). The gateway is one whose refused
+// publishes spend the rate (refusalsSpend): one that gives them back
+// never refuses the second alone.
 func TestRepublishStopsAtRateLimitOneByOne(t *testing.T) {
 	g, bob := renewedBob(t)
 	g.mu.Lock()
@@ -485,7 +502,7 @@ func TestRepublishStopsAtRateLimitOneByOne(t *testing.T) {
 		t.Fatalf("%d of the new KeyPackages claimed; want 5", len(claimed))
 	}
 	g.mu.Lock()
-	g.rateLimited, g.budget, g.publishes = true, 5+1, 0
+	g.rateLimited, g.budget, g.publishes, g.refusalsSpend = true, 5+1, 0, true
 	g.mu.Unlock()
 	if err := bob.Publish(t.Context(), 0, false); err != nil {
 		t.Fatal(err)

@@ -150,6 +150,10 @@ type PublishLimiter interface {
 	// answers nil, or spends nothing and answers the refusal
 	// (rate_limited) when fewer than n are left.
 	AllowPublish(user string, n int) error
+	// ReturnPublish gives back n KeyPackages that AllowPublish spent of
+	// user's publish budget, for a publish refused afterwards (by the
+	// store's quotas or its replay check), so that it costs nothing.
+	ReturnPublish(user string, n int)
 }
 
 // API is the local client API over one provider's store and keys. It is
@@ -256,7 +260,9 @@ func (a *API) IssueBinding(user string, req *BindingRequest) (*binding.ClientBin
 // binding; at most one per suite may be last-resort. The first refusal
 // names the entry's index. A valid publish then spends its KeyPackages of
 // the user's publish budget (Config.PublishLimits): past it the refusal
-// is rate_limited, and nothing is stored or spent.
+// is rate_limited, and nothing is stored or spent. A publish the store
+// then refuses (quota_exceeded, replay) is given its KeyPackages back:
+// only what is stored costs budget.
 func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishRequest) ([]KeyPackageEntry, error) {
 	if err := a.Authorize(user, req.ClientURI); err != nil {
 		return nil, err
@@ -312,6 +318,13 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 		}
 	}
 	if err := a.cfg.Store.PublishKeyPackages(ctx, string(req.ClientURI), kps, lim); err != nil {
+		if a.cfg.PublishLimits != nil && storeRefused(err) {
+			// Nothing was stored: the refusal costs nothing of the
+			// publish rate, whose 429 would otherwise follow the
+			// client's next, valid, publish. Any other error leaves
+			// the budget spent, since the write may yet commit.
+			a.cfg.PublishLimits.ReturnPublish(user, len(kps))
+		}
 		switch {
 		case errors.Is(err, store.ErrTooManyKeyPackages):
 			return nil, moh.Errorf(moh.CodeQuotaExceeded, "the client would have more than %d available KeyPackages", lim.PerClient)
@@ -323,6 +336,14 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 		return nil, storeError("publishing key packages", err)
 	}
 	return a.list(ctx, string(req.ClientURI))
+}
+
+// storeRefused reports whether err is the store's refusal of a publish,
+// which stored nothing: a quota (ErrTooManyKeyPackages,
+// ErrTooManyUserKeyPackages) or the replay check, all of which wrap
+// store.ErrConflict.
+func storeRefused(err error) bool {
+	return errors.Is(err, store.ErrConflict)
 }
 
 // entryError names entry i of a publish in the refusal err. The client

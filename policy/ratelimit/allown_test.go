@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -35,5 +36,78 @@ func TestAllowN(t *testing.T) {
 				t.Fatalf("AllowN(%d) = %v, %v; want %v, %v", tc.n, ok, retry, tc.ok, tc.retry)
 			}
 		})
+	}
+}
+
+// TestReturnN requires ReturnN to give back the tokens an AllowN took,
+// capped at the burst, on the bucket AllowN spent (long keys hashed
+// alike), and to give nothing back for n below 1.
+func TestReturnN(t *testing.T) {
+	long := strings.Repeat("k", MaxKeyLen+1)
+	for _, tc := range []struct {
+		name     string
+		key      string
+		spent    int // tokens AllowN took first
+		returned int
+		left     int // tokens left after the return
+	}{
+		{"all that was taken", "a", 7, 7, 10},
+		{"part of it", "a", 7, 3, 6},
+		{"more than is missing is a full bucket", "a", 2, 5, 10},
+		{"a bucket never spent", "a", 0, 4, 10},
+		{"nothing", "a", 7, 0, 3},
+		{"a negative count", "a", 7, -2, 3},
+		{"a long key", long, 10, 10, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			z := mustZone(t, Config{Rate: 1e-3, Burst: 10})
+			if tc.spent > 0 {
+				if ok, _ := z.AllowN(tc.key, tc.spent, t0); !ok {
+					t.Fatal("spending the key: refused")
+				}
+			}
+			z.ReturnN(tc.key, tc.returned, t0)
+			if got := tokensLeft(z, tc.key, t0); got != tc.left {
+				t.Fatalf("%d tokens left, want %d", got, tc.left)
+			}
+		})
+	}
+}
+
+// TestReturnNConcurrent runs AllowN calls whose tokens are returned
+// beside AllowN calls that keep theirs, on one key: every returned token
+// is spendable again, so the kept events are exactly the burst, whatever
+// the interleaving.
+func TestReturnNConcurrent(t *testing.T) {
+	const burst, workers, rounds = 300, 4, 200
+	z := mustZone(t, Config{Rate: 1e-3, Burst: burst})
+	kept := make([]int, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				if ok, _ := z.AllowN("key", 2, t0); ok {
+					z.ReturnN("key", 2, t0)
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				if ok, _ := z.AllowN("key", 1, t0); ok {
+					kept[w]++
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	spent := 0
+	for _, n := range kept {
+		spent += n
+	}
+	if left := tokensLeft(z, "key", t0); spent+left != burst {
+		t.Fatalf("%d events kept and %d tokens left, want %d in all", spent, left, burst)
 	}
 }

@@ -21,7 +21,8 @@
 // users): a refusal leaves every key's budget as it was. AllowBytesThen
 // does the same for one key of a zone and a second limit (another zone's
 // Allow): a request refused by either spends nothing of the other (in a
-// local zone; see there for Redis).
+// local zone; see there for Redis). ReturnN gives back the tokens an
+// AllowN took, for a request refused afterwards for another reason.
 //
 // A Zone can keep its buckets in Redis instead (SetRedis), so that several
 // processes share one budget per key: a GCRA (generic cell rate algorithm)
@@ -323,6 +324,35 @@ func (z *Zone) AllowN(key string, n int, now time.Time) (ok bool, retryAfter tim
 		return false, time.Second
 	}
 	return false, wholeSeconds(missing / r)
+}
+
+// ReturnN gives back n tokens of key's bucket at now, capped at the
+// zone's burst: the tokens an AllowN took for a request that was refused
+// afterwards for another reason (a publish its store refused, say), so
+// that such a request costs nothing of the budget. Takes and returns add
+// up whatever their order, so concurrent callers each get back exactly
+// what they took (less only what a full bucket cannot hold). As AllowN,
+// it counts on the zone's local buckets, also in a zone whose buckets are
+// in Redis. n below 1 gives nothing back.
+func (z *Zone) ReturnN(key string, n int, now time.Time) {
+	if n < 1 {
+		return
+	}
+	if len(key) > MaxKeyLen {
+		sum := sha256.Sum256([]byte(key))
+		key = string(sum[:])
+	}
+	b := z.bucketOf(nil, key, now)
+	// Never before the bucket's last use, so that the limiter's clock
+	// does not step back and count a refill twice.
+	if seen := time.Unix(0, b.lastSeen.Load()); seen.After(now) {
+		now = seen
+	}
+	// A reservation of -n tokens adds n to the bucket, under the
+	// limiter's lock (rate.Limiter has no other way to add tokens). The
+	// limiter caps the tokens at the burst whenever it reads them, so a
+	// bucket given back more than it lacks is merely full.
+	b.lim.ReserveN(now, -n)
 }
 
 // allow takes the key from kb when non-nil, else from ks.
