@@ -102,7 +102,9 @@ type FetchPolicy struct {
 	// request source (LookupOptions.Source; IPv4 address, IPv6 /64) may
 	// trigger a fifth of the rate (burst 5), and so may each registrable
 	// domain (public suffix + 1 label) of new senders, so one attacker
-	// cannot spend a whole budget.
+	// cannot spend a whole budget. A lookup's budgets are spent before
+	// its fetch is in flight: a lookup that a budget refuses starts
+	// nothing that another lookup could join, so the refusal is its own.
 	FetchRate float64
 	// MaxPeers bounds the peers kept in memory (default 10,000); the
 	// least recently used peer never fetched successfully is forgotten
@@ -162,6 +164,10 @@ type KeyFetcher struct {
 	// Fetch budgets (see FetchPolicy.FetchRate), all on f.now's clock.
 	known, fresh       *rate.Limiter
 	bySource, bySuffix keyedLimiter
+	// fetchInFlight, when set (by tests), is called by the lookup that
+	// started a fetch of domain once other lookups can join it, before
+	// it runs.
+	fetchInFlight func(domain string)
 }
 
 // ErrFetchBudget means a fetch budget (see FetchPolicy.FetchRate) refused
@@ -235,10 +241,9 @@ func suffixKey(domain string) string {
 // bucket (when the source is known); a known peer's refetch then spends the
 // known-peer budget, and a new sender needs a token of its registrable
 // domain's bucket and of the new-sender budget. Buckets are checked before
-// any is spent, so a refusal costs no other bucket a token.
+// any is spent, so a refusal costs no other bucket a token. Called with
+// f.mu held.
 func (f *KeyFetcher) spendBudget(domain string, known bool, opts LookupOptions, now time.Time) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	var src *rate.Limiter
 	if opts.Source.IsValid() {
 		if src = f.bySource.get(sourceKey(opts.Source), now); src.TokensAt(now) < 1 {
@@ -539,9 +544,18 @@ func (f *KeyFetcher) VerificationKeyFrom(ctx context.Context, domain string, key
 		f.mu.Unlock()
 		return nil, err
 	}
-	known := entry.known()
 	call, started := f.fetching[domain], false
 	if call == nil {
+		// The budget is spent before the fetch is in flight, in the
+		// same step: a lookup refused by its own budget (its source's,
+		// say) starts nothing that another lookup could join, so a
+		// lookup is refused for its own budget only.
+		if !f.closed() {
+			if err := f.spendBudget(domain, entry.known(), opts, now); err != nil {
+				f.mu.Unlock()
+				return nil, err
+			}
+		}
 		call, started = &keyFetch{done: make(chan struct{})}, true
 		f.fetching[domain] = call
 	} else {
@@ -550,7 +564,10 @@ func (f *KeyFetcher) VerificationKeyFrom(ctx context.Context, domain string, key
 	f.mu.Unlock()
 
 	if started {
-		f.runFetch(ctx, call, domain, known, opts, now)
+		if f.fetchInFlight != nil {
+			f.fetchInFlight(domain)
+		}
+		f.runFetch(ctx, call, domain)
 	} else {
 		<-call.done
 	}
@@ -574,11 +591,11 @@ func (f *KeyFetcher) VerificationKeyFrom(ctx context.Context, domain string, key
 	return checkCovers(k, at)
 }
 
-// runFetch fetches domain's keys for call, which the lookups that joined
-// it wait for, records the outcome and sets call.err. The fetch outlives
-// the request that started it (other requests wait for it) but not the
-// fetcher.
-func (f *KeyFetcher) runFetch(ctx context.Context, call *keyFetch, domain string, known bool, opts LookupOptions, now time.Time) {
+// runFetch fetches domain's keys for call, whose budget its starter
+// spent and which the lookups that joined it wait for, records the
+// outcome and sets call.err. The fetch outlives the request that started
+// it (other requests wait for it) but not the fetcher.
+func (f *KeyFetcher) runFetch(ctx context.Context, call *keyFetch, domain string) {
 	call.err = fmt.Errorf("fetching keys of %s: %w: fetch aborted", domain, ErrFetchFailed)
 	defer func() {
 		f.mu.Lock()
@@ -588,10 +605,6 @@ func (f *KeyFetcher) runFetch(ctx context.Context, call *keyFetch, domain string
 	}()
 	if f.closed() {
 		call.err = ErrFetcherClosed
-		return
-	}
-	if err := f.spendBudget(domain, known, opts, now); err != nil {
-		call.err = err
 		return
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.policy.Timeout)

@@ -419,6 +419,76 @@ func TestJoinedFetchDoesNotHideNewKey(t *testing.T) {
 	}
 }
 
+// TestJoinerNotRefusedForStartersBudget checks that a lookup is refused
+// for its own fetch budget only: a request from a source whose budget is
+// spent (an attacker naming a genuine peer) starts no fetch that the
+// peer's genuine request, from a source with budget, could join, so the
+// genuine request gets its keys instead of the attacker's 503.
+func TestJoinerNotRefusedForStartersBudget(t *testing.T) {
+	k, _ := GenerateKey(moh.SchemeEd25519, t0.Add(-time.Hour), t0.Add(time.Hour))
+	var published atomic.Pointer[[]byte]
+	publisher(&published)(k)
+	srv := keysPeer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(*published.Load())
+	})
+	const peer = "peer.example.com"
+	var spenders []string
+	for i := range 5 { // a source's burst
+		spenders = append(spenders, fmt.Sprintf("spender%d.example", i))
+	}
+	f, clock := fetcherFor(t, srv, append(spenders, peer)...)
+	ctx := t.Context()
+	attacker := LookupOptions{Source: netip.MustParseAddr("203.0.113.7")}
+	genuine := LookupOptions{Source: netip.MustParseAddr("198.51.100.20")}
+	for _, d := range spenders {
+		// Fetches from the attacker's address, each under a registrable
+		// domain of its own (which the test peer's certificate does not
+		// name: the fetch fails, once its budget is spent).
+		if _, err := f.VerificationKeyFrom(ctx, d, k.ID, *clock, attacker); !errors.Is(err, ErrFetchFailed) {
+			t.Fatalf("spending the attacker's budget on %s: %v, want ErrFetchFailed", d, err)
+		}
+	}
+
+	// Should the attacker's lookup put a fetch in flight, the genuine
+	// lookup joins it before it runs.
+	var armed atomic.Bool
+	var joined chan error
+	f.fetchInFlight = func(domain string) {
+		if domain != peer || !armed.CompareAndSwap(true, false) {
+			return
+		}
+		joined = make(chan error, 1)
+		go func() {
+			_, err := f.VerificationKeyFrom(ctx, peer, k.ID, *clock, genuine)
+			joined <- err
+		}()
+		for {
+			f.mu.Lock()
+			n := f.fetching[peer].joiners
+			f.mu.Unlock()
+			if n == 1 {
+				return
+			}
+			runtime.Gosched()
+		}
+	}
+	armed.Store(true)
+	if _, err := f.VerificationKeyFrom(ctx, peer, k.ID, *clock, attacker); !errors.Is(err, ErrFetchBudget) {
+		t.Fatalf("the attacker's lookup: %v, want ErrFetchBudget", err)
+	}
+	armed.Store(false)
+	var err error
+	if joined != nil {
+		err = <-joined
+	} else {
+		_, err = f.VerificationKeyFrom(ctx, peer, k.ID, *clock, genuine)
+	}
+	if err != nil {
+		t.Fatalf("the genuine lookup: %v, want the peer's key (refused for the attacker's budget)", err)
+	}
+}
+
 // TestFetchBudgetUnderForgedFlood floods the fetcher with forged requests
 // naming a fresh sender each time (100 per second for 20 s, no
 // credentials), from one source, under one attacker domain and under fresh
