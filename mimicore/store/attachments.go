@@ -51,8 +51,9 @@ type Attachment struct {
 	// visible after the gateway stopped waiting. Until then the object's
 	// row is not forgotten (ForgetObject), whatever becomes of the
 	// record, so that bytes landing after a sweep deleted them are
-	// deleted by a later one. Zero, or a time before Expires, means
-	// Expires.
+	// deleted by a later one; CommitAttachment, ReleaseAttachment and
+	// RecordObject, called once the commit of the bytes ended, end it.
+	// Zero, or a time before Expires, means Expires.
 	KeepObject time.Time
 }
 
@@ -105,7 +106,10 @@ type Attachments interface {
 	// CommitAttachment makes the pending record tokenHash visible until
 	// expires. It fails with ErrNotFound when no pending, unexpired record
 	// has that hash (the upload took longer than its deadline, or was
-	// released). The same transaction records ans (SignatureAnswer).
+	// released). The caller's backend commit of the bytes succeeded, so
+	// the object's row is kept no longer (its KeepObject ends): once its
+	// last record goes, ForgetObject drops it. The same transaction
+	// records ans (SignatureAnswer).
 	CommitAttachment(ctx context.Context, tokenHash [32]byte, expires time.Time, ans SignatureAnswer) error
 	// ReleaseAttachment drops the pending record tokenHash and its
 	// reference to its object, and returns the object's name (which is

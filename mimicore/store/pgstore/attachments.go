@@ -189,13 +189,19 @@ func (s *Store) CommitAttachment(ctx context.Context, tokenHash [32]byte, expire
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		now := s.nowMs()
-		tag, err := tx.Exec(ctx, `UPDATE attachments SET committed = true, expires_ms = $2
-			WHERE token_hash = $1 AND NOT committed AND expires_ms > $3`, tokenHash[:], check.ExpiryMillis(expires), now)
+		var object string
+		err := tx.QueryRow(ctx, `UPDATE attachments SET committed = true, expires_ms = $2
+			WHERE token_hash = $1 AND NOT committed AND expires_ms > $3 RETURNING object`,
+			tokenHash[:], check.ExpiryMillis(expires), now).Scan(&object)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("no pending upload with this token: %w", store.ErrNotFound)
+		}
 		if err != nil {
 			return err
 		}
-		if tag.RowsAffected() == 0 {
-			return fmt.Errorf("no pending upload with this token: %w", store.ErrNotFound)
+		// The bytes are committed: none can land any more.
+		if _, err := tx.Exec(ctx, `UPDATE attachment_objects SET keep_ms = 0 WHERE name = $1`, object); err != nil {
+			return err
 		}
 		return recordSignatureAnswer(ctx, tx, ans, now)
 	})

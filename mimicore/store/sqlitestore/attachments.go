@@ -234,15 +234,18 @@ func (s *Store) CommitAttachment(ctx context.Context, tokenHash [32]byte, expire
 	exp := check.ExpiryMillis(expires)
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
-		res, err := tx.ExecContext(ctx, `UPDATE attachments SET state = 1, expires_ms = ?2
-			WHERE token_hash = ?1 AND state = 0 AND expires_ms > ?3`, tokenHash[:], exp, now)
+		var object string
+		err := tx.QueryRowContext(ctx, `UPDATE attachments SET state = 1, expires_ms = ?2
+			WHERE token_hash = ?1 AND state = 0 AND expires_ms > ?3 RETURNING object`, tokenHash[:], exp, now).Scan(&object)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("no pending upload with this token: %w", store.ErrNotFound)
+		}
 		if err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil {
+		// The bytes are committed: none can land any more.
+		if _, err := tx.ExecContext(ctx, `UPDATE attachment_objects SET keep_ms = 0 WHERE name = ?1`, object); err != nil {
 			return err
-		} else if n == 0 {
-			return fmt.Errorf("no pending upload with this token: %w", store.ErrNotFound)
 		}
 		return recordSignatureAnswer(ctx, tx, ans, now)
 	})

@@ -259,6 +259,30 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		noErr(t, "RecordObject of the kept row", s.RecordObject(ctx(), e.Object))
 		noErr(t, "ForgetObject after RecordObject", s.ForgetObject(ctx(), e.Object, sweep))
 		wantUnreferenced(t, s)
+
+		// CommitAttachment ends the keeping too: the bytes are
+		// committed, so once the record goes (deleted, or expired), a
+		// sweep's ForgetObject drops the row at once.
+		g := attachment(t, g1, uploaderA, 10)
+		g.KeepObject = time.Now().Add(future + time.Hour)
+		upload(t, s, g, none)
+		_, last, err := s.DeleteAttachment(ctx(), g1, g.TokenHash, "")
+		noErr(t, "DeleteAttachment of a committed upload", err)
+		if !last {
+			t.Fatal("DeleteAttachment: not the last reference")
+		}
+		noErr(t, "ForgetObject of a deleted committed upload's object", s.ForgetObject(ctx(), g.Object, time.Now()))
+		wantUnreferenced(t, s)
+		h := attachment(t, g1, uploaderA, 10)
+		h.KeepObject = g.KeepObject
+		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), h, none))
+		retained := time.Now().Add(time.Minute)
+		noErr(t, "CommitAttachment", s.CommitAttachment(ctx(), h.TokenHash, retained, store.SignatureAnswer{}))
+		if n, err := s.ExpireAttachments(ctx(), retained.Add(time.Second), 10); err != nil || n != 1 {
+			t.Fatalf("ExpireAttachments removed %d records, %v; want the committed one", n, err)
+		}
+		noErr(t, "ForgetObject of an expired committed upload's object", s.ForgetObject(ctx(), h.Object, retained.Add(time.Second)))
+		wantUnreferenced(t, s)
 	})
 
 	t.Run("Release", func(t *testing.T) {
