@@ -291,7 +291,7 @@ func (s *sweeper) sweep(ctx context.Context, now time.Time) {
 // Metrics of the attachment sweeper, labelled by data directory.
 var (
 	sweptDesc = prometheus.NewDesc("caddy_mimi_attachments_swept_total",
-		"What the attachment sweeper removed: expired records (expired), objects whose bytes it deleted (objects), temporary uploads of dead processes (temporary).",
+		"What the attachment sweeper removed: expired records (expired), objects whose bytes it deleted and whose names it forgot, each once (objects), temporary uploads of dead processes (temporary).",
 		[]string{"data_dir", "kind"}, nil)
 	sweepFailuresDesc = prometheus.NewDesc("caddy_mimi_attachments_sweep_failures_total",
 		"Attachment sweeps that failed (store or storage unavailable); the next sweep retries.", []string{"data_dir"}, nil)

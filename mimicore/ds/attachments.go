@@ -409,7 +409,7 @@ func (a *Attachments) removeObject(ctx context.Context, object string) {
 		a.logger().Error("deleting attachment bytes", zap.String("object", object), zap.Error(err))
 		return
 	}
-	if err := a.Store.ForgetObject(ctx, object, time.Time{}); err != nil && !errors.Is(err, store.ErrConflict) {
+	if _, err := a.Store.ForgetObject(ctx, object, time.Time{}); err != nil && !errors.Is(err, store.ErrConflict) {
 		a.logger().Error("forgetting attachment object", zap.Error(err))
 	}
 }
@@ -530,7 +530,10 @@ type SweepStats struct {
 	// Expired is the number of records past their retention or upload
 	// deadline.
 	Expired int
-	// Objects is the number of objects whose bytes were deleted.
+	// Objects is the number of objects whose bytes were deleted and
+	// whose rows were dropped: an object kept listed after a delete
+	// (store.Attachment.KeepObject), whose bytes each sweep deletes
+	// again until then, counts once, in the sweep that drops its row.
 	Objects int
 	// Temporary is the number of temporary uploads the backend removed.
 	Temporary int
@@ -607,13 +610,18 @@ func (a *Attachments) sweepObjects(ctx context.Context, now time.Time, st *Sweep
 			}
 			// now is before the delete was sent: a row kept past it
 			// (a commit of the bytes may still land) stays listed, and
-			// a later sweep deletes the bytes again.
-			if err := a.Store.ForgetObject(ctx, name, now); err != nil && !errors.Is(err, store.ErrConflict) {
+			// a later sweep deletes the bytes again. The object counts
+			// once, in the sweep that forgets it, not in each sweep
+			// that deletes its bytes meanwhile.
+			forgotten, err := a.Store.ForgetObject(ctx, name, now)
+			if err != nil && !errors.Is(err, store.ErrConflict) {
 				failed, last = failed+1, err
 				a.logger().Error("sweeping attachments: forgetting attachment object", zap.String("object", name), zap.Error(err))
 				continue
 			}
-			st.Objects++
+			if forgotten {
+				st.Objects++
+			}
 		}
 		if len(names) < sweepBatch {
 			return failedObjects(failed, tried, last)

@@ -152,3 +152,43 @@ func TestAttachmentSweptMidwayCrashBeforeRecord(t *testing.T) {
 	}
 	f.wantNothingLeft(t)
 }
+
+// TestAttachmentSweepCountsKeptObjectOnce: the object of an upload whose
+// commit had an unknown outcome is kept listed until its commit grace
+// ends, and every sweep until then deletes its bytes again; SweepStats
+// counts it once, in the sweep that drops its row, not in each of them.
+func TestAttachmentSweepCountsKeptObjectOnce(t *testing.T) {
+	f := newAttachFixture(t, func(a *Attachments) {
+		a.Backend = &lateCommit{Backend: a.Backend}
+	})
+	data := []byte("bytes whose commit the gateway did not learn the outcome of")
+	h := sha256.Sum256(data)
+	_, err := f.upload(t, f.alice, 0, f.g1, uint64(len(data)), h[:], bytes.NewReader(data))
+	wantCode(t, "upload whose commit has an unknown outcome", err, moh.CodeBackendUnavailable)
+	expired := f.now.Add(DefaultUploadDeadline + time.Minute)
+	grace := f.now.Add(DefaultUploadDeadline + DefaultCommitGrace + time.Minute)
+	sweeps := []struct {
+		name        string
+		at          time.Time
+		wantExpired int
+		wantObjects int
+	}{
+		{"past the deadline", expired, 1, 0},
+		{"within the grace", expired.Add(5 * time.Minute), 0, 0},
+		{"again within the grace", expired.Add(10 * time.Minute), 0, 0},
+		{"past the grace", grace, 0, 1},
+		{"after the row is gone", grace.Add(5 * time.Minute), 0, 0},
+	}
+	for _, sw := range sweeps {
+		t.Run(sw.name, func(t *testing.T) {
+			st, err := f.a.Sweep(context.Background(), sw.at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Expired != sw.wantExpired || st.Objects != sw.wantObjects {
+				t.Fatalf("swept %+v, want %d expired and %d objects", st, sw.wantExpired, sw.wantObjects)
+			}
+		})
+	}
+	f.wantNothingLeft(t)
+}

@@ -169,13 +169,16 @@ type Attachments interface {
 	// listed by UnreferencedObjects until deleted and forgotten. A name
 	// longer than MaxObjectNameSize, or empty, is ErrInvalid.
 	RecordObject(ctx context.Context, name string) error
-	// ForgetObject drops the object row name once its bytes are deleted.
-	// deleted is when that delete was sent: a row whose KeepObject time
-	// is after it stays, without an error, and UnreferencedObjects keeps
+	// ForgetObject drops the object row name once its bytes are deleted,
+	// and reports whether this call dropped it. deleted is when that
+	// delete was sent: a row whose KeepObject time is after it stays,
+	// without an error (forgotten is false), and UnreferencedObjects keeps
 	// listing it, since a commit of the bytes may still land after the
 	// delete. A zero deleted says that no commit of the bytes can land any
 	// more (none was started, or it ended), and drops the row whatever
 	// its KeepObject. A name with references is ErrConflict and stays; an
-	// unknown name is not an error, so a sweep can repeat it.
-	ForgetObject(ctx context.Context, name string, deleted time.Time) error
+	// unknown name is not an error (forgotten is false), so a sweep can
+	// repeat it, and of concurrent calls for one row only one reports it
+	// forgotten.
+	ForgetObject(ctx context.Context, name string, deleted time.Time) (forgotten bool, err error)
 }

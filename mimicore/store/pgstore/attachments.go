@@ -572,28 +572,28 @@ func (s *Store) RecordObject(ctx context.Context, name string) error {
 
 // ForgetObject implements store.Attachments: one conditional DELETE, and
 // a read to tell an object with references from an unknown or a kept one.
-func (s *Store) ForgetObject(ctx context.Context, name string, deleted time.Time) error {
+func (s *Store) ForgetObject(ctx context.Context, name string, deleted time.Time) (bool, error) {
 	const doing = "forgetting attachment object"
 	if err := s.checkOpen(doing); err != nil {
-		return err
+		return false, err
 	}
 	tag, err := s.pool.Exec(ctx, `DELETE FROM attachment_objects WHERE name = $1 AND refs = 0 AND keep_ms <= $2`,
 		name, check.DeletedMillis(deleted))
 	if err != nil {
-		return s.fail(doing, err)
+		return false, s.fail(doing, err)
 	}
 	if tag.RowsAffected() == 1 {
-		return nil
+		return true, nil
 	}
 	var refs int64
 	err = s.pool.QueryRow(ctx, `SELECT refs FROM attachment_objects WHERE name = $1`, name).Scan(&refs)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return nil
+		return false, nil
 	case err != nil:
-		return s.fail(doing, err)
+		return false, s.fail(doing, err)
 	case refs > 0:
-		return fmt.Errorf("%s: object still has %d references: %w", doing, refs, store.ErrConflict)
+		return false, fmt.Errorf("%s: object still has %d references: %w", doing, refs, store.ErrConflict)
 	}
-	return nil
+	return false, nil
 }

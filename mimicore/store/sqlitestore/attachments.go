@@ -573,12 +573,14 @@ func (s *Store) RecordObject(ctx context.Context, name string) error {
 }
 
 // ForgetObject implements store.Attachments.
-func (s *Store) ForgetObject(ctx context.Context, name string, deleted time.Time) error {
+func (s *Store) ForgetObject(ctx context.Context, name string, deleted time.Time) (bool, error) {
 	const doing = "forgetting attachment object"
 	if err := s.checkOpen(doing); err != nil {
-		return err
+		return false, err
 	}
+	var forgotten bool
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		forgotten = false // do may run the function again
 		var refs int64
 		err := tx.QueryRowContext(ctx, `SELECT refs FROM attachment_objects WHERE name = ?1`, name).Scan(&refs)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -590,14 +592,22 @@ func (s *Store) ForgetObject(ctx context.Context, name string, deleted time.Time
 		if refs > 0 {
 			return fmt.Errorf("object still has %d references: %w", refs, store.ErrConflict)
 		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM attachment_objects WHERE name = ?1 AND refs = 0 AND keep_ms <= ?2`,
+		res, err := tx.ExecContext(ctx, `DELETE FROM attachment_objects WHERE name = ?1 AND refs = 0 AND keep_ms <= ?2`,
 			name, check.DeletedMillis(deleted))
-		return err
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		forgotten = n == 1
+		return nil
 	})
 	if err != nil {
-		return s.fail(doing, err)
+		return false, s.fail(doing, err)
 	}
-	return nil
+	return forgotten, nil
 }
 
 // failAttachment is fail, keeping ErrQuota, an answer of the store's

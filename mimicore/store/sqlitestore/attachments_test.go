@@ -27,8 +27,8 @@ func TestMigrationObjectKeep(t *testing.T) {
 	}
 	s := openAt(t, path)
 	now := time.Now()
-	if err := s.ForgetObject(ctx, old, now); err != nil {
-		t.Fatal(err)
+	if forgotten, err := s.ForgetObject(ctx, old, now); err != nil || !forgotten {
+		t.Fatalf("ForgetObject of the old row: forgotten %v, %v; want it forgotten", forgotten, err)
 	}
 	a := store.Attachment{TokenHash: sha256.Sum256([]byte("token")), GroupID: []byte("g"),
 		Object: "00000000000000000000000000000002", Size: 1, ContentHash: make([]byte, 32),
@@ -40,8 +40,8 @@ func TestMigrationObjectKeep(t *testing.T) {
 	if n, err := s.ExpireAttachments(ctx, now.Add(2*time.Minute), 10); err != nil || n != 1 {
 		t.Fatalf("ExpireAttachments removed %d, %v; want the reservation", n, err)
 	}
-	if err := s.ForgetObject(ctx, a.Object, now.Add(2*time.Minute)); err != nil {
-		t.Fatal(err)
+	if forgotten, err := s.ForgetObject(ctx, a.Object, now.Add(2*time.Minute)); err != nil || forgotten {
+		t.Fatalf("ForgetObject of the kept row: forgotten %v, %v; want it kept", forgotten, err)
 	}
 	got, err := s.UnreferencedObjects(ctx, "", 10)
 	if err != nil || !slices.Equal(got, []string{a.Object}) {

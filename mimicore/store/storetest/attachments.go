@@ -44,6 +44,28 @@ func wantUsage(t *testing.T, what string, got store.AttachmentUsage, err error, 
 	}
 }
 
+// forget calls ForgetObject, which must succeed and report want: whether
+// the call dropped the row.
+func forget(t *testing.T, s store.Store, what, name string, deleted time.Time, want bool) {
+	t.Helper()
+	got, err := s.ForgetObject(ctx(), name, deleted)
+	noErr(t, what, err)
+	if got != want {
+		t.Fatalf("%s: forgotten = %v, want %v", what, got, want)
+	}
+}
+
+// forgetErr calls ForgetObject and returns its error; a failing call must
+// not report the row forgotten.
+func forgetErr(t *testing.T, s store.Store, what, name string) error {
+	t.Helper()
+	got, err := s.ForgetObject(ctx(), name, time.Time{})
+	if err != nil && got {
+		t.Fatalf("%s: forgotten with the error %v", what, err)
+	}
+	return err
+}
+
 func wantUnreferenced(t *testing.T, s store.Store, want ...string) {
 	t.Helper()
 	got, err := s.UnreferencedObjects(ctx(), "", 100)
@@ -139,15 +161,15 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		upload(t, s, a, none)
 		noErr(t, "RecordObject of a referenced object", s.RecordObject(ctx(), a.Object))
 		wantUnreferenced(t, s, gone)
-		wantErr(t, "ForgetObject of a referenced object", s.ForgetObject(ctx(), a.Object, time.Time{}), store.ErrConflict)
+		wantErr(t, "ForgetObject of a referenced object", forgetErr(t, s, "ForgetObject of a referenced object", a.Object), store.ErrConflict)
 		_, last, err := s.DeleteAttachment(ctx(), g1, a.TokenHash, "")
 		noErr(t, "DeleteAttachment", err)
 		if !last {
 			t.Fatal("DeleteAttachment: not the last reference")
 		}
 		wantUnreferenced(t, s, gone, a.Object)
-		noErr(t, "ForgetObject", s.ForgetObject(ctx(), gone, time.Time{}))
-		noErr(t, "ForgetObject", s.ForgetObject(ctx(), a.Object, time.Time{}))
+		forget(t, s, "ForgetObject", gone, time.Time{}, true)
+		forget(t, s, "ForgetObject", a.Object, time.Time{}, true)
 		wantUnreferenced(t, s)
 		wantErr(t, "RecordObject of an empty name", s.RecordObject(ctx(), ""), store.ErrInvalid)
 		wantErr(t, "RecordObject of a long name", s.RecordObject(ctx(), hex.EncodeToString(randBytes(t, store.MaxObjectNameSize))), store.ErrInvalid)
@@ -211,11 +233,11 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 			t.Fatalf("ExpireAttachments removed %d records, want the pending one", n)
 		}
 		wantUnreferenced(t, s, a.Object)
-		noErr(t, "ForgetObject before KeepObject", s.ForgetObject(ctx(), a.Object, sweep))
+		forget(t, s, "ForgetObject before KeepObject", a.Object, sweep, false)
 		wantUnreferenced(t, s, a.Object)
-		noErr(t, "ForgetObject just before KeepObject", s.ForgetObject(ctx(), a.Object, a.KeepObject.Add(-time.Millisecond)))
+		forget(t, s, "ForgetObject just before KeepObject", a.Object, a.KeepObject.Add(-time.Millisecond), false)
 		wantUnreferenced(t, s, a.Object)
-		noErr(t, "ForgetObject at KeepObject", s.ForgetObject(ctx(), a.Object, a.KeepObject))
+		forget(t, s, "ForgetObject at KeepObject", a.Object, a.KeepObject, true)
 		wantUnreferenced(t, s)
 
 		// A zero deleted (no commit can land) forgets a kept row at once.
@@ -226,7 +248,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		if _, err := s.ExpireAttachments(ctx(), sweep, 10); err != nil {
 			t.Fatal(err)
 		}
-		noErr(t, "ForgetObject of a kept row, nothing to land", s.ForgetObject(ctx(), b.Object, time.Time{}))
+		forget(t, s, "ForgetObject of a kept row, nothing to land", b.Object, time.Time{}, true)
 		wantUnreferenced(t, s)
 
 		// ReleaseAttachment and RecordObject, called once the commit of
@@ -237,7 +259,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), c, none))
 		_, err = s.ReleaseAttachment(ctx(), c.TokenHash)
 		noErr(t, "ReleaseAttachment", err)
-		noErr(t, "ForgetObject after ReleaseAttachment", s.ForgetObject(ctx(), c.Object, time.Now()))
+		forget(t, s, "ForgetObject after ReleaseAttachment", c.Object, time.Now(), true)
 		wantUnreferenced(t, s)
 		d := attachment(t, g1, uploaderA, 10)
 		d.Expires = b.Expires
@@ -245,7 +267,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		if _, err := s.ExpireAttachments(ctx(), sweep, 10); err != nil {
 			t.Fatal(err)
 		}
-		noErr(t, "ForgetObject after a zero KeepObject's Expires", s.ForgetObject(ctx(), d.Object, sweep))
+		forget(t, s, "ForgetObject after a zero KeepObject's Expires", d.Object, sweep, true)
 		wantUnreferenced(t, s)
 		e := attachment(t, g1, uploaderA, 10)
 		e.Expires = b.Expires
@@ -254,10 +276,10 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		if _, err := s.ExpireAttachments(ctx(), sweep, 10); err != nil {
 			t.Fatal(err)
 		}
-		noErr(t, "ForgetObject of an expired reservation's kept row", s.ForgetObject(ctx(), e.Object, sweep))
+		forget(t, s, "ForgetObject of an expired reservation's kept row", e.Object, sweep, false)
 		wantUnreferenced(t, s, e.Object)
 		noErr(t, "RecordObject of the kept row", s.RecordObject(ctx(), e.Object))
-		noErr(t, "ForgetObject after RecordObject", s.ForgetObject(ctx(), e.Object, sweep))
+		forget(t, s, "ForgetObject after RecordObject", e.Object, sweep, true)
 		wantUnreferenced(t, s)
 
 		// CommitAttachment ends the keeping too: the bytes are
@@ -271,7 +293,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		if !last {
 			t.Fatal("DeleteAttachment: not the last reference")
 		}
-		noErr(t, "ForgetObject of a deleted committed upload's object", s.ForgetObject(ctx(), g.Object, time.Now()))
+		forget(t, s, "ForgetObject of a deleted committed upload's object", g.Object, time.Now(), true)
 		wantUnreferenced(t, s)
 		h := attachment(t, g1, uploaderA, 10)
 		h.KeepObject = g.KeepObject
@@ -281,7 +303,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		if n, err := s.ExpireAttachments(ctx(), retained.Add(time.Second), 10); err != nil || n != 1 {
 			t.Fatalf("ExpireAttachments removed %d records, %v; want the committed one", n, err)
 		}
-		noErr(t, "ForgetObject of an expired committed upload's object", s.ForgetObject(ctx(), h.Object, retained.Add(time.Second)))
+		forget(t, s, "ForgetObject of an expired committed upload's object", h.Object, retained.Add(time.Second), true)
 		wantUnreferenced(t, s)
 	})
 
@@ -299,8 +321,8 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 		u, err = s.GroupAttachmentUsage(ctx(), g1)
 		wantUsage(t, "usage after release", u, err, 0, 0)
 		wantUnreferenced(t, s, a.Object)
-		noErr(t, "ForgetObject", s.ForgetObject(ctx(), a.Object, time.Time{}))
-		noErr(t, "ForgetObject again", s.ForgetObject(ctx(), a.Object, time.Time{}))
+		forget(t, s, "ForgetObject", a.Object, time.Time{}, true)
+		forget(t, s, "ForgetObject again", a.Object, time.Time{}, false)
 		wantUnreferenced(t, s)
 		_, err = s.ReleaseAttachment(ctx(), a.TokenHash)
 		wantErr(t, "second ReleaseAttachment", err, store.ErrNotFound)
@@ -446,7 +468,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 			t.Fatal("deleting the original reported the last reference while a copy holds it")
 		}
 		wantUnreferenced(t, s)
-		wantErr(t, "ForgetObject of a referenced object", s.ForgetObject(ctx(), a.Object, time.Time{}), store.ErrConflict)
+		wantErr(t, "ForgetObject of a referenced object", forgetErr(t, s, "ForgetObject of a referenced object", a.Object), store.ErrConflict)
 		_, last, err = s.DeleteAttachment(ctx(), g2, dst.TokenHash, "")
 		noErr(t, "DeleteAttachment of the copy", err)
 		if !last {
@@ -691,7 +713,7 @@ func testAttachmentsDeleteGroup(t *testing.T, open func(t *testing.T) store.Stor
 			if got.Object != copied.Object || got.Size != 200 {
 				t.Fatalf("copy read back as %+v", got)
 			}
-			wantErr(t, "ForgetObject of the copy's object", s.ForgetObject(ctx(), copied.Object, time.Time{}), store.ErrConflict)
+			wantErr(t, "ForgetObject of the copy's object", forgetErr(t, s, "ForgetObject of the copy's object", copied.Object), store.ErrConflict)
 			if _, err := s.LookupAttachment(ctx(), other, elsewhere.TokenHash); err != nil {
 				t.Fatal(err)
 			}
