@@ -44,6 +44,12 @@ const (
 	// uploadIdleTimeout bounds the wait for each piece of an upload's
 	// content: an upload may take long, but may not stall.
 	uploadIdleTimeout = 30 * time.Second
+	// minCommitGrace and maxCommitGrace bound commit_grace: above the
+	// backends' own bounds on a commit's answer (s3's 2 minutes, the
+	// forward backend's default 30 s), and no longer than a day of
+	// sweeps deleting a name's bytes again.
+	minCommitGrace = 10 * time.Minute
+	maxCommitGrace = 24 * time.Hour
 )
 
 // Attachments configures the attachment service of the Delivery Service
@@ -82,6 +88,17 @@ type Attachments struct {
 	// after it. Default: 1h; 1m to 24h.
 	UploadDeadline caddy.Duration `json:"upload_deadline,omitempty"`
 
+	// CommitGrace is how long after an upload's deadline its object's
+	// name stays recorded when the storage's commit of its bytes had no
+	// answer (a timeout, a connection lost): each sweep until then
+	// deletes whatever bytes the storage made visible late, and the
+	// first sweep after it forgets the name. It must exceed the longest
+	// a backend may still take to store an object once the gateway
+	// stopped waiting. The grace of the gateway that took an upload
+	// holds for it (recorded with its reservation). Default: 1h; 10m to
+	// 24h.
+	CommitGrace caddy.Duration `json:"commit_grace,omitempty"`
+
 	// AllowDeleteByMembers lets any member of the group delete an
 	// attachment. Default: false, only its uploader may (and expiry).
 	AllowDeleteByMembers bool `json:"allow_delete_by_members,omitempty"`
@@ -111,6 +128,9 @@ func (a *Attachments) validate() error {
 	}
 	if d := time.Duration(a.UploadDeadline); d != 0 && (d < time.Minute || d > 24*time.Hour) {
 		return fmt.Errorf("mimi: attachments upload_deadline: %s is outside 1m..24h", d)
+	}
+	if d := time.Duration(a.CommitGrace); d != 0 && (d < minCommitGrace || d > maxCommitGrace) {
+		return fmt.Errorf("mimi: attachments commit_grace: %s is outside %s..%s", d, minCommitGrace, maxCommitGrace)
 	}
 	return nil
 }
@@ -196,6 +216,7 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 		MaxSize:              a.MaxSize,
 		Retention:            time.Duration(a.Retention),
 		UploadDeadline:       time.Duration(a.UploadDeadline),
+		CommitGrace:          time.Duration(a.CommitGrace),
 		AllowDeleteByMembers: a.AllowDeleteByMembers,
 		Quota: store.AttachmentQuota{GroupBytes: a.GroupQuotaBytes, GroupCount: a.GroupQuotaCount,
 			UploaderBytes: a.UploaderQuotaBytes, UploaderCount: a.UploaderQuotaCount},
@@ -651,6 +672,7 @@ func contentPrefix(size int64) []byte {
 //		uploader_quota          <size> [<count>]
 //		retention               <duration>
 //		upload_deadline         <duration>
+//		commit_grace            <duration>
 //		allow_delete_by_members
 //		storage                 <backend> [<args...>] { ... }
 //	}
@@ -701,15 +723,18 @@ func unmarshalAttachments(d *caddyfile.Dispenser) (*Attachments, error) {
 			} else {
 				a.UploaderQuotaBytes, a.UploaderQuotaCount = size, count
 			}
-		case "retention", "upload_deadline":
+		case "retention", "upload_deadline", "commit_grace":
 			dur, err := durationArg(d, opt)
 			if err != nil {
 				return nil, err
 			}
-			if opt == "retention" {
+			switch opt {
+			case "retention":
 				a.Retention = caddy.Duration(dur)
-			} else {
+			case "upload_deadline":
 				a.UploadDeadline = caddy.Duration(dur)
+			default:
+				a.CommitGrace = caddy.Duration(dur)
 			}
 		case "allow_delete_by_members":
 			if d.NextArg() {

@@ -646,12 +646,13 @@ func TestAttachmentsCaddyfile(t *testing.T) {
 				uploader_quota 0 20
 				retention 168h
 				upload_deadline 30m
+				commit_grace 2h
 				allow_delete_by_members
 				storage local /srv/attachments
 			}
 		}`, &Attachments{MaxSize: 10 << 20, GroupQuotaBytes: 1 << 30, GroupQuotaCount: 500, UploaderQuotaCount: 20,
 			Retention: caddy.Duration(168 * time.Hour), UploadDeadline: caddy.Duration(30 * time.Minute),
-			AllowDeleteByMembers: true, Storage: []byte(`{"backend":"local","root":"/srv/attachments"}`)}, ""},
+			CommitGrace: caddy.Duration(2 * time.Hour), AllowDeleteByMembers: true, Storage: []byte(`{"backend":"local","root":"/srv/attachments"}`)}, ""},
 		{"off", `mimi {
 			attachments off
 		}`, &Attachments{Disabled: true}, ""},
@@ -671,6 +672,27 @@ func TestAttachmentsCaddyfile(t *testing.T) {
 				upload_deadline 1s
 			}
 		}`, nil, "upload_deadline: 1s is outside"},
+		{"short grace", `mimi {
+			attachments {
+				commit_grace 5m
+			}
+		}`, nil, "commit_grace: 5m0s is outside 10m0s..24h0m0s"},
+		{"long grace", `mimi {
+			attachments {
+				commit_grace 25h
+			}
+		}`, nil, "commit_grace: 25h0m0s is outside"},
+		{"grace without a duration", `mimi {
+			attachments {
+				commit_grace
+			}
+		}`, nil, "wrong argument count"},
+		{"duplicate grace", `mimi {
+			attachments {
+				commit_grace 1h
+				commit_grace 2h
+			}
+		}`, nil, "duplicate attachments option 'commit_grace'"},
 		{"unknown", `mimi {
 			attachments {
 				quota 1
@@ -701,6 +723,48 @@ func TestAttachmentsCaddyfile(t *testing.T) {
 			got.Storage, tc.want.Storage = nil, nil
 			if fmt.Sprint(*got) != fmt.Sprint(*tc.want) {
 				t.Fatalf("got %+v, want %+v", *got, *tc.want)
+			}
+		})
+	}
+}
+
+// TestAttachmentsCommitGraceJSON: commit_grace decodes strictly from the
+// JSON config, encodes back byte for byte, is checked by Validate, and
+// reaches the Delivery Service's attachment service, which keeps each
+// upload's object name that long after its deadline.
+func TestAttachmentsCommitGraceJSON(t *testing.T) {
+	const in = `{"retention":86400000000000,"upload_deadline":1800000000000,"commit_grace":7200000000000}`
+	var a Attachments
+	dec := json.NewDecoder(strings.NewReader(in))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := json.Marshal(&a); err != nil || string(out) != in {
+		t.Fatalf("round trip:\n got %s, %v\nwant %s", out, err, in)
+	}
+	g := provisioned(t, &Gateway{Providers: []string{"a.example"}, DSDomain: "ds.a.example", Attachments: &a})
+	if err := g.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.ds.Attachments.CommitGrace; got != 2*time.Hour {
+		t.Fatalf("the attachment service's commit grace is %s, want 2h", got)
+	}
+	for _, tc := range []struct {
+		name, grace, err string
+	}{
+		{"below the minimum", `"9m"`, "commit_grace: 9m0s is outside"},
+		{"above the maximum", `"24h1s"`, "commit_grace: 24h0m1s is outside"},
+		{"negative", `"-1h"`, "commit_grace: -1h0m0s is outside"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var bad Attachments
+			if err := json.Unmarshal([]byte(`{"commit_grace":`+tc.grace+`}`), &bad); err != nil {
+				t.Fatal(err)
+			}
+			err := bad.validate()
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("validate: %v, want an error containing %q", err, tc.err)
 			}
 		})
 	}

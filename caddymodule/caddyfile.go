@@ -118,6 +118,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			uploader_quota          <size> [<count>]
 //			retention               <duration>
 //			upload_deadline         <duration>
+//			commit_grace            <duration>
 //			allow_delete_by_members
 //			storage                 local [<root>] | local { root <dir> }
 //			storage                 s3 {
