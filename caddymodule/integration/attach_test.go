@@ -273,12 +273,24 @@ func TestAttachmentRelay(t *testing.T) {
 		t.Fatal("bob's Welcome to the second group never reached b")
 	}
 	inSecond := res2.Next
-	resp, body = post("b.localhost", "/attachment_copy", bytes.NewReader(bob.sign(t, moh.RequestBody{Type: moh.AttachmentCopy,
-		Copy: moh.AttachmentCopyRequest{GroupID: gid, Token: token, TargetGroupID: gid2, TargetSenderIndex: 1}}, 0)), nil)
+	copyReq := bob.sign(t, moh.RequestBody{Type: moh.AttachmentCopy,
+		Copy: moh.AttachmentCopyRequest{GroupID: gid, Token: token, TargetGroupID: gid2, TargetSenderIndex: 1}}, 0)
+	resp, body = post("b.localhost", "/attachment_copy", bytes.NewReader(copyReq), nil)
 	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentToken {
 		t.Fatalf("bob's copy through b: %d %x", resp.StatusCode, body)
 	}
 	copyToken := r.Token
+	// bob's answer was lost: he sends the same bytes again, through b and
+	// to the hub itself, and learns the first copy's token each time
+	// (docs/protocol.md §5.1), not a second copy's.
+	for _, host := range []string{"b.localhost", "a.localhost"} {
+		resp, body = post(host, "/attachment_copy", bytes.NewReader(copyReq), nil)
+		var again moh.DSResponse
+		if err := wire.Unmarshal(body, &again, "DSResponse"); err != nil || resp.StatusCode != http.StatusOK ||
+			again.Type != moh.ResponseAttachmentToken || !bytes.Equal(again.Token, copyToken) {
+			t.Fatalf("bob's retry of the copy at %s: %d %x, want the first copy's token", host, resp.StatusCode, body)
+		}
+	}
 	es, err := attachment.ExporterSecret(bob.m, suite, sealed.Hash, alice.m.LeafIndex())
 	if err != nil {
 		t.Fatal(err)
