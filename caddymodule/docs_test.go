@@ -95,3 +95,61 @@ func TestEndpointTableMatchesDocs(t *testing.T) {
 		t.Errorf("docs/protocol.md lists %s, which the endpoint table does not have", path)
 	}
 }
+
+// TestReadmeErrorTableMatchesCodes requires the README's error table
+// (section "Errors") to list every code of the registry, each once, in the
+// row of the HTTP status statusOf sends: an operator or client author reads
+// the statuses there.
+func TestReadmeErrorTableMatchesCodes(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const header = "| status | codes |"
+	start := strings.Index(string(readme), header)
+	if start < 0 {
+		t.Fatalf("README.md has no error table headed %q", header)
+	}
+	listed := map[moh.Code]int{}
+	for _, line := range strings.Split(string(readme[start:]), "\n")[2:] {
+		if !strings.HasPrefix(line, "|") {
+			break
+		}
+		cells := strings.Split(strings.Trim(line, "|"), "|")
+		if len(cells) != 2 {
+			t.Fatalf("error table row %q has %d cells, want 2", line, len(cells))
+		}
+		status, err := strconv.Atoi(strings.TrimSpace(cells[0]))
+		if err != nil {
+			t.Fatalf("error table row %q: status: %v", line, err)
+		}
+		for _, m := range regexp.MustCompile("`([a-z_]+)`").FindAllStringSubmatch(cells[1], -1) {
+			c := codeNamed(m[1])
+			if c == 0 {
+				t.Errorf("README lists `%s` under %d, which is no code", m[1], status)
+				continue
+			}
+			listed[c]++
+			if statusOf(c) != status {
+				t.Errorf("README lists %s under %d, statusOf says %d", c, status, statusOf(c))
+			}
+		}
+	}
+	for c := moh.Code(1); c.Known(); c++ {
+		t.Run(c.String(), func(t *testing.T) {
+			if listed[c] != 1 {
+				t.Errorf("README's error table lists %s %d times, want once (under %d)", c, listed[c], statusOf(c))
+			}
+		})
+	}
+}
+
+// codeNamed returns the registered code called name, or 0.
+func codeNamed(name string) moh.Code {
+	for c := moh.Code(1); c.Known(); c++ {
+		if c.String() == name {
+			return c
+		}
+	}
+	return 0
+}
