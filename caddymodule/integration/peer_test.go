@@ -74,6 +74,17 @@ func TestIndependentPeer(t *testing.T) {
 	}
 	waitTLS(t, "b.localhost")
 
+	// The document's worked examples, recomputed by the peer from the text.
+	t.Run("selftest", func(t *testing.T) {
+		cmd := exec.Command("node", "mimi-peer.mjs", "selftest")
+		cmd.Dir = peerDir
+		out, err := cmd.CombinedOutput()
+		t.Logf("mimi-peer selftest:\n%s", out)
+		if err != nil {
+			t.Fatalf("mimi-peer selftest: %v", err)
+		}
+	})
+
 	issuer := &binding.Issuer{Domains: []string{"b.localhost"}, Keys: keyRingOf(t, "b.localhost")}
 	// Each run has a new provider key, which b fetches on its new key_id;
 	// the last answers POST /verification_key with 405, so b's fetcher falls
@@ -143,6 +154,18 @@ func runPeer(t *testing.T, issuer *binding.Issuer, peerDir string, peerArgs ...s
 	}
 	if !bytes.Equal(got[0].GroupID, got[2].GroupID) || bytes.Equal(got[0].GroupID, got[1].GroupID) {
 		t.Fatalf("queued group ids %x %x %x: want the Welcome's group for the first and last", got[0].GroupID, got[1].GroupID, got[2].GroupID)
+	}
+
+	// connection_key_packages handed out the laptop's KeyPackage, and the
+	// peer's connection_request added it: the laptop's queue holds that
+	// Welcome once, although the peer sent the request twice.
+	conn := fetchQueue(t, laptop, user, 0, 5)
+	if len(conn) != 1 {
+		t.Fatalf("the laptop's queue at b holds %d messages, want the peer's connection_request Welcome", len(conn))
+	}
+	if m, err := mls.DecodeMLSMessage(conn[0].Message); err != nil || m.WireFormat != mls.WireFormatWelcome ||
+		string(conn[0].Sender) != "peer.localhost" || bytes.Equal(conn[0].GroupID, got[0].GroupID) || bytes.Equal(conn[0].GroupID, got[1].GroupID) {
+		t.Fatalf("the laptop's queued message: group %x from %q (%v), want a Welcome of a connection group from peer.localhost", conn[0].GroupID, conn[0].Sender, err)
 	}
 }
 

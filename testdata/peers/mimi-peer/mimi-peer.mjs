@@ -52,6 +52,20 @@ async function selftest() {
   // §3 error example and §5.5 LeafNode signature (RFC 9420 LeafNodeTBS for source key_package)
   await check('§3 error example', () => { const d = M.decodeDSResponse(Buffer.from('000101000100', 'hex')); assert(d.code === 1 && d.message === '', JSON.stringify(d)); });
   await check('§1 varint examples', () => { for (const [h, v] of [['25', 37], ['7bbd', 15293], ['9d7f3e7d', 494878333]]) { assert(new Reader(Buffer.from(h, 'hex')).varint() === v, h); } let threw = false; try { new Reader(Buffer.from('4005', 'hex')).varint(); } catch { threw = true; } assert(threw, '4005 accepted'); });
+  // §5.5 signed DS requests: client_signature, sender_index 1, timestamp 1790000060, group 16 bytes of aa
+  const gid = Buffer.alloc(16, 0xaa);
+  const dl = M.buildDSRequest({ body: M.dsBodies.attachmentDownload(gid, Buffer.alloc(32, 0xbb)), senderIndex: 1, timestamp: 1790000060n, priv: k.priv });
+  await check('§5.5 attachment_download DSRequestTBS', () => assert(hex(dl.tbs) === '00011210aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa20bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb0100000001000000006ab13bbc', hex(dl.tbs)));
+  await check('§5.5 attachment_download DSRequest', () => assert(hex(dl.body) === '00011210aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa20bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb0100000001000000006ab13bbc40406d3e7a0ce8d3e46c670a03938f7ed71a71f3280248cca10057211e301e7c075210492f58afe1224fca40c2a48c397cbbf5b13f406bc4e0fc0977f10c54476606', hex(dl.body)));
+  const pm = M.privateMessage(gid, 3n, Buffer.alloc(28), Buffer.alloc(40));
+  await check('§5.5 send_message MLSMessage', () => assert(hex(pm) === '0001000210aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000000000000301001c000000000000000000000000000000000000000000000000000000002800000000000000000000000000000000000000000000000000000000000000000000000000000000', hex(pm)));
+  const sm = M.buildDSRequest({ body: M.dsBodies.sendMessage(pm), senderIndex: 1, timestamp: 1790000060n, priv: k.priv });
+  await check('§5.5 send_message DSRequest', () => assert(hex(sm.body) === '00010a0001000210aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000000000000301001c0000000000000000000000000000000000000000000000000000000028000000000000000000000000000000000000000000000000000000000000000000000000000000000100000001000000006ab13bbc4040fa353e44bdf887f62d4024650ea176b4e8ff6df5134d42506682183c7ddd3b453da11bba40d91a67794c25c0f680e8f519b83cc1b6edd508bc48512f2b581904', hex(sm.body)));
+  // §6.2 the forward backend's Mimi-Signature
+  await check('§6.2 Mimi-Signature of a PUT', () => {
+    const v = M.forwardSignature(Buffer.from('0123456789abcdef0123456789abcdef'), 1790000060, 'PUT', '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff', 1048576);
+    assert(v === 'v1=e552ee47f94be399abc289044b1442529f5387b812e4b4b745edee3e8b219538', v);
+  });
   await check('§5.5 LeafNode signature (LeafNodeTBS)', () => {
     const ln = M.decodeLeafNode(new Reader(Buffer.from('201111111111111111111111111111111111111111111111111111111111111111208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c00011e6d696d693a2f2f612e6578616d706c652f642f616c6963652f70686f6e65020001020001000002000101000000006ab13b80000000006b27e280004040d3487a498b8249fe3f158b8c17fe5a19acd9f01019e1fd4d59a77a647a8d0054aeba04a27f7f8d9280c76a65bdcb6976a08bf3c8e9c69f160288f1c8d2c2690a', 'hex')));
     assert(M.verifyWithLabel(M.SCHEME_ED25519, ln.signature_key, 'LeafNodeTBS', ln.tbs, ln.signature), 'LeafNode signature does not verify');
@@ -249,6 +263,7 @@ async function run() {
   // 3. provider-signed requests
   const requester = opt.requester ?? `mimi://${opt.domain}/u/peer`;
   const claimed = [];
+  const userClaimed = new Map(); // user URI -> the KeyPackages connection_key_packages handed out
   if (opt.client.length) {
     await check('group_key_packages', async () => {
       const foreign = `mimi://${opt.domain}/d/nobody/x`;
@@ -275,6 +290,7 @@ async function run() {
       for (const id of ids) { const c = M.parseClientURI(id); assert(c.provider === up.provider && c.user === up.user, `${id} is not a client of ${u}`); }
       for (let i = 1; i < ids.length; i++) assert(Buffer.compare(Buffer.from(ids[i - 1]), Buffer.from(ids[i])) < 0, 'not ordered by client URI');
       claimed.push(...r.resp.key_packages);
+      userClaimed.set(u, r.resp.key_packages);
       return `${ids.length} KeyPackage(s) verified`;
     });
   }
@@ -286,6 +302,33 @@ async function run() {
     const r = await send(M.PREQ.connection_key_packages, M.payloads.connectionKeyPackages(`mimi://${gatewayDomain}/u/mallory`, `mimi://${gatewayDomain}/u/x`));
     return expectError(r, 18);
   });
+
+  // connection_request (§4.2): a Welcome into a connection group this peer hosts, adding the KeyPackages
+  // connection_key_packages handed out; then §4 step 8 for a request type whose ids are recorded.
+  for (const [u, kps] of userClaimed) {
+    if (!kps.length) continue;
+    const gid = crypto.randomBytes(16);
+    const secrets = kps.map((kp) => ({ newMember: M.keyPackageRef(kp), kemOutput: crypto.randomBytes(32), ciphertext: crypto.randomBytes(48) }));
+    const payload = M.payloads.connectionRequest(u, gid, M.welcomeMessage(kps[0].cipher_suite, secrets, crypto.randomBytes(96)));
+    let firstConn;
+    await check(`connection_request ${u} adding the claimed KeyPackages -> queueing ok`, async () => {
+      const r = await send(M.PREQ.connection_request, payload);
+      expectType(r, M.RESP.queueing);
+      assert(r.resp.status === 0 && r.resp.unknown.length === 0, `status ${r.resp.status} unknown ${JSON.stringify(r.resp.unknown)}`);
+      firstConn = r;
+      return `group ${hex(gid)}`;
+    });
+    if (!firstConn) continue;
+    await check('connection_request byte-identical retry -> the recorded answer (§4 step 8)', async () => {
+      const res = await request({ authority: dsAuthorityOfGateway, path: '/connection_request', body: firstConn.body });
+      expectDSResponseHeaders(res);
+      assert(res.status === firstConn.res.status && res.body.equals(firstConn.res.body), `HTTP ${res.status} ${hex(res.body)}`);
+    });
+    await check('connection_request same request_id, other bytes -> 409 replay (§4 step 8)', async () => {
+      const r0 = new Reader(firstConn.body); r0.u16(); r0.u8(); r0.opaque(); r0.opaque(); const ts = r0.u64(); const requestId = Buffer.from(r0.opaque());
+      return expectError(await send(M.PREQ.connection_request, payload, { requestId, timestamp: ts - 1n }), 5);
+    });
+  }
 
   // deliver_message: a Welcome for a group this peer hosts, then an application message
   const recipients = opt.client.length ? opt.client : [];
@@ -370,6 +413,30 @@ async function run() {
   await check('ProviderRequest with protocol_version 2 -> 400 unsupported_version', async () => {
     const r = await send1(M.PREQ.connection_key_packages, probe(), {}, (b) => { b[1] = 2; return b; });
     return expectError(r, 20);
+  });
+  await check('group_key_packages naming a client twice -> 400 malformed (§4.2)', async () => {
+    const twice = `mimi://${opt.domain}/d/nobody/twice`;
+    return expectError(await send(M.PREQ.group_key_packages, M.payloads.groupKeyPackages(requester, [twice, twice])), 1);
+  });
+
+  // the DS endpoints (§5): what a client of any provider sends to the gateway's DS
+  await check('request_group_id 00010000 -> group_id(2) of 16 bytes (§5.5)', async () => {
+    const res = await request({ authority: dsAuthorityOfGateway, path: '/group_operation', body: Buffer.from('00010000', 'hex') });
+    expectDSResponseHeaders(res);
+    const d = M.decodeDSResponse(res.body);
+    assert(res.status === 200 && d.type === M.RESP.group_id && d.group_id.length === 16, `HTTP ${res.status} ${hex(res.body)}`);
+    assert(res.body.subarray(0, 4).equals(Buffer.from('00010210', 'hex')), 'answer does not start 00010210');
+  });
+  await check('the §5.5 attachment_download example, its timestamp long past -> 401 stale_timestamp', async () => {
+    const dl = M.buildDSRequest({ body: M.dsBodies.attachmentDownload(Buffer.alloc(16, 0xaa), Buffer.alloc(32, 0xbb)), senderIndex: 1, timestamp: 1790000060n, priv: M.ed25519FromSeed(Buffer.alloc(32, 1)).priv });
+    const res = await request({ authority: dsAuthorityOfGateway, path: '/attachment_download', body: dl.body });
+    expectDSResponseHeaders(res);
+    return expectError({ res, resp: M.decodeDSResponse(res.body) }, 4);
+  });
+  await check('a DS request type on another endpoint -> 400 wrong_request_type (§5.4 step 2)', async () => {
+    const res = await request({ authority: dsAuthorityOfGateway, path: '/welcome_information', body: Buffer.from('00010000', 'hex') });
+    expectDSResponseHeaders(res);
+    return expectError({ res, resp: M.decodeDSResponse(res.body) }, 17);
   });
   await check('gateway fetched our verification key', () => assert(served.keys > 0, 'no /verification_key request reached the peer'));
   if (opt['vk-post-405']) await check('gateway fell back to GET after our 405 (§4.1)', () => assert(served.post405 > 0 && served.get > 0, `POST 405 ${served.post405}, GET ${served.get}`));

@@ -6,8 +6,8 @@ export const VERSION = 1;
 export const SCHEME_ED25519 = 0x0807, SCHEME_P256 = 0x0403;
 export const RESP = { ok: 0, error: 1, group_id: 2, welcome_info: 3, external_commit_info: 4, verification_keys: 5, key_packages: 6, attachment_token: 7, attachment_content: 8, queueing: 9 };
 export const PREQ = { deliver_message: 0, connection_request: 1, connection_key_packages: 2, group_key_packages: 3 };
-export const ERR = { 1: 'malformed', 2: 'bad_signature', 3: 'unknown_key', 4: 'stale_timestamp', 5: 'replay', 6: 'recipient_mismatch', 7: 'not_found', 8: 'stale_epoch', 9: 'commit_conflict', 10: 'quota_exceeded', 11: 'too_large', 12: 'rate_limited', 13: 'token_required', 14: 'backend_unavailable', 15: 'not_implemented', 16: 'unsupported_media_type', 17: 'wrong_request_type', 18: 'forbidden', 19: 'method_not_allowed', 20: 'unsupported_version', 21: 'in_progress', 22: 'too_early', 23: 'body_timeout', 24: 'invalid_mls', 25: 'group_exists' };
-export const ERR_STATUS = { 1: 400, 2: 401, 3: 401, 4: 401, 5: 409, 6: 421, 7: 404, 8: 409, 9: 409, 10: 413, 11: 413, 12: 429, 13: 401, 14: 503, 15: 501, 16: 415, 17: 400, 18: 403, 19: 405, 20: 400, 21: 409, 22: 425, 23: 408, 24: 400, 25: 409 };
+export const ERR = { 1: 'malformed', 2: 'bad_signature', 3: 'unknown_key', 4: 'stale_timestamp', 5: 'replay', 6: 'recipient_mismatch', 7: 'not_found', 8: 'stale_epoch', 9: 'commit_conflict', 10: 'quota_exceeded', 11: 'too_large', 12: 'rate_limited', 13: 'token_required', 14: 'backend_unavailable', 15: 'not_implemented', 16: 'unsupported_media_type', 17: 'wrong_request_type', 18: 'forbidden', 19: 'method_not_allowed', 20: 'unsupported_version', 21: 'in_progress', 22: 'too_early', 23: 'body_timeout', 24: 'invalid_mls', 25: 'group_exists', 26: 'content_mismatch', 27: 'certificate_required', 28: 'bad_certificate' };
+export const ERR_STATUS = { 1: 400, 2: 401, 3: 401, 4: 401, 5: 409, 6: 421, 7: 404, 8: 409, 9: 409, 10: 413, 11: 413, 12: 429, 13: 401, 14: 503, 15: 501, 16: 415, 17: 400, 18: 403, 19: 405, 20: 400, 21: 409, 22: 425, 23: 408, 24: 400, 25: 409, 26: 400, 27: 401, 28: 401 };
 
 // ---- signatures (RFC 9420 §5.1.2 SignWithLabel) ----
 export function signContent(label, content) {
@@ -127,7 +127,27 @@ export const payloads = {
   groupKeyPackages: (requester, clientIds) => new Writer().opaque(Buffer.from(requester)).opaque(uriVec(clientIds)).bytes(),
   connectionKeyPackages: (requester, userId) => new Writer().opaque(Buffer.from(requester)).opaque(Buffer.from(userId)).bytes(),
   deliverMessage: (groupId, clientIds, mlsMessage) => new Writer().opaque(groupId).opaque(uriVec(clientIds)).raw(mlsMessage).bytes(),
+  connectionRequest: (userId, groupId, welcome) => new Writer().opaque(Buffer.from(userId)).opaque(groupId).raw(welcome).bytes(),
 };
+
+// ---- DSRequest (§5, §5.1) ----
+export const DSREQ = { request_group_id: 0, send_message: 10, attachment_download: 18 };
+// A client_signature DSRequest: version, the body (type byte and fields), DSAuthData. DSRequestTBS is every byte
+// up to the signature's <V> length; signature = SignWithLabel(key, "MIMI DS request", DSRequestTBS).
+export function buildDSRequest({ body, senderIndex, timestamp, priv }) {
+  const tbs = new Writer().u16(VERSION).raw(body).u8(1).u32(senderIndex).u64(timestamp).bytes();
+  const sig = signWithLabel(priv, 'MIMI DS request', tbs);
+  return { tbs, body: Buffer.concat([tbs, new Writer().opaque(sig).bytes()]) };
+}
+export const dsBodies = {
+  attachmentDownload: (groupId, token) => new Writer().u8(DSREQ.attachment_download).opaque(groupId).opaque(token).bytes(),
+  sendMessage: (mlsMessage) => new Writer().u8(DSREQ.send_message).raw(mlsMessage).bytes(),
+};
+
+// ---- §6.2 attachment storage on the legacy backend: Mimi-Signature of a request ----
+export function forwardSignature(key, timestamp, method, name, contentLength) {
+  return 'v1=' + crypto.createHmac('sha256', key).update(`mimi-attachment-v1\n${timestamp}\n${method}\n${name}\n${contentLength}`).digest('hex');
+}
 
 // ---- RFC 9420 structures ----
 export const SUITES = { 1: { scheme: SCHEME_ED25519, hash: 'sha256' }, 2: { scheme: SCHEME_P256, hash: 'sha256' }, 3: { scheme: SCHEME_ED25519, hash: 'sha256' } };
