@@ -438,6 +438,20 @@ async function run() {
     expectDSResponseHeaders(res);
     return expectError({ res, resp: M.decodeDSResponse(res.body) }, 17);
   });
+  // §2.3 steps 2 and 4: method, content type and empty body, before any decoding
+  const refusal = (what, req, code, extra) => check(what, async () => {
+    const res = await request({ authority: dsAuthorityOfGateway, ...req });
+    expectDSResponseHeaders(res);
+    const out = expectError({ res, resp: M.decodeDSResponse(res.body) }, code);
+    if (extra) extra(res);
+    return out;
+  });
+  await refusal('PUT /deliver_message -> 405 method_not_allowed with Allow: POST (§2.3)', { path: '/deliver_message', method: 'PUT', body: Buffer.from('0001', 'hex') }, 19,
+    (res) => assert(res.headers.allow === 'POST', 'Allow ' + res.headers.allow));
+  await refusal('POST /deliver_message as text/plain -> 415 unsupported_media_type (§2.3)', { path: '/deliver_message', body: Buffer.from('0001', 'hex'), headers: { 'Content-Type': 'text/plain' } }, 16);
+  await refusal('POST /deliver_message with an empty body -> 400 malformed (§2.3)', { path: '/deliver_message', headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': 0 } }, 1);
+  await refusal('GET /welcome_information without body or content type -> 415 (§2.3)', { path: '/welcome_information', method: 'GET' }, 16);
+  await refusal('GET /welcome_information, octet-stream, no body -> 400 malformed (§2.3)', { path: '/welcome_information', method: 'GET', headers: { 'Content-Type': 'application/octet-stream' } }, 1);
   await check('gateway fetched our verification key', () => assert(served.keys > 0, 'no /verification_key request reached the peer'));
   if (opt['vk-post-405']) await check('gateway fell back to GET after our 405 (§4.1)', () => assert(served.post405 > 0 && served.get > 0, `POST 405 ${served.post405}, GET ${served.get}`));
 
