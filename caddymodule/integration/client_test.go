@@ -67,6 +67,14 @@ m.localhost:9443 {
 // test ends.
 func startClientSite(t *testing.T) {
 	t.Helper()
+	startClientSiteWith(t, "", "")
+}
+
+// startClientSiteWith is startClientSite with m.localhost's mimi block
+// given the options gateway and its mimi_local block the options local
+// (tab-indented lines, or "").
+func startClientSiteWith(t *testing.T, gateway, local string) {
+	t.Helper()
 	startCaddy(t)
 	var users strings.Builder
 	for name, pw := range clientUsers {
@@ -77,7 +85,8 @@ func startClientSite(t *testing.T) {
 		fmt.Fprintf(&users, "\t\t\t%s %s\n", name, hash)
 	}
 	site := strings.NewReplacer("{DATA}", filepath.Join(env.dir, "m-"+t.Name()), "{USERS}", strings.TrimRight(users.String(), "\n"),
-		backendLine("m.localhost"), siteBackend(t, "m.localhost")).Replace(clientSite)
+		backendLine("m.localhost"), siteBackend(t, "m.localhost")+gateway,
+		"\t\t\tmax_wait 10s\n", "\t\t\tmax_wait 10s\n"+local).Replace(clientSite)
 	loadWithSite(t, "m.localhost", site)
 }
 

@@ -84,15 +84,15 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 	}
 	req.ContentLength = int64(len(head) + len(sealed.Ciphertext))
 	req.Header.Set("Content-Type", "application/octet-stream")
-	status, answer, err := c.do(req)
+	a, err := c.do(req)
 	if err != nil {
 		return attachment.Reference{}, 0, fmt.Errorf("attachment_upload: %w", err)
 	}
-	if status != http.StatusOK {
-		return attachment.Reference{}, 0, refusal("attachment_upload", status, answer)
+	if a.status != http.StatusOK {
+		return attachment.Reference{}, 0, c.refusal("attachment_upload", a)
 	}
 	var r moh.DSResponse
-	if err := wire.Unmarshal(answer, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentToken {
+	if err := wire.Unmarshal(a.body, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentToken {
 		return attachment.Reference{}, 0, fmt.Errorf("attachment_upload: the answer is not an attachment token")
 	}
 	return attachment.Reference{Token: r.Token, Nonce: sealed.Nonce, Hash: sealed.Hash}, m.LeafIndex(), nil
@@ -148,15 +148,15 @@ func (c *Client) download(ctx context.Context, groupID []byte, index uint32, tok
 		return nil, fmt.Errorf("attachment_download: %w", err)
 	}
 	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, MaxAttachment+64))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxAttachment+64))
 	if err != nil {
 		return nil, fmt.Errorf("attachment_download: reading the answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, refusal("attachment_download", resp.StatusCode, answer)
+		return nil, c.refusal("attachment_download", &answer{status: resp.StatusCode, header: resp.Header, body: raw})
 	}
 	var r moh.DSResponse
-	if err := wire.Unmarshal(answer, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentContent {
+	if err := wire.Unmarshal(raw, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentContent {
 		return nil, fmt.Errorf("attachment_download: the answer is not attachment content")
 	}
 	return r.Content, nil

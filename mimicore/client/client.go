@@ -29,6 +29,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -502,6 +503,12 @@ type Error struct {
 	// authentication handler of the local API); Message then says so.
 	Code    moh.Code
 	Message string
+	// RetryAfter is the wait the answer's Retry-After header asked for
+	// (RFC 9110 §10.2.3: delta-seconds, or an HTTP-date taken against
+	// the answer's Date), at most MaxRetryAfter; 0 when the answer had
+	// none, or a malformed one. A gateway sends it with 429 rate_limited
+	// and with some 503 backend_unavailable answers.
+	RetryAfter time.Duration
 }
 
 // Error implements error.
@@ -510,6 +517,52 @@ func (e *Error) Error() string {
 		return fmt.Sprintf("%s: %d %s: %s", e.Op, e.Status, http.StatusText(e.Status), e.Message)
 	}
 	return fmt.Sprintf("%s: %d %s: %s", e.Op, e.Status, e.Code, e.Message)
+}
+
+// RetryAfterOf returns the Retry-After of a gateway refusal in err's
+// chain, and false when err holds none with a Retry-After.
+func RetryAfterOf(err error) (time.Duration, bool) {
+	var e *Error
+	if errors.As(err, &e) && e.RetryAfter > 0 {
+		return e.RetryAfter, true
+	}
+	return 0, false
+}
+
+// MaxRetryAfter bounds the wait a Retry-After header can ask for: a
+// longer one is taken as this long.
+const MaxRetryAfter = 24 * time.Hour
+
+// parseRetryAfter returns the wait a Retry-After header value v asks
+// for (RFC 9110 §10.2.3), at most MaxRetryAfter: delta-seconds (one or
+// more digits), or an HTTP-date (the three forms of §5.6.7), taken
+// against date, the answer's Date header, or now when that is missing
+// or malformed (a date in the past asks for no wait). It reports false
+// for a missing or malformed value.
+func parseRetryAfter(v, date string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if strings.Trim(v, "0123456789") == "" {
+		// More digits than a day of seconds has are over the bound.
+		digits := strings.TrimLeft(v, "0")
+		if len(digits) > 6 {
+			return MaxRetryAfter, true
+		}
+		n, err := strconv.Atoi(v[len(v)-max(len(digits), 1):])
+		if err != nil {
+			return 0, false
+		}
+		return min(time.Duration(n)*time.Second, MaxRetryAfter), true
+	}
+	at, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	if d, err := http.ParseTime(date); err == nil {
+		now = d
+	}
+	return min(max(at.Sub(now), 0), MaxRetryAfter), true
 }
 
 // CodeOf returns the DSError code of a gateway refusal in err's chain, and
@@ -532,21 +585,28 @@ func refused(err error) bool {
 	return errors.As(err, &e) && e.Code != 0 && e.Status >= 400 && e.Status < 500
 }
 
-// do sends req and returns the answer's status and body.
-func (c *Client) do(req *http.Request) (int, []byte, error) {
+// answer is a gateway's answer to a request.
+type answer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// do sends req and returns the answer.
+func (c *Client) do(req *http.Request) (*answer, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, nil, &transportError{err}
+		return nil, &transportError{err}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	if err != nil {
-		return 0, nil, &transportError{fmt.Errorf("reading the answer: %w", err)}
+		return nil, &transportError{fmt.Errorf("reading the answer: %w", err)}
 	}
 	if len(body) > maxAnswer {
-		return 0, nil, fmt.Errorf("the answer exceeds %d bytes", maxAnswer)
+		return nil, fmt.Errorf("the answer exceeds %d bytes", maxAnswer)
 	}
-	return resp.StatusCode, body, nil
+	return &answer{status: resp.StatusCode, header: resp.Header, body: body}, nil
 }
 
 // transportError is a request that got no whole answer: the connection
@@ -563,13 +623,15 @@ func isTransport(err error) bool {
 	return errors.As(err, &te)
 }
 
-// refusal decodes a non-200 answer as the gateway's DSResponse error.
-func refusal(op string, status int, body []byte) error {
+// refusal decodes a non-200 answer as the gateway's DSResponse error,
+// with the wait its Retry-After asks for.
+func (c *Client) refusal(op string, a *answer) error {
+	ra, _ := parseRetryAfter(a.header.Get("Retry-After"), a.header.Get("Date"), time.Now())
 	var r moh.DSResponse
-	if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || r.Type != moh.ResponseError {
-		return &Error{Op: op, Status: status, Message: fmt.Sprintf("the answer (%d bytes) is not a DSError", len(body))}
+	if err := wire.Unmarshal(a.body, &r, "DSResponse"); err != nil || r.Type != moh.ResponseError {
+		return &Error{Op: op, Status: a.status, Message: fmt.Sprintf("the answer (%d bytes) is not a DSError", len(a.body)), RetryAfter: ra}
 	}
-	return &Error{Op: op, Status: status, Code: r.Error.Code, Message: string(r.Error.Message)}
+	return &Error{Op: op, Status: a.status, Code: r.Error.Code, Message: string(r.Error.Message), RetryAfter: ra}
 }
 
 // postDS posts a DSRequest to the gateway's path and returns its
@@ -580,19 +642,19 @@ func (c *Client) postDS(ctx context.Context, path, op string, body []byte) (*moh
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
-	status, answer, err := c.do(req)
+	a, err := c.do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	if status != http.StatusOK {
-		return nil, refusal(op, status, answer)
+	if a.status != http.StatusOK {
+		return nil, c.refusal(op, a)
 	}
 	var r moh.DSResponse
-	if err := wire.Unmarshal(answer, &r, "DSResponse"); err != nil {
+	if err := wire.Unmarshal(a.body, &r, "DSResponse"); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	if r.Type == moh.ResponseError {
-		return nil, &Error{Op: op, Status: status, Code: r.Error.Code, Message: string(r.Error.Message)}
+		return nil, &Error{Op: op, Status: a.status, Code: r.Error.Code, Message: string(r.Error.Message)}
 	}
 	return &r, nil
 }
@@ -619,15 +681,15 @@ func (c *Client) localRequest(ctx context.Context, method, path string, query ur
 	if c.cfg.Authorize != nil {
 		c.cfg.Authorize(req)
 	}
-	status, answer, err := c.do(req)
+	a, err := c.do(req)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	if status != http.StatusOK {
-		return refusal(op, status, answer)
+	if a.status != http.StatusOK {
+		return c.refusal(op, a)
 	}
-	if err := wire.Unmarshal(answer, out, op+" answer"); err != nil {
-		return fmt.Errorf("%s: a 200 answer of %d bytes: %w", op, len(answer), err)
+	if err := wire.Unmarshal(a.body, out, op+" answer"); err != nil {
+		return fmt.Errorf("%s: a 200 answer of %d bytes: %w", op, len(a.body), err)
 	}
 	return nil
 }
