@@ -1,13 +1,17 @@
 package integration
 
 import (
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	mimiclient "github.com/caddy-mimi/caddy-mimi/mimicore/client"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/policy/admission"
 )
 
 // TestGoClientRetryAfterNotRetried: a publish of KeyPackages (not safe to
@@ -32,5 +36,108 @@ func TestGoClientRetryAfterNotRetried(t *testing.T) {
 	}
 	if n, err := bob.PublishedKeyPackages(t.Context()); err != nil || n != 4 {
 		t.Fatalf("bob's published KeyPackages: %d, %v; want the 4 of his init", n, err)
+	}
+}
+
+// retryZones are m.localhost's rate-limit zones of
+// TestGoClientRetryAfterWaited: one welcome_info every 3 s from an
+// address, one group operation every 3 s of a member.
+const retryZones = `		rate_limit retry_welcome {
+			key remote_ip
+			rate 1/3s
+			endpoints welcome_information
+		}
+		rate_limit retry_send {
+			key member
+			rate 1/3s
+			endpoints group_operation
+		}
+`
+
+// limited returns how many requests zone refused rate_limited so far
+// (caddy_mimi_policy_decisions_total).
+func limited(t *testing.T, zone string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(admission.Collectors()[0]); err != nil {
+		t.Fatal(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if f.GetName() == "caddy_mimi_policy_decisions_total" && labels["zone"] == zone && labels["outcome"] == "limited" {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
+}
+
+// TestGoClientRetryAfterWaited: requests that are safe to repeat, refused
+// 429 rate_limited with a Retry-After, are sent again once the wait is
+// over, and the call succeeds: bob's welcome_info, asked while the
+// address's welcome_info budget is spent, and bob's second message, sent
+// while his group operation budget is spent (the kept message, signed
+// again). The zones' counters show each refusal that was waited out.
+func TestGoClientRetryAfterWaited(t *testing.T) {
+	startClientSiteWith(t, retryZones, "")
+	alice := newGoClient(t, "alice", "phone")
+	bob := newGoClient(t, "bob", "phone")
+	ctx := t.Context()
+	gid, err := alice.CreateGroup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Add(ctx, gid, "mimi://m.localhost/u/bob"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Spend the address's welcome_info budget until a refusal says it
+	// is spent; then bob's welcome_info is refused, waits and joins.
+	spent := limited(t, "retry_welcome")
+	for i := 0; limited(t, "retry_welcome") == spent; i++ {
+		if i == 5 {
+			t.Fatal("five welcome_info requests in a row were admitted")
+		}
+		resp, err := client(tls.VersionTLS13).Post("https://m.localhost:9443/welcome_information", "application/octet-stream", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	before := limited(t, "retry_welcome")
+	expectEvent(t, "bob", receive(t, bob, 1)[0], mimiclient.EventJoined, gid, "", "")
+	if after := limited(t, "retry_welcome"); after <= before {
+		t.Fatalf("bob's welcome_info was not refused (%v refusals before his receive, %v after): the test did not run what it checks", before, after)
+	}
+
+	// bob's first message spends his group operation budget; the second
+	// is refused, waited out and sent.
+	if err := bob.Send(ctx, gid, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	before = limited(t, "retry_send")
+	if err := bob.Send(ctx, gid, []byte("two")); err != nil {
+		t.Fatalf("bob's second message: %v", err)
+	}
+	if after := limited(t, "retry_send"); after <= before {
+		t.Fatalf("bob's second message was not refused (%v refusals before, %v after): the test did not run what it checks", before, after)
+	}
+	if bob.PendingMessage(gid) {
+		t.Fatal("bob's second message is still kept after it was sent")
+	}
+	evs := receive(t, alice, 2)
+	expectEvent(t, "alice", evs[0], mimiclient.EventMessage, gid, bob.URI(), "one")
+	expectEvent(t, "alice", evs[1], mimiclient.EventMessage, gid, bob.URI(), "two")
+	if evs, err := alice.Receive(ctx, 0); err != nil || len(evs) != 0 {
+		t.Fatalf("alice's queue after the two messages: %d events, %v; want none (each message once)", len(evs), err)
 	}
 }

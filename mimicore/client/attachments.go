@@ -131,8 +131,21 @@ func (c *Client) getAttachment(ctx context.Context, groupID []byte, senderIndex 
 }
 
 // download fetches the ciphertext of token from groupID with
-// /attachment_download, signed as leaf index. c.mu is held.
+// /attachment_download, signed as leaf index; a read, it is sent again,
+// signed afresh, after a refusal whose Retry-After the client waits out.
+// c.mu is held.
 func (c *Client) download(ctx context.Context, groupID []byte, index uint32, token []byte) ([]byte, error) {
+	var content []byte
+	err := c.repeatable(ctx, func() error {
+		var err error
+		content, err = c.downloadOnce(ctx, groupID, index, token)
+		return err
+	})
+	return content, err
+}
+
+// downloadOnce is download without retries. c.mu is held.
+func (c *Client) downloadOnce(ctx context.Context, groupID []byte, index uint32, token []byte) ([]byte, error) {
 	body, err := c.sign(moh.RequestBody{Type: moh.AttachmentDownload,
 		Attachment: moh.AttachmentRef{GroupID: groupID, Token: token}}, index)
 	if err != nil {

@@ -73,7 +73,22 @@ type Config struct {
 	// trying again every 100ms; after it they fail with ErrInUse. Zero
 	// (or less) fails at once.
 	LockWait time.Duration
+	// MaxRetryWait is the longest wait a refusal's Retry-After (429
+	// rate_limited, 503 backend_unavailable) may ask for that the client
+	// waits out by itself, holding the Client, before it sends again a
+	// request that is safe to repeat (see Error.RetryAfter), at most
+	// twice. A refusal asking for longer, or for more than what is left
+	// of the call's context, is returned at once. Zero means
+	// DefaultMaxRetryWait; negative, the client never waits.
+	MaxRetryWait time.Duration
 }
+
+// DefaultMaxRetryWait is the MaxRetryWait of a Config that sets none.
+const DefaultMaxRetryWait = 5 * time.Minute
+
+// maxRetries is how many times the client sends a request that is safe
+// to repeat again after refusals whose Retry-After it waited out.
+const maxRetries = 2
 
 // BasicAuth returns a Config.Authorize that sends HTTP basic credentials.
 func BasicAuth(user, password string) func(*http.Request) {
@@ -565,6 +580,58 @@ func parseRetryAfter(v, date string, now time.Time) (time.Duration, bool) {
 	return min(max(at.Sub(now), 0), MaxRetryAfter), true
 }
 
+// retryWait returns the wait err asks for before a request that is safe
+// to repeat is sent again, and false when the client is not to wait for
+// it: err is not a 429 or 503 refusal with a Retry-After, or asks for
+// more than MaxRetryWait, or for more than ctx has left.
+func (c *Client) retryWait(ctx context.Context, err error) (time.Duration, bool) {
+	var e *Error
+	if !errors.As(err, &e) || (e.Status != http.StatusTooManyRequests && e.Status != http.StatusServiceUnavailable) || e.RetryAfter <= 0 {
+		return 0, false
+	}
+	limit := c.cfg.MaxRetryWait
+	if limit == 0 {
+		limit = DefaultMaxRetryWait
+	}
+	if e.RetryAfter > limit {
+		return 0, false
+	}
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= e.RetryAfter {
+		return 0, false
+	}
+	return e.RetryAfter, true
+}
+
+// sleep waits d, and reports false when ctx was done first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// repeatable runs attempt, which sends a request that is safe to repeat
+// (a read, an acknowledgement), and runs it again, at most maxRetries
+// times, after each refusal whose Retry-After the client waits out
+// (retryWait). It returns the last attempt's error, the refusal when the
+// wait was not waited out (too long, or ctx done).
+func (c *Client) repeatable(ctx context.Context, attempt func() error) error {
+	for n := 0; ; n++ {
+		err := attempt()
+		if err == nil || n == maxRetries {
+			return err
+		}
+		d, ok := c.retryWait(ctx, err)
+		if !ok || !sleep(ctx, d) {
+			return err
+		}
+	}
+}
+
 // CodeOf returns the DSError code of a gateway refusal in err's chain, and
 // false when err holds none.
 func CodeOf(err error) (moh.Code, bool) {
@@ -660,8 +727,19 @@ func (c *Client) postDS(ctx context.Context, path, op string, body []byte) (*moh
 }
 
 // localRequest sends a request to the local API's path (with query for a
-// GET, body for a POST) and decodes a 200 answer into out.
+// GET, body for a POST) and decodes a 200 answer into out. A GET, and an
+// acknowledgement (POST /messages/ack, which acknowledges nothing more
+// when repeated), are sent again after a refusal whose Retry-After the
+// client waits out (repeatable).
 func (c *Client) localRequest(ctx context.Context, method, path string, query url.Values, body []byte, out wire.Unmarshaler) error {
+	if method == http.MethodGet || path == "/messages/ack" {
+		return c.repeatable(ctx, func() error { return c.localRequestOnce(ctx, method, path, query, body, out) })
+	}
+	return c.localRequestOnce(ctx, method, path, query, body, out)
+}
+
+// localRequestOnce is localRequest without retries.
+func (c *Client) localRequestOnce(ctx context.Context, method, path string, query url.Values, body []byte, out wire.Unmarshaler) error {
 	op := "local " + path
 	u := strings.TrimSuffix(c.cfg.Local, "/") + path
 	if query != nil {

@@ -746,11 +746,17 @@ func (c *Client) ExternalCommitInfo(ctx context.Context, groupID []byte) (*JoinI
 // externalCommitInfo asks the Delivery Service, as member m, for its
 // group's GroupInfo and tree. c.mu is held.
 func (c *Client) externalCommitInfo(ctx context.Context, m *mls.Member) (*moh.DSResponse, error) {
-	req, err := c.sign(moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: m.State().GroupID()}}, m.LeafIndex())
-	if err != nil {
-		return nil, fmt.Errorf("external_commit_info: %w", err)
-	}
-	r, err := c.postDS(ctx, "/external_commit_information", "external_commit_info", req)
+	// A read: sent again, signed afresh, after a refusal whose
+	// Retry-After the client waits out.
+	var r *moh.DSResponse
+	err := c.repeatable(ctx, func() error {
+		req, err := c.sign(moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: m.State().GroupID()}}, m.LeafIndex())
+		if err != nil {
+			return fmt.Errorf("external_commit_info: %w", err)
+		}
+		r, err = c.postDS(ctx, "/external_commit_information", "external_commit_info", req)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

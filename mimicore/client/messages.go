@@ -35,7 +35,11 @@ import (
 // refused for good drops it (ErrMessageUnknown). A refusal of the first
 // attempt (a 4xx DSError) drops the message: it was not sent. A 409
 // stale_epoch means a commit moved the group on: Receive, then send
-// again.
+// again. A 429 rate_limited, and a resend's 429 or 503, whose
+// Retry-After the client waits out (Config.MaxRetryWait) is followed by
+// the same MLS message, signed again, at most twice; a first attempt's
+// 503 that asks for a wait is waited out once, then the message is
+// resent as the next Send would.
 func (c *Client) Send(ctx context.Context, groupID []byte, data []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -78,10 +82,16 @@ func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
 	// never a new encryption of data. The message key is used up on disk
 	// already, so a crash between the two writes loses a message that
 	// never left, and nothing else.
-	if err := c.writeKept(&keptMessage{groupID: bytes.Clone(groupID), digest: textDigest(data), request: req}); err != nil {
+	k := &keptMessage{groupID: bytes.Clone(groupID), digest: textDigest(data), request: req}
+	if err := c.writeKept(k); err != nil {
 		return err
 	}
-	_, err = c.postDS(ctx, "/group_operation", "send_message", req)
+	// A rate limit delivered nothing: the message is sent again once
+	// the wait it asked for is over, if the client waits it out.
+	_, err = c.postKept(ctx, k, func(err error) bool {
+		code, _ := CodeOf(err)
+		return refused(err) && code == moh.CodeRateLimited
+	})
 	switch {
 	case err == nil:
 		if derr := c.dropKept(groupID); derr != nil {
@@ -94,9 +104,15 @@ func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
 			return fmt.Errorf("%w (and %v)", err, derr)
 		}
 		return err
-	default:
-		return fmt.Errorf("%w: %w", ErrMessagePending, err)
 	}
+	// The answer is not known: the message stays kept. A 503 that asks
+	// for a wait (a gateway being reloaded) is waited out, and the kept
+	// message resent, as the next Send would.
+	if d, ok := c.retryWait(ctx, err); ok && sleep(ctx, d) {
+		_, err := c.resend(ctx, groupID)
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrMessagePending, err)
 }
 
 // EventKind says what a queued message did.
@@ -538,12 +554,18 @@ func welcomeInfoRefused(err error) bool {
 // welcomeInfo asks the Delivery Service for the ratchet tree of group gid
 // at epoch, with a key_package_signature of KeyPackage ref.
 func (c *Client) welcomeInfo(ctx context.Context, gid []byte, epoch uint64, ref []byte) (mls.RatchetTree, error) {
-	req, err := ds.SignRequest(c.rec.suite, c.signer, moh.RequestBody{Type: moh.WelcomeInfo,
-		WelcomeInfo: moh.WelcomeInfoRequest{GroupID: gid, Epoch: epoch}}, ds.KeyPackageSignature(ref, c.now()))
-	if err != nil {
-		return nil, fmt.Errorf("welcome_info: %w", err)
-	}
-	r, err := c.postDS(ctx, "/welcome_information", "welcome_info", req)
+	// A read: sent again, signed afresh, after a refusal whose
+	// Retry-After the client waits out.
+	var r *moh.DSResponse
+	err := c.repeatable(ctx, func() error {
+		req, err := ds.SignRequest(c.rec.suite, c.signer, moh.RequestBody{Type: moh.WelcomeInfo,
+			WelcomeInfo: moh.WelcomeInfoRequest{GroupID: gid, Epoch: epoch}}, ds.KeyPackageSignature(ref, c.now()))
+		if err != nil {
+			return fmt.Errorf("welcome_info: %w", err)
+		}
+		r, err = c.postDS(ctx, "/welcome_information", "welcome_info", req)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -203,20 +203,15 @@ func (c *Client) resend(ctx context.Context, groupID []byte) ([]byte, error) {
 	if err != nil || k == nil {
 		return nil, err
 	}
-	_, err = c.postDS(ctx, "/group_operation", "send_message", k.request)
+	// Resending it is safe whatever came of the attempts before, so a
+	// 503 that asks for a wait is waited out as a 429 is.
+	k, err = c.postKept(ctx, k, func(error) bool { return true })
 	if code, _ := CodeOf(err); code == moh.CodeStaleTimestamp {
-		req, derr := moh.DecodeDSRequest(k.request)
-		if derr != nil {
-			return nil, fmt.Errorf("%w: the kept message of group %x: %w", ErrStateEncoding, groupID, derr)
-		}
-		signed, serr := c.sign(req.Body, req.Auth.SenderIndex)
+		signed, serr := c.resignKept(k)
 		if serr != nil {
-			return nil, fmt.Errorf("%w: signing it again: %w", ErrMessagePending, serr)
+			return nil, fmt.Errorf("%w: %w", ErrMessagePending, serr)
 		}
-		k = &keptMessage{groupID: k.groupID, digest: k.digest, request: signed}
-		if werr := c.writeKept(k); werr != nil {
-			return nil, fmt.Errorf("%w: %w", ErrMessagePending, werr)
-		}
+		k = signed
 		_, err = c.postDS(ctx, "/group_operation", "send_message", k.request)
 	}
 	switch {
@@ -232,6 +227,50 @@ func (c *Client) resend(ctx context.Context, groupID []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %w", ErrMessageUnknown, err)
 	default:
 		return nil, fmt.Errorf("%w: resending it: %w", ErrMessagePending, err)
+	}
+}
+
+// resignKept signs kept message k's request body, the same MLS message,
+// again under the current time, and keeps that in its place. c.mu is
+// held.
+func (c *Client) resignKept(k *keptMessage) (*keptMessage, error) {
+	req, err := moh.DecodeDSRequest(k.request)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the kept message of group %x: %w", ErrStateEncoding, k.groupID, err)
+	}
+	signed, err := c.sign(req.Body, req.Auth.SenderIndex)
+	if err != nil {
+		return nil, fmt.Errorf("signing the kept message again: %w", err)
+	}
+	k = &keptMessage{groupID: k.groupID, digest: k.digest, request: signed}
+	if err := c.writeKept(k); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// postKept sends kept message k (send_message) and, at most maxRetries
+// times, again after each refusal that again accepts and whose
+// Retry-After the client waits out (retryWait): each time the same MLS
+// message, signed afresh and kept first (resignKept), so that the wait
+// cannot make its timestamp stale; the Delivery Service delivers an MLS
+// message once however often it comes (docs/protocol.md §5.4 step 9).
+// It returns k as last sent, and the last attempt's error. c.mu is held.
+func (c *Client) postKept(ctx context.Context, k *keptMessage, again func(error) bool) (*keptMessage, error) {
+	for n := 0; ; n++ {
+		_, err := c.postDS(ctx, "/group_operation", "send_message", k.request)
+		if err == nil || n == maxRetries || !again(err) {
+			return k, err
+		}
+		d, ok := c.retryWait(ctx, err)
+		if !ok || !sleep(ctx, d) {
+			return k, err
+		}
+		signed, serr := c.resignKept(k)
+		if serr != nil {
+			return k, fmt.Errorf("%w (and %v)", err, serr)
+		}
+		k = signed
 	}
 }
 

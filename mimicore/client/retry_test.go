@@ -1,8 +1,14 @@
 package client
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 )
 
 // TestParseRetryAfter checks both forms of Retry-After (RFC 9110
@@ -40,6 +46,51 @@ func TestParseRetryAfter(t *testing.T) {
 			got, ok := parseRetryAfter(tc.value, tc.date, now)
 			if got != tc.want || ok != tc.ok {
 				t.Fatalf("parseRetryAfter(%q, %q) = %v, %v; want %v, %v", tc.value, tc.date, got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+// TestRetryWait checks which refusals the client waits out before it
+// sends a request that is safe to repeat again: a 429 or 503 with a
+// Retry-After within Config.MaxRetryWait and within the context's
+// deadline.
+func TestRetryWait(t *testing.T) {
+	rateLimited := func(d time.Duration) error {
+		return fmt.Errorf("receiving: %w", &Error{Op: "local /messages", Status: http.StatusTooManyRequests, Code: moh.CodeRateLimited, RetryAfter: d})
+	}
+	for _, tc := range []struct {
+		name     string
+		err      error
+		maxWait  time.Duration
+		deadline time.Duration // from now; 0: none
+		want     time.Duration
+		ok       bool
+	}{
+		{"429 with Retry-After", rateLimited(12 * time.Second), 0, 0, 12 * time.Second, true},
+		{"503 with Retry-After", &Error{Status: http.StatusServiceUnavailable, Code: moh.CodeBackendUnavailable, RetryAfter: time.Second}, 0, 0, time.Second, true},
+		{"503 of a proxy with Retry-After", &Error{Status: http.StatusServiceUnavailable, RetryAfter: time.Second}, 0, 0, time.Second, true},
+		{"429 without Retry-After", rateLimited(0), 0, 0, 0, false},
+		{"another status with Retry-After", &Error{Status: http.StatusConflict, Code: moh.CodeReplay, RetryAfter: time.Second}, 0, 0, 0, false},
+		{"not a refusal", errors.New("connection reset"), 0, 0, 0, false},
+		{"at the default bound", rateLimited(DefaultMaxRetryWait), 0, 0, DefaultMaxRetryWait, true},
+		{"over the default bound", rateLimited(DefaultMaxRetryWait + time.Second), 0, 0, 0, false},
+		{"over a configured bound", rateLimited(12 * time.Second), 10 * time.Second, 0, 0, false},
+		{"waits switched off", rateLimited(time.Second), -1, 0, 0, false},
+		{"past the context's deadline", rateLimited(12 * time.Second), 0, 5 * time.Second, 0, false},
+		{"within the context's deadline", rateLimited(time.Second), 0, time.Hour, time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			if tc.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.deadline)
+				defer cancel()
+			}
+			c := &Client{cfg: Config{MaxRetryWait: tc.maxWait}}
+			got, ok := c.retryWait(ctx, tc.err)
+			if got != tc.want || ok != tc.ok {
+				t.Fatalf("retryWait(%v) = %v, %v; want %v, %v", tc.err, got, ok, tc.want, tc.ok)
 			}
 		})
 	}
