@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net/http"
+	"regexp"
 	"testing"
 	"time"
 
@@ -36,6 +37,15 @@ func TestGoClientRetryAfterNotRetried(t *testing.T) {
 	}
 	if n, err := bob.PublishedKeyPackages(t.Context()); err != nil || n != 4 {
 		t.Fatalf("bob's published KeyPackages: %d, %v; want the 4 of his init", n, err)
+	}
+
+	// mimictl says how long to wait, and fails as for any refusal.
+	dir := t.TempDir()
+	mimictl := mimictlAs(t, dir, clientHTTP())
+	mimictl("carol", "carol", 0, "client", "init", "-key-packages", "3", moh.ClientURI("m.localhost", "carol", "phone"))
+	_, stderr := mimictl("carol", "carol", 1, "client", "publish", "-key-packages", "4") // and a last-resort one: 5
+	if !regexp.MustCompile(`(?m)^mimictl: rate limited: retry after (11h[0-9]+m[0-9]+s|12h0m0s)$`).MatchString(stderr) {
+		t.Fatalf("mimictl client publish over the publish rate printed %q, want a line saying to retry after about 12h", stderr)
 	}
 }
 

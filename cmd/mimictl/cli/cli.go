@@ -15,7 +15,11 @@
 // first): the message is kept and resent, as it was, before anything new
 // is sent to the group; and 5 when a kept message's resend was refused
 // for good, so that whether it was delivered is not known (it is
-// dropped; the command sent nothing new).
+// dropped; the command sent nothing new). A refusal that asked for a
+// wait (Retry-After) adds a line saying how long, such as "mimictl: rate
+// limited: retry after 12s", and keeps its status (1, or 4 for a kept
+// message); the requests that are safe to repeat were already sent again
+// after waits of up to 5 minutes within -timeout.
 package cli
 
 import (
@@ -263,6 +267,7 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		return exitInUse
 	case errors.Is(err, client.ErrMessagePending):
 		fmt.Fprintf(stderr, "mimictl: %v\n", err)
+		retryHint(stderr, err)
 		fmt.Fprintln(stderr, "mimictl: the message is kept: run the same send again to resend it (it is not sent twice); any send or group command on the group resends it first")
 		return exitPending
 	case errors.Is(err, client.ErrMessageUnknown):
@@ -279,11 +284,32 @@ func Run(ctx context.Context, args []string, ev Env) int {
 		return exitUnknown
 	default:
 		fmt.Fprintf(stderr, "mimictl: %v\n", err)
+		retryHint(stderr, err)
 		if code, _ := client.CodeOf(err); code == moh.CodeStaleEpoch || code == moh.CodeCommitConflict {
 			fmt.Fprintln(stderr, "mimictl: the group moved on: run recv, then try again")
 		}
 		return exitFailure
 	}
+}
+
+// retryHint says on w when to run the command again, for a refusal that
+// asked for a wait (Retry-After): "rate limited: retry after 12s".
+func retryHint(w io.Writer, err error) {
+	d, ok := client.RetryAfterOf(err)
+	if !ok {
+		return
+	}
+	what := "refused for now"
+	var e *client.Error
+	if errors.As(err, &e) {
+		switch e.Status {
+		case http.StatusTooManyRequests:
+			what = "rate limited"
+		case http.StatusServiceUnavailable:
+			what = "the gateway is unavailable"
+		}
+	}
+	fmt.Fprintf(w, "mimictl: %s: retry after %v\n", what, (d+time.Second-1)/time.Second*time.Second)
 }
 
 // checkedWriter is stdout that remembers its first write error: a
