@@ -120,6 +120,9 @@ type Client struct {
 	binding *binding.ClientBinding
 	members map[string]*group // by group id, loaded on first use
 	closed  bool
+	// republishAfter is when the operations may try a republish that is
+	// due again (freshBinding), after a refusal of one with Retry-After.
+	republishAfter time.Time
 }
 
 // InitOptions describe the client Init creates.
@@ -423,7 +426,9 @@ func (c *Client) bindingDue() bool {
 // operation goes on with the current one, and the next operation tries
 // again. It then publishes the KeyPackages a renewal, of this operation or
 // an earlier one, is yet to replace (republish); a failure there fails
-// nothing, the next operation tries again. c.mu is held.
+// nothing, the next operation tries again, or, after a refusal with
+// Retry-After, the first one after that wait (this Client's; RenewBinding
+// tries at once). c.mu is held.
 func (c *Client) freshBinding(ctx context.Context) error {
 	if c.bindingDue() {
 		err := c.renewBinding(ctx)
@@ -432,8 +437,15 @@ func (c *Client) freshBinding(ctx context.Context) error {
 		}
 	}
 	// A republish that fails (it is recorded as due) is tried again by
-	// the next operation; the operation goes on.
-	_ = c.republish(ctx)
+	// the next operation, or, when the gateway asked for a wait (a 429 of
+	// the user's publish rate), by the first operation after it; the
+	// operation goes on.
+	if c.now().Before(c.republishAfter) {
+		return nil
+	}
+	if d, ok := RetryAfterOf(c.republish(ctx)); ok {
+		c.republishAfter = c.now().Add(d)
+	}
 	return nil
 }
 

@@ -167,6 +167,8 @@ type apiGateway struct {
 	// spent, as gateways did before they gave it back: the client meets
 	// such gateways too.
 	refusalsSpend bool
+	// retryAfter is the Retry-After of a rate_limited refusal ("": none).
+	retryAfter string
 }
 
 // AllowPublish implements localapi.PublishLimiter: while g.rateLimited,
@@ -241,6 +243,11 @@ func newAPIGateway(t *testing.T, now time.Time) *apiGateway {
 			if status == 0 {
 				status = http.StatusServiceUnavailable
 			}
+			g.mu.Lock()
+			if ra := g.retryAfter; ra != "" && status == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", ra)
+			}
+			g.mu.Unlock()
 			writeDSError(w, status, moh.DSErrorOf(err).Code)
 			return
 		}
@@ -477,6 +484,36 @@ func TestRepublishStopsAtRateLimit(t *testing.T) {
 		}
 	}
 	g.wantRepublished(t, bob, "once the rate allows")
+}
+
+// TestRepublishWaitsForRetryAfter: the publish that replaces bob's
+// KeyPackages after a renewal is refused rate_limited with Retry-After:
+// 600. The operations that follow within those 10 minutes do their own
+// work without trying the republish again (before, each sent its list and
+// publish requests into the same refusal); the first one after them
+// completes it.
+func TestRepublishWaitsForRetryAfter(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, "600", 0
+	g.mu.Unlock()
+	for i := range 3 {
+		if err := bob.Publish(t.Context(), 0, false); err != nil {
+			t.Fatalf("operation %d: %v", i, err)
+		}
+		g.mu.Lock()
+		g.now = g.now.Add(time.Minute)
+		g.mu.Unlock()
+	}
+	g.mu.Lock()
+	publishes := g.publishes
+	g.now = g.now.Add(8 * time.Minute)
+	g.rateLimited = false
+	g.mu.Unlock()
+	if publishes != 1 || !bob.rec.republishDue {
+		t.Fatalf("three operations within the Retry-After: %d publish requests, republish due %v; want 1, due", publishes, bob.rec.republishDue)
+	}
+	g.wantRepublished(t, bob, "once the Retry-After is over")
 }
 
 // TestRepublishStopsAtRateLimitOneByOne: the replacing KeyPackages were
