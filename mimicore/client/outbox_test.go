@@ -227,3 +227,81 @@ func TestKeptMessageGoesWithItsGroup(t *testing.T) {
 		t.Fatalf("Open left an orphan kept message: %v", err)
 	}
 }
+
+// refuseWithRetryAfter answers a DSError of code with status and
+// Retry-After: 1.
+func refuseWithRetryAfter(status int, code moh.Code) func(w http.ResponseWriter) {
+	return func(w http.ResponseWriter) {
+		w.Header().Set("Retry-After", "1")
+		writeDSError(w, status, code)
+	}
+}
+
+// TestSendWaitsOutRetryAfter: a send_message refused with a Retry-After
+// the client waits out is sent again once the wait is over, at most
+// twice: after a 429 (which delivered nothing) the same MLS message
+// signed anew; after a first attempt's 503 (whose outcome is not known)
+// the kept bytes, as the next Send would resend them, and after a
+// resend's 503 the same MLS message signed anew.
+func TestSendWaitsOutRetryAfter(t *testing.T) {
+	rateLimited := refuseWithRetryAfter(http.StatusTooManyRequests, moh.CodeRateLimited)
+	unavailable := refuseWithRetryAfter(http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
+	for _, tc := range []struct {
+		name    string
+		answers []func(w http.ResponseWriter)
+		code    moh.Code // of the error Send returns; 0: success
+		pending bool     // whether the error is ErrMessagePending
+		sent    []string // as in TestSendKeptUntilAnswered
+		kept    bool
+	}{
+		{"429, then ok", []func(http.ResponseWriter){rateLimited}, 0, false, []string{"hello", "resigned"}, false},
+		{"429 three times", []func(http.ResponseWriter){rateLimited, rateLimited, rateLimited}, moh.CodeRateLimited, false,
+			[]string{"hello", "resigned", "resigned"}, false},
+		{"503, then ok", []func(http.ResponseWriter){unavailable}, 0, false, []string{"hello", "again"}, false},
+		{"503, then 503, then ok", []func(http.ResponseWriter){unavailable, unavailable}, 0, false, []string{"hello", "again", "resigned"}, false},
+		{"503 without Retry-After", []func(http.ResponseWriter){func(w http.ResponseWriter) {
+			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
+		}}, moh.CodeBackendUnavailable, true, []string{"hello"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, _, gid, _ := pair(t)
+			gw := &sendGateway{answers: tc.answers}
+			mux := http.NewServeMux()
+			gw.register(t, mux, keptFile(t, alice, gid))
+			fakeGateway(t, alice, mux)
+			err := alice.Send(t.Context(), gid, []byte("hello"))
+			if code, _ := CodeOf(err); code != tc.code || errors.Is(err, ErrMessagePending) != tc.pending {
+				t.Fatalf("Send: %v; want code %v, pending %v", err, tc.code, tc.pending)
+			}
+			gw.mu.Lock()
+			defer gw.mu.Unlock()
+			first, err := wire.Marshal(&gw.requests[0].Body.Message)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sent []string
+			for i, req := range gw.requests {
+				msg, _ := wire.Marshal(&req.Body.Message)
+				switch {
+				case i == 0:
+					sent = append(sent, "hello")
+				case bytes.Equal(gw.bodies[i], gw.bodies[i-1]):
+					sent = append(sent, "again")
+				case req.Body.Type == moh.SendMessage && bytes.Equal(msg, first):
+					sent = append(sent, "resigned")
+				default:
+					sent = append(sent, req.Body.Type.String())
+				}
+				if !bytes.Equal(gw.kept[i], gw.bodies[i]) {
+					t.Fatalf("request %d left before it was kept on disk", i)
+				}
+			}
+			if !slices.Equal(sent, tc.sent) {
+				t.Fatalf("the gateway got %q; want %q", sent, tc.sent)
+			}
+			if got := alice.PendingMessage(gid); got != tc.kept {
+				t.Fatalf("alice keeps a message: %v; want %v", got, tc.kept)
+			}
+		})
+	}
+}
