@@ -159,32 +159,7 @@ func TestSendKeptUntilAnswered(t *testing.T) {
 			if !bytes.Equal(gw.kept[0], gw.bodies[0]) {
 				t.Fatal("the first request left before it was kept on disk")
 			}
-			first, err := wire.Marshal(&gw.requests[0].Body.Message)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var sent []string
-			for i, req := range gw.requests {
-				msg, _ := wire.Marshal(&req.Body.Message)
-				switch {
-				case i == 0:
-					sent = append(sent, "hello")
-				case bytes.Equal(gw.bodies[i], gw.bodies[0]):
-					sent = append(sent, "again")
-				case req.Body.Type == moh.SendMessage && bytes.Equal(msg, first):
-					sent = append(sent, "resigned")
-					if !bytes.Equal(gw.kept[i], gw.bodies[i]) {
-						t.Fatal("the request signed anew left before it was kept on disk")
-					}
-				case req.Body.Type == moh.SendMessage:
-					sent = append(sent, "other")
-				case req.Body.Type == moh.UpdateClient:
-					sent = append(sent, "update")
-				default:
-					sent = append(sent, req.Body.Type.String())
-				}
-			}
-			if !slices.Equal(sent, tc.sent) {
+			if sent := sentLabels(t, gw); !slices.Equal(sent, tc.sent) {
 				t.Fatalf("the gateway got %q; want %q", sent, tc.sent)
 			}
 			if got := alice.PendingMessage(gid); got != tc.kept {
@@ -275,28 +250,12 @@ func TestSendWaitsOutRetryAfter(t *testing.T) {
 			}
 			gw.mu.Lock()
 			defer gw.mu.Unlock()
-			first, err := wire.Marshal(&gw.requests[0].Body.Message)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var sent []string
-			for i, req := range gw.requests {
-				msg, _ := wire.Marshal(&req.Body.Message)
-				switch {
-				case i == 0:
-					sent = append(sent, "hello")
-				case bytes.Equal(gw.bodies[i], gw.bodies[i-1]):
-					sent = append(sent, "again")
-				case req.Body.Type == moh.SendMessage && bytes.Equal(msg, first):
-					sent = append(sent, "resigned")
-				default:
-					sent = append(sent, req.Body.Type.String())
-				}
+			for i := range gw.requests {
 				if !bytes.Equal(gw.kept[i], gw.bodies[i]) {
 					t.Fatalf("request %d left before it was kept on disk", i)
 				}
 			}
-			if !slices.Equal(sent, tc.sent) {
+			if sent := sentLabels(t, gw); !slices.Equal(sent, tc.sent) {
 				t.Fatalf("the gateway got %q; want %q", sent, tc.sent)
 			}
 			if got := alice.PendingMessage(gid); got != tc.kept {
@@ -304,4 +263,39 @@ func TestSendWaitsOutRetryAfter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sentLabels names the requests gw got, in order: "hello" (the first),
+// "again" (the first's bytes resent), "resigned" (the first's MLS message
+// signed anew, which must have been kept on disk before it left), "other"
+// (another send_message), "update" (an update_client), else the request
+// type. gw.mu is held.
+func sentLabels(t *testing.T, gw *sendGateway) []string {
+	t.Helper()
+	first, err := wire.Marshal(&gw.requests[0].Body.Message)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent []string
+	for i, req := range gw.requests {
+		msg, _ := wire.Marshal(&req.Body.Message)
+		switch {
+		case i == 0:
+			sent = append(sent, "hello")
+		case bytes.Equal(gw.bodies[i], gw.bodies[0]):
+			sent = append(sent, "again")
+		case req.Body.Type == moh.SendMessage && bytes.Equal(msg, first):
+			sent = append(sent, "resigned")
+			if !bytes.Equal(gw.kept[i], gw.bodies[i]) {
+				t.Fatal("the request signed anew left before it was kept on disk")
+			}
+		case req.Body.Type == moh.SendMessage:
+			sent = append(sent, "other")
+		case req.Body.Type == moh.UpdateClient:
+			sent = append(sent, "update")
+		default:
+			sent = append(sent, req.Body.Type.String())
+		}
+	}
+	return sent
 }

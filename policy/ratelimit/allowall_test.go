@@ -20,6 +20,19 @@ func tokensLeft(z *Zone, key string, now time.Time) int {
 	return n
 }
 
+// requireAccounted fails t unless the events kept by each worker and the
+// tokens left on key add up to burst: no token was lost or made.
+func requireAccounted(t *testing.T, z *Zone, key string, now time.Time, kept []int, burst int) {
+	t.Helper()
+	spent := 0
+	for _, n := range kept {
+		spent += n
+	}
+	if left := tokensLeft(z, key, now); spent+left != burst {
+		t.Fatalf("%d events kept and %d tokens left, want %d in all", spent, left, burst)
+	}
+}
+
 // TestAllowAll checks that AllowAll spends one token of every key or none:
 // a refused call leaves each key's budget as it was, and says how long
 // until every key has a token.

@@ -103,11 +103,5 @@ func TestReturnNConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	spent := 0
-	for _, n := range kept {
-		spent += n
-	}
-	if left := tokensLeft(z, "key", t0); spent+left != burst {
-		t.Fatalf("%d events kept and %d tokens left, want %d in all", spent, left, burst)
-	}
+	requireAccounted(t, z, "key", t0, kept, burst)
 }

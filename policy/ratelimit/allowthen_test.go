@@ -83,11 +83,5 @@ func TestAllowBytesThenConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	spent := 0
-	for _, n := range admitted {
-		spent += n
-	}
-	if left := tokensLeft(z, "key", t0); spent+left != burst {
-		t.Fatalf("%d events admitted by Allow and %d left, want %d in all", spent, left, burst)
-	}
+	requireAccounted(t, z, "key", t0, admitted, burst)
 }
