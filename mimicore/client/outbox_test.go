@@ -119,12 +119,7 @@ func TestSendKeptUntilAnswered(t *testing.T) {
 		}}, "", nil, []string{"hello"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			alice, _, gid, _ := pair(t)
-			gw := &sendGateway{answers: tc.answers}
-			mux := http.NewServeMux()
-			gw.register(t, mux, keptFile(t, alice, gid))
-			fakeGateway(t, alice, mux)
-			err := alice.Send(t.Context(), gid, []byte("hello"))
+			alice, gid, gw, err := sendThrough(t, tc.answers)
 			if err == nil {
 				t.Fatal("Send succeeded without a 200")
 			}
@@ -239,12 +234,7 @@ func TestSendWaitsOutRetryAfter(t *testing.T) {
 		}}, moh.CodeBackendUnavailable, true, []string{"hello"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			alice, _, gid, _ := pair(t)
-			gw := &sendGateway{answers: tc.answers}
-			mux := http.NewServeMux()
-			gw.register(t, mux, keptFile(t, alice, gid))
-			fakeGateway(t, alice, mux)
-			err := alice.Send(t.Context(), gid, []byte("hello"))
+			alice, gid, gw, err := sendThrough(t, tc.answers)
 			if code, _ := CodeOf(err); code != tc.code || errors.Is(err, ErrMessagePending) != tc.pending {
 				t.Fatalf("Send: %v; want code %v, pending %v", err, tc.code, tc.pending)
 			}
@@ -298,4 +288,16 @@ func sentLabels(t *testing.T, gw *sendGateway) []string {
 		}
 	}
 	return sent
+}
+
+// sendThrough has alice send "hello" to a group of hers through a
+// sendGateway giving answers, and returns what Send returned.
+func sendThrough(t *testing.T, answers []func(http.ResponseWriter)) (*Client, []byte, *sendGateway, error) {
+	t.Helper()
+	alice, _, gid, _ := pair(t)
+	gw := &sendGateway{answers: answers}
+	mux := http.NewServeMux()
+	gw.register(t, mux, keptFile(t, alice, gid))
+	fakeGateway(t, alice, mux)
+	return alice, gid, gw, alice.Send(t.Context(), gid, []byte("hello"))
 }
