@@ -229,8 +229,9 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("mimi: starting the attachment sweeper: %w", err)
 	}
-	// Provision sets svc as the sweeper's current service once nothing
-	// can fail: a rejected config's backend is cleaned up by Caddy.
+	// svc becomes the sweeper's current service when Caddy starts the
+	// config (commit.go): a rejected config's backend is cleaned up by
+	// Caddy and never swept with.
 	g.sweeper = v.(*sweeper)
 	g.sweeperHeld = true
 	register(ctx.GetMetricsRegistry(), g.logger, sweepStats{})

@@ -15,17 +15,21 @@ import (
 
 // A gateway's options for the parts pooled across configs (the provider
 // service, the federation sender, the outbox limits, the attachment
-// sweeper, the Privacy Pass origin, the rate-limit zones) are in force
-// from the end of its Provision on. Caddy provisions a new config while
-// the old one runs, and may still reject it after its gateways
-// provisioned: a later handler's Provision fails, or an app's Start (the
-// http app cannot bind a port). It then cleans the new config up and keeps
+// sweeper, the Privacy Pass origin, the rate-limit zones) are put in
+// force when Caddy starts its config: the mimi app's Start (app.go).
+// Caddy provisions a new config while the old one runs, and may still
+// reject it after its gateways provisioned: a later module's Provision
+// fails, and then no app of the config starts; or an app's Start fails
+// (the http app cannot bind a port), possibly after the mimi app started.
+// It then stops the apps it started, cleans the new config up and keeps
 // the old one running. So each pooled part keeps the live gateways that
-// committed their options to it, oldest first, and the Cleanup of the
-// newest puts back the options of the newest one left: a rejected
-// config's options are in force only between its Provision and its
-// Cleanup. The rate-limit zones keep that order themselves
-// (admission.Policy.Commit and Close).
+// committed their options to it, oldest first, and when the newest is
+// uncommitted (by the app's Stop, or its Cleanup when Caddy did not stop
+// the app) the options of the newest one left are put back: a rejected
+// config's options are in force at most from the start of its mimi app
+// to its Stop, and only when an app started after it failed. The
+// rate-limit zones keep that order themselves (admission.Policy.Commit,
+// and Close at the gateway's Cleanup, which follows the Stop).
 //
 // A config may hold a directory's service with no gateway on it: its
 // only mimi module there is a mimi_local handler with data_dir, which
@@ -133,15 +137,20 @@ func (o commitOrder) remove(key string, g *Gateway) *Gateway {
 }
 
 // commit puts g's options in force on the pooled parts it holds, and
-// records g as their newest gateway. opened says the service was just
-// opened with g's options, which need no applying. An error of the
-// service's Apply is returned (the config is refused) before anything
-// else changes; g is recorded all the same, so that its Cleanup puts back
-// the running config's options, of which Apply may have changed some.
-func (g *Gateway) commit(opened bool) error {
+// records g as their newest gateway. A service g opened (svcOpened) has
+// g's options already. An error of the service's Apply is returned (the
+// config is refused) before anything else changes; g is recorded all the
+// same, so that uncommit puts back the running config's options, of
+// which Apply may have changed some. commit does nothing when g is
+// recorded already.
+func (g *Gateway) commit() error {
 	commits.mu.Lock()
 	defer commits.mu.Unlock()
+	if g.committed {
+		return nil
+	}
 	g.committed = true
+	opened := g.svcOpened
 	if _, ok := commits.dirs[g.DataDir]; !ok && !opened {
 		// The first gateway on a service that mimi_local handlers
 		// hold: what it has now is put back if this gateway's config
@@ -181,12 +190,12 @@ func (g *Gateway) commit(opened bool) error {
 // in force, it puts back those of the newest gateway left, a config that
 // still runs. Call it before g releases the parts.
 func (g *Gateway) uncommit() {
+	commits.mu.Lock()
+	defer commits.mu.Unlock()
 	if !g.committed {
 		return
 	}
 	g.committed = false
-	commits.mu.Lock()
-	defer commits.mu.Unlock()
 	if n := commits.dirs.remove(g.DataDir, g); n != nil {
 		if err := n.applyDataDir(true); err != nil {
 			n.logger.Error("restoring the running config's options", zap.String("data_dir", n.DataDir), zap.Error(err))
@@ -227,11 +236,9 @@ func (g *Gateway) applyDataDir(applyService bool) error {
 	}
 	var limits store.OutboxLimits
 	if f := g.Federation; f != nil {
-		g.sender.SetPolicy(federation.Policy{MaxBackoff: time.Duration(f.MaxBackoff), GiveUpAfter: time.Duration(f.GiveUpAfter)})
 		limits = store.OutboxLimits{MaxMessages: f.MaxBacklogMessages, MaxBytes: f.MaxBacklogBytes}
-	} else {
-		g.sender.SetPolicy(federation.Policy{})
 	}
+	g.sender.SetPolicy(g.Federation.senderPolicy())
 	g.svc.Store().SetOutboxLimits(limits)
 	commits.limits[g.svc] = limits
 	g.sender.SetBackend(g.backend)
@@ -246,3 +253,12 @@ func (g *Gateway) applySweeper() { g.sweeper.current.Store(g.ds.Attachments) }
 // fetch policy and log to g's logger; its keys, challenges and spent
 // tokens stay.
 func (g *Gateway) applyOrigin() { g.origin.Reconfigure(g.fetch, g.sampled) }
+
+// senderPolicy is the federation sender's policy of f: its backoff cap
+// and give-up age (zero, the defaults, when f is nil).
+func (f *Federation) senderPolicy() federation.Policy {
+	if f == nil {
+		return federation.Policy{}
+	}
+	return federation.Policy{MaxBackoff: time.Duration(f.MaxBackoff), GiveUpAfter: time.Duration(f.GiveUpAfter)}
+}

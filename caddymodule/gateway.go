@@ -224,6 +224,12 @@ type Gateway struct {
 	fetch   provider.FetchPolicy
 	// committed is set while this config is recorded in commits.
 	committed bool
+	// svcOpened is set when this gateway opened svc, with its options.
+	svcOpened bool
+	// app is the mimi app of this config, which puts the options in
+	// force when Caddy starts the config; nil when provisioned without a
+	// config.
+	app *App
 	// sweeper is the data directory's attachment sweeper, nil when
 	// attachments are disabled; sweeperHeld is set while this config
 	// holds it in sweeperPool.
@@ -301,9 +307,11 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, builds the routes and the admission policy, and
-// brings the options to the provider's service (opened on first use,
-// reconfigured on a reload once nothing else can fail).
+// Provision sets defaults, builds the routes and the admission policy,
+// and opens the provider's service on first use; the options it changes
+// on the parts pooled across configs (a running service, sender,
+// rate-limit zones, sweeper, origin) are put in force when Caddy starts
+// the config (App).
 func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
 	g.sampled = sampled(g.logger)
@@ -428,20 +436,30 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: %w", err)
 	}
 	// Last, so that a failed provision leaves no sender running.
-	sender, err := g.startSender(g.svc)
+	sender, err := g.startSender(g.svc, backend)
 	if err != nil {
 		return fmt.Errorf("mimi: starting the federation sender: %w", err)
 	}
 	g.senderStarted = true
 	g.sender, g.backend, g.svcOpts, g.fetch = sender, backend, svcOpts, fetch
 	g.ds.Outbound, g.ds.PeerUp = sender.Outbound, sender.PeerUp
-	// Nothing but Apply fails from here on: the pooled service, sender,
-	// rate-limit zones, sweeper and origin take this config's options only
-	// now, and get the running config's back when Caddy rejects this one
-	// and cleans it up (commit.go).
-	if err := g.commit(!loaded); err != nil {
+	g.svcOpened = !loaded
+	// The pooled service, sender, rate-limit zones, sweeper and origin
+	// take this config's options when Caddy starts it (the mimi app,
+	// app.go), so that a config Caddy rejects after this Provision never
+	// changes the running gateway; without a config to start (a handler
+	// provisioned on its own), at once.
+	app, err := mimiApp(ctx)
+	if err != nil {
 		return err
 	}
+	if app == nil {
+		return g.commit()
+	}
+	if err := app.enlist(g); err != nil {
+		return err
+	}
+	g.app = app
 	return nil
 }
 
@@ -595,7 +613,14 @@ func (g *Gateway) Validate() error {
 // after it provisioned), it first puts back those of the running config.
 func (g *Gateway) Cleanup() error {
 	// First, while the parts are held: where this config's options are
-	// in force, the running config's are put back.
+	// still in force, the running config's are put back. The mimi app's
+	// Stop has done it, unless Caddy did not stop it (a config rejected
+	// after its apps started, in Caddy's own setup that follows) or there
+	// is none (a handler provisioned on its own).
+	if g.app != nil {
+		g.app.withdraw(g)
+		g.app = nil
+	}
 	g.uncommit()
 	gatewayDirs.release(g.dirEntry)
 	g.dirEntry = nil

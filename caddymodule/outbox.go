@@ -88,7 +88,7 @@ func (r *runningSender) Destruct() error {
 
 // startSender returns the running sender of g's data directory, starting
 // it on first use.
-func (g *Gateway) startSender(svc *service.Service) (*federation.Sender, error) {
+func (g *Gateway) startSender(svc *service.Service, backend *federation.Backend) (*federation.Sender, error) {
 	v, _, err := senderPool.LoadOrNew(g.DataDir, func() (caddy.Destructor, error) {
 		s := &federation.Sender{
 			Outbox:    svc.Store(),
@@ -100,6 +100,12 @@ func (g *Gateway) startSender(svc *service.Service) (*federation.Sender, error) 
 			// destination, under its drain lease.
 			s.Leases, s.LeaseTTL, s.Holder = svc.Store(), outboxLeaseTTL, leaseHolder()
 		}
+		// A new sender serves this config alone until the mimi app
+		// starts it (commit): it runs with this config's policy and
+		// backend from the start, not the defaults, which would give up
+		// on messages younger than this config's give_up_after.
+		s.SetPolicy(g.Federation.senderPolicy())
+		s.SetBackend(backend)
 		ctx, cancel := context.WithCancel(context.Background())
 		r := &runningSender{sender: s, cancel: cancel, done: make(chan struct{})}
 		go func() {

@@ -434,9 +434,10 @@ func (g *Gateway) cleanupPolicy() error {
 // data directory and every setting that shapes the origin (see
 // originPoolKey), so that challenges minted before a reload (context
 // random) stay valid. The options a reload changes in place, the issuer
-// directory's fetch policy and the logger, are applied to a kept origin at
-// the end of Provision (admission.Origin.Reconfigure), and put back by the
-// Cleanup of a config Caddy rejects (commit.go).
+// directory's fetch policy and the logger, are applied to a kept origin
+// when Caddy starts the config (admission.Origin.Reconfigure, from the
+// mimi app's Start), and put back when Caddy rejects the config after
+// that (commit.go).
 var originPool = caddy.NewUsagePool()
 
 // provisionOrigin loads the origin of the privacy_pass block from
