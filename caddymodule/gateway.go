@@ -380,6 +380,14 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
 	g.svc, g.svcHeld = svc, true
+	if loaded {
+		// What only a restart changes (the store, the key secret) is
+		// refused here, before Caddy starts anything of this config,
+		// rather than by Apply in the mimi app's Start.
+		if err := svc.Check(svcOpts); err != nil {
+			return fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
+		}
+	}
 	g.dirEntry = gatewayDirs.register(configOf(ctx), g.Providers, g.DataDir)
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{}, hubConflicts)
 	g.ds = &ds.Service{

@@ -346,3 +346,31 @@ func TestRejectedStartKeepsGateway(t *testing.T) {
 		t.Fatalf("Caddy started the failing app before the mimi app: %v, after it: %v; want both in 40 loads", before, after)
 	}
 }
+
+// TestReloadChangingKeySecretRefusedInProvision posts, to a real Caddy
+// running a gateway with keys in files, a config that gives it a
+// key_secret, which only a restart changes. Caddy must refuse it while
+// provisioning the gateway, before any app of the config starts (an http
+// app would start listening on the config's addresses first), and the
+// running gateway keeps serving.
+func TestReloadChangingKeySecretRefusedInProvision(t *testing.T) {
+	storage, dir := startAppReloadCaddy(t)
+	var cfg map[string]any
+	if err := json.Unmarshal(appReloadConfig(t, storage, dir, appReloadNew, oldSettings, false, false), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	site := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["site"].(map[string]any)
+	gw := site["routes"].([]any)[0].(map[string]any)["handle"].([]any)[0].(map[string]any)
+	gw["key_secret"] = strings.Repeat("ab", 32)
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = <-postLoad(raw)
+	if err == nil || !strings.Contains(err.Error(), "key secret") || !strings.Contains(err.Error(), "provision http.handlers.mimi") {
+		t.Fatalf("loading a config that changes key_secret: %v, want the gateway's provisioning to refuse the key secret's change", err)
+	}
+	if got := probeBurst(t, appReloadRun); got != oldSettings.burst {
+		t.Errorf("after the rejection, the running gateway admits %d requests of a key, want %d", got, oldSettings.burst)
+	}
+}

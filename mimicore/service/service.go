@@ -258,19 +258,10 @@ func (s *Service) Apply(opts Options) error {
 	if err != nil {
 		return fmt.Errorf("applying options: %w", err)
 	}
-	if opts.DataDir != s.dir {
-		return fmt.Errorf("applying options: data directory %s differs from the open %s; open another service for it", opts.DataDir, s.dir)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return fmt.Errorf("applying options: %w", store.ErrClosed)
-	}
-	if opts.Store != s.opts.Store {
-		return fmt.Errorf("applying options: the store of %s changed (%s, was %s); restart to change it", s.dir, opts.Store, s.opts.Store)
-	}
-	if subtle.ConstantTimeCompare(opts.KeySecret, s.opts.KeySecret) != 1 {
-		return fmt.Errorf("applying options: the key secret of %s changed; restart to change it", s.dir)
+	if err := s.checkLocked(opts); err != nil {
+		return fmt.Errorf("applying options: %w", err)
 	}
 	logger := opts.Logger.With(zap.String("data_dir", s.dir))
 	// Checked before anything changes, so invalid key options change
@@ -308,6 +299,41 @@ func (s *Service) Apply(opts Options) error {
 		logger.Info("applied signing key options", zap.String("scheme", schemeName(o.Scheme)),
 			zap.Duration("key_rotation", o.RotateEvery), zap.Duration("key_overlap", o.Overlap),
 			zap.Time("next_rotation", s.keys.NextRotation()))
+	}
+	return nil
+}
+
+// Check reports an error when Apply would refuse opts for what only a
+// restart changes: another data directory, store or key secret, or
+// options without valid defaults; or when the service is closed. It
+// changes nothing, so that a caller can refuse a configuration before it
+// applies anything.
+func (s *Service) Check(opts Options) error {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return fmt.Errorf("checking options: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkLocked(opts); err != nil {
+		return fmt.Errorf("checking options: %w", err)
+	}
+	return nil
+}
+
+// checkLocked is Check of opts, defaults filled in, with s.mu held.
+func (s *Service) checkLocked(opts Options) error {
+	if opts.DataDir != s.dir {
+		return fmt.Errorf("data directory %s differs from the open %s; open another service for it", opts.DataDir, s.dir)
+	}
+	if s.closed {
+		return store.ErrClosed
+	}
+	if opts.Store != s.opts.Store {
+		return fmt.Errorf("the store of %s changed (%s, was %s); restart to change it", s.dir, opts.Store, s.opts.Store)
+	}
+	if subtle.ConstantTimeCompare(opts.KeySecret, s.opts.KeySecret) != 1 {
+		return fmt.Errorf("the key secret of %s changed; restart to change it", s.dir)
 	}
 	return nil
 }

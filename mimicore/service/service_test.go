@@ -244,6 +244,36 @@ func TestApplyRefusesOtherDataDir(t *testing.T) {
 	}
 }
 
+// TestCheck: Check refuses what Apply refuses for good (another data
+// directory, key secret or store) and accepts changed key options,
+// changing nothing either way.
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	tests := []struct {
+		name    string
+		opts    Options
+		wantErr string
+	}{
+		{"same", Options{DataDir: dir}, ""},
+		{"another scheme", Options{DataDir: dir, Keys: provider.KeyRingOptions{Scheme: moh.SchemeECDSAP256SHA256}}, ""},
+		{"another directory", Options{DataDir: t.TempDir()}, "differs from the open"},
+		{"a key secret", Options{DataDir: dir, KeySecret: bytes.Repeat([]byte{7}, 32)}, "key secret"},
+		{"another store", Options{DataDir: dir, Store: StoreOptions{Postgres: "postgres://db.invalid/mimi"}, KeySecret: bytes.Repeat([]byte{7}, 32)}, "the store of"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := s.Check(tt.opts)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("Check = %v, want an error containing %q", err, tt.wantErr)
+			}
+			if cur, _ := s.Keys().Current(time.Now()); cur.Scheme != moh.SchemeEd25519 {
+				t.Fatal("Check changed the scheme")
+			}
+		})
+	}
+}
+
 func TestApplyRefusesInvalidOptions(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir, Options{})
