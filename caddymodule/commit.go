@@ -28,8 +28,8 @@ import (
 // the app) the options of the newest one left are put back: a rejected
 // config's options are in force at most from the start of its mimi app
 // to its Stop, and only when an app started after it failed. The
-// rate-limit zones keep that order themselves (admission.Policy.Commit,
-// and Close at the gateway's Cleanup, which follows the Stop).
+// rate-limit zones keep that order themselves (admission.Policy.Commit
+// and Uncommit).
 //
 // A config may hold a directory's service with no gateway on it: its
 // only mimi module there is a mimi_local handler with data_dir, which
@@ -221,6 +221,9 @@ func (g *Gateway) uncommit() {
 		if n := commits.origins.remove(g.originKey, g); n != nil {
 			n.applyOrigin()
 		}
+	}
+	if err := g.policy.Uncommit(); err != nil {
+		g.logger.Error("restoring the running config's rate-limit zones' settings", zap.Error(err))
 	}
 }
 

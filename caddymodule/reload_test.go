@@ -381,3 +381,57 @@ func TestRejectedConfigRestoresLocalOptions(t *testing.T) {
 		})
 	}
 }
+
+// TestAppStopRestoresOptions: when Caddy stops the mimi app of a config
+// it rejects after the app started (another app's Start failed), the
+// running config's options are in force again from that Stop on, before
+// Caddy cleans the rejected config up: the service's fetch policy, the
+// sweeper's attachment service, and the rate-limit zone's burst.
+func TestAppStopRestoresOptions(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700) //nolint:errcheck // else the service tightens it and says so
+	provision := func(events int, fed *Federation) *Gateway {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		t.Cleanup(cancel)
+		g := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", DataDir: dir, Federation: fed,
+			RateLimits: []*RateLimitZone{{Name: "stop_zone", Key: "remote_ip", Events: events, Window: caddy.Duration(time.Hour),
+				Endpoints: []string{"ds_domain"}}}}
+		if err := g.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Cleanup() })
+		return g
+	}
+	running := provision(2, nil)
+	rejected := provision(100, &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{8443}})
+	app := &App{gateways: []*Gateway{rejected}}
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := running.svc.Options().Fetch; got.AllowPrivate || len(got.AllowedPorts) != 0 {
+		t.Errorf("after Stop, the service's fetch policy is allow private %v, ports %v: the rejected config's", got.AllowPrivate, got.AllowedPorts)
+	}
+	var sw *sweeper
+	sweeperPool.Range(func(k, v any) bool {
+		if k == dir {
+			sw = v.(*sweeper)
+		}
+		return true
+	})
+	if sw == nil || sw.current.Load() != running.ds.Attachments {
+		t.Error("after Stop, the sweeper sweeps with the rejected config's attachment service")
+	}
+	var got []int
+	for range 3 {
+		r := tls13(httptest.NewRequest(http.MethodGet, "/.well-known/mimi/ds-domain", nil))
+		r.RemoteAddr = "192.0.2.7:1"
+		w, _ := serve(running, r)
+		got = append(got, w.Code)
+	}
+	if want := []int{200, 200, 429}; !slices.Equal(got, want) {
+		t.Errorf("after Stop, statuses %v, want %v: the rejected config's rate limit is in force", got, want)
+	}
+}

@@ -255,6 +255,28 @@ func (p *Policy) Commit() error {
 	return zones.commit(p, held, pending)
 }
 
+// Uncommit takes the Policy's settings back without releasing its zones:
+// on a zone where they are in force, those of the newest committed
+// Policy left are put back, as Close would (a configuration that Caddy
+// stops after it committed, because another app failed to start, and
+// cleans up later). A Policy uncommitted after its Commit is not
+// committed again (Commit does nothing). Uncommit is idempotent.
+func (p *Policy) Uncommit() error {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	held := p.held
+	p.mu.Unlock()
+	var errs []error
+	for _, key := range held {
+		if err := zones.uncommit(key, p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Close releases the zones the Policy holds; a zone no other Policy holds
 // is dropped with its buckets. Settings not committed are dropped: the
 // zones keep those they have. On a zone where this Policy's settings are

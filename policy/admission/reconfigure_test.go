@@ -124,6 +124,61 @@ func TestCloseRestoresCommittedSettings(t *testing.T) {
 	}
 }
 
+// TestUncommitRestoresSettings checks Uncommit, what the mimi app's Stop
+// does to a configuration Caddy rejects after starting it: the settings
+// of the newest committed Policy left are in force again at once, while
+// the uncommitted Policy still holds the zone (until Close); a Commit
+// after it changes nothing, and uncommitting a Policy whose settings are
+// not in force changes nothing either.
+func TestUncommitRestoresSettings(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		bursts    []int // the Policies, oldest first, all committed
+		uncommit  []int // the Policies uncommitted, in order
+		recommit  bool  // Commit the uncommitted ones again
+		wantBurst int
+	}{
+		{"newest uncommitted", []int{2, 100}, []int{1}, false, 2},
+		{"newest uncommitted, then committed again", []int{2, 100}, []int{1}, true, 2},
+		{"oldest uncommitted", []int{2, 100}, []int{0}, false, 100},
+		{"two uncommitted, newest first", []int{2, 5, 100}, []int{2, 1}, false, 2},
+		{"uncommitted twice", []int{2, 100}, []int{1, 1}, false, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			scope := t.TempDir()
+			var ps []*Policy
+			for _, b := range tc.bursts {
+				p, err := New(Config{Scope: scope, Endpoints: gatewayEndpoints(),
+					Zones: []ZoneConfig{zoneCfg("z", KeyRemoteIP, b, time.Hour, "welcome_information")}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { p.Close() })
+				if err := p.Commit(); err != nil {
+					t.Fatal(err)
+				}
+				ps = append(ps, p)
+			}
+			for _, i := range tc.uncommit {
+				if err := ps[i].Uncommit(); err != nil {
+					t.Fatal(err)
+				}
+				if tc.recommit {
+					if err := ps[i].Commit(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if _, got := ps[0].Plan("welcome_information").pre[0].zone.rl.Limits(); got != tc.wantBurst {
+				t.Errorf("burst %d in force, want %d", got, tc.wantBurst)
+			}
+			if n := zones.refs(ps[0].held[0]); n != len(ps) {
+				t.Errorf("the zone has %d references, want %d: Uncommit released it", n, len(ps))
+			}
+		})
+	}
+}
+
 // TestCloseRestoresLocalBuckets checks that closing a committed Policy
 // that moved a zone to Redis puts the zone of the Policy left back on its
 // local buckets: a budget spent in Redis by another gateway does not

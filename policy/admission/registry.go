@@ -113,25 +113,47 @@ func (r *registry) release(key string, p *Policy) error {
 	if e == nil {
 		return fmt.Errorf("releasing rate-limit zone %q: not held", key)
 	}
-	var err error
-	if i := slices.Index(e.committed, p); i >= 0 {
-		newest := i == len(e.committed)-1
-		e.committed = slices.Delete(e.committed, i, i+1)
-		if newest && len(e.committed) > 0 {
-			s := e.committed[len(e.committed)-1].settings[key]
-			if err = e.zone.UpdateLimits(s.rate, s.burst); err == nil {
-				err = e.zone.SetRedis(s.redis, s.logger)
-			}
-			if err != nil {
-				err = fmt.Errorf("restoring the settings of rate-limit zone %s: %w", e.zone.Name(), err)
-			}
-		}
-	}
+	err := e.uncommitLocked(key, p)
 	if e.refs--; e.refs > 0 {
 		return err
 	}
 	delete(r.m, key)
 	return errors.Join(err, e.zone.Destruct())
+}
+
+// uncommit drops p from the committed Policies of the zone at key, which
+// p keeps holding: when p's settings are in force and other Policies
+// committed theirs, the newest of them puts its own back.
+func (r *registry) uncommit(key string, p *Policy) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.m[key]; e != nil {
+		return e.uncommitLocked(key, p)
+	}
+	return nil
+}
+
+// uncommitLocked is uncommit of e, the zone at key, with the registry's
+// lock held.
+func (e *zoneEntry) uncommitLocked(key string, p *Policy) error {
+	i := slices.Index(e.committed, p)
+	if i < 0 {
+		return nil
+	}
+	newest := i == len(e.committed)-1
+	e.committed = slices.Delete(e.committed, i, i+1)
+	if !newest || len(e.committed) == 0 {
+		return nil
+	}
+	s := e.committed[len(e.committed)-1].settings[key]
+	err := e.zone.UpdateLimits(s.rate, s.burst)
+	if err == nil {
+		err = e.zone.SetRedis(s.redis, s.logger)
+	}
+	if err != nil {
+		return fmt.Errorf("restoring the settings of rate-limit zone %s: %w", e.zone.Name(), err)
+	}
+	return nil
 }
 
 // refs returns the references held on the zone at key (0 when absent).
