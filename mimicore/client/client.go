@@ -358,9 +358,11 @@ func (c *Client) BindingNotAfter() time.Time {
 // carry the previous binding and are available at the gateway until it
 // expires: a renewal that gets a binding outlasting the previous one
 // publishes fresh ones carrying it to replace them (see republish),
-// keeping the private keys of the old ones until they expire. When that publish fails, the renewal is kept, the
-// publish is retried by the next operation, and RenewBinding returns the
-// error. The client's leaf in a group gets the new binding with the
+// keeping the private keys of the old ones until they expire. When that
+// publish fails, the renewal is kept, the publish is retried by the next
+// operation, and RenewBinding returns the error; when the gateway refused
+// it with a Retry-After, the operations try it again only once that wait
+// is over. The client's leaf in a group gets the new binding with the
 // client's next commit in that group (Update, Add, Remove).
 func (c *Client) RenewBinding(ctx context.Context) error {
 	c.mu.Lock()
@@ -371,7 +373,7 @@ func (c *Client) RenewBinding(ctx context.Context) error {
 	if err := c.renewBinding(ctx); err != nil {
 		return err
 	}
-	if err := c.republish(ctx); err != nil {
+	if err := c.republishNoting(ctx); err != nil {
 		return fmt.Errorf("the client binding was renewed, but (retried at the next operation): %w", err)
 	}
 	return nil
@@ -443,10 +445,19 @@ func (c *Client) freshBinding(ctx context.Context) error {
 	if c.now().Before(c.republishAfter) {
 		return nil
 	}
-	if d, ok := RetryAfterOf(c.republish(ctx)); ok {
+	_ = c.republishNoting(ctx)
+	return nil
+}
+
+// republishNoting runs republish and, when the gateway refused it with a
+// Retry-After, notes when the operations may try it again
+// (republishAfter). c.mu is held.
+func (c *Client) republishNoting(ctx context.Context) error {
+	err := c.republish(ctx)
+	if d, ok := RetryAfterOf(err); ok {
 		c.republishAfter = c.now().Add(d)
 	}
-	return nil
+	return err
 }
 
 // userURI returns the user URI of the client.

@@ -516,6 +516,41 @@ func TestRepublishWaitsForRetryAfter(t *testing.T) {
 	g.wantRepublished(t, bob, "once the Retry-After is over")
 }
 
+// TestRenewBindingRepublishWaitsForRetryAfter: bob renews his binding
+// himself (RenewBinding), and the publish that replaces his KeyPackages is
+// refused rate_limited with Retry-After: 600. RenewBinding returns that
+// refusal; the operations that follow within those 10 minutes do not try
+// the republish again (before, RenewBinding left no wait for them, and
+// each sent its list and publish requests into the same refusal); the
+// first one after them completes it.
+func TestRenewBindingRepublishWaitsForRetryAfter(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, "600", 0
+	g.mu.Unlock()
+	err := bob.RenewBinding(t.Context())
+	if d, ok := RetryAfterOf(err); !ok || d != 10*time.Minute {
+		t.Fatalf("RenewBinding: %v; want the republish's refusal with its Retry-After of 10 minutes", err)
+	}
+	for i := range 3 {
+		g.mu.Lock()
+		g.now = g.now.Add(time.Minute)
+		g.mu.Unlock()
+		if err := bob.Publish(t.Context(), 0, false); err != nil {
+			t.Fatalf("operation %d: %v", i, err)
+		}
+	}
+	g.mu.Lock()
+	publishes := g.publishes
+	g.now = g.now.Add(8 * time.Minute)
+	g.rateLimited = false
+	g.mu.Unlock()
+	if publishes != 1 || !bob.rec.republishDue {
+		t.Fatalf("RenewBinding and three operations within the Retry-After: %d publish requests, republish due %v; want 1, due", publishes, bob.rec.republishDue)
+	}
+	g.wantRepublished(t, bob, "once the Retry-After is over")
+}
+
 // TestRepublishStopsAtRateLimitOneByOne: the replacing KeyPackages were
 // taken but the answer was lost, and carol claimed bob's 10 old
 // single-use KeyPackages and 5 of the new ones. His next operation sends
