@@ -37,9 +37,10 @@ import (
 // stale_epoch means a commit moved the group on: Receive, then send
 // again. A 429 rate_limited, and a resend's 429 or 503, whose
 // Retry-After the client waits out (Config.MaxRetryWait) is followed by
-// the same MLS message, signed again, at most twice; a first attempt's
-// 503 that asks for a wait is waited out once, then the message is
-// resent as the next Send would.
+// the same MLS message, signed again; a first attempt's 503 that asks
+// for a wait is waited out, then the message is resent as the next Send
+// would. A Send waits at most twice in all (maxRetries), then returns
+// the last refusal.
 func (c *Client) Send(ctx context.Context, groupID []byte, data []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -53,7 +54,9 @@ func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
 	if c.closed {
 		return errors.New("client: closed")
 	}
-	digest, err := c.resend(ctx, groupID)
+	// The waits for Retry-After this Send may take, in all.
+	waits := maxRetries
+	digest, err := c.resendWaiting(ctx, groupID, &waits)
 	if err != nil {
 		return err
 	}
@@ -91,7 +94,7 @@ func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
 	_, err = c.postKept(ctx, k, func(err error) bool {
 		code, _ := CodeOf(err)
 		return refused(err) && code == moh.CodeRateLimited
-	})
+	}, &waits)
 	switch {
 	case err == nil:
 		if derr := c.dropKept(groupID); derr != nil {
@@ -108,8 +111,9 @@ func (c *Client) send(ctx context.Context, groupID []byte, data []byte) error {
 	// The answer is not known: the message stays kept. A 503 that asks
 	// for a wait (a gateway being reloaded) is waited out, and the kept
 	// message resent, as the next Send would.
-	if d, ok := c.retryWait(ctx, err); ok && sleep(ctx, d) {
-		_, err := c.resend(ctx, groupID)
+	if d, ok := c.retryWait(ctx, err); ok && waits > 0 && sleep(ctx, d) {
+		waits--
+		_, err := c.resendWaiting(ctx, groupID, &waits)
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrMessagePending, err)

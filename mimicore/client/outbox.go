@@ -199,13 +199,21 @@ func retryLater(err error) bool {
 // that and sends it. A refusal for good drops it (ErrMessageUnknown); any
 // other failure keeps it (ErrMessagePending). c.mu is held.
 func (c *Client) resend(ctx context.Context, groupID []byte) ([]byte, error) {
+	waits := maxRetries
+	return c.resendWaiting(ctx, groupID, &waits)
+}
+
+// resendWaiting is resend with the waits it may take from *waits (see
+// postKept), which an operation that made waits of its own already (Send)
+// passes on.
+func (c *Client) resendWaiting(ctx context.Context, groupID []byte, waits *int) ([]byte, error) {
 	k, err := c.loadKept(groupID)
 	if err != nil || k == nil {
 		return nil, err
 	}
 	// Resending it is safe whatever came of the attempts before, so a
 	// 503 that asks for a wait is waited out as a 429 is.
-	k, err = c.postKept(ctx, k, func(error) bool { return true })
+	k, err = c.postKept(ctx, k, func(error) bool { return true }, waits)
 	if code, _ := CodeOf(err); code == moh.CodeStaleTimestamp {
 		signed, serr := c.resignKept(k)
 		if serr != nil {
@@ -249,23 +257,26 @@ func (c *Client) resignKept(k *keptMessage) (*keptMessage, error) {
 	return k, nil
 }
 
-// postKept sends kept message k (send_message) and, at most maxRetries
-// times, again after each refusal that again accepts and whose
-// Retry-After the client waits out (retryWait): each time the same MLS
+// postKept sends kept message k (send_message) and, while *waits is
+// above 0 (each wait takes one), again after each refusal that again
+// accepts and whose Retry-After the client waits out (retryWait): one
+// operation's waits are counted together, so that it holds the Client
+// for at most maxRetries of them in all. Each time it sends the same MLS
 // message, signed afresh and kept first (resignKept), so that the wait
 // cannot make its timestamp stale; the Delivery Service delivers an MLS
 // message once however often it comes (docs/protocol.md §5.4 step 9).
 // It returns k as last sent, and the last attempt's error. c.mu is held.
-func (c *Client) postKept(ctx context.Context, k *keptMessage, again func(error) bool) (*keptMessage, error) {
-	for n := 0; ; n++ {
+func (c *Client) postKept(ctx context.Context, k *keptMessage, again func(error) bool, waits *int) (*keptMessage, error) {
+	for {
 		_, err := c.postDS(ctx, "/group_operation", "send_message", k.request)
-		if err == nil || n == maxRetries || !again(err) {
+		if err == nil || *waits <= 0 || !again(err) {
 			return k, err
 		}
 		d, ok := c.retryWait(ctx, err)
 		if !ok || !sleep(ctx, d) {
 			return k, err
 		}
+		*waits--
 		signed, serr := c.resignKept(k)
 		if serr != nil {
 			return k, fmt.Errorf("%w (and %v)", err, serr)

@@ -229,6 +229,10 @@ func TestSendWaitsOutRetryAfter(t *testing.T) {
 			[]string{"hello", "resigned", "resigned"}, false},
 		{"503, then ok", []func(http.ResponseWriter){unavailable}, 0, false, []string{"hello", "again"}, false},
 		{"503, then 503, then ok", []func(http.ResponseWriter){unavailable, unavailable}, 0, false, []string{"hello", "again", "resigned"}, false},
+		// Two waits in all for one Send: after the second, a 503 leaves
+		// the message kept instead of a third wait and more resends.
+		{"429, 429, then 503s", []func(http.ResponseWriter){rateLimited, rateLimited, unavailable, unavailable, unavailable},
+			moh.CodeBackendUnavailable, true, []string{"hello", "resigned", "resigned"}, true},
 		{"503 without Retry-After", []func(http.ResponseWriter){func(w http.ResponseWriter) {
 			writeDSError(w, http.StatusServiceUnavailable, moh.CodeBackendUnavailable)
 		}}, moh.CodeBackendUnavailable, true, []string{"hello"}, true},
