@@ -237,10 +237,7 @@ func (g *Gateway) applyDataDir(applyService bool) error {
 			err = fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
 		}
 	}
-	var limits store.OutboxLimits
-	if f := g.Federation; f != nil {
-		limits = store.OutboxLimits{MaxMessages: f.MaxBacklogMessages, MaxBytes: f.MaxBacklogBytes}
-	}
+	limits := g.Federation.outboxLimits()
 	g.sender.SetPolicy(g.Federation.senderPolicy())
 	g.svc.Store().SetOutboxLimits(limits)
 	commits.limits[g.svc] = limits
@@ -256,6 +253,15 @@ func (g *Gateway) applySweeper() { g.sweeper.current.Store(g.ds.Attachments) }
 // fetch policy and log to g's logger; its keys, challenges and spent
 // tokens stay.
 func (g *Gateway) applyOrigin() { g.origin.Reconfigure(g.fetch, g.sampled) }
+
+// outboxLimits are the outbox's backlog bounds of f (zero, the defaults,
+// when f is nil).
+func (f *Federation) outboxLimits() store.OutboxLimits {
+	if f == nil {
+		return store.OutboxLimits{}
+	}
+	return store.OutboxLimits{MaxMessages: f.MaxBacklogMessages, MaxBytes: f.MaxBacklogBytes}
+}
 
 // senderPolicy is the federation sender's policy of f: its backoff cap
 // and give-up age (zero, the defaults, when f is nil).

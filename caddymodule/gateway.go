@@ -380,6 +380,16 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mimi: opening the provider service in %s: %w", g.DataDir, err)
 	}
 	g.svc, g.svcHeld = svc, true
+	if !loaded {
+		// A service this config opened serves this config alone, and
+		// may serve its requests before the mimi app starts (Caddy
+		// starts a config's apps in no set order, the http app's
+		// servers possibly first): its outbox bounds are this config's
+		// from the start, as the new sender's policy and backend are,
+		// not the defaults, under which a fanout to a destination whose
+		// backlog passed the default bound would be dropped.
+		svc.Store().SetOutboxLimits(g.Federation.outboxLimits())
+	}
 	if loaded {
 		// What only a restart changes (the store, the key secret) is
 		// refused here, before Caddy starts anything of this config,
