@@ -41,48 +41,76 @@ func leaseStore(t *testing.T, n int) store.Store {
 
 // TestSenderLease checks a sender with drain leases renews its lease
 // through a pass longer than the lease's ttl, so a rival never gets the
-// destination meanwhile.
+// destination meanwhile. The lease, in the store as in the renewals, is
+// timed on a clock the test moves (each send lasts two renewal periods, so
+// the pass lasts more than five ttls), so nothing depends on how fast the
+// machine runs: after each renewal the rival tries to claim the
+// destination at the clock's time, and is refused only if the renewal
+// extended the lease.
 func TestSenderLease(t *testing.T) {
-	const ttl = 300 * time.Millisecond
-	const n = 8 // a pass of n*ttl/2: four times the ttl
+	const ttl = 3 * time.Second
+	const period = ttl / 3 // keepLease renews every third of the ttl
+	const n = 8
 	st := leaseStore(t, n)
+	clock := newFakeClock()
+	sends := make(chan context.Context)
+	proceed := make(chan struct{})
 	var sent atomic.Int32
-	s := &Sender{Outbox: st, Leases: st, Holder: "sender", LeaseTTL: ttl, LeasePoll: time.Hour,
+	s := &Sender{Outbox: st, Leases: st, Holder: "sender", LeaseTTL: ttl, LeasePoll: time.Hour, Now: clock.Now, clock: clock,
 		Transport: transportFunc(func(ctx context.Context, _, _ string, _ moh.ProviderRequestType, _ []byte) (*provider.Answer, error) {
 			select {
-			case <-time.After(ttl / 2):
+			case sends <- ctx:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			select {
+			case <-proceed:
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
 			sent.Add(1)
 			return accepted(ctx, "", "", 0, nil)
 		})}
+	guard, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
 	runSender(t, s)
 	s.Wake("dest.example")
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if sent.Load() > 0 { // the sender holds the lease
-			if _, ok, err := st.OutboxClaim(t.Context(), "dest.example", "rival", time.Now(), ttl, 10); err != nil || ok && sent.Load() < n {
-				t.Fatalf("a rival claimed the destination after %d of %d messages (%v): the lease was not renewed", sent.Load(), n, err)
-			} else if ok {
-				if _, err := st.OutboxRelease(t.Context(), "dest.example", "rival", nil); err != nil {
-					t.Fatal(err)
-				}
+	waits := 1 // the lease loop's waits for a renewal so far, when it blocks
+	for i := range n {
+		var send context.Context
+		select {
+		case send = <-sends:
+		case <-guard.Done():
+			t.Fatalf("message %d never sent (%d sent)", i+1, sent.Load())
+		}
+		for range 2 {
+			if !clock.waitCalls(guard, send.Done(), func(a, _ int) bool { return a >= waits }) || send.Err() != nil {
+				t.Fatalf("sending message %d: the lease loop stopped before its renewal %d (%v)", i+1, waits, send.Err())
 			}
-			pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
-			if err != nil {
-				t.Fatal(err)
+			clock.Advance(clock.Now().Add(period))
+			waits++
+			// The loop renews, then waits for the next renewal.
+			if !clock.waitCalls(guard, send.Done(), func(a, _ int) bool { return a >= waits }) || send.Err() != nil {
+				t.Fatalf("sending message %d: the lease loop stopped at its renewal %d (%v)", i+1, waits-1, send.Err())
 			}
-			if len(pending) == 0 {
-				if got := sent.Load(); got != n {
-					t.Fatalf("sent %d messages, want %d", got, n)
-				}
-				return
+			if _, ok, err := st.OutboxClaim(t.Context(), "dest.example", "rival", clock.Now(), ttl, 10); err != nil || ok {
+				t.Fatalf("a rival claimed the destination %v after the sender's claim, sending message %d of %d (%t, %v): the lease was not renewed",
+					time.Duration(waits-1)*period, i+1, n, ok, err)
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case proceed <- struct{}{}:
+		case <-guard.Done():
+			t.Fatalf("message %d: the send never ended", i+1)
+		}
 	}
-	t.Fatalf("not done in time: %d of %d sent", sent.Load(), n)
+	waitFor(t, "the pass to remove what it delivered", func() bool {
+		pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+		return err == nil && len(pending) == 0
+	})
+	if got := sent.Load(); got != n {
+		t.Fatalf("sent %d messages, want %d", got, n)
+	}
 }
 
 // TestSenderLeaseLost checks that a sender stops sending when another
