@@ -18,7 +18,11 @@ import (
 func TestRedisZoneAcrossGateways(t *testing.T) {
 	srv := redistest.New(t)
 	clk := newClock()
-	rc := &ratelimit.RedisConfig{Addr: srv.Addr(), Timeout: 200 * time.Millisecond, Retry: 20 * time.Millisecond,
+	// The fallbacks below come from the stopped server refusing
+	// connections at once, never from the timeout, which is generous so
+	// that a call to the running server is not cut short on a loaded
+	// machine (a fallback the counts do not expect).
+	rc := &ratelimit.RedisConfig{Addr: srv.Addr(), Timeout: 10 * time.Second, Retry: 20 * time.Millisecond,
 		Prefix: "test:" + t.Name() + ":"}
 	gw := func() *Policy {
 		z := zoneCfg("redis_zone", KeyRemoteIP, 2, time.Hour, "ds_domain")
