@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,6 +52,42 @@ func postProviderHeader(t *testing.T, site *peerSite, path string, raw []byte) (
 	return status, moh.AnswerCode(body), h.Get("Retry-After")
 }
 
+// claimClock times the peer claim limit of a test gateway: its zone
+// counts at the time the test sets, not the machine's, so that a burst
+// spent over many requests stays spent however slowly a loaded machine
+// serves them, and the test moves time rather than sleeping.
+type claimClock struct {
+	zone *ratelimit.Zone
+	now  atomic.Int64 // Unix nanoseconds
+}
+
+// AllowAll implements ds.KeyPackageLimiter on the clock's time.
+func (c *claimClock) AllowAll(keys []string, _ time.Time) (bool, time.Duration) {
+	return c.zone.AllowAll(keys, time.Unix(0, c.now.Load()))
+}
+
+// advance moves the clock d on.
+func (c *claimClock) advance(d time.Duration) { c.now.Add(int64(d)) }
+
+// frozenClaims puts the peer claim limit of the gateway of s on a
+// claimClock at the present, before s serves, and returns the clock.
+func frozenClaims(s *peerSite) *claimClock {
+	c := &claimClock{zone: s.g.ds.KeyPackageLimits.(*ratelimit.Zone)}
+	c.now.Store(time.Now().UnixNano())
+	s.g.ds.KeyPackageLimits = c
+	return c
+}
+
+// frozenClaimsOf is a setup of twoProvidersWith that puts the claim limit
+// of provider's gateway on a claimClock, stored in *c.
+func frozenClaimsOf(provider string, c **claimClock) func(*peerSite) {
+	return func(s *peerSite) {
+		if s.g.Providers[0] == provider {
+			*c = frozenClaims(s)
+		}
+	}
+}
+
 // TestClaimLimitRetryAfter has a claim b's KeyPackages of one user over
 // the per-(sender, user) claim limit (a burst of keyPackageBurst): the
 // claims within the burst are answered without Retry-After; the first
@@ -58,7 +95,8 @@ func postProviderHeader(t *testing.T, site *peerSite, path string, raw []byte) (
 // refill interval; and a byte-identical retry of that claim after that
 // interval, answered from the replay record, gets it too.
 func TestClaimLimitRetryAfter(t *testing.T) {
-	a, b := twoProviders(t)
+	var clock *claimClock
+	a, b := twoProvidersWith(t, frozenClaimsOf("b.localhost", &clock))
 	pc := &provider.Client{Sender: "a.localhost", Keys: a.g.svc.Keys(), Fetcher: a.g.svc.Fetcher()}
 	payload, err := wire.Marshal(&moh.ConnectionKeyPackagesRequest{Requester: []byte(moh.UserURI("a.localhost", "alice")),
 		UserID: []byte(moh.UserURI("b.localhost", "carol"))})
@@ -78,23 +116,29 @@ func TestClaimLimitRetryAfter(t *testing.T) {
 		}
 	}
 	over := sign()
-	want := fmt.Sprint(claimRetryAfterSeconds(b.g.ds.KeyPackageLimits.(*ratelimit.Zone)))
+	interval := claimRetryAfterSeconds(clock.zone)
+	want := fmt.Sprint(interval)
 	for _, tc := range []struct {
 		name  string
-		after time.Duration // waited before posting
+		after time.Duration // the claim limit's clock moved on before posting
 	}{
 		{"the claim over the burst", 0},
 		// After the refill interval a new claim would pass: a 429 now is
 		// the replay record's.
-		{"its byte-identical retry", time.Duration(claimRetryAfterSeconds(b.g.ds.KeyPackageLimits.(*ratelimit.Zone))) * time.Second},
+		{"its byte-identical retry", time.Duration(interval) * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			time.Sleep(tc.after)
+			clock.advance(tc.after)
 			st, code, ra := postProviderHeader(t, b, "/connection_key_packages", over)
 			if st != http.StatusTooManyRequests || code != moh.CodeRateLimited || ra != want {
 				t.Fatalf("%d %s, Retry-After %q; want 429 rate_limited, Retry-After %q", st, code, ra, want)
 			}
 		})
+	}
+	// The refill interval has passed on the limit's clock: a new claim
+	// passes, so the retry's 429 above was the replay record's.
+	if st, code, ra := postProviderHeader(t, b, "/connection_key_packages", sign()); st != http.StatusOK {
+		t.Fatalf("a new claim after the refill interval: %d %s, Retry-After %q; want 200", st, code, ra)
 	}
 }
 
@@ -104,7 +148,8 @@ func TestClaimLimitRetryAfter(t *testing.T) {
 // for dave's sake, and spends none of carol's limit, so a can still claim
 // carol's KeyPackages a whole burst of times.
 func TestRefusedClaimSpendsNoLimit(t *testing.T) {
-	a, _ := twoProviders(t)
+	// b's claim limit does not refill while the test runs, however slowly.
+	a, _ := twoProvidersWith(t, frozenClaimsOf("b.localhost", new(*claimClock)))
 	pc := &provider.Client{Sender: "a.localhost", Keys: a.g.svc.Keys(), Fetcher: a.g.svc.Fetcher()}
 	requester := []byte(moh.UserURI("a.localhost", "alice"))
 	send := func(typ moh.ProviderRequestType, req wire.Marshaler) (int, moh.Code) {
@@ -151,6 +196,9 @@ func TestRefusedClaimSpendsNoLimit(t *testing.T) {
 // again. The zone is released with the last config that uses it.
 func TestClaimLimitSurvivesReload(t *testing.T) {
 	target := moh.UserURI("example.com", "carol")
+	// Every claim at one time: the zones do not refill while a config is
+	// provisioned, however slowly.
+	at := time.Now()
 	for _, tc := range []struct {
 		name string
 		// load provisions a config on dir and returns a claim of target
@@ -163,7 +211,7 @@ func TestClaimLimitSurvivesReload(t *testing.T) {
 				t.Fatal(err)
 			}
 			claim := func() bool {
-				ok, _ := g.ds.KeyPackageLimits.AllowAll([]string{"peer.example " + target}, time.Now())
+				ok, _ := g.ds.KeyPackageLimits.AllowAll([]string{"peer.example " + target}, at)
 				return ok
 			}
 			return claim, g.Cleanup
@@ -173,7 +221,8 @@ func TestClaimLimitSurvivesReload(t *testing.T) {
 			if err := h.Provision(ctx); err != nil {
 				t.Fatal(err)
 			}
-			return func() bool { return h.claims.AllowClaim("alice", target) == nil }, h.Cleanup
+			// AllowClaim's key, at the test's time.
+			return func() bool { ok, _ := h.claims.zone.Allow("alice "+target, at); return ok }, h.Cleanup
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -190,6 +190,14 @@ func freePorts(t testing.TB, n int) []string {
 // resolving the other to its port and trusting the certificate.
 func twoProviders(t testing.TB) (a, b *peerSite) {
 	t.Helper()
+	return twoProvidersWith(t, nil)
+}
+
+// twoProvidersWith is twoProviders, calling setup, when not nil, with
+// each site once its gateway is provisioned and before it serves: what
+// setup changes in the gateway is seen by every request.
+func twoProvidersWith(t testing.TB, setup func(*peerSite)) (a, b *peerSite) {
+	t.Helper()
 	cert, rootFile := peerCert(t, "mimi test peers")
 	ports := freePorts(t, 2)
 	site := func(name, port, peer, peerPort string) *peerSite {
@@ -198,6 +206,9 @@ func twoProviders(t testing.TB) (a, b *peerSite) {
 			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p},
 				Resolve: map[string]string{peer: "127.0.0.1:" + peerPort}, RootCAFiles: []string{rootFile}}})
 		s := &peerSite{g: g, addr: "127.0.0.1:" + port, cert: cert}
+		if setup != nil {
+			setup(s)
+		}
 		s.start(t)
 		t.Cleanup(s.stop)
 		return s
