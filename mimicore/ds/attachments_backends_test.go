@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -184,7 +185,7 @@ func (b *slowLegacy) Create(ctx context.Context, name string, size int64) (stora
 // the backend to store what it got, sweeps past the upload deadline and
 // the retention, and checks that no byte and no record is left: an
 // object the backend stored late is swept, not orphaned.
-func lateObjectSwept(t *testing.T, f *attachFixture, b *slowLegacy, ctx context.Context, content io.Reader, size int, wait time.Duration) error {
+func lateObjectSwept(t *testing.T, f *attachFixture, b *slowLegacy, ctx context.Context, content io.Reader, size int) error {
 	t.Helper()
 	h := sha256.Sum256(bytes.Repeat([]byte("x"), size))
 	body := f.sign(t, f.alice, 0, moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
@@ -194,7 +195,26 @@ func lateObjectSwept(t *testing.T, f *attachFixture, b *slowLegacy, ctx context.
 		t.Fatal(err)
 	}
 	_, uerr := f.svc.Upload(ctx, req, content)
-	time.Sleep(wait)
+	// The backend stores the object it got, late, whatever the upload
+	// did: the sweep comes after that, however slow the machine (30 s
+	// only against a hang).
+	deadline := time.Now().Add(30 * time.Second)
+	for stored := false; !stored; {
+		b.mu.Lock()
+		names := slices.Clone(b.names)
+		b.mu.Unlock()
+		if len(names) == 1 {
+			if o, err := b.Open(context.Background(), names[0]); err == nil {
+				o.Close()
+				stored = true
+				continue
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("upload error %v: the backend stored no object within 30 s (%d created)", uerr, len(names))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	f.now = f.now.Add(f.a.uploadDeadline() + f.a.retention() + time.Minute)
 	if _, err := f.a.Sweep(context.Background(), f.now); err != nil {
 		t.Fatal(err)
@@ -230,7 +250,7 @@ func TestForwardCommitCancelOrphan(t *testing.T) {
 		time.AfterFunc(50*time.Millisecond, cancel)
 		return 0, io.EOF
 	}))
-	if err := lateObjectSwept(t, f, b, ctx, content, 1000, 600*time.Millisecond); err != nil {
+	if err := lateObjectSwept(t, f, b, ctx, content, 1000); err != nil {
 		t.Errorf("upload whose client went away after its last byte: %v", err)
 	}
 }
@@ -243,7 +263,7 @@ func TestForwardCommitCancelOrphan(t *testing.T) {
 func TestForwardCommitTimeoutOrphan(t *testing.T) {
 	b := newSlowLegacy(t, 2*time.Second, time.Second)
 	f := newAttachFixture(t, func(a *Attachments) { a.Backend = b })
-	err := lateObjectSwept(t, f, b, context.Background(), bytes.NewReader(bytes.Repeat([]byte("x"), 1000)), 1000, 1500*time.Millisecond)
+	err := lateObjectSwept(t, f, b, context.Background(), bytes.NewReader(bytes.Repeat([]byte("x"), 1000)), 1000)
 	wantCode(t, "upload whose commit timed out", err, moh.CodeBackendUnavailable)
 }
 
@@ -286,8 +306,8 @@ func TestForwardStalledBackendBlocksWrite(t *testing.T) {
 	select {
 	case err := <-done:
 		wantCode(t, "upload to a stalled backend", err, moh.CodeBodyTimeout)
-	case <-time.After(10 * time.Second):
-		t.Errorf("upload still blocked after 10 s (10 times its deadline) on a backend that stopped reading")
+	case <-time.After(30 * time.Second): // only against a hang: it used to block for ever
+		t.Errorf("upload still blocked after 30 s (30 times its deadline) on a backend that stopped reading")
 		unstall()
 		<-done
 	}
