@@ -74,7 +74,18 @@ func TestServerCrash(t *testing.T) {
 			}
 		}()
 	}
+	// The crash comes amid a stream of writes, once each kind has had
+	// one acknowledged, however slowly a loaded machine gets there (30 s
+	// only against a hang; the check below then fails).
 	time.Sleep(500 * time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		some := len(tokens) > 0 && len(ids) > 0 && len(seqs) > 0
+		mu.Unlock()
+		if some {
+			break
+		}
+	}
 	srv.Crash(t)
 	close(crashed)
 	wg.Wait()
