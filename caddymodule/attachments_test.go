@@ -564,12 +564,13 @@ func testAttachmentsOverTLS(t *testing.T, a *Attachments) {
 }
 
 // wantNoFiles checks that the local backend holds no object and no
-// temporary file, waiting a little for a handler still cleaning up.
+// temporary file, waiting for a handler still cleaning up up to 30 s (only
+// against a hang: a file left behind stays).
 func (e *attachEnv) wantNoFiles(t *testing.T) {
 	t.Helper()
 	root := filepath.Join(e.g.DataDir, attachmentsDir)
 	var files []string
-	for range 100 {
+	for range 1500 {
 		files = files[:0]
 		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 			if err == nil && !d.IsDir() {
@@ -612,7 +613,7 @@ func TestAttachmentUploadCutOff(t *testing.T) {
 		if u.Count == 1 {
 			break
 		}
-		if i == 500 {
+		if i == 3000 { // 30 s
 			t.Fatal("the upload never started")
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -623,7 +624,7 @@ func TestAttachmentUploadCutOff(t *testing.T) {
 		if u.Count == 0 {
 			break
 		}
-		if i == 500 {
+		if i == 3000 { // 30 s
 			t.Fatalf("the cut-off upload still holds %+v", u)
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -192,7 +192,7 @@ func TestClusterOutbox(t *testing.T) {
 	// Mid-stream, kill the gateway that holds b's lease.
 	waitQueue(t, c.b, bob.uri, 1+drained+before/3)
 	victim := -1
-	for deadline := time.Now().Add(10 * time.Second); victim < 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(30 * time.Second); victim < 0 && time.Now().Before(deadline); {
 		victim = c.leaseHolderOf(t, "b.localhost")
 		if victim < 0 {
 			time.Sleep(5 * time.Millisecond)

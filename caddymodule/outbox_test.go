@@ -397,7 +397,7 @@ func TestOutboxSurvivesPeerOutage(t *testing.T) {
 		}
 	}
 	// The outbox is empty once the answers came, and nothing arrives twice.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		pending, err = a.g.svc.Store().OutboxPending(t.Context(), "b.localhost", 0, store.MaxOutboxList)
 		if err != nil {

@@ -253,7 +253,7 @@ func TestTwoGatewaysOnePostgres(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ka, kb := verificationKeys(t, reloaded[0]), verificationKeys(t, reloaded[1])
 		now = time.Now()
@@ -275,7 +275,7 @@ func TestTwoGatewaysOnePostgres(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the gateways do not publish the same two keys 10 s after the reload")
+			t.Fatal("the gateways do not publish the same two keys 30 s after the reload")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -101,7 +101,7 @@ func TestNoTemporaryData(t *testing.T) {
 		t.Fatalf("Sweep = %d, %v; want 0, nil", n, err)
 	}
 	// The backend notices a cut-off body when its connection fails.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		entries, err := os.ReadDir(b.Dir)
 		if err != nil {
