@@ -92,7 +92,7 @@ func fetchQueue(t *testing.T, c *mimiClient, user string, after uint64, wait int
 	}
 	req.Header.Set("X-Test-User", user)
 	cl := client(tls.VersionTLS13)
-	cl.Timeout = 20 * time.Second
+	cl.Timeout = time.Duration(wait)*time.Second + time.Minute // only against a hang
 	resp, err := cl.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -240,8 +240,10 @@ func startCaddy(t *testing.T) {
 	if env.tester != nil {
 		return
 	}
+	// The timeouts only keep a failing test from hanging: a loaded
+	// machine under -race may take seconds over a request.
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
-		LoadRequestTimeout: 30 * time.Second, TestRequestTimeout: 10 * time.Second,
+		LoadRequestTimeout: 60 * time.Second, TestRequestTimeout: 60 * time.Second,
 	})
 	tester.InitServer(baseConfig(), "caddyfile")
 	if t.Failed() {
@@ -270,10 +272,11 @@ func startCaddy(t *testing.T) {
 
 // client returns an HTTP/2 client that verifies the sites' certificates
 // against the test root and dials Caddy on loopback for any host name.
+// Its timeout only keeps a failing test from hanging.
 func client(maxTLS uint16) *http.Client {
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	return &http.Client{
-		Timeout: 10 * time.Second,
+		Timeout: 60 * time.Second,
 		Transport: &http.Transport{
 			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 				return dialer.DialContext(ctx, network, httpsAddr)
@@ -291,8 +294,11 @@ func peerClient(t *testing.T, sender string) *provider.Client {
 	return &provider.Client{
 		Sender: sender,
 		Keys:   keyRingOf(t, sender),
+		// A generous Timeout (the default is 5 s): it bounds each
+		// discovery and key fetch, and each request's dial and TLS
+		// handshake, which a loaded machine may make slow.
 		Fetcher: provider.NewKeyFetcher(provider.FetchPolicy{
-			AllowPrivate: true, AllowedPorts: []int{9443}, RootCAs: env.roots,
+			AllowPrivate: true, AllowedPorts: []int{9443}, RootCAs: env.roots, Timeout: 30 * time.Second,
 			Resolve: map[string]string{"a.localhost": httpsAddr, "b.localhost": httpsAddr},
 		}),
 	}
