@@ -32,6 +32,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+	"github.com/caddy-mimi/caddy-mimi/policy/ratelimit"
 )
 
 const (
@@ -52,6 +53,13 @@ type localServer struct {
 
 func newLocalServer(t *testing.T, h *LocalAPI) *localServer {
 	t.Helper()
+	return newLocalServerWith(t, h, nil)
+}
+
+// newLocalServerWith is newLocalServer, calling setup, when not nil, with
+// h once it is provisioned and before it serves.
+func newLocalServerWith(t *testing.T, h *LocalAPI, setup func(*LocalAPI)) *localServer {
+	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	if len(h.Providers) == 0 {
@@ -65,6 +73,9 @@ func newLocalServer(t *testing.T, h *LocalAPI) *localServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Cleanup() })
+	if setup != nil {
+		setup(h)
+	}
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
 		w.WriteHeader(http.StatusTeapot)
 		return nil
@@ -942,7 +953,17 @@ func TestLocalAPIPublishRefusalNamesIndex(t *testing.T) {
 // rate_limited with Retry-After, for the user URI and its clients alike,
 // while other pairs of user and target still claim.
 func TestLocalAPIClaimLimit(t *testing.T) {
-	s := newLocalServer(t, &LocalAPI{})
+	// The claims' zone, with the burst of the real one, refills once an
+	// hour rather than every 2 s: the burst, spent over 60 requests, stays
+	// spent however slowly a loaded machine serves them.
+	s := newLocalServerWith(t, &LocalAPI{}, func(h *LocalAPI) {
+		z, err := ratelimit.NewZone("local_claims_test", ratelimit.Config{Rate: 1.0 / 3600, Burst: keyPackageBurst})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = z.Destruct() })
+		h.claims.zone = z
+	})
 	for i := range keyPackageBurst {
 		if status, _, _ := s.claimAs(t, "mallory", "mimi://example.com/u/bob"); status != http.StatusOK {
 			t.Fatalf("claim %d of the burst: status %d", i+1, status)
