@@ -51,7 +51,7 @@ func newCluster(t *testing.T) *cluster {
 			dsPort = ports[0] // both gateways publish the first as the DS
 		}
 		g := &Gateway{Providers: []string{name}, DSDomain: name + ":" + dsPort, Store: st, KeySecret: secret,
-			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p},
+			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p}, Timeout: peerTimeout,
 				Resolve: map[string]string{peer: "127.0.0.1:" + peerPort}, RootCAFiles: []string{rootFile}}}
 		if st != nil && st.Backend == storePostgres {
 			// The gateways on one database keep attachments under one root.

@@ -64,7 +64,7 @@ func newMTLSPeers(t *testing.T) *mtlsPeers {
 		}
 		p, _ := strconv.Atoi(peerPort)
 		g := provisioned(t, &Gateway{Providers: []string{name}, DSDomain: name + ":" + port,
-			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p},
+			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p}, Timeout: peerTimeout,
 				Resolve: map[string]string{peer: "127.0.0.1:" + peerPort}, RootCAFiles: []string{peerRoot}},
 			MutualTLS: &MutualTLS{RootCAFiles: []string{peerRoot}, CertificateFile: certFile, KeyFile: keyFile}})
 		s := &peerSite{g: g, addr: "127.0.0.1:" + port, cert: cert, clientAuth: tls.RequestClientCert}

@@ -193,6 +193,12 @@ func twoProviders(t testing.TB) (a, b *peerSite) {
 	return twoProvidersWith(t, nil)
 }
 
+// peerTimeout is the federation timeout of the test providers: each
+// discovery and key fetch, dial and TLS handshake between them, which
+// the default of 5 s would let a loaded machine under -race exceed; it
+// only keeps a failing test from hanging.
+const peerTimeout = caddy.Duration(30 * time.Second)
+
 // twoProvidersWith is twoProviders, calling setup, when not nil, with
 // each site once its gateway is provisioned and before it serves: what
 // setup changes in the gateway is seen by every request.
@@ -203,7 +209,7 @@ func twoProvidersWith(t testing.TB, setup func(*peerSite)) (a, b *peerSite) {
 	site := func(name, port, peer, peerPort string) *peerSite {
 		p, _ := strconv.Atoi(peerPort)
 		g := provisioned(t, &Gateway{Providers: []string{name}, DSDomain: name + ":" + port,
-			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p},
+			Federation: &Federation{AllowPrivateAddresses: true, AllowedPorts: []int{p}, Timeout: peerTimeout,
 				Resolve: map[string]string{peer: "127.0.0.1:" + peerPort}, RootCAFiles: []string{rootFile}}})
 		s := &peerSite{g: g, addr: "127.0.0.1:" + port, cert: cert}
 		if setup != nil {
