@@ -37,9 +37,29 @@ func TestRelaySlowHub(t *testing.T) {
 
 	alice := newMIMIClient(t, issuerOf(t, "a.localhost"), "alice", "relay-slow", false)
 	bob := newMIMIClientAt(t, issuerOf(t, "b.localhost"), "b.localhost", "bob", "relay-slow", false)
-	alice.hostGroupWith(t, bob)
+	gid := alice.hostGroupWith(t, bob)
 	// b records a as the group's hub when the Welcome arrives.
 	bob.joinFromQueue(t, "bob")
+
+	// b's first relay to a discovers a and connects to it, under b's
+	// federation timeout of 1 s, which a loaded machine may exceed: a
+	// relayed read, sent until it is answered, leaves the discovery
+	// cached and a connection open, so the relayed commit below neither
+	// discovers nor dials and only its wait for the hub is tested. (A
+	// failed discovery is cached for a minute: 90 s only against a hang.)
+	info := moh.RequestBody{Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}
+	for i, deadline := 0, time.Now().Add(90*time.Second); ; i++ {
+		// Each try signed at another second: a signature is accepted once.
+		resp, raw := get(t, client(tls.VersionTLS13), http.MethodPost, "https://b.localhost:9443/external_commit_information",
+			"application/octet-stream", bob.sign(t, info, -time.Duration(i%240)*time.Second))
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("external_commit_information relayed to the hub for 90 s: %d %x", resp.StatusCode, raw)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	// The hub's database is busy for twice the follower's federation
 	// timeout: its writes wait for the lock (within its busy timeout).
