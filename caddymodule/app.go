@@ -92,6 +92,15 @@ func (a *App) enlist(g *Gateway) error {
 	return nil
 }
 
+// poolConflict refuses p's gateway when an option of the parts pooled
+// per data directory differs from that of a gateway of this config
+// provisioned before it on the same directory (dirconflict.go).
+func (a *App) poolConflict(p pooledOptions) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return poolConflict(p, a.gateways)
+}
+
 // withdraw forgets g, which is being cleaned up.
 func (a *App) withdraw(g *Gateway) {
 	a.mu.Lock()

@@ -307,8 +307,10 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, builds the routes and the admission policy,
-// and opens the provider's service on first use; the options it changes
+// Provision sets defaults, refuses options in which the gateway differs
+// from a gateway of its config on the same data directory where both
+// set one part they share (dirconflict.go), builds the routes and the
+// admission policy, and opens the provider's service on first use; the options it changes
 // on the parts pooled across configs (a running service, sender,
 // rate-limit zones, sweeper, origin) are put in force when Caddy starts
 // the config (App).
@@ -369,6 +371,21 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		Fetch:  fetch,
 		Logger: g.logger,
 	}
+	backend, err := g.Delivery.backend()
+	if err != nil {
+		return err
+	}
+	app, err := mimiApp(ctx)
+	if err != nil {
+		return err
+	}
+	if app != nil {
+		// Before the service is opened: options the gateways of this
+		// config on this data directory must agree on (dirconflict.go).
+		if err := app.poolConflict(pooledOptions{g: g, svc: svcOpts, backend: backend}); err != nil {
+			return err
+		}
+	}
 	// Recorded before the service is opened, so that a mimi_local of the
 	// running config does not join a service this config opens until
 	// Caddy starts this config (serviceHolders).
@@ -427,10 +444,6 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
 	}
-	backend, err := g.Delivery.backend()
-	if err != nil {
-		return err
-	}
 	g.ds.DeliverToBackend = backend != nil
 	if err := g.provisionAttachments(ctx); err != nil {
 		return err
@@ -467,10 +480,6 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	// app.go), so that a config Caddy rejects after this Provision never
 	// changes the running gateway; without a config to start (a handler
 	// provisioned on its own), at once.
-	app, err := mimiApp(ctx)
-	if err != nil {
-		return err
-	}
 	if app == nil {
 		return g.commit()
 	}

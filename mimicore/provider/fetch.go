@@ -27,10 +27,13 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
+// DefaultFetchTimeout is FetchPolicy.Timeout when it is not set.
+const DefaultFetchTimeout = 5 * time.Second
+
 // Fetch limits of docs/protocol.md §4.
 const (
 	maxFetchBody       = 64 << 10
-	defaultFetchLimit  = 5 * time.Second
+	defaultFetchLimit  = DefaultFetchTimeout
 	defaultRelayLimit  = 30 * time.Second
 	defaultMinInterval = time.Minute
 	maxKeyCacheTTL     = 24 * time.Hour
