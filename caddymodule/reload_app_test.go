@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,10 +20,6 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-func init() {
-	caddy.RegisterModule(new(testStartGate))
-}
-
 // Loopback addresses of the Caddy of the reload tests in this file: the
 // admin endpoint, the running config's site, and the site of the
 // configs Caddy rejects (so that a request to the running site is
@@ -35,57 +30,6 @@ const (
 	appReloadRun   = "127.0.0.1:31101"
 	appReloadNew   = "127.0.0.1:31102"
 )
-
-// startGate holds the Start of a testStartGate: it records whether the
-// mimi app of its config had started, reports on reached, waits for
-// release, and fails, so that Caddy rejects the config in its apps'
-// Start.
-var startGate struct {
-	mu      sync.Mutex
-	reached chan bool
-	release chan struct{}
-}
-
-// testStartGate is an app (apps.mimi_test_start_gate) whose Start waits
-// for the test and then fails (startGate).
-type testStartGate struct {
-	mimi *App
-}
-
-// CaddyModule returns the Caddy module information.
-func (*testStartGate) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "mimi_test_start_gate", New: func() caddy.Module { return new(testStartGate) }}
-}
-
-// Provision takes the mimi app of the config, to tell whether Caddy
-// started it before this app.
-func (a *testStartGate) Provision(ctx caddy.Context) error {
-	app, err := mimiApp(ctx)
-	if err != nil {
-		return err
-	}
-	a.mimi = app
-	return nil
-}
-
-// Start reports whether the mimi app started, waits for the test, then
-// fails.
-func (a *testStartGate) Start() error {
-	a.mimi.mu.Lock()
-	started := a.mimi.started
-	a.mimi.mu.Unlock()
-	startGate.mu.Lock()
-	reached, release := startGate.reached, startGate.release
-	startGate.mu.Unlock()
-	if reached != nil {
-		reached <- started
-		<-release
-	}
-	return errors.New("test start gate: start refused")
-}
-
-// Stop does nothing: Start never succeeds.
-func (*testStartGate) Stop() error { return nil }
 
 // appReloadSettings are the gateway options the reload tests change.
 type appReloadSettings struct {
@@ -104,7 +48,7 @@ var (
 // appReloadConfig is a Caddy JSON config with a gateway on dir with s,
 // listening on addr; with gate, its route has a testGate after the
 // gateway (Caddy rejects the config in Provision); with startGate, the
-// config has a testStartGate app (Caddy rejects it in Start).
+// config has a mimi_test_start_gate app (Caddy rejects it in Start).
 func appReloadConfig(t *testing.T, storage, dir, addr string, s appReloadSettings, gate, startGateApp bool) []byte {
 	t.Helper()
 	gw := map[string]any{"handler": "mimi", "providers": []string{localProvider}, "ds_domain": "ds.example.com",
@@ -311,19 +255,12 @@ func TestRejectedStartKeepsGateway(t *testing.T) {
 	changed := oldSettings
 	changed.burst = newSettings.burst
 
-	t.Cleanup(func() {
-		startGate.mu.Lock()
-		startGate.reached, startGate.release = nil, nil
-		startGate.mu.Unlock()
-	})
+	t.Cleanup(startGate.disarm)
 	var before, after bool // seen the failing app start before, after the mimi app
 	for i := 0; i < 40 && !(before && after); i++ {
-		reached, release := make(chan bool, 1), make(chan struct{})
-		startGate.mu.Lock()
-		startGate.reached, startGate.release = reached, release
-		startGate.mu.Unlock()
+		reached, release := startGate.arm()
 		loaded := postLoad(appReloadConfig(t, storage, dir, appReloadNew, changed, false, true))
-		mimiStarted := <-reached
+		mimiStarted := (<-reached).started
 		if !mimiStarted {
 			before = true
 			if got := probeBurst(t, appReloadRun); got != oldSettings.burst {

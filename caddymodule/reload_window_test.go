@@ -8,17 +8,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
-
-func init() {
-	caddy.RegisterModule(new(testHoldApp))
-}
 
 // Loopback addresses of the Caddy of TestOutboxBoundsBeforeAppStart: its
 // admin endpoint, a legacy backend that nothing serves (the messages for
@@ -31,62 +26,6 @@ const (
 	holdFirstPort = 31401
 	holdLoads     = 150
 )
-
-// holdGate holds the Start of a testHoldApp: it reports on reached
-// whether the mimi app of its config had started, and waits for release.
-var holdGate struct {
-	mu      sync.Mutex
-	reached chan holdReport
-	release chan struct{}
-}
-
-// holdReport is what a testHoldApp's Start reports: its config's mimi
-// app, and whether it had started.
-type holdReport struct {
-	mimi    *App
-	started bool
-}
-
-// testHoldApp is an app (apps.hold_mimi_test, named to be decoded, and
-// so provisioned, before the http app) whose Start waits for the test
-// (holdGate) and then succeeds: the test sees the config's servers
-// running while its mimi app has not started.
-type testHoldApp struct {
-	mimi *App
-}
-
-// CaddyModule returns the Caddy module information.
-func (*testHoldApp) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "hold_mimi_test", New: func() caddy.Module { return new(testHoldApp) }}
-}
-
-// Provision takes the mimi app of the config.
-func (a *testHoldApp) Provision(ctx caddy.Context) error {
-	app, err := mimiApp(ctx)
-	if err != nil {
-		return err
-	}
-	a.mimi = app
-	return nil
-}
-
-// Start reports whether the mimi app started and waits for the test.
-func (a *testHoldApp) Start() error {
-	a.mimi.mu.Lock()
-	started := a.mimi.started
-	a.mimi.mu.Unlock()
-	holdGate.mu.Lock()
-	reached, release := holdGate.reached, holdGate.release
-	holdGate.mu.Unlock()
-	if reached != nil {
-		reached <- holdReport{mimi: a.mimi, started: started}
-		<-release
-	}
-	return nil
-}
-
-// Stop does nothing.
-func (*testHoldApp) Stop() error { return nil }
 
 // enlisted returns the gateways enlisted with the app.
 func (a *App) enlisted() []*Gateway {
@@ -147,19 +86,14 @@ func TestOutboxBoundsBeforeAppStart(t *testing.T) {
 		if err := caddy.Stop(); err != nil {
 			t.Errorf("stopping Caddy: %v", err)
 		}
-		holdGate.mu.Lock()
-		holdGate.reached, holdGate.release = nil, nil
-		holdGate.mu.Unlock()
+		holdGate.disarm()
 	})
 	for i := range holdLoads {
 		holdSite := "127.0.0.1:" + strconv.Itoa(holdFirstPort+i)
-		reached, release := make(chan holdReport, 1), make(chan struct{})
-		holdGate.mu.Lock()
-		holdGate.reached, holdGate.release = reached, release
-		holdGate.mu.Unlock()
+		reached, release := holdGate.arm()
 		loaded := make(chan error, 1)
 		go func() { loaded <- caddy.Load(config(holdSite), true) }()
-		var hold holdReport
+		var hold gateReport
 		select {
 		case hold = <-reached:
 		case err := <-loaded:
