@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -200,18 +199,7 @@ func TestRejectedReloadKeepsGateway(t *testing.T) {
 	storage, dir := startAppReloadCaddy(t)
 	keys := keyIDs(publishedKeys(t, appReloadRun))
 
-	reached, release := make(chan struct{}), make(chan struct{})
-	gate.mu.Lock()
-	gate.reached, gate.release = reached, release
-	gate.mu.Unlock()
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(func() {
-		open()
-		gate.mu.Lock()
-		gate.reached, gate.release = nil, nil
-		gate.mu.Unlock()
-	})
+	reached, open := armGate(t)
 	loaded := postLoad(appReloadConfig(t, storage, dir, appReloadNew, newSettings, true, false))
 	<-reached // the new config's gateway has provisioned
 	if got := probeBurst(t, appReloadRun); got != oldSettings.burst {

@@ -58,6 +58,26 @@ var gate struct {
 	release chan struct{}
 }
 
+// armGate makes the next testGate's Provision close reached and wait
+// until open is called (at most once it has effect; t's cleanup calls it
+// and disarms the gate).
+func armGate(t *testing.T) (reached chan struct{}, open func()) {
+	t.Helper()
+	reached, release := make(chan struct{}), make(chan struct{})
+	gate.mu.Lock()
+	gate.reached, gate.release = reached, release
+	gate.mu.Unlock()
+	var releaseOnce sync.Once
+	open = func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(func() {
+		open()
+		gate.mu.Lock()
+		gate.reached, gate.release = nil, nil
+		gate.mu.Unlock()
+	})
+	return reached, open
+}
+
 // testGate is a handler whose Provision waits for the test and then
 // fails (gate): the test acts while a config is being loaded, then Caddy
 // rejects it.
@@ -159,18 +179,7 @@ func TestRejectedReloadLocalJoin(t *testing.T) {
 		}
 	})
 
-	reached, release := make(chan struct{}), make(chan struct{})
-	gate.mu.Lock()
-	gate.reached, gate.release = reached, release
-	gate.mu.Unlock()
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(func() {
-		open()
-		gate.mu.Lock()
-		gate.reached, gate.release = nil, nil
-		gate.mu.Unlock()
-	})
+	reached, open := armGate(t)
 	loaded := make(chan error, 1)
 	go func() {
 		resp, err := http.Post("http://"+reloadAdminAddr+"/load", "application/json",
