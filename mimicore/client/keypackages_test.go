@@ -505,13 +505,22 @@ func TestRepublishWaitsForRetryAfter(t *testing.T) {
 		g.now = g.now.Add(time.Minute)
 		g.mu.Unlock()
 	}
+	g.wantHeldOff(t, bob, "three operations within the Retry-After")
+}
+
+// wantHeldOff requires that what bob did within a Retry-After of 10
+// minutes sent one publish request in all and left his republish due, and
+// that, with the clock moved past the wait and the rate no longer
+// limited, his next operation completes the republish.
+func (g *apiGateway) wantHeldOff(t *testing.T, bob *Client, what string) {
+	t.Helper()
 	g.mu.Lock()
 	publishes := g.publishes
 	g.now = g.now.Add(8 * time.Minute)
 	g.rateLimited = false
 	g.mu.Unlock()
 	if publishes != 1 || !bob.rec.republishDue {
-		t.Fatalf("three operations within the Retry-After: %d publish requests, republish due %v; want 1, due", publishes, bob.rec.republishDue)
+		t.Fatalf("%s: %d publish requests, republish due %v; want 1, due", what, publishes, bob.rec.republishDue)
 	}
 	g.wantRepublished(t, bob, "once the Retry-After is over")
 }
@@ -540,15 +549,7 @@ func TestRenewBindingRepublishWaitsForRetryAfter(t *testing.T) {
 			t.Fatalf("operation %d: %v", i, err)
 		}
 	}
-	g.mu.Lock()
-	publishes := g.publishes
-	g.now = g.now.Add(8 * time.Minute)
-	g.rateLimited = false
-	g.mu.Unlock()
-	if publishes != 1 || !bob.rec.republishDue {
-		t.Fatalf("RenewBinding and three operations within the Retry-After: %d publish requests, republish due %v; want 1, due", publishes, bob.rec.republishDue)
-	}
-	g.wantRepublished(t, bob, "once the Retry-After is over")
+	g.wantHeldOff(t, bob, "RenewBinding and three operations within the Retry-After")
 }
 
 // TestRepublishStopsAtRateLimitOneByOne: the replacing KeyPackages were
