@@ -26,7 +26,7 @@ func (s seedKeys) Published(time.Time) []moh.VerificationKey {
 	return []moh.VerificationKey{s.k.Public()}
 }
 
-func newSeedKeys(t *testing.T, seed []byte, nb, na time.Time) seedKeys {
+func newSeedKeys(t testing.TB, seed []byte, nb, na time.Time) seedKeys {
 	t.Helper()
 	der, err := x509.MarshalPKCS8PrivateKey(ed25519.NewKeyFromSeed(seed))
 	if err != nil {

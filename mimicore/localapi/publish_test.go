@@ -21,7 +21,7 @@ const publishSuite = mls.X25519AES128GCMSHA256Ed25519
 // publisher makes valid KeyPackages of the clients of one user, each with
 // a binding the API issued.
 type publisher struct {
-	t      *testing.T
+	t      testing.TB
 	api    *API
 	user   string
 	signer crypto.Signer
@@ -29,7 +29,7 @@ type publisher struct {
 	bound  map[string]*binding.ClientBinding
 }
 
-func newPublisher(t *testing.T, api *API, user string) *publisher {
+func newPublisher(t testing.TB, api *API, user string) *publisher {
 	t.Helper()
 	signer, pub, err := publishSuite.GenerateSignatureKey()
 	if err != nil {
@@ -115,7 +115,7 @@ func (p *publisher) count(client string) int {
 
 // newPublishAPI returns an API over a fresh SQLite store with cfg's
 // limits and a provider key valid around now.
-func newPublishAPI(t *testing.T, cfg Config) *API {
+func newPublishAPI(t testing.TB, cfg Config) *API {
 	t.Helper()
 	st, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "mimi.db"))
 	if err != nil {
