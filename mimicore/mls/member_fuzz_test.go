@@ -3,6 +3,8 @@ package mls
 import (
 	"bytes"
 	"testing"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // FuzzMemberInput feeds arbitrary MLS messages to what a client does with
@@ -91,6 +93,26 @@ func FuzzMemberInput(f *testing.F) {
 		after, err := r.State().MarshalBinary()
 		if err != nil || !bytes.Equal(after, before) {
 			t.Fatal("processing a message changed the member's public state")
+		}
+	})
+}
+
+// FuzzGroupSecrets decodes arbitrary bytes as the GroupSecrets a Welcome
+// carries, which a joiner decodes once HPKE opened it: the committer, a
+// member of another provider, chose them. Whatever decodes re-encodes to
+// the same bytes (the decoder is strict).
+//
+//	go test -fuzz=FuzzGroupSecrets ./mimicore/mls
+func FuzzGroupSecrets(f *testing.F) {
+	addMessageSeeds(f, "group_secrets")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var gs GroupSecrets
+		if wire.Unmarshal(data, &gs, "group secrets") != nil {
+			return
+		}
+		out, err := wire.Marshal(&gs)
+		if err != nil || !bytes.Equal(out, data) {
+			t.Fatalf("%x decodes, and encodes as %x (%v)", data, out, err)
 		}
 	})
 }
