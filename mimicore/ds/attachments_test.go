@@ -761,6 +761,13 @@ func TestAttachmentReplayAndOff(t *testing.T) {
 // length and hash may or may not match it: an upload succeeds exactly
 // when the content matches the header, and a refused one leaves nothing
 // (no record, no quota held, no byte on disk).
+//
+// Every run reads the store, so the engine takes long to minimize a new
+// input: with the default -fuzzminimizetime of 60s, a run of a minute
+// spends most of it minimizing one input (the exec count stops). Fuzz with
+// a short one:
+//
+//	go test -run '^$' -fuzz FuzzAttachmentUpload -fuzztime 45s -fuzzminimizetime 2s ./mimicore/ds
 func FuzzAttachmentUpload(f *testing.F) {
 	f.Add([]byte("hello"), int16(0), true)
 	f.Add([]byte("hello"), int16(-1), true)

@@ -17,6 +17,13 @@ import (
 // is a DSError of the service's own (typedRefusal), never an internal
 // error. The seeds are valid payloads, so that
 // mutations reach the hub checks and the queues.
+//
+// Every run reads the store, so the engine takes long to minimize a new
+// input: with the default -fuzzminimizetime of 60s, a run of a minute
+// spends most of it minimizing one input (the exec count stops). Fuzz with
+// a short one:
+//
+//	go test -run '^$' -fuzz FuzzProviderPayloads -fuzztime 45s -fuzzminimizetime 2s ./mimicore/ds
 func FuzzProviderPayloads(f *testing.F) {
 	h := newHarness(f)
 	h.svc.Bindings = &binding.Checker{Unchecked: true}
