@@ -133,17 +133,7 @@ func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if err := s.PublishKeyPackages(ctx, client, []store.KeyPackage{storetest.KP(client, 1, "new lr", exp, true)}, store.KeyPackageLimits{}); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.KeyPackageByRef(ctx, old.Ref)
-	if err != nil || !got.Claimed {
-		t.Fatalf("the replaced last resort stored before the migration: %+v, %v; want it kept as replaced", got, err)
-	}
-	kp, err := s.ClaimKeyPackage(ctx, client, 1)
-	if err != nil || string(kp.Ref) != string(one.Ref) {
-		t.Fatalf("claim: %q, %v; want the single-use package stored before the migration", kp.Ref, err)
-	}
+	storetest.CheckHandedOutMigrated(t, s, client, old, one, exp)
 }
 
 // TestMigrationKeyPackagesRetained applies the migration that keeps a
@@ -173,27 +163,10 @@ func TestMigrationKeyPackagesRetained(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if got, err := s.KeyPackageByRef(ctx, kp.Ref); err != nil || !got.Claimed || string(got.KeyPackage) != string(kp.KeyPackage) {
-		t.Fatalf("KeyPackageByRef within the retention: %+v, %v", got, err)
-	}
-	clock.Advance(store.ClaimedKeyPackageRetention)
-	if n, err := s.DeleteExpired(ctx, clock.Now()); err != nil || n != 1 {
-		t.Fatalf("DeleteExpired past the retention: %d, %v; want the bytes of 1 package dropped", n, err)
-	}
-	var size int
-	if err := s.pool.QueryRow(ctx, `SELECT length(key_package) + length(client) FROM key_packages WHERE ref = $1`, kp.Ref).Scan(&size); err != nil || size != 0 {
-		t.Fatalf("past the retention the row holds %d bytes of package and client (%v), want 0", size, err)
-	}
-	if _, err := s.KeyPackageByRef(ctx, kp.Ref); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("KeyPackageByRef past the retention: %v, want not found", err)
-	}
-	if err := s.PublishKeyPackages(ctx, client, []store.KeyPackage{kp}, store.KeyPackageLimits{}); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("publishing the claimed package again past the retention: %v, want a conflict", err)
-	}
-	clock.Advance(24 * time.Hour)
-	if n, err := s.DeleteExpired(ctx, clock.Now()); err != nil || n != 1 {
-		t.Fatalf("DeleteExpired past the NotAfter: %d, %v; want 1", n, err)
-	}
+	storetest.CheckRetainedMigrated(t, s, clock, client, kp, func() (size int, err error) {
+		err = s.pool.QueryRow(ctx, `SELECT length(key_package) + length(client) FROM key_packages WHERE ref = $1`, kp.Ref).Scan(&size)
+		return size, err
+	})
 }
 
 // poolBefore creates a database migrated to the version before the

@@ -2,7 +2,6 @@ package sqlitestore
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -17,7 +16,6 @@ import (
 // it, while single-use packages stay available.
 func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 	const client = "mimi://a.example/d/alice/phone"
-	ctx := context.Background()
 	path, raw, version := openBefore(t, schemaKeyPackagesHandedOut)
 	exp := time.Now().Add(time.Hour)
 	old := storetest.KP(client, 1, "old lr", exp, true)
@@ -33,17 +31,7 @@ func TestMigrationKeyPackagesHandedOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := openAt(t, path)
-	if err := s.PublishKeyPackages(ctx, client, []store.KeyPackage{storetest.KP(client, 1, "new lr", exp, true)}, store.KeyPackageLimits{}); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.KeyPackageByRef(ctx, old.Ref)
-	if err != nil || !got.Claimed {
-		t.Fatalf("the replaced last resort stored before the migration: %+v, %v; want it kept as replaced", got, err)
-	}
-	kp, err := s.ClaimKeyPackage(ctx, client, 1)
-	if err != nil || string(kp.Ref) != string(one.Ref) {
-		t.Fatalf("claim: %q, %v; want the single-use package stored before the migration", kp.Ref, err)
-	}
+	storetest.CheckHandedOutMigrated(t, s, client, old, one, exp)
 }
 
 // TestMigrationKeyPackagesRetained applies the migration that keeps a
@@ -74,25 +62,8 @@ func TestMigrationKeyPackagesRetained(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if got, err := s.KeyPackageByRef(ctx, kp.Ref); err != nil || !got.Claimed || string(got.KeyPackage) != string(kp.KeyPackage) {
-		t.Fatalf("KeyPackageByRef within the retention: %+v, %v", got, err)
-	}
-	clock.Advance(store.ClaimedKeyPackageRetention)
-	if n, err := s.DeleteExpired(ctx, clock.Now()); err != nil || n != 1 {
-		t.Fatalf("DeleteExpired past the retention: %d, %v; want the bytes of 1 package dropped", n, err)
-	}
-	var size int
-	if err := s.w.QueryRow(`SELECT length(key_package) + length(client) FROM key_packages WHERE ref = ?1`, kp.Ref).Scan(&size); err != nil || size != 0 {
-		t.Fatalf("past the retention the row holds %d bytes of package and client (%v), want 0", size, err)
-	}
-	if _, err := s.KeyPackageByRef(ctx, kp.Ref); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("KeyPackageByRef past the retention: %v, want not found", err)
-	}
-	if err := s.PublishKeyPackages(ctx, client, []store.KeyPackage{kp}, store.KeyPackageLimits{}); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("publishing the claimed package again past the retention: %v, want a conflict", err)
-	}
-	clock.Advance(24 * time.Hour)
-	if n, err := s.DeleteExpired(ctx, clock.Now()); err != nil || n != 1 {
-		t.Fatalf("DeleteExpired past the NotAfter: %d, %v; want 1", n, err)
-	}
+	storetest.CheckRetainedMigrated(t, s, clock, client, kp, func() (size int, err error) {
+		err = s.w.QueryRow(`SELECT length(key_package) + length(client) FROM key_packages WHERE ref = ?1`, kp.Ref).Scan(&size)
+		return size, err
+	})
 }

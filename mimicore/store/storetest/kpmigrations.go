@@ -1,0 +1,69 @@
+package storetest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// The checks after the KeyPackage migrations, run by each store's
+// migration test once it has written rows of the version before the
+// migration in its own SQL and opened s on them.
+
+// CheckHandedOutMigrated checks s, opened on a database migrated past the
+// migration that records whether a last-resort KeyPackage was handed out,
+// which held client's last-resort package old and single-use package one
+// (NotAfter exp) from before it: old may have been handed out, so
+// publishing its replacement keeps it as replaced, and one stays
+// available.
+func CheckHandedOutMigrated(t *testing.T, s store.Store, client string, old, one store.KeyPackage, exp time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	if err := s.PublishKeyPackages(ctx, client, []store.KeyPackage{KP(client, 1, "new lr", exp, true)}, store.KeyPackageLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.KeyPackageByRef(ctx, old.Ref)
+	if err != nil || !got.Claimed {
+		t.Fatalf("the replaced last resort stored before the migration: %+v, %v; want it kept as replaced", got, err)
+	}
+	kp, err := s.ClaimKeyPackage(ctx, client, 1)
+	if err != nil || string(kp.Ref) != string(one.Ref) {
+		t.Fatalf("claim: %q, %v; want the single-use package stored before the migration", kp.Ref, err)
+	}
+}
+
+// CheckRetainedMigrated checks s, opened with clock on a database migrated
+// past the migration that keeps a claimed KeyPackage's ref until its
+// NotAfter, which held client's package kp, claimed an hour before the
+// clock's now, from before it (NotAfter a day past the retention):
+// KeyPackageByRef finds it within the retention; past it the sweep drops
+// its bytes (rowBytes, the store's own query of the row's package and
+// client bytes, then answers 0), and a publish of it is refused; the
+// sweep after its NotAfter removes it.
+func CheckRetainedMigrated(t *testing.T, s store.Store, clock *Clock, client string, kp store.KeyPackage, rowBytes func() (int, error)) {
+	t.Helper()
+	ctx := context.Background()
+	if got, err := s.KeyPackageByRef(ctx, kp.Ref); err != nil || !got.Claimed || string(got.KeyPackage) != string(kp.KeyPackage) {
+		t.Fatalf("KeyPackageByRef within the retention: %+v, %v", got, err)
+	}
+	clock.Advance(store.ClaimedKeyPackageRetention)
+	if n, err := s.DeleteExpired(ctx, clock.Now()); err != nil || n != 1 {
+		t.Fatalf("DeleteExpired past the retention: %d, %v; want the bytes of 1 package dropped", n, err)
+	}
+	if size, err := rowBytes(); err != nil || size != 0 {
+		t.Fatalf("past the retention the row holds %d bytes of package and client (%v), want 0", size, err)
+	}
+	if _, err := s.KeyPackageByRef(ctx, kp.Ref); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("KeyPackageByRef past the retention: %v, want not found", err)
+	}
+	if err := s.PublishKeyPackages(ctx, client, []store.KeyPackage{kp}, store.KeyPackageLimits{}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("publishing the claimed package again past the retention: %v, want a conflict", err)
+	}
+	clock.Advance(24 * time.Hour)
+	if n, err := s.DeleteExpired(ctx, clock.Now()); err != nil || n != 1 {
+		t.Fatalf("DeleteExpired past the NotAfter: %d, %v; want 1", n, err)
+	}
+}
