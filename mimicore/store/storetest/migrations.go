@@ -2,14 +2,16 @@ package storetest
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
-// The checks after the KeyPackage migrations, run by each store's
+// The checks after migrations, run by each store's
 // migration test once it has written rows of the version before the
 // migration in its own SQL and opened s on them.
 
@@ -65,5 +67,36 @@ func CheckRetainedMigrated(t *testing.T, s store.Store, clock *Clock, client str
 	clock.Advance(24 * time.Hour)
 	if n, err := s.DeleteExpired(ctx, clock.Now()); err != nil || n != 1 {
 		t.Fatalf("DeleteExpired past the NotAfter: %d, %v; want 1", n, err)
+	}
+}
+
+// CheckObjectKeepMigrated checks s, opened on a database migrated past
+// the migration that keeps an object's row until its KeepObject, which
+// held the unreferenced object row old from before it: old is forgotten
+// as before, and a reservation made now keeps its object's row, once the
+// reservation expired, until its KeepObject.
+func CheckObjectKeepMigrated(t *testing.T, s store.Store, old string) {
+	t.Helper()
+	ctx := context.Background()
+	now := time.Now()
+	if forgotten, err := s.ForgetObject(ctx, old, now); err != nil || !forgotten {
+		t.Fatalf("ForgetObject of the old row: forgotten %v, %v; want it forgotten", forgotten, err)
+	}
+	a := store.Attachment{TokenHash: sha256.Sum256([]byte("token")), GroupID: []byte("g"),
+		Object: "00000000000000000000000000000002", Size: 1, ContentHash: make([]byte, 32),
+		Uploader: "mimi://a.example/d/u/phone", Created: now, Expires: now.Add(time.Minute),
+		KeepObject: now.Add(time.Hour)}
+	if err := s.ReserveAttachment(ctx, a, store.AttachmentQuota{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.ExpireAttachments(ctx, now.Add(2*time.Minute), 10); err != nil || n != 1 {
+		t.Fatalf("ExpireAttachments removed %d, %v; want the reservation", n, err)
+	}
+	if forgotten, err := s.ForgetObject(ctx, a.Object, now.Add(2*time.Minute)); err != nil || forgotten {
+		t.Fatalf("ForgetObject of the kept row: forgotten %v, %v; want it kept", forgotten, err)
+	}
+	got, err := s.UnreferencedObjects(ctx, "", 10)
+	if err != nil || !slices.Equal(got, []string{a.Object}) {
+		t.Fatalf("unreferenced objects %v, %v; want only the kept %s (the old row forgotten)", got, err, a.Object)
 	}
 }
