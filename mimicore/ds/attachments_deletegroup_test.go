@@ -27,9 +27,7 @@ func TestAttachmentsGoWithTheirGroup(t *testing.T) {
 	h.mustDo(t, "create_group deleted", createBody(t, alice, gid)) // alice.m is now of gid
 
 	upload := func(group, data []byte) ([]byte, error) {
-		sum := sha256.Sum256(data)
-		req, err := h.svc.Authenticate(t.Context(), signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentUpload,
-			Upload: moh.UploadAttachmentHeader{GroupID: group, ContentLength: uint64(len(data)), ContentHash: sum[:]}}))
+		req, err := uploadRequest(t, h, alice, group, data)
 		if err != nil {
 			return nil, err
 		}
@@ -93,9 +91,7 @@ func TestAttachmentUploadGroupDeletedMidway(t *testing.T) {
 	h.mustDo(t, "create_group", createBody(t, alice, gid))
 
 	data := []byte("an upload the group's deletion overtakes")
-	sum := sha256.Sum256(data)
-	req, err := h.svc.Authenticate(t.Context(), signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentUpload,
-		Upload: moh.UploadAttachmentHeader{GroupID: gid, ContentLength: uint64(len(data)), ContentHash: sum[:]}}))
+	req, err := uploadRequest(t, h, alice, gid, data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,9 +130,7 @@ func TestAttachmentUploadAuthenticatedBeforeDeleteGroup(t *testing.T) {
 	h.mustDo(t, "create_group", createBody(t, alice, gid))
 
 	data := []byte("an upload the group's deletion overtakes")
-	sum := sha256.Sum256(data)
-	req, err := h.svc.Authenticate(t.Context(), signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentUpload,
-		Upload: moh.UploadAttachmentHeader{GroupID: gid, ContentLength: uint64(len(data)), ContentHash: sum[:]}}))
+	req, err := uploadRequest(t, h, alice, gid, data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,4 +157,14 @@ func localAttachments(t *testing.T, quota store.AttachmentQuota) (*harness, *Att
 	a := &Attachments{Store: h.st, Backend: backend, MaxSize: 1 << 20, Quota: quota}
 	h.svc.Attachments = a
 	return h, a
+}
+
+// uploadRequest authenticates alice's attachment_upload of data to group
+// (its header: length and hash), as the gateway does before it streams
+// the content to Upload.
+func uploadRequest(t *testing.T, h *harness, alice *tclient, group, data []byte) (*Request, error) {
+	t.Helper()
+	sum := sha256.Sum256(data)
+	return h.svc.Authenticate(t.Context(), signed(t, alice, 0, moh.RequestBody{Type: moh.AttachmentUpload,
+		Upload: moh.UploadAttachmentHeader{GroupID: group, ContentLength: uint64(len(data)), ContentHash: sum[:]}}))
 }
