@@ -456,6 +456,13 @@ func dropGroupAttachments(ctx context.Context, tx pgx.Tx, groupID []byte) error 
 	if err != nil {
 		return err
 	}
+	return dropObjectRefs(ctx, tx, objects)
+}
+
+// dropObjectRefs releases the references of deleted records to objects
+// (an object named once per record), locking the objects in name order,
+// so that concurrent sweeps and group deletions lock them in one order.
+func dropObjectRefs(ctx context.Context, tx pgx.Tx, objects []string) error {
 	refs := map[string]int64{}
 	for _, o := range objects {
 		refs[o]++
@@ -489,16 +496,8 @@ func (s *Store) ExpireAttachments(ctx context.Context, now time.Time, limit int)
 		if err != nil {
 			return err
 		}
-		refs := map[string]int64{}
-		for _, o := range objects {
-			refs[o]++
-		}
-		// In name order, so that concurrent sweeps lock objects in one
-		// order.
-		for _, o := range slices.Sorted(maps.Keys(refs)) {
-			if _, err := dropRefs(ctx, tx, o, refs[o]); err != nil {
-				return err
-			}
+		if err := dropObjectRefs(ctx, tx, objects); err != nil {
+			return err
 		}
 		n = len(objects)
 		return nil

@@ -132,16 +132,52 @@ func insertAttachment(ctx context.Context, tx *sql.Tx, a store.Attachment, state
 // dropRef removes one reference to object and reports whether it was the
 // last.
 func dropRef(ctx context.Context, tx *sql.Tx, object string) (bool, error) {
+	return dropRefs(ctx, tx, object, 1)
+}
+
+// dropRefs removes n references to object and reports whether they were
+// the last.
+func dropRefs(ctx context.Context, tx *sql.Tx, object string, n int64) (bool, error) {
 	var refs int64
-	err := tx.QueryRowContext(ctx, `UPDATE attachment_objects SET refs = refs - 1 WHERE name = ?1 AND refs > 0
-		RETURNING refs`, object).Scan(&refs)
+	err := tx.QueryRowContext(ctx, `UPDATE attachment_objects SET refs = refs - ?2 WHERE name = ?1 AND refs >= ?2
+		RETURNING refs`, object, n).Scan(&refs)
 	if errors.Is(err, sql.ErrNoRows) {
-		return false, fmt.Errorf("object %s has no reference to drop", object)
+		return false, fmt.Errorf("object %s has fewer than %d references to drop", object, n)
 	}
 	if err != nil {
 		return false, err
 	}
 	return refs == 0, nil
+}
+
+// deleteRecords runs del, a DELETE of attachment records RETURNING their
+// object, with args, drops the references the deleted records held, and
+// returns how many it deleted.
+func deleteRecords(ctx context.Context, tx *sql.Tx, del string, args ...any) (int, error) {
+	rows, err := tx.QueryContext(ctx, del, args...)
+	if err != nil {
+		return 0, err
+	}
+	refs := map[string]int64{}
+	n := 0
+	for rows.Next() {
+		var o string
+		if err := rows.Scan(&o); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		refs[o]++
+		n++
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return 0, err
+	}
+	for o, k := range refs {
+		if _, err := dropRefs(ctx, tx, o, k); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
 
 // checkGroupNotDeleted fails with ErrNotFound when the hosted group
@@ -168,34 +204,8 @@ func checkGroupNotDeleted(ctx context.Context, tx *sql.Tx, groupID []byte) error
 // and their sizes stop counting against their uploaders' quotas. Copies in
 // other groups keep their references, and so their objects.
 func dropGroupAttachments(ctx context.Context, tx *sql.Tx, groupID []byte) error {
-	rows, err := tx.QueryContext(ctx, `DELETE FROM attachments WHERE group_id = ?1 RETURNING object`, groupID)
-	if err != nil {
-		return err
-	}
-	refs := map[string]int64{}
-	for rows.Next() {
-		var o string
-		if err := rows.Scan(&o); err != nil {
-			rows.Close()
-			return err
-		}
-		refs[o]++
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		return err
-	}
-	for o, n := range refs {
-		res, err := tx.ExecContext(ctx, `UPDATE attachment_objects SET refs = refs - ?2 WHERE name = ?1 AND refs >= ?2`, o, n)
-		if err != nil {
-			return err
-		}
-		if m, err := res.RowsAffected(); err != nil {
-			return err
-		} else if m != 1 {
-			return fmt.Errorf("object %s has fewer than %d references to drop", o, n)
-		}
-	}
-	return nil
+	_, err := deleteRecords(ctx, tx, `DELETE FROM attachments WHERE group_id = ?1 RETURNING object`, groupID)
+	return err
 }
 
 // ReserveAttachment implements store.Attachments.
@@ -450,32 +460,11 @@ func (s *Store) ExpireAttachments(ctx context.Context, now time.Time, limit int)
 	limit = min(limit, sweepBatch)
 	var n int
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		n = 0
-		rows, err := tx.QueryContext(ctx, `DELETE FROM attachments WHERE token_hash IN
+		var err error
+		n, err = deleteRecords(ctx, tx, `DELETE FROM attachments WHERE token_hash IN
 			(SELECT token_hash FROM attachments WHERE expires_ms <= ?1 LIMIT ?2) RETURNING object`,
 			check.Millis(now), limit)
-		if err != nil {
-			return err
-		}
-		var objects []string
-		for rows.Next() {
-			var o string
-			if err := rows.Scan(&o); err != nil {
-				rows.Close()
-				return err
-			}
-			objects = append(objects, o)
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return err
-		}
-		for _, o := range objects {
-			if _, err := dropRef(ctx, tx, o); err != nil {
-				return err
-			}
-		}
-		n = len(objects)
-		return nil
+		return err
 	})
 	if err != nil {
 		return 0, s.fail(doing, err)
