@@ -138,12 +138,12 @@ func keyIDs(keys []moh.VerificationKey) string {
 	return strings.Join(ids, " ")
 }
 
-// postLoad posts cfg to the admin endpoint's /load and sends its outcome
-// on the returned channel.
-func postLoad(cfg []byte) <-chan error {
+// postLoad posts cfg to the /load of the admin endpoint at admin and
+// sends its outcome on the returned channel.
+func postLoad(admin string, cfg []byte) <-chan error {
 	loaded := make(chan error, 1)
 	go func() {
-		resp, err := http.Post("http://"+appReloadAdmin+"/load", "application/json", bytes.NewReader(cfg))
+		resp, err := http.Post("http://"+admin+"/load", "application/json", bytes.NewReader(cfg))
 		if err != nil {
 			loaded <- err
 			return
@@ -200,7 +200,7 @@ func TestRejectedReloadKeepsGateway(t *testing.T) {
 	keys := keyIDs(publishedKeys(t, appReloadRun))
 
 	reached, open := armGate(t)
-	loaded := postLoad(appReloadConfig(t, storage, dir, appReloadNew, newSettings, true, false))
+	loaded := postLoad(appReloadAdmin, appReloadConfig(t, storage, dir, appReloadNew, newSettings, true, false))
 	<-reached // the new config's gateway has provisioned
 	if got := probeBurst(t, appReloadRun); got != oldSettings.burst {
 		t.Errorf("while Caddy loads the new config, the running gateway admits %d requests of a key, want %d", got, oldSettings.burst)
@@ -219,7 +219,7 @@ func TestRejectedReloadKeepsGateway(t *testing.T) {
 		t.Errorf("after the rejection, the running gateway publishes keys %s, want %s", got, keys)
 	}
 
-	if err := <-postLoad(appReloadConfig(t, storage, dir, appReloadRun, newSettings, false, false)); err != nil {
+	if err := <-postLoad(appReloadAdmin, appReloadConfig(t, storage, dir, appReloadRun, newSettings, false, false)); err != nil {
 		t.Fatalf("loading the new config without the failing handler: %v", err)
 	}
 	if got := probeBurst(t, appReloadRun); got != newSettings.burst {
@@ -247,7 +247,7 @@ func TestRejectedStartKeepsGateway(t *testing.T) {
 	var before, after bool // seen the failing app start before, after the mimi app
 	for i := 0; i < 40 && !(before && after); i++ {
 		reached, release := startGate.arm()
-		loaded := postLoad(appReloadConfig(t, storage, dir, appReloadNew, changed, false, true))
+		loaded := postLoad(appReloadAdmin, appReloadConfig(t, storage, dir, appReloadNew, changed, false, true))
 		mimiStarted := (<-reached).started
 		if !mimiStarted {
 			before = true
@@ -291,7 +291,7 @@ func TestReloadChangingKeySecretRefusedInProvision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = <-postLoad(raw)
+	err = <-postLoad(appReloadAdmin, raw)
 	if err == nil || !strings.Contains(err.Error(), "key secret") || !strings.Contains(err.Error(), "provision http.handlers.mimi") {
 		t.Fatalf("loading a config that changes key_secret: %v, want the gateway's provisioning to refuse the key secret's change", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -180,21 +179,7 @@ func TestRejectedReloadLocalJoin(t *testing.T) {
 	})
 
 	reached, open := armGate(t)
-	loaded := make(chan error, 1)
-	go func() {
-		resp, err := http.Post("http://"+reloadAdminAddr+"/load", "application/json",
-			bytes.NewReader(reloadConfig(t, storage, dir, true)))
-		if err != nil {
-			loaded <- err
-			return
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("status %d: %s", resp.StatusCode, body)
-		}
-		loaded <- err
-	}()
+	loaded := postLoad(reloadAdminAddr, reloadConfig(t, storage, dir, true))
 	<-reached // the new config's gateway has provisioned
 
 	binding := func(t *testing.T) (*http.Response, []byte) {
