@@ -202,21 +202,34 @@ func TestAttachmentsOverTLS(t *testing.T) {
 	}
 }
 
-// A whole download reads its object as one stream: the forward backend
-// sees one GET, not one ranged GET per buffer of copyStream.
-func TestAttachmentDownloadOneGET(t *testing.T) {
+// forwardGetsEnv is an attachEnv whose storage is a forward backend on
+// loopback that counts the GETs it gets (gets) and, while failGets is
+// set, answers them 503.
+func forwardGetsEnv(t *testing.T) (e *attachEnv, gets *atomic.Int32, failGets *atomic.Bool) {
+	t.Helper()
 	const key = "0123456789abcdef0123456789abcdef"
-	var gets atomic.Int32
+	gets, failGets = new(atomic.Int32), new(atomic.Bool)
 	backend := &forwardtest.Backend{Dir: t.TempDir(), Key: []byte(key)}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
 			gets.Add(1)
+			if failGets.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
 		}
 		backend.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	e := newAttachEnv(t, &Attachments{Storage: json.RawMessage(fmt.Sprintf(`{"backend":"forward","base_url":%q,"key":%q}`,
+	e = newAttachEnv(t, &Attachments{Storage: json.RawMessage(fmt.Sprintf(`{"backend":"forward","base_url":%q,"key":%q}`,
 		srv.URL+forwardtest.Base, key))})
+	return e, gets, failGets
+}
+
+// A whole download reads its object as one stream: the forward backend
+// sees one GET, not one ranged GET per buffer of copyStream.
+func TestAttachmentDownloadOneGET(t *testing.T) {
+	e, gets, _ := forwardGetsEnv(t)
 	content := make([]byte, 1<<20+123) // 4 buffers of copyStream and a bit
 	rand.Read(content)
 	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, content)), nil)
@@ -239,19 +252,7 @@ func TestAttachmentDownloadOneGET(t *testing.T) {
 // instead of a DSError, and the operator nothing but a debug log. It is
 // answered 503 backend_unavailable.
 func TestAttachmentDownloadBackendFails(t *testing.T) {
-	const key = "0123456789abcdef0123456789abcdef"
-	var failGets atomic.Bool
-	backend := &forwardtest.Backend{Dir: t.TempDir(), Key: []byte(key)}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && failGets.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
-		}
-		backend.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	e := newAttachEnv(t, &Attachments{Storage: json.RawMessage(fmt.Sprintf(`{"backend":"forward","base_url":%q,"key":%q}`,
-		srv.URL+forwardtest.Base, key))})
+	e, _, failGets := forwardGetsEnv(t)
 	content := make([]byte, 300<<10) // more than one buffer
 	rand.Read(content)
 	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, content)), nil)
@@ -291,23 +292,7 @@ func TestAttachmentDownloadBackendFails(t *testing.T) {
 // answered 503 backend_unavailable, one range or several; a backend that
 // answers still gets one GET per range, and the client its bytes.
 func TestAttachmentRangeBackendFails(t *testing.T) {
-	const key = "0123456789abcdef0123456789abcdef"
-	var failGets atomic.Bool
-	var gets atomic.Int32
-	backend := &forwardtest.Backend{Dir: t.TempDir(), Key: []byte(key)}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			gets.Add(1)
-			if failGets.Load() {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				return
-			}
-		}
-		backend.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	e := newAttachEnv(t, &Attachments{Storage: json.RawMessage(fmt.Sprintf(`{"backend":"forward","base_url":%q,"key":%q}`,
-		srv.URL+forwardtest.Base, key))})
+	e, gets, failGets := forwardGetsEnv(t)
 	content := make([]byte, 300<<10)
 	rand.Read(content)
 	resp, body := e.post(t, "/attachment_upload", bytes.NewReader(e.uploadBody(t, e.group, content)), nil)
