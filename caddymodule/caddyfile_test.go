@@ -216,18 +216,29 @@ func TestFederationResolveAnyCase(t *testing.T) {
 				err = g.Provision(ctx)
 				defer g.Cleanup()
 			}
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want %q", err, tc.wantErr)
-				}
+			if !parsedAsWanted(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if got := g.svc.Options().Fetch.Resolve; !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("fetch policy resolves %v, want %v", got, tc.want)
 			}
 		})
 	}
+}
+
+// parsedAsWanted checks a parse's err against wantErr: with wantErr set,
+// err must contain it, and the caller stops (false); without, err must be
+// nil, and the caller goes on to check what was parsed (true).
+func parsedAsWanted(t *testing.T, err error, wantErr string) bool {
+	t.Helper()
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("error %v, want one containing %q", err, wantErr)
+		}
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return true
 }

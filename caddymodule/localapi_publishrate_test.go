@@ -161,14 +161,8 @@ func TestLocalAPIPublishRateOptions(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				h := new(LocalAPI)
 				err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("mimi_local {\n\tprovider a.example\n\t" + tc.input + "\n}"))
-				if tc.wantErr != "" {
-					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-						t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
-					}
+				if !parsedAsWanted(t, err, tc.wantErr) {
 					return
-				}
-				if err != nil {
-					t.Fatal(err)
 				}
 				if h.PublishRate != tc.rate || time.Duration(h.PublishWindow) != tc.window || h.PublishBurst != tc.burst {
 					t.Fatalf("parsed %d/%s burst %d, want %d/%s burst %d", h.PublishRate, time.Duration(h.PublishWindow),

@@ -61,14 +61,8 @@ func TestStoreCaddyfile(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			g := new(Gateway)
 			err := g.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
-				}
+			if !parsedAsWanted(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if !reflect.DeepEqual(g, tc.want) {
 				t.Fatalf("got %+v, want %+v", g, tc.want)
