@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Attachment throughput and the gateway's memory (issue 11): a 1 GiB
 # attachment uploaded to and downloaded from the gateway, and the same
-# bytes downloaded from Caddy's own file_server on the same site, over one
-# HTTP/2 TLS 1.3 client on loopback, while Caddy's resident set is sampled;
-# once per attachment storage backend (local, s3, forward), each in a Caddy
-# of its own on fresh data dirs, and once in a plain Caddy (`plain`: the
+# bytes downloaded from Caddy's own file_server, over one HTTP/2 TLS 1.3
+# client on loopback, while the resident sets are sampled; once per
+# attachment storage backend (local, s3, forward), each in a Caddy of its
+# own on fresh data dirs, and once in a plain Caddy alone (`plain`: the
 # same Caddy version with only its standard modules, examples/loadtest/
 # plaincaddy, serving the same file_server site) for Caddy's own memory.
+#
+# Where file_server runs (FILE_SERVER): `separate` (the default) runs it in
+# a plain Caddy of its own next to the gateway's, on $FS_PORT, started and
+# sampled on its own, so that the gateway's Caddy's memory is the
+# gateway's; `same` serves it on the gateway's site, in the gateway's
+# Caddy, whose memory is then also file_server's (whose copy path makes
+# about 0.5 byte of garbage per byte sent: README "Attachments").
 #
 # Builds ./caddy (and, for s3, a cluster build) and mimiload, writes the
 # two-provider Caddyfile of writepath.sh with, on b.localhost, attachments
@@ -35,7 +42,8 @@
 # directory; plain, local and forward run the default build (CADDY).
 #
 # Environment: STORAGES ("plain local s3 forward"), REPS (3), PORT (19443),
-# HTTP_PORT (19080), CADDY (a built Caddy to use instead of building
+# HTTP_PORT (19080), FILE_SERVER (separate or same), FS_PORT (PORT+1) and
+# FS_HTTP_PORT (HTTP_PORT+1) of the separate file_server, CADDY (a built Caddy to use instead of building
 # ./caddy), CADDY_CLUSTER (a cluster build for s3, instead of building
 # one), VERSITYGW (the versitygw binary), ADMIN (off; an address turns
 # Caddy's admin endpoint on, with /debug/pprof/), PROFILES (a directory:
@@ -103,6 +111,26 @@ CADDY
 	} >"$tmp/Caddyfile"
 }
 
+# configure_file_server writes $tmp/Caddyfile.fs: the plain Caddy of
+# FILE_SERVER=separate, b.localhost on $FS_PORT with /healthz and $B_SITE,
+# its state apart from the gateway's, certificates from the same root.
+configure_file_server() {
+	{
+		PORT=$FS_PORT HTTP_PORT=$FS_HTTP_PORT ADMIN= CADDY_STORAGE=$tmp/storage-fs caddy_globals
+		cat <<CADDY
+
+b.localhost:$FS_PORT {
+	tls internal {
+		protocols tls1.3
+	}
+	respond /healthz 200
+$B_SITE
+	respond "not file_server" 404
+}
+CADDY
+	} >"$tmp/Caddyfile.fs"
+}
+
 stop_backend() {
 	if [ -n "$backend_pid" ]; then
 		kill "$backend_pid" 2>/dev/null || true
@@ -112,11 +140,17 @@ stop_backend() {
 	rm -rf "$tmp/backend"
 }
 
-B_SITE="	handle_path /files/* {
+FILES_SITE="	handle_path /files/* {
 		root * $tmp/files
 		file_server
 	}"
+: "${FILE_SERVER:=separate}" "${FS_PORT:=$((PORT + 1))}" "${FS_HTTP_PORT:=$((HTTP_PORT + 1))}"
+case $FILE_SERVER in
+separate | same) ;;
+*) echo "FILE_SERVER=$FILE_SERVER: want separate or same" >&2; exit 1 ;;
+esac
 port_free
+if [ "$FILE_SERVER" = separate ]; then PORT=$FS_PORT port_free; fi
 build
 # The binaries measured are copies written the same way (cp): how many of
 # a binary's pages a process maps in (RssFile) depends on the page cache's
@@ -135,8 +169,8 @@ case " ${STORAGES:=plain local s3 forward} " in
 	cp "$CADDY_CLUSTER" "$tmp/caddy-cluster"
 	;;
 esac
-case " $STORAGES " in
-*" plain "*)
+case " $STORAGES $FILE_SERVER " in
+*" plain "* | *" separate "*)
 	# As xcaddy.sh builds cmd/caddy, from the Caddy version go.mod pins.
 	CGO_ENABLED=0 go build -trimpath -ldflags "-w -s" -tags nobadger,nomysql,nopgx -o "$tmp/plaincaddy.built" ./examples/loadtest/plaincaddy
 	cp "$tmp/plaincaddy.built" "$tmp/plaincaddy"
@@ -145,8 +179,8 @@ esac
 conditions
 for storage in $STORAGES; do
 	# Fresh data dirs and certificates: every backend's Caddy starts as the first.
-	rm -rf "$tmp/a" "$tmp/b" "$tmp/storage" "$tmp/home" "$tmp/xdg" "$tmp/pp" "$tmp"/root-*.pem
-	storage_lines= bin=$CADDY plain=
+	rm -rf "$tmp/a" "$tmp/b" "$tmp/storage" "$tmp/storage-fs" "$tmp/home" "$tmp/xdg" "$tmp/pp" "$tmp"/root-*.pem
+	storage_lines= bin=$CADDY plain= fs_flags=() B_SITE=$FILES_SITE
 	case $storage in
 	plain) bin=$tmp/plaincaddy plain=-plain ;;
 	local) ;;
@@ -158,8 +192,17 @@ for storage in $STORAGES; do
 			max_size 1073741815B${storage_lines:+
 $storage_lines}
 		}"
-	if [ -n "$plain" ]; then configure_plain; else configure; fi
-	"${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$bin" $plain \
+	if [ -n "$plain" ]; then
+		configure_plain
+	elif [ "$FILE_SERVER" = separate ]; then
+		# The gateway's site without file_server; the plain Caddy serves it.
+		B_SITE= configure
+		configure_file_server
+		fs_flags=(-fs-caddy "$tmp/plaincaddy" -fs-config "$tmp/Caddyfile.fs" -fs-addr "127.0.0.1:$FS_PORT" -fs-log "$tmp/caddy-fs.log")
+	else
+		configure
+	fi
+	"${caddy_env[@]}" "$tmp/mimiload" attachbench -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$bin" $plain "${fs_flags[@]}" \
 		-config "$tmp/Caddyfile" -log "$tmp/caddy.log" -file "$tmp/files/blob.bin" -files-path /files/blob.bin \
 		-reps "${REPS:-3}" -storage "$storage" ${ADMIN:+-admin "$ADMIN"} ${PROFILES:+-profiles "$PROFILES"} "$@" |
 		tee -a "$tmp/summaries.all" ||

@@ -105,8 +105,8 @@ CADDY
 }
 
 # caddy_globals prints the Caddyfile's global options: loopback only,
-# $PORT and $HTTP_PORT, Caddy's state in $tmp, its internal CA issuing
-# from the root CA of mimiload setup, 0-RTT off.
+# $PORT and $HTTP_PORT, Caddy's state in $tmp (or $CADDY_STORAGE), its
+# internal CA issuing from the root CA of mimiload setup, 0-RTT off.
 caddy_globals() {
 	cat <<CADDY
 {
@@ -117,7 +117,7 @@ caddy_globals() {
 	http_port $HTTP_PORT
 	https_port $PORT
 	grace_period 1s
-	storage file_system $tmp/storage
+	storage file_system ${CADDY_STORAGE:-$tmp/storage}
 	log {
 		level WARN
 	}

@@ -21,9 +21,10 @@ import (
 )
 
 // attachbench: one large attachment uploaded to and downloaded from the
-// gateway, and the same bytes downloaded from Caddy's file_server on the
-// same site, over one HTTP/2 TLS 1.3 client, while the Caddy process's
-// resident set size is sampled. See examples/loadtest/README.md.
+// gateway, and the same bytes downloaded from Caddy's file_server (in a
+// plain Caddy of its own, -fs-caddy, or on the gateway's site), over one
+// HTTP/2 TLS 1.3 client, while the processes' resident set sizes are
+// sampled. See examples/loadtest/README.md.
 
 type attachBenchFlags struct {
 	dir, addr, caddy, config, log string
@@ -35,6 +36,9 @@ type attachBenchFlags struct {
 	fileServer                    bool
 	storage                       string
 	plain                         bool
+	// The file_server's own Caddy (-fs-caddy): its binary, Caddyfile,
+	// loopback address and log; none when the gateway's Caddy serves it.
+	fsCaddy, fsConfig, fsAddr, fsLog string
 }
 
 // measurement is one timed transfer, printed as a RESULT line.
@@ -50,25 +54,40 @@ type measurement struct {
 	HashOK   bool    `json:"hash_ok"`
 	RatioFS  float64 `json:"ratio_to_file_server,omitempty"`
 	VmHWMNow int64   `json:"caddy_vmhwm_kib"`
+	// Process is whose memory the peaks are: "gateway" (the Caddy of the
+	// gateway, also of file_server without -fs-caddy) or "file_server"
+	// (the plain Caddy of -fs-caddy).
+	Process string `json:"process"`
 }
+
+// The processes a measurement's memory figures are of.
+const (
+	processGateway    = "gateway"
+	processFileServer = "file_server"
+)
 
 func (m *measurement) print() {
 	extra := ""
 	if m.RatioFS > 0 {
 		extra = fmt.Sprintf(", %.2f of file_server", m.RatioFS)
 	}
-	fmt.Printf("%srep %d %-11s %d bytes in %.2f s: %.1f MB/s%s; Caddy VmRSS peak during it %.1f MiB (anonymous %.1f MiB), VmHWM so far %.1f MiB\n",
-		label(m.Storage), m.Rep, m.Kind, m.Bytes, m.Seconds, m.MBps, extra, float64(m.RSSPeak)/1024, float64(m.AnonPeak)/1024, float64(m.VmHWMNow)/1024)
+	who := "Caddy"
+	if m.Process == processFileServer {
+		who = "file_server's Caddy"
+	}
+	fmt.Printf("%srep %d %-11s %d bytes in %.2f s: %.1f MB/s%s; %s VmRSS peak during it %.1f MiB (anonymous %.1f MiB), VmHWM so far %.1f MiB\n",
+		label(m.Storage), m.Rep, m.Kind, m.Bytes, m.Seconds, m.MBps, extra, who, float64(m.RSSPeak)/1024, float64(m.AnonPeak)/1024, float64(m.VmHWMNow)/1024)
 	b, _ := json.Marshal(m)
 	fmt.Printf("RESULT %s\n", b)
 }
 
 // attachBenchCmd runs the benchmark: it writes the test file (random
-// bytes, its SHA-256 computed as written), starts Caddy, creates a group on
-// b.localhost and, -reps times: uploads the file as an attachment (read
-// from disk as it is sent), downloads it from the gateway and the file
-// from file_server (in alternating order), each hashed and discarded, then
-// deletes the attachment so that only one is stored at a time.
+// bytes, its SHA-256 computed as written), starts Caddy (and the plain
+// Caddy of -fs-caddy), creates a group on b.localhost and, -reps times:
+// uploads the file as an attachment (read from disk as it is sent),
+// downloads it from the gateway and the file from file_server (in
+// alternating order), each hashed and discarded, then deletes the
+// attachment so that only one is stored at a time.
 func attachBenchCmd(args []string) error {
 	var f attachBenchFlags
 	fs := flag.NewFlagSet("attachbench", flag.ExitOnError)
@@ -86,10 +105,21 @@ func attachBenchCmd(args []string) error {
 	fs.StringVar(&f.profiles, "profiles", "", "directory for the heap profiles of -admin: <rep>-<kind>-before.pb.gz and -after.pb.gz (compare with go tool pprof -sample_index=alloc_space -base)")
 	fs.StringVar(&f.storage, "storage", "", "name of the gateway's attachment storage (local, s3, forward), put in the output's lines")
 	fs.BoolVar(&f.plain, "plain", false, "the Caddy has no gateway (plain Caddy, the memory baseline): only the file_server downloads")
-	fs.BoolVar(&f.fileServer, "file-server", true, "also download from file_server (false: the gateway's transfers alone, so that Caddy's VmHWM is theirs)")
+	fs.BoolVar(&f.fileServer, "file-server", true, "also download from file_server (false: the gateway's transfers alone)")
+	fs.StringVar(&f.fsCaddy, "fs-caddy", "", "a plain Caddy (standard modules only) that serves -files-path on b.localhost with file_server in a process of its own, "+
+		"started with -fs-config on -fs-addr and sampled on its own; without it, the gateway's Caddy serves -files-path, and its memory is then file_server's too")
+	fs.StringVar(&f.fsConfig, "fs-config", "", "Caddyfile of -fs-caddy")
+	fs.StringVar(&f.fsAddr, "fs-addr", "", "loopback address -fs-caddy serves b.localhost on")
+	fs.StringVar(&f.fsLog, "fs-log", "", "file -fs-caddy's output is appended to (default: discarded)")
 	fs.Parse(args)
 	if f.dir == "" || f.config == "" || f.file == "" || f.filesPath == "" {
 		return errors.New("attachbench: -dir, -config, -file and -files-path are required")
+	}
+	if f.fsCaddy != "" && (f.fsConfig == "" || f.fsAddr == "") {
+		return errors.New("attachbench: -fs-caddy needs -fs-config and -fs-addr")
+	}
+	if f.fsCaddy != "" && f.plain {
+		return errors.New("attachbench: -plain measures a plain Caddy's file_server already; -fs-caddy adds another")
 	}
 	t0 := time.Now()
 	sum, err := writeRandomFile(f.file, f.size)
@@ -115,6 +145,26 @@ func attachBenchCmd(args []string) error {
 	}
 	pid := c.cmd.Process.Pid
 	rss := startRSS(pid, f.sample)
+	// The file_server's target, process and sampler: the gateway's, or
+	// those of the plain Caddy of -fs-caddy.
+	fsT, fsPid, fsRSS := t, pid, rss
+	if f.separateFileServer() {
+		if fsT, err = newTarget(f.dir, f.fsAddr, 1); err != nil {
+			return err
+		}
+		fsT.client.Timeout = 0
+		fc := &caddyProc{bin: f.fsCaddy, config: f.fsConfig, logPath: f.fsLog}
+		if err := fc.start(); err != nil {
+			return fmt.Errorf("file_server's Caddy: %w", err)
+		}
+		defer fc.stop()
+		if err := fsT.waitHealthy(ctx, 60*time.Second, "b.localhost"); err != nil {
+			return fmt.Errorf("file_server's Caddy: %w", err)
+		}
+		fsPid = fc.cmd.Process.Pid
+		fsRSS = startRSS(fsPid, f.sample)
+		fmt.Printf("# %sfile_server's own Caddy (plain) pid %d on %s\n", label(f.storage), fsPid, f.fsAddr)
+	}
 	var m *attachMember
 	what := "a group on b.localhost created"
 	if f.plain {
@@ -128,7 +178,7 @@ func attachBenchCmd(args []string) error {
 	}
 	fmt.Printf("# %sCaddy pid %d up, %s: VmRSS %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB), VmHWM %.1f MiB\n",
 		label(f.storage), pid, what, float64(idle["VmRSS"])/1024, float64(idle["RssAnon"])/1024, float64(idle["RssFile"])/1024, float64(idle["VmHWM"])/1024)
-	hwm := func() int64 {
+	hwm := func(pid int) int64 {
 		st, err := procStatus(pid)
 		if err != nil {
 			return 0
@@ -145,7 +195,7 @@ func attachBenchCmd(args []string) error {
 				return err
 			}
 			d.RSSPeak, d.AnonPeak = rss.reset()
-			d.VmHWMNow, d.MBps = hwm(), float64(d.Bytes)/d.Seconds/1e6
+			d.VmHWMNow, d.MBps, d.Process = hwm(pid), float64(d.Bytes)/d.Seconds/1e6, processFileServer
 			d.print()
 			all = append(all, d)
 			continue
@@ -167,11 +217,11 @@ func attachBenchCmd(args []string) error {
 		f.profile(ctx, rep, "upload", "after")
 		up.HashOK = true // the gateway checked content_hash
 		up.RSSPeak, up.AnonPeak = rss.reset()
-		up.VmHWMNow, up.MBps = hwm(), float64(f.size)/up.Seconds/1e6
+		up.VmHWMNow, up.MBps, up.Process = hwm(pid), float64(f.size)/up.Seconds/1e6, processGateway
 		up.print()
 		all = append(all, up)
 
-		gw := func() (*measurement, error) {
+		gwRun := func() (*measurement, error) {
 			d := &measurement{Kind: "download", Storage: f.storage, Rep: rep}
 			h := newHashingDiscard()
 			f.profile(ctx, rep, d.Kind, "before")
@@ -185,24 +235,28 @@ func attachBenchCmd(args []string) error {
 			d.HashOK = bytes.Equal(h.sum(), sum)
 			return d, nil
 		}
-		fsrv := func() (*measurement, error) { return fileServerDownload(ctx, &f, t, rep, sum) }
-		order := []func() (*measurement, error){gw, fsrv}
+		gw := transfer{run: gwRun, rss: rss, pid: pid, process: processGateway}
+		fsrv := transfer{run: func() (*measurement, error) { return fileServerDownload(ctx, &f, fsT, rep, sum) },
+			rss: fsRSS, pid: fsPid, process: processGateway}
+		if f.separateFileServer() {
+			fsrv.process = processFileServer
+		}
+		order := []transfer{gw, fsrv}
 		if rep%2 == 0 {
-			order = []func() (*measurement, error){fsrv, gw}
+			order = []transfer{fsrv, gw}
 		}
 		if !f.fileServer {
-			order = order[:1]
-			order[0] = gw
+			order = []transfer{gw}
 		}
 		pair := make([]*measurement, len(order))
-		for i, run := range order {
-			rss.reset()
-			d, err := run()
+		for i, tr := range order {
+			tr.rss.reset()
+			d, err := tr.run()
 			if err != nil {
 				return err
 			}
-			d.RSSPeak, d.AnonPeak = rss.reset()
-			d.VmHWMNow, d.MBps = hwm(), float64(d.Bytes)/d.Seconds/1e6
+			d.RSSPeak, d.AnonPeak = tr.rss.reset()
+			d.VmHWMNow, d.MBps, d.Process = hwm(tr.pid), float64(d.Bytes)/d.Seconds/1e6, tr.process
 			pair[i] = d
 			if !d.HashOK {
 				return fmt.Errorf("rep %d: the %s's content does not hash to the file's SHA-256", rep, d.Kind)
@@ -231,10 +285,17 @@ func attachBenchCmd(args []string) error {
 	s.Storage = f.storage
 	s.VmHWM, s.RSSSampledPeak, s.AnonSampledPeak, s.FileSampledPeak, s.Pid = st["VmHWM"], peak, anon, file, pid
 	s.IdleRSS, s.IdleAnon, s.IdleFile = idle["VmRSS"], idle["RssAnon"], idle["RssFile"]
+	who, fsMem := "Caddy", ""
+	if f.separateFileServer() {
+		_, fsAnon, _ := fsRSS.close()
+		s.FileServerVmHWM, s.FileServerAnonPeak = hwm(fsPid), fsAnon
+		who = "the gateway's Caddy"
+		fsMem = fmt.Sprintf("; file_server's own Caddy VmHWM %.1f MiB (anonymous peak %.1f MiB)", float64(s.FileServerVmHWM)/1024, float64(fsAnon)/1024)
+	}
 	fmt.Printf("%ssummary: upload %.1f MB/s, download %.1f MB/s, file_server %.1f MB/s (medians of %d); download / file_server %.2f (per rep %v); "+
-		"Caddy VmHWM %.1f MiB, sampled VmRSS peak %.1f MiB (peaks of anonymous %.1f MiB, file-backed %.1f MiB); idle before the transfers %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB)\n",
-		label(f.storage), s.UploadMBps, s.DownloadMBps, s.FileServerMBps, f.reps, s.Ratio, s.Ratios, float64(s.VmHWM)/1024, float64(s.RSSSampledPeak)/1024,
-		float64(s.AnonSampledPeak)/1024, float64(s.FileSampledPeak)/1024, float64(s.IdleRSS)/1024, float64(s.IdleAnon)/1024, float64(s.IdleFile)/1024)
+		"%s VmHWM %.1f MiB, sampled VmRSS peak %.1f MiB (peaks of anonymous %.1f MiB, file-backed %.1f MiB); idle before the transfers %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB)%s\n",
+		label(f.storage), s.UploadMBps, s.DownloadMBps, s.FileServerMBps, f.reps, s.Ratio, s.Ratios, who, float64(s.VmHWM)/1024, float64(s.RSSSampledPeak)/1024,
+		float64(s.AnonSampledPeak)/1024, float64(s.FileSampledPeak)/1024, float64(s.IdleRSS)/1024, float64(s.IdleAnon)/1024, float64(s.IdleFile)/1024, fsMem)
 	b, _ := json.Marshal(s)
 	fmt.Printf("RESULT %s\n", b)
 	return nil
@@ -245,11 +306,17 @@ func attachBenchCmd(args []string) error {
 func fileServerDownload(ctx context.Context, f *attachBenchFlags, t *target, rep int, sum []byte) (*measurement, error) {
 	d := &measurement{Kind: "file_server", Storage: f.storage, Rep: rep}
 	h := newHashingDiscard()
-	f.profile(ctx, rep, d.Kind, "before")
+	// The admin endpoint's profiles are the gateway's Caddy's.
+	profile := !f.separateFileServer()
+	if profile {
+		f.profile(ctx, rep, d.Kind, "before")
+	}
 	start := time.Now()
 	n, err := getFile(ctx, t, t.url("b.localhost", f.filesPath), h)
 	d.Seconds, d.Bytes = time.Since(start).Seconds(), n
-	f.profile(ctx, rep, d.Kind, "after")
+	if profile {
+		f.profile(ctx, rep, d.Kind, "after")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("rep %d: file_server: %w", rep, err)
 	}
@@ -277,6 +344,24 @@ type benchSummary struct {
 	IdleRSS         int64     `json:"caddy_idle_rss_kib"`
 	IdleAnon        int64     `json:"caddy_idle_rss_anon_kib"`
 	IdleFile        int64     `json:"caddy_idle_rss_file_kib"`
+	// The plain Caddy of -fs-caddy, when file_server ran in it.
+	FileServerVmHWM    int64 `json:"file_server_caddy_vmhwm_kib,omitempty"`
+	FileServerAnonPeak int64 `json:"file_server_caddy_rss_anon_sampled_peak_kib,omitempty"`
+}
+
+// transfer is one kind of timed transfer of a repetition, and the process
+// whose memory it is measured in.
+type transfer struct {
+	run     func() (*measurement, error)
+	rss     *rssSampler
+	pid     int
+	process string
+}
+
+// separateFileServer reports whether file_server runs in a plain Caddy
+// of its own (-fs-caddy), apart from the gateway's.
+func (f *attachBenchFlags) separateFileServer() bool {
+	return f.fsCaddy != "" && f.fileServer && !f.plain
 }
 
 // label is the storage's name as a prefix of a line, or nothing.
