@@ -31,6 +31,14 @@ import (
 // rate-limit zones keep that order themselves (admission.Policy.Commit
 // and Uncommit).
 //
+// The signing key options are the exception: a changed key_scheme, or a
+// key_rotation or key_overlap that makes the signing key due, makes a key
+// that signs and is published at once, and putting the running config's
+// options back makes another one. So a gateway's key options are put in
+// force only once Caddy runs its config (keysLive, App.running); until
+// then its commit, and putting its options back, keep those in force on
+// the service (serviceOptions).
+//
 // A config may hold a directory's service with no gateway on it: its
 // only mimi module there is a mimi_local handler with data_dir, which
 // opens the service with the defaults or joins it as it is. When a
@@ -137,15 +145,20 @@ func (o commitOrder) remove(key string, g *Gateway) *Gateway {
 }
 
 // commit puts g's options in force on the pooled parts it holds, and
-// records g as their newest gateway. A service g opened (svcOpened) has
-// g's options already. An error of the service's Apply is returned (the
-// config is refused) before anything else changes; g is recorded all the
-// same, so that uncommit puts back the running config's options, of
-// which Apply may have changed some. commit does nothing when g is
-// recorded already.
-func (g *Gateway) commit() error {
+// records g as their newest gateway; its signing key options only when
+// live is set (no config with a mimi app runs, or g's config runs: see
+// releaseKeys). A service g opened (svcOpened) has g's options already.
+// An error of the service's Apply is returned (the config is refused)
+// before anything else changes; g is recorded all the same, so that
+// uncommit puts back the running config's options, of which Apply may
+// have changed some. commit does nothing when g is recorded already,
+// except record live.
+func (g *Gateway) commit(live bool) error {
 	commits.mu.Lock()
 	defer commits.mu.Unlock()
+	if live {
+		g.keysLive = true
+	}
 	if g.committed {
 		return nil
 	}
@@ -167,7 +180,7 @@ func (g *Gateway) commit() error {
 	}
 	commits.dirs.push(g.DataDir, g)
 	if !opened {
-		if err := g.svc.Apply(g.svcOpts); err != nil {
+		if err := g.svc.Apply(g.serviceOptions()); err != nil {
 			return fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
 		}
 	}
@@ -233,7 +246,7 @@ func (g *Gateway) uncommit() {
 func (g *Gateway) applyDataDir(applyService bool) error {
 	var err error
 	if applyService {
-		if err = g.svc.Apply(g.svcOpts); err != nil {
+		if err = g.svc.Apply(g.serviceOptions()); err != nil {
 			err = fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
 		}
 	}
@@ -243,6 +256,38 @@ func (g *Gateway) applyDataDir(applyService bool) error {
 	commits.limits[g.svc] = limits
 	g.sender.SetBackend(g.backend)
 	return err
+}
+
+// serviceOptions are the options of g to apply to its service: its own,
+// except, until g's config runs (keysLive), the signing key options,
+// which stay those in force. The caller holds commits.mu.
+func (g *Gateway) serviceOptions() service.Options {
+	opts := g.svcOpts
+	if !g.keysLive {
+		opts.Keys = g.svc.Options().Keys
+	}
+	return opts
+}
+
+// releaseKeys records that g's config runs, and puts g's signing key
+// options in force on its service when g is the newest gateway of its
+// data directory (the others of its config there have the same ones,
+// dirconflict.go). A failure to make the key they call for is logged: the
+// key ring keeps the options, and its rotation loop tries again.
+func (g *Gateway) releaseKeys() {
+	commits.mu.Lock()
+	defer commits.mu.Unlock()
+	if g.keysLive {
+		return
+	}
+	g.keysLive = true
+	l := commits.dirs[g.DataDir]
+	if !g.committed || len(l) == 0 || l[len(l)-1] != g {
+		return
+	}
+	if err := g.svc.Apply(g.svcOpts); err != nil {
+		g.logger.Error("applying the signing key options of the running config", zap.String("data_dir", g.DataDir), zap.Error(err))
+	}
 }
 
 // applySweeper makes the attachment sweeper sweep with g's attachment

@@ -226,6 +226,11 @@ type Gateway struct {
 	committed bool
 	// svcOpened is set when this gateway opened svc, with its options.
 	svcOpened bool
+	// keysLive is set, under commits.mu, once this config's signing key
+	// options may be in force on svc: Caddy runs the config (App.running),
+	// or no config ran when it started, or the gateway was provisioned
+	// without a config. Until then, commit keeps the key options in force.
+	keysLive bool
 	// app is the mimi app of this config, which puts the options in
 	// force when Caddy starts the config; nil when provisioned without a
 	// config.
@@ -481,7 +486,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	// changes the running gateway; without a config to start (a handler
 	// provisioned on its own), at once.
 	if app == nil {
-		return g.commit()
+		return g.commit(true)
 	}
 	if err := app.enlist(g); err != nil {
 		return err

@@ -327,6 +327,13 @@ func (h *LocalAPI) Provision(ctx caddy.Context) error {
 	h.watching = new(watchState)
 	h.joined = new(joinState)
 	h.config = configOf(ctx)
+	// The config gets a mimi app, as a gateway's does: the provider
+	// service this handler holds may get a gateway of the next config,
+	// whose signing key options are put in force when Caddy stops this
+	// config's app after swapping that config in (App.Stop).
+	if _, err := mimiApp(ctx); err != nil {
+		return fmt.Errorf("mimi_local: %w", err)
+	}
 	if h.DataDir == "" {
 		// The directory is found at the first request, when every
 		// gateway of the config is provisioned: here only those

@@ -24,11 +24,13 @@
 //   - Apply brings every later config's options to the open service: a new
 //     key scheme signs at once, new rotation and overlap values move the
 //     next rotation, a new fetch policy replaces the fetcher, a new sweep
-//     interval or logger is used from then on. The handler's Provision
-//     calls it on each reload, while the old config may still be serving
-//     requests. The service is shared, so the options applied last win: a
-//     reload that fails after Apply leaves its options in effect (a new key
-//     already signs), and two handlers naming one data directory must agree.
+//     interval or logger is used from then on. The caller applies a new
+//     config's options while the old config may still be serving requests.
+//     One service serves every config, so the options applied last win:
+//     applying the old config's options again puts them back, except that
+//     a key made for the new key options stays (caddymodule therefore
+//     applies a config's key options only once Caddy runs it), and two
+//     handlers naming one data directory must agree.
 //   - Go starts a worker the service owns: it runs until Close.
 //   - Close stops every loop and worker, waits for them, and closes the
 //     fetcher and the store. The UsagePool calls it (Destruct) when the

@@ -1,0 +1,206 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
+)
+
+// signingKeyID is the id of the key the service of dir signs with now.
+func signingKeyID(t *testing.T, dir string) string {
+	t.Helper()
+	svc := poolService(dir)
+	if svc == nil {
+		t.Fatalf("no service is open on %s", dir)
+	}
+	k, err := svc.Keys().Current(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", k.ID)
+}
+
+// TestRejectedStartKeepsSigningKey posts, to a real Caddy running a
+// gateway on ed25519 keys, configs that change its key_scheme and have an
+// app whose Start fails, until Caddy has started the mimi app before the
+// failing one. While the failing app waits in Start, and once Caddy
+// rejected the config (in either order), the running gateway must sign
+// with its key and publish its keys alone: the mimi app's Start made a
+// key of the rejected scheme, which signed and was published from then
+// on, and its Stop, putting the running scheme back, made yet another
+// one. A config without the failing app then makes exactly one key, of
+// the new scheme, which signs.
+func TestRejectedStartKeepsSigningKey(t *testing.T) {
+	storage, dir := startAppReloadCaddy(t)
+	before := publishedKeys(t, appReloadRun)
+	keys, signing := keyIDs(before), signingKeyID(t, dir)
+	changed := oldSettings
+	changed.scheme = newSettings.scheme
+
+	t.Cleanup(startGate.disarm)
+	mimiFirst := false
+	for i := 0; i < 40 && !mimiFirst; i++ {
+		reached, release := startGate.arm()
+		loaded := postLoad(appReloadAdmin, appReloadConfig(t, storage, dir, appReloadNew, changed, false, true))
+		mimiFirst = (<-reached).started
+		if mimiFirst {
+			if got := keyIDs(publishedKeys(t, appReloadRun)); got != keys {
+				t.Errorf("while an app of the new config starts, after its mimi app, the running gateway publishes keys %s, want %s", got, keys)
+			}
+			if got := signingKeyID(t, dir); got != signing {
+				t.Errorf("while an app of the new config starts, after its mimi app, the gateway signs with key %s, want %s", got, signing)
+			}
+		}
+		close(release)
+		if err := <-loaded; err == nil || !strings.Contains(err.Error(), "test start gate") {
+			t.Fatalf("the new config was not refused by the start gate: %v", err)
+		}
+		if got := keyIDs(publishedKeys(t, appReloadRun)); got != keys {
+			t.Fatalf("after Caddy rejected the config (mimi app started first: %v), the running gateway publishes keys %s, want %s",
+				mimiFirst, got, keys)
+		}
+		if got := signingKeyID(t, dir); got != signing {
+			t.Fatalf("after Caddy rejected the config (mimi app started first: %v), the gateway signs with key %s, want %s",
+				mimiFirst, got, signing)
+		}
+	}
+	if !mimiFirst {
+		t.Fatal("Caddy never started the mimi app before the failing app in 40 loads")
+	}
+
+	if err := <-postLoad(appReloadAdmin, appReloadConfig(t, storage, dir, appReloadRun, changed, false, false)); err != nil {
+		t.Fatalf("loading the new config without the failing app: %v", err)
+	}
+	after := publishedKeys(t, appReloadRun)
+	if len(after) != len(before)+1 || keyIDs(after[1:]) != keys || after[0].Scheme != moh.SchemeECDSAP256SHA256 {
+		t.Fatalf("after the reload, the gateway publishes keys %s, want one ecdsa_secp256r1_sha256 key before %s", keyIDs(after), keys)
+	}
+	if got, want := signingKeyID(t, dir), fmt.Sprintf("%x", after[0].KeyID); got != want {
+		t.Errorf("after the reload, the gateway signs with key %s, want the new key %s", got, want)
+	}
+}
+
+// TestLocalOnlyConfigKeepsSigningKey runs, in a real Caddy, a config
+// whose only mimi module is a mimi_local with data_dir, whose first
+// request opens the provider service with the default key scheme. Configs
+// adding a gateway on that directory with another key scheme, and an app
+// whose Start fails, are posted until Caddy has started the mimi app
+// before the failing one: the service must keep signing with its key and
+// publishing its keys alone (a config without a mimi app ran, so the
+// gateway's key options were put in force in Start). A config without the
+// failing app then makes exactly one key, of the gateway's scheme, which
+// signs once the reload returns.
+func TestLocalOnlyConfigKeepsSigningKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs Caddy")
+	}
+	setReloadAddrs(t)
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "data")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	storage := filepath.Join(tmp, "storage")
+	if err := caddy.Load(reloadConfig(t, storage, dir, false), true); err != nil {
+		t.Fatalf("loading the running config: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping Caddy: %v", err)
+		}
+	})
+	body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+reloadLocalAddr+"/binding", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("X-Test-User", "alice")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the mimi_local's first request answered %d", resp.StatusCode)
+	}
+	svc := poolService(dir)
+	if svc == nil {
+		t.Fatal("the mimi_local's first request opened no service")
+	}
+	before := svc.Keys().Published(time.Now())
+	keys, signing := keyIDs(before), signingKeyID(t, dir)
+
+	// gatewayConfig is the config with the gateway, without the failing
+	// handler after it; with startGateApp, with the failing app.
+	gatewayConfig := func(startGateApp bool) []byte {
+		t.Helper()
+		var cfg map[string]any
+		if err := json.Unmarshal(reloadConfig(t, storage, dir, true), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		apps := cfg["apps"].(map[string]any)
+		route := apps["http"].(map[string]any)["servers"].(map[string]any)["gate"].(map[string]any)["routes"].([]any)[0].(map[string]any)
+		route["handle"] = route["handle"].([]any)[:1]
+		if startGateApp {
+			apps["mimi_test_start_gate"] = map[string]any{}
+		}
+		raw, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+
+	t.Cleanup(startGate.disarm)
+	mimiFirst := false
+	for i := 0; i < 40 && !mimiFirst; i++ {
+		reached, release := startGate.arm()
+		loaded := postLoad(reloadAdminAddr, gatewayConfig(true))
+		mimiFirst = (<-reached).started
+		close(release)
+		if err := <-loaded; err == nil || !strings.Contains(err.Error(), "test start gate") {
+			t.Fatalf("the new config was not refused by the start gate: %v", err)
+		}
+		if got := keyIDs(svc.Keys().Published(time.Now())); got != keys {
+			t.Fatalf("after Caddy rejected the config (mimi app started first: %v), the service publishes keys %s, want %s",
+				mimiFirst, got, keys)
+		}
+		if got := signingKeyID(t, dir); got != signing {
+			t.Fatalf("after Caddy rejected the config (mimi app started first: %v), the service signs with key %s, want %s",
+				mimiFirst, got, signing)
+		}
+	}
+	if !mimiFirst {
+		t.Fatal("Caddy never started the mimi app before the failing app in 40 loads")
+	}
+
+	if err := <-postLoad(reloadAdminAddr, gatewayConfig(false)); err != nil {
+		t.Fatalf("loading the config with the gateway: %v", err)
+	}
+	if poolService(dir) != svc {
+		t.Fatal("the gateway did not take over the running service")
+	}
+	after := svc.Keys().Published(time.Now())
+	if len(after) != len(before)+1 || keyIDs(after[1:]) != keys || after[0].Scheme != moh.SchemeECDSAP256SHA256 {
+		t.Fatalf("after the reload, the service publishes keys %s, want one ecdsa_secp256r1_sha256 key before %s", keyIDs(after), keys)
+	}
+	if got, want := signingKeyID(t, dir), fmt.Sprintf("%x", after[0].KeyID); got != want {
+		t.Errorf("after the reload, the service signs with key %s, want the new key %s", got, want)
+	}
+}
