@@ -441,11 +441,11 @@ func TestRecordFormat1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Format 1 is format 3 without binding_issued, which follows the
-	// binding (here its last byte), and without republish_due, the last
-	// byte.
+	// Format 1 is format 4 without binding_issued, which follows the
+	// binding (here its last byte), and without republish_due and
+	// republish_after, the last 9 bytes.
 	i := 1 + 1 + len(r.clientURI) + 2 + 1 + len(r.sigKey) + 1 + len(r.binding)
-	v1 := append(append([]byte{1}, enc[1:i]...), enc[i+8:len(enc)-1]...)
+	v1 := append(append([]byte{1}, enc[1:i]...), enc[i+8:len(enc)-9]...)
 	got, err := decodeRecord(v1)
 	if err != nil {
 		t.Fatal(err)

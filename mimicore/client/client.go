@@ -79,7 +79,10 @@ type Config struct {
 	// request that is safe to repeat (see Error.RetryAfter), at most
 	// twice. A refusal asking for longer, or for more than what is left
 	// of the call's context, is returned at once. Zero means
-	// DefaultMaxRetryWait; negative, the client never waits.
+	// DefaultMaxRetryWait; negative, the client never waits. It also
+	// bounds how far ahead of opening the hold on a republish read from
+	// the state may lie (RepublishHeld; DefaultMaxRetryWait when not
+	// positive).
 	MaxRetryWait time.Duration
 }
 
@@ -120,9 +123,6 @@ type Client struct {
 	binding *binding.ClientBinding
 	members map[string]*group // by group id, loaded on first use
 	closed  bool
-	// republishAfter is when the operations may try a republish that is
-	// due again (freshBinding), after a refusal of one with Retry-After.
-	republishAfter time.Time
 }
 
 // InitOptions describe the client Init creates.
@@ -233,6 +233,15 @@ func OpenContext(ctx context.Context, dir string, cfg Config) (*Client, error) {
 	if err == nil {
 		var rec *record
 		if rec, err = decodeRecord(data); err == nil {
+			// The hold is an absolute time: opening never extends it,
+			// and brings one too far ahead back within the bound.
+			now := c.now()
+			if limit := now.Add(c.holdBound()).UTC(); rec.republishAfter.After(limit) {
+				rec.republishAfter = limit
+			}
+			if !now.Before(rec.republishAfter) {
+				rec.republishAfter = time.Time{}
+			}
 			err = c.adopt(rec)
 		}
 	}
@@ -362,8 +371,9 @@ func (c *Client) BindingNotAfter() time.Time {
 // publish fails, the renewal is kept, the publish is retried by the next
 // operation, and RenewBinding returns the error; when the gateway refused
 // it with a Retry-After, the operations try it again only once that wait
-// is over. The client's leaf in a group gets the new binding with the
-// client's next commit in that group (Update, Add, Remove).
+// is over, also those of a Client opened later from the state directory
+// (see RepublishHeld). The client's leaf in a group gets the new binding
+// with the client's next commit in that group (Update, Add, Remove).
 func (c *Client) RenewBinding(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -429,8 +439,9 @@ func (c *Client) bindingDue() bool {
 // again. It then publishes the KeyPackages a renewal, of this operation or
 // an earlier one, is yet to replace (republish); a failure there fails
 // nothing, the next operation tries again, or, after a refusal with
-// Retry-After, the first one after that wait (this Client's; RenewBinding
-// tries at once). c.mu is held.
+// Retry-After, the first one after that wait (recorded in the state, so
+// also of a Client opened later; RenewBinding tries at once). c.mu is
+// held.
 func (c *Client) freshBinding(ctx context.Context) error {
 	if c.bindingDue() {
 		err := c.renewBinding(ctx)
@@ -442,7 +453,7 @@ func (c *Client) freshBinding(ctx context.Context) error {
 	// the next operation, or, when the gateway asked for a wait (a 429 of
 	// the user's publish rate), by the first operation after it; the
 	// operation goes on.
-	if c.now().Before(c.republishAfter) {
+	if c.now().Before(c.rec.republishAfter) {
 		return nil
 	}
 	_ = c.republishNoting(ctx)
@@ -450,14 +461,45 @@ func (c *Client) freshBinding(ctx context.Context) error {
 }
 
 // republishNoting runs republish and, when the gateway refused it with a
-// Retry-After, notes when the operations may try it again
-// (republishAfter). c.mu is held.
+// Retry-After, records in the client record when the operations may try
+// it again (republishAfter): a Client opened later from the state holds
+// off until then too. c.mu is held.
 func (c *Client) republishNoting(ctx context.Context) error {
 	err := c.republish(ctx)
 	if d, ok := RetryAfterOf(err); ok {
-		c.republishAfter = c.now().Add(d)
+		rec := c.rec.clone()
+		rec.republishAfter = c.now().Add(d).UTC()
+		if serr := c.saveRecord(rec); serr != nil {
+			return fmt.Errorf("%w (and recording the wait: %v)", err, serr)
+		}
 	}
 	return err
+}
+
+// RepublishHeld returns how long the operations still hold off the
+// republish of KeyPackages that a renewal of the binding made due (see
+// RenewBinding), after the gateway refused it with a Retry-After; 0 when
+// no republish is due or none is held. The hold is kept in the state
+// directory: a Client opened from it later holds off until the same time
+// (at most Config.MaxRetryWait from its opening).
+func (c *Client) RepublishHeld() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.rec.republishDue {
+		return 0
+	}
+	return max(c.rec.republishAfter.Sub(c.now()), 0)
+}
+
+// holdBound is how far ahead of the clock a republish hold read from the
+// state may lie: Config.MaxRetryWait, or DefaultMaxRetryWait when that is
+// not positive. A hold further ahead (the clock was set back since it was
+// recorded, the file was damaged) is brought back to it.
+func (c *Client) holdBound() time.Duration {
+	if c.cfg.MaxRetryWait > 0 {
+		return c.cfg.MaxRetryWait
+	}
+	return DefaultMaxRetryWait
 }
 
 // userURI returns the user URI of the client.
@@ -482,8 +524,14 @@ func (c *Client) now() time.Time {
 	return time.Now()
 }
 
-// saveRecord writes rec to disk and makes it the client's record.
+// saveRecord writes rec to disk and makes it the client's record. A
+// republish hold that is over is dropped.
 func (c *Client) saveRecord(rec *record) error {
+	if !rec.republishAfter.IsZero() && !c.now().Before(rec.republishAfter) {
+		r := *rec
+		r.republishAfter = time.Time{}
+		rec = &r
+	}
 	data, err := wire.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encoding client record: %w", err)

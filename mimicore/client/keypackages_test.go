@@ -525,6 +525,67 @@ func (g *apiGateway) wantHeldOff(t *testing.T, bob *Client, what string) {
 	g.wantRepublished(t, bob, "once the Retry-After is over")
 }
 
+// TestRepublishHoldSurvivesReopen: the publish that replaces bob's
+// KeyPackages after a renewal is refused rate_limited with Retry-After:
+// 240, and bob's state directory is then opened again and again, as each
+// mimictl command does. The clients opened within those 4 minutes do their
+// own work without trying the republish again, and each says how long the
+// hold has left, never more than the first wait (before, the wait lived
+// only in the first Client, so every new one republished at once into the
+// same refusal); the first one opened after the wait completes it.
+func TestRepublishHoldSurvivesReopen(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, "240", 0
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if held := bob.RepublishHeld(); held != 4*time.Minute {
+		t.Fatalf("after the refusal the republish is held for %v; want 4m0s", held)
+	}
+	for i := range 3 {
+		g.mu.Lock()
+		g.now = g.now.Add(time.Minute)
+		g.mu.Unlock()
+		bob = reopenWith(t, bob, g.config())
+		if err := bob.Publish(t.Context(), 0, false); err != nil {
+			t.Fatalf("operation %d: %v", i, err)
+		}
+		if held, want := bob.RepublishHeld(), time.Duration(3-i)*time.Minute; held != want {
+			t.Fatalf("client %d opened from the saved state: the republish is held for %v; want %v", i, held, want)
+		}
+	}
+	g.mu.Lock()
+	publishes := g.publishes
+	g.now = g.now.Add(time.Minute)
+	g.rateLimited = false
+	g.mu.Unlock()
+	if publishes != 1 || !bob.rec.republishDue {
+		t.Fatalf("three clients opened within the Retry-After: %d publish requests, republish due %v; want 1, due", publishes, bob.rec.republishDue)
+	}
+	bob = reopenWith(t, bob, g.config())
+	if held := bob.RepublishHeld(); held != 0 {
+		t.Fatalf("a client opened once the wait is over: the republish is held for %v; want 0", held)
+	}
+	g.wantRepublished(t, bob, "a client opened once the Retry-After is over")
+}
+
+// reopenWith closes c and opens its state directory again with cfg, as a
+// new mimictl command does.
+func reopenWith(t *testing.T, c *Client, cfg Config) *Client {
+	t.Helper()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := Open(c.dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
 // TestRenewBindingRepublishWaitsForRetryAfter: bob renews his binding
 // himself (RenewBinding), and the publish that replaces his KeyPackages is
 // refused rate_limited with Retry-After: 600. RenewBinding returns that

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"time"
 
 	"golang.org/x/crypto/cryptobyte"
 
@@ -25,9 +27,9 @@ const (
 )
 
 // stateFormat is the version byte of the client record encoding. Formats
-// 1 and 2, read still, have no republish_due; format 1 has no
-// binding_issued either.
-const stateFormat = 3
+// 1 to 3, read still, have no republish_after; formats 1 and 2 no
+// republish_due either, and format 1 no binding_issued.
+const stateFormat = 4
 
 // ErrStateEncoding is wrapped by every failure to decode a stored client
 // record.
@@ -56,7 +58,7 @@ type storedGroup struct {
 // record is the client record, stored in the file "client":
 //
 //	struct {
-//	    uint8 format = 3;
+//	    uint8 format = 4;
 //	    opaque client_uri<V>;
 //	    uint16 cipher_suite;
 //	    opaque signature_private_key<V>; // Ed25519 seed or ECDSA scalar
@@ -67,6 +69,8 @@ type storedGroup struct {
 //	    StoredGroup groups<V>;
 //	    uint64 next_file;
 //	    uint8 republish_due;             // not in formats 1 and 2
+//	    uint64 republish_after;          // Unix nanoseconds (UTC) until which a due
+//	                                     // republish is held, 0: none (not in formats 1 to 3)
 //	} ClientRecord;
 //	struct {
 //	    opaque ref<V>; opaque key_package<V>;
@@ -89,6 +93,13 @@ type record struct {
 	// KeyPackages published under the previous one are yet to be
 	// replaced by ones carrying the new.
 	republishDue bool
+	// republishAfter is when the operations may try a republish that is
+	// due again (freshBinding), after the gateway refused one with a
+	// Retry-After: an absolute time, in UTC, that opening the state never
+	// extends (OpenContext brings one too far ahead back within
+	// Client.holdBound) and that saveRecord drops once it is over; zero
+	// when none.
+	republishAfter time.Time
 }
 
 // MarshalWire implements wire.Marshaler.
@@ -117,6 +128,11 @@ func (r *record) MarshalWire(b *cryptobyte.Builder) {
 	})
 	b.AddUint64(r.nextFile)
 	wire.AddOptional(b, r.republishDue)
+	var after uint64
+	if r.republishAfter.After(time.Unix(0, 0)) {
+		after = uint64(r.republishAfter.UnixNano())
+	}
+	b.AddUint64(after)
 }
 
 // UnmarshalWire implements wire.Unmarshaler.
@@ -124,15 +140,22 @@ func (r *record) UnmarshalWire(s *cryptobyte.String) bool {
 	var format uint8
 	var suite uint16
 	var kps, groups cryptobyte.String
+	var after uint64
 	if !s.ReadUint8(&format) || format < 1 || format > stateFormat ||
 		!wire.ReadOpaque(s, &r.clientURI) || !s.ReadUint16(&suite) ||
 		!wire.ReadOpaque(s, &r.sigKey) || !wire.ReadOpaque(s, &r.binding) ||
 		(format >= 2 && !s.ReadUint64(&r.bindingIssued)) ||
 		!s.ReadUint64(&r.cursor) || !wire.ReadVector(s, &kps) || !wire.ReadVector(s, &groups) ||
-		!s.ReadUint64(&r.nextFile) || (format >= 3 && !wire.ReadBool(s, &r.republishDue)) {
+		!s.ReadUint64(&r.nextFile) || (format >= 3 && !wire.ReadBool(s, &r.republishDue)) ||
+		(format >= 4 && !s.ReadUint64(&after)) {
 		return false
 	}
 	r.suite = mls.CipherSuite(suite)
+	if after != 0 {
+		// A value past the range of time.Time's nanoseconds (a damaged
+		// file) is as far ahead as it goes: opening brings it back.
+		r.republishAfter = time.Unix(0, int64(min(after, math.MaxInt64))).UTC()
+	}
 	for !kps.Empty() {
 		var k storedKeyPackage
 		if !wire.ReadOpaque(&kps, &k.ref) || !wire.ReadOpaque(&kps, &k.keyPackage) ||
@@ -302,7 +325,7 @@ const maxKeptPerSender = 32
 // encodeGroup encodes a group file:
 //
 //	struct {
-//	    uint8 format = 3;
+//	    uint8 format = 4;
 //	    opaque member<V>;                 // mls.Member.MarshalBinary
 //	    optional<opaque previous<V>>;     // the previous epoch's Member
 //	    opaque pending<V>;                // the proposals of the current

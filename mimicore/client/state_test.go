@@ -3,7 +3,9 @@ package client
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -229,7 +231,8 @@ func TestRecordDecodeRejects(t *testing.T) {
 		{"empty", nil},
 		{"truncated", valid[:len(valid)-1]},
 		{"trailing byte", append(slices.Clone(valid), 0)},
-		{"other format", append([]byte{4}, valid[1:]...)},
+		{"other format", append([]byte{5}, valid[1:]...)},
+		{"format 3 with republish_after", append([]byte{3}, valid[1:]...)},
 		{"format 1 with binding_issued", append([]byte{1}, valid[1:]...)},
 		{"unsupported suite", enc(func(r *record) { r.suite = 0x7777 })},
 		{"group twice", enc(func(r *record) {
@@ -702,5 +705,148 @@ func TestGroupFileDecodeRejects(t *testing.T) {
 				t.Fatalf("decodeGroup = %v, want ErrStateEncoding", err)
 			}
 		})
+	}
+}
+
+// heldRecord writes c's record, with a republish due and republish_after
+// encoded as after (Unix nanoseconds, 0: none), to c's state file as it
+// is, closes c and returns its directory.
+func heldRecord(t *testing.T, c *Client, after uint64) string {
+	t.Helper()
+	r := c.rec.clone()
+	r.republishDue = true
+	enc, err := wire.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// republish_after is the last field.
+	binary.BigEndian.PutUint64(enc[len(enc)-8:], after)
+	if err := writeFileAtomic(filepath.Join(c.dir, stateFile), enc); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return c.dir
+}
+
+// TestRepublishHoldBounds: a republish hold read from the state is kept
+// as the absolute time it is when it lies within Config.MaxRetryWait
+// (DefaultMaxRetryWait when that is not positive) of the clock, brought
+// back to that bound when further ahead (a clock set back, a damaged
+// file), and gone when over.
+func TestRepublishHoldBounds(t *testing.T) {
+	now := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	ns := func(d time.Duration) uint64 { return uint64(now.Add(d).UnixNano()) }
+	for _, tc := range []struct {
+		name    string
+		after   uint64
+		maxWait time.Duration
+		want    time.Duration
+	}{
+		{"none", 0, 0, 0},
+		{"within the default bound", ns(2*time.Minute + 500*time.Millisecond), 0, 2*time.Minute + 500*time.Millisecond},
+		{"past the default bound", ns(time.Hour), 0, DefaultMaxRetryWait},
+		{"past MaxRetryWait", ns(time.Hour), time.Minute, time.Minute},
+		{"within MaxRetryWait", ns(time.Hour), 2 * time.Hour, time.Hour},
+		{"negative MaxRetryWait", ns(time.Hour), -1, DefaultMaxRetryWait},
+		{"past the range of time", math.MaxUint64, 0, DefaultMaxRetryWait},
+		{"over", ns(-time.Second), 0, 0},
+		{"ending now", ns(0), 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := heldRecord(t, newOffline(t, "bob"), tc.after)
+			cfg := testConfig
+			cfg.Now, cfg.MaxRetryWait = func() time.Time { return now }, tc.maxWait
+			c, err := Open(dir, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := c.RepublishHeld(); got != tc.want {
+				t.Fatalf("the republish is held for %v; want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestRepublishHoldDroppedWhenOver: a hold is saved as the absolute time
+// it is while it lasts, and dropped by the first save after it is over.
+func TestRepublishHoldDroppedWhenOver(t *testing.T) {
+	now := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	end := now.Add(2 * time.Minute)
+	dir := heldRecord(t, newOffline(t, "bob"), uint64(end.UnixNano()))
+	clock := now
+	cfg := testConfig
+	cfg.Now = func() time.Time { return clock }
+	c, err := Open(dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, tc := range []struct {
+		name string
+		at   time.Time
+		want time.Time
+	}{
+		{"while it lasts", end.Add(-time.Second), end},
+		{"once over", end, time.Time{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock = tc.at
+			if err := c.saveRecord(c.rec.clone()); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(filepath.Join(dir, stateFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := decodeRecord(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !r.republishAfter.Equal(tc.want) {
+				t.Fatalf("saved hold %v; want %v", r.republishAfter, tc.want)
+			}
+		})
+	}
+}
+
+// TestRecordFormat3: a state directory written before the republish hold
+// was stored (client record format 3, built here from one of format 4
+// without its last field) opens, its republish due kept and held by
+// nothing, and is written in format 4 by the next save.
+func TestRecordFormat3(t *testing.T) {
+	c := newOffline(t, "bob")
+	r := c.rec.clone()
+	r.republishDue = true
+	enc, err := wire.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v3 := append([]byte{3}, enc[1:len(enc)-8]...)
+	if err := writeFileAtomic(filepath.Join(c.dir, stateFile), v3); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(c.dir, testConfig)
+	if err != nil {
+		t.Fatalf("opening a state of format 3: %v", err)
+	}
+	defer c.Close()
+	if !c.rec.republishDue || !c.rec.republishAfter.IsZero() || c.RepublishHeld() != 0 {
+		t.Fatalf("format 3: republish due %v, hold %v; want due, none", c.rec.republishDue, c.rec.republishAfter)
+	}
+	if err := c.saveRecord(c.rec.clone()); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(c.dir, stateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data[0] != 4 || !bytes.Equal(data[1:len(data)-8], v3[1:]) {
+		t.Fatalf("saved again as format %d; want 4, the same fields and republish_after", data[0])
 	}
 }
