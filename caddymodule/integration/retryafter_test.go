@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -149,5 +150,39 @@ func TestGoClientRetryAfterWaited(t *testing.T) {
 	expectEvent(t, "alice", evs[1], mimiclient.EventMessage, gid, bob.URI(), "two")
 	if evs, err := alice.Receive(ctx, 0); err != nil || len(evs) != 0 {
 		t.Fatalf("alice's queue after the two messages: %d events, %v; want none (each message once)", len(evs), err)
+	}
+}
+
+// TestMimictlRepublishHeld: carol's KeyPackages are to be replaced after
+// `mimictl client renew`, and the gateway refuses that publish over her
+// publish rate with a Retry-After of hours. The next mimictl command, a
+// new process on her state directory, does not try the publish again
+// (before, the wait lived only in the command that was refused, so each
+// command published again into the same refusal): it says how long the
+// hold has left, brought back to the client's MaxRetryWait (5 minutes) by
+// the new process rather than the hours a refusal of its own would ask for.
+func TestMimictlRepublishHeld(t *testing.T) {
+	startClientSiteWith(t, "", "\t\t\tmax_key_packages_per_client 16\n\t\t\tpublish_rate 1/12h\n\t\t\tpublish_burst 16\n")
+	dir := t.TempDir()
+	mimictl := mimictlAs(t, dir, clientHTTP())
+	mimictl("carol", "carol", 0, "client", "init", "-key-packages", "3", moh.ClientURI("m.localhost", "carol", "phone"))   // 4 of the 16
+	mimictl("carol", "laptop", 0, "client", "init", "-key-packages", "7", moh.ClientURI("m.localhost", "carol", "laptop")) // 8 more
+	// A renewal in a later second gets a binding that outlasts the first,
+	// whose KeyPackages are then replaced: 11, over the 4 left (and
+	// within the phone's 16).
+	for s := time.Now().Unix(); time.Now().Unix() == s; {
+		time.Sleep(50 * time.Millisecond)
+	}
+	_, stderr := mimictl("carol", "carol", 1, "client", "renew")
+	if !regexp.MustCompile(`(?m)^mimictl: rate limited: retry after [0-9hms]+$`).MatchString(stderr) || strings.Contains(stderr, "is held") {
+		t.Fatalf("mimictl client renew over the publish rate printed %q, want the refusal's wait alone", stderr)
+	}
+	_, stderr = mimictl("carol", "carol", 0, "recv")
+	m := regexp.MustCompile(`(?m)^mimictl: replacing the KeyPackages of the previous binding is held: retry after ([0-9hms]+)$`).FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("mimictl recv after the refused republish printed %q, want a line saying how long it is held", stderr)
+	}
+	if d, err := time.ParseDuration(m[1]); err != nil || d <= 0 || d > mimiclient.DefaultMaxRetryWait {
+		t.Fatalf("mimictl recv says the republish is held for %s; want at most %v (the hold read from the state, not a refusal of its own)", m[1], mimiclient.DefaultMaxRetryWait)
 	}
 }

@@ -19,7 +19,12 @@
 // wait (Retry-After) adds a line saying how long, such as "mimictl: rate
 // limited: retry after 12s", and keeps its status (1, or 4 for a kept
 // message); the requests that are safe to repeat were already sent again
-// after waits of up to 5 minutes within -timeout.
+// after waits of up to 5 minutes within -timeout. When the replacement of
+// the KeyPackages after a renewal of the binding was refused so, the
+// commands hold off trying it again until the wait is over (at most 5
+// minutes from each command's start), and each says how long is left:
+// "mimictl: replacing the KeyPackages of the previous binding is held:
+// retry after 4m12s".
 package cli
 
 import (
@@ -309,7 +314,27 @@ func retryHint(w io.Writer, err error) {
 			what = "the gateway is unavailable"
 		}
 	}
-	fmt.Fprintf(w, "mimictl: %s: retry after %v\n", what, (d+time.Second-1)/time.Second*time.Second)
+	fmt.Fprintf(w, "mimictl: %s: retry after %v\n", what, wholeSeconds(d))
+}
+
+// heldHint says on w how long the client still holds off replacing its
+// KeyPackages after a renewal of its binding, when the gateway refused
+// that with a Retry-After, in this command or an earlier one (the hold is
+// kept in the state directory): "replacing the KeyPackages of the
+// previous binding is held: retry after 4m12s". A command whose error
+// asked for a wait says only that (retryHint).
+func heldHint(w io.Writer, c *client.Client, err error) {
+	if _, ok := client.RetryAfterOf(err); ok {
+		return
+	}
+	if d := c.RepublishHeld(); d > 0 {
+		fmt.Fprintf(w, "mimictl: replacing the KeyPackages of the previous binding is held: retry after %v\n", wholeSeconds(d))
+	}
+}
+
+// wholeSeconds rounds d up to whole seconds.
+func wholeSeconds(d time.Duration) time.Duration {
+	return (d + time.Second - 1) / time.Second * time.Second
 }
 
 // checkedWriter is stdout that remembers its first write error: a
@@ -372,7 +397,7 @@ func parseCommand(args []string, stderr io.Writer) (*command, error) {
 }
 
 // run runs a command.
-func (e *env) run(ctx context.Context, timeout time.Duration, line *command) error {
+func (e *env) run(ctx context.Context, timeout time.Duration, line *command) (err error) {
 	cmd, args := line.name, line.args
 	keyPackages, wait := &line.keyPackages, &line.wait
 	ctx, cancel := context.WithTimeout(ctx, timeout+*wait+e.lockWait)
@@ -423,6 +448,7 @@ func (e *env) run(ctx context.Context, timeout time.Duration, line *command) err
 		return err
 	}
 	defer c.Close()
+	defer func() { heldHint(e.stderr, c, err) }()
 	groupArg := func() ([]byte, error) {
 		gid, err := hex.DecodeString(args[0])
 		if err != nil || len(gid) == 0 {
