@@ -236,13 +236,22 @@ func OpenContext(ctx context.Context, dir string, cfg Config) (*Client, error) {
 			// The hold is an absolute time: opening never extends it,
 			// and brings one too far ahead back within the bound.
 			now := c.now()
+			broughtBack := false
 			if limit := now.Add(c.holdBound()).UTC(); rec.republishAfter.After(limit) {
-				rec.republishAfter = limit
+				rec.republishAfter, broughtBack = limit, true
 			}
 			if !now.Before(rec.republishAfter) {
 				rec.republishAfter = time.Time{}
 			}
-			err = c.adopt(rec)
+			if err = c.adopt(rec); err == nil && broughtBack {
+				// Kept as brought back: a Client opened later would
+				// otherwise bring the time stored back anew, from its
+				// own opening, and hold the republish past the end
+				// this one reports (RepublishHeld).
+				if err = c.saveRecord(rec); err != nil {
+					err = fmt.Errorf("keeping the republish hold brought back: %w", err)
+				}
+			}
 		}
 	}
 	if err != nil {

@@ -571,6 +571,49 @@ func TestRepublishHoldSurvivesReopen(t *testing.T) {
 	g.wantRepublished(t, bob, "a client opened once the Retry-After is over")
 }
 
+// TestRepublishHoldBroughtBackOnce: the publish that replaces bob's
+// KeyPackages after a renewal is refused rate_limited with Retry-After:
+// 3600, more than DefaultMaxRetryWait. The first Client opened from the
+// state brings the hold back to DefaultMaxRetryWait after its opening and
+// reports that, and runs an operation that writes nothing (as a recv with
+// no messages does). A Client opened once that is over must not be held:
+// before, the time brought back was kept only in the first Client's
+// memory, so every later one brought the stored hour back to
+// DefaultMaxRetryWait after its own opening and reported that, and
+// mimictl's "retry after 5m0s" was wrong each time for the whole hour.
+func TestRepublishHoldBroughtBackOnce(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, "3600", 0
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	g.now = g.now.Add(time.Minute)
+	g.mu.Unlock()
+	bob = reopenWith(t, bob, g.config())
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if held := bob.RepublishHeld(); held != DefaultMaxRetryWait {
+		t.Fatalf("a client opened a minute after the refusal: the republish is held for %v; want %v", held, DefaultMaxRetryWait)
+	}
+	g.mu.Lock()
+	g.now = g.now.Add(DefaultMaxRetryWait)
+	g.rateLimited = false
+	publishes := g.publishes
+	g.mu.Unlock()
+	if publishes != 1 {
+		t.Fatalf("within the hold: %d publish requests; want 1", publishes)
+	}
+	bob = reopenWith(t, bob, g.config())
+	if held := bob.RepublishHeld(); held != 0 {
+		t.Fatalf("a client opened once the hold the previous one reported is over: the republish is held for %v; want 0", held)
+	}
+	g.wantRepublished(t, bob, "a client opened once the reported hold is over")
+}
+
 // reopenWith closes c and opens its state directory again with cfg, as a
 // new mimictl command does.
 func reopenWith(t *testing.T, c *Client, cfg Config) *Client {
