@@ -325,7 +325,7 @@ const maxKeptPerSender = 32
 // encodeGroup encodes a group file:
 //
 //	struct {
-//	    uint8 format = 4;
+//	    uint8 format = 3;
 //	    opaque member<V>;                 // mls.Member.MarshalBinary
 //	    optional<opaque previous<V>>;     // the previous epoch's Member
 //	    opaque pending<V>;                // the proposals of the current
