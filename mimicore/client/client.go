@@ -79,10 +79,7 @@ type Config struct {
 	// request that is safe to repeat (see Error.RetryAfter), at most
 	// twice. A refusal asking for longer, or for more than what is left
 	// of the call's context, is returned at once. Zero means
-	// DefaultMaxRetryWait; negative, the client never waits. It also
-	// bounds how far ahead of opening the hold on a republish read from
-	// the state may lie (RepublishHeld; DefaultMaxRetryWait when not
-	// positive).
+	// DefaultMaxRetryWait; negative, the client never waits.
 	MaxRetryWait time.Duration
 }
 
@@ -490,7 +487,7 @@ func (c *Client) republishNoting(ctx context.Context) error {
 // RenewBinding), after the gateway refused it with a Retry-After; 0 when
 // no republish is due or none is held. The hold is kept in the state
 // directory: a Client opened from it later holds off until the same time
-// (at most Config.MaxRetryWait from its opening).
+// (at most MaxRetryAfter from its opening).
 func (c *Client) RepublishHeld() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -501,15 +498,14 @@ func (c *Client) RepublishHeld() time.Duration {
 }
 
 // holdBound is how far ahead of the clock a republish hold read from the
-// state may lie: Config.MaxRetryWait, or DefaultMaxRetryWait when that is
-// not positive. A hold further ahead (the clock was set back since it was
-// recorded, the file was damaged) is brought back to it.
-func (c *Client) holdBound() time.Duration {
-	if c.cfg.MaxRetryWait > 0 {
-		return c.cfg.MaxRetryWait
-	}
-	return DefaultMaxRetryWait
-}
+// state may lie: MaxRetryAfter, the longest wait a refusal can ask for,
+// so that every Client opened from the state holds off as long as the
+// gateway asked (a hold shorter than the refusal's would send one more
+// refused publish per opening, the rate limit's own bucket permitting
+// nothing sooner). A hold further ahead (the clock was set back since it
+// was recorded, the file was damaged) is brought back to it. Config's
+// MaxRetryWait bounds waits within a call, not this.
+func (c *Client) holdBound() time.Duration { return MaxRetryAfter }
 
 // userURI returns the user URI of the client.
 func (c *Client) userURI() string {

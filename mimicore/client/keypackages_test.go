@@ -573,14 +573,14 @@ func TestRepublishHoldSurvivesReopen(t *testing.T) {
 
 // TestRepublishHoldBroughtBackOnce: the publish that replaces bob's
 // KeyPackages after a renewal is refused rate_limited with Retry-After:
-// 3600, more than DefaultMaxRetryWait. The first Client opened from the
-// state brings the hold back to DefaultMaxRetryWait after its opening and
-// reports that, and runs an operation that writes nothing (as a recv with
-// no messages does). A Client opened once that is over must not be held:
-// before, the time brought back was kept only in the first Client's
-// memory, so every later one brought the stored hour back to
-// DefaultMaxRetryWait after its own opening and reported that, and
-// mimictl's "retry after 5m0s" was wrong each time for the whole hour.
+// 3600, and the clock is then set back by a day. The first Client opened
+// from the state brings the hold, now further ahead than MaxRetryAfter,
+// back to MaxRetryAfter after its opening and reports that, and runs an
+// operation that writes nothing (as a recv with no messages does). A
+// Client opened once that is over must not be held: before, the time
+// brought back was kept only in the first Client's memory, so every later
+// one brought the stored time back to the bound after its own opening and
+// reported that.
 func TestRepublishHoldBroughtBackOnce(t *testing.T) {
 	g, bob := renewedBob(t)
 	g.mu.Lock()
@@ -590,17 +590,17 @@ func TestRepublishHoldBroughtBackOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.mu.Lock()
-	g.now = g.now.Add(time.Minute)
+	g.now = g.now.Add(-24 * time.Hour)
 	g.mu.Unlock()
 	bob = reopenWith(t, bob, g.config())
 	if err := bob.Publish(t.Context(), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	if held := bob.RepublishHeld(); held != DefaultMaxRetryWait {
-		t.Fatalf("a client opened a minute after the refusal: the republish is held for %v; want %v", held, DefaultMaxRetryWait)
+	if held := bob.RepublishHeld(); held != MaxRetryAfter {
+		t.Fatalf("a client opened with the clock set back a day after the refusal: the republish is held for %v; want %v", held, MaxRetryAfter)
 	}
 	g.mu.Lock()
-	g.now = g.now.Add(DefaultMaxRetryWait)
+	g.now = g.now.Add(MaxRetryAfter)
 	g.rateLimited = false
 	publishes := g.publishes
 	g.mu.Unlock()

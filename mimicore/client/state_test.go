@@ -731,10 +731,10 @@ func heldRecord(t *testing.T, c *Client, after uint64) string {
 }
 
 // TestRepublishHoldBounds: a republish hold read from the state is kept
-// as the absolute time it is when it lies within Config.MaxRetryWait
-// (DefaultMaxRetryWait when that is not positive) of the clock, brought
-// back to that bound when further ahead (a clock set back, a damaged
-// file), and gone when over.
+// as the absolute time it is when it lies within MaxRetryAfter of the
+// clock, whatever Config.MaxRetryWait (which bounds waits within a call),
+// brought back to MaxRetryAfter when further ahead (a clock set back, a
+// damaged file), and gone when over.
 func TestRepublishHoldBounds(t *testing.T) {
 	now := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
 	ns := func(d time.Duration) uint64 { return uint64(now.Add(d).UnixNano()) }
@@ -745,12 +745,13 @@ func TestRepublishHoldBounds(t *testing.T) {
 		want    time.Duration
 	}{
 		{"none", 0, 0, 0},
-		{"within the default bound", ns(2*time.Minute + 500*time.Millisecond), 0, 2*time.Minute + 500*time.Millisecond},
-		{"past the default bound", ns(time.Hour), 0, DefaultMaxRetryWait},
-		{"past MaxRetryWait", ns(time.Hour), time.Minute, time.Minute},
-		{"within MaxRetryWait", ns(time.Hour), 2 * time.Hour, time.Hour},
-		{"negative MaxRetryWait", ns(time.Hour), -1, DefaultMaxRetryWait},
-		{"past the range of time", math.MaxUint64, 0, DefaultMaxRetryWait},
+		{"minutes", ns(2*time.Minute + 500*time.Millisecond), 0, 2*time.Minute + 500*time.Millisecond},
+		{"hours, past the default MaxRetryWait", ns(12 * time.Hour), 0, 12 * time.Hour},
+		{"hours, past MaxRetryWait", ns(12 * time.Hour), time.Minute, 12 * time.Hour},
+		{"hours, negative MaxRetryWait", ns(12 * time.Hour), -1, 12 * time.Hour},
+		{"at MaxRetryAfter", ns(MaxRetryAfter), 0, MaxRetryAfter},
+		{"past MaxRetryAfter", ns(MaxRetryAfter + time.Second), 0, MaxRetryAfter},
+		{"past the range of time", math.MaxUint64, 0, MaxRetryAfter},
 		{"over", ns(-time.Second), 0, 0},
 		{"ending now", ns(0), 0, 0},
 	} {

@@ -21,8 +21,8 @@
 // message); the requests that are safe to repeat were already sent again
 // after waits of up to 5 minutes within -timeout. When the replacement of
 // the KeyPackages after a renewal of the binding was refused so, the
-// commands hold off trying it again until the wait is over (at most 5
-// minutes from each command's start), and each says how long is left:
+// commands hold off trying it again until the wait is over (at most 24
+// hours from a command's start), and each says how long is left:
 // "mimictl: replacing the KeyPackages of the previous binding is held:
 // retry after 4m12s".
 package cli
