@@ -165,7 +165,7 @@ func (c *Client) publish(ctx context.Context, n int, lastResort, done bool) erro
 	}
 	if done {
 		rec = c.rec.clone()
-		rec.republishDue = false
+		rec.republishDue, rec.republishAfter = false, time.Time{}
 		if err := c.saveRecord(rec); err != nil {
 			return fmt.Errorf("publishing KeyPackages: recording them published: %w", err)
 		}
@@ -255,7 +255,7 @@ func (c *Client) republish(ctx context.Context) error {
 	if want <= 0 && !lastResort {
 		// The gateway has them all: the republish is done.
 		rec := c.rec.clone()
-		rec.republishDue = false
+		rec.republishDue, rec.republishAfter = false, time.Time{}
 		if err := c.saveRecord(rec); err != nil {
 			return fmt.Errorf("replacing the KeyPackages of the previous binding: %w", err)
 		}

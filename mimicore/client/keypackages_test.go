@@ -614,6 +614,39 @@ func TestRepublishHoldBroughtBackOnce(t *testing.T) {
 	g.wantRepublished(t, bob, "a client opened once the reported hold is over")
 }
 
+// TestRepublishDoneDropsHold: the publish that replaces bob's KeyPackages
+// after a renewal is refused with Retry-After: 3600, and RenewBinding,
+// which tries at once, then completes it within that hour. The hold must
+// go with the republish it held: kept, it would hold off the republish of
+// a later renewal that the operations make within the hour (a binding
+// renewed as it becomes due) although nothing refused that one.
+func TestRepublishDoneDropsHold(t *testing.T) {
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.rateLimited, g.budget, g.retryAfter = true, 0, "3600"
+	g.mu.Unlock()
+	if err := bob.Publish(t.Context(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if held := bob.RepublishHeld(); held != time.Hour {
+		t.Fatalf("after the refusal: the republish is held for %v; want 1h", held)
+	}
+	g.mu.Lock()
+	g.rateLimited = false
+	g.now = g.now.Add(time.Minute)
+	g.mu.Unlock()
+	if err := bob.RenewBinding(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if bob.rec.republishDue || !bob.rec.republishAfter.IsZero() {
+		t.Fatalf("after RenewBinding completed the republish: due %v, held until %v; want done and no hold", bob.rec.republishDue, bob.rec.republishAfter)
+	}
+	bob = reopenWith(t, bob, g.config())
+	if !bob.rec.republishAfter.IsZero() {
+		t.Fatalf("the state keeps a hold until %v after the republish completed", bob.rec.republishAfter)
+	}
+}
+
 // reopenWith closes c and opens its state directory again with cfg, as a
 // new mimictl command does.
 func reopenWith(t *testing.T, c *Client, cfg Config) *Client {
