@@ -146,6 +146,33 @@ func poolService(dir string) *service.Service {
 	return svc
 }
 
+// startLocalOnlyCaddy runs, in a real Caddy (skipped with -short), the
+// config of reloadConfig without the gateway: a mimi_local on a new data
+// directory, which no request has opened yet. It returns the config's
+// Caddy storage and that directory; Caddy stops when t ends.
+func startLocalOnlyCaddy(t *testing.T) (storage, dir string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs Caddy")
+	}
+	setReloadAddrs(t)
+	tmp := t.TempDir()
+	dir = filepath.Join(tmp, "data")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	storage = filepath.Join(tmp, "storage")
+	if err := caddy.Load(reloadConfig(t, storage, dir, false), true); err != nil {
+		t.Fatalf("loading the running config: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping Caddy: %v", err)
+		}
+	})
+	return storage, dir
+}
+
 // TestRejectedReloadLocalJoin runs, in a real Caddy, a config whose only
 // mimi module on a data directory is a mimi_local with data_dir that has
 // served no request (it joins the service at its first one). A config
@@ -159,24 +186,7 @@ func poolService(dir string) *service.Service {
 // the running config, with the rejected config's key scheme and fetch
 // policy (and its store, had it chosen PostgreSQL).
 func TestRejectedReloadLocalJoin(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs Caddy")
-	}
-	setReloadAddrs(t)
-	tmp := t.TempDir()
-	dir := filepath.Join(tmp, "data")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	storage := filepath.Join(tmp, "storage")
-	if err := caddy.Load(reloadConfig(t, storage, dir, false), true); err != nil {
-		t.Fatalf("loading the running config: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := caddy.Stop(); err != nil {
-			t.Errorf("stopping Caddy: %v", err)
-		}
-	})
+	storage, dir := startLocalOnlyCaddy(t)
 
 	reached, open := armGate(t)
 	loaded := postLoad(reloadAdminAddr, reloadConfig(t, storage, dir, true))

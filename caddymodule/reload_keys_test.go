@@ -5,13 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -67,14 +63,8 @@ func TestRejectedStartKeepsSigningKey(t *testing.T) {
 		if err := <-loaded; err == nil || !strings.Contains(err.Error(), "test start gate") {
 			t.Fatalf("the new config was not refused by the start gate: %v", err)
 		}
-		if got := keyIDs(publishedKeys(t, appReloadRun)); got != keys {
-			t.Fatalf("after Caddy rejected the config (mimi app started first: %v), the running gateway publishes keys %s, want %s",
-				mimiFirst, got, keys)
-		}
-		if got := signingKeyID(t, dir); got != signing {
-			t.Fatalf("after Caddy rejected the config (mimi app started first: %v), the gateway signs with key %s, want %s",
-				mimiFirst, got, signing)
-		}
+		wantKeysKept(t, fmt.Sprintf("after Caddy rejected the config (mimi app started first: %v)", mimiFirst),
+			dir, publishedKeys(t, appReloadRun), keys, signing)
 	}
 	if !mimiFirst {
 		t.Fatal("Caddy never started the mimi app before the failing app in 40 loads")
@@ -83,13 +73,7 @@ func TestRejectedStartKeepsSigningKey(t *testing.T) {
 	if err := <-postLoad(appReloadAdmin, appReloadConfig(t, storage, dir, appReloadRun, changed, false, false)); err != nil {
 		t.Fatalf("loading the new config without the failing app: %v", err)
 	}
-	after := publishedKeys(t, appReloadRun)
-	if len(after) != len(before)+1 || keyIDs(after[1:]) != keys || after[0].Scheme != moh.SchemeECDSAP256SHA256 {
-		t.Fatalf("after the reload, the gateway publishes keys %s, want one ecdsa_secp256r1_sha256 key before %s", keyIDs(after), keys)
-	}
-	if got, want := signingKeyID(t, dir), fmt.Sprintf("%x", after[0].KeyID); got != want {
-		t.Errorf("after the reload, the gateway signs with key %s, want the new key %s", got, want)
-	}
+	wantOneNewKey(t, dir, before, publishedKeys(t, appReloadRun))
 }
 
 // TestLocalOnlyConfigKeepsSigningKey runs, in a real Caddy, a config
@@ -103,24 +87,7 @@ func TestRejectedStartKeepsSigningKey(t *testing.T) {
 // failing app then makes exactly one key, of the gateway's scheme, which
 // signs once the reload returns.
 func TestLocalOnlyConfigKeepsSigningKey(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs Caddy")
-	}
-	setReloadAddrs(t)
-	tmp := t.TempDir()
-	dir := filepath.Join(tmp, "data")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	storage := filepath.Join(tmp, "storage")
-	if err := caddy.Load(reloadConfig(t, storage, dir, false), true); err != nil {
-		t.Fatalf("loading the running config: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := caddy.Stop(); err != nil {
-			t.Errorf("stopping Caddy: %v", err)
-		}
-	})
+	storage, dir := startLocalOnlyCaddy(t)
 	body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
 	if err != nil {
 		t.Fatal(err)
@@ -177,14 +144,8 @@ func TestLocalOnlyConfigKeepsSigningKey(t *testing.T) {
 		if err := <-loaded; err == nil || !strings.Contains(err.Error(), "test start gate") {
 			t.Fatalf("the new config was not refused by the start gate: %v", err)
 		}
-		if got := keyIDs(svc.Keys().Published(time.Now())); got != keys {
-			t.Fatalf("after Caddy rejected the config (mimi app started first: %v), the service publishes keys %s, want %s",
-				mimiFirst, got, keys)
-		}
-		if got := signingKeyID(t, dir); got != signing {
-			t.Fatalf("after Caddy rejected the config (mimi app started first: %v), the service signs with key %s, want %s",
-				mimiFirst, got, signing)
-		}
+		wantKeysKept(t, fmt.Sprintf("after Caddy rejected the config (mimi app started first: %v)", mimiFirst),
+			dir, svc.Keys().Published(time.Now()), keys, signing)
 	}
 	if !mimiFirst {
 		t.Fatal("Caddy never started the mimi app before the failing app in 40 loads")
@@ -196,9 +157,30 @@ func TestLocalOnlyConfigKeepsSigningKey(t *testing.T) {
 	if poolService(dir) != svc {
 		t.Fatal("the gateway did not take over the running service")
 	}
-	after := svc.Keys().Published(time.Now())
-	if len(after) != len(before)+1 || keyIDs(after[1:]) != keys || after[0].Scheme != moh.SchemeECDSAP256SHA256 {
-		t.Fatalf("after the reload, the service publishes keys %s, want one ecdsa_secp256r1_sha256 key before %s", keyIDs(after), keys)
+	wantOneNewKey(t, dir, before, svc.Keys().Published(time.Now()))
+}
+
+// wantKeysKept fails t unless published, the keys published when, are
+// those of the ids keys and the service of dir signs with the key
+// signing.
+func wantKeysKept(t *testing.T, when, dir string, published []moh.VerificationKey, keys, signing string) {
+	t.Helper()
+	if got := keyIDs(published); got != keys {
+		t.Fatalf("%s, the service of %s publishes keys %s, want %s", when, dir, got, keys)
+	}
+	if got := signingKeyID(t, dir); got != signing {
+		t.Fatalf("%s, the service of %s signs with key %s, want %s", when, dir, got, signing)
+	}
+}
+
+// wantOneNewKey fails t unless after, the keys published after a reload
+// that changed the key scheme to ecdsa_secp256r1_sha256, are before with
+// one key of that scheme ahead of them, and the service of dir signs with
+// that key.
+func wantOneNewKey(t *testing.T, dir string, before, after []moh.VerificationKey) {
+	t.Helper()
+	if len(after) != len(before)+1 || keyIDs(after[1:]) != keyIDs(before) || after[0].Scheme != moh.SchemeECDSAP256SHA256 {
+		t.Fatalf("after the reload, the service publishes keys %s, want one ecdsa_secp256r1_sha256 key before %s", keyIDs(after), keyIDs(before))
 	}
 	if got, want := signingKeyID(t, dir), fmt.Sprintf("%x", after[0].KeyID); got != want {
 		t.Errorf("after the reload, the service signs with key %s, want the new key %s", got, want)
