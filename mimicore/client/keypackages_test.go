@@ -407,6 +407,18 @@ func renewedBob(t *testing.T) (*apiGateway, *Client) {
 	return g, bob
 }
 
+// renewedBobRefused is renewedBob with a gateway that refuses every
+// publish rate_limited with the Retry-After retryAfter (delta-seconds),
+// its count of publish requests at 0.
+func renewedBobRefused(t *testing.T, retryAfter string) (*apiGateway, *Client) {
+	t.Helper()
+	g, bob := renewedBob(t)
+	g.mu.Lock()
+	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, retryAfter, 0
+	g.mu.Unlock()
+	return g, bob
+}
+
 // TestRepublishAfterLostAnswers: the publish that replaces bob's
 // KeyPackages after a renewal gets no answer (the connection closed after
 // the request was sent) before the gateway took them, and so do the next
@@ -493,10 +505,7 @@ func TestRepublishStopsAtRateLimit(t *testing.T) {
 // publish requests into the same refusal); the first one after them
 // completes it.
 func TestRepublishWaitsForRetryAfter(t *testing.T) {
-	g, bob := renewedBob(t)
-	g.mu.Lock()
-	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, "600", 0
-	g.mu.Unlock()
+	g, bob := renewedBobRefused(t, "600")
 	for i := range 3 {
 		if err := bob.Publish(t.Context(), 0, false); err != nil {
 			t.Fatalf("operation %d: %v", i, err)
@@ -534,10 +543,7 @@ func (g *apiGateway) wantHeldOff(t *testing.T, bob *Client, what string) {
 // only in the first Client, so every new one republished at once into the
 // same refusal); the first one opened after the wait completes it.
 func TestRepublishHoldSurvivesReopen(t *testing.T) {
-	g, bob := renewedBob(t)
-	g.mu.Lock()
-	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, "240", 0
-	g.mu.Unlock()
+	g, bob := renewedBobRefused(t, "240")
 	if err := bob.Publish(t.Context(), 0, false); err != nil {
 		t.Fatal(err)
 	}
@@ -582,10 +588,7 @@ func TestRepublishHoldSurvivesReopen(t *testing.T) {
 // one brought the stored time back to the bound after its own opening and
 // reported that.
 func TestRepublishHoldBroughtBackOnce(t *testing.T) {
-	g, bob := renewedBob(t)
-	g.mu.Lock()
-	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, "3600", 0
-	g.mu.Unlock()
+	g, bob := renewedBobRefused(t, "3600")
 	if err := bob.Publish(t.Context(), 0, false); err != nil {
 		t.Fatal(err)
 	}
@@ -621,10 +624,7 @@ func TestRepublishHoldBroughtBackOnce(t *testing.T) {
 // a later renewal that the operations make within the hour (a binding
 // renewed as it becomes due) although nothing refused that one.
 func TestRepublishDoneDropsHold(t *testing.T) {
-	g, bob := renewedBob(t)
-	g.mu.Lock()
-	g.rateLimited, g.budget, g.retryAfter = true, 0, "3600"
-	g.mu.Unlock()
+	g, bob := renewedBobRefused(t, "3600")
 	if err := bob.Publish(t.Context(), 0, false); err != nil {
 		t.Fatal(err)
 	}
@@ -670,10 +670,7 @@ func reopenWith(t *testing.T, c *Client, cfg Config) *Client {
 // each sent its list and publish requests into the same refusal); the
 // first one after them completes it.
 func TestRenewBindingRepublishWaitsForRetryAfter(t *testing.T) {
-	g, bob := renewedBob(t)
-	g.mu.Lock()
-	g.rateLimited, g.budget, g.retryAfter, g.publishes = true, 0, "600", 0
-	g.mu.Unlock()
+	g, bob := renewedBobRefused(t, "600")
 	err := bob.RenewBinding(t.Context())
 	if d, ok := RetryAfterOf(err); !ok || d != 10*time.Minute {
 		t.Fatalf("RenewBinding: %v; want the republish's refusal with its Retry-After of 10 minutes", err)
