@@ -146,6 +146,32 @@ func poolService(dir string) *service.Service {
 	return svc
 }
 
+// postAliceBinding asks the mimi_local of reloadConfig for a binding of
+// aliceURI, as the user alice, and returns the answer and its body.
+func postAliceBinding(t *testing.T) (*http.Response, []byte) {
+	t.Helper()
+	body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+reloadLocalAddr+"/binding", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("X-Test-User", "alice")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, out
+}
+
 // startLocalOnlyCaddy runs, in a real Caddy (skipped with -short), the
 // config of reloadConfig without the gateway: a mimi_local on a new data
 // directory, which no request has opened yet. It returns the config's
@@ -192,31 +218,7 @@ func TestRejectedReloadLocalJoin(t *testing.T) {
 	loaded := postLoad(reloadAdminAddr, reloadConfig(t, storage, dir, true))
 	<-reached // the new config's gateway has provisioned
 
-	binding := func(t *testing.T) (*http.Response, []byte) {
-		t.Helper()
-		body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		req, err := http.NewRequest(http.MethodPost, "http://"+reloadLocalAddr+"/binding", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/octet-stream")
-		req.Header.Set("X-Test-User", "alice")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		out, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp, out
-	}
-
-	resp, body := binding(t)
+	resp, body := postAliceBinding(t)
 	var dsResp moh.DSResponse
 	if resp.StatusCode != http.StatusServiceUnavailable || wire.Unmarshal(body, &dsResp, "DSResponse") != nil ||
 		dsResp.Error.Code != moh.CodeBackendUnavailable || resp.Header.Get("Retry-After") == "" {
@@ -228,7 +230,7 @@ func TestRejectedReloadLocalJoin(t *testing.T) {
 		t.Fatalf("the new config was not refused by the gate: %v", err)
 	}
 
-	if resp, body := binding(t); resp.StatusCode != http.StatusOK {
+	if resp, body := postAliceBinding(t); resp.StatusCode != http.StatusOK {
 		t.Fatalf("the running config's request after the rejection answered %d %x", resp.StatusCode, body)
 	}
 	// The running config's handlers are recorded under the config that

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,9 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
-	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // signingKeyID is the id of the key the service of dir signs with now.
@@ -88,23 +85,8 @@ func TestRejectedStartKeepsSigningKey(t *testing.T) {
 // signs once the reload returns.
 func TestLocalOnlyConfigKeepsSigningKey(t *testing.T) {
 	storage, dir := startLocalOnlyCaddy(t)
-	body, err := wire.Marshal(&localapi.BindingRequest{ClientURI: []byte(aliceURI), SignatureKey: []byte("k")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, err := http.NewRequest(http.MethodPost, "http://"+reloadLocalAddr+"/binding", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set("X-Test-User", "alice")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("the mimi_local's first request answered %d", resp.StatusCode)
+	if resp, body := postAliceBinding(t); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the mimi_local's first request answered %d %x", resp.StatusCode, body)
 	}
 	svc := poolService(dir)
 	if svc == nil {
