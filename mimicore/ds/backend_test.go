@@ -1,12 +1,14 @@
 package ds
 
 import (
+	"errors"
 	"slices"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
@@ -126,4 +128,63 @@ func TestDeliverToBackend(t *testing.T) {
 			t.Fatalf("%s's queue holds %d messages with the backend target", cl.uri, len(q))
 		}
 	}
+}
+
+// TestConnectionRequestBackendFull runs a connection_request, whose
+// answer is recorded in its own write (unlike deliver_message's), through
+// provider.Inbound on a real store while the legacy backend's backlog is
+// at its bound (docs/protocol.md §11): it is refused 503
+// backend_unavailable with the cause kept for the log (not an empty
+// refusal), nothing is recorded, and the same bytes are accepted once the
+// backlog has room.
+func TestConnectionRequestBackendFull(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	h.svc.Hubs = new(HubCache)
+	h.svc.DeliverToBackend = true
+	phone := h.newTClient(t, "bob", "phone", false)
+	h.publish(t, phone, false)
+	bobURI := moh.UserURI(testProvider, "bob")
+	if claimed, err := h.peerAsk(t, moh.ConnectionKeyPackages, "c.example",
+		mustMarshal(t, &moh.ConnectionKeyPackagesRequest{Requester: []byte(moh.UserURI("c.example", "carol")), UserID: []byte(bobURI)})); err != nil || len(claimed.KeyPackages) != 1 {
+		t.Fatalf("connection_key_packages: %+v, %v; want bob's package", claimed, err)
+	}
+	carol := remoteClient(t, "c.example", "carol")
+	gid := []byte("a connection group of c.example")
+	carol.m = carol.c.create(t, gid)
+	res := commit(t, carol.m, addProps(phone), nil, nil)
+	payload := mustMarshal(t, &moh.ConnectionRequestPayload{UserID: []byte(bobURI), GroupID: gid, Welcome: *res.Welcome})
+
+	// The backend's backlog holds one message, its bound.
+	h.st.SetOutboxLimits(store.OutboxLimits{MaxMessages: 1})
+	erin := remoteClient(t, "e.example", "erin")
+	egid := []byte("a group of e.example")
+	erin.m = erin.c.create(t, egid)
+	eres := commit(t, erin.m, addProps(phone), nil, nil)
+	if _, err := h.deliver(t, "e.example", queueingPayload(t, egid, eres.Welcome, phone.uri)); err != nil {
+		t.Fatal(err)
+	}
+
+	in := &provider.Inbound{Verifier: &provider.Verifier{}, Replay: h.st}
+	v := func() *provider.Verified {
+		return &provider.Verified{Request: &moh.ProviderRequest{RequestType: moh.ConnectionRequest, Sender: []byte("c.example"),
+			Recipient: []byte(testProvider), Timestamp: 1, RequestID: []byte("0123456789abcdef"), Payload: payload},
+			Digest: [32]byte{1}}
+	}
+	answer, err := in.Handle(t.Context(), v(), h.svc.ProcessProvider)
+	if answer != nil || codeOf(err) != moh.CodeBackendUnavailable || !errors.Is(err, store.ErrOutboxFull) {
+		t.Fatalf("with the backlog full: answer %x, %v; want backend_unavailable carrying the cause", answer, err)
+	}
+
+	// Room again: the same bytes are processed afresh and accepted.
+	var after uint64
+	pending := h.outbox(t, store.BackendDestination, &after)
+	if _, err := h.st.OutboxDelivered(t.Context(), store.BackendDestination, []uint64{pending[0].ID}); err != nil {
+		t.Fatal(err)
+	}
+	answer, err = in.Handle(t.Context(), v(), h.svc.ProcessProvider)
+	if err != nil || answer == nil {
+		t.Fatalf("with room: answer %x, %v; want the Welcome accepted", answer, err)
+	}
+	wantBackend(t, "the connection Welcome", h.outbox(t, store.BackendDestination, &after), "c.example", []*tclient{phone})
 }

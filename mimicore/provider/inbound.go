@@ -101,8 +101,13 @@ func (in *Inbound) handle(ctx context.Context, v *Verified, process Processor) (
 		return inline.answer, nil
 	case procErr != nil && inline.offered && errors.Is(procErr, store.ErrConflict):
 		// The processor's write met an entry of this request id that
-		// another process recorded first: its answer stands.
-		return in.recorded(ctx, sender, v)
+		// another process recorded first: its answer stands. With no
+		// such entry the conflict was another (a destination's backlog
+		// at its bound, store.ErrOutboxFull): the processor's error is
+		// handled below like any other.
+		if answer, err := in.recorded(ctx, sender, v); answer != nil || err != nil {
+			return answer, err
+		}
 	}
 	if procErr != nil && moh.DSErrorOf(procErr).Code == moh.CodeBackendUnavailable {
 		// A transient failure must not stick to the request id: nothing
