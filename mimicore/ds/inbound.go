@@ -187,12 +187,17 @@ func (s *Service) connectionRequest(ctx context.Context, v *provider.Verified) (
 // the admin route DELETE /mimi/hubs): Forget drops the entry of this
 // process's caches, and an entry is used for at most HubCacheTTL, which
 // bounds how long the gateways of other processes (a cluster's) keep
-// using a forgotten hub. It holds at most MaxHubCache groups and forgets
-// all of them when full: a miss costs one read. The zero value is ready;
-// it is safe for concurrent use.
+// using a forgotten hub. A hub read from the store before a Forget is not
+// cached after it (see begin), so that a request being handled while the
+// operator forgets cannot bring the forgotten hub back. It holds at most
+// MaxHubCache groups and forgets all of them when full: a miss costs one
+// read. The zero value is ready; it is safe for concurrent use.
 type HubCache struct {
 	mu  sync.Mutex
 	hub map[string]cachedHub
+	// forgets counts the calls of Forget: a read that began under an
+	// older count may name a forgotten hub.
+	forgets uint64
 }
 
 // cachedHub is a HubCache entry: the hub and when it stops being used.
@@ -221,12 +226,28 @@ func (r *HubCache) get(gid []byte) (string, bool) {
 	return h.hub, true
 }
 
-func (r *HubCache) put(gid []byte, hub string) {
+// begin is called before the store is read for a hub that put may then
+// cache: it returns the token that put needs.
+func (r *HubCache) begin() uint64 {
+	if r == nil {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.forgets
+}
+
+// put caches hub as the hub of group gid, read from the store after
+// begin returned since; a Forget since then (of any group) drops it.
+func (r *HubCache) put(gid []byte, hub string, since uint64) {
 	if r == nil {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.forgets != since {
+		return
+	}
 	if r.hub == nil || len(r.hub) >= MaxHubCache {
 		r.hub = make(map[string]cachedHub)
 	}
@@ -242,6 +263,7 @@ func (r *HubCache) Forget(gid []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.hub, string(gid))
+	r.forgets++
 }
 
 // checkHub checks that sender is the hub of group gid: the hub recorded
@@ -252,6 +274,7 @@ func (s *Service) checkHub(ctx context.Context, what, sender string, gid []byte,
 	if hub, ok := s.Hubs.get(gid); ok && hub == sender {
 		return nil
 	}
+	since := s.Hubs.begin()
 	hub, err := s.Store.GroupHub(ctx, gid)
 	switch {
 	case errors.Is(err, store.ErrInvalid):
@@ -268,7 +291,7 @@ func (s *Service) checkHub(ctx context.Context, what, sender string, gid []byte,
 		case err != nil:
 			return moh.Errorf(moh.CodeBackendUnavailable, "%s: recording the group's hub: %w", what, err)
 		}
-		s.Hubs.put(gid, sender)
+		s.Hubs.put(gid, sender, since)
 		return nil
 	case errors.Is(err, store.ErrNotFound):
 		return moh.Errorf(moh.CodeNotFound, "%s: no group known with this id (a Welcome introduces one)", what)
@@ -279,7 +302,7 @@ func (s *Service) checkHub(ctx context.Context, what, sender string, gid []byte,
 		return moh.Errorf(moh.CodeForbidden, "%s: the sender is not the group's hub", what)
 	}
 	if !slices.Contains(s.Providers, hub) {
-		s.Hubs.put(gid, hub)
+		s.Hubs.put(gid, hub, since)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"context"
 	"encoding/hex"
 	"testing"
 	"time"
@@ -354,8 +355,8 @@ func TestHubCache(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := new(HubCache)
 			gid := []byte("group")
-			c.put(gid, "m.example")
-			c.put([]byte("other"), "c.example")
+			c.put(gid, "m.example", c.begin())
+			c.put([]byte("other"), "c.example", c.begin())
 			tc.change(c, gid)
 			if hub, ok := c.get(gid); ok != tc.want || (ok && hub != "m.example") {
 				t.Fatalf("get = %q, %v; want found %v", hub, ok, tc.want)
@@ -367,4 +368,76 @@ func TestHubCache(t *testing.T) {
 	}
 	var nilCache *HubCache
 	nilCache.Forget([]byte("group")) // a nil cache ignores it
+}
+
+// deleteDuringRead is the harness's store with the operator's DELETE
+// /mimi/hubs (ForgetGroupHub, then HubCache.Forget, as caddymodule's
+// admin route runs them) run once, by remove, just after a GroupHub
+// read: a request of the group's recorded hub that is being handled
+// while the operator deletes the record.
+type deleteDuringRead struct {
+	Store
+	remove func()
+}
+
+func (d *deleteDuringRead) GroupHub(ctx context.Context, gid []byte) (string, error) {
+	hub, err := d.Store.GroupHub(ctx, gid)
+	if remove := d.remove; remove != nil {
+		d.remove = nil
+		remove()
+	}
+	return hub, err
+}
+
+// TestHubForgottenDuringRead checks that the operator's deletion of a
+// group's hub record takes effect in this process at once, also for a
+// request of the forgotten hub that read the record just before it was
+// deleted: that request may pass (it came first), but its read must not
+// fill the cache after Forget emptied it, else the forgotten hub's
+// messages would be accepted for up to HubCacheTTL more.
+func TestHubForgottenDuringRead(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	bob := h.newTClient(t, "bob", "phone", false)
+	carol := remoteClient(t, "c.example", "carol")
+	gid := []byte("a group of c.example")
+	carol.m = carol.c.create(t, gid)
+	res := commit(t, carol.m, addProps(bob), nil, nil)
+	carol.m = res.Next
+	// m.example sends the first Welcome and is recorded as the hub.
+	if _, err := h.deliver(t, "m.example", queueingPayload(t, gid, res.Welcome, bob.uri)); err != nil {
+		t.Fatal(err)
+	}
+	msg := func(text string) []byte {
+		app, err := carol.m.Protect([]byte(text), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return queueingPayload(t, gid, app, bob.uri)
+	}
+
+	// A cache that does not hold the group (a new one, as after a reload
+	// or its TTL); m.example's message reads the record, and the
+	// operator deletes it meanwhile.
+	h.svc.Hubs = new(HubCache)
+	store := &deleteDuringRead{Store: h.st}
+	store.remove = func() {
+		if _, err := h.st.ForgetGroupHub(t.Context(), gid); err != nil {
+			t.Errorf("ForgetGroupHub: %v", err)
+		}
+		h.svc.Hubs.Forget(gid)
+	}
+	h.svc.Store = store
+	if _, err := h.deliver(t, "m.example", msg("read before the deletion")); err != nil {
+		t.Fatalf("the message that read the record before its deletion: %v", err)
+	}
+	if store.remove != nil {
+		t.Fatal("the record was not deleted during the read")
+	}
+	if hub, ok := h.svc.Hubs.get(gid); ok {
+		t.Fatalf("cached hub %q after the operator's deletion", hub)
+	}
+	if _, err := h.deliver(t, "m.example", msg("after the deletion")); codeOf(err) != moh.CodeNotFound {
+		t.Fatalf("the forgotten hub's message after the deletion: %v, want not_found (no hub recorded)", err)
+	}
 }

@@ -32,6 +32,7 @@ func (s *Service) HubElsewhere(ctx context.Context, body []byte) (string, error)
 	if hub, ok := s.Hubs.get(gid); ok {
 		return hub, nil
 	}
+	since := s.Hubs.begin()
 	hub, err := s.Store.GroupHub(ctx, gid)
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrInvalid):
@@ -41,6 +42,6 @@ func (s *Service) HubElsewhere(ctx context.Context, body []byte) (string, error)
 	case slices.Contains(s.Providers, hub):
 		return "", nil
 	}
-	s.Hubs.put(gid, hub)
+	s.Hubs.put(gid, hub, since)
 	return hub, nil
 }
