@@ -12,12 +12,13 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// forwardToBackend is deliver_message's delivery to the legacy backend
-// (docs/protocol.md §11), in place of the local queues: the message for
+// forwardToBackend is the delivery to the legacy backend (docs/protocol.md
+// §11) of what a peer hub sends (what names the request: deliver_message
+// or connection_request), in place of the local queues: the message for
 // the local clients goes to the outbox under store.BackendDestination, in
 // one write with the record that suppresses its duplicates, and is
 // answered as a queued one would be.
-func (s *Service) forwardToBackend(ctx context.Context, v *provider.Verified, gid []byte, local []string, msg []byte, answer *moh.DSResponse) (*moh.DSResponse, error) {
+func (s *Service) forwardToBackend(ctx context.Context, v *provider.Verified, what string, gid []byte, local []string, msg []byte, answer *moh.DSResponse) (*moh.DSResponse, error) {
 	sender := string(v.Request.Sender)
 	var w store.OutboxWrite
 	for part := range slices.Chunk(local, store.MaxOutboxRecipients) {
@@ -37,7 +38,7 @@ func (s *Service) forwardToBackend(ctx context.Context, v *provider.Verified, gi
 		// Delivered before: the retry is answered like the first.
 		return answer, nil
 	case err != nil:
-		return nil, moh.Errorf(moh.CodeBackendUnavailable, "deliver_message: writing to the backend's outbox: %w", err)
+		return nil, moh.Errorf(moh.CodeBackendUnavailable, "%s: writing to the backend's outbox: %w", what, err)
 	}
 	if w.Replay != nil {
 		v.ReplayRecorded()

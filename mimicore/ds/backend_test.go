@@ -3,6 +3,7 @@ package ds
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
@@ -174,6 +175,9 @@ func TestConnectionRequestBackendFull(t *testing.T) {
 	answer, err := in.Handle(t.Context(), v(), h.svc.ProcessProvider)
 	if answer != nil || codeOf(err) != moh.CodeBackendUnavailable || !errors.Is(err, store.ErrOutboxFull) {
 		t.Fatalf("with the backlog full: answer %x, %v; want backend_unavailable carrying the cause", answer, err)
+	}
+	if msg := string(moh.DSErrorOf(err).Message); !strings.HasPrefix(msg, "connection_request: ") {
+		t.Fatalf("the refusal says %q, want it to name the connection_request", msg)
 	}
 
 	// Room again: the same bytes are processed afresh and accepted.

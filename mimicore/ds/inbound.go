@@ -87,7 +87,7 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 func (s *Service) queueFromPeer(ctx context.Context, v *provider.Verified, what string, gid []byte, local []string, msg []byte, answer *moh.DSResponse) (*moh.DSResponse, error) {
 	sender := string(v.Request.Sender)
 	if s.DeliverToBackend {
-		return s.forwardToBackend(ctx, v, gid, local, msg, answer)
+		return s.forwardToBackend(ctx, v, what, gid, local, msg, answer)
 	}
 	d := store.Delivery{Recipients: local, GroupID: gid, Sender: sender, Message: msg,
 		Limits: s.QueueLimits, Dedup: deliverDigest(sender, gid, msg, local), DedupExpires: s.now().Add(DeliverDedupWindow)}
