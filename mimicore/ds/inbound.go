@@ -271,7 +271,12 @@ func (r *HubCache) Forget(gid []byte) {
 // is then recorded (docs/protocol.md §9: the first Welcome names the hub).
 // what names the request, for errors, the log and HubConflict.
 func (s *Service) checkHub(ctx context.Context, what, sender string, gid []byte, welcome bool) error {
-	if hub, ok := s.Hubs.get(gid); ok && hub == sender {
+	// A Welcome reads the record, and records its sender when there is
+	// none: the cache may still name a hub whose record another gateway
+	// of the provider deleted (DELETE /mimi/hubs forgets only its own
+	// process's cache), and a Welcome passed on the cache would then leave
+	// the group without a record, refusing its hub's later messages.
+	if hub, ok := s.Hubs.get(gid); ok && hub == sender && !welcome {
 		return nil
 	}
 	since := s.Hubs.begin()

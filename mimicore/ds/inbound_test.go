@@ -441,3 +441,40 @@ func TestHubForgottenDuringRead(t *testing.T) {
 		t.Fatalf("the forgotten hub's message after the deletion: %v, want not_found (no hub recorded)", err)
 	}
 }
+
+// TestWelcomeRecordsHubPastCache: m.example is cached here as a group's
+// hub when another gateway of the provider deletes its record (the
+// operator's DELETE /mimi/hubs there forgets only that process's cache).
+// m.example's next Welcome must record it again: passed on this
+// gateway's cache, it left the group without a record, and m.example's
+// later messages were refused not_found, here and on every gateway.
+func TestWelcomeRecordsHubPastCache(t *testing.T) {
+	h := newHarness(t)
+	h.svc.Bindings = &binding.Checker{Unchecked: true}
+	h.svc.Hubs = new(HubCache)
+	bob := h.newTClient(t, "bob", "phone", false)
+	dave := h.newTClient(t, "dave", "phone", false)
+	carol := remoteClient(t, "c.example", "carol")
+	gid := []byte("a group of c.example")
+	carol.m = carol.c.create(t, gid)
+	res := commit(t, carol.m, addProps(bob), nil, nil)
+	carol.m = res.Next
+	if _, err := h.deliver(t, "m.example", queueingPayload(t, gid, res.Welcome, bob.uri)); err != nil {
+		t.Fatal(err)
+	}
+	if hub, ok := h.svc.Hubs.get(gid); !ok || hub != "m.example" {
+		t.Fatalf("after the first Welcome the cache holds %q, %v; want m.example", hub, ok)
+	}
+	// Another gateway's operator deletes the record; this cache keeps it.
+	if _, err := h.st.ForgetGroupHub(t.Context(), gid); err != nil {
+		t.Fatal(err)
+	}
+	res = commit(t, carol.m, addProps(dave), nil, nil)
+	carol.m = res.Next
+	if _, err := h.deliver(t, "m.example", queueingPayload(t, gid, res.Welcome, dave.uri)); err != nil {
+		t.Fatalf("m.example's next Welcome: %v", err)
+	}
+	if hub, err := h.st.GroupHub(t.Context(), gid); err != nil || hub != "m.example" {
+		t.Fatalf("after m.example's next Welcome the store records hub %q, %v; want m.example", hub, err)
+	}
+}
