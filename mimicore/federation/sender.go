@@ -1219,6 +1219,19 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		failed(err.Error())
 		log.Warn("delivering a message failed; will retry", zap.Error(err))
 		return noAnswer(err)
+	case err != nil:
+		// An answer that is not a DSResponse is not the MoH peer's
+		// refusal: a proxy's or load balancer's page in front of it (a
+		// 404 or 403 during a deploy, a redirect). Kept for a retry,
+		// whatever its status, as no answer is; a destination that keeps
+		// answering so has its entries dropped at give_up_after.
+		s.stats.retried.Add(1)
+		failed(fmt.Sprintf("status %d, not a DSResponse", a.Status))
+		log.Warn("the destination answered with something other than a DSResponse; will retry", zap.Int("status", a.Status), zap.Error(err))
+		if a.Status == http.StatusTooManyRequests {
+			return retryRateLimited
+		}
+		return retryAnswered
 	case a.Status == http.StatusOK && a.Response.Type == moh.ResponseQueueing:
 		s.stats.delivered.Add(1)
 		s.observeLatency(e.Destination, e.Enqueued)

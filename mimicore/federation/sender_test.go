@@ -2,9 +2,11 @@ package federation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,6 +123,38 @@ func TestConflictAnswers(t *testing.T) {
 			if got.Delivered != tc.delivered || got.Rejected != tc.rejected || got.Attempts != tc.attempts || got.Retried != tc.retried {
 				t.Fatalf("stats %+v, want %d attempts, %d retried, %d delivered, %d rejected",
 					got, tc.attempts, tc.retried, tc.delivered, tc.rejected)
+			}
+		})
+	}
+}
+
+// TestAnswersNotFromPeer has the destination answer a message's first
+// attempt with a status that would refuse it for good, and a body that is
+// not a DSResponse, as provider.Client.Post returns it (the answer and
+// the decoding error): a proxy's page in front of the peer, such as a 404
+// during a deploy. The message must stay for the next attempt, which
+// delivers it; before, it was dropped as the peer's refusal.
+func TestAnswersNotFromPeer(t *testing.T) {
+	for _, status := range []int{http.StatusNotFound, http.StatusForbidden, http.StatusMisdirectedRequest, http.StatusTemporaryRedirect} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			st := leaseStore(t, 1)
+			var calls atomic.Int32
+			s := &Sender{Outbox: st, Logger: zaptest.NewLogger(t), MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+				Transport: transportFunc(func(ctx context.Context, _, _ string, _ moh.ProviderRequestType, _ []byte) (*provider.Answer, error) {
+					if calls.Add(1) == 1 {
+						page := []byte("<html><body>not here</body></html>")
+						return &provider.Answer{Status: status, Raw: page},
+							fmt.Errorf("answer of dest.example (status %d): %w", status, errors.New("not a DSResponse"))
+					}
+					return accepted(ctx, "", "", 0, nil)
+				})}
+			runSender(t, s)
+			waitFor(t, "an empty outbox", func() bool {
+				p, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+				return err == nil && len(p) == 0
+			})
+			if got := s.Stats(); got.Delivered != 1 || got.Rejected != 0 || got.Attempts != 2 || got.Retried != 1 {
+				t.Fatalf("stats %+v, want 2 attempts, 1 retried, 1 delivered, 0 rejected", got)
 			}
 		})
 	}
