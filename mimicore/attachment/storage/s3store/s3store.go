@@ -52,7 +52,11 @@
 // refusal, Commit reads the object's metadata: an object of the size
 // written that carries the write id was stored by one of this Writer's
 // own requests, and Commit succeeds; any other object is ErrExists, and
-// when the object cannot be read the outcome is ErrUncertain.
+// when the object cannot be read the outcome is ErrUncertain. A commit
+// request whose last attempt is answered a 5xx (other than 501, and
+// S3's 503 SlowDown, a refusal) is ErrUncertain too, unless the object
+// is already this Writer's: a load balancer's 504, or S3's 500, does not
+// say that the store will not store the object after all.
 package s3store
 
 import (
@@ -522,15 +526,25 @@ func (w *writer) putOptions(commit bool) minio.PutObjectOptions {
 // whose first attempt stored the object, its answer lost: when the object
 // under the name is this Writer's (mine), the commit succeeded (nil).
 // Otherwise a 412 is ErrExists (another writer committed the name since
-// Create). The error is marked with storage.ErrUncertain when the server
-// did not answer (a timeout, ctx ending, a connection lost: it may have
-// received the whole request and still make the object visible), when the
-// object could not be read, and when the upload was consumed but no
-// object of this Writer is visible (yet).
+// Create). A 5xx other than 501, the last of minio-go's attempts, does
+// not say that the store did not or will not store the object either (a
+// load balancer's 502 or 504 while the store goes on, S3's 500
+// InternalError; S3's 503 SlowDown, a refusal, does): the object is
+// looked at as after a 412, and, when it is not this Writer's (yet), the
+// outcome is uncertain. The error is marked
+// with storage.ErrUncertain when the server did not answer (a timeout,
+// ctx ending, a connection lost: it may have received the whole request
+// and still make the object visible), after such a 5xx, when the object
+// could not be read, and when the upload was consumed but no object of
+// this Writer is visible (yet).
 func (w *writer) commitResult(ctx context.Context, err error) error {
 	r := minio.ToErrorResponse(err)
+	// S3's SlowDown refuses the request before processing it: the
+	// object is not stored, and an upload refused so releases its
+	// reservation rather than holding it to its deadline.
+	serverError := r.StatusCode >= 500 && r.StatusCode != http.StatusNotImplemented && r.Code != "SlowDown"
 	switch {
-	case r.StatusCode == http.StatusPreconditionFailed || r.Code == minio.NoSuchUpload:
+	case r.StatusCode == http.StatusPreconditionFailed || r.Code == minio.NoSuchUpload || serverError:
 		mine, statErr := w.mine(ctx)
 		switch {
 		case statErr != nil:

@@ -683,3 +683,193 @@ func TestCommitAnswerLost(t *testing.T) {
 		})
 	}
 }
+
+// holdProxy is an HTTP proxy on loopback in front of the S3 server, as a
+// load balancer that times out: the requests hold selects are answered
+// 504 Gateway Timeout at once, and the first of them is kept and sent on
+// to the server only when release is called, as an upstream that goes on
+// processing a request after the proxy gave up on it. Every other request
+// is forwarded as it came.
+type holdProxy struct {
+	upstream string
+	hold     func(r *http.Request) bool
+	slowDown bool // answer S3's 503 SlowDown, a refusal, instead of 504
+	rt       *http.Transport
+
+	mu   sync.Mutex
+	held *http.Request // the first request held, its body read
+	n    int           // requests answered 504
+}
+
+func (p *holdProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	out := r.Clone(context.Background())
+	out.RequestURI = ""
+	out.URL.Scheme = "http"
+	out.URL.Host = p.upstream
+	out.Host = r.Host
+	if p.hold(r) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		out.Body = io.NopCloser(bytes.NewReader(body))
+		p.mu.Lock()
+		if p.held == nil {
+			p.held = out
+		}
+		p.n++
+		p.mu.Unlock()
+		if p.slowDown {
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
+			return
+		}
+		http.Error(w, "upstream timed out", http.StatusGatewayTimeout)
+		return
+	}
+	resp, err := p.rt.RoundTrip(out)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+}
+
+// release sends the first held request to the server and returns its
+// status.
+func (p *holdProxy) release(t *testing.T) int {
+	t.Helper()
+	p.mu.Lock()
+	r := p.held
+	p.mu.Unlock()
+	if r == nil {
+		t.Fatal("no request was held")
+	}
+	resp, err := p.rt.RoundTrip(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestCommitGatewayTimeout: the request that makes the object visible
+// (a small object's PUT, a large one's CompleteMultipartUpload) is
+// answered 504 by a load balancer in front of the store, on every
+// attempt, and the store processes the first one afterwards. A 5xx does
+// not say that the store did not, and will not, store the object: Commit
+// must report ErrUncertain, so that the gateway keeps the name recorded
+// and its sweeps delete the bytes when they land. Commit used to return a
+// plain error, on which the gateway deletes the (absent) object and
+// forgets its name at once: the object stored afterwards stayed in the
+// bucket, with no record and no sweep to remove it.
+func TestCommitGatewayTimeout(t *testing.T) {
+	srv := s3test.Start(t)
+	c := srv.Client(t)
+	for _, tc := range []struct {
+		name   string
+		size   int
+		commit func(r *http.Request) bool
+		// lands: the held request stores the object (a multipart
+		// upload is aborted by the failed Commit, which the proxy
+		// passes on before it).
+		lands bool
+	}{
+		{"put", 1000, func(r *http.Request) bool {
+			return r.Method == http.MethodPut && r.Header.Get("If-None-Match") == "*"
+		}, true},
+		{"complete multipart", 2*s3store.MinPartSize + 10, func(r *http.Request) bool {
+			return r.Method == http.MethodPost && r.URL.Query().Has("uploadId")
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &holdProxy{upstream: srv.Endpoint, hold: tc.commit, rt: &http.Transport{DisableCompression: true}}
+			t.Cleanup(p.rt.CloseIdleConnections)
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs := &http.Server{Handler: p}
+			go hs.Serve(l)
+			t.Cleanup(func() { hs.Close() })
+			cfg := config(t, srv)
+			cfg.Endpoint = l.Addr().String()
+			s := open(t, cfg)
+			name := storagetest.Name(t)
+			data := bytes.Repeat([]byte{'m'}, tc.size)
+			w, err := s.Create(ctx, name, int64(tc.size))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			commitErr := w.Commit(ctx)
+			w.Abort()
+			p.mu.Lock()
+			held := p.n
+			p.mu.Unlock()
+			if held == 0 {
+				t.Fatal("the commit request was not held")
+			}
+			if commitErr == nil {
+				t.Fatal("Commit answered 504 succeeded")
+			}
+			if !errors.Is(commitErr, storage.ErrUncertain) {
+				t.Errorf("Commit answered 504: %v, want ErrUncertain", commitErr)
+			}
+			if !tc.lands {
+				return
+			}
+			// The store processes the request the proxy gave up on:
+			// the object lands after Commit failed.
+			if status := p.release(t); status != http.StatusOK {
+				t.Fatalf("the held request was answered %d", status)
+			}
+			if objects, _ := keys(t, c, srv.Bucket, cfg.Prefix); len(objects) != 1 {
+				t.Fatalf("objects %q after the held request, want the one it stored", objects)
+			}
+		})
+	}
+}
+
+// TestCommitSlowDown: S3's 503 SlowDown refuses the commit request before
+// processing it, on every attempt: Commit fails without ErrUncertain, so
+// that the upload releases its reservation at once rather than holding
+// its place in the quotas until its deadline.
+func TestCommitSlowDown(t *testing.T) {
+	srv := s3test.Start(t)
+	p := &holdProxy{upstream: srv.Endpoint, slowDown: true, rt: &http.Transport{DisableCompression: true},
+		hold: func(r *http.Request) bool { return r.Method == http.MethodPut && r.Header.Get("If-None-Match") == "*" }}
+	t.Cleanup(p.rt.CloseIdleConnections)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: p}
+	go hs.Serve(l)
+	t.Cleanup(func() { hs.Close() })
+	cfg := config(t, srv)
+	cfg.Endpoint = l.Addr().String()
+	s := open(t, cfg)
+	w, err := s.Create(ctx, storagetest.Name(t), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	err = w.Commit(ctx)
+	w.Abort()
+	if err == nil || errors.Is(err, storage.ErrUncertain) {
+		t.Fatalf("Commit refused with SlowDown: %v, want a failure that is not ErrUncertain", err)
+	}
+}
