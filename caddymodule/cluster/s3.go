@@ -21,8 +21,9 @@ func init() {
 // S3Storage, the Caddy module http.mimi.attachments.s3 (attachments
 // storage s3), keeps attachment ciphertexts in an S3-compatible object store
 // (AWS S3, MinIO, Ceph, Garage, versitygw, R2, B2...). After Provision it
-// is a storage.Backend. An upload of up to 1 MiB is sent as one PUT on
-// commit; a larger one is a multipart upload whose parts of part_size are
+// is a storage.Backend. An upload of up to 1 MiB is held in memory and sent
+// as one PUT on commit, while such buffers hold less than 64 MiB in the
+// process; any other is a multipart upload whose parts of part_size are
 // streamed from the client's body into their requests, without a part
 // buffer, and completed only on commit. So nothing is visible before an
 // upload is complete, and a failed or aborted upload leaves no bytes (a

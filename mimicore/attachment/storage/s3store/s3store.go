@@ -8,7 +8,10 @@
 //
 //   - an object of at most 1 MiB (smallObjectSize) is held in memory and
 //     sent by a single PutObject in Commit: before Commit the server has
-//     seen none of it;
+//     seen none of it. The buffers of such objects take their size from
+//     a budget of 64 MiB per process (smallBufferBudget), so that uploads
+//     that stall before their last byte cannot exhaust memory: a small
+//     object that finds the budget spent is sent as a larger one is;
 //   - a larger object is a multipart upload of parts of PartSize (8 MiB by
 //     default; the last one shorter), started by the first Write. Each
 //     part is streamed: its UploadPart request declares the part's exact
@@ -76,6 +79,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment/storage"
 )
@@ -95,6 +99,14 @@ const (
 // rather than streamed as a multipart upload: below it, the two extra
 // requests of a multipart upload cost more than the buffer.
 const smallObjectSize = 1 << 20
+
+// smallBufferBudget bounds the bytes that the buffers of small objects
+// hold at once in the process, whatever the number of Stores: an upload
+// may stall before its last byte for as long as its deadline allows.
+const smallBufferBudget = 64 << 20
+
+// smallBuffers is the process's budget of small objects' buffers.
+var smallBuffers = semaphore.NewWeighted(smallBufferBudget)
 
 // abortTimeout bounds the requests of Abort, which has no context.
 const abortTimeout = 30 * time.Second
@@ -273,7 +285,13 @@ func (s *Store) Create(ctx context.Context, name string, size int64) (storage.Wr
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("drawing the write id of s3 object %s: %w", name, err)
 	}
-	return &writer{s: s, ctx: ctx, name: name, key: s.key(name), size: size, partSize: partSize, writeID: hex.EncodeToString(id[:])}, nil
+	w := &writer{s: s, ctx: ctx, name: name, key: s.key(name), size: size, partSize: partSize, writeID: hex.EncodeToString(id[:])}
+	// A small object is buffered when the budget has room for it;
+	// otherwise it is a multipart upload of one part, streamed.
+	if size <= smallObjectSize && smallBuffers.TryAcquire(size) {
+		w.buffered, w.held = true, size
+	}
+	return w, nil
 }
 
 // writeIDKey is the user metadata key (x-amz-meta-mimi-write) that
@@ -292,7 +310,8 @@ func isNotFound(err error) bool {
 }
 
 // writer is one upload. An object of up to smallObjectSize bytes is
-// held in memory and sent by one PutObject in Commit. A larger one is a
+// held in memory, when smallBuffers has room for it, and sent by one
+// PutObject in Commit. Any other is a
 // multipart upload whose parts are streamed: each part is a PutObjectPart
 // request of exactly its size, whose body is an io.Pipe fed by Write, so
 // the bytes go from the caller's buffer to the connection without a part
@@ -307,7 +326,9 @@ type writer struct {
 	partSize int64
 	writeID  string // random, sent as the object's metadata (writeIDKey)
 
-	small    []byte // a small object's bytes so far
+	buffered bool   // a small object held in memory, sent by one PutObject
+	held     int64  // the bytes taken from smallBuffers, until released
+	small    []byte // a buffered object's bytes so far
 	written  int64
 	uploadID string // of the multipart upload, once started
 	parts    []minio.CompletePart
@@ -357,7 +378,7 @@ func (w *writer) Write(p []byte) (int, error) {
 		w.fail(fmt.Errorf("writing s3 object %s: %w", w.name, err))
 		return 0, w.err
 	}
-	if w.size <= smallObjectSize {
+	if w.buffered {
 		if w.small == nil {
 			w.small = make([]byte, 0, w.size)
 		}
@@ -451,7 +472,7 @@ func (w *writer) fail(err error) {
 // abort ends the part under way, removes what the server holds and drops
 // a small object's bytes; it returns the abort's error.
 func (w *writer) abort() error {
-	w.small = nil
+	w.dropBuffer()
 	if p := w.part; p != nil {
 		w.part = nil
 		p.pw.CloseWithError(errAborted)
@@ -485,7 +506,7 @@ func (w *writer) Commit(ctx context.Context) error {
 		w.fail(fmt.Errorf("committing s3 object %s: %d bytes written of %d: %w", w.name, w.written, w.size, storage.ErrSize))
 		return w.err
 	}
-	if w.size <= smallObjectSize {
+	if w.buffered {
 		_, err := w.s.core.PutObject(ctx, w.s.bucket, w.key, bytes.NewReader(w.small), w.size, "", "", w.putOptions(true))
 		if err != nil {
 			if err = w.commitResult(ctx, err); err != nil {
@@ -504,8 +525,17 @@ func (w *writer) Commit(ctx context.Context) error {
 	}
 	w.done = true
 	w.uploadID = ""
-	w.small = nil
+	w.dropBuffer()
 	return nil
+}
+
+// dropBuffer drops a small object's bytes and gives their budget back.
+func (w *writer) dropBuffer() {
+	w.small = nil
+	if w.held > 0 {
+		smallBuffers.Release(w.held)
+		w.held = 0
+	}
 }
 
 // putOptions returns the options of a request that starts or makes the
