@@ -267,6 +267,63 @@ func TestForwardCommitTimeoutOrphan(t *testing.T) {
 	wantCode(t, "upload whose commit timed out", err, moh.CodeBackendUnavailable)
 }
 
+// TestForwardCommitGatewayTimeoutOrphan: a reverse proxy in front of the
+// legacy backend answers the completed PUT 504 while the backend goes on
+// storing the body, which it finishes after the gateway gave the upload up
+// (its DELETEs of the name sent, the upload answered). A 5xx does not say
+// that the backend will not store the object: the upload is
+// backend_unavailable, its reservation left to expire, and the sweep
+// deletes the late object. The gateway used to take the 504 for "not
+// stored": it released the reservation, deleted the absent object and
+// forgot its name at once, and the object stored afterwards stayed on the
+// backend, outside any record.
+func TestForwardCommitGatewayTimeoutOrphan(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	lb := &forwardtest.Backend{Dir: t.TempDir(), Key: key}
+	var mu sync.Mutex
+	var held *http.Request // the PUT answered 504, not stored yet
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodPut && r.ContentLength > 0:
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = r.Clone(context.Background())
+			held.Body = io.NopCloser(bytes.NewReader(body))
+			mu.Unlock()
+			http.Error(w, "upstream timed out", http.StatusGatewayTimeout)
+			return
+		case r.Method == http.MethodHead:
+			// The first look at the name after the upload ended
+			// (lateObjectSwept's) finds the backend done storing.
+			mu.Lock()
+			late := held
+			held = nil
+			mu.Unlock()
+			if late != nil {
+				rec := httptest.NewRecorder()
+				lb.ServeHTTP(rec, late)
+				if rec.Code != http.StatusCreated {
+					t.Errorf("the late PUT was answered %d", rec.Code)
+				}
+			}
+		}
+		lb.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	s, err := forward.New(forward.Config{BaseURL: srv.URL + "/att/", Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	b := &slowLegacy{Backend: s}
+	f := newAttachFixture(t, func(a *Attachments) { a.Backend = b })
+	err = lateObjectSwept(t, f, b, context.Background(), bytes.NewReader(bytes.Repeat([]byte("x"), 1000)), 1000)
+	wantCode(t, "upload whose commit was answered 504", err, moh.CodeBackendUnavailable)
+}
+
 // TestForwardStalledBackendBlocksWrite: a legacy backend that takes the
 // body (100 Continue), then stops reading without closing. The upload
 // deadline bounds the upload, the backend's writes included: the upload

@@ -24,7 +24,8 @@
 // answers the completed PUT with 2xx and a HEAD then finds the object of
 // its size. The PUT does not end with Create's
 // ctx once the last byte is sent: a Commit without an answer (its ctx
-// ended, the Timeout passed, the connection was lost) is
+// ended, the Timeout passed, the connection was lost), or answered a 5xx
+// other than 501 (a reverse proxy's 504 while the backend goes on), is
 // storage.ErrUncertain, as the backend may still store the object.
 //
 // Sweep has nothing to do: the gateway keeps no temporary data, and the
@@ -502,8 +503,8 @@ func (w *writer) Commit(ctx context.Context) error {
 		return w.err
 	}
 	if err := w.answerError(false); err != nil {
-		w.err = err
-		return err
+		w.err = w.uncertainStatus(err)
+		return w.err
 	}
 	w.cancel()
 	// A 2xx may have come before the backend read the whole body (an
@@ -573,11 +574,23 @@ func (w *writer) putEmpty(ctx context.Context) error {
 	drain(resp.Body)
 	w.resp = resp
 	if err := w.answerError(false); err != nil {
-		w.err = err
-		return err
+		w.err = w.uncertainStatus(err)
+		return w.err
 	}
 	w.over = true
 	return nil
+}
+
+// uncertainStatus marks err, the failure of a completed PUT, with
+// storage.ErrUncertain when the answer was a 5xx other than 501: a
+// reverse proxy's 502 or 504, or a backend's 500, does not say that the
+// backend will not store the body it received (a proxy that timed out
+// while the backend goes on), so the object may become visible later.
+func (w *writer) uncertainStatus(err error) error {
+	if c := w.resp.StatusCode; c >= 500 && c != http.StatusNotImplemented {
+		return fmt.Errorf("%w: %w", storage.ErrUncertain, err)
+	}
+	return err
 }
 
 // Abort cuts the PUT off. After a Commit that sent every byte and failed
