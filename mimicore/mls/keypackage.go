@@ -71,9 +71,9 @@ func (k *KeyPackage) Sign(signer crypto.Signer) error {
 // Verify validates k as RFC 9420 §10.1 requires of a KeyPackage received
 // outside a group: supported version and cipher suite, both signatures with
 // the leaf's signature key, a key_package leaf source, valid public keys,
-// init_key different from the encryption key, unique extensions and a
-// leaf whose capabilities list its own credential type and its extensions
-// (those RFC 9420 does not make default). It does not require the leaf's
+// init_key different from the encryption key, unique extensions, and a
+// leaf whose capabilities list its own credential type, its extensions
+// and the KeyPackage's (those RFC 9420 does not make default). It does not require the leaf's
 // capabilities to list the KeyPackage's own version and cipher suite
 // (the KeyPackage of suite 7 in RFC 9420's welcome.json test vector omits
 // it), nor check the lifetime against a clock (see VerifyAt and
@@ -107,6 +107,11 @@ func (k *KeyPackage) Verify() error {
 	}
 	if err := k.Extensions.checkUnique(); err != nil {
 		return fmt.Errorf("verifying key package: %w", err)
+	}
+	for _, e := range k.Extensions {
+		if !isDefaultExtension(e.Type) && !contains(k.LeafNode.Capabilities.Extensions, e.Type) {
+			return fmt.Errorf("verifying key package: extension %d not in its leaf's capabilities", e.Type)
+		}
 	}
 	if err := validateLeafStandalone(s, &k.LeafNode, nil, 0); err != nil {
 		return fmt.Errorf("verifying key package: %w", err)

@@ -52,3 +52,59 @@ func TestKeyPackageVerify(t *testing.T) {
 		t.Errorf("unsupported suite: %v", err)
 	}
 }
+
+// TestKeyPackageExtensionsInCapabilities checks the rule of RFC 9420 §10
+// that the extensions of a KeyPackage, like those of its leaf, are listed
+// in the leaf's capabilities: a KeyPackage that breaks it is invalid, and
+// so is an Add of it (§12.1.1), which OpenMLS members refuse. A Delivery
+// Service that accepted such a commit would move the group to an epoch its
+// members cannot follow.
+func TestKeyPackageExtensionsInCapabilities(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	tg := buildTestGroup(t, cs, 3, nil)
+	for _, tc := range []struct {
+		name   string
+		ext    ExtensionType
+		listed bool
+	}{
+		{"unlisted private extension", 0xF0F0, false},
+		{"unlisted GREASE extension", 0x0A0A, false},
+		{"listed private extension", 0xF0F0, true},
+		{"listed GREASE extension", 0x0A0A, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leaf, signer := newTestLeaf(t, cs, "joiner")
+			if tc.listed {
+				leaf.Capabilities.Extensions = []ExtensionType{tc.ext}
+				if err := leaf.Sign(cs, signer, nil, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, initPub, err := cs.DeriveKeyPair(randomBytes(t, 32))
+			if err != nil {
+				t.Fatal(err)
+			}
+			kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: initPub, LeafNode: *leaf,
+				Extensions: Extensions{{Type: tc.ext, Data: []byte{1}}}}
+			if err := kp.Sign(signer); err != nil {
+				t.Fatal(err)
+			}
+			err = kp.Verify()
+			if tc.listed && err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+			if !tc.listed && err == nil {
+				t.Fatal("verify accepted a KeyPackage extension its leaf does not list")
+			}
+			add := ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}
+			m := tg.frame(t, Sender{Type: SenderMember, Index: 0}, tg.signers[0], &Commit{Proposals: []ProposalOrRef{add}})
+			_, _, err = tg.g.ApplyCommit(reencode(t, m), nil)
+			if tc.listed && err != nil {
+				t.Fatalf("commit: %v", err)
+			}
+			if !tc.listed && !errors.Is(err, ErrInvalidProposal) {
+				t.Fatalf("commit: error %v, want %v", err, ErrInvalidProposal)
+			}
+		})
+	}
+}
