@@ -1,6 +1,7 @@
 package mls
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"time"
@@ -124,6 +125,11 @@ func (g *GroupState) applyCommit(pm *PublicMessage, opts ApplyOptions) (*GroupSt
 	if pathRequired && commit.Path == nil {
 		return nil, nil, fmt.Errorf("%w: path required", ErrInvalidCommit)
 	}
+	if committer.Type == SenderNewMemberCommit {
+		if err := g.checkResync(list, &commit.Path.LeafNode); err != nil {
+			return nil, nil, err
+		}
+	}
 
 	n := g.next()
 	info := &CommitInfo{Committer: committer, CommitterLeaf: committer.Index, Proposals: list,
@@ -170,6 +176,25 @@ func (g *GroupState) applyCommit(pm *PublicMessage, opts ApplyOptions) (*GroupSt
 		return nil, nil, err
 	}
 	return n, info, nil
+}
+
+// checkResync checks the leaf of an external commit that removes a leaf
+// (a resync) against the removed one: it must meet the criteria of an
+// Update of that leaf (RFC 9420 §12.2), which the rest of the validation
+// covers but for one, a new encryption key (§7.3), since the removed
+// leaf's key has left the tree by the time the joiner's leaf is checked.
+// Whether the credentials name the same client is the application's
+// business.
+func (g *GroupState) checkResync(list []ResolvedProposal, leaf *LeafNode) error {
+	for _, rp := range list {
+		if rp.Proposal.Type != ProposalRemove {
+			continue
+		}
+		if old := g.tree.leaf(rp.Proposal.Removed); old != nil && bytes.Equal(old.EncryptionKey, leaf.EncryptionKey) {
+			return fmt.Errorf("%w: the joiner's leaf keeps the encryption key of leaf %d, which it removes", ErrInvalidCommit, rp.Proposal.Removed)
+		}
+	}
+	return nil
 }
 
 // checkAddLifetimes refuses a list with an Add whose KeyPackage's leaf

@@ -131,3 +131,66 @@ func TestCommitCustomProposalsUnsupported(t *testing.T) {
 		}
 	}
 }
+
+// TestExternalResyncNewEncryptionKey checks the resync rule of RFC 9420
+// §12.2: the leaf of an external commit that removes the joiner's old leaf
+// must meet the criteria of an Update of that leaf, among them an
+// encryption_key other than the removed leaf's (§7.3). A resync that keeps
+// the old key refreshes nothing for whoever holds its private key.
+func TestExternalResyncNewEncryptionKey(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	tg := buildTestGroup(t, cs, 3, nil)
+	g := tg.g
+	const resynced = 1
+	oldKey := g.tree.leaf(resynced).EncryptionKey
+	for _, tc := range []struct {
+		name  string
+		reuse bool
+	}{
+		{"fresh encryption key", false},
+		{"the removed leaf's encryption key", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			props := []ProposalOrRef{
+				{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalExternalInit, KEMOutput: randomHPKEPublicKey(t, cs)}},
+				{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalRemove, Removed: resynced}},
+			}
+			list, err := g.resolveProposals(&Commit{Proposals: props}, Sender{Type: SenderNewMemberCommit}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := g.next()
+			if err := n.applyProposals(list, &CommitInfo{}); err != nil {
+				t.Fatal(err)
+			}
+			idx := n.tree.leftmostBlankLeaf()
+			leaf, signer := newTestLeaf(t, cs, "member 1")
+			n.tree.setLeaf(idx, leaf)
+			np, err := n.tree.generateUpdatePath(idx, *leaf, signer, g.GroupID(), nil, func(th []byte) ([]byte, error) {
+				pc := n.ctx.clone()
+				pc.Epoch++
+				pc.TreeHash = th
+				return marshal(&pc)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.reuse {
+				np.path.LeafNode.EncryptionKey = oldKey
+				if err := np.path.LeafNode.Sign(cs, signer, g.GroupID(), idx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m := tg.frame(t, Sender{Type: SenderNewMemberCommit}, signer, &Commit{Proposals: props, Path: np.path})
+			_, info, err := g.ApplyCommit(reencode(t, m), nil)
+			switch {
+			case !tc.reuse && err != nil:
+				t.Fatalf("resync refused: %v", err)
+			case !tc.reuse && info.CommitterLeaf != resynced:
+				t.Fatalf("joiner at leaf %d, want %d", info.CommitterLeaf, resynced)
+			case tc.reuse && !errors.Is(err, ErrInvalidCommit):
+				t.Fatalf("error %v, want %v", err, ErrInvalidCommit)
+			}
+		})
+	}
+}
