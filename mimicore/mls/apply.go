@@ -50,9 +50,11 @@ type CommitInfo struct {
 // ErrPrivateHandshake), the committer's signature, every proposal and the
 // list rules of §12.2, the external commit rules, the new leaf nodes, the
 // UpdatePath (keys unique in the tree, one ciphertext per member of each
-// copath resolution, parent hashes). The new tree hash, the GroupContext
-// and both transcript hashes are computed. The membership tag and the
-// confirmation tag need group secrets and are left to members.
+// copath resolution, parent hashes), the Adds' init keys (each once, and
+// none an encryption key of the new tree, as OpenMLS requires). The new
+// tree hash, the GroupContext and both transcript hashes are computed. The
+// membership tag and the confirmation tag need group secrets and are left
+// to members.
 //
 // A path is required when the commit is empty or covers an Update, Remove
 // or ExternalInit. RFC 9420 also requires one with GroupContextExtensions,
@@ -159,6 +161,10 @@ func (g *GroupState) applyCommit(pm *PublicMessage, opts ApplyOptions) (*GroupSt
 		}
 	}
 
+	if err := n.checkInitKeys(g, list, info.Removed); err != nil {
+		return nil, nil, err
+	}
+
 	th, err := n.tree.rootHash()
 	if err != nil {
 		return nil, nil, err
@@ -192,6 +198,43 @@ func (g *GroupState) checkResync(list []ResolvedProposal, leaf *LeafNode) error 
 		}
 		if old := g.tree.leaf(rp.Proposal.Removed); old != nil && bytes.Equal(old.EncryptionKey, leaf.EncryptionKey) {
 			return fmt.Errorf("%w: the joiner's leaf keeps the encryption key of leaf %d, which it removes", ErrInvalidCommit, rp.Proposal.Removed)
+		}
+	}
+	return nil
+}
+
+// checkInitKeys refuses a list whose Adds carry one init_key twice, or an
+// init_key that is an encryption key of g, the new state with the commit's
+// path merged (its leaves, the added and updated ones and the committer's
+// new leaf among them, and its parent nodes), or of a leaf of base, the
+// state the commit applies to, that the commit does not remove (the old
+// leaves of the committer and of updated members). RFC 9420 asks only that a
+// KeyPackage's own init_key and leaf key differ (§10.1), but OpenMLS
+// members refuse such a commit (its checks ValSem102 and ValSem104), and
+// the group's keys are public to its members, so any client could publish
+// a KeyPackage that breaks a group it is added to.
+func (g *GroupState) checkInitKeys(base *GroupState, list []ResolvedProposal, removed []uint32) error {
+	var seen map[string]struct{}
+	for i, rp := range list {
+		if rp.Proposal.Type != ProposalAdd {
+			continue
+		}
+		key := rp.Proposal.KeyPackage.InitKey
+		if _, dup := seen[string(key)]; dup {
+			return fmt.Errorf("%w: add %d: init key of another add", ErrInvalidCommit, i)
+		}
+		if seen == nil {
+			seen = make(map[string]struct{})
+		}
+		seen[string(key)] = struct{}{}
+		if j, ok := g.encKeys.get(string(key)); ok {
+			return fmt.Errorf("%w: add %d: init key is the encryption key of leaf %d", ErrInvalidCommit, i, j)
+		}
+		if x, ok := g.tree.parentWithKey(key); ok {
+			return fmt.Errorf("%w: add %d: init key is the encryption key of node %d", ErrInvalidCommit, i, x)
+		}
+		if j, ok := base.encKeys.get(string(key)); ok && !slices.Contains(removed, j) {
+			return fmt.Errorf("%w: add %d: init key is the encryption key of leaf %d", ErrInvalidCommit, i, j)
 		}
 	}
 	return nil

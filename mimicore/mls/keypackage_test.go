@@ -108,3 +108,66 @@ func TestKeyPackageExtensionsInCapabilities(t *testing.T) {
 		})
 	}
 }
+
+// keyPackageWithInitKey returns a KeyPackage of a new client whose
+// init_key is initKey.
+func keyPackageWithInitKey(tb testing.TB, cs CipherSuite, name string, initKey []byte) *KeyPackage {
+	leaf, signer := newTestLeaf(tb, cs, name)
+	kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: initKey, LeafNode: *leaf}
+	if err := kp.Sign(signer); err != nil {
+		tb.Fatal(err)
+	}
+	return kp
+}
+
+// TestAddInitKeysUnique checks that a commit whose Adds carry an init_key
+// that another Add of the commit carries too, or that is an encryption key
+// of the new tree, is refused, as OpenMLS members refuse it (its checks
+// ValSem102 and ValSem104): a Delivery Service that accepted it would move
+// the group to an epoch those members cannot follow. Any client can
+// publish a KeyPackage with such an init_key, since the tree's keys are
+// public to the group.
+func TestAddInitKeysUnique(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	tg := buildTestGroup(t, cs, 3, nil)
+	add := func(kp *KeyPackage) ProposalOrRef {
+		return ProposalOrRef{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}
+	}
+	fresh := func() *KeyPackage { return keyPackageWithInitKey(t, cs, "fresh", randomHPKEPublicKey(t, cs)) }
+	shared := randomHPKEPublicKey(t, cs)
+	other, _ := newTestKeyPackage(t, cs, "other")
+	for _, tc := range []struct {
+		name  string
+		props []ProposalOrRef
+		path  bool
+		ok    bool
+	}{
+		{"distinct init keys", []ProposalOrRef{add(fresh()), add(fresh())}, false, true},
+		{"distinct init keys, with a path", []ProposalOrRef{add(fresh()), add(fresh())}, true, true},
+		{"two adds with one init key", []ProposalOrRef{add(keyPackageWithInitKey(t, cs, "a", shared)),
+			add(keyPackageWithInitKey(t, cs, "b", shared))}, false, false},
+		{"init key of a member's leaf", []ProposalOrRef{add(keyPackageWithInitKey(t, cs, "a", tg.g.tree.leaf(1).EncryptionKey))}, false, false},
+		{"init key of the committer's leaf, replaced by its path", []ProposalOrRef{
+			add(keyPackageWithInitKey(t, cs, "a", tg.g.tree.leaf(0).EncryptionKey))}, true, false},
+		{"init key of another add's leaf", []ProposalOrRef{add(other),
+			add(keyPackageWithInitKey(t, cs, "a", other.LeafNode.EncryptionKey))}, false, false},
+		{"init key of an earlier add's leaf, listed first", []ProposalOrRef{
+			add(keyPackageWithInitKey(t, cs, "a", other.LeafNode.EncryptionKey)), add(other)}, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var m *MLSMessage
+			if tc.path {
+				m = tg.commit(t, 0, tc.props, true, nil)
+			} else {
+				m = tg.frame(t, Sender{Type: SenderMember, Index: 0}, tg.signers[0], &Commit{Proposals: tc.props})
+			}
+			_, _, err := tg.g.ApplyCommit(reencode(t, m), nil)
+			if tc.ok && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !tc.ok && !errors.Is(err, ErrInvalidCommit) {
+				t.Fatalf("error %v, want %v", err, ErrInvalidCommit)
+			}
+		})
+	}
+}
