@@ -194,3 +194,53 @@ func TestExternalResyncNewEncryptionKey(t *testing.T) {
 		})
 	}
 }
+
+// TestGroupContextExtensionsWithRemove checks the rule of RFC 9420
+// §12.1.7: a GroupContextExtensions proposal whose required_capabilities
+// some members do not support is invalid, counting the members the same
+// commit adds and not those it removes. A commit that removes the only
+// member lacking a capability and requires it is valid, and one that keeps
+// that member is not.
+func TestGroupContextExtensionsWithRemove(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	const needed ExtensionType = 0xF0F0
+	capable := func(name string) *testClient {
+		c := newTestClient(t, cs, name)
+		c.kp.LeafNode.Capabilities.Extensions = []ExtensionType{needed}
+		if err := c.kp.LeafNode.Sign(cs, c.signer, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.kp.Sign(c.signer); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b, c := capable("A"), capable("B"), newTestClient(t, cs, "C")
+	alice, err := NewGroup(a.groupOptions(cs, "gce group"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}, {Type: ProposalAdd, KeyPackage: c.kp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := res.Next, b.join(t, res.Welcome)
+	ds := alice.State()
+	rc, err := marshal(&RequiredCapabilities{ExtensionTypes: []ExtensionType{needed}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gce := &Proposal{Type: ProposalGroupContextExtensions, Extensions: Extensions{{Type: ExtRequiredCapabilities, Data: rc}}}
+	const carol = 2
+	if _, err := alice.Commit([]*Proposal{gce}, nil, nil); !errors.Is(err, ErrInvalidProposal) && !errors.Is(err, ErrInvalidCommit) {
+		t.Fatalf("requiring a capability a remaining member lacks: %v", err)
+	}
+	res, err = alice.Commit([]*Proposal{gce, {Type: ProposalRemove, Removed: carol}}, nil, nil)
+	if err != nil {
+		t.Fatalf("requiring a capability only a removed member lacks: %v", err)
+	}
+	if _, _, err := ds.ApplyCommit(reencode(t, res.Commit), nil); err != nil {
+		t.Fatalf("delivery service: %v", err)
+	}
+	follow(t, bob, res.Commit, nil)
+}
