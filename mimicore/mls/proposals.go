@@ -110,7 +110,7 @@ func (g *GroupState) VerifyProposal(m *MLSMessage) (*AuthenticatedContent, []byt
 	if err := g.verifyContent(ac); err != nil {
 		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
 	}
-	if err := g.validateProposal(ac.Content.Proposal, ac.Content.Sender, false, false, nil); err != nil {
+	if err := g.validateProposal(ac.Content.Proposal, ac.Content.Sender, false, false, nil, nil); err != nil {
 		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
 	}
 	enc, err := marshal(ac)
@@ -153,8 +153,9 @@ func (g *GroupState) verifyContent(ac *AuthenticatedContent) error {
 // removed). inExternalCommit allows ExternalInit. supported, when not nil,
 // remembers the proposal types of no RFC 9420 default found supported by
 // every member, so that a list of many costs one scan of the group per
-// type rather than per proposal.
-func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inExternalCommit bool, supported map[ProposalType]bool) error {
+// type rather than per proposal. removed lists the leaves the commit
+// removes, which need not support such types (RFC 9420 §12.2).
+func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inExternalCommit bool, supported map[ProposalType]bool, removed map[uint32]bool) error {
 	switch sender.Type {
 	case SenderExternal:
 		switch p.Type {
@@ -229,7 +230,7 @@ func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inEx
 			break
 		}
 		for i := range g.tree.leaves {
-			if l := g.tree.leaf(i); l != nil && !contains(l.Capabilities.Proposals, p.Type) {
+			if l := g.tree.leaf(i); l != nil && !removed[i] && !contains(l.Capabilities.Proposals, p.Type) {
 				return fmt.Errorf("%w: member %d does not support proposal type %d", ErrInvalidProposal, i, p.Type)
 			}
 		}
@@ -304,6 +305,7 @@ func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender
 		}
 	}
 	touched := make(map[uint32]bool)
+	removed := make(map[uint32]bool)
 	psks := make(map[string]struct{})
 	var gce, reinit int
 	pathRequired = len(list) == 0
@@ -328,6 +330,7 @@ func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender
 				return false, fmt.Errorf("%w: leaf %d updated or removed twice", ErrInvalidCommit, p.Removed)
 			}
 			touched[p.Removed] = true
+			removed[p.Removed] = true
 		case ProposalPSK:
 			id, err := marshal(p.PSK)
 			if err != nil {
@@ -354,7 +357,7 @@ func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender
 	}
 	supported := make(map[ProposalType]bool)
 	for _, rp := range list {
-		if err := g.validateProposal(rp.Proposal, rp.Sender, true, external, supported); err != nil {
+		if err := g.validateProposal(rp.Proposal, rp.Sender, true, external, supported, removed); err != nil {
 			return false, err
 		}
 	}

@@ -244,3 +244,48 @@ func TestGroupContextExtensionsWithRemove(t *testing.T) {
 	}
 	follow(t, bob, res.Commit, nil)
 }
+
+// TestCustomProposalSupportWithRemove checks the rule of RFC 9420 §12.2
+// that a non-default proposal type must be supported by the members that
+// process the commit, which leaves out those the commit removes: a commit
+// that removes the one member lacking support is valid, one that keeps it
+// is not.
+func TestCustomProposalSupportWithRemove(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	const custom ProposalType = 0xff01
+	capable := func(name string) *testClient {
+		c := newTestClient(t, cs, name)
+		c.kp.LeafNode.Capabilities.Proposals = []ProposalType{custom}
+		if err := c.kp.LeafNode.Sign(cs, c.signer, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.kp.Sign(c.signer); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b, c := capable("A"), capable("B"), newTestClient(t, cs, "C")
+	alice, err := NewGroup(a.groupOptions(cs, "custom group"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}, {Type: ProposalAdd, KeyPackage: c.kp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := res.Next, b.join(t, res.Welcome)
+	ds := alice.State()
+	p := &Proposal{Type: custom, Data: []byte{1}}
+	const carol = 2
+	if _, err := alice.Commit([]*Proposal{p}, nil, nil); !errors.Is(err, ErrInvalidProposal) {
+		t.Fatalf("a proposal type a remaining member does not support: %v", err)
+	}
+	res, err = alice.Commit([]*Proposal{p, {Type: ProposalRemove, Removed: carol}}, nil, nil)
+	if err != nil {
+		t.Fatalf("a proposal type only a removed member does not support: %v", err)
+	}
+	if _, _, err := ds.ApplyCommit(reencode(t, res.Commit), nil); err != nil {
+		t.Fatalf("delivery service: %v", err)
+	}
+	follow(t, bob, res.Commit, nil)
+}
