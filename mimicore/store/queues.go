@@ -205,7 +205,10 @@ type Queues interface {
 	// acknowledged. Acknowledging again, or below what was acknowledged,
 	// acknowledges nothing and succeeds. An upTo beyond the global
 	// sequence is ErrInvalid, not clamped: the client would take its
-	// cursor past messages not yet written and skip them.
+	// cursor past messages not yet written and skip them. For a client
+	// without a queue or a group membership (one never written to) it
+	// writes nothing: nothing of its stream is at or below upTo, and
+	// every later message is above it.
 	Ack(ctx context.Context, client string, upTo uint64) (int, error)
 
 	// WatchQueue returns a channel that is closed once a write through

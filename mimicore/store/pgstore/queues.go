@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -85,6 +86,11 @@ const (
 	queueAckLockSQL = `INSERT INTO queue_cursors AS c (client, acked) VALUES ($1, 0)
 		ON CONFLICT (client) DO UPDATE SET acked = c.acked
 		RETURNING acked`
+	// queueKnownSQL reports whether client $1 has a queue or a group
+	// membership: a client with neither has nothing to acknowledge, now
+	// or later (see Ack).
+	queueKnownSQL = `SELECT EXISTS (SELECT 1 FROM queue_heads WHERE client = $1)
+		OR EXISTS (SELECT 1 FROM group_members WHERE client = $1)`
 	queueAckCursorSQL = `UPDATE queue_cursors SET acked = GREATEST(acked, $2) WHERE client = $1`
 	// queueAckRangesSQL forgets client $1's membership ranges that ended
 	// at or below its cursor $2: nothing of them is left to fetch.
@@ -524,6 +530,23 @@ func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error
 		if upTo <= uint64(prev) {
 			return nil
 		}
+		if prev == 0 {
+			// Without a queue or a group membership the client's stream
+			// holds nothing up to upTo (every number up to last is
+			// committed), and every message it gets later is numbered
+			// above last, so above upTo: the cursor would change
+			// nothing. The transaction is rolled back, with the row the
+			// lock inserted, so that a made-up client URI (any of a
+			// user's own, to the local API) leaves no row that nothing
+			// deletes.
+			var known bool
+			if err := tx.QueryRow(ctx, queueKnownSQL, client).Scan(&known); err != nil {
+				return fmt.Errorf("looking up the client's queue: %w", err)
+			}
+			if !known {
+				return errNothingToAck
+			}
+		}
 		// One batch: the group log posts counted, the entries deleted.
 		now := s.nowMs()
 		b = &pgx.Batch{}
@@ -562,11 +585,18 @@ func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error
 		}
 		return br.Close()
 	})
+	if errors.Is(err, errNothingToAck) {
+		return 0, nil
+	}
 	if err != nil {
 		return 0, s.fail(doing, err)
 	}
 	return acked, nil
 }
+
+// errNothingToAck rolls back the Ack of a client that has neither a queue
+// nor a group membership.
+var errNothingToAck = errors.New("the client has no queue and no group membership")
 
 // WatchQueue implements store.Queues through the Store's store.Notifier,
 // which Append signals after each commit and Close closes. Its waiters

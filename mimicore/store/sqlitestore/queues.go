@@ -72,6 +72,11 @@ const (
 		WHERE g.client = ?1 AND (g.to_seq IS NULL OR g.to_seq > ?2)
 			AND l.seq > ?2 AND l.seq <= ?3 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
 			AND l.expires_ms > ?4 AND l.except_client <> ?1`
+	// queueKnownSQL reports whether client ?1 has a queue or a group
+	// membership: a client with neither has nothing to acknowledge, now
+	// or later (see Ack).
+	queueKnownSQL = `SELECT EXISTS (SELECT 1 FROM queue_heads WHERE client = ?1)
+		OR EXISTS (SELECT 1 FROM group_members WHERE client = ?1)`
 	// queueAckCursorSQL raises client ?1's cursor to ?2.
 	queueAckCursorSQL = `INSERT INTO queue_cursors (client, acked) VALUES (?1, ?2)
 		ON CONFLICT (client) DO UPDATE SET acked = max(queue_cursors.acked, ?2)`
@@ -547,6 +552,21 @@ func (s *Store) Ack(ctx context.Context, client string, upTo uint64) (int, error
 		}
 		if upTo <= prev {
 			return nil
+		}
+		if prev == 0 {
+			// Without a queue or a group membership the client's stream
+			// holds nothing up to upTo, and every message it gets later
+			// is numbered above the sequence's last number, so above
+			// upTo: the cursor would change nothing. Not writing it
+			// keeps a made-up client URI (any of a user's own, to the
+			// local API) from leaving a row that nothing deletes.
+			var known bool
+			if err := tx.QueryRowContext(ctx, queueKnownSQL, client).Scan(&known); err != nil {
+				return fmt.Errorf("looking up the client's queue: %w", err)
+			}
+			if !known {
+				return nil
+			}
 		}
 		now := check.Millis(s.now())
 		if err := tx.QueryRowContext(ctx, queueAckGroupSQL, client, int64(prev), int64(upTo), now).Scan(&acked); err != nil {
