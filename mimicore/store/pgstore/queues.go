@@ -62,19 +62,30 @@ const (
 	queueCursorSQL = `SELECT s.last, COALESCE((SELECT acked FROM queue_cursors WHERE client = $1), 0)
 		FROM queue_sequence s WHERE s.id = 1`
 	// queueFetchSQL merges client $1's personal entries and the group log
-	// posts it sees, above $2 and alive at $3, by sequence number.
-	queueFetchSQL = `(SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, b.message
-			FROM queue_messages m JOIN queue_bodies b ON b.id = m.body_id
-			WHERE m.client = $1 AND m.seq > $2 AND m.expires_ms > $3
-			ORDER BY m.seq LIMIT $4)
-		UNION ALL
-		(SELECT l.seq, l.size, l.group_id, l.sender, l.arrived_ms, l.expires_ms, l.message
-			FROM group_members g JOIN group_log l ON l.group_id = g.group_id
-			WHERE g.client = $1 AND (g.to_seq IS NULL OR g.to_seq > $2)
-				AND l.seq > $2 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
-				AND l.expires_ms > $3 AND l.except_client <> $1
-			ORDER BY l.seq LIMIT $4)
-		ORDER BY seq LIMIT $4`
+	// posts it sees, above $2 and alive at $3, by sequence number, at
+	// most $4 of them, and cuts the list where their sizes pass $5 bytes
+	// (the first always comes). The messages' bytes are read only for
+	// the rows answered: the merge and the cut read the entries' sizes,
+	// so a backlog of large messages costs what one page holds, not $4
+	// messages read and dropped.
+	queueFetchSQL = `SELECT c.seq, c.size, c.group_id, c.sender, c.arrived_ms, c.expires_ms,
+			CASE WHEN c.body_id IS NULL THEN (SELECT l.message FROM group_log l WHERE l.seq = c.seq)
+				ELSE (SELECT b.message FROM queue_bodies b WHERE b.id = c.body_id) END
+		FROM (SELECT u.*, SUM(u.size) OVER (ORDER BY u.seq) AS run FROM (
+			(SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, m.body_id
+				FROM queue_messages m
+				WHERE m.client = $1 AND m.seq > $2 AND m.expires_ms > $3
+				ORDER BY m.seq LIMIT $4)
+			UNION ALL
+			(SELECT l.seq, l.size, l.group_id, l.sender, l.arrived_ms, l.expires_ms, NULL::bigint
+				FROM group_members g JOIN group_log l ON l.group_id = g.group_id
+				WHERE g.client = $1 AND (g.to_seq IS NULL OR g.to_seq > $2)
+					AND l.seq > $2 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
+					AND l.expires_ms > $3 AND l.except_client <> $1
+				ORDER BY l.seq LIMIT $4)
+			ORDER BY seq LIMIT $4) u) c
+		WHERE c.run <= $5 OR c.run = c.size
+		ORDER BY c.seq`
 	// queueAckGroupSQL counts the alive group log posts that client $1
 	// sees in ($2, $3], at $4.
 	queueAckGroupSQL = `SELECT COUNT(*) FROM group_members g JOIN group_log l ON l.group_id = g.group_id
@@ -463,7 +474,7 @@ func (s *Store) Fetch(ctx context.Context, client string, after uint64, limit st
 	if after > last {
 		return nil, fmt.Errorf("%s: cursor %d is beyond the last sequence number %d: %w", doing, after, last, store.ErrInvalid)
 	}
-	rows, _ := s.pool.Query(ctx, queueFetchSQL, client, int64(max(after, acked)), s.nowMs(), limit.Messages)
+	rows, _ := s.pool.Query(ctx, queueFetchSQL, client, int64(max(after, acked)), s.nowMs(), limit.Messages, int64(limit.Bytes))
 	msgs := []store.QueuedMessage{}
 	total := 0
 	var (
