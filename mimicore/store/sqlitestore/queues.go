@@ -52,20 +52,32 @@ const (
 	queueCursorSQL = `SELECT s.last, COALESCE((SELECT acked FROM queue_cursors WHERE client = ?1), 0)
 		FROM queue_sequence s WHERE s.id = 1`
 	// queueFetchSQL merges client ?1's personal entries and the group log
-	// posts it sees, above ?2 and alive at ?3, by sequence number.
-	queueFetchSQL = `SELECT seq, size, group_id, sender, arrived_ms, expires_ms, message FROM (
-		SELECT * FROM (SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, b.message
-			FROM queue_messages m JOIN queue_bodies b ON b.id = m.body_id
-			WHERE m.client = ?1 AND m.seq > ?2 AND m.expires_ms > ?3
-			ORDER BY m.seq LIMIT ?4)
-		UNION ALL
-		SELECT * FROM (SELECT l.seq, l.size, l.group_id, l.sender, l.arrived_ms, l.expires_ms, l.message
-			FROM group_members g JOIN group_log l ON l.group_id = g.group_id
-			WHERE g.client = ?1 AND (g.to_seq IS NULL OR g.to_seq > ?2)
-				AND l.seq > ?2 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
-				AND l.expires_ms > ?3 AND l.except_client <> ?1
-			ORDER BY l.seq LIMIT ?4))
-		ORDER BY seq LIMIT ?4`
+	// posts it sees, above ?2 and alive at ?3, by sequence number, at
+	// most ?4 of them, and cuts the list where their sizes pass ?5 bytes
+	// (the first always comes). A personal message's bytes (its body)
+	// are read only for the rows answered: the merge and the cut read
+	// the entries' sizes, so a backlog of large messages costs what one
+	// page holds, not ?4 messages read and dropped. A group log post's
+	// row holds its bytes before its size, which SQLite reads through.
+	queueFetchSQL = `SELECT c.seq, c.size, c.group_id, c.sender, c.arrived_ms, c.expires_ms,
+			COALESCE(b.message, l.message)
+		FROM (SELECT u.*, SUM(u.size) OVER (ORDER BY u.seq) AS run FROM (
+			SELECT * FROM (SELECT m.seq, m.size, m.group_id, m.sender, m.arrived_ms, m.expires_ms, m.body_id
+				FROM queue_messages m
+				WHERE m.client = ?1 AND m.seq > ?2 AND m.expires_ms > ?3
+				ORDER BY m.seq LIMIT ?4)
+			UNION ALL
+			SELECT * FROM (SELECT l.seq, l.size, l.group_id, l.sender, l.arrived_ms, l.expires_ms, NULL
+				FROM group_members g JOIN group_log l ON l.group_id = g.group_id
+				WHERE g.client = ?1 AND (g.to_seq IS NULL OR g.to_seq > ?2)
+					AND l.seq > ?2 AND l.seq > g.from_seq AND (g.to_seq IS NULL OR l.seq <= g.to_seq)
+					AND l.expires_ms > ?3 AND l.except_client <> ?1
+				ORDER BY l.seq LIMIT ?4)
+			ORDER BY seq LIMIT ?4) u) c
+		LEFT JOIN queue_bodies b ON b.id = c.body_id
+		LEFT JOIN group_log l ON c.body_id IS NULL AND l.seq = c.seq
+		WHERE c.run <= ?5 OR c.run = c.size
+		ORDER BY c.seq`
 	// queueAckGroupSQL counts the alive group log posts that client ?1
 	// sees in (?2, ?3], at ?4.
 	queueAckGroupSQL = `SELECT COUNT(*) FROM group_members g JOIN group_log l ON l.group_id = g.group_id
@@ -499,7 +511,7 @@ func (s *Store) Fetch(ctx context.Context, client string, after uint64, limit st
 	if after > last {
 		return nil, fmt.Errorf("%s: cursor %d is beyond the last sequence number %d: %w", doing, after, last, store.ErrInvalid)
 	}
-	rows, err := s.qs.fetch.QueryContext(ctx, client, int64(max(after, acked)), check.Millis(s.now()), limit.Messages)
+	rows, err := s.qs.fetch.QueryContext(ctx, client, int64(max(after, acked)), check.Millis(s.now()), limit.Messages, limit.Bytes)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}

@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -270,5 +274,69 @@ func TestAckWritesNoCursorForUnknownClient(t *testing.T) {
 	}
 	if msgs, err := s.Fetch(ctx, known, 0, store.FetchLimit{}); err != nil || len(msgs) != 0 {
 		t.Fatalf("Fetch after the ack = %d messages, %v; want none", len(msgs), err)
+	}
+}
+
+// threadReadBytes is the bytes the calling OS thread has read from files
+// (rchar of /proc/thread-self/io); ok is false where the kernel does not
+// count them.
+func threadReadBytes() (n int, ok bool) {
+	b, err := os.ReadFile("/proc/thread-self/io")
+	if err != nil {
+		return 0, false
+	}
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if v, found := strings.CutPrefix(l, "rchar:"); found {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			return n, err == nil
+		}
+	}
+	return 0, false
+}
+
+// TestFetchReadsOnlyWhatItAnswers checks that a Fetch reads from the
+// database file the messages it answers, not every message up to its
+// count bound: a client with a backlog of large messages asking for the
+// default 100 got 4 MiB of them, but SQLite read the bytes of all 100 to
+// merge and cut the list, 0.3-1 s of a CPU for every page. SQLite runs
+// a query on the goroutine that steps it, so the reads of the Fetch are
+// those of the OS thread it is locked to.
+func TestFetchReadsOnlyWhatItAnswers(t *testing.T) {
+	if _, ok := threadReadBytes(); !ok {
+		t.Skip("the kernel does not count a thread's reads (/proc/thread-self/io)")
+	}
+	s := openTemp(t)
+	ctx := context.Background()
+	const client = "mimi://a.example/d/alice/phone"
+	const n, size = 200, 1<<20 - 100
+	for range n {
+		if _, err := s.Append(ctx, store.Delivery{Recipients: []string{client}, Message: make([]byte, size)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		limit     store.FetchLimit
+		wantCount int
+	}{
+		{"default bounds", store.FetchLimit{}, store.DefaultFetchBytes / size},
+		{"one byte", store.FetchLimit{Messages: n, Bytes: 1}, 1},
+		{"8 MiB", store.FetchLimit{Messages: n, Bytes: 8 << 20}, 8 << 20 / size},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			before, _ := threadReadBytes()
+			msgs, err := s.Fetch(ctx, client, 0, tc.limit)
+			after, _ := threadReadBytes()
+			if err != nil || len(msgs) != tc.wantCount {
+				t.Fatalf("Fetch = %d messages, %v; want %d", len(msgs), err, tc.wantCount)
+			}
+			// At most 8 of the backlog's 200 MiB are answered; reading
+			// the messages up to the count bound reads 100 MiB or more.
+			if read := after - before; read > n*size/4 {
+				t.Fatalf("Fetch read %d MiB of a %d MiB backlog to answer %d MiB", read>>20, n*size>>20, len(msgs)*size>>20)
+			}
+		})
 	}
 }
