@@ -791,6 +791,14 @@ func (h *LocalAPI) serveGet(x *exchange, user string) {
 		d := min(time.Duration(wait)*time.Second, time.Duration(h.MaxWait))
 		var msgs []localapi.Message
 		msgs, err = h.fetch(ctx, user, client, after, int(limit), d)
+		if err == nil && len(msgs) > 0 {
+			// The list is held until the client has read it: within the
+			// process's budget of such lists (answers.go).
+			var release func()
+			if release, err = holdAnswer(ctx, msgs); err == nil {
+				defer release()
+			}
+		}
 		answer = &localapi.MessageList{Messages: msgs}
 	}
 	h.answer(x, user, answer, err)

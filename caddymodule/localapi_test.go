@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/binding"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
@@ -1401,4 +1402,56 @@ func TestLocalAPIDefaultDataDirConflict(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLocalAPIMessageListBudget: the message lists being sent hold the
+// whole budget of lists in flight (a user's streams that read none of
+// them). A fetch that finds messages waits for its share, then is refused
+// 503 backend_unavailable with Retry-After, its messages still queued;
+// once memory is free the same fetch gets them, and the budget is whole
+// again after the answer. Before, lists were held without a bound.
+func TestLocalAPIMessageListBudget(t *testing.T) {
+	oldBudget, oldAnswers, oldWait := answerBudget, answers, answerWait
+	t.Cleanup(func() { answerBudget, answers, answerWait = oldBudget, oldAnswers, oldWait })
+	answerBudget, answerWait = 4000, 100*time.Millisecond
+	answers = semaphore.NewWeighted(answerBudget)
+	s := newLocalServer(t, &LocalAPI{})
+	q := "/messages?client=" + url.QueryEscape(aliceURI)
+	// The first request opens the service; an empty list holds nothing.
+	var l localapi.MessageList
+	st, b := s.do(t, "alice", http.MethodGet, q, nil)
+	expectOK(t, st, b, &l)
+	appendFor(t, s, aliceURI, "hello")
+
+	if !answers.TryAcquire(answerBudget) {
+		t.Fatal("the budget is not free at the start")
+	}
+	req, err := http.NewRequest(http.MethodGet, s.srv.URL+q, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Test-User", "alice")
+	resp, err := s.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var r moh.DSResponse
+	if resp.StatusCode != http.StatusServiceUnavailable || wire.Unmarshal(body, &r, "DSResponse") != nil ||
+		r.Error.Code != moh.CodeBackendUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("a fetch with the budget held answered %d (Retry-After %q) %x, want 503 backend_unavailable with Retry-After 1",
+			resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+
+	answers.Release(answerBudget)
+	st, b = s.do(t, "alice", http.MethodGet, q, nil)
+	expectOK(t, st, b, &l)
+	if len(l.Messages) != 1 || string(l.Messages[0].Message) != "hello" {
+		t.Fatalf("with memory free: %+v, want the message still queued", l.Messages)
+	}
+	if !answers.TryAcquire(answerBudget) {
+		t.Fatal("the list's share was not given back after its answer")
+	}
+	answers.Release(answerBudget)
 }
