@@ -195,18 +195,16 @@ func TestExternalResyncNewEncryptionKey(t *testing.T) {
 	}
 }
 
-// TestGroupContextExtensionsWithRemove checks the rule of RFC 9420
-// §12.1.7: a GroupContextExtensions proposal whose required_capabilities
-// some members do not support is invalid, counting the members the same
-// commit adds and not those it removes. A commit that removes the only
-// member lacking a capability and requires it is valid, and one that keeps
-// that member is not.
-func TestGroupContextExtensionsWithRemove(t *testing.T) {
+// groupOfThree makes, in suite X25519AES128GCMSHA256Ed25519, the group
+// groupID of A (its creator), B and C (at leaf 2), A's and B's leaves
+// with the capabilities that with sets, C's with the defaults. It returns
+// A's and B's members and the group's public state (a DS's).
+func groupOfThree(t *testing.T, groupID string, with func(*Capabilities)) (alice, bob *Member, ds *GroupState) {
+	t.Helper()
 	cs := X25519AES128GCMSHA256Ed25519
-	const needed ExtensionType = 0xF0F0
 	capable := func(name string) *testClient {
 		c := newTestClient(t, cs, name)
-		c.kp.LeafNode.Capabilities.Extensions = []ExtensionType{needed}
+		with(&c.kp.LeafNode.Capabilities)
 		if err := c.kp.LeafNode.Sign(cs, c.signer, nil, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -216,7 +214,7 @@ func TestGroupContextExtensionsWithRemove(t *testing.T) {
 		return c
 	}
 	a, b, c := capable("A"), capable("B"), newTestClient(t, cs, "C")
-	alice, err := NewGroup(a.groupOptions(cs, "gce group"))
+	alice, err := NewGroup(a.groupOptions(cs, groupID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,8 +222,18 @@ func TestGroupContextExtensionsWithRemove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	alice, bob := res.Next, b.join(t, res.Welcome)
-	ds := alice.State()
+	return res.Next, b.join(t, res.Welcome), res.Next.State()
+}
+
+// TestGroupContextExtensionsWithRemove checks the rule of RFC 9420
+// §12.1.7: a GroupContextExtensions proposal whose required_capabilities
+// some members do not support is invalid, counting the members the same
+// commit adds and not those it removes. A commit that removes the only
+// member lacking a capability and requires it is valid, and one that keeps
+// that member is not.
+func TestGroupContextExtensionsWithRemove(t *testing.T) {
+	const needed ExtensionType = 0xF0F0
+	alice, bob, ds := groupOfThree(t, "gce group", func(c *Capabilities) { c.Extensions = []ExtensionType{needed} })
 	rc, err := marshal(&RequiredCapabilities{ExtensionTypes: []ExtensionType{needed}})
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +243,7 @@ func TestGroupContextExtensionsWithRemove(t *testing.T) {
 	if _, err := alice.Commit([]*Proposal{gce}, nil, nil); !errors.Is(err, ErrInvalidProposal) && !errors.Is(err, ErrInvalidCommit) {
 		t.Fatalf("requiring a capability a remaining member lacks: %v", err)
 	}
-	res, err = alice.Commit([]*Proposal{gce, {Type: ProposalRemove, Removed: carol}}, nil, nil)
+	res, err := alice.Commit([]*Proposal{gce, {Type: ProposalRemove, Removed: carol}}, nil, nil)
 	if err != nil {
 		t.Fatalf("requiring a capability only a removed member lacks: %v", err)
 	}
@@ -251,36 +259,14 @@ func TestGroupContextExtensionsWithRemove(t *testing.T) {
 // that removes the one member lacking support is valid, one that keeps it
 // is not.
 func TestCustomProposalSupportWithRemove(t *testing.T) {
-	cs := X25519AES128GCMSHA256Ed25519
 	const custom ProposalType = 0xff01
-	capable := func(name string) *testClient {
-		c := newTestClient(t, cs, name)
-		c.kp.LeafNode.Capabilities.Proposals = []ProposalType{custom}
-		if err := c.kp.LeafNode.Sign(cs, c.signer, nil, 0); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.kp.Sign(c.signer); err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	a, b, c := capable("A"), capable("B"), newTestClient(t, cs, "C")
-	alice, err := NewGroup(a.groupOptions(cs, "custom group"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}, {Type: ProposalAdd, KeyPackage: c.kp}}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	alice, bob := res.Next, b.join(t, res.Welcome)
-	ds := alice.State()
+	alice, bob, ds := groupOfThree(t, "custom group", func(c *Capabilities) { c.Proposals = []ProposalType{custom} })
 	p := &Proposal{Type: custom, Data: []byte{1}}
 	const carol = 2
 	if _, err := alice.Commit([]*Proposal{p}, nil, nil); !errors.Is(err, ErrInvalidProposal) {
 		t.Fatalf("a proposal type a remaining member does not support: %v", err)
 	}
-	res, err = alice.Commit([]*Proposal{p, {Type: ProposalRemove, Removed: carol}}, nil, nil)
+	res, err := alice.Commit([]*Proposal{p, {Type: ProposalRemove, Removed: carol}}, nil, nil)
 	if err != nil {
 		t.Fatalf("a proposal type only a removed member does not support: %v", err)
 	}
