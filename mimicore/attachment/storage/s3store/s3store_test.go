@@ -684,6 +684,23 @@ func TestCommitAnswerLost(t *testing.T) {
 	}
 }
 
+// openBehind serves p on a loopback port for the test and opens a Store
+// of srv's bucket whose requests go through it.
+func openBehind(t *testing.T, srv *s3test.Server, p *holdProxy) (*s3store.Store, s3store.Config) {
+	t.Helper()
+	t.Cleanup(p.rt.CloseIdleConnections)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: p}
+	go hs.Serve(l)
+	t.Cleanup(func() { hs.Close() })
+	cfg := config(t, srv)
+	cfg.Endpoint = l.Addr().String()
+	return open(t, cfg), cfg
+}
+
 // holdProxy is an HTTP proxy on loopback in front of the S3 server, as a
 // load balancer that times out: the requests hold selects are answered
 // 504 Gateway Timeout at once, and the first of them is kept and sent on
@@ -792,17 +809,7 @@ func TestCommitGatewayTimeout(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := &holdProxy{upstream: srv.Endpoint, hold: tc.commit, rt: &http.Transport{DisableCompression: true}}
-			t.Cleanup(p.rt.CloseIdleConnections)
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			hs := &http.Server{Handler: p}
-			go hs.Serve(l)
-			t.Cleanup(func() { hs.Close() })
-			cfg := config(t, srv)
-			cfg.Endpoint = l.Addr().String()
-			s := open(t, cfg)
+			s, cfg := openBehind(t, srv, p)
 			name := storagetest.Name(t)
 			data := bytes.Repeat([]byte{'m'}, tc.size)
 			w, err := s.Create(ctx, name, int64(tc.size))
@@ -849,17 +856,7 @@ func TestCommitSlowDown(t *testing.T) {
 	srv := s3test.Start(t)
 	p := &holdProxy{upstream: srv.Endpoint, slowDown: true, rt: &http.Transport{DisableCompression: true},
 		hold: func(r *http.Request) bool { return r.Method == http.MethodPut && r.Header.Get("If-None-Match") == "*" }}
-	t.Cleanup(p.rt.CloseIdleConnections)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: p}
-	go hs.Serve(l)
-	t.Cleanup(func() { hs.Close() })
-	cfg := config(t, srv)
-	cfg.Endpoint = l.Addr().String()
-	s := open(t, cfg)
+	s, _ := openBehind(t, srv, p)
 	w, err := s.Create(ctx, storagetest.Name(t), 10)
 	if err != nil {
 		t.Fatal(err)
