@@ -389,6 +389,21 @@ func (d *deleteDuringRead) GroupHub(ctx context.Context, gid []byte) (string, er
 	return hub, err
 }
 
+// welcomedByHub has carol of c.example create group gid and add member,
+// whose Welcome hub delivers here, which records hub as the group's hub.
+// It returns carol, her member at the epoch after the Add.
+func (h *harness) welcomedByHub(t *testing.T, hub string, gid []byte, member *tclient) *tclient {
+	t.Helper()
+	carol := remoteClient(t, "c.example", "carol")
+	carol.m = carol.c.create(t, gid)
+	res := commit(t, carol.m, addProps(member), nil, nil)
+	carol.m = res.Next
+	if _, err := h.deliver(t, hub, queueingPayload(t, gid, res.Welcome, member.uri)); err != nil {
+		t.Fatal(err)
+	}
+	return carol
+}
+
 // TestHubForgottenDuringRead checks that the operator's deletion of a
 // group's hub record takes effect in this process at once, also for a
 // request of the forgotten hub that read the record just before it was
@@ -399,15 +414,9 @@ func TestHubForgottenDuringRead(t *testing.T) {
 	h := newHarness(t)
 	h.svc.Bindings = &binding.Checker{Unchecked: true}
 	bob := h.newTClient(t, "bob", "phone", false)
-	carol := remoteClient(t, "c.example", "carol")
 	gid := []byte("a group of c.example")
-	carol.m = carol.c.create(t, gid)
-	res := commit(t, carol.m, addProps(bob), nil, nil)
-	carol.m = res.Next
 	// m.example sends the first Welcome and is recorded as the hub.
-	if _, err := h.deliver(t, "m.example", queueingPayload(t, gid, res.Welcome, bob.uri)); err != nil {
-		t.Fatal(err)
-	}
+	carol := h.welcomedByHub(t, "m.example", gid, bob)
 	msg := func(text string) []byte {
 		app, err := carol.m.Protect([]byte(text), nil)
 		if err != nil {
@@ -454,14 +463,8 @@ func TestWelcomeRecordsHubPastCache(t *testing.T) {
 	h.svc.Hubs = new(HubCache)
 	bob := h.newTClient(t, "bob", "phone", false)
 	dave := h.newTClient(t, "dave", "phone", false)
-	carol := remoteClient(t, "c.example", "carol")
 	gid := []byte("a group of c.example")
-	carol.m = carol.c.create(t, gid)
-	res := commit(t, carol.m, addProps(bob), nil, nil)
-	carol.m = res.Next
-	if _, err := h.deliver(t, "m.example", queueingPayload(t, gid, res.Welcome, bob.uri)); err != nil {
-		t.Fatal(err)
-	}
+	carol := h.welcomedByHub(t, "m.example", gid, bob)
 	if hub, ok := h.svc.Hubs.get(gid); !ok || hub != "m.example" {
 		t.Fatalf("after the first Welcome the cache holds %q, %v; want m.example", hub, ok)
 	}
@@ -469,7 +472,7 @@ func TestWelcomeRecordsHubPastCache(t *testing.T) {
 	if _, err := h.st.ForgetGroupHub(t.Context(), gid); err != nil {
 		t.Fatal(err)
 	}
-	res = commit(t, carol.m, addProps(dave), nil, nil)
+	res := commit(t, carol.m, addProps(dave), nil, nil)
 	carol.m = res.Next
 	if _, err := h.deliver(t, "m.example", queueingPayload(t, gid, res.Welcome, dave.uri)); err != nil {
 		t.Fatalf("m.example's next Welcome: %v", err)
