@@ -651,51 +651,15 @@ func TestContractRepeatableRead(t *testing.T) {
 	})
 }
 
-// TestAckWritesNoCursorForUnknownClient checks that an Ack of a client
-// that has neither a queue nor a group membership writes nothing: the
-// local API lets a user acknowledge for any device name of their own, and
-// a cursor row per made-up client URI would be kept for ever (nothing
-// deletes cursors). A client with a queue still gets its cursor.
+// TestAckWritesNoCursorForUnknownClient runs
+// storetest.CheckAckOfUnknownClient, counting the cursor rows.
 func TestAckWritesNoCursorForUnknownClient(t *testing.T) {
 	s := openTemp(t, Options{})
-	ctx := context.Background()
-	const known = "mimi://a.example/d/alice/phone"
-	if _, err := s.Append(ctx, store.Delivery{Recipients: []string{known}, Message: []byte("m")}); err != nil {
-		t.Fatal(err)
-	}
-	cursors := func() int {
-		t.Helper()
+	storetest.CheckAckOfUnknownClient(t, s, func() (int, error) {
 		var n int
-		if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM queue_cursors").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	for _, tc := range []struct {
-		name        string
-		clients     []string
-		wantAcked   int
-		wantCursors int
-	}{
-		{"made-up clients", []string{"mimi://a.example/d/mallory/x0", "mimi://a.example/d/mallory/x1",
-			"mimi://a.example/d/mallory/x2"}, 0, 0},
-		{"a client with a queue", []string{known}, 1, 1},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for _, c := range tc.clients {
-				n, err := s.Ack(ctx, c, 1)
-				if err != nil || n != tc.wantAcked {
-					t.Fatalf("Ack(%s, 1) = %d, %v; want %d", c, n, err, tc.wantAcked)
-				}
-			}
-			if n := cursors(); n != tc.wantCursors {
-				t.Fatalf("%d cursor rows, want %d", n, tc.wantCursors)
-			}
-		})
-	}
-	if msgs, err := s.Fetch(ctx, known, 0, store.FetchLimit{}); err != nil || len(msgs) != 0 {
-		t.Fatalf("Fetch after the ack = %d messages, %v; want none", len(msgs), err)
-	}
+		err := s.pool.QueryRow(context.Background(), "SELECT count(*) FROM queue_cursors").Scan(&n)
+		return n, err
+	})
 }
 
 // TestFetchReadsOnlyWhatItAnswers checks that a Fetch reads from the

@@ -759,3 +759,35 @@ func testQueueReplay(t *testing.T, open func(t *testing.T, clock *Clock) store.S
 		wantErr(t, "Append with "+tc.name, err, store.ErrInvalid)
 	}
 }
+
+// CheckAckOfUnknownClient checks that s, a fresh store, writes nothing
+// for an Ack of a client that has neither a queue nor a group membership:
+// the local API lets a user acknowledge for any device name of their own,
+// and a cursor row per made-up client URI would be kept for ever (nothing
+// deletes cursors). A client with a queue still gets its cursor.
+// cursorRows counts the store's cursor rows, in its own SQL.
+func CheckAckOfUnknownClient(t *testing.T, s store.Store, cursorRows func() (int, error)) {
+	t.Helper()
+	const known = "mimi://a.example/d/alice/phone"
+	deliver(t, s, msgTo("m", known))
+	for _, tc := range []struct {
+		name        string
+		clients     []string
+		wantAcked   int
+		wantCursors int
+	}{
+		{"made-up clients", []string{"mimi://a.example/d/mallory/x0", "mimi://a.example/d/mallory/x1",
+			"mimi://a.example/d/mallory/x2"}, 0, 0},
+		{"a client with a queue", []string{known}, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, c := range tc.clients {
+				ack(t, s, c, 1, tc.wantAcked)
+			}
+			if n, err := cursorRows(); err != nil || n != tc.wantCursors {
+				t.Fatalf("%d cursor rows (%v), want %d", n, err, tc.wantCursors)
+			}
+		})
+	}
+	wantMsgs(t, "Fetch after the ack", fetch(t, s, known, 0, store.FetchLimit{}))
+}
