@@ -669,36 +669,11 @@ func TestAckWritesNoCursorForUnknownClient(t *testing.T) {
 // 100 (100 MiB) to find where its byte bound cut, for every page. The
 // Go memory a Fetch allocates is compared with what it answers.
 func TestFetchReadsOnlyWhatItAnswers(t *testing.T) {
-	s := openTemp(t, Options{})
-	ctx := context.Background()
-	const client = "mimi://a.example/d/alice/phone"
-	const n, size = 40, 1<<20 - 100
-	for range n {
-		if _, err := s.Append(ctx, store.Delivery{Recipients: []string{client}, Message: make([]byte, size)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, tc := range []struct {
-		name      string
-		limit     store.FetchLimit
-		wantCount int
-	}{
-		{"default bounds", store.FetchLimit{}, store.DefaultFetchBytes / size},
-		{"one byte", store.FetchLimit{Messages: n, Bytes: 1}, 1},
-		{"8 MiB", store.FetchLimit{Messages: n, Bytes: 8 << 20}, 8 << 20 / size},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var before, after runtime.MemStats
-			runtime.ReadMemStats(&before)
-			msgs, err := s.Fetch(ctx, client, 0, tc.limit)
-			runtime.ReadMemStats(&after)
-			if err != nil || len(msgs) != tc.wantCount {
-				t.Fatalf("Fetch = %d messages, %v; want %d", len(msgs), err, tc.wantCount)
-			}
-			answered := uint64(len(msgs) * size)
-			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 2*answered+(4<<20) {
-				t.Fatalf("Fetch allocated %d MiB to answer %d MiB", alloc>>20, answered>>20)
-			}
-		})
-	}
+	storetest.CheckFetchCost(t, openTemp(t, Options{}), 40, func(fetch func()) int64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		fetch()
+		runtime.ReadMemStats(&after)
+		return int64(after.TotalAlloc - before.TotalAlloc)
+	}, func(answered int64) int64 { return 2*answered + 4<<20 })
 }

@@ -269,38 +269,15 @@ func TestFetchReadsOnlyWhatItAnswers(t *testing.T) {
 	if _, ok := threadReadBytes(); !ok {
 		t.Skip("the kernel does not count a thread's reads (/proc/thread-self/io)")
 	}
-	s := openTemp(t)
-	ctx := context.Background()
-	const client = "mimi://a.example/d/alice/phone"
-	const n, size = 200, 1<<20 - 100
-	for range n {
-		if _, err := s.Append(ctx, store.Delivery{Recipients: []string{client}, Message: make([]byte, size)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, tc := range []struct {
-		name      string
-		limit     store.FetchLimit
-		wantCount int
-	}{
-		{"default bounds", store.FetchLimit{}, store.DefaultFetchBytes / size},
-		{"one byte", store.FetchLimit{Messages: n, Bytes: 1}, 1},
-		{"8 MiB", store.FetchLimit{Messages: n, Bytes: 8 << 20}, 8 << 20 / size},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			before, _ := threadReadBytes()
-			msgs, err := s.Fetch(ctx, client, 0, tc.limit)
-			after, _ := threadReadBytes()
-			if err != nil || len(msgs) != tc.wantCount {
-				t.Fatalf("Fetch = %d messages, %v; want %d", len(msgs), err, tc.wantCount)
-			}
-			// At most 8 of the backlog's 200 MiB are answered; reading
-			// the messages up to the count bound reads 100 MiB or more.
-			if read := after - before; read > n*size/4 {
-				t.Fatalf("Fetch read %d MiB of a %d MiB backlog to answer %d MiB", read>>20, n*size>>20, len(msgs)*size>>20)
-			}
-		})
-	}
+	// At most 8 of the backlog's 200 MiB are answered; reading the
+	// messages up to the count bound reads 100 MiB or more.
+	const n = 200
+	storetest.CheckFetchCost(t, openTemp(t), n, func(fetch func()) int64 {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		before, _ := threadReadBytes()
+		fetch()
+		after, _ := threadReadBytes()
+		return int64(after - before)
+	}, func(int64) int64 { return n << 20 / 4 })
 }

@@ -791,3 +791,42 @@ func CheckAckOfUnknownClient(t *testing.T, s store.Store, cursorRows func() (int
 	}
 	wantMsgs(t, "Fetch after the ack", fetch(t, s, known, 0, store.FetchLimit{}))
 }
+
+// CheckFetchCost appends n messages of about 1 MiB for one client of s, a
+// fresh store, and fetches them with three byte bounds (the default 4
+// MiB, 1 byte, 8 MiB): each Fetch must answer the messages its bound
+// allows, and cost, as cost measures it in the store's own terms (bytes
+// read, bytes allocated) around the Fetch it is given, at most what
+// limit allows for the bytes answered. A store that read every message up
+// to the count bound (100 by default) to find where the byte bound cut
+// spent 100 MiB to answer 4.
+func CheckFetchCost(t *testing.T, s store.Store, n int, cost func(fetch func()) int64, limit func(answered int64) int64) {
+	t.Helper()
+	const client = "mimi://a.example/d/alice/phone"
+	const size = 1<<20 - 100
+	for range n {
+		deliver(t, s, store.Delivery{Recipients: []string{client}, Message: make([]byte, size)})
+	}
+	for _, tc := range []struct {
+		name      string
+		limit     store.FetchLimit
+		wantCount int
+	}{
+		{"default bounds", store.FetchLimit{}, store.DefaultFetchBytes / size},
+		{"one byte", store.FetchLimit{Messages: n, Bytes: 1}, 1},
+		{"8 MiB", store.FetchLimit{Messages: n, Bytes: 8 << 20}, 8 << 20 / size},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var msgs []store.QueuedMessage
+			var err error
+			spent := cost(func() { msgs, err = s.Fetch(ctx(), client, 0, tc.limit) })
+			if err != nil || len(msgs) != tc.wantCount {
+				t.Fatalf("Fetch = %d messages, %v; want %d", len(msgs), err, tc.wantCount)
+			}
+			answered := int64(len(msgs) * size)
+			if spent > limit(answered) {
+				t.Fatalf("Fetch cost %d MiB of a %d MiB backlog to answer %d MiB", spent>>20, n*size>>20, answered>>20)
+			}
+		})
+	}
+}
