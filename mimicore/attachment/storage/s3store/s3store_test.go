@@ -652,13 +652,7 @@ func TestCommitAnswerLost(t *testing.T) {
 			name := storagetest.Name(t)
 			data := bytes.Repeat([]byte("mimi"), tc.size/4)
 			data = append(data, make([]byte, tc.size-len(data))...)
-			w, err := s.Create(ctx, name, int64(tc.size))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := w.Write(data); err != nil {
-				t.Fatal(err)
-			}
+			w := written(t, s, name, data)
 			commitErr := w.Commit(ctx)
 			dropped, seen := p.log()
 			if len(dropped) != 1 || !strings.HasSuffix(dropped[0], " 200") || len(seen) < 2 {
@@ -682,6 +676,20 @@ func TestCommitAnswerLost(t *testing.T) {
 			}
 		})
 	}
+}
+
+// written creates the object name of s and writes data, all of it, to
+// the Writer it returns, not committed.
+func written(t *testing.T, s *s3store.Store, name string, data []byte) storage.Writer {
+	t.Helper()
+	w, err := s.Create(ctx, name, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	return w
 }
 
 // openBehind serves p on a loopback port for the test and opens a Store
@@ -812,13 +820,7 @@ func TestCommitGatewayTimeout(t *testing.T) {
 			s, cfg := openBehind(t, srv, p)
 			name := storagetest.Name(t)
 			data := bytes.Repeat([]byte{'m'}, tc.size)
-			w, err := s.Create(ctx, name, int64(tc.size))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := w.Write(data); err != nil {
-				t.Fatal(err)
-			}
+			w := written(t, s, name, data)
 			commitErr := w.Commit(ctx)
 			w.Abort()
 			p.mu.Lock()
