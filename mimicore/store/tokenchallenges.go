@@ -10,8 +10,10 @@ import (
 // digest so that a token answering it can be redeemed later, on any gateway
 // sharing the store.
 type TokenChallenge struct {
-	// Digest is SHA-256 of the TokenChallenge bytes, TokenChallengeDigestSize
-	// bytes: what a token carries as challenge_digest.
+	// Digest is the key of the challenge, TokenChallengeDigestSize bytes:
+	// privacypass.Origin stores a hash of the challenge's digest (what a
+	// token carries as challenge_digest) scoped to its issuer name and
+	// origin_info, so that origins of one store keep disjoint keys.
 	Digest []byte
 	// TokenType is the challenge's token_type.
 	TokenType uint16

@@ -136,7 +136,9 @@ type OriginConfig struct {
 	Spent SpentStore
 	// Challenges, when set, keeps the challenges of ContextRandom instead
 	// of the in-memory registry, so that origins sharing it (gateways on
-	// one database) accept each other's challenges, also across restarts.
+	// one database) accept each other's challenges, also across restarts;
+	// origins of another IssuerName or OriginInfo on the same store do
+	// not (see storeKey).
 	// Each minted set of challenges is then one write, and
 	// MaxChallenges and MaxChallengesPerSource do not apply: bound the
 	// answers that mint challenges with a rate limit instead. A failing
@@ -171,6 +173,7 @@ type Origin struct {
 	typeOK    map[TokenType]bool    // accepted types
 	registry  *challengeRegistry    // ContextRandom, in memory
 	shared    store.TokenChallenges // ContextRandom, in the store
+	scope     []byte                // prefix of the keys in shared; see storeKey
 	window    atomic.Pointer[slots] // ContextWindow cache
 }
 
@@ -247,6 +250,13 @@ func NewOrigin(cfg OriginConfig) (*Origin, error) {
 		}
 		if cfg.Challenges != nil {
 			o.shared = cfg.Challenges
+			// A challenge without context or type: the origin's
+			// issuer_name and origin_info, length-prefixed.
+			scope, err := (&TokenChallenge{IssuerName: o.issuer, OriginInfo: o.originInfo}).Marshal()
+			if err != nil {
+				return nil, wrapError(ReasonInvalidConfig, "encoding the challenge scope", err)
+			}
+			o.scope = append([]byte(challengeScopeLabel), scope...)
 			break
 		}
 		o.registry = newChallengeRegistry(limit, min(perSource, limit))
@@ -326,7 +336,8 @@ func (o *Origin) ChallengesFor(ctx context.Context, source netip.Addr) ([]Challe
 			}
 			d := ChallengeDigest(raw)
 			if o.shared != nil {
-				shared = append(shared, store.TokenChallenge{Digest: d[:], TokenType: uint16(t), Expires: expires})
+				k := o.storeKey(d)
+				shared = append(shared, store.TokenChallenge{Digest: k[:], TokenType: uint16(t), Expires: expires})
 			} else {
 				o.registry.add(d, t, src, expires, now)
 			}
@@ -478,7 +489,8 @@ func (o *Origin) RedeemToken(ctx context.Context, t *Token) (*Redemption, error)
 func (o *Origin) acceptDigest(ctx context.Context, t TokenType, d [DigestSize]byte, now time.Time) (time.Time, bool, error) {
 	switch {
 	case o.mode == ContextRandom && o.shared != nil:
-		c, err := o.shared.LookupTokenChallenge(ctx, d[:])
+		k := o.storeKey(d)
+		c, err := o.shared.LookupTokenChallenge(ctx, k[:])
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			return time.Time{}, false, nil
@@ -513,6 +525,28 @@ func (o *Origin) acceptDigest(ctx context.Context, t TokenType, d [DigestSize]by
 		}
 	}
 	return time.Time{}, false, nil
+}
+
+// challengeScopeLabel separates storeKey's use of SHA-256 from any other.
+const challengeScopeLabel = "caddy-mimi privacypass challenge scope v1\x00"
+
+// storeKey returns the key under which OriginConfig.Challenges keeps the
+// challenge of digest d:
+//
+//	SHA-256("caddy-mimi privacypass challenge scope v1" || 0x00 || 0x0000 || issuer_name (with its 2-byte length) || 0x00 || origin_info (with its 2-byte length) || d)
+//
+// Origins of other issuer names or origin_info (sites of other ds_domains
+// on one database) keep their challenges in one store under disjoint keys,
+// so that none accepts a token answering another's challenge: such a token
+// is bound to the other origin (RFC 9577 §2.1.1), and the store, which
+// holds digests only, cannot tell whose challenge a digest was.
+func (o *Origin) storeKey(d [DigestSize]byte) [DigestSize]byte {
+	h := sha256.New()
+	h.Write(o.scope)
+	h.Write(d[:])
+	var out [DigestSize]byte
+	h.Sum(out[:0])
+	return out
 }
 
 // slots caches the window challenges of the current and previous slot.

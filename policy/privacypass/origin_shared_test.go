@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/pgtest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/pgstore"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/sqlitestore"
 	"github.com/caddy-mimi/caddy-mimi/policy/privacypass"
 )
@@ -105,4 +107,77 @@ func TestOriginRekeyed(t *testing.T) {
 			wantReason(t, err, privacypass.ReasonUnknownKey)
 		})
 	}
+}
+
+// TestOriginSharedChallengesScoped has two origins of other names (two
+// sites of one data_dir, for two ds_domains) keep their random-context
+// challenges in one store, a real SQLite file or a real PostgreSQL
+// database, and trust one issuer: a token answering a challenge of one is
+// refused by the other, whose challenges bind tokens to another
+// origin_info (RFC 9577 §2.1.1), while each accepts its own.
+func TestOriginSharedChallengesScoped(t *testing.T) {
+	k2, _, _ := testKeys(t)
+	ctx := context.Background()
+	for _, backend := range []struct {
+		name string
+		open func(t *testing.T) sharedStore
+	}{
+		{"sqlite", func(t *testing.T) sharedStore {
+			st, err := sqlitestore.Open(ctx, filepath.Join(t.TempDir(), "mimi.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}},
+		{"postgres", func(t *testing.T) sharedStore {
+			st, err := pgstore.Open(ctx, pgtest.NewDB(t), pgstore.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		}},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			st := backend.open(t)
+			cfg := privacypass.OriginConfig{Keys: []*privacypass.Key{k2}, Spent: st, Challenges: st}
+			cfgA, cfgB, cfgC := cfg, cfg, cfg
+			cfgA.OriginInfo = []string{"ds.a.example"}
+			cfgB.OriginInfo = []string{"ds.b.example"}
+			cfgC.OriginInfo, cfgC.IssuerName = []string{"ds.a.example"}, "other-issuer.example"
+			a, b, c := newOrigin(t, cfgA), newOrigin(t, cfgB), newOrigin(t, cfgC)
+			a2 := newOrigin(t, cfgA) // another gateway of site a
+			for _, tc := range []struct {
+				name       string
+				minted, at *privacypass.Origin
+				want       privacypass.Reason
+			}{
+				{"challenge of a redeemed on b (other origin_info)", a, b, privacypass.ReasonChallengeDigest},
+				{"challenge of b redeemed on a", b, a, privacypass.ReasonChallengeDigest},
+				{"challenge of a redeemed on c (other issuer_name)", a, c, privacypass.ReasonChallengeDigest},
+				{"challenge of a redeemed on a", a, a, ""},
+				{"challenge of a redeemed on another gateway of a", a, a2, ""},
+				{"challenge of b redeemed on b", b, b, ""},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					tok := mint(t, k2, challengeFor(t, tc.minted, privacypass.TypeBlindRSA).TokenChallenge)
+					_, err := tc.at.RedeemToken(ctx, tok)
+					if tc.want == "" {
+						if err != nil {
+							t.Fatalf("RedeemToken: %v", err)
+						}
+						return
+					}
+					wantReason(t, err, tc.want)
+				})
+			}
+		})
+	}
+}
+
+// sharedStore is a store that keeps both spent tokens and challenges.
+type sharedStore interface {
+	privacypass.SpentStore
+	store.TokenChallenges
 }
