@@ -269,12 +269,7 @@ func (m *Member) CommitWith(opts CommitOptions) (*CommitResult, error) {
 	if opts.LeafExtensions != nil {
 		tmpl.Extensions = opts.LeafExtensions.clone()
 	}
-	np, err := n.tree.generateUpdatePath(m.leaf, tmpl, m.signer, g.ctx.GroupID, excluded, func(th []byte) ([]byte, error) {
-		pc := n.ctx.clone()
-		pc.Epoch++
-		pc.TreeHash = th
-		return marshal(&pc)
-	})
+	np, err := n.tree.generateUpdatePath(m.leaf, tmpl, m.signer, g.ctx.GroupID, excluded, n.provisionalContext)
 	if err != nil {
 		return nil, fmt.Errorf("committing: %w", err)
 	}

@@ -81,12 +81,7 @@ func JoinExternal(gi *GroupInfo, opts ExternalJoinOptions) (*MLSMessage, *Member
 	}
 	// The placeholder is replaced by the signed leaf below.
 	n.tree.setLeaf(idx, &leaf)
-	np, err := n.tree.generateUpdatePath(idx, leaf, signer, g.ctx.GroupID, nil, func(th []byte) ([]byte, error) {
-		pc := n.ctx.clone()
-		pc.Epoch++
-		pc.TreeHash = th
-		return marshal(&pc)
-	})
+	np, err := n.tree.generateUpdatePath(idx, leaf, signer, g.ctx.GroupID, nil, n.provisionalContext)
 	if err != nil {
 		return nil, nil, fmt.Errorf("joining externally: %w", err)
 	}
@@ -123,4 +118,15 @@ func JoinExternal(gi *GroupInfo, opts ExternalJoinOptions) (*MLSMessage, *Member
 		return nil, nil, err
 	}
 	return &MLSMessage{Version: MLS10, WireFormat: WireFormatPublicMessage, PublicMessage: pm}, joiner.successor(n, np.keys, secrets), nil
+}
+
+// provisionalContext returns the encoded GroupContext of the epoch after
+// g's, g being the state a commit builds, with the tree hash th: what an
+// UpdatePath's path secrets are encrypted to (RFC 9420 §12.4.2), for
+// tree.generateUpdatePath.
+func (g *GroupState) provisionalContext(th []byte) ([]byte, error) {
+	pc := g.ctx.clone()
+	pc.Epoch++
+	pc.TreeHash = th
+	return marshal(&pc)
 }

@@ -150,12 +150,7 @@ func (tg *testGroup) commit(tb testing.TB, committer uint32, proposals []Proposa
 		}
 		leaf := *n.tree.leaf(committer)
 		np, err := n.tree.generateUpdatePath(committer, leaf, tg.signers[committer], g.ctx.GroupID, excluded,
-			func(th []byte) ([]byte, error) {
-				pc := n.ctx.clone()
-				pc.Epoch++
-				pc.TreeHash = th
-				return marshal(&pc)
-			})
+			n.provisionalContext)
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -115,12 +115,7 @@ func TestResyncLeafSupportsOwnCredentialType(t *testing.T) {
 			n := g.next()
 			n.tree.removeLeaf(0)
 			n.tree.setLeaf(0, leaf)
-			np, err := n.tree.generateUpdatePath(0, *leaf, signer, g.GroupID(), nil, func(th []byte) ([]byte, error) {
-				pc := n.ctx.clone()
-				pc.Epoch++
-				pc.TreeHash = th
-				return marshal(&pc)
-			})
+			np, err := n.tree.generateUpdatePath(0, *leaf, signer, g.GroupID(), nil, n.provisionalContext)
 			if err != nil {
 				t.Fatal(err)
 			}

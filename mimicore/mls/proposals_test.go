@@ -166,12 +166,7 @@ func TestExternalResyncNewEncryptionKey(t *testing.T) {
 			idx := n.tree.leftmostBlankLeaf()
 			leaf, signer := newTestLeaf(t, cs, "member 1")
 			n.tree.setLeaf(idx, leaf)
-			np, err := n.tree.generateUpdatePath(idx, *leaf, signer, g.GroupID(), nil, func(th []byte) ([]byte, error) {
-				pc := n.ctx.clone()
-				pc.Epoch++
-				pc.TreeHash = th
-				return marshal(&pc)
-			})
+			np, err := n.tree.generateUpdatePath(idx, *leaf, signer, g.GroupID(), nil, n.provisionalContext)
 			if err != nil {
 				t.Fatal(err)
 			}

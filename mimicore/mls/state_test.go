@@ -304,12 +304,7 @@ func TestExternalCommit(t *testing.T) {
 	n := g.next()
 	idx := n.tree.leftmostBlankLeaf()
 	n.tree.setLeaf(idx, leaf)
-	np, err := n.tree.generateUpdatePath(idx, *leaf, signer, g.GroupID(), nil, func(th []byte) ([]byte, error) {
-		pc := n.ctx.clone()
-		pc.Epoch++
-		pc.TreeHash = th
-		return marshal(&pc)
-	})
+	np, err := n.tree.generateUpdatePath(idx, *leaf, signer, g.GroupID(), nil, n.provisionalContext)
 	if err != nil {
 		t.Fatal(err)
 	}
