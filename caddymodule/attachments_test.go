@@ -139,16 +139,7 @@ func (e *attachEnv) post(t *testing.T, path string, body io.Reader, header http.
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	resp, err := e.c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, out
+	return exchangeHTTP(t, e.c, req)
 }
 
 // uploadBody is the upload of ct to group as alice.

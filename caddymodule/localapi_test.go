@@ -115,7 +115,14 @@ func (s *localServer) send(t *testing.T, user, method, path string, body []byte)
 	if user != "" {
 		req.Header.Set("X-Test-User", user)
 	}
-	resp, err := s.srv.Client().Do(req)
+	resp, out := exchangeHTTP(t, s.srv.Client(), req)
+	return resp.StatusCode, out, resp.Header
+}
+
+// exchangeHTTP sends req with c and returns the answer with its whole body.
+func exchangeHTTP(t *testing.T, c *http.Client, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +131,7 @@ func (s *localServer) send(t *testing.T, user, method, path string, body []byte)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, out, resp.Header
+	return resp, out
 }
 
 // claimAs POSTs user's claim of target's KeyPackages and returns the
@@ -1426,22 +1433,12 @@ func TestLocalAPIMessageListBudget(t *testing.T) {
 	if !answers.TryAcquire(answerBudget) {
 		t.Fatal("the budget is not free at the start")
 	}
-	req, err := http.NewRequest(http.MethodGet, s.srv.URL+q, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("X-Test-User", "alice")
-	resp, err := s.srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	status, body, header := s.send(t, "alice", http.MethodGet, q, nil)
 	var r moh.DSResponse
-	if resp.StatusCode != http.StatusServiceUnavailable || wire.Unmarshal(body, &r, "DSResponse") != nil ||
-		r.Error.Code != moh.CodeBackendUnavailable || resp.Header.Get("Retry-After") != "1" {
+	if status != http.StatusServiceUnavailable || wire.Unmarshal(body, &r, "DSResponse") != nil ||
+		r.Error.Code != moh.CodeBackendUnavailable || header.Get("Retry-After") != "1" {
 		t.Fatalf("a fetch with the budget held answered %d (Retry-After %q) %x, want 503 backend_unavailable with Retry-After 1",
-			resp.StatusCode, resp.Header.Get("Retry-After"), body)
+			status, header.Get("Retry-After"), body)
 	}
 
 	answers.Release(answerBudget)
