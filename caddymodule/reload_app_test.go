@@ -113,15 +113,11 @@ func probeBurst(t *testing.T, addr string) int {
 // publishes.
 func publishedKeys(t *testing.T, addr string) []moh.VerificationKey {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/verification_key")
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/verification_key", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, body := exchangeHTTP(t, http.DefaultClient, req)
 	var ds moh.DSResponse
 	if resp.StatusCode != http.StatusOK || wire.Unmarshal(body, &ds, "DSResponse") != nil || ds.Type != moh.ResponseVerificationKeys {
 		t.Fatalf("/verification_key answered %d %x", resp.StatusCode, body)
