@@ -231,10 +231,13 @@ func OpenContext(ctx context.Context, dir string, cfg Config) (*Client, error) {
 		var rec *record
 		if rec, err = decodeRecord(data); err == nil {
 			// The hold is an absolute time: opening never extends it,
-			// and brings one too far ahead back within the bound.
+			// and brings one further ahead than the longest wait a
+			// refusal can ask for (MaxRetryAfter: the clock was set back
+			// since it was recorded, the file was damaged) back to it.
+			// Config.MaxRetryWait bounds waits within a call, not this.
 			now := c.now()
 			broughtBack := false
-			if limit := now.Add(c.holdBound()).UTC(); rec.republishAfter.After(limit) {
+			if limit := now.Add(MaxRetryAfter).UTC(); rec.republishAfter.After(limit) {
 				rec.republishAfter, broughtBack = limit, true
 			}
 			if !now.Before(rec.republishAfter) {
@@ -496,16 +499,6 @@ func (c *Client) RepublishHeld() time.Duration {
 	}
 	return max(c.rec.republishAfter.Sub(c.now()), 0)
 }
-
-// holdBound is how far ahead of the clock a republish hold read from the
-// state may lie: MaxRetryAfter, the longest wait a refusal can ask for,
-// so that every Client opened from the state holds off as long as the
-// gateway asked (a hold shorter than the refusal's would send one more
-// refused publish per opening, the rate limit's own bucket permitting
-// nothing sooner). A hold further ahead (the clock was set back since it
-// was recorded, the file was damaged) is brought back to it. Config's
-// MaxRetryWait bounds waits within a call, not this.
-func (c *Client) holdBound() time.Duration { return MaxRetryAfter }
 
 // userURI returns the user URI of the client.
 func (c *Client) userURI() string {

@@ -97,7 +97,7 @@ type record struct {
 	// due again (freshBinding), after the gateway refused one with a
 	// Retry-After: an absolute time, in UTC, that opening the state never
 	// extends (OpenContext brings one too far ahead back within
-	// Client.holdBound, and writes it so) and that saveRecord drops once
+	// MaxRetryAfter, and writes it so) and that saveRecord drops once
 	// it is over; zero when none.
 	republishAfter time.Time
 }
