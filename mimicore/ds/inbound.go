@@ -73,11 +73,9 @@ func (s *Service) deliverMessage(ctx context.Context, v *provider.Verified) (*mo
 	if len(local) == 0 {
 		return answer, nil
 	}
-	msg, err := wire.Marshal(&q.Message)
-	if err != nil {
-		return nil, moh.Errorf(moh.CodeMalformed, "deliver_message: encoding the message: %w", err)
-	}
-	return s.queueFromPeer(ctx, v, "deliver_message", q.GroupID, local, msg, answer)
+	// The bytes the hub sent: the decoder accepts only the one encoding
+	// of each value, so they are the message's encoding.
+	return s.queueFromPeer(ctx, v, "deliver_message", q.GroupID, local, q.RawMessage, answer)
 }
 
 // queueFromPeer appends msg, which the verified request v from a group's

@@ -14,7 +14,8 @@ import (
 // fuzzCanonical decodes data as a fresh value and, when that succeeds,
 // requires the re-encoding to reproduce data exactly: a strict decoder
 // accepts only canonical encodings.
-func fuzzCanonical(f *testing.F, name string, empty func() codec) {
+// Each check, if any, then runs on the decoded value.
+func fuzzCanonical(f *testing.F, name string, empty func() codec, checks ...func(t *testing.T, v codec, data []byte)) {
 	want := reflect.TypeOf(empty())
 	for _, tc := range sampleMessages() {
 		if enc, err := wire.Marshal(tc.msg); err == nil && reflect.TypeOf(tc.msg) == want {
@@ -32,6 +33,9 @@ func fuzzCanonical(f *testing.F, name string, empty func() codec) {
 		}
 		if !bytes.Equal(enc, data) {
 			t.Fatalf("non-canonical input accepted:\n  in %x\n out %x", data, enc)
+		}
+		for _, check := range checks {
+			check(t, v, data)
 		}
 	})
 }
@@ -53,7 +57,16 @@ func FuzzDSError(f *testing.F) {
 }
 
 func FuzzQueueingServiceRequest(f *testing.F) {
-	fuzzCanonical(f, "QueueingServiceRequest", func() codec { return new(QueueingServiceRequest) })
+	fuzzCanonical(f, "QueueingServiceRequest", func() codec { return new(QueueingServiceRequest) },
+		func(t *testing.T, v codec, data []byte) {
+			// Receivers queue RawMessage as it is: it must be the
+			// message's encoding, and the end of the request.
+			q := v.(*QueueingServiceRequest)
+			enc, err := wire.Marshal(&q.Message)
+			if err != nil || !bytes.Equal(enc, q.RawMessage) || !bytes.HasSuffix(data, q.RawMessage) {
+				t.Fatalf("RawMessage %x is not the message's encoding %x at the end of the input (%v)", q.RawMessage, enc, err)
+			}
+		})
 }
 
 func FuzzQueueingServiceResponse(f *testing.F) {

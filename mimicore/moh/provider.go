@@ -116,6 +116,10 @@ type QueueingServiceRequest struct {
 	// Message is a PublicMessage, PrivateMessage or Welcome; a KeyPackage
 	// or GroupInfo is refused.
 	Message mls.MLSMessage
+	// RawMessage is Message's encoding exactly as UnmarshalWire read it
+	// (a slice of its input), so that a receiver can keep the bytes the
+	// hub sent without encoding them again. MarshalWire ignores it.
+	RawMessage []byte
 }
 
 // MarshalWire implements wire.Marshaler.
@@ -128,9 +132,14 @@ func (q *QueueingServiceRequest) MarshalWire(b *cryptobyte.Builder) {
 // UnmarshalWire implements wire.Unmarshaler.
 func (q *QueueingServiceRequest) UnmarshalWire(s *cryptobyte.String) bool {
 	if !readGroupID(s, &q.GroupID) || !readOpaqueList(s, &q.ClientIDs, MaxClientIDs, MaxURILen) ||
-		len(q.ClientIDs) == 0 || !q.Message.UnmarshalWire(s) {
+		len(q.ClientIDs) == 0 {
 		return false
 	}
+	start := *s
+	if !q.Message.UnmarshalWire(s) {
+		return false
+	}
+	q.RawMessage = start[:len(start)-len(*s)]
 	switch q.Message.WireFormat {
 	case mls.WireFormatPublicMessage, mls.WireFormatPrivateMessage, mls.WireFormatWelcome:
 		return true
