@@ -178,7 +178,11 @@ func (s *Store) multiStmtList() []*sql.Stmt {
 func (s *Store) execMulti(ctx context.Context, tx *sql.Tx, m *multiRow, fixed []any, rows int, row func(i int, args []any) []any) (int64, error) {
 	sts := s.multi[m]
 	var changed int64
-	args := make([]any, 0, len(fixed)+min(rows, chunkSizes[0])*m.cols)
+	args := s.multiArgs[:0]
+	defer func() {
+		clear(args[:cap(args)])
+		s.multiArgs = args[:0]
+	}()
 	for done := 0; done < rows; {
 		k := 0
 		for chunkSizes[k] > rows-done {

@@ -173,6 +173,9 @@ type Store struct {
 	ks kpStmts
 	// multi are the coalesced appends' statements (writer only).
 	multi multiStmts
+	// multiArgs is execMulti's parameter list, kept between statements
+	// (writer only) and cleared after each, so that it holds no message.
+	multiArgs []any
 
 	notifier *store.Notifier // wakes queue waiters after Append commits
 
