@@ -63,6 +63,18 @@ func TestSignContentEncoding(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("signContent = %x, want %x", got, want)
 	}
+	// A content of 64 bytes or more takes a two-byte length; a buffer
+	// that holds something keeps it in front.
+	long := bytes.Repeat([]byte{0xbb}, 300)
+	got, err = appendSignContent([]byte{0xee}, "L", long)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = append([]byte{0xee, 9}, "MLS 1.0 L"...)
+	want = append(append(want, 0x41, 0x2c), long...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("appendSignContent = %x, want %x", got, want)
+	}
 }
 
 func TestKeyRingRotation(t *testing.T) {

@@ -17,8 +17,6 @@ import (
 	"fmt"
 	"time"
 
-	"golang.org/x/crypto/cryptobyte"
-
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -208,14 +206,22 @@ func VerifyWithLabel(key *moh.VerificationKey, label string, content, sig []byte
 
 // signContent encodes SignContent { opaque label<V>; opaque content<V>; }.
 func signContent(label string, content []byte) ([]byte, error) {
-	b := cryptobyte.NewBuilder(make([]byte, 0, len(label)+len(content)+16))
-	wire.AddOpaque(b, []byte("MLS 1.0 "+label))
-	wire.AddOpaque(b, content)
-	msg, err := b.Bytes()
-	if err != nil {
-		return nil, fmt.Errorf("encoding SignContent: %w", err)
+	return appendSignContent(make([]byte, 0, len(signLabelPrefix)+len(label)+len(content)+16), label, content)
+}
+
+// signLabelPrefix starts every SignContent label (RFC 9420 §5.1.2).
+const signLabelPrefix = "MLS 1.0 "
+
+// appendSignContent appends the SignContent encoding of label and content
+// to dst.
+func appendSignContent(dst []byte, label string, content []byte) ([]byte, error) {
+	if uint64(len(signLabelPrefix)+len(label)) > wire.MaxVarint || uint64(len(content)) > wire.MaxVarint {
+		return nil, errors.New("encoding SignContent: too long")
 	}
-	return msg, nil
+	dst = wire.AppendVarint(dst, uint64(len(signLabelPrefix)+len(label)))
+	dst = append(append(dst, signLabelPrefix...), label...)
+	dst = wire.AppendVarint(dst, uint64(len(content)))
+	return append(dst, content...), nil
 }
 
 // pemType is the PEM block type of stored private keys; the validity window

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -122,15 +123,22 @@ func (v *Verifier) verifySignature(key *moh.VerificationKey, signed, sig []byte)
 	if key.Scheme != moh.SchemeEd25519 || len(key.PublicKey) != ed25519.PublicKeySize {
 		return VerifyWithLabel(key, moh.ProviderRequestLabel, signed, sig)
 	}
-	msg, err := signContent(moh.ProviderRequestLabel, signed)
+	buf := signContentBuffers.Get().(*[]byte)
+	defer signContentBuffers.Put(buf)
+	msg, err := appendSignContent((*buf)[:0], moh.ProviderRequestLabel, signed)
 	if err != nil {
 		return err
 	}
+	*buf = msg // kept grown; the verification does not retain msg
 	if !v.ed.verify(key.PublicKey, msg, sig) {
 		return fmt.Errorf("verifying signature: %w", ErrBadSignature)
 	}
 	return nil
 }
+
+// signContentBuffers hold the SignContent encodings that verifySignature
+// builds for one verification each.
+var signContentBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 func (v *Verifier) now() time.Time {
 	if v.Now != nil {

@@ -84,6 +84,20 @@ func AddVarint(b *cryptobyte.Builder, v uint64) {
 	}
 }
 
+// AppendVarint appends v to dst as AddVarint encodes it; v must be at
+// most MaxVarint (it panics otherwise: callers check lengths first).
+func AppendVarint(dst []byte, v uint64) []byte {
+	switch {
+	case v < 1<<6:
+		return append(dst, uint8(v))
+	case v < 1<<14:
+		return append(dst, uint8(v>>8)|0x40, uint8(v))
+	case v <= MaxVarint:
+		return append(dst, uint8(v>>24)|0x80, uint8(v>>16), uint8(v>>8), uint8(v))
+	}
+	panic("wire: varint above MaxVarint")
+}
+
 // VarintLen returns the number of bytes AddVarint writes for v, or 0 when v
 // is above MaxVarint.
 func VarintLen(v uint64) int {

@@ -23,6 +23,9 @@ func TestVarintRoundTrip(t *testing.T) {
 		if err != nil || hex.EncodeToString(got) != tc.enc {
 			t.Errorf("AddVarint(%d) = %x, %v; want %s", tc.v, got, err, tc.enc)
 		}
+		if app := AppendVarint([]byte{0xee}, tc.v); hex.EncodeToString(app) != "ee"+tc.enc {
+			t.Errorf("AppendVarint(ee, %d) = %x, want ee%s", tc.v, app, tc.enc)
+		}
 		if VarintLen(tc.v) != len(got) {
 			t.Errorf("VarintLen(%d) = %d, want %d", tc.v, VarintLen(tc.v), len(got))
 		}
