@@ -669,11 +669,16 @@ func TestAckWritesNoCursorForUnknownClient(t *testing.T) {
 // 100 (100 MiB) to find where its byte bound cut, for every page. The
 // Go memory a Fetch allocates is compared with what it answers.
 func TestFetchReadsOnlyWhatItAnswers(t *testing.T) {
-	storetest.CheckFetchCost(t, openTemp(t, Options{}), 40, func(fetch func()) int64 {
+	allocated := func(fetch func()) int64 {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		fetch()
 		runtime.ReadMemStats(&after)
 		return int64(after.TotalAlloc - before.TotalAlloc)
-	}, func(answered int64) int64 { return 2*answered + 4<<20 })
+	}
+	limit := func(answered int64) int64 { return 2*answered + 4<<20 }
+	t.Run("queue", func(t *testing.T) { storetest.CheckFetchCost(t, openTemp(t, Options{}), 40, allocated, limit) })
+	t.Run("group log", func(t *testing.T) {
+		storetest.CheckGroupFetchCost(t, openTemp(t, Options{}), 40, allocated, limit)
+	})
 }

@@ -43,6 +43,7 @@ var migrations = []migration{
 	{16, "whether a last-resort KeyPackage was handed out", schemaKeyPackagesHandedOut},
 	{17, "claimed KeyPackage refs kept until their NotAfter", schemaKeyPackagesRetained},
 	{18, "attachment objects kept until a late commit of their bytes can no longer land", schemaObjectKeep},
+	{19, "a group log index that holds what Fetch merges and cuts on", schemaGroupLogView},
 }
 
 const schemaV1 = `
@@ -554,4 +555,19 @@ CREATE INDEX key_packages_retained ON key_packages (retained_ms) WHERE retained_
 // whatever its version number.
 const schemaObjectKeep = `
 ALTER TABLE attachment_objects ADD COLUMN keep_ms INTEGER NOT NULL DEFAULT 0;
+`
+
+// schemaGroupLogView replaces the group log's (group_id, seq) index with
+// one that also holds every column a member's Fetch and Ack read of a
+// post but its bytes. A group_log row holds its message before its size,
+// so a query that read the row to learn a post's size, sender or expiry
+// read its whole message, overflow pages and all: a client catching up
+// on a backlog of large posts made SQLite read every post up to the
+// Fetch's count bound (200 MiB for 200 posts of 1 MiB) to answer 4 MiB
+// of them. With the index, a Fetch merges and cuts the list on it and
+// reads the bytes of the posts it answers only. Building it reads the log
+// once, at the upgrade. It is self-contained, whatever its version number.
+const schemaGroupLogView = `
+CREATE INDEX group_log_view ON group_log (group_id, seq, expires_ms, except_client, size, sender, arrived_ms);
+DROP INDEX group_log_group;
 `

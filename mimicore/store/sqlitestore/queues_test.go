@@ -272,12 +272,83 @@ func TestFetchReadsOnlyWhatItAnswers(t *testing.T) {
 	// At most 8 of the backlog's 200 MiB are answered; reading the
 	// messages up to the count bound reads 100 MiB or more.
 	const n = 200
-	storetest.CheckFetchCost(t, openTemp(t), n, func(fetch func()) int64 {
+	readBytes := func(fetch func()) int64 {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		before, _ := threadReadBytes()
 		fetch()
 		after, _ := threadReadBytes()
 		return int64(after - before)
-	}, func(int64) int64 { return n << 20 / 4 })
+	}
+	limit := func(int64) int64 { return n << 20 / 4 }
+	t.Run("queue", func(t *testing.T) { storetest.CheckFetchCost(t, openTemp(t), n, readBytes, limit) })
+	t.Run("group log", func(t *testing.T) { storetest.CheckGroupFetchCost(t, openTemp(t), n, readBytes, limit) })
+}
+
+// TestMigrationGroupLogView applies the migration that gives the group
+// log its covering index to a database of the version before it: a post
+// written before is fetched after, the old index is gone, and a Fetch's
+// plan reads the posts' sizes from the new index.
+func TestMigrationGroupLogView(t *testing.T) {
+	path, raw, version := openBefore(t, schemaGroupLogView)
+	const alice = "mimi://a.example/d/alice/phone"
+	exp := time.Now().Add(time.Hour).UnixMilli()
+	for _, q := range []string{
+		`UPDATE queue_sequence SET last = 7`,
+		`INSERT INTO group_members (client, group_id, from_seq, to_seq) VALUES ('` + alice + `', x'6701', 0, NULL)`,
+		fmt.Sprintf(`INSERT INTO group_log (seq, group_id, sender, except_client, message, size, arrived_ms, expires_ms)
+			VALUES (7, x'6701', 'b.example', '', x'6f6c64', 3, 0, %d)`, exp),
+	} {
+		if _, err := raw.Exec(q); err != nil {
+			t.Fatalf("writing version %d rows: %v", version, err)
+		}
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s := openAt(t, path)
+	msgs, err := s.Fetch(t.Context(), alice, 0, store.FetchLimit{})
+	if err != nil || len(msgs) != 1 || msgs[0].Seq != 7 || string(msgs[0].Message) != "old" ||
+		string(msgs[0].GroupID) != "g\x01" || msgs[0].Sender != "b.example" {
+		t.Fatalf("alice's post of version %d: %+v, %v", version, msgs, err)
+	}
+	var indexes []string
+	rows, err := s.r.Query(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'group_log' ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		indexes = append(indexes, name)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"group_log_expires", "group_log_view"}; !slices.Equal(indexes, want) {
+		t.Fatalf("group_log indexes %v, want %v", indexes, want)
+	}
+	// The member's half of the Fetch reads the log through the index
+	// alone.
+	plan, err := s.r.Query(`EXPLAIN QUERY PLAN `+queueFetchSQL, alice, 0, 0, 100, 1<<22)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Close()
+	covered := false
+	for plan.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := plan.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(detail, "USING COVERING INDEX group_log_view") {
+			covered = true
+		}
+	}
+	if !covered {
+		t.Fatal("Fetch's plan does not read the group log through its covering index")
+	}
 }

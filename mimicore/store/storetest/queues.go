@@ -802,10 +802,38 @@ func CheckAckOfUnknownClient(t *testing.T, s store.Store, cursorRows func() (int
 // spent 100 MiB to answer 4.
 func CheckFetchCost(t *testing.T, s store.Store, n int, cost func(fetch func()) int64, limit func(answered int64) int64) {
 	t.Helper()
+	checkFetchCost(t, s, n, func(client string, msg []byte) {
+		deliver(t, s, store.Delivery{Recipients: []string{client}, Message: msg})
+	}, cost, limit)
+}
+
+// CheckGroupFetchCost is CheckFetchCost with the messages posted to the
+// log of a group hosted in s (store.GroupPost) of which the client is
+// the one local member: the posts are read through the group's log,
+// not a queue of the client's own.
+func CheckGroupFetchCost(t *testing.T, s store.Store, n int, cost func(fetch func()) int64, limit func(answered int64) int64) {
+	t.Helper()
+	var g *Group
+	checkFetchCost(t, s, n, func(client string, msg []byte) {
+		if g == nil {
+			g = NewGroup(t, randBytes(t, 16), 2)
+			noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State,
+				Members: []string{client}}))
+		}
+		gid := g.State.GroupID()
+		_, err := s.Deliver(ctx(), gid, g.State.Epoch(), store.Fanout{Group: &store.GroupPost{GroupID: gid,
+			Sender: fanBob, Message: msg}})
+		noErr(t, "Deliver a post", err)
+	}, cost, limit)
+}
+
+// checkFetchCost is CheckFetchCost with the messages appended by add.
+func checkFetchCost(t *testing.T, s store.Store, n int, add func(client string, msg []byte), cost func(fetch func()) int64, limit func(answered int64) int64) {
+	t.Helper()
 	const client = "mimi://a.example/d/alice/phone"
 	const size = 1<<20 - 100
 	for range n {
-		deliver(t, s, store.Delivery{Recipients: []string{client}, Message: make([]byte, size)})
+		add(client, make([]byte, size))
 	}
 	for _, tc := range []struct {
 		name      string
@@ -822,6 +850,11 @@ func CheckFetchCost(t *testing.T, s store.Store, n int, cost func(fetch func()) 
 			spent := cost(func() { msgs, err = s.Fetch(ctx(), client, 0, tc.limit) })
 			if err != nil || len(msgs) != tc.wantCount {
 				t.Fatalf("Fetch = %d messages, %v; want %d", len(msgs), err, tc.wantCount)
+			}
+			for _, m := range msgs {
+				if len(m.Message) != size {
+					t.Fatalf("Fetch answered a message of %d bytes, want %d", len(m.Message), size)
+				}
 			}
 			answered := int64(len(msgs) * size)
 			if spent > limit(answered) {
