@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -358,4 +359,50 @@ func TestClusterRaces(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestClusterHubForgets checks that a hub record deleted through one
+// gateway of a cluster stops the other gateway from using the hub it
+// cached, without waiting for ds.HubCacheTTL: b.localhost, recorded as
+// the hub of a group, delivers a message to the second gateway, which
+// caches b; the record is deleted through the first gateway's store
+// (ForgetGroupHub, as DELETE /mimi/hubs runs it in that gateway's
+// process, whose own caches it forgets directly); the second gateway,
+// told by PostgreSQL (store.HubForgetWatcher), refuses b's next message
+// for the group as one for a group it does not know.
+func TestClusterHubForgets(t *testing.T) {
+	c := newCluster(t)
+	gid := []byte("a group whose hub record is deleted")
+	if err := c.a[0].g.svc.Store().RecordGroupHub(t.Context(), gid, "b.localhost"); err != nil {
+		t.Fatal(err)
+	}
+	msg := &mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatPrivateMessage, PrivateMessage: &mls.PrivateMessage{
+		GroupID: gid, Epoch: 1, ContentType: mls.ContentApplication, EncryptedSenderData: []byte{1}, Ciphertext: []byte{2}}}
+	deliver := func() (int, moh.Code) {
+		t.Helper()
+		rid := make([]byte, 16)
+		rand.Read(rid)
+		st, raw := postProvider(t, c.a[1], "/deliver_message",
+			signedDelivery(t, c.b, c.a[1], rid, gid, msg, "mimi://a.localhost/d/bob/phone"))
+		return st, moh.AnswerCode(raw)
+	}
+	if st, code := deliver(); st != http.StatusOK {
+		t.Fatalf("b's message at the second gateway: %d %s, want 200", st, code)
+	}
+	if _, err := c.a[0].g.svc.Store().ForgetGroupHub(t.Context(), gid); err != nil {
+		t.Fatal(err)
+	}
+	// The notification arrives soon after the deletion commits; well
+	// before ds.HubCacheTTL on any machine.
+	deadline := time.Now().Add(ds.HubCacheTTL / 2)
+	for {
+		st, code := deliver()
+		if st == http.StatusNotFound && code == moh.CodeNotFound {
+			break
+		}
+		if st != http.StatusOK || time.Now().After(deadline) {
+			t.Fatalf("b's message at the second gateway after the deletion: %d %s, want 404 not_found", st, code)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

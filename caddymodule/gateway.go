@@ -179,6 +179,9 @@ type Gateway struct {
 	svc *service.Service
 	// svcHeld is set while this config holds svc in servicePool.
 	svcHeld bool
+	// stopHubWatch ends the watch that drops from g.ds.Hubs the hubs
+	// that other processes forget (watchHubForgets); nil before it.
+	stopHubWatch func()
 	// svcConfig is the config recorded in serviceHolders for svc.
 	svcConfig <-chan struct{}
 	// dirEntry records in gatewayDirs that this config serves Providers
@@ -446,6 +449,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		HubConflict: func(request string) { hubConflicts.WithLabelValues(g.DataDir, request).Inc() },
 	}
 	addHubCache(g.ds.Hubs)
+	g.stopHubWatch = watchHubForgets(g.svc.Store(), g.ds.Hubs)
 	if g.UncheckedClientBindings {
 		g.logger.Warn("client binding check is off: any client may claim any client URI; only for replaying third-party transcripts")
 	}
@@ -659,6 +663,10 @@ func (g *Gateway) Cleanup() error {
 	policyErr := errors.Join(g.cleanupPolicy(), g.cleanupAttachments())
 	if g.ds != nil {
 		removeHubCache(g.ds.Hubs)
+	}
+	if g.stopHubWatch != nil {
+		g.stopHubWatch()
+		g.stopHubWatch = nil
 	}
 	if g.senderStarted {
 		// Before the service: the sender uses its store.

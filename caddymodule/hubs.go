@@ -34,8 +34,9 @@ var hubConflicts = prometheus.NewCounterVec(prometheus.CounterOpts{
 
 // hubCaches holds the hub caches of the provisioned gateways of this
 // process, so that DELETE /mimi/hubs drops the forgotten hub from each;
-// the caches of other processes (a cluster's gateways) keep it for at
-// most ds.HubCacheTTL.
+// the caches of other processes (a cluster's gateways) drop it when their
+// store tells them (watchHubForgets), or keep it for at most
+// ds.HubCacheTTL with a store that does not.
 var hubCaches = struct {
 	sync.Mutex
 	m map[*ds.HubCache]struct{}
@@ -53,6 +54,24 @@ func removeHubCache(c *ds.HubCache) {
 	hubCaches.Lock()
 	defer hubCaches.Unlock()
 	delete(hubCaches.m, c)
+}
+
+// watchHubForgets has c drop the hubs that the gateways of other
+// processes forget in the store st (store.HubForgetWatcher: PostgreSQL),
+// and returns the function that ends it; with a store that no other
+// process shares, the function does nothing.
+func watchHubForgets(st store.Store, c *ds.HubCache) (stop func()) {
+	w, ok := st.(store.HubForgetWatcher)
+	if !ok {
+		return func() {}
+	}
+	return w.WatchHubForgets(func(gid []byte) {
+		if gid == nil {
+			c.ForgetAll()
+			return
+		}
+		c.Forget(gid)
+	})
 }
 
 // forgetCachedHub drops group gid from every registered hub cache.

@@ -183,9 +183,11 @@ func (s *Service) connectionRequest(ctx context.Context, v *provider.Verified) (
 // a peer's stream of messages does not read the store for each. A recorded
 // hub changes only when the operator forgets it (store ForgetGroupHub,
 // the admin route DELETE /mimi/hubs): Forget drops the entry of this
-// process's caches, and an entry is used for at most HubCacheTTL, which
-// bounds how long the gateways of other processes (a cluster's) keep
-// using a forgotten hub. A hub read from the store before a Forget is not
+// process's caches, the gateways of other processes drop it when their
+// store tells them (store.HubForgetWatcher, which calls Forget or
+// ForgetAll), and an entry is used for at most HubCacheTTL, which bounds
+// how long a gateway whose store does not tell keeps using a forgotten
+// hub. A hub read from the store before a Forget is not
 // cached after it (see begin), so that a request being handled while the
 // operator forgets cannot bring the forgotten hub back. It holds at most
 // MaxHubCache groups and forgets all of them when full: a miss costs one
@@ -261,6 +263,18 @@ func (r *HubCache) Forget(gid []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.hub, string(gid))
+	r.forgets++
+}
+
+// ForgetAll drops every entry: a record may have been deleted without
+// Forget being told (store.HubForgetWatcher's nil).
+func (r *HubCache) ForgetAll() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	clear(r.hub)
 	r.forgets++
 }
 

@@ -339,7 +339,7 @@ func TestHubConflict(t *testing.T) {
 // TestHubCache checks that a HubCache entry is used until HubCacheTTL
 // after it was put, and not once that is past (the bound on how long a
 // cluster's other gateways use a hub the operator forgot), and that
-// Forget drops it at once.
+// Forget drops it at once, ForgetAll every entry.
 func TestHubCache(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -366,8 +366,25 @@ func TestHubCache(t *testing.T) {
 			}
 		})
 	}
+	// ForgetAll (a store that may have missed a deletion) drops every
+	// entry, and a read begun before it does not fill the cache after.
+	c := new(HubCache)
+	c.put([]byte("group"), "m.example", c.begin())
+	stale := c.begin()
+	c.ForgetAll()
+	c.put([]byte("other"), "c.example", stale)
+	for _, gid := range []string{"group", "other"} {
+		if hub, ok := c.get([]byte(gid)); ok {
+			t.Fatalf("after ForgetAll, %s's entry: %q", gid, hub)
+		}
+	}
+	c.put([]byte("other"), "c.example", c.begin())
+	if hub, ok := c.get([]byte("other")); !ok || hub != "c.example" {
+		t.Fatalf("an entry read after ForgetAll: %q, %v", hub, ok)
+	}
 	var nilCache *HubCache
 	nilCache.Forget([]byte("group")) // a nil cache ignores it
+	nilCache.ForgetAll()
 }
 
 // deleteDuringRead is the harness's store with the operator's DELETE

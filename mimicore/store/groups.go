@@ -199,6 +199,20 @@ type GroupStore interface {
 	ForgetGroupHub(ctx context.Context, groupID []byte) (string, error)
 }
 
+// HubForgetWatcher is implemented by the stores that the gateways of
+// several processes share (pgstore), so that a gateway can drop from its
+// cache of hubs (ds.HubCache) a hub record that another process deleted
+// with ForgetGroupHub. WatchHubForgets calls f with the group id of each
+// such record, soon after the deletion commits, and with nil when some
+// may have been missed (the store did not hear the others for a while):
+// f should then forget every hub it holds. The calls of this Store's own
+// ForgetGroupHub are not reported. f runs on the store's goroutine, one
+// call at a time, and must not block; stop ends the watch, after which f
+// is not called.
+type HubForgetWatcher interface {
+	WatchHubForgets(f func(groupID []byte)) (stop func())
+}
+
 // GroupCreation is a new group, as CreateGroup stores it.
 type GroupCreation struct {
 	// Hub is the provider that hosts the group, 1..MaxDomainSize bytes.

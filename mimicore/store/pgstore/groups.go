@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -713,6 +714,12 @@ func (s *Store) ForgetGroupHub(ctx context.Context, groupID []byte) (string, err
 	var hub string
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `DELETE FROM group_hubs WHERE group_id = $1 AND NOT hosted RETURNING hub`, groupID).Scan(&hub)
+		if err == nil {
+			// The other Stores' hub caches hear of it when the
+			// deletion commits (WatchHubForgets).
+			_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, hubChannel, hex.EncodeToString(groupID))
+			return err
+		}
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}

@@ -3,6 +3,7 @@ package pgstore
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,9 @@ import (
 const (
 	// queueChannel is the NOTIFY channel of queue wake-ups.
 	queueChannel = "mimi_queues"
+	// hubChannel is the NOTIFY channel of deleted hub records: a payload
+	// is the group id in hex (ForgetGroupHub, WatchHubForgets).
+	hubChannel = "mimi_hubs"
 	// maxPayload is the most bytes of one NOTIFY payload: PostgreSQL
 	// refuses 8000 and more.
 	maxPayload = 7999
@@ -149,15 +153,18 @@ type listener struct {
 	ours sync.Map // uint32 → struct{}
 }
 
-// listenConnect opens a connection on cfg and LISTENs on queueChannel.
+// listenConnect opens a connection on cfg and LISTENs on queueChannel
+// and hubChannel.
 func listenConnect(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, cfg.Copy())
 	if err != nil {
 		return nil, fmt.Errorf("connecting the listener: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+queueChannel); err != nil {
-		conn.Close(context.Background())
-		return nil, fmt.Errorf("listening on %s: %w", queueChannel, err)
+	for _, channel := range []string{queueChannel, hubChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+			conn.Close(context.Background())
+			return nil, fmt.Errorf("listening on %s: %w", channel, err)
+		}
 	}
 	return conn, nil
 }
@@ -220,7 +227,11 @@ func (s *Store) listenLoop(ctx context.Context, conn *pgx.Conn) {
 				break
 			}
 			if _, ours := s.listen.ours.Load(n.PID); !ours {
-				s.dispatch(ctx, n.Payload)
+				if n.Channel == hubChannel {
+					s.hubWatch.forgotten(n.Payload)
+				} else {
+					s.dispatch(ctx, n.Payload)
+				}
 			}
 		}
 		s.listen.mu.Lock()
@@ -244,6 +255,7 @@ func (s *Store) listenLoop(ctx context.Context, conn *pgx.Conn) {
 			backoff = min(2*backoff, listenBackoffMax)
 		}
 		s.wakeAll()
+		s.hubWatch.call(nil) // a deletion may have been missed
 	}
 }
 
@@ -276,3 +288,49 @@ func (s *Store) dispatch(ctx context.Context, payload string) {
 
 // wakeAll wakes every waiter of the Store's Notifier.
 func (s *Store) wakeAll() { s.notify.NotifyAll() }
+
+// hubWatchers are the functions of WatchHubForgets.
+type hubWatchers struct {
+	mu   sync.Mutex // held while they run: stop waits for a running call
+	next int
+	fns  map[int]func(groupID []byte)
+}
+
+// WatchHubForgets implements store.HubForgetWatcher: the deletions of
+// the other Stores on the database arrive on hubChannel, and a listener
+// that connected again after a failure reports nil.
+func (s *Store) WatchHubForgets(f func(groupID []byte)) (stop func()) {
+	w := &s.hubWatch
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.fns == nil {
+		w.fns = map[int]func([]byte){}
+	}
+	id := w.next
+	w.next++
+	w.fns[id] = f
+	return sync.OnceFunc(func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		delete(w.fns, id)
+	})
+}
+
+// forgotten reports the group id of payload, a hubChannel notification,
+// or nil when it is not one (as if a deletion had been missed).
+func (w *hubWatchers) forgotten(payload string) {
+	gid, err := hex.DecodeString(payload)
+	if err != nil || len(gid) == 0 {
+		gid = nil
+	}
+	w.call(gid)
+}
+
+// call calls every function with gid.
+func (w *hubWatchers) call(gid []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, f := range w.fns {
+		f(gid)
+	}
+}

@@ -134,8 +134,10 @@ type Store struct {
 	now    func() time.Time
 	notify *store.Notifier
 	listen listener
-	cache  *groupcache.Cache
-	closed atomic.Bool
+	// hubWatch holds the functions of WatchHubForgets.
+	hubWatch hubWatchers
+	cache    *groupcache.Cache
+	closed   atomic.Bool
 	// trips counts the pool's round trips to the database (Stats).
 	trips roundTrips
 	// outboxLimits are the bounds of SetOutboxLimits, nil for the
