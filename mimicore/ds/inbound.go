@@ -285,8 +285,9 @@ func (r *HubCache) ForgetAll() {
 func (s *Service) checkHub(ctx context.Context, what, sender string, gid []byte, welcome bool) error {
 	// A Welcome reads the record, and records its sender when there is
 	// none: the cache may still name a hub whose record another gateway
-	// of the provider deleted (DELETE /mimi/hubs forgets only its own
-	// process's cache), and a Welcome passed on the cache would then leave
+	// of the provider deleted (DELETE /mimi/hubs forgets its own
+	// process's caches at once, the others' when their store tells them,
+	// a moment later), and a Welcome passed on the cache would then leave
 	// the group without a record, refusing its hub's later messages.
 	if hub, ok := s.Hubs.get(gid); ok && hub == sender && !welcome {
 		return nil
