@@ -207,7 +207,9 @@ type GroupStore interface {
 // may have been missed (the store did not hear the others for a while):
 // f should then forget every hub it holds. The calls of this Store's own
 // ForgetGroupHub are not reported. f runs on the store's goroutine, one
-// call at a time, and must not block; stop ends the watch, after which f
+// call at a time, and must not block nor call stop or WatchHubForgets
+// (the store holds its watchers' lock while f runs); stop ends the
+// watch, waiting for a call of f that is running, after which f
 // is not called.
 type HubForgetWatcher interface {
 	WatchHubForgets(f func(groupID []byte)) (stop func())

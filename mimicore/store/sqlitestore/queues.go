@@ -58,7 +58,9 @@ const (
 	// are read only for the rows answered: the merge and the cut read
 	// the entries' sizes, so a backlog of large messages costs what one
 	// page holds, not ?4 messages read and dropped. A group log post's
-	// row holds its bytes before its size, which SQLite reads through.
+	// row holds its bytes before its size: the merge and the cut read the
+	// posts through the covering index group_log_view, and their bytes
+	// are read for the rows answered only, as a body is.
 	queueFetchSQL = `SELECT c.seq, c.size, c.group_id, c.sender, c.arrived_ms, c.expires_ms,
 			COALESCE(b.message, l.message)
 		FROM (SELECT u.*, SUM(u.size) OVER (ORDER BY u.seq) AS run FROM (
