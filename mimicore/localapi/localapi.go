@@ -257,7 +257,8 @@ func (a *API) IssueBinding(user string, req *BindingRequest) (*binding.ClientBin
 // packages. Each KeyPackage must decode exactly, verify as RFC 9420 §10.1
 // requires at the current time, use an allowed cipher suite, carry a
 // BasicCredential whose identity is req.ClientURI and a valid client
-// binding; at most one per suite may be last-resort. The first refusal
+// binding; at most one per suite may be last-resort (flagged, or carrying
+// the last_resort extension, mls.ExtLastResort). The first refusal
 // names the entry's index. A valid publish then spends its KeyPackages of
 // the user's publish budget (Config.PublishLimits): past it the refusal
 // is rate_limited, and nothing is stored or spent. A publish the store
@@ -275,7 +276,13 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 		if err != nil {
 			return nil, entryError(i, err)
 		}
-		if e.LastResort {
+		// A KeyPackage carrying the last_resort extension is the
+		// client's last-resort one whatever its entry's flag says
+		// (PROFILE §4): a client whose MLS library marks its last-resort
+		// KeyPackage so must not see it used up by the first claim.
+		_, ext := kp.Extensions.Find(mls.ExtLastResort)
+		last := e.LastResort || ext
+		if last {
 			if lastResort[kp.CipherSuite] {
 				return nil, moh.Errorf(moh.CodeMalformed, "key package %d: a second last-resort KeyPackage for suite %d", i, uint16(kp.CipherSuite))
 			}
@@ -296,7 +303,7 @@ func (a *API) PublishKeyPackages(ctx context.Context, user string, req *PublishR
 			Ref:        ref,
 			KeyPackage: e.KeyPackage,
 			NotAfter:   notAfter,
-			LastResort: e.LastResort,
+			LastResort: last,
 		}
 	}
 	// The client URIs of the user at this provider domain, as a peer's

@@ -27,6 +27,9 @@ type publisher struct {
 	signer crypto.Signer
 	pub    []byte
 	bound  map[string]*binding.ClientBinding
+	// extensions are the KeyPackage extensions of the KeyPackages
+	// entries makes, each listed in their leaf's capabilities.
+	extensions mls.Extensions
 }
 
 func newPublisher(t testing.TB, api *API, user string) *publisher {
@@ -73,13 +76,17 @@ func (p *publisher) entries(client string, n int, lastResort bool) []KeyPackageE
 			Source:   mls.SourceKeyPackage,
 			Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
 		}
+		for _, e := range p.extensions {
+			leaf.Capabilities.Extensions = append(leaf.Capabilities.Extensions, e.Type)
+		}
 		if err := binding.Attach(leaf, b); err != nil {
 			t.Fatal(err)
 		}
 		if err := leaf.Sign(publishSuite, p.signer, nil, 0); err != nil {
 			t.Fatal(err)
 		}
-		kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: publishSuite, InitKey: initPub, LeafNode: *leaf}
+		kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: publishSuite, InitKey: initPub, LeafNode: *leaf,
+			Extensions: p.extensions}
 		if err := kp.Sign(p.signer); err != nil {
 			t.Fatal(err)
 		}
@@ -194,6 +201,59 @@ func TestPublishBounds(t *testing.T) {
 			}
 			if n := p.count(tc.client); n != tc.available {
 				t.Fatalf("%d KeyPackages available, want %d", n, tc.available)
+			}
+		})
+	}
+}
+
+// TestPublishLastResortExtension publishes KeyPackages that carry the
+// last_resort extension of draft-ietf-mls-extensions with their entry's
+// last_resort 0, as a client whose MLS library marks its last-resort
+// KeyPackage so does (PROFILE §4: flagged, or carrying the extension):
+// such a KeyPackage is listed last-resort, handed out claim after claim
+// and never used up, and two of them for one suite in one request are
+// malformed, like two flagged ones.
+func TestPublishLastResortExtension(t *testing.T) {
+	api := newPublishAPI(t, Config{})
+	p := newPublisher(t, api, "alice")
+	const client = "mimi://a.example/d/alice/phone"
+	plain := p.entries(client, 1, false)
+	p.extensions = mls.Extensions{{Type: mls.ExtLastResort}}
+	last := p.entries(client, 1, false)
+	if code := p.publish(client, append(plain, last...)); code != 0 {
+		t.Fatalf("publish refused %v", code)
+	}
+	list, err := api.ListKeyPackages(t.Context(), "alice", []byte(client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range list {
+		if want := bytes.Equal(e.KeyPackage, last[0].KeyPackage); e.LastResort != want {
+			t.Fatalf("a KeyPackage listed with last_resort %v, want %v", e.LastResort, want)
+		}
+	}
+	// The single-use KeyPackage goes first; then the one carrying the
+	// extension, again and again.
+	for i, want := range [][]byte{plain[0].KeyPackage, last[0].KeyPackage, last[0].KeyPackage, last[0].KeyPackage} {
+		got, err := api.ClaimKeyPackages(t.Context(), "bob", &ClaimRequest{CipherSuite: uint16(publishSuite), Target: []byte(client)})
+		if err != nil {
+			t.Fatalf("claim %d: %v", i, err)
+		}
+		if len(got) != 1 || !bytes.Equal(got[0].KeyPackage, want) {
+			t.Fatalf("claim %d got %d KeyPackages, want the %s one", i, len(got), map[bool]string{true: "single-use", false: "last-resort"}[i == 0])
+		}
+	}
+	const other = "mimi://a.example/d/alice/laptop"
+	for _, tc := range []struct {
+		name    string
+		entries []KeyPackageEntry
+	}{
+		{"two carrying the extension", p.entries(other, 2, false)},
+		{"two carrying the extension, one of them flagged", p.entries(other, 2, true)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if code := p.publish(other, tc.entries); code != moh.CodeMalformed {
+				t.Fatalf("publish refused %v, want %v", code, moh.CodeMalformed)
 			}
 		})
 	}

@@ -85,6 +85,8 @@ func (a *BindingAnswer) UnmarshalWire(s *cryptobyte.String) bool {
 // list.
 type KeyPackageEntry struct {
 	// LastResort marks the client's last-resort KeyPackage of its suite.
+	// A published KeyPackage carrying the last_resort extension
+	// (mls.ExtLastResort) is last-resort whatever this flag says.
 	LastResort bool
 	// KeyPackage is the encoded KeyPackage, 1..MaxKeyPackageLen bytes.
 	KeyPackage []byte

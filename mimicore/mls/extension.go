@@ -20,6 +20,14 @@ const (
 	ExtExternalSenders      ExtensionType = 5
 )
 
+// ExtLastResort is the KeyPackage extension of draft-ietf-mls-extensions
+// (-03, section "Last resort KeyPackages"; empty extension_data) that
+// marks a KeyPackage as its client's last-resort one: a Delivery Service
+// hands it out when no other is left and does not use it up. It is not a
+// default extension, so a KeyPackage that carries it lists it in its
+// leaf's capabilities.
+const ExtLastResort ExtensionType = 0x000A
+
 // isDefaultExtension reports whether t is one of the RFC 9420 extensions
 // every client supports without listing it in its capabilities (§7.2).
 func isDefaultExtension(t ExtensionType) bool {
