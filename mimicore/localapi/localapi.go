@@ -367,7 +367,7 @@ func entryError(i int, err error) error {
 
 // checkKeyPackage decodes and checks one KeyPackage of client, and
 // answers when it stops being handed out: the end of its lifetime, or of
-// its binding when that comes first.
+// its binding when that comes first, which must be after now.
 func (a *API) checkKeyPackage(ctx context.Context, client, enc []byte, now time.Time) (*mls.KeyPackage, time.Time, error) {
 	var kp mls.KeyPackage
 	if err := wire.Unmarshal(enc, &kp, "KeyPackage"); err != nil {
@@ -396,6 +396,14 @@ func (a *API) checkKeyPackage(ctx context.Context, client, enc []byte, now time.
 	notAfter := time.Unix(int64(min(kp.LeafNode.Lifetime.NotAfter, maxUnix)), 0)
 	if bound != nil && bound.NotAfter.Before(notAfter) {
 		notAfter = bound.NotAfter
+	}
+	if !notAfter.After(now) {
+		// Its lifetime, or its binding's, ends in the current second:
+		// it passed the checks above (both include their last second),
+		// but it is handed out only before notAfter, so it would be
+		// stored dead, and as a last-resort one replace a live one.
+		return nil, time.Time{}, moh.Errorf(moh.CodeMalformed,
+			"it is available only until %d, not after the current time", notAfter.Unix())
 	}
 	return &kp, notAfter, nil
 }

@@ -30,6 +30,9 @@ type publisher struct {
 	// extensions are the KeyPackage extensions of the KeyPackages
 	// entries makes, each listed in their leaf's capabilities.
 	extensions mls.Extensions
+	// notAfter is the not_after of the KeyPackages entries makes, in
+	// Unix seconds; 0 means a day from now.
+	notAfter uint64
 }
 
 func newPublisher(t testing.TB, api *API, user string) *publisher {
@@ -75,6 +78,9 @@ func (p *publisher) entries(client string, n int, lastResort bool) []KeyPackageE
 				CipherSuites: []mls.CipherSuite{publishSuite}, Credentials: []mls.CredentialType{mls.CredentialBasic}},
 			Source:   mls.SourceKeyPackage,
 			Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
+		}
+		if p.notAfter != 0 {
+			leaf.Lifetime.NotAfter = p.notAfter
 		}
 		for _, e := range p.extensions {
 			leaf.Capabilities.Extensions = append(leaf.Capabilities.Extensions, e.Type)
@@ -253,6 +259,47 @@ func TestPublishLastResortExtension(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if code := p.publish(other, tc.entries); code != moh.CodeMalformed {
+				t.Fatalf("publish refused %v, want %v", code, moh.CodeMalformed)
+			}
+		})
+	}
+}
+
+// TestPublishInLastSecond publishes KeyPackages whose not_after is the
+// current second: RFC 9420 and the binding check count that second in,
+// but a KeyPackage is handed out only before its not_after, so it would be
+// stored dead, and a last-resort one would replace the client's live one,
+// leaving it none to hand out. The publish is malformed and changes
+// nothing. The gateway's clock is half a second into the second the
+// KeyPackages end in; the store's is the real one, never earlier.
+func TestPublishInLastSecond(t *testing.T) {
+	now := time.Now().Truncate(time.Second).Add(500 * time.Millisecond)
+	api := newPublishAPI(t, Config{Now: func() time.Time { return now }})
+	p := newPublisher(t, api, "alice")
+	for _, tc := range []struct {
+		name       string
+		lastResort bool
+	}{
+		{"last-resort", true},
+		{"single-use", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := "mimi://a.example/d/alice/" + tc.name
+			p.notAfter = 0
+			live := p.entries(client, 1, true)
+			if code := p.publish(client, live); code != 0 {
+				t.Fatalf("publish refused %v", code)
+			}
+			p.notAfter = uint64(now.Unix())
+			code := p.publish(client, p.entries(client, 1, tc.lastResort))
+			list, err := api.ListKeyPackages(t.Context(), "alice", []byte(client))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(list) != 1 || !bytes.Equal(list[0].KeyPackage, live[0].KeyPackage) {
+				t.Fatalf("%d KeyPackages available after the publish, want the live last-resort one alone", len(list))
+			}
+			if code != moh.CodeMalformed {
 				t.Fatalf("publish refused %v, want %v", code, moh.CodeMalformed)
 			}
 		})
