@@ -327,15 +327,21 @@ func (s *Store) appendBatchTx(ctx context.Context, tx *sql.Tx, apps []*appendOp,
 	if n != int64(len(heads)) {
 		return errNotCoalesced // a full queue
 	}
-	exp := make([]int64, len(apps))
+	// The columns of an Append's entries after the recipient are the
+	// same for each of its recipients: boxed once per Append, not once
+	// per entry (an interface value of an int64, a string or a slice is
+	// an allocation).
+	appCols := entryMulti.cols - 1
+	nowArg := any(now)
+	appArgs := make([]any, 0, appCols*len(apps))
 	for i, a := range apps {
-		exp[i] = queueExpiry(a.qa, now)
+		appArgs = append(appArgs, seq0+int64(i), maxBody+1+int64(i), len(a.qa.msg), a.qa.groupID, a.qa.sender,
+			nowArg, queueExpiry(a.qa, now))
 	}
 	n, err = s.execMulti(ctx, tx, &entryMulti, nil, len(rows), func(i int, args []any) []any {
 		k := rows[i].app
-		a := apps[k]
-		return append(args, a.qa.recipients[rows[i].r], seq0+int64(k), maxBody+1+int64(k), len(a.qa.msg),
-			a.qa.groupID, a.qa.sender, now, exp[k])
+		args = append(args, apps[k].qa.recipients[rows[i].r])
+		return append(args, appArgs[appCols*k:appCols*(k+1)]...)
 	})
 	if err != nil {
 		return err
