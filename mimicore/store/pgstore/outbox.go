@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 
@@ -189,6 +190,21 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 	return ids, nil
 }
 
+// outboxCapSQL wraps head, a query of outbox rows (id, sender, group_id,
+// recipients, message, enqueued_ms) in id order with its LIMIT, so that
+// only the rows whose messages before them, in that order, hold fewer than
+// store.MaxOutboxListBytes bytes leave the database: the rows collectOutbox
+// keeps. The message lengths come from octet_length, which reads a stored
+// value's length without the value, so the rows past the cap cost neither
+// their transfer nor their decoding (up to MaxOutboxList rows of a
+// MaxQueuedMessageSize each, for 16 MiB kept).
+func outboxCapSQL(head string) string {
+	return `SELECT id, sender, group_id, recipients, message, enqueued_ms FROM (
+		SELECT h.*, sum(octet_length(h.message)) OVER (ORDER BY h.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+		FROM (` + head + `) h) w
+		WHERE w.before IS NULL OR w.before < ` + strconv.Itoa(store.MaxOutboxListBytes) + ` ORDER BY id`
+}
+
 // collectOutbox reads rows of (id, sender, group_id, recipients, message,
 // enqueued_ms), destination's messages in id order, up to
 // store.MaxOutboxListBytes of messages (at least one when any).
@@ -227,6 +243,11 @@ func outboxIDs(ids []uint64) []int64 {
 // maxID is the largest id of a BIGINT identity column.
 const maxID = 1<<63 - 1
 
+// outboxPendingSQL reads destination $1's messages with an id above $2,
+// up to $3 of them and store.MaxOutboxListBytes (outboxCapSQL).
+var outboxPendingSQL = outboxCapSQL(`SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
+	WHERE destination = $1 AND id > $2 ORDER BY id LIMIT $3`)
+
 // OutboxPending implements store.Outbox.
 func (s *Store) OutboxPending(ctx context.Context, destination string, after uint64, limit int) ([]store.OutboxEntry, error) {
 	const doing = "listing outbox"
@@ -239,8 +260,7 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 	if limit < 1 || limit > store.MaxOutboxList || after > maxID {
 		return nil, fmt.Errorf("%s: limit %d, want 1..%d, after %d: %w", doing, limit, store.MaxOutboxList, after, store.ErrInvalid)
 	}
-	rows, _ := s.pool.Query(ctx, `SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
-		WHERE destination = $1 AND id > $2 ORDER BY id LIMIT $3`, destination, int64(after), limit)
+	rows, _ := s.pool.Query(ctx, outboxPendingSQL, destination, int64(after), limit)
 	out, err := collectOutbox(rows, destination)
 	if err != nil {
 		return nil, s.fail(doing, err)

@@ -18,12 +18,6 @@ const (
 	outboxClaimLeaseSQL = `INSERT INTO leases (name, holder, expires_ms) VALUES ($1, $2, $3)
 		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
 		WHERE leases.holder = excluded.holder OR leases.expires_ms <= $4`
-	// outboxClaimReadSQL reads destination $1's head, up to $5 messages,
-	// when holder $3 holds lease $2 until $4: what the upsert before it
-	// wrote when it was granted.
-	outboxClaimReadSQL = `SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
-		WHERE destination = $1 AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND holder = $3 AND expires_ms = $4)
-		ORDER BY id LIMIT $5`
 	// outboxReleaseSQL deletes destination $1's messages of ids $2,
 	// uncounts them in its head and frees lease $3 if holder $4 holds it;
 	// it returns how many it deleted.
@@ -35,6 +29,13 @@ const (
 		l AS (UPDATE leases SET expires_ms = 0 WHERE name = $3 AND holder = $4)
 		SELECT count(*) FROM d`
 )
+
+// outboxClaimReadSQL reads destination $1's head, up to $5 messages and
+// store.MaxOutboxListBytes (outboxCapSQL), when holder $3 holds lease $2
+// until $4: what the upsert before it wrote when it was granted.
+var outboxClaimReadSQL = outboxCapSQL(`SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
+	WHERE destination = $1 AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND holder = $3 AND expires_ms = $4)
+	ORDER BY id LIMIT $5`)
 
 // OutboxClaim implements store.OutboxLeases in one round trip: a batch of
 // the lease's upsert and the read of the head, the read only returning
