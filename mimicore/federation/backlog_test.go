@@ -133,9 +133,10 @@ func TestSenderMemoryFlat(t *testing.T) {
 }
 
 // TestReportDrops checks the warning about messages dropped at a
-// destination's bound: the first drops are logged with their count, more
-// drops within DropLogInterval are not, and after it one line carries the
-// count since the last.
+// destination's bound: the counters are read at most once per
+// DropLogInterval, the first drops are logged with their count at the
+// first read after them, more drops within DropLogInterval are not, and
+// after it one line carries the count since the last.
 func TestReportDrops(t *testing.T) {
 	st, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "mimi.db"))
 	if err != nil {
@@ -179,7 +180,8 @@ func TestReportDrops(t *testing.T) {
 		want    []uint64
 	}{
 		{"within the bound", 2, 0, nil},
-		{"first drops", 3, 0, []uint64{3}},
+		{"first drops, within the interval", 3, DropLogInterval / 2, nil},
+		{"first drops, after the interval", 0, DropLogInterval / 2, []uint64{3}},
 		{"more within the interval", 4, DropLogInterval / 2, []uint64{3}},
 		{"after the interval", 1, DropLogInterval / 2, []uint64{3, 5}},
 		{"nothing new", 0, 2 * DropLogInterval, []uint64{3, 5}},
