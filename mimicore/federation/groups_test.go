@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -249,6 +252,93 @@ func TestFailureScope(t *testing.T) {
 			}
 			if got := failureScope(tried); got != tc.dest {
 				t.Fatalf("failureScope(%v) = %t, want %t", tc.tried, got, tc.dest)
+			}
+		})
+	}
+}
+
+// TestSenderHaltsOnDestinationFailure has 20 groups wait for a
+// destination, one at a time: when the first answer shows the failure
+// is the destination's (it cannot be reached, or it limits this
+// provider's rate), the pass starts no other group, which the next pass
+// tries after the destination's backoff; a failure of a group's own (a
+// 503) does not stop the others.
+func TestSenderHaltsOnDestinationFailure(t *testing.T) {
+	_, refused := net.Dial("tcp", closedAddr(t))
+	if refused == nil {
+		t.Fatal("dialling a closed port succeeded")
+	}
+	for _, tc := range []struct {
+		name string
+		fail func() (*provider.Answer, error)
+		want int64
+	}{
+		{"unreachable", func() (*provider.Answer, error) { return nil, fmt.Errorf("posting: %w", refused) }, 1},
+		{"rate limited", func() (*provider.Answer, error) {
+			return errorAnswer(http.StatusTooManyRequests, moh.CodeRateLimited), nil
+		}, 1},
+		{"a group's own failure", func() (*provider.Answer, error) {
+			return errorAnswer(http.StatusServiceUnavailable, moh.CodeBackendUnavailable), nil
+		}, 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openOutbox(t)
+			for g := range 20 {
+				addOutbox(t, st, fmt.Sprintf("g%d", g), 0, 1)
+			}
+			var attempts atomic.Int64
+			// Backoffs of an hour at least: the test sees one pass.
+			s := &Sender{Outbox: st, Parallel: 1, MinBackoff: time.Hour, MaxBackoff: 2 * time.Hour,
+				Transport: transportFunc(func(context.Context, string, string, moh.ProviderRequestType, []byte) (*provider.Answer, error) {
+					attempts.Add(1)
+					return tc.fail()
+				})}
+			runSender(t, s)
+			waitFor(t, "the pass's backoffs noted", func() bool {
+				st := s.Status()
+				return len(st) == 1 && !st[0].NextAttempt.IsZero() && attempts.Load() >= tc.want
+			})
+			if n := attempts.Load(); n != tc.want {
+				t.Fatalf("%d attempts in the pass, want %d", n, tc.want)
+			}
+		})
+	}
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// TestNoAnswer sorts failures without an answer as the HTTP client
+// returns them: a connection that could not be opened is unreachable,
+// also when its dial timed out; a timeout once connected is a timeout.
+func TestNoAnswer(t *testing.T) {
+	_, refused := net.Dial("tcp", closedAddr(t))
+	wrap := func(err error) error {
+		return fmt.Errorf("posting deliver_message to b.example: %w", &url.Error{Op: "Post", URL: "https://b.example/deliver_message", Err: err})
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want outcome
+	}{
+		{"connection refused", wrap(refused), retryUnreachable},
+		{"dial timed out", wrap(&net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}), retryUnreachable},
+		{"read timed out", wrap(&net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}), retryTimeout},
+		{"the request's deadline", wrap(context.DeadlineExceeded), retryTimeout},
+		{"a TLS failure", wrap(errors.New("tls: failed to verify certificate")), retryUnreachable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := noAnswer(tc.err); got != tc.want {
+				t.Fatalf("noAnswer(%v) = %d, want %d", tc.err, got, tc.want)
 			}
 		})
 	}

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -1128,8 +1129,13 @@ const (
 )
 
 // noAnswer sorts a failure without an answer: a timeout, or the
-// destination not reached.
+// destination not reached. A connection that could not be opened is the
+// latter even when its dial timed out (a peer whose network drops the
+// packets): no message would have fared better.
 func noAnswer(err error) outcome {
+	if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "dial" {
+		return retryUnreachable
+	}
 	var te interface{ Timeout() bool }
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &te) && te.Timeout() {
 		return retryTimeout
@@ -1157,9 +1163,20 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 	var done []uint64
 	tried := make(map[string]outcome, len(groups))
 	sem := make(chan struct{}, orDefault(s.Parallel, DefaultParallel))
+	// halted is set by a failure that is the destination's whatever the
+	// group (it cannot be reached, or it limits this provider's rate):
+	// the groups not started yet are left for the next pass, after the
+	// destination's backoff, rather than each tried in turn (each
+	// waiting for its dial's timeout when the peer's network drops the
+	// packets).
+	var halted atomic.Bool
 	var wg sync.WaitGroup
 	for _, g := range groups {
 		sem <- struct{}{}
+		if halted.Load() {
+			<-sem
+			break
+		}
 		wg.Go(func() {
 			defer func() { <-sem }()
 			for _, e := range g {
@@ -1173,6 +1190,9 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 					done = append(done, e.ID)
 				}
 				mu.Unlock()
+				if o == retryUnreachable || o == retryRateLimited {
+					halted.Store(true)
+				}
 				if o != outcomeDone {
 					// The group's later messages wait for this one.
 					return
