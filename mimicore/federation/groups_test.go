@@ -305,6 +305,45 @@ func TestSenderHaltsOnDestinationFailure(t *testing.T) {
 	}
 }
 
+// TestSenderHonoursRetryAfter has a destination answer 429 with a
+// Retry-After: the destination's next attempt comes no sooner than that,
+// however short its backoff, and no later than the policy's MaxBackoff
+// when the peer asks for more.
+func TestSenderHonoursRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		name                    string
+		retryAfter              time.Duration
+		wantAtLeast, wantAtMost time.Duration
+	}{
+		{"within the bound", 2 * time.Hour, 2*time.Hour - time.Minute, 2*time.Hour + time.Minute},
+		{"past the bound", 10 * time.Hour, 3*time.Hour - time.Minute, 3*time.Hour + time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openOutbox(t)
+			addOutbox(t, st, "g", 0, 1)
+			s := &Sender{Outbox: st, MinBackoff: time.Millisecond, MaxBackoff: 3 * time.Hour,
+				Transport: transportFunc(func(context.Context, string, string, moh.ProviderRequestType, []byte) (*provider.Answer, error) {
+					a := errorAnswer(http.StatusTooManyRequests, moh.CodeRateLimited)
+					a.RetryAfter = tc.retryAfter
+					return a, nil
+				})}
+			start := time.Now()
+			runSender(t, s)
+			var next time.Time
+			waitFor(t, "the destination's backoff", func() bool {
+				st := s.Status()
+				if len(st) == 1 {
+					next = st[0].NextAttempt
+				}
+				return !next.IsZero()
+			})
+			if wait := next.Sub(start); wait < tc.wantAtLeast || wait > tc.wantAtMost+time.Since(start) {
+				t.Fatalf("next attempt %v after the first, want %v to %v", wait, tc.wantAtLeast, tc.wantAtMost)
+			}
+		})
+	}
+}
+
 // closedAddr returns a loopback address nothing listens on.
 func closedAddr(t *testing.T) string {
 	t.Helper()

@@ -566,6 +566,19 @@ func (s *Sender) grow(b *backoff) {
 	b.next = time.Now().Add(wait)
 }
 
+// atLeast makes b's next attempt come no sooner than after, a peer's
+// Retry-After, bounded by the policy's MaxBackoff (a peer cannot hold its
+// deliveries longer than a backoff would).
+func (s *Sender) atLeast(b *backoff, after time.Duration) {
+	if after <= 0 {
+		return
+	}
+	maxB := max(s.currentPolicy().MaxBackoff, orDefault(s.MinBackoff, DefaultMinBackoff))
+	if at := time.Now().Add(min(after, maxB)); b.next.Before(at) {
+		b.next = at
+	}
+}
+
 // destState is what a worker keeps of its destination between passes:
 // the destination's backoff, after failures that were the destination's
 // (passResult.destFailed), and the backoff of each group whose head
@@ -674,6 +687,7 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 				wait = s.leasePoll()
 			case r.destFailed:
 				s.grow(&state.dest)
+				s.atLeast(&state.dest, r.retryAfter)
 				dirty = true
 			default:
 				dirty = dirty || state.dest.level != 0
@@ -810,6 +824,10 @@ type passResult struct {
 	// left counts the messages the pass selected but did not get done
 	// with (failed, or not sent before ctx ended).
 	left int
+	// retryAfter is the longest Retry-After of the pass's 429 answers:
+	// the destination's backoff lasts at least that long (up to the
+	// policy's MaxBackoff).
+	retryAfter time.Duration
 }
 
 // MaxScanBatches bounds the batches of Batch messages one pass reads past
@@ -842,8 +860,8 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 			return r, err
 		}
 		res.shrink(sel)
-		done, tried := s.send(ctx, sel, log)
-		r.tried, r.destFailed, r.left = tried, failureScope(tried), len(sel)-len(done)
+		done, tried, retryAfter := s.send(ctx, sel, log)
+		r.tried, r.destFailed, r.left, r.retryAfter = tried, failureScope(tried), len(sel)-len(done), retryAfter
 		if len(done) > 0 {
 			// A new context: what was answered is removed even while
 			// the gateway stops, else it would be sent once more after
@@ -869,8 +887,9 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 	var done []uint64
 	if err == nil && len(sel) > 0 {
 		var tried map[string]outcome
-		done, tried = s.send(sendCtx, sel, log)
-		r.tried, r.destFailed, r.left = tried, failureScope(tried), len(sel)-len(done)
+		var retryAfter time.Duration
+		done, tried, retryAfter = s.send(sendCtx, sel, log)
+		r.tried, r.destFailed, r.left, r.retryAfter = tried, failureScope(tried), len(sel)-len(done), retryAfter
 	}
 	wasLost := lost()
 	// Remove what was answered and free the lease, in one write, even
@@ -1148,7 +1167,7 @@ func noAnswer(err error) outcome {
 // (answered, refused for good or given up) and the outcome of each
 // group's last attempt: a group's messages after a failed one wait for
 // it.
-func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap.Logger) ([]uint64, map[string]outcome) {
+func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap.Logger) ([]uint64, map[string]outcome, time.Duration) {
 	// Per group, in outbox order; groups in parallel.
 	var groups [][]store.OutboxEntry
 	for _, e := range entries {
@@ -1161,6 +1180,7 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 	}
 	var mu sync.Mutex
 	var done []uint64
+	var retryAfter time.Duration
 	tried := make(map[string]outcome, len(groups))
 	sem := make(chan struct{}, orDefault(s.Parallel, DefaultParallel))
 	// halted is set by a failure that is the destination's whatever the
@@ -1183,9 +1203,11 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 				if ctx.Err() != nil {
 					return
 				}
-				o := s.deliver(ctx, e, log)
+				var after time.Duration
+				o := s.deliver(ctx, e, log, &after)
 				mu.Lock()
 				tried[string(e.GroupID)] = o
+				retryAfter = max(retryAfter, after)
 				if o == outcomeDone {
 					done = append(done, e.ID)
 				}
@@ -1201,13 +1223,14 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 		})
 	}
 	wg.Wait()
-	return done, tried
+	return done, tried, retryAfter
 }
 
 // deliver sends one outbox message and reports how it ended: done with
 // (answered, refused for good, or given up), or left in the outbox to
-// retry, and why.
-func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logger) outcome {
+// retry, and why; for a 429, retryAfter is set to the answer's
+// Retry-After (0 without one).
+func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logger, retryAfter *time.Duration) outcome {
 	log = log.With(zap.Uint64("outbox_id", e.ID), zap.String("sender", e.Sender))
 	if age := s.now().Sub(e.Enqueued); age > s.currentPolicy().GiveUpAfter {
 		s.stats.givenUp.Add(1)
@@ -1249,6 +1272,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		failed(fmt.Sprintf("status %d, not a DSResponse", a.Status))
 		log.Warn("the destination answered with something other than a DSResponse; will retry", zap.Int("status", a.Status), zap.Error(err))
 		if a.Status == http.StatusTooManyRequests {
+			*retryAfter = a.RetryAfter
 			return retryRateLimited
 		}
 		return retryAnswered
@@ -1268,6 +1292,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 		log.Warn("the destination refused a message for now; will retry", zap.Int("status", a.Status),
 			zap.String("code", a.Response.Error.Code.String()))
 		if a.Status == http.StatusTooManyRequests {
+			*retryAfter = a.RetryAfter
 			return retryRateLimited
 		}
 		return retryAnswered
