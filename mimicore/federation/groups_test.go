@@ -305,6 +305,36 @@ func TestSenderHaltsOnDestinationFailure(t *testing.T) {
 	}
 }
 
+// TestSenderHaltedPassGoesOn has a pass halt on a group whose
+// destination could not be reached while another group, started before,
+// is answered: the failure was not the destination's after all, so the
+// groups the pass did not start are sent by the next pass at once, not
+// after the failing group's backoff of an hour.
+func TestSenderHaltedPassGoesOn(t *testing.T) {
+	st := openOutbox(t)
+	for _, g := range []string{"a", "b", "c", "e"} { // no "d": the peer's parse
+		addOutbox(t, st, g, 0, 1)
+	}
+	_, refused := net.Dial("tcp", closedAddr(t))
+	aFailed := make(chan struct{})
+	p := newPeer(func(msg string, _ int) (*provider.Answer, error) {
+		switch msg {
+		case "a-0":
+			defer close(aFailed)
+			return nil, fmt.Errorf("posting: %w", refused)
+		case "b-0":
+			<-aFailed // answered once a has failed and halted the pass
+		}
+		return nil, nil
+	})
+	s := &Sender{Outbox: st, Transport: p, Parallel: 2, MinBackoff: time.Hour, MaxBackoff: 2 * time.Hour}
+	runSender(t, s)
+	waitFor(t, "c and e sent", func() bool { return len(p.received("c")) == 1 && len(p.received("e")) == 1 })
+	if got := p.tries("a-0"); got != 1 {
+		t.Fatalf("a tried %d times, want once (its backoff is an hour)", got)
+	}
+}
+
 // TestSenderHonoursRetryAfter has a destination answer 429 with a
 // Retry-After: the destination's next attempt comes no sooner than that,
 // however short its backoff, and no later than the policy's MaxBackoff

@@ -830,6 +830,30 @@ type passResult struct {
 	retryAfter time.Duration
 }
 
+// record sets what sending sel did, sent, in r. Groups that a halted
+// send did not start, when the failures were not the destination's after
+// all (another group was answered meanwhile), make r.more: they are sent
+// by the next pass, at once, not after the failing group's backoff.
+func (r *passResult) record(sel []store.OutboxEntry, sent sendResult) {
+	r.tried, r.destFailed, r.left, r.retryAfter = sent.tried, failureScope(sent.tried), len(sel)-len(sent.done), sent.retryAfter
+	if sent.halted && !r.destFailed {
+		r.more = true
+	}
+}
+
+// sendResult is what send did.
+type sendResult struct {
+	// done are the ids of the messages done with.
+	done []uint64
+	// tried has each group send started, with its last outcome.
+	tried map[string]outcome
+	// retryAfter is the longest Retry-After of the 429 answers.
+	retryAfter time.Duration
+	// halted is set when a failure of the destination's stopped send
+	// before it started every group.
+	halted bool
+}
+
 // MaxScanBatches bounds the batches of Batch messages one pass reads past
 // the messages of the groups that wait (whose head failed): a pass that
 // read that many without filling its selection ends, and the next one
@@ -860,9 +884,9 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 			return r, err
 		}
 		res.shrink(sel)
-		done, tried, retryAfter := s.send(ctx, sel, log)
-		r.tried, r.destFailed, r.left, r.retryAfter = tried, failureScope(tried), len(sel)-len(done), retryAfter
-		if len(done) > 0 {
+		sent := s.send(ctx, sel, log)
+		r.record(sel, sent)
+		if done := sent.done; len(done) > 0 {
 			// A new context: what was answered is removed even while
 			// the gateway stops, else it would be sent once more after
 			// restart (harmless, see the package doc, but avoidable).
@@ -886,10 +910,9 @@ func (s *Sender) pass(ctx context.Context, dest string, state *destState, log *z
 	res.shrink(sel)
 	var done []uint64
 	if err == nil && len(sel) > 0 {
-		var tried map[string]outcome
-		var retryAfter time.Duration
-		done, tried, retryAfter = s.send(sendCtx, sel, log)
-		r.tried, r.destFailed, r.left, r.retryAfter = tried, failureScope(tried), len(sel)-len(done), retryAfter
+		sent := s.send(sendCtx, sel, log)
+		r.record(sel, sent)
+		done = sent.done
 	}
 	wasLost := lost()
 	// Remove what was answered and free the lease, in one write, even
@@ -1163,11 +1186,12 @@ func noAnswer(err error) outcome {
 }
 
 // send delivers entries, each group's in order and groups in parallel
-// (at most Parallel at once), and returns the ids of those done with
-// (answered, refused for good or given up) and the outcome of each
-// group's last attempt: a group's messages after a failed one wait for
-// it.
-func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap.Logger) ([]uint64, map[string]outcome, time.Duration) {
+// (at most Parallel at once), and returns what it did (sendResult): the
+// ids of those done with (answered, refused for good or given up) and
+// the outcome of each group's last attempt (a group's messages after a
+// failed one wait for it); after a failure of the destination's (it
+// cannot be reached, or limits this provider) it starts no more groups.
+func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap.Logger) sendResult {
 	// Per group, in outbox order; groups in parallel.
 	var groups [][]store.OutboxEntry
 	for _, e := range entries {
@@ -1191,10 +1215,12 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 	// packets).
 	var halted atomic.Bool
 	var wg sync.WaitGroup
+	stopped := false
 	for _, g := range groups {
 		sem <- struct{}{}
 		if halted.Load() {
 			<-sem
+			stopped = true
 			break
 		}
 		wg.Go(func() {
@@ -1223,7 +1249,7 @@ func (s *Sender) send(ctx context.Context, entries []store.OutboxEntry, log *zap
 		})
 	}
 	wg.Wait()
-	return done, tried, retryAfter
+	return sendResult{done: done, tried: tried, retryAfter: retryAfter, halted: stopped}
 }
 
 // deliver sends one outbox message and reports how it ended: done with
