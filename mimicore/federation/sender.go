@@ -1173,8 +1173,13 @@ const (
 // noAnswer sorts a failure without an answer: a timeout, or the
 // destination not reached. A connection that could not be opened is the
 // latter even when its dial timed out (a peer whose network drops the
-// packets): no message would have fared better.
+// packets): no message would have fared better. A Client post that timed
+// out before it had a connection ends with the client's deadline rather
+// than the dial's error, and says so (provider.ErrNotConnected).
 func noAnswer(err error) outcome {
+	if errors.Is(err, provider.ErrNotConnected) {
+		return retryUnreachable
+	}
 	if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "dial" {
 		return retryUnreachable
 	}

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -104,6 +106,13 @@ func (c *Client) Post(ctx context.Context, recipient string, typ moh.ProviderReq
 	if err != nil {
 		return nil, fmt.Errorf("discovering %s: %w", recipient, err)
 	}
+	// Whether the request got a connection: a dial that timed out ends
+	// as the request's own timeout (the client's deadline comes first),
+	// not as a dial error, and only this tells the two apart.
+	var connected atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
+	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+authority+"/"+typ.String(), bytes.NewReader(raw))
 	if err != nil {
 		return nil, err
@@ -111,6 +120,9 @@ func (c *Client) Post(ctx context.Context, recipient string, typ moh.ProviderReq
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := c.Fetcher.client.Do(req)
 	if err != nil {
+		if !connected.Load() {
+			return nil, fmt.Errorf("posting %s to %s: %w: %w", typ, authority, ErrNotConnected, err)
+		}
 		return nil, fmt.Errorf("posting %s to %s: %w", typ, authority, err)
 	}
 	defer resp.Body.Close()

@@ -59,6 +59,11 @@ var (
 	// ErrFetcherClosed means the KeyFetcher was closed: nothing is fetched
 	// or posted any more (cached keys still answer).
 	ErrFetcherClosed = errors.New("key fetcher closed")
+	// ErrNotConnected means a Client post failed before it had a
+	// connection to the peer (DNS, dial, TLS handshake), whether or not it
+	// timed out: nothing was sent, and no request to the peer would have
+	// fared better.
+	ErrNotConnected = errors.New("no connection to the peer")
 )
 
 // FetchPolicy bounds how peers' keys are fetched. The zero value is the
