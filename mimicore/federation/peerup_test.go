@@ -3,6 +3,8 @@ package federation
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -87,5 +89,61 @@ func TestSenderNextAttemptCleared(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if st := s.Status(); len(st) != 1 || !st[0].NextAttempt.IsZero() {
 		t.Fatalf("status after the delivery %+v, want no next attempt", st)
+	}
+}
+
+// TestPeerUpKeepsRateLimit has a destination refuse a message: a request
+// from it (PeerUp) ends the backoff of a destination that could not be
+// reached, which is up again, but not that of a 429 with a Retry-After
+// of an hour: the peer limits this provider, and it talking to this one
+// (a peer that federates both ways) is no news. The operator's retry
+// (Wake) ends either.
+func TestPeerUpKeepsRateLimit(t *testing.T) {
+	_, refused := net.Dial("tcp", closedAddr(t))
+	limited := func() (*provider.Answer, error) {
+		a := errorAnswer(http.StatusTooManyRequests, moh.CodeRateLimited)
+		a.RetryAfter = time.Hour
+		return a, nil
+	}
+	for _, tc := range []struct {
+		name  string
+		fail  func() (*provider.Answer, error)
+		wake  func(s *Sender, dest string)
+		tries int
+	}{
+		{"rate limited, a request from it", limited, (*Sender).PeerUp, 1},
+		{"rate limited, the operator's retry", limited, (*Sender).Wake, 2},
+		{"unreachable, a request from it", func() (*provider.Answer, error) { return nil, fmt.Errorf("posting: %w", refused) }, (*Sender).PeerUp, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openOutbox(t)
+			addOutbox(t, st, "g", 0, 1)
+			p := newPeer(func(string, int) (*provider.Answer, error) { return tc.fail() })
+			s := &Sender{Outbox: st, Transport: p, MinBackoff: time.Hour, MaxBackoff: 2 * time.Hour}
+			runSender(t, s)
+			waitFor(t, "the destination's backoff", func() bool {
+				st := s.Status()
+				return len(st) == 1 && !st[0].NextAttempt.IsZero()
+			})
+			s.mu.Lock()
+			w := s.wakes["dest.example"]
+			s.mu.Unlock()
+			taken := func(ch chan struct{}) func() bool {
+				return func() bool {
+					s.mu.Lock()
+					defer s.mu.Unlock()
+					return len(ch) == 0
+				}
+			}
+			tc.wake(s, "dest.example")
+			waitFor(t, "the wake-up taken", func() bool { return taken(w.up)() && taken(w.retry)() })
+			// A wake-up for new messages, taken once the worker is done
+			// with the first one (and the pass it may have made).
+			s.Outbound("dest.example")
+			waitFor(t, "the new messages' wake-up taken", taken(w.wake))
+			if got := p.tries("g-0"); got != tc.tries {
+				t.Fatalf("the message tried %d times, want %d", got, tc.tries)
+			}
+		})
 	}
 }

@@ -343,7 +343,9 @@ func (r passResult) emptied() bool {
 
 // PeerUp tells the sender that a request from destination just arrived,
 // so it is reachable again: a worker backing off after failures (the
-// destination's or its groups') tries it at once; and without Leases, a
+// destination's or its groups') tries it at once, unless the destination
+// backs off after a 429 (it limits this provider, and was up all along:
+// its Retry-After holds); and without Leases, a
 // destination without a worker gets one, which reads its outbox (a
 // backlog that nothing else woke, such as one the listing at Run missed,
 // is sent) and ends after WorkerIdle if it is empty (with Leases, the
@@ -363,7 +365,7 @@ func (s *Sender) PeerUp(destination string) {
 		return
 	}
 	if st := s.status[destination]; st != nil && !st.NextAttempt.IsZero() {
-		signal(w.retry)
+		signal(w.up)
 	}
 }
 
@@ -413,9 +415,10 @@ func signal(ch chan struct{}) {
 }
 
 // workerWakes are the wake-up channels of one destination's worker: wake
-// for new messages, retry to end its backoffs.
+// for new messages, retry to end its backoffs, up for a request from the
+// destination (PeerUp), which ends them unless it limits this provider.
 type workerWakes struct {
-	wake, retry chan struct{}
+	wake, retry, up chan struct{}
 }
 
 // Run starts a worker for each destination with a backlog, and one for
@@ -449,7 +452,7 @@ func (s *Sender) Run(ctx context.Context) error {
 		if _, ok := s.wakes[dest]; ok || ctx.Err() != nil {
 			return
 		}
-		w := &workerWakes{wake: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
+		w := &workerWakes{wake: make(chan struct{}, 1), retry: make(chan struct{}, 1), up: make(chan struct{}, 1)}
 		s.wakes[dest] = w
 		wg.Go(func() { s.worker(ctx, dest, w) })
 	}
@@ -592,6 +595,10 @@ type destState struct {
 	// skip is the head of the outbox that passes read past while it
 	// holds (skipHead).
 	skip skipHead
+	// limited is set while dest backs off after a 429: the destination
+	// limits this provider, so a request from it (PeerUp) says nothing
+	// new and does not end the backoff.
+	limited bool
 }
 
 // skipHead is a head of a destination's outbox that holds only messages
@@ -651,6 +658,7 @@ func (d *destState) reset() {
 	d.dest = backoff{}
 	clear(d.groups)
 	d.skip = skipHead{}
+	d.limited = false
 }
 
 // worker delivers destination's messages until ctx ends: a pass reads the
@@ -688,10 +696,11 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 			case r.destFailed:
 				s.grow(&state.dest)
 				s.atLeast(&state.dest, r.retryAfter)
+				state.limited = rateLimited(r.tried)
 				dirty = true
 			default:
 				dirty = dirty || state.dest.level != 0
-				state.dest = backoff{}
+				state.dest, state.limited = backoff{}, false
 				for g, o := range r.tried {
 					if o == outcomeDone {
 						if state.groups[g] != nil {
@@ -756,9 +765,17 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 		case <-wakes.wake:
 			// New messages: a pass, unless the destination backs off.
 		case <-wakes.retry:
-			state.reset() // the peer is back, or the operator's retry
+			state.reset() // the operator's retry
 			s.noteNext(dest, &state)
 			dirty = true // stored by the pass that follows
+		case <-wakes.up:
+			// The peer is back, unless it was never away: after a 429
+			// it limits this provider, and its Retry-After holds.
+			if !state.limited || !state.dest.next.After(time.Now()) {
+				state.reset()
+				s.noteNext(dest, &state)
+				dirty = true // stored by the pass that follows
+			}
 		}
 		if timer != nil {
 			timer.Stop()
@@ -775,7 +792,7 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 func (s *Sender) retire(dest string, wakes *workerWakes) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(wakes.wake) > 0 || len(wakes.retry) > 0 {
+	if len(wakes.wake) > 0 || len(wakes.retry) > 0 || len(wakes.up) > 0 {
 		return false
 	}
 	delete(s.wakes, dest)
@@ -1073,6 +1090,16 @@ func failureScope(tried map[string]outcome) bool {
 		}
 	}
 	return !answered && (unreachable || timeouts >= 2)
+}
+
+// rateLimited reports whether a group of tried was answered 429.
+func rateLimited(tried map[string]outcome) bool {
+	for _, o := range tried {
+		if o == retryRateLimited {
+			return true
+		}
+	}
+	return false
 }
 
 // keepLease renews dest's drain lease every third of LeaseTTL until the
