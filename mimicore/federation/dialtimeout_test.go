@@ -19,9 +19,10 @@ type keyOf struct{ k *provider.PrivateKey }
 
 func (s keyOf) Current(time.Time) (*provider.PrivateKey, error) { return s.k, nil }
 
-// blackhole returns a loopback address whose dials hang: a socket that
-// listens with a full accept queue, whose kernel drops further SYNs.
-func blackhole(t *testing.T, port int) string {
+// blackhole returns a loopback address, on a port the kernel chose, whose
+// dials hang: a socket that listens with a full accept queue, whose kernel
+// drops further SYNs.
+func blackhole(t *testing.T) (string, int) {
 	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
@@ -31,12 +32,17 @@ func blackhole(t *testing.T, port int) string {
 	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Listen(fd, 0); err != nil {
 		t.Fatal(err)
 	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := sa.(*syscall.SockaddrInet4).Port
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	// Fill the accept queue; never accepted.
 	for i := 0; ; i++ {
@@ -49,7 +55,7 @@ func blackhole(t *testing.T, port int) string {
 			t.Fatal("the accept queue never filled")
 		}
 	}
-	return addr
+	return addr, port
 }
 
 // TestSenderHaltsOnDialTimeout has 20 groups wait for a destination
@@ -59,8 +65,8 @@ func blackhole(t *testing.T, port int) string {
 // be reached: the pass halts after the first attempt rather than trying
 // each group in turn, each for the whole timeout.
 func TestSenderHaltsOnDialTimeout(t *testing.T) {
-	hole := blackhole(t, 31601)
-	l, err := net.Listen("tcp", "127.0.0.1:31602")
+	hole, holePort := blackhole(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,8 +77,8 @@ func TestSenderHaltsOnDialTimeout(t *testing.T) {
 	srv.Listener = l
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	f := provider.NewKeyFetcher(provider.FetchPolicy{AllowPrivate: true, AllowedPorts: []int{31601, 31602},
-		RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs, Timeout: 200 * time.Millisecond,
+	f := provider.NewKeyFetcher(provider.FetchPolicy{AllowPrivate: true, AllowedPorts: []int{holePort, l.Addr().(*net.TCPAddr).Port},
+		RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs, Timeout: time.Second,
 		Resolve: map[string]string{"example.com": l.Addr().String(), "ds.example.com": hole}})
 	t.Cleanup(f.Close)
 	k, err := provider.GenerateKey(moh.SchemeEd25519, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))

@@ -316,14 +316,21 @@ func TestSenderHaltedPassGoesOn(t *testing.T) {
 		addOutbox(t, st, g, 0, 1)
 	}
 	_, refused := net.Dial("tcp", closedAddr(t))
-	aFailed := make(chan struct{})
-	p := newPeer(func(msg string, _ int) (*provider.Answer, error) {
-		switch msg {
-		case "a-0":
-			defer close(aFailed)
+	// a fails once b has started (else the pass could halt before it
+	// starts b, and a's failure alone would be the destination's), and b
+	// is answered once a has failed and halted the pass.
+	bStarted, aFailed := make(chan struct{}), make(chan struct{})
+	p := newPeer(func(msg string, attempt int) (*provider.Answer, error) {
+		switch {
+		case msg == "a-0":
+			if attempt == 1 {
+				<-bStarted
+				defer close(aFailed)
+			}
 			return nil, fmt.Errorf("posting: %w", refused)
-		case "b-0":
-			<-aFailed // answered once a has failed and halted the pass
+		case msg == "b-0" && attempt == 1:
+			close(bStarted)
+			<-aFailed
 		}
 		return nil, nil
 	})
