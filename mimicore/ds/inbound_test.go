@@ -470,7 +470,8 @@ func TestHubForgottenDuringRead(t *testing.T) {
 
 // TestWelcomeRecordsHubPastCache: m.example is cached here as a group's
 // hub when another gateway of the provider deletes its record (the
-// operator's DELETE /mimi/hubs there forgets only that process's cache).
+// operator's DELETE /mimi/hubs there forgets that process's caches; this
+// one hears of it a moment later, through its store, if at all).
 // m.example's next Welcome must record it again: passed on this
 // gateway's cache, it left the group without a record, and m.example's
 // later messages were refused not_found, here and on every gateway.

@@ -264,10 +264,7 @@ func TestFailureScope(t *testing.T) {
 // tries after the destination's backoff; a failure of a group's own (a
 // 503) does not stop the others.
 func TestSenderHaltsOnDestinationFailure(t *testing.T) {
-	_, refused := net.Dial("tcp", closedAddr(t))
-	if refused == nil {
-		t.Fatal("dialling a closed port succeeded")
-	}
+	refused := refusedDial(t)
 	for _, tc := range []struct {
 		name string
 		fail func() (*provider.Answer, error)
@@ -315,7 +312,7 @@ func TestSenderHaltedPassGoesOn(t *testing.T) {
 	for _, g := range []string{"a", "b", "c", "e"} { // no "d": the peer's parse
 		addOutbox(t, st, g, 0, 1)
 	}
-	_, refused := net.Dial("tcp", closedAddr(t))
+	refused := refusedDial(t)
 	// a fails once b has started (else the pass could halt before it
 	// starts b, and a's failure alone would be the destination's), and b
 	// is answered once a has failed and halted the pass.
@@ -381,8 +378,9 @@ func TestSenderHonoursRetryAfter(t *testing.T) {
 	}
 }
 
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
+// refusedDial returns the error of a real dial refused: of a loopback
+// address nothing listens on.
+func refusedDial(t *testing.T) error {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -390,14 +388,19 @@ func closedAddr(t *testing.T) string {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	return addr
+	c, err := net.Dial("tcp", addr)
+	if err == nil {
+		c.Close()
+		t.Fatal("dialling a closed port succeeded")
+	}
+	return err
 }
 
 // TestNoAnswer sorts failures without an answer as the HTTP client
 // returns them: a connection that could not be opened is unreachable,
 // also when its dial timed out; a timeout once connected is a timeout.
 func TestNoAnswer(t *testing.T) {
-	_, refused := net.Dial("tcp", closedAddr(t))
+	refused := refusedDial(t)
 	wrap := func(err error) error {
 		return fmt.Errorf("posting deliver_message to b.example: %w", &url.Error{Op: "Post", URL: "https://b.example/deliver_message", Err: err})
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -99,7 +98,7 @@ func TestSenderNextAttemptCleared(t *testing.T) {
 // (a peer that federates both ways) is no news. The operator's retry
 // (Wake) ends either.
 func TestPeerUpKeepsRateLimit(t *testing.T) {
-	_, refused := net.Dial("tcp", closedAddr(t))
+	refused := refusedDial(t)
 	limited := func() (*provider.Answer, error) {
 		a := errorAnswer(http.StatusTooManyRequests, moh.CodeRateLimited)
 		a.RetryAfter = time.Hour

@@ -78,7 +78,7 @@ func (s *Sender) loadRetries(ctx context.Context) (map[string]*restoredState, bo
 	// The cap in force bounds what was stored under another (the
 	// operator lowered max_backoff before the restart), or under a clock
 	// that was far ahead.
-	maxB := max(s.currentPolicy().MaxBackoff, orDefault(s.MinBackoff, DefaultMinBackoff))
+	_, maxB := s.backoffBounds()
 	resume := func(b store.OutboxBackoff) backoff {
 		if b.Level <= 0 {
 			return backoff{}

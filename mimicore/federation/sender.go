@@ -562,11 +562,17 @@ type backoff struct {
 // on the upper half: retries of many gateways spread without ever
 // retrying at once).
 func (s *Sender) grow(b *backoff) {
-	minB := orDefault(s.MinBackoff, DefaultMinBackoff)
-	maxB := max(s.currentPolicy().MaxBackoff, minB)
+	minB, maxB := s.backoffBounds()
 	b.level = min(max(2*b.level, minB), maxB)
 	wait := b.level/2 + rand.N(b.level/2+1)
 	b.next = time.Now().Add(wait)
+}
+
+// backoffBounds returns the shortest and longest backoff: MinBackoff,
+// and the policy's MaxBackoff, never below MinBackoff.
+func (s *Sender) backoffBounds() (minB, maxB time.Duration) {
+	minB = orDefault(s.MinBackoff, DefaultMinBackoff)
+	return minB, max(s.currentPolicy().MaxBackoff, minB)
 }
 
 // atLeast makes b's next attempt come no sooner than after, a peer's
@@ -576,7 +582,7 @@ func (s *Sender) atLeast(b *backoff, after time.Duration) {
 	if after <= 0 {
 		return
 	}
-	maxB := max(s.currentPolicy().MaxBackoff, orDefault(s.MinBackoff, DefaultMinBackoff))
+	_, maxB := s.backoffBounds()
 	if at := time.Now().Add(min(after, maxB)); b.next.Before(at) {
 		b.next = at
 	}
