@@ -50,6 +50,13 @@ const (
 	// sweeps deleting a name's bytes again.
 	minCommitGrace = 10 * time.Minute
 	maxCommitGrace = 24 * time.Hour
+	// maxUploadsInProgress caps max_uploads_in_progress.
+	maxUploadsInProgress = 1000
+	// uploadSlotRetryAfter is the Retry-After, in seconds, of an upload
+	// refused because its uploader has max_uploads_in_progress uploads in
+	// progress: an upload lasts seconds or more, and a refusal costs the
+	// client only its header.
+	uploadSlotRetryAfter = "5"
 )
 
 // Attachments configures the attachment service of the Delivery Service
@@ -103,6 +110,15 @@ type Attachments struct {
 	// attachment. Default: false, only its uploader may (and expiry).
 	AllowDeleteByMembers bool `json:"allow_delete_by_members,omitempty"`
 
+	// MaxUploadsInProgress bounds the uploads one client (the client URI
+	// of the uploader) may have in progress at once on this gateway,
+	// from the check of its header to its answer; one more is answered
+	// 429 rate_limited with Retry-After before anything is stored. The
+	// count is per gateway process (the sites and configs of one
+	// data_dir count together), not per cluster. Default: 4; at most
+	// 1000.
+	MaxUploadsInProgress int `json:"max_uploads_in_progress,omitempty"`
+
 	// Storage is the backend that keeps the ciphertexts, a module of the
 	// http.mimi.attachments namespace named by its "backend" key.
 	// Default: {"backend": "local"} under data_dir/attachments.
@@ -131,6 +147,9 @@ func (a *Attachments) validate() error {
 	}
 	if d := time.Duration(a.CommitGrace); d != 0 && (d < minCommitGrace || d > maxCommitGrace) {
 		return fmt.Errorf("mimi: attachments commit_grace: %s is outside %s..%s", d, minCommitGrace, maxCommitGrace)
+	}
+	if n := a.MaxUploadsInProgress; n < 0 || n > maxUploadsInProgress {
+		return fmt.Errorf("mimi: attachments max_uploads_in_progress: %d is outside 1..%d", n, maxUploadsInProgress)
 	}
 	return nil
 }
@@ -218,6 +237,7 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 		UploadDeadline:       time.Duration(a.UploadDeadline),
 		CommitGrace:          time.Duration(a.CommitGrace),
 		AllowDeleteByMembers: a.AllowDeleteByMembers,
+		MaxUploadsInProgress: a.MaxUploadsInProgress,
 		Quota: store.AttachmentQuota{GroupBytes: a.GroupQuotaBytes, GroupCount: a.GroupQuotaCount,
 			UploaderBytes: a.UploaderQuotaBytes, UploaderCount: a.UploaderQuotaCount},
 		Logger: g.sampled.Named("attachments"),
@@ -234,6 +254,7 @@ func (g *Gateway) provisionAttachments(ctx caddy.Context) error {
 	// Caddy and never swept with.
 	g.sweeper = v.(*sweeper)
 	g.sweeperHeld = true
+	svc.Slots = &g.sweeper.slots
 	register(ctx.GetMetricsRegistry(), g.logger, sweepStats{})
 	return nil
 }
@@ -254,11 +275,18 @@ func (g *Gateway) cleanupAttachments() error {
 var sweeperPool = caddy.NewUsagePool()
 
 // sweeper runs the attachment service of the newest config every
-// sweepInterval.
+// sweepInterval, and holds the data directory's counts of uploads in
+// progress.
 type sweeper struct {
 	current atomic.Pointer[ds.Attachments]
 	cancel  context.CancelFunc
 	done    chan struct{}
+
+	// slots counts the uploads in progress of every site and config of
+	// the data directory, so that a reload, whose new config serves
+	// while the old one's uploads still stream, or two sites of one
+	// provider, do not each allow max_uploads_in_progress.
+	slots ds.UploadSlots
 
 	// What the sweeps removed, and the sweeps that failed, for metrics.
 	expired, objects, temporary, failures atomic.Uint64
@@ -407,6 +435,11 @@ func (g *Gateway) serveUpload(x *exchange) {
 	resp, err := g.ds.Upload(ctx, req, content)
 	body.stop()
 	if err != nil {
+		if moh.DSErrorOf(err).Code == moh.CodeRateLimited {
+			// The uploader's uploads in progress are at
+			// max_uploads_in_progress.
+			x.w.Header().Set("Retry-After", uploadSlotRetryAfter)
+		}
 		x.closeAfter() // the rest of a refused body is not read
 		g.refuse(x, err)
 		return
@@ -675,6 +708,7 @@ func contentPrefix(size int64) []byte {
 //		upload_deadline         <duration>
 //		commit_grace            <duration>
 //		allow_delete_by_members
+//		max_uploads_in_progress <n>
 //		storage                 <backend> [<args...>] { ... }
 //	}
 //
@@ -742,6 +776,19 @@ func unmarshalAttachments(d *caddyfile.Dispenser) (*Attachments, error) {
 				return nil, d.ArgErr()
 			}
 			a.AllowDeleteByMembers = true
+		case "max_uploads_in_progress":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			v := d.Val()
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxUploadsInProgress {
+				return nil, d.Errf("invalid max_uploads_in_progress '%s': want a number from 1 to %d", v, maxUploadsInProgress)
+			}
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			a.MaxUploadsInProgress = n
 		case "storage":
 			if !d.NextArg() {
 				return nil, d.ArgErr()

@@ -625,11 +625,49 @@ func TestAttachmentsCaddyfile(t *testing.T) {
 				upload_deadline 30m
 				commit_grace 2h
 				allow_delete_by_members
+				max_uploads_in_progress 8
 				storage local /srv/attachments
 			}
 		}`, &Attachments{MaxSize: 10 << 20, GroupQuotaBytes: 1 << 30, GroupQuotaCount: 500, UploaderQuotaCount: 20,
 			Retention: caddy.Duration(168 * time.Hour), UploadDeadline: caddy.Duration(30 * time.Minute),
-			CommitGrace: caddy.Duration(2 * time.Hour), AllowDeleteByMembers: true, Storage: []byte(`{"backend":"local","root":"/srv/attachments"}`)}, ""},
+			CommitGrace: caddy.Duration(2 * time.Hour), AllowDeleteByMembers: true, MaxUploadsInProgress: 8,
+			Storage: []byte(`{"backend":"local","root":"/srv/attachments"}`)}, ""},
+		{"uploads in progress, the most", `mimi {
+			attachments {
+				max_uploads_in_progress 1000
+			}
+		}`, &Attachments{MaxUploadsInProgress: 1000}, ""},
+		{"uploads in progress 0", `mimi {
+			attachments {
+				max_uploads_in_progress 0
+			}
+		}`, nil, "invalid max_uploads_in_progress '0': want a number from 1 to 1000"},
+		{"uploads in progress above the most", `mimi {
+			attachments {
+				max_uploads_in_progress 1001
+			}
+		}`, nil, "invalid max_uploads_in_progress '1001'"},
+		{"uploads in progress not a number", `mimi {
+			attachments {
+				max_uploads_in_progress four
+			}
+		}`, nil, "invalid max_uploads_in_progress 'four'"},
+		{"uploads in progress without a number", `mimi {
+			attachments {
+				max_uploads_in_progress
+			}
+		}`, nil, "wrong argument count"},
+		{"uploads in progress with two numbers", `mimi {
+			attachments {
+				max_uploads_in_progress 4 5
+			}
+		}`, nil, "wrong argument count"},
+		{"duplicate uploads in progress", `mimi {
+			attachments {
+				max_uploads_in_progress 4
+				max_uploads_in_progress 5
+			}
+		}`, nil, "duplicate attachments option 'max_uploads_in_progress'"},
 		{"off", `mimi {
 			attachments off
 		}`, &Attachments{Disabled: true}, ""},

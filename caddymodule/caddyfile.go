@@ -120,6 +120,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			upload_deadline         <duration>
 //			commit_grace            <duration>
 //			allow_delete_by_members
+//			max_uploads_in_progress <n>
 //			storage                 local [<root>] | local { root <dir> }
 //			storage                 s3 {
 //				endpoint   <host[:port]>

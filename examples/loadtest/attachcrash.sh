@@ -23,6 +23,11 @@ cd "$(dirname "$0")/../.."
 
 port_free
 build
+# mimiload's uploaders are one member: lift max_uploads_in_progress (default
+# 4, per member) so that all -c (default 8) upload at once.
+B_MIMI="		attachments {
+			max_uploads_in_progress 1000
+		}"
 configure
 conditions
 "${caddy_env[@]}" "$tmp/mimiload" attachcrash -dir "$tmp" -addr "127.0.0.1:$PORT" -caddy "$CADDY" \

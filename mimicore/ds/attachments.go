@@ -73,9 +73,22 @@ type Attachments struct {
 	// attachment; otherwise only its uploader (the client URI recorded at
 	// upload or copy) may.
 	AllowDeleteByMembers bool
+	// MaxUploadsInProgress bounds the uploads one uploader (the client
+	// URI of the signer's leaf) may have in progress at once, counted in
+	// Slots; one more is refused rate_limited before anything is stored.
+	// 0 means DefaultMaxUploadsInProgress.
+	MaxUploadsInProgress int
+	// Slots counts the uploads in progress. Services that share it share
+	// the counts (the sites of one gateway, and a config and the one that
+	// replaces it on a reload), each applying its own
+	// MaxUploadsInProgress. Nil means counts of this service alone.
+	Slots *UploadSlots
 	// Logger receives failures the client is not told the cause of. Nil
 	// discards them.
 	Logger *zap.Logger
+
+	// ownSlots are the counts when Slots is nil.
+	ownSlots UploadSlots
 }
 
 func (a *Attachments) maxSize() int64 {
@@ -104,6 +117,20 @@ func (a *Attachments) commitGrace() time.Duration {
 		return a.CommitGrace
 	}
 	return DefaultCommitGrace
+}
+
+func (a *Attachments) maxUploadsInProgress() int {
+	if a.MaxUploadsInProgress > 0 {
+		return a.MaxUploadsInProgress
+	}
+	return DefaultMaxUploadsInProgress
+}
+
+func (a *Attachments) slots() *UploadSlots {
+	if a.Slots != nil {
+		return a.Slots
+	}
+	return &a.ownSlots
 }
 
 func (a *Attachments) logger() *zap.Logger {
@@ -152,7 +179,9 @@ func randomHex(n int) string {
 // (Authenticate or AuthenticatePrefix), content is what follows it in the
 // body. In order, before a byte of content is read: the replay set, the
 // size limit (too_large), the content_hash length for the group's suite
-// (malformed), the quotas, reserved in the store with the pending record
+// (malformed), the uploader's uploads in progress (MaxUploadsInProgress,
+// rate_limited; this upload's slot is held until Upload returns), the
+// quotas, reserved in the store with the pending record
 // (quota_exceeded). Then exactly content_length bytes are streamed into
 // the backend while hashed with the group suite's Hash; a short or long
 // body or another hash is content_mismatch, and a body that fails to
@@ -200,6 +229,14 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 	if err != nil {
 		return nil, err
 	}
+	// The uploader's slot, before anything is stored, held until the
+	// upload is answered (the commit included), whatever the way out.
+	release, ok := a.slots().Acquire(uploader, a.maxUploadsInProgress())
+	if !ok {
+		return nil, moh.Errorf(moh.CodeRateLimited, "this client's uploads in progress are at this Delivery Service's limit of %d; retry once one has ended",
+			a.maxUploadsInProgress())
+	}
+	defer release()
 
 	token := make([]byte, AttachmentTokenSize)
 	rand.Read(token)
