@@ -287,6 +287,9 @@ type sweeper struct {
 	// while the old one's uploads still stream, or two sites of one
 	// provider, do not each allow max_uploads_in_progress.
 	slots ds.UploadSlots
+	// slotRefusals counts the uploads refused because their uploader
+	// had max_uploads_in_progress in progress, for metrics.
+	slotRefusals atomic.Uint64
 
 	// What the sweeps removed, and the sweeps that failed, for metrics.
 	expired, objects, temporary, failures atomic.Uint64
@@ -345,16 +348,24 @@ var (
 		[]string{"data_dir", "kind"}, nil)
 	sweepFailuresDesc = prometheus.NewDesc("caddy_mimi_attachments_sweep_failures_total",
 		"Attachment sweeps that failed (store or storage unavailable); the next sweep retries.", []string{"data_dir"}, nil)
+	uploadsInProgressDesc = prometheus.NewDesc("caddy_mimi_attachments_uploads_in_progress",
+		"Attachment uploads in progress on this gateway, from the check of their uploader's max_uploads_in_progress to their answer.",
+		[]string{"data_dir"}, nil)
+	uploadsRefusedDesc = prometheus.NewDesc("caddy_mimi_attachments_uploads_refused_total",
+		"Attachment uploads refused 429 because their uploader had max_uploads_in_progress uploads in progress.",
+		[]string{"data_dir"}, nil)
 )
 
-// sweepStats collects the counters of every data directory's sweeper at
-// scrape time.
+// sweepStats collects the counters of every data directory's sweeper, and
+// its uploads in progress and their refusals, at scrape time.
 type sweepStats struct{}
 
 // Describe implements prometheus.Collector.
 func (sweepStats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- sweptDesc
 	ch <- sweepFailuresDesc
+	ch <- uploadsInProgressDesc
+	ch <- uploadsRefusedDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -369,6 +380,8 @@ func (sweepStats) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(sweptDesc, prometheus.CounterValue, float64(v.Load()), dir, kind)
 		}
 		ch <- prometheus.MustNewConstMetric(sweepFailuresDesc, prometheus.CounterValue, float64(s.failures.Load()), dir)
+		ch <- prometheus.MustNewConstMetric(uploadsInProgressDesc, prometheus.GaugeValue, float64(s.slots.Total()), dir)
+		ch <- prometheus.MustNewConstMetric(uploadsRefusedDesc, prometheus.CounterValue, float64(s.slotRefusals.Load()), dir)
 		return true
 	})
 }
@@ -439,6 +452,9 @@ func (g *Gateway) serveUpload(x *exchange) {
 			// The uploader's uploads in progress are at
 			// max_uploads_in_progress.
 			x.w.Header().Set("Retry-After", uploadSlotRetryAfter)
+			if g.sweeper != nil {
+				g.sweeper.slotRefusals.Add(1)
+			}
 		}
 		x.closeAfter() // the rest of a refused body is not read
 		g.refuse(x, err)

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/internal/metricstest"
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/ds"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
@@ -145,6 +146,13 @@ func TestAttachmentUploadsInProgressOverTLS(t *testing.T) {
 		if n := slots.InProgress(alice); n != limit {
 			t.Fatalf("alice holds %d slots after the refusal, want %d", n, limit)
 		}
+		got := metricstest.Of(t, sweepStats{})
+		for name, want := range map[string]float64{"caddy_mimi_attachments_uploads_in_progress": limit,
+			"caddy_mimi_attachments_uploads_refused_total": 1} {
+			if k := name + "{data_dir=" + e.g.DataDir + ",}"; got[k] != want {
+				t.Errorf("%s = %v, want %v", k, got[k], want)
+			}
+		}
 	})
 	t.Run("another member unaffected", func(t *testing.T) {
 		resp, body := upload(e.bob, 1)
@@ -178,6 +186,13 @@ func TestAttachmentUploadsInProgressOverTLS(t *testing.T) {
 	}
 	if n, u := slots.InProgress(alice), slots.Uploaders(); n != 0 || u != 0 {
 		t.Fatalf("%d slots of alice (%d uploaders) held once every upload ended", n, u)
+	}
+	got := metricstest.Of(t, sweepStats{})
+	for name, want := range map[string]float64{"caddy_mimi_attachments_uploads_in_progress": 0,
+		"caddy_mimi_attachments_uploads_refused_total": 2} {
+		if k := name + "{data_dir=" + e.g.DataDir + ",}"; got[k] != want {
+			t.Errorf("%s = %v, want %v", k, got[k], want)
+		}
 	}
 	if g, err := st.GroupAttachmentUsage(context.Background(), e.group); err != nil || g.Count != 6 {
 		t.Fatalf("group usage %+v, %v; want alice's five stored uploads and bob's", g, err)

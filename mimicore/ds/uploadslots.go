@@ -16,8 +16,9 @@ const DefaultMaxUploadsInProgress = 4
 // start empty after a restart, when no upload is in progress any more.
 // The zero value is ready to use; it must not be copied after first use.
 type UploadSlots struct {
-	mu sync.Mutex
-	n  map[string]int
+	mu    sync.Mutex
+	n     map[string]int
+	total int
 }
 
 // Acquire takes one of the at most limit slots of uploader. It reports
@@ -34,6 +35,7 @@ func (s *UploadSlots) Acquire(uploader string, limit int) (release func(), ok bo
 		s.n = make(map[string]int)
 	}
 	s.n[uploader]++
+	s.total++
 	var once sync.Once
 	return func() { once.Do(func() { s.release(uploader) }) }, true
 }
@@ -44,6 +46,7 @@ func (s *UploadSlots) Acquire(uploader string, limit int) (release func(), ok bo
 func (s *UploadSlots) release(uploader string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.total--
 	if s.n[uploader] <= 1 {
 		delete(s.n, uploader)
 		return
@@ -56,6 +59,14 @@ func (s *UploadSlots) InProgress(uploader string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.n[uploader]
+}
+
+// Total returns how many slots all uploaders hold: the uploads in
+// progress.
+func (s *UploadSlots) Total() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.total
 }
 
 // Uploaders returns how many uploaders hold at least one slot.

@@ -34,20 +34,21 @@ func TestUploadSlots(t *testing.T) {
 		steps     []step
 		want      map[string]int
 		uploaders int
+		total     int
 	}{
 		{"up to the limit", 3, []step{acquire("a", true), acquire("a", true), acquire("a", true), acquire("a", false)},
-			map[string]int{"a": 3}, 1},
+			map[string]int{"a": 3}, 1, 3},
 		{"a release frees a slot", 2, []step{acquire("a", true), acquire("a", true), rel(0), acquire("a", true), acquire("a", false)},
-			map[string]int{"a": 2}, 1},
+			map[string]int{"a": 2}, 1, 2},
 		{"a release twice frees one slot", 2, []step{acquire("a", true), acquire("a", true), rel(0), rel(0), acquire("a", true),
-			acquire("a", false)}, map[string]int{"a": 2}, 1},
+			acquire("a", false)}, map[string]int{"a": 2}, 1, 2},
 		{"uploaders counted apart", 1, []step{acquire("a", true), acquire("a", false), acquire("b", true), acquire("b", false)},
-			map[string]int{"a": 1, "b": 1}, 2},
+			map[string]int{"a": 1, "b": 1}, 2, 2},
 		{"a refusal takes nothing", 1, []step{acquire("a", true), acquire("a", false), acquire("a", false), rel(0), acquire("a", true)},
-			map[string]int{"a": 1}, 1},
+			map[string]int{"a": 1}, 1, 1},
 		{"an uploader with none left is forgotten", 2, []step{acquire("a", true), acquire("b", true), rel(0), rel(1)},
-			map[string]int{"a": 0, "b": 0}, 0},
-		{"limit 0 refuses", 0, []step{acquire("a", false)}, map[string]int{"a": 0}, 0},
+			map[string]int{"a": 0, "b": 0}, 0, 0},
+		{"limit 0 refuses", 0, []step{acquire("a", false)}, map[string]int{"a": 0}, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var s UploadSlots
@@ -70,6 +71,9 @@ func TestUploadSlots(t *testing.T) {
 			}
 			if got := s.Uploaders(); got != tc.uploaders {
 				t.Errorf("%d uploaders hold slots, want %d", got, tc.uploaders)
+			}
+			if got := s.Total(); got != tc.total {
+				t.Errorf("%d slots held in all, want %d", got, tc.total)
 			}
 		})
 	}
@@ -104,7 +108,7 @@ func TestUploadSlotsConcurrent(t *testing.T) {
 	if m := most.Load(); m > limit || m < 1 {
 		t.Fatalf("%d slots held at once, want 1 to %d", m, limit)
 	}
-	if n, u := s.InProgress("a"), s.Uploaders(); n != 0 || u != 0 {
+	if n, u := s.InProgress("a"), s.Uploaders(); n != 0 || u != 0 || s.Total() != 0 {
 		t.Fatalf("%d slots of %d uploaders left after every release", n, u)
 	}
 }
