@@ -15,8 +15,9 @@ import (
 
 // A sender whose outbox implements store.OutboxRetries keeps there, per
 // destination, what a restart needs to resume its backoffs: the
-// destination's backoff and those of its waiting groups, with the
-// failures since the last success and the last error. A worker writes
+// destination's backoff (and whether it is a 429's) and those of its
+// waiting groups, with the failures since the last success and the last
+// error. A worker writes
 // them after a pass that changed them (a failure grew one, or a backoff
 // ended), one write per pass whatever the messages, and clears them when
 // none is left (a success, the operator's retry or reset, a request from
@@ -30,6 +31,9 @@ import (
 type restoredState struct {
 	dest   backoff
 	groups map[string]*backoff
+	// limited is set when dest is a 429's (destState.limited): a request
+	// from the destination does not end it.
+	limited bool
 	// ended is set when a request from the destination (PeerUp) or the
 	// operator's retry (Wake) came before its worker started: the
 	// backoffs are over, but the stored state is still to be cleared.
@@ -103,6 +107,7 @@ func (s *Sender) loadRetries(ctx context.Context) (map[string]*restoredState, bo
 			continue
 		}
 		st := &restoredState{dest: resume(r.Backoff), groups: make(map[string]*backoff, len(r.Groups))}
+		st.limited = r.RateLimited && st.dest.level > 0
 		for _, g := range r.Groups {
 			if b := resume(g.OutboxBackoff); b.level > 0 {
 				st.groups[string(g.GroupID)] = &b
@@ -137,15 +142,21 @@ func (s *Sender) takeRestored(dest string, state *destState) bool {
 	}
 	delete(s.restored, dest)
 	if !r.ended {
-		state.dest, state.groups = r.dest, r.groups
+		state.dest, state.groups, state.limited = r.dest, r.groups, r.limited
 	}
 	return true
 }
 
 // endRestored ends the backoffs read at Run for dest, whose worker has not
-// started yet; called with s.mu held.
-func (s *Sender) endRestored(dest string) {
+// started yet: for the operator's retry (retry set) whatever they are,
+// for a request from dest unless dest backs off after a 429 that has not
+// ended (it limits this provider, and was up all along); called with
+// s.mu held.
+func (s *Sender) endRestored(dest string, retry bool) {
 	if r := s.restored[dest]; r != nil && !r.ended {
+		if !retry && r.limited && r.dest.next.After(time.Now()) {
+			return
+		}
 		r.ended = true
 		if st := s.status[dest]; st != nil {
 			st.NextAttempt = time.Time{}
@@ -181,7 +192,7 @@ func (s *Sender) persist(ctx context.Context, dest string, state *destState, per
 	}
 	r := store.OutboxRetry{Destination: dest}
 	if state.dest.level > 0 {
-		r.Backoff = stored(&state.dest)
+		r.Backoff, r.RateLimited = stored(&state.dest), state.limited
 	}
 	for g, b := range state.groups {
 		r.Groups = append(r.Groups, store.OutboxGroupBackoff{GroupID: []byte(g), OutboxBackoff: stored(b)})

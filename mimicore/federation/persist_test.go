@@ -126,9 +126,12 @@ func storedRetry(t *testing.T, st store.Store, dest string) (store.OutboxRetry, 
 // backoff of an hour, then stops the sender and starts another on the same
 // store: the new sender resumes the stored backoff instead of trying the
 // destination at once (on a new message too), shows it in its status, and
-// a request from the destination ends it; the success clears the stored
-// state. On a real SQLite file, and on PostgreSQL with two gateways'
-// drain leases.
+// a request from the destination ends it, but for the 429's (the
+// destination limits this provider and was up all along: before the
+// stored state said so, the restarted sender tried it at its first
+// request), which the operator's retry ends; the success clears the
+// stored state. On a real SQLite file, and on PostgreSQL with two
+// gateways' drain leases.
 func TestSenderBackoffSurvivesRestart(t *testing.T) {
 	const failures = 3
 	for _, tc := range []struct {
@@ -178,8 +181,8 @@ func TestSenderBackoffSurvivesRestart(t *testing.T) {
 					t.Fatalf("stored %+v, want the backoff of group g alone", r)
 				}
 				next = r.Groups[0].Next
-			} else if r.Backoff.Level != time.Hour || len(r.Groups) != 0 {
-				t.Fatalf("stored %+v, want the destination's backoff of an hour", r)
+			} else if r.Backoff.Level != time.Hour || !r.RateLimited || len(r.Groups) != 0 {
+				t.Fatalf("stored %+v, want the destination's backoff of an hour, a 429's", r)
 			}
 			if r.LastError == "" || !next.After(time.Now().Add(29*time.Minute)) {
 				t.Fatalf("stored %+v, want the last error and a next attempt half an hour away or more", r)
@@ -212,6 +215,26 @@ func TestSenderBackoffSurvivesRestart(t *testing.T) {
 
 			p.up.Store(true)
 			s2.PeerUp("dest.example")
+			if tc.down == http.StatusTooManyRequests {
+				// The request's wake-up taken, then a whole turn: had
+				// the worker ended the backoff, it would have sent.
+				waitFor(t, "the request's wake-up taken", func() bool {
+					s2.mu.Lock()
+					defer s2.mu.Unlock()
+					return len(w.up) == 0
+				})
+				for range 2 {
+					s2.Outbound("dest.example")
+					waitFor(t, "the wake-up taken", func() bool { return len(w.wake) == 0 })
+				}
+				if got := p.requests.Load(); got != failures {
+					t.Fatalf("the restarted sender sent %d requests to a destination that limits it, after a request from it; want none", got-failures)
+				}
+				if r, ok := storedRetry(t, st, "dest.example"); !ok || !r.RateLimited {
+					t.Fatalf("stored %+v (%t) after a request from the destination, want its 429's backoff kept", r, ok)
+				}
+				s2.Wake("dest.example") // the operator's retry
+			}
 			waitFor(t, "an empty outbox", func() bool {
 				pending, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
 				return err == nil && len(pending) == 0
@@ -344,6 +367,50 @@ func TestSenderPeerUpEndsResumedBackoff(t *testing.T) {
 	waitFor(t, "the new message sent", func() bool { return p.requests.Load() == 2 })
 }
 
+// TestPeerUpBeforeWorkerRestored stores a backoff of an hour for a
+// destination with a message waiting, a 429's or not (as a database
+// migrated from before the flag holds), reads it as Run does, and has a
+// request from the destination arrive before its worker starts: it ends
+// the backoff that is not a 429's, as before, and the worker takes the
+// 429's, still rate limited. The operator's retry ends either.
+func TestPeerUpBeforeWorkerRestored(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		rateLimited bool
+		wake        func(s *Sender, dest string)
+		kept        bool
+	}{
+		{"429, a request from it", true, (*Sender).PeerUp, true},
+		{"429, the operator's retry", true, (*Sender).Wake, false},
+		{"not a 429, a request from it", false, (*Sender).PeerUp, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openOutbox(t)
+			addOutbox(t, st, "g", 0, 1)
+			if err := st.SetOutboxRetry(t.Context(), store.OutboxRetry{Destination: "dest.example", Failures: 2,
+				LastError: "status 429 rate_limited", RateLimited: tc.rateLimited,
+				Backoff: store.OutboxBackoff{Level: time.Hour, Next: time.Now().Add(time.Hour)}}); err != nil {
+				t.Fatal(err)
+			}
+			s := &Sender{Outbox: st, Transport: newPeer(nil), Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour}
+			restored, ok := s.loadRetries(t.Context())
+			if !ok {
+				t.Fatal("the stored backoffs could not be read")
+			}
+			s.restored, s.retriesLoaded = restored, true
+			tc.wake(s, "dest.example")
+			var state destState
+			if !s.takeRestored("dest.example", &state) {
+				t.Fatal("the worker may not store a retry state for the destination")
+			}
+			kept := state.dest.next.After(time.Now().Add(30 * time.Minute))
+			if kept != tc.kept || kept && !state.limited {
+				t.Fatalf("the worker took %+v, limited %t; want the backoff kept %t, rate limited", state.dest, state.limited, tc.kept)
+			}
+		})
+	}
+}
+
 // addOutboxFor writes a message for dest.
 func addOutboxFor(t *testing.T, st store.Store, dest string) {
 	t.Helper()
@@ -442,8 +509,9 @@ func TestSenderClearsRetryStoredByAnotherGateway(t *testing.T) {
 		return err == nil && len(pending) == 0
 	}
 
-	// Gateway 1 fails; gateway 2 starts with its stored backoff, and a
-	// request from the destination has it deliver and clear it.
+	// Gateway 1 fails; gateway 2 starts with its stored backoff, and its
+	// operator's retry has it deliver and clear it (a request from the
+	// destination would not: the backoff is a 429's).
 	s1 := newSender("gateway-1")
 	startSender(t, s1)
 	waitFor(t, "gateway 1's failure stored", func() bool {
@@ -459,7 +527,7 @@ func TestSenderClearsRetryStoredByAnotherGateway(t *testing.T) {
 		st := s2.status["dest.example"]
 		return s2.wakes["dest.example"] != nil && st != nil && !st.NextAttempt.IsZero()
 	})
-	s2.PeerUp("dest.example")
+	s2.Wake("dest.example")
 	waitFor(t, "gateway 2's delivery", empty)
 	waitFor(t, "the stored backoff cleared by gateway 2", func() bool {
 		_, ok := storedRetry(t, st, "dest.example")

@@ -358,7 +358,7 @@ func (s *Sender) PeerUp(destination string) {
 	defer s.mu.Unlock()
 	w := s.wakes[destination]
 	if w == nil {
-		s.endRestored(destination)
+		s.endRestored(destination, false)
 		if s.spawn != nil && s.Leases == nil {
 			s.spawn(destination)
 		}
@@ -398,7 +398,7 @@ func (s *Sender) signal(destination string, retry bool) {
 		return
 	}
 	if retry {
-		s.endRestored(destination)
+		s.endRestored(destination, true)
 	}
 	if s.spawn != nil {
 		s.spawn(destination)

@@ -46,6 +46,11 @@ type OutboxRetry struct {
 	// Backoff is the destination's own backoff (a zero Level when the
 	// destination does not back off as a whole).
 	Backoff OutboxBackoff
+	// RateLimited is set when Backoff is a 429's: the destination limits
+	// this provider and was up all along, so a request from it does not
+	// end the backoff (docs/protocol.md §5.4.2). It requires a Backoff of
+	// a positive Level.
+	RateLimited bool
 	// Groups are the backoffs of its groups that wait, at most
 	// MaxOutboxRetryGroups, each group once.
 	Groups []OutboxGroupBackoff
@@ -57,9 +62,9 @@ type OutboxRetry struct {
 type OutboxRetries interface {
 	// SetOutboxRetry replaces r.Destination's retry state with r. A
 	// destination of 1..MaxDomainSize bytes, Failures and levels not
-	// negative, LastError (UTF-8 without NUL) and Groups within their
-	// bounds and group ids of 1..MaxIDSize bytes, each once, else
-	// ErrInvalid.
+	// negative, RateLimited only with a destination backoff, LastError
+	// (UTF-8 without NUL) and Groups within their bounds and group ids of
+	// 1..MaxIDSize bytes, each once, else ErrInvalid.
 	SetOutboxRetry(ctx context.Context, r OutboxRetry) error
 	// ClearOutboxRetry removes destination's retry state; none is not an
 	// error.

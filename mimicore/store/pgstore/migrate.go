@@ -49,6 +49,7 @@ var migrations = []migration{
 	{16, "whether a last-resort KeyPackage was handed out", schemaKeyPackagesHandedOut},
 	{17, "claimed KeyPackage refs kept until their NotAfter", schemaKeyPackagesRetained},
 	{18, "attachment objects kept until a late commit of their bytes can no longer land", schemaObjectKeep},
+	{19, "whether a destination's stored backoff is a 429's", schemaOutboxRetryRateLimited},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -467,4 +468,11 @@ CREATE INDEX key_packages_retained ON key_packages (retained_ms) WHERE retained_
 // whatever its version number.
 const schemaObjectKeep = `
 ALTER TABLE attachment_objects ADD COLUMN keep_ms BIGINT NOT NULL DEFAULT 0;
+`
+
+// schemaOutboxRetryRateLimited records whether a destination's stored
+// backoff is a 429's, as sqlitestore's schemaOutboxRetryRateLimited
+// describes it.
+const schemaOutboxRetryRateLimited = `
+ALTER TABLE outbox_retries ADD COLUMN rate_limited BOOLEAN NOT NULL DEFAULT false;
 `

@@ -21,12 +21,13 @@ func (s *Store) SetOutboxRetry(ctx context.Context, r store.OutboxRetry) error {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO outbox_retries
-		(destination, failures, last_error, last_attempt_ms, level_ms, next_ms, groups) VALUES ($1, $2, $3, $4, $5, $6, $7)
+		(destination, failures, last_error, last_attempt_ms, level_ms, next_ms, groups, rate_limited)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (destination) DO UPDATE SET failures = excluded.failures, last_error = excluded.last_error,
 		last_attempt_ms = excluded.last_attempt_ms, level_ms = excluded.level_ms, next_ms = excluded.next_ms,
-		groups = excluded.groups`,
+		groups = excluded.groups, rate_limited = excluded.rate_limited`,
 		r.Destination, int64(r.Failures), r.LastError, check.Millis(r.LastAttempt), r.Backoff.Level.Milliseconds(),
-		check.Millis(r.Backoff.Next), retryenc.EncodeGroups(r.Groups))
+		check.Millis(r.Backoff.Next), retryenc.EncodeGroups(r.Groups), r.RateLimited)
 	if err != nil {
 		return s.fail(doing, err)
 	}
@@ -54,8 +55,8 @@ func (s *Store) OutboxRetries(ctx context.Context) ([]store.OutboxRetry, error) 
 	if err := s.checkOpen(doing); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT destination, failures, last_error, last_attempt_ms, level_ms, next_ms, groups
-		FROM outbox_retries ORDER BY destination COLLATE "C"`)
+	rows, err := s.pool.Query(ctx, `SELECT destination, failures, last_error, last_attempt_ms, level_ms, next_ms, groups,
+		rate_limited FROM outbox_retries ORDER BY destination COLLATE "C"`)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
@@ -65,7 +66,7 @@ func (s *Store) OutboxRetries(ctx context.Context) ([]store.OutboxRetry, error) 
 		var r store.OutboxRetry
 		var failures, attempt, level, next int64
 		var groups []byte
-		if err := rows.Scan(&r.Destination, &failures, &r.LastError, &attempt, &level, &next, &groups); err != nil {
+		if err := rows.Scan(&r.Destination, &failures, &r.LastError, &attempt, &level, &next, &groups, &r.RateLimited); err != nil {
 			return nil, s.fail(doing, err)
 		}
 		r.Failures = int(failures)

@@ -44,6 +44,7 @@ var migrations = []migration{
 	{17, "claimed KeyPackage refs kept until their NotAfter", schemaKeyPackagesRetained},
 	{18, "attachment objects kept until a late commit of their bytes can no longer land", schemaObjectKeep},
 	{19, "a group log index that holds what Fetch merges and cuts on", schemaGroupLogView},
+	{20, "whether a destination's stored backoff is a 429's", schemaOutboxRetryRateLimited},
 }
 
 const schemaV1 = `
@@ -570,4 +571,14 @@ ALTER TABLE attachment_objects ADD COLUMN keep_ms INTEGER NOT NULL DEFAULT 0;
 const schemaGroupLogView = `
 CREATE INDEX group_log_view ON group_log (group_id, seq, expires_ms, except_client, size, sender, arrived_ms);
 DROP INDEX group_log_group;
+`
+
+// schemaOutboxRetryRateLimited records whether a destination's stored
+// backoff is a 429's (store.OutboxRetry.RateLimited), so that a restarted
+// sender keeps it when the destination's requests arrive, as the sender
+// that stored it did. Rows stored before it get 0: their backoff ends at
+// the destination's first request, as before. It is self-contained,
+// whatever its version number.
+const schemaOutboxRetryRateLimited = `
+ALTER TABLE outbox_retries ADD COLUMN rate_limited INTEGER NOT NULL DEFAULT 0 CHECK (rate_limited IN (0, 1));
 `

@@ -23,12 +23,13 @@ func (s *Store) SetOutboxRetry(ctx context.Context, r store.OutboxRetry) error {
 	groups := retryenc.EncodeGroups(r.Groups)
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO outbox_retries
-			(destination, failures, last_error, last_attempt_ms, level_ms, next_ms, groups) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+			(destination, failures, last_error, last_attempt_ms, level_ms, next_ms, groups, rate_limited)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
 			ON CONFLICT (destination) DO UPDATE SET failures = excluded.failures, last_error = excluded.last_error,
 			last_attempt_ms = excluded.last_attempt_ms, level_ms = excluded.level_ms, next_ms = excluded.next_ms,
-			groups = excluded.groups`,
+			groups = excluded.groups, rate_limited = excluded.rate_limited`,
 			r.Destination, r.Failures, r.LastError, check.Millis(r.LastAttempt), r.Backoff.Level.Milliseconds(),
-			check.Millis(r.Backoff.Next), groups)
+			check.Millis(r.Backoff.Next), groups, r.RateLimited)
 		return err
 	})
 	if err != nil {
@@ -62,8 +63,8 @@ func (s *Store) OutboxRetries(ctx context.Context) ([]store.OutboxRetry, error) 
 	if err := s.checkOpen(doing); err != nil {
 		return nil, err
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT destination, failures, last_error, last_attempt_ms, level_ms, next_ms, groups
-		FROM outbox_retries ORDER BY destination`)
+	rows, err := s.r.QueryContext(ctx, `SELECT destination, failures, last_error, last_attempt_ms, level_ms, next_ms, groups,
+		rate_limited FROM outbox_retries ORDER BY destination`)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}
@@ -73,7 +74,7 @@ func (s *Store) OutboxRetries(ctx context.Context) ([]store.OutboxRetry, error) 
 		var r store.OutboxRetry
 		var attempt, level, next int64
 		var groups []byte
-		if err := rows.Scan(&r.Destination, &r.Failures, &r.LastError, &attempt, &level, &next, &groups); err != nil {
+		if err := rows.Scan(&r.Destination, &r.Failures, &r.LastError, &attempt, &level, &next, &groups, &r.RateLimited); err != nil {
 			return nil, s.fail(doing, err)
 		}
 		r.LastAttempt, r.Backoff.Level, r.Backoff.Next = check.Time(attempt), time.Duration(level)*time.Millisecond, check.Time(next)

@@ -24,6 +24,9 @@ func Check(r store.OutboxRetry) error {
 	if r.Failures < 0 || r.Backoff.Level < 0 {
 		return fmt.Errorf("negative failures or backoff: %w", store.ErrInvalid)
 	}
+	if r.RateLimited && r.Backoff.Level == 0 {
+		return fmt.Errorf("rate limited without a destination backoff: %w", store.ErrInvalid)
+	}
 	if len(r.LastError) > store.MaxOutboxRetryError || !utf8.ValidString(r.LastError) || strings.IndexByte(r.LastError, 0) >= 0 {
 		// PostgreSQL's text holds no NUL: refused by both stores alike.
 		return fmt.Errorf("last error is %d bytes, not UTF-8 or holds a NUL, want at most %d bytes of UTF-8 without NUL: %w",
