@@ -169,22 +169,26 @@ func (d *destState) empty() bool { return d.dest.level == 0 && len(d.groups) == 
 
 // persist stores dest's retry state from state, or clears it when nothing
 // backs off and one may be stored (persisted), and reports whether one
-// may be stored now. A failed write is logged: the backoffs go on in
-// memory, and the next change writes them again.
-func (s *Sender) persist(ctx context.Context, dest string, state *destState, persisted bool, log *zap.Logger) bool {
+// may be stored now, and whether the write failed. A failed write is
+// logged: the backoffs go on in memory, and the worker writes them again
+// at its next pass, or, for a clear, before it ends (a stored state its
+// worker no longer knows of would outlive it: no later worker clears
+// what it did not store, and a restart would resume the backoff of a
+// destination that was delivered to).
+func (s *Sender) persist(ctx context.Context, dest string, state *destState, persisted bool, log *zap.Logger) (mayStore, failed bool) {
 	rs := s.retries()
 	if rs == nil || !persisted && state.empty() {
-		return false
+		return false, false
 	}
 	// Written even while the gateway stops: it is what the restart reads.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if state.empty() {
 		if err := rs.ClearOutboxRetry(ctx, dest); err != nil {
-			log.Warn("clearing the stored backoff of the destination", zap.Error(err))
-			return true
+			log.Warn("clearing the stored backoff of the destination; will try again", zap.Error(err))
+			return true, true
 		}
-		return false
+		return false, false
 	}
 	mono, wall := time.Now(), s.now()
 	stored := func(b *backoff) store.OutboxBackoff {
@@ -208,9 +212,11 @@ func (s *Sender) persist(ctx context.Context, dest string, state *destState, per
 	}
 	s.mu.Unlock()
 	if err := rs.SetOutboxRetry(ctx, r); err != nil {
-		log.Warn("storing the backoff of the destination; a restart would try it from the minimum backoff", zap.Error(err))
+		log.Warn("storing the backoff of the destination; will try again, and a restart meanwhile would not resume it as it is",
+			zap.Error(err))
+		return true, true
 	}
-	return true
+	return true, false
 }
 
 // truncateUTF8 makes s valid UTF-8 without NUL (which a store refuses:

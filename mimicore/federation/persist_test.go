@@ -411,6 +411,69 @@ func TestPeerUpBeforeWorkerRestored(t *testing.T) {
 	}
 }
 
+// clearFailsOnce is a real store whose first ClearOutboxRetry comes too
+// late: the store's own refusal of a context that has ended.
+type clearFailsOnce struct {
+	store.Store
+	failed atomic.Bool
+}
+
+func (c *clearFailsOnce) ClearOutboxRetry(ctx context.Context, destination string) error {
+	if c.failed.CompareAndSwap(false, true) {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		cancel()
+	}
+	return c.Store.ClearOutboxRetry(ctx, destination)
+}
+
+// TestSenderRetriesFailedClear has a destination's group fail (a 503, a
+// backoff of an hour stored), then a request from the destination end the
+// backoff and the message be delivered, and the clear of the stored state
+// fail once. The clear is tried again: before the worker ends, with
+// nothing more to send, or at the next pass. Before, the worker took the
+// failed clear as done: the stored state stayed for good (no later worker
+// clears what it did not store), and a restart with messages waiting
+// would resume the backoff of a destination that had been delivered to.
+func TestSenderRetriesFailedClear(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		idle time.Duration
+		next bool // a message written after the failed clear
+	}{
+		{"the worker ends", 50 * time.Millisecond, false},
+		{"the next pass", time.Hour, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openOutbox(t)
+			addOutbox(t, st, "g", 0, 1)
+			c := &clearFailsOnce{Store: st}
+			p := newLoopbackPeer(t, http.StatusServiceUnavailable)
+			s := &Sender{Outbox: c, Transport: p, Logger: zaptest.NewLogger(t), MinBackoff: time.Hour, MaxBackoff: time.Hour,
+				WorkerIdle: tc.idle}
+			runSender(t, s)
+			waitFor(t, "the group's backoff stored", func() bool {
+				r, ok := storedRetry(t, st, "dest.example")
+				return ok && len(r.Groups) == 1
+			})
+			p.up.Store(true)
+			s.PeerUp("dest.example")
+			waitFor(t, "the failed clear", c.failed.Load)
+			if tc.next {
+				addOutbox(t, st, "g", 1, 1)
+				s.Outbound("dest.example")
+			}
+			waitFor(t, "the stored state cleared", func() bool {
+				_, ok := storedRetry(t, st, "dest.example")
+				return !ok
+			})
+			if tc.next {
+				waitFor(t, "the new message sent", func() bool { return p.requests.Load() == 3 })
+			}
+		})
+	}
+}
+
 // addOutboxFor writes a message for dest.
 func addOutboxFor(t *testing.T, st store.Store, dest string) {
 	t.Helper()

@@ -676,8 +676,8 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 	log := s.logger().With(zap.String("destination", dest))
 	state := destState{groups: map[string]*backoff{}}
 	// persisted: a retry state may be stored for dest; dirty: state
-	// changed since it was last stored (a first pass settles a restored
-	// one).
+	// changed since it was last stored, or the write failed (a first
+	// pass settles a restored one).
 	persisted := s.takeRestored(dest, &state)
 	dirty := persisted
 	var drops dropReport
@@ -743,7 +743,7 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 				persisted, dirty = true, true
 			}
 			if dirty && err == nil && !r.busy {
-				persisted, dirty = s.persist(ctx, dest, &state, persisted, log), false
+				persisted, dirty = s.persist(ctx, dest, &state, persisted, log)
 			}
 			if err == nil && !r.busy && !r.destFailed && r.more {
 				continue
@@ -765,7 +765,12 @@ func (s *Sender) worker(ctx context.Context, dest string, wakes *workerWakes) {
 		select {
 		case <-ctx.Done():
 		case <-fire:
-			if idle && s.retire(dest, wakes) {
+			if idle && dirty {
+				// A clear that failed: tried again before the worker
+				// ends, which it does not while the clear fails.
+				persisted, dirty = s.persist(ctx, dest, &state, persisted, log)
+			}
+			if idle && !dirty && s.retire(dest, wakes) {
 				return
 			}
 		case <-wakes.wake:
