@@ -1213,7 +1213,11 @@ const (
 // latter even when its dial timed out (a peer whose network drops the
 // packets): no message would have fared better. A Client post that timed
 // out before it had a connection ends with the client's deadline rather
-// than the dial's error, and says so (provider.ErrNotConnected).
+// than the dial's error, and says so (provider.ErrNotConnected). So is a
+// connection lost: a pooled HTTP/2 connection that died fails its
+// requests so, not by their timeouts, once its PING goes unanswered
+// (provider.FetchPolicy.HTTPClient), while a slow answer on a live
+// connection is a timeout, the group's own.
 func noAnswer(err error) outcome {
 	if errors.Is(err, provider.ErrNotConnected) {
 		return retryUnreachable

@@ -389,6 +389,14 @@ func (p FetchPolicy) HTTPClient(minVersion uint16) *http.Client {
 		TLSHandshakeTimeout:    p.Timeout,
 		ResponseHeaderTimeout:  p.Timeout,
 		MaxResponseHeaderBytes: 16 << 10,
+		// An HTTP/2 connection that has received nothing for a third of
+		// p.Timeout is sent a PING, and closed when that goes unanswered
+		// for another third: a pooled connection that died (the peer's
+		// host gone, a middlebox that dropped its state) fails its
+		// requests as a lost connection before they time out, not as
+		// each request's own timeout, which a slow answer on a live
+		// connection (whose peer answers PINGs, RFC 9113 §6.7) also is.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: p.Timeout / 3, PingTimeout: p.Timeout / 3},
 	}
 	return &http.Client{
 		Transport:     transport,
