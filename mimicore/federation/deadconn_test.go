@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,21 +17,48 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
-// freezingProxy forwards TCP from addr to target until frozen: then the
-// connections it carries go silent both ways (what it reads is dropped),
-// and the connections it accepts after are never answered.
+// freezingProxy forwards TCP from a loopback port the kernel chose to
+// target until frozen: then the connections it carries go silent both
+// ways (what it reads is dropped), and the connections it accepts after
+// are never answered.
 type freezingProxy struct {
 	frozen atomic.Bool
+	port   int
+
+	mu    sync.Mutex
+	conns []net.Conn // closed with the listener when the test ends
+	done  bool
 }
 
-func startFreezingProxy(t *testing.T, addr, target string) *freezingProxy {
+// track keeps c to close at the end of the test, or closes it at once
+// when the test has ended; it reports whether c may be used.
+func (p *freezingProxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done {
+		c.Close()
+		return false
+	}
+	p.conns = append(p.conns, c)
+	return true
+}
+
+func startFreezingProxy(t *testing.T, target string) *freezingProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	p := &freezingProxy{}
+	p := &freezingProxy{port: ln.Addr().(*net.TCPAddr).Port}
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.done = true
+		for _, c := range p.conns {
+			c.Close()
+		}
+	})
 	pipe := func(dst, src net.Conn) {
 		buf := make([]byte, 32<<10)
 		for {
@@ -51,7 +79,9 @@ func startFreezingProxy(t *testing.T, addr, target string) *freezingProxy {
 			if err != nil {
 				return
 			}
-			t.Cleanup(func() { c.Close() })
+			if !p.track(c) {
+				return
+			}
 			if p.frozen.Load() {
 				go func() { _, _ = io.Copy(io.Discard, c) }()
 				continue
@@ -61,7 +91,9 @@ func startFreezingProxy(t *testing.T, addr, target string) *freezingProxy {
 				c.Close()
 				continue
 			}
-			t.Cleanup(func() { u.Close() })
+			if !p.track(u) {
+				return
+			}
 			go pipe(u, c)
 			go pipe(c, u)
 		}
@@ -81,16 +113,15 @@ func startFreezingProxy(t *testing.T, addr, target string) *freezingProxy {
 // groups are tried.
 func TestSenderHaltsOnDeadConnection(t *testing.T) {
 	for _, tc := range []struct {
-		name              string
-		proxyPort, dsPort int
-		freeze            bool
-		attempts          uint64
+		name     string
+		freeze   bool
+		attempts uint64
 	}{
-		{"dead connection", 31801, 31802, true, 1},
-		{"one slow group, live connection", 31803, 31804, false, 20},
+		{"dead connection", true, 1},
+		{"one slow group, live connection", false, 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", tc.dsPort))
+			l, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -111,10 +142,10 @@ func TestSenderHaltsOnDeadConnection(t *testing.T) {
 			srv.EnableHTTP2 = true
 			srv.StartTLS()
 			t.Cleanup(srv.Close)
-			proxy := startFreezingProxy(t, fmt.Sprintf("127.0.0.1:%d", tc.proxyPort), l.Addr().String())
-			f := provider.NewKeyFetcher(provider.FetchPolicy{AllowPrivate: true, AllowedPorts: []int{tc.proxyPort},
+			proxy := startFreezingProxy(t, l.Addr().String())
+			f := provider.NewKeyFetcher(provider.FetchPolicy{AllowPrivate: true, AllowedPorts: []int{proxy.port},
 				RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs, Timeout: time.Second,
-				Resolve: map[string]string{"example.com": fmt.Sprintf("127.0.0.1:%d", tc.proxyPort)}})
+				Resolve: map[string]string{"example.com": fmt.Sprintf("127.0.0.1:%d", proxy.port)}})
 			t.Cleanup(f.Close)
 			k, err := provider.GenerateKey(moh.SchemeEd25519, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 			if err != nil {
