@@ -137,7 +137,7 @@ func TestDataDirConflictRefused(t *testing.T) {
 			if !saysDiffer(msg, tc.option) {
 				t.Errorf("the refusal %q does not say it differs in %s", msg, tc.option)
 			}
-			if strings.Contains(msg, conflictBackendKey) || strings.Contains(msg, secret) || strings.Contains(msg, "31412") {
+			if strings.Contains(msg, conflictBackendKey) || strings.Contains(msg, secret) || strings.Contains(msg, "127.0.0.1:31412") {
 				t.Errorf("the refusal %q shows a secret or the backend's URL", msg)
 			}
 		})
