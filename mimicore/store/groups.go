@@ -22,6 +22,11 @@ var (
 	// epoch a commit was built on are no longer those it was checked
 	// against (EpochCommit.Pending): one was added meanwhile.
 	ErrProposalsChanged = fmt.Errorf("the epoch's pending proposals changed: %w", ErrConflict)
+	// ErrReInitialized reports that the group was reinitialized: a
+	// commit covering a ReInit proposal was stored (EpochCommit.ReInit),
+	// after which the group takes no commit, proposal or message, and
+	// no one may join it (RFC 9420 §11.2, §12.4.2).
+	ErrReInitialized = fmt.Errorf("group was reinitialized: %w", ErrConflict)
 )
 
 // Limits of GroupStore; larger values are ErrInvalid (except
@@ -83,7 +88,8 @@ type GroupStore interface {
 	// that started it), for external joins (PROFILE §5:
 	// external_commit_info). It is ErrNotFound when the group is unknown
 	// or no GroupInfo was stored for its current epoch: a GroupInfo never
-	// outlives its epoch.
+	// outlives its epoch. It is ErrReInitialized once the group was
+	// reinitialized: no one may join it.
 	GroupInfo(ctx context.Context, groupID []byte) (epoch uint64, groupInfo []byte, err error)
 
 	// LoadGroup returns the current state of a group hosted here, or
@@ -110,7 +116,12 @@ type GroupStore interface {
 	// them), it fails with ErrProposalsChanged and writes nothing, so a
 	// proposal the commit was not checked against is never dropped with
 	// the epoch. The epoch is checked first. With c.Delete set, the group
-	// is then deleted (DeleteGroup) in the same atomic write.
+	// is then deleted (DeleteGroup) in the same atomic write. With
+	// c.ReInit set, the group is marked reinitialized in the same atomic
+	// write, and from then on every CommitEpoch, Deliver and AddProposal
+	// for it fails with ErrReInitialized and writes nothing (also one
+	// built on an earlier epoch), as does GroupInfo; LoadGroup,
+	// WelcomeTree, JoinerKey and PendingProposals answer as before.
 	CommitEpoch(ctx context.Context, c EpochCommit) (Delivered, error)
 
 	// Deliver writes f, the delivery of a message the DS accepted for a
@@ -120,7 +131,8 @@ type GroupStore interface {
 	// gets a group's messages in epoch order, a commit after the messages
 	// of its epoch. An unknown group is ErrNotFound. The epoch is checked
 	// first, then f.Dedup: a message delivered already (and alive) is
-	// ErrDuplicate, and nothing is written.
+	// ErrDuplicate, and nothing is written. A reinitialized group
+	// (EpochCommit.ReInit) is ErrReInitialized, whatever the epoch.
 	Deliver(ctx context.Context, groupID []byte, epoch uint64, f Fanout) (Delivered, error)
 
 	// DedupRecorded reports whether key, the Fanout.Dedup of a message
@@ -155,7 +167,8 @@ type GroupStore interface {
 	// Ref is already pending is left as it was and AddProposal returns
 	// nil. When MaxPendingProposals are pending it fails with an error
 	// wrapping ErrConflict. Pending proposals are dropped when the epoch
-	// advances.
+	// advances. A reinitialized group (EpochCommit.ReInit) is
+	// ErrReInitialized, whatever the epoch.
 	AddProposal(ctx context.Context, groupID []byte, epoch uint64, p PendingProposal) error
 
 	// PendingProposals returns the proposals pending in epoch, in the
@@ -265,6 +278,12 @@ type EpochCommit struct {
 	// its Fanout: a commit that removed every other member is never kept
 	// without the deletion it was for, nor the deletion without it.
 	Delete bool
+	// ReInit, set for a commit that covers a ReInit proposal
+	// (re_initialize_group), marks the group reinitialized in the same
+	// atomic write as the new epoch: the group takes nothing more
+	// (ErrReInitialized). It excludes Delete and Welcome (ErrInvalid):
+	// a ReInit is the only proposal of its commit (RFC 9420 §12.2).
+	ReInit bool
 }
 
 // Joiner is a KeyPackage that a commit added by value and its Welcome

@@ -226,10 +226,11 @@ func lockGroupDedup(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64
 		return known, err
 	}
 	var cur int64
+	var reinit bool
 	found, first := true, false
 	b := &pgx.Batch{}
-	b.Queue(`SELECT epoch, members_known FROM mls_groups WHERE group_id = $1 `+lock, groupID).QueryRow(func(row pgx.Row) error {
-		err := row.Scan(&cur, &known)
+	b.Queue(`SELECT epoch, members_known, reinit FROM mls_groups WHERE group_id = $1 `+lock, groupID).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(&cur, &known, &reinit)
 		if errors.Is(err, pgx.ErrNoRows) {
 			found = false
 			return nil
@@ -247,6 +248,8 @@ func lockGroupDedup(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64
 	switch {
 	case !found:
 		return false, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
+	case reinit:
+		return false, store.ErrReInitialized
 	case uint64(cur) != epoch:
 		return false, store.ErrEpochConflict
 	case !first:

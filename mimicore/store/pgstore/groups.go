@@ -28,13 +28,15 @@ const DefaultGroupCacheNodes = 1 << 20
 const (
 	groupHeadSQL = `SELECT id, epoch, context, interim, conf_tag, width FROM mls_groups WHERE group_id = $1`
 	// groupAdvanceSQL moves a group to the next epoch only while it is
-	// at the base state: $7 group id, $8 base epoch, $9 base GroupContext
-	// (which holds the tree hash), $10 base interim transcript hash. The
-	// UPDATE locks the row, so of rival commits on one base the second
+	// at the base state and not reinitialized: $7 group id, $8 base
+	// epoch, $9 base GroupContext (which holds the tree hash), $10 base
+	// interim transcript hash; $12 marks it reinitialized. The UPDATE
+	// locks the row, so of rival commits on one base the second
 	// waits for the first, then finds the row changed and returns none.
 	groupAdvanceSQL = `UPDATE mls_groups
-		SET epoch = $1, context = $2, interim = $3, conf_tag = $4, width = $5, updated_ms = $6, group_info = $11
-		WHERE group_id = $7 AND epoch = $8 AND context = $9 AND interim = $10
+		SET epoch = $1, context = $2, interim = $3, conf_tag = $4, width = $5, updated_ms = $6, group_info = $11,
+			reinit = $12
+		WHERE group_id = $7 AND epoch = $8 AND context = $9 AND interim = $10 AND NOT reinit
 		RETURNING id`
 	// nodesInsertSQL writes the positions $2 (with nodes $4 and hashes
 	// $5) of group row $1 as of epoch $3, replacing those stored.
@@ -274,7 +276,7 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 		b := &pgx.Batch{}
 		b.Queue(groupAdvanceSQL,
 			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), int32(ch.Width), now,
-			id, next-1, baseContext, baseInterim, c.GroupInfo)
+			id, next-1, baseContext, baseInterim, c.GroupInfo, c.ReInit)
 		b.Queue(welcomesEndSQL, id, next-store.WelcomeTreeEpochs, now)
 		br := tx.SendBatch(ctx, b)
 		defer br.Close()
@@ -289,13 +291,16 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 			return cerr
 		}
 		if errors.Is(err, pgx.ErrNoRows) {
-			var one int
-			err := tx.QueryRow(ctx, `SELECT 1 FROM mls_groups WHERE group_id = $1`, id).Scan(&one)
+			var reinit bool
+			err := tx.QueryRow(ctx, `SELECT reinit FROM mls_groups WHERE group_id = $1`, id).Scan(&reinit)
 			if errors.Is(err, pgx.ErrNoRows) {
 				return fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
 			}
 			if err != nil {
 				return err
+			}
+			if reinit {
+				return store.ErrReInitialized
 			}
 			return store.ErrEpochConflict
 		}
@@ -378,13 +383,17 @@ func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, 
 	}
 	var epoch int64
 	var gi []byte
-	err := s.pool.QueryRow(ctx, `SELECT epoch, group_info FROM mls_groups WHERE group_id = $1`, groupID).
-		Scan(&epoch, &gi)
+	var reinit bool
+	err := s.pool.QueryRow(ctx, `SELECT epoch, group_info, reinit FROM mls_groups WHERE group_id = $1`, groupID).
+		Scan(&epoch, &gi, &reinit)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil, fmt.Errorf("%s: no group hosted here with this id: %w", doing, store.ErrNotFound)
 	}
 	if err != nil {
 		return 0, nil, s.fail(doing, err)
+	}
+	if reinit {
+		return uint64(epoch), nil, fmt.Errorf("%s: %w", doing, store.ErrReInitialized)
 	}
 	if gi == nil {
 		return uint64(epoch), nil, fmt.Errorf("%s: none stored for epoch %d: %w", doing, epoch, store.ErrNotFound)
@@ -507,12 +516,17 @@ const (
 // what tx writes for epoch precedes the next epoch.
 func lockGroup(ctx context.Context, tx pgx.Tx, groupID []byte, epoch uint64, lock string) (rowID int64, known bool, err error) {
 	var cur int64
-	err = tx.QueryRow(ctx, `SELECT id, epoch, members_known FROM mls_groups WHERE group_id = $1 `+lock, groupID).Scan(&rowID, &cur, &known)
+	var reinit bool
+	err = tx.QueryRow(ctx, `SELECT id, epoch, members_known, reinit FROM mls_groups WHERE group_id = $1 `+lock, groupID).
+		Scan(&rowID, &cur, &known, &reinit)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
 	}
 	if err != nil {
 		return 0, false, err
+	}
+	if reinit {
+		return 0, false, store.ErrReInitialized
 	}
 	if uint64(cur) != epoch {
 		return 0, false, store.ErrEpochConflict

@@ -50,6 +50,7 @@ var migrations = []migration{
 	{17, "claimed KeyPackage refs kept until their NotAfter", schemaKeyPackagesRetained},
 	{18, "attachment objects kept until a late commit of their bytes can no longer land", schemaObjectKeep},
 	{19, "whether a destination's stored backoff is a 429's", schemaOutboxRetryRateLimited},
+	{20, "whether a hosted group was reinitialized", schemaGroupReInit},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -475,4 +476,14 @@ ALTER TABLE attachment_objects ADD COLUMN keep_ms BIGINT NOT NULL DEFAULT 0;
 // describes it.
 const schemaOutboxRetryRateLimited = `
 ALTER TABLE outbox_retries ADD COLUMN rate_limited BOOLEAN NOT NULL DEFAULT false;
+`
+
+// schemaGroupReInit records, per hosted group, whether a commit covering a
+// ReInit proposal was stored (store.EpochCommit.ReInit): such a group
+// takes no commit, proposal or message any more (store.ErrReInitialized).
+// Groups stored before it are not marked, even one whose last commit
+// covered a ReInit: the store keeps no commit to tell. It is
+// self-contained, whatever its version number.
+const schemaGroupReInit = `
+ALTER TABLE mls_groups ADD COLUMN reinit BOOLEAN NOT NULL DEFAULT false;
 `

@@ -301,12 +301,16 @@ func (s *Store) Deliver(ctx context.Context, groupID []byte, epoch uint64, f sto
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		d, dup = store.Delivered{}, false
 		var cur int64
-		err := tx.QueryRowContext(ctx, `SELECT epoch FROM mls_groups WHERE group_id = ?1`, id).Scan(&cur)
+		var reinit bool
+		err := tx.QueryRowContext(ctx, `SELECT epoch, reinit FROM mls_groups WHERE group_id = ?1`, id).Scan(&cur, &reinit)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
 		}
 		if err != nil {
 			return err
+		}
+		if reinit {
+			return store.ErrReInitialized
 		}
 		if uint64(cur) != epoch {
 			return store.ErrEpochConflict

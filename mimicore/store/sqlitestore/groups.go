@@ -34,13 +34,15 @@ const (
 const (
 	groupHeadSQL = `SELECT id, epoch, context, interim, conf_tag, width FROM mls_groups WHERE group_id = ?1`
 	// groupAdvanceSQL moves a group to the next epoch only while it is
-	// at the base state: ?7 group id, ?8 base epoch, ?9 base GroupContext
-	// (which holds the tree hash), ?10 base interim transcript hash. So
-	// the stored tree positions are the base's, and writing the positions
-	// that changed from the base gives the next state's tree.
+	// at the base state and not reinitialized: ?7 group id, ?8 base
+	// epoch, ?9 base GroupContext (which holds the tree hash), ?10 base
+	// interim transcript hash; ?12 marks it reinitialized. So the stored
+	// tree positions are the base's, and writing the positions that
+	// changed from the base gives the next state's tree.
 	groupAdvanceSQL = `UPDATE mls_groups
-		SET epoch = ?1, context = ?2, interim = ?3, conf_tag = ?4, width = ?5, updated_ms = ?6, group_info = ?11
-		WHERE group_id = ?7 AND epoch = ?8 AND context = ?9 AND interim = ?10
+		SET epoch = ?1, context = ?2, interim = ?3, conf_tag = ?4, width = ?5, updated_ms = ?6, group_info = ?11,
+			reinit = ?12
+		WHERE group_id = ?7 AND epoch = ?8 AND context = ?9 AND interim = ?10 AND reinit = 0
 		RETURNING id`
 	nodeUpsertSQL = `INSERT INTO mls_group_nodes (gid, node_index, from_epoch, node, hash)
 		VALUES (?1, ?2, ?3, ?4, ?5)
@@ -361,15 +363,18 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 		written = headSize(ch) + len(c.GroupInfo) + nodesSize(ch.Nodes)
 		err := tx.StmtContext(ctx, s.gs.advance).QueryRowContext(ctx,
 			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), ch.Width, now,
-			id, next-1, baseContext, baseInterim, nullBlob(c.GroupInfo)).Scan(&rowID)
+			id, next-1, baseContext, baseInterim, nullBlob(c.GroupInfo), c.ReInit).Scan(&rowID)
 		if errors.Is(err, sql.ErrNoRows) {
-			var one int
-			err := tx.QueryRowContext(ctx, `SELECT 1 FROM mls_groups WHERE group_id = ?1`, id).Scan(&one)
+			var reinit bool
+			err := tx.QueryRowContext(ctx, `SELECT reinit FROM mls_groups WHERE group_id = ?1`, id).Scan(&reinit)
 			if errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
 			}
 			if err != nil {
 				return err
+			}
+			if reinit {
+				return store.ErrReInitialized
 			}
 			return store.ErrEpochConflict
 		}
@@ -483,13 +488,17 @@ func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, 
 	}
 	var epoch int64
 	var gi []byte
-	err := s.r.QueryRowContext(ctx, `SELECT epoch, group_info FROM mls_groups WHERE group_id = ?1`, groupID).
-		Scan(&epoch, &gi)
+	var reinit bool
+	err := s.r.QueryRowContext(ctx, `SELECT epoch, group_info, reinit FROM mls_groups WHERE group_id = ?1`, groupID).
+		Scan(&epoch, &gi, &reinit)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil, fmt.Errorf("%s: no group hosted here with this id: %w", doing, store.ErrNotFound)
 	}
 	if err != nil {
 		return 0, nil, s.fail(doing, err)
+	}
+	if reinit {
+		return uint64(epoch), nil, fmt.Errorf("%s: %w", doing, store.ErrReInitialized)
 	}
 	if gi == nil {
 		return uint64(epoch), nil, fmt.Errorf("%s: none stored for epoch %d: %w", doing, epoch, store.ErrNotFound)
@@ -627,12 +636,16 @@ func (s *Store) AddProposal(ctx context.Context, groupID []byte, epoch uint64, p
 	var delivered store.Delivered
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var rowID, cur int64
-		err := tx.QueryRowContext(ctx, `SELECT id, epoch FROM mls_groups WHERE group_id = ?1`, groupID).Scan(&rowID, &cur)
+		var reinit bool
+		err := tx.QueryRowContext(ctx, `SELECT id, epoch, reinit FROM mls_groups WHERE group_id = ?1`, groupID).Scan(&rowID, &cur, &reinit)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("no group hosted here with this id: %w", store.ErrNotFound)
 		}
 		if err != nil {
 			return err
+		}
+		if reinit {
+			return store.ErrReInitialized
 		}
 		if uint64(cur) != epoch {
 			return store.ErrEpochConflict

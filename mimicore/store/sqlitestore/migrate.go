@@ -45,6 +45,7 @@ var migrations = []migration{
 	{18, "attachment objects kept until a late commit of their bytes can no longer land", schemaObjectKeep},
 	{19, "a group log index that holds what Fetch merges and cuts on", schemaGroupLogView},
 	{20, "whether a destination's stored backoff is a 429's", schemaOutboxRetryRateLimited},
+	{21, "whether a hosted group was reinitialized", schemaGroupReInit},
 }
 
 const schemaV1 = `
@@ -581,4 +582,14 @@ DROP INDEX group_log_group;
 // whatever its version number.
 const schemaOutboxRetryRateLimited = `
 ALTER TABLE outbox_retries ADD COLUMN rate_limited INTEGER NOT NULL DEFAULT 0 CHECK (rate_limited IN (0, 1));
+`
+
+// schemaGroupReInit records, per hosted group, whether a commit covering a
+// ReInit proposal was stored (store.EpochCommit.ReInit): such a group
+// takes no commit, proposal or message any more (store.ErrReInitialized).
+// Groups stored before it are not marked, even one whose last commit
+// covered a ReInit: the store keeps no commit to tell. It is
+// self-contained, whatever its version number.
+const schemaGroupReInit = `
+ALTER TABLE mls_groups ADD COLUMN reinit INTEGER NOT NULL DEFAULT 0 CHECK (reinit IN (0, 1));
 `

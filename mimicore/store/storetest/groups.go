@@ -47,6 +47,7 @@ func RunGroupTests(t *testing.T, open func(t *testing.T, clock *Clock) store.Sto
 	t.Run("GroupInfo", func(t *testing.T) { testGroupInfo(t, plain) })
 	t.Run("Delete", func(t *testing.T) { testGroupDelete(t, plain) })
 	t.Run("CommitDelete", func(t *testing.T) { testGroupCommitDelete(t, plain) })
+	t.Run("ReInit", func(t *testing.T) { testGroupReInit(t, plain) })
 	t.Run("Hubs", func(t *testing.T) { testGroupHubs(t, plain) })
 	t.Run("ForgetHub", func(t *testing.T) { testForgetGroupHub(t, plain) })
 	t.Run("Fanout", func(t *testing.T) { testGroupFanout(t, plain) })

@@ -274,6 +274,9 @@ func (b *broken) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.De
 			c.Pending = len(p)
 		}
 	}
+	if b.mode == "commit-drops-reinit" {
+		c.ReInit = false
+	}
 	d, err := b.Store.CommitEpoch(ctx, c)
 	if b.mode == "commit-ignores-conflict" && errors.Is(err, store.ErrEpochConflict) {
 		return store.Delivered{}, nil
@@ -583,6 +586,7 @@ var brokenModes = map[string]string{
 	"close-noop":                    "Close",
 	"create-overwrites":             "Groups/CreateLoad",
 	"commit-ignores-conflict":       "Groups/CommitConflict",
+	"commit-drops-reinit":           "Groups/ReInit",
 	"load-stale":                    "Groups/CommitChain",
 	"welcome-tree-current":          "Groups/WelcomeTrees/Epochs",
 	"joiner-outlives-tree":          "Groups/WelcomeTrees/Epochs",

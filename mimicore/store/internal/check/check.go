@@ -550,6 +550,9 @@ func EpochCommit(c store.EpochCommit) ([]byte, error) {
 	if c.Pending < 0 || c.Pending > store.MaxPendingProposals {
 		return nil, fmt.Errorf("%d pending proposals, want 0..%d: %w", c.Pending, store.MaxPendingProposals, store.ErrInvalid)
 	}
+	if c.ReInit && (c.Delete || c.Welcome) {
+		return nil, fmt.Errorf("a reinitializing commit neither deletes the group nor adds members: %w", store.ErrInvalid)
+	}
 	return id, nil
 }
 

@@ -1,0 +1,112 @@
+package storetest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+)
+
+// ReInit returns a ReInit proposal naming the successor group newID, of
+// g's version and cipher suite.
+func (g *Group) ReInit(newID []byte) *mls.Proposal {
+	return &mls.Proposal{Type: mls.ProposalReInit, ReInit: &mls.ReInit{GroupID: newID,
+		Version: g.State.GroupContext().Version, CipherSuite: g.State.CipherSuite()}}
+}
+
+// testGroupReInit checks that a commit stored with ReInit closes the
+// group: every later commit (also one built on an earlier epoch),
+// proposal and message is ErrReInitialized and writes and delivers
+// nothing, and no GroupInfo is served for joiners; the state, its pending
+// proposals (none) and the Welcome trees of earlier epochs are served as
+// before, and the successor group named by the ReInit is created as any
+// other.
+func testGroupReInit(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	g := NewGroup(t, randBytes(t, 16), 1)
+	gid := g.State.GroupID()
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State, GroupInfo: randBytes(t, 100)}))
+	g, c := g.Commit(t, Adds(t, 2)...)
+	commitEpoch(t, s, c)
+	welcomeEpoch := g.State.Epoch()
+
+	successor := randBytes(t, 16)
+	_, rival := g.Commit(t) // built on the epoch the ReInit ends
+	reinit, c := g.Commit(t, g.ReInit(successor))
+	if !c.ReInit {
+		t.Fatal("the commit of a ReInit proposal is not marked ReInit")
+	}
+	for _, tc := range []struct {
+		name string
+		c    store.EpochCommit
+	}{
+		{"with Welcome", store.EpochCommit{Base: c.Base, Next: c.Next, ReInit: true, Welcome: true}},
+		{"with Delete", store.EpochCommit{Base: c.Base, Next: c.Next, ReInit: true, Delete: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantErr(t, "CommitEpoch", commitErr(s.CommitEpoch(ctx(), tc.c)), store.ErrInvalid)
+		})
+	}
+	wantLoad(t, s, "after the refused ReInit commits", g.State)
+	c.GroupInfo = randBytes(t, 200)
+	c.Fanout = fanoutOf(gid, "reinit", []string{fanBob}, nil)
+	commitEpoch(t, s, c)
+	wantLoad(t, s, "after the ReInit commit", reinit.State)
+	epoch := reinit.State.Epoch()
+
+	_, after := reinit.Commit(t)
+	after.Fanout = fanoutOf(gid, "after", []string{fanBob}, map[string][]string{"c.example": {fanCarol}}, "c.example")
+	rival.Fanout = fanoutOf(gid, "rival", []string{fanBob}, nil)
+	key := digestOf([]byte("a message after the ReInit"))
+	dedup := fanoutOf(gid, "dedup", []string{fanBob}, nil)
+	dedup.Dedup, dedup.DedupExpires = key[:], time.Now().Add(time.Hour)
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"commit of the next epoch", commitErr(s.CommitEpoch(ctx(), after))},
+		{"commit built on the epoch before", commitErr(s.CommitEpoch(ctx(), rival))},
+		{"proposal", s.AddProposal(ctx(), gid, epoch, store.PendingProposal{Ref: randBytes(t, 32), Message: []byte("remove"),
+			Fanout: fanoutOf(gid, "proposal", []string{fanBob}, nil)})},
+		{"proposal for the epoch before", s.AddProposal(ctx(), gid, epoch-1, store.PendingProposal{Ref: randBytes(t, 32), Message: []byte("m")})},
+		{"message", commitErr(s.Deliver(ctx(), gid, epoch, fanoutOf(gid, "message", []string{fanBob}, nil)))},
+		{"message with dedup", commitErr(s.Deliver(ctx(), gid, epoch, dedup))},
+		{"message for the epoch before", commitErr(s.Deliver(ctx(), gid, epoch-1, fanoutOf(gid, "old", []string{fanBob}, nil)))},
+	} {
+		t.Run(tc.name, func(t *testing.T) { wantErr(t, tc.name, tc.err, store.ErrReInitialized) })
+	}
+	_, _, err := s.GroupInfo(ctx(), gid)
+	wantErr(t, "GroupInfo of a reinitialized group", err, store.ErrReInitialized)
+
+	wantLoad(t, s, "after the refused requests", reinit.State)
+	pending, err := s.PendingProposals(ctx(), gid, epoch)
+	noErr(t, "PendingProposals", err)
+	if len(pending) != 0 {
+		t.Fatalf("%d proposals pending after the refused ones", len(pending))
+	}
+	wantRecorded(t, s, "the message refused after the ReInit", key, false)
+	wantMsgs(t, "bob's queue", fetch(t, s, fanBob, 0, store.FetchLimit{}), 1, "reinit")
+	wantOutbox(t, s, "c.example")
+	if _, err := s.WelcomeTree(ctx(), gid, welcomeEpoch); err != nil {
+		t.Fatalf("the Welcome tree of an epoch before the ReInit: %v", err)
+	}
+	noErr(t, "CreateGroup of the successor", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub,
+		State: NewGroup(t, successor, 1).State}))
+}
+
+// CheckReInitMigrated checks s, opened on a database migrated past the
+// migration that records whether a group was reinitialized, which held
+// g, stored before it: g is not reinitialized (it takes a commit and
+// serves its GroupInfo), and a ReInit commit then closes it.
+func CheckReInitMigrated(t *testing.T, s store.Store, g *Group, groupInfo []byte) {
+	t.Helper()
+	wantLoad(t, s, "the group stored before the migration", g.State)
+	wantGroupInfo(t, s, "the group stored before the migration", g.State.GroupID(), g.State.Epoch(), groupInfo)
+	g, c := g.Commit(t)
+	commitEpoch(t, s, c)
+	g, c = g.Commit(t, g.ReInit(randBytes(t, 16)))
+	commitEpoch(t, s, c)
+	_, c = g.Commit(t)
+	wantErr(t, "a commit after the ReInit", commitErr(s.CommitEpoch(ctx(), c)), store.ErrReInitialized)
+}
