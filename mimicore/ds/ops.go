@@ -197,7 +197,10 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		// delete_group: the commit that removed everyone else and the
 		// deletion are one write, so of two racing requests exactly one
 		// wins, and a failure leaves the group as it was.
-		Delete: typ == moh.DeleteGroup}
+		Delete: typ == moh.DeleteGroup,
+		// re_initialize_group: the group is closed in the write that
+		// accepts its ReInit (errReInitialized).
+		ReInit: info.ReInit != nil}
 	delivered, err := s.Store.CommitEpoch(ctx, ec)
 	// The write is tried again, whichever comes first and in any order,
 	// once with the group's local members when the store does not know
@@ -224,6 +227,8 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		delivered, err = s.Store.CommitEpoch(ctx, ec)
 	}
 	switch {
+	case errors.Is(err, store.ErrReInitialized):
+		return nil, errReInitialized(typ.String())
 	case errors.Is(err, store.ErrProposalsChanged):
 		return nil, moh.Errorf(moh.CodeCommitConflict, "%s: proposals keep arriving in epoch %d; retry", typ, base.Epoch())
 	case errors.Is(err, store.ErrEpochConflict):
@@ -293,6 +298,8 @@ func (s *Service) selfRemove(ctx context.Context, r *Request) (*moh.DSResponse, 
 		err = s.Store.AddProposal(ctx, base.GroupID(), base.Epoch(), store.PendingProposal{Ref: ref, Message: enc, Fanout: fan.out})
 	}
 	switch {
+	case errors.Is(err, store.ErrReInitialized):
+		return nil, errReInitialized("self_remove_client")
 	case errors.Is(err, store.ErrEpochConflict):
 		return nil, moh.Errorf(moh.CodeStaleEpoch, "self_remove_client: the group has left epoch %d", base.Epoch())
 	case errors.Is(err, store.ErrNotFound):
@@ -387,6 +394,8 @@ func (s *Service) sendMessage(ctx context.Context, r *Request) (*moh.DSResponse,
 		delivered, err = s.Store.Deliver(ctx, base.GroupID(), base.Epoch(), fan.out)
 	}
 	switch {
+	case errors.Is(err, store.ErrReInitialized):
+		return nil, errReInitialized("send_message")
 	case errors.Is(err, store.ErrDuplicate):
 		// Accepted and delivered before: the copy is answered like
 		// the first, and nothing was written.
@@ -424,11 +433,14 @@ func (s *Service) staleCopy(ctx context.Context, gid, enc []byte, refused error)
 // externalCommitInfo serves external_commit_info for a member: the
 // GroupInfo of the current epoch, as the Delivery Service assembled and
 // verified it from the commit that started the epoch (or the create_group
-// GroupInfo at epoch 0), and the current ratchet tree.
+// GroupInfo at epoch 0), and the current ratchet tree. A reinitialized
+// group serves none: no one may join it (errReInitialized).
 func (s *Service) externalCommitInfo(ctx context.Context, r *Request) (*moh.DSResponse, error) {
 	base := r.state
 	epoch, gi, err := s.Store.GroupInfo(ctx, base.GroupID())
 	switch {
+	case errors.Is(err, store.ErrReInitialized):
+		return nil, errReInitialized("external_commit_info")
 	case errors.Is(err, store.ErrNotFound):
 		return nil, errNotFound()
 	case err != nil:
@@ -462,6 +474,23 @@ func (s *Service) welcomeInfo(ctx context.Context, r *Request) (*moh.DSResponse,
 		return nil, fmt.Errorf("welcome_info: encoding the tree: %w", err)
 	}
 	return &moh.DSResponse{Type: moh.ResponseWelcomeInfo, RatchetTree: tree}, nil
+}
+
+// errReInitialized is the refusal of a request for a group that a
+// re_initialize_group closed. RFC 9420 §12.4.2: once a member processed
+// a commit covering a ReInit, it "MUST NOT use the group to send messages
+// anymore" and waits for the Welcome of the new group the ReInit names
+// (§11.2), which is another group, created with create_group. So the
+// store refuses every later commit (of any type, external joins
+// included), proposal and application message of the old group in the
+// write that would accept it (store.ErrReInitialized), and its GroupInfo
+// is no longer served for external joins: forbidden, since the sender is
+// authenticated and the operation is not allowed. welcome_info still
+// serves the trees of its earlier epochs, which joiners of those epochs
+// need to process the ReInit commit and derive the resumption PSK the
+// new group's Welcome names.
+func errReInitialized(what string) error {
+	return moh.Errorf(moh.CodeForbidden, "%s: the group was reinitialized; its members continue in the group its ReInit names", what)
 }
 
 // maxPendingRechecks bounds how many times a commit is checked again
