@@ -171,12 +171,10 @@ func (s *Service) connectionRequest(ctx context.Context, v *provider.Verified) (
 	if err := s.checkHub(ctx, "connection_request", string(v.Request.Sender), c.GroupID, true); err != nil {
 		return nil, err
 	}
-	msg, err := wire.Marshal(&c.Welcome)
-	if err != nil {
-		return nil, moh.Errorf(moh.CodeMalformed, "connection_request: encoding the Welcome: %w", err)
-	}
+	// The Welcome is queued as the sender encoded it, as deliver_message
+	// queues its message.
 	answer := &moh.DSResponse{Type: moh.ResponseQueueing, Queueing: moh.QueueingServiceResponse{Status: moh.QueueingOK}}
-	return s.queueFromPeer(ctx, v, "connection_request", c.GroupID, local, msg, answer)
+	return s.queueFromPeer(ctx, v, "connection_request", c.GroupID, local, c.RawWelcome, answer)
 }
 
 // HubCache remembers the hubs of groups hosted by other providers, so that

@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"testing"
@@ -226,8 +227,15 @@ func TestConnectionRequest(t *testing.T) {
 	if err != nil || resp.Type != moh.ResponseQueueing || resp.Queueing.Status != moh.QueueingOK || len(resp.Queueing.Unknown) != 0 {
 		t.Fatalf("answer %+v, %v; want queueing ok", resp, err)
 	}
+	// Each queues the Welcome's bytes as the payload carried them (its
+	// end), not an encoding of its own.
+	sent := payload[len(payload)-len(mustMarshal(t, res.Welcome)):]
 	for _, c := range []*tclient{phone, laptop} {
-		joinFrom(t, c, wantOne(t, c.uri+"'s connection Welcome", h.queued(t, c), "c.example"))
+		q := h.queued(t, c)
+		joinFrom(t, c, wantOne(t, c.uri+"'s connection Welcome", q, "c.example"))
+		if !bytes.Equal(q[0].Message, sent) {
+			t.Fatalf("%s was queued %x, not the Welcome as received", c.uri, q[0].Message)
+		}
 	}
 	for _, c := range []*tclient{tablet, dave} {
 		if q := h.queued(t, c); len(q) != 0 {

@@ -74,7 +74,16 @@ func FuzzQueueingServiceResponse(f *testing.F) {
 }
 
 func FuzzConnectionRequestPayload(f *testing.F) {
-	fuzzCanonical(f, "ConnectionRequestPayload", func() codec { return new(ConnectionRequestPayload) })
+	fuzzCanonical(f, "ConnectionRequestPayload", func() codec { return new(ConnectionRequestPayload) },
+		func(t *testing.T, v codec, data []byte) {
+			// Receivers queue RawWelcome as it is: it must be the
+			// Welcome's encoding, and the end of the payload.
+			c := v.(*ConnectionRequestPayload)
+			enc, err := wire.Marshal(&c.Welcome)
+			if err != nil || !bytes.Equal(enc, c.RawWelcome) || !bytes.HasSuffix(data, c.RawWelcome) {
+				t.Fatalf("RawWelcome %x is not the Welcome's encoding %x at the end of the input (%v)", c.RawWelcome, enc, err)
+			}
+		})
 }
 
 func FuzzConnectionKeyPackagesRequest(f *testing.F) {

@@ -153,6 +153,11 @@ type ConnectionRequestPayload struct {
 	UserID  []byte // user URI
 	GroupID []byte
 	Welcome mls.MLSMessage // wire format welcome
+	// RawWelcome is Welcome's encoding exactly as UnmarshalWire read it
+	// (a slice of its input), so that a receiver can queue the bytes the
+	// sender sent without encoding them again, as it queues a
+	// QueueingServiceRequest's RawMessage. MarshalWire ignores it.
+	RawWelcome []byte
 }
 
 // MarshalWire implements wire.Marshaler.
@@ -164,9 +169,15 @@ func (c *ConnectionRequestPayload) MarshalWire(b *cryptobyte.Builder) {
 
 // UnmarshalWire implements wire.Unmarshaler.
 func (c *ConnectionRequestPayload) UnmarshalWire(s *cryptobyte.String) bool {
-	return wire.ReadOpaqueMax(s, &c.UserID, MaxURILen) && len(c.UserID) > 0 &&
-		readGroupID(s, &c.GroupID) && c.Welcome.UnmarshalWire(s) &&
-		c.Welcome.WireFormat == mls.WireFormatWelcome
+	if !wire.ReadOpaqueMax(s, &c.UserID, MaxURILen) || len(c.UserID) == 0 || !readGroupID(s, &c.GroupID) {
+		return false
+	}
+	start := *s
+	if !c.Welcome.UnmarshalWire(s) {
+		return false
+	}
+	c.RawWelcome = start[:len(start)-len(*s)]
+	return c.Welcome.WireFormat == mls.WireFormatWelcome
 }
 
 // ConnectionKeyPackagesRequest is the connection_key_packages payload.
