@@ -82,6 +82,12 @@ type ApplyOptions struct {
 	// Skew is the clock skew tolerated at both ends of a lifetime, in whole
 	// seconds; a negative one counts as zero.
 	Skew time.Duration
+	// MaxLifetime, when positive, is the longest total lifetime
+	// (not_after - not_before, in whole seconds, Lifetime.SpanAtMost) the
+	// KeyPackage of an Add the commit covers may have, whatever Now;
+	// a longer one is refused with ErrInvalidProposal. RFC 9420 §7.2 has
+	// the application choose it; zero applies none.
+	MaxLifetime time.Duration
 }
 
 // ApplyCommitWith is ApplyCommit with the options of opts: the resolver of
@@ -121,6 +127,11 @@ func (g *GroupState) applyCommit(pm *PublicMessage, opts ApplyOptions) (*GroupSt
 	}
 	if !opts.Now.IsZero() {
 		if err := checkAddLifetimes(list, opts.Now, opts.Skew); err != nil {
+			return nil, nil, err
+		}
+	}
+	if opts.MaxLifetime > 0 {
+		if err := checkAddSpans(list, opts.MaxLifetime); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -254,6 +265,22 @@ func checkAddLifetimes(list []ResolvedProposal, now time.Time, skew time.Duratio
 		if lt := p.KeyPackage.LeafNode.Lifetime; !lt.Contains(t, sk) {
 			return fmt.Errorf("%w: add %d: the KeyPackage's lifetime [%d, %d] does not contain the time %d (tolerance %d s)",
 				ErrInvalidProposal, i, lt.NotBefore, lt.NotAfter, t, sk)
+		}
+	}
+	return nil
+}
+
+// checkAddSpans refuses a list with an Add whose KeyPackage's leaf
+// lifetime is longer in total than limit (RFC 9420 §7.2).
+func checkAddSpans(list []ResolvedProposal, limit time.Duration) error {
+	for i, rp := range list {
+		p := rp.Proposal
+		if p.Type != ProposalAdd {
+			continue
+		}
+		if lt := p.KeyPackage.LeafNode.Lifetime; !lt.SpanAtMost(limit) {
+			return fmt.Errorf("%w: add %d: the KeyPackage's lifetime [%d, %d] is longer than the %d s accepted",
+				ErrInvalidProposal, i, lt.NotBefore, lt.NotAfter, uint64(limit/time.Second))
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package mls
 import (
 	"crypto"
 	"fmt"
+	"time"
 
 	"golang.org/x/crypto/cryptobyte"
 
@@ -66,6 +67,39 @@ func (l Lifetime) Contains(now, skew uint64) bool {
 	// Written so that neither side overflows near 2^64.
 	return (l.NotBefore <= now || l.NotBefore-now <= skew) &&
 		(now <= l.NotAfter || now-l.NotAfter <= skew)
+}
+
+// DefaultMaxLifetime is a maximum total lifetime (not_after - not_before)
+// of a LeafNode for applications to adopt, as RFC 9420 §7.2 has each
+// define one: 366 days. It accepts the longest lifetimes common MLS
+// libraries give their KeyPackages by default (mls-rs: 365 days from now;
+// OpenMLS: 84 days from an hour ago, and it refuses more than 84 days and
+// an hour) with a day for a not_before set back against clock skew, and
+// refuses lifetimes that amount to none (0 to 2^64-1, a century). Nothing
+// in this package applies a maximum unless asked (ApplyOptions.MaxLifetime,
+// Lifetime.SpanAtMost): the test vectors of RFC 9420 use such lifetimes.
+const DefaultMaxLifetime = 366 * 24 * time.Hour
+
+// Span returns the total lifetime, not_after - not_before, in seconds
+// (RFC 9420 §7.2), and false for a lifetime whose not_after precedes its
+// not_before, which has none (and contains no time). The difference of
+// two uint64 values in that order never overflows.
+func (l Lifetime) Span() (uint64, bool) {
+	if l.NotBefore > l.NotAfter {
+		return 0, false
+	}
+	return l.NotAfter - l.NotBefore, true
+}
+
+// SpanAtMost reports whether the total lifetime is at most limit: RFC 9420
+// §7.2 has applications define the longest total lifetime they accept
+// and reject any LeafNode whose lifetime is longer. A lifetime whose
+// not_after precedes its not_before has no length and passes (Contains
+// refuses it). A negative limit counts as zero; fractions of a second
+// are dropped.
+func (l Lifetime) SpanAtMost(limit time.Duration) bool {
+	span, _ := l.Span()
+	return span <= uint64(max(limit/time.Second, 0))
 }
 
 // LeafNodeSource says how a leaf node was made (RFC 9420 §7.2).

@@ -105,3 +105,107 @@ func TestApplyCommitAddLifetime(t *testing.T) {
 		})
 	}
 }
+
+// TestLifetimeSpan checks Lifetime.Span and SpanAtMost at the limit, one
+// second over it, near 2^64 and for a lifetime whose not_after precedes
+// its not_before.
+func TestLifetimeSpan(t *testing.T) {
+	const top = 1<<64 - 1
+	const limit = 366 * 24 * time.Hour
+	lim := uint64(limit / time.Second)
+	for _, tc := range []struct {
+		name   string
+		lt     Lifetime
+		span   uint64
+		ok     bool
+		atMost bool
+	}{
+		{"zero", Lifetime{}, 0, true, true},
+		{"at the limit", Lifetime{1000, 1000 + lim}, lim, true, true},
+		{"one second over", Lifetime{1000, 1001 + lim}, lim + 1, true, false},
+		{"at the limit below 2^64", Lifetime{top - lim, top}, lim, true, true},
+		{"one second over below 2^64", Lifetime{top - lim - 1, top}, lim + 1, true, false},
+		{"whole range", Lifetime{0, top}, top, true, false},
+		{"2^63 - 1 seconds", Lifetime{0, 1<<63 - 1}, 1<<63 - 1, true, false},
+		{"reversed", Lifetime{top, 0}, 0, false, true},
+		{"reversed by one", Lifetime{lim + 1, lim}, 0, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			span, ok := tc.lt.Span()
+			if span != tc.span || ok != tc.ok {
+				t.Fatalf("%+v.Span() = %d, %v, want %d, %v", tc.lt, span, ok, tc.span, tc.ok)
+			}
+			if got := tc.lt.SpanAtMost(limit); got != tc.atMost {
+				t.Fatalf("%+v.SpanAtMost(%s) = %v, want %v", tc.lt, limit, got, tc.atMost)
+			}
+		})
+	}
+	t.Run("limit with a fraction of a second", func(t *testing.T) {
+		if !(Lifetime{0, lim}).SpanAtMost(limit+time.Second-1) || (Lifetime{0, lim + 1}).SpanAtMost(limit+time.Second-1) {
+			t.Fatal("a fraction of a second of the limit counted")
+		}
+	})
+	t.Run("negative limit", func(t *testing.T) {
+		if !(Lifetime{5, 5}).SpanAtMost(-time.Second) || (Lifetime{5, 6}).SpanAtMost(-time.Second) {
+			t.Fatal("a negative limit is not zero")
+		}
+	})
+}
+
+// TestApplyCommitAddMaxLifetime checks that ApplyCommitWith refuses a
+// commit adding a KeyPackage whose total lifetime is longer than
+// opts.MaxLifetime, by value or by reference, without a clock too, and
+// that it accepts one exactly that long, and any without MaxLifetime.
+func TestApplyCommitAddMaxLifetime(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	const limit = 366 * 24 * time.Hour
+	lim := uint64(limit / time.Second)
+	const top = 1<<64 - 1
+	for _, tc := range []struct {
+		name    string
+		lt      Lifetime
+		byRef   bool
+		refused bool
+	}{
+		{"at the limit", Lifetime{1_790_000_000, 1_790_000_000 + lim}, false, false},
+		{"one second over", Lifetime{1_790_000_000, 1_790_000_001 + lim}, false, true},
+		{"one second over, by reference", Lifetime{1_790_000_000, 1_790_000_001 + lim}, true, true},
+		{"at the limit, by reference", Lifetime{1_790_000_000, 1_790_000_000 + lim}, true, false},
+		{"2^64 - 1 seconds", Lifetime{0, top}, false, true},
+		{"reversed", Lifetime{top, 0}, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			kp, signer := newTestKeyPackage(t, cs, "joiner")
+			kp.LeafNode.Lifetime = tc.lt
+			if err := kp.LeafNode.Sign(cs, signer, nil, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := kp.Sign(signer); err != nil {
+				t.Fatal(err)
+			}
+			add := &Proposal{Type: ProposalAdd, KeyPackage: kp}
+			props := []ProposalOrRef{{Type: ProposalByValue, Proposal: add}}
+			var resolve ProposalResolver
+			if tc.byRef {
+				pm := reencode(t, tg.proposal(t, Sender{Type: SenderMember, Index: 1}, tg.signers[1], add))
+				ac := pm.PublicMessage.AuthenticatedContent()
+				ref, err := cs.ProposalRef(ac)
+				if err != nil {
+					t.Fatal(err)
+				}
+				props = []ProposalOrRef{{Type: ProposalByReference, Ref: ref}}
+				resolve = func([]byte) (*AuthenticatedContent, error) { return ac, nil }
+			}
+			msg := reencode(t, tg.commit(t, 0, props, false, resolve))
+			if _, _, err := tg.g.ApplyCommitWith(msg, ApplyOptions{Resolve: resolve}); err != nil {
+				t.Fatalf("without MaxLifetime: %v", err)
+			}
+			_, _, err := tg.g.ApplyCommitWith(msg, ApplyOptions{Resolve: resolve, MaxLifetime: limit})
+			t.Log(err)
+			if tc.refused != (err != nil) || (err != nil && !errors.Is(err, ErrInvalidProposal)) {
+				t.Fatalf("ApplyCommitWith: %v, want refused %v with ErrInvalidProposal", err, tc.refused)
+			}
+		})
+	}
+}
