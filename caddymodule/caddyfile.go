@@ -112,6 +112,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			certificate  <cert_file> <key_file>
 //		}
 //		unchecked_client_bindings
+//		max_key_package_lifetime <duration>|unlimited
 //		attachments [off] {
 //			max_size                <size>
 //			group_quota             <size> [<count>]
@@ -185,6 +186,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // unchecked_client_bindings switches the Delivery Service's client binding
 // check off; it is only for replaying recorded third-party MLS transcripts,
 // never for a gateway that serves clients.
+//
+// max_key_package_lifetime is the longest total lifetime (not_after -
+// not_before) of a KeyPackage leaf the Delivery Service lets into a
+// group, from 1h to 3650d (default 366d); unlimited, like
+// unchecked_client_bindings, is only for replaying recorded third-party
+// transcripts.
 //
 // privacy_pass needs issuer_name and a key source: token_key files,
 // issuer_directory, or the keys of the issuer block. secret applies to
@@ -331,6 +338,12 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			g.Issuer = is
+		case "max_key_package_lifetime":
+			lt, err := keyPackageLifetimeArg(d, opt)
+			if err != nil {
+				return err
+			}
+			g.MaxKeyPackageLifetime = lt
 		case "unchecked_client_bindings":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -481,6 +494,30 @@ func durationArg(d *caddyfile.Dispenser, opt string) (time.Duration, error) {
 		return 0, d.Errf("invalid %s duration '%s': want a positive duration", opt, v)
 	}
 	return dur, nil
+}
+
+// maxKeyPackageLifetime is the largest max_key_package_lifetime short of
+// unlimited.
+const maxKeyPackageLifetime = 3650 * 24 * time.Hour
+
+// keyPackageLifetimeArg parses the argument of max_key_package_lifetime:
+// a duration from 1h to 3650d, or unlimited (-1).
+func keyPackageLifetimeArg(d *caddyfile.Dispenser, opt string) (caddy.Duration, error) {
+	var v string
+	if !d.AllArgs(&v) {
+		return 0, d.ArgErr()
+	}
+	if v == "unlimited" {
+		return -1, nil
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return 0, d.Errf("invalid %s '%s': %v", opt, v, err)
+	}
+	if dur < time.Hour || dur > maxKeyPackageLifetime {
+		return 0, d.Errf("invalid %s '%s': want 1h to 3650d, or unlimited", opt, v)
+	}
+	return caddy.Duration(dur), nil
 }
 
 // Interface guard.

@@ -242,3 +242,66 @@ func parsedAsWanted(t *testing.T, err error, wantErr string) bool {
 	}
 	return true
 }
+
+// TestMaxKeyPackageLifetimeCaddyfile checks the parsing of the gateway's
+// max_key_package_lifetime: a duration from 1h to 3650d, or unlimited
+// (-1), once, and Validate's bounds on the JSON value.
+func TestMaxKeyPackageLifetimeCaddyfile(t *testing.T) {
+	const day = 24 * time.Hour
+	for _, tc := range []struct {
+		name, arg string
+		want      caddy.Duration
+		err       string
+	}{
+		{"default spelled out", "366d", caddy.Duration(366 * day), ""},
+		{"smallest", "1h", caddy.Duration(time.Hour), ""},
+		{"largest", "3650d", caddy.Duration(3650 * day), ""},
+		{"unlimited", "unlimited", -1, ""},
+		{"below an hour", "59m", 0, "invalid max_key_package_lifetime '59m': want 1h to 3650d, or unlimited"},
+		{"over ten years", "3651d", 0, "invalid max_key_package_lifetime '3651d': want 1h to 3650d, or unlimited"},
+		{"zero", "0", 0, "invalid max_key_package_lifetime '0'"},
+		{"negative", "-1h", 0, "invalid max_key_package_lifetime '-1h'"},
+		{"not a duration", "forever", 0, "invalid max_key_package_lifetime 'forever'"},
+		{"no argument", "", 0, "wrong argument count"},
+		{"two arguments", "1h 2h", 0, "wrong argument count"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := new(Gateway)
+			err := g.UnmarshalCaddyfile(caddyfile.NewTestDispenser("mimi {\n max_key_package_lifetime " + tc.arg + "\n}"))
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("err = %v, want it to mention %q", err, tc.err)
+			case tc.err == "" && g.MaxKeyPackageLifetime != tc.want:
+				t.Fatalf("parsed %d, want %d", g.MaxKeyPackageLifetime, tc.want)
+			}
+		})
+	}
+	t.Run("duplicate", func(t *testing.T) {
+		err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser("mimi {\n max_key_package_lifetime 1h\n max_key_package_lifetime 2h\n}"))
+		if err == nil || !strings.Contains(err.Error(), "duplicate mimi option 'max_key_package_lifetime'") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		v    caddy.Duration
+		ok   bool
+	}{
+		{"default", 0, true},
+		{"unlimited", -1, true},
+		{"1h", caddy.Duration(time.Hour), true},
+		{"3650d", caddy.Duration(3650 * day), true},
+		{"1h less a second", caddy.Duration(time.Hour - time.Second), false},
+		{"3650d and a second", caddy.Duration(3650*day + time.Second), false},
+	} {
+		t.Run("validate "+tc.name, func(t *testing.T) {
+			g := &Gateway{Providers: []string{"example.com"}, DSDomain: "ds.example.com", MaxKeyPackageLifetime: tc.v}
+			err := g.Validate()
+			if tc.ok != (err == nil) || (err != nil && !strings.Contains(err.Error(), "max_key_package_lifetime")) {
+				t.Fatalf("Validate: %v, want ok %v", err, tc.ok)
+			}
+		})
+	}
+}

@@ -171,6 +171,16 @@ type Gateway struct {
 	// is checked.
 	UncheckedClientBindings bool `json:"unchecked_client_bindings,omitempty"`
 
+	// MaxKeyPackageLifetime is the longest total lifetime (not_after -
+	// not_before, RFC 9420 §7.2) of a key_package leaf that enters a
+	// group hosted here: the KeyPackage of an Add, the creator's leaf of
+	// create_group. A longer one is refused 400 invalid_mls
+	// (docs/protocol.md §5.4.1). Default: 366d (mls.DefaultMaxLifetime);
+	// at least 1h, at most 3650d. A negative value (Caddyfile
+	// `unlimited`) accepts any length: like UncheckedClientBindings it is
+	// only for replaying recorded third-party transcripts.
+	MaxKeyPackageLifetime caddy.Duration `json:"max_key_package_lifetime,omitempty"`
+
 	// Attachments configures attachment uploads, downloads, deletes and
 	// copies (attachments.go). Default: on, with the local backend under
 	// data_dir/attachments.
@@ -436,6 +446,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		// current fetcher, charged to the request's client address).
 		Bindings: &binding.Checker{Domains: g.Providers, Local: g.svc.Keys(), Remote: g.svc,
 			Unchecked: g.UncheckedClientBindings},
+		MaxKeyPackageLifetime: time.Duration(g.MaxKeyPackageLifetime),
 		// Accepted commits and messages go to the local clients' queues
 		// and to the outbox for other providers, in the write that
 		// accepts them. A full queue is logged, sampled: a client that
@@ -559,6 +570,9 @@ func (g *Gateway) Validate() error {
 		if g.QueueMaxBytes < largest {
 			return fmt.Errorf("mimi: queue_max_bytes: %d is below %d bytes, the largest message the gateway accepts (max_body, at most 1 MiB)", g.QueueMaxBytes, largest)
 		}
+	}
+	if lt := time.Duration(g.MaxKeyPackageLifetime); lt > 0 && (lt < time.Hour || lt > maxKeyPackageLifetime) {
+		return fmt.Errorf("mimi: max_key_package_lifetime: %s is outside 1h..3650d", lt)
 	}
 	if g.KeyRotation < 0 || g.KeyOverlap < 0 {
 		return errors.New("mimi: key_rotation and key_overlap must be positive")

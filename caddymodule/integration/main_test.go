@@ -127,6 +127,8 @@ a.localhost:9443 {
 		ds_domain a.localhost:9443
 		data_dir {DIR}/a
 		{BACKEND a.localhost}
+		# TestKeyPackageMaxLifetime.
+		max_key_package_lifetime 120d
 		federation {
 			allow_private_addresses
 			allow_ports 9443

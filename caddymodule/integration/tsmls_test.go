@@ -41,7 +41,9 @@ import (
 
 // tsSite is ts.localhost's site block. Its Delivery Service checks no
 // client binding: the peer's leaves carry none (unchecked_client_bindings
-// exists for replaying such third-party transcripts).
+// exists for replaying such third-party transcripts); nor the length of
+// their lifetimes, ts-mls's default of 0 to 2^63-1
+// (max_key_package_lifetime unlimited, likewise).
 const tsSite = `
 ts.localhost:9443 {
 	tls internal {
@@ -53,6 +55,7 @@ ts.localhost:9443 {
 		data_dir {DATA}
 		{BACKEND ts.localhost}
 		unchecked_client_bindings
+		max_key_package_lifetime unlimited
 	}
 	# The local client API, to read the clients' queues (the test header
 	# stands in for an authentication handler).

@@ -32,7 +32,10 @@ type Client struct {
 
 // Options shape the leaf node.
 type Options struct {
-	// Lifetime is the leaf's; zero means from 0 to 2^62 seconds.
+	// Lifetime is the leaf's; zero means from an hour ago to 84 days
+	// from now, as OpenMLS and this project's client make them (a
+	// Delivery Service refuses lifetimes longer than
+	// mls.DefaultMaxLifetime by default).
 	Lifetime mls.Lifetime
 	// Issuer, when set, issues the leaf's client binding (PROFILE §6),
 	// valid until BindingNotAfter (zero: one hour from now).
@@ -66,7 +69,8 @@ func NewClient(cs mls.CipherSuite, identity string, o Options) (*Client, error) 
 	}
 	lifetime := o.Lifetime
 	if lifetime == (mls.Lifetime{}) {
-		lifetime = mls.Lifetime{NotAfter: 1 << 62}
+		now := time.Now().Unix()
+		lifetime = mls.Lifetime{NotBefore: uint64(now - 3600), NotAfter: uint64(now + 84*24*3600)}
 	}
 	leaf := mls.LeafNode{
 		EncryptionKey: encPub, SignatureKey: pub,

@@ -84,6 +84,17 @@ type Service struct {
 	// means time.Now.
 	Now func() time.Time
 
+	// MaxKeyPackageLifetime is the longest total lifetime (not_after -
+	// not_before, in whole seconds) of a key_package leaf entering a group
+	// hosted here: the KeyPackage of every Add a commit covers and the
+	// creator's leaf of create_group; a longer one is refused invalid_mls
+	// (RFC 9420 §7.2: applications define a maximum and reject any
+	// LeafNode whose lifetime is longer). Zero means
+	// mls.DefaultMaxLifetime; a negative value accepts any length, and is
+	// only for replaying recorded third-party transcripts whose leaves
+	// claim lifetimes of centuries.
+	MaxKeyPackageLifetime time.Duration
+
 	// Store is the durable state of the groups hosted here, which the
 	// group operations load, check against and write. Nil makes every
 	// group operation, welcome_info and external_commit_info answer
@@ -374,6 +385,19 @@ func (s *Service) now() time.Time {
 		return s.Now()
 	}
 	return time.Now()
+}
+
+// maxLifetime returns the longest total lifetime of a key_package leaf
+// entering a group (MaxKeyPackageLifetime), as
+// mls.ApplyOptions.MaxLifetime takes it: zero for no maximum.
+func (s *Service) maxLifetime() time.Duration {
+	switch {
+	case s.MaxKeyPackageLifetime == 0:
+		return mls.DefaultMaxLifetime
+	case s.MaxKeyPackageLifetime < 0:
+		return 0
+	}
+	return s.MaxKeyPackageLifetime
 }
 
 // requestGroupID answers request type 0 with GroupIDSize random bytes.

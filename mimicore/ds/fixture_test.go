@@ -47,8 +47,20 @@ func randomBytes(t testing.TB, n int) []byte {
 // suite cs, without a client binding.
 func newClient(t testing.TB, cs mls.CipherSuite, name string) *client {
 	t.Helper()
-	return newKeyPackageClient(t, cs, name, "mimi://a.example/d/"+name+"/1", nil)
+	c, err := mlstest.NewClient(cs, "mimi://a.example/d/"+name+"/1", mlstest.Options{Lifetime: fixtureLifetime})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &client{name: name, signer: c.Signer, pub: c.SignatureKey, kp: c.KeyPackage, initKey: c.InitKey, leafKey: c.LeafKey}
 }
+
+// fixtureClock is the fixture's clock when it starts, and
+// fixtureLifetime the lifetime of its clients' KeyPackages: from a day
+// before it to 300 days after (the tests move the clock forward by
+// days at most), within mls.DefaultMaxLifetime.
+const fixtureClock = 1_790_000_000
+
+var fixtureLifetime = mls.Lifetime{NotBefore: fixtureClock - 24*3600, NotAfter: fixtureClock + 300*24*3600}
 
 // newKeyPackageClient makes a client of URI uri with a fresh signature
 // key, leaf and init keys, and a signed KeyPackage of suite cs; edit, when
@@ -128,7 +140,7 @@ func newFixture(t testing.TB) *fixture {
 		dave: newClient(t, cs, "dave"), eve: newClient(t, cs, "eve"),
 		erin: newClient(t, mls.P256AES128GCMSHA256P256, "erin"),
 		g1:   []byte("group one"), g2: []byte("group two"), g3: []byte("group three"), p256: []byte("group p256"),
-		now: time.Unix(1_790_000_000, 0),
+		now: time.Unix(fixtureClock, 0),
 	}
 	st, err := sqlitestore.Open(t.Context(), filepath.Join(t.TempDir(), "mimi.db"),
 		sqlitestore.WithClock(func() time.Time { return f.now }))

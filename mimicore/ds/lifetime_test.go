@@ -19,6 +19,8 @@ func TestKeyPackageLifetime(t *testing.T) {
 	h := newHarness(t)
 	now := time.Now().Truncate(time.Second)
 	h.svc.Now = func() time.Time { return now }
+	// The lifetimes' lengths are TestKeyPackageMaxLifetime's.
+	h.svc.MaxKeyPackageLifetime = -1
 	sec := uint64(now.Unix())
 	skew := uint64(MaxClockSkew / time.Second)
 	const day = 24 * 3600
@@ -68,6 +70,81 @@ func TestKeyPackageLifetime(t *testing.T) {
 				t.Fatal("the refusal changed the stored group")
 			}
 			h.wantEpoch(t, gid, epoch, alice.m.State().MemberCount())
+		})
+	}
+}
+
+// TestKeyPackageMaxLifetime checks that the Delivery Service refuses,
+// invalid_mls and changing nothing, a key_package leaf whose total
+// lifetime (not_after - not_before) is longer than MaxKeyPackageLifetime
+// (RFC 9420 §7.2, docs/protocol.md §5.4.1): the KeyPackage a commit adds,
+// and the creator's leaf of create_group; one exactly that long is
+// accepted. Every lifetime contains the DS clock.
+func TestKeyPackageMaxLifetime(t *testing.T) {
+	h := newHarness(t)
+	// After the harness made its provider's key, which must be valid at
+	// the DS clock.
+	now := time.Now().Truncate(time.Second)
+	h.svc.Now = func() time.Time { return now }
+	sec := uint64(now.Unix())
+	def := uint64(mls.DefaultMaxLifetime / time.Second)
+	const day = 24 * 3600
+	for i, tc := range []struct {
+		name     string
+		max      time.Duration // the Service's MaxKeyPackageLifetime
+		lifetime mls.Lifetime
+		accepted bool
+	}{
+		{"default, at the maximum", 0, mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec - 3600 + def}, true},
+		{"default, one second over", 0, mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec - 3600 + def + 1}, false},
+		{"default, mls-rs's 365 days", 0, mls.Lifetime{NotBefore: sec, NotAfter: sec + 365*day}, true},
+		{"default, OpenMLS's 84 days and an hour", 0, mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec + 84*day}, true},
+		{"default, a century", 0, mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec + 100*365*day}, false},
+		{"default, ts-mls's 0 to 2^63-1", 0, mls.Lifetime{NotBefore: 0, NotAfter: 1<<63 - 1}, false},
+		{"default, 0 to 2^64-1", 0, mls.Lifetime{NotBefore: 0, NotAfter: 1<<64 - 1}, false},
+		{"30 days, at the maximum", 30 * day * time.Second, mls.Lifetime{NotBefore: sec - day, NotAfter: sec + 29*day}, true},
+		{"30 days, one second over", 30 * day * time.Second, mls.Lifetime{NotBefore: sec - day, NotAfter: sec + 29*day + 1}, false},
+		{"unlimited, 0 to 2^64-1", -1, mls.Lifetime{NotBefore: 0, NotAfter: 1<<64 - 1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.svc.MaxKeyPackageLifetime = tc.max
+			wantRefused := func(t *testing.T, err error, before, after snapshot) {
+				t.Helper()
+				t.Log(err)
+				switch {
+				case tc.accepted && err != nil:
+					t.Fatalf("answer %v, want ok", err)
+				case !tc.accepted && codeOf(err) != moh.CodeInvalidMLS:
+					t.Fatalf("answer %v, want invalid_mls", err)
+				case !tc.accepted && !after.equal(before):
+					t.Fatal("the refusal changed the stored group")
+				}
+			}
+			t.Run("add", func(t *testing.T) {
+				alice := h.newTClientEdit(t, fmt.Sprintf("alice%d", i), "phone", false, func(leaf *mls.LeafNode) {
+					leaf.Lifetime = mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec + day}
+				})
+				gid := []byte(fmt.Sprintf("max lifetime add %d", i))
+				h.mustDo(t, "create_group", createBody(t, alice, gid))
+				joiner := h.newTClientEdit(t, fmt.Sprintf("joiner%d", i), "phone", false, func(leaf *mls.LeafNode) {
+					leaf.Lifetime = tc.lifetime
+				})
+				before := h.snapshot(t, gid)
+				res := commit(t, alice.m, addProps(joiner), nil, nil)
+				_, err := h.do(t, commitBody(t, moh.AddUsers, alice, alice.m, res))
+				wantRefused(t, err, before, h.snapshot(t, gid))
+				if !tc.accepted && len(h.queued(t, joiner)) != 0 {
+					t.Fatal("the refused commit's Welcome was queued for the joiner")
+				}
+			})
+			t.Run("create_group", func(t *testing.T) {
+				creator := h.newTClientEdit(t, fmt.Sprintf("creator%d", i), "phone", false, func(leaf *mls.LeafNode) {
+					leaf.Lifetime = tc.lifetime
+				})
+				gid := []byte(fmt.Sprintf("max lifetime create %d", i))
+				_, err := h.do(t, createBody(t, creator, gid))
+				wantRefused(t, err, snapshot{}, h.snapshot(t, gid))
+			})
 		})
 	}
 }

@@ -67,7 +67,8 @@ var ok = &moh.DSResponse{Type: moh.ResponseOK}
 
 // createGroup serves create_group (docs/protocol.md §5.4): the GroupInfo
 // must describe an epoch 0 group whose only member is the body's LeafNode
-// (whose key signed the request), signed by that member; the leaf's
+// (whose key signed the request), signed by that member; a key_package
+// leaf's total lifetime must be at most MaxKeyPackageLifetime; the leaf's
 // client binding must verify; the group id must not be in use
 // (group_exists). Freshness is the store's: CreateGroup refuses an id
 // hosted here or recorded as another provider's. The Delivery Service
@@ -87,6 +88,11 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	st, err := mls.NewGroupState(gi, mls.RatchetTree{{Type: mls.NodeLeaf, Leaf: &cg.LeafNode}})
 	if err != nil {
 		return nil, mlsError("create_group", err)
+	}
+	if lt, limit := cg.LeafNode.Lifetime, s.maxLifetime(); cg.LeafNode.Source == mls.SourceKeyPackage &&
+		limit > 0 && !lt.SpanAtMost(limit) {
+		return nil, moh.Errorf(moh.CodeInvalidMLS, "create_group: the creator's leaf lifetime [%d, %d] is longer than the %d s accepted",
+			lt.NotBefore, lt.NotAfter, uint64(limit/time.Second))
 	}
 	giEnc, err := encodeGroupInfo("create_group", &cg.GroupInfo)
 	if err != nil {
@@ -133,7 +139,8 @@ func (s *Service) hubFor(identity []byte) (string, error) {
 // the epoch are loaded for the references; RFC 9420 validation on the
 // group's public state (ApplyCommitWith), with the lifetime of every
 // KeyPackage the commit adds checked against the DS clock, give or take
-// MaxClockSkew, as clients check it; the proposals the request type
+// MaxClockSkew, as clients check it, and its total length against
+// MaxKeyPackageLifetime; the proposals the request type
 // allows (DS -03); the GroupInfo of the new epoch, assembled from the
 // state and the PartialGroupInfo, verifies; the client bindings of every
 // new or changed leaf; then the conditional write of the new epoch. Any
@@ -159,7 +166,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	// that adds one outside its lifetime (RFC 9420 §7.3), and fanning it
 	// out would leave them behind the hub's epoch.
 	next, info, err := base.ApplyCommitWith(msg, mls.ApplyOptions{Resolve: resolver(pending),
-		Now: s.now(), Skew: MaxClockSkew})
+		Now: s.now(), Skew: MaxClockSkew, MaxLifetime: s.maxLifetime()})
 	if err != nil {
 		return nil, mlsError(typ.String(), err)
 	}

@@ -36,7 +36,10 @@ import (
 // proposals, the GroupInfo signatures, parent hashes, transcript hashes.
 // The DS runs with the client binding check off (binding.Checker.Unchecked,
 // the gateway's unchecked_client_bindings), the switch that exists for
-// such transcripts: their leaves carry no client binding.
+// such transcripts: their leaves carry no client binding. Nor does it
+// bound the leaves' total lifetime (MaxKeyPackageLifetime -1, the
+// gateway's max_key_package_lifetime unlimited): ts-mls's default
+// lifetime, which the transcripts' KeyPackages have, is 0 to 2^63-1.
 
 // tsHex is a hex string of the transcripts.
 type tsHex []byte
@@ -118,7 +121,8 @@ func newTSReplay(t *testing.T, sc *tsScenario) *tsReplay {
 	t.Cleanup(func() { st.Close() })
 	r := &tsReplay{t: t, sc: sc, st: st}
 	r.svc = &Service{Groups: StoreGroups{st}, Joiners: StoreJoiners{st}, Seen: st, Store: st,
-		Providers: []string{testProvider}, Bindings: &binding.Checker{Domains: []string{testProvider}, Unchecked: true}}
+		Providers: []string{testProvider}, Bindings: &binding.Checker{Domains: []string{testProvider}, Unchecked: true},
+		MaxKeyPackageLifetime: -1}
 	return r
 }
 

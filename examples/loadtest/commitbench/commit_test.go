@@ -271,7 +271,8 @@ func newLeaf(issuer *binding.Issuer, user string, bound bool) (*mls.LeafNode, cr
 		Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(uri)},
 		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{suite},
 			Credentials: []mls.CredentialType{mls.CredentialBasic}, Extensions: []mls.ExtensionType{binding.ExtensionType}},
-		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 62}}
+		Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotBefore: uint64(time.Now().Add(-time.Hour).Unix()),
+			NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())}}
 	if bound {
 		cb, err := issuer.Issue([]byte(uri), pub, time.Now().Add(24*time.Hour))
 		if err != nil {

@@ -38,7 +38,9 @@ type sendClient struct {
 
 func newSendClient(issuer *binding.Issuer, user string) (*sendClient, error) {
 	c, err := mlstest.NewClient(sendSuite, moh.ClientURI(issuer.Domains[0], user, "load"), mlstest.Options{
-		Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
+		// Within the gateway's max_key_package_lifetime (366 days by
+		// default), as a real client's.
+		Lifetime: mls.Lifetime{NotBefore: uint64(time.Now().Add(-time.Hour).Unix()), NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
 		Issuer:   issuer, BindingNotAfter: time.Now().Add(24 * time.Hour)})
 	if err != nil {
 		return nil, err
