@@ -175,7 +175,9 @@ type Gateway struct {
 	// not_before, RFC 9420 §7.2) of a key_package leaf that enters a
 	// group hosted here: the KeyPackage of an Add, the creator's leaf of
 	// create_group. A longer one is refused 400 invalid_mls
-	// (docs/protocol.md §5.4.1). Default: 366d (mls.DefaultMaxLifetime);
+	// (docs/protocol.md §5.4.1); the mimi_local handlers of the config
+	// that serve from DataDir apply it to the KeyPackages they publish
+	// and claim from peers. Default: 366d (mls.DefaultMaxLifetime);
 	// at least 1h, at most 3650d. A negative value (Caddyfile
 	// `unlimited`) accepts any length: like UncheckedClientBindings it is
 	// only for replaying recorded third-party transcripts.
@@ -433,7 +435,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("mimi: reconfiguring the provider service in %s: %w", g.DataDir, err)
 		}
 	}
-	g.dirEntry = gatewayDirs.register(configOf(ctx), g.Providers, g.DataDir)
+	g.dirEntry = gatewayDirs.register(configOf(ctx), g.Providers, g.DataDir, time.Duration(g.MaxKeyPackageLifetime))
 	register(ctx.GetMetricsRegistry(), g.logger, storeStats{}, outboxStats{}, hubConflicts)
 	g.ds = &ds.Service{
 		Groups:    ds.StoreGroups{Store: g.svc.Store()},

@@ -444,6 +444,11 @@ func (h *LocalAPI) join() error {
 		RemoteClaimLimits:       h.remoteClaims,
 		PublishLimits:           h.publishes,
 		Logger:                  h.logger,
+		// The max_key_package_lifetime of the gateway of this config and
+		// data directory: a KeyPackage published here must be one its
+		// Delivery Service lets into a group. Asked at each publish and
+		// claim: this may be joined in Provision, before that gateway.
+		MaxKeyPackageLifetime: func() time.Duration { return gatewayDirs.keyPackageLifetime(h.config, h.DataDir) },
 	})
 	if err != nil {
 		releasedLocal(h)

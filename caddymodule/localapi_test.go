@@ -226,7 +226,7 @@ func (c *testClient) keyPackage(t *testing.T, identity string, b *binding.Client
 		Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10},
 			CipherSuites: []mls.CipherSuite{testSuite}, Credentials: []mls.CredentialType{mls.CredentialBasic}},
 		Source:   mls.SourceKeyPackage,
-		Lifetime: mls.Lifetime{NotBefore: 0, NotAfter: uint64(time.Now().Add(90 * 24 * time.Hour).Unix())},
+		Lifetime: mls.Lifetime{NotBefore: uint64(time.Now().Add(-time.Hour).Unix()), NotAfter: uint64(time.Now().Add(90 * 24 * time.Hour).Unix())},
 	}
 	if b != nil {
 		if err := binding.Attach(leaf, b); err != nil {

@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/service"
 )
 
@@ -81,6 +83,10 @@ type dirEntry struct {
 	config  <-chan struct{}
 	domains []string
 	dataDir string
+	// maxKeyPackageLifetime is the gateway's max_key_package_lifetime
+	// (0: the default; negative: unlimited), which the mimi_local
+	// handlers of its data directory apply too.
+	maxKeyPackageLifetime time.Duration
 }
 
 // configOf identifies ctx's config for gatewayDirs: the Done channel of
@@ -94,9 +100,9 @@ func configOf(ctx caddy.Context) <-chan struct{} {
 }
 
 // register records that a gateway of config serves domains from
-// dataDir, until release.
-func (r *dirRegistry) register(config <-chan struct{}, domains []string, dataDir string) *dirEntry {
-	e := &dirEntry{config: config, domains: slices.Clone(domains), dataDir: dataDir}
+// dataDir, with the given max_key_package_lifetime, until release.
+func (r *dirRegistry) register(config <-chan struct{}, domains []string, dataDir string, maxKeyPackageLifetime time.Duration) *dirEntry {
+	e := &dirEntry{config: config, domains: slices.Clone(domains), dataDir: dataDir, maxKeyPackageLifetime: maxKeyPackageLifetime}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.entries[e] = struct{}{}
@@ -145,6 +151,31 @@ func (r *dirRegistry) resolve(config <-chan struct{}, domains []string) (string,
 		dir = found[0]
 	}
 	return dir, nil
+}
+
+// keyPackageLifetime answers the max_key_package_lifetime of the
+// gateways of config that serve from dataDir, for a mimi_local handler of
+// that directory: zero (the default) when there is none, and the
+// strictest when they differ (zero counting as the default, a negative
+// value, unlimited, as longer than any).
+func (r *dirRegistry) keyPackageLifetime(config <-chan struct{}, dataDir string) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var lt time.Duration
+	found := false
+	for e := range r.entries {
+		if e.config != config || e.dataDir != dataDir {
+			continue
+		}
+		v := e.maxKeyPackageLifetime
+		if v == 0 {
+			v = mls.DefaultMaxLifetime
+		}
+		if !found || (v >= 0 && (lt < 0 || v < lt)) {
+			lt, found = v, true
+		}
+	}
+	return lt
 }
 
 // serviceHolders records, per data directory, the configs that hold its

@@ -6,15 +6,19 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/internal/mlstest"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/localapi"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // TestKeyPackageMaxLifetime checks a.localhost's max_key_package_lifetime
-// (120d) through Caddy: its Delivery Service refuses a commit that adds a
-// KeyPackage whose lifetime (not_after - not_before) is a second longer,
-// 400 invalid_mls, keeping the group's epoch, and then accepts one adding
-// a KeyPackage exactly that long.
+// (120d) through Caddy: its local client API, which takes the bound of
+// the gateway of its data directory, refuses to publish a KeyPackage
+// whose lifetime (not_after - not_before) is a second longer, 400
+// malformed, and publishes one exactly that long; its Delivery Service
+// refuses a commit that adds the longer one, 400 invalid_mls, keeping
+// the group's epoch, and then accepts one adding the other.
 func TestKeyPackageMaxLifetime(t *testing.T) {
 	startCaddy(t)
 	issuer := issuerOf(t, "a.localhost")
@@ -30,6 +34,33 @@ func TestKeyPackageMaxLifetime(t *testing.T) {
 		return &mimiClient{uri: c.Identity, signer: c.Signer, kp: c.KeyPackage, initKey: c.InitKey, leafKey: c.LeafKey}
 	}
 	atLimit, over := newClient("at-limit", limit), newClient("over", limit+1)
+
+	t.Run("publish", func(t *testing.T) {
+		for _, tc := range []struct {
+			name   string
+			c      *mimiClient
+			status int
+		}{
+			{"at the limit", atLimit, http.StatusOK},
+			{"one second over", over, http.StatusBadRequest},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				status, body := postLocal(t, "a.localhost", "lifetime", "/key_packages", &localapi.PublishRequest{
+					ClientURI: []byte(tc.c.uri), KeyPackages: []localapi.KeyPackageEntry{{KeyPackage: mustEncode(t, tc.c.kp)}}})
+				if status != tc.status {
+					t.Fatalf("publish: %d %x, want %d", status, body, tc.status)
+				}
+				if status == http.StatusOK {
+					return
+				}
+				var r moh.DSResponse
+				if err := wire.Unmarshal(body, &r, "DSResponse"); err != nil || r.Type != moh.ResponseError || r.Error.Code != moh.CodeMalformed {
+					t.Fatalf("publish refused with %x, want malformed", body)
+				}
+				t.Logf("%s", r.Error.Message)
+			})
+		}
+	})
 
 	t.Run("add", func(t *testing.T) {
 		alice := newMIMIClient(t, issuer, "lifetime-alice", "phone", false)

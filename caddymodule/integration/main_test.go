@@ -127,7 +127,8 @@ a.localhost:9443 {
 		ds_domain a.localhost:9443
 		data_dir {DIR}/a
 		{BACKEND a.localhost}
-		# TestKeyPackageMaxLifetime.
+		# Also the bound of a's local client API below, which serves
+		# from the same data directory (TestKeyPackageMaxLifetime).
 		max_key_package_lifetime 120d
 		federation {
 			allow_private_addresses

@@ -3,6 +3,7 @@ package localapi
 import (
 	"context"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -27,12 +28,18 @@ func (p fixedPeer) ClaimClient(context.Context, string, string, []byte) ([][]byt
 // extension of extra bytes; it decodes, it does not verify.
 func peerKeyPackage(t *testing.T, suite mls.CipherSuite, identity string, extra int) []byte {
 	t.Helper()
+	return peerKeyPackageLifetime(t, suite, identity, extra, mls.Lifetime{NotBefore: 1<<40 - 84*24*3600, NotAfter: 1 << 40})
+}
+
+// peerKeyPackageLifetime is peerKeyPackage with the leaf lifetime lt.
+func peerKeyPackageLifetime(t *testing.T, suite mls.CipherSuite, identity string, extra int, lt mls.Lifetime) []byte {
+	t.Helper()
 	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: suite, InitKey: make([]byte, 32),
 		LeafNode: mls.LeafNode{EncryptionKey: make([]byte, 32), SignatureKey: make([]byte, 32),
 			Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(identity)},
 			Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{suite},
 				Credentials: []mls.CredentialType{mls.CredentialBasic}},
-			Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotAfter: 1 << 40}, Signature: make([]byte, 64)},
+			Source: mls.SourceKeyPackage, Lifetime: lt, Signature: make([]byte, 64)},
 		Signature: make([]byte, 64)}
 	if extra > 0 {
 		kp.Extensions = mls.Extensions{{Type: 0xff00, Data: make([]byte, extra)}}
@@ -82,5 +89,51 @@ func TestClaimRemoteSkipsOversizedKeyPackages(t *testing.T) {
 	}
 	if n := logs.FilterMessage("skipped a peer's KeyPackage outside the size a KeyPackageEntry holds").Len(); n != 2 {
 		t.Errorf("%d warnings of a skipped KeyPackage, want 2", n)
+	}
+}
+
+// TestClaimRemoteSkipsOverlongKeyPackages requires a peer's KeyPackage
+// whose lifetime is longer than Config.MaxKeyPackageLifetime to be left
+// out of the answer, and logged: a Delivery Service with the same maximum
+// refuses the commit that would add it.
+func TestClaimRemoteSkipsOverlongKeyPackages(t *testing.T) {
+	suite := mls.X25519AES128GCMSHA256Ed25519
+	def := uint64(mls.DefaultMaxLifetime / time.Second)
+	const nb = 1_790_000_000
+	for _, tc := range []struct {
+		name string
+		max  time.Duration
+		lt   mls.Lifetime
+		kept bool
+	}{
+		{"default, at the maximum", 0, mls.Lifetime{NotBefore: nb, NotAfter: nb + def}, true},
+		{"default, one second over", 0, mls.Lifetime{NotBefore: nb, NotAfter: nb + def + 1}, false},
+		{"default, 0 to 2^64-1", 0, mls.Lifetime{NotBefore: 0, NotAfter: 1<<64 - 1}, false},
+		{"unlimited, 0 to 2^64-1", -1, mls.Lifetime{NotBefore: 0, NotAfter: 1<<64 - 1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kp := peerKeyPackageLifetime(t, suite, "mimi://b.example/d/bob/phone", 0, tc.lt)
+			core, logs := observer.New(zapcore.WarnLevel)
+			api, err := New(Config{Domains: []string{"a.example"}, Store: noStore{}, Keys: seedKeys{},
+				Peers: fixedPeer{kps: [][]byte{kp}}, Logger: zap.New(core), MaxKeyPackageLifetime: func() time.Duration { return tc.max }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			list, err := api.ClaimKeyPackages(context.Background(), "alice", &ClaimRequest{CipherSuite: uint16(suite),
+				Target: []byte("mimi://b.example/u/bob")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(list) == 1; got != tc.kept {
+				t.Fatalf("answered %d KeyPackages, want it kept %v", len(list), tc.kept)
+			}
+			want := 1
+			if tc.kept {
+				want = 0
+			}
+			if n := logs.FilterMessage("skipped a peer's KeyPackage whose lifetime is longer than accepted").Len(); n != want {
+				t.Fatalf("%d warnings of a skipped KeyPackage, want %d", n, want)
+			}
+		})
 	}
 }

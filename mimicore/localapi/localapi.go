@@ -76,6 +76,16 @@ type Config struct {
 	// MaxBindingLifetime caps the validity of an issued binding, from
 	// now. Default DefaultBindingLifetime.
 	MaxBindingLifetime time.Duration
+	// MaxKeyPackageLifetime answers the longest total lifetime
+	// (not_after - not_before, in whole seconds) of a KeyPackage's leaf
+	// (RFC 9420 §7.2): a publish of a longer one is refused malformed,
+	// and a longer one a peer answers a claim with is dropped. It is
+	// asked at each publish and claim, so that it can follow the
+	// Delivery Service's (ds.Service.MaxKeyPackageLifetime, which refuses
+	// to add such a KeyPackage to a group) where that is set up after the
+	// API. Nil, or an answer of zero, means mls.DefaultMaxLifetime; a
+	// negative answer accepts any length.
+	MaxKeyPackageLifetime func() time.Duration
 	// Suites are the cipher suites a published KeyPackage may use.
 	// Default: every suite package mls implements.
 	Suites []mls.CipherSuite
@@ -255,7 +265,8 @@ func (a *API) IssueBinding(user string, req *BindingRequest) (*binding.ClientBin
 // PublishKeyPackages validates req's KeyPackages and makes them available
 // for req.ClientURI, all or none, then answers the client's available
 // packages. Each KeyPackage must decode exactly, verify as RFC 9420 §10.1
-// requires at the current time, use an allowed cipher suite, carry a
+// requires at the current time, have a lifetime at most
+// MaxKeyPackageLifetime long, use an allowed cipher suite, carry a
 // BasicCredential whose identity is req.ClientURI and a valid client
 // binding; at most one per suite may be last-resort (flagged, or carrying
 // the last_resort extension, mls.ExtLastResort). The first refusal
@@ -381,6 +392,10 @@ func (a *API) checkKeyPackage(ctx context.Context, client, enc []byte, now time.
 		// secret.
 		return nil, time.Time{}, moh.Errorf(moh.CodeMalformed, "%s", err.Error())
 	}
+	if lt, limit := kp.LeafNode.Lifetime, a.maxLifetime(); limit >= 0 && !lt.SpanAtMost(limit) {
+		return nil, time.Time{}, moh.Errorf(moh.CodeMalformed, "its lifetime [%d, %d] is longer than the %d s accepted",
+			lt.NotBefore, lt.NotAfter, uint64(limit/time.Second))
+	}
 	cred := kp.LeafNode.Credential
 	if cred.Type != mls.CredentialBasic || !bytes.Equal(cred.Identity, client) {
 		return nil, time.Time{}, moh.Errorf(moh.CodeForbidden, "the leaf's credential is not a BasicCredential of client_uri")
@@ -406,6 +421,19 @@ func (a *API) checkKeyPackage(ctx context.Context, client, enc []byte, now time.
 			"it is available only until %d, not after the current time", notAfter.Unix())
 	}
 	return &kp, notAfter, nil
+}
+
+// maxLifetime answers Config.MaxKeyPackageLifetime, with its default:
+// negative for no maximum.
+func (a *API) maxLifetime() time.Duration {
+	var lt time.Duration
+	if a.cfg.MaxKeyPackageLifetime != nil {
+		lt = a.cfg.MaxKeyPackageLifetime()
+	}
+	if lt == 0 {
+		return mls.DefaultMaxLifetime
+	}
+	return lt
 }
 
 // maxUnix bounds the lifetimes taken from KeyPackages (RFC 9420 allows
@@ -505,8 +533,9 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 // through that provider, for user as a user of this provider's first
 // domain. Only KeyPackages of the requested suite are answered: a peer's
 // request names no suite, so it may hand out others, which are dropped
-// (and consumed; a client that wants them back publishes more), as is,
-// with a warning, one of a size no KeyPackageEntry holds.
+// (and consumed; a client that wants them back publishes more), as are,
+// with a warning, one of a size no KeyPackageEntry holds and one whose
+// lifetime is longer than MaxKeyPackageLifetime.
 func (a *API) claimRemote(ctx context.Context, user, peer string, req *ClaimRequest, byUser bool) ([]KeyPackageEntry, error) {
 	if a.cfg.Peers == nil {
 		return nil, moh.Errorf(moh.CodeNotImplemented, "KeyPackages of another provider's users are claimed through federation, which this gateway does not do")
@@ -523,6 +552,7 @@ func (a *API) claimRemote(ctx context.Context, user, peer string, req *ClaimRequ
 		return nil, err
 	}
 	out := []KeyPackageEntry{}
+	limit := a.maxLifetime()
 	for i, enc := range raw {
 		if len(enc) == 0 || len(enc) > MaxKeyPackageLen {
 			// A KeyPackageEntry holds 1..MaxKeyPackageLen bytes: one
@@ -534,6 +564,15 @@ func (a *API) claimRemote(ctx context.Context, user, peer string, req *ClaimRequ
 		}
 		var kp mls.KeyPackage
 		if wire.Unmarshal(enc, &kp, "KeyPackage") != nil || uint16(kp.CipherSuite) != req.CipherSuite {
+			continue
+		}
+		if lt := kp.LeafNode.Lifetime; limit >= 0 && !lt.SpanAtMost(limit) {
+			// A Delivery Service with the same maximum would refuse
+			// the commit that adds it.
+			a.cfg.Logger.Warn("skipped a peer's KeyPackage whose lifetime is longer than accepted",
+				zap.String("peer", peer), zap.ByteString("target", req.Target), zap.Int("index", i),
+				zap.Uint64("not_before", lt.NotBefore), zap.Uint64("not_after", lt.NotAfter),
+				zap.Duration("max", limit))
 			continue
 		}
 		out = append(out, KeyPackageEntry{KeyPackage: enc})

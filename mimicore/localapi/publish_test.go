@@ -33,6 +33,9 @@ type publisher struct {
 	// notAfter is the not_after of the KeyPackages entries makes, in
 	// Unix seconds; 0 means a day from now.
 	notAfter uint64
+	// lifetime, when set, is the whole lifetime of the KeyPackages
+	// entries makes, instead of an hour ago to notAfter.
+	lifetime *mls.Lifetime
 }
 
 func newPublisher(t testing.TB, api *API, user string) *publisher {
@@ -77,10 +80,13 @@ func (p *publisher) entries(client string, n int, lastResort bool) []KeyPackageE
 			Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10},
 				CipherSuites: []mls.CipherSuite{publishSuite}, Credentials: []mls.CredentialType{mls.CredentialBasic}},
 			Source:   mls.SourceKeyPackage,
-			Lifetime: mls.Lifetime{NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
+			Lifetime: mls.Lifetime{NotBefore: uint64(time.Now().Add(-time.Hour).Unix()), NotAfter: uint64(time.Now().Add(24 * time.Hour).Unix())},
 		}
 		if p.notAfter != 0 {
 			leaf.Lifetime.NotAfter = p.notAfter
+		}
+		if p.lifetime != nil {
+			leaf.Lifetime = *p.lifetime
 		}
 		for _, e := range p.extensions {
 			leaf.Capabilities.Extensions = append(leaf.Capabilities.Extensions, e.Type)
@@ -301,6 +307,58 @@ func TestPublishInLastSecond(t *testing.T) {
 			}
 			if code != moh.CodeMalformed {
 				t.Fatalf("publish refused %v, want %v", code, moh.CodeMalformed)
+			}
+		})
+	}
+}
+
+// TestPublishMaxLifetime publishes KeyPackages whose lifetime (not_after -
+// not_before) is at, or one second over, the longest accepted
+// (Config.MaxKeyPackageLifetime, RFC 9420 §7.2): one over is refused
+// malformed, saying why, and nothing is stored. Every lifetime contains
+// the clock.
+func TestPublishMaxLifetime(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	sec := uint64(now.Unix())
+	def := uint64(mls.DefaultMaxLifetime / time.Second)
+	const day = 24 * 3600
+	for i, tc := range []struct {
+		name     string
+		max      time.Duration
+		lifetime mls.Lifetime
+		accepted bool
+	}{
+		{"default, at the maximum", 0, mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec - 3600 + def}, true},
+		{"default, one second over", 0, mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec - 3600 + def + 1}, false},
+		{"default, mls-rs's 365 days", 0, mls.Lifetime{NotBefore: sec, NotAfter: sec + 365*day}, true},
+		{"default, a century", 0, mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec + 100*365*day}, false},
+		{"default, 0 to 2^64-1", 0, mls.Lifetime{NotBefore: 0, NotAfter: 1<<64 - 1}, false},
+		{"7 days, at the maximum", 7 * day * time.Second, mls.Lifetime{NotBefore: sec - day, NotAfter: sec + 6*day}, true},
+		{"7 days, one second over", 7 * day * time.Second, mls.Lifetime{NotBefore: sec - day, NotAfter: sec + 6*day + 1}, false},
+		{"unlimited, 0 to 2^64-1", -1, mls.Lifetime{NotBefore: 0, NotAfter: 1<<64 - 1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			api := newPublishAPI(t, Config{Now: func() time.Time { return now }, MaxKeyPackageLifetime: func() time.Duration { return tc.max }})
+			p := newPublisher(t, api, "alice")
+			p.lifetime = &tc.lifetime
+			client := fmt.Sprintf("mimi://a.example/d/alice/%d", i)
+			_, err := api.PublishKeyPackages(t.Context(), "alice", &PublishRequest{ClientURI: []byte(client),
+				KeyPackages: p.entries(client, 1, false)})
+			t.Log(err)
+			if tc.accepted {
+				if err != nil {
+					t.Fatalf("publish refused: %v", err)
+				}
+				if n := p.count(client); n != 1 {
+					t.Fatalf("%d KeyPackages available, want 1", n)
+				}
+				return
+			}
+			if e := moh.DSErrorOf(err); e.Code != moh.CodeMalformed || !bytes.Contains(e.Message, []byte("is longer than the")) {
+				t.Fatalf("publish answered %v, want malformed naming the lifetime", err)
+			}
+			if n := p.count(client); n != 0 {
+				t.Fatalf("%d KeyPackages available after the refusal, want none", n)
 			}
 		})
 	}
