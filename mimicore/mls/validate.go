@@ -172,16 +172,26 @@ func meetsRequired(l *LeafNode, rc *RequiredCapabilities) error {
 
 // validateLeaf checks a leaf node that is about to enter the tree at index
 // i (RFC 9420 §7.3): its source, the standalone checks, the group's
-// required capabilities, credential type compatibility with every member
-// and unique keys (the encryption key unique among all nodes of the tree,
-// RFC 9420 §12.4.3.1). replacing is the leaf it replaces (for updates and
-// commits) or nil.
+// parameters (its cipher suite and protocol version listed in the leaf's
+// capabilities), the group's required capabilities, credential type
+// compatibility with every member and unique keys (the encryption key
+// unique among all nodes of the tree, RFC 9420 §12.4.3.1). replacing is
+// the leaf it replaces (for updates and commits) or nil.
 func (g *GroupState) validateLeaf(l *LeafNode, i uint32, source LeafNodeSource, replacing *LeafNode) error {
 	if l.Source != source {
 		return fmt.Errorf("leaf node source %d, want %d", l.Source, source)
 	}
 	if err := validateLeafStandalone(g.s, l, g.ctx.GroupID, i); err != nil {
 		return err
+	}
+	// A leaf compatible with the group's parameters (RFC 9420 §7.3) lists
+	// the group's cipher suite and version: OpenMLS members refuse an Add,
+	// Update or commit whose new leaf does not.
+	if !contains(l.Capabilities.CipherSuites, g.ctx.CipherSuite) {
+		return fmt.Errorf("leaf node capabilities lack the group's cipher suite %d", g.ctx.CipherSuite)
+	}
+	if !contains(l.Capabilities.Versions, g.ctx.Version) {
+		return fmt.Errorf("leaf node capabilities lack the group's protocol version %d", g.ctx.Version)
 	}
 	rc, err := g.ctx.Extensions.RequiredCapabilities()
 	if err != nil {
