@@ -34,6 +34,52 @@ func isDefaultExtension(t ExtensionType) bool {
 	return t >= ExtApplicationID && t <= ExtExternalSenders
 }
 
+// extensionPlace is a kind of object that carries extensions, as RFC 9420
+// §17.3's "Message(s)" column names them.
+type extensionPlace uint8
+
+const (
+	inKeyPackage extensionPlace = iota
+	inLeafNode
+	inGroupContext
+	inGroupInfo
+)
+
+// String names p as in error messages.
+func (p extensionPlace) String() string {
+	return [...]string{"KeyPackage", "leaf node", "GroupContext", "GroupInfo"}[p]
+}
+
+// allowedIn reports whether an extension of type t may appear in an
+// object of the given kind: each RFC 9420 extension only where §17.3's
+// registry lets it (application_id in leaf nodes, ratchet_tree and
+// external_pub in GroupInfo, required_capabilities and external_senders in
+// the GroupContext), other types anywhere, GREASE included (§13.5).
+// OpenMLS refuses, when it decodes one, a KeyPackage, leaf node or
+// GroupContext that carries an RFC 9420 extension elsewhere.
+func (t ExtensionType) allowedIn(p extensionPlace) bool {
+	switch t {
+	case ExtApplicationID:
+		return p == inLeafNode
+	case ExtRatchetTree, ExtExternalPub:
+		return p == inGroupInfo
+	case ExtRequiredCapabilities, ExtExternalSenders:
+		return p == inGroupContext
+	}
+	return true
+}
+
+// checkPlace refuses extensions that may not appear in an object of kind
+// p (allowedIn).
+func (l Extensions) checkPlace(p extensionPlace) error {
+	for _, e := range l {
+		if !e.Type.allowedIn(p) {
+			return fmt.Errorf("extension %d is not allowed in a %s (RFC 9420 §17.3)", e.Type, p)
+		}
+	}
+	return nil
+}
+
 // IsGREASE reports whether v is one of the GREASE values of RFC 9420 §13.5
 // (0x0A0A, 0x1A1A, ..., 0xEAEA).
 func IsGREASE(v uint16) bool {

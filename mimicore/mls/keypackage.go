@@ -71,7 +71,8 @@ func (k *KeyPackage) Sign(signer crypto.Signer) error {
 // Verify validates k as RFC 9420 §10.1 requires of a KeyPackage received
 // outside a group: supported version and cipher suite, both signatures with
 // the leaf's signature key, a key_package leaf source, valid public keys,
-// init_key different from the encryption key, unique extensions, and a
+// init_key different from the encryption key, unique extensions of types
+// allowed there (RFC 9420 §17.3, in the KeyPackage and its leaf), and a
 // leaf whose capabilities list its own credential type, its extensions
 // and the KeyPackage's (those RFC 9420 does not make default). It does not require the leaf's
 // capabilities to list the KeyPackage's own version and cipher suite
@@ -106,6 +107,9 @@ func (k *KeyPackage) Verify() error {
 		return fmt.Errorf("verifying key package: init key equals the leaf encryption key")
 	}
 	if err := k.Extensions.checkUnique(); err != nil {
+		return fmt.Errorf("verifying key package: %w", err)
+	}
+	if err := k.Extensions.checkPlace(inKeyPackage); err != nil {
 		return fmt.Errorf("verifying key package: %w", err)
 	}
 	for _, e := range k.Extensions {

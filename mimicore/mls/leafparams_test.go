@@ -22,14 +22,13 @@ func withoutGroupParams(cs CipherSuite, suite, version bool) func(*Capabilities)
 }
 
 // commitWithLeaf builds a commit from committer with an UpdatePath whose
-// leaf has the capabilities mod gives it, signed as the committer.
-func commitWithLeaf(tb testing.TB, tg *testGroup, committer uint32, mod func(*Capabilities)) *MLSMessage {
+// leaf mod changes, signed as the committer.
+func commitWithLeaf(tb testing.TB, tg *testGroup, committer uint32, mod func(*LeafNode)) *MLSMessage {
 	tb.Helper()
 	g := tg.g
 	n := g.next()
-	leaf := *n.tree.leaf(committer)
-	leaf.Capabilities = leaf.Capabilities.clone()
-	mod(&leaf.Capabilities)
+	leaf := *n.tree.leaf(committer).clone()
+	mod(&leaf)
 	np, err := n.tree.generateUpdatePath(committer, leaf, tg.signers[committer], g.ctx.GroupID, nil, n.provisionalContext)
 	if err != nil {
 		tb.Fatal(err)
@@ -89,7 +88,7 @@ func TestLeafListsGroupParameters(t *testing.T) {
 		})
 		t.Run("commit path/"+tc.name, func(t *testing.T) {
 			tg := buildTestGroup(t, cs, 2, nil)
-			_, _, err := tg.g.ApplyCommit(commitWithLeaf(t, tg, 0, mod), nil)
+			_, _, err := tg.g.ApplyCommit(commitWithLeaf(t, tg, 0, func(l *LeafNode) { mod(&l.Capabilities) }), nil)
 			checkRefusal(t, err, ok, ErrInvalidCommit)
 		})
 	}

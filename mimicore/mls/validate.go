@@ -7,7 +7,7 @@ import (
 // validateLeafStandalone runs the leaf node checks of RFC 9420 §7.3 that do
 // not depend on the rest of the group: the signature (with groupID and
 // leafIndex for the update and commit sources), a valid encryption key,
-// unique extensions, extensions listed in the leaf's own capabilities
+// unique extensions of types allowed in a leaf node, extensions listed in the leaf's own capabilities
 // (the RFC 9420 default extensions need not be listed), and its own
 // credential type listed there: a member must support the credential type
 // of every member, itself included, or joiners refuse the tree.
@@ -23,6 +23,9 @@ func validateLeafStandalone(s *suite, l *LeafNode, groupID []byte, leafIndex uin
 		return fmt.Errorf("leaf node: encryption key: %w", err)
 	}
 	if err := l.Extensions.checkUnique(); err != nil {
+		return fmt.Errorf("leaf node: %w", err)
+	}
+	if err := l.Extensions.checkPlace(inLeafNode); err != nil {
 		return fmt.Errorf("leaf node: %w", err)
 	}
 	if !contains(l.Capabilities.Credentials, l.Credential.Type) {

@@ -1,0 +1,99 @@
+package mls
+
+import (
+	"testing"
+)
+
+// placeCases are extensions of each RFC 9420 type, of a GREASE type and of
+// a private type, with where RFC 9420 §17.3 allows them.
+var placeCases = []struct {
+	name             string
+	typ              ExtensionType
+	inLeaf, inKP, gc bool
+}{
+	{"application_id", ExtApplicationID, true, false, false},
+	{"ratchet_tree", ExtRatchetTree, false, false, false},
+	{"required_capabilities", ExtRequiredCapabilities, false, false, true},
+	{"external_pub", ExtExternalPub, false, false, false},
+	{"external_senders", ExtExternalSenders, false, false, true},
+	{"GREASE", 0x0a0a, true, true, true},
+	{"private", 0xff00, true, true, true},
+}
+
+// withExtension returns a modifier of a leaf that gives it an extension of
+// type typ in its own extensions (inLeaf) or lists it in its capabilities
+// only, for its KeyPackage to carry; non-default types are listed in the
+// capabilities, as RFC 9420 §7.2 requires.
+func withExtension(typ ExtensionType, inLeaf bool) func(*LeafNode) {
+	return func(l *LeafNode) {
+		if !isDefaultExtension(typ) {
+			l.Capabilities.Extensions = append(l.Capabilities.Extensions, typ)
+		}
+		if inLeaf {
+			l.Extensions = append(l.Extensions, Extension{Type: typ, Data: []byte{0}})
+		}
+	}
+}
+
+// TestLeafAndKeyPackageExtensionPlace checks that no leaf node carrying an
+// RFC 9420 extension that §17.3 does not allow in a leaf node enters the
+// tree (by an Add, an Update or an UpdatePath), and that no KeyPackage
+// carrying one not allowed in a KeyPackage is added. OpenMLS members
+// refuse such a leaf node or KeyPackage when they decode it, so a hub
+// that fanned the commit out would fork them off; GREASE and private
+// types stay allowed.
+func TestLeafAndKeyPackageExtensionPlace(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	for _, tc := range placeCases {
+		t.Run("add leaf/"+tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			leaf, signer := newTestLeaf(t, cs, "joiner")
+			withExtension(tc.typ, true)(leaf)
+			if err := leaf.Sign(cs, signer, nil, 0); err != nil {
+				t.Fatal(err)
+			}
+			kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: randomHPKEPublicKey(t, cs), LeafNode: *leaf}
+			if err := kp.Sign(signer); err != nil {
+				t.Fatal(err)
+			}
+			add := []ProposalOrRef{{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}}
+			_, _, err := tg.g.ApplyCommit(reencode(t, tg.commit(t, 0, add, false, nil)), nil)
+			checkRefusal(t, err, tc.inLeaf, ErrInvalidProposal)
+		})
+		t.Run("key package/"+tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			leaf, signer := newTestLeaf(t, cs, "joiner")
+			withExtension(tc.typ, false)(leaf)
+			if err := leaf.Sign(cs, signer, nil, 0); err != nil {
+				t.Fatal(err)
+			}
+			kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: randomHPKEPublicKey(t, cs), LeafNode: *leaf,
+				Extensions: Extensions{{Type: tc.typ, Data: []byte{0}}}}
+			if err := kp.Sign(signer); err != nil {
+				t.Fatal(err)
+			}
+			add := []ProposalOrRef{{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}}
+			_, _, err := tg.g.ApplyCommit(reencode(t, tg.commit(t, 0, add, false, nil)), nil)
+			checkRefusal(t, err, tc.inKP, ErrInvalidProposal)
+		})
+		t.Run("update/"+tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			leaf := tg.g.tree.leaf(1).clone()
+			leaf.Source = SourceUpdate
+			leaf.Lifetime = Lifetime{}
+			leaf.EncryptionKey = randomHPKEPublicKey(t, cs)
+			withExtension(tc.typ, true)(leaf)
+			if err := leaf.Sign(cs, tg.signers[1], tg.g.GroupID(), 1); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := tg.g.VerifyProposal(reencode(t, tg.proposal(t, Sender{Type: SenderMember, Index: 1}, tg.signers[1],
+				&Proposal{Type: ProposalUpdate, LeafNode: leaf})))
+			checkRefusal(t, err, tc.inLeaf, ErrInvalidProposal)
+		})
+		t.Run("commit path/"+tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			_, _, err := tg.g.ApplyCommit(commitWithLeaf(t, tg, 0, withExtension(tc.typ, true)), nil)
+			checkRefusal(t, err, tc.inLeaf, ErrInvalidCommit)
+		})
+	}
+}
