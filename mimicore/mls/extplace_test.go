@@ -97,3 +97,63 @@ func TestLeafAndKeyPackageExtensionPlace(t *testing.T) {
 		})
 	}
 }
+
+// gcExtension returns an extension of type typ that is valid in content
+// when the type is allowed in a GroupContext: an empty
+// required_capabilities or external_senders.
+func gcExtension(typ ExtensionType) Extension {
+	switch typ {
+	case ExtRequiredCapabilities:
+		return Extension{Type: typ, Data: []byte{0, 0, 0}}
+	case ExtExternalSenders:
+		return Extension{Type: typ, Data: []byte{0}}
+	}
+	return Extension{Type: typ, Data: []byte{0}}
+}
+
+// TestGroupContextExtensionPlace checks that a GroupContextExtensions
+// proposal, alone or in a commit, and a new group's GroupInfo cannot put
+// in the GroupContext an RFC 9420 extension that §17.3 does not allow
+// there (application_id, ratchet_tree, external_pub). OpenMLS members
+// refuse such a GroupContext when they decode it, so a hub that fanned the
+// commit out would fork them off, and none could join such a new group.
+// The GREASE and private types are left out: no member supports them, a
+// refusal of its own. A state stored before the check was made still
+// loads.
+func TestGroupContextExtensionPlace(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	for _, tc := range placeCases {
+		if !isDefaultExtension(tc.typ) {
+			continue
+		}
+		exts := Extensions{gcExtension(tc.typ)}
+		t.Run("proposal/"+tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			gce := &Proposal{Type: ProposalGroupContextExtensions, Extensions: exts}
+			_, _, err := tg.g.VerifyProposal(reencode(t, tg.proposal(t, Sender{Type: SenderMember, Index: 1}, tg.signers[1], gce)))
+			checkRefusal(t, err, tc.gc, ErrInvalidProposal)
+		})
+		t.Run("commit/"+tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			gce := []ProposalOrRef{{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalGroupContextExtensions, Extensions: exts}}}
+			_, _, err := tg.g.ApplyCommit(reencode(t, tg.commit(t, 0, gce, true, nil)), nil)
+			checkRefusal(t, err, tc.gc, ErrInvalidProposal)
+		})
+		t.Run("new group/"+tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 1, exts)
+			gi := reencodeGroupInfo(t, tg.groupInfo(t, 0))
+			_, err := NewGroupState(gi, tg.g.Tree().RatchetTree())
+			checkRefusal(t, err, tc.gc, ErrInvalidGroupInfo)
+		})
+		t.Run("stored/"+tc.name, func(t *testing.T) {
+			// A state stored before the check still loads.
+			enc, err := buildTestGroup(t, cs, 1, exts).g.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := DecodeGroupState(enc); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

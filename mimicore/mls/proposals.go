@@ -216,6 +216,9 @@ func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inEx
 			return fmt.Errorf("%w: external init outside an external commit", ErrInvalidProposal)
 		}
 	case ProposalGroupContextExtensions:
+		if err := p.Extensions.checkPlace(inGroupContext); err != nil {
+			return fmt.Errorf("%w: group context extensions: %v", ErrInvalidProposal, err)
+		}
 		// In a commit the members that must support the extensions are
 		// those of the new tree, with the commit's Adds and without its
 		// Removes (RFC 9420 §12.1.7): applyProposals checks them there.

@@ -59,7 +59,8 @@ type GroupState struct {
 // carries a ratchet_tree extension. The tree is fully validated (leaf
 // signatures, parent hashes, key uniqueness), its hash must match the
 // GroupContext, the GroupInfo signature must verify with the signer leaf's
-// key and every member must meet the group's required capabilities.
+// key and every member must meet the group's required capabilities. The
+// GroupContext may carry only extensions RFC 9420 §17.3 allows there.
 func NewGroupState(gi *GroupInfo, rt RatchetTree) (*GroupState, error) {
 	gc := &gi.GroupContext
 	s, err := gc.CipherSuite.params()
@@ -71,6 +72,11 @@ func NewGroupState(gi *GroupInfo, rt RatchetTree) (*GroupState, error) {
 	}
 	if err := gi.Extensions.checkUnique(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
+	}
+	// Checked here, where a group state enters, rather than in
+	// newStateFromParts, which also decodes stored states.
+	if err := gc.Extensions.checkPlace(inGroupContext); err != nil {
+		return nil, fmt.Errorf("%w: group context: %v", ErrInvalidGroupInfo, err)
 	}
 	if rt == nil {
 		data, ok := gi.Extensions.Find(ExtRatchetTree)
