@@ -106,3 +106,47 @@ func checkRefusal(t *testing.T, err error, ok bool, want error) {
 		t.Fatalf("refused for another reason: %v", err)
 	}
 }
+
+// TestNewGroupLeafListsGroupParameters checks that NewGroupState, which
+// the Delivery Service runs on create_group and joiners on the tree they
+// receive, refuses a tree with a leaf whose capabilities lack the group's
+// cipher suite or protocol version: OpenMLS joiners refuse such a tree,
+// so no one could join the group.
+func TestNewGroupLeafListsGroupParameters(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	for _, tc := range []struct {
+		name           string
+		suite, version bool
+	}{
+		{"both listed", false, false},
+		{"suite missing", true, false},
+		{"version missing", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 1, nil)
+			leaf := tg.g.tree.leaf(0).clone()
+			withoutGroupParams(cs, tc.suite, tc.version)(&leaf.Capabilities)
+			leaf.Source, leaf.ParentHash, leaf.Lifetime = SourceKeyPackage, nil, Lifetime{NotAfter: 1 << 62}
+			if err := leaf.Sign(cs, tg.signers[0], nil, 0); err != nil {
+				t.Fatal(err)
+			}
+			s, err := cs.params()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tree := newTree(s, 1)
+			tree.setLeaf(0, leaf)
+			th, err := tree.rootHash()
+			if err != nil {
+				t.Fatal(err)
+			}
+			gi := &GroupInfo{GroupContext: GroupContext{Version: MLS10, CipherSuite: cs, GroupID: []byte("new group"),
+				TreeHash: th, ConfirmedTranscriptHash: []byte{}}, ConfirmationTag: randomBytes(t, s.nh)}
+			if err := gi.Sign(tg.signers[0]); err != nil {
+				t.Fatal(err)
+			}
+			_, err = NewGroupState(reencodeGroupInfo(t, gi), tree.RatchetTree())
+			checkRefusal(t, err, !tc.suite && !tc.version, ErrInvalidTree)
+		})
+	}
+}

@@ -57,10 +57,12 @@ type GroupState struct {
 // NewGroupState builds the public state of a group from a GroupInfo and its
 // ratchet tree (RFC 9420 §12.4.3.1). rt may be nil when the GroupInfo
 // carries a ratchet_tree extension. The tree is fully validated (leaf
-// signatures, parent hashes, key uniqueness), its hash must match the
-// GroupContext, the GroupInfo signature must verify with the signer leaf's
-// key and every member must meet the group's required capabilities. The
-// GroupContext may carry only extensions RFC 9420 §17.3 allows there.
+// signatures, parent hashes, key uniqueness, every leaf listing the
+// group's cipher suite and version in its capabilities), its hash must
+// match the GroupContext, the GroupInfo signature must verify with the
+// signer leaf's key and every member must meet the group's required
+// capabilities. The GroupContext may carry only extensions RFC 9420 §17.3
+// allows there.
 func NewGroupState(gi *GroupInfo, rt RatchetTree) (*GroupState, error) {
 	gc := &gi.GroupContext
 	s, err := gc.CipherSuite.params()
@@ -93,6 +95,13 @@ func NewGroupState(gi *GroupInfo, rt RatchetTree) (*GroupState, error) {
 	}
 	if err := tree.Validate(gc.GroupID); err != nil {
 		return nil, fmt.Errorf("building group state: %w", err)
+	}
+	for i := range tree.leaves {
+		if l := tree.leaf(i); l != nil {
+			if err := checkGroupParams(l, gc); err != nil {
+				return nil, fmt.Errorf("building group state: %w: leaf %d: %v", ErrInvalidTree, i, err)
+			}
+		}
 	}
 	g, err := newStateFromParts(s, gc.clone(), tree, nil, cloneBytes(gi.ConfirmationTag))
 	if err != nil {

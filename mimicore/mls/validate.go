@@ -173,6 +173,21 @@ func meetsRequired(l *LeafNode, rc *RequiredCapabilities) error {
 	return nil
 }
 
+// checkGroupParams checks that a leaf is compatible with the parameters
+// of the group of context gc (RFC 9420 §7.3): its capabilities list the
+// group's cipher suite and protocol version. OpenMLS members refuse an
+// Add, Update or commit whose new leaf does not, and a tree that holds
+// one when they join.
+func checkGroupParams(l *LeafNode, gc *GroupContext) error {
+	if !contains(l.Capabilities.CipherSuites, gc.CipherSuite) {
+		return fmt.Errorf("leaf node capabilities lack the group's cipher suite %d", gc.CipherSuite)
+	}
+	if !contains(l.Capabilities.Versions, gc.Version) {
+		return fmt.Errorf("leaf node capabilities lack the group's protocol version %d", gc.Version)
+	}
+	return nil
+}
+
 // validateLeaf checks a leaf node that is about to enter the tree at index
 // i (RFC 9420 §7.3): its source, the standalone checks, the group's
 // parameters (its cipher suite and protocol version listed in the leaf's
@@ -187,14 +202,8 @@ func (g *GroupState) validateLeaf(l *LeafNode, i uint32, source LeafNodeSource, 
 	if err := validateLeafStandalone(g.s, l, g.ctx.GroupID, i); err != nil {
 		return err
 	}
-	// A leaf compatible with the group's parameters (RFC 9420 §7.3) lists
-	// the group's cipher suite and version: OpenMLS members refuse an Add,
-	// Update or commit whose new leaf does not.
-	if !contains(l.Capabilities.CipherSuites, g.ctx.CipherSuite) {
-		return fmt.Errorf("leaf node capabilities lack the group's cipher suite %d", g.ctx.CipherSuite)
-	}
-	if !contains(l.Capabilities.Versions, g.ctx.Version) {
-		return fmt.Errorf("leaf node capabilities lack the group's protocol version %d", g.ctx.Version)
+	if err := checkGroupParams(l, &g.ctx); err != nil {
+		return err
 	}
 	rc, err := g.ctx.Extensions.RequiredCapabilities()
 	if err != nil {
