@@ -7,17 +7,17 @@ import (
 // placeCases are extensions of each RFC 9420 type, of a GREASE type and of
 // a private type, with where RFC 9420 §17.3 allows them.
 var placeCases = []struct {
-	name             string
-	typ              ExtensionType
-	inLeaf, inKP, gc bool
+	name                 string
+	typ                  ExtensionType
+	inLeaf, inKP, gc, gi bool
 }{
-	{"application_id", ExtApplicationID, true, false, false},
-	{"ratchet_tree", ExtRatchetTree, false, false, false},
-	{"required_capabilities", ExtRequiredCapabilities, false, false, true},
-	{"external_pub", ExtExternalPub, false, false, false},
-	{"external_senders", ExtExternalSenders, false, false, true},
-	{"GREASE", 0x0a0a, true, true, true},
-	{"private", 0xff00, true, true, true},
+	{"application_id", ExtApplicationID, true, false, false, false},
+	{"ratchet_tree", ExtRatchetTree, false, false, false, true},
+	{"required_capabilities", ExtRequiredCapabilities, false, false, true, false},
+	{"external_pub", ExtExternalPub, false, false, false, true},
+	{"external_senders", ExtExternalSenders, false, false, true, false},
+	{"GREASE", 0x0a0a, true, true, true, true},
+	{"private", 0xff00, true, true, true, true},
 }
 
 // withExtension returns a modifier of a leaf that gives it an extension of
@@ -154,6 +154,37 @@ func TestGroupContextExtensionPlace(t *testing.T) {
 			if _, err := DecodeGroupState(enc); err != nil {
 				t.Fatal(err)
 			}
+		})
+	}
+}
+
+// TestGroupInfoExtensionPlace checks that VerifyGroupInfo, which the
+// Delivery Service runs on the GroupInfo of create_group and on the one it
+// assembles from a commit's PartialGroupInfo, refuses a GroupInfo carrying
+// an RFC 9420 extension that §17.3 does not allow there (application_id,
+// required_capabilities, external_senders). OpenMLS clients refuse such a
+// GroupInfo when they decode it, so none could join from the one the hub
+// serves; GREASE and private types stay allowed.
+func TestGroupInfoExtensionPlace(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	for _, tc := range placeCases {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 2, nil)
+			ext := Extension{Type: tc.typ, Data: []byte{0}}
+			if tc.typ == ExtRatchetTree {
+				rt := tg.g.Tree().RatchetTree()
+				data, err := marshal(&rt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ext.Data = data
+			}
+			gi := &GroupInfo{GroupContext: tg.g.GroupContext(), Extensions: Extensions{ext},
+				ConfirmationTag: tg.g.ConfirmationTag(), Signer: 1}
+			if err := gi.Sign(tg.signers[1]); err != nil {
+				t.Fatal(err)
+			}
+			checkRefusal(t, tg.g.VerifyGroupInfo(reencodeGroupInfo(t, gi)), tc.gi, ErrInvalidGroupInfo)
 		})
 	}
 }

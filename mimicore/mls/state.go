@@ -238,7 +238,8 @@ func (g *GroupState) ExternalSenders() ([]ExternalSender, error) {
 }
 
 // VerifyGroupInfo checks that gi describes the current epoch of g: the same
-// GroupContext, a ratchet_tree extension (if any) equal to the tree
+// GroupContext, extensions of unique types allowed in a GroupInfo (RFC
+// 9420 §17.3), a ratchet_tree extension (if any) equal to the tree
 // (trailing blank nodes aside; its node count is compared first, so that
 // the cost follows the extension's size rather than the group's), a
 // signer that is a member and a valid signature. A Delivery Service checks
@@ -256,6 +257,9 @@ func (g *GroupState) VerifyGroupInfo(gi *GroupInfo) error {
 		return fmt.Errorf("%w: group context differs from the group state", ErrInvalidGroupInfo)
 	}
 	if err := gi.Extensions.checkUnique(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
+	}
+	if err := gi.Extensions.checkPlace(inGroupInfo); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidGroupInfo, err)
 	}
 	if data, ok := gi.Extensions.Find(ExtRatchetTree); ok {
