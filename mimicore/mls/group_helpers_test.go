@@ -68,6 +68,12 @@ func newTestKeyPackage(tb testing.TB, cs CipherSuite, name string) (*KeyPackage,
 // filled, as if every member had committed once in leaf order (which keeps
 // every parent hash valid).
 func buildTestGroup(tb testing.TB, cs CipherSuite, n uint32, exts Extensions) *testGroup {
+	return buildTestGroupWith(tb, cs, n, exts, nil)
+}
+
+// buildTestGroupWith is buildTestGroup with mod, when set, changing each
+// member's leaf (its capabilities, its credential) before it is signed.
+func buildTestGroupWith(tb testing.TB, cs CipherSuite, n uint32, exts Extensions, mod func(i uint32, l *LeafNode)) *testGroup {
 	s, err := cs.params()
 	if err != nil {
 		tb.Fatal(err)
@@ -81,6 +87,9 @@ func buildTestGroup(tb testing.TB, cs CipherSuite, n uint32, exts Extensions) *t
 	tg := &testGroup{cs: cs, signers: make(map[uint32]crypto.Signer)}
 	for i := range n {
 		l, signer := newTestLeaf(tb, cs, fmt.Sprint("member ", i))
+		if mod != nil {
+			mod(i, l)
+		}
 		tree.setLeaf(i, l)
 		tg.signers[i] = signer
 	}
