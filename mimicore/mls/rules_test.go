@@ -253,3 +253,80 @@ func TestProposalRulesRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestMalformedKeysRefused checks, one case per check, that a commit or
+// proposal cannot bring into the group an HPKE public key its suite's KEM
+// cannot use (RFC 9420 §7.3, §10.1, §12.4.2; here an X25519 key one byte
+// short), nor a leaf node that lists one extension type twice (§13.4).
+// Members could encrypt nothing to such a key: the group could not go on.
+func TestMalformedKeysRefused(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	short := func(t *testing.T) []byte { return randomHPKEPublicKey(t, cs)[:31] }
+	add := func(t *testing.T, tg *testGroup, mod func(*LeafNode), kpMod func(*KeyPackage)) error {
+		leaf, signer := newTestLeaf(t, cs, "joiner")
+		if mod != nil {
+			mod(leaf)
+		}
+		if err := leaf.Sign(cs, signer, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: randomHPKEPublicKey(t, cs), LeafNode: *leaf}
+		if kpMod != nil {
+			kpMod(kp)
+		}
+		if err := kp.Sign(signer); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := tg.g.ApplyCommit(reencode(t, tg.commit(t, 0, byValue(addOf(kp)), false, nil)), nil)
+		return err
+	}
+	cases := []struct {
+		name string
+		run  func(t *testing.T, tg *testGroup) error
+		want error
+		msg  string
+	}{
+		{"added leaf's encryption key", func(t *testing.T, tg *testGroup) error {
+			return add(t, tg, func(l *LeafNode) { l.EncryptionKey = short(t) }, nil)
+		}, ErrInvalidProposal, "leaf node: encryption key"},
+		{"added key package's init key", func(t *testing.T, tg *testGroup) error {
+			return add(t, tg, nil, func(kp *KeyPackage) { kp.InitKey = short(t) })
+		}, ErrInvalidProposal, "init key"},
+		{"added leaf listing an extension twice", func(t *testing.T, tg *testGroup) error {
+			return add(t, tg, func(l *LeafNode) {
+				l.Capabilities.Extensions = []ExtensionType{0xff00}
+				l.Extensions = Extensions{{Type: 0xff00, Data: []byte{1}}, {Type: 0xff00, Data: []byte{2}}}
+			}, nil)
+		}, ErrInvalidProposal, "duplicate extension type"},
+		{"updated leaf's encryption key", func(t *testing.T, tg *testGroup) error {
+			leaf := tg.g.tree.leaf(1).clone()
+			leaf.Source, leaf.ParentHash, leaf.EncryptionKey = SourceUpdate, nil, short(t)
+			if err := leaf.Sign(cs, tg.signers[1], tg.g.GroupID(), 1); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := tg.g.VerifyProposal(reencode(t, tg.proposal(t, Sender{Type: SenderMember, Index: 1}, tg.signers[1],
+				&Proposal{Type: ProposalUpdate, LeafNode: leaf})))
+			return err
+		}, ErrInvalidProposal, "leaf node: encryption key"},
+		{"UpdatePath node's encryption key", func(t *testing.T, tg *testGroup) error {
+			m := tg.commit(t, 0, nil, true, nil)
+			path := m.PublicMessage.Content.Commit.Path
+			path.Nodes[0].EncryptionKey = short(t)
+			m = tg.frame(t, Sender{Type: SenderMember, Index: 0}, tg.signers[0], &Commit{Path: path})
+			_, _, err := tg.g.ApplyCommit(reencode(t, m), nil)
+			return err
+		}, ErrInvalidCommit, "invalid update path: node 1: encryption key:"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := buildTestGroup(t, cs, 3, nil)
+			err := tc.run(t, tg)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("refused for another reason than %q: %v", tc.msg, err)
+			}
+		})
+	}
+}
