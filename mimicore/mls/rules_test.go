@@ -163,6 +163,18 @@ func TestProposalRulesRefused(t *testing.T) {
 			kp := rulesKeyPackage(t, cs, nil, func(l *LeafNode) { l.EncryptionKey = tg.g.tree.leaf(2).EncryptionKey })
 			return commit(t, tg, false, addOf(kp))
 		}, ErrInvalidProposal, "encryption key already used by leaf 2"},
+		{"add whose init key is a parent node's key", func(t *testing.T, tg *testGroup, _ crypto.Signer) error {
+			signer, pub, err := cs.GenerateSignatureKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			kp := rulesKeyPackage(t, cs, signer, func(l *LeafNode) { l.SignatureKey = pub })
+			kp.InitKey = tg.g.tree.parentNode(1).EncryptionKey
+			if err := kp.Sign(signer); err != nil {
+				t.Fatal(err)
+			}
+			return commit(t, tg, false, addOf(kp))
+		}, ErrInvalidCommit, "init key is the encryption key of node 1"},
 		{"add lacking a group context extension", func(t *testing.T, tg *testGroup, _ crypto.Signer) error {
 			kp := rulesKeyPackage(t, cs, nil, func(l *LeafNode) { l.Capabilities.Extensions = []ExtensionType{extRequired} })
 			return commit(t, tg, false, addOf(kp))
