@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -30,6 +32,12 @@ const MaxAttachment = 256 << 20
 // send the new reference. The attachment's secret of that epoch is kept
 // in the client's state, as for the references Receive reads, so that
 // GetAttachment opens the client's own attachment after later commits.
+// A 429 rate_limited upload (a rate limit, or the uploader's uploads in
+// progress, docs/protocol.md §6) stored nothing: when the client waits
+// out its Retry-After (Config.MaxRetryWait), the same ciphertext is
+// uploaded again, signed anew, at most twice (maxRetries). Any other
+// refusal or failure, a 503 among them, is returned at once: the upload
+// may have been stored.
 func (c *Client) PutAttachment(ctx context.Context, groupID, plaintext []byte) (attachment.Reference, uint32, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -72,30 +80,74 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 	if err != nil {
 		return attachment.Reference{}, 0, err
 	}
-	head, err := c.sign(moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
-		GroupID: groupID, ContentLength: uint64(len(sealed.Ciphertext)), ContentHash: hash}}, m.LeafIndex())
-	if err != nil {
-		return attachment.Reference{}, 0, err
+	// A 429 rate_limited stored nothing (a rate limit, or the
+	// uploader's uploads in progress, docs/protocol.md §6 upload step 4):
+	// once the wait it asked for is over (retryWait), the same ciphertext
+	// is uploaded again, at most maxRetries times, signed anew under a
+	// later timestamp (the replay set keeps the refused request's signed
+	// bytes, §5.1). Nothing is sealed or kept again. Any other failure, a
+	// 503 among them, may have stored it: a second upload would store,
+	// and charge to the quotas, a second copy, so it is returned.
+	var signedAt uint64
+	for n := 0; ; n++ {
+		var token []byte
+		token, signedAt, err = c.upload(ctx, groupID, m.LeafIndex(), hash, sealed.Ciphertext, signedAt)
+		if err == nil {
+			return attachment.Reference{Token: token, Nonce: sealed.Nonce, Hash: sealed.Hash}, m.LeafIndex(), nil
+		}
+		if n == maxRetries || !rateLimited(err) {
+			return attachment.Reference{}, 0, err
+		}
+		d, ok := c.retryWait(ctx, err)
+		if !ok || !sleep(ctx, d) {
+			return attachment.Reference{}, 0, err
+		}
 	}
-	body := moh.UploadBody(head, bytes.NewReader(sealed.Ciphertext))
+}
+
+// rateLimited reports whether err holds a 429 rate_limited DSError: the
+// request was refused before it was carried out.
+func rateLimited(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == http.StatusTooManyRequests && e.Code == moh.CodeRateLimited
+}
+
+// upload sends ciphertext, whose hash is hash, to groupID's
+// /attachment_upload, signed as leaf index under a timestamp later than
+// after (a previous attempt's; 0 for none), so that no two attempts are
+// the same signed bytes even when the clock did not move on between them.
+// It returns the attachment's token and the timestamp it signed under.
+// c.mu is held.
+func (c *Client) upload(ctx context.Context, groupID []byte, index uint32, hash, ciphertext []byte, after uint64) ([]byte, uint64, error) {
+	at := c.now()
+	if after > 0 && at.Unix() <= int64(after) {
+		at = time.Unix(int64(after)+1, 0)
+	}
+	head, err := c.signAt(moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: groupID, ContentLength: uint64(len(ciphertext)), ContentHash: hash}}, index, at)
+	if err != nil {
+		return nil, 0, err
+	}
+	signedAt := uint64(max(at.Unix(), 0))
+	body := moh.UploadBody(head, bytes.NewReader(ciphertext))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.cfg.Gateway, "/")+"/attachment_upload", body)
 	if err != nil {
-		return attachment.Reference{}, 0, err
+		return nil, 0, err
 	}
-	req.ContentLength = int64(len(head) + len(sealed.Ciphertext))
+	req.ContentLength = int64(len(head) + len(ciphertext))
 	req.Header.Set("Content-Type", "application/octet-stream")
 	a, err := c.do(req)
 	if err != nil {
-		return attachment.Reference{}, 0, fmt.Errorf("attachment_upload: %w", err)
+		return nil, 0, fmt.Errorf("attachment_upload: %w", err)
 	}
 	if a.status != http.StatusOK {
-		return attachment.Reference{}, 0, c.refusal("attachment_upload", a)
+		return nil, signedAt, c.refusal("attachment_upload", a)
 	}
 	var r moh.DSResponse
 	if err := wire.Unmarshal(a.body, &r, "DSResponse"); err != nil || r.Type != moh.ResponseAttachmentToken {
-		return attachment.Reference{}, 0, fmt.Errorf("attachment_upload: the answer is not an attachment token")
+		return nil, 0, fmt.Errorf("attachment_upload: the answer is not an attachment token")
 	}
-	return attachment.Reference{Token: r.Token, Nonce: sealed.Nonce, Hash: sealed.Hash}, m.LeafIndex(), nil
+	return r.Token, signedAt, nil
 }
 
 // GetAttachment downloads the attachment of ref from groupID and decrypts

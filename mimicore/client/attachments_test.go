@@ -6,9 +6,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
@@ -376,5 +378,146 @@ func TestAppendKept(t *testing.T) {
 	}
 	if len(list) != maxKeptAttachments || list[0].sender != 100 {
 		t.Fatalf("%d kept, the oldest of sender %d; want %d, the oldest of sender 100", len(list), list[0].sender, maxKeptAttachments)
+	}
+}
+
+// uploadGateway answers alice's /attachment_upload requests with answers
+// in turn and, once they run out, stores the upload and answers its
+// token, as a Delivery Service would: an upload whose signed bytes it saw
+// already is 409 replay (docs/protocol.md §5.1). It records each upload's
+// DSRequest and content, and serves the stored upload to
+// /attachment_download.
+type uploadGateway struct {
+	t        *testing.T
+	mu       sync.Mutex
+	answers  []func(w http.ResponseWriter)
+	requests []*moh.DSRequest
+	contents [][]byte
+	seen     map[string]bool // the signed bytes of every upload
+	stored   []byte
+}
+
+func (g *uploadGateway) register(mux *http.ServeMux) {
+	mux.HandleFunc("/attachment_upload", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			g.t.Error(err)
+			return
+		}
+		req, n, err := moh.DecodeDSRequestPrefix(body)
+		if err != nil || req.Body.Type != moh.AttachmentUpload {
+			g.t.Errorf("an upload that is not one: %v", err)
+			writeDSError(w, http.StatusBadRequest, moh.CodeMalformed)
+			return
+		}
+		tbs, err := req.SignedBytes()
+		if err != nil {
+			g.t.Error(err)
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.requests, g.contents = append(g.requests, req), append(g.contents, body[n:])
+		if g.seen[string(tbs)] {
+			writeDSError(w, http.StatusConflict, moh.CodeReplay)
+			return
+		}
+		g.seen[string(tbs)] = true
+		if len(g.answers) > 0 {
+			answer := g.answers[0]
+			g.answers = g.answers[1:]
+			answer(w)
+			return
+		}
+		g.stored = body[n:]
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentToken, Token: []byte("token")})
+	})
+	mux.HandleFunc("/attachment_download", func(w http.ResponseWriter, r *http.Request) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		writeOK(w, &moh.DSResponse{Type: moh.ResponseAttachmentContent, Content: g.stored})
+	})
+}
+
+// TestPutAttachmentWaitsOutRateLimit: an upload refused 429 rate_limited
+// (which stored nothing: a rate limit, or the uploader's uploads in
+// progress) whose Retry-After the client waits out is uploaded again, at
+// most twice, with the same ciphertext and hash, signed anew under a
+// later timestamp (also when the clock stood still, else the Delivery
+// Service would take it for a replay); the attachment's secret is kept
+// once. A 503, whose upload may have been stored, and a 429 asking for
+// longer than Config.MaxRetryWait are returned at once. Before, every
+// refusal was returned at once.
+func TestPutAttachmentWaitsOutRateLimit(t *testing.T) {
+	withRetryAfter := func(status int, code moh.Code, after string) func(w http.ResponseWriter) {
+		return func(w http.ResponseWriter) {
+			w.Header().Set("Retry-After", after)
+			writeDSError(w, status, code)
+		}
+	}
+	rateLimited := refuseWithRetryAfter(http.StatusTooManyRequests, moh.CodeRateLimited)
+	for _, tc := range []struct {
+		name        string
+		answers     []func(w http.ResponseWriter)
+		clockStands bool     // alice's clock stands still
+		code        moh.Code // of the error PutAttachment returns; 0: success
+		uploads     int      // how many uploads the gateway got
+	}{
+		{"429, then ok", []func(http.ResponseWriter){rateLimited}, false, 0, 2},
+		{"429 twice, then ok", []func(http.ResponseWriter){rateLimited, rateLimited}, false, 0, 3},
+		{"429, then ok, the clock standing still", []func(http.ResponseWriter){rateLimited}, true, 0, 2},
+		{"429 three times", []func(http.ResponseWriter){rateLimited, rateLimited, rateLimited}, false, moh.CodeRateLimited, 3},
+		{"503 with Retry-After", []func(http.ResponseWriter){refuseWithRetryAfter(http.StatusServiceUnavailable, moh.CodeBackendUnavailable)},
+			false, moh.CodeBackendUnavailable, 1},
+		{"429 asking for longer than MaxRetryWait", []func(http.ResponseWriter){withRetryAfter(http.StatusTooManyRequests, moh.CodeRateLimited,
+			strconv.Itoa(int((DefaultMaxRetryWait+time.Second)/time.Second)))}, false, moh.CodeRateLimited, 1},
+		{"429 without Retry-After", []func(http.ResponseWriter){func(w http.ResponseWriter) {
+			writeDSError(w, http.StatusTooManyRequests, moh.CodeRateLimited)
+		}}, false, moh.CodeRateLimited, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, _, gid, _ := pair(t)
+			gw := &uploadGateway{t: t, answers: tc.answers, seen: map[string]bool{}}
+			mux := http.NewServeMux()
+			gw.register(mux)
+			fakeGateway(t, alice, mux)
+			if tc.clockStands {
+				now := time.Now()
+				alice.cfg.Now = func() time.Time { return now }
+			}
+			plain := []byte("alice's photo")
+			ref, leaf, err := alice.PutAttachment(t.Context(), gid, plain)
+			if code, _ := CodeOf(err); code != tc.code || (tc.code == 0 && err != nil) {
+				t.Fatalf("PutAttachment: %v; want code %v", err, tc.code)
+			}
+			gw.mu.Lock()
+			requests, contents := gw.requests, gw.contents
+			gw.mu.Unlock()
+			if len(requests) != tc.uploads {
+				t.Fatalf("the gateway got %d uploads, want %d", len(requests), tc.uploads)
+			}
+			for i, req := range requests[1:] {
+				first := requests[0]
+				if !bytes.Equal(contents[i+1], contents[0]) || !bytes.Equal(req.Body.Upload.ContentHash, first.Body.Upload.ContentHash) ||
+					req.Body.Upload.ContentLength != first.Body.Upload.ContentLength {
+					t.Fatalf("upload %d carried other content than the first: sealed again", i+1)
+				}
+				if prev := requests[i]; req.Auth.Timestamp <= prev.Auth.Timestamp {
+					t.Fatalf("upload %d signed under timestamp %d, not after the previous one's %d", i+1, req.Auth.Timestamp, prev.Auth.Timestamp)
+				}
+			}
+			g, err := alice.loadGroup(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(g.attachments) != 1 {
+				t.Fatalf("alice keeps %d attachment secrets, want the one of her upload", len(g.attachments))
+			}
+			if tc.code != 0 {
+				return
+			}
+			if got, err := alice.GetAttachment(t.Context(), gid, leaf, ref); err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("GetAttachment of the uploaded attachment = %q, %v", got, err)
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"time"
 
 	"golang.org/x/crypto/cryptobyte"
 
@@ -276,7 +277,12 @@ func (c *Client) forget(groupID []byte) error {
 
 // sign encodes body as a DSRequest signed by the client as leaf index.
 func (c *Client) sign(body moh.RequestBody, index uint32) ([]byte, error) {
-	req, err := ds.SignRequest(c.rec.suite, c.signer, body, ds.ClientSignature(index, c.now()))
+	return c.signAt(body, index, c.now())
+}
+
+// signAt is sign under the timestamp of at.
+func (c *Client) signAt(body moh.RequestBody, index uint32, at time.Time) ([]byte, error) {
+	req, err := ds.SignRequest(c.rec.suite, c.signer, body, ds.ClientSignature(index, at))
 	if err != nil {
 		return nil, err
 	}
