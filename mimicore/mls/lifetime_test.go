@@ -1,6 +1,7 @@
 package mls
 
 import (
+	"crypto"
 	"errors"
 	"testing"
 	"time"
@@ -64,14 +65,7 @@ func TestApplyCommitAddLifetime(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tg := buildTestGroup(t, cs, 2, nil)
-			kp, signer := newTestKeyPackage(t, cs, "joiner")
-			kp.LeafNode.Lifetime = tc.lt
-			if err := kp.LeafNode.Sign(cs, signer, nil, 0); err != nil {
-				t.Fatal(err)
-			}
-			if err := kp.Sign(signer); err != nil {
-				t.Fatal(err)
-			}
+			kp, signer := keyPackageWithLifetime(t, cs, tc.lt)
 			add := &Proposal{Type: ProposalAdd, KeyPackage: kp}
 			var props []ProposalOrRef
 			var resolve ProposalResolver
@@ -176,14 +170,7 @@ func TestApplyCommitAddMaxLifetime(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tg := buildTestGroup(t, cs, 2, nil)
-			kp, signer := newTestKeyPackage(t, cs, "joiner")
-			kp.LeafNode.Lifetime = tc.lt
-			if err := kp.LeafNode.Sign(cs, signer, nil, 0); err != nil {
-				t.Fatal(err)
-			}
-			if err := kp.Sign(signer); err != nil {
-				t.Fatal(err)
-			}
+			kp, _ := keyPackageWithLifetime(t, cs, tc.lt)
 			add := &Proposal{Type: ProposalAdd, KeyPackage: kp}
 			props := []ProposalOrRef{{Type: ProposalByValue, Proposal: add}}
 			var resolve ProposalResolver
@@ -208,4 +195,19 @@ func TestApplyCommitAddMaxLifetime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// keyPackageWithLifetime returns a KeyPackage of a new joiner whose leaf
+// has lifetime lt, signed anew, and the joiner's signer.
+func keyPackageWithLifetime(t *testing.T, cs CipherSuite, lt Lifetime) (*KeyPackage, crypto.Signer) {
+	t.Helper()
+	kp, signer := newTestKeyPackage(t, cs, "joiner")
+	kp.LeafNode.Lifetime = lt
+	if err := kp.LeafNode.Sign(cs, signer, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := kp.Sign(signer); err != nil {
+		t.Fatal(err)
+	}
+	return kp, signer
 }
