@@ -180,9 +180,10 @@ func randomHex(n int) string {
 // body. In order, before a byte of content is read: the replay set, the
 // size limit (too_large), the content_hash length for the group's suite
 // (malformed), the uploader's uploads in progress (MaxUploadsInProgress,
-// rate_limited; this upload's slot is held until Upload returns), the
-// quotas, reserved in the store with the pending record
-// (quota_exceeded). Then exactly content_length bytes are streamed into
+// rate_limited; this upload's slot is held until Upload returns), then
+// in the store's write of the pending record a group reinitialized by
+// re_initialize_group (forbidden, errReInitialized), and the quotas,
+// reserved with the record (quota_exceeded). Then exactly content_length bytes are streamed into
 // the backend while hashed with the group suite's Hash; a short or long
 // body or another hash is content_mismatch, and a body that fails to
 // arrive is answered with the reader's error. An upload whose reservation
@@ -258,6 +259,11 @@ func (s *Service) Upload(ctx context.Context, r *Request, content io.Reader) (*m
 		KeepObject:  now.Add(a.uploadDeadline() + a.commitGrace()),
 	}
 	if err := a.Store.ReserveAttachment(ctx, rec, a.Quota); err != nil {
+		if errors.Is(err, store.ErrReInitialized) {
+			// re_initialize_group closed the group, possibly after the
+			// request was authenticated.
+			return nil, errReInitialized("attachment_upload")
+		}
 		if errors.Is(err, store.ErrQuota) {
 			return nil, moh.Errorf(moh.CodeQuotaExceeded, "the attachment does not fit the group's or the uploader's quota")
 		}
@@ -538,7 +544,9 @@ func (s *Service) deleteAttachment(ctx context.Context, a *Attachments, r *Reque
 // copyAttachment records a copy in the target group (Authenticate checked
 // that the signer is a member of both) and answers its new token, which
 // the same store transaction records with the request's signature (ta,
-// from checkReplayAnswered) for a byte-identical retry.
+// from checkReplayAnswered) for a byte-identical retry. A target group
+// reinitialized by re_initialize_group is forbidden (errReInitialized),
+// checked in that transaction; a reinitialized source group is not.
 func (s *Service) copyAttachment(ctx context.Context, a *Attachments, r *Request, ta tokenAnswer) (*moh.DSResponse, error) {
 	c := &r.Body.Body.Copy
 	copier, err := r.sender()
@@ -552,6 +560,10 @@ func (s *Service) copyAttachment(ctx context.Context, a *Attachments, r *Request
 		Created: now, Expires: now.Add(a.retention())}
 	_, err = a.Store.CopyAttachment(ctx, c.GroupID, sha256.Sum256(c.Token), dst, a.Quota, ta.record(token))
 	switch {
+	case errors.Is(err, store.ErrReInitialized):
+		// The target group: a copy out of a reinitialized group is
+		// how its members carry its attachments to its successor.
+		return nil, errReInitialized("attachment_copy")
 	case errors.Is(err, store.ErrNotFound):
 		return nil, errNotFound()
 	case errors.Is(err, store.ErrQuota):

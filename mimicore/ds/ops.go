@@ -490,9 +490,11 @@ func (s *Service) welcomeInfo(ctx context.Context, r *Request) (*moh.DSResponse,
 // (§11.2), which is another group, created with create_group. So the
 // store refuses every later commit (of any type, external joins
 // included), proposal and application message of the old group in the
-// write that would accept it (store.ErrReInitialized), and its GroupInfo
-// is no longer served for external joins: forbidden, since the sender is
-// authenticated and the operation is not allowed. welcome_info still
+// write that would accept it (store.ErrReInitialized), as is every
+// attachment upload to it and copy into it (Upload, copyAttachment; its
+// attachments are still downloaded and copied out, to the new group), and
+// its GroupInfo is no longer served for external joins: forbidden, since
+// the sender is authenticated and the operation is not allowed. welcome_info still
 // serves the trees of its earlier epochs, which joiners of those epochs
 // need to process the ReInit commit and derive the resumption PSK the
 // new group's Welcome names.

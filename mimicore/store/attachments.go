@@ -101,7 +101,9 @@ type Attachments interface {
 	// an Object already recorded is ErrConflict. A hosted group deleted
 	// here (DeleteGroup) is ErrNotFound, atomically with the write: no
 	// record is written into a group whose attachments DeleteGroup
-	// dropped.
+	// dropped. A group reinitialized here (EpochCommit.ReInit) is
+	// ErrReInitialized, checked in the same write, before the quotas:
+	// its members must not use it any more. Both write nothing.
 	ReserveAttachment(ctx context.Context, a Attachment, q AttachmentQuota) error
 	// CommitAttachment makes the pending record tokenHash visible until
 	// expires. It fails with ErrNotFound when no pending, unexpired record
@@ -134,9 +136,12 @@ type Attachments interface {
 	// reference to the object; its TokenHash, GroupID, Uploader, Created
 	// and Expires are dst's own. The copy counts against q for dst's
 	// group and uploader (ErrQuota, nothing written), atomically as in
-	// ReserveAttachment; a deleted target group is ErrNotFound, as in
-	// ReserveAttachment. The same transaction records ans
-	// (SignatureAnswer). It returns the stored copy.
+	// ReserveAttachment; a deleted target group is ErrNotFound and a
+	// reinitialized one ErrReInitialized, as in ReserveAttachment,
+	// checked before the source. A reinitialized source group is no
+	// obstacle: its members carry its attachments to the group that
+	// succeeds it. The same transaction records ans (SignatureAnswer). It
+	// returns the stored copy.
 	CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32]byte, dst Attachment, q AttachmentQuota, ans SignatureAnswer) (Attachment, error)
 	// GroupAttachmentUsage returns what groupID holds.
 	GroupAttachmentUsage(ctx context.Context, groupID []byte) (AttachmentUsage, error)

@@ -24,8 +24,9 @@ var (
 	ErrProposalsChanged = fmt.Errorf("the epoch's pending proposals changed: %w", ErrConflict)
 	// ErrReInitialized reports that the group was reinitialized: a
 	// commit covering a ReInit proposal was stored (EpochCommit.ReInit),
-	// after which the group takes no commit, proposal or message, and
-	// no one may join it (RFC 9420 §11.2, §12.4.2).
+	// after which the group takes no commit, proposal, message or
+	// attachment (Attachments.ReserveAttachment, and CopyAttachment
+	// into it), and no one may join it (RFC 9420 §11.2, §12.4.2).
 	ErrReInitialized = fmt.Errorf("group was reinitialized: %w", ErrConflict)
 )
 
@@ -120,7 +121,8 @@ type GroupStore interface {
 	// c.ReInit set, the group is marked reinitialized in the same atomic
 	// write, and from then on every CommitEpoch, Deliver and AddProposal
 	// for it fails with ErrReInitialized and writes nothing (also one
-	// built on an earlier epoch), as does GroupInfo; LoadGroup,
+	// built on an earlier epoch), as do GroupInfo, and ReserveAttachment
+	// and CopyAttachment into it (Attachments); LoadGroup,
 	// WelcomeTree, JoinerKey and PendingProposals answer as before.
 	CommitEpoch(ctx context.Context, c EpochCommit) (Delivered, error)
 

@@ -164,7 +164,7 @@ func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q sto
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		if err := checkGroupNotDeleted(ctx, tx, a.GroupID); err != nil {
+		if err := checkGroupOpen(ctx, tx, a.GroupID); err != nil {
 			return err
 		}
 		if err := checkQuota(ctx, tx, a, q); err != nil {
@@ -358,7 +358,7 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 		// The target group's hub row first, as DeleteGroup takes it
 		// before the group's attachment rows: locked the other way round,
 		// a copy within a group being deleted would deadlock with it.
-		if err := checkGroupNotDeleted(ctx, tx, dst.GroupID); err != nil {
+		if err := checkGroupOpen(ctx, tx, dst.GroupID); err != nil {
 			return err
 		}
 		src, err := findCommitted(ctx, tx, srcGroup, srcHash, now, " FOR SHARE")
@@ -414,15 +414,20 @@ func (s *Store) UploaderAttachmentUsage(ctx context.Context, uploader string) (s
 	return u, nil
 }
 
-// checkGroupNotDeleted fails with ErrNotFound when the hosted group
-// groupID was deleted (deleted_groups), so that no record is written into
-// a group whose attachments DeleteGroup has dropped. It first locks the
-// group's hub row, if any, FOR SHARE: a DeleteGroup that removed the row
-// and has not committed makes it wait, and the lookup of deleted_groups
-// that follows, a statement of its own under READ COMMITTED, then sees the
-// deletion; a DeleteGroup that comes after waits for this transaction, and
-// its removal of the group's attachments then sees the record written.
-func checkGroupNotDeleted(ctx context.Context, tx pgx.Tx, groupID []byte) error {
+// checkGroupOpen fails with ErrNotFound when the hosted group groupID was
+// deleted (deleted_groups), so that no record is written into a group
+// whose attachments DeleteGroup has dropped, and with ErrReInitialized
+// when it was reinitialized (mls_groups.reinit), whose members must not
+// use it any more. It first locks the group's hub row, if any, FOR SHARE:
+// a DeleteGroup that removed the row and has not committed makes it wait,
+// and the lookup that follows, a statement of its own under READ
+// COMMITTED, then sees the deletion; a DeleteGroup that comes after waits
+// for this transaction, and its removal of the group's attachments then
+// sees the record written. The reinit flag is read in that same lookup,
+// without a lock: a reinitializing commit that this read does not see
+// had not committed when it ran, so the record counts as written before
+// the group closed, as an upload reserved before it does.
+func checkGroupOpen(ctx context.Context, tx pgx.Tx, groupID []byte) error {
 	rows, err := tx.Query(ctx, `SELECT 1 FROM group_hubs WHERE group_id = $1 FOR SHARE`, groupID)
 	if err != nil {
 		return fmt.Errorf("locking the group: %w", err)
@@ -431,12 +436,16 @@ func checkGroupNotDeleted(ctx context.Context, tx pgx.Tx, groupID []byte) error 
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("locking the group: %w", err)
 	}
-	var deleted bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM deleted_groups WHERE group_id = $1)`, groupID).Scan(&deleted); err != nil {
-		return fmt.Errorf("looking up deleted groups: %w", err)
+	var deleted, reinit bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM deleted_groups WHERE group_id = $1),
+		COALESCE((SELECT reinit FROM mls_groups WHERE group_id = $1), false)`, groupID).Scan(&deleted, &reinit); err != nil {
+		return fmt.Errorf("looking up whether the group is deleted or reinitialized: %w", err)
 	}
 	if deleted {
 		return fmt.Errorf("the group was deleted: %w", store.ErrNotFound)
+	}
+	if reinit {
+		return store.ErrReInitialized
 	}
 	return nil
 }

@@ -180,21 +180,26 @@ func deleteRecords(ctx context.Context, tx *sql.Tx, del string, args ...any) (in
 	return n, nil
 }
 
-// checkGroupNotDeleted fails with ErrNotFound when the hosted group
-// groupID was deleted (deleted_groups), so that no record is written into
-// a group whose attachments DeleteGroup has dropped. It runs in the
-// writer's transaction, so no DeleteGroup comes between it and the write.
-func checkGroupNotDeleted(ctx context.Context, tx *sql.Tx, groupID []byte) error {
-	var one int
-	err := tx.QueryRowContext(ctx, `SELECT 1 FROM deleted_groups WHERE group_id = ?1`, groupID).Scan(&one)
+// checkGroupOpen fails with ErrNotFound when the hosted group groupID was
+// deleted (deleted_groups), so that no record is written into a group
+// whose attachments DeleteGroup has dropped, and with ErrReInitialized
+// when it was reinitialized (mls_groups.reinit), whose members must not
+// use it any more. Both are looked up in one statement, by the indexes of
+// the two tables. It runs in the writer's transaction, so no DeleteGroup
+// or reinitializing CommitEpoch comes between it and the write.
+func checkGroupOpen(ctx context.Context, tx *sql.Tx, groupID []byte) error {
+	var deleted, reinit bool
+	err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM deleted_groups WHERE group_id = ?1),
+		COALESCE((SELECT reinit FROM mls_groups WHERE group_id = ?1), 0)`, groupID).Scan(&deleted, &reinit)
 	switch {
-	case err == nil:
+	case err != nil:
+		return fmt.Errorf("looking up whether the group is deleted or reinitialized: %w", err)
+	case deleted:
 		return fmt.Errorf("the group was deleted: %w", store.ErrNotFound)
-	case errors.Is(err, sql.ErrNoRows):
-		return nil
-	default:
-		return fmt.Errorf("looking up deleted groups: %w", err)
+	case reinit:
+		return store.ErrReInitialized
 	}
+	return nil
 }
 
 // dropGroupAttachments removes every record of groupID, pending or
@@ -218,7 +223,7 @@ func (s *Store) ReserveAttachment(ctx context.Context, a store.Attachment, q sto
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		if err := checkGroupNotDeleted(ctx, tx, a.GroupID); err != nil {
+		if err := checkGroupOpen(ctx, tx, a.GroupID); err != nil {
 			return err
 		}
 		if err := checkQuota(ctx, tx, a, q); err != nil {
@@ -391,14 +396,15 @@ func (s *Store) CopyAttachment(ctx context.Context, srcGroup []byte, srcHash [32
 	}
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
+		// The target group first, as pgstore checks it.
+		if err := checkGroupOpen(ctx, tx, dst.GroupID); err != nil {
+			return err
+		}
 		src, err := findCommitted(ctx, tx, srcGroup, srcHash, now)
 		if err != nil {
 			return err
 		}
 		dst.Object, dst.Size, dst.ContentHash = src.Object, src.Size, src.ContentHash
-		if err := checkGroupNotDeleted(ctx, tx, dst.GroupID); err != nil {
-			return err
-		}
 		if err := checkQuota(ctx, tx, dst, q); err != nil {
 			return err
 		}

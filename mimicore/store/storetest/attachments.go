@@ -511,6 +511,7 @@ func testAttachments(t *testing.T, open func(t *testing.T) store.Store) {
 	})
 
 	t.Run("DeleteGroup", func(t *testing.T) { testAttachmentsDeleteGroup(t, open) })
+	t.Run("ReInit", func(t *testing.T) { testAttachmentsReInit(t, open) })
 
 	t.Run("Invalid", func(t *testing.T) {
 		s := open(t)

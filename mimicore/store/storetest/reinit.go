@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"crypto/sha256"
 	"testing"
 	"time"
 
@@ -110,3 +111,65 @@ func CheckReInitMigrated(t *testing.T, s store.Store, g *Group, groupInfo []byte
 	_, c = g.Commit(t)
 	wantErr(t, "a commit after the ReInit", commitErr(s.CommitEpoch(ctx(), c)), store.ErrReInitialized)
 }
+
+// testAttachmentsReInit checks that a reinitialized group takes no
+// attachment: a reservation in it and a copy into it are ErrReInitialized
+// (before the quotas, and a copy before its source is looked up), and
+// write nothing; its attachments are still looked up, copied out and
+// deleted, and an upload reserved before the ReInit is committed.
+func testAttachmentsReInit(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	none := store.AttachmentQuota{}
+	g := NewGroup(t, randBytes(t, 16), 1)
+	gid := g.State.GroupID()
+	noErr(t, "CreateGroup", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub, State: g.State}))
+	other := []byte("attachment group of the successor")
+
+	own := attachment(t, gid, uploaderA, 100)
+	upload(t, s, own, none)
+	pending := attachment(t, gid, uploaderA, 50)
+	noErr(t, "ReserveAttachment", s.ReserveAttachment(ctx(), pending, none))
+	elsewhere := attachment(t, other, uploaderB, 10)
+	upload(t, s, elsewhere, none)
+	_, c := g.Commit(t, g.ReInit(other))
+	commitEpoch(t, s, c)
+
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"ReserveAttachment", s.ReserveAttachment(ctx(), attachment(t, gid, uploaderA, 5), none)},
+		{"ReserveAttachment over the group's quota", s.ReserveAttachment(ctx(), attachment(t, gid, uploaderA, 5),
+			store.AttachmentQuota{GroupCount: 1})},
+		{"CopyAttachment into it", copyErr(s.CopyAttachment(ctx(), other, elsewhere.TokenHash, attachment(t, gid, uploaderB, 0), none, store.SignatureAnswer{}))},
+		{"CopyAttachment within it", copyErr(s.CopyAttachment(ctx(), gid, own.TokenHash, attachment(t, gid, uploaderA, 0), none, store.SignatureAnswer{}))},
+		{"CopyAttachment of an unknown token into it", copyErr(s.CopyAttachment(ctx(), other, sha256.Sum256(randBytes(t, 32)),
+			attachment(t, gid, uploaderB, 0), none, store.SignatureAnswer{}))},
+	} {
+		t.Run(tc.name, func(t *testing.T) { wantErr(t, tc.name, tc.err, store.ErrReInitialized) })
+	}
+	u, err := s.GroupAttachmentUsage(ctx(), gid)
+	wantUsage(t, "the reinitialized group's usage after the refused writes", u, err, 150, 2)
+	u, err = s.UploaderAttachmentUsage(ctx(), uploaderB)
+	wantUsage(t, "the copier's usage after the refused copies", u, err, 10, 1)
+	wantUnreferenced(t, s)
+
+	noErr(t, "CommitAttachment of an upload reserved before the ReInit",
+		s.CommitAttachment(ctx(), pending.TokenHash, time.Now().Add(future), store.SignatureAnswer{}))
+	if _, err := s.LookupAttachment(ctx(), gid, own.TokenHash); err != nil {
+		t.Fatalf("LookupAttachment in the reinitialized group: %v", err)
+	}
+	cp, err := s.CopyAttachment(ctx(), gid, own.TokenHash, attachment(t, other, uploaderB, 0), none, store.SignatureAnswer{})
+	noErr(t, "CopyAttachment out of the reinitialized group", err)
+	if cp.Object != own.Object {
+		t.Fatalf("the copy out refers to %s, want %s", cp.Object, own.Object)
+	}
+	_, last, err := s.DeleteAttachment(ctx(), gid, own.TokenHash, "")
+	noErr(t, "DeleteAttachment in the reinitialized group", err)
+	if last {
+		t.Fatal("deleting the original reported the last reference while its copy out holds it")
+	}
+}
+
+// copyErr is the error of a CopyAttachment.
+func copyErr(_ store.Attachment, err error) error { return err }
