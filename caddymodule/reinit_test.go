@@ -1,7 +1,9 @@
 package caddymodule
 
 import (
+	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"net"
 	"net/http"
 	"testing"
@@ -15,10 +17,13 @@ import (
 // TestReInitClosesGroup runs a re_initialize_group through two gateways
 // over TLS 1.3: a's group, with bob of b as a member, is reinitialized by
 // alice; then alice's update_client at the hub, bob's send_message
-// relayed by his provider, and alice's external_commit_information are
-// each answered 403 forbidden (docs/protocol.md §5.4.1, After
+// relayed by his provider, alice's external_commit_information, and
+// attachment uploads to the group, alice's at the hub and bob's relayed,
+// are each answered 403 forbidden (docs/protocol.md §5.4.1, After
 // re_initialize_group), and the successor group the ReInit names is
-// created.
+// created. The attachment alice uploaded before the ReInit still
+// downloads and is copied out to the successor; a copy back into the old
+// group is 403 forbidden.
 func TestReInitClosesGroup(t *testing.T) {
 	a, b := twoProviders(t)
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
@@ -32,6 +37,39 @@ func TestReInitClosesGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	bob.m = m
+
+	// post sends body, signed by c as leaf, then content, to site's path.
+	post := func(t *testing.T, site *peerSite, c *peerMember, leaf uint32, path string, body moh.RequestBody, content []byte) (*http.Response, *moh.DSResponse) {
+		t.Helper()
+		req, err := ds.SignRequest(peerSuite, c.signer, body, ds.ClientSignature(leaf, time.Now()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(site.addr)
+		return postDS(t, site.client(), "https://"+site.g.Providers[0]+":"+port+path, append(req, content...))
+	}
+	upload := func(group, content []byte) moh.RequestBody {
+		h := sha256.Sum256(content)
+		return moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{GroupID: group,
+			ContentLength: uint64(len(content)), ContentHash: h[:]}}
+	}
+	copyTo := func(src, token, target []byte) moh.RequestBody {
+		return moh.RequestBody{Type: moh.AttachmentCopy, Copy: moh.AttachmentCopyRequest{GroupID: src, Token: token,
+			TargetGroupID: target, TargetSenderIndex: 0}}
+	}
+	wantForbidden := func(t *testing.T, resp *http.Response, r *moh.DSResponse) {
+		t.Helper()
+		if resp.StatusCode != http.StatusForbidden || r.Type != moh.ResponseError || r.Error.Code != moh.CodeForbidden {
+			t.Fatalf("answer %d %s %q, want 403 forbidden", resp.StatusCode, r.Error.Code, r.Error.Message)
+		}
+	}
+	// alice created the group: her leaf is 0 in it, as in the successor.
+	attached := []byte("an attachment uploaded before the ReInit")
+	resp, r := post(t, a, alice, 0, "/attachment_upload", upload(gid, attached), attached)
+	if resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentToken {
+		t.Fatalf("upload before the ReInit: %d %s %q", resp.StatusCode, r.Error.Code, r.Error.Message)
+	}
+	token := r.Token
 
 	res, err := alice.m.Commit([]*mls.Proposal{{Type: mls.ProposalReInit, ReInit: &mls.ReInit{GroupID: successor,
 		Version: mls.MLS10, CipherSuite: peerSuite}}}, nil, nil)
@@ -55,31 +93,43 @@ func TestReInitClosesGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	late := []byte("an attachment uploaded after the ReInit")
 	for _, tc := range []struct {
-		name string
-		site *peerSite
-		c    *peerMember
-		path string
-		body moh.RequestBody
+		name    string
+		site    *peerSite
+		c       *peerMember
+		path    string
+		body    moh.RequestBody
+		content []byte
 	}{
 		{"update_client at the hub", a, alice, "/group_operation", moh.RequestBody{Type: moh.UpdateClient,
 			GroupUpdate: moh.MLSGroupUpdate{Commit: *update.Commit,
-				PartialGroupInfo: moh.PartialGroupInfo{Extensions: upgi.Extensions, Signature: upgi.Signature}}}},
-		{"send_message relayed by the follower", b, bob, "/group_operation", moh.RequestBody{Type: moh.SendMessage, Message: *msg}},
+				PartialGroupInfo: moh.PartialGroupInfo{Extensions: upgi.Extensions, Signature: upgi.Signature}}}, nil},
+		{"send_message relayed by the follower", b, bob, "/group_operation", moh.RequestBody{Type: moh.SendMessage, Message: *msg}, nil},
 		{"external_commit_information at the hub", a, alice, "/external_commit_information", moh.RequestBody{
-			Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}},
+			Type: moh.ExternalCommitInfo, ExternalCommitInfo: moh.ExternalCommitInfoRequest{GroupID: gid}}, nil},
+		{"attachment_upload at the hub", a, alice, "/attachment_upload", upload(gid, late), late},
+		{"attachment_upload relayed by the follower", b, bob, "/attachment_upload", upload(gid, late), late},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, err := ds.SignRequest(peerSuite, tc.c.signer, tc.body, ds.ClientSignature(tc.c.m.LeafIndex(), time.Now()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, port, _ := net.SplitHostPort(tc.site.addr)
-			resp, r := postDS(t, tc.site.client(), "https://"+tc.site.g.Providers[0]+":"+port+tc.path, req)
-			if resp.StatusCode != http.StatusForbidden || r.Type != moh.ResponseError || r.Error.Code != moh.CodeForbidden {
-				t.Fatalf("answer %d %s %q, want 403 forbidden", resp.StatusCode, r.Error.Code, r.Error.Message)
-			}
+			resp, r := post(t, tc.site, tc.c, tc.c.m.LeafIndex(), tc.path, tc.body, tc.content)
+			wantForbidden(t, resp, r)
 		})
 	}
 	createGroupAt(t, a, alice, successor)
+
+	resp, r = post(t, a, alice, 0, "/attachment_download", moh.RequestBody{Type: moh.AttachmentDownload,
+		Attachment: moh.AttachmentRef{GroupID: gid, Token: token}}, nil)
+	if resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentContent || !bytes.Equal(r.Content, attached) {
+		t.Fatalf("download from the reinitialized group: %d %s %q", resp.StatusCode, r.Error.Code, r.Error.Message)
+	}
+	resp, r = post(t, a, alice, 0, "/attachment_copy", copyTo(gid, token, successor), nil)
+	if resp.StatusCode != http.StatusOK || r.Type != moh.ResponseAttachmentToken {
+		t.Fatalf("copy out of the reinitialized group: %d %s %q", resp.StatusCode, r.Error.Code, r.Error.Message)
+	}
+	copied := r.Token
+	t.Run("attachment_copy into the reinitialized group", func(t *testing.T) {
+		resp, r := post(t, a, alice, 0, "/attachment_copy", copyTo(successor, copied, gid), nil)
+		wantForbidden(t, resp, r)
+	})
 }
