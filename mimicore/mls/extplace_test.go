@@ -47,31 +47,14 @@ func TestLeafAndKeyPackageExtensionPlace(t *testing.T) {
 	for _, tc := range placeCases {
 		t.Run("add leaf/"+tc.name, func(t *testing.T) {
 			tg := buildTestGroup(t, cs, 2, nil)
-			leaf, signer := newTestLeaf(t, cs, "joiner")
-			withExtension(tc.typ, true)(leaf)
-			if err := leaf.Sign(cs, signer, nil, 0); err != nil {
-				t.Fatal(err)
-			}
-			kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: randomHPKEPublicKey(t, cs), LeafNode: *leaf}
-			if err := kp.Sign(signer); err != nil {
-				t.Fatal(err)
-			}
+			kp := joinerKeyPackage(t, cs, withExtension(tc.typ, true), nil)
 			add := []ProposalOrRef{{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}}
 			_, _, err := tg.g.ApplyCommit(reencode(t, tg.commit(t, 0, add, false, nil)), nil)
 			checkRefusal(t, err, tc.inLeaf, ErrInvalidProposal)
 		})
 		t.Run("key package/"+tc.name, func(t *testing.T) {
 			tg := buildTestGroup(t, cs, 2, nil)
-			leaf, signer := newTestLeaf(t, cs, "joiner")
-			withExtension(tc.typ, false)(leaf)
-			if err := leaf.Sign(cs, signer, nil, 0); err != nil {
-				t.Fatal(err)
-			}
-			kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: randomHPKEPublicKey(t, cs), LeafNode: *leaf,
-				Extensions: Extensions{{Type: tc.typ, Data: []byte{0}}}}
-			if err := kp.Sign(signer); err != nil {
-				t.Fatal(err)
-			}
+			kp := joinerKeyPackage(t, cs, withExtension(tc.typ, false), Extensions{{Type: tc.typ, Data: []byte{0}}})
 			add := []ProposalOrRef{{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}}
 			_, _, err := tg.g.ApplyCommit(reencode(t, tg.commit(t, 0, add, false, nil)), nil)
 			checkRefusal(t, err, tc.inKP, ErrInvalidProposal)

@@ -56,15 +56,7 @@ func TestLeafListsGroupParameters(t *testing.T) {
 		mod := withoutGroupParams(cs, tc.suite, tc.version)
 		t.Run("add/"+tc.name, func(t *testing.T) {
 			tg := buildTestGroup(t, cs, 2, nil)
-			leaf, signer := newTestLeaf(t, cs, "joiner")
-			mod(&leaf.Capabilities)
-			if err := leaf.Sign(cs, signer, nil, 0); err != nil {
-				t.Fatal(err)
-			}
-			kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: randomHPKEPublicKey(t, cs), LeafNode: *leaf}
-			if err := kp.Sign(signer); err != nil {
-				t.Fatal(err)
-			}
+			kp := joinerKeyPackage(t, cs, func(l *LeafNode) { mod(&l.Capabilities) }, nil)
 			add := []ProposalOrRef{{Type: ProposalByValue, Proposal: &Proposal{Type: ProposalAdd, KeyPackage: kp}}}
 			_, _, err := tg.g.ApplyCommit(reencode(t, tg.commit(t, 0, add, false, nil)), nil)
 			checkRefusal(t, err, ok, ErrInvalidProposal)
@@ -149,4 +141,21 @@ func TestNewGroupLeafListsGroupParameters(t *testing.T) {
 			checkRefusal(t, err, !tc.suite && !tc.version, ErrInvalidTree)
 		})
 	}
+}
+
+// joinerKeyPackage returns the KeyPackage, with extensions exts, of a new
+// joiner whose leaf mod changed before the leaf and the KeyPackage were
+// signed.
+func joinerKeyPackage(t *testing.T, cs CipherSuite, mod func(*LeafNode), exts Extensions) *KeyPackage {
+	t.Helper()
+	leaf, signer := newTestLeaf(t, cs, "joiner")
+	mod(leaf)
+	if err := leaf.Sign(cs, signer, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	kp := &KeyPackage{Version: MLS10, CipherSuite: cs, InitKey: randomHPKEPublicKey(t, cs), LeafNode: *leaf, Extensions: exts}
+	if err := kp.Sign(signer); err != nil {
+		t.Fatal(err)
+	}
+	return kp
 }
