@@ -89,10 +89,10 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 	if err != nil {
 		return nil, mlsError("create_group", err)
 	}
-	if lt, limit := cg.LeafNode.Lifetime, s.maxLifetime(); cg.LeafNode.Source == mls.SourceKeyPackage &&
-		limit > 0 && !lt.SpanAtMost(limit) {
-		return nil, moh.Errorf(moh.CodeInvalidMLS, "create_group: the creator's leaf lifetime [%d, %d] is longer than the %d s accepted",
-			lt.NotBefore, lt.NotAfter, uint64(limit/time.Second))
+	if cg.LeafNode.Source == mls.SourceKeyPackage {
+		if err := cg.LeafNode.Lifetime.CheckMaxLifetime(s.maxLifetime()); err != nil {
+			return nil, moh.Errorf(moh.CodeInvalidMLS, "create_group: the creator's leaf %v", err)
+		}
 	}
 	giEnc, err := encodeGroupInfo("create_group", &cg.GroupInfo)
 	if err != nil {

@@ -392,9 +392,8 @@ func (a *API) checkKeyPackage(ctx context.Context, client, enc []byte, now time.
 		// secret.
 		return nil, time.Time{}, moh.Errorf(moh.CodeMalformed, "%s", err.Error())
 	}
-	if lt, limit := kp.LeafNode.Lifetime, a.maxLifetime(); limit >= 0 && !lt.SpanAtMost(limit) {
-		return nil, time.Time{}, moh.Errorf(moh.CodeMalformed, "its lifetime [%d, %d] is longer than the %d s accepted",
-			lt.NotBefore, lt.NotAfter, uint64(limit/time.Second))
+	if err := kp.LeafNode.Lifetime.CheckMaxLifetime(a.maxLifetime()); err != nil {
+		return nil, time.Time{}, moh.Errorf(moh.CodeMalformed, "its %v", err)
 	}
 	cred := kp.LeafNode.Credential
 	if cred.Type != mls.CredentialBasic || !bytes.Equal(cred.Identity, client) {
@@ -566,7 +565,7 @@ func (a *API) claimRemote(ctx context.Context, user, peer string, req *ClaimRequ
 		if wire.Unmarshal(enc, &kp, "KeyPackage") != nil || uint16(kp.CipherSuite) != req.CipherSuite {
 			continue
 		}
-		if lt := kp.LeafNode.Lifetime; limit >= 0 && !lt.SpanAtMost(limit) {
+		if lt := kp.LeafNode.Lifetime; lt.CheckMaxLifetime(limit) != nil {
 			// A Delivery Service with the same maximum would refuse
 			// the commit that adds it.
 			a.cfg.Logger.Warn("skipped a peer's KeyPackage whose lifetime is longer than accepted",

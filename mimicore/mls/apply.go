@@ -278,9 +278,8 @@ func checkAddSpans(list []ResolvedProposal, limit time.Duration) error {
 		if p.Type != ProposalAdd {
 			continue
 		}
-		if lt := p.KeyPackage.LeafNode.Lifetime; !lt.SpanAtMost(limit) {
-			return fmt.Errorf("%w: add %d: the KeyPackage's lifetime [%d, %d] is longer than the %d s accepted",
-				ErrInvalidProposal, i, lt.NotBefore, lt.NotAfter, uint64(limit/time.Second))
+		if err := p.KeyPackage.LeafNode.Lifetime.CheckMaxLifetime(limit); err != nil {
+			return fmt.Errorf("%w: add %d: the KeyPackage's %v", ErrInvalidProposal, i, err)
 		}
 	}
 	return nil

@@ -102,6 +102,16 @@ func (l Lifetime) SpanAtMost(limit time.Duration) bool {
 	return span <= uint64(max(limit/time.Second, 0))
 }
 
+// CheckMaxLifetime refuses a lifetime longer in total than limit
+// (SpanAtMost), with an error that names both, for its callers to prefix
+// with what the lifetime is of. A limit of zero or less is no maximum.
+func (l Lifetime) CheckMaxLifetime(limit time.Duration) error {
+	if limit <= 0 || l.SpanAtMost(limit) {
+		return nil
+	}
+	return fmt.Errorf("lifetime [%d, %d] is longer than the %d s accepted", l.NotBefore, l.NotAfter, uint64(limit/time.Second))
+}
+
 // LeafNodeSource says how a leaf node was made (RFC 9420 §7.2).
 type LeafNodeSource uint8
 
