@@ -164,12 +164,23 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 	modeCfg.duration = slice.duration
 	off := 0
 	var store, bareCPU, modeCPU counters // sums over the slices
+	var bareUse, modeUse cpuUse          // likewise
 	for i := range n {
 		c0, err0 := readCounters(ctx, f.metrics)
+		s0 := sampleCPU()
 		b := t.run(ctx, "bare", http.StatusOK, bareCfg)
+		s1 := sampleCPU()
 		c1, err1 := readCounters(ctx, f.metrics)
+		s1m := sampleCPU()
 		m := t.run(ctx, prep.mode, prep.expected, modeCfg.offset(off))
+		s2 := sampleCPU()
 		c2, err2 := readCounters(ctx, f.metrics)
+		if i == 0 {
+			bareUse, modeUse = s1.since(s0), s2.since(s1m)
+		} else {
+			bareUse.add(s1.since(s0))
+			modeUse.add(s2.since(s1m))
+		}
 		if f.metrics != "" && err0 == nil && err1 == nil && err2 == nil {
 			bareCPU.cpu += c1.cpu - c0.cpu
 			modeCPU.cpu += c2.cpu - c1.cpu
@@ -201,6 +212,11 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 	}
 	if mode.Requests > 0 && modeCPU.cpu > 0 {
 		mode.ServerCPU = round(modeCPU.cpu/float64(mode.Requests)*1e6, 1)
+	}
+	bare.account(bareUse)
+	mode.account(modeUse)
+	if bare.ServerCPU > 0 && bare.ClientCPU > 0 && mode.ServerCPU > 0 && mode.ClientCPU > 0 {
+		mode.CPURatio = round((bare.ServerCPU+bare.ClientCPU)/(mode.ServerCPU+mode.ClientCPU), 3)
 	}
 	if bare.Requests > 0 && bareCPU.roundTrips > 0 {
 		bare.RoundTrips = round(bareCPU.roundTrips/float64(bare.Requests), 3)

@@ -184,6 +184,19 @@ type result struct {
 	// run, in microseconds, from Caddy's metrics (-metrics); Caddy runs
 	// nothing else meanwhile, so it is the server's cost of a request.
 	ServerCPU float64 `json:"server_cpu_us_per_req,omitempty"`
+	// ClientCPU is mimiload's own CPU time per request of the run, in
+	// microseconds: the load generator shares the machine's CPUs with
+	// Caddy, so a request costs the machine ServerCPU + ClientCPU.
+	ClientCPU float64 `json:"client_cpu_us_per_req,omitempty"`
+	// Idle is the share of the machine's CPU time that was idle or
+	// waiting for I/O during the run (from /proc/stat): near 0, the run
+	// was bound by the CPUs. Nil where /proc/stat is not read.
+	Idle *float64 `json:"machine_idle,omitempty"`
+	// CPURatio, of a mode's result, is the ratio to bare that the CPU
+	// cost alone predicts: bare's (ServerCPU + ClientCPU) over the
+	// mode's. When both runs keep the CPUs busy, the measured Ratio is
+	// close to it; it needs -metrics.
+	CPURatio float64 `json:"cpu_ratio,omitempty"`
 	// RoundTrips is the PostgreSQL store's round trips to the database
 	// per request of the run (caddy_mimi_store_round_trips_total, summed
 	// over the -metrics endpoints), background work included.
@@ -304,6 +317,18 @@ func (r *result) add(o *result) {
 	r.summarise()
 }
 
+// account sets r's ClientCPU and Idle from u, the CPU accounting of its
+// slices.
+func (r *result) account(u cpuUse) {
+	if u.clientOK && r.Requests > 0 {
+		r.ClientCPU = round(float64(u.client.Microseconds())/float64(r.Requests), 1)
+	}
+	if u.macOK && u.total > 0 {
+		idle := round(float64(u.idle)/float64(u.total), 3)
+		r.Idle = &idle
+	}
+}
+
 // offset returns cfg with its request indexes shifted by off, so that a
 // later slice of an interleaved run takes the next requests of the pool.
 func (cfg runConfig) offset(off int) runConfig {
@@ -349,6 +374,15 @@ func (r *result) print() {
 	}
 	if r.ServerCPU > 0 {
 		fmt.Printf("  server CPU %.0f us/req", r.ServerCPU)
+	}
+	if r.ClientCPU > 0 {
+		fmt.Printf("  client CPU %.0f us/req", r.ClientCPU)
+	}
+	if r.Idle != nil {
+		fmt.Printf("  machine %.0f %% idle", 100**r.Idle)
+	}
+	if r.CPURatio > 0 {
+		fmt.Printf("  (CPU cost: %.3f × bare)", r.CPURatio)
 	}
 	if r.CommitsPerSec > 0 {
 		fmt.Printf("  store: %.0f commits/s, %.2f writes per commit", r.CommitsPerSec, r.MeanBatch)
