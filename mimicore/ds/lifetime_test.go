@@ -148,3 +148,51 @@ func TestKeyPackageMaxLifetime(t *testing.T) {
 		})
 	}
 }
+
+// TestCreateGroupLifetime checks that create_group refuses, invalid_mls
+// and storing nothing, a creator's key_package leaf whose lifetime does
+// not contain the DS clock, give or take MaxClockSkew, as a commit's Add
+// is refused (docs/protocol.md §5.4.1, create_group): a joiner refuses a
+// tree with a key_package leaf outside its lifetime (RFC 9420 §7.3).
+func TestCreateGroupLifetime(t *testing.T) {
+	h := newHarness(t)
+	now := time.Now().Truncate(time.Second)
+	h.svc.Now = func() time.Time { return now }
+	// The lifetimes' lengths are TestKeyPackageMaxLifetime's.
+	h.svc.MaxKeyPackageLifetime = -1
+	sec := uint64(now.Unix())
+	skew := uint64(MaxClockSkew / time.Second)
+	const day = 24 * 3600
+	for i, tc := range []struct {
+		name     string
+		lifetime mls.Lifetime
+		accepted bool
+	}{
+		{"expired long ago", mls.Lifetime{NotBefore: sec - 30*day, NotAfter: sec - day}, false},
+		{"expired just beyond the tolerance", mls.Lifetime{NotBefore: sec - 30*day, NotAfter: sec - skew - 1}, false},
+		{"expired at the edge of the tolerance", mls.Lifetime{NotBefore: sec - 30*day, NotAfter: sec - skew}, true},
+		{"not yet valid, long before", mls.Lifetime{NotBefore: sec + day, NotAfter: sec + 30*day}, false},
+		{"not yet valid, just beyond the tolerance", mls.Lifetime{NotBefore: sec + skew + 1, NotAfter: sec + 30*day}, false},
+		{"not yet valid, at the edge of the tolerance", mls.Lifetime{NotBefore: sec + skew, NotAfter: sec + 30*day}, true},
+		{"empty lifetime around the clock", mls.Lifetime{NotBefore: sec + 1, NotAfter: sec - 1}, false},
+		{"valid", mls.Lifetime{NotBefore: sec - day, NotAfter: sec + 30*day}, true},
+		{"valid, up to the last second", mls.Lifetime{NotBefore: 0, NotAfter: 1<<64 - 1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			creator := h.newTClientEdit(t, fmt.Sprintf("creator%d", i), "phone", false, func(leaf *mls.LeafNode) {
+				leaf.Lifetime = tc.lifetime
+			})
+			gid := []byte(fmt.Sprintf("lifetime create %d", i))
+			_, err := h.do(t, createBody(t, creator, gid))
+			t.Log(err)
+			switch {
+			case tc.accepted && err != nil:
+				t.Fatalf("answer %v, want ok", err)
+			case !tc.accepted && codeOf(err) != moh.CodeInvalidMLS:
+				t.Fatalf("answer %v, want invalid_mls", err)
+			case !tc.accepted && !h.snapshot(t, gid).equal(snapshot{}):
+				t.Fatal("the refusal stored the group")
+			}
+		})
+	}
+}

@@ -68,7 +68,8 @@ var ok = &moh.DSResponse{Type: moh.ResponseOK}
 // createGroup serves create_group (docs/protocol.md §5.4): the GroupInfo
 // must describe an epoch 0 group whose only member is the body's LeafNode
 // (whose key signed the request), signed by that member; a key_package
-// leaf's total lifetime must be at most MaxKeyPackageLifetime; the leaf's
+// leaf's lifetime must contain the clock, give or take MaxClockSkew, and
+// its total lifetime must be at most MaxKeyPackageLifetime; the leaf's
 // client binding must verify; the group id must not be in use
 // (group_exists). Freshness is the store's: CreateGroup refuses an id
 // hosted here or recorded as another provider's. The Delivery Service
@@ -90,6 +91,14 @@ func (s *Service) createGroup(ctx context.Context, r *Request) (*moh.DSResponse,
 		return nil, mlsError("create_group", err)
 	}
 	if cg.LeafNode.Source == mls.SourceKeyPackage {
+		// As for the KeyPackage of an Add (mls.ApplyOptions.Now, Skew):
+		// members refuse a key_package leaf outside its lifetime (RFC
+		// 9420 §7.3), so a joiner would refuse this group's tree.
+		now := uint64(max(s.now().Unix(), 0))
+		if lt := cg.LeafNode.Lifetime; !lt.Contains(now, uint64(MaxClockSkew/time.Second)) {
+			return nil, moh.Errorf(moh.CodeInvalidMLS, "create_group: the creator's leaf lifetime [%d, %d] does not contain the time %d (tolerance %d s)",
+				lt.NotBefore, lt.NotAfter, now, uint64(MaxClockSkew/time.Second))
+		}
 		if err := cg.LeafNode.Lifetime.CheckMaxLifetime(s.maxLifetime()); err != nil {
 			return nil, moh.Errorf(moh.CodeInvalidMLS, "create_group: the creator's leaf %v", err)
 		}
