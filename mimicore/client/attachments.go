@@ -82,26 +82,49 @@ func (c *Client) putAttachment(ctx context.Context, groupID, plaintext []byte) (
 	}
 	// A 429 rate_limited stored nothing (a rate limit, or the
 	// uploader's uploads in progress, docs/protocol.md §6 upload step 4):
-	// once the wait it asked for is over (retryWait), the same ciphertext
-	// is uploaded again, at most maxRetries times, signed anew under a
-	// later timestamp (the replay set keeps the refused request's signed
-	// bytes, §5.1). Nothing is sealed or kept again. Any other failure, a
-	// 503 among them, may have stored it: a second upload would store,
-	// and charge to the quotas, a second copy, so it is returned.
-	var signedAt uint64
+	// the same ciphertext is uploaded again, signed anew (retrySigned).
+	// Nothing is sealed or kept again. Any other failure, a 503 among
+	// them, may have stored it: a second upload would store, and charge
+	// to the quotas, a second copy, so it is returned.
+	var token []byte
+	err = c.retrySigned(ctx, func(after uint64) (uint64, bool, error) {
+		t, signedAt, err := c.upload(ctx, groupID, m.LeafIndex(), hash, sealed.Ciphertext, after)
+		token = t
+		return signedAt, true, err
+	})
+	if err != nil {
+		return attachment.Reference{}, 0, err
+	}
+	return attachment.Reference{Token: token, Nonce: sealed.Nonce, Hash: sealed.Hash}, m.LeafIndex(), nil
+}
+
+// retrySigned runs attempt, which signs a request under a timestamp later
+// than after (0 on the first run) and sends it, returning the timestamp
+// it signed under, and runs it again, at most maxRetries times, after each
+// 429 rate_limited whose Retry-After the client waits out (retryWait): a
+// 429 refused the request before it was carried out (docs/protocol.md
+// §5.4 step 8), so sending it again does it once. Each run signs anew
+// under a later timestamp, even when the clock did not move on: the
+// Delivery Service may keep a refused request's signed bytes in its
+// replay set (§5.1). attempt reports, with a 429, whether it answered the
+// first sending of the signed bytes (fresh): one answering a resend after
+// a lost answer does not say whether the lost one was carried out, so it
+// is returned, as is any other refusal or failure, a 503 among them:
+// the request may have been carried out, and one signed anew would be
+// carried out again. It returns the last run's error, the refusal when
+// the wait was not waited out (too long, or ctx done). c.mu is held.
+func (c *Client) retrySigned(ctx context.Context, attempt func(after uint64) (signedAt uint64, fresh bool, err error)) error {
+	var after uint64
 	for n := 0; ; n++ {
-		var token []byte
-		token, signedAt, err = c.upload(ctx, groupID, m.LeafIndex(), hash, sealed.Ciphertext, signedAt)
-		if err == nil {
-			return attachment.Reference{Token: token, Nonce: sealed.Nonce, Hash: sealed.Hash}, m.LeafIndex(), nil
-		}
-		if n == maxRetries || !rateLimited(err) {
-			return attachment.Reference{}, 0, err
+		signedAt, fresh, err := attempt(after)
+		if err == nil || n == maxRetries || !fresh || !rateLimited(err) {
+			return err
 		}
 		d, ok := c.retryWait(ctx, err)
 		if !ok || !sleep(ctx, d) {
-			return attachment.Reference{}, 0, err
+			return err
 		}
+		after = signedAt
 	}
 }
 
@@ -112,23 +135,33 @@ func rateLimited(err error) bool {
 	return errors.As(err, &e) && e.Status == http.StatusTooManyRequests && e.Code == moh.CodeRateLimited
 }
 
-// upload sends ciphertext, whose hash is hash, to groupID's
-// /attachment_upload, signed as leaf index under a timestamp later than
-// after (a previous attempt's; 0 for none), so that no two attempts are
-// the same signed bytes even when the clock did not move on between them.
-// It returns the attachment's token and the timestamp it signed under.
-// c.mu is held.
-func (c *Client) upload(ctx context.Context, groupID []byte, index uint32, hash, ciphertext []byte, after uint64) ([]byte, uint64, error) {
+// signAfter signs body as leaf index under the current time, or, when
+// that is not later than after (a previous attempt's timestamp; 0 for
+// none), under after plus a second, so that no two attempts are the same
+// signed bytes even when the clock did not move on between them. It
+// returns the signed request and the timestamp it signed under.
+func (c *Client) signAfter(body moh.RequestBody, index uint32, after uint64) ([]byte, uint64, error) {
 	at := c.now()
 	if after > 0 && at.Unix() <= int64(after) {
 		at = time.Unix(int64(after)+1, 0)
 	}
-	head, err := c.signAt(moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
-		GroupID: groupID, ContentLength: uint64(len(ciphertext)), ContentHash: hash}}, index, at)
+	req, err := c.signAt(body, index, at)
 	if err != nil {
 		return nil, 0, err
 	}
-	signedAt := uint64(max(at.Unix(), 0))
+	return req, uint64(max(at.Unix(), 0)), nil
+}
+
+// upload sends ciphertext, whose hash is hash, to groupID's
+// /attachment_upload, signed as leaf index under a timestamp later than
+// after (signAfter). It returns the attachment's token and the timestamp
+// it signed under. c.mu is held.
+func (c *Client) upload(ctx context.Context, groupID []byte, index uint32, hash, ciphertext []byte, after uint64) ([]byte, uint64, error) {
+	head, signedAt, err := c.signAfter(moh.RequestBody{Type: moh.AttachmentUpload, Upload: moh.UploadAttachmentHeader{
+		GroupID: groupID, ContentLength: uint64(len(ciphertext)), ContentHash: hash}}, index, after)
+	if err != nil {
+		return nil, 0, err
+	}
 	body := moh.UploadBody(head, bytes.NewReader(ciphertext))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.cfg.Gateway, "/")+"/attachment_upload", body)
 	if err != nil {
@@ -284,7 +317,13 @@ func (c *Client) openAttachment(groupID []byte, m *mls.Member, senderIndex uint3
 // a ref that has a key already (a copy) passes it on. A copy request that
 // gets no answer (a connection lost before or while it came) is sent once
 // more, byte-identically, which the Delivery Service answers with the
-// first answer when the first copy was made: no second copy is made.
+// first answer when the first copy was made: no second copy is made. A
+// copy refused 429 rate_limited (which made none) is requested again,
+// signed anew, when the client waits out its Retry-After
+// (Config.MaxRetryWait), at most twice (maxRetries), as PutAttachment
+// uploads again; any other refusal or failure, a 503 among them, and a
+// 429 to the resend after a lost answer, is returned at once: the copy
+// may have been made.
 func (c *Client) CopyAttachment(ctx context.Context, srcGroupID []byte, senderIndex uint32, ref attachment.Reference, targetGroupID []byte) (attachment.Reference, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -315,18 +354,29 @@ func (c *Client) copyAttachment(ctx context.Context, srcGroupID []byte, senderIn
 	if err != nil {
 		return attachment.Reference{}, err
 	}
-	body, err := c.sign(moh.RequestBody{Type: moh.AttachmentCopy, Copy: moh.AttachmentCopyRequest{GroupID: srcGroupID, Token: ref.Token,
-		TargetGroupID: targetGroupID, TargetSenderIndex: target.LeafIndex()}}, src.LeafIndex())
-	if err != nil {
-		return attachment.Reference{}, err
-	}
-	r, err := c.postDS(ctx, "/attachment_copy", "attachment_copy", body)
-	if err != nil && isTransport(err) && ctx.Err() == nil {
-		// The answer was lost: the same bytes again get the first answer
-		// of a copy that was made (docs/protocol.md §5.1), and 409
-		// replay of one that failed or is still being made.
+	// A 429 rate_limited made no copy (docs/protocol.md §5.4 step 8): the
+	// copy is requested again, signed anew (retrySigned). A lost answer
+	// is not: the same bytes are sent once more instead, which get the
+	// first answer of a copy that was made (§5.1), and 409 replay of one
+	// that failed or is still being made; a 429 to that resend does not
+	// say whether the lost one made a copy, so it is returned, as is any
+	// other failure, a 503 among them: a copy signed anew would make a
+	// second copy, charged to the quotas.
+	copyBody := moh.RequestBody{Type: moh.AttachmentCopy, Copy: moh.AttachmentCopyRequest{GroupID: srcGroupID, Token: ref.Token,
+		TargetGroupID: targetGroupID, TargetSenderIndex: target.LeafIndex()}}
+	var r *moh.DSResponse
+	err = c.retrySigned(ctx, func(after uint64) (uint64, bool, error) {
+		body, signedAt, err := c.signAfter(copyBody, src.LeafIndex(), after)
+		if err != nil {
+			return 0, false, err
+		}
 		r, err = c.postDS(ctx, "/attachment_copy", "attachment_copy", body)
-	}
+		if err == nil || !isTransport(err) || ctx.Err() != nil {
+			return signedAt, true, err
+		}
+		r, err = c.postDS(ctx, "/attachment_copy", "attachment_copy", body)
+		return signedAt, false, err
+	})
 	if err != nil {
 		return attachment.Reference{}, err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/attachment"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // join makes group gid of creator and joiner with fresh KeyPackages of
@@ -517,6 +519,141 @@ func TestPutAttachmentWaitsOutRateLimit(t *testing.T) {
 			}
 			if got, err := alice.GetAttachment(t.Context(), gid, leaf, ref); err != nil || !bytes.Equal(got, plain) {
 				t.Fatalf("GetAttachment of the uploaded attachment = %q, %v", got, err)
+			}
+		})
+	}
+}
+
+// TestCopyAttachmentWaitsOutRateLimit: a copy refused 429 rate_limited
+// (which made no copy) whose Retry-After the client waits out is
+// requested again, at most twice, signed anew under a later timestamp
+// (also when the clock stood still, else the Delivery Service would take
+// it for a replay), as PutAttachment uploads again. A 503, whose copy may
+// have been made, a 429 asking for longer than Config.MaxRetryWait, and a
+// 429 to the byte-identical resend after a lost answer (the lost request
+// may have made the copy) are returned at once. Before, every refusal was
+// returned at once.
+func TestCopyAttachmentWaitsOutRateLimit(t *testing.T) {
+	rateLimited := refuseWithRetryAfter(http.StatusTooManyRequests, moh.CodeRateLimited)
+	lost := func(w http.ResponseWriter) {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		conn.Close()
+	}
+	type answers = []func(http.ResponseWriter)
+	for _, tc := range []struct {
+		name        string
+		answers     answers // the first requests' answers, then copies are made
+		clockStands bool    // alice's clock stands still
+		code        moh.Code
+		requests    int
+		// resent lists the requests that are the previous one's bytes
+		// again (after a lost answer); every other one is signed anew.
+		resent []int
+	}{
+		{"429, then ok", answers{rateLimited}, false, 0, 2, nil},
+		{"429 twice, then ok", answers{rateLimited, rateLimited}, false, 0, 3, nil},
+		{"429, then ok, the clock standing still", answers{rateLimited}, true, 0, 2, nil},
+		{"429 three times", answers{rateLimited, rateLimited, rateLimited}, false, moh.CodeRateLimited, 3, nil},
+		{"429, then the answer lost, then ok", answers{rateLimited, lost}, false, 0, 3, []int{2}},
+		{"503 with Retry-After", answers{refuseWithRetryAfter(http.StatusServiceUnavailable, moh.CodeBackendUnavailable)},
+			false, moh.CodeBackendUnavailable, 1, nil},
+		{"the answer lost, then 429", answers{lost, rateLimited}, false, moh.CodeRateLimited, 2, []int{1}},
+		{"429 asking for longer than MaxRetryWait", answers{func(w http.ResponseWriter) {
+			w.Header().Set("Retry-After", strconv.Itoa(int((DefaultMaxRetryWait+time.Second)/time.Second)))
+			writeDSError(w, http.StatusTooManyRequests, moh.CodeRateLimited)
+		}}, false, moh.CodeRateLimited, 1, nil},
+		{"429 without Retry-After", answers{func(w http.ResponseWriter) {
+			writeDSError(w, http.StatusTooManyRequests, moh.CodeRateLimited)
+		}}, false, moh.CodeRateLimited, 1, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			alice, bob, gid, _ := pair(t)
+			bm, err := bob.member(gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sealed, err := attachment.Seal(bm, DefaultCipherSuite, bm.LeafIndex(), []byte("bob's photo"), rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := attachment.Reference{Token: []byte("bob's token"), Nonce: sealed.Nonce, Hash: sealed.Hash}
+			if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), protect(t, bob, gid, ref.String()))); err != nil || ev.Kind != EventMessage {
+				t.Fatalf("alice opening bob's message: %+v, %v", ev, err)
+			}
+			st := &attachmentStore{t: t, byKey: map[string][]byte{}}
+			st.put(gid, ref.Token, sealed.Ciphertext)
+			inner := http.NewServeMux()
+			st.register(inner)
+			var mu sync.Mutex
+			var bodies [][]byte
+			pending := tc.answers
+			mux := http.NewServeMux()
+			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/attachment_copy" {
+					inner.ServeHTTP(w, r)
+					return
+				}
+				raw, err := io.ReadAll(r.Body)
+				if err != nil {
+					t.Errorf("reading the copy request: %v", err)
+					return
+				}
+				mu.Lock()
+				bodies = append(bodies, raw)
+				var answer func(http.ResponseWriter)
+				if len(pending) > 0 {
+					answer, pending = pending[0], pending[1:]
+				}
+				mu.Unlock()
+				if answer != nil {
+					answer(w)
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(raw))
+				inner.ServeHTTP(w, r)
+			})
+			fakeGateway(t, alice, mux)
+			if tc.clockStands {
+				now := time.Now()
+				alice.cfg.Now = func() time.Time { return now }
+			}
+
+			copied, err := alice.CopyAttachment(t.Context(), gid, bm.LeafIndex(), ref, gid)
+			if code, _ := CodeOf(err); code != tc.code || (tc.code == 0 && err != nil) {
+				t.Fatalf("CopyAttachment = %s, %v; want code %v", copied, err, tc.code)
+			}
+			if tc.code == 0 && !bytes.Equal(copied.Token, []byte("copy of bob's token")) {
+				t.Fatalf("CopyAttachment = %s; want the copy's token", copied)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(bodies) != tc.requests {
+				t.Fatalf("%d copy requests, want %d", len(bodies), tc.requests)
+			}
+			for i := 1; i < len(bodies); i++ {
+				if slices.Contains(tc.resent, i) {
+					if !bytes.Equal(bodies[i], bodies[i-1]) {
+						t.Fatalf("copy request %d, after a lost answer, is not the same bytes again", i)
+					}
+					continue
+				}
+				var prev, req moh.DSRequest
+				if err := wire.Unmarshal(bodies[i-1], &prev, "DSRequest"); err != nil {
+					t.Fatal(err)
+				}
+				if err := wire.Unmarshal(bodies[i], &req, "DSRequest"); err != nil {
+					t.Fatal(err)
+				}
+				if req.Auth.Timestamp <= prev.Auth.Timestamp {
+					t.Fatalf("copy request %d signed under timestamp %d, not after the previous one's %d", i, req.Auth.Timestamp, prev.Auth.Timestamp)
+				}
+				if !bytes.Equal(req.Body.Copy.Token, ref.Token) || !bytes.Equal(req.Body.Copy.TargetGroupID, gid) {
+					t.Fatalf("copy request %d copies another attachment: %+v", i, req.Body.Copy)
+				}
 			}
 		})
 	}
