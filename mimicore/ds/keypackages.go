@@ -121,9 +121,16 @@ func (s *Service) connectionKeyPackages(ctx context.Context, v *provider.Verifie
 // (store.KeyPackages.ClaimKeyPackages, provider.Verified.InlineReplay), so
 // that a request whose answer is not recorded claimed nothing, and a copy
 // of it processed elsewhere on the same store claims nothing more. The
-// request names no cipher suite (c.Suite stays 0).
+// request names no cipher suite (c.Suite stays 0). A package whose
+// lifetime is longer than MaxKeyPackageLifetime, or has ended, is not
+// handed out: a single-use one is consumed and the client's next taken,
+// a last-resort one skipped.
 func (s *Service) claimKeyPackages(ctx context.Context, v *provider.Verified, what string, c store.KeyPackageClaim,
 	answerOf func(claimed []store.KeyPackage) *moh.DSResponse) (*moh.DSResponse, error) {
+	// Only packages this Delivery Service would still add are handed
+	// out: one stored under a longer maximum than today's, or whose
+	// lifetime ended, is dropped (store.KeyPackageClaim.Usable).
+	c.Usable = store.UsableKeyPackages(s.now(), s.maxLifetime())
 	recorded := false
 	c.Replay = func(claimed []store.KeyPackage) (*store.ReplayRecord, error) {
 		recorded = false

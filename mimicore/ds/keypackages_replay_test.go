@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // The claims of a KeyPackage request and its replay log entry are one
@@ -200,7 +202,7 @@ func TestKeyPackageClaimLargestAnswer(t *testing.T) {
 		clients = append(clients, uri)
 		for range 2 {
 			if err := h.st.PublishKeyPackages(t.Context(), uri, []store.KeyPackage{{Client: uri, Suite: 1,
-				Ref: randomBytes(t, 32), KeyPackage: randomBytes(t, store.MaxKeyPackageSize),
+				Ref: randomBytes(t, 32), KeyPackage: paddedKeyPackage(t, uri, store.MaxKeyPackageSize),
 				NotAfter: time.Now().Add(time.Hour)}}, store.KeyPackageLimits{}); err != nil {
 				t.Fatal(err)
 			}
@@ -212,9 +214,9 @@ func TestKeyPackageClaimLargestAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the largest answer (%d KeyPackages of %d bytes): %v", len(clients), store.MaxKeyPackageSize, err)
 	}
-	// The packages are random bytes of the largest size (the directory
-	// does not parse them), so the answer is checked by its size: every
-	// client's package is in it.
+	// The packages are unsigned KeyPackages padded to the largest size
+	// (the directory only decodes them, for their lifetime), so the
+	// answer is checked by its size: every client's package is in it.
 	if len(first) < len(clients)*store.MaxKeyPackageSize {
 		t.Fatalf("answer of %d bytes, want %d KeyPackages of %d bytes", len(first), len(clients), store.MaxKeyPackageSize)
 	}
@@ -227,4 +229,40 @@ func TestKeyPackageClaimLargestAnswer(t *testing.T) {
 			t.Fatalf("%s has %d KeyPackages left, want 1: the retry claimed again", c, n)
 		}
 	}
+}
+
+// paddedKeyPackage encodes a KeyPackage of identity, of random keys and a
+// lifetime from an hour ago to a day from now, padded by an extension to
+// exactly size bytes; it decodes, it does not verify.
+func paddedKeyPackage(t *testing.T, identity string, size int) []byte {
+	t.Helper()
+	now := uint64(time.Now().Unix())
+	suite := mls.X25519AES128GCMSHA256Ed25519
+	kp := &mls.KeyPackage{Version: mls.MLS10, CipherSuite: suite, InitKey: randomBytes(t, 32),
+		LeafNode: mls.LeafNode{EncryptionKey: randomBytes(t, 32), SignatureKey: randomBytes(t, 32),
+			Credential: mls.Credential{Type: mls.CredentialBasic, Identity: []byte(identity)},
+			Capabilities: mls.Capabilities{Versions: []mls.ProtocolVersion{mls.MLS10}, CipherSuites: []mls.CipherSuite{suite},
+				Credentials: []mls.CredentialType{mls.CredentialBasic}},
+			Source: mls.SourceKeyPackage, Lifetime: mls.Lifetime{NotBefore: now - 3600, NotAfter: now + 24*3600},
+			Signature: randomBytes(t, 64)},
+		Signature:  randomBytes(t, 64),
+		Extensions: mls.Extensions{{Type: 0xff00}}}
+	base, err := wire.Marshal(kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The padding's length prefixes grow with it: shrink it until the
+	// whole fits.
+	for pad := size - len(base); pad >= 0; pad-- {
+		kp.Extensions[0].Data = make([]byte, pad)
+		enc, err := wire.Marshal(kp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(enc) == size {
+			return enc
+		}
+	}
+	t.Fatalf("no padding makes a KeyPackage of %d bytes", size)
+	return nil
 }

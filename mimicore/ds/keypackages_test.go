@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/provider"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
@@ -127,6 +128,75 @@ func TestKeyPackagesForPeers(t *testing.T) {
 				t.Fatalf("answer %v, want %s", err, tc.code)
 			}
 		})
+	}
+}
+
+// TestKeyPackagesUnusableNotHandedOut claims, for a peer, KeyPackages
+// stored before the Delivery Service's maximum lifetime was what it is
+// (docs/protocol.md §4.2): one whose lifetime is longer than
+// MaxKeyPackageLifetime, or whose not_after has passed, is not handed
+// out, since the Delivery Service would refuse the commit that adds it. A
+// single-use one is consumed and the client's next one handed out; a
+// last-resort one is skipped, and stays available.
+func TestKeyPackagesUnusableNotHandedOut(t *testing.T) {
+	h := newHarness(t)
+	now := time.Now()
+	sec := uint64(now.Unix())
+	const day = 24 * 3600
+	long := func(leaf *mls.LeafNode) { leaf.Lifetime = mls.Lifetime{NotBefore: sec - 3600, NotAfter: sec + 400*day} }
+	ended := func(leaf *mls.LeafNode) { leaf.Lifetime = mls.Lifetime{NotBefore: sec - 30*day, NotAfter: sec - 1} }
+	// publish stores c's KeyPackage as available until notAfter, which
+	// orders the claims (the earliest first), whatever its lifetime says.
+	publish := func(c *tclient, notAfter time.Duration, lastResort bool) []byte {
+		t.Helper()
+		enc := mustMarshal(t, c.c.kp)
+		if err := h.st.PublishKeyPackages(t.Context(), c.uri, []store.KeyPackage{{Client: c.uri, Suite: uint16(c.c.kp.CipherSuite),
+			Ref: c.kpRef, KeyPackage: enc, NotAfter: now.Add(notAfter), LastResort: lastResort}}, store.KeyPackageLimits{}); err != nil {
+			t.Fatal(err)
+		}
+		return enc
+	}
+	requester := []byte(moh.UserURI("c.example", "carol"))
+
+	publish(h.newTClientEdit(t, "bob", "phone", false, long), time.Hour, false)
+	publish(h.newTClientEdit(t, "bob", "phone", false, ended), 2*time.Hour, false)
+	bobGood := publish(h.newTClient(t, "bob", "phone", false), 3*time.Hour, false)
+	bobLaptop := h.newTClientEdit(t, "bob", "laptop", false, long)
+	publish(bobLaptop, time.Hour, true)
+	resp, err := h.peerAsk(t, moh.GroupKeyPackages, "c.example", mustMarshal(t, &moh.GroupKeyPackagesRequest{Requester: requester,
+		ClientIDs: [][]byte{[]byte(moh.ClientURI(testProvider, "bob", "phone")), []byte(bobLaptop.uri)}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.KeyPackages) != 1 || !bytes.Equal(resp.KeyPackages[0], bobGood) || len(resp.Missing) != 1 || !bytes.Equal(resp.Missing[0], []byte(bobLaptop.uri)) {
+		t.Fatalf("group_key_packages answered %d KeyPackages, missing %q; want the phone's usable one, the laptop missing",
+			len(resp.KeyPackages), resp.Missing)
+	}
+	if n := h.available(t, moh.ClientURI(testProvider, "bob", "phone")); n != 0 {
+		t.Fatalf("the phone has %d KeyPackages left, want none: the unusable ones are consumed", n)
+	}
+	if n := h.available(t, bobLaptop.uri); n != 1 {
+		t.Fatalf("the laptop has %d KeyPackages left, want its last-resort one", n)
+	}
+
+	publish(h.newTClientEdit(t, "dave", "phone", false, long), time.Hour, false)
+	daveGood := publish(h.newTClient(t, "dave", "phone", false), 2*time.Hour, false)
+	publish(h.newTClientEdit(t, "dave", "laptop", false, long), time.Hour, true)
+	resp, err = h.peerAsk(t, moh.ConnectionKeyPackages, "c.example", mustMarshal(t, &moh.ConnectionKeyPackagesRequest{
+		Requester: requester, UserID: []byte(moh.UserURI(testProvider, "dave"))}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.KeyPackages) != 1 || !bytes.Equal(resp.KeyPackages[0], daveGood) {
+		t.Fatalf("connection_key_packages answered %d KeyPackages, want the phone's usable one", len(resp.KeyPackages))
+	}
+
+	// With no maximum, the long last-resort package is handed out.
+	h.svc.MaxKeyPackageLifetime = -1
+	resp, err = h.peerAsk(t, moh.GroupKeyPackages, "c.example", mustMarshal(t, &moh.GroupKeyPackagesRequest{Requester: requester,
+		ClientIDs: [][]byte{[]byte(bobLaptop.uri)}}))
+	if err != nil || len(resp.KeyPackages) != 1 {
+		t.Fatalf("group_key_packages without a maximum: %+v, %v; want the laptop's last-resort KeyPackage", resp, err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package localapi
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -135,5 +136,66 @@ func TestClaimRemoteSkipsOverlongKeyPackages(t *testing.T) {
 				t.Fatalf("%d warnings of a skipped KeyPackage, want %d", n, want)
 			}
 		})
+	}
+}
+
+// TestClaimLocalDropsOverlongKeyPackages publishes KeyPackages under a
+// maximum lifetime of 3650 days, then lowers it to the default: a claim
+// (by client and by user) no longer hands out the ones whose lifetime is
+// longer. A single-use one is consumed and the client's next one handed
+// out instead; a last-resort one is skipped and stays available. Before,
+// the directory handed out whatever it held, and the Delivery Service
+// refused the commit that added it.
+func TestClaimLocalDropsOverlongKeyPackages(t *testing.T) {
+	maxLifetime := 3650 * 24 * time.Hour
+	now := time.Now()
+	api := newPublishAPI(t, Config{MaxKeyPackageLifetime: func() time.Duration { return maxLifetime }})
+	p := newPublisher(t, api, "bob")
+	// Over 366 days in total, ending before the usable ones, so that a
+	// claim takes it first.
+	long := &mls.Lifetime{NotBefore: uint64(now.Add(-400 * 24 * time.Hour).Unix()), NotAfter: uint64(now.Add(time.Hour).Unix())}
+	publish := func(client string, lt *mls.Lifetime, lastResort bool) []byte {
+		t.Helper()
+		p.lifetime = lt
+		e := p.entries(client, 1, lastResort)
+		if code := p.publish(client, e); code != 0 {
+			t.Fatalf("publishing for %s: %v", client, code)
+		}
+		return e[0].KeyPackage
+	}
+	const (
+		phone  = "mimi://a.example/d/bob/phone"
+		laptop = "mimi://a.example/d/bob/laptop"
+		tablet = "mimi://a.example/d/bob/tablet"
+	)
+	publish(phone, long, false)
+	phoneGood := publish(phone, nil, false)
+	publish(laptop, long, true)
+	publish(tablet, long, false)
+	tabletGood := publish(tablet, nil, false)
+	maxLifetime = 0 // the default, 366 days
+
+	claim := func(target string) []KeyPackageEntry {
+		t.Helper()
+		list, err := api.ClaimKeyPackages(t.Context(), "alice", &ClaimRequest{CipherSuite: uint16(publishSuite), Target: []byte(target)})
+		if err != nil {
+			t.Fatalf("claiming %s: %v", target, err)
+		}
+		return list
+	}
+	if got := claim(phone); len(got) != 1 || !bytes.Equal(got[0].KeyPackage, phoneGood) {
+		t.Fatalf("claiming the phone answered %d KeyPackages, want its usable one", len(got))
+	}
+	if n := p.count(phone); n != 0 {
+		t.Fatalf("the phone has %d KeyPackages left, want none: the over-long one is consumed", n)
+	}
+	if got := claim(laptop); len(got) != 0 {
+		t.Fatalf("claiming the laptop answered %d KeyPackages, want none: its last-resort one is too long", len(got))
+	}
+	if n := p.count(laptop); n != 1 {
+		t.Fatalf("the laptop has %d KeyPackages left, want its last-resort one", n)
+	}
+	if got := claim("mimi://a.example/u/bob"); len(got) != 1 || !bytes.Equal(got[0].KeyPackage, tabletGood) {
+		t.Fatalf("claiming bob answered %d KeyPackages, want the tablet's usable one", len(got))
 	}
 }

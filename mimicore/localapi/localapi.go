@@ -473,7 +473,10 @@ func (a *API) list(ctx context.Context, client string) ([]KeyPackageEntry, error
 // last-resort one stays. Any authenticated user may claim the packages of
 // any user of the provider, as a peer provider may through
 // group_key_packages, as fast as Config.ClaimLimits allows per user and
-// target user (a client URI counts as its user). A target of another
+// target user (a client URI counts as its user). A package whose lifetime
+// is longer than MaxKeyPackageLifetime (stored under a longer maximum) or
+// has ended is not handed out: a single-use one is consumed and the
+// client's next taken, a last-resort one skipped. A target of another
 // provider is claimed from that provider (Config.Peers), as fast as
 // Config.RemoteClaimLimits also allows per user across all targets; a
 // client or user without a package is an empty list.
@@ -505,25 +508,24 @@ func (a *API) ClaimKeyPackages(ctx context.Context, user string, req *ClaimReque
 		}
 		return a.claimRemote(ctx, user, string(prov), req, byUser)
 	}
-	var kps []store.KeyPackage
+	// Only packages a Delivery Service would still add are handed out:
+	// one stored under a longer maximum than today's, or whose lifetime
+	// ended, is dropped (store.KeyPackageClaim.Usable).
+	c := store.KeyPackageClaim{Suite: req.CipherSuite, Usable: store.UsableKeyPackages(a.cfg.Now(), a.maxLifetime())}
 	if byUser {
-		prefix := moh.ClientURI(string(prov), string(u), "")
-		if kps, err = a.cfg.Store.ClaimKeyPackagesByPrefix(ctx, prefix, req.CipherSuite); err != nil {
-			return nil, storeError("claiming key packages", err)
-		}
+		c.Prefix = moh.ClientURI(string(prov), string(u), "")
 	} else {
-		kp, err := a.cfg.Store.ClaimKeyPackage(ctx, string(req.Target), req.CipherSuite)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-		case err != nil:
-			return nil, storeError("claiming key package", err)
-		default:
-			kps = append(kps, kp)
-		}
+		c.Clients = []string{string(req.Target)}
 	}
-	out := make([]KeyPackageEntry, len(kps))
-	for i, kp := range kps {
-		out[i] = KeyPackageEntry{LastResort: kp.LastResort, KeyPackage: kp.KeyPackage}
+	kps, err := a.cfg.Store.ClaimKeyPackages(ctx, c)
+	if err != nil {
+		return nil, storeError("claiming key packages", err)
+	}
+	out := make([]KeyPackageEntry, 0, len(kps))
+	for _, kp := range kps {
+		if kp.Ref != nil { // not the zero KeyPackage of a client without one
+			out = append(out, KeyPackageEntry{LastResort: kp.LastResort, KeyPackage: kp.KeyPackage})
+		}
 	}
 	return out, nil
 }

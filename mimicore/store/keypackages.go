@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // Limits of KeyPackages and Queues on client URIs.
@@ -212,4 +215,36 @@ type KeyPackageClaim struct {
 	// run is the one that committed), so it only computes; its error
 	// fails the write.
 	Replay func(claimed []KeyPackage) (*ReplayRecord, error)
+	// Usable, when not nil, says whether a package the claim would hand
+	// out can still enter a group: the store does not decode packages,
+	// so the caller decides (UsableKeyPackages), for instance on one
+	// stored before the Delivery Service's maximum lifetime was what it
+	// is now. A single-use package it refuses is claimed all the same,
+	// in the same write (it never becomes usable: consuming it is
+	// dropping it), but not handed out: the claim takes the client's
+	// next package instead, as ClaimKeyPackage would. A last-resort
+	// package it refuses is not handed out and stays available, for the
+	// client to replace; the client then has no package to hand out
+	// (with Suite 0, no other suite's last-resort package is tried). It
+	// runs inside the write, perhaps more than once, so it only computes.
+	Usable func(KeyPackage) bool
+}
+
+// UsableKeyPackages returns a KeyPackageClaim.Usable for a claim at now:
+// it accepts a package whose bytes decode as a KeyPackage whose leaf
+// lifetime has not ended (now <= not_after, in seconds) and is at most
+// maxLifetime long in total (mls.Lifetime.CheckMaxLifetime; zero or less
+// means no maximum), as a Delivery Service with that maximum checks the
+// KeyPackage of an Add. The packages were checked so when published, but
+// under the maximum of then: this drops those the current one refuses.
+func UsableKeyPackages(now time.Time, maxLifetime time.Duration) func(KeyPackage) bool {
+	sec := uint64(max(now.Unix(), 0))
+	return func(kp KeyPackage) bool {
+		var p mls.KeyPackage
+		if wire.Unmarshal(kp.KeyPackage, &p, "KeyPackage") != nil {
+			return false
+		}
+		lt := p.LeafNode.Lifetime
+		return sec <= lt.NotAfter && lt.CheckMaxLifetime(maxLifetime) == nil
+	}
 }

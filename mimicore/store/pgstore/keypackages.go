@@ -291,6 +291,24 @@ func claimTx(ctx context.Context, tx pgx.Tx, client string, suite uint16, now in
 	return kp, nil
 }
 
+// claimUsableTx is claimTx handing out only a package usable accepts (nil:
+// any), as store.KeyPackageClaim.Usable says: a single-use package it
+// refuses stays claimed in tx, and the next is taken; a last-resort one it
+// refuses leaves the client without a package (marked handed out by
+// claimTx all the same, which only keeps its ref until its NotAfter once
+// it is replaced). Each turn consumes a package, so the loop ends.
+func claimUsableTx(ctx context.Context, tx pgx.Tx, client string, suite uint16, now int64, usable func(store.KeyPackage) bool) (store.KeyPackage, error) {
+	for {
+		kp, err := claimTx(ctx, tx, client, suite, now)
+		if err != nil || usable == nil || usable(kp) {
+			return kp, err
+		}
+		if kp.LastResort {
+			return store.KeyPackage{}, fmt.Errorf("the client's last-resort KeyPackage is not usable: %w", store.ErrNotFound)
+		}
+	}
+}
+
 // ClaimKeyPackagesByPrefix implements store.KeyPackages: the clients with
 // an available package are found and each claims one, in one transaction.
 func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix string, suite uint16) ([]store.KeyPackage, error) {
@@ -304,7 +322,7 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 	var kps []store.KeyPackage
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
-		kps, err = claimPrefixTx(ctx, tx, clientPrefix, suite, s.nowMs())
+		kps, err = claimPrefixTx(ctx, tx, clientPrefix, suite, s.nowMs(), nil)
 		return err
 	})
 	if err != nil {
@@ -315,8 +333,10 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 
 // claimPrefixTx claims, inside tx at time now (Unix ms), a package of
 // suite for each client whose URI starts with clientPrefix, as
-// ClaimKeyPackagesByPrefix does.
-func claimPrefixTx(ctx context.Context, tx pgx.Tx, clientPrefix string, suite uint16, now int64) ([]store.KeyPackage, error) {
+// ClaimKeyPackagesByPrefix does, handing out only packages usable accepts
+// (claimUsableTx).
+func claimPrefixTx(ctx context.Context, tx pgx.Tx, clientPrefix string, suite uint16, now int64,
+	usable func(store.KeyPackage) bool) ([]store.KeyPackage, error) {
 	// client >= prefix bounds the index range; starts_with decides.
 	// The column is COLLATE "C", so the order is bytewise.
 	rows, _ := tx.Query(ctx, `SELECT DISTINCT client FROM key_packages
@@ -329,9 +349,9 @@ func claimPrefixTx(ctx context.Context, tx pgx.Tx, clientPrefix string, suite ui
 	}
 	kps := make([]store.KeyPackage, 0, len(clients))
 	for _, c := range clients {
-		kp, err := claimTx(ctx, tx, c, suite, now)
+		kp, err := claimUsableTx(ctx, tx, c, suite, now, usable)
 		if errors.Is(err, store.ErrNotFound) {
-			continue // its last package was claimed since the listing
+			continue // its last package was claimed since the listing, or none was usable
 		}
 		if err != nil {
 			return nil, err
@@ -341,8 +361,8 @@ func claimPrefixTx(ctx context.Context, tx pgx.Tx, clientPrefix string, suite ui
 	return kps, nil
 }
 
-// ClaimKeyPackages implements store.KeyPackages: the claims and the replay
-// record are one transaction. The record is written last, so a
+// ClaimKeyPackages implements store.KeyPackages: the claims, with the
+// checks of c.Usable, and the replay record are one transaction. The record is written last, so a
 // concurrent copy of the request (the same replay key) waits on the
 // record's row for this transaction's outcome, and the claims of the one
 // that loses roll back with it.
@@ -359,11 +379,11 @@ func (s *Store) ClaimKeyPackages(ctx context.Context, c store.KeyPackageClaim) (
 		now := s.nowMs()
 		var err error
 		if c.Prefix != "" {
-			kps, err = claimPrefixTx(ctx, tx, c.Prefix, c.Suite, now)
+			kps, err = claimPrefixTx(ctx, tx, c.Prefix, c.Suite, now, c.Usable)
 		} else {
 			kps = make([]store.KeyPackage, len(c.Clients))
 			for i, client := range c.Clients {
-				kps[i], err = claimTx(ctx, tx, client, c.Suite, now)
+				kps[i], err = claimUsableTx(ctx, tx, client, c.Suite, now, c.Usable)
 				if errors.Is(err, store.ErrNotFound) {
 					kps[i], err = store.KeyPackage{Client: client}, nil
 				}

@@ -248,6 +248,25 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, client string, suite ui
 	return kp, nil
 }
 
+// claimUsableTx is claimTx handing out only a package usable accepts (nil:
+// any), as store.KeyPackageClaim.Usable says: a single-use package it
+// refuses stays claimed, and the next is taken; a last-resort one it
+// refuses leaves the client without a package (marked handed out by
+// kpLastResortSQL all the same, which only keeps its ref until its
+// NotAfter once it is replaced). Each turn consumes a package, so the
+// loop ends.
+func (s *Store) claimUsableTx(ctx context.Context, tx *sql.Tx, client string, suite uint16, now int64, usable func(store.KeyPackage) bool) (store.KeyPackage, error) {
+	for {
+		kp, err := s.claimTx(ctx, tx, client, suite, now)
+		if err != nil || usable == nil || usable(kp) {
+			return kp, err
+		}
+		if kp.LastResort {
+			return store.KeyPackage{}, fmt.Errorf("the client's last-resort KeyPackage is not usable: %w", store.ErrNotFound)
+		}
+	}
+}
+
 // ClaimKeyPackagesByPrefix implements store.KeyPackages: the clients with
 // an available package are found and each claims one, in one op.
 func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix string, suite uint16) ([]store.KeyPackage, error) {
@@ -261,7 +280,7 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 	var kps []store.KeyPackage
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
-		kps, err = s.claimPrefixTx(ctx, tx, clientPrefix, suite, check.Millis(s.now()))
+		kps, err = s.claimPrefixTx(ctx, tx, clientPrefix, suite, check.Millis(s.now()), nil)
 		return err
 	})
 	if err != nil {
@@ -272,8 +291,10 @@ func (s *Store) ClaimKeyPackagesByPrefix(ctx context.Context, clientPrefix strin
 
 // claimPrefixTx claims, inside tx at time now (Unix ms), a package of
 // suite for each client whose URI starts with clientPrefix, as
-// ClaimKeyPackagesByPrefix does.
-func (s *Store) claimPrefixTx(ctx context.Context, tx *sql.Tx, clientPrefix string, suite uint16, now int64) ([]store.KeyPackage, error) {
+// ClaimKeyPackagesByPrefix does, handing out only packages usable accepts
+// (claimUsableTx).
+func (s *Store) claimPrefixTx(ctx context.Context, tx *sql.Tx, clientPrefix string, suite uint16, now int64,
+	usable func(store.KeyPackage) bool) ([]store.KeyPackage, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT client FROM key_packages
 		WHERE client >= ?1 AND client < ?2 AND (?3 = 0 OR suite = ?3) AND claimed_ms IS NULL AND not_after_ms > ?4
 		ORDER BY client LIMIT ?5`, clientPrefix, check.PrefixEnd(clientPrefix), int64(suite), now, store.MaxClaimClients)
@@ -295,7 +316,10 @@ func (s *Store) claimPrefixTx(ctx context.Context, tx *sql.Tx, clientPrefix stri
 	}
 	kps := make([]store.KeyPackage, 0, len(clients))
 	for _, c := range clients {
-		kp, err := s.claimTx(ctx, tx, c, suite, now)
+		kp, err := s.claimUsableTx(ctx, tx, c, suite, now, usable)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // none of its packages was usable
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -304,8 +328,8 @@ func (s *Store) claimPrefixTx(ctx context.Context, tx *sql.Tx, clientPrefix stri
 	return kps, nil
 }
 
-// ClaimKeyPackages implements store.KeyPackages: the claims and the replay
-// record are one op.
+// ClaimKeyPackages implements store.KeyPackages: the claims, with the
+// checks of c.Usable, and the replay record are one op.
 func (s *Store) ClaimKeyPackages(ctx context.Context, c store.KeyPackageClaim) ([]store.KeyPackage, error) {
 	const doing = "claiming KeyPackages"
 	if err := s.checkOpen(doing); err != nil {
@@ -321,11 +345,11 @@ func (s *Store) ClaimKeyPackages(ctx context.Context, c store.KeyPackageClaim) (
 		now := check.Millis(s.now())
 		var err error
 		if c.Prefix != "" {
-			kps, err = s.claimPrefixTx(ctx, tx, c.Prefix, c.Suite, now)
+			kps, err = s.claimPrefixTx(ctx, tx, c.Prefix, c.Suite, now, c.Usable)
 		} else {
 			kps = make([]store.KeyPackage, len(clients))
 			for i, client := range clients {
-				kps[i], err = s.claimTx(ctx, tx, client, c.Suite, now)
+				kps[i], err = s.claimUsableTx(ctx, tx, client, c.Suite, now, c.Usable)
 				if errors.Is(err, store.ErrNotFound) {
 					kps[i], err = store.KeyPackage{Client: client}, nil
 				}

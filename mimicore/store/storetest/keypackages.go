@@ -38,6 +38,7 @@ func RunKeyPackageTests(t *testing.T, open func(t *testing.T, clock *Clock) stor
 	t.Run("ClaimWithReplay", func(t *testing.T) { testKPClaimWithReplay(t, plain) })
 	t.Run("ClaimWithReplayInvalid", func(t *testing.T) { testKPClaimWithReplayInvalid(t, plain) })
 	t.Run("ClaimWithReplayConcurrent", func(t *testing.T) { testKPClaimWithReplayConcurrent(t, plain) })
+	t.Run("ClaimUsable", func(t *testing.T) { testKPClaimUsable(t, plain) })
 }
 
 const (
@@ -1061,4 +1062,61 @@ func PublishRace(t *testing.T, stores []store.Store) {
 	if total > bound || passed != bound/per {
 		t.Fatalf("%d publishes of %d passed, %d packages available; want %d passed, at most %d", passed, per, total, bound/per, bound)
 	}
+}
+
+// testKPClaimUsable claims with KeyPackageClaim.Usable, which here
+// refuses the packages named "old ...": a refused single-use package is
+// consumed and the client's next one handed out, in the one write that
+// also records the answer built from what was handed out; a refused
+// last-resort package is not handed out and stays available; by prefix,
+// a client left without a usable package is not in the answer.
+func testKPClaimUsable(t *testing.T, open func(t *testing.T) store.Store) {
+	s := open(t)
+	exp := time.Now().Add(future)
+	const (
+		phone  = "mimi://a.example/d/bob/phone"
+		laptop = "mimi://a.example/d/bob/laptop"
+	)
+	runs := 0
+	usable := func(kp store.KeyPackage) bool {
+		runs++
+		return !bytes.HasPrefix(kp.KeyPackage, []byte("keypackage:old"))
+	}
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), phone, []store.KeyPackage{
+		KP(phone, 1, "old 1", exp, false), KP(phone, 1, "old 2", exp.Add(time.Minute), false),
+		KP(phone, 1, "new 3", exp.Add(2*time.Minute), false), KP(phone, 1, "new 4", exp.Add(3*time.Minute), false),
+		KP(phone, 1, "old lr", exp, true)}, store.KeyPackageLimits{}))
+	noErr(t, "publish", s.PublishKeyPackages(ctx(), laptop, []store.KeyPackage{KP(laptop, 1, "old laptop lr", exp, true)}, store.KeyPackageLimits{}))
+
+	kps, err := s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{phone, laptop}, Usable: usable, Replay: kpReplay("usable", nil)})
+	noErr(t, "ClaimKeyPackages by client", err)
+	if len(kps) != 2 {
+		t.Fatalf("ClaimKeyPackages of 2 clients answered %d", len(kps))
+	}
+	sameKP(t, "the phone's", kps[0], KP(phone, 1, "new 3", exp.Add(2*time.Minute), false))
+	sameKP(t, "the laptop's", kps[1], store.KeyPackage{Client: laptop})
+	if runs < 4 {
+		t.Fatalf("Usable ran %d times, want at least 4 (old 1, old 2, new 3, the laptop's)", runs)
+	}
+	wantReplay(t, s, "usable", "claimed:ref:new 3,-")
+	// The refused single-use packages are gone; the refused last-resort
+	// ones stay.
+	wantRefs(t, "the phone's packages", list(t, s, phone), "old lr", "new 4")
+	wantRefs(t, "the laptop's packages", list(t, s, laptop), "old laptop lr")
+
+	// By prefix: the laptop, with no usable package, is left out.
+	kps, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Prefix: "mimi://a.example/d/bob/", Usable: usable})
+	noErr(t, "ClaimKeyPackages by prefix", err)
+	wantRefs(t, "ClaimKeyPackages by prefix", kps, "new 4")
+	// The phone is down to its refused last-resort package.
+	kps, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Prefix: "mimi://a.example/d/bob/", Usable: usable})
+	noErr(t, "ClaimKeyPackages by prefix, nothing usable left", err)
+	if len(kps) != 0 {
+		t.Fatalf("ClaimKeyPackages by prefix with nothing usable answered %d packages", len(kps))
+	}
+	wantRefs(t, "the phone's packages at the end", list(t, s, phone), "old lr")
+	// Without Usable, the last-resort package is handed out.
+	kps, err = s.ClaimKeyPackages(ctx(), store.KeyPackageClaim{Clients: []string{phone}})
+	noErr(t, "ClaimKeyPackages without Usable", err)
+	wantRefs(t, "ClaimKeyPackages without Usable", kps, "old lr")
 }
