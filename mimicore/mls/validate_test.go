@@ -2,6 +2,7 @@ package mls
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -26,50 +27,66 @@ func TestTreeValidationRejects(t *testing.T) {
 		p := *tr.parentNode(x)
 		return &p
 	}
-	cases := map[string]*Tree{
-		"leaf signature": mutate(func(tr *Tree) {
+	// Each case breaks one rule and names the message of the check that
+	// must catch it: Validate stops at the first check that fails, so a
+	// corruption that also broke an earlier check (a leaf's signature,
+	// say) would pass whether or not its own check existed.
+	cases := []struct {
+		name string
+		tree *Tree
+		want string
+	}{
+		{"leaf signature", mutate(func(tr *Tree) {
 			l := leafCopy(tr, 2)
 			l.Signature = append([]byte{}, l.Signature...)
 			l.Signature[0] ^= 1
 			tr.setLeaf(2, l)
-		}),
-		"leaf signed for another group": mutate(func(tr *Tree) {
+		}), "leaf 2: "},
+		{"leaf signed for another group", mutate(func(tr *Tree) {
 			l := leafCopy(tr, 2)
 			if err := l.Sign(tg.cs, tg.signers[2], []byte("other"), 2); err != nil {
 				t.Fatal(err)
 			}
 			tr.setLeaf(2, l)
-		}),
-		"parent hash": mutate(func(tr *Tree) {
+		}), "leaf 2: "},
+		{"parent hash", mutate(func(tr *Tree) {
 			p := parentCopy(tr, 3)
 			p.EncryptionKey = randomHPKEPublicKey(t, tg.cs)
 			tr.set(3, &Node{Type: NodeParent, Parent: p})
-		}),
-		"duplicate signature key": mutate(func(tr *Tree) {
+		}), "node 3 is not parent-hash valid"},
+		// Signed anew by the key it now names, so that its signature
+		// stays valid and only the duplicate is wrong.
+		{"duplicate signature key", mutate(func(tr *Tree) {
 			l := leafCopy(tr, 4)
 			l.SignatureKey = tr.leaf(0).SignatureKey
+			if err := l.Sign(tg.cs, tg.signers[0], groupID, 4); err != nil {
+				t.Fatal(err)
+			}
 			tr.setLeaf(4, l)
-		}),
-		"duplicate encryption key": mutate(func(tr *Tree) {
+		}), "leaves 0 and 4 share a signature key"},
+		{"duplicate encryption key", mutate(func(tr *Tree) {
 			p := parentCopy(tr, 1)
 			p.EncryptionKey = tr.leaf(5).EncryptionKey
 			tr.set(1, &Node{Type: NodeParent, Parent: p})
-		}),
-		"unmerged leaf not below": mutate(func(tr *Tree) {
+		}), "share an encryption key"},
+		{"unmerged leaf not below", mutate(func(tr *Tree) {
 			p := parentCopy(tr, 1)
 			p.UnmergedLeaves = []uint32{3}
 			tr.set(1, &Node{Type: NodeParent, Parent: p})
-		}),
-		"blank unmerged leaf": mutate(func(tr *Tree) {
+		}), "node 1: unmerged leaf 3"},
+		{"blank unmerged leaf", mutate(func(tr *Tree) {
 			p := parentCopy(tr, 7)
 			p.UnmergedLeaves = []uint32{7}
 			tr.set(7, &Node{Type: NodeParent, Parent: p})
-		}),
+		}), "node 7: unmerged leaf 7"},
 	}
-	for name, tr := range cases {
-		if err := tr.Validate(groupID); !errors.Is(err, ErrInvalidTree) {
-			t.Errorf("%s: %v", name, err)
-		}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.tree.Validate(groupID)
+			if !errors.Is(err, ErrInvalidTree) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Validate = %v, want ErrInvalidTree naming %q", err, tc.want)
+			}
+		})
 	}
 	if err := tg.g.tree.Validate(groupID); err != nil {
 		t.Fatalf("corrupting clones changed the original: %v", err)
