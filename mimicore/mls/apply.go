@@ -88,6 +88,14 @@ type ApplyOptions struct {
 	// a longer one is refused with ErrInvalidProposal. RFC 9420 §7.2 has
 	// the application choose it; zero applies none.
 	MaxLifetime time.Duration
+	// ReInitialization says the commit is part of a reinitialization: the
+	// first commit of the group a ReInit named, which adds the old
+	// group's members (RFC 9420 §11.2). Its PreSharedKey proposals may
+	// then name resumption PSKs of usage reinit, which are invalid in any
+	// other commit (§12.1.4). Which PSK it must be (the old group's
+	// resumption_psk of the epoch its ReInit started) is the caller's to
+	// check: the validator knows only this group.
+	ReInitialization bool
 }
 
 // ApplyCommitWith is ApplyCommit with the options of opts: the resolver of
@@ -121,7 +129,7 @@ func (g *GroupState) applyCommit(pm *PublicMessage, opts ApplyOptions) (*GroupSt
 	if err != nil {
 		return nil, nil, err
 	}
-	pathRequired, err := g.checkProposalList(list, committer)
+	pathRequired, err := g.checkProposalList(list, committer, opts.ReInitialization)
 	if err != nil {
 		return nil, nil, err
 	}

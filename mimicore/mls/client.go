@@ -230,6 +230,12 @@ type CommitOptions struct {
 	// new one into the group this way. The committer's capabilities must
 	// list every extension type that is not a default one.
 	LeafExtensions Extensions
+	// ReInitialization makes the commit part of a reinitialization (see
+	// ApplyOptions.ReInitialization): ByValue may then hold the
+	// PreSharedKey proposal of the reinit PSK that RFC 9420 §11.2 has
+	// the new group's first commit carry (ReInitPSK makes it), whose
+	// secret the member's PSKLookup (GroupOptions.PSKs) returns.
+	ReInitialization bool
 }
 
 // CommitWith is Commit with options.
@@ -252,7 +258,7 @@ func (m *Member) CommitWith(opts CommitOptions) (*CommitResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("committing: %w", err)
 	}
-	if _, err := g.checkProposalList(list, self); err != nil {
+	if _, err := g.checkProposalList(list, self, opts.ReInitialization); err != nil {
 		return nil, fmt.Errorf("committing: %w", err)
 	}
 	n := g.next()

@@ -65,7 +65,7 @@ func JoinExternal(gi *GroupInfo, opts ExternalJoinOptions) (*MLSMessage, *Member
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := g.checkProposalList(list, self); err != nil {
+	if _, err := g.checkProposalList(list, self, false); err != nil {
 		return nil, nil, fmt.Errorf("joining externally: %w", err)
 	}
 	n := g.next()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/hpke"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"maps"
@@ -125,6 +126,32 @@ func (m *Member) LeafIndex() uint32 { return m.leaf }
 
 // EpochAuthenticator returns a copy of the current epoch_authenticator.
 func (m *Member) EpochAuthenticator() []byte { return cloneBytes(m.secrets.EpochAuthenticator) }
+
+// ResumptionPSK returns a copy of the resumption_psk of the current epoch
+// (RFC 9420 §8): the secret of the resumption PSKs that name this group
+// and epoch, such as the reinit PSK of a group that reinitializes it
+// (§11.2), which its joiners resolve with their PSKLookup.
+func (m *Member) ResumptionPSK() []byte { return cloneBytes(m.secrets.ResumptionPSK) }
+
+// ReInitPSK returns the PreSharedKey proposal of the reinit PSK of the
+// member's group at its current epoch, the one a commit covering a ReInit
+// started (RFC 9420 §11.2): psktype resumption, usage reinit, this group's
+// id and epoch, and a random nonce of KDF.Nh bytes of newSuite, the
+// cipher suite the ReInit names, in which the new group validates it
+// (§12.1.4). The new group's creator commits it with its first Adds
+// (CommitOptions.ReInitialization); the secret is ResumptionPSK.
+func (m *Member) ReInitPSK(newSuite CipherSuite) (*Proposal, error) {
+	s, err := newSuite.params()
+	if err != nil {
+		return nil, fmt.Errorf("making reinit psk: %w", err)
+	}
+	nonce := make([]byte, s.nh)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, fmt.Errorf("making reinit psk: %w", err)
+	}
+	return &Proposal{Type: ProposalPSK, PSK: &PreSharedKeyID{Type: PSKResumption, Usage: ResumptionReInit,
+		PSKGroupID: cloneBytes(m.state.ctx.GroupID), PSKEpoch: m.state.ctx.Epoch, Nonce: nonce}}, nil
+}
 
 // Export is the MLS-Exporter of the current epoch (RFC 9420 §8.5).
 func (m *Member) Export(label string, context []byte, length uint16) ([]byte, error) {

@@ -110,7 +110,7 @@ func (g *GroupState) VerifyProposal(m *MLSMessage) (*AuthenticatedContent, []byt
 	if err := g.verifyContent(ac); err != nil {
 		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
 	}
-	if err := g.validateProposal(ac.Content.Proposal, ac.Content.Sender, false, false, nil, nil); err != nil {
+	if err := g.validateProposal(ac.Content.Proposal, ac.Content.Sender, false, false, false, nil, nil); err != nil {
 		return nil, nil, fmt.Errorf("verifying proposal: %w", err)
 	}
 	enc, err := marshal(ac)
@@ -150,12 +150,15 @@ func (g *GroupState) verifyContent(ac *AuthenticatedContent) error {
 // state (RFC 9420 §12.1). inCommit defers the group checks of new leaf
 // nodes to the moment they enter the tree, since earlier proposals of the
 // same commit may change the outcome (an Add of a client whose old leaf is
-// removed). inExternalCommit allows ExternalInit. supported, when not nil,
+// removed). inExternalCommit allows ExternalInit. inReInit allows a
+// resumption PSK of usage reinit (RFC 9420 §12.1.4: only "as part of a
+// reinitialization of the group", §11.2), which is otherwise invalid, as
+// one of usage branch always is here. supported, when not nil,
 // remembers the proposal types of no RFC 9420 default found supported by
 // every member, so that a list of many costs one scan of the group per
 // type rather than per proposal. removed lists the leaves the commit
 // removes, which need not support such types (RFC 9420 §12.2).
-func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inExternalCommit bool, supported map[ProposalType]bool, removed map[uint32]bool) error {
+func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inExternalCommit, inReInit bool, supported map[ProposalType]bool, removed map[uint32]bool) error {
 	switch sender.Type {
 	case SenderExternal:
 		switch p.Type {
@@ -201,7 +204,7 @@ func (g *GroupState) validateProposal(p *Proposal, sender Sender, inCommit, inEx
 		}
 	case ProposalPSK:
 		psk := p.PSK
-		if psk.Type == PSKResumption && psk.Usage != ResumptionApplication {
+		if psk.Type == PSKResumption && psk.Usage != ResumptionApplication && !(inReInit && psk.Usage == ResumptionReInit) {
 			return fmt.Errorf("%w: resumption psk usage %d in a commit", ErrInvalidProposal, psk.Usage)
 		}
 		if len(psk.Nonce) != g.s.nh {
@@ -293,14 +296,16 @@ func (g *GroupState) resolveProposals(c *Commit, committer Sender, resolve Propo
 
 // checkProposalList applies the list rules of RFC 9420 §12.2 that need no
 // secret, and the external commit rules of §12.4.3.2. It reports whether
-// the commit must carry a path.
+// the commit must carry a path. inReInit says the commit is part of a
+// reinitialization (ApplyOptions.ReInitialization): its PSK proposals may
+// be of usage reinit.
 //
 // The rules on types, counts and repeats come first, at a constant cost
 // per proposal, and the first broken one stops the check: an external
 // commit, authenticated by nothing but its own signature, is refused for
 // the proposals it may not cover before any of them is validated (a
 // KeyPackage signature check per Add).
-func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender) (pathRequired bool, err error) {
+func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender, inReInit bool) (pathRequired bool, err error) {
 	external := committer.Type == SenderNewMemberCommit
 	if external {
 		if err := checkExternalCommitTypes(list); err != nil {
@@ -360,7 +365,7 @@ func (g *GroupState) checkProposalList(list []ResolvedProposal, committer Sender
 	}
 	supported := make(map[ProposalType]bool)
 	for _, rp := range list {
-		if err := g.validateProposal(rp.Proposal, rp.Sender, true, external, supported, removed); err != nil {
+		if err := g.validateProposal(rp.Proposal, rp.Sender, true, external, inReInit, supported, removed); err != nil {
 			return false, err
 		}
 	}

@@ -1,0 +1,151 @@
+package mls
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// reinitGroups runs RFC 9420 §11.2 up to the new group's first commit: A
+// creates a group and adds B, A commits a ReInit naming "successor" and
+// both follow it. It returns A and B in the old group's last epoch and
+// the new group, created by A with a PSKLookup that resolves the old
+// group's reinit PSK, at epoch 0, and the KeyPackage client B joins it
+// with.
+func reinitGroups(t *testing.T, cs CipherSuite) (oldA, oldB, creator *Member, b2 *testClient) {
+	t.Helper()
+	a, b := newTestClient(t, cs, "A"), newTestClient(t, cs, "B")
+	alice, err := NewGroup(a.groupOptions(cs, "old group"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: b.kp}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := res.Next, b.join(t, res.Welcome)
+	res, err = alice.Commit([]*Proposal{{Type: ProposalReInit, ReInit: &ReInit{GroupID: []byte("successor"),
+		Version: MLS10, CipherSuite: cs}}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob = res.Next, follow(t, bob, res.Commit, nil)
+	opts := a.groupOptions(cs, "successor")
+	opts.PSKs = reinitLookup(alice)
+	creator, err = NewGroup(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return alice, bob, creator, newTestClient(t, cs, "B")
+}
+
+// reinitLookup resolves the reinit PSK of old's group and epoch to old's
+// resumption_psk, and no other PSK.
+func reinitLookup(old *Member) PSKLookup {
+	return func(id *PreSharedKeyID) ([]byte, error) {
+		if id.Type != PSKResumption || id.Usage != ResumptionReInit ||
+			!bytes.Equal(id.PSKGroupID, old.State().GroupID()) || id.PSKEpoch != old.State().Epoch() {
+			return nil, errors.New("unknown psk")
+		}
+		return old.ResumptionPSK(), nil
+	}
+}
+
+// TestReInitPSK follows a reinitialization to its end (RFC 9420 §11.2): the
+// new group's first commit adds B with the reinit PSK of the old group
+// (Member.ReInitPSK, CommitOptions.ReInitialization), a validator accepts
+// it with ApplyOptions.ReInitialization, and B, resolving the PSK to its
+// own resumption_psk of the old group, joins at the creator's epoch
+// secrets; with any other secret for the PSK it cannot join. In every
+// suite.
+func TestReInitPSK(t *testing.T) {
+	for _, cs := range []CipherSuite{1, 2, 3, 5, 7} {
+		t.Run(fmt.Sprint("suite=", uint16(cs)), func(t *testing.T) {
+			oldA, oldB, creator, b2 := reinitGroups(t, cs)
+			if !bytes.Equal(oldA.ResumptionPSK(), oldB.ResumptionPSK()) || len(oldA.ResumptionPSK()) == 0 {
+				t.Fatal("the old group's members disagree on its resumption_psk")
+			}
+			psk, err := oldA.ReInitPSK(cs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if psk.PSK.PSKEpoch != 2 || !bytes.Equal(psk.PSK.PSKGroupID, []byte("old group")) {
+				t.Fatalf("reinit psk names group %q epoch %d, want the old group's epoch 2", psk.PSK.PSKGroupID, psk.PSK.PSKEpoch)
+			}
+			res, err := creator.CommitWith(CommitOptions{ByValue: []*Proposal{{Type: ProposalAdd, KeyPackage: b2.kp}, psk},
+				ReInitialization: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds, info, err := creator.State().ApplyCommitWith(reencode(t, res.Commit), ApplyOptions{ReInitialization: true})
+			if err != nil {
+				t.Fatalf("validating the first commit of the new group: %v", err)
+			}
+			if len(info.PSKs) != 1 || info.PSKs[0].Usage != ResumptionReInit {
+				t.Fatalf("commit info PSKs %+v, want the reinit psk", info.PSKs)
+			}
+			if _, _, err := creator.State().ApplyCommit(reencode(t, res.Commit), nil); err == nil ||
+				!errors.Is(err, ErrInvalidProposal) || !strings.Contains(err.Error(), "resumption psk usage") {
+				t.Fatalf("the same commit outside a reinitialization: %v, want the usage refused", err)
+			}
+			joined, err := JoinFromWelcome(reencode(t, res.Welcome).Welcome, WelcomeOptions{KeyPackage: b2.kp,
+				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer, PSKs: reinitLookup(oldB)})
+			if err != nil {
+				t.Fatalf("joining with the old group's resumption_psk: %v", err)
+			}
+			sameEpoch(t, ds, res.Next, joined)
+
+			wrong := func(*PreSharedKeyID) ([]byte, error) { return randomBytes(t, len(oldB.ResumptionPSK())), nil }
+			if _, err := JoinFromWelcome(reencode(t, res.Welcome).Welcome, WelcomeOptions{KeyPackage: b2.kp,
+				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer, PSKs: wrong}); err == nil {
+				t.Fatal("joined with another secret for the reinit psk")
+			}
+		})
+	}
+}
+
+// TestReInitPSKUsages checks which PSKs ReInitialization admits: a
+// resumption PSK of usage reinit only; one of usage branch stays invalid,
+// and the nonce must still be KDF.Nh bytes. Without the option the client
+// refuses to commit the reinit PSK at all.
+func TestReInitPSKUsages(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	oldA, _, creator, b2 := reinitGroups(t, cs)
+	psk := func(edit func(*PreSharedKeyID)) *Proposal {
+		p, err := oldA.ReInitPSK(cs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if edit != nil {
+			edit(p.PSK)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name   string
+		p      *Proposal
+		reinit bool
+		msg    string // what the refusal names; "" for accepted
+	}{
+		{"reinit usage in a reinitialization", psk(nil), true, ""},
+		{"reinit usage outside one", psk(nil), false, "resumption psk usage 2"},
+		{"branch usage in a reinitialization", psk(func(id *PreSharedKeyID) { id.Usage = ResumptionBranch }), true, "resumption psk usage 3"},
+		{"short nonce in a reinitialization", psk(func(id *PreSharedKeyID) { id.Nonce = id.Nonce[1:] }), true, "psk nonce of 31 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := creator.CommitWith(CommitOptions{ByValue: []*Proposal{{Type: ProposalAdd, KeyPackage: b2.kp}, tc.p},
+				ReInitialization: tc.reinit})
+			switch {
+			case tc.msg == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.msg == "":
+			case err == nil:
+				t.Fatal("accepted")
+			case !errors.Is(err, ErrInvalidProposal) || !strings.Contains(err.Error(), tc.msg):
+				t.Fatalf("refused for another reason than %q: %v", tc.msg, err)
+			}
+		})
+	}
+}
