@@ -216,7 +216,7 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 		Delete: typ == moh.DeleteGroup,
 		// re_initialize_group: the group is closed in the write that
 		// accepts its ReInit (errReInitialized).
-		ReInit: info.ReInit != nil}
+		ReInit: info.ReInit}
 	delivered, err := s.Store.CommitEpoch(ctx, ec)
 	// The write is tried again, whichever comes first and in any order,
 	// once with the group's local members when the store does not know

@@ -40,6 +40,10 @@ const (
 	MaxGroupInfoSize = 1 << 20
 	// MaxPendingProposals bounds the proposals pending in one epoch.
 	MaxPendingProposals = 256
+	// MaxReInitSize bounds the encoded ReInit proposal a reinitializing
+	// commit keeps (EpochCommit.ReInit): that of a commit message
+	// (MaxProposalSize), whose only proposal it is.
+	MaxReInitSize = MaxProposalSize
 	// WelcomeTreeEpochs and WelcomeTreeLifetime bound how long the ratchet
 	// tree of a Welcome's epoch is kept (PROFILE §5): while the group's
 	// current epoch is less than the Welcome's epoch plus
@@ -125,6 +129,17 @@ type GroupStore interface {
 	// and CopyAttachment into it (Attachments); LoadGroup,
 	// WelcomeTree, JoinerKey and PendingProposals answer as before.
 	CommitEpoch(ctx context.Context, c EpochCommit) (Delivered, error)
+
+	// ReInitOf returns what the store kept of the commit that
+	// reinitialized a group hosted here (EpochCommit.ReInit): the ReInit
+	// proposal it covered and the epoch it started, so that the group the
+	// ReInit names can check the reinit PSK its first commit carries (RFC
+	// 9420 §11.2). It is one lookup by group id. It is ErrNotFound when
+	// the group is not hosted here (also once deleted) or not
+	// reinitialized, and also when it was reinitialized before the store
+	// kept the ReInit proposal (a group marked so by an older version of
+	// the store has none to return).
+	ReInitOf(ctx context.Context, groupID []byte) (ReInitRecord, error)
 
 	// Deliver writes f, the delivery of a message the DS accepted for a
 	// group hosted here in epoch (an application message), in one atomic
@@ -281,11 +296,26 @@ type EpochCommit struct {
 	// without the deletion it was for, nor the deletion without it.
 	Delete bool
 	// ReInit, set for a commit that covers a ReInit proposal
-	// (re_initialize_group), marks the group reinitialized in the same
-	// atomic write as the new epoch: the group takes nothing more
-	// (ErrReInitialized). It excludes Delete and Welcome (ErrInvalid):
-	// a ReInit is the only proposal of its commit (RFC 9420 §12.2).
-	ReInit bool
+	// (re_initialize_group) to that proposal, marks the group
+	// reinitialized in the same atomic write as the new epoch: the group
+	// takes nothing more (ErrReInitialized). The proposal is kept with
+	// the mark, for the group it names to check the reinit PSK of its
+	// first commit (ReInitOf). It excludes Delete and Welcome
+	// (ErrInvalid): a ReInit is the only proposal of its commit (RFC 9420
+	// §12.2). Its encoding is at most MaxReInitSize bytes (ErrInvalid).
+	ReInit *mls.ReInit
+}
+
+// ReInitRecord is what the store keeps of the commit that reinitialized a
+// group (EpochCommit.ReInit), as ReInitOf returns it.
+type ReInitRecord struct {
+	// ReInit is the ReInit proposal the commit covered: the id, version,
+	// cipher suite and GroupContext extensions of the group that
+	// continues it (RFC 9420 §11.2).
+	ReInit *mls.ReInit
+	// Epoch is the epoch the commit started, the group's last: the
+	// psk_epoch of its reinit PSK (RFC 9420 §11.2).
+	Epoch uint64
 }
 
 // Joiner is a KeyPackage that a commit added by value and its Welcome

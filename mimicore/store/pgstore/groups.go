@@ -30,12 +30,14 @@ const (
 	// groupAdvanceSQL moves a group to the next epoch only while it is
 	// at the base state and not reinitialized: $7 group id, $8 base
 	// epoch, $9 base GroupContext (which holds the tree hash), $10 base
-	// interim transcript hash; $12 marks it reinitialized. The UPDATE
+	// interim transcript hash; $12, the encoded ReInit proposal of a
+	// reinitializing commit (NULL for others), marks it reinitialized
+	// and is kept (ReInitOf). The UPDATE
 	// locks the row, so of rival commits on one base the second
 	// waits for the first, then finds the row changed and returns none.
 	groupAdvanceSQL = `UPDATE mls_groups
 		SET epoch = $1, context = $2, interim = $3, conf_tag = $4, width = $5, updated_ms = $6, group_info = $11,
-			reinit = $12
+			reinit = $12::bytea IS NOT NULL, reinit_proposal = $12
 		WHERE group_id = $7 AND epoch = $8 AND context = $9 AND interim = $10 AND NOT reinit
 		RETURNING id`
 	// nodesInsertSQL writes the positions $2 (with nodes $4 and hashes
@@ -248,6 +250,10 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	if err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
+	reinit, err := check.ReInit(c.ReInit)
+	if err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
 	if err := checkFanoutWithoutDedup(c.Fanout, id); err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
@@ -276,7 +282,7 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 		b := &pgx.Batch{}
 		b.Queue(groupAdvanceSQL,
 			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), int32(ch.Width), now,
-			id, next-1, baseContext, baseInterim, c.GroupInfo, c.ReInit)
+			id, next-1, baseContext, baseInterim, c.GroupInfo, reinit)
 		b.Queue(welcomesEndSQL, id, next-store.WelcomeTreeEpochs, now)
 		br := tx.SendBatch(ctx, b)
 		defer br.Close()
@@ -399,6 +405,35 @@ func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, 
 		return uint64(epoch), nil, fmt.Errorf("%s: none stored for epoch %d: %w", doing, epoch, store.ErrNotFound)
 	}
 	return uint64(epoch), gi, nil
+}
+
+// ReInitOf implements store.GroupStore.
+func (s *Store) ReInitOf(ctx context.Context, groupID []byte) (store.ReInitRecord, error) {
+	const doing = "reading the group's ReInit"
+	if err := s.checkOpen(doing); err != nil {
+		return store.ReInitRecord{}, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return store.ReInitRecord{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	var epoch int64
+	var enc []byte
+	err := s.pool.QueryRow(ctx, `SELECT epoch, reinit_proposal FROM mls_groups WHERE group_id = $1`, groupID).
+		Scan(&epoch, &enc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.ReInitRecord{}, fmt.Errorf("%s: no group hosted here with this id: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.ReInitRecord{}, s.fail(doing, err)
+	}
+	if enc == nil {
+		return store.ReInitRecord{}, fmt.Errorf("%s: the group was not reinitialized, or before its ReInit was kept: %w", doing, store.ErrNotFound)
+	}
+	r, err := check.DecodeReInit(enc)
+	if err != nil {
+		return store.ReInitRecord{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	return store.ReInitRecord{ReInit: r, Epoch: uint64(epoch)}, nil
 }
 
 // WelcomeTree implements store.GroupStore.

@@ -51,6 +51,7 @@ var migrations = []migration{
 	{18, "attachment objects kept until a late commit of their bytes can no longer land", schemaObjectKeep},
 	{19, "whether a destination's stored backoff is a 429's", schemaOutboxRetryRateLimited},
 	{20, "whether a hosted group was reinitialized", schemaGroupReInit},
+	{21, "the ReInit proposal that reinitialized a hosted group", schemaGroupReInitProposal},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -486,4 +487,15 @@ ALTER TABLE outbox_retries ADD COLUMN rate_limited BOOLEAN NOT NULL DEFAULT fals
 // self-contained, whatever its version number.
 const schemaGroupReInit = `
 ALTER TABLE mls_groups ADD COLUMN reinit BOOLEAN NOT NULL DEFAULT false;
+`
+
+// schemaGroupReInitProposal keeps, with the mark of a reinitialized group
+// (schemaGroupReInit), the ReInit proposal its commit covered
+// (store.EpochCommit.ReInit, encoded as RFC 9420 §12.1.5 has it), which
+// store.GroupStore.ReInitOf returns with the group's epoch. Groups marked
+// before it keep NULL: ReInitOf does not find them, so the reinit PSK of
+// such a group is refused. It is self-contained, whatever its version
+// number.
+const schemaGroupReInitProposal = `
+ALTER TABLE mls_groups ADD COLUMN reinit_proposal BYTEA CHECK (reinit_proposal IS NULL OR reinit);
 `

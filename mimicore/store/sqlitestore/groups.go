@@ -36,12 +36,14 @@ const (
 	// groupAdvanceSQL moves a group to the next epoch only while it is
 	// at the base state and not reinitialized: ?7 group id, ?8 base
 	// epoch, ?9 base GroupContext (which holds the tree hash), ?10 base
-	// interim transcript hash; ?12 marks it reinitialized. So the stored
+	// interim transcript hash; ?12, the encoded ReInit proposal of a
+	// reinitializing commit (NULL for others), marks it reinitialized
+	// and is kept (ReInitOf). So the stored
 	// tree positions are the base's, and writing the positions that
 	// changed from the base gives the next state's tree.
 	groupAdvanceSQL = `UPDATE mls_groups
 		SET epoch = ?1, context = ?2, interim = ?3, conf_tag = ?4, width = ?5, updated_ms = ?6, group_info = ?11,
-			reinit = ?12
+			reinit = ?12 IS NOT NULL, reinit_proposal = ?12
 		WHERE group_id = ?7 AND epoch = ?8 AND context = ?9 AND interim = ?10 AND reinit = 0
 		RETURNING id`
 	nodeUpsertSQL = `INSERT INTO mls_group_nodes (gid, node_index, from_epoch, node, hash)
@@ -333,6 +335,10 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 	if err != nil {
 		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
 	}
+	reinit, err := check.ReInit(c.ReInit)
+	if err != nil {
+		return store.Delivered{}, fmt.Errorf("%s: %w", doing, err)
+	}
 	fo, err := newFanout(c.Fanout)
 	if err == nil {
 		err = fo.checkGroup(id)
@@ -363,7 +369,7 @@ func (s *Store) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.Del
 		written = headSize(ch) + len(c.GroupInfo) + nodesSize(ch.Nodes)
 		err := tx.StmtContext(ctx, s.gs.advance).QueryRowContext(ctx,
 			next, ch.Context, nonNil(ch.InterimTranscriptHash), nonNil(ch.ConfirmationTag), ch.Width, now,
-			id, next-1, baseContext, baseInterim, nullBlob(c.GroupInfo), c.ReInit).Scan(&rowID)
+			id, next-1, baseContext, baseInterim, nullBlob(c.GroupInfo), nullBlob(reinit)).Scan(&rowID)
 		if errors.Is(err, sql.ErrNoRows) {
 			var reinit bool
 			err := tx.QueryRowContext(ctx, `SELECT reinit FROM mls_groups WHERE group_id = ?1`, id).Scan(&reinit)
@@ -504,6 +510,35 @@ func (s *Store) GroupInfo(ctx context.Context, groupID []byte) (uint64, []byte, 
 		return uint64(epoch), nil, fmt.Errorf("%s: none stored for epoch %d: %w", doing, epoch, store.ErrNotFound)
 	}
 	return uint64(epoch), gi, nil
+}
+
+// ReInitOf implements store.GroupStore.
+func (s *Store) ReInitOf(ctx context.Context, groupID []byte) (store.ReInitRecord, error) {
+	const doing = "reading the group's ReInit"
+	if err := s.checkOpen(doing); err != nil {
+		return store.ReInitRecord{}, err
+	}
+	if err := check.GroupID(groupID); err != nil {
+		return store.ReInitRecord{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	var epoch int64
+	var enc []byte
+	err := s.r.QueryRowContext(ctx, `SELECT epoch, reinit_proposal FROM mls_groups WHERE group_id = ?1`, groupID).
+		Scan(&epoch, &enc)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.ReInitRecord{}, fmt.Errorf("%s: no group hosted here with this id: %w", doing, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.ReInitRecord{}, s.fail(doing, err)
+	}
+	if enc == nil {
+		return store.ReInitRecord{}, fmt.Errorf("%s: the group was not reinitialized, or before its ReInit was kept: %w", doing, store.ErrNotFound)
+	}
+	r, err := check.DecodeReInit(enc)
+	if err != nil {
+		return store.ReInitRecord{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	return store.ReInitRecord{ReInit: r, Epoch: uint64(epoch)}, nil
 }
 
 // WelcomeTree implements store.GroupStore.

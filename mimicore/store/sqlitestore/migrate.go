@@ -46,6 +46,7 @@ var migrations = []migration{
 	{19, "a group log index that holds what Fetch merges and cuts on", schemaGroupLogView},
 	{20, "whether a destination's stored backoff is a 429's", schemaOutboxRetryRateLimited},
 	{21, "whether a hosted group was reinitialized", schemaGroupReInit},
+	{22, "the ReInit proposal that reinitialized a hosted group", schemaGroupReInitProposal},
 }
 
 const schemaV1 = `
@@ -592,4 +593,15 @@ ALTER TABLE outbox_retries ADD COLUMN rate_limited INTEGER NOT NULL DEFAULT 0 CH
 // self-contained, whatever its version number.
 const schemaGroupReInit = `
 ALTER TABLE mls_groups ADD COLUMN reinit INTEGER NOT NULL DEFAULT 0 CHECK (reinit IN (0, 1));
+`
+
+// schemaGroupReInitProposal keeps, with the mark of a reinitialized group
+// (schemaGroupReInit), the ReInit proposal its commit covered
+// (store.EpochCommit.ReInit, encoded as RFC 9420 §12.1.5 has it), which
+// store.GroupStore.ReInitOf returns with the group's epoch. Groups marked
+// before it keep NULL: ReInitOf does not find them, so the reinit PSK of
+// such a group is refused. It is self-contained, whatever its version
+// number.
+const schemaGroupReInitProposal = `
+ALTER TABLE mls_groups ADD COLUMN reinit_proposal BLOB CHECK (reinit_proposal IS NULL OR reinit = 1);
 `

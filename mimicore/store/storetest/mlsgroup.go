@@ -134,7 +134,7 @@ func Remove(i uint32) *mls.Proposal { return &mls.Proposal{Type: mls.ProposalRem
 // Commit has the creator commit proposals (none: a path-only update) and
 // the DS apply the commit. It returns the group in the next epoch and the
 // commit as CommitEpoch takes it, with Welcome set and Joiners filled when
-// it adds members, and ReInit set when it covers a ReInit proposal.
+// it adds members, and ReInit set to the ReInit proposal it covers.
 func (g *Group) Commit(tb testing.TB, proposals ...*mls.Proposal) (*Group, store.EpochCommit) {
 	tb.Helper()
 	next, c, err := g.MakeCommit(proposals...)
@@ -164,7 +164,7 @@ func (g *Group) MakeCommit(proposals ...*mls.Proposal) (*Group, store.EpochCommi
 	}
 	return &Group{Creator: res.Next, State: next, LastCommit: msg},
 		store.EpochCommit{Base: g.State, Next: next, Welcome: len(info.Added) > 0, Joiners: joiners(next, info),
-			ReInit: info.ReInit != nil}, nil
+			ReInit: info.ReInit}, nil
 }
 
 // joiners returns the KeyPackages a commit added, with their leaf

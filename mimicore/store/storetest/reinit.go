@@ -1,12 +1,14 @@
 package storetest
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"testing"
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // ReInit returns a ReInit proposal naming the successor group newID, of
@@ -34,27 +36,39 @@ func testGroupReInit(t *testing.T, open func(t *testing.T) store.Store) {
 
 	successor := randBytes(t, 16)
 	_, rival := g.Commit(t) // built on the epoch the ReInit ends
-	reinit, c := g.Commit(t, g.ReInit(successor))
-	if !c.ReInit {
+	proposal := g.ReInit(successor)
+	proposal.ReInit.Extensions = mls.Extensions{{Type: 0xff0a, Data: []byte("an extension of the successor")}}
+	reinit, c := g.Commit(t, proposal)
+	if c.ReInit == nil {
 		t.Fatal("the commit of a ReInit proposal is not marked ReInit")
 	}
+	_, err := s.ReInitOf(ctx(), gid)
+	wantErr(t, "ReInitOf before the ReInit", err, store.ErrNotFound)
+	_, err = s.ReInitOf(ctx(), randBytes(t, 16))
+	wantErr(t, "ReInitOf of an unknown group", err, store.ErrNotFound)
+	huge := *c.ReInit
+	huge.Extensions = mls.Extensions{{Type: 0xff0a, Data: make([]byte, store.MaxReInitSize)}}
 	for _, tc := range []struct {
 		name string
 		c    store.EpochCommit
 	}{
-		{"with Welcome", store.EpochCommit{Base: c.Base, Next: c.Next, ReInit: true, Welcome: true}},
-		{"with Delete", store.EpochCommit{Base: c.Base, Next: c.Next, ReInit: true, Delete: true}},
+		{"with Welcome", store.EpochCommit{Base: c.Base, Next: c.Next, ReInit: c.ReInit, Welcome: true}},
+		{"with Delete", store.EpochCommit{Base: c.Base, Next: c.Next, ReInit: c.ReInit, Delete: true}},
+		{"over MaxReInitSize", store.EpochCommit{Base: c.Base, Next: c.Next, ReInit: &huge}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			wantErr(t, "CommitEpoch", commitErr(s.CommitEpoch(ctx(), tc.c)), store.ErrInvalid)
 		})
 	}
 	wantLoad(t, s, "after the refused ReInit commits", g.State)
+	_, err = s.ReInitOf(ctx(), gid)
+	wantErr(t, "ReInitOf after the refused ReInit commits", err, store.ErrNotFound)
 	c.GroupInfo = randBytes(t, 200)
 	c.Fanout = fanoutOf(gid, "reinit", []string{fanBob}, nil)
 	commitEpoch(t, s, c)
 	wantLoad(t, s, "after the ReInit commit", reinit.State)
 	epoch := reinit.State.Epoch()
+	wantReInitOf(t, s, "after the ReInit commit", gid, proposal.ReInit, epoch)
 
 	_, after := reinit.Commit(t)
 	after.Fanout = fanoutOf(gid, "after", []string{fanBob}, map[string][]string{"c.example": {fanCarol}}, "c.example")
@@ -77,8 +91,9 @@ func testGroupReInit(t *testing.T, open func(t *testing.T) store.Store) {
 	} {
 		t.Run(tc.name, func(t *testing.T) { wantErr(t, tc.name, tc.err, store.ErrReInitialized) })
 	}
-	_, _, err := s.GroupInfo(ctx(), gid)
+	_, _, err = s.GroupInfo(ctx(), gid)
 	wantErr(t, "GroupInfo of a reinitialized group", err, store.ErrReInitialized)
+	wantReInitOf(t, s, "after the refused requests", gid, proposal.ReInit, epoch)
 
 	wantLoad(t, s, "after the refused requests", reinit.State)
 	pending, err := s.PendingProposals(ctx(), gid, epoch)
@@ -94,6 +109,32 @@ func testGroupReInit(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	noErr(t, "CreateGroup of the successor", s.CreateGroup(ctx(), store.GroupCreation{Hub: hub,
 		State: NewGroup(t, successor, 1).State}))
+	_, err = s.ReInitOf(ctx(), successor)
+	wantErr(t, "ReInitOf of the successor", err, store.ErrNotFound)
+	noErr(t, "DeleteGroup of the reinitialized group", s.DeleteGroup(ctx(), gid))
+	_, err = s.ReInitOf(ctx(), gid)
+	wantErr(t, "ReInitOf of the deleted group", err, store.ErrNotFound)
+}
+
+// wantReInitOf checks that ReInitOf returns the ReInit proposal want (by
+// its encoding) and epoch for the group gid.
+func wantReInitOf(t *testing.T, s store.Store, what string, gid []byte, want *mls.ReInit, epoch uint64) {
+	t.Helper()
+	r, err := s.ReInitOf(ctx(), gid)
+	if err != nil {
+		t.Fatalf("ReInitOf %s: %v", what, err)
+	}
+	got, err := wire.Marshal(r.ReInit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := wire.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, enc) || r.Epoch != epoch {
+		t.Fatalf("ReInitOf %s: %+v at epoch %d, want %+v at epoch %d", what, r.ReInit, r.Epoch, want, epoch)
+	}
 }
 
 // CheckReInitMigrated checks s, opened on a database migrated past the
@@ -106,10 +147,28 @@ func CheckReInitMigrated(t *testing.T, s store.Store, g *Group, groupInfo []byte
 	wantGroupInfo(t, s, "the group stored before the migration", g.State.GroupID(), g.State.Epoch(), groupInfo)
 	g, c := g.Commit(t)
 	commitEpoch(t, s, c)
-	g, c = g.Commit(t, g.ReInit(randBytes(t, 16)))
+	proposal := g.ReInit(randBytes(t, 16))
+	g, c = g.Commit(t, proposal)
 	commitEpoch(t, s, c)
 	_, c = g.Commit(t)
 	wantErr(t, "a commit after the ReInit", commitErr(s.CommitEpoch(ctx(), c)), store.ErrReInitialized)
+	wantReInitOf(t, s, "of the group reinitialized after the migration", g.State.GroupID(), proposal.ReInit, g.State.Epoch())
+}
+
+// CheckReInitProposalMigrated checks s, opened on a database migrated past
+// the migration that keeps the ReInit proposal of a reinitialized group,
+// which held g, stored before it and marked reinitialized: g stays
+// reinitialized (it takes no commit, and serves no GroupInfo), and
+// ReInitOf does not find it, since no ReInit was kept.
+func CheckReInitProposalMigrated(t *testing.T, s store.Store, g *Group) {
+	t.Helper()
+	wantLoad(t, s, "the group stored before the migration", g.State)
+	_, c := g.Commit(t)
+	wantErr(t, "a commit of the group reinitialized before the migration", commitErr(s.CommitEpoch(ctx(), c)), store.ErrReInitialized)
+	_, _, err := s.GroupInfo(ctx(), g.State.GroupID())
+	wantErr(t, "GroupInfo of the group reinitialized before the migration", err, store.ErrReInitialized)
+	_, err = s.ReInitOf(ctx(), g.State.GroupID())
+	wantErr(t, "ReInitOf of the group reinitialized before the migration", err, store.ErrNotFound)
 }
 
 // testAttachmentsReInit checks that a reinitialized group takes no

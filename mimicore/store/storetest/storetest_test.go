@@ -275,7 +275,7 @@ func (b *broken) CommitEpoch(ctx context.Context, c store.EpochCommit) (store.De
 		}
 	}
 	if b.mode == "commit-drops-reinit" {
-		c.ReInit = false
+		c.ReInit = nil
 	}
 	d, err := b.Store.CommitEpoch(ctx, c)
 	if b.mode == "commit-ignores-conflict" && errors.Is(err, store.ErrEpochConflict) {

@@ -10,7 +10,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
 // Domain checks a sender or peer domain.
@@ -550,10 +552,36 @@ func EpochCommit(c store.EpochCommit) ([]byte, error) {
 	if c.Pending < 0 || c.Pending > store.MaxPendingProposals {
 		return nil, fmt.Errorf("%d pending proposals, want 0..%d: %w", c.Pending, store.MaxPendingProposals, store.ErrInvalid)
 	}
-	if c.ReInit && (c.Delete || c.Welcome) {
+	if c.ReInit != nil && (c.Delete || c.Welcome) {
 		return nil, fmt.Errorf("a reinitializing commit neither deletes the group nor adds members: %w", store.ErrInvalid)
 	}
 	return id, nil
+}
+
+// ReInit returns the encoding of EpochCommit.ReInit that the backends
+// keep (nil for none), or ErrInvalid when it does not encode or is larger
+// than MaxReInitSize.
+func ReInit(r *mls.ReInit) ([]byte, error) {
+	if r == nil {
+		return nil, nil
+	}
+	enc, err := wire.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the ReInit proposal: %v: %w", err, store.ErrInvalid)
+	}
+	if len(enc) > store.MaxReInitSize {
+		return nil, fmt.Errorf("ReInit proposal of %d bytes, want at most %d: %w", len(enc), store.MaxReInitSize, store.ErrInvalid)
+	}
+	return enc, nil
+}
+
+// DecodeReInit decodes a ReInit proposal that ReInit encoded.
+func DecodeReInit(enc []byte) (*mls.ReInit, error) {
+	r := new(mls.ReInit)
+	if err := wire.Unmarshal(enc, r, "ReInit"); err != nil {
+		return nil, fmt.Errorf("decoding the stored ReInit proposal: %w", err)
+	}
+	return r, nil
 }
 
 // GroupCreation checks the arguments of GroupStore.CreateGroup and
