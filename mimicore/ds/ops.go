@@ -150,7 +150,8 @@ func (s *Service) hubFor(identity []byte) (string, error) {
 // KeyPackage the commit adds checked against the DS clock, give or take
 // MaxClockSkew, as clients check it, and its total length against
 // MaxKeyPackageLifetime; the proposals the request type
-// allows (DS -03); the GroupInfo of the new epoch, assembled from the
+// allows (DS -03), and the reinit PSK a group's first add may carry
+// (checkReInitPSK); the GroupInfo of the new epoch, assembled from the
 // state and the PartialGroupInfo, verifies; the client bindings of every
 // new or changed leaf; then the conditional write of the new epoch. Any
 // refusal writes nothing.
@@ -175,11 +176,15 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	// that adds one outside its lifetime (RFC 9420 §7.3), and fanning it
 	// out would leave them behind the hub's epoch.
 	next, info, err := base.ApplyCommitWith(msg, mls.ApplyOptions{Resolve: resolver(pending),
-		Now: s.now(), Skew: MaxClockSkew, MaxLifetime: s.maxLifetime()})
+		Now: s.now(), Skew: MaxClockSkew, MaxLifetime: s.maxLifetime(),
+		ReInitialization: reinitializing(typ, base)})
 	if err != nil {
 		return nil, mlsError(typ.String(), err)
 	}
 	if err := checkRules(typ, base, next, info); err != nil {
+		return nil, err
+	}
+	if err := s.checkReInitPSK(ctx, typ, base, info); err != nil {
 		return nil, err
 	}
 	if err := checkCoversPending(typ, msg, pending, base.Epoch()); err != nil {

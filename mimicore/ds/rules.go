@@ -120,7 +120,13 @@ func checkRules(typ moh.RequestType, base, next *mls.GroupState, info *mls.Commi
 	}
 	switch typ {
 	case moh.AddUsers, moh.AddClients:
-		if err := only(mls.ProposalAdd); err != nil {
+		allowed := []mls.ProposalType{mls.ProposalAdd}
+		if reinitializing(typ, base) {
+			// The reinit PSK of RFC 9420 §11.2, which checkReInitPSK
+			// checks against the store.
+			allowed = append(allowed, mls.ProposalPSK)
+		}
+		if err := only(allowed...); err != nil {
 			return err
 		}
 		if byValue[mls.ProposalAdd] == 0 {
