@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"net"
 	"net/http"
 	"testing"
@@ -23,7 +24,10 @@ import (
 // re_initialize_group), and the successor group the ReInit names is
 // created. The attachment alice uploaded before the ReInit still
 // downloads and is copied out to the successor; a copy back into the old
-// group is 403 forbidden.
+// group is 403 forbidden. Then alice adds bob to the successor with the
+// old group's reinit PSK (RFC 9420 §11.2, docs/protocol.md §5.4.1 step
+// 3): the hub accepts it, the Welcome reaches b, and bob, resolving the
+// PSK to his own resumption_psk of the old group, joins at alice's epoch.
 func TestReInitClosesGroup(t *testing.T) {
 	a, b := twoProviders(t)
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
@@ -116,7 +120,29 @@ func TestReInitClosesGroup(t *testing.T) {
 			wantForbidden(t, resp, r)
 		})
 	}
-	createGroupAt(t, a, alice, successor)
+	oldAlice, oldBob := alice.m, bob.m
+	// The successor's creator resolves the reinit PSK, which its first
+	// commit carries, to her resumption_psk of the old group.
+	reinitPSK := func(old *mls.Member) mls.PSKLookup {
+		return func(id *mls.PreSharedKeyID) ([]byte, error) {
+			if id.Usage != mls.ResumptionReInit || !bytes.Equal(id.PSKGroupID, gid) || id.PSKEpoch != old.State().Epoch() {
+				return nil, errors.New("unknown psk")
+			}
+			return old.ResumptionPSK(), nil
+		}
+	}
+	sm, err := mls.NewGroup(mls.GroupOptions{CipherSuite: peerSuite, GroupID: successor, Leaf: &alice.kp.LeafNode,
+		LeafKey: alice.leafKey, Signer: alice.signer, PSKs: reinitPSK(oldAlice)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sgi, err := sm.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	groupOp(t, a, alice, moh.RequestBody{Type: moh.CreateGroup, CreateGroup: moh.CreateGroupRequest{GroupID: successor,
+		LeafNode: alice.kp.LeafNode, GroupInfo: mls.MLSMessage{Version: mls.MLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: sgi}}})
+	alice.m = sm
 
 	resp, r = post(t, a, alice, 0, "/attachment_download", moh.RequestBody{Type: moh.AttachmentDownload,
 		Attachment: moh.AttachmentRef{GroupID: gid, Token: token}}, nil)
@@ -132,4 +158,39 @@ func TestReInitClosesGroup(t *testing.T) {
 		resp, r := post(t, a, alice, 0, "/attachment_copy", copyTo(successor, copied, gid), nil)
 		wantForbidden(t, resp, r)
 	})
+
+	newBob := newPeerMember(t, b, "bob")
+	psk, err := oldAlice.ReInitPSK(peerSuite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	add, err := alice.m.CommitWith(mls.CommitOptions{ByValue: []*mls.Proposal{{Type: mls.ProposalAdd, KeyPackage: newBob.kp}, psk},
+		ReInitialization: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agi := add.GroupInfo.GroupInfo
+	groupOp(t, a, alice, moh.RequestBody{Type: moh.AddUsers, GroupUpdate: moh.MLSGroupUpdate{Commit: *add.Commit,
+		PartialGroupInfo: moh.PartialGroupInfo{Extensions: agi.Extensions, Signature: agi.Signature}},
+		WelcomePackages: []moh.WelcomePackage{{Welcome: *add.Welcome}}})
+	var welcome *mls.MLSMessage
+	for n := 3; welcome == nil; n++ {
+		q := waitQueue(t, b, newBob.uri, n)
+		if len(q) < n {
+			t.Fatalf("bob's queue at b holds %d messages and no Welcome of the successor", len(q))
+		}
+		if last := q[n-1]; bytes.Equal(last.GroupID, successor) {
+			if welcome, err = mls.DecodeMLSMessage(last.Message); err != nil || welcome.Welcome == nil {
+				t.Fatalf("the successor's message in bob's queue is not a Welcome: %v", err)
+			}
+		}
+	}
+	joined, err := mls.JoinFromWelcome(welcome.Welcome, mls.WelcomeOptions{KeyPackage: newBob.kp, InitKey: newBob.initKey,
+		LeafKey: newBob.leafKey, Signer: newBob.signer, PSKs: reinitPSK(oldBob)})
+	if err != nil {
+		t.Fatalf("bob joins the successor with the old group's resumption_psk: %v", err)
+	}
+	if !bytes.Equal(joined.EpochAuthenticator(), add.Next.EpochAuthenticator()) {
+		t.Fatal("bob's epoch secrets in the successor differ from alice's")
+	}
 }
