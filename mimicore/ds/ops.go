@@ -187,6 +187,9 @@ func (s *Service) commit(ctx context.Context, r *Request) (*moh.DSResponse, erro
 	if err := s.checkReInitPSK(ctx, typ, base, info); err != nil {
 		return nil, err
 	}
+	if err := checkReInitSize(typ, info); err != nil {
+		return nil, err
+	}
 	if err := checkCoversPending(typ, msg, pending, base.Epoch()); err != nil {
 		return nil, err
 	}

@@ -85,3 +85,21 @@ func (s *Service) checkReInitPSK(ctx context.Context, typ moh.RequestType, base 
 	}
 	return nil
 }
+
+// checkReInitSize refuses a commit whose ReInit proposal encodes to more
+// than the store keeps of it (store.MaxReInitSize, for the reinit PSK of
+// the group it names): too_large, as a GroupInfo over MaxGroupInfoSize,
+// rather than a write the store refuses.
+func checkReInitSize(typ moh.RequestType, info *mls.CommitInfo) error {
+	if info.ReInit == nil {
+		return nil
+	}
+	enc, err := wire.Marshal(info.ReInit)
+	if err != nil {
+		return moh.Errorf(moh.CodeInvalidMLS, "%s: encoding the ReInit proposal: %w", typ, err)
+	}
+	if len(enc) > store.MaxReInitSize {
+		return moh.Errorf(moh.CodeTooLarge, "%s: the ReInit proposal takes %d bytes, more than %d", typ, len(enc), store.MaxReInitSize)
+	}
+	return nil
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/mls"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/moh"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // The reinit PSK of RFC 9420 §11.2 through the Delivery Service: a group
@@ -239,6 +240,39 @@ func TestReInitPSKRefused(t *testing.T) {
 			}
 			if tc.want != 0 && !f.h.snapshot(t, f.newID).equal(before) {
 				t.Fatal("the refused add_users changed the stored group")
+			}
+		})
+	}
+}
+
+// TestReInitTooLarge checks that a re_initialize_group whose ReInit
+// proposal encodes to more than the store keeps (store.MaxReInitSize) is
+// refused too_large and changes nothing, rather than failing in the
+// store's write.
+func TestReInitTooLarge(t *testing.T) {
+	h := newHarness(t)
+	alice := h.newTClient(t, "alice", "phone", false)
+	gid := []byte("group of a large ReInit")
+	h.mustDo(t, "create_group", createBody(t, alice, gid))
+	for _, tc := range []struct {
+		name string
+		data int // bytes of the ReInit's extension
+		want moh.Code
+	}{
+		{"over the limit", store.MaxReInitSize, moh.CodeTooLarge},
+		{"control: within it", 100, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := h.snapshot(t, gid)
+			res := commit(t, alice.m, []*mls.Proposal{{Type: mls.ProposalReInit, ReInit: &mls.ReInit{GroupID: []byte("successor"),
+				Version: mls.MLS10, CipherSuite: alice.c.kp.CipherSuite,
+				Extensions: mls.Extensions{{Type: 0xff0a, Data: make([]byte, tc.data)}}}}}, nil, nil)
+			_, err := h.do(t, commitBody(t, moh.ReInitializeGroup, alice, alice.m, res))
+			if codeOf(err) != tc.want {
+				t.Fatalf("re_initialize_group: %v; want code %d", err, tc.want)
+			}
+			if tc.want != 0 && !h.snapshot(t, gid).equal(before) {
+				t.Fatal("the refused re_initialize_group changed the stored group")
 			}
 		})
 	}
