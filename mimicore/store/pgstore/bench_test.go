@@ -93,3 +93,16 @@ func BenchmarkGroupDeliverDedup(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkOutboxFanout measures a hosted group's message to members on
+// 1 and 20 other providers, written to the outbox and delivered from it
+// (storetest.BenchOutboxFanout).
+func BenchmarkOutboxFanout(b *testing.B) {
+	for _, dests := range []int{1, 20} {
+		for _, size := range []int{1 << 10, 64 << 10} {
+			b.Run(fmt.Sprintf("destinations=%d/size=%d", dests, size), func(b *testing.B) {
+				storetest.BenchOutboxFanout(b, openTemp(b, Options{}), dests, size)
+			})
+		}
+	}
+}

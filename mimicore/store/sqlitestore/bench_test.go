@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
 )
 
 // The write benchmarks include the fsync of every commit: they measure the
@@ -240,5 +241,18 @@ func reportThroughput(b *testing.B, s *Store, st0 Stats) {
 	b.ReportMetric(float64(fsyncs)/float64(b.N), "fsyncs/op")
 	if st.Retried > st0.Retried {
 		b.ReportMetric(float64(st.Retried-st0.Retried)/float64(st.Commits-st0.Commits), "retries/commit")
+	}
+}
+
+// BenchmarkOutboxFanout measures a hosted group's message to members on
+// 1 and 20 other providers, written to the outbox and delivered from it
+// (storetest.BenchOutboxFanout).
+func BenchmarkOutboxFanout(b *testing.B) {
+	for _, dests := range []int{1, 20} {
+		for _, size := range []int{1 << 10, 64 << 10} {
+			b.Run(fmt.Sprintf("destinations=%d/size=%d", dests, size), func(b *testing.B) {
+				storetest.BenchOutboxFanout(b, openTemp(b), dests, size)
+			})
+		}
 	}
 }
