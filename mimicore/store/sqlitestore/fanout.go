@@ -19,7 +19,7 @@ import (
 type fanout struct {
 	group  *groupPost // nil for none
 	local  []queuedAppend
-	remote []outboxRow
+	remote outboxRows
 	// dedup is store.Fanout.Dedup, empty for none, recorded until
 	// dedupExpires (Unix ms).
 	dedup        []byte
@@ -63,14 +63,23 @@ const (
 		WHERE group_id = ?1 AND to_seq IS NULL AND from_seq < ?2`
 )
 
-// outboxRow is a store.OutboxMessage ready for its INSERT.
+// outboxRow is a store.OutboxMessage ready for its INSERT, but for its
+// message: that is its write's outboxRows.bodies[body].
 type outboxRow struct {
 	sender      string
 	destination string
 	groupID     []byte
 	recipients  string // JSON array
-	message     []byte
+	body        int
 	size        int64 // counted against the destination's bound
+}
+
+// outboxRows is the outbox messages of one write, copied and ready for
+// their INSERTs: each distinct message body once (outboxbody.Distinct),
+// and a row per message naming its body.
+type outboxRows struct {
+	rows   []outboxRow
+	bodies [][]byte
 }
 
 // newFanout checks and copies f.
@@ -104,12 +113,9 @@ func newFanout(f store.Fanout) (fanout, error) {
 	for _, d := range f.Local {
 		out.local = append(out.local, newQueuedAppend(d))
 	}
-	for _, m := range f.Remote {
-		r, err := newOutboxRow(m)
-		if err != nil {
-			return fanout{}, err
-		}
-		out.remote = append(out.remote, r)
+	var err error
+	if out.remote, err = newOutboxRows(f.Remote); err != nil {
+		return fanout{}, err
 	}
 	if len(f.Dedup) > 0 {
 		out.dedup, out.dedupExpires = bytes.Clone(f.Dedup), check.ExpiryMillis(f.DedupExpires)
@@ -118,7 +124,7 @@ func newFanout(f store.Fanout) (fanout, error) {
 }
 
 // empty reports whether there is nothing to deliver.
-func (f *fanout) empty() bool { return f.group == nil && len(f.local) == 0 && len(f.remote) == 0 }
+func (f *fanout) empty() bool { return f.group == nil && len(f.local) == 0 && len(f.remote.rows) == 0 }
 
 // checkGroup reports an ErrInvalid when f posts to another group than
 // groupID, the group of the write that carries it.
@@ -130,7 +136,7 @@ func (f *fanout) checkGroup(groupID []byte) error {
 }
 
 // size is the number of bytes the fan-out writes, for the group write
-// statistics: each message body once per queue write or outbox row.
+// statistics: each message body once per queue write or outbox write.
 func (f *fanout) size() int {
 	n := 0
 	if g := f.group; g != nil {
@@ -139,8 +145,11 @@ func (f *fanout) size() int {
 	for _, qa := range f.local {
 		n += len(qa.msg) + len(qa.groupID) + 32*len(qa.recipients)
 	}
-	for _, r := range f.remote {
-		n += len(r.message) + len(r.groupID) + len(r.recipients) + len(r.sender) + len(r.destination)
+	for _, b := range f.remote.bodies {
+		n += len(b)
+	}
+	for _, r := range f.remote.rows {
+		n += len(r.groupID) + len(r.recipients) + len(r.sender) + len(r.destination)
 	}
 	return n
 }
@@ -162,10 +171,10 @@ func (s *Store) fanoutTx(ctx context.Context, tx *sql.Tx, f *fanout, now int64) 
 		}
 		d.Local = append(d.Local, out)
 	}
-	if len(f.remote) > 0 {
+	if len(f.remote.rows) > 0 {
 		// A destination over its bound loses its messages, not the
 		// write: the state change and the others' messages commit.
-		admit, err := s.outboxAdmitTx(ctx, tx, f.remote, true)
+		admit, err := s.outboxAdmitTx(ctx, tx, f.remote.rows, true)
 		if err != nil {
 			return store.Delivered{}, err
 		}
@@ -366,6 +375,14 @@ func (s *Store) DedupRecorded(ctx context.Context, key []byte) (bool, error) {
 	return true, nil
 }
 
+// outboxPendingSQL reads destination ?1's messages with an id above ?2,
+// up to ?3 of them, each with its body (schemaOutboxBodies). A body is
+// read when its row is, so the reader's stop at store.MaxOutboxListBytes
+// leaves the bodies of the rows after it unread.
+const outboxPendingSQL = `SELECT o.id, o.sender, o.group_id, o.recipients, b.message, o.enqueued_ms
+	FROM outbox o JOIN outbox_bodies b ON b.id = o.body_id
+	WHERE o.destination = ?1 AND o.id > ?2 ORDER BY o.id LIMIT ?3`
+
 // OutboxPending implements store.Outbox.
 func (s *Store) OutboxPending(ctx context.Context, destination string, after uint64, limit int) ([]store.OutboxEntry, error) {
 	const doing = "listing outbox"
@@ -378,8 +395,7 @@ func (s *Store) OutboxPending(ctx context.Context, destination string, after uin
 	if limit < 1 || limit > store.MaxOutboxList || after > maxRowID {
 		return nil, fmt.Errorf("%s: limit %d, want 1..%d, after %d: %w", doing, limit, store.MaxOutboxList, after, store.ErrInvalid)
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
-		WHERE destination = ?1 AND id > ?2 ORDER BY id LIMIT ?3`, destination, int64(after), limit)
+	rows, err := s.r.QueryContext(ctx, outboxPendingSQL, destination, int64(after), limit)
 	if err != nil {
 		return nil, s.fail(doing, err)
 	}

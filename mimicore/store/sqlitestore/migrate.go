@@ -47,6 +47,7 @@ var migrations = []migration{
 	{20, "whether a destination's stored backoff is a 429's", schemaOutboxRetryRateLimited},
 	{21, "whether a hosted group was reinitialized", schemaGroupReInit},
 	{22, "the ReInit proposal that reinitialized a hosted group", schemaGroupReInitProposal},
+	{23, "outbox message bodies stored once per write", schemaOutboxBodies},
 }
 
 const schemaV1 = `
@@ -604,4 +605,34 @@ ALTER TABLE mls_groups ADD COLUMN reinit INTEGER NOT NULL DEFAULT 0 CHECK (reini
 // number.
 const schemaGroupReInitProposal = `
 ALTER TABLE mls_groups ADD COLUMN reinit_proposal BLOB CHECK (reinit_proposal IS NULL OR reinit = 1);
+`
+
+// schemaOutboxBodies stores an outbox message's bytes once per write
+// instead of once per destination: a message fanned out to N providers is
+// N outbox rows referencing one outbox_bodies row (the rows of one write
+// whose Message bytes are equal share it). refs counts the outbox rows
+// that reference a body; the trigger outbox_release_body, run for every
+// outbox row deleted however it goes (delivered, reset, given up), takes
+// it off its body's refs and deletes the body with its last row, in the
+// deleting statement's transaction. There is no foreign key: SQLite would
+// check it by scanning outbox for every body deleted, since nothing else
+// needs an index on body_id; the trigger and refs keep the link. Existing
+// rows each get a body of their own, with the row's id. outbox.size, what
+// the destination's bound counts, is unchanged: each destination's bound
+// is about its own backlog, whatever the disk holds. It is self-contained,
+// whatever its version number.
+const schemaOutboxBodies = `
+CREATE TABLE outbox_bodies (
+	id      INTEGER PRIMARY KEY,
+	message BLOB    NOT NULL,
+	refs    INTEGER NOT NULL CHECK (refs > 0)
+);
+ALTER TABLE outbox ADD COLUMN body_id INTEGER NOT NULL DEFAULT 0;
+INSERT INTO outbox_bodies (id, message, refs) SELECT id, message, 1 FROM outbox;
+UPDATE outbox SET body_id = id;
+ALTER TABLE outbox DROP COLUMN message;
+CREATE TRIGGER outbox_release_body AFTER DELETE ON outbox BEGIN
+	DELETE FROM outbox_bodies WHERE id = OLD.body_id AND refs = 1;
+	UPDATE outbox_bodies SET refs = refs - 1 WHERE id = OLD.body_id;
+END;
 `

@@ -10,9 +10,16 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
 )
 
-// outboxInsertSQL writes one outbox message and returns its id.
-const outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms, size)
-	VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id`
+// Statements of the outbox's writes (schemaOutboxBodies).
+const (
+	// outboxBodyInsertSQL writes a message body referenced by ?2 outbox
+	// rows and returns its id.
+	outboxBodyInsertSQL = `INSERT INTO outbox_bodies (message, refs) VALUES (?1, ?2) RETURNING id`
+	// outboxInsertSQL writes one outbox message, its bytes body ?5, and
+	// returns its id.
+	outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, body_id, enqueued_ms, size)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id`
+)
 
 // OutboxAdd implements store.OutboxAdder: the dedup record (shared with
 // the queues' Delivery.Dedup, in seen_signatures), the outbox rows and
@@ -26,13 +33,9 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
 	// Copied now: the op may run after the caller changed its slices.
-	rows := make([]outboxRow, len(w.Messages))
-	for i, m := range w.Messages {
-		r, err := newOutboxRow(m)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", doing, err)
-		}
-		rows[i] = r
+	rows, err := newOutboxRows(w.Messages)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
 	}
 	dedup := bytes.Clone(w.Dedup)
 	var dedupExpires int64
@@ -41,7 +44,7 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 	}
 	replay := newReplayRow(w.Replay)
 	var ids []uint64
-	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := check.Millis(s.now())
 		if len(dedup) > 0 {
 			res, err := tx.StmtContext(ctx, s.ws.seenInsert).ExecContext(ctx, dedup, dedupExpires, now)
@@ -59,7 +62,7 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 		}
 		// Over a destination's bound the whole write is refused
 		// (store.ErrOutboxFull), the dedup record too: the peer retries.
-		admit, err := s.outboxAdmitTx(ctx, tx, rows, false)
+		admit, err := s.outboxAdmitTx(ctx, tx, rows.rows, false)
 		if err != nil {
 			return err
 		}

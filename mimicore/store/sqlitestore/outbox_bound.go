@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/outboxbody"
 )
 
 // Statements of the outbox's per-destination heads (schemaOutboxHeads).
@@ -43,16 +44,27 @@ const (
 // outboxResetBatch is how many messages one write of OutboxReset removes.
 const outboxResetBatch = 500
 
-// newOutboxRow checks nothing (the caller did) and copies m into a row,
-// with the size it counts against its destination's bound.
-func newOutboxRow(m store.OutboxMessage) (outboxRow, error) {
-	rcpt, err := json.Marshal(m.Recipients)
-	if err != nil {
-		return outboxRow{}, fmt.Errorf("encoding recipients: %w", err)
+// newOutboxRows checks nothing (the caller did) and copies msgs into rows,
+// each with the size it counts against its destination's bound, and their
+// distinct bodies, each copied once.
+func newOutboxRows(msgs []store.OutboxMessage) (outboxRows, error) {
+	if len(msgs) == 0 {
+		return outboxRows{}, nil
 	}
-	return outboxRow{sender: m.Sender, destination: m.Destination, groupID: bytes.Clone(m.GroupID),
-		recipients: string(rcpt), message: bytes.Clone(m.Message),
-		size: m.Size()}, nil
+	bodies, bodyOf := outboxbody.Distinct(msgs)
+	out := outboxRows{rows: make([]outboxRow, len(msgs)), bodies: make([][]byte, len(bodies))}
+	for i, b := range bodies {
+		out.bodies[i] = bytes.Clone(b)
+	}
+	for i, m := range msgs {
+		rcpt, err := json.Marshal(m.Recipients)
+		if err != nil {
+			return outboxRows{}, fmt.Errorf("encoding recipients: %w", err)
+		}
+		out.rows[i] = outboxRow{sender: m.Sender, destination: m.Destination, groupID: bytes.Clone(m.GroupID),
+			recipients: string(rcpt), body: bodyOf[i], size: m.Size()}
+	}
+	return out, nil
 }
 
 // SetOutboxLimits implements store.OutboxBound.
@@ -123,15 +135,29 @@ func (s *Store) outboxAdmitTx(ctx context.Context, tx *sql.Tx, rows []outboxRow,
 }
 
 // outboxInsertTx writes the admitted rows and returns their ids, 0 for
-// the others.
-func outboxInsertTx(ctx context.Context, tx *sql.Tx, rows []outboxRow, admit []bool, now int64) ([]uint64, error) {
-	ids := make([]uint64, len(rows))
-	for i, r := range rows {
+// the others. Each body an admitted row references is written once, before
+// its first row, with the number of admitted rows that reference it as its
+// refs; a body of refused rows only is not written.
+func outboxInsertTx(ctx context.Context, tx *sql.Tx, w outboxRows, admit []bool, now int64) ([]uint64, error) {
+	refs := make([]int64, len(w.bodies))
+	for i, r := range w.rows {
+		if admit[i] {
+			refs[r.body]++
+		}
+	}
+	bodyIDs := make([]int64, len(w.bodies))
+	ids := make([]uint64, len(w.rows))
+	for i, r := range w.rows {
 		if !admit[i] {
 			continue
 		}
+		if bodyIDs[r.body] == 0 {
+			if err := tx.QueryRowContext(ctx, outboxBodyInsertSQL, w.bodies[r.body], refs[r.body]).Scan(&bodyIDs[r.body]); err != nil {
+				return nil, fmt.Errorf("writing a message body to the outbox: %w", err)
+			}
+		}
 		var id int64
-		if err := tx.QueryRowContext(ctx, outboxInsertSQL, r.sender, r.destination, r.groupID, r.recipients, r.message, now, r.size).Scan(&id); err != nil {
+		if err := tx.QueryRowContext(ctx, outboxInsertSQL, r.sender, r.destination, r.groupID, r.recipients, bodyIDs[r.body], now, r.size).Scan(&id); err != nil {
 			return nil, fmt.Errorf("writing to the outbox: %w", err)
 		}
 		ids[i] = uint64(id)

@@ -55,12 +55,13 @@ func TestMigrationOutboxHeads(t *testing.T) {
 		{Destination: "e.example", GroupID: []byte("g1"), Recipients: []string{"mimi://e.example/d/ed/pc"}, Message: []byte("x")},
 	}
 	for _, m := range msgs {
-		r, err := newOutboxRow(m)
+		w, err := newOutboxRows([]store.OutboxMessage{m})
 		if err != nil {
 			t.Fatal(err)
 		}
+		r := w.rows[0]
 		if _, err := raw.Exec(`INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms) VALUES ('a.example', ?1, ?2, ?3, ?4, ?5)`,
-			r.destination, r.groupID, r.recipients, r.message, time.Now().UnixMilli()); err != nil {
+			r.destination, r.groupID, r.recipients, w.bodies[r.body], time.Now().UnixMilli()); err != nil {
 			t.Fatalf("writing an outbox row of version %d: %v", version, err)
 		}
 	}
