@@ -52,6 +52,7 @@ var migrations = []migration{
 	{19, "whether a destination's stored backoff is a 429's", schemaOutboxRetryRateLimited},
 	{20, "whether a hosted group was reinitialized", schemaGroupReInit},
 	{21, "the ReInit proposal that reinitialized a hosted group", schemaGroupReInitProposal},
+	{22, "outbox message bodies stored once per write", schemaOutboxBodies},
 }
 
 // migrationLock is the key of the advisory lock that serialises the
@@ -498,4 +499,45 @@ ALTER TABLE mls_groups ADD COLUMN reinit BOOLEAN NOT NULL DEFAULT false;
 // number.
 const schemaGroupReInitProposal = `
 ALTER TABLE mls_groups ADD COLUMN reinit_proposal BYTEA CHECK (reinit_proposal IS NULL OR reinit);
+`
+
+// schemaOutboxBodies stores an outbox message's bytes once per write, as
+// sqlitestore's schemaOutboxBodies describes it: outbox rows reference an
+// outbox_bodies row, whose refs counts them, and the statement trigger
+// outbox_release_bodies, run after every DELETE on outbox however the
+// rows go (delivered, released with a lease, reset, given up), takes the
+// deleted rows off their bodies' refs and deletes the bodies left with
+// none, in the deleting statement's transaction. Two transactions that
+// delete rows of one body (two destinations' senders) both update its
+// refs: the trigger locks the bodies first, in id order, so they take
+// turns and never deadlock, and its later statements, each with a
+// snapshot of its own under READ COMMITTED, see the refs the other
+// committed. There is no foreign key, whose check on a body's deletion
+// would need an index on outbox.body_id. Existing rows each get a body of
+// their own, with the row's id; the dropped message column's bytes stay
+// in the rows' old versions until they are deleted and vacuumed. It is
+// self-contained, whatever its version number.
+const schemaOutboxBodies = `
+CREATE TABLE outbox_bodies (
+	id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	message BYTEA  NOT NULL,
+	refs    BIGINT NOT NULL CHECK (refs >= 0)
+);
+INSERT INTO outbox_bodies (id, message, refs) OVERRIDING SYSTEM VALUE SELECT id, message, 1 FROM outbox;
+SELECT setval(pg_get_serial_sequence('outbox_bodies', 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM outbox_bodies;
+ALTER TABLE outbox ADD COLUMN body_id BIGINT;
+UPDATE outbox SET body_id = id;
+ALTER TABLE outbox ALTER COLUMN body_id SET NOT NULL, DROP COLUMN message;
+
+CREATE FUNCTION outbox_release_bodies() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM 1 FROM outbox_bodies WHERE id IN (SELECT body_id FROM released) ORDER BY id FOR UPDATE;
+	UPDATE outbox_bodies b SET refs = b.refs - r.n
+		FROM (SELECT body_id, count(*) AS n FROM released GROUP BY body_id) r WHERE b.id = r.body_id;
+	DELETE FROM outbox_bodies WHERE id IN (SELECT body_id FROM released) AND refs = 0;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER outbox_release_bodies AFTER DELETE ON outbox
+	REFERENCING OLD TABLE AS released FOR EACH STATEMENT EXECUTE FUNCTION outbox_release_bodies();
 `

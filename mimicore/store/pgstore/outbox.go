@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/check"
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store/internal/outboxbody"
 )
 
 // outboxLockSQL takes the outbox's write lock, until the transaction ends.
@@ -21,9 +22,16 @@ import (
 // slower transaction commits later with a smaller id.
 const outboxLockSQL = `SELECT pg_advisory_xact_lock(7883952921190036852)` // "mimi-out"
 
-// outboxInsertSQL writes one outbox message and returns its id.
-const outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms, size)
-	VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`
+// Statements of the outbox's writes (schemaOutboxBodies).
+const (
+	// outboxBodyInsertSQL writes a message body referenced by $2 outbox
+	// rows and returns its id.
+	outboxBodyInsertSQL = `INSERT INTO outbox_bodies (message, refs) VALUES ($1, $2) RETURNING id`
+	// outboxInsertSQL writes one outbox message, its bytes body $5, and
+	// returns its id.
+	outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, body_id, enqueued_ms, size)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`
+)
 
 // Statements of the outbox's bound (store.OutboxBound): sqlitestore's.
 const (
@@ -113,13 +121,36 @@ func (s *Store) outboxTx(ctx context.Context, tx pgx.Tx, msgs []store.OutboxMess
 			return nil, fmt.Errorf("counting dropped outbox messages: %w", err)
 		}
 	}
+	// Each distinct body of the admitted messages is written once, in a
+	// round trip before theirs, which needs its id.
+	bodies, bodyOf := outboxbody.Distinct(msgs)
+	refs := make([]int64, len(bodies))
+	for i, m := range msgs {
+		if !refused[m.Destination] {
+			refs[bodyOf[i]]++
+		}
+	}
+	bodyIDs := make([]int64, len(bodies))
 	b := &pgx.Batch{}
+	for k, body := range bodies {
+		if refs[k] == 0 {
+			continue
+		}
+		b.Queue(outboxBodyInsertSQL, body, refs[k]).QueryRow(func(row pgx.Row) error { return row.Scan(&bodyIDs[k]) })
+	}
+	if b.Len() == 0 {
+		return make([]uint64, len(msgs)), nil
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("writing message bodies to the outbox: %w", err)
+	}
+	b = &pgx.Batch{}
 	ids := make([]uint64, len(msgs))
 	for i, m := range msgs {
 		if refused[m.Destination] {
 			continue
 		}
-		b.Queue(outboxInsertSQL, m.Sender, m.Destination, m.GroupID, m.Recipients, m.Message, now, m.Size()).
+		b.Queue(outboxInsertSQL, m.Sender, m.Destination, m.GroupID, m.Recipients, bodyIDs[bodyOf[i]], now, m.Size()).
 			QueryRow(func(row pgx.Row) error {
 				var id int64
 				if err := row.Scan(&id); err != nil {
@@ -191,7 +222,8 @@ func (s *Store) OutboxAdd(ctx context.Context, w store.OutboxWrite) ([]uint64, e
 }
 
 // outboxCapSQL wraps head, a query of outbox rows (id, sender, group_id,
-// recipients, message, enqueued_ms) in id order with its LIMIT, so that
+// recipients, message, enqueued_ms), each joined with its body
+// (outboxReadSQL), in id order with its LIMIT, so that
 // only the rows whose messages before them, in that order, hold fewer than
 // store.MaxOutboxListBytes bytes leave the database: the rows collectOutbox
 // keeps. The message lengths come from octet_length, which reads a stored
@@ -243,10 +275,15 @@ func outboxIDs(ids []uint64) []int64 {
 // maxID is the largest id of a BIGINT identity column.
 const maxID = 1<<63 - 1
 
+// outboxReadSQL is the head of a read of outbox rows, each with its body
+// (schemaOutboxBodies): the outbox as the alias o.
+const outboxReadSQL = `SELECT o.id, o.sender, o.group_id, o.recipients, b.message, o.enqueued_ms
+	FROM outbox o JOIN outbox_bodies b ON b.id = o.body_id`
+
 // outboxPendingSQL reads destination $1's messages with an id above $2,
 // up to $3 of them and store.MaxOutboxListBytes (outboxCapSQL).
-var outboxPendingSQL = outboxCapSQL(`SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
-	WHERE destination = $1 AND id > $2 ORDER BY id LIMIT $3`)
+var outboxPendingSQL = outboxCapSQL(outboxReadSQL + `
+	WHERE o.destination = $1 AND o.id > $2 ORDER BY o.id LIMIT $3`)
 
 // OutboxPending implements store.Outbox.
 func (s *Store) OutboxPending(ctx context.Context, destination string, after uint64, limit int) ([]store.OutboxEntry, error) {

@@ -33,9 +33,9 @@ const (
 // outboxClaimReadSQL reads destination $1's head, up to $5 messages and
 // store.MaxOutboxListBytes (outboxCapSQL), when holder $3 holds lease $2
 // until $4: what the upsert before it wrote when it was granted.
-var outboxClaimReadSQL = outboxCapSQL(`SELECT id, sender, group_id, recipients, message, enqueued_ms FROM outbox
-	WHERE destination = $1 AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND holder = $3 AND expires_ms = $4)
-	ORDER BY id LIMIT $5`)
+var outboxClaimReadSQL = outboxCapSQL(outboxReadSQL + `
+	WHERE o.destination = $1 AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND holder = $3 AND expires_ms = $4)
+	ORDER BY o.id LIMIT $5`)
 
 // OutboxClaim implements store.OutboxLeases in one round trip: a batch of
 // the lease's upsert and the read of the head, the read only returning
