@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
@@ -65,4 +66,38 @@ func TestOutboxFanoutSize(t *testing.T) {
 	if growth < size*3/4 || growth > size+size/4 {
 		t.Fatalf("a message of %d bytes to %d providers grew the tables by %d bytes, want about %d", size, dests, growth, size)
 	}
+}
+
+// TestMigrationOutboxBodies applies the migration that stores outbox
+// bodies once per write to a database of the version before it, whose
+// outbox rows (two of them with equal bytes) each get a body of their own
+// (storetest.CheckOutboxBodiesMigrated), and the ids of later bodies
+// follow theirs.
+func TestMigrationOutboxBodies(t *testing.T) {
+	ctx := context.Background()
+	dsn, pool, version := poolBefore(t, schemaOutboxBodies)
+	shared := []byte("the same bytes for two providers")
+	old := []store.OutboxMessage{
+		{Destination: "c.example", GroupID: []byte("g1"), Recipients: []string{"mimi://c.example/d/al/pc"}, Message: shared},
+		{Destination: "e.example", GroupID: []byte("g1"), Recipients: []string{"mimi://e.example/d/ed/pc"}, Message: shared},
+		{Destination: "c.example", GroupID: []byte("g2"), Recipients: []string{"mimi://c.example/d/bo/pc"}, Message: make([]byte, 3000)},
+	}
+	for _, m := range old {
+		if _, err := pool.Exec(ctx, `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms, size)
+			VALUES ('a.example', $1, $2, $3, $4, $5, $6)`, m.Destination, m.GroupID, m.Recipients, m.Message, time.Now().UnixMilli(), m.Size()); err != nil {
+			pool.Close()
+			t.Fatalf("writing an outbox row of version %d: %v", version, err)
+		}
+		if _, err := pool.Exec(ctx, outboxAdmitSQL, m.Destination, 1, m.Size(), 1000, 1<<30); err != nil {
+			pool.Close()
+			t.Fatalf("counting an outbox row of version %d: %v", version, err)
+		}
+	}
+	pool.Close()
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		t.Fatalf("opening the database of version %d: %v", version, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	storetest.CheckOutboxBodiesMigrated(t, s, outboxBodies(s), old)
 }

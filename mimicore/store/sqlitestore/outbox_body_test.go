@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 	"github.com/caddy-mimi/caddy-mimi/mimicore/store/storetest"
@@ -68,4 +69,37 @@ func TestOutboxFanoutSize(t *testing.T) {
 	if growth < size*3/4 || growth > size+size/4 {
 		t.Fatalf("a message of %d bytes to %d providers grew the database by %d bytes, want about %d", size, dests, growth, size)
 	}
+}
+
+// TestMigrationOutboxBodies applies the migration that stores outbox
+// bodies once per write to a database of the version before it, whose
+// outbox rows (two of them with equal bytes) each get a body of their own
+// (storetest.CheckOutboxBodiesMigrated).
+func TestMigrationOutboxBodies(t *testing.T) {
+	path, raw, version := openBefore(t, schemaOutboxBodies)
+	shared := []byte("the same bytes for two providers")
+	old := []store.OutboxMessage{
+		{Destination: "c.example", GroupID: []byte("g1"), Recipients: []string{"mimi://c.example/d/al/pc"}, Message: shared},
+		{Destination: "e.example", GroupID: []byte("g1"), Recipients: []string{"mimi://e.example/d/ed/pc"}, Message: shared},
+		{Destination: "c.example", GroupID: []byte("g2"), Recipients: []string{"mimi://c.example/d/bo/pc"}, Message: make([]byte, 3000)},
+	}
+	for _, m := range old {
+		w, err := newOutboxRows([]store.OutboxMessage{m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := w.rows[0]
+		if _, err := raw.Exec(`INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms, size) VALUES ('a.example', ?1, ?2, ?3, ?4, ?5, ?6)`,
+			r.destination, r.groupID, r.recipients, m.Message, time.Now().UnixMilli(), r.size); err != nil {
+			t.Fatalf("writing an outbox row of version %d: %v", version, err)
+		}
+		if _, err := raw.Exec(outboxAdmitSQL, r.destination, 1, r.size, 1000, 1<<30); err != nil {
+			t.Fatalf("counting an outbox row of version %d: %v", version, err)
+		}
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s := openAt(t, path)
+	storetest.CheckOutboxBodiesMigrated(t, s, outboxBodies(s), old)
 }

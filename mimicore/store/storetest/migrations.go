@@ -100,3 +100,43 @@ func CheckObjectKeepMigrated(t *testing.T, s store.Store, old string) {
 		t.Fatalf("unreferenced objects %v, %v; want only the kept %s (the old row forgotten)", got, err, a.Object)
 	}
 }
+
+// CheckOutboxBodiesMigrated checks s, opened on a database migrated past
+// the migration that stores outbox bodies once per write, which held the
+// outbox messages old (each destination's in this order) from before it:
+// each is a body of its own and reads back intact; a write after it gets
+// bodies of its own, with its equal messages sharing one; and removing
+// the messages, delivered or reset, removes every body.
+func CheckOutboxBodiesMigrated(t *testing.T, s store.Store, bodies OutboxBodies, old []store.OutboxMessage) {
+	t.Helper()
+	wantBodies(t, "migrated", bodies, len(old))
+	byDest := map[string][][]byte{}
+	var dests []string
+	for _, m := range old {
+		if _, ok := byDest[m.Destination]; !ok {
+			dests = append(dests, m.Destination)
+		}
+		byDest[m.Destination] = append(byDest[m.Destination], m.Message)
+	}
+	for _, d := range dests {
+		wantPending(t, s, d, byDest[d]...)
+	}
+	added := randBytes(t, 2048)
+	_, err := s.OutboxAdd(ctx(), store.OutboxWrite{Messages: remoteTo([]byte("g"), added, store.BackendDestination, store.BackendDestination)})
+	noErr(t, "OutboxAdd after the migration", err)
+	wantBodies(t, "a write after the migration", bodies, len(old)+1)
+	byDest[store.BackendDestination] = [][]byte{added, added}
+	dests = append(dests, store.BackendDestination)
+	for i, d := range dests {
+		entries := wantPending(t, s, d, byDest[d]...)
+		if i%2 == 0 {
+			_, err := s.OutboxDelivered(ctx(), d, idsOf(entries))
+			noErr(t, "OutboxDelivered", err)
+		} else {
+			_, err := s.OutboxReset(ctx(), d)
+			noErr(t, "OutboxReset", err)
+		}
+		wantPending(t, s, d)
+	}
+	wantBodies(t, "all removed", bodies, 0)
+}
