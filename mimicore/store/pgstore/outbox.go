@@ -31,6 +31,11 @@ const (
 	// returns its id.
 	outboxInsertSQL = `INSERT INTO outbox (sender, destination, group_id, recipients, body_id, enqueued_ms, size)
 		VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`
+	// outboxInsertLastBodySQL is outboxInsertSQL for a message whose body
+	// is the last this session wrote: currval is the session's own, so
+	// a write of one body sends it and its rows in one round trip.
+	outboxInsertLastBodySQL = `INSERT INTO outbox (sender, destination, group_id, recipients, body_id, enqueued_ms, size)
+		VALUES ($1, $2, $3, $4, currval(pg_get_serial_sequence('outbox_bodies', 'id')), $5, $6) RETURNING id`
 )
 
 // Statements of the outbox's bound (store.OutboxBound): sqlitestore's.
@@ -121,8 +126,10 @@ func (s *Store) outboxTx(ctx context.Context, tx pgx.Tx, msgs []store.OutboxMess
 			return nil, fmt.Errorf("counting dropped outbox messages: %w", err)
 		}
 	}
-	// Each distinct body of the admitted messages is written once, in a
-	// round trip before theirs, which needs its id.
+	// Each distinct body of the admitted messages is written once. One
+	// body (a message to several destinations) goes in the batch of its
+	// rows, which name it by currval; several go in a round trip before
+	// theirs, which need their ids.
 	bodies, bodyOf := outboxbody.Distinct(msgs)
 	refs := make([]int64, len(bodies))
 	for i, m := range msgs {
@@ -130,35 +137,47 @@ func (s *Store) outboxTx(ctx context.Context, tx pgx.Tx, msgs []store.OutboxMess
 			refs[bodyOf[i]]++
 		}
 	}
+	written := 0
+	for _, n := range refs {
+		if n > 0 {
+			written++
+		}
+	}
+	if written == 0 {
+		return make([]uint64, len(msgs)), nil
+	}
 	bodyIDs := make([]int64, len(bodies))
 	b := &pgx.Batch{}
 	for k, body := range bodies {
-		if refs[k] == 0 {
-			continue
+		if refs[k] > 0 {
+			b.Queue(outboxBodyInsertSQL, body, refs[k]).QueryRow(func(row pgx.Row) error { return row.Scan(&bodyIDs[k]) })
 		}
-		b.Queue(outboxBodyInsertSQL, body, refs[k]).QueryRow(func(row pgx.Row) error { return row.Scan(&bodyIDs[k]) })
 	}
-	if b.Len() == 0 {
-		return make([]uint64, len(msgs)), nil
+	if written > 1 {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return nil, fmt.Errorf("writing message bodies to the outbox: %w", err)
+		}
+		b = &pgx.Batch{}
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("writing message bodies to the outbox: %w", err)
-	}
-	b = &pgx.Batch{}
 	ids := make([]uint64, len(msgs))
 	for i, m := range msgs {
 		if refused[m.Destination] {
 			continue
 		}
-		b.Queue(outboxInsertSQL, m.Sender, m.Destination, m.GroupID, m.Recipients, bodyIDs[bodyOf[i]], now, m.Size()).
-			QueryRow(func(row pgx.Row) error {
-				var id int64
-				if err := row.Scan(&id); err != nil {
-					return err
-				}
-				ids[i] = uint64(id)
-				return nil
-			})
+		var q *pgx.QueuedQuery
+		if written == 1 {
+			q = b.Queue(outboxInsertLastBodySQL, m.Sender, m.Destination, m.GroupID, m.Recipients, now, m.Size())
+		} else {
+			q = b.Queue(outboxInsertSQL, m.Sender, m.Destination, m.GroupID, m.Recipients, bodyIDs[bodyOf[i]], now, m.Size())
+		}
+		q.QueryRow(func(row pgx.Row) error {
+			var id int64
+			if err := row.Scan(&id); err != nil {
+				return err
+			}
+			ids[i] = uint64(id)
+			return nil
+		})
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("writing to the outbox: %w", err)
