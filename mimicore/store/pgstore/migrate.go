@@ -514,9 +514,10 @@ ALTER TABLE mls_groups ADD COLUMN reinit_proposal BYTEA CHECK (reinit_proposal I
 // snapshot of its own under READ COMMITTED, see the refs the other
 // committed. There is no foreign key, whose check on a body's deletion
 // would need an index on outbox.body_id. Existing rows each get a body of
-// their own, with the row's id; the dropped message column's bytes stay
-// in the rows' old versions until they are deleted and vacuumed. It is
-// self-contained, whatever its version number.
+// their own, with the row's id. The message column is dropped before the
+// rows are updated, so that their new versions no longer hold its bytes:
+// the old versions' go at the next vacuum, not only once the rows are
+// delivered. It is self-contained, whatever its version number.
 const schemaOutboxBodies = `
 CREATE TABLE outbox_bodies (
 	id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -525,9 +526,9 @@ CREATE TABLE outbox_bodies (
 );
 INSERT INTO outbox_bodies (id, message, refs) OVERRIDING SYSTEM VALUE SELECT id, message, 1 FROM outbox;
 SELECT setval(pg_get_serial_sequence('outbox_bodies', 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM outbox_bodies;
-ALTER TABLE outbox ADD COLUMN body_id BIGINT;
+ALTER TABLE outbox ADD COLUMN body_id BIGINT, DROP COLUMN message;
 UPDATE outbox SET body_id = id;
-ALTER TABLE outbox ALTER COLUMN body_id SET NOT NULL, DROP COLUMN message;
+ALTER TABLE outbox ALTER COLUMN body_id SET NOT NULL;
 
 CREATE FUNCTION outbox_release_bodies() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
