@@ -76,10 +76,10 @@ func TestOutboxFanoutSize(t *testing.T) {
 func TestMigrationOutboxBodies(t *testing.T) {
 	ctx := context.Background()
 	dsn, pool, version := poolBefore(t, schemaOutboxBodies)
-	shared := []byte("the same bytes for two providers")
+	sameBytes := []byte("the same bytes for two providers")
 	old := []store.OutboxMessage{
-		{Destination: "c.example", GroupID: []byte("g1"), Recipients: []string{"mimi://c.example/d/al/pc"}, Message: shared},
-		{Destination: "e.example", GroupID: []byte("g1"), Recipients: []string{"mimi://e.example/d/ed/pc"}, Message: shared},
+		{Destination: "c.example", GroupID: []byte("g1"), Recipients: []string{"mimi://c.example/d/al/pc"}, Message: sameBytes},
+		{Destination: "e.example", GroupID: []byte("g1"), Recipients: []string{"mimi://e.example/d/ed/pc"}, Message: sameBytes},
 		{Destination: "c.example", GroupID: []byte("g2"), Recipients: []string{"mimi://c.example/d/bo/pc"}, Message: make([]byte, 3000)},
 	}
 	for _, m := range old {
