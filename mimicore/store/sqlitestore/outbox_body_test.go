@@ -103,3 +103,18 @@ func TestMigrationOutboxBodies(t *testing.T) {
 	s := openAt(t, path)
 	storetest.CheckOutboxBodiesMigrated(t, s, outboxBodies(s), old)
 }
+
+// wantOutboxBodyRefs checks the link of s's outbox rows and bodies: every
+// row's body is stored, and every body's refs is the number of its rows.
+func wantOutboxBodyRefs(t *testing.T, s *Store) {
+	t.Helper()
+	var orphans, wrong int
+	if err := s.w.QueryRow(`SELECT
+		(SELECT COUNT(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_bodies b WHERE b.id = o.body_id)),
+		(SELECT COUNT(*) FROM outbox_bodies b WHERE b.refs != (SELECT COUNT(*) FROM outbox o WHERE o.body_id = b.id))`).Scan(&orphans, &wrong); err != nil {
+		t.Fatal(err)
+	}
+	if orphans != 0 || wrong != 0 {
+		t.Fatalf("%d outbox rows without their body, %d bodies whose refs are not their rows", orphans, wrong)
+	}
+}

@@ -135,14 +135,18 @@ func TestOutboxBoundCrashChild(t *testing.T) {
 	for w := range 4 {
 		wg.Go(func() {
 			for i := 0; ; i++ {
+				// Two rows of one body, as a destination's recipients
+				// split over two entries.
 				m := store.OutboxMessage{Sender: "a.example", Destination: "c.example", GroupID: g.State.GroupID(),
 					Recipients: []string{"mimi://c.example/d/carol/phone"}, Message: fmt.Appendf(nil, "message %d/%d", w, i)}
-				d, err := s.Deliver(ctx, g.State.GroupID(), g.State.Epoch(), store.Fanout{Remote: []store.OutboxMessage{m}})
+				m2 := m
+				m2.Recipients = []string{"mimi://c.example/d/dave/phone"}
+				d, err := s.Deliver(ctx, g.State.GroupID(), g.State.Epoch(), store.Fanout{Remote: []store.OutboxMessage{m, m2}})
 				if err != nil {
 					die("Deliver:", err)
 				}
 				if d.Outbox[0] == 0 {
-					say("dropped 1")
+					say("dropped 2")
 				} else {
 					say("kept")
 				}
@@ -192,8 +196,9 @@ func TestOutboxBoundCrashChild(t *testing.T) {
 
 // TestOutboxBoundCrash kills the child above with SIGKILL mid-stream and
 // checks in the reopened database that the counters are exact (they are
-// written in the transactions of the rows they count) and that every
-// acknowledged drop and reset is counted.
+// written in the transactions of the rows they count), that every
+// acknowledged drop and reset is counted, and that each stored body's
+// refs are its rows (the trigger runs in the deleting transaction).
 func TestOutboxBoundCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a child process")
@@ -256,6 +261,7 @@ func TestOutboxBoundCrash(t *testing.T) {
 	if b.Dropped.BacklogFull < dropped || b.Dropped.AdminReset < reset {
 		t.Fatalf("after kill -9 the drops read %+v, but %d drops and %d resets were acknowledged", b.Dropped, dropped, reset)
 	}
+	wantOutboxBodyRefs(t, s)
 	t.Logf("%d kept, %d dropped, %d reset acknowledged; counters exact after kill -9: %+v", kept, dropped, reset, b)
 }
 
