@@ -35,9 +35,11 @@ func reinitializing(typ moh.RequestType, base *mls.GroupState) bool {
 // and the operation not allowed. The nonce's length, and usage reinit
 // outside a group's first commit, are RFC 9420 validation's
 // (invalid_mls). One lookup by the old group's id, for a commit that
-// carries the PSK only.
+// carries the PSK only. The PSKs of other request types are checkRules'
+// to allow or refuse: an external_join may carry any (RFC 9420
+// §12.4.3.2), but for usage reinit, which RFC 9420 validation refused.
 func (s *Service) checkReInitPSK(ctx context.Context, typ moh.RequestType, base *mls.GroupState, info *mls.CommitInfo) error {
-	if len(info.PSKs) == 0 {
+	if len(info.PSKs) == 0 || typ != moh.AddUsers && typ != moh.AddClients {
 		return nil
 	}
 	forbid := func(format string, args ...any) error {

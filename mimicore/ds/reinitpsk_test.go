@@ -277,3 +277,90 @@ func TestReInitTooLarge(t *testing.T) {
 		})
 	}
 }
+
+// externalJoinWithPSK is the external_join request of joiner into the
+// group of member m, whose commit carries psk after its ExternalInit (the
+// Go client makes no such commit: it is signed again, and so is the
+// GroupInfo of the epoch it makes).
+func externalJoinWithPSK(t *testing.T, m *mls.Member, joiner *tclient, psk *mls.PreSharedKeyID) []byte {
+	t.Helper()
+	gi, err := m.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, joined, err := mls.JoinExternal(gi, mls.ExternalJoinOptions{Leaf: joiner.c.kp.LeafNode, Signer: joiner.c.signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm := ext.PublicMessage
+	pm.Content.Commit.Proposals = append(pm.Content.Commit.Proposals,
+		mls.ProposalOrRef{Type: mls.ProposalByValue, Proposal: &mls.Proposal{Type: mls.ProposalPSK, PSK: psk}})
+	base := m.State()
+	gc := base.GroupContext()
+	if pm.Auth.Signature, err = gc.CipherSuite.SignFramedContent(joiner.c.signer, mls.WireFormatPublicMessage, &pm.Content, &gc); err != nil {
+		t.Fatal(err)
+	}
+	// Applied here only for the GroupInfo of its epoch, with usage
+	// reinit admitted: the DS, not this helper, is to refuse it.
+	next, info, err := base.ApplyCommitWith(ext, mls.ApplyOptions{ReInitialization: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jgi, err := joined.GroupInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ngi := mls.GroupInfo{GroupContext: next.GroupContext(), Extensions: jgi.Extensions,
+		ConfirmationTag: next.ConfirmationTag(), Signer: info.CommitterLeaf}
+	if err := ngi.Sign(joiner.c.signer); err != nil {
+		t.Fatal(err)
+	}
+	return encode(t, &moh.DSRequest{Body: moh.RequestBody{Type: moh.ExternalJoin, GroupUpdate: moh.MLSGroupUpdate{
+		Commit: *ext, PartialGroupInfo: moh.PartialGroupInfo{Extensions: ngi.Extensions, Signature: ngi.Signature}}}})
+}
+
+// TestExternalJoinPSK checks that an external_join may carry PreSharedKey
+// proposals (RFC 9420 §12.4.3.2; docs/protocol.md §5.4.1 step 3, whose
+// table allows them), in a group at epoch 0 as past it: the reinit PSK's
+// checks are those of an add_users or add_clients, and a resumption PSK
+// of usage reinit stays invalid_mls there.
+func TestExternalJoinPSK(t *testing.T) {
+	nonce := make([]byte, 32)
+	for _, tc := range []struct {
+		name  string
+		epoch uint64 // the group's epoch at the join
+		psk   mls.PreSharedKeyID
+		want  moh.Code // 0: accepted
+	}{
+		{"external PSK at epoch 0", 0, mls.PreSharedKeyID{Type: mls.PSKExternal, PSKID: []byte("an external psk"), Nonce: nonce}, 0},
+		{"application resumption PSK past epoch 0", 1, mls.PreSharedKeyID{Type: mls.PSKResumption, Usage: mls.ResumptionApplication,
+			PSKGroupID: []byte("joined group"), PSKEpoch: 0, Nonce: nonce}, 0},
+		{"reinit resumption PSK at epoch 0", 0, mls.PreSharedKeyID{Type: mls.PSKResumption, Usage: mls.ResumptionReInit,
+			PSKGroupID: []byte("joined group"), PSKEpoch: 0, Nonce: nonce}, moh.CodeInvalidMLS},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			alice := h.newTClient(t, "alice", "phone", false)
+			tablet := h.newTClient(t, "alice", "tablet", false)
+			gid := []byte("joined group")
+			h.mustDo(t, "create_group", createBody(t, alice, gid))
+			for alice.m.State().Epoch() < tc.epoch {
+				res := commit(t, alice.m, nil, nil, nil)
+				h.mustDo(t, "update_client", commitBody(t, moh.UpdateClient, alice, alice.m, res))
+				alice.m = res.Next
+			}
+			before := h.snapshot(t, gid)
+			_, err := h.do(t, externalJoinWithPSK(t, alice.m, tablet, &tc.psk))
+			if codeOf(err) != tc.want {
+				t.Fatalf("external_join: %v; want code %d", err, tc.want)
+			}
+			if tc.want != 0 {
+				if !h.snapshot(t, gid).equal(before) {
+					t.Fatal("the refused external_join changed the stored group")
+				}
+				return
+			}
+			h.wantEpoch(t, gid, tc.epoch+1, 2)
+		})
+	}
+}
