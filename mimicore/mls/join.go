@@ -66,6 +66,19 @@ func ProcessWelcome(w *Welcome, kp *KeyPackage, initPriv hpke.PrivateKey, psks P
 		return nil, fmt.Errorf("processing welcome: %w", err)
 	}
 	gs := &res.GroupSecrets
+	// A resumption PSK of usage reinit or branch starts a group that
+	// continues another (RFC 9420 §11.2, §11.3): it must be the only one
+	// of those usages, and the Welcome must be of the new group's first
+	// epoch (§12.4.3.1), checked once the GroupInfo is decrypted.
+	continued := 0
+	for i := range gs.PSKs {
+		if id := &gs.PSKs[i]; id.Type == PSKResumption && (id.Usage == ResumptionReInit || id.Usage == ResumptionBranch) {
+			continued++
+		}
+	}
+	if continued > 1 {
+		return nil, fmt.Errorf("%w: welcome names %d PSKs of usage reinit or branch, at most 1", ErrInvalidMessage, continued)
+	}
 	var list []PSKWithSecret
 	for i := range gs.PSKs {
 		if psks == nil {
@@ -94,6 +107,9 @@ func ProcessWelcome(w *Welcome, kp *KeyPackage, initPriv hpke.PrivateKey, psks P
 	gc := &res.GroupInfo.GroupContext
 	if gc.CipherSuite != cs || gc.Version != MLS10 {
 		return nil, fmt.Errorf("processing welcome: group info has suite %d version %d", gc.CipherSuite, gc.Version)
+	}
+	if continued == 1 && gc.Epoch != 1 {
+		return nil, fmt.Errorf("%w: welcome names a PSK of usage reinit or branch for epoch %d, not the new group's first, 1", ErrInvalidMessage, gc.Epoch)
 	}
 	if res.Secrets, err = cs.EpochSecretsFromJoiner(gs.JoinerSecret, res.PSKSecret, gc); err != nil {
 		return nil, fmt.Errorf("processing welcome: %w", err)

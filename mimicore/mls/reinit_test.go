@@ -149,3 +149,58 @@ func TestReInitPSKUsages(t *testing.T) {
 		})
 	}
 }
+
+// TestReInitPSKJoiner checks the joiner's rules of RFC 9420 §12.4.3.1 for a
+// Welcome naming a resumption PSK of usage reinit: it must be the only
+// PSK of usage reinit or branch, and the GroupInfo's epoch must be 1 (the
+// new group's first commit). A Welcome breaking either is refused even
+// when the joiner resolves the PSKs; the control case joins.
+func TestReInitPSKJoiner(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	for _, tc := range []struct {
+		name    string
+		earlier bool // the new group has a commit before the one with the PSK
+		psks    int  // reinit PSKs in the commit (each its own nonce)
+		msg     string
+	}{
+		{"control: one reinit PSK at epoch 1", false, 1, ""},
+		{"the reinit PSK at epoch 2", true, 1, "epoch 2"},
+		{"two reinit PSKs", false, 2, "2 PSKs of usage reinit or branch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			oldA, oldB, creator, b2 := reinitGroups(t, cs)
+			if tc.earlier {
+				c := newTestClient(t, cs, "C")
+				res, err := creator.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: c.kp}}, nil, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				creator = res.Next
+			}
+			props := []*Proposal{{Type: ProposalAdd, KeyPackage: b2.kp}}
+			for range tc.psks {
+				psk, err := oldA.ReInitPSK(cs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				props = append(props, psk)
+			}
+			res, err := creator.CommitWith(CommitOptions{ByValue: props, ReInitialization: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = JoinFromWelcome(reencode(t, res.Welcome).Welcome, WelcomeOptions{KeyPackage: b2.kp,
+				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer,
+				PSKs: reinitLookup(oldB)})
+			switch {
+			case tc.msg == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.msg == "":
+			case err == nil:
+				t.Fatal("joined")
+			case !strings.Contains(err.Error(), tc.msg):
+				t.Fatalf("refused for another reason than %q: %v", tc.msg, err)
+			}
+		})
+	}
+}
