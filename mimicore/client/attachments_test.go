@@ -236,52 +236,11 @@ func TestCopyAttachmentAnswerLost(t *testing.T) {
 		}, 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			alice, bob, gid, _ := pair(t)
-			bm, err := bob.member(gid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sealed, err := attachment.Seal(bm, DefaultCipherSuite, bm.LeafIndex(), []byte("bob's photo"), rand.Reader)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ref := attachment.Reference{Token: []byte("bob's token"), Nonce: sealed.Nonce, Hash: sealed.Hash}
-			if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), protect(t, bob, gid, ref.String()))); err != nil || ev.Kind != EventMessage {
-				t.Fatalf("alice opening bob's message: %+v, %v", ev, err)
-			}
-			st := &attachmentStore{t: t, byKey: map[string][]byte{}}
-			st.put(gid, ref.Token, sealed.Ciphertext)
-			inner := http.NewServeMux()
-			st.register(inner)
-			var mu sync.Mutex
-			var bodies [][]byte
-			mux := http.NewServeMux()
-			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path != "/attachment_copy" {
-					inner.ServeHTTP(w, r)
-					return
-				}
-				raw, err := io.ReadAll(r.Body)
-				if err != nil {
-					t.Errorf("reading the copy request: %v", err)
-					return
-				}
-				mu.Lock()
-				bodies = append(bodies, raw)
-				n := len(bodies)
-				mu.Unlock()
-				if n == 1 {
-					tc.first(w)
-					return
-				}
-				r.Body = io.NopCloser(bytes.NewReader(raw))
-				inner.ServeHTTP(w, r)
-			})
-			fakeGateway(t, alice, mux)
+			c := newCopyFixture(t, []func(http.ResponseWriter){tc.first})
+			alice, gid, ref := c.alice, c.gid, c.ref
 
-			copied, err := alice.CopyAttachment(t.Context(), gid, bm.LeafIndex(), ref, gid)
-			mu.Lock()
-			defer mu.Unlock()
+			copied, err := alice.CopyAttachment(t.Context(), gid, c.leaf, ref, gid)
+			bodies := c.requests()
 			if len(bodies) != tc.requests {
 				t.Fatalf("%d copy requests, want %d", len(bodies), tc.requests)
 			}
@@ -571,66 +530,21 @@ func TestCopyAttachmentWaitsOutRateLimit(t *testing.T) {
 		}}, false, moh.CodeRateLimited, 1, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			alice, bob, gid, _ := pair(t)
-			bm, err := bob.member(gid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sealed, err := attachment.Seal(bm, DefaultCipherSuite, bm.LeafIndex(), []byte("bob's photo"), rand.Reader)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ref := attachment.Reference{Token: []byte("bob's token"), Nonce: sealed.Nonce, Hash: sealed.Hash}
-			if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), protect(t, bob, gid, ref.String()))); err != nil || ev.Kind != EventMessage {
-				t.Fatalf("alice opening bob's message: %+v, %v", ev, err)
-			}
-			st := &attachmentStore{t: t, byKey: map[string][]byte{}}
-			st.put(gid, ref.Token, sealed.Ciphertext)
-			inner := http.NewServeMux()
-			st.register(inner)
-			var mu sync.Mutex
-			var bodies [][]byte
-			pending := tc.answers
-			mux := http.NewServeMux()
-			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path != "/attachment_copy" {
-					inner.ServeHTTP(w, r)
-					return
-				}
-				raw, err := io.ReadAll(r.Body)
-				if err != nil {
-					t.Errorf("reading the copy request: %v", err)
-					return
-				}
-				mu.Lock()
-				bodies = append(bodies, raw)
-				var answer func(http.ResponseWriter)
-				if len(pending) > 0 {
-					answer, pending = pending[0], pending[1:]
-				}
-				mu.Unlock()
-				if answer != nil {
-					answer(w)
-					return
-				}
-				r.Body = io.NopCloser(bytes.NewReader(raw))
-				inner.ServeHTTP(w, r)
-			})
-			fakeGateway(t, alice, mux)
+			c := newCopyFixture(t, tc.answers)
+			alice, gid, ref := c.alice, c.gid, c.ref
 			if tc.clockStands {
 				now := time.Now()
 				alice.cfg.Now = func() time.Time { return now }
 			}
 
-			copied, err := alice.CopyAttachment(t.Context(), gid, bm.LeafIndex(), ref, gid)
+			copied, err := alice.CopyAttachment(t.Context(), gid, c.leaf, ref, gid)
 			if code, _ := CodeOf(err); code != tc.code || (tc.code == 0 && err != nil) {
 				t.Fatalf("CopyAttachment = %s, %v; want code %v", copied, err, tc.code)
 			}
 			if tc.code == 0 && !bytes.Equal(copied.Token, []byte("copy of bob's token")) {
 				t.Fatalf("CopyAttachment = %s; want the copy's token", copied)
 			}
-			mu.Lock()
-			defer mu.Unlock()
+			bodies := c.requests()
 			if len(bodies) != tc.requests {
 				t.Fatalf("%d copy requests, want %d", len(bodies), tc.requests)
 			}
@@ -657,4 +571,76 @@ func TestCopyAttachmentWaitsOutRateLimit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// copyFixture is alice holding a message of bob's that references an
+// attachment of his, behind a fake gateway whose first attachment_copy
+// requests get scripted answers and the others the copy.
+type copyFixture struct {
+	alice *Client
+	gid   []byte
+	leaf  uint32 // bob's leaf, the reference's sender
+	ref   attachment.Reference
+
+	mu     sync.Mutex
+	bodies [][]byte // every attachment_copy request, in arrival order
+}
+
+// newCopyFixture makes a copyFixture whose first len(answers) copy
+// requests are answered by answers, in order.
+func newCopyFixture(t *testing.T, answers []func(http.ResponseWriter)) *copyFixture {
+	t.Helper()
+	alice, bob, gid, _ := pair(t)
+	bm, err := bob.member(gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := attachment.Seal(bm, DefaultCipherSuite, bm.LeafIndex(), []byte("bob's photo"), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := attachment.Reference{Token: []byte("bob's token"), Nonce: sealed.Nonce, Hash: sealed.Hash}
+	if ev, err := alice.process(t.Context(), queued(1, gid, bob.URI(), protect(t, bob, gid, ref.String()))); err != nil || ev.Kind != EventMessage {
+		t.Fatalf("alice opening bob's message: %+v, %v", ev, err)
+	}
+	st := &attachmentStore{t: t, byKey: map[string][]byte{}}
+	st.put(gid, ref.Token, sealed.Ciphertext)
+	inner := http.NewServeMux()
+	st.register(inner)
+	c := &copyFixture{alice: alice, gid: gid, leaf: bm.LeafIndex(), ref: ref}
+	pending := answers
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/attachment_copy" {
+			inner.ServeHTTP(w, r)
+			return
+		}
+		raw, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("reading the copy request: %v", err)
+			return
+		}
+		c.mu.Lock()
+		c.bodies = append(c.bodies, raw)
+		var answer func(http.ResponseWriter)
+		if len(pending) > 0 {
+			answer, pending = pending[0], pending[1:]
+		}
+		c.mu.Unlock()
+		if answer != nil {
+			answer(w)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(raw))
+		inner.ServeHTTP(w, r)
+	})
+	fakeGateway(t, alice, mux)
+	return c
+}
+
+// requests returns the copy requests received so far.
+func (c *copyFixture) requests() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.bodies)
 }
