@@ -1349,7 +1349,7 @@ func (s *Sender) deliver(ctx context.Context, e store.OutboxEntry, log *zap.Logg
 			return retryRateLimited
 		}
 		return retryAnswered
-	case a.Status == http.StatusOK && a.Response.Type == moh.ResponseQueueing:
+	case success(a.Status) && a.Response.Type == moh.ResponseQueueing:
 		s.stats.delivered.Add(1)
 		s.observeLatency(e.Destination, e.Enqueued)
 		s.note(e.Destination, func(st *DestinationStatus) {
@@ -1435,12 +1435,18 @@ func (s *Sender) deliverBackend(ctx context.Context, e store.OutboxEntry, log *z
 	}
 }
 
+// success reports whether status is a 2xx: the peer took the request.
+// MoH answers 200; a peer that answers another 2xx with a queueing answer
+// delivered the message all the same, and dropping or counting it as a
+// refusal would be wrong.
+func success(status int) bool { return status >= 200 && status <= 299 }
+
 // retryable tells the answers worth another attempt, from their status
 // and, for an error answer, its DSError code (zero otherwise): the peer's
 // own trouble (5xx but 501), its rate limits (429), time (408, 425; and a
 // 409 in_progress, the same request_id still being processed there,
 // docs/protocol.md §3), authentication it may pass later (401: it could
-// not fetch our key yet), and a 200 that is not a queueing answer
+// not fetch our key yet), and a 2xx that is not a queueing answer
 // (treated as the peer's fault). Any other 409, such as replay, is a
 // refusal for good.
 func retryable(status int, code moh.Code) bool {
@@ -1448,7 +1454,7 @@ func retryable(status int, code moh.Code) bool {
 	case status >= 500 && status != http.StatusNotImplemented:
 		return true
 	case status == http.StatusTooManyRequests, status == http.StatusRequestTimeout, status == http.StatusTooEarly,
-		status == http.StatusUnauthorized, status == http.StatusOK:
+		status == http.StatusUnauthorized, success(status):
 		return true
 	case status == http.StatusConflict:
 		return code == moh.CodeInProgress

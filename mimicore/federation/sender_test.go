@@ -63,6 +63,8 @@ func TestRetryable(t *testing.T) {
 		want   bool
 	}{
 		{http.StatusOK, 0, true}, // but not a queueing answer
+		{http.StatusAccepted, 0, true},
+		{http.StatusNoContent, 0, true},
 		{http.StatusBadRequest, moh.CodeMalformed, false},
 		{http.StatusUnauthorized, moh.CodeUnknownKey, true},
 		{http.StatusForbidden, moh.CodeForbidden, false},
@@ -123,6 +125,45 @@ func TestConflictAnswers(t *testing.T) {
 			if got.Delivered != tc.delivered || got.Rejected != tc.rejected || got.Attempts != tc.attempts || got.Retried != tc.retried {
 				t.Fatalf("stats %+v, want %d attempts, %d retried, %d delivered, %d rejected",
 					got, tc.attempts, tc.retried, tc.delivered, tc.rejected)
+			}
+		})
+	}
+}
+
+// TestOtherSuccessStatus has the destination answer with a 2xx other than
+// 200: with a queueing answer the message is delivered (before, it was
+// counted as refused and logged as dropped), and without one it stays for
+// the next attempt, as after a 200 that is not a queueing answer (before,
+// it was dropped).
+func TestOtherSuccessStatus(t *testing.T) {
+	queueing := moh.DSResponse{Type: moh.ResponseQueueing, Queueing: moh.QueueingServiceResponse{Status: moh.QueueingOK}}
+	for _, tc := range []struct {
+		name                         string
+		first                        provider.Answer
+		attempts, retried, delivered uint64
+	}{
+		{"202 queueing", provider.Answer{Status: http.StatusAccepted, Response: queueing}, 1, 0, 1},
+		{"201 queueing", provider.Answer{Status: http.StatusCreated, Response: queueing}, 1, 0, 1},
+		{"202 welcome_info", provider.Answer{Status: http.StatusAccepted, Response: moh.DSResponse{Type: moh.ResponseWelcomeInfo}}, 2, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := leaseStore(t, 1)
+			var calls atomic.Int32
+			s := &Sender{Outbox: st, Logger: zaptest.NewLogger(t), MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+				Transport: transportFunc(func(ctx context.Context, _, _ string, _ moh.ProviderRequestType, _ []byte) (*provider.Answer, error) {
+					if calls.Add(1) == 1 {
+						a := tc.first
+						return &a, nil
+					}
+					return accepted(ctx, "", "", 0, nil)
+				})}
+			runSender(t, s)
+			waitFor(t, "an empty outbox", func() bool {
+				p, err := st.OutboxPending(t.Context(), "dest.example", 0, 1)
+				return err == nil && len(p) == 0
+			})
+			if got := s.Stats(); got.Delivered != tc.delivered || got.Rejected != 0 || got.Attempts != tc.attempts || got.Retried != tc.retried {
+				t.Fatalf("stats %+v, want %d attempts, %d retried, %d delivered, 0 rejected", got, tc.attempts, tc.retried, tc.delivered)
 			}
 		})
 	}
