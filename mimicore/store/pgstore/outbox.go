@@ -50,16 +50,42 @@ const (
 	// outboxDropFullSQL counts $2 messages for $1 dropped at the bound.
 	outboxDropFullSQL = `INSERT INTO outbox_heads AS h (destination, messages, bytes, dropped_full) VALUES ($1, 0, 0, $2)
 		ON CONFLICT (destination) DO UPDATE SET dropped_full = h.dropped_full + excluded.dropped_full`
-	// outboxRemovedSQL uncounts $2 messages of $3 bytes of $1, $4 of
-	// them removed by a reset.
-	outboxRemovedSQL = `UPDATE outbox_heads SET messages = messages - $2, bytes = bytes - $3,
-		dropped_reset = dropped_reset + $4 WHERE destination = $1`
 	outboxHeadColumns = `h.destination, h.messages, h.bytes, h.dropped_full, h.dropped_reset,
 		(SELECT enqueued_ms FROM outbox o WHERE o.destination = h.destination ORDER BY o.id LIMIT 1)`
-	// outboxResetSQL deletes up to $3 messages of $1 with ids up to $2.
-	outboxResetSQL = `DELETE FROM outbox WHERE id IN (
-		SELECT id FROM outbox WHERE destination = $1 AND id <= $2 ORDER BY id LIMIT $3) RETURNING size`
 )
+
+// Statements of the outbox's removals but a lease holder's
+// (outboxReleaseSQL), each returning how many messages it deleted.
+var (
+	// outboxDeliveredSQL deletes destination $1's messages of ids $2.
+	outboxDeliveredSQL = outboxRemoveSQL(`DELETE FROM outbox WHERE destination = $1 AND id = ANY($2::bigint[]) RETURNING size`, false)
+	// outboxResetSQL deletes up to $3 messages of $1 with ids up to $2,
+	// counted as reset.
+	outboxResetSQL = outboxRemoveSQL(`DELETE FROM outbox WHERE id IN (
+		SELECT id FROM outbox WHERE destination = $1 AND id <= $2 ORDER BY id LIMIT $3) RETURNING size`, true)
+)
+
+// outboxRemoveSQL is del, a DELETE of destination $1's outbox rows
+// RETURNING their size, and the uncounting of those rows in $1's head (as
+// removed by a reset when reset), in one statement that returns how many
+// rows it deleted. One statement, as outboxReleaseSQL is: the trigger
+// outbox_release_bodies (schemaOutboxBodies) runs at the statement's end,
+// so every removal locks the destination's head before the bodies of its
+// rows, and then only commits. A removal that locked bodies first, then the
+// head in a statement of its own, would deadlock with a release of the
+// same destination holding the head and waiting for one of those bodies.
+func outboxRemoveSQL(del string, reset bool) string {
+	dropped := ""
+	if reset {
+		dropped = `,
+			dropped_reset = dropped_reset + (SELECT count(*) FROM d)`
+	}
+	return `WITH d AS (` + del + `),
+		h AS (UPDATE outbox_heads SET messages = messages - (SELECT count(*) FROM d),
+			bytes = bytes - (SELECT COALESCE(sum(size), 0) FROM d)` + dropped + `
+			WHERE destination = $1 AND EXISTS (SELECT 1 FROM d))
+		SELECT count(*) FROM d`
+}
 
 // outboxResetBatch is how many messages one write of OutboxReset removes.
 const outboxResetBatch = 500
@@ -183,31 +209,6 @@ func (s *Store) outboxTx(ctx context.Context, tx pgx.Tx, msgs []store.OutboxMess
 		return nil, fmt.Errorf("writing to the outbox: %w", err)
 	}
 	return ids, nil
-}
-
-// outboxRemovedTx uncounts, in destination's head, the messages whose
-// sizes rows returns (a DELETE ... RETURNING size), as reset ones when
-// reset, and reports how many there were.
-func outboxRemovedTx(ctx context.Context, tx pgx.Tx, destination string, rows pgx.Rows, reset bool) (int64, error) {
-	sizes, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return 0, err
-	}
-	n := int64(len(sizes))
-	if n == 0 {
-		return 0, nil
-	}
-	var total, dropped int64
-	for _, size := range sizes {
-		total += size
-	}
-	if reset {
-		dropped = n
-	}
-	if _, err := tx.Exec(ctx, outboxRemovedSQL, destination, n, total, dropped); err != nil {
-		return 0, fmt.Errorf("counting the outbox backlog: %w", err)
-	}
-	return n, nil
 }
 
 // OutboxAdd implements store.OutboxAdder: the dedup record (shared with
@@ -341,8 +342,8 @@ func (s *Store) OutboxDestinations(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// OutboxDelivered implements store.Outbox: one DELETE of the ids, given
-// as one bigint[] parameter.
+// OutboxDelivered implements store.Outbox: one statement
+// (outboxDeliveredSQL) deleting the ids, given as one bigint[] parameter.
 func (s *Store) OutboxDelivered(ctx context.Context, destination string, ids []uint64) (int, error) {
 	const doing = "clearing outbox"
 	if err := s.checkOpen(doing); err != nil {
@@ -360,11 +361,7 @@ func (s *Store) OutboxDelivered(ctx context.Context, destination string, ids []u
 	list := outboxIDs(ids)
 	var n int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		rows, _ := tx.Query(ctx, `DELETE FROM outbox WHERE destination = $1 AND id = ANY($2::bigint[]) RETURNING size`,
-			destination, list)
-		var err error
-		n, err = outboxRemovedTx(ctx, tx, destination, rows, false)
-		return err
+		return tx.QueryRow(ctx, outboxDeliveredSQL, destination, list).Scan(&n)
 	})
 	if err != nil {
 		return 0, s.fail(doing, err)
@@ -440,10 +437,7 @@ func (s *Store) OutboxReset(ctx context.Context, destination string) (int, error
 	for last > 0 {
 		var n int64
 		err := s.inTx(ctx, func(tx pgx.Tx) error {
-			rows, _ := tx.Query(ctx, outboxResetSQL, destination, last, outboxResetBatch)
-			var err error
-			n, err = outboxRemovedTx(ctx, tx, destination, rows, true)
-			return err
+			return tx.QueryRow(ctx, outboxResetSQL, destination, last, outboxResetBatch).Scan(&n)
 		})
 		if err != nil {
 			return total, s.fail(doing, err)
