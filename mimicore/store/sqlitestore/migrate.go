@@ -617,7 +617,12 @@ ALTER TABLE mls_groups ADD COLUMN reinit_proposal BLOB CHECK (reinit_proposal IS
 // deleting statement's transaction. There is no foreign key: SQLite would
 // check it by scanning outbox for every body deleted, since nothing else
 // needs an index on body_id; the trigger and refs keep the link. Existing
-// rows each get a body of their own, with the row's id. outbox.size, what
+// rows each get a body of their own, with the row's id. The outbox is
+// then rebuilt without its message column (a new table, the rows copied,
+// its AUTOINCREMENT sequence and index kept), not by ALTER TABLE DROP
+// COLUMN: that rewrites every row in place under a statement journal,
+// which temp_store(MEMORY) holds in memory, about twice the outbox at once
+// (TestMigrationOutboxBodiesMemory). outbox.size, what
 // the destination's bound counts, is unchanged: each destination's bound
 // is about its own backlog, whatever the disk holds. It is self-contained,
 // whatever its version number.
@@ -627,10 +632,24 @@ CREATE TABLE outbox_bodies (
 	message BLOB    NOT NULL,
 	refs    INTEGER NOT NULL CHECK (refs > 0)
 );
-ALTER TABLE outbox ADD COLUMN body_id INTEGER NOT NULL DEFAULT 0;
 INSERT INTO outbox_bodies (id, message, refs) SELECT id, message, 1 FROM outbox;
-UPDATE outbox SET body_id = id;
-ALTER TABLE outbox DROP COLUMN message;
+CREATE TABLE outbox_new (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	sender      TEXT    NOT NULL,
+	destination TEXT    NOT NULL,
+	group_id    BLOB    NOT NULL,
+	recipients  TEXT    NOT NULL,
+	enqueued_ms INTEGER NOT NULL,
+	size        INTEGER NOT NULL DEFAULT 0 CHECK (size >= 0),
+	body_id     INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO outbox_new (id, sender, destination, group_id, recipients, enqueued_ms, size, body_id)
+	SELECT id, sender, destination, group_id, recipients, enqueued_ms, size, id FROM outbox;
+DELETE FROM sqlite_sequence WHERE name = 'outbox_new';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_new', seq FROM sqlite_sequence WHERE name = 'outbox';
+DROP TABLE outbox;
+ALTER TABLE outbox_new RENAME TO outbox;
+CREATE INDEX outbox_destination ON outbox (destination, id);
 CREATE TRIGGER outbox_release_body AFTER DELETE ON outbox BEGIN
 	DELETE FROM outbox_bodies WHERE id = OLD.body_id AND refs = 1;
 	UPDATE outbox_bodies SET refs = refs - 1 WHERE id = OLD.body_id;
