@@ -531,14 +531,11 @@ func (s *Store) ReInitOf(ctx context.Context, groupID []byte) (store.ReInitRecor
 	if err != nil {
 		return store.ReInitRecord{}, s.fail(doing, err)
 	}
-	if enc == nil {
-		return store.ReInitRecord{}, fmt.Errorf("%s: the group was not reinitialized, or before its ReInit was kept: %w", doing, store.ErrNotFound)
-	}
-	r, err := check.DecodeReInit(enc)
+	r, err := check.ReInitRecord(epoch, enc)
 	if err != nil {
 		return store.ReInitRecord{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	return store.ReInitRecord{ReInit: r, Epoch: uint64(epoch)}, nil
+	return r, nil
 }
 
 // WelcomeTree implements store.GroupStore.

@@ -575,13 +575,19 @@ func ReInit(r *mls.ReInit) ([]byte, error) {
 	return enc, nil
 }
 
-// DecodeReInit decodes a ReInit proposal that ReInit encoded.
-func DecodeReInit(enc []byte) (*mls.ReInit, error) {
+// ReInitRecord is GroupStore.ReInitOf's answer from a hosted group's row:
+// its epoch and its stored ReInit proposal, as ReInit encoded it, or nil
+// when the group was not reinitialized or was before its proposal was
+// kept (ErrNotFound).
+func ReInitRecord(epoch int64, enc []byte) (store.ReInitRecord, error) {
+	if enc == nil {
+		return store.ReInitRecord{}, fmt.Errorf("the group was not reinitialized, or before its ReInit was kept: %w", store.ErrNotFound)
+	}
 	r := new(mls.ReInit)
 	if err := wire.Unmarshal(enc, r, "ReInit"); err != nil {
-		return nil, fmt.Errorf("decoding the stored ReInit proposal: %w", err)
+		return store.ReInitRecord{}, fmt.Errorf("decoding the stored ReInit proposal: %w", err)
 	}
-	return r, nil
+	return store.ReInitRecord{ReInit: r, Epoch: uint64(epoch)}, nil
 }
 
 // GroupCreation checks the arguments of GroupStore.CreateGroup and
