@@ -16,12 +16,9 @@ import (
 // Add outside its lifetime (RFC 9420 §7.3), so a hub that fanned such a
 // commit out would leave them behind its epoch.
 func TestKeyPackageLifetime(t *testing.T) {
-	h := newHarness(t)
-	now := time.Now().Truncate(time.Second)
-	h.svc.Now = func() time.Time { return now }
+	h, sec := clockedHarness(t)
 	// The lifetimes' lengths are TestKeyPackageMaxLifetime's.
 	h.svc.MaxKeyPackageLifetime = -1
-	sec := uint64(now.Unix())
 	skew := uint64(MaxClockSkew / time.Second)
 	const day = 24 * 3600
 
@@ -81,12 +78,7 @@ func TestKeyPackageLifetime(t *testing.T) {
 // and the creator's leaf of create_group; one exactly that long is
 // accepted. Every lifetime contains the DS clock.
 func TestKeyPackageMaxLifetime(t *testing.T) {
-	h := newHarness(t)
-	// After the harness made its provider's key, which must be valid at
-	// the DS clock.
-	now := time.Now().Truncate(time.Second)
-	h.svc.Now = func() time.Time { return now }
-	sec := uint64(now.Unix())
+	h, sec := clockedHarness(t)
 	def := uint64(mls.DefaultMaxLifetime / time.Second)
 	const day = 24 * 3600
 	for i, tc := range []struct {
@@ -155,12 +147,9 @@ func TestKeyPackageMaxLifetime(t *testing.T) {
 // is refused (docs/protocol.md §5.4.1, create_group): a joiner refuses a
 // tree with a key_package leaf outside its lifetime (RFC 9420 §7.3).
 func TestCreateGroupLifetime(t *testing.T) {
-	h := newHarness(t)
-	now := time.Now().Truncate(time.Second)
-	h.svc.Now = func() time.Time { return now }
+	h, sec := clockedHarness(t)
 	// The lifetimes' lengths are TestKeyPackageMaxLifetime's.
 	h.svc.MaxKeyPackageLifetime = -1
-	sec := uint64(now.Unix())
 	skew := uint64(MaxClockSkew / time.Second)
 	const day = 24 * 3600
 	for i, tc := range []struct {
@@ -195,4 +184,16 @@ func TestCreateGroupLifetime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// clockedHarness returns a harness whose DS clock stands still at the
+// current second, set after the harness made its provider's key (which
+// must be valid at that clock), and that second in Unix seconds, as
+// lifetimes count it.
+func clockedHarness(t *testing.T) (*harness, uint64) {
+	t.Helper()
+	h := newHarness(t)
+	now := time.Now().Truncate(time.Second)
+	h.svc.Now = func() time.Time { return now }
+	return h, uint64(now.Unix())
 }
