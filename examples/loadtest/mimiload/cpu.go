@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/internal/cputime"
 )
 
 // cpuSample is what a run's CPU accounting reads before and after it:
@@ -23,7 +25,7 @@ type cpuSample struct {
 // sampleCPU reads a cpuSample now.
 func sampleCPU() cpuSample {
 	var s cpuSample
-	s.client, s.clientOK = ownCPU()
+	s.client, s.clientOK = cputime.Process()
 	s.idle, s.total, s.machineOK = machineCPU()
 	return s
 }
