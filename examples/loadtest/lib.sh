@@ -39,7 +39,8 @@ build() {
 # (no gateway with ONE_GATEWAY=1);
 # b.localhost receives, fetches a's keys over loopback, runs a Privacy Pass
 # issuer and requires a token on /verification_key, and answers /bare with
-# a plain respond (no mimi handler) for the baseline. $B_SITE and $B_MIMI,
+# a plain respond (no mimi handler) for the baseline, and /bare-answer with
+# a 5-byte body and the headers of a MoH answer for the second one. $B_SITE and $B_MIMI,
 # when set, are Caddyfile lines added to b.localhost's site and to its mimi
 # block (attachbench.sh and attachcrash.sh use them).
 configure() {
@@ -72,6 +73,13 @@ b.localhost:$PORT {
 	}
 	handle /bare {
 		respond 200
+	}
+	# The baseline answering like deliver_message's success: 5 bytes
+	# and the headers of a MoH answer (mimiload's bare-answer runs).
+	handle /bare-answer {
+		header Content-Type application/octet-stream
+		header Cache-Control no-store
+		respond "mimi!" 200
 	}
 ${B_SITE:+$B_SITE
 }	mimi {

@@ -127,10 +127,16 @@ func benchCmd(args []string) error {
 		if err != nil {
 			return fmt.Errorf("preparing %s: %w", mode, err)
 		}
-		bare, r := t.interleave(ctx, &f, prep)
+		bare, answered, r := t.interleave(ctx, &f, prep)
 		bare.print()
+		if answered != nil {
+			answered.print()
+		}
 		if bare.RPS > 0 {
 			r.BareRPS, r.Ratio = bare.RPS, round(r.RPS/bare.RPS, 3)
+		}
+		if answered != nil && answered.RPS > 0 {
+			r.BareAnswerRPS, r.AnswerRatio = answered.RPS, round(r.RPS/answered.RPS, 3)
 		}
 		r.print()
 		if prep.check != nil {
@@ -139,7 +145,10 @@ func benchCmd(args []string) error {
 				failed = true
 			}
 		}
-		for _, x := range []*result{bare, r} {
+		for _, x := range []*result{bare, answered, r} {
+			if x == nil {
+				continue
+			}
 			if x.Errors > 0 || x.Unexpected > 0 || x.Requests == 0 {
 				failed = true
 			}
@@ -154,77 +163,106 @@ func benchCmd(args []string) error {
 // interleave runs bare and the mode in f.slices alternating slices of
 // f.duration/f.slices each (one slice each when f.slices is 1) and returns
 // the merged results. The mode's slices take consecutive requests of its
-// pool, so a signed request is still sent once.
-func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) (bare, mode *result) {
+// pool, so a signed request is still sent once. When the mode's answers
+// have the shape of /bare-answer's (prep.answer, see bareAnswerConfig),
+// a slice of that baseline runs after each bare one, and answered holds
+// its merged results (nil otherwise).
+func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) (bare, answered, mode *result) {
 	n := max(f.slices, 1)
 	slice := *f
 	slice.duration = f.duration / time.Duration(n)
-	bareCfg := t.bareConfig(&slice, prep.shape)
-	modeCfg := prep.cfg
-	modeCfg.duration = slice.duration
-	off := 0
-	var store, bareCPU, modeCPU counters // sums over the slices
-	var bareUse, modeUse cpuUse          // likewise
-	for i := range n {
-		c0, err0 := readCounters(ctx, f.metrics)
-		s0 := sampleCPU()
-		b := t.run(ctx, "bare", http.StatusOK, bareCfg)
-		s1 := sampleCPU()
-		c1, err1 := readCounters(ctx, f.metrics)
-		s1m := sampleCPU()
-		m := t.run(ctx, prep.mode, prep.expected, modeCfg.offset(off))
-		s2 := sampleCPU()
-		c2, err2 := readCounters(ctx, f.metrics)
-		if i == 0 {
-			bareUse, modeUse = s1.since(s0), s2.since(s1m)
-		} else {
-			bareUse.add(s1.since(s0))
-			modeUse.add(s2.since(s1m))
+	legs := []*leg{{name: "bare", expected: http.StatusOK, cfg: t.bareConfig(&slice, prep.shape)}}
+	if cfg, ok := t.bareAnswerConfig(ctx, &slice, prep); ok {
+		legs = append(legs, &leg{name: "bare-answer", expected: http.StatusOK, cfg: cfg})
+	}
+	modeLeg := &leg{name: prep.mode, expected: prep.expected, cfg: prep.cfg, pooled: true}
+	modeLeg.cfg.duration = slice.duration
+	legs = append(legs, modeLeg)
+	var store counters // the mode's, summed over the slices
+	for range n {
+		for _, l := range legs {
+			c0, err0 := readCounters(ctx, f.metrics)
+			s0 := sampleCPU()
+			cfg := l.cfg
+			if l.pooled {
+				cfg = cfg.offset(l.off)
+			}
+			r := t.run(ctx, l.name, l.expected, cfg)
+			s1 := sampleCPU()
+			c1, err1 := readCounters(ctx, f.metrics)
+			u := s1.since(s0)
+			if f.metrics != "" && err0 == nil && err1 == nil {
+				l.server.cpu += c1.cpu - c0.cpu
+				l.server.roundTrips += c1.roundTrips - c0.roundTrips
+				if l == modeLeg {
+					store.commits += c1.commits - c0.commits
+					store.writes += c1.writes - c0.writes
+				}
+			} else if f.metrics != "" {
+				fmt.Printf("# metrics: %v\n", errors.Join(err0, err1))
+			}
+			l.off += r.consumed
+			if l.res == nil {
+				l.res, l.use = r, u
+				l.res.Slices = 1
+			} else {
+				l.res.add(r)
+				l.use.add(u)
+			}
 		}
-		if f.metrics != "" && err0 == nil && err1 == nil && err2 == nil {
-			bareCPU.cpu += c1.cpu - c0.cpu
-			modeCPU.cpu += c2.cpu - c1.cpu
-			bareCPU.roundTrips += c1.roundTrips - c0.roundTrips
-			modeCPU.roundTrips += c2.roundTrips - c1.roundTrips
-			store.commits += c2.commits - c1.commits
-			store.writes += c2.writes - c1.writes
-		} else if f.metrics != "" {
-			fmt.Printf("# metrics: %v\n", errors.Join(err0, err1, err2))
-		}
-		off += m.consumed
-		if i == 0 {
-			bare, mode = b, m
-			bare.Slices, mode.Slices = 1, 1
-		} else {
-			bare.add(b)
-			mode.add(m)
-		}
-		if m.Exhausted {
+		if modeLeg.res.Exhausted {
 			break
 		}
 	}
+	for _, l := range legs {
+		l.finish()
+	}
+	mode = modeLeg.res
 	if store.commits > 0 {
 		mode.CommitsPerSec = round(store.commits/mode.elapsed.Seconds(), 1)
 		mode.MeanBatch = round(store.writes/store.commits, 2)
 	}
-	if bare.Requests > 0 && bareCPU.cpu > 0 {
-		bare.ServerCPU = round(bareCPU.cpu/float64(bare.Requests)*1e6, 1)
+	bare = legs[0].res
+	mode.CPURatio = cpuRatio(bare, mode)
+	if len(legs) == 3 {
+		answered = legs[1].res
+		mode.AnswerCPURatio = cpuRatio(answered, mode)
 	}
-	if mode.Requests > 0 && modeCPU.cpu > 0 {
-		mode.ServerCPU = round(modeCPU.cpu/float64(mode.Requests)*1e6, 1)
+	return bare, answered, mode
+}
+
+// A leg is one of the runs that interleave alternates, and what its
+// slices add up to.
+type leg struct {
+	name     string
+	expected int
+	cfg      runConfig
+	pooled   bool // the mode: each slice goes on in the pool where the last one stopped
+	off      int  // the pool's next request (pooled)
+	res      *result
+	use      cpuUse   // the generator's and the machine's CPU, summed over the slices
+	server   counters // Caddy's CPU and round trips, summed over the slices
+}
+
+// finish sets the leg's CPU accounting of its merged result.
+func (l *leg) finish() {
+	r := l.res
+	if r.Requests > 0 && l.server.cpu > 0 {
+		r.ServerCPU = round(l.server.cpu/float64(r.Requests)*1e6, 1)
 	}
-	bare.account(bareUse)
-	mode.account(modeUse)
-	if bare.ServerCPU > 0 && bare.ClientCPU > 0 && mode.ServerCPU > 0 && mode.ClientCPU > 0 {
-		mode.CPURatio = round((bare.ServerCPU+bare.ClientCPU)/(mode.ServerCPU+mode.ClientCPU), 3)
+	if r.Requests > 0 && l.server.roundTrips > 0 {
+		r.RoundTrips = round(l.server.roundTrips/float64(r.Requests), 3)
 	}
-	if bare.Requests > 0 && bareCPU.roundTrips > 0 {
-		bare.RoundTrips = round(bareCPU.roundTrips/float64(bare.Requests), 3)
+	r.account(l.use)
+}
+
+// cpuRatio is the ratio of mode to base that their CPU cost per request
+// (server and generator) predicts; 0 when either is unknown.
+func cpuRatio(base, mode *result) float64 {
+	if base.ServerCPU > 0 && base.ClientCPU > 0 && mode.ServerCPU > 0 && mode.ClientCPU > 0 {
+		return round((base.ServerCPU+base.ClientCPU)/(mode.ServerCPU+mode.ClientCPU), 3)
 	}
-	if mode.Requests > 0 && modeCPU.roundTrips > 0 {
-		mode.RoundTrips = round(modeCPU.roundTrips/float64(mode.Requests), 3)
-	}
-	return bare, mode
+	return 0
 }
 
 // counters are the values mimiload reads from Caddy's metrics: the
@@ -310,6 +348,51 @@ func (t *target) bareConfig(f *benchFlags, shape request) runConfig {
 	return runConfig{conc: f.conc, duration: f.duration, next: func(int) (request, bool) { return req, true }}
 }
 
+// bareAnswerPath is the second baseline's route (lib.sh): Caddy's respond
+// answering 200 with a 5-byte body and the headers of a MoH answer
+// (Content-Type application/octet-stream, Cache-Control no-store), the
+// shape of deliver_message's success (a queueing DSResponse, status ok,
+// no unknown clients).
+const bareAnswerPath = "/bare-answer"
+
+// bareAnswerConfig is the baseline that answers like the mode: requests
+// of the mode's shape to bareAnswerPath, whose answer must have the shape
+// of the mode's (prep.answer), checked with one request. A mode without
+// a known answer shape, or whose answer differs, has no such baseline
+// (false), and why is printed unless it has no known shape.
+func (t *target) bareAnswerConfig(ctx context.Context, f *benchFlags, prep *prepared) (runConfig, bool) {
+	if prep.answer == (answerShape{}) {
+		return runConfig{}, false
+	}
+	cfg := t.bareConfig(f, prep.shape)
+	r, _ := cfg.next(0)
+	r.url = t.url(f.receiver, bareAnswerPath)
+	a := t.do(ctx, r.method, r.url, r.body, r.header)
+	if got := shapeOf(a); a.err != nil || got != prep.answer {
+		fmt.Printf("# %s: no bare baseline answering alike: %s answers %+v (%v), the mode %+v\n",
+			prep.mode, bareAnswerPath, got, a.err, prep.answer)
+		return runConfig{}, false
+	}
+	cfg.next = func(int) (request, bool) { return r, true }
+	return cfg, true
+}
+
+// answerShape is what of an answer the transport carries at a cost of its
+// own: the status, the body's length and the headers a MoH answer sets.
+type answerShape struct {
+	status, length            int
+	contentType, cacheControl string
+}
+
+// shapeOf returns a's shape; the zero shape for a failed request.
+func shapeOf(a answer) answerShape {
+	if a.err != nil {
+		return answerShape{}
+	}
+	return answerShape{status: a.status, length: len(a.body),
+		contentType: a.header.Get("Content-Type"), cacheControl: a.header.Get("Cache-Control")}
+}
+
 // octetStream marks a bare POST like the MoH ones (do sets the content
 // type of every body anyway).
 var octetStream = map[string]string{"Content-Type": "application/octet-stream"}
@@ -323,6 +406,9 @@ type prepared struct {
 	// shape is a request like the mode's (method, body, headers), which the
 	// bare run sends to /bare; the zero request means a bodiless GET.
 	shape request
+	// answer, when known, is the shape of the mode's answers: a baseline
+	// answering alike (bareAnswerPath) then runs too.
+	answer answerShape
 }
 
 func prepare(ctx context.Context, t *target, f *benchFlags, mode string) (*prepared, error) {

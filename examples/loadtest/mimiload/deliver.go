@@ -69,7 +69,8 @@ func prepareDeliver(ctx context.Context, t *target, f *benchFlags) (*prepared, e
 	if err != nil {
 		return nil, err
 	}
-	if a := t.do(ctx, http.MethodPost, url, first, nil); a.err != nil || a.status != http.StatusOK {
+	welcomed := t.do(ctx, http.MethodPost, url, first, nil)
+	if a := welcomed; a.err != nil || a.status != http.StatusOK {
 		return nil, fmt.Errorf("the Welcome introducing the group: status %d, %v", a.status, a.err)
 	}
 	t0 := time.Now()
@@ -102,5 +103,5 @@ func prepareDeliver(ctx context.Context, t *target, f *benchFlags) (*prepared, e
 			}
 			return request{method: http.MethodPost, url: url, body: pool[i]}, true
 		},
-	}, shape: request{method: http.MethodPost, body: pool[0], header: octetStream}}, nil
+	}, shape: request{method: http.MethodPost, body: pool[0], header: octetStream}, answer: shapeOf(welcomed)}, nil
 }

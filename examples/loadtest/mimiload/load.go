@@ -175,6 +175,13 @@ type result struct {
 	BareRPS     float64        `json:"bare_rps,omitempty"`
 	Ratio       float64        `json:"ratio_to_bare,omitempty"`
 	Slices      int            `json:"slices,omitempty"`
+	// BareAnswerRPS and AnswerRatio compare the mode with the baseline
+	// that answers alike (bareAnswerPath): the same request, and an answer
+	// of the mode's status, length and headers. AnswerCPURatio is
+	// CPURatio against it.
+	BareAnswerRPS  float64 `json:"bare_answer_rps,omitempty"`
+	AnswerRatio    float64 `json:"ratio_to_bare_answer,omitempty"`
+	AnswerCPURatio float64 `json:"cpu_ratio_to_bare_answer,omitempty"`
 	// CommitsPerSec and MeanBatch are the store's commits (each one
 	// fsync of the WAL) per second of the mode's runs and its writes per
 	// commit, from Caddy's metrics (-metrics).
@@ -367,7 +374,11 @@ func (r *result) print() {
 	fmt.Printf("%-6s %7d req in %6.2fs  %9.1f req/s  p50 %6.2fms  p90 %6.2fms  p99 %6.2fms  status %s  errors %d",
 		r.Mode, r.Requests, r.Seconds, r.RPS, r.P50ms, r.P90ms, r.P99ms, strings.Join(codes, ","), r.Errors)
 	if r.BareRPS > 0 {
-		fmt.Printf("  (%.3f × bare)", r.Ratio)
+		fmt.Printf("  (%.3f × bare", r.Ratio)
+		if r.BareAnswerRPS > 0 {
+			fmt.Printf(", %.3f × bare answering alike", r.AnswerRatio)
+		}
+		fmt.Print(")")
 	}
 	if r.Exhausted {
 		fmt.Print("  [pool used up before the duration]")
@@ -382,7 +393,11 @@ func (r *result) print() {
 		fmt.Printf("  machine %.0f %% idle", 100**r.Idle)
 	}
 	if r.CPURatio > 0 {
-		fmt.Printf("  (CPU cost: %.3f × bare)", r.CPURatio)
+		fmt.Printf("  (CPU cost: %.3f × bare", r.CPURatio)
+		if r.AnswerCPURatio > 0 {
+			fmt.Printf(", %.3f × bare answering alike", r.AnswerCPURatio)
+		}
+		fmt.Print(")")
 	}
 	if r.CommitsPerSec > 0 {
 		fmt.Printf("  store: %.0f commits/s, %.2f writes per commit", r.CommitsPerSec, r.MeanBatch)
