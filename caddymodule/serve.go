@@ -316,10 +316,16 @@ func (g *Gateway) refuseIssuance(x *exchange, status int, msg string) {
 	}
 }
 
-// checkContentType requires media type want on r; the comparison is
-// case-insensitive and ignores parameters.
+// checkContentType requires media type want (in lower case) on r; the
+// comparison is case-insensitive and ignores parameters. A header of
+// exactly want, as peers send it, is accepted without parsing it
+// (mime.ParseMediaType allocates a map of parameters each time).
 func checkContentType(r *http.Request, want string) error {
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != want {
+	got := r.Header.Get("Content-Type")
+	if got == want {
+		return nil
+	}
+	if mt, _, err := mime.ParseMediaType(got); err != nil || mt != want {
 		return moh.Errorf(moh.CodeUnsupportedMedia, "content type must be %s", want)
 	}
 	return nil
