@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -44,6 +45,9 @@ type benchFlags struct {
 	// (a cluster's: the keys sealed under $MIMI_KEY_SECRET), holds the
 	// receiver's key ring, which issues the send mode's client bindings.
 	sender, senderKeys, receiver, receiverKeys, receiverStore string
+	// cpuProfiles is the directory of the generator's CPU profiles
+	// (-cpuprofiles).
+	cpuProfiles string
 }
 
 // signer is the signer of f.sender's requests to f.receiver.
@@ -100,6 +104,7 @@ func benchCmd(args []string) error {
 	fs.StringVar(&f.receiverStore, "receiver-store", "", "instead of -receiver-keys: the receiver's PostgreSQL DSN (a cluster's), its keys sealed under $MIMI_KEY_SECRET")
 	fs.IntVar(&f.recipients, "recipients", 4, "send and commit modes: members of each group besides the sender (the committer), each getting every message (commit) in its queue")
 	fs.IntVar(&f.commits, "commits", 200, "commit mode: update_client commits made before the run for each of the -c groups (the run's upper bound per group)")
+	fs.StringVar(&f.cpuProfiles, "cpuprofiles", "", "directory for CPU profiles of the generator itself, one per slice: <mode>-<leg>-<slice>.pprof (go tool pprof merges several files of one leg)")
 	fs.StringVar(&f.mint, "mint", "direct", "how tokens are minted: direct (RSASSA-PSS with the issuer key) or blind (RFC 9578 issuance in process)")
 	fs.Parse(args)
 	if f.dir == "" {
@@ -187,7 +192,9 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 			if l.pooled {
 				cfg = cfg.offset(l.off)
 			}
+			stopProfile := startProfile(f.cpuProfiles, fmt.Sprintf("%s-%s-%d.pprof", prep.mode, l.name, l.res.slicesSoFar()))
 			r := t.run(ctx, l.name, l.expected, cfg)
+			stopProfile()
 			s1 := sampleCPU()
 			c1, err1 := readCounters(ctx, f.metrics)
 			u := s1.since(s0)
@@ -229,6 +236,30 @@ func (t *target) interleave(ctx context.Context, f *benchFlags, prep *prepared) 
 		mode.AnswerCPURatio = cpuRatio(answered, mode)
 	}
 	return bare, answered, mode
+}
+
+// startProfile starts a CPU profile of this process into dir/name and
+// returns what stops it; with dir empty, or when the profile cannot start
+// (reported), it does nothing.
+func startProfile(dir, name string) (stop func()) {
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, name))
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+		if err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		fmt.Printf("# cpu profile %s: %v\n", name, err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
 
 // A leg is one of the runs that interleave alternates, and what its

@@ -336,6 +336,14 @@ func (r *result) account(u cpuUse) {
 	}
 }
 
+// slicesSoFar is the number of slices merged into r, 0 for a nil r.
+func (r *result) slicesSoFar() int {
+	if r == nil {
+		return 0
+	}
+	return r.Slices
+}
+
 // offset returns cfg with its request indexes shifted by off, so that a
 // later slice of an interleaved run takes the next requests of the pool.
 func (cfg runConfig) offset(off int) runConfig {
