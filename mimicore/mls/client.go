@@ -312,6 +312,7 @@ func (m *Member) CommitWith(opts CommitOptions) (*CommitResult, error) {
 		return nil, fmt.Errorf("committing: %w", err)
 	}
 	next := m.successor(n, np.keys, secrets)
+	next.reinit = info.ReInit.clone()
 	gi, err := next.groupInfo(!opts.OmitRatchetTree)
 	if err != nil {
 		return nil, fmt.Errorf("committing: %w", err)

@@ -42,6 +42,7 @@ type Member struct {
 	epoch      *epochKeys    // shared by the Member values of this epoch
 	psks       PSKLookup
 	resumption map[uint64][]byte // never modified once the Member is returned
+	reinit     *ReInit           // of the commit that started the epoch; never modified
 }
 
 // epochKeys holds the secret tree of one epoch, built on first use. Its
@@ -153,6 +154,13 @@ func (m *Member) ReInitPSK(newSuite CipherSuite) (*Proposal, error) {
 		PSKGroupID: cloneBytes(m.state.ctx.GroupID), PSKEpoch: m.state.ctx.Epoch, Nonce: nonce}}, nil
 }
 
+// ReInit returns a copy of the ReInit proposal covered by the commit that
+// started the member's current epoch, its own (CommitResult.Next) or
+// another member's (ApplyCommit), or nil when that commit covered none or
+// the member entered the epoch otherwise. A member with a ReInit is in
+// what RFC 9420 §11.2 makes the last epoch of its group.
+func (m *Member) ReInit() *ReInit { return m.reinit.clone() }
+
 // Export is the MLS-Exporter of the current epoch (RFC 9420 §8.5).
 func (m *Member) Export(label string, context []byte, length uint16) ([]byte, error) {
 	return m.state.CipherSuite().Export(m.secrets.ExporterSecret, label, context, length)
@@ -239,7 +247,9 @@ func (m *Member) ApplyCommit(msg *MLSMessage, resolve ProposalResolver) (*Member
 	if !n.s.verifyMAC(secrets.ConfirmationKey, n.ctx.ConfirmedTranscriptHash, info.ConfirmationTag) {
 		return nil, fmt.Errorf("applying commit: %w: bad confirmation tag", ErrInvalidMessage)
 	}
-	return m.successor(n, keys, secrets), nil
+	next := m.successor(n, keys, secrets)
+	next.reinit = info.ReInit.clone()
+	return next, nil
 }
 
 // successor returns m moved to the epoch of state n, with the tree

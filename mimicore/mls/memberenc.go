@@ -15,8 +15,15 @@ import (
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
 
-// memberFormat is the version byte of the Member storage encoding.
-const memberFormat = 1
+// The version bytes of the Member storage encoding. A Member whose epoch a
+// ReInit commit started is stored in format 2, which adds that ReInit at
+// the end; every other Member in format 1, exactly as before format 2
+// existed, so that states stored by older code decode unchanged and older
+// code still reads every state without a ReInit.
+const (
+	memberFormat       = 1
+	memberFormatReInit = 2
+)
 
 // ErrMemberEncoding is wrapped by every failure to decode a stored Member.
 var ErrMemberEncoding = errors.New("mls: invalid stored member")
@@ -40,7 +47,7 @@ type MemberOptions struct {
 // disk and continue after a restart (DecodeMember):
 //
 //	struct {
-//	    uint8 format = 1;
+//	    uint8 format;                     // 1, or 2 with a ReInit
 //	    opaque group_state<V>;            // GroupState.MarshalBinary
 //	    uint32 leaf_index;
 //	    optional<opaque signature_private_key<V>>;
@@ -53,6 +60,10 @@ type MemberOptions struct {
 //	    opaque membership_key<V>;
 //	    StoredSecretTree secret_tree;
 //	    StoredResumptionPSK resumption_psks<V>; // ascending epoch
+//	    select (format) {
+//	        case 1: struct {};
+//	        case 2: ReInit reinit;        // Member.ReInit
+//	    };
 //	}
 //	struct { uint64 epoch; opaque psk<V>; } StoredResumptionPSK;
 //
@@ -126,7 +137,11 @@ func (m *Member) MarshalBinary() ([]byte, error) {
 	slices.Sort(epochs)
 
 	b := cryptobyte.NewBuilder(make([]byte, 0, len(state)+1024))
-	b.AddUint8(memberFormat)
+	if m.reinit != nil {
+		b.AddUint8(memberFormatReInit)
+	} else {
+		b.AddUint8(memberFormat)
+	}
 	wire.AddOpaque(b, state)
 	b.AddUint32(m.leaf)
 	wire.AddOptional(b, sigKey != nil)
@@ -155,6 +170,9 @@ func (m *Member) MarshalBinary() ([]byte, error) {
 			wire.AddOpaque(b, m.resumption[e])
 		}
 	})
+	if m.reinit != nil {
+		m.reinit.MarshalWire(b)
+	}
 	out, err := b.Bytes()
 	if err != nil {
 		return nil, fmt.Errorf("encoding member: %w", err)
@@ -234,8 +252,8 @@ func decodeMember(data []byte, opts MemberOptions) (*Member, error) {
 	if !in.ReadUint8(&format) {
 		return nil, wire.ErrMalformed
 	}
-	if format != memberFormat {
-		return nil, fmt.Errorf("format %d, want %d", format, memberFormat)
+	if format != memberFormat && format != memberFormatReInit {
+		return nil, fmt.Errorf("format %d, want %d or %d", format, memberFormat, memberFormatReInit)
 	}
 	if !wire.ReadOpaque(&in, &stateBytes) || !in.ReadUint32(&leaf) || !wire.ReadOptional(&in, &hasSigner) ||
 		(hasSigner && !wire.ReadOpaque(&in, &sigKey)) || !wire.ReadVector(&in, &privList) {
@@ -308,7 +326,21 @@ func decodeMember(data []byte, opts MemberOptions) (*Member, error) {
 	}
 	m.epoch = &epochKeys{tree: st}
 	var psks cryptobyte.String
-	if !wire.ReadVector(&in, &psks) || !in.Empty() {
+	if !wire.ReadVector(&in, &psks) {
+		return nil, wire.ErrMalformed
+	}
+	if format == memberFormatReInit {
+		start := in
+		r := new(ReInit)
+		if !r.UnmarshalWire(&in) {
+			return nil, wire.ErrMalformed
+		}
+		if again, err := marshal(r); err != nil || !bytes.Equal(again, start[:len(start)-len(in)]) {
+			return nil, errors.New("reinit not in its canonical encoding")
+		}
+		m.reinit = r.clone()
+	}
+	if !in.Empty() {
 		return nil, wire.ErrMalformed
 	}
 	epoch := g.Epoch()

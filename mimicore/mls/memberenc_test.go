@@ -7,6 +7,9 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 )
@@ -482,7 +485,7 @@ func TestMemberEncodingMalformed(t *testing.T) {
 					t.Fatalf("%d trailing bytes: %v", len(tail), err)
 				}
 			}
-			for _, v := range []byte{0, 2, 0xff} {
+			for _, v := range []byte{0, 3, 0xff} {
 				bad := bytes.Clone(enc)
 				bad[0] = v
 				if _, err := DecodeMember(bad, MemberOptions{}); !errors.Is(err, ErrMemberEncoding) {
@@ -526,7 +529,12 @@ func FuzzDecodeMember(f *testing.F) {
 	for _, cs := range []CipherSuite{1, 2} {
 		alice, bob := pair(f, cs)
 		openSome(f, alice, bob)
-		for _, m := range []*Member{alice, bob} {
+		res, err := alice.Commit([]*Proposal{{Type: ProposalReInit, ReInit: &ReInit{GroupID: []byte("successor"),
+			Version: MLS10, CipherSuite: cs}}}, nil, nil)
+		if err != nil {
+			f.Fatal(err)
+		}
+		for _, m := range []*Member{alice, bob, res.Next} {
 			enc, err := m.MarshalBinary()
 			if err != nil {
 				f.Fatal(err)
@@ -603,6 +611,92 @@ func TestMemberDropsReplacedKeys(t *testing.T) {
 				}
 			}
 			exchange(t, reload(t, bob), alice, "still works")
+		})
+	}
+}
+
+// TestMemberEncodingFormat1 decodes Members that the code before format 2
+// stored (testdata/member_format1_*.bin: alice and bob of pair in suite 1,
+// alice having opened bob's first and third message), which have no
+// ReInit: they encode back to the same bytes, still in format 1, and
+// continue the group together.
+func TestMemberEncodingFormat1(t *testing.T) {
+	var members [2]*Member
+	for i, name := range []string{"alice", "bob"} {
+		enc, err := os.ReadFile(filepath.Join("testdata", "member_format1_"+name+".bin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if enc[0] != memberFormat {
+			t.Fatalf("%s: the fixture is in format %d", name, enc[0])
+		}
+		if members[i], err = DecodeMember(enc, MemberOptions{}); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		again, err := members[i].MarshalBinary()
+		if err != nil || !bytes.Equal(again, enc) {
+			t.Fatalf("%s: encodes back differently (%v)", name, err)
+		}
+		if members[i].ReInit() != nil {
+			t.Fatalf("%s: a ReInit from format 1", name)
+		}
+	}
+	alice, bob := members[0], members[1]
+	sameSecrets(t, alice, bob)
+	exchange(t, alice, bob, "after the restore")
+	exchange(t, bob, alice, "and back")
+	res, err := alice.Commit(nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameSecrets(t, res.Next, follow(t, bob, res.Commit, nil))
+}
+
+// TestMemberEncodingReInit checks the encoding of a Member with a ReInit:
+// format 2, which decodes to the same ReInit and encodes back to the same
+// bytes (reload), and refuses every truncation, the ReInit under format
+// 1's byte (trailing bytes), format 2's byte without a ReInit, and
+// trailing bytes after it.
+func TestMemberEncodingReInit(t *testing.T) {
+	for _, cs := range []CipherSuite{1, 2} {
+		t.Run(fmt.Sprint("suite=", uint16(cs)), func(t *testing.T) {
+			_, oldB, creator, _ := reinitGroups(t, cs)
+			enc, err := oldB.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if enc[0] != memberFormatReInit {
+				t.Fatalf("a member with a ReInit is stored in format %d", enc[0])
+			}
+			if r := reload(t, oldB); !reflect.DeepEqual(r.ReInit(), oldB.ReInit()) {
+				t.Fatalf("restored ReInit %+v, want %+v", r.ReInit(), oldB.ReInit())
+			}
+			for n := range len(enc) {
+				if _, err := DecodeMember(enc[:n], MemberOptions{}); !errors.Is(err, ErrMemberEncoding) {
+					t.Fatalf("truncated to %d of %d bytes: %v", n, len(enc), err)
+				}
+			}
+			asFormat1 := bytes.Clone(enc)
+			asFormat1[0] = memberFormat
+			if _, err := DecodeMember(asFormat1, MemberOptions{}); !errors.Is(err, ErrMemberEncoding) {
+				t.Fatalf("the ReInit under format 1: %v", err)
+			}
+			if _, err := DecodeMember(append(bytes.Clone(enc), 0), MemberOptions{}); !errors.Is(err, ErrMemberEncoding) {
+				t.Fatalf("a trailing byte: %v", err)
+			}
+			// The new group's creator has no ReInit: format 1, and under
+			// format 2's byte its ReInit is missing.
+			plain, err := creator.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if plain[0] != memberFormat {
+				t.Fatalf("a member without a ReInit is stored in format %d", plain[0])
+			}
+			plain[0] = memberFormatReInit
+			if _, err := DecodeMember(plain, MemberOptions{}); !errors.Is(err, ErrMemberEncoding) {
+				t.Fatalf("format 2 without a ReInit: %v", err)
+			}
 		})
 	}
 }

@@ -242,6 +242,15 @@ func (r *ReInit) MarshalWire(b *cryptobyte.Builder) {
 	r.Extensions.MarshalWire(b)
 }
 
+// clone returns a deep copy of r, nil for nil.
+func (r *ReInit) clone() *ReInit {
+	if r == nil {
+		return nil
+	}
+	return &ReInit{GroupID: cloneBytes(r.GroupID), Version: r.Version, CipherSuite: r.CipherSuite,
+		Extensions: r.Extensions.clone()}
+}
+
 // UnmarshalWire implements wire.Unmarshaler.
 func (r *ReInit) UnmarshalWire(s *cryptobyte.String) bool {
 	return wire.ReadOpaque(s, &r.GroupID) && s.ReadUint16((*uint16)(&r.Version)) &&

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -200,6 +201,56 @@ func TestReInitPSKJoiner(t *testing.T) {
 				t.Fatal("joined")
 			case !strings.Contains(err.Error(), tc.msg):
 				t.Fatalf("refused for another reason than %q: %v", tc.msg, err)
+			}
+		})
+	}
+}
+
+// TestMemberReInit checks Member.ReInit: nil in a new group and after an
+// ordinary commit, the ReInit after the commit covering it, for the
+// committer (CommitResult.Next) and for a member that applied it, a copy
+// each time, and kept through a save and restore.
+func TestMemberReInit(t *testing.T) {
+	for _, cs := range []CipherSuite{1, 2, 3, 5, 7} {
+		t.Run(fmt.Sprint("suite=", uint16(cs)), func(t *testing.T) {
+			alice, bob := pair(t, cs)
+			if alice.ReInit() != nil || bob.ReInit() != nil {
+				t.Fatal("a ReInit after an Add")
+			}
+			res, err := alice.Commit(nil, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			alice, bob = res.Next, follow(t, bob, res.Commit, nil)
+			if alice.ReInit() != nil || bob.ReInit() != nil {
+				t.Fatal("a ReInit after an empty commit")
+			}
+			rc, err := marshal(&RequiredCapabilities{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := &ReInit{GroupID: []byte("successor"), Version: MLS10, CipherSuite: cs,
+				Extensions: Extensions{{Type: ExtRequiredCapabilities, Data: rc}}}
+			proposed := want.clone()
+			res, err = alice.Commit([]*Proposal{{Type: ProposalReInit, ReInit: proposed}}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			newAlice, newBob := res.Next, follow(t, bob, res.Commit, nil)
+			proposed.GroupID[0] = 'X' // the committer's ReInit is a copy of its own
+			for name, m := range map[string]*Member{"committer": newAlice, "follower": newBob,
+				"committer restored": reload(t, newAlice), "follower restored": reload(t, newBob)} {
+				got := m.ReInit()
+				if got == nil || !reflect.DeepEqual(got, want) {
+					t.Fatalf("%s: ReInit %+v, want %+v", name, got, want)
+				}
+				got.GroupID[0], got.Extensions[0].Data = 'Y', nil
+				if again := m.ReInit(); !reflect.DeepEqual(again, want) {
+					t.Fatalf("%s: ReInit changed through the copy it returned: %+v", name, again)
+				}
+			}
+			if alice.ReInit() != nil || bob.ReInit() != nil {
+				t.Fatal("the ReInit commit changed the members of the epoch before it")
 			}
 		})
 	}
