@@ -27,7 +27,8 @@ import (
 // group is 403 forbidden. Then alice adds bob to the successor with the
 // old group's reinit PSK (RFC 9420 §11.2, docs/protocol.md §5.4.1 step
 // 3): the hub accepts it, the Welcome reaches b, and bob, resolving the
-// PSK to his own resumption_psk of the old group, joins at alice's epoch.
+// PSK to his own resumption_psk of the old group and checking the
+// successor against the old group's ReInit, joins at alice's epoch.
 func TestReInitClosesGroup(t *testing.T) {
 	a, b := twoProviders(t)
 	alice, bob := newPeerMember(t, a, "alice"), newPeerMember(t, b, "bob")
@@ -186,7 +187,7 @@ func TestReInitClosesGroup(t *testing.T) {
 		}
 	}
 	joined, err := mls.JoinFromWelcome(welcome.Welcome, mls.WelcomeOptions{KeyPackage: newBob.kp, InitKey: newBob.initKey,
-		LeafKey: newBob.leafKey, Signer: newBob.signer, PSKs: reinitPSK(oldBob)})
+		LeafKey: newBob.leafKey, Signer: newBob.signer, PSKs: reinitPSK(oldBob), ReInit: oldBob.ReInit()})
 	if err != nil {
 		t.Fatalf("bob joins the successor with the old group's resumption_psk: %v", err)
 	}

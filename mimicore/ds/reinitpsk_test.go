@@ -138,15 +138,17 @@ func (f *reinitFixture) addForged(t *testing.T, forge func(*mls.Commit), psks ..
 // TestReInitPSKAccepted follows RFC 9420 §11.2 through the DS: the new
 // group's first add_users carries the reinit PSK of the group that
 // re_initialize_group closed, and is accepted; bob joins from its Welcome,
-// resolving the PSK to his own resumption_psk of the old group, and
-// reaches alice's epoch secrets, so the PSK is bound into the new group.
+// resolving the PSK to his own resumption_psk of the old group and
+// checking the new group against the old group's ReInit, and reaches
+// alice's epoch secrets, so the PSK is bound into the new group.
 func TestReInitPSKAccepted(t *testing.T) {
 	f := newReInitFixture(t, nil, nil)
 	body, res := f.addWithPSKs(t, f.reinitPSK(t, nil))
 	f.h.mustDo(t, "add_users with the reinit PSK", body)
 	f.h.wantEpoch(t, f.newID, 1, 2)
 	bob, err := mls.JoinFromWelcome(res.Welcome.Welcome, mls.WelcomeOptions{KeyPackage: f.newBob.c.kp,
-		InitKey: f.newBob.initKey, LeafKey: f.newBob.c.leafKey, Signer: f.newBob.c.signer, PSKs: reinitPSKOf(f.oldBob)})
+		InitKey: f.newBob.initKey, LeafKey: f.newBob.c.leafKey, Signer: f.newBob.c.signer, PSKs: reinitPSKOf(f.oldBob),
+		ReInit: f.oldBob.ReInit()})
 	if err != nil {
 		t.Fatalf("bob joins with the old group's resumption_psk: %v", err)
 	}
@@ -155,7 +157,8 @@ func TestReInitPSKAccepted(t *testing.T) {
 	}
 	if _, err := mls.JoinFromWelcome(res.Welcome.Welcome, mls.WelcomeOptions{KeyPackage: f.newBob.c.kp,
 		InitKey: f.newBob.initKey, LeafKey: f.newBob.c.leafKey, Signer: f.newBob.c.signer,
-		PSKs: func(*mls.PreSharedKeyID) ([]byte, error) { return f.oldBob.EpochAuthenticator(), nil }}); err == nil {
+		PSKs:   func(*mls.PreSharedKeyID) ([]byte, error) { return f.oldBob.EpochAuthenticator(), nil },
+		ReInit: f.oldBob.ReInit()}); err == nil {
 		t.Fatal("bob joined with another secret for the reinit PSK")
 	}
 	// The group has left epoch 0: the reinit PSK has had its commit.

@@ -234,7 +234,10 @@ type CommitOptions struct {
 	// ApplyOptions.ReInitialization): ByValue may then hold the
 	// PreSharedKey proposal of the reinit PSK that RFC 9420 §11.2 has
 	// the new group's first commit carry (ReInitPSK makes it), whose
-	// secret the member's PSKLookup (GroupOptions.PSKs) returns.
+	// secret the member's PSKLookup (GroupOptions.PSKs) returns. The
+	// group must have been created with the group_id, version, cipher
+	// suite and GroupContext extensions the old group's ReInit named:
+	// its joiners refuse the Welcome otherwise (WelcomeOptions.ReInit).
 	ReInitialization bool
 }
 

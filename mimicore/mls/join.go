@@ -6,6 +6,7 @@ import (
 	"crypto/hpke"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/caddy-mimi/caddy-mimi/mimicore/wire"
 )
@@ -33,7 +34,9 @@ type WelcomeResult struct {
 // private key, derives the welcome key, decrypts the GroupInfo, runs the
 // key schedule of the new epoch and checks the GroupInfo's confirmation
 // tag. psks resolves the PSKs the GroupSecrets name (it may be nil when
-// there are none).
+// there are none). A Welcome naming a reinit PSK is not checked against
+// the old group's ReInit here: JoinFromWelcome does that
+// (WelcomeOptions.ReInit).
 func ProcessWelcome(w *Welcome, kp *KeyPackage, initPriv hpke.PrivateKey, psks PSKLookup) (*WelcomeResult, error) {
 	cs := w.CipherSuite
 	s, err := cs.params()
@@ -145,4 +148,77 @@ func (s *suite) welcomeAEAD(joinerSecret, pskSecret []byte) (cipher.AEAD, []byte
 		return nil, nil, err
 	}
 	return aead, nonce, nil
+}
+
+// ErrReInitMismatch is wrapped by JoinFromWelcome's refusals of a Welcome
+// that does not join the group a ReInit named (RFC 9420 §11.2): a Welcome
+// naming a reinit PSK without WelcomeOptions.ReInit, one naming none with
+// it, and a new group whose group_id, version, cipher_suite or extensions
+// differ from the ReInit's.
+var ErrReInitMismatch = errors.New("mls: welcome does not match the reinitialization")
+
+// reinitPSK returns the resumption PSK of usage reinit gs names, or nil.
+// ProcessWelcome has checked that there is at most one.
+func (gs *GroupSecrets) reinitPSK() *PreSharedKeyID {
+	for i := range gs.PSKs {
+		if id := &gs.PSKs[i]; id.Type == PSKResumption && id.Usage == ResumptionReInit {
+			return id
+		}
+	}
+	return nil
+}
+
+// checkReInitJoin checks a Welcome against want, the ReInit of the old
+// group the caller expects it to continue (nil when it expects none):
+// with a reinit PSK in gs the new group's GroupContext gc must have
+// exactly want's group_id, version, cipher_suite and extensions (RFC 9420
+// §11.2, as mls-rs compares them). The PSK names the old group and the
+// ReInit the new one, so the ReInit's group_id is compared with the new
+// GroupContext's, never with the PSK's psk_group_id; that the PSK is the
+// old group's at the epoch want closed is for the caller's PSKLookup,
+// which resolves it, to know.
+func checkReInitJoin(gs *GroupSecrets, gc *GroupContext, want *ReInit) error {
+	psk := gs.reinitPSK()
+	switch {
+	case psk == nil && want == nil:
+		return nil
+	case psk == nil:
+		return fmt.Errorf("%w: a ReInit was given but the welcome names no reinit psk", ErrReInitMismatch)
+	case want == nil:
+		return fmt.Errorf("%w: the welcome names the reinit psk of group %x epoch %d but no ReInit was given",
+			ErrReInitMismatch, psk.PSKGroupID, psk.PSKEpoch)
+	}
+	var diffs []string
+	if !bytes.Equal(gc.GroupID, want.GroupID) {
+		diffs = append(diffs, fmt.Sprintf("group_id %x, not %x", gc.GroupID, want.GroupID))
+	}
+	if gc.Version != want.Version {
+		diffs = append(diffs, fmt.Sprintf("version %d, not %d", gc.Version, want.Version))
+	}
+	if gc.CipherSuite != want.CipherSuite {
+		diffs = append(diffs, fmt.Sprintf("cipher suite %d, not %d", gc.CipherSuite, want.CipherSuite))
+	}
+	got, err := marshal(&gc.Extensions)
+	if err != nil {
+		return fmt.Errorf("encoding the group context extensions: %w", err)
+	}
+	named, err := marshal(&want.Extensions)
+	if err != nil {
+		return fmt.Errorf("encoding the ReInit's extensions: %w", err)
+	}
+	if !bytes.Equal(got, named) {
+		types := func(l Extensions) []ExtensionType {
+			out := make([]ExtensionType, len(l))
+			for i, e := range l {
+				out[i] = e.Type
+			}
+			return out
+		}
+		diffs = append(diffs, fmt.Sprintf("other group context extensions (of types %v) than the ReInit's (of types %v)",
+			types(gc.Extensions), types(want.Extensions)))
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("%w: the new group has %s", ErrReInitMismatch, strings.Join(diffs, "; "))
+	}
+	return nil
 }

@@ -72,12 +72,30 @@ type WelcomeOptions struct {
 	RatchetTree RatchetTree
 	// PSKs resolves the external PSKs the Welcome and later commits name.
 	// It may be nil when the group uses none; resumption PSKs of this
-	// group are known to the Member.
+	// group are known to the Member. For a Welcome to a reinitialized
+	// group it resolves the reinit PSK, which names the old group and the
+	// epoch its ReInit commit started, to the old group's resumption_psk
+	// of that epoch (Member.ResumptionPSK).
 	PSKs PSKLookup
+	// ReInit is the ReInit proposal that closed the old group when the
+	// Welcome is that of a reinitialized group (RFC 9420 §11.2): the old
+	// group's Member.ReInit at the epoch the Welcome's reinit PSK names,
+	// the one PSKs resolves. JoinFromWelcome then checks that the new
+	// group is the one it named: its GroupContext has the ReInit's
+	// group_id, version, cipher_suite and extensions (the same encoding
+	// of the extension list). It must be nil for any other Welcome: a
+	// Welcome naming a reinit PSK is refused without it, and one naming
+	// none is refused with it, since the caller expected a
+	// reinitialization.
+	ReInit *ReInit
 }
 
 // JoinFromWelcome joins a group as the holder of opts.KeyPackage (RFC 9420
-// §12.4.3.1).
+// §12.4.3.1). A Welcome whose GroupSecrets name a resumption PSK of usage
+// reinit joins a reinitialized group: it is refused, wrapping
+// ErrReInitMismatch, unless opts.ReInit is given and the new group has
+// exactly its parameters; a Welcome naming no such PSK is refused when
+// opts.ReInit is given.
 func JoinFromWelcome(w *Welcome, opts WelcomeOptions) (*Member, error) {
 	kp := opts.KeyPackage
 	if kp == nil || opts.InitKey == nil || opts.LeafKey == nil {
@@ -86,6 +104,9 @@ func JoinFromWelcome(w *Welcome, opts WelcomeOptions) (*Member, error) {
 	res, err := ProcessWelcome(w, kp, opts.InitKey, opts.PSKs)
 	if err != nil {
 		return nil, err
+	}
+	if err := checkReInitJoin(&res.GroupSecrets, &res.GroupInfo.GroupContext, opts.ReInit); err != nil {
+		return nil, fmt.Errorf("joining: %w", err)
 	}
 	g, err := NewGroupState(&res.GroupInfo, opts.RatchetTree)
 	if err != nil {
@@ -140,7 +161,9 @@ func (m *Member) ResumptionPSK() []byte { return cloneBytes(m.secrets.Resumption
 // id and epoch, and a random nonce of KDF.Nh bytes of newSuite, the
 // cipher suite the ReInit names, in which the new group validates it
 // (§12.1.4). The new group's creator commits it with its first Adds
-// (CommitOptions.ReInitialization); the secret is ResumptionPSK.
+// (CommitOptions.ReInitialization); the secret is ResumptionPSK. The
+// joiners of the new group resolve it through WelcomeOptions.PSKs and
+// give the old group's ReInit as WelcomeOptions.ReInit.
 func (m *Member) ReInitPSK(newSuite CipherSuite) (*Proposal, error) {
 	s, err := newSuite.params()
 	if err != nil {
@@ -158,7 +181,9 @@ func (m *Member) ReInitPSK(newSuite CipherSuite) (*Proposal, error) {
 // started the member's current epoch, its own (CommitResult.Next) or
 // another member's (ApplyCommit), or nil when that commit covered none or
 // the member entered the epoch otherwise. A member with a ReInit is in
-// what RFC 9420 §11.2 makes the last epoch of its group.
+// what RFC 9420 §11.2 makes the last epoch of its group; the ReInit is
+// what the joiners of the new group pass as WelcomeOptions.ReInit, along
+// with a PSKLookup resolving ReInitPSK's PSK to ResumptionPSK.
 func (m *Member) ReInit() *ReInit { return m.reinit.clone() }
 
 // Export is the MLS-Exporter of the current epoch (RFC 9420 §8.5).

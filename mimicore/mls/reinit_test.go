@@ -17,6 +17,15 @@ import (
 // with.
 func reinitGroups(t *testing.T, cs CipherSuite) (oldA, oldB, creator *Member, b2 *testClient) {
 	t.Helper()
+	return reinitGroupsWith(t, cs, nil, nil)
+}
+
+// reinitGroupsWith is reinitGroups with the ReInit the old group commits
+// edited by editReInit when set, and the new group created, in suite cs
+// as "successor" whatever the ReInit names, with the GroupContext
+// extensions exts.
+func reinitGroupsWith(t *testing.T, cs CipherSuite, editReInit func(*ReInit), exts Extensions) (oldA, oldB, creator *Member, b2 *testClient) {
+	t.Helper()
 	a, b := newTestClient(t, cs, "A"), newTestClient(t, cs, "B")
 	alice, err := NewGroup(a.groupOptions(cs, "old group"))
 	if err != nil {
@@ -27,14 +36,17 @@ func reinitGroups(t *testing.T, cs CipherSuite) (oldA, oldB, creator *Member, b2
 		t.Fatal(err)
 	}
 	alice, bob := res.Next, b.join(t, res.Welcome)
-	res, err = alice.Commit([]*Proposal{{Type: ProposalReInit, ReInit: &ReInit{GroupID: []byte("successor"),
-		Version: MLS10, CipherSuite: cs}}}, nil, nil)
+	reinit := &ReInit{GroupID: []byte("successor"), Version: MLS10, CipherSuite: cs}
+	if editReInit != nil {
+		editReInit(reinit)
+	}
+	res, err = alice.Commit([]*Proposal{{Type: ProposalReInit, ReInit: reinit}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	alice, bob = res.Next, follow(t, bob, res.Commit, nil)
 	opts := a.groupOptions(cs, "successor")
-	opts.PSKs = reinitLookup(alice)
+	opts.PSKs, opts.Extensions = reinitLookup(alice), exts
 	creator, err = NewGroup(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +104,7 @@ func TestReInitPSK(t *testing.T) {
 				t.Fatalf("the same commit outside a reinitialization: %v, want the usage refused", err)
 			}
 			joined, err := JoinFromWelcome(reencode(t, res.Welcome).Welcome, WelcomeOptions{KeyPackage: b2.kp,
-				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer, PSKs: reinitLookup(oldB)})
+				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer, PSKs: reinitLookup(oldB), ReInit: oldB.ReInit()})
 			if err != nil {
 				t.Fatalf("joining with the old group's resumption_psk: %v", err)
 			}
@@ -100,7 +112,7 @@ func TestReInitPSK(t *testing.T) {
 
 			wrong := func(*PreSharedKeyID) ([]byte, error) { return randomBytes(t, len(oldB.ResumptionPSK())), nil }
 			if _, err := JoinFromWelcome(reencode(t, res.Welcome).Welcome, WelcomeOptions{KeyPackage: b2.kp,
-				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer, PSKs: wrong}); err == nil {
+				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer, PSKs: wrong, ReInit: oldB.ReInit()}); err == nil {
 				t.Fatal("joined with another secret for the reinit psk")
 			}
 		})
@@ -192,7 +204,7 @@ func TestReInitPSKJoiner(t *testing.T) {
 			}
 			_, err = JoinFromWelcome(reencode(t, res.Welcome).Welcome, WelcomeOptions{KeyPackage: b2.kp,
 				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer,
-				PSKs: reinitLookup(oldB)})
+				PSKs: reinitLookup(oldB), ReInit: oldB.ReInit()})
 			switch {
 			case tc.msg == "" && err != nil:
 				t.Fatalf("refused: %v", err)
@@ -204,6 +216,104 @@ func TestReInitPSKJoiner(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReInitJoinChecksGroup checks that a joiner of a reinitialized group
+// joins only the group the old group's ReInit named (RFC 9420 §11.2,
+// WelcomeOptions.ReInit): the control case, given the old group's
+// Member.ReInit, joins; a Welcome with the reinit PSK is refused without
+// a ReInit, and when the new group's group_id, version, cipher suite or
+// GroupContext extensions are not the ReInit's; a ReInit given for a
+// Welcome naming no reinit PSK is refused. In every case B resolves the
+// PSK, so only the ReInit check stands between the Welcome and a join.
+func TestReInitJoinChecksGroup(t *testing.T) {
+	cs := X25519AES128GCMSHA256Ed25519
+	rc, err := marshal(&RequiredCapabilities{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exts := Extensions{{Type: ExtRequiredCapabilities, Data: rc}}
+	for _, tc := range []struct {
+		name       string
+		editReInit func(*ReInit)              // the ReInit the old group commits
+		newExts    Extensions                 // the new group's GroupContext extensions
+		given      func(oldB *Member) *ReInit // WelcomeOptions.ReInit
+		msg        string                     // what the refusal names; "" for joined
+	}{
+		{name: "control: the old group's ReInit"},
+		{name: "control: the ReInit names extensions the new group has",
+			editReInit: func(r *ReInit) { r.Extensions = exts.clone() }, newExts: exts},
+		{name: "no ReInit given", given: func(*Member) *ReInit { return nil },
+			msg: `the reinit psk of group 6f6c642067726f7570 epoch 2 but no ReInit was given`},
+		{name: "the ReInit names another group id", editReInit: func(r *ReInit) { r.GroupID = []byte("elsewhere") },
+			msg: "group_id 737563636573736f72, not 656c73657768657265"},
+		{name: "the ReInit given names the old group's id, the PSK's psk_group_id",
+			given: func(oldB *Member) *ReInit { r := oldB.ReInit(); r.GroupID = []byte("old group"); return r },
+			msg:   "group_id 737563636573736f72, not 6f6c642067726f7570"},
+		{name: "the ReInit names another cipher suite", editReInit: func(r *ReInit) { r.CipherSuite = P256AES128GCMSHA256P256 },
+			msg: "cipher suite 1, not 2"},
+		{name: "the ReInit names another version", editReInit: func(r *ReInit) { r.Version = MLS10 + 1 },
+			msg: "version 1, not 2"},
+		{name: "the new group has extensions the ReInit does not name", newExts: exts,
+			msg: "other group context extensions (of types [3]) than the ReInit's (of types [])"},
+		{name: "the ReInit names extensions the new group lacks", editReInit: func(r *ReInit) { r.Extensions = exts.clone() },
+			msg: "other group context extensions (of types []) than the ReInit's (of types [3])"},
+		{name: "every parameter differs", editReInit: func(r *ReInit) {
+			r.GroupID, r.Version, r.CipherSuite, r.Extensions = []byte("elsewhere"), MLS10+1, P256AES128GCMSHA256P256, exts.clone()
+		}, msg: "group_id 737563636573736f72, not 656c73657768657265; version 1, not 2; cipher suite 1, not 2; other group context extensions"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			oldA, oldB, creator, b2 := reinitGroupsWith(t, cs, tc.editReInit, tc.newExts)
+			psk, err := oldA.ReInitPSK(cs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := creator.CommitWith(CommitOptions{ByValue: []*Proposal{{Type: ProposalAdd, KeyPackage: b2.kp}, psk},
+				ReInitialization: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			given := oldB.ReInit()
+			if tc.given != nil {
+				given = tc.given(oldB)
+			}
+			joined, err := JoinFromWelcome(reencode(t, res.Welcome).Welcome, WelcomeOptions{KeyPackage: b2.kp,
+				InitKey: b2.initPriv, LeafKey: b2.leafPriv, Signer: b2.signer, PSKs: reinitLookup(oldB), ReInit: given})
+			switch {
+			case tc.msg == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.msg == "":
+				sameEpoch(t, res.Next.State(), res.Next, joined)
+			case err == nil:
+				t.Fatal("joined")
+			case !errors.Is(err, ErrReInitMismatch) || !strings.Contains(err.Error(), tc.msg):
+				t.Fatalf("refused for another reason than %q: %v", tc.msg, err)
+			}
+		})
+	}
+	t.Run("a ReInit given for a Welcome without a reinit PSK", func(t *testing.T) {
+		_, oldB, _, _ := reinitGroups(t, cs)
+		a, c := newTestClient(t, cs, "A"), newTestClient(t, cs, "C")
+		opts := a.groupOptions(cs, "successor")
+		alice, err := NewGroup(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := alice.Commit([]*Proposal{{Type: ProposalAdd, KeyPackage: c.kp}}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := reencode(t, res.Welcome).Welcome
+		_, err = JoinFromWelcome(w, WelcomeOptions{KeyPackage: c.kp, InitKey: c.initPriv, LeafKey: c.leafPriv,
+			Signer: c.signer, ReInit: oldB.ReInit()})
+		if !errors.Is(err, ErrReInitMismatch) || !strings.Contains(err.Error(), "a ReInit was given but the welcome names no reinit psk") {
+			t.Fatalf("joined or refused for another reason: %v", err)
+		}
+		if _, err := JoinFromWelcome(w, WelcomeOptions{KeyPackage: c.kp, InitKey: c.initPriv, LeafKey: c.leafPriv,
+			Signer: c.signer}); err != nil {
+			t.Fatalf("the same Welcome without the ReInit: %v", err)
+		}
+	})
 }
 
 // TestMemberReInit checks Member.ReInit: nil in a new group and after an
