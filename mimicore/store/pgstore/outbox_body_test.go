@@ -2,8 +2,6 @@ package pgstore
 
 import (
 	"context"
-	"crypto/rand"
-	"fmt"
 	"testing"
 	"time"
 
@@ -31,41 +29,17 @@ func TestOutboxBodies(t *testing.T) {
 // providers grows the database by about 1 MiB, its one body, not 20: the
 // size of every table of the schema, with its TOAST table and indexes.
 func TestOutboxFanoutSize(t *testing.T) {
-	const size, dests = 1 << 20, 20
-	ctx := context.Background()
 	s := openTemp(t, Options{})
-	g := storetest.NewGroup(t, []byte("size group"), 1)
-	gid := g.State.GroupID()
-	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State}); err != nil {
-		t.Fatal(err)
-	}
-	tables := func() int64 {
+	storetest.CheckOutboxFanoutSize(t, s, "tables", func() int64 {
 		t.Helper()
 		var n int64
-		if err := s.pool.QueryRow(ctx, `SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+		if err := s.pool.QueryRow(context.Background(), `SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
 			JOIN pg_namespace ns ON ns.oid = c.relnamespace
 			WHERE ns.nspname = current_schema() AND c.relkind = 'r'`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n
-	}
-	msg := make([]byte, size)
-	rand.Read(msg)
-	var remote []store.OutboxMessage
-	for i := range dests {
-		d := fmt.Sprintf("p%d.example", i)
-		remote = append(remote, store.OutboxMessage{Sender: "a.example", Destination: d, GroupID: gid,
-			Recipients: []string{"mimi://" + d + "/d/carol/phone"}, Message: msg})
-	}
-	before := tables()
-	if _, err := s.Deliver(ctx, gid, g.State.Epoch(), store.Fanout{Remote: remote}); err != nil {
-		t.Fatal(err)
-	}
-	growth := tables() - before
-	t.Logf("a message of %d bytes to %d providers grew the tables by %d bytes", size, dests, growth)
-	if growth < size*3/4 || growth > size+size/4 {
-		t.Fatalf("a message of %d bytes to %d providers grew the tables by %d bytes, want about %d", size, dests, growth, size)
-	}
+	})
 }
 
 // TestMigrationOutboxBodies applies the migration that stores outbox
@@ -76,12 +50,7 @@ func TestOutboxFanoutSize(t *testing.T) {
 func TestMigrationOutboxBodies(t *testing.T) {
 	ctx := context.Background()
 	dsn, pool, version := poolBefore(t, schemaOutboxBodies)
-	sameBytes := []byte("the same bytes for two providers")
-	old := []store.OutboxMessage{
-		{Destination: "c.example", GroupID: []byte("g1"), Recipients: []string{"mimi://c.example/d/al/pc"}, Message: sameBytes},
-		{Destination: "e.example", GroupID: []byte("g1"), Recipients: []string{"mimi://e.example/d/ed/pc"}, Message: sameBytes},
-		{Destination: "c.example", GroupID: []byte("g2"), Recipients: []string{"mimi://c.example/d/bo/pc"}, Message: make([]byte, 3000)},
-	}
+	old := storetest.OldOutboxMessages()
 	for _, m := range old {
 		if _, err := pool.Exec(ctx, `INSERT INTO outbox (sender, destination, group_id, recipients, message, enqueued_ms, size)
 			VALUES ('a.example', $1, $2, $3, $4, $5, $6)`, m.Destination, m.GroupID, m.Recipients, m.Message, time.Now().UnixMilli(), m.Size()); err != nil {

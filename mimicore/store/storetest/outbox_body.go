@@ -2,6 +2,8 @@ package storetest
 
 import (
 	"bytes"
+	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -338,4 +340,49 @@ func BenchOutboxFanout(b *testing.B, s store.Store, destinations, size int) {
 		}
 	}
 	drain()
+}
+
+// CheckOutboxFanoutSize checks that a message of 1 MiB fanned out to 20
+// providers in one Deliver grows s's storage by about 1 MiB, its one
+// body, not 20: size reports the storage in bytes, by the backend's own
+// measure, and what names it in the messages.
+func CheckOutboxFanoutSize(t *testing.T, s store.Store, what string, size func() int64) {
+	t.Helper()
+	const msgSize, dests = 1 << 20, 20
+	ctx := context.Background()
+	g := NewGroup(t, []byte("size group"), 1)
+	gid := g.State.GroupID()
+	if err := s.CreateGroup(ctx, store.GroupCreation{Hub: "a.example", State: g.State}); err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, msgSize)
+	rand.Read(msg)
+	var remote []store.OutboxMessage
+	for i := range dests {
+		d := fmt.Sprintf("p%d.example", i)
+		remote = append(remote, store.OutboxMessage{Sender: "a.example", Destination: d, GroupID: gid,
+			Recipients: []string{"mimi://" + d + "/d/carol/phone"}, Message: msg})
+	}
+	before := size()
+	if _, err := s.Deliver(ctx, gid, g.State.Epoch(), store.Fanout{Remote: remote}); err != nil {
+		t.Fatal(err)
+	}
+	growth := size() - before
+	t.Logf("a message of %d bytes to %d providers grew the %s by %d bytes", msgSize, dests, what, growth)
+	if growth < msgSize*3/4 || growth > msgSize+msgSize/4 {
+		t.Fatalf("a message of %d bytes to %d providers grew the %s by %d bytes, want about %d", msgSize, dests, what, growth, msgSize)
+	}
+}
+
+// OldOutboxMessages are the outbox rows a backend's migration test writes
+// to a database of the version before outbox bodies, for
+// CheckOutboxBodiesMigrated: two of them with equal bytes, to other
+// destinations, and a third of its own.
+func OldOutboxMessages() []store.OutboxMessage {
+	sameBytes := []byte("the same bytes for two providers")
+	return []store.OutboxMessage{
+		{Destination: "c.example", GroupID: []byte("g1"), Recipients: []string{"mimi://c.example/d/al/pc"}, Message: sameBytes},
+		{Destination: "e.example", GroupID: []byte("g1"), Recipients: []string{"mimi://e.example/d/ed/pc"}, Message: sameBytes},
+		{Destination: "c.example", GroupID: []byte("g2"), Recipients: []string{"mimi://c.example/d/bo/pc"}, Message: make([]byte, 3000)},
+	}
 }
