@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-mimi/caddy-mimi/mimicore/store"
 )
 
 // waitCheckpointed waits until every frame of the WAL of the database at
@@ -266,5 +269,56 @@ func TestCheckpointIOErrorStopsTheStore(t *testing.T) {
 				t.Error("the acknowledged write was lost")
 			}
 		})
+	}
+}
+
+// TestLogStartsOverUnderSteadyWrites checks that the WAL starts over while
+// writes never pause: several writers keep the writer busy, so that a
+// checkpoint beside it never finds every frame copied at the start of a
+// transaction, and the log would grow for as long as they write (see
+// checkpointer) were it not for the writer's own checkpoints.
+func TestLogStartsOverUnderSteadyWrites(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mimi.db")
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const restartAt = 256 // frames: 1 MiB of pages
+	s.ckpt.restartAt.Store(restartAt)
+	const writers, perWriter = 4, 1500
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			d := store.Delivery{Recipients: benchRecipients(fmt.Sprint("w", w), 4), GroupID: []byte("a group id"),
+				Sender: "a.example", Message: make([]byte, 400), Limits: benchLimits,
+				DedupExpires: time.Now().Add(time.Hour)}
+			for i := range perWriter {
+				n := uint64(w*perWriter + i)
+				binary.BigEndian.PutUint64(d.Message, n)
+				key := digestOfUint(n * 0x9E3779B97F4A7C15) // scattered over the table
+				d.Dedup = key[:]
+				if _, err := s.Append(context.Background(), d); err != nil {
+					errs <- fmt.Errorf("Append %d: %w", n, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// Each Append adds a page or two to the log: 6,000 of them would
+	// leave it above 20 MiB. Starting over at 1 MiB, it stays within the
+	// pages written between two checkpoints of the checkpointer (one
+	// per checkpointInterval) past that.
+	const limit = 12 << 20
+	if size := walSize(t, path+"-wal"); size > limit {
+		st := s.Stats()
+		t.Fatalf("the log grew to %d bytes over %d Appends (%d commits, %d checkpoints, %d frames at the last): it does not start over under steady writes",
+			size, writers*perWriter, st.Commits, st.Checkpoints, st.LogFrames)
 	}
 }

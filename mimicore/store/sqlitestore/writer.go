@@ -418,8 +418,9 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 	}
 	w.answer(ran)
 	if w.ckpt != nil && w.ckpt.committed() {
-		// The checkpointer has not managed for a long while: do its
-		// work here, once the batch is answered.
+		// The checkpointer has not managed for a long while, or the
+		// log is to start over: checkpoint here, once the batch is
+		// answered (see checkpointer).
 		w.checkpoint()
 	}
 	return nil, false
@@ -436,7 +437,7 @@ func (w *writer) runTx(ops []*op, careful bool) (retry []*op, carefulRetry bool)
 func (w *writer) checkpoint() {
 	if w.dur != nil {
 		if err := w.dur.wait(w.ctx); err != nil {
-			w.ckpt.ran(err)
+			w.ckpt.ran(0, err)
 			return
 		}
 	}
@@ -594,6 +595,11 @@ type Stats struct {
 	// the next commit, unless it failed with an I/O error, which stops
 	// the store (see Stopped).
 	Checkpoints, CheckpointErrors uint64
+	// LogFrames is the length of the WAL, in frames of a page each, that
+	// the last successful checkpoint found. Under steady writes it stays
+	// near logRestartFrames, from which the log starts over (see
+	// checkpointer).
+	LogFrames int64
 	// Coalesced is the number of Appends written together with others
 	// by one coalesced write (see appendbatch.go) rather than one by one.
 	Coalesced uint64
@@ -622,6 +628,7 @@ func (s *Store) Stats() Stats {
 		Coalesced:        s.wr.coalesced.Load(),
 		Checkpoints:      s.ckpt.runs.Load(),
 		CheckpointErrors: s.ckpt.errs.Load(),
+		LogFrames:        s.ckpt.logFrames.Load(),
 	}
 	if d := s.wr.dur; d != nil {
 		st.Syncs, st.ReadWaits = d.syncs.Load(), d.waits.Load()
