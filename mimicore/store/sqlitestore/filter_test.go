@@ -212,4 +212,22 @@ func TestReplayFilter(t *testing.T) {
 			t.Fatal("entry alive for the database not found after the clock stepped back")
 		}
 	})
+
+	t.Run("expired at reopen, then clock stepped back", func(t *testing.T) {
+		// Open loads the entries alive then, and those expired within
+		// the filter's grace, which a clock stepped back finds alive.
+		record(s, 6000, time.Minute)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		clock.Add(2 * time.Minute) // a clock fast at reopen
+		s = open()
+		if found(s, 6000) {
+			t.Fatal("expired entry found")
+		}
+		clock.Add(-2 * time.Minute) // set right
+		if !found(s, 6000) {
+			t.Fatal("entry alive for the database not found after the clock stepped back, the store opened since")
+		}
+	})
 }

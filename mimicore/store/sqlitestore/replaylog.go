@@ -143,7 +143,10 @@ const replayFilterBudget = 64 << 20
 func loadReplayFilter(ctx context.Context, db *sql.DB, now time.Time) (*keyfilter.Filter, error) {
 	f := keyfilter.New(replayFilterSpan.Milliseconds(), replayFilterGrace.Milliseconds(), replayFilterBudget)
 	nowMS := check.Millis(now)
-	rows, err := db.QueryContext(ctx, `SELECT sender, request_id, expires_ms FROM replay_requests WHERE expires_ms > ?1`, nowMS)
+	// Entries that expired within the filter's grace too: a clock that
+	// steps back after Open finds them alive again (keyfilter.New).
+	rows, err := db.QueryContext(ctx, `SELECT sender, request_id, expires_ms FROM replay_requests WHERE expires_ms > ?1`,
+		nowMS-replayFilterGrace.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("loading replay filter: %w", err)
 	}

@@ -99,10 +99,13 @@ func (f *Filter) Key(s string, b []byte) uint64 {
 
 // Add records the key with hash h (from Key) as alive until expiresMS
 // (exclusive), in milliseconds since the Unix epoch; nowMS is the present
-// time, used to drop generations whose keys have all expired.
+// time, used to drop generations whose keys have all expired. A key that
+// expired less than the grace period before nowMS is recorded too, as its
+// generation would have kept it: a clock that steps back finds it alive
+// in a table again, and must find it in the filter.
 func (f *Filter) Add(h uint64, expiresMS, nowMS int64) {
-	if expiresMS <= nowMS {
-		return // already expired: no lookup may find it alive
+	if expiresMS <= nowMS-f.graceMS {
+		return // expired beyond the grace: no lookup may find it alive
 	}
 	g := f.gen(expiresMS)
 	f.mu.Lock()

@@ -105,6 +105,23 @@ func TestGrace(t *testing.T) {
 	}
 }
 
+// TestAddWithinGrace: a key added after it expired, but within the grace
+// period (a store loading its table after a clock stepped forward), is
+// found by a clock set back before its expiry; one added past the grace
+// is not recorded.
+func TestAddWithinGrace(t *testing.T) {
+	f := New(minute, 3*minute, 64<<20)
+	within, past := key(f, 1), key(f, 2)
+	f.Add(within, 10*minute, 12*minute) // expired 2 minutes ago
+	f.Add(past, 10*minute, 14*minute)   // expired 4 minutes ago
+	if !f.MayContain(within, 9*minute) {
+		t.Error("a key added within the grace is absent for a clock stepped back before its expiry")
+	}
+	if f.MayContain(past, 9*minute) {
+		t.Error("a key added past the grace was recorded (1% chance: re-run)")
+	}
+}
+
 // TestSaturation: over its budget a generation answers "maybe" for every
 // key, until it expires.
 func TestSaturation(t *testing.T) {
